@@ -1,0 +1,103 @@
+//! The operations the Raft layer needs, implemented by both [`crate::Storage`] (disk) and
+//! [`crate::MemoryStorage`]. One shared test suite (`tests/backend_suite.rs`) runs against both.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::checkpoint::Checkpoint;
+use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::error::Result;
+use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+
+/// A set of hash-chained, append-only streams.
+///
+/// All methods take `&self`: implementations are `Send + Sync`, allow concurrent readers, one writer
+/// per stream at a time (concurrent appenders to one stream are serialised, and may share an fsync),
+/// and many streams in parallel. A stream springs into existence on its first append (or checkpoint
+/// install); asking about a stream that does not exist answers as for an empty stream at offset 0.
+pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
+    /// Appends `events` at `expected_offset`, which must be the stream's next offset
+    /// (else [`crate::StorageError::OffsetMismatch`] and nothing is written). Returns the new next
+    /// offset. With `fsync`, returns only once the records are durable.
+    fn append_batch(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected_offset: Offset,
+        fsync: bool,
+    ) -> Result<Offset>;
+
+    /// Verified records in `[from, end)`, up to about `max_bytes` of payload (always at least one
+    /// record if any is in range). `from` at or past the next offset gives an empty vector; `from`
+    /// below the log start is [`crate::StorageError::OffsetOutOfRange`]. `end` past the next offset
+    /// is clamped.
+    fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>>;
+
+    /// Verified records from `from` to the end of the stream, bounded by `max_bytes` as in
+    /// [`StorageBackend::read_range`].
+    fn read_records(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        self.read_range(stream, from, Offset::new(u64::MAX), max_bytes)
+    }
+
+    /// Payloads only, as [`StorageBackend::read_records`].
+    fn read_from(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        Ok(self.read_records(stream, from, max_bytes)?.into_iter().map(|r| r.payload).collect())
+    }
+
+    /// Verifies every record from the log start (anchored by its checkpoint) to the end: CRCs,
+    /// offsets and chain links. The error names the first bad offset and why.
+    fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification>;
+
+    /// The chain hash of the record at `offset` (for `offset == log_start - 1`, the anchoring
+    /// checkpoint's hash). Out of range is [`crate::StorageError::OffsetOutOfRange`].
+    fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash>;
+
+    /// The chain hash of the last record ([`ChainHash::ZERO`] for an empty stream at 0).
+    fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash>;
+
+    /// One past the last record.
+    fn next_offset(&self, stream: StreamId) -> Result<Offset>;
+
+    /// The first offset still held.
+    fn log_start(&self, stream: StreamId) -> Result<Offset>;
+
+    /// Every stream that exists, in id order.
+    fn streams(&self) -> Vec<StreamId>;
+
+    /// Durably drops every record at or above `offset` and restores the chain head to the hash of
+    /// record `offset - 1`. `offset` at or past the end is a no-op; below the log start is
+    /// [`crate::StorageError::OffsetOutOfRange`]. Checkpoints above `offset` are dropped too.
+    fn truncate_from(&self, stream: StreamId, offset: Offset) -> Result<()>;
+
+    /// Writes a checkpoint at the stream's next offset, with no caller data.
+    fn create_checkpoint(&self, stream: StreamId) -> Result<Checkpoint>;
+
+    /// Writes a checkpoint at `offset` (between the log start and the next offset) with `data`.
+    fn create_checkpoint_at(&self, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint>;
+
+    /// The newest checkpoint, if any.
+    fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>>;
+
+    /// The checkpoint with the greatest offset `<= offset`, if any.
+    fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>>;
+
+    /// Installs a checkpoint received from elsewhere (a Raft snapshot). If the stream holds the
+    /// record before `cp.offset` and its chain hash equals `cp.chain_hash`, the records are kept and
+    /// the checkpoint is only stored; otherwise every record is dropped and the stream restarts
+    /// empty at `cp.offset`, its chain continuing from `cp.chain_hash`.
+    fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()>;
+
+    /// Removes whole old segments as `config` allows; the log start moves up and the checkpoint at
+    /// the new log start anchors the chain.
+    fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult>;
+
+    /// Makes every record appended so far durable.
+    fn sync(&self, stream: StreamId) -> Result<()>;
+
+    /// Removes a stream and all its files. Unknown streams are a no-op.
+    fn delete_stream(&self, stream: StreamId) -> Result<()>;
+
+    /// Bytes the stream occupies (segment, index and checkpoint files).
+    fn stream_bytes(&self, stream: StreamId) -> Result<u64>;
+}

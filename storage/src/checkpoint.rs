@@ -1,0 +1,268 @@
+//! Checkpoints: a stream's chain state at an offset, plus optional caller bytes.
+//!
+//! A checkpoint at offset `n` says "the records before `n` hash to `chain_hash`" (the hash of record
+//! `n - 1`, or [`ChainHash::ZERO`] at 0). It consumes no offset and is not part of the data chain,
+//! so replicas that checkpoint at different moments still agree on every chain hash. It anchors
+//! verification once the records below it are compacted away: record `n`'s `prev_hash` must equal
+//! the checkpoint's `chain_hash`. The Raft layer stores its snapshot state in `data`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::error::{CorruptionReason, Result, StorageError};
+use crate::format::checkpoint as layout;
+use crate::types::{ChainHash, Offset, StreamId};
+
+/// The chain state of a stream at one offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The next offset at checkpoint time: the checkpoint covers every record below it.
+    pub offset: Offset,
+    /// The chain hash of record `offset - 1` ([`ChainHash::ZERO`] when `offset` is 0).
+    pub chain_hash: ChainHash,
+    /// Records covered since offset 0 (equal to `offset`: streams have no gaps).
+    pub record_count: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Caller bytes (the Raft layer's snapshot state); empty if none.
+    pub data: Bytes,
+}
+
+impl Checkpoint {
+    /// A checkpoint stamped with the current time.
+    pub fn new(offset: Offset, chain_hash: ChainHash, data: Bytes) -> Self {
+        let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self { offset, chain_hash, record_count: offset.get(), created_at_ms, data }
+    }
+}
+
+/// When the storage writes a checkpoint on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointPolicy {
+    /// Only when asked ([`crate::StorageBackend::create_checkpoint`]).
+    Manual,
+    /// After every `n` records appended since the last checkpoint.
+    EveryRecords(u64),
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy::EveryRecords(1000)
+    }
+}
+
+/// Whether `policy` asks for a checkpoint now, given the last checkpoint's offset and the next offset.
+pub fn should_create_checkpoint(policy: CheckpointPolicy, last_checkpoint: Option<Offset>, next: Offset) -> bool {
+    match policy {
+        CheckpointPolicy::Manual => false,
+        CheckpointPolicy::EveryRecords(0) => false,
+        CheckpointPolicy::EveryRecords(n) => {
+            let since = next.get() - last_checkpoint.map_or(0, Offset::get).min(next.get());
+            since >= n
+        }
+    }
+}
+
+/// Encodes a checkpoint into its stored form (see [`crate::format::checkpoint`]).
+pub fn serialize_checkpoint_payload(cp: &Checkpoint) -> Vec<u8> {
+    debug_assert!(cp.data.len() <= layout::MAX_DATA_LEN, "checkpoint data over the limit");
+    let mut out = Vec::with_capacity(layout::HEADER_LEN + cp.data.len() + layout::CRC_LEN);
+    out.extend_from_slice(&layout::MAGIC.to_le_bytes());
+    out.extend_from_slice(&layout::VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&cp.offset.get().to_le_bytes());
+    out.extend_from_slice(&cp.chain_hash.0);
+    out.extend_from_slice(&cp.record_count.to_le_bytes());
+    out.extend_from_slice(&cp.created_at_ms.to_le_bytes());
+    out.extend_from_slice(&(cp.data.len() as u32).to_le_bytes());
+    debug_assert_eq!(out.len(), layout::HEADER_LEN);
+    out.extend_from_slice(&cp.data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a stored checkpoint, checking magic, version, lengths and CRC.
+///
+/// `stream` and `file` only label the error.
+pub fn deserialize_checkpoint_payload(bytes: &[u8], stream: StreamId, file: &str) -> Result<Checkpoint> {
+    let corrupt = |position: usize, reason: CorruptionReason| StorageError::Corruption {
+        stream,
+        file: file.to_string(),
+        position: position as u64,
+        offset: None,
+        reason,
+    };
+    if bytes.len() < layout::HEADER_LEN + layout::CRC_LEN {
+        return Err(corrupt(
+            0,
+            CorruptionReason::Truncated {
+                needed: (layout::HEADER_LEN + layout::CRC_LEN) as u64,
+                available: bytes.len() as u64,
+            },
+        ));
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let magic = u32_at(layout::MAGIC_AT);
+    if magic != layout::MAGIC {
+        return Err(corrupt(
+            layout::MAGIC_AT,
+            CorruptionReason::InvalidField { field: "checkpoint magic", value: u64::from(magic) },
+        ));
+    }
+    let version = u16_at(layout::VERSION_AT);
+    if version != layout::VERSION {
+        return Err(corrupt(
+            layout::VERSION_AT,
+            CorruptionReason::InvalidField { field: "checkpoint version", value: u64::from(version) },
+        ));
+    }
+    let data_len = u32_at(layout::DATA_LEN_AT) as usize;
+    let limit = (bytes.len() - layout::HEADER_LEN - layout::CRC_LEN).min(layout::MAX_DATA_LEN);
+    if data_len > limit {
+        return Err(corrupt(
+            layout::DATA_LEN_AT,
+            CorruptionReason::BadLength { length: data_len as u64, limit: limit as u64 },
+        ));
+    }
+    let crc_at = layout::DATA_AT + data_len;
+    let stored = u32_at(crc_at);
+    let computed = crc32fast::hash(&bytes[..crc_at]);
+    if stored != computed {
+        return Err(corrupt(crc_at, CorruptionReason::CrcMismatch { stored, computed }));
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[layout::CHAIN_HASH_AT..layout::CHAIN_HASH_AT + 32]);
+    let offset = Offset::new(u64_at(layout::OFFSET_AT));
+    let record_count = u64_at(layout::RECORD_COUNT_AT);
+    Ok(Checkpoint {
+        offset,
+        chain_hash: ChainHash(hash),
+        record_count,
+        created_at_ms: u64_at(layout::CREATED_AT_AT),
+        data: Bytes::copy_from_slice(&bytes[layout::DATA_AT..crc_at]),
+    })
+}
+
+/// The in-memory sparse index of a stream's checkpoints, by offset.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointIndex {
+    by_offset: BTreeMap<Offset, Checkpoint>,
+}
+
+impl CheckpointIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a checkpoint, replacing any at the same offset.
+    pub fn insert(&mut self, cp: Checkpoint) {
+        self.by_offset.insert(cp.offset, cp);
+    }
+
+    /// The checkpoint with the greatest offset `<= offset`.
+    pub fn at_or_below(&self, offset: Offset) -> Option<&Checkpoint> {
+        self.by_offset.range(..=offset).next_back().map(|(_, cp)| cp)
+    }
+
+    /// The checkpoint at exactly `offset`.
+    pub fn get(&self, offset: Offset) -> Option<&Checkpoint> {
+        self.by_offset.get(&offset)
+    }
+
+    /// The newest checkpoint.
+    pub fn latest(&self) -> Option<&Checkpoint> {
+        self.by_offset.values().next_back()
+    }
+
+    /// Drops checkpoints above `offset` (after a truncation to `offset`, a checkpoint at exactly
+    /// `offset` still holds: it covers only records below it).
+    pub fn remove_above(&mut self, offset: Offset) {
+        self.by_offset.split_off(&offset.plus(1));
+    }
+
+    /// Drops checkpoints below `offset` (after compaction to log start `offset`).
+    pub fn remove_below(&mut self, offset: Offset) {
+        self.by_offset = self.by_offset.split_off(&offset);
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.by_offset.values()
+    }
+
+    /// How many checkpoints are held.
+    pub fn len(&self) -> usize {
+        self.by_offset.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.by_offset.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(offset: u64) -> Checkpoint {
+        Checkpoint::new(Offset::new(offset), ChainHash([offset as u8; 32]), Bytes::from_static(b"state"))
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let c = cp(42);
+        let bytes = serialize_checkpoint_payload(&c);
+        assert_eq!(deserialize_checkpoint_payload(&bytes, StreamId::new(1), "t").unwrap(), c);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = serialize_checkpoint_payload(&cp(7));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(deserialize_checkpoint_payload(&bad, StreamId::new(1), "t").is_err(), "byte {i}");
+        }
+        for len in 0..bytes.len() {
+            assert!(deserialize_checkpoint_payload(&bytes[..len], StreamId::new(1), "t").is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_length_is_a_typed_error() {
+        let mut bytes = serialize_checkpoint_payload(&cp(7));
+        bytes[layout::DATA_LEN_AT..layout::DATA_LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = deserialize_checkpoint_payload(&bytes, StreamId::new(1), "t").unwrap_err();
+        assert!(matches!(err, StorageError::Corruption { reason: CorruptionReason::BadLength { .. }, .. }));
+    }
+
+    #[test]
+    fn index_finds_nearest_at_or_below() {
+        let mut idx = CheckpointIndex::new();
+        for o in [0, 10, 20] {
+            idx.insert(cp(o));
+        }
+        assert_eq!(idx.at_or_below(Offset::new(15)).unwrap().offset, Offset::new(10));
+        assert_eq!(idx.at_or_below(Offset::new(20)).unwrap().offset, Offset::new(20));
+        idx.remove_above(Offset::new(10));
+        assert_eq!(idx.latest().unwrap().offset, Offset::new(10));
+        idx.remove_below(Offset::new(5));
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn policy_counts_records_since_last() {
+        let p = CheckpointPolicy::EveryRecords(1000);
+        assert!(!should_create_checkpoint(p, None, Offset::new(999)));
+        assert!(should_create_checkpoint(p, None, Offset::new(1000)));
+        assert!(!should_create_checkpoint(p, Some(Offset::new(1000)), Offset::new(1500)));
+        assert!(!should_create_checkpoint(CheckpointPolicy::Manual, None, Offset::new(1 << 40)));
+    }
+}

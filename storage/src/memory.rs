@@ -1,0 +1,473 @@
+//! [`MemoryStorage`]: the in-memory backend, with the same semantics, errors and chain hashes as
+//! the disk [`crate::Storage`]. It models segments with the same byte accounting (uncompressed), so
+//! rotation and compaction move the log start exactly as the disk backend does with `CodecKind::None`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::StorageBackend;
+use crate::chain::chain_hash;
+use crate::checkpoint::{Checkpoint, CheckpointIndex, should_create_checkpoint};
+use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::error::{CorruptionReason, Result, StorageError};
+use crate::format;
+use crate::options::StorageOptions;
+use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+
+/// One stored record.
+#[derive(Debug, Clone)]
+struct MemRecord {
+    prev_hash: ChainHash,
+    hash: ChainHash,
+    payload: Bytes,
+}
+
+/// A modelled segment: `[base, end)` of the stream.
+#[derive(Debug, Clone)]
+struct MemSegment {
+    base: Offset,
+    end: Offset,
+    bytes: u64,
+    last_append_ms: u64,
+}
+
+#[derive(Debug)]
+struct MemStream {
+    log_start: Offset,
+    /// Records from `log_start`, in order.
+    records: VecDeque<MemRecord>,
+    /// Hash of the record before `log_start` (the anchor).
+    anchor: ChainHash,
+    segments: Vec<MemSegment>,
+    checkpoints: CheckpointIndex,
+}
+
+impl MemStream {
+    fn empty_at(start: Offset, anchor: ChainHash) -> Self {
+        Self {
+            log_start: start,
+            records: VecDeque::new(),
+            anchor,
+            segments: vec![MemSegment {
+                base: start,
+                end: start,
+                bytes: format::segment::HEADER_LEN as u64,
+                last_append_ms: now_ms(),
+            }],
+            checkpoints: CheckpointIndex::new(),
+        }
+    }
+
+    fn next(&self) -> Offset {
+        self.log_start.plus(self.records.len() as u64)
+    }
+
+    fn head(&self) -> ChainHash {
+        self.records.back().map_or(self.anchor, |r| r.hash)
+    }
+
+    fn get(&self, offset: Offset) -> Option<&MemRecord> {
+        let i = offset.get().checked_sub(self.log_start.get())?;
+        self.records.get(i as usize)
+    }
+
+    /// Hash of record `offset - 1`, for any `offset` in `[log_start, next]`.
+    fn hash_before(&self, offset: Offset) -> ChainHash {
+        if offset == self.log_start {
+            self.anchor
+        } else {
+            self.get(Offset::new(offset.get() - 1)).expect("in range").hash
+        }
+    }
+
+    fn range_error(&self, stream: StreamId, requested: Offset) -> StorageError {
+        StorageError::OffsetOutOfRange { stream, requested, start: self.log_start, end: self.next() }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A pure in-memory [`StorageBackend`]: nothing survives the process, everything else behaves as
+/// the disk backend does.
+#[derive(Debug)]
+pub struct MemoryStorage {
+    options: StorageOptions,
+    streams: RwLock<BTreeMap<StreamId, std::sync::Arc<Mutex<MemStream>>>>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// An empty storage with default options.
+    pub fn new() -> Self {
+        Self { options: StorageOptions::default(), streams: RwLock::new(BTreeMap::new()) }
+    }
+
+    /// An empty storage with `options`.
+    pub fn with_options(options: StorageOptions) -> Result<Self> {
+        options.validate()?;
+        Ok(Self { options, streams: RwLock::new(BTreeMap::new()) })
+    }
+
+    fn stream(&self, id: StreamId) -> Option<std::sync::Arc<Mutex<MemStream>>> {
+        self.streams.read().get(&id).cloned()
+    }
+
+    fn stream_or_create(&self, id: StreamId) -> std::sync::Arc<Mutex<MemStream>> {
+        if let Some(s) = self.stream(id) {
+            return s;
+        }
+        self.streams
+            .write()
+            .entry(id)
+            .or_insert_with(|| std::sync::Arc::new(Mutex::new(MemStream::empty_at(Offset::ZERO, ChainHash::ZERO))))
+            .clone()
+    }
+
+    fn check_batch(&self, stream: StreamId, events: &[Bytes]) -> Result<()> {
+        if events.is_empty() {
+            return Err(StorageError::EmptyBatch { stream });
+        }
+        let mut total = 0usize;
+        for (index, e) in events.iter().enumerate() {
+            if e.len() > self.options.max_record_bytes {
+                return Err(StorageError::RecordTooLarge {
+                    stream,
+                    index,
+                    size: e.len(),
+                    max: self.options.max_record_bytes,
+                });
+            }
+            total += e.len();
+        }
+        if total > self.options.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                stream,
+                count: events.len(),
+                bytes: total,
+                max_bytes: self.options.max_batch_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn checkpoint_locked(s: &mut MemStream, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
+        if offset < s.log_start || offset > s.next() {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset,
+                reason: format!("offset must lie in [{}, {}]", s.log_start, s.next()),
+            });
+        }
+        if data.len() > format::checkpoint::MAX_DATA_LEN {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset,
+                reason: format!(
+                    "caller data is {} bytes, over the limit of {}",
+                    data.len(),
+                    format::checkpoint::MAX_DATA_LEN
+                ),
+            });
+        }
+        let cp = Checkpoint::new(offset, s.hash_before(offset), data);
+        s.checkpoints.insert(cp.clone());
+        Ok(cp)
+    }
+}
+
+impl StorageBackend for MemoryStorage {
+    fn append_batch(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected_offset: Offset,
+        _fsync: bool,
+    ) -> Result<Offset> {
+        self.check_batch(stream, &events)?;
+        let handle = self.stream_or_create(stream);
+        let mut s = handle.lock();
+        let actual = s.next();
+        if actual != expected_offset {
+            return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual });
+        }
+        let now = now_ms();
+        let mut prev = s.head();
+        for payload in events {
+            let offset = s.next();
+            let hash = chain_hash(offset, &prev, &payload);
+            let len = format::record::encoded_len(payload.len()) as u64;
+            let max = self.options.max_segment_bytes;
+            let roll = {
+                let active = s.segments.last().expect("a stream always has an active segment");
+                active.end > active.base && active.bytes + len > max
+            };
+            if roll {
+                s.segments.push(MemSegment {
+                    base: offset,
+                    end: offset,
+                    bytes: format::segment::HEADER_LEN as u64,
+                    last_append_ms: now,
+                });
+            }
+            let active = s.segments.last_mut().expect("active segment");
+            active.end = offset.plus(1);
+            active.bytes += len;
+            active.last_append_ms = now;
+            s.records.push_back(MemRecord { prev_hash: prev, hash, payload });
+            prev = hash;
+        }
+        let next = s.next();
+        if should_create_checkpoint(self.options.checkpoint_policy, s.checkpoints.latest().map(|c| c.offset), next) {
+            Self::checkpoint_locked(&mut s, stream, next, Bytes::new())?;
+        }
+        Ok(next)
+    }
+
+    fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        let Some(handle) = self.stream(stream) else {
+            return Ok(Vec::new());
+        };
+        let s = handle.lock();
+        if from < s.log_start {
+            return Err(s.range_error(stream, from));
+        }
+        let end = end.min(s.next());
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut offset = from;
+        while offset < end {
+            let r = s.get(offset).expect("in range");
+            if !out.is_empty() && bytes + r.payload.len() > max_bytes {
+                break;
+            }
+            let expected_prev = s.hash_before(offset);
+            verify_record(stream, offset, &expected_prev, r)?;
+            bytes += r.payload.len();
+            out.push(Record { offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload.clone() });
+            offset = offset.plus(1);
+        }
+        Ok(out)
+    }
+
+    fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
+        let Some(handle) = self.stream(stream) else {
+            return Ok(ChainVerification {
+                stream,
+                from: Offset::ZERO,
+                to: Offset::ZERO,
+                records: 0,
+                head: ChainHash::ZERO,
+            });
+        };
+        let s = handle.lock();
+        let mut prev = s.anchor;
+        if let Some(cp) = s.checkpoints.get(s.log_start).filter(|_| s.log_start > Offset::ZERO)
+            && cp.chain_hash != s.anchor
+        {
+            return Err(StorageError::Corruption {
+                stream,
+                file: "memory".into(),
+                position: 0,
+                offset: Some(s.log_start),
+                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: s.anchor },
+            });
+        }
+        for (i, r) in s.records.iter().enumerate() {
+            let offset = s.log_start.plus(i as u64);
+            verify_record(stream, offset, &prev, r)?;
+            prev = r.hash;
+        }
+        Ok(ChainVerification { stream, from: s.log_start, to: s.next(), records: s.records.len() as u64, head: prev })
+    }
+
+    fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
+        let Some(handle) = self.stream(stream) else {
+            return Err(StorageError::OffsetOutOfRange {
+                stream,
+                requested: offset,
+                start: Offset::ZERO,
+                end: Offset::ZERO,
+            });
+        };
+        let s = handle.lock();
+        if let Some(r) = s.get(offset) {
+            return Ok(r.hash);
+        }
+        if s.log_start > Offset::ZERO && offset.plus(1) == s.log_start {
+            return Ok(s.anchor);
+        }
+        Err(s.range_error(stream, offset))
+    }
+
+    fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash> {
+        Ok(self.stream(stream).map_or(ChainHash::ZERO, |s| s.lock().head()))
+    }
+
+    fn next_offset(&self, stream: StreamId) -> Result<Offset> {
+        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.lock().next()))
+    }
+
+    fn log_start(&self, stream: StreamId) -> Result<Offset> {
+        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.lock().log_start))
+    }
+
+    fn streams(&self) -> Vec<StreamId> {
+        self.streams.read().keys().copied().collect()
+    }
+
+    fn truncate_from(&self, stream: StreamId, offset: Offset) -> Result<()> {
+        let Some(handle) = self.stream(stream) else {
+            return Ok(());
+        };
+        let mut s = handle.lock();
+        if offset < s.log_start {
+            return Err(s.range_error(stream, offset));
+        }
+        if offset >= s.next() {
+            return Ok(());
+        }
+        let keep = (offset.get() - s.log_start.get()) as usize;
+        s.records.truncate(keep);
+        // Segments starting at or after the cut go (all but one if the cut is at the first
+        // segment's base: an emptied first segment stays, as the active one).
+        let first_base = s.segments[0].base;
+        s.segments.retain(|seg| seg.base < offset || seg.base == first_base);
+        let sizes: Vec<u64> = {
+            let last = s.segments.last().expect("a segment");
+            let (base, _) = (last.base, last.end);
+            (base.get()..offset.get())
+                .map(|o| s.get(Offset::new(o)).map_or(0, |r| format::record::encoded_len(r.payload.len()) as u64))
+                .collect()
+        };
+        let last = s.segments.last_mut().expect("a segment");
+        last.end = offset;
+        last.bytes = format::segment::HEADER_LEN as u64 + sizes.iter().sum::<u64>();
+        s.checkpoints.remove_above(offset);
+        Ok(())
+    }
+
+    fn create_checkpoint(&self, stream: StreamId) -> Result<Checkpoint> {
+        let handle = self.stream_or_create(stream);
+        let mut s = handle.lock();
+        let next = s.next();
+        Self::checkpoint_locked(&mut s, stream, next, Bytes::new())
+    }
+
+    fn create_checkpoint_at(&self, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
+        let handle = self.stream_or_create(stream);
+        let mut s = handle.lock();
+        Self::checkpoint_locked(&mut s, stream, offset, data)
+    }
+
+    fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>> {
+        Ok(self.stream(stream).and_then(|s| s.lock().checkpoints.latest().cloned()))
+    }
+
+    fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>> {
+        Ok(self.stream(stream).and_then(|s| s.lock().checkpoints.at_or_below(offset).cloned()))
+    }
+
+    fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
+        if cp.data.len() > format::checkpoint::MAX_DATA_LEN {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset: cp.offset,
+                reason: format!(
+                    "caller data is {} bytes, over the limit of {}",
+                    cp.data.len(),
+                    format::checkpoint::MAX_DATA_LEN
+                ),
+            });
+        }
+        let handle = self.stream_or_create(stream);
+        let mut s = handle.lock();
+        let matches = cp.offset >= s.log_start && cp.offset <= s.next() && s.hash_before(cp.offset) == cp.chain_hash;
+        if !matches {
+            *s = MemStream::empty_at(cp.offset, cp.chain_hash);
+        }
+        s.checkpoints.insert(cp);
+        Ok(())
+    }
+
+    fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
+        let Some(handle) = self.stream(stream) else {
+            return Ok(CompactionResult::default());
+        };
+        let mut s = handle.lock();
+        let now = now_ms();
+        let mut total: u64 = s.segments.iter().map(|seg| seg.bytes).sum();
+        let mut removed = 0usize;
+        let mut freed = 0u64;
+        while s.segments.len() - removed > 1 {
+            let seg = &s.segments[removed];
+            if config.max_log_start.is_some_and(|max| seg.end > max) {
+                break;
+            }
+            let over_bytes = config.retain_bytes.is_some_and(|b| total > b);
+            let too_old = config.retain_age_ms.is_some_and(|age| now.saturating_sub(seg.last_append_ms) > age);
+            let unlimited = config.retain_bytes.is_none() && config.retain_age_ms.is_none();
+            if !(over_bytes || too_old || unlimited) {
+                break;
+            }
+            total -= seg.bytes;
+            freed += seg.bytes;
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(CompactionResult { segments_removed: 0, bytes_freed: 0, new_log_start: s.log_start });
+        }
+        let new_start = s.segments[removed].base;
+        let anchor = s.hash_before(new_start);
+        if s.checkpoints.get(new_start).is_none() {
+            Self::checkpoint_locked(&mut s, stream, new_start, Bytes::new())?;
+        }
+        let drop = (new_start.get() - s.log_start.get()) as usize;
+        s.records.drain(..drop);
+        s.segments.drain(..removed);
+        s.log_start = new_start;
+        s.anchor = anchor;
+        s.checkpoints.remove_below(new_start);
+        Ok(CompactionResult { segments_removed: removed, bytes_freed: freed, new_log_start: new_start })
+    }
+
+    fn sync(&self, _stream: StreamId) -> Result<()> {
+        Ok(())
+    }
+
+    fn delete_stream(&self, stream: StreamId) -> Result<()> {
+        self.streams.write().remove(&stream);
+        Ok(())
+    }
+
+    fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
+        Ok(self.stream(stream).map_or(0, |s| s.lock().segments.iter().map(|seg| seg.bytes).sum()))
+    }
+}
+
+fn verify_record(stream: StreamId, offset: Offset, expected_prev: &ChainHash, r: &MemRecord) -> Result<()> {
+    let corrupt = |reason| StorageError::Corruption {
+        stream,
+        file: "memory".into(),
+        position: offset.get(),
+        offset: Some(offset),
+        reason,
+    };
+    if r.prev_hash != *expected_prev {
+        return Err(corrupt(CorruptionReason::ChainMismatch { expected: *expected_prev, found: r.prev_hash }));
+    }
+    let computed = chain_hash(offset, &r.prev_hash, &r.payload);
+    if computed != r.hash {
+        return Err(corrupt(CorruptionReason::ChainMismatch { expected: r.hash, found: computed }));
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Tunables shared by the disk and memory backends.
+
+use crate::checkpoint::CheckpointPolicy;
+use crate::codec::CodecKind;
+use crate::error::{Result, StorageError};
+
+/// How a storage instance behaves. Every limit is enforced with a typed error naming it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageOptions {
+    /// A segment is sealed and a new one started once the next record would take it past this size
+    /// (a segment always takes at least one record).
+    pub max_segment_bytes: u64,
+    /// The largest single event accepted by `append_batch`.
+    pub max_record_bytes: usize,
+    /// The largest total payload of one `append_batch` call.
+    pub max_batch_bytes: usize,
+    /// When checkpoints are written without being asked for.
+    pub checkpoint_policy: CheckpointPolicy,
+    /// The codec new records are compressed with (kept only where it makes a record smaller).
+    pub codec: CodecKind,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            max_segment_bytes: 64 << 20,
+            max_record_bytes: 8 << 20,
+            max_batch_bytes: 64 << 20,
+            checkpoint_policy: CheckpointPolicy::default(),
+            codec: CodecKind::None,
+        }
+    }
+}
+
+impl StorageOptions {
+    /// Rejects settings no storage can run with.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_segment_bytes < 4096 {
+            return Err(StorageError::InvalidConfig(format!(
+                "max_segment_bytes is {}, it must be at least 4096",
+                self.max_segment_bytes
+            )));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > u32::MAX as usize / 2 {
+            return Err(StorageError::InvalidConfig(format!(
+                "max_record_bytes is {}, it must be between 1 and {}",
+                self.max_record_bytes,
+                u32::MAX / 2
+            )));
+        }
+        if self.max_batch_bytes < self.max_record_bytes {
+            return Err(StorageError::InvalidConfig(format!(
+                "max_batch_bytes ({}) must be at least max_record_bytes ({})",
+                self.max_batch_bytes, self.max_record_bytes
+            )));
+        }
+        Ok(())
+    }
+}

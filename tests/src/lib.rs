@@ -1,0 +1,1 @@
+//! Whole-cluster tests live in `tests/tests/`; this library holds their shared harness.
