@@ -1,1 +1,28 @@
-//! Placeholder: filled in by its issue.
+//! `shale-client`: the Shale gRPC protocol and a Rust client for it.
+//!
+//! - [`proto`]: the generated protobuf messages, tonic clients and servers (the node uses the
+//!   server side).
+//! - [`Client`]: a connection to a cluster from a bootstrap list of endpoints, with leader discovery
+//!   and bounded retries; [`Producer`], [`Consumer`] and [`Admin`] are built on it.
+//! - [`ClientError`]: every failure, typed; [`ErrorCode`] and [`meta`] define how a server status
+//!   carries machine-readable details (shared with the node, so both sides agree).
+//! - [`partitioner`]: how a record's partition is chosen (murmur2 of the key, as Kafka).
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+pub mod proto;
+pub mod records;
+
+pub use admin::{Admin, NewTopic};
+pub use client::Client;
+pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
+pub use consumer::{Consumer, FetchedBatch};
+pub use error::{ClientError, ErrorCode, meta};
+pub use partitioner::{Partitioner, murmur2};
+pub use producer::{DeliveryFuture, Producer};
+pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};

@@ -1,0 +1,186 @@
+//! Topic management, cluster status and operations.
+//!
+//! Answers are the wire messages from [`crate::proto`]; they are plain data.
+
+use std::time::Duration;
+
+use crate::client::{Client, Route};
+use crate::error::ClientError;
+use crate::proto;
+
+/// The admin API. Every call goes to any member; the node forwards to the leader that must answer.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    client: Client,
+}
+
+/// Settings of a new topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTopic {
+    /// Topic name (`[a-zA-Z0-9._-]`, 1..=249 characters).
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Retention by size per partition.
+    pub retention_bytes: Option<u64>,
+    /// Retention by age.
+    pub retention_ms: Option<u64>,
+    /// Payload compression.
+    pub codec: proto::Codec,
+}
+
+impl NewTopic {
+    /// A topic with `partitions` partitions, `replication_factor` replicas, no retention limit and no codec.
+    pub fn new(name: impl Into<String>, partitions: u32, replication_factor: u32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            retention_bytes: None,
+            retention_ms: None,
+            codec: proto::Codec::None,
+        }
+    }
+
+    fn to_proto(&self) -> proto::CreateTopicRequest {
+        proto::CreateTopicRequest {
+            name: self.name.clone(),
+            config: Some(proto::TopicConfig {
+                partitions: self.partitions,
+                replication_factor: self.replication_factor,
+                retention_bytes: self.retention_bytes,
+                retention_ms: self.retention_ms,
+                codec: self.codec as i32,
+            }),
+        }
+    }
+}
+
+macro_rules! admin_call {
+    ($self:ident, $method:ident, $req:expr) => {{
+        let message = $req;
+        $self
+            .client
+            .call(Route::Any, |ch| {
+                let req = $self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::admin_client(ch).$method(req).await }
+            })
+            .await
+    }};
+}
+
+impl Admin {
+    /// The admin API over `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<proto::TopicInfo, ClientError> {
+        let resp = admin_call!(self, create_topic, topic.to_proto())?;
+        resp.topic.ok_or_else(|| ClientError::Protocol("CreateTopic answered without a topic".into()))
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        admin_call!(self, delete_topic, proto::DeleteTopicRequest { name: name.to_string() })?;
+        self.client.forget_topic(name);
+        Ok(())
+    }
+
+    /// Every topic.
+    pub async fn list_topics(&self) -> Result<Vec<proto::TopicInfo>, ClientError> {
+        Ok(admin_call!(self, list_topics, proto::ListTopicsRequest {})?.topics)
+    }
+
+    /// One topic with its partitions.
+    pub async fn describe_topic(&self, name: &str) -> Result<proto::TopicInfo, ClientError> {
+        let resp = admin_call!(self, describe_topic, proto::DescribeTopicRequest { name: name.to_string() })?;
+        resp.topic.ok_or_else(|| ClientError::Protocol("DescribeTopic answered without a topic".into()))
+    }
+
+    /// Changes a topic's settings (fields left `None` stay as they are).
+    pub async fn alter_topic(&self, request: proto::AlterTopicRequest) -> Result<proto::TopicInfo, ClientError> {
+        let name = request.name.clone();
+        let resp = admin_call!(self, alter_topic, request)?;
+        self.client.forget_topic(&name);
+        resp.topic.ok_or_else(|| ClientError::Protocol("AlterTopic answered without a topic".into()))
+    }
+
+    /// Members, groups, leaders and replication progress.
+    pub async fn cluster_status(&self) -> Result<proto::ClusterStatusResponse, ClientError> {
+        self.client.refresh_metadata().await
+    }
+
+    /// Adds a node to the cluster.
+    pub async fn add_node(&self, node_id: u64, addr: &str) -> Result<Vec<proto::NodeInfo>, ClientError> {
+        Ok(admin_call!(self, add_node, proto::AddNodeRequest { node_id, addr: addr.to_string() })?.members)
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove_node(&self, node_id: u64) -> Result<Vec<proto::NodeInfo>, ClientError> {
+        Ok(admin_call!(self, remove_node, proto::RemoveNodeRequest { node_id })?.members)
+    }
+
+    /// Moves a partition's leadership to `to_node_id`; answers the new leader.
+    pub async fn transfer_leader(&self, topic: &str, partition: u32, to_node_id: u64) -> Result<u64, ClientError> {
+        let req = proto::TransferLeaderRequest { topic: topic.to_string(), partition, to_node_id };
+        let resp = admin_call!(self, transfer_leader, req)?;
+        self.client.forget_topic(topic);
+        Ok(resp.leader_id)
+    }
+
+    /// Checkpoints one partition, a topic (`partition = None`) or everything (`topic = ""`).
+    pub async fn checkpoint(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<Vec<proto::PartitionCheckpoint>, ClientError> {
+        let req = proto::CheckpointRequest { topic: topic.to_string(), partition };
+        Ok(admin_call!(self, checkpoint, req)?.checkpoints)
+    }
+
+    /// Applies retention now, as [`Admin::checkpoint`] selects partitions.
+    pub async fn compact(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<Vec<proto::PartitionCompaction>, ClientError> {
+        let req = proto::CompactRequest { topic: topic.to_string(), partition };
+        Ok(admin_call!(self, compact, req)?.partitions)
+    }
+
+    /// The chain hash at `offset` (default: the last offset every replica holds) on every replica.
+    pub async fn verify(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: Option<u64>,
+    ) -> Result<proto::VerifyResponse, ClientError> {
+        admin_call!(self, verify, proto::VerifyRequest { topic: topic.to_string(), partition, offset })
+    }
+
+    /// Consumer groups that have committed offsets.
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        let resp = self
+            .client
+            .call(Route::Any, |ch| {
+                let req = self.client.request(proto::ListGroupsRequest {}, Duration::ZERO);
+                async move { Client::groups_client(ch).list_groups(req).await }
+            })
+            .await?;
+        Ok(resp.groups)
+    }
+
+    /// A group's committed offsets and lag per partition.
+    pub async fn describe_group(&self, group: &str) -> Result<proto::DescribeGroupResponse, ClientError> {
+        self.client
+            .call(Route::Any, |ch| {
+                let req = self.client.request(proto::DescribeGroupRequest { group: group.to_string() }, Duration::ZERO);
+                async move { Client::groups_client(ch).describe_group(req).await }
+            })
+            .await
+    }
+}

@@ -1,0 +1,302 @@
+//! The connection to a cluster: endpoints, channels, leader discovery and bounded retries.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::admin::Admin;
+use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
+use crate::consumer::Consumer;
+use crate::error::ClientError;
+use crate::producer::Producer;
+use crate::proto;
+use crate::proto::admin_client::AdminClient;
+use crate::proto::consumer_groups_client::ConsumerGroupsClient;
+use crate::proto::fetch_client::FetchClient;
+use crate::proto::produce_client::ProduceClient;
+
+/// Largest gRPC message the client sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which node a call should go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Any member (the node forwards to whichever leader must answer).
+    Any,
+    /// The leader of one partition, when known.
+    Partition(String, u32),
+}
+
+/// A handle on a Shale cluster, cheap to clone and share.
+///
+/// It knows the bootstrap endpoints and every member it has learned of, caches partition leaders,
+/// and retries calls that fail because leadership moved or a node is unreachable: on `NOT_LEADER`
+/// it goes straight to the named leader; on an unavailable node it tries the next endpoint after a
+/// backoff. Every call is bounded by [`ClientConfig::max_attempts`].
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    channels: RwLock<HashMap<String, Channel>>,
+    endpoints: RwLock<Vec<String>>,
+    leaders: RwLock<HashMap<(String, u32), String>>,
+    partition_counts: RwLock<HashMap<String, u32>>,
+    next_endpoint: AtomicUsize,
+}
+
+/// `http://host:port` for a `host:port` (or an address that already has a scheme).
+fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
+
+impl Client {
+    /// A client for the cluster behind `config.endpoints`. Connections open lazily, on first use.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        config.validate()?;
+        for e in &config.endpoints {
+            Endpoint::from_shared(endpoint_uri(e))
+                .map_err(|err| ClientError::InvalidEndpoint { endpoint: e.clone(), reason: err.to_string() })?;
+        }
+        let endpoints = config.endpoints.clone();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                channels: RwLock::new(HashMap::new()),
+                endpoints: RwLock::new(endpoints),
+                leaders: RwLock::new(HashMap::new()),
+                partition_counts: RwLock::new(HashMap::new()),
+                next_endpoint: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A client for a comma-separated endpoint list with default settings.
+    pub fn connect_to(endpoints: &str) -> Result<Self, ClientError> {
+        Self::new(ClientConfig::from_endpoint_list(endpoints)?)
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A producer on this client.
+    pub fn producer(&self, config: ProducerConfig) -> Producer {
+        Producer::new(self.clone(), config)
+    }
+
+    /// A consumer on this client.
+    pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
+        Consumer::new(self.clone(), config)
+    }
+
+    /// The admin API on this client.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.clone())
+    }
+
+    /// The (lazily connecting) channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        if let Some(ch) = self.inner.channels.read().get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+            .map_err(|err| ClientError::InvalidEndpoint { endpoint: addr.to_string(), reason: err.to_string() })?
+            .connect_timeout(Duration::from_millis(self.inner.config.connect_timeout_ms))
+            .tcp_nodelay(true);
+        let ch = endpoint.connect_lazy();
+        self.inner.channels.write().insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub(crate) fn produce_client(ch: Channel) -> ProduceClient<Channel> {
+        ProduceClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn fetch_client(ch: Channel) -> FetchClient<Channel> {
+        FetchClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn groups_client(ch: Channel) -> ConsumerGroupsClient<Channel> {
+        ConsumerGroupsClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn admin_client(ch: Channel) -> AdminClient<Channel> {
+        AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Wraps a message in a request with the configured timeout plus `extra`.
+    pub(crate) fn request<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(Duration::from_millis(self.inner.config.request_timeout_ms) + extra);
+        req
+    }
+
+    /// The endpoint to try next for `route`.
+    fn pick(&self, route: &Route) -> String {
+        if let Route::Partition(topic, partition) = route
+            && let Some(addr) = self.inner.leaders.read().get(&(topic.clone(), *partition))
+        {
+            return addr.clone();
+        }
+        self.next_endpoint()
+    }
+
+    fn next_endpoint(&self) -> String {
+        let endpoints = self.inner.endpoints.read();
+        debug_assert!(!endpoints.is_empty(), "validated at construction");
+        let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        endpoints[i % endpoints.len()].clone()
+    }
+
+    fn learn_endpoint(&self, addr: &str) {
+        if addr.is_empty() {
+            return;
+        }
+        let mut endpoints = self.inner.endpoints.write();
+        if !endpoints.iter().any(|e| e == addr) {
+            endpoints.push(addr.to_string());
+        }
+    }
+
+    fn remember_leader(&self, route: &Route, addr: &str) {
+        if let Route::Partition(topic, partition) = route {
+            self.inner.leaders.write().insert((topic.clone(), *partition), addr.to_string());
+        }
+        self.learn_endpoint(addr);
+    }
+
+    fn forget_leader(&self, route: &Route) {
+        if let Route::Partition(topic, partition) = route {
+            self.inner.leaders.write().remove(&(topic.clone(), *partition));
+        }
+    }
+
+    /// Runs `call` against the node `route` names, retrying retriable failures (bounded).
+    pub(crate) async fn call<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let max_attempts = self.inner.config.max_attempts;
+        let mut target = self.pick(&route);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let channel = self.channel(&target)?;
+            let err = match call(channel).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => ClientError::from_status(status),
+            };
+            if !err.is_retriable() {
+                return Err(err);
+            }
+            if attempt >= max_attempts {
+                return Err(ClientError::RetriesExhausted { attempts: attempt, last: Box::new(err) });
+            }
+            tracing::debug!(%target, attempt, error = %err, "retrying");
+            match &err {
+                ClientError::NotLeader { leader_addr: Some(addr), .. } if *addr != target => {
+                    self.remember_leader(&route, addr);
+                    target = addr.clone();
+                    // A redirect is immediate the first time; later ones back off (leadership flapping).
+                    if attempt > 1 {
+                        tokio::time::sleep(self.inner.config.backoff(attempt - 1)).await;
+                    }
+                }
+                _ => {
+                    self.forget_leader(&route);
+                    target = self.next_endpoint();
+                    tokio::time::sleep(self.inner.config.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Asks the cluster for its members and partition leaders and updates the caches.
+    pub async fn refresh_metadata(&self) -> Result<proto::ClusterStatusResponse, ClientError> {
+        let status = self
+            .call(Route::Any, |ch| {
+                let req = self.request(proto::ClusterStatusRequest {}, Duration::ZERO);
+                async move { Self::admin_client(ch).cluster_status(req).await }
+            })
+            .await?;
+        let addr_of: HashMap<u64, String> = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+        for m in &status.members {
+            self.learn_endpoint(&m.addr);
+        }
+        let mut leaders = self.inner.leaders.write();
+        for p in &status.partitions {
+            let key = (p.topic.clone(), p.partition);
+            match addr_of.get(&p.leader_id) {
+                Some(addr) if p.leader_id != 0 => {
+                    leaders.insert(key, addr.clone());
+                }
+                _ => {
+                    leaders.remove(&key);
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    /// The number of partitions of `topic` (cached after the first lookup).
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(n) = self.inner.partition_counts.read().get(topic) {
+            return Ok(*n);
+        }
+        let described = self.admin().describe_topic(topic).await?;
+        let n = described.config.as_ref().map_or(described.partitions.len() as u32, |c| c.partitions);
+        if n == 0 {
+            return Err(ClientError::Protocol(format!("topic {topic} reports zero partitions")));
+        }
+        self.inner.partition_counts.write().insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    /// Drops the cached partition count of `topic` (after it was altered or recreated).
+    pub fn forget_topic(&self, topic: &str) {
+        self.inner.partition_counts.write().remove(topic);
+        self.inner.leaders.write().retain(|(t, _), _| t != topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_endpoints_are_refused_up_front() {
+        assert!(matches!(Client::new(ClientConfig::new(Vec::<String>::new())), Err(ClientError::NoEndpoints)));
+        let err = Client::new(ClientConfig::new(["not a uri\n"])).unwrap_err();
+        assert!(matches!(err, ClientError::InvalidEndpoint { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_cluster_gives_up_after_the_configured_attempts() {
+        // Port 1 on localhost refuses connections at once.
+        let mut config = ClientConfig::new(["127.0.0.1:1"]);
+        config.max_attempts = 3;
+        config.initial_backoff_ms = 1;
+        let client = Client::new(config).unwrap();
+        let err = client.refresh_metadata().await.unwrap_err();
+        match err {
+            ClientError::RetriesExhausted { attempts, last } => {
+                assert_eq!(attempts, 3);
+                assert!(last.is_retriable(), "{last:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Client, producer and consumer settings.
+
+use std::time::Duration;
+
+use crate::error::ClientError;
+
+/// How to reach a cluster and how hard to try.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Bootstrap endpoints, `host:port` (or `http://host:port`); any cluster member will do.
+    pub endpoints: Vec<String>,
+    /// TCP connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Per-request timeout (a long poll adds its wait to this).
+    pub request_timeout_ms: u64,
+    /// Attempts per call before giving up (1 = no retry).
+    pub max_attempts: u32,
+    /// First retry backoff; doubles each attempt up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    /// Largest retry backoff.
+    pub max_backoff_ms: u64,
+}
+
+impl ClientConfig {
+    /// Defaults with these bootstrap endpoints.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 10_000,
+            max_attempts: 12,
+            initial_backoff_ms: 25,
+            max_backoff_ms: 1_000,
+        }
+    }
+
+    /// Parses a comma-separated endpoint list (`a:1,b:2`).
+    pub fn from_endpoint_list(list: &str) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> =
+            list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let config = Self::new(endpoints);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        if self.max_attempts == 0 {
+            return Err(ClientError::Config("max_attempts must be at least 1".into()));
+        }
+        if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err(ClientError::Config("timeouts must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The backoff before retry number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(16);
+        Duration::from_millis(self.initial_backoff_ms.saturating_mul(1 << shift).min(self.max_backoff_ms))
+    }
+}
+
+/// Producer batching, idempotence and retries.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// Send a partition's batch once it holds this many payload bytes.
+    pub batch_max_bytes: usize,
+    /// Send a partition's batch once it holds this many records.
+    pub batch_max_records: usize,
+    /// Wait at most this long for a batch to fill before sending it.
+    pub linger_ms: u64,
+    /// Idempotent delivery: batches carry a producer id and sequence numbers, so a retried batch is
+    /// written once.
+    pub idempotent: bool,
+    /// Records buffered (not yet acknowledged) before `send` waits.
+    pub max_buffered_records: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_bytes: 256 * 1024,
+            batch_max_records: 1_000,
+            linger_ms: 5,
+            idempotent: true,
+            max_buffered_records: 100_000,
+        }
+    }
+}
+
+/// Where a consumer starts when it has no position, or its position is out of range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The first offset still held.
+    Earliest,
+    /// The log end (only new records).
+    Latest,
+    /// Fail with [`ClientError::OffsetOutOfRange`].
+    None,
+}
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// The consumer group whose committed offsets are used and updated, if any.
+    pub group: Option<String>,
+    /// Payload bytes per partition fetch.
+    pub max_bytes: u32,
+    /// Long-poll wait per `poll`.
+    pub max_wait_ms: u32,
+    /// Start position without a committed offset, and reaction to out-of-range positions.
+    pub offset_reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { group: None, max_bytes: 1024 * 1024, max_wait_ms: 500, offset_reset: OffsetReset::Earliest }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lists_parse_and_empty_is_refused() {
+        let c = ClientConfig::from_endpoint_list(" 127.0.0.1:7001, 127.0.0.1:7002 ,").unwrap();
+        assert_eq!(c.endpoints, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert!(matches!(ClientConfig::from_endpoint_list(" , "), Err(ClientError::NoEndpoints)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let c = ClientConfig::new(["a:1"]);
+        assert_eq!(c.backoff(1), Duration::from_millis(25));
+        assert_eq!(c.backoff(2), Duration::from_millis(50));
+        assert_eq!(c.backoff(3), Duration::from_millis(100));
+        assert_eq!(c.backoff(40), Duration::from_millis(1_000));
+    }
+}

@@ -1,0 +1,362 @@
+//! The consumer: positions per partition, polling with long poll, streaming, group offsets.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
+
+use crate::client::{Client, Route};
+use crate::config::{ConsumerConfig, OffsetReset};
+use crate::error::ClientError;
+use crate::proto;
+use crate::records::ConsumedRecord;
+
+/// One fetch's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedBatch {
+    /// The records, in offset order.
+    pub records: Vec<ConsumedRecord>,
+    /// The first offset the partition still holds.
+    pub log_start: u64,
+    /// One past the last committed offset.
+    pub log_end: u64,
+    /// Where the next fetch should start.
+    pub next_offset: u64,
+}
+
+/// Reads committed records from assigned partitions. See [`ConsumerConfig`].
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    /// Next offset to read per assigned partition; `None` until resolved from the group's commit
+    /// or the reset policy.
+    positions: BTreeMap<(String, u32), Option<u64>>,
+}
+
+type Key = (String, u32);
+
+impl Consumer {
+    /// A consumer over `client` with nothing assigned.
+    pub fn new(client: Client, config: ConsumerConfig) -> Self {
+        Self { client, config, positions: BTreeMap::new() }
+    }
+
+    /// Adds partitions of `topic`; each starts at the group's committed offset, else as
+    /// `offset_reset` says.
+    pub fn assign(&mut self, topic: &str, partitions: impl IntoIterator<Item = u32>) {
+        for p in partitions {
+            self.positions.entry((topic.to_string(), p)).or_insert(None);
+        }
+    }
+
+    /// Assigns every partition of `topic`.
+    pub async fn subscribe(&mut self, topic: &str) -> Result<(), ClientError> {
+        let n = self.client.partition_count(topic).await?;
+        self.assign(topic, 0..n);
+        Ok(())
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// Moves a partition's position (assigning it if needed).
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
+        self.positions.insert((topic.to_string(), partition), Some(offset));
+    }
+
+    /// The next offset `poll` reads from a partition, once known.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.positions.get(&(topic.to_string(), partition)).copied().flatten()
+    }
+
+    /// One fetch from `offset`, waiting up to `max_wait_ms` for data.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_wait_ms: u32,
+    ) -> Result<FetchedBatch, ClientError> {
+        fetch(&self.client, self.config.max_bytes, topic, partition, offset, max_wait_ms).await
+    }
+
+    /// Records from the assigned partitions: answers at once with whatever is ready, else waits up
+    /// to `max_wait_ms` for the first partition to get data (an empty vector if none does).
+    /// Advances the positions past what it returns.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, ClientError> {
+        if self.positions.is_empty() {
+            return Err(ClientError::InvalidRequest("poll with no assigned partition".into()));
+        }
+        self.resolve_positions().await?;
+        let ready = self.fetch_all(0).await?;
+        if !ready.is_empty() || self.config.max_wait_ms == 0 {
+            return Ok(ready);
+        }
+        self.fetch_all(self.config.max_wait_ms).await
+    }
+
+    /// Fetches every assigned partition concurrently; with a wait, returns at the first that has data.
+    async fn fetch_all(&mut self, max_wait_ms: u32) -> Result<Vec<ConsumedRecord>, ClientError> {
+        let mut inflight: FuturesUnordered<_> = self
+            .positions
+            .iter()
+            .filter_map(|(key, pos)| pos.map(|offset| (key.clone(), offset)))
+            .map(|((topic, partition), offset)| {
+                let client = self.client.clone();
+                let max_bytes = self.config.max_bytes;
+                async move {
+                    let r = fetch(&client, max_bytes, &topic, partition, offset, max_wait_ms).await;
+                    ((topic, partition), r)
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        while let Some((key, result)) = inflight.next().await {
+            match result {
+                Ok(batch) => {
+                    if let Some(last) = batch.records.last() {
+                        self.positions.insert(key, Some(last.offset + 1));
+                    }
+                    out.extend(batch.records);
+                    if max_wait_ms > 0 && !out.is_empty() {
+                        break;
+                    }
+                }
+                Err(ClientError::OffsetOutOfRange { log_start, log_end, message }) => {
+                    let reset = match self.config.offset_reset {
+                        OffsetReset::Earliest => log_start,
+                        OffsetReset::Latest => log_end,
+                        OffsetReset::None => {
+                            return Err(ClientError::OffsetOutOfRange { log_start, log_end, message });
+                        }
+                    };
+                    tracing::info!(topic = %key.0, partition = key.1, reset, "position out of range, reset");
+                    self.positions.insert(key, Some(reset));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives every unresolved position a value: the group's committed offset, else the reset policy.
+    async fn resolve_positions(&mut self) -> Result<(), ClientError> {
+        let unresolved: Vec<Key> = self.positions.iter().filter(|(_, p)| p.is_none()).map(|(k, _)| k.clone()).collect();
+        if unresolved.is_empty() {
+            return Ok(());
+        }
+        let committed = match &self.config.group {
+            Some(group) => self.fetch_committed(group, &unresolved).await?,
+            None => BTreeMap::new(),
+        };
+        for key in unresolved {
+            let offset = match committed.get(&key) {
+                Some(o) => *o,
+                None => match self.config.offset_reset {
+                    OffsetReset::Earliest | OffsetReset::None => {
+                        // Offset 0 is the start unless it was compacted away; then the
+                        // out-of-range answer carries the real log start.
+                        match self.fetch(&key.0, key.1, 0, 0).await {
+                            Ok(b) => b.log_start,
+                            Err(ClientError::OffsetOutOfRange { log_start, .. }) => log_start,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    OffsetReset::Latest => match self.fetch(&key.0, key.1, u64::MAX, 0).await {
+                        Ok(b) => b.log_end,
+                        Err(ClientError::OffsetOutOfRange { log_end, .. }) => log_end,
+                        Err(e) => return Err(e),
+                    },
+                },
+            };
+            self.positions.insert(key, Some(offset));
+        }
+        Ok(())
+    }
+
+    async fn fetch_committed(&self, group: &str, keys: &[Key]) -> Result<BTreeMap<Key, u64>, ClientError> {
+        let partitions: Vec<proto::TopicPartition> = keys
+            .iter()
+            .map(|(topic, partition)| proto::TopicPartition { topic: topic.clone(), partition: *partition })
+            .collect();
+        let message = proto::FetchOffsetsRequest { group: group.to_string(), partitions };
+        let resp = self
+            .client
+            .call(Route::Any, |ch| {
+                let req = self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::groups_client(ch).fetch_offsets(req).await }
+            })
+            .await?;
+        Ok(resp.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect())
+    }
+
+    /// The group's committed offset for one partition, if any.
+    pub async fn committed(&self, topic: &str, partition: u32) -> Result<Option<u64>, ClientError> {
+        let group = self.group()?;
+        let key = (topic.to_string(), partition);
+        Ok(self.fetch_committed(group, std::slice::from_ref(&key)).await?.get(&key).copied())
+    }
+
+    fn group(&self) -> Result<&str, ClientError> {
+        self.config.group.as_deref().ok_or_else(|| ClientError::InvalidRequest("the consumer has no group".into()))
+    }
+
+    /// Commits the current positions of every assigned partition for the group.
+    pub async fn commit(&self) -> Result<(), ClientError> {
+        let offsets: Vec<(String, u32, u64)> =
+            self.positions.iter().filter_map(|((t, p), o)| o.map(|o| (t.clone(), *p, o))).collect();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// Commits explicit `(topic, partition, next offset)` triples for the group.
+    pub async fn commit_offsets(&self, offsets: &[(String, u32, u64)]) -> Result<(), ClientError> {
+        let group = self.group()?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let message = proto::CommitOffsetsRequest {
+            group: group.to_string(),
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| proto::PartitionOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        };
+        self.client
+            .call(Route::Any, |ch| {
+                let req = self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::groups_client(ch).commit_offsets(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Follows one partition from `offset` as records are committed (server streaming). Reconnects
+    /// after a leader change or an unreachable node, resuming after the last record yielded; gives
+    /// up after `max_attempts` consecutive failures, yielding the error last.
+    pub fn stream(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> impl Stream<Item = Result<ConsumedRecord, ClientError>> + Send + 'static {
+        let state = StreamState {
+            client: self.client.clone(),
+            topic: topic.to_string(),
+            partition,
+            next_offset: offset,
+            max_bytes: self.config.max_bytes,
+            inner: None,
+            buffered: VecDeque::new(),
+            failures: 0,
+            done: false,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            let item = st.next().await?;
+            Some((item, st))
+        })
+    }
+}
+
+struct StreamState {
+    client: Client,
+    topic: String,
+    partition: u32,
+    next_offset: u64,
+    max_bytes: u32,
+    inner: Option<tonic::Streaming<proto::FetchResponse>>,
+    buffered: VecDeque<ConsumedRecord>,
+    failures: u32,
+    done: bool,
+}
+
+impl StreamState {
+    async fn next(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
+        loop {
+            if let Some(r) = self.buffered.pop_front() {
+                self.next_offset = r.offset + 1;
+                return Some(Ok(r));
+            }
+            if self.done {
+                return None;
+            }
+            let err = match self.inner.as_mut() {
+                None => match self.open().await {
+                    Ok(s) => {
+                        self.inner = Some(s);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                Some(s) => match s.message().await {
+                    Ok(Some(batch)) => {
+                        self.failures = 0;
+                        for r in batch.records {
+                            match ConsumedRecord::from_proto(&self.topic, self.partition, r) {
+                                Ok(r) => self.buffered.push_back(r),
+                                Err(e) => {
+                                    self.done = true;
+                                    return Some(Err(e));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(None) => ClientError::Status { code: tonic::Code::Unavailable, message: "stream ended".into() },
+                    Err(status) => ClientError::from_status(status),
+                },
+            };
+            self.inner = None;
+            self.failures += 1;
+            if !err.is_retriable() || self.failures >= self.client.config().max_attempts {
+                self.done = true;
+                return Some(Err(err));
+            }
+            tokio::time::sleep(self.client.config().backoff(self.failures)).await;
+        }
+    }
+
+    async fn open(&self) -> Result<tonic::Streaming<proto::FetchResponse>, ClientError> {
+        let message = proto::SubscribeRequest {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.next_offset,
+            max_bytes: self.max_bytes,
+        };
+        self.client
+            .call(Route::Partition(self.topic.clone(), self.partition), |ch| {
+                let req = tonic::Request::new(message.clone());
+                async move { Client::fetch_client(ch).subscribe(req).await }
+            })
+            .await
+    }
+}
+
+async fn fetch(
+    client: &Client,
+    max_bytes: u32,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_wait_ms: u32,
+) -> Result<FetchedBatch, ClientError> {
+    let message = proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms };
+    let resp = client
+        .call(Route::Partition(topic.to_string(), partition), |ch| {
+            let req = client.request(message.clone(), Duration::from_millis(u64::from(max_wait_ms)));
+            async move { Client::fetch_client(ch).fetch(req).await }
+        })
+        .await?;
+    let records = resp
+        .records
+        .into_iter()
+        .map(|r| ConsumedRecord::from_proto(topic, partition, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FetchedBatch { records, log_start: resp.log_start, log_end: resp.log_end, next_offset: resp.next_offset })
+}

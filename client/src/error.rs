@@ -1,0 +1,334 @@
+//! Client errors, and the contract for how a server status carries machine-readable details.
+//!
+//! The node answers every failure with a gRPC status whose message is for people; the metadata
+//! keys in [`meta`] carry what a program needs (a stable [`ErrorCode`], the leader to retry at,
+//! the log bounds of an out-of-range read, the limit that was hit). [`ClientError::from_status`]
+//! turns such a status back into a typed error.
+
+use std::fmt;
+
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+/// Status metadata keys (ASCII values) set by the node on error statuses.
+pub mod meta {
+    /// The stable [`super::ErrorCode`] (e.g. `NOT_LEADER`).
+    pub const ERROR_CODE: &str = "shale-error-code";
+    /// NOT_LEADER: the current leader's node id, when known.
+    pub const LEADER_ID: &str = "shale-leader-id";
+    /// NOT_LEADER: the current leader's advertised gRPC address (`host:port`), when known.
+    pub const LEADER_ADDR: &str = "shale-leader-addr";
+    /// OFFSET_OUT_OF_RANGE: the first offset the partition still holds.
+    pub const LOG_START: &str = "shale-log-start";
+    /// OFFSET_OUT_OF_RANGE: one past the last committed offset.
+    pub const LOG_END: &str = "shale-log-end";
+    /// Limit errors: the configured limit that was exceeded.
+    pub const LIMIT: &str = "shale-limit";
+    /// Request metadata set by a node when it forwards a request to a leader; a node never
+    /// forwards a request that already carries it (no forwarding loops).
+    pub const FORWARDED: &str = "shale-forwarded";
+}
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident => $text:literal, $grpc:ident; )*) => {
+        /// A stable, machine-readable error code, sent in [`meta::ERROR_CODE`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, for documentation and tests.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The code as sent on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $text,)* }
+            }
+
+            /// Parses a wire code.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some(ErrorCode::$variant),)* _ => None }
+            }
+
+            /// The gRPC status code this error is sent with.
+            pub fn grpc_code(self) -> Code {
+                match self { $(ErrorCode::$variant => Code::$grpc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The node is not the leader of the group that must serve the request (see the leader keys).
+    NotLeader => "NOT_LEADER", Unavailable;
+    /// The group has no leader right now (an election is running); retry shortly.
+    NoLeader => "NO_LEADER", Unavailable;
+    /// No topic of that name.
+    UnknownTopic => "UNKNOWN_TOPIC", NotFound;
+    /// The topic has no such partition.
+    UnknownPartition => "UNKNOWN_PARTITION", NotFound;
+    /// A topic of that name already exists.
+    TopicExists => "TOPIC_EXISTS", AlreadyExists;
+    /// No cluster member with that node id.
+    UnknownNode => "UNKNOWN_NODE", NotFound;
+    /// The read offset is below the log start or past the log end (see the log keys).
+    OffsetOutOfRange => "OFFSET_OUT_OF_RANGE", OutOfRange;
+    /// One record is over `max_record_bytes`.
+    RecordTooLarge => "RECORD_TOO_LARGE", InvalidArgument;
+    /// A batch has more records than `max_batch_records`.
+    BatchTooLarge => "BATCH_TOO_LARGE", InvalidArgument;
+    /// A request is over `max_request_bytes`.
+    RequestTooLarge => "REQUEST_TOO_LARGE", ResourceExhausted;
+    /// A topic name breaks the rules (`[a-zA-Z0-9._-]`, 1..=249 characters).
+    InvalidTopicName => "INVALID_TOPIC_NAME", InvalidArgument;
+    /// A topic configuration is impossible (zero partitions, too many, bad replication factor, ...).
+    InvalidConfig => "INVALID_CONFIG", InvalidArgument;
+    /// Some other argument is invalid (an empty batch, an empty group name, ...).
+    InvalidArgument => "INVALID_ARGUMENT", InvalidArgument;
+    /// An idempotent producer's batch skipped sequence numbers.
+    OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE", FailedPrecondition;
+    /// The operation cannot run in the cluster's current state (e.g. a membership change is running).
+    FailedPrecondition => "FAILED_PRECONDITION", FailedPrecondition;
+    /// The operation did not complete in time; it may or may not have taken effect.
+    Timeout => "TIMEOUT", DeadlineExceeded;
+    /// The node is shutting down or a replica could not be reached.
+    Unavailable => "UNAVAILABLE", Unavailable;
+    /// Replicas disagree or stored data failed verification.
+    Corruption => "CORRUPTION", DataLoss;
+    /// A storage or internal failure on the node.
+    Internal => "INTERNAL", Internal;
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a client call can fail with.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The client was configured with no endpoint at all.
+    #[error("no endpoints configured: give at least one `host:port`")]
+    NoEndpoints,
+
+    /// An endpoint string could not be turned into a URI.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+
+    /// The node is not the leader; the client retries at `leader_addr` when it knows it.
+    #[error("not the leader: {message}")]
+    NotLeader {
+        /// The leader's node id, if the node knew it.
+        leader_id: Option<u64>,
+        /// The leader's address, if the node knew it.
+        leader_addr: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+
+    /// A read offset is outside what the partition holds.
+    #[error("offset out of range (log holds [{log_start}, {log_end})): {message}")]
+    OffsetOutOfRange {
+        /// The first offset still held.
+        log_start: u64,
+        /// One past the last committed offset.
+        log_end: u64,
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server refused or failed the request; `code` says why in a stable form.
+    #[error("{code}: {message}")]
+    Server {
+        /// The stable error code.
+        code: ErrorCode,
+        /// The limit that was hit, for limit errors.
+        limit: Option<u64>,
+        /// The server's message.
+        message: String,
+    },
+
+    /// A gRPC failure without a Shale error code (transport errors, a proxy, an old node...).
+    #[error("gRPC status {code:?}: {message}")]
+    Status {
+        /// The gRPC code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+
+    /// Client-side validation refused a value before sending it.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// A call was retried `attempts` times and still failed.
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        last: Box<ClientError>,
+    },
+
+    /// The producer was closed (or its background task ended) before the record was sent.
+    #[error("the producer is closed")]
+    ProducerClosed,
+
+    /// A response broke the protocol (a missing field, a wrong number of acks, ...).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+fn meta_str<'a>(map: &'a MetadataMap, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(|v| v.to_str().ok())
+}
+
+fn meta_u64(map: &MetadataMap, key: &str) -> Option<u64> {
+    meta_str(map, key).and_then(|s| s.parse().ok())
+}
+
+impl ClientError {
+    /// Interprets a status from a Shale node (or from the transport).
+    pub fn from_status(status: Status) -> Self {
+        let map = status.metadata();
+        let message = status.message().to_string();
+        let Some(code) = meta_str(map, meta::ERROR_CODE).and_then(ErrorCode::parse) else {
+            return ClientError::Status { code: status.code(), message };
+        };
+        match code {
+            ErrorCode::NotLeader => ClientError::NotLeader {
+                leader_id: meta_u64(map, meta::LEADER_ID),
+                leader_addr: meta_str(map, meta::LEADER_ADDR).filter(|s| !s.is_empty()).map(str::to_string),
+                message,
+            },
+            ErrorCode::OffsetOutOfRange => ClientError::OffsetOutOfRange {
+                log_start: meta_u64(map, meta::LOG_START).unwrap_or(0),
+                log_end: meta_u64(map, meta::LOG_END).unwrap_or(0),
+                message,
+            },
+            code => ClientError::Server { code, limit: meta_u64(map, meta::LIMIT), message },
+        }
+    }
+
+    /// The stable error code, when the server sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::NotLeader { .. } => Some(ErrorCode::NotLeader),
+            ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
+            ClientError::Server { code, .. } => Some(*code),
+            ClientError::RetriesExhausted { last, .. } => last.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed if retried (possibly at another node): leadership
+    /// moved, an election is running, a node is unreachable or timed out.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::NotLeader { .. } => true,
+            ClientError::Server { code, .. } => {
+                matches!(code, ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::Timeout)
+            }
+            ClientError::Status { code, .. } => {
+                matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::from_status(status)
+    }
+}
+
+/// Builds the status a node sends for `code`, with the code in [`meta::ERROR_CODE`].
+///
+/// Callers add further keys (leader, log bounds, limit) with [`status_with`].
+pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    status_with(code, message, &[])
+}
+
+/// As [`status`], plus extra `(key, value)` metadata (values must be ASCII; others are dropped).
+pub fn status_with(code: ErrorCode, message: impl Into<String>, extra: &[(&'static str, String)]) -> Status {
+    let mut map = MetadataMap::new();
+    map.insert(meta::ERROR_CODE, code.as_str().parse().expect("error codes are ASCII"));
+    for (key, value) in extra {
+        if let Ok(v) = value.parse() {
+            map.insert(*key, v);
+        }
+    }
+    Status::with_metadata(code.grpc_code(), message, map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_wire_name() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn not_leader_status_carries_the_leader() {
+        let s = status_with(
+            ErrorCode::NotLeader,
+            "node 2 is not the leader of orders/0",
+            &[(meta::LEADER_ID, "3".into()), (meta::LEADER_ADDR, "10.0.0.3:7000".into())],
+        );
+        assert_eq!(s.code(), Code::Unavailable);
+        match ClientError::from_status(s) {
+            ClientError::NotLeader { leader_id, leader_addr, message } => {
+                assert_eq!(leader_id, Some(3));
+                assert_eq!(leader_addr.as_deref(), Some("10.0.0.3:7000"));
+                assert!(message.contains("orders/0"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_status_carries_the_bounds() {
+        let s = status_with(
+            ErrorCode::OffsetOutOfRange,
+            "offset 99",
+            &[(meta::LOG_START, "5".into()), (meta::LOG_END, "42".into())],
+        );
+        assert_eq!(s.code(), Code::OutOfRange);
+        let e = ClientError::from_status(s);
+        assert!(matches!(e, ClientError::OffsetOutOfRange { log_start: 5, log_end: 42, .. }), "{e:?}");
+        assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn limit_errors_carry_the_limit_and_plain_statuses_stay_plain() {
+        let e = ClientError::from_status(status_with(
+            ErrorCode::RecordTooLarge,
+            "record 0 is 2000000 bytes",
+            &[(meta::LIMIT, "1048576".into())],
+        ));
+        assert!(matches!(e, ClientError::Server { code: ErrorCode::RecordTooLarge, limit: Some(1_048_576), .. }));
+        let plain = ClientError::from_status(Status::unavailable("connection refused"));
+        assert!(matches!(plain, ClientError::Status { code: Code::Unavailable, .. }));
+        assert!(plain.is_retriable());
+    }
+}

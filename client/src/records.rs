@@ -1,0 +1,141 @@
+//! The record types applications produce and consume.
+
+use bytes::Bytes;
+
+use crate::error::ClientError;
+use crate::proto;
+
+/// One application header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Header name (need not be unique).
+    pub key: String,
+    /// Header value.
+    pub value: Bytes,
+}
+
+/// A record to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// The topic.
+    pub topic: String,
+    /// An explicit partition; otherwise chosen by key hash or round-robin.
+    pub partition: Option<u32>,
+    /// Partitioning key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// Application headers.
+    pub headers: Vec<Header>,
+    /// Producer timestamp in ms since the Unix epoch; `None` lets the leader stamp it.
+    pub timestamp_ms: Option<u64>,
+}
+
+impl ProducerRecord {
+    /// A keyless record.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Self { topic: topic.into(), value: value.into(), ..Self::default() }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets an explicit partition.
+    #[must_use]
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header { key: key.into(), value: value.into() });
+        self
+    }
+
+    /// Sets the timestamp.
+    #[must_use]
+    pub fn timestamp_ms(mut self, timestamp_ms: u64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Approximate encoded size, for batching.
+    pub fn size_bytes(&self) -> usize {
+        16 + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.len()
+            + self.headers.iter().map(|h| h.key.len() + h.value.len() + 4).sum::<usize>()
+    }
+
+    pub(crate) fn to_proto(&self) -> proto::Record {
+        proto::Record {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| proto::Header { key: h.key.clone(), value: h.value.clone() })
+                .collect(),
+            timestamp_ms: self.timestamp_ms.unwrap_or(0),
+        }
+    }
+}
+
+/// Where an acknowledged record was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset in the partition.
+    pub offset: u64,
+    /// The record's chain hash (SHA-256).
+    pub chain_hash: [u8; 32],
+}
+
+/// A committed record read from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset.
+    pub offset: u64,
+    /// The record's chain hash.
+    pub chain_hash: [u8; 32],
+    /// The key, if any.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// Application headers.
+    pub headers: Vec<Header>,
+    /// Timestamp in ms since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// A 32-byte chain hash from the wire.
+pub(crate) fn hash32(bytes: &[u8]) -> Result<[u8; 32], ClientError> {
+    bytes.try_into().map_err(|_| ClientError::Protocol(format!("chain hash is {} bytes, expected 32", bytes.len())))
+}
+
+impl ConsumedRecord {
+    pub(crate) fn from_proto(topic: &str, partition: u32, r: proto::ConsumedRecord) -> Result<Self, ClientError> {
+        Ok(Self {
+            topic: topic.to_string(),
+            partition,
+            offset: r.offset,
+            chain_hash: hash32(&r.chain_hash)?,
+            key: r.key,
+            value: r.value,
+            headers: r.headers.into_iter().map(|h| Header { key: h.key, value: h.value }).collect(),
+            timestamp_ms: r.timestamp_ms,
+        })
+    }
+}
