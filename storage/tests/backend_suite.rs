@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shale_storage::{
-    ChainHash, Checkpoint, CheckpointPolicy, CompactionConfig, CompactionResult, MemoryStorage, Offset, StorageBackend,
-    StorageError, StorageOptions, StreamId, format,
+    ChainHash, Checkpoint, CheckpointPolicy, CodecKind, CompactionConfig, CompactionResult, MemoryStorage, Offset,
+    StorageBackend, StorageError, StorageOptions, StreamId, format,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -172,6 +172,29 @@ fn round_trip<F: Fixture>(f: &F) {
     assert_eq!(b.log_start(S).unwrap(), off(0));
     b.sync(S).unwrap();
     assert!(b.stream_bytes(S).unwrap() > 4096 + 1000, "stream_bytes counts what was written");
+}
+
+fn compressed_codecs_round_trip_with_same_hashes<F: Fixture>(f: &F) {
+    // Compressible (repetitive text) and incompressible payloads, mixed.
+    let events: Vec<Bytes> = (0..120u64)
+        .map(|i| {
+            if i % 3 == 0 {
+                payload(23, i, 300)
+            } else {
+                Bytes::from(format!("event {i}: ").repeat(1 + (i as usize % 40)))
+            }
+        })
+        .collect();
+    let expected = expected_chain(0, ChainHash::ZERO, &events);
+    for codec in [CodecKind::None, CodecKind::Lz4, CodecKind::Zstd { level: 3 }] {
+        let b = f.open(StorageOptions { codec, ..small_segments() });
+        append_all(&b, S, &events, 8);
+        let recs = b.read_records(S, off(0), usize::MAX).unwrap();
+        assert_eq!(recs.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), events, "{codec:?}");
+        assert_eq!(recs.iter().map(|r| r.hash).collect::<Vec<_>>(), expected, "{codec:?}");
+        assert_eq!(b.verify_chain(S).unwrap().head, expected[119], "{codec:?}");
+        assert_eq!(read_all(&b, S, off(17), 700), events[17..].to_vec(), "{codec:?}");
+    }
 }
 
 fn offsets_are_per_stream_and_gapless<F: Fixture>(f: &F) {
@@ -585,7 +608,7 @@ struct CompactionLayout {
 
 fn compaction_layout<B: StorageBackend>(b: &B, tag: u64) -> CompactionLayout {
     let per_segment = records_per_segment(4096, 235);
-    assert_eq!(per_segment, 13, "40 B header + 13 * 300 B = 3940 <= 4096 < 4240");
+    assert_eq!(per_segment, 13, "a segment header of at most 196 B + 13 * 300 B fits in 4096 B, 14 records do not");
     let events = payloads(tag, 0..100, 235);
     append_all(b, S, &events, 7);
     CompactionLayout { per_segment, sealed_bytes: sealed_segment_bytes(per_segment, 235), events }
@@ -618,7 +641,8 @@ fn compaction_by_bytes<F: Fixture>(f: &F) {
     // Keep about three segments: the oldest go while the total is over it.
     let config = CompactionConfig { retain_bytes: Some(3 * layout.sealed_bytes), ..CompactionConfig::default() };
     let r = b.compact(S, &config).unwrap();
-    // 7 sealed (3940 B each) + active (40 + 9 * 300 = 2740 B) = 30320 B; removing 5 leaves 10620 <= 11820.
+    // With a header of H bytes: 7 sealed segments of H + 3900 B and an active one of H + 2700 B.
+    // Keeping 3 * (H + 3900): removing 4 leaves 4H + 14400 (too much), removing 5 leaves 3H + 10500.
     assert_eq!((r.segments_removed, r.new_log_start), (5, off(65)));
     assert!(r.bytes_freed >= 5 * layout.sealed_bytes, "freed {} bytes", r.bytes_freed);
     assert!(b.stream_bytes(S).unwrap() <= before - 5 * layout.sealed_bytes);
@@ -879,6 +903,7 @@ macro_rules! backend_suite {
             backend_suite!(@tests $fixture;
                 round_trip,
                 offsets_are_per_stream_and_gapless,
+                compressed_codecs_round_trip_with_same_hashes,
                 chain_hashes_match_independent_sha256,
                 offset_mismatch_writes_nothing,
                 empty_batch_is_rejected,
