@@ -194,6 +194,10 @@ impl StorageBackend for MemoryStorage {
         _fsync: bool,
     ) -> Result<Offset> {
         self.check_batch(stream, &events)?;
+        // A rejected append must not bring the stream into existence.
+        if expected_offset != Offset::ZERO && self.stream(stream).is_none() {
+            return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: Offset::ZERO });
+        }
         let handle = self.stream_or_create(stream);
         let mut s = handle.lock();
         let actual = s.next();
@@ -387,6 +391,13 @@ impl StorageBackend for MemoryStorage {
                     cp.data.len(),
                     format::checkpoint::MAX_DATA_LEN
                 ),
+            });
+        }
+        if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset: cp.offset,
+                reason: "a checkpoint at offset 0 covers no record, so its hash must be zero".into(),
             });
         }
         let handle = self.stream_or_create(stream);
