@@ -1,1 +1,36 @@
-//! Placeholder: filled in by its issue.
+//! `shale-raft`: multi-Raft replication for Shale, openraft over shale-storage.
+//!
+//! Every Raft group (the metadata group and one per topic partition) keeps its log as a storage
+//! stream whose record offsets are the Raft log indexes, its vote/committed/purged state in a small
+//! meta stream, and its snapshots as checkpoints of the log stream. Application payloads and
+//! snapshots are opaque bytes handled by a [`StateMachineApp`]. All groups of a node share one gRPC
+//! transport ([`Router`]).
+//!
+//! Stream mapping: group `g` uses stream `2g` (log) and `2g + 1` (meta). Byte layouts are in
+//! [`format`].
+
+// `--cfg shale_raft_core_only` builds the Raft core without the cluster layer (used by the core's
+// own test runs while the cluster layer is being edited).
+#[cfg(not(shale_raft_core_only))]
+pub mod cluster;
+pub mod error;
+pub mod format;
+pub mod group;
+pub mod log_store;
+pub mod meta_store;
+pub mod network;
+pub mod retention;
+pub mod router;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use error::RaftError;
+pub use group::{RaftGroup, RaftGroupConfig, WriteResult};
+pub use log_store::{CommittedEntry, GroupLog, LogReader, LogStore};
+pub use network::NetworkConfig;
+pub use retention::Retention;
+pub use router::Router;
+pub use snapshot::SnapshotData;
+pub use state_machine::{GroupStateMachine, RestoreError, StateMachineApp};
+pub use types::{AppPayload, AppResponse, GroupId, Node, NodeId, TypeConfig};

@@ -1,0 +1,132 @@
+//! The one error type of the raft crate's public API.
+
+use shale_storage::StorageError;
+
+use crate::format::DecodeError;
+use crate::types::{GroupId, NodeId};
+
+/// Every way a group operation can fail. Variants name the group and carry what a caller needs to
+/// act (the leader to redirect to, the valid range, the timeout that expired).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftError {
+    /// This node is not the group's leader; retry at `leader` (id and gRPC address) if known.
+    #[error("group {group}: this node is not the leader (leader: {})",
+        leader.as_ref().map(|(id, addr)| format!("{id} at {addr}")).unwrap_or_else(|| "unknown".into()))]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The current leader, if this node knows it.
+        leader: Option<(NodeId, String)>,
+    },
+
+    /// A storage call failed.
+    #[error("group {group}: storage error: {source}")]
+    Storage {
+        /// The group.
+        group: GroupId,
+        /// The storage error.
+        #[source]
+        source: StorageError,
+    },
+
+    /// Stored raft data could not be decoded.
+    #[error("group {group}: stored data at index {index} is undecodable: {source}")]
+    Decode {
+        /// The group.
+        group: GroupId,
+        /// The log index (or meta record offset) of the bad data.
+        index: u64,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+
+    /// A read asked for an index the log no longer (or does not yet) hold.
+    #[error("group {group}: index {requested} is out of range [{log_start}, {next})")]
+    OffsetOutOfRange {
+        /// The group.
+        group: GroupId,
+        /// The index asked for.
+        requested: u64,
+        /// The first index still stored.
+        log_start: u64,
+        /// One past the last readable index.
+        next: u64,
+    },
+
+    /// `initialize` was called on a group that already has a membership.
+    #[error("group {group}: already initialized")]
+    AlreadyInitialized {
+        /// The group.
+        group: GroupId,
+    },
+
+    /// A wait ran out of time.
+    #[error("group {group}: timed out after {timeout_ms} ms waiting for {what}")]
+    Timeout {
+        /// The group.
+        group: GroupId,
+        /// What was awaited.
+        what: &'static str,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+
+    /// A peer could not be reached or answered with a transport error.
+    #[error("network error talking to node {peer}: {reason}")]
+    Network {
+        /// The peer.
+        peer: NodeId,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A membership change was refused.
+    #[error("group {group}: membership change refused: {reason}")]
+    MembershipChange {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        reason: String,
+    },
+
+    /// A write was accepted but then lost its leader before it was known committed: it may or may
+    /// not be in the log. Retries must be idempotent (or deduplicated by the application).
+    #[error("group {group}: write outcome unknown: {reason}")]
+    Indeterminate {
+        /// The group.
+        group: GroupId,
+        /// What happened.
+        reason: String,
+    },
+
+    /// The group is shutting down or stopped.
+    #[error("group {group}: shutting down")]
+    ShuttingDown {
+        /// The group.
+        group: GroupId,
+    },
+
+    /// The group's Raft core stopped on an unrecoverable error (usually storage); restart the node.
+    #[error("group {group}: fatal raft error: {reason}")]
+    Fatal {
+        /// The group.
+        group: GroupId,
+        /// The rendered openraft error.
+        reason: String,
+    },
+
+    /// A configuration value was rejected.
+    #[error("invalid raft configuration: {0}")]
+    InvalidConfig(String),
+
+    /// Any other error openraft reported, rendered.
+    #[error("group {group}: raft error: {reason}")]
+    Openraft {
+        /// The group.
+        group: GroupId,
+        /// The rendered error.
+        reason: String,
+    },
+}

@@ -1,0 +1,528 @@
+//! Every byte layout shale-raft writes: log entry records, membership configs, meta records and
+//! snapshot checkpoint data. Each layout is a set of named constants, each field's offset derived
+//! from the previous one, with a version byte; decoders check every length against the input and
+//! return [`DecodeError`] instead of panicking. Tabled in docs/format.md ("Raft").
+//!
+//! All integers are little-endian. Encodings are deterministic: an entry always encodes to the same
+//! bytes, so replicas holding the same entries have the same storage chain hashes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::types::{AppPayload, Entry, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ends before a field it must hold.
+    #[error("{what}: truncated, {needed} bytes needed, {available} available")]
+    Truncated {
+        /// What was being decoded.
+        what: &'static str,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes present.
+        available: usize,
+    },
+    /// A version byte names a layout this build does not read.
+    #[error("{what}: format version {found} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// What was being decoded.
+        what: &'static str,
+        /// The version found.
+        found: u8,
+        /// The version this build reads.
+        supported: u8,
+    },
+    /// A field holds a value no writer produces.
+    #[error("{what}: invalid {field} {value}")]
+    InvalidField {
+        /// What was being decoded.
+        what: &'static str,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A count or length is over its limit.
+    #[error("{what}: {field} is {value}, over the limit of {limit}")]
+    OverLimit {
+        /// What was being decoded.
+        what: &'static str,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Bytes are left over after a complete value.
+    #[error("{what}: {extra} trailing bytes")]
+    TrailingBytes {
+        /// What was being decoded.
+        what: &'static str,
+        /// How many.
+        extra: usize,
+    },
+    /// A decoded membership config is not a valid config.
+    #[error("invalid membership config: {0}")]
+    InvalidMembership(String),
+}
+
+/// A tiny checked reader over a byte slice.
+struct Reader<'a> {
+    what: &'static str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
+        Self { what, bytes, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let available = self.bytes.len() - self.at;
+        if n > available {
+            return Err(DecodeError::Truncated { what: self.what, needed: self.at + n, available: self.bytes.len() });
+        }
+        let out = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        let extra = self.bytes.len() - self.at;
+        if extra != 0 {
+            return Err(DecodeError::TrailingBytes { what: self.what, extra });
+        }
+        Ok(())
+    }
+
+    fn limited(&mut self, field: &'static str, limit: u64) -> Result<u32, DecodeError> {
+        let v = self.u32()?;
+        if u64::from(v) > limit {
+            return Err(DecodeError::OverLimit { what: self.what, field, value: u64::from(v), limit });
+        }
+        Ok(v)
+    }
+}
+
+/// The log entry record: the storage payload of record `i` in a group's log stream is the Raft
+/// entry with log index `i`.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 1 | version (1) |
+/// | 1 | 1 | kind: 0 blank, 1 normal, 2 membership |
+/// | 2 | 8 | term of the proposing leader |
+/// | 10 | 8 | node id of the proposing leader |
+/// | 18 | 8 | log index (equals the record's storage offset) |
+/// | 26 | n | body: normal = the application payload as is; membership = [`membership`] encoding; blank = empty |
+pub mod entry {
+    /// Layout version written and read.
+    pub const VERSION: u8 = 1;
+    /// Offset of the version byte.
+    pub const VERSION_AT: usize = 0;
+    /// Offset of the kind byte.
+    pub const KIND_AT: usize = VERSION_AT + 1;
+    /// Offset of the term.
+    pub const TERM_AT: usize = KIND_AT + 1;
+    /// Offset of the leader node id.
+    pub const NODE_AT: usize = TERM_AT + 8;
+    /// Offset of the log index.
+    pub const INDEX_AT: usize = NODE_AT + 8;
+    /// Length of the fixed header; the body starts here.
+    pub const HEADER_LEN: usize = INDEX_AT + 8;
+    /// Kind of a blank entry.
+    pub const KIND_BLANK: u8 = 0;
+    /// Kind of a normal (application) entry.
+    pub const KIND_NORMAL: u8 = 1;
+    /// Kind of a membership entry.
+    pub const KIND_MEMBERSHIP: u8 = 2;
+}
+
+/// A membership config: the voter sets (one, or two while a joint change is in progress) and every
+/// node's address.
+///
+/// | size | field |
+/// |---|---|
+/// | 4 | config count C (<= [`MAX_CONFIGS`](membership::MAX_CONFIGS); 0 only with N = 0: the empty config) |
+/// | per config: 4 + 8k | voter count k, then k node ids ascending |
+/// | 4 | node count N (<= [`MAX_NODES`](membership::MAX_NODES)) |
+/// | per node: 8 + 4 + a | node id (ascending), address length a, address UTF-8 |
+pub mod membership {
+    /// Most voter sets in one config (a joint config has two).
+    pub const MAX_CONFIGS: u64 = 8;
+    /// Most nodes (voters and learners) in one config.
+    pub const MAX_NODES: u64 = 4096;
+    /// Longest node address.
+    pub const MAX_ADDR_LEN: u64 = 1024;
+}
+
+/// One meta stream record: the full durable state of a group's log; the latest record wins.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 1 | version (1) |
+/// | 1 | 1 | flags: bit 0 vote present, bit 1 committed present, bit 2 last purged present |
+/// | 2 | 8 | vote term |
+/// | 10 | 8 | vote node id |
+/// | 18 | 1 | vote committed (0 or 1) |
+/// | 19 | 24 | committed log id: term, node id, index |
+/// | 43 | 24 | last purged log id: term, node id, index |
+/// | 67 | | end |
+pub mod meta {
+    /// Layout version written and read.
+    pub const VERSION: u8 = 1;
+    /// Offset of the flags byte.
+    pub const FLAGS_AT: usize = 1;
+    /// Offset of the vote.
+    pub const VOTE_AT: usize = FLAGS_AT + 1;
+    /// Offset of the committed log id.
+    pub const COMMITTED_AT: usize = VOTE_AT + 17;
+    /// Offset of the last purged log id.
+    pub const PURGED_AT: usize = COMMITTED_AT + 24;
+    /// Total record length.
+    pub const LEN: usize = PURGED_AT + 24;
+    /// Flag: a vote is stored.
+    pub const HAS_VOTE: u8 = 1;
+    /// Flag: a committed log id is stored.
+    pub const HAS_COMMITTED: u8 = 2;
+    /// Flag: a last purged log id is stored.
+    pub const HAS_PURGED: u8 = 4;
+}
+
+/// The snapshot state stored as a log-stream checkpoint's `data` (checkpoint at offset
+/// `last_log_id.index + 1`) and sent, prefixed by the checkpoint chain hash, to lagging followers.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | magic `SRSN` (0x4e53_5253) |
+/// | 4 | 1 | version (1) |
+/// | 5 | 1 | flags: bit 0 last log id present, bit 1 membership log id present |
+/// | 6 | 24 | last included log id: term, node id, index |
+/// | 30 | 24 | last membership log id: term, node id, index |
+/// | 54 | 4 | membership encoding length M |
+/// | 58 | M | membership config ([`membership`] encoding) |
+/// | 58+M | 4 | application snapshot length A |
+/// | 62+M | A | application snapshot bytes (opaque) |
+pub mod snapshot {
+    /// `SRSN` read as a little-endian u32.
+    pub const MAGIC: u32 = 0x4e53_5253;
+    /// Layout version written and read.
+    pub const VERSION: u8 = 1;
+    /// Flag: the last included log id is present.
+    pub const HAS_LAST: u8 = 1;
+    /// Flag: the membership log id is present.
+    pub const HAS_MEMBERSHIP_LOG_ID: u8 = 2;
+    /// Largest application snapshot carried (the storage checkpoint limit applies too).
+    pub const MAX_APP_LEN: u64 = 1 << 30;
+    /// Largest membership encoding accepted.
+    pub const MAX_MEMBERSHIP_LEN: u64 = 16 << 20;
+}
+
+fn put_log_id(out: &mut BytesMut, id: Option<&LogId>) {
+    match id {
+        Some(id) => {
+            out.put_u64_le(id.leader_id.term);
+            out.put_u64_le(id.leader_id.node_id);
+            out.put_u64_le(id.index);
+        }
+        None => out.put_bytes(0, 24),
+    }
+}
+
+fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
+    let term = r.u64()?;
+    let node = r.u64()?;
+    let index = r.u64()?;
+    Ok(log_id(term, node, index))
+}
+
+/// Encodes a membership config.
+pub fn encode_membership(m: &Membership, out: &mut BytesMut) {
+    let configs = m.get_joint_config();
+    debug_assert!(configs.len() as u64 <= membership::MAX_CONFIGS);
+    out.put_u32_le(configs.len() as u32);
+    for set in configs {
+        out.put_u32_le(set.len() as u32);
+        for id in set {
+            out.put_u64_le(*id);
+        }
+    }
+    let nodes: Vec<(&NodeId, &Node)> = m.nodes().collect();
+    out.put_u32_le(nodes.len() as u32);
+    for (id, node) in nodes {
+        out.put_u64_le(*id);
+        out.put_u32_le(node.addr.len() as u32);
+        out.put_slice(node.addr.as_bytes());
+    }
+}
+
+fn read_membership(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
+    let n_configs = r.limited("config count", membership::MAX_CONFIGS)?;
+    let mut configs = Vec::with_capacity(n_configs as usize);
+    for _ in 0..n_configs {
+        let k = r.limited("voter count", membership::MAX_NODES)?;
+        let mut set = BTreeSet::new();
+        for _ in 0..k {
+            set.insert(r.u64()?);
+        }
+        configs.push(set);
+    }
+    let n_nodes = r.limited("node count", membership::MAX_NODES)?;
+    let mut nodes = BTreeMap::new();
+    for _ in 0..n_nodes {
+        let id = r.u64()?;
+        let len = r.limited("address length", membership::MAX_ADDR_LEN)?;
+        let addr = std::str::from_utf8(r.take(len as usize)?).map_err(|_| DecodeError::InvalidField {
+            what: r.what,
+            field: "address utf-8 of node",
+            value: id,
+        })?;
+        nodes.insert(id, Node::new(addr));
+    }
+    if configs.is_empty() && nodes.is_empty() {
+        // The empty config of a group that was never initialised.
+        return Ok(Membership::default());
+    }
+    Membership::new(configs, nodes).map_err(|e| DecodeError::InvalidMembership(e.to_string()))
+}
+
+/// Decodes a membership config written by [`encode_membership`].
+pub fn decode_membership(bytes: &[u8]) -> Result<Membership, DecodeError> {
+    let mut r = Reader::new("membership", bytes);
+    let m = read_membership(&mut r)?;
+    r.finish()?;
+    Ok(m)
+}
+
+/// Encodes one log entry as its storage record payload.
+pub fn encode_entry(e: &Entry) -> Bytes {
+    let body_len = match &e.payload {
+        EntryPayload::Normal(p) => p.0.len(),
+        _ => 64,
+    };
+    let mut out = BytesMut::with_capacity(entry::HEADER_LEN + body_len);
+    out.put_u8(entry::VERSION);
+    out.put_u8(match &e.payload {
+        EntryPayload::Blank => entry::KIND_BLANK,
+        EntryPayload::Normal(_) => entry::KIND_NORMAL,
+        EntryPayload::Membership(_) => entry::KIND_MEMBERSHIP,
+    });
+    out.put_u64_le(e.log_id.leader_id.term);
+    out.put_u64_le(e.log_id.leader_id.node_id);
+    out.put_u64_le(e.log_id.index);
+    debug_assert_eq!(out.len(), entry::HEADER_LEN);
+    match &e.payload {
+        EntryPayload::Blank => {}
+        EntryPayload::Normal(p) => out.put_slice(&p.0),
+        EntryPayload::Membership(m) => encode_membership(m, &mut out),
+    }
+    out.freeze()
+}
+
+/// The header of an encoded entry, without decoding its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryHeader {
+    /// The entry's log id.
+    pub log_id: LogId,
+    /// [`entry::KIND_BLANK`], [`entry::KIND_NORMAL`] or [`entry::KIND_MEMBERSHIP`].
+    pub kind: u8,
+}
+
+/// Decodes just the fixed header of an encoded entry.
+pub fn decode_entry_header(bytes: &[u8]) -> Result<EntryHeader, DecodeError> {
+    let mut r = Reader::new("raft entry", bytes);
+    let version = r.u8()?;
+    if version != entry::VERSION {
+        return Err(DecodeError::UnsupportedVersion { what: "raft entry", found: version, supported: entry::VERSION });
+    }
+    let kind = r.u8()?;
+    if kind > entry::KIND_MEMBERSHIP {
+        return Err(DecodeError::InvalidField { what: "raft entry", field: "kind", value: u64::from(kind) });
+    }
+    let term = r.u64()?;
+    let node = r.u64()?;
+    let index = r.u64()?;
+    Ok(EntryHeader { log_id: log_id(term, node, index), kind })
+}
+
+/// Decodes one log entry. `bytes` must be exactly one encoded entry.
+pub fn decode_entry(bytes: &Bytes) -> Result<Entry, DecodeError> {
+    let header = decode_entry_header(bytes)?;
+    let body = bytes.slice(entry::HEADER_LEN..);
+    let payload = match header.kind {
+        entry::KIND_BLANK => {
+            if !body.is_empty() {
+                return Err(DecodeError::TrailingBytes { what: "blank raft entry", extra: body.len() });
+            }
+            EntryPayload::Blank
+        }
+        entry::KIND_NORMAL => EntryPayload::Normal(AppPayload(body)),
+        _ => EntryPayload::Membership(decode_membership(&body)?),
+    };
+    Ok(Entry { log_id: header.log_id, payload })
+}
+
+/// The durable per-group state kept in the meta stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetaState {
+    /// The last saved vote.
+    pub vote: Option<Vote>,
+    /// The last saved committed log id.
+    pub committed: Option<LogId>,
+    /// The last purged log id (openraft's view; the storage may still hold records below it).
+    pub last_purged: Option<LogId>,
+}
+
+/// Encodes a meta record.
+pub fn encode_meta(m: &MetaState) -> Bytes {
+    let mut out = BytesMut::with_capacity(meta::LEN);
+    out.put_u8(meta::VERSION);
+    let mut flags = 0u8;
+    if m.vote.is_some() {
+        flags |= meta::HAS_VOTE;
+    }
+    if m.committed.is_some() {
+        flags |= meta::HAS_COMMITTED;
+    }
+    if m.last_purged.is_some() {
+        flags |= meta::HAS_PURGED;
+    }
+    out.put_u8(flags);
+    match &m.vote {
+        Some(v) => {
+            out.put_u64_le(v.leader_id.term);
+            out.put_u64_le(v.leader_id.node_id);
+            out.put_u8(u8::from(v.committed));
+        }
+        None => out.put_bytes(0, 17),
+    }
+    put_log_id(&mut out, m.committed.as_ref());
+    put_log_id(&mut out, m.last_purged.as_ref());
+    debug_assert_eq!(out.len(), meta::LEN);
+    out.freeze()
+}
+
+/// Decodes a meta record.
+pub fn decode_meta(bytes: &[u8]) -> Result<MetaState, DecodeError> {
+    let mut r = Reader::new("raft meta record", bytes);
+    let version = r.u8()?;
+    if version != meta::VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what: "raft meta record",
+            found: version,
+            supported: meta::VERSION,
+        });
+    }
+    let flags = r.u8()?;
+    if flags & !(meta::HAS_VOTE | meta::HAS_COMMITTED | meta::HAS_PURGED) != 0 {
+        return Err(DecodeError::InvalidField { what: "raft meta record", field: "flags", value: u64::from(flags) });
+    }
+    let term = r.u64()?;
+    let node = r.u64()?;
+    let committed_flag = r.u8()?;
+    if committed_flag > 1 {
+        return Err(DecodeError::InvalidField {
+            what: "raft meta record",
+            field: "vote committed",
+            value: u64::from(committed_flag),
+        });
+    }
+    let vote = (flags & meta::HAS_VOTE != 0)
+        .then(|| if committed_flag == 1 { Vote::new_committed(term, node) } else { Vote::new(term, node) });
+    let committed = read_log_id(&mut r)?;
+    let purged = read_log_id(&mut r)?;
+    r.finish()?;
+    Ok(MetaState {
+        vote,
+        committed: (flags & meta::HAS_COMMITTED != 0).then_some(committed),
+        last_purged: (flags & meta::HAS_PURGED != 0).then_some(purged),
+    })
+}
+
+/// What a snapshot checkpoint's data holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// The last log id the snapshot includes.
+    pub last_log_id: Option<LogId>,
+    /// The log id of the membership config in force at `last_log_id`.
+    pub membership_log_id: Option<LogId>,
+    /// That membership config.
+    pub membership: Membership,
+    /// The application's opaque snapshot.
+    pub app: Bytes,
+}
+
+/// Encodes snapshot checkpoint data.
+pub fn encode_snapshot_state(s: &SnapshotState) -> Bytes {
+    let mut m = BytesMut::new();
+    encode_membership(&s.membership, &mut m);
+    let mut out = BytesMut::with_capacity(62 + m.len() + s.app.len());
+    out.put_u32_le(snapshot::MAGIC);
+    out.put_u8(snapshot::VERSION);
+    let mut flags = 0;
+    if s.last_log_id.is_some() {
+        flags |= snapshot::HAS_LAST;
+    }
+    if s.membership_log_id.is_some() {
+        flags |= snapshot::HAS_MEMBERSHIP_LOG_ID;
+    }
+    out.put_u8(flags);
+    put_log_id(&mut out, s.last_log_id.as_ref());
+    put_log_id(&mut out, s.membership_log_id.as_ref());
+    out.put_u32_le(m.len() as u32);
+    out.put_slice(&m);
+    out.put_u32_le(s.app.len() as u32);
+    out.put_slice(&s.app);
+    out.freeze()
+}
+
+/// Decodes snapshot checkpoint data.
+pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError> {
+    let what = "raft snapshot data";
+    let mut r = Reader::new(what, bytes);
+    let magic = r.u32()?;
+    if magic != snapshot::MAGIC {
+        return Err(DecodeError::InvalidField { what, field: "magic", value: u64::from(magic) });
+    }
+    let version = r.u8()?;
+    if version != snapshot::VERSION {
+        return Err(DecodeError::UnsupportedVersion { what, found: version, supported: snapshot::VERSION });
+    }
+    let flags = r.u8()?;
+    if flags & !(snapshot::HAS_LAST | snapshot::HAS_MEMBERSHIP_LOG_ID) != 0 {
+        return Err(DecodeError::InvalidField { what, field: "flags", value: u64::from(flags) });
+    }
+    let last = read_log_id(&mut r)?;
+    let mem_id = read_log_id(&mut r)?;
+    let m_len = r.limited("membership length", snapshot::MAX_MEMBERSHIP_LEN)?;
+    let membership = decode_membership(r.take(m_len as usize)?)?;
+    let a_len = r.limited("application snapshot length", snapshot::MAX_APP_LEN)?;
+    let start = r.at;
+    r.take(a_len as usize)?;
+    let app = bytes.slice(start..start + a_len as usize);
+    r.finish()?;
+    Ok(SnapshotState {
+        last_log_id: (flags & snapshot::HAS_LAST != 0).then_some(last),
+        membership_log_id: (flags & snapshot::HAS_MEMBERSHIP_LOG_ID != 0).then_some(mem_id),
+        membership,
+        app,
+    })
+}

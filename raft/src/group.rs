@@ -1,0 +1,414 @@
+//! [`RaftGroup`]: one running Raft group on this node (the metadata group or one partition).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{
+    ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError, RaftError as OpenraftError,
+};
+use openraft::{Raft, RaftMetrics, ReadPolicy, SnapshotPolicy};
+use shale_storage::{ChainHash, StorageBackend};
+use tokio::sync::watch;
+
+use crate::error::RaftError;
+use crate::log_store::{CommittedEntry, GroupLog, LogStore};
+use crate::network::client::GroupNetworkFactory;
+use crate::retention::Retention;
+use crate::router::Router;
+use crate::state_machine::{GroupStateMachine, StateMachineApp};
+use crate::types::{AppPayload, GroupId, Node, NodeId, TypeConfig};
+
+/// The tunables of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftGroupConfig {
+    /// openraft cluster name (shows up in its logs).
+    pub cluster_name: String,
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one; 0 = only on
+    /// [`RaftGroup::trigger_snapshot`].
+    pub snapshot_every_entries: u64,
+    /// Most entries per AppendEntries message.
+    pub max_payload_entries: u64,
+    /// How long a follower may take to receive and install a snapshot.
+    pub install_snapshot_timeout_ms: u64,
+    /// What log records a snapshot covers may be removed, and when.
+    pub retention: Retention,
+}
+
+impl Default for RaftGroupConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "shale".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 10_000,
+            max_payload_entries: 512,
+            install_snapshot_timeout_ms: 10_000,
+            retention: Retention::SnapshotOnly,
+        }
+    }
+}
+
+impl RaftGroupConfig {
+    fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
+        let config = openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            max_payload_entries: self.max_payload_entries,
+            snapshot_policy: if self.snapshot_every_entries == 0 {
+                SnapshotPolicy::Never
+            } else {
+                SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries)
+            },
+            // openraft "purges" right after a snapshot; physical removal is bounded by retention.
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| RaftError::InvalidConfig(e.to_string()))
+    }
+}
+
+/// The result of one replicated write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The entry's log index (its storage offset).
+    pub index: u64,
+    /// What the application's `apply` returned.
+    pub response: Bytes,
+}
+
+/// One running Raft group.
+pub struct RaftGroup {
+    id: GroupId,
+    node_id: NodeId,
+    raft: Raft<TypeConfig, GroupStateMachine>,
+    log: Arc<GroupLog>,
+    router: Weak<Router>,
+    applied: watch::Receiver<Option<u64>>,
+    election_timeout_max_ms: u64,
+}
+
+impl fmt::Debug for RaftGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftGroup").field("id", &self.id).field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl RaftGroup {
+    /// Opens (or creates) the group's streams in `storage`, restores the application from the
+    /// latest snapshot and re-applies the committed log above it, starts Raft and registers the
+    /// group with `router` (so peers' messages reach it).
+    pub async fn start(
+        node_id: NodeId,
+        group: GroupId,
+        storage: Arc<dyn StorageBackend>,
+        app: Box<dyn StateMachineApp>,
+        router: &Arc<Router>,
+        config: RaftGroupConfig,
+    ) -> Result<Arc<RaftGroup>, RaftError> {
+        let raft_config = Arc::new(config.to_openraft()?);
+        let retention = config.retention;
+        let log = tokio::task::spawn_blocking(move || GroupLog::open(group, storage, retention))
+            .await
+            .map_err(|e| RaftError::Fatal { group, reason: format!("opening the group's streams failed: {e}") })??;
+        let sm = GroupStateMachine::new(log.clone(), app);
+        let applied = sm.subscribe_applied();
+        let store = LogStore::new(log.clone());
+        let network = GroupNetworkFactory::new(router.clone(), group);
+        let raft = Raft::new(node_id, raft_config, network, store, sm)
+            .await
+            .map_err(|e| RaftError::Fatal { group, reason: e.to_string() })?;
+        let g = Arc::new(RaftGroup {
+            id: group,
+            node_id,
+            raft,
+            log,
+            router: Arc::downgrade(router),
+            applied,
+            election_timeout_max_ms: config.election_timeout_max_ms,
+        });
+        if let Err(e) = router.register(g.clone()) {
+            let _ = g.raft.shutdown().await;
+            return Err(e);
+        }
+        Ok(g)
+    }
+
+    /// The group's id.
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The underlying openraft handle.
+    pub fn raft(&self) -> &Raft<TypeConfig, GroupStateMachine> {
+        &self.raft
+    }
+
+    /// The shared log handle (storage streams of this group).
+    pub fn log(&self) -> &Arc<GroupLog> {
+        &self.log
+    }
+
+    fn fatal(&self, e: &Fatal<TypeConfig>) -> RaftError {
+        match e {
+            Fatal::Stopped => RaftError::ShuttingDown { group: self.id },
+            e => RaftError::Fatal { group: self.id, reason: e.to_string() },
+        }
+    }
+
+    fn not_leader(&self, f: &ForwardToLeader<TypeConfig>) -> RaftError {
+        let leader = f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()));
+        RaftError::NotLeader { group: self.id, leader }
+    }
+
+    fn write_err(&self, e: ClientWriteError<TypeConfig>) -> RaftError {
+        match e {
+            ClientWriteError::ForwardToLeader(f) => self.not_leader(&f),
+            ClientWriteError::LogEntryDiscarded(f) => RaftError::Indeterminate {
+                group: self.id,
+                reason: format!("entry discarded on a leader change, commit status unknown ({f})"),
+            },
+            ClientWriteError::ChangeMembershipError(e) => {
+                RaftError::MembershipChange { group: self.id, reason: e.to_string() }
+            }
+            e => RaftError::Openraft { group: self.id, reason: e.to_string() },
+        }
+    }
+
+    fn raft_err(&self, e: OpenraftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftError {
+        match e {
+            OpenraftError::APIError(e) => self.write_err(e),
+            OpenraftError::Fatal(f) => self.fatal(&f),
+        }
+    }
+
+    /// Bootstraps a brand-new group with these voters. Call it on one node only;
+    /// [`RaftError::AlreadyInitialized`] if the group already has a membership.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), RaftError> {
+        self.raft.initialize(members).await.map_err(|e| match e {
+            OpenraftError::APIError(InitializeError::NotAllowed(_)) => RaftError::AlreadyInitialized { group: self.id },
+            OpenraftError::APIError(e) => RaftError::MembershipChange { group: self.id, reason: e.to_string() },
+            OpenraftError::Fatal(f) => self.fatal(&f),
+        })
+    }
+
+    /// Replicates one payload; returns once it is committed (on a majority, fsynced) and applied
+    /// on this node.
+    pub async fn write(&self, payload: Bytes) -> Result<WriteResult, RaftError> {
+        let resp = self.raft.client_write(AppPayload(payload)).await.map_err(|e| self.raft_err(e))?;
+        Ok(WriteResult { index: resp.log_id.index, response: resp.data.0 })
+    }
+
+    /// Replicates a batch (openraft `client_write_many`): one result per payload, in order. A
+    /// leadership change can fail a tail of the batch while its head is committed.
+    pub async fn write_many(&self, payloads: Vec<Bytes>) -> Result<Vec<Result<WriteResult, RaftError>>, RaftError> {
+        let n = payloads.len();
+        let mut stream =
+            self.raft.client_write_many(payloads.into_iter().map(AppPayload)).await.map_err(|e| self.fatal(&e))?;
+        let mut out = Vec::with_capacity(n);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(Ok(r)) => out.push(Ok(WriteResult { index: r.log_id.index, response: r.response.0 })),
+                Ok(Err(e)) => out.push(Err(self.write_err(e))),
+                Err(f) => return Err(self.fatal(&f)),
+            }
+        }
+        debug_assert_eq!(out.len(), n);
+        Ok(out)
+    }
+
+    /// Read-index: confirms this node still leads with a quorum, then waits until it has applied
+    /// everything committed before the call. Returns that read index; reads of the application
+    /// state afterwards are linearizable.
+    pub async fn ensure_linearizable(&self) -> Result<u64, RaftError> {
+        let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
+            OpenraftError::APIError(LinearizableReadError::ForwardToLeader(f)) => self.not_leader(&f),
+            OpenraftError::APIError(e) => RaftError::NotLeader { group: self.id, leader: None }.with_reason(e),
+            OpenraftError::Fatal(f) => self.fatal(&f),
+        })?;
+        Ok(read.index())
+    }
+
+    /// A snapshot of openraft's metrics for this group.
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Waits until `pred` holds for this group's metrics; [`RaftError::Timeout`] after `timeout`.
+    pub async fn wait_metrics(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        pred: impl Fn(&RaftMetrics<TypeConfig>) -> bool + Send,
+    ) -> Result<RaftMetrics<TypeConfig>, RaftError> {
+        self.raft.wait(Some(timeout)).metrics(pred, what).await.map_err(|_| RaftError::Timeout {
+            group: self.id,
+            what,
+            timeout_ms: timeout.as_millis() as u64,
+        })
+    }
+
+    /// The current leader and its address, if known.
+    pub fn leader(&self) -> Option<(NodeId, Node)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned().unwrap_or_default();
+        Some((id, node))
+    }
+
+    /// Whether this node currently leads the group.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+    }
+
+    /// The last index applied on this node.
+    pub fn applied_index(&self) -> Option<u64> {
+        *self.applied.borrow()
+    }
+
+    /// The last index this node knows committed.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().local_committed.map(|l| l.index)
+    }
+
+    /// A watch of the last applied index, for long polls.
+    pub fn subscribe_applied(&self) -> watch::Receiver<Option<u64>> {
+        self.applied.clone()
+    }
+
+    /// Waits until this node applied `index`; returns the applied index then.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<u64, RaftError> {
+        let mut rx = self.applied.clone();
+        let wait = rx.wait_for(|a| a.is_some_and(|a| a >= index));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(v)) => Ok(v.unwrap_or(index)),
+            Ok(Err(_)) => Err(RaftError::ShuttingDown { group: self.id }),
+            Err(_) => Err(RaftError::Timeout {
+                group: self.id,
+                what: "applied index",
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Verified reads of applied entries from `from_index`, up to about `max_bytes` of records
+    /// (at least one if any is available). Below the storage log start:
+    /// [`RaftError::OffsetOutOfRange`] with the current start.
+    pub async fn read_committed(&self, from_index: u64, max_bytes: usize) -> Result<Vec<CommittedEntry>, RaftError> {
+        let end = self.applied_index().map_or(0, |a| a + 1);
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.read_for_app(from_index, end, max_bytes))
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("read task failed: {e}") })?
+    }
+
+    /// The storage chain hash of the record at `index`.
+    pub fn chain_hash_at(&self, index: u64) -> Result<ChainHash, RaftError> {
+        self.log.chain_hash_at(index)
+    }
+
+    /// The first index still stored.
+    pub fn log_start(&self) -> Result<u64, RaftError> {
+        self.log.log_start()
+    }
+
+    /// One past the last stored index.
+    pub fn next_index(&self) -> Result<u64, RaftError> {
+        self.log.next_index()
+    }
+
+    /// Builds a snapshot of everything applied now (a checkpoint at applied + 1) and waits for it.
+    /// Returns the snapshot's last included index (`None` if nothing was applied yet).
+    pub async fn trigger_snapshot(&self, timeout: Duration) -> Result<Option<u64>, RaftError> {
+        let Some(target) = self.applied_index() else {
+            return Ok(None);
+        };
+        self.raft.trigger().snapshot().await.map_err(|e| self.fatal(&e))?;
+        let m = self.wait_metrics("snapshot", timeout, |m| m.snapshot.is_some_and(|s| s.index >= target)).await?;
+        Ok(m.snapshot.map(|s| s.index))
+    }
+
+    /// Replaces the retention policy (takes effect at the next purge or
+    /// [`RaftGroup::enforce_retention`]).
+    pub fn set_retention(&self, retention: Retention) {
+        self.log.set_retention(retention);
+    }
+
+    /// Never physically remove records at or above `below_index` (e.g. what a consumer still needs).
+    pub fn set_purge_limit(&self, below_index: Option<u64>) {
+        self.log.set_purge_limit(below_index);
+    }
+
+    /// Runs retention now (age limits need this periodically). Returns the log start afterwards.
+    pub async fn enforce_retention(&self) -> Result<u64, RaftError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.enforce_retention())
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("retention task failed: {e}") })?
+    }
+
+    /// Adds (or updates) a learner; with `blocking`, waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, node: Node, blocking: bool) -> Result<(), RaftError> {
+        self.raft.add_learner(id, node, blocking).await.map_err(|e| self.raft_err(e))?;
+        Ok(())
+    }
+
+    /// Makes `voters` the voter set (via joint consensus). Removed voters stay as learners when
+    /// `retain_removed_as_learners`.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain_removed_as_learners: bool,
+    ) -> Result<(), RaftError> {
+        self.raft.change_membership(voters, retain_removed_as_learners).await.map_err(|e| self.raft_err(e))?;
+        Ok(())
+    }
+
+    /// Hands leadership to `to` and waits (up to ten election timeouts) until it leads.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| self.fatal(&e))?;
+        let timeout = Duration::from_millis(self.election_timeout_max_ms * 10);
+        self.wait_metrics("leader transfer", timeout, |m| m.current_leader == Some(to)).await?;
+        Ok(())
+    }
+
+    /// Stops Raft and unregisters the group from the router. Its streams stay in storage; `start`
+    /// it again to resume.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        if let Some(router) = self.router.upgrade() {
+            router.unregister(self.id);
+        }
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })
+    }
+}
+
+impl RaftError {
+    fn with_reason(self, e: impl fmt::Display) -> RaftError {
+        match self {
+            RaftError::NotLeader { group, .. } => RaftError::Openraft { group, reason: e.to_string() },
+            other => other,
+        }
+    }
+}

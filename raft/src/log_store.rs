@@ -1,0 +1,515 @@
+//! The Raft log of one group, stored as a shale-storage stream: record offset `i` holds the entry
+//! with log index `i` (openraft's first index is 0, so the mapping is the identity from the start).
+//!
+//! - [`GroupLog`] is the shared handle on the group's log and meta streams (used by the log store,
+//!   its readers, the state machine and [`crate::RaftGroup`]).
+//! - [`LogStore`] implements openraft's `RaftLogStorage`: each `append` call writes its entries with
+//!   one `append_batch` (entries readable on return); a per-group flusher task then makes them durable
+//!   with one `sync` covering every batch written since the last one, and only then reports them
+//!   flushed to openraft. Truncate, purge and vote first wait for that flusher (a barrier), so every
+//!   write reaches the disk in the order openraft issued it.
+//! - [`LogReader`] implements `RaftLogReader`: verified storage reads, decoded.
+
+use std::fmt;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::OptionalSend;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use parking_lot::Mutex;
+use shale_storage::{ChainHash, Offset, StorageBackend, StorageError, StreamId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::RaftError;
+use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry};
+use crate::meta_store::MetaStore;
+use crate::retention::{Retention, max_log_start};
+use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
+
+/// Bytes of log read per storage call when openraft asks for a range.
+const READ_CHUNK_BYTES: usize = 4 << 20;
+
+/// One committed entry as read back from the log for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// The entry's log index (its storage offset).
+    pub index: u64,
+    /// The storage chain hash of the record at `index`.
+    pub chain_hash: ChainHash,
+    /// The application payload; `None` for blank and membership entries.
+    pub payload: Option<Bytes>,
+}
+
+/// Shared handle on one group's log stream and meta stream.
+pub struct GroupLog {
+    group: GroupId,
+    stream: StreamId,
+    storage: Arc<dyn StorageBackend>,
+    meta: MetaStore,
+    policy: Mutex<(Retention, Option<u64>)>,
+}
+
+impl fmt::Debug for GroupLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupLog").field("group", &self.group).field("stream", &self.stream).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn io_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::other(e)
+}
+
+/// Runs a blocking storage call on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
+
+impl GroupLog {
+    /// Opens the group's streams (blocking). Nothing is written.
+    pub fn open(
+        group: GroupId,
+        storage: Arc<dyn StorageBackend>,
+        retention: Retention,
+    ) -> Result<Arc<Self>, RaftError> {
+        if !group.is_valid() {
+            return Err(RaftError::InvalidConfig(format!("group id {} is over the limit {}", group.0, GroupId::MAX)));
+        }
+        let meta = MetaStore::open(group, storage.clone())?;
+        Ok(Arc::new(Self { group, stream: group.log_stream(), storage, meta, policy: Mutex::new((retention, None)) }))
+    }
+
+    /// The group.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<dyn StorageBackend> {
+        &self.storage
+    }
+
+    /// The log stream id.
+    pub fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// The meta store.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    fn storage_err(&self, source: StorageError) -> RaftError {
+        RaftError::Storage { group: self.group, source }
+    }
+
+    /// First index still stored.
+    pub fn log_start(&self) -> Result<u64, RaftError> {
+        self.storage.log_start(self.stream).map(Offset::get).map_err(|e| self.storage_err(e))
+    }
+
+    /// One past the last stored index.
+    pub fn next_index(&self) -> Result<u64, RaftError> {
+        self.storage.next_offset(self.stream).map(Offset::get).map_err(|e| self.storage_err(e))
+    }
+
+    /// The chain hash of the record at `index` (`log_start - 1` gives the anchoring checkpoint's).
+    pub fn chain_hash_at(&self, index: u64) -> Result<ChainHash, RaftError> {
+        self.storage.chain_hash_at(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
+    }
+
+    /// Sets the retention policy.
+    pub fn set_retention(&self, retention: Retention) {
+        self.policy.lock().0 = retention;
+    }
+
+    /// Sets the application's purge limit: no record at or above `below_index` is removed.
+    pub fn set_purge_limit(&self, below_index: Option<u64>) {
+        self.policy.lock().1 = below_index;
+    }
+
+    /// The last purged log id: the meta stream's, or, when the storage stream was restarted at a
+    /// snapshot above it (a snapshot install not yet followed by a durable purge record), the
+    /// snapshot's last log id read from the checkpoint anchoring the log start.
+    pub fn last_purged(&self) -> Result<Option<LogId>, RaftError> {
+        let recorded = self.meta.state().last_purged;
+        let start = self.log_start()?;
+        if start == 0 || recorded.is_some_and(|p| p.index + 1 >= start) {
+            return Ok(recorded);
+        }
+        let cp = self
+            .storage
+            .checkpoint_at_or_below(self.stream, Offset::new(start))
+            .map_err(|e| self.storage_err(e))?
+            .filter(|cp| cp.offset.get() == start);
+        let anchored = cp.and_then(|cp| decode_snapshot_state(&cp.data).ok()).and_then(|s| s.last_log_id);
+        match anchored {
+            Some(id) if id.index + 1 == start => Ok(Some(id)),
+            _ => Err(RaftError::Decode {
+                group: self.group,
+                index: start,
+                source: format::DecodeError::InvalidField {
+                    what: "raft log start",
+                    field: "log start not anchored by a snapshot checkpoint nor covered by the purge record at",
+                    value: start,
+                },
+            }),
+        }
+    }
+
+    /// `(last_purged, last_log_id)` as openraft sees the log.
+    pub fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), RaftError> {
+        let purged = self.last_purged()?;
+        let first = purged.map_or(0, |p| p.index + 1);
+        let next = self.next_index()?;
+        if next <= first {
+            return Ok((purged, purged));
+        }
+        let last = Offset::new(next - 1);
+        let recs = self.storage.read_range(self.stream, last, Offset::new(next), 1).map_err(|e| self.storage_err(e))?;
+        let rec = recs.first().ok_or_else(|| {
+            self.storage_err(StorageError::OffsetOutOfRange {
+                stream: self.stream,
+                requested: last,
+                start: Offset::new(first),
+                end: Offset::new(next),
+            })
+        })?;
+        let header = decode_entry_header(&rec.payload).map_err(|source| RaftError::Decode {
+            group: self.group,
+            index: last.get(),
+            source,
+        })?;
+        Ok((purged, Some(header.log_id)))
+    }
+
+    /// Decoded entries in `[start, end)` as openraft may see them (from the purge point on). With
+    /// `all`, every entry in range is returned; otherwise at least one, up to about
+    /// [`READ_CHUNK_BYTES`].
+    pub fn read_entries(&self, start: u64, end: u64, all: bool) -> Result<Vec<Entry>, RaftError> {
+        let first = self.last_purged()?.map_or(0, |p| p.index + 1);
+        let next = self.next_index()?;
+        let mut at = start.max(first);
+        let end = end.min(next);
+        let mut out = Vec::with_capacity(end.saturating_sub(at).min(4096) as usize);
+        while at < end {
+            let recs = self
+                .storage
+                .read_range(self.stream, Offset::new(at), Offset::new(end), READ_CHUNK_BYTES)
+                .map_err(|e| self.storage_err(e))?;
+            if recs.is_empty() {
+                break;
+            }
+            for rec in recs {
+                let entry = decode_entry(&rec.payload).map_err(|source| RaftError::Decode {
+                    group: self.group,
+                    index: rec.offset.get(),
+                    source,
+                })?;
+                if entry.log_id.index != rec.offset.get() {
+                    return Err(RaftError::Decode {
+                        group: self.group,
+                        index: rec.offset.get(),
+                        source: format::DecodeError::InvalidField {
+                            what: "raft entry",
+                            field: "index (differs from its storage offset)",
+                            value: entry.log_id.index,
+                        },
+                    });
+                }
+                at = rec.offset.get() + 1;
+                out.push(entry);
+            }
+            if !all {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries `[from, end)` for the application: verified storage reads from the storage log
+    /// start (below openraft's purge point too, as retention allows), up to about `max_bytes`.
+    pub fn read_for_app(&self, from: u64, end: u64, max_bytes: usize) -> Result<Vec<CommittedEntry>, RaftError> {
+        let start = self.log_start()?;
+        let next = self.next_index()?;
+        if from < start {
+            return Err(RaftError::OffsetOutOfRange {
+                group: self.group,
+                requested: from,
+                log_start: start,
+                next: end.min(next),
+            });
+        }
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let recs = self.storage.read_range(self.stream, Offset::new(from), Offset::new(end), max_bytes).map_err(
+            |e| match e {
+                StorageError::OffsetOutOfRange { start, .. } => RaftError::OffsetOutOfRange {
+                    group: self.group,
+                    requested: from,
+                    log_start: start.get(),
+                    next: end.min(next),
+                },
+                e => self.storage_err(e),
+            },
+        )?;
+        recs.into_iter()
+            .map(|rec| {
+                let index = rec.offset.get();
+                let header = decode_entry_header(&rec.payload).map_err(|source| RaftError::Decode {
+                    group: self.group,
+                    index,
+                    source,
+                })?;
+                let payload =
+                    (header.kind == format::entry::KIND_NORMAL).then(|| rec.payload.slice(format::entry::HEADER_LEN..));
+                Ok(CommittedEntry { index, chain_hash: rec.hash, payload })
+            })
+            .collect()
+    }
+
+    /// Runs storage compaction as the retention policy, the purge point and the purge limit allow
+    /// (blocking). Returns the log start afterwards.
+    pub fn enforce_retention(&self) -> Result<u64, RaftError> {
+        let (retention, limit) = *self.policy.lock();
+        let purged = self.meta.state().last_purged.map(|p| p.index);
+        let Some(config) = retention.compaction(max_log_start(purged, limit)) else {
+            return self.log_start();
+        };
+        let result = self.storage.compact(self.stream, &config).map_err(|e| self.storage_err(e))?;
+        Ok(result.new_log_start.get())
+    }
+}
+
+enum FlushOp {
+    /// Entries written; report them flushed after the next sync.
+    Written(IOFlushed<TypeConfig>),
+    /// Sync everything written so far, then answer.
+    Barrier(oneshot::Sender<Result<(), String>>),
+}
+
+/// openraft's log storage for one group.
+pub struct LogStore {
+    log: Arc<GroupLog>,
+    flusher: mpsc::UnboundedSender<FlushOp>,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore").field("log", &self.log).finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// A log store over `log`; spawns its flusher task on the current tokio runtime.
+    pub fn new(log: Arc<GroupLog>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(log.clone(), rx));
+        Self { log, flusher: tx }
+    }
+
+    /// The shared log handle.
+    pub fn log(&self) -> &Arc<GroupLog> {
+        &self.log
+    }
+
+    async fn barrier(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.flusher.send(FlushOp::Barrier(tx)).map_err(|_| io_err("log flusher stopped"))?;
+        rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
+    }
+}
+
+/// Makes written batches durable: one `sync` covers every batch queued since the last one.
+async fn flusher(log: Arc<GroupLog>, mut rx: mpsc::UnboundedReceiver<FlushOp>) {
+    while let Some(op) = rx.recv().await {
+        let mut ops = vec![op];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let l = log.clone();
+        let result: Result<(), String> =
+            match tokio::task::spawn_blocking(move || l.storage.sync(l.stream).map_err(|e| e.to_string())).await {
+                Ok(r) => r,
+                Err(e) => Err(format!("log sync task failed: {e}")),
+            };
+        for op in ops {
+            match op {
+                FlushOp::Written(cb) => cb.io_completed(result.clone().map_err(io_err)),
+                FlushOp::Barrier(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// openraft's log reader for one group.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    log: Arc<GroupLog>,
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = bounds(&range);
+        let log = self.log.clone();
+        blocking(move || log.read_entries(start, end, true).map_err(io_err)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.log.meta.state().vote)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let log = self.log.clone();
+        blocking(move || log.read_entries(start, end, false).map_err(io_err)).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        LogReader { log: self.log.clone() }.try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.log.meta.state().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let log = self.log.clone();
+        let (last_purged_log_id, last_log_id) = blocking(move || log.log_state().map_err(io_err)).await?;
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader { log: self.log.clone() }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.barrier().await?;
+        let log = self.log.clone();
+        let vote = *vote;
+        blocking(move || log.meta.update(true, |m| m.vote = Some(vote)).map_err(io_err)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not fsynced: a committed index lost to a power failure only means re-applying less on
+        // restart; the leader brings the state machine forward again.
+        let log = self.log.clone();
+        blocking(move || log.meta.update(false, |m| m.committed = committed).map_err(io_err)).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let log = self.log.clone();
+        blocking(move || {
+            let committed = log.meta.state().committed;
+            let (_, last) = log.log_state().map_err(io_err)?;
+            // A committed id past the durable log (its tail lost to a power failure) is not usable
+            // for re-applying; start from the snapshot instead.
+            Ok(committed.filter(|c| last.is_some_and(|l| c.index <= l.index)))
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut first = None;
+        let records: Vec<Bytes> = entries
+            .into_iter()
+            .map(|e| {
+                debug_assert!(first.is_none_or(|f: u64| e.log_id.index > f));
+                first.get_or_insert(e.log_id.index);
+                encode_entry(&e)
+            })
+            .collect();
+        let Some(first) = first else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let log = self.log.clone();
+        blocking(move || {
+            let next = log.storage.next_offset(log.stream).map_err(io_err)?;
+            if next.get() < first {
+                // The log was purged past its end (a snapshot covers it): restart the stream at the
+                // snapshot checkpoint, which must sit exactly at `first`.
+                let cp = log
+                    .storage
+                    .checkpoint_at_or_below(log.stream, Offset::new(first))
+                    .map_err(io_err)?
+                    .filter(|cp| cp.offset.get() == first)
+                    .ok_or_else(|| {
+                        io_err(format!(
+                            "group {}: append at index {first} but the log ends at {next} and no checkpoint anchors {first}",
+                            log.group
+                        ))
+                    })?;
+                log.storage.install_checkpoint(log.stream, cp).map_err(io_err)?;
+            }
+            log.storage.append_batch(log.stream, records, Offset::new(first), false).map_err(io_err)?;
+            Ok(())
+        })
+        .await?;
+        self.flusher.send(FlushOp::Written(callback)).map_err(|_| io_err("log flusher stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.barrier().await?;
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let log = self.log.clone();
+        blocking(move || log.storage.truncate_from(log.stream, Offset::new(from)).map_err(io_err)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.barrier().await?;
+        let log = self.log.clone();
+        blocking(move || {
+            log.meta
+                .update(true, |m| {
+                    if m.last_purged.is_none_or(|p| p < log_id) {
+                        m.last_purged = Some(log_id);
+                    }
+                })
+                .map_err(io_err)?;
+            if let Err(e) = log.enforce_retention() {
+                tracing::warn!(group = %log.group, error = %e, "log compaction after purge failed");
+            }
+            Ok(())
+        })
+        .await
+    }
+}

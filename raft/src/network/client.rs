@@ -1,0 +1,280 @@
+//! The gRPC client side: openraft's network factory for one group, sending over the node's shared
+//! per-peer channels. Transport failures map to openraft's `Unreachable` (back off, retry later) or
+//! `NetworkError` (retry now); a peer that does not run the group answers `NOT_FOUND` -> unreachable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderError,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::Snapshot;
+use openraft::{OptionalSend, RPCTypes};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::network::convert;
+use crate::network::pb::{self, raft_service_client::RaftServiceClient};
+use crate::router::Router;
+use crate::snapshot::SnapshotData;
+use crate::types::{GroupId, LeaderId, Node, NodeId, TypeConfig, Vote};
+
+/// openraft's network factory for one group.
+#[derive(Debug, Clone)]
+pub struct GroupNetworkFactory {
+    router: Arc<Router>,
+    group: GroupId,
+}
+
+impl GroupNetworkFactory {
+    /// A factory sending group `group`'s messages through `router`'s channels.
+    pub fn new(router: Arc<Router>, group: GroupId) -> Self {
+        Self { router, group }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        let channel = self.router.channel(&node.addr);
+        let max = self.router.config().max_message_bytes;
+        PeerClient {
+            group: self.group,
+            me: self.router.node_id(),
+            target,
+            addr: node.addr.clone(),
+            client: channel
+                .map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max)),
+            request_timeout: Duration::from_millis(self.router.config().request_timeout_ms),
+            chunk_bytes: self.router.config().snapshot_chunk_bytes,
+        }
+    }
+}
+
+/// Sends one group's messages to one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    group: GroupId,
+    me: NodeId,
+    target: NodeId,
+    addr: String,
+    /// `Err` when the peer's address does not parse (reported as unreachable on every call).
+    client: Result<RaftServiceClient<Channel>, String>,
+    request_timeout: Duration,
+    chunk_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("node {target} at {addr}: {reason}")]
+struct TransportError {
+    target: NodeId,
+    addr: String,
+    reason: String,
+}
+
+impl PeerClient {
+    fn err(&self, reason: impl Into<String>) -> TransportError {
+        TransportError { target: self.target, addr: self.addr.clone(), reason: reason.into() }
+    }
+
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&self.err(e))))
+    }
+
+    fn status_err(&self, s: &tonic::Status) -> RPCError<TypeConfig> {
+        let e = self.err(format!("{:?}: {}", s.code(), s.message()));
+        match s.code() {
+            Code::NotFound | Code::Unavailable | Code::Unknown | Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> RPCError<TypeConfig> {
+        RPCError::Timeout(Timeout { action, id: self.me, target: self.target, timeout })
+    }
+
+    fn ttl(&self, option: &RPCOption) -> Duration {
+        option.hard_ttl().min(self.request_timeout)
+    }
+
+    fn bad_reply(&self, e: convert::ConvertError) -> RPCError<TypeConfig> {
+        RPCError::Network(NetworkError::new(&self.err(format!("undecodable reply: {e}"))))
+    }
+}
+
+fn streaming(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Timeout(t) => StreamingError::Timeout(t),
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let req = convert::append_request_to_pb(self.group, &rpc);
+        let ttl = self.ttl(&option);
+        let resp = tokio::time::timeout(ttl, client.append_entries(req))
+            .await
+            .map_err(|_| self.timeout(RPCTypes::AppendEntries, ttl))?
+            .map_err(|s| self.status_err(&s))?;
+        convert::append_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let group = self.group;
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let requests = input.map(move |r| convert::append_request_to_pb(group, &r));
+            let connect = self.request_timeout;
+            let resp = tokio::time::timeout(connect, client.stream_append(requests))
+                .await
+                .map_err(|_| self.timeout(RPCTypes::AppendEntries, connect))?
+                .map_err(|s| self.status_err(&s))?;
+            let this: &PeerClient = self;
+            let output = resp.into_inner().map(move |item| match item {
+                Ok(r) => convert::stream_result_from_pb(&r).map_err(|e| this.bad_reply(e)),
+                Err(s) => Err(this.status_err(&s)),
+            });
+            Ok(Box::pin(output) as BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send_vote(rpc, option, false).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send_vote(rpc, option, true).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<LeaderId, NodeId, Node, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(streaming)?;
+        let wire = snapshot.snapshot.to_wire();
+        let meta = pb::SnapshotMeta {
+            group_id: self.group.0,
+            vote: Some(convert::vote_to_pb(&vote)),
+            last_log_id: convert::opt_to_pb(snapshot.meta.last_log_id.as_ref()),
+            last_membership_log_id: convert::opt_to_pb(snapshot.meta.last_membership.log_id().as_ref()),
+            last_membership: convert::membership_to_bytes(snapshot.meta.last_membership.membership()),
+            data_len: wire.len() as u64,
+            data_crc32: crc32fast::hash(&wire),
+        };
+        let mut messages =
+            vec![pb::InstallSnapshotRequest { payload: Some(pb::install_snapshot_request::Payload::Meta(meta)) }];
+        let mut at = 0;
+        while at < wire.len() {
+            let end = (at + self.chunk_bytes).min(wire.len());
+            messages.push(pb::InstallSnapshotRequest {
+                payload: Some(pb::install_snapshot_request::Payload::Chunk(wire.slice(at..end))),
+            });
+            at = end;
+        }
+        let ttl = option.hard_ttl();
+        let send = tokio::time::timeout(ttl, client.install_snapshot(futures::stream::iter(messages)));
+        let resp = tokio::select! {
+            r = send => r
+                .map_err(|_| StreamingError::Timeout(Timeout { action: RPCTypes::InstallSnapshot, id: self.me, target: self.target, timeout: ttl }))?
+                .map_err(|s| streaming(self.status_err(&s)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let vote = convert::required_vote_from_pb(resp.get_ref().vote.as_ref(), "vote")
+            .map_err(|e| streaming(self.bad_reply(e)))?;
+        Ok(SnapshotResponse::new(vote))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        use pb::transfer_leader_response::Outcome;
+        let mut client = self.client()?;
+        let msg = pb::TransferLeaderRequest {
+            group_id: self.group.0,
+            from_leader: Some(convert::vote_to_pb(req.from_leader())),
+            to_node_id: *req.to_node_id(),
+            last_log_id: convert::opt_to_pb(req.last_log_id()),
+        };
+        let ttl = self.ttl(&option);
+        let resp = tokio::time::timeout(ttl, client.transfer_leader(msg))
+            .await
+            .map_err(|_| self.timeout(RPCTypes::TransferLeader, ttl))?
+            .map_err(|s| self.status_err(&s))?
+            .into_inner();
+        match Outcome::try_from(resp.outcome) {
+            Ok(Outcome::Ok) => Ok(Ok(())),
+            Ok(Outcome::VoteChanged) => {
+                let expected = convert::required_vote_from_pb(resp.expected_vote.as_ref(), "expected_vote")
+                    .map_err(|e| self.bad_reply(e))?;
+                let actual = convert::required_vote_from_pb(resp.actual_vote.as_ref(), "actual_vote")
+                    .map_err(|e| self.bad_reply(e))?;
+                Ok(Err(TransferLeaderError::VoteChanged { expected, actual }))
+            }
+            Ok(Outcome::LogNotFlushed) => Ok(Err(TransferLeaderError::LogNotFlushed {
+                expected: convert::opt_from_pb(resp.expected_log_id.as_ref()),
+                actual: convert::opt_from_pb(resp.actual_log_id.as_ref()),
+            })),
+            _ => Err(self.bad_reply(convert::ConvertError::UnknownValue { field: "outcome", value: resp.outcome })),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn send_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre_vote: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let req = convert::vote_request_to_pb(self.group, &rpc, pre_vote);
+        let ttl = self.ttl(&option);
+        let resp = tokio::time::timeout(ttl, client.vote(req))
+            .await
+            .map_err(|_| self.timeout(RPCTypes::Vote, ttl))?
+            .map_err(|s| self.status_err(&s))?;
+        convert::vote_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
+    }
+}

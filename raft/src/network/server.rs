@@ -1,0 +1,215 @@
+//! The gRPC server side: one service for every local group, dispatching on `group_id`.
+//! A message for a group this node does not run is answered `NOT_FOUND`, which the sender treats
+//! as "unreachable" and retries with backoff.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+use openraft::Raft;
+use openraft::raft::TransferLeaderRequest;
+use openraft::storage::Snapshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::network::convert::{self, ConvertError};
+use crate::network::pb::{self, raft_service_server::RaftService};
+use crate::router::Router;
+use crate::snapshot::SnapshotData;
+use crate::state_machine::GroupStateMachine;
+use crate::types::{GroupId, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The tonic service implementation; build it with [`Router::grpc_service`].
+#[derive(Debug, Clone)]
+pub struct RaftGrpcService {
+    router: Arc<Router>,
+}
+
+impl RaftGrpcService {
+    pub(crate) fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+
+    fn raft(&self, group: u64) -> Result<Raft<TypeConfig, GroupStateMachine>, Status> {
+        let id = GroupId(group);
+        self.router
+            .group(id)
+            .map(|g| g.raft().clone())
+            .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.router.node_id())))
+    }
+}
+
+fn bad(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn fatal(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft group stopped: {e}"))
+}
+
+type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpcService {
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = request.into_inner();
+        let raft = self.raft(req.group_id)?;
+        let vote_req = convert::vote_request_from_pb(&req).map_err(bad)?;
+        let resp = if req.pre_vote { raft.pre_vote(vote_req).await } else { raft.vote(vote_req).await };
+        Ok(Response::new(convert::vote_response_to_pb(&resp.map_err(fatal)?)))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let req = request.into_inner();
+        let raft = self.raft(req.group_id)?;
+        let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
+        let resp = raft.append_entries(rpc).await.map_err(fatal)?;
+        Ok(Response::new(convert::append_response_to_pb(&resp)))
+    }
+
+    type StreamAppendStream = AppendStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let mut input = request.into_inner();
+        // The group is named by every message; the first one picks the group for the stream.
+        let Some(first) = input.next().await else {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        };
+        let first = first?;
+        let group = first.group_id;
+        let raft = self.raft(group)?;
+        let first = convert::append_request_from_pb(&first).map_err(bad)?;
+        // A message that does not decode, or names another group, ends the input; openraft then
+        // sees the stream close and the leader re-establishes it.
+        let rest = input.scan((), move |_, item| {
+            let next = match item {
+                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok(),
+                Ok(m) => {
+                    tracing::warn!(
+                        group,
+                        other = m.group_id,
+                        "stream_append message for another group; closing stream"
+                    );
+                    None
+                }
+                Err(_) => None,
+            };
+            futures::future::ready(next)
+        });
+        let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
+        let output = raft.stream_append(requests).map(|r| match r {
+            Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+            Err(e) => Err(fatal(e)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::InstallSnapshotRequest>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let mut input = request.into_inner();
+        let first = input.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let Some(pb::install_snapshot_request::Payload::Meta(meta)) = first.payload else {
+            return Err(Status::invalid_argument("the first snapshot message must be its meta"));
+        };
+        let raft = self.raft(meta.group_id)?;
+        let max = self.router.config().max_snapshot_bytes;
+        if meta.data_len > max {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {} bytes is over the limit of {max} bytes",
+                meta.data_len
+            )));
+        }
+        let mut data = BytesMut::with_capacity(meta.data_len as usize);
+        while let Some(msg) = input.next().await {
+            match msg?.payload {
+                Some(pb::install_snapshot_request::Payload::Chunk(chunk)) => {
+                    if data.len() as u64 + chunk.len() as u64 > meta.data_len {
+                        return Err(Status::invalid_argument(format!(
+                            "snapshot data exceeds its announced length {}",
+                            meta.data_len
+                        )));
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+                _ => return Err(Status::invalid_argument("snapshot messages after the first must be chunks")),
+            }
+        }
+        if data.len() as u64 != meta.data_len {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream ended after {} of {} bytes",
+                data.len(),
+                meta.data_len
+            )));
+        }
+        let crc = crc32fast::hash(&data);
+        if crc != meta.data_crc32 {
+            return Err(Status::data_loss(format!(
+                "snapshot data CRC32 is {crc:#010x}, the sender announced {:#010x}",
+                meta.data_crc32
+            )));
+        }
+        let vote = convert::required_vote_from_pb(meta.vote.as_ref(), "vote").map_err(bad)?;
+        let last_log_id = convert::opt_from_pb(meta.last_log_id.as_ref());
+        let membership = convert::membership_from_bytes(&meta.last_membership).map_err(bad)?;
+        let snapshot_meta = SnapshotMeta {
+            last_log_id,
+            last_membership: StoredMembership::new(
+                convert::opt_from_pb(meta.last_membership_log_id.as_ref()),
+                membership,
+            ),
+        };
+        let data = SnapshotData::from_wire(last_log_id.map(|l| l.index), data.freeze())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // openraft panics on a snapshot no correct leader can send; refuse such input here.
+        let state = data.state().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if state.last_log_id != last_log_id
+            || state.membership_log_id != *snapshot_meta.last_membership.log_id()
+            || state.membership != *snapshot_meta.last_membership.membership()
+        {
+            return Err(Status::invalid_argument("snapshot data disagrees with its meta"));
+        }
+        if last_log_id.is_some_and(|l| l.leader_id > vote.leader_id) {
+            return Err(Status::invalid_argument("snapshot last log id is beyond the sender's vote"));
+        }
+        let resp =
+            raft.install_full_snapshot(vote, Snapshot { meta: snapshot_meta, snapshot: data }).await.map_err(fatal)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(convert::vote_to_pb(&resp.vote)) }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        use openraft::raft::TransferLeaderError;
+        use pb::transfer_leader_response::Outcome;
+        let req = request.into_inner();
+        let raft = self.raft(req.group_id)?;
+        let from = convert::required_vote_from_pb(req.from_leader.as_ref(), "from_leader").map_err(bad)?;
+        let rpc = TransferLeaderRequest::new(from, req.to_node_id, convert::opt_from_pb(req.last_log_id.as_ref()));
+        let resp = raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
+        let out = match resp {
+            Ok(()) => pb::TransferLeaderResponse { outcome: Outcome::Ok as i32, ..Default::default() },
+            Err(TransferLeaderError::VoteChanged { expected, actual }) => pb::TransferLeaderResponse {
+                outcome: Outcome::VoteChanged as i32,
+                expected_vote: Some(convert::vote_to_pb(&expected)),
+                actual_vote: Some(convert::vote_to_pb(&actual)),
+                ..Default::default()
+            },
+            Err(TransferLeaderError::LogNotFlushed { expected, actual }) => pb::TransferLeaderResponse {
+                outcome: Outcome::LogNotFlushed as i32,
+                expected_log_id: convert::opt_to_pb(expected.as_ref()),
+                actual_log_id: convert::opt_to_pb(actual.as_ref()),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(out))
+    }
+}
