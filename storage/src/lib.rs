@@ -5,18 +5,25 @@
 //! hold the same events have the same chain hash at every offset, whatever codec each uses.
 //!
 //! This crate is plain, synchronous and thread-safe: it never depends on an async runtime.
-//! [`StorageBackend`] is the interface the Raft layer programs against; [`MemoryStorage`] implements
-//! it in memory with identical semantics.
+//! [`StorageBackend`] is the interface the Raft layer programs against; [`Storage`] implements it on
+//! disk and [`MemoryStorage`] in memory, with identical semantics. All disk I/O goes through the
+//! [`FileSystem`] trait, so tests can inject faults and crashes ([`testing::FaultyFileSystem`]).
 
 pub mod backend;
 pub mod chain;
 pub mod checkpoint;
 pub mod codec;
 pub mod compaction;
+mod disk;
 pub mod error;
 pub mod format;
+mod index;
+pub mod io;
 pub mod memory;
 pub mod options;
+pub mod pipeline;
+mod record;
+pub mod testing;
 pub mod types;
 
 pub use backend::StorageBackend;
@@ -27,7 +34,10 @@ pub use checkpoint::{
 };
 pub use codec::{Codec, CodecId, CodecKind, CodecRegistry, Lz4Codec, NoneCodec, ZstdCodec};
 pub use compaction::{CompactionConfig, CompactionResult};
+pub use disk::Storage;
 pub use error::{CorruptionReason, Result, StorageError};
+pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;
 pub use options::StorageOptions;
+pub use pipeline::{AppendPipeline, PreparedBatch};
 pub use types::{ChainHash, ChainVerification, Offset, Record, StreamId};

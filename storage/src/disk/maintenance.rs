@@ -1,0 +1,343 @@
+//! Operations that restructure a stream: truncation, checkpoints, checkpoint install,
+//! compaction and deletion. Each runs under the stream's writer lock and orders its file
+//! operations so that a crash at any point leaves a stream that opens consistently (see the
+//! recovery policy in `recovery.rs`).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use super::stream::Stream;
+use super::{Storage, io_err};
+use crate::checkpoint::{Checkpoint, CheckpointIndex, serialize_checkpoint_payload};
+use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::error::{Result, StorageError};
+use crate::format::{self, names, segment as seg_fmt};
+use crate::types::{ChainHash, Offset, StreamId};
+
+fn data_too_large(stream: StreamId, offset: Offset, len: usize) -> StorageError {
+    StorageError::InvalidCheckpoint {
+        stream,
+        offset,
+        reason: format!("caller data is {len} bytes, over the limit of {}", format::checkpoint::MAX_DATA_LEN),
+    }
+}
+
+impl Storage {
+    /// Durably drops every record at or above `offset` and restores the chain head to the hash of
+    /// record `offset - 1`. `offset` at or past the end is a no-op; below the log start is
+    /// `OffsetOutOfRange`. Checkpoints above `offset` are dropped too.
+    ///
+    /// This is the one operation that may cut into a sealed segment: the segment holding `offset`
+    /// loses its index file, is cut, and becomes the active segment again; every later segment
+    /// is deleted.
+    pub fn truncate_from(&self, stream: StreamId, offset: Offset) -> Result<()> {
+        let Some(h) = self.stream(stream) else {
+            return Ok(());
+        };
+        let _w = h.writer.lock();
+        {
+            let c = h.core.read();
+            if offset < c.log_start() {
+                return Err(c.range_error(stream, offset));
+            }
+            if offset >= c.next() {
+                return Ok(());
+            }
+        }
+        h.check_usable()?;
+        let r = self.truncate_locked(&h, offset);
+        h.guard(r)
+    }
+
+    fn truncate_locked(&self, h: &Stream, offset: Offset) -> Result<()> {
+        let fs = &self.fs;
+        let dir = &h.dir;
+        let (new_head, keep, cut_pos, doomed_segments, doomed_cps, target) = {
+            let c = h.core.read();
+            let new_head =
+                if offset == c.log_start() { c.segments[0].base_prev_hash } else { self.hash_before(h, &c, offset)? };
+            let mut ti = c.segment_index(offset);
+            if c.segments[ti].base == offset && ti > 0 {
+                ti -= 1;
+            }
+            let t = &c.segments[ti];
+            let cut_pos = match (offset.get() - t.base.get()) as usize {
+                i if i < t.positions.len() => t.positions[i],
+                _ => t.len,
+            };
+            let doomed_segments: Vec<u64> = c.segments[ti + 1..].iter().map(|s| s.seq).collect();
+            let doomed_cps: Vec<Offset> = c
+                .checkpoints
+                .iter()
+                .map(|cp| cp.offset)
+                .filter(|o| *o > offset && !c.pending_checkpoints.contains(o))
+                .collect();
+            (new_head, ti + 1, cut_pos, doomed_segments, doomed_cps, (t.file.clone(), t.seq, t.len))
+        };
+        for o in doomed_cps {
+            self.remove_if_exists(&dir.join(names::checkpoint(o.get())))?;
+        }
+        for seq in doomed_segments.iter().rev() {
+            self.remove_if_exists(&dir.join(names::segment(*seq)))?;
+            self.remove_if_exists(&dir.join(names::index(*seq)))?;
+        }
+        let (file, seq, len) = target;
+        let cut = cut_pos < len;
+        if cut {
+            self.remove_if_exists(&dir.join(names::index(seq)))?;
+        }
+        fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        let path = dir.join(names::segment(seq));
+        if cut {
+            file.set_len(cut_pos).map_err(io_err("truncate", &path))?;
+        }
+        file.sync_data().map_err(io_err("fsync", &path))?;
+        {
+            let mut c = h.core.write();
+            c.segments.truncate(keep);
+            let a = c.active_mut();
+            a.positions.truncate((offset.get() - a.base.get()) as usize);
+            a.len = cut_pos;
+            if cut {
+                a.idx_bytes = 0;
+            }
+            c.head = new_head;
+            c.checkpoints.remove_above(offset);
+            c.pending_checkpoints.retain(|o| *o <= offset);
+        }
+        h.anchors.lock().retain(|k, _| *k <= offset);
+        h.reset_durable(offset);
+        Ok(())
+    }
+
+    /// Writes a checkpoint at the stream's next offset, with no caller data.
+    pub fn create_checkpoint(&self, stream: StreamId) -> Result<Checkpoint> {
+        let h = self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?;
+        let _w = h.writer.lock();
+        let next = h.core.read().next();
+        self.checkpoint_locked(&h, next, Bytes::new())
+    }
+
+    /// Writes a checkpoint at `offset` (between the log start and the next offset) with `data`.
+    pub fn create_checkpoint_at(&self, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
+        let h = self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?;
+        let _w = h.writer.lock();
+        self.checkpoint_locked(&h, offset, data)
+    }
+
+    fn checkpoint_locked(&self, h: &Stream, offset: Offset, data: Bytes) -> Result<Checkpoint> {
+        let hash = {
+            let c = h.core.read();
+            if offset < c.log_start() || offset > c.next() {
+                return Err(StorageError::InvalidCheckpoint {
+                    stream: h.id,
+                    offset,
+                    reason: format!("offset must lie in [{}, {}]", c.log_start(), c.next()),
+                });
+            }
+            if data.len() > format::checkpoint::MAX_DATA_LEN {
+                return Err(data_too_large(h.id, offset, data.len()));
+            }
+            if offset == c.log_start() { c.segments[0].base_prev_hash } else { self.hash_before(h, &c, offset)? }
+        };
+        h.check_usable()?;
+        let cp = Checkpoint::new(offset, hash, data);
+        let r = self.store_checkpoint_locked(h, &cp);
+        h.guard(r)?;
+        Ok(cp)
+    }
+
+    /// Makes the records below `cp.offset` durable, then writes the checkpoint file.
+    fn store_checkpoint_locked(&self, h: &Stream, cp: &Checkpoint) -> Result<()> {
+        if h.sync.lock().durable < cp.offset {
+            let (file, name, next) = {
+                let c = h.core.read();
+                (c.active().file.clone(), c.active().name(), c.next())
+            };
+            file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
+            let mut s = h.sync.lock();
+            if s.durable < next {
+                s.durable = next;
+            }
+        }
+        self.write_atomic(&h.dir, &names::checkpoint(cp.offset.get()), &serialize_checkpoint_payload(cp))?;
+        let mut c = h.core.write();
+        c.checkpoints.insert(cp.clone());
+        c.pending_checkpoints.remove(&cp.offset);
+        Ok(())
+    }
+
+    /// Installs a checkpoint received from elsewhere. If the stream holds the record before
+    /// `cp.offset` with chain hash `cp.chain_hash`, the records are kept and the checkpoint is
+    /// only stored; otherwise the stream restarts empty at `cp.offset` (a fresh segment based
+    /// there, flagged as a restart), its chain continuing from `cp.chain_hash`.
+    pub fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
+        if cp.data.len() > format::checkpoint::MAX_DATA_LEN {
+            return Err(data_too_large(stream, cp.offset, cp.data.len()));
+        }
+        if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset: cp.offset,
+                reason: "a checkpoint at offset 0 must carry the zero hash".into(),
+            });
+        }
+        // A new stream starts right at the checkpoint: the same end state as restarting.
+        let h = self.stream_or_create(stream, cp.offset, cp.chain_hash)?;
+        let _w = h.writer.lock();
+        h.check_usable()?;
+        let matches = {
+            let c = h.core.read();
+            cp.offset >= c.log_start()
+                && cp.offset <= c.next()
+                && (if cp.offset == c.log_start() {
+                    c.segments[0].base_prev_hash
+                } else {
+                    self.hash_before(&h, &c, cp.offset)?
+                }) == cp.chain_hash
+        };
+        let r = if matches { self.store_checkpoint_locked(&h, &cp) } else { self.restart_locked(&h, &cp) };
+        h.guard(r)
+    }
+
+    fn restart_locked(&self, h: &Stream, cp: &Checkpoint) -> Result<()> {
+        let dir = &h.dir;
+        let (old_segments, old_cps, seq) = {
+            let c = h.core.read();
+            let segs: Vec<u64> = c.segments.iter().map(|s| s.seq).collect();
+            let cps: Vec<Offset> = c.checkpoints.iter().map(|cp| cp.offset).collect();
+            (segs, cps, c.active().seq + 1)
+        };
+        // 1. The new segment, durable; from here on a crash opens as the restarted stream.
+        let segment = self.create_segment(h.id, dir, seq, cp.offset, cp.chain_hash, seg_fmt::FLAG_RESTART)?;
+        // 2. The checkpoint (replacing any old one at the same offset).
+        self.write_atomic(dir, &names::checkpoint(cp.offset.get()), &serialize_checkpoint_payload(cp))?;
+        // 3. Everything older.
+        {
+            let mut c = h.core.write();
+            c.segments = vec![segment];
+            c.head = cp.chain_hash;
+            c.checkpoints = CheckpointIndex::new();
+            c.checkpoints.insert(cp.clone());
+            c.pending_checkpoints = BTreeSet::new();
+        }
+        h.anchors.lock().clear();
+        h.reset_durable(cp.offset);
+        for s in old_segments {
+            self.remove_if_exists(&dir.join(names::segment(s)))?;
+            self.remove_if_exists(&dir.join(names::index(s)))?;
+        }
+        for o in old_cps.into_iter().filter(|o| *o != cp.offset) {
+            self.remove_if_exists(&dir.join(names::checkpoint(o.get())))?;
+        }
+        self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        Ok(())
+    }
+
+    /// Removes whole sealed segments, oldest first, as `config` allows (same rules and byte
+    /// accounting as [`crate::MemoryStorage`]). The checkpoint at the new log start is written
+    /// before anything is deleted, so verification stays anchored across a crash.
+    pub fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
+        let Some(h) = self.stream(stream) else {
+            return Ok(CompactionResult::default());
+        };
+        let _w = h.writer.lock();
+        h.check_usable()?;
+        let now = super::now_ms();
+        let (removed, freed, new_start, anchor) = {
+            let c = h.core.read();
+            let mut total: u64 = c.segments.iter().map(|s| s.bytes()).sum();
+            let mut removed = 0usize;
+            let mut freed = 0u64;
+            while c.segments.len() - removed > 1 {
+                let seg = &c.segments[removed];
+                if config.max_log_start.is_some_and(|max| seg.end() > max) {
+                    break;
+                }
+                let over_bytes = config.retain_bytes.is_some_and(|b| total > b);
+                let too_old = config.retain_age_ms.is_some_and(|age| now.saturating_sub(seg.last_append_ms) > age);
+                let unlimited = config.retain_bytes.is_none() && config.retain_age_ms.is_none();
+                if !(over_bytes || too_old || unlimited) {
+                    break;
+                }
+                total -= seg.bytes();
+                freed += seg.bytes();
+                removed += 1;
+            }
+            if removed == 0 {
+                return Ok(CompactionResult { segments_removed: 0, bytes_freed: 0, new_log_start: c.log_start() });
+            }
+            let next_seg = &c.segments[removed];
+            (removed, freed, next_seg.base, next_seg.base_prev_hash)
+        };
+        let r = self.compact_locked(&h, removed, new_start, anchor);
+        h.guard(r)?;
+        Ok(CompactionResult { segments_removed: removed, bytes_freed: freed, new_log_start: new_start })
+    }
+
+    fn compact_locked(&self, h: &Stream, removed: usize, new_start: Offset, anchor: ChainHash) -> Result<()> {
+        let dir = &h.dir;
+        let existing = {
+            let c = h.core.read();
+            c.checkpoints.get(new_start).filter(|_| !c.pending_checkpoints.contains(&new_start)).cloned()
+        };
+        if existing.is_none() {
+            let cp = {
+                let c = h.core.read();
+                c.checkpoints
+                    .get(new_start)
+                    .cloned()
+                    .unwrap_or_else(|| Checkpoint::new(new_start, anchor, Bytes::new()))
+            };
+            self.store_checkpoint_locked(h, &cp)?;
+        }
+        let (doomed_segments, doomed_cps) = {
+            let mut c = h.core.write();
+            let segs: Vec<u64> = c.segments.drain(..removed).map(|s| s.seq).collect();
+            let cps: Vec<Offset> = c.checkpoints.iter().map(|cp| cp.offset).filter(|o| *o < new_start).collect();
+            let cps: Vec<Offset> = cps.into_iter().filter(|o| !c.pending_checkpoints.contains(o)).collect();
+            c.checkpoints.remove_below(new_start);
+            c.pending_checkpoints.retain(|o| *o >= new_start);
+            (segs, cps)
+        };
+        h.anchors.lock().retain(|k, _| *k >= new_start);
+        for seq in doomed_segments {
+            self.remove_if_exists(&dir.join(names::segment(seq)))?;
+            self.remove_if_exists(&dir.join(names::index(seq)))?;
+        }
+        for o in doomed_cps {
+            self.remove_if_exists(&dir.join(names::checkpoint(o.get())))?;
+        }
+        self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        Ok(())
+    }
+
+    /// Removes a stream and all its files. Unknown streams are a no-op.
+    pub fn delete_stream(&self, stream: StreamId) -> Result<()> {
+        let _c = self.create.lock();
+        let Some(h) = self.streams.write().remove(&stream) else {
+            return Ok(());
+        };
+        let _w = h.writer.lock();
+        {
+            let mut f = h.failed.lock();
+            if f.is_none() {
+                *f = Some("the stream was deleted".into());
+            }
+        }
+        h.reset_durable(Offset::ZERO);
+        let dir = &h.dir;
+        let segs: Vec<u64> = h.core.read().segments.iter().map(|s| s.seq).collect();
+        for seq in segs.iter().rev() {
+            self.remove_if_exists(&dir.join(names::segment(*seq)))?;
+        }
+        self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        for name in self.fs.read_dir(dir).map_err(io_err("list directory", dir))? {
+            self.remove_if_exists(&dir.join(name))?;
+        }
+        self.fs.remove_dir(dir).map_err(io_err("remove directory", dir))?;
+        self.fs.sync_dir(&self.root).map_err(io_err("fsync directory", &self.root))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! [`Storage`]: the on-disk backend. Same semantics, errors and chain hashes as
+//! [`crate::MemoryStorage`], plus durability, recovery and verified reads from disk.
+//!
+//! Layout: `data_dir/LOCK`, and per stream `data_dir/{stream_id}/` holding
+//! `segment_NNNNNN.log` (records), `segment_NNNNNN.idx` (dense offset index, written when the
+//! segment is sealed or the storage is closed) and `checkpoint_{offset}.ckp`. `docs/format.md`
+//! tables every byte.
+//!
+//! Sealed segments are immutable, with one documented exception: `truncate_from` may cut into a
+//! sealed segment (it then becomes the active segment again and loses its index file).
+
+mod maintenance;
+mod read;
+mod recovery;
+mod stream;
+mod write;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::StorageBackend;
+use crate::checkpoint::{Checkpoint, CheckpointIndex};
+use crate::codec::{Codec, CodecRegistry};
+use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::error::{Result, StorageError};
+use crate::format::{self, names};
+use crate::io::{FileSystem, FsLock, OpenMode, StdFileSystem};
+use crate::options::StorageOptions;
+use crate::record::SegmentHeader;
+use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+
+pub(crate) use stream::{ANCHOR_INTERVAL, Segment, Stream, StreamCore};
+
+/// The on-disk [`StorageBackend`]. `Send + Sync`; every method takes `&self`. Readers run
+/// concurrently, appenders to one stream are serialised (and share fsyncs), streams are independent.
+pub struct Storage {
+    root: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    options: StorageOptions,
+    codec: Arc<dyn Codec>,
+    registry: CodecRegistry,
+    streams: RwLock<BTreeMap<StreamId, Arc<Stream>>>,
+    /// Serialises stream creation and deletion.
+    create: Mutex<()>,
+    _lock: Box<dyn FsLock>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("root", &self.root)
+            .field("options", &self.options)
+            .field("streams", &self.streams.read().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { op, path, source }
+}
+
+impl Storage {
+    /// Opens (or creates) a storage in `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, StorageOptions::default())
+    }
+
+    /// Opens (or creates) a storage in `path`.
+    pub fn open_with(path: impl AsRef<Path>, options: StorageOptions) -> Result<Self> {
+        Self::open_with_fs(path, options, Arc::new(StdFileSystem))
+    }
+
+    /// Opens (or creates) a storage in `path` doing all I/O through `fs`.
+    ///
+    /// Recovers every stream: a torn last record of an active segment is cut off (with a warning),
+    /// any other damage is a typed error. Sealed segments are trusted through their CRC-checked
+    /// index files; only the active segment is scanned.
+    pub fn open_with_fs(path: impl AsRef<Path>, options: StorageOptions, fs: Arc<dyn FileSystem>) -> Result<Self> {
+        options.validate()?;
+        let root = path.as_ref().to_path_buf();
+        fs.create_dir_all(&root).map_err(io_err("create directory", &root))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent).map_err(io_err("fsync directory", parent))?;
+        }
+        let lock_path = root.join(format::lock::FILE_NAME);
+        let lock = fs.try_lock(&lock_path).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                StorageError::Locked { path: lock_path.clone() }
+            } else {
+                StorageError::Io { op: "lock", path: lock_path.clone(), source: e }
+            }
+        })?;
+        let mut info = Vec::with_capacity(format::lock::LEN);
+        info.extend_from_slice(&format::lock::MAGIC.to_le_bytes());
+        info.extend_from_slice(&format::lock::VERSION.to_le_bytes());
+        info.extend_from_slice(&0u16.to_le_bytes());
+        info.extend_from_slice(&std::process::id().to_le_bytes());
+        let f = fs.open(&lock_path, OpenMode::Existing).map_err(io_err("open", &lock_path))?;
+        f.set_len(0).and_then(|()| f.write_all_at(&info, 0)).map_err(io_err("write", &lock_path))?;
+
+        let codec = options.codec.codec();
+        let storage = Self {
+            root,
+            fs,
+            options,
+            codec,
+            registry: CodecRegistry::new(),
+            streams: RwLock::new(BTreeMap::new()),
+            create: Mutex::new(()),
+            _lock: lock,
+        };
+        let mut names = storage.fs.read_dir(&storage.root).map_err(io_err("list directory", &storage.root))?;
+        names.sort();
+        let mut streams = BTreeMap::new();
+        for name in names {
+            let Some(id) = names::parse_stream_dir(&name) else { continue };
+            let dir = storage.root.join(&name);
+            if !storage.fs.is_dir(&dir) {
+                continue;
+            }
+            if let Some(stream) = storage.open_stream(StreamId::new(id), dir)? {
+                streams.insert(StreamId::new(id), Arc::new(stream));
+            }
+        }
+        *storage.streams.write() = streams;
+        Ok(storage)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &StorageOptions {
+        &self.options
+    }
+
+    pub(crate) fn stream(&self, id: StreamId) -> Option<Arc<Stream>> {
+        self.streams.read().get(&id).cloned()
+    }
+
+    /// The stream, created empty at `base` (anchored on `base_prev_hash`) if it does not exist.
+    pub(crate) fn stream_or_create(
+        &self,
+        id: StreamId,
+        base: Offset,
+        base_prev_hash: ChainHash,
+    ) -> Result<Arc<Stream>> {
+        if let Some(s) = self.stream(id) {
+            return Ok(s);
+        }
+        let _c = self.create.lock();
+        if let Some(s) = self.stream(id) {
+            return Ok(s);
+        }
+        let dir = self.root.join(id.get().to_string());
+        self.fs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        self.fs.sync_dir(&self.root).map_err(io_err("fsync directory", &self.root))?;
+        let segment = self.create_segment(id, &dir, 0, base, base_prev_hash, 0)?;
+        let core = StreamCore {
+            segments: vec![segment],
+            head: base_prev_hash,
+            checkpoints: CheckpointIndex::new(),
+            pending_checkpoints: Default::default(),
+        };
+        let stream = Arc::new(Stream::new(id, dir, core, BTreeMap::new()));
+        self.streams.write().insert(id, stream.clone());
+        Ok(stream)
+    }
+
+    /// Creates a durable, empty segment file (header written, file and directory fsynced).
+    pub(crate) fn create_segment(
+        &self,
+        id: StreamId,
+        dir: &Path,
+        seq: u64,
+        base: Offset,
+        base_prev_hash: ChainHash,
+        flags: u16,
+    ) -> Result<Segment> {
+        let path = dir.join(names::segment(seq));
+        // A stale index of an earlier segment with this number must not describe the new one.
+        let idx = dir.join(names::index(seq));
+        if self.fs.open(&idx, OpenMode::Existing).is_ok() {
+            self.fs.remove_file(&idx).map_err(io_err("remove", &idx))?;
+        }
+        let created_ms = now_ms();
+        let header = SegmentHeader { flags, stream: id, base, created_ms, base_prev_hash };
+        let file = self.fs.open(&path, OpenMode::CreateTruncate).map_err(io_err("create", &path))?;
+        file.write_all_at(&header.encode(), 0).map_err(io_err("write", &path))?;
+        file.sync_data().map_err(io_err("fsync", &path))?;
+        self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        Ok(Segment {
+            seq,
+            base,
+            base_prev_hash,
+            file,
+            positions: Vec::new(),
+            len: stream::EMPTY_SEGMENT_LEN,
+            last_append_ms: created_ms,
+            idx_bytes: 0,
+        })
+    }
+
+    /// Writes `bytes` as `dir/name` atomically and durably: temporary file, fsync, rename, fsync
+    /// of the directory.
+    pub(crate) fn write_atomic(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = dir.join(format!("{name}{}", names::TMP_SUFFIX));
+        let path = dir.join(name);
+        let f = self.fs.open(&tmp, OpenMode::CreateTruncate).map_err(io_err("create", &tmp))?;
+        f.write_all_at(bytes, 0).map_err(io_err("write", &tmp))?;
+        f.sync_data().map_err(io_err("fsync", &tmp))?;
+        self.fs.rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+        Ok(())
+    }
+
+    /// Removes a file (a missing file is fine); the caller syncs the directory.
+    pub(crate) fn remove_if_exists(&self, path: &Path) -> Result<()> {
+        match self.fs.remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::Io { op: "remove", path: path.to_path_buf(), source: e }),
+        }
+    }
+
+    /// Every stream that exists, in id order.
+    pub fn streams(&self) -> Vec<StreamId> {
+        self.streams.read().keys().copied().collect()
+    }
+
+    /// The chain hash of the last record ([`ChainHash::ZERO`] for an empty stream at 0).
+    pub fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash> {
+        Ok(self.stream(stream).map_or(ChainHash::ZERO, |s| s.core.read().head))
+    }
+
+    /// One past the last record.
+    pub fn next_offset(&self, stream: StreamId) -> Result<Offset> {
+        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.core.read().next()))
+    }
+
+    /// The first offset still held.
+    pub fn log_start(&self, stream: StreamId) -> Result<Offset> {
+        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.core.read().log_start()))
+    }
+
+    /// The newest checkpoint, if any.
+    pub fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>> {
+        Ok(self.stream(stream).and_then(|s| s.core.read().checkpoints.latest().cloned()))
+    }
+
+    /// The checkpoint with the greatest offset `<= offset`, if any.
+    pub fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>> {
+        Ok(self.stream(stream).and_then(|s| s.core.read().checkpoints.at_or_below(offset).cloned()))
+    }
+
+    /// Bytes the stream's files occupy (segments, index files and written checkpoints).
+    pub fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
+        Ok(self.stream(stream).map_or(0, |s| s.core.read().file_bytes()))
+    }
+
+    /// Makes every record of every stream durable and writes pending checkpoints and the active
+    /// segments' index files, so the next open scans nothing. Also done (best effort) on drop.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
+        let mut first_err = None;
+        for s in streams {
+            if s.check_usable().is_err() {
+                continue;
+            }
+            if let Err(e) = self.sync_stream(&s).and_then(|()| self.write_active_index(&s)) {
+                tracing::warn!(stream = %s.id, error = %e, "closing the stream failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl StorageBackend for Storage {
+    fn append_batch(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected_offset: Offset,
+        fsync: bool,
+    ) -> Result<Offset> {
+        Storage::append_batch(self, stream, events, expected_offset, fsync)
+    }
+
+    fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        Storage::read_range(self, stream, from, end, max_bytes)
+    }
+
+    fn read_records(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        Storage::read_records(self, stream, from, max_bytes)
+    }
+
+    fn read_from(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        Storage::read_from(self, stream, from, max_bytes)
+    }
+
+    fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
+        Storage::verify_chain(self, stream)
+    }
+
+    fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
+        Storage::chain_hash_at(self, stream, offset)
+    }
+
+    fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash> {
+        Storage::latest_chain_hash(self, stream)
+    }
+
+    fn next_offset(&self, stream: StreamId) -> Result<Offset> {
+        Storage::next_offset(self, stream)
+    }
+
+    fn log_start(&self, stream: StreamId) -> Result<Offset> {
+        Storage::log_start(self, stream)
+    }
+
+    fn streams(&self) -> Vec<StreamId> {
+        Storage::streams(self)
+    }
+
+    fn truncate_from(&self, stream: StreamId, offset: Offset) -> Result<()> {
+        Storage::truncate_from(self, stream, offset)
+    }
+
+    fn create_checkpoint(&self, stream: StreamId) -> Result<Checkpoint> {
+        Storage::create_checkpoint(self, stream)
+    }
+
+    fn create_checkpoint_at(&self, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
+        Storage::create_checkpoint_at(self, stream, offset, data)
+    }
+
+    fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>> {
+        Storage::latest_checkpoint(self, stream)
+    }
+
+    fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>> {
+        Storage::checkpoint_at_or_below(self, stream, offset)
+    }
+
+    fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
+        Storage::install_checkpoint(self, stream, cp)
+    }
+
+    fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
+        Storage::compact(self, stream, config)
+    }
+
+    fn sync(&self, stream: StreamId) -> Result<()> {
+        Storage::sync(self, stream)
+    }
+
+    fn delete_stream(&self, stream: StreamId) -> Result<()> {
+        Storage::delete_stream(self, stream)
+    }
+
+    fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
+        Storage::stream_bytes(self, stream)
+    }
+}

@@ -1,0 +1,350 @@
+//! Verified reads: every record read is CRC-checked, decompressed within its declared length and
+//! chain-linked from the nearest trusted anchor (a sparse-table entry, a checkpoint, or a
+//! segment's base hash), so a read at offset k re-hashes at most [`ANCHOR_INTERVAL`] extra records
+//! once the table is warm (at most one segment when it is cold).
+
+use bytes::{Bytes, BytesMut};
+
+use super::stream::{Stream, StreamCore};
+use super::{ANCHOR_INTERVAL, Storage, io_err};
+use crate::chain::chain_hash;
+use crate::codec::CodecId;
+use crate::error::{CorruptionReason, Result, StorageError};
+use crate::record::decode_record;
+use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+
+/// Bytes read per I/O by a sequential scan.
+const SCAN_CHUNK_BYTES: u64 = 8 << 20;
+/// Smallest read a ranged read makes.
+const MIN_READ_BYTES: u64 = 64 << 10;
+
+/// One record that passed verification.
+pub(crate) struct Verified {
+    pub offset: Offset,
+    pub prev_hash: ChainHash,
+    pub hash: ChainHash,
+    pub payload: Bytes,
+}
+
+impl Storage {
+    /// Verified records in `[from, end)`, up to about `max_bytes` of payload (at least one record
+    /// if any is in range). `from` at or past the next offset gives nothing; below the log start
+    /// is `OffsetOutOfRange`.
+    pub fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        let Some(h) = self.stream(stream) else {
+            return Ok(Vec::new());
+        };
+        let c = h.core.read();
+        if from < c.log_start() {
+            return Err(c.range_error(stream, from));
+        }
+        let end = end.min(c.next());
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let (anchor_at, anchor) = self.nearest_anchor(&h, &c, from);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        // One record past the range is read too (when there is one), so the last returned
+        // record's hash is checked against its successor's link.
+        let stop = end.plus(1).min(c.next());
+        let hint = (max_bytes as u64).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
+        self.walk(&h, &c, anchor_at, anchor, stop, hint, |r| {
+            if r.offset < from {
+                return true;
+            }
+            if r.offset >= end || (!out.is_empty() && bytes + r.payload.len() > max_bytes) {
+                return false;
+            }
+            bytes += r.payload.len();
+            out.push(Record { offset: r.offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload.clone() });
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Verified records from `from` to the end of the stream, bounded by `max_bytes`.
+    pub fn read_records(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        self.read_range(stream, from, Offset::new(u64::MAX), max_bytes)
+    }
+
+    /// Verified payloads from `from`, bounded by `max_bytes`.
+    pub fn read_from(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        Ok(self.read_records(stream, from, max_bytes)?.into_iter().map(|r| r.payload).collect())
+    }
+
+    /// Verifies every record from the log start (anchored by its checkpoint when compacted) to
+    /// the end: CRCs, offsets, chain links. The error names the first bad offset.
+    pub fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
+        let Some(h) = self.stream(stream) else {
+            return Ok(ChainVerification {
+                stream,
+                from: Offset::ZERO,
+                to: Offset::ZERO,
+                records: 0,
+                head: ChainHash::ZERO,
+            });
+        };
+        let c = h.core.read();
+        let start = c.log_start();
+        let first = &c.segments[0];
+        let anchor = first.base_prev_hash;
+        if start > Offset::ZERO
+            && let Some(cp) = c.checkpoints.get(start)
+            && cp.chain_hash != anchor
+        {
+            return Err(StorageError::Corruption {
+                stream,
+                file: first.name(),
+                position: crate::format::segment::BASE_PREV_HASH_AT as u64,
+                offset: Some(start),
+                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: anchor },
+            });
+        }
+        let mut records = 0u64;
+        let head = self.walk(&h, &c, start, anchor, c.next(), SCAN_CHUNK_BYTES, |_| {
+            records += 1;
+            true
+        })?;
+        Ok(ChainVerification { stream, from: start, to: c.next(), records, head })
+    }
+
+    /// The chain hash of the record at `offset` (for `offset == log_start - 1`, the anchor).
+    pub fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
+        let Some(h) = self.stream(stream) else {
+            return Err(StorageError::OffsetOutOfRange {
+                stream,
+                requested: offset,
+                start: Offset::ZERO,
+                end: Offset::ZERO,
+            });
+        };
+        let c = h.core.read();
+        self.hash_before(&h, &c, offset.plus(1)).map_err(|e| match e {
+            StorageError::OffsetOutOfRange { .. } => c.range_error(stream, offset),
+            e => e,
+        })
+    }
+
+    /// The verified chain hash of record `k - 1`, for `k` in `[log_start, next]` (the anchor at
+    /// the log start; `OffsetOutOfRange` at 0 or outside).
+    pub(crate) fn hash_before(&self, h: &Stream, c: &StreamCore, k: Offset) -> Result<ChainHash> {
+        if k == c.log_start() && k > Offset::ZERO {
+            return Ok(c.segments[0].base_prev_hash);
+        }
+        if k <= c.log_start() || k > c.next() {
+            return Err(c.range_error(h.id, k));
+        }
+        if k == c.next() {
+            return Ok(c.head);
+        }
+        if let Some(hash) = h.anchors.lock().get(&k) {
+            return Ok(*hash);
+        }
+        let target = Offset::new(k.get() - 1);
+        let (at, anchor) = self.nearest_anchor(h, c, target);
+        let mut found = anchor;
+        self.walk(h, c, at, anchor, k.plus(1).min(c.next()), MIN_READ_BYTES, |r| {
+            if r.offset == target {
+                found = r.hash;
+            }
+            r.offset < target
+        })?;
+        Ok(found)
+    }
+
+    /// The trusted anchor closest below (or at) `offset`: `(k, hash of record k - 1)`.
+    pub(crate) fn nearest_anchor(&self, h: &Stream, c: &StreamCore, offset: Offset) -> (Offset, ChainHash) {
+        let seg = &c.segments[c.segment_index(offset)];
+        let mut best = (seg.base, seg.base_prev_hash);
+        if let Some((k, hash)) = h.anchors.lock().range(..=offset).next_back()
+            && *k > best.0
+        {
+            best = (*k, *hash);
+        }
+        if let Some(cp) = c.checkpoints.at_or_below(offset)
+            && cp.offset > best.0
+            && cp.offset > Offset::ZERO
+            && cp.offset <= c.next()
+        {
+            best = (cp.offset, cp.chain_hash);
+        }
+        best
+    }
+
+    /// Reads and verifies records from `start` (whose predecessor's hash is the trusted
+    /// `anchor`) up to `stop` (exclusive, at most the next offset), calling `visit` for each
+    /// verified record until it returns false (right after the record it was given). Returns the
+    /// hash of the last record verified. Reaching the end of the stream also checks the result
+    /// against the in-memory head; passing a sparse-table offset checks against the table.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn walk(
+        &self,
+        h: &Stream,
+        c: &StreamCore,
+        start: Offset,
+        anchor: ChainHash,
+        stop: Offset,
+        chunk_bytes: u64,
+        mut visit: impl FnMut(&Verified) -> bool,
+    ) -> Result<ChainHash> {
+        let stream = h.id;
+        let mut expected_prev = anchor;
+        let mut offset = start;
+        // Where the previous verified record lies, to blame it when its successor's link fails.
+        let mut last: Option<(String, u64)> = None;
+        let mut new_anchors = Vec::new();
+        let known_anchors = h.anchors.lock().clone_range(start, stop);
+        let mut known_cursor = 0usize;
+        let mut seg_i = c.segment_index(start);
+        let result = 'outer: loop {
+            if offset >= stop {
+                break Ok(());
+            }
+            let Some(seg) = c.segments.get(seg_i) else { break Ok(()) };
+            if offset >= seg.end() {
+                seg_i += 1;
+                continue;
+            }
+            let name = seg.name();
+            let i = (offset.get() - seg.base.get()) as usize;
+            let from_pos = seg.positions[i];
+            let limit = (stop.get() - seg.base.get()).min(seg.positions.len() as u64) as usize;
+            let j = seg.positions[..limit].partition_point(|&p| p < from_pos + chunk_bytes).max(i + 1);
+            let to_pos = seg.span(j - 1).1;
+            let buf = match read_bytes(seg.file.as_ref(), from_pos, to_pos) {
+                Ok(b) => b,
+                Err(e) => break Err(e(&h.dir.join(&name))),
+            };
+            let mut at = 0usize;
+            for k in i..j {
+                let position = from_pos + at as u64;
+                let corrupt = |offset: Offset, reason| StorageError::Corruption {
+                    stream,
+                    file: name.clone(),
+                    position,
+                    offset: Some(offset),
+                    reason,
+                };
+                let view = match decode_record(&buf, at) {
+                    Ok(v) => v,
+                    Err(d) => break 'outer Err(corrupt(offset, d.reason)),
+                };
+                if view.offset != offset {
+                    break 'outer Err(corrupt(
+                        offset,
+                        CorruptionReason::OffsetSequence { expected: offset, found: view.offset },
+                    ));
+                }
+                let expected_len = (seg.span(k).1 - seg.span(k).0) as usize;
+                if view.len != expected_len {
+                    break 'outer Err(corrupt(
+                        offset,
+                        CorruptionReason::BadLength { length: view.len as u64, limit: expected_len as u64 },
+                    ));
+                }
+                if view.prev_hash != expected_prev || (offset == Offset::ZERO && view.prev_hash != ChainHash::ZERO) {
+                    // The link into this record is broken: the record before it (whose payload
+                    // no longer hashes to what this record remembers) is the one to name, unless
+                    // there is none in this walk and the anchor itself disagrees.
+                    break 'outer Err(match &last {
+                        Some((file, pos)) => StorageError::Corruption {
+                            stream,
+                            file: file.clone(),
+                            position: *pos,
+                            offset: Some(Offset::new(offset.get() - 1)),
+                            reason: CorruptionReason::ChainMismatch { expected: view.prev_hash, found: expected_prev },
+                        },
+                        None => corrupt(
+                            offset,
+                            CorruptionReason::ChainMismatch { expected: expected_prev, found: view.prev_hash },
+                        ),
+                    });
+                }
+                let stored = buf.slice(view.payload_at..view.payload_at + view.stored_len);
+                let payload = match self.decompress(stream, offset, view.codec, stored, view.uncompressed_len) {
+                    Ok(p) => p,
+                    Err(e) => break 'outer Err(e),
+                };
+                let hash = chain_hash(offset, &view.prev_hash, &payload);
+                let after = offset.plus(1);
+                let trusted = if after == c.next() {
+                    Some(c.head)
+                } else {
+                    while known_anchors.get(known_cursor).is_some_and(|(o, _)| *o < after) {
+                        known_cursor += 1;
+                    }
+                    known_anchors.get(known_cursor).filter(|(o, _)| *o == after).map(|(_, h)| *h)
+                };
+                if let Some(t) = trusted
+                    && t != hash
+                {
+                    break 'outer Err(corrupt(offset, CorruptionReason::ChainMismatch { expected: t, found: hash }));
+                }
+                if trusted.is_none() && after.get().is_multiple_of(ANCHOR_INTERVAL) {
+                    new_anchors.push((after, hash));
+                }
+                let rec = Verified { offset, prev_hash: view.prev_hash, hash, payload };
+                expected_prev = hash;
+                last = Some((name.clone(), position));
+                offset = after;
+                at += view.len;
+                if !visit(&rec) {
+                    break 'outer Ok(());
+                }
+            }
+        };
+        h.add_anchors(new_anchors);
+        result.map(|()| expected_prev)
+    }
+
+    fn decompress(&self, stream: StreamId, offset: Offset, codec: CodecId, stored: Bytes, len: usize) -> Result<Bytes> {
+        if codec == CodecId::NONE {
+            return Ok(stored);
+        }
+        let Some(c) = self.registry.get(codec) else {
+            return Err(StorageError::UnknownCodec { stream, offset, codec_id: codec.0 });
+        };
+        if len > self.options.max_record_bytes.max(stored.len()) {
+            return Err(StorageError::Decompression {
+                stream,
+                offset,
+                codec: c.name(),
+                reason: format!("declared length {len} is over max_record_bytes {}", self.options.max_record_bytes),
+            });
+        }
+        c.decompress(&stored, len).map(Bytes::from).map_err(|e| StorageError::Decompression {
+            stream,
+            offset,
+            codec: c.name(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Reads bytes `[from, to)` of a file into one buffer.
+pub(crate) fn read_bytes(
+    file: &dyn crate::io::FsFile,
+    from: u64,
+    to: u64,
+) -> std::result::Result<Bytes, impl FnOnce(&std::path::Path) -> StorageError> {
+    let mut buf = BytesMut::zeroed((to - from) as usize);
+    match file.read_exact_at(&mut buf, from) {
+        Ok(()) => Ok(buf.freeze()),
+        Err(e) => Err(move |path: &std::path::Path| io_err("read", path)(e)),
+    }
+}
+
+/// Copying out a small range of the sparse table, so the lock is not held during I/O.
+trait CloneRange {
+    fn clone_range(&self, from: Offset, to: Offset) -> Vec<(Offset, ChainHash)>;
+}
+
+impl CloneRange for std::collections::BTreeMap<Offset, ChainHash> {
+    fn clone_range(&self, from: Offset, to: Offset) -> Vec<(Offset, ChainHash)> {
+        if from >= to {
+            return Vec::new();
+        }
+        self.range(from.plus(1)..=to).map(|(k, v)| (*k, *v)).collect()
+    }
+}

@@ -1,0 +1,212 @@
+//! The in-memory state of one on-disk stream: its segments with their dense offset indexes, the
+//! sparse chain-hash table, checkpoints, and the locks that order writers, readers and fsyncs.
+//!
+//! Lock order (never taken the other way round): `writer` -> `core` -> `anchors`; `sync` and
+//! `failed` are leaves, never held while taking another lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::CheckpointIndex;
+use crate::error::{Result, StorageError};
+use crate::format::{self, names};
+use crate::io::FsFile;
+use crate::types::{ChainHash, Offset, StreamId};
+
+/// Every this many offsets, the chain hash before the offset is kept in memory (and in index
+/// files), so a verified read re-hashes at most this many records before the one it wants.
+pub(crate) const ANCHOR_INTERVAL: u64 = 64;
+
+/// One segment file and its dense index.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// Sequence number (the `NNNNNN` of its file name).
+    pub seq: u64,
+    /// Offset of its first record.
+    pub base: Offset,
+    /// Chain hash of record `base - 1` (from the segment header).
+    pub base_prev_hash: ChainHash,
+    pub file: Arc<dyn FsFile>,
+    /// Byte position of record `base + i`.
+    pub positions: Vec<u64>,
+    /// Bytes of header plus whole records (the file's logical length).
+    pub len: u64,
+    /// Append time of its newest record (its creation time while empty).
+    pub last_append_ms: u64,
+    /// Size of its index file on disk (0 if it has none).
+    pub idx_bytes: u64,
+}
+
+impl Segment {
+    /// One past its last record.
+    pub fn end(&self) -> Offset {
+        self.base.plus(self.positions.len() as u64)
+    }
+
+    /// Its file name.
+    pub fn name(&self) -> String {
+        names::segment(self.seq)
+    }
+
+    /// Byte range `[start, end)` of record number `i` (0-based within the segment).
+    pub fn span(&self, i: usize) -> (u64, u64) {
+        let end = self.positions.get(i + 1).copied().unwrap_or(self.len);
+        (self.positions[i], end)
+    }
+
+    /// Bytes this segment counts for rotation, compaction and retention.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The part of a stream readers look at.
+#[derive(Debug)]
+pub(crate) struct StreamCore {
+    /// Oldest first; never empty. The last one is the active segment.
+    pub segments: Vec<Segment>,
+    /// Chain hash of the last record (the log-start anchor when empty).
+    pub head: ChainHash,
+    pub checkpoints: CheckpointIndex,
+    /// Policy checkpoints held in memory only so far; written once the records they cover are durable.
+    pub pending_checkpoints: BTreeSet<Offset>,
+}
+
+impl StreamCore {
+    pub fn log_start(&self) -> Offset {
+        self.segments[0].base
+    }
+
+    pub fn next(&self) -> Offset {
+        self.active().end()
+    }
+
+    pub fn active(&self) -> &Segment {
+        self.segments.last().expect("a stream always has a segment")
+    }
+
+    pub fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a stream always has a segment")
+    }
+
+    /// Index of the segment holding `offset` (which must lie in `[log_start, next)`), or of the
+    /// active segment for `offset == next`.
+    pub fn segment_index(&self, offset: Offset) -> usize {
+        let i = self.segments.partition_point(|s| s.end() <= offset);
+        i.min(self.segments.len() - 1)
+    }
+
+    pub fn range_error(&self, stream: StreamId, requested: Offset) -> StorageError {
+        StorageError::OffsetOutOfRange { stream, requested, start: self.log_start(), end: self.next() }
+    }
+
+    /// Bytes of every file of the stream: segments, index files and checkpoint files.
+    pub fn file_bytes(&self) -> u64 {
+        let segs: u64 = self.segments.iter().map(|s| s.len + s.idx_bytes).sum();
+        let cps: u64 = self
+            .checkpoints
+            .iter()
+            .filter(|cp| !self.pending_checkpoints.contains(&cp.offset))
+            .map(|cp| (format::checkpoint::HEADER_LEN + cp.data.len() + format::checkpoint::CRC_LEN) as u64)
+            .sum();
+        segs + cps
+    }
+}
+
+/// Group-commit state: how far the stream is known durable, and whether an fsync is running.
+#[derive(Debug, Default)]
+pub(crate) struct SyncState {
+    /// Every record below this offset is durable.
+    pub durable: Offset,
+    /// An fsync leader is at work; followers wait on the condvar.
+    pub syncing: bool,
+    /// Bumped by truncation, checkpoint install and deletion (which sync everything they keep):
+    /// a waiter whose epoch is stale returns.
+    pub epoch: u64,
+}
+
+/// One open stream.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub id: StreamId,
+    pub dir: PathBuf,
+    /// Serialises every mutation of the stream (appends, truncation, checkpoints, compaction).
+    pub writer: Mutex<()>,
+    pub core: RwLock<StreamCore>,
+    /// Sparse chain table: `k -> hash of record k - 1`, for `k` a multiple of [`ANCHOR_INTERVAL`]
+    /// (plus whatever index files held), every entry computed by us, never read unverified.
+    pub anchors: Mutex<BTreeMap<Offset, ChainHash>>,
+    pub sync: Mutex<SyncState>,
+    pub sync_cv: Condvar,
+    /// Set by the first failed write or fsync: the stream refuses writes until reopened.
+    pub failed: Mutex<Option<String>>,
+}
+
+impl Stream {
+    pub fn new(id: StreamId, dir: PathBuf, core: StreamCore, anchors: BTreeMap<Offset, ChainHash>) -> Self {
+        let durable = core.next();
+        Self {
+            id,
+            dir,
+            writer: Mutex::new(()),
+            core: RwLock::new(core),
+            anchors: Mutex::new(anchors),
+            sync: Mutex::new(SyncState { durable, syncing: false, epoch: 0 }),
+            sync_cv: Condvar::new(),
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// `Err(StreamFailed)` once an I/O failure left the stream in an unknown state.
+    pub fn check_usable(&self) -> Result<()> {
+        match &*self.failed.lock() {
+            Some(cause) => Err(StorageError::StreamFailed { stream: self.id, cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the stream failed (first cause wins) and wakes every fsync waiter.
+    pub fn fail(&self, cause: &StorageError) {
+        {
+            let mut f = self.failed.lock();
+            if f.is_none() {
+                tracing::error!(stream = %self.id, error = %cause, "stream failed; it refuses writes until reopened");
+                *f = Some(cause.to_string());
+            }
+        }
+        let _s = self.sync.lock();
+        self.sync_cv.notify_all();
+    }
+
+    /// Runs a mutating I/O step; an error marks the stream failed before being returned.
+    pub fn guard<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && matches!(e, StorageError::Io { .. })
+        {
+            self.fail(e);
+        }
+        r
+    }
+
+    /// Bumps the sync epoch after an operation that made everything it kept durable.
+    pub fn reset_durable(&self, durable: Offset) {
+        let mut s = self.sync.lock();
+        s.epoch += 1;
+        s.durable = durable;
+        self.sync_cv.notify_all();
+    }
+
+    /// Records `anchors` (offset, hash before it) in the sparse table.
+    pub fn add_anchors(&self, list: impl IntoIterator<Item = (Offset, ChainHash)>) {
+        let mut a = self.anchors.lock();
+        for (k, h) in list {
+            a.insert(k, h);
+        }
+    }
+}
+
+/// The header bytes of an empty segment.
+pub(crate) const EMPTY_SEGMENT_LEN: u64 = format::segment::HEADER_LEN as u64;

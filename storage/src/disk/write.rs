@@ -1,0 +1,309 @@
+//! The write path: committing prepared batches, segment rotation, group commit, index files.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::stream::Stream;
+use super::{Storage, io_err};
+use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
+use crate::codec::Codec;
+use crate::error::{Result, StorageError};
+use crate::format::names;
+use crate::index::IndexFile;
+use crate::pipeline::{PreparedBatch, validate_batch};
+use crate::types::{ChainHash, Offset, StreamId};
+
+use super::ANCHOR_INTERVAL;
+
+impl Storage {
+    pub(crate) fn codec(&self) -> &Arc<dyn Codec> {
+        &self.codec
+    }
+
+    /// Appends `events` at `expected_offset`, which must be the stream's next offset (else
+    /// `OffsetMismatch` and nothing is written). Returns the new next offset. With `fsync`,
+    /// returns only once the records are durable; concurrent fsyncing appenders share fsyncs.
+    pub fn append_batch(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected_offset: Offset,
+        fsync: bool,
+    ) -> Result<Offset> {
+        validate_batch(stream, &events, &self.options)?;
+        let handle = match self.stream(stream) {
+            Some(h) => h,
+            None if expected_offset != Offset::ZERO => {
+                return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: Offset::ZERO });
+            }
+            None => self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?,
+        };
+        handle.check_usable()?;
+        let (next, head) = {
+            let c = handle.core.read();
+            (c.next(), c.head)
+        };
+        if next != expected_offset {
+            return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
+        }
+        let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
+        self.commit_to(&handle, batch, fsync)
+    }
+
+    /// Stage 1 of an append, for callers that pipeline: see [`PreparedBatch::prepare`].
+    pub fn prepare(
+        &self,
+        stream: StreamId,
+        base: Offset,
+        prev_hash: ChainHash,
+        events: Vec<Bytes>,
+    ) -> Result<PreparedBatch> {
+        PreparedBatch::prepare(stream, base, prev_hash, events, &self.options, self.codec.as_ref())
+    }
+
+    /// Stage 2 of an append: writes a prepared batch, which must start at the stream's next
+    /// offset (else `OffsetMismatch`). If the stream's head hash is not the one the batch was
+    /// prepared from, it is re-hashed first. With `fsync`, returns once the batch is durable.
+    pub fn commit(&self, batch: PreparedBatch, fsync: bool) -> Result<Offset> {
+        let stream = batch.stream;
+        let handle = match self.stream(stream) {
+            Some(h) => h,
+            None if batch.base != Offset::ZERO => {
+                return Err(StorageError::OffsetMismatch { stream, expected: batch.base, actual: Offset::ZERO });
+            }
+            None => self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?,
+        };
+        self.commit_to(&handle, batch, fsync)
+    }
+
+    fn commit_to(&self, h: &Stream, mut batch: PreparedBatch, fsync: bool) -> Result<Offset> {
+        let (end, epoch) = {
+            let _w = h.writer.lock();
+            h.check_usable()?;
+            let (next, head) = {
+                let c = h.core.read();
+                (c.next(), c.head)
+            };
+            if next != batch.base {
+                return Err(StorageError::OffsetMismatch { stream: h.id, expected: batch.base, actual: next });
+            }
+            if head != batch.prev_hash {
+                let events = std::mem::take(&mut batch.events);
+                batch = PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())?;
+            }
+            let r = self.write_locked(h, &batch);
+            h.guard(r)?;
+            self.policy_checkpoint_locked(h);
+            (batch.next(), h.sync.lock().epoch)
+        };
+        if fsync {
+            self.wait_durable(h, end, epoch)?;
+            if !h.core.read().pending_checkpoints.is_empty() {
+                self.flush_pending_checkpoints(h)?;
+            }
+        }
+        Ok(end)
+    }
+
+    /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
+    fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
+        let n = batch.len();
+        let max = self.options.max_segment_bytes;
+        let mut i = 0;
+        while i < n {
+            let (at, count, file, seq) = {
+                let c = h.core.read();
+                let a = c.active();
+                (a.len, a.positions.len(), a.file.clone(), a.seq)
+            };
+            let mut len = at;
+            let mut j = i;
+            while j < n {
+                let rl = batch.record_len(j) as u64;
+                if count + (j - i) > 0 && len + rl > max {
+                    break;
+                }
+                len += rl;
+                j += 1;
+            }
+            if j > i {
+                let bytes = &batch.encoded[batch.byte_range(i, j)];
+                file.write_all_at(bytes, at).map_err(io_err("write", &h.dir.join(names::segment(seq))))?;
+                self.publish(h, batch, i, j, at);
+            }
+            if j < n {
+                self.rotate_locked(h)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Makes records `[i, j)` of `batch`, written at byte `at` of the active segment, visible.
+    fn publish(&self, h: &Stream, batch: &PreparedBatch, i: usize, j: usize, at: u64) {
+        let first = batch.starts[i];
+        {
+            let mut c = h.core.write();
+            let a = c.active_mut();
+            debug_assert_eq!(a.end(), batch.base.plus(i as u64), "records are published in order");
+            a.positions.extend(batch.starts[i..j].iter().map(|s| at + (s - first) as u64));
+            a.len = at + (batch.starts[j] - first) as u64;
+            a.last_append_ms = batch.append_time_ms;
+            c.head = batch.hashes[j - 1];
+        }
+        let anchors = (i..j).filter_map(|k| {
+            let after = batch.base.plus(k as u64 + 1);
+            after.get().is_multiple_of(ANCHOR_INTERVAL).then_some((after, batch.hashes[k]))
+        });
+        h.add_anchors(anchors.collect::<Vec<_>>());
+    }
+
+    /// Seals the active segment (fsync, index file) and starts a new one at the next offset.
+    pub(crate) fn rotate_locked(&self, h: &Stream) -> Result<()> {
+        let (file, seq, next, head, name) = {
+            let c = h.core.read();
+            let a = c.active();
+            (a.file.clone(), a.seq, c.next(), c.head, a.name())
+        };
+        file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
+        {
+            let mut s = h.sync.lock();
+            if s.durable < next {
+                s.durable = next;
+            }
+        }
+        self.write_index_locked(h, None)?;
+        let segment = self.create_segment(h.id, &h.dir, seq + 1, next, head, 0)?;
+        h.core.write().segments.push(segment);
+        Ok(())
+    }
+
+    /// Writes the index file of segment `seq` (the active one if `None`) as it is now. The
+    /// segment's bytes must already be durable.
+    pub(crate) fn write_index_locked(&self, h: &Stream, seq: Option<u64>) -> Result<()> {
+        let (file_bytes, seq) = {
+            let c = h.core.read();
+            let i = seq.and_then(|q| c.segments.iter().position(|s| s.seq == q)).unwrap_or(c.segments.len() - 1);
+            let s = &c.segments[i];
+            let last_hash = c.segments.get(i + 1).map_or(c.head, |n| n.base_prev_hash);
+            let anchors: Vec<(Offset, ChainHash)> =
+                h.anchors.lock().range(s.base.plus(1)..=s.end()).map(|(k, v)| (*k, *v)).collect();
+            let f = IndexFile {
+                base: s.base,
+                segment_len: s.len,
+                last_append_ms: s.last_append_ms,
+                base_prev_hash: s.base_prev_hash,
+                last_hash,
+                positions: s.positions.clone(),
+                anchors,
+            };
+            (f.encode(h.id), s.seq)
+        };
+        self.write_atomic(&h.dir, &names::index(seq), &file_bytes)?;
+        let mut c = h.core.write();
+        if let Some(s) = c.segments.iter_mut().find(|s| s.seq == seq) {
+            s.idx_bytes = file_bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the active segment's index file if the segment holds records the index does not
+    /// describe yet (on close: the next open then scans nothing).
+    pub(crate) fn write_active_index(&self, h: &Stream) -> Result<()> {
+        let _w = h.writer.lock();
+        h.check_usable()?;
+        let needed = {
+            let c = h.core.read();
+            let a = c.active();
+            !a.positions.is_empty()
+        };
+        if needed {
+            let r = self.write_index_locked(h, None);
+            h.guard(r)?;
+        }
+        Ok(())
+    }
+
+    /// Group commit: returns once every record below `end` is durable. Whoever finds no fsync
+    /// running becomes the leader and fsyncs for everyone written before it starts; the others wait.
+    pub(crate) fn wait_durable(&self, h: &Stream, end: Offset, epoch: u64) -> Result<()> {
+        let mut s = h.sync.lock();
+        loop {
+            h.check_usable()?;
+            if s.durable >= end || s.epoch != epoch {
+                return Ok(());
+            }
+            if s.syncing {
+                h.sync_cv.wait(&mut s);
+                continue;
+            }
+            s.syncing = true;
+            let my_epoch = s.epoch;
+            drop(s);
+            let (target, file, name) = {
+                let c = h.core.read();
+                (c.next(), c.active().file.clone(), c.active().name())
+            };
+            let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
+            if let Err(e) = &r {
+                h.fail(e);
+            }
+            s = h.sync.lock();
+            s.syncing = false;
+            if r.is_ok() && s.epoch == my_epoch && s.durable < target {
+                s.durable = target;
+            }
+            h.sync_cv.notify_all();
+            r?;
+        }
+    }
+
+    /// Makes every record of the stream durable, then writes its pending policy checkpoints.
+    pub(crate) fn sync_stream(&self, h: &Stream) -> Result<()> {
+        h.check_usable()?;
+        let (end, epoch) = {
+            let _w = h.writer.lock();
+            (h.core.read().next(), h.sync.lock().epoch)
+        };
+        self.wait_durable(h, end, epoch)?;
+        self.flush_pending_checkpoints(h)
+    }
+
+    /// Makes every record appended so far durable.
+    pub fn sync(&self, stream: StreamId) -> Result<()> {
+        match self.stream(stream) {
+            Some(h) => self.sync_stream(&h),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the checkpoint policy's checkpoint if it is due (held in memory until the records
+    /// it covers are durable, then written by `flush_pending_checkpoints`).
+    fn policy_checkpoint_locked(&self, h: &Stream) {
+        let mut c = h.core.write();
+        let next = c.next();
+        if should_create_checkpoint(self.options.checkpoint_policy, c.checkpoints.latest().map(|cp| cp.offset), next) {
+            let cp = Checkpoint::new(next, c.head, Bytes::new());
+            c.checkpoints.insert(cp);
+            c.pending_checkpoints.insert(next);
+        }
+    }
+
+    /// Writes every pending policy checkpoint whose records are durable.
+    pub(crate) fn flush_pending_checkpoints(&self, h: &Stream) -> Result<()> {
+        let _w = h.writer.lock();
+        h.check_usable()?;
+        let durable = h.sync.lock().durable;
+        let due: Vec<Checkpoint> = {
+            let c = h.core.read();
+            c.pending_checkpoints.range(..=durable).filter_map(|o| c.checkpoints.get(*o).cloned()).collect()
+        };
+        for cp in due {
+            let r = self.write_atomic(&h.dir, &names::checkpoint(cp.offset.get()), &serialize_checkpoint_payload(&cp));
+            h.guard(r)?;
+            h.core.write().pending_checkpoints.remove(&cp.offset);
+        }
+        Ok(())
+    }
+}

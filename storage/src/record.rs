@@ -1,0 +1,316 @@
+//! Encoding and decoding of records and segment headers (layouts in [`crate::format`]).
+//!
+//! Decoding never trusts a length field: every read is bounds-checked against the buffer and
+//! against [`format::record::MAX_PAYLOAD_LEN`], and every defect is a value, never a panic.
+
+use std::path::Path;
+
+use crate::codec::CodecId;
+use crate::error::{CorruptionReason, Result, StorageError};
+use crate::format::{record as rec, segment as seg};
+use crate::types::{ChainHash, Offset, StreamId};
+
+/// One record as found in a buffer (payload not yet decompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordView {
+    pub offset: Offset,
+    pub codec: CodecId,
+    pub append_time_ms: u64,
+    pub prev_hash: ChainHash,
+    pub uncompressed_len: usize,
+    /// Where the stored payload lies in the buffer.
+    pub payload_at: usize,
+    pub stored_len: usize,
+    /// The whole encoded length.
+    pub len: usize,
+}
+
+impl RecordView {
+    /// The stored payload bytes inside `buf` (the buffer the view was decoded from).
+    #[cfg(test)]
+    pub fn stored<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.payload_at..self.payload_at + self.stored_len]
+    }
+}
+
+/// Why bytes at a position are not a whole, valid record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordDefect {
+    pub reason: CorruptionReason,
+    /// How far into the buffer the record claims to extend (from its length field), when the
+    /// header could be read: decides whether a defect at the end of a file is a torn write.
+    pub claimed_end: Option<usize>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn hash_at(b: &[u8], at: usize) -> ChainHash {
+    ChainHash(b[at..at + 32].try_into().expect("32 bytes"))
+}
+
+/// Appends one encoded record to `out`.
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    offset: Offset,
+    codec: CodecId,
+    append_time_ms: u64,
+    prev_hash: &ChainHash,
+    uncompressed_len: usize,
+    stored: &[u8],
+) {
+    debug_assert!(stored.len() <= rec::MAX_PAYLOAD_LEN && uncompressed_len <= rec::MAX_PAYLOAD_LEN);
+    debug_assert!(codec != CodecId::NONE || stored.len() == uncompressed_len);
+    let start = out.len();
+    out.reserve(rec::encoded_len(stored.len()));
+    out.extend_from_slice(&[rec::START_MARKER, rec::KIND_DATA, codec.0, 0]);
+    out.extend_from_slice(&offset.get().to_le_bytes());
+    out.extend_from_slice(&append_time_ms.to_le_bytes());
+    out.extend_from_slice(&prev_hash.0);
+    out.extend_from_slice(&(uncompressed_len as u32).to_le_bytes());
+    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+    debug_assert_eq!(out.len() - start, rec::HEADER_LEN);
+    out.extend_from_slice(stored);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.push(rec::END_MARKER);
+    debug_assert_eq!(out.len() - start, rec::encoded_len(stored.len()));
+}
+
+/// Decodes the record starting at `at` in `buf`.
+pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<RecordView, RecordDefect> {
+    let available = buf.len().saturating_sub(at);
+    let defect = |reason, claimed_end| Err(RecordDefect { reason, claimed_end });
+    if available < rec::HEADER_LEN {
+        return defect(
+            CorruptionReason::Truncated { needed: rec::HEADER_LEN as u64, available: available as u64 },
+            None,
+        );
+    }
+    let b = &buf[at..];
+    if b[rec::START_AT] != rec::START_MARKER {
+        return defect(CorruptionReason::BadMarker("record start marker missing"), None);
+    }
+    let stored_len = u32_at(b, rec::STORED_LEN_AT) as usize;
+    if stored_len > rec::MAX_PAYLOAD_LEN {
+        return defect(
+            CorruptionReason::BadLength { length: stored_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
+            Some(usize::MAX),
+        );
+    }
+    let len = rec::encoded_len(stored_len);
+    let claimed_end = Some(at + len);
+    if available < len {
+        return defect(CorruptionReason::Truncated { needed: len as u64, available: available as u64 }, claimed_end);
+    }
+    let crc_at = rec::PAYLOAD_AT + stored_len;
+    let stored_crc = u32_at(b, crc_at);
+    let computed = crc32fast::hash(&b[..crc_at]);
+    if stored_crc != computed {
+        return defect(CorruptionReason::CrcMismatch { stored: stored_crc, computed }, claimed_end);
+    }
+    if b[crc_at + 4] != rec::END_MARKER {
+        return defect(CorruptionReason::BadMarker("record end marker missing"), claimed_end);
+    }
+    if b[rec::KIND_AT] != rec::KIND_DATA {
+        return defect(
+            CorruptionReason::InvalidField { field: "record kind", value: b[rec::KIND_AT].into() },
+            claimed_end,
+        );
+    }
+    if b[rec::FLAGS_AT] != 0 {
+        return defect(
+            CorruptionReason::InvalidField { field: "record flags", value: b[rec::FLAGS_AT].into() },
+            claimed_end,
+        );
+    }
+    let codec = CodecId(b[rec::CODEC_AT]);
+    let uncompressed_len = u32_at(b, rec::UNCOMPRESSED_LEN_AT) as usize;
+    if uncompressed_len > rec::MAX_PAYLOAD_LEN {
+        return defect(
+            CorruptionReason::BadLength { length: uncompressed_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
+            claimed_end,
+        );
+    }
+    if codec == CodecId::NONE && uncompressed_len != stored_len {
+        return defect(
+            CorruptionReason::InvalidField {
+                field: "uncompressed_len of an uncompressed record",
+                value: uncompressed_len as u64,
+            },
+            claimed_end,
+        );
+    }
+    Ok(RecordView {
+        offset: Offset::new(u64_at(b, rec::OFFSET_AT)),
+        codec,
+        append_time_ms: u64_at(b, rec::APPEND_TIME_AT),
+        prev_hash: hash_at(b, rec::PREV_HASH_AT),
+        uncompressed_len,
+        payload_at: at + rec::PAYLOAD_AT,
+        stored_len,
+        len,
+    })
+}
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub flags: u16,
+    pub stream: StreamId,
+    pub base: Offset,
+    pub created_ms: u64,
+    pub base_prev_hash: ChainHash,
+}
+
+impl SegmentHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; seg::HEADER_LEN] {
+        let mut b = [0u8; seg::HEADER_LEN];
+        b[seg::MAGIC_AT..seg::MAGIC_AT + 8].copy_from_slice(&seg::MAGIC.to_le_bytes());
+        b[seg::VERSION_AT..seg::VERSION_AT + 2].copy_from_slice(&seg::VERSION.to_le_bytes());
+        b[seg::FLAGS_AT..seg::FLAGS_AT + 2].copy_from_slice(&self.flags.to_le_bytes());
+        b[seg::STREAM_ID_AT..seg::STREAM_ID_AT + 8].copy_from_slice(&self.stream.get().to_le_bytes());
+        b[seg::BASE_OFFSET_AT..seg::BASE_OFFSET_AT + 8].copy_from_slice(&self.base.get().to_le_bytes());
+        b[seg::CREATED_AT..seg::CREATED_AT + 8].copy_from_slice(&self.created_ms.to_le_bytes());
+        b[seg::BASE_PREV_HASH_AT..seg::BASE_PREV_HASH_AT + 32].copy_from_slice(&self.base_prev_hash.0);
+        let crc = crc32fast::hash(&b[..seg::CRC_AT]);
+        b[seg::CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header: magic, version, CRC, flags, owning stream, chain rule at 0.
+    pub fn decode(b: &[u8], path: &Path, stream: StreamId, file: &str) -> Result<Self> {
+        let corrupt = |position: usize, reason| StorageError::Corruption {
+            stream,
+            file: file.to_string(),
+            position: position as u64,
+            offset: None,
+            reason,
+        };
+        if b.len() < seg::HEADER_LEN {
+            return Err(corrupt(
+                0,
+                CorruptionReason::Truncated { needed: seg::HEADER_LEN as u64, available: b.len() as u64 },
+            ));
+        }
+        let magic = u64_at(b, seg::MAGIC_AT);
+        if magic != seg::MAGIC {
+            return Err(StorageError::BadMagic { path: path.to_path_buf(), found: magic, expected: seg::MAGIC });
+        }
+        let version = u16_at(b, seg::VERSION_AT);
+        if version != seg::VERSION {
+            return Err(StorageError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: seg::VERSION,
+            });
+        }
+        let stored = u32_at(b, seg::CRC_AT);
+        let computed = crc32fast::hash(&b[..seg::CRC_AT]);
+        if stored != computed {
+            return Err(corrupt(seg::CRC_AT, CorruptionReason::CrcMismatch { stored, computed }));
+        }
+        let flags = u16_at(b, seg::FLAGS_AT);
+        if flags & !seg::KNOWN_FLAGS != 0 {
+            return Err(corrupt(
+                seg::FLAGS_AT,
+                CorruptionReason::InvalidField { field: "segment flags", value: flags.into() },
+            ));
+        }
+        let owner = u64_at(b, seg::STREAM_ID_AT);
+        if owner != stream.get() {
+            return Err(corrupt(
+                seg::STREAM_ID_AT,
+                CorruptionReason::InvalidField { field: "segment stream id", value: owner },
+            ));
+        }
+        let base = Offset::new(u64_at(b, seg::BASE_OFFSET_AT));
+        let base_prev_hash = hash_at(b, seg::BASE_PREV_HASH_AT);
+        if base == Offset::ZERO && base_prev_hash != ChainHash::ZERO {
+            return Err(corrupt(
+                seg::BASE_PREV_HASH_AT,
+                CorruptionReason::Malformed("a segment based at offset 0 must have a zero base_prev_hash".into()),
+            ));
+        }
+        Ok(Self { flags, stream, base, created_ms: u64_at(b, seg::CREATED_AT), base_prev_hash })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, Offset::new(7), CodecId::NONE, 99, &ChainHash([3; 32]), payload.len(), payload);
+        out
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let buf = one(b"hello");
+        assert_eq!(buf.len(), rec::encoded_len(5));
+        let v = decode_record(&buf, 0).unwrap();
+        assert_eq!(v.offset, Offset::new(7));
+        assert_eq!(v.append_time_ms, 99);
+        assert_eq!(v.prev_hash, ChainHash([3; 32]));
+        assert_eq!(v.stored(&buf), b"hello");
+        assert_eq!(v.len, buf.len());
+    }
+
+    #[test]
+    fn every_prefix_is_truncated_and_every_flip_is_caught() {
+        let buf = one(b"some payload");
+        for cut in 0..buf.len() {
+            let d = decode_record(&buf[..cut], 0).unwrap_err();
+            assert!(matches!(d.reason, CorruptionReason::Truncated { .. } | CorruptionReason::BadMarker(_)), "{cut}");
+        }
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_record(&bad, 0).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn hostile_length_is_a_defect() {
+        let mut buf = one(b"x");
+        buf[rec::STORED_LEN_AT..rec::STORED_LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let d = decode_record(&buf, 0).unwrap_err();
+        assert!(matches!(d.reason, CorruptionReason::BadLength { .. }));
+    }
+
+    #[test]
+    fn header_checks() {
+        let h = SegmentHeader {
+            flags: 0,
+            stream: StreamId::new(4),
+            base: Offset::new(10),
+            created_ms: 5,
+            base_prev_hash: ChainHash([1; 32]),
+        };
+        let b = h.encode();
+        let p = Path::new("x");
+        assert_eq!(SegmentHeader::decode(&b, p, StreamId::new(4), "x").unwrap(), h);
+        let mut bad = b;
+        bad[0] ^= 1;
+        assert!(matches!(SegmentHeader::decode(&bad, p, StreamId::new(4), "x"), Err(StorageError::BadMagic { .. })));
+        let mut bad = b;
+        bad[seg::VERSION_AT] = 9;
+        assert!(matches!(
+            SegmentHeader::decode(&bad, p, StreamId::new(4), "x"),
+            Err(StorageError::UnsupportedVersion { found: 9, .. })
+        ));
+        let mut bad = b;
+        bad[seg::CREATED_AT] ^= 1;
+        assert!(matches!(SegmentHeader::decode(&bad, p, StreamId::new(4), "x"), Err(StorageError::Corruption { .. })));
+        assert!(SegmentHeader::decode(&b, p, StreamId::new(5), "x").is_err());
+    }
+}
