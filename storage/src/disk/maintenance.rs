@@ -180,7 +180,7 @@ impl Storage {
             return Err(StorageError::InvalidCheckpoint {
                 stream,
                 offset: cp.offset,
-                reason: "a checkpoint at offset 0 must carry the zero hash".into(),
+                reason: "a checkpoint at offset 0 covers no record, so its hash must be zero".into(),
             });
         }
         // A new stream starts right at the checkpoint: the same end state as restarting.
