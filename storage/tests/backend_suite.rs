@@ -5,7 +5,9 @@
 //! `chain_hash`), and segment layouts from the documented byte sizes, so a backend cannot pass by
 //! agreeing with itself.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use shale_storage::{
     ChainHash, Checkpoint, CheckpointPolicy, CodecKind, CompactionConfig, CompactionResult, MemoryStorage, Offset,
-    StorageBackend, StorageError, StorageOptions, StreamId, format,
+    Storage, StorageBackend, StorageError, StorageOptions, StreamId, format,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -34,6 +36,38 @@ impl Fixture for Memory {
     type Backend = MemoryStorage;
     fn open(&self, options: StorageOptions) -> MemoryStorage {
         MemoryStorage::with_options(options).expect("valid options")
+    }
+}
+
+/// The disk [`Storage`], each backend in its own directory of one temp dir.
+struct Disk {
+    dir: tempfile::TempDir,
+    opened: Cell<u32>,
+}
+
+impl Disk {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir"), opened: Cell::new(0) }
+    }
+
+    fn path(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("storage-{n}"))
+    }
+
+    /// Drops `b` and opens its directory again: only what reached the files survives.
+    fn reopen(&self, b: Storage, options: StorageOptions) -> Storage {
+        let path = b.path().to_path_buf();
+        drop(b);
+        Storage::open_with(path, options).expect("reopen")
+    }
+}
+
+impl Fixture for Disk {
+    type Backend = Storage;
+    fn open(&self, options: StorageOptions) -> Storage {
+        let n = self.opened.get() + 1;
+        self.opened.set(n);
+        Storage::open_with(self.path(n), options).expect("open")
     }
 }
 
@@ -288,6 +322,7 @@ fn offset_mismatch_writes_nothing<F: Fixture>(f: &F) {
     }
     assert_eq!(b.next_offset(fresh).unwrap(), off(0));
     assert!(b.read_from(fresh, off(0), usize::MAX).unwrap().is_empty());
+    assert!(!b.streams().contains(&fresh), "a rejected append does not create the stream");
 }
 
 fn empty_batch_is_rejected<F: Fixture>(f: &F) {
@@ -586,6 +621,17 @@ fn install_checkpoint_that_conflicts_restarts_stream<F: Fixture>(f: &F) {
     assert_eq!(recs.iter().map(|r| r.hash).collect::<Vec<_>>(), expected);
     assert_eq!(b.verify_chain(S).unwrap().head, expected[9]);
 
+    // A checkpoint at 0 covers no record: only the zero hash can anchor it.
+    let bad = Checkpoint::new(off(0), foreign, Bytes::new());
+    match b.install_checkpoint(S, bad) {
+        Err(StorageError::InvalidCheckpoint { stream, offset, .. }) => assert_eq!((stream, offset), (S, off(0))),
+        other => panic!("checkpoint at 0 with a non-zero hash: {other:?}"),
+    }
+    assert_eq!(b.next_offset(S).unwrap(), off(25), "a rejected install changes nothing");
+    assert!(!b.streams().contains(&StreamId::new(78)));
+    assert!(b.install_checkpoint(StreamId::new(78), Checkpoint::new(off(0), foreign, Bytes::new())).is_err());
+    assert!(!b.streams().contains(&StreamId::new(78)), "a rejected install creates no stream");
+
     // Past the end of a shorter log, and on a stream that does not exist: both restart there.
     let far = Checkpoint::new(off(1000), sha256(&[b"far"]), Bytes::new());
     b.install_checkpoint(S, far.clone()).unwrap();
@@ -832,7 +878,6 @@ fn concurrent_appenders_fsync<F: Fixture>(f: &F) {
 
 /// Runs the same operations on two backends; every observable chain hash, offset, log start and
 /// compaction result must agree.
-#[allow(dead_code)] // instantiated once a second backend exists
 fn same_results_on_both<A: Fixture, B: Fixture>(fa: &A, fb: &B) {
     let a = fa.open(small_segments());
     let b = fb.open(small_segments());
@@ -892,14 +937,65 @@ fn same_results_on_both<A: Fixture, B: Fixture>(fa: &A, fb: &B) {
     assert_eq!(a.streams(), b.streams());
 }
 
+/// Disk only: everything observable survives a clean close and reopen, and the chain continues.
+fn reopen_keeps_everything(f: &Disk) {
+    let b = f.open(small_segments());
+    let events: Vec<Bytes> = (0..200u64).map(|i| payload(70, i, (i as usize * 29) % 500)).collect();
+    append_all(&b, S, &events[..150], 6);
+    b.create_checkpoint_at(S, off(50), Bytes::from_static(b"state@50")).unwrap();
+    b.truncate_from(S, off(140)).unwrap();
+    append_all(&b, S, &events[140..], 7);
+    let r = b.compact(S, &CompactionConfig { max_log_start: Some(off(60)), ..CompactionConfig::default() }).unwrap();
+    assert!(r.segments_removed > 0);
+    let other = StreamId::new(3);
+    let foreign = sha256(&[b"foreign"]);
+    b.install_checkpoint(other, Checkpoint::new(off(500), foreign, Bytes::from_static(b"snap"))).unwrap();
+    append_all(&b, other, &payloads(71, 0..5, 10), 5);
+    let snapshot = |b: &Storage| {
+        let per_stream: Vec<_> = [S, other]
+            .into_iter()
+            .map(|s| {
+                (
+                    b.next_offset(s).unwrap(),
+                    b.log_start(s).unwrap(),
+                    b.latest_chain_hash(s).unwrap(),
+                    b.latest_checkpoint(s).unwrap(),
+                    b.checkpoint_at_or_below(s, off(55)).unwrap(),
+                    b.read_records(s, b.log_start(s).unwrap(), usize::MAX).unwrap(),
+                    b.verify_chain(s).unwrap(),
+                )
+            })
+            .collect();
+        (b.streams(), per_stream)
+    };
+    let before = snapshot(&b);
+    let b = f.reopen(b, small_segments());
+    assert_eq!(snapshot(&b), before);
+    let hashes = expected_chain(0, ChainHash::ZERO, &events);
+    assert_eq!(b.latest_chain_hash(S).unwrap(), hashes[199]);
+    assert_eq!(b.checkpoint_at_or_below(S, off(55)).unwrap().unwrap().data, Bytes::from_static(b"state@50"));
+    // Appends continue where they stopped, on both streams.
+    let more = payloads(72, 200..230, 100);
+    append_all(&b, S, &more, 10);
+    let mut all = events.clone();
+    all.extend(more);
+    assert_eq!(b.verify_chain(S).unwrap().head, *expected_chain(0, ChainHash::ZERO, &all).last().unwrap());
+    append_all(&b, other, &payloads(71, 5..8, 10), 1);
+    assert_eq!(b.latest_chain_hash(other).unwrap(), expected_chain(500, foreign, &payloads(71, 0..8, 10))[7]);
+    let b = f.reopen(b, small_segments());
+    assert_eq!(b.next_offset(S).unwrap(), off(230));
+    assert_eq!(read_all(&b, S, b.log_start(S).unwrap(), 4096), all[b.log_start(S).unwrap().get() as usize..].to_vec());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Instantiation per backend
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! backend_suite {
-    ($module:ident, $fixture:expr) => {
+    ($module:ident, $fixture:expr $(; extra: $($extra:ident),*)?) => {
         mod $module {
             use super::*;
+            $(backend_suite!(@tests $fixture; $($extra),*);)?
             backend_suite!(@tests $fixture;
                 round_trip,
                 offsets_are_per_stream_and_gapless,
@@ -938,3 +1034,9 @@ macro_rules! backend_suite {
 }
 
 backend_suite!(memory, Memory);
+backend_suite!(disk, Disk::new(); extra: reopen_keeps_everything);
+
+#[test]
+fn memory_and_disk_agree() {
+    same_results_on_both(&Memory, &Disk::new());
+}
