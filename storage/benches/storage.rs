@@ -1,14 +1,16 @@
 //! Criterion benchmarks of the storage hot paths, with the SHA-256 yardstick that bounds them.
 //!
-//! `cargo bench -p shale-storage --bench storage`.
+//! `cargo bench -p shale-storage --bench storage`. The disk figures use a temp dir under
+//! `$SHALE_BENCH_DIR` (default: the system temp dir); point it at a real disk, not tmpfs.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
-use shale_storage::{CheckpointPolicy, MemoryStorage, Offset, StorageBackend, StorageOptions, StreamId};
+use shale_storage::{CheckpointPolicy, MemoryStorage, Offset, Storage, StorageBackend, StorageOptions, StreamId};
 
 const RECORD_BYTES: usize = 1024;
 
@@ -27,6 +29,12 @@ fn payload(seed: u64, len: usize) -> Bytes {
 
 fn options() -> StorageOptions {
     StorageOptions { checkpoint_policy: CheckpointPolicy::Manual, ..StorageOptions::default() }
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("SHALE_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    std::fs::create_dir_all(&base).expect("bench dir");
+    tempfile::tempdir_in(base).expect("temp dir")
 }
 
 fn sha256_yardstick(c: &mut Criterion) {
@@ -95,9 +103,16 @@ fn memory(c: &mut Criterion) {
     read_from(c, "memory", &storage);
 }
 
+fn disk(c: &mut Criterion) {
+    let dir = bench_dir();
+    let storage = Storage::open_with(dir.path(), options()).expect("open");
+    append_to(c, "disk", &storage);
+    read_from(c, "disk", &storage);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = sha256_yardstick, memory
+    targets = sha256_yardstick, memory, disk
 }
 criterion_main!(benches);
