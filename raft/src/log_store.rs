@@ -147,6 +147,10 @@ impl GroupLog {
             .checkpoint_at_or_below(self.stream, Offset::new(start))
             .map_err(|e| self.storage_err(e))?
             .filter(|cp| cp.offset.get() == start);
+        if cp.as_ref().is_some_and(|cp| cp.data.is_empty() && cp.chain_hash == ChainHash::ZERO) {
+            // A genesis anchor (see `restart_at`): nothing was ever purged.
+            return Ok(recorded);
+        }
         let anchored = cp.and_then(|cp| decode_snapshot_state(&cp.data).ok()).and_then(|s| s.last_log_id);
         match anchored {
             Some(id) if id.index + 1 == start => Ok(Some(id)),
@@ -162,10 +166,76 @@ impl GroupLog {
         }
     }
 
+    /// Makes an append at `first` possible on a stream that ends at `next < first` (blocking):
+    /// - the log was purged past its end because a snapshot covers it: restart the stream at the
+    ///   snapshot checkpoint, which must sit exactly at `first`;
+    /// - the stream never held anything (no records, no checkpoint): it adopts `first` as its
+    ///   start, anchored by a "genesis" checkpoint with [`ChainHash::ZERO`] and no data. openraft
+    ///   starts every log at index 0, so replicas never do this; it keeps `offset == index` for a
+    ///   log handed entries from a later index first (as openraft's storage suite does).
+    ///
+    /// Anything else is a hole in the log and an error.
+    fn restart_at(&self, first: u64, next: u64) -> Result<(), RaftError> {
+        let st = |e| self.storage_err(e);
+        let at = Offset::new(first);
+        if let Some(cp) = self.storage.checkpoint_at_or_below(self.stream, at).map_err(st)?.filter(|cp| cp.offset == at) {
+            return self.storage.install_checkpoint(self.stream, cp).map_err(st);
+        }
+        let start = self.storage.log_start(self.stream).map_err(st)?;
+        if start.get() == next && self.storage.latest_checkpoint(self.stream).map_err(st)?.is_none() {
+            let genesis = shale_storage::Checkpoint::new(at, ChainHash::ZERO, Bytes::new());
+            return self.storage.install_checkpoint(self.stream, genesis).map_err(st);
+        }
+        Err(RaftError::Decode {
+            group: self.group,
+            index: first,
+            source: format::DecodeError::InvalidField {
+                what: "raft log append",
+                field: "first index (past the log end, no checkpoint anchors it) at log end",
+                value: next,
+            },
+        })
+    }
+
+    /// Writes the snapshot checkpoint for a snapshot covering `..offset` (blocking): normally a
+    /// checkpoint at `offset` of the log itself, chained to record `offset - 1`.
+    ///
+    /// If the log ends before `offset - 1`, the state machine has applied entries this log never
+    /// held (openraft's storage suite feeds a state machine directly; replicas never do, as they
+    /// apply only what they read from this log). That is allowed only when no record is lost by it
+    /// — the stream holds no records, or openraft already purged them all — and the snapshot then
+    /// starts a fresh chain at `offset`, anchored by [`ChainHash::ZERO`]. Anything else (notably a
+    /// snapshot below the log start) is an error: the log and the state machine disagree.
+    pub fn write_snapshot_checkpoint(&self, offset: u64, data: Bytes) -> Result<shale_storage::Checkpoint, RaftError> {
+        let st = |e| self.storage_err(e);
+        let at = Offset::new(offset);
+        let start = self.storage.log_start(self.stream).map_err(st)?.get();
+        let next = self.storage.next_offset(self.stream).map_err(st)?.get();
+        if (start..=next).contains(&offset) {
+            return self.storage.create_checkpoint_at(self.stream, at, data).map_err(st);
+        }
+        let holds_nothing = start == next;
+        let purged_past = self.meta.state().last_purged.is_some_and(|p| p.index + 1 >= offset);
+        if !(offset > next && (holds_nothing || purged_past)) {
+            return Err(self.storage_err(StorageError::InvalidCheckpoint {
+                stream: self.stream,
+                offset: at,
+                reason: format!(
+                    "the state machine applied up to index {} but the log holds [{start}, {next})",
+                    offset.saturating_sub(1)
+                ),
+            }));
+        }
+        tracing::warn!(group = %self.group, offset, start, next, "snapshot anchors a fresh chain: the log never held the applied entries");
+        let cp = shale_storage::Checkpoint::new(at, ChainHash::ZERO, data);
+        self.storage.install_checkpoint(self.stream, cp.clone()).map_err(st)?;
+        Ok(cp)
+    }
+
     /// `(last_purged, last_log_id)` as openraft sees the log.
     pub fn log_state(&self) -> Result<(Option<LogId>, Option<LogId>), RaftError> {
         let purged = self.last_purged()?;
-        let first = purged.map_or(0, |p| p.index + 1);
+        let first = purged.map_or(0, |p| p.index + 1).max(self.log_start()?);
         let next = self.next_index()?;
         if next <= first {
             return Ok((purged, purged));
@@ -192,7 +262,7 @@ impl GroupLog {
     /// `all`, every entry in range is returned; otherwise at least one, up to about
     /// [`READ_CHUNK_BYTES`].
     pub fn read_entries(&self, start: u64, end: u64, all: bool) -> Result<Vec<Entry>, RaftError> {
-        let first = self.last_purged()?.map_or(0, |p| p.index + 1);
+        let first = self.last_purged()?.map_or(0, |p| p.index + 1).max(self.log_start()?);
         let next = self.next_index()?;
         let mut at = start.max(first);
         let end = end.min(next);
@@ -464,20 +534,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             let next = log.storage.next_offset(log.stream).map_err(io_err)?;
             if next.get() < first {
-                // The log was purged past its end (a snapshot covers it): restart the stream at the
-                // snapshot checkpoint, which must sit exactly at `first`.
-                let cp = log
-                    .storage
-                    .checkpoint_at_or_below(log.stream, Offset::new(first))
-                    .map_err(io_err)?
-                    .filter(|cp| cp.offset.get() == first)
-                    .ok_or_else(|| {
-                        io_err(format!(
-                            "group {}: append at index {first} but the log ends at {next} and no checkpoint anchors {first}",
-                            log.group
-                        ))
-                    })?;
-                log.storage.install_checkpoint(log.stream, cp).map_err(io_err)?;
+                log.restart_at(first, next.get()).map_err(io_err)?;
             }
             log.storage.append_batch(log.stream, records, Offset::new(first), false).map_err(io_err)?;
             Ok(())

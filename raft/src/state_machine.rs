@@ -108,7 +108,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .filter(|cp| cp.offset.get() == offset && cp.data == data);
             let cp = match existing {
                 Some(cp) => cp,
-                None => storage.create_checkpoint_at(log.stream(), Offset::new(offset), data).map_err(io_err)?,
+                None => log.write_snapshot_checkpoint(offset, data).map_err(io_err)?,
             };
             let meta = SnapshotMeta {
                 last_log_id: state.last_log_id,
