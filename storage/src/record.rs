@@ -101,7 +101,7 @@ pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<Record
     if stored_len > rec::MAX_PAYLOAD_LEN {
         return defect(
             CorruptionReason::BadLength { length: stored_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
-            Some(usize::MAX),
+            None,
         );
     }
     let len = rec::encoded_len(stored_len);

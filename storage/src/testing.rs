@@ -40,8 +40,10 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     durable_dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
-    fail_next_write: bool,
-    fail_next_fsync: bool,
+    /// Writes to let through before one fails.
+    write_fails_after: Option<u64>,
+    /// Fsyncs (file or directory) to let through before one fails.
+    fsync_fails_after: Option<u64>,
     writes: u64,
     fsyncs: u64,
 }
@@ -75,12 +77,29 @@ impl FaultyFileSystem {
 
     /// Makes the next `write_all_at` fail after writing the first half of its bytes.
     pub fn fail_next_write(&self) {
-        self.state.lock().fail_next_write = true;
+        self.fail_write_after(0);
+    }
+
+    /// Lets `n` writes through, then fails the next one as [`FaultyFileSystem::fail_next_write`].
+    pub fn fail_write_after(&self, n: u64) {
+        self.state.lock().write_fails_after = Some(n);
     }
 
     /// Makes the next file or directory fsync fail (nothing becomes durable).
     pub fn fail_next_fsync(&self) {
-        self.state.lock().fail_next_fsync = true;
+        self.fail_fsync_after(0);
+    }
+
+    /// Lets `n` fsyncs (file or directory) through, then fails the next one.
+    pub fn fail_fsync_after(&self, n: u64) {
+        self.state.lock().fsync_fails_after = Some(n);
+    }
+
+    /// Cancels any armed failure.
+    pub fn clear_faults(&self) {
+        let mut s = self.state.lock();
+        s.write_fails_after = None;
+        s.fsync_fails_after = None;
     }
 
     /// Simulates a power cut: every byte and directory entry not yet durable is lost, locks are
@@ -96,8 +115,8 @@ impl FaultyFileSystem {
         for inode in s.inodes.values_mut() {
             inode.data = inode.durable.clone();
         }
-        s.fail_next_write = false;
-        s.fail_next_fsync = false;
+        s.write_fails_after = None;
+        s.fsync_fails_after = None;
     }
 
     /// The current (not necessarily durable) bytes of a file.
@@ -125,6 +144,21 @@ impl FaultyFileSystem {
     pub fn op_counts(&self) -> (u64, u64) {
         let s = self.state.lock();
         (s.writes, s.fsyncs)
+    }
+
+    /// Counts down an armed failure; true when this operation must fail.
+    fn trip(counter: &mut Option<u64>) -> bool {
+        match counter {
+            Some(0) => {
+                *counter = None;
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
     }
 
     fn parent_exists(s: &State, path: &Path) -> bool {
@@ -167,7 +201,7 @@ impl FsFile for FaultyFile {
     fn write_all_at(&self, data: &[u8], position: u64) -> io::Result<()> {
         self.with(|s, id| {
             s.writes += 1;
-            let fail = std::mem::take(&mut s.fail_next_write);
+            let fail = FaultyFileSystem::trip(&mut s.write_fails_after);
             let bytes = if fail { &data[..data.len() / 2] } else { data };
             let inode = s.inodes.get_mut(&id).expect("checked");
             let start = position as usize;
@@ -189,7 +223,7 @@ impl FsFile for FaultyFile {
     fn sync_data(&self) -> io::Result<()> {
         self.with(|s, id| {
             s.fsyncs += 1;
-            if std::mem::take(&mut s.fail_next_fsync) {
+            if FaultyFileSystem::trip(&mut s.fsync_fails_after) {
                 return Err(injected("fsync"));
             }
             let inode = s.inodes.get_mut(&id).expect("checked");
@@ -307,7 +341,7 @@ impl FileSystem for FaultyFileSystem {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.fsyncs += 1;
-        if std::mem::take(&mut s.fail_next_fsync) {
+        if FaultyFileSystem::trip(&mut s.fsync_fails_after) {
             return Err(injected("directory fsync"));
         }
         if !s.dirs.contains(dir) {

@@ -194,8 +194,6 @@ impl Storage {
         // Where the previous verified record lies, to blame it when its successor's link fails.
         let mut last: Option<(String, u64)> = None;
         let mut new_anchors = Vec::new();
-        let known_anchors = h.anchors.lock().clone_range(start, stop);
-        let mut known_cursor = 0usize;
         let mut seg_i = c.segment_index(start);
         let result = 'outer: loop {
             if offset >= stop {
@@ -270,11 +268,10 @@ impl Storage {
                 let after = offset.plus(1);
                 let trusted = if after == c.next() {
                     Some(c.head)
+                } else if after.get().is_multiple_of(ANCHOR_INTERVAL) {
+                    h.anchors.lock().get(&after).copied()
                 } else {
-                    while known_anchors.get(known_cursor).is_some_and(|(o, _)| *o < after) {
-                        known_cursor += 1;
-                    }
-                    known_anchors.get(known_cursor).filter(|(o, _)| *o == after).map(|(_, h)| *h)
+                    None
                 };
                 if let Some(t) = trusted
                     && t != hash
@@ -332,19 +329,5 @@ pub(crate) fn read_bytes(
     match file.read_exact_at(&mut buf, from) {
         Ok(()) => Ok(buf.freeze()),
         Err(e) => Err(move |path: &std::path::Path| io_err("read", path)(e)),
-    }
-}
-
-/// Copying out a small range of the sparse table, so the lock is not held during I/O.
-trait CloneRange {
-    fn clone_range(&self, from: Offset, to: Offset) -> Vec<(Offset, ChainHash)>;
-}
-
-impl CloneRange for std::collections::BTreeMap<Offset, ChainHash> {
-    fn clone_range(&self, from: Offset, to: Offset) -> Vec<(Offset, ChainHash)> {
-        if from >= to {
-            return Vec::new();
-        }
-        self.range(from.plus(1)..=to).map(|(k, v)| (*k, *v)).collect()
     }
 }

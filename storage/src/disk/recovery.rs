@@ -9,8 +9,9 @@
 //!   segment header and length); a missing or damaged index is rebuilt by a strict scan of the
 //!   segment, where any defect is a `Corruption` error.
 //! - The active (last) segment is scanned from where its index ends (or from its header): a torn
-//!   last record (partial, bad CRC, bad end marker, or a length reaching past the end of the file)
-//!   is cut off with a warning; a defect followed by more data is a `Corruption` error.
+//!   last record (partial, bad CRC, bad end marker, or a length reaching past the end of the file),
+//!   or a tail of zero bytes, is cut off with a warning; a defect followed by more data is a
+//!   `Corruption` error.
 //! - Segments must line up (each base is the previous end, each base hash the previous last hash).
 //! - Checkpoints are loaded; those outside `[log_start, next]` (left by an interrupted truncation,
 //!   compaction or install) are deleted.
@@ -351,7 +352,7 @@ impl Storage {
                     Err(d) => {
                         let claimed_end = match d.reason {
                             CorruptionReason::Truncated { needed, .. } => Some(abs.saturating_add(needed)),
-                            _ => d.claimed_end.map(|e| if e == usize::MAX { u64::MAX } else { pos + e as u64 }),
+                            _ => d.claimed_end.map(|e| pos + e as u64),
                         };
                         if let CorruptionReason::Truncated { needed, .. } = d.reason
                             && abs + needed <= file_len
@@ -361,7 +362,14 @@ impl Storage {
                             want = needed.max(SCAN_CHUNK_BYTES);
                             continue 'chunks;
                         }
-                        if torn_ok && claimed_end.is_some_and(|e| e >= file_len) {
+                        // A tail of zeros is what some file systems show for a write whose
+                        // size update reached the disk but whose data did not.
+                        let zero_tail = to == file_len && buf[at..].iter().all(|&b| b == 0);
+                        if torn_ok
+                            && (zero_tail
+                                || (claimed_end.is_some_and(|e| e >= file_len)
+                                    && !self.record_follows(file, abs, file_len, offset)))
+                        {
                             tracing::warn!(stream = %id, file = %name, position = abs, reason = %d.reason, "torn last record");
                             return Ok(Scan { positions, end: abs });
                         }
@@ -379,6 +387,16 @@ impl Storage {
             want = SCAN_CHUNK_BYTES;
         }
         Ok(Scan { positions, end: pos })
+    }
+
+    /// Whether a whole record for `offset + 1` starts anywhere after byte `at`: if so, the
+    /// defect at `at` is not a torn tail but damage in the middle of the log.
+    fn record_follows(&self, file: &dyn FsFile, at: u64, file_len: u64, offset: Offset) -> bool {
+        let Ok(buf) = read_bytes(file, at, file_len) else { return false };
+        let want = offset.plus(1);
+        (1..buf.len()).any(|q| {
+            buf[q] == crate::format::record::START_MARKER && decode_record(&buf, q).is_ok_and(|v| v.offset == want)
+        })
     }
 
     /// The chain hash and append time of a segment's last record (its base hash if empty).
