@@ -296,16 +296,29 @@ struct Target {
 }
 
 /// The table being built, the yardstick every figure is compared with, and the verdicts.
+///
+/// The machine may be shared, so the yardstick is measured again right before every figure that
+/// is compared with it ([`Report::fresh_yardstick`]), and each such row shows the value it used.
 struct Report {
     sha_mb_per_s: f64,
+    yardstick_time: Duration,
     table: String,
     targets: Vec<Target>,
 }
 
 impl Report {
+    /// Measures SHA-256 again; the next rows compare with this value.
+    fn fresh_yardstick(&mut self) {
+        self.sha_mb_per_s = sha256_yardstick(self.yardstick_time);
+    }
+
     fn row(&mut self, name: &str, records_per_s: f64, mb_per_s: f64, share_of_sha: bool) {
-        let share = if share_of_sha { format!("{:.0}%", 100.0 * mb_per_s / self.sha_mb_per_s) } else { "-".into() };
-        let _ = writeln!(self.table, "{name:<60} {records_per_s:>12.0} {mb_per_s:>10.1} {share:>9}");
+        let (share, sha) = if share_of_sha {
+            (format!("{:.0}%", 100.0 * mb_per_s / self.sha_mb_per_s), format!("{:.0}", self.sha_mb_per_s))
+        } else {
+            ("-".into(), "-".into())
+        };
+        let _ = writeln!(self.table, "{name:<60} {records_per_s:>12.0} {mb_per_s:>10.1} {share:>7} {sha:>9}");
     }
 
     fn line(&mut self, text: &str) {
@@ -355,10 +368,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let sha = sha256_yardstick(plan.sha_time);
-    let mut report = Report { sha_mb_per_s: sha, table: String::new(), targets: Vec::new() };
+    let mut report =
+        Report { sha_mb_per_s: sha, yardstick_time: plan.sha_time / 4, table: String::new(), targets: Vec::new() };
     report.line(&format!("SHA-256 yardstick (1 KiB buffers, one core): {sha:.0} MB/s (MB = 10^6 B of payload)"));
+    report.line("(% SHA compares with the yardstick re-measured just before that row, shown as SHA MB/s)");
     report.line("");
-    report.line(&format!("{:<60} {:>12} {:>10} {:>9}", "figure", "records/s", "MB/s", "% SHA"));
+    report.line(&format!("{:<60} {:>12} {:>10} {:>7} {:>9}", "figure", "records/s", "MB/s", "% SHA", "SHA MB/s"));
 
     let storage = Arc::new(Storage::open_with(dir.join("data"), options())?);
     let mut streams = (1u64..).map(StreamId::new);
@@ -409,6 +424,9 @@ fn append_section(
                     let stream = streams.next().expect("endless");
                     let max_bytes = if fsync { plan.append_bytes / 4 } else { plan.append_bytes };
                     let run = if pipelined { pipelined_run } else { append_run };
+                    if !fsync {
+                        report.fresh_yardstick();
+                    }
                     let (records, elapsed) =
                         run(storage, stream, record_bytes, batch, fsync, max_bytes, plan.time_cap)?;
                     let rps = records as f64 / elapsed.as_secs_f64();
@@ -419,20 +437,16 @@ fn append_section(
                         on_off(fsync)
                     );
                     report.row(&name, rps, mbps, !fsync);
-                    if record_bytes == 1024 && !fsync && mbps > best_1k.0 {
-                        best_1k = (mbps, name);
+                    if record_bytes == 1024 && !fsync && report.share(mbps) > best_1k.0 {
+                        best_1k = (report.share(mbps), format!("{mbps:.0} MB/s, {name}"));
                     }
                     storage.delete_stream(stream)?;
                 }
             }
         }
     }
-    let (mbps, name) = best_1k;
-    report.target(
-        "append 1 KiB, no fsync >= 75% of SHA-256",
-        mbps >= 0.75 * report.sha_mb_per_s,
-        format!("{mbps:.0} MB/s = {:.0}% ({name})", report.share(mbps)),
-    );
+    let (share, what) = best_1k;
+    report.target("append 1 KiB, no fsync >= 75% of SHA-256", share >= 75.0, format!("{share:.0}% ({what})"));
     Ok(())
 }
 
@@ -484,6 +498,7 @@ fn read_section(
 ) -> Result<(), StorageError> {
     let stream = streams.next().expect("endless");
     let records = fill(storage, stream, plan.read_bytes)?;
+    report.fresh_yardstick();
     let start = Instant::now();
     let mut at = Offset::ZERO;
     let mut bytes = 0u64;
@@ -507,6 +522,7 @@ fn read_section(
         read >= 0.75 * report.sha_mb_per_s,
         format!("{read:.0} MB/s = {:.0}%", report.share(read)),
     );
+    report.fresh_yardstick();
     let start = Instant::now();
     let verified = storage.verify_chain(stream)?;
     let elapsed = start.elapsed();
