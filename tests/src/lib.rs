@@ -1,1 +1,30 @@
-//! Whole-cluster tests live in `tests/tests/`; this library holds their shared harness.
+//! Shared harness of Shale's whole-cluster tests (`tests/tests/`).
+//!
+//! - [`docker`]: the `docker` CLI, one method per operation the tests need.
+//! - [`image`]: makes sure the `shale:dev` image exists and is newer than the node binary.
+//! - [`cluster`]: a three-node cluster of containers on its own network, removed on drop.
+//! - [`workload`]: concurrent producers that record every acknowledgement, and readers of every
+//!   replica's log.
+//! - [`checkers`]: one function per safety property over a workload history and replica logs.
+//! - [`k8s`]: validation of the Kubernetes manifests against the Kubernetes JSON schemas.
+//! - [`lock`]: a cross-process file lock (parallel test processes build things once).
+
+pub mod checkers;
+pub mod cluster;
+pub mod docker;
+pub mod error;
+pub mod http;
+pub mod image;
+pub mod k8s;
+pub mod lock;
+pub mod paths;
+pub mod workload;
+
+pub use error::HarnessError;
+
+/// Installs a test log subscriber (RUST_LOG, default `info` for the harness); safe to call often.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shale_tests=info,warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}

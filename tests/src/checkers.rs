@@ -1,0 +1,563 @@
+//! The safety properties the container tests assert, one function each, over what the workload
+//! recorded ([`History`]) and what the replicas and a consumer hold ([`PartitionView`]s).
+//!
+//! Each returns every problem it finds (not just the first) so a failure report shows its extent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::workload::{History, LogRecord, PartitionView, VerifyReport, ViewSource};
+
+/// A property that does not hold, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Violation {
+    /// The property.
+    pub property: &'static str,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+}
+
+/// How many problems a [`Violation`] prints.
+const SHOWN_PROBLEMS: usize = 25;
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} violated ({} problems):", self.property, self.problems.len())?;
+        for p in self.problems.iter().take(SHOWN_PROBLEMS) {
+            writeln!(f, "  - {p}")?;
+        }
+        if self.problems.len() > SHOWN_PROBLEMS {
+            writeln!(f, "  ... and {} more", self.problems.len() - SHOWN_PROBLEMS)?;
+        }
+        Ok(())
+    }
+}
+
+fn verdict(property: &'static str, problems: Vec<String>) -> Result<(), Violation> {
+    if problems.is_empty() { Ok(()) } else { Err(Violation { property, problems }) }
+}
+
+fn show(value: &Bytes) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+fn hex8(hash: &[u8]) -> String {
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn record_at(view: &PartitionView, offset: u64) -> Option<&LogRecord> {
+    view.records.binary_search_by_key(&offset, |r| r.offset).ok().map(|i| &view.records[i])
+}
+
+/// **No acknowledged record is lost**: every acknowledged record is, in every view of its partition
+/// (each replica and the consumer), at its acknowledged offset with its value and chain hash.
+pub fn no_acknowledged_record_lost(history: &History, views: &[PartitionView]) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    for ack in &history.acks {
+        let mut seen_in = 0;
+        for view in views.iter().filter(|v| v.partition == ack.partition) {
+            seen_in += 1;
+            let what = format!(
+                "{} (p{} s{}) acked at {}/{}",
+                show(&ack.value),
+                ack.producer,
+                ack.seq,
+                ack.partition,
+                ack.offset
+            );
+            if ack.offset < view.log_start || ack.offset >= view.log_end {
+                problems.push(format!("{what}: {} holds only [{}, {})", view.source, view.log_start, view.log_end));
+                continue;
+            }
+            match record_at(view, ack.offset) {
+                None => problems.push(format!("{what}: {} has no record at that offset", view.source)),
+                Some(r) if r.value != ack.value => {
+                    problems.push(format!("{what}: {} holds {} there instead", view.source, show(&r.value)))
+                }
+                Some(r) if r.chain_hash != ack.chain_hash => problems.push(format!(
+                    "{what}: {} has chain hash {}.. there, the ack said {}..",
+                    view.source,
+                    hex8(&r.chain_hash),
+                    hex8(&ack.chain_hash)
+                )),
+                Some(_) => {}
+            }
+        }
+        if seen_in == 0 {
+            problems.push(format!(
+                "{} acked in partition {}: no view of that partition was read",
+                show(&ack.value),
+                ack.partition
+            ));
+        }
+    }
+    verdict("no acknowledged record lost", problems)
+}
+
+/// **No duplicates**: in every source's view of the topic, every value appears at most once
+/// (the workload never sends a value twice, so a second copy is a retry written twice).
+pub fn no_duplicates(views: &[PartitionView]) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    let mut by_source: BTreeMap<ViewSource, HashMap<&Bytes, (u32, u64)>> = BTreeMap::new();
+    for view in views {
+        let seen = by_source.entry(view.source).or_default();
+        for r in &view.records {
+            if let Some((p, o)) = seen.insert(&r.value, (view.partition, r.offset)) {
+                problems.push(format!(
+                    "{}: {} at {}/{} and again at {}/{}",
+                    view.source,
+                    show(&r.value),
+                    p,
+                    o,
+                    view.partition,
+                    r.offset
+                ));
+            }
+        }
+    }
+    verdict("no duplicates", problems)
+}
+
+/// **Replicas agree**: every replica of a partition ends at the same offset and holds the same
+/// records (offset, value, chain hash) in the same order over the range all of them hold; and
+/// every `Verify` answer lists `expected_replicas` replicas that all answered with one chain hash.
+pub fn replicas_agree(
+    views: &[PartitionView],
+    verify: &[VerifyReport],
+    expected_replicas: usize,
+) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    let mut by_partition: BTreeMap<u32, Vec<&PartitionView>> = BTreeMap::new();
+    for v in views.iter().filter(|v| matches!(v.source, ViewSource::Replica(_))) {
+        by_partition.entry(v.partition).or_default().push(v);
+    }
+    for (partition, replicas) in &by_partition {
+        if replicas.len() != expected_replicas {
+            problems
+                .push(format!("partition {partition}: {} replica views, expected {expected_replicas}", replicas.len()));
+        }
+        let Some(reference) = replicas.first() else { continue };
+        for other in &replicas[1..] {
+            if other.log_end != reference.log_end {
+                problems.push(format!(
+                    "partition {partition}: {} ends at {}, {} at {}",
+                    reference.source, reference.log_end, other.source, other.log_end
+                ));
+            }
+            let from = reference.log_start.max(other.log_start);
+            let to = reference.log_end.min(other.log_end);
+            let a: Vec<&LogRecord> = reference.records.iter().filter(|r| (from..to).contains(&r.offset)).collect();
+            let b: Vec<&LogRecord> = other.records.iter().filter(|r| (from..to).contains(&r.offset)).collect();
+            let mut i = 0;
+            let mut j = 0;
+            while i < a.len() || j < b.len() {
+                match (a.get(i), b.get(j)) {
+                    (Some(x), Some(y)) if x.offset == y.offset => {
+                        if x.value != y.value || x.chain_hash != y.chain_hash {
+                            problems.push(format!(
+                                "partition {partition} offset {}: {} holds {} ({}..), {} holds {} ({}..)",
+                                x.offset,
+                                reference.source,
+                                show(&x.value),
+                                hex8(&x.chain_hash),
+                                other.source,
+                                show(&y.value),
+                                hex8(&y.chain_hash)
+                            ));
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(x), y) if y.is_none_or(|y| x.offset < y.offset) => {
+                        problems.push(format!(
+                            "partition {partition} offset {}: {} holds {}, {} has no record there",
+                            x.offset,
+                            reference.source,
+                            show(&x.value),
+                            other.source
+                        ));
+                        i += 1;
+                    }
+                    (_, Some(y)) => {
+                        problems.push(format!(
+                            "partition {partition} offset {}: {} holds {}, {} has no record there",
+                            y.offset,
+                            other.source,
+                            show(&y.value),
+                            reference.source
+                        ));
+                        j += 1;
+                    }
+                    (Some(_), None) | (None, None) => unreachable!("handled above / loop condition"),
+                }
+            }
+        }
+    }
+    for report in verify {
+        let at = format!("verify partition {} at offset {}", report.partition, report.offset);
+        if !report.agree {
+            problems.push(format!("{at}: the node reports disagreement: {:?}", summarize(report)));
+        }
+        if report.replicas.len() != expected_replicas {
+            problems.push(format!("{at}: {} replicas answered, expected {expected_replicas}", report.replicas.len()));
+        }
+        let mut hashes: Vec<&Vec<u8>> = Vec::new();
+        for (node, hash, error) in &report.replicas {
+            match hash {
+                Some(h) => hashes.push(h),
+                None => problems.push(format!("{at}: replica {node} gave no chain hash: {error}")),
+            }
+        }
+        if hashes.windows(2).any(|w| w[0] != w[1]) {
+            problems.push(format!("{at}: chain hashes differ: {:?}", summarize(report)));
+        }
+        // The answer must match what the replicas' logs hold where that offset is a record.
+        if let Some(first) = hashes.first() {
+            for view in by_partition.get(&report.partition).into_iter().flatten() {
+                if let Some(r) = record_at(view, report.offset)
+                    && r.chain_hash.as_slice() != first.as_slice()
+                {
+                    problems.push(format!(
+                        "{at}: verify says {}.., {} holds {}..",
+                        hex8(first),
+                        view.source,
+                        hex8(&r.chain_hash)
+                    ));
+                }
+            }
+        }
+    }
+    verdict("replicas agree on offsets and chain hashes", problems)
+}
+
+fn summarize(report: &VerifyReport) -> Vec<(u64, Option<String>, String)> {
+    report.replicas.iter().map(|(n, h, e)| (*n, h.as_deref().map(hex8), e.clone())).collect()
+}
+
+/// **One order**: a producer's acknowledged records of one partition sit at increasing offsets in
+/// the order it sent them (the client keeps one batch per partition in flight).
+pub fn acks_in_send_order(history: &History) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    let mut by_stream: BTreeMap<(usize, u32), Vec<(u64, u64)>> = BTreeMap::new();
+    for ack in &history.acks {
+        by_stream.entry((ack.producer, ack.partition)).or_default().push((ack.seq, ack.offset));
+    }
+    for ((producer, partition), mut acks) in by_stream {
+        acks.sort_unstable();
+        for w in acks.windows(2) {
+            if w[1].1 <= w[0].1 {
+                problems.push(format!(
+                    "producer {producer} partition {partition}: seq {} acked at offset {}, later seq {} at offset {}",
+                    w[0].0, w[0].1, w[1].0, w[1].1
+                ));
+            }
+        }
+    }
+    verdict("acknowledged records in send order", problems)
+}
+
+/// **No write acknowledged without a majority**: a history recorded while a majority of the nodes
+/// was down holds no acknowledgement, and did try to write.
+pub fn writes_refused(history: &History) -> Result<(), Violation> {
+    let mut problems: Vec<String> = history
+        .acks
+        .iter()
+        .map(|a| format!("{} acknowledged at {}/{} without a majority", show(&a.value), a.partition, a.offset))
+        .collect();
+    if history.sent() == 0 {
+        problems.push("no write was attempted, so refusal was not tested".to_string());
+    }
+    verdict("no write acknowledged without a majority", problems)
+}
+
+/// Runs the three safety checkers (loss, duplicates, agreement) and the order checker, collecting
+/// every violation.
+pub fn check_all(
+    history: &History,
+    views: &[PartitionView],
+    verify: &[VerifyReport],
+    expected_replicas: usize,
+) -> Result<(), Vec<Violation>> {
+    let violations: Vec<Violation> = [
+        no_acknowledged_record_lost(history, views),
+        no_duplicates(views),
+        replicas_agree(views, verify, expected_replicas),
+        acks_in_send_order(history),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    if violations.is_empty() { Ok(()) } else { Err(violations) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Ack, Unacked};
+
+    fn hash(offset: u64, value: &str) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&offset.to_le_bytes());
+        for (i, b) in value.bytes().enumerate() {
+            h[8 + i % 24] ^= b;
+        }
+        h
+    }
+
+    /// A synthetic consistent run: 2 producers, 2 partitions, 3 replicas; offsets have gaps (an
+    /// election's blank entry at offset 1 of each partition); one unacked record was written
+    /// (p1 s3) and one was not (p0 s5).
+    fn scenario() -> (History, Vec<PartitionView>, Vec<VerifyReport>) {
+        let mut history = History::default();
+        let mut logs: BTreeMap<u32, Vec<LogRecord>> = BTreeMap::new();
+        let mut next: BTreeMap<u32, u64> = BTreeMap::from([(0, 2), (1, 2)]);
+        for seq in 0..6u64 {
+            for producer in 0..2usize {
+                let partition = ((producer as u64 + seq) % 2) as u32;
+                let value = Bytes::from(format!("run/p{producer:02}/s{seq:09}"));
+                let unacked_written = producer == 1 && seq == 3;
+                let unacked_lost = producer == 0 && seq == 5;
+                if unacked_lost {
+                    history.unacked.push(Unacked { producer, seq, value, partition, error: "timeout".into() });
+                    continue;
+                }
+                let offset = next[&partition];
+                *next.get_mut(&partition).unwrap() += 1;
+                let chain_hash = hash(offset, &show(&value));
+                logs.entry(partition).or_default().push(LogRecord { offset, value: value.clone(), chain_hash });
+                if unacked_written {
+                    history.unacked.push(Unacked { producer, seq, value, partition, error: "lost reply".into() });
+                } else {
+                    history.acks.push(Ack { producer, seq, value, partition, offset, chain_hash });
+                }
+            }
+        }
+        let mut views = Vec::new();
+        let mut verify = Vec::new();
+        for (partition, records) in &logs {
+            let log_end = next[partition];
+            for node in 1..=3 {
+                views.push(PartitionView {
+                    source: ViewSource::Replica(node),
+                    partition: *partition,
+                    log_start: 0,
+                    log_end,
+                    records: records.clone(),
+                });
+            }
+            views.push(PartitionView {
+                source: ViewSource::Consumer,
+                partition: *partition,
+                log_start: 0,
+                log_end,
+                records: records.clone(),
+            });
+            let last = records.last().unwrap();
+            verify.push(VerifyReport {
+                partition: *partition,
+                offset: last.offset,
+                agree: true,
+                replicas: (1..=3).map(|n| (n, Some(last.chain_hash.to_vec()), String::new())).collect(),
+            });
+        }
+        (history, views, verify)
+    }
+
+    fn replica(views: &mut [PartitionView], node: u64, partition: u32) -> &mut PartitionView {
+        views.iter_mut().find(|v| v.source == ViewSource::Replica(node) && v.partition == partition).unwrap()
+    }
+
+    #[test]
+    fn a_consistent_run_passes_every_checker() {
+        let (history, views, verify) = scenario();
+        assert!(history.acks.len() > 8 && history.unacked.len() == 2);
+        check_all(&history, &views, &verify, 3).unwrap();
+    }
+
+    #[test]
+    fn a_record_missing_on_one_replica_is_a_loss() {
+        let (history, mut views, verify) = scenario();
+        let victim = history.acks[3].clone();
+        replica(&mut views, 2, victim.partition).records.retain(|r| r.offset != victim.offset);
+        let err = no_acknowledged_record_lost(&history, &views).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("replica 2 has no record"), "{err}");
+        // The same hole makes the replicas disagree.
+        assert!(replicas_agree(&views, &verify, 3).is_err());
+    }
+
+    #[test]
+    fn a_record_the_consumer_missed_is_a_loss() {
+        let (history, mut views, _) = scenario();
+        let victim = history.acks[0].clone();
+        let consumer =
+            views.iter_mut().find(|v| v.source == ViewSource::Consumer && v.partition == victim.partition).unwrap();
+        consumer.records.retain(|r| r.offset != victim.offset);
+        let err = no_acknowledged_record_lost(&history, &views).unwrap_err();
+        assert!(err.problems[0].contains("consumer has no record"), "{err}");
+    }
+
+    #[test]
+    fn an_ack_for_an_offset_holding_another_value_is_a_loss() {
+        let (mut history, views, _) = scenario();
+        // Two acks claiming the same offset: at most one can be right.
+        let (a, b) = (
+            history.acks[0].clone(),
+            history
+                .acks
+                .iter()
+                .find(|x| x.partition == history.acks[0].partition && x.offset != history.acks[0].offset)
+                .unwrap()
+                .clone(),
+        );
+        history.acks.iter_mut().find(|x| x.value == b.value).unwrap().offset = a.offset;
+        let err = no_acknowledged_record_lost(&history, &views).unwrap_err();
+        assert!(err.problems.iter().all(|p| p.contains("instead")), "{err}");
+        assert_eq!(err.problems.len(), 4, "one per view of that partition: {err}");
+    }
+
+    #[test]
+    fn an_ack_past_the_log_end_or_with_another_chain_hash_is_a_loss() {
+        let (mut history, views, _) = scenario();
+        history.acks[0].chain_hash[31] ^= 1;
+        history.acks[1].offset = 1_000;
+        let err = no_acknowledged_record_lost(&history, &views).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("chain hash")), "{err}");
+        assert!(err.problems.iter().any(|p| p.contains("holds only")), "{err}");
+    }
+
+    #[test]
+    fn an_ack_in_a_partition_nobody_read_is_reported() {
+        let (mut history, views, _) = scenario();
+        history.acks[0].partition = 9;
+        let err = no_acknowledged_record_lost(&history, &views).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("no view of that partition")), "{err}");
+    }
+
+    #[test]
+    fn a_value_written_twice_is_a_duplicate_even_across_partitions() {
+        let (_, mut views, _) = scenario();
+        let dup = replica(&mut views, 1, 0).records[0].clone();
+        let p1 = replica(&mut views, 1, 1);
+        let offset = p1.log_end;
+        p1.records.push(LogRecord { offset, value: dup.value.clone(), chain_hash: hash(offset, "x") });
+        p1.log_end += 1;
+        let err = no_duplicates(&views).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].starts_with("replica 1:"), "{err}");
+        // A duplicate within one partition (a retried batch written twice) too.
+        let (_, mut views, _) = scenario();
+        let consumer = views.iter_mut().find(|v| v.source == ViewSource::Consumer && v.partition == 0).unwrap();
+        let again = LogRecord { offset: consumer.log_end, ..consumer.records[2].clone() };
+        consumer.records.push(again);
+        assert!(no_duplicates(&views).is_err());
+    }
+
+    #[test]
+    fn replicas_with_different_chain_hashes_values_or_ends_disagree() {
+        let (_, mut views, verify) = scenario();
+        replica(&mut views, 3, 1).records[2].chain_hash[0] ^= 0xff;
+        let err = replicas_agree(&views, &verify, 3).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("replica 3"), "{err}");
+
+        let (_, mut views, verify) = scenario();
+        replica(&mut views, 2, 0).records[1].value = Bytes::from_static(b"other");
+        assert!(replicas_agree(&views, &verify, 3).is_err());
+
+        let (_, mut views, verify) = scenario();
+        let lagging = replica(&mut views, 2, 0);
+        lagging.records.pop();
+        lagging.log_end -= 1;
+        let err = replicas_agree(&views, &verify, 3).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("ends at")), "{err}");
+    }
+
+    #[test]
+    fn replicas_agree_over_the_range_they_all_hold() {
+        // A replica that compacted its head away still agrees on the rest.
+        let (_, mut views, verify) = scenario();
+        let compacted = replica(&mut views, 1, 0);
+        compacted.log_start = compacted.records[2].offset;
+        compacted.records.drain(..2);
+        replicas_agree(&views, &verify, 3).unwrap();
+    }
+
+    #[test]
+    fn verify_answers_must_list_every_replica_with_one_hash() {
+        let (_, views, verify) = scenario();
+        let mut bad = verify.clone();
+        bad[0].replicas[1].1 = Some(vec![0; 32]);
+        let err = replicas_agree(&views, &bad, 3).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("chain hashes differ")), "{err}");
+
+        let mut bad = verify.clone();
+        bad[0].replicas.pop();
+        assert!(replicas_agree(&views, &bad, 3).is_err());
+
+        let mut bad = verify.clone();
+        bad[1].replicas[0].1 = None;
+        bad[1].replicas[0].2 = "unreachable".into();
+        let err = replicas_agree(&views, &bad, 3).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("unreachable")), "{err}");
+
+        let mut bad = verify.clone();
+        bad[0].agree = false;
+        assert!(replicas_agree(&views, &bad, 3).is_err());
+
+        // All replicas agree with each other but not with what their logs hold.
+        let mut bad = verify;
+        for r in &mut bad[0].replicas {
+            r.1 = Some(vec![7; 32]);
+        }
+        let err = replicas_agree(&views, &bad, 3).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.contains("verify says")), "{err}");
+    }
+
+    #[test]
+    fn a_missing_replica_view_is_reported() {
+        let (_, mut views, verify) = scenario();
+        views.retain(|v| v.source != ViewSource::Replica(3) || v.partition != 0);
+        let err = replicas_agree(&views, &verify, 3).unwrap_err();
+        assert!(err.problems[0].contains("2 replica views"), "{err}");
+    }
+
+    #[test]
+    fn acks_out_of_send_order_are_reported() {
+        let (mut history, _, _) = scenario();
+        acks_in_send_order(&history).unwrap();
+        let (i, j) = {
+            let first = &history.acks[0];
+            let j = history
+                .acks
+                .iter()
+                .position(|a| a.producer == first.producer && a.partition == first.partition && a.seq > first.seq)
+                .unwrap();
+            (0, j)
+        };
+        let (oi, oj) = (history.acks[i].offset, history.acks[j].offset);
+        history.acks[i].offset = oj;
+        history.acks[j].offset = oi;
+        let err = acks_in_send_order(&history).unwrap_err();
+        assert!(err.problems[0].contains("later seq"), "{err}");
+    }
+
+    #[test]
+    fn writes_refused_needs_attempts_and_no_acks() {
+        let (history, _, _) = scenario();
+        assert!(writes_refused(&history).is_err());
+        let refused = History { acks: Vec::new(), unacked: history.unacked.clone() };
+        writes_refused(&refused).unwrap();
+        let err = writes_refused(&History::default()).unwrap_err();
+        assert!(err.problems[0].contains("not tested"), "{err}");
+    }
+
+    #[test]
+    fn violations_print_a_bounded_list() {
+        let v = Violation { property: "p", problems: (0..40).map(|i| format!("problem {i}")).collect() };
+        let text = v.to_string();
+        assert!(text.contains("problem 24") && !text.contains("problem 25") && text.contains("15 more"), "{text}");
+    }
+}

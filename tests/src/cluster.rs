@@ -1,0 +1,397 @@
+//! A cluster of `shale-node` containers on a private network of its own, removed (containers,
+//! volumes, network) when the value is dropped, also when a test fails.
+//!
+//! Each node gets a fixed address on the network (`<subnet>.1N` for node N) so that its address
+//! survives restarts, disconnects and a wiped volume; the nodes advertise these addresses, so the
+//! test process (on the host, which routes to the bridge) reaches every node directly, exactly as
+//! the nodes reach each other. Ports 7001 (gRPC) and 8001 (HTTP) are also published on loopback.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use shale_client::proto::admin_client::AdminClient;
+use shale_client::{Client, proto};
+use tokio::time::Instant;
+
+use crate::docker::{self, RunSpec, docker, docker_blocking};
+use crate::error::HarnessError;
+use crate::http;
+use crate::image;
+use crate::workload::{node_channel, test_client_config};
+
+/// gRPC port inside the containers.
+pub const GRPC_PORT: u16 = 7001;
+/// HTTP port inside the containers.
+pub const HTTP_PORT: u16 = 8001;
+/// Label on everything the harness creates (value: the cluster name).
+pub const LABEL: &str = "io.shale.test";
+/// Bound on a node becoming ready after a start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// One node container.
+#[derive(Debug, Clone)]
+pub struct NodeContainer {
+    /// Node id (1-based).
+    pub id: u64,
+    /// Container name.
+    pub container: String,
+    /// Its named volume (mounted on /data).
+    pub volume: String,
+    /// Its fixed address on the cluster network.
+    pub ip: String,
+}
+
+impl NodeContainer {
+    /// `ip:7001`.
+    pub fn grpc_addr(&self) -> String {
+        format!("{}:{GRPC_PORT}", self.ip)
+    }
+
+    /// `ip:8001`.
+    pub fn http_addr(&self) -> String {
+        format!("{}:{HTTP_PORT}", self.ip)
+    }
+}
+
+/// A running cluster of containers; see the module docs.
+#[derive(Debug)]
+pub struct ContainerCluster {
+    name: String,
+    network: String,
+    image: String,
+    nodes: Vec<NodeContainer>,
+    peers: String,
+    extra_env: Vec<(String, String)>,
+}
+
+impl ContainerCluster {
+    /// Builds the image if needed, creates a network and starts `size` nodes, then waits until
+    /// every node reports ready (the metadata group has a leader).
+    pub async fn start(size: u64) -> Result<Self, HarnessError> {
+        Self::start_with_env(size, Vec::new()).await
+    }
+
+    /// As [`ContainerCluster::start`], with extra environment for every node.
+    pub async fn start_with_env(size: u64, extra_env: Vec<(String, String)>) -> Result<Self, HarnessError> {
+        if size == 0 || size > 9 {
+            return Err(HarnessError::Usage(format!("cluster size {size} is not in 1..=9")));
+        }
+        let image = image::ensure_image().await?;
+        let seq = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("shale-t{}-{seq}", std::process::id());
+        let (network, prefix) = create_network(&name).await?;
+        let nodes: Vec<NodeContainer> = (1..=size)
+            .map(|id| NodeContainer {
+                id,
+                container: format!("{name}-node-{id}"),
+                volume: format!("{name}-data-{id}"),
+                ip: format!("{prefix}.{}", 10 + id),
+            })
+            .collect();
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc_addr())).collect::<Vec<_>>().join(",");
+        let cluster = Self { name, network, image, nodes, peers, extra_env };
+        tracing::info!(cluster = %cluster.name, peers = %cluster.peers, "starting a container cluster");
+        for id in 1..=size {
+            cluster.run_node(id).await?;
+        }
+        if let Err(e) = cluster.wait_all_ready(READY_TIMEOUT).await {
+            cluster.dump_logs(60);
+            return Err(e);
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's name (prefix of every container, volume and the network).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeContainer] {
+        &self.nodes
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// One node.
+    pub fn node(&self, id: u64) -> Result<&NodeContainer, HarnessError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| HarnessError::Usage(format!("no node {id} in {}", self.name)))
+    }
+
+    /// Every node's gRPC address, by id.
+    pub fn grpc_addrs(&self) -> BTreeMap<u64, String> {
+        self.nodes.iter().map(|n| (n.id, n.grpc_addr())).collect()
+    }
+
+    /// Every node's gRPC address, as a client bootstrap list.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(NodeContainer::grpc_addr).collect()
+    }
+
+    /// A client for the whole cluster (test settings: retries cover an election).
+    pub fn client(&self) -> Result<Client, HarnessError> {
+        Client::new(test_client_config(self.endpoints())).map_err(HarnessError::client("creating a client"))
+    }
+
+    fn spec(&self, node: &NodeContainer) -> RunSpec {
+        let mut env = vec![
+            ("SHALE_NODE_ID".to_string(), node.id.to_string()),
+            ("SHALE_PEERS".to_string(), self.peers.clone()),
+            ("SHALE_GRPC_LISTEN".to_string(), format!("0.0.0.0:{GRPC_PORT}")),
+            ("SHALE_GRPC_ADVERTISE".to_string(), node.grpc_addr()),
+            ("SHALE_HTTP_LISTEN".to_string(), format!("0.0.0.0:{HTTP_PORT}")),
+            ("SHALE_DATA_DIR".to_string(), "/data".to_string()),
+            ("RUST_LOG".to_string(), std::env::var("SHALE_TEST_NODE_LOG").unwrap_or_else(|_| "info".to_string())),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        RunSpec {
+            name: node.container.clone(),
+            image: self.image.clone(),
+            hostname: Some(format!("node-{}", node.id)),
+            network: Some(self.network.clone()),
+            ip: Some(node.ip.clone()),
+            aliases: vec![format!("node-{}", node.id)],
+            env,
+            volumes: vec![(node.volume.clone(), "/data".to_string())],
+            publish_loopback: vec![GRPC_PORT, HTTP_PORT],
+            labels: vec![(LABEL.to_string(), self.name.clone())],
+            args: Vec::new(),
+        }
+    }
+
+    async fn run_node(&self, id: u64) -> Result<(), HarnessError> {
+        let node = self.node(id)?;
+        docker::run(&self.spec(node)).await?;
+        Ok(())
+    }
+
+    /// `GET /readyz` on a node answers 200.
+    pub async fn is_ready(&self, id: u64) -> Result<bool, HarnessError> {
+        let addr = self.node(id)?.http_addr();
+        Ok(matches!(http::get(&addr, "/readyz", Duration::from_secs(2)).await, Ok(r) if r.status == 200))
+    }
+
+    /// Waits until a node's `/readyz` answers 200.
+    pub async fn wait_ready(&self, id: u64, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_ready(id).await? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let state =
+                    docker::inspect(&self.node(id)?.container, "{{.State.Status}} exit={{.State.ExitCode}}").await;
+                return Err(HarnessError::Timeout {
+                    what: format!("node {id} of {} to be ready (container: {state:?})", self.name),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every node is ready.
+    pub async fn wait_all_ready(&self, timeout: Duration) -> Result<(), HarnessError> {
+        for id in self.ids() {
+            self.wait_ready(id, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// `docker kill` (SIGKILL): the node dies with no chance to flush or say goodbye.
+    pub async fn kill(&self, id: u64) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "SIGKILL");
+        docker(&["kill", "--signal", "KILL", &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// `docker stop` (SIGTERM, then SIGKILL after `grace`).
+    pub async fn stop(&self, id: u64, grace: Duration) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "SIGTERM (docker stop)");
+        docker(&["stop", "--time", &grace.as_secs().max(1).to_string(), &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// `docker start` of a stopped or killed node (same volume, same address).
+    pub async fn start_node(&self, id: u64) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "start");
+        docker(&["start", &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// Cuts a node off the cluster network (it keeps running).
+    pub async fn disconnect(&self, id: u64) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "network disconnect");
+        docker(&["network", "disconnect", &self.network, &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// Reconnects a node with its own address.
+    pub async fn connect(&self, id: u64) -> Result<(), HarnessError> {
+        let node = self.node(id)?;
+        tracing::info!(node = id, "network connect");
+        let alias = format!("node-{id}");
+        docker(&["network", "connect", "--ip", &node.ip, "--alias", &alias, &self.network, &node.container])
+            .await
+            .map(drop)
+    }
+
+    /// Destroys a node's container and volume (all its data) and starts it again, empty, with the
+    /// same id and address: it must catch up from the others.
+    pub async fn wipe_and_restart(&self, id: u64) -> Result<(), HarnessError> {
+        let node = self.node(id)?;
+        tracing::info!(node = id, "wipe: remove the container and its volume, start afresh");
+        docker(&["rm", "--force", &node.container]).await?;
+        docker(&["volume", "rm", &node.volume]).await?;
+        self.run_node(id).await
+    }
+
+    /// The node's own cluster status (no forwarding).
+    pub async fn status_of(&self, id: u64) -> Result<proto::ClusterStatusResponse, HarnessError> {
+        let node = self.node(id)?;
+        let mut admin = AdminClient::new(node_channel(&node.grpc_addr())?);
+        let mut req = tonic::Request::new(proto::ClusterStatusRequest {});
+        req.set_timeout(Duration::from_secs(3));
+        Ok(admin
+            .cluster_status(req)
+            .await
+            .map_err(|s| HarnessError::Client {
+                what: format!("ClusterStatus at node {id}"),
+                source: shale_client::ClientError::from_status(s),
+            })?
+            .into_inner())
+    }
+
+    /// The node among `candidates` that itself reports leading the metadata group.
+    pub async fn metadata_leader(&self, candidates: &[u64]) -> Option<u64> {
+        for id in candidates {
+            if let Ok(s) = self.status_of(*id).await
+                && s.meta.as_ref().is_some_and(|m| m.leader_id == *id)
+            {
+                return Some(*id);
+            }
+        }
+        None
+    }
+
+    /// The node among `candidates` that itself reports leading a partition.
+    pub async fn partition_leader(&self, topic: &str, partition: u32, candidates: &[u64]) -> Option<u64> {
+        for id in candidates {
+            if let Ok(s) = self.status_of(*id).await
+                && s.partitions.iter().any(|g| g.topic == topic && g.partition == partition && g.leader_id == *id)
+            {
+                return Some(*id);
+            }
+        }
+        None
+    }
+
+    /// Waits until some node among `candidates` leads the metadata group.
+    pub async fn wait_metadata_leader(&self, candidates: &[u64], timeout: Duration) -> Result<u64, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.metadata_leader(candidates).await {
+                return Ok(id);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout { what: format!("a metadata leader among {candidates:?}"), timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until some node among `candidates` leads the partition.
+    pub async fn wait_partition_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        candidates: &[u64],
+        timeout: Duration,
+    ) -> Result<u64, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.partition_leader(topic, partition, candidates).await {
+                return Ok(id);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("a leader of {topic}/{partition} among {candidates:?}"),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Prints the tail of every node's log to stderr (called on failure).
+    pub fn dump_logs(&self, lines: u32) {
+        for n in &self.nodes {
+            eprintln!("===== {} (node {}) last {lines} log lines =====", n.container, n.id);
+            eprintln!("{}", docker::logs_tail_blocking(&n.container, lines));
+        }
+    }
+}
+
+impl Drop for ContainerCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var("SHALE_TEST_DUMP_LOGS").is_ok_and(|v| v == "1") {
+            self.dump_logs(60);
+        }
+        if std::env::var("SHALE_TEST_KEEP").is_ok_and(|v| v == "1") {
+            eprintln!("SHALE_TEST_KEEP=1: leaving {} (containers, volumes, network) in place", self.name);
+            return;
+        }
+        let containers: Vec<&str> = self.nodes.iter().map(|n| n.container.as_str()).collect();
+        let mut args = vec!["rm", "--force", "--volumes"];
+        args.extend(&containers);
+        if let Err(e) = docker_blocking(&args) {
+            eprintln!("cleanup of {}: {e}", self.name);
+        }
+        for n in &self.nodes {
+            // Named volumes are not removed by `rm --volumes`; a wiped node's volume may be gone.
+            let _ = docker_blocking(&["volume", "rm", "--force", &n.volume]);
+        }
+        if let Err(e) = docker_blocking(&["network", "rm", &self.network]) {
+            eprintln!("cleanup of {}: {e}", self.name);
+        }
+    }
+}
+
+/// Creates the cluster's network with a /24 subnet of its own (fixed container addresses need a
+/// configured subnet); tries other subnets when one is taken. Answers (network, "a.b.c").
+async fn create_network(name: &str) -> Result<(String, String), HarnessError> {
+    let network = format!("{name}-net");
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut last_err = None;
+    for attempt in 0..16u64 {
+        let n = seed.wrapping_add(attempt.wrapping_mul(7_919)) % (56 * 256);
+        let prefix = format!("10.{}.{}", 200 + n / 256, n % 256);
+        let subnet = format!("{prefix}.0/24");
+        match docker(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--subnet",
+            &subnet,
+            "--label",
+            &format!("{LABEL}={name}"),
+            &network,
+        ])
+        .await
+        {
+            Ok(_) => return Ok((network, prefix)),
+            Err(e) => {
+                tracing::debug!(%subnet, error = %e, "subnet taken, trying another");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| HarnessError::Usage("no subnet attempt was made".into())))
+}

@@ -1,0 +1,165 @@
+//! The Kubernetes manifests in deploy/k8s: valid against the Kubernetes JSON schemas (strict, offline,
+//! with the `kubernetes-validate` tool), the validation really rejects broken copies, and the pieces
+//! fit together (names, selectors, ports, probes, peers).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+use shale_tests::k8s;
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every document of every manifest, by `Kind/name`.
+fn documents() -> BTreeMap<String, Value> {
+    let mut docs = BTreeMap::new();
+    for file in k8s::manifest_files().unwrap() {
+        let text = read(&file);
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if v.is_null() {
+                continue;
+            }
+            let key = format!("{}/{}", s(&v["kind"]), s(&v["metadata"]["name"]));
+            assert!(docs.insert(key.clone(), v).is_none(), "{key} defined twice");
+        }
+    }
+    docs
+}
+
+use serde::Deserialize;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+}
+
+fn copy_manifests(dir: &Path) -> Vec<PathBuf> {
+    k8s::manifest_files()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let to = dir.join(f.file_name().unwrap());
+            std::fs::copy(f, &to).unwrap();
+            to
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn manifests_validate_against_the_kubernetes_schemas() {
+    shale_tests::init_logging();
+    let files = k8s::manifest_files().unwrap();
+    assert!(files.len() >= 5, "expected configmap, two services, statefulset, pdb: {files:?}");
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let result = k8s::validate(&refs).await.unwrap();
+    assert!(result.ok, "deploy/k8s does not validate:\n{}", result.report);
+    for kind in
+        ["configmap/", "service/shale-peers", "service/shale ", "statefulset/shale", "poddisruptionbudget/shale"]
+    {
+        assert!(result.report.contains(kind), "no verdict for {kind} in:\n{}", result.report);
+    }
+    assert!(!result.report.contains("ERROR"), "{}", result.report);
+}
+
+#[tokio::test]
+async fn broken_manifests_fail_validation() {
+    shale_tests::init_logging();
+    // Each breakage: file, text to replace, replacement, what the validator must name.
+    let breakages = [
+        ("20-statefulset.yaml", "  replicas: 3\n", "  replicas: \"three\"\n", "replicas"),
+        (
+            "20-statefulset.yaml",
+            "          imagePullPolicy: IfNotPresent\n",
+            "          imagePullPolicy: IfNotPresent\n          imagePulPolicy: Always\n",
+            "imagePulPolicy",
+        ),
+        ("30-pdb.yaml", "  maxUnavailable: 1\n", "  maxUnavailable: [1]\n", "maxUnavailable"),
+        ("10-service-peers.yaml", "      port: 7001\n", "      port: seven\n", "port"),
+        ("00-configmap.yaml", "  RUST_LOG: \"info\"\n", "  RUST_LOG:\n    level: info\n", "RUST_LOG"),
+    ];
+    for (file, from, to, named) in breakages {
+        let dir = tempfile::tempdir().unwrap();
+        let copies = copy_manifests(dir.path());
+        let target = dir.path().join(file);
+        let text = read(&target);
+        assert!(text.contains(from), "{file} no longer contains {from:?}: update this test");
+        std::fs::write(&target, text.replacen(from, to, 1)).unwrap();
+        // The untouched copies still pass on their own (so the failure below is the breakage's).
+        let others: Vec<&Path> = copies.iter().filter(|p| **p != target).map(PathBuf::as_path).collect();
+        let control = k8s::validate(&others).await.unwrap();
+        assert!(control.ok, "control copies failed:\n{}", control.report);
+        let result = k8s::validate(&[target.as_path()]).await.unwrap();
+        assert!(!result.ok, "{file} with {to:?} passed validation:\n{}", result.report);
+        assert!(result.report.contains(named), "the report on {file} does not name {named}:\n{}", result.report);
+    }
+}
+
+#[test]
+fn manifests_fit_together() {
+    let docs = documents();
+    let sts = &docs["StatefulSet/shale"];
+    let spec = &sts["spec"];
+    let pod = &spec["template"]["spec"];
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert_eq!(replicas, 3);
+    assert_eq!(s(&spec["podManagementPolicy"]), "Parallel", "OrderedReady deadlocks: no node is ready alone");
+    assert_eq!(&spec["selector"]["matchLabels"], pod_labels);
+
+    // Headless service for peers, matching the StatefulSet.
+    let peers_svc = &docs[&format!("Service/{}", s(&spec["serviceName"]))];
+    assert_eq!(s(&peers_svc["spec"]["clusterIP"]), "None");
+    assert_eq!(peers_svc["spec"]["publishNotReadyAddresses"].as_bool(), Some(true));
+    // Every selector selects the pods.
+    for key in ["Service/shale-peers", "Service/shale"] {
+        assert_eq!(&docs[key]["spec"]["selector"], pod_labels, "{key}");
+    }
+    let pdb = &docs["PodDisruptionBudget/shale"];
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], pod_labels);
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
+
+    // The container: ports, probes, config, volumes, resources, graceful stop.
+    let containers = pod["containers"].as_sequence().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let ports: BTreeMap<&str, u64> = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| (s(&p["name"]), p["containerPort"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ports, BTreeMap::from([("grpc", 7001), ("http", 8001)]));
+    for svc in ["Service/shale-peers", "Service/shale"] {
+        for p in docs[svc]["spec"]["ports"].as_sequence().unwrap() {
+            assert!(ports.contains_key(s(&p["targetPort"])), "{svc} targets an unknown port {p:?}");
+        }
+    }
+    assert_eq!(s(&c["readinessProbe"]["httpGet"]["path"]), "/readyz");
+    assert_eq!(s(&c["livenessProbe"]["httpGet"]["path"]), "/healthz");
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(s(&c[probe]["httpGet"]["port"]), "http", "{probe}");
+    }
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 10);
+    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["requests"]["memory"].is_string());
+    let claim = s(&spec["volumeClaimTemplates"][0]["metadata"]["name"]);
+    let mounts: BTreeMap<&str, &str> =
+        c["volumeMounts"].as_sequence().unwrap().iter().map(|m| (s(&m["name"]), s(&m["mountPath"]))).collect();
+    assert_eq!(mounts.get(claim), Some(&"/data"));
+    assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(10001), "the image's user");
+
+    // The ConfigMap the pods read: data dir on the claim, the id from the hostname, and one peer per
+    // pod with node id = ordinal + 1 under the headless service's name.
+    let cm_name = s(&c["envFrom"][0]["configMapRef"]["name"]);
+    let cm = &docs[&format!("ConfigMap/{cm_name}")]["data"];
+    assert_eq!(s(&cm["SHALE_DATA_DIR"]), "/data");
+    assert_eq!(s(&cm["SHALE_NODE_ID_FROM_HOSTNAME"]), "true");
+    let sts_name = s(&sts["metadata"]["name"]);
+    let peers_name = s(&peers_svc["metadata"]["name"]);
+    let expected: Vec<String> =
+        (0..replicas).map(|ordinal| format!("{}={sts_name}-{ordinal}.{peers_name}:7001", ordinal + 1)).collect();
+    assert_eq!(s(&cm["SHALE_PEERS"]), expected.join(","));
+    let advertise = c["env"].as_sequence().unwrap().iter().find(|e| s(&e["name"]) == "SHALE_GRPC_ADVERTISE").unwrap();
+    assert_eq!(s(&advertise["value"]), format!("$(POD_NAME).{peers_name}:7001"));
+}
