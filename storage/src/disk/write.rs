@@ -16,6 +16,11 @@ use crate::types::{ChainHash, Offset, StreamId};
 
 use super::ANCHOR_INTERVAL;
 
+/// Batches with at least this much payload are appended in overlapping parts.
+const PIPELINE_MIN_BYTES: usize = 256 << 10;
+/// Payload bytes per part of a pipelined append.
+const PIPELINE_PART_BYTES: usize = 128 << 10;
+
 impl Storage {
     pub(crate) fn codec(&self) -> &Arc<dyn Codec> {
         &self.codec
@@ -47,8 +52,80 @@ impl Storage {
         if next != expected_offset {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
         }
+        let payload_bytes: usize = events.iter().map(Bytes::len).sum();
+        if payload_bytes >= PIPELINE_MIN_BYTES && events.len() > 1 {
+            return self.append_pipelined(&handle, events, next, fsync);
+        }
         let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
         self.commit_to(&handle, batch, fsync)
+    }
+
+    /// A large batch is prepared and written in parts, the two stages overlapping on two
+    /// threads (stage 1 hashes part k+1 while stage 2 writes part k), all under one hold of
+    /// the writer lock so no other append can slip between the parts.
+    fn append_pipelined(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+        let (end, epoch) = {
+            let _w = h.writer.lock();
+            h.check_usable()?;
+            let (next, head) = {
+                let c = h.core.read();
+                (c.next(), c.head)
+            };
+            if next != expected {
+                return Err(StorageError::OffsetMismatch { stream: h.id, expected, actual: next });
+            }
+            let mut parts: Vec<Vec<Bytes>> = Vec::new();
+            let mut part = Vec::new();
+            let mut part_bytes = 0usize;
+            for e in events {
+                part_bytes += e.len();
+                part.push(e);
+                if part_bytes >= PIPELINE_PART_BYTES {
+                    parts.push(std::mem::take(&mut part));
+                    part_bytes = 0;
+                }
+            }
+            if !part.is_empty() {
+                parts.push(part);
+            }
+            let written = std::thread::scope(|scope| -> Result<Offset> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<PreparedBatch>(1);
+                let stage2 = scope.spawn(move || -> Result<()> {
+                    for batch in rx {
+                        self.write_locked(h, &batch)?;
+                    }
+                    Ok(())
+                });
+                let (mut at, mut prev) = (next, head);
+                let mut stage1 = Ok(());
+                for events in parts {
+                    match PreparedBatch::prepare(h.id, at, prev, events, &self.options, self.codec.as_ref()) {
+                        Ok(batch) => {
+                            at = batch.next();
+                            prev = batch.head();
+                            if tx.send(batch).is_err() {
+                                break; // stage 2 failed; its error is reported below
+                            }
+                        }
+                        Err(e) => {
+                            stage1 = Err(e);
+                            break;
+                        }
+                    }
+                }
+                drop(tx);
+                match stage2.join() {
+                    Ok(r) => r?,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                stage1?;
+                Ok(at)
+            });
+            let end = h.guard(written)?;
+            self.policy_checkpoint_locked(h);
+            (end, h.sync.lock().epoch)
+        };
+        self.finish_append(h, end, epoch, fsync)
     }
 
     /// Stage 1 of an append, for callers that pipeline: see [`PreparedBatch::prepare`].
@@ -97,6 +174,11 @@ impl Storage {
             self.policy_checkpoint_locked(h);
             (batch.next(), h.sync.lock().epoch)
         };
+        self.finish_append(h, end, epoch, fsync)
+    }
+
+    /// The end of every append: with `fsync`, group commit, then any policy checkpoint now due.
+    fn finish_append(&self, h: &Stream, end: Offset, epoch: u64, fsync: bool) -> Result<Offset> {
         if fsync {
             self.wait_durable(h, end, epoch)?;
             if !h.core.read().pending_checkpoints.is_empty() {
