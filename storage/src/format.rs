@@ -247,3 +247,29 @@ pub mod names {
         digits.parse().ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sizes `docs/format.md` tables: a change here must change the document (and a version).
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_documented_tables() {
+        assert_eq!(segment::HEADER_LEN, 72);
+        assert_eq!(segment::BASE_PREV_HASH_AT, 36);
+        assert_eq!(record::HEADER_LEN, 60);
+        assert_eq!(record::OVERHEAD, 65);
+        assert_eq!(index::HEADER_LEN, 120);
+        assert_eq!(index::ANCHOR_COUNT_AT, 116);
+        assert_eq!(checkpoint::HEADER_LEN, 68);
+        assert_eq!(lock::LEN, 16);
+        assert_eq!(&segment::MAGIC.to_le_bytes(), b"SHALESEG");
+        assert_eq!(&index::MAGIC.to_le_bytes(), b"SHALEIDX");
+        assert_eq!(&checkpoint::MAGIC.to_le_bytes(), b"SCKP");
+        assert_eq!(&lock::MAGIC.to_le_bytes(), b"SHALELCK");
+        assert_eq!(names::segment(3), "segment_000003.log");
+        assert_eq!(names::checkpoint(42), "checkpoint_00000000000000000042.ckp");
+        assert_eq!(names::parse_segment("segment_1234567.log"), Some(1_234_567));
+        assert_eq!(names::parse_segment("segment_.log"), None);
+    }
+}
