@@ -206,6 +206,7 @@ enum Op {
     InstallMatching { stream: usize, at: u16 },
     InstallForeign { stream: usize, at: u16 },
     ChainHashAt { stream: usize, at: u16 },
+    Delete { stream: usize },
     Reopen,
 }
 
@@ -229,7 +230,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(stream, at, data_len)| Op::Checkpoint { stream, at, data_len }),
         1 => (stream.clone(), any::<u16>()).prop_map(|(stream, at)| Op::InstallMatching { stream, at }),
         1 => (stream.clone(), any::<u16>()).prop_map(|(stream, at)| Op::InstallForeign { stream, at }),
-        1 => (stream, any::<u16>()).prop_map(|(stream, at)| Op::ChainHashAt { stream, at }),
+        1 => (stream.clone(), any::<u16>()).prop_map(|(stream, at)| Op::ChainHashAt { stream, at }),
+        1 => stream.prop_map(|stream| Op::Delete { stream }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -499,6 +501,13 @@ fn run_ops<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError>
                         got
                     );
                 }
+            }
+            Op::Delete { stream } => {
+                let s = STREAMS[*stream];
+                b.delete_stream(s).unwrap();
+                model.streams.remove(&s);
+                prop_assert_eq!(b.next_offset(s).unwrap(), Offset::ZERO);
+                prop_assert_eq!(b.latest_chain_hash(s).unwrap(), ChainHash::ZERO);
             }
             Op::Reopen => {
                 if H::PERSISTENT {
