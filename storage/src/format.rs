@@ -4,6 +4,10 @@
 //! change of one field's width moves the rest. `docs/format.md` tables the same layouts; keep the
 //! two in step and bump the matching version on any change.
 
+/// The largest offset a stream may reach (2^63): far beyond any real log, and low enough that
+/// offset arithmetic never overflows. Headers, checkpoints and appends past it are refused.
+pub const MAX_OFFSET: crate::types::Offset = crate::types::Offset::new(1 << 63);
+
 /// Checkpoint payload (the body of one checkpoint, as stored and as shipped in Raft snapshots).
 ///
 /// `[magic:u32][version:u16][flags:u16][offset:u64][chain_hash:32][record_count:u64]`

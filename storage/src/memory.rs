@@ -393,6 +393,13 @@ impl StorageBackend for MemoryStorage {
                 ),
             });
         }
+        if cp.offset > format::MAX_OFFSET {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset: cp.offset,
+                reason: format!("offsets end at {}", format::MAX_OFFSET),
+            });
+        }
         if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
             return Err(StorageError::InvalidCheckpoint {
                 stream,

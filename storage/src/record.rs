@@ -232,6 +232,12 @@ impl SegmentHeader {
             ));
         }
         let base = Offset::new(u64_at(b, seg::BASE_OFFSET_AT));
+        if base > crate::format::MAX_OFFSET {
+            return Err(corrupt(
+                seg::BASE_OFFSET_AT,
+                CorruptionReason::InvalidField { field: "segment base offset", value: base.get() },
+            ));
+        }
         let base_prev_hash = hash_at(b, seg::BASE_PREV_HASH_AT);
         if base == Offset::ZERO && base_prev_hash != ChainHash::ZERO {
             return Err(corrupt(

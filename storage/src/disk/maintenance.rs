@@ -15,6 +15,16 @@ use crate::error::{Result, StorageError};
 use crate::format::{self, names, segment as seg_fmt};
 use crate::types::{ChainHash, Offset, StreamId};
 
+pub(crate) fn seq_exhausted(h: &Stream) -> StorageError {
+    StorageError::Corruption {
+        stream: h.id,
+        file: names::segment(u64::MAX),
+        position: 0,
+        offset: None,
+        reason: crate::error::CorruptionReason::InvalidField { field: "segment sequence number", value: u64::MAX },
+    }
+}
+
 fn data_too_large(stream: StreamId, offset: Offset, len: usize) -> StorageError {
     StorageError::InvalidCheckpoint {
         stream,
@@ -89,12 +99,13 @@ impl Storage {
         }
         fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
         let path = dir.join(names::segment(seq));
-        if cut {
-            file.set_len(cut_pos).map_err(io_err("truncate", &path))?;
-        }
-        file.sync_data().map_err(io_err("fsync", &path))?;
         {
+            // Readers hold the core lock while they read: none may be inside the part being cut.
             let mut c = h.core.write();
+            if cut {
+                file.set_len(cut_pos).map_err(io_err("truncate", &path))?;
+            }
+            file.sync_data().map_err(io_err("fsync", &path))?;
             c.segments.truncate(keep);
             let a = c.active_mut();
             a.positions.truncate((offset.get() - a.base.get()) as usize);
@@ -176,6 +187,13 @@ impl Storage {
         if cp.data.len() > format::checkpoint::MAX_DATA_LEN {
             return Err(data_too_large(stream, cp.offset, cp.data.len()));
         }
+        if cp.offset > format::MAX_OFFSET {
+            return Err(StorageError::InvalidCheckpoint {
+                stream,
+                offset: cp.offset,
+                reason: format!("offsets end at {}", format::MAX_OFFSET),
+            });
+        }
         if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
             return Err(StorageError::InvalidCheckpoint {
                 stream,
@@ -207,8 +225,9 @@ impl Storage {
             let c = h.core.read();
             let segs: Vec<u64> = c.segments.iter().map(|s| s.seq).collect();
             let cps: Vec<Offset> = c.checkpoints.iter().map(|cp| cp.offset).collect();
-            (segs, cps, c.active().seq + 1)
+            (segs, cps, c.active().seq.checked_add(1))
         };
+        let seq = seq.ok_or_else(|| seq_exhausted(h))?;
         // 1. The new segment, durable; from here on a crash opens as the restarted stream.
         let segment = self.create_segment(h.id, dir, seq, cp.offset, cp.chain_hash, seg_fmt::FLAG_RESTART)?;
         // 2. The checkpoint (replacing any old one at the same offset).

@@ -49,6 +49,8 @@ pub struct Storage {
     streams: RwLock<BTreeMap<StreamId, Arc<Stream>>>,
     /// Serialises stream creation and deletion.
     create: Mutex<()>,
+    /// Set by the first clean shutdown (`close` or drop).
+    closed: std::sync::atomic::AtomicBool,
     _lock: Box<dyn FsLock>,
 }
 
@@ -119,6 +121,7 @@ impl Storage {
             registry: CodecRegistry::new(),
             streams: RwLock::new(BTreeMap::new()),
             create: Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };
         let mut names = storage.fs.read_dir(&storage.root).map_err(io_err("list directory", &storage.root))?;
@@ -279,6 +282,9 @@ impl Storage {
     }
 
     fn shutdown(&self) -> Result<()> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
         let mut first_err = None;
         for s in streams {

@@ -269,6 +269,9 @@ impl Storage {
             if cp.offset.get() != offset {
                 return Err(bad(format!("file name says offset {offset}, content says {}", cp.offset)));
             }
+            if cp.offset > format::MAX_OFFSET {
+                return Err(bad(format!("offset past the largest allowed, {}", format::MAX_OFFSET)));
+            }
             if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
                 return Err(bad("a checkpoint at offset 0 must carry the zero hash".into()));
             }

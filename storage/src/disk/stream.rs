@@ -147,7 +147,9 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub fn new(id: StreamId, dir: PathBuf, core: StreamCore, anchors: BTreeMap<Offset, ChainHash>) -> Self {
-        let durable = core.next();
+        // Nothing counts as durable until this process fsynced it: an earlier process may have
+        // exited without syncing its last appends.
+        let durable = Offset::ZERO;
         Self {
             id,
             dir,

@@ -256,7 +256,8 @@ impl Storage {
             }
         }
         self.write_index_locked(h, None)?;
-        let segment = self.create_segment(h.id, &h.dir, seq + 1, next, head, 0)?;
+        let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
+        let segment = self.create_segment(h.id, &h.dir, seq, next, head, 0)?;
         h.core.write().segments.push(segment);
         Ok(())
     }
