@@ -1,0 +1,587 @@
+//! The command line: every command, flag and example, as clap derive types. No behaviour here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use shale_client::proto::Codec;
+
+use crate::args::{self, Limit};
+use crate::output::OutputFormat;
+
+/// Where the CLI looks for a cluster when neither `--bootstrap` nor `SHALE_BOOTSTRAP` is given:
+/// the first node of the local dev cluster (`shale-node`'s default gRPC address).
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7001";
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  shale cluster status
+  shale topic create orders --partitions 6 --replication-factor 3 --retention-ms 7d
+  printf 'a\\nb\\n' | shale produce orders --key user-1
+  shale consume orders --from-beginning --max-records 2
+  shale verify orders
+  shale bench produce --topic bench --records 100000 --record-size 512
+
+Environment:
+  SHALE_BOOTSTRAP   comma-separated host:port endpoints (same as --bootstrap)
+
+Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree), 2 usage error.";
+
+/// `shale`: operate a Shale cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shale",
+    version,
+    about = "Operate a Shale cluster: topics, data, consumer groups, verification, benchmarks"
+)]
+#[command(after_help = MAIN_EXAMPLES, propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection and logging flags, accepted before or after the command.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Cluster endpoints, comma-separated host:port (any member will do).
+    #[arg(long, short = 'b', global = true, env = "SHALE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, value_name = "HOST:PORT[,...]")]
+    pub bootstrap: String,
+    /// Per-request timeout.
+    #[arg(long, global = true, default_value = "10s", value_parser = args::parse_duration_ms, value_name = "DURATION")]
+    pub timeout: u64,
+    /// Attempts per request before giving up (leader changes and unreachable nodes are retried).
+    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+    /// Log more to stderr (-v info, -vv debug, -vvv trace).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `--output` of read commands.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cluster members, health, leaders and membership changes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Write records from stdin (one per line) or files.
+    Produce(ProduceArgs),
+    /// Read records and print them.
+    Consume(ConsumeArgs),
+    /// Consumer groups: committed offsets, lag, offset resets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Prove replicas agree (online), or check a node's data files (offline, --data-dir).
+    Verify(VerifyArgs),
+    /// Load generators with latency percentiles.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  shale completions bash > /etc/bash_completion.d/shale\n  shale completions zsh > \"${fpath[1]}/_shale\"\n  shale completions fish > ~/.config/fish/completions/shale.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// `shale cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members and their health, the metadata group, and every partition's leader, replicas and lag.
+    #[command(
+        after_help = "Examples:\n  shale cluster status\n  shale cluster status -o json | jq '.partitions[] | select(.leader == 0)'"
+    )]
+    Status(OutputArgs),
+    /// Add a node (it joins as a learner, catches up, then votes).
+    #[command(after_help = "Examples:\n  shale cluster add-node 4 10.0.0.4:7001")]
+    AddNode {
+        /// The new node's id (unique, at least 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        node_id: u64,
+        /// Its advertised gRPC address, host:port.
+        addr: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove a node (its replicas move elsewhere).
+    #[command(after_help = "Examples:\n  shale cluster remove-node 4")]
+    RemoveNode {
+        /// The node's id.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        node_id: u64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Move a partition's leadership to another of its replicas.
+    #[command(after_help = "Examples:\n  shale cluster transfer-leader orders 0 --to 2")]
+    TransferLeader {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The replica (node id) to lead.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
+}
+
+/// `shale topic ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    #[command(
+        after_help = "Examples:\n  shale topic create orders\n  shale topic create orders -p 12 -r 3 --retention-bytes 10GiB --retention-ms 7d --codec zstd"
+    )]
+    Create(TopicCreateArgs),
+    /// List topics.
+    #[command(alias = "ls", after_help = "Examples:\n  shale topic list\n  shale topic list -o json")]
+    List(OutputArgs),
+    /// Show a topic's settings and partitions.
+    #[command(after_help = "Examples:\n  shale topic describe orders\n  shale topic describe orders -o yaml")]
+    Describe {
+        /// The topic.
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete a topic and all its data.
+    #[command(
+        alias = "rm",
+        after_help = "Examples:\n  shale topic delete orders\n  shale topic delete orders --if-exists"
+    )]
+    Delete {
+        /// The topic.
+        name: String,
+        /// Succeed when the topic does not exist.
+        #[arg(long)]
+        if_exists: bool,
+    },
+    /// Change retention or codec (partitions and replication factor are fixed at creation).
+    #[command(
+        after_help = "Examples:\n  shale topic alter orders --retention-ms 30d\n  shale topic alter orders --retention-bytes unlimited --codec lz4"
+    )]
+    Alter(TopicAlterArgs),
+}
+
+/// `shale topic create`.
+#[derive(Debug, Args)]
+pub struct TopicCreateArgs {
+    /// Topic name ([a-zA-Z0-9._-], 1 to 249 characters).
+    pub name: String,
+    /// Number of partitions.
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: u32,
+    /// Replicas per partition [default: 3, or the number of members if fewer].
+    #[arg(long, short = 'r', value_parser = clap::value_parser!(u32).range(1..))]
+    pub replication_factor: Option<u32>,
+    /// Retention by size per partition (e.g. 10GiB), or `unlimited`.
+    #[arg(long, value_parser = args::parse_bytes_limit, value_name = "SIZE")]
+    pub retention_bytes: Option<Limit>,
+    /// Retention by age (e.g. 7d, 12h), or `unlimited`.
+    #[arg(long, value_parser = args::parse_duration_limit, value_name = "DURATION")]
+    pub retention_ms: Option<Limit>,
+    /// Payload compression: none, lz4 or zstd.
+    #[arg(long, value_parser = args::parse_codec, default_value = "none")]
+    pub codec: Codec,
+    /// Succeed when the topic already exists.
+    #[arg(long)]
+    pub if_not_exists: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `shale topic alter`.
+#[derive(Debug, Args)]
+pub struct TopicAlterArgs {
+    /// The topic.
+    pub name: String,
+    /// New retention by size per partition, or `unlimited`.
+    #[arg(long, value_parser = args::parse_bytes_limit, value_name = "SIZE")]
+    pub retention_bytes: Option<Limit>,
+    /// New retention by age, or `unlimited`.
+    #[arg(long, value_parser = args::parse_duration_limit, value_name = "DURATION")]
+    pub retention_ms: Option<Limit>,
+    /// New payload compression for records written from now on.
+    #[arg(long, value_parser = args::parse_codec)]
+    pub codec: Option<Codec>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `shale produce`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  echo hello | shale produce orders
+  shale produce orders --key user-7 --header source=cli < events.txt
+  shale produce orders --key-separator ':' <<< 'user-7:{\"total\":12}'
+  shale produce images --file a.png --file b.png      (one record per file)
+  cat report.json | shale produce reports --whole      (all of stdin as one record)")]
+pub struct ProduceArgs {
+    /// The topic.
+    pub topic: String,
+    /// Key of every record (records with one key go to one partition).
+    #[arg(long, short = 'k', conflicts_with = "key_separator")]
+    pub key: Option<String>,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// A header for every record, key=value (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = args::parse_header, value_name = "KEY=VALUE")]
+    pub headers: Vec<(String, String)>,
+    /// Write to this partition (default: by key hash, or round-robin without a key).
+    #[arg(long, short = 'p')]
+    pub partition: Option<u32>,
+    /// Send each file as one record instead of reading stdin (repeatable).
+    #[arg(long = "file", short = 'f', value_name = "PATH", conflicts_with_all = ["whole", "key_separator"])]
+    pub files: Vec<PathBuf>,
+    /// Send all of stdin as one record instead of one per line.
+    #[arg(long, conflicts_with = "key_separator")]
+    pub whole: bool,
+    /// Print each record's partition, offset and chain hash (table, json or yaml).
+    #[arg(long, short = 'o', value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+/// Consume output formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormat {
+    /// The value, one record per line (add --print-key / --print-offset for more).
+    #[default]
+    Plain,
+    /// One JSON object per line: topic, partition, offset, key, value, headers, timestamp, hash.
+    Json,
+}
+
+/// `shale consume`.
+#[derive(Debug, Args)]
+#[command(after_help = "Without --follow, consume stops once it reaches the log end it saw at start.
+Start position: --offset, else the group's committed offset (--group), else the log start with
+--from-beginning, else the log end (only new records; useful with --follow).
+
+Examples:
+  shale consume orders --from-beginning
+  shale consume orders --partition 0 --offset 42 --max-records 10
+  shale consume orders --group billing --follow --format json
+  shale consume orders --from-beginning --print-key --print-offset")]
+pub struct ConsumeArgs {
+    /// The topic.
+    pub topic: String,
+    /// Read only these partitions (repeatable; default: all).
+    #[arg(long = "partition", short = 'p', value_name = "P")]
+    pub partitions: Vec<u32>,
+    /// Start at the first offset still held.
+    #[arg(long, conflicts_with = "offset")]
+    pub from_beginning: bool,
+    /// Start at this offset (in every partition read).
+    #[arg(long)]
+    pub offset: Option<u64>,
+    /// Consumer group: start at its committed offsets and commit what was read.
+    #[arg(long, short = 'g')]
+    pub group: Option<String>,
+    /// Keep waiting for new records (until Ctrl-C or --max-records).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Stop after this many records.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub max_records: Option<u64>,
+    /// How records are printed.
+    #[arg(long, value_enum, default_value_t = RecordFormat::Plain)]
+    pub format: RecordFormat,
+    /// Plain format: print `key<TAB>` before the value.
+    #[arg(long)]
+    pub print_key: bool,
+    /// Plain format: print `partition:offset<TAB>` before the value.
+    #[arg(long)]
+    pub print_offset: bool,
+}
+
+/// `shale group ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Groups that have committed offsets.
+    #[command(alias = "ls", after_help = "Examples:\n  shale group list")]
+    List(OutputArgs),
+    /// A group's committed offsets and lag per partition.
+    #[command(after_help = "Examples:\n  shale group describe billing\n  shale group describe billing -o json")]
+    Describe {
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Move a group's committed offsets (shows the plan; add --execute to apply it).
+    ResetOffsets(ResetOffsetsArgs),
+}
+
+/// `shale group reset-offsets`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_latest", "to_offset", "shift_by"])))]
+#[command(after_help = "Examples:
+  shale group reset-offsets billing --topic orders --to-earliest            (dry run: prints the plan)
+  shale group reset-offsets billing --topic orders --to-latest --execute
+  shale group reset-offsets billing --topic orders -p 0 --shift-by -100 --execute")]
+pub struct ResetOffsetsArgs {
+    /// The group.
+    pub group: String,
+    /// The topic whose offsets move.
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Only these partitions (repeatable; default: all).
+    #[arg(long = "partition", short = 'p', value_name = "P")]
+    pub partitions: Vec<u32>,
+    /// To the first offset still held.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// To the log end (skip everything written so far).
+    #[arg(long)]
+    pub to_latest: bool,
+    /// To this offset (clamped to what the partition holds).
+    #[arg(long, value_name = "OFFSET")]
+    pub to_offset: Option<u64>,
+    /// By this many offsets from the committed one (negative goes back; clamped).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub shift_by: Option<i64>,
+    /// Apply the plan (without it, only print it).
+    #[arg(long)]
+    pub execute: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `shale verify`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Online: asks every replica of each partition for its chain hash at the same offset (with --sweep,
+at every STEP offsets from the log start too). If they differ, or a replica cannot read its log
+there, a binary search over offsets finds the first offset where they part, and the replica that
+differs from the majority is named.
+
+Offline (--data-dir): checks a stopped node's files directly: segment and index CRCs, record
+framing, offsets and the SHA-256 chain of every stream. The directory is never modified: each
+stream is copied to a scratch directory and opened there.
+
+Exit code 1 when replicas disagree or damage is found.
+
+Examples:
+  shale verify orders
+  shale verify orders --partition 3 --offset 1000
+  shale verify orders --sweep
+  shale verify --data-dir /var/lib/shale/node-2
+  shale verify --data-dir ./data/node-1 -o json"
+)]
+pub struct VerifyArgs {
+    /// The topic to verify online.
+    #[arg(required_unless_present = "data_dir")]
+    pub topic: Option<String>,
+    /// Only this partition (default: all).
+    #[arg(long, short = 'p', requires = "topic")]
+    pub partition: Option<u32>,
+    /// Compare at this offset (default: the last offset every replica has applied).
+    #[arg(long, requires = "topic")]
+    pub offset: Option<u64>,
+    /// Also probe every STEP offsets from the log start, so damage anywhere in the log is read
+    /// (the default compares only the newest common offset, which replicas answer from memory).
+    #[arg(long, requires = "topic")]
+    pub sweep: bool,
+    /// Distance between sweep probes (each probe re-reads at most this many records per replica).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..), requires = "sweep")]
+    pub step: u64,
+    /// Check a node's data directory offline instead (stop the node first).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["topic", "partition", "offset", "sweep"])]
+    pub data_dir: Option<PathBuf>,
+    /// Where --data-dir copies each stream before opening it (default: the system temp dir).
+    #[arg(long, value_name = "DIR", requires = "data_dir")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `shale bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Produce load: records/s, MB/s and acknowledgement latency percentiles.
+    #[command(after_help = "Examples:
+  shale bench produce --topic bench --records 100000 --record-size 1KiB
+  shale bench produce --topic bench --records 50000 --concurrency 4 --throughput 5000 -o json")]
+    Produce(BenchProduceArgs),
+    /// Consume load: reads records from the start of a topic; records/s, MB/s, fetch latency.
+    #[command(after_help = "Examples:\n  shale bench consume --topic bench --records 100000")]
+    Consume(BenchConsumeArgs),
+}
+
+/// `shale bench produce`.
+#[derive(Debug, Args)]
+pub struct BenchProduceArgs {
+    /// Topic to write to (created with --create-partitions if missing).
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Records to send.
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub records: u64,
+    /// Payload size of each record.
+    #[arg(long, short = 's', default_value = "512", value_parser = args::parse_bytes, value_name = "SIZE")]
+    pub record_size: u64,
+    /// Concurrent sender tasks.
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Unacknowledged records each sender keeps in flight.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub window: u32,
+    /// Target rate in records/s over all senders (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub throughput: u64,
+    /// Partitions of the topic if it has to be created.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_partitions: u32,
+    /// Report format (table is the human report).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `shale bench consume`.
+#[derive(Debug, Args)]
+pub struct BenchConsumeArgs {
+    /// Topic to read from the start.
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Records to read (stops early at the log end seen at start).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub records: u64,
+    /// Payload bytes per partition fetch.
+    #[arg(long, default_value = "1MiB", value_parser = args::parse_bytes, value_name = "SIZE")]
+    pub fetch_bytes: u64,
+    /// Report format (table is the human report).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shale").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bootstrap_defaults_to_the_dev_cluster_and_is_global() {
+        let cli = parse(&["topic", "list"]).unwrap();
+        // SHALE_BOOTSTRAP may be set in the environment of whoever runs the tests.
+        if std::env::var_os("SHALE_BOOTSTRAP").is_none() {
+            assert_eq!(cli.global.bootstrap, DEFAULT_BOOTSTRAP);
+        }
+        let cli = parse(&["topic", "list", "--bootstrap", "a:1,b:2"]).unwrap();
+        assert_eq!(cli.global.bootstrap, "a:1,b:2");
+        assert_eq!(cli.global.timeout, 10_000);
+    }
+
+    #[test]
+    fn topic_create_parses_units_and_codec() {
+        let cli = parse(&[
+            "topic",
+            "create",
+            "orders",
+            "-p",
+            "6",
+            "-r",
+            "3",
+            "--retention-bytes",
+            "1GiB",
+            "--retention-ms",
+            "7d",
+            "--codec",
+            "zstd",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Topic(TopicCommand::Create(a)) = cli.command else { panic!("wrong command") };
+        assert_eq!(a.partitions, 6);
+        assert_eq!(a.replication_factor, Some(3));
+        assert_eq!(a.retention_bytes, Some(Limit::Value(1 << 30)));
+        assert_eq!(a.retention_ms, Some(Limit::Value(7 * 86_400_000)));
+        assert_eq!(a.codec, Codec::Zstd);
+        assert_eq!(a.output.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert_eq!(parse(&["topic", "create", "t", "-p", "0"]).unwrap_err().kind(), ErrorKind::ValueValidation);
+        assert_eq!(parse(&["topic", "list", "--no-such-flag"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+        assert_eq!(parse(&["topic", "list", "-o", "xml"]).unwrap_err().kind(), ErrorKind::InvalidValue);
+        assert_eq!(
+            parse(&["consume", "t", "--from-beginning", "--offset", "3"]).unwrap_err().kind(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(parse(&["verify"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(parse(&["verify", "t", "--data-dir", "/x"]).unwrap_err().kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(
+            parse(&["group", "reset-offsets", "g", "--topic", "t"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--to-latest"]).unwrap_err().kind(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            parse(&["produce", "t", "--key", "k", "--key-separator", ":"]).unwrap_err().kind(),
+            ErrorKind::ArgumentConflict
+        );
+        // clap exits with 2 for all of these.
+        assert_eq!(parse(&["topic", "list", "--no-such-flag"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn produce_collects_headers_and_files() {
+        let cli = parse(&["produce", "t", "-H", "a=1", "--header", "b=x=y", "-p", "2"]).unwrap();
+        let Command::Produce(a) = cli.command else { panic!("wrong command") };
+        assert_eq!(a.headers, vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]);
+        assert_eq!(a.partition, Some(2));
+        let cli = parse(&["produce", "t", "--file", "a", "--file", "b"]).unwrap();
+        let Command::Produce(a) = cli.command else { panic!("wrong command") };
+        assert_eq!(a.files.len(), 2);
+    }
+
+    #[test]
+    fn reset_offsets_accepts_negative_shifts() {
+        let cli = parse(&["group", "reset-offsets", "g", "-t", "orders", "--shift-by", "-100"]).unwrap();
+        let Command::Group(GroupCommand::ResetOffsets(a)) = cli.command else { panic!("wrong command") };
+        assert_eq!(a.shift_by, Some(-100));
+        assert!(!a.execute);
+    }
+
+    #[test]
+    fn bench_sizes_parse() {
+        let cli =
+            parse(&["bench", "produce", "-t", "b", "--record-size", "1KiB", "-c", "4", "--throughput", "500"]).unwrap();
+        let Command::Bench(BenchCommand::Produce(a)) = cli.command else { panic!("wrong command") };
+        assert_eq!(a.record_size, 1024);
+        assert_eq!(a.concurrency, 4);
+        assert_eq!(a.throughput, 500);
+    }
+}

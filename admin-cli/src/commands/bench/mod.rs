@@ -1,0 +1,317 @@
+//! `shale bench produce|consume`: load generators in the manner of kafka-producer-perf-test.
+
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use shale_client::{ClientError, ConsumerConfig, ErrorCode, NewTopic, OffsetReset, ProducerConfig, ProducerRecord};
+
+use crate::cli::{BenchCommand, BenchConsumeArgs, BenchProduceArgs};
+use crate::commands::partition_bounds;
+use crate::commands::topic::{effective_replication_factor, is_code};
+use crate::context::Ctx;
+use crate::error::{CliError, Result};
+use crate::output::{self, Table};
+use stats::{LatencyRecorder, LatencySummary, scheduled_at, task_indices, throughput};
+
+/// The final report of a benchmark.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// `produce` or `consume`.
+    pub kind: String,
+    /// Topic.
+    pub topic: String,
+    /// Records sent and acknowledged (produce) or read (consume).
+    pub records: u64,
+    /// Records that failed.
+    pub errors: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed_s: f64,
+    /// Records per second.
+    pub records_per_sec: f64,
+    /// MB per second (MB = 2^20 bytes).
+    pub mb_per_sec: f64,
+    /// What the latency measures: `ack` (send to acknowledgement) or `fetch` (one poll round trip).
+    pub latency_kind: String,
+    /// Latency percentiles.
+    pub latency: LatencySummary,
+    /// The first error, if any.
+    pub first_error: Option<String>,
+}
+
+/// The human report.
+pub fn report_text(r: &BenchReport) -> String {
+    let mut out = format!(
+        "{} records {} ({} errors), {:.1} records/s, {:.2} MB/s over {:.2} s\n\n",
+        r.records,
+        if r.kind == "produce" { "sent" } else { "read" },
+        r.errors,
+        r.records_per_sec,
+        r.mb_per_sec,
+        r.elapsed_s
+    );
+    let mut t = Table::new([format!("{} latency", r.latency_kind).as_str(), "ms"]);
+    let l = &r.latency;
+    for (name, v) in [
+        ("mean", l.mean_ms),
+        ("p50", l.p50_ms),
+        ("p95", l.p95_ms),
+        ("p99", l.p99_ms),
+        ("p99.9", l.p999_ms),
+        ("max", l.max_ms),
+    ] {
+        t.row([name.to_string(), format!("{v:.3}")]);
+    }
+    out.push_str(&t.render());
+    if let Some(e) = &r.first_error {
+        out.push_str(&format!("\nfirst error: {e}\n"));
+    }
+    out
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    let template = format!("{what} {{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// Runs a `bench` command.
+pub async fn run(ctx: &Ctx, command: BenchCommand) -> Result<()> {
+    let (report, format) = match command {
+        BenchCommand::Produce(a) => (produce(ctx, &a).await?, a.output),
+        BenchCommand::Consume(a) => (consume(ctx, &a).await?, a.output),
+    };
+    output::emit(format, &report, report_text)?;
+    if report.errors > 0 {
+        return Err(CliError::CheckFailed(format!("{} of the benchmark's records failed", report.errors)));
+    }
+    Ok(())
+}
+
+async fn ensure_topic(ctx: &Ctx, topic: &str, partitions: u32) -> Result<()> {
+    let client = ctx.client()?;
+    let admin = client.admin();
+    match admin.describe_topic(topic).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_code(&e, ErrorCode::UnknownTopic) => {
+            let status = admin.cluster_status().await.map_err(|e| ctx.err("read cluster members", e))?;
+            let rf = effective_replication_factor(None, status.members.len());
+            match admin.create_topic(NewTopic::new(topic, partitions, rf)).await {
+                Ok(_) => {
+                    eprintln!("created topic {topic} ({partitions} partitions, replication factor {rf})");
+                    Ok(())
+                }
+                Err(e) if is_code(&e, ErrorCode::TopicExists) => Ok(()),
+                Err(e) => Err(ctx.err(format!("create topic {topic}"), e)),
+            }
+        }
+        Err(e) => Err(ctx.err(format!("describe topic {topic}"), e)),
+    }
+}
+
+/// What one sender task measured.
+struct SenderResult {
+    latency: LatencyRecorder,
+    acked: u64,
+    errors: u64,
+    first_error: Option<ClientError>,
+}
+
+async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
+    ensure_topic(ctx, &a.topic, a.create_partitions).await?;
+    let client = ctx.client()?;
+    let producer = Arc::new(client.producer(ProducerConfig::default()));
+    let payload = Bytes::from((0..a.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
+    let pb = progress_bar(a.records, "produce");
+    let start = Instant::now();
+    let tasks = u64::from(a.concurrency);
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let producer = producer.clone();
+        let payload = payload.clone();
+        let topic = a.topic.clone();
+        let pb = pb.clone();
+        let (total, rate, window) = (a.records, a.throughput, a.window as usize);
+        handles.push(tokio::spawn(async move {
+            let mut r = SenderResult { latency: LatencyRecorder::new(), acked: 0, errors: 0, first_error: None };
+            let mut inflight = FuturesUnordered::new();
+            let settle = |r: &mut SenderResult, outcome: (Instant, std::result::Result<_, ClientError>)| {
+                let (sent_at, result) = outcome;
+                match result {
+                    Ok(_) => {
+                        r.latency.record(sent_at.elapsed());
+                        r.acked += 1;
+                    }
+                    Err(e) => {
+                        r.errors += 1;
+                        r.first_error.get_or_insert(e);
+                    }
+                }
+                pb.inc(1);
+            };
+            for i in task_indices(task, tasks, total) {
+                if let Some(at) = scheduled_at(start, i, rate) {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let sent_at = Instant::now();
+                match producer.send(ProducerRecord::new(topic.clone(), payload.clone())).await {
+                    Ok(delivery) => inflight.push(async move { (sent_at, delivery.await) }),
+                    Err(e) => settle(&mut r, (sent_at, Err(e))),
+                }
+                while inflight.len() >= window {
+                    if let Some(outcome) = inflight.next().await {
+                        settle(&mut r, outcome);
+                    }
+                }
+            }
+            while let Some(outcome) = inflight.next().await {
+                settle(&mut r, outcome);
+            }
+            r
+        }));
+    }
+    let mut latency = LatencyRecorder::new();
+    let (mut acked, mut errors, mut first_error) = (0u64, 0u64, None);
+    for h in handles {
+        match h.await {
+            Ok(r) => {
+                latency.merge(&r.latency);
+                acked += r.acked;
+                errors += r.errors;
+                if first_error.is_none() {
+                    first_error = r.first_error.map(|e| e.to_string());
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("sender task failed: {e}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    if let Ok(p) = Arc::try_unwrap(producer) {
+        let _ = p.close().await;
+    }
+    let bytes = acked * a.record_size;
+    let (records_per_sec, mb_per_sec) = throughput(acked, bytes, elapsed);
+    Ok(BenchReport {
+        kind: "produce".into(),
+        topic: a.topic.clone(),
+        records: acked,
+        errors,
+        bytes,
+        elapsed_s: elapsed.as_secs_f64(),
+        records_per_sec,
+        mb_per_sec,
+        latency_kind: "ack".into(),
+        latency: latency.summary(),
+        first_error,
+    })
+}
+
+async fn consume(ctx: &Ctx, a: &BenchConsumeArgs) -> Result<BenchReport> {
+    let client = ctx.client()?;
+    let partitions =
+        client.partition_count(&a.topic).await.map_err(|e| ctx.err(format!("read topic {}", a.topic), e))?;
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions {
+        let (_, end) = partition_bounds(&client, &a.topic, p)
+            .await
+            .map_err(|e| ctx.err(format!("read the bounds of {}/{p}", a.topic), e))?;
+        ends.insert(p, end);
+    }
+    let config = ConsumerConfig {
+        group: None,
+        max_bytes: u32::try_from(a.fetch_bytes).unwrap_or(u32::MAX),
+        max_wait_ms: 100,
+        offset_reset: OffsetReset::Earliest,
+    };
+    let mut consumer = client.consumer(config);
+    consumer.assign(&a.topic, 0..partitions);
+    let pb = progress_bar(a.records, "consume");
+    let mut latency = LatencyRecorder::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    while records < a.records {
+        let done = ends.iter().all(|(p, end)| consumer.position(&a.topic, *p).is_some_and(|pos| pos >= *end));
+        if done {
+            break;
+        }
+        let t0 = Instant::now();
+        let batch = consumer.poll().await.map_err(|e| ctx.err(format!("consume {}", a.topic), e))?;
+        latency.record(t0.elapsed());
+        for r in batch.iter().take((a.records - records) as usize) {
+            records += 1;
+            bytes += (r.value.len() + r.key.as_ref().map_or(0, Bytes::len)) as u64;
+        }
+        pb.set_position(records);
+    }
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    if records < a.records {
+        eprintln!("the topic held {records} records, fewer than the {} asked for", a.records);
+    }
+    let (records_per_sec, mb_per_sec) = throughput(records, bytes, elapsed);
+    Ok(BenchReport {
+        kind: "consume".into(),
+        topic: a.topic.clone(),
+        records,
+        errors: 0,
+        bytes,
+        elapsed_s: elapsed.max(Duration::from_nanos(1)).as_secs_f64(),
+        records_per_sec,
+        mb_per_sec,
+        latency_kind: "fetch".into(),
+        latency: latency.summary(),
+        first_error: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_lists_every_percentile() {
+        let mut l = LatencyRecorder::new();
+        l.record(Duration::from_millis(2));
+        let r = BenchReport {
+            kind: "produce".into(),
+            topic: "b".into(),
+            records: 10,
+            errors: 0,
+            bytes: 5120,
+            elapsed_s: 1.0,
+            records_per_sec: 10.0,
+            mb_per_sec: 0.005,
+            latency_kind: "ack".into(),
+            latency: l.summary(),
+            first_error: None,
+        };
+        let text = report_text(&r);
+        for name in ["p50", "p95", "p99", "p99.9", "max", "10.0 records/s"] {
+            assert!(text.contains(name), "{name} missing in {text}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&output::to_json(&r).unwrap()).unwrap();
+        assert_eq!(json["records"], 10);
+        assert!(json["latency"]["p999_ms"].as_f64().unwrap() > 1.9);
+    }
+}

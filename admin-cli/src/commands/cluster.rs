@@ -1,0 +1,374 @@
+//! `shale cluster status|add-node|remove-node|transfer-leader`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use shale_client::proto::admin_client::AdminClient;
+use shale_client::proto::{self, ClusterStatusRequest};
+use shale_client::{Client, ClientError};
+
+use crate::cli::ClusterCommand;
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::output::{self, Table, id_list};
+
+/// How long `cluster status` waits for each member's own answer.
+pub const MEMBER_PROBE_TIMEOUT_MS: u64 = 2_000;
+
+/// The whole `cluster status` report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    /// The node that answered the first request.
+    pub answered_by: u64,
+    /// Every member with its health.
+    pub members: Vec<MemberView>,
+    /// The metadata group, as its leader sees it (else as any member does).
+    pub meta: Option<GroupView>,
+    /// Every partition group, each as its leader sees it (else as any replica does).
+    pub partitions: Vec<GroupView>,
+}
+
+/// One member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: u64,
+    /// Advertised gRPC address.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// `up` when it answered a status request directly, else `unreachable`.
+    pub health: String,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Groups (metadata and partitions) it leads.
+    pub leader_of: u32,
+}
+
+/// One Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupView {
+    /// `meta` or `topic/partition`.
+    pub name: String,
+    /// Topic ("" for the metadata group).
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Leader node id (0: none).
+    pub leader: u64,
+    /// Replica node ids.
+    pub replicas: Vec<u64>,
+    /// Raft term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub apply_index: u64,
+    /// Partition log end.
+    pub log_end: u64,
+    /// Per replica lag behind the leader's log, when the reporter is the leader.
+    pub lag: Vec<ReplicaLagView>,
+    /// The node whose view this is.
+    pub reported_by: u64,
+}
+
+/// One replica's replication progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaLagView {
+    /// Replica node id.
+    pub node: u64,
+    /// Last index the leader knows it holds.
+    pub matched_index: Option<u64>,
+    /// Entries behind the leader.
+    pub lag: u64,
+}
+
+impl GroupView {
+    /// From the wire form, as reported by `reporter`.
+    pub fn from_proto(g: &proto::GroupStatus, reporter: u64) -> Self {
+        Self {
+            name: g.name.clone(),
+            topic: g.topic.clone(),
+            partition: g.partition,
+            leader: g.leader_id,
+            replicas: g.replicas.clone(),
+            term: g.term,
+            last_log_index: g.last_log_index,
+            commit_index: g.commit_index,
+            apply_index: g.apply_index,
+            log_end: g.log_end,
+            lag: g
+                .progress
+                .iter()
+                .map(|p| ReplicaLagView { node: p.node_id, matched_index: p.matched_index, lag: p.lag })
+                .collect(),
+            reported_by: reporter,
+        }
+    }
+
+    /// True when this view is the group leader's own.
+    pub fn from_leader(&self) -> bool {
+        self.leader != 0 && self.leader == self.reported_by
+    }
+
+    /// The largest lag of any replica, when known.
+    pub fn max_lag(&self) -> Option<u64> {
+        self.lag.iter().filter(|l| l.matched_index.is_some()).map(|l| l.lag).max()
+    }
+}
+
+/// Keeps, per group, the best view: the leader's own, else the one with the highest term
+/// (then the highest commit index).
+pub fn merge_views(views: impl IntoIterator<Item = GroupView>) -> Vec<GroupView> {
+    let mut best: BTreeMap<(String, u32), GroupView> = BTreeMap::new();
+    for v in views {
+        let key = (v.topic.clone(), v.partition);
+        let better = match best.get(&key) {
+            None => true,
+            Some(cur) => (v.from_leader(), v.term, v.commit_index) > (cur.from_leader(), cur.term, cur.commit_index),
+        };
+        if better {
+            best.insert(key, v);
+        }
+    }
+    best.into_values().collect()
+}
+
+/// Counts groups led by each node.
+fn leader_counts(meta: Option<&GroupView>, partitions: &[GroupView]) -> BTreeMap<u64, u32> {
+    let mut counts = BTreeMap::new();
+    for g in meta.into_iter().chain(partitions) {
+        if g.leader != 0 {
+            *counts.entry(g.leader).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The `cluster status` text.
+pub fn status_table(v: &ClusterView) -> String {
+    let mut members = Table::new(["id", "addr", "role", "health", "leads"]);
+    for m in &v.members {
+        let health = match &m.error {
+            Some(e) => format!("{} ({e})", m.health),
+            None => m.health.clone(),
+        };
+        members.row([m.id.to_string(), m.addr.clone(), m.role.clone(), health, m.leader_of.to_string()]);
+    }
+    let mut groups = Table::new(["group", "leader", "replicas", "term", "commit", "applied", "log end", "lag"]);
+    for g in v.meta.iter().chain(&v.partitions) {
+        let lag = if g.from_leader() {
+            g.lag
+                .iter()
+                .map(|l| match l.matched_index {
+                    Some(_) => format!("{}:{}", l.node, l.lag),
+                    None => format!("{}:?", l.node),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            "unknown (leader did not answer)".to_string()
+        };
+        let leader = if g.leader == 0 { "none".to_string() } else { g.leader.to_string() };
+        groups.row([
+            g.name.clone(),
+            leader,
+            id_list(&g.replicas),
+            g.term.to_string(),
+            g.commit_index.to_string(),
+            g.apply_index.to_string(),
+            g.log_end.to_string(),
+            lag,
+        ]);
+    }
+    format!("MEMBERS (answered by node {})\n{}\nGROUPS\n{}", v.answered_by, members.render(), groups.render())
+}
+
+/// Asks one member directly for its status (no retries, no forwarding).
+async fn probe(client: &Client, addr: &str) -> std::result::Result<proto::ClusterStatusResponse, ClientError> {
+    let channel = client.channel(addr)?;
+    let mut req = tonic::Request::new(ClusterStatusRequest {});
+    req.set_timeout(Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS));
+    let mut admin = AdminClient::new(channel);
+    match tokio::time::timeout(Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS), admin.cluster_status(req)).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(ClientError::from_status(status)),
+        Err(_) => Err(ClientError::Status { code: tonic::Code::DeadlineExceeded, message: "no answer in time".into() }),
+    }
+}
+
+/// Gathers the cluster's status from every member.
+pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
+    let client = ctx.client()?;
+    let first = client.admin().cluster_status().await.map_err(|e| ctx.err("read cluster status", e))?;
+    let probes = futures::future::join_all(first.members.iter().map(|m| probe(&client, &m.addr))).await;
+    let mut metas = Vec::new();
+    let mut partitions = Vec::new();
+    let mut members = Vec::new();
+    for (m, answer) in first.members.iter().zip(probes) {
+        let (health, error) = match answer {
+            Ok(status) => {
+                metas.extend(status.meta.as_ref().map(|g| GroupView::from_proto(g, status.node_id)));
+                partitions.extend(status.partitions.iter().map(|g| GroupView::from_proto(g, status.node_id)));
+                ("up".to_string(), None)
+            }
+            Err(e) => ("unreachable".to_string(), Some(e.to_string())),
+        };
+        members.push(MemberView { id: m.id, addr: m.addr.clone(), role: m.role.clone(), health, error, leader_of: 0 });
+    }
+    // The first answer counts too (its node may not be listed, e.g. while it joins).
+    metas.extend(first.meta.as_ref().map(|g| GroupView::from_proto(g, first.node_id)));
+    partitions.extend(first.partitions.iter().map(|g| GroupView::from_proto(g, first.node_id)));
+    let meta = merge_views(metas).into_iter().next();
+    let partitions = merge_views(partitions);
+    let counts = leader_counts(meta.as_ref(), &partitions);
+    for m in &mut members {
+        m.leader_of = counts.get(&m.id).copied().unwrap_or(0);
+    }
+    members.sort_by_key(|m| m.id);
+    Ok(ClusterView { answered_by: first.node_id, members, meta, partitions })
+}
+
+/// The members table of `add-node` / `remove-node`.
+fn members_table(members: &[MemberRow]) -> String {
+    let mut t = Table::new(["id", "addr", "role"]);
+    for m in members {
+        t.row([m.id.to_string(), m.addr.clone(), m.role.clone()]);
+    }
+    t.render()
+}
+
+/// A member as `add-node` / `remove-node` print it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberRow {
+    /// Node id.
+    pub id: u64,
+    /// Advertised address.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+fn rows(members: &[proto::NodeInfo]) -> Vec<MemberRow> {
+    let mut v: Vec<MemberRow> =
+        members.iter().map(|m| MemberRow { id: m.id, addr: m.addr.clone(), role: m.role.clone() }).collect();
+    v.sort_by_key(|m| m.id);
+    v
+}
+
+/// Runs a `cluster` command.
+pub async fn run(ctx: &Ctx, command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status(o) => {
+            let view = gather(ctx).await?;
+            output::emit(o.output, &view, status_table)
+        }
+        ClusterCommand::AddNode { node_id, addr, output } => {
+            let admin = ctx.client()?.admin();
+            let members =
+                admin.add_node(node_id, &addr).await.map_err(|e| ctx.err(format!("add node {node_id}"), e))?;
+            eprintln!("added node {node_id} ({addr})");
+            output::emit(output.output, &rows(&members), |m| members_table(m))
+        }
+        ClusterCommand::RemoveNode { node_id, output } => {
+            let admin = ctx.client()?.admin();
+            let members = admin.remove_node(node_id).await.map_err(|e| ctx.err(format!("remove node {node_id}"), e))?;
+            eprintln!("removed node {node_id}");
+            output::emit(output.output, &rows(&members), |m| members_table(m))
+        }
+        ClusterCommand::TransferLeader { topic, partition, to } => {
+            let admin = ctx.client()?.admin();
+            let leader = admin
+                .transfer_leader(&topic, partition, to)
+                .await
+                .map_err(|e| ctx.err(format!("transfer leadership of {topic}/{partition} to node {to}"), e))?;
+            output::print_stdout(&format!("{topic}/{partition}: leader is now node {leader}\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(topic: &str, leader: u64, reporter: u64, term: u64) -> GroupView {
+        GroupView {
+            name: format!("{topic}/0"),
+            topic: topic.into(),
+            partition: 0,
+            leader,
+            replicas: vec![1, 2, 3],
+            term,
+            last_log_index: 10,
+            commit_index: 10,
+            apply_index: 10,
+            log_end: 11,
+            lag: vec![
+                ReplicaLagView { node: 1, matched_index: Some(10), lag: 0 },
+                ReplicaLagView { node: 2, matched_index: Some(7), lag: 3 },
+                ReplicaLagView { node: 3, matched_index: None, lag: 0 },
+            ],
+            reported_by: reporter,
+        }
+    }
+
+    #[test]
+    fn merge_prefers_the_leaders_view_then_the_newest_term() {
+        let merged = merge_views([group("a", 1, 2, 5), group("a", 1, 1, 5), group("a", 1, 3, 5)]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].reported_by, 1);
+        let merged = merge_views([group("b", 0, 2, 4), group("b", 0, 3, 6)]);
+        assert_eq!(merged[0].reported_by, 3);
+        assert_eq!(merge_views([group("a", 1, 1, 1), group("b", 2, 2, 1)]).len(), 2);
+    }
+
+    #[test]
+    fn max_lag_ignores_unknown_progress() {
+        assert_eq!(group("a", 1, 1, 1).max_lag(), Some(3));
+    }
+
+    #[test]
+    fn status_table_shows_health_leads_and_lag() {
+        let v = ClusterView {
+            answered_by: 1,
+            members: vec![
+                MemberView {
+                    id: 1,
+                    addr: "h:1".into(),
+                    role: "voter".into(),
+                    health: "up".into(),
+                    error: None,
+                    leader_of: 1,
+                },
+                MemberView {
+                    id: 2,
+                    addr: "h:2".into(),
+                    role: "voter".into(),
+                    health: "unreachable".into(),
+                    error: Some("connection refused".into()),
+                    leader_of: 0,
+                },
+            ],
+            meta: None,
+            partitions: vec![group("a", 1, 1, 2), group("b", 1, 2, 2)],
+        };
+        let text = status_table(&v);
+        assert!(text.contains("unreachable (connection refused)"), "{text}");
+        assert!(text.contains("1:0 2:3 3:?"), "{text}");
+        assert!(text.contains("unknown (leader did not answer)"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&output::to_json(&v).unwrap()).unwrap();
+        assert_eq!(json["members"][1]["health"], "unreachable");
+    }
+
+    #[test]
+    fn leader_counts_cover_meta_and_partitions() {
+        let meta = group("", 2, 2, 1);
+        let counts = leader_counts(Some(&meta), &[group("a", 2, 2, 1), group("b", 1, 1, 1), group("c", 0, 1, 1)]);
+        assert_eq!(counts.get(&2), Some(&2));
+        assert_eq!(counts.get(&1), Some(&1));
+        assert_eq!(counts.get(&0), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! `shale consume TOPIC`: print records, stop at the log end (or follow), optionally as a group.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Serialize;
+use shale_client::{ConsumedRecord, ConsumerConfig, OffsetReset};
+
+use crate::cli::{ConsumeArgs, RecordFormat};
+use crate::commands::{partition_bounds, select_partitions};
+use crate::context::Ctx;
+use crate::error::{CliError, Result};
+use crate::output::{hex, to_json_line};
+
+/// Long-poll wait per poll when following.
+const FOLLOW_WAIT_MS: u32 = 500;
+/// Long-poll wait per poll when reading up to the log end (only met on a gap at the end).
+const DRAIN_WAIT_MS: u32 = 100;
+/// How often a following group consumer commits what it printed.
+const FOLLOW_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Bytes as JSON: a UTF-8 string when they are one, else base64 in a sibling field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeaderView {
+    /// Header name.
+    pub key: String,
+    /// The value, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value in base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// One record as `--format json` prints it (one object per line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordView {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Key, when present and UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Key in base64, when present and not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    /// Value, when UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Value in base64, when not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    /// Headers in order.
+    pub headers: Vec<HeaderView>,
+    /// Chain hash (hex).
+    pub chain_hash: String,
+}
+
+/// `(utf8, base64)`: exactly one is set.
+fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+    }
+}
+
+impl RecordView {
+    /// From a consumed record.
+    pub fn from_record(r: &ConsumedRecord) -> Self {
+        let (key, key_base64) = match &r.key {
+            Some(k) => text_or_base64(k),
+            None => (None, None),
+        };
+        let (value, value_base64) = text_or_base64(&r.value);
+        Self {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key,
+            key_base64,
+            value,
+            value_base64,
+            headers: r
+                .headers
+                .iter()
+                .map(|h| {
+                    let (value, value_base64) = text_or_base64(&h.value);
+                    HeaderView { key: h.key.clone(), value, value_base64 }
+                })
+                .collect(),
+            chain_hash: hex(&r.chain_hash, false),
+        }
+    }
+}
+
+/// How records are written out.
+#[derive(Clone, Copy, Debug)]
+pub struct Printer {
+    /// Plain or JSON lines.
+    pub format: RecordFormat,
+    /// Plain: prefix the key.
+    pub print_key: bool,
+    /// Plain: prefix `partition:offset`.
+    pub print_offset: bool,
+}
+
+impl Printer {
+    /// Writes one record (one line; plain values are written as is).
+    pub fn write(&self, out: &mut impl Write, r: &ConsumedRecord) -> Result<()> {
+        match self.format {
+            RecordFormat::Json => {
+                let line = to_json_line(&RecordView::from_record(r))?;
+                writeln!(out, "{line}").map_err(CliError::Output)
+            }
+            RecordFormat::Plain => {
+                let mut write = || -> std::io::Result<()> {
+                    if self.print_offset {
+                        write!(out, "{}:{}\t", r.partition, r.offset)?;
+                    }
+                    if self.print_key {
+                        out.write_all(r.key.as_deref().unwrap_or(b""))?;
+                        out.write_all(b"\t")?;
+                    }
+                    out.write_all(&r.value)?;
+                    out.write_all(b"\n")
+                };
+                write().map_err(CliError::Output)
+            }
+        }
+    }
+}
+
+/// True once every partition's position has reached the end seen at start.
+pub fn reached_ends(positions: &BTreeMap<u32, Option<u64>>, ends: &BTreeMap<u32, u64>) -> bool {
+    ends.iter().all(|(p, end)| positions.get(p).copied().flatten().is_some_and(|pos| pos >= *end))
+}
+
+/// Runs `shale consume`.
+pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
+    let client = ctx.client()?;
+    let topic = a.topic.clone();
+    let partitions = select_partitions(&client, &topic, &a.partitions)
+        .await
+        .map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
+    let offset_reset = if a.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    let config = ConsumerConfig {
+        group: a.group.clone(),
+        max_bytes: 1 << 20,
+        max_wait_ms: if a.follow { FOLLOW_WAIT_MS } else { DRAIN_WAIT_MS },
+        offset_reset,
+    };
+    let mut consumer = client.consumer(config);
+    consumer.assign(&topic, partitions.iter().copied());
+    if let Some(offset) = a.offset {
+        for &p in &partitions {
+            consumer.seek(&topic, p, offset);
+        }
+    }
+    let mut ends = BTreeMap::new();
+    if !a.follow {
+        for &p in &partitions {
+            let (_, end) = partition_bounds(&client, &topic, p)
+                .await
+                .map_err(|e| ctx.err(format!("read the bounds of {topic}/{p}"), e))?;
+            ends.insert(p, end);
+        }
+    }
+    let printer = Printer { format: a.format, print_key: a.print_key, print_offset: a.print_offset };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let mut last_printed: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    'outer: loop {
+        if a.max_records.is_some_and(|max| printed >= max) {
+            break;
+        }
+        if !a.follow {
+            let positions = partitions.iter().map(|&p| (p, consumer.position(&topic, p))).collect();
+            if reached_ends(&positions, &ends) {
+                break;
+            }
+        }
+        let records = tokio::select! {
+            r = consumer.poll() => r.map_err(|e| ctx.err(format!("consume {topic}"), e))?,
+            _ = &mut ctrl_c => break 'outer,
+        };
+        for r in &records {
+            printer.write(&mut out, r)?;
+            last_printed.insert(r.partition, r.offset);
+            printed += 1;
+            if a.max_records.is_some_and(|max| printed >= max) {
+                break;
+            }
+        }
+        out.flush().map_err(CliError::Output)?;
+        if a.follow && a.group.is_some() && last_commit.elapsed() >= FOLLOW_COMMIT_INTERVAL {
+            commit(ctx, &consumer, &topic, &last_printed).await?;
+            last_commit = Instant::now();
+        }
+    }
+    out.flush().map_err(CliError::Output)?;
+    drop(out);
+    if a.group.is_some() {
+        commit(ctx, &consumer, &topic, &last_printed).await?;
+    }
+    if printed == 0 && !a.follow && a.offset.is_none() && !a.from_beginning && a.group.is_none() {
+        eprintln!("no new records: consume starts at the log end; use --from-beginning, --offset N or --follow");
+    }
+    tracing::info!(printed, "consume done");
+    Ok(())
+}
+
+/// Commits, for the group, one past the last printed record of each partition.
+async fn commit(
+    ctx: &Ctx,
+    consumer: &shale_client::Consumer,
+    topic: &str,
+    last_printed: &BTreeMap<u32, u64>,
+) -> Result<()> {
+    let offsets: Vec<(String, u32, u64)> = last_printed.iter().map(|(p, o)| (topic.to_string(), *p, o + 1)).collect();
+    consumer.commit_offsets(&offsets).await.map_err(|e| ctx.err("commit the group's offsets", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use shale_client::Header;
+
+    use super::*;
+
+    fn record(value: &[u8], key: Option<&[u8]>) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "t".into(),
+            partition: 1,
+            offset: 42,
+            chain_hash: [7; 32],
+            key: key.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(value),
+            headers: vec![Header { key: "h".into(), value: Bytes::from_static(&[0xff, 0x00]) }],
+            timestamp_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn print(p: Printer, r: &ConsumedRecord) -> String {
+        let mut buf = Vec::new();
+        p.write(&mut buf, r).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn plain_prints_the_value_with_optional_prefixes() {
+        let r = record(b"hello", Some(b"k"));
+        let p = Printer { format: RecordFormat::Plain, print_key: false, print_offset: false };
+        assert_eq!(print(p, &r), "hello\n");
+        let p = Printer { format: RecordFormat::Plain, print_key: true, print_offset: true };
+        assert_eq!(print(p, &r), "1:42\tk\thello\n");
+    }
+
+    #[test]
+    fn json_lines_parse_and_binary_goes_base64() {
+        let r = record(&[0xff, 0xfe], None);
+        let p = Printer { format: RecordFormat::Json, print_key: false, print_offset: false };
+        let line = print(p, &r);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["offset"], 42);
+        assert_eq!(v["value_base64"], "//4=");
+        assert!(v.get("value").is_none());
+        assert!(v.get("key").is_none());
+        assert_eq!(v["headers"][0]["value_base64"], "/wA=");
+        assert_eq!(v["chain_hash"].as_str().unwrap().len(), 64);
+        let text = RecordView::from_record(&record(b"hi", Some(b"user")));
+        assert_eq!(text.value.as_deref(), Some("hi"));
+        assert_eq!(text.key.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn ends_are_reached_only_when_every_position_is_known_and_past() {
+        let ends = BTreeMap::from([(0, 10), (1, 0)]);
+        assert!(!reached_ends(&BTreeMap::from([(0, Some(10)), (1, None)]), &ends));
+        assert!(!reached_ends(&BTreeMap::from([(0, Some(9)), (1, Some(0))]), &ends));
+        assert!(reached_ends(&BTreeMap::from([(0, Some(12)), (1, Some(0))]), &ends));
+    }
+}
