@@ -13,8 +13,8 @@ use crate::error::{CorruptionReason, Result, StorageError};
 use crate::record::decode_record;
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
-/// Bytes read per I/O by a sequential scan.
-const SCAN_CHUNK_BYTES: u64 = 8 << 20;
+/// Bytes read per I/O by a sequential scan (and the most a ranged read reads at once).
+const SCAN_CHUNK_BYTES: u64 = 2 << 20;
 /// Smallest read a ranged read makes.
 const MIN_READ_BYTES: u64 = 64 << 10;
 
@@ -48,7 +48,7 @@ impl Storage {
         // One record past the range is read too (when there is one), so the last returned
         // record's hash is checked against its successor's link.
         let stop = end.plus(1).min(c.next());
-        let hint = (max_bytes as u64).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
+        let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
         self.walk(&h, &c, anchor_at, anchor, stop, hint, |r| {
             if r.offset < from {
                 return true;
@@ -177,6 +177,9 @@ impl Storage {
     /// verified record until it returns false (right after the record it was given). Returns the
     /// hash of the last record verified. Reaching the end of the stream also checks the result
     /// against the in-memory head; passing a sparse-table offset checks against the table.
+    ///
+    /// Reads go in chunks of about `chunk_bytes`; when more than one chunk is needed, a helper
+    /// thread reads chunk k+1 while this one verifies chunk k.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn walk(
         &self,
@@ -191,65 +194,50 @@ impl Storage {
         let stream = h.id;
         let mut expected_prev = anchor;
         let mut offset = start;
-        // Where the previous verified record lies, to blame it when its successor's link fails.
-        let mut last: Option<(String, u64)> = None;
+        // Where the previous verified record lies (segment index, byte position), to blame it
+        // when its successor's link fails.
+        let mut last: Option<(usize, u64)> = None;
         let mut new_anchors = Vec::new();
-        let mut seg_i = c.segment_index(start);
-        let result = 'outer: loop {
-            if offset >= stop {
-                break Ok(());
-            }
-            let Some(seg) = c.segments.get(seg_i) else { break Ok(()) };
-            if offset >= seg.end() {
-                seg_i += 1;
-                continue;
-            }
-            let name = seg.name();
-            let i = (offset.get() - seg.base.get()) as usize;
-            let from_pos = seg.positions[i];
-            let limit = (stop.get() - seg.base.get()).min(seg.positions.len() as u64) as usize;
-            let j = seg.positions[..limit].partition_point(|&p| p < from_pos + chunk_bytes).max(i + 1);
-            let to_pos = seg.span(j - 1).1;
-            let buf = match read_bytes(seg.file.as_ref(), from_pos, to_pos) {
-                Ok(b) => b,
-                Err(e) => break Err(e(&h.dir.join(&name))),
-            };
+        let read = |ch: &Chunk| {
+            let seg = &c.segments[ch.seg_i];
+            read_bytes(seg.file.as_ref(), ch.from_pos, ch.to_pos).map_err(|e| e(&h.dir.join(seg.name())))
+        };
+        // Verifies one chunk; Ok(false) once `visit` asked to stop.
+        let mut verify_chunk = |ch: &Chunk, buf: &Bytes| -> Result<bool> {
+            let seg = &c.segments[ch.seg_i];
             let mut at = 0usize;
-            for k in i..j {
-                let position = from_pos + at as u64;
+            for k in ch.i..ch.j {
+                let position = ch.from_pos + at as u64;
                 let corrupt = |offset: Offset, reason| StorageError::Corruption {
                     stream,
-                    file: name.clone(),
+                    file: seg.name(),
                     position,
                     offset: Some(offset),
                     reason,
                 };
-                let view = match decode_record(&buf, at) {
-                    Ok(v) => v,
-                    Err(d) => break 'outer Err(corrupt(offset, d.reason)),
-                };
+                let view = decode_record(buf, at).map_err(|d| corrupt(offset, d.reason))?;
                 if view.offset != offset {
-                    break 'outer Err(corrupt(
+                    return Err(corrupt(
                         offset,
                         CorruptionReason::OffsetSequence { expected: offset, found: view.offset },
                     ));
                 }
-                let expected_len = (seg.span(k).1 - seg.span(k).0) as usize;
-                if view.len != expected_len {
-                    break 'outer Err(corrupt(
+                let (span_start, span_end) = seg.span(k);
+                if view.len as u64 != span_end - span_start {
+                    return Err(corrupt(
                         offset,
-                        CorruptionReason::BadLength { length: view.len as u64, limit: expected_len as u64 },
+                        CorruptionReason::BadLength { length: view.len as u64, limit: span_end - span_start },
                     ));
                 }
                 if view.prev_hash != expected_prev || (offset == Offset::ZERO && view.prev_hash != ChainHash::ZERO) {
                     // The link into this record is broken: the record before it (whose payload
                     // no longer hashes to what this record remembers) is the one to name, unless
                     // there is none in this walk and the anchor itself disagrees.
-                    break 'outer Err(match &last {
-                        Some((file, pos)) => StorageError::Corruption {
+                    return Err(match last {
+                        Some((seg_i, pos)) => StorageError::Corruption {
                             stream,
-                            file: file.clone(),
-                            position: *pos,
+                            file: c.segments[seg_i].name(),
+                            position: pos,
                             offset: Some(Offset::new(offset.get() - 1)),
                             reason: CorruptionReason::ChainMismatch { expected: view.prev_hash, found: expected_prev },
                         },
@@ -260,10 +248,7 @@ impl Storage {
                     });
                 }
                 let stored = buf.slice(view.payload_at..view.payload_at + view.stored_len);
-                let payload = match self.decompress(stream, offset, view.codec, stored, view.uncompressed_len) {
-                    Ok(p) => p,
-                    Err(e) => break 'outer Err(e),
-                };
+                let payload = self.decompress(stream, offset, view.codec, stored, view.uncompressed_len)?;
                 let hash = chain_hash(offset, &view.prev_hash, &payload);
                 let after = offset.plus(1);
                 let trusted = if after == c.next() {
@@ -276,20 +261,45 @@ impl Storage {
                 if let Some(t) = trusted
                     && t != hash
                 {
-                    break 'outer Err(corrupt(offset, CorruptionReason::ChainMismatch { expected: t, found: hash }));
+                    return Err(corrupt(offset, CorruptionReason::ChainMismatch { expected: t, found: hash }));
                 }
                 if trusted.is_none() && after.get().is_multiple_of(ANCHOR_INTERVAL) {
                     new_anchors.push((after, hash));
                 }
                 let rec = Verified { offset, prev_hash: view.prev_hash, hash, payload };
                 expected_prev = hash;
-                last = Some((name.clone(), position));
+                last = Some((ch.seg_i, position));
                 offset = after;
                 at += view.len;
                 if !visit(&rec) {
-                    break 'outer Ok(());
+                    return Ok(false);
                 }
             }
+            Ok(true)
+        };
+        let result = match plan_chunk(c, start, stop, chunk_bytes) {
+            None => Ok(()),
+            Some(first) if first.end(c) >= stop => read(&first).and_then(|buf| verify_chunk(&first, &buf).map(|_| ())),
+            Some(first) => std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Chunk, Result<Bytes>)>(1);
+                scope.spawn(move || {
+                    let mut next = Some(first);
+                    while let Some(ch) = next {
+                        next = plan_chunk(c, ch.end(c), stop, chunk_bytes);
+                        let buf = read(&ch);
+                        let failed = buf.is_err();
+                        if tx.send((ch, buf)).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                for (ch, buf) in rx {
+                    if !verify_chunk(&ch, &buf?)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }),
         };
         h.add_anchors(new_anchors);
         result.map(|()| expected_prev)
@@ -330,4 +340,38 @@ pub(crate) fn read_bytes(
         Ok(()) => Ok(buf.freeze()),
         Err(e) => Err(move |path: &std::path::Path| io_err("read", path)(e)),
     }
+}
+
+/// Records `[i, j)` of segment `seg_i`, at bytes `[from_pos, to_pos)` of its file.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    seg_i: usize,
+    i: usize,
+    j: usize,
+    from_pos: u64,
+    to_pos: u64,
+}
+
+impl Chunk {
+    /// The offset after its last record.
+    fn end(&self, c: &StreamCore) -> Offset {
+        c.segments[self.seg_i].base.plus(self.j as u64)
+    }
+}
+
+/// The next chunk of about `chunk_bytes` (at least one record) from `offset`, short of `stop`.
+fn plan_chunk(c: &StreamCore, offset: Offset, stop: Offset, chunk_bytes: u64) -> Option<Chunk> {
+    if offset >= stop {
+        return None;
+    }
+    let mut seg_i = c.segment_index(offset);
+    while c.segments.get(seg_i).is_some_and(|s| offset >= s.end()) {
+        seg_i += 1;
+    }
+    let seg = c.segments.get(seg_i)?;
+    let i = (offset.get() - seg.base.get()) as usize;
+    let from_pos = seg.positions[i];
+    let limit = (stop.get() - seg.base.get()).min(seg.positions.len() as u64) as usize;
+    let j = seg.positions[..limit].partition_point(|&p| p < from_pos + chunk_bytes).max(i + 1);
+    Some(Chunk { seg_i, i, j, from_pos, to_pos: seg.span(j - 1).1 })
 }
