@@ -45,7 +45,7 @@ fn readers_see_verified_consistent_data_while_the_stream_changes() {
                         Err(StorageError::OffsetOutOfRange { .. }) => {} // compacted meanwhile
                         Err(e) => panic!("reader {r}: {e}"),
                     }
-                    if reads % 16 == 0 {
+                    if reads.is_multiple_of(16) {
                         s.verify_chain(S).unwrap();
                     }
                     reads += 1;
@@ -58,7 +58,7 @@ fn readers_see_verified_consistent_data_while_the_stream_changes() {
         let s = s.clone();
         std::thread::spawn(move || {
             for i in 0..300u64 {
-                s.append_batch(StreamId::new(10), vec![payload(i)], Offset::new(i), i % 10 == 0).unwrap();
+                s.append_batch(StreamId::new(10), vec![payload(i)], Offset::new(i), i.is_multiple_of(10)).unwrap();
             }
         })
     };
@@ -66,7 +66,7 @@ fn readers_see_verified_consistent_data_while_the_stream_changes() {
     for round in 0..300u64 {
         let n = 1 + round % 7;
         next = s
-            .append_batch(S, (next..next + n).map(payload).collect(), Offset::new(next), round % 3 == 0)
+            .append_batch(S, (next..next + n).map(payload).collect(), Offset::new(next), round.is_multiple_of(3))
             .unwrap()
             .get();
         if round % 25 == 24 {
