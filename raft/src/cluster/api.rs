@@ -1,0 +1,471 @@
+//! The public domain types of the cluster layer: what the node's gRPC layer sends in and gets back.
+//!
+//! Everything here is plain data (no Raft, no tonic). The node converts its protobuf messages to and
+//! from these types in one place; the [`crate::cluster::Cluster`] handle speaks only these.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use shale_storage::{ChainHash, CodecKind, StorageError};
+
+pub use crate::{GroupId, NodeId};
+
+/// The Raft group that holds the cluster metadata.
+pub const METADATA_GROUP: GroupId = GroupId::METADATA;
+
+/// Limits every request is checked against; the limit is named in the error when it is hit.
+pub mod limits {
+    /// Longest topic name, in bytes (Kafka's limit).
+    pub const MAX_TOPIC_NAME_BYTES: usize = 249;
+    /// Most partitions one topic may have (the partition number must fit the group-id layout).
+    pub const MAX_PARTITIONS: u32 = 4096;
+    /// Longest consumer-group name, in bytes.
+    pub const MAX_GROUP_NAME_BYTES: usize = 249;
+    /// Largest encoded record (key + value + headers + framing).
+    pub const MAX_RECORD_BYTES: usize = 4 << 20;
+    /// Most records one produce call may carry.
+    pub const MAX_RECORDS_PER_PRODUCE: usize = 10_000;
+    /// Most headers one record may carry.
+    pub const MAX_HEADERS: usize = 256;
+    /// Longest header name, in bytes.
+    pub const MAX_HEADER_NAME_BYTES: usize = 1024;
+    /// Longest gRPC address a member may advertise, in bytes.
+    pub const MAX_ADDR_BYTES: usize = 1024;
+    /// Longest wait a fetch may ask for (long poll).
+    pub const MAX_FETCH_WAIT_MS: u64 = 60_000;
+}
+
+/// A topic's number, allocated by the metadata group (never reused while the metadata lives).
+pub type TopicId = u32;
+
+/// How long a partition keeps records. `None` in a field means "no limit of that kind".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep at most about this many bytes per partition.
+    pub retention_bytes: Option<u64>,
+    /// Drop records older than this many milliseconds.
+    pub retention_ms: Option<u64>,
+}
+
+/// What a client asks for when creating a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
+    pub name: String,
+    /// Number of partitions, `1..=limits::MAX_PARTITIONS`.
+    pub partitions: u32,
+    /// Replicas per partition, `1..=` the number of cluster members.
+    pub replication_factor: u32,
+    /// Retention limits.
+    pub retention: RetentionPolicy,
+    /// Codec record values are compressed with (kept only where it makes a value smaller).
+    pub codec: CodecKind,
+}
+
+/// A change to a topic's settings; `None` fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicUpdate {
+    /// New retention limits.
+    pub retention: Option<RetentionPolicy>,
+    /// New codec for values produced from now on.
+    pub codec: Option<CodecKind>,
+}
+
+/// Where one partition lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionAssignment {
+    /// Partition number, `0..partitions`.
+    pub partition: u32,
+    /// The Raft group that replicates it (see [`partition_group_id`]).
+    pub group: GroupId,
+    /// Its replicas; the first is the preferred leader and initialises the group.
+    pub replicas: Vec<NodeId>,
+    /// 0 at creation, +1 each time the replica list changes. Only a replica that sees epoch 0
+    /// may initialise the group (a replica added later joins through the group's leader).
+    pub replica_epoch: u32,
+}
+
+/// A topic as the metadata holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: TopicId,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Retention limits.
+    pub retention: RetentionPolicy,
+    /// Value codec.
+    pub codec: CodecKind,
+    /// One entry per partition, in partition order.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// A topic with the live state of its partitions, as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// The metadata of the topic.
+    pub info: TopicInfo,
+    /// One entry per partition, in partition order.
+    pub partitions: Vec<PartitionState>,
+}
+
+/// The live state of one partition as known to this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Partition number.
+    pub partition: u32,
+    /// Its replicas (preferred leader first).
+    pub replicas: Vec<NodeId>,
+    /// The current leader and its address, if known here.
+    pub leader: Option<(NodeId, String)>,
+    /// First offset still held here (`None` if this node is not a replica).
+    pub log_start: Option<u64>,
+    /// One past the last committed and applied offset here (`None` if this node is not a replica).
+    pub high_watermark: Option<u64>,
+}
+
+/// Identifies an idempotent producer's batch: record `i` of the batch has sequence `base_sequence + i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerInfo {
+    /// Chosen by the producer; unique per producer session.
+    pub producer_id: u64,
+    /// Sequence of the batch's first record. Sequences of one producer must increase.
+    pub base_sequence: u64,
+}
+
+/// One record to produce.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProduceRecord {
+    /// Optional key.
+    pub key: Option<Bytes>,
+    /// The value.
+    pub value: Bytes,
+    /// Headers, in order (names need not be unique).
+    pub headers: Vec<(String, Bytes)>,
+    /// Producer-supplied time; `None` means the leader stamps its wall clock when proposing.
+    pub timestamp_ms: Option<u64>,
+}
+
+/// Where a produced record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducedOffset {
+    /// Its offset (the Raft log index of its entry).
+    pub offset: u64,
+    /// The storage chain hash at that offset (all replicas agree on it).
+    pub chain_hash: ChainHash,
+}
+
+/// One committed record, as a consumer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Its offset. Offsets increase but have gaps (Raft's own entries and duplicates are skipped).
+    pub offset: u64,
+    /// The storage chain hash at that offset.
+    pub chain_hash: ChainHash,
+    /// Key, if produced with one.
+    pub key: Option<Bytes>,
+    /// Value (decompressed).
+    pub value: Bytes,
+    /// Headers, in produce order.
+    pub headers: Vec<(String, Bytes)>,
+    /// Timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// The answer to a fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchResult {
+    /// Committed records from the requested offset, in offset order (possibly empty).
+    pub records: Vec<ConsumedRecord>,
+    /// First offset still held by the replica that answered.
+    pub log_start: u64,
+    /// One past the last committed record the replica that answered has applied. A consumer that
+    /// has read everything continues from here.
+    pub high_watermark: u64,
+}
+
+/// What a fetch asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First offset wanted (a gap offset reads from the next record).
+    pub offset: u64,
+    /// About this many bytes of values and keys at most (always at least one record if any).
+    pub max_bytes: usize,
+    /// If nothing is available, wait up to this long for new commits (capped at
+    /// `limits::MAX_FETCH_WAIT_MS`).
+    pub wait: Duration,
+}
+
+/// A consumer group's committed position in one partition, with its lag where known here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The committed offset (the next offset the group will read).
+    pub offset: u64,
+    /// The partition's high watermark, if this node is a replica of it.
+    pub high_watermark: Option<u64>,
+    /// `high_watermark - offset` (saturating), if the high watermark is known here.
+    pub lag: Option<u64>,
+}
+
+/// A cluster member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Its gRPC address (`host:port`).
+    pub addr: String,
+}
+
+/// The Raft state of one group as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// Topic and partition, for partition groups (`None` for the metadata group).
+    pub partition: Option<(String, u32)>,
+    /// Replicas per the metadata (for the metadata group: the voters).
+    pub replicas: Vec<NodeId>,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's current term.
+    pub term: u64,
+    /// Highest index known committed here.
+    pub commit_index: u64,
+    /// Highest index applied here.
+    pub applied_index: u64,
+    /// Last index in this node's log.
+    pub last_log_index: u64,
+    /// On the leader: each replica's lag (`last_log_index - matched`); empty elsewhere.
+    pub replica_lag: Vec<(NodeId, u64)>,
+}
+
+/// What `cluster_status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// Members per the metadata.
+    pub members: Vec<MemberInfo>,
+    /// The metadata group (absent before bootstrap).
+    pub metadata: Option<GroupStatus>,
+    /// Every partition group this node hosts, by topic then partition.
+    pub partitions: Vec<GroupStatus>,
+}
+
+/// What compacting a partition did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactOutcome {
+    /// The snapshot (checkpoint) the purge was bounded by: records below it are covered.
+    pub snapshot_index: u64,
+    /// The log start before.
+    pub log_start_before: u64,
+    /// The log start after.
+    pub log_start_after: u64,
+}
+
+/// The group id of a topic partition: `(topic_id << 16) | (partition + 1)`; never 0 (the metadata
+/// group) because `partition + 1 >= 1`.
+pub fn partition_group_id(topic: TopicId, partition: u32) -> GroupId {
+    debug_assert!(partition < limits::MAX_PARTITIONS);
+    GroupId((u64::from(topic) << 16) | u64::from(partition + 1))
+}
+
+/// Checks a topic name against the naming rules; `Err` says why not.
+pub fn validate_topic_name(name: &str) -> Result<(), ClusterError> {
+    let bad = |reason: &str| Err(ClusterError::InvalidTopicName { name: name.to_string(), reason: reason.to_string() });
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > limits::MAX_TOPIC_NAME_BYTES {
+        return bad("longer than 249 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are reserved");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Every way a cluster call can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// This node does not lead the group that must serve the call; retry at `leader` if known.
+    #[error("not the leader{}", leader.as_ref().map(|(id, addr)| format!("; leader is node {id} at {addr}")).unwrap_or_default())]
+    NotLeader {
+        /// The leader and its address, if known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// The metadata group is not initialised yet (call `bootstrap`).
+    #[error("the cluster is not bootstrapped yet")]
+    NotBootstrapped,
+    /// No topic of that name.
+    #[error("unknown topic {name:?}")]
+    UnknownTopic {
+        /// The name asked for.
+        name: String,
+    },
+    /// A topic of that name exists already.
+    #[error("topic {name:?} already exists")]
+    TopicExists {
+        /// The name.
+        name: String,
+    },
+    /// The topic has no such partition.
+    #[error("topic {topic:?} has {count} partitions; there is no partition {partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many it has.
+        count: u32,
+    },
+    /// This node is not a replica of the partition (ask one of `replicas`).
+    #[error("node does not host {topic}/{partition}; replicas are {replicas:?}")]
+    NotReplica {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Its replicas.
+        replicas: Vec<NodeId>,
+    },
+    /// The topic name breaks the naming rules.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName {
+        /// The name.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A request field is out of its allowed range.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The replication factor asks for more nodes than the cluster has.
+    #[error("replication factor {requested} needs {requested} nodes, the cluster has {available}")]
+    NotEnoughNodes {
+        /// Replicas asked for.
+        requested: u32,
+        /// Members available.
+        available: u32,
+    },
+    /// The fetch offset is outside what the replica holds.
+    #[error("offset {requested} is out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// First offset held.
+        start: u64,
+        /// The high watermark (reading at it waits for new data).
+        end: u64,
+    },
+    /// One encoded record is over the limit.
+    #[error("record {index} is {size} bytes encoded, over the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Its position in the produce batch.
+        index: usize,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An idempotent producer sent a sequence below what it already wrote, and the original
+    /// offsets are no longer remembered (outside the dedup window).
+    #[error(
+        "producer {producer_id}: sequence {sequence} was already written (last is {last_sequence}) and is outside the dedup window"
+    )]
+    DuplicateSequenceOutOfWindow {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence retried.
+        sequence: u64,
+        /// The last sequence written by that producer.
+        last_sequence: u64,
+    },
+    /// The node no longer has a member of that id / the member exists with another address.
+    #[error("member {id}: {reason}")]
+    Membership {
+        /// The node id.
+        id: NodeId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A quorum could not be reached in time.
+    #[error("timed out after {waited_ms} ms waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited_ms: u64,
+    },
+    /// The node is shutting down.
+    #[error("the cluster handle is shut down")]
+    Shutdown,
+    /// The Raft layer failed (other than "not leader" and timeouts, which map to their own variants).
+    #[error("raft: {0}")]
+    Raft(#[source] crate::RaftError),
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// Bytes from the log or a snapshot could not be decoded.
+    #[error("cannot decode {what}: {reason}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+impl From<crate::RaftError> for ClusterError {
+    /// Keeps "not leader" and timeouts actionable; everything else is wrapped.
+    fn from(e: crate::RaftError) -> Self {
+        match e {
+            crate::RaftError::NotLeader { leader, .. } => ClusterError::NotLeader { leader },
+            crate::RaftError::Timeout { group, what, timeout_ms } => {
+                ClusterError::Timeout { what: format!("{what} in group {group}"), waited_ms: timeout_ms }
+            }
+            other => ClusterError::Raft(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        for bad in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
+            assert!(matches!(validate_topic_name(bad), Err(ClusterError::InvalidTopicName { .. })), "{bad:?}");
+        }
+        assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+
+    #[test]
+    fn group_ids_never_collide_with_metadata() {
+        assert_eq!(partition_group_id(0, 0), GroupId(1));
+        assert_eq!(partition_group_id(1, 0), GroupId((1 << 16) | 1));
+        assert_ne!(partition_group_id(3, 7), partition_group_id(7, 3));
+        assert_ne!(partition_group_id(0, 0), METADATA_GROUP);
+    }
+}

@@ -1,0 +1,349 @@
+//! Every byte layout of the cluster layer, as named constants, plus the little reader/writer they
+//! are built with. `/work/notes/format-cluster.md` (later `docs/format.md`) tables the same layouts.
+//!
+//! All integers are little-endian. Variable-length fields are length-prefixed; every length is
+//! checked against a limit before anything is allocated, so hostile bytes cannot make a decoder
+//! allocate without bound or panic. A reader that meets an unknown version returns a typed error.
+
+use bytes::Bytes;
+
+use crate::cluster::api::ClusterError;
+
+/// Metadata-group command (one Raft entry payload of group 0).
+///
+/// `[magic:u16 = "MC"][version:u8][kind:u8][body...]`; bodies per kind are tabled in the note.
+pub mod metadata_command {
+    /// "MC" as a little-endian u16.
+    pub const MAGIC: u16 = u16::from_le_bytes(*b"MC");
+    /// Version written and read.
+    pub const VERSION: u8 = 1;
+    /// Bytes before the body.
+    pub const HEADER_LEN: usize = 4;
+    /// Kind: create a topic.
+    pub const KIND_CREATE_TOPIC: u8 = 1;
+    /// Kind: delete a topic.
+    pub const KIND_DELETE_TOPIC: u8 = 2;
+    /// Kind: alter a topic's settings.
+    pub const KIND_ALTER_TOPIC: u8 = 3;
+    /// Kind: commit a consumer group's offset.
+    pub const KIND_COMMIT_OFFSET: u8 = 4;
+    /// Kind: add (or re-address) a member.
+    pub const KIND_ADD_MEMBER: u8 = 5;
+    /// Kind: remove a member.
+    pub const KIND_REMOVE_MEMBER: u8 = 6;
+}
+
+/// Metadata-group reply (the bytes an applied command answers with).
+///
+/// `[version:u8][kind:u8][body...]`.
+pub mod metadata_reply {
+    /// Version written and read.
+    pub const VERSION: u8 = 1;
+    /// Kind: done, no body.
+    pub const KIND_OK: u8 = 0;
+    /// Kind: topic created; body is the topic.
+    pub const KIND_TOPIC: u8 = 1;
+    /// Kind: rejected; body is `[reason:u8][...]`.
+    pub const KIND_REJECTED: u8 = 2;
+}
+
+/// Metadata snapshot (the whole metadata state).
+///
+/// `[magic:u32 = "SHMD"][version:u16][body...][crc32:u32]`; the CRC covers every byte before it.
+pub mod metadata_snapshot {
+    /// "SHMD".
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
+    /// Version written and read.
+    pub const VERSION: u16 = 1;
+}
+
+/// Partition entry (one produced record = one Raft entry payload of a partition group).
+///
+/// `[magic:u16 = "PR"][version:u8][flags:u8][timestamp_ms:u64]`
+/// `[producer_id:u64][sequence:u64]` if `FLAG_PRODUCER`
+/// `[key_len:u32][key]` if `FLAG_KEY`
+/// `[header_count:u16]` then per header `[name_len:u16][name:utf8][value_len:u32][value]`
+/// `[value_codec:u8][value_len:u32][stored_len:u32][stored value]`
+pub mod record {
+    /// "PR" as a little-endian u16.
+    pub const MAGIC: u16 = u16::from_le_bytes(*b"PR");
+    /// Version written and read.
+    pub const VERSION: u8 = 1;
+    /// Offset of the magic.
+    pub const MAGIC_AT: usize = 0;
+    /// Offset of the version.
+    pub const VERSION_AT: usize = MAGIC_AT + 2;
+    /// Offset of the flags.
+    pub const FLAGS_AT: usize = VERSION_AT + 1;
+    /// Offset of the timestamp.
+    pub const TIMESTAMP_AT: usize = FLAGS_AT + 1;
+    /// Bytes of the fixed header.
+    pub const FIXED_LEN: usize = TIMESTAMP_AT + 8;
+    /// Flag: a key follows.
+    pub const FLAG_KEY: u8 = 0b0000_0001;
+    /// Flag: producer id and sequence follow.
+    pub const FLAG_PRODUCER: u8 = 0b0000_0010;
+    /// Every flag this version knows.
+    pub const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_PRODUCER;
+}
+
+/// Partition snapshot (producer dedup table and duplicate set).
+///
+/// `[magic:u32 = "SHPS"][version:u16][body...][crc32:u32]`.
+pub mod partition_snapshot {
+    /// "SHPS".
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPS");
+    /// Version written and read.
+    pub const VERSION: u16 = 1;
+}
+
+/// Appends little-endian fields to a buffer.
+#[derive(Debug, Default)]
+pub struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A writer with room for `n` bytes.
+    pub fn with_capacity(n: usize) -> Self {
+        Self { buf: Vec::with_capacity(n) }
+    }
+    /// One byte.
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    /// Two bytes.
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Four bytes.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Eight bytes.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// `[present:u8][value:u64]` (value 0 when absent).
+    pub fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
+        self.u8(u8::from(v.is_some())).u64(v.unwrap_or(0))
+    }
+    /// Raw bytes, no prefix.
+    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
+    /// `[len:u16][bytes]`; callers check the length limit first.
+    pub fn str16(&mut self, v: &str) -> &mut Self {
+        debug_assert!(v.len() <= usize::from(u16::MAX));
+        self.u16(v.len() as u16).raw(v.as_bytes())
+    }
+    /// `[len:u32][bytes]`.
+    pub fn bytes32(&mut self, v: &[u8]) -> &mut Self {
+        debug_assert!(v.len() <= u32::MAX as usize);
+        self.u32(v.len() as u32).raw(v)
+    }
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    /// Appends a CRC32 of everything written so far.
+    pub fn crc(&mut self) -> &mut Self {
+        let crc = crc32fast::hash(&self.buf);
+        self.u32(crc)
+    }
+    /// The bytes.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Reads little-endian fields, failing with [`ClusterError::Decode`] instead of panicking.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    what: &'static str,
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`; `what` names the structure in errors.
+    pub fn new(what: &'static str, buf: &'a [u8]) -> Self {
+        Self { what, buf, pos: 0 }
+    }
+
+    /// A reader over a buffer whose last four bytes are a CRC32 of the rest; checks it first.
+    pub fn with_crc(what: &'static str, buf: &'a [u8]) -> Result<Self, ClusterError> {
+        if buf.len() < 4 {
+            return Err(ClusterError::Decode { what, reason: format!("{} bytes, too short for a CRC", buf.len()) });
+        }
+        let (body, crc) = buf.split_at(buf.len() - 4);
+        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(ClusterError::Decode {
+                what,
+                reason: format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+            });
+        }
+        Ok(Self::new(what, body))
+    }
+
+    /// An error naming the current position.
+    pub fn error(&self, reason: impl Into<String>) -> ClusterError {
+        ClusterError::Decode { what: self.what, reason: format!("at byte {}: {}", self.pos, reason.into()) }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
+        if self.buf.len() - self.pos < n {
+            return Err(self.error(format!("need {n} bytes, {} left", self.buf.len() - self.pos)));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, ClusterError> {
+        Ok(self.take(1)?[0])
+    }
+    /// Two bytes.
+    pub fn u16(&mut self) -> Result<u16, ClusterError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    /// Four bytes.
+    pub fn u32(&mut self) -> Result<u32, ClusterError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// Eight bytes.
+    pub fn u64(&mut self) -> Result<u64, ClusterError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// `[present:u8][value:u64]`.
+    pub fn opt_u64(&mut self) -> Result<Option<u64>, ClusterError> {
+        let present = self.u8()?;
+        let v = self.u64()?;
+        match present {
+            0 => Ok(None),
+            1 => Ok(Some(v)),
+            other => Err(self.error(format!("presence byte {other}"))),
+        }
+    }
+    /// `n` raw bytes.
+    pub fn raw(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
+        self.take(n)
+    }
+    /// `[len:u16][utf8]`, at most `max` bytes.
+    pub fn str16(&mut self, max: usize) -> Result<String, ClusterError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(self.error(format!("string of {len} bytes, limit {max}")));
+        }
+        let b = self.take(len)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.error("string is not UTF-8"))
+    }
+    /// `[len:u32][bytes]`, at most `max` bytes, copied out.
+    pub fn bytes32(&mut self, max: usize) -> Result<Bytes, ClusterError> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(self.error(format!("field of {len} bytes, limit {max}")));
+        }
+        Ok(Bytes::copy_from_slice(self.take(len)?))
+    }
+    /// A count that must not exceed `max` nor the bytes left divided by `min_item_bytes`
+    /// (so a hostile count cannot make us allocate more than the input justifies).
+    pub fn count(&mut self, raw: u64, max: usize, min_item_bytes: usize) -> Result<usize, ClusterError> {
+        let left = self.remaining() / min_item_bytes.max(1);
+        if raw > max as u64 || raw > left as u64 {
+            return Err(self.error(format!("count {raw} over the limit {max} or the {left} items the bytes can hold")));
+        }
+        Ok(raw as usize)
+    }
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    /// Fails unless every byte was read.
+    pub fn finish(self) -> Result<(), ClusterError> {
+        if self.remaining() != 0 {
+            return Err(self.error(format!("{} trailing bytes", self.remaining())));
+        }
+        Ok(())
+    }
+}
+
+/// Codec configuration as one byte plus a level: `[kind:u8][zstd_level:i32 as u32]`.
+pub mod codec_kind {
+    use shale_storage::CodecKind;
+
+    use super::{Reader, Writer};
+    use crate::cluster::api::ClusterError;
+
+    /// Writes a codec kind.
+    pub fn write(w: &mut Writer, kind: CodecKind) {
+        match kind {
+            CodecKind::None => w.u8(0).u32(0),
+            CodecKind::Lz4 => w.u8(1).u32(0),
+            CodecKind::Zstd { level } => w.u8(2).u32(level as u32),
+        };
+    }
+
+    /// Reads a codec kind.
+    pub fn read(r: &mut Reader<'_>) -> Result<CodecKind, ClusterError> {
+        let kind = r.u8()?;
+        let level = r.u32()? as i32;
+        match kind {
+            0 => Ok(CodecKind::None),
+            1 => Ok(CodecKind::Lz4),
+            2 => Ok(CodecKind::Zstd { level }),
+            other => Err(r.error(format!("unknown codec kind {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_detects_flips() {
+        let mut w = Writer::new();
+        w.u64(7).str16("abc").crc();
+        let mut bytes = w.finish();
+        let mut r = Reader::with_crc("t", &bytes).unwrap();
+        assert_eq!(r.u64().unwrap(), 7);
+        assert_eq!(r.str16(10).unwrap(), "abc");
+        r.finish().unwrap();
+        bytes[3] ^= 1;
+        assert!(Reader::with_crc("t", &bytes).is_err());
+    }
+
+    #[test]
+    fn hostile_lengths_are_errors() {
+        let mut w = Writer::new();
+        w.u32(u32::MAX);
+        let bytes = w.finish();
+        assert!(Reader::new("t", &bytes).bytes32(1 << 20).is_err());
+        let mut r = Reader::new("t", &[5, 0, b'a']);
+        assert!(r.str16(100).is_err());
+        let mut r = Reader::new("t", &[0u8; 16]);
+        assert!(r.count(1000, 10_000, 8).is_err());
+    }
+}

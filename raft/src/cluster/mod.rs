@@ -1,0 +1,494 @@
+//! Shale's cluster semantics on multi-Raft: topics, partitions, produce/fetch, consumer offsets.
+//!
+//! - Group 0 ([`api::METADATA_GROUP`]) replicates the [`metadata::MetadataState`]: topics and their
+//!   partition placement, consumer-group offsets and members.
+//! - Every topic partition is its own Raft group ([`api::partition_group_id`]); its log IS the data
+//!   (one record = one entry; a record's offset is its Raft log index) and its app state is the
+//!   producer dedup table ([`partition::PartitionMachine`]).
+//! - Each node runs a reconcile loop ([`reconcile`]) that makes its local groups match the applied
+//!   metadata, and a retention loop ([`retention`]).
+//!
+//! [`Cluster`] is the handle the node's gRPC layer calls. See `/work/notes/cluster-api.md`.
+
+pub mod api;
+mod apps;
+mod data;
+pub mod layout;
+pub mod metadata;
+pub mod partition;
+mod reconcile;
+mod retention;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use shale_storage::{CodecRegistry, StorageBackend};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use api::*;
+
+use crate::cluster::apps::MetadataApp;
+use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
+use crate::cluster::partition::PartitionMachine;
+use crate::{NetworkConfig, Node, RaftError, RaftGroup, RaftGroupConfig, Retention, Router};
+
+/// How a node's cluster layer is set up.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// This node's id (stable across restarts, unique in the cluster).
+    pub node_id: NodeId,
+    /// `host:port` of this node's gRPC server (the Raft transport is mounted there too).
+    pub advertise_addr: String,
+    /// The node's storage; every group's streams live in it.
+    pub storage: Arc<dyn StorageBackend>,
+    /// Transport tunables.
+    pub network: NetworkConfig,
+    /// Template for every group (retention is set per topic).
+    pub raft: RaftGroupConfig,
+    /// How often the reconcile loop runs without being woken by a metadata change.
+    pub reconcile_interval_ms: u64,
+    /// How often each partition is snapshotted and purged under its topic's retention.
+    pub retention_interval_ms: u64,
+    /// Bound on every wait inside a call (commits, read-index, bootstrap).
+    pub request_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but identity and storage.
+    pub fn new(node_id: NodeId, advertise_addr: impl Into<String>, storage: Arc<dyn StorageBackend>) -> Self {
+        Self {
+            node_id,
+            advertise_addr: advertise_addr.into(),
+            storage,
+            network: NetworkConfig::default(),
+            raft: RaftGroupConfig::default(),
+            reconcile_interval_ms: 200,
+            retention_interval_ms: 30_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("reconcile_interval_ms", &self.reconcile_interval_ms)
+            .field("retention_interval_ms", &self.retention_interval_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One partition group running on this node.
+struct LocalPartition {
+    topic: String,
+    topic_id: TopicId,
+    partition: u32,
+    group: Arc<RaftGroup>,
+    state: Arc<RwLock<PartitionMachine>>,
+    /// The retention last handed to the group (to set it again only on change).
+    retention: Mutex<Option<RetentionPolicy>>,
+    /// Whether this process initialised the group (or found it initialised).
+    initialized: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for LocalPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalPartition")
+            .field("topic", &self.topic)
+            .field("topic_id", &self.topic_id)
+            .field("partition", &self.partition)
+            .field("group", &self.group.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's handle on the cluster: metadata, partitions, produce and fetch.
+pub struct Cluster {
+    config: ClusterConfig,
+    router: Arc<Router>,
+    metadata_group: Arc<RaftGroup>,
+    metadata: Arc<RwLock<MetadataState>>,
+    metadata_changed: watch::Receiver<u64>,
+    partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
+    codecs: CodecRegistry,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serialises group start/stop (reconcile passes and shutdown).
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.config.node_id)
+            .field("partitions", &self.partitions.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Opens the metadata group (restoring the applied metadata), then starts the reconcile loop
+    /// (which starts every partition group this node replicates) and the retention loop.
+    pub async fn start(config: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        let router = Router::new(config.node_id, config.network.clone())?;
+        let metadata = Arc::new(RwLock::new(MetadataState::new()));
+        let (changed_tx, changed_rx) = watch::channel(0u64);
+        let app = MetadataApp::new(metadata.clone(), changed_tx);
+        let mut raft_config = config.raft.clone();
+        raft_config.retention = Retention::SnapshotOnly;
+        let metadata_group = RaftGroup::start(
+            config.node_id,
+            METADATA_GROUP,
+            config.storage.clone(),
+            Box::new(app),
+            &router,
+            raft_config,
+        )
+        .await?;
+        let (shutdown, _) = watch::channel(false);
+        let cluster = Arc::new(Cluster {
+            config,
+            router,
+            metadata_group,
+            metadata,
+            metadata_changed: changed_rx,
+            partitions: RwLock::new(BTreeMap::new()),
+            codecs: CodecRegistry::new(),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        let reconcile = tokio::spawn(reconcile::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
+        let retention = tokio::spawn(retention::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
+        cluster.tasks.lock().extend([reconcile, retention]);
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The tonic service to mount on this node's gRPC server (the Raft transport of every group).
+    pub fn grpc_service(
+        &self,
+    ) -> crate::network::pb::raft_service_server::RaftServiceServer<crate::network::server::RaftGrpcService> {
+        self.router.grpc_service()
+    }
+
+    /// Stops the background loops and every local group. Storage stays; `start` again to resume.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        let _ = self.shutdown.send(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _guard = self.lifecycle.lock().await;
+        let locals: Vec<Arc<LocalPartition>> = std::mem::take(&mut *self.partitions.write()).into_values().collect();
+        for p in locals {
+            if let Err(e) = p.group.shutdown().await {
+                tracing::warn!(group = %p.group.id(), error = %e, "partition group shutdown failed");
+            }
+        }
+        self.metadata_group.shutdown().await?;
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.metadata.read().members().get(&id).cloned()
+    }
+
+    /// The metadata group's leader and its address, as known here.
+    pub fn metadata_leader(&self) -> Option<(NodeId, String)> {
+        self.metadata_group.leader().map(|(id, node)| (id, node.addr))
+    }
+
+    /// Initialises the metadata group with these voters (`id -> gRPC addr`, including this node) and
+    /// waits until the applied metadata lists them all as members. Idempotent: on an initialised
+    /// group it only waits. Call on one node once every initial peer is listening.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), ClusterError> {
+        if !members.contains_key(&self.config.node_id) {
+            return Err(ClusterError::InvalidArgument {
+                field: "members",
+                reason: format!("must include this node ({})", self.config.node_id),
+            });
+        }
+        if let Some((id, addr)) = members.iter().find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES) {
+            return Err(ClusterError::InvalidArgument {
+                field: "members",
+                reason: format!("node {id}: bad address {addr:?}"),
+            });
+        }
+        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, a)| (*id, Node::new(a.clone()))).collect();
+        match self.metadata_group.initialize(nodes).await {
+            Ok(()) | Err(RaftError::AlreadyInitialized { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // The metadata leader's reconcile pass records the Raft members as metadata members.
+        let mut changed = self.metadata_changed.clone();
+        let wait = async {
+            loop {
+                let all_known = {
+                    let state = self.metadata.read();
+                    members.iter().all(|(id, addr)| state.members().get(id) == Some(addr))
+                };
+                if all_known {
+                    return Ok(());
+                }
+                if changed.changed().await.is_err() {
+                    return Err(ClusterError::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout(), wait).await.map_err(|_| ClusterError::Timeout {
+            what: "bootstrap: members recorded in the metadata".into(),
+            waited_ms: self.config.request_timeout_ms,
+        })?
+    }
+
+    /// Proposes a metadata command on the metadata leader; a rejection comes back as its error.
+    async fn propose(&self, command: MetadataCommand) -> Result<MetadataReply, ClusterError> {
+        let result = tokio::time::timeout(self.timeout(), self.metadata_group.write(Bytes::from(command.encode())))
+            .await
+            .map_err(|_| ClusterError::Timeout {
+                what: "metadata commit".into(),
+                waited_ms: self.config.request_timeout_ms,
+            })??;
+        match MetadataReply::decode(&result.response)? {
+            MetadataReply::Rejected(r) => Err(r.into()),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Waits until this node's metadata is linearizable (read-index on the metadata leader).
+    async fn linearizable_metadata(&self) -> Result<(), ClusterError> {
+        tokio::time::timeout(self.timeout(), self.metadata_group.ensure_linearizable()).await.map_err(|_| {
+            ClusterError::Timeout { what: "metadata read-index".into(), waited_ms: self.config.request_timeout_ms }
+        })??;
+        Ok(())
+    }
+
+    /// Creates a topic; the reply includes its placement. Partition groups come up asynchronously
+    /// on their replicas (watch `describe_topic` / `leader_of`).
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo, ClusterError> {
+        metadata::validate_spec(&spec)?;
+        match self.propose(MetadataCommand::CreateTopic(spec)).await? {
+            MetadataReply::Topic(t) => Ok(t),
+            other => Err(ClusterError::Decode { what: "create topic reply", reason: format!("unexpected {other:?}") }),
+        }
+    }
+
+    /// Deletes a topic; its partition groups stop and their streams are deleted on every replica.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
+        self.propose(MetadataCommand::DeleteTopic { name: name.to_string() }).await.map(|_| ())
+    }
+
+    /// Changes a topic's retention and/or codec.
+    pub async fn alter_topic(&self, name: &str, update: TopicUpdate) -> Result<TopicInfo, ClusterError> {
+        self.propose(MetadataCommand::AlterTopic { name: name.to_string(), update }).await?;
+        self.metadata.read().topic(name).cloned().ok_or_else(|| ClusterError::UnknownTopic { name: name.to_string() })
+    }
+
+    /// Every topic, linearizable (metadata leader only).
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClusterError> {
+        self.linearizable_metadata().await?;
+        Ok(self.local_topics())
+    }
+
+    /// Every topic as applied on this node (no round trip; may lag the leader).
+    pub fn local_topics(&self) -> Vec<TopicInfo> {
+        self.metadata.read().topics().values().cloned().collect()
+    }
+
+    /// One topic with the live state of its partitions, linearizable (metadata leader only).
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClusterError> {
+        self.linearizable_metadata().await?;
+        let info = self.topic(name)?;
+        let partitions = info
+            .partitions
+            .iter()
+            .map(|a| {
+                let local = self.partitions.read().get(&a.group).cloned();
+                let (log_start, high_watermark) = match &local {
+                    Some(p) => (p.group.log_start().ok(), Some(high_watermark(&p.group))),
+                    None => (None, None),
+                };
+                PartitionState {
+                    partition: a.partition,
+                    replicas: a.replicas.clone(),
+                    leader: self.leader_of(name, a.partition),
+                    log_start,
+                    high_watermark,
+                }
+            })
+            .collect();
+        Ok(TopicDescription { info, partitions })
+    }
+
+    fn topic(&self, name: &str) -> Result<TopicInfo, ClusterError> {
+        self.metadata.read().topic(name).cloned().ok_or_else(|| ClusterError::UnknownTopic { name: name.to_string() })
+    }
+
+    /// Records a consumer group's position (the next offset it will read).
+    pub async fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ClusterError> {
+        if group.is_empty() || group.len() > limits::MAX_GROUP_NAME_BYTES {
+            return Err(ClusterError::InvalidArgument {
+                field: "group",
+                reason: format!("{} bytes; must be 1..={}", group.len(), limits::MAX_GROUP_NAME_BYTES),
+            });
+        }
+        let command =
+            MetadataCommand::CommitOffset { group: group.to_string(), topic: topic.to_string(), partition, offset };
+        self.propose(command).await.map(|_| ())
+    }
+
+    /// A consumer group's committed offsets, linearizable, with lag where this node hosts the partition.
+    pub async fn fetch_offsets(&self, group: &str) -> Result<Vec<ConsumerOffset>, ClusterError> {
+        self.linearizable_metadata().await?;
+        let rows = self.metadata.read().group_offsets(group);
+        Ok(rows
+            .into_iter()
+            .map(|(topic, partition, offset)| {
+                let hw = self.local_partition(&topic, partition).ok().map(|p| high_watermark(&p.group));
+                ConsumerOffset {
+                    topic,
+                    partition,
+                    offset,
+                    high_watermark: hw,
+                    lag: hw.map(|h| h.saturating_sub(offset)),
+                }
+            })
+            .collect())
+    }
+
+    /// Adds a node: it joins the metadata group (as a learner, then a voter) and becomes a member
+    /// that new topics are placed on. Metadata leader only. The node must be running `Cluster`.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
+        if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
+            return Err(ClusterError::InvalidArgument { field: "addr", reason: format!("{} bytes", addr.len()) });
+        }
+        if !self.metadata_group.is_leader() {
+            return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
+        }
+        self.metadata_group.add_learner(id, Node::new(addr.clone()), true).await?;
+        let mut voters = self.metadata_voters();
+        voters.insert(id);
+        self.metadata_group.change_membership(voters, false).await?;
+        self.wait_member(id, Some(addr)).await
+    }
+
+    /// Removes a node from the metadata group and the members; its partition replicas move to
+    /// other members (their leaders change the groups' membership). Metadata leader only.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        if !self.metadata_group.is_leader() {
+            return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
+        }
+        let mut voters = self.metadata_voters();
+        if !voters.remove(&id) {
+            return Err(ClusterError::Membership { id, reason: "not a voter of the metadata group".into() });
+        }
+        if voters.is_empty() {
+            return Err(ClusterError::Membership { id, reason: "cannot remove the last member".into() });
+        }
+        self.metadata_group.change_membership(voters, false).await?;
+        self.wait_member(id, None).await
+    }
+
+    fn metadata_voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.metadata_group.metrics().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Waits until the applied metadata has `id` at `addr` (or, with `None`, does not have `id`).
+    async fn wait_member(&self, id: NodeId, addr: Option<String>) -> Result<(), ClusterError> {
+        let mut changed = self.metadata_changed.clone();
+        let wait = async {
+            loop {
+                if self.metadata.read().members().get(&id) == addr.as_ref() {
+                    return Ok(());
+                }
+                if changed.changed().await.is_err() {
+                    return Err(ClusterError::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout(), wait).await.map_err(|_| ClusterError::Timeout {
+            what: format!("member {id} recorded in the metadata"),
+            waited_ms: self.config.request_timeout_ms,
+        })?
+    }
+
+    /// Members, the metadata group and every partition group hosted here.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let members = self
+            .metadata
+            .read()
+            .members()
+            .iter()
+            .map(|(id, addr)| MemberInfo { id: *id, addr: addr.clone() })
+            .collect();
+        let voters: Vec<NodeId> = self.metadata_voters().into_iter().collect();
+        let metadata = Some(group_status(&self.metadata_group, None, voters));
+        let locals: Vec<Arc<LocalPartition>> = self.partitions.read().values().cloned().collect();
+        let mut partitions: Vec<GroupStatus> = locals
+            .iter()
+            .map(|p| {
+                let replicas = self.assignment(&p.topic, p.partition).map(|a| a.replicas).unwrap_or_default();
+                group_status(&p.group, Some((p.topic.clone(), p.partition)), replicas)
+            })
+            .collect();
+        partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+        ClusterStatus { node_id: self.config.node_id, members, metadata, partitions }
+    }
+
+    fn assignment(&self, topic: &str, partition: u32) -> Option<PartitionAssignment> {
+        self.metadata.read().topic(topic)?.partitions.get(partition as usize).cloned()
+    }
+}
+
+/// One past the last applied index (0 before anything is applied).
+fn high_watermark(group: &RaftGroup) -> u64 {
+    group.applied_index().map_or(0, |i| i + 1)
+}
+
+fn group_status(group: &RaftGroup, partition: Option<(String, u32)>, replicas: Vec<NodeId>) -> GroupStatus {
+    let m = group.metrics().clone();
+    let last_log_index = m.last_log_index.unwrap_or(0);
+    let replica_lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| (*id, last_log_index.saturating_sub(matched.as_ref().map_or(0, |l| l.index()))))
+                .collect()
+        })
+        .unwrap_or_default();
+    GroupStatus {
+        group: group.id(),
+        partition,
+        replicas,
+        leader: m.current_leader,
+        term: m.current_term,
+        commit_index: group.committed_index().unwrap_or(0),
+        applied_index: group.applied_index().unwrap_or(0),
+        last_log_index,
+        replica_lag,
+    }
+}

@@ -1,0 +1,147 @@
+//! Produce and fetch on a 3-node in-process cluster.
+
+mod cluster_support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster_support::*;
+use shale_raft::cluster::{ClusterError, FetchRequest, ProduceRecord, ProducerInfo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("events", 1, 3).await;
+    let leader = c.settled_leaders("events").await[0];
+
+    let mut sent = Vec::new();
+    let mut acked = Vec::new();
+    for batch in 0..5 {
+        let records: Vec<ProduceRecord> = (0..20)
+            .map(|i| {
+                let mut r = record(&format!("k{batch}-{i}"), &format!("value {batch}-{i}"));
+                r.headers.push(("n".into(), Bytes::from(vec![i as u8; 3])));
+                if i % 5 == 0 {
+                    r.key = None;
+                }
+                r.timestamp_ms = (i % 2 == 0).then_some(1_000 + i as u64);
+                r
+            })
+            .collect();
+        let offsets = c.node(leader).produce("events", 0, records.clone(), None).await.expect("produce");
+        assert_eq!(offsets.len(), records.len());
+        sent.extend(records);
+        acked.extend(offsets);
+    }
+    assert!(acked.windows(2).all(|w| w[0].offset < w[1].offset), "offsets increase in produce order");
+
+    // Every replica serves the same records, in order, with the acknowledged offsets and hashes.
+    for id in 1..=3 {
+        let got = wait_for("replica caught up", || async {
+            let all = c.read_all(id, "events", 0).await;
+            (all.len() == sent.len()).then_some(all)
+        })
+        .await;
+        for ((r, s), a) in got.iter().zip(&sent).zip(&acked) {
+            assert_eq!(r.offset, a.offset);
+            assert_eq!(r.chain_hash, a.chain_hash);
+            assert_eq!(r.key, s.key);
+            assert_eq!(r.value, s.value);
+            assert_eq!(r.headers, s.headers);
+            if let Some(ts) = s.timestamp_ms {
+                assert_eq!(r.timestamp_ms, ts);
+            } else {
+                assert!(r.timestamp_ms > 1_600_000_000_000, "stamped by the leader");
+            }
+        }
+    }
+
+    // All replicas agree on the chain hash at every offset of the log, Raft entries included.
+    let last = acked.last().expect("acked").offset;
+    for offset in 0..=last {
+        let hashes: Vec<_> = (1..=3).map(|id| c.node(id).verify("events", 0, offset).expect("verify")).collect();
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "offset {offset}: {hashes:?}");
+    }
+
+    // Out-of-range fetches say where the log is.
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let req = FetchRequest {
+        topic: "events".into(),
+        partition: 0,
+        offset: last + 1000,
+        max_bytes: 1024,
+        wait: Duration::ZERO,
+    };
+    assert!(matches!(c.node(follower).fetch(req).await, Err(ClusterError::OffsetOutOfRange { start: 0, .. })));
+    // A follower refuses to produce and names the leader.
+    assert!(matches!(
+        c.node(follower).produce("events", 0, vec![record("a", "b")], None).await,
+        Err(ClusterError::NotLeader { leader: Some((l, _)) }) if l == leader
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retry_is_written_once_with_original_offsets() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("idem", 1, 3).await;
+    let leader = c.settled_leaders("idem").await[0];
+    let producer = ProducerInfo { producer_id: 77, base_sequence: 0 };
+    let batch: Vec<_> = (0..4).map(|i| record("k", &format!("v{i}"))).collect();
+    let first = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("produce");
+    let retry = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("retry");
+    assert_eq!(first, retry, "a retry answers the original offsets");
+    // A retry overlapping new sequences: the old half is recognised, the new half written.
+    let overlap = ProducerInfo { producer_id: 77, base_sequence: 2 };
+    let more: Vec<_> = (2..6).map(|i| record("k", &format!("v{i}"))).collect();
+    let mixed = c.node(leader).produce("idem", 0, more, Some(overlap)).await.expect("overlap");
+    assert_eq!(&mixed[..2], &first[2..], "duplicates answer their original offsets");
+    assert!(mixed[2].offset > first[3].offset);
+    let values: Vec<_> = c.read_all(leader, "idem", 0).await.into_iter().map(|r| r.value).collect();
+    let expected: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("v{i}"))).collect();
+    assert_eq!(values, expected, "each sequence is visible exactly once");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_new_data() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("poll", 1, 3).await;
+    let leader = c.settled_leaders("poll").await[0];
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let first = c.node(leader).produce("poll", 0, vec![record("a", "1")], None).await.expect("produce")[0];
+    // Wait for the follower to have applied the first record, then park a long poll after it.
+    wait_for("follower has the first record", || async {
+        (c.read_all(follower, "poll", 0).await.len() == 1).then_some(())
+    })
+    .await;
+    let node = c.node(follower).clone();
+    let poll = tokio::spawn(async move {
+        let req = FetchRequest {
+            topic: "poll".into(),
+            partition: 0,
+            offset: first.offset + 1,
+            max_bytes: 1 << 20,
+            wait: Duration::from_secs(30),
+        };
+        node.fetch(req).await
+    });
+    let second = c.node(leader).produce("poll", 0, vec![record("b", "2")], None).await.expect("produce")[0];
+    let res = tokio::time::timeout(WAIT, poll).await.expect("poll returns").expect("join").expect("fetch");
+    assert_eq!(res.records.len(), 1);
+    assert_eq!(res.records[0].offset, second.offset);
+    assert_eq!(res.records[0].value, Bytes::from_static(b"2"));
+
+    // With nothing new the poll returns empty at the high watermark once its wait is over.
+    let req = FetchRequest {
+        topic: "poll".into(),
+        partition: 0,
+        offset: res.high_watermark,
+        max_bytes: 1024,
+        wait: Duration::from_millis(100),
+    };
+    let empty = c.node(follower).fetch(req).await.expect("fetch");
+    assert!(empty.records.is_empty());
+    assert_eq!(empty.high_watermark, res.high_watermark);
+    c.shutdown().await;
+}

@@ -1,0 +1,279 @@
+//! In-process clusters for the cluster tests: N nodes, each a `Cluster` over its own
+//! `MemoryStorage`, served by a real tonic server on 127.0.0.1:0.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shale_raft::RaftGroupConfig;
+use shale_raft::cluster::{
+    Cluster, ClusterConfig, ClusterError, FetchRequest, NodeId, ProduceRecord, ProducedOffset, ProducerInfo,
+    RetentionPolicy, TopicSpec,
+};
+use shale_storage::{CodecKind, MemoryStorage};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Bound on every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One node of a test cluster.
+pub struct TestNode {
+    pub id: NodeId,
+    pub addr: String,
+    pub storage: Arc<MemoryStorage>,
+    pub cluster: Option<Arc<Cluster>>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+/// N nodes, bootstrapped.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+}
+
+fn raft_config() -> RaftGroupConfig {
+    RaftGroupConfig {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftGroupConfig::default()
+    }
+}
+
+async fn serve(node: &mut TestNode, listener: TcpListener) -> Result<(), ClusterError> {
+    let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
+    config.raft = raft_config();
+    config.reconcile_interval_ms = 50;
+    config.retention_interval_ms = 500;
+    config.request_timeout_ms = 10_000;
+    let cluster = Cluster::start(config).await?;
+    let service = cluster.grpc_service();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    node.cluster = Some(cluster);
+    node.server = Some((stop_tx, server));
+    Ok(())
+}
+
+impl TestCluster {
+    /// Starts `n` nodes (ids 1..=n) and bootstraps the metadata group from node 1.
+    pub async fn start(n: usize) -> TestCluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut listeners = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            nodes.push(TestNode {
+                id: i as NodeId + 1,
+                addr,
+                storage: Arc::new(MemoryStorage::new()),
+                cluster: None,
+                server: None,
+            });
+            listeners.push(listener);
+        }
+        for (node, listener) in nodes.iter_mut().zip(listeners) {
+            serve(node, listener).await.expect("start node");
+        }
+        let members: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+        let c = TestCluster { nodes };
+        c.node(1).bootstrap(members).await.expect("bootstrap");
+        c
+    }
+
+    /// The running cluster handle of node `id`.
+    pub fn node(&self, id: NodeId) -> &Arc<Cluster> {
+        self.nodes[id as usize - 1].cluster.as_ref().expect("node is running")
+    }
+
+    /// Ids of running nodes.
+    pub fn running(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|n| n.cluster.is_some()).map(|n| n.id).collect()
+    }
+
+    /// Stops node `id` (its storage survives for `restart`).
+    pub async fn kill(&mut self, id: NodeId) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some((stop, server)) = node.server.take() {
+            // A graceful stop would wait for peers to close their connections; a killed node does not.
+            let _ = stop.send(());
+            server.abort();
+            let _ = server.await;
+        }
+        if let Some(c) = node.cluster.take() {
+            c.shutdown().await.expect("shutdown");
+        }
+    }
+
+    /// Restarts node `id` on its old address and storage.
+    pub async fn restart(&mut self, id: NodeId) {
+        let node = &mut self.nodes[id as usize - 1];
+        let listener = TcpListener::bind(&node.addr).await.expect("rebind");
+        serve(node, listener).await.expect("restart node");
+    }
+
+    /// The metadata leader (waits for one).
+    pub async fn metadata_leader(&self) -> NodeId {
+        wait_for("a metadata leader", || async {
+            self.running().into_iter().find(|id| self.node(*id).metadata_leader().map(|(l, _)| l) == Some(*id))
+        })
+        .await
+    }
+
+    /// Creates a topic through the metadata leader.
+    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> shale_raft::cluster::TopicInfo {
+        let leader = self.metadata_leader().await;
+        self.node(leader).create_topic(spec(name, partitions, rf)).await.expect("create topic")
+    }
+
+    /// Waits until every replica of every partition of `topic` runs its group and agrees on a
+    /// leader; returns the leader of each partition.
+    pub async fn wait_partition_leaders(&self, topic: &str) -> Vec<NodeId> {
+        wait_for("partition leaders", || async {
+            let any = self.running()[0];
+            let info = self.node(any).local_topics().into_iter().find(|t| t.name == topic)?;
+            let mut leaders = Vec::new();
+            for a in &info.partitions {
+                let mut seen = None;
+                for r in &a.replicas {
+                    if !self.running().contains(r) {
+                        continue;
+                    }
+                    let (l, _) = self.node(*r).leader_of(topic, a.partition)?;
+                    if seen.is_some_and(|s| s != l) {
+                        return None;
+                    }
+                    seen = Some(l);
+                }
+                let l = seen?;
+                if !self.running().contains(&l) {
+                    return None;
+                }
+                // The leader must know it leads (its group reports itself as leader).
+                if self.node(l).leader_of(topic, a.partition).map(|x| x.0) != Some(l) {
+                    return None;
+                }
+                leaders.push(l);
+            }
+            Some(leaders)
+        })
+        .await
+    }
+
+    /// Waits until every partition of `topic` is led by its preferred (first) replica, which the
+    /// reconcile loop hands leadership to; returns the leaders.
+    pub async fn settled_leaders(&self, topic: &str) -> Vec<NodeId> {
+        wait_for("preferred leaders", || async {
+            let any = self.running()[0];
+            let info = self.node(any).local_topics().into_iter().find(|t| t.name == topic)?;
+            let preferred: Vec<NodeId> = info.partitions.iter().map(|p| p.replicas[0]).collect();
+            let leaders = self.wait_partition_leaders(topic).await;
+            (leaders == preferred).then_some(leaders)
+        })
+        .await
+    }
+
+    /// Produces through the partition's current leader, following `NotLeader` answers.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<ProduceRecord>,
+        producer: Option<ProducerInfo>,
+    ) -> Result<Vec<ProducedOffset>, ClusterError> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut target = self.running()[0];
+        loop {
+            match self.node(target).produce(topic, partition, records.clone(), producer).await {
+                Err(ClusterError::NotLeader { leader }) if tokio::time::Instant::now() < deadline => {
+                    match leader.map(|(id, _)| id).filter(|id| self.running().contains(id)) {
+                        Some(id) if id != target => target = id,
+                        _ => {
+                            // Leader unknown or down: try the next running node after a short pause.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let r = self.running();
+                            let pos = r.iter().position(|x| *x == target).unwrap_or(0);
+                            target = r[(pos + 1) % r.len()];
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every visible record of a partition as node `id` serves it, from offset 0.
+    pub async fn read_all(&self, id: NodeId, topic: &str, partition: u32) -> Vec<shale_raft::cluster::ConsumedRecord> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let req = FetchRequest { topic: topic.into(), partition, offset, max_bytes: 1 << 20, wait: Duration::ZERO };
+            let res = self.node(id).fetch(req).await.expect("fetch");
+            match res.records.last() {
+                Some(last) => offset = last.offset + 1,
+                None => return out,
+            }
+            out.extend(res.records);
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.kill(id).await;
+        }
+    }
+}
+
+/// A topic spec with no retention and no compression.
+pub fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
+    TopicSpec {
+        name: name.into(),
+        partitions,
+        replication_factor: rf,
+        retention: RetentionPolicy::default(),
+        codec: CodecKind::None,
+    }
+}
+
+/// A record with a key, a value and one header.
+pub fn record(key: &str, value: &str) -> ProduceRecord {
+    ProduceRecord {
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        headers: vec![("trace".into(), Bytes::copy_from_slice(key.as_bytes()))],
+        timestamp_ms: None,
+    }
+}
+
+/// Polls `check` every 20 ms until it yields `Some`, failing the test after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
