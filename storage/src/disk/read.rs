@@ -85,28 +85,57 @@ impl Storage {
                 head: ChainHash::ZERO,
             });
         };
-        let c = h.core.read();
-        let start = c.log_start();
-        let first = &c.segments[0];
-        let anchor = first.base_prev_hash;
-        if start > Offset::ZERO
-            && let Some(cp) = c.checkpoints.get(start)
-            && cp.chain_hash != anchor
-        {
-            return Err(StorageError::Corruption {
-                stream,
-                file: first.name(),
-                position: crate::format::segment::BASE_PREV_HASH_AT as u64,
-                offset: Some(start),
-                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: anchor },
-            });
+        // One segment per hold of the read lock, so appends are not held up for the whole
+        // verification. A truncation or install in between (the sync epoch moves) or a
+        // compaction past the position reached restarts it from the new log start.
+        'restart: loop {
+            let epoch = h.sync.lock().epoch;
+            let (start, mut prev) = {
+                let c = h.core.read();
+                let start = c.log_start();
+                let first = &c.segments[0];
+                let anchor = first.base_prev_hash;
+                if start > Offset::ZERO
+                    && let Some(cp) = c.checkpoints.get(start)
+                    && cp.chain_hash != anchor
+                {
+                    return Err(StorageError::Corruption {
+                        stream,
+                        file: first.name(),
+                        position: crate::format::segment::BASE_PREV_HASH_AT as u64,
+                        offset: Some(start),
+                        reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: anchor },
+                    });
+                }
+                (start, anchor)
+            };
+            let mut pos = start;
+            let mut records = 0u64;
+            loop {
+                let c = h.core.read();
+                if h.sync.lock().epoch != epoch || c.log_start() > pos {
+                    continue 'restart;
+                }
+                let next = c.next();
+                if pos >= next {
+                    return Ok(ChainVerification { stream, from: start, to: next, records, head: prev });
+                }
+                let seg = &c.segments[c.segment_index(pos)];
+                let stop = seg.end().min(next);
+                // The record before `pos` was verified by the previous piece: a broken link
+                // into `pos` names it.
+                let before = (pos > start).then(|| {
+                    let i = c.segment_index(Offset::new(pos.get() - 1));
+                    let s = &c.segments[i];
+                    (i, s.positions[(pos.get() - 1 - s.base.get()) as usize])
+                });
+                prev = self.walk_after(&h, &c, pos, prev, before, stop, SCAN_CHUNK_BYTES, |_| {
+                    records += 1;
+                    true
+                })?;
+                pos = stop;
+            }
         }
-        let mut records = 0u64;
-        let head = self.walk(&h, &c, start, anchor, c.next(), SCAN_CHUNK_BYTES, |_| {
-            records += 1;
-            true
-        })?;
-        Ok(ChainVerification { stream, from: start, to: c.next(), records, head })
     }
 
     /// The chain hash of the record at `offset` (for `offset == log_start - 1`, the anchor).
@@ -189,6 +218,23 @@ impl Storage {
         anchor: ChainHash,
         stop: Offset,
         chunk_bytes: u64,
+        visit: impl FnMut(&Verified) -> bool,
+    ) -> Result<ChainHash> {
+        self.walk_after(h, c, start, anchor, None, stop, chunk_bytes, visit)
+    }
+
+    /// [`Storage::walk`] where `anchor` was computed (not trusted) from the record at
+    /// `anchor_at` (segment index, byte position): a broken link into `start` blames that record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn walk_after(
+        &self,
+        h: &Stream,
+        c: &StreamCore,
+        start: Offset,
+        anchor: ChainHash,
+        anchor_at: Option<(usize, u64)>,
+        stop: Offset,
+        chunk_bytes: u64,
         mut visit: impl FnMut(&Verified) -> bool,
     ) -> Result<ChainHash> {
         let stream = h.id;
@@ -196,7 +242,7 @@ impl Storage {
         let mut offset = start;
         // Where the previous verified record lies (segment index, byte position), to blame it
         // when its successor's link fails.
-        let mut last: Option<(usize, u64)> = None;
+        let mut last: Option<(usize, u64)> = anchor_at;
         let mut new_anchors = Vec::new();
         let read = |ch: &Chunk| {
             let seg = &c.segments[ch.seg_i];
