@@ -383,6 +383,7 @@ fn read_semantics<F: Fixture>(f: &F) {
     assert_eq!(r.iter().map(|r| r.offset.get()).collect::<Vec<_>>(), vec![5, 6, 7]);
     assert_eq!(b.read_range(S, off(58), off(500), usize::MAX).unwrap().len(), 2);
     assert!(b.read_range(S, off(5), off(5), usize::MAX).unwrap().is_empty());
+    assert!(b.read_range(S, off(9), off(5), usize::MAX).unwrap().is_empty(), "an end below from is empty");
 
     // An unknown stream reads as empty.
     assert!(b.read_from(StreamId::new(12345), off(0), usize::MAX).unwrap().is_empty());
@@ -813,6 +814,52 @@ fn many_streams_in_parallel<F: Fixture>(f: &F) {
     }
 }
 
+/// Readers racing one appender always see a gapless prefix of the stream, every record verified
+/// and equal to what was appended.
+fn readers_see_verified_prefixes_while_appending<F: Fixture>(f: &F) {
+    let b = f.open(small_segments());
+    let events: Vec<Bytes> = (0..1500u64).map(|i| payload(24, i, (i as usize * 13) % 300)).collect();
+    let expected = expected_chain(0, ChainHash::ZERO, &events);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|scope| {
+        for r in 0..2u64 {
+            let (b, events, expected, done) = (&b, &events, &expected, &done);
+            scope.spawn(move || {
+                let mut rounds = 0u64;
+                loop {
+                    // Read the whole stream as it is now, in chunks, from a varying start.
+                    let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                    let mut at = (rounds * 37 + r * 11) % 50;
+                    loop {
+                        let recs = b.read_records(S, off(at), 2000 + r as usize * 3000).unwrap();
+                        if recs.is_empty() {
+                            break;
+                        }
+                        for rec in recs {
+                            let i = rec.offset.get() as usize;
+                            assert_eq!(rec.offset, off(at), "gapless");
+                            assert_eq!((&rec.payload, rec.hash), (&events[i], expected[i]), "record {i}");
+                            at += 1;
+                        }
+                    }
+                    if finished {
+                        assert_eq!(at, 1500, "after the last append, a reader sees every record");
+                        return;
+                    }
+                    rounds += 1;
+                    assert!(rounds < 1_000_000, "reader {r} never saw the appender finish");
+                }
+            });
+        }
+        for chunk in events.chunks(7) {
+            let next = b.next_offset(S).unwrap();
+            b.append_batch(S, chunk.to_vec(), next, false).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert_eq!(b.verify_chain(S).unwrap().head, expected[1499]);
+}
+
 /// Appenders race for one stream, retrying on `OffsetMismatch`: every batch lands exactly once,
 /// contiguous, and the chain verifies.
 fn concurrent_appenders_to_one_stream<F: Fixture>(f: &F, fsync: bool) {
@@ -1018,6 +1065,7 @@ macro_rules! backend_suite {
                 compaction_unlimited_then_append,
                 streams_and_delete,
                 many_streams_in_parallel,
+                readers_see_verified_prefixes_while_appending,
                 concurrent_appenders_no_fsync,
                 concurrent_appenders_fsync,
             );
