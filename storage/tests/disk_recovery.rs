@@ -398,3 +398,27 @@ fn storage_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Storage>();
 }
+
+#[test]
+fn tampered_prev_hash_field_names_its_own_record() {
+    let dir = tempfile::tempdir().unwrap();
+    drop({
+        let s = Storage::open_with(dir.path(), options()).unwrap();
+        append(&s, 0, 3 * per_segment());
+        s
+    });
+    let victim = per_segment() + 5;
+    let path = seg_path(dir.path(), victim / per_segment());
+    let mut b = fs::read(&path).unwrap();
+    let p = position(victim);
+    b[p + rec::PREV_HASH_AT] ^= 0x80;
+    let crc_at = p + rec::PAYLOAD_AT + LEN;
+    let crc = crc32fast::hash(&b[p..crc_at]);
+    b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, b).unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    let e = s.verify_chain(S).unwrap_err();
+    assert_eq!(corrupt_offset(&e), Some(Offset::new(victim)), "{e}");
+    let e = s.read_records(S, Offset::new(victim - 2), 10_000).unwrap_err();
+    assert_eq!(corrupt_offset(&e), Some(Offset::new(victim)), "{e}");
+}

@@ -279,7 +279,9 @@ impl Storage {
                     // The link into this record is broken: the record before it (whose payload
                     // no longer hashes to what this record remembers) is the one to name, unless
                     // there is none in this walk and the anchor itself disagrees.
-                    return Err(match last {
+                    let blame_this =
+                        offset == Offset::ZERO || self.prev_field_is_wrong(h, c, buf, at, &view, k + 1 < ch.j);
+                    return Err(match last.filter(|_| !blame_this) {
                         Some((seg_i, pos)) => StorageError::Corruption {
                             stream,
                             file: c.segments[seg_i].name(),
@@ -349,6 +351,37 @@ impl Storage {
         };
         h.add_anchors(new_anchors);
         result.map(|()| expected_prev)
+    }
+
+    /// After a broken link into the record `view` (at `at` in `buf`): whether the record's own
+    /// `prev_hash` field is the damaged part, rather than its predecessor's payload. It is when
+    /// the record, hashed from the `prev_hash` it carries, does not give what its successor
+    /// remembers (or the head, for the last record); when nothing follows to tell, the
+    /// predecessor is blamed.
+    fn prev_field_is_wrong(
+        &self,
+        h: &Stream,
+        c: &StreamCore,
+        buf: &Bytes,
+        at: usize,
+        view: &crate::record::RecordView,
+        successor_in_buf: bool,
+    ) -> bool {
+        let remembered = if view.offset.plus(1) == c.next() {
+            c.head
+        } else if successor_in_buf {
+            match decode_record(buf, at + view.len) {
+                Ok(next) => next.prev_hash,
+                Err(_) => return false,
+            }
+        } else {
+            return false;
+        };
+        let stored = buf.slice(view.payload_at..view.payload_at + view.stored_len);
+        match self.decompress(h.id, view.offset, view.codec, stored, view.uncompressed_len) {
+            Ok(payload) => chain_hash(view.offset, &view.prev_hash, &payload) != remembered,
+            Err(_) => false,
+        }
     }
 
     fn decompress(&self, stream: StreamId, offset: Offset, codec: CodecId, stored: Bytes, len: usize) -> Result<Bytes> {
