@@ -113,6 +113,7 @@ impl Storage {
             if cut {
                 a.idx_bytes = 0;
             }
+            a.index_pending = false;
             c.head = new_head;
             c.checkpoints.remove_above(offset);
             c.pending_checkpoints.retain(|o| *o <= offset);

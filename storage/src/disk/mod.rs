@@ -215,6 +215,7 @@ impl Storage {
             len: stream::EMPTY_SEGMENT_LEN,
             last_append_ms: created_ms,
             idx_bytes: 0,
+            index_pending: false,
         })
     }
 

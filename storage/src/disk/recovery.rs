@@ -137,6 +137,7 @@ impl Storage {
                 len: seg_fmt::HEADER_LEN as u64,
                 last_append_ms: l.header.created_ms,
                 idx_bytes: 0,
+                index_pending: false,
             };
             if let Some(prev) = segments.last()
                 && prev.end() != segment.base

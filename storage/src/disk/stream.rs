@@ -38,6 +38,9 @@ pub(crate) struct Segment {
     pub last_append_ms: u64,
     /// Size of its index file on disk (0 if it has none).
     pub idx_bytes: u64,
+    /// Sealed, and its index file not written yet (deferred off the append path; written by the
+    /// next fsync, `sync`, `close`, or once a few are pending).
+    pub index_pending: bool,
 }
 
 impl Segment {

@@ -20,6 +20,9 @@ use super::ANCHOR_INTERVAL;
 const PIPELINE_MIN_BYTES: usize = 256 << 10;
 /// Payload bytes per part of a pipelined append.
 const PIPELINE_PART_BYTES: usize = 128 << 10;
+/// Sealed segments whose index file may wait for the next fsync point before rotation writes
+/// them inline (each index costs two fsyncs; a missing one is rebuilt on open).
+const MAX_PENDING_INDEXES: usize = 4;
 
 impl Storage {
     pub(crate) fn codec(&self) -> &Arc<dyn Codec> {
@@ -181,8 +184,12 @@ impl Storage {
     fn finish_append(&self, h: &Stream, end: Offset, epoch: u64, fsync: bool) -> Result<Offset> {
         if fsync {
             self.wait_durable(h, end, epoch)?;
-            if !h.core.read().pending_checkpoints.is_empty() {
-                self.flush_pending_checkpoints(h)?;
+            let deferred = {
+                let c = h.core.read();
+                !c.pending_checkpoints.is_empty() || c.segments.iter().any(|s| s.index_pending)
+            };
+            if deferred {
+                self.flush_deferred(h)?;
             }
         }
         Ok(end)
@@ -255,10 +262,29 @@ impl Storage {
                 s.durable = next;
             }
         }
-        self.write_index_locked(h, None)?;
         let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
         let segment = self.create_segment(h.id, &h.dir, seq, next, head, 0)?;
-        h.core.write().segments.push(segment);
+        let pending = {
+            let mut c = h.core.write();
+            c.active_mut().index_pending = true;
+            c.segments.push(segment);
+            c.segments.iter().filter(|s| s.index_pending).count()
+        };
+        if pending >= MAX_PENDING_INDEXES {
+            self.write_pending_indexes_locked(h)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index files of sealed segments that still lack one.
+    fn write_pending_indexes_locked(&self, h: &Stream) -> Result<()> {
+        let pending: Vec<u64> = h.core.read().segments.iter().filter(|s| s.index_pending).map(|s| s.seq).collect();
+        for seq in pending {
+            self.write_index_locked(h, Some(seq))?;
+            if let Some(s) = h.core.write().segments.iter_mut().find(|s| s.seq == seq) {
+                s.index_pending = false;
+            }
+        }
         Ok(())
     }
 
@@ -350,7 +376,7 @@ impl Storage {
             (h.core.read().next(), h.sync.lock().epoch)
         };
         self.wait_durable(h, end, epoch)?;
-        self.flush_pending_checkpoints(h)
+        self.flush_deferred(h)
     }
 
     /// Makes every record appended so far durable.
@@ -362,7 +388,7 @@ impl Storage {
     }
 
     /// Writes the checkpoint policy's checkpoint if it is due (held in memory until the records
-    /// it covers are durable, then written by `flush_pending_checkpoints`).
+    /// it covers are durable, then written by `flush_deferred`).
     fn policy_checkpoint_locked(&self, h: &Stream) {
         let mut c = h.core.write();
         let next = c.next();
@@ -373,10 +399,13 @@ impl Storage {
         }
     }
 
-    /// Writes every pending policy checkpoint whose records are durable.
-    pub(crate) fn flush_pending_checkpoints(&self, h: &Stream) -> Result<()> {
+    /// Writes what was deferred off the append path: index files of sealed segments, and
+    /// policy checkpoints whose records are durable.
+    pub(crate) fn flush_deferred(&self, h: &Stream) -> Result<()> {
         let _w = h.writer.lock();
         h.check_usable()?;
+        let r = self.write_pending_indexes_locked(h);
+        h.guard(r)?;
         let durable = h.sync.lock().durable;
         let due: Vec<Checkpoint> = {
             let c = h.core.read();
