@@ -18,6 +18,7 @@ pub mod image;
 pub mod k8s;
 pub mod lock;
 pub mod paths;
+pub mod scenario;
 pub mod workload;
 
 pub use error::HarnessError;

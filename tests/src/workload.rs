@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_client::{Client, ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, meta, proto};
 use tokio::sync::watch;
@@ -383,16 +382,21 @@ fn local<T>(message: T) -> tonic::Request<T> {
     req
 }
 
-/// `(log_start, log_end)` of one node's replica of a partition.
+/// `(log_start, log_end)` of one node's replica of a partition, from a local fetch at offset 0
+/// (answered, or refused as out of range with the bounds in the status).
 pub async fn replica_bounds(addr: &str, topic: &str, partition: u32) -> Result<(u64, u64), HarnessError> {
-    let mut admin = AdminClient::new(node_channel(addr)?);
-    let req = proto::LocalChainHashRequest { topic: topic.to_string(), partition, offset: None };
-    let r = admin.local_chain_hash(local(req)).await.map_err(|s| HarnessError::Client {
-        what: format!("LocalChainHash {topic}/{partition} at {addr}"),
-        source: shale_client::ClientError::from_status(s),
-    })?;
-    let r = r.into_inner();
-    Ok((r.log_start, r.log_end))
+    let mut fetch = FetchClient::new(node_channel(addr)?);
+    let req = proto::FetchRequest { topic: topic.to_string(), partition, offset: 0, max_bytes: 1, max_wait_ms: 0 };
+    match fetch.fetch(local(req)).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            Ok((r.log_start, r.log_end))
+        }
+        Err(status) => match shale_client::ClientError::from_status(status) {
+            shale_client::ClientError::OffsetOutOfRange { log_start: start, log_end: end, .. } => Ok((start, end)),
+            source => Err(HarnessError::Client { what: format!("Fetch {topic}/{partition}@0 at {addr}"), source }),
+        },
+    }
 }
 
 /// Waits until every node in `addrs` holds each partition up to the same log end (replication
