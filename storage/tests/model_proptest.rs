@@ -258,7 +258,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 /// A payload unique to `seq` (a counter over the whole run): two in three are repetitive text
 /// (compressible), the rest pseudo-random bytes (not).
 fn payload(seq: u64, len: usize) -> Bytes {
-    if seq % 3 != 0 {
+    if !seq.is_multiple_of(3) {
         let unit = format!("event {seq} of the model run; ");
         let mut text = unit.repeat(len / unit.len() + 1).into_bytes();
         text.truncate(len);
