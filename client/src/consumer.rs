@@ -117,9 +117,10 @@ impl Consumer {
         while let Some((key, result)) = inflight.next().await {
             match result {
                 Ok(batch) => {
-                    if let Some(last) = batch.records.last() {
-                        self.positions.insert(key, Some(last.offset + 1));
-                    }
+                    // Offsets have gaps: an empty answer may still move the position up to `next_offset`.
+                    let next = batch.records.last().map_or(batch.next_offset, |r| r.offset + 1);
+                    let position = self.positions.entry(key).or_insert(None);
+                    *position = Some(position.map_or(next, |p| p.max(next)));
                     out.extend(batch.records);
                     if max_wait_ms > 0 && !out.is_empty() {
                         break;
