@@ -241,11 +241,16 @@ impl Storage {
             a.last_append_ms = batch.append_time_ms;
             c.head = batch.hashes[j - 1];
         }
-        let anchors = (i..j).filter_map(|k| {
-            let after = batch.base.plus(k as u64 + 1);
-            after.get().is_multiple_of(ANCHOR_INTERVAL).then_some((after, batch.hashes[k]))
-        });
-        h.add_anchors(anchors.collect::<Vec<_>>());
+        // Sparse table: the hash before every ANCHOR_INTERVAL-th offset in (base + i, base + j].
+        let base = batch.base.get();
+        let mut k = (base + i as u64 + 1).next_multiple_of(ANCHOR_INTERVAL);
+        if k <= base + j as u64 {
+            let mut anchors = h.anchors.lock();
+            while k <= base + j as u64 {
+                anchors.insert(Offset::new(k), batch.hashes[(k - base - 1) as usize]);
+                k += ANCHOR_INTERVAL;
+            }
+        }
     }
 
     /// Seals the active segment (fsync, index file) and starts a new one at the next offset.
@@ -390,9 +395,18 @@ impl Storage {
     /// Writes the checkpoint policy's checkpoint if it is due (held in memory until the records
     /// it covers are durable, then written by `flush_deferred`).
     fn policy_checkpoint_locked(&self, h: &Stream) {
-        let mut c = h.core.write();
-        let next = c.next();
-        if should_create_checkpoint(self.options.checkpoint_policy, c.checkpoints.latest().map(|cp| cp.offset), next) {
+        let due = {
+            let c = h.core.read();
+            should_create_checkpoint(
+                self.options.checkpoint_policy,
+                c.checkpoints.latest().map(|cp| cp.offset),
+                c.next(),
+            )
+        };
+        if due {
+            // The writer lock is held: nothing moved since the check.
+            let mut c = h.core.write();
+            let next = c.next();
             let cp = Checkpoint::new(next, c.head, Bytes::new());
             c.checkpoints.insert(cp);
             c.pending_checkpoints.insert(next);
