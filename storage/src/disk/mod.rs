@@ -49,6 +49,8 @@ pub struct Storage {
     streams: RwLock<BTreeMap<StreamId, Arc<Stream>>>,
     /// Serialises stream creation and deletion.
     create: Mutex<()>,
+    /// Recently used read buffers (see `read_pooled`).
+    read_buffers: Mutex<Vec<Bytes>>,
     /// Set by the first clean shutdown (`close` or drop).
     closed: std::sync::atomic::AtomicBool,
     _lock: Box<dyn FsLock>,
@@ -121,6 +123,7 @@ impl Storage {
             registry: CodecRegistry::new(),
             streams: RwLock::new(BTreeMap::new()),
             create: Mutex::new(()),
+            read_buffers: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };

@@ -15,6 +15,8 @@ use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// Bytes read per I/O by a sequential scan (and the most a ranged read reads at once).
 const SCAN_CHUNK_BYTES: u64 = 2 << 20;
+/// Read buffers kept for reuse.
+const READ_BUFFER_POOL: usize = 8;
 /// Smallest read a ranged read makes.
 const MIN_READ_BYTES: u64 = 64 << 10;
 
@@ -246,7 +248,7 @@ impl Storage {
         let mut new_anchors = Vec::new();
         let read = |ch: &Chunk| {
             let seg = &c.segments[ch.seg_i];
-            read_bytes(seg.file.as_ref(), ch.from_pos, ch.to_pos).map_err(|e| e(&h.dir.join(seg.name())))
+            self.read_pooled(seg.file.as_ref(), ch.from_pos, ch.to_pos).map_err(|e| e(&h.dir.join(seg.name())))
         };
         // Verifies one chunk; Ok(false) once `visit` asked to stop.
         let mut verify_chunk = |ch: &Chunk, buf: &Bytes| -> Result<bool> {
@@ -381,6 +383,44 @@ impl Storage {
         match self.decompress(h.id, view.offset, view.codec, stored, view.uncompressed_len) {
             Ok(payload) => chain_hash(view.offset, &view.prev_hash, &payload) != remembered,
             Err(_) => false,
+        }
+    }
+
+    /// Reads bytes `[from, to)` of a file into a buffer from the pool of recently used read
+    /// buffers (one no record refers to any more), or a new one: reading into fresh memory
+    /// costs more in page faults than the read itself.
+    fn read_pooled(
+        &self,
+        file: &dyn crate::io::FsFile,
+        from: u64,
+        to: u64,
+    ) -> std::result::Result<Bytes, impl FnOnce(&std::path::Path) -> StorageError + use<>> {
+        let len = (to - from) as usize;
+        let mut reused = None;
+        {
+            let mut pool = self.read_buffers.lock();
+            while let Some(b) = pool.pop() {
+                if let Ok(m) = b.try_into_mut()
+                    && m.capacity() >= len
+                {
+                    reused = Some(m);
+                    break;
+                }
+            }
+        }
+        let mut buf = reused.unwrap_or_else(|| BytesMut::with_capacity(len));
+        buf.clear();
+        buf.resize(len, 0);
+        match file.read_exact_at(&mut buf, from) {
+            Ok(()) => {
+                let buf = buf.freeze();
+                let mut pool = self.read_buffers.lock();
+                if pool.len() < READ_BUFFER_POOL {
+                    pool.push(buf.clone());
+                }
+                Ok(buf)
+            }
+            Err(e) => Err(move |path: &std::path::Path| io_err("read", path)(e)),
         }
     }
 
