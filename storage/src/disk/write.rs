@@ -344,10 +344,10 @@ impl Storage {
     pub(crate) fn wait_durable(&self, h: &Stream, end: Offset, epoch: u64) -> Result<()> {
         let mut s = h.sync.lock();
         loop {
-            h.check_usable()?;
             if s.durable >= end || s.epoch != epoch {
                 return Ok(());
             }
+            h.check_usable()?;
             if s.syncing {
                 h.sync_cv.wait(&mut s);
                 continue;
