@@ -100,6 +100,8 @@ pub struct RaftGroup {
     router: Weak<Router>,
     applied: watch::Receiver<Option<u64>>,
     election_timeout_max_ms: u64,
+    /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
+    stopped: watch::Sender<bool>,
 }
 
 impl fmt::Debug for RaftGroup {
@@ -140,6 +142,7 @@ impl RaftGroup {
             router: Arc::downgrade(router),
             applied,
             election_timeout_max_ms: config.election_timeout_max_ms,
+            stopped: watch::Sender::new(false),
         });
         if let Err(e) = router.register(g.clone()) {
             let _ = g.raft.shutdown().await;
@@ -161,6 +164,11 @@ impl RaftGroup {
     /// The underlying openraft handle.
     pub fn raft(&self) -> &Raft<TypeConfig, GroupStateMachine> {
         &self.raft
+    }
+
+    /// A watch that turns `true` once [`RaftGroup::shutdown`] has begun.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stopped.subscribe()
     }
 
     /// The shared log handle (storage streams of this group).
@@ -394,13 +402,16 @@ impl RaftGroup {
     /// Stops Raft and unregisters the group from the router. Its streams stay in storage; `start`
     /// it again to resume.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.stopped.send_replace(true);
         if let Some(router) = self.router.upgrade() {
             router.unregister(self.id);
         }
         self.raft
             .shutdown()
             .await
-            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })?;
+        self.log.wait_flusher_stopped().await;
+        Ok(())
     }
 }
 

@@ -49,6 +49,8 @@ pub struct GroupLog {
     storage: Arc<dyn StorageBackend>,
     meta: MetaStore,
     policy: Mutex<(Retention, Option<u64>)>,
+    /// The log store's flusher task, awaited when the group shuts down.
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for GroupLog {
@@ -81,7 +83,14 @@ impl GroupLog {
             return Err(RaftError::InvalidConfig(format!("group id {} is over the limit {}", group.0, GroupId::MAX)));
         }
         let meta = MetaStore::open(group, storage.clone())?;
-        Ok(Arc::new(Self { group, stream: group.log_stream(), storage, meta, policy: Mutex::new((retention, None)) }))
+        Ok(Arc::new(Self {
+            group,
+            stream: group.log_stream(),
+            storage,
+            meta,
+            policy: Mutex::new((retention, None)),
+            flusher: Mutex::new(None),
+        }))
     }
 
     /// The group.
@@ -178,7 +187,8 @@ impl GroupLog {
     fn restart_at(&self, first: u64, next: u64) -> Result<(), RaftError> {
         let st = |e| self.storage_err(e);
         let at = Offset::new(first);
-        if let Some(cp) = self.storage.checkpoint_at_or_below(self.stream, at).map_err(st)?.filter(|cp| cp.offset == at) {
+        if let Some(cp) = self.storage.checkpoint_at_or_below(self.stream, at).map_err(st)?.filter(|cp| cp.offset == at)
+        {
             return self.storage.install_checkpoint(self.stream, cp).map_err(st);
         }
         let start = self.storage.log_start(self.stream).map_err(st)?;
@@ -230,6 +240,15 @@ impl GroupLog {
         let cp = shale_storage::Checkpoint::new(at, ChainHash::ZERO, data);
         self.storage.install_checkpoint(self.stream, cp.clone()).map_err(st)?;
         Ok(cp)
+    }
+
+    /// Waits for the log store's flusher to finish (it does once openraft dropped the log store,
+    /// i.e. after `Raft::shutdown`), so no task holds the storage any more.
+    pub async fn wait_flusher_stopped(&self) {
+        let handle = self.flusher.lock().take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
     }
 
     /// `(last_purged, last_log_id)` as openraft sees the log.
@@ -380,7 +399,8 @@ impl LogStore {
     /// A log store over `log`; spawns its flusher task on the current tokio runtime.
     pub fn new(log: Arc<GroupLog>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(log.clone(), rx));
+        let handle = tokio::spawn(flusher(log.clone(), rx));
+        *log.flusher.lock() = Some(handle);
         Self { log, flusher: tx }
     }
 

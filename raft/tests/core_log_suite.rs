@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::StorageError;
-use openraft::type_config::TypeConfigExt;
 use openraft::testing::log::{StoreBuilder, Suite};
-use shale_raft::{GroupId, GroupLog, GroupStateMachine, LogStore, RestoreError, Retention, StateMachineApp, TypeConfig};
+use openraft::type_config::TypeConfigExt;
+use shale_raft::{
+    GroupId, GroupLog, GroupStateMachine, LogStore, RestoreError, Retention, StateMachineApp, TypeConfig,
+};
 use shale_storage::{MemoryStorage, Storage, StorageBackend};
 
 /// A tiny application: counts the payload bytes it applied.

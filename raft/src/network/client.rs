@@ -54,6 +54,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
                 .map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max)),
             request_timeout: Duration::from_millis(self.router.config().request_timeout_ms),
             chunk_bytes: self.router.config().snapshot_chunk_bytes,
+            retry_not_before: None,
+            retry_pause: MIN_RETRY_PAUSE,
         }
     }
 }
@@ -69,7 +71,16 @@ pub struct PeerClient {
     client: Result<RaftServiceClient<Channel>, String>,
     request_timeout: Duration,
     chunk_bytes: usize,
+    /// After the peer was found unreachable: no new attempt before this instant.
+    retry_not_before: Option<tokio::time::Instant>,
+    /// The current pause between attempts to an unreachable peer.
+    retry_pause: Duration,
 }
+
+/// First pause after a peer was found unreachable; it doubles up to [`MAX_RETRY_PAUSE`].
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Longest pause between attempts to an unreachable peer.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 #[error("node {target} at {addr}: {reason}")]
@@ -82,6 +93,32 @@ struct TransportError {
 impl PeerClient {
     fn err(&self, reason: impl Into<String>) -> TransportError {
         TransportError { target: self.target, addr: self.addr.clone(), reason: reason.into() }
+    }
+
+    /// Paces attempts to a peer that was unreachable: waits out the current pause (at most
+    /// `budget`). Heartbeats and votes are retried by openraft as fast as they fail, so without this
+    /// a dead peer costs a busy loop of failed connects.
+    async fn pace(&self, budget: Duration) {
+        if let Some(at) = self.retry_not_before {
+            let now = tokio::time::Instant::now();
+            if at > now {
+                tokio::time::sleep((at - now).min(budget)).await;
+            }
+        }
+    }
+
+    /// Records the outcome of an attempt for [`PeerClient::pace`].
+    fn observe<T>(&mut self, r: &Result<T, RPCError<TypeConfig>>) {
+        match r {
+            Err(RPCError::Unreachable(_)) => {
+                self.retry_not_before = Some(tokio::time::Instant::now() + self.retry_pause);
+                self.retry_pause = (self.retry_pause * 2).min(MAX_RETRY_PAUSE);
+            }
+            _ => {
+                self.retry_not_before = None;
+                self.retry_pause = MIN_RETRY_PAUSE;
+            }
+        }
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
@@ -128,14 +165,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let req = convert::append_request_to_pb(self.group, &rpc);
-        let ttl = self.ttl(&option);
-        let resp = tokio::time::timeout(ttl, client.append_entries(req))
-            .await
-            .map_err(|_| self.timeout(RPCTypes::AppendEntries, ttl))?
-            .map_err(|s| self.status_err(&s))?;
-        convert::append_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
+        self.pace(self.ttl(&option)).await;
+        let r = self.send_append(rpc, option).await;
+        self.observe(&r);
+        r
     }
 
     fn stream_append<'s, S>(
@@ -152,7 +185,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let group = self.group;
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(move |r| convert::append_request_to_pb(group, &r));
+            // Take the first request before connecting: openraft waits out its replication
+            // backoff while producing it, so a peer that is down is retried at the backoff pace
+            // instead of in a tight connect/fail loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let requests = futures::stream::once(futures::future::ready(first))
+                .chain(input)
+                .map(move |r| convert::append_request_to_pb(group, &r));
             let connect = self.request_timeout;
             let resp = tokio::time::timeout(connect, client.stream_append(requests))
                 .await
@@ -262,7 +304,34 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 }
 
 impl PeerClient {
+    async fn send_append(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let req = convert::append_request_to_pb(self.group, &rpc);
+        let ttl = self.ttl(&option);
+        let resp = tokio::time::timeout(ttl, client.append_entries(req))
+            .await
+            .map_err(|_| self.timeout(RPCTypes::AppendEntries, ttl))?
+            .map_err(|s| self.status_err(&s))?;
+        convert::append_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
+    }
+
     async fn send_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre_vote: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.pace(self.ttl(&option)).await;
+        let r = self.send_vote_once(rpc, option, pre_vote).await;
+        self.observe(&r);
+        r
+    }
+
+    async fn send_vote_once(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,

@@ -83,7 +83,13 @@ impl RaftService for RaftGrpcService {
         };
         let first = first?;
         let group = first.group_id;
-        let raft = self.raft(group)?;
+        let (raft, mut stopped) = {
+            let id = GroupId(group);
+            let g = self.router.group(id).ok_or_else(|| {
+                Status::not_found(format!("group {id} is not running on node {}", self.router.node_id()))
+            })?;
+            (g.raft().clone(), g.stopped())
+        };
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
         // A message that does not decode, or names another group, ends the input; openraft then
         // sees the stream close and the leader re-establishes it.
@@ -103,10 +109,18 @@ impl RaftService for RaftGrpcService {
             futures::future::ready(next)
         });
         let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
-        let output = raft.stream_append(requests).map(|r| match r {
-            Ok(result) => Ok(convert::stream_result_to_pb(&result)),
-            Err(e) => Err(fatal(e)),
-        });
+        // The response stream ends when the group shuts down, so a node stopping its server is
+        // not held up by a leader's open replication stream.
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let output = raft
+            .stream_append(requests)
+            .map(|r| match r {
+                Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+                Err(e) => Err(fatal(e)),
+            })
+            .take_until(stop);
         Ok(Response::new(Box::pin(output)))
     }
 

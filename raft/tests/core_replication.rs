@@ -1,0 +1,211 @@
+//! Three in-process nodes (real tonic on 127.0.0.1, disk storage in temp dirs) running one group.
+
+mod core_support;
+
+use bytes::Bytes;
+use core_support::{TestCluster, WAIT, group_config, payload};
+use shale_raft::{RaftError, Retention};
+
+/// Reads every applied entry of `node`'s group from `from`, in pages.
+async fn read_all(c: &TestCluster, id: u64, from: u64) -> Vec<(u64, Option<Bytes>)> {
+    let g = c.nodes.iter().find(|n| n.id == id).unwrap().group().clone();
+    let mut out = Vec::new();
+    let mut at = from;
+    loop {
+        let page = g.read_committed(at, 64 << 10).await.expect("read_committed");
+        if page.is_empty() {
+            return out;
+        }
+        for e in page {
+            assert_eq!(e.index, at, "read pages are contiguous");
+            assert_eq!(e.chain_hash, g.chain_hash_at(e.index).unwrap());
+            out.push((e.index, e.payload));
+            at += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicates_and_reads_back_on_every_node() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+
+    let mut written = Vec::new();
+    for i in 0..20u64 {
+        let r = g.write(payload(i, 100)).await.expect("write");
+        assert_eq!(r.response, Bytes::copy_from_slice(&r.index.to_le_bytes()), "the app's response comes back");
+        written.push((r.index, payload(i, 100)));
+    }
+    let batch: Vec<Bytes> = (20..120u64).map(|i| payload(i, 1024)).collect();
+    let results = g.write_many(batch.clone()).await.expect("write_many");
+    assert_eq!(results.len(), batch.len());
+    for (r, p) in results.into_iter().zip(batch) {
+        let r = r.expect("batched write");
+        written.push((r.index, p));
+    }
+    for w in written.windows(2) {
+        assert!(w[0].0 < w[1].0, "indexes increase in write order");
+    }
+    let last = written.last().unwrap().0;
+    c.wait_applied_everywhere(last).await;
+
+    for n in [1, 2, 3] {
+        let entries = read_all(&c, n, 0).await;
+        let app: Vec<(u64, Bytes)> = entries.iter().filter_map(|(i, p)| p.clone().map(|p| (*i, p))).collect();
+        assert_eq!(app, written, "node {n} holds exactly the acknowledged payloads, in order");
+        assert_eq!(*c.node(n).applied.lock(), written, "node {n}'s app applied every payload once");
+    }
+    // Non-leaders refuse writes with a redirect to the leader.
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    match c.node(follower).group().write(payload(0, 8)).await {
+        Err(RaftError::NotLeader { leader: Some((id, addr)), .. }) => {
+            assert_eq!(id, leader);
+            assert_eq!(addr, c.node(leader).addr.to_string());
+        }
+        other => panic!("expected NotLeader with the leader, got {other:?}"),
+    }
+    assert!(c.assert_chains_agree().await >= 3 * (last + 1));
+    let read_index = g.ensure_linearizable().await.expect("read index on the leader");
+    assert!(read_index >= last);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_keeps_every_acknowledged_entry() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let old = c.wait_leader(&[]).await;
+    let mut acked = Vec::new();
+    for i in 0..50u64 {
+        acked.push(c.leader_group(old).write(payload(i, 256)).await.expect("write").index);
+    }
+    c.node(old).stop().await;
+
+    let new = c.wait_leader(&[old]).await;
+    assert_ne!(new, old);
+    for i in 50..80u64 {
+        acked.push(c.leader_group(new).write(payload(i, 256)).await.expect("write after failover").index);
+    }
+    let last = *acked.last().unwrap();
+    c.wait_applied_everywhere(last).await;
+    for n in c.running().map(|n| n.id).collect::<Vec<_>>() {
+        let held: Vec<u64> = c.node(n).applied.lock().iter().map(|(i, _)| *i).collect();
+        for i in &acked {
+            assert!(held.contains(i), "node {n} lost acknowledged index {i}");
+        }
+        let payloads: Vec<u64> =
+            c.node(n).applied.lock().iter().map(|(_, p)| u64::from_le_bytes(p[..8].try_into().unwrap())).collect();
+        assert_eq!(payloads, (0..80).collect::<Vec<u64>>(), "node {n} applied every payload exactly once, in order");
+    }
+
+    // The old leader comes back as a follower and converges.
+    c.node(old).restart(group_config()).await;
+    c.node(old).group().wait_applied(last, WAIT).await.expect("old leader catches up");
+    assert!(c.assert_chains_agree().await > 0);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_follower_catches_up_from_its_data_dir() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    for i in 0..30u64 {
+        g.write(payload(i, 512)).await.expect("write");
+    }
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    let before = c.node(follower).group().wait_applied(g.applied_index().unwrap(), WAIT).await.unwrap();
+    c.node(follower).stop().await;
+    let mut last = 0;
+    for i in 30..90u64 {
+        last = g.write(payload(i, 512)).await.expect("write with a follower down").index;
+    }
+    c.node(follower).restart(group_config()).await;
+    // Its own log (kept on disk) is re-applied on start; the rest comes from the leader.
+    c.node(follower).group().wait_applied(before, WAIT).await.unwrap();
+    c.node(follower).group().wait_applied(last, WAIT).await.expect("restarted follower catches up");
+    assert_eq!(c.node(follower).group().log_start().unwrap(), 0, "caught up by log, not snapshot");
+    let compared = c.assert_chains_agree().await;
+    assert!(compared >= 3 * (last + 1), "compared {compared}");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_behind_follower_catches_up_by_snapshot_from_a_compacted_leader() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let lagger = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    for i in 0..10u64 {
+        g.write(payload(i, 1024)).await.expect("write");
+    }
+    c.wait_applied_everywhere(g.applied_index().unwrap()).await;
+    c.node(lagger).stop().await;
+
+    let mut last = 0;
+    for i in 10..200u64 {
+        last = g.write(payload(i, 1024)).await.expect("write").index;
+    }
+    // Snapshot on every running node, then compact: the leader's log no longer holds what the
+    // lagging follower needs.
+    for n in c.running() {
+        n.group().wait_applied(last, WAIT).await.unwrap();
+        let snap = n.group().trigger_snapshot(WAIT).await.expect("snapshot").expect("something applied");
+        assert!(snap >= last);
+    }
+    g.wait_metrics("log purged", WAIT, |m| m.purged.is_some_and(|p| p.index >= last)).await.expect("purged");
+    let start = g.enforce_retention().await.expect("compaction");
+    assert!(start > 11, "leader log start {start} is past the lagging follower's log");
+
+    c.node(lagger).restart(group_config()).await;
+    let lg = c.node(lagger).group().clone();
+    lg.wait_applied(last, WAIT).await.expect("lagging follower catches up");
+    lg.wait_metrics("caught up by snapshot", WAIT, |m| m.snapshot.is_some_and(|s| s.index > 11))
+        .await
+        .expect("the lagging follower installed a snapshot");
+    assert!(lg.log_start().unwrap() > 11, "its stream restarted at the snapshot");
+    // Reads below the new log start are refused with the start.
+    match lg.read_committed(0, 1 << 20).await {
+        Err(RaftError::OffsetOutOfRange { log_start, .. }) => assert_eq!(log_start, lg.log_start().unwrap()),
+        other => panic!("expected OffsetOutOfRange, got {other:?}"),
+    }
+    // The snapshot carried the application state: every payload, in order.
+    let payloads: Vec<u64> =
+        c.node(lagger).applied.lock().iter().map(|(_, p)| u64::from_le_bytes(p[..8].try_into().unwrap())).collect();
+    assert_eq!(payloads, (0..200).collect::<Vec<u64>>());
+
+    // New writes replicate to it normally afterwards, and every common index agrees.
+    for i in 200..220u64 {
+        last = g.write(payload(i, 1024)).await.expect("write").index;
+    }
+    c.wait_applied_everywhere(last).await;
+    assert!(c.assert_chains_agree().await > 0);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_keeps_records_for_readers_below_the_snapshot() {
+    let mut config = group_config();
+    config.retention = Retention::KeepAll;
+    let mut c = TestCluster::start(3, config).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let mut last = 0;
+    for i in 0..100u64 {
+        last = g.write(payload(i, 1024)).await.expect("write").index;
+    }
+    g.trigger_snapshot(WAIT).await.expect("snapshot");
+    g.wait_metrics("log purged", WAIT, |m| m.purged.is_some_and(|p| p.index >= last)).await.expect("purged");
+    assert_eq!(g.enforce_retention().await.unwrap(), 0, "KeepAll keeps every record");
+    assert_eq!(read_all(&c, leader, 0).await.len() as u64, last + 1, "all records still readable");
+
+    // Switching to snapshot-only retention with a purge limit removes only whole segments below it.
+    g.set_retention(Retention::SnapshotOnly);
+    g.set_purge_limit(Some(40));
+    let start = g.enforce_retention().await.unwrap();
+    assert!(start > 0 && start <= 40, "log start {start} moved up, bounded by the purge limit");
+    g.set_purge_limit(None);
+    let start2 = g.enforce_retention().await.unwrap();
+    assert!(start2 > 40 && start2 <= last + 1, "log start {start2} moved to the snapshot");
+    c.stop_all().await;
+}
