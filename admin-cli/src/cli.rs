@@ -48,7 +48,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// Cluster endpoints, comma-separated host:port (any member will do).
-    #[arg(long, short = 'b', global = true, env = "SHALE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, value_name = "HOST:PORT[,...]")]
+    #[arg(long, short = 'b', alias = "endpoints", global = true, env = "SHALE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, value_name = "HOST:PORT[,...]")]
     pub bootstrap: String,
     /// Per-request timeout.
     #[arg(long, global = true, default_value = "10s", value_parser = args::parse_duration_ms, value_name = "DURATION")]

@@ -68,6 +68,13 @@ impl Probe {
         }
     }
 
+    /// True when every replica that answered gave the same hash (failed replicas aside).
+    pub fn hashes_agree(&self) -> bool {
+        let mut hashes = self.replicas.iter().filter_map(|r| r.chain_hash.as_ref());
+        let first = hashes.next();
+        hashes.all(|h| Some(h) == first)
+    }
+
     /// The hash more than half of the replicas hold, if any.
     pub fn majority_hash(&self) -> Option<&str> {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -122,7 +129,8 @@ pub struct PartitionVerdict {
     pub topic: String,
     /// Partition.
     pub partition: u32,
-    /// `agree`, `disagree` or `error`.
+    /// `agree`, `disagree` (replicas differ from an offset on), `unavailable` (some replicas
+    /// cannot answer at any offset) or `error` (the check itself failed).
     pub status: String,
     /// The newest offset compared (where every replica agreed, when they do).
     pub checked_offset: Option<u64>,
@@ -185,7 +193,16 @@ pub fn online_text(r: &OnlineReport) -> String {
                     }
                 }
             }
-            (None, None) => {}
+            (None, None) => {
+                out.push_str(&format!(
+                    "{}/{}: some replicas cannot answer at any offset (unreachable, or their log cannot be read)\n",
+                    r.topic, p.partition
+                ));
+                for s in &p.suspects {
+                    out.push_str(&format!("  replica node {} ({}): {}\n", s.node_id, s.addr, s.reason));
+                }
+                out.push_str("  check it with `shale cluster status` and, with the node stopped, `shale verify --data-dir DIR`\n");
+            }
         }
     }
     out.push_str(&if r.ok() {
@@ -272,9 +289,15 @@ async fn verify_partition_inner(
     .await?;
     v.probes += probes;
     let decisive = answer.unwrap_or(at_hi);
-    v.status = "disagree".into();
-    v.first_divergent_offset = Some(first);
     v.suspects = decisive.suspects();
+    if first == lo && decisive.hashes_agree() {
+        // The answering replicas agree from the very first offset; the others fail everywhere:
+        // they are unreachable or cannot read their log at all, which names no offset.
+        v.status = "unavailable".into();
+    } else {
+        v.status = "disagree".into();
+        v.first_divergent_offset = Some(first);
+    }
     v.detail = Some(decisive);
     Ok(())
 }
@@ -367,6 +390,33 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(s[0].reason.contains("corruption at offset 7"));
         assert_eq!(p.common_start(), 3, "replicas that failed do not bound the range");
+    }
+
+    #[test]
+    fn a_replica_failing_everywhere_is_unavailable_not_divergent() {
+        let detail = Probe {
+            offset: 0,
+            replicas: vec![replica(1, Some("a"), None), replica(3, None, Some("does not host t/0"))],
+        };
+        assert!(detail.hashes_agree() && !detail.agrees());
+        let r = OnlineReport {
+            topic: "t".into(),
+            partitions: vec![PartitionVerdict {
+                topic: "t".into(),
+                partition: 0,
+                status: "unavailable".into(),
+                checked_offset: Some(40),
+                first_divergent_offset: None,
+                probes: 7,
+                suspects: detail.suspects(),
+                detail: Some(detail),
+                error: None,
+            }],
+        };
+        let text = online_text(&r);
+        assert!(text.contains("cannot answer at any offset"), "{text}");
+        assert!(text.contains("replica node 3 (h:3): cannot answer: does not host t/0"), "{text}");
+        assert!(!r.ok());
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! The real `shale` binary against an in-process three-node cluster.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{TestCluster, assert_exit, stderr, stdout};
+use serde_json::Value;
+use shale_storage::format::{names, record, segment};
+
+fn json(o: &std::process::Output) -> Value {
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_lifecycle() {
+    let c = TestCluster::start(3).await;
+    let o =
+        c.shale(&["topic", "create", "orders", "-p", "3", "-r", "3", "--retention-ms", "7d", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let created = json(&o);
+    assert_eq!(created["name"], "orders");
+    assert_eq!(created["partitions"], 3);
+    assert_eq!(created["replication_factor"], 3);
+    assert_eq!(created["retention_ms"], 7 * 86_400_000u64);
+
+    let o = c.shale(&["topic", "create", "orders"], b"").await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("--if-not-exists"), "{}", stderr(&o));
+    assert_exit(&c.shale(&["topic", "create", "orders", "--if-not-exists"], b"").await, 0);
+
+    let o = c.shale(&["topic", "list", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let names: Vec<String> =
+        json(&o).as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, vec!["orders"]);
+
+    let o = c.shale(&["topic", "describe", "orders"], b"").await;
+    assert_exit(&o, 0);
+    let text = stdout(&o);
+    assert!(text.contains("Name:                orders") && text.contains("Retention:           7d"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with(['0', '1', '2'])).count(), 3, "one row per partition:\n{text}");
+
+    let o = c
+        .shale(
+            &["topic", "alter", "orders", "--retention-ms", "unlimited", "--retention-bytes", "1GiB", "-o", "yaml"],
+            b"",
+        )
+        .await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("retention_bytes: 1073741824"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("retention_ms: null"), "{}", stdout(&o));
+
+    assert_exit(&c.shale(&["topic", "delete", "orders"], b"").await, 0);
+    let o = c.shale(&["topic", "describe", "orders"], b"").await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("shale topic list"), "{}", stderr(&o));
+    assert_exit(&c.shale(&["topic", "delete", "orders", "--if-exists"], b"").await, 0);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produce_then_consume_round_trips_through_pipes() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "events", "-p", "3"], b"").await, 0);
+    let lines: Vec<String> = (0..20).map(|i| format!("event number {i} {{\"n\":{i}}}")).collect();
+    let input = lines.join("\n") + "\n";
+    let o = c.shale(&["produce", "events", "--key", "user-1", "-H", "source=test"], input.as_bytes()).await;
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("produced 20 records to events"), "{}", stderr(&o));
+
+    // One key: one partition, so the order is the input's.
+    let o = c.shale(&["consume", "events", "--from-beginning", "--max-records", "20"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), lines.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Without --max-records it stops at the log end.
+    let o = c.shale(&["consume", "events", "--from-beginning", "--format", "json"], b"").await;
+    assert_exit(&o, 0);
+    let records: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 20);
+    for (r, line) in records.iter().zip(&lines) {
+        assert_eq!(r["value"], line.as_str());
+        assert_eq!(r["key"], "user-1");
+        assert_eq!(r["headers"][0]["key"], "source");
+        assert_eq!(r["headers"][0]["value"], "test");
+        assert_eq!(r["chain_hash"].as_str().unwrap().len(), 64);
+    }
+
+    // A group starts at its committed offsets and commits what it printed.
+    let o = c.shale(&["consume", "events", "--group", "g1", "--from-beginning", "--max-records", "5"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o).lines().count(), 5);
+    let o = c.shale(&["consume", "events", "--group", "g1", "--max-records", "5"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), lines[5..10].iter().map(String::as_str).collect::<Vec<_>>());
+    let o = c.shale(&["group", "describe", "g1", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let g = json(&o);
+    assert_eq!(g["group"], "g1");
+    assert!(g["total_lag"].as_u64().unwrap() >= 10, "{g}");
+
+    // Reset to the end, then the group has nothing left.
+    let o = c
+        .shale(&["group", "reset-offsets", "g1", "--topic", "events", "--to-latest", "--execute", "-o", "json"], b"")
+        .await;
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["executed"], true);
+    let o = c.shale(&["group", "describe", "g1", "-o", "json"], b"").await;
+    assert_eq!(json(&o)["total_lag"], 0, "{}", stdout(&o));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the node's ConsumerGroups.ListGroups is still a placeholder (requested in notes/node-requests.md)"]
+async fn group_list_names_groups_that_committed() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "t", "-p", "1"], b"").await, 0);
+    assert_exit(&c.shale(&["produce", "t"], b"x\ny\n").await, 0);
+    let o = c.shale(&["consume", "t", "--group", "readers", "--from-beginning"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "x\ny\n");
+    let o = c.shale(&["group", "list", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(json(&o), serde_json::json!(["readers"]));
+    let o = c.shale(&["group", "list"], b"").await;
+    assert_eq!(stdout(&o), "GROUP\nreaders\n");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_status_and_bench_report_json() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "b", "-p", "2"], b"").await, 0);
+    let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let s = json(&o);
+    let members = s["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["health"] == "up"), "{s}");
+    assert_eq!(s["partitions"].as_array().unwrap().len(), 2, "{s}");
+    assert!(s["meta"]["leader"].as_u64().unwrap() >= 1);
+    let o = c.shale(&["cluster", "status"], b"").await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("MEMBERS") && stdout(&o).contains("b/1"), "{}", stdout(&o));
+
+    let o = c.shale(&["bench", "produce", "-t", "b", "-n", "300", "-s", "100", "-c", "2", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let r = json(&o);
+    assert_eq!(r["records"], 300);
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["bytes"], 30_000);
+    assert!(r["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["latency"]["max_ms"].as_f64().unwrap() >= r["latency"]["p99_ms"].as_f64().unwrap());
+    let o = c.shale(&["bench", "consume", "-t", "b", "-n", "300", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["records"], 300);
+    c.shutdown().await;
+}
+
+/// Stream id of topic #1 partition 0's Raft log: group `(1 << 16) | 1`, log stream `2 * group`.
+const FIRST_PARTITION_LOG_STREAM: u64 = 2 * ((1 << 16) | 1);
+
+/// In `dir`'s stream, the segment holding a record whose payload contains `needle`, the byte
+/// position of the needle, and the record's offset.
+fn find_record(dir: &Path, needle: &[u8]) -> (PathBuf, usize, u64) {
+    let stream_dir = dir.join(FIRST_PARTITION_LOG_STREAM.to_string());
+    let mut segs: Vec<PathBuf> = fs::read_dir(&stream_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| names::parse_segment(&p.file_name().unwrap().to_string_lossy()).is_some())
+        .collect();
+    segs.sort();
+    for path in segs {
+        let bytes = fs::read(&path).unwrap();
+        let mut pos = segment::HEADER_LEN;
+        while pos + record::HEADER_LEN <= bytes.len() {
+            let field = |at: usize, len: usize| &bytes[pos + at..pos + at + len];
+            let offset = u64::from_le_bytes(field(record::OFFSET_AT, 8).try_into().unwrap());
+            let stored = u32::from_le_bytes(field(record::STORED_LEN_AT, 4).try_into().unwrap()) as usize;
+            let payload = &bytes[pos + record::PAYLOAD_AT..pos + record::PAYLOAD_AT + stored];
+            if let Some(i) = payload.windows(needle.len()).position(|w| w == needle) {
+                return (path, pos + record::PAYLOAD_AT + i, offset);
+            }
+            pos += record::encoded_len(stored);
+        }
+    }
+    panic!("no record holds {:?}", String::from_utf8_lossy(needle));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_reports_agreement_then_names_a_damaged_replica() {
+    let mut c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "ledger", "-p", "1", "-r", "3"], b"").await, 0);
+    let input: String = (0..40).map(|i| format!("entry-{i:03}\n")).collect();
+    assert_exit(&c.shale(&["produce", "ledger"], input.as_bytes()).await, 0);
+    // Verify compares at the newest offset every replica has applied: no wait needed.
+    let o = c.shale(&["verify", "ledger", "--sweep", "--step", "8"], b"").await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("OK: 1 partition(s), every replica agrees"), "{}", stdout(&o));
+    let o = c.shale(&["verify", "ledger", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let v = json(&o);
+    assert_eq!(v["partitions"][0]["status"], "agree");
+    assert_eq!(v["partitions"][0]["detail"]["replicas"].as_array().unwrap().len(), 3);
+
+    // Damage node 3's replica offline: flip one payload byte of a record in the middle.
+    let victim = 3;
+    c.stop(victim).await;
+    let (segment_path, position, offset) = find_record(c.data_dir(victim), b"entry-020");
+    let mut bytes = fs::read(&segment_path).unwrap();
+    bytes[position + 7] ^= 0x01;
+    fs::write(&segment_path, &bytes).unwrap();
+
+    let dir = c.data_dir(victim).to_string_lossy().into_owned();
+    let o = common::run_shale(
+        vec!["verify".into(), "--data-dir".into(), dir.clone(), "-o".into(), "json".into()],
+        Vec::new(),
+    )
+    .await;
+    assert_exit(&o, 1);
+    let report = json(&o);
+    let stream = report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == FIRST_PARTITION_LOG_STREAM)
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(stream["status"], "damaged", "{stream}");
+    assert_eq!(stream["role"], "topic #1 partition 0, raft log");
+    let damage = stream["findings"].as_array().unwrap().iter().find(|f| f["severity"] == "damage").unwrap();
+    assert_eq!(damage["offset"], offset, "{damage}");
+    assert_eq!(damage["file"], segment_path.file_name().unwrap().to_string_lossy().as_ref());
+    assert!(damage["detail"].as_str().unwrap().contains("CRC mismatch"), "{damage}");
+    assert_eq!(report["damaged_streams"], 1, "only the flipped stream is damaged: {report}");
+    let o = common::run_shale(vec!["verify".into(), "--data-dir".into(), dir], Vec::new()).await;
+    assert_exit(&o, 1);
+    assert!(stdout(&o).contains(&format!("offset {offset}")), "{}", stdout(&o));
+
+    // Online, after a restart: node 3 cannot serve the damaged partition (its Raft group refuses to
+    // start on a corrupt log, so it answers at no offset) or, if it can, the sweep reads the
+    // damaged stretch; either way node 3 alone is named, and an offset if one is named is the one.
+    c.restart(victim).await;
+    let o = c.shale(&["verify", "ledger", "--sweep", "--step", "8", "-o", "json"], b"").await;
+    assert_exit(&o, 1);
+    let v = json(&o);
+    let p = &v["partitions"][0];
+    assert!(p["status"] == "disagree" || p["status"] == "unavailable", "{v}");
+    if p["status"] == "disagree" {
+        assert_eq!(p["first_divergent_offset"], offset, "{v}");
+    }
+    let suspects: Vec<u64> = p["suspects"].as_array().unwrap().iter().map(|s| s["node_id"].as_u64().unwrap()).collect();
+    assert_eq!(suspects, vec![victim], "{v}");
+    let o = c.shale(&["verify", "ledger", "--sweep", "--step", "8"], b"").await;
+    assert_exit(&o, 1);
+    assert!(stdout(&o).contains("replica node 3"), "{}", stdout(&o));
+    c.shutdown().await;
+}
