@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use cluster_support::*;
 use shale_raft::cluster::{ClusterError, RetentionPolicy, TopicUpdate, partition_group_id};
-use shale_storage::{CodecKind, StorageBackend};
+use shale_storage::CodecKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_groups_come_up_on_their_replicas_with_leaders_spread() {

@@ -28,6 +28,19 @@ impl Cluster {
         })
     }
 
+    /// This replica's view of one partition: replicas, leader, log start and high watermark here.
+    /// `NotReplica` if this node does not host it.
+    pub fn local_partition_state(&self, topic: &str, partition: u32) -> Result<PartitionState, ClusterError> {
+        let local = self.local_partition(topic, partition)?;
+        Ok(PartitionState {
+            partition,
+            replicas: self.assignment(topic, partition).map(|a| a.replicas).unwrap_or_default(),
+            leader: local.group.leader().map(|(id, node)| (id, node.addr)),
+            log_start: Some(local.group.log_start()?),
+            high_watermark: Some(high_watermark(&local.group)),
+        })
+    }
+
     /// The local partition if this node leads it; otherwise `NotLeader` with the best leader known.
     fn leading_partition(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
         match self.local_partition(topic, partition) {

@@ -31,6 +31,8 @@ pub mod metadata_command {
     pub const KIND_ADD_MEMBER: u8 = 5;
     /// Kind: remove a member.
     pub const KIND_REMOVE_MEMBER: u8 = 6;
+    /// Kind: record the initial members (applies only while there are none).
+    pub const KIND_BOOTSTRAP: u8 = 7;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).

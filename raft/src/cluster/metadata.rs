@@ -59,6 +59,12 @@ pub enum MetadataCommand {
         /// Its gRPC address.
         addr: String,
     },
+    /// Record the initial members, all at once; a no-op once there are members (so the metadata
+    /// leader may propose it again after a leader change without harm).
+    Bootstrap {
+        /// Node id -> gRPC address.
+        members: BTreeMap<NodeId, String>,
+    },
     /// Remove a member; its partition replicas move to other members where possible.
     RemoveMember {
         /// Node id.
@@ -253,6 +259,19 @@ impl MetadataState {
                     return Err(Rejection::Invalid { reason: format!("address of {} bytes", addr.len()) });
                 }
                 self.members.insert(*id, addr.clone());
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::Bootstrap { members } => {
+                if let Some((id, addr)) = members.iter().find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES)
+                {
+                    return Err(Rejection::Invalid { reason: format!("member {id}: address of {} bytes", addr.len()) });
+                }
+                if members.is_empty() || members.len() > MAX_MEMBERS {
+                    return Err(Rejection::Invalid { reason: format!("{} initial members", members.len()) });
+                }
+                if self.members.is_empty() {
+                    self.members = members.clone();
+                }
                 Ok(MetadataReply::Ok)
             }
             MetadataCommand::RemoveMember { id } => {
@@ -509,6 +528,12 @@ impl MetadataCommand {
             MetadataCommand::AddMember { id, addr } => {
                 w.u8(cmd::KIND_ADD_MEMBER).u64(*id).str16(addr);
             }
+            MetadataCommand::Bootstrap { members } => {
+                w.u8(cmd::KIND_BOOTSTRAP).u16(members.len() as u16);
+                for (id, addr) in members {
+                    w.u64(*id).str16(addr);
+                }
+            }
             MetadataCommand::RemoveMember { id } => {
                 w.u8(cmd::KIND_REMOVE_MEMBER).u64(*id);
             }
@@ -560,6 +585,16 @@ impl MetadataCommand {
             },
             cmd::KIND_ADD_MEMBER => MetadataCommand::AddMember { id: r.u64()?, addr: r.str16(limits::MAX_ADDR_BYTES)? },
             cmd::KIND_REMOVE_MEMBER => MetadataCommand::RemoveMember { id: r.u64()? },
+            cmd::KIND_BOOTSTRAP => {
+                let raw = u64::from(r.u16()?);
+                let n = r.count(raw, MAX_MEMBERS, 10)?;
+                let mut members = BTreeMap::new();
+                for _ in 0..n {
+                    let id = r.u64()?;
+                    members.insert(id, r.str16(limits::MAX_ADDR_BYTES)?);
+                }
+                MetadataCommand::Bootstrap { members }
+            }
             other => return Err(r.error(format!("unknown command kind {other}"))),
         };
         r.finish()?;
@@ -762,6 +797,21 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_records_members_once() {
+        let mut s = MetadataState::new();
+        let first = BTreeMap::from([(1, "a:1".to_string()), (2, "b:2".to_string())]);
+        assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: first.clone() }), MetadataReply::Ok);
+        assert_eq!(s.members(), &first);
+        let other = BTreeMap::from([(7, "z:7".to_string())]);
+        assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: other }), MetadataReply::Ok);
+        assert_eq!(s.members(), &first, "a second bootstrap changes nothing");
+        assert!(matches!(
+            MetadataState::new().apply(&MetadataCommand::Bootstrap { members: BTreeMap::new() }),
+            MetadataReply::Rejected(Rejection::Invalid { .. })
+        ));
+    }
+
+    #[test]
     fn removing_a_member_moves_its_replicas() {
         let mut s = three_members();
         s.apply(&MetadataCommand::AddMember { id: 4, addr: "h:4".into() });
@@ -792,6 +842,7 @@ mod tests {
             MetadataCommand::CommitOffset { group: "g1".into(), topic: "orders".into(), partition: 2, offset: 9 },
             MetadataCommand::AddMember { id: 9, addr: "10.0.0.9:7000".into() },
             MetadataCommand::RemoveMember { id: 9 },
+            MetadataCommand::Bootstrap { members: BTreeMap::from([(1, "x:1".to_string())]) },
             MetadataCommand::CreateTopic(spec("orders", 3, 2)),
             MetadataCommand::DeleteTopic { name: "nope".into() },
         ];
@@ -863,6 +914,8 @@ mod tests {
                 }),
                 (1u64..6).prop_map(|id| MetadataCommand::AddMember { id, addr: format!("h:{id}") }),
                 (1u64..6).prop_map(|id| MetadataCommand::RemoveMember { id }),
+                proptest::collection::btree_map(1u64..6, "[a-z]{1,4}:[0-9]{1,4}", 1..4)
+                    .prop_map(|members| MetadataCommand::Bootstrap { members }),
             ]
         }
 

@@ -54,6 +54,10 @@ pub struct ClusterConfig {
     pub reconcile_interval_ms: u64,
     /// How often each partition is snapshotted and purged under its topic's retention.
     pub retention_interval_ms: u64,
+    /// How long a partition leader that is not the preferred (first) replica keeps leading before
+    /// it hands leadership to the preferred one (once that has the whole log). Leaves room for an
+    /// explicit `transfer_leader`; keeps leaders spread in the long run.
+    pub preferred_leader_delay_ms: u64,
     /// Bound on every wait inside a call (commits, read-index, bootstrap).
     pub request_timeout_ms: u64,
 }
@@ -69,6 +73,7 @@ impl ClusterConfig {
             raft: RaftGroupConfig::default(),
             reconcile_interval_ms: 200,
             retention_interval_ms: 30_000,
+            preferred_leader_delay_ms: 10_000,
             request_timeout_ms: 10_000,
         }
     }
@@ -81,6 +86,7 @@ impl fmt::Debug for ClusterConfig {
             .field("advertise_addr", &self.advertise_addr)
             .field("reconcile_interval_ms", &self.reconcile_interval_ms)
             .field("retention_interval_ms", &self.retention_interval_ms)
+            .field("preferred_leader_delay_ms", &self.preferred_leader_delay_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .finish_non_exhaustive()
     }
@@ -97,6 +103,8 @@ struct LocalPartition {
     retention: Mutex<Option<RetentionPolicy>>,
     /// Whether this process initialised the group (or found it initialised).
     initialized: std::sync::atomic::AtomicBool,
+    /// Since when this node has led the group without interruption (seen by the reconcile loop).
+    leader_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl fmt::Debug for LocalPartition {
@@ -388,51 +396,45 @@ impl Cluster {
         if !self.metadata_group.is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
-        self.metadata_group.add_learner(id, Node::new(addr.clone()), true).await?;
-        let mut voters = self.metadata_voters();
-        voters.insert(id);
-        self.metadata_group.change_membership(voters, false).await?;
-        self.wait_member(id, Some(addr)).await
+        let join = async {
+            self.metadata_group.add_learner(id, Node::new(addr.clone()), true).await?;
+            let mut voters = self.metadata_voters();
+            voters.insert(id);
+            self.metadata_group.change_membership(voters, false).await
+        };
+        tokio::time::timeout(self.timeout(), join).await.map_err(|_| ClusterError::Timeout {
+            what: format!("node {id} joining the metadata group"),
+            waited_ms: self.config.request_timeout_ms,
+        })??;
+        self.propose(MetadataCommand::AddMember { id, addr }).await.map(|_| ())
     }
 
-    /// Removes a node from the metadata group and the members; its partition replicas move to
-    /// other members (their leaders change the groups' membership). Metadata leader only.
+    /// Removes a node: first from the members (the metadata moves its partition replicas to other
+    /// members, and the node, still replicating the metadata, stops its partition groups), then from
+    /// the metadata group. Metadata leader only.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
         if !self.metadata_group.is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
         let mut voters = self.metadata_voters();
-        if !voters.remove(&id) {
-            return Err(ClusterError::Membership { id, reason: "not a voter of the metadata group".into() });
-        }
+        let is_voter = voters.remove(&id);
         if voters.is_empty() {
             return Err(ClusterError::Membership { id, reason: "cannot remove the last member".into() });
         }
-        self.metadata_group.change_membership(voters, false).await?;
-        self.wait_member(id, None).await
+        match self.propose(MetadataCommand::RemoveMember { id }).await {
+            Ok(_) => {}
+            // Already removed from the members by an earlier, interrupted call: finish the job.
+            Err(ClusterError::Membership { .. }) if is_voter => {}
+            Err(e) => return Err(e),
+        }
+        if is_voter {
+            self.metadata_group.change_membership(voters, false).await?;
+        }
+        Ok(())
     }
 
     fn metadata_voters(&self) -> std::collections::BTreeSet<NodeId> {
         self.metadata_group.metrics().membership_config.membership().voter_ids().collect()
-    }
-
-    /// Waits until the applied metadata has `id` at `addr` (or, with `None`, does not have `id`).
-    async fn wait_member(&self, id: NodeId, addr: Option<String>) -> Result<(), ClusterError> {
-        let mut changed = self.metadata_changed.clone();
-        let wait = async {
-            loop {
-                if self.metadata.read().members().get(&id) == addr.as_ref() {
-                    return Ok(());
-                }
-                if changed.changed().await.is_err() {
-                    return Err(ClusterError::Shutdown);
-                }
-            }
-        };
-        tokio::time::timeout(self.timeout(), wait).await.map_err(|_| ClusterError::Timeout {
-            what: format!("member {id} recorded in the metadata"),
-            waited_ms: self.config.request_timeout_ms,
-        })?
     }
 
     /// Members, the metadata group and every partition group hosted here.

@@ -1,14 +1,16 @@
 //! The reconcile loop: makes this node's groups match the applied metadata.
 //!
 //! Each pass (on every metadata change, and every `reconcile_interval_ms`):
-//! 1. On the metadata leader: record the metadata group's Raft members as metadata members
-//!    (`AddMember` / `RemoveMember`), so members always follow the group's membership.
+//! 1. On the metadata leader, once after bootstrap: record the metadata group's Raft members as
+//!    the initial metadata members (one `Bootstrap` command; later changes come from
+//!    `add_node` / `remove_node`).
 //! 2. Start the group of every partition this node replicates; the first replica of a partition
 //!    at `replica_epoch` 0 initialises it with the replica set.
 //! 3. Stop groups this node no longer replicates (topic deleted, or replica moved) and delete their
 //!    streams; also delete streams left by topics deleted while this node was down.
 //! 4. On a partition leader: bring the group's voters to the assigned replicas, and hand leadership
-//!    to the preferred replica (the first) once it is caught up, so leaders stay spread.
+//!    to the preferred replica (the first) once it is caught up and this node has led for
+//!    `preferred_leader_delay_ms`, so leaders stay spread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -69,7 +71,7 @@ struct Wanted {
 impl Cluster {
     async fn reconcile_once(&self) {
         if self.metadata_group.is_leader() {
-            self.sync_members().await;
+            self.record_initial_members().await;
         }
         let _guard = self.lifecycle.lock().await;
         if *self.shutdown.borrow() {
@@ -159,6 +161,7 @@ impl Cluster {
             state,
             retention: Mutex::new(Some(w.retention)),
             initialized: std::sync::atomic::AtomicBool::new(false),
+            leader_since: Mutex::new(None),
         });
         self.partitions.write().insert(gid, local.clone());
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");
@@ -207,8 +210,10 @@ impl Cluster {
             }
         }
         if !local.group.is_leader() {
+            *local.leader_since.lock() = None;
             return;
         }
+        let leading_for = local.leader_since.lock().get_or_insert_with(std::time::Instant::now).elapsed();
         let metrics = local.group.metrics().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -230,8 +235,10 @@ impl Cluster {
             .and_then(|r| r.get(&preferred).cloned().flatten())
             .is_some_and(|matched| matched.index() >= last);
         let applied = metrics.last_applied.as_ref().map_or(0, |l| l.index());
+        let delay = Duration::from_millis(self.config.preferred_leader_delay_ms);
         if caught_up
             && applied >= last
+            && leading_for >= delay
             && let Err(e) = local.group.transfer_leader(preferred).await
         {
             tracing::debug!(group = %a.group, to = preferred, error = %e, "preferred-leader transfer failed");
@@ -258,30 +265,21 @@ impl Cluster {
         }
     }
 
-    /// Metadata leader: make the metadata members equal the metadata group's Raft members.
-    async fn sync_members(&self) {
-        let raft_members: BTreeMap<NodeId, String> = {
+    /// Metadata leader: until members are recorded, record the metadata group's Raft members
+    /// (the bootstrap voters) as the initial members, in one command.
+    async fn record_initial_members(&self) {
+        if !self.metadata.read().members().is_empty() {
+            return;
+        }
+        let members: BTreeMap<NodeId, String> = {
             let m = self.metadata_group.metrics().membership_config.clone();
             m.membership().nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
         };
-        if raft_members.is_empty() {
+        if members.is_empty() {
             return;
         }
-        let recorded = self.metadata.read().members().clone();
-        for (id, addr) in &raft_members {
-            if recorded.get(id) != Some(addr) {
-                let r = self.propose(MetadataCommand::AddMember { id: *id, addr: addr.clone() }).await;
-                if let Err(e) = r {
-                    tracing::debug!(node = id, error = %e, "cannot record member");
-                    return;
-                }
-            }
-        }
-        for id in recorded.keys().filter(|id| !raft_members.contains_key(id)) {
-            if let Err(e) = self.propose(MetadataCommand::RemoveMember { id: *id }).await {
-                tracing::debug!(node = id, error = %e, "cannot remove member");
-                return;
-            }
+        if let Err(e) = self.propose(MetadataCommand::Bootstrap { members }).await {
+            tracing::debug!(error = %e, "cannot record the initial members yet");
         }
     }
 }

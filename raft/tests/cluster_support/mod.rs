@@ -13,7 +13,7 @@ use shale_raft::cluster::{
     Cluster, ClusterConfig, ClusterError, FetchRequest, NodeId, ProduceRecord, ProducedOffset, ProducerInfo,
     RetentionPolicy, TopicSpec,
 };
-use shale_storage::{CodecKind, MemoryStorage};
+use shale_storage::{CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,18 +21,54 @@ use tokio::task::JoinHandle;
 /// Bound on every wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Where a test node keeps its data.
+#[derive(Clone, Debug)]
+pub enum Backing {
+    /// `MemoryStorage` with these options (survives a restart: the same instance is reused).
+    Memory(StorageOptions),
+    /// The disk `Storage` under a temporary directory (reopened on restart).
+    Disk(StorageOptions),
+}
+
+/// How a test cluster is built.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Nodes started.
+    pub nodes: usize,
+    /// The first `members` nodes are bootstrapped as the initial members; the rest only run.
+    pub members: usize,
+    /// Storage of every node.
+    pub backing: Backing,
+    /// `ClusterConfig::preferred_leader_delay_ms`.
+    pub preferred_leader_delay_ms: u64,
+}
+
+impl Setup {
+    /// `n` nodes, all members, in memory, preferred leaders after 100 ms.
+    pub fn new(n: usize) -> Self {
+        Setup {
+            nodes: n,
+            members: n,
+            backing: Backing::Memory(StorageOptions::default()),
+            preferred_leader_delay_ms: 100,
+        }
+    }
+}
+
 /// One node of a test cluster.
 pub struct TestNode {
     pub id: NodeId,
     pub addr: String,
-    pub storage: Arc<MemoryStorage>,
+    pub storage: Arc<dyn StorageBackend>,
     pub cluster: Option<Arc<Cluster>>,
+    dir: Option<tempfile::TempDir>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 /// N nodes, bootstrapped.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
+    pub setup: Setup,
 }
 
 fn raft_config() -> RaftGroupConfig {
@@ -44,10 +80,11 @@ fn raft_config() -> RaftGroupConfig {
     }
 }
 
-async fn serve(node: &mut TestNode, listener: TcpListener) -> Result<(), ClusterError> {
+async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Result<(), ClusterError> {
     let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
     config.raft = raft_config();
     config.reconcile_interval_ms = 50;
+    config.preferred_leader_delay_ms = setup.preferred_leader_delay_ms;
     config.retention_interval_ms = 500;
     config.request_timeout_ms = 10_000;
     let cluster = Cluster::start(config).await?;
@@ -68,31 +105,38 @@ async fn serve(node: &mut TestNode, listener: TcpListener) -> Result<(), Cluster
 }
 
 impl TestCluster {
-    /// Starts `n` nodes (ids 1..=n) and bootstraps the metadata group from node 1.
+    /// Starts `n` nodes (ids 1..=n) in memory and bootstraps them all from node 1.
     pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(Setup::new(n)).await
+    }
+
+    /// Starts the nodes of `setup` and bootstraps its first `members` from node 1.
+    pub async fn start_with(setup: Setup) -> TestCluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let mut listeners = Vec::new();
         let mut nodes = Vec::new();
-        for i in 0..n {
+        for i in 0..setup.nodes {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
-            nodes.push(TestNode {
-                id: i as NodeId + 1,
-                addr,
-                storage: Arc::new(MemoryStorage::new()),
-                cluster: None,
-                server: None,
-            });
+            let (storage, dir): (Arc<dyn StorageBackend>, _) = match &setup.backing {
+                Backing::Memory(o) => (Arc::new(MemoryStorage::with_options(o.clone()).expect("memory storage")), None),
+                Backing::Disk(o) => {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    (Arc::new(Storage::open_with(dir.path(), o.clone()).expect("open storage")), Some(dir))
+                }
+            };
+            nodes.push(TestNode { id: i as NodeId + 1, addr, storage, cluster: None, dir, server: None });
             listeners.push(listener);
         }
         for (node, listener) in nodes.iter_mut().zip(listeners) {
-            serve(node, listener).await.expect("start node");
+            serve(node, listener, &setup).await.expect("start node");
         }
-        let members: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-        let c = TestCluster { nodes };
+        let members: BTreeMap<NodeId, String> =
+            nodes.iter().take(setup.members).map(|n| (n.id, n.addr.clone())).collect();
+        let c = TestCluster { nodes, setup };
         c.node(1).bootstrap(members).await.expect("bootstrap");
         c
     }
@@ -121,11 +165,18 @@ impl TestCluster {
         }
     }
 
-    /// Restarts node `id` on its old address and storage.
+    /// Restarts node `id` on its old address and storage (a disk storage is reopened).
     pub async fn restart(&mut self, id: NodeId) {
+        let setup = self.setup.clone();
         let node = &mut self.nodes[id as usize - 1];
+        if let (Backing::Disk(o), Some(dir)) = (&setup.backing, &node.dir) {
+            // Every handle on the old storage is gone once the cluster is shut down and dropped.
+            let path = dir.path().to_path_buf();
+            node.storage = Arc::new(MemoryStorage::new());
+            node.storage = Arc::new(Storage::open_with(&path, o.clone()).expect("reopen storage"));
+        }
         let listener = TcpListener::bind(&node.addr).await.expect("rebind");
-        serve(node, listener).await.expect("restart node");
+        serve(node, listener, &setup).await.expect("restart node");
     }
 
     /// The metadata leader (waits for one).
@@ -165,10 +216,11 @@ impl TestCluster {
                 if !self.running().contains(&l) {
                     return None;
                 }
-                // The leader must know it leads (its group reports itself as leader).
+                // The leader must know it leads and have a quorum confirm it (read-index).
                 if self.node(l).leader_of(topic, a.partition).map(|x| x.0) != Some(l) {
                     return None;
                 }
+                self.node(l).end_offsets(topic, a.partition).await.ok()?;
                 leaders.push(l);
             }
             Some(leaders)
@@ -220,14 +272,45 @@ impl TestCluster {
 
     /// Every visible record of a partition as node `id` serves it, from offset 0.
     pub async fn read_all(&self, id: NodeId, topic: &str, partition: u32) -> Vec<shale_raft::cluster::ConsumedRecord> {
+        self.try_read_all(id, topic, partition).await.expect("fetch")
+    }
+
+    /// Every visible record from `from` on, as node `id` serves it.
+    pub async fn read_all_from(
+        &self,
+        id: NodeId,
+        topic: &str,
+        partition: u32,
+        from: u64,
+    ) -> Vec<shale_raft::cluster::ConsumedRecord> {
+        self.try_read_from(id, topic, partition, from).await.expect("fetch")
+    }
+
+    /// As `read_all`, but a failed fetch is returned.
+    pub async fn try_read_all(
+        &self,
+        id: NodeId,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<shale_raft::cluster::ConsumedRecord>, ClusterError> {
+        self.try_read_from(id, topic, partition, 0).await
+    }
+
+    async fn try_read_from(
+        &self,
+        id: NodeId,
+        topic: &str,
+        partition: u32,
+        from: u64,
+    ) -> Result<Vec<shale_raft::cluster::ConsumedRecord>, ClusterError> {
         let mut out = Vec::new();
-        let mut offset = 0;
+        let mut offset = from;
         loop {
             let req = FetchRequest { topic: topic.into(), partition, offset, max_bytes: 1 << 20, wait: Duration::ZERO };
-            let res = self.node(id).fetch(req).await.expect("fetch");
+            let res = self.node(id).fetch(req).await?;
             match res.records.last() {
                 Some(last) => offset = last.offset + 1,
-                None => return out,
+                None => return Ok(out),
             }
             out.extend(res.records);
         }

@@ -1,0 +1,207 @@
+//! Operations on a running cluster: bootstrap again, leader transfer, membership, retention,
+//! and a full restart on disk.
+
+mod cluster_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster_support::*;
+use shale_raft::cluster::{ClusterError, FetchRequest, ProducerInfo, RetentionPolicy, TopicSpec};
+use shale_storage::{CheckpointPolicy, CodecKind, StorageOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_again_is_a_no_op_and_transfer_leader_moves_leadership() {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 1_500;
+    let c = TestCluster::start_with(setup).await;
+    // Bootstrapping again (from another node, same members) changes nothing.
+    let members: BTreeMap<_, _> = c.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    c.node(2).bootstrap(members).await.expect("second bootstrap");
+    wait_for("every node sees the three members", || async {
+        (1..=3).all(|id| c.node(id).cluster_status().members.len() == 3).then_some(())
+    })
+    .await;
+
+    c.create_topic("moving", 1, 3).await;
+    let preferred = c.settled_leaders("moving").await[0];
+    let target = (1..=3).find(|id| *id != preferred).expect("another replica");
+    assert!(matches!(
+        c.node(target).transfer_leader("moving", 0, target).await,
+        Err(ClusterError::NotLeader { leader: Some((l, _)) }) if l == preferred
+    ));
+    assert!(matches!(
+        c.node(preferred).transfer_leader("moving", 0, 99).await,
+        Err(ClusterError::InvalidArgument { field: "to", .. })
+    ));
+    c.node(preferred).transfer_leader("moving", 0, target).await.expect("transfer");
+    wait_for("the target leads", || async { (c.wait_partition_leaders("moving").await == vec![target]).then_some(()) })
+        .await;
+    let acked = c.produce("moving", 0, vec![record("k", "after transfer")], None).await.expect("produce");
+    // After the preferred-leader delay, leadership returns to the preferred replica.
+    assert_eq!(c.settled_leaders("moving").await, vec![preferred]);
+    let all = c.read_all(preferred, "moving", 0).await;
+    assert_eq!(all.last().map(|r| r.offset), Some(acked[0].offset));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
+    let mut setup = Setup::new(4);
+    setup.members = 3;
+    let c = TestCluster::start_with(setup).await;
+    let ml = c.metadata_leader().await;
+    assert!(matches!(
+        c.node(ml).create_topic(spec("wide", 4, 4)).await,
+        Err(ClusterError::NotEnoughNodes { requested: 4, available: 3 })
+    ));
+    c.node(ml).add_node(4, c.nodes[3].addr.clone()).await.expect("add node 4");
+    let status = c.node(ml).cluster_status();
+    assert_eq!(status.members.len(), 4);
+    assert_eq!(status.metadata.expect("metadata").replicas, vec![1, 2, 3, 4]);
+
+    let info = c.create_topic("wide", 2, 3).await;
+    c.settled_leaders("wide").await;
+    let on_node_4 = info.partitions.iter().filter(|p| p.replicas.contains(&4)).count();
+    assert!(on_node_4 > 0, "the new node takes replicas: {info:?}");
+    let before =
+        c.produce("wide", 0, vec![record("a", "1")], Some(ProducerInfo { producer_id: 1, base_sequence: 0 })).await;
+    let before = before.expect("produce");
+
+    // Remove node 2: metadata moves its replicas, the partition leaders change the groups.
+    let ml = c.metadata_leader().await;
+    c.node(ml).remove_node(2).await.expect("remove node 2");
+    let moved = wait_for("replicas moved off node 2", || async {
+        let ml = c.metadata_leader().await;
+        let topics = c.node(ml).list_topics().await.ok()?;
+        let wide = topics.into_iter().find(|t| t.name == "wide")?;
+        wide.partitions.iter().all(|p| !p.replicas.contains(&2) && p.replicas.len() == 3).then_some(wide)
+    })
+    .await;
+    wait_for("node 2 stops its groups and the new replicas run them", || async {
+        let node2_empty = c.node(2).cluster_status().partitions.is_empty();
+        let all_running = moved
+            .partitions
+            .iter()
+            .all(|p| p.replicas.iter().all(|r| c.node(*r).local_partition_state("wide", p.partition).is_ok()));
+        (node2_empty && all_running).then_some(())
+    })
+    .await;
+    // Every new replica catches up with what was written before the move, and the group still takes writes.
+    let after =
+        c.produce("wide", 0, vec![record("b", "2")], Some(ProducerInfo { producer_id: 1, base_sequence: 1 })).await;
+    let after = after.expect("produce after move");
+    let p0 = &moved.partitions[0];
+    for r in &p0.replicas {
+        wait_for("replica holds both records", || async {
+            let offsets: Vec<u64> = c.try_read_all(*r, "wide", 0).await.ok()?.iter().map(|x| x.offset).collect();
+            (offsets == vec![before[0].offset, after[0].offset]).then_some(())
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_old_segments_only_below_a_snapshot() {
+    let options = StorageOptions {
+        max_segment_bytes: 4096,
+        checkpoint_policy: CheckpointPolicy::Manual,
+        ..StorageOptions::default()
+    };
+    let mut setup = Setup::new(3);
+    setup.backing = Backing::Memory(options);
+    let c = TestCluster::start_with(setup).await;
+    let ml = c.metadata_leader().await;
+    let spec = TopicSpec {
+        retention: RetentionPolicy { retention_bytes: Some(16 * 1024), retention_ms: None },
+        codec: CodecKind::None,
+        ..spec("short", 1, 3)
+    };
+    c.node(ml).create_topic(spec).await.expect("create");
+    c.settled_leaders("short").await;
+    let mut acked = Vec::new();
+    for batch in 0..20 {
+        let records = (0..10).map(|i| record("k", &format!("{batch:03}-{i:03}-{}", "x".repeat(400)))).collect();
+        acked.extend(c.produce("short", 0, records, None).await.expect("produce"));
+    }
+    let last = acked.last().expect("acked").offset;
+    // One replica compacts on demand; the others through the retention loop.
+    let outcome = c.node(1).compact("short", 0).await.expect("compact");
+    assert!(outcome.log_start_after > outcome.log_start_before, "{outcome:?}");
+    assert!(outcome.log_start_after <= outcome.snapshot_index + 1, "never past the snapshot: {outcome:?}");
+    for id in 1..=3 {
+        let state = wait_for("log start moved on every replica", || async {
+            let s = c.node(id).local_partition_state("short", 0).ok()?;
+            (s.log_start? > 0).then_some(s)
+        })
+        .await;
+        let start = state.log_start.expect("start");
+        let bytes =
+            c.nodes[id as usize - 1].storage.stream_bytes(shale_raft::GroupId(65537).log_stream()).expect("bytes");
+        assert!(bytes < 200 * 420, "node {id} purged: {bytes} bytes left");
+        // Below the log start is out of range and says where the log starts; above it everything is there.
+        let req =
+            FetchRequest { topic: "short".into(), partition: 0, offset: 0, max_bytes: 1024, wait: Duration::ZERO };
+        match c.node(id).fetch(req).await {
+            Err(ClusterError::OffsetOutOfRange { start: s, .. }) => assert!(s >= start),
+            other => panic!("node {id}: {other:?}"),
+        }
+        // Everything from the log start on is there, in order, with the acknowledged hashes.
+        let from = acked.iter().position(|a| a.offset >= start).expect("kept records");
+        let kept: Vec<_> = c.read_all_from(id, "short", 0, start).await;
+        let expected: Vec<_> = acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect();
+        assert_eq!(kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(), expected, "node {id}");
+        assert!(
+            kept.len() * 420 >= 16 * 1024 - 2 * 4096,
+            "node {id} keeps about retention_bytes: {} records",
+            kept.len()
+        );
+        assert_eq!(kept.last().map(|r| r.offset), Some(last));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() {
+    let mut setup = Setup::new(3);
+    setup.backing = Backing::Disk(StorageOptions::default());
+    let mut c = TestCluster::start_with(setup).await;
+    c.create_topic("durable", 2, 3).await;
+    c.settled_leaders("durable").await;
+    let producer = ProducerInfo { producer_id: 5, base_sequence: 0 };
+    let batch: Vec<_> = (0..10).map(|i| record("k", &format!("v{i}"))).collect();
+    let acked = c.produce("durable", 1, batch.clone(), Some(producer)).await.expect("produce");
+    // Snapshot one replica so that its restart restores from a snapshot, not only from the log.
+    c.node(1).checkpoint("durable", 1).await.expect("checkpoint");
+    let ml = c.metadata_leader().await;
+    c.node(ml).commit_offset("g", "durable", 1, acked[4].offset).await.expect("commit");
+
+    for id in 1..=3 {
+        c.kill(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id).await;
+    }
+    c.wait_partition_leaders("durable").await;
+    for id in 1..=3 {
+        let got = wait_for("replica serves the records after restart", || async {
+            let all = c.try_read_all(id, "durable", 1).await.ok()?;
+            (all.len() == acked.len()).then_some(all)
+        })
+        .await;
+        for (r, a) in got.iter().zip(&acked) {
+            assert_eq!((r.offset, r.chain_hash), (a.offset, a.chain_hash));
+        }
+        assert_eq!(got[3].value, Bytes::from_static(b"v3"));
+    }
+    // The dedup table survived: the retry answers the original offsets and writes nothing.
+    let retry = c.produce("durable", 1, batch, Some(producer)).await.expect("retry");
+    assert_eq!(retry, acked);
+    let ml = c.metadata_leader().await;
+    let offsets = wait_for("offsets readable", || async { c.node(ml).fetch_offsets("g").await.ok() }).await;
+    assert_eq!(offsets.len(), 1);
+    assert_eq!(offsets[0].offset, acked[4].offset);
+    c.shutdown().await;
+}
