@@ -39,7 +39,7 @@ async fn topic_lifecycle() {
     let o = c.shale(&["topic", "describe", "orders"], b"").await;
     assert_exit(&o, 0);
     let text = stdout(&o);
-    assert!(text.contains("Name:                orders") && text.contains("Retention:           7d"), "{text}");
+    assert!(text.contains("Name:                orders") && text.contains("Retention age:       7d"), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with(['0', '1', '2'])).count(), 3, "one row per partition:\n{text}");
 
     let o = c

@@ -180,7 +180,7 @@ pub fn status_table(v: &ClusterView) -> String {
             g.term.to_string(),
             g.commit_index.to_string(),
             g.apply_index.to_string(),
-            g.log_end.to_string(),
+            if g.topic.is_empty() { "-".to_string() } else { g.log_end.to_string() },
             lag,
         ]);
     }

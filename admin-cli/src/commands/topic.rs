@@ -97,7 +97,7 @@ pub fn list_table(topics: &[TopicView]) -> String {
 /// The `topic describe` text: settings, then one row per partition.
 pub fn describe_table(topic: &TopicView) -> String {
     let mut out = format!(
-        "Name:                {}\nPartitions:          {}\nReplication factor:  {}\nRetention bytes:     {}\nRetention:           {}\nCodec:               {}\n\n",
+        "Name:                {}\nPartitions:          {}\nReplication factor:  {}\nRetention size:      {}\nRetention age:       {}\nCodec:               {}\n\n",
         topic.name,
         topic.partitions,
         topic.replication_factor,
