@@ -137,6 +137,10 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
             ErrorCode::UnknownPartition => Some("`shale topic describe TOPIC` shows its partitions".into()),
             ErrorCode::TopicExists => Some("use --if-not-exists to accept an existing topic".into()),
             ErrorCode::UnknownNode => Some("`shale cluster status` lists the members".into()),
+            ErrorCode::FailedPrecondition => Some(
+                "the cluster's current state does not allow it; `shale cluster status` shows members and leaders"
+                    .into(),
+            ),
             ErrorCode::NoLeader | ErrorCode::NotLeader | ErrorCode::Unavailable => Some(format!(
                 "the cluster is electing a leader or a replica is down; retry, and check `shale cluster status`. {unreachable}"
             )),

@@ -145,6 +145,16 @@ async fn cluster_status_and_bench_report_json() {
     assert_exit(&o, 0);
     assert!(stdout(&o).contains("MEMBERS") && stdout(&o).contains("b/1"), "{}", stdout(&o));
 
+    // Leadership moves on request.
+    let leader = s["partitions"][0]["leader"].as_u64().unwrap();
+    let target = if leader == 3 { 2 } else { 3 };
+    let o = c.shale(&["cluster", "transfer-leader", "b", "0", "--to", &target.to_string()], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), format!("b/0: leader is now node {target}\n"));
+    let o = c.shale(&["cluster", "remove-node", "42"], b"").await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("remove node 42") && stderr(&o).contains("`shale cluster status`"), "{}", stderr(&o));
+
     let o = c.shale(&["bench", "produce", "-t", "b", "-n", "300", "-s", "100", "-c", "2", "-o", "json"], b"").await;
     assert_exit(&o, 0);
     let r = json(&o);

@@ -1,6 +1,7 @@
 //! `shale produce TOPIC`: records from stdin lines, all of stdin, or files.
 
 use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -164,6 +165,9 @@ pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
             .map_err(|source| CliError::Input { path: stdin_path(), source })?;
         sender.send(template.record(&data, 1)?).await?;
     } else {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading records from stdin, one per line; Ctrl-D to send and finish");
+        }
         let mut reader = BufReader::new(tokio::io::stdin());
         let mut line = Vec::new();
         let mut number = 0u64;

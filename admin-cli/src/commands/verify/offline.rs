@@ -567,6 +567,28 @@ mod tests {
     }
 
     #[test]
+    fn a_held_lock_is_reported_as_a_running_node() {
+        let dir = data_dir(3);
+        let open = Storage::open(dir.path()).unwrap();
+        let report = verify_data_dir(dir.path(), None).unwrap();
+        assert!(report.node_running);
+        assert!(report_text(&report).contains("is the node running?"));
+        drop(open);
+        assert!(!verify_data_dir(dir.path(), None).unwrap().node_running);
+    }
+
+    #[test]
+    fn a_stream_dir_without_segments_is_a_notice() {
+        let dir = data_dir(3);
+        fs::create_dir(dir.path().join("77")).unwrap();
+        let report = verify_data_dir(dir.path(), None).unwrap();
+        assert!(report.ok(), "{}", report_text(&report));
+        let s = report.streams.iter().find(|s| s.stream == 77).unwrap();
+        assert_eq!(s.findings[0].kind, "empty-stream-dir");
+        assert!(dir.path().join("77").is_dir(), "the original is left alone");
+    }
+
+    #[test]
     fn leftover_temp_files_are_notices_not_damage() {
         let dir = data_dir(5);
         fs::write(dir.path().join("0").join("segment_000009.idx.tmp"), b"partial").unwrap();
