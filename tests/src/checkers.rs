@@ -240,16 +240,18 @@ fn summarize(report: &VerifyReport) -> Vec<(u64, Option<String>, String)> {
 /// the order it sent them (the client keeps one batch per partition in flight).
 pub fn acks_in_send_order(history: &History) -> Result<(), Violation> {
     let mut problems = Vec::new();
-    let mut by_stream: BTreeMap<(usize, u32), Vec<(u64, u64)>> = BTreeMap::new();
+    // (run, producer, partition) -> (seq, offset) of each acknowledgement.
+    type Stream<'a> = (&'a str, usize, u32);
+    let mut by_stream: BTreeMap<Stream<'_>, Vec<(u64, u64)>> = BTreeMap::new();
     for ack in &history.acks {
-        by_stream.entry((ack.producer, ack.partition)).or_default().push((ack.seq, ack.offset));
+        by_stream.entry((&ack.run, ack.producer, ack.partition)).or_default().push((ack.seq, ack.offset));
     }
-    for ((producer, partition), mut acks) in by_stream {
+    for ((run, producer, partition), mut acks) in by_stream {
         acks.sort_unstable();
         for w in acks.windows(2) {
             if w[1].1 <= w[0].1 {
                 problems.push(format!(
-                    "producer {producer} partition {partition}: seq {} acked at offset {}, later seq {} at offset {}",
+                    "run {run} producer {producer} partition {partition}: seq {} acked at offset {}, later seq {} at offset {}",
                     w[0].0, w[0].1, w[1].0, w[1].1
                 ));
             }
@@ -320,7 +322,14 @@ mod tests {
                 let unacked_written = producer == 1 && seq == 3;
                 let unacked_lost = producer == 0 && seq == 5;
                 if unacked_lost {
-                    history.unacked.push(Unacked { producer, seq, value, partition, error: "timeout".into() });
+                    history.unacked.push(Unacked {
+                        run: "run".into(),
+                        producer,
+                        seq,
+                        value,
+                        partition,
+                        error: "timeout".into(),
+                    });
                     continue;
                 }
                 let offset = next[&partition];
@@ -328,9 +337,16 @@ mod tests {
                 let chain_hash = hash(offset, &show(&value));
                 logs.entry(partition).or_default().push(LogRecord { offset, value: value.clone(), chain_hash });
                 if unacked_written {
-                    history.unacked.push(Unacked { producer, seq, value, partition, error: "lost reply".into() });
+                    history.unacked.push(Unacked {
+                        run: "run".into(),
+                        producer,
+                        seq,
+                        value,
+                        partition,
+                        error: "lost reply".into(),
+                    });
                 } else {
-                    history.acks.push(Ack { producer, seq, value, partition, offset, chain_hash });
+                    history.acks.push(Ack { run: "run".into(), producer, seq, value, partition, offset, chain_hash });
                 }
             }
         }
@@ -542,6 +558,16 @@ mod tests {
         history.acks[j].offset = oi;
         let err = acks_in_send_order(&history).unwrap_err();
         assert!(err.problems[0].contains("later seq"), "{err}");
+    }
+
+    #[test]
+    fn send_order_is_per_run_so_a_second_workload_may_reuse_producer_numbers() {
+        let (mut history, _, _) = scenario();
+        // A later run's producer 0 starts again at seq 0, at higher offsets: no violation.
+        let later: Vec<Ack> =
+            history.acks.iter().map(|a| Ack { run: "later".into(), offset: a.offset + 1_000, ..a.clone() }).collect();
+        history.acks.extend(later);
+        acks_in_send_order(&history).unwrap();
     }
 
     #[test]

@@ -219,6 +219,29 @@ impl ContainerCluster {
         docker(&["stop", "--time", &grace.as_secs().max(1).to_string(), &self.node(id)?.container]).await.map(drop)
     }
 
+    /// Whether the node's container is running.
+    pub async fn is_running(&self, id: u64) -> Result<bool, HarnessError> {
+        Ok(docker::inspect(&self.node(id)?.container, "{{.State.Running}}").await? == "true")
+    }
+
+    /// The exit code of a stopped node's container.
+    pub async fn exit_code(&self, id: u64) -> Result<i64, HarnessError> {
+        let out = docker::inspect(&self.node(id)?.container, "{{.State.ExitCode}}").await?;
+        out.parse().map_err(|_| HarnessError::Parse { what: format!("exit code of node {id}"), detail: out })
+    }
+
+    /// Waits until the node's container has stopped.
+    pub async fn wait_stopped(&self, id: u64, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        while self.is_running(id).await? {
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Timeout { what: format!("node {id} to stop"), timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// `docker start` of a stopped or killed node (same volume, same address).
     pub async fn start_node(&self, id: u64) -> Result<(), HarnessError> {
         tracing::info!(node = id, "start");
@@ -328,11 +351,19 @@ impl ContainerCluster {
         }
     }
 
-    /// Prints the tail of every node's log to stderr (called on failure).
+    /// Prints the tail of every node's log to stderr and saves the whole logs under
+    /// `<target>/shale-tests/logs/<cluster>/` (called on failure).
     pub fn dump_logs(&self, lines: u32) {
+        let dir = crate::paths::target_dir().join("shale-tests").join("logs").join(&self.name);
+        let _ = std::fs::create_dir_all(&dir);
         for n in &self.nodes {
             eprintln!("===== {} (node {}) last {lines} log lines =====", n.container, n.id);
             eprintln!("{}", docker::logs_tail_blocking(&n.container, lines));
+            let full = docker::logs_tail_blocking(&n.container, u32::MAX);
+            let path = dir.join(format!("node-{}.log", n.id));
+            if std::fs::write(&path, full).is_ok() {
+                eprintln!("===== whole log of node {}: {}", n.id, path.display());
+            }
         }
     }
 }
@@ -340,7 +371,7 @@ impl ContainerCluster {
 impl Drop for ContainerCluster {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var("SHALE_TEST_DUMP_LOGS").is_ok_and(|v| v == "1") {
-            self.dump_logs(60);
+            self.dump_logs(40);
         }
         if std::env::var("SHALE_TEST_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("SHALE_TEST_KEEP=1: leaving {} (containers, volumes, network) in place", self.name);

@@ -158,7 +158,8 @@ pub async fn inspect(object: &str, format: &str) -> Result<String, HarnessError>
 
 /// The last `lines` lines of a container's output (stdout and stderr), for diagnostics.
 pub fn logs_tail_blocking(container: &str, lines: u32) -> String {
-    match run_program_blocking("docker", &["logs", "--tail", &lines.to_string(), container]) {
+    let tail = if lines == u32::MAX { "all".to_string() } else { lines.to_string() };
+    match run_program_blocking("docker", &["logs", "--tail", &tail, container]) {
         Ok(out) => format!("{}{}", out.stdout, out.stderr),
         Err(e) => format!("(no logs: {e})"),
     }

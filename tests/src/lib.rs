@@ -11,6 +11,7 @@
 
 pub mod checkers;
 pub mod cluster;
+pub mod compose;
 pub mod docker;
 pub mod error;
 pub mod http;
@@ -26,6 +27,6 @@ pub use error::HarnessError;
 /// Installs a test log subscriber (RUST_LOG, default `info` for the harness); safe to call often.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shale_tests=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shale_tests=info,shale_client=error,warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }

@@ -70,7 +70,9 @@ pub fn test_client_config(endpoints: Vec<String>) -> ClientConfig {
 /// One acknowledged record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
-    /// Which producer sent it.
+    /// The workload run that sent it.
+    pub run: String,
+    /// Which producer of that run sent it.
     pub producer: usize,
     /// Its position in that producer's send order.
     pub seq: u64,
@@ -87,7 +89,9 @@ pub struct Ack {
 /// One record that was sent but not acknowledged (it may or may not have been written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unacked {
-    /// Which producer sent it.
+    /// The workload run that sent it.
+    pub run: String,
+    /// Which producer of that run sent it.
     pub producer: usize,
     /// Its position in that producer's send order.
     pub seq: u64,
@@ -276,6 +280,7 @@ impl ProducerTask {
                 self.acked.fetch_add(1, Ordering::Relaxed);
                 debug_assert_eq!(meta.partition, partition);
                 history.acks.push(Ack {
+                    run: self.run.clone(),
                     producer: self.producer,
                     seq,
                     value,
@@ -287,7 +292,14 @@ impl ProducerTask {
             Err(error) => {
                 self.unacked.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(producer = self.producer, seq, %error, "record not acknowledged");
-                history.unacked.push(Unacked { producer: self.producer, seq, value, partition, error });
+                history.unacked.push(Unacked {
+                    run: self.run.clone(),
+                    producer: self.producer,
+                    seq,
+                    value,
+                    partition,
+                    error,
+                });
             }
         }
     }

@@ -1,0 +1,62 @@
+//! deploy/docker-compose.yml brought up for real (under its own project name and loopback ports):
+//! every node becomes healthy through the image's healthcheck, and a client outside the network
+//! writes through one published port and reads the same records back from every node's port.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shale_client::proto::produce_client::ProduceClient;
+use shale_client::{Client, NewTopic, proto};
+use shale_tests::checkers;
+use shale_tests::compose::{ComposeCommand, ComposeProject};
+use shale_tests::image::ensure_image;
+use shale_tests::workload::{self, Ack, History, node_channel, test_client_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
+    shale_tests::init_logging();
+    let image = ensure_image().await.unwrap();
+    let compose = ComposeCommand::installed().await.into_iter().next().expect("a Compose is installed");
+    let project = ComposeProject::up(compose, &image).await.unwrap();
+    project.wait_healthy(Duration::from_secs(120)).await.unwrap();
+
+    let grpc: BTreeMap<u64, String> =
+        project.ports.iter().map(|(id, (g, _))| (*id, format!("127.0.0.1:{g}"))).collect();
+    let client = Client::new(test_client_config(grpc.values().cloned().collect())).unwrap();
+    client.admin().create_topic(NewTopic::new("compose", 1, 3)).await.unwrap();
+
+    // Produce through node 1's published port: the node forwards to the partition leader.
+    let mut produce = ProduceClient::new(node_channel(&grpc[&1]).unwrap());
+    let mut history = History::default();
+    for batch in 0..5u64 {
+        let values: Vec<Bytes> = (0..4).map(|i| Bytes::from(format!("compose/b{batch}/r{i}"))).collect();
+        let records = values
+            .iter()
+            .map(|v| proto::Record { key: None, value: v.clone(), headers: Vec::new(), timestamp_ms: 0 })
+            .collect();
+        let req = proto::ProduceRequest { topic: "compose".into(), partition: 0, records, producer: None };
+        let resp = produce.produce(req).await.unwrap().into_inner();
+        assert_eq!(resp.acks.len(), values.len());
+        for (i, (value, ack)) in values.into_iter().zip(resp.acks).enumerate() {
+            history.acks.push(Ack {
+                run: "compose".into(),
+                producer: 0,
+                seq: batch * 4 + i as u64,
+                value,
+                partition: 0,
+                offset: ack.offset,
+                chain_hash: ack.chain_hash.as_ref().try_into().unwrap(),
+            });
+        }
+    }
+
+    // Every node's published port serves its own replica with every record.
+    workload::wait_replicas_converged(&grpc, "compose", 1, Duration::from_secs(60)).await.unwrap();
+    let views = workload::read_all_replicas(&grpc, "compose", 1).await.unwrap();
+    let verify = workload::verify_all(&client, "compose", 1, &BTreeMap::new()).await.unwrap();
+    if let Err(violations) = checkers::check_all(&history, &views, &verify, 3) {
+        panic!("{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    }
+    eprintln!("compose project {}: 20 records on every node", project.name());
+}
