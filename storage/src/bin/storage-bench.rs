@@ -8,6 +8,16 @@
 //! Every record is hashed once on append and once on a verified read, so single-core SHA-256
 //! throughput (over 1 KiB buffers) bounds both paths; the targets are stated as a share of it.
 //! Figures, not tests: nothing here fails a build. `MB` is 10^6 bytes of payload.
+//!
+//! On a shared machine the wall-clock figures swing with other load. The yardstick is re-measured
+//! around every compared row, and per-CPU-second columns are printed, but the storage paths stream
+//! through memory and the page cache while SHA-256 of one 1 KiB buffer stays in L1, so contention
+//! still hurts them more. To measure on a busy Linux box, run it in its own scheduler autogroup at
+//! top priority (root):
+//!
+//! ```text
+//! setsid sh -c 'echo -20 > /proc/self/autogroup; exec nice -n -20 target/release/storage-bench --dir /some/ext4/dir'
+//! ```
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
