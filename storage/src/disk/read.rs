@@ -126,11 +126,7 @@ impl Storage {
                 let stop = seg.end().min(next);
                 // The record before `pos` was verified by the previous piece: a broken link
                 // into `pos` names it.
-                let before = (pos > start).then(|| {
-                    let i = c.segment_index(Offset::new(pos.get() - 1));
-                    let s = &c.segments[i];
-                    (i, s.positions[(pos.get() - 1 - s.base.get()) as usize])
-                });
+                let before = (pos > start).then(|| c.locate(Offset::new(pos.get() - 1)));
                 prev = self.walk_after(&h, &c, pos, prev, before, stop, SCAN_CHUNK_BYTES, |_| {
                     records += 1;
                     true

@@ -69,7 +69,9 @@ impl Segment {
 /// The part of a stream readers look at.
 #[derive(Debug)]
 pub(crate) struct StreamCore {
-    /// Oldest first; never empty. The last one is the active segment.
+    /// Oldest first; never empty. The last one is the active segment. Together with each
+    /// segment's `positions` this is the offset index: offset -> (segment, byte position) by a
+    /// binary search over the (few) segments and one array access ([`StreamCore::locate`]).
     pub segments: Vec<Segment>,
     /// Chain hash of the last record (the log-start anchor when empty).
     pub head: ChainHash,
@@ -100,6 +102,14 @@ impl StreamCore {
     pub fn segment_index(&self, offset: Offset) -> usize {
         let i = self.segments.partition_point(|s| s.end() <= offset);
         i.min(self.segments.len() - 1)
+    }
+
+    /// The offset index: segment index and byte position of the record at `offset`, which
+    /// must lie in `[log_start, next)`.
+    pub fn locate(&self, offset: Offset) -> (usize, u64) {
+        let i = self.segment_index(offset);
+        let s = &self.segments[i];
+        (i, s.positions[(offset.get() - s.base.get()) as usize])
     }
 
     pub fn range_error(&self, stream: StreamId, requested: Offset) -> StorageError {
