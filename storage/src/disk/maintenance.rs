@@ -61,6 +61,7 @@ impl Storage {
     }
 
     fn truncate_locked(&self, h: &Stream, offset: Offset) -> Result<()> {
+        h.mark_modified();
         let fs = &self.fs;
         let dir = &h.dir;
         let (new_head, keep, cut_pos, doomed_segments, doomed_cps, target) = {
@@ -112,6 +113,7 @@ impl Storage {
             a.len = cut_pos;
             if cut {
                 a.idx_bytes = 0;
+                a.indexed_len = 0;
             }
             a.index_pending = false;
             c.head = new_head;
@@ -162,6 +164,7 @@ impl Storage {
 
     /// Makes the records below `cp.offset` durable, then writes the checkpoint file.
     fn store_checkpoint_locked(&self, h: &Stream, cp: &Checkpoint) -> Result<()> {
+        h.mark_modified();
         if h.sync.lock().durable < cp.offset {
             let (file, name, next) = {
                 let c = h.core.read();
@@ -221,6 +224,7 @@ impl Storage {
     }
 
     fn restart_locked(&self, h: &Stream, cp: &Checkpoint) -> Result<()> {
+        h.mark_modified();
         let dir = &h.dir;
         let (old_segments, old_cps, seq) = {
             let c = h.core.read();
@@ -297,6 +301,7 @@ impl Storage {
     }
 
     fn compact_locked(&self, h: &Stream, removed: usize, new_start: Offset, anchor: ChainHash) -> Result<()> {
+        h.mark_modified();
         let dir = &h.dir;
         let existing = {
             let c = h.core.read();

@@ -218,6 +218,7 @@ impl Storage {
             len: stream::EMPTY_SEGMENT_LEN,
             last_append_ms: created_ms,
             idx_bytes: 0,
+            indexed_len: 0,
             index_pending: false,
         })
     }
@@ -292,7 +293,7 @@ impl Storage {
         let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
         let mut first_err = None;
         for s in streams {
-            if s.check_usable().is_err() {
+            if s.check_usable().is_err() || !s.modified.load(std::sync::atomic::Ordering::Acquire) {
                 continue;
             }
             if let Err(e) = self.sync_stream(&s).and_then(|()| self.write_active_index(&s)) {

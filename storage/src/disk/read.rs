@@ -126,7 +126,7 @@ impl Storage {
                 let stop = seg.end().min(next);
                 // The record before `pos` was verified by the previous piece: a broken link
                 // into `pos` names it.
-                let before = (pos > start).then(|| c.locate(Offset::new(pos.get() - 1)));
+                let before = (pos > start && pos > c.log_start()).then(|| c.locate(Offset::new(pos.get() - 1)));
                 prev = self.walk_after(&h, &c, pos, prev, before, stop, SCAN_CHUNK_BYTES, |_| {
                     records += 1;
                     true

@@ -137,6 +137,7 @@ impl Storage {
                 len: seg_fmt::HEADER_LEN as u64,
                 last_append_ms: l.header.created_ms,
                 idx_bytes: 0,
+                indexed_len: 0,
                 index_pending: false,
             };
             if let Some(prev) = segments.last()
@@ -174,6 +175,7 @@ impl Storage {
                     segment.len = f.segment_len;
                     segment.last_append_ms = f.last_append_ms;
                     segment.idx_bytes = bytes;
+                    segment.indexed_len = f.segment_len;
                     index_last_hash = Some(f.last_hash);
                     anchors.extend(f.anchors);
                 }
@@ -192,6 +194,7 @@ impl Storage {
                     segment.positions.extend(scan.positions);
                     segment.len = scan.end;
                     segment.idx_bytes = bytes;
+                    segment.indexed_len = f.segment_len;
                     anchors.extend(f.anchors);
                 }
                 None => {
@@ -246,6 +249,7 @@ impl Storage {
                 let bytes = f.encode(id);
                 self.write_atomic(&dir, &names::index(l.seq), &bytes)?;
                 segment.idx_bytes = bytes.len() as u64;
+                segment.indexed_len = segment.len;
             }
             prev_last_hash = Some(last);
             segments.push(segment);

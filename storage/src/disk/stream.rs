@@ -38,6 +38,8 @@ pub(crate) struct Segment {
     pub last_append_ms: u64,
     /// Size of its index file on disk (0 if it has none).
     pub idx_bytes: u64,
+    /// Segment bytes its index file on disk describes (0 if it has none).
+    pub indexed_len: u64,
     /// Sealed, and its index file not written yet (deferred off the append path; written by the
     /// next fsync, `sync`, `close`, or once a few are pending).
     pub index_pending: bool,
@@ -156,6 +158,8 @@ pub(crate) struct Stream {
     pub sync_cv: Condvar,
     /// Set by the first failed write or fsync: the stream refuses writes until reopened.
     pub failed: Mutex<Option<String>>,
+    /// Whether this process changed the stream (a clean close only syncs streams it changed).
+    pub modified: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
@@ -172,6 +176,7 @@ impl Stream {
             sync: Mutex::new(SyncState { durable, syncing: false, epoch: 0 }),
             sync_cv: Condvar::new(),
             failed: Mutex::new(None),
+            modified: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -212,6 +217,11 @@ impl Stream {
         s.epoch += 1;
         s.durable = durable;
         self.sync_cv.notify_all();
+    }
+
+    /// Notes that this process changed the stream.
+    pub fn mark_modified(&self) {
+        self.modified.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Records `anchors` (offset, hash before it) in the sparse table.

@@ -197,6 +197,7 @@ impl Storage {
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
     fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
+        h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
         let mut i = 0;
@@ -296,7 +297,7 @@ impl Storage {
     /// Writes the index file of segment `seq` (the active one if `None`) as it is now. The
     /// segment's bytes must already be durable.
     pub(crate) fn write_index_locked(&self, h: &Stream, seq: Option<u64>) -> Result<()> {
-        let (file_bytes, seq) = {
+        let (file_bytes, seq, covered) = {
             let c = h.core.read();
             let i = seq.and_then(|q| c.segments.iter().position(|s| s.seq == q)).unwrap_or(c.segments.len() - 1);
             let s = &c.segments[i];
@@ -312,12 +313,13 @@ impl Storage {
                 positions: s.positions.clone(),
                 anchors,
             };
-            (f.encode(h.id), s.seq)
+            (f.encode(h.id), s.seq, s.len)
         };
         self.write_atomic(&h.dir, &names::index(seq), &file_bytes)?;
         let mut c = h.core.write();
         if let Some(s) = c.segments.iter_mut().find(|s| s.seq == seq) {
             s.idx_bytes = file_bytes.len() as u64;
+            s.indexed_len = covered;
         }
         Ok(())
     }
@@ -330,7 +332,7 @@ impl Storage {
         let needed = {
             let c = h.core.read();
             let a = c.active();
-            !a.positions.is_empty()
+            !a.positions.is_empty() && a.indexed_len != a.len
         };
         if needed {
             let r = self.write_index_locked(h, None);
