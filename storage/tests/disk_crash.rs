@@ -325,3 +325,48 @@ fn clean_close_writes_only_what_changed() {
     s.close().unwrap();
     assert_eq!(fs.op_counts().1, before, "an unchanged stream costs no fsync on close");
 }
+
+#[test]
+fn concurrent_fsync_appenders_all_learn_of_a_failed_fsync() {
+    let fs = FaultyFileSystem::new();
+    let s = Arc::new(open(&fs).unwrap());
+    s.append_batch(S, vec![payload(0)], Offset::ZERO, true).unwrap();
+    fs.fail_fsync_after(40);
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..40u64 {
+                    let p = Bytes::from(format!("t{t}-{i}"));
+                    loop {
+                        let at = s.next_offset(S).unwrap();
+                        match s.append_batch(S, vec![p.clone()], at, true) {
+                            Ok(_) => {
+                                acked.push(p);
+                                break;
+                            }
+                            Err(StorageError::OffsetMismatch { .. }) => continue,
+                            Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<Bytes> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(matches!(
+        s.append_batch(S, vec![payload(1)], s.next_offset(S).unwrap(), false),
+        Err(StorageError::StreamFailed { .. })
+    ));
+    fs.crash();
+    drop(s);
+    let s = open(&fs).unwrap();
+    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    for p in &acked {
+        assert!(all.contains(p), "acknowledged {p:?} lost");
+    }
+    s.verify_chain(S).unwrap();
+}
