@@ -1,1 +1,28 @@
-//! Placeholder: filled in by its issue.
+//! `shale-node`: the Shale server.
+//!
+//! [`Node::start`] runs a whole node in-process (storage, cluster layer, gRPC and HTTP servers,
+//! bootstrap), which is what the binary, the `dev` subcommand and the tests use.
+//!
+//! - [`config`] / [`cli`]: settings from a TOML file, `SHALE_*` env vars and flags.
+//! - [`services`]: the gRPC client API; [`convert`] is the only place wire types meet domain types,
+//!   and [`convert::errors`] the only place cluster errors become statuses.
+//! - [`context`]: state the services share, and forwarding to the node that can answer.
+//! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
+
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod context;
+pub mod convert;
+pub mod dev;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod services;
+pub mod signal;
+pub mod storage;
+
+pub use config::{Limits, NodeConfig, StorageKind};
+pub use node::{Node, NodeError, NodeHandle};

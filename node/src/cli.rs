@@ -1,0 +1,235 @@
+//! Command line: `shale-node [run] [flags]` and `shale-node dev`. Every `run` flag can also be
+//! given as a `SHALE_*` environment variable; flags and env vars override the TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{ConfigError, NodeConfig, StorageKind, parse_peers};
+
+/// The Shale node.
+#[derive(Debug, Parser)]
+#[command(name = "shale-node", version, about = "A Shale node: replicated, hash-chained log over gRPC")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node (the default).
+    Run(RunArgs),
+    /// Run a local cluster of several nodes in this process (127.0.0.1, data under ./data/node-N).
+    Dev(DevArgs),
+}
+
+/// Storage choice on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StorageArg {
+    /// Segment files under the data dir.
+    Disk,
+    /// In memory (lost on exit).
+    Memory,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long, env = "SHALE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (>= 1).
+    #[arg(long, env = "SHALE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// gRPC listen address (client API and Raft transport).
+    #[arg(long, env = "SHALE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Address other nodes and clients use to reach this node (host:port).
+    #[arg(long, env = "SHALE_GRPC_ADVERTISE")]
+    pub grpc_advertise: Option<String>,
+    /// HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SHALE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Initial members: `1=host:port,2=host:port,...` (this node included).
+    #[arg(long, env = "SHALE_PEERS")]
+    pub peers: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "SHALE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage kind.
+    #[arg(long, env = "SHALE_STORAGE", value_enum)]
+    pub storage: Option<StorageArg>,
+    /// Largest record in bytes.
+    #[arg(long, env = "SHALE_MAX_RECORD_BYTES")]
+    pub max_record_bytes: Option<usize>,
+    /// Most records per Produce request.
+    #[arg(long, env = "SHALE_MAX_BATCH_RECORDS")]
+    pub max_batch_records: Option<usize>,
+    /// Largest gRPC request in bytes.
+    #[arg(long, env = "SHALE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Most partitions per topic.
+    #[arg(long, env = "SHALE_MAX_PARTITIONS_PER_TOPIC")]
+    pub max_partitions_per_topic: Option<u32>,
+}
+
+/// Flags of `dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// gRPC port of node 1 (node N uses this + N - 1).
+    #[arg(long, default_value_t = 7001)]
+    pub grpc_port: u16,
+    /// HTTP port of node 1 (node N uses this + N - 1).
+    #[arg(long, default_value_t = 8001)]
+    pub http_port: u16,
+    /// Parent data directory (node N uses `<dir>/node-N`).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Keep data in memory instead of on disk.
+    #[arg(long)]
+    pub memory: bool,
+}
+
+impl RunArgs {
+    /// The config: defaults, then the file, then these flags / env vars.
+    pub fn to_config(&self) -> Result<NodeConfig, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+            if self.data_dir.is_none() && self.config.is_none() {
+                c.data_dir = PathBuf::from(format!("./data/node-{v}"));
+            }
+        }
+        if let Some(v) = self.grpc_listen {
+            c.grpc_listen = v;
+        }
+        if let Some(v) = &self.grpc_advertise {
+            c.grpc_advertise = Some(v.clone());
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = &self.peers {
+            c.peers = parse_peers(v)?;
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = self.storage {
+            c.storage = match v {
+                StorageArg::Disk => StorageKind::Disk,
+                StorageArg::Memory => StorageKind::Memory,
+            };
+        }
+        if let Some(v) = self.max_record_bytes {
+            c.limits.max_record_bytes = v;
+        }
+        if let Some(v) = self.max_batch_records {
+            c.limits.max_batch_records = v;
+        }
+        if let Some(v) = self.max_request_bytes {
+            c.limits.max_request_bytes = v;
+        }
+        if let Some(v) = self.max_partitions_per_topic {
+            c.limits.max_partitions_per_topic = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl DevArgs {
+    /// One config per local node, all peers of each other.
+    pub fn configs(&self) -> Result<Vec<NodeConfig>, ConfigError> {
+        if self.nodes == 0 || self.nodes > 9 {
+            return Err(ConfigError::Invalid { field: "nodes", reason: format!("{} is not in 1..=9", self.nodes) });
+        }
+        let port = |base: u16, id: u64| -> Result<u16, ConfigError> {
+            base.checked_add((id - 1) as u16)
+                .ok_or_else(|| ConfigError::Invalid { field: "port", reason: format!("{base} + {id} overflows") })
+        };
+        let mut peers = std::collections::BTreeMap::new();
+        for id in 1..=self.nodes {
+            peers.insert(id, format!("127.0.0.1:{}", port(self.grpc_port, id)?));
+        }
+        (1..=self.nodes)
+            .map(|id| {
+                let c = NodeConfig {
+                    node_id: id,
+                    grpc_listen: SocketAddr::from(([127, 0, 0, 1], port(self.grpc_port, id)?)),
+                    grpc_advertise: None,
+                    http_listen: SocketAddr::from(([127, 0, 0, 1], port(self.http_port, id)?)),
+                    peers: peers.clone(),
+                    data_dir: self.data_dir.join(format!("node-{id}")),
+                    storage: if self.memory { StorageKind::Memory } else { StorageKind::Disk },
+                    ..NodeConfig::default()
+                };
+                c.validate()?;
+                Ok(c)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_id = 2\n[peers]\n1 = \"a:1\"\n2 = \"b:1\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "shale-node",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--node-id",
+            "1",
+            "--max-record-bytes",
+            "4096",
+        ])
+        .unwrap();
+        let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
+        let c = args.to_config().unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.limits.max_record_bytes, 4096);
+    }
+
+    #[test]
+    fn run_is_the_default_and_bad_peers_are_refused() {
+        let cli = Cli::try_parse_from(["shale-node", "--node-id", "3", "--peers", "3=x:1"]).unwrap();
+        assert!(cli.command.is_none());
+        let c = cli.run.to_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data/node-3"));
+        let bad = Cli::try_parse_from(["shale-node", "--peers", "1=x"]).unwrap();
+        assert!(matches!(bad.run.to_config(), Err(ConfigError::Peer { .. })));
+    }
+
+    #[test]
+    fn dev_builds_a_local_cluster() {
+        let cli = Cli::try_parse_from(["shale-node", "dev"]).unwrap();
+        let Some(Command::Dev(dev)) = cli.command else { panic!("dev expected") };
+        let configs = dev.configs().unwrap();
+        assert_eq!(configs.len(), 3);
+        assert_eq!(configs[2].grpc_listen.port(), 7003);
+        assert_eq!(configs[2].http_listen.port(), 8003);
+        assert_eq!(configs[1].data_dir, PathBuf::from("./data/node-2"));
+        assert!(configs.iter().all(|c| c.peers.len() == 3));
+    }
+}

@@ -1,0 +1,329 @@
+//! Node configuration: defaults, a TOML file, `SHALE_*` environment variables and flags, in
+//! increasing precedence (flags and env vars are handled by [`crate::cli`]; this module holds the
+//! values, the file format and validation).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where a node keeps its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Segment files under `data_dir` (the default).
+    #[default]
+    Disk,
+    /// In memory only: lost on restart. For tests and experiments.
+    Memory,
+}
+
+/// Request limits. Each is enforced with an error that names it and its value.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest record (key + value + headers), in bytes.
+    pub max_record_bytes: usize,
+    /// Most records in one Produce request.
+    pub max_batch_records: usize,
+    /// Largest gRPC request, in bytes.
+    pub max_request_bytes: usize,
+    /// Most partitions one topic may have.
+    pub max_partitions_per_topic: u32,
+    /// Largest (and default) `max_bytes` of a fetch.
+    pub max_fetch_bytes: u32,
+    /// Longest long-poll wait of a fetch, in ms.
+    pub max_wait_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1 << 20,
+            max_batch_records: 10_000,
+            max_request_bytes: 16 << 20,
+            max_partitions_per_topic: 1024,
+            max_fetch_bytes: 8 << 20,
+            max_wait_ms: 30_000,
+        }
+    }
+}
+
+/// Raft timing for every group on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Bound on every wait inside a cluster call (commit, read-index).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: unique in the cluster, stable across restarts, at least 1.
+    pub node_id: u64,
+    /// Where the gRPC server listens (client API and Raft transport on one port). Port 0 picks one.
+    pub grpc_listen: SocketAddr,
+    /// The `host:port` other nodes and clients use to reach this node; defaults to `grpc_listen`
+    /// (with the bound port), which must then not be a wildcard address.
+    pub grpc_advertise: Option<String>,
+    /// Where the HTTP server (health, readiness, metrics) listens. Port 0 picks one.
+    pub http_listen: SocketAddr,
+    /// The initial cluster members, id -> `host:port`, this node included. The lowest id
+    /// bootstraps the cluster once all are reachable. Empty: a single-node cluster of this node.
+    pub peers: BTreeMap<u64, String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Disk or memory.
+    pub storage: StorageKind,
+    /// Request limits.
+    pub limits: Limits,
+    /// Raft timing.
+    pub raft: RaftTiming,
+    /// How long a graceful shutdown waits for in-flight requests before cutting them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            grpc_advertise: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            peers: BTreeMap::new(),
+            data_dir: PathBuf::from("./data/node-1"),
+            storage: StorageKind::Disk,
+            limits: Limits::default(),
+            raft: RaftTiming::default(),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A `peers` list entry is not `id=host:port`.
+    #[error("invalid peer entry {entry:?}: {reason} (expected `id=host:port`, comma-separated)")]
+    Peer {
+        /// The entry.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value is out of range or values contradict each other.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; keys not in the file keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The address this node advertises, given the port the gRPC server actually bound.
+    pub fn advertise_addr(&self, bound: SocketAddr) -> String {
+        match &self.grpc_advertise {
+            Some(a) => a.clone(),
+            None => bound.to_string(),
+        }
+    }
+
+    /// The initial members: `peers`, or this node alone when empty.
+    pub fn initial_members(&self, advertise: &str) -> BTreeMap<u64, String> {
+        if self.peers.is_empty() { BTreeMap::from([(self.node_id, advertise.to_string())]) } else { self.peers.clone() }
+    }
+
+    /// Checks values and their consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.node_id == 0 {
+            return invalid("node_id", "must be at least 1".into());
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return invalid("peers", format!("must include this node (id {})", self.node_id));
+        }
+        if self.grpc_advertise.is_none() && self.grpc_listen.ip().is_unspecified() {
+            return invalid(
+                "grpc_advertise",
+                format!("required when grpc_listen is a wildcard address ({})", self.grpc_listen),
+            );
+        }
+        let l = &self.limits;
+        if l.max_record_bytes == 0 || l.max_record_bytes > shale_raft::cluster::limits::MAX_RECORD_BYTES {
+            return invalid(
+                "limits.max_record_bytes",
+                format!("{} is not in 1..={}", l.max_record_bytes, shale_raft::cluster::limits::MAX_RECORD_BYTES),
+            );
+        }
+        if l.max_batch_records == 0 || l.max_batch_records > shale_raft::cluster::limits::MAX_RECORDS_PER_PRODUCE {
+            return invalid(
+                "limits.max_batch_records",
+                format!(
+                    "{} is not in 1..={}",
+                    l.max_batch_records,
+                    shale_raft::cluster::limits::MAX_RECORDS_PER_PRODUCE
+                ),
+            );
+        }
+        if l.max_request_bytes < l.max_record_bytes {
+            return invalid(
+                "limits.max_request_bytes",
+                format!("{} is below max_record_bytes ({})", l.max_request_bytes, l.max_record_bytes),
+            );
+        }
+        if l.max_partitions_per_topic == 0 || l.max_partitions_per_topic > shale_raft::cluster::limits::MAX_PARTITIONS {
+            return invalid(
+                "limits.max_partitions_per_topic",
+                format!("{} is not in 1..={}", l.max_partitions_per_topic, shale_raft::cluster::limits::MAX_PARTITIONS),
+            );
+        }
+        if l.max_fetch_bytes == 0 {
+            return invalid("limits.max_fetch_bytes", "must be positive".into());
+        }
+        if u64::from(l.max_wait_ms) > shale_raft::cluster::limits::MAX_FETCH_WAIT_MS {
+            return invalid(
+                "limits.max_wait_ms",
+                format!("{} is over {}", l.max_wait_ms, shale_raft::cluster::limits::MAX_FETCH_WAIT_MS),
+            );
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return invalid("raft.election_timeout_min_ms", "must be above heartbeat_interval_ms (> 0)".into());
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return invalid("raft.election_timeout_max_ms", "must be above election_timeout_min_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let peer_err = |reason: &str| ConfigError::Peer { entry: entry.to_string(), reason: reason.to_string() };
+        let (id, addr) = entry.split_once('=').ok_or_else(|| peer_err("no `=`"))?;
+        let id: u64 = id.trim().parse().map_err(|_| peer_err("the id is not a number"))?;
+        if id == 0 {
+            return Err(peer_err("node ids start at 1"));
+        }
+        let addr = addr.trim();
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| peer_err("the address has no port"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(peer_err("the address is not host:port"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(peer_err("duplicate node id"));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_entries_say_why() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=node-2:7001,3=[::1]:7003").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "node-2:7001");
+        assert_eq!(p[&3], "[::1]:7003");
+        for bad in ["1", "x=a:1", "0=a:1", "1=a", "1=a:notaport", "1=a:1,1=b:2"] {
+            assert!(matches!(parse_peers(bad), Err(ConfigError::Peer { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_file_overrides_defaults_and_rejects_unknown_keys() {
+        let c = NodeConfig::from_toml(
+            r#"
+            node_id = 2
+            grpc_listen = "0.0.0.0:7100"
+            grpc_advertise = "node-2:7100"
+            data_dir = "/var/lib/shale"
+            storage = "memory"
+            [peers]
+            1 = "node-1:7100"
+            2 = "node-2:7100"
+            [limits]
+            max_record_bytes = 2048
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.storage, StorageKind::Memory);
+        assert_eq!(c.limits.max_record_bytes, 2048);
+        assert_eq!(c.limits.max_batch_records, Limits::default().max_batch_records);
+        assert_eq!(c.peers.len(), 2);
+        c.validate().unwrap();
+        assert!(NodeConfig::from_toml("nodeid = 3").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        let mut c = NodeConfig { node_id: 0, ..NodeConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "node_id", .. })));
+        c.node_id = 4;
+        c.peers = parse_peers("1=a:1,2=b:2").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "peers", .. })));
+        c.peers.clear();
+        c.grpc_listen = "0.0.0.0:7001".parse().unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "grpc_advertise", .. })));
+        c.grpc_listen = "127.0.0.1:7001".parse().unwrap();
+        c.limits.max_record_bytes = usize::MAX;
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "limits.max_record_bytes", .. })));
+    }
+}

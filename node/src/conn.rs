@@ -1,0 +1,119 @@
+//! Server-side connections that can be cut: once the node has drained client requests and stopped
+//! its Raft groups, the remaining connections (long-lived Raft streams from peers) are closed
+//! so every task serving them ends and releases the node's state.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// A TCP connection that fails every read and write once `kill` flips to `true`.
+pub struct KillableStream {
+    inner: TcpStream,
+    killed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    dead: bool,
+}
+
+impl std::fmt::Debug for KillableStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KillableStream").field("inner", &self.inner).field("dead", &self.dead).finish()
+    }
+}
+
+impl KillableStream {
+    /// Wraps `inner`; it dies when `kill` becomes `true`.
+    pub fn new(inner: TcpStream, kill: watch::Receiver<bool>) -> Self {
+        let mut kill = kill;
+        let killed = Box::pin(async move {
+            let _ = kill.wait_for(|k| *k).await;
+        });
+        Self { inner, killed, dead: false }
+    }
+
+    /// Whether the connection is cut (registers the waker otherwise).
+    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.dead && self.killed.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+        }
+        self.dead
+    }
+}
+
+fn cut() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the node is shutting down")
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for KillableStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_killed_connection_fails_pending_and_later_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let mut server = KillableStream::new(server, kill_rx);
+        client.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+        // A read is pending (no data); killing must wake and fail it.
+        let pending = tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            server.read(&mut b).await
+        });
+        kill_tx.send(true).unwrap();
+        let err = pending.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+}

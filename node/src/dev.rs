@@ -1,0 +1,51 @@
+//! `shale-node dev`: a whole local cluster in one process, for a first try with no setup.
+
+use std::time::Duration;
+
+use crate::cli::DevArgs;
+use crate::node::{Node, NodeError, NodeHandle};
+use crate::signal::shutdown_signal;
+
+/// How long `dev` waits for the cluster to elect a metadata leader before saying so.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts every node, prints the endpoints, runs until Ctrl-C / SIGTERM, then stops them all.
+pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
+    let configs = args.configs()?;
+    let mut handles: Vec<NodeHandle> = Vec::with_capacity(configs.len());
+    for config in configs {
+        match Node::start(config).await {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                for h in handles {
+                    let _ = h.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let endpoints: Vec<String> = handles.iter().map(|h| h.advertise_addr.clone()).collect();
+    println!("shale dev cluster: {} nodes", handles.len());
+    for h in &handles {
+        println!(
+            "  node {}: gRPC {}  HTTP http://{}  (/healthz /readyz /metrics)",
+            h.node_id, h.advertise_addr, h.http_addr
+        );
+    }
+    println!("bootstrap endpoints: {}", endpoints.join(","));
+    if handles[0].wait_ready(READY_TIMEOUT).await {
+        println!("ready. Try: shale --endpoints {} topic create demo --partitions 3", endpoints.join(","));
+    } else {
+        println!("no metadata leader after {}s; see the logs (RUST_LOG=debug)", READY_TIMEOUT.as_secs());
+    }
+    println!("Ctrl-C to stop.");
+    shutdown_signal().await;
+    let mut result = Ok(());
+    for h in handles {
+        if let Err(e) = h.shutdown().await {
+            tracing::error!(error = %e, "node shutdown failed");
+            result = Err(e);
+        }
+    }
+    result
+}

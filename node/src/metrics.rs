@@ -1,0 +1,217 @@
+//! Prometheus metrics, hand-rolled: counters and latency histograms updated by the services, and
+//! gauges read from the cluster and storage at scrape time. Text exposition format 0.0.4.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shale_raft::cluster::Cluster;
+use shale_storage::StorageBackend;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_S: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram with [`LATENCY_BUCKETS_S`] buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if s <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Everything the services count.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Produce requests handled (including refused ones).
+    pub produce_requests: Counter,
+    /// Records acknowledged.
+    pub produce_records: Counter,
+    /// Value/key/header bytes acknowledged.
+    pub produce_bytes: Counter,
+    /// Produce requests that failed.
+    pub produce_errors: Counter,
+    /// Produce latency (request to acknowledgement).
+    pub produce_latency: Histogram,
+    /// Fetch requests handled.
+    pub fetch_requests: Counter,
+    /// Records returned by fetches and subscriptions.
+    pub fetch_records: Counter,
+    /// Fetch requests that failed.
+    pub fetch_errors: Counter,
+    /// Fetch latency (including long-poll waits).
+    pub fetch_latency: Histogram,
+    /// Requests this node forwarded to another.
+    pub forwarded: Counter,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The full exposition: counters, histograms, then gauges from the cluster and storage.
+    /// `group_lag` holds `(group, topic, partition, lag)` where this node could compute it.
+    pub fn render(
+        &self,
+        cluster: &Cluster,
+        storage: &dyn StorageBackend,
+        group_lag: &[(String, String, u32, u64)],
+    ) -> String {
+        let mut out = String::with_capacity(4096);
+        counter(&mut out, "shale_produce_requests_total", "Produce requests handled.", self.produce_requests.get());
+        counter(&mut out, "shale_produce_records_total", "Records acknowledged.", self.produce_records.get());
+        counter(&mut out, "shale_produce_bytes_total", "Record bytes acknowledged.", self.produce_bytes.get());
+        counter(&mut out, "shale_produce_errors_total", "Produce requests that failed.", self.produce_errors.get());
+        self.produce_latency.render(&mut out, "shale_produce_latency_seconds", "Produce latency until commit.");
+        counter(&mut out, "shale_fetch_requests_total", "Fetch requests handled.", self.fetch_requests.get());
+        counter(&mut out, "shale_fetch_records_total", "Records returned to consumers.", self.fetch_records.get());
+        counter(&mut out, "shale_fetch_errors_total", "Fetch requests that failed.", self.fetch_errors.get());
+        self.fetch_latency.render(&mut out, "shale_fetch_latency_seconds", "Fetch latency, long polls included.");
+        counter(
+            &mut out,
+            "shale_forwarded_requests_total",
+            "Requests forwarded to another node.",
+            self.forwarded.get(),
+        );
+
+        let status = cluster.cluster_status();
+        gauge_header(&mut out, "shale_cluster_members", "Members in the applied metadata.");
+        let _ = writeln!(out, "shale_cluster_members {}", status.members.len());
+        gauge_header(&mut out, "shale_metadata_has_leader", "1 when the metadata group has a known leader.");
+        let _ = writeln!(out, "shale_metadata_has_leader {}", u8::from(cluster.metadata_leader().is_some()));
+        if let Some(m) = &status.metadata {
+            gauge_header(&mut out, "shale_metadata_commit_index", "Metadata group commit index here.");
+            let _ = writeln!(out, "shale_metadata_commit_index {}", m.commit_index);
+            gauge_header(&mut out, "shale_metadata_applied_index", "Metadata group applied index here.");
+            let _ = writeln!(out, "shale_metadata_applied_index {}", m.applied_index);
+        }
+        let families: [(&str, &str); 5] = [
+            ("shale_partition_log_end", "One past the last applied offset of the local replica."),
+            ("shale_partition_commit_index", "Raft commit index of the partition here."),
+            ("shale_partition_applied_index", "Raft applied index of the partition here."),
+            ("shale_partition_last_log_index", "Last index in the local partition log."),
+            ("shale_partition_is_leader", "1 when this node leads the partition."),
+        ];
+        for (i, (name, help)) in families.iter().enumerate() {
+            gauge_header(&mut out, name, help);
+            for g in &status.partitions {
+                let Some((topic, partition)) = &g.partition else { continue };
+                let value = match i {
+                    0 => g.applied_index + 1,
+                    1 => g.commit_index,
+                    2 => g.applied_index,
+                    3 => g.last_log_index,
+                    _ => u64::from(g.leader == Some(status.node_id)),
+                };
+                let _ = writeln!(out, "{name}{{topic=\"{}\",partition=\"{partition}\"}} {value}", label(topic));
+            }
+        }
+        gauge_header(
+            &mut out,
+            "shale_partition_replication_lag",
+            "Entries a replica is behind the leader (on the leader).",
+        );
+        for g in &status.partitions {
+            let Some((topic, partition)) = &g.partition else { continue };
+            for (replica, lag) in &g.replica_lag {
+                let _ = writeln!(
+                    out,
+                    "shale_partition_replication_lag{{topic=\"{}\",partition=\"{partition}\",replica=\"{replica}\"}} {lag}",
+                    label(topic)
+                );
+            }
+        }
+        gauge_header(&mut out, "shale_consumer_group_lag", "Committed offset to log end, per group partition.");
+        for (group, topic, partition, lag) in group_lag {
+            let _ = writeln!(
+                out,
+                "shale_consumer_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}",
+                label(group),
+                label(topic)
+            );
+        }
+        let storage_bytes: u64 = storage.streams().into_iter().filter_map(|s| storage.stream_bytes(s).ok()).sum();
+        gauge_header(&mut out, "shale_storage_bytes", "Bytes on disk (or in memory) across all streams.");
+        let _ = writeln!(out, "shale_storage_bytes {storage_bytes}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

@@ -1,0 +1,403 @@
+//! `shale.api.v1.Admin`: topics, membership, leadership, maintenance and cross-replica verification.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use shale_client::ErrorCode;
+use shale_client::error::status;
+use shale_client::proto;
+use shale_client::proto::admin_client::AdminClient;
+use shale_raft::cluster::{ClusterError, TopicInfo};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::context::{FORWARD_MAX_MESSAGE_BYTES, NodeContext, is_forwarded};
+use crate::convert::errors::{cluster_error, invalid};
+use crate::convert::{hash_bytes, status as status_conv, topics};
+use crate::limits;
+
+/// The Admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    ctx: Arc<NodeContext>,
+}
+
+fn admin_client(ch: Channel) -> AdminClient<Channel> {
+    AdminClient::new(ch)
+        .max_decoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+}
+
+/// Runs a cluster call; on a redirectable failure forwards the request to `$method` at the node
+/// that can answer; otherwise maps the error.
+macro_rules! or_forward {
+    ($self:ident, $forwarded:expr, $req:expr, $partition:expr, $method:ident, $call:expr) => {{
+        match $call {
+            Ok(v) => Ok(v),
+            Err(err) => match $self.ctx.redirect(&err, $forwarded, $partition) {
+                Some(addr) => {
+                    let resp = $self
+                        .ctx
+                        .forward(&addr, $req, |ch, r| async move { admin_client(ch).$method(r).await })
+                        .await?;
+                    return Ok(Response::new(resp));
+                }
+                None => Err(cluster_error(err)),
+            },
+        }
+    }};
+}
+
+impl AdminService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    fn leader_hint(&self, topic: &str) -> impl Fn(u32) -> Option<(u64, String)> + '_ {
+        let topic = topic.to_string();
+        move |p| self.ctx.cluster.leader_of(&topic, p)
+    }
+
+    fn wire_topic(&self, info: &TopicInfo) -> proto::TopicInfo {
+        topics::topic_info(info, None, self.leader_hint(&info.name))
+    }
+
+    fn members(&self) -> Vec<proto::NodeInfo> {
+        status_conv::cluster_status(&self.ctx.cluster.cluster_status()).members
+    }
+
+    /// The partitions a checkpoint/compaction request selects among those hosted here.
+    fn local_partitions(&self, topic: &str, partition: Option<u32>) -> Result<Vec<(String, u32)>, Status> {
+        if !topic.is_empty() {
+            limits::check_topic_name(topic)?;
+        }
+        if let Some(p) = partition {
+            if topic.is_empty() {
+                return Err(invalid("partition", "a partition needs a topic"));
+            }
+            return Ok(vec![(topic.to_string(), p)]);
+        }
+        Ok(self
+            .ctx
+            .cluster
+            .cluster_status()
+            .partitions
+            .into_iter()
+            .filter_map(|g| g.partition)
+            .filter(|(t, _)| topic.is_empty() || t == topic)
+            .collect())
+    }
+
+    /// This replica's bounds and (with `offset`) its chain hash there.
+    fn local_chain_hash(&self, req: &proto::LocalChainHashRequest) -> Result<proto::LocalChainHashResponse, Status> {
+        limits::check_topic_name(&req.topic)?;
+        let cluster = &self.ctx.cluster;
+        let state = cluster.local_partition_state(&req.topic, req.partition).map_err(cluster_error)?;
+        let chain_hash = match req.offset {
+            Some(offset) => {
+                Some(hash_bytes(&cluster.verify(&req.topic, req.partition, offset).map_err(cluster_error)?))
+            }
+            None => None,
+        };
+        Ok(proto::LocalChainHashResponse {
+            node_id: self.ctx.node_id,
+            chain_hash,
+            log_start: state.log_start.unwrap_or(0),
+            log_end: state.high_watermark.unwrap_or(0),
+        })
+    }
+
+    /// Asks every replica (this node directly, others over gRPC) for `LocalChainHash`.
+    async fn ask_replicas(
+        &self,
+        replicas: &[(u64, String)],
+        req: &proto::LocalChainHashRequest,
+    ) -> Vec<(u64, String, Result<proto::LocalChainHashResponse, Status>)> {
+        let calls = replicas.iter().map(|(id, addr)| {
+            let req = req.clone();
+            async move {
+                let result = if *id == self.ctx.node_id {
+                    self.local_chain_hash(&req)
+                } else {
+                    self.ctx.forward(addr, req, |ch, r| async move { admin_client(ch).local_chain_hash(r).await }).await
+                };
+                (*id, addr.clone(), result)
+            }
+        });
+        join_all(calls).await
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        limits::check_topic_name(&req.name)?;
+        let spec = topics::topic_spec(req.clone())?;
+        limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
+        let info = or_forward!(self, forwarded, req, None, create_topic, self.ctx.cluster.create_topic(spec).await)?;
+        Ok(Response::new(proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        limits::check_topic_name(&req.name)?;
+        let name = req.name.clone();
+        or_forward!(self, forwarded, req, None, delete_topic, self.ctx.cluster.delete_topic(&name).await)?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let list = or_forward!(self, forwarded, req, None, list_topics, self.ctx.cluster.list_topics().await)?;
+        Ok(Response::new(proto::ListTopicsResponse { topics: list.iter().map(|t| self.wire_topic(t)).collect() }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        limits::check_topic_name(&req.name)?;
+        let name = req.name.clone();
+        let d = or_forward!(self, forwarded, req, None, describe_topic, self.ctx.cluster.describe_topic(&name).await)?;
+        Ok(Response::new(proto::DescribeTopicResponse {
+            topic: Some(topics::topic_description(&d, self.leader_hint(&name))),
+        }))
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<proto::AlterTopicRequest>,
+    ) -> Result<Response<proto::AlterTopicResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        limits::check_topic_name(&req.name)?;
+        let current = self
+            .ctx
+            .cluster
+            .local_topics()
+            .into_iter()
+            .find(|t| t.name == req.name)
+            .map(|t| t.retention)
+            .unwrap_or_default();
+        let update = topics::topic_update(&req, current)?;
+        let name = req.name.clone();
+        let info =
+            or_forward!(self, forwarded, req, None, alter_topic, self.ctx.cluster.alter_topic(&name, update).await)?;
+        Ok(Response::new(proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        Ok(Response::new(status_conv::cluster_status(&self.ctx.cluster.cluster_status())))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::AddNodeResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if req.node_id == 0 {
+            return Err(invalid("node_id", "node ids start at 1"));
+        }
+        if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
+            return Err(invalid("addr", "a node address is a non-empty host:port"));
+        }
+        let (id, addr) = (req.node_id, req.addr.clone());
+        or_forward!(self, forwarded, req, None, add_node, self.ctx.cluster.add_node(id, addr).await)?;
+        Ok(Response::new(proto::AddNodeResponse { members: self.members() }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let id = req.node_id;
+        or_forward!(self, forwarded, req, None, remove_node, self.ctx.cluster.remove_node(id).await)?;
+        Ok(Response::new(proto::RemoveNodeResponse { members: self.members() }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        limits::check_topic_name(&req.topic)?;
+        let (topic, partition, to) = (req.topic.clone(), req.partition, req.to_node_id);
+        or_forward!(
+            self,
+            forwarded,
+            req,
+            Some((&topic, partition)),
+            transfer_leader,
+            self.ctx.cluster.transfer_leader(&topic, partition, to).await
+        )?;
+        Ok(Response::new(proto::TransferLeaderResponse { leader_id: to }))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<proto::CheckpointRequest>,
+    ) -> Result<Response<proto::CheckpointResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let mut checkpoints = Vec::new();
+        for (topic, partition) in self.local_partitions(&req.topic, req.partition)? {
+            let index = or_forward!(
+                self,
+                forwarded,
+                req.clone(),
+                Some((&topic, partition)),
+                checkpoint,
+                self.ctx.cluster.checkpoint(&topic, partition).await
+            )?;
+            if let Some(offset) = index {
+                let chain_hash =
+                    self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h)).unwrap_or_default();
+                checkpoints.push(proto::PartitionCheckpoint { topic, partition, offset, chain_hash });
+            }
+        }
+        Ok(Response::new(proto::CheckpointResponse { checkpoints }))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<proto::CompactRequest>,
+    ) -> Result<Response<proto::CompactResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let mut partitions = Vec::new();
+        for (topic, partition) in self.local_partitions(&req.topic, req.partition)? {
+            let outcome = or_forward!(
+                self,
+                forwarded,
+                req.clone(),
+                Some((&topic, partition)),
+                compact,
+                self.ctx.cluster.compact(&topic, partition).await
+            )?;
+            partitions.push(status_conv::compaction(&topic, partition, &outcome));
+        }
+        Ok(Response::new(proto::CompactResponse { partitions }))
+    }
+
+    async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let req = request.into_inner();
+        limits::check_topic_name(&req.topic)?;
+        let cluster = &self.ctx.cluster;
+        let topic = match cluster.local_topics().into_iter().find(|t| t.name == req.topic) {
+            Some(t) => t,
+            None => cluster.describe_topic(&req.topic).await.map_err(cluster_error)?.info,
+        };
+        let assignment = topic.partitions.iter().find(|a| a.partition == req.partition).ok_or_else(|| {
+            cluster_error(ClusterError::UnknownPartition {
+                topic: req.topic.clone(),
+                partition: req.partition,
+                count: topic.partitions.len() as u32,
+            })
+        })?;
+        let addrs: HashMap<u64, String> =
+            cluster.cluster_status().members.into_iter().map(|m| (m.id, m.addr)).collect();
+        let replicas: Vec<(u64, String)> =
+            assignment.replicas.iter().map(|id| (*id, addrs.get(id).cloned().unwrap_or_default())).collect();
+        let offset = match req.offset {
+            Some(o) => o,
+            None => {
+                let probe =
+                    proto::LocalChainHashRequest { topic: req.topic.clone(), partition: req.partition, offset: None };
+                let ends: Vec<u64> = self
+                    .ask_replicas(&replicas, &probe)
+                    .await
+                    .into_iter()
+                    .filter_map(|(_, _, r)| r.ok().map(|r| r.log_end))
+                    .collect();
+                match ends.iter().min() {
+                    Some(end) if *end > 0 => end - 1,
+                    Some(_) => return Err(invalid("offset", "the partition holds no committed entry yet")),
+                    None => {
+                        return Err(status(
+                            ErrorCode::Unavailable,
+                            format!("no replica of {}/{} answered", req.topic, req.partition),
+                        ));
+                    }
+                }
+            }
+        };
+        let ask =
+            proto::LocalChainHashRequest { topic: req.topic.clone(), partition: req.partition, offset: Some(offset) };
+        let answers: Vec<proto::ReplicaChainHash> = self
+            .ask_replicas(&replicas, &ask)
+            .await
+            .into_iter()
+            .map(|(node_id, addr, r)| match r {
+                Ok(r) => proto::ReplicaChainHash {
+                    node_id,
+                    addr,
+                    chain_hash: r.chain_hash,
+                    log_start: r.log_start,
+                    log_end: r.log_end,
+                    error: String::new(),
+                },
+                Err(s) => proto::ReplicaChainHash {
+                    node_id,
+                    addr,
+                    chain_hash: None,
+                    log_start: 0,
+                    log_end: 0,
+                    error: format!("{:?}: {}", s.code(), s.message()),
+                },
+            })
+            .collect();
+        let first = answers.first().and_then(|a| a.chain_hash.clone());
+        let agree = first.is_some() && answers.iter().all(|a| a.chain_hash == first);
+        Ok(Response::new(proto::VerifyResponse {
+            topic: req.topic,
+            partition: req.partition,
+            offset,
+            replicas: answers,
+            agree,
+        }))
+    }
+
+    async fn local_chain_hash(
+        &self,
+        request: Request<proto::LocalChainHashRequest>,
+    ) -> Result<Response<proto::LocalChainHashResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        self.local_chain_hash(&request.into_inner()).map(Response::new)
+    }
+}

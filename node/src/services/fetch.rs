@@ -1,0 +1,167 @@
+//! `shale.api.v1.Fetch`: single fetches with long poll, and server-streaming subscriptions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use shale_client::proto;
+use shale_client::proto::fetch_client::FetchClient;
+use shale_raft::cluster::ClusterError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::context::{FORWARD_MAX_MESSAGE_BYTES, NodeContext, is_forwarded};
+use crate::convert::errors::{cluster_error, not_leader};
+use crate::convert::records::{fetch_request, fetch_response};
+use crate::limits;
+
+/// How long one step of a subscription waits for new records before checking for shutdown and a
+/// closed client.
+const SUBSCRIBE_POLL_MS: u32 = 1_000;
+/// Batches buffered per subscription before the server waits for the client.
+const SUBSCRIBE_BUFFER: usize = 4;
+
+/// The Fetch service.
+#[derive(Debug, Clone)]
+pub struct FetchService {
+    ctx: Arc<NodeContext>,
+}
+
+impl FetchService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
+        limits::check_topic_name(&req.topic)?;
+        let domain = fetch_request(
+            req.topic.clone(),
+            req.partition,
+            req.offset,
+            req.max_bytes,
+            req.max_wait_ms,
+            &self.ctx.limits,
+        );
+        match self.ctx.cluster.fetch(domain).await {
+            Ok(result) => {
+                self.ctx.metrics.fetch_records.add(result.records.len() as u64);
+                Ok(fetch_response(req.topic, req.partition, req.offset, result))
+            }
+            Err(err) => match self.ctx.redirect(&err, forwarded, Some((&req.topic, req.partition))) {
+                Some(addr) => {
+                    self.ctx
+                        .forward(&addr, req, |ch, r| async move {
+                            FetchClient::new(ch)
+                                .max_decoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+                                .max_encoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+                                .fetch(r)
+                                .await
+                        })
+                        .await
+                }
+                None => Err(cluster_error(err)),
+            },
+        }
+    }
+}
+
+/// A subscription's stream of batches.
+pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::fetch_server::Fetch for FetchService {
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let started = Instant::now();
+        let forwarded = is_forwarded(&request);
+        let result = self.fetch_inner(request.into_inner(), forwarded).await;
+        let m = &self.ctx.metrics;
+        m.fetch_requests.inc();
+        match &result {
+            Ok(_) => m.fetch_latency.observe(started.elapsed()),
+            Err(_) => m.fetch_errors.inc(),
+        }
+        result.map(Response::new)
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    /// Served by a replica of the partition; elsewhere answers NOT_LEADER naming the leader (a
+    /// stream is not forwarded). The first fetch runs before the stream opens, so a bad topic,
+    /// partition or offset fails the call itself.
+    async fn subscribe(&self, request: Request<proto::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        let _in_flight = self.ctx.in_flight.enter();
+        let req = request.into_inner();
+        limits::check_topic_name(&req.topic)?;
+        let ctx = self.ctx.clone();
+        let first = ctx
+            .cluster
+            .fetch(fetch_request(req.topic.clone(), req.partition, req.offset, req.max_bytes, 0, &ctx.limits))
+            .await
+            .map_err(|err| match err {
+                ClusterError::NotReplica { .. } => {
+                    let message = err.to_string();
+                    not_leader(message, ctx.cluster.leader_of(&req.topic, req.partition))
+                }
+                ClusterError::OffsetOutOfRange { .. } => match ctx.leader_ahead(&err, &req.topic, req.partition) {
+                    Some(leader) => not_leader(format!("{err} on this replica; the leader may hold it"), Some(leader)),
+                    None => cluster_error(err),
+                },
+                other => cluster_error(other),
+            })?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+        tokio::spawn(async move {
+            let mut shutdown = ctx.shutdown.clone();
+            let mut offset = req.offset;
+            let mut pending = Some(first);
+            loop {
+                let result = match pending.take() {
+                    Some(r) => Ok(r),
+                    None => {
+                        let wait = SUBSCRIBE_POLL_MS.min(ctx.limits.max_wait_ms.max(1));
+                        let fetch = ctx.cluster.fetch(fetch_request(
+                            req.topic.clone(),
+                            req.partition,
+                            offset,
+                            req.max_bytes,
+                            wait,
+                            &ctx.limits,
+                        ));
+                        let stopping = async {
+                            let _ = shutdown.wait_for(|s| *s).await;
+                        };
+                        tokio::select! {
+                            r = fetch => r,
+                            () = stopping => {
+                                let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                                return;
+                            }
+                            () = tx.closed() => return,
+                        }
+                    }
+                };
+                match result {
+                    Ok(r) => {
+                        let response = fetch_response(req.topic.clone(), req.partition, offset, r);
+                        offset = response.next_offset;
+                        if response.records.is_empty() {
+                            continue;
+                        }
+                        ctx.metrics.fetch_records.add(response.records.len() as u64);
+                        if tx.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(cluster_error(err))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
