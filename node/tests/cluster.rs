@@ -411,3 +411,59 @@ async fn subscribe_streams_existing_then_new_records() {
     drop(stream);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_operations_alter_checkpoint_compact_transfer_and_delete() {
+    let c = TestCluster::start(3).await;
+    let admin = c.client().admin();
+    let created = admin.create_topic(NewTopic::new("ops", 2, 3)).await.unwrap();
+    assert_eq!(created.config.as_ref().unwrap().partitions, 2);
+    assert!(admin.list_topics().await.unwrap().iter().any(|t| t.name == "ops"));
+
+    let altered = admin
+        .alter_topic(proto::AlterTopicRequest {
+            name: "ops".into(),
+            retention_ms: Some(3_600_000),
+            codec: Some(proto::Codec::Lz4 as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let config = altered.config.unwrap();
+    assert_eq!((config.retention_ms, config.codec), (Some(3_600_000), proto::Codec::Lz4 as i32));
+
+    let producer = c.client().producer(ProducerConfig::default());
+    let mut last = None;
+    for i in 0..20 {
+        last = Some(producer.send_and_wait(ProducerRecord::new("ops", format!("v{i}")).partition(0)).await.unwrap());
+    }
+    let last = last.unwrap();
+
+    // Checkpoint on the partition's leader: the checkpoint's hash is the chain hash there.
+    let leader = partition_leader(&c, "ops", 0).await;
+    let checkpoints = c.client_of(leader).admin().checkpoint("ops", Some(0)).await.unwrap();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert!(checkpoints[0].offset >= last.offset, "{checkpoints:?}");
+    let compacted = c.client_of(leader).admin().compact("ops", Some(0)).await.unwrap();
+    assert_eq!(compacted.len(), 1);
+    assert!(compacted[0].log_start_after >= compacted[0].log_start_before, "{compacted:?}");
+
+    // Verify at the last record: every replica holds the producer's acknowledged hash.
+    let verified = admin.verify("ops", 0, Some(last.offset)).await.unwrap();
+    assert!(verified.agree, "{verified:?}");
+    assert!(verified.replicas.iter().all(|r| r.chain_hash.as_deref() == Some(&last.chain_hash[..])), "{verified:?}");
+
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    assert_eq!(admin.transfer_leader("ops", 0, target).await.unwrap(), target);
+    wait_until("leadership moved", || c.node(target).cluster().leader_of("ops", 0).is_some_and(|(id, _)| id == target))
+        .await;
+
+    let status = admin.cluster_status().await.unwrap();
+    assert_eq!(status.members.len(), 3);
+    assert!(status.meta.is_some());
+
+    admin.delete_topic("ops").await.unwrap();
+    let gone = admin.describe_topic("ops").await.unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::UnknownTopic), "{gone:?}");
+    c.shutdown().await;
+}
