@@ -59,7 +59,7 @@ impl Storage {
                 return false;
             }
             bytes += r.payload.len();
-            out.push(Record { offset: r.offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload.clone() });
+            out.push(Record { offset: r.offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload });
             true
         })?;
         Ok(out)
@@ -216,7 +216,7 @@ impl Storage {
         anchor: ChainHash,
         stop: Offset,
         chunk_bytes: u64,
-        visit: impl FnMut(&Verified) -> bool,
+        visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
         self.walk_after(h, c, start, anchor, None, stop, chunk_bytes, visit)
     }
@@ -233,7 +233,7 @@ impl Storage {
         anchor_at: Option<(usize, u64)>,
         stop: Offset,
         chunk_bytes: u64,
-        mut visit: impl FnMut(&Verified) -> bool,
+        mut visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
         let stream = h.id;
         let mut expected_prev = anchor;
@@ -317,7 +317,7 @@ impl Storage {
                 last = Some((ch.seg_i, position));
                 offset = after;
                 at += view.len;
-                if !visit(&rec) {
+                if !visit(rec) {
                     return Ok(false);
                 }
             }
