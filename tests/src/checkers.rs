@@ -8,6 +8,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::cli::{OfflineVerify, OnlineVerify};
 use crate::workload::{History, LogRecord, PartitionView, VerifyReport, ViewSource};
 
 /// A property that does not hold, with every problem found.
@@ -272,6 +273,45 @@ pub fn writes_refused(history: &History) -> Result<(), Violation> {
         problems.push("no write was attempted, so refusal was not tested".to_string());
     }
     verdict("no write acknowledged without a majority", problems)
+}
+
+/// **The CLI's verify agrees**: `shale verify TOPIC --sweep` reports `agree` for every partition
+/// (every replica answered the same chain hash at every probed offset).
+pub fn cli_verify_agrees(report: &OnlineVerify, partitions: u32) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    if report.partitions.len() != partitions as usize {
+        problems.push(format!("{} partitions reported, expected {partitions}", report.partitions.len()));
+    }
+    for p in report.partitions.iter().filter(|p| p.status != "agree") {
+        problems.push(format!(
+            "{}/{}: {} (first divergent offset {:?}, checked {:?}): {}",
+            report.topic,
+            p.partition,
+            p.status,
+            p.first_divergent_offset,
+            p.checked_offset,
+            p.error.as_deref().unwrap_or("")
+        ));
+    }
+    verdict("shale verify reports agreement", problems)
+}
+
+/// **Disks are undamaged**: the offline verify of every stopped node's data finds no damaged
+/// stream (every record's CRC and chain link check out after the faults).
+pub fn disks_undamaged(reports: &[(u64, OfflineVerify)]) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    for (node, report) in reports {
+        if report.streams.is_empty() {
+            problems.push(format!("node {node}: no stream found in {}", report.data_dir));
+        }
+        for s in report.streams.iter().filter(|s| s.status != "ok") {
+            problems.push(format!("node {node}: stream {} ({}) is {}: {:?}", s.stream, s.role, s.status, s.findings));
+        }
+        if report.damaged_streams > 0 && !report.streams.iter().any(|s| s.status != "ok") {
+            problems.push(format!("node {node}: {} damaged streams reported", report.damaged_streams));
+        }
+    }
+    verdict("disks undamaged (offline verify)", problems)
 }
 
 /// Runs the three safety checkers (loss, duplicates, agreement) and the order checker, collecting
@@ -578,6 +618,48 @@ mod tests {
         writes_refused(&refused).unwrap();
         let err = writes_refused(&History::default()).unwrap_err();
         assert!(err.problems[0].contains("not tested"), "{err}");
+    }
+
+    #[test]
+    fn cli_verify_must_agree_on_every_partition() {
+        use crate::cli::OnlinePartition;
+        let part = |partition, status: &str| OnlinePartition {
+            partition,
+            status: status.into(),
+            checked_offset: Some(10),
+            first_divergent_offset: None,
+            error: None,
+        };
+        let ok = OnlineVerify { topic: "t".into(), partitions: vec![part(0, "agree"), part(1, "agree")] };
+        cli_verify_agrees(&ok, 2).unwrap();
+        assert!(cli_verify_agrees(&ok, 3).is_err());
+        let bad = OnlineVerify { topic: "t".into(), partitions: vec![part(0, "agree"), part(1, "disagree")] };
+        let err = cli_verify_agrees(&bad, 2).unwrap_err();
+        assert!(err.problems[0].contains("t/1: disagree"), "{err}");
+    }
+
+    #[test]
+    fn offline_damage_on_any_node_is_reported() {
+        use crate::cli::OfflineStream;
+        let stream = |id, status: &str| OfflineStream {
+            stream: id,
+            role: "raft log".into(),
+            status: status.into(),
+            records_verified: Some(5),
+            findings: Vec::new(),
+        };
+        let clean = OfflineVerify {
+            data_dir: "/data".into(),
+            streams: vec![stream(0, "ok"), stream(1, "ok")],
+            damaged_streams: 0,
+        };
+        disks_undamaged(&[(1, clean.clone()), (2, clean.clone())]).unwrap();
+        let damaged =
+            OfflineVerify { streams: vec![stream(0, "ok"), stream(3, "damaged")], damaged_streams: 1, ..clean.clone() };
+        let err = disks_undamaged(&[(1, clean.clone()), (2, damaged)]).unwrap_err();
+        assert!(err.problems[0].starts_with("node 2: stream 3"), "{err}");
+        let empty = OfflineVerify { streams: Vec::new(), ..clean };
+        assert!(disks_undamaged(&[(3, empty)]).is_err());
     }
 
     #[test]

@@ -109,6 +109,11 @@ impl ContainerCluster {
         &self.name
     }
 
+    /// The image the nodes run.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
     /// The nodes.
     pub fn nodes(&self) -> &[NodeContainer] {
         &self.nodes

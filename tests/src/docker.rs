@@ -34,6 +34,28 @@ pub async fn run_program(program: &str, args: &[&str], timeout: Duration) -> Res
     finish(program, args, out)
 }
 
+/// Runs `program args` (async) and answers its exit code and output whatever the code (for tools
+/// that report on stdout and signal a finding with a non-zero exit); fails only if it cannot run or
+/// runs longer than `timeout`.
+pub async fn run_capture(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(Option<i32>, Output), HarnessError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| HarnessError::Spawn { program: program.to_string(), source })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|source| HarnessError::Spawn { program: program.to_string(), source })?,
+        Err(_) => return Err(HarnessError::CommandTimeout { command: render(program, args), timeout }),
+    };
+    let output = Output {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    Ok((out.status.code(), output))
+}
+
 /// Runs `program args` (blocking; for `Drop` cleanups), failing on a non-zero exit.
 pub fn run_program_blocking(program: &str, args: &[&str]) -> Result<Output, HarnessError> {
     let out = std::process::Command::new(program)

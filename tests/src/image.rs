@@ -1,8 +1,9 @@
 //! The node image the container tests run: `shale:dev`, rebuilt by `deploy/build-image.sh` from
-//! this test run's own (debug) node binary when it is missing or older than that binary.
+//! this test run's own (debug) `shale-node` and `shale` (admin CLI) binaries when it is missing or
+//! older than either of them.
 //!
 //! Set `SHALE_TEST_IMAGE=<tag>` to use a prebuilt image as it is (nothing is built), or
-//! `SHALE_TEST_SKIP_CARGO_BUILD=1` to use the node binary already in the target dir without
+//! `SHALE_TEST_SKIP_CARGO_BUILD=1` to use the binaries already in the target dir without
 //! asking cargo whether it is up to date.
 
 use std::path::{Path, PathBuf};
@@ -39,24 +40,34 @@ async fn ensure_image_uncached() -> Result<String, HarnessError> {
     let lock = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
         .await
         .map_err(|e| HarnessError::Usage(format!("lock task failed: {e}")))??;
-    let binary = node_binary().await?;
-    let binary_mtime = std::fs::metadata(&binary).and_then(|m| m.modified()).map_err(|source| HarnessError::Io {
-        action: "reading the mtime of",
-        path: binary.clone(),
-        source,
-    })?;
+    let binary = cargo_binary("shale-node", "shale-node").await?;
+    let cli = cargo_binary("shale-cli", "shale").await?;
+    let newest = [&binary, &cli]
+        .iter()
+        .map(|path| {
+            std::fs::metadata(path).and_then(|m| m.modified()).map_err(|source| HarnessError::Io {
+                action: "reading the mtime of",
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<SystemTime>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(UNIX_EPOCH);
     match image_created().await? {
-        Some(created) if created >= binary_mtime => {
-            tracing::info!(image = IMAGE, binary = %binary.display(), "image is newer than the node binary; reusing it");
+        Some(created) if created >= newest => {
+            tracing::info!(image = IMAGE, binary = %binary.display(), "image is newer than the binaries; reusing it");
         }
         existing => {
             tracing::info!(image = IMAGE, binary = %binary.display(), stale = existing.is_some(), "building the image");
             let script = paths::deploy_dir().join("build-image.sh");
             let script_s = script.to_string_lossy().into_owned();
             let binary_s = binary.to_string_lossy().into_owned();
+            let cli_s = cli.to_string_lossy().into_owned();
             run_program(
                 "bash",
-                &[&script_s, "--profile", "debug", "--binary", &binary_s, "--tag", IMAGE],
+                &[&script_s, "--profile", "debug", "--binary", &binary_s, "--cli", &cli_s, "--tag", IMAGE],
                 IMAGE_BUILD_TIMEOUT,
             )
             .await?;
@@ -66,14 +77,14 @@ async fn ensure_image_uncached() -> Result<String, HarnessError> {
     Ok(IMAGE.to_string())
 }
 
-/// Builds (if needed) and locates `shale-node` in this run's profile directory.
-async fn node_binary() -> Result<PathBuf, HarnessError> {
+/// Builds (if needed) and locates binary `bin` of package `package` in this run's profile directory.
+async fn cargo_binary(package: &str, bin: &str) -> Result<PathBuf, HarnessError> {
     let profile_dir = paths::profile_dir();
-    let binary = profile_dir.join("shale-node");
+    let binary = profile_dir.join(bin);
     let skip = std::env::var("SHALE_TEST_SKIP_CARGO_BUILD").is_ok_and(|v| v == "1");
     if !(skip && binary.exists()) {
         let target = paths::target_dir();
-        let mut args = vec!["build".to_string(), "-p".into(), "shale-node".into(), "--bin".into(), "shale-node".into()];
+        let mut args = vec!["build".to_string(), "-p".into(), package.into(), "--bin".into(), bin.into()];
         args.extend(profile_flags(&profile_dir));
         let mut cmd = tokio::process::Command::new(paths::cargo());
         cmd.args(&args)
@@ -81,7 +92,7 @@ async fn node_binary() -> Result<PathBuf, HarnessError> {
             .env("CARGO_TARGET_DIR", &target)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        tracing::info!(?args, target = %target.display(), "building the node binary");
+        tracing::info!(?args, target = %target.display(), "building {bin}");
         let status = tokio::time::timeout(CARGO_BUILD_TIMEOUT, cmd.status())
             .await
             .map_err(|_| HarnessError::CommandTimeout {
@@ -101,7 +112,7 @@ async fn node_binary() -> Result<PathBuf, HarnessError> {
         Ok(binary)
     } else {
         Err(HarnessError::Io {
-            action: "finding the node binary",
+            action: "finding the built binary",
             path: binary,
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })

@@ -10,6 +10,7 @@
 //! - [`lock`]: a cross-process file lock (parallel test processes build things once).
 
 pub mod checkers;
+pub mod cli;
 pub mod cluster;
 pub mod compose;
 pub mod docker;

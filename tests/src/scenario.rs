@@ -8,6 +8,7 @@ use std::time::Duration;
 use shale_client::{Client, NewTopic};
 
 use crate::checkers;
+use crate::cli;
 use crate::cluster::ContainerCluster;
 use crate::error::HarnessError;
 use crate::workload::{self, History, Workload, WorkloadConfig};
@@ -16,6 +17,8 @@ use crate::workload::{self, History, Workload, WorkloadConfig};
 pub const REPLICATION: u32 = 3;
 /// Bound on replicas converging after the faults healed.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+/// SIGKILL follows SIGTERM after this long when the cluster is stopped for the offline check.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Bound on an election after a fault.
 pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the workload making progress (availability) while a majority is up.
@@ -82,40 +85,58 @@ impl Setup {
             .await
             .map_err(|e| e.to_string())?;
         views.extend(consumed);
-        let mut probe: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        // Verify at each partition's first and last acknowledged offsets, besides the common end.
+        let mut bounds: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for ack in &history.acks {
-            let e = probe.entry(ack.partition).or_default();
-            match e.len() {
-                0 | 1 => e.push(ack.offset),
-                _ => {
-                    e[0] = e[0].min(ack.offset);
-                    e[1] = e[1].max(ack.offset);
-                }
-            }
+            let b = bounds.entry(ack.partition).or_insert((ack.offset, ack.offset));
+            b.0 = b.0.min(ack.offset);
+            b.1 = b.1.max(ack.offset);
         }
+        let probe: BTreeMap<u32, Vec<u64>> = bounds.into_iter().map(|(p, (lo, hi))| (p, vec![lo, hi])).collect();
         // A failing Verify call is itself a violation, reported together with every checker's verdict.
         let (verify, verify_error) =
             match workload::verify_all(&self.client, &self.topic, self.partitions, &probe).await {
                 Ok(v) => (v, None),
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
-        let summary = format!(
-            "{} acknowledged, {} not; {} records per replica; {} verify answers",
-            history.acks.len(),
-            history.unacked.len(),
-            views
-                .iter()
-                .filter(|v| v.source == workload::ViewSource::Replica(1))
-                .map(|v| v.records.len())
-                .sum::<usize>(),
-            verify.len()
-        );
+        let records_per_replica: usize =
+            views.iter().filter(|v| v.source == workload::ViewSource::Replica(1)).map(|v| v.records.len()).sum();
         let mut violations =
             checkers::check_all(history, &views, &verify, REPLICATION as usize).err().unwrap_or_default();
+        let failed =
+            |property: &'static str, problem: String| checkers::Violation { property, problems: vec![problem] };
         if let Some(error) = verify_error {
-            violations
-                .push(checkers::Violation { property: "verify answers for every partition", problems: vec![error] });
+            violations.push(failed("verify answers for every partition", error));
         }
+        let container = self.cluster.nodes()[0].container.clone();
+        match cli::verify_online(&container, &self.topic).await {
+            Ok(report) => violations.extend(checkers::cli_verify_agrees(&report, self.partitions).err()),
+            Err(e) => violations.push(failed("shale verify runs", e.to_string())),
+        }
+        // Offline: every node stopped cleanly, then its files checked record by record.
+        for node in self.cluster.nodes() {
+            if let Err(e) = self.cluster.stop(node.id, STOP_GRACE).await {
+                violations.push(failed("nodes stop", e.to_string()));
+            }
+        }
+        let mut offline = Vec::new();
+        for node in self.cluster.nodes() {
+            match cli::verify_offline(self.cluster.image(), &node.volume).await {
+                Ok(report) => offline.push((node.id, report)),
+                Err(e) => violations.push(failed("shale verify --data-dir runs", format!("node {}: {e}", node.id))),
+            }
+        }
+        violations.extend(checkers::disks_undamaged(&offline).err());
+        let verified_records: u64 =
+            offline.iter().flat_map(|(_, r)| &r.streams).filter_map(|s| s.records_verified).sum();
+        let summary = format!(
+            "{} acknowledged, {} not; {records_per_replica} records per replica; {} Verify answers; \
+             offline verify of {} nodes ({verified_records} records)",
+            history.acks.len(),
+            history.unacked.len(),
+            verify.len(),
+            offline.len(),
+        );
         if violations.is_empty() {
             Ok(summary)
         } else {
