@@ -13,6 +13,7 @@
 // own test runs while the cluster layer is being edited).
 #[cfg(not(shale_raft_core_only))]
 pub mod cluster;
+pub mod entry_cache;
 pub mod error;
 pub mod format;
 pub mod group;

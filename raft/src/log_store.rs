@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use shale_storage::{ChainHash, Offset, StorageBackend, StorageError, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::entry_cache::EntryCache;
 use crate::error::RaftError;
 use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry};
 use crate::meta_store::MetaStore;
@@ -51,7 +52,12 @@ pub struct GroupLog {
     policy: Mutex<(Retention, Option<u64>)>,
     /// The log store's flusher task, awaited when the group shuts down.
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The recently appended tail, for openraft's own reads.
+    cache: Mutex<EntryCache>,
 }
+
+/// Default budget of a group's in-memory log tail.
+pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 32 << 20;
 
 impl fmt::Debug for GroupLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,6 +96,7 @@ impl GroupLog {
             meta,
             policy: Mutex::new((retention, None)),
             flusher: Mutex::new(None),
+            cache: Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES)),
         }))
     }
 
@@ -189,11 +196,13 @@ impl GroupLog {
         let at = Offset::new(first);
         if let Some(cp) = self.storage.checkpoint_at_or_below(self.stream, at).map_err(st)?.filter(|cp| cp.offset == at)
         {
+            self.cache.lock().clear();
             return self.storage.install_checkpoint(self.stream, cp).map_err(st);
         }
         let start = self.storage.log_start(self.stream).map_err(st)?;
         if start.get() == next && self.storage.latest_checkpoint(self.stream).map_err(st)?.is_none() {
             let genesis = shale_storage::Checkpoint::new(at, ChainHash::ZERO, Bytes::new());
+            self.cache.lock().clear();
             return self.storage.install_checkpoint(self.stream, genesis).map_err(st);
         }
         Err(RaftError::Decode {
@@ -238,8 +247,34 @@ impl GroupLog {
         }
         tracing::warn!(group = %self.group, offset, start, next, "snapshot anchors a fresh chain: the log never held the applied entries");
         let cp = shale_storage::Checkpoint::new(at, ChainHash::ZERO, data);
+        self.cache.lock().clear();
         self.storage.install_checkpoint(self.stream, cp.clone()).map_err(st)?;
         Ok(cp)
+    }
+
+    /// Installs a checkpoint received with a snapshot (blocking): keeps the log when its chain
+    /// agrees at the checkpoint, else restarts the stream there.
+    pub fn install_checkpoint(&self, cp: shale_storage::Checkpoint) -> Result<(), RaftError> {
+        self.cache.lock().clear();
+        self.storage.install_checkpoint(self.stream, cp).map_err(|e| self.storage_err(e))
+    }
+
+    /// Truncates the log from `index` on (blocking).
+    fn truncate_from(&self, index: u64) -> Result<(), RaftError> {
+        self.cache.lock().truncated_from(index);
+        self.storage.truncate_from(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
+    }
+
+    /// Appends encoded entries at `first` (blocking, not yet durable) and caches them.
+    fn append_entries(&self, first: u64, entries: Vec<Entry>) -> Result<(), RaftError> {
+        let next = self.next_index()?;
+        if next < first {
+            self.restart_at(first, next)?;
+        }
+        let records: Vec<Bytes> = entries.iter().map(encode_entry).collect();
+        self.storage.append_batch(self.stream, records, Offset::new(first), false).map_err(|e| self.storage_err(e))?;
+        self.cache.lock().appended(&entries);
+        Ok(())
     }
 
     /// Waits for the log store's flusher to finish (it does once openraft dropped the log store,
@@ -285,11 +320,23 @@ impl GroupLog {
         let next = self.next_index()?;
         let mut at = start.max(first);
         let end = end.min(next);
+        if at >= end {
+            return Ok(Vec::new());
+        }
+        let (cached, cache_start) = {
+            let cache = self.cache.lock();
+            (cache.get(at, end), cache.start())
+        };
+        if let Some(entries) = cached {
+            return Ok(entries);
+        }
         let mut out = Vec::with_capacity(end.saturating_sub(at).min(4096) as usize);
-        while at < end {
+        // Read from storage up to where the cached tail begins (or the end), then from the cache.
+        let storage_end = cache_start.filter(|&c| c > at).map_or(end, |c| c.min(end));
+        while at < storage_end {
             let recs = self
                 .storage
-                .read_range(self.stream, Offset::new(at), Offset::new(end), READ_CHUNK_BYTES)
+                .read_range(self.stream, Offset::new(at), Offset::new(storage_end), READ_CHUNK_BYTES)
                 .map_err(|e| self.storage_err(e))?;
             if recs.is_empty() {
                 break;
@@ -315,8 +362,13 @@ impl GroupLog {
                 out.push(entry);
             }
             if !all {
-                break;
+                return Ok(out);
             }
+        }
+        if at < end
+            && let Some(rest) = self.cache.lock().get(at, end)
+        {
+            out.extend(rest);
         }
         Ok(out)
     }
@@ -537,29 +589,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut first = None;
-        let records: Vec<Bytes> = entries
-            .into_iter()
-            .map(|e| {
-                debug_assert!(first.is_none_or(|f: u64| e.log_id.index > f));
-                first.get_or_insert(e.log_id.index);
-                encode_entry(&e)
-            })
-            .collect();
-        let Some(first) = first else {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
             callback.io_completed(Ok(()));
             return Ok(());
         };
+        debug_assert!(entries.windows(2).all(|w| w[1].log_id.index == w[0].log_id.index + 1));
         let log = self.log.clone();
-        blocking(move || {
-            let next = log.storage.next_offset(log.stream).map_err(io_err)?;
-            if next.get() < first {
-                log.restart_at(first, next.get()).map_err(io_err)?;
-            }
-            log.storage.append_batch(log.stream, records, Offset::new(first), false).map_err(io_err)?;
-            Ok(())
-        })
-        .await?;
+        blocking(move || log.append_entries(first, entries).map_err(io_err)).await?;
         self.flusher.send(FlushOp::Written(callback)).map_err(|_| io_err("log flusher stopped"))?;
         Ok(())
     }
@@ -568,7 +605,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.barrier().await?;
         let from = last_log_id.map_or(0, |l| l.index + 1);
         let log = self.log.clone();
-        blocking(move || log.storage.truncate_from(log.stream, Offset::new(from)).map_err(io_err)).await
+        blocking(move || log.truncate_from(from).map_err(io_err)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

@@ -193,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     |cp| cp.offset.get() == snap.offset && cp.chain_hash == snap.chain_hash && cp.data == snap.data,
                 );
             if !same {
-                storage.install_checkpoint(log.stream(), snap.to_checkpoint()).map_err(io_err)?;
+                log.install_checkpoint(snap.to_checkpoint()).map_err(io_err)?;
             }
             Ok(())
         })

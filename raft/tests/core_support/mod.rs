@@ -28,7 +28,8 @@ pub const GROUP: GroupId = GroupId(3);
 /// The applied payloads of one replica, shared with the test.
 pub type AppliedList = Arc<Mutex<Vec<(u64, Bytes)>>>;
 
-/// Keeps every (index, payload) it applied; responds with the index (8 bytes LE).
+/// Keeps every (index, payload) it applied (or, with `keep: false`, only counts them); responds
+/// with the index (8 bytes LE).
 pub struct ListApp {
     applied: AppliedList,
 }
@@ -97,6 +98,7 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub group: Option<Arc<RaftGroup>>,
     pub applied: AppliedList,
+    pub options: StorageOptions,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -114,7 +116,12 @@ impl TestNode {
         let router = Router::new(self.id, NetworkConfig::default()).expect("router");
         let (tx, rx) = oneshot::channel::<()>();
         let service = router.grpc_service();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Replication is many small request/response exchanges: no Nagle delays.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -124,7 +131,7 @@ impl TestNode {
                 .await
                 .expect("grpc server");
         });
-        let storage: Arc<dyn StorageBackend> = Arc::new(open_storage(&self.dir).await);
+        let storage: Arc<dyn StorageBackend> = Arc::new(open_storage(&self.dir, self.options.clone()).await);
         self.applied = Arc::new(Mutex::new(Vec::new()));
         let app = Box::new(ListApp { applied: self.applied.clone() });
         let group = RaftGroup::start(self.id, GROUP, storage, app, &router, config).await.expect("start group");
@@ -163,10 +170,10 @@ impl TestNode {
 
 /// Opens the node's storage; a previous incarnation may still be releasing its directory lock
 /// (its last tasks drop their handles asynchronously), so wait for that, bounded by [`WAIT`].
-async fn open_storage(dir: &std::path::Path) -> Storage {
+async fn open_storage(dir: &std::path::Path, options: StorageOptions) -> Storage {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match Storage::open_with(dir, storage_options()) {
+        match Storage::open_with(dir, options.clone()) {
             Ok(s) => return s,
             Err(shale_storage::StorageError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -199,6 +206,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes and initializes the group with all of them as voters.
     pub async fn start(n: u64, config: RaftGroupConfig) -> Self {
+        Self::start_with(n, config, storage_options()).await
+    }
+
+    /// As [`TestCluster::start`], with these storage options on every node.
+    pub async fn start_with(n: u64, config: RaftGroupConfig, options: StorageOptions) -> Self {
         init_tracing();
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
@@ -213,6 +225,7 @@ impl TestCluster {
                 dir: dir.path().to_path_buf(),
                 group: None,
                 applied: Arc::default(),
+                options: options.clone(),
                 server: None,
             });
             dirs.push(dir);

@@ -1,0 +1,117 @@
+//! The tail of a group's log kept in memory, so replication and apply (which read back what was
+//! just appended) do not pay a storage read, verification and decode per entry. Application reads
+//! (`RaftGroup::read_committed`) always go to storage.
+//!
+//! The cache holds a contiguous run of entries `[start, end)`, bounded by payload bytes (oldest
+//! evicted first). Every storage mutation of the log updates it: appends extend it (or replace it
+//! when not contiguous), truncations cut it, checkpoint installs clear it.
+
+use std::collections::VecDeque;
+
+use crate::types::{Entry, EntryPayload};
+
+/// A bounded, contiguous in-memory tail of the log.
+#[derive(Debug, Default)]
+pub struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// What an entry counts against the budget: its payload plus a fixed overhead.
+fn cost(e: &Entry) -> usize {
+    64 + match &e.payload {
+        EntryPayload::Normal(p) => p.0.len(),
+        EntryPayload::Membership(_) => 256,
+        EntryPayload::Blank => 0,
+    }
+}
+
+impl EntryCache {
+    /// An empty cache holding at most about `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self { entries: VecDeque::new(), bytes: 0, max_bytes }
+    }
+
+    /// The first cached index.
+    pub fn start(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn end(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.log_id.index + 1)
+    }
+
+    /// Records entries just appended to storage (consecutive indexes).
+    pub fn appended(&mut self, new: &[Entry]) {
+        let Some(first) = new.first() else { return };
+        if self.end() != Some(first.log_id.index) {
+            self.clear();
+        }
+        for e in new {
+            debug_assert!(self.end().is_none_or(|end| end == e.log_id.index), "cache entries are contiguous");
+            self.bytes += cost(e);
+            self.entries.push_back(e.clone());
+        }
+        while self.bytes > self.max_bytes {
+            let Some(e) = self.entries.pop_front() else { break };
+            self.bytes -= cost(&e);
+        }
+    }
+
+    /// Drops every entry at or above `index` (after a storage truncation).
+    pub fn truncated_from(&mut self, index: u64) {
+        while self.end().is_some_and(|end| end > index) {
+            let e = self.entries.pop_back().expect("non-empty");
+            self.bytes -= cost(&e);
+        }
+    }
+
+    /// Forgets everything (after a checkpoint install restarted or re-anchored the stream).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The cached entries in `[from, end)` if the cache holds `from`; `None` if `from` is below or
+    /// past the cached run.
+    pub fn get(&self, from: u64, end: u64) -> Option<Vec<Entry>> {
+        let start = self.start()?;
+        if from < start || from >= self.end()? {
+            return None;
+        }
+        let skip = (from - start) as usize;
+        let take = end.saturating_sub(from) as usize;
+        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{AppPayload, log_id};
+
+    fn e(i: u64, len: usize) -> Entry {
+        Entry { log_id: log_id(1, 1, i), payload: EntryPayload::Normal(AppPayload(vec![0u8; len].into())) }
+    }
+
+    #[test]
+    fn serves_contiguous_runs_and_evicts_oldest() {
+        let mut c = EntryCache::new(3 * (64 + 100));
+        c.appended(&[e(5, 100), e(6, 100)]);
+        c.appended(&[e(7, 100), e(8, 100)]);
+        // 4 entries over a budget of 3: entry 5 was evicted.
+        assert!(c.get(5, 9).is_none());
+        let got: Vec<u64> = c.get(6, 100).unwrap().iter().map(|e| e.log_id.index).collect();
+        assert_eq!(got, vec![6, 7, 8]);
+        assert!(c.get(9, 10).is_none());
+        c.truncated_from(7);
+        assert_eq!(c.get(6, 100).unwrap().len(), 1);
+        // A non-contiguous append replaces the run.
+        c.appended(&[e(20, 1)]);
+        assert!(c.get(6, 7).is_none());
+        assert_eq!(c.get(20, 21).unwrap().len(), 1);
+        c.clear();
+        assert!(c.get(20, 21).is_none());
+    }
+}
