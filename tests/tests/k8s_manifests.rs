@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_yaml_ng::Value;
 use shale_tests::k8s;
 
@@ -28,8 +29,6 @@ fn documents() -> BTreeMap<String, Value> {
     }
     docs
 }
-
-use serde::Deserialize;
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("expected a string, got {v:?}"))
@@ -79,17 +78,18 @@ async fn broken_manifests_fail_validation() {
         ("10-service-peers.yaml", "      port: 7001\n", "      port: seven\n", "port"),
         ("00-configmap.yaml", "  RUST_LOG: \"info\"\n", "  RUST_LOG:\n    level: info\n", "RUST_LOG"),
     ];
+    // Control: the untouched copies pass, so each failure below is its breakage's.
+    let control_dir = tempfile::tempdir().unwrap();
+    let copies = copy_manifests(control_dir.path());
+    let refs: Vec<&Path> = copies.iter().map(PathBuf::as_path).collect();
+    let control = k8s::validate(&refs).await.unwrap();
+    assert!(control.ok, "control copies failed:\n{}", control.report);
     for (file, from, to, named) in breakages {
         let dir = tempfile::tempdir().unwrap();
-        let copies = copy_manifests(dir.path());
         let target = dir.path().join(file);
-        let text = read(&target);
+        let text = read(&control_dir.path().join(file));
         assert!(text.contains(from), "{file} no longer contains {from:?}: update this test");
         std::fs::write(&target, text.replacen(from, to, 1)).unwrap();
-        // The untouched copies still pass on their own (so the failure below is the breakage's).
-        let others: Vec<&Path> = copies.iter().filter(|p| **p != target).map(PathBuf::as_path).collect();
-        let control = k8s::validate(&others).await.unwrap();
-        assert!(control.ok, "control copies failed:\n{}", control.report);
         let result = k8s::validate(&[target.as_path()]).await.unwrap();
         assert!(!result.ok, "{file} with {to:?} passed validation:\n{}", result.report);
         assert!(result.report.contains(named), "the report on {file} does not name {named}:\n{}", result.report);
