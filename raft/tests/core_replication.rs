@@ -209,3 +209,34 @@ async fn retention_keeps_records_for_readers_below_the_snapshot() {
     assert!(start2 > 40 && start2 <= last + 1, "log start {start2} moved to the snapshot");
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_transfer_and_membership_change() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let last = g.write(payload(1, 64)).await.unwrap().index;
+    c.wait_applied_everywhere(last).await;
+    let target = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    // A follower cannot serve linearizable reads; it names the leader.
+    match c.node(target).group().ensure_linearizable().await {
+        Err(RaftError::NotLeader { leader: Some((id, _)), .. }) => assert_eq!(id, leader),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    g.transfer_leader(target).await.expect("transfer");
+    assert_eq!(c.wait_leader(&[leader]).await, target);
+    let ng = c.leader_group(target);
+    let idx = ng.write(payload(2, 64)).await.expect("write at the new leader").index;
+
+    // Shrink to two voters, the old leader stays as a learner and still receives the log.
+    let voters = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    ng.change_membership(voters, true).await.expect("membership change");
+    let m = ng.metrics();
+    assert_eq!(m.membership_config.membership().voter_ids().count(), 2);
+    assert!(m.membership_config.membership().learner_ids().any(|l| l == leader));
+    let idx2 = ng.write(payload(3, 64)).await.unwrap().index;
+    assert!(idx2 > idx);
+    c.node(leader).group().wait_applied(idx2, WAIT).await.expect("learner keeps replicating");
+    assert!(c.assert_chains_agree().await > 0);
+    c.stop_all().await;
+}

@@ -28,10 +28,16 @@ pub const GROUP: GroupId = GroupId(3);
 /// The applied payloads of one replica, shared with the test.
 pub type AppliedList = Arc<Mutex<Vec<(u64, Bytes)>>>;
 
-/// Keeps every (index, payload) it applied (or, with `keep: false`, only counts them); responds
-/// with the index (8 bytes LE).
+/// Keeps every (index, payload) it applied; responds with the index (8 bytes LE).
 pub struct ListApp {
     applied: AppliedList,
+}
+
+impl ListApp {
+    /// An app recording into `applied`.
+    pub fn new(applied: AppliedList) -> Self {
+        Self { applied }
+    }
 }
 
 impl StateMachineApp for ListApp {
