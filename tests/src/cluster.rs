@@ -4,7 +4,7 @@
 //! Each node gets a fixed address on the network (`<subnet>.1N` for node N) so that its address
 //! survives restarts, disconnects and a wiped volume; the nodes advertise these addresses, so the
 //! test process (on the host, which routes to the bridge) reaches every node directly, exactly as
-//! the nodes reach each other. Ports 7001 (gRPC) and 8001 (HTTP) are also published on loopback.
+//! the nodes reach each other. Nothing is published on the host's ports.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,6 +80,7 @@ impl ContainerCluster {
             return Err(HarnessError::Usage(format!("cluster size {size} is not in 1..=9")));
         }
         let image = image::ensure_image().await?;
+        remove_orphans().await;
         let seq = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("shale-t{}-{seq}", std::process::id());
         let (network, prefix) = create_network(&name).await?;
@@ -167,7 +168,10 @@ impl ContainerCluster {
             aliases: vec![format!("node-{}", node.id)],
             env,
             volumes: vec![(node.volume.clone(), "/data".to_string())],
-            publish_loopback: vec![GRPC_PORT, HTTP_PORT],
+            // No published ports: the test reaches the nodes over the bridge. (A random loopback port
+            // can be one that a stale in-process node elsewhere on the machine still sends Raft
+            // traffic to; that happened, and a foreign node's votes reached these containers.)
+            publish_loopback: Vec::new(),
             labels: vec![(LABEL.to_string(), self.name.clone())],
             args: Vec::new(),
         }
@@ -430,4 +434,57 @@ async fn create_network(name: &str) -> Result<(String, String), HarnessError> {
         }
     }
     Err(last_err.unwrap_or_else(|| HarnessError::Usage("no subnet attempt was made".into())))
+}
+
+/// Removes what earlier test processes left behind when they were killed before their drop ran
+/// (a test timeout): every container, volume and network of a cluster whose process is gone.
+/// Clusters of live processes (tests running in parallel) are left alone.
+pub async fn remove_orphans() {
+    let Ok(listing) =
+        docker(&["ps", "-a", "--filter", &format!("label={LABEL}"), "--format", "{{.Label \"io.shale.test\"}}"]).await
+    else {
+        return;
+    };
+    let networks = docker(&["network", "ls", "--filter", &format!("label={LABEL}"), "--format", "{{.Name}}"])
+        .await
+        .unwrap_or_default();
+    let mut clusters: Vec<String> = listing.lines().map(str::to_string).collect();
+    clusters.extend(networks.lines().filter_map(|n| n.strip_suffix("-net")).map(str::to_string));
+    clusters.sort();
+    clusters.dedup();
+    for cluster in clusters {
+        let Some(pid) = owner_pid(&cluster) else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::info!(%cluster, pid, "removing the leftovers of a test process that is gone");
+        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={LABEL}={cluster}")]).await {
+            for id in ids.lines() {
+                let _ = docker(&["rm", "--force", id]).await;
+            }
+        }
+        if let Ok(vols) = docker(&["volume", "ls", "-q", "--filter", &format!("name={cluster}-data-")]).await {
+            for v in vols.lines() {
+                let _ = docker(&["volume", "rm", "--force", v]).await;
+            }
+        }
+        let _ = docker(&["network", "rm", &format!("{cluster}-net")]).await;
+    }
+}
+
+/// The process id in a cluster name `shale-t<pid>-<seq>`.
+fn owner_pid(cluster: &str) -> Option<u32> {
+    cluster.strip_prefix("shale-t")?.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_carry_their_owner_process() {
+        assert_eq!(owner_pid("shale-t4242-3"), Some(4242));
+        assert_eq!(owner_pid("shale-compose-1"), None);
+        assert_eq!(owner_pid("other"), None);
+    }
 }
