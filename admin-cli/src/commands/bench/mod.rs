@@ -134,6 +134,13 @@ struct SenderResult {
     first_error: Option<ClientError>,
 }
 
+/// The outcome of a per-record delivery task (a task that died counts as a failed record).
+fn joined_outcome<T>(
+    joined: std::result::Result<(Duration, std::result::Result<T, ClientError>), tokio::task::JoinError>,
+) -> (Duration, std::result::Result<T, ClientError>) {
+    joined.unwrap_or_else(|e| (Duration::ZERO, Err(ClientError::Protocol(format!("delivery task failed: {e}")))))
+}
+
 async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
     ensure_topic(ctx, &a.topic, a.create_partitions).await?;
     let client = ctx.client()?;
@@ -152,11 +159,11 @@ async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
         handles.push(tokio::spawn(async move {
             let mut r = SenderResult { latency: LatencyRecorder::new(), acked: 0, errors: 0, first_error: None };
             let mut inflight = FuturesUnordered::new();
-            let settle = |r: &mut SenderResult, outcome: (Instant, std::result::Result<_, ClientError>)| {
-                let (sent_at, result) = outcome;
+            let settle = |r: &mut SenderResult, outcome: (Duration, std::result::Result<_, ClientError>)| {
+                let (latency, result) = outcome;
                 match result {
                     Ok(_) => {
-                        r.latency.record(sent_at.elapsed());
+                        r.latency.record(latency);
                         r.acked += 1;
                     }
                     Err(e) => {
@@ -172,17 +179,22 @@ async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
                 }
                 let sent_at = Instant::now();
                 match producer.send(ProducerRecord::new(topic.clone(), payload.clone())).await {
-                    Ok(delivery) => inflight.push(async move { (sent_at, delivery.await) }),
-                    Err(e) => settle(&mut r, (sent_at, Err(e))),
+                    // A task per record takes the time as the acknowledgement arrives, not when
+                    // this loop next looks at its window.
+                    Ok(delivery) => inflight.push(tokio::spawn(async move {
+                        let result = delivery.await;
+                        (sent_at.elapsed(), result)
+                    })),
+                    Err(e) => settle(&mut r, (sent_at.elapsed(), Err(e))),
                 }
                 while inflight.len() >= window {
-                    if let Some(outcome) = inflight.next().await {
-                        settle(&mut r, outcome);
+                    if let Some(joined) = inflight.next().await {
+                        settle(&mut r, joined_outcome(joined));
                     }
                 }
             }
-            while let Some(outcome) = inflight.next().await {
-                settle(&mut r, outcome);
+            while let Some(joined) = inflight.next().await {
+                settle(&mut r, joined_outcome(joined));
             }
             r
         }));
