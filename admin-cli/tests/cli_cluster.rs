@@ -218,6 +218,16 @@ async fn verify_reports_agreement_then_names_a_damaged_replica() {
     // Damage node 3's replica offline: flip one payload byte of a record in the middle.
     let victim = 3;
     c.stop(victim).await;
+    let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let status = json(&o);
+    let health: Vec<(u64, String)> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["health"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(health, vec![(1, "up".into()), (2, "up".into()), (3, "unreachable".into())], "{status}");
     let (segment_path, position, offset) = find_record(c.data_dir(victim), b"entry-020");
     let mut bytes = fs::read(&segment_path).unwrap();
     bytes[position + 7] ^= 0x01;
