@@ -101,6 +101,20 @@ async fn produce_then_consume_round_trips_through_pipes() {
     assert_eq!(g["group"], "g1");
     assert!(g["total_lag"].as_u64().unwrap() >= 10, "{g}");
 
+    // Whole-stdin and file records keep their bytes (binary values come back as base64).
+    assert_exit(&c.shale(&["topic", "create", "blobs", "-p", "1"], b"").await, 0);
+    assert_exit(&c.shale(&["produce", "blobs", "--whole"], b"line one\nline two\n").await, 0);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), [0xffu8, 0x00, 0x80]).unwrap();
+    let path = file.path().to_string_lossy().into_owned();
+    assert_exit(&c.shale(&["produce", "blobs", "--file", &path], b"").await, 0);
+    let o = c.shale(&["consume", "blobs", "--from-beginning", "--format", "json"], b"").await;
+    assert_exit(&o, 0);
+    let blobs: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(blobs.len(), 2, "{}", stdout(&o));
+    assert_eq!(blobs[0]["value"], "line one\nline two\n");
+    assert_eq!(blobs[1]["value_base64"], "/wCA");
+
     // Reset to the end, then the group has nothing left.
     let o = c
         .shale(&["group", "reset-offsets", "g1", "--topic", "events", "--to-latest", "--execute", "-o", "json"], b"")
