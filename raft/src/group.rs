@@ -43,6 +43,11 @@ pub struct RaftGroupConfig {
     pub install_snapshot_timeout_ms: u64,
     /// What log records a snapshot covers may be removed, and when.
     pub retention: Retention,
+    /// Let a leader accept a follower whose log went backwards (its disk was wiped or replaced and
+    /// it restarted empty with the same id) and re-replicate to it, instead of openraft panicking
+    /// the leader's core. A wiped voter has also forgotten its vote, so this trades a theoretical
+    /// double vote in one term for staying available after a disk replacement; default `true`.
+    pub allow_log_reversion: bool,
 }
 
 impl Default for RaftGroupConfig {
@@ -56,6 +61,7 @@ impl Default for RaftGroupConfig {
             max_payload_entries: 512,
             install_snapshot_timeout_ms: 10_000,
             retention: Retention::SnapshotOnly,
+            allow_log_reversion: true,
         }
     }
 }
@@ -76,6 +82,7 @@ impl RaftGroupConfig {
             },
             // openraft "purges" right after a snapshot; physical removal is bounded by retention.
             max_in_snapshot_log_to_keep: 0,
+            allow_log_reversion: Some(self.allow_log_reversion),
             ..Default::default()
         };
         config.validate().map_err(|e| RaftError::InvalidConfig(e.to_string()))
@@ -273,6 +280,15 @@ impl RaftGroup {
             what,
             timeout_ms: timeout.as_millis() as u64,
         })
+    }
+
+    /// `Ok` while the group's Raft core runs; the error that stopped it otherwise (a storage
+    /// failure, a panic, or shutdown). A stopped core does not recover: restart the group.
+    pub fn health(&self) -> Result<(), RaftError> {
+        match &self.raft.metrics().borrow_watched().running_state {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fatal(e)),
+        }
     }
 
     /// The current leader and its address, if known.

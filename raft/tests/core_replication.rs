@@ -240,3 +240,32 @@ async fn leadership_transfer_and_membership_change() {
     assert!(c.assert_chains_agree().await > 0);
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_is_refilled_without_hurting_the_leader() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let mut last = 0;
+    for i in 0..40u64 {
+        last = g.write(payload(i, 300)).await.unwrap().index;
+    }
+    c.wait_applied_everywhere(last).await;
+    let wiped = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    c.node(wiped).stop().await;
+    // The disk is replaced: the node restarts empty with the same id and address.
+    let dir = c.node(wiped).dir.clone();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    c.node(wiped).restart(group_config()).await;
+    for i in 40..60u64 {
+        last = g.write(payload(i, 300)).await.expect("writes continue").index;
+    }
+    c.node(wiped).group().wait_applied(last, WAIT).await.expect("wiped follower is refilled");
+    g.health().expect("the leader's core survived the follower's log reversion");
+    let tags: Vec<u64> =
+        c.node(wiped).applied.lock().iter().map(|(_, p)| u64::from_le_bytes(p[..8].try_into().unwrap())).collect();
+    assert_eq!(tags, (0..60).collect::<Vec<u64>>());
+    assert!(c.assert_chains_agree().await >= 3 * (last + 1));
+    c.stop_all().await;
+}
