@@ -71,6 +71,10 @@ pub enum CliError {
         source: io::Error,
     },
 
+    /// The async runtime could not start (out of threads or file descriptors).
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+
     /// The command ran and its report (already printed) says the check failed: replicas disagree,
     /// files are damaged, records could not be delivered...
     #[error("{0}")]
@@ -101,7 +105,11 @@ impl CliError {
         match self {
             CliError::Client { bootstrap, source, .. } => client_hint(bootstrap, source),
             CliError::Usage(_) => Some("see `shale --help` or `shale <command> --help` for usage and examples".into()),
-            CliError::Output(_) | CliError::Encode { .. } | CliError::CheckFailed(_) | CliError::BadInput(_) => None,
+            CliError::Output(_)
+            | CliError::Encode { .. }
+            | CliError::CheckFailed(_)
+            | CliError::BadInput(_)
+            | CliError::Runtime(_) => None,
             CliError::Input { .. } => Some("check the path and its permissions".into()),
             CliError::Local { .. } => {
                 Some("check the path, its permissions and the free space of the scratch dir (--scratch-dir)".into())

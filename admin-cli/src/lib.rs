@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()
-                .map_err(|e| CliError::Local { op: "start the async runtime", path: ".".into(), source: e })?;
+                .map_err(CliError::Runtime)?;
             let ctx = Ctx::new(cli.global);
             runtime.block_on(dispatch(&ctx, command))
         }
