@@ -269,3 +269,40 @@ async fn a_wiped_follower_is_refilled_without_hurting_the_leader() {
     assert!(c.assert_chains_agree().await >= 3 * (last + 1));
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_restores_the_snapshot_then_replays_the_log_above_it() {
+    let mut c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let mut last = 0;
+    for i in 0..60u64 {
+        last = g.write(payload(i, 700)).await.unwrap().index;
+    }
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    let fg = c.node(follower).group().clone();
+    fg.wait_applied(last, WAIT).await.unwrap();
+    let snap = fg.trigger_snapshot(WAIT).await.unwrap().expect("snapshot index");
+    // The snapshot is a checkpoint of the log stream at snapshot + 1 (data = raft snapshot state).
+    let (data, state) = shale_raft::snapshot::latest_snapshot(fg.log().storage().as_ref(), fg.log().stream())
+        .unwrap()
+        .expect("a snapshot checkpoint");
+    assert_eq!(data.offset, snap + 1);
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(snap));
+    assert_eq!(data.chain_hash, fg.chain_hash_at(snap).unwrap());
+    for i in 60..80u64 {
+        last = g.write(payload(i, 700)).await.unwrap().index;
+    }
+    fg.wait_applied(last, WAIT).await.unwrap();
+    drop(fg);
+    c.node(follower).stop().await;
+    // Restart while the rest of the cluster is idle: the state comes back from this node's own disk.
+    c.node(follower).restart(group_config()).await;
+    let fg = c.node(follower).group().clone();
+    fg.wait_applied(last, WAIT).await.expect("restored");
+    let tags: Vec<u64> =
+        c.node(follower).applied.lock().iter().map(|(_, p)| u64::from_le_bytes(p[..8].try_into().unwrap())).collect();
+    assert_eq!(tags, (0..80).collect::<Vec<u64>>(), "snapshot (0..=snap) + replayed tail, each payload once");
+    assert!(c.assert_chains_agree().await > 0);
+    c.stop_all().await;
+}
