@@ -314,17 +314,21 @@ fn group_commit_run(storage: &Arc<Storage>, stream: StreamId, appenders: usize, 
     (appended as f64 / elapsed.as_secs_f64(), attempts.load(Ordering::Relaxed) as f64 / appended.max(1) as f64)
 }
 
-/// The device's own rate: 1 KiB positional writes to one file, each followed by `fdatasync`.
+/// The device's own rate: 1 KiB positional writes, each followed by `fdatasync`, into a file
+/// written and synced beforehand (so each flush carries data only, no block allocation).
 fn raw_fsync_rate(dir: &Path, time: Duration) -> std::io::Result<f64> {
     use std::os::unix::fs::FileExt;
+    const FILE_BYTES: u64 = 8 << 20;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("raw-fsync");
     let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    file.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
+    file.sync_all()?;
     let buf = payload(3, 1024);
     let mut n = 0u64;
     let start = Instant::now();
     while start.elapsed() < time {
-        file.write_all_at(&buf, n * 1024)?;
+        file.write_all_at(&buf, (n * 1024) % FILE_BYTES)?;
         file.sync_data()?;
         n += 1;
     }
