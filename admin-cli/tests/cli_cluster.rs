@@ -291,3 +291,26 @@ async fn verify_reports_agreement_then_names_a_damaged_replica() {
     assert!(stdout(&o).contains("replica node 3"), "{}", stdout(&o));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_node_then_remove_node() {
+    let mut c = TestCluster::start(3).await;
+    let addr = c.start_joiner().await;
+    let o = c.shale(&["cluster", "add-node", "4", &addr, "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let ids: Vec<u64> = json(&o).as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+    let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let s = json(&o);
+    assert_eq!(s["members"].as_array().unwrap().len(), 4, "{s}");
+    assert!(s["members"].as_array().unwrap().iter().all(|m| m["health"] == "up"), "{s}");
+
+    let o = c.shale(&["cluster", "remove-node", "4"], b"").await;
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("removed node 4"), "{}", stderr(&o));
+    let remaining: Vec<String> =
+        stdout(&o).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    assert_eq!(remaining, vec!["1", "2", "3"], "{}", stdout(&o));
+    c.shutdown().await;
+}

@@ -100,6 +100,25 @@ impl TestCluster {
         self.nodes[i] = Some(node);
     }
 
+    /// Starts one more node (id = current count + 1) that is not a member yet: it knows the others
+    /// as peers but does not bootstrap; `shale cluster add-node` makes it a member. Returns its
+    /// gRPC address.
+    pub async fn start_joiner(&mut self) -> String {
+        let id = self.nodes.len() as u64 + 1;
+        let g = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let h = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let addr = g.local_addr().unwrap();
+        let mut peers = self.peers.clone();
+        peers.insert(id, addr.to_string());
+        let dir = self._root.path().join(format!("node-{id}"));
+        let config = node_config(id, &peers, dir.clone());
+        self.nodes.push(Some(Node::start_on(config, g, h).await.expect("joiner starts")));
+        self.grpc.push(addr);
+        self.http.push(self.nodes.last().unwrap().as_ref().unwrap().http_addr);
+        self.dirs.push(dir);
+        addr.to_string()
+    }
+
     /// Runs `shale ARGS --bootstrap <this cluster>` with `stdin`, off the async runtime.
     pub async fn shale(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
