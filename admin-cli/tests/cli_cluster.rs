@@ -314,3 +314,22 @@ async fn add_node_then_remove_node() {
     assert_eq!(remaining, vec!["1", "2", "3"], "{}", stdout(&o));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follow_waits_for_new_records_until_max_records() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "live", "-p", "2"], b"").await, 0);
+    assert_exit(&c.shale(&["produce", "live", "--key", "k"], b"one\ntwo\n").await, 0);
+    let args: Vec<String> =
+        ["consume", "live", "--from-beginning", "--follow", "-n", "4", "--attempts", "20", "--bootstrap"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([c.bootstrap()])
+            .collect();
+    let follower = tokio::spawn(common::run_shale(args, Vec::new()));
+    assert_exit(&c.shale(&["produce", "live", "--key", "k"], b"three\nfour\n").await, 0);
+    let o = tokio::time::timeout(common::WAIT, follower).await.expect("follow ends at --max-records").unwrap();
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "one\ntwo\nthree\nfour\n");
+    c.shutdown().await;
+}
