@@ -141,7 +141,8 @@ impl RaftService for RaftGrpcService {
                 meta.data_len
             )));
         }
-        let mut data = BytesMut::with_capacity(meta.data_len as usize);
+        // Grow with what actually arrives; do not trust the announced length for the allocation.
+        let mut data = BytesMut::with_capacity(meta.data_len.min(64 << 20) as usize);
         while let Some(msg) = input.next().await {
             match msg?.payload {
                 Some(pb::install_snapshot_request::Payload::Chunk(chunk)) => {

@@ -119,7 +119,9 @@ impl TestNode {
 
     /// Starts (or restarts) the node on `listener` from its data dir.
     async fn start(&mut self, listener: TcpListener, config: RaftGroupConfig) {
-        let router = Router::new(self.id, NetworkConfig::default()).expect("router");
+        // Small snapshot chunks so snapshot transfers in tests span many messages.
+        let network = NetworkConfig { snapshot_chunk_bytes: 16 << 10, ..NetworkConfig::default() };
+        let router = Router::new(self.id, network).expect("router");
         let (tx, rx) = oneshot::channel::<()>();
         let service = router.grpc_service();
         // Replication is many small request/response exchanges: no Nagle delays.
