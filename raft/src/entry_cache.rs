@@ -42,6 +42,19 @@ impl EntryCache {
         self.entries.back().map(|e| e.log_id.index + 1)
     }
 
+    /// Changes the budget; evicts the oldest entries down to it.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some(e) = self.entries.pop_front() else { break };
+            self.bytes -= cost(&e);
+        }
+    }
+
     /// Records entries just appended to storage (consecutive indexes).
     pub fn appended(&mut self, new: &[Entry]) {
         let Some(first) = new.first() else { return };
@@ -53,10 +66,7 @@ impl EntryCache {
             self.bytes += cost(e);
             self.entries.push_back(e.clone());
         }
-        while self.bytes > self.max_bytes {
-            let Some(e) = self.entries.pop_front() else { break };
-            self.bytes -= cost(&e);
-        }
+        self.evict();
     }
 
     /// Drops every entry at or above `index` (after a storage truncation).

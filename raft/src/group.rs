@@ -48,6 +48,8 @@ pub struct RaftGroupConfig {
     /// the leader's core. A wiped voter has also forgotten its vote, so this trades a theoretical
     /// double vote in one term for staying available after a disk replacement; default `true`.
     pub allow_log_reversion: bool,
+    /// Memory for the recently appended log tail that replication and apply read back (per group).
+    pub log_cache_bytes: usize,
 }
 
 impl Default for RaftGroupConfig {
@@ -62,6 +64,7 @@ impl Default for RaftGroupConfig {
             install_snapshot_timeout_ms: 10_000,
             retention: Retention::SnapshotOnly,
             allow_log_reversion: true,
+            log_cache_bytes: crate::log_store::DEFAULT_ENTRY_CACHE_BYTES,
         }
     }
 }
@@ -134,6 +137,7 @@ impl RaftGroup {
         let log = tokio::task::spawn_blocking(move || GroupLog::open(group, storage, retention))
             .await
             .map_err(|e| RaftError::Fatal { group, reason: format!("opening the group's streams failed: {e}") })??;
+        log.set_cache_bytes(config.log_cache_bytes);
         let sm = GroupStateMachine::new(log.clone(), app);
         let applied = sm.subscribe_applied();
         let store = LogStore::new(log.clone());

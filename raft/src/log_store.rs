@@ -57,7 +57,7 @@ pub struct GroupLog {
 }
 
 /// Default budget of a group's in-memory log tail.
-pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 32 << 20;
+pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 16 << 20;
 
 impl fmt::Debug for GroupLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,6 +137,11 @@ impl GroupLog {
     /// The chain hash of the record at `index` (`log_start - 1` gives the anchoring checkpoint's).
     pub fn chain_hash_at(&self, index: u64) -> Result<ChainHash, RaftError> {
         self.storage.chain_hash_at(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
+    }
+
+    /// Sets the budget of the in-memory log tail (0 disables it).
+    pub fn set_cache_bytes(&self, bytes: usize) {
+        self.cache.lock().set_max_bytes(bytes);
     }
 
     /// Sets the retention policy.

@@ -36,8 +36,16 @@ impl StateMachineApp for ByteCounter {
 }
 
 fn build(storage: Arc<dyn StorageBackend>) -> Result<(LogStore, GroupStateMachine), StorageError<TypeConfig>> {
+    build_with_cache(storage, shale_raft::log_store::DEFAULT_ENTRY_CACHE_BYTES)
+}
+
+fn build_with_cache(
+    storage: Arc<dyn StorageBackend>,
+    cache_bytes: usize,
+) -> Result<(LogStore, GroupStateMachine), StorageError<TypeConfig>> {
     let log = GroupLog::open(GroupId(7), storage, Retention::SnapshotOnly)
         .map_err(|e| StorageError::read(TypeConfig::err_from_string(e)))?;
+    log.set_cache_bytes(cache_bytes);
     Ok((LogStore::new(log.clone()), GroupStateMachine::new(log, Box::new(ByteCounter::default()))))
 }
 
@@ -72,6 +80,24 @@ fn init_tracing() {
 async fn openraft_suite_on_memory_storage() {
     init_tracing();
     Suite::test_all(MemoryBuilder).await.expect("storage suite on MemoryStorage");
+}
+
+/// Disk storage with the in-memory log tail disabled: every read goes to storage.
+struct UncachedDiskBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine, tempfile::TempDir> for UncachedDiskBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, GroupStateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let storage = Storage::open(dir.path()).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let (ls, sm) = build_with_cache(Arc::new(storage), 0)?;
+        Ok((dir, ls, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_suite_on_disk_storage_without_tail_cache() {
+    init_tracing();
+    Suite::test_all(UncachedDiskBuilder).await.expect("storage suite on disk Storage, no tail cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
