@@ -180,6 +180,17 @@ async fn cluster_status_and_bench_report_json() {
     let o = c.shale(&["bench", "consume", "-t", "b", "-n", "300", "-o", "json"], b"").await;
     assert_exit(&o, 0);
     assert_eq!(json(&o)["records"], 300);
+    let o = c.shale(&["verify", "b", "--sweep", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let v = json(&o);
+    let statuses: Vec<(u64, &str)> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["partition"].as_u64().unwrap(), p["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses, vec![(0, "agree"), (1, "agree")], "{v}");
+    assert!(v["partitions"][0]["probes"].as_u64().unwrap() >= 2, "the sweep probes more than the newest offset: {v}");
     c.shutdown().await;
 }
 

@@ -311,10 +311,9 @@ pub async fn run_online(ctx: &Ctx, a: &VerifyArgs) -> Result<()> {
     let given: Vec<u32> = a.partition.into_iter().collect();
     let partitions =
         select_partitions(&client, &topic, &given).await.map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
-    let mut report = OnlineReport { topic: topic.clone(), partitions: Vec::new() };
-    for p in partitions {
-        report.partitions.push(verify_partition(ctx, a, &topic, p).await);
-    }
+    // Partitions are independent: verify them concurrently (each one's probes stay sequential).
+    let verdicts = futures::future::join_all(partitions.iter().map(|&p| verify_partition(ctx, a, &topic, p))).await;
+    let report = OnlineReport { topic: topic.clone(), partitions: verdicts };
     output::emit(a.output.output, &report, online_text)?;
     if report.ok() {
         Ok(())
