@@ -115,6 +115,16 @@ async fn produce_then_consume_round_trips_through_pipes() {
     assert_eq!(blobs[0]["value"], "line one\nline two\n");
     assert_eq!(blobs[1]["value_base64"], "/wCA");
 
+    // A bad line stops the input, and what came before it is still delivered.
+    assert_exit(&c.shale(&["topic", "create", "kv", "-p", "1"], b"").await, 0);
+    let o = c.shale(&["produce", "kv", "--key-separator", "="], b"a=1\nb=2\nno separator\nc=3\n").await;
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("line 3 has no key separator"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("produced 2 records to kv before the error"), "{}", stderr(&o));
+    let o = c.shale(&["consume", "kv", "--from-beginning", "--print-key"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "a\t1\nb\t2\n");
+
     // Reset to the end, then the group has nothing left.
     let o = c
         .shale(&["group", "reset-offsets", "g1", "--topic", "events", "--to-latest", "--execute", "-o", "json"], b"")

@@ -133,24 +133,8 @@ async fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
     tokio::fs::read(path).await.map_err(|source| CliError::Input { path: path.clone(), source })
 }
 
-/// Runs `shale produce`.
-pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
-    let template = RecordTemplate {
-        topic: a.topic.clone(),
-        key: a.key.clone(),
-        key_separator: a.key_separator.clone(),
-        headers: a.headers.clone(),
-        partition: a.partition,
-    };
-    let client = ctx.client()?;
-    let mut sender = Sender {
-        ctx,
-        producer: client.producer(ProducerConfig::default()),
-        pending: VecDeque::new(),
-        acks: Vec::new(),
-        keep_acks: a.output.is_some(),
-        sent: 0,
-    };
+/// Reads the input the flags name and hands each record to `sender`.
+async fn send_input(a: &ProduceArgs, template: &RecordTemplate, sender: &mut Sender<'_>) -> Result<()> {
     let stdin_path = || PathBuf::from("-");
     if !a.files.is_empty() {
         for (i, path) in a.files.iter().enumerate() {
@@ -184,7 +168,34 @@ pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
             sender.send(template.record(strip_line_ending(&line), number)?).await?;
         }
     }
+    Ok(())
+}
+
+/// Runs `shale produce`.
+pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
+    let template = RecordTemplate {
+        topic: a.topic.clone(),
+        key: a.key.clone(),
+        key_separator: a.key_separator.clone(),
+        headers: a.headers.clone(),
+        partition: a.partition,
+    };
+    let client = ctx.client()?;
+    let mut sender = Sender {
+        ctx,
+        producer: client.producer(ProducerConfig::default()),
+        pending: VecDeque::new(),
+        acks: Vec::new(),
+        keep_acks: a.output.is_some(),
+        sent: 0,
+    };
+    // Records read before a bad input line are still delivered; the input error is reported after.
+    let input_result = send_input(&a, &template, &mut sender).await;
     let (sent, acks) = sender.finish().await?;
+    if let Err(e) = input_result {
+        eprintln!("produced {sent} record{} to {} before the error", if sent == 1 { "" } else { "s" }, a.topic);
+        return Err(e);
+    }
     eprintln!("produced {sent} record{} to {}", if sent == 1 { "" } else { "s" }, a.topic);
     if let Some(format) = a.output {
         output::emit(format, &acks, |acks| {
