@@ -301,8 +301,8 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long, short = 'n', value_name = "N")]
     pub max_records: Option<u64>,
-    /// How records are printed.
-    #[arg(long, value_enum, default_value_t = RecordFormat::Plain)]
+    /// How records are printed (`-o json` as on read commands).
+    #[arg(long, short = 'o', visible_alias = "output", value_enum, default_value_t = RecordFormat::Plain)]
     pub format: RecordFormat,
     /// Plain format: print `key<TAB>` before the value.
     #[arg(long)]
@@ -565,6 +565,18 @@ mod tests {
         let cli = parse(&["produce", "t", "--file", "a", "--file", "b"]).unwrap();
         let Command::Produce(a) = cli.command else { panic!("wrong command") };
         assert_eq!(a.files.len(), 2);
+    }
+
+    #[test]
+    fn consume_takes_output_as_an_alias_of_format() {
+        for args in [
+            &["consume", "t", "-o", "json"][..],
+            &["consume", "t", "--output", "json"],
+            &["consume", "t", "--format", "json"],
+        ] {
+            let Command::Consume(a) = parse(args).unwrap().command else { panic!("wrong command") };
+            assert_eq!(a.format, RecordFormat::Json);
+        }
     }
 
     #[test]
