@@ -36,7 +36,19 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
             .map(|v| proto::Record { key: None, value: v.clone(), headers: Vec::new(), timestamp_ms: 0 })
             .collect();
         let req = proto::ProduceRequest { topic: "compose".into(), partition: 0, records, producer: None };
-        let resp = produce.produce(req).await.unwrap().into_inner();
+        // Right after creation the partition may not have elected its leader yet (UNAVAILABLE): retry,
+        // bounded. No other error is retried, and a batch is only resent when it was refused.
+        let mut attempts = 0;
+        let resp = loop {
+            attempts += 1;
+            match produce.produce(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable && attempts < 50 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => panic!("produce through node 1 failed after {attempts} attempts: {s}"),
+            }
+        };
         assert_eq!(resp.acks.len(), values.len());
         for (i, (value, ack)) in values.into_iter().zip(resp.acks).enumerate() {
             history.acks.push(Ack {
