@@ -261,7 +261,8 @@ impl RaftGroup {
     pub async fn ensure_linearizable(&self) -> Result<u64, RaftError> {
         let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
             OpenraftError::APIError(LinearizableReadError::ForwardToLeader(f)) => self.not_leader(&f),
-            OpenraftError::APIError(e) => RaftError::NotLeader { group: self.id, leader: None }.with_reason(e),
+            // The leader could not confirm its leadership with a quorum in time.
+            OpenraftError::APIError(e) => RaftError::Openraft { group: self.id, reason: e.to_string() },
             OpenraftError::Fatal(f) => self.fatal(&f),
         })?;
         Ok(read.index())
@@ -432,14 +433,5 @@ impl RaftGroup {
             .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })?;
         self.log.wait_flusher_stopped().await;
         Ok(())
-    }
-}
-
-impl RaftError {
-    fn with_reason(self, e: impl fmt::Display) -> RaftError {
-        match self {
-            RaftError::NotLeader { group, .. } => RaftError::Openraft { group, reason: e.to_string() },
-            other => other,
-        }
     }
 }
