@@ -173,6 +173,7 @@ impl ContainerCluster {
             // traffic to; that happened, and a foreign node's votes reached these containers.)
             publish_loopback: Vec::new(),
             labels: vec![(LABEL.to_string(), self.name.clone())],
+            options: Vec::new(),
             args: Vec::new(),
         }
     }

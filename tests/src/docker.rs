@@ -118,6 +118,8 @@ pub struct RunSpec {
     pub publish_loopback: Vec<u16>,
     /// `key=value` labels (cleanup finds leftovers by label).
     pub labels: Vec<(String, String)>,
+    /// Further `docker run` options (before the image), e.g. `--read-only`.
+    pub options: Vec<String>,
     /// Arguments after the image (the entrypoint's arguments).
     pub args: Vec<String>,
 }
@@ -150,6 +152,7 @@ impl RunSpec {
         for (k, v) in &self.labels {
             a.extend(["--label".to_string(), format!("{k}={v}")]);
         }
+        a.extend(self.options.iter().cloned());
         a.push(self.image.clone());
         a.extend(self.args.iter().cloned());
         a
@@ -204,12 +207,13 @@ mod tests {
             volumes: vec![("vol".into(), "/data".into())],
             publish_loopback: vec![8001],
             labels: vec![("l".into(), "1".into())],
+            options: vec!["--read-only".into()],
             args: vec!["run".into()],
         };
         assert_eq!(
             spec.to_args().join(" "),
             "run -d --name c --hostname h --network n --ip 10.0.0.2 --network-alias a -e K=V -v vol:/data \
-             -p 127.0.0.1::8001 --label l=1 img:tag run"
+             -p 127.0.0.1::8001 --label l=1 --read-only img:tag run"
         );
     }
 }

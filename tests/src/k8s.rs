@@ -112,3 +112,75 @@ pub fn manifest_files() -> Result<Vec<PathBuf>, HarnessError> {
     files.sort();
     Ok(files)
 }
+
+/// Every document of every manifest in deploy/k8s, by `Kind/name`.
+pub fn documents() -> Result<std::collections::BTreeMap<String, serde_yaml_ng::Value>, HarnessError> {
+    use serde::Deserialize;
+    let mut docs = std::collections::BTreeMap::new();
+    for file in manifest_files()? {
+        let text = std::fs::read_to_string(&file).map_err(|source| HarnessError::Io {
+            action: "reading",
+            path: file.clone(),
+            source,
+        })?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = serde_yaml_ng::Value::deserialize(doc)
+                .map_err(|e| HarnessError::Parse { what: file.display().to_string(), detail: e.to_string() })?;
+            if v.is_null() {
+                continue;
+            }
+            let kind = v["kind"].as_str().unwrap_or("?");
+            let name = v["metadata"]["name"].as_str().unwrap_or("?");
+            let key = format!("{kind}/{name}");
+            if docs.insert(key.clone(), v).is_some() {
+                return Err(HarnessError::Parse {
+                    what: file.display().to_string(),
+                    detail: format!("{key} defined twice"),
+                });
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// Expands Kubernetes `$(VAR)` references in an env value from the variables defined so far
+/// (unknown references stay as they are, as Kubernetes does).
+pub fn expand_env(value: &str, defined: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find(')') {
+            Some(end) => {
+                let name = &after[..end];
+                match defined.iter().rev().find(|(k, _)| k == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(&rest[start..start + 2 + end + 1]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_references_expand_like_kubernetes() {
+        let defined = vec![("POD_NAME".to_string(), "shale-1".to_string())];
+        assert_eq!(expand_env("$(POD_NAME).shale-peers:7001", &defined), "shale-1.shale-peers:7001");
+        assert_eq!(expand_env("/etc/shale/$(POD_NAME).toml", &defined), "/etc/shale/shale-1.toml");
+        assert_eq!(expand_env("$(UNKNOWN)/x", &defined), "$(UNKNOWN)/x");
+        assert_eq!(expand_env("plain", &defined), "plain");
+        assert_eq!(expand_env("open $(", &defined), "open $(");
+    }
+}

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_yaml_ng::Value;
 use shale_tests::k8s;
 
@@ -13,21 +12,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// Every document of every manifest, by `Kind/name`.
 fn documents() -> BTreeMap<String, Value> {
-    let mut docs = BTreeMap::new();
-    for file in k8s::manifest_files().unwrap() {
-        let text = read(&file);
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            if v.is_null() {
-                continue;
-            }
-            let key = format!("{}/{}", s(&v["kind"]), s(&v["metadata"]["name"]));
-            assert!(docs.insert(key.clone(), v).is_none(), "{key} defined twice");
-        }
-    }
-    docs
+    k8s::documents().unwrap()
 }
 
 fn s(v: &Value) -> &str {
@@ -154,12 +140,32 @@ fn manifests_fit_together() {
     let cm_name = s(&c["envFrom"][0]["configMapRef"]["name"]);
     let cm = &docs[&format!("ConfigMap/{cm_name}")]["data"];
     assert_eq!(s(&cm["SHALE_DATA_DIR"]), "/data");
-    assert_eq!(s(&cm["SHALE_NODE_ID_FROM_HOSTNAME"]), "true");
     let sts_name = s(&sts["metadata"]["name"]);
     let peers_name = s(&peers_svc["metadata"]["name"]);
     let expected: Vec<String> =
         (0..replicas).map(|ordinal| format!("{}={sts_name}-{ordinal}.{peers_name}:7001", ordinal + 1)).collect();
     assert_eq!(s(&cm["SHALE_PEERS"]), expected.join(","));
-    let advertise = c["env"].as_sequence().unwrap().iter().find(|e| s(&e["name"]) == "SHALE_GRPC_ADVERTISE").unwrap();
-    assert_eq!(s(&advertise["value"]), format!("$(POD_NAME).{peers_name}:7001"));
+    let env = |name: &str| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| s(&e["name"]) == name)
+            .unwrap_or_else(|| panic!("no env {name}"))
+    };
+    assert_eq!(s(&env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"]), "metadata.name");
+    assert_eq!(s(&env("SHALE_GRPC_ADVERTISE")["value"]), format!("$(POD_NAME).{peers_name}:7001"));
+
+    // Node id = ordinal + 1: SHALE_CONFIG names the pod's own file in the mounted id ConfigMap.
+    let config_path = s(&env("SHALE_CONFIG")["value"]);
+    let (dir, file) = config_path.rsplit_once('/').unwrap();
+    assert_eq!(file, "$(POD_NAME).toml");
+    let mount = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| s(&m["mountPath"]) == dir).unwrap();
+    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+    let ids = &docs[&format!("ConfigMap/{}", s(&volume["configMap"]["name"]))]["data"];
+    assert_eq!(ids.as_mapping().unwrap().len() as u64, replicas);
+    for ordinal in 0..replicas {
+        let text = s(&ids[format!("{sts_name}-{ordinal}.toml").as_str()]);
+        assert_eq!(text.trim(), format!("node_id = {}", ordinal + 1));
+    }
 }
