@@ -252,6 +252,14 @@ impl ContainerCluster {
         Ok(())
     }
 
+    /// Runs a command inside a node's container; answers its exit code and output.
+    pub async fn exec(&self, id: u64, command: &[&str]) -> Result<(Option<i32>, docker::Output), HarnessError> {
+        let container = self.node(id)?.container.clone();
+        let mut args = vec!["exec", container.as_str()];
+        args.extend(command);
+        docker::run_capture("docker", &args, Duration::from_secs(60)).await
+    }
+
     /// `docker start` of a stopped or killed node (same volume, same address).
     pub async fn start_node(&self, id: u64) -> Result<(), HarnessError> {
         tracing::info!(node = id, "start");

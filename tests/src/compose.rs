@@ -185,3 +185,24 @@ impl Drop for ComposeProject {
         }
     }
 }
+
+/// The healthcheck command of deploy/docker-compose.yml's nodes (without the leading `CMD`).
+pub fn healthcheck_command() -> Result<Vec<String>, HarnessError> {
+    let file = paths::deploy_dir().join("docker-compose.yml");
+    let text = std::fs::read_to_string(&file).map_err(|source| HarnessError::Io {
+        action: "reading",
+        path: file.clone(),
+        source,
+    })?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| HarnessError::Parse { what: file.display().to_string(), detail: e.to_string() })?;
+    let test = doc["x-shale-node"]["healthcheck"]["test"].as_sequence().ok_or_else(|| HarnessError::Parse {
+        what: file.display().to_string(),
+        detail: "no x-shale-node.healthcheck.test list".into(),
+    })?;
+    let mut command: Vec<String> = test.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    if command.first().map(String::as_str) == Some("CMD") {
+        command.remove(0);
+    }
+    Ok(command)
+}

@@ -1,5 +1,5 @@
-//! Quorum: with two of three nodes down (SIGKILL) no write is acknowledged and the survivor
-//! reports not ready; once they are back, writes are acknowledged again, and every record
+//! Quorum: with two of three nodes down (SIGKILL) no write is acknowledged and the deployment's
+//! health check fails on the survivor; once they are back, writes are acknowledged again, and every record
 //! acknowledged before, during and after is present exactly once, in the same place on every
 //! replica.
 
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shale_tests::checkers;
 use shale_tests::cluster::READY_TIMEOUT;
+use shale_tests::compose;
 use shale_tests::scenario::{PROGRESS_TIMEOUT, Setup};
 use shale_tests::workload::{History, Workload};
 use tokio::time::Instant;
@@ -24,6 +25,12 @@ async fn writes_are_refused_without_a_majority_and_resume_with_one() {
     let before = setup.start_workload("quorum-before").unwrap();
     before.wait_for_more_acks(200, PROGRESS_TIMEOUT).await.unwrap();
     history.extend(before.stop().await);
+
+    // The deployment's health check (deploy/docker-compose.yml's, run inside node 1) passes now.
+    let probe = compose::healthcheck_command().unwrap();
+    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+    let (code, out) = cluster.exec(1, &probe).await.unwrap();
+    assert_eq!(code, Some(0), "the health check fails on a healthy cluster: {out:?}");
 
     // 2. Two of three down: nothing may be acknowledged.
     for id in [2, 3] {
@@ -44,12 +51,9 @@ async fn writes_are_refused_without_a_majority_and_resume_with_one() {
     let refused = refused.stop().await;
     assert_eq!(refused.sent() as u64, expected, "every refused-phase record was sent and resolved");
     checkers::writes_refused(&refused).unwrap_or_else(|v| panic!("{v}"));
-    // The survivor knows it cannot serve: it stops reporting ready.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.is_ready(1).await.unwrap() {
-        assert!(Instant::now() < deadline, "node 1 still reports ready without a majority");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The same health check now fails on the survivor: it cannot serve without a majority.
+    let (code, out) = cluster.exec(1, &probe).await.unwrap();
+    assert_ne!(code, Some(0), "the health check passes on a node without a majority: {out:?}");
     history.extend(refused);
 
     // 3. The majority is back: writes are acknowledged again.
@@ -57,6 +61,15 @@ async fn writes_are_refused_without_a_majority_and_resume_with_one() {
         cluster.start_node(id).await.unwrap();
     }
     cluster.wait_all_ready(READY_TIMEOUT).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out) = cluster.exec(1, &probe).await.unwrap();
+        if code == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the health check still fails with the majority back: {out:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let after = setup.start_workload("quorum-after").unwrap();
     after.wait_for_more_acks(200, PROGRESS_TIMEOUT).await.unwrap();
     history.extend(after.stop().await);
