@@ -24,7 +24,8 @@ pub struct CompactionConfig {
 pub struct CompactionResult {
     /// Sealed segments deleted.
     pub segments_removed: usize,
-    /// Bytes of segment (and index) files deleted.
+    /// Bytes of segment files deleted (their index and checkpoint files are not counted, so memory and
+    /// disk backends report the same figure).
     pub bytes_freed: u64,
     /// The log start afterwards (unchanged if nothing was removed).
     pub new_log_start: Offset,
