@@ -4,8 +4,11 @@ mod cluster_support;
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use cluster_support::*;
-use shale_raft::cluster::{ClusterError, ProducerInfo};
+use shale_raft::cluster::{Cluster, ClusterError, NodeId, ProduceRecord, ProducerInfo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_offsets_survive_a_metadata_leader_change() {
@@ -23,6 +26,11 @@ async fn consumer_offsets_survive_a_metadata_leader_change() {
     .await;
     let got: BTreeMap<_, _> = offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.offset)).collect();
     assert_eq!(got, BTreeMap::from([(("t".to_string(), 0), 17), (("t".to_string(), 1), 4)]));
+    for o in &offsets {
+        // Every node replicates both partitions (rf 3), so the lag is known here.
+        let hw = o.high_watermark.expect("hosted here");
+        assert_eq!(o.lag, Some(hw.saturating_sub(o.offset)));
+    }
     // The old leader restarts and catches up; a later commit is seen wherever the leader is now.
     c.restart(ml).await;
     c.node(new_leader).commit_offset("readers", "t", 0, 18).await.expect("commit after restart");
@@ -40,45 +48,72 @@ async fn consumer_offsets_survive_a_metadata_leader_change() {
     c.shutdown().await;
 }
 
+/// Produces `records` with the given sequences, trying every node in turn until one accepts them
+/// (a killed node answers errors; a follower answers `NotLeader`). Gives up after [`WAIT`].
+async fn produce_anywhere(
+    nodes: &[Arc<Cluster>],
+    records: Vec<ProduceRecord>,
+    producer: ProducerInfo,
+) -> Vec<shale_raft::cluster::ProducedOffset> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 0;
+    loop {
+        match nodes[i % nodes.len()].produce("chaos", 0, records.clone(), Some(producer)).await {
+            Ok(offsets) => return offsets,
+            Err(ClusterError::DuplicateSequenceOutOfWindow { .. }) => panic!("retry fell out of the dedup window"),
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "no node accepted the batch");
+                i += 1;
+                // Back off a little between full rounds of refusals (an election is running).
+                if i % nodes.len() == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_partition_leader_mid_produce_loses_no_acknowledged_record() {
     let mut c = TestCluster::start(3).await;
     c.create_topic("chaos", 1, 3).await;
     let leader = c.settled_leaders("chaos").await[0];
-    let producer_id = 9;
-    let mut acked: Vec<(u64, String)> = Vec::new();
-    let mut seq = 0u64;
-    let mut killed = false;
-    for batch in 0..30u64 {
-        if batch == 10 {
-            // Kill the leader while a produce is in flight.
-            let node = c.node(leader).clone();
-            let records = (0..5).map(|i| record("k", &format!("b{batch}-{i}"))).collect();
-            let inflight = tokio::spawn(async move {
-                node.produce("chaos", 0, records, Some(ProducerInfo { producer_id, base_sequence: seq })).await
-            });
-            c.kill(leader).await;
-            killed = true;
-            // Whatever it answered, the batch is retried (same sequences) against the new leader.
-            let _ = inflight.await;
+    let nodes: Vec<Arc<Cluster>> = (1..=3).map(|id| c.node(id).clone()).collect();
+
+    // A producer keeps writing 5-record batches (idempotent, retried until acknowledged) while the
+    // partition leader is killed under it.
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(u64, String)>>();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let producer = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while !*stop_rx.borrow_and_update() {
+            let values: Vec<String> = (0..5).map(|i| format!("s{}", seq + i)).collect();
+            let records = values.iter().map(|v| record("k", v)).collect();
+            let offsets = produce_anywhere(&nodes, records, ProducerInfo { producer_id: 9, base_sequence: seq }).await;
+            seq += 5;
+            let _ = acks_tx.send(offsets.iter().map(|o| o.offset).zip(values).collect());
         }
-        let records: Vec<_> = (0..5).map(|i| record("k", &format!("b{batch}-{i}"))).collect();
-        let values: Vec<String> = (0..5).map(|i| format!("b{batch}-{i}")).collect();
-        let offsets = loop {
-            match c.produce("chaos", 0, records.clone(), Some(ProducerInfo { producer_id, base_sequence: seq })).await {
-                Ok(o) => break o,
-                Err(ClusterError::NotReplica { .. } | ClusterError::Timeout { .. } | ClusterError::Raft(_)) => continue,
-                Err(e) => panic!("produce failed: {e}"),
-            }
-        };
-        seq += 5;
-        acked.extend(offsets.iter().map(|o| o.offset).zip(values));
+    });
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    while acked.len() < 50 {
+        acked.extend(acks_rx.recv().await.expect("producer alive"));
     }
-    assert!(killed);
-    let survivors = c.running();
+    c.kill(leader).await;
+    let at_kill = acked.len();
+    while acked.len() < at_kill + 50 {
+        acked.extend(
+            tokio::time::timeout(WAIT, acks_rx.recv()).await.expect("acks after the kill").expect("producer alive"),
+        );
+    }
+    stop_tx.send(true).expect("stop");
+    producer.await.expect("producer task");
+    while let Ok(more) = acks_rx.try_recv() {
+        acked.extend(more);
+    }
+
     let new_leader = c.wait_partition_leaders("chaos").await[0];
     assert_ne!(new_leader, leader);
-    for id in survivors {
+    for id in c.running() {
         let got: BTreeMap<u64, String> = wait_for("replica has every acknowledged record", || async {
             let all = c.try_read_all(id, "chaos", 0).await.ok()?;
             let map: BTreeMap<u64, String> =
@@ -86,22 +121,32 @@ async fn killing_a_partition_leader_mid_produce_loses_no_acknowledged_record() {
             acked.iter().all(|(o, _)| map.contains_key(o)).then_some(map)
         })
         .await;
-        for (offset, value) in &acked {
-            assert_eq!(got.get(offset), Some(value), "node {id} offset {offset}");
-        }
-        // Exactly-once: each acknowledged value is visible once.
-        assert_eq!(got.len(), acked.len(), "node {id} has no duplicates");
+        check_no_acknowledged_record_lost(id, &acked, &got);
+        check_each_sequence_visible_once(id, &got);
     }
-    // The old leader comes back, catches up, and agrees on every chain hash.
+    // The old leader comes back, catches up, and every replica agrees on every chain hash.
     c.restart(leader).await;
-    let last = acked.last().expect("acked").0;
-    wait_for("restarted replica agrees on every chain hash", || async {
-        let ok = (0..=last).all(|o| {
-            let h: Vec<_> = (1..=3).filter_map(|id| c.node(id).verify("chaos", 0, o).ok()).collect();
-            h.len() == 3 && h.iter().all(|x| *x == h[0])
-        });
-        ok.then_some(())
+    let last = acked.iter().map(|(o, _)| *o).max().expect("acked");
+    wait_for("restarted replica caught up", || async {
+        let s = c.node(leader).local_partition_state("chaos", 0).ok()?;
+        (s.high_watermark? > last).then_some(())
     })
     .await;
+    c.check_replicas_agree("chaos", 0, last).await;
     c.shutdown().await;
+}
+
+/// Safety: every acknowledged (offset, value) is served by the replica, unchanged.
+fn check_no_acknowledged_record_lost(node: NodeId, acked: &[(u64, String)], served: &BTreeMap<u64, String>) {
+    for (offset, value) in acked {
+        assert_eq!(served.get(offset), Some(value), "node {node} lost or changed acknowledged offset {offset}");
+    }
+}
+
+/// Exactly-once: no value (each carries its producer sequence) is visible twice.
+fn check_each_sequence_visible_once(node: NodeId, served: &BTreeMap<u64, String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (offset, value) in served {
+        assert!(seen.insert(value), "node {node}: {value} visible twice (again at {offset})");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_support::*;
+use shale_raft::GroupId;
 use shale_raft::cluster::{ClusterError, FetchRequest, ProducerInfo, RetentionPolicy, TopicSpec};
 use shale_storage::{CheckpointPolicy, CodecKind, StorageOptions};
 
@@ -129,18 +130,21 @@ async fn retention_purges_old_segments_only_below_a_snapshot() {
     let last = acked.last().expect("acked").offset;
     // One replica compacts on demand; the others through the retention loop.
     let outcome = c.node(1).compact("short", 0).await.expect("compact");
-    assert!(outcome.log_start_after > outcome.log_start_before, "{outcome:?}");
+    // The retention loop may have purged already; either way the log start moved, never past the snapshot.
+    assert!(outcome.log_start_after > 0 && outcome.log_start_after >= outcome.log_start_before, "{outcome:?}");
     assert!(outcome.log_start_after <= outcome.snapshot_index + 1, "never past the snapshot: {outcome:?}");
     for id in 1..=3 {
-        let state = wait_for("log start moved on every replica", || async {
+        let (start, kept) = wait_for("replica applied everything and purged", || async {
             let s = c.node(id).local_partition_state("short", 0).ok()?;
-            (s.log_start? > 0).then_some(s)
+            let start = s.log_start?;
+            // ~200 records of ~420 bytes were written; retention keeps about 16 KiB of them.
+            let bytes = c.nodes[id as usize - 1].storage.stream_bytes(GroupId(65537).log_stream()).ok()?;
+            if start == 0 || s.high_watermark? <= last || bytes > 40 * 1024 {
+                return None;
+            }
+            Some((start, c.try_read_from(id, "short", 0, start).await.ok()?))
         })
         .await;
-        let start = state.log_start.expect("start");
-        let bytes =
-            c.nodes[id as usize - 1].storage.stream_bytes(shale_raft::GroupId(65537).log_stream()).expect("bytes");
-        assert!(bytes < 200 * 420, "node {id} purged: {bytes} bytes left");
         // Below the log start is out of range and says where the log starts; above it everything is there.
         let req =
             FetchRequest { topic: "short".into(), partition: 0, offset: 0, max_bytes: 1024, wait: Duration::ZERO };
@@ -150,7 +154,6 @@ async fn retention_purges_old_segments_only_below_a_snapshot() {
         }
         // Everything from the log start on is there, in order, with the acknowledged hashes.
         let from = acked.iter().position(|a| a.offset >= start).expect("kept records");
-        let kept: Vec<_> = c.read_all_from(id, "short", 0, start).await;
         let expected: Vec<_> = acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect();
         assert_eq!(kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(), expected, "node {id}");
         assert!(

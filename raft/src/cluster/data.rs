@@ -167,6 +167,11 @@ impl Cluster {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if entries.is_empty() {
+                    // Nothing readable below the high watermark (cannot happen with a consistent
+                    // log; answer rather than spin).
+                    return Ok(FetchResult { records: Vec::new(), log_start: group.log_start()?, high_watermark: hw });
+                }
                 let mut records = Vec::new();
                 let mut bytes = 0usize;
                 for entry in entries {
@@ -236,7 +241,7 @@ impl Cluster {
                 reason: format!("node {to} is not a replica of {topic}/{partition} ({replicas:?})"),
             });
         }
-        local.group.transfer_leader(to).await?;
+        self.bounded("leader transfer", local.group.transfer_leader(to)).await?;
         Ok(())
     }
 
@@ -252,7 +257,7 @@ impl Cluster {
         let local = self.local_partition(topic, partition)?;
         let log_start_before = local.group.log_start()?;
         let snapshot_index = local.group.trigger_snapshot(self.timeout()).await?.unwrap_or(0);
-        let log_start_after = local.group.enforce_retention().await?;
+        let log_start_after = self.bounded("retention purge", local.group.enforce_retention()).await?;
         local.state.write().prune_hidden_below(log_start_after);
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }

@@ -21,6 +21,7 @@ mod retention;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,22 +197,55 @@ impl Cluster {
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
         let _ = self.shutdown.send(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
-        for t in tasks {
-            let _ = t.await;
+        for mut t in tasks {
+            // Every wait inside the loops is bounded; this bound is only a backstop.
+            if tokio::time::timeout(self.timeout(), &mut t).await.is_err() {
+                tracing::warn!("a background loop did not stop in time; aborting it");
+                t.abort();
+            }
         }
         let _guard = self.lifecycle.lock().await;
         let locals: Vec<Arc<LocalPartition>> = std::mem::take(&mut *self.partitions.write()).into_values().collect();
         for p in locals {
-            if let Err(e) = p.group.shutdown().await {
+            if let Err(e) = self.bounded_ignoring_shutdown("partition group shutdown", p.group.shutdown()).await {
                 tracing::warn!(group = %p.group.id(), error = %e, "partition group shutdown failed");
             }
         }
-        self.metadata_group.shutdown().await?;
+        self.bounded_ignoring_shutdown("metadata group shutdown", self.metadata_group.shutdown()).await?;
         Ok(())
     }
 
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Runs `fut` for at most `request_timeout_ms`, and not past shutdown; every Raft call that
+    /// waits on peers goes through here, so no caller (nor the background loops, nor shutdown) can
+    /// hang on a dead quorum.
+    async fn bounded<T, E>(&self, what: &str, fut: impl Future<Output = Result<T, E>>) -> Result<T, ClusterError>
+    where
+        ClusterError: From<E>,
+    {
+        let mut stopping = self.shutdown.subscribe();
+        tokio::select! {
+            r = self.bounded_ignoring_shutdown(what, fut) => r,
+            _ = stopping.wait_for(|s| *s) => Err(ClusterError::Shutdown),
+        }
+    }
+
+    /// [`Cluster::bounded`] for the shutdown path itself.
+    async fn bounded_ignoring_shutdown<T, E>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ClusterError>
+    where
+        ClusterError: From<E>,
+    {
+        match tokio::time::timeout(self.timeout(), fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClusterError::Timeout { what: what.to_string(), waited_ms: self.config.request_timeout_ms }),
+        }
     }
 
     fn member_addr(&self, id: NodeId) -> Option<String> {
@@ -240,9 +274,15 @@ impl Cluster {
             });
         }
         let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, a)| (*id, Node::new(a.clone()))).collect();
-        match self.metadata_group.initialize(nodes).await {
-            Ok(()) | Err(RaftError::AlreadyInitialized { .. }) => {}
-            Err(e) => return Err(e.into()),
+        match tokio::time::timeout(self.timeout(), self.metadata_group.initialize(nodes)).await {
+            Ok(Ok(()) | Err(RaftError::AlreadyInitialized { .. })) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(ClusterError::Timeout {
+                    what: "metadata group initialisation".into(),
+                    waited_ms: self.config.request_timeout_ms,
+                });
+            }
         }
         // The metadata leader's reconcile pass records the Raft members as metadata members.
         let mut changed = self.metadata_changed.clone();
@@ -402,10 +442,7 @@ impl Cluster {
             voters.insert(id);
             self.metadata_group.change_membership(voters, false).await
         };
-        tokio::time::timeout(self.timeout(), join).await.map_err(|_| ClusterError::Timeout {
-            what: format!("node {id} joining the metadata group"),
-            waited_ms: self.config.request_timeout_ms,
-        })??;
+        self.bounded("a node joining the metadata group", join).await?;
         self.propose(MetadataCommand::AddMember { id, addr }).await.map(|_| ())
     }
 
@@ -428,7 +465,8 @@ impl Cluster {
             Err(e) => return Err(e),
         }
         if is_voter {
-            self.metadata_group.change_membership(voters, false).await?;
+            self.bounded("a node leaving the metadata group", self.metadata_group.change_membership(voters, false))
+                .await?;
         }
         Ok(())
     }

@@ -125,6 +125,9 @@ impl Cluster {
 
         // Start and look after what is ours.
         for (gid, w) in wanted {
+            if *self.shutdown.borrow() {
+                return;
+            }
             let existing = self.partitions.read().get(&gid).cloned();
             let local = match existing {
                 Some(l) => l,
@@ -170,7 +173,7 @@ impl Cluster {
 
     async fn stop_and_delete(&self, gid: GroupId) {
         let Some(local) = self.partitions.write().remove(&gid) else { return };
-        if let Err(e) = local.group.shutdown().await {
+        if let Err(e) = self.bounded_ignoring_shutdown("partition group shutdown", local.group.shutdown()).await {
             tracing::warn!(group = %gid, error = %e, "partition group shutdown failed");
         }
         for stream in [gid.log_stream(), gid.meta_stream()] {
@@ -192,11 +195,12 @@ impl Cluster {
             let members: Option<BTreeMap<NodeId, Node>> =
                 a.replicas.iter().map(|id| self.member_addr(*id).map(|addr| (*id, Node::new(addr)))).collect();
             match members {
-                Some(members) => match local.group.initialize(members).await {
-                    Ok(()) | Err(RaftError::AlreadyInitialized { .. }) => {
+                Some(members) => match tokio::time::timeout(self.timeout(), local.group.initialize(members)).await {
+                    Ok(Ok(()) | Err(RaftError::AlreadyInitialized { .. })) => {
                         local.initialized.store(true, std::sync::atomic::Ordering::Release);
                     }
-                    Err(e) => tracing::warn!(group = %a.group, error = %e, "cannot initialise partition group"),
+                    Ok(Err(e)) => tracing::warn!(group = %a.group, error = %e, "cannot initialise partition group"),
+                    Err(_) => tracing::warn!(group = %a.group, "partition group initialisation timed out"),
                 },
                 None => tracing::warn!(group = %a.group, "a replica has no member address yet"),
             }
@@ -239,7 +243,7 @@ impl Cluster {
         if caught_up
             && applied >= last
             && leading_for >= delay
-            && let Err(e) = local.group.transfer_leader(preferred).await
+            && let Err(e) = self.bounded("preferred-leader transfer", local.group.transfer_leader(preferred)).await
         {
             tracing::debug!(group = %a.group, to = preferred, error = %e, "preferred-leader transfer failed");
         }
@@ -251,16 +255,13 @@ impl Cluster {
         for id in wanted.difference(known) {
             let Some(addr) = self.member_addr(*id) else { return };
             let add = local.group.add_learner(*id, Node::new(addr), true);
-            match tokio::time::timeout(self.timeout(), add).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(group = %local.group.id(), node = id, error = %e, "cannot add replica as learner");
-                    return;
-                }
-                Err(_) => return,
+            if let Err(e) = self.bounded("adding a replica as learner", add).await {
+                tracing::warn!(group = %local.group.id(), node = id, error = %e, "cannot add replica as learner");
+                return;
             }
         }
-        if let Err(e) = local.group.change_membership(wanted.clone(), false).await {
+        let change = local.group.change_membership(wanted.clone(), false);
+        if let Err(e) = self.bounded("partition membership change", change).await {
             tracing::warn!(group = %local.group.id(), ?wanted, error = %e, "cannot change partition membership");
         }
     }

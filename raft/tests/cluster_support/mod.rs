@@ -296,7 +296,8 @@ impl TestCluster {
         self.try_read_from(id, topic, partition, 0).await
     }
 
-    async fn try_read_from(
+    /// Every visible record from `from` on, or the first failed fetch.
+    pub async fn try_read_from(
         &self,
         id: NodeId,
         topic: &str,
@@ -314,6 +315,29 @@ impl TestCluster {
             }
             out.extend(res.records);
         }
+    }
+
+    /// Safety: every running replica has the same chain hash at every offset in `0..=last`
+    /// (Raft's own entries included).
+    pub async fn check_replicas_agree(&self, topic: &str, partition: u32, last: u64) {
+        wait_for("every replica agrees on every chain hash", || async {
+            // Compare only once every replica has applied `last`: below its applied index a
+            // replica's log is committed, so any difference there is a real divergence.
+            for id in self.running() {
+                if self.node(id).local_partition_state(topic, partition).ok()?.high_watermark? <= last {
+                    return None;
+                }
+            }
+            for offset in 0..=last {
+                let mut hashes = Vec::new();
+                for id in self.running() {
+                    hashes.push(self.node(id).verify(topic, partition, offset).ok()?);
+                }
+                assert!(hashes.iter().all(|h| *h == hashes[0]), "{topic}/{partition} offset {offset}: {hashes:?}");
+            }
+            Some(())
+        })
+        .await
     }
 
     /// Stops every node.
