@@ -24,15 +24,18 @@ struct Args {
     payload_bytes: usize,
     /// (writers, records per request) pairs to run.
     runs: Vec<(usize, usize)>,
+    /// Per-group in-memory log tail (RaftGroupConfig::log_cache_bytes), MiB.
+    cache_mib: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { seconds: 8, payload_bytes: 1024, runs: vec![(1, 1), (64, 1), (1, 64), (64, 64)] };
+    let mut a = Args { seconds: 8, payload_bytes: 1024, runs: vec![(1, 1), (64, 1), (1, 64), (64, 64)], cache_mib: 16 };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--payload-bytes" => a.payload_bytes = it.next().and_then(|v| v.parse().ok()).expect("--payload-bytes N"),
+            "--cache-mib" => a.cache_mib = it.next().and_then(|v| v.parse().ok()).expect("--cache-mib N"),
             // `--runs 64x64,1x1`: writers x records per request.
             "--runs" => {
                 a.runs = it
@@ -103,6 +106,7 @@ fn main() {
             snapshot_every_entries: 0,
             max_payload_entries: 1024,
             retention: Retention::KeepAll,
+            log_cache_bytes: a.cache_mib << 20,
             ..group_config()
         };
         let options = StorageOptions {
@@ -119,10 +123,11 @@ fn main() {
         // The bench app keeps payloads in memory; drop them as we go to bound memory.
         let payload = Bytes::from(vec![0xabu8; a.payload_bytes]);
         println!(
-            "shale-raft bench: 3 nodes in one process, {} cores, {} B payloads, fsync before ack, {} s per run",
+            "shale-raft bench: 3 nodes in one process, {} cores, {} B payloads, fsync before ack, {} s per run, {} MiB log cache",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             a.payload_bytes,
-            a.seconds
+            a.seconds,
+            a.cache_mib
         );
         println!(
             "{:>8} {:>8} {:>12} {:>9} {:>10} {:>10} {:>10}",
