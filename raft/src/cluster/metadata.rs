@@ -204,6 +204,11 @@ impl MetadataState {
                 if self.topics.contains_key(&spec.name) {
                     return Err(Rejection::TopicExists { name: spec.name.clone() });
                 }
+                if self.topics.len() >= MAX_TOPICS {
+                    return Err(Rejection::Invalid {
+                        reason: format!("the cluster holds the maximum of {MAX_TOPICS} topics"),
+                    });
+                }
                 let available = self.members.len() as u32;
                 if spec.replication_factor > available {
                     return Err(Rejection::NotEnoughNodes { requested: spec.replication_factor, available });
@@ -251,12 +256,23 @@ impl MetadataState {
                 if group.is_empty() || group.len() > limits::MAX_GROUP_NAME_BYTES {
                     return Err(Rejection::Invalid { reason: format!("group name of {} bytes", group.len()) });
                 }
-                self.offsets.insert((group.clone(), topic.clone(), *partition), *offset);
+                let key = (group.clone(), topic.clone(), *partition);
+                if self.offsets.len() >= MAX_OFFSET_ROWS && !self.offsets.contains_key(&key) {
+                    return Err(Rejection::Invalid {
+                        reason: format!("the cluster holds the maximum of {MAX_OFFSET_ROWS} committed offsets"),
+                    });
+                }
+                self.offsets.insert(key, *offset);
                 Ok(MetadataReply::Ok)
             }
             MetadataCommand::AddMember { id, addr } => {
                 if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
                     return Err(Rejection::Invalid { reason: format!("address of {} bytes", addr.len()) });
+                }
+                if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(id) {
+                    return Err(Rejection::Invalid {
+                        reason: format!("the cluster holds the maximum of {MAX_MEMBERS} members"),
+                    });
                 }
                 self.members.insert(*id, addr.clone());
                 Ok(MetadataReply::Ok)

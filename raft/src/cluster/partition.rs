@@ -19,8 +19,9 @@ use crate::cluster::layout::{Reader, Writer, partition_snapshot as snap, record 
 pub const DEDUP_WINDOW: usize = 4096;
 /// Producers remembered per partition; past it the one that wrote longest ago is forgotten.
 pub const MAX_PRODUCERS: usize = 65_536;
-/// Hidden entries remembered (a bound for decoders; duplicates are rare).
-const MAX_HIDDEN: usize = 1 << 24;
+/// Hidden entries a snapshot may list. Apply cannot refuse an entry that is already in the log, so
+/// this is the count field's own range; allocation is still bounded by the snapshot's length.
+const MAX_HIDDEN: usize = u32::MAX as usize;
 
 /// A record as stored in (and decoded from) one Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
