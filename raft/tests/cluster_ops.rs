@@ -208,3 +208,69 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     assert_eq!(offsets[0].offset, acked[4].offset);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
+    let options = StorageOptions {
+        max_segment_bytes: 4096,
+        checkpoint_policy: CheckpointPolicy::Manual,
+        ..StorageOptions::default()
+    };
+    let mut setup = Setup::new(3);
+    setup.backing = Backing::Memory(options);
+    // Keep an explicit transfer in place for the whole test.
+    setup.preferred_leader_delay_ms = 600_000;
+    let mut c = TestCluster::start_with(setup).await;
+    let ml = c.metadata_leader().await;
+    let spec = TopicSpec {
+        retention: RetentionPolicy { retention_bytes: Some(8 * 1024), retention_ms: None },
+        ..spec("snap", 1, 3)
+    };
+    c.node(ml).create_topic(spec).await.expect("create");
+    let leader = c.wait_partition_leaders("snap").await[0];
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    c.kill(lagging).await;
+
+    // An idempotent batch, then enough data that retention purges it on the two running replicas.
+    let producer = ProducerInfo { producer_id: 42, base_sequence: 0 };
+    let batch: Vec<_> = (0..3).map(|i| record("k", &format!("once-{i}"))).collect();
+    let first = c.produce("snap", 0, batch.clone(), Some(producer)).await.expect("produce");
+    for b in 0..20 {
+        let records = (0..10).map(|i| record("f", &format!("{b}-{i}-{}", "y".repeat(400)))).collect();
+        c.produce("snap", 0, records, None).await.expect("filler");
+    }
+    for id in c.running() {
+        wait_for("the batch is purged on the running replicas", || async {
+            let out = c.node(id).compact("snap", 0).await.ok()?;
+            (out.log_start_after > first[2].offset).then_some(())
+        })
+        .await;
+    }
+
+    // The lagging replica comes back below the leader's log start: it must install a snapshot.
+    c.restart(lagging).await;
+    let (_, end) = c.node(leader).end_offsets("snap", 0).await.expect("end offsets");
+    wait_for("the lagging replica caught up from a snapshot", || async {
+        let s = c.node(lagging).local_partition_state("snap", 0).ok()?;
+        (s.high_watermark? >= end && s.log_start? > first[2].offset).then_some(())
+    })
+    .await;
+    c.node(leader).transfer_leader("snap", 0, lagging).await.expect("transfer");
+    wait_for("the restored replica leads", || async {
+        (c.wait_partition_leaders("snap").await == vec![lagging]).then_some(())
+    })
+    .await;
+    // Its dedup table came with the snapshot: the retry is recognised, not written again.
+    match c.node(lagging).produce("snap", 0, batch, Some(producer)).await {
+        Err(ClusterError::DuplicateOfPurgedRecord { producer_id: 42, sequence: 0, offset }) => {
+            assert_eq!(offset, first[0].offset)
+        }
+        other => panic!("expected the retry to be recognised, got {other:?}"),
+    }
+    let fresh = c
+        .node(lagging)
+        .produce("snap", 0, vec![record("k", "new")], Some(ProducerInfo { producer_id: 42, base_sequence: 3 }))
+        .await;
+    assert!(fresh.expect("next sequence")[0].offset > end);
+    c.shutdown().await;
+}

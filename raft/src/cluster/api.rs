@@ -400,6 +400,19 @@ pub enum ClusterError {
         /// The last sequence written by that producer.
         last_sequence: u64,
     },
+    /// An idempotent retry: the record was already written (it is durable at `offset`), but that
+    /// offset has since been purged by retention, so its chain hash can no longer be reported.
+    #[error(
+        "producer {producer_id}: sequence {sequence} was already written at offset {offset}, since purged by retention"
+    )]
+    DuplicateOfPurgedRecord {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence retried.
+        sequence: u64,
+        /// Where the original was written.
+        offset: u64,
+    },
     /// The node no longer has a member of that id / the member exists with another address.
     #[error("member {id}: {reason}")]
     Membership {

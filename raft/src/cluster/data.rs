@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shale_storage::ChainHash;
+use shale_storage::{ChainHash, StorageError};
 
 use super::partition::{ApplyOutcome, decode_record, encode_record};
 use super::{Cluster, LocalPartition, high_watermark};
@@ -92,7 +92,11 @@ impl Cluster {
         if let Some(p) = producer {
             let known = local.state.read().known_retry(p.producer_id, p.base_sequence, records.len());
             if let Some(offsets) = known {
-                return offsets.into_iter().map(|offset| self.produced(&local, offset)).collect();
+                return offsets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, offset)| self.produced(&local, offset, Some((p, i))))
+                    .collect();
             }
         }
         let codec = self.topic(topic)?.codec.codec();
@@ -133,13 +137,32 @@ impl Cluster {
                     });
                 }
             };
-            out.push(self.produced(&local, offset)?);
+            out.push(self.produced(&local, offset, producer.map(|p| (p, i)))?);
         }
         Ok(out)
     }
 
-    fn produced(&self, local: &LocalPartition, offset: u64) -> Result<ProducedOffset, ClusterError> {
-        Ok(ProducedOffset { offset, chain_hash: local.group.chain_hash_at(offset)? })
+    /// The acknowledgement of a record at `offset`; `retry` names the producer and the record's
+    /// position in its batch, for the error when a retried original was purged.
+    fn produced(
+        &self,
+        local: &LocalPartition,
+        offset: u64,
+        retry: Option<(ProducerInfo, usize)>,
+    ) -> Result<ProducedOffset, ClusterError> {
+        match local.group.chain_hash_at(offset) {
+            Ok(chain_hash) => Ok(ProducedOffset { offset, chain_hash }),
+            Err(e) => match (out_of_range(&e), retry) {
+                (Some((log_start, _)), Some((p, i))) if offset < log_start => {
+                    Err(ClusterError::DuplicateOfPurgedRecord {
+                        producer_id: p.producer_id,
+                        sequence: p.base_sequence + i as u64,
+                        offset,
+                    })
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     /// Committed records from `req.offset` (applied on this replica). If none are there yet,
@@ -162,10 +185,12 @@ impl Cluster {
             if from < hw {
                 let entries = match group.read_committed(from, max_bytes).await {
                     Ok(e) => e,
-                    Err(RaftError::OffsetOutOfRange { log_start, .. }) => {
-                        return Err(ClusterError::OffsetOutOfRange { requested: from, start: log_start, end: hw });
+                    Err(e) => {
+                        return Err(match out_of_range(&e) {
+                            Some((start, _)) => ClusterError::OffsetOutOfRange { requested: from, start, end: hw },
+                            None => e.into(),
+                        });
                     }
-                    Err(e) => return Err(e.into()),
                 };
                 if entries.is_empty() {
                     // Nothing readable below the high watermark (cannot happen with a consistent
@@ -267,10 +292,21 @@ impl Cluster {
         let local = self.local_partition(topic, partition)?;
         match local.group.chain_hash_at(offset) {
             Ok(h) => Ok(h),
-            Err(RaftError::OffsetOutOfRange { log_start, next, .. }) => {
-                Err(ClusterError::OffsetOutOfRange { requested: offset, start: log_start, end: next })
-            }
-            Err(e) => Err(e.into()),
+            Err(e) => match out_of_range(&e) {
+                Some((start, end)) => Err(ClusterError::OffsetOutOfRange { requested: offset, start, end }),
+                None => Err(e.into()),
+            },
         }
+    }
+}
+
+/// `(log_start, next)` if `e` says an offset is outside the log, however the Raft layer reports it.
+fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
+    match e {
+        RaftError::OffsetOutOfRange { log_start, next, .. } => Some((*log_start, *next)),
+        RaftError::Storage { source: StorageError::OffsetOutOfRange { start, end, .. }, .. } => {
+            Some((start.get(), end.get()))
+        }
+        _ => None,
     }
 }

@@ -427,6 +427,14 @@ impl Cluster {
             .collect())
     }
 
+    /// Every consumer group with a committed offset, sorted, linearizable (read-index).
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClusterError> {
+        self.linearizable_metadata().await?;
+        let mut groups: Vec<String> = self.metadata.read().offsets().keys().map(|(g, _, _)| g.clone()).collect();
+        groups.dedup();
+        Ok(groups)
+    }
+
     /// Adds a node: it joins the metadata group (as a learner, then a voter) and becomes a member
     /// that new topics are placed on. Metadata leader only. The node must be running `Cluster`.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
