@@ -83,16 +83,25 @@ impl EntryCache {
         self.bytes = 0;
     }
 
-    /// The cached entries in `[from, end)` if the cache holds `from`; `None` if `from` is below or
-    /// past the cached run.
-    pub fn get(&self, from: u64, end: u64) -> Option<Vec<Entry>> {
+    /// The cached entries in `[from, end)`, stopping once about `max_bytes` are taken (always at
+    /// least one), if the cache holds `from`; `None` if `from` is below or past the cached run.
+    pub fn get(&self, from: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
         let start = self.start()?;
         if from < start || from >= self.end()? {
             return None;
         }
         let skip = (from - start) as usize;
         let take = end.saturating_sub(from) as usize;
-        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+        let mut out = Vec::with_capacity(take.min(self.entries.len() - skip));
+        let mut bytes = 0;
+        for e in self.entries.iter().skip(skip).take(take) {
+            if !out.is_empty() && bytes + cost(e) > max_bytes {
+                break;
+            }
+            bytes += cost(e);
+            out.push(e.clone());
+        }
+        Some(out)
     }
 }
 
@@ -111,17 +120,21 @@ mod tests {
         c.appended(&[e(5, 100), e(6, 100)]);
         c.appended(&[e(7, 100), e(8, 100)]);
         // 4 entries over a budget of 3: entry 5 was evicted.
-        assert!(c.get(5, 9).is_none());
-        let got: Vec<u64> = c.get(6, 100).unwrap().iter().map(|e| e.log_id.index).collect();
+        let all = usize::MAX;
+        assert!(c.get(5, 9, all).is_none());
+        let got: Vec<u64> = c.get(6, 100, all).unwrap().iter().map(|e| e.log_id.index).collect();
         assert_eq!(got, vec![6, 7, 8]);
-        assert!(c.get(9, 10).is_none());
+        // A byte budget bounds the run, but never below one entry.
+        assert_eq!(c.get(6, 100, 2 * (64 + 100)).unwrap().len(), 2);
+        assert_eq!(c.get(6, 100, 1).unwrap().len(), 1);
+        assert!(c.get(9, 10, all).is_none());
         c.truncated_from(7);
-        assert_eq!(c.get(6, 100).unwrap().len(), 1);
+        assert_eq!(c.get(6, 100, all).unwrap().len(), 1);
         // A non-contiguous append replaces the run.
         c.appended(&[e(20, 1)]);
-        assert!(c.get(6, 7).is_none());
-        assert_eq!(c.get(20, 21).unwrap().len(), 1);
+        assert!(c.get(6, 7, all).is_none());
+        assert_eq!(c.get(20, 21, all).unwrap().len(), 1);
         c.clear();
-        assert!(c.get(20, 21).is_none());
+        assert!(c.get(20, 21, all).is_none());
     }
 }

@@ -55,6 +55,19 @@ pub enum RaftError {
         next: u64,
     },
 
+    /// A payload is larger than the group accepts (`RaftGroupConfig::max_payload_bytes`).
+    #[error("group {group}: payload {position} is {size} bytes, over the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// The group.
+        group: GroupId,
+        /// Its position in the write (0 for a single write).
+        position: usize,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// `initialize` was called on a group that already has a membership.
     #[error("group {group}: already initialized")]
     AlreadyInitialized {

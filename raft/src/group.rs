@@ -50,6 +50,10 @@ pub struct RaftGroupConfig {
     pub allow_log_reversion: bool,
     /// Memory for the recently appended log tail that replication and apply read back (per group).
     pub log_cache_bytes: usize,
+    /// Largest application payload `write`/`write_many` accept. Each payload becomes one storage
+    /// record of `payload + 26` bytes, so keep it below the storage's `max_record_bytes` (an append
+    /// the storage refuses would stop the group).
+    pub max_payload_bytes: usize,
 }
 
 impl Default for RaftGroupConfig {
@@ -65,6 +69,8 @@ impl Default for RaftGroupConfig {
             retention: Retention::SnapshotOnly,
             allow_log_reversion: true,
             log_cache_bytes: crate::log_store::DEFAULT_ENTRY_CACHE_BYTES,
+            // Storage's default max_record_bytes (8 MiB) minus room for the entry header.
+            max_payload_bytes: (8 << 20) - 1024,
         }
     }
 }
@@ -110,6 +116,7 @@ pub struct RaftGroup {
     router: Weak<Router>,
     applied: watch::Receiver<Option<u64>>,
     election_timeout_max_ms: u64,
+    max_payload_bytes: usize,
     /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
     stopped: watch::Sender<bool>,
 }
@@ -153,6 +160,7 @@ impl RaftGroup {
             router: Arc::downgrade(router),
             applied,
             election_timeout_max_ms: config.election_timeout_max_ms,
+            max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
         });
         if let Err(e) = router.register(g.clone()) {
@@ -220,6 +228,18 @@ impl RaftGroup {
         }
     }
 
+    fn check_size(&self, position: usize, payload: &Bytes) -> Result<(), RaftError> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(RaftError::PayloadTooLarge {
+                group: self.id,
+                position,
+                size: payload.len(),
+                max: self.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Bootstraps a brand-new group with these voters. Call it on one node only;
     /// [`RaftError::AlreadyInitialized`] if the group already has a membership.
     pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), RaftError> {
@@ -233,13 +253,18 @@ impl RaftGroup {
     /// Replicates one payload; returns once it is committed (on a majority, fsynced) and applied
     /// on this node.
     pub async fn write(&self, payload: Bytes) -> Result<WriteResult, RaftError> {
+        self.check_size(0, &payload)?;
         let resp = self.raft.client_write(AppPayload(payload)).await.map_err(|e| self.raft_err(e))?;
         Ok(WriteResult { index: resp.log_id.index, response: resp.data.0 })
     }
 
     /// Replicates a batch (openraft `client_write_many`): one result per payload, in order. A
-    /// leadership change can fail a tail of the batch while its head is committed.
+    /// leadership change can fail a tail of the batch while its head is committed. A payload over
+    /// `max_payload_bytes` fails the whole call before anything is proposed.
     pub async fn write_many(&self, payloads: Vec<Bytes>) -> Result<Vec<Result<WriteResult, RaftError>>, RaftError> {
+        for (i, p) in payloads.iter().enumerate() {
+            self.check_size(i, p)?;
+        }
         let n = payloads.len();
         let mut stream =
             self.raft.client_write_many(payloads.into_iter().map(AppPayload)).await.map_err(|e| self.fatal(&e))?;

@@ -32,6 +32,14 @@ use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 /// Bytes of log read per storage call when openraft asks for a range.
 const READ_CHUNK_BYTES: usize = 4 << 20;
 
+/// Most entry bytes one replication message carries (besides a single larger entry): keeps every
+/// AppendEntries well inside the transport's message limit whatever the payload sizes.
+pub const REPLICATION_BATCH_BYTES: usize = 8 << 20;
+
+/// Most encoded bytes per storage `append_batch` call; larger openraft appends are split (all
+/// parts are made durable by the same flush). Below storage's default `max_batch_bytes` (64 MiB).
+pub const APPEND_CHUNK_BYTES: usize = 16 << 20;
+
 /// One committed entry as read back from the log for the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedEntry {
@@ -277,7 +285,24 @@ impl GroupLog {
             self.restart_at(first, next)?;
         }
         let records: Vec<Bytes> = entries.iter().map(encode_entry).collect();
-        self.storage.append_batch(self.stream, records, Offset::new(first), false).map_err(|e| self.storage_err(e))?;
+        let mut at = first;
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for r in records {
+            if !chunk.is_empty() && chunk_bytes + r.len() > APPEND_CHUNK_BYTES {
+                let n = chunk.len() as u64;
+                self.storage
+                    .append_batch(self.stream, std::mem::take(&mut chunk), Offset::new(at), false)
+                    .map_err(|e| self.storage_err(e))?;
+                at += n;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += r.len();
+            chunk.push(r);
+        }
+        if !chunk.is_empty() {
+            self.storage.append_batch(self.stream, chunk, Offset::new(at), false).map_err(|e| self.storage_err(e))?;
+        }
         self.cache.lock().appended(&entries);
         Ok(())
     }
@@ -328,9 +353,10 @@ impl GroupLog {
         if at >= end {
             return Ok(Vec::new());
         }
+        let budget = if all { usize::MAX } else { REPLICATION_BATCH_BYTES };
         let (cached, cache_start) = {
             let cache = self.cache.lock();
-            (cache.get(at, end), cache.start())
+            (cache.get(at, end, budget), cache.start())
         };
         if let Some(entries) = cached {
             return Ok(entries);
@@ -371,7 +397,7 @@ impl GroupLog {
             }
         }
         if at < end
-            && let Some(rest) = self.cache.lock().get(at, end)
+            && let Some(rest) = self.cache.lock().get(at, end, usize::MAX)
         {
             out.extend(rest);
         }

@@ -306,3 +306,38 @@ async fn restart_restores_the_snapshot_then_replays_the_log_above_it() {
     assert!(c.assert_chains_agree().await > 0);
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_payloads_and_oversized_batches_replicate_or_are_refused() {
+    // Storage refuses batches over 17 MiB; one openraft append below carries 18 MiB.
+    let storage = shale_storage::StorageOptions {
+        max_segment_bytes: 64 << 20,
+        max_batch_bytes: 17 << 20,
+        checkpoint_policy: shale_storage::CheckpointPolicy::Manual,
+        ..Default::default()
+    };
+    // Debug builds move these megabytes slowly on a loaded machine: keep elections out of the way.
+    let config =
+        shale_raft::RaftGroupConfig { election_timeout_min_ms: 3000, election_timeout_max_ms: 6000, ..group_config() };
+    let mut c = core_support::TestCluster::start_with(3, config, storage).await;
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    // 6 x 3 MiB in one write_many: more than the storage batch limit in one openraft append, and
+    // more than one replication message carries (8 MiB).
+    let big: Vec<Bytes> = (0..6u64).map(|i| payload(i, 3 << 20)).collect();
+    let results = g.write_many(big.clone()).await.expect("write_many");
+    let last = results.iter().map(|r| r.as_ref().expect("each committed").index).max().unwrap();
+    c.wait_applied_everywhere(last).await;
+    for n in [1, 2, 3] {
+        let applied: Vec<Bytes> = c.node(n).applied.lock().iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(applied, big, "node {n}");
+    }
+    let too_big = payload(99, (8 << 20) + 1);
+    match g.write_many(vec![payload(1, 10), too_big]).await {
+        Err(RaftError::PayloadTooLarge { position: 1, .. }) => {}
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    g.health().expect("the group still runs");
+    assert_eq!(g.write(payload(5, 10)).await.unwrap().index, last + 1, "nothing of the refused batch was proposed");
+    c.stop_all().await;
+}
