@@ -8,6 +8,9 @@
 //!
 //! Stream mapping: group `g` uses stream `2g` (log) and `2g + 1` (meta). Byte layouts are in
 //! [`format`].
+//!
+//! Entry points: [`Router::new`] once per node (mount [`Router::grpc_service`] in the node's tonic
+//! server), then [`RaftGroup::start`] per group with the node's shared storage.
 
 // `--cfg shale_raft_core_only` builds the Raft core without the cluster layer (used by the core's
 // own test runs while the cluster layer is being edited).
