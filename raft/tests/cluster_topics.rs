@@ -103,3 +103,33 @@ async fn delete_topic_stops_groups_and_deletes_streams() {
     c.wait_partition_leaders("doomed").await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_during_delete_drops_the_streams_when_it_returns() {
+    let mut c = TestCluster::start(3).await;
+    let info = c.create_topic("gone", 1, 3).await;
+    c.wait_partition_leaders("gone").await;
+    c.produce("gone", 0, vec![record("k", "v")], None).await.expect("produce");
+    let group = partition_group_id(info.id, 0);
+    let away = {
+        let ml = c.metadata_leader().await;
+        (1..=3).find(|id| *id != ml).expect("a non-leader")
+    };
+    wait_for("the node away has the stream", || async {
+        c.nodes[away as usize - 1].storage.streams().contains(&group.log_stream()).then_some(())
+    })
+    .await;
+    c.kill(away).await;
+    let ml = c.metadata_leader().await;
+    c.node(ml).delete_topic("gone").await.expect("delete");
+    // Still there while the node is down; gone once it has caught up with the metadata.
+    assert!(c.nodes[away as usize - 1].storage.streams().contains(&group.log_stream()));
+    c.restart(away).await;
+    wait_for("the returning node deleted the topic's streams", || async {
+        let streams = c.nodes[away as usize - 1].storage.streams();
+        (!streams.contains(&group.log_stream()) && !streams.contains(&group.meta_stream())).then_some(())
+    })
+    .await;
+    assert!(c.node(away).cluster_status().partitions.is_empty());
+    c.shutdown().await;
+}
