@@ -55,8 +55,8 @@ if [[ -z "$binary" ]]; then
         fi
     fi
 elif [[ -z "$cli" && $want_cli -eq 1 && -x "$(dirname "$binary")/shale" ]]; then
-    # A prebuilt node binary: take the CLI from beside it when it is at least as new.
-    if [[ ! "$(dirname "$binary")/shale" -ot "$binary" ]]; then cli="$(dirname "$binary")/shale"; fi
+    # A prebuilt node binary: take the CLI built beside it (--cli PATH or --no-cli to choose otherwise).
+    cli="$(dirname "$binary")/shale"
 fi
 [[ -x "$binary" ]] || die "no executable node binary at $binary"
 [[ -z "$cli" || -x "$cli" ]] || die "no executable CLI binary at $cli"
@@ -131,9 +131,16 @@ cp "$repo_root/deploy/Dockerfile" "$stage/Dockerfile"
 sha="$(sha256sum "$binary" | cut -d' ' -f1)"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo_root/Cargo.toml" | head -1)"
 
+previous="$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
 echo "== docker build -t $tag (node: $binary${cli:+, cli: $cli})"
 docker build --quiet \
     --build-arg "SHALE_VERSION=${version:-dev}" \
     --build-arg "SHALE_BINARY_SHA256=$sha" \
     -t "$tag" "$stage"
+# The image this tag named before is now untagged: remove it unless something still uses it.
+current="$(docker image inspect --format '{{.Id}}' "$tag")"
+if [[ -n "$previous" && "$previous" != "$current" ]] \
+    && [[ "$(docker image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" == "0" ]]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 echo "== built $tag ($(docker image inspect --format '{{.Size}}' "$tag") bytes)"
