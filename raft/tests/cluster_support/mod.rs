@@ -93,6 +93,7 @@ async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Res
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
