@@ -87,8 +87,11 @@ error_codes! {
     InvalidConfig => "INVALID_CONFIG", InvalidArgument;
     /// Some other argument is invalid (an empty batch, an empty group name, ...).
     InvalidArgument => "INVALID_ARGUMENT", InvalidArgument;
-    /// An idempotent producer's batch skipped sequence numbers.
+    /// An idempotent producer's retry is outside the dedup window (its original offsets are forgotten).
     OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE", FailedPrecondition;
+    /// An idempotent retry of a record that was written, but whose offset retention has since
+    /// purged (the message names the offset): the record is durable, its hash can no longer be reported.
+    DuplicateOfPurgedRecord => "DUPLICATE_OF_PURGED_RECORD", AlreadyExists;
     /// The operation cannot run in the cluster's current state (e.g. a membership change is running).
     FailedPrecondition => "FAILED_PRECONDITION", FailedPrecondition;
     /// The operation did not complete in time; it may or may not have taken effect.

@@ -267,6 +267,8 @@ async fn consumer_group_offsets_survive_a_metadata_leader_change() {
     let again = c.client().consumer(consumer_config(Some("billing")));
     assert_eq!(again.committed("grp", 0).await.unwrap(), committed[0]);
     assert_eq!(again.committed("grp", 1).await.unwrap(), committed[1]);
+    let groups = c.client().admin().list_groups().await.unwrap();
+    assert_eq!(groups, vec!["billing".to_string()]);
     let described = c.client().admin().describe_group("billing").await.unwrap();
     assert_eq!(described.partitions.len(), 2, "{described:?}");
     for p in &described.partitions {
@@ -340,11 +342,14 @@ async fn every_acknowledged_record_survives_killing_the_leader_mid_produce() {
 async fn health_readiness_and_metrics_respond() {
     let c = TestCluster::start(3).await;
     create_topic(&c, "metrics", 1).await;
-    c.client()
+    let ack = c
+        .client()
         .producer(ProducerConfig::default())
         .send_and_wait(ProducerRecord::new("metrics", "m").partition(0))
         .await
         .unwrap();
+    let group = c.client().consumer(consumer_config(Some("watchers")));
+    group.commit_offsets(&[("metrics".to_string(), 0, ack.offset)]).await.unwrap();
     for http in &c.http {
         assert_eq!(http_get(*http, "/healthz").await.0, 200);
         let (code, body) = http_get(*http, "/readyz").await;
@@ -361,6 +366,15 @@ async fn health_readiness_and_metrics_respond() {
             assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
         }
     }
+    // The metadata leader exports consumer-group lag (the record at the committed offset is unread).
+    let meta_leader = c.node(1).cluster().metadata_leader().unwrap().0;
+    let (_, body) = http_get(c.http[meta_leader as usize - 1], "/metrics").await;
+    let lag_line = body
+        .lines()
+        .find(|l| l.starts_with("shale_consumer_group_lag{group=\"watchers\",topic=\"metrics\",partition=\"0\"}"))
+        .unwrap_or_else(|| panic!("no group lag in:\n{body}"));
+    let lag: u64 = lag_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(lag >= 1, "{lag_line}");
     c.shutdown().await;
 }
 

@@ -28,6 +28,7 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::OffsetOutOfRange { start, end, .. } => out_of_range(message, start, end),
         ClusterError::RecordTooLarge { max, .. } => limit(ErrorCode::RecordTooLarge, message, max as u64),
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),
+        ClusterError::DuplicateOfPurgedRecord { .. } => status(ErrorCode::DuplicateOfPurgedRecord, message),
         ClusterError::Membership { .. } => status(ErrorCode::FailedPrecondition, message),
         ClusterError::Timeout { .. } => status(ErrorCode::Timeout, message),
         ClusterError::Shutdown => status(ErrorCode::Unavailable, message),

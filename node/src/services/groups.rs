@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use shale_client::ErrorCode;
-use shale_client::error::status;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
@@ -116,9 +114,22 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
         request: Request<proto::ListGroupsRequest>,
     ) -> Result<Response<proto::ListGroupsResponse>, Status> {
         let _in_flight = self.ctx.in_flight.enter();
-        let _ = request;
-        // Pending `Cluster::list_groups` (requested from the cluster layer in notes/cluster-api.md).
-        Err(status(ErrorCode::FailedPrecondition, "listing consumer groups is not available in this build yet"))
+        let forwarded = is_forwarded(&request);
+        match self.ctx.cluster.list_groups().await {
+            Ok(groups) => Ok(Response::new(proto::ListGroupsResponse { groups })),
+            Err(err) => {
+                match self.redirect(&err, forwarded) {
+                    Some(addr) => Ok(Response::new(
+                        self.ctx
+                            .forward(&addr, request.into_inner(), |ch, r| async move {
+                                groups_client(ch).list_groups(r).await
+                            })
+                            .await?,
+                    )),
+                    None => Err(cluster_error(err)),
+                }
+            }
+        }
     }
 
     async fn describe_group(
