@@ -137,7 +137,6 @@ async fn produce_then_consume_round_trips_through_pipes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the node's ConsumerGroups.ListGroups is still a placeholder (requested in notes/node-requests.md)"]
 async fn group_list_names_groups_that_committed() {
     let c = TestCluster::start(3).await;
     assert_exit(&c.shale(&["topic", "create", "t", "-p", "1"], b"").await, 0);
