@@ -8,7 +8,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = manifest_dir.join("../client/proto");
     let proto_file = proto_root.join("shale/raft/v1/raft.proto");
     println!("cargo:rerun-if-changed={}", proto_file.display());
-    println!("cargo::rustc-check-cfg=cfg(shale_raft_core_only)");
 
     let fds = protox::compile([&proto_file], [&proto_root])?;
     tonic_prost_build::configure().build_client(true).build_server(true).bytes(".shale.raft.v1").compile_fds(fds)?;

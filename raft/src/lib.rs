@@ -12,9 +12,6 @@
 //! Entry points: [`Router::new`] once per node (mount [`Router::grpc_service`] in the node's tonic
 //! server), then [`RaftGroup::start`] per group with the node's shared storage.
 
-// `--cfg shale_raft_core_only` builds the Raft core without the cluster layer (used by the core's
-// own test runs while the cluster layer is being edited).
-#[cfg(not(shale_raft_core_only))]
 pub mod cluster;
 pub mod entry_cache;
 pub mod error;
