@@ -1,15 +1,20 @@
-//! A measurement, not a check: produce throughput of a 3-node in-process cluster (memory storage,
-//! real gRPC on loopback). Run with
-//! `cargo test -p shale-raft --release --test cluster_throughput -- --ignored --nocapture`.
+//! A measurement, not a check: produce throughput of a 3-node in-process cluster through the
+//! cluster layer (memory storage, real gRPC on loopback). Run with
+//! `cargo bench -p shale-raft --bench cluster_throughput`.
 
+#[path = "../tests/cluster_support/mod.rs"]
 mod cluster_support;
 
 use std::time::Instant;
 
 use cluster_support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; run explicitly"]
+fn main() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
+    runtime.block_on(produce_throughput());
+}
+
 async fn produce_throughput() {
     let c = TestCluster::start(3).await;
     c.create_topic("bench", 1, 3).await;
