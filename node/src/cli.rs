@@ -1,4 +1,4 @@
-//! Command line: `shale-node [run] [flags]` and `shale-node dev`. Every `run` flag can also be
+//! Command line: `shale-node [run] [flags]`, `shale-node dev` and `shale-node healthcheck`. Every `run` flag can also be
 //! given as a `SHALE_*` environment variable; flags and env vars override the TOML file.
 
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConfigError, NodeConfig, StorageKind, parse_peers};
+use crate::healthcheck::{HealthcheckError, ProbeTarget};
 
 /// The Shale node.
 #[derive(Debug, Parser)]
@@ -28,6 +29,28 @@ pub enum Command {
     Run(RunArgs),
     /// Run a local cluster of several nodes in this process (127.0.0.1, data under ./data/node-N).
     Dev(DevArgs),
+    /// GET this node's own HTTP endpoint (default /readyz); exit 0 on HTTP 200, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Full URL to probe (`http://host:port/path`) instead of this node's own HTTP address.
+    #[arg(long, conflicts_with = "path")]
+    pub url: Option<String>,
+    /// Path to probe on this node's own HTTP address.
+    #[arg(long, default_value = "/readyz")]
+    pub path: String,
+    /// Bound on the whole request (connect included).
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// TOML config file of the node (for `http_listen`).
+    #[arg(long, env = "SHALE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The node's HTTP listen address, as given to the node (a wildcard means loopback).
+    #[arg(long, env = "SHALE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Storage choice on the command line.
@@ -151,6 +174,33 @@ impl RunArgs {
     }
 }
 
+impl HealthcheckArgs {
+    /// What to probe: `--url`, else `--path` on the node's HTTP listen address (flag / env var,
+    /// then the config file, then the default), a wildcard address mapped to loopback.
+    pub fn target(&self) -> Result<ProbeTarget, HealthcheckTargetError> {
+        if let Some(url) = &self.url {
+            return Ok(ProbeTarget::from_url(url)?);
+        }
+        let listen = match (self.http_listen, &self.config) {
+            (Some(addr), _) => addr,
+            (None, Some(path)) => NodeConfig::from_file(path)?.http_listen,
+            (None, None) => NodeConfig::default().http_listen,
+        };
+        Ok(ProbeTarget::local(listen, &self.path)?)
+    }
+}
+
+/// Why `healthcheck` could not work out what to probe.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthcheckTargetError {
+    /// The config file could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The URL or path is invalid.
+    #[error(transparent)]
+    Target(#[from] HealthcheckError),
+}
+
 impl DevArgs {
     /// One config per local node, all peers of each other.
     pub fn configs(&self) -> Result<Vec<NodeConfig>, ConfigError> {
@@ -219,6 +269,36 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data/node-3"));
         let bad = Cli::try_parse_from(["shale-node", "--peers", "1=x"]).unwrap();
         assert!(matches!(bad.run.to_config(), Err(ConfigError::Peer { .. })));
+    }
+
+    #[test]
+    fn healthcheck_targets_the_nodes_own_http_address() {
+        let cli = Cli::try_parse_from(["shale-node", "healthcheck", "--http-listen", "0.0.0.0:8001"]).unwrap();
+        let Some(Command::Healthcheck(args)) = cli.command else { panic!("healthcheck expected") };
+        assert_eq!(args.timeout_ms, 2000);
+        let t = args.target().unwrap();
+        assert_eq!((t.authority.as_str(), t.path.as_str()), ("127.0.0.1:8001", "/readyz"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "http_listen = \"0.0.0.0:9100\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "shale-node",
+            "healthcheck",
+            "--config",
+            path.to_str().unwrap(),
+            "--path",
+            "/healthz",
+        ])
+        .unwrap();
+        let Some(Command::Healthcheck(args)) = cli.command else { panic!("healthcheck expected") };
+        let t = args.target().unwrap();
+        assert_eq!((t.authority.as_str(), t.path.as_str()), ("127.0.0.1:9100", "/healthz"));
+
+        let cli = Cli::try_parse_from(["shale-node", "healthcheck", "--url", "http://node-2:8001/healthz"]).unwrap();
+        let Some(Command::Healthcheck(args)) = cli.command else { panic!("healthcheck expected") };
+        assert_eq!(args.target().unwrap().authority, "node-2:8001");
+        assert!(Cli::try_parse_from(["shale-node", "healthcheck", "--url", "http://a:1/", "--path", "/x"]).is_err());
     }
 
     #[test]

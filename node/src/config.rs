@@ -64,6 +64,18 @@ pub struct RaftTiming {
     pub request_timeout_ms: u64,
 }
 
+/// How many election timeouts (the maximum) a metadata leader may go without a quorum
+/// acknowledgement before `/readyz` reports it not ready.
+pub const READY_QUORUM_ACK_ELECTION_TIMEOUTS: u64 = 4;
+
+impl RaftTiming {
+    /// The readiness bound on the age of the metadata leader's last quorum acknowledgement:
+    /// [`READY_QUORUM_ACK_ELECTION_TIMEOUTS`] x `election_timeout_max_ms`.
+    pub fn ready_quorum_ack_max_ms(&self) -> u64 {
+        READY_QUORUM_ACK_ELECTION_TIMEOUTS.saturating_mul(self.election_timeout_max_ms)
+    }
+}
+
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {

@@ -1,5 +1,5 @@
-//! The HTTP side: `/healthz` (the process serves), `/readyz` (the metadata group has a leader, so
-//! the node can serve requests) and `/metrics` (Prometheus text).
+//! The HTTP side: `/healthz` (the process serves), `/readyz` (the metadata group has a leader that a
+//! quorum still acknowledges, so the node can serve requests) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct HttpState {
     pub ctx: Arc<NodeContext>,
     /// The node's storage (for byte counts).
     pub storage: Arc<dyn StorageBackend>,
+    /// Readiness bound on the age of the metadata leader's last quorum acknowledgement.
+    pub ready_quorum_ack_max: Duration,
 }
 
 /// The HTTP routes.
@@ -36,12 +38,31 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Whether a node can serve: the metadata group has a leader and the applied metadata lists this
-/// node as a member. `Ok` names the leader, `Err` says what is missing.
-pub fn readiness(cluster: &Cluster, node_id: u64) -> Result<String, String> {
+/// Whether a node can serve: the metadata group has a leader, the leader still has a majority,
+/// and the applied metadata lists this node as a member. `Ok` names the leader, `Err` says what is
+/// missing.
+///
+/// The majority is checked where it can be seen: on the metadata leader, a quorum of voters must
+/// have acknowledged it within `quorum_ack_max` (openraft keeps a leader whose peers are gone
+/// leading). A follower knows a leader only while it hears from one: without heartbeats it starts
+/// an election within `election_timeout_max_ms` and then knows no leader.
+pub fn readiness(cluster: &Cluster, node_id: u64, quorum_ack_max: Duration) -> Result<String, String> {
     let Some((id, addr)) = cluster.metadata_leader() else {
         return Err("the metadata group has no leader".into());
     };
+    if id == node_id {
+        let limit_ms = quorum_ack_max.as_millis();
+        match cluster.metadata_quorum_ack_age() {
+            None => return Err("this node leads the metadata group but no quorum has acknowledged it yet".into()),
+            Some(age) if age > quorum_ack_max => {
+                return Err(format!(
+                    "this node leads the metadata group but a quorum last acknowledged it {} ms ago (limit {limit_ms} ms)",
+                    age.as_millis()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     if !cluster.cluster_status().members.iter().any(|m| m.id == node_id) {
         return Err(format!("node {node_id} is not yet a member in the applied metadata"));
     }
@@ -49,7 +70,7 @@ pub fn readiness(cluster: &Cluster, node_id: u64) -> Result<String, String> {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    match readiness(&state.ctx.cluster, state.ctx.node_id) {
+    match readiness(&state.ctx.cluster, state.ctx.node_id, state.ready_quorum_ack_max) {
         Ok(what) => (StatusCode::OK, format!("ready: {what}\n")),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }

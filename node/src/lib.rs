@@ -16,6 +16,7 @@ pub mod conn;
 pub mod context;
 pub mod convert;
 pub mod dev;
+pub mod healthcheck;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shale_node::cli::{Cli, Command};
+use std::time::Duration;
+
+use shale_node::cli::{Cli, Command, HealthcheckArgs};
 use shale_node::node::{Node, NodeError};
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +16,7 @@ async fn run(cli: Cli) -> Result<(), NodeError> {
     match cli.command {
         Some(Command::Dev(args)) => shale_node::dev::run(&args).await,
         Some(Command::Run(args)) => run_node(&args).await,
+        Some(Command::Healthcheck(_)) => unreachable!("main runs healthcheck before logging is set up"),
         None => run_node(&cli.run).await,
     }
 }
@@ -24,13 +27,38 @@ async fn run_node(args: &shale_node::cli::RunArgs) -> Result<(), NodeError> {
     node.shutdown().await
 }
 
+/// `shale-node healthcheck`: exit 0 on HTTP 200, 1 (with the status or error on stderr) otherwise.
+async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let target = match args.target() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shale-node healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match target.probe(Duration::from_millis(args.timeout_ms)).await {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("shale-node healthcheck: GET http://{}{} answered HTTP {status}", target.authority, target.path);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("shale-node healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck(args)) = &cli.command {
+        return healthcheck(args).await;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
         .init();
-    let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

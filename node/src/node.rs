@@ -90,6 +90,7 @@ pub struct NodeHandle {
     http_task: JoinHandle<std::io::Result<()>>,
     bootstrap_task: JoinHandle<()>,
     grace: Duration,
+    ready_quorum_ack_max: Duration,
 }
 
 impl Node {
@@ -185,7 +186,8 @@ impl Node {
             let _ = grpc_shutdown.wait_for(|s| *s).await;
         }));
 
-        let app = http::router(HttpState { ctx: ctx.clone(), storage: storage.clone() });
+        let ready_quorum_ack_max = Duration::from_millis(config.raft.ready_quorum_ack_max_ms());
+        let app = http::router(HttpState { ctx: ctx.clone(), storage: storage.clone(), ready_quorum_ack_max });
         let mut http_shutdown = shutdown_rx.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(http_listener, app)
@@ -212,6 +214,7 @@ impl Node {
             http_task,
             bootstrap_task,
             grace: Duration::from_millis(config.shutdown_grace_ms),
+            ready_quorum_ack_max,
         })
     }
 }
@@ -225,7 +228,7 @@ impl NodeHandle {
     /// Whether the node can serve (what `/readyz` reports): `Ok` names the metadata leader, `Err`
     /// says what is missing.
     pub fn readiness(&self) -> Result<String, String> {
-        http::readiness(&self.cluster, self.node_id)
+        http::readiness(&self.cluster, self.node_id, self.ready_quorum_ack_max)
     }
 
     /// Waits until [`NodeHandle::readiness`] is `Ok`; false on timeout.

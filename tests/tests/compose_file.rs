@@ -37,9 +37,8 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             assert!(peers.contains(&format!("{id}={name}:7001")));
             assert_eq!(s(&env["SHALE_DATA_DIR"]), "/data");
             let test: Vec<String> = svc["healthcheck"]["test"].as_sequence().unwrap().iter().map(s).collect();
-            assert_eq!(test[..2], ["CMD", "/usr/local/bin/shale"], "the image's CLI probes the node");
-            assert!(test.windows(2).any(|w| w == ["--bootstrap", "127.0.0.1:7001"]), "{test:?}");
-            assert!(test.windows(2).any(|w| w == ["--attempts", "1"]), "{test:?}");
+            assert_eq!(test, ["CMD", "/usr/local/bin/shale-node", "healthcheck"], "the node probes its own /readyz");
+            assert_eq!(s(&env["SHALE_HTTP_LISTEN"]), "0.0.0.0:8001", "the probe finds the HTTP port through this");
             assert_eq!(s(&svc["restart"]), "unless-stopped");
             // Published ports bind loopback only by default (v1 renders strings, v2 mappings).
             for port in svc["ports"].as_sequence().unwrap() {

@@ -257,6 +257,22 @@ impl Cluster {
         self.metadata_group.leader().map(|(id, node)| (id, node.addr))
     }
 
+    /// On the metadata leader: how long ago a quorum of voters last acknowledged its leadership
+    /// (zero when this node is the only voter). `None` when this node does not lead the metadata
+    /// group, or no quorum has acknowledged it yet. A leader whose peers are unreachable keeps
+    /// leading, but this age grows without bound.
+    pub fn metadata_quorum_ack_age(&self) -> Option<Duration> {
+        let m = self.metadata_group.metrics();
+        if m.current_leader != Some(self.config.node_id) {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().all(|id| id == self.config.node_id) {
+            return Some(Duration::ZERO);
+        }
+        m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t))
+    }
+
     /// Initialises the metadata group with these voters (`id -> gRPC addr`, including this node) and
     /// waits until the applied metadata lists them all as members. Idempotent: on an initialised
     /// group it only waits. Call on one node once every initial peer is listening.
