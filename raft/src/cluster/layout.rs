@@ -203,6 +203,19 @@ impl<'a> Reader<'a> {
         Ok(Self::new(what, body))
     }
 
+    /// Reads and checks a snapshot header `[magic:u32][version:u16]`.
+    pub fn snapshot_header(&mut self, magic: u32, version: u16) -> Result<(), ClusterError> {
+        let found = self.u32()?;
+        if found != magic {
+            return Err(self.error(format!("magic {found:#x}, expected {magic:#x}")));
+        }
+        let found = self.u16()?;
+        if found != version {
+            return Err(self.error(format!("format version {found}, this build reads {version}")));
+        }
+        Ok(())
+    }
+
     /// An error naming the current position.
     pub fn error(&self, reason: impl Into<String>) -> ClusterError {
         ClusterError::Decode { what: self.what, reason: format!("at byte {}: {}", self.pos, reason.into()) }

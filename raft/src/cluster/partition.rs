@@ -332,14 +332,7 @@ impl PartitionMachine {
     /// Decodes [`PartitionMachine::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("partition snapshot", bytes)?;
-        let magic = r.u32()?;
-        if magic != snap::MAGIC {
-            return Err(r.error(format!("magic {magic:#x}, expected {:#x}", snap::MAGIC)));
-        }
-        let version = r.u16()?;
-        if version != snap::VERSION {
-            return Err(r.error(format!("format version {version}, this build reads {}", snap::VERSION)));
-        }
+        r.snapshot_header(snap::MAGIC, snap::VERSION)?;
         let mut m = PartitionMachine { last_applied: r.u64()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_PRODUCERS, 28)?;
