@@ -65,6 +65,40 @@ pub fn should_create_checkpoint(policy: CheckpointPolicy, last_checkpoint: Optio
     }
 }
 
+/// Rejects caller data over [`layout::MAX_DATA_LEN`] for a checkpoint at `offset`.
+pub(crate) fn check_data_len(stream: StreamId, offset: Offset, len: usize) -> Result<()> {
+    if len > layout::MAX_DATA_LEN {
+        return Err(StorageError::InvalidCheckpoint {
+            stream,
+            offset,
+            reason: format!("caller data is {len} bytes, over the limit of {}", layout::MAX_DATA_LEN),
+        });
+    }
+    Ok(())
+}
+
+/// Rejects a checkpoint that no stream could install, whatever it holds: caller data over the limit,
+/// an offset past the end of offsets, or a non-zero hash at offset 0 (which covers no record).
+/// Both backends call this first, so they refuse the same checkpoints with the same errors.
+pub(crate) fn check_installable(stream: StreamId, cp: &Checkpoint) -> Result<()> {
+    check_data_len(stream, cp.offset, cp.data.len())?;
+    if cp.offset > crate::format::MAX_OFFSET {
+        return Err(StorageError::InvalidCheckpoint {
+            stream,
+            offset: cp.offset,
+            reason: format!("offsets end at {}", crate::format::MAX_OFFSET),
+        });
+    }
+    if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
+        return Err(StorageError::InvalidCheckpoint {
+            stream,
+            offset: cp.offset,
+            reason: "a checkpoint at offset 0 covers no record, so its hash must be zero".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Encodes a checkpoint into its stored form (see [`crate::format::checkpoint`]).
 pub fn serialize_checkpoint_payload(cp: &Checkpoint) -> Vec<u8> {
     debug_assert!(cp.data.len() <= layout::MAX_DATA_LEN, "checkpoint data over the limit");

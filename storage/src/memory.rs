@@ -10,7 +10,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::StorageBackend;
 use crate::chain::chain_hash;
-use crate::checkpoint::{Checkpoint, CheckpointIndex, should_create_checkpoint};
+use crate::checkpoint::{Checkpoint, CheckpointIndex, check_data_len, check_installable, should_create_checkpoint};
 use crate::compaction::{CompactionConfig, CompactionResult};
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format;
@@ -168,17 +168,7 @@ impl MemoryStorage {
                 reason: format!("offset must lie in [{}, {}]", s.log_start, s.next()),
             });
         }
-        if data.len() > format::checkpoint::MAX_DATA_LEN {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset,
-                reason: format!(
-                    "caller data is {} bytes, over the limit of {}",
-                    data.len(),
-                    format::checkpoint::MAX_DATA_LEN
-                ),
-            });
-        }
+        check_data_len(stream, offset, data.len())?;
         let cp = Checkpoint::new(offset, s.hash_before(offset), data);
         s.checkpoints.insert(cp.clone());
         Ok(cp)
@@ -382,31 +372,7 @@ impl StorageBackend for MemoryStorage {
     }
 
     fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
-        if cp.data.len() > format::checkpoint::MAX_DATA_LEN {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset: cp.offset,
-                reason: format!(
-                    "caller data is {} bytes, over the limit of {}",
-                    cp.data.len(),
-                    format::checkpoint::MAX_DATA_LEN
-                ),
-            });
-        }
-        if cp.offset > format::MAX_OFFSET {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset: cp.offset,
-                reason: format!("offsets end at {}", format::MAX_OFFSET),
-            });
-        }
-        if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset: cp.offset,
-                reason: "a checkpoint at offset 0 covers no record, so its hash must be zero".into(),
-            });
-        }
+        check_installable(stream, &cp)?;
         let handle = self.stream_or_create(stream);
         let mut s = handle.lock();
         let matches = cp.offset >= s.log_start && cp.offset <= s.next() && s.hash_before(cp.offset) == cp.chain_hash;

@@ -9,10 +9,10 @@ use bytes::Bytes;
 
 use super::stream::Stream;
 use super::{Storage, io_err};
-use crate::checkpoint::{Checkpoint, CheckpointIndex, serialize_checkpoint_payload};
+use crate::checkpoint::{Checkpoint, CheckpointIndex, check_data_len, check_installable, serialize_checkpoint_payload};
 use crate::compaction::{CompactionConfig, CompactionResult};
 use crate::error::{Result, StorageError};
-use crate::format::{self, names, segment as seg_fmt};
+use crate::format::{names, segment as seg_fmt};
 use crate::types::{ChainHash, Offset, StreamId};
 
 pub(crate) fn seq_exhausted(h: &Stream) -> StorageError {
@@ -22,14 +22,6 @@ pub(crate) fn seq_exhausted(h: &Stream) -> StorageError {
         position: 0,
         offset: None,
         reason: crate::error::CorruptionReason::InvalidField { field: "segment sequence number", value: u64::MAX },
-    }
-}
-
-fn data_too_large(stream: StreamId, offset: Offset, len: usize) -> StorageError {
-    StorageError::InvalidCheckpoint {
-        stream,
-        offset,
-        reason: format!("caller data is {len} bytes, over the limit of {}", format::checkpoint::MAX_DATA_LEN),
     }
 }
 
@@ -150,9 +142,7 @@ impl Storage {
                     reason: format!("offset must lie in [{}, {}]", c.log_start(), c.next()),
                 });
             }
-            if data.len() > format::checkpoint::MAX_DATA_LEN {
-                return Err(data_too_large(h.id, offset, data.len()));
-            }
+            check_data_len(h.id, offset, data.len())?;
             if offset == c.log_start() { c.segments[0].base_prev_hash } else { self.hash_before(h, &c, offset)? }
         };
         h.check_usable()?;
@@ -188,23 +178,7 @@ impl Storage {
     /// only stored; otherwise the stream restarts empty at `cp.offset` (a fresh segment based
     /// there, flagged as a restart), its chain continuing from `cp.chain_hash`.
     pub fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
-        if cp.data.len() > format::checkpoint::MAX_DATA_LEN {
-            return Err(data_too_large(stream, cp.offset, cp.data.len()));
-        }
-        if cp.offset > format::MAX_OFFSET {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset: cp.offset,
-                reason: format!("offsets end at {}", format::MAX_OFFSET),
-            });
-        }
-        if cp.offset == Offset::ZERO && cp.chain_hash != ChainHash::ZERO {
-            return Err(StorageError::InvalidCheckpoint {
-                stream,
-                offset: cp.offset,
-                reason: "a checkpoint at offset 0 covers no record, so its hash must be zero".into(),
-            });
-        }
+        check_installable(stream, &cp)?;
         // A new stream starts right at the checkpoint: the same end state as restarting.
         let h = self.stream_or_create(stream, cp.offset, cp.chain_hash)?;
         let _w = h.writer.lock();
