@@ -422,3 +422,23 @@ fn tampered_prev_hash_field_names_its_own_record() {
     let e = s.read_records(S, Offset::new(victim - 2), 10_000).unwrap_err();
     assert_eq!(corrupt_offset(&e), Some(Offset::new(victim)), "{e}");
 }
+
+#[test]
+fn tampering_around_a_read_cursor_is_still_named() {
+    // A sequential reader's next read starts from the hash its last read ended on. Damage after
+    // that point, or just before it, must still be found and named by the reads that cover it.
+    let k = per_segment() + 7; // off the anchor grid, in the second segment
+    for victim in [k - 1, k, k + 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open_with(dir.path(), options()).unwrap();
+        append(&s, 0, 3 * per_segment());
+        let first = s.read_range(S, Offset::ZERO, Offset::new(k), usize::MAX).unwrap();
+        assert_eq!(first.last().unwrap().offset, Offset::new(k - 1));
+        tamper(dir.path(), victim);
+        let from = victim.min(k);
+        let e = s.read_records(S, Offset::new(from), usize::MAX).unwrap_err();
+        assert_eq!(corrupt_offset(&e), Some(Offset::new(victim)), "victim {victim}: {e}");
+        let e = s.verify_chain(S).unwrap_err();
+        assert_eq!(corrupt_offset(&e), Some(Offset::new(victim)), "victim {victim}: {e}");
+    }
+}

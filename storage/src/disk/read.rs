@@ -10,11 +10,14 @@ use super::{ANCHOR_INTERVAL, Storage, io_err};
 use crate::chain::chain_hash;
 use crate::codec::CodecId;
 use crate::error::{CorruptionReason, Result, StorageError};
-use crate::record::decode_record;
+use crate::record::{RecordDefect, RecordView, decode_record};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// Bytes read per I/O by a sequential scan (and the most a ranged read reads at once).
 const SCAN_CHUNK_BYTES: u64 = 2 << 20;
+/// Chunks the read-ahead thread may have read before the verifier takes them: enough that a
+/// ranged read's thread never waits (and never needs waking) in the middle of a read.
+const READ_AHEAD_CHUNKS: usize = 4;
 /// Read buffers kept for reuse.
 const READ_BUFFER_POOL: usize = 8;
 /// Smallest read a ranged read makes.
@@ -49,7 +52,7 @@ impl Storage {
         let mut bytes = 0usize;
         // One record past the range is read too (when there is one), so the last returned
         // record's hash is checked against its successor's link.
-        let stop = end.plus(1).min(c.next());
+        let stop = bytes_stop(&c, from, end.plus(1).min(c.next()), max_bytes);
         let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
         self.walk(&h, &c, anchor_at, anchor, stop, hint, |r| {
             if r.offset < from {
@@ -62,6 +65,11 @@ impl Storage {
             out.push(Record { offset: r.offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload });
             true
         })?;
+        if let Some(last) = out.last() {
+            // A sequential reader continues right after the last record: let its next read start
+            // from this verified hash instead of re-hashing from the sparse anchor below it.
+            h.set_read_cursor(last.offset.plus(1), last.hash);
+        }
         Ok(out)
     }
 
@@ -242,15 +250,20 @@ impl Storage {
         // when its successor's link fails.
         let mut last: Option<(usize, u64)> = anchor_at;
         let mut new_anchors = Vec::new();
+        // Reading a chunk also parses and CRC-checks its records: on the read-ahead thread when
+        // there is one, so the verifying thread is left with the hashing.
         let read = |ch: &Chunk| {
             let seg = &c.segments[ch.seg_i];
-            self.read_pooled(seg.file.as_ref(), ch.from_pos, ch.to_pos).map_err(|e| e(&h.dir.join(seg.name())))
+            self.read_pooled(seg.file.as_ref(), ch.from_pos, ch.to_pos)
+                .map(|buf| ParsedChunk::parse(c, ch, buf))
+                .map_err(|e| e(&h.dir.join(seg.name())))
         };
         // Verifies one chunk; Ok(false) once `visit` asked to stop.
-        let mut verify_chunk = |ch: &Chunk, buf: &Bytes| -> Result<bool> {
+        let mut verify_chunk = |ch: &Chunk, parsed: ParsedChunk| -> Result<bool> {
             let seg = &c.segments[ch.seg_i];
+            let buf = &parsed.buf;
             let mut at = 0usize;
-            for k in ch.i..ch.j {
+            for (k, view) in (ch.i..ch.j).zip(&parsed.views) {
                 let position = ch.from_pos + at as u64;
                 let corrupt = |offset: Offset, reason| StorageError::Corruption {
                     stream,
@@ -259,7 +272,6 @@ impl Storage {
                     offset: Some(offset),
                     reason,
                 };
-                let view = decode_record(buf, at).map_err(|d| corrupt(offset, d.reason))?;
                 if view.offset != offset {
                     return Err(corrupt(
                         offset,
@@ -278,7 +290,7 @@ impl Storage {
                     // no longer hashes to what this record remembers) is the one to name, unless
                     // there is none in this walk and the anchor itself disagrees.
                     let blame_this =
-                        offset == Offset::ZERO || self.prev_field_is_wrong(h, c, buf, at, &view, k + 1 < ch.j);
+                        offset == Offset::ZERO || self.prev_field_is_wrong(h, c, buf, at, view, k + 1 < ch.j);
                     return Err(match last.filter(|_| !blame_this) {
                         Some((seg_i, pos)) => StorageError::Corruption {
                             stream,
@@ -321,26 +333,45 @@ impl Storage {
                     return Ok(false);
                 }
             }
+            if let Some(defect) = parsed.defect {
+                // Every record before the damaged one checked out: name the damaged one.
+                return Err(StorageError::Corruption {
+                    stream,
+                    file: seg.name(),
+                    position: ch.from_pos + at as u64,
+                    offset: Some(offset),
+                    reason: defect.reason,
+                });
+            }
             Ok(true)
         };
         let result = match plan_chunk(c, start, stop, chunk_bytes) {
             None => Ok(()),
-            Some(first) if first.end(c) >= stop => read(&first).and_then(|buf| verify_chunk(&first, &buf).map(|_| ())),
+            Some(first) if first.end(c) >= stop => read(&first).and_then(|p| verify_chunk(&first, p).map(|_| ())),
             Some(first) => std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<(Chunk, Result<Bytes>)>(1);
-                scope.spawn(move || {
-                    let mut next = Some(first);
+                // This thread reads the first chunk itself while the read-ahead thread starts on
+                // the second, so neither waits for the other at the start.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Chunk, Result<ParsedChunk>)>(READ_AHEAD_CHUNKS);
+                let read_ahead = move || {
+                    let mut next = plan_chunk(c, first.end(c), stop, chunk_bytes);
                     while let Some(ch) = next {
                         next = plan_chunk(c, ch.end(c), stop, chunk_bytes);
-                        let buf = read(&ch);
-                        let failed = buf.is_err();
-                        if tx.send((ch, buf)).is_err() || failed {
+                        let parsed = read(&ch);
+                        let failed = parsed.is_err();
+                        if tx.send((ch, parsed)).is_err() || failed {
                             break;
                         }
                     }
-                });
-                for (ch, buf) in rx {
-                    if !verify_chunk(&ch, &buf?)? {
+                };
+                std::thread::Builder::new()
+                    .name("shale-read-ahead".into())
+                    .spawn_scoped(scope, read_ahead)
+                    .map_err(|e| io_err("spawn a read-ahead thread for", &h.dir)(e))?;
+                if !verify_chunk(&first, read(&first)?)? {
+                    return Ok(());
+                }
+                for (ch, parsed) in rx {
+                    if !verify_chunk(&ch, parsed?)? {
                         break;
                     }
                 }
@@ -394,19 +425,22 @@ impl Storage {
         let len = (to - from) as usize;
         let mut reused = None;
         {
+            // Buffers still referenced by records handed out stay in the pool for later.
             let mut pool = self.read_buffers.lock();
-            while let Some(b) = pool.pop() {
-                if let Ok(m) = b.try_into_mut()
-                    && m.capacity() >= len
-                {
-                    reused = Some(m);
-                    break;
+            if let Some(i) = pool.iter().position(Bytes::is_unique) {
+                match pool.swap_remove(i).try_into_mut() {
+                    Ok(m) => reused = Some(m),
+                    Err(b) => pool.push(b), // cloned meanwhile
                 }
             }
         }
         let mut buf = reused.unwrap_or_else(|| BytesMut::with_capacity(len));
-        buf.clear();
-        buf.resize(len, 0);
+        // The read overwrites every byte it keeps, so only bytes past the old length need zeroing.
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.resize(len, 0);
+        }
         match file.read_exact_at(&mut buf, from) {
             Ok(()) => {
                 let buf = buf.freeze();
@@ -454,6 +488,63 @@ pub(crate) fn read_bytes(
     match file.read_exact_at(&mut buf, from) {
         Ok(()) => Ok(buf.freeze()),
         Err(e) => Err(move |path: &std::path::Path| io_err("read", path)(e)),
+    }
+}
+
+/// Where a read of at most `max_bytes` of payload from `from` can stop reading (exclusive, at
+/// most `stop`): past the first record that would exceed the limit, which the read needs to check
+/// the link into it. A stored record is never longer than its payload plus the record overhead
+/// (payloads are stored compressed only when that is smaller), so the bound is safe.
+fn bytes_stop(c: &StreamCore, from: Offset, stop: Offset, max_bytes: usize) -> Offset {
+    let overhead = crate::format::record::OVERHEAD as u64;
+    let mut at = from;
+    let mut payload = 0u64;
+    let mut seg_i = c.segment_index(from);
+    while at < stop {
+        let Some(seg) = c.segments.get(seg_i) else { break };
+        if at >= seg.end() {
+            seg_i += 1;
+            continue;
+        }
+        let (start, end) = seg.span((at.get() - seg.base.get()) as usize);
+        let least = (end - start).saturating_sub(overhead);
+        if at > from && payload + least > max_bytes as u64 {
+            return at.plus(1).min(stop);
+        }
+        payload += least;
+        at = at.plus(1);
+    }
+    stop
+}
+
+/// A chunk's bytes with its records parsed and CRC-checked, in order, up to the first defect
+/// (or the first record whose length disagrees with the offset index, which the verifier reports).
+struct ParsedChunk {
+    buf: Bytes,
+    views: Vec<RecordView>,
+    /// Why the record after the last view is not a valid record.
+    defect: Option<RecordDefect>,
+}
+
+impl ParsedChunk {
+    fn parse(c: &StreamCore, ch: &Chunk, buf: Bytes) -> Self {
+        let seg = &c.segments[ch.seg_i];
+        let mut views = Vec::with_capacity(ch.j - ch.i);
+        let mut at = 0usize;
+        for k in ch.i..ch.j {
+            match decode_record(&buf, at) {
+                Ok(view) => {
+                    views.push(view);
+                    let (span_start, span_end) = seg.span(k);
+                    if view.len as u64 != span_end - span_start {
+                        break;
+                    }
+                    at += view.len;
+                }
+                Err(defect) => return Self { buf, views, defect: Some(defect) },
+            }
+        }
+        Self { buf, views, defect: None }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The in-memory state of one on-disk stream: its segments with their dense offset indexes, the
 //! sparse chain-hash table, checkpoints, and the locks that order writers, readers and fsyncs.
 //!
-//! Lock order (never taken the other way round): `writer` -> `core` -> `anchors`; `sync` and
+//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursor` -> `anchors`; `sync` and
 //! `failed` are leaves, never held while taking another lock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,8 +152,12 @@ pub(crate) struct Stream {
     pub writer: Mutex<()>,
     pub core: RwLock<StreamCore>,
     /// Sparse chain table: `k -> hash of record k - 1`, for `k` a multiple of [`ANCHOR_INTERVAL`]
-    /// (plus whatever index files held), every entry computed by us, never read unverified.
+    /// (plus whatever index files held, and the read cursor), every entry computed by us, never
+    /// read unverified. Truncation, checkpoint install and compaction drop the entries they void.
     pub anchors: Mutex<BTreeMap<Offset, ChainHash>>,
+    /// The one entry of `anchors` off the [`ANCHOR_INTERVAL`] grid kept for a sequential reader:
+    /// where the last verified read stopped.
+    read_cursor: Mutex<Option<Offset>>,
     pub sync: Mutex<SyncState>,
     pub sync_cv: Condvar,
     /// Set by the first failed write or fsync: the stream refuses writes until reopened.
@@ -173,6 +177,7 @@ impl Stream {
             writer: Mutex::new(()),
             core: RwLock::new(core),
             anchors: Mutex::new(anchors),
+            read_cursor: Mutex::new(None),
             sync: Mutex::new(SyncState { durable, syncing: false, epoch: 0 }),
             sync_cv: Condvar::new(),
             failed: Mutex::new(None),
@@ -222,6 +227,24 @@ impl Stream {
     /// Notes that this process changed the stream.
     pub fn mark_modified(&self) {
         self.modified.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Notes in the sparse table that a verified read found `hash` for record `k - 1`, replacing
+    /// the previous such note (so the table grows by one entry at most). On the grid, the entry
+    /// is an ordinary anchor and stays.
+    pub fn set_read_cursor(&self, k: Offset, hash: ChainHash) {
+        if k.get().is_multiple_of(super::ANCHOR_INTERVAL) {
+            self.anchors.lock().insert(k, hash);
+            return;
+        }
+        let mut cursor = self.read_cursor.lock();
+        let mut anchors = self.anchors.lock();
+        if let Some(old) = cursor.replace(k)
+            && old != k
+        {
+            anchors.remove(&old);
+        }
+        anchors.insert(k, hash);
     }
 
     /// Records `anchors` (offset, hash before it) in the sparse table.
