@@ -17,6 +17,7 @@ pub mod compaction;
 mod disk;
 pub mod error;
 pub mod format;
+mod hash_ahead;
 mod index;
 pub mod io;
 pub mod memory;

@@ -7,7 +7,8 @@
 //! write per segment touched and, if asked, waits for a (shared) fsync.
 //!
 //! [`AppendPipeline`] runs the two stages on two threads for a sequence of batches;
-//! [`crate::Storage::append_batch`] runs them back to back.
+//! [`crate::Storage::append_batch`] runs them back to back, except that a large batch is hashed
+//! on the storage's hashing thread while the caller encodes and writes it (`hash_ahead.rs`).
 
 use std::ops::Range;
 

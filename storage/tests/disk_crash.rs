@@ -370,3 +370,54 @@ fn concurrent_fsync_appenders_all_learn_of_a_failed_fsync() {
     }
     s.verify_chain(S).unwrap();
 }
+
+/// Batches of 80 KiB take the hash-ahead path (hashes from the hashing thread, written in parts
+/// of about 64 KiB): a write failing in any part, with or without a crash after it, loses no
+/// acknowledged record and leaves no record half-visible.
+#[test]
+fn write_failure_inside_large_batches_loses_no_acknowledged_record() {
+    let big = StorageOptions { max_segment_bytes: 300 << 10, ..options() };
+    let kib = |i: u64| Bytes::from(vec![(i % 251) as u8; 1024]);
+    let mut failed_mid_stream = 0;
+    for fail_at in 0..24 {
+        for crash in [true, false] {
+            let fs = FaultyFileSystem::new();
+            let s = Storage::open_with_fs(ROOT, big.clone(), Arc::new(fs.clone())).unwrap();
+            fs.fail_write_after(fail_at);
+            let mut written = Vec::new();
+            let mut acked = 0u64;
+            for b in 0..12u64 {
+                let events: Vec<Bytes> = (b * 80..(b + 1) * 80).map(kib).collect();
+                let fsync = b % 2 == 1;
+                let r = s.append_batch(S, events.clone(), Offset::new(b * 80), fsync);
+                written.extend(events);
+                match r {
+                    Ok(n) if fsync => acked = n.get(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert!(matches!(e, StorageError::Io { .. }), "fail_at {fail_at}: {e}");
+                        failed_mid_stream += usize::from(b > 0);
+                        break;
+                    }
+                }
+            }
+            if crash {
+                fs.crash();
+            }
+            drop(s);
+            let s = Storage::open_with_fs(ROOT, big.clone(), Arc::new(fs.clone()))
+                .unwrap_or_else(|e| panic!("fail_at {fail_at}: reopen failed: {e}"));
+            let next = s.next_offset(S).unwrap().get();
+            assert!(next >= acked, "fail_at {fail_at}: acknowledged records lost: {next} < {acked}");
+            if next > 0 {
+                assert_eq!(s.verify_chain(S).unwrap().to.get(), next);
+            }
+            let recs = s.read_records(S, Offset::ZERO, usize::MAX).unwrap();
+            assert_eq!(recs.len() as u64, next);
+            for r in &recs {
+                assert_eq!(r.payload, written[r.offset.get() as usize]);
+            }
+        }
+    }
+    assert!(failed_mid_stream >= 20, "the sweep really failed writes of large batches ({failed_mid_stream})");
+}

@@ -5,21 +5,25 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::stream::Stream;
-use super::{Storage, io_err};
+use super::{Storage, io_err, now_ms};
+use crate::chain::chain_hash;
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
-use crate::codec::Codec;
+use crate::codec::{Codec, compress_payload};
 use crate::error::{Result, StorageError};
 use crate::format::names;
+use crate::hash_ahead::{HashAhead, HashJob};
 use crate::index::IndexFile;
 use crate::pipeline::{PreparedBatch, validate_batch};
+use crate::record::encode_record;
 use crate::types::{ChainHash, Offset, StreamId};
 
 use super::ANCHOR_INTERVAL;
 
-/// Batches with at least this much payload are appended in overlapping parts.
-const PIPELINE_MIN_BYTES: usize = 256 << 10;
-/// Payload bytes per part of a pipelined append.
-const PIPELINE_PART_BYTES: usize = 128 << 10;
+/// Batches (of two records or more) with at least this much payload are hashed on the hashing
+/// thread while this one encodes and writes them.
+const HASH_AHEAD_MIN_BYTES: usize = 64 << 10;
+/// Encoded bytes per write of a batch hashed ahead.
+const HASH_AHEAD_PART_BYTES: usize = 64 << 10;
 /// Sealed segments whose index file may wait for the next fsync point before rotation writes
 /// them inline (each index costs two fsyncs; a missing one is rebuilt on open).
 const MAX_PENDING_INDEXES: usize = 4;
@@ -56,17 +60,18 @@ impl Storage {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
         }
         let payload_bytes: usize = events.iter().map(Bytes::len).sum();
-        if payload_bytes >= PIPELINE_MIN_BYTES && events.len() > 1 {
-            return self.append_pipelined(&handle, events, next, fsync);
+        if payload_bytes >= HASH_AHEAD_MIN_BYTES && events.len() > 1 {
+            return self.append_hashed_ahead(&handle, events, next, fsync);
         }
         let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
         self.commit_to(&handle, batch, fsync)
     }
 
-    /// A large batch is prepared and written in parts, the two stages overlapping on two
-    /// threads (stage 1 hashes part k+1 while stage 2 writes part k), all under one hold of
-    /// the writer lock so no other append can slip between the parts.
-    fn append_pipelined(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+    /// A large batch, with its chain hashes computed on the hashing thread (see
+    /// [`crate::hash_ahead`]) while this thread compresses, encodes and writes it in parts of
+    /// about [`HASH_AHEAD_PART_BYTES`], all under one hold of the writer lock. When the hashing
+    /// thread is busy with another stream's batch, the batch is prepared and written here alone.
+    fn append_hashed_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
             h.check_usable()?;
@@ -77,58 +82,83 @@ impl Storage {
             if next != expected {
                 return Err(StorageError::OffsetMismatch { stream: h.id, expected, actual: next });
             }
-            let mut parts: Vec<Vec<Bytes>> = Vec::new();
-            let mut part = Vec::new();
-            let mut part_bytes = 0usize;
-            for e in events {
-                part_bytes += e.len();
-                part.push(e);
-                if part_bytes >= PIPELINE_PART_BYTES {
-                    parts.push(std::mem::take(&mut part));
-                    part_bytes = 0;
-                }
-            }
-            if !part.is_empty() {
-                parts.push(part);
-            }
-            let written = std::thread::scope(|scope| -> Result<Offset> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<PreparedBatch>(1);
-                let stage2 = scope.spawn(move || -> Result<()> {
-                    for batch in rx {
-                        self.write_locked(h, &batch)?;
+            let events = Arc::new(events);
+            let ahead = self.hash_ahead().and_then(|a| a.try_start(next, head, Arc::clone(&events)));
+            let written = match ahead {
+                Some((_user, job)) => {
+                    let r = self.write_hashed_ahead(h, &events, next, head, &job);
+                    if r.is_err() {
+                        job.cancel();
                     }
-                    Ok(())
-                });
-                let (mut at, mut prev) = (next, head);
-                let mut stage1 = Ok(());
-                for events in parts {
-                    match PreparedBatch::prepare(h.id, at, prev, events, &self.options, self.codec.as_ref()) {
-                        Ok(batch) => {
-                            at = batch.next();
-                            prev = batch.head();
-                            if tx.send(batch).is_err() {
-                                break; // stage 2 failed; its error is reported below
-                            }
-                        }
-                        Err(e) => {
-                            stage1 = Err(e);
-                            break;
-                        }
-                    }
+                    r
                 }
-                drop(tx);
-                match stage2.join() {
-                    Ok(r) => r?,
-                    Err(panic) => std::panic::resume_unwind(panic),
+                None => {
+                    let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
+                    PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())
+                        .and_then(|batch| self.write_locked(h, &batch).map(|()| batch.next()))
                 }
-                stage1?;
-                Ok(at)
-            });
+            };
             let end = h.guard(written)?;
             self.policy_checkpoint_locked(h);
             (end, h.sync.lock().epoch)
         };
         self.finish_append(h, end, epoch, fsync)
+    }
+
+    /// Encodes and writes `events` as records `base, base + 1, ...` after `head`, taking each
+    /// record's hash from `job` (the hashing thread) once the record is encoded. Returns the
+    /// next offset.
+    fn write_hashed_ahead(
+        &self,
+        h: &Stream,
+        events: &[Bytes],
+        base: Offset,
+        head: ChainHash,
+        job: &HashJob,
+    ) -> Result<Offset> {
+        let codec = self.codec.as_ref();
+        let mut part = PreparedBatch {
+            stream: h.id,
+            base,
+            prev_hash: head,
+            events: Vec::new(),
+            encoded: Vec::with_capacity(HASH_AHEAD_PART_BYTES + self.options.max_record_bytes.min(1 << 20)),
+            starts: Vec::new(),
+            hashes: Vec::new(),
+            append_time_ms: now_ms(),
+        };
+        let mut prev = head;
+        for (i, payload) in events.iter().enumerate() {
+            let offset = base.plus(i as u64);
+            let (codec_id, compressed) = compress_payload(codec, payload);
+            let stored = compressed.as_deref().unwrap_or(payload);
+            part.starts.push(part.encoded.len());
+            encode_record(&mut part.encoded, offset, codec_id, part.append_time_ms, &prev, payload.len(), stored);
+            prev = job.hash(i);
+            debug_assert_eq!(prev, chain_hash(offset, &part.hashes.last().copied().unwrap_or(part.prev_hash), payload));
+            part.hashes.push(prev);
+            if part.encoded.len() >= HASH_AHEAD_PART_BYTES || i + 1 == events.len() {
+                part.starts.push(part.encoded.len());
+                self.write_locked(h, &part)?;
+                part.base = offset.plus(1);
+                part.prev_hash = prev;
+                part.encoded.clear();
+                part.starts.clear();
+                part.hashes.clear();
+            }
+        }
+        Ok(base.plus(events.len() as u64))
+    }
+
+    /// The hashing thread, started on first use; `None` where it cannot help (one CPU) or could
+    /// not be started.
+    fn hash_ahead(&self) -> Option<&HashAhead> {
+        self.hash_ahead
+            .get_or_init(|| {
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                if cpus >= 2 { HashAhead::start() } else { None }
+            })
+            .as_ref()
     }
 
     /// Stage 1 of an append, for callers that pipeline: see [`PreparedBatch::prepare`].
