@@ -7,8 +7,8 @@
 //! write per segment touched and, if asked, waits for a (shared) fsync.
 //!
 //! [`AppendPipeline`] runs the two stages on two threads for a sequence of batches;
-//! [`crate::Storage::append_batch`] runs them back to back, except that a large batch is hashed
-//! on the storage's hashing thread while the caller encodes and writes it (`hash_ahead.rs`).
+//! [`crate::Storage::append_batch`] runs them back to back, except that a large batch is prepared
+//! part by part on the storage's preparing thread while the caller writes it (`prepare_ahead.rs`).
 
 use std::ops::Range;
 
@@ -19,7 +19,7 @@ use crate::codec::{Codec, compress_payload};
 use crate::disk::{Storage, now_ms};
 use crate::error::{Result, StorageError};
 use crate::options::StorageOptions;
-use crate::record::encode_record;
+use crate::record::{encode_record, seal_record};
 use crate::types::{ChainHash, Offset, StreamId};
 
 /// A batch encoded, compressed and hashed, ready to be written at [`PreparedBatch::base`].
@@ -38,6 +38,9 @@ pub struct PreparedBatch {
     /// Chain hash of each record.
     pub(crate) hashes: Vec<ChainHash>,
     pub(crate) append_time_ms: u64,
+    /// Whether every record's CRC is filled in (see [`PreparedBatch::seal`]); only sealed
+    /// batches are written.
+    pub(crate) sealed: bool,
 }
 
 /// Checks a batch against the limits, in the same order as [`crate::MemoryStorage`].
@@ -95,7 +98,18 @@ impl PreparedBatch {
             prev = hash;
         }
         starts.push(encoded.len());
-        Ok(Self { stream, base, prev_hash, events, encoded, starts, hashes, append_time_ms })
+        Ok(Self { stream, base, prev_hash, events, encoded, starts, hashes, append_time_ms, sealed: true })
+    }
+
+    /// Fills in the CRC of every record encoded without one.
+    pub(crate) fn seal(&mut self) {
+        if !self.sealed {
+            for i in 0..self.len() {
+                let range = self.byte_range(i, i + 1);
+                seal_record(&mut self.encoded[range]);
+            }
+            self.sealed = true;
+        }
     }
 
     /// The stream it is for.

@@ -65,6 +65,22 @@ pub(crate) fn encode_record(
     uncompressed_len: usize,
     stored: &[u8],
 ) {
+    let start = out.len();
+    encode_record_unsealed(out, offset, codec, append_time_ms, prev_hash, uncompressed_len, stored);
+    seal_record(&mut out[start..]);
+}
+
+/// As [`encode_record`], with the CRC field left zero for [`seal_record`] to fill in (possibly on
+/// another thread: the CRC is a good share of the encoding work).
+pub(crate) fn encode_record_unsealed(
+    out: &mut Vec<u8>,
+    offset: Offset,
+    codec: CodecId,
+    append_time_ms: u64,
+    prev_hash: &ChainHash,
+    uncompressed_len: usize,
+    stored: &[u8],
+) {
     debug_assert!(stored.len() <= rec::MAX_PAYLOAD_LEN && uncompressed_len <= rec::MAX_PAYLOAD_LEN);
     debug_assert!(codec != CodecId::NONE || stored.len() == uncompressed_len);
     let start = out.len();
@@ -77,10 +93,16 @@ pub(crate) fn encode_record(
     out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
     debug_assert_eq!(out.len() - start, rec::HEADER_LEN);
     out.extend_from_slice(stored);
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.push(rec::END_MARKER);
     debug_assert_eq!(out.len() - start, rec::encoded_len(stored.len()));
+}
+
+/// Fills in the CRC of one whole encoded record (which covers every byte before it).
+pub(crate) fn seal_record(record: &mut [u8]) {
+    let crc_at = record.len() - rec::TRAILER_LEN;
+    let crc = crc32fast::hash(&record[..crc_at]);
+    record[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Decodes the record starting at `at` in `buf`.

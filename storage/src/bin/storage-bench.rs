@@ -337,6 +337,25 @@ fn raw_fsync_rate(dir: &Path, time: Duration) -> std::io::Result<f64> {
     Ok(rate)
 }
 
+/// The file system's own buffered write rate: `max_bytes` (or `cap` worth) of 100 KiB positional
+/// writes into a fresh file, no fsync, as the appends do. Returns bytes written and the time.
+fn raw_write_run(dir: &Path, max_bytes: u64, cap: Duration) -> std::io::Result<(u64, Timing)> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("raw-write");
+    let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let buf = payload(5, 100 * 1024);
+    let mut at = 0u64;
+    let watch = Stopwatch::start();
+    while at < max_bytes && watch.elapsed() < cap {
+        file.write_all_at(&buf, at)?;
+        at += buf.len() as u64;
+    }
+    let t = watch.stop();
+    std::fs::remove_file(&path)?;
+    Ok((at, t))
+}
+
 /// Writes `bytes` of 1 KiB records to `stream` (batches of 1000, no fsync, then one sync).
 fn fill(storage: &Storage, stream: StreamId, bytes: u64) -> Result<u64, StorageError> {
     let events: Vec<Bytes> = (0..1000u64).map(|i| payload(i + 99, 1024)).collect();
@@ -502,7 +521,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let storage = Arc::new(Storage::open_with(dir.join("data"), options())?);
     let mut streams = (1u64..).map(StreamId::new);
     if args.runs("append") {
-        append_section(&storage, &plan, &mut streams, &mut report)?;
+        append_section(&storage, &plan, &dir, &mut streams, &mut report)?;
         report.line("");
     }
     if args.runs("group") {
@@ -536,9 +555,14 @@ fn on_off(fsync: bool) -> &'static str {
 fn append_section(
     storage: &Storage,
     plan: &Plan,
+    dir: &Path,
     streams: &mut impl Iterator<Item = StreamId>,
     report: &mut Report,
-) -> Result<(), StorageError> {
+) -> Result<(), Box<dyn std::error::Error>> {
+    // What the file system alone does with the same volume: the floor under every append figure.
+    report.fresh_yardstick();
+    let (bytes, t) = raw_write_run(dir, plan.append_bytes, plan.time_cap)?;
+    report.compared_row("raw page-cache write, 100 KiB pwrites (no storage)", bytes / 1024, bytes, t);
     let mut best_1k: Option<(Share, String)> = None;
     for pipelined in [false, true] {
         for record_bytes in [100usize, 1024] {

@@ -51,8 +51,8 @@ pub struct Storage {
     create: Mutex<()>,
     /// Recently used read buffers (see `read_pooled`).
     read_buffers: Mutex<Vec<Bytes>>,
-    /// The thread that hashes large batches ahead of their writer (see `append_hashed_ahead`).
-    hash_ahead: std::sync::OnceLock<Option<crate::hash_ahead::HashAhead>>,
+    /// The thread that prepares large batches ahead of their writer (see `append_prepared_ahead`).
+    prepare_ahead: std::sync::OnceLock<Option<crate::prepare_ahead::PrepareAhead>>,
     /// Set by the first clean shutdown (`close` or drop).
     closed: std::sync::atomic::AtomicBool,
     _lock: Box<dyn FsLock>,
@@ -126,7 +126,7 @@ impl Storage {
             streams: RwLock::new(BTreeMap::new()),
             create: Mutex::new(()),
             read_buffers: Mutex::new(Vec::new()),
-            hash_ahead: std::sync::OnceLock::new(),
+            prepare_ahead: std::sync::OnceLock::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };

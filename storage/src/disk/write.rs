@@ -6,24 +6,22 @@ use bytes::Bytes;
 
 use super::stream::Stream;
 use super::{Storage, io_err, now_ms};
-use crate::chain::chain_hash;
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
-use crate::codec::{Codec, compress_payload};
+use crate::codec::Codec;
 use crate::error::{Result, StorageError};
 use crate::format::names;
-use crate::hash_ahead::{HashAhead, HashJob};
 use crate::index::IndexFile;
 use crate::pipeline::{PreparedBatch, validate_batch};
-use crate::record::encode_record;
+use crate::prepare_ahead::PrepareAhead;
 use crate::types::{ChainHash, Offset, StreamId};
 
 use super::ANCHOR_INTERVAL;
 
-/// Batches (of two records or more) with at least this much payload are hashed on the hashing
-/// thread while this one encodes and writes them.
-const HASH_AHEAD_MIN_BYTES: usize = 64 << 10;
-/// Encoded bytes per write of a batch hashed ahead.
-const HASH_AHEAD_PART_BYTES: usize = 64 << 10;
+/// Batches (of two records or more) with at least this much payload are prepared on the
+/// preparing thread while this one writes them.
+const AHEAD_MIN_BYTES: usize = 64 << 10;
+/// Encoded bytes per part (one write each) of a batch prepared ahead.
+const AHEAD_PART_BYTES: usize = 32 << 10;
 /// Sealed segments whose index file may wait for the next fsync point before rotation writes
 /// them inline (each index costs two fsyncs; a missing one is rebuilt on open).
 const MAX_PENDING_INDEXES: usize = 4;
@@ -60,18 +58,18 @@ impl Storage {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
         }
         let payload_bytes: usize = events.iter().map(Bytes::len).sum();
-        if payload_bytes >= HASH_AHEAD_MIN_BYTES && events.len() > 1 {
-            return self.append_hashed_ahead(&handle, events, next, fsync);
+        if payload_bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
+            return self.append_prepared_ahead(&handle, events, next, fsync);
         }
         let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
         self.commit_to(&handle, batch, fsync)
     }
 
-    /// A large batch, with its chain hashes computed on the hashing thread (see
-    /// [`crate::hash_ahead`]) while this thread compresses, encodes and writes it in parts of
-    /// about [`HASH_AHEAD_PART_BYTES`], all under one hold of the writer lock. When the hashing
-    /// thread is busy with another stream's batch, the batch is prepared and written here alone.
-    fn append_hashed_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+    /// A large batch, prepared (compressed, hashed, encoded) part by part on the preparing thread
+    /// (see [`crate::prepare_ahead`]) while this thread writes the parts already prepared, all
+    /// under one hold of the writer lock. When that thread is busy with another stream's batch,
+    /// the batch is prepared here.
+    fn append_prepared_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
             h.check_usable()?;
@@ -82,81 +80,42 @@ impl Storage {
             if next != expected {
                 return Err(StorageError::OffsetMismatch { stream: h.id, expected, actual: next });
             }
+            let end = next.plus(events.len() as u64);
             let events = Arc::new(events);
-            let ahead = self.hash_ahead().and_then(|a| a.try_start(next, head, Arc::clone(&events)));
-            let written = match ahead {
-                Some((_user, job)) => {
-                    let r = self.write_hashed_ahead(h, &events, next, head, &job);
-                    if r.is_err() {
-                        job.cancel();
-                    }
-                    r
+            let parts = self.prepare_ahead().and_then(|a| {
+                a.try_start(h.id, next, head, Arc::clone(&events), Arc::clone(&self.codec), now_ms(), AHEAD_PART_BYTES)
+            });
+            let mut written = next;
+            if let Some(mut parts) = parts {
+                while let Some(mut part) = parts.next_part() {
+                    debug_assert_eq!(part.base, written, "parts arrive in order");
+                    part.seal();
+                    let r = self.write_locked(h, &part);
+                    h.guard(r)?;
+                    written = part.next();
                 }
-                None => {
-                    let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
-                    PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())
-                        .and_then(|batch| self.write_locked(h, &batch).map(|()| batch.next()))
-                }
-            };
-            let end = h.guard(written)?;
+            }
+            if written < end {
+                // Prepared here: the thread was busy, or it died part-way.
+                let rest = events[(written.get() - next.get()) as usize..].to_vec();
+                let head = h.core.read().head;
+                let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
+                let r = self.write_locked(h, &batch);
+                h.guard(r)?;
+            }
             self.policy_checkpoint_locked(h);
             (end, h.sync.lock().epoch)
         };
         self.finish_append(h, end, epoch, fsync)
     }
 
-    /// Encodes and writes `events` as records `base, base + 1, ...` after `head`, taking each
-    /// record's hash from `job` (the hashing thread) once the record is encoded. Returns the
-    /// next offset.
-    fn write_hashed_ahead(
-        &self,
-        h: &Stream,
-        events: &[Bytes],
-        base: Offset,
-        head: ChainHash,
-        job: &HashJob,
-    ) -> Result<Offset> {
-        let codec = self.codec.as_ref();
-        let mut part = PreparedBatch {
-            stream: h.id,
-            base,
-            prev_hash: head,
-            events: Vec::new(),
-            encoded: Vec::with_capacity(HASH_AHEAD_PART_BYTES + self.options.max_record_bytes.min(1 << 20)),
-            starts: Vec::new(),
-            hashes: Vec::new(),
-            append_time_ms: now_ms(),
-        };
-        let mut prev = head;
-        for (i, payload) in events.iter().enumerate() {
-            let offset = base.plus(i as u64);
-            let (codec_id, compressed) = compress_payload(codec, payload);
-            let stored = compressed.as_deref().unwrap_or(payload);
-            part.starts.push(part.encoded.len());
-            encode_record(&mut part.encoded, offset, codec_id, part.append_time_ms, &prev, payload.len(), stored);
-            prev = job.hash(i);
-            debug_assert_eq!(prev, chain_hash(offset, &part.hashes.last().copied().unwrap_or(part.prev_hash), payload));
-            part.hashes.push(prev);
-            if part.encoded.len() >= HASH_AHEAD_PART_BYTES || i + 1 == events.len() {
-                part.starts.push(part.encoded.len());
-                self.write_locked(h, &part)?;
-                part.base = offset.plus(1);
-                part.prev_hash = prev;
-                part.encoded.clear();
-                part.starts.clear();
-                part.hashes.clear();
-            }
-        }
-        Ok(base.plus(events.len() as u64))
-    }
-
-    /// The hashing thread, started on first use; `None` where it cannot help (one CPU) or could
+    /// The preparing thread, started on first use; `None` where it cannot help (one CPU) or could
     /// not be started.
-    fn hash_ahead(&self) -> Option<&HashAhead> {
-        self.hash_ahead
+    fn prepare_ahead(&self) -> Option<&PrepareAhead> {
+        self.prepare_ahead
             .get_or_init(|| {
                 let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-                if cpus >= 2 { HashAhead::start() } else { None }
+                if cpus >= 2 { PrepareAhead::start() } else { None }
             })
             .as_ref()
     }
@@ -227,6 +186,7 @@ impl Storage {
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
     fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
+        debug_assert!(batch.sealed, "every record's CRC is filled in before it is written");
         h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
