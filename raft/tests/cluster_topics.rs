@@ -79,11 +79,12 @@ async fn delete_topic_stops_groups_and_deletes_streams() {
     c.wait_partition_leaders("doomed").await;
     c.produce("doomed", 0, vec![record("k", "v")], None).await.expect("produce");
     let groups: Vec<_> = (0..2).map(|p| partition_group_id(info.id, p)).collect();
-    for node in &c.nodes {
-        for g in &groups {
-            assert!(node.storage.streams().contains(&g.log_stream()), "node {} holds {g}", node.id);
-        }
-    }
+    // A replica's log stream appears with the first entry it receives, which may come after the
+    // leaders are agreed (a follower's `leader_of` names the preferred replica before its group runs).
+    wait_for("every replica holds every group's log stream", || async {
+        c.nodes.iter().all(|node| groups.iter().all(|g| node.storage.streams().contains(&g.log_stream()))).then_some(())
+    })
+    .await;
     let ml = c.metadata_leader().await;
     c.node(ml).delete_topic("doomed").await.expect("delete");
     wait_for("groups stopped and streams deleted everywhere", || async {

@@ -1,5 +1,6 @@
 //! The gRPC server refuses what it must not hand to openraft: unknown groups (NOT_FOUND, which
-//! senders treat as unreachable), undecodable entries, and damaged or inconsistent snapshots.
+//! senders treat as unreachable), undecodable entries, and damaged or inconsistent snapshots. The
+//! client stops pulling a replication session's requests once the session is over.
 
 mod core_support;
 
@@ -115,4 +116,125 @@ async fn damaged_or_inconsistent_snapshots_are_refused() {
     // The group is still healthy after all of that.
     group.health().expect("core still running");
     group.shutdown().await.unwrap();
+}
+
+/// A peer whose `stream_append` answers the first request, then ends the response while it keeps
+/// reading (and reporting) requests: what a follower does when its group stops mid-stream.
+struct HalfClosingPeer {
+    received: tokio::sync::mpsc::UnboundedSender<pb::AppendEntriesRequest>,
+}
+
+type ResponseStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for HalfClosingPeer {
+    async fn vote(
+        &self,
+        _: tonic::Request<pb::VoteRequest>,
+    ) -> Result<tonic::Response<pb::VoteResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("vote"))
+    }
+
+    async fn append_entries(
+        &self,
+        _: tonic::Request<pb::AppendEntriesRequest>,
+    ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("append_entries"))
+    }
+
+    type StreamAppendStream = ResponseStream;
+
+    async fn stream_append(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
+        use tokio_stream::StreamExt;
+        let mut input = request.into_inner();
+        let first = input.next().await.ok_or_else(|| tonic::Status::invalid_argument("empty stream"))??;
+        let received = self.received.clone();
+        let _ = received.send(first);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = input.next().await {
+                let _ = received.send(m);
+            }
+        });
+        let answer = pb::AppendEntriesResponse {
+            outcome: pb::append_entries_response::Outcome::Success as i32,
+            last_log_id: None,
+            rejected_by: None,
+        };
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter([Ok(answer)]))))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::InstallSnapshotRequest>>,
+    ) -> Result<tonic::Response<pb::InstallSnapshotResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("install_snapshot"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: tonic::Request<pb::TransferLeaderRequest>,
+    ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("transfer_leader"))
+    }
+}
+
+/// Regression: openraft's request streams of one replication target share their state, so a
+/// request stream still pulled after its session ended steals the next session's entries (seen
+/// as a follower that never received a committed entry after it restarted, on an idle group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_replication_session_pulls_no_more_requests() {
+    use futures::StreamExt;
+    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+    use openraft::raft::AppendEntriesRequest;
+    use shale_raft::network::client::GroupNetworkFactory;
+    use shale_raft::types::Vote;
+    use shale_raft::{Node, TypeConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    init_tracing();
+    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = pb::raft_service_server::RaftServiceServer::new(HalfClosingPeer { received: received_tx });
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+
+    let router = Router::new(1, NetworkConfig::default()).unwrap();
+    let mut factory = GroupNetworkFactory::new(router, GroupId(9));
+    let mut peer = factory.new_client(2, &Node::new(addr.to_string())).await;
+    let request = || AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let input = tokio_stream::wrappers::UnboundedReceiverStream::new(requests_rx).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    requests_tx.send(request()).unwrap();
+    let option = RPCOption::new(Duration::from_secs(1));
+    let mut responses = peer.stream_append(input, option).await.expect("session opened");
+    assert!(matches!(responses.next().await, Some(Ok(Ok(None)))), "the first request is answered");
+    assert!(responses.next().await.is_none(), "the peer ended the response");
+    drop(responses);
+    assert!(received.recv().await.is_some(), "the peer got the first request");
+
+    // The session is over: what the replication core produces next belongs to the next session.
+    requests_tx.send(request()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pulled.load(Ordering::SeqCst), 1, "a finished session pulled another request");
+    assert!(received.try_recv().is_err(), "a finished session sent another request");
 }

@@ -148,6 +148,40 @@ impl PeerClient {
     }
 }
 
+/// The response stream of one replication session; it also ends the session's request stream.
+///
+/// openraft's request streams are not independent: all the sessions of one replication target
+/// pull from one shared state (the entries still to send, behind a mutex that a pull holds while
+/// it waits for new log entries). tonic, however, keeps pulling a request stream for as long as
+/// the HTTP/2 stream is open for sending, which can outlive the response: a follower whose group
+/// stops ends the response but keeps reading requests until the next one fails. A request stream
+/// still pulled after openraft gave up its session would take the next entries away from the
+/// following session and send them into that dead stream; the new session then waits for entries
+/// that never come (nothing is lost, but replication to that follower stalls until the next write,
+/// indefinitely on an idle group), and the stale pull can hold the mutex meanwhile.
+///
+/// So the request stream is cut (`take_until`, checked before every pull) when this stream ends
+/// or is dropped (openraft drops it as soon as the session is over, whatever the reason; a failed
+/// call drops the sender before this stream exists). A dropped request stream also releases any
+/// pull in progress, mutex included.
+struct SessionStream<'s, T> {
+    responses: BoxStream<'s, T>,
+    /// Dropping it ends the session's request stream.
+    session: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<T> Stream for SessionStream<'_, T> {
+    type Item = T;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        let next = self.responses.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.session = None;
+        }
+        next
+    }
+}
+
 fn streaming(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
     match e {
         RPCError::Timeout(t) => StreamingError::Timeout(t),
@@ -192,8 +226,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
+            // The request stream ends as soon as this session is over (see [`SessionStream`]).
+            let (session, session_over) = tokio::sync::oneshot::channel::<()>();
             let requests = futures::stream::once(futures::future::ready(first))
                 .chain(input)
+                .take_until(session_over)
                 .map(move |r| convert::append_request_to_pb(group, &r));
             let connect = self.request_timeout;
             let resp = tokio::time::timeout(connect, client.stream_append(requests))
@@ -205,7 +242,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Ok(r) => convert::stream_result_from_pb(&r).map_err(|e| this.bad_reply(e)),
                 Err(s) => Err(this.status_err(&s)),
             });
-            Ok(Box::pin(output) as BoxStream<'s, _>)
+            Ok(Box::pin(SessionStream { responses: Box::pin(output), session: Some(session) }) as BoxStream<'s, _>)
         })
     }
 

@@ -83,12 +83,12 @@ impl RaftService for RaftGrpcService {
         };
         let first = first?;
         let group = first.group_id;
-        let (raft, mut stopped) = {
+        let (raft, mut stopped, mut input_stopped) = {
             let id = GroupId(group);
             let g = self.router.group(id).ok_or_else(|| {
                 Status::not_found(format!("group {id} is not running on node {}", self.router.node_id()))
             })?;
-            (g.raft().clone(), g.stopped())
+            (g.raft().clone(), g.stopped(), g.stopped())
         };
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
         // A message that does not decode, or names another group, ends the input; openraft then
@@ -108,9 +108,14 @@ impl RaftService for RaftGrpcService {
             };
             futures::future::ready(next)
         });
-        let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
         // The response stream ends when the group shuts down, so a node stopping its server is
-        // not held up by a leader's open replication stream.
+        // not held up by a leader's open replication stream. The requests end then too: openraft
+        // keeps reading its input until a message fails to reach the stopped core, and meanwhile
+        // the leader would keep streaming entries into a stream nobody answers.
+        let input_stop = async move {
+            let _ = input_stopped.wait_for(|s| *s).await;
+        };
+        let requests = futures::stream::once(futures::future::ready(first)).chain(rest).take_until(input_stop);
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
