@@ -564,6 +564,38 @@ fn append_section(
     let (bytes, t) = raw_write_run(dir, plan.append_bytes, plan.time_cap)?;
     report.compared_row("raw page-cache write, 100 KiB pwrites (no storage)", bytes / 1024, bytes, t);
     let mut best_1k: Option<(Share, String)> = None;
+    // Every 64 MiB (the default segment size) an append seals the full segment with an fsync, so
+    // the figures below include the disk's write bandwidth. The same appends with segments larger
+    // than the run show the append path itself: no fsync at all, as the target says. They run
+    // first, on a fresh page cache (after gigabytes of appends the kernel's writeback of earlier
+    // figures competes for the two cores), and each is the median of three runs.
+    let unsealed_dir = dir.join("one-segment");
+    let unsealed = Storage::open_with(
+        &unsealed_dir,
+        StorageOptions { max_segment_bytes: (plan.append_bytes * 2).max(1 << 30), ..options() },
+    )?;
+    for batch in [100usize, 1000] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let stream = streams.next().expect("endless");
+            report.fresh_yardstick();
+            let before = report.sha_wall;
+            let (records, t) = append_run(&unsealed, stream, 1024, batch, false, plan.append_bytes, plan.time_cap)?;
+            unsealed.delete_stream(stream)?;
+            runs.push((mb_per_s(records * 1024, t.wall), records, t, before));
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, records, t, yardstick) = runs[1];
+        report.sha_wall = yardstick;
+        let name = format!("append 1024 B, batch {batch}, fsync off, no seal, median");
+        let share = report.compared_row(&name, records, records * 1024, t);
+        if best_1k.as_ref().is_none_or(|(b, _)| share.verdict_pct() > b.verdict_pct()) {
+            best_1k = Some((share, name));
+        }
+    }
+    drop(unsealed);
+    std::fs::remove_dir_all(&unsealed_dir)?;
+    report.line("  (\"no seal\": segments larger than the run, so no segment is sealed with an fsync; median of 3)");
     for pipelined in [false, true] {
         for record_bytes in [100usize, 1024] {
             for fsync in [false, true] {
@@ -597,27 +629,6 @@ fn append_section(
             }
         }
     }
-    // Every 64 MiB (the default segment size) an append seals the full segment with an fsync, so
-    // the figures above include the disk's write bandwidth. The same appends with segments larger
-    // than the run show the append path itself: no fsync at all, as the target says.
-    let unsealed_dir = dir.join("one-segment");
-    let unsealed = Storage::open_with(
-        &unsealed_dir,
-        StorageOptions { max_segment_bytes: (plan.append_bytes * 2).max(1 << 30), ..options() },
-    )?;
-    for batch in [100usize, 1000] {
-        let stream = streams.next().expect("endless");
-        report.fresh_yardstick();
-        let (records, t) = append_run(&unsealed, stream, 1024, batch, false, plan.append_bytes, plan.time_cap)?;
-        let name = format!("append 1024 B, batch {batch}, fsync off, no segment sealed");
-        let share = report.compared_row(&name, records, records * 1024, t);
-        if best_1k.as_ref().is_none_or(|(b, _)| share.verdict_pct() > b.verdict_pct()) {
-            best_1k = Some((share, name));
-        }
-        unsealed.delete_stream(stream)?;
-    }
-    drop(unsealed);
-    std::fs::remove_dir_all(&unsealed_dir)?;
     if let Some((share, name)) = best_1k {
         report.target(
             "append 1 KiB, no fsync >= 75% of SHA-256",
