@@ -18,6 +18,11 @@ pub struct StorageOptions {
     pub checkpoint_policy: CheckpointPolicy,
     /// The codec new records are compressed with (kept only where it makes a record smaller).
     pub codec: CodecKind,
+    /// Whether a batch of 64 KiB or more is prepared (compressed, hashed, encoded) on a helper
+    /// thread while the appending thread writes it. Worth it with a core to spare (the helper
+    /// polls for work for a moment between batches); off where several storages share few cores.
+    /// The memory backend ignores it.
+    pub prepare_ahead: bool,
 }
 
 impl Default for StorageOptions {
@@ -28,6 +33,7 @@ impl Default for StorageOptions {
             max_batch_bytes: 64 << 20,
             checkpoint_policy: CheckpointPolicy::default(),
             codec: CodecKind::None,
+            prepare_ahead: true,
         }
     }
 }

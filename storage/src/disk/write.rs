@@ -58,7 +58,7 @@ impl Storage {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
         }
         let payload_bytes: usize = events.iter().map(Bytes::len).sum();
-        if payload_bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
+        if self.options.prepare_ahead && payload_bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
             return self.append_prepared_ahead(&handle, events, next, fsync);
         }
         let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
