@@ -98,7 +98,10 @@ impl PreparedBatch {
             prev = hash;
         }
         starts.push(encoded.len());
-        Ok(Self { stream, base, prev_hash, events, encoded, starts, hashes, append_time_ms, sealed: true })
+        let mut batch =
+            Self { stream, base, prev_hash, events, encoded, starts, hashes, append_time_ms, sealed: false };
+        batch.seal();
+        Ok(batch)
     }
 
     /// Fills in the CRC of every record encoded without one.

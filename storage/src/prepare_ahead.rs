@@ -22,7 +22,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::chain::chain_hash;
 use crate::codec::{Codec, compress_payload};
 use crate::pipeline::PreparedBatch;
-use crate::record::encode_record_unsealed;
+use crate::record::encode_record;
 use crate::types::{ChainHash, Offset, StreamId};
 
 /// How long the thread keeps polling for the next batch after finishing one before it sleeps:
@@ -33,18 +33,32 @@ const SPINS: u32 = 4000;
 /// Parts prepared but not yet written, at most (bounds the memory a batch holds twice).
 const PARTS_AHEAD: usize = 8;
 
-/// One batch to prepare.
+/// A batch to prepare: `events` for `stream`, the first at `base`, continuing the chain from
+/// `prev`, cut into parts of about `part_bytes` encoded bytes.
+#[derive(Debug)]
+pub(crate) struct BatchToPrepare {
+    pub stream: StreamId,
+    pub base: Offset,
+    pub prev: ChainHash,
+    pub events: Arc<Vec<Bytes>>,
+    pub codec: Arc<dyn Codec>,
+    pub append_time_ms: u64,
+    pub part_bytes: usize,
+}
+
+/// A batch handed to the thread, with where its parts go, in order.
 #[derive(Debug)]
 struct Job {
-    stream: StreamId,
-    base: Offset,
-    prev: ChainHash,
-    events: Arc<Vec<Bytes>>,
-    codec: Arc<dyn Codec>,
-    append_time_ms: u64,
-    part_bytes: usize,
-    /// Where the parts go, in order.
+    batch: BatchToPrepare,
     parts: SyncSender<PreparedBatch>,
+}
+
+impl std::ops::Deref for Job {
+    type Target = BatchToPrepare;
+
+    fn deref(&self) -> &BatchToPrepare {
+        &self.batch
+    }
 }
 
 impl Job {
@@ -59,15 +73,7 @@ impl Job {
             let stored = compressed.as_deref().unwrap_or(payload);
             part.starts.push(part.encoded.len());
             // The appending thread fills in the CRCs: that balances the two threads' work.
-            encode_record_unsealed(
-                &mut part.encoded,
-                offset,
-                codec_id,
-                self.append_time_ms,
-                &prev,
-                payload.len(),
-                stored,
-            );
+            encode_record(&mut part.encoded, offset, codec_id, self.append_time_ms, &prev, payload.len(), stored);
             prev = chain_hash(offset, &prev, payload);
             part.hashes.push(prev);
             if part.encoded.len() >= self.part_bytes || i + 1 == self.events.len() {
@@ -135,24 +141,12 @@ impl PrepareAhead {
         Some(Self { jobs: Mutex::new(Some(tx)), user: Mutex::new(()), thread: Mutex::new(Some(thread)) })
     }
 
-    /// Hands the thread the batch `events` for `stream`, whose first record is at `base` and
-    /// continues the chain from `prev`, to be cut into parts of about `part_bytes` encoded bytes.
-    /// `None` when another append is using the thread (or it is gone): the caller prepares inline.
-    #[allow(clippy::too_many_arguments)]
-    pub fn try_start(
-        &self,
-        stream: StreamId,
-        base: Offset,
-        prev: ChainHash,
-        events: Arc<Vec<Bytes>>,
-        codec: Arc<dyn Codec>,
-        append_time_ms: u64,
-        part_bytes: usize,
-    ) -> Option<Parts<'_>> {
+    /// Hands the thread `batch`. `None` when another append is using the thread (or it is
+    /// gone): the caller prepares inline. The parts hold the thread for this append until dropped.
+    pub fn try_start(&self, batch: BatchToPrepare) -> Option<Parts<'_>> {
         let user = self.user.try_lock()?;
         let (parts, rx) = sync_channel(PARTS_AHEAD);
-        let job = Job { stream, base, prev, events, codec, append_time_ms, part_bytes, parts };
-        self.jobs.lock().as_ref()?.send(job).ok()?;
+        self.jobs.lock().as_ref()?.send(Job { batch, parts }).ok()?;
         Some(Parts { rx, _user: user })
     }
 }
@@ -207,15 +201,18 @@ mod tests {
         let events: Arc<Vec<Bytes>> = Arc::new((0..300u32).map(|i| Bytes::from(vec![i as u8; 700])).collect());
         let codec: Arc<dyn Codec> = Arc::new(NoneCodec);
         let prev = ChainHash([3; 32]);
-        let mut parts = ahead
-            .try_start(StreamId::new(1), Offset::new(10), prev, Arc::clone(&events), codec.clone(), 5, 16 << 10)
-            .unwrap();
+        let batch = |stream: u64, base: Offset, prev: ChainHash, part_bytes: usize| BatchToPrepare {
+            stream: StreamId::new(stream),
+            base,
+            prev,
+            events: Arc::clone(&events),
+            codec: Arc::clone(&codec),
+            append_time_ms: 5,
+            part_bytes,
+        };
+        let mut parts = ahead.try_start(batch(1, Offset::new(10), prev, 16 << 10)).unwrap();
         // One batch at a time.
-        assert!(
-            ahead
-                .try_start(StreamId::new(2), Offset::ZERO, ChainHash::ZERO, Arc::clone(&events), codec, 5, 1)
-                .is_none()
-        );
+        assert!(ahead.try_start(batch(2, Offset::ZERO, ChainHash::ZERO, 1)).is_none());
         let whole = PreparedBatch::prepare(
             StreamId::new(1),
             Offset::new(10),

@@ -55,24 +55,9 @@ fn hash_at(b: &[u8], at: usize) -> ChainHash {
     ChainHash(b[at..at + 32].try_into().expect("32 bytes"))
 }
 
-/// Appends one encoded record to `out`.
+/// Appends one encoded record to `out`, its CRC field left zero for [`seal_record`] to fill in
+/// (possibly on another thread: the CRC is a good share of the encoding work).
 pub(crate) fn encode_record(
-    out: &mut Vec<u8>,
-    offset: Offset,
-    codec: CodecId,
-    append_time_ms: u64,
-    prev_hash: &ChainHash,
-    uncompressed_len: usize,
-    stored: &[u8],
-) {
-    let start = out.len();
-    encode_record_unsealed(out, offset, codec, append_time_ms, prev_hash, uncompressed_len, stored);
-    seal_record(&mut out[start..]);
-}
-
-/// As [`encode_record`], with the CRC field left zero for [`seal_record`] to fill in (possibly on
-/// another thread: the CRC is a good share of the encoding work).
-pub(crate) fn encode_record_unsealed(
     out: &mut Vec<u8>,
     offset: Offset,
     codec: CodecId,
@@ -278,6 +263,7 @@ mod tests {
     fn one(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         encode_record(&mut out, Offset::new(7), CodecId::NONE, 99, &ChainHash([3; 32]), payload.len(), payload);
+        seal_record(&mut out);
         out
     }
 

@@ -12,7 +12,7 @@ use crate::error::{Result, StorageError};
 use crate::format::names;
 use crate::index::IndexFile;
 use crate::pipeline::{PreparedBatch, validate_batch};
-use crate::prepare_ahead::PrepareAhead;
+use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
 use crate::types::{ChainHash, Offset, StreamId};
 
 use super::ANCHOR_INTERVAL;
@@ -83,7 +83,15 @@ impl Storage {
             let end = next.plus(events.len() as u64);
             let events = Arc::new(events);
             let parts = self.prepare_ahead().and_then(|a| {
-                a.try_start(h.id, next, head, Arc::clone(&events), Arc::clone(&self.codec), now_ms(), AHEAD_PART_BYTES)
+                a.try_start(BatchToPrepare {
+                    stream: h.id,
+                    base: next,
+                    prev: head,
+                    events: Arc::clone(&events),
+                    codec: Arc::clone(&self.codec),
+                    append_time_ms: now_ms(),
+                    part_bytes: AHEAD_PART_BYTES,
+                })
             });
             let mut written = next;
             if let Some(mut parts) = parts {
