@@ -112,8 +112,6 @@ fn main() {
         let options = StorageOptions {
             max_segment_bytes: 256 << 20,
             checkpoint_policy: CheckpointPolicy::Manual,
-            // Three nodes share two cores here: no core to spare for a preparing thread each.
-            prepare_ahead: false,
             ..Default::default()
         };
         let mut c = TestCluster::start_with(3, config, options).await;

@@ -19,9 +19,9 @@ pub struct StorageOptions {
     /// The codec new records are compressed with (kept only where it makes a record smaller).
     pub codec: CodecKind,
     /// Whether a batch of 64 KiB or more is prepared (compressed, hashed, encoded) on a helper
-    /// thread while the appending thread writes it. Worth it with a core to spare (the helper
-    /// polls for work for a moment between batches); off where several storages share few cores.
-    /// The memory backend ignores it.
+    /// thread while the appending thread writes it. The two threads poll for each other only
+    /// while the other is seen working (or batches come back to back), else sleep; turn it off to
+    /// keep every append on its caller's thread. The memory backend ignores it.
     pub prepare_ahead: bool,
 }
 

@@ -12,6 +12,7 @@
 //! dropped; if it dies, the append prepares the rest of its batch inline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,11 +26,16 @@ use crate::pipeline::PreparedBatch;
 use crate::record::encode_record;
 use crate::types::{ChainHash, Offset, StreamId};
 
-/// How long the thread keeps polling for the next batch after finishing one before it sleeps:
-/// back-to-back appends then seldom pay for waking it up.
+/// How long the thread keeps polling for the next batch after finishing one before it sleeps,
+/// while batches keep coming within that time: back-to-back appends then seldom pay for waking
+/// it up, and sporadic ones cost no polling.
 const LINGER: Duration = Duration::from_micros(200);
-/// How many times the appender polls for the next part before it sleeps.
-const SPINS: u32 = 4000;
+/// How many polls the appender makes for the next part without seeing the thread make progress
+/// (it prepares a 1 KiB record in under a microsecond) before it sleeps: it only spins while the
+/// thread is running, never while the thread waits for a core.
+const STALLED_POLLS: u32 = 512;
+/// The thread tells its progress every this many records (more often costs it cache misses).
+const PROGRESS_EVERY: usize = 8;
 /// Parts prepared but not yet written, at most (bounds the memory a batch holds twice).
 const PARTS_AHEAD: usize = 8;
 
@@ -51,6 +57,8 @@ pub(crate) struct BatchToPrepare {
 struct Job {
     batch: BatchToPrepare,
     parts: SyncSender<PreparedBatch>,
+    /// Records prepared so far.
+    progress: Arc<AtomicUsize>,
 }
 
 impl std::ops::Deref for Job {
@@ -76,6 +84,9 @@ impl Job {
             encode_record(&mut part.encoded, offset, codec_id, self.append_time_ms, &prev, payload.len(), stored);
             prev = chain_hash(offset, &prev, payload);
             part.hashes.push(prev);
+            if i % PROGRESS_EVERY == 0 {
+                self.progress.store(i + 1, Ordering::Relaxed);
+            }
             if part.encoded.len() >= self.part_bytes || i + 1 == self.events.len() {
                 part.starts.push(part.encoded.len());
                 let full = std::mem::replace(&mut part, self.empty_part(offset.plus(1), prev));
@@ -105,19 +116,29 @@ impl Job {
 #[derive(Debug)]
 pub(crate) struct Parts<'a> {
     rx: Receiver<PreparedBatch>,
+    progress: Arc<AtomicUsize>,
     _user: MutexGuard<'a, ()>,
 }
 
 impl Parts<'_> {
-    /// The next part: polled for a while (the thread prepares a part in tens of microseconds),
-    /// then waited for. `None` once the batch is done, or if the thread died: the caller then
-    /// prepares whatever it did not receive itself.
+    /// The next part: polled for while the thread is seen preparing records (a part takes it tens
+    /// of microseconds), else waited for. `None` once the batch is done, or if the thread died:
+    /// the caller then prepares whatever it did not receive itself.
     pub fn next_part(&mut self) -> Option<PreparedBatch> {
-        for _ in 0..SPINS {
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut stalled = 0;
+        while stalled < STALLED_POLLS {
             match self.rx.try_recv() {
                 Ok(part) => return Some(part),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+            let now = self.progress.load(Ordering::Relaxed);
+            if now == seen {
+                stalled += 1;
+            } else {
+                seen = now;
+                stalled = 0;
             }
         }
         self.rx.recv().ok()
@@ -146,8 +167,9 @@ impl PrepareAhead {
     pub fn try_start(&self, batch: BatchToPrepare) -> Option<Parts<'_>> {
         let user = self.user.try_lock()?;
         let (parts, rx) = sync_channel(PARTS_AHEAD);
-        self.jobs.lock().as_ref()?.send(Job { batch, parts }).ok()?;
-        Some(Parts { rx, _user: user })
+        let progress = Arc::new(AtomicUsize::new(0));
+        self.jobs.lock().as_ref()?.send(Job { batch, parts, progress: Arc::clone(&progress) }).ok()?;
+        Some(Parts { rx, progress, _user: user })
     }
 }
 
@@ -162,18 +184,25 @@ impl Drop for PrepareAhead {
 
 fn serve(rx: Receiver<Job>) {
     let mut next = None;
+    // Whether to poll for the next batch before sleeping: on while batches come back to back.
+    let mut linger = true;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+            None => {
+                let idle = Instant::now();
+                match rx.recv() {
+                    Ok(job) => {
+                        linger = idle.elapsed() < LINGER;
+                        job
+                    }
+                    Err(_) => return,
+                }
+            }
         };
         job.run();
-        // Linger briefly: the next batch of a busy stream usually follows at once.
         let idle = Instant::now();
-        while idle.elapsed() < LINGER {
+        while linger && idle.elapsed() < LINGER {
             match rx.try_recv() {
                 Ok(job) => {
                     next = Some(job);
@@ -186,6 +215,9 @@ fn serve(rx: Receiver<Job>) {
                 }
                 Err(TryRecvError::Disconnected) => return,
             }
+        }
+        if next.is_none() {
+            linger = false;
         }
     }
 }
