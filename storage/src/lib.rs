@@ -4,7 +4,10 @@
 //! before it, so a replica (or an export) can prove that its log was not altered: two replicas that
 //! hold the same events have the same chain hash at every offset, whatever codec each uses.
 //!
-//! This crate is plain, synchronous and thread-safe: it never depends on an async runtime.
+//! This crate is plain, synchronous and thread-safe: it never depends on an async runtime. To use
+//! a second core it runs threads of its own: one per [`Storage`] that prepares large batches
+//! ahead of their writer (see [`StorageOptions::prepare_ahead`]), and scoped read-ahead threads
+//! for reads of more than one chunk.
 //! [`StorageBackend`] is the interface the Raft layer programs against; [`Storage`] implements it on
 //! disk and [`MemoryStorage`] in memory, with identical semantics. All disk I/O goes through the
 //! [`FileSystem`] trait, so tests can inject faults and crashes ([`testing::FaultyFileSystem`]).
