@@ -24,6 +24,7 @@ pub mod node;
 pub mod services;
 pub mod signal;
 pub mod storage;
+pub mod testing;
 
 pub use config::{Limits, NodeConfig, StorageKind};
 pub use node::{Node, NodeError, NodeHandle};

@@ -2,39 +2,35 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use shale_client::{Client, ClientConfig};
-use shale_node::{Node, NodeConfig, NodeHandle, StorageKind};
+use shale_node::testing::LocalCluster;
+use shale_node::{NodeConfig, NodeHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// A running cluster and the temp dir holding its data.
 pub struct TestCluster {
-    pub nodes: Vec<Option<NodeHandle>>,
-    pub grpc: Vec<SocketAddr>,
-    pub http: Vec<SocketAddr>,
-    pub peers: BTreeMap<u64, String>,
-    dirs: Vec<PathBuf>,
+    cluster: LocalCluster,
     _root: tempfile::TempDir,
 }
 
-pub fn node_config(id: u64, peers: &BTreeMap<u64, String>, dir: PathBuf) -> NodeConfig {
-    let mut c = NodeConfig {
-        node_id: id,
-        peers: peers.clone(),
-        data_dir: dir,
-        storage: StorageKind::Disk,
-        shutdown_grace_ms: 2_000,
-        ..NodeConfig::default()
-    };
+impl std::ops::Deref for TestCluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+/// The tests' node configuration: small records, so limits are quick to reach.
+fn tune(c: &mut NodeConfig) {
     c.limits.max_record_bytes = 64 * 1024;
-    c
 }
 
 impl TestCluster {
@@ -45,36 +41,10 @@ impl TestCluster {
             .with_test_writer()
             .try_init();
         let root = tempfile::tempdir().expect("temp dir");
-        let mut grpc_listeners = Vec::new();
-        let mut http_listeners = Vec::new();
-        let mut peers = BTreeMap::new();
-        for id in 1..=n {
-            let g = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-            let h = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-            peers.insert(id, g.local_addr().unwrap().to_string());
-            grpc_listeners.push(g);
-            http_listeners.push(h);
-        }
-        let mut cluster = TestCluster {
-            nodes: Vec::new(),
-            grpc: grpc_listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
-            http: http_listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
-            peers: peers.clone(),
-            dirs: (1..=n).map(|id| root.path().join(format!("node-{id}"))).collect(),
-            _root: root,
-        };
-        for (i, (g, h)) in grpc_listeners.into_iter().zip(http_listeners).enumerate() {
-            let config = node_config(i as u64 + 1, &peers, cluster.dirs[i].clone());
-            cluster.nodes.push(Some(Node::start_on(config, g, h).await.expect("node starts")));
-        }
-        for node in cluster.nodes.iter().flatten() {
-            assert!(node.wait_ready(WAIT).await, "node {} never saw a metadata leader", node.node_id);
-        }
-        cluster
-    }
-
-    pub fn endpoints(&self) -> Vec<String> {
-        self.grpc.iter().map(ToString::to_string).collect()
+        let cluster = LocalCluster::start(n, root.path(), tune).await.expect("nodes start");
+        let late = cluster.not_ready(WAIT).await;
+        assert!(late.is_empty(), "nodes {late:?} never saw a metadata leader");
+        Self { cluster, _root: root }
     }
 
     /// A client bootstrapped with every node.
@@ -92,31 +62,23 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u64) -> &NodeHandle {
-        self.nodes[id as usize - 1].as_ref().expect("node is running")
+        self.cluster.running(id).expect("node is running")
     }
 
     /// Stops node `id` (gracefully, as SIGTERM would).
     pub async fn stop(&mut self, id: u64) {
-        let node = self.nodes[id as usize - 1].take().expect("node is running");
-        node.shutdown().await.expect("clean shutdown");
+        assert!(self.cluster.running(id).is_some(), "node {id} is running");
+        self.cluster.stop(id).await.expect("clean shutdown");
     }
 
     /// Restarts a stopped node on its old port and data dir.
     pub async fn restart(&mut self, id: u64) {
-        let i = id as usize - 1;
-        assert!(self.nodes[i].is_none(), "node {id} is running");
-        let g = TcpListener::bind(self.grpc[i]).await.expect("rebind grpc");
-        let h = TcpListener::bind(self.http[i]).await.expect("rebind http");
-        let config = node_config(id, &self.peers, self.dirs[i].clone());
-        self.nodes[i] = Some(Node::start_on(config, g, h).await.expect("node restarts"));
+        assert!(self.cluster.running(id).is_none(), "node {id} is stopped");
+        self.cluster.restart(id).await.expect("node restarts");
     }
 
-    pub async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            if let Some(n) = self.nodes[i].take() {
-                n.shutdown().await.expect("clean shutdown");
-            }
-        }
+    pub async fn shutdown(self) {
+        self.cluster.shutdown().await.expect("clean shutdown");
     }
 }
 

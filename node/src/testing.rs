@@ -1,0 +1,161 @@
+//! In-process clusters of real nodes, for tests: each node has its own gRPC and HTTP listeners on
+//! 127.0.0.1 (ports picked by the OS, kept across restarts) and its own data directory under a
+//! root the caller owns. Used by this crate's tests and by the CLI's.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{NodeConfig, StorageKind};
+use crate::node::{Node, NodeError, NodeHandle};
+
+/// Nodes `1..=n` of one cluster, running in this process. Index `i` of every vector is node `i + 1`.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The running nodes (`None` while stopped).
+    pub nodes: Vec<Option<NodeHandle>>,
+    /// Each node's gRPC address.
+    pub grpc: Vec<SocketAddr>,
+    /// Each node's HTTP address.
+    pub http: Vec<SocketAddr>,
+    /// The bootstrap members: node id to gRPC address.
+    pub peers: BTreeMap<u64, String>,
+    /// Each node's data directory.
+    pub dirs: Vec<PathBuf>,
+    root: PathBuf,
+    configure: fn(&mut NodeConfig),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, NodeError> {
+    l.local_addr().map_err(|source| NodeError::Bind { what, addr: asked, source })
+}
+
+const ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl LocalCluster {
+    /// Starts nodes `1..=n` on disk storage under `root/node-{id}`, each with the default
+    /// configuration passed through `configure`. Does not wait for a leader: see
+    /// [`LocalCluster::not_ready`].
+    pub async fn start(n: u64, root: &Path, configure: fn(&mut NodeConfig)) -> Result<Self, NodeError> {
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=n {
+            let g = bind("grpc", ANY_PORT).await?;
+            let h = bind("http", ANY_PORT).await?;
+            peers.insert(id, local_addr("grpc", &g, ANY_PORT)?.to_string());
+            listeners.push((g, h));
+        }
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            grpc: Vec::new(),
+            http: Vec::new(),
+            peers,
+            dirs: (1..=n).map(|id| root.join(format!("node-{id}"))).collect(),
+            root: root.to_path_buf(),
+            configure,
+        };
+        for (i, (g, h)) in listeners.into_iter().enumerate() {
+            cluster.grpc.push(local_addr("grpc", &g, ANY_PORT)?);
+            cluster.http.push(local_addr("http", &h, ANY_PORT)?);
+            let config = cluster.config(i as u64 + 1, &cluster.peers, cluster.dirs[i].clone());
+            cluster.nodes.push(Some(Node::start_on(config, g, h).await?));
+        }
+        Ok(cluster)
+    }
+
+    fn config(&self, id: u64, peers: &BTreeMap<u64, String>, dir: PathBuf) -> NodeConfig {
+        let mut c = NodeConfig {
+            node_id: id,
+            peers: peers.clone(),
+            data_dir: dir,
+            storage: StorageKind::Disk,
+            shutdown_grace_ms: 2_000,
+            ..NodeConfig::default()
+        };
+        (self.configure)(&mut c);
+        c
+    }
+
+    /// The running nodes that saw no metadata leader within `timeout` (empty: all did).
+    pub async fn not_ready(&self, timeout: Duration) -> Vec<u64> {
+        let mut late = Vec::new();
+        for node in self.nodes.iter().flatten() {
+            if !node.wait_ready(timeout).await {
+                late.push(node.node_id);
+            }
+        }
+        late
+    }
+
+    /// Every node's gRPC address, as a client's bootstrap list.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.grpc.iter().map(ToString::to_string).collect()
+    }
+
+    /// Node `id`, if it is running.
+    pub fn running(&self, id: u64) -> Option<&NodeHandle> {
+        self.nodes.get(id as usize - 1).and_then(Option::as_ref)
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.dirs[id as usize - 1]
+    }
+
+    /// Stops node `id` gracefully (as SIGTERM would); nothing if it is not running.
+    pub async fn stop(&mut self, id: u64) -> Result<(), NodeError> {
+        match self.nodes[id as usize - 1].take() {
+            Some(node) => node.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts node `id` again on its old ports and data directory (stopping it first if it runs).
+    pub async fn restart(&mut self, id: u64) -> Result<&NodeHandle, NodeError> {
+        self.stop(id).await?;
+        let i = id as usize - 1;
+        let g = bind("grpc", self.grpc[i]).await?;
+        let h = bind("http", self.http[i]).await?;
+        let config = self.config(id, &self.peers, self.dirs[i].clone());
+        let node = self.nodes[i].insert(Node::start_on(config, g, h).await?);
+        Ok(node)
+    }
+
+    /// Starts one more node (the next id) that is not a member: it knows the others as peers but
+    /// does not bootstrap, so it joins once the cluster adds it. Returns its id.
+    pub async fn start_joiner(&mut self) -> Result<u64, NodeError> {
+        let id = self.nodes.len() as u64 + 1;
+        let g = bind("grpc", ANY_PORT).await?;
+        let h = bind("http", ANY_PORT).await?;
+        let (grpc, http) = (local_addr("grpc", &g, ANY_PORT)?, local_addr("http", &h, ANY_PORT)?);
+        let mut peers = self.peers.clone();
+        peers.insert(id, grpc.to_string());
+        let dir = self.root.join(format!("node-{id}"));
+        let config = self.config(id, &peers, dir.clone());
+        self.nodes.push(Some(Node::start_on(config, g, h).await?));
+        self.grpc.push(grpc);
+        self.http.push(http);
+        self.dirs.push(dir);
+        Ok(id)
+    }
+
+    /// Stops every running node; the first failure is returned after all were asked to stop.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let mut result = Ok(());
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            if let Err(e) = node.shutdown().await
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
