@@ -496,6 +496,9 @@ pub(crate) fn read_bytes(
 /// the link into it. A stored record is never longer than its payload plus the record overhead
 /// (payloads are stored compressed only when that is smaller), so the bound is safe.
 fn bytes_stop(c: &StreamCore, from: Offset, stop: Offset, max_bytes: usize) -> Offset {
+    if max_bytes == usize::MAX {
+        return stop; // no payload total reaches it: nothing to count
+    }
     let overhead = crate::format::record::OVERHEAD as u64;
     let mut at = from;
     let mut payload = 0u64;

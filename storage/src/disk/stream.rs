@@ -193,6 +193,18 @@ impl Stream {
         }
     }
 
+    /// For an append holding the writer lock: the stream's head hash if its next offset is
+    /// `expected` and it takes writes, else `StreamFailed` or `OffsetMismatch`.
+    pub fn head_if_next_is(&self, expected: Offset) -> Result<ChainHash> {
+        self.check_usable()?;
+        let c = self.core.read();
+        let next = c.next();
+        if next != expected {
+            return Err(StorageError::OffsetMismatch { stream: self.id, expected, actual: next });
+        }
+        Ok(c.head)
+    }
+
     /// Marks the stream failed (first cause wins) and wakes every fsync waiter.
     pub fn fail(&self, cause: &StorageError) {
         {

@@ -72,14 +72,8 @@ impl Storage {
     fn append_prepared_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
-            h.check_usable()?;
-            let (next, head) = {
-                let c = h.core.read();
-                (c.next(), c.head)
-            };
-            if next != expected {
-                return Err(StorageError::OffsetMismatch { stream: h.id, expected, actual: next });
-            }
+            let head = h.head_if_next_is(expected)?;
+            let next = expected;
             let end = next.plus(events.len() as u64);
             let events = Arc::new(events);
             let parts = self.prepare_ahead().and_then(|a| {
@@ -157,14 +151,8 @@ impl Storage {
     fn commit_to(&self, h: &Stream, mut batch: PreparedBatch, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
-            h.check_usable()?;
-            let (next, head) = {
-                let c = h.core.read();
-                (c.next(), c.head)
-            };
-            if next != batch.base {
-                return Err(StorageError::OffsetMismatch { stream: h.id, expected: batch.base, actual: next });
-            }
+            let head = h.head_if_next_is(batch.base)?;
+            let next = batch.base;
             if head != batch.prev_hash {
                 let events = std::mem::take(&mut batch.events);
                 batch = PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())?;
