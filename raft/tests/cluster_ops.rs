@@ -12,6 +12,19 @@ use shale_raft::GroupId;
 use shale_raft::cluster::{ClusterError, FetchRequest, ProducerInfo, RetentionPolicy, TopicSpec};
 use shale_storage::{CheckpointPolicy, CodecKind, StorageOptions};
 
+/// Three nodes on memory storage with 4 KiB segments and no automatic checkpoints, so retention
+/// and snapshots have segments to work on after a few records.
+fn small_segments_in_memory() -> Setup {
+    let options = StorageOptions {
+        max_segment_bytes: 4096,
+        checkpoint_policy: CheckpointPolicy::Manual,
+        ..StorageOptions::default()
+    };
+    let mut setup = Setup::new(3);
+    setup.backing = Backing::Memory(options);
+    setup
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_again_is_a_no_op_and_transfer_leader_moves_leadership() {
     let mut setup = Setup::new(3);
@@ -106,14 +119,7 @@ async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_old_segments_only_below_a_snapshot() {
-    let options = StorageOptions {
-        max_segment_bytes: 4096,
-        checkpoint_policy: CheckpointPolicy::Manual,
-        ..StorageOptions::default()
-    };
-    let mut setup = Setup::new(3);
-    setup.backing = Backing::Memory(options);
-    let c = TestCluster::start_with(setup).await;
+    let c = TestCluster::start_with(small_segments_in_memory()).await;
     let ml = c.metadata_leader().await;
     let spec = TopicSpec {
         retention: RetentionPolicy { retention_bytes: Some(16 * 1024), retention_ms: None },
@@ -211,13 +217,7 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
-    let options = StorageOptions {
-        max_segment_bytes: 4096,
-        checkpoint_policy: CheckpointPolicy::Manual,
-        ..StorageOptions::default()
-    };
-    let mut setup = Setup::new(3);
-    setup.backing = Backing::Memory(options);
+    let mut setup = small_segments_in_memory();
     // Keep an explicit transfer in place for the whole test.
     setup.preferred_leader_delay_ms = 600_000;
     let mut c = TestCluster::start_with(setup).await;
