@@ -155,16 +155,13 @@ impl Storage {
     /// Makes the records below `cp.offset` durable, then writes the checkpoint file.
     fn store_checkpoint_locked(&self, h: &Stream, cp: &Checkpoint) -> Result<()> {
         h.mark_modified();
-        if h.sync.lock().durable < cp.offset {
+        if h.sync.durable() < cp.offset {
             let (file, name, next) = {
                 let c = h.core.read();
                 (c.active().file.clone(), c.active().name(), c.next())
             };
             file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
-            let mut s = h.sync.lock();
-            if s.durable < next {
-                s.durable = next;
-            }
+            h.sync.note_durable(next);
         }
         self.write_atomic(&h.dir, &names::checkpoint(cp.offset.get()), &serialize_checkpoint_payload(cp))?;
         let mut c = h.core.write();
@@ -319,12 +316,7 @@ impl Storage {
             return Ok(());
         };
         let _w = h.writer.lock();
-        {
-            let mut f = h.failed.lock();
-            if f.is_none() {
-                *f = Some("the stream was deleted".into());
-            }
-        }
+        let _ = h.failed.set("the stream was deleted".into());
         h.reset_durable(Offset::ZERO);
         let dir = &h.dir;
         let segs: Vec<u64> = h.core.read().segments.iter().map(|s| s.seq).collect();

@@ -12,6 +12,7 @@
 mod maintenance;
 mod read;
 mod recovery;
+mod group_commit;
 mod stream;
 mod write;
 

@@ -99,7 +99,7 @@ impl Storage {
         // verification. A truncation or install in between (the sync epoch moves) or a
         // compaction past the position reached restarts it from the new log start.
         'restart: loop {
-            let epoch = h.sync.lock().epoch;
+            let epoch = h.sync.epoch();
             let (start, mut prev) = {
                 let c = h.core.read();
                 let start = c.log_start();
@@ -123,7 +123,7 @@ impl Storage {
             let mut records = 0u64;
             loop {
                 let c = h.core.read();
-                if h.sync.lock().epoch != epoch || c.log_start() > pos {
+                if h.sync.epoch() != epoch || c.log_start() > pos {
                     continue 'restart;
                 }
                 let next = c.next();

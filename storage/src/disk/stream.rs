@@ -1,15 +1,16 @@
 //! The in-memory state of one on-disk stream: its segments with their dense offset indexes, the
 //! sparse chain-hash table, checkpoints, and the locks that order writers, readers and fsyncs.
 //!
-//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursor` -> `anchors`; `sync` and
-//! `failed` are leaves, never held while taking another lock.
+//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursor` -> `anchors`; `sync`'s lock is a
+//! leaf, never held while taking another lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
+use super::group_commit::GroupCommit;
 use crate::checkpoint::CheckpointIndex;
 use crate::error::{Result, StorageError};
 use crate::format::{self, names};
@@ -131,18 +132,6 @@ impl StreamCore {
     }
 }
 
-/// Group-commit state: how far the stream is known durable, and whether an fsync is running.
-#[derive(Debug, Default)]
-pub(crate) struct SyncState {
-    /// Every record below this offset is durable.
-    pub durable: Offset,
-    /// An fsync leader is at work; followers wait on the condvar.
-    pub syncing: bool,
-    /// Bumped by truncation, checkpoint install and deletion (which sync everything they keep):
-    /// a waiter whose epoch is stale returns.
-    pub epoch: u64,
-}
-
 /// One open stream.
 #[derive(Debug)]
 pub(crate) struct Stream {
@@ -158,19 +147,19 @@ pub(crate) struct Stream {
     /// The one entry of `anchors` off the [`ANCHOR_INTERVAL`] grid kept for a sequential reader:
     /// where the last verified read stopped.
     read_cursor: Mutex<Option<Offset>>,
-    pub sync: Mutex<SyncState>,
-    pub sync_cv: Condvar,
+    /// How far the stream is durable, and the fsync appenders share.
+    pub sync: GroupCommit,
     /// Set by the first failed write or fsync: the stream refuses writes until reopened.
-    pub failed: Mutex<Option<String>>,
+    /// (Read on every append: a `OnceLock` reads without locking.)
+    pub failed: OnceLock<String>,
     /// Whether this process changed the stream (a clean close only syncs streams it changed).
     pub modified: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
     pub fn new(id: StreamId, dir: PathBuf, core: StreamCore, anchors: BTreeMap<Offset, ChainHash>) -> Self {
-        // Nothing counts as durable until this process fsynced it: an earlier process may have
-        // exited without syncing its last appends.
-        let durable = Offset::ZERO;
+        // Nothing counts as durable until this process fsynced it (`GroupCommit` starts at
+        // zero): an earlier process may have exited without syncing its last appends.
         Self {
             id,
             dir,
@@ -178,16 +167,15 @@ impl Stream {
             core: RwLock::new(core),
             anchors: Mutex::new(anchors),
             read_cursor: Mutex::new(None),
-            sync: Mutex::new(SyncState { durable, syncing: false, epoch: 0 }),
-            sync_cv: Condvar::new(),
-            failed: Mutex::new(None),
+            sync: GroupCommit::default(),
+            failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// `Err(StreamFailed)` once an I/O failure left the stream in an unknown state.
     pub fn check_usable(&self) -> Result<()> {
-        match &*self.failed.lock() {
+        match self.failed.get() {
             Some(cause) => Err(StorageError::StreamFailed { stream: self.id, cause: cause.clone() }),
             None => Ok(()),
         }
@@ -207,15 +195,10 @@ impl Stream {
 
     /// Marks the stream failed (first cause wins) and wakes every fsync waiter.
     pub fn fail(&self, cause: &StorageError) {
-        {
-            let mut f = self.failed.lock();
-            if f.is_none() {
-                tracing::error!(stream = %self.id, error = %cause, "stream failed; it refuses writes until reopened");
-                *f = Some(cause.to_string());
-            }
+        if self.failed.set(cause.to_string()).is_ok() {
+            tracing::error!(stream = %self.id, error = %cause, "stream failed; it refuses writes until reopened");
         }
-        let _s = self.sync.lock();
-        self.sync_cv.notify_all();
+        self.sync.wake_all();
     }
 
     /// Runs a mutating I/O step; an error marks the stream failed before being returned.
@@ -230,10 +213,7 @@ impl Stream {
 
     /// Bumps the sync epoch after an operation that made everything it kept durable.
     pub fn reset_durable(&self, durable: Offset) {
-        let mut s = self.sync.lock();
-        s.epoch += 1;
-        s.durable = durable;
-        self.sync_cv.notify_all();
+        self.sync.reset(durable);
     }
 
     /// Notes that this process changed the stream.

@@ -106,7 +106,7 @@ impl Storage {
                 h.guard(r)?;
             }
             self.policy_checkpoint_locked(h);
-            (end, h.sync.lock().epoch)
+            (end, h.sync.epoch())
         };
         self.finish_append(h, end, epoch, fsync)
     }
@@ -160,7 +160,7 @@ impl Storage {
             let r = self.write_locked(h, &batch);
             h.guard(r)?;
             self.policy_checkpoint_locked(h);
-            (batch.next(), h.sync.lock().epoch)
+            (batch.next(), h.sync.epoch())
         };
         self.finish_append(h, end, epoch, fsync)
     }
@@ -248,12 +248,7 @@ impl Storage {
             (a.file.clone(), a.seq, c.next(), c.head, a.name())
         };
         file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
-        {
-            let mut s = h.sync.lock();
-            if s.durable < next {
-                s.durable = next;
-            }
-        }
+        h.sync.note_durable(next);
         let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
         let segment = self.create_segment(h.id, &h.dir, seq, next, head, 0)?;
         let pending = {
@@ -328,37 +323,25 @@ impl Storage {
     }
 
     /// Group commit: returns once every record below `end` is durable. Whoever finds no fsync
-    /// running becomes the leader and fsyncs for everyone written before it starts; the others wait.
+    /// running becomes the leader and fsyncs for everyone written before it starts; the others
+    /// wait (see [`super::group_commit`]).
     pub(crate) fn wait_durable(&self, h: &Stream, end: Offset, epoch: u64) -> Result<()> {
-        let mut s = h.sync.lock();
-        loop {
-            if s.durable >= end || s.epoch != epoch {
-                return Ok(());
-            }
-            h.check_usable()?;
-            if s.syncing {
-                h.sync_cv.wait(&mut s);
-                continue;
-            }
-            s.syncing = true;
-            let my_epoch = s.epoch;
-            drop(s);
-            let (target, file, name) = {
-                let c = h.core.read();
-                (c.next(), c.active().file.clone(), c.active().name())
-            };
-            let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
-            if let Err(e) = &r {
-                h.fail(e);
-            }
-            s = h.sync.lock();
-            s.syncing = false;
-            if r.is_ok() && s.epoch == my_epoch && s.durable < target {
-                s.durable = target;
-            }
-            h.sync_cv.notify_all();
-            r?;
-        }
+        h.sync.wait(
+            end,
+            epoch,
+            || h.check_usable(),
+            || {
+                let (target, file, name) = {
+                    let c = h.core.read();
+                    (c.next(), c.active().file.clone(), c.active().name())
+                };
+                let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
+                if let Err(e) = &r {
+                    h.fail(e);
+                }
+                r.map(|()| target)
+            },
+        )
     }
 
     /// Makes every record of the stream durable, then writes its pending policy checkpoints.
@@ -366,7 +349,7 @@ impl Storage {
         h.check_usable()?;
         let (end, epoch) = {
             let _w = h.writer.lock();
-            (h.core.read().next(), h.sync.lock().epoch)
+            (h.core.read().next(), h.sync.epoch())
         };
         self.wait_durable(h, end, epoch)?;
         self.flush_deferred(h)
@@ -408,7 +391,7 @@ impl Storage {
         h.check_usable()?;
         let r = self.write_pending_indexes_locked(h);
         h.guard(r)?;
-        let durable = h.sync.lock().durable;
+        let durable = h.sync.durable();
         let due: Vec<Checkpoint> = {
             let c = h.core.read();
             c.pending_checkpoints.range(..=durable).filter_map(|o| c.checkpoints.get(*o).cloned()).collect()
