@@ -2,6 +2,7 @@
 //! [`crate::MemoryStorage`]. One shared test suite (`tests/backend_suite.rs`) runs against both.
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -27,6 +28,12 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
         expected_offset: Offset,
         fsync: bool,
     ) -> Result<Offset>;
+
+    /// Appends `events` at the stream's end, wherever that is when they are written (the storage
+    /// assigns the offsets, as a Kafka partition leader does), and returns the offsets they got:
+    /// one contiguous range, in the order of the events. With `fsync`, returns only once they are
+    /// durable. Concurrent callers on one stream may share one write and one fsync.
+    fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<Range<Offset>>;
 
     /// Verified records in `[from, end)`, up to about `max_bytes` of payload (always at least one
     /// record if any is in range). `from` at or past the next offset gives an empty vector; `from`

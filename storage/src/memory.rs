@@ -3,6 +3,7 @@
 //! rotation and compaction move the log start exactly as the disk backend does with `CodecKind::None`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -133,6 +134,41 @@ impl MemoryStorage {
             .clone()
     }
 
+    /// Appends `events` at the stream's next offset; returns the new next offset.
+    fn append_locked(&self, s: &mut MemStream, stream: StreamId, events: Vec<Bytes>) -> Result<Offset> {
+        let now = now_ms();
+        let mut prev = s.head();
+        for payload in events {
+            let offset = s.next();
+            let hash = chain_hash(offset, &prev, &payload);
+            let len = format::record::encoded_len(payload.len()) as u64;
+            let max = self.options.max_segment_bytes;
+            let roll = {
+                let active = s.segments.last().expect("a stream always has an active segment");
+                active.end > active.base && active.bytes + len > max
+            };
+            if roll {
+                s.segments.push(MemSegment {
+                    base: offset,
+                    end: offset,
+                    bytes: format::segment::HEADER_LEN as u64,
+                    last_append_ms: now,
+                });
+            }
+            let active = s.segments.last_mut().expect("active segment");
+            active.end = offset.plus(1);
+            active.bytes += len;
+            active.last_append_ms = now;
+            s.records.push_back(MemRecord { prev_hash: prev, hash, payload });
+            prev = hash;
+        }
+        let next = s.next();
+        if should_create_checkpoint(self.options.checkpoint_policy, s.checkpoints.latest().map(|c| c.offset), next) {
+            Self::checkpoint_locked(s, stream, next, Bytes::new())?;
+        }
+        Ok(next)
+    }
+
     fn check_batch(&self, stream: StreamId, events: &[Bytes]) -> Result<()> {
         if events.is_empty() {
             return Err(StorageError::EmptyBatch { stream });
@@ -194,37 +230,15 @@ impl StorageBackend for MemoryStorage {
         if actual != expected_offset {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual });
         }
-        let now = now_ms();
-        let mut prev = s.head();
-        for payload in events {
-            let offset = s.next();
-            let hash = chain_hash(offset, &prev, &payload);
-            let len = format::record::encoded_len(payload.len()) as u64;
-            let max = self.options.max_segment_bytes;
-            let roll = {
-                let active = s.segments.last().expect("a stream always has an active segment");
-                active.end > active.base && active.bytes + len > max
-            };
-            if roll {
-                s.segments.push(MemSegment {
-                    base: offset,
-                    end: offset,
-                    bytes: format::segment::HEADER_LEN as u64,
-                    last_append_ms: now,
-                });
-            }
-            let active = s.segments.last_mut().expect("active segment");
-            active.end = offset.plus(1);
-            active.bytes += len;
-            active.last_append_ms = now;
-            s.records.push_back(MemRecord { prev_hash: prev, hash, payload });
-            prev = hash;
-        }
-        let next = s.next();
-        if should_create_checkpoint(self.options.checkpoint_policy, s.checkpoints.latest().map(|c| c.offset), next) {
-            Self::checkpoint_locked(&mut s, stream, next, Bytes::new())?;
-        }
-        Ok(next)
+        self.append_locked(&mut s, stream, events)
+    }
+
+    fn append(&self, stream: StreamId, events: Vec<Bytes>, _fsync: bool) -> Result<Range<Offset>> {
+        self.check_batch(stream, &events)?;
+        let handle = self.stream_or_create(stream);
+        let mut s = handle.lock();
+        let first = s.next();
+        Ok(first..self.append_locked(&mut s, stream, events)?)
     }
 
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {

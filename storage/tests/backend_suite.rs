@@ -923,6 +923,89 @@ fn concurrent_appenders_fsync<F: Fixture>(f: &F) {
     concurrent_appenders_to_one_stream(f, true);
 }
 
+/// `append` puts batches at the stream's end, wherever that is, and says where: after conditional
+/// appends, between them, and into a stream it creates. Bad batches are refused as by
+/// `append_batch`, and create no stream.
+fn append_at_end_assigns_contiguous_ranges<F: Fixture>(f: &F) {
+    let b = f.open(small_segments());
+    let all = payloads(7, 0..12, 300);
+    assert_eq!(b.append(S, all[0..2].to_vec(), false).unwrap(), off(0)..off(2));
+    b.append_batch(S, all[2..5].to_vec(), off(2), false).unwrap();
+    assert_eq!(b.append(S, all[5..6].to_vec(), true).unwrap(), off(5)..off(6));
+    assert_eq!(b.append(S, all[6..11].to_vec(), false).unwrap(), off(6)..off(11));
+    assert_eq!(b.append_batch(S, all[11..12].to_vec(), off(11), true).unwrap(), off(12));
+    assert_eq!(read_all(&b, S, off(0), 1 << 20), all);
+    assert_eq!(b.verify_chain(S).unwrap().head, *expected_chain(0, ChainHash::ZERO, &all).last().unwrap());
+
+    let other = StreamId::new(99);
+    assert!(matches!(b.append(other, Vec::new(), true), Err(StorageError::EmptyBatch { stream }) if stream == other));
+    let huge = Bytes::from(vec![1u8; StorageOptions::default().max_record_bytes + 1]);
+    assert!(matches!(
+        b.append(other, vec![Bytes::from_static(b"ok"), huge], true),
+        Err(StorageError::RecordTooLarge { index: 1, .. })
+    ));
+    assert!(!b.streams().contains(&other), "a refused append creates no stream");
+}
+
+/// Threads append at the end of one stream at once, some batches big enough to be prepared
+/// ahead: each batch lands once, whole, at the range its caller was told, and the ranges tile
+/// the stream.
+fn concurrent_at_end_appenders_get_their_ranges<F: Fixture>(f: &F, fsync: bool) {
+    let b = f.open(small_segments());
+    const THREADS: u64 = 6;
+    const BATCHES: u64 = 20;
+    let batch_of = |t: u64, k: u64| -> Vec<Bytes> {
+        if t == 0 && k.is_multiple_of(5) {
+            // 80 KiB: takes the prepare-ahead path on disk.
+            payloads(2000 + t, k * 100..k * 100 + 80, 1024)
+        } else {
+            payloads(2000 + t, k * 100..k * 100 + 1 + (k + t) % 4, 40)
+        }
+    };
+    let ranges: Vec<(u64, u64, std::ops::Range<Offset>)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let b = &b;
+                scope.spawn(move || {
+                    (0..BATCHES)
+                        .map(|k| {
+                            let batch = batch_of(t, k);
+                            let r = b
+                                .append(S, batch.clone(), fsync)
+                                .unwrap_or_else(|e| panic!("thread {t} batch {k}: {e}"));
+                            assert_eq!(r.end.get() - r.start.get(), batch.len() as u64, "thread {t} batch {k}");
+                            (t, k, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted: Vec<_> = ranges.iter().map(|(_, _, r)| r.clone()).collect();
+    sorted.sort_by_key(|r| r.start);
+    let mut at = off(0);
+    for r in &sorted {
+        assert_eq!(r.start, at, "ranges tile the stream without gap or overlap");
+        at = r.end;
+    }
+    assert_eq!(b.next_offset(S).unwrap(), at);
+    let got = read_all(&b, S, off(0), 1 << 20);
+    for (t, k, r) in &ranges {
+        let at = &got[r.start.get() as usize..r.end.get() as usize];
+        assert_eq!(at, batch_of(*t, *k).as_slice(), "batch {k} of thread {t} at {r:?}");
+    }
+    assert_eq!(b.verify_chain(S).unwrap().head, *expected_chain(0, ChainHash::ZERO, &got).last().unwrap());
+}
+
+fn concurrent_at_end_appenders_no_fsync<F: Fixture>(f: &F) {
+    concurrent_at_end_appenders_get_their_ranges(f, false);
+}
+
+fn concurrent_at_end_appenders_fsync<F: Fixture>(f: &F) {
+    concurrent_at_end_appenders_get_their_ranges(f, true);
+}
+
 /// Runs the same operations on two backends; every observable chain hash, offset, log start and
 /// compaction result must agree.
 fn same_results_on_both<A: Fixture, B: Fixture>(fa: &A, fb: &B) {
@@ -1068,6 +1151,9 @@ macro_rules! backend_suite {
                 readers_see_verified_prefixes_while_appending,
                 concurrent_appenders_no_fsync,
                 concurrent_appenders_fsync,
+                append_at_end_assigns_contiguous_ranges,
+                concurrent_at_end_appenders_no_fsync,
+                concurrent_at_end_appenders_fsync,
             );
         }
     };

@@ -88,6 +88,27 @@ impl GroupCommit {
         waiters.into_iter().for_each(Waiter::wake);
     }
 
+    /// Returns once no fsync runs (at once if none does). A combiner of appends waits here
+    /// before taking its round, so that the round holds everything submitted during the fsync
+    /// and is then written and synced as one.
+    pub fn wait_idle(&self) {
+        let mut s = self.state.lock();
+        if !s.syncing {
+            return;
+        }
+        let woken = Arc::new(AtomicBool::new(false));
+        // Never made durable by an fsync: woken as the next leader, or by a reset or a failure.
+        s.waiters.push(Waiter {
+            thread: std::thread::current(),
+            end: Offset::new(u64::MAX),
+            woken: Arc::clone(&woken),
+        });
+        drop(s);
+        while !woken.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+
     /// Whether a waiter for `end` in `epoch` is done.
     fn done(&self, end: Offset, epoch: u64) -> bool {
         self.epoch() != epoch || self.durable() >= end

@@ -9,10 +9,11 @@
 //! Sealed segments are immutable, with one documented exception: `truncate_from` may cut into a
 //! sealed segment (it then becomes the active segment again and loses its index file).
 
+mod append_queue;
+mod group_commit;
 mod maintenance;
 mod read;
 mod recovery;
-mod group_commit;
 mod stream;
 mod write;
 
@@ -324,6 +325,10 @@ impl StorageBackend for Storage {
         fsync: bool,
     ) -> Result<Offset> {
         Storage::append_batch(self, stream, events, expected_offset, fsync)
+    }
+
+    fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<std::ops::Range<Offset>> {
+        Storage::append(self, stream, events, fsync)
     }
 
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {

@@ -1,9 +1,11 @@
 //! The write path: committing prepared batches, segment rotation, group commit, index files.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::append_queue::Request;
 use super::stream::Stream;
 use super::{Storage, io_err, now_ms};
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
@@ -67,48 +69,160 @@ impl Storage {
 
     /// A large batch, prepared (compressed, hashed, encoded) part by part on the preparing thread
     /// (see [`crate::prepare_ahead`]) while this thread writes the parts already prepared, all
-    /// under one hold of the writer lock. When that thread is busy with another stream's batch,
-    /// the batch is prepared here.
+    /// under one hold of the writer lock.
     fn append_prepared_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
             let head = h.head_if_next_is(expected)?;
-            let next = expected;
-            let end = next.plus(events.len() as u64);
-            let events = Arc::new(events);
-            let parts = self.prepare_ahead().and_then(|a| {
-                a.try_start(BatchToPrepare {
-                    stream: h.id,
-                    base: next,
-                    prev: head,
-                    events: Arc::clone(&events),
-                    codec: Arc::clone(&self.codec),
-                    append_time_ms: now_ms(),
-                    part_bytes: AHEAD_PART_BYTES,
-                })
-            });
-            let mut written = next;
-            if let Some(mut parts) = parts {
-                while let Some(mut part) = parts.next_part() {
-                    debug_assert_eq!(part.base, written, "parts arrive in order");
-                    part.seal();
-                    let r = self.write_locked(h, &part);
-                    h.guard(r)?;
-                    written = part.next();
-                }
-            }
-            if written < end {
-                // Prepared here: the thread was busy, or it died part-way.
-                let rest = events[(written.get() - next.get()) as usize..].to_vec();
-                let head = h.core.read().head;
-                let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
-                let r = self.write_locked(h, &batch);
-                h.guard(r)?;
-            }
+            let end = self.write_ahead_locked(h, events, expected, head)?;
             self.policy_checkpoint_locked(h);
             (end, h.sync.epoch())
         };
         self.finish_append(h, end, epoch, fsync)
+    }
+
+    /// Writes `events` as records `next, next + 1, ...` (the stream's next offset, whose chain
+    /// hash before it is `head`), prepared part by part on the preparing thread; when that
+    /// thread is busy with another stream's batch, prepared here. Returns the new next offset.
+    fn write_ahead_locked(&self, h: &Stream, events: Vec<Bytes>, next: Offset, head: ChainHash) -> Result<Offset> {
+        let end = next.plus(events.len() as u64);
+        let events = Arc::new(events);
+        let parts = self.prepare_ahead().and_then(|a| {
+            a.try_start(BatchToPrepare {
+                stream: h.id,
+                base: next,
+                prev: head,
+                events: Arc::clone(&events),
+                codec: Arc::clone(&self.codec),
+                append_time_ms: now_ms(),
+                part_bytes: AHEAD_PART_BYTES,
+            })
+        });
+        let mut written = next;
+        if let Some(mut parts) = parts {
+            while let Some(mut part) = parts.next_part() {
+                debug_assert_eq!(part.base, written, "parts arrive in order");
+                part.seal();
+                let r = self.write_locked(h, &part);
+                h.guard(r)?;
+                written = part.next();
+            }
+        }
+        if written < end {
+            // Prepared here: the thread was busy, or it died part-way.
+            let rest = events[(written.get() - next.get()) as usize..].to_vec();
+            let head = h.core.read().head;
+            let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
+            let r = self.write_locked(h, &batch);
+            h.guard(r)?;
+        }
+        Ok(end)
+    }
+
+    /// Appends `events` at the stream's end, wherever that is when they are written (the
+    /// storage assigns the offsets, as a Kafka partition leader does), and returns the offsets
+    /// they got. With `fsync`, returns only once they are durable.
+    ///
+    /// Concurrent callers on one stream are combined (see [`super::append_queue`]): one of them
+    /// writes every batch queued so far with one write and waits for one fsync for all of them,
+    /// while the next round is written. Batches keep their order of arrival and are never
+    /// interleaved: each gets a contiguous range.
+    pub fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<Range<Offset>> {
+        validate_batch(stream, &events, &self.options)?;
+        let h = self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?;
+        h.check_usable()?;
+        let ticket = h.appends.submit(events, fsync);
+        if ticket.combine {
+            self.combine(&h, fsync);
+        }
+        ticket.wait()
+    }
+
+    /// One round of combined appends: writes every queued batch, then completes each request
+    /// (those that asked for fsync once the round is durable).
+    fn combine(&self, h: &Stream, fsync: bool) {
+        if fsync {
+            // Requests pile up behind this one while the running fsync lasts.
+            h.sync.wait_idle();
+        }
+        let w = h.writer.lock();
+        let requests = h.appends.take();
+        debug_assert!(!requests.is_empty(), "the combiner's own request is queued");
+        let mut ranges = Vec::with_capacity(requests.len());
+        let written = self.write_round_locked(h, &requests, &mut ranges);
+        let epoch = h.sync.epoch();
+        drop(w);
+        let end = match written {
+            Ok(end) => end,
+            Err(e) => return Self::fail_round(h, requests, e),
+        };
+        let fsync = requests.iter().any(|r| r.fsync);
+        let durable = if fsync { self.finish_append(h, end, epoch, true).map(|_| ()) } else { Ok(()) };
+        match durable {
+            Ok(()) => requests.into_iter().zip(ranges).for_each(|(r, range)| r.complete(Ok(range))),
+            Err(e) => {
+                // Those that did not ask for fsync have their records written.
+                let (sync, nosync): (Vec<_>, Vec<_>) = requests.into_iter().zip(ranges).partition(|(r, _)| r.fsync);
+                nosync.into_iter().for_each(|(r, range)| r.complete(Ok(range)));
+                Self::fail_round(h, sync.into_iter().map(|(r, _)| r).collect(), e);
+            }
+        }
+    }
+
+    /// Writes the round's batches in order, as few prepared batches as the batch size limit
+    /// allows, and notes the range each request got. Returns the new next offset.
+    fn write_round_locked(&self, h: &Stream, requests: &[Request], ranges: &mut Vec<Range<Offset>>) -> Result<Offset> {
+        h.check_usable()?;
+        let mut next = h.core.read().next();
+        let mut i = 0;
+        while i < requests.len() {
+            // Requests [i, j) go into one batch.
+            let mut bytes = 0usize;
+            let mut j = i;
+            while j < requests.len() {
+                let b: usize = requests[j].events.iter().map(Bytes::len).sum();
+                if j > i && bytes + b > self.options.max_batch_bytes {
+                    break;
+                }
+                bytes += b;
+                j += 1;
+            }
+            let events: Vec<Bytes> = requests[i..j].iter().flat_map(|r| r.events.iter().cloned()).collect();
+            for r in &requests[i..j] {
+                let end = next.plus(r.events.len() as u64);
+                ranges.push(next..end);
+                next = end;
+            }
+            let (base, head) = {
+                let c = h.core.read();
+                (c.next(), c.head)
+            };
+            debug_assert_eq!(base.plus(events.len() as u64), next, "ranges follow the stream's end");
+            if self.options.prepare_ahead && bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
+                self.write_ahead_locked(h, events, base, head)?;
+            } else {
+                let batch = PreparedBatch::prepare(h.id, base, head, events, &self.options, self.codec.as_ref())?;
+                let r = self.write_locked(h, &batch);
+                h.guard(r)?;
+            }
+            self.policy_checkpoint_locked(h);
+            i = j;
+        }
+        Ok(next)
+    }
+
+    /// Completes `requests` with `e`: the first gets `e` itself, the others the stream's
+    /// failure (a round that failed part-way leaves the stream failed).
+    fn fail_round(h: &Stream, requests: Vec<Request>, e: StorageError) {
+        h.fail(&e);
+        let cause = e.to_string();
+        let mut requests = requests.into_iter();
+        if let Some(first) = requests.next() {
+            first.complete(Err(e));
+        }
+        for r in requests {
+            r.complete(Err(StorageError::StreamFailed { stream: h.id, cause: cause.clone() }));
+        }
     }
 
     /// The preparing thread, started on first use; `None` where it cannot help (one CPU) or could
