@@ -4,6 +4,10 @@
 //! before it, so a replica (or an export) can prove that its log was not altered: two replicas that
 //! hold the same events have the same chain hash at every offset, whatever codec each uses.
 //!
+//! An append is either conditional ([`Storage::append_batch`] at the offset the caller expects
+//! next, as the Raft layer does) or at the end ([`Storage::append`]: the storage assigns the
+//! offsets, and concurrent callers on one stream share one write and one fsync).
+//!
 //! This crate is plain, synchronous and thread-safe: it never depends on an async runtime. To use
 //! a second core it runs threads of its own: one per [`Storage`] that prepares large batches
 //! ahead of their writer (see [`StorageOptions::prepare_ahead`]), and scoped read-ahead threads
