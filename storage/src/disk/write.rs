@@ -123,7 +123,7 @@ impl Storage {
     /// storage assigns the offsets, as a Kafka partition leader does), and returns the offsets
     /// they got. With `fsync`, returns only once they are durable.
     ///
-    /// Concurrent callers on one stream are combined (see [`super::append_queue`]): one of them
+    /// Concurrent callers on one stream are combined (`disk/append_queue.rs`): one of them
     /// writes every batch queued so far with one write and waits for one fsync for all of them,
     /// while the next round is written. Batches keep their order of arrival and are never
     /// interleaved: each gets a contiguous range.
