@@ -10,12 +10,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::Thread;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::wake::{Wakeup, wake_tree};
 use crate::error::Result;
 use crate::types::Offset;
 
@@ -30,18 +29,27 @@ pub(crate) struct Request {
 impl Request {
     /// Hands the caller its result and wakes it.
     pub fn complete(self, result: Result<Range<Offset>>) {
-        *self.reply.result.lock() = Some(result);
-        self.reply.done.store(true, Ordering::Release);
-        self.reply.thread.unpark();
+        complete_all(vec![(self, result)]);
     }
+}
+
+/// Hands each caller its result, and wakes them all (as a tree, see [`super::wake`]).
+pub(crate) fn complete_all(results: Vec<(Request, Result<Range<Offset>>)>) {
+    let wakeups = results
+        .into_iter()
+        .map(|(r, result)| {
+            *r.reply.result.lock() = Some(result);
+            Arc::clone(&r.reply.wakeup)
+        })
+        .collect();
+    wake_tree(wakeups);
 }
 
 /// Where a caller's result arrives.
 #[derive(Debug)]
 struct Reply {
     result: Mutex<Option<Result<Range<Offset>>>>,
-    done: AtomicBool,
-    thread: Thread,
+    wakeup: Arc<Wakeup>,
 }
 
 /// A caller's claim on its result.
@@ -55,10 +63,7 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Parks until the request was completed, and returns its result.
     pub fn wait(self) -> Result<Range<Offset>> {
-        // `park` may return spuriously: only the flag says the result is there.
-        while !self.reply.done.load(Ordering::Acquire) {
-            std::thread::park();
-        }
+        self.reply.wakeup.wait();
         self.reply.result.lock().take().expect("a completed request holds its result")
     }
 }
@@ -81,7 +86,7 @@ impl AppendQueue {
     /// queue with [`Self::take`]) before it waits.
     pub fn submit(&self, events: Vec<Bytes>, fsync: bool) -> Ticket {
         let reply =
-            Arc::new(Reply { result: Mutex::new(None), done: AtomicBool::new(false), thread: std::thread::current() });
+            Arc::new(Reply { result: Mutex::new(None), wakeup: Wakeup::for_current_thread() });
         let mut s = self.state.lock();
         s.pending.push(Request { events, fsync, reply: Arc::clone(&reply) });
         let combine = !std::mem::replace(&mut s.combining, true);

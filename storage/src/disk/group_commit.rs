@@ -3,37 +3,29 @@
 //! An appender that needs its records durable either finds them durable already (one atomic
 //! load), or becomes the fsync leader when no fsync runs, or parks until the running one ends.
 //! The leader syncs everything written before it started, then wakes exactly the parked
-//! appenders it made durable, each on its own: they return without touching a shared lock. An
-//! appender whose records were written after the fsync started stays parked, and the first of
-//! them is woken to lead the next fsync.
+//! appenders it made durable (as a tree, see [`super::wake`]): they return without touching a
+//! shared lock. An appender whose records were written after the fsync started stays parked,
+//! and the first of them is woken (first) to lead the next fsync.
 //!
 //! (A condvar does not do here: waking all its waiters makes each re-take the mutex in turn,
 //! a convoy of one context switch per appender before any of them can return.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::Thread;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::wake::{Wakeup, wake_tree};
 use crate::error::Result;
 use crate::types::Offset;
 
 /// One parked appender.
 #[derive(Debug)]
 struct Waiter {
-    thread: Thread,
     /// It returns once every record below this is durable.
     end: Offset,
-    /// Set when its entry is taken off the list, just before it is unparked.
-    woken: Arc<AtomicBool>,
-}
-
-impl Waiter {
-    fn wake(self) {
-        self.woken.store(true, Ordering::Release);
-        self.thread.unpark();
-    }
+    /// Woken when its entry is taken off the list.
+    wakeup: Arc<Wakeup>,
 }
 
 #[derive(Debug, Default)]
@@ -79,13 +71,13 @@ impl GroupCommit {
             self.durable.store(durable.get(), Ordering::Release);
             std::mem::take(&mut s.waiters)
         };
-        waiters.into_iter().for_each(Waiter::wake);
+        wake_tree(waiters.into_iter().map(|w| w.wakeup).collect());
     }
 
     /// Wakes every waiter (to see that the stream failed).
     pub fn wake_all(&self) {
         let waiters = std::mem::take(&mut self.state.lock().waiters);
-        waiters.into_iter().for_each(Waiter::wake);
+        wake_tree(waiters.into_iter().map(|w| w.wakeup).collect());
     }
 
     /// Returns once no fsync runs (at once if none does). A combiner of appends waits here
@@ -96,17 +88,11 @@ impl GroupCommit {
         if !s.syncing {
             return;
         }
-        let woken = Arc::new(AtomicBool::new(false));
+        let wakeup = Wakeup::for_current_thread();
         // Never made durable by an fsync: woken as the next leader, or by a reset or a failure.
-        s.waiters.push(Waiter {
-            thread: std::thread::current(),
-            end: Offset::new(u64::MAX),
-            woken: Arc::clone(&woken),
-        });
+        s.waiters.push(Waiter { end: Offset::new(u64::MAX), wakeup: Arc::clone(&wakeup) });
         drop(s);
-        while !woken.load(Ordering::Acquire) {
-            std::thread::park();
-        }
+        wakeup.wait();
     }
 
     /// Whether a waiter for `end` in `epoch` is done.
@@ -134,13 +120,10 @@ impl GroupCommit {
                 return Ok(());
             }
             if s.syncing {
-                let woken = Arc::new(AtomicBool::new(false));
-                s.waiters.push(Waiter { thread: std::thread::current(), end, woken: Arc::clone(&woken) });
+                let wakeup = Wakeup::for_current_thread();
+                s.waiters.push(Waiter { end, wakeup: Arc::clone(&wakeup) });
                 drop(s);
-                // `park` may return spuriously: only the flag says the entry was taken.
-                while !woken.load(Ordering::Acquire) {
-                    std::thread::park();
-                }
+                wakeup.wait();
                 continue;
             }
             s.syncing = true;
@@ -156,7 +139,11 @@ impl GroupCommit {
                 }
                 self.take_woken(&mut s.waiters, r.is_err())
             };
-            woken.into_iter().for_each(Waiter::wake);
+            let durable_now = self.durable();
+            // The next leader (if any) alone and first, so the next fsync starts at once.
+            let (leader, woken): (Vec<Waiter>, Vec<Waiter>) = woken.into_iter().partition(|w| w.end > durable_now);
+            leader.into_iter().for_each(|w| w.wakeup.wake());
+            wake_tree(woken.into_iter().map(|w| w.wakeup).collect());
             r?;
         }
     }

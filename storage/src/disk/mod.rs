@@ -11,6 +11,7 @@
 
 mod append_queue;
 mod group_commit;
+mod wake;
 mod maintenance;
 mod read;
 mod recovery;

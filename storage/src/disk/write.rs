@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::append_queue::Request;
+use super::append_queue::{Request, complete_all};
 use super::stream::Stream;
 use super::{Storage, io_err, now_ms};
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
@@ -159,7 +159,7 @@ impl Storage {
         let fsync = requests.iter().any(|r| r.fsync);
         let durable = if fsync { self.finish_append(h, end, epoch, true).map(|_| ()) } else { Ok(()) };
         match durable {
-            Ok(()) => requests.into_iter().zip(ranges).for_each(|(r, range)| r.complete(Ok(range))),
+            Ok(()) => complete_all(requests.into_iter().zip(ranges.into_iter().map(Ok)).collect()),
             Err(e) => {
                 // Those that did not ask for fsync have their records written.
                 let (sync, nosync): (Vec<_>, Vec<_>) = requests.into_iter().zip(ranges).partition(|(r, _)| r.fsync);
