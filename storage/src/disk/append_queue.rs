@@ -85,8 +85,7 @@ impl AppendQueue {
     /// Queues a batch. The ticket says whether the caller must run a round (and so take the
     /// queue with [`Self::take`]) before it waits.
     pub fn submit(&self, events: Vec<Bytes>, fsync: bool) -> Ticket {
-        let reply =
-            Arc::new(Reply { result: Mutex::new(None), wakeup: Wakeup::for_current_thread() });
+        let reply = Arc::new(Reply { result: Mutex::new(None), wakeup: Wakeup::for_current_thread() });
         let mut s = self.state.lock();
         s.pending.push(Request { events, fsync, reply: Arc::clone(&reply) });
         let combine = !std::mem::replace(&mut s.combining, true);

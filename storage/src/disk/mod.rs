@@ -11,11 +11,11 @@
 
 mod append_queue;
 mod group_commit;
-mod wake;
 mod maintenance;
 mod read;
 mod recovery;
 mod stream;
+mod wake;
 mod write;
 
 use std::collections::BTreeMap;

@@ -25,7 +25,11 @@ pub(crate) struct Wakeup {
 impl Wakeup {
     /// A wake-up for the calling thread.
     pub fn for_current_thread() -> Arc<Self> {
-        Arc::new(Self { thread: std::thread::current(), done: AtomicBool::new(false), children: Mutex::new(Vec::new()) })
+        Arc::new(Self {
+            thread: std::thread::current(),
+            done: AtomicBool::new(false),
+            children: Mutex::new(Vec::new()),
+        })
     }
 
     /// Parks until woken, then wakes this one's children.
