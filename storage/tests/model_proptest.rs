@@ -213,9 +213,11 @@ enum CompactKind {
     AgeHour,
 }
 
+/// One step of a sequence. `Append` with `at_end` uses `append` (the storage picks the offsets)
+/// instead of `append_batch`.
 #[derive(Clone, Debug)]
 enum Op {
-    Append { stream: usize, sizes: Vec<u16>, fsync: bool },
+    Append { stream: usize, sizes: Vec<u16>, fsync: bool, at_end: bool },
     AppendAtWrongOffset { stream: usize, delta: i8 },
     Read { stream: usize, at: u16, max_bytes: usize },
     ReadRange { stream: usize, at: u16, len: u8 },
@@ -232,8 +234,8 @@ enum Op {
 fn op_strategy() -> impl Strategy<Value = Op> {
     let stream = 0..STREAMS.len();
     prop_oneof![
-        8 => (stream.clone(), prop::collection::vec(0u16..700, 1..6), any::<bool>())
-            .prop_map(|(stream, sizes, fsync)| Op::Append { stream, sizes, fsync }),
+        8 => (stream.clone(), prop::collection::vec(0u16..700, 1..6), any::<bool>(), any::<bool>())
+            .prop_map(|(stream, sizes, fsync, at_end)| Op::Append { stream, sizes, fsync, at_end }),
         1 => (stream.clone(), any::<i8>()).prop_map(|(stream, delta)| Op::AppendAtWrongOffset { stream, delta }),
         3 => (stream.clone(), any::<u16>(), prop_oneof![Just(0usize), Just(500), Just(3000), Just(usize::MAX)])
             .prop_map(|(stream, at, max_bytes)| Op::Read { stream, at, max_bytes }),
@@ -397,7 +399,7 @@ fn run_ops<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError>
     let mut seq = 0u64;
     for op in ops {
         match op {
-            Op::Append { stream, sizes, fsync } => {
+            Op::Append { stream, sizes, fsync, at_end } => {
                 let s = STREAMS[*stream];
                 let events: Vec<Bytes> = sizes
                     .iter()
@@ -407,7 +409,14 @@ fn run_ops<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError>
                     })
                     .collect();
                 let m = model.get(s);
-                let next = b.append_batch(s, events.clone(), Offset::new(m.next()), *fsync).unwrap();
+                let first = m.next();
+                let next = if *at_end {
+                    let range = b.append(s, events.clone(), *fsync).unwrap();
+                    prop_assert_eq!(range.start, Offset::new(first));
+                    range.end
+                } else {
+                    b.append_batch(s, events.clone(), Offset::new(first), *fsync).unwrap()
+                };
                 m.append(&events);
                 prop_assert_eq!(next, Offset::new(m.next()));
             }
