@@ -87,6 +87,32 @@ fn append_until_fault(s: &Storage) -> (Vec<Bytes>, u64, bool) {
     (written, acked, false)
 }
 
+/// Runs `each(t)` for every `t` in `0..threads`, all at once, each on a thread of its own;
+/// returns everything they returned.
+fn on_threads<T: Send>(threads: u64, each: impl Fn(u64) -> Vec<T> + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn({
+                    let each = &each;
+                    move || each(t)
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Crashes `fs` (every byte since the last fsync is lost), closes `s` and opens the storage
+/// again; returns it with every record of `S` it holds.
+fn crash_and_read_back(fs: &FaultyFileSystem, s: Storage) -> (Storage, Vec<Bytes>) {
+    fs.crash();
+    drop(s);
+    let s = open(fs).unwrap();
+    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    (s, all)
+}
+
 #[test]
 fn fsync_failure_at_every_point_loses_no_acknowledged_record() {
     let mut faults_hit = 0;
@@ -240,35 +266,26 @@ fn lock_is_exclusive_and_released_on_drop() {
 #[test]
 fn group_commit_appenders_all_durable() {
     let fs = FaultyFileSystem::new();
-    let s = Arc::new(open(&fs).unwrap());
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                for i in 0..25u64 {
-                    let p = Bytes::from(format!("t{t}-{i}"));
-                    loop {
-                        let at = s.next_offset(S).unwrap();
-                        match s.append_batch(S, vec![p.clone()], at, true) {
-                            Ok(_) => {
-                                mine.push(p);
-                                break;
-                            }
-                            Err(StorageError::OffsetMismatch { .. }) => continue,
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                }
-                mine
-            })
-        })
-        .collect();
-    let acked: Vec<Bytes> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    fs.crash();
-    drop(s);
     let s = open(&fs).unwrap();
-    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    let acked = on_threads(8, |t| {
+        let mut mine = Vec::new();
+        for i in 0..25u64 {
+            let p = Bytes::from(format!("t{t}-{i}"));
+            loop {
+                let at = s.next_offset(S).unwrap();
+                match s.append_batch(S, vec![p.clone()], at, true) {
+                    Ok(_) => {
+                        mine.push(p);
+                        break;
+                    }
+                    Err(StorageError::OffsetMismatch { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        mine
+    });
+    let (s, all) = crash_and_read_back(&fs, s);
     assert_eq!(all.len(), 200);
     for p in acked {
         assert!(all.contains(&p), "acknowledged {p:?} lost");
@@ -329,42 +346,33 @@ fn clean_close_writes_only_what_changed() {
 #[test]
 fn concurrent_fsync_appenders_all_learn_of_a_failed_fsync() {
     let fs = FaultyFileSystem::new();
-    let s = Arc::new(open(&fs).unwrap());
+    let s = open(&fs).unwrap();
     s.append_batch(S, vec![payload(0)], Offset::ZERO, true).unwrap();
     fs.fail_fsync_after(40);
-    let threads: Vec<_> = (0..6u64)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                for i in 0..40u64 {
-                    let p = Bytes::from(format!("t{t}-{i}"));
-                    loop {
-                        let at = s.next_offset(S).unwrap();
-                        match s.append_batch(S, vec![p.clone()], at, true) {
-                            Ok(_) => {
-                                acked.push(p);
-                                break;
-                            }
-                            Err(StorageError::OffsetMismatch { .. }) => continue,
-                            Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
-                            Err(e) => panic!("{e}"),
-                        }
+    let acked = on_threads(6, |t| {
+        let mut acked = Vec::new();
+        for i in 0..40u64 {
+            let p = Bytes::from(format!("t{t}-{i}"));
+            loop {
+                let at = s.next_offset(S).unwrap();
+                match s.append_batch(S, vec![p.clone()], at, true) {
+                    Ok(_) => {
+                        acked.push(p);
+                        break;
                     }
+                    Err(StorageError::OffsetMismatch { .. }) => continue,
+                    Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
+                    Err(e) => panic!("{e}"),
                 }
-                acked
-            })
-        })
-        .collect();
-    let acked: Vec<Bytes> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+            }
+        }
+        acked
+    });
     assert!(matches!(
         s.append_batch(S, vec![payload(1)], s.next_offset(S).unwrap(), false),
         Err(StorageError::StreamFailed { .. })
     ));
-    fs.crash();
-    drop(s);
-    let s = open(&fs).unwrap();
-    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    let (s, all) = crash_and_read_back(&fs, s);
     for p in &acked {
         assert!(all.contains(p), "acknowledged {p:?} lost");
     }
@@ -376,26 +384,16 @@ fn concurrent_fsync_appenders_all_learn_of_a_failed_fsync() {
 #[test]
 fn combined_fsync_appends_survive_a_crash_at_their_ranges() {
     let fs = FaultyFileSystem::new();
-    let s = Arc::new(open(&fs).unwrap());
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                (0..25u64)
-                    .map(|i| {
-                        let batch: Vec<Bytes> = (0..1 + i % 3).map(|j| Bytes::from(format!("t{t}-{i}-{j}"))).collect();
-                        let r = s.append(S, batch.clone(), true).unwrap();
-                        (r, batch)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let acked: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    fs.crash();
-    drop(s);
     let s = open(&fs).unwrap();
-    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    let acked = on_threads(8, |t| {
+        (0..25u64)
+            .map(|i| {
+                let batch: Vec<Bytes> = (0..1 + i % 3).map(|j| Bytes::from(format!("t{t}-{i}-{j}"))).collect();
+                (s.append(S, batch.clone(), true).unwrap(), batch)
+            })
+            .collect()
+    });
+    let (s, all) = crash_and_read_back(&fs, s);
     for (r, batch) in &acked {
         assert_eq!(
             &all[r.start.get() as usize..r.end.get() as usize],
@@ -411,33 +409,24 @@ fn combined_fsync_appends_survive_a_crash_at_their_ranges() {
 #[test]
 fn combined_appenders_all_learn_of_a_failed_fsync() {
     let fs = FaultyFileSystem::new();
-    let s = Arc::new(open(&fs).unwrap());
+    let s = open(&fs).unwrap();
     s.append(S, vec![payload(0)], true).unwrap();
     fs.fail_fsync_after(30);
-    let threads: Vec<_> = (0..6u64)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                for i in 0..40u64 {
-                    let p = Bytes::from(format!("t{t}-{i}"));
-                    match s.append(S, vec![p.clone()], true) {
-                        Ok(r) => acked.push((r.start, p)),
-                        Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    let acked: Vec<(Offset, Bytes)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let acked = on_threads(6, |t| {
+        let mut acked = Vec::new();
+        for i in 0..40u64 {
+            let p = Bytes::from(format!("t{t}-{i}"));
+            match s.append(S, vec![p.clone()], true) {
+                Ok(r) => acked.push((r.start, p)),
+                Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        acked
+    });
     assert!(acked.len() < 240, "the failed fsync stopped the appenders");
     assert!(matches!(s.append(S, vec![payload(1)], false), Err(StorageError::StreamFailed { .. })));
-    fs.crash();
-    drop(s);
-    let s = open(&fs).unwrap();
-    let all = s.read_from(S, Offset::ZERO, usize::MAX).unwrap();
+    let (s, all) = crash_and_read_back(&fs, s);
     for (at, p) in &acked {
         assert_eq!(all.get(at.get() as usize), Some(p), "acknowledged record at {at} lost");
     }
