@@ -103,6 +103,18 @@ fn on_threads<T: Send>(threads: u64, each: impl Fn(u64) -> Vec<T> + Sync) -> Vec
     })
 }
 
+/// Appends `p` with fsync at the stream's next offset, retrying while other appenders get
+/// there first.
+fn append_racing(s: &Storage, p: Bytes) -> Result<(), StorageError> {
+    loop {
+        let at = s.next_offset(S)?;
+        match s.append_batch(S, vec![p.clone()], at, true) {
+            Err(StorageError::OffsetMismatch { .. }) => continue,
+            r => return r.map(|_| ()),
+        }
+    }
+}
+
 /// Crashes `fs` (every byte since the last fsync is lost), closes `s` and opens the storage
 /// again; returns it with every record of `S` it holds.
 fn crash_and_read_back(fs: &FaultyFileSystem, s: Storage) -> (Storage, Vec<Bytes>) {
@@ -271,17 +283,8 @@ fn group_commit_appenders_all_durable() {
         let mut mine = Vec::new();
         for i in 0..25u64 {
             let p = Bytes::from(format!("t{t}-{i}"));
-            loop {
-                let at = s.next_offset(S).unwrap();
-                match s.append_batch(S, vec![p.clone()], at, true) {
-                    Ok(_) => {
-                        mine.push(p);
-                        break;
-                    }
-                    Err(StorageError::OffsetMismatch { .. }) => continue,
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            append_racing(&s, p.clone()).unwrap();
+            mine.push(p);
         }
         mine
     });
@@ -353,17 +356,10 @@ fn concurrent_fsync_appenders_all_learn_of_a_failed_fsync() {
         let mut acked = Vec::new();
         for i in 0..40u64 {
             let p = Bytes::from(format!("t{t}-{i}"));
-            loop {
-                let at = s.next_offset(S).unwrap();
-                match s.append_batch(S, vec![p.clone()], at, true) {
-                    Ok(_) => {
-                        acked.push(p);
-                        break;
-                    }
-                    Err(StorageError::OffsetMismatch { .. }) => continue,
-                    Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
-                    Err(e) => panic!("{e}"),
-                }
+            match append_racing(&s, p.clone()) {
+                Ok(()) => acked.push(p),
+                Err(StorageError::Io { .. } | StorageError::StreamFailed { .. }) => return acked,
+                Err(e) => panic!("{e}"),
             }
         }
         acked
