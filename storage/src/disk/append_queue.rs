@@ -26,13 +26,6 @@ pub(crate) struct Request {
     reply: Arc<Reply>,
 }
 
-impl Request {
-    /// Hands the caller its result and wakes it.
-    pub fn complete(self, result: Result<Range<Offset>>) {
-        complete_all(vec![(self, result)]);
-    }
-}
-
 /// Hands each caller its result, and wakes them all (as a tree, see [`super::wake`]).
 pub(crate) fn complete_all(results: Vec<(Request, Result<Range<Offset>>)>) {
     let wakeups = results

@@ -163,7 +163,7 @@ impl Storage {
             Err(e) => {
                 // Those that did not ask for fsync have their records written.
                 let (sync, nosync): (Vec<_>, Vec<_>) = requests.into_iter().zip(ranges).partition(|(r, _)| r.fsync);
-                nosync.into_iter().for_each(|(r, range)| r.complete(Ok(range)));
+                complete_all(nosync.into_iter().map(|(r, range)| (r, Ok(range))).collect());
                 Self::fail_round(h, sync.into_iter().map(|(r, _)| r).collect(), e);
             }
         }
@@ -216,13 +216,16 @@ impl Storage {
     fn fail_round(h: &Stream, requests: Vec<Request>, e: StorageError) {
         h.fail(&e);
         let cause = e.to_string();
-        let mut requests = requests.into_iter();
-        if let Some(first) = requests.next() {
-            first.complete(Err(e));
-        }
-        for r in requests {
-            r.complete(Err(StorageError::StreamFailed { stream: h.id, cause: cause.clone() }));
-        }
+        let mut first = Some(e);
+        let results = requests
+            .into_iter()
+            .map(|r| {
+                let err =
+                    first.take().unwrap_or_else(|| StorageError::StreamFailed { stream: h.id, cause: cause.clone() });
+                (r, Err(err))
+            })
+            .collect();
+        complete_all(results);
     }
 
     /// The preparing thread, started on first use; `None` where it cannot help (one CPU) or could
