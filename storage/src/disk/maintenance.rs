@@ -104,6 +104,7 @@ impl Storage {
             a.positions.truncate((offset.get() - a.base.get()) as usize);
             a.len = cut_pos;
             if cut {
+                a.allocated = cut_pos;
                 a.idx_bytes = 0;
                 a.indexed_len = 0;
             }

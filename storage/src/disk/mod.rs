@@ -222,6 +222,7 @@ impl Storage {
             file,
             positions: Vec::new(),
             len: stream::EMPTY_SEGMENT_LEN,
+            allocated: stream::EMPTY_SEGMENT_LEN,
             last_append_ms: created_ms,
             idx_bytes: 0,
             indexed_len: 0,

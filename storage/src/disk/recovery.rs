@@ -8,10 +8,11 @@
 //! - Sealed segments are trusted through their index files (CRC-checked, and matched against the
 //!   segment header and length); a missing or damaged index is rebuilt by a strict scan of the
 //!   segment, where any defect is a `Corruption` error.
-//! - The active (last) segment is scanned from where its index ends (or from its header): a torn
-//!   last record (partial, bad CRC, bad end marker, or a length reaching past the end of the file),
-//!   or a tail of zero bytes, is cut off with a warning; a defect followed by more data is a
-//!   `Corruption` error.
+//! - The active (last) segment's records end at or before its last non-zero byte: the zeros after
+//!   it (space preallocated for fsynced appends, or data that never reached the disk) are cut off.
+//!   It is scanned from where its index ends (or from its header): a torn last record (partial,
+//!   bad CRC, bad end marker, or a length reaching past the last non-zero byte) is cut off with a
+//!   warning; a defect followed by a whole record for the next offset is a `Corruption` error.
 //! - Segments must line up (each base is the previous end, each base hash the previous last hash).
 //! - Checkpoints are loaded; those outside `[log_start, next]` (left by an interrupted truncation,
 //!   compaction or install) are deleted.
@@ -37,12 +38,17 @@ use crate::types::{ChainHash, Offset, StreamId};
 
 /// Bytes read per I/O while scanning a segment on open.
 const SCAN_CHUNK_BYTES: u64 = 8 << 20;
+/// Bytes read per I/O while looking for the end of the active segment's zero tail.
+const ZERO_SCAN_BYTES: u64 = 1 << 20;
 
 struct Loaded {
     seq: u64,
     file: Arc<dyn FsFile>,
     header: SegmentHeader,
     file_len: u64,
+    /// Where its records can end: the file length, or for the active segment, the end of its
+    /// last non-zero byte (the zeros after it were preallocated, or never written).
+    data_len: u64,
 }
 
 /// What a scan of a segment's records found.
@@ -94,7 +100,12 @@ impl Storage {
             let mut hb = vec![0u8; seg_fmt::HEADER_LEN.min(file_len as usize)];
             file.read_exact_at(&mut hb, 0).map_err(io_err("read", &path))?;
             let header = SegmentHeader::decode(&hb, &path, id, &name)?;
-            loaded.push(Loaded { seq, file, header, file_len });
+            let data_len = if Some(seq) == last_seq {
+                data_len(file.as_ref(), file_len).map_err(io_err("read", &path))?
+            } else {
+                file_len
+            };
+            loaded.push(Loaded { seq, file, header, file_len, data_len });
         }
         if let Some(pos) = loaded.iter().rposition(|l| l.header.flags & seg_fmt::FLAG_RESTART != 0)
             && pos > 0
@@ -135,6 +146,7 @@ impl Storage {
                 file: l.file.clone(),
                 positions: Vec::new(),
                 len: seg_fmt::HEADER_LEN as u64,
+                allocated: seg_fmt::HEADER_LEN as u64,
                 last_append_ms: l.header.created_ms,
                 idx_bytes: 0,
                 indexed_len: 0,
@@ -170,7 +182,7 @@ impl Storage {
             }
             let mut index_last_hash = None;
             match index {
-                Some((f, bytes)) if !is_active || f.segment_len == l.file_len => {
+                Some((f, bytes)) if !is_active || f.segment_len == l.data_len => {
                     segment.positions = f.positions;
                     segment.len = f.segment_len;
                     segment.last_append_ms = f.last_append_ms;
@@ -185,7 +197,7 @@ impl Storage {
                         id,
                         &name,
                         l.file.as_ref(),
-                        l.file_len,
+                        l.data_len,
                         f.segment_len,
                         f.base.plus(f.positions.len() as u64),
                         true,
@@ -207,7 +219,7 @@ impl Storage {
                         id,
                         &name,
                         l.file.as_ref(),
-                        l.file_len,
+                        l.data_len,
                         seg_fmt::HEADER_LEN as u64,
                         segment.base,
                         is_active,
@@ -216,15 +228,19 @@ impl Storage {
                     segment.len = scan.end;
                 }
             }
-            if is_active && segment.len < l.file_len {
+            if is_active && segment.len < l.data_len {
                 tracing::warn!(
-                    stream = %id, file = %name, from = l.file_len, to = segment.len,
+                    stream = %id, file = %name, from = l.data_len, to = segment.len,
                     "cutting a torn record off the end of the active segment"
                 );
+            }
+            if is_active && segment.len < l.file_len {
+                tracing::debug!(stream = %id, file = %name, from = l.file_len, to = segment.len, "trimming the active segment");
                 let path = dir.join(&name);
                 l.file.set_len(segment.len).map_err(io_err("truncate", &path))?;
                 l.file.sync_data().map_err(io_err("fsync", &path))?;
             }
+            segment.allocated = segment.len;
             let last = match index_last_hash {
                 Some(h) => h,
                 None => {
@@ -309,7 +325,7 @@ impl Storage {
         let why = match IndexFile::decode(&bytes, id) {
             Ok(f) if f.base != l.header.base => "base offset differs from the segment's".to_string(),
             Ok(f) if f.base_prev_hash != l.header.base_prev_hash => "base hash differs from the segment's".to_string(),
-            Ok(f) if f.segment_len > l.file_len => "covers more bytes than the segment holds".to_string(),
+            Ok(f) if f.segment_len > l.data_len => "covers more bytes than the segment holds".to_string(),
             Ok(f) if !is_active && f.segment_len != l.file_len => "does not cover the whole sealed segment".to_string(),
             Ok(f) => return Some((f, bytes.len() as u64)),
             Err(why) => why,
@@ -455,4 +471,22 @@ impl Storage {
         };
         Ok((chain_hash(offset, &v.prev_hash, &payload), Some(v.append_time_ms)))
     }
+}
+
+/// The end of the last non-zero byte of a segment file of `file_len` bytes (at least the header's
+/// end). Every record ends in a non-zero end marker, so no record ends after it.
+fn data_len(file: &dyn FsFile, file_len: u64) -> std::io::Result<u64> {
+    let floor = (seg_fmt::HEADER_LEN as u64).min(file_len);
+    let mut end = file_len;
+    let mut buf = Vec::new();
+    while end > floor {
+        let from = end.saturating_sub(ZERO_SCAN_BYTES).max(floor);
+        buf.resize((end - from) as usize, 0);
+        file.read_exact_at(&mut buf, from)?;
+        if let Some(i) = buf.iter().rposition(|&b| b != 0) {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(floor)
 }

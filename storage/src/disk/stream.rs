@@ -36,6 +36,8 @@ pub(crate) struct Segment {
     pub positions: Vec<u64>,
     /// Bytes of header plus whole records (the file's logical length).
     pub len: u64,
+    /// The file's length: `len` plus the zeros preallocated past it (active segment only).
+    pub allocated: u64,
     /// Append time of its newest record (its creation time while empty).
     pub last_append_ms: u64,
     /// Size of its index file on disk (0 if it has none).

@@ -12,6 +12,7 @@ use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_
 use crate::codec::Codec;
 use crate::error::{Result, StorageError};
 use crate::format::names;
+use crate::format::segment::PREALLOCATION_BYTES;
 use crate::index::IndexFile;
 use crate::pipeline::{PreparedBatch, validate_batch};
 use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
@@ -74,7 +75,7 @@ impl Storage {
         let (end, epoch) = {
             let _w = h.writer.lock();
             let head = h.head_if_next_is(expected)?;
-            let end = self.write_ahead_locked(h, events, expected, head)?;
+            let end = self.write_ahead_locked(h, events, expected, head, fsync)?;
             self.policy_checkpoint_locked(h);
             (end, h.sync.epoch())
         };
@@ -84,7 +85,15 @@ impl Storage {
     /// Writes `events` as records `next, next + 1, ...` (the stream's next offset, whose chain
     /// hash before it is `head`), prepared part by part on the preparing thread; when that
     /// thread is busy with another stream's batch, prepared here. Returns the new next offset.
-    fn write_ahead_locked(&self, h: &Stream, events: Vec<Bytes>, next: Offset, head: ChainHash) -> Result<Offset> {
+    /// `fsync`: see [`Self::write_locked`].
+    fn write_ahead_locked(
+        &self,
+        h: &Stream,
+        events: Vec<Bytes>,
+        next: Offset,
+        head: ChainHash,
+        fsync: bool,
+    ) -> Result<Offset> {
         let end = next.plus(events.len() as u64);
         let events = Arc::new(events);
         let parts = self.prepare_ahead().and_then(|a| {
@@ -103,7 +112,7 @@ impl Storage {
             while let Some(mut part) = parts.next_part() {
                 debug_assert_eq!(part.base, written, "parts arrive in order");
                 part.seal();
-                let r = self.write_locked(h, &part);
+                let r = self.write_locked(h, &part, fsync);
                 h.guard(r)?;
                 written = part.next();
             }
@@ -113,7 +122,7 @@ impl Storage {
             let rest = events[(written.get() - next.get()) as usize..].to_vec();
             let head = h.core.read().head;
             let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
-            let r = self.write_locked(h, &batch);
+            let r = self.write_locked(h, &batch, fsync);
             h.guard(r)?;
         }
         Ok(end)
@@ -149,14 +158,14 @@ impl Storage {
         let requests = h.appends.take();
         debug_assert!(!requests.is_empty(), "the combiner's own request is queued");
         let mut ranges = Vec::with_capacity(requests.len());
-        let written = self.write_round_locked(h, &requests, &mut ranges);
+        let fsync = requests.iter().any(|r| r.fsync);
+        let written = self.write_round_locked(h, &requests, &mut ranges, fsync);
         let epoch = h.sync.epoch();
         drop(w);
         let end = match written {
             Ok(end) => end,
             Err(e) => return Self::fail_round(h, requests, e),
         };
-        let fsync = requests.iter().any(|r| r.fsync);
         let durable = if fsync { self.finish_append(h, end, epoch, true).map(|_| ()) } else { Ok(()) };
         match durable {
             Ok(()) => complete_all(requests.into_iter().zip(ranges.into_iter().map(Ok)).collect()),
@@ -170,8 +179,15 @@ impl Storage {
     }
 
     /// Writes the round's batches in order, as few prepared batches as the batch size limit
-    /// allows, and notes the range each request got. Returns the new next offset.
-    fn write_round_locked(&self, h: &Stream, requests: &[Request], ranges: &mut Vec<Range<Offset>>) -> Result<Offset> {
+    /// allows, and notes the range each request got. Returns the new next offset. `fsync`: see
+    /// [`Self::write_locked`].
+    fn write_round_locked(
+        &self,
+        h: &Stream,
+        requests: &[Request],
+        ranges: &mut Vec<Range<Offset>>,
+        fsync: bool,
+    ) -> Result<Offset> {
         h.check_usable()?;
         let mut next = h.core.read().next();
         let mut i = 0;
@@ -199,10 +215,10 @@ impl Storage {
             };
             debug_assert_eq!(base.plus(events.len() as u64), next, "ranges follow the stream's end");
             if self.options.prepare_ahead && bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
-                self.write_ahead_locked(h, events, base, head)?;
+                self.write_ahead_locked(h, events, base, head, fsync)?;
             } else {
                 let batch = PreparedBatch::prepare(h.id, base, head, events, &self.options, self.codec.as_ref())?;
-                let r = self.write_locked(h, &batch);
+                let r = self.write_locked(h, &batch, fsync);
                 h.guard(r)?;
             }
             self.policy_checkpoint_locked(h);
@@ -274,7 +290,7 @@ impl Storage {
                 let events = std::mem::take(&mut batch.events);
                 batch = PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())?;
             }
-            let r = self.write_locked(h, &batch);
+            let r = self.write_locked(h, &batch, fsync);
             h.guard(r)?;
             self.policy_checkpoint_locked(h);
             (batch.next(), h.sync.epoch())
@@ -298,17 +314,19 @@ impl Storage {
     }
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
-    fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
+    /// With `fsync` (the batch is synced next), a write that would grow the active segment first
+    /// preallocates zeros past it (see [`Self::preallocate_locked`]).
+    fn write_locked(&self, h: &Stream, batch: &PreparedBatch, fsync: bool) -> Result<()> {
         debug_assert!(batch.sealed, "every record's CRC is filled in before it is written");
         h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
         let mut i = 0;
         while i < n {
-            let (at, count, file, seq) = {
+            let (at, count, file, seq, allocated) = {
                 let c = h.core.read();
                 let a = c.active();
-                (a.len, a.positions.len(), a.file.clone(), a.seq)
+                (a.len, a.positions.len(), a.file.clone(), a.seq, a.allocated)
             };
             let mut len = at;
             let mut j = i;
@@ -322,6 +340,10 @@ impl Storage {
             }
             if j > i {
                 let bytes = &batch.encoded[batch.byte_range(i, j)];
+                let end = at + bytes.len() as u64;
+                if fsync && end > allocated {
+                    self.preallocate_locked(h, end)?;
+                }
                 file.write_all_at(bytes, at).map_err(io_err("write", &h.dir.join(names::segment(seq))))?;
                 self.publish(h, batch, i, j, at);
             }
@@ -329,6 +351,46 @@ impl Storage {
                 self.rotate_locked(h)?;
             }
             i = j;
+        }
+        Ok(())
+    }
+
+    /// Extends the active segment with zeros so that it reaches at least `end` plus
+    /// [`PREALLOCATION_BYTES`] (at most `max_segment_bytes`, or `end` if that is more), from its
+    /// current length or `end`, whichever is further (the caller writes records up to `end`).
+    /// Fsyncs of records written into allocated, zeroed blocks then flush data only, with no
+    /// size or extent change: on ext4 that halves the time of an fsync of a small append.
+    fn preallocate_locked(&self, h: &Stream, end: u64) -> Result<()> {
+        let (file, seq, allocated) = {
+            let c = h.core.read();
+            let a = c.active();
+            (a.file.clone(), a.seq, a.allocated)
+        };
+        let to = (end + PREALLOCATION_BYTES).min(self.options.max_segment_bytes).max(end);
+        let from = allocated.max(end);
+        if to > from {
+            let zeros = vec![0u8; (to - from) as usize];
+            file.write_all_at(&zeros, from).map_err(io_err("preallocate", &h.dir.join(names::segment(seq))))?;
+        }
+        let mut c = h.core.write();
+        let a = c.active_mut();
+        a.allocated = a.allocated.max(to);
+        Ok(())
+    }
+
+    /// Cuts the zeros preallocated past the active segment's records off the file and syncs
+    /// it (when it is sealed, and on close: a segment at rest holds records only).
+    pub(crate) fn trim_preallocation_locked(&self, h: &Stream) -> Result<()> {
+        let (file, name, len, allocated) = {
+            let c = h.core.read();
+            let a = c.active();
+            (a.file.clone(), a.name(), a.len, a.allocated)
+        };
+        if allocated > len {
+            let path = h.dir.join(name);
+            file.set_len(len).map_err(io_err("truncate", &path))?;
+            file.sync_data().map_err(io_err("fsync", &path))?;
+            h.core.write().active_mut().allocated = len;
         }
         Ok(())
     }
@@ -342,6 +404,7 @@ impl Storage {
             debug_assert_eq!(a.end(), batch.base.plus(i as u64), "records are published in order");
             a.positions.extend(batch.starts[i..j].iter().map(|s| at + (s - first) as u64));
             a.len = at + (batch.starts[j] - first) as u64;
+            a.allocated = a.allocated.max(a.len);
             a.last_append_ms = batch.append_time_ms;
             c.head = batch.hashes[j - 1];
         }
@@ -364,6 +427,8 @@ impl Storage {
             let a = c.active();
             (a.file.clone(), a.seq, c.next(), c.head, a.name())
         };
+        // Also syncs the records: a trimmed segment's size is its records' end.
+        self.trim_preallocation_locked(h)?;
         file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
         h.sync.note_durable(next);
         let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
@@ -422,11 +487,13 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes the active segment's index file if the segment holds records the index does not
-    /// describe yet (on close: the next open then scans nothing).
+    /// On close: trims the active segment's preallocated zeros, and writes its index file if
+    /// the segment holds records the index does not describe yet (the next open scans nothing).
     pub(crate) fn write_active_index(&self, h: &Stream) -> Result<()> {
         let _w = h.writer.lock();
         h.check_usable()?;
+        let r = self.trim_preallocation_locked(h);
+        h.guard(r)?;
         let needed = {
             let c = h.core.read();
             let a = c.active();
