@@ -405,6 +405,7 @@ impl Storage {
             a.positions.extend(batch.starts[i..j].iter().map(|s| at + (s - first) as u64));
             a.len = at + (batch.starts[j] - first) as u64;
             a.allocated = a.allocated.max(a.len);
+            debug_assert!(a.allocated >= a.len, "the file holds every record");
             a.last_append_ms = batch.append_time_ms;
             c.head = batch.hashes[j - 1];
         }

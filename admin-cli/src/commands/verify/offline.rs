@@ -159,9 +159,10 @@ pub fn finding_from_error(e: &StorageError) -> Finding {
     Finding { severity: Severity::Damage, kind: kind.into(), file, position, offset, detail: e.to_string() }
 }
 
-/// What recovery changed in the copy, compared with the original files (`pristine` holds
-/// untouched copies of the original index files).
+/// What recovery changed in the copy, compared with the original files in `src` (`pristine`
+/// holds untouched copies of the original index files).
 fn recovery_findings(
+    src: &Path,
     original: &BTreeMap<String, u64>,
     copy_dir: &Path,
     pristine: &Path,
@@ -204,18 +205,24 @@ fn recovery_findings(
                 "checkpoint outside the log (left by an interrupted truncation or compaction); removed on open".into(),
             )),
             None => {}
-            Some(&new_len) if names::parse_segment(name).is_some() && new_len < len => out.push(finding(
-                Severity::Damage,
-                "torn-tail",
-                name,
-                Some(new_len),
-                next_offset,
-                format!(
-                    "{} bytes after the last whole record fail their checks (a torn write, or a damaged last record); \
-                     the node cuts them on open",
-                    len - new_len
-                ),
-            )),
+            Some(&new_len) if names::parse_segment(name).is_some() && new_len < len => {
+                // Zeros past the records are space preallocated for fsynced appends, left by a
+                // node that did not close cleanly: not damage.
+                let torn = nonzero_len(&src.join(name), new_len, len)?;
+                if torn > 0 {
+                    out.push(finding(
+                        Severity::Damage,
+                        "torn-tail",
+                        name,
+                        Some(new_len),
+                        next_offset,
+                        format!(
+                            "{torn} bytes after the last whole record fail their checks (a torn write, or a damaged \
+                             last record); the node cuts them on open"
+                        ),
+                    ));
+                }
+            }
             Some(_) => {}
         }
     }
@@ -243,6 +250,15 @@ fn recovery_findings(
         }
     }
     Ok(out)
+}
+
+/// How many bytes of `path` in `[from, to)` lie before its last non-zero byte (0 if all are zero).
+fn nonzero_len(path: &Path, from: u64, to: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::File::open(path).map_err(local("open", path))?;
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut buf, from).map_err(local("read", path))?;
+    Ok(buf.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1))
 }
 
 /// Copies, opens and verifies one stream.
@@ -280,7 +296,7 @@ fn check_stream(data_dir: &Path, id: u64, scratch: &Path) -> Result<StreamReport
     let stream = StreamId::new(id);
     match Storage::open_with(&root, options) {
         Err(e) => {
-            report.findings.extend(recovery_findings(&original, &copy_dir, &pristine, None)?);
+            report.findings.extend(recovery_findings(&src, &original, &copy_dir, &pristine, None)?);
             report.findings.push(finding_from_error(&e));
         }
         Ok(storage) => {
@@ -296,7 +312,7 @@ fn check_stream(data_dir: &Path, id: u64, scratch: &Path) -> Result<StreamReport
             } else {
                 report.log_start = storage.log_start(stream).ok().map(|o| o.get());
                 report.next_offset = storage.next_offset(stream).ok().map(|o| o.get());
-                report.findings.extend(recovery_findings(&original, &copy_dir, &pristine, report.next_offset)?);
+                report.findings.extend(recovery_findings(&src, &original, &copy_dir, &pristine, report.next_offset)?);
                 match storage.verify_chain(stream) {
                     Ok(v) => {
                         report.records_verified = Some(v.records);
@@ -533,6 +549,37 @@ mod tests {
         assert_eq!(f.offset, Some(9));
         assert!(f.position.unwrap() < len);
         assert_eq!(fs::metadata(&path).unwrap().len(), len, "the original keeps its bytes");
+    }
+
+    #[test]
+    fn preallocated_zeros_left_by_a_crash_are_not_damage() {
+        let live = tempfile::tempdir().unwrap();
+        let s = Storage::open(live.path()).unwrap();
+        let events: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("event-{i}"))).collect();
+        s.append_batch(StreamId::new(0), events, Offset::ZERO, true).unwrap();
+        // A copy taken while the storage is open is what a crash (kill -9) leaves.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("0")).unwrap();
+        for e in fs::read_dir(live.path().join("0")).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), dir.path().join("0").join(e.file_name())).unwrap();
+        }
+        drop(s);
+        let segment = dir.path().join("0").join(names::segment(0));
+        let len = fs::metadata(&segment).unwrap().len();
+        assert!(len >= shale_storage::format::segment::PREALLOCATION_BYTES, "the copy holds the zeros");
+        let report = verify_data_dir(dir.path(), None).unwrap();
+        assert!(report.ok(), "{}", report_text(&report));
+        assert_eq!(report.streams[0].records_verified, Some(10));
+        assert!(report.streams[0].findings.is_empty(), "{:?}", report.streams[0].findings);
+        assert_eq!(fs::metadata(&segment).unwrap().len(), len, "the original keeps its bytes");
+
+        // A torn record in the zeros is still reported.
+        let (path, pos) = payload_position(dir.path(), 0, 9);
+        flip(&path, pos);
+        let report = verify_data_dir(dir.path(), None).unwrap();
+        let f = report.streams[0].findings.iter().find(|f| f.kind == "torn-tail").unwrap();
+        assert_eq!(f.offset, Some(9), "{f:?}");
     }
 
     #[test]

@@ -1,0 +1,190 @@
+//! Disk backend: the zeros preallocated past the active segment's records for fsynced appends.
+//! They are trimmed when the segment is sealed and on close; a copy of the directory taken while
+//! the storage is open (what a crash leaves) opens with the zeros cut off, torn records in the
+//! preallocated space cut, and damage before a whole record still reported as corruption.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use shale_storage::format::{record as rec, segment as seg};
+use shale_storage::{CheckpointPolicy, CorruptionReason, Offset, Storage, StorageError, StorageOptions, StreamId};
+
+const S: StreamId = StreamId::new(3);
+const LEN: usize = 100;
+const SEGMENT: u64 = 64 << 10;
+
+fn options() -> StorageOptions {
+    StorageOptions { max_segment_bytes: SEGMENT, checkpoint_policy: CheckpointPolicy::Manual, ..Default::default() }
+}
+
+fn payload(i: u64) -> Bytes {
+    let mut v = format!("{i:08}").into_bytes();
+    v.resize(LEN, b'a' + (i % 26) as u8);
+    Bytes::from(v)
+}
+
+fn append(s: &Storage, from: u64, to: u64, fsync: bool) {
+    for o in from..to {
+        s.append_batch(S, vec![payload(o)], Offset::new(o), fsync).unwrap();
+    }
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(S.get().to_string()).join(format!("segment_{seq:06}.log"))
+}
+
+/// Byte length of a segment holding `n` records.
+fn records_len(n: u64) -> u64 {
+    (seg::HEADER_LEN + n as usize * rec::encoded_len(LEN)) as u64
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+/// Copies the data directory as it is on disk now (the storage may be open): what a crash of
+/// the process leaves.
+fn snapshot(from: &Path) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(from, dir.path());
+    dir
+}
+
+#[test]
+fn fsynced_appends_preallocate_and_close_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, true);
+    let path = seg_path(dir.path(), 0);
+    assert_eq!(file_len(&path), SEGMENT, "zeros up to the segment limit (under PREALLOCATION_BYTES past the end)");
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes[records_len(10) as usize..].iter().all(|&b| b == 0));
+    s.close().unwrap();
+    assert_eq!(file_len(&path), records_len(10), "close trims the zeros");
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    assert_eq!(s.next_offset(S).unwrap(), Offset::new(10));
+    s.verify_chain(S).unwrap();
+}
+
+#[test]
+fn appends_without_fsync_do_not_preallocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, false);
+    assert_eq!(file_len(&seg_path(dir.path(), 0)), records_len(10));
+}
+
+#[test]
+fn preallocation_stops_at_the_segment_limit_and_sealing_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    let per_segment = (SEGMENT - seg::HEADER_LEN as u64) / rec::encoded_len(LEN) as u64;
+    let n = 2 * per_segment + 5;
+    // Batches of 7, so that some straddle a segment boundary.
+    let mut o = 0;
+    while o < n {
+        let k = 7.min(n - o);
+        s.append_batch(S, (o..o + k).map(payload).collect(), Offset::new(o), true).unwrap();
+        o += k;
+    }
+    for seq in 0..2 {
+        assert_eq!(file_len(&seg_path(dir.path(), seq)), records_len(per_segment), "sealed segment {seq} is trimmed");
+    }
+    assert_eq!(file_len(&seg_path(dir.path(), 2)), SEGMENT, "the active one is preallocated up to the limit");
+    let crashed = snapshot(dir.path());
+    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(n));
+    r.verify_chain(S).unwrap();
+    assert_eq!(file_len(&seg_path(crashed.path(), 2)), records_len(5), "open cut the zeros off");
+    assert_eq!(r.read_from(S, Offset::new(n - 1), usize::MAX).unwrap(), vec![payload(n - 1)]);
+}
+
+#[test]
+fn a_crash_leaves_zeros_that_open_cuts_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, true);
+    let crashed = snapshot(dir.path());
+    drop(s);
+    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(10));
+    assert_eq!(file_len(&seg_path(crashed.path(), 0)), records_len(10));
+    append(&r, 10, 20, true);
+    let again = snapshot(crashed.path());
+    drop(r);
+    let r = Storage::open_with(again.path(), options()).unwrap();
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(20));
+    r.verify_chain(S).unwrap();
+    assert_eq!(r.read_from(S, Offset::ZERO, usize::MAX).unwrap(), (0..20).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_record_in_preallocated_space_is_cut() {
+    let last = records_len(9) as usize;
+    // The last record reached the disk only in part; the rest of its bytes are still the
+    // preallocated zeros (a torn write), at every length from none of it to all but its last byte.
+    for kept in [0, 1, 13, rec::PAYLOAD_AT, rec::encoded_len(LEN) / 2, rec::encoded_len(LEN) - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open_with(dir.path(), options()).unwrap();
+        append(&s, 0, 10, true);
+        let crashed = snapshot(dir.path());
+        drop(s);
+        let path = seg_path(crashed.path(), 0);
+        let mut b = fs::read(&path).unwrap();
+        b[last + kept..last + rec::encoded_len(LEN)].fill(0);
+        fs::write(&path, &b).unwrap();
+        let r = Storage::open_with(crashed.path(), options()).unwrap();
+        assert_eq!(r.next_offset(S).unwrap(), Offset::new(9), "kept {kept}");
+        assert_eq!(file_len(&path), last as u64);
+        r.verify_chain(S).unwrap();
+        r.append_batch(S, vec![payload(9)], Offset::new(9), true).unwrap();
+    }
+}
+
+#[test]
+fn damage_before_a_whole_record_is_corruption_even_with_zeros_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, true);
+    let crashed = snapshot(dir.path());
+    drop(s);
+    let path = seg_path(crashed.path(), 0);
+    let mut b = fs::read(&path).unwrap();
+    b[records_len(4) as usize + rec::PAYLOAD_AT] ^= 0x01;
+    fs::write(&path, &b).unwrap();
+    let e = Storage::open_with(crashed.path(), options()).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corruption { offset: Some(o), reason: CorruptionReason::CrcMismatch { .. }, .. } if *o == Offset::new(4)),
+        "{e}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), b, "nothing was cut");
+}
+
+#[test]
+fn truncation_cuts_the_zeros_and_appends_preallocate_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, true);
+    s.truncate_from(S, Offset::new(6)).unwrap();
+    let path = seg_path(dir.path(), 0);
+    assert_eq!(file_len(&path), records_len(6));
+    append(&s, 6, 8, true);
+    assert_eq!(file_len(&path), SEGMENT);
+    let crashed = snapshot(dir.path());
+    drop(s);
+    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(8));
+    r.verify_chain(S).unwrap();
+}
