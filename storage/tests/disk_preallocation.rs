@@ -79,11 +79,22 @@ fn fsynced_appends_preallocate_and_close_trims() {
 }
 
 #[test]
-fn appends_without_fsync_do_not_preallocate() {
+fn appends_without_fsync_preallocate_only_once_the_stream_was_synced() {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open_with(dir.path(), options()).unwrap();
     append(&s, 0, 10, false);
-    assert_eq!(file_len(&seg_path(dir.path(), 0)), records_len(10));
+    let path = seg_path(dir.path(), 0);
+    assert_eq!(file_len(&path), records_len(10), "a stream never synced grows record by record");
+    // The Raft log's pattern: appends without fsync, then `sync` for all of them.
+    s.sync(S).unwrap();
+    append(&s, 10, 20, false);
+    assert_eq!(file_len(&path), SEGMENT);
+    s.sync(S).unwrap();
+    let crashed = snapshot(dir.path());
+    drop(s);
+    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(20));
+    r.verify_chain(S).unwrap();
 }
 
 #[test]

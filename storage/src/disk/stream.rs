@@ -159,6 +159,9 @@ pub(crate) struct Stream {
     pub failed: OnceLock<String>,
     /// Whether this process changed the stream (a clean close only syncs streams it changed).
     pub modified: std::sync::atomic::AtomicBool,
+    /// Whether this process fsynced the stream's records (an fsynced append, or `sync`, as the
+    /// Raft log's flusher calls after unsynced appends): from then on its writes preallocate.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 impl Stream {
@@ -176,6 +179,7 @@ impl Stream {
             sync: GroupCommit::default(),
             failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),
+            synced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -314,13 +314,15 @@ impl Storage {
     }
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
-    /// With `fsync` (the batch is synced next), a write that would grow the active segment first
-    /// preallocates zeros past it (see [`Self::preallocate_locked`]).
+    /// With `fsync` (the batch is synced next), or on a stream that was synced before (and so
+    /// probably will be again), a write that would grow the active segment first preallocates
+    /// zeros past it (see [`Self::preallocate_locked`]).
     fn write_locked(&self, h: &Stream, batch: &PreparedBatch, fsync: bool) -> Result<()> {
         debug_assert!(batch.sealed, "every record's CRC is filled in before it is written");
         h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
+        let preallocate = fsync || h.synced.load(std::sync::atomic::Ordering::Relaxed);
         let mut i = 0;
         while i < n {
             let (at, count, file, seq, allocated) = {
@@ -341,7 +343,7 @@ impl Storage {
             if j > i {
                 let bytes = &batch.encoded[batch.byte_range(i, j)];
                 let end = at + bytes.len() as u64;
-                if fsync && end > allocated {
+                if preallocate && end > allocated {
                     self.preallocate_locked(h, end)?;
                 }
                 file.write_all_at(bytes, at).map_err(io_err("write", &h.dir.join(names::segment(seq))))?;
@@ -511,6 +513,9 @@ impl Storage {
     /// running becomes the leader and fsyncs for everyone written before it starts; the others
     /// wait (see [`super::group_commit`]).
     pub(crate) fn wait_durable(&self, h: &Stream, end: Offset, epoch: u64) -> Result<()> {
+        if !h.synced.load(std::sync::atomic::Ordering::Relaxed) {
+            h.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         h.sync.wait(
             end,
             epoch,
