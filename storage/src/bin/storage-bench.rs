@@ -335,21 +335,26 @@ fn group_commit_run(
     (appended as f64 / elapsed.as_secs_f64(), attempts.load(Ordering::Relaxed) as f64 / appended.max(1) as f64)
 }
 
-/// The device's own rate: 1 KiB positional writes, each followed by `fdatasync`, into a file
-/// written and synced beforehand (so each flush carries data only, no block allocation).
-fn raw_fsync_rate(dir: &Path, time: Duration) -> std::io::Result<f64> {
+/// The device's own rate: 1 KiB positional writes, each followed by `fdatasync`. With
+/// `preallocated`, into a file written and synced beforehand (so each flush carries data only,
+/// no block allocation or size change: what the storage's preallocated segment tail gives);
+/// else appended to a growing file (each flush also commits the new size to the journal).
+fn raw_fsync_rate(dir: &Path, time: Duration, preallocated: bool) -> std::io::Result<f64> {
     use std::os::unix::fs::FileExt;
     const FILE_BYTES: u64 = 8 << 20;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("raw-fsync");
     let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    file.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
+    if preallocated {
+        file.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
+    }
     file.sync_all()?;
     let buf = payload(3, 1024);
     let mut n = 0u64;
     let start = Instant::now();
     while start.elapsed() < time {
-        file.write_all_at(&buf, (n * 1024) % FILE_BYTES)?;
+        let at = if preallocated { (n * 1024) % FILE_BYTES } else { n * 1024 };
+        file.write_all_at(&buf, at)?;
         file.sync_data()?;
         n += 1;
     }
@@ -670,8 +675,10 @@ fn group_section(
     streams: &mut impl Iterator<Item = StreamId>,
     report: &mut Report,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let raw = raw_fsync_rate(dir, plan.group_commit_time)?;
+    let raw = raw_fsync_rate(dir, plan.group_commit_time, true)?;
     report.plain_row("raw 1 KiB pwrite + fdatasync (device yardstick)", raw, raw * 1024.0 / 1e6);
+    let growing = raw_fsync_rate(dir, plan.group_commit_time, false)?;
+    report.plain_row("raw 1 KiB pwrite + fdatasync, file growing", growing, growing * 1024.0 / 1e6);
     let mut ratios = Vec::new();
     for (mode, name) in [(AppendMode::AtEnd, "append"), (AppendMode::Conditional, "append_batch, racing")] {
         let mut rates = Vec::new();
