@@ -287,13 +287,14 @@ enum AppendMode {
     Conditional,
 }
 
-/// `appenders` threads append single 1 KiB records with fsync to one stream for `time`.
+/// `appenders` threads append single 1 KiB records (with `fsync`) to one stream for `time`.
 /// Returns records/s and the mean number of calls per record appended.
 fn group_commit_run(
     storage: &Arc<Storage>,
     stream: StreamId,
     mode: AppendMode,
     appenders: usize,
+    fsync: bool,
     time: Duration,
 ) -> (f64, f64) {
     let stop = AtomicBool::new(false);
@@ -309,10 +310,10 @@ fn group_commit_run(
                 while !stop.load(Ordering::Relaxed) {
                     attempts.fetch_add(1, Ordering::Relaxed);
                     let r = match mode {
-                        AppendMode::AtEnd => storage.append(stream, vec![event.clone()], true).map(|_| ()),
+                        AppendMode::AtEnd => storage.append(stream, vec![event.clone()], fsync).map(|_| ()),
                         AppendMode::Conditional => {
                             let next = storage.next_offset(stream).expect("next_offset");
-                            storage.append_batch(stream, vec![event.clone()], next, true).map(|_| ())
+                            storage.append_batch(stream, vec![event.clone()], next, fsync).map(|_| ())
                         }
                     };
                     match r {
@@ -684,7 +685,7 @@ fn group_section(
         let mut rates = Vec::new();
         for appenders in [1usize, 8, 64] {
             let stream = streams.next().expect("endless");
-            let (rps, calls) = group_commit_run(storage, stream, mode, appenders, plan.group_commit_time);
+            let (rps, calls) = group_commit_run(storage, stream, mode, appenders, true, plan.group_commit_time);
             let label = format!("group commit 1 KiB fsync, {name}, {appenders} appenders");
             let label = if mode == AppendMode::Conditional { format!("{label} ({calls:.2} calls/rec)") } else { label };
             report.plain_row(&label, rps, rps * 1024.0 / 1e6);
@@ -694,6 +695,13 @@ fn group_section(
         }
         ratios.push((name, rates[2], rates[0], rates[2] / rates[0].max(f64::MIN_POSITIVE)));
     }
+    // The same 64 threads without fsync: how fast combining and waking threads alone can go on
+    // this machine, the ceiling of the fsync row above.
+    let stream = streams.next().expect("endless");
+    let (ceiling, _) = group_commit_run(storage, stream, AppendMode::AtEnd, 64, false, plan.group_commit_time);
+    report.plain_row("append without fsync, 64 appenders (hand-off ceiling)", ceiling, ceiling * 1024.0 / 1e6);
+    storage.verify_chain(stream)?;
+    storage.delete_stream(stream)?;
     let (_, many, one, ratio) = ratios[0];
     let (_, c_many, c_one, c_ratio) = ratios[1];
     report.target(
@@ -701,7 +709,8 @@ fn group_section(
         ratio >= 20.0,
         format!(
             "append: {many:.0} vs {one:.0} records/s = {ratio:.1}x (device: {raw:.0} fsyncs/s, so 20x needs {:.0} \
-             records/s); racing conditional append_batch: {c_many:.0} vs {c_one:.0} = {c_ratio:.1}x",
+             records/s; 64 threads without fsync: {ceiling:.0}); racing conditional append_batch: {c_many:.0} vs \
+             {c_one:.0} = {c_ratio:.1}x",
             20.0 * one
         ),
     );
