@@ -62,6 +62,27 @@ fn snapshot(from: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// What a crash of `live` leaves: a copy of `dir` taken while it is open, opened once `live` is
+/// gone.
+fn open_crash_copy(dir: &Path, live: Storage) -> (tempfile::TempDir, Storage) {
+    let copy = snapshot(dir);
+    drop(live);
+    let opened = Storage::open_with(copy.path(), options()).unwrap();
+    (copy, opened)
+}
+
+/// A crash copy of a stream of ten records appended with fsync (its segment ends in zeros), and
+/// the path of that segment in the copy.
+fn crashed_ten_records() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options()).unwrap();
+    append(&s, 0, 10, true);
+    let crashed = snapshot(dir.path());
+    drop(s);
+    let path = seg_path(crashed.path(), 0);
+    (crashed, path)
+}
+
 #[test]
 fn fsynced_appends_preallocate_and_close_trims() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,9 +111,7 @@ fn appends_without_fsync_preallocate_only_once_the_stream_was_synced() {
     append(&s, 10, 20, false);
     assert_eq!(file_len(&path), SEGMENT);
     s.sync(S).unwrap();
-    let crashed = snapshot(dir.path());
-    drop(s);
-    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    let (_crashed, r) = open_crash_copy(dir.path(), s);
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(20));
     r.verify_chain(S).unwrap();
 }
@@ -114,8 +133,7 @@ fn preallocation_stops_at_the_segment_limit_and_sealing_trims() {
         assert_eq!(file_len(&seg_path(dir.path(), seq)), records_len(per_segment), "sealed segment {seq} is trimmed");
     }
     assert_eq!(file_len(&seg_path(dir.path(), 2)), SEGMENT, "the active one is preallocated up to the limit");
-    let crashed = snapshot(dir.path());
-    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    let (crashed, r) = open_crash_copy(dir.path(), s);
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(n));
     r.verify_chain(S).unwrap();
     assert_eq!(file_len(&seg_path(crashed.path(), 2)), records_len(5), "open cut the zeros off");
@@ -127,15 +145,11 @@ fn a_crash_leaves_zeros_that_open_cuts_and_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open_with(dir.path(), options()).unwrap();
     append(&s, 0, 10, true);
-    let crashed = snapshot(dir.path());
-    drop(s);
-    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    let (crashed, r) = open_crash_copy(dir.path(), s);
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(10));
     assert_eq!(file_len(&seg_path(crashed.path(), 0)), records_len(10));
     append(&r, 10, 20, true);
-    let again = snapshot(crashed.path());
-    drop(r);
-    let r = Storage::open_with(again.path(), options()).unwrap();
+    let (_again, r) = open_crash_copy(crashed.path(), r);
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(20));
     r.verify_chain(S).unwrap();
     assert_eq!(r.read_from(S, Offset::ZERO, usize::MAX).unwrap(), (0..20).map(payload).collect::<Vec<_>>());
@@ -147,12 +161,7 @@ fn a_torn_record_in_preallocated_space_is_cut() {
     // The last record reached the disk only in part; the rest of its bytes are still the
     // preallocated zeros (a torn write), at every length from none of it to all but its last byte.
     for kept in [0, 1, 13, rec::PAYLOAD_AT, rec::encoded_len(LEN) / 2, rec::encoded_len(LEN) - 1] {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open_with(dir.path(), options()).unwrap();
-        append(&s, 0, 10, true);
-        let crashed = snapshot(dir.path());
-        drop(s);
-        let path = seg_path(crashed.path(), 0);
+        let (crashed, path) = crashed_ten_records();
         let mut b = fs::read(&path).unwrap();
         b[last + kept..last + rec::encoded_len(LEN)].fill(0);
         fs::write(&path, &b).unwrap();
@@ -166,12 +175,7 @@ fn a_torn_record_in_preallocated_space_is_cut() {
 
 #[test]
 fn damage_before_a_whole_record_is_corruption_even_with_zeros_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open_with(dir.path(), options()).unwrap();
-    append(&s, 0, 10, true);
-    let crashed = snapshot(dir.path());
-    drop(s);
-    let path = seg_path(crashed.path(), 0);
+    let (crashed, path) = crashed_ten_records();
     let mut b = fs::read(&path).unwrap();
     b[records_len(4) as usize + rec::PAYLOAD_AT] ^= 0x01;
     fs::write(&path, &b).unwrap();
@@ -193,9 +197,7 @@ fn truncation_cuts_the_zeros_and_appends_preallocate_again() {
     assert_eq!(file_len(&path), records_len(6));
     append(&s, 6, 8, true);
     assert_eq!(file_len(&path), SEGMENT);
-    let crashed = snapshot(dir.path());
-    drop(s);
-    let r = Storage::open_with(crashed.path(), options()).unwrap();
+    let (_crashed, r) = open_crash_copy(dir.path(), s);
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(8));
     r.verify_chain(S).unwrap();
 }
