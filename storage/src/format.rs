@@ -101,15 +101,15 @@ pub mod record {
 /// `base_prev_hash` is the chain hash of record `base_offset - 1` (zero at offset 0): a segment names
 /// its own chain anchor, so the first segment of a compacted or restarted stream is self-describing.
 ///
-/// The active segment may end in zero bytes past its last record: before an fsynced write would
-/// grow the file, the writer extends it with [`segment::PREALLOCATION_BYTES`] of zeros, so later
-/// fsyncs rewrite allocated blocks and carry no size or extent change (on ext4 such an fdatasync
-/// skips the journal commit). Every record ends in a non-zero end marker, so the records end
+/// The active segment may end in zero bytes past its last record: once a stream has been fsynced,
+/// a write that would grow the file first extends it with [`segment::PREALLOCATION_BYTES`] of zeros,
+/// so later fsyncs flush allocated blocks and carry no size or extent change (on ext4 such an
+/// fdatasync skips the journal commit). Every record ends in a non-zero end marker, so the records end
 /// at or before the last non-zero byte; open cuts the zeros off, and sealing a segment trims them
 /// first, so a sealed segment holds records only.
 pub mod segment {
-    /// Zero bytes an fsynced write adds past its end when it would grow the active segment (never
-    /// past `max_segment_bytes`).
+    /// Zero bytes a write to a stream that has been fsynced adds past its end when it would grow
+    /// the active segment (never past `max_segment_bytes`).
     pub const PREALLOCATION_BYTES: u64 = 1 << 20;
 
     /// "SHALESEG".

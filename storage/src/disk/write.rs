@@ -75,7 +75,7 @@ impl Storage {
         let (end, epoch) = {
             let _w = h.writer.lock();
             let head = h.head_if_next_is(expected)?;
-            let end = self.write_ahead_locked(h, events, expected, head, fsync)?;
+            let end = self.write_ahead_locked(h, events, expected, head)?;
             self.policy_checkpoint_locked(h);
             (end, h.sync.epoch())
         };
@@ -85,15 +85,7 @@ impl Storage {
     /// Writes `events` as records `next, next + 1, ...` (the stream's next offset, whose chain
     /// hash before it is `head`), prepared part by part on the preparing thread; when that
     /// thread is busy with another stream's batch, prepared here. Returns the new next offset.
-    /// `fsync`: see [`Self::write_locked`].
-    fn write_ahead_locked(
-        &self,
-        h: &Stream,
-        events: Vec<Bytes>,
-        next: Offset,
-        head: ChainHash,
-        fsync: bool,
-    ) -> Result<Offset> {
+    fn write_ahead_locked(&self, h: &Stream, events: Vec<Bytes>, next: Offset, head: ChainHash) -> Result<Offset> {
         let end = next.plus(events.len() as u64);
         let events = Arc::new(events);
         let parts = self.prepare_ahead().and_then(|a| {
@@ -112,7 +104,7 @@ impl Storage {
             while let Some(mut part) = parts.next_part() {
                 debug_assert_eq!(part.base, written, "parts arrive in order");
                 part.seal();
-                let r = self.write_locked(h, &part, fsync);
+                let r = self.write_locked(h, &part);
                 h.guard(r)?;
                 written = part.next();
             }
@@ -122,7 +114,7 @@ impl Storage {
             let rest = events[(written.get() - next.get()) as usize..].to_vec();
             let head = h.core.read().head;
             let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
-            let r = self.write_locked(h, &batch, fsync);
+            let r = self.write_locked(h, &batch);
             h.guard(r)?;
         }
         Ok(end)
@@ -158,14 +150,14 @@ impl Storage {
         let requests = h.appends.take();
         debug_assert!(!requests.is_empty(), "the combiner's own request is queued");
         let mut ranges = Vec::with_capacity(requests.len());
-        let fsync = requests.iter().any(|r| r.fsync);
-        let written = self.write_round_locked(h, &requests, &mut ranges, fsync);
+        let written = self.write_round_locked(h, &requests, &mut ranges);
         let epoch = h.sync.epoch();
         drop(w);
         let end = match written {
             Ok(end) => end,
             Err(e) => return Self::fail_round(h, requests, e),
         };
+        let fsync = requests.iter().any(|r| r.fsync);
         let durable = if fsync { self.finish_append(h, end, epoch, true).map(|_| ()) } else { Ok(()) };
         match durable {
             Ok(()) => complete_all(requests.into_iter().zip(ranges.into_iter().map(Ok)).collect()),
@@ -179,15 +171,8 @@ impl Storage {
     }
 
     /// Writes the round's batches in order, as few prepared batches as the batch size limit
-    /// allows, and notes the range each request got. Returns the new next offset. `fsync`: see
-    /// [`Self::write_locked`].
-    fn write_round_locked(
-        &self,
-        h: &Stream,
-        requests: &[Request],
-        ranges: &mut Vec<Range<Offset>>,
-        fsync: bool,
-    ) -> Result<Offset> {
+    /// allows, and notes the range each request got. Returns the new next offset.
+    fn write_round_locked(&self, h: &Stream, requests: &[Request], ranges: &mut Vec<Range<Offset>>) -> Result<Offset> {
         h.check_usable()?;
         let mut next = h.core.read().next();
         let mut i = 0;
@@ -215,10 +200,10 @@ impl Storage {
             };
             debug_assert_eq!(base.plus(events.len() as u64), next, "ranges follow the stream's end");
             if self.options.prepare_ahead && bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
-                self.write_ahead_locked(h, events, base, head, fsync)?;
+                self.write_ahead_locked(h, events, base, head)?;
             } else {
                 let batch = PreparedBatch::prepare(h.id, base, head, events, &self.options, self.codec.as_ref())?;
-                let r = self.write_locked(h, &batch, fsync);
+                let r = self.write_locked(h, &batch);
                 h.guard(r)?;
             }
             self.policy_checkpoint_locked(h);
@@ -290,7 +275,7 @@ impl Storage {
                 let events = std::mem::take(&mut batch.events);
                 batch = PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())?;
             }
-            let r = self.write_locked(h, &batch, fsync);
+            let r = self.write_locked(h, &batch);
             h.guard(r)?;
             self.policy_checkpoint_locked(h);
             (batch.next(), h.sync.epoch())
@@ -314,15 +299,14 @@ impl Storage {
     }
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
-    /// With `fsync` (the batch is synced next), or on a stream that was synced before (and so
-    /// probably will be again), a write that would grow the active segment first preallocates
-    /// zeros past it (see [`Self::preallocate_locked`]).
-    fn write_locked(&self, h: &Stream, batch: &PreparedBatch, fsync: bool) -> Result<()> {
+    /// On a stream this process has fsynced (and so probably will again), a write that would
+    /// grow the active segment first preallocates zeros past it (see [`Self::preallocate_locked`]).
+    fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
         debug_assert!(batch.sealed, "every record's CRC is filled in before it is written");
         h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
-        let preallocate = fsync || h.synced.load(std::sync::atomic::Ordering::Relaxed);
+        let preallocate = h.synced.load(std::sync::atomic::Ordering::Relaxed);
         let mut i = 0;
         while i < n {
             let (at, count, file, seq, allocated) = {
