@@ -555,8 +555,11 @@ mod tests {
     fn preallocated_zeros_left_by_a_crash_are_not_damage() {
         let live = tempfile::tempdir().unwrap();
         let s = Storage::open(live.path()).unwrap();
-        let events: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("event-{i}"))).collect();
-        s.append_batch(StreamId::new(0), events, Offset::ZERO, true).unwrap();
+        // The first fsync marks the stream as synced; the second batch preallocates.
+        for from in [0u64, 5] {
+            let events: Vec<Bytes> = (from..from + 5).map(|i| Bytes::from(format!("event-{i}"))).collect();
+            s.append_batch(StreamId::new(0), events, Offset::new(from), true).unwrap();
+        }
         // A copy taken while the storage is open is what a crash (kill -9) leaves.
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("0")).unwrap();
