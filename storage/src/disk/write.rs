@@ -364,21 +364,21 @@ impl Storage {
         Ok(())
     }
 
-    /// Cuts the zeros preallocated past the active segment's records off the file and syncs
-    /// it (when it is sealed, and on close: a segment at rest holds records only).
-    pub(crate) fn trim_preallocation_locked(&self, h: &Stream) -> Result<()> {
+    /// Cuts the zeros preallocated past the active segment's records off the file (when it is
+    /// sealed, and on close: a segment at rest holds records only). The caller syncs the file
+    /// afterwards; returns whether there was anything to cut.
+    fn trim_preallocation_locked(&self, h: &Stream) -> Result<bool> {
         let (file, name, len, allocated) = {
             let c = h.core.read();
             let a = c.active();
             (a.file.clone(), a.name(), a.len, a.allocated)
         };
-        if allocated > len {
-            let path = h.dir.join(name);
-            file.set_len(len).map_err(io_err("truncate", &path))?;
-            file.sync_data().map_err(io_err("fsync", &path))?;
-            h.core.write().active_mut().allocated = len;
+        if allocated == len {
+            return Ok(false);
         }
-        Ok(())
+        file.set_len(len).map_err(io_err("truncate", &h.dir.join(name)))?;
+        h.core.write().active_mut().allocated = len;
+        Ok(true)
     }
 
     /// Makes records `[i, j)` of `batch`, written at byte `at` of the active segment, visible.
@@ -414,7 +414,7 @@ impl Storage {
             let a = c.active();
             (a.file.clone(), a.seq, c.next(), c.head, a.name())
         };
-        // Also syncs the records: a trimmed segment's size is its records' end.
+        // The fsync makes the records and the trimmed size durable before the next segment exists.
         self.trim_preallocation_locked(h)?;
         file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
         h.sync.note_durable(next);
@@ -479,7 +479,13 @@ impl Storage {
     pub(crate) fn write_active_index(&self, h: &Stream) -> Result<()> {
         let _w = h.writer.lock();
         h.check_usable()?;
-        let r = self.trim_preallocation_locked(h);
+        let r = self.trim_preallocation_locked(h).and_then(|trimmed| {
+            let (file, name) = {
+                let c = h.core.read();
+                (c.active().file.clone(), c.active().name())
+            };
+            if trimmed { file.sync_data().map_err(io_err("fsync", &h.dir.join(name))) } else { Ok(()) }
+        });
         h.guard(r)?;
         let needed = {
             let c = h.core.read();
