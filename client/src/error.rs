@@ -22,6 +22,12 @@ pub mod meta {
     pub const LOG_START: &str = "shale-log-start";
     /// OFFSET_OUT_OF_RANGE: one past the last committed offset.
     pub const LOG_END: &str = "shale-log-end";
+    /// OFFSET_OUT_OF_RANGE of a read: the node whose replica the log bounds describe.
+    pub const REPLICA_ID: &str = "shale-replica-id";
+    /// OFFSET_OUT_OF_RANGE of a read: the partition's replicas as the answering node knows them,
+    /// `id=host:port` separated by commas (a member whose address is unknown is left out), so a
+    /// client can read the offset from another replica.
+    pub const REPLICAS: &str = "shale-replicas";
     /// Limit errors: the configured limit that was exceeded.
     pub const LIMIT: &str = "shale-limit";
     /// Request metadata set by a node when it forwards a request to a leader; a node never
@@ -142,14 +148,23 @@ pub enum ClientError {
         message: String,
     },
 
-    /// A read offset is outside what the partition holds.
+    /// A read offset is outside what a replica holds (`replica: Some(id)`: one node's answer), or,
+    /// once the client asked every replica of the partition (`replica: None`), outside what any
+    /// replica holds: then `log_start` is the lowest start among the replicas and `log_end` the
+    /// partition's end.
     #[error("offset out of range (log holds [{log_start}, {log_end})): {message}")]
     OffsetOutOfRange {
         /// The first offset still held.
         log_start: u64,
         /// One past the last committed offset.
         log_end: u64,
-        /// The server's message.
+        /// The node whose replica these bounds are; `None` for the partition's bounds (every
+        /// replica asked) or when the node did not say.
+        replica: Option<u64>,
+        /// The partition's replicas, `(node id, address)`, as the answering node knows them
+        /// (empty when it did not say).
+        replicas: Vec<(u64, String)>,
+        /// The server's (or, for the partition's bounds, the client's) message.
         message: String,
     },
 
@@ -221,6 +236,8 @@ impl ClientError {
             ErrorCode::OffsetOutOfRange => ClientError::OffsetOutOfRange {
                 log_start: meta_u64(map, meta::LOG_START).unwrap_or(0),
                 log_end: meta_u64(map, meta::LOG_END).unwrap_or(0),
+                replica: meta_u64(map, meta::REPLICA_ID),
+                replicas: meta_str(map, meta::REPLICAS).map(parse_replicas).unwrap_or_default(),
                 message,
             },
             code => ClientError::Server { code, limit: meta_u64(map, meta::LIMIT), message },
@@ -238,20 +255,79 @@ impl ClientError {
         }
     }
 
-    /// Whether the same request may succeed if retried (possibly at another node): leadership
-    /// moved, an election is running, a node is unreachable or timed out.
-    pub fn is_retriable(&self) -> bool {
+    /// How this failure may be retried: THE one classification every retry loop of the client
+    /// uses (see [`Retry`]).
+    pub fn retry(&self) -> Retry {
         match self {
-            ClientError::NotLeader { .. } => true,
-            ClientError::Server { code, .. } => {
-                matches!(code, ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::Timeout)
-            }
-            ClientError::Status { code, .. } => {
-                matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted)
-            }
-            _ => false,
+            // Refused before anything was proposed.
+            ClientError::NotLeader { .. } => Retry::NotApplied,
+            ClientError::Server { code, .. } => match code {
+                ErrorCode::NotLeader | ErrorCode::NoLeader => Retry::NotApplied,
+                // A node shutting down, a replica unreachable, a commit that did not finish in
+                // time: the request may have been proposed.
+                ErrorCode::Unavailable | ErrorCode::Timeout => Retry::MaybeApplied,
+                _ => Retry::Never,
+            },
+            // Transport-level failures without a Shale code: the connection could not be made or
+            // was reset, the call was cancelled (`Cancelled: operation was canceled` when the
+            // HTTP/2 stream is reset, e.g. by a node stopping) or ran out of time (`Cancelled:
+            // Timeout expired` from the server's deadline, DEADLINE_EXCEEDED from the client's).
+            // An HTTP/2 stream reset without a status (a node closing its connections) comes as
+            // INTERNAL "h2 protocol error"; a node's own internal errors carry a Shale code.
+            ClientError::Status { code, message } => match code {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                    Retry::MaybeApplied
+                }
+                Code::Internal if message.starts_with("h2 protocol error") => Retry::MaybeApplied,
+                _ => Retry::Never,
+            },
+            // Already retried to the end of its budget; and everything the client decides itself
+            // (bad configuration or request, protocol violations, a closed producer).
+            _ => Retry::Never,
         }
     }
+
+    /// Whether the same request may succeed if retried (possibly at another node): leadership
+    /// moved, an election is running, a node is unreachable, stopping or timed out, the call was
+    /// cancelled. Same as `self.retry() != Retry::Never`.
+    pub fn is_retriable(&self) -> bool {
+        self.retry() != Retry::Never
+    }
+}
+
+/// How a failed call may be retried ([`ClientError::retry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Retrying cannot help: the request is wrong for the cluster's state (unknown topic, offset
+    /// out of range, a limit, corruption...).
+    Never,
+    /// The request certainly did not take effect (not the leader, no leader): any call may be
+    /// sent again.
+    NotApplied,
+    /// The request may or may not have taken effect (a timeout, a cancelled or reset call, a node
+    /// that stopped while serving it). Reads and idempotent writes are sent again unchanged (an
+    /// idempotent producer's retry carries the same producer id and sequences, so it is written
+    /// once); a non-idempotent admin change is retried and its "already done" answer recognised.
+    MaybeApplied,
+}
+
+/// Parses [`meta::REPLICAS`] (`id=host:port,...`); malformed entries are skipped.
+pub fn parse_replicas(s: &str) -> Vec<(u64, String)> {
+    s.split(',')
+        .filter_map(|entry| {
+            let (id, addr) = entry.trim().split_once('=')?;
+            let addr = addr.trim();
+            if addr.is_empty() {
+                return None;
+            }
+            Some((id.trim().parse().ok()?, addr.to_string()))
+        })
+        .collect()
+}
+
+/// Formats replicas for [`meta::REPLICAS`].
+pub fn format_replicas(replicas: &[(u64, String)]) -> String {
+    replicas.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
 }
 
 impl From<Status> for ClientError {
