@@ -399,6 +399,69 @@ mod tests {
     }
 
     #[test]
+    fn retry_classification_covers_every_transient_failure() {
+        let plain = |code, message: &str| ClientError::Status { code, message: message.into() };
+        let server = |code| ClientError::Server { code, limit: None, message: "m".into() };
+        // Finding 6 of issue 11: these failed writes for good although attempts were left.
+        assert_eq!(plain(Code::Cancelled, "Timeout expired").retry(), Retry::MaybeApplied);
+        assert_eq!(plain(Code::Cancelled, "operation was canceled").retry(), Retry::MaybeApplied);
+        assert_eq!(plain(Code::Internal, "h2 protocol error: stream no longer needed").retry(), Retry::MaybeApplied);
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Unknown, Code::Aborted] {
+            assert_eq!(plain(code, "transport error").retry(), Retry::MaybeApplied, "{code:?}");
+        }
+        // Refused before anything was proposed.
+        let not_leader = ClientError::NotLeader { leader_id: None, leader_addr: None, message: "m".into() };
+        assert_eq!(not_leader.retry(), Retry::NotApplied);
+        assert_eq!(server(ErrorCode::NoLeader).retry(), Retry::NotApplied);
+        // A node shutting down / a commit that did not finish in time.
+        assert_eq!(server(ErrorCode::Unavailable).retry(), Retry::MaybeApplied);
+        assert_eq!(server(ErrorCode::Timeout).retry(), Retry::MaybeApplied);
+        // Retrying cannot help.
+        for code in [
+            ErrorCode::UnknownTopic,
+            ErrorCode::UnknownPartition,
+            ErrorCode::TopicExists,
+            ErrorCode::RecordTooLarge,
+            ErrorCode::OutOfOrderSequence,
+            ErrorCode::Corruption,
+            ErrorCode::Internal,
+            ErrorCode::InvalidArgument,
+        ] {
+            assert_eq!(server(code).retry(), Retry::Never, "{code}");
+        }
+        assert_eq!(plain(Code::Internal, "failed to decode Protobuf message").retry(), Retry::Never);
+        assert_eq!(plain(Code::InvalidArgument, "x").retry(), Retry::Never);
+        let exhausted = ClientError::RetriesExhausted { attempts: 3, last: Box::new(server(ErrorCode::Timeout)) };
+        assert_eq!(exhausted.retry(), Retry::Never);
+        assert!(!ClientError::ProducerClosed.is_retriable());
+        assert!(plain(Code::Cancelled, "Timeout expired").is_retriable());
+    }
+
+    #[test]
+    fn replica_lists_round_trip_and_skip_malformed_entries() {
+        let replicas = vec![(1, "10.0.0.1:7001".to_string()), (3, "node-3:7001".to_string())];
+        assert_eq!(parse_replicas(&format_replicas(&replicas)), replicas);
+        assert_eq!(parse_replicas("2=a:1, x=b:2,3=,4,5=c:3"), vec![(2, "a:1".to_string()), (5, "c:3".to_string())]);
+        assert!(parse_replicas("").is_empty());
+        let s = status_with(
+            ErrorCode::OffsetOutOfRange,
+            "offset 0",
+            &[
+                (meta::LOG_START, "64".into()),
+                (meta::LOG_END, "70".into()),
+                (meta::REPLICA_ID, "2".into()),
+                (meta::REPLICAS, format_replicas(&replicas)),
+            ],
+        );
+        match ClientError::from_status(s) {
+            ClientError::OffsetOutOfRange { log_start: 64, log_end: 70, replica: Some(2), replicas: got, .. } => {
+                assert_eq!(got, replicas)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn limit_errors_carry_the_limit_and_plain_statuses_stay_plain() {
         let e = ClientError::from_status(status_with(
             ErrorCode::RecordTooLarge,
