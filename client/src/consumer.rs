@@ -496,7 +496,8 @@ where
         let log_start = later.values().map(|b| b.log_start).chain([first.log_start]).min().unwrap_or(first.log_start);
         let log_end = later.values().map(|b| b.log_end).chain([first.log_end]).max().unwrap_or(first.log_end);
         let starts = later.iter().map(|(id, b)| format!("node {id} starts at {}", b.log_start)).collect::<Vec<_>>();
-        let starts = if starts.is_empty() { format!("a replica starts at {}", first.log_start) } else { starts.join(", ") };
+        let starts =
+            if starts.is_empty() { format!("a replica starts at {}", first.log_start) } else { starts.join(", ") };
         if unreachable.is_empty() || sweep == Sweep::Reachable {
             let left_out = if unreachable.is_empty() {
                 String::new()

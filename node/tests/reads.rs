@@ -104,10 +104,8 @@ async fn write_big(c: &Cluster, topic: &str) -> Vec<Acked> {
     let mut acked = Vec::new();
     for i in 0..BIG_RECORDS {
         let value = big_value(i);
-        let meta = producer
-            .send_and_wait(ProducerRecord::new(topic, value.clone()).partition(0))
-            .await
-            .expect("acknowledged");
+        let meta =
+            producer.send_and_wait(ProducerRecord::new(topic, value.clone()).partition(0)).await.expect("acknowledged");
         acked.push(Acked { offset: meta.offset, chain_hash: meta.chain_hash, value });
     }
     producer.close().await.expect("producer closes");
