@@ -156,8 +156,26 @@ impl Admin {
     }
 
     /// Removes a node from the cluster.
+    ///
+    /// Retried like every call; UNKNOWN_NODE after an attempt that may have taken effect counts as
+    /// done (that attempt removed it), answering the members as they are now.
     pub async fn remove_node(&self, node_id: u64) -> Result<Vec<proto::NodeInfo>, ClientError> {
-        Ok(admin_call!(self, remove_node, proto::RemoveNodeRequest { node_id })?.members)
+        let message = proto::RemoveNodeRequest { node_id };
+        let (result, attempts) = self
+            .client
+            .call_tracked(Route::Any, |ch| {
+                let req = self.client.request(message, Duration::ZERO);
+                async move { Client::admin_client(ch).remove_node(req).await }
+            })
+            .await;
+        match result {
+            Ok(resp) => Ok(resp.members),
+            Err(e) if attempts.maybe_applied && e.code() == Some(ErrorCode::UnknownNode) => {
+                let members = self.client.refresh_metadata().await?.members;
+                if members.iter().any(|m| m.id == node_id) { Err(e) } else { Ok(members) }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Moves a partition's leadership to `to_node_id`; answers the new leader.

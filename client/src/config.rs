@@ -148,6 +148,13 @@ mod tests {
     }
 
     #[test]
+    fn a_position_no_replica_holds_is_an_error_unless_a_reset_is_chosen() {
+        let c = ConsumerConfig::default();
+        assert_eq!(c.reset_out_of_range, OffsetReset::None);
+        assert_eq!(c.offset_reset, OffsetReset::Earliest);
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let c = ClientConfig::new(["a:1"]);
         assert_eq!(c.backoff(1), Duration::from_millis(25));
