@@ -269,11 +269,27 @@ pub enum RecordFormat {
     Json,
 }
 
+/// `shale consume --reset-out-of-range`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutOfRangePolicy {
+    /// Fail (exit code 1) naming the partition's range.
+    #[default]
+    Error,
+    /// Move to the partition's start (the lowest offset any replica holds).
+    Earliest,
+    /// Move to the partition's end.
+    Latest,
+}
+
 /// `shale consume`.
 #[derive(Debug, Args)]
 #[command(after_help = "Without --follow, consume stops once it reaches the log end it saw at start.
-Start position: --offset, else the group's committed offset (--group), else the log start with
---from-beginning, else the log end (only new records; useful with --follow).
+Start position: --offset, else the group's committed offset (--group), else the partition's start
+with --from-beginning (the lowest offset any replica holds), else the log end (only new records;
+useful with --follow). Any replica serves reads: if the one asked no longer holds an offset, another
+replica that does is read. A position no replica holds (--offset past the end or below every
+replica's start, an old committed offset) fails with exit code 1 naming the partition's range,
+unless --reset-out-of-range earliest|latest says where to go instead.
 
 Examples:
   shale consume orders --from-beginning
@@ -292,6 +308,10 @@ pub struct ConsumeArgs {
     /// Start at this offset (in every partition read).
     #[arg(long)]
     pub offset: Option<u64>,
+    /// Where to go when a position is one no replica holds: `error` (exit 1, the default),
+    /// `earliest` (the partition's start) or `latest` (its end).
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = OutOfRangePolicy::Error)]
+    pub reset_out_of_range: OutOfRangePolicy,
     /// Consumer group: start at its committed offsets and commit what was read.
     #[arg(long, short = 'g')]
     pub group: Option<String>,

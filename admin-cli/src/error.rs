@@ -137,7 +137,8 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
             Some("give --bootstrap as comma-separated host:port pairs, e.g. 127.0.0.1:7001,127.0.0.1:7002".into())
         }
         ClientError::OffsetOutOfRange { log_start, log_end, .. } => Some(format!(
-            "the partition holds offsets [{log_start}, {log_end}); pick one in range or use --from-beginning"
+            "the partition holds offsets [{log_start}, {log_end}); pick one in range, use --from-beginning, or \
+             choose a reset with --reset-out-of-range earliest|latest"
         )),
         ClientError::NotLeader { .. } => Some("leadership is moving; retry in a moment".into()),
         ClientError::Server { code, .. } => match code {

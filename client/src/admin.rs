@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::client::{Client, Route};
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorCode};
 use crate::proto;
 
 /// The admin API. Every call goes to any member; the node forwards to the leader that must answer.
@@ -78,14 +78,50 @@ impl Admin {
     }
 
     /// Creates a topic.
+    ///
+    /// Retried like every call; if an attempt failed in a way that may have taken effect (a
+    /// timeout, a cut connection) and a later one answers TOPIC_EXISTS, the existing topic is
+    /// taken as this call's own when its partitions and replication factor are the ones asked.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<proto::TopicInfo, ClientError> {
-        let resp = admin_call!(self, create_topic, topic.to_proto())?;
-        resp.topic.ok_or_else(|| ClientError::Protocol("CreateTopic answered without a topic".into()))
+        let message = topic.to_proto();
+        let (result, attempts) = self
+            .client
+            .call_tracked(Route::Any, |ch| {
+                let req = self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::admin_client(ch).create_topic(req).await }
+            })
+            .await;
+        match result {
+            Ok(resp) => resp.topic.ok_or_else(|| ClientError::Protocol("CreateTopic answered without a topic".into())),
+            Err(e) if attempts.maybe_applied && e.code() == Some(ErrorCode::TopicExists) => {
+                let existing = self.describe_topic(&topic.name).await?;
+                let same = existing.config.as_ref().is_some_and(|c| {
+                    c.partitions == topic.partitions && c.replication_factor == topic.replication_factor
+                });
+                if same { Ok(existing) } else { Err(e) }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a topic and its data.
+    ///
+    /// Retried like every call; UNKNOWN_TOPIC after an attempt that may have taken effect counts
+    /// as done (that attempt deleted it).
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        admin_call!(self, delete_topic, proto::DeleteTopicRequest { name: name.to_string() })?;
+        let message = proto::DeleteTopicRequest { name: name.to_string() };
+        let (result, attempts) = self
+            .client
+            .call_tracked(Route::Any, |ch| {
+                let req = self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::admin_client(ch).delete_topic(req).await }
+            })
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if attempts.maybe_applied && e.code() == Some(ErrorCode::UnknownTopic) => {}
+            Err(e) => return Err(e),
+        }
         self.client.forget_topic(name);
         Ok(())
     }
@@ -120,8 +156,26 @@ impl Admin {
     }
 
     /// Removes a node from the cluster.
+    ///
+    /// Retried like every call; UNKNOWN_NODE after an attempt that may have taken effect counts as
+    /// done (that attempt removed it), answering the members as they are now.
     pub async fn remove_node(&self, node_id: u64) -> Result<Vec<proto::NodeInfo>, ClientError> {
-        Ok(admin_call!(self, remove_node, proto::RemoveNodeRequest { node_id })?.members)
+        let message = proto::RemoveNodeRequest { node_id };
+        let (result, attempts) = self
+            .client
+            .call_tracked(Route::Any, |ch| {
+                let req = self.client.request(message, Duration::ZERO);
+                async move { Client::admin_client(ch).remove_node(req).await }
+            })
+            .await;
+        match result {
+            Ok(resp) => Ok(resp.members),
+            Err(e) if attempts.maybe_applied && e.code() == Some(ErrorCode::UnknownNode) => {
+                let members = self.client.refresh_metadata().await?.members;
+                if members.iter().any(|m| m.id == node_id) { Err(e) } else { Ok(members) }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Moves a partition's leadership to `to_node_id`; answers the new leader.

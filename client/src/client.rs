@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::admin::Admin;
 use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
 use crate::consumer::Consumer;
-use crate::error::ClientError;
+use crate::error::{ClientError, Retry};
 use crate::producer::Producer;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
@@ -30,14 +30,19 @@ pub(crate) enum Route {
     Any,
     /// The leader of one partition, when known.
     Partition(String, u32),
+    /// A read of one partition: the replica that last served its reads (after another replica
+    /// answered that its log starts past the offset), else as [`Route::Partition`]. Any replica
+    /// serves reads.
+    Read(String, u32),
 }
 
 /// A handle on a Shale cluster, cheap to clone and share.
 ///
 /// It knows the bootstrap endpoints and every member it has learned of, caches partition leaders,
-/// and retries calls that fail because leadership moved or a node is unreachable: on `NOT_LEADER`
-/// it goes straight to the named leader; on an unavailable node it tries the next endpoint after a
-/// backoff. Every call is bounded by [`ClientConfig::max_attempts`].
+/// and retries calls that fail because leadership moved or a node is unreachable, stopping, timed
+/// out or cut the call ([`ClientError::retry`] is the one classification): on `NOT_LEADER` it goes
+/// straight to the named leader; otherwise it tries the next endpoint after a backoff. Every call
+/// is bounded by [`ClientConfig::max_attempts`].
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -49,8 +54,23 @@ struct Inner {
     channels: RwLock<HashMap<String, Channel>>,
     endpoints: RwLock<Vec<String>>,
     leaders: RwLock<HashMap<(String, u32), String>>,
+    /// Per partition: the replica that served the last read another replica could not (its log
+    /// starts later); reads go there first until it fails.
+    read_replicas: RwLock<HashMap<(String, u32), String>>,
+    /// Member id -> address, from the last cluster status.
+    members: RwLock<HashMap<u64, String>>,
     partition_counts: RwLock<HashMap<String, u32>>,
     next_endpoint: AtomicUsize,
+}
+
+/// What [`Client::call_tracked`] reports besides the answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    /// Attempts made.
+    pub made: u32,
+    /// Whether an earlier attempt failed in a way that may have taken effect
+    /// ([`Retry::MaybeApplied`]), so an "already done" answer may be this call's own doing.
+    pub maybe_applied: bool,
 }
 
 /// `http://host:port` for a `host:port` (or an address that already has a scheme).
@@ -73,6 +93,8 @@ impl Client {
                 channels: RwLock::new(HashMap::new()),
                 endpoints: RwLock::new(endpoints),
                 leaders: RwLock::new(HashMap::new()),
+                read_replicas: RwLock::new(HashMap::new()),
+                members: RwLock::new(HashMap::new()),
                 partition_counts: RwLock::new(HashMap::new()),
                 next_endpoint: AtomicUsize::new(0),
             }),
@@ -145,7 +167,12 @@ impl Client {
 
     /// The endpoint to try next for `route`.
     fn pick(&self, route: &Route) -> String {
-        if let Route::Partition(topic, partition) = route
+        if let Route::Read(topic, partition) = route
+            && let Some(addr) = self.inner.read_replicas.read().get(&(topic.clone(), *partition))
+        {
+            return addr.clone();
+        }
+        if let Route::Partition(topic, partition) | Route::Read(topic, partition) = route
             && let Some(addr) = self.inner.leaders.read().get(&(topic.clone(), *partition))
         {
             return addr.clone();
@@ -171,40 +198,81 @@ impl Client {
     }
 
     fn remember_leader(&self, route: &Route, addr: &str) {
-        if let Route::Partition(topic, partition) = route {
+        if let Route::Partition(topic, partition) | Route::Read(topic, partition) = route {
             self.inner.leaders.write().insert((topic.clone(), *partition), addr.to_string());
         }
         self.learn_endpoint(addr);
     }
 
     fn forget_leader(&self, route: &Route) {
-        if let Route::Partition(topic, partition) = route {
-            self.inner.leaders.write().remove(&(topic.clone(), *partition));
+        if let Route::Partition(topic, partition) | Route::Read(topic, partition) = route {
+            let key = (topic.clone(), *partition);
+            self.inner.leaders.write().remove(&key);
+            self.inner.read_replicas.write().remove(&key);
         }
     }
 
+    /// Reads of `topic`/`partition` go to `addr` first from now on (until it fails).
+    pub(crate) fn prefer_read_replica(&self, topic: &str, partition: u32, addr: &str) {
+        self.learn_endpoint(addr);
+        self.inner.read_replicas.write().insert((topic.to_string(), partition), addr.to_string());
+    }
+
+    /// Drops the preferred read replica of a partition.
+    pub(crate) fn forget_read_replica(&self, topic: &str, partition: u32) {
+        self.inner.read_replicas.write().remove(&(topic.to_string(), partition));
+    }
+
     /// Runs `call` against the node `route` names, retrying retriable failures (bounded).
-    pub(crate) async fn call<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(&self, route: Route, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_tracked(route, call).await.0
+    }
+
+    /// One attempt of `call` at the node `addr` (no retry, no other node): for reads that must
+    /// be answered by one particular replica.
+    pub(crate) async fn call_at<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let channel = self.channel(addr)?;
+        call(channel).await.map(tonic::Response::into_inner).map_err(ClientError::from_status)
+    }
+
+    /// [`Client::call`], also reporting how many attempts were made and whether one of them may
+    /// have taken effect before failing (see [`Retry::MaybeApplied`]): a non-idempotent change
+    /// uses it to recognise its own earlier attempt in an "already exists"/"not found" answer.
+    pub(crate) async fn call_tracked<T, F, Fut>(&self, route: Route, mut call: F) -> (Result<T, ClientError>, Attempts)
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let max_attempts = self.inner.config.max_attempts;
         let mut target = self.pick(&route);
-        let mut attempt = 0;
+        let mut attempts = Attempts::default();
         loop {
-            attempt += 1;
-            let channel = self.channel(&target)?;
+            attempts.made += 1;
+            let attempt = attempts.made;
+            let channel = match self.channel(&target) {
+                Ok(ch) => ch,
+                Err(e) => return (Err(e), attempts),
+            };
             let err = match call(channel).await {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => return (Ok(response.into_inner()), attempts),
                 Err(status) => ClientError::from_status(status),
             };
-            if !err.is_retriable() {
-                return Err(err);
+            let retry = err.retry();
+            if retry == Retry::Never {
+                return (Err(err), attempts);
             }
             if attempt >= max_attempts {
-                return Err(ClientError::RetriesExhausted { attempts: attempt, last: Box::new(err) });
+                return (Err(ClientError::RetriesExhausted { attempts: attempt, last: Box::new(err) }), attempts);
             }
+            attempts.maybe_applied |= retry == Retry::MaybeApplied;
             tracing::debug!(%target, attempt, error = %err, "retrying");
             match &err {
                 ClientError::NotLeader { leader_addr: Some(addr), .. } if *addr != target => {
@@ -236,6 +304,7 @@ impl Client {
         for m in &status.members {
             self.learn_endpoint(&m.addr);
         }
+        self.inner.members.write().extend(addr_of.iter().map(|(id, addr)| (*id, addr.clone())));
         let mut leaders = self.inner.leaders.write();
         for p in &status.partitions {
             let key = (p.topic.clone(), p.partition);
@@ -265,10 +334,28 @@ impl Client {
         Ok(n)
     }
 
+    /// The replicas of a partition, `(node id, address)`, from a topic description (linearizable,
+    /// on the metadata leader) and the members' addresses (refreshed when one is unknown).
+    pub async fn partition_replicas(&self, topic: &str, partition: u32) -> Result<Vec<(u64, String)>, ClientError> {
+        let described = self.admin().describe_topic(topic).await?;
+        let info = described.partitions.iter().find(|p| p.partition == partition).ok_or_else(|| {
+            ClientError::InvalidRequest(format!(
+                "partition {partition} does not exist: topic {topic} has {} partitions",
+                described.partitions.len()
+            ))
+        })?;
+        if info.replicas.iter().any(|id| !self.inner.members.read().contains_key(id)) {
+            self.refresh_metadata().await?;
+        }
+        let members = self.inner.members.read();
+        Ok(info.replicas.iter().filter_map(|id| Some((*id, members.get(id)?.clone()))).collect())
+    }
+
     /// Drops the cached partition count of `topic` (after it was altered or recreated).
     pub fn forget_topic(&self, topic: &str) {
         self.inner.partition_counts.write().remove(topic);
         self.inner.leaders.write().retain(|(t, _), _| t != topic);
+        self.inner.read_replicas.write().retain(|(t, _), _| t != topic);
     }
 }
 

@@ -92,14 +92,16 @@ impl Default for ProducerConfig {
     }
 }
 
-/// Where a consumer starts when it has no position, or its position is out of range.
+/// Where a consumer (re)starts: when it has no position ([`ConsumerConfig::offset_reset`]), and
+/// when its position is one no replica holds ([`ConsumerConfig::reset_out_of_range`]). Like Kafka's
+/// `auto.offset.reset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OffsetReset {
-    /// The first offset still held.
+    /// The partition's start: the lowest offset any replica still holds.
     Earliest,
-    /// The log end (only new records).
+    /// The partition's end (only new records).
     Latest,
-    /// Fail with [`ClientError::OffsetOutOfRange`].
+    /// No reset: fail with [`ClientError::OffsetOutOfRange`] naming the partition's bounds.
     None,
 }
 
@@ -112,13 +114,25 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Long-poll wait per `poll`.
     pub max_wait_ms: u32,
-    /// Start position without a committed offset, and reaction to out-of-range positions.
+    /// Where a partition starts that has no position: not given by `seek` nor committed by the group.
     pub offset_reset: OffsetReset,
+    /// What to do when a position (sought, committed or reached) is one no replica of the
+    /// partition holds (below every replica's log start, or past the end). The default,
+    /// [`OffsetReset::None`], fails the poll with [`ClientError::OffsetOutOfRange`]: a position is
+    /// never moved unless the caller chose a reset here. (A replica whose own log starts later is
+    /// not "out of range": the consumer reads from another replica.)
+    pub reset_out_of_range: OffsetReset,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { group: None, max_bytes: 1024 * 1024, max_wait_ms: 500, offset_reset: OffsetReset::Earliest }
+        Self {
+            group: None,
+            max_bytes: 1024 * 1024,
+            max_wait_ms: 500,
+            offset_reset: OffsetReset::Earliest,
+            reset_out_of_range: OffsetReset::None,
+        }
     }
 }
 
@@ -131,6 +145,13 @@ mod tests {
         let c = ClientConfig::from_endpoint_list(" 127.0.0.1:7001, 127.0.0.1:7002 ,").unwrap();
         assert_eq!(c.endpoints, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
         assert!(matches!(ClientConfig::from_endpoint_list(" , "), Err(ClientError::NoEndpoints)));
+    }
+
+    #[test]
+    fn a_position_no_replica_holds_is_an_error_unless_a_reset_is_chosen() {
+        let c = ConsumerConfig::default();
+        assert_eq!(c.reset_out_of_range, OffsetReset::None);
+        assert_eq!(c.offset_reset, OffsetReset::Earliest);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The consumer: positions per partition, polling with long poll, streaming, group offsets.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use tonic::transport::Channel;
 
 use crate::client::{Client, Route};
 use crate::config::{ConsumerConfig, OffsetReset};
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorCode};
 use crate::proto;
 use crate::records::ConsumedRecord;
 
@@ -126,15 +128,31 @@ impl Consumer {
                         break;
                     }
                 }
-                Err(ClientError::OffsetOutOfRange { log_start, log_end, message }) => {
-                    let reset = match self.config.offset_reset {
-                        OffsetReset::Earliest => log_start,
+                Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, message }) => {
+                    // No replica holds the position (the fetch already read from another replica
+                    // where one could serve it). Move it only if the caller chose a reset.
+                    let position = self.position(&key.0, key.1).unwrap_or_default();
+                    let reset = match self.config.reset_out_of_range {
+                        OffsetReset::Earliest => earliest(&self.client, &key.0, key.1).await?,
                         OffsetReset::Latest => log_end,
                         OffsetReset::None => {
-                            return Err(ClientError::OffsetOutOfRange { log_start, log_end, message });
+                            return Err(ClientError::OffsetOutOfRange {
+                                log_start,
+                                log_end,
+                                replica,
+                                replicas,
+                                message: format!("position {position} of {}/{}: {message}", key.0, key.1),
+                            });
                         }
                     };
-                    tracing::info!(topic = %key.0, partition = key.1, reset, "position out of range, reset");
+                    tracing::warn!(
+                        topic = %key.0,
+                        partition = key.1,
+                        position,
+                        reset,
+                        policy = ?self.config.reset_out_of_range,
+                        "position held by no replica; reset as configured (reset_out_of_range)"
+                    );
                     self.positions.insert(key, Some(reset));
                 }
                 Err(e) => return Err(e),
@@ -157,20 +175,19 @@ impl Consumer {
             let offset = match committed.get(&key) {
                 Some(o) => *o,
                 None => match self.config.offset_reset {
-                    OffsetReset::Earliest | OffsetReset::None => {
-                        // Offset 0 is the start unless it was compacted away; then the
-                        // out-of-range answer carries the real log start.
-                        match self.fetch(&key.0, key.1, 0, 0).await {
-                            Ok(b) => b.log_start,
-                            Err(ClientError::OffsetOutOfRange { log_start, .. }) => log_start,
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    OffsetReset::Earliest => earliest(&self.client, &key.0, key.1).await?,
                     OffsetReset::Latest => match self.fetch(&key.0, key.1, u64::MAX, 0).await {
                         Ok(b) => b.log_end,
                         Err(ClientError::OffsetOutOfRange { log_end, .. }) => log_end,
                         Err(e) => return Err(e),
                     },
+                    OffsetReset::None => {
+                        return Err(ClientError::InvalidRequest(format!(
+                            "{}/{} has no position: none was sought, the group has no committed offset, and \
+                             offset_reset is None",
+                            key.0, key.1
+                        )));
+                    }
                 },
             };
             self.positions.insert(key, Some(offset));
@@ -313,9 +330,13 @@ impl StreamState {
                     Err(status) => ClientError::from_status(status),
                 },
             };
+            // A replica that cut its log below the position while streaming: reopen, which reads
+            // from a replica that holds it (or reports that none does).
+            let cut_below = self.inner.is_some()
+                && matches!(&err, ClientError::OffsetOutOfRange { log_start, .. } if self.next_offset < *log_start);
             self.inner = None;
             self.failures += 1;
-            if !err.is_retriable() || self.failures >= self.client.config().max_attempts {
+            if !(err.is_retriable() || cut_below) || self.failures >= self.client.config().max_attempts {
                 self.done = true;
                 return Some(Err(err));
             }
@@ -323,6 +344,7 @@ impl StreamState {
         }
     }
 
+    /// Opens the subscription at a replica that holds `next_offset` (as [`fetch`] chooses one).
     async fn open(&self) -> Result<tonic::Streaming<proto::FetchResponse>, ClientError> {
         let message = proto::SubscribeRequest {
             topic: self.topic.clone(),
@@ -330,13 +352,31 @@ impl StreamState {
             offset: self.next_offset,
             max_bytes: self.max_bytes,
         };
-        self.client
-            .call(Route::Partition(self.topic.clone(), self.partition), |ch| {
-                let req = tonic::Request::new(message.clone());
-                async move { Client::fetch_client(ch).subscribe(req).await }
-            })
-            .await
+        let call = |ch| {
+            let req = tonic::Request::new(message.clone());
+            async move { Client::fetch_client(ch).subscribe(req).await }
+        };
+        let (topic, partition, offset) = (self.topic.as_str(), self.partition, self.next_offset);
+        match self.client.call(Route::Read(topic.to_string(), partition), call).await {
+            Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, .. }) if offset < log_start => {
+                self.client.forget_read_replica(topic, partition);
+                let first = ReplicaBounds { replica, log_start, log_end };
+                read_elsewhere(&self.client, topic, partition, offset, first, replicas, Sweep::Every, call).await
+            }
+            r => r,
+        }
     }
+}
+
+/// How far [`fetch_with`] goes to find a replica that holds the offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sweep {
+    /// "No replica holds it" only once every replica answered so: while one cannot be reached the
+    /// read fails retriably (UNAVAILABLE, then `RetriesExhausted`), so no position is ever judged
+    /// out of range on partial knowledge.
+    Every,
+    /// Replicas that cannot be reached are left out (finding where the partition starts).
+    Reachable,
 }
 
 async fn fetch(
@@ -347,17 +387,151 @@ async fn fetch(
     offset: u64,
     max_wait_ms: u32,
 ) -> Result<FetchedBatch, ClientError> {
+    fetch_with(client, max_bytes, topic, partition, offset, max_wait_ms, Sweep::Every).await
+}
+
+/// Where the partition starts: offset 0 if a replica holds it, else the lowest log start among
+/// the replicas that answer. Not one replica's start: a replica whose log was cut starts later.
+async fn earliest(client: &Client, topic: &str, partition: u32) -> Result<u64, ClientError> {
+    match fetch_with(client, 1, topic, partition, 0, 0, Sweep::Reachable).await {
+        Ok(_) => Ok(0),
+        Err(ClientError::OffsetOutOfRange { log_start, .. }) => Ok(log_start),
+        Err(e) => Err(e),
+    }
+}
+
+/// One read at `offset` from whichever replica holds it: the routed node first (the replica that
+/// served this partition's last such read, else the leader, else any member, which forwards);
+/// if that replica's log starts past `offset`, every other replica in turn.
+async fn fetch_with(
+    client: &Client,
+    max_bytes: u32,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_wait_ms: u32,
+    sweep: Sweep,
+) -> Result<FetchedBatch, ClientError> {
     let message = proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms };
-    let resp = client
-        .call(Route::Partition(topic.to_string(), partition), |ch| {
-            let req = client.request(message.clone(), Duration::from_millis(u64::from(max_wait_ms)));
-            async move { Client::fetch_client(ch).fetch(req).await }
-        })
-        .await?;
+    let wait = Duration::from_millis(u64::from(max_wait_ms));
+    let call = |ch| {
+        let req = client.request(message.clone(), wait);
+        async move { Client::fetch_client(ch).fetch(req).await }
+    };
+    let resp = match client.call(Route::Read(topic.to_string(), partition), call).await {
+        Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, .. }) if offset < log_start => {
+            client.forget_read_replica(topic, partition);
+            let first = ReplicaBounds { replica, log_start, log_end };
+            read_elsewhere(client, topic, partition, offset, first, replicas, sweep, call).await?
+        }
+        r => r?,
+    };
     let records = resp
         .records
         .into_iter()
         .map(|r| ConsumedRecord::from_proto(topic, partition, r))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(FetchedBatch { records, log_start: resp.log_start, log_end: resp.log_end, next_offset: resp.next_offset })
+}
+
+/// One replica's answer that its log starts past the offset asked.
+#[derive(Clone, Copy, Debug)]
+struct ReplicaBounds {
+    replica: Option<u64>,
+    log_start: u64,
+    log_end: u64,
+}
+
+/// After one replica answered that its log starts past `offset` (`first`): sends `call` to every
+/// other replica of the partition (`hint`, from that answer, else the topic's description) and
+/// answers with the first that holds `offset`, which then serves this partition's next reads.
+/// If none does: `OffsetOutOfRange` with the partition's bounds (the lowest start and the highest
+/// end any replica reported), naming each replica's start. See [`Sweep`] for unreachable replicas.
+#[allow(clippy::too_many_arguments)]
+async fn read_elsewhere<T, F, Fut>(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    first: ReplicaBounds,
+    hint: Vec<(u64, String)>,
+    sweep: Sweep,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let max_attempts = client.config().max_attempts;
+    let mut replicas = hint;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if replicas.is_empty() {
+            replicas = client.partition_replicas(topic, partition).await?;
+        }
+        let mut later: BTreeMap<u64, ReplicaBounds> = BTreeMap::new();
+        if let Some(id) = first.replica {
+            later.insert(id, first);
+        }
+        let mut unreachable: Vec<(u64, ClientError)> = Vec::new();
+        for (id, addr) in &replicas {
+            if later.contains_key(id) {
+                continue;
+            }
+            match client.call_at(addr, &mut call).await {
+                Ok(answer) => {
+                    tracing::debug!(%topic, partition, offset, replica = id, "read from another replica");
+                    client.prefer_read_replica(topic, partition, addr);
+                    return Ok(answer);
+                }
+                Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, .. }) if offset < log_start => {
+                    let id = replica.unwrap_or(*id);
+                    later.insert(id, ReplicaBounds { replica: Some(id), log_start, log_end });
+                }
+                Err(e) if e.is_retriable() => unreachable.push((*id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let log_start = later.values().map(|b| b.log_start).chain([first.log_start]).min().unwrap_or(first.log_start);
+        let log_end = later.values().map(|b| b.log_end).chain([first.log_end]).max().unwrap_or(first.log_end);
+        let starts = later.iter().map(|(id, b)| format!("node {id} starts at {}", b.log_start)).collect::<Vec<_>>();
+        let starts =
+            if starts.is_empty() { format!("a replica starts at {}", first.log_start) } else { starts.join(", ") };
+        if unreachable.is_empty() || sweep == Sweep::Reachable {
+            let left_out = if unreachable.is_empty() {
+                String::new()
+            } else {
+                let ids = unreachable.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ");
+                format!("; node(s) {ids} did not answer")
+            };
+            return Err(ClientError::OffsetOutOfRange {
+                log_start,
+                log_end,
+                replica: None,
+                replicas,
+                message: format!(
+                    "no replica of {topic}/{partition} holds offset {offset} ({starts}{left_out}); the partition \
+                     holds [{log_start}, {log_end})"
+                ),
+            });
+        }
+        let (ids, last): (Vec<String>, Vec<String>) =
+            unreachable.iter().map(|(id, e)| (id.to_string(), format!("node {id}: {e}"))).unzip();
+        let err = ClientError::Server {
+            code: ErrorCode::Unavailable,
+            limit: None,
+            message: format!(
+                "offset {offset} of {topic}/{partition} is below the log start of every replica that answered \
+                 ({starts}); node(s) {} could not be asked whether they hold it ({})",
+                ids.join(", "),
+                last.join("; ")
+            ),
+        };
+        if attempt >= max_attempts {
+            return Err(ClientError::RetriesExhausted { attempts: attempt, last: Box::new(err) });
+        }
+        tracing::debug!(%topic, partition, offset, attempt, error = %err, "retrying the replicas");
+        tokio::time::sleep(client.config().backoff(attempt)).await;
+    }
 }

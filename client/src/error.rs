@@ -22,6 +22,12 @@ pub mod meta {
     pub const LOG_START: &str = "shale-log-start";
     /// OFFSET_OUT_OF_RANGE: one past the last committed offset.
     pub const LOG_END: &str = "shale-log-end";
+    /// OFFSET_OUT_OF_RANGE of a read: the node whose replica the log bounds describe.
+    pub const REPLICA_ID: &str = "shale-replica-id";
+    /// OFFSET_OUT_OF_RANGE of a read: the partition's replicas as the answering node knows them,
+    /// `id=host:port` separated by commas (a member whose address is unknown is left out), so a
+    /// client can read the offset from another replica.
+    pub const REPLICAS: &str = "shale-replicas";
     /// Limit errors: the configured limit that was exceeded.
     pub const LIMIT: &str = "shale-limit";
     /// Request metadata set by a node when it forwards a request to a leader; a node never
@@ -142,14 +148,23 @@ pub enum ClientError {
         message: String,
     },
 
-    /// A read offset is outside what the partition holds.
+    /// A read offset is outside what a replica holds (`replica: Some(id)`: one node's answer), or,
+    /// once the client asked every replica of the partition (`replica: None`), outside what any
+    /// replica holds: then `log_start` is the lowest start among the replicas and `log_end` the
+    /// partition's end.
     #[error("offset out of range (log holds [{log_start}, {log_end})): {message}")]
     OffsetOutOfRange {
         /// The first offset still held.
         log_start: u64,
         /// One past the last committed offset.
         log_end: u64,
-        /// The server's message.
+        /// The node whose replica these bounds are; `None` for the partition's bounds (every
+        /// replica asked) or when the node did not say.
+        replica: Option<u64>,
+        /// The partition's replicas, `(node id, address)`, as the answering node knows them
+        /// (empty when it did not say).
+        replicas: Vec<(u64, String)>,
+        /// The server's (or, for the partition's bounds, the client's) message.
         message: String,
     },
 
@@ -221,6 +236,8 @@ impl ClientError {
             ErrorCode::OffsetOutOfRange => ClientError::OffsetOutOfRange {
                 log_start: meta_u64(map, meta::LOG_START).unwrap_or(0),
                 log_end: meta_u64(map, meta::LOG_END).unwrap_or(0),
+                replica: meta_u64(map, meta::REPLICA_ID),
+                replicas: meta_str(map, meta::REPLICAS).map(parse_replicas).unwrap_or_default(),
                 message,
             },
             code => ClientError::Server { code, limit: meta_u64(map, meta::LIMIT), message },
@@ -238,20 +255,79 @@ impl ClientError {
         }
     }
 
-    /// Whether the same request may succeed if retried (possibly at another node): leadership
-    /// moved, an election is running, a node is unreachable or timed out.
-    pub fn is_retriable(&self) -> bool {
+    /// How this failure may be retried: THE one classification every retry loop of the client
+    /// uses (see [`Retry`]).
+    pub fn retry(&self) -> Retry {
         match self {
-            ClientError::NotLeader { .. } => true,
-            ClientError::Server { code, .. } => {
-                matches!(code, ErrorCode::NoLeader | ErrorCode::Unavailable | ErrorCode::Timeout)
-            }
-            ClientError::Status { code, .. } => {
-                matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted)
-            }
-            _ => false,
+            // Refused before anything was proposed.
+            ClientError::NotLeader { .. } => Retry::NotApplied,
+            ClientError::Server { code, .. } => match code {
+                ErrorCode::NotLeader | ErrorCode::NoLeader => Retry::NotApplied,
+                // A node shutting down, a replica unreachable, a commit that did not finish in
+                // time: the request may have been proposed.
+                ErrorCode::Unavailable | ErrorCode::Timeout => Retry::MaybeApplied,
+                _ => Retry::Never,
+            },
+            // Transport-level failures without a Shale code: the connection could not be made or
+            // was reset, the call was cancelled (`Cancelled: operation was canceled` when the
+            // HTTP/2 stream is reset, e.g. by a node stopping) or ran out of time (`Cancelled:
+            // Timeout expired` from the server's deadline, DEADLINE_EXCEEDED from the client's).
+            // An HTTP/2 stream reset without a status (a node closing its connections) comes as
+            // INTERNAL "h2 protocol error"; a node's own internal errors carry a Shale code.
+            ClientError::Status { code, message } => match code {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                    Retry::MaybeApplied
+                }
+                Code::Internal if message.starts_with("h2 protocol error") => Retry::MaybeApplied,
+                _ => Retry::Never,
+            },
+            // Already retried to the end of its budget; and everything the client decides itself
+            // (bad configuration or request, protocol violations, a closed producer).
+            _ => Retry::Never,
         }
     }
+
+    /// Whether the same request may succeed if retried (possibly at another node): leadership
+    /// moved, an election is running, a node is unreachable, stopping or timed out, the call was
+    /// cancelled. Same as `self.retry() != Retry::Never`.
+    pub fn is_retriable(&self) -> bool {
+        self.retry() != Retry::Never
+    }
+}
+
+/// How a failed call may be retried ([`ClientError::retry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Retrying cannot help: the request is wrong for the cluster's state (unknown topic, offset
+    /// out of range, a limit, corruption...).
+    Never,
+    /// The request certainly did not take effect (not the leader, no leader): any call may be
+    /// sent again.
+    NotApplied,
+    /// The request may or may not have taken effect (a timeout, a cancelled or reset call, a node
+    /// that stopped while serving it). Reads and idempotent writes are sent again unchanged (an
+    /// idempotent producer's retry carries the same producer id and sequences, so it is written
+    /// once); a non-idempotent admin change is retried and its "already done" answer recognised.
+    MaybeApplied,
+}
+
+/// Parses [`meta::REPLICAS`] (`id=host:port,...`); malformed entries are skipped.
+pub fn parse_replicas(s: &str) -> Vec<(u64, String)> {
+    s.split(',')
+        .filter_map(|entry| {
+            let (id, addr) = entry.trim().split_once('=')?;
+            let addr = addr.trim();
+            if addr.is_empty() {
+                return None;
+            }
+            Some((id.trim().parse().ok()?, addr.to_string()))
+        })
+        .collect()
+}
+
+/// Formats replicas for [`meta::REPLICAS`].
+pub fn format_replicas(replicas: &[(u64, String)]) -> String {
+    replicas.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
 }
 
 impl From<Status> for ClientError {
@@ -320,6 +396,69 @@ mod tests {
         let e = ClientError::from_status(s);
         assert!(matches!(e, ClientError::OffsetOutOfRange { log_start: 5, log_end: 42, .. }), "{e:?}");
         assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn retry_classification_covers_every_transient_failure() {
+        let plain = |code, message: &str| ClientError::Status { code, message: message.into() };
+        let server = |code| ClientError::Server { code, limit: None, message: "m".into() };
+        // Finding 6 of issue 11: these failed writes for good although attempts were left.
+        assert_eq!(plain(Code::Cancelled, "Timeout expired").retry(), Retry::MaybeApplied);
+        assert_eq!(plain(Code::Cancelled, "operation was canceled").retry(), Retry::MaybeApplied);
+        assert_eq!(plain(Code::Internal, "h2 protocol error: stream no longer needed").retry(), Retry::MaybeApplied);
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Unknown, Code::Aborted] {
+            assert_eq!(plain(code, "transport error").retry(), Retry::MaybeApplied, "{code:?}");
+        }
+        // Refused before anything was proposed.
+        let not_leader = ClientError::NotLeader { leader_id: None, leader_addr: None, message: "m".into() };
+        assert_eq!(not_leader.retry(), Retry::NotApplied);
+        assert_eq!(server(ErrorCode::NoLeader).retry(), Retry::NotApplied);
+        // A node shutting down / a commit that did not finish in time.
+        assert_eq!(server(ErrorCode::Unavailable).retry(), Retry::MaybeApplied);
+        assert_eq!(server(ErrorCode::Timeout).retry(), Retry::MaybeApplied);
+        // Retrying cannot help.
+        for code in [
+            ErrorCode::UnknownTopic,
+            ErrorCode::UnknownPartition,
+            ErrorCode::TopicExists,
+            ErrorCode::RecordTooLarge,
+            ErrorCode::OutOfOrderSequence,
+            ErrorCode::Corruption,
+            ErrorCode::Internal,
+            ErrorCode::InvalidArgument,
+        ] {
+            assert_eq!(server(code).retry(), Retry::Never, "{code}");
+        }
+        assert_eq!(plain(Code::Internal, "failed to decode Protobuf message").retry(), Retry::Never);
+        assert_eq!(plain(Code::InvalidArgument, "x").retry(), Retry::Never);
+        let exhausted = ClientError::RetriesExhausted { attempts: 3, last: Box::new(server(ErrorCode::Timeout)) };
+        assert_eq!(exhausted.retry(), Retry::Never);
+        assert!(!ClientError::ProducerClosed.is_retriable());
+        assert!(plain(Code::Cancelled, "Timeout expired").is_retriable());
+    }
+
+    #[test]
+    fn replica_lists_round_trip_and_skip_malformed_entries() {
+        let replicas = vec![(1, "10.0.0.1:7001".to_string()), (3, "node-3:7001".to_string())];
+        assert_eq!(parse_replicas(&format_replicas(&replicas)), replicas);
+        assert_eq!(parse_replicas("2=a:1, x=b:2,3=,4,5=c:3"), vec![(2, "a:1".to_string()), (5, "c:3".to_string())]);
+        assert!(parse_replicas("").is_empty());
+        let s = status_with(
+            ErrorCode::OffsetOutOfRange,
+            "offset 0",
+            &[
+                (meta::LOG_START, "64".into()),
+                (meta::LOG_END, "70".into()),
+                (meta::REPLICA_ID, "2".into()),
+                (meta::REPLICAS, format_replicas(&replicas)),
+            ],
+        );
+        match ClientError::from_status(s) {
+            ClientError::OffsetOutOfRange { log_start: 64, log_end: 70, replica: Some(2), replicas: got, .. } => {
+                assert_eq!(got, replicas)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use admin::{Admin, NewTopic};
 pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, FetchedBatch};
-pub use error::{ClientError, ErrorCode, meta};
+pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};

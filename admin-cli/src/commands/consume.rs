@@ -8,7 +8,7 @@ use base64::Engine;
 use serde::Serialize;
 use shale_client::{ConsumedRecord, ConsumerConfig, OffsetReset};
 
-use crate::cli::{ConsumeArgs, RecordFormat};
+use crate::cli::{ConsumeArgs, OutOfRangePolicy, RecordFormat};
 use crate::commands::{partition_bounds, select_partitions};
 use crate::context::Ctx;
 use crate::error::{CliError, Result};
@@ -150,12 +150,20 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
     let partitions = select_partitions(&client, &topic, &a.partitions)
         .await
         .map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
+    // --from-beginning: the partition's start, the lowest offset ANY replica holds (the consumer
+    // asks the others when one replica's log starts later), not the start of the replica asked.
     let offset_reset = if a.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     let config = ConsumerConfig {
         group: a.group.clone(),
         max_bytes: 1 << 20,
         max_wait_ms: if a.follow { FOLLOW_WAIT_MS } else { DRAIN_WAIT_MS },
         offset_reset,
+        // A position no replica holds is an error unless the operator chose a reset.
+        reset_out_of_range: match a.reset_out_of_range {
+            OutOfRangePolicy::Error => OffsetReset::None,
+            OutOfRangePolicy::Earliest => OffsetReset::Earliest,
+            OutOfRangePolicy::Latest => OffsetReset::Latest,
+        },
     };
     let mut consumer = client.consumer(config);
     consumer.assign(&topic, partitions.iter().copied());
@@ -181,11 +189,14 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
     let mut last_commit = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Poll once before looking at the ends: a start position no replica holds (`--offset` past
+    // the end, or below every replica's start) must fail, not read as "already at the end".
+    let mut polled = false;
     'outer: loop {
         if a.max_records.is_some_and(|max| printed >= max) {
             break;
         }
-        if !a.follow {
+        if !a.follow && polled {
             let positions = partitions.iter().map(|&p| (p, consumer.position(&topic, p))).collect();
             if reached_ends(&positions, &ends) {
                 break;
@@ -195,6 +206,7 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
             r = consumer.poll() => r.map_err(|e| ctx.err(format!("consume {topic}"), e))?,
             _ = &mut ctrl_c => break 'outer,
         };
+        polled = true;
         for r in &records {
             printer.write(&mut out, r)?;
             last_printed.insert(r.partition, r.offset);

@@ -4,7 +4,7 @@
 //! (`shale-leader-id`/`shale-leader-addr`, `shale-log-start`/`shale-log-end`, `shale-limit`); see
 //! [`shale_client::error`] for the contract and the client side.
 
-use shale_client::error::{status, status_with};
+use shale_client::error::{format_replicas, status, status_with};
 use shale_client::{ErrorCode, meta};
 use shale_raft::RaftError;
 use shale_raft::cluster::ClusterError;
@@ -79,6 +79,27 @@ pub fn out_of_range(message: String, log_start: u64, log_end: u64) -> Status {
     )
 }
 
+/// OFFSET_OUT_OF_RANGE of a read answered by one replica: its log bounds, its node id, and the
+/// partition's replicas (`id=host:port`), so the client can read the offset from another replica.
+pub fn replica_out_of_range(
+    message: String,
+    log_start: u64,
+    log_end: u64,
+    replica: u64,
+    replicas: &[(u64, String)],
+) -> Status {
+    status_with(
+        ErrorCode::OffsetOutOfRange,
+        message,
+        &[
+            (meta::LOG_START, log_start.to_string()),
+            (meta::LOG_END, log_end.to_string()),
+            (meta::REPLICA_ID, replica.to_string()),
+            (meta::REPLICAS, format_replicas(replicas)),
+        ],
+    )
+}
+
 /// A limit error naming the limit.
 pub fn limit(code: ErrorCode, message: String, limit: u64) -> Status {
     status_with(code, message, &[(meta::LIMIT, limit.to_string())])
@@ -112,6 +133,18 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::OutOfRange);
         let e = ClientError::from_status(s);
         assert!(matches!(e, ClientError::OffsetOutOfRange { log_start: 10, log_end: 20, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_replica_out_of_range_names_the_replica_and_the_partition_replicas() {
+        let replicas = [(1, "10.0.0.1:7001".to_string()), (3, "10.0.0.3:7001".to_string())];
+        let s = replica_out_of_range("offset 5 is out of range [64, 70] on node 1".into(), 64, 70, 1, &replicas);
+        match ClientError::from_status(s) {
+            ClientError::OffsetOutOfRange { log_start: 64, log_end: 70, replica: Some(1), replicas: got, .. } => {
+                assert_eq!(got, replicas.to_vec())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::context::{FORWARD_MAX_MESSAGE_BYTES, NodeContext, is_forwarded};
-use crate::convert::errors::{cluster_error, not_leader};
+use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
 use crate::convert::records::{fetch_request, fetch_response};
 use crate::limits;
 
@@ -62,9 +62,28 @@ impl FetchService {
                         })
                         .await
                 }
-                None => Err(cluster_error(err)),
+                None => Err(read_error(&self.ctx, err, &req.topic, req.partition)),
             },
         }
+    }
+}
+
+/// The status of a read this replica cannot serve. Out of range also names this node and the
+/// partition's replicas (`shale-replica-id`, `shale-replicas`): an offset below this replica's log
+/// start may still be held by another replica, and the client reads it there.
+fn read_error(ctx: &NodeContext, err: ClusterError, topic: &str, partition: u32) -> Status {
+    match err {
+        ClusterError::OffsetOutOfRange { start, end, .. } => {
+            let message = format!("{err} on node {}", ctx.node_id);
+            let ids = ctx.cluster.local_partition_state(topic, partition).map(|s| s.replicas).unwrap_or_default();
+            let members = ctx.cluster.cluster_status().members;
+            let replicas: Vec<(u64, String)> = ids
+                .into_iter()
+                .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| (id, m.addr.clone())))
+                .collect();
+            replica_out_of_range(message, start, end, ctx.node_id, &replicas)
+        }
+        other => cluster_error(other),
     }
 }
 
@@ -108,7 +127,7 @@ impl proto::fetch_server::Fetch for FetchService {
                 }
                 ClusterError::OffsetOutOfRange { .. } => match ctx.leader_ahead(&err, &req.topic, req.partition) {
                     Some(leader) => not_leader(format!("{err} on this replica; the leader may hold it"), Some(leader)),
-                    None => cluster_error(err),
+                    None => read_error(&ctx, err, &req.topic, req.partition),
                 },
                 other => cluster_error(other),
             })?;
@@ -156,7 +175,7 @@ impl proto::fetch_server::Fetch for FetchService {
                         }
                     }
                     Err(err) => {
-                        let _ = tx.send(Err(cluster_error(err))).await;
+                        let _ = tx.send(Err(read_error(&ctx, err, &req.topic, req.partition))).await;
                         return;
                     }
                 }

@@ -255,6 +255,7 @@ async fn consume(ctx: &Ctx, a: &BenchConsumeArgs) -> Result<BenchReport> {
         max_bytes: u32::try_from(a.fetch_bytes).unwrap_or(u32::MAX),
         max_wait_ms: 100,
         offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
     };
     let mut consumer = client.consumer(config);
     consumer.assign(&a.topic, 0..partitions);
