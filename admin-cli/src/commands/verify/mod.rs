@@ -281,7 +281,7 @@ fn range_text(from: u64, to: u64) -> String {
 
 /// The human report.
 pub fn online_text(r: &OnlineReport) -> String {
-    let mut t = Table::new(["partition", "status", "start", "end", "checked", "replicas", "chain hash"]);
+    let mut t = Table::new(["partition", "status", "start", "end", "offset", "replicas", "chain hash"]);
     for p in &r.partitions {
         let opt = |o: Option<u64>| o.map_or_else(|| "-".into(), |o| o.to_string());
         let offset = opt(p.first_bad_offset.or(p.first_divergent_offset).or(p.checked_offset));
@@ -312,10 +312,7 @@ pub fn online_text(r: &OnlineReport) -> String {
                 None => "-".into(),
             };
             let hash = x.chain_hash.as_deref().map_or_else(|| "-".into(), |h| h[..12.min(h.len())].to_string());
-            let verdict = match &x.detail {
-                Some(d) => format!("{}: {d}", x.verdict),
-                None => x.verdict.clone(),
-            };
+            let verdict = x.detail.clone().unwrap_or_else(|| x.verdict.clone());
             per_replica.row([
                 p.partition.to_string(),
                 x.node_id.to_string(),
@@ -491,8 +488,17 @@ async fn verify_partition_inner(
             for r in &p.replicas {
                 if let Some(start) = r.reread_from {
                     let e = reread_totals.entry(r.node_id).or_insert((start, start, 0));
-                    e.1 = to + 1;
-                    e.2 += r.records_reread;
+                    // A damaged replica's re-read got as far as the damage.
+                    match r.damage.as_ref().and_then(|d| d.offset) {
+                        Some(bad) => {
+                            e.1 = bad;
+                            e.2 += bad.saturating_sub(start);
+                        }
+                        None => {
+                            e.1 = to + 1;
+                            e.2 += r.records_reread;
+                        }
+                    }
                 }
                 if let Some(d) = &r.damage
                     && !v.damaged.iter().any(|x| x.node_id == r.node_id)
@@ -599,7 +605,7 @@ fn replica_verdicts(newest: &Probe, decisive: &Probe, v: &PartitionVerdict, rere
                 && let Some(s) = v.suspects.iter().find(|s| s.node_id == r.node_id && !s.reason.starts_with("missing"))
                 && !v.damaged.iter().any(|d| d.node_id == r.node_id)
             {
-                problems.push(("differs", format!("from offset {o}: {}", s.reason)));
+                problems.push(("differs", format!("differs from offset {o}: {}", s.reason)));
             }
             for m in v.missing.iter().filter(|m| m.node_id == r.node_id) {
                 problems.push(("missing", format!("missing {}", range_text(m.from, m.to))));
@@ -608,7 +614,7 @@ fn replica_verdicts(newest: &Probe, decisive: &Probe, v: &PartitionVerdict, rere
             if problems.is_empty()
                 && let Some(e) = error
             {
-                problems.push(("unavailable", e.clone()));
+                problems.push(("unavailable", format!("unavailable: {e}")));
             }
             let answered = r.error.is_none() || r.damage.is_some();
             ReplicaVerdict {
