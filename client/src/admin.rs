@@ -159,7 +159,11 @@ impl Admin {
         partition: u32,
         offset: Option<u64>,
     ) -> Result<proto::VerifyResponse, ClientError> {
-        admin_call!(self, verify, proto::VerifyRequest { topic: topic.to_string(), partition, offset, reread_from: None })
+        admin_call!(
+            self,
+            verify,
+            proto::VerifyRequest { topic: topic.to_string(), partition, offset, reread_from: None }
+        )
     }
 
     /// Every replica re-reads its records `[reread_from, offset]` from disk (from its own log start

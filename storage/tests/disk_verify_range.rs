@@ -119,3 +119,39 @@ fn a_payload_changed_with_its_crc_is_named_by_the_chain() {
     let v = s.verify_range(S, Offset::new(3), Offset::new(bad)).unwrap();
     assert_eq!((v.from, v.records, v.head), (Offset::new(3), bad - 3, hashes[bad as usize - 1]));
 }
+
+#[test]
+fn verify_range_while_appending_and_truncating_never_reports_false_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(Storage::open_with(dir.path(), options()).unwrap());
+    let n = 6 * per_segment();
+    let hashes = fill(s.as_ref(), n);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            // Cut the tail and write the same records again, over and over.
+            for round in 0..30u64 {
+                let cut = n - 1 - (round % (2 * per_segment()));
+                s.truncate_from(S, Offset::new(cut)).unwrap();
+                let events: Vec<Bytes> = (cut..n).map(payload).collect();
+                s.append_batch(S, events, Offset::new(cut), false).unwrap();
+            }
+        })
+    };
+    let mut checked = 0;
+    while !writer.is_finished() || checked == 0 {
+        for to in [per_segment(), n / 2, n] {
+            match s.verify_range(S, Offset::new(3), Offset::new(to)) {
+                Ok(v) => {
+                    assert_eq!(v.head, hashes[to as usize - 1], "[3, {to})");
+                    checked += 1;
+                }
+                // The tail was cut below `to` at that moment: out of range, never corruption.
+                Err(StorageError::OffsetOutOfRange { .. }) => {}
+                Err(e) => panic!("[3, {to}): {e}"),
+            }
+        }
+    }
+    writer.join().unwrap();
+    assert!(checked > 0);
+}

@@ -315,11 +315,15 @@ impl Cluster {
     ) -> Result<ChainVerification, ClusterError> {
         let local = self.local_partition(topic, partition)?;
         let (storage, stream) = (local.group.log().storage().clone(), local.group.log().stream());
-        let verified = tokio::task::spawn_blocking(move || {
-            storage.verify_range(stream, Offset::new(from), Offset::new(to))
-        })
-        .await
-        .map_err(|e| ClusterError::Raft(RaftError::Fatal { group: local.group.id(), reason: format!("verify task failed: {e}") }))?;
+        let verified =
+            tokio::task::spawn_blocking(move || storage.verify_range(stream, Offset::new(from), Offset::new(to)))
+                .await
+                .map_err(|e| {
+                    ClusterError::Raft(RaftError::Fatal {
+                        group: local.group.id(),
+                        reason: format!("verify task failed: {e}"),
+                    })
+                })?;
         verified.map_err(|e| match e {
             StorageError::OffsetOutOfRange { requested, start, end, .. } => {
                 ClusterError::OffsetOutOfRange { requested: requested.get(), start: start.get(), end: end.get() }
