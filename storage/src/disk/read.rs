@@ -153,11 +153,12 @@ impl Storage {
                     continue 'restart;
                 }
                 let end = to.unwrap_or(c.next());
-                if end > c.next() {
+                if end > c.next() || pos > end {
                     // A truncation cut the range (its epoch moves just after): check the bounds again.
                     continue 'restart;
                 }
                 if pos >= end {
+                    debug_assert_eq!(records, end.get() - start.get(), "every record of the range was re-read");
                     return Ok(ChainVerification { stream, from: start, to: end, records, head: prev });
                 }
                 let seg = &c.segments[c.segment_index(pos)];
