@@ -416,15 +416,22 @@ pub struct VerifyArgs {
     /// Compare at this offset (default: the last offset every replica has applied).
     #[arg(long, requires = "topic")]
     pub offset: Option<u64>,
-    /// Also probe every STEP offsets from the log start, so damage anywhere in the log is read
-    /// (the default compares only the newest common offset, which replicas answer from memory).
+    /// Make every replica re-read every record from the partition's start from disk (CRCs, offsets,
+    /// chain links recomputed), so damage anywhere is found and named with its replica and first
+    /// bad offset (the default compares only the newest common offset, which replicas answer from
+    /// memory).
     #[arg(long, requires = "topic")]
     pub sweep: bool,
-    /// Distance between sweep probes (each probe re-reads at most this many records per replica).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..), requires = "sweep")]
+    /// Records each replica re-reads per request during --sweep (every record is re-read either
+    /// way; smaller pieces mean shorter requests).
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..), requires = "sweep")]
     pub step: u64,
+    /// A replica whose log ends more than this many offsets short of the committed end is reported
+    /// as missing that range (within it, it is lagging normally).
+    #[arg(long, default_value_t = 1_000, requires = "topic")]
+    pub max_lag: u64,
     /// Check a node's data directory offline instead (stop the node first).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["topic", "partition", "offset", "sweep"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["topic", "partition", "offset", "sweep", "max_lag"])]
     pub data_dir: Option<PathBuf>,
     /// Where --data-dir copies each stream before opening it (default: the system temp dir).
     #[arg(long, value_name = "DIR", requires = "data_dir")]

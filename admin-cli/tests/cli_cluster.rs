@@ -3,11 +3,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::{TestCluster, assert_exit, stderr, stdout};
+use common::{FIRST_PARTITION_LOG_STREAM, TestCluster, assert_exit, find_record, stderr, stdout};
 use serde_json::Value;
-use shale_storage::format::{names, record, segment};
 
 fn json(o: &std::process::Output) -> Value {
     serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
@@ -201,36 +199,6 @@ async fn cluster_status_and_bench_report_json() {
     assert_eq!(statuses, vec![(0, "agree"), (1, "agree")], "{v}");
     assert!(v["partitions"][0]["probes"].as_u64().unwrap() >= 2, "the sweep probes more than the newest offset: {v}");
     c.shutdown().await;
-}
-
-/// Stream id of topic #1 partition 0's Raft log: group `(1 << 16) | 1`, log stream `2 * group`.
-const FIRST_PARTITION_LOG_STREAM: u64 = 2 * ((1 << 16) | 1);
-
-/// In `dir`'s stream, the segment holding a record whose payload contains `needle`, the byte
-/// position of the needle, and the record's offset.
-fn find_record(dir: &Path, needle: &[u8]) -> (PathBuf, usize, u64) {
-    let stream_dir = dir.join(FIRST_PARTITION_LOG_STREAM.to_string());
-    let mut segs: Vec<PathBuf> = fs::read_dir(&stream_dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| names::parse_segment(&p.file_name().unwrap().to_string_lossy()).is_some())
-        .collect();
-    segs.sort();
-    for path in segs {
-        let bytes = fs::read(&path).unwrap();
-        let mut pos = segment::HEADER_LEN;
-        while pos + record::HEADER_LEN <= bytes.len() {
-            let field = |at: usize, len: usize| &bytes[pos + at..pos + at + len];
-            let offset = u64::from_le_bytes(field(record::OFFSET_AT, 8).try_into().unwrap());
-            let stored = u32::from_le_bytes(field(record::STORED_LEN_AT, 4).try_into().unwrap()) as usize;
-            let payload = &bytes[pos + record::PAYLOAD_AT..pos + record::PAYLOAD_AT + stored];
-            if let Some(i) = payload.windows(needle.len()).position(|w| w == needle) {
-                return (path, pos + record::PAYLOAD_AT + i, offset);
-            }
-            pos += record::encoded_len(stored);
-        }
-    }
-    panic!("no record holds {:?}", String::from_utf8_lossy(needle));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

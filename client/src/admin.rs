@@ -213,7 +213,29 @@ impl Admin {
         partition: u32,
         offset: Option<u64>,
     ) -> Result<proto::VerifyResponse, ClientError> {
-        admin_call!(self, verify, proto::VerifyRequest { topic: topic.to_string(), partition, offset })
+        admin_call!(
+            self,
+            verify,
+            proto::VerifyRequest { topic: topic.to_string(), partition, offset, reread_from: None }
+        )
+    }
+
+    /// Every replica re-reads its records `[reread_from, offset]` from disk (from its own log start
+    /// if that is higher) and answers the chain hash the re-read ends on, or the damage it found.
+    pub async fn verify_reread(
+        &self,
+        topic: &str,
+        partition: u32,
+        reread_from: u64,
+        offset: u64,
+    ) -> Result<proto::VerifyResponse, ClientError> {
+        let req = proto::VerifyRequest {
+            topic: topic.to_string(),
+            partition,
+            offset: Some(offset),
+            reread_from: Some(reread_from),
+        };
+        admin_call!(self, verify, req)
     }
 
     /// Consumer groups that have committed offsets.

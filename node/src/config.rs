@@ -113,6 +113,10 @@ pub struct NodeConfig {
     pub raft: RaftTiming,
     /// How long a graceful shutdown waits for in-flight requests before cutting them.
     pub shutdown_grace_ms: u64,
+    /// Size at which a log segment is sealed and the next one started (at least 4096 bytes).
+    pub segment_bytes: u64,
+    /// How often each node applies its topics' retention limits to its replicas.
+    pub retention_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -128,6 +132,8 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             raft: RaftTiming::default(),
             shutdown_grace_ms: 5_000,
+            segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
+            retention_interval_ms: 30_000,
         }
     }
 }

@@ -138,6 +138,7 @@ impl Node {
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
         cluster_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;
+        cluster_config.retention_interval_ms = config.retention_interval_ms;
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -56,6 +56,16 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// offsets and chain links. The error names the first bad offset and why.
     fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification>;
 
+    /// Re-reads the records in `[from, to)` from where they are stored (the segment files, for
+    /// the disk backend) and verifies each one: CRC, offset, chain link, starting from the chain
+    /// hash of record `from - 1` (the anchoring checkpoint's at the log start). Returns the range
+    /// with `head` = the chain hash of record `to - 1` (for `from == to`, of record `from - 1`).
+    /// Nothing is answered from in-memory hashes: a scrub or an operator's sweep relies on it.
+    /// `from` below the log start, `to` past the next offset or `from > to` is
+    /// [`crate::StorageError::OffsetOutOfRange`]; damage is [`crate::StorageError::Corruption`]
+    /// naming the first bad offset.
+    fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification>;
+
     /// The chain hash of the record at `offset` (for `offset == log_start - 1`, the anchoring
     /// checkpoint's hash). Out of range is [`crate::StorageError::OffsetOutOfRange`].
     fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash>;

@@ -286,24 +286,32 @@ impl StorageBackend for MemoryStorage {
             });
         };
         let s = handle.lock();
-        let mut prev = s.anchor;
-        if let Some(cp) = s.checkpoints.get(s.log_start).filter(|_| s.log_start > Offset::ZERO)
-            && cp.chain_hash != s.anchor
-        {
-            return Err(StorageError::Corruption {
+        verify_span(stream, &s, s.log_start, s.next())
+    }
+
+    fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
+        let Some(handle) = self.stream(stream) else {
+            if from == Offset::ZERO && to == Offset::ZERO {
+                return Ok(ChainVerification { stream, from, to, records: 0, head: ChainHash::ZERO });
+            }
+            return Err(StorageError::OffsetOutOfRange {
                 stream,
-                file: "memory".into(),
-                position: 0,
-                offset: Some(s.log_start),
-                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: s.anchor },
+                requested: from,
+                start: Offset::ZERO,
+                end: Offset::ZERO,
             });
+        };
+        let s = handle.lock();
+        if from > to {
+            return Err(StorageError::OffsetOutOfRange { stream, requested: from, start: Offset::ZERO, end: to });
         }
-        for (i, r) in s.records.iter().enumerate() {
-            let offset = s.log_start.plus(i as u64);
-            verify_record(stream, offset, &prev, r)?;
-            prev = r.hash;
+        if from < s.log_start {
+            return Err(s.range_error(stream, from));
         }
-        Ok(ChainVerification { stream, from: s.log_start, to: s.next(), records: s.records.len() as u64, head: prev })
+        if to > s.next() {
+            return Err(s.range_error(stream, Offset::new(to.get() - 1)));
+        }
+        verify_span(stream, &s, from, to)
     }
 
     fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
@@ -449,6 +457,40 @@ impl StorageBackend for MemoryStorage {
     fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
         Ok(self.stream(stream).map_or(0, |s| s.lock().segments.iter().map(|seg| seg.bytes).sum()))
     }
+}
+
+/// Verifies records `[from, to)` (within the stream's bounds) from the hash before `from`: the
+/// anchor (checked against the checkpoint at the log start), or record `from - 1`'s hash, itself
+/// recomputed from that record.
+fn verify_span(stream: StreamId, s: &MemStream, from: Offset, to: Offset) -> Result<ChainVerification> {
+    debug_assert!(s.log_start <= from && from <= to && to <= s.next());
+    let mut prev = if from > s.log_start {
+        let before = Offset::new(from.get() - 1);
+        let r = s.get(before).expect("in range");
+        verify_record(stream, before, &r.prev_hash, r)?;
+        r.hash
+    } else {
+        if let Some(cp) = s.checkpoints.get(s.log_start).filter(|_| s.log_start > Offset::ZERO)
+            && cp.chain_hash != s.anchor
+        {
+            return Err(StorageError::Corruption {
+                stream,
+                file: "memory".into(),
+                position: 0,
+                offset: Some(s.log_start),
+                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: s.anchor },
+            });
+        }
+        s.anchor
+    };
+    let mut offset = from;
+    while offset < to {
+        let r = s.get(offset).expect("in range");
+        verify_record(stream, offset, &prev, r)?;
+        prev = r.hash;
+        offset = offset.plus(1);
+    }
+    Ok(ChainVerification { stream, from, to, records: to.get() - from.get(), head: prev })
 }
 
 fn verify_record(stream: StreamId, offset: Offset, expected_prev: &ChainHash, r: &MemRecord) -> Result<()> {

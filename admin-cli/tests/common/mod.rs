@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use shale_node::testing::LocalCluster;
+use shale_storage::format::{names, record, segment};
 
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -22,12 +24,17 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes on 127.0.0.1:0 and waits until each sees a metadata leader.
     pub async fn start(n: u64) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// As [`TestCluster::start`], each node's configuration passed through `configure`.
+    pub async fn start_with(n: u64, configure: fn(&mut shale_node::config::NodeConfig)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let root = tempfile::tempdir().expect("temp dir");
-        let cluster = LocalCluster::start(n, root.path(), |_| {}).await.expect("nodes start");
+        let cluster = LocalCluster::start(n, root.path(), configure).await.expect("nodes start");
         let late = cluster.not_ready(WAIT).await;
         assert!(late.is_empty(), "nodes {late:?} never saw a metadata leader");
         Self { cluster, _root: root }
@@ -36,6 +43,11 @@ impl TestCluster {
     /// `host:port,host:port,...` of every node.
     pub fn bootstrap(&self) -> String {
         self.cluster.endpoints().join(",")
+    }
+
+    /// Node `id`, which must be running (for in-process calls on its own replicas).
+    pub fn node(&self, id: u64) -> &shale_node::NodeHandle {
+        self.cluster.running(id).unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     /// Node `id`'s data directory.
@@ -114,4 +126,34 @@ pub fn stderr(o: &Output) -> String {
 #[track_caller]
 pub fn assert_exit(o: &Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+}
+
+/// Stream id of topic #1 partition 0's Raft log: group `(1 << 16) | 1`, log stream `2 * group`.
+pub const FIRST_PARTITION_LOG_STREAM: u64 = 2 * ((1 << 16) | 1);
+
+/// In `dir`'s stream, the segment holding a record whose payload contains `needle`, the byte
+/// position of the needle, and the record's offset.
+pub fn find_record(dir: &Path, needle: &[u8]) -> (PathBuf, usize, u64) {
+    let stream_dir = dir.join(FIRST_PARTITION_LOG_STREAM.to_string());
+    let mut segs: Vec<PathBuf> = fs::read_dir(&stream_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| names::parse_segment(&p.file_name().unwrap().to_string_lossy()).is_some())
+        .collect();
+    segs.sort();
+    for path in segs {
+        let bytes = fs::read(&path).unwrap();
+        let mut pos = segment::HEADER_LEN;
+        while pos + record::HEADER_LEN <= bytes.len() {
+            let field = |at: usize, len: usize| &bytes[pos + at..pos + at + len];
+            let offset = u64::from_le_bytes(field(record::OFFSET_AT, 8).try_into().unwrap());
+            let stored = u32::from_le_bytes(field(record::STORED_LEN_AT, 4).try_into().unwrap()) as usize;
+            let payload = &bytes[pos + record::PAYLOAD_AT..pos + record::PAYLOAD_AT + stored];
+            if let Some(i) = payload.windows(needle.len()).position(|w| w == needle) {
+                return (path, pos + record::PAYLOAD_AT + i, offset);
+            }
+            pos += record::encoded_len(stored);
+        }
+    }
+    panic!("no record holds {:?}", String::from_utf8_lossy(needle));
 }

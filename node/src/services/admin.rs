@@ -9,6 +9,7 @@ use shale_client::error::status;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_raft::cluster::{ClusterError, TopicInfo};
+use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -90,23 +91,62 @@ impl AdminService {
             .collect())
     }
 
-    /// This replica's bounds and (with `offset`) its chain hash there.
-    fn local_chain_hash(&self, req: &proto::LocalChainHashRequest) -> Result<proto::LocalChainHashResponse, Status> {
+    /// This replica's bounds and (with `offset`) its chain hash there: from memory, or, with
+    /// `reread_from`, from a re-read of `[max(reread_from, log start), offset]` from disk that
+    /// reports the damage it finds.
+    async fn local_chain_hash(
+        &self,
+        req: &proto::LocalChainHashRequest,
+    ) -> Result<proto::LocalChainHashResponse, Status> {
         limits::check_topic_name(&req.topic)?;
         let cluster = &self.ctx.cluster;
         let state = cluster.local_partition_state(&req.topic, req.partition).map_err(cluster_error)?;
-        let chain_hash = match req.offset {
-            Some(offset) => {
-                Some(hash_bytes(&cluster.verify(&req.topic, req.partition, offset).map_err(cluster_error)?))
-            }
-            None => None,
-        };
-        Ok(proto::LocalChainHashResponse {
+        let log_start = state.log_start.unwrap_or(0);
+        let mut resp = proto::LocalChainHashResponse {
             node_id: self.ctx.node_id,
-            chain_hash,
-            log_start: state.log_start.unwrap_or(0),
+            chain_hash: None,
+            log_start,
             log_end: state.high_watermark.unwrap_or(0),
-        })
+            reread_from: None,
+            records_reread: 0,
+            damage: None,
+        };
+        match (req.offset, req.reread_from) {
+            (None, _) => {}
+            (Some(offset), None) => {
+                resp.chain_hash =
+                    Some(hash_bytes(&cluster.verify(&req.topic, req.partition, offset).map_err(cluster_error)?));
+            }
+            (Some(offset), Some(from)) => {
+                let from = from.max(log_start);
+                let to = offset.saturating_add(1);
+                if from > to {
+                    // The replica holds nothing of the range: its start is past the offset.
+                    return Err(cluster_error(ClusterError::OffsetOutOfRange {
+                        requested: offset,
+                        start: log_start,
+                        end: resp.log_end,
+                    }));
+                }
+                resp.reread_from = Some(from);
+                match cluster.verify_range(&req.topic, req.partition, from, to).await {
+                    Ok(v) => {
+                        resp.records_reread = v.records;
+                        resp.chain_hash = Some(hash_bytes(&v.head));
+                    }
+                    Err(ClusterError::Storage(StorageError::Corruption { file, position, offset, reason, .. })) => {
+                        resp.damage = Some(proto::ReplicaDamage {
+                            offset: offset.map(|o| o.get()),
+                            reason: reason.to_string(),
+                            file,
+                            position,
+                        });
+                    }
+                    Err(e) => return Err(cluster_error(e)),
+                }
+            }
+        }
+        Ok(resp)
     }
 
     /// Asks every replica (this node directly, others over gRPC) for `LocalChainHash`.
@@ -119,7 +159,7 @@ impl AdminService {
             let req = req.clone();
             async move {
                 let result = if *id == self.ctx.node_id {
-                    self.local_chain_hash(&req)
+                    self.local_chain_hash(&req).await
                 } else {
                     self.ctx.forward(addr, req, |ch, r| async move { admin_client(ch).local_chain_hash(r).await }).await
                 };
@@ -337,8 +377,12 @@ impl proto::admin_server::Admin for AdminService {
         let offset = match req.offset {
             Some(o) => o,
             None => {
-                let probe =
-                    proto::LocalChainHashRequest { topic: req.topic.clone(), partition: req.partition, offset: None };
+                let probe = proto::LocalChainHashRequest {
+                    topic: req.topic.clone(),
+                    partition: req.partition,
+                    offset: None,
+                    reread_from: None,
+                };
                 let ends: Vec<u64> = self
                     .ask_replicas(&replicas, &probe)
                     .await
@@ -357,8 +401,12 @@ impl proto::admin_server::Admin for AdminService {
                 }
             }
         };
-        let ask =
-            proto::LocalChainHashRequest { topic: req.topic.clone(), partition: req.partition, offset: Some(offset) };
+        let ask = proto::LocalChainHashRequest {
+            topic: req.topic.clone(),
+            partition: req.partition,
+            offset: Some(offset),
+            reread_from: req.reread_from,
+        };
         let answers: Vec<proto::ReplicaChainHash> = self
             .ask_replicas(&replicas, &ask)
             .await
@@ -370,7 +418,11 @@ impl proto::admin_server::Admin for AdminService {
                     chain_hash: r.chain_hash,
                     log_start: r.log_start,
                     log_end: r.log_end,
-                    error: String::new(),
+                    // A damaged replica fails the check for clients that only read `error` too.
+                    error: r.damage.as_ref().map(damage_text).unwrap_or_default(),
+                    reread_from: r.reread_from,
+                    records_reread: r.records_reread,
+                    damage: r.damage,
                 },
                 Err(s) => proto::ReplicaChainHash {
                     node_id,
@@ -379,17 +431,30 @@ impl proto::admin_server::Admin for AdminService {
                     log_start: 0,
                     log_end: 0,
                     error: format!("{:?}: {}", s.code(), s.message()),
+                    reread_from: None,
+                    records_reread: 0,
+                    damage: None,
                 },
             })
             .collect();
         let first = answers.first().and_then(|a| a.chain_hash.clone());
         let agree = first.is_some() && answers.iter().all(|a| a.chain_hash == first);
+        // What every replica should hold from: everything for a topic without retention;
+        // otherwise the lowest start any replica still has (retention may have moved it).
+        let keep_all = topic.retention.retention_bytes.is_none() && topic.retention.retention_ms.is_none();
+        let partition_start = if keep_all {
+            0
+        } else {
+            answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some()).map(|a| a.log_start).min().unwrap_or(0)
+        };
         Ok(Response::new(proto::VerifyResponse {
             topic: req.topic,
             partition: req.partition,
             offset,
             replicas: answers,
             agree,
+            partition_start,
+            keep_all,
         }))
     }
 
@@ -398,6 +463,12 @@ impl proto::admin_server::Admin for AdminService {
         request: Request<proto::LocalChainHashRequest>,
     ) -> Result<Response<proto::LocalChainHashResponse>, Status> {
         let _in_flight = self.ctx.in_flight.enter();
-        self.local_chain_hash(&request.into_inner()).map(Response::new)
+        self.local_chain_hash(&request.into_inner()).await.map(Response::new)
     }
+}
+
+/// A damage report as one line (the `error` of a damaged replica's answer).
+fn damage_text(d: &proto::ReplicaDamage) -> String {
+    let at = d.offset.map_or_else(String::new, |o| format!(" at offset {o}"));
+    format!("CORRUPTION{at}: {} ({} byte {})", d.reason, d.file, d.position)
 }

@@ -48,7 +48,12 @@ impl GroupsService {
             .cluster
             .leader_of(&o.topic, o.partition)
             .ok_or_else(|| cluster_error(ClusterError::NotLeader { leader: None }))?;
-        let req = proto::LocalChainHashRequest { topic: o.topic.clone(), partition: o.partition, offset: None };
+        let req = proto::LocalChainHashRequest {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            offset: None,
+            reread_from: None,
+        };
         let resp =
             self.ctx.forward(&addr, req, |ch, r| async move { AdminClient::new(ch).local_chain_hash(r).await }).await?;
         Ok(resp.log_end)

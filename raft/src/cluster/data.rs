@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shale_storage::{ChainHash, StorageError};
+use shale_storage::{ChainHash, ChainVerification, Offset, StorageError};
 
 use super::partition::{ApplyOutcome, decode_record, encode_record};
 use super::{Cluster, LocalPartition, high_watermark};
@@ -298,6 +298,39 @@ impl Cluster {
                 None => Err(e.into()),
             },
         }
+    }
+}
+
+impl Cluster {
+    /// Re-reads this replica's records `[from, to)` of a partition's log from storage (CRCs,
+    /// offsets, chain links from the hash before `from`) and returns the chain hash of record
+    /// `to - 1`. Damage is `ClusterError::Storage(StorageError::Corruption { .. })` naming the
+    /// first bad offset; a range the replica does not hold is `OffsetOutOfRange`. Runs on the
+    /// blocking pool: it reads the whole range.
+    pub async fn verify_range(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<ChainVerification, ClusterError> {
+        let local = self.local_partition(topic, partition)?;
+        let (storage, stream) = (local.group.log().storage().clone(), local.group.log().stream());
+        let verified =
+            tokio::task::spawn_blocking(move || storage.verify_range(stream, Offset::new(from), Offset::new(to)))
+                .await
+                .map_err(|e| {
+                    ClusterError::Raft(RaftError::Fatal {
+                        group: local.group.id(),
+                        reason: format!("verify task failed: {e}"),
+                    })
+                })?;
+        verified.map_err(|e| match e {
+            StorageError::OffsetOutOfRange { requested, start, end, .. } => {
+                ClusterError::OffsetOutOfRange { requested: requested.get(), start: start.get(), end: end.get() }
+            }
+            e => ClusterError::Storage(e),
+        })
     }
 }
 

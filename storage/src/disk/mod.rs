@@ -349,6 +349,10 @@ impl StorageBackend for Storage {
         Storage::verify_chain(self, stream)
     }
 
+    fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
+        Storage::verify_range(self, stream, from, to)
+    }
+
     fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
         Storage::chain_hash_at(self, stream, offset)
     }

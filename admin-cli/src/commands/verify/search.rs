@@ -2,33 +2,25 @@
 //!
 //! Chain hashes make disagreement monotone: once two replicas hold different records, every later
 //! chain hash differs too. A binary search over offsets therefore finds the first offset where
-//! they part with O(log n) probes.
+//! they part with O(log n) probes. A sweep re-reads the whole range in pieces instead.
 
 use std::future::Future;
 
-/// Offsets to probe in a sweep of `[lo, hi]`: every `step`-th boundary (`m * step - 1`, the last
-/// offset before each anchor of the storage's sparse chain table, so each probe re-hashes one
-/// stretch) and `hi` itself, ascending.
-pub fn sweep_points(lo: u64, hi: u64, step: u64) -> Vec<u64> {
+/// The pieces a sweep of `[lo, hi]` re-reads, one request each: `[a, b]` (inclusive) of at most
+/// `step` records, contiguous and ascending, the last ending at `hi`.
+pub fn sweep_pieces(lo: u64, hi: u64, step: u64) -> Vec<(u64, u64)> {
     debug_assert!(step > 0, "step is validated by clap");
-    let mut points = Vec::new();
-    if lo > hi {
-        return points;
-    }
-    let mut m = lo.saturating_add(1).div_ceil(step).max(1);
-    while let Some(p) = m.checked_mul(step).map(|x| x - 1) {
-        if p > hi {
-            break;
+    let mut pieces = Vec::new();
+    let mut a = lo;
+    while a <= hi {
+        let b = a.saturating_add(step - 1).min(hi);
+        pieces.push((a, b));
+        match b.checked_add(1) {
+            Some(next) => a = next,
+            None => break,
         }
-        if p >= lo {
-            points.push(p);
-        }
-        m += 1;
     }
-    if points.last() != Some(&hi) {
-        points.push(hi);
-    }
-    points
+    pieces
 }
 
 /// The smallest offset in `[lo, hi]` where `agrees` is false, given that it is false at `hi`
@@ -63,13 +55,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sweep_points_hit_every_stretch_and_the_end() {
-        assert_eq!(sweep_points(0, 200, 64), vec![63, 127, 191, 200]);
-        assert_eq!(sweep_points(64, 127, 64), vec![127]);
-        assert_eq!(sweep_points(5, 10, 64), vec![10]);
-        assert_eq!(sweep_points(0, 3, 1), vec![0, 1, 2, 3]);
-        assert!(sweep_points(10, 5, 64).is_empty());
-        assert_eq!(sweep_points(u64::MAX - 2, u64::MAX, 64), vec![u64::MAX]);
+    fn sweep_pieces_cover_the_range_once() {
+        assert_eq!(sweep_pieces(0, 200, 64), vec![(0, 63), (64, 127), (128, 191), (192, 200)]);
+        assert_eq!(sweep_pieces(64, 127, 64), vec![(64, 127)]);
+        assert_eq!(sweep_pieces(5, 10, 64), vec![(5, 10)]);
+        assert_eq!(sweep_pieces(0, 3, 1), vec![(0, 0), (1, 1), (2, 2), (3, 3)]);
+        assert_eq!(sweep_pieces(7, 7, 3), vec![(7, 7)]);
+        assert!(sweep_pieces(10, 5, 64).is_empty());
+        assert_eq!(sweep_pieces(u64::MAX - 2, u64::MAX, 64), vec![(u64::MAX - 2, u64::MAX)]);
     }
 
     fn search(lo: u64, hi: u64, first_bad: u64) -> (u64, u32) {
