@@ -139,6 +139,9 @@ impl Node {
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
         cluster_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;
+        // A joining node's catch-up wait fits in one client request (the node answers within it).
+        cluster_config.catch_up_timeout_ms = config.raft.request_timeout_ms / 2;
+        cluster_config.leave_grace_ms = config.raft.request_timeout_ms.saturating_mul(3);
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
