@@ -269,8 +269,8 @@ impl Cluster {
     /// 2. Once every wanted node that is not a voter has caught up (`catch_up`), make `wanted` the
     ///    voters; voters that leave stay learners, so they replicate the membership that demotes
     ///    them and stop their groups on seeing it.
-    /// 3. Remove the leftover learners once they hold that membership (or after `leave_grace_ms`,
-    ///    for one that does not answer).
+    /// 3. Remove the leftover learners once they hold that membership (or after four election
+    ///    timeouts, for one that does not answer).
     async fn move_replicas(
         &self,
         local: &LocalPartition,
@@ -315,7 +315,9 @@ impl Cluster {
             return false;
         }
         let leftovers: BTreeSet<NodeId> = known.difference(wanted).copied().collect();
-        let grace = Duration::from_millis(self.config.leave_grace_ms);
+        // A live learner gets the membership within a heartbeat or two; one that stopped its
+        // group on seeing it may not have acknowledged it, so do not wait for that for long.
+        let grace = Duration::from_millis(self.config.raft.election_timeout_max_ms.saturating_mul(4).max(1_000));
         let removable: BTreeSet<NodeId> = {
             let mut waiting = local.leftover_since.lock();
             waiting.retain(|id, _| leftovers.contains(id));
