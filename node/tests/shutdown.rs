@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 use shale_client::admin::NewTopic;
 use shale_client::{Client, ClientConfig, ConsumerConfig, ProducerConfig, ProducerRecord};
 
+/// Acknowledged records: (partition, offset) -> value.
+type Acked = BTreeMap<(u32, u64), Vec<u8>>;
+
 /// The default `shutdown_grace_ms` (what `dev` runs with).
 const GRACE: Duration = Duration::from_millis(5_000);
 /// Process exit and scheduling on a busy two-core machine.
@@ -118,7 +121,7 @@ async fn sigint_under_produce_load_exits_within_the_grace_period_and_keeps_every
     create_topic_when_up(&c, "load", 3).await;
 
     // Produce load: acknowledged records are recorded as (partition, offset) -> value.
-    let acked: Arc<Mutex<BTreeMap<(u32, u64), Vec<u8>>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut producers = Vec::new();
     for w in 0..4u32 {
