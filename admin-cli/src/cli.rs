@@ -120,7 +120,8 @@ pub enum ClusterCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Remove a node (its replicas move elsewhere).
+    /// Remove a node (its replicas move elsewhere, each new one caught up first; with no spare
+    /// member the partitions are left under-replicated, and a warning names each).
     #[command(after_help = "Examples:\n  shale cluster remove-node 4")]
     RemoveNode {
         /// The node's id.

@@ -40,9 +40,12 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
     }
     println!("Ctrl-C to stop.");
     shutdown_signal().await;
+    // The nodes stop in parallel, so the whole process keeps to one grace period.
+    let grace = handles.iter().map(NodeHandle::grace).max().unwrap_or_default();
+    crate::signal::after_first_signal(grace);
     let mut result = Ok(());
-    for h in handles {
-        if let Err(e) = h.shutdown().await {
+    for r in futures::future::join_all(handles.into_iter().map(NodeHandle::shutdown)).await {
+        if let Err(e) = r {
             tracing::error!(error = %e, "node shutdown failed");
             result = Err(e);
         }

@@ -24,6 +24,7 @@ async fn run(cli: Cli) -> Result<(), NodeError> {
 async fn run_node(args: &shale_node::cli::RunArgs) -> Result<(), NodeError> {
     let node = Node::start(args.to_config()?).await?;
     shale_node::signal::shutdown_signal().await;
+    shale_node::signal::after_first_signal(node.grace());
     node.shutdown().await
 }
 
@@ -59,12 +60,14 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
         .init();
+    // Exit here rather than return: dropping the runtime would wait for every blocking task
+    // (a storage call stuck on a sick disk), past the shutdown grace period.
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => shale_node::signal::exit_now(0),
         Err(e) => {
             tracing::error!(error = %e, "shale-node failed");
             eprintln!("shale-node: {e}");
-            ExitCode::FAILURE
+            shale_node::signal::exit_now(1)
         }
     }
 }

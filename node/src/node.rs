@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::conn::KillableStream;
 
@@ -139,6 +140,9 @@ impl Node {
         cluster_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;
         cluster_config.retention_interval_ms = config.retention_interval_ms;
+        // A joining node's catch-up wait fits in one client request (the node answers within it).
+        cluster_config.catch_up_timeout_ms = config.raft.request_timeout_ms / 2;
+        cluster_config.leave_grace_ms = config.raft.request_timeout_ms.saturating_mul(3);
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -156,28 +160,35 @@ impl Node {
         // over the limit itself with REQUEST_TOO_LARGE (which names the limit).
         let max_decode = config.limits.max_request_bytes.saturating_mul(2);
         let max_encode = (config.limits.max_fetch_bytes as usize).saturating_mul(2).max(max_decode);
+        // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
+        // clients retry elsewhere); the Raft transport keeps serving until the groups stop.
+        let refuse = RefuseWhenStopping(shutdown_rx.clone());
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(
+            .add_service(InterceptedService::new(
                 ProduceServer::new(ProduceService::new(ctx.clone()))
                     .max_decoding_message_size(max_decode)
                     .max_encoding_message_size(max_encode),
-            )
-            .add_service(
+                refuse.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 FetchServer::new(FetchService::new(ctx.clone()))
                     .max_decoding_message_size(max_decode)
                     .max_encoding_message_size(max_encode),
-            )
-            .add_service(
+                refuse.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 ConsumerGroupsServer::new(GroupsService::new(ctx.clone()))
                     .max_decoding_message_size(max_decode)
                     .max_encoding_message_size(max_encode),
-            )
-            .add_service(
+                refuse.clone(),
+            ))
+            .add_service(InterceptedService::new(
                 AdminServer::new(AdminService::new(ctx.clone()))
                     .max_decoding_message_size(max_decode)
                     .max_encoding_message_size(max_encode),
-            )
+                refuse,
+            ))
             .add_service(cluster.grpc_service());
         let mut grpc_shutdown = shutdown_rx.clone();
         let (kill_tx, kill_rx) = watch::channel(false);
@@ -246,24 +257,48 @@ impl NodeHandle {
         }
     }
 
-    /// Stops accepting requests, lets in-flight client requests finish (up to the grace period),
-    /// stops the cluster layer (every Raft group), stops the servers and flushes storage.
+    /// The grace period [`NodeHandle::shutdown`] keeps to.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Stops the node within its grace period (`shutdown_grace_ms`), whatever its load:
+    /// 1. new client-API requests are refused with UNAVAILABLE (retryable) and the gRPC server
+    ///    accepts no new connections;
+    /// 2. in-flight client requests get up to 40% of the grace period to finish (a produce that
+    ///    is not committed by then fails with a retryable error when its group stops);
+    /// 3. every Raft group (partitions and metadata) is shut down in parallel, bounded by what
+    ///    is left of 80% of the grace period;
+    /// 4. connections are cut, every stream is fsynced (bounded by the rest of the grace period).
+    ///
+    /// Every acknowledged record was fsynced before its acknowledgement, so a step cut short
+    /// loses nothing acknowledged; it is logged (and a group that did not stop is reported as
+    /// an error). The process binary also exits at the deadline if this ever overruns it.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        tracing::info!(node_id = self.node_id, "shutting down");
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.grace;
+        tracing::info!(node_id = self.node_id, grace_ms = self.grace.as_millis() as u64, "shutting down");
         let _ = self.shutdown_tx.send(true);
         self.bootstrap_task.abort();
-        if tokio::time::timeout(self.grace, self.ctx.in_flight.wait_idle()).await.is_err() {
+        let drain_until = started + self.grace.mul_f64(0.4);
+        if tokio::time::timeout_at(drain_until, self.ctx.in_flight.wait_idle()).await.is_err() {
             tracing::warn!(
                 node_id = self.node_id,
                 in_flight = self.ctx.in_flight.count(),
-                "requests still in flight after the grace period"
+                "requests still in flight; they fail with UNAVAILABLE as the groups stop"
             );
         }
         // Raft streams between nodes never end on their own: stop the groups, then the servers.
-        let stopped = self.cluster.shutdown().await;
+        let groups_until = started + self.grace.mul_f64(0.8);
+        let stopped =
+            self.cluster.shutdown_within(groups_until.saturating_duration_since(tokio::time::Instant::now())).await;
+        if let Err(e) = &stopped {
+            tracing::warn!(node_id = self.node_id, error = %e, "cluster layer did not stop cleanly");
+        }
         let _ = self.kill_tx.send(true);
-        let grpc = finish(self.grpc_task, SERVER_STOP, "grpc").await;
-        let _ = finish(self.http_task, SERVER_STOP, "http").await;
+        let server_stop = SERVER_STOP.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let grpc = finish(self.grpc_task, server_stop, "grpc").await;
+        let _ = finish(self.http_task, Duration::ZERO.max(server_stop / 2), "http").await;
         let _ = self.bootstrap_task.await;
         drop(self.ctx);
         tracing::debug!(
@@ -272,24 +307,54 @@ impl NodeHandle {
             "released"
         );
         drop(self.cluster);
-        stopped?;
-        for stream in self.storage.streams() {
-            self.storage.sync(stream).map_err(NodeError::Storage)?;
-        }
+        // fsync every stream off the async workers, bounded by the deadline.
+        let storage = self.storage.clone();
+        let sync = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+            for stream in storage.streams() {
+                storage.sync(stream).map_err(NodeError::Storage)?;
+            }
+            Ok(())
+        });
+        let synced = match tokio::time::timeout_at(deadline, sync).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(node_id = self.node_id, error = %e, "storage sync task failed");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::error!(node_id = self.node_id, "storage sync did not finish within the grace period");
+                Ok(())
+            }
+        };
         // The storage (and its directory lock) is released when its last user lets go; wait for
         // background tasks to drop theirs so a restart in this process can reopen it.
-        let deadline = tokio::time::Instant::now() + self.grace;
         while Arc::strong_count(&self.storage) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if Arc::strong_count(&self.storage) > 1 {
             tracing::warn!(node_id = self.node_id, "storage still referenced after shutdown");
         }
-        tracing::info!(node_id = self.node_id, "stopped");
+        tracing::info!(node_id = self.node_id, took_ms = started.elapsed().as_millis() as u64, "stopped");
+        stopped?;
+        synced?;
         match grpc {
             Some(Err(e)) => Err(NodeError::Grpc(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// Refuses client-API requests once shutdown has started (UNAVAILABLE, which clients retry on
+/// another node).
+#[derive(Clone)]
+struct RefuseWhenStopping(watch::Receiver<bool>);
+
+impl tonic::service::Interceptor for RefuseWhenStopping {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if *self.0.borrow() {
+            return Err(shale_client::error::status(shale_client::ErrorCode::Unavailable, "the node is shutting down"));
+        }
+        Ok(request)
     }
 }
 

@@ -27,3 +27,37 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!("SIGTERM received"),
     }
 }
+
+/// How long past the grace period the watchdog of [`after_first_signal`] waits before it ends
+/// the process itself (the orderly shutdown keeps to the grace period; this only catches a bug).
+pub const WATCHDOG_SLACK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Call once the first signal has arrived and an orderly shutdown of at most `grace` starts:
+/// a second SIGINT/SIGTERM exits the process at once (code 130), and a watchdog thread exits it
+/// (code 1) if it is still running `grace` + [`WATCHDOG_SLACK`] from now. Every acknowledged
+/// record was fsynced before its acknowledgement, so neither exit loses one.
+pub fn after_first_signal(grace: std::time::Duration) {
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting at once");
+        exit_now(130);
+    });
+    let limit = grace + WATCHDOG_SLACK;
+    let spawned = std::thread::Builder::new().name("shutdown-watchdog".into()).spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(waited_ms = limit.as_millis() as u64, "shutdown overran its grace period; exiting");
+        exit_now(1);
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the shutdown watchdog");
+    }
+}
+
+/// Ends the process now (flushing stdout/stderr first), skipping the runtime's wait for
+/// blocking tasks.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}

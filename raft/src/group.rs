@@ -467,6 +467,13 @@ impl RaftGroup {
         Ok(())
     }
 
+    /// Removes `ids` (learners, or voters already out of the voter set) from the group.
+    pub async fn remove_nodes(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        let change = openraft::ChangeMembers::RemoveNodes(ids);
+        self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
+        Ok(())
+    }
+
     /// Hands leadership to `to` and waits (up to ten election timeouts) until it leads.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
         self.raft.trigger().transfer_leader(to).await.map_err(|e| self.fatal(&e))?;

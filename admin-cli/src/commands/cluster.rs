@@ -270,13 +270,26 @@ pub async fn run(ctx: &Ctx, command: ClusterCommand) -> Result<()> {
             let admin = ctx.client()?.admin();
             let members =
                 admin.add_node(node_id, &addr).await.map_err(|e| ctx.err(format!("add node {node_id}"), e))?;
-            eprintln!("added node {node_id} ({addr})");
+            eprintln!(
+                "added node {node_id} ({addr}): it caught up and votes; under-replicated partitions take it as a replica"
+            );
             output::emit(output.output, &rows(&members), |m| members_table(m))
         }
         ClusterCommand::RemoveNode { node_id, output } => {
             let admin = ctx.client()?.admin();
             let members = admin.remove_node(node_id).await.map_err(|e| ctx.err(format!("remove node {node_id}"), e))?;
-            eprintln!("removed node {node_id}");
+            eprintln!(
+                "removed node {node_id}; its replicas move to other members (each new replica catches up before the old one leaves)"
+            );
+            // With no spare member a partition keeps fewer replicas than its factor: say which.
+            match admin.list_topics().await {
+                Ok(topics) => {
+                    for line in under_replicated(&topics) {
+                        eprintln!("warning: {line}");
+                    }
+                }
+                Err(e) => eprintln!("warning: cannot list topics to check replication: {e}"),
+            }
             output::emit(output.output, &rows(&members), |m| members_table(m))
         }
         ClusterCommand::TransferLeader { topic, partition, to } => {
@@ -288,6 +301,27 @@ pub async fn run(ctx: &Ctx, command: ClusterCommand) -> Result<()> {
             output::print_stdout(&format!("{topic}/{partition}: leader is now node {leader}\n"))
         }
     }
+}
+
+/// One line per partition that has fewer replicas than its topic's replication factor.
+pub fn under_replicated(topics: &[proto::TopicInfo]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for t in topics {
+        let factor = t.config.as_ref().map_or(0, |c| c.replication_factor);
+        for p in &t.partitions {
+            if p.replicas.len() < factor as usize {
+                lines.push(format!(
+                    "{}/{} is under-replicated: {} of {} replicas ({}); add a node to restore it",
+                    t.name,
+                    p.partition,
+                    p.replicas.len(),
+                    factor,
+                    id_list(&p.replicas)
+                ));
+            }
+        }
+    }
+    lines
 }
 
 #[cfg(test)]

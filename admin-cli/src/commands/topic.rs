@@ -109,7 +109,11 @@ pub fn describe_table(topic: &TopicView) -> String {
     for p in &topic.partition_details {
         let leader = if p.leader == 0 { "none".to_string() } else { format!("{} ({})", p.leader, p.leader_addr) };
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-        t.row([p.partition.to_string(), leader, id_list(&p.replicas), opt(p.log_start), opt(p.log_end)]);
+        let mut replicas = id_list(&p.replicas);
+        if p.replicas.len() < topic.replication_factor as usize {
+            replicas.push_str(&format!(" (under-replicated: {} of {})", p.replicas.len(), topic.replication_factor));
+        }
+        t.row([p.partition.to_string(), leader, replicas, opt(p.log_start), opt(p.log_end)]);
     }
     out.push_str(&t.render());
     out

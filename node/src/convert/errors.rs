@@ -29,7 +29,9 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::RecordTooLarge { max, .. } => limit(ErrorCode::RecordTooLarge, message, max as u64),
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),
         ClusterError::DuplicateOfPurgedRecord { .. } => status(ErrorCode::DuplicateOfPurgedRecord, message),
-        ClusterError::Membership { .. } => status(ErrorCode::FailedPrecondition, message),
+        ClusterError::Membership { .. } | ClusterError::NotCaughtUp { .. } => {
+            status(ErrorCode::FailedPrecondition, message)
+        }
         ClusterError::Timeout { .. } => status(ErrorCode::Timeout, message),
         ClusterError::Shutdown => status(ErrorCode::Unavailable, message),
         ClusterError::Raft(raft) => raft_error(message, raft),

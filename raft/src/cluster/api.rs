@@ -413,6 +413,24 @@ pub enum ClusterError {
         /// Where the original was written.
         offset: u64,
     },
+    /// A node added to a group did not catch up with the leader in time, so it was not made a
+    /// voter (nor a member): it was removed from the group again.
+    #[error(
+        "node {id} did not catch up with group {group} within {waited_ms} ms (replicated up to {}, leader at {leader_last}); it was removed again and is not a member",
+        matched.map_or_else(|| "nothing".to_string(), |m| m.to_string())
+    )]
+    NotCaughtUp {
+        /// The node.
+        id: NodeId,
+        /// The group it was to join.
+        group: GroupId,
+        /// The last index the leader knows the node holds (`None`: it never answered).
+        matched: Option<u64>,
+        /// The leader's last log index at the end of the wait.
+        leader_last: u64,
+        /// How long the leader waited.
+        waited_ms: u64,
+    },
     /// The node no longer has a member of that id / the member exists with another address.
     #[error("member {id}: {reason}")]
     Membership {

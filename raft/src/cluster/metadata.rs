@@ -275,6 +275,7 @@ impl MetadataState {
                     });
                 }
                 self.members.insert(*id, addr.clone());
+                self.fill_under_replicated(*id);
                 Ok(MetadataReply::Ok)
             }
             MetadataCommand::Bootstrap { members } => {
@@ -382,6 +383,36 @@ impl MetadataState {
                 }
             }
         }
+    }
+
+    /// Adds `member` as a replica to every partition that has fewer replicas than its topic's
+    /// replication factor (left so by removing a member when no other could take its replicas)
+    /// and does not hold it yet. The partition leaders then add it as a learner and promote it
+    /// once it has caught up.
+    fn fill_under_replicated(&mut self, member: NodeId) {
+        for topic in self.topics.values_mut() {
+            let factor = topic.replication_factor as usize;
+            for p in &mut topic.partitions {
+                if p.replicas.len() < factor && !p.replicas.contains(&member) {
+                    p.replicas.push(member);
+                    p.replica_epoch = p.replica_epoch.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Partitions with fewer replicas than their topic's replication factor, as
+    /// `(topic, partition, replicas, factor)`.
+    pub fn under_replicated(&self) -> Vec<(String, u32, usize, u32)> {
+        self.topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.replicas.len() < t.replication_factor as usize)
+                    .map(|p| (t.name.clone(), p.partition, p.replicas.len(), t.replication_factor))
+            })
+            .collect()
     }
 
     /// Encodes the whole state (the metadata group's snapshot).
@@ -834,6 +865,28 @@ mod tests {
             s.apply(&MetadataCommand::RemoveMember { id: 2 }),
             MetadataReply::Rejected(Rejection::UnknownMember { id: 2 })
         );
+    }
+
+    #[test]
+    fn removing_a_member_with_no_spare_under_replicates_and_adding_one_restores() {
+        let mut s = three_members();
+        create(&mut s, "t", 3, 3);
+        assert!(s.under_replicated().is_empty());
+        assert_eq!(s.apply(&MetadataCommand::RemoveMember { id: 2 }), MetadataReply::Ok);
+        let under = s.under_replicated();
+        assert_eq!(under, (0..3).map(|p| ("t".to_string(), p, 2, 3)).collect::<Vec<_>>());
+        let epochs: Vec<u32> = s.topic("t").unwrap().partitions.iter().map(|p| p.replica_epoch).collect();
+        // Adding a member (the same node back, or another) fills every under-replicated partition.
+        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addr: "h:2".into() }), MetadataReply::Ok);
+        assert!(s.under_replicated().is_empty());
+        for (p, epoch) in s.topic("t").unwrap().partitions.iter().zip(epochs) {
+            assert_eq!(p.replicas.len(), 3, "{p:?}");
+            assert_eq!(p.replicas.last(), Some(&2), "the new replica is not the preferred leader: {p:?}");
+            assert_eq!(p.replica_epoch, epoch + 1, "{p:?}");
+        }
+        // A fully replicated partition is left alone.
+        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 4, addr: "h:4".into() }), MetadataReply::Ok);
+        assert!(s.topic("t").unwrap().partitions.iter().all(|p| !p.replicas.contains(&4)));
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct ClusterConfig {
     pub preferred_leader_delay_ms: u64,
     /// Bound on every wait inside a call (commits, read-index, bootstrap).
     pub request_timeout_ms: u64,
+    /// How long `add_node` waits for a new node to catch up with the metadata group before it
+    /// gives up (the node is removed again, never made a voter). Keep it below the clients'
+    /// request timeout.
+    pub catch_up_timeout_ms: u64,
+    /// How long a replica that the metadata moved away from this node keeps its group while no
+    /// leader tells it the move is done (see `reconcile`): after this it stops and deletes it.
+    pub leave_grace_ms: u64,
 }
 
 impl ClusterConfig {
@@ -76,6 +83,8 @@ impl ClusterConfig {
             retention_interval_ms: 30_000,
             preferred_leader_delay_ms: 10_000,
             request_timeout_ms: 10_000,
+            catch_up_timeout_ms: 5_000,
+            leave_grace_ms: 30_000,
         }
     }
 }
@@ -106,6 +115,12 @@ struct LocalPartition {
     initialized: std::sync::atomic::AtomicBool,
     /// Since when this node has led the group without interruption (seen by the reconcile loop).
     leader_since: Mutex<Option<std::time::Instant>>,
+    /// Since when this node, no longer an assigned replica, has seen no leader of the group
+    /// (the reconcile loop deletes the group after `leave_grace_ms` of that).
+    orphan_since: Mutex<Option<std::time::Instant>>,
+    /// On the leader: since when each learner that is not an assigned replica has been waiting
+    /// to see the membership that demoted it (removed once it has, or after `leave_grace_ms`).
+    leftover_since: Mutex<BTreeMap<NodeId, std::time::Instant>>,
 }
 
 impl fmt::Debug for LocalPartition {
@@ -194,25 +209,48 @@ impl Cluster {
     }
 
     /// Stops the background loops and every local group. Storage stays; `start` again to resume.
+    /// Bounded by `request_timeout_ms`; see [`Cluster::shutdown_within`].
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        self.shutdown_within(self.timeout()).await
+    }
+
+    /// Stops the background loops and every local group within about `limit`: the loops get a
+    /// quarter of it, then every group (partitions and metadata) is shut down at once, in
+    /// parallel, each bounded by what is left. A group that does not stop in time is left behind
+    /// (its core is dropped with the process) and reported as [`ClusterError::Timeout`]; every
+    /// write it acknowledged was fsynced before the acknowledgement, so nothing acknowledged is lost.
+    pub async fn shutdown_within(&self, limit: Duration) -> Result<(), ClusterError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
         let _ = self.shutdown.send(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        let loops_deadline = started + limit / 4;
         for mut t in tasks {
-            // Every wait inside the loops is bounded; this bound is only a backstop.
-            if tokio::time::timeout(self.timeout(), &mut t).await.is_err() {
+            // Every wait inside the loops stops at shutdown; this bound is only a backstop.
+            if tokio::time::timeout_at(loops_deadline, &mut t).await.is_err() {
                 tracing::warn!("a background loop did not stop in time; aborting it");
                 t.abort();
             }
         }
-        let _guard = self.lifecycle.lock().await;
+        // A reconcile pass stuck past the deadline must not keep the groups running.
+        let _guard = tokio::time::timeout_at(loops_deadline, self.lifecycle.lock()).await.ok();
         let locals: Vec<Arc<LocalPartition>> = std::mem::take(&mut *self.partitions.write()).into_values().collect();
-        for p in locals {
-            if let Err(e) = self.bounded_ignoring_shutdown("partition group shutdown", p.group.shutdown()).await {
+        let waited_ms = limit.as_millis() as u64;
+        let stop = |group: Arc<RaftGroup>| async move {
+            match tokio::time::timeout_at(deadline, group.shutdown()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ClusterError::from(e)),
+                Err(_) => Err(ClusterError::Timeout { what: format!("group {} shutdown", group.id()), waited_ms }),
+            }
+        };
+        let partitions = futures::future::join_all(locals.iter().map(|p| stop(p.group.clone())));
+        let (partitions, metadata) = tokio::join!(partitions, stop(self.metadata_group.clone()));
+        for (p, r) in locals.iter().zip(partitions) {
+            if let Err(e) = r {
                 tracing::warn!(group = %p.group.id(), error = %e, "partition group shutdown failed");
             }
         }
-        self.bounded_ignoring_shutdown("metadata group shutdown", self.metadata_group.shutdown()).await?;
-        Ok(())
+        metadata
     }
 
     fn timeout(&self) -> Duration {
@@ -451,8 +489,13 @@ impl Cluster {
         Ok(groups)
     }
 
-    /// Adds a node: it joins the metadata group (as a learner, then a voter) and becomes a member
-    /// that new topics are placed on. Metadata leader only. The node must be running `Cluster`.
+    /// Adds a node: it joins the metadata group as a learner; once it has caught up (the leader
+    /// knows it holds the log up to within [`CATCH_UP_MAX_LAG`] entries of the leader's last
+    /// index) it becomes a voter and then a member, which new topics (and under-replicated
+    /// partitions) are placed on. A node that does not catch up within `catch_up_timeout_ms`
+    /// (nothing listens there, or it is not running `Cluster`) is removed from the group again and
+    /// the call fails with [`ClusterError::NotCaughtUp`]: it is never a voter nor a member.
+    /// Metadata leader only.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
         if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
             return Err(ClusterError::InvalidArgument { field: "addr", reason: format!("{} bytes", addr.len()) });
@@ -460,13 +503,37 @@ impl Cluster {
         if !self.metadata_group.is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
-        let join = async {
-            self.metadata_group.add_learner(id, Node::new(addr.clone()), true).await?;
-            let mut voters = self.metadata_voters();
+        let voters = self.metadata_voters();
+        if !voters.contains(&id) {
+            let add = self.metadata_group.add_learner(id, Node::new(addr.clone()), false);
+            self.bounded("adding a learner to the metadata group", add).await?;
+            let since = self.metadata_group.metrics().membership_config.log_id().as_ref().map_or(0, |l| l.index());
+            let wait = Duration::from_millis(self.config.catch_up_timeout_ms);
+            let caught_up = self
+                .metadata_group
+                .wait_metrics("new node catching up", wait, |m| catch_up(m, id, since).caught_up)
+                .await;
+            if caught_up.is_err() {
+                let progress = catch_up(&self.metadata_group.metrics(), id, since);
+                tracing::warn!(node = id, %addr, ?progress, "new node did not catch up; removing it again");
+                let remove = self.metadata_group.remove_nodes([id].into());
+                if let Err(e) = self.bounded("removing a learner that did not catch up", remove).await {
+                    tracing::warn!(node = id, error = %e, "cannot remove the learner again");
+                }
+                return Err(ClusterError::NotCaughtUp {
+                    id,
+                    group: METADATA_GROUP,
+                    matched: progress.matched,
+                    leader_last: progress.leader_last,
+                    waited_ms: self.config.catch_up_timeout_ms,
+                });
+            }
+            let mut voters = voters;
             voters.insert(id);
-            self.metadata_group.change_membership(voters, false).await
-        };
-        self.bounded("a node joining the metadata group", join).await?;
+            let promote = self.metadata_group.change_membership(voters, false);
+            self.bounded("promoting a caught-up node to voter", promote).await?;
+        }
+        debug_assert!(self.metadata_voters().contains(&id), "a member is a metadata voter first");
         self.propose(MetadataCommand::AddMember { id, addr }).await.map(|_| ())
     }
 
@@ -525,6 +592,34 @@ impl Cluster {
     fn assignment(&self, topic: &str, partition: u32) -> Option<PartitionAssignment> {
         self.metadata.read().topic(topic)?.partitions.get(partition as usize).cloned()
     }
+}
+
+/// How many entries a new replica may trail its group leader's last log index and still count as
+/// caught up (so a busy group does not keep it waiting forever).
+pub const CATCH_UP_MAX_LAG: u64 = 64;
+
+/// How far a node has caught up with a group, as its leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CatchUp {
+    /// The last index the leader knows the node holds (`None`: nothing acknowledged yet).
+    pub matched: Option<u64>,
+    /// The leader's last log index.
+    pub leader_last: u64,
+    /// Whether the node holds at least `since` and trails by at most [`CATCH_UP_MAX_LAG`].
+    pub caught_up: bool,
+}
+
+/// On a group's leader: how far `id` has caught up. It counts as caught up once it acknowledged
+/// index `since` (the membership entry that added it) and trails the leader's last log index by
+/// at most [`CATCH_UP_MAX_LAG`]. (openraft's own `add_learner(blocking)` also counts a node that
+/// never answered as caught up while the log is shorter than its lag threshold: not used.)
+pub(crate) fn catch_up(m: &openraft::RaftMetrics<crate::TypeConfig>, id: NodeId, since: u64) -> CatchUp {
+    let leader_last = m.last_log_index.unwrap_or(0);
+    let matched =
+        m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l: crate::types::LogId| l.index());
+    let caught_up = m.current_leader == Some(m.id)
+        && matched.is_some_and(|i| i >= since && i.saturating_add(CATCH_UP_MAX_LAG) >= leader_last);
+    CatchUp { matched, leader_last, caught_up }
 }
 
 /// One past the last applied index (0 before anything is applied).

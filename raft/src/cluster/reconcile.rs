@@ -6,11 +6,16 @@
 //!    `add_node` / `remove_node`).
 //! 2. Start the group of every partition this node replicates; the first replica of a partition
 //!    at `replica_epoch` 0 initialises it with the replica set.
-//! 3. Stop groups this node no longer replicates (topic deleted, or replica moved) and delete their
-//!    streams; also delete streams left by topics deleted while this node was down.
-//! 4. On a partition leader: bring the group's voters to the assigned replicas, and hand leadership
-//!    to the preferred replica (the first) once it is caught up and this node has led for
-//!    `preferred_leader_delay_ms`, so leaders stay spread.
+//! 3. Stop groups this node no longer replicates and delete their streams: at once when the topic
+//!    is deleted; when the replica moved to another node, only once the move is done (this node is
+//!    no longer a voter of the group), so the partition never has fewer replicas than assigned
+//!    while the new one catches up. A leader that is moved away hands leadership to a caught-up
+//!    replica first. Streams left by topics deleted while this node was down are deleted too.
+//! 4. On a partition leader: move the group's voters to the assigned replicas one safe step per
+//!    pass (add a new replica as a learner; once every new one has caught up, make the voters the
+//!    assignment, keeping removed voters as learners; remove those learners once they have seen
+//!    that membership), and hand leadership to the preferred replica (the first) once it is caught
+//!    up and this node has led for `preferred_leader_delay_ms`, so leaders stay spread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -22,7 +27,7 @@ use tokio::sync::watch;
 use super::apps::PartitionApp;
 use super::metadata::MetadataCommand;
 use super::partition::PartitionMachine;
-use super::{Cluster, LocalPartition};
+use super::{Cluster, LocalPartition, catch_up};
 use crate::cluster::api::*;
 use crate::{Node, RaftError, RaftGroup, Retention};
 
@@ -78,11 +83,13 @@ impl Cluster {
             return;
         }
         let me = self.config.node_id;
-        let (wanted, next_topic_id, live_topic_ids) = {
+        let (wanted, assigned, next_topic_id, live_topic_ids) = {
             let state = self.metadata.read();
             let mut wanted = BTreeMap::new();
+            let mut assigned = BTreeMap::new();
             for t in state.topics().values() {
                 for a in &t.partitions {
+                    assigned.insert(a.group, a.clone());
                     if a.replicas.contains(&me) {
                         wanted.insert(
                             a.group,
@@ -97,13 +104,21 @@ impl Cluster {
                 }
             }
             let ids: BTreeSet<TopicId> = state.topics().values().map(|t| t.id).collect();
-            (wanted, state.next_topic_id(), ids)
+            (wanted, assigned, state.next_topic_id(), ids)
         };
 
-        // Stop what is no longer ours.
-        let running: Vec<GroupId> = self.partitions.read().keys().copied().collect();
-        for gid in running {
-            if !wanted.contains_key(&gid) {
+        // Stop what is no longer ours: at once for a deleted topic, after the move for a moved replica.
+        let running: Vec<(GroupId, Arc<LocalPartition>)> =
+            self.partitions.read().iter().map(|(g, l)| (*g, l.clone())).collect();
+        for (gid, local) in running {
+            if wanted.contains_key(&gid) {
+                continue;
+            }
+            let done = match assigned.get(&gid) {
+                None => true,
+                Some(a) => self.leave_partition(&local, a).await,
+            };
+            if done {
                 self.stop_and_delete(gid).await;
             }
         }
@@ -165,6 +180,8 @@ impl Cluster {
             retention: Mutex::new(Some(w.retention)),
             initialized: std::sync::atomic::AtomicBool::new(false),
             leader_since: Mutex::new(None),
+            orphan_since: Mutex::new(None),
+            leftover_since: Mutex::new(BTreeMap::new()),
         });
         self.partitions.write().insert(gid, local.clone());
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");
@@ -219,12 +236,8 @@ impl Cluster {
         }
         let leading_for = local.leader_since.lock().get_or_insert_with(std::time::Instant::now).elapsed();
         let metrics = local.group.metrics().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         let wanted: BTreeSet<NodeId> = a.replicas.iter().copied().collect();
-        if voters != wanted {
-            self.move_replicas(local, &known, wanted).await;
+        if !self.move_replicas(local, &metrics, &wanted).await {
             return;
         }
         // Preferred leader: hand over once it has everything we have.
@@ -249,20 +262,130 @@ impl Cluster {
         }
     }
 
-    /// Adds missing replicas as learners (waiting for them to catch up) and then makes the voter
-    /// set equal to the assignment.
-    async fn move_replicas(&self, local: &LocalPartition, known: &BTreeSet<NodeId>, wanted: BTreeSet<NodeId>) {
-        for id in wanted.difference(known) {
-            let Some(addr) = self.member_addr(*id) else { return };
-            let add = local.group.add_learner(*id, Node::new(addr), true);
-            if let Err(e) = self.bounded("adding a replica as learner", add).await {
-                tracing::warn!(group = %local.group.id(), node = id, error = %e, "cannot add replica as learner");
-                return;
+    /// On the group leader: one step of moving the group's members to `wanted`. Returns true once
+    /// the voters are `wanted` and no other node is left in the group.
+    ///
+    /// 1. Add every wanted node that is not in the group as a learner.
+    /// 2. Once every wanted node that is not a voter has caught up (`catch_up`), make `wanted` the
+    ///    voters; voters that leave stay learners, so they replicate the membership that demotes
+    ///    them and stop their groups on seeing it.
+    /// 3. Remove the leftover learners once they hold that membership (or after four election
+    ///    timeouts, for one that does not answer).
+    async fn move_replicas(
+        &self,
+        local: &LocalPartition,
+        metrics: &openraft::RaftMetrics<crate::TypeConfig>,
+        wanted: &BTreeSet<NodeId>,
+    ) -> bool {
+        let gid = local.group.id();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        let since = metrics.membership_config.log_id().as_ref().map_or(0, |l| l.index());
+        let missing: Vec<NodeId> = wanted.difference(&known).copied().collect();
+        if !missing.is_empty() {
+            for id in missing {
+                let Some(addr) = self.member_addr(id) else { continue };
+                let add = local.group.add_learner(id, Node::new(addr), false);
+                match self.bounded("adding a replica as learner", add).await {
+                    Ok(()) => {
+                        tracing::info!(group = %gid, node = id, "new replica added as learner; promoted once caught up")
+                    }
+                    Err(e) => tracing::warn!(group = %gid, node = id, error = %e, "cannot add replica as learner"),
+                }
+            }
+            return false;
+        }
+        if &voters != wanted {
+            let lagging: Vec<(NodeId, Option<u64>)> = wanted
+                .difference(&voters)
+                .map(|id| (*id, catch_up(metrics, *id, since)))
+                .filter(|(_, c)| !c.caught_up)
+                .map(|(id, c)| (id, c.matched))
+                .collect();
+            if !lagging.is_empty() {
+                tracing::debug!(group = %gid, ?lagging, "new replicas still catching up");
+                return false;
+            }
+            let change = local.group.change_membership(wanted.clone(), true);
+            match self.bounded("partition membership change", change).await {
+                Ok(()) => tracing::info!(group = %gid, voters = ?wanted, "partition voters changed"),
+                Err(e) => tracing::warn!(group = %gid, ?wanted, error = %e, "cannot change partition membership"),
+            }
+            return false;
+        }
+        let leftovers: BTreeSet<NodeId> = known.difference(wanted).copied().collect();
+        // A live learner gets the membership within a heartbeat or two; one that stopped its
+        // group on seeing it may not have acknowledged it, so do not wait for that for long.
+        let grace = Duration::from_millis(self.config.raft.election_timeout_max_ms.saturating_mul(4).max(1_000));
+        let removable: BTreeSet<NodeId> = {
+            let mut waiting = local.leftover_since.lock();
+            waiting.retain(|id, _| leftovers.contains(id));
+            leftovers
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let seen = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .is_some_and(|l| l.index() >= since);
+                    seen || waiting.entry(*id).or_insert_with(std::time::Instant::now).elapsed() >= grace
+                })
+                .collect()
+        };
+        if !removable.is_empty() {
+            match self.bounded("removing replicas that left", local.group.remove_nodes(removable.clone())).await {
+                Ok(()) => {
+                    tracing::info!(group = %gid, nodes = ?removable, "replicas that moved away removed from the group")
+                }
+                Err(e) => tracing::warn!(group = %gid, nodes = ?removable, error = %e, "cannot remove learners"),
             }
         }
-        let change = local.group.change_membership(wanted.clone(), false);
-        if let Err(e) = self.bounded("partition membership change", change).await {
-            tracing::warn!(group = %local.group.id(), ?wanted, error = %e, "cannot change partition membership");
+        leftovers.is_empty()
+    }
+
+    /// This node runs `local` but is no longer one of its assigned replicas (`a`). Returns true
+    /// once the group may be stopped and deleted here: this node is no longer a voter (the leader
+    /// finished the move), or no leader has been seen for `leave_grace_ms`. A leader hands
+    /// leadership to an assigned replica that has caught up, which then finishes the move.
+    async fn leave_partition(&self, local: &LocalPartition, a: &PartitionAssignment) -> bool {
+        let me = self.config.node_id;
+        let metrics = local.group.metrics();
+        let membership = metrics.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == me) {
+            return true;
+        }
+        match metrics.current_leader {
+            Some(leader) if leader == me => {
+                *local.orphan_since.lock() = None;
+                let target = a
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|r| membership.voter_ids().any(|v| v == *r) && catch_up(&metrics, *r, 0).caught_up);
+                match target {
+                    Some(to) => {
+                        if let Err(e) = self
+                            .bounded("handing leadership to a remaining replica", local.group.transfer_leader(to))
+                            .await
+                        {
+                            tracing::debug!(group = %a.group, to, error = %e, "leadership hand-over failed");
+                        }
+                    }
+                    None => tracing::debug!(group = %a.group, "no remaining replica caught up to lead; still leading"),
+                }
+                false
+            }
+            Some(_) => {
+                *local.orphan_since.lock() = None;
+                false
+            }
+            None => {
+                let grace = Duration::from_millis(self.config.leave_grace_ms);
+                let since = *local.orphan_since.lock().get_or_insert_with(std::time::Instant::now);
+                since.elapsed() >= grace
+            }
         }
     }
 
