@@ -113,6 +113,8 @@ pub struct NodeConfig {
     pub raft: RaftTiming,
     /// How long a graceful shutdown waits for in-flight requests before cutting them.
     pub shutdown_grace_ms: u64,
+    /// The background scrubber (`[scrub]`).
+    pub scrub: crate::scrub::ScrubConfig,
 }
 
 impl Default for NodeConfig {
@@ -128,6 +130,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             raft: RaftTiming::default(),
             shutdown_grace_ms: 5_000,
+            scrub: crate::scrub::ScrubConfig::default(),
         }
     }
 }
