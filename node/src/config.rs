@@ -115,6 +115,8 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// The background scrubber (`[scrub]`).
     pub scrub: crate::scrub::ScrubConfig,
+    /// Size at which a storage segment is sealed and a new one started (bytes, at least 4096).
+    pub max_segment_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -131,6 +133,7 @@ impl Default for NodeConfig {
             raft: RaftTiming::default(),
             shutdown_grace_ms: 5_000,
             scrub: crate::scrub::ScrubConfig::default(),
+            max_segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
         }
     }
 }

@@ -171,7 +171,7 @@ impl std::fmt::Debug for Scrubber {
 /// Why a repair did not happen (logged; retried later).
 #[derive(Debug, thiserror::Error)]
 enum RepairFailure {
-    #[error("group {0} is not running here")]
+    #[error("group {0} is not in the applied metadata")]
     NoGroup(GroupId),
     #[error("no majority of replicas agrees on the range's records ({answers} answers, {voters} voters): {errors}")]
     NoMajority { answers: usize, voters: usize, errors: String },
@@ -369,15 +369,29 @@ impl Scrubber {
         self.metrics.scrub_damaged_ranges.set(self.registry.len() as u64);
     }
 
+    /// The group's replicas per the applied metadata (for the metadata group: its voters), with
+    /// their addresses. Does not need the group to run here: a group whose log is damaged in
+    /// the range its Raft core re-applies at start cannot start until it is repaired.
+    fn replicas(&self, group: GroupId) -> Option<Vec<(u64, String)>> {
+        let status = self.cluster.cluster_status();
+        let ids: Vec<u64> = if group.0 == 0 {
+            status.metadata.as_ref()?.replicas.clone()
+        } else {
+            self.cluster.local_topics().into_iter().flat_map(|t| t.partitions).find(|p| p.group == group)?.replicas
+        };
+        Some(
+            ids.into_iter()
+                .filter_map(|id| status.members.iter().find(|m| m.id == id).map(|m| (id, m.addr.clone())))
+                .collect(),
+        )
+    }
+
     async fn repair(&self, d: &DamagedRange) -> Result<(), RepairFailure> {
         let router = self.cluster.router();
-        let group = router.group(d.group).ok_or(RepairFailure::NoGroup(d.group))?;
-        let me = group.node_id();
-        let metrics = group.metrics();
-        let membership = metrics.membership_config.membership();
-        let voters = membership.voter_ids().count();
-        let peers: Vec<(u64, String)> =
-            membership.nodes().filter(|(id, _)| **id != me).map(|(id, n)| (*id, n.addr.clone())).collect();
+        let me = self.cluster.node_id();
+        let replicas = self.replicas(d.group).ok_or(RepairFailure::NoGroup(d.group))?;
+        let voters = replicas.len();
+        let peers: Vec<(u64, String)> = replicas.into_iter().filter(|(id, _)| *id != me).collect();
         let timeout = Duration::from_millis(self.config.repair_timeout_ms);
         let reads = futures::future::join_all(
             peers.iter().map(|(_, addr)| repair::read_remote(router, addr, d.group, d.from, d.to, timeout)),

@@ -12,6 +12,7 @@ pub fn open(config: &NodeConfig) -> Result<Arc<dyn StorageBackend>, NodeError> {
     let options = StorageOptions {
         // A record is stored as one Raft entry: the node's record limit plus entry framing.
         max_record_bytes: (config.limits.max_record_bytes + 64 * 1024).max(StorageOptions::default().max_record_bytes),
+        max_segment_bytes: config.max_segment_bytes,
         ..StorageOptions::default()
     };
     match config.storage {

@@ -56,19 +56,24 @@ pub fn cluster_status(s: &ClusterStatus) -> proto::ClusterStatusResponse {
     }
 }
 
-/// This node's damaged ranges on the wire, named by the groups `s` knows.
-pub fn damaged(s: &ClusterStatus, node_id: u64, ranges: &[crate::scrub::DamagedRange]) -> Vec<proto::DamagedRange> {
+/// This node's damaged ranges on the wire, named by the topics of the applied metadata.
+pub fn damaged(
+    topics: &[shale_raft::cluster::TopicInfo],
+    node_id: u64,
+    ranges: &[crate::scrub::DamagedRange],
+) -> Vec<proto::DamagedRange> {
     ranges
         .iter()
         .map(|d| {
             let name = if d.group.0 == 0 {
                 "meta".to_string()
             } else {
-                s.partitions
+                topics
                     .iter()
-                    .find(|g| g.group == d.group)
-                    .and_then(|g| g.partition.as_ref())
-                    .map_or_else(|| format!("group {}", d.group.0), |(t, p)| format!("{t}/{p}"))
+                    .find_map(|t| {
+                        t.partitions.iter().find(|p| p.group == d.group).map(|p| format!("{}/{}", t.name, p.partition))
+                    })
+                    .unwrap_or_else(|| format!("group {}", d.group.0))
             };
             proto::DamagedRange {
                 name,

@@ -215,7 +215,8 @@ impl proto::admin_server::Admin for AdminService {
         let _in_flight = self.ctx.in_flight.enter();
         let status = self.ctx.cluster.cluster_status();
         let mut response = status_conv::cluster_status(&status);
-        response.damaged = status_conv::damaged(&status, self.ctx.node_id, &self.ctx.damage.all());
+        response.damaged =
+            status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
         Ok(Response::new(response))
     }
 

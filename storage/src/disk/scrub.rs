@@ -89,7 +89,8 @@ impl Storage {
                 h.add_anchors([anchor]);
             }
             if let Some(d) = &pass.damage {
-                tracing::error!(
+                // The caller reports it (once per range); this is for tracing a pass.
+                tracing::debug!(
                     stream = %stream, file = %d.file, position = d.position, first_bad = %d.first_bad,
                     good_from = %d.good_from, reason = %d.reason, "scrub found damage"
                 );
