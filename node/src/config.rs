@@ -117,6 +117,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// How often each node applies its topics' retention limits to its replicas.
     pub retention_interval_ms: u64,
+    /// The background scrubber (`[scrub]`).
+    pub scrub: crate::scrub::ScrubConfig,
 }
 
 impl Default for NodeConfig {
@@ -134,6 +136,7 @@ impl Default for NodeConfig {
             shutdown_grace_ms: 5_000,
             segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
             retention_interval_ms: 30_000,
+            scrub: crate::scrub::ScrubConfig::default(),
         }
     }
 }

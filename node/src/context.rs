@@ -81,6 +81,8 @@ pub struct NodeContext {
     pub shutdown: watch::Receiver<bool>,
     /// Client-API requests being served.
     pub in_flight: InFlight,
+    /// Damaged log ranges on this node (the scrubber's findings).
+    pub damage: Arc<crate::scrub::DamageRegistry>,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
@@ -109,6 +111,7 @@ impl NodeContext {
             forward_timeout,
             shutdown,
             in_flight: InFlight::default(),
+            damage: Arc::default(),
             channels: RwLock::new(HashMap::new()),
         }
     }

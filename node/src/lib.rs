@@ -8,6 +8,7 @@
 //!   and [`convert::errors`] the only place cluster errors become statuses.
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
 //! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
+//! - [`scrub`]: the background scrubber that finds and repairs damaged log ranges.
 
 pub mod bootstrap;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod scrub;
 pub mod services;
 pub mod signal;
 pub mod storage;

@@ -27,6 +27,21 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub const LATENCY_BUCKETS_S: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -87,6 +102,18 @@ pub struct Metrics {
     pub fetch_latency: Histogram,
     /// Requests this node forwarded to another.
     pub forwarded: Counter,
+    /// Bytes the scrubber re-read from storage.
+    pub scrub_bytes: Counter,
+    /// Segments the scrubber checked.
+    pub scrub_segments: Counter,
+    /// Damaged ranges the scrubber found (each counted once).
+    pub scrub_damage_found: Counter,
+    /// Damaged ranges repaired from other replicas.
+    pub scrub_repairs: Counter,
+    /// Repair attempts that failed (retried later).
+    pub scrub_repair_failures: Counter,
+    /// Damaged ranges known now (not yet repaired).
+    pub scrub_damaged_ranges: Gauge,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -127,6 +154,34 @@ impl Metrics {
             "Requests forwarded to another node.",
             self.forwarded.get(),
         );
+
+        counter(
+            &mut out,
+            "shale_scrub_bytes_total",
+            "Bytes the scrubber re-read from storage.",
+            self.scrub_bytes.get(),
+        );
+        counter(&mut out, "shale_scrub_segments_total", "Segments the scrubber checked.", self.scrub_segments.get());
+        counter(
+            &mut out,
+            "shale_scrub_damage_found_total",
+            "Damaged log ranges the scrubber found.",
+            self.scrub_damage_found.get(),
+        );
+        counter(
+            &mut out,
+            "shale_scrub_repairs_total",
+            "Damaged log ranges repaired from other replicas.",
+            self.scrub_repairs.get(),
+        );
+        counter(
+            &mut out,
+            "shale_scrub_repair_failures_total",
+            "Repair attempts that failed (retried).",
+            self.scrub_repair_failures.get(),
+        );
+        gauge_header(&mut out, "shale_scrub_damaged_ranges", "Damaged log ranges on this node not yet repaired.");
+        let _ = writeln!(out, "shale_scrub_damaged_ranges {}", self.scrub_damaged_ranges.get());
 
         let status = cluster.cluster_status();
         gauge_header(&mut out, "shale_cluster_members", "Members in the applied metadata.");

@@ -209,6 +209,15 @@ impl Node {
                 .await
         });
 
+        // The scrubber's task ends when `shutdown_rx` flips.
+        let _scrubber = crate::scrub::Scrubber::spawn(
+            cluster.clone(),
+            storage.clone(),
+            ctx.damage.clone(),
+            ctx.metrics.clone(),
+            config.scrub.clone(),
+            shutdown_rx.clone(),
+        );
         let members = config.initial_members(&advertise_addr);
         let bootstrap_task = tokio::spawn(crate::bootstrap::run(cluster.clone(), config.node_id, members, shutdown_rx));
         tracing::info!(node_id = config.node_id, grpc = %grpc_addr, advertise = %advertise_addr, http = %http_addr, "node started");

@@ -20,6 +20,7 @@ pub mod group;
 pub mod log_store;
 pub mod meta_store;
 pub mod network;
+pub mod repair;
 pub mod retention;
 pub mod router;
 pub mod snapshot;

@@ -85,7 +85,7 @@ impl Router {
 
     /// The shared channel to `addr` ("host:port"), created lazily: no connection is made until the
     /// first request, and tonic reconnects on its own after a failure.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());

@@ -180,6 +180,13 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
     ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("transfer_leader"))
     }
+
+    async fn read_log(
+        &self,
+        _: tonic::Request<pb::ReadLogRequest>,
+    ) -> Result<tonic::Response<pb::ReadLogResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("read_log"))
+    }
 }
 
 /// Regression: openraft's request streams of one replication target share their state, so a

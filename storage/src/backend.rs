@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::checkpoint::Checkpoint;
 use crate::compaction::{CompactionConfig, CompactionResult};
 use crate::error::Result;
+use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// A set of hash-chained, append-only streams.
@@ -120,4 +121,21 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Bytes the stream occupies (segment, index and checkpoint files).
     fn stream_bytes(&self, stream: StreamId) -> Result<u64>;
+
+    /// The stream's segments, oldest first (the last one is the active segment). An unknown
+    /// stream has none. A scrubber walks this list and scrubs one segment at a time.
+    fn segments(&self, stream: StreamId) -> Result<Vec<SegmentInfo>>;
+
+    /// Re-reads the segment starting at `base` from the medium and checks every record (CRC,
+    /// markers, offsets, chain links from its base hash to the hash it must end on). Damage is
+    /// reported in [`ScrubReport::damage`]; errors are for I/O failures and an unknown segment
+    /// ([`crate::StorageError::UnknownSegment`]).
+    fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport>;
+
+    /// Replaces the records `[from, from + records.len())` of a sealed segment with `records`,
+    /// accepted only if they chain exactly from the known-good hash of record `from - 1` to the
+    /// known-good hash of the range's last record (see [`crate::scrub`]); else
+    /// [`crate::StorageError::RepairRejected`] and nothing changes. Durable on return; a crash
+    /// leaves the old or the new segment.
+    fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome>;
 }

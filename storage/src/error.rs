@@ -189,6 +189,29 @@ pub enum StorageError {
         path: PathBuf,
     },
 
+    /// No segment of the stream starts at `base` (it was compacted, truncated or never existed).
+    #[error("stream {stream} has no segment starting at offset {base}")]
+    UnknownSegment {
+        /// The stream.
+        stream: StreamId,
+        /// The base offset asked for.
+        base: Offset,
+    },
+
+    /// A repair was refused: the supplied records do not fit the range they should replace.
+    /// Nothing was written.
+    #[error("stream {stream}: repair of [{from}, {to}) refused: {reason}")]
+    RepairRejected {
+        /// The stream.
+        stream: StreamId,
+        /// First offset of the range.
+        from: Offset,
+        /// One past its last offset.
+        to: Offset,
+        /// Why.
+        reason: crate::scrub::RepairRejection,
+    },
+
     /// An argument was out of its allowed range (a zero `max_segment_bytes`, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

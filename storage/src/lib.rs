@@ -31,6 +31,7 @@ pub mod options;
 pub mod pipeline;
 mod prepare_ahead;
 mod record;
+pub mod scrub;
 pub mod testing;
 pub mod types;
 
@@ -48,4 +49,5 @@ pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;
 pub use options::StorageOptions;
 pub use pipeline::{AppendPipeline, PreparedBatch};
+pub use scrub::{Damage, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};
 pub use types::{ChainHash, ChainVerification, Offset, Record, StreamId};

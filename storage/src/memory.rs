@@ -16,6 +16,7 @@ use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, removab
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format;
 use crate::options::StorageOptions;
+use crate::scrub::{Damage, GoodSuffix, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo, check_repair_chain};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// One stored record.
@@ -125,6 +126,25 @@ impl MemoryStorage {
     pub fn with_options(options: StorageOptions) -> Result<Self> {
         options.validate()?;
         Ok(Self { options, streams: RwLock::new(BTreeMap::new()) })
+    }
+
+    /// Simulates a bit flip on the medium, for tests of scrubbing and repair: flips one bit of
+    /// the stored payload of the record at `offset` (an empty payload gets one byte), leaving its
+    /// stored hashes as they were, so reads and scrubs find the record damaged. Returns false if
+    /// the stream does not hold `offset`.
+    pub fn damage_record(&self, stream: StreamId, offset: Offset) -> bool {
+        let Some(handle) = self.stream(stream) else { return false };
+        let mut s = handle.lock();
+        let Some(i) = offset.get().checked_sub(s.log_start.get()) else { return false };
+        let Some(r) = s.records.get_mut(i as usize) else { return false };
+        let mut bytes = r.payload.to_vec();
+        let mid = bytes.len() / 2;
+        match bytes.get_mut(mid) {
+            Some(b) => *b ^= 0x10,
+            None => bytes.push(0x10),
+        }
+        r.payload = Bytes::from(bytes);
+        true
     }
 
     fn stream(&self, id: StreamId) -> Option<std::sync::Arc<Mutex<MemStream>>> {
@@ -457,6 +477,114 @@ impl StorageBackend for MemoryStorage {
     fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
         Ok(self.stream(stream).map_or(0, |s| s.lock().segments.iter().map(|seg| seg.bytes).sum()))
     }
+
+    fn segments(&self, stream: StreamId) -> Result<Vec<SegmentInfo>> {
+        let Some(handle) = self.stream(stream) else { return Ok(Vec::new()) };
+        let s = handle.lock();
+        let n = s.segments.len();
+        Ok(s.segments
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| SegmentInfo {
+                file: "memory".into(),
+                base: seg.base,
+                end: if i + 1 == n { s.next() } else { seg.end },
+                sealed: i + 1 < n,
+                bytes: seg.bytes,
+            })
+            .collect())
+    }
+
+    fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport> {
+        let handle = self.stream(stream).ok_or(StorageError::UnknownSegment { stream, base })?;
+        let s = handle.lock();
+        let (i, seg) = mem_segment(&s, stream, base)?;
+        let sealed = i + 1 < s.segments.len();
+        let end = if sealed { seg.end } else { s.next() };
+        let pass = mem_pass(&s, stream, seg.base, end);
+        Ok(ScrubReport { stream, file: "memory".into(), base, end, sealed, bytes: seg.bytes, damage: pass.damage })
+    }
+
+    fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
+        let to = from.plus(records.len() as u64);
+        let reject = |reason| StorageError::RepairRejected { stream, from, to, reason };
+        if records.is_empty() {
+            return Err(reject(RepairRejection::Empty));
+        }
+        let handle = self.stream(stream).ok_or_else(|| reject(RepairRejection::NotInSealedSegment { from, to }))?;
+        let mut s = handle.lock();
+        let i = s.segments.iter().position(|seg| seg.base <= from && from < seg.end.max(seg.base.plus(1)));
+        let Some(i) = i.filter(|&i| i + 1 < s.segments.len() && to <= s.segments[i].end) else {
+            return Err(reject(RepairRejection::NotInSealedSegment { from, to }));
+        };
+        let (base, end) = (s.segments[i].base, s.segments[i].end);
+        let pass = mem_pass(&s, stream, base, end);
+        let (damaged_from, damaged_to) = pass.damage.as_ref().map_or((end, end), |d| (d.first_bad, d.good_from));
+        let untrusted = |which| reject(RepairRejection::UntrustedBoundary { which, damaged_from, damaged_to });
+        if pass.damage.is_some() && from > damaged_from {
+            return Err(untrusted("before"));
+        }
+        if pass.damage.is_some() && to < damaged_to {
+            return Err(untrusted("at the end of"));
+        }
+        let before = s.hash_before(from);
+        let after = s.hash_before(to);
+        check_repair_chain(from, &records, before, after, self.options.max_record_bytes).map_err(reject)?;
+        for r in records {
+            let k = (r.offset.get() - s.log_start.get()) as usize;
+            s.records[k] = MemRecord { prev_hash: r.prev_hash, hash: r.hash, payload: r.payload };
+        }
+        Ok(RepairOutcome { stream, file: "memory".into(), range: from..to })
+    }
+}
+
+/// The segment starting at `base`, with its index.
+fn mem_segment(s: &MemStream, stream: StreamId, base: Offset) -> Result<(usize, MemSegment)> {
+    s.segments
+        .iter()
+        .position(|seg| seg.base == base)
+        .map(|i| (i, s.segments[i].clone()))
+        .ok_or(StorageError::UnknownSegment { stream, base })
+}
+
+struct MemPass {
+    damage: Option<Damage>,
+}
+
+/// One scrub pass over records `[base, end)`, as the disk backend's: a record whose payload no
+/// longer hashes to its stored hash stands for one whose CRC fails; the stored hash of the record
+/// before `base` and of record `end - 1` (the next segment's link) are the known-good ends.
+fn mem_pass(s: &MemStream, stream: StreamId, base: Offset, end: Offset) -> MemPass {
+    let end_hash = s.hash_before(end);
+    let mut expected_prev = s.hash_before(base);
+    let mut first_bad: Option<(Offset, CorruptionReason)> = None;
+    let mut suffix = GoodSuffix::default();
+    let mut k = base;
+    while k < end {
+        let r = s.get(k).expect("in range");
+        let computed = chain_hash(k, &r.prev_hash, &r.payload);
+        if computed != r.hash {
+            first_bad.get_or_insert((k, CorruptionReason::ChainMismatch { expected: r.hash, found: computed }));
+            suffix.bad();
+        } else {
+            if first_bad.is_none() {
+                if r.prev_hash != expected_prev {
+                    let reason = CorruptionReason::ChainMismatch { expected: r.prev_hash, found: expected_prev };
+                    first_bad = Some((if k > base { Offset::new(k.get() - 1) } else { k }, reason));
+                } else {
+                    expected_prev = computed;
+                }
+            }
+            suffix.good(k, r.prev_hash, computed);
+        }
+        k = k.plus(1);
+    }
+    let damage = first_bad.map(|(first, reason)| {
+        let (good_from, _) = suffix.finish(end, end_hash);
+        let good_from = if good_from <= first { end } else { good_from };
+        Damage { stream, file: "memory".into(), position: first.get(), first_bad: first, good_from, reason }
+    });
+    MemPass { damage }
 }
 
 /// Verifies records `[from, to)` (within the stream's bounds) from the hash before `from`: the

@@ -27,6 +27,9 @@ trait Fixture {
     type Backend: StorageBackend;
     /// A new, empty backend with `options`.
     fn open(&self, options: StorageOptions) -> Self::Backend;
+    /// Flips one bit in the stored payload of record `offset` (every record of `stream` holding
+    /// a payload of `payload_len` bytes, stored uncompressed), as a bad disk would.
+    fn damage(&self, b: &Self::Backend, stream: StreamId, offset: Offset, payload_len: usize);
 }
 
 /// [`MemoryStorage`], the reference semantics.
@@ -36,6 +39,9 @@ impl Fixture for Memory {
     type Backend = MemoryStorage;
     fn open(&self, options: StorageOptions) -> MemoryStorage {
         MemoryStorage::with_options(options).expect("valid options")
+    }
+    fn damage(&self, b: &MemoryStorage, stream: StreamId, offset: Offset, _payload_len: usize) {
+        assert!(b.damage_record(stream, offset), "offset {offset} to damage exists");
     }
 }
 
@@ -68,6 +74,17 @@ impl Fixture for Disk {
         let n = self.opened.get() + 1;
         self.opened.set(n);
         Storage::open_with(self.path(n), options).expect("open")
+    }
+    fn damage(&self, b: &Storage, stream: StreamId, offset: Offset, payload_len: usize) {
+        // Position from the documented layout: header, then fixed-size records.
+        let seg =
+            b.segments(stream).unwrap().into_iter().find(|s| s.base <= offset && offset < s.end).expect("segment");
+        let record = format::record::encoded_len(payload_len) as u64;
+        let at = format::segment::HEADER_LEN as u64
+            + (offset.get() - seg.base.get()) * record
+            + format::record::HEADER_LEN as u64
+            + payload_len as u64 / 2;
+        flip_bit(&b.path().join(stream.get().to_string()).join(&seg.file), at);
     }
 }
 
@@ -181,6 +198,17 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Flips bit 4 of byte `at` of the file at `path`, in place.
+fn flip_bit(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, at).unwrap();
+    f.sync_data().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1168,6 +1196,116 @@ fn reopen_keeps_everything(f: &Disk) {
     assert_eq!(read_all(&b, S, b.log_start(S).unwrap(), 4096), all[b.log_start(S).unwrap().get() as usize..].to_vec());
 }
 
+/// Five sealed segments of 100-byte records and an active one; returns the records.
+fn scrub_layout<B: StorageBackend>(b: &B) -> Vec<shale_storage::Record> {
+    let per = records_per_segment(4096, 100);
+    let events = payloads(90, 0..per * 5 + 3, 100);
+    append_all(b, S, &events, 7);
+    let segs = b.segments(S).unwrap();
+    assert_eq!(segs.len(), 6, "five sealed segments and the active one");
+    for (i, s) in segs.iter().enumerate() {
+        assert_eq!(s.sealed, i + 1 < segs.len(), "only the last segment is active");
+        assert_eq!(s.base, off(per * i as u64), "segment {i} starts where the one before ends");
+        assert_eq!(s.end, if s.sealed { off(per * (i as u64 + 1)) } else { off(per * 5 + 3) });
+    }
+    b.read_records(S, off(0), usize::MAX).unwrap()
+}
+
+fn scrub_finds_a_flipped_byte_and_repair_restores_it<F: Fixture>(f: &F) {
+    let b = f.open(small_segments());
+    let good = scrub_layout(&b);
+    let per = records_per_segment(4096, 100);
+    for s in b.segments(S).unwrap() {
+        let r = b.scrub_segment(S, s.base).unwrap();
+        assert_eq!(r.damage, None, "a fresh segment scrubs clean");
+        assert_eq!((r.base, r.end, r.sealed), (s.base, s.end, s.sealed));
+    }
+    // Damage the third record of the second segment.
+    let bad = off(per + 2);
+    f.damage(&b, S, bad, 100);
+    let mut damaged = Vec::new();
+    for s in b.segments(S).unwrap() {
+        if let Some(d) = b.scrub_segment(S, s.base).unwrap().damage {
+            damaged.push(d);
+        }
+    }
+    assert_eq!(damaged.len(), 1, "exactly one segment is damaged: {damaged:?}");
+    let d = &damaged[0];
+    assert_eq!((d.stream, d.first_bad, d.good_from), (S, bad, bad.plus(1)), "the damaged range is the one record");
+    assert!(
+        matches!(b.read_range(S, bad, bad.plus(1), usize::MAX), Err(StorageError::Corruption { offset: Some(o), .. }) if o == bad)
+    );
+    assert!(b.verify_chain(S).is_err());
+
+    let range = |from: u64, to: u64| good[from as usize..to as usize].to_vec();
+    let rejected = |from: Offset, recs: Vec<shale_storage::Record>| match b.repair_range(S, from, recs) {
+        Err(StorageError::RepairRejected { reason, .. }) => reason,
+        other => panic!("repair at {from} should be refused, got {other:?}"),
+    };
+    // A record whose payload does not hash to its hash.
+    let mut forged = range(bad.get(), bad.get() + 1);
+    forged[0].payload = payload(91, 0, 100);
+    assert!(matches!(rejected(bad, forged.clone()), shale_storage::RepairRejection::HashMismatch { .. }));
+    // A self-consistent record that does not lead to the known-good hash after it.
+    forged[0].hash = sha256(&[&forged[0].prev_hash.0, &forged[0].payload]);
+    assert!(matches!(rejected(bad, forged), shale_storage::RepairRejection::EndMismatch { .. }));
+    // Records of other offsets.
+    assert!(matches!(
+        rejected(bad, range(bad.get() + 1, bad.get() + 2)),
+        shale_storage::RepairRejection::OffsetSequence { .. }
+    ));
+    // A range that does not cover the damage.
+    assert!(matches!(
+        rejected(bad.plus(1), range(bad.get() + 1, bad.get() + 3)),
+        shale_storage::RepairRejection::UntrustedBoundary { .. }
+    ));
+    // The active segment is not repaired this way; nor is an empty list.
+    assert!(matches!(
+        rejected(off(per * 5), range(per * 5, per * 5 + 1)),
+        shale_storage::RepairRejection::NotInSealedSegment { .. }
+    ));
+    assert!(matches!(rejected(bad, Vec::new()), shale_storage::RepairRejection::Empty));
+    assert!(b.read_range(S, bad, bad.plus(1), usize::MAX).is_err(), "a refused repair changes nothing");
+
+    // The good records (a wider range than the damage is fine) are accepted.
+    let out = b.repair_range(S, off(per + 1), range(per + 1, per + 4)).unwrap();
+    assert_eq!(out.range, off(per + 1)..off(per + 4));
+    assert_eq!(b.scrub_segment(S, off(per)).unwrap().damage, None);
+    let all = b.read_records(S, off(0), usize::MAX).unwrap();
+    assert_eq!(all, good, "every record reads back with its hashes");
+    assert_eq!(b.verify_chain(S).unwrap().head, good.last().unwrap().hash);
+    // Appends continue.
+    append_all(&b, S, &payloads(92, 0..3, 100), 3);
+    assert_eq!(b.next_offset(S).unwrap(), off(per * 5 + 6));
+}
+
+fn scrub_reports_a_damaged_run_and_repairs_the_segment_end<F: Fixture>(f: &F) {
+    let b = f.open(small_segments());
+    let good = scrub_layout(&b);
+    let per = records_per_segment(4096, 100);
+    // Two damaged records with a good one between them, and the last record of another segment.
+    f.damage(&b, S, off(2 * per + 1), 100);
+    f.damage(&b, S, off(2 * per + 3), 100);
+    f.damage(&b, S, off(4 * per - 1), 100);
+    let d = b.scrub_segment(S, off(2 * per)).unwrap().damage.expect("damage");
+    assert_eq!(d.range(), off(2 * per + 1)..off(2 * per + 4));
+    let d3 = b.scrub_segment(S, off(3 * per)).unwrap().damage.expect("damage");
+    assert_eq!(
+        d3.range(),
+        off(4 * per - 1)..off(4 * per),
+        "the last record's known-good hash is the next segment's link"
+    );
+    b.repair_range(S, d.first_bad, good[d.range().start.get() as usize..d.range().end.get() as usize].to_vec())
+        .unwrap();
+    b.repair_range(S, d3.first_bad, good[d3.range().start.get() as usize..d3.range().end.get() as usize].to_vec())
+        .unwrap();
+    for s in b.segments(S).unwrap() {
+        assert_eq!(b.scrub_segment(S, s.base).unwrap().damage, None);
+    }
+    assert_eq!(b.read_records(S, off(0), usize::MAX).unwrap(), good);
+    assert!(matches!(b.scrub_segment(S, off(1)), Err(StorageError::UnknownSegment { .. })));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Instantiation per backend
 // ---------------------------------------------------------------------------------------------
@@ -1206,6 +1344,8 @@ macro_rules! backend_suite {
                 append_at_end_assigns_contiguous_ranges,
                 concurrent_at_end_appenders_no_fsync,
                 concurrent_at_end_appenders_fsync,
+                scrub_finds_a_flipped_byte_and_repair_restores_it,
+                scrub_reports_a_damaged_run_and_repairs_the_segment_end,
             );
         }
     };

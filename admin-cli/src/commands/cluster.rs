@@ -27,6 +27,38 @@ pub struct ClusterView {
     pub meta: Option<GroupView>,
     /// Every partition group, each as its leader sees it (else as any replica does).
     pub partitions: Vec<GroupView>,
+    /// Damaged log ranges each member reports of its own replicas (not yet repaired).
+    pub damaged: Vec<DamageView>,
+}
+
+/// One damaged range of one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamageView {
+    /// `meta` or `topic/partition`.
+    pub group: String,
+    /// The node whose copy is damaged.
+    pub node: u64,
+    /// First damaged offset.
+    pub from: u64,
+    /// One past the last damaged offset.
+    pub to: u64,
+    /// Segment file.
+    pub file: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DamageView {
+    fn from_proto(d: &proto::DamagedRange) -> Self {
+        Self {
+            group: d.name.clone(),
+            node: d.node_id,
+            from: d.from,
+            to: d.to,
+            file: d.file.clone(),
+            reason: d.reason.clone(),
+        }
+    }
 }
 
 /// One member.
@@ -184,7 +216,22 @@ pub fn status_table(v: &ClusterView) -> String {
             lag,
         ]);
     }
-    format!("MEMBERS (answered by node {})\n{}\nGROUPS\n{}", v.answered_by, members.render(), groups.render())
+    let mut out =
+        format!("MEMBERS (answered by node {})\n{}\nGROUPS\n{}", v.answered_by, members.render(), groups.render());
+    if !v.damaged.is_empty() {
+        let mut damaged = Table::new(["group", "node", "offsets", "file", "reason"]);
+        for d in &v.damaged {
+            damaged.row([
+                d.group.clone(),
+                d.node.to_string(),
+                format!("{}..{}", d.from, d.to),
+                d.file.clone(),
+                d.reason.clone(),
+            ]);
+        }
+        out.push_str(&format!("\nDAMAGED (not served; repairing from the other replicas)\n{}", damaged.render()));
+    }
+    out
 }
 
 /// Asks one member directly for its status (no retries, no forwarding).
@@ -208,9 +255,17 @@ pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
     let mut metas = Vec::new();
     let mut partitions = Vec::new();
     let mut members = Vec::new();
+    let mut damaged: BTreeMap<(u64, String, u64), DamageView> = BTreeMap::new();
+    let mut note_damage = |status: &proto::ClusterStatusResponse| {
+        for d in status.damaged.iter().map(DamageView::from_proto) {
+            damaged.insert((d.node, d.group.clone(), d.from), d);
+        }
+    };
+    note_damage(&first);
     for (m, answer) in first.members.iter().zip(probes) {
         let (health, error) = match answer {
             Ok(status) => {
+                note_damage(&status);
                 metas.extend(status.meta.as_ref().map(|g| GroupView::from_proto(g, status.node_id)));
                 partitions.extend(status.partitions.iter().map(|g| GroupView::from_proto(g, status.node_id)));
                 ("up".to_string(), None)
@@ -229,7 +284,8 @@ pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
         m.leader_of = counts.get(&m.id).copied().unwrap_or(0);
     }
     members.sort_by_key(|m| m.id);
-    Ok(ClusterView { answered_by: first.node_id, members, meta, partitions })
+    let damaged = damaged.into_values().collect();
+    Ok(ClusterView { answered_by: first.node_id, members, meta, partitions, damaged })
 }
 
 /// The members table of `add-node` / `remove-node`.
@@ -388,8 +444,22 @@ mod tests {
             ],
             meta: None,
             partitions: vec![group("a", 1, 1, 2), group("b", 1, 2, 2)],
+            damaged: Vec::new(),
         };
         let text = status_table(&v);
+        assert!(!text.contains("DAMAGED"), "{text}");
+        let mut v = v;
+        v.damaged.push(DamageView {
+            group: "a/0".into(),
+            node: 2,
+            from: 40,
+            to: 41,
+            file: "segment_000001.log".into(),
+            reason: "CRC mismatch".into(),
+        });
+        let text = status_table(&v);
+        assert!(text.contains("DAMAGED"), "{text}");
+        assert!(text.contains("40..41"), "{text}");
         assert!(text.contains("unreachable (connection refused)"), "{text}");
         assert!(text.contains("1:0 2:3 3:?"), "{text}");
         assert!(text.contains("unknown (leader did not answer)"), "{text}");

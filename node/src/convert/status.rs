@@ -52,7 +52,40 @@ pub fn cluster_status(s: &ClusterStatus) -> proto::ClusterStatusResponse {
         members: members(&s.members, &voters),
         meta: s.metadata.as_ref().map(|g| group_status(g, 0)),
         partitions: s.partitions.iter().map(|g| group_status(g, g.applied_index + 1)).collect(),
+        damaged: Vec::new(),
     }
+}
+
+/// This node's damaged ranges on the wire, named by the topics of the applied metadata.
+pub fn damaged(
+    topics: &[shale_raft::cluster::TopicInfo],
+    node_id: u64,
+    ranges: &[crate::scrub::DamagedRange],
+) -> Vec<proto::DamagedRange> {
+    ranges
+        .iter()
+        .map(|d| {
+            let name = if d.group.0 == 0 {
+                "meta".to_string()
+            } else {
+                topics
+                    .iter()
+                    .find_map(|t| {
+                        t.partitions.iter().find(|p| p.group == d.group).map(|p| format!("{}/{}", t.name, p.partition))
+                    })
+                    .unwrap_or_else(|| format!("group {}", d.group.0))
+            };
+            proto::DamagedRange {
+                name,
+                group_id: d.group.0,
+                node_id,
+                from: d.from,
+                to: d.to,
+                file: d.file.clone(),
+                reason: d.reason.clone(),
+            }
+        })
+        .collect()
 }
 
 /// A compaction's outcome on the wire.

@@ -253,7 +253,11 @@ impl proto::admin_server::Admin for AdminService {
         _request: Request<proto::ClusterStatusRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         let _in_flight = self.ctx.in_flight.enter();
-        Ok(Response::new(status_conv::cluster_status(&self.ctx.cluster.cluster_status())))
+        let status = self.ctx.cluster.cluster_status();
+        let mut response = status_conv::cluster_status(&status);
+        response.damaged =
+            status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
+        Ok(Response::new(response))
     }
 
     async fn add_node(

@@ -50,6 +50,7 @@ impl FetchService {
                 self.ctx.metrics.fetch_records.add(result.records.len() as u64);
                 Ok(fetch_response(req.topic, req.partition, req.offset, result))
             }
+            Err(err) if let Some(status) = crate::scrub::damaged_read(&self.ctx.damage, &err) => Err(status),
             Err(err) => match self.ctx.redirect(&err, forwarded, Some((&req.topic, req.partition))) {
                 Some(addr) => {
                     self.ctx
@@ -129,7 +130,7 @@ impl proto::fetch_server::Fetch for FetchService {
                     Some(leader) => not_leader(format!("{err} on this replica; the leader may hold it"), Some(leader)),
                     None => read_error(&ctx, err, &req.topic, req.partition),
                 },
-                other => cluster_error(other),
+                other => crate::scrub::damaged_read(&ctx.damage, &other).unwrap_or_else(|| cluster_error(other)),
             })?;
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         tokio::spawn(async move {
@@ -175,7 +176,9 @@ impl proto::fetch_server::Fetch for FetchService {
                         }
                     }
                     Err(err) => {
-                        let _ = tx.send(Err(read_error(&ctx, err, &req.topic, req.partition))).await;
+                        let status = crate::scrub::damaged_read(&ctx.damage, &err)
+                            .unwrap_or_else(|| read_error(&ctx, err, &req.topic, req.partition));
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }

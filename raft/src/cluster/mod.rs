@@ -201,6 +201,11 @@ impl Cluster {
         self.config.node_id
     }
 
+    /// The Raft transport hub: this node's running groups and its channels to peers.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
     /// The tonic service to mount on this node's gRPC server (the Raft transport of every group).
     pub fn grpc_service(
         &self,

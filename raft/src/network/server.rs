@@ -232,4 +232,15 @@ impl RaftService for RaftGrpcService {
         };
         Ok(Response::new(out))
     }
+
+    async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
+        let req = request.into_inner();
+        let id = GroupId(req.group_id);
+        let group = self
+            .router
+            .group(id)
+            .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.router.node_id())))?;
+        let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
+        Ok(Response::new(pb::ReadLogResponse { records }))
+    }
 }

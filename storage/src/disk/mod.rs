@@ -14,6 +14,7 @@ mod group_commit;
 mod maintenance;
 mod read;
 mod recovery;
+mod scrub;
 mod stream;
 mod wake;
 mod write;
@@ -37,6 +38,7 @@ use crate::format::{self, names};
 use crate::io::{FileSystem, FsLock, OpenMode, StdFileSystem};
 use crate::options::StorageOptions;
 use crate::record::SegmentHeader;
+use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 pub(crate) use stream::{ANCHOR_INTERVAL, Segment, Stream, StreamCore};
@@ -415,5 +417,17 @@ impl StorageBackend for Storage {
 
     fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
         Storage::stream_bytes(self, stream)
+    }
+
+    fn segments(&self, stream: StreamId) -> Result<Vec<SegmentInfo>> {
+        Storage::segments(self, stream)
+    }
+
+    fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport> {
+        Storage::scrub_segment(self, stream, base)
+    }
+
+    fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
+        Storage::repair_range(self, stream, from, records)
     }
 }

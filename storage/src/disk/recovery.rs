@@ -131,6 +131,9 @@ impl Storage {
         }
 
         let count = loaded.len();
+        // What each segment must end on: the next segment's base offset and base hash.
+        let next_of: Vec<Option<(Offset, ChainHash)>> =
+            (0..count).map(|i| loaded.get(i + 1).map(|n| (n.header.base, n.header.base_prev_hash))).collect();
         let mut segments: Vec<Segment> = Vec::with_capacity(count);
         let mut anchors = BTreeMap::new();
         let mut prev_last_hash: Option<ChainHash> = None;
@@ -181,6 +184,8 @@ impl Storage {
                 });
             }
             let mut index_last_hash = None;
+            // Set (to the hash the segment must end on) when a sealed segment opened damaged.
+            let mut salvaged: Option<ChainHash> = None;
             match index {
                 Some((f, bytes)) if !is_active || f.segment_len == l.data_len => {
                     segment.positions = f.positions;
@@ -215,7 +220,7 @@ impl Storage {
                     } else if !is_active {
                         tracing::warn!(stream = %id, file = %name, "index file missing; rebuilding it from the segment");
                     }
-                    let scan = self.scan(
+                    let scan = match self.scan(
                         id,
                         &name,
                         l.file.as_ref(),
@@ -223,7 +228,22 @@ impl Storage {
                         seg_fmt::HEADER_LEN as u64,
                         segment.base,
                         is_active,
-                    )?;
+                    ) {
+                        // Damage inside a sealed segment does not stop the storage from opening:
+                        // the segment opens with the damaged records unreadable (every read of
+                        // them is a `Corruption` error, and a scrub reports them) until
+                        // `repair_range` replaces them from another replica.
+                        Err(StorageError::Corruption { position, offset, reason, .. }) if !is_active => {
+                            let (end, end_hash) = next_of[i].expect("a sealed segment has a successor");
+                            tracing::error!(
+                                stream = %id, file = %name, position, offset = ?offset.map(|o| o.get()), reason = %reason,
+                                "sealed segment is damaged; it opens with the damaged records unreadable until repaired"
+                            );
+                            salvaged = Some(end_hash);
+                            self.salvage(id, &name, l.file.as_ref(), l.file_len, segment.base, end)?
+                        }
+                        r => r?,
+                    };
                     segment.positions = scan.positions;
                     segment.len = scan.end;
                 }
@@ -241,7 +261,7 @@ impl Storage {
                 l.file.sync_data().map_err(io_err("fsync", &path))?;
             }
             segment.allocated = segment.len;
-            let last = match index_last_hash {
+            let last = match index_last_hash.or(salvaged) {
                 Some(h) => h,
                 None => {
                     let (hash, ms) = self.last_record(id, &name, &segment)?;
@@ -251,7 +271,7 @@ impl Storage {
                     hash
                 }
             };
-            if !is_active && index_last_hash.is_none() {
+            if !is_active && index_last_hash.is_none() && salvaged.is_none() {
                 // Rebuilt: write the index back so the next open trusts it.
                 let f = IndexFile {
                     base: segment.base,
@@ -411,6 +431,56 @@ impl Storage {
             want = SCAN_CHUNK_BYTES;
         }
         Ok(Scan { positions, end: pos })
+    }
+
+    /// Locates what it can of a damaged sealed segment holding records `[base, end)`: records
+    /// that decode with the expected offset keep their place; past a defect, the next record
+    /// that decodes with a later offset of the segment (found by its start marker and CRC)
+    /// resumes the sequence. Records that cannot be located get an empty span at the defect,
+    /// so every read of them fails verification (and a scrub reports them) until repaired.
+    fn salvage(
+        &self,
+        id: StreamId,
+        name: &str,
+        file: &dyn FsFile,
+        file_len: u64,
+        base: Offset,
+        end: Offset,
+    ) -> Result<Scan> {
+        let header = seg_fmt::HEADER_LEN as u64;
+        let buf =
+            read_bytes(file, header, file_len).map_err(|e| e(&self.root.join(id.get().to_string()).join(name)))?;
+        let mut positions = Vec::with_capacity((end.get() - base.get()) as usize);
+        let mut at = 0usize;
+        let mut offset = base;
+        while offset < end {
+            match decode_record(&buf, at) {
+                Ok(v) if v.offset == offset => {
+                    positions.push(header + at as u64);
+                    at += v.len;
+                    offset = offset.plus(1);
+                }
+                _ => {
+                    let resume = (at + 1..buf.len()).find_map(|q| {
+                        if buf[q] != crate::format::record::START_MARKER {
+                            return None;
+                        }
+                        decode_record(&buf, q)
+                            .ok()
+                            .filter(|v| v.offset > offset && v.offset < end)
+                            .map(|v| (q, v.offset))
+                    });
+                    let (q, o) = resume.unwrap_or((buf.len(), end));
+                    while offset < o {
+                        positions.push(header + at as u64);
+                        offset = offset.plus(1);
+                    }
+                    at = q;
+                }
+            }
+        }
+        debug_assert!(positions.windows(2).all(|w| w[0] <= w[1]));
+        Ok(Scan { positions, end: file_len })
     }
 
     /// Whether a whole record for `offset + 1` starts anywhere after byte `at`: if so, the

@@ -1,0 +1,321 @@
+//! Damage found and repaired: a bit flipped in a sealed segment of a stopped follower's copy of a
+//! partition log is found by the node's scrubber after restart, reported (metrics, cluster status),
+//! never served, and repaired from the other replicas, after which the node alone serves every
+//! record with the same chain hashes as the others.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use shale_client::admin::NewTopic;
+use shale_client::proto;
+use shale_client::proto::fetch_client::FetchClient;
+use shale_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
+use shale_node::NodeConfig;
+use shale_node::testing::LocalCluster;
+use shale_storage::{Offset, Record, Storage, StreamId, format};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOPIC: &str = "scrubbed";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn tune(c: &mut NodeConfig) {
+    c.segment_bytes = 8192;
+    c.scrub.pass_interval_ms = 300;
+    c.scrub.repair_retry_ms = 200;
+    c.scrub.bytes_per_sec = 64 << 20;
+}
+
+async fn metric(http: std::net::SocketAddr, name: &str) -> u64 {
+    let body = reqwest_get(http, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A plain HTTP/1.0 GET on loopback.
+async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Every record of `partition 0` fetched from the node at `addr` alone: offset -> chain hash,
+/// value. `Err` with the status of the first failed fetch.
+async fn read_alone(addr: std::net::SocketAddr, end: u64) -> Result<BTreeMap<u64, (Vec<u8>, Vec<u8>)>, tonic::Status> {
+    let mut client = FetchClient::connect(format!("http://{addr}")).await.expect("connect");
+    let mut out = BTreeMap::new();
+    let mut at = 0;
+    while at < end {
+        let req =
+            proto::FetchRequest { topic: TOPIC.into(), partition: 0, offset: at, max_bytes: 16 << 10, max_wait_ms: 0 };
+        let resp = client.fetch(req).await?.into_inner();
+        if resp.records.is_empty() {
+            break;
+        }
+        for r in resp.records {
+            at = r.offset + 1;
+            out.insert(r.offset, (r.chain_hash.to_vec(), r.value.to_vec()));
+        }
+        at = at.max(resp.next_offset);
+    }
+    Ok(out)
+}
+
+/// The byte ranges of a segment file's records: (position, stored length).
+fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut pos = format::segment::HEADER_LEN;
+    while pos + format::record::OVERHEAD <= bytes.len() {
+        let at = pos + format::record::STORED_LEN_AT;
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        spans.push((pos, len));
+        pos += format::record::encoded_len(len);
+    }
+    assert_eq!(pos, bytes.len(), "a sealed segment holds whole records");
+    spans
+}
+
+/// Opens a stopped node's storage and reads a stream's records.
+fn offline_records(dir: &Path, stream: StreamId) -> Vec<Record> {
+    let s = Storage::open(dir).expect("open the stopped node's storage");
+    s.read_records(stream, Offset::ZERO, usize::MAX).expect("every record verifies")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repaired() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::start(3, root.path(), tune).await.expect("start");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let mut config = ClientConfig::new(c.endpoints());
+    config.max_attempts = 40;
+    let client = Client::new(config).unwrap();
+    client.admin().create_topic(NewTopic::new(TOPIC, 1, 3)).await.expect("create topic");
+    let producer = client.producer(ProducerConfig::default());
+    let mut pending = Vec::new();
+    for i in 0..400u32 {
+        let value = format!("record-{i}-{}", "x".repeat(150));
+        pending.push(producer.send(ProducerRecord::new(TOPIC, value)).await.expect("queued"));
+    }
+    let mut last = 0;
+    for p in pending {
+        last = last.max(p.await.expect("acknowledged").offset);
+    }
+    let end = last + 1;
+
+    // The partition's group, its leader, and a follower to damage.
+    let status = c.running(1).unwrap().cluster().cluster_status();
+    let g = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, _)| t == TOPIC)).unwrap();
+    let stream = StreamId::new(2 * g.group.0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
+    assert!(reference.len() >= 400);
+    // Wait until the follower has applied everything, then stop it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read_alone(c.grpc[follower as usize - 1], end).await.map(|r| r.len()).unwrap_or(0) < reference.len() {
+        assert!(tokio::time::Instant::now() < deadline, "follower never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop(follower).await.expect("stop");
+    let dir = c.data_dir(follower).to_path_buf();
+    let good = offline_records(&dir, stream);
+
+    // Flip a bit in the payload of a record in the middle of a sealed segment.
+    let (file, bad_offset) = {
+        let s = Storage::open(&dir).unwrap();
+        let segs = s.segments(stream).unwrap();
+        assert!(segs.len() >= 4, "small segments: the log spans several ({})", segs.len());
+        let seg = &segs[segs.len() / 2];
+        assert!(seg.sealed);
+        (dir.join(stream.get().to_string()).join(&seg.file), seg.base)
+    };
+    let mut bytes = std::fs::read(&file).unwrap();
+    let spans = record_spans(&bytes);
+    let i = spans.len() / 2;
+    let (pos, len) = spans[i];
+    bytes[pos + format::record::PAYLOAD_AT + len / 2] ^= 0x08;
+    std::fs::write(&file, &bytes).unwrap();
+    let bad = bad_offset.get() + i as u64;
+
+    // Restart it alone: the scrubber finds the damage and reports it, but cannot repair it with
+    // no other replica up.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != follower).collect();
+    for id in &others {
+        c.stop(*id).await.expect("stop");
+    }
+    c.restart(follower).await.expect("restart");
+    let http = c.http[follower as usize - 1];
+    let grpc = c.grpc[follower as usize - 1];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(http, "shale_scrub_damaged_ranges").await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the damage was never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(http, "shale_scrub_repairs_total").await, 0);
+    let mut admin = proto::admin_client::AdminClient::connect(format!("http://{grpc}")).await.unwrap();
+    let status = admin.cluster_status(proto::ClusterStatusRequest {}).await.expect("status").into_inner();
+    assert_eq!(status.damaged.len(), 1, "{:?}", status.damaged);
+    let d = &status.damaged[0];
+    assert_eq!((d.node_id, d.from, d.to), (follower, bad, bad + 1), "{d:?}");
+    assert_eq!(d.name, format!("{TOPIC}/0"));
+    assert!(d.reason.contains("CRC mismatch"), "{d:?}");
+
+    // With the other replicas back, it is repaired.
+    for id in &others {
+        c.restart(*id).await.expect("restart");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut served_while_damaged = 0;
+    loop {
+        // Whatever the node serves meanwhile is never the damaged record's bytes.
+        match read_alone(grpc, end).await {
+            Ok(records) => {
+                for (o, r) in &records {
+                    assert_eq!(Some(r), reference.get(o), "offset {o} served as something else");
+                }
+                served_while_damaged += 1;
+            }
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "a damaged read is retryable: {s:?}"),
+        }
+        if metric(http, "shale_scrub_repairs_total").await >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the damage was never repaired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = served_while_damaged;
+    assert!(metric(http, "shale_scrub_damage_found_total").await >= 1, "the damage was counted");
+    assert!(metric(http, "shale_scrub_bytes_total").await > 0);
+    assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0, "nothing left damaged");
+
+    // After the repair the node alone serves every record, as the leader does.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match read_alone(grpc, end).await {
+            Ok(records) if records == reference => break,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the repaired node does not serve every record: {:?}",
+                    other.map(|r| r.len())
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And its files hold the same chain as before the damage.
+    c.stop(follower).await.expect("stop");
+    let repaired = offline_records(&dir, stream);
+    assert_eq!(repaired[..good.len()], good[..], "the repaired log has the same records and hashes");
+    assert!(good.iter().any(|r| r.offset.get() == bad));
+    let _ = c.running(follower);
+    c.shutdown().await.expect("shutdown");
+}
+
+/// Flips one bit of the payload of the middle record of the middle sealed segment of `stream`
+/// under `dir`, in place (the node may be running); returns the record's offset.
+fn flip_in_place(dir: &Path, stream: StreamId) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let sdir = dir.join(stream.get().to_string());
+    let mut segs: Vec<String> = std::fs::read_dir(&sdir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "small segments: the log spans several ({})", segs.len());
+    let name = &segs[segs.len() / 2];
+    let path = sdir.join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    let base = u64::from_le_bytes(
+        bytes[format::segment::BASE_OFFSET_AT..format::segment::BASE_OFFSET_AT + 8].try_into().unwrap(),
+    );
+    let spans = record_spans(&bytes);
+    let i = spans.len() / 2;
+    let (pos, len) = spans[i];
+    let at = (pos + format::record::PAYLOAD_AT + len / 2) as u64;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x08;
+    f.write_all_at(&b, at).unwrap();
+    base + i as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_with_a_damaged_log_hands_leadership_away_and_is_repaired() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start(3, root.path(), tune).await.expect("start");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let mut config = ClientConfig::new(c.endpoints());
+    config.max_attempts = 40;
+    let client = Client::new(config).unwrap();
+    client.admin().create_topic(NewTopic::new(TOPIC, 1, 3)).await.expect("create topic");
+    let producer = client.producer(ProducerConfig::default());
+    let mut pending = Vec::new();
+    for i in 0..400u32 {
+        pending.push(producer.send(ProducerRecord::new(TOPIC, format!("r{i}-{}", "y".repeat(150)))).await.unwrap());
+    }
+    let mut last = 0;
+    for p in pending {
+        last = last.max(p.await.expect("acknowledged").offset);
+    }
+    let end = last + 1;
+    let status = c.running(1).unwrap().cluster().cluster_status();
+    let g = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, _)| t == TOPIC)).unwrap();
+    let stream = StreamId::new(2 * g.group.0);
+    let leader_of = || c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(l) = leader_of() {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
+
+    // Damage the running leader's copy.
+    let bad = flip_in_place(c.data_dir(leader), stream);
+    let http = c.http[leader as usize - 1];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut moved = false;
+    while metric(http, "shale_scrub_repairs_total").await < 1 {
+        moved |= metric(http, "shale_scrub_damage_found_total").await >= 1 && leader_of() != Some(leader);
+        assert!(tokio::time::Instant::now() < deadline, "the damage at {bad} was never repaired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The scrubber hands leadership away before it repairs.
+    let new_leader = leader_of();
+    assert!(moved || new_leader != Some(leader), "leadership stayed on the damaged node");
+    assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0);
+    // Repaired: the old leader alone serves every record with the leader's chain hashes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match read_alone(c.grpc[leader as usize - 1], end).await {
+            Ok(r) if r == reference => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "not repaired: {:?}", other.map(|r| r.len())),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await.expect("shutdown");
+}
