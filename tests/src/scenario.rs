@@ -102,7 +102,7 @@ impl Setup {
         let records_per_replica: usize =
             views.iter().filter(|v| v.source == workload::ViewSource::Replica(1)).map(|v| v.records.len()).sum();
         let mut violations =
-            checkers::check_all(history, &views, &verify, REPLICATION as usize).err().unwrap_or_default();
+            checkers::check_all(history, &views, &verify, REPLICATION as usize, true).err().unwrap_or_default();
         let failed =
             |property: &'static str, problem: String| checkers::Violation { property, problems: vec![problem] };
         if let Some(error) = verify_error {
