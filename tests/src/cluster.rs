@@ -279,9 +279,11 @@ impl ContainerCluster {
         let (holder, _) = self.holder(id)?.clone();
         let dir = crate::paths::target_dir().join("shale-tests").join(format!("empty-{}", std::process::id()));
         let file = dir.join(FILLER);
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&file, b""))
-            .map_err(|source| HarnessError::Io { action: "creating", path: file.clone(), source })?;
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, b"")).map_err(|source| HarnessError::Io {
+            action: "creating",
+            path: file.clone(),
+            source,
+        })?;
         tracing::info!(node = id, "freeing the data volume");
         let result = docker(&["cp", &file.to_string_lossy(), &format!("{holder}:/data/{FILLER}")]).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -366,8 +368,7 @@ impl ContainerCluster {
     /// The node's whole log (stdout and stderr).
     pub async fn logs(&self, id: u64) -> Result<String, HarnessError> {
         let container = self.node(id)?.container.clone();
-        let (_, out) =
-            docker::run_capture("docker", &["logs", &container], Duration::from_secs(60)).await?;
+        let (_, out) = docker::run_capture("docker", &["logs", &container], Duration::from_secs(60)).await?;
         Ok(format!("{}{}", out.stdout, out.stderr))
     }
 

@@ -107,10 +107,9 @@ async fn meta_last_index(setup: &Setup, nodes: &[u64]) -> u64 {
 async fn commit_offsets(setup: &Setup, run: &str, count: u64) {
     let tasks: Vec<_> = (0..4u64)
         .map(|g| {
-            let consumer = setup.client.consumer(ConsumerConfig {
-                group: Some(format!("{run}-group-{g}")),
-                ..ConsumerConfig::default()
-            });
+            let consumer = setup
+                .client
+                .consumer(ConsumerConfig { group: Some(format!("{run}-group-{g}")), ..ConsumerConfig::default() });
             let topic = setup.topic.clone();
             tokio::spawn(async move {
                 for i in 0..count.div_ceil(4) {
