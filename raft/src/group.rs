@@ -89,8 +89,14 @@ impl RaftGroupConfig {
             } else {
                 SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries)
             },
-            // openraft "purges" right after a snapshot; physical removal is bounded by retention.
-            max_in_snapshot_log_to_keep: 0,
+            // The log is the data: openraft purges after a snapshot only where a snapshot is all
+            // that is kept (the metadata group). Everywhere else the log is purged only up to the
+            // retention start, by `RaftGroup::enforce_retention`, so a follower that is behind
+            // catches up with the entries themselves instead of a snapshot that skips them.
+            max_in_snapshot_log_to_keep: self.retention.max_in_snapshot_log_to_keep(),
+            // A node cut off from its peers asks before it raises its term, so rejoining does not
+            // depose a healthy leader.
+            enable_pre_vote: Some(true),
             allow_log_reversion: Some(self.allow_log_reversion),
             ..Default::default()
         };
@@ -413,11 +419,35 @@ impl RaftGroup {
     }
 
     /// Runs retention now (age limits need this periodically). Returns the log start afterwards.
-    pub async fn enforce_retention(&self) -> Result<u64, RaftError> {
+    ///
+    /// Purging is what lets openraft send a follower a snapshot instead of entries, so the log is
+    /// purged exactly up to the retention start: the first offset the topic's retention keeps,
+    /// never past the last snapshot (a snapshot must cover what goes). A keep-all log is never
+    /// purged. The purge waits (up to `timeout`) for openraft, which delays it while those entries
+    /// are being replicated; the records then go from storage below the durable purge point.
+    pub async fn enforce_retention(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let snapshot = self.raft.metrics().borrow_watched().snapshot.map(|s| s.index);
+        if let Some(snapshot) = snapshot {
+            let log = self.log.clone();
+            let target = self.blocking("retention target", move || log.retention_target(snapshot)).await?;
+            if let Some(start) = target {
+                let upto = start - 1;
+                self.raft.trigger().purge_log(upto).await.map_err(|e| self.fatal(&e))?;
+                self.wait_metrics("retention purge", timeout, |m| m.purged.is_some_and(|p| p.index >= upto)).await?;
+            }
+        }
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.enforce_retention())
+        self.blocking("retention", move || log.enforce_retention()).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> Result<T, RaftError> + Send + 'static,
+    ) -> Result<T, RaftError> {
+        tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("retention task failed: {e}") })?
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("{what} task failed: {e}") })?
     }
 
     /// Adds (or updates) a learner; with `blocking`, waits until it has caught up.

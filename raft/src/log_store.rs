@@ -446,6 +446,21 @@ impl GroupLog {
             .collect()
     }
 
+    /// The retention start (blocking): the log start the retention policy and the purge limit
+    /// would leave now if everything up to the snapshot ending at `snapshot_index` could go.
+    /// `Some(start)` only when that is above what is purged already; `None` when nothing more
+    /// may go (always for a keep-all log).
+    pub fn retention_target(&self, snapshot_index: u64) -> Result<Option<u64>, RaftError> {
+        let (retention, limit) = *self.policy.lock();
+        let Some(config) = retention.compaction(max_log_start(Some(snapshot_index), limit)) else {
+            return Ok(None);
+        };
+        let start = self.storage.compaction_target(self.stream, &config).map_err(|e| self.storage_err(e))?.get();
+        let purged_to = self.meta.state().last_purged.map_or(0, |p| p.index + 1);
+        debug_assert!(start <= snapshot_index + 1, "retention never goes past the snapshot");
+        Ok((start > purged_to).then_some(start))
+    }
+
     /// Runs storage compaction as the retention policy, the purge point and the purge limit allow
     /// (blocking). Returns the log start afterwards.
     pub fn enforce_retention(&self) -> Result<u64, RaftError> {

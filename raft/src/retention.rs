@@ -1,8 +1,11 @@
 //! How long a group keeps log records that a snapshot already covers.
 //!
-//! openraft "purges" the log below its last snapshot; for Shale the log is the data consumers read,
-//! so a purge only records the purge point durably, and the records themselves are removed (storage
-//! compaction) below `min(last purged + 1, purge limit)` and only as the [`Retention`] policy allows.
+//! openraft "purges" the log below a snapshot, and a follower that needs purged entries gets the
+//! snapshot instead, skipping them. For Shale the log is the data consumers read, so a partition's
+//! log is purged only up to its retention start (what the [`Retention`] policy would remove now),
+//! never merely because a snapshot was taken; a keep-all log is never purged. A purge records the
+//! purge point durably, and the records themselves are removed (storage compaction) below
+//! `min(last purged + 1, purge limit)` and only as the policy allows.
 
 use shale_storage::{CompactionConfig, Offset};
 
@@ -26,6 +29,16 @@ pub enum Retention {
 }
 
 impl Retention {
+    /// openraft's `max_in_snapshot_log_to_keep` for a group under this policy: `0` (purge right
+    /// after each snapshot) only where nothing but the snapshot is kept; otherwise openraft never
+    /// purges on its own and the log is purged only to the retention start.
+    pub fn max_in_snapshot_log_to_keep(&self) -> u64 {
+        match self {
+            Retention::SnapshotOnly => 0,
+            Retention::Limits { .. } | Retention::KeepAll => u64::MAX,
+        }
+    }
+
     /// The storage compaction to run, given the highest log start the snapshot/purge state and the
     /// application's purge limit allow; `None` when nothing may be removed.
     pub fn compaction(&self, max_log_start: u64) -> Option<CompactionConfig> {
@@ -69,5 +82,13 @@ mod tests {
         assert_eq!(c.max_log_start, Some(Offset::new(100)));
         assert_eq!(c.retain_bytes, Some(5));
         assert_eq!(Retention::SnapshotOnly.compaction(7).unwrap().max_log_start, Some(Offset::new(7)));
+    }
+
+    #[test]
+    fn only_snapshot_only_groups_purge_after_a_snapshot() {
+        assert_eq!(Retention::SnapshotOnly.max_in_snapshot_log_to_keep(), 0);
+        assert_eq!(Retention::KeepAll.max_in_snapshot_log_to_keep(), u64::MAX);
+        let limits = Retention::Limits { retain_bytes: Some(1), retain_age_ms: None };
+        assert_eq!(limits.max_in_snapshot_log_to_keep(), u64::MAX);
     }
 }

@@ -130,6 +130,87 @@ async fn restarted_follower_catches_up_from_its_data_dir() {
     c.stop_all().await;
 }
 
+/// Stops a follower, writes more than three snapshot intervals' worth of entries across many
+/// segments while it is down (snapshots taken by the policy on the running nodes), restarts it and
+/// waits until it has applied everything. Returns (leader, lagging follower, last index).
+async fn lag_one_follower_past_snapshots(c: &mut TestCluster, before: u64, during: u64) -> (u64, u64, u64) {
+    let leader = c.wait_leader(&[]).await;
+    let g = c.leader_group(leader);
+    let lagger = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    for i in 0..before {
+        g.write(payload(i, 1024)).await.expect("write");
+    }
+    c.wait_applied_everywhere(g.applied_index().unwrap()).await;
+    c.node(lagger).stop().await;
+    let mut last = 0;
+    for i in before..before + during {
+        last = g.write(payload(i, 1024)).await.expect("write with a follower down").index;
+    }
+    g.wait_metrics("snapshots taken while the follower was down", WAIT, |m| {
+        m.snapshot.is_some_and(|s| s.index > before + 3 * SNAPSHOT_EVERY)
+    })
+    .await
+    .expect("the policy snapshotted the leader more than three times");
+    (leader, lagger, last)
+}
+
+const SNAPSHOT_EVERY: u64 = 25;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_several_snapshots_of_a_keep_all_log_catches_up_with_every_entry() {
+    let mut config = group_config();
+    config.retention = Retention::KeepAll;
+    config.snapshot_every_entries = SNAPSHOT_EVERY;
+    let mut c = TestCluster::start_with(3, config.clone(), core_support::storage_options()).await;
+    let (leader, lagger, last) = lag_one_follower_past_snapshots(&mut c, 10, 8 * SNAPSHOT_EVERY).await;
+    let g = c.leader_group(leader);
+    // The retention loop runs on a keep-all log too: it must not purge anything.
+    assert_eq!(g.enforce_retention(WAIT).await.unwrap(), 0);
+    assert_eq!(g.metrics().purged, None, "snapshots never purge a keep-all log");
+
+    c.node(lagger).restart(config).await;
+    let lg = c.node(lagger).group().clone();
+    lg.wait_applied(last, WAIT).await.expect("lagging follower catches up");
+    // Read from the lagging replica alone: every entry from 0, each payload once, in order.
+    assert_eq!(lg.log_start().unwrap(), 0, "the follower kept its history: caught up by entries, not a snapshot");
+    let entries = read_all(&c, lagger, 0).await;
+    assert_eq!(entries.len() as u64, last + 1, "every index from 0 is on the lagging replica");
+    let tags: Vec<u64> = entries
+        .iter()
+        .filter_map(|(_, p)| p.as_ref())
+        .map(|p| u64::from_le_bytes(p[..8].try_into().unwrap()))
+        .collect();
+    assert_eq!(tags, (0..10 + 8 * SNAPSHOT_EVERY).collect::<Vec<u64>>());
+    let compared = c.assert_chains_agree().await;
+    assert!(compared >= 3 * (last + 1), "every replica compared from 0: {compared}");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retention_limited_log_is_purged_only_to_its_retention_start() {
+    let mut config = group_config();
+    // Keep about 240 KiB (~30 segments of 8 KiB) of a ~340 KiB log.
+    config.retention = Retention::Limits { retain_bytes: Some(240 << 10), retain_age_ms: None };
+    config.snapshot_every_entries = SNAPSHOT_EVERY;
+    let mut c = TestCluster::start_with(3, config.clone(), core_support::storage_options()).await;
+    let (leader, lagger, last) = lag_one_follower_past_snapshots(&mut c, 150, 6 * SNAPSHOT_EVERY).await;
+    let g = c.leader_group(leader);
+    let snapshot = g.metrics().snapshot.expect("snapshots").index;
+    let start = g.enforce_retention(WAIT).await.expect("retention");
+    assert!(start > 0, "retention removed the oldest segments");
+    assert!(start < 150, "retention start {start} is below where the follower stopped");
+    assert!(start < snapshot, "retention start {start} is below the snapshot {snapshot}");
+    assert_eq!(g.metrics().purged.map(|p| p.index + 1), Some(start), "purged exactly to the retention start");
+
+    // The follower stopped above the retention start: it catches up with entries, keeping its log.
+    c.node(lagger).restart(config).await;
+    let lg = c.node(lagger).group().clone();
+    lg.wait_applied(last, WAIT).await.expect("lagging follower catches up");
+    assert_eq!(lg.log_start().unwrap(), 0, "no snapshot install cut the follower's log");
+    assert_eq!(read_all(&c, lagger, 0).await.len() as u64, last + 1);
+    c.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn far_behind_follower_catches_up_by_snapshot_from_a_compacted_leader() {
     let mut c = TestCluster::start(3, group_config()).await;
@@ -154,7 +235,7 @@ async fn far_behind_follower_catches_up_by_snapshot_from_a_compacted_leader() {
         assert!(snap >= last);
     }
     g.wait_metrics("log purged", WAIT, |m| m.purged.is_some_and(|p| p.index >= last)).await.expect("purged");
-    let start = g.enforce_retention().await.expect("compaction");
+    let start = g.enforce_retention(WAIT).await.expect("compaction");
     assert!(start > 11, "leader log start {start} is past the lagging follower's log");
 
     c.node(lagger).restart(group_config()).await;
@@ -194,19 +275,21 @@ async fn retention_keeps_records_for_readers_below_the_snapshot() {
     for i in 0..100u64 {
         last = g.write(payload(i, 1024)).await.expect("write").index;
     }
-    g.trigger_snapshot(WAIT).await.expect("snapshot");
-    g.wait_metrics("log purged", WAIT, |m| m.purged.is_some_and(|p| p.index >= last)).await.expect("purged");
-    assert_eq!(g.enforce_retention().await.unwrap(), 0, "KeepAll keeps every record");
+    let snap = g.trigger_snapshot(WAIT).await.expect("snapshot").expect("something applied");
+    assert_eq!(g.enforce_retention(WAIT).await.unwrap(), 0, "KeepAll keeps every record");
+    assert_eq!(g.metrics().purged, None, "a keep-all log is never purged, not even below a snapshot");
     assert_eq!(read_all(&c, leader, 0).await.len() as u64, last + 1, "all records still readable");
 
-    // Switching to snapshot-only retention with a purge limit removes only whole segments below it.
+    // Switching to snapshot-only retention with a purge limit purges and removes only whole
+    // segments below it.
     g.set_retention(Retention::SnapshotOnly);
     g.set_purge_limit(Some(40));
-    let start = g.enforce_retention().await.unwrap();
+    let start = g.enforce_retention(WAIT).await.unwrap();
     assert!(start > 0 && start <= 40, "log start {start} moved up, bounded by the purge limit");
+    assert_eq!(g.metrics().purged.map(|p| p.index), Some(start - 1), "purged exactly to the retention start");
     g.set_purge_limit(None);
-    let start2 = g.enforce_retention().await.unwrap();
-    assert!(start2 > 40 && start2 <= last + 1, "log start {start2} moved to the snapshot");
+    let start2 = g.enforce_retention(WAIT).await.unwrap();
+    assert!(start2 > 40 && start2 <= snap + 1, "log start {start2} moved up to the snapshot");
     c.stop_all().await;
 }
 

@@ -95,6 +95,9 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// empty at `cp.offset`, its chain continuing from `cp.chain_hash`.
     fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()>;
 
+    /// The log start a [`StorageBackend::compact`] with `config` would leave now, removing nothing.
+    fn compaction_target(&self, stream: StreamId, config: &CompactionConfig) -> Result<Offset>;
+
     /// Removes whole old segments as `config` allows; the log start moves up and the checkpoint at
     /// the new log start anchors the chain.
     fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult>;

@@ -30,3 +30,73 @@ pub struct CompactionResult {
     /// The log start afterwards (unchanged if nothing was removed).
     pub new_log_start: Offset,
 }
+
+/// One segment as the retention decision sees it (oldest first; the last one is the active segment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentSpan {
+    /// One past the segment's last offset.
+    pub end: Offset,
+    /// Bytes the segment counts for retention.
+    pub bytes: u64,
+    /// When its newest record was appended (ms since the Unix epoch).
+    pub last_append_ms: u64,
+}
+
+/// The one retention decision both backends run: how many of `segments` (oldest first) a
+/// compaction under `config` at `now_ms` removes, and the bytes they hold. The last segment (the
+/// active one) is never removed.
+pub(crate) fn removable_prefix(config: &CompactionConfig, now_ms: u64, segments: &[SegmentSpan]) -> (usize, u64) {
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    let mut removed = 0usize;
+    let mut freed = 0u64;
+    while segments.len() - removed > 1 {
+        let seg = &segments[removed];
+        if config.max_log_start.is_some_and(|max| seg.end > max) {
+            break;
+        }
+        let over_bytes = config.retain_bytes.is_some_and(|b| total > b);
+        let too_old = config.retain_age_ms.is_some_and(|age| now_ms.saturating_sub(seg.last_append_ms) > age);
+        let unlimited = config.retain_bytes.is_none() && config.retain_age_ms.is_none();
+        if !(over_bytes || too_old || unlimited) {
+            break;
+        }
+        total -= seg.bytes;
+        freed += seg.bytes;
+        removed += 1;
+    }
+    (removed, freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(end: u64, bytes: u64, last_append_ms: u64) -> SegmentSpan {
+        SegmentSpan { end: Offset::new(end), bytes, last_append_ms }
+    }
+
+    #[test]
+    fn the_active_segment_is_never_removed() {
+        let segs = [span(10, 100, 0)];
+        assert_eq!(removable_prefix(&CompactionConfig::default(), 1_000, &segs), (0, 0));
+    }
+
+    #[test]
+    fn max_log_start_bounds_every_limit() {
+        let segs = [span(10, 100, 0), span(20, 100, 0), span(30, 100, 0)];
+        let config =
+            CompactionConfig { retain_bytes: Some(0), max_log_start: Some(Offset::new(15)), ..Default::default() };
+        assert_eq!(removable_prefix(&config, 0, &segs), (1, 100));
+        let unlimited = CompactionConfig { max_log_start: Some(Offset::new(20)), ..Default::default() };
+        assert_eq!(removable_prefix(&unlimited, 0, &segs), (2, 200));
+    }
+
+    #[test]
+    fn bytes_and_age_limits_stop_at_the_first_segment_they_keep() {
+        let segs = [span(10, 100, 0), span(20, 100, 500), span(30, 100, 900)];
+        let by_bytes = CompactionConfig { retain_bytes: Some(150), ..Default::default() };
+        assert_eq!(removable_prefix(&by_bytes, 1_000, &segs), (2, 200));
+        let by_age = CompactionConfig { retain_age_ms: Some(600), ..Default::default() };
+        assert_eq!(removable_prefix(&by_age, 1_000, &segs), (1, 100));
+    }
+}

@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::StorageBackend;
 use crate::chain::chain_hash;
 use crate::checkpoint::{Checkpoint, CheckpointIndex, check_data_len, check_installable, should_create_checkpoint};
-use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, removable_prefix};
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format;
 use crate::options::StorageOptions;
@@ -47,6 +47,14 @@ struct MemStream {
 }
 
 impl MemStream {
+    /// The segments as the shared retention decision sees them.
+    fn spans(&self) -> Vec<SegmentSpan> {
+        self.segments
+            .iter()
+            .map(|s| SegmentSpan { end: s.end, bytes: s.bytes, last_append_ms: s.last_append_ms })
+            .collect()
+    }
+
     fn empty_at(start: Offset, anchor: ChainHash) -> Self {
         Self {
             log_start: start,
@@ -397,30 +405,21 @@ impl StorageBackend for MemoryStorage {
         Ok(())
     }
 
+    fn compaction_target(&self, stream: StreamId, config: &CompactionConfig) -> Result<Offset> {
+        let Some(handle) = self.stream(stream) else {
+            return Ok(Offset::ZERO);
+        };
+        let s = handle.lock();
+        let (removed, _) = removable_prefix(config, now_ms(), &s.spans());
+        Ok(if removed == 0 { s.log_start } else { s.segments[removed].base })
+    }
+
     fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
         let Some(handle) = self.stream(stream) else {
             return Ok(CompactionResult::default());
         };
         let mut s = handle.lock();
-        let now = now_ms();
-        let mut total: u64 = s.segments.iter().map(|seg| seg.bytes).sum();
-        let mut removed = 0usize;
-        let mut freed = 0u64;
-        while s.segments.len() - removed > 1 {
-            let seg = &s.segments[removed];
-            if config.max_log_start.is_some_and(|max| seg.end > max) {
-                break;
-            }
-            let over_bytes = config.retain_bytes.is_some_and(|b| total > b);
-            let too_old = config.retain_age_ms.is_some_and(|age| now.saturating_sub(seg.last_append_ms) > age);
-            let unlimited = config.retain_bytes.is_none() && config.retain_age_ms.is_none();
-            if !(over_bytes || too_old || unlimited) {
-                break;
-            }
-            total -= seg.bytes;
-            freed += seg.bytes;
-            removed += 1;
-        }
+        let (removed, freed) = removable_prefix(config, now_ms(), &s.spans());
         if removed == 0 {
             return Ok(CompactionResult { segments_removed: 0, bytes_freed: 0, new_log_start: s.log_start });
         }

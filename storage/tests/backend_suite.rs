@@ -687,6 +687,9 @@ fn compaction_by_bytes<F: Fixture>(f: &F) {
     let before = b.stream_bytes(S).unwrap();
     // Keep about three segments: the oldest go while the total is over it.
     let config = CompactionConfig { retain_bytes: Some(3 * layout.sealed_bytes), ..CompactionConfig::default() };
+    // The dry run names the same log start and removes nothing.
+    assert_eq!(b.compaction_target(S, &config).unwrap(), off(65));
+    assert_eq!((b.log_start(S).unwrap(), b.stream_bytes(S).unwrap()), (off(0), before));
     let r = b.compact(S, &config).unwrap();
     // With a header of H bytes: 7 sealed segments of H + 3900 B and an active one of H + 2700 B.
     // Keeping 3 * (H + 3900): removing 4 leaves 4H + 14400 (too much), removing 5 leaves 3H + 10500.
@@ -723,6 +726,8 @@ fn compaction_respects_max_log_start<F: Fixture>(f: &F) {
     let layout = compaction_layout(&b, 20);
     // Segment [26,39) ends past 30, so it stays.
     let config = CompactionConfig { max_log_start: Some(off(30)), ..CompactionConfig::default() };
+    assert_eq!(b.compaction_target(S, &config).unwrap(), off(26));
+    assert_eq!(b.compaction_target(StreamId::new(999), &config).unwrap(), off(0), "an unknown stream");
     let r = b.compact(S, &config).unwrap();
     assert_eq!((r.segments_removed, r.new_log_start), (2, off(26)));
     check_after_compaction(&b, &layout, &r);
@@ -734,6 +739,7 @@ fn compaction_respects_max_log_start<F: Fixture>(f: &F) {
     check_after_compaction(&b, &layout, &r);
     // A cap below the first segment's end removes nothing.
     let config = CompactionConfig { max_log_start: Some(off(70)), ..CompactionConfig::default() };
+    assert_eq!(b.compaction_target(S, &config).unwrap(), off(65), "nothing more to remove: the log start");
     assert_eq!(b.compact(S, &config).unwrap().segments_removed, 0);
 }
 

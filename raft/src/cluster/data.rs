@@ -282,7 +282,8 @@ impl Cluster {
         let local = self.local_partition(topic, partition)?;
         let log_start_before = local.group.log_start()?;
         let snapshot_index = local.group.trigger_snapshot(self.timeout()).await?.unwrap_or(0);
-        let log_start_after = self.bounded("retention purge", local.group.enforce_retention()).await?;
+        let log_start_after =
+            self.bounded("retention purge", local.group.enforce_retention(self.timeout() / 2)).await?;
         local.state.write().prune_hidden_below(log_start_after);
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }

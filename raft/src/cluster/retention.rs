@@ -42,7 +42,7 @@ impl Cluster {
                 tracing::debug!(group = %group.id(), error = %e, "retention: snapshot failed");
                 continue;
             }
-            match self.bounded("retention purge", group.enforce_retention()).await {
+            match self.bounded("retention purge", group.enforce_retention(self.timeout() / 2)).await {
                 Ok(log_start) => local.state.write().prune_hidden_below(log_start),
                 Err(e) => tracing::debug!(group = %group.id(), error = %e, "retention: purge failed"),
             }

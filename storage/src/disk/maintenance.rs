@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::stream::Stream;
 use super::{Storage, io_err};
 use crate::checkpoint::{Checkpoint, CheckpointIndex, check_data_len, check_installable, serialize_checkpoint_payload};
-use crate::compaction::{CompactionConfig, CompactionResult};
+use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, removable_prefix};
 use crate::error::{Result, StorageError};
 use crate::format::{names, segment as seg_fmt};
 use crate::types::{ChainHash, Offset, StreamId};
@@ -231,6 +231,17 @@ impl Storage {
         Ok(())
     }
 
+    /// The log start a [`Storage::compact`] with `config` would leave now, removing nothing (the
+    /// Raft layer asks this first, so it can purge its log exactly up to the retention start).
+    pub fn compaction_target(&self, stream: StreamId, config: &CompactionConfig) -> Result<Offset> {
+        let Some(h) = self.stream(stream) else {
+            return Ok(Offset::ZERO);
+        };
+        let c = h.core.read();
+        let (removed, _) = removable_prefix(config, super::now_ms(), &spans(&c.segments));
+        Ok(if removed == 0 { c.log_start() } else { c.segments[removed].base })
+    }
+
     /// Removes whole sealed segments, oldest first, as `config` allows (same rules and byte
     /// accounting as [`crate::MemoryStorage`]). The checkpoint at the new log start is written
     /// before anything is deleted, so verification stays anchored across a crash.
@@ -240,27 +251,9 @@ impl Storage {
         };
         let _w = h.writer.lock();
         h.check_usable()?;
-        let now = super::now_ms();
         let (removed, freed, new_start, anchor) = {
             let c = h.core.read();
-            let mut total: u64 = c.segments.iter().map(|s| s.bytes()).sum();
-            let mut removed = 0usize;
-            let mut freed = 0u64;
-            while c.segments.len() - removed > 1 {
-                let seg = &c.segments[removed];
-                if config.max_log_start.is_some_and(|max| seg.end() > max) {
-                    break;
-                }
-                let over_bytes = config.retain_bytes.is_some_and(|b| total > b);
-                let too_old = config.retain_age_ms.is_some_and(|age| now.saturating_sub(seg.last_append_ms) > age);
-                let unlimited = config.retain_bytes.is_none() && config.retain_age_ms.is_none();
-                if !(over_bytes || too_old || unlimited) {
-                    break;
-                }
-                total -= seg.bytes();
-                freed += seg.bytes();
-                removed += 1;
-            }
+            let (removed, freed) = removable_prefix(config, super::now_ms(), &spans(&c.segments));
             if removed == 0 {
                 return Ok(CompactionResult { segments_removed: 0, bytes_freed: 0, new_log_start: c.log_start() });
             }
@@ -332,4 +325,9 @@ impl Storage {
         self.fs.sync_dir(&self.root).map_err(io_err("fsync directory", &self.root))?;
         Ok(())
     }
+}
+
+/// The segments as the shared retention decision sees them.
+fn spans(segments: &[super::stream::Segment]) -> Vec<SegmentSpan> {
+    segments.iter().map(|s| SegmentSpan { end: s.end(), bytes: s.bytes(), last_append_ms: s.last_append_ms }).collect()
 }

@@ -393,6 +393,10 @@ impl StorageBackend for Storage {
         Storage::install_checkpoint(self, stream, cp)
     }
 
+    fn compaction_target(&self, stream: StreamId, config: &CompactionConfig) -> Result<Offset> {
+        Storage::compaction_target(self, stream, config)
+    }
+
     fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
         Storage::compact(self, stream, config)
     }
