@@ -69,14 +69,28 @@ enum Fault {
 const FAULTS: [Fault; 5] = [Fault::Kill, Fault::Restart, Fault::Pause, Fault::Stop, Fault::Partition];
 
 impl Fault {
-    async fn inject(self, cluster: &ContainerCluster, id: u64) {
+    /// Injects the fault; answers the one injected (the cgroup freezer can fail to freeze a
+    /// process in the middle of disk I/O: after three tries a pause becomes a SIGSTOP).
+    async fn inject(self, cluster: &ContainerCluster, id: u64) -> Fault {
         match self {
             Fault::Kill => cluster.kill(id).await.unwrap(),
             Fault::Restart => cluster.stop(id, STOP_GRACE).await.unwrap(),
-            Fault::Pause => cluster.pause(id).await.unwrap(),
+            Fault::Pause => {
+                for attempt in 1..=3 {
+                    match cluster.pause(id).await {
+                        Ok(()) => return Fault::Pause,
+                        Err(e) => eprintln!("chaos: pause of node {id} failed (attempt {attempt}): {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                eprintln!("chaos: SIGSTOP of node {id} instead of the pause");
+                cluster.signal(id, "STOP").await.unwrap();
+                return Fault::Stop;
+            }
             Fault::Stop => cluster.signal(id, "STOP").await.unwrap(),
             Fault::Partition => cluster.disconnect(id).await.unwrap(),
         }
+        self
     }
 
     async fn heal(self, cluster: &ContainerCluster, id: u64) {
@@ -153,15 +167,16 @@ async fn randomized_kills_pauses_partitions_and_restarts_lose_no_acknowledged_re
             workload.acked(),
             workload.unacked(),
         );
-        fault.inject(cluster, victim).await;
-        if let Some((f, id, _)) = &second {
-            f.inject(cluster, *id).await;
-        }
+        let injected = fault.inject(cluster, victim).await;
+        let second = match second {
+            Some((f, id, _)) => Some((f.inject(cluster, id).await, id)),
+            None => None,
+        };
         tokio::time::sleep(hold).await;
-        if let Some((f, id, _)) = &second {
-            f.heal(cluster, *id).await;
+        if let Some((f, id)) = second {
+            f.heal(cluster, id).await;
         }
-        fault.heal(cluster, victim).await;
+        injected.heal(cluster, victim).await;
         for id in cluster.ids() {
             cluster
                 .wait_ready(id, READY_TIMEOUT)
