@@ -16,7 +16,7 @@ use shale_tests::cluster::{ClusterOptions, READY_TIMEOUT};
 use shale_tests::scenario::{
     ELECTION_TIMEOUT, PROGRESS_TIMEOUT, SMALL_SNAPSHOT_EVERY, STOP_GRACE, Setup, snapshot_env,
 };
-use shale_tests::workload::Workload;
+use shale_tests::workload::{Workload, test_client_config};
 
 /// Snapshot intervals written while the victim is down (more than three).
 const SNAPSHOTS_WHILE_DOWN: u64 = 4;
@@ -24,6 +24,8 @@ const SNAPSHOTS_WHILE_DOWN: u64 = 4;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Partitions of the topic: with two, one of the three nodes usually leads none of them.
 const PARTITIONS: u32 = 2;
+/// Consumer groups committing offsets at once while the metadata leader is down.
+const COMMITTERS: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Victim {
@@ -67,7 +69,7 @@ async fn down_past_snapshots(victim: Victim, run: &str) {
     let created = format!("{run}-created-while-down");
     setup.client.admin().create_topic(NewTopic::new(&created, 1, 3)).await.unwrap();
     if victim == meta {
-        commit_offsets(&setup, run, SNAPSHOTS_WHILE_DOWN * SMALL_SNAPSHOT_EVERY).await;
+        commit_offsets(&setup, &survivors, run, SNAPSHOTS_WHILE_DOWN * SMALL_SNAPSHOT_EVERY).await;
         let meta_after = meta_last_index(&setup, &survivors).await;
         assert!(
             meta_after >= meta_before + SNAPSHOTS_WHILE_DOWN * SMALL_SNAPSHOT_EVERY,
@@ -103,16 +105,18 @@ async fn meta_last_index(setup: &Setup, nodes: &[u64]) -> u64 {
     panic!("no node among {nodes:?} answered ClusterStatus");
 }
 
-/// Commits `count` consumer-group offsets (one metadata entry each), from four groups at once.
-async fn commit_offsets(setup: &Setup, run: &str, count: u64) {
-    let tasks: Vec<_> = (0..4u64)
+/// Commits `count` consumer-group offsets (one metadata entry each) through `nodes` (a client
+/// that knew the stopped node would try it first for every call), from [`COMMITTERS`] groups at once.
+async fn commit_offsets(setup: &Setup, nodes: &[u64], run: &str, count: u64) {
+    let endpoints = nodes.iter().map(|id| setup.cluster.node(*id).unwrap().grpc_addr()).collect();
+    let client = shale_client::Client::new(test_client_config(endpoints)).unwrap();
+    let tasks: Vec<_> = (0..COMMITTERS)
         .map(|g| {
-            let consumer = setup
-                .client
+            let consumer = client
                 .consumer(ConsumerConfig { group: Some(format!("{run}-group-{g}")), ..ConsumerConfig::default() });
             let topic = setup.topic.clone();
             tokio::spawn(async move {
-                for i in 0..count.div_ceil(4) {
+                for i in 0..count.div_ceil(COMMITTERS) {
                     consumer.commit_offsets(&[(topic.clone(), 0, i + 1)]).await.unwrap();
                 }
             })
