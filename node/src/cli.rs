@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// Most partitions per topic.
     #[arg(long, env = "SHALE_MAX_PARTITIONS_PER_TOPIC")]
     pub max_partitions_per_topic: Option<u32>,
+    /// Snapshot every Raft group after this many entries (0 = only for retention).
+    #[arg(long, env = "SHALE_SNAPSHOT_EVERY_ENTRIES")]
+    pub snapshot_every_entries: Option<u64>,
 }
 
 /// Flags of `dev`.
@@ -168,6 +171,9 @@ impl RunArgs {
         }
         if let Some(v) = self.max_partitions_per_topic {
             c.limits.max_partitions_per_topic = v;
+        }
+        if let Some(v) = self.snapshot_every_entries {
+            c.raft.snapshot_every_entries = v;
         }
         c.validate()?;
         Ok(c)

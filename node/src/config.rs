@@ -62,6 +62,9 @@ pub struct RaftTiming {
     pub election_timeout_max_ms: u64,
     /// Bound on every wait inside a cluster call (commit, read-index).
     pub request_timeout_ms: u64,
+    /// Every Raft group snapshots after this many log entries since its last snapshot; 0 = only
+    /// when retention asks for one.
+    pub snapshot_every_entries: u64,
 }
 
 /// How many election timeouts (the maximum) a metadata leader may go without a quorum
@@ -83,6 +86,7 @@ impl Default for RaftTiming {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             request_timeout_ms: 10_000,
+            snapshot_every_entries: 10_000,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::cli::{OfflineVerify, OnlineVerify};
-use crate::workload::{History, LogRecord, PartitionView, VerifyReport, ViewSource};
+use crate::workload::{History, LogRecord, PartitionView, VerifyReport, ViewSource, parse_record_value};
 
 /// A property that does not hold, with every problem found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,6 +261,77 @@ pub fn acks_in_send_order(history: &History) -> Result<(), Violation> {
     verdict("acknowledged records in send order", problems)
 }
 
+/// **Keep-all replicas are whole**: on a topic without retention limits every replica holds every
+/// record from offset 0, i.e. each replica's own log starts at 0. (A replica that caught up by
+/// installing a snapshot and dropped the history below it starts later: the records there are gone
+/// from that replica even where no acknowledged record happens to sit.)
+pub fn keep_all_replicas_complete(views: &[PartitionView]) -> Result<(), Violation> {
+    let problems = views
+        .iter()
+        .filter(|v| matches!(v.source, ViewSource::Replica(_)) && v.log_start != 0)
+        .map(|v| {
+            format!(
+                "partition {}: {} starts at offset {} (holds [{}, {})), a keep-all replica must start at 0",
+                v.partition, v.source, v.log_start, v.log_start, v.log_end
+            )
+        })
+        .collect();
+    verdict("every replica of a keep-all topic holds the whole log", problems)
+}
+
+/// **Offsets are never reused**: no two acknowledgements (of any run or producer) name the same
+/// partition and offset; a second one means an acknowledged record was overwritten.
+pub fn offsets_never_reused(history: &History) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    let mut seen: HashMap<(u32, u64), &Bytes> = HashMap::new();
+    for ack in &history.acks {
+        if let Some(first) = seen.insert((ack.partition, ack.offset), &ack.value)
+            && *first != ack.value
+        {
+            problems.push(format!(
+                "offset {}/{} acknowledged for {} and again for {}",
+                ack.partition,
+                ack.offset,
+                show(first),
+                show(&ack.value)
+            ));
+        }
+    }
+    verdict("offsets never reused", problems)
+}
+
+/// **Idempotent producers' records are in order, once**: in every view (each replica and the
+/// consumer), the records one producer sent to one partition sit at increasing offsets in the
+/// order it sent them (sequence numbers strictly increase), acknowledged or not: a retried batch
+/// is neither written twice nor written after a later one. Values that are not workload values
+/// are not checked.
+pub fn producer_records_in_order(views: &[PartitionView]) -> Result<(), Violation> {
+    let mut problems = Vec::new();
+    for view in views {
+        // (run, producer) -> (seq, offset) of the last record seen in this view, and where each
+        // (run, producer, seq) was first seen.
+        let mut last: HashMap<(&str, usize), (u64, u64)> = HashMap::new();
+        let mut first: HashMap<(&str, usize, u64), u64> = HashMap::new();
+        for r in &view.records {
+            let Some((run, producer, seq)) = parse_record_value(&r.value) else { continue };
+            let at = format!("{} partition {}: run {run} producer {producer} seq {seq}", view.source, view.partition);
+            if let Some(earlier) = first.insert((run, producer, seq), r.offset) {
+                problems.push(format!("{at} at offset {earlier} and again at offset {}", r.offset));
+                continue;
+            }
+            if let Some((prev_seq, prev_offset)) = last.insert((run, producer), (seq, r.offset))
+                && seq < prev_seq
+            {
+                problems.push(format!(
+                    "{at} at offset {} after its later seq {prev_seq} at offset {prev_offset}",
+                    r.offset
+                ));
+            }
+        }
+    }
+    verdict("each idempotent producer's records in order without duplicates", problems)
+}
+
 /// **No write acknowledged without a majority**: a history recorded while a majority of the nodes
 /// was down holds no acknowledgement, and did try to write.
 pub fn writes_refused(history: &History) -> Result<(), Violation> {
@@ -314,19 +385,24 @@ pub fn disks_undamaged(reports: &[(u64, OfflineVerify)]) -> Result<(), Violation
     verdict("disks undamaged (offline verify)", problems)
 }
 
-/// Runs the three safety checkers (loss, duplicates, agreement) and the order checker, collecting
-/// every violation.
+/// Runs the safety checkers (loss, duplicates, agreement, offsets never reused, and for a keep-all
+/// topic whole replicas) and the order checkers (acknowledgements and each producer's records in
+/// every view), collecting every violation.
 pub fn check_all(
     history: &History,
     views: &[PartitionView],
     verify: &[VerifyReport],
     expected_replicas: usize,
+    keep_all: bool,
 ) -> Result<(), Vec<Violation>> {
     let violations: Vec<Violation> = [
         no_acknowledged_record_lost(history, views),
         no_duplicates(views),
         replicas_agree(views, verify, expected_replicas),
+        if keep_all { keep_all_replicas_complete(views) } else { Ok(()) },
+        offsets_never_reused(history),
         acks_in_send_order(history),
+        producer_records_in_order(views),
     ]
     .into_iter()
     .filter_map(Result::err)
@@ -429,7 +505,7 @@ mod tests {
     fn a_consistent_run_passes_every_checker() {
         let (history, views, verify) = scenario();
         assert!(history.acks.len() > 8 && history.unacked.len() == 2);
-        check_all(&history, &views, &verify, 3).unwrap();
+        check_all(&history, &views, &verify, 3, true).unwrap();
     }
 
     #[test]
@@ -608,6 +684,68 @@ mod tests {
             history.acks.iter().map(|a| Ack { run: "later".into(), offset: a.offset + 1_000, ..a.clone() }).collect();
         history.acks.extend(later);
         acks_in_send_order(&history).unwrap();
+    }
+
+    #[test]
+    fn a_keep_all_replica_that_lost_its_head_is_incomplete() {
+        let (history, mut views, verify) = scenario();
+        keep_all_replicas_complete(&views).unwrap();
+        // Replica 3 restarted its log at a snapshot: no acknowledged record sits below, so only
+        // the whole-log check sees it.
+        let cut = replica(&mut views, 3, 1);
+        cut.log_start = 1;
+        let err = keep_all_replicas_complete(&views).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("replica 3 starts at offset 1"), "{err}");
+        assert!(check_all(&history, &views, &verify, 3, true).is_err());
+        check_all(&history, &views, &verify, 3, false).unwrap();
+    }
+
+    #[test]
+    fn two_acks_for_one_offset_are_a_reused_offset() {
+        let (mut history, _, _) = scenario();
+        offsets_never_reused(&history).unwrap();
+        // The same record acknowledged twice at its offset (a retry answered from the table) is fine.
+        let again = history.acks[0].clone();
+        history.acks.push(again);
+        offsets_never_reused(&history).unwrap();
+        let mut other = history.acks[1].clone();
+        other.partition = history.acks[0].partition;
+        other.offset = history.acks[0].offset;
+        history.acks.push(other);
+        let err = offsets_never_reused(&history).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("acknowledged for"), "{err}");
+    }
+
+    #[test]
+    fn a_producer_record_out_of_order_or_twice_in_a_view_is_reported() {
+        let (_, views, _) = scenario();
+        producer_records_in_order(&views).unwrap();
+        // Swap the values of two records of one producer in one replica's log.
+        let (_, mut views, _) = scenario();
+        let log = replica(&mut views, 2, 0);
+        let first = parse_record_value(&log.records[0].value).unwrap().1;
+        let j =
+            log.records.iter().rposition(|r| parse_record_value(&r.value).is_some_and(|(_, p, _)| p == first)).unwrap();
+        let (a, b) = (log.records[0].value.clone(), log.records[j].value.clone());
+        log.records[0].value = b;
+        log.records[j].value = a;
+        let err = producer_records_in_order(&views).unwrap_err();
+        assert!(err.problems.iter().all(|p| p.starts_with("replica 2 partition 0")), "{err}");
+        assert!(err.problems.iter().any(|p| p.contains("after its later seq")), "{err}");
+        // A retried batch written a second time, later in the consumer's view.
+        let (_, mut views, _) = scenario();
+        let consumer = views.iter_mut().find(|v| v.source == ViewSource::Consumer && v.partition == 1).unwrap();
+        let again = LogRecord { offset: consumer.log_end, ..consumer.records[0].clone() };
+        consumer.records.push(again);
+        consumer.log_end += 1;
+        let err = producer_records_in_order(&views).unwrap_err();
+        assert!(err.problems[0].contains("again"), "{err}");
+        // Values that are not the workload's are not judged.
+        let (_, mut views, _) = scenario();
+        replica(&mut views, 1, 0).records[0].value = Bytes::from_static(b"not a workload value");
+        producer_records_in_order(&views).unwrap();
     }
 
     #[test]

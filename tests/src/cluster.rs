@@ -56,6 +56,20 @@ impl NodeContainer {
     }
 }
 
+/// How a cluster's nodes differ from the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra environment for every node (e.g. `SHALE_SNAPSHOT_EVERY_ENTRIES`).
+    pub env: Vec<(String, String)>,
+    /// Nodes whose `/data` is a size-limited volume of this many MiB (a `tmpfs` volume, kept
+    /// mounted across the node's restarts by a holder container), so a test can fill it with
+    /// [`ContainerCluster::fill_disk`].
+    pub small_volumes_mib: BTreeMap<u64, u64>,
+}
+
+/// The file [`ContainerCluster::fill_disk`] writes into a node's `/data`.
+pub const FILLER: &str = "shale-test-filler";
+
 /// A running cluster of containers; see the module docs.
 #[derive(Debug)]
 pub struct ContainerCluster {
@@ -65,6 +79,8 @@ pub struct ContainerCluster {
     nodes: Vec<NodeContainer>,
     peers: String,
     extra_env: Vec<(String, String)>,
+    /// Node id -> (holder container, volume size in MiB) of the size-limited volumes.
+    holders: BTreeMap<u64, (String, u64)>,
 }
 
 impl ContainerCluster {
@@ -76,6 +92,12 @@ impl ContainerCluster {
 
     /// As [`ContainerCluster::start`], with extra environment for every node.
     pub async fn start_with_env(size: u64, extra_env: Vec<(String, String)>) -> Result<Self, HarnessError> {
+        Self::start_with(size, ClusterOptions { env: extra_env, ..ClusterOptions::default() }).await
+    }
+
+    /// As [`ContainerCluster::start`], with [`ClusterOptions`].
+    pub async fn start_with(size: u64, options: ClusterOptions) -> Result<Self, HarnessError> {
+        let ClusterOptions { env: extra_env, small_volumes_mib } = options;
         if size == 0 || size > 9 {
             return Err(HarnessError::Usage(format!("cluster size {size} is not in 1..=9")));
         }
@@ -93,8 +115,11 @@ impl ContainerCluster {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc_addr())).collect::<Vec<_>>().join(",");
-        let cluster = Self { name, network, image, nodes, peers, extra_env };
+        let mut cluster = Self { name, network, image, nodes, peers, extra_env, holders: BTreeMap::new() };
         tracing::info!(cluster = %cluster.name, peers = %cluster.peers, "starting a container cluster");
+        for (id, mib) in small_volumes_mib {
+            cluster.create_small_volume(id, mib).await?;
+        }
         for id in 1..=size {
             cluster.run_node(id).await?;
         }
@@ -178,6 +203,93 @@ impl ContainerCluster {
         }
     }
 
+    /// Creates node `id`'s volume as a `tmpfs` of `mib` MiB owned by the image's user, and starts a
+    /// holder container that keeps it mounted (a tmpfs volume is emptied when no container has it
+    /// mounted, so without one a restart of the node would wipe it). The holder runs the image's
+    /// single-node dev mode in memory, on no network.
+    async fn create_small_volume(&mut self, id: u64, mib: u64) -> Result<(), HarnessError> {
+        let node = self.node(id)?.clone();
+        docker(&[
+            "volume",
+            "create",
+            "--driver",
+            "local",
+            "--opt",
+            "type=tmpfs",
+            "--opt",
+            "device=tmpfs",
+            "--opt",
+            &format!("o=size={mib}m,uid=10001,gid=10001,mode=0755"),
+            "--label",
+            &format!("{LABEL}={}", self.name),
+            &node.volume,
+        ])
+        .await?;
+        let holder = format!("{}-holder-{id}", self.name);
+        let spec = RunSpec {
+            name: holder.clone(),
+            image: self.image.clone(),
+            network: Some("none".to_string()),
+            env: vec![("RUST_LOG".to_string(), "error".to_string())],
+            volumes: vec![(node.volume.clone(), "/data".to_string())],
+            labels: vec![(LABEL.to_string(), self.name.clone())],
+            args: vec!["dev".into(), "--memory".into(), "--nodes".into(), "1".into()],
+            ..RunSpec::default()
+        };
+        docker::run(&spec).await?;
+        self.holders.insert(id, (holder, mib));
+        Ok(())
+    }
+
+    fn holder(&self, id: u64) -> Result<&(String, u64), HarnessError> {
+        self.holders.get(&id).ok_or_else(|| {
+            HarnessError::Usage(format!("node {id} of {} has no size-limited volume (ClusterOptions)", self.name))
+        })
+    }
+
+    /// Fills node `id`'s size-limited volume: copies a file larger than the volume into its `/data`
+    /// (as [`FILLER`]); the copy stops at "no space left on device" and leaves the volume full.
+    pub async fn fill_disk(&self, id: u64) -> Result<(), HarnessError> {
+        let (holder, mib) = self.holder(id)?.clone();
+        let dir = crate::paths::target_dir().join("shale-tests").join(format!("filler-{}", std::process::id()));
+        let file = dir.join(FILLER);
+        let bytes = (mib + 1) << 20;
+        let io = |action| {
+            let file = file.clone();
+            move |source| HarnessError::Io { action, path: file, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("creating the directory of"))?;
+        let f = std::fs::File::create(&file).map_err(io("creating"))?;
+        // Real zeros (not a sparse file): the copy must write every byte.
+        std::io::Write::write_all(&mut std::io::BufWriter::new(f), &vec![0u8; bytes as usize])
+            .map_err(io("writing"))?;
+        tracing::info!(node = id, mib, "filling the data volume");
+        let result = docker(&["cp", &file.to_string_lossy(), &format!("{holder}:/data/{FILLER}")]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Err(HarnessError::Command { stderr, .. }) if stderr.contains("no space left on device") => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(HarnessError::Usage(format!("a {mib} MiB volume took {bytes} bytes without filling up"))),
+        }
+    }
+
+    /// Gives the space [`ContainerCluster::fill_disk`] took back (the filler is replaced by an
+    /// empty file: the image has no shell to delete it with).
+    pub async fn free_disk(&self, id: u64) -> Result<(), HarnessError> {
+        let (holder, _) = self.holder(id)?.clone();
+        let dir = crate::paths::target_dir().join("shale-tests").join(format!("empty-{}", std::process::id()));
+        let file = dir.join(FILLER);
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, b"")).map_err(|source| HarnessError::Io {
+            action: "creating",
+            path: file.clone(),
+            source,
+        })?;
+        tracing::info!(node = id, "freeing the data volume");
+        let result = docker(&["cp", &file.to_string_lossy(), &format!("{holder}:/data/{FILLER}")]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result.map(drop)
+    }
+
     async fn run_node(&self, id: u64) -> Result<(), HarnessError> {
         let node = self.node(id)?;
         docker::run(&self.spec(node)).await?;
@@ -227,6 +339,37 @@ impl ContainerCluster {
     pub async fn stop(&self, id: u64, grace: Duration) -> Result<(), HarnessError> {
         tracing::info!(node = id, "SIGTERM (docker stop)");
         docker(&["stop", "--time", &grace.as_secs().max(1).to_string(), &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// `docker restart` (SIGTERM, then SIGKILL after `grace`, then start again).
+    pub async fn restart(&self, id: u64, grace: Duration) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "restart (docker restart)");
+        docker(&["restart", "--time", &grace.as_secs().max(1).to_string(), &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// `docker pause`: every process of the node is frozen (cgroup freezer); its connections stay open.
+    pub async fn pause(&self, id: u64) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "pause");
+        docker(&["pause", &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// `docker unpause`.
+    pub async fn unpause(&self, id: u64) -> Result<(), HarnessError> {
+        tracing::info!(node = id, "unpause");
+        docker(&["unpause", &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the node's process.
+    pub async fn signal(&self, id: u64, signal: &str) -> Result<(), HarnessError> {
+        tracing::info!(node = id, signal, "signal");
+        docker(&["kill", "--signal", signal, &self.node(id)?.container]).await.map(drop)
+    }
+
+    /// The node's whole log (stdout and stderr).
+    pub async fn logs(&self, id: u64) -> Result<String, HarnessError> {
+        let container = self.node(id)?.container.clone();
+        let (_, out) = docker::run_capture("docker", &["logs", &container], Duration::from_secs(60)).await?;
+        Ok(format!("{}{}", out.stdout, out.stderr))
     }
 
     /// Whether the node's container is running.
@@ -395,7 +538,8 @@ impl Drop for ContainerCluster {
             eprintln!("SHALE_TEST_KEEP=1: leaving {} (containers, volumes, network) in place", self.name);
             return;
         }
-        let containers: Vec<&str> = self.nodes.iter().map(|n| n.container.as_str()).collect();
+        let mut containers: Vec<&str> = self.nodes.iter().map(|n| n.container.as_str()).collect();
+        containers.extend(self.holders.values().map(|(h, _)| h.as_str()));
         let mut args = vec!["rm", "--force", "--volumes"];
         args.extend(&containers);
         if let Err(e) = docker_blocking(&args) {

@@ -9,7 +9,7 @@ use shale_client::{Client, NewTopic};
 
 use crate::checkers;
 use crate::cli;
-use crate::cluster::ContainerCluster;
+use crate::cluster::{ClusterOptions, ContainerCluster};
 use crate::error::HarnessError;
 use crate::workload::{self, History, Workload, WorkloadConfig};
 
@@ -23,6 +23,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(15);
 pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the workload making progress (availability) while a majority is up.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The snapshot interval of the clusters that drive nodes past snapshots (`raft.snapshot_every_entries`;
+/// the default, 10 000, would take minutes of writes per snapshot).
+pub const SMALL_SNAPSHOT_EVERY: u64 = 500;
+
+/// Node environment making every Raft group snapshot every `entries` entries.
+pub fn snapshot_env(entries: u64) -> Vec<(String, String)> {
+    vec![("SHALE_SNAPSHOT_EVERY_ENTRIES".to_string(), entries.to_string())]
+}
 
 /// A started cluster with a topic and a client.
 #[derive(Debug)]
@@ -41,8 +49,13 @@ impl Setup {
     /// Starts three nodes and creates `topic` with `partitions` partitions, 3 replicas each, then
     /// waits until every partition has a leader.
     pub async fn start(topic: &str, partitions: u32) -> Result<Self, HarnessError> {
+        Self::start_with(topic, partitions, ClusterOptions::default()).await
+    }
+
+    /// As [`Setup::start`], with the nodes set up by `options`.
+    pub async fn start_with(topic: &str, partitions: u32, options: ClusterOptions) -> Result<Self, HarnessError> {
         crate::init_logging();
-        let cluster = ContainerCluster::start(3).await?;
+        let cluster = ContainerCluster::start_with(3, options).await?;
         let client = cluster.client()?;
         client
             .admin()
@@ -63,6 +76,54 @@ impl Setup {
     /// Starts a workload whose values are tagged `run`.
     pub fn start_workload(&self, run: &str) -> Result<Workload, HarnessError> {
         Workload::start(run, &self.workload_config())
+    }
+
+    /// The highest log end of each partition among `nodes`' own replicas (local reads).
+    pub async fn log_ends(&self, nodes: &[u64]) -> Result<BTreeMap<u32, u64>, HarnessError> {
+        let mut ends = BTreeMap::new();
+        for p in 0..self.partitions {
+            let mut best = None;
+            let mut last_err = None;
+            for id in nodes {
+                match workload::replica_bounds(&self.cluster.node(*id)?.grpc_addr(), &self.topic, p).await {
+                    Ok((_, end)) => best = best.max(Some(end)),
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (best, last_err) {
+                (Some(end), _) => ends.insert(p, end),
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Err(HarnessError::Usage("log_ends of no nodes".into())),
+            };
+        }
+        Ok(ends)
+    }
+
+    /// Waits until every partition's log (as the highest of `nodes`' replicas holds it) grew by at
+    /// least `by` entries past `from`; answers the new ends.
+    pub async fn wait_log_growth(
+        &self,
+        nodes: &[u64],
+        from: &BTreeMap<u32, u64>,
+        by: u64,
+        timeout: Duration,
+    ) -> Result<BTreeMap<u32, u64>, HarnessError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ends = self.log_ends(nodes).await;
+            if let Ok(ends) = &ends
+                && from.iter().all(|(p, start)| ends.get(p).is_some_and(|end| *end >= start + by))
+            {
+                return Ok(ends.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!("the logs of {} to grow by {by} entries from {from:?} (now {ends:?})", self.topic),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// After the faults are healed: waits for the replicas to converge, reads every replica and a
@@ -102,7 +163,7 @@ impl Setup {
         let records_per_replica: usize =
             views.iter().filter(|v| v.source == workload::ViewSource::Replica(1)).map(|v| v.records.len()).sum();
         let mut violations =
-            checkers::check_all(history, &views, &verify, REPLICATION as usize).err().unwrap_or_default();
+            checkers::check_all(history, &views, &verify, REPLICATION as usize, true).err().unwrap_or_default();
         let failed =
             |property: &'static str, problem: String| checkers::Violation { property, problems: vec![problem] };
         if let Some(error) = verify_error {

@@ -130,6 +130,18 @@ pub fn record_value(run: &str, producer: usize, seq: u64) -> Bytes {
     Bytes::from(format!("{run}/p{producer:02}/s{seq:09}"))
 }
 
+/// `(run, producer, seq)` of a value [`record_value`] made; `None` for any other value.
+pub fn parse_record_value(value: &[u8]) -> Option<(&str, usize, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (rest, seq) = text.rsplit_once("/s")?;
+    let (run, producer) = rest.rsplit_once("/p")?;
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if run.is_empty() || !all_digits(producer) || !all_digits(seq) {
+        return None;
+    }
+    Some((run, producer.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Running producers.
 #[derive(Debug)]
 pub struct Workload {
@@ -580,4 +592,21 @@ pub async fn verify_all(
         }
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_values_parse_back() {
+        let v = record_value("snap-follower", 7, 1_234);
+        assert_eq!(parse_record_value(&v), Some(("snap-follower", 7, 1_234)));
+        // A run name may itself hold the separators.
+        let v = record_value("a/pb/sc", 0, 0);
+        assert_eq!(parse_record_value(&v), Some(("a/pb/sc", 0, 0)));
+        for other in [&b"hello"[..], b"run/p01/sxyz", b"run/p/s000000001", b"/p01/s000000001", &[0xff, 0xfe]] {
+            assert_eq!(parse_record_value(other), None, "{other:?}");
+        }
+    }
 }

@@ -67,7 +67,7 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
     workload::wait_replicas_converged(&grpc, "compose", 1, Duration::from_secs(60)).await.unwrap();
     let views = workload::read_all_replicas(&grpc, "compose", 1).await.unwrap();
     let verify = workload::verify_all(&client, "compose", 1, &BTreeMap::new()).await.unwrap();
-    if let Err(violations) = checkers::check_all(&history, &views, &verify, 3) {
+    if let Err(violations) = checkers::check_all(&history, &views, &verify, 3, true) {
         panic!("{}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
     }
     eprintln!("compose project {}: 20 records on every node", project.name());
