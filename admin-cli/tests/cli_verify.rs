@@ -14,10 +14,12 @@ fn json(o: &std::process::Output) -> Value {
     serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
 }
 
-/// 4 KiB segments, so a few dozen records seal several; no retention pass of its own during the test.
+/// 4 KiB segments, so a few dozen records seal several; no retention pass of its own during the test,
+/// and no background scrubber (it would find and repair the damage these tests plant for `verify`).
 fn small_segments(c: &mut NodeConfig) {
     c.segment_bytes = 4096;
     c.retention_interval_ms = 3_600_000;
+    c.scrub.enabled = false;
 }
 
 /// `n` records of about 100 bytes: `entry-0000 ...`.

@@ -338,7 +338,17 @@ async fn a_wiped_follower_is_refilled_without_hurting_the_leader() {
     c.node(wiped).stop().await;
     // The disk is replaced: the node restarts empty with the same id and address.
     let dir = c.node(wiped).dir.clone();
-    std::fs::remove_dir_all(&dir).unwrap();
+    // The stopped node's storage may still be finishing its clean close (index files) on a
+    // blocking thread; wipe once it has.
+    for attempt in 0.. {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => break,
+            Err(e) if attempt < 50 && e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("wiping {}: {e}", dir.display()),
+        }
+    }
     std::fs::create_dir_all(&dir).unwrap();
     c.node(wiped).restart(group_config()).await;
     for i in 40..60u64 {
