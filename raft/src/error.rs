@@ -86,6 +86,16 @@ pub enum RaftError {
         timeout_ms: u64,
     },
 
+    /// The leader could not confirm with a quorum in time (a read index, or a write that needs one):
+    /// retryable, the quorum may be back a moment later.
+    #[error("group {group}: no quorum answered in time: {reason}")]
+    NoQuorum {
+        /// The group.
+        group: GroupId,
+        /// openraft's account of it.
+        reason: String,
+    },
+
     /// A peer could not be reached or answered with a transport error.
     #[error("network error talking to node {peer}: {reason}")]
     Network {

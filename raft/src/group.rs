@@ -292,8 +292,10 @@ impl RaftGroup {
     pub async fn ensure_linearizable(&self) -> Result<u64, RaftError> {
         let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
             OpenraftError::APIError(LinearizableReadError::ForwardToLeader(f)) => self.not_leader(&f),
-            // The leader could not confirm its leadership with a quorum in time.
-            OpenraftError::APIError(e) => RaftError::Openraft { group: self.id, reason: e.to_string() },
+            // The leader could not confirm its leadership with a quorum in time: retryable.
+            OpenraftError::APIError(e @ LinearizableReadError::QuorumNotEnough(_)) => {
+                RaftError::NoQuorum { group: self.id, reason: e.to_string() }
+            }
             OpenraftError::Fatal(f) => self.fatal(&f),
         })?;
         Ok(read.index())

@@ -47,7 +47,9 @@ fn raft_error(message: String, err: RaftError) -> Status {
         RaftError::NotLeader { leader, .. } => not_leader(message, leader),
         RaftError::OffsetOutOfRange { log_start, next, .. } => out_of_range(message, log_start, next),
         RaftError::Timeout { .. } => status(ErrorCode::Timeout, message),
-        RaftError::Network { .. } | RaftError::ShuttingDown { .. } => status(ErrorCode::Unavailable, message),
+        RaftError::Network { .. } | RaftError::ShuttingDown { .. } | RaftError::NoQuorum { .. } => {
+            status(ErrorCode::Unavailable, message)
+        }
         RaftError::MembershipChange { .. } => status(ErrorCode::FailedPrecondition, message),
         RaftError::Storage { source, .. } => storage_error(message, &source),
         _ => status(ErrorCode::Internal, message),
