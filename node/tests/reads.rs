@@ -310,7 +310,7 @@ async fn an_idempotent_producer_rides_through_node_stops_with_every_record_ackno
     let client = Client::new(config).expect("client");
     client.partition_count("ride").await.expect("topic known");
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
-    const TOTAL: u32 = 1_000;
+    const TOTAL: u32 = 600;
     let producing = tokio::spawn(async move {
         let producer = client.producer(ProducerConfig { linger_ms: 1, ..ProducerConfig::default() });
         let mut pending = std::collections::VecDeque::new();
@@ -330,12 +330,12 @@ async fn an_idempotent_producer_rides_through_node_stops_with_every_record_ackno
     });
     let mut results = Vec::new();
     // 1. Stop the leader of partition 0 gracefully (as SIGTERM) mid-loop, then bring it back.
-    recv(&mut acked_rx, &mut results, 150).await;
+    recv(&mut acked_rx, &mut results, 100).await;
     let first = c.leader("ride", 0).await;
     c.nodes.stop(first).await.expect("clean stop");
-    recv(&mut acked_rx, &mut results, 350).await;
+    recv(&mut acked_rx, &mut results, 250).await;
     c.nodes.restart(first).await.expect("restart");
-    recv(&mut acked_rx, &mut results, 500).await;
+    recv(&mut acked_rx, &mut results, 350).await;
     // 2. Take the quorum away (stop both followers of partition 0) for longer than several
     //    request timeouts, then restore it.
     let leader = c.leader("ride", 0).await;
