@@ -37,7 +37,9 @@ async fn metadata_leader(c: &TestCluster, probe: u64) -> u64 {
 }
 
 /// Produces `n` records spread over every partition of `topic`; returns (partition, offset) ->
-/// (value, chain hash) of every acknowledged one.
+/// (value, chain hash) of every acknowledged one. A record whose send fails (a metadata read
+/// that found no quorum on a loaded machine answers INTERNAL, which the client does not retry)
+/// is sent again, alone.
 async fn produce(
     c: &TestCluster,
     topic: &str,
@@ -50,15 +52,40 @@ async fn produce(
     for i in 0..n {
         let value = format!("{tag}-{i}");
         let record = ProducerRecord::new(topic, value.clone()).partition(i % partitions);
-        pending.push((value, producer.send(record).await.expect("queued")));
+        pending.push((value, record.clone(), producer.send(record).await));
     }
     let mut acked = BTreeMap::new();
-    for (value, delivery) in pending {
-        let meta = delivery.await.expect("acknowledged");
+    for (value, record, queued) in pending {
+        let first = match queued {
+            Ok(delivery) => delivery.await,
+            Err(e) => Err(e),
+        };
+        let meta = match first {
+            Ok(meta) => meta,
+            Err(e) => {
+                eprintln!("produce {value}: {e}; sending it again");
+                eventually("a record acknowledged", WAIT, || async {
+                    producer.send_and_wait(record.clone()).await.map_err(|e| eprintln!("produce {value}: {e}")).ok()
+                })
+                .await
+            }
+        };
         acked.insert((meta.partition, meta.offset), (value, meta.chain_hash));
     }
     producer.close().await.expect("producer closes");
     acked
+}
+
+/// Creates a topic and waits until every running node has applied it and every partition has a
+/// leader.
+async fn create_topic(c: &TestCluster, nodes: &[u64], name: &str, partitions: u32) {
+    c.client().admin().create_topic(NewTopic::new(name, partitions, 3)).await.expect("create topic");
+    eventually("the topic everywhere, with leaders", WAIT, || async {
+        let known = nodes.iter().all(|id| c.node(*id).cluster().local_topics().iter().any(|t| t.name == name));
+        let led = (0..partitions).all(|p| nodes.iter().any(|id| c.node(*id).cluster().leader_of(name, p).is_some()));
+        (known && led).then_some(())
+    })
+    .await;
 }
 
 /// Every record node `id`'s own replica of `topic/partition` holds (read on that node only).
@@ -162,7 +189,7 @@ async fn adding_an_unreachable_node_fails_and_topics_stay_on_caught_up_members()
     assert!(meta.replica_lag.iter().all(|(id, _)| *id != 9), "node 9 was removed as a learner too: {meta:?}");
 
     // A topic created next lives on the three members only and is fully available.
-    admin.create_topic(NewTopic::new("after", 3, 3)).await.expect("create topic");
+    create_topic(&c, &[1, 2, 3], "after", 3).await;
     let (_, replicas) = assignments(&c, "after").await;
     for ids in replicas.values() {
         let set: BTreeSet<u64> = ids.iter().copied().collect();
@@ -178,7 +205,7 @@ async fn adding_an_unreachable_node_fails_and_topics_stay_on_caught_up_members()
 async fn removing_one_of_four_nodes_moves_its_replicas_and_keeps_three_copies() {
     let c = TestCluster::start(4).await;
     let admin = c.client().admin();
-    admin.create_topic(NewTopic::new("moved", 4, 3)).await.expect("create topic");
+    create_topic(&c, &[1, 2, 3, 4], "moved", 4).await;
     let mut acked = produce(&c, "moved", 4, "before", 80).await;
     let ml = metadata_leader(&c, 1).await;
     let victim = (1..=4).rev().find(|id| *id != ml).expect("a node that does not lead the metadata");
@@ -243,7 +270,7 @@ async fn removing_one_of_four_nodes_moves_its_replicas_and_keeps_three_copies() 
 async fn removing_one_of_three_nodes_under_replicates_and_adding_it_back_restores_three_copies() {
     let c = TestCluster::start(3).await;
     let admin = c.client().admin();
-    admin.create_topic(NewTopic::new("thin", 2, 3)).await.expect("create topic");
+    create_topic(&c, &[1, 2, 3], "thin", 2).await;
     let mut acked = produce(&c, "thin", 2, "before", 40).await;
     let ml = metadata_leader(&c, 1).await;
     let victim = (1..=3).rev().find(|id| *id != ml).expect("a node that does not lead the metadata");
