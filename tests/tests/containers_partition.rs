@@ -35,27 +35,23 @@ async fn isolating_the_leader_keeps_the_majority_available_and_loses_nothing() {
     }
 }
 
-/// Every group's (leader, term) as the majority sees it, for the groups `isolated` neither leads
-/// nor is the preferred leader of (the preferred-leader rule may legitimately hand those back).
-async fn leaders_not_tied_to(
+/// Every group's term as `observer` sees it.
+async fn terms(
     cluster: &shale_tests::cluster::ContainerCluster,
     observer: u64,
-    isolated: u64,
-) -> std::collections::BTreeMap<String, (u64, u64)> {
+) -> std::collections::BTreeMap<String, u64> {
     let status = cluster.status_of(observer).await.expect("cluster status");
-    status
-        .meta
-        .iter()
-        .chain(status.partitions.iter())
-        .filter(|g| g.leader_id != isolated && g.replicas.first() != Some(&isolated))
-        .map(|g| (g.name.clone(), (g.leader_id, g.term)))
-        .collect()
+    status.meta.iter().chain(status.partitions.iter()).map(|g| (g.name.clone(), g.term)).collect()
 }
 
-/// Pre-vote: a follower cut off for many election timeouts does not raise its term while alone,
-/// so when it comes back no leader it did not hold changes and no term moves.
+/// Pre-vote: a follower cut off for many election timeouts does not raise its terms while alone
+/// (without pre-vote they climb by one per election timeout, ~13 in 8 s), so when it comes back
+/// it does not depose the leaders with a higher term. Terms may still move by the elections the
+/// cut itself causes (the groups it led elect a new leader, which may later hand leadership back to
+/// it as preferred leader), so the bound is a few terms, not equality: leader changes under a
+/// loaded 2-core machine can also come from late heartbeats, which this test must not flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_rejoining_after_a_partition_changes_no_leader() {
+async fn a_follower_rejoining_after_a_partition_does_not_inflate_terms() {
     let setup = Setup::start("prevote", 3).await.unwrap();
     let cluster = &setup.cluster;
     let ids = cluster.ids();
@@ -64,26 +60,27 @@ async fn a_follower_rejoining_after_a_partition_changes_no_leader() {
 
     let meta_leader = cluster.wait_metadata_leader(&ids, ELECTION_TIMEOUT).await.unwrap();
     let isolated = *ids.iter().find(|id| **id != meta_leader).unwrap();
-    let observer = meta_leader;
+    let before = terms(cluster, meta_leader).await;
     let majority: Vec<u64> = ids.iter().copied().filter(|id| *id != isolated).collect();
     cluster.disconnect(isolated).await.unwrap();
     for p in 0..setup.partitions {
         cluster.wait_partition_leader("prevote", p, &majority, ELECTION_TIMEOUT).await.unwrap();
     }
-    // Well past the election timeout (300-600 ms): without pre-vote the isolated node's terms
-    // climb by one per timeout.
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     workload.wait_for_more_acks(100, PROGRESS_TIMEOUT).await.unwrap();
-    let before = leaders_not_tied_to(cluster, observer, isolated).await;
-    assert!(before.contains_key("meta"), "the metadata group is compared: {before:?}");
 
     cluster.connect(isolated).await.unwrap();
     cluster.wait_ready(isolated, READY_TIMEOUT).await.unwrap();
     workload.wait_for_more_acks(100, PROGRESS_TIMEOUT).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let after = leaders_not_tied_to(cluster, observer, isolated).await;
-    for (group, was) in &before {
-        assert_eq!(after.get(group), Some(was), "group {group}: (leader, term) changed when node {isolated} rejoined");
+    for id in &ids {
+        let after = terms(cluster, *id).await;
+        for (group, was) in &before {
+            let now = after.get(group).copied().unwrap_or(0);
+            assert!(
+                now <= was + 3,
+                "group {group} on node {id}: term {was} -> {now} after node {isolated} rejoined (terms before {before:?}, now {after:?})"
+            );
+        }
     }
 
     let history = workload.stop().await;
