@@ -101,8 +101,7 @@ impl Producer {
     async fn stop(self) -> Vec<Acked> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        let acked = self.acked.lock().clone();
-        acked
+        self.acked.lock().clone()
     }
 }
 
