@@ -303,14 +303,22 @@ pub fn offsets_never_reused(history: &History) -> Result<(), Violation> {
 /// **Idempotent producers' records are in order, once**: in every view (each replica and the
 /// consumer), the records one producer sent to one partition sit at increasing offsets in the
 /// order it sent them (sequence numbers strictly increase), acknowledged or not: a retried batch
-/// is neither written twice nor written after a later one. Values that are not workload values
-/// are not checked.
-pub fn producer_records_in_order(views: &[PartitionView]) -> Result<(), Violation> {
+/// is neither written twice nor written after a later one (a batch the client gave up on that
+/// reached the leader late, after later batches, breaks the order). Values that are not workload
+/// values are not checked. Each problem says whether the two records were acknowledged.
+pub fn producer_records_in_order(history: &History, views: &[PartitionView]) -> Result<(), Violation> {
+    let outcome: HashMap<&Bytes, String> = history
+        .acks
+        .iter()
+        .map(|a| (&a.value, format!("acked at {}", a.offset)))
+        .chain(history.unacked.iter().map(|u| (&u.value, format!("not acked: {}", u.error))))
+        .collect();
+    let outcome_of = |v: &Bytes| outcome.get(v).cloned().unwrap_or_else(|| "never sent".to_string());
     let mut problems = Vec::new();
     for view in views {
         // (run, producer) -> (seq, offset) of the last record seen in this view, and where each
         // (run, producer, seq) was first seen.
-        let mut last: HashMap<(&str, usize), (u64, u64)> = HashMap::new();
+        let mut last: HashMap<(&str, usize), (u64, u64, &Bytes)> = HashMap::new();
         let mut first: HashMap<(&str, usize, u64), u64> = HashMap::new();
         for r in &view.records {
             let Some((run, producer, seq)) = parse_record_value(&r.value) else { continue };
@@ -319,12 +327,14 @@ pub fn producer_records_in_order(views: &[PartitionView]) -> Result<(), Violatio
                 problems.push(format!("{at} at offset {earlier} and again at offset {}", r.offset));
                 continue;
             }
-            if let Some((prev_seq, prev_offset)) = last.insert((run, producer), (seq, r.offset))
+            if let Some((prev_seq, prev_offset, prev_value)) = last.insert((run, producer), (seq, r.offset, &r.value))
                 && seq < prev_seq
             {
                 problems.push(format!(
-                    "{at} at offset {} after its later seq {prev_seq} at offset {prev_offset}",
-                    r.offset
+                    "{at} ({}) at offset {} after its later seq {prev_seq} ({}) at offset {prev_offset}",
+                    outcome_of(&r.value),
+                    r.offset,
+                    outcome_of(prev_value)
                 ));
             }
         }
@@ -402,7 +412,7 @@ pub fn check_all(
         if keep_all { keep_all_replicas_complete(views) } else { Ok(()) },
         offsets_never_reused(history),
         acks_in_send_order(history),
-        producer_records_in_order(views),
+        producer_records_in_order(history, views),
     ]
     .into_iter()
     .filter_map(Result::err)
@@ -720,8 +730,8 @@ mod tests {
 
     #[test]
     fn a_producer_record_out_of_order_or_twice_in_a_view_is_reported() {
-        let (_, views, _) = scenario();
-        producer_records_in_order(&views).unwrap();
+        let (history, views, _) = scenario();
+        producer_records_in_order(&history, &views).unwrap();
         // Swap the values of two records of one producer in one replica's log.
         let (_, mut views, _) = scenario();
         let log = replica(&mut views, 2, 0);
@@ -731,21 +741,23 @@ mod tests {
         let (a, b) = (log.records[0].value.clone(), log.records[j].value.clone());
         log.records[0].value = b;
         log.records[j].value = a;
-        let err = producer_records_in_order(&views).unwrap_err();
+        let err = producer_records_in_order(&history, &views).unwrap_err();
         assert!(err.problems.iter().all(|p| p.starts_with("replica 2 partition 0")), "{err}");
         assert!(err.problems.iter().any(|p| p.contains("after its later seq")), "{err}");
+        // Each problem says what became of the two records.
+        assert!(err.problems.iter().all(|p| p.contains("(acked at") || p.contains("(not acked:")), "{err}");
         // A retried batch written a second time, later in the consumer's view.
         let (_, mut views, _) = scenario();
         let consumer = views.iter_mut().find(|v| v.source == ViewSource::Consumer && v.partition == 1).unwrap();
         let again = LogRecord { offset: consumer.log_end, ..consumer.records[0].clone() };
         consumer.records.push(again);
         consumer.log_end += 1;
-        let err = producer_records_in_order(&views).unwrap_err();
+        let err = producer_records_in_order(&history, &views).unwrap_err();
         assert!(err.problems[0].contains("again"), "{err}");
         // Values that are not the workload's are not judged.
         let (_, mut views, _) = scenario();
         replica(&mut views, 1, 0).records[0].value = Bytes::from_static(b"not a workload value");
-        producer_records_in_order(&views).unwrap();
+        producer_records_in_order(&history, &views).unwrap();
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!
 //! `SHALE_CHAOS_SECS` sets the length of the fault phase (default 300; CI runs the default).
 //! `SHALE_CHAOS_SEED` replays a run: the seed is printed at the start, and the same seed gives the
-//! same sequence of faults, victims and durations.
+//! same sequence of faults, victims (a node id, or a role such as "metadata leader", whose holder
+//! is up to the cluster) and durations.
 
 use std::time::Duration;
 

@@ -47,7 +47,7 @@ async fn a_full_disk_on_one_node_loses_nothing_and_the_node_catches_up_once_spac
     };
     eprintln!("full-disk: node {FULL} logged: {logged}");
     // The majority keeps accepting writes.
-    workload.wait_for_more_acks(600, PROGRESS_TIMEOUT).await.unwrap();
+    workload.wait_for_more_acks(1_500, PROGRESS_TIMEOUT).await.unwrap();
     let ready = cluster.is_ready(FULL).await.unwrap();
     eprintln!("full-disk: node {FULL} ready while its disk is full: {ready}");
 

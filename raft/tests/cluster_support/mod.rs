@@ -13,6 +13,7 @@ use shale_raft::cluster::{
     Cluster, ClusterConfig, ClusterError, FetchRequest, NodeId, ProduceRecord, ProducedOffset, ProducerInfo,
     RetentionPolicy, TopicSpec,
 };
+use shale_storage::testing::FaultyFileSystem;
 use shale_storage::{CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -28,7 +29,13 @@ pub enum Backing {
     Memory(StorageOptions),
     /// The disk `Storage` under a temporary directory (reopened on restart).
     Disk(StorageOptions),
+    /// The disk `Storage` on an in-memory `FaultyFileSystem` of its own per node (reopened on
+    /// restart); [`TestCluster::crash`] drops every byte a node had not fsynced.
+    Faulty(StorageOptions),
 }
+
+/// Where a `Backing::Faulty` node's storage lives in its file system.
+const FAULTY_ROOT: &str = "/data";
 
 /// How a test cluster is built.
 #[derive(Clone, Debug)]
@@ -62,6 +69,8 @@ pub struct TestNode {
     pub storage: Arc<dyn StorageBackend>,
     pub cluster: Option<Arc<Cluster>>,
     dir: Option<tempfile::TempDir>,
+    /// The file system of a `Backing::Faulty` node.
+    pub fs: Option<FaultyFileSystem>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -122,14 +131,22 @@ impl TestCluster {
         for i in 0..setup.nodes {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
+            let mut fs = None;
             let (storage, dir): (Arc<dyn StorageBackend>, _) = match &setup.backing {
                 Backing::Memory(o) => (Arc::new(MemoryStorage::with_options(o.clone()).expect("memory storage")), None),
                 Backing::Disk(o) => {
                     let dir = tempfile::tempdir().expect("tempdir");
                     (Arc::new(Storage::open_with(dir.path(), o.clone()).expect("open storage")), Some(dir))
                 }
+                Backing::Faulty(o) => {
+                    let faulty = FaultyFileSystem::new();
+                    let storage =
+                        Storage::open_with_fs(FAULTY_ROOT, o.clone(), Arc::new(faulty.clone())).expect("open storage");
+                    fs = Some(faulty);
+                    (Arc::new(storage), None)
+                }
             };
-            nodes.push(TestNode { id: i as NodeId + 1, addr, storage, cluster: None, dir, server: None });
+            nodes.push(TestNode { id: i as NodeId + 1, addr, storage, cluster: None, dir, fs, server: None });
             listeners.push(listener);
         }
         for (node, listener) in nodes.iter_mut().zip(listeners) {
@@ -166,6 +183,45 @@ impl TestCluster {
         }
     }
 
+    /// Power cut of nodes `ids` at once (`Backing::Faulty` only): each stops serving, every byte
+    /// its file system had not made durable is dropped (open handles stop working), then what is
+    /// left of the node is stopped. `restart` reopens the storage from what survived. Answers how
+    /// many bytes the crash dropped on each node (data written but not yet fsynced).
+    pub async fn crash(&mut self, ids: &[NodeId]) -> Vec<u64> {
+        // The power cut comes first, while the nodes run (appends in flight, fsyncs pending);
+        // then what is left of them stops.
+        let mut dropped = Vec::new();
+        for id in ids {
+            let fs = self.nodes[*id as usize - 1].fs.as_ref().expect("crash needs Backing::Faulty");
+            let before: Vec<(std::path::PathBuf, Vec<u8>)> =
+                fs.list_files().into_iter().filter_map(|f| fs.file_bytes(&f).map(|b| (f, b))).collect();
+            fs.crash();
+            // Bytes that read differently now (rewritten or cut off), over every file.
+            let lost: u64 = before
+                .iter()
+                .map(|(f, old)| {
+                    let now = fs.file_bytes(f).unwrap_or_default();
+                    let differing = old.iter().zip(&now).filter(|(a, b)| a != b).count();
+                    (differing + old.len().saturating_sub(now.len())) as u64
+                })
+                .sum();
+            dropped.push(lost);
+        }
+        for id in ids {
+            let node = &mut self.nodes[*id as usize - 1];
+            if let Some((stop, server)) = node.server.take() {
+                let _ = stop.send(());
+                server.abort();
+                let _ = server.await;
+            }
+            if let Some(c) = node.cluster.take() {
+                // Its storage handles are dead: the groups fail; only stopping them matters.
+                let _ = c.shutdown().await;
+            }
+        }
+        dropped
+    }
+
     /// Restarts node `id` on its old address and storage (a disk storage is reopened).
     pub async fn restart(&mut self, id: NodeId) {
         let setup = self.setup.clone();
@@ -175,6 +231,11 @@ impl TestCluster {
             let path = dir.path().to_path_buf();
             node.storage = Arc::new(MemoryStorage::new());
             node.storage = Arc::new(Storage::open_with(&path, o.clone()).expect("reopen storage"));
+        }
+        if let (Backing::Faulty(o), Some(fs)) = (&setup.backing, &node.fs) {
+            node.storage = Arc::new(MemoryStorage::new());
+            node.storage =
+                Arc::new(Storage::open_with_fs(FAULTY_ROOT, o.clone(), Arc::new(fs.clone())).expect("reopen storage"));
         }
         let listener = TcpListener::bind(&node.addr).await.expect("rebind");
         serve(node, listener, &setup).await.expect("restart node");
