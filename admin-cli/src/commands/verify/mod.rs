@@ -480,12 +480,20 @@ async fn verify_partition_inner(
     // The offset range where the first divergence must lie, and the probe known to disagree.
     let mut bad: Option<(u64, u64, Probe)> = None;
     let mut reread_totals = Reread::new();
+    // Replicas that could not re-read a piece they hold (the first such piece and why): the
+    // sweep did not read all of them, so they cannot count as agreeing.
+    let mut incomplete: BTreeMap<u64, (u64, u64, String)> = BTreeMap::new();
     let mut decisive = newest.clone();
     if a.sweep {
         for (from, to) in search::sweep_pieces(newest.partition_start, newest.offset, a.step) {
             let p = reread(ctx, topic, partition, from, to).await?;
             v.probes += 1;
             for r in &p.replicas {
+                let starts_above =
+                    newest.replicas.iter().any(|x| x.node_id == r.node_id && x.error.is_none() && x.log_start > to);
+                if let Some(e) = r.error.as_ref().filter(|_| r.damage.is_none() && !starts_above) {
+                    incomplete.entry(r.node_id).or_insert_with(|| (from, to, e.clone()));
+                }
                 if let Some(start) = r.reread_from {
                     let e = reread_totals.entry(r.node_id).or_insert((start, start, 0));
                     // A damaged replica's re-read got as far as the damage.
@@ -549,9 +557,20 @@ async fn verify_partition_inner(
     } else if decisive.replicas.iter().any(|r| r.error.is_some() && r.damage.is_none()) {
         unavailable = decisive.hashes_agree();
     }
+    unavailable |= !incomplete.is_empty();
     let mut suspects: Vec<Suspect> = Vec::new();
     if v.first_divergent_offset.is_some() || unavailable {
         suspects.extend(decisive.suspects().into_iter().filter(|s| !v.damaged.iter().any(|d| d.node_id == s.node_id)));
+    }
+    for (node, (from, to, e)) in &incomplete {
+        if !suspects.iter().any(|s| s.node_id == *node) {
+            let addr = newest.replicas.iter().find(|r| r.node_id == *node).map(|r| r.addr.clone()).unwrap_or_default();
+            suspects.push(Suspect {
+                node_id: *node,
+                addr,
+                reason: format!("could not re-read offsets [{from}, {to}]: {e}"),
+            });
+        }
     }
     for d in &v.damaged {
         let at = d.damage.offset.map_or_else(String::new, |o| format!(" at offset {o}"));
@@ -585,6 +604,12 @@ async fn verify_partition_inner(
     }
     .into();
     v.replicas = replica_verdicts(&newest, &decisive, v, &reread_totals);
+    for x in v.replicas.iter_mut().filter(|x| x.verdict == "ok") {
+        if let Some((from, to, e)) = incomplete.get(&x.node_id) {
+            x.verdict = "unavailable".into();
+            x.detail = Some(format!("unavailable: could not re-read offsets [{from}, {to}]: {e}"));
+        }
+    }
     v.detail = Some(decisive);
     Ok(())
 }
