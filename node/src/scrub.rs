@@ -1,7 +1,8 @@
-//! The background scrubber: re-reads every sealed segment of every Raft log stream on this node
-//! at a bounded rate, and repairs what it finds damaged from the other replicas.
+//! The background scrubber: re-reads every segment of every Raft log stream on this node at a
+//! bounded rate, and repairs what it finds damaged from the other replicas.
 //!
-//! - Every sealed segment of every group's log stream (`2g`) is scrubbed in turn
+//! - Every segment of every group's log stream (`2g`), sealed ones and the active one up to its
+//!   current end, is scrubbed in turn
 //!   (`StorageBackend::scrub_segment`, on the blocking pool), sleeping after each so the pass
 //!   reads at most `bytes_per_sec`; a pass starts at node start and every `pass_interval_ms`.
 //!   A read (fetch) that meets damage reports it here and that segment is scrubbed next.
@@ -230,7 +231,7 @@ impl Scrubber {
         }
     }
 
-    /// One pass over every sealed segment of every log stream. `Err` on shutdown.
+    /// One pass over every segment of every log stream. `Err` on shutdown.
     async fn pass(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ()> {
         let storage = self.storage.clone();
         let streams = tokio::task::spawn_blocking(move || storage.streams()).await.unwrap_or_default();
@@ -239,7 +240,7 @@ impl Scrubber {
             let Ok(Ok(segments)) = tokio::task::spawn_blocking(move || storage.segments(stream)).await else {
                 continue;
             };
-            for seg in segments.into_iter().filter(|s| s.sealed) {
+            for seg in segments {
                 self.reported(shutdown).await?;
                 self.scrub(stream, seg.base, shutdown).await?;
             }

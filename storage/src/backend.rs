@@ -132,7 +132,8 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// ([`crate::StorageError::UnknownSegment`]).
     fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport>;
 
-    /// Replaces the records `[from, from + records.len())` of a sealed segment with `records`,
+    /// Replaces the records `[from, from + records.len())` of one segment (sealed or active; for
+    /// the active one, appends wait meanwhile) with `records`,
     /// accepted only if they chain exactly from the known-good hash of record `from - 1` to the
     /// known-good hash of the range's last record (see [`crate::scrub`]); else
     /// [`crate::StorageError::RepairRejected`] and nothing changes. Durable on return; a crash

@@ -511,13 +511,15 @@ impl StorageBackend for MemoryStorage {
         if records.is_empty() {
             return Err(reject(RepairRejection::Empty));
         }
-        let handle = self.stream(stream).ok_or_else(|| reject(RepairRejection::NotInSealedSegment { from, to }))?;
+        let handle = self.stream(stream).ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))?;
         let mut s = handle.lock();
-        let i = s.segments.iter().position(|seg| seg.base <= from && from < seg.end.max(seg.base.plus(1)));
-        let Some(i) = i.filter(|&i| i + 1 < s.segments.len() && to <= s.segments[i].end) else {
-            return Err(reject(RepairRejection::NotInSealedSegment { from, to }));
+        let n = s.segments.len();
+        let seg_end = |i: usize| if i + 1 == n { s.next() } else { s.segments[i].end };
+        let i = (0..n).find(|&i| s.segments[i].base <= from && from < seg_end(i));
+        let Some(i) = i.filter(|&i| to <= seg_end(i)) else {
+            return Err(reject(RepairRejection::OutsideSegment { from, to }));
         };
-        let (base, end) = (s.segments[i].base, s.segments[i].end);
+        let (base, end) = (s.segments[i].base, seg_end(i));
         let pass = mem_pass(&s, stream, base, end);
         let (damaged_from, damaged_to) = pass.damage.as_ref().map_or((end, end), |d| (d.first_bad, d.good_from));
         let untrusted = |which| reject(RepairRejection::UntrustedBoundary { which, damaged_from, damaged_to });

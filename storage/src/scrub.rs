@@ -8,8 +8,8 @@
 //! records that cannot be trusted, where `good_from` is the first offset from which every record
 //! up to the segment's end decodes and links to the known-good end hash.
 //!
-//! A **repair** replaces the records of such a range of a *sealed* segment with records supplied
-//! by the caller (read from another replica). It is accepted only if the supplied records chain
+//! A **repair** replaces the records of such a range of one segment (sealed, or the active one,
+//! whose known-good end hash is the stream head) with records supplied by the caller (read from another replica). It is accepted only if the supplied records chain
 //! exactly from the trusted hash of record `from - 1` to the trusted hash of record `to - 1`
 //! ([`check_repair_chain`]); anything else is [`crate::StorageError::RepairRejected`].
 
@@ -83,9 +83,9 @@ pub enum RepairRejection {
     /// No records were supplied.
     #[error("no records supplied")]
     Empty,
-    /// The range does not lie inside one sealed segment.
-    #[error("range [{from}, {to}) does not lie inside one sealed segment")]
-    NotInSealedSegment {
+    /// The range does not lie inside one segment of the stream.
+    #[error("range [{from}, {to}) does not lie inside one segment of the stream")]
+    OutsideSegment {
         /// First offset of the range.
         from: Offset,
         /// One past its last offset.

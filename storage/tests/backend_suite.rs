@@ -1259,10 +1259,10 @@ fn scrub_finds_a_flipped_byte_and_repair_restores_it<F: Fixture>(f: &F) {
         rejected(bad.plus(1), range(bad.get() + 1, bad.get() + 3)),
         shale_storage::RepairRejection::UntrustedBoundary { .. }
     ));
-    // The active segment is not repaired this way; nor is an empty list.
+    // A range across two segments is not repaired in one call; nor is an empty list.
     assert!(matches!(
-        rejected(off(per * 5), range(per * 5, per * 5 + 1)),
-        shale_storage::RepairRejection::NotInSealedSegment { .. }
+        rejected(off(per * 2 - 1), range(per * 2 - 1, per * 2 + 1)),
+        shale_storage::RepairRejection::OutsideSegment { .. }
     ));
     assert!(matches!(rejected(bad, Vec::new()), shale_storage::RepairRejection::Empty));
     assert!(b.read_range(S, bad, bad.plus(1), usize::MAX).is_err(), "a refused repair changes nothing");
@@ -1277,6 +1277,29 @@ fn scrub_finds_a_flipped_byte_and_repair_restores_it<F: Fixture>(f: &F) {
     // Appends continue.
     append_all(&b, S, &payloads(92, 0..3, 100), 3);
     assert_eq!(b.next_offset(S).unwrap(), off(per * 5 + 6));
+}
+
+fn the_active_segment_is_scrubbed_and_repaired_against_the_head<F: Fixture>(f: &F) {
+    let b = f.open(small_segments());
+    let good = scrub_layout(&b);
+    let per = records_per_segment(4096, 100);
+    let active = off(per * 5);
+    let bad = active.plus(1);
+    assert_eq!(b.scrub_segment(S, active).unwrap().damage, None);
+    f.damage(&b, S, bad, 100);
+    let r = b.scrub_segment(S, active).unwrap();
+    assert!(!r.sealed);
+    assert_eq!(r.damage.expect("damage").range(), bad..bad.plus(1));
+    b.repair_range(S, bad, good[bad.get() as usize..bad.get() as usize + 1].to_vec()).unwrap();
+    assert_eq!(b.scrub_segment(S, active).unwrap().damage, None);
+    // Appends continue on the rewritten active segment, and everything reads back.
+    let more = payloads(93, 0..20, 100);
+    let next = append_all(&b, S, &more, 4);
+    assert_eq!(next, off(per * 5 + 23));
+    let all = b.read_records(S, off(0), usize::MAX).unwrap();
+    assert_eq!(all[..good.len()], good[..]);
+    assert_eq!(all[good.len()..].iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), more);
+    b.verify_chain(S).unwrap();
 }
 
 fn scrub_reports_a_damaged_run_and_repairs_the_segment_end<F: Fixture>(f: &F) {
@@ -1346,6 +1369,7 @@ macro_rules! backend_suite {
                 concurrent_at_end_appenders_fsync,
                 scrub_finds_a_flipped_byte_and_repair_restores_it,
                 scrub_reports_a_damaged_run_and_repairs_the_segment_end,
+                the_active_segment_is_scrubbed_and_repaired_against_the_head,
             );
         }
     };

@@ -1,4 +1,4 @@
-//! Scrubbing one segment from disk and repairing a damaged range of a sealed segment (see
+//! Scrubbing one segment from disk and repairing a damaged range of one segment (see
 //! [`crate::scrub`] for the rules). A scrub holds no lock while it reads: it takes a snapshot of
 //! the segment's layout (file handle, positions, base and end hashes) and reads the file through
 //! it; sealed segments are immutable, and a truncation or checkpoint install meanwhile (the sync
@@ -107,7 +107,7 @@ impl Storage {
         }
     }
 
-    /// Replaces records `[from, from + records.len())` of a sealed segment; see
+    /// Replaces records `[from, from + records.len())` of one segment; see
     /// [`crate::StorageBackend::repair_range`].
     pub fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
         let to = from.plus(records.len() as u64);
@@ -115,17 +115,17 @@ impl Storage {
         if records.is_empty() {
             return Err(reject(RepairRejection::Empty));
         }
-        let h = self.stream(stream).ok_or_else(|| reject(RepairRejection::NotInSealedSegment { from, to }))?;
-        // Every mutation of the stream waits: the segment cannot be truncated, compacted or
-        // sealed away while it is rewritten.
+        let h = self.stream(stream).ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))?;
+        // Every mutation of the stream waits: the segment cannot be truncated, compacted,
+        // appended to or sealed while it is rewritten.
         let _w = h.writer.lock();
         h.check_usable()?;
         let base = {
             let c = h.core.read();
             let i = c.segment_index(from);
             let s = &c.segments[i];
-            if i + 1 == c.segments.len() || from < s.base || to > s.end() {
-                return Err(reject(RepairRejection::NotInSealedSegment { from, to }));
+            if from < s.base || to > s.end() {
+                return Err(reject(RepairRejection::OutsideSegment { from, to }));
             }
             s.base
         };
