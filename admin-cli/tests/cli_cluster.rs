@@ -203,7 +203,8 @@ async fn cluster_status_and_bench_report_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_reports_agreement_then_names_a_damaged_replica() {
-    let mut c = TestCluster::start(3).await;
+    // No background scrubber: it would find and repair the damage this test plants for `verify`.
+    let mut c = TestCluster::start_with(3, |c| c.scrub.enabled = false).await;
     assert_exit(&c.shale(&["topic", "create", "ledger", "-p", "1", "-r", "3"], b"").await, 0);
     let input: String = (0..40).map(|i| format!("entry-{i:03}\n")).collect();
     assert_exit(&c.shale(&["produce", "ledger"], input.as_bytes()).await, 0);

@@ -6,8 +6,11 @@
 //! one batch per partition is in flight, so records of a partition are written in `send` order even
 //! across retries. With `idempotent`, each batch carries the producer id and the sequence number of
 //! its first record: a batch retried after a lost reply is written once. If a batch fails for good,
-//! its records fail and that partition continues under a fresh producer id (so a later batch is
-//! never mistaken for the failed one).
+//! its records fail and the partition continues under the same producer id with the next
+//! sequences: the failed batch may still be in flight and commit later, and the partition then
+//! sees sequences at or below what it already wrote and hides it as a duplicate, so records of one
+//! producer never appear out of `send` order. (A fresh producer id would let such a late batch land
+//! after records sent after it.)
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -135,6 +138,22 @@ struct PartitionState {
 }
 
 impl PartitionState {
+    /// Marks a batch of `records` in flight and answers its identity: this partition's producer
+    /// id and the sequence of its first record.
+    fn start_batch(&mut self, records: usize) -> proto::ProducerIdentity {
+        debug_assert!(!self.in_flight, "one batch per partition in flight");
+        self.in_flight = true;
+        let identity = proto::ProducerIdentity { producer_id: self.producer_id, base_sequence: self.next_sequence };
+        self.next_sequence += records as u64;
+        identity
+    }
+
+    /// The batch in flight ended. A failed batch keeps its sequences used: it may still commit
+    /// later, and must then be older than every later batch (a duplicate to the partition).
+    fn batch_done(&mut self) {
+        self.in_flight = false;
+    }
+
     fn new() -> Self {
         Self {
             queue: VecDeque::new(),
@@ -160,7 +179,7 @@ impl Batcher {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(TopicPartition, bool)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TopicPartition>();
         let mut closing = false;
         loop {
             let deadline = self.next_deadline();
@@ -175,13 +194,9 @@ impl Batcher {
                     Some(Command::Flush(done)) => self.flush_waiters.push(done),
                     None => closing = true,
                 },
-                Some((tp, ok)) = done_rx.recv() => {
+                Some(tp) = done_rx.recv() => {
                     if let Some(state) = self.partitions.get_mut(&tp) {
-                        state.in_flight = false;
-                        if !ok {
-                            state.producer_id = new_producer_id();
-                            state.next_sequence = 0;
-                        }
+                        state.batch_done();
                     }
                 }
                 () = sleep_until(deadline) => {}
@@ -206,7 +221,7 @@ impl Batcher {
         self.partitions.values().filter(|s| !s.in_flight).filter_map(|s| s.oldest).min().map(|t| t + linger)
     }
 
-    fn dispatch(&mut self, urgent: bool, done: &mpsc::UnboundedSender<(TopicPartition, bool)>) {
+    fn dispatch(&mut self, urgent: bool, done: &mpsc::UnboundedSender<TopicPartition>) {
         let linger = Duration::from_millis(self.config.linger_ms);
         let now = Instant::now();
         for (tp, state) in &mut self.partitions {
@@ -234,18 +249,14 @@ impl Batcher {
             if state.queue.is_empty() {
                 state.oldest = None;
             }
-            state.in_flight = true;
-            let identity = self.config.idempotent.then_some(proto::ProducerIdentity {
-                producer_id: state.producer_id,
-                base_sequence: state.next_sequence,
-            });
-            state.next_sequence += batch.len() as u64;
+            let identity = state.start_batch(batch.len());
+            let identity = self.config.idempotent.then_some(identity);
             let client = self.client.clone();
             let tp = tp.clone();
             let done = done.clone();
             tokio::spawn(async move {
-                let ok = send_batch(&client, &tp, batch, identity).await;
-                let _ = done.send((tp, ok));
+                send_batch(&client, &tp, batch, identity).await;
+                let _ = done.send(tp);
             });
         }
     }
@@ -264,7 +275,7 @@ async fn send_batch(
     (topic, partition): &TopicPartition,
     batch: Vec<Pending>,
     producer: Option<proto::ProducerIdentity>,
-) -> bool {
+) {
     let request = proto::ProduceRequest {
         topic: topic.clone(),
         partition: *partition,
@@ -299,14 +310,31 @@ async fn send_batch(
                 });
                 let _ = pending.ack.send(meta);
             }
-            true
         }
         Err(err) => {
             tracing::warn!(%topic, partition, error = %err, "batch failed");
             for pending in batch {
                 let _ = pending.ack.send(Err(err.clone()));
             }
-            false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_keeps_the_producer_id_and_its_sequences_used() {
+        let mut state = PartitionState::new();
+        let first = state.start_batch(3);
+        assert_eq!(first.base_sequence, 0);
+        state.batch_done();
+        // The next batch comes after the failed one in the same producer's sequence space, so if
+        // the failed batch commits late it is a duplicate, never a record after this batch.
+        let next = state.start_batch(2);
+        assert_eq!((next.producer_id, next.base_sequence), (first.producer_id, 3));
+        state.batch_done();
+        assert_eq!(state.start_batch(1).base_sequence, 5);
     }
 }
