@@ -226,7 +226,9 @@ impl Scrubber {
                 if self.reported(&mut shutdown).await.is_err() {
                     return;
                 }
-                self.repair_all().await;
+                if self.repair_all_until(&mut shutdown).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -244,7 +246,7 @@ impl Scrubber {
                 self.reported(shutdown).await?;
                 self.scrub(stream, seg.base, shutdown).await?;
             }
-            self.repair_all().await;
+            self.repair_all_until(shutdown).await?;
         }
         Ok(())
     }
@@ -338,6 +340,15 @@ impl Scrubber {
             && let Some(g) = self.cluster.router().group(group)
         {
             repair::avoid_leadership(&g, false);
+        }
+    }
+
+    /// [`Scrubber::repair_all`], abandoned when the node shuts down (`Err`): a repair waiting on
+    /// unreachable peers must not hold the storage past shutdown.
+    async fn repair_all_until(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ()> {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => Err(()),
+            () = self.repair_all() => Ok(()),
         }
     }
 

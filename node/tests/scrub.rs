@@ -337,7 +337,18 @@ async fn damage_running_node(leader_damaged: bool) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(metric(http, "shale_scrub_damage_found_total").await >= 1);
-        assert_eq!(read_alone(c.grpc[follower as usize - 1], end).await.expect("serves"), reference);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match read_alone(c.grpc[follower as usize - 1], end).await {
+                Ok(r) if r == reference => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the repaired follower does not serve every record: {:?}",
+                    other.map(|r| r.len())
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         c.shutdown().await.expect("shutdown");
         return;
     };
