@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Snapshot every Raft group after this many entries (0 = only for retention).
     #[arg(long, env = "SHALE_SNAPSHOT_EVERY_ENTRIES")]
     pub snapshot_every_entries: Option<u64>,
+    /// Size at which a log segment is sealed and the next one started (bytes, at least 4096).
+    #[arg(long, env = "SHALE_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
 }
 
 /// Flags of `dev`.
@@ -174,6 +177,9 @@ impl RunArgs {
         }
         if let Some(v) = self.snapshot_every_entries {
             c.raft.snapshot_every_entries = v;
+        }
+        if let Some(v) = self.segment_bytes {
+            c.segment_bytes = v;
         }
         c.validate()?;
         Ok(c)

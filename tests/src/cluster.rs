@@ -273,6 +273,45 @@ impl ContainerCluster {
         }
     }
 
+    /// Copies node `id`'s data directory `/data/{dir}` out of its container (running or stopped)
+    /// into `local` (which must not exist yet).
+    pub async fn copy_out(&self, id: u64, dir: &str, local: &std::path::Path) -> Result<(), HarnessError> {
+        let node = self.node(id)?;
+        docker(&["cp", &format!("{}:/data/{dir}", node.container), &local.to_string_lossy()]).await.map(drop)
+    }
+
+    /// Flips bit 0 of the byte at `position` of node `id`'s file `/data/{path}` (the node should be
+    /// stopped: a running node keeps reading the file it opened). The file is copied out, changed
+    /// and copied back in; answers the byte's old value.
+    pub async fn flip_byte(&self, id: u64, path: &str, position: u64) -> Result<u8, HarnessError> {
+        let node = self.node(id)?;
+        let dir = crate::paths::target_dir().join("shale-tests").join(format!("flip-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        let local = dir.join("file");
+        let remote = format!("{}:/data/{path}", node.container);
+        docker(&["cp", &remote, &local.to_string_lossy()]).await?;
+        let io = |action| {
+            let local = local.clone();
+            move |source| HarnessError::Io { action, path: local, source }
+        };
+        let mut bytes = std::fs::read(&local).map_err(io("reading"))?;
+        let at = usize::try_from(position).ok().filter(|p| *p < bytes.len()).ok_or_else(|| {
+            HarnessError::Usage(format!("{path} of node {id} has {} bytes, no byte {position}", bytes.len()))
+        })?;
+        let old = bytes[at];
+        bytes[at] ^= 1;
+        std::fs::write(&local, &bytes).map_err(io("writing"))?;
+        docker(&["cp", &local.to_string_lossy(), &remote]).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        tracing::info!(node = id, path, position, "flipped a bit");
+        Ok(old)
+    }
+
     /// Gives the space [`ContainerCluster::fill_disk`] took back (the filler is replaced by an
     /// empty file: the image has no shell to delete it with).
     pub async fn free_disk(&self, id: u64) -> Result<(), HarnessError> {
