@@ -282,7 +282,9 @@ impl ContainerCluster {
 
     /// Flips bit 0 of the byte at `position` of node `id`'s file `/data/{path}` (the node should be
     /// stopped: a running node keeps reading the file it opened). The file is copied out, changed
-    /// and copied back in; answers the byte's old value.
+    /// and copied back in (the copy is owned by root inside the container, so it is made readable
+    /// and writable by all: the node's user must still open it read-write); answers the byte's old
+    /// value.
     pub async fn flip_byte(&self, id: u64, path: &str, position: u64) -> Result<u8, HarnessError> {
         let node = self.node(id)?;
         let dir = crate::paths::target_dir().join("shale-tests").join(format!("flip-{}-{id}", std::process::id()));
@@ -306,6 +308,8 @@ impl ContainerCluster {
         let old = bytes[at];
         bytes[at] ^= 1;
         std::fs::write(&local, &bytes).map_err(io("writing"))?;
+        let all_rw = std::os::unix::fs::PermissionsExt::from_mode(0o666);
+        std::fs::set_permissions(&local, all_rw).map_err(io("setting the permissions of"))?;
         docker(&["cp", &local.to_string_lossy(), &remote]).await?;
         let _ = std::fs::remove_dir_all(&dir);
         tracing::info!(node = id, path, position, "flipped a bit");

@@ -12,7 +12,7 @@ use shale_tests::cluster::{ClusterOptions, ContainerCluster, READY_TIMEOUT};
 use shale_tests::scenario::{ELECTION_TIMEOUT, PROGRESS_TIMEOUT, STOP_GRACE, Setup};
 
 /// Small segments so a few hundred records seal several of them.
-const SEGMENT_BYTES: u64 = 64 << 10;
+const SEGMENT_BYTES: u64 = 16 << 10;
 /// Bound on the scrubber finding and repairing the damage after the node is ready.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -67,7 +67,7 @@ async fn flipped_bits_in_sealed_and_active_segments_are_found_repaired_and_never
     let cluster = &setup.cluster;
     let ids = cluster.ids();
     let workload = setup.start_workload("bitflip").unwrap();
-    // About 600 records of ~1 KiB: several sealed 64 KiB segments on every replica.
+    // About 600 records (~100 KiB of log): several sealed 16 KiB segments on every replica.
     workload.wait_for_more_acks(600, PROGRESS_TIMEOUT * 2).await.unwrap();
 
     let meta = cluster.wait_metadata_leader(&ids, ELECTION_TIMEOUT).await.unwrap();
