@@ -280,6 +280,40 @@ impl ContainerCluster {
         docker(&["cp", &format!("{}:/data/{dir}", node.container), &local.to_string_lossy()]).await.map(drop)
     }
 
+    /// The Raft log streams of partitions in node `id`'s data dir (copied out of its container),
+    /// each as (stream directory, its segment files in order with their lengths); the stream with
+    /// the most segments first. Stream 0 is the metadata log and odd streams hold Raft metadata, so
+    /// these are the even streams above 0.
+    pub async fn partition_logs(&self, id: u64) -> Result<Vec<(String, Vec<(String, u64)>)>, HarnessError> {
+        let local = crate::paths::target_dir().join("shale-tests").join(format!("data-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&local);
+        self.copy_out(id, ".", &local).await?;
+        let io = |action, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| HarnessError::Io { action, path, source }
+        };
+        let mut logs = Vec::new();
+        for entry in std::fs::read_dir(&local).map_err(io("listing", &local))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Ok(stream) = name.parse::<u64>() else { continue };
+            if stream == 0 || stream % 2 == 1 {
+                continue;
+            }
+            let mut segments = Vec::new();
+            for f in std::fs::read_dir(entry.path()).map_err(io("listing", &entry.path()))?.flatten() {
+                let n = f.file_name().to_string_lossy().to_string();
+                if n.starts_with("segment_") && n.ends_with(".log") {
+                    segments.push((n, f.metadata().map_err(io("reading the size of", &f.path()))?.len()));
+                }
+            }
+            segments.sort();
+            logs.push((name, segments));
+        }
+        let _ = std::fs::remove_dir_all(&local);
+        logs.sort_by_key(|(_, segments)| std::cmp::Reverse(segments.len()));
+        Ok(logs)
+    }
+
     /// Flips bit 0 of the byte at `position` of node `id`'s file `/data/{path}` (the node should be
     /// stopped: a running node keeps reading the file it opened). The file is copied out, changed
     /// and copied back in (the copy is owned by root inside the container, so it is made readable

@@ -26,37 +26,6 @@ async fn metric(cluster: &ContainerCluster, id: u64, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The log stream of the topic's partition 0 in node `id`'s data dir: the numbered stream directory
-/// (even numbers are Raft logs) with the most segment files, and its segment files in order.
-async fn partition_log(cluster: &ContainerCluster, id: u64) -> (String, Vec<(String, u64)>) {
-    let local = shale_tests::paths::target_dir().join("shale-tests").join(format!("data-{}-{id}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&local);
-    cluster.copy_out(id, ".", &local).await.unwrap();
-    let mut best: Option<(String, Vec<(String, u64)>)> = None;
-    for entry in std::fs::read_dir(&local).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Ok(stream) = name.parse::<u64>() else { continue };
-        // Stream 0 is the metadata log; partition logs are 2 x group id, with group ids above 0.
-        if stream == 0 || stream % 2 == 1 {
-            continue;
-        }
-        let mut segments: Vec<(String, u64)> = std::fs::read_dir(entry.path())
-            .unwrap()
-            .flatten()
-            .filter_map(|f| {
-                let n = f.file_name().to_string_lossy().to_string();
-                (n.starts_with("segment_") && n.ends_with(".log")).then(|| (n, f.metadata().unwrap().len()))
-            })
-            .collect();
-        segments.sort();
-        if best.as_ref().is_none_or(|(_, b)| segments.len() > b.len()) {
-            best = Some((name, segments));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&local);
-    best.expect("a partition log stream")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flipped_bits_in_sealed_and_active_segments_are_found_repaired_and_never_served() {
     let options = ClusterOptions {
@@ -80,7 +49,7 @@ async fn flipped_bits_in_sealed_and_active_segments_are_found_repaired_and_never
     eprintln!("bitflip: damaging node {victim} (partition leader {leader}, metadata leader {meta})");
     cluster.stop(victim, STOP_GRACE).await.unwrap();
 
-    let (stream, segments) = partition_log(cluster, victim).await;
+    let (stream, segments) = cluster.partition_logs(victim).await.unwrap().swap_remove(0);
     assert!(segments.len() >= 3, "node {victim}'s log {stream} has sealed segments: {segments:?}");
     let (sealed, sealed_len) = &segments[1];
     let (active, active_len) = segments.last().unwrap();

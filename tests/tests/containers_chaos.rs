@@ -1,6 +1,7 @@
 //! A long randomized run: while a workload of idempotent producers writes, one fault after another
 //! hits the cluster: SIGKILL and restart, graceful restart, `docker pause` (cgroup freezer),
-//! SIGSTOP/SIGCONT, and network partitions (`docker network disconnect`), on a random node, the
+//! SIGSTOP/SIGCONT, network partitions (`docker network disconnect`) and bit flips in a stopped
+//! node's log segments (found and repaired by its scrubber), on a random node, the
 //! metadata leader or a partition leader, held for a random while and then healed; now and then a
 //! second node is hit at the same time (no majority: writes stall, nothing acknowledged may be
 //! lost). Every Raft group snapshots every [`SMALL_SNAPSHOT_EVERY`] entries, so nodes that were
@@ -65,9 +66,13 @@ enum Fault {
     Stop,
     /// Network disconnect, then connect.
     Partition,
+    /// `docker stop`, one bit flipped in the middle of the newest sealed segment of the node's
+    /// longest partition log (the active one if none is sealed), then start: the scrubber must
+    /// find and repair it, and no damaged record may be served.
+    BitFlip,
 }
 
-const FAULTS: [Fault; 5] = [Fault::Kill, Fault::Restart, Fault::Pause, Fault::Stop, Fault::Partition];
+const FAULTS: [Fault; 6] = [Fault::Kill, Fault::Restart, Fault::Pause, Fault::Stop, Fault::Partition, Fault::BitFlip];
 
 impl Fault {
     /// Injects the fault; answers the one injected (the cgroup freezer can fail to freeze a
@@ -90,13 +95,23 @@ impl Fault {
             }
             Fault::Stop => cluster.signal(id, "STOP").await.unwrap(),
             Fault::Partition => cluster.disconnect(id).await.unwrap(),
+            Fault::BitFlip => {
+                cluster.stop(id, STOP_GRACE).await.unwrap();
+                cluster.wait_stopped(id, STOP_GRACE + Duration::from_secs(5)).await.unwrap();
+                let logs = cluster.partition_logs(id).await.unwrap();
+                if let Some((stream, segments)) = logs.first().filter(|(_, s)| !s.is_empty()) {
+                    let (file, len) = &segments[segments.len().saturating_sub(2)];
+                    eprintln!("chaos: flipping a bit of node {id}'s {stream}/{file} at byte {}", len / 2);
+                    cluster.flip_byte(id, &format!("{stream}/{file}"), len / 2).await.unwrap();
+                }
+            }
         }
         self
     }
 
     async fn heal(self, cluster: &ContainerCluster, id: u64) {
         match self {
-            Fault::Kill | Fault::Restart => {
+            Fault::Kill | Fault::Restart | Fault::BitFlip => {
                 // A SIGKILL or stop may still be under way.
                 cluster.wait_stopped(id, STOP_GRACE + Duration::from_secs(5)).await.unwrap();
                 cluster.start_node(id).await.unwrap();
@@ -138,7 +153,10 @@ async fn randomized_kills_pauses_partitions_and_restarts_lose_no_acknowledged_re
     eprintln!("chaos: seed {seed}, {secs} s of faults (replay: SHALE_CHAOS_SEED={seed} SHALE_CHAOS_SECS={secs})");
     let mut rng = Rng(seed);
 
-    let options = ClusterOptions { env: snapshot_env(SMALL_SNAPSHOT_EVERY), ..ClusterOptions::default() };
+    // Small segments, so bit flips land in sealed segments too.
+    let mut env = snapshot_env(SMALL_SNAPSHOT_EVERY);
+    env.push(("SHALE_SEGMENT_BYTES".to_string(), (256 << 10).to_string()));
+    let options = ClusterOptions { env, ..ClusterOptions::default() };
     let setup = Setup::start_with("chaos", PARTITIONS, options).await.unwrap();
     let cluster = &setup.cluster;
     let mut config = setup.workload_config();
