@@ -52,10 +52,12 @@ pub fn readiness(cluster: &Cluster, node_id: u64, quorum_ack_max: Duration) -> R
     let stopped = cluster.stopped_groups();
     if let Some(first) = stopped.first() {
         return Err(format!(
-            "{} raft group(s) stopped on an error and not running here (restarted from disk automatically); group {} stopped {} ms ago: {}",
+            "{} raft group(s) stopped on an error here (restarted from disk automatically; ready once each has run again for {} s); group {} stopped {} ms ago{}: {}",
             stopped.len(),
+            shale_raft::cluster::HEALTHY_AFTER.as_secs(),
             first.group,
             first.stopped_for.as_millis(),
+            first.running_again_for.map_or(String::new(), |d| format!(", running again for {} ms", d.as_millis())),
             first.reason
         ));
     }

@@ -198,7 +198,7 @@ impl Metrics {
         gauge_header(
             &mut out,
             "shale_groups_stopped",
-            "Raft groups on this node stopped by an error and not running again yet (not ready while > 0).",
+            "Raft groups on this node stopped by an error, or restarted less than 5 s ago (not ready while > 0).",
         );
         let _ = writeln!(out, "shale_groups_stopped {}", cluster.stopped_groups().len());
 

@@ -12,8 +12,9 @@
 //!   deletion) and the group is started again from disk ([`RaftGroup::start`]); it then catches up
 //!   from its leader like a restarted node. While the disk is still full, the restart or the
 //!   group's next write fails again and is retried;
-//! - a restarted group that has run for [`HEALTHY_AFTER`] is forgotten (a later failure is a new
-//!   one, logged at ERROR again).
+//! - a restarted group is still listed by [`Cluster::stopped_groups`] (so the node stays unready)
+//!   until it has run for [`HEALTHY_AFTER`], then forgotten (a later failure is a new one, logged
+//!   at ERROR again).
 //!
 //! Nothing in this path deletes data: a group that cannot be restarted stays stopped, keeps its
 //! streams, and is retried.
@@ -33,7 +34,7 @@ pub const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between two restart attempts of one group.
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A restarted group that has kept running this long counts as recovered.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 /// A local group whose Raft core stopped on an error, as the supervisor tracks it.
 #[derive(Debug, Clone)]
@@ -64,6 +65,9 @@ pub struct StoppedGroup {
     pub stopped_for: Duration,
     /// Restart attempts made so far.
     pub restart_attempts: u32,
+    /// Set once it was restarted and runs again, for how long: it is still listed until it has
+    /// run for [`HEALTHY_AFTER`] (a restart on a disk that is still full stops again at once).
+    pub running_again_for: Option<Duration>,
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -71,19 +75,21 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 impl Cluster {
-    /// Local groups (metadata and partitions) whose Raft core stopped on an error and that are not
-    /// running again yet. Empty on a healthy node.
+    /// Local groups (metadata and partitions) whose Raft core stopped on an error and that have
+    /// not run again for [`HEALTHY_AFTER`] since (see [`StoppedGroup::running_again_for`]). Empty
+    /// on a healthy node.
     pub fn stopped_groups(&self) -> Vec<StoppedGroup> {
         let mut out: Vec<StoppedGroup> = self
             .failed_groups
             .lock()
             .iter()
-            .filter(|(_, f)| f.restarted_at.is_none())
+            .filter(|(_, f)| f.restarted_at.is_none_or(|at| at.elapsed() < HEALTHY_AFTER))
             .map(|(g, f)| StoppedGroup {
                 group: *g,
                 reason: f.reason.clone(),
                 stopped_for: f.since.elapsed(),
                 restart_attempts: f.attempts,
+                running_again_for: f.restarted_at.map(|at| at.elapsed()),
             })
             .collect();
         // A group found stopped since the last pass is reported before the supervisor sees it.
@@ -93,7 +99,13 @@ impl Cluster {
             if out.iter().all(|s| s.group != g.id())
                 && let Some(reason) = self.stopped_reason(&g)
             {
-                out.push(StoppedGroup { group: g.id(), reason, stopped_for: Duration::ZERO, restart_attempts: 0 });
+                out.push(StoppedGroup {
+                    group: g.id(),
+                    reason,
+                    stopped_for: Duration::ZERO,
+                    restart_attempts: 0,
+                    running_again_for: None,
+                });
             }
         }
         out.sort_by_key(|s| s.group);
