@@ -106,7 +106,13 @@ async fn a_full_disk_makes_the_node_unready_and_it_resumes_by_itself_once_space_
     let leader = nodes[0].cluster().metadata_leader().unwrap().0;
     nodes[leader as usize - 1]
         .cluster()
-        .create_topic(TopicSpec { name: TOPIC.into(), partitions: 1, replication_factor: 3, retention: Default::default(), codec: Default::default() })
+        .create_topic(TopicSpec {
+            name: TOPIC.into(),
+            partitions: 1,
+            replication_factor: 3,
+            retention: Default::default(),
+            codec: Default::default(),
+        })
         .await
         .unwrap();
     let all: Vec<&NodeHandle> = nodes.iter().collect();
@@ -203,10 +209,18 @@ async fn a_full_disk_makes_the_node_unready_and_it_resumes_by_itself_once_space_
     let missing: Vec<_> = acked
         .iter()
         .filter(|(o, h, v)| {
-            records.binary_search_by_key(o, |r| r.offset).map_or(true, |i| records[i].value != *v || records[i].chain_hash != *h)
+            records
+                .binary_search_by_key(o, |r| r.offset)
+                .map_or(true, |i| records[i].value != *v || records[i].chain_hash != *h)
         })
         .collect();
-    assert!(missing.is_empty(), "node {FULL} lacks {} of {} acknowledged records: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "node {FULL} lacks {} of {} acknowledged records: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     for n in nodes {
         let _ = n.shutdown().await;
     }

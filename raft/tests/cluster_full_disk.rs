@@ -99,7 +99,6 @@ impl Producer {
     }
 }
 
-
 async fn wait_long<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -190,11 +189,19 @@ async fn cluster_a_full_disk_stops_one_nodes_groups_loses_nothing_and_they_resta
     for a in &acked {
         match records.binary_search_by_key(&a.offset, |r| r.offset) {
             Ok(i) if records[i].value == a.value && records[i].chain_hash == a.chain_hash => {}
-            Ok(i) => missing.push(format!("offset {} holds {:?}, acknowledged {:?}", a.offset, records[i].value, a.value)),
+            Ok(i) => {
+                missing.push(format!("offset {} holds {:?}, acknowledged {:?}", a.offset, records[i].value, a.value))
+            }
             Err(_) => missing.push(format!("offset {} ({:?}) is not there", a.offset, a.value)),
         }
     }
-    assert!(missing.is_empty(), "node {victim} lacks {} of {} acknowledged records: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "node {victim} lacks {} of {} acknowledged records: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
     c.check_replicas_agree(TOPIC, 0, last).await;
     // The topic created while the disk was full is served by the node once it restarted.
     wait_for("the full node to see the topic created meanwhile", || async {

@@ -386,12 +386,10 @@ impl Cluster {
 
     /// Proposes a metadata command on the metadata leader; a rejection comes back as its error.
     async fn propose(&self, command: MetadataCommand) -> Result<MetadataReply, ClusterError> {
-        let result = tokio::time::timeout(self.timeout(), self.meta().write(Bytes::from(command.encode())))
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                what: "metadata commit".into(),
-                waited_ms: self.config.request_timeout_ms,
-            })??;
+        let result =
+            tokio::time::timeout(self.timeout(), self.meta().write(Bytes::from(command.encode()))).await.map_err(
+                |_| ClusterError::Timeout { what: "metadata commit".into(), waited_ms: self.config.request_timeout_ms },
+            )??;
         match MetadataReply::decode(&result.response)? {
             MetadataReply::Rejected(r) => Err(r.into()),
             reply => Ok(reply),
@@ -534,10 +532,8 @@ impl Cluster {
             self.bounded("adding a learner to the metadata group", add).await?;
             let since = self.meta().metrics().membership_config.log_id().as_ref().map_or(0, |l| l.index());
             let wait = Duration::from_millis(self.config.catch_up_timeout_ms);
-            let caught_up = self
-                .meta()
-                .wait_metrics("new node catching up", wait, |m| catch_up(m, id, since).caught_up)
-                .await;
+            let caught_up =
+                self.meta().wait_metrics("new node catching up", wait, |m| catch_up(m, id, since).caught_up).await;
             if caught_up.is_err() {
                 let progress = catch_up(&self.meta().metrics(), id, since);
                 tracing::warn!(node = id, %addr, ?progress, "new node did not catch up; removing it again");
@@ -581,8 +577,7 @@ impl Cluster {
             Err(e) => return Err(e),
         }
         if is_voter {
-            self.bounded("a node leaving the metadata group", self.meta().change_membership(voters, false))
-                .await?;
+            self.bounded("a node leaving the metadata group", self.meta().change_membership(voters, false)).await?;
         }
         Ok(())
     }

@@ -290,9 +290,7 @@ impl Cluster {
             return;
         }
         let app = match floor {
-            Some(applied) => {
-                MetadataApp::resuming(self.metadata.clone(), self.metadata_changed_tx.clone(), applied)
-            }
+            Some(applied) => MetadataApp::resuming(self.metadata.clone(), self.metadata_changed_tx.clone(), applied),
             None => MetadataApp::new(self.metadata.clone(), self.metadata_changed_tx.clone()),
         };
         let mut config = self.config.raft.clone();
