@@ -38,7 +38,6 @@ struct Producer {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     acked: Arc<Mutex<Vec<Acked>>>,
-    nodes: Arc<Mutex<Vec<Arc<Cluster>>>>,
 }
 
 impl Producer {
@@ -46,13 +45,10 @@ impl Producer {
         let (stop, stop_rx) = watch::channel(false);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let out = acked.clone();
-        let nodes = Arc::new(Mutex::new(nodes));
-        let current = nodes.clone();
         let tag = tag.to_string();
         let task = tokio::spawn(async move {
             let mut batch_no = 0u64;
             while !*stop_rx.borrow() {
-                let nodes = current.lock().clone();
                 let values: Vec<String> = (0..BATCH).map(|i| format!("{tag}-{batch_no:06}-{i}")).collect();
                 batch_no += 1;
                 let records: Vec<_> = values.iter().map(|v| record("k", v)).collect();
@@ -80,7 +76,7 @@ impl Producer {
                 }
             }
         });
-        Self { stop, task, acked, nodes }
+        Self { stop, task, acked }
     }
 
     fn count(&self) -> usize {

@@ -203,7 +203,7 @@ impl Cluster {
             if *gid != METADATA_GROUP && !wanted(*gid) {
                 return false;
             }
-            !f.restarted_at.is_some_and(|at| at.elapsed() >= HEALTHY_AFTER)
+            f.restarted_at.is_none_or(|at| at.elapsed() < HEALTHY_AFTER)
         });
     }
 
