@@ -63,7 +63,7 @@ async fn produce(nodes: &[&NodeHandle], batch: u64) -> Vec<(u64, ChainHash, Byte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_disk_makes_the_node_unready_and_it_resumes_by_itself_once_space_returns() {
+async fn cluster_a_full_disk_makes_the_node_unready_and_it_resumes_by_itself_once_space_returns() {
     let root = tempfile::tempdir().unwrap();
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
