@@ -1,5 +1,5 @@
-//! The HTTP side: `/healthz` (the process serves), `/readyz` (the metadata group has a leader that a
-//! quorum still acknowledges, so the node can serve requests) and `/metrics` (Prometheus text).
+//! The HTTP side: `/healthz` (the process serves), `/readyz` (no local group stopped by an error, and
+//! the metadata group has a leader that a quorum still acknowledges, so the node can serve requests) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +38,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Whether a node can serve: the metadata group has a leader, the leader still has a majority,
-/// and the applied metadata lists this node as a member. `Ok` names the leader, `Err` says what is
+/// Whether a node can serve: no local Raft group is stopped by an error (e.g. a full disk), the
+/// metadata group has a leader, the leader still has a majority, and the applied metadata lists
+/// this node as a member. `Ok` names the leader, `Err` says what is
 /// missing.
 ///
 /// The majority is checked where it can be seen: on the metadata leader, a quorum of voters must
@@ -47,6 +48,19 @@ async fn healthz() -> &'static str {
 /// leading). A follower knows a leader only while it hears from one: without heartbeats it starts
 /// an election within `election_timeout_max_ms` and then knows no leader.
 pub fn readiness(cluster: &Cluster, node_id: u64, quorum_ack_max: Duration) -> Result<String, String> {
+    // A group stopped by an error (a full disk) does not serve here until it is restarted.
+    let stopped = cluster.stopped_groups();
+    if let Some(first) = stopped.first() {
+        return Err(format!(
+            "{} raft group(s) stopped on an error here (restarted from disk automatically; ready once each has run again for {} s); group {} stopped {} ms ago{}: {}",
+            stopped.len(),
+            shale_raft::cluster::HEALTHY_AFTER.as_secs(),
+            first.group,
+            first.stopped_for.as_millis(),
+            first.running_again_for.map_or(String::new(), |d| format!(", running again for {} ms", d.as_millis())),
+            first.reason
+        ));
+    }
     let Some((id, addr)) = cluster.metadata_leader() else {
         return Err("the metadata group has no leader".into());
     };

@@ -183,6 +183,25 @@ impl Metrics {
         gauge_header(&mut out, "shale_scrub_damaged_ranges", "Damaged log ranges on this node not yet repaired.");
         let _ = writeln!(out, "shale_scrub_damaged_ranges {}", self.scrub_damaged_ranges.get());
 
+        counter(
+            &mut out,
+            "shale_group_failures_total",
+            "Raft groups found stopped by an error here (e.g. a full disk), each stop counted.",
+            cluster.group_failures_total(),
+        );
+        counter(
+            &mut out,
+            "shale_group_restarts_total",
+            "Stopped Raft groups restarted from disk here.",
+            cluster.group_restarts_total(),
+        );
+        gauge_header(
+            &mut out,
+            "shale_groups_stopped",
+            "Raft groups on this node stopped by an error, or restarted less than 5 s ago (not ready while > 0).",
+        );
+        let _ = writeln!(out, "shale_groups_stopped {}", cluster.stopped_groups().len());
+
         let status = cluster.cluster_status();
         gauge_header(&mut out, "shale_cluster_members", "Members in the applied metadata.");
         let _ = writeln!(out, "shale_cluster_members {}", status.members.len());

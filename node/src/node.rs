@@ -121,6 +121,19 @@ impl Node {
         http_listener: TcpListener,
     ) -> Result<NodeHandle, NodeError> {
         config.validate()?;
+        let storage = crate::storage::open(&config)?;
+        Self::start_on_storage(config, grpc_listener, http_listener, storage).await
+    }
+
+    /// As [`Node::start_on`], on a storage the caller opened (`storage`/`data_dir` of the config
+    /// are then ignored): lets tests run a node on a storage whose file system injects faults.
+    pub async fn start_on_storage(
+        config: NodeConfig,
+        grpc_listener: TcpListener,
+        http_listener: TcpListener,
+        storage: Arc<dyn StorageBackend>,
+    ) -> Result<NodeHandle, NodeError> {
+        config.validate()?;
         let grpc_addr = grpc_listener.local_addr().map_err(|source| NodeError::Bind {
             what: "grpc",
             addr: config.grpc_listen,
@@ -132,8 +145,6 @@ impl Node {
             source,
         })?;
         let advertise_addr = config.advertise_addr(grpc_addr);
-
-        let storage = crate::storage::open(&config)?;
         let mut cluster_config = ClusterConfig::new(config.node_id, advertise_addr.clone(), storage.clone());
         cluster_config.raft.heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;

@@ -7,14 +7,19 @@ use shale_storage::{MemoryStorage, StorageBackend, StorageOptions};
 use crate::config::{NodeConfig, StorageKind};
 use crate::node::NodeError;
 
-/// Opens (or creates) the storage the config names.
-pub fn open(config: &NodeConfig) -> Result<Arc<dyn StorageBackend>, NodeError> {
-    let options = StorageOptions {
+/// The storage options the config implies.
+pub fn options(config: &NodeConfig) -> StorageOptions {
+    StorageOptions {
         // A record is stored as one Raft entry: the node's record limit plus entry framing.
         max_record_bytes: (config.limits.max_record_bytes + 64 * 1024).max(StorageOptions::default().max_record_bytes),
         max_segment_bytes: config.segment_bytes,
         ..StorageOptions::default()
-    };
+    }
+}
+
+/// Opens (or creates) the storage the config names.
+pub fn open(config: &NodeConfig) -> Result<Arc<dyn StorageBackend>, NodeError> {
+    let options = options(config);
     match config.storage {
         StorageKind::Memory => Ok(Arc::new(MemoryStorage::with_options(options).map_err(NodeError::Storage)?)),
         StorageKind::Disk => {

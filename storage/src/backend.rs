@@ -119,6 +119,17 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// Removes a stream and all its files. Unknown streams are a no-op.
     fn delete_stream(&self, stream: StreamId) -> Result<()>;
 
+    /// Brings back a stream that refuses writes after an I/O failure
+    /// ([`crate::StorageError::StreamFailed`]) without reopening the whole storage: its in-memory
+    /// state is dropped and rebuilt from what is stored, as opening the storage would (a torn tail
+    /// is cut; every record that was durable is kept), and what it keeps is made durable before it
+    /// takes writes. `Ok(true)` if it was failed and is usable now, `Ok(false)` if there was
+    /// nothing to do. If the cause persists (a full disk), this or the next write fails again.
+    fn reopen_stream(&self, stream: StreamId) -> Result<bool>;
+
+    /// The first I/O failure that made the stream refuse writes, if it does.
+    fn stream_failure(&self, stream: StreamId) -> Option<String>;
+
     /// Bytes the stream occupies (segment, index and checkpoint files).
     fn stream_bytes(&self, stream: StreamId) -> Result<u64>;
 

@@ -173,8 +173,9 @@ pub enum StorageError {
         stream: StreamId,
     },
 
-    /// An earlier I/O failure left this stream in an unknown state; reopen the storage to recover.
-    #[error("stream {stream} is failed after an earlier I/O error ({cause}); reopen the storage to recover")]
+    /// An earlier I/O failure left this stream in an unknown state; it refuses writes until it is
+    /// reopened (`StorageBackend::reopen_stream`, or reopening the storage).
+    #[error("stream {stream} is failed after an earlier I/O error ({cause}); it refuses writes until reopened")]
     StreamFailed {
         /// The stream.
         stream: StreamId,

@@ -474,6 +474,15 @@ impl StorageBackend for MemoryStorage {
         Ok(())
     }
 
+    /// Memory streams never fail, so there is never anything to reopen.
+    fn reopen_stream(&self, _stream: StreamId) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn stream_failure(&self, _stream: StreamId) -> Option<String> {
+        None
+    }
+
     fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
         Ok(self.stream(stream).map_or(0, |s| s.lock().segments.iter().map(|seg| seg.bytes).sum()))
     }

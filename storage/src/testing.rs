@@ -9,6 +9,10 @@
 //!
 //! [`FaultyFileSystem::fail_next_write`] and [`FaultyFileSystem::fail_next_fsync`] make the next
 //! such call fail (a failed write leaves the first half of its bytes written, like a short write).
+//! [`FaultyFileSystem::set_disk_full`] models a full disk until it is cleared: a write past a
+//! file's current length writes what fits in the file's existing bytes and fails with ENOSPC
+//! (`No space left on device`), as does growing a file with `set_len`; overwriting allocated
+//! bytes (preallocated zeros) still succeeds, as on a real file system.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -46,6 +50,8 @@ struct State {
     fsync_fails_after: Option<u64>,
     writes: u64,
     fsyncs: u64,
+    /// Writes that grow a file fail with ENOSPC.
+    disk_full: bool,
 }
 
 /// An in-memory file system that tracks written versus durable bytes and injects faults.
@@ -57,6 +63,11 @@ pub struct FaultyFileSystem {
 
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+}
+
+/// ENOSPC, as the OS reports a full disk.
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(28)
 }
 
 fn injected(what: &str) -> io::Error {
@@ -93,6 +104,12 @@ impl FaultyFileSystem {
     /// Lets `n` fsyncs (file or directory) through, then fails the next one.
     pub fn fail_fsync_after(&self, n: u64) {
         self.state.lock().fsync_fails_after = Some(n);
+    }
+
+    /// Fills (`true`) or frees (`false`) the disk: while full, every write or `set_len` that would
+    /// grow a file fails with ENOSPC (after writing what fits within the file's current length).
+    pub fn set_disk_full(&self, full: bool) {
+        self.state.lock().disk_full = full;
     }
 
     /// Cancels any armed failure.
@@ -203,8 +220,15 @@ impl FsFile for FaultyFile {
             s.writes += 1;
             let fail = FaultyFileSystem::trip(&mut s.write_fails_after);
             let bytes = if fail { &data[..data.len() / 2] } else { data };
-            let inode = s.inodes.get_mut(&id).expect("checked");
             let start = position as usize;
+            let current = s.inodes[&id].data.len();
+            if s.disk_full && start + data.len() > current {
+                let fits = current.saturating_sub(start).min(data.len());
+                let inode = s.inodes.get_mut(&id).expect("checked");
+                inode.data[start.min(current)..start.min(current) + fits].copy_from_slice(&data[..fits]);
+                return Err(no_space());
+            }
+            let inode = s.inodes.get_mut(&id).expect("checked");
             if inode.data.len() < start + bytes.len() {
                 inode.data.resize(start + bytes.len(), 0);
             }
@@ -215,6 +239,9 @@ impl FsFile for FaultyFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.with(|s, id| {
+            if s.disk_full && len as usize > s.inodes[&id].data.len() {
+                return Err(no_space());
+            }
             s.inodes.get_mut(&id).expect("checked").data.resize(len as usize, 0);
             Ok(())
         })

@@ -1,8 +1,9 @@
 //! A full disk on one node: node 3's `/data` is a small size-limited volume that the test fills
-//! while a workload runs. The node must say so clearly (its log names the full disk), the other
-//! two must keep acknowledging writes, and once the space is given back (the filler emptied, the
-//! node not restarted) the node must catch up until every replica, read on its own, holds every
-//! acknowledged record from offset 0 with the acknowledged chain hashes.
+//! while a workload runs. The node must say so clearly (its log names the full disk, its
+//! `/readyz` answers 503), the other two must keep acknowledging writes, and once the space is
+//! given back (the filler emptied, the node not restarted) the node's supervisor restarts its
+//! stopped groups from disk and it catches up until every replica, read on its own, holds every
+//! acknowledged record from offset 0 with the acknowledged chain hashes, and is ready again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +20,10 @@ const VOLUME_MIB: u64 = 96;
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the node's log must say (the OS error text of ENOSPC).
 const FULL_DISK_ERROR: &str = "No space left on device";
+/// What the node's supervisor logs when it finds a group stopped.
+const SUPERVISOR_LINE: &str = "raft group stopped on an error";
+/// Bound on the node running its groups again once space returns.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_on_one_node_loses_nothing_and_the_node_catches_up_once_space_returns() {
@@ -48,12 +53,25 @@ async fn a_full_disk_on_one_node_loses_nothing_and_the_node_catches_up_once_spac
     eprintln!("full-disk: node {FULL} logged: {logged}");
     // The majority keeps accepting writes.
     workload.wait_for_more_acks(1_500, PROGRESS_TIMEOUT).await.unwrap();
-    let ready = cluster.is_ready(FULL).await.unwrap();
-    eprintln!("full-disk: node {FULL} ready while its disk is full: {ready}");
+    // It is not ready while its groups are stopped.
+    let deadline = tokio::time::Instant::now() + NOTICE_TIMEOUT;
+    while cluster.is_ready(FULL).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {FULL} stayed ready for {NOTICE_TIMEOUT:?} with a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let logs = cluster.logs(FULL).await.unwrap();
+    let supervised = logs.lines().find(|l| l.contains(SUPERVISOR_LINE));
+    assert!(supervised.is_some(), "node {FULL} logged no {SUPERVISOR_LINE:?}");
+    eprintln!("full-disk: node {FULL} is not ready; logged: {}", supervised.unwrap_or_default());
 
     // Space returns; the node is not restarted: it must resume by itself.
     cluster.free_disk(FULL).await.unwrap();
     workload.wait_for_more_acks(300, PROGRESS_TIMEOUT).await.unwrap();
+    cluster.wait_ready(FULL, RESUME_TIMEOUT).await.unwrap();
+    eprintln!("full-disk: node {FULL} is ready again");
     let history = workload.stop().await;
     match setup.check(&history).await {
         Ok(summary) => eprintln!("full-disk: {summary}"),

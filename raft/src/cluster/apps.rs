@@ -18,12 +18,23 @@ pub struct MetadataApp {
     state: Arc<RwLock<MetadataState>>,
     /// Bumped after every applied command or restore, so the reconcile loop wakes.
     changed: watch::Sender<u64>,
+    /// While a restarted group rebuilds its state (restore, then re-apply), the state it builds and
+    /// the index the shared `state` already reflects: `state` is replaced only once the rebuilt
+    /// one has caught up with it, so readers never see the metadata go back in time.
+    replay: Option<(MetadataState, u64)>,
 }
 
 impl MetadataApp {
     /// An app over `state`, announcing changes on `changed`.
     pub fn new(state: Arc<RwLock<MetadataState>>, changed: watch::Sender<u64>) -> Self {
-        Self { state, changed }
+        Self { state, changed, replay: None }
+    }
+
+    /// An app for a restarted metadata group whose shared `state` already reflects every entry up
+    /// to `applied`: it rebuilds from the snapshot and the log on the side and takes over `state`
+    /// at the first entry it applies past `applied` (readers keep the state they had meanwhile).
+    pub fn resuming(state: Arc<RwLock<MetadataState>>, changed: watch::Sender<u64>, applied: u64) -> Self {
+        Self { state, changed, replay: Some((MetadataState::new(), applied)) }
     }
 
     fn announce(&self) {
@@ -32,24 +43,41 @@ impl MetadataApp {
 }
 
 impl StateMachineApp for MetadataApp {
-    fn apply(&mut self, _index: u64, payload: &Bytes) -> Bytes {
-        let reply = match MetadataCommand::decode(payload) {
-            Ok(command) => self.state.write().apply(&command),
+    fn apply(&mut self, index: u64, payload: &Bytes) -> Bytes {
+        let reply = match (MetadataCommand::decode(payload), &mut self.replay) {
+            (Ok(command), Some((staging, _))) => staging.apply(&command),
+            (Ok(command), None) => self.state.write().apply(&command),
             // Every replica sees the same bytes, so every replica rejects them alike.
-            Err(e) => MetadataReply::Rejected(Rejection::Invalid { reason: e.to_string() }),
+            (Err(e), _) => MetadataReply::Rejected(Rejection::Invalid { reason: e.to_string() }),
         };
-        self.announce();
+        if let Some((_, caught_up_at)) = &self.replay
+            && index >= *caught_up_at
+            && let Some((staging, _)) = self.replay.take()
+        {
+            *self.state.write() = staging;
+        }
+        if self.replay.is_none() {
+            self.announce();
+        }
         Bytes::from(reply.encode())
     }
 
     fn snapshot(&self) -> Bytes {
-        Bytes::from(self.state.read().encode())
+        match &self.replay {
+            Some((staging, _)) => Bytes::from(staging.encode()),
+            None => Bytes::from(self.state.read().encode()),
+        }
     }
 
     fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
         let state = if snapshot.is_empty() { MetadataState::new() } else { MetadataState::decode(snapshot)? };
-        *self.state.write() = state;
-        self.announce();
+        match &mut self.replay {
+            Some((staging, _)) => *staging = state,
+            None => {
+                *self.state.write() = state;
+                self.announce();
+            }
+        }
         Ok(())
     }
 }
@@ -108,6 +136,33 @@ mod tests {
         assert_eq!(*other.read(), *state.read());
         assert!(restored.restore(&Bytes::from_static(b"not a snapshot")).is_err());
         assert_eq!(*other.read(), *state.read(), "a failed restore changes nothing");
+    }
+
+    #[test]
+    fn a_resuming_metadata_app_never_shows_older_state_and_takes_over_once_caught_up() {
+        let add = |id: u64| Bytes::from(MetadataCommand::AddMember { id, addr: format!("h:{id}") }.encode());
+        let state = Arc::new(RwLock::new(MetadataState::new()));
+        let (tx, rx) = watch::channel(0);
+        let mut app = MetadataApp::new(state.clone(), tx.clone());
+        app.apply(1, &add(1));
+        let snap = app.snapshot();
+        app.apply(2, &add(2));
+        app.apply(3, &add(3));
+        let before = state.read().clone();
+        let seen = *rx.borrow();
+
+        // A restart: restore from the snapshot at 1, re-apply 2 and 3, then a new entry 4.
+        let mut resumed = MetadataApp::resuming(state.clone(), tx, 3);
+        resumed.restore(&snap).unwrap();
+        assert_eq!(*state.read(), before, "readers never see the snapshot's older state");
+        resumed.apply(2, &add(2));
+        assert_eq!(*state.read(), before);
+        assert_eq!(*rx.borrow(), seen, "nothing new to announce while replaying");
+        resumed.apply(3, &add(3));
+        assert_eq!(*state.read(), before, "caught up: the rebuilt state is the same");
+        resumed.apply(4, &add(4));
+        assert!(state.read().members().contains_key(&4), "later entries apply to the shared state");
+        assert!(*rx.borrow() > seen);
     }
 
     #[test]

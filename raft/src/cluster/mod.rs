@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod partition;
 mod reconcile;
 mod retention;
+mod supervise;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::*;
+pub use supervise::{HEALTHY_AFTER, RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, StoppedGroup};
 
 use crate::cluster::apps::MetadataApp;
 use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
@@ -138,7 +140,15 @@ impl fmt::Debug for LocalPartition {
 pub struct Cluster {
     config: ClusterConfig,
     router: Arc<Router>,
-    metadata_group: Arc<RaftGroup>,
+    /// The running metadata group (replaced when the supervisor restarts a stopped one).
+    metadata_group: RwLock<Arc<RaftGroup>>,
+    /// Announces metadata changes (kept to hand to a restarted metadata group's app).
+    metadata_changed_tx: watch::Sender<u64>,
+    /// Groups whose Raft core stopped on an error, being restarted from disk (`supervise.rs`).
+    failed_groups: Mutex<BTreeMap<GroupId, supervise::GroupFailure>>,
+    /// Groups found stopped, and restarted again, since start.
+    group_failures_total: std::sync::atomic::AtomicU64,
+    group_restarts_total: std::sync::atomic::AtomicU64,
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
@@ -165,7 +175,7 @@ impl Cluster {
         let router = Router::new(config.node_id, config.network.clone())?;
         let metadata = Arc::new(RwLock::new(MetadataState::new()));
         let (changed_tx, changed_rx) = watch::channel(0u64);
-        let app = MetadataApp::new(metadata.clone(), changed_tx);
+        let app = MetadataApp::new(metadata.clone(), changed_tx.clone());
         let mut raft_config = config.raft.clone();
         raft_config.retention = Retention::SnapshotOnly;
         let metadata_group = RaftGroup::start(
@@ -181,7 +191,11 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             config,
             router,
-            metadata_group,
+            metadata_group: RwLock::new(metadata_group),
+            metadata_changed_tx: changed_tx,
+            failed_groups: Mutex::new(BTreeMap::new()),
+            group_failures_total: Default::default(),
+            group_restarts_total: Default::default(),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
@@ -249,13 +263,18 @@ impl Cluster {
             }
         };
         let partitions = futures::future::join_all(locals.iter().map(|p| stop(p.group.clone())));
-        let (partitions, metadata) = tokio::join!(partitions, stop(self.metadata_group.clone()));
+        let (partitions, metadata) = tokio::join!(partitions, stop(self.meta()));
         for (p, r) in locals.iter().zip(partitions) {
             if let Err(e) = r {
                 tracing::warn!(group = %p.group.id(), error = %e, "partition group shutdown failed");
             }
         }
         metadata
+    }
+
+    /// The metadata group as it runs now.
+    fn meta(&self) -> Arc<RaftGroup> {
+        self.metadata_group.read().clone()
     }
 
     fn timeout(&self) -> Duration {
@@ -297,7 +316,7 @@ impl Cluster {
 
     /// The metadata group's leader and its address, as known here.
     pub fn metadata_leader(&self) -> Option<(NodeId, String)> {
-        self.metadata_group.leader().map(|(id, node)| (id, node.addr))
+        self.meta().leader().map(|(id, node)| (id, node.addr))
     }
 
     /// On the metadata leader: how long ago a quorum of voters last acknowledged its leadership
@@ -305,7 +324,7 @@ impl Cluster {
     /// group, or no quorum has acknowledged it yet. A leader whose peers are unreachable keeps
     /// leading, but this age grows without bound.
     pub fn metadata_quorum_ack_age(&self) -> Option<Duration> {
-        let m = self.metadata_group.metrics();
+        let m = self.meta().metrics();
         if m.current_leader != Some(self.config.node_id) {
             return None;
         }
@@ -333,7 +352,7 @@ impl Cluster {
             });
         }
         let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, a)| (*id, Node::new(a.clone()))).collect();
-        match tokio::time::timeout(self.timeout(), self.metadata_group.initialize(nodes)).await {
+        match tokio::time::timeout(self.timeout(), self.meta().initialize(nodes)).await {
             Ok(Ok(()) | Err(RaftError::AlreadyInitialized { .. })) => {}
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => {
@@ -367,12 +386,10 @@ impl Cluster {
 
     /// Proposes a metadata command on the metadata leader; a rejection comes back as its error.
     async fn propose(&self, command: MetadataCommand) -> Result<MetadataReply, ClusterError> {
-        let result = tokio::time::timeout(self.timeout(), self.metadata_group.write(Bytes::from(command.encode())))
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                what: "metadata commit".into(),
-                waited_ms: self.config.request_timeout_ms,
-            })??;
+        let result =
+            tokio::time::timeout(self.timeout(), self.meta().write(Bytes::from(command.encode()))).await.map_err(
+                |_| ClusterError::Timeout { what: "metadata commit".into(), waited_ms: self.config.request_timeout_ms },
+            )??;
         match MetadataReply::decode(&result.response)? {
             MetadataReply::Rejected(r) => Err(r.into()),
             reply => Ok(reply),
@@ -381,7 +398,7 @@ impl Cluster {
 
     /// Waits until this node's metadata is linearizable (read-index on the metadata leader).
     async fn linearizable_metadata(&self) -> Result<(), ClusterError> {
-        tokio::time::timeout(self.timeout(), self.metadata_group.ensure_linearizable()).await.map_err(|_| {
+        tokio::time::timeout(self.timeout(), self.meta().ensure_linearizable()).await.map_err(|_| {
             ClusterError::Timeout { what: "metadata read-index".into(), waited_ms: self.config.request_timeout_ms }
         })??;
         Ok(())
@@ -505,23 +522,22 @@ impl Cluster {
         if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
             return Err(ClusterError::InvalidArgument { field: "addr", reason: format!("{} bytes", addr.len()) });
         }
-        if !self.metadata_group.is_leader() {
+        if !self.meta().is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
         let voters = self.metadata_voters();
         if !voters.contains(&id) {
-            let add = self.metadata_group.add_learner(id, Node::new(addr.clone()), false);
+            let meta = self.meta();
+            let add = meta.add_learner(id, Node::new(addr.clone()), false);
             self.bounded("adding a learner to the metadata group", add).await?;
-            let since = self.metadata_group.metrics().membership_config.log_id().as_ref().map_or(0, |l| l.index());
+            let since = self.meta().metrics().membership_config.log_id().as_ref().map_or(0, |l| l.index());
             let wait = Duration::from_millis(self.config.catch_up_timeout_ms);
-            let caught_up = self
-                .metadata_group
-                .wait_metrics("new node catching up", wait, |m| catch_up(m, id, since).caught_up)
-                .await;
+            let caught_up =
+                self.meta().wait_metrics("new node catching up", wait, |m| catch_up(m, id, since).caught_up).await;
             if caught_up.is_err() {
-                let progress = catch_up(&self.metadata_group.metrics(), id, since);
+                let progress = catch_up(&self.meta().metrics(), id, since);
                 tracing::warn!(node = id, %addr, ?progress, "new node did not catch up; removing it again");
-                let remove = self.metadata_group.remove_nodes([id].into());
+                let remove = meta.remove_nodes([id].into());
                 if let Err(e) = self.bounded("removing a learner that did not catch up", remove).await {
                     tracing::warn!(node = id, error = %e, "cannot remove the learner again");
                 }
@@ -535,7 +551,7 @@ impl Cluster {
             }
             let mut voters = voters;
             voters.insert(id);
-            let promote = self.metadata_group.change_membership(voters, false);
+            let promote = meta.change_membership(voters, false);
             self.bounded("promoting a caught-up node to voter", promote).await?;
         }
         debug_assert!(self.metadata_voters().contains(&id), "a member is a metadata voter first");
@@ -546,7 +562,7 @@ impl Cluster {
     /// members, and the node, still replicating the metadata, stops its partition groups), then from
     /// the metadata group. Metadata leader only.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
-        if !self.metadata_group.is_leader() {
+        if !self.meta().is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
         let mut voters = self.metadata_voters();
@@ -561,14 +577,13 @@ impl Cluster {
             Err(e) => return Err(e),
         }
         if is_voter {
-            self.bounded("a node leaving the metadata group", self.metadata_group.change_membership(voters, false))
-                .await?;
+            self.bounded("a node leaving the metadata group", self.meta().change_membership(voters, false)).await?;
         }
         Ok(())
     }
 
     fn metadata_voters(&self) -> std::collections::BTreeSet<NodeId> {
-        self.metadata_group.metrics().membership_config.membership().voter_ids().collect()
+        self.meta().metrics().membership_config.membership().voter_ids().collect()
     }
 
     /// Members, the metadata group and every partition group hosted here.
@@ -581,7 +596,7 @@ impl Cluster {
             .map(|(id, addr)| MemberInfo { id: *id, addr: addr.clone() })
             .collect();
         let voters: Vec<NodeId> = self.metadata_voters().into_iter().collect();
-        let metadata = Some(group_status(&self.metadata_group, None, voters));
+        let metadata = Some(group_status(&self.meta(), None, voters));
         let locals: Vec<Arc<LocalPartition>> = self.partitions.read().values().cloned().collect();
         let mut partitions: Vec<GroupStatus> = locals
             .iter()

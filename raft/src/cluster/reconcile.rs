@@ -66,7 +66,7 @@ pub(super) fn raft_retention(policy: RetentionPolicy) -> Retention {
 }
 
 /// What this node should run for one partition.
-struct Wanted {
+pub(super) struct Wanted {
     topic: String,
     topic_id: TopicId,
     assignment: PartitionAssignment,
@@ -75,7 +75,7 @@ struct Wanted {
 
 impl Cluster {
     async fn reconcile_once(&self) {
-        if self.metadata_group.is_leader() {
+        if self.meta().is_leader() {
             self.record_initial_members().await;
         }
         let _guard = self.lifecycle.lock().await;
@@ -106,6 +106,9 @@ impl Cluster {
             let ids: BTreeSet<TopicId> = state.topics().values().map(|t| t.id).collect();
             (wanted, assigned, state.next_topic_id(), ids)
         };
+
+        // Restart the metadata group from disk if its core stopped (see `supervise`).
+        self.supervise_metadata(&|g| wanted.contains_key(&g)).await;
 
         // Stop what is no longer ours: at once for a deleted topic, after the move for a moved replica.
         let running: Vec<(GroupId, Arc<LocalPartition>)> =
@@ -145,8 +148,15 @@ impl Cluster {
             }
             let existing = self.partitions.read().get(&gid).cloned();
             let local = match existing {
-                Some(l) => l,
-                None => match self.start_partition(gid, &w).await {
+                Some(l) if self.stopped_reason(&l.group).is_none() => l,
+                // Stopped on an error (a full disk): restarted from disk with backoff.
+                existing if existing.is_some() || self.is_stopped(gid) => {
+                    match self.supervise_partition(gid, existing, &w).await {
+                        Some(l) => l,
+                        None => continue,
+                    }
+                }
+                _ => match self.start_partition(gid, &w).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(group = %gid, topic = %w.topic, partition = w.assignment.partition, error = %e, "cannot start partition group");
@@ -158,7 +168,7 @@ impl Cluster {
         }
     }
 
-    async fn start_partition(&self, gid: GroupId, w: &Wanted) -> Result<Arc<LocalPartition>, ClusterError> {
+    pub(super) async fn start_partition(&self, gid: GroupId, w: &Wanted) -> Result<Arc<LocalPartition>, ClusterError> {
         let state = Arc::new(RwLock::new(PartitionMachine::new()));
         let mut config = self.config.raft.clone();
         config.retention = raft_retention(w.retention);
@@ -396,7 +406,7 @@ impl Cluster {
             return;
         }
         let members: BTreeMap<NodeId, String> = {
-            let m = self.metadata_group.metrics().membership_config.clone();
+            let m = self.meta().metrics().membership_config.clone();
             m.membership().nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
         };
         if members.is_empty() {

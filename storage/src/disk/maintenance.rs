@@ -4,6 +4,7 @@
 //! recovery policy in `recovery.rs`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -301,6 +302,56 @@ impl Storage {
         }
         self.fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
         Ok(())
+    }
+
+    /// Brings a failed stream back without reopening the whole storage: drops its in-memory state
+    /// and runs the open path (recovery) on its directory again, which keeps every whole record
+    /// on disk and cuts only a torn tail and the zeros past the active segment's records, as at
+    /// open; then fsyncs what it kept, so everything the reopened stream holds is durable before it
+    /// takes writes again. Returns `Ok(true)` if the stream was failed and is usable again,
+    /// `Ok(false)` if there was nothing to do (unknown or not failed). Deletes nothing a reopen of
+    /// the storage would keep. While the cause persists (a full disk) the fsync or the next write
+    /// fails again and the stream is failed again.
+    pub fn reopen_stream(&self, stream: StreamId) -> Result<bool> {
+        let _c = self.create.lock();
+        let Some(old) = self.stream(stream) else {
+            return Ok(false);
+        };
+        if old.check_usable().is_ok() {
+            return Ok(false);
+        }
+        // Appenders and maintenance of the failed stream finish (they all fail) before its files
+        // are read again.
+        let _w = old.writer.lock();
+        let reopened = match self.open_stream(stream, old.dir.clone())? {
+            Some(s) => Arc::new(s),
+            None => {
+                // Nothing but leftovers in its directory: it held no record.
+                self.streams.write().remove(&stream);
+                old.sync.wake_all();
+                return Ok(true);
+            }
+        };
+        // Make what recovery kept durable (it may have been written, but not fsynced, before the
+        // failure) before anything is appended after it.
+        use std::sync::atomic::Ordering;
+        reopened.synced.store(old.synced.load(Ordering::Acquire), Ordering::Release);
+        reopened.modified.store(old.modified.load(Ordering::Acquire), Ordering::Release);
+        let synced = self.sync_stream(&reopened);
+        if let Err(e) = synced {
+            tracing::warn!(%stream, error = %e, "reopening a failed stream: the fsync of what it holds failed");
+            return Err(e);
+        }
+        let next = reopened.core.read().next();
+        self.streams.write().insert(stream, reopened);
+        old.sync.wake_all();
+        tracing::info!(%stream, %next, "failed stream reopened from its files");
+        Ok(true)
+    }
+
+    /// Why the stream refuses writes (its first I/O failure), if it does.
+    pub fn stream_failure(&self, stream: StreamId) -> Option<String> {
+        self.stream(stream).and_then(|s| s.failed.get().cloned())
     }
 
     /// Removes a stream and all its files. Unknown streams are a no-op.

@@ -415,6 +415,14 @@ impl StorageBackend for Storage {
         Storage::delete_stream(self, stream)
     }
 
+    fn reopen_stream(&self, stream: StreamId) -> Result<bool> {
+        Storage::reopen_stream(self, stream)
+    }
+
+    fn stream_failure(&self, stream: StreamId) -> Option<String> {
+        Storage::stream_failure(self, stream)
+    }
+
     fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
         Storage::stream_bytes(self, stream)
     }
