@@ -10,90 +10,15 @@ mod cluster_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use cluster_support::{Backing, Setup, TestCluster, record, wait_for};
-use parking_lot::Mutex;
+use cluster_support::{BackgroundProducer, Backing, Setup, TestCluster, wait_for};
 use shale_raft::cluster::{Cluster, METADATA_GROUP, StoppedGroup};
-use shale_storage::{ChainHash, StorageOptions};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use shale_storage::StorageOptions;
 
 const TOPIC: &str = "full-disk";
 /// Records per produce call.
 const BATCH: usize = 8;
 /// Bound on the slower steps (noticing, restarting, catching up).
 const SLOW: Duration = Duration::from_secs(60);
-
-/// One acknowledged record.
-#[derive(Clone, Debug)]
-struct Acked {
-    offset: u64,
-    chain_hash: ChainHash,
-    value: Bytes,
-}
-
-/// A producer writing batches through whichever node accepts them, until stopped; every
-/// acknowledged record goes into the shared list.
-struct Producer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-}
-
-impl Producer {
-    fn start(nodes: Vec<Arc<Cluster>>, tag: &str) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let out = acked.clone();
-        let tag = tag.to_string();
-        let task = tokio::spawn(async move {
-            let mut batch_no = 0u64;
-            while !*stop_rx.borrow() {
-                let values: Vec<String> = (0..BATCH).map(|i| format!("{tag}-{batch_no:06}-{i}")).collect();
-                batch_no += 1;
-                let records: Vec<_> = values.iter().map(|v| record("k", v)).collect();
-                let mut done = false;
-                for node in &nodes {
-                    match node.produce(TOPIC, 0, records.clone(), None).await {
-                        Ok(offsets) => {
-                            let mut a = out.lock();
-                            for (o, v) in offsets.into_iter().zip(&values) {
-                                a.push(Acked {
-                                    offset: o.offset,
-                                    chain_hash: o.chain_hash,
-                                    value: Bytes::from(v.clone()),
-                                });
-                            }
-                            done = true;
-                            break;
-                        }
-                        // Not the leader, or a node that crashed: try the next one.
-                        Err(_) => continue,
-                    }
-                }
-                if !done {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
-        Self { stop, task, acked }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().len()
-    }
-
-    async fn wait_for_more(&self, more: usize) {
-        let target = self.count() + more;
-        wait_for("more acknowledged records", || async { (self.count() >= target).then_some(()) }).await;
-    }
-
-    async fn stop(self) -> Vec<Acked> {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        self.acked.lock().clone()
-    }
-}
 
 async fn wait_long<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -124,7 +49,7 @@ async fn cluster_a_full_disk_stops_one_nodes_groups_loses_nothing_and_they_resta
     let full = c.node(victim).clone();
     let fs = c.nodes[victim as usize - 1].fs.clone().expect("faulty backing");
     let handles: Vec<Arc<Cluster>> = c.running().into_iter().map(|id| c.node(id).clone()).collect();
-    let producer = Producer::start(handles, "disk");
+    let producer = BackgroundProducer::start(handles, TOPIC, BATCH, "disk");
     producer.wait_for_more(200).await;
     assert!(full.stopped_groups().is_empty(), "a healthy node reports no stopped group");
 

@@ -11,99 +11,14 @@
 mod cluster_support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use cluster_support::{Backing, Setup, TestCluster, record, wait_for};
-use parking_lot::Mutex;
+use cluster_support::{Acked, BackgroundProducer, Backing, Setup, TestCluster};
 use shale_raft::cluster::Cluster;
-use shale_storage::{ChainHash, StorageOptions};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use shale_storage::StorageOptions;
 
 const TOPIC: &str = "lost-writes";
 /// Records per produce call (more unsynced bytes in flight at a crash).
 const BATCH: usize = 8;
-
-/// One acknowledged record.
-#[derive(Clone, Debug)]
-struct Acked {
-    offset: u64,
-    chain_hash: ChainHash,
-    value: Bytes,
-}
-
-/// A producer writing batches through whichever node accepts them, until stopped; every
-/// acknowledged record goes into the shared list.
-struct Producer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    nodes: Arc<Mutex<Vec<Arc<Cluster>>>>,
-}
-
-impl Producer {
-    fn start(nodes: Vec<Arc<Cluster>>, tag: &str) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let out = acked.clone();
-        let nodes = Arc::new(Mutex::new(nodes));
-        let current = nodes.clone();
-        let tag = tag.to_string();
-        let task = tokio::spawn(async move {
-            let mut batch_no = 0u64;
-            while !*stop_rx.borrow() {
-                let nodes = current.lock().clone();
-                let values: Vec<String> = (0..BATCH).map(|i| format!("{tag}-{batch_no:06}-{i}")).collect();
-                batch_no += 1;
-                let records: Vec<_> = values.iter().map(|v| record("k", v)).collect();
-                let mut done = false;
-                for node in &nodes {
-                    match node.produce(TOPIC, 0, records.clone(), None).await {
-                        Ok(offsets) => {
-                            let mut a = out.lock();
-                            for (o, v) in offsets.into_iter().zip(&values) {
-                                a.push(Acked {
-                                    offset: o.offset,
-                                    chain_hash: o.chain_hash,
-                                    value: Bytes::from(v.clone()),
-                                });
-                            }
-                            done = true;
-                            break;
-                        }
-                        // Not the leader, or a node that crashed: try the next one.
-                        Err(_) => continue,
-                    }
-                }
-                if !done {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
-        Self { stop, task, acked, nodes }
-    }
-
-    /// The nodes to write through from now on (a restarted node is a new `Cluster`).
-    fn set_nodes(&self, nodes: Vec<Arc<Cluster>>) {
-        *self.nodes.lock() = nodes;
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().len()
-    }
-
-    async fn wait_for_more(&self, more: usize) {
-        let target = self.count() + more;
-        wait_for("more acknowledged records", || async { (self.count() >= target).then_some(()) }).await;
-    }
-
-    async fn stop(self) -> Vec<Acked> {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        self.acked.lock().clone()
-    }
-}
 
 async fn faulty_cluster() -> TestCluster {
     let mut setup = Setup::new(3);
@@ -149,7 +64,7 @@ async fn check_every_replica_holds(c: &TestCluster, acked: &[Acked]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_a_crashed_minority_loses_only_unsynced_bytes_and_no_acknowledged_record() {
     let mut c = faulty_cluster().await;
-    let producer = Producer::start(handles(&c), "minority");
+    let producer = BackgroundProducer::start(handles(&c), TOPIC, BATCH, "minority");
     producer.wait_for_more(200).await;
 
     // A follower crashes mid-load and comes back.
@@ -188,7 +103,7 @@ async fn cluster_a_crashed_minority_loses_only_unsynced_bytes_and_no_acknowledge
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_all_nodes_crashing_at_once_keep_every_acknowledged_record() {
     let mut c = faulty_cluster().await;
-    let producer = Producer::start(handles(&c), "all");
+    let producer = BackgroundProducer::start(handles(&c), TOPIC, BATCH, "all");
     producer.wait_for_more(400).await;
 
     let dropped = c.crash(&[1, 2, 3]).await;

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use shale_raft::RaftGroupConfig;
 use shale_raft::cluster::{
     Cluster, ClusterConfig, ClusterError, FetchRequest, NodeId, ProduceRecord, ProducedOffset, ProducerInfo,
     RetentionPolicy, TopicSpec,
 };
 use shale_storage::testing::FaultyFileSystem;
-use shale_storage::{CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
+use shale_storage::{ChainHash, CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Bound on every wait in the tests.
@@ -444,5 +445,86 @@ where
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One acknowledged record.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub offset: u64,
+    pub chain_hash: ChainHash,
+    pub value: Bytes,
+}
+
+/// A producer writing batches of `batch` records to partition 0 of `topic` through whichever node
+/// accepts them, until stopped; every acknowledged record goes into the shared list.
+pub struct BackgroundProducer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    nodes: Arc<Mutex<Vec<Arc<Cluster>>>>,
+}
+
+impl BackgroundProducer {
+    pub fn start(nodes: Vec<Arc<Cluster>>, topic: &str, batch: usize, tag: &str) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let out = acked.clone();
+        let nodes = Arc::new(Mutex::new(nodes));
+        let current = nodes.clone();
+        let tag = tag.to_string();
+        let topic = topic.to_string();
+        let task = tokio::spawn(async move {
+            let mut batch_no = 0u64;
+            while !*stop_rx.borrow() {
+                let nodes = current.lock().clone();
+                let values: Vec<String> = (0..batch).map(|i| format!("{tag}-{batch_no:06}-{i}")).collect();
+                batch_no += 1;
+                let records: Vec<_> = values.iter().map(|v| record("k", v)).collect();
+                let mut done = false;
+                for node in &nodes {
+                    match node.produce(&topic, 0, records.clone(), None).await {
+                        Ok(offsets) => {
+                            let mut a = out.lock();
+                            for (o, v) in offsets.into_iter().zip(&values) {
+                                a.push(Acked {
+                                    offset: o.offset,
+                                    chain_hash: o.chain_hash,
+                                    value: Bytes::from(v.clone()),
+                                });
+                            }
+                            done = true;
+                            break;
+                        }
+                        // Not the leader, or a node that crashed: try the next one.
+                        Err(_) => continue,
+                    }
+                }
+                if !done {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Self { stop, task, acked, nodes }
+    }
+
+    /// The nodes to write through from now on (a restarted node is a new `Cluster`).
+    pub fn set_nodes(&self, nodes: Vec<Arc<Cluster>>) {
+        *self.nodes.lock() = nodes;
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    pub async fn wait_for_more(&self, more: usize) {
+        let target = self.count() + more;
+        wait_for("more acknowledged records", || async { (self.count() >= target).then_some(()) }).await;
+    }
+
+    pub async fn stop(self) -> Vec<Acked> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.acked.lock().clone()
     }
 }
