@@ -409,9 +409,14 @@ impl Storage {
                         // A tail of zeros is what some file systems show for a write whose
                         // size update reached the disk but whose data did not.
                         let zero_tail = to == file_len && buf[at..].iter().all(|&b| b == 0);
+                        // Bytes that claim to run to the end of the file, or bytes that are no
+                        // record at all (no start marker: a torn write whose later pages reached
+                        // the disk before its first, or stray bytes in the preallocated zeros),
+                        // with no whole later record after them, are a torn tail too.
+                        let no_record_here = buf[at] != crate::format::record::START_MARKER;
                         if torn_ok
                             && (zero_tail
-                                || (claimed_end.is_some_and(|e| e >= file_len)
+                                || ((claimed_end.is_some_and(|e| e >= file_len) || no_record_here)
                                     && !self.record_follows(file, abs, file_len, offset)))
                         {
                             tracing::warn!(stream = %id, file = %name, position = abs, reason = %d.reason, "torn last record");
