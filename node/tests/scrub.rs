@@ -91,11 +91,10 @@ fn offline_records(dir: &Path, stream: StreamId) -> Vec<Record> {
     s.read_records(stream, Offset::ZERO, usize::MAX).expect("every record verifies")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repaired() {
-    init_tracing();
-    let root = tempfile::tempdir().unwrap();
-    let mut c = LocalCluster::start(3, root.path(), tune).await.expect("start");
+/// Three nodes with the topic, about 400 records produced (most acknowledged), and the stream of
+/// the partition's Raft log and the number of records acknowledged.
+async fn start_with_records(root: &Path) -> (LocalCluster, StreamId, usize) {
+    let c = LocalCluster::start(3, root, tune).await.expect("start");
     assert!(c.not_ready(WAIT).await.is_empty());
     let mut config = ClientConfig::new(c.endpoints());
     config.max_attempts = 40;
@@ -114,12 +113,19 @@ async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repai
         acked += usize::from(p.await.is_ok());
     }
     assert!(acked >= 300, "only {acked} of 400 writes acknowledged");
-    let end = u64::MAX;
-
-    // The partition's group, its leader, and a follower to damage.
     let status = c.running(1).unwrap().cluster().cluster_status();
     let g = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, _)| t == TOPIC)).unwrap();
     let stream = StreamId::new(2 * g.group.0);
+    (c, stream, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repaired() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (mut c, stream, acked) = start_with_records(root.path()).await;
+    let end = u64::MAX;
+    // The partition's leader, and a follower to damage.
     let deadline = tokio::time::Instant::now() + WAIT;
     let leader = loop {
         if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
@@ -286,28 +292,8 @@ async fn damage_in_a_running_followers_active_segment_is_repaired() {
 async fn damage_running_node(leader_damaged: bool) {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let c = LocalCluster::start(3, root.path(), tune).await.expect("start");
-    assert!(c.not_ready(WAIT).await.is_empty());
-    let mut config = ClientConfig::new(c.endpoints());
-    config.max_attempts = 40;
-    let client = Client::new(config).unwrap();
-    client.admin().create_topic(NewTopic::new(TOPIC, 1, 3)).await.expect("create topic");
-    let producer = client.producer(ProducerConfig::default());
-    let mut pending = Vec::new();
-    for i in 0..400u32 {
-        pending.push(producer.send(ProducerRecord::new(TOPIC, format!("r{i}-{}", "y".repeat(150)))).await.unwrap());
-    }
-    // (A leader change while the group settles may leave a write's outcome unknown: the client's
-    // retries are not under test here, so only most writes must be acknowledged.)
-    let mut acked = 0;
-    for p in pending {
-        acked += usize::from(p.await.is_ok());
-    }
-    assert!(acked >= 300, "only {acked} of 400 writes acknowledged");
+    let (c, stream, _acked) = start_with_records(root.path()).await;
     let end = u64::MAX;
-    let status = c.running(1).unwrap().cluster().cluster_status();
-    let g = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, _)| t == TOPIC)).unwrap();
-    let stream = StreamId::new(2 * g.group.0);
     let leader_of = || c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id);
     let deadline = tokio::time::Instant::now() + WAIT;
     let leader = loop {

@@ -120,24 +120,26 @@ fn a_payload_changed_with_its_crc_is_named_by_the_chain() {
     assert_eq!((v.from, v.records, v.head), (Offset::new(3), bad - 3, hashes[bad as usize - 1]));
 }
 
+/// A thread that cuts the last 1..=`span` records of the `n`-record stream and writes the same
+/// records again, 30 times over.
+fn rewrite_tail(s: std::sync::Arc<Storage>, n: u64, span: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for round in 0..30u64 {
+            let cut = n - 1 - (round % span);
+            s.truncate_from(S, Offset::new(cut)).unwrap();
+            let events: Vec<Bytes> = (cut..n).map(payload).collect();
+            s.append_batch(S, events, Offset::new(cut), false).unwrap();
+        }
+    })
+}
+
 #[test]
 fn verify_range_while_appending_and_truncating_never_reports_false_damage() {
     let dir = tempfile::tempdir().unwrap();
     let s = std::sync::Arc::new(Storage::open_with(dir.path(), options()).unwrap());
     let n = 6 * per_segment();
     let hashes = fill(s.as_ref(), n);
-    let writer = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            // Cut the tail and write the same records again, over and over.
-            for round in 0..30u64 {
-                let cut = n - 1 - (round % (2 * per_segment()));
-                s.truncate_from(S, Offset::new(cut)).unwrap();
-                let events: Vec<Bytes> = (cut..n).map(payload).collect();
-                s.append_batch(S, events, Offset::new(cut), false).unwrap();
-            }
-        })
-    };
+    let writer = rewrite_tail(s.clone(), n, 2 * per_segment());
     let mut checked = 0;
     while !writer.is_finished() || checked == 0 {
         for to in [per_segment(), n / 2, n] {
@@ -162,17 +164,7 @@ fn verify_chain_while_truncating_counts_what_it_verified() {
     let s = std::sync::Arc::new(Storage::open_with(dir.path(), options()).unwrap());
     let n = 6 * per_segment();
     let hashes = fill(s.as_ref(), n);
-    let writer = {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            for round in 0..30u64 {
-                let cut = n - 1 - (round % (3 * per_segment()));
-                s.truncate_from(S, Offset::new(cut)).unwrap();
-                let events: Vec<Bytes> = (cut..n).map(payload).collect();
-                s.append_batch(S, events, Offset::new(cut), false).unwrap();
-            }
-        })
-    };
+    let writer = rewrite_tail(s.clone(), n, 3 * per_segment());
     let mut checked = 0;
     while !writer.is_finished() || checked == 0 {
         let v = s.verify_chain(S).unwrap();
