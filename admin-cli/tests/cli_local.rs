@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use bytes::Bytes;
 use shale_storage::format::{names, record, segment};
-use shale_storage::{Offset, Storage, StreamId};
+use shale_storage::{Offset, Storage, StorageBackend, StreamId};
 
 fn shale() -> Command {
     let mut cmd = Command::cargo_bin("shale").unwrap();

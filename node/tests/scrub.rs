@@ -13,7 +13,7 @@ use shale_client::proto::fetch_client::FetchClient;
 use shale_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
 use shale_node::NodeConfig;
 use shale_node::testing::LocalCluster;
-use shale_storage::{Offset, Record, Storage, StreamId, format};
+use shale_storage::{Offset, Record, Storage, StorageBackend, StreamId, format};
 
 const WAIT: Duration = Duration::from_secs(60);
 const TOPIC: &str = "scrubbed";

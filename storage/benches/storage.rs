@@ -12,20 +12,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use sha2::{Digest, Sha256};
 use shale_storage::{CheckpointPolicy, MemoryStorage, Offset, Storage, StorageBackend, StorageOptions, StreamId};
 
-const RECORD_BYTES: usize = 1024;
+#[path = "../tests/common/noise.rs"]
+mod noise;
 
-fn payload(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
+use noise::noise;
+
+const RECORD_BYTES: usize = 1024;
 
 fn options() -> StorageOptions {
     StorageOptions { checkpoint_policy: CheckpointPolicy::Manual, ..StorageOptions::default() }
@@ -38,7 +30,7 @@ fn bench_dir() -> tempfile::TempDir {
 }
 
 fn sha256_yardstick(c: &mut Criterion) {
-    let buf = payload(1, RECORD_BYTES);
+    let buf = noise(1, RECORD_BYTES);
     let mut g = c.benchmark_group("sha256");
     g.throughput(Throughput::Bytes(RECORD_BYTES as u64));
     g.bench_function("1KiB", |b| b.iter(|| Sha256::digest(black_box(&buf))));
@@ -50,7 +42,7 @@ fn sha256_yardstick(c: &mut Criterion) {
 fn append_to<B: StorageBackend>(c: &mut Criterion, name: &str, storage: &B) {
     let mut g = c.benchmark_group(format!("append/{name}"));
     for batch in [1usize, 100, 1000] {
-        let events: Vec<Bytes> = (0..batch as u64).map(|i| payload(i, RECORD_BYTES)).collect();
+        let events: Vec<Bytes> = (0..batch as u64).map(|i| noise(i, RECORD_BYTES)).collect();
         g.throughput(Throughput::Bytes((batch * RECORD_BYTES) as u64));
         let mut stream = 0u64;
         let mut next = Offset::ZERO;
@@ -72,7 +64,7 @@ fn append_to<B: StorageBackend>(c: &mut Criterion, name: &str, storage: &B) {
 /// Verified reads of 1 MiB chunks from a 64 MiB stream.
 fn read_from<B: StorageBackend>(c: &mut Criterion, name: &str, storage: &B) {
     let stream = StreamId::new(1_000_000);
-    let events: Vec<Bytes> = (0..1000u64).map(|i| payload(i, RECORD_BYTES)).collect();
+    let events: Vec<Bytes> = (0..1000u64).map(|i| noise(i, RECORD_BYTES)).collect();
     let mut next = Offset::ZERO;
     while next.get() < 64 * 1024 {
         next = storage.append_batch(stream, events.clone(), next, false).expect("fill");

@@ -1,21 +1,24 @@
 //! The operations the Raft layer needs, implemented by both [`crate::Storage`] (disk) and
 //! [`crate::MemoryStorage`]. One shared test suite (`tests/backend_suite.rs`) runs against both.
+//!
+//! The trait is the whole API of both backends (import it to call them); the answers both give
+//! for a stream that does not exist and the bounds of `verify_range` are written once, here.
 
 use std::fmt;
-use std::ops::Range;
 
 use bytes::Bytes;
 
 use crate::checkpoint::Checkpoint;
 use crate::compaction::{CompactionConfig, CompactionResult};
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// A set of hash-chained, append-only streams.
 ///
 /// All methods take `&self`: implementations are `Send + Sync`, allow concurrent readers, one writer
-/// per stream at a time (concurrent appenders to one stream are serialised, and may share an fsync),
+/// per stream at a time (concurrent appenders to one stream are serialised, and fsyncing ones may
+/// share an fsync),
 /// and many streams in parallel. A stream springs into existence on its first append (or checkpoint
 /// install); asking about a stream that does not exist answers as for an empty stream at offset 0.
 pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
@@ -29,12 +32,6 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
         expected_offset: Offset,
         fsync: bool,
     ) -> Result<Offset>;
-
-    /// Appends `events` at the stream's end, wherever that is when they are written (the storage
-    /// assigns the offsets, as a Kafka partition leader does), and returns the offsets they got:
-    /// one contiguous range, in the order of the events. With `fsync`, returns only once they are
-    /// durable. Concurrent callers on one stream may share one write and one fsync.
-    fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<Range<Offset>>;
 
     /// Verified records in `[from, end)`, up to about `max_bytes` of payload (always at least one
     /// record if any is in range). `from` at or past the next offset gives an empty vector; `from`
@@ -150,4 +147,48 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// [`crate::StorageError::RepairRejected`] and nothing changes. Durable on return; a crash
     /// leaves the old or the new segment.
     fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome>;
+}
+
+/// What both backends answer about a stream that does not exist: what an empty stream at offset 0
+/// would.
+pub(crate) mod absent {
+    use crate::error::{Result, StorageError};
+    use crate::types::{ChainHash, ChainVerification, Offset, StreamId};
+
+    /// [`super::StorageBackend::verify_range`] (and `verify_chain`, the range `[0, 0)`): the empty
+    /// range at 0 verifies, anything else is out of range.
+    pub(crate) fn verify(stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
+        if from == Offset::ZERO && to == Offset::ZERO {
+            return Ok(ChainVerification { stream, from, to, records: 0, head: ChainHash::ZERO });
+        }
+        Err(out_of_range(stream, from))
+    }
+
+    /// An offset asked about: the stream holds none.
+    pub(crate) fn out_of_range(stream: StreamId, requested: Offset) -> StorageError {
+        StorageError::OffsetOutOfRange { stream, requested, start: Offset::ZERO, end: Offset::ZERO }
+    }
+}
+
+/// The range [`StorageBackend::verify_range`] accepts on a stream holding `[log_start, next)`:
+/// `from <= to`, both within `[log_start, next]`; else `OffsetOutOfRange` naming `from` (or
+/// `to - 1`, for a range running past the end).
+pub(crate) fn check_verify_range(
+    stream: StreamId,
+    from: Offset,
+    to: Offset,
+    log_start: Offset,
+    next: Offset,
+) -> Result<()> {
+    let out_of_range = |requested, start, end| Err(StorageError::OffsetOutOfRange { stream, requested, start, end });
+    if from > to {
+        return out_of_range(from, Offset::ZERO, to);
+    }
+    if from < log_start {
+        return out_of_range(from, log_start, next);
+    }
+    if to > next {
+        return out_of_range(Offset::new(to.get() - 1), log_start, next);
+    }
+    Ok(())
 }

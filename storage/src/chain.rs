@@ -2,6 +2,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::checkpoint::CheckpointIndex;
+use crate::error::CorruptionReason;
 use crate::types::{ChainHash, Offset};
 
 /// The chain hash of a record given its predecessor's hash and its uncompressed payload.
@@ -34,6 +36,19 @@ pub fn chain_hashes<'a>(
         offset = offset.plus(1);
     }
     out
+}
+
+/// The first check of a verification from a stream's log start, in both backends: the hash the
+/// stream's first record chains from (`anchor`) must be the chain hash of the checkpoint at the log
+/// start, if there is one (after a compaction there is: it anchors the chain). At offset 0 there is
+/// nothing to anchor. Returns the mismatch, which the caller reports where it found the anchor.
+pub(crate) fn anchor_mismatch(
+    log_start: Offset,
+    anchor: ChainHash,
+    checkpoints: &CheckpointIndex,
+) -> Option<CorruptionReason> {
+    let cp = checkpoints.get(log_start).filter(|_| log_start > Offset::ZERO)?;
+    (cp.chain_hash != anchor).then_some(CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: anchor })
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct CompactionResult {
 /// One segment as the retention decision sees it (oldest first; the last one is the active segment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentSpan {
+    /// The offset of its first record (the first segment's is the log start).
+    pub base: Offset,
     /// One past the segment's last offset.
     pub end: Offset,
     /// Bytes the segment counts for retention.
@@ -42,10 +44,12 @@ pub(crate) struct SegmentSpan {
     pub last_append_ms: u64,
 }
 
-/// The one retention decision both backends run: how many of `segments` (oldest first) a
-/// compaction under `config` at `now_ms` removes, and the bytes they hold. The last segment (the
-/// active one) is never removed.
-pub(crate) fn removable_prefix(config: &CompactionConfig, now_ms: u64, segments: &[SegmentSpan]) -> (usize, u64) {
+/// The one retention decision both backends run, for [`crate::StorageBackend::compaction_target`]
+/// and [`crate::StorageBackend::compact`]: which of `segments` (oldest first, never empty) a
+/// compaction under `config` at `now_ms` removes, as the result it reports: how many (a prefix),
+/// the bytes they hold, and the log start left (the base of the first segment kept). The last
+/// segment (the active one) is never removed.
+pub(crate) fn plan(config: &CompactionConfig, now_ms: u64, segments: &[SegmentSpan]) -> CompactionResult {
     let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
     let mut removed = 0usize;
     let mut freed = 0u64;
@@ -64,15 +68,23 @@ pub(crate) fn removable_prefix(config: &CompactionConfig, now_ms: u64, segments:
         freed += seg.bytes;
         removed += 1;
     }
-    (removed, freed)
+    CompactionResult { segments_removed: removed, bytes_freed: freed, new_log_start: segments[removed].base }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A segment of 10 offsets ending at `end`.
     fn span(end: u64, bytes: u64, last_append_ms: u64) -> SegmentSpan {
-        SegmentSpan { end: Offset::new(end), bytes, last_append_ms }
+        SegmentSpan { base: Offset::new(end - 10), end: Offset::new(end), bytes, last_append_ms }
+    }
+
+    /// What `plan` says, as (segments removed, bytes freed), checking the new log start on the way.
+    fn removable_prefix(config: &CompactionConfig, now_ms: u64, segs: &[SegmentSpan]) -> (usize, u64) {
+        let r = plan(config, now_ms, segs);
+        assert_eq!(r.new_log_start, segs[r.segments_removed].base);
+        (r.segments_removed, r.bytes_freed)
     }
 
     #[test]

@@ -4,21 +4,29 @@
 //! before it, so a replica (or an export) can prove that its log was not altered: two replicas that
 //! hold the same events have the same chain hash at every offset, whatever codec each uses.
 //!
-//! An append is either conditional ([`Storage::append_batch`] at the offset the caller expects
-//! next, as the Raft layer does) or at the end ([`Storage::append`]: the storage assigns the
-//! offsets, and concurrent callers on one stream share one write and one fsync).
+//! An append ([`StorageBackend::append_batch`]) is conditional: it names the offset the caller
+//! expects next (the Raft layer's next log index), and nothing is written if the stream's end is
+//! elsewhere. With `fsync`, it returns once the records are durable, and concurrent fsyncing
+//! appenders to one stream share fsyncs; without, [`StorageBackend::sync`] makes everything
+//! appended so far durable (the Raft log appends without fsync, then syncs once per flush).
 //!
 //! This crate is plain, synchronous and thread-safe: it never depends on an async runtime. To use
 //! a second core it runs threads of its own: one per [`Storage`] that prepares large batches
 //! ahead of their writer (see [`StorageOptions::prepare_ahead`]), and scoped read-ahead threads
 //! for reads of more than one chunk.
-//! [`StorageBackend`] is the interface the Raft layer programs against; [`Storage`] implements it on
-//! disk and [`MemoryStorage`] in memory, with identical semantics. All disk I/O goes through the
-//! [`FileSystem`] trait, so tests can inject faults and crashes ([`testing::FaultyFileSystem`]).
+//!
+//! [`StorageBackend`] is the interface the Raft layer programs against, and the whole API of both
+//! backends: [`Storage`] implements it on disk and [`MemoryStorage`] in memory, with identical
+//! semantics (import the trait to call either). [`AppendPipeline`] appends a sequence of batches
+//! to a [`Storage`], preparing each ([`PreparedBatch`]) while the one before is written. All disk
+//! I/O goes through the [`FileSystem`] trait, so tests can inject faults and crashes
+//! ([`testing::FaultyFileSystem`]).
 
 pub mod backend;
+mod batch;
 pub mod chain;
 pub mod checkpoint;
+mod clock;
 pub mod codec;
 pub mod compaction;
 mod disk;
@@ -36,6 +44,7 @@ pub mod testing;
 pub mod types;
 
 pub use backend::StorageBackend;
+pub use batch::PreparedBatch;
 pub use chain::chain_hash;
 pub use checkpoint::{
     Checkpoint, CheckpointIndex, CheckpointPolicy, deserialize_checkpoint_payload, serialize_checkpoint_payload,
@@ -48,6 +57,6 @@ pub use error::{CorruptionReason, Result, StorageError};
 pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;
 pub use options::StorageOptions;
-pub use pipeline::{AppendPipeline, PreparedBatch};
+pub use pipeline::AppendPipeline;
 pub use scrub::{Damage, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};
 pub use types::{ChainHash, ChainVerification, Offset, Record, StreamId};

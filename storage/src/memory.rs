@@ -3,16 +3,15 @@
 //! rotation and compaction move the log start exactly as the disk backend does with `CodecKind::None`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Range;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::StorageBackend;
-use crate::chain::chain_hash;
+use crate::backend::{StorageBackend, absent, check_verify_range};
+use crate::chain::{anchor_mismatch, chain_hash};
 use crate::checkpoint::{Checkpoint, CheckpointIndex, check_data_len, check_installable, should_create_checkpoint};
-use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, removable_prefix};
+use crate::clock::now_ms;
+use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, plan};
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format;
 use crate::options::StorageOptions;
@@ -52,7 +51,7 @@ impl MemStream {
     fn spans(&self) -> Vec<SegmentSpan> {
         self.segments
             .iter()
-            .map(|s| SegmentSpan { end: s.end, bytes: s.bytes, last_append_ms: s.last_append_ms })
+            .map(|s| SegmentSpan { base: s.base, end: s.end, bytes: s.bytes, last_append_ms: s.last_append_ms })
             .collect()
     }
 
@@ -96,10 +95,6 @@ impl MemStream {
     fn range_error(&self, stream: StreamId, requested: Offset) -> StorageError {
         StorageError::OffsetOutOfRange { stream, requested, start: self.log_start, end: self.next() }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A pure in-memory [`StorageBackend`]: nothing survives the process, everything else behaves as
@@ -197,33 +192,6 @@ impl MemoryStorage {
         Ok(next)
     }
 
-    fn check_batch(&self, stream: StreamId, events: &[Bytes]) -> Result<()> {
-        if events.is_empty() {
-            return Err(StorageError::EmptyBatch { stream });
-        }
-        let mut total = 0usize;
-        for (index, e) in events.iter().enumerate() {
-            if e.len() > self.options.max_record_bytes {
-                return Err(StorageError::RecordTooLarge {
-                    stream,
-                    index,
-                    size: e.len(),
-                    max: self.options.max_record_bytes,
-                });
-            }
-            total += e.len();
-        }
-        if total > self.options.max_batch_bytes {
-            return Err(StorageError::BatchTooLarge {
-                stream,
-                count: events.len(),
-                bytes: total,
-                max_bytes: self.options.max_batch_bytes,
-            });
-        }
-        Ok(())
-    }
-
     fn checkpoint_locked(s: &mut MemStream, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
         if offset < s.log_start || offset > s.next() {
             return Err(StorageError::InvalidCheckpoint {
@@ -247,7 +215,7 @@ impl StorageBackend for MemoryStorage {
         expected_offset: Offset,
         _fsync: bool,
     ) -> Result<Offset> {
-        self.check_batch(stream, &events)?;
+        self.options.check_batch(stream, &events)?;
         // A rejected append must not bring the stream into existence.
         if expected_offset != Offset::ZERO && self.stream(stream).is_none() {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: Offset::ZERO });
@@ -259,14 +227,6 @@ impl StorageBackend for MemoryStorage {
             return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual });
         }
         self.append_locked(&mut s, stream, events)
-    }
-
-    fn append(&self, stream: StreamId, events: Vec<Bytes>, _fsync: bool) -> Result<Range<Offset>> {
-        self.check_batch(stream, &events)?;
-        let handle = self.stream_or_create(stream);
-        let mut s = handle.lock();
-        let first = s.next();
-        Ok(first..self.append_locked(&mut s, stream, events)?)
     }
 
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
@@ -297,13 +257,7 @@ impl StorageBackend for MemoryStorage {
 
     fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
         let Some(handle) = self.stream(stream) else {
-            return Ok(ChainVerification {
-                stream,
-                from: Offset::ZERO,
-                to: Offset::ZERO,
-                records: 0,
-                head: ChainHash::ZERO,
-            });
+            return absent::verify(stream, Offset::ZERO, Offset::ZERO);
         };
         let s = handle.lock();
         verify_span(stream, &s, s.log_start, s.next())
@@ -311,38 +265,15 @@ impl StorageBackend for MemoryStorage {
 
     fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
         let Some(handle) = self.stream(stream) else {
-            if from == Offset::ZERO && to == Offset::ZERO {
-                return Ok(ChainVerification { stream, from, to, records: 0, head: ChainHash::ZERO });
-            }
-            return Err(StorageError::OffsetOutOfRange {
-                stream,
-                requested: from,
-                start: Offset::ZERO,
-                end: Offset::ZERO,
-            });
+            return absent::verify(stream, from, to);
         };
         let s = handle.lock();
-        if from > to {
-            return Err(StorageError::OffsetOutOfRange { stream, requested: from, start: Offset::ZERO, end: to });
-        }
-        if from < s.log_start {
-            return Err(s.range_error(stream, from));
-        }
-        if to > s.next() {
-            return Err(s.range_error(stream, Offset::new(to.get() - 1)));
-        }
+        check_verify_range(stream, from, to, s.log_start, s.next())?;
         verify_span(stream, &s, from, to)
     }
 
     fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
-        let Some(handle) = self.stream(stream) else {
-            return Err(StorageError::OffsetOutOfRange {
-                stream,
-                requested: offset,
-                start: Offset::ZERO,
-                end: Offset::ZERO,
-            });
-        };
+        let handle = self.stream(stream).ok_or_else(|| absent::out_of_range(stream, offset))?;
         let s = handle.lock();
         if let Some(r) = s.get(offset) {
             return Ok(r.hash);
@@ -438,8 +369,7 @@ impl StorageBackend for MemoryStorage {
             return Ok(Offset::ZERO);
         };
         let s = handle.lock();
-        let (removed, _) = removable_prefix(config, now_ms(), &s.spans());
-        Ok(if removed == 0 { s.log_start } else { s.segments[removed].base })
+        Ok(plan(config, now_ms(), &s.spans()).new_log_start)
     }
 
     fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
@@ -447,11 +377,11 @@ impl StorageBackend for MemoryStorage {
             return Ok(CompactionResult::default());
         };
         let mut s = handle.lock();
-        let (removed, freed) = removable_prefix(config, now_ms(), &s.spans());
-        if removed == 0 {
-            return Ok(CompactionResult { segments_removed: 0, bytes_freed: 0, new_log_start: s.log_start });
+        let result = plan(config, now_ms(), &s.spans());
+        if result.segments_removed == 0 {
+            return Ok(result);
         }
-        let new_start = s.segments[removed].base;
+        let (removed, new_start) = (result.segments_removed, result.new_log_start);
         let anchor = s.hash_before(new_start);
         if s.checkpoints.get(new_start).is_none() {
             Self::checkpoint_locked(&mut s, stream, new_start, Bytes::new())?;
@@ -462,7 +392,7 @@ impl StorageBackend for MemoryStorage {
         s.log_start = new_start;
         s.anchor = anchor;
         s.checkpoints.remove_below(new_start);
-        Ok(CompactionResult { segments_removed: removed, bytes_freed: freed, new_log_start: new_start })
+        Ok(result)
     }
 
     fn sync(&self, _stream: StreamId) -> Result<()> {
@@ -609,15 +539,13 @@ fn verify_span(stream: StreamId, s: &MemStream, from: Offset, to: Offset) -> Res
         verify_record(stream, before, &r.prev_hash, r)?;
         r.hash
     } else {
-        if let Some(cp) = s.checkpoints.get(s.log_start).filter(|_| s.log_start > Offset::ZERO)
-            && cp.chain_hash != s.anchor
-        {
+        if let Some(reason) = anchor_mismatch(s.log_start, s.anchor, &s.checkpoints) {
             return Err(StorageError::Corruption {
                 stream,
                 file: "memory".into(),
                 position: 0,
                 offset: Some(s.log_start),
-                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: s.anchor },
+                reason,
             });
         }
         s.anchor

@@ -1,8 +1,11 @@
 //! Tunables shared by the disk and memory backends.
 
+use bytes::Bytes;
+
 use crate::checkpoint::CheckpointPolicy;
 use crate::codec::CodecKind;
 use crate::error::{Result, StorageError};
+use crate::types::StreamId;
 
 /// How a storage instance behaves. Every limit is enforced with a typed error naming it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +62,31 @@ impl StorageOptions {
                 "max_batch_bytes ({}) must be at least max_record_bytes ({})",
                 self.max_batch_bytes, self.max_record_bytes
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks a batch against the limits, as both backends do before an append: not empty, no
+    /// event over `max_record_bytes` (the first one over is named), at most `max_batch_bytes` in
+    /// all. Nothing else is looked at, so a rejected batch never touches (or creates) its stream.
+    pub(crate) fn check_batch(&self, stream: StreamId, events: &[Bytes]) -> Result<()> {
+        if events.is_empty() {
+            return Err(StorageError::EmptyBatch { stream });
+        }
+        let mut total = 0usize;
+        for (index, e) in events.iter().enumerate() {
+            if e.len() > self.max_record_bytes {
+                return Err(StorageError::RecordTooLarge { stream, index, size: e.len(), max: self.max_record_bytes });
+            }
+            total += e.len();
+        }
+        if total > self.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                stream,
+                count: events.len(),
+                bytes: total,
+                max_bytes: self.max_batch_bytes,
+            });
         }
         Ok(())
     }

@@ -18,6 +18,10 @@ use shale_storage::{
     Storage, StorageBackend, StorageError, StorageOptions, StreamId, format,
 };
 
+mod common;
+
+use common::noise::xorshift;
+
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------------
@@ -110,17 +114,8 @@ fn small_segments() -> StorageOptions {
 
 /// A deterministic payload of `len` bytes that differs per `(tag, i)`.
 fn payload(tag: u64, i: u64, len: usize) -> Bytes {
-    let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5555;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        // xorshift64: varied bytes, so no two payloads of a test collide.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    // Varied bytes, so no two payloads of a test collide.
+    xorshift(tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5555, len)
 }
 
 fn payloads(tag: u64, range: std::ops::Range<u64>, len: usize) -> Vec<Bytes> {
@@ -1002,34 +997,37 @@ fn concurrent_appenders_fsync<F: Fixture>(f: &F) {
     concurrent_appenders_to_one_stream(f, true);
 }
 
-/// `append` puts batches at the stream's end, wherever that is, and says where: after conditional
-/// appends, between them, and into a stream it creates. Bad batches are refused as by
-/// `append_batch`, and create no stream.
-fn append_at_end_assigns_contiguous_ranges<F: Fixture>(f: &F) {
+/// Batches of different sizes, with and without fsync, each at the offset the one before ended
+/// at, into a stream the first one creates: each returns where the next one goes. Bad batches
+/// into a stream that does not exist are refused, and create no stream.
+fn appends_return_where_the_next_one_goes<F: Fixture>(f: &F) {
     let b = f.open(small_segments());
     let all = payloads(7, 0..12, 300);
-    assert_eq!(b.append(S, all[0..2].to_vec(), false).unwrap(), off(0)..off(2));
+    assert_eq!(b.append_batch(S, all[0..2].to_vec(), off(0), false).unwrap(), off(2));
     b.append_batch(S, all[2..5].to_vec(), off(2), false).unwrap();
-    assert_eq!(b.append(S, all[5..6].to_vec(), true).unwrap(), off(5)..off(6));
-    assert_eq!(b.append(S, all[6..11].to_vec(), false).unwrap(), off(6)..off(11));
+    assert_eq!(b.append_batch(S, all[5..6].to_vec(), off(5), true).unwrap(), off(6));
+    assert_eq!(b.append_batch(S, all[6..11].to_vec(), off(6), false).unwrap(), off(11));
     assert_eq!(b.append_batch(S, all[11..12].to_vec(), off(11), true).unwrap(), off(12));
     assert_eq!(read_all(&b, S, off(0), 1 << 20), all);
     assert_eq!(b.verify_chain(S).unwrap().head, *expected_chain(0, ChainHash::ZERO, &all).last().unwrap());
 
     let other = StreamId::new(99);
-    assert!(matches!(b.append(other, Vec::new(), true), Err(StorageError::EmptyBatch { stream }) if stream == other));
+    assert!(matches!(
+        b.append_batch(other, Vec::new(), off(0), true),
+        Err(StorageError::EmptyBatch { stream }) if stream == other
+    ));
     let huge = Bytes::from(vec![1u8; StorageOptions::default().max_record_bytes + 1]);
     assert!(matches!(
-        b.append(other, vec![Bytes::from_static(b"ok"), huge], true),
+        b.append_batch(other, vec![Bytes::from_static(b"ok"), huge], off(0), true),
         Err(StorageError::RecordTooLarge { index: 1, .. })
     ));
     assert!(!b.streams().contains(&other), "a refused append creates no stream");
 }
 
-/// Threads append at the end of one stream at once, some batches big enough to be prepared
-/// ahead: each batch lands once, whole, at the range its caller was told, and the ranges tile
-/// the stream.
-fn concurrent_at_end_appenders_get_their_ranges<F: Fixture>(f: &F, fsync: bool) {
+/// Threads race to append to one stream, each at the next offset it reads (retrying on
+/// `OffsetMismatch`), some batches big enough to be prepared ahead: each batch lands once,
+/// whole, at the range its caller was told, and the ranges tile the stream.
+fn racing_appenders_of_mixed_sizes_get_their_ranges<F: Fixture>(f: &F, fsync: bool) {
     let b = f.open(small_segments());
     const THREADS: u64 = 6;
     const BATCHES: u64 = 20;
@@ -1049,9 +1047,19 @@ fn concurrent_at_end_appenders_get_their_ranges<F: Fixture>(f: &F, fsync: bool) 
                     (0..BATCHES)
                         .map(|k| {
                             let batch = batch_of(t, k);
-                            let r = b
-                                .append(S, batch.clone(), fsync)
-                                .unwrap_or_else(|e| panic!("thread {t} batch {k}: {e}"));
+                            let mut attempts = 0u32;
+                            let r = loop {
+                                let next = b.next_offset(S).unwrap();
+                                match b.append_batch(S, batch.clone(), next, fsync) {
+                                    Ok(end) => break next..end,
+                                    Err(StorageError::OffsetMismatch { .. }) => {
+                                        attempts += 1;
+                                        assert!(attempts < 1_000_000, "thread {t} could not append batch {k}");
+                                        thread::yield_now();
+                                    }
+                                    Err(e) => panic!("thread {t} batch {k}: {e}"),
+                                }
+                            };
                             assert_eq!(r.end.get() - r.start.get(), batch.len() as u64, "thread {t} batch {k}");
                             (t, k, r)
                         })
@@ -1077,12 +1085,12 @@ fn concurrent_at_end_appenders_get_their_ranges<F: Fixture>(f: &F, fsync: bool) 
     assert_eq!(b.verify_chain(S).unwrap().head, *expected_chain(0, ChainHash::ZERO, &got).last().unwrap());
 }
 
-fn concurrent_at_end_appenders_no_fsync<F: Fixture>(f: &F) {
-    concurrent_at_end_appenders_get_their_ranges(f, false);
+fn racing_appenders_of_mixed_sizes_no_fsync<F: Fixture>(f: &F) {
+    racing_appenders_of_mixed_sizes_get_their_ranges(f, false);
 }
 
-fn concurrent_at_end_appenders_fsync<F: Fixture>(f: &F) {
-    concurrent_at_end_appenders_get_their_ranges(f, true);
+fn racing_appenders_of_mixed_sizes_fsync<F: Fixture>(f: &F) {
+    racing_appenders_of_mixed_sizes_get_their_ranges(f, true);
 }
 
 /// Runs the same operations on two backends; every observable chain hash, offset, log start and
@@ -1364,9 +1372,9 @@ macro_rules! backend_suite {
                 readers_see_verified_prefixes_while_appending,
                 concurrent_appenders_no_fsync,
                 concurrent_appenders_fsync,
-                append_at_end_assigns_contiguous_ranges,
-                concurrent_at_end_appenders_no_fsync,
-                concurrent_at_end_appenders_fsync,
+                appends_return_where_the_next_one_goes,
+                racing_appenders_of_mixed_sizes_no_fsync,
+                racing_appenders_of_mixed_sizes_fsync,
                 scrub_finds_a_flipped_byte_and_repair_restores_it,
                 scrub_reports_a_damaged_run_and_repairs_the_segment_end,
                 the_active_segment_is_scrubbed_and_repaired_against_the_head,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shale_storage::testing::FaultyFileSystem;
-use shale_storage::{CheckpointPolicy, CodecKind, Offset, Storage, StorageOptions, StreamId};
+use shale_storage::{CheckpointPolicy, CodecKind, Offset, Storage, StorageBackend, StorageOptions, StreamId};
 
 const S: StreamId = StreamId::new(2);
 

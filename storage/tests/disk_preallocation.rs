@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use shale_storage::format::{record as rec, segment as seg};
-use shale_storage::{CheckpointPolicy, CorruptionReason, Offset, Storage, StorageError, StorageOptions, StreamId};
+use shale_storage::{
+    CheckpointPolicy, CorruptionReason, Offset, Storage, StorageBackend, StorageError, StorageOptions, StreamId,
+};
 
 const S: StreamId = StreamId::new(3);
 const LEN: usize = 100;

@@ -7,27 +7,13 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use shale_storage::format::{record as rec, segment as seg};
 use shale_storage::{
-    ChainHash, Checkpoint, CheckpointPolicy, CodecKind, CompactionConfig, CorruptionReason, MemoryStorage, Offset,
-    Storage, StorageBackend, StorageError, StorageOptions, StreamId,
+    ChainHash, Checkpoint, CodecKind, CompactionConfig, CorruptionReason, MemoryStorage, Offset, Storage,
+    StorageBackend, StorageError, StorageOptions,
 };
 
-const S: StreamId = StreamId::new(1);
-const LEN: usize = 100;
+mod common;
 
-fn options() -> StorageOptions {
-    StorageOptions { max_segment_bytes: 4096, checkpoint_policy: CheckpointPolicy::Manual, ..Default::default() }
-}
-
-/// Records per 4 KiB segment with 100-byte payloads.
-fn per_segment() -> u64 {
-    ((4096 - seg::HEADER_LEN) / rec::encoded_len(LEN)) as u64
-}
-
-fn payload(i: u64) -> Bytes {
-    let mut v = format!("{i:08}").into_bytes();
-    v.resize(LEN, b'a' + (i % 26) as u8);
-    Bytes::from(v)
-}
+use common::small_segments::{LEN, S, flip, options, payload, per_segment, position, seg_path};
 
 fn append(s: &dyn StorageBackend, from: u64, to: u64) {
     for o in from..to {
@@ -35,29 +21,13 @@ fn append(s: &dyn StorageBackend, from: u64, to: u64) {
     }
 }
 
-fn seg_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join("1").join(format!("segment_{seq:06}.log"))
-}
-
 fn idx_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join("1").join(format!("segment_{seq:06}.idx"))
 }
 
-/// Byte position of record `offset` in its segment file.
-fn position(offset: u64) -> usize {
-    seg::HEADER_LEN + (offset % per_segment()) as usize * rec::encoded_len(LEN)
-}
-
 /// Flips a payload byte of record `offset` and rewrites its CRC so only the chain can tell.
 fn tamper(dir: &Path, offset: u64) {
-    let path = seg_path(dir, offset / per_segment());
-    let mut b = fs::read(&path).unwrap();
-    let p = position(offset);
-    b[p + rec::PAYLOAD_AT + 3] ^= 0x01;
-    let crc_at = p + rec::PAYLOAD_AT + LEN;
-    let crc = crc32fast::hash(&b[p..crc_at]);
-    b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-    fs::write(&path, b).unwrap();
+    flip(dir, offset, 3, true);
 }
 
 fn corrupt_offset(e: &StorageError) -> Option<Offset> {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shale_storage::testing::FaultyFileSystem;
 use shale_storage::{
-    CheckpointPolicy, CorruptionReason, Offset, Record, Storage, StorageError, StorageOptions, StreamId, format,
+    CheckpointPolicy, CorruptionReason, Offset, Record, Storage, StorageBackend, StorageError, StorageOptions,
+    StreamId, format,
 };
 
 const S: StreamId = StreamId::new(4);

@@ -1,33 +1,14 @@
 //! Disk backend: `verify_range` re-reads sealed segments from their files, so damage the node's
 //! open does not rescan (sealed segments are trusted through their index) is found and named.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
-use shale_storage::format::{record as rec, segment as seg};
-use shale_storage::{
-    ChainHash, CheckpointPolicy, CorruptionReason, MemoryStorage, Offset, Storage, StorageBackend, StorageError,
-    StorageOptions, StreamId,
-};
+use shale_storage::{ChainHash, CorruptionReason, MemoryStorage, Offset, Storage, StorageBackend, StorageError};
 
-const S: StreamId = StreamId::new(1);
-const LEN: usize = 100;
+mod common;
 
-fn options() -> StorageOptions {
-    StorageOptions { max_segment_bytes: 4096, checkpoint_policy: CheckpointPolicy::Manual, ..Default::default() }
-}
-
-/// Records per 4 KiB segment with 100-byte payloads.
-fn per_segment() -> u64 {
-    ((4096 - seg::HEADER_LEN) / rec::encoded_len(LEN)) as u64
-}
-
-fn payload(i: u64) -> Bytes {
-    let mut v = format!("{i:08}").into_bytes();
-    v.resize(LEN, b'a' + (i % 26) as u8);
-    Bytes::from(v)
-}
+use common::small_segments::{S, flip, options, payload, per_segment, position};
 
 /// Appends records `[0, n)` in batches of 10 and returns every record's chain hash, as the memory
 /// backend (the reference) computes them for the same events.
@@ -39,30 +20,6 @@ fn fill(s: &dyn StorageBackend, n: u64) -> Vec<ChainHash> {
         reference.append_batch(S, events, Offset::new(from), false).unwrap();
     }
     (0..n).map(|o| reference.chain_hash_at(S, Offset::new(o)).unwrap()).collect()
-}
-
-fn seg_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join("1").join(format!("segment_{seq:06}.log"))
-}
-
-/// Byte position of record `offset` in its segment file.
-fn position(offset: u64) -> u64 {
-    (seg::HEADER_LEN + (offset % per_segment()) as usize * rec::encoded_len(LEN)) as u64
-}
-
-/// Flips one payload byte of record `offset`; with `fix_crc` the CRC is rewritten so only the
-/// chain can tell.
-fn flip(dir: &Path, offset: u64, fix_crc: bool) {
-    let path = seg_path(dir, offset / per_segment());
-    let mut b = fs::read(&path).unwrap();
-    let p = position(offset) as usize;
-    b[p + rec::PAYLOAD_AT + 5] ^= 0x01;
-    if fix_crc {
-        let crc_at = p + rec::PAYLOAD_AT + LEN;
-        let crc = crc32fast::hash(&b[p..crc_at]);
-        b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-    }
-    fs::write(&path, b).unwrap();
 }
 
 /// Five segments of records, the last one active, closed cleanly; returns the hashes.
@@ -79,7 +36,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_named_by_verify_range() {
     let dir = tempfile::tempdir().unwrap();
     let (n, hashes) = five_segments(dir.path());
     let bad = per_segment() + 7; // inside sealed segment 1
-    flip(dir.path(), bad, false);
+    flip(dir.path(), bad, 5, false);
     // Open trusts sealed segments through their index: it succeeds.
     let s = Storage::open_with(dir.path(), options()).unwrap();
     assert_eq!(s.next_offset(S).unwrap(), Offset::new(n));
@@ -87,7 +44,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_named_by_verify_range() {
         Err(StorageError::Corruption { stream, file, position: at, offset, reason }) => {
             assert_eq!(stream, S);
             assert_eq!(file, "segment_000001.log");
-            assert_eq!(at, position(bad), "the damaged record's first byte");
+            assert_eq!(at, position(bad) as u64, "the damaged record's first byte");
             assert_eq!(offset, Some(Offset::new(bad)));
             assert!(matches!(reason, CorruptionReason::CrcMismatch { .. }), "{reason}");
         }
@@ -106,7 +63,7 @@ fn a_payload_changed_with_its_crc_is_named_by_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let (n, hashes) = five_segments(dir.path());
     let bad = 2 * per_segment() + 3; // inside sealed segment 2
-    flip(dir.path(), bad, true);
+    flip(dir.path(), bad, 5, true);
     let s = Storage::open_with(dir.path(), options()).unwrap();
     match s.verify_range(S, Offset::new(per_segment()), Offset::new(n)) {
         Err(StorageError::Corruption { file, offset, reason, .. }) => {

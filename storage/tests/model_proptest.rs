@@ -18,6 +18,10 @@ use shale_storage::{
     Storage, StorageBackend, StorageError, StorageOptions, StreamId, format,
 };
 
+mod common;
+
+use common::noise::noise;
+
 const MAX_SEGMENT_BYTES: u64 = 4096;
 const CHECKPOINT_EVERY: u64 = 16;
 const STREAMS: [StreamId; 2] = [StreamId::new(1), StreamId::new(2)];
@@ -213,11 +217,10 @@ enum CompactKind {
     AgeHour,
 }
 
-/// One step of a sequence. `Append` with `at_end` uses `append` (the storage picks the offsets)
-/// instead of `append_batch`.
+/// One step of a sequence.
 #[derive(Clone, Debug)]
 enum Op {
-    Append { stream: usize, sizes: Vec<u16>, fsync: bool, at_end: bool },
+    Append { stream: usize, sizes: Vec<u16>, fsync: bool },
     AppendAtWrongOffset { stream: usize, delta: i8 },
     Read { stream: usize, at: u16, max_bytes: usize },
     ReadRange { stream: usize, at: u16, len: u8 },
@@ -234,8 +237,8 @@ enum Op {
 fn op_strategy() -> impl Strategy<Value = Op> {
     let stream = 0..STREAMS.len();
     prop_oneof![
-        8 => (stream.clone(), prop::collection::vec(0u16..700, 1..6), any::<bool>(), any::<bool>())
-            .prop_map(|(stream, sizes, fsync, at_end)| Op::Append { stream, sizes, fsync, at_end }),
+        8 => (stream.clone(), prop::collection::vec(0u16..700, 1..6), any::<bool>())
+            .prop_map(|(stream, sizes, fsync)| Op::Append { stream, sizes, fsync }),
         1 => (stream.clone(), any::<i8>()).prop_map(|(stream, delta)| Op::AppendAtWrongOffset { stream, delta }),
         3 => (stream.clone(), any::<u16>(), prop_oneof![Just(0usize), Just(500), Just(3000), Just(usize::MAX)])
             .prop_map(|(stream, at, max_bytes)| Op::Read { stream, at, max_bytes }),
@@ -266,16 +269,7 @@ fn payload(seq: u64, len: usize) -> Bytes {
         text.truncate(len);
         return Bytes::from(text);
     }
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    noise(seq, len)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,7 +393,7 @@ fn run_ops<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError>
     let mut seq = 0u64;
     for op in ops {
         match op {
-            Op::Append { stream, sizes, fsync, at_end } => {
+            Op::Append { stream, sizes, fsync } => {
                 let s = STREAMS[*stream];
                 let events: Vec<Bytes> = sizes
                     .iter()
@@ -410,13 +404,7 @@ fn run_ops<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError>
                     .collect();
                 let m = model.get(s);
                 let first = m.next();
-                let next = if *at_end {
-                    let range = b.append(s, events.clone(), *fsync).unwrap();
-                    prop_assert_eq!(range.start, Offset::new(first));
-                    range.end
-                } else {
-                    b.append_batch(s, events.clone(), Offset::new(first), *fsync).unwrap()
-                };
+                let next = b.append_batch(s, events.clone(), Offset::new(first), *fsync).unwrap();
                 m.append(&events);
                 prop_assert_eq!(next, Offset::new(m.next()));
             }

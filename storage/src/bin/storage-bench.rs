@@ -27,7 +27,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use shale_storage::{AppendPipeline, CheckpointPolicy, Offset, Storage, StorageError, StorageOptions, StreamId};
+use shale_storage::{
+    AppendPipeline, CheckpointPolicy, Offset, Storage, StorageBackend, StorageError, StorageOptions, StreamId,
+};
+
+#[path = "../../tests/common/noise.rs"]
+mod noise;
+
+use noise::noise;
 
 /// What one run measures, and how much.
 #[derive(Debug, Clone, Copy)]
@@ -142,20 +149,6 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// A payload of `len` pseudo-random bytes (incompressible, though the codec is `None` anyway).
-fn payload(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
-
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
@@ -208,7 +201,7 @@ impl Stopwatch {
 /// Single-core SHA-256 over 1 KiB buffers, one digest per buffer (as the chain hashes one record):
 /// (MB per wall-clock second, MB per CPU-second if known).
 fn sha256_yardstick(time: Duration) -> (f64, Option<f64>) {
-    let buf = payload(1, 1024);
+    let buf = noise(1, 1024);
     let mut bytes = 0u64;
     let mut sink = 0u8;
     let watch = Stopwatch::start();
@@ -228,71 +221,47 @@ fn options() -> StorageOptions {
     StorageOptions { checkpoint_policy: CheckpointPolicy::Manual, ..StorageOptions::default() }
 }
 
-/// Appends `record_bytes` records in batches of `batch` until `max_bytes` of payload or `cap`.
-/// Returns the records appended and how long it took.
-fn append_run(
-    storage: &Storage,
-    stream: StreamId,
+/// What one append figure appends: `record_bytes` records in batches of `batch` (with `fsync`
+/// or not), until `max_bytes` of payload or `cap`.
+#[derive(Debug, Clone, Copy)]
+struct Load {
     record_bytes: usize,
     batch: usize,
     fsync: bool,
     max_bytes: u64,
     cap: Duration,
-) -> Result<(u64, Timing), StorageError> {
-    let events: Vec<Bytes> = (0..batch as u64).map(|i| payload(i + 7, record_bytes)).collect();
-    let mut next = storage.next_offset(stream)?;
-    let mut records = 0u64;
-    let watch = Stopwatch::start();
-    while records * (record_bytes as u64) < max_bytes && watch.elapsed() < cap {
-        next = storage.append_batch(stream, events.clone(), next, fsync)?;
-        records += batch as u64;
-    }
-    Ok((records, watch.stop()))
 }
 
-/// As [`append_run`], through [`AppendPipeline`]: batch k+1 is encoded and hashed on this thread
-/// while batch k is written (and fsynced) on a helper thread.
-fn pipelined_run(
-    storage: &Storage,
-    stream: StreamId,
-    record_bytes: usize,
-    batch: usize,
-    fsync: bool,
-    max_bytes: u64,
-    cap: Duration,
-) -> Result<(u64, Timing), StorageError> {
-    let events: Vec<Bytes> = (0..batch as u64).map(|i| payload(i + 7, record_bytes)).collect();
+/// Appends `load` to `stream`, one `append_batch` call per batch, or with `pipelined` through
+/// [`AppendPipeline`] (batch k+1 is encoded and hashed on this thread while batch k is written,
+/// and fsynced, on a helper thread). Returns the records appended and how long it took.
+fn append_run(storage: &Storage, stream: StreamId, load: Load, pipelined: bool) -> Result<(u64, Timing), StorageError> {
+    let Load { record_bytes, batch, fsync, max_bytes, cap } = load;
+    let events: Vec<Bytes> = (0..batch as u64).map(|i| noise(i + 7, record_bytes)).collect();
     let first = storage.next_offset(stream)?;
     let watch = Stopwatch::start();
     let mut fed = 0u64;
-    let batches = std::iter::from_fn(|| {
-        if fed * (record_bytes as u64) < max_bytes && watch.elapsed() < cap {
+    let mut batches = std::iter::from_fn(|| {
+        (fed * (record_bytes as u64) < max_bytes && watch.elapsed() < cap).then(|| {
             fed += batch as u64;
-            Some(events.clone())
-        } else {
-            None
-        }
+            events.clone()
+        })
     });
-    let next = AppendPipeline::new(storage, stream, fsync).run(first, batches)?;
+    let next = if pipelined {
+        AppendPipeline::new(storage, stream, fsync).run(first, batches)?
+    } else {
+        batches.try_fold(first, |next, events| storage.append_batch(stream, events, next, fsync))?
+    };
     Ok((next.get() - first.get(), watch.stop()))
 }
 
-/// How the group-commit appenders append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AppendMode {
-    /// `append`: the storage assigns the offsets (what a producer does).
-    AtEnd,
-    /// `append_batch` at the next offset read just before, retried on `OffsetMismatch` when
-    /// another appender got there first.
-    Conditional,
-}
-
-/// `appenders` threads append single 1 KiB records (with `fsync`) to one stream for `time`.
-/// Returns records/s and the mean number of calls per record appended.
+/// `appenders` threads append single 1 KiB records (with `fsync`) to one stream for `time`, each
+/// with `append_batch` at the next offset read just before, retried on `OffsetMismatch` when
+/// another appender got there first. Returns records/s and the mean number of calls per record
+/// appended.
 fn group_commit_run(
     storage: &Arc<Storage>,
     stream: StreamId,
-    mode: AppendMode,
     appenders: usize,
     fsync: bool,
     time: Duration,
@@ -305,22 +274,16 @@ fn group_commit_run(
         for t in 0..appenders {
             let (storage, stop, appended, attempts, barrier) = (storage, &stop, &appended, &attempts, &barrier);
             scope.spawn(move || {
-                let event = payload(t as u64, 1024);
+                let event = noise(t as u64, 1024);
                 barrier.wait();
                 while !stop.load(Ordering::Relaxed) {
                     attempts.fetch_add(1, Ordering::Relaxed);
-                    let r = match mode {
-                        AppendMode::AtEnd => storage.append(stream, vec![event.clone()], fsync).map(|_| ()),
-                        AppendMode::Conditional => {
-                            let next = storage.next_offset(stream).expect("next_offset");
-                            storage.append_batch(stream, vec![event.clone()], next, fsync).map(|_| ())
-                        }
-                    };
-                    match r {
-                        Ok(()) => {
+                    let next = storage.next_offset(stream).expect("next_offset");
+                    match storage.append_batch(stream, vec![event.clone()], next, fsync) {
+                        Ok(_) => {
                             appended.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(StorageError::OffsetMismatch { .. }) if mode == AppendMode::Conditional => {}
+                        Err(StorageError::OffsetMismatch { .. }) => {}
                         Err(e) => panic!("group-commit appender {t}: {e}"),
                     }
                 }
@@ -350,7 +313,7 @@ fn raw_fsync_rate(dir: &Path, time: Duration, preallocated: bool) -> std::io::Re
         file.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
     }
     file.sync_all()?;
-    let buf = payload(3, 1024);
+    let buf = noise(3, 1024);
     let mut n = 0u64;
     let start = Instant::now();
     while start.elapsed() < time {
@@ -371,7 +334,7 @@ fn raw_write_run(dir: &Path, max_bytes: u64, cap: Duration) -> std::io::Result<(
     std::fs::create_dir_all(dir)?;
     let path = dir.join("raw-write");
     let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
-    let buf = payload(5, 100 * 1024);
+    let buf = noise(5, 100 * 1024);
     let mut at = 0u64;
     let watch = Stopwatch::start();
     while at < max_bytes && watch.elapsed() < cap {
@@ -385,7 +348,7 @@ fn raw_write_run(dir: &Path, max_bytes: u64, cap: Duration) -> std::io::Result<(
 
 /// Writes `bytes` of 1 KiB records to `stream` (batches of 1000, no fsync, then one sync).
 fn fill(storage: &Storage, stream: StreamId, bytes: u64) -> Result<u64, StorageError> {
-    let events: Vec<Bytes> = (0..1000u64).map(|i| payload(i + 99, 1024)).collect();
+    let events: Vec<Bytes> = (0..1000u64).map(|i| noise(i + 99, 1024)).collect();
     let mut next = storage.next_offset(stream)?;
     while next.get() * 1024 < bytes {
         next = storage.append_batch(stream, events.clone(), next, false)?;
@@ -607,7 +570,9 @@ fn append_section(
             let stream = streams.next().expect("endless");
             report.fresh_yardstick();
             let before = report.sha_wall;
-            let (records, t) = append_run(&unsealed, stream, 1024, batch, false, plan.append_bytes, plan.time_cap)?;
+            let load =
+                Load { record_bytes: 1024, batch, fsync: false, max_bytes: plan.append_bytes, cap: plan.time_cap };
+            let (records, t) = append_run(&unsealed, stream, load, false)?;
             unsealed.delete_stream(stream)?;
             runs.push((mb_per_s(records * 1024, t.wall), records, t, before));
         }
@@ -630,11 +595,11 @@ fn append_section(
                 for &batch in batches {
                     let stream = streams.next().expect("endless");
                     let max_bytes = if fsync { plan.append_bytes / 4 } else { plan.append_bytes };
-                    let run = if pipelined { pipelined_run } else { append_run };
                     if !fsync {
                         report.fresh_yardstick();
                     }
-                    let (records, t) = run(storage, stream, record_bytes, batch, fsync, max_bytes, plan.time_cap)?;
+                    let load = Load { record_bytes, batch, fsync, max_bytes, cap: plan.time_cap };
+                    let (records, t) = append_run(storage, stream, load, pipelined)?;
                     let name = format!(
                         "{} {record_bytes} B, batch {batch}, fsync {}",
                         if pipelined { "pipelined" } else { "append" },
@@ -666,9 +631,8 @@ fn append_section(
     Ok(())
 }
 
-/// Concurrent single-record fsync appenders on one stream, next to the device's raw fsync rate:
-/// first with `append` (the storage assigns offsets and combines concurrent appends), then with
-/// racing conditional `append_batch` calls.
+/// Concurrent single-record fsync appenders on one stream (racing conditional `append_batch`
+/// calls, whose fsyncs group commit shares), next to the device's raw fsync rate.
 fn group_section(
     storage: &Arc<Storage>,
     plan: &Plan,
@@ -680,37 +644,31 @@ fn group_section(
     report.plain_row("raw 1 KiB pwrite + fdatasync (device yardstick)", raw, raw * 1024.0 / 1e6);
     let growing = raw_fsync_rate(dir, plan.group_commit_time, false)?;
     report.plain_row("raw 1 KiB pwrite + fdatasync, file growing", growing, growing * 1024.0 / 1e6);
-    let mut ratios = Vec::new();
-    for (mode, name) in [(AppendMode::AtEnd, "append"), (AppendMode::Conditional, "append_batch, racing")] {
-        let mut rates = Vec::new();
-        for appenders in [1usize, 8, 64] {
-            let stream = streams.next().expect("endless");
-            let (rps, calls) = group_commit_run(storage, stream, mode, appenders, true, plan.group_commit_time);
-            let label = format!("group commit 1 KiB fsync, {name}, {appenders} appenders");
-            let label = if mode == AppendMode::Conditional { format!("{label} ({calls:.2} calls/rec)") } else { label };
-            report.plain_row(&label, rps, rps * 1024.0 / 1e6);
-            storage.verify_chain(stream)?;
-            storage.delete_stream(stream)?;
-            rates.push(rps);
-        }
-        ratios.push((name, rates[2], rates[0], rates[2] / rates[0].max(f64::MIN_POSITIVE)));
+    let mut rates = Vec::new();
+    for appenders in [1usize, 8, 64] {
+        let stream = streams.next().expect("endless");
+        let (rps, calls) = group_commit_run(storage, stream, appenders, true, plan.group_commit_time);
+        let label = format!("group commit 1 KiB fsync, {appenders} appenders ({calls:.2} calls/rec)");
+        report.plain_row(&label, rps, rps * 1024.0 / 1e6);
+        storage.verify_chain(stream)?;
+        storage.delete_stream(stream)?;
+        rates.push(rps);
     }
-    // The same 64 threads without fsync: how fast combining and waking threads alone can go on
+    let (one, many) = (rates[0], rates[2]);
+    let ratio = many / one.max(f64::MIN_POSITIVE);
+    // The same 64 threads without fsync: how fast appending and waking threads alone can go on
     // this machine, the ceiling of the fsync row above.
     let stream = streams.next().expect("endless");
-    let (ceiling, _) = group_commit_run(storage, stream, AppendMode::AtEnd, 64, false, plan.group_commit_time);
-    report.plain_row("append without fsync, 64 appenders (hand-off ceiling)", ceiling, ceiling * 1024.0 / 1e6);
+    let (ceiling, _) = group_commit_run(storage, stream, 64, false, plan.group_commit_time);
+    report.plain_row("append_batch without fsync, 64 appenders (ceiling)", ceiling, ceiling * 1024.0 / 1e6);
     storage.verify_chain(stream)?;
     storage.delete_stream(stream)?;
-    let (_, many, one, ratio) = ratios[0];
-    let (_, c_many, c_one, c_ratio) = ratios[1];
     report.target(
         "group commit: 64 appenders >= 20x one appender",
         ratio >= 20.0,
         format!(
-            "append: {many:.0} vs {one:.0} records/s = {ratio:.1}x (device: {raw:.0} fsyncs/s, so 20x needs {:.0} \
-             records/s; 64 threads without fsync: {ceiling:.0}); racing conditional append_batch: {c_many:.0} vs \
-             {c_one:.0} = {c_ratio:.1}x",
+            "{many:.0} vs {one:.0} records/s = {ratio:.1}x (device: {raw:.0} fsyncs/s, so 20x needs {:.0} records/s; \
+             64 threads without fsync: {ceiling:.0})",
             20.0 * one
         ),
     );

@@ -80,21 +80,6 @@ impl GroupCommit {
         wake_tree(waiters.into_iter().map(|w| w.wakeup).collect());
     }
 
-    /// Returns once no fsync runs (at once if none does). A combiner of appends waits here
-    /// before taking its round, so that the round holds everything submitted during the fsync
-    /// and is then written and synced as one.
-    pub fn wait_idle(&self) {
-        let mut s = self.state.lock();
-        if !s.syncing {
-            return;
-        }
-        let wakeup = Wakeup::for_current_thread();
-        // Never made durable by an fsync: woken as the next leader, or by a reset or a failure.
-        s.waiters.push(Waiter { end: Offset::new(u64::MAX), wakeup: Arc::clone(&wakeup) });
-        drop(s);
-        wakeup.wait();
-    }
-
     /// Whether a waiter for `end` in `epoch` is done.
     fn done(&self, end: Offset, epoch: u64) -> bool {
         self.epoch() != epoch || self.durable() >= end

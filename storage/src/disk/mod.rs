@@ -9,7 +9,7 @@
 //! Sealed segments are immutable, with one documented exception: `truncate_from` may cut into a
 //! sealed segment (it then becomes the active segment again and loses its index file).
 
-mod append_queue;
+mod api;
 mod group_commit;
 mod maintenance;
 mod read;
@@ -24,22 +24,18 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::StorageBackend;
-use crate::checkpoint::{Checkpoint, CheckpointIndex};
+use crate::checkpoint::CheckpointIndex;
 use crate::codec::{Codec, CodecRegistry};
-use crate::compaction::{CompactionConfig, CompactionResult};
 use crate::error::{Result, StorageError};
 use crate::format::{self, names};
 use crate::io::{FileSystem, FsLock, OpenMode, StdFileSystem};
 use crate::options::StorageOptions;
 use crate::record::SegmentHeader;
-use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo};
-use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+use crate::types::{ChainHash, Offset, StreamId};
 
 pub(crate) use stream::{ANCHOR_INTERVAL, Segment, Stream, StreamCore};
 
@@ -71,10 +67,6 @@ impl fmt::Debug for Storage {
             .field("streams", &self.streams.read().keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
@@ -211,7 +203,7 @@ impl Storage {
         if self.fs.open(&idx, OpenMode::Existing).is_ok() {
             self.fs.remove_file(&idx).map_err(io_err("remove", &idx))?;
         }
-        let created_ms = now_ms();
+        let created_ms = crate::clock::now_ms();
         let header = SegmentHeader { flags, stream: id, base, created_ms, base_prev_hash };
         let file = self.fs.open(&path, OpenMode::CreateTruncate).map_err(io_err("create", &path))?;
         file.write_all_at(&header.encode(), 0).map_err(io_err("write", &path))?;
@@ -254,41 +246,6 @@ impl Storage {
         }
     }
 
-    /// Every stream that exists, in id order.
-    pub fn streams(&self) -> Vec<StreamId> {
-        self.streams.read().keys().copied().collect()
-    }
-
-    /// The chain hash of the last record ([`ChainHash::ZERO`] for an empty stream at 0).
-    pub fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash> {
-        Ok(self.stream(stream).map_or(ChainHash::ZERO, |s| s.core.read().head))
-    }
-
-    /// One past the last record.
-    pub fn next_offset(&self, stream: StreamId) -> Result<Offset> {
-        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.core.read().next()))
-    }
-
-    /// The first offset still held.
-    pub fn log_start(&self, stream: StreamId) -> Result<Offset> {
-        Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.core.read().log_start()))
-    }
-
-    /// The newest checkpoint, if any.
-    pub fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>> {
-        Ok(self.stream(stream).and_then(|s| s.core.read().checkpoints.latest().cloned()))
-    }
-
-    /// The checkpoint with the greatest offset `<= offset`, if any.
-    pub fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>> {
-        Ok(self.stream(stream).and_then(|s| s.core.read().checkpoints.at_or_below(offset).cloned()))
-    }
-
-    /// Bytes the stream's files occupy (segments, index files and written checkpoints).
-    pub fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
-        Ok(self.stream(stream).map_or(0, |s| s.core.read().file_bytes()))
-    }
-
     /// Makes every record of every stream durable and writes pending checkpoints and the active
     /// segments' index files, so the next open scans nothing. Also done (best effort) on drop.
     pub fn close(self) -> Result<()> {
@@ -317,125 +274,5 @@ impl Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         let _ = self.shutdown();
-    }
-}
-
-impl StorageBackend for Storage {
-    fn append_batch(
-        &self,
-        stream: StreamId,
-        events: Vec<Bytes>,
-        expected_offset: Offset,
-        fsync: bool,
-    ) -> Result<Offset> {
-        Storage::append_batch(self, stream, events, expected_offset, fsync)
-    }
-
-    fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<std::ops::Range<Offset>> {
-        Storage::append(self, stream, events, fsync)
-    }
-
-    fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
-        Storage::read_range(self, stream, from, end, max_bytes)
-    }
-
-    fn read_records(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
-        Storage::read_records(self, stream, from, max_bytes)
-    }
-
-    fn read_from(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
-        Storage::read_from(self, stream, from, max_bytes)
-    }
-
-    fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
-        Storage::verify_chain(self, stream)
-    }
-
-    fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
-        Storage::verify_range(self, stream, from, to)
-    }
-
-    fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
-        Storage::chain_hash_at(self, stream, offset)
-    }
-
-    fn latest_chain_hash(&self, stream: StreamId) -> Result<ChainHash> {
-        Storage::latest_chain_hash(self, stream)
-    }
-
-    fn next_offset(&self, stream: StreamId) -> Result<Offset> {
-        Storage::next_offset(self, stream)
-    }
-
-    fn log_start(&self, stream: StreamId) -> Result<Offset> {
-        Storage::log_start(self, stream)
-    }
-
-    fn streams(&self) -> Vec<StreamId> {
-        Storage::streams(self)
-    }
-
-    fn truncate_from(&self, stream: StreamId, offset: Offset) -> Result<()> {
-        Storage::truncate_from(self, stream, offset)
-    }
-
-    fn create_checkpoint(&self, stream: StreamId) -> Result<Checkpoint> {
-        Storage::create_checkpoint(self, stream)
-    }
-
-    fn create_checkpoint_at(&self, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
-        Storage::create_checkpoint_at(self, stream, offset, data)
-    }
-
-    fn latest_checkpoint(&self, stream: StreamId) -> Result<Option<Checkpoint>> {
-        Storage::latest_checkpoint(self, stream)
-    }
-
-    fn checkpoint_at_or_below(&self, stream: StreamId, offset: Offset) -> Result<Option<Checkpoint>> {
-        Storage::checkpoint_at_or_below(self, stream, offset)
-    }
-
-    fn install_checkpoint(&self, stream: StreamId, cp: Checkpoint) -> Result<()> {
-        Storage::install_checkpoint(self, stream, cp)
-    }
-
-    fn compaction_target(&self, stream: StreamId, config: &CompactionConfig) -> Result<Offset> {
-        Storage::compaction_target(self, stream, config)
-    }
-
-    fn compact(&self, stream: StreamId, config: &CompactionConfig) -> Result<CompactionResult> {
-        Storage::compact(self, stream, config)
-    }
-
-    fn sync(&self, stream: StreamId) -> Result<()> {
-        Storage::sync(self, stream)
-    }
-
-    fn delete_stream(&self, stream: StreamId) -> Result<()> {
-        Storage::delete_stream(self, stream)
-    }
-
-    fn reopen_stream(&self, stream: StreamId) -> Result<bool> {
-        Storage::reopen_stream(self, stream)
-    }
-
-    fn stream_failure(&self, stream: StreamId) -> Option<String> {
-        Storage::stream_failure(self, stream)
-    }
-
-    fn stream_bytes(&self, stream: StreamId) -> Result<u64> {
-        Storage::stream_bytes(self, stream)
-    }
-
-    fn segments(&self, stream: StreamId) -> Result<Vec<SegmentInfo>> {
-        Storage::segments(self, stream)
-    }
-
-    fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport> {
-        Storage::scrub_segment(self, stream, base)
-    }
-
-    fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
-        Storage::repair_range(self, stream, from, records)
     }
 }

@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::stream::{Stream, StreamCore};
 use super::{ANCHOR_INTERVAL, Storage, io_err};
-use crate::chain::chain_hash;
+use crate::backend::check_verify_range;
+use crate::chain::{anchor_mismatch, chain_hash};
 use crate::codec::CodecId;
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::record::{RecordDefect, RecordView, decode_record};
@@ -32,29 +33,25 @@ pub(crate) struct Verified {
 }
 
 impl Storage {
-    /// Verified records in `[from, end)`, up to about `max_bytes` of payload (at least one record
-    /// if any is in range). `from` at or past the next offset gives nothing; below the log start
-    /// is `OffsetOutOfRange`.
-    pub fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
-        let Some(h) = self.stream(stream) else {
-            return Ok(Vec::new());
-        };
+    /// [`crate::StorageBackend::read_range`] of an existing stream: verified records in
+    /// `[from, end)`, up to about `max_bytes` of payload (at least one record if any is in range).
+    pub(super) fn read_stream(&self, h: &Stream, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
         let c = h.core.read();
         if from < c.log_start() {
-            return Err(c.range_error(stream, from));
+            return Err(c.range_error(h.id, from));
         }
         let end = end.min(c.next());
         if from >= end {
             return Ok(Vec::new());
         }
-        let (anchor_at, anchor) = self.nearest_anchor(&h, &c, from);
+        let (anchor_at, anchor) = self.nearest_anchor(h, &c, from);
         let mut out = Vec::new();
         let mut bytes = 0usize;
         // One record past the range is read too (when there is one), so the last returned
         // record's hash is checked against its successor's link.
         let stop = bytes_stop(&c, from, end.plus(1).min(c.next()), max_bytes);
         let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
-        self.walk(&h, &c, anchor_at, anchor, stop, hint, |r| {
+        self.walk(h, &c, anchor_at, anchor, stop, hint, |r| {
             if r.offset < from {
                 return true;
             }
@@ -73,75 +70,30 @@ impl Storage {
         Ok(out)
     }
 
-    /// Verified records from `from` to the end of the stream, bounded by `max_bytes`.
-    pub fn read_records(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
-        self.read_range(stream, from, Offset::new(u64::MAX), max_bytes)
-    }
-
-    /// Verified payloads from `from`, bounded by `max_bytes`.
-    pub fn read_from(&self, stream: StreamId, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
-        Ok(self.read_records(stream, from, max_bytes)?.into_iter().map(|r| r.payload).collect())
-    }
-
-    /// Verifies every record from the log start (anchored by its checkpoint when compacted) to
-    /// the end: CRCs, offsets, chain links. The error names the first bad offset.
-    pub fn verify_chain(&self, stream: StreamId) -> Result<ChainVerification> {
-        let Some(h) = self.stream(stream) else {
-            return Ok(ChainVerification {
-                stream,
-                from: Offset::ZERO,
-                to: Offset::ZERO,
-                records: 0,
-                head: ChainHash::ZERO,
-            });
-        };
-        self.verify_span(&h, None, None)
-    }
-
-    /// Re-reads the records in `[from, to)` from the segment files and verifies each one (framing,
-    /// CRC, offset, decompression, chain link), starting from the verified chain hash of record
-    /// `from - 1` (the anchor at the log start). Returns the chain hash of record `to - 1` as
-    /// `head`; `from == to` verifies nothing and gives the hash before `from`. Nothing is answered
-    /// from memory: the sparse chain table only supplies the hash before `from` and is compared
-    /// with (never substituted for) the hashes the re-read gives. Outside `[log_start, next]` is
-    /// `OffsetOutOfRange`; damage is a `Corruption` naming the file, byte position and offset.
-    pub fn verify_range(&self, stream: StreamId, from: Offset, to: Offset) -> Result<ChainVerification> {
-        let Some(h) = self.stream(stream) else {
-            if from == Offset::ZERO && to == Offset::ZERO {
-                return Ok(ChainVerification { stream, from, to, records: 0, head: ChainHash::ZERO });
-            }
-            return Err(StorageError::OffsetOutOfRange {
-                stream,
-                requested: from,
-                start: Offset::ZERO,
-                end: Offset::ZERO,
-            });
-        };
-        if from > to {
-            return Err(StorageError::OffsetOutOfRange { stream, requested: from, start: Offset::ZERO, end: to });
-        }
-        self.verify_span(&h, Some(from), Some(to))
-    }
-
-    /// The walk both [`Storage::verify_chain`] (`from`, `to` = `None`: from the log start to the end
-    /// as it is when reached) and [`Storage::verify_range`] run. One segment per hold of the read
+    /// The walk both `verify_chain` (`from`, `to` = `None`: from the log start to the end as it is
+    /// when reached) and `verify_range` (`from`, `to` = `Some`) run: re-reads the records from the
+    /// segment files and verifies each one (framing, CRC, offset, decompression, chain link),
+    /// starting from the verified chain hash of record `from - 1` (the anchor at the log start),
+    /// and returns the chain hash of record `to - 1` as `head`. Nothing is answered from memory:
+    /// the sparse chain table only supplies the hash before `from` and is compared with (never
+    /// substituted for) the hashes the re-read gives. One segment per hold of the read
     /// lock, so appends are not held up for the whole verification. A truncation or install in
     /// between (the sync epoch moves) or a compaction past the position reached restarts it: from
     /// the new log start, or, for a fixed range, from `from` again if the stream still holds it.
-    fn verify_span(&self, h: &Stream, from: Option<Offset>, to: Option<Offset>) -> Result<ChainVerification> {
+    pub(super) fn verify_span(
+        &self,
+        h: &Stream,
+        from: Option<Offset>,
+        to: Option<Offset>,
+    ) -> Result<ChainVerification> {
         let stream = h.id;
         'restart: loop {
             let epoch = h.sync.epoch();
             let (start, mut prev) = {
                 let c = h.core.read();
                 let start = from.unwrap_or(c.log_start());
-                if start < c.log_start() {
-                    return Err(c.range_error(stream, start));
-                }
-                if let Some(to) = to
-                    && to > c.next()
-                {
-                    return Err(c.range_error(stream, Offset::new(to.get() - 1)));
+                if let Some(to) = to {
+                    check_verify_range(stream, start, to, c.log_start(), c.next())?;
                 }
                 (start, self.verified_start_hash(h, &c, start)?)
             };
@@ -184,36 +136,16 @@ impl Storage {
         }
         let first = &c.segments[0];
         let anchor = first.base_prev_hash;
-        if start > Offset::ZERO
-            && let Some(cp) = c.checkpoints.get(start)
-            && cp.chain_hash != anchor
-        {
-            return Err(StorageError::Corruption {
+        match anchor_mismatch(start, anchor, &c.checkpoints) {
+            Some(reason) => Err(StorageError::Corruption {
                 stream: h.id,
                 file: first.name(),
                 position: crate::format::segment::BASE_PREV_HASH_AT as u64,
                 offset: Some(start),
-                reason: CorruptionReason::ChainMismatch { expected: cp.chain_hash, found: anchor },
-            });
+                reason,
+            }),
+            None => Ok(anchor),
         }
-        Ok(anchor)
-    }
-
-    /// The chain hash of the record at `offset` (for `offset == log_start - 1`, the anchor).
-    pub fn chain_hash_at(&self, stream: StreamId, offset: Offset) -> Result<ChainHash> {
-        let Some(h) = self.stream(stream) else {
-            return Err(StorageError::OffsetOutOfRange {
-                stream,
-                requested: offset,
-                start: Offset::ZERO,
-                end: Offset::ZERO,
-            });
-        };
-        let c = h.core.read();
-        self.hash_before(&h, &c, offset.plus(1)).map_err(|e| match e {
-            StorageError::OffsetOutOfRange { .. } => c.range_error(stream, offset),
-            e => e,
-        })
     }
 
     /// The verified chain hash of record `k - 1`, for `k` in `[log_start, next]` (the anchor at

@@ -16,7 +16,7 @@ use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format::names;
 use crate::io::{FsFile, OpenMode};
 use crate::record::{decode_record, encode_record, seal_record};
-use crate::scrub::{Damage, GoodSuffix, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo, check_repair_chain};
+use crate::scrub::{Damage, GoodSuffix, RepairOutcome, RepairRejection, ScrubReport, check_repair_chain};
 use crate::types::{ChainHash, Offset, Record, StreamId};
 
 /// Bytes read per I/O by a scrub and by the copy a repair makes.
@@ -60,26 +60,14 @@ struct Pass {
 }
 
 impl Storage {
-    /// The stream's segments, oldest first.
-    pub fn segments(&self, stream: StreamId) -> Result<Vec<SegmentInfo>> {
-        let Some(h) = self.stream(stream) else { return Ok(Vec::new()) };
-        let c = h.core.read();
-        let n = c.segments.len();
-        Ok(c.segments
-            .iter()
-            .enumerate()
-            .map(|(i, s)| SegmentInfo { file: s.name(), base: s.base, end: s.end(), sealed: i + 1 < n, bytes: s.len })
-            .collect())
-    }
-
-    /// Re-reads the segment starting at `base` and checks every record; see
-    /// [`crate::StorageBackend::scrub_segment`].
-    pub fn scrub_segment(&self, stream: StreamId, base: Offset) -> Result<ScrubReport> {
-        let h = self.stream(stream).ok_or(StorageError::UnknownSegment { stream, base })?;
+    /// [`crate::StorageBackend::scrub_segment`] of an existing stream: re-reads the segment
+    /// starting at `base` and checks every record.
+    pub(super) fn scrub(&self, h: &Stream, base: Offset) -> Result<ScrubReport> {
+        let stream = h.id;
         loop {
             let epoch = h.sync.epoch();
-            let l = layout(&h, base)?;
-            let pass = self.pass(&h, &l, None, None)?;
+            let l = layout(h, base)?;
+            let pass = self.pass(h, &l, None, None)?;
             if h.sync.epoch() != epoch {
                 continue; // truncated or restarted meanwhile: look again
             }
@@ -107,15 +95,12 @@ impl Storage {
         }
     }
 
-    /// Replaces records `[from, from + records.len())` of one segment; see
-    /// [`crate::StorageBackend::repair_range`].
-    pub fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
+    /// [`crate::StorageBackend::repair_range`] of an existing stream, with at least one record:
+    /// replaces records `[from, from + records.len())` of one segment.
+    pub(super) fn repair(&self, h: &Stream, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
+        let stream = h.id;
         let to = from.plus(records.len() as u64);
         let reject = |reason| StorageError::RepairRejected { stream, from, to, reason };
-        if records.is_empty() {
-            return Err(reject(RepairRejection::Empty));
-        }
-        let h = self.stream(stream).ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))?;
         // Every mutation of the stream waits: the segment cannot be truncated, compacted,
         // appended to or sealed while it is rewritten.
         let _w = h.writer.lock();
@@ -129,8 +114,8 @@ impl Storage {
             }
             s.base
         };
-        let l = layout(&h, base)?;
-        let pass = self.pass(&h, &l, Some(from), Some(to))?;
+        let l = layout(h, base)?;
+        let pass = self.pass(h, &l, Some(from), Some(to))?;
         let (damaged_from, damaged_to) =
             pass.damage.as_ref().map_or((l.end(), l.end()), |d| (d.first_bad, d.good_from));
         let untrusted = |which| reject(RepairRejection::UntrustedBoundary { which, damaged_from, damaged_to });
@@ -180,7 +165,7 @@ impl Storage {
             sealed: true,
             last_append_ms: l.last_append_ms,
         };
-        if let Some(d) = self.pass(&h, &check, None, None)?.damage {
+        if let Some(d) = self.pass(h, &check, None, None)?.damage {
             let _ = self.fs.remove_file(&tmp);
             return Err(StorageError::Corruption {
                 stream,
@@ -217,7 +202,7 @@ impl Storage {
             }
         }
         if !same_layout {
-            let r = self.write_index_locked(&h, Some(l.seq));
+            let r = self.write_index_locked(h, Some(l.seq));
             h.guard(r)?;
         }
         tracing::warn!(stream = %stream, file = %l.name, from = %from, to = %to, "repaired a damaged range");

@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
-use super::append_queue::AppendQueue;
 use super::group_commit::GroupCommit;
 use crate::checkpoint::CheckpointIndex;
 use crate::error::{Result, StorageError};
@@ -150,8 +149,6 @@ pub(crate) struct Stream {
     /// The one entry of `anchors` off the [`ANCHOR_INTERVAL`] grid kept for a sequential reader:
     /// where the last verified read stopped.
     read_cursor: Mutex<Option<Offset>>,
-    /// Appends at the stream's end waiting to be combined into one write.
-    pub appends: AppendQueue,
     /// How far the stream is durable, and the fsync appenders share.
     pub sync: GroupCommit,
     /// Set by the first failed write or fsync: the stream refuses writes until reopened.
@@ -175,7 +172,6 @@ impl Stream {
             core: RwLock::new(core),
             anchors: Mutex::new(anchors),
             read_cursor: Mutex::new(None),
-            appends: AppendQueue::default(),
             sync: GroupCommit::default(),
             failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),

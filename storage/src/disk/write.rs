@@ -1,20 +1,18 @@
 //! The write path: committing prepared batches, segment rotation, group commit, index files.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::append_queue::{Request, complete_all};
 use super::stream::Stream;
-use super::{Storage, io_err, now_ms};
+use super::{Storage, io_err};
+use crate::batch::PreparedBatch;
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
-use crate::codec::Codec;
+use crate::clock::now_ms;
 use crate::error::{Result, StorageError};
 use crate::format::names;
 use crate::format::segment::PREALLOCATION_BYTES;
 use crate::index::IndexFile;
-use crate::pipeline::{PreparedBatch, validate_batch};
 use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
 use crate::types::{ChainHash, Offset, StreamId};
 
@@ -30,42 +28,37 @@ const AHEAD_PART_BYTES: usize = 32 << 10;
 const MAX_PENDING_INDEXES: usize = 4;
 
 impl Storage {
-    pub(crate) fn codec(&self) -> &Arc<dyn Codec> {
-        &self.codec
+    /// The stream an append at `expected` goes to: created (empty at 0) if it does not exist
+    /// and `expected` is 0, else `OffsetMismatch` (a rejected append must not bring the stream
+    /// into existence).
+    pub(super) fn stream_to_append(&self, stream: StreamId, expected: Offset) -> Result<Arc<Stream>> {
+        match self.stream(stream) {
+            Some(h) => Ok(h),
+            None if expected != Offset::ZERO => {
+                Err(StorageError::OffsetMismatch { stream, expected, actual: Offset::ZERO })
+            }
+            None => self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO),
+        }
     }
 
-    /// Appends `events` at `expected_offset`, which must be the stream's next offset (else
-    /// `OffsetMismatch` and nothing is written). Returns the new next offset. With `fsync`,
-    /// returns only once the records are durable; concurrent fsyncing appenders share fsyncs.
-    pub fn append_batch(
-        &self,
-        stream: StreamId,
-        events: Vec<Bytes>,
-        expected_offset: Offset,
-        fsync: bool,
-    ) -> Result<Offset> {
-        validate_batch(stream, &events, &self.options)?;
-        let handle = match self.stream(stream) {
-            Some(h) => h,
-            None if expected_offset != Offset::ZERO => {
-                return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: Offset::ZERO });
-            }
-            None => self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?,
-        };
-        handle.check_usable()?;
+    /// Appends a batch (already checked against the limits) to `h` at `expected`, which must be
+    /// its next offset; with `fsync`, returns once the records are durable. A large batch is
+    /// prepared ahead (see [`Self::append_prepared_ahead`]), any other prepared here and written.
+    pub(super) fn append_to(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+        h.check_usable()?;
         let (next, head) = {
-            let c = handle.core.read();
+            let c = h.core.read();
             (c.next(), c.head)
         };
-        if next != expected_offset {
-            return Err(StorageError::OffsetMismatch { stream, expected: expected_offset, actual: next });
+        if next != expected {
+            return Err(StorageError::OffsetMismatch { stream: h.id, expected, actual: next });
         }
         let payload_bytes: usize = events.iter().map(Bytes::len).sum();
         if self.options.prepare_ahead && payload_bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
-            return self.append_prepared_ahead(&handle, events, next, fsync);
+            return self.append_prepared_ahead(h, events, next, fsync);
         }
-        let batch = PreparedBatch::prepare(stream, next, head, events, &self.options, self.codec.as_ref())?;
-        self.commit_to(&handle, batch, fsync)
+        let batch = self.prepare(h.id, next, head, events)?;
+        self.commit_to(h, batch, fsync)
     }
 
     /// A large batch, prepared (compressed, hashed, encoded) part by part on the preparing thread
@@ -113,120 +106,11 @@ impl Storage {
             // Prepared here: the thread was busy, or it died part-way.
             let rest = events[(written.get() - next.get()) as usize..].to_vec();
             let head = h.core.read().head;
-            let batch = PreparedBatch::prepare(h.id, written, head, rest, &self.options, self.codec.as_ref())?;
+            let batch = self.prepare(h.id, written, head, rest)?;
             let r = self.write_locked(h, &batch);
             h.guard(r)?;
         }
         Ok(end)
-    }
-
-    /// Appends `events` at the stream's end, wherever that is when they are written (the
-    /// storage assigns the offsets, as a Kafka partition leader does), and returns the offsets
-    /// they got. With `fsync`, returns only once they are durable.
-    ///
-    /// Concurrent callers on one stream are combined (`disk/append_queue.rs`): one of them
-    /// writes every batch queued so far with one write and waits for one fsync for all of them,
-    /// while the next round is written. Batches keep their order of arrival and are never
-    /// interleaved: each gets a contiguous range.
-    pub fn append(&self, stream: StreamId, events: Vec<Bytes>, fsync: bool) -> Result<Range<Offset>> {
-        validate_batch(stream, &events, &self.options)?;
-        let h = self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?;
-        h.check_usable()?;
-        let ticket = h.appends.submit(events, fsync);
-        if ticket.combine {
-            self.combine(&h, fsync);
-        }
-        ticket.wait()
-    }
-
-    /// One round of combined appends: writes every queued batch, then completes each request
-    /// (those that asked for fsync once the round is durable).
-    fn combine(&self, h: &Stream, fsync: bool) {
-        if fsync {
-            // Requests pile up behind this one while the running fsync lasts.
-            h.sync.wait_idle();
-        }
-        let w = h.writer.lock();
-        let requests = h.appends.take();
-        debug_assert!(!requests.is_empty(), "the combiner's own request is queued");
-        let mut ranges = Vec::with_capacity(requests.len());
-        let written = self.write_round_locked(h, &requests, &mut ranges);
-        let epoch = h.sync.epoch();
-        drop(w);
-        let end = match written {
-            Ok(end) => end,
-            Err(e) => return Self::fail_round(h, requests, e),
-        };
-        let fsync = requests.iter().any(|r| r.fsync);
-        let durable = if fsync { self.finish_append(h, end, epoch, true).map(|_| ()) } else { Ok(()) };
-        match durable {
-            Ok(()) => complete_all(requests.into_iter().zip(ranges.into_iter().map(Ok)).collect()),
-            Err(e) => {
-                // Those that did not ask for fsync have their records written.
-                let (sync, nosync): (Vec<_>, Vec<_>) = requests.into_iter().zip(ranges).partition(|(r, _)| r.fsync);
-                complete_all(nosync.into_iter().map(|(r, range)| (r, Ok(range))).collect());
-                Self::fail_round(h, sync.into_iter().map(|(r, _)| r).collect(), e);
-            }
-        }
-    }
-
-    /// Writes the round's batches in order, as few prepared batches as the batch size limit
-    /// allows, and notes the range each request got. Returns the new next offset.
-    fn write_round_locked(&self, h: &Stream, requests: &[Request], ranges: &mut Vec<Range<Offset>>) -> Result<Offset> {
-        h.check_usable()?;
-        let mut next = h.core.read().next();
-        let mut i = 0;
-        while i < requests.len() {
-            // Requests [i, j) go into one batch.
-            let mut bytes = 0usize;
-            let mut j = i;
-            while j < requests.len() {
-                let b: usize = requests[j].events.iter().map(Bytes::len).sum();
-                if j > i && bytes + b > self.options.max_batch_bytes {
-                    break;
-                }
-                bytes += b;
-                j += 1;
-            }
-            let events: Vec<Bytes> = requests[i..j].iter().flat_map(|r| r.events.iter().cloned()).collect();
-            for r in &requests[i..j] {
-                let end = next.plus(r.events.len() as u64);
-                ranges.push(next..end);
-                next = end;
-            }
-            let (base, head) = {
-                let c = h.core.read();
-                (c.next(), c.head)
-            };
-            debug_assert_eq!(base.plus(events.len() as u64), next, "ranges follow the stream's end");
-            if self.options.prepare_ahead && bytes >= AHEAD_MIN_BYTES && events.len() > 1 {
-                self.write_ahead_locked(h, events, base, head)?;
-            } else {
-                let batch = PreparedBatch::prepare(h.id, base, head, events, &self.options, self.codec.as_ref())?;
-                let r = self.write_locked(h, &batch);
-                h.guard(r)?;
-            }
-            self.policy_checkpoint_locked(h);
-            i = j;
-        }
-        Ok(next)
-    }
-
-    /// Completes `requests` with `e`: the first gets `e` itself, the others the stream's
-    /// failure (a round that failed part-way leaves the stream failed).
-    fn fail_round(h: &Stream, requests: Vec<Request>, e: StorageError) {
-        h.fail(&e);
-        let cause = e.to_string();
-        let mut first = Some(e);
-        let results = requests
-            .into_iter()
-            .map(|r| {
-                let err =
-                    first.take().unwrap_or_else(|| StorageError::StreamFailed { stream: h.id, cause: cause.clone() });
-                (r, Err(err))
-            })
-            .collect();
-        complete_all(results);
     }
 
     /// The preparing thread, started on first use; `None` where it cannot help (one CPU) or could
@@ -240,8 +124,8 @@ impl Storage {
             .as_ref()
     }
 
-    /// Stage 1 of an append, for callers that pipeline: see [`PreparedBatch::prepare`].
-    pub fn prepare(
+    /// Stage 1 of an append with this storage's options and codec: see [`PreparedBatch::prepare`].
+    pub(crate) fn prepare(
         &self,
         stream: StreamId,
         base: Offset,
@@ -251,21 +135,17 @@ impl Storage {
         PreparedBatch::prepare(stream, base, prev_hash, events, &self.options, self.codec.as_ref())
     }
 
-    /// Stage 2 of an append: writes a prepared batch, which must start at the stream's next
-    /// offset (else `OffsetMismatch`). If the stream's head hash is not the one the batch was
-    /// prepared from, it is re-hashed first. With `fsync`, returns once the batch is durable.
-    pub fn commit(&self, batch: PreparedBatch, fsync: bool) -> Result<Offset> {
-        let stream = batch.stream;
-        let handle = match self.stream(stream) {
-            Some(h) => h,
-            None if batch.base != Offset::ZERO => {
-                return Err(StorageError::OffsetMismatch { stream, expected: batch.base, actual: Offset::ZERO });
-            }
-            None => self.stream_or_create(stream, Offset::ZERO, ChainHash::ZERO)?,
-        };
+    /// Stage 2 of an append, for [`crate::AppendPipeline`]: writes a prepared batch, which must
+    /// start at the stream's next offset (else `OffsetMismatch`). If the stream's head hash is not
+    /// the one the batch was prepared from, it is re-hashed first. With `fsync`, returns once the
+    /// batch is durable.
+    pub(crate) fn commit(&self, batch: PreparedBatch, fsync: bool) -> Result<Offset> {
+        let handle = self.stream_to_append(batch.stream, batch.base)?;
         self.commit_to(&handle, batch, fsync)
     }
 
+    /// Writes `batch` (which must start at the stream's next offset) under the writer lock, then
+    /// waits for it to be durable if asked.
     fn commit_to(&self, h: &Stream, mut batch: PreparedBatch, fsync: bool) -> Result<Offset> {
         let (end, epoch) = {
             let _w = h.writer.lock();
@@ -273,7 +153,7 @@ impl Storage {
             let next = batch.base;
             if head != batch.prev_hash {
                 let events = std::mem::take(&mut batch.events);
-                batch = PreparedBatch::prepare(h.id, next, head, events, &self.options, self.codec.as_ref())?;
+                batch = self.prepare(h.id, next, head, events)?;
             }
             let r = self.write_locked(h, &batch);
             h.guard(r)?;
@@ -533,14 +413,6 @@ impl Storage {
         };
         self.wait_durable(h, end, epoch)?;
         self.flush_deferred(h)
-    }
-
-    /// Makes every record appended so far durable.
-    pub fn sync(&self, stream: StreamId) -> Result<()> {
-        match self.stream(stream) {
-            Some(h) => self.sync_stream(&h),
-            None => Ok(()),
-        }
     }
 
     /// Writes the checkpoint policy's checkpoint if it is due (held in memory until the records

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use shale_storage::format::names;
-use shale_storage::{Storage, StorageError, StorageOptions, StreamId};
+use shale_storage::{Storage, StorageBackend, StorageError, StorageOptions, StreamId};
 
 use crate::error::{CliError, Result};
 use crate::output::{Table, human_bytes};
