@@ -15,7 +15,9 @@ use crate::compaction::{CompactionConfig, CompactionResult, SegmentSpan, plan};
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format;
 use crate::options::StorageOptions;
-use crate::scrub::{Damage, GoodSuffix, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo, check_repair_chain};
+use crate::scrub::{
+    Damage, GoodSuffix, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo, check_repair_chain, repair_target,
+};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 /// One stored record.
@@ -445,12 +447,9 @@ impl StorageBackend for MemoryStorage {
     }
 
     fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
+        let handle = repair_target(stream, from, &records, self.stream(stream))?;
         let to = from.plus(records.len() as u64);
         let reject = |reason| StorageError::RepairRejected { stream, from, to, reason };
-        if records.is_empty() {
-            return Err(reject(RepairRejection::Empty));
-        }
-        let handle = self.stream(stream).ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))?;
         let mut s = handle.lock();
         let n = s.segments.len();
         let seg_end = |i: usize| if i + 1 == n { s.next() } else { s.segments[i].end };

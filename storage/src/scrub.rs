@@ -167,6 +167,23 @@ pub struct RepairOutcome {
     pub range: std::ops::Range<Offset>,
 }
 
+/// The first checks of a [`crate::StorageBackend::repair_range`], in both backends: at least one
+/// record (else [`RepairRejection::Empty`]), into a stream that exists (`handle`, else the range
+/// lies outside every segment). Returns the handle.
+pub(crate) fn repair_target<H>(
+    stream: StreamId,
+    from: Offset,
+    records: &[Record],
+    handle: Option<H>,
+) -> crate::error::Result<H> {
+    let to = from.plus(records.len() as u64);
+    let reject = |reason| crate::error::StorageError::RepairRejected { stream, from, to, reason };
+    if records.is_empty() {
+        return Err(reject(RepairRejection::Empty));
+    }
+    handle.ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))
+}
+
 /// Checks that `records` are exactly the records `[from, from + len)` of a chain that continues
 /// from `before` (the hash of record `from - 1`) and ends on `after` (the hash of the last
 /// record): offsets in sequence, every `prev_hash` the hash before it, every `hash` the chain hash

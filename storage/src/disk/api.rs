@@ -17,7 +17,7 @@ use crate::clock::now_ms;
 use crate::compaction::{CompactionConfig, CompactionResult, plan};
 use crate::error::{Result, StorageError};
 use crate::format::names;
-use crate::scrub::{RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};
+use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo, repair_target};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 
 use super::io_err;
@@ -25,16 +25,10 @@ use super::io_err;
 impl StorageBackend for Storage {
     /// Concurrent fsyncing appenders share fsyncs (group commit, `group_commit.rs`). A batch of
     /// 64 KiB or more is prepared part by part on the preparing thread while this one writes it.
-    fn append_batch(
-        &self,
-        stream: StreamId,
-        events: Vec<Bytes>,
-        expected_offset: Offset,
-        fsync: bool,
-    ) -> Result<Offset> {
+    fn append_batch(&self, stream: StreamId, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
         self.options.check_batch(stream, &events)?;
-        let h = self.stream_to_append(stream, expected_offset)?;
-        self.append_to(&h, events, expected_offset, fsync)
+        let h = self.stream_to_append(stream, expected)?;
+        self.append_to(&h, events, expected, fsync)
     }
 
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
@@ -275,12 +269,7 @@ impl StorageBackend for Storage {
     }
 
     fn repair_range(&self, stream: StreamId, from: Offset, records: Vec<Record>) -> Result<RepairOutcome> {
-        let to = from.plus(records.len() as u64);
-        let reject = |reason| StorageError::RepairRejected { stream, from, to, reason };
-        if records.is_empty() {
-            return Err(reject(RepairRejection::Empty));
-        }
-        let h = self.stream(stream).ok_or_else(|| reject(RepairRejection::OutsideSegment { from, to }))?;
+        let h = repair_target(stream, from, &records, self.stream(stream))?;
         self.repair(&h, from, records)
     }
 }

@@ -39,8 +39,9 @@ use crate::types::{ChainHash, Offset, StreamId};
 
 pub(crate) use stream::{ANCHOR_INTERVAL, Segment, Stream, StreamCore};
 
-/// The on-disk [`StorageBackend`]. `Send + Sync`; every method takes `&self`. Readers run
-/// concurrently, appenders to one stream are serialised (and share fsyncs), streams are independent.
+/// The on-disk [`crate::StorageBackend`] (its API is that trait's: import it to call one; see
+/// `api.rs`). `Send + Sync`; every method takes `&self`. Readers run concurrently, appenders to
+/// one stream are serialised (and share fsyncs), streams are independent.
 pub struct Storage {
     root: PathBuf,
     fs: Arc<dyn FileSystem>,
