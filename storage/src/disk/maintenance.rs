@@ -313,6 +313,7 @@ impl Storage {
     /// the storage would keep. While the cause persists (a full disk) the fsync or the next write
     /// fails again and the stream is failed again.
     pub fn reopen_stream(&self, stream: StreamId) -> Result<bool> {
+        self.check_writable()?;
         let _c = self.create.lock();
         let Some(old) = self.stream(stream) else {
             return Ok(false);
@@ -356,6 +357,7 @@ impl Storage {
 
     /// Removes a stream and all its files. Unknown streams are a no-op.
     pub fn delete_stream(&self, stream: StreamId) -> Result<()> {
+        self.check_writable()?;
         let _c = self.create.lock();
         let Some(h) = self.streams.write().remove(&stream) else {
             return Ok(());
