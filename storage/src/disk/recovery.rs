@@ -102,8 +102,8 @@ pub enum RecoveryKind {
     InterruptedInstall,
     /// A stream directory without segments (an interrupted creation or deletion): removed.
     EmptyStreamDir,
-    /// A sealed segment's index file is missing, damaged or disagrees with its segment: rebuilt by
-    /// a scan of the segment and written back.
+    /// A sealed segment's index file (the finding's file; missing, damaged or disagreeing with its
+    /// segment): rebuilt by a scan of the segment and written back.
     IndexRebuilt {
         /// Why the index was not trusted.
         reason: String,
@@ -555,7 +555,7 @@ impl Recovery<'_> {
                     return Ok(Found::Salvaged(end_hash));
                 }
                 if let Some(reason) = why.clone() {
-                    self.found(Some(name), RecoveryKind::IndexRebuilt { reason });
+                    self.found(Some(names::index(l.seq)), RecoveryKind::IndexRebuilt { reason });
                 }
                 segment.positions = scan.positions;
                 segment.len = scan.end;

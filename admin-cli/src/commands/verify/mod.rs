@@ -8,6 +8,7 @@
 //! its whole range from disk in pieces of `--step` records, recomputing every CRC and chain link,
 //! so damage anywhere is found and named (`damaged`, with the replica and the first bad offset).
 
+pub mod names;
 pub mod offline;
 pub mod search;
 
@@ -683,7 +684,7 @@ pub fn run_offline(a: &VerifyArgs) -> Result<()> {
     let Some(dir) = &a.data_dir else {
         return Err(CliError::Usage("--data-dir DIR is required for an offline check".into()));
     };
-    let report = offline::verify_data_dir(dir, a.scratch_dir.as_deref())?;
+    let report = offline::verify_data_dir(dir)?;
     output::emit(a.output.output, &report, offline::report_text)?;
     if report.ok() {
         Ok(())
