@@ -91,6 +91,21 @@ fn edit(fs: &FaultyFileSystem, path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     fs.set_file_bytes(path, bytes).unwrap();
 }
 
+/// Flips a bit of record `offset`'s payload in the segment file `path`.
+fn flip_payload(fs: &FaultyFileSystem, path: &Path, offset: u64) {
+    edit(fs, path, |b| {
+        let at = record_start(b, offset) + rec::PAYLOAD_AT + 1;
+        b[at] ^= 0x10;
+    });
+}
+
+/// The one finding of `s`'s open, which must be of kind `kind` (as [`kinds`] names it).
+fn single_finding<'a>(s: &'a Storage, kind: &str) -> &'a RecoveryKind {
+    let report = s.recovery_report();
+    assert_eq!(kinds(report), [kind], "{report:?}");
+    &report[0].kind
+}
+
 /// The records of `S` in `[from, to)` are there, verified, and hold what was appended.
 fn assert_records(s: &Storage, from: u64, to: u64) {
     let got = s.read_range(S, Offset::new(from), Offset::new(to), usize::MAX).unwrap();
@@ -166,9 +181,7 @@ fn stray_bytes_in_the_preallocated_zeros_are_reported_not_cut() {
     let before = state(&fs);
 
     let s = open_ro(&fs);
-    let report = s.recovery_report();
-    assert_eq!(kinds(report), ["torn-tail"], "{report:?}");
-    match &report[0].kind {
+    match single_finding(&s, "torn-tail") {
         RecoveryKind::TornTail { position, offset, bytes, .. } => {
             assert_eq!((*position, *offset, *bytes), (records_end as u64, Offset::new(10), 604));
         }
@@ -189,16 +202,11 @@ fn damage_before_whole_records_is_refused_and_reads_stop_before_it() {
     };
     let bad = base + 3;
     assert!(bad + 2 < last, "whole records follow the damage");
-    edit(&fs, &active, |b| {
-        let at = record_start(b, bad) + rec::PAYLOAD_AT + 5;
-        b[at] ^= 0x10;
-    });
+    flip_payload(&fs, &active, bad);
     let before = state(&fs);
 
     let s = open_ro(&fs);
-    let report = s.recovery_report();
-    assert_eq!(kinds(report), ["refused"], "{report:?}");
-    match &report[0].kind {
+    match single_finding(&s, "refused") {
         RecoveryKind::Refused(StorageError::Corruption { offset, file, .. }) => {
             assert_eq!(*offset, Some(Offset::new(bad)));
             assert_eq!(Some(file.as_str()), active.file_name().unwrap().to_str());
@@ -224,16 +232,11 @@ fn a_damaged_sealed_segment_without_its_index_is_reported_and_read_around() {
     let fs = written(60, true);
     let first = segments(&fs)[0].clone();
     fs.remove_file(&first.with_extension("idx")).unwrap();
-    edit(&fs, &first, |b| {
-        let at = record_start(b, 5) + rec::PAYLOAD_AT;
-        b[at] ^= 0x01;
-    });
+    flip_payload(&fs, &first, 5);
     let before = state(&fs);
 
     let s = open_ro(&fs);
-    let report = s.recovery_report();
-    assert_eq!(kinds(report), ["damaged-sealed"], "{report:?}");
-    match &report[0].kind {
+    match single_finding(&s, "damaged-sealed") {
         RecoveryKind::DamagedSealedSegment { offset, .. } => assert_eq!(*offset, Some(Offset::new(5))),
         other => panic!("{other:?}"),
     }
@@ -259,6 +262,7 @@ fn a_missing_index_is_reported_and_only_the_read_write_open_writes_it_back() {
 
     let s = open_ro(&fs);
     assert_eq!(kinds(s.recovery_report()), ["index-rebuilt"]);
+    assert_eq!(s.recovery_report()[0].file.as_deref(), idx.file_name().unwrap().to_str(), "names the index file");
     assert_records(&s, 0, 60);
     drop(s);
     assert_eq!(state(&fs), before);
