@@ -395,8 +395,8 @@ there, a binary search over offsets finds the first offset where they part, and 
 differs from the majority is named.
 
 Offline (--data-dir): checks a stopped node's files directly: segment and index CRCs, record
-framing, offsets and the SHA-256 chain of every stream. The directory is never modified: each
-stream is copied to a scratch directory and opened there.
+framing, offsets and the SHA-256 chain of every stream, each named by its topic and partition.
+The directory is opened read-only and never modified.
 
 Exit code 1 when replicas disagree or damage is found.
 
@@ -434,9 +434,6 @@ pub struct VerifyArgs {
     /// Check a node's data directory offline instead (stop the node first).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["topic", "partition", "offset", "sweep", "max_lag"])]
     pub data_dir: Option<PathBuf>,
-    /// Where --data-dir copies each stream before opening it (default: the system temp dir).
-    #[arg(long, value_name = "DIR", requires = "data_dir")]
-    pub scratch_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -111,9 +111,7 @@ impl CliError {
             | CliError::BadInput(_)
             | CliError::Runtime(_) => None,
             CliError::Input { .. } => Some("check the path and its permissions".into()),
-            CliError::Local { .. } => {
-                Some("check the path, its permissions and the free space of the scratch dir (--scratch-dir)".into())
-            }
+            CliError::Local { .. } => Some("check the path and its permissions".into()),
         }
     }
 }

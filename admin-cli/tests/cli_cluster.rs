@@ -4,12 +4,8 @@ mod common;
 
 use std::fs;
 
-use common::{FIRST_PARTITION_LOG_STREAM, TestCluster, assert_exit, find_record, stderr, stdout};
+use common::{TestCluster, assert_exit, find_record, json, stderr, stdout};
 use serde_json::Value;
-
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn topic_lifecycle() {
@@ -236,27 +232,16 @@ async fn verify_reports_agreement_then_names_a_damaged_replica() {
     bytes[position + 7] ^= 0x01;
     fs::write(&segment_path, &bytes).unwrap();
 
-    let dir = c.data_dir(victim).to_string_lossy().into_owned();
-    let o = common::run_shale(
-        vec!["verify".into(), "--data-dir".into(), dir.clone(), "-o".into(), "json".into()],
-        Vec::new(),
-    )
-    .await;
-    assert_exit(&o, 1);
-    let report = json(&o);
-    let stream = report["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stream"] == FIRST_PARTITION_LOG_STREAM)
-        .unwrap_or_else(|| panic!("{report}"));
+    let common::OfflineDamage { report, stream, damage } = common::verify_offline_damaged(c.data_dir(victim)).await;
     assert_eq!(stream["status"], "damaged", "{stream}");
-    assert_eq!(stream["role"], "topic #1 partition 0, raft log");
-    let damage = stream["findings"].as_array().unwrap().iter().find(|f| f["severity"] == "damage").unwrap();
+    assert_eq!(stream["role"], "topic ledger partition 0, raft log", "named from the node's own metadata");
+    assert_eq!(stream["holds"]["topic"], "ledger", "{stream}");
+    assert_eq!(stream["holds"]["partition"], 0, "{stream}");
     assert_eq!(damage["offset"], offset, "{damage}");
     assert_eq!(damage["file"], segment_path.file_name().unwrap().to_string_lossy().as_ref());
     assert!(damage["detail"].as_str().unwrap().contains("CRC mismatch"), "{damage}");
     assert_eq!(report["damaged_streams"], 1, "only the flipped stream is damaged: {report}");
+    let dir = c.data_dir(victim).to_string_lossy().into_owned();
     let o = common::run_shale(vec!["verify".into(), "--data-dir".into(), dir], Vec::new()).await;
     assert_exit(&o, 1);
     assert!(stdout(&o).contains(&format!("offset {offset}")), "{}", stdout(&o));

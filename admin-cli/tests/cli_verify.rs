@@ -6,13 +6,9 @@ mod common;
 use std::fs;
 use std::time::Instant;
 
-use common::{FIRST_PARTITION_LOG_STREAM, TestCluster, WAIT, assert_exit, find_record, stdout};
+use common::{FIRST_PARTITION_LOG_STREAM, TestCluster, WAIT, assert_exit, find_record, json, stdout};
 use serde_json::Value;
 use shale_node::NodeConfig;
-
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
-}
 
 /// 4 KiB segments, so a few dozen records seal several; no retention pass of its own during the test,
 /// and no background scrubber (it would find and repair the damage these tests plant for `verify`).
@@ -159,18 +155,8 @@ async fn verify_sweep_rereads_sealed_segments_and_names_a_flipped_byte() {
     fs::write(&segment_path, &bytes).unwrap();
 
     // Offline, the stopped node's files show it.
-    let dir = c.data_dir(victim).to_string_lossy().into_owned();
-    let o = common::run_shale(vec!["verify".into(), "--data-dir".into(), dir, "-o".into(), "json".into()], Vec::new())
-        .await;
-    assert_exit(&o, 1);
-    let report = json(&o);
-    let stream = report["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stream"] == FIRST_PARTITION_LOG_STREAM)
-        .unwrap_or_else(|| panic!("{report}"));
-    let damage = stream["findings"].as_array().unwrap().iter().find(|f| f["severity"] == "damage").unwrap();
+    let common::OfflineDamage { stream, damage, .. } = common::verify_offline_damaged(c.data_dir(victim)).await;
+    assert_eq!(stream["role"], "topic ledger partition 0, raft log", "{stream}");
     assert_eq!(damage["offset"], offset, "{damage}");
     assert_eq!(damage["file"], segment_path.file_name().unwrap().to_string_lossy().as_ref());
 

@@ -34,6 +34,12 @@ impl GroupId {
         StreamId::new(self.0 * 2 + 1)
     }
 
+    /// The group whose log or meta stream `stream` is (the inverse of [`GroupId::log_stream`] and
+    /// [`GroupId::meta_stream`]).
+    pub const fn of_stream(stream: StreamId) -> GroupId {
+        GroupId(stream.get() / 2)
+    }
+
     /// Whether the id is in the range the stream mapping supports.
     pub const fn is_valid(self) -> bool {
         self.0 <= Self::MAX

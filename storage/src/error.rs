@@ -216,6 +216,14 @@ pub enum StorageError {
     /// An argument was out of its allowed range (a zero `max_segment_bytes`, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+
+    /// A write (append, truncation, checkpoint, compaction, sync, repair, deletion, reopen) was
+    /// asked of a storage opened read-only ([`crate::Storage::open_read_only`]). Nothing was written.
+    #[error("{} is opened read-only: it takes no writes", path.display())]
+    ReadOnly {
+        /// The data directory, or the stream directory written to.
+        path: PathBuf,
+    },
 }
 
 /// Why a piece of stored data is judged corrupt.

@@ -36,6 +36,9 @@ pub enum OpenMode {
     CreateNew,
     /// A file created if missing and cut to zero length if present (read and write).
     CreateTruncate,
+    /// An existing file, read only: its writes and `set_len` fail (a read-only open of the
+    /// storage opens every file so).
+    ReadOnly,
 }
 
 /// The directory and file operations the disk engine needs. Directory entries (a created, renamed
@@ -157,9 +160,9 @@ impl FileSystem for StdFileSystem {
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
         let mut o = OpenOptions::new();
-        o.read(true).write(true);
+        o.read(true).write(mode != OpenMode::ReadOnly);
         match mode {
-            OpenMode::Existing => {}
+            OpenMode::Existing | OpenMode::ReadOnly => {}
             OpenMode::CreateNew => {
                 o.create_new(true);
             }

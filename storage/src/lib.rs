@@ -52,7 +52,7 @@ pub use checkpoint::{
 };
 pub use codec::{Codec, CodecId, CodecKind, CodecRegistry, Lz4Codec, NoneCodec, ZstdCodec};
 pub use compaction::{CompactionConfig, CompactionResult};
-pub use disk::Storage;
+pub use disk::{RecoveryFinding, RecoveryKind, Storage};
 pub use error::{CorruptionReason, Result, StorageError};
 pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;

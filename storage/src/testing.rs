@@ -188,6 +188,8 @@ struct FaultyFile {
     state: Arc<Mutex<State>>,
     inode: u64,
     generation: u64,
+    /// Opened with [`OpenMode::ReadOnly`]: writes and `set_len` fail, as on a read-only descriptor.
+    read_only: bool,
 }
 
 impl FaultyFile {
@@ -197,6 +199,13 @@ impl FaultyFile {
             return Err(io::Error::other("handle invalidated by a simulated crash"));
         }
         f(&mut s, self.inode)
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +225,7 @@ impl FsFile for FaultyFile {
     }
 
     fn write_all_at(&self, data: &[u8], position: u64) -> io::Result<()> {
+        self.check_writable()?;
         self.with(|s, id| {
             s.writes += 1;
             let fail = FaultyFileSystem::trip(&mut s.write_fails_after);
@@ -238,6 +248,7 @@ impl FsFile for FaultyFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_writable()?;
         self.with(|s, id| {
             if s.disk_full && len as usize > s.inodes[&id].data.len() {
                 return Err(no_space());
@@ -314,8 +325,8 @@ impl FileSystem for FaultyFileSystem {
         }
         let existing = s.files.get(path).copied();
         let inode = match (mode, existing) {
-            (OpenMode::Existing, None) => return Err(not_found(path)),
-            (OpenMode::Existing, Some(id)) => id,
+            (OpenMode::Existing | OpenMode::ReadOnly, None) => return Err(not_found(path)),
+            (OpenMode::Existing | OpenMode::ReadOnly, Some(id)) => id,
             (OpenMode::CreateNew, Some(_)) => {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
             }
@@ -331,7 +342,8 @@ impl FileSystem for FaultyFileSystem {
                 id
             }
         };
-        Ok(Arc::new(FaultyFile { state: self.state.clone(), inode, generation: s.generation }))
+        let read_only = mode == OpenMode::ReadOnly;
+        Ok(Arc::new(FaultyFile { state: self.state.clone(), inode, generation: s.generation, read_only }))
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -1,12 +1,16 @@
 //! Bad input never panics: random byte flips, cuts and garbage in every kind of file of a stream
-//! give a typed error (or a recovered stream), never a panic, on open and on every read.
+//! give a typed error (or a recovered stream), never a panic, on open and on every read. A
+//! read-only open of the same files changes nothing, reports an error exactly where the
+//! read-write open fails, and otherwise recovers the same stream.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use shale_storage::testing::FaultyFileSystem;
-use shale_storage::{CheckpointPolicy, CodecKind, Offset, Storage, StorageBackend, StorageOptions, StreamId};
+use shale_storage::{
+    ChainHash, CheckpointPolicy, CodecKind, Offset, RecoveryKind, Storage, StorageBackend, StorageOptions, StreamId,
+};
 
 const S: StreamId = StreamId::new(2);
 
@@ -46,6 +50,28 @@ fn build(codec: CodecKind) -> FaultyFileSystem {
     fs
 }
 
+/// What a read-only open of a damaged file system gave.
+struct ReadOnlyOpen {
+    /// It reported an error a read-write open fails with.
+    refused: bool,
+    /// `S`'s log start, next offset and head.
+    bounds: (Offset, Offset, ChainHash),
+}
+
+/// Opens `fs` read-only (which must succeed whatever the damage) and checks that it changed
+/// nothing: no file's bytes, no write, no fsync.
+fn read_only_open(fs: &FaultyFileSystem, codec: CodecKind) -> ReadOnlyOpen {
+    let files = |fs: &FaultyFileSystem| fs.list_files().into_iter().map(|p| fs.file_bytes(&p)).collect::<Vec<_>>();
+    let (before, counts) = (files(fs), fs.op_counts());
+    let s = Storage::open_read_only_with_fs("/d", options(codec), Arc::new(fs.clone())).expect("read-only opens");
+    let refused = s.recovery_report().iter().any(|f| matches!(f.kind, RecoveryKind::Refused(_)));
+    let bounds = (s.log_start(S).unwrap(), s.next_offset(S).unwrap(), s.latest_chain_hash(S).unwrap());
+    let _ = s.verify_chain(S);
+    drop(s);
+    assert_eq!((files(fs), fs.op_counts()), (before, counts), "a read-only open changes nothing");
+    ReadOnlyOpen { refused, bounds }
+}
+
 #[test]
 fn mutated_files_never_panic() {
     let mut rng = Rng(0x5EED);
@@ -73,10 +99,17 @@ fn mutated_files_never_panic() {
                 _ => bytes = (0..rng.below(5000)).map(|_| rng.next() as u8).collect(),
             }
             fs.set_file_bytes(victim, bytes).unwrap();
+            let read_only = read_only_open(&fs, codec);
             match Storage::open_with_fs("/d", options(codec), Arc::new(fs.clone())) {
-                Err(_) => outcomes[0] += 1,
+                Err(_) => {
+                    outcomes[0] += 1;
+                    assert!(read_only.refused, "what the read-write open refuses, the read-only one reports");
+                }
                 Ok(s) => {
                     outcomes[1] += 1;
+                    assert!(!read_only.refused, "the read-only open refuses only what the read-write one does");
+                    let bounds = (s.log_start(S).unwrap(), s.next_offset(S).unwrap(), s.latest_chain_hash(S).unwrap());
+                    assert_eq!(read_only.bounds, bounds, "both opens recover the same stream");
                     let _ = s.verify_chain(S);
                     let start = s.log_start(S).unwrap();
                     let next = s.next_offset(S).unwrap();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
 use shale_node::testing::LocalCluster;
 use shale_storage::format::{names, record, segment};
 
@@ -126,6 +127,45 @@ pub fn stderr(o: &Output) -> String {
 #[track_caller]
 pub fn assert_exit(o: &Output, code: i32) {
     assert_eq!(o.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+}
+
+/// Stdout parsed as JSON.
+pub fn json(o: &Output) -> Value {
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+}
+
+/// What `shale verify --data-dir` found in a damaged data directory.
+pub struct OfflineDamage {
+    /// The whole JSON report.
+    pub report: Value,
+    /// Its entry for topic #1 partition 0's Raft log ([`FIRST_PARTITION_LOG_STREAM`]).
+    pub stream: Value,
+    /// That stream's first damage finding.
+    pub damage: Value,
+}
+
+/// Runs `shale verify --data-dir DIR -o json` on a stopped node's data directory, which must report
+/// damage (exit code 1) in topic #1 partition 0's Raft log.
+pub async fn verify_offline_damaged(dir: &Path) -> OfflineDamage {
+    let dir = dir.to_string_lossy().into_owned();
+    let o = run_shale(vec!["verify".into(), "--data-dir".into(), dir, "-o".into(), "json".into()], Vec::new()).await;
+    assert_exit(&o, 1);
+    let report = json(&o);
+    let stream = report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == FIRST_PARTITION_LOG_STREAM)
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    let damage = stream["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["severity"] == "damage")
+        .cloned()
+        .unwrap_or_else(|| panic!("{stream}"));
+    OfflineDamage { report, stream, damage }
 }
 
 /// Stream id of topic #1 partition 0's Raft log: group `(1 << 16) | 1`, log stream `2 * group`.

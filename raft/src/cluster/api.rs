@@ -280,6 +280,14 @@ pub fn partition_group_id(topic: TopicId, partition: u32) -> GroupId {
     GroupId((u64::from(topic) << 16) | u64::from(partition + 1))
 }
 
+/// The topic id and partition of a partition group (the inverse of [`partition_group_id`]); `None`
+/// for the metadata group and for ids no partition has.
+pub fn group_partition(group: GroupId) -> Option<(TopicId, u32)> {
+    let topic = TopicId::try_from(group.0 >> 16).ok().filter(|&t| t != 0)?;
+    let partition = ((group.0 & 0xffff) as u32).checked_sub(1)?;
+    (partition < limits::MAX_PARTITIONS).then_some((topic, partition))
+}
+
 /// Checks a topic name against the naming rules; `Err` says why not.
 pub fn validate_topic_name(name: &str) -> Result<(), ClusterError> {
     let bad = |reason: &str| Err(ClusterError::InvalidTopicName { name: name.to_string(), reason: reason.to_string() });
@@ -490,6 +498,17 @@ mod tests {
             assert!(matches!(validate_topic_name(bad), Err(ClusterError::InvalidTopicName { .. })), "{bad:?}");
         }
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+
+    #[test]
+    fn group_partition_inverts_partition_group_id() {
+        for (topic, partition) in [(1, 0), (2, 7), (TopicId::MAX, limits::MAX_PARTITIONS - 1)] {
+            assert_eq!(group_partition(partition_group_id(topic, partition)), Some((topic, partition)));
+        }
+        assert_eq!(group_partition(METADATA_GROUP), None);
+        assert_eq!(group_partition(GroupId(1)), None, "topic id 0");
+        assert_eq!(group_partition(GroupId(2 << 16)), None, "partition bits 0");
+        assert_eq!(group_partition(GroupId((1 << 48) | 1)), None, "topic id past u32");
     }
 
     #[test]

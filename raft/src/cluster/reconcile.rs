@@ -128,7 +128,7 @@ impl Cluster {
 
         // Delete streams of topics deleted while we were not running them.
         for stream in self.config.storage.streams() {
-            let gid = GroupId(stream.get() / 2);
+            let gid = GroupId::of_stream(stream);
             let topic_id = gid.0 >> 16;
             if gid == METADATA_GROUP || topic_id == 0 || topic_id >= u64::from(next_topic_id) {
                 continue;

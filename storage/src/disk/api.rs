@@ -181,6 +181,7 @@ impl StorageBackend for Storage {
     }
 
     fn delete_stream(&self, stream: StreamId) -> Result<()> {
+        self.check_writable()?;
         let _c = self.create.lock();
         let Some(h) = self.streams.write().remove(&stream) else {
             return Ok(());
@@ -207,6 +208,7 @@ impl StorageBackend for Storage {
     /// the active segment's records, as at open; then fsyncs what it kept. Deletes nothing a
     /// reopen of the storage would keep.
     fn reopen_stream(&self, stream: StreamId) -> Result<bool> {
+        self.check_writable()?;
         let _c = self.create.lock();
         let Some(old) = self.stream(stream) else {
             return Ok(false);

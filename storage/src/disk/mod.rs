@@ -37,6 +37,8 @@ use crate::options::StorageOptions;
 use crate::record::SegmentHeader;
 use crate::types::{ChainHash, Offset, StreamId};
 
+use recovery::Access;
+pub use recovery::{RecoveryFinding, RecoveryKind};
 pub(crate) use stream::{ANCHOR_INTERVAL, Segment, Stream, StreamCore};
 
 /// The on-disk [`crate::StorageBackend`] (its API is that trait's: import it to call one; see
@@ -57,7 +59,12 @@ pub struct Storage {
     prepare_ahead: std::sync::OnceLock<Option<crate::prepare_ahead::PrepareAhead>>,
     /// Set by the first clean shutdown (`close` or drop).
     closed: std::sync::atomic::AtomicBool,
-    _lock: Box<dyn FsLock>,
+    /// Whether it may change its files (see [`Storage::open_read_only`]).
+    access: Access,
+    /// What opening found and (read-write) repaired, per stream (see [`Storage::recovery_report`]).
+    recovery: Vec<RecoveryFinding>,
+    /// The data directory's lock; none when read-only.
+    _lock: Option<Box<dyn FsLock>>,
 }
 
 impl fmt::Debug for Storage {
@@ -92,9 +99,63 @@ impl Storage {
     /// any other damage is a typed error. Sealed segments are trusted through their CRC-checked
     /// index files; only the active segment is scanned.
     pub fn open_with_fs(path: impl AsRef<Path>, options: StorageOptions, fs: Arc<dyn FileSystem>) -> Result<Self> {
+        Self::open_in(path.as_ref(), options, fs, Access::ReadWrite)
+    }
+
+    /// Opens the storage in `path` read-only, for inspecting a data directory (the offline
+    /// `shale verify`). It never creates, cuts, preallocates, renames, removes or writes a file
+    /// (every file is opened read-only, and no lock is taken: stop the node first for a stable
+    /// view); what recovery would repair is reported in [`Storage::recovery_report`] instead, and
+    /// every write is refused with [`StorageError::ReadOnly`]. See `disk/recovery.rs`.
+    pub fn open_read_only(path: impl AsRef<Path>, options: StorageOptions) -> Result<Self> {
+        Self::open_read_only_with_fs(path, options, Arc::new(StdFileSystem))
+    }
+
+    /// [`Storage::open_read_only`] doing all I/O through `fs`.
+    pub fn open_read_only_with_fs(
+        path: impl AsRef<Path>,
+        options: StorageOptions,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<Self> {
+        Self::open_in(path.as_ref(), options, fs, Access::ReadOnly)
+    }
+
+    fn open_in(root: &Path, options: StorageOptions, fs: Arc<dyn FileSystem>, access: Access) -> Result<Self> {
         options.validate()?;
-        let root = path.as_ref().to_path_buf();
-        fs.create_dir_all(&root).map_err(io_err("create directory", &root))?;
+        let root = root.to_path_buf();
+        let lock = match access {
+            Access::ReadWrite => Some(Self::lock_data_dir(&root, fs.as_ref())?),
+            Access::ReadOnly if fs.is_dir(&root) => None,
+            Access::ReadOnly => {
+                let source = io::Error::new(io::ErrorKind::NotFound, "no such directory");
+                return Err(StorageError::Io { op: "open data directory", path: root, source });
+            }
+        };
+        let codec = options.codec.codec();
+        let mut storage = Self {
+            root,
+            fs,
+            options,
+            codec,
+            registry: CodecRegistry::new(),
+            streams: RwLock::new(BTreeMap::new()),
+            create: Mutex::new(()),
+            read_buffers: Mutex::new(Vec::new()),
+            prepare_ahead: std::sync::OnceLock::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            access,
+            recovery: Vec::new(),
+            _lock: lock,
+        };
+        let (streams, recovery) = storage.open_streams()?;
+        *storage.streams.write() = streams;
+        storage.recovery = recovery;
+        Ok(storage)
+    }
+
+    /// Creates the data directory if needed, takes its lock and writes the lock file's content.
+    fn lock_data_dir(root: &Path, fs: &dyn FileSystem) -> Result<Box<dyn FsLock>> {
+        fs.create_dir_all(root).map_err(io_err("create directory", root))?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs.sync_dir(parent).map_err(io_err("fsync directory", parent))?;
         }
@@ -113,36 +174,7 @@ impl Storage {
         info.extend_from_slice(&std::process::id().to_le_bytes());
         let f = fs.open(&lock_path, OpenMode::Existing).map_err(io_err("open", &lock_path))?;
         f.set_len(0).and_then(|()| f.write_all_at(&info, 0)).map_err(io_err("write", &lock_path))?;
-
-        let codec = options.codec.codec();
-        let storage = Self {
-            root,
-            fs,
-            options,
-            codec,
-            registry: CodecRegistry::new(),
-            streams: RwLock::new(BTreeMap::new()),
-            create: Mutex::new(()),
-            read_buffers: Mutex::new(Vec::new()),
-            prepare_ahead: std::sync::OnceLock::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            _lock: lock,
-        };
-        let mut names = storage.fs.read_dir(&storage.root).map_err(io_err("list directory", &storage.root))?;
-        names.sort();
-        let mut streams = BTreeMap::new();
-        for name in names {
-            let Some(id) = names::parse_stream_dir(&name) else { continue };
-            let dir = storage.root.join(&name);
-            if !storage.fs.is_dir(&dir) {
-                continue;
-            }
-            if let Some(stream) = storage.open_stream(StreamId::new(id), dir)? {
-                streams.insert(StreamId::new(id), Arc::new(stream));
-            }
-        }
-        *storage.streams.write() = streams;
-        Ok(storage)
+        Ok(lock)
     }
 
     /// The data directory.
@@ -169,6 +201,7 @@ impl Storage {
         if let Some(s) = self.stream(id) {
             return Ok(s);
         }
+        self.check_writable()?;
         let _c = self.create.lock();
         if let Some(s) = self.stream(id) {
             return Ok(s);

@@ -159,6 +159,8 @@ pub(crate) struct Stream {
     /// Whether this process fsynced the stream's records (an fsynced append, or `sync`, as the
     /// Raft log's flusher calls after unsynced appends): from then on its writes preallocate.
     pub synced: std::sync::atomic::AtomicBool,
+    /// Opened by a read-only storage: every write is refused (`ReadOnly`), like a failed stream's.
+    pub read_only: bool,
 }
 
 impl Stream {
@@ -176,11 +178,16 @@ impl Stream {
             failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),
             synced: std::sync::atomic::AtomicBool::new(false),
+            read_only: false,
         }
     }
 
-    /// `Err(StreamFailed)` once an I/O failure left the stream in an unknown state.
+    /// `Err(StreamFailed)` once an I/O failure left the stream in an unknown state; `Err(ReadOnly)`
+    /// on a read-only storage. Every write path checks it before writing.
     pub fn check_usable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly { path: self.dir.clone() });
+        }
         match self.failed.get() {
             Some(cause) => Err(StorageError::StreamFailed { stream: self.id, cause: cause.clone() }),
             None => Ok(()),

@@ -8,6 +8,7 @@
 //! its whole range from disk in pieces of `--step` records, recomputing every CRC and chain link,
 //! so damage anywhere is found and named (`damaged`, with the replica and the first bad offset).
 
+pub mod names;
 pub mod offline;
 pub mod search;
 
@@ -257,6 +258,19 @@ pub struct PartitionVerdict {
     pub error: Option<String>,
 }
 
+impl PartitionVerdict {
+    /// The offset the report shows next to the partition's status, replicas and hash: the first
+    /// damaged or divergent offset when there is one, else the offset of the probe whose answers
+    /// (hashes and errors) are shown, `detail`; an `unavailable` replica's error was answered
+    /// there, not necessarily at the newest offset checked.
+    pub fn shown_offset(&self) -> Option<u64> {
+        self.first_bad_offset
+            .or(self.first_divergent_offset)
+            .or(self.detail.as_ref().map(|d| d.offset))
+            .or(self.checked_offset)
+    }
+}
+
 /// The whole online report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OnlineReport {
@@ -284,7 +298,7 @@ pub fn online_text(r: &OnlineReport) -> String {
     let mut t = Table::new(["partition", "status", "start", "end", "offset", "replicas", "chain hash"]);
     for p in &r.partitions {
         let opt = |o: Option<u64>| o.map_or_else(|| "-".into(), |o| o.to_string());
-        let offset = opt(p.first_bad_offset.or(p.first_divergent_offset).or(p.checked_offset));
+        let offset = opt(p.shown_offset());
         let (replicas, hash) = match &p.detail {
             Some(d) => (
                 d.replicas.iter().map(|x| x.node_id.to_string()).collect::<Vec<_>>().join(","),
@@ -683,7 +697,7 @@ pub fn run_offline(a: &VerifyArgs) -> Result<()> {
     let Some(dir) = &a.data_dir else {
         return Err(CliError::Usage("--data-dir DIR is required for an offline check".into()));
     };
-    let report = offline::verify_data_dir(dir, a.scratch_dir.as_deref())?;
+    let report = offline::verify_data_dir(dir)?;
     output::emit(a.output.output, &report, offline::report_text)?;
     if report.ok() {
         Ok(())
@@ -788,6 +802,27 @@ mod tests {
         assert!(text.contains("cannot answer at any offset"), "{text}");
         assert!(text.contains("replica node 3 (h:3): cannot answer: does not host t/0"), "{text}");
         assert!(!r.ok());
+    }
+
+    #[test]
+    fn an_unavailable_partition_shows_the_offset_its_errors_were_answered_at() {
+        // Checked at the newest offset 40; the search ended at offset 12, where node 3 answered
+        // with the error (and nodes 1 and 2 with the hash) the report shows.
+        let detail = probe_of(
+            12,
+            vec![replica(1, Some("a"), None), replica(2, Some("a"), None), replica(3, None, Some("log unreadable"))],
+        );
+        let mut v = empty_verdict("t", 0);
+        v.status = "unavailable".into();
+        v.checked_offset = Some(40);
+        v.suspects = detail.suspects();
+        v.detail = Some(detail);
+        assert_eq!(v.shown_offset(), Some(12));
+        let text = online_text(&report(v));
+        let row: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(row[..2], ["0", "unavailable"], "{text}");
+        assert_eq!(row[4], "12", "the offset next to the error is where it was answered:\n{text}");
+        assert_eq!(row[6], "a".repeat(12), "{text}");
     }
 
     #[test]

@@ -1,23 +1,24 @@
 //! `shale verify --data-dir DIR`: checks a node's storage files offline with `shale-storage`.
 //!
-//! The data directory is never written: each stream directory is copied to a scratch directory and
-//! opened there, one stream at a time, so a damaged stream cannot stop the others from being
-//! checked and the storage's recovery (which cuts torn tails and rebuilds indexes) changes only the
-//! copy. What recovery changed in the copy is itself reported: a cut tail or a rebuilt index is
-//! damage the node would silently repair or lose on its next start.
+//! The data directory is opened read-only (`Storage::open_read_only`): nothing in it is created,
+//! cut, renamed, removed or written, and one damaged stream does not keep the others from being
+//! checked. What the storage's recovery would change on the node's next start is reported from
+//! the storage's own account of it (`Storage::recovery_report`): a torn tail the node would cut
+//! or an index it would rebuild is damage; leftovers of interrupted operations are notices.
 //!
 //! Checks per stream: segment headers and layout, index files (CRC, agreement with their segment),
 //! every record's framing and CRC, offsets, and the SHA-256 chain from the log start (anchored by
-//! its checkpoint) to the end (`verify_chain`).
+//! its checkpoint) to the end (`verify_chain`). Each stream is named by what it holds (the metadata
+//! group, or a topic and partition, from the node's own metadata: see [`super::names`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
-use shale_storage::format::names;
-use shale_storage::{Storage, StorageBackend, StorageError, StorageOptions, StreamId};
+use shale_storage::{RecoveryFinding, RecoveryKind, Storage, StorageBackend, StorageError, StorageOptions, StreamId};
 
+use super::names::{StreamNames, StreamRole};
 use crate::error::{CliError, Result};
 use crate::output::{Table, human_bytes};
 
@@ -56,8 +57,10 @@ pub struct Finding {
 pub struct StreamReport {
     /// Stream id (its directory name).
     pub stream: u64,
-    /// What the stream holds, from the cluster layer's id scheme.
+    /// What the stream holds, in words: `topic orders partition 3, raft log`.
     pub role: String,
+    /// What the stream holds: its Raft group, and the topic and partition of a partition group.
+    pub holds: StreamRole,
     /// `ok` or `damaged`.
     pub status: String,
     /// First offset held (when the stream could be opened).
@@ -79,8 +82,11 @@ pub struct StreamReport {
 pub struct OfflineReport {
     /// The directory checked.
     pub data_dir: String,
-    /// True when another process held the data directory's lock while we copied it.
+    /// True when another process held the data directory's lock while we read it.
     pub node_running: bool,
+    /// Why topic names could not be read from the node's metadata (streams are then named by
+    /// topic id), if they could not.
+    pub names_problem: Option<String>,
     /// Per stream, in id order.
     pub streams: Vec<StreamReport>,
     /// Streams with at least one damage finding.
@@ -94,38 +100,22 @@ impl OfflineReport {
     }
 }
 
-/// What a stream id holds under the cluster layer's scheme (`docs`: partition group id =
-/// `(topic_id << 16) | (partition + 1)`, group 0 = metadata; streams per group: log = 2g, state = 2g+1).
-pub fn stream_role(stream: u64) -> String {
-    let group = stream / 2;
-    let part = if stream.is_multiple_of(2) { "raft log" } else { "raft state" };
-    if group == 0 {
-        return format!("metadata group, {part}");
-    }
-    let topic_id = group >> 16;
-    let partition = group & 0xffff;
-    if topic_id == 0 || partition == 0 {
-        return format!("group {group}, {part}");
-    }
-    format!("topic #{topic_id} partition {}, {part}", partition - 1)
-}
-
 fn local(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CliError {
     let path = path.to_path_buf();
     move |source| CliError::Local { op, path, source }
 }
 
-/// Regular files of a directory with their lengths.
-fn list_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
-    let mut files = BTreeMap::new();
+/// Total length of the regular files of a directory.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut bytes = 0;
     for entry in fs::read_dir(dir).map_err(local("list directory", dir))? {
         let entry = entry.map_err(local("list directory", dir))?;
         let meta = entry.metadata().map_err(local("stat", &entry.path()))?;
         if meta.is_file() {
-            files.insert(entry.file_name().to_string_lossy().into_owned(), meta.len());
+            bytes += meta.len();
         }
     }
-    Ok(files)
+    Ok(bytes)
 }
 
 /// True when another process holds the storage lock of `data_dir` (a running node).
@@ -159,213 +149,165 @@ pub fn finding_from_error(e: &StorageError) -> Finding {
     Finding { severity: Severity::Damage, kind: kind.into(), file, position, offset, detail: e.to_string() }
 }
 
-/// What recovery changed in the copy, compared with the original files in `src` (`pristine`
-/// holds untouched copies of the original index files).
-fn recovery_findings(
-    src: &Path,
-    original: &BTreeMap<String, u64>,
-    copy_dir: &Path,
-    pristine: &Path,
-    next_offset: Option<u64>,
-) -> Result<Vec<Finding>> {
-    let now = if copy_dir.exists() { list_files(copy_dir)? } else { BTreeMap::new() };
-    let mut out = Vec::new();
-    let finding = |severity, kind: &str, file: &str, position, offset, detail: String| Finding {
-        severity,
-        kind: kind.into(),
-        file: Some(file.to_string()),
-        position,
-        offset,
-        detail,
+/// A finding for what the storage's recovery found: what the node would repair on its next open,
+/// or damage it would refuse to open with.
+fn finding_from_recovery(f: &RecoveryFinding) -> Finding {
+    let (severity, kind, position, offset, detail) = match &f.kind {
+        RecoveryKind::Refused(e) => return finding_from_error(e),
+        RecoveryKind::LeftoverTempFile => (
+            Severity::Notice,
+            "leftover-temp-file",
+            None,
+            None,
+            "temporary file of an interrupted write; removed on open".to_string(),
+        ),
+        RecoveryKind::TornSegmentHeader { len } => (
+            Severity::Notice,
+            "leftover-segment",
+            None,
+            None,
+            format!(
+                "a last segment of {len} bytes, shorter than its header (its creation was cut short); removed on open"
+            ),
+        ),
+        RecoveryKind::InterruptedInstall => (
+            Severity::Notice,
+            "leftover-segment",
+            None,
+            None,
+            "left by an interrupted checkpoint install; removed on open (with its index file)".to_string(),
+        ),
+        RecoveryKind::EmptyStreamDir => (
+            Severity::Notice,
+            "empty-stream-dir",
+            None,
+            None,
+            "no segment file: a leftover of an interrupted create or delete; removed on open".to_string(),
+        ),
+        RecoveryKind::StaleCheckpoint => (
+            Severity::Notice,
+            "stale-checkpoint",
+            None,
+            None,
+            "checkpoint outside the log (left by an interrupted truncation or compaction); removed on open".to_string(),
+        ),
+        RecoveryKind::IndexRebuilt { reason } => (
+            Severity::Damage,
+            "index-rebuilt",
+            None,
+            None,
+            format!(
+                "the index file is missing, damaged or disagrees with its segment ({reason}); the node rebuilds it on open"
+            ),
+        ),
+        RecoveryKind::DamagedSealedSegment { position, offset, reason } => (
+            Severity::Damage,
+            "corruption",
+            Some(*position),
+            offset.map(|o| o.get()),
+            format!("{reason}; the node opens the segment with these records unreadable until they are repaired"),
+        ),
+        RecoveryKind::TornTail { position, offset, bytes, reason } => {
+            let why = reason.as_ref().map_or_else(String::new, |r| format!(" ({r})"));
+            (
+                Severity::Damage,
+                "torn-tail",
+                Some(*position),
+                Some(offset.get()),
+                format!(
+                    "{bytes} bytes after the last whole record fail their checks{why} (a torn write, or a damaged last \
+                     record); the node cuts them on open"
+                ),
+            )
+        }
+        other => (Severity::Damage, "recovery", None, None, format!("{other:?}")),
     };
-    for (name, &len) in original {
-        match now.get(name) {
-            None if name.ends_with(names::TMP_SUFFIX) => out.push(finding(
-                Severity::Notice,
-                "leftover-temp-file",
-                name,
-                None,
-                None,
-                "temporary file of an interrupted write; removed on open".into(),
-            )),
-            None if names::parse_segment(name).is_some() || names::parse_index(name).is_some() => out.push(finding(
-                Severity::Notice,
-                "leftover-segment",
-                name,
-                None,
-                None,
-                "left by an interrupted checkpoint install (or a torn segment header); removed on open".into(),
-            )),
-            None if names::parse_checkpoint(name).is_some() => out.push(finding(
-                Severity::Notice,
-                "stale-checkpoint",
-                name,
-                None,
-                None,
-                "checkpoint outside the log (left by an interrupted truncation or compaction); removed on open".into(),
-            )),
-            None => {}
-            Some(&new_len) if names::parse_segment(name).is_some() && new_len < len => {
-                // Zeros past the records are space preallocated for fsynced appends, left by a
-                // node that did not close cleanly: not damage.
-                let torn = nonzero_len(&src.join(name), new_len, len)?;
-                if torn > 0 {
-                    out.push(finding(
-                        Severity::Damage,
-                        "torn-tail",
-                        name,
-                        Some(new_len),
-                        next_offset,
-                        format!(
-                            "{torn} bytes after the last whole record fail their checks (a torn write, or a damaged \
-                             last record); the node cuts them on open"
-                        ),
-                    ));
-                }
-            }
-            Some(_) => {}
-        }
-    }
-    for name in now.keys() {
-        if let Some(seq) = names::parse_index(name) {
-            let changed = match original.get(name) {
-                None => true,
-                Some(_) => {
-                    let now = fs::read(copy_dir.join(name)).map_err(local("read", &copy_dir.join(name)))?;
-                    let before = fs::read(pristine.join(name)).map_err(local("read", &pristine.join(name)))?;
-                    before != now
-                }
-            };
-            if changed && original.contains_key(&names::segment(seq)) {
-                out.push(finding(
-                    Severity::Damage,
-                    "index-rebuilt",
-                    name,
-                    None,
-                    None,
-                    "the index file is missing, damaged or disagrees with its segment; the node rebuilds it on open"
-                        .into(),
-                ));
-            }
-        }
-    }
-    Ok(out)
+    Finding { severity, kind: kind.into(), file: f.file.clone(), position, offset, detail }
 }
 
-/// How many bytes of `path` in `[from, to)` lie before its last non-zero byte (0 if all are zero).
-fn nonzero_len(path: &Path, from: u64, to: u64) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
-    let file = fs::File::open(path).map_err(local("open", path))?;
-    let mut buf = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut buf, from).map_err(local("read", path))?;
-    Ok(buf.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1))
-}
-
-/// Copies, opens and verifies one stream.
-fn check_stream(data_dir: &Path, id: u64, scratch: &Path) -> Result<StreamReport> {
-    let src = data_dir.join(id.to_string());
-    let original = list_files(&src)?;
-    let work = scratch.join(format!("stream-{id}"));
-    let root = work.join("root");
-    let copy_dir = root.join(id.to_string());
-    let pristine = work.join("pristine");
-    fs::create_dir_all(&copy_dir).map_err(local("create directory", &copy_dir))?;
-    fs::create_dir_all(&pristine).map_err(local("create directory", &pristine))?;
-    for name in original.keys() {
-        fs::copy(src.join(name), copy_dir.join(name)).map_err(local("copy", &src.join(name)))?;
-        if names::parse_index(name).is_some() {
-            fs::copy(src.join(name), pristine.join(name)).map_err(local("copy", &src.join(name)))?;
-        }
-    }
+/// Verifies one stream of the read-only `storage`, with what opening it found.
+fn check_stream(
+    storage: &Storage,
+    names: &StreamNames,
+    id: StreamId,
+    found: &[&RecoveryFinding],
+) -> Result<StreamReport> {
+    let holds = names.role(id);
     let mut report = StreamReport {
-        stream: id,
-        role: stream_role(id),
+        stream: id.get(),
+        role: holds.describe(),
+        holds,
         status: "ok".into(),
         log_start: None,
         next_offset: None,
         records_verified: None,
         head: None,
-        bytes: original.values().sum(),
-        findings: Vec::new(),
+        bytes: dir_bytes(&storage.path().join(id.get().to_string()))?,
+        findings: found.iter().map(|f| finding_from_recovery(f)).collect(),
     };
-    let options = StorageOptions {
-        max_record_bytes: MAX_RECORD_BYTES,
-        max_batch_bytes: MAX_RECORD_BYTES,
-        ..StorageOptions::default()
-    };
-    let stream = StreamId::new(id);
-    match Storage::open_with(&root, options) {
-        Err(e) => {
-            report.findings.extend(recovery_findings(&src, &original, &copy_dir, &pristine, None)?);
-            report.findings.push(finding_from_error(&e));
-        }
-        Ok(storage) => {
-            if !storage.streams().contains(&stream) {
-                report.findings.push(Finding {
-                    severity: Severity::Notice,
-                    kind: "empty-stream-dir".into(),
-                    file: None,
-                    position: None,
-                    offset: None,
-                    detail: "no segment file: a leftover of an interrupted create or delete; removed on open".into(),
-                });
-            } else {
-                report.log_start = storage.log_start(stream).ok().map(|o| o.get());
-                report.next_offset = storage.next_offset(stream).ok().map(|o| o.get());
-                report.findings.extend(recovery_findings(&src, &original, &copy_dir, &pristine, report.next_offset)?);
-                match storage.verify_chain(stream) {
-                    Ok(v) => {
-                        report.records_verified = Some(v.records);
-                        report.head = Some(v.head.to_hex());
-                    }
-                    Err(e) => report.findings.push(finding_from_error(&e)),
+    if storage.streams().contains(&id) {
+        report.log_start = storage.log_start(id).ok().map(|o| o.get());
+        report.next_offset = storage.next_offset(id).ok().map(|o| o.get());
+        match storage.verify_chain(id) {
+            Ok(v) => {
+                report.records_verified = Some(v.records);
+                report.head = Some(v.head.to_hex());
+            }
+            Err(e) => {
+                let f = finding_from_error(&e);
+                // Damage the open already found (in a sealed segment) is reported once.
+                if !report.findings.iter().any(|g| g.kind == f.kind && g.file == f.file && g.offset == f.offset) {
+                    report.findings.push(f);
                 }
             }
-            drop(storage);
         }
     }
     if report.findings.iter().any(|f| f.severity == Severity::Damage) {
         report.status = "damaged".into();
     }
-    let _ = fs::remove_dir_all(&work);
     Ok(report)
 }
 
-/// Checks every stream of `data_dir`, copying each into `scratch_dir` (default: the temp dir).
-pub fn verify_data_dir(data_dir: &Path, scratch_dir: Option<&Path>) -> Result<OfflineReport> {
+/// Checks every stream of `data_dir`, opened read-only.
+pub fn verify_data_dir(data_dir: &Path) -> Result<OfflineReport> {
     let meta = fs::metadata(data_dir).map_err(local("open data directory", data_dir))?;
     if !meta.is_dir() {
         return Err(CliError::Usage(format!("{} is not a directory: give a node's data_dir", data_dir.display())));
     }
     let node_running = lock_is_held(data_dir);
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(data_dir).map_err(local("list directory", data_dir))? {
-        let entry = entry.map_err(local("list directory", data_dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = names::parse_stream_dir(&name)
-            && entry.path().is_dir()
-        {
-            ids.push(id);
-        }
+    let options = StorageOptions {
+        max_record_bytes: MAX_RECORD_BYTES,
+        max_batch_bytes: MAX_RECORD_BYTES,
+        ..StorageOptions::default()
+    };
+    let storage = Storage::open_read_only(data_dir, options).map_err(|e| match e {
+        StorageError::Io { op, path, source } => CliError::Local { op, path, source },
+        e => CliError::CheckFailed(format!("cannot open {}: {e}", data_dir.display())),
+    })?;
+    let mut found: BTreeMap<StreamId, Vec<&RecoveryFinding>> = BTreeMap::new();
+    for f in storage.recovery_report() {
+        found.entry(f.stream).or_default().push(f);
     }
-    ids.sort_unstable();
+    let ids: BTreeSet<StreamId> = storage.streams().into_iter().chain(found.keys().copied()).collect();
     if ids.is_empty() {
         return Err(CliError::CheckFailed(format!(
             "{} holds no stream directory: is it a Shale node's data_dir?",
             data_dir.display()
         )));
     }
-    let scratch = match scratch_dir {
-        Some(dir) => tempfile::Builder::new().prefix("shale-verify-").tempdir_in(dir),
-        None => tempfile::Builder::new().prefix("shale-verify-").tempdir(),
-    }
-    .map_err(local("create scratch directory in", scratch_dir.unwrap_or(&std::env::temp_dir())))?;
+    let names = StreamNames::read(&storage);
     let mut streams = Vec::with_capacity(ids.len());
     for id in ids {
-        streams.push(check_stream(data_dir, id, scratch.path())?);
+        streams.push(check_stream(&storage, &names, id, found.get(&id).map_or(&[], Vec::as_slice))?);
     }
     let damaged_streams = streams.iter().filter(|s| s.status != "ok").count();
-    Ok(OfflineReport { data_dir: data_dir.display().to_string(), node_running, streams, damaged_streams })
+    Ok(OfflineReport {
+        data_dir: data_dir.display().to_string(),
+        node_running,
+        names_problem: names.problem().map(str::to_string),
+        streams,
+        damaged_streams,
+    })
 }
 
 /// The human report.
@@ -374,8 +316,11 @@ pub fn report_text(r: &OfflineReport) -> String {
     if r.node_running {
         out.push_str(
             "WARNING: another process holds the storage lock (is the node running?); files may have changed while \
-             they were copied. Stop the node for a reliable check.\n",
+             they were read. Stop the node for a reliable check.\n",
         );
+    }
+    if let Some(why) = &r.names_problem {
+        out.push_str(&format!("NOTE: topic names unavailable ({why}); streams are named by topic id\n"));
     }
     out.push('\n');
     let mut t = Table::new(["stream", "role", "status", "offsets", "verified", "size", "head"]);
@@ -428,7 +373,7 @@ pub fn report_text(r: &OfflineReport) -> String {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use shale_storage::format::{record, segment};
+    use shale_storage::format::{names, record, segment};
     use std::path::PathBuf;
 
     use shale_storage::Offset;
@@ -470,21 +415,10 @@ mod tests {
     }
 
     #[test]
-    fn stream_roles_follow_the_cluster_id_scheme() {
-        assert_eq!(stream_role(0), "metadata group, raft log");
-        assert_eq!(stream_role(1), "metadata group, raft state");
-        // topic 2, partition 0 -> group (2 << 16) | 1 = 131073 -> log stream 262146.
-        assert_eq!(stream_role(262_146), "topic #2 partition 0, raft log");
-        assert_eq!(stream_role(262_147), "topic #2 partition 0, raft state");
-        assert_eq!(stream_role(6), "group 3, raft log");
-    }
-
-    #[test]
     fn a_clean_data_dir_verifies_and_is_left_untouched() {
         let dir = data_dir(50);
         let before: Vec<_> = walk(dir.path());
-        let scratch = tempfile::tempdir().unwrap();
-        let report = verify_data_dir(dir.path(), Some(scratch.path())).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.ok(), "{}", report_text(&report));
         assert_eq!(report.streams.len(), 2);
         for s in &report.streams {
@@ -494,7 +428,6 @@ mod tests {
         }
         assert!(!report.node_running);
         assert_eq!(walk(dir.path()), before, "the data dir must not change");
-        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the scratch copy is removed");
         assert!(report_text(&report).contains("OK: 2 stream(s) verified"));
     }
 
@@ -517,7 +450,7 @@ mod tests {
         let dir = data_dir(50);
         let (path, pos) = payload_position(dir.path(), 131_074, 20);
         flip(&path, pos);
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(!report.ok());
         assert_eq!(report.damaged_streams, 1);
         let s = report.streams.iter().find(|s| s.stream == 131_074).unwrap();
@@ -542,13 +475,15 @@ mod tests {
         // Drop the index so the active segment is scanned on open, as after a crash.
         fs::remove_file(dir.path().join("0").join(names::index(0))).unwrap();
         flip(&path, pos);
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let before = walk(dir.path());
+        let report = verify_data_dir(dir.path()).unwrap();
         let s = &report.streams[0];
         assert_eq!(s.status, "damaged", "{}", report_text(&report));
         let f = s.findings.iter().find(|f| f.kind == "torn-tail").unwrap();
         assert_eq!(f.offset, Some(9));
         assert!(f.position.unwrap() < len);
-        assert_eq!(fs::metadata(&path).unwrap().len(), len, "the original keeps its bytes");
+        assert_eq!(s.records_verified, Some(9), "the records before the torn tail verify");
+        assert_eq!(walk(dir.path()), before, "no file changes: the torn tail is reported, not cut");
     }
 
     #[test]
@@ -571,7 +506,7 @@ mod tests {
         let segment = dir.path().join("0").join(names::segment(0));
         let len = fs::metadata(&segment).unwrap().len();
         assert!(len >= shale_storage::format::segment::PREALLOCATION_BYTES, "the copy holds the zeros");
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.ok(), "{}", report_text(&report));
         assert_eq!(report.streams[0].records_verified, Some(10));
         assert!(report.streams[0].findings.is_empty(), "{:?}", report.streams[0].findings);
@@ -580,7 +515,7 @@ mod tests {
         // A torn record in the zeros is still reported.
         let (path, pos) = payload_position(dir.path(), 0, 9);
         flip(&path, pos);
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         let f = report.streams[0].findings.iter().find(|f| f.kind == "torn-tail").unwrap();
         assert_eq!(f.offset, Some(9), "{f:?}");
     }
@@ -595,7 +530,7 @@ mod tests {
         s.close().unwrap();
         let idx = dir.path().join("4").join(names::index(0));
         flip(&idx, 20);
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         let s = &report.streams[0];
         assert!(
             s.findings.iter().any(|f| f.kind == "index-rebuilt" && f.file.as_deref() == Some("segment_000000.idx")),
@@ -607,12 +542,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_cannot_be_opened_does_not_stop_the_others() {
+        let dir = data_dir(20);
+        let path = dir.path().join("0").join(names::segment(0));
+        flip(&path, 0);
+        let before = walk(dir.path());
+        let report = verify_data_dir(dir.path()).unwrap();
+        let bad = report.streams.iter().find(|s| s.stream == 0).unwrap();
+        assert_eq!(bad.findings[0].kind, "bad-magic", "{:?}", bad.findings);
+        assert_eq!((bad.status.as_str(), bad.next_offset), ("damaged", None));
+        let good = report.streams.iter().find(|s| s.stream == 131_074).unwrap();
+        assert_eq!((good.status.as_str(), good.records_verified), ("ok", Some(20)));
+        assert_eq!(walk(dir.path()), before);
+    }
+
+    #[test]
     fn a_directory_without_streams_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = verify_data_dir(dir.path(), None).unwrap_err();
+        let err = verify_data_dir(dir.path()).unwrap_err();
         assert!(err.to_string().contains("no stream directory"), "{err}");
         assert_eq!(err.exit_code(), 1);
-        let err = verify_data_dir(&dir.path().join("missing"), None).unwrap_err();
+        let err = verify_data_dir(&dir.path().join("missing")).unwrap_err();
         assert_eq!(err.exit_code(), 1);
     }
 
@@ -620,18 +570,18 @@ mod tests {
     fn a_held_lock_is_reported_as_a_running_node() {
         let dir = data_dir(3);
         let open = Storage::open(dir.path()).unwrap();
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.node_running);
         assert!(report_text(&report).contains("is the node running?"));
         drop(open);
-        assert!(!verify_data_dir(dir.path(), None).unwrap().node_running);
+        assert!(!verify_data_dir(dir.path()).unwrap().node_running);
     }
 
     #[test]
     fn a_stream_dir_without_segments_is_a_notice() {
         let dir = data_dir(3);
         fs::create_dir(dir.path().join("77")).unwrap();
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.ok(), "{}", report_text(&report));
         let s = report.streams.iter().find(|s| s.stream == 77).unwrap();
         assert_eq!(s.findings[0].kind, "empty-stream-dir");
@@ -642,7 +592,7 @@ mod tests {
     fn leftover_temp_files_are_notices_not_damage() {
         let dir = data_dir(5);
         fs::write(dir.path().join("0").join("segment_000009.idx.tmp"), b"partial").unwrap();
-        let report = verify_data_dir(dir.path(), None).unwrap();
+        let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.ok(), "{}", report_text(&report));
         assert!(
             report.streams[0].findings.iter().any(|f| f.kind == "leftover-temp-file" && f.severity == Severity::Notice)
