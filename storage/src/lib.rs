@@ -23,7 +23,6 @@
 //! ([`testing::FaultyFileSystem`]).
 
 pub mod backend;
-mod batch;
 pub mod chain;
 pub mod checkpoint;
 mod clock;
@@ -38,13 +37,13 @@ pub mod memory;
 pub mod options;
 pub mod pipeline;
 mod prepare_ahead;
+mod prepared;
 mod record;
 pub mod scrub;
 pub mod testing;
 pub mod types;
 
 pub use backend::StorageBackend;
-pub use batch::PreparedBatch;
 pub use chain::chain_hash;
 pub use checkpoint::{
     Checkpoint, CheckpointIndex, CheckpointPolicy, deserialize_checkpoint_payload, serialize_checkpoint_payload,
@@ -58,5 +57,6 @@ pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;
 pub use options::StorageOptions;
 pub use pipeline::AppendPipeline;
+pub use prepared::PreparedBatch;
 pub use scrub::{Damage, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};
 pub use types::{ChainHash, ChainVerification, Offset, Record, StreamId};

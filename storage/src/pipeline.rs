@@ -1,6 +1,6 @@
 //! [`AppendPipeline`]: the two stages of an append on two threads.
 //!
-//! Stage 1 ([`PreparedBatch::prepare`], see `batch.rs`) validates, compresses, hashes and encodes
+//! Stage 1 ([`PreparedBatch::prepare`], see `prepared.rs`) validates, compresses, hashes and encodes
 //! a batch; stage 2 writes it with one positional write per segment touched and, if asked, waits
 //! for a (shared) fsync. The pipeline runs stage 1 for batch k+1 on the calling thread while stage
 //! 2 writes batch k on a helper thread. [`crate::StorageBackend::append_batch`] runs the two back
@@ -10,9 +10,9 @@
 use bytes::Bytes;
 
 use crate::backend::StorageBackend;
-use crate::batch::PreparedBatch;
 use crate::disk::Storage;
 use crate::error::{Result, StorageError};
+use crate::prepared::PreparedBatch;
 use crate::types::{Offset, StreamId};
 
 /// Appends a sequence of batches to one stream with stage 1 (encode, compress, hash) of batch

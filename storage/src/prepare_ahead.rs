@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::batch::PreparedBatch;
 use crate::chain::chain_hash;
 use crate::codec::{Codec, compress_payload};
+use crate::prepared::PreparedBatch;
 use crate::record::encode_record;
 use crate::types::{ChainHash, Offset, StreamId};
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::Storage;
 use super::maintenance::spans;
+use super::{Storage, io_err};
 use crate::backend::{StorageBackend, absent};
 use crate::checkpoint::{Checkpoint, check_installable};
 use crate::clock::now_ms;
@@ -19,8 +19,6 @@ use crate::error::{Result, StorageError};
 use crate::format::names;
 use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo, repair_target};
 use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
-
-use super::io_err;
 
 impl StorageBackend for Storage {
     /// Concurrent fsyncing appenders share fsyncs (group commit, `group_commit.rs`). A batch of

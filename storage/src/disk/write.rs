@@ -6,7 +6,6 @@ use bytes::Bytes;
 
 use super::stream::Stream;
 use super::{Storage, io_err};
-use crate::batch::PreparedBatch;
 use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_checkpoint};
 use crate::clock::now_ms;
 use crate::error::{Result, StorageError};
@@ -14,6 +13,7 @@ use crate::format::names;
 use crate::format::segment::PREALLOCATION_BYTES;
 use crate::index::IndexFile;
 use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
+use crate::prepared::PreparedBatch;
 use crate::types::{ChainHash, Offset, StreamId};
 
 use super::ANCHOR_INTERVAL;
