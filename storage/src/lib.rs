@@ -24,6 +24,7 @@
 
 pub mod backend;
 mod batch;
+pub mod byteio;
 pub mod chain;
 pub mod checkpoint;
 mod clock;
@@ -45,6 +46,7 @@ pub mod types;
 
 pub use backend::StorageBackend;
 pub use batch::PreparedBatch;
+pub use byteio::{ByteError, ByteReader, ByteWriter};
 pub use chain::chain_hash;
 pub use checkpoint::{
     Checkpoint, CheckpointIndex, CheckpointPolicy, deserialize_checkpoint_payload, serialize_checkpoint_payload,

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::byteio::{ByteError, ByteReader, ByteWriter};
 use crate::codec::CodecId;
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format::{record as rec, segment as seg};
@@ -42,19 +43,6 @@ pub(crate) struct RecordDefect {
     pub claimed_end: Option<usize>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-fn hash_at(b: &[u8], at: usize) -> ChainHash {
-    ChainHash(b[at..at + 32].try_into().expect("32 bytes"))
-}
-
 /// Appends one encoded record to `out`, its CRC field left zero for [`seal_record`] to fill in
 /// (possibly on another thread: the CRC is a good share of the encoding work).
 pub(crate) fn encode_record(
@@ -68,19 +56,14 @@ pub(crate) fn encode_record(
 ) {
     debug_assert!(stored.len() <= rec::MAX_PAYLOAD_LEN && uncompressed_len <= rec::MAX_PAYLOAD_LEN);
     debug_assert!(codec != CodecId::NONE || stored.len() == uncompressed_len);
-    let start = out.len();
-    out.reserve(rec::encoded_len(stored.len()));
-    out.extend_from_slice(&[rec::START_MARKER, rec::KIND_DATA, codec.0, 0]);
-    out.extend_from_slice(&offset.get().to_le_bytes());
-    out.extend_from_slice(&append_time_ms.to_le_bytes());
-    out.extend_from_slice(&prev_hash.0);
-    out.extend_from_slice(&(uncompressed_len as u32).to_le_bytes());
-    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-    debug_assert_eq!(out.len() - start, rec::HEADER_LEN);
-    out.extend_from_slice(stored);
-    out.extend_from_slice(&[0; 4]);
-    out.push(rec::END_MARKER);
-    debug_assert_eq!(out.len() - start, rec::encoded_len(stored.len()));
+    let mut w = ByteWriter::append_to(out);
+    w.reserve(rec::encoded_len(stored.len()));
+    w.u8(rec::START_MARKER).u8(rec::KIND_DATA).u8(codec.0).u8(0);
+    w.u64(offset.get()).u64(append_time_ms).raw(&prev_hash.0);
+    w.u32(uncompressed_len as u32).u32(stored.len() as u32);
+    debug_assert_eq!(w.len(), rec::HEADER_LEN);
+    w.raw(stored).u32(0).u8(rec::END_MARKER);
+    debug_assert_eq!(w.len(), rec::encoded_len(stored.len()));
 }
 
 /// Fills in the CRC of one whole encoded record (which covers every byte before it).
@@ -90,21 +73,60 @@ pub(crate) fn seal_record(record: &mut [u8]) {
     record[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The fields of a record header, as read (not yet checked).
+struct RawHeader {
+    start: u8,
+    kind: u8,
+    codec: u8,
+    flags: u8,
+    offset: u64,
+    append_time_ms: u64,
+    prev_hash: [u8; 32],
+    uncompressed_len: u32,
+    stored_len: u32,
+}
+
+impl RawHeader {
+    /// Reads a whole header, or fails with the header's length as what is needed.
+    fn read(r: &mut ByteReader<'_>) -> std::result::Result<Self, ByteError> {
+        r.require(rec::HEADER_LEN)?;
+        let (start, kind, codec, flags) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
+        let (offset, append_time_ms, prev_hash) = (r.u64()?, r.u64()?, r.array()?);
+        let (uncompressed_len, stored_len) = (r.u32()?, r.u32()?);
+        Ok(Self { start, kind, codec, flags, offset, append_time_ms, prev_hash, uncompressed_len, stored_len })
+    }
+}
+
+/// The rest of a record after its header: the bytes its CRC covers (header and payload), the
+/// stored CRC and the end marker.
+struct RawTrailer<'a> {
+    covered: &'a [u8],
+    crc: u32,
+    end: u8,
+}
+
+impl<'a> RawTrailer<'a> {
+    /// Reads the payload and trailer, or fails with the whole record's length as what is needed.
+    fn read(r: &mut ByteReader<'a>, stored_len: usize) -> std::result::Result<Self, ByteError> {
+        r.require(stored_len + rec::TRAILER_LEN)?;
+        r.bytes(stored_len)?;
+        let covered = r.consumed();
+        Ok(Self { covered, crc: r.u32()?, end: r.u8()? })
+    }
+}
+
 /// Decodes the record starting at `at` in `buf`.
 pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<RecordView, RecordDefect> {
-    let available = buf.len().saturating_sub(at);
     let defect = |reason, claimed_end| Err(RecordDefect { reason, claimed_end });
-    if available < rec::HEADER_LEN {
-        return defect(
-            CorruptionReason::Truncated { needed: rec::HEADER_LEN as u64, available: available as u64 },
-            None,
-        );
-    }
-    let b = &buf[at..];
-    if b[rec::START_AT] != rec::START_MARKER {
+    let mut r = ByteReader::new("record", buf.get(at..).unwrap_or_default());
+    let h = match RawHeader::read(&mut r) {
+        Ok(h) => h,
+        Err(e) => return defect(e.into(), None),
+    };
+    if h.start != rec::START_MARKER {
         return defect(CorruptionReason::BadMarker("record start marker missing"), None);
     }
-    let stored_len = u32_at(b, rec::STORED_LEN_AT) as usize;
+    let stored_len = h.stored_len as usize;
     if stored_len > rec::MAX_PAYLOAD_LEN {
         return defect(
             CorruptionReason::BadLength { length: stored_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
@@ -113,32 +135,25 @@ pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<Record
     }
     let len = rec::encoded_len(stored_len);
     let claimed_end = Some(at + len);
-    if available < len {
-        return defect(CorruptionReason::Truncated { needed: len as u64, available: available as u64 }, claimed_end);
+    let t = match RawTrailer::read(&mut r, stored_len) {
+        Ok(t) => t,
+        Err(e) => return defect(e.into(), claimed_end),
+    };
+    let computed = crc32fast::hash(t.covered);
+    if t.crc != computed {
+        return defect(CorruptionReason::CrcMismatch { stored: t.crc, computed }, claimed_end);
     }
-    let crc_at = rec::PAYLOAD_AT + stored_len;
-    let stored_crc = u32_at(b, crc_at);
-    let computed = crc32fast::hash(&b[..crc_at]);
-    if stored_crc != computed {
-        return defect(CorruptionReason::CrcMismatch { stored: stored_crc, computed }, claimed_end);
-    }
-    if b[crc_at + 4] != rec::END_MARKER {
+    if t.end != rec::END_MARKER {
         return defect(CorruptionReason::BadMarker("record end marker missing"), claimed_end);
     }
-    if b[rec::KIND_AT] != rec::KIND_DATA {
-        return defect(
-            CorruptionReason::InvalidField { field: "record kind", value: b[rec::KIND_AT].into() },
-            claimed_end,
-        );
+    if h.kind != rec::KIND_DATA {
+        return defect(CorruptionReason::InvalidField { field: "record kind", value: h.kind.into() }, claimed_end);
     }
-    if b[rec::FLAGS_AT] != 0 {
-        return defect(
-            CorruptionReason::InvalidField { field: "record flags", value: b[rec::FLAGS_AT].into() },
-            claimed_end,
-        );
+    if h.flags != 0 {
+        return defect(CorruptionReason::InvalidField { field: "record flags", value: h.flags.into() }, claimed_end);
     }
-    let codec = CodecId(b[rec::CODEC_AT]);
-    let uncompressed_len = u32_at(b, rec::UNCOMPRESSED_LEN_AT) as usize;
+    let codec = CodecId(h.codec);
+    let uncompressed_len = h.uncompressed_len as usize;
     if uncompressed_len > rec::MAX_PAYLOAD_LEN {
         return defect(
             CorruptionReason::BadLength { length: uncompressed_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
@@ -155,15 +170,40 @@ pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<Record
         );
     }
     Ok(RecordView {
-        offset: Offset::new(u64_at(b, rec::OFFSET_AT)),
+        offset: Offset::new(h.offset),
         codec,
-        append_time_ms: u64_at(b, rec::APPEND_TIME_AT),
-        prev_hash: hash_at(b, rec::PREV_HASH_AT),
+        append_time_ms: h.append_time_ms,
+        prev_hash: ChainHash(h.prev_hash),
         uncompressed_len,
         payload_at: at + rec::PAYLOAD_AT,
         stored_len,
         len,
     })
+}
+
+/// The fields of a segment header, as read (not yet checked).
+struct RawSegmentHeader<'a> {
+    magic: u64,
+    version: u16,
+    flags: u16,
+    owner: u64,
+    base: u64,
+    created_ms: u64,
+    base_prev_hash: [u8; 32],
+    /// The bytes the CRC covers.
+    covered: &'a [u8],
+    crc: u32,
+}
+
+impl<'a> RawSegmentHeader<'a> {
+    /// Reads a whole header, or fails with the header's length as what is needed.
+    fn read(r: &mut ByteReader<'a>) -> std::result::Result<Self, ByteError> {
+        r.require(seg::HEADER_LEN)?;
+        let (magic, version, flags) = (r.u64()?, r.u16()?, r.u16()?);
+        let (owner, base, created_ms, base_prev_hash) = (r.u64()?, r.u64()?, r.u64()?, r.array()?);
+        let covered = r.consumed();
+        Ok(Self { magic, version, flags, owner, base, created_ms, base_prev_hash, covered, crc: r.u32()? })
+    }
 }
 
 /// A decoded segment header.
@@ -179,16 +219,13 @@ pub(crate) struct SegmentHeader {
 impl SegmentHeader {
     /// The header's bytes.
     pub fn encode(&self) -> [u8; seg::HEADER_LEN] {
+        let mut w = ByteWriter::with_capacity(seg::HEADER_LEN);
+        w.u64(seg::MAGIC).u16(seg::VERSION).u16(self.flags);
+        w.u64(self.stream.get()).u64(self.base.get()).u64(self.created_ms).raw(&self.base_prev_hash.0);
+        debug_assert_eq!(w.len(), seg::CRC_AT);
+        w.crc();
         let mut b = [0u8; seg::HEADER_LEN];
-        b[seg::MAGIC_AT..seg::MAGIC_AT + 8].copy_from_slice(&seg::MAGIC.to_le_bytes());
-        b[seg::VERSION_AT..seg::VERSION_AT + 2].copy_from_slice(&seg::VERSION.to_le_bytes());
-        b[seg::FLAGS_AT..seg::FLAGS_AT + 2].copy_from_slice(&self.flags.to_le_bytes());
-        b[seg::STREAM_ID_AT..seg::STREAM_ID_AT + 8].copy_from_slice(&self.stream.get().to_le_bytes());
-        b[seg::BASE_OFFSET_AT..seg::BASE_OFFSET_AT + 8].copy_from_slice(&self.base.get().to_le_bytes());
-        b[seg::CREATED_AT..seg::CREATED_AT + 8].copy_from_slice(&self.created_ms.to_le_bytes());
-        b[seg::BASE_PREV_HASH_AT..seg::BASE_PREV_HASH_AT + 32].copy_from_slice(&self.base_prev_hash.0);
-        let crc = crc32fast::hash(&b[..seg::CRC_AT]);
-        b[seg::CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        b.copy_from_slice(w.written());
         b
     }
 
@@ -201,58 +238,48 @@ impl SegmentHeader {
             offset: None,
             reason,
         };
-        if b.len() < seg::HEADER_LEN {
-            return Err(corrupt(
-                0,
-                CorruptionReason::Truncated { needed: seg::HEADER_LEN as u64, available: b.len() as u64 },
-            ));
+        let h = RawSegmentHeader::read(&mut ByteReader::new("segment header", b)).map_err(|e| corrupt(0, e.into()))?;
+        if h.magic != seg::MAGIC {
+            return Err(StorageError::BadMagic { path: path.to_path_buf(), found: h.magic, expected: seg::MAGIC });
         }
-        let magic = u64_at(b, seg::MAGIC_AT);
-        if magic != seg::MAGIC {
-            return Err(StorageError::BadMagic { path: path.to_path_buf(), found: magic, expected: seg::MAGIC });
-        }
-        let version = u16_at(b, seg::VERSION_AT);
-        if version != seg::VERSION {
+        if h.version != seg::VERSION {
             return Err(StorageError::UnsupportedVersion {
                 path: path.to_path_buf(),
-                found: version,
+                found: h.version,
                 supported: seg::VERSION,
             });
         }
-        let stored = u32_at(b, seg::CRC_AT);
-        let computed = crc32fast::hash(&b[..seg::CRC_AT]);
-        if stored != computed {
-            return Err(corrupt(seg::CRC_AT, CorruptionReason::CrcMismatch { stored, computed }));
+        let computed = crc32fast::hash(h.covered);
+        if h.crc != computed {
+            return Err(corrupt(seg::CRC_AT, CorruptionReason::CrcMismatch { stored: h.crc, computed }));
         }
-        let flags = u16_at(b, seg::FLAGS_AT);
-        if flags & !seg::KNOWN_FLAGS != 0 {
+        if h.flags & !seg::KNOWN_FLAGS != 0 {
             return Err(corrupt(
                 seg::FLAGS_AT,
-                CorruptionReason::InvalidField { field: "segment flags", value: flags.into() },
+                CorruptionReason::InvalidField { field: "segment flags", value: h.flags.into() },
             ));
         }
-        let owner = u64_at(b, seg::STREAM_ID_AT);
-        if owner != stream.get() {
+        if h.owner != stream.get() {
             return Err(corrupt(
                 seg::STREAM_ID_AT,
-                CorruptionReason::InvalidField { field: "segment stream id", value: owner },
+                CorruptionReason::InvalidField { field: "segment stream id", value: h.owner },
             ));
         }
-        let base = Offset::new(u64_at(b, seg::BASE_OFFSET_AT));
+        let base = Offset::new(h.base);
         if base > crate::format::MAX_OFFSET {
             return Err(corrupt(
                 seg::BASE_OFFSET_AT,
                 CorruptionReason::InvalidField { field: "segment base offset", value: base.get() },
             ));
         }
-        let base_prev_hash = hash_at(b, seg::BASE_PREV_HASH_AT);
+        let base_prev_hash = ChainHash(h.base_prev_hash);
         if base == Offset::ZERO && base_prev_hash != ChainHash::ZERO {
             return Err(corrupt(
                 seg::BASE_PREV_HASH_AT,
                 CorruptionReason::Malformed("a segment based at offset 0 must have a zero base_prev_hash".into()),
             ));
         }
-        Ok(Self { flags, stream, base, created_ms: u64_at(b, seg::CREATED_AT), base_prev_hash })
+        Ok(Self { flags: h.flags, stream, base, created_ms: h.created_ms, base_prev_hash })
     }
 }
 
