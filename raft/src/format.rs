@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use shale_storage::byteio::{ByteError, ByteReader, ByteWriter};
 
 use crate::types::{AppPayload, Entry, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
 
@@ -71,54 +72,20 @@ pub enum DecodeError {
     InvalidMembership(String),
 }
 
-/// A tiny checked reader over a byte slice.
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Self { what, bytes, at: 0 }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let available = self.bytes.len() - self.at;
-        if n > available {
-            return Err(DecodeError::Truncated { what: self.what, needed: self.at + n, available: self.bytes.len() });
+impl From<ByteError> for DecodeError {
+    /// The shared reader's errors, as this crate's decoders report them.
+    fn from(e: ByteError) -> Self {
+        match e {
+            ByteError::Truncated { what, needed, available } => DecodeError::Truncated { what, needed, available },
+            ByteError::OverLimit { what, field, value, limit } => DecodeError::OverLimit { what, field, value, limit },
+            ByteError::InvalidField { what, field, value } => DecodeError::InvalidField { what, field, value },
+            ByteError::TrailingBytes { what, extra } => DecodeError::TrailingBytes { what, extra },
+            // No Raft layout has a string or CRC field; kept total for the shared reader's sake.
+            ByteError::NotUtf8 { what, field } => DecodeError::InvalidField { what, field, value: 0 },
+            ByteError::CrcMismatch { what, stored, .. } => {
+                DecodeError::InvalidField { what, field: "crc32", value: u64::from(stored) }
+            }
         }
-        let out = &self.bytes[self.at..self.at + n];
-        self.at += n;
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-
-    fn finish(&self) -> Result<(), DecodeError> {
-        let extra = self.bytes.len() - self.at;
-        if extra != 0 {
-            return Err(DecodeError::TrailingBytes { what: self.what, extra });
-        }
-        Ok(())
-    }
-
-    fn limited(&mut self, field: &'static str, limit: u64) -> Result<u32, DecodeError> {
-        let v = self.u32()?;
-        if u64::from(v) > limit {
-            return Err(DecodeError::OverLimit { what: self.what, field, value: u64::from(v), limit });
-        }
-        Ok(v)
     }
 }
 
@@ -236,65 +203,61 @@ pub mod snapshot {
     pub const MAX_MEMBERSHIP_LEN: u64 = 16 << 20;
 }
 
-fn put_log_id(out: &mut BytesMut, id: Option<&LogId>) {
+fn put_log_id(w: &mut ByteWriter, id: Option<&LogId>) {
     match id {
-        Some(id) => {
-            out.put_u64_le(id.leader_id.term);
-            out.put_u64_le(id.leader_id.node_id);
-            out.put_u64_le(id.index);
-        }
-        None => out.put_bytes(0, 24),
-    }
+        Some(id) => w.u64(id.leader_id.term).u64(id.leader_id.node_id).u64(id.index),
+        None => w.zeros(24),
+    };
 }
 
-fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
+fn read_log_id(r: &mut ByteReader<'_>) -> Result<LogId, DecodeError> {
     let term = r.u64()?;
     let node = r.u64()?;
     let index = r.u64()?;
     Ok(log_id(term, node, index))
 }
 
-/// Encodes a membership config.
-pub fn encode_membership(m: &Membership, out: &mut BytesMut) {
+fn write_membership(w: &mut ByteWriter, m: &Membership) {
     let configs = m.get_joint_config();
     debug_assert!(configs.len() as u64 <= membership::MAX_CONFIGS);
-    out.put_u32_le(configs.len() as u32);
+    w.u32(configs.len() as u32);
     for set in configs {
-        out.put_u32_le(set.len() as u32);
+        w.u32(set.len() as u32);
         for id in set {
-            out.put_u64_le(*id);
+            w.u64(*id);
         }
     }
     let nodes: Vec<(&NodeId, &Node)> = m.nodes().collect();
-    out.put_u32_le(nodes.len() as u32);
+    w.u32(nodes.len() as u32);
     for (id, node) in nodes {
-        out.put_u64_le(*id);
-        out.put_u32_le(node.addr.len() as u32);
-        out.put_slice(node.addr.as_bytes());
+        w.u64(*id).bytes32(node.addr.as_bytes());
     }
 }
 
-fn read_membership(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
-    let n_configs = r.limited("config count", membership::MAX_CONFIGS)?;
+/// Encodes a membership config, appending it to `out`.
+pub fn encode_membership(m: &Membership, out: &mut BytesMut) {
+    let mut w = ByteWriter::new();
+    write_membership(&mut w, m);
+    out.extend_from_slice(w.written());
+}
+
+fn read_membership(r: &mut ByteReader<'_>) -> Result<Membership, DecodeError> {
+    let n_configs = r.u32_at_most("config count", membership::MAX_CONFIGS)?;
     let mut configs = Vec::with_capacity(n_configs as usize);
     for _ in 0..n_configs {
-        let k = r.limited("voter count", membership::MAX_NODES)?;
+        let k = r.u32_at_most("voter count", membership::MAX_NODES)?;
         let mut set = BTreeSet::new();
         for _ in 0..k {
             set.insert(r.u64()?);
         }
         configs.push(set);
     }
-    let n_nodes = r.limited("node count", membership::MAX_NODES)?;
+    let n_nodes = r.u32_at_most("node count", membership::MAX_NODES)?;
     let mut nodes = BTreeMap::new();
     for _ in 0..n_nodes {
         let id = r.u64()?;
-        let len = r.limited("address length", membership::MAX_ADDR_LEN)?;
-        let addr = std::str::from_utf8(r.take(len as usize)?).map_err(|_| DecodeError::InvalidField {
-            what: r.what,
-            field: "address utf-8 of node",
-            value: id,
-        })?;
+        let addr = std::str::from_utf8(r.bytes32("address length", membership::MAX_ADDR_LEN)?)
+            .map_err(|_| DecodeError::InvalidField { what: r.what(), field: "address utf-8 of node", value: id })?;
         nodes.insert(id, Node::new(addr));
     }
     if configs.is_empty() && nodes.is_empty() {
@@ -306,9 +269,9 @@ fn read_membership(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
 
 /// Decodes a membership config written by [`encode_membership`].
 pub fn decode_membership(bytes: &[u8]) -> Result<Membership, DecodeError> {
-    let mut r = Reader::new("membership", bytes);
+    let mut r = ByteReader::new("membership", bytes);
     let m = read_membership(&mut r)?;
-    r.finish()?;
+    r.expect_end()?;
     Ok(m)
 }
 
@@ -318,23 +281,22 @@ pub fn encode_entry(e: &Entry) -> Bytes {
         EntryPayload::Normal(p) => p.0.len(),
         _ => 64,
     };
-    let mut out = BytesMut::with_capacity(entry::HEADER_LEN + body_len);
-    out.put_u8(entry::VERSION);
-    out.put_u8(match &e.payload {
+    let mut w = ByteWriter::with_capacity(entry::HEADER_LEN + body_len);
+    w.u8(entry::VERSION).u8(match &e.payload {
         EntryPayload::Blank => entry::KIND_BLANK,
         EntryPayload::Normal(_) => entry::KIND_NORMAL,
         EntryPayload::Membership(_) => entry::KIND_MEMBERSHIP,
     });
-    out.put_u64_le(e.log_id.leader_id.term);
-    out.put_u64_le(e.log_id.leader_id.node_id);
-    out.put_u64_le(e.log_id.index);
-    debug_assert_eq!(out.len(), entry::HEADER_LEN);
+    w.u64(e.log_id.leader_id.term).u64(e.log_id.leader_id.node_id).u64(e.log_id.index);
+    debug_assert_eq!(w.len(), entry::HEADER_LEN);
     match &e.payload {
         EntryPayload::Blank => {}
-        EntryPayload::Normal(p) => out.put_slice(&p.0),
-        EntryPayload::Membership(m) => encode_membership(m, &mut out),
+        EntryPayload::Normal(p) => {
+            w.raw(&p.0);
+        }
+        EntryPayload::Membership(m) => write_membership(&mut w, m),
     }
-    out.freeze()
+    Bytes::from(w.finish())
 }
 
 /// The header of an encoded entry, without decoding its body.
@@ -348,7 +310,7 @@ pub struct EntryHeader {
 
 /// Decodes just the fixed header of an encoded entry.
 pub fn decode_entry_header(bytes: &[u8]) -> Result<EntryHeader, DecodeError> {
-    let mut r = Reader::new("raft entry", bytes);
+    let mut r = ByteReader::new("raft entry", bytes);
     let version = r.u8()?;
     if version != entry::VERSION {
         return Err(DecodeError::UnsupportedVersion { what: "raft entry", found: version, supported: entry::VERSION });
@@ -393,8 +355,7 @@ pub struct MetaState {
 
 /// Encodes a meta record.
 pub fn encode_meta(m: &MetaState) -> Bytes {
-    let mut out = BytesMut::with_capacity(meta::LEN);
-    out.put_u8(meta::VERSION);
+    let mut w = ByteWriter::with_capacity(meta::LEN);
     let mut flags = 0u8;
     if m.vote.is_some() {
         flags |= meta::HAS_VOTE;
@@ -405,24 +366,20 @@ pub fn encode_meta(m: &MetaState) -> Bytes {
     if m.last_purged.is_some() {
         flags |= meta::HAS_PURGED;
     }
-    out.put_u8(flags);
+    w.u8(meta::VERSION).u8(flags);
     match &m.vote {
-        Some(v) => {
-            out.put_u64_le(v.leader_id.term);
-            out.put_u64_le(v.leader_id.node_id);
-            out.put_u8(u8::from(v.committed));
-        }
-        None => out.put_bytes(0, 17),
-    }
-    put_log_id(&mut out, m.committed.as_ref());
-    put_log_id(&mut out, m.last_purged.as_ref());
-    debug_assert_eq!(out.len(), meta::LEN);
-    out.freeze()
+        Some(v) => w.u64(v.leader_id.term).u64(v.leader_id.node_id).u8(u8::from(v.committed)),
+        None => w.zeros(17),
+    };
+    put_log_id(&mut w, m.committed.as_ref());
+    put_log_id(&mut w, m.last_purged.as_ref());
+    debug_assert_eq!(w.len(), meta::LEN);
+    Bytes::from(w.finish())
 }
 
 /// Decodes a meta record.
 pub fn decode_meta(bytes: &[u8]) -> Result<MetaState, DecodeError> {
-    let mut r = Reader::new("raft meta record", bytes);
+    let mut r = ByteReader::new("raft meta record", bytes);
     let version = r.u8()?;
     if version != meta::VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -449,7 +406,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<MetaState, DecodeError> {
         .then(|| if committed_flag == 1 { Vote::new_committed(term, node) } else { Vote::new(term, node) });
     let committed = read_log_id(&mut r)?;
     let purged = read_log_id(&mut r)?;
-    r.finish()?;
+    r.expect_end()?;
     Ok(MetaState {
         vote,
         committed: (flags & meta::HAS_COMMITTED != 0).then_some(committed),
@@ -472,11 +429,9 @@ pub struct SnapshotState {
 
 /// Encodes snapshot checkpoint data.
 pub fn encode_snapshot_state(s: &SnapshotState) -> Bytes {
-    let mut m = BytesMut::new();
-    encode_membership(&s.membership, &mut m);
-    let mut out = BytesMut::with_capacity(62 + m.len() + s.app.len());
-    out.put_u32_le(snapshot::MAGIC);
-    out.put_u8(snapshot::VERSION);
+    let mut m = ByteWriter::new();
+    write_membership(&mut m, &s.membership);
+    let mut w = ByteWriter::with_capacity(62 + m.len() + s.app.len());
     let mut flags = 0;
     if s.last_log_id.is_some() {
         flags |= snapshot::HAS_LAST;
@@ -484,20 +439,17 @@ pub fn encode_snapshot_state(s: &SnapshotState) -> Bytes {
     if s.membership_log_id.is_some() {
         flags |= snapshot::HAS_MEMBERSHIP_LOG_ID;
     }
-    out.put_u8(flags);
-    put_log_id(&mut out, s.last_log_id.as_ref());
-    put_log_id(&mut out, s.membership_log_id.as_ref());
-    out.put_u32_le(m.len() as u32);
-    out.put_slice(&m);
-    out.put_u32_le(s.app.len() as u32);
-    out.put_slice(&s.app);
-    out.freeze()
+    w.u32(snapshot::MAGIC).u8(snapshot::VERSION).u8(flags);
+    put_log_id(&mut w, s.last_log_id.as_ref());
+    put_log_id(&mut w, s.membership_log_id.as_ref());
+    w.bytes32(m.written()).bytes32(&s.app);
+    Bytes::from(w.finish())
 }
 
 /// Decodes snapshot checkpoint data.
 pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError> {
     let what = "raft snapshot data";
-    let mut r = Reader::new(what, bytes);
+    let mut r = ByteReader::new(what, bytes);
     let magic = r.u32()?;
     if magic != snapshot::MAGIC {
         return Err(DecodeError::InvalidField { what, field: "magic", value: u64::from(magic) });
@@ -512,13 +464,10 @@ pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError
     }
     let last = read_log_id(&mut r)?;
     let mem_id = read_log_id(&mut r)?;
-    let m_len = r.limited("membership length", snapshot::MAX_MEMBERSHIP_LEN)?;
-    let membership = decode_membership(r.take(m_len as usize)?)?;
-    let a_len = r.limited("application snapshot length", snapshot::MAX_APP_LEN)?;
-    let start = r.at;
-    r.take(a_len as usize)?;
-    let app = bytes.slice(start..start + a_len as usize);
-    r.finish()?;
+    let membership = decode_membership(r.bytes32("membership length", snapshot::MAX_MEMBERSHIP_LEN)?)?;
+    // A view into `bytes`, not a copy: the application snapshot may be large.
+    let app = bytes.slice_ref(r.bytes32("application snapshot length", snapshot::MAX_APP_LEN)?);
+    r.expect_end()?;
     Ok(SnapshotState {
         last_log_id: (flags & snapshot::HAS_LAST != 0).then_some(last),
         membership_log_id: (flags & snapshot::HAS_MEMBERSHIP_LOG_ID != 0).then_some(mem_id),
@@ -529,6 +478,7 @@ pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
     use proptest::prelude::*;
 
     use super::*;

@@ -18,8 +18,10 @@ use std::borrow::BorrowMut;
 use crate::error::CorruptionReason;
 
 /// Why bytes could not be read. `what` names the structure being decoded.
+///
+/// Not `non_exhaustive`: every caller maps each variant into its own error type, and a new
+/// variant should make each of those mappings fail to compile until it is handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ByteError {
     /// The input ends before a field it must hold.
     #[error("{what}: truncated, {needed} bytes needed, {available} available")]

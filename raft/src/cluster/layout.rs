@@ -1,17 +1,19 @@
-//! Every byte layout of the cluster layer, as named constants, plus the little reader/writer they
-//! are built with. `/work/notes/format-cluster.md` (later `docs/format.md`) tables the same layouts.
+//! Every byte layout of the cluster layer, as named constants, plus the reader and writer they
+//! are built with (the storage crate's [`shale_storage::byteio`], errors mapped to
+//! [`ClusterError::Decode`]). `docs/format.md` ("Cluster layer") tables the same layouts.
 //!
 //! All integers are little-endian. Variable-length fields are length-prefixed; every length is
 //! checked against a limit before anything is allocated, so hostile bytes cannot make a decoder
 //! allocate without bound or panic. A reader that meets an unknown version returns a typed error.
 
 use bytes::Bytes;
+use shale_storage::byteio::{ByteError, ByteReader};
 
 use crate::cluster::api::ClusterError;
 
 /// Metadata-group command (one Raft entry payload of group 0).
 ///
-/// `[magic:u16 = "MC"][version:u8][kind:u8][body...]`; bodies per kind are tabled in the note.
+/// `[magic:u16 = "MC"][version:u8][kind:u8][body...]`; bodies per kind are tabled in `docs/format.md`.
 pub mod metadata_command {
     /// "MC" as a little-endian u16.
     pub const MAGIC: u16 = u16::from_le_bytes(*b"MC");
@@ -99,108 +101,33 @@ pub mod partition_snapshot {
     pub const VERSION: u16 = 1;
 }
 
-/// Appends little-endian fields to a buffer.
-#[derive(Debug, Default)]
-pub struct Writer {
-    buf: Vec<u8>,
-}
+/// Appends little-endian fields to a buffer: the storage crate's [`ByteWriter`], which owns the
+/// `str16`, `bytes32`, `opt_u64` and CRC-trailer encodings these layouts use.
+pub use shale_storage::byteio::ByteWriter as Writer;
 
-impl Writer {
-    /// An empty writer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// A writer with room for `n` bytes.
-    pub fn with_capacity(n: usize) -> Self {
-        Self { buf: Vec::with_capacity(n) }
-    }
-    /// One byte.
-    pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.buf.push(v);
-        self
-    }
-    /// Two bytes.
-    pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// Four bytes.
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// Eight bytes.
-    pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// `[present:u8][value:u64]` (value 0 when absent).
-    pub fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
-        self.u8(u8::from(v.is_some())).u64(v.unwrap_or(0))
-    }
-    /// Raw bytes, no prefix.
-    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(v);
-        self
-    }
-    /// `[len:u16][bytes]`; callers check the length limit first.
-    pub fn str16(&mut self, v: &str) -> &mut Self {
-        debug_assert!(v.len() <= usize::from(u16::MAX));
-        self.u16(v.len() as u16).raw(v.as_bytes())
-    }
-    /// `[len:u32][bytes]`.
-    pub fn bytes32(&mut self, v: &[u8]) -> &mut Self {
-        debug_assert!(v.len() <= u32::MAX as usize);
-        self.u32(v.len() as u32).raw(v)
-    }
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-    /// Appends a CRC32 of everything written so far.
-    pub fn crc(&mut self) -> &mut Self {
-        let crc = crc32fast::hash(&self.buf);
-        self.u32(crc)
-    }
-    /// The bytes.
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-/// Reads little-endian fields, failing with [`ClusterError::Decode`] instead of panicking.
+/// Reads little-endian fields with the storage crate's [`ByteReader`], failing with
+/// [`ClusterError::Decode`] (naming the byte position) instead of panicking.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    what: &'static str,
-    buf: &'a [u8],
-    pos: usize,
+    inner: ByteReader<'a>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`; `what` names the structure in errors.
     pub fn new(what: &'static str, buf: &'a [u8]) -> Self {
-        Self { what, buf, pos: 0 }
+        Self { inner: ByteReader::new(what, buf) }
     }
 
     /// A reader over a buffer whose last four bytes are a CRC32 of the rest; checks it first.
     pub fn with_crc(what: &'static str, buf: &'a [u8]) -> Result<Self, ClusterError> {
-        if buf.len() < 4 {
-            return Err(ClusterError::Decode { what, reason: format!("{} bytes, too short for a CRC", buf.len()) });
-        }
-        let (body, crc) = buf.split_at(buf.len() - 4);
-        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(ClusterError::Decode {
-                what,
-                reason: format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-            });
-        }
-        Ok(Self::new(what, body))
+        let inner = ByteReader::with_crc32_trailer(what, buf).map_err(|e| ClusterError::Decode {
+            what,
+            reason: match e {
+                ByteError::Truncated { available, .. } => format!("{available} bytes, too short for a CRC"),
+                other => reason(other, 0),
+            },
+        })?;
+        Ok(Self { inner })
     }
 
     /// Reads and checks a snapshot header `[magic:u32][version:u16]`.
@@ -218,89 +145,82 @@ impl<'a> Reader<'a> {
 
     /// An error naming the current position.
     pub fn error(&self, reason: impl Into<String>) -> ClusterError {
-        ClusterError::Decode { what: self.what, reason: format!("at byte {}: {}", self.pos, reason.into()) }
+        ClusterError::Decode {
+            what: self.inner.what(),
+            reason: format!("at byte {}: {}", self.inner.position(), reason.into()),
+        }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
-        if self.buf.len() - self.pos < n {
-            return Err(self.error(format!("need {n} bytes, {} left", self.buf.len() - self.pos)));
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
+    /// The shared reader's result, its error as [`ClusterError::Decode`] at the current position.
+    fn lift<T>(&self, result: Result<T, ByteError>) -> Result<T, ClusterError> {
+        result.map_err(|e| self.error(reason(e, self.inner.position())))
     }
 
     /// One byte.
     pub fn u8(&mut self) -> Result<u8, ClusterError> {
-        Ok(self.take(1)?[0])
+        let v = self.inner.u8();
+        self.lift(v)
     }
     /// Two bytes.
     pub fn u16(&mut self) -> Result<u16, ClusterError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        let v = self.inner.u16();
+        self.lift(v)
     }
     /// Four bytes.
     pub fn u32(&mut self) -> Result<u32, ClusterError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let v = self.inner.u32();
+        self.lift(v)
     }
     /// Eight bytes.
     pub fn u64(&mut self) -> Result<u64, ClusterError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        let v = self.inner.u64();
+        self.lift(v)
     }
     /// `[present:u8][value:u64]`.
     pub fn opt_u64(&mut self) -> Result<Option<u64>, ClusterError> {
-        let present = self.u8()?;
-        let v = self.u64()?;
-        match present {
-            0 => Ok(None),
-            1 => Ok(Some(v)),
-            other => Err(self.error(format!("presence byte {other}"))),
-        }
-    }
-    /// `n` raw bytes.
-    pub fn raw(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
-        self.take(n)
+        let v = self.inner.opt_u64("presence byte");
+        self.lift(v)
     }
     /// `[len:u16][utf8]`, at most `max` bytes.
     pub fn str16(&mut self, max: usize) -> Result<String, ClusterError> {
-        let len = usize::from(self.u16()?);
-        if len > max {
-            return Err(self.error(format!("string of {len} bytes, limit {max}")));
-        }
-        let b = self.take(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.error("string is not UTF-8"))
+        let v = self.inner.str16("string length", max as u64).map(str::to_owned);
+        self.lift(v)
     }
     /// `[len:u32][bytes]`, at most `max` bytes, copied out.
     pub fn bytes32(&mut self, max: usize) -> Result<Bytes, ClusterError> {
-        let len = self.u32()? as usize;
-        if len > max {
-            return Err(self.error(format!("field of {len} bytes, limit {max}")));
-        }
-        Ok(Bytes::copy_from_slice(self.take(len)?))
+        let v = self.inner.bytes32("field length", max as u64).map(Bytes::copy_from_slice);
+        self.lift(v)
     }
     /// A count that must not exceed `max` nor the bytes left divided by `min_item_bytes`
     /// (so a hostile count cannot make us allocate more than the input justifies).
     pub fn count(&mut self, raw: u64, max: usize, min_item_bytes: usize) -> Result<usize, ClusterError> {
-        let left = self.remaining() / min_item_bytes.max(1);
-        if raw > max as u64 || raw > left as u64 {
-            return Err(self.error(format!("count {raw} over the limit {max} or the {left} items the bytes can hold")));
-        }
-        Ok(raw as usize)
+        let v = self.inner.count("count", raw, max, min_item_bytes);
+        self.lift(v)
     }
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.inner.remaining()
     }
     /// Fails unless every byte was read.
     pub fn finish(self) -> Result<(), ClusterError> {
-        if self.remaining() != 0 {
-            return Err(self.error(format!("{} trailing bytes", self.remaining())));
+        self.lift(self.inner.expect_end())
+    }
+}
+
+/// Why a read failed, in words, for a reader at byte `at` (no `what`: [`ClusterError::Decode`]
+/// names it).
+fn reason(e: ByteError, at: usize) -> String {
+    match e {
+        ByteError::Truncated { needed, available, .. } => {
+            format!("need {} bytes, {} left", needed.saturating_sub(at), available.saturating_sub(at))
         }
-        Ok(())
+        ByteError::OverLimit { field, value, limit, .. } => format!("{field} {value} over the limit {limit}"),
+        ByteError::InvalidField { field, value, .. } => format!("{field} {value}"),
+        ByteError::NotUtf8 { field, .. } => format!("{field}: string is not UTF-8"),
+        ByteError::CrcMismatch { stored, computed, .. } => {
+            format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
+        }
+        ByteError::TrailingBytes { extra, .. } => format!("{extra} trailing bytes"),
     }
 }
 
