@@ -1,7 +1,8 @@
 //! Every byte layout shale-raft writes: log entry records, membership configs, meta records and
 //! snapshot checkpoint data. Each layout is a set of named constants, each field's offset derived
-//! from the previous one, with a version byte; decoders check every length against the input and
-//! return [`DecodeError`] instead of panicking. Tabled in docs/format.md ("Raft").
+//! from the previous one ([`shale_storage::offsets!`]), with a version byte. The bytes are read and
+//! written with storage's [`ByteReader`]/[`ByteWriter`]; decoders check every length against the
+//! input and return [`DecodeError`] instead of panicking. Tabled in docs/format.md ("Raft").
 //!
 //! All integers are little-endian. Encodings are deterministic: an entry always encodes to the same
 //! bytes, so replicas holding the same entries have the same storage chain hashes.
@@ -9,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
-use shale_storage::byteio::{ByteError, ByteReader, ByteWriter};
+use shale_storage::byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 
 use crate::types::{AppPayload, Entry, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
 
@@ -75,14 +76,15 @@ pub enum DecodeError {
 impl From<ByteError> for DecodeError {
     /// The shared reader's errors, as this crate's decoders report them.
     fn from(e: ByteError) -> Self {
-        match e {
-            ByteError::Truncated { what, needed, available } => DecodeError::Truncated { what, needed, available },
-            ByteError::OverLimit { what, field, value, limit } => DecodeError::OverLimit { what, field, value, limit },
-            ByteError::InvalidField { what, field, value } => DecodeError::InvalidField { what, field, value },
-            ByteError::TrailingBytes { what, extra } => DecodeError::TrailingBytes { what, extra },
-            // No Raft layout has a string or CRC field; kept total for the shared reader's sake.
-            ByteError::NotUtf8 { what, field } => DecodeError::InvalidField { what, field, value: 0 },
-            ByteError::CrcMismatch { what, stored, .. } => {
+        let what = e.what;
+        match e.kind {
+            ByteErrorKind::Truncated { needed, available } => DecodeError::Truncated { what, needed, available },
+            ByteErrorKind::OverLimit { field, value, limit } => DecodeError::OverLimit { what, field, value, limit },
+            ByteErrorKind::InvalidField { field, value } => DecodeError::InvalidField { what, field, value },
+            ByteErrorKind::TrailingBytes { extra } => DecodeError::TrailingBytes { what, extra },
+            // No Raft layout has a string or a CRC field; mapped for completeness.
+            ByteErrorKind::NotUtf8 { field } => DecodeError::InvalidField { what, field, value: 0 },
+            ByteErrorKind::CrcMismatch { stored, .. } => {
                 DecodeError::InvalidField { what, field: "crc32", value: u64::from(stored) }
             }
         }
@@ -103,18 +105,20 @@ impl From<ByteError> for DecodeError {
 pub mod entry {
     /// Layout version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the version byte.
-    pub const VERSION_AT: usize = 0;
-    /// Offset of the kind byte.
-    pub const KIND_AT: usize = VERSION_AT + 1;
-    /// Offset of the term.
-    pub const TERM_AT: usize = KIND_AT + 1;
-    /// Offset of the leader node id.
-    pub const NODE_AT: usize = TERM_AT + 8;
-    /// Offset of the log index.
-    pub const INDEX_AT: usize = NODE_AT + 8;
-    /// Length of the fixed header; the body starts here.
-    pub const HEADER_LEN: usize = INDEX_AT + 8;
+    shale_storage::offsets! {
+        /// Offset of the version byte.
+        VERSION_AT: u8,
+        /// Offset of the kind byte.
+        KIND_AT: u8,
+        /// Offset of the term.
+        TERM_AT: u64,
+        /// Offset of the leader node id.
+        NODE_AT: u64,
+        /// Offset of the log index.
+        INDEX_AT: u64,
+        /// Length of the fixed header; the body starts here.
+        HEADER_LEN,
+    }
     /// Kind of a blank entry.
     pub const KIND_BLANK: u8 = 0;
     /// Kind of a normal (application) entry.
@@ -156,16 +160,20 @@ pub mod membership {
 pub mod meta {
     /// Layout version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the flags byte.
-    pub const FLAGS_AT: usize = 1;
-    /// Offset of the vote.
-    pub const VOTE_AT: usize = FLAGS_AT + 1;
-    /// Offset of the committed log id.
-    pub const COMMITTED_AT: usize = VOTE_AT + 17;
-    /// Offset of the last purged log id.
-    pub const PURGED_AT: usize = COMMITTED_AT + 24;
-    /// Total record length.
-    pub const LEN: usize = PURGED_AT + 24;
+    shale_storage::offsets! {
+        /// Offset of the version byte.
+        VERSION_AT: u8,
+        /// Offset of the flags byte.
+        FLAGS_AT: u8,
+        /// Offset of the vote: term, node id, committed (0 or 1).
+        VOTE_AT: [u8; 8 + 8 + 1],
+        /// Offset of the committed log id: term, node id, index.
+        COMMITTED_AT: [u8; 24],
+        /// Offset of the last purged log id: term, node id, index.
+        PURGED_AT: [u8; 24],
+        /// Total record length.
+        LEN,
+    }
     /// Flag: a vote is stored.
     pub const HAS_VOTE: u8 = 1;
     /// Flag: a committed log id is stored.

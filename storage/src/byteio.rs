@@ -17,83 +17,94 @@ use std::borrow::BorrowMut;
 
 use crate::error::CorruptionReason;
 
-/// Why bytes could not be read. `what` names the structure being decoded.
+/// Declares a byte layout's field offsets as `pub const NAME: usize`, each derived from the one
+/// before it: `NAME: T` says a field of type `T` (`u32`, `[u8; 32]`, ...; its width is
+/// `size_of::<T>()`) starts at `NAME`, where the previous field ends (0 for the first); a last
+/// `NAME` without a type is where the fields end. A table that continues a layout shared with
+/// other ones starts with `after START;` (its first field is at `START` instead of 0). Every layout
+/// table of storage and `shale-raft` is written with it, so the rule that offsets follow from
+/// widths lives here once.
 ///
-/// Not `non_exhaustive`: every caller maps each variant into its own error type, and a new
-/// variant should make each of those mappings fail to compile until it is handled.
+/// ```
+/// mod header {
+///     shale_storage::offsets! {
+///         /// Offset of the magic number.
+///         MAGIC_AT: u32,
+///         /// Offset of the chain hash.
+///         HASH_AT: [u8; 32],
+///         /// Bytes of the header.
+///         LEN,
+///     }
+/// }
+/// assert_eq!((header::MAGIC_AT, header::HASH_AT, header::LEN), (0, 4, 36));
+/// ```
+#[macro_export]
+macro_rules! offsets {
+    (@at $at:expr; $(#[$doc:meta])* $name:ident : $field:ty, $($rest:tt)+) => {
+        $(#[$doc])*
+        pub const $name: usize = $at;
+        $crate::offsets!(@at $name + ::core::mem::size_of::<$field>(); $($rest)+);
+    };
+    (@at $at:expr; $(#[$doc:meta])* $name:ident $(,)?) => {
+        $(#[$doc])*
+        pub const $name: usize = $at;
+    };
+    (after $start:expr; $($fields:tt)+) => {
+        $crate::offsets!(@at $start; $($fields)+);
+    };
+    ($($fields:tt)+) => {
+        $crate::offsets!(@at 0; $($fields)+);
+    };
+}
+
+/// Why bytes could not be read: what was being decoded, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ByteError {
-    /// The input ends before a field it must hold.
-    #[error("{what}: truncated, {needed} bytes needed, {available} available")]
-    Truncated {
-        /// What was being decoded.
-        what: &'static str,
-        /// Bytes the input must hold, from its start, for the read to succeed.
-        needed: usize,
-        /// Bytes the input holds.
-        available: usize,
-    },
-    /// A length or count is over its limit.
-    #[error("{what}: {field} is {value}, over the limit of {limit}")]
-    OverLimit {
-        /// What was being decoded.
-        what: &'static str,
-        /// Which field.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-        /// The largest value accepted.
-        limit: u64,
-    },
-    /// A field holds a value no writer produces (a presence byte other than 0 or 1).
-    #[error("{what}: invalid {field} {value}")]
-    InvalidField {
-        /// What was being decoded.
-        what: &'static str,
-        /// Which field.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-    },
-    /// A string field is not UTF-8.
-    #[error("{what}: {field} is not UTF-8")]
-    NotUtf8 {
-        /// What was being decoded.
-        what: &'static str,
-        /// Which field.
-        field: &'static str,
-    },
-    /// A CRC-32 trailer does not match the bytes before it.
-    #[error("{what}: CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    CrcMismatch {
-        /// What was being decoded.
-        what: &'static str,
-        /// The CRC in the input.
-        stored: u32,
-        /// The CRC of the bytes as read.
-        computed: u32,
-    },
-    /// Bytes are left over after a complete value.
-    #[error("{what}: {extra} trailing bytes")]
-    TrailingBytes {
-        /// What was being decoded.
-        what: &'static str,
-        /// How many.
-        extra: usize,
-    },
+#[error("{what}: {kind}")]
+pub struct ByteError {
+    /// What was being decoded (the name given to [`ByteReader::new`]).
+    pub what: &'static str,
+    /// What went wrong.
+    pub kind: ByteErrorKind,
+}
+
+/// What went wrong in a [`ByteError`].
+///
+/// Not `non_exhaustive`: every caller maps each kind into its own error type, and a new kind
+/// should make each of those mappings fail to compile until it is handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteErrorKind {
+    /// The input ends before a field it must hold: it must hold `needed` bytes from its start
+    /// for the read to succeed, and holds `available`.
+    #[error("truncated, {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    /// The length or count `field` is `value`, over the largest accepted, `limit`.
+    #[error("{field} is {value}, over the limit of {limit}")]
+    OverLimit { field: &'static str, value: u64, limit: u64 },
+    /// `field` holds `value`, which no writer produces (a presence byte other than 0 or 1).
+    #[error("invalid {field} {value}")]
+    InvalidField { field: &'static str, value: u64 },
+    /// The string `field` is not UTF-8.
+    #[error("{field} is not UTF-8")]
+    NotUtf8 { field: &'static str },
+    /// A CRC-32 trailer (`stored`) does not match the bytes before it (`computed`).
+    #[error("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    /// `extra` bytes are left over after a complete value.
+    #[error("{extra} trailing bytes")]
+    TrailingBytes { extra: usize },
 }
 
 impl From<ByteError> for CorruptionReason {
     /// How the storage's own decoders report a [`ByteError`].
     fn from(e: ByteError) -> Self {
-        match e {
-            ByteError::Truncated { needed, available, .. } => {
+        match e.kind {
+            ByteErrorKind::Truncated { needed, available } => {
                 CorruptionReason::Truncated { needed: needed as u64, available: available as u64 }
             }
-            ByteError::OverLimit { value, limit, .. } => CorruptionReason::BadLength { length: value, limit },
-            ByteError::InvalidField { field, value, .. } => CorruptionReason::InvalidField { field, value },
-            ByteError::CrcMismatch { stored, computed, .. } => CorruptionReason::CrcMismatch { stored, computed },
-            e @ (ByteError::NotUtf8 { .. } | ByteError::TrailingBytes { .. }) => {
+            ByteErrorKind::OverLimit { value, limit, .. } => CorruptionReason::BadLength { length: value, limit },
+            ByteErrorKind::InvalidField { field, value } => CorruptionReason::InvalidField { field, value },
+            ByteErrorKind::CrcMismatch { stored, computed } => CorruptionReason::CrcMismatch { stored, computed },
+            ByteErrorKind::NotUtf8 { .. } | ByteErrorKind::TrailingBytes { .. } => {
                 CorruptionReason::Malformed(e.to_string())
             }
         }
@@ -117,13 +128,14 @@ impl<'a> ByteReader<'a> {
     /// A reader over `bytes` without its last four bytes, which must be a CRC-32 of the rest.
     pub fn with_crc32_trailer(what: &'static str, bytes: &'a [u8]) -> Result<Self, ByteError> {
         let Some(body_len) = bytes.len().checked_sub(4) else {
-            return Err(ByteError::Truncated { what, needed: 4, available: bytes.len() });
+            let kind = ByteErrorKind::Truncated { needed: 4, available: bytes.len() };
+            return Err(ByteError { what, kind });
         };
         let (body, trailer) = bytes.split_at(body_len);
         let stored = Self::new(what, trailer).u32()?;
         let computed = crc32fast::hash(body);
         if stored != computed {
-            return Err(ByteError::CrcMismatch { what, stored, computed });
+            return Err(ByteError { what, kind: ByteErrorKind::CrcMismatch { stored, computed } });
         }
         Ok(Self::new(what, body))
     }
@@ -152,11 +164,8 @@ impl<'a> ByteReader<'a> {
     /// report the whole size it needs instead of the first field that is missing.
     pub fn require(&self, n: usize) -> Result<(), ByteError> {
         if n > self.remaining() {
-            return Err(ByteError::Truncated {
-                what: self.what,
-                needed: self.at.saturating_add(n),
-                available: self.bytes.len(),
-            });
+            let needed = self.at.saturating_add(n);
+            return Err(self.error(ByteErrorKind::Truncated { needed, available: self.bytes.len() }));
         }
         Ok(())
     }
@@ -214,7 +223,7 @@ impl<'a> ByteReader<'a> {
         let len = self.u16()?;
         self.check_limit(field, u64::from(len), limit)?;
         let b = self.bytes(usize::from(len))?;
-        std::str::from_utf8(b).map_err(|_| ByteError::NotUtf8 { what: self.what, field })
+        std::str::from_utf8(b).map_err(|_| self.error(ByteErrorKind::NotUtf8 { field }))
     }
 
     /// `[present:u8][value:u64]`: `None` when the presence byte is 0, any other byte but 1 is an error.
@@ -224,7 +233,7 @@ impl<'a> ByteReader<'a> {
         match present {
             0 => Ok(None),
             1 => Ok(Some(value)),
-            other => Err(ByteError::InvalidField { what: self.what, field, value: u64::from(other) }),
+            other => Err(self.error(ByteErrorKind::InvalidField { field, value: u64::from(other) })),
         }
     }
 
@@ -247,15 +256,20 @@ impl<'a> ByteReader<'a> {
     pub fn expect_end(&self) -> Result<(), ByteError> {
         match self.remaining() {
             0 => Ok(()),
-            extra => Err(ByteError::TrailingBytes { what: self.what, extra }),
+            extra => Err(self.error(ByteErrorKind::TrailingBytes { extra })),
         }
     }
 
     fn check_limit(&self, field: &'static str, value: u64, limit: u64) -> Result<(), ByteError> {
         if value > limit {
-            return Err(ByteError::OverLimit { what: self.what, field, value, limit });
+            return Err(self.error(ByteErrorKind::OverLimit { field, value, limit }));
         }
         Ok(())
+    }
+
+    /// An error of this reader.
+    fn error(&self, kind: ByteErrorKind) -> ByteError {
+        ByteError { what: self.what, kind }
     }
 }
 
@@ -506,21 +520,28 @@ mod tests {
     fn errors_say_what_and_where() {
         let mut r = ByteReader::new("thing", &[1, 2, 3]);
         assert_eq!(r.u16().unwrap(), 0x0201);
-        assert_eq!(r.u32(), Err(ByteError::Truncated { what: "thing", needed: 6, available: 3 }));
+        let e = r.u32().unwrap_err();
+        assert_eq!(e, ByteError { what: "thing", kind: ByteErrorKind::Truncated { needed: 6, available: 3 } });
+        assert_eq!(e.to_string(), "thing: truncated, 6 bytes needed, 3 available");
         assert_eq!(r.position(), 2);
-        assert_eq!(r.expect_end(), Err(ByteError::TrailingBytes { what: "thing", extra: 1 }));
+        assert_eq!(r.expect_end().unwrap_err().kind, ByteErrorKind::TrailingBytes { extra: 1 });
         let mut r = ByteReader::new("thing", &[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            r.bytes32("len", 10),
-            Err(ByteError::OverLimit { what: "thing", field: "len", value: u64::from(u32::MAX), limit: 10 })
-        );
+        let over = ByteErrorKind::OverLimit { field: "len", value: u64::from(u32::MAX), limit: 10 };
+        assert_eq!(r.bytes32("len", 10).unwrap_err().kind, over);
         let r = ByteReader::new("thing", &[0u8; 16]);
-        assert!(matches!(r.count("n", 3, 10, 8), Err(ByteError::OverLimit { limit: 2, .. })));
+        assert!(matches!(r.count("n", 3, 10, 8).unwrap_err().kind, ByteErrorKind::OverLimit { limit: 2, .. }));
         assert_eq!(r.count("n", 2, 10, 8), Ok(2));
         let mut r = ByteReader::new("thing", &[2, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(r.opt_u64("opt"), Err(ByteError::InvalidField { value: 2, .. })));
+        assert!(matches!(r.opt_u64("opt").unwrap_err().kind, ByteErrorKind::InvalidField { value: 2, .. }));
         let mut r = ByteReader::new("thing", &[2, 0, 0xff, 0xfe]);
-        assert_eq!(r.str16("s", 10), Err(ByteError::NotUtf8 { what: "thing", field: "s" }));
-        assert!(matches!(ByteReader::with_crc32_trailer("thing", &[0; 3]), Err(ByteError::Truncated { .. })));
+        assert_eq!(r.str16("s", 10).unwrap_err().kind, ByteErrorKind::NotUtf8 { field: "s" });
+        let short = ByteReader::with_crc32_trailer("thing", &[0; 3]).unwrap_err();
+        assert!(matches!(short.kind, ByteErrorKind::Truncated { .. }));
+        let mut w = ByteWriter::new();
+        w.u8(1).crc();
+        let mut bytes = w.finish();
+        bytes[0] = 2;
+        let bad = ByteReader::with_crc32_trailer("thing", &bytes).unwrap_err();
+        assert!(matches!(bad.kind, ByteErrorKind::CrcMismatch { .. }));
     }
 }

@@ -111,27 +111,6 @@ pub fn serialize_checkpoint_payload(cp: &Checkpoint) -> Vec<u8> {
     w.finish()
 }
 
-/// The fields of a checkpoint header, as read (not yet checked).
-struct RawHeader {
-    magic: u32,
-    version: u16,
-    offset: u64,
-    chain_hash: [u8; 32],
-    record_count: u64,
-    created_at_ms: u64,
-}
-
-impl RawHeader {
-    /// Reads the header up to (not including) the data length, failing unless a whole header
-    /// and CRC fit.
-    fn read(r: &mut ByteReader<'_>) -> std::result::Result<Self, ByteError> {
-        r.require(layout::HEADER_LEN + layout::CRC_LEN)?;
-        let (magic, version, _flags) = (r.u32()?, r.u16()?, r.u16()?);
-        let (offset, chain_hash, record_count, created_at_ms) = (r.u64()?, r.array()?, r.u64()?, r.u64()?);
-        Ok(Self { magic, version, offset, chain_hash, record_count, created_at_ms })
-    }
-}
-
 /// Decodes a stored checkpoint, checking magic, version, lengths and CRC.
 ///
 /// `stream` and `file` only label the error.
@@ -144,17 +123,23 @@ pub fn deserialize_checkpoint_payload(bytes: &[u8], stream: StreamId, file: &str
         reason,
     };
     let mut r = ByteReader::new("checkpoint", bytes);
-    let h = RawHeader::read(&mut r).map_err(|e| corrupt(0, e.into()))?;
-    if h.magic != layout::MAGIC {
+    // The header up to its data length, or an error that a whole header and CRC are needed.
+    let header = |r: &mut ByteReader<'_>| -> std::result::Result<_, ByteError> {
+        r.require(layout::HEADER_LEN + layout::CRC_LEN)?;
+        Ok((r.u32()?, r.u16()?, r.u16()?, r.u64()?, r.array::<32>()?, r.u64()?, r.u64()?))
+    };
+    let (magic, version, _flags, offset, chain_hash, record_count, created_at_ms) =
+        header(&mut r).map_err(|e| corrupt(0, e.into()))?;
+    if magic != layout::MAGIC {
         return Err(corrupt(
             layout::MAGIC_AT,
-            CorruptionReason::InvalidField { field: "checkpoint magic", value: u64::from(h.magic) },
+            CorruptionReason::InvalidField { field: "checkpoint magic", value: u64::from(magic) },
         ));
     }
-    if h.version != layout::VERSION {
+    if version != layout::VERSION {
         return Err(corrupt(
             layout::VERSION_AT,
-            CorruptionReason::InvalidField { field: "checkpoint version", value: u64::from(h.version) },
+            CorruptionReason::InvalidField { field: "checkpoint version", value: u64::from(version) },
         ));
     }
     // The data must leave room for the CRC after it.
@@ -170,10 +155,10 @@ pub fn deserialize_checkpoint_payload(bytes: &[u8], stream: StreamId, file: &str
         return Err(corrupt(crc_at, CorruptionReason::CrcMismatch { stored, computed }));
     }
     Ok(Checkpoint {
-        offset: Offset::new(h.offset),
-        chain_hash: ChainHash(h.chain_hash),
-        record_count: h.record_count,
-        created_at_ms: h.created_at_ms,
+        offset: Offset::new(offset),
+        chain_hash: ChainHash(chain_hash),
+        record_count,
+        created_at_ms,
         data: Bytes::copy_from_slice(data),
     })
 }

@@ -32,43 +32,6 @@ fn why(e: ByteError) -> String {
     e.to_string()
 }
 
-/// The fields of an index header, as read (not yet checked).
-struct RawIndexHeader {
-    magic: u64,
-    version: u16,
-    owner: u64,
-    base: u64,
-    record_count: u64,
-    segment_len: u64,
-    last_append_ms: u64,
-    base_prev_hash: [u8; 32],
-    last_hash: [u8; 32],
-    anchor_count: u32,
-}
-
-impl RawIndexHeader {
-    /// Reads a whole header, failing unless the CRC after it fits too.
-    fn read(r: &mut ByteReader<'_>) -> Result<Self, ByteError> {
-        r.require(idx::HEADER_LEN + idx::CRC_LEN)?;
-        let (magic, version, _flags) = (r.u64()?, r.u16()?, r.u16()?);
-        let (owner, base, record_count, segment_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let (last_append_ms, base_prev_hash, last_hash) = (r.u64()?, r.array()?, r.array()?);
-        let anchor_count = r.u32()?;
-        Ok(Self {
-            magic,
-            version,
-            owner,
-            base,
-            record_count,
-            segment_len,
-            last_append_ms,
-            base_prev_hash,
-            last_hash,
-            anchor_count,
-        })
-    }
-}
-
 impl IndexFile {
     /// The file's bytes.
     pub fn encode(&self, stream: StreamId) -> Vec<u8> {
@@ -94,29 +57,35 @@ impl IndexFile {
 
     /// Decodes and validates an index file; `Err` says why it cannot be trusted (it is then rebuilt).
     pub fn decode(b: &[u8], stream: StreamId) -> Result<Self, String> {
-        let h = RawIndexHeader::read(&mut ByteReader::new(WHAT, b))
+        let mut r = ByteReader::new(WHAT, b);
+        r.require(idx::HEADER_LEN + idx::CRC_LEN)
             .map_err(|_| format!("{} bytes is shorter than an index header", b.len()))?;
-        if h.magic != idx::MAGIC {
+        // No read of the header below runs out of bytes after that check.
+        if r.u64().map_err(why)? != idx::MAGIC {
             return Err("bad magic".into());
         }
-        if h.version != idx::VERSION {
-            return Err(format!("unsupported version {}", h.version));
+        let version = r.u16().map_err(why)?;
+        if version != idx::VERSION {
+            return Err(format!("unsupported version {version}"));
         }
-        // The CRC covers the header too: read the body past it.
-        let mut r = ByteReader::with_crc32_trailer(WHAT, b).map_err(why)?;
-        r.bytes(idx::HEADER_LEN).map_err(why)?;
-        if h.owner != stream.get() {
+        ByteReader::with_crc32_trailer(WHAT, b).map_err(why)?;
+        let _flags = r.u16().map_err(why)?;
+        if r.u64().map_err(why)? != stream.get() {
             return Err("written for another stream".into());
         }
-        let (count, anchors) = (h.record_count, u64::from(h.anchor_count));
-        let entries = r.remaining() as u64;
+        let base = Offset::new(r.u64().map_err(why)?);
+        let count = r.u64().map_err(why)?;
+        let segment_len = r.u64().map_err(why)?;
+        let last_append_ms = r.u64().map_err(why)?;
+        let base_prev_hash = ChainHash(r.array().map_err(why)?);
+        let last_hash = ChainHash(r.array().map_err(why)?);
+        let anchors = u64::from(r.u32().map_err(why)?);
+        let entries = r.remaining().saturating_sub(idx::CRC_LEN) as u64;
         let needed =
             count.checked_mul(idx::POSITION_LEN as u64).and_then(|p| p.checked_add(anchors * idx::ANCHOR_LEN as u64));
         if needed != Some(entries) {
             return Err(format!("{count} positions and {anchors} anchors do not fill {entries} bytes"));
         }
-        let base = Offset::new(h.base);
-        let segment_len = h.segment_len;
         let positions = (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>, _>>().map_err(why)?;
         let mut expected_min = seg::HEADER_LEN as u64;
         for (i, &p) in positions.iter().enumerate() {
@@ -138,15 +107,7 @@ impl IndexFile {
             }
             list.push((Offset::new(k), ChainHash(hash)));
         }
-        Ok(Self {
-            base,
-            segment_len,
-            last_append_ms: h.last_append_ms,
-            base_prev_hash: ChainHash(h.base_prev_hash),
-            last_hash: ChainHash(h.last_hash),
-            positions,
-            anchors: list,
-        })
+        Ok(Self { base, segment_len, last_append_ms, base_prev_hash, last_hash, positions, anchors: list })
     }
 }
 

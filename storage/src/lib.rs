@@ -46,7 +46,7 @@ pub mod types;
 
 pub use backend::StorageBackend;
 pub use batch::PreparedBatch;
-pub use byteio::{ByteError, ByteReader, ByteWriter};
+pub use byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 pub use chain::chain_hash;
 pub use checkpoint::{
     Checkpoint, CheckpointIndex, CheckpointPolicy, deserialize_checkpoint_payload, serialize_checkpoint_payload,

@@ -73,60 +73,24 @@ pub(crate) fn seal_record(record: &mut [u8]) {
     record[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The fields of a record header, as read (not yet checked).
-struct RawHeader {
-    start: u8,
-    kind: u8,
-    codec: u8,
-    flags: u8,
-    offset: u64,
-    append_time_ms: u64,
-    prev_hash: [u8; 32],
-    uncompressed_len: u32,
-    stored_len: u32,
-}
-
-impl RawHeader {
-    /// Reads a whole header, or fails with the header's length as what is needed.
-    fn read(r: &mut ByteReader<'_>) -> std::result::Result<Self, ByteError> {
-        r.require(rec::HEADER_LEN)?;
-        let (start, kind, codec, flags) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
-        let (offset, append_time_ms, prev_hash) = (r.u64()?, r.u64()?, r.array()?);
-        let (uncompressed_len, stored_len) = (r.u32()?, r.u32()?);
-        Ok(Self { start, kind, codec, flags, offset, append_time_ms, prev_hash, uncompressed_len, stored_len })
-    }
-}
-
-/// The rest of a record after its header: the bytes its CRC covers (header and payload), the
-/// stored CRC and the end marker.
-struct RawTrailer<'a> {
-    covered: &'a [u8],
-    crc: u32,
-    end: u8,
-}
-
-impl<'a> RawTrailer<'a> {
-    /// Reads the payload and trailer, or fails with the whole record's length as what is needed.
-    fn read(r: &mut ByteReader<'a>, stored_len: usize) -> std::result::Result<Self, ByteError> {
-        r.require(stored_len + rec::TRAILER_LEN)?;
-        r.bytes(stored_len)?;
-        let covered = r.consumed();
-        Ok(Self { covered, crc: r.u32()?, end: r.u8()? })
-    }
-}
-
 /// Decodes the record starting at `at` in `buf`.
 pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<RecordView, RecordDefect> {
     let defect = |reason, claimed_end| Err(RecordDefect { reason, claimed_end });
     let mut r = ByteReader::new("record", buf.get(at..).unwrap_or_default());
-    let h = match RawHeader::read(&mut r) {
-        Ok(h) => h,
-        Err(e) => return defect(e.into(), None),
+    // The whole header, or an error that it needs all of its bytes.
+    let header = |r: &mut ByteReader<'_>| -> std::result::Result<_, ByteError> {
+        r.require(rec::HEADER_LEN)?;
+        Ok((r.u8()?, r.u8()?, r.u8()?, r.u8()?, r.u64()?, r.u64()?, r.array::<32>()?, r.u32()?, r.u32()?))
     };
-    if h.start != rec::START_MARKER {
+    let (start, kind, codec, flags, offset, append_time_ms, prev_hash, uncompressed_len, stored_len) =
+        match header(&mut r) {
+            Ok(h) => h,
+            Err(e) => return defect(e.into(), None),
+        };
+    if start != rec::START_MARKER {
         return defect(CorruptionReason::BadMarker("record start marker missing"), None);
     }
-    let stored_len = h.stored_len as usize;
+    let stored_len = stored_len as usize;
     if stored_len > rec::MAX_PAYLOAD_LEN {
         return defect(
             CorruptionReason::BadLength { length: stored_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
@@ -135,25 +99,31 @@ pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<Record
     }
     let len = rec::encoded_len(stored_len);
     let claimed_end = Some(at + len);
-    let t = match RawTrailer::read(&mut r, stored_len) {
+    // The payload and trailer, or an error that the record needs all of its bytes.
+    let rest = |r: &mut ByteReader<'_>| -> std::result::Result<_, ByteError> {
+        r.require(stored_len + rec::TRAILER_LEN)?;
+        r.bytes(stored_len)?;
+        let computed = crc32fast::hash(r.consumed());
+        Ok((r.u32()?, computed, r.u8()?))
+    };
+    let (stored_crc, computed, end) = match rest(&mut r) {
         Ok(t) => t,
         Err(e) => return defect(e.into(), claimed_end),
     };
-    let computed = crc32fast::hash(t.covered);
-    if t.crc != computed {
-        return defect(CorruptionReason::CrcMismatch { stored: t.crc, computed }, claimed_end);
+    if stored_crc != computed {
+        return defect(CorruptionReason::CrcMismatch { stored: stored_crc, computed }, claimed_end);
     }
-    if t.end != rec::END_MARKER {
+    if end != rec::END_MARKER {
         return defect(CorruptionReason::BadMarker("record end marker missing"), claimed_end);
     }
-    if h.kind != rec::KIND_DATA {
-        return defect(CorruptionReason::InvalidField { field: "record kind", value: h.kind.into() }, claimed_end);
+    if kind != rec::KIND_DATA {
+        return defect(CorruptionReason::InvalidField { field: "record kind", value: kind.into() }, claimed_end);
     }
-    if h.flags != 0 {
-        return defect(CorruptionReason::InvalidField { field: "record flags", value: h.flags.into() }, claimed_end);
+    if flags != 0 {
+        return defect(CorruptionReason::InvalidField { field: "record flags", value: flags.into() }, claimed_end);
     }
-    let codec = CodecId(h.codec);
-    let uncompressed_len = h.uncompressed_len as usize;
+    let codec = CodecId(codec);
+    let uncompressed_len = uncompressed_len as usize;
     if uncompressed_len > rec::MAX_PAYLOAD_LEN {
         return defect(
             CorruptionReason::BadLength { length: uncompressed_len as u64, limit: rec::MAX_PAYLOAD_LEN as u64 },
@@ -170,40 +140,15 @@ pub(crate) fn decode_record(buf: &[u8], at: usize) -> std::result::Result<Record
         );
     }
     Ok(RecordView {
-        offset: Offset::new(h.offset),
+        offset: Offset::new(offset),
         codec,
-        append_time_ms: h.append_time_ms,
-        prev_hash: ChainHash(h.prev_hash),
+        append_time_ms,
+        prev_hash: ChainHash(prev_hash),
         uncompressed_len,
         payload_at: at + rec::PAYLOAD_AT,
         stored_len,
         len,
     })
-}
-
-/// The fields of a segment header, as read (not yet checked).
-struct RawSegmentHeader<'a> {
-    magic: u64,
-    version: u16,
-    flags: u16,
-    owner: u64,
-    base: u64,
-    created_ms: u64,
-    base_prev_hash: [u8; 32],
-    /// The bytes the CRC covers.
-    covered: &'a [u8],
-    crc: u32,
-}
-
-impl<'a> RawSegmentHeader<'a> {
-    /// Reads a whole header, or fails with the header's length as what is needed.
-    fn read(r: &mut ByteReader<'a>) -> std::result::Result<Self, ByteError> {
-        r.require(seg::HEADER_LEN)?;
-        let (magic, version, flags) = (r.u64()?, r.u16()?, r.u16()?);
-        let (owner, base, created_ms, base_prev_hash) = (r.u64()?, r.u64()?, r.u64()?, r.array()?);
-        let covered = r.consumed();
-        Ok(Self { magic, version, flags, owner, base, created_ms, base_prev_hash, covered, crc: r.u32()? })
-    }
 }
 
 /// A decoded segment header.
@@ -238,48 +183,55 @@ impl SegmentHeader {
             offset: None,
             reason,
         };
-        let h = RawSegmentHeader::read(&mut ByteReader::new("segment header", b)).map_err(|e| corrupt(0, e.into()))?;
-        if h.magic != seg::MAGIC {
-            return Err(StorageError::BadMagic { path: path.to_path_buf(), found: h.magic, expected: seg::MAGIC });
+        // The whole header (and the CRC of the bytes before its CRC), or an error that it needs all of its bytes.
+        let header = |r: &mut ByteReader<'_>| -> std::result::Result<_, ByteError> {
+            r.require(seg::HEADER_LEN)?;
+            let fields = (r.u64()?, r.u16()?, r.u16()?, r.u64()?, r.u64()?, r.u64()?, r.array::<32>()?);
+            let computed = crc32fast::hash(r.consumed());
+            Ok((fields, r.u32()?, computed))
+        };
+        let ((magic, version, flags, owner, base, created_ms, base_prev_hash), stored, computed) =
+            header(&mut ByteReader::new("segment header", b)).map_err(|e| corrupt(0, e.into()))?;
+        if magic != seg::MAGIC {
+            return Err(StorageError::BadMagic { path: path.to_path_buf(), found: magic, expected: seg::MAGIC });
         }
-        if h.version != seg::VERSION {
+        if version != seg::VERSION {
             return Err(StorageError::UnsupportedVersion {
                 path: path.to_path_buf(),
-                found: h.version,
+                found: version,
                 supported: seg::VERSION,
             });
         }
-        let computed = crc32fast::hash(h.covered);
-        if h.crc != computed {
-            return Err(corrupt(seg::CRC_AT, CorruptionReason::CrcMismatch { stored: h.crc, computed }));
+        if stored != computed {
+            return Err(corrupt(seg::CRC_AT, CorruptionReason::CrcMismatch { stored, computed }));
         }
-        if h.flags & !seg::KNOWN_FLAGS != 0 {
+        if flags & !seg::KNOWN_FLAGS != 0 {
             return Err(corrupt(
                 seg::FLAGS_AT,
-                CorruptionReason::InvalidField { field: "segment flags", value: h.flags.into() },
+                CorruptionReason::InvalidField { field: "segment flags", value: flags.into() },
             ));
         }
-        if h.owner != stream.get() {
+        if owner != stream.get() {
             return Err(corrupt(
                 seg::STREAM_ID_AT,
-                CorruptionReason::InvalidField { field: "segment stream id", value: h.owner },
+                CorruptionReason::InvalidField { field: "segment stream id", value: owner },
             ));
         }
-        let base = Offset::new(h.base);
+        let base = Offset::new(base);
         if base > crate::format::MAX_OFFSET {
             return Err(corrupt(
                 seg::BASE_OFFSET_AT,
                 CorruptionReason::InvalidField { field: "segment base offset", value: base.get() },
             ));
         }
-        let base_prev_hash = ChainHash(h.base_prev_hash);
+        let base_prev_hash = ChainHash(base_prev_hash);
         if base == Offset::ZERO && base_prev_hash != ChainHash::ZERO {
             return Err(corrupt(
                 seg::BASE_PREV_HASH_AT,
                 CorruptionReason::Malformed("a segment based at offset 0 must have a zero base_prev_hash".into()),
             ));
         }
-        Ok(Self { flags: h.flags, stream, base, created_ms: h.created_ms, base_prev_hash })
+        Ok(Self { flags, stream, base, created_ms, base_prev_hash })
     }
 }
 

@@ -73,16 +73,18 @@ pub mod record {
     pub const MAGIC: u16 = u16::from_le_bytes(*b"PR");
     /// Version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the magic.
-    pub const MAGIC_AT: usize = 0;
-    /// Offset of the version.
-    pub const VERSION_AT: usize = MAGIC_AT + 2;
-    /// Offset of the flags.
-    pub const FLAGS_AT: usize = VERSION_AT + 1;
-    /// Offset of the timestamp.
-    pub const TIMESTAMP_AT: usize = FLAGS_AT + 1;
-    /// Bytes of the fixed header.
-    pub const FIXED_LEN: usize = TIMESTAMP_AT + 8;
+    shale_storage::offsets! {
+        /// Offset of the magic.
+        MAGIC_AT: u16,
+        /// Offset of the version.
+        VERSION_AT: u8,
+        /// Offset of the flags.
+        FLAGS_AT: u8,
+        /// Offset of the timestamp.
+        TIMESTAMP_AT: u64,
+        /// Bytes of the fixed header.
+        FIXED_LEN,
+    }
     /// Flag: a key follows.
     pub const FLAG_KEY: u8 = 0b0000_0001;
     /// Flag: producer id and sequence follow.
@@ -105,6 +107,17 @@ pub mod partition_snapshot {
 /// `str16`, `bytes32`, `opt_u64` and CRC-trailer encodings these layouts use.
 pub use shale_storage::byteio::ByteWriter as Writer;
 
+/// `Reader` methods that read one fixed-width integer with the shared reader.
+macro_rules! fixed_width_reads {
+    ($($(#[$doc:meta])* $name:ident -> $ty:ty;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&mut self) -> Result<$ty, ClusterError> {
+            let v = self.inner.$name();
+            self.lift(v)
+        }
+    )*};
+}
+
 /// Reads little-endian fields with the storage crate's [`ByteReader`], failing with
 /// [`ClusterError::Decode`] (naming the byte position) instead of panicking.
 #[derive(Debug)]
@@ -120,13 +133,8 @@ impl<'a> Reader<'a> {
 
     /// A reader over a buffer whose last four bytes are a CRC32 of the rest; checks it first.
     pub fn with_crc(what: &'static str, buf: &'a [u8]) -> Result<Self, ClusterError> {
-        let inner = ByteReader::with_crc32_trailer(what, buf).map_err(|e| ClusterError::Decode {
-            what,
-            reason: match e {
-                ByteError::Truncated { available, .. } => format!("{available} bytes, too short for a CRC"),
-                other => reason(other, 0),
-            },
-        })?;
+        let inner = ByteReader::with_crc32_trailer(what, buf)
+            .map_err(|e| ClusterError::Decode { what, reason: e.kind.to_string() })?;
         Ok(Self { inner })
     }
 
@@ -153,28 +161,18 @@ impl<'a> Reader<'a> {
 
     /// The shared reader's result, its error as [`ClusterError::Decode`] at the current position.
     fn lift<T>(&self, result: Result<T, ByteError>) -> Result<T, ClusterError> {
-        result.map_err(|e| self.error(reason(e, self.inner.position())))
+        result.map_err(|e| self.error(e.kind.to_string()))
     }
 
-    /// One byte.
-    pub fn u8(&mut self) -> Result<u8, ClusterError> {
-        let v = self.inner.u8();
-        self.lift(v)
-    }
-    /// Two bytes.
-    pub fn u16(&mut self) -> Result<u16, ClusterError> {
-        let v = self.inner.u16();
-        self.lift(v)
-    }
-    /// Four bytes.
-    pub fn u32(&mut self) -> Result<u32, ClusterError> {
-        let v = self.inner.u32();
-        self.lift(v)
-    }
-    /// Eight bytes.
-    pub fn u64(&mut self) -> Result<u64, ClusterError> {
-        let v = self.inner.u64();
-        self.lift(v)
+    fixed_width_reads! {
+        /// One byte.
+        u8 -> u8;
+        /// Two bytes.
+        u16 -> u16;
+        /// Four bytes.
+        u32 -> u32;
+        /// Eight bytes.
+        u64 -> u64;
     }
     /// `[present:u8][value:u64]`.
     pub fn opt_u64(&mut self) -> Result<Option<u64>, ClusterError> {
@@ -197,30 +195,9 @@ impl<'a> Reader<'a> {
         let v = self.inner.count("count", raw, max, min_item_bytes);
         self.lift(v)
     }
-    /// Bytes not read yet.
-    pub fn remaining(&self) -> usize {
-        self.inner.remaining()
-    }
     /// Fails unless every byte was read.
     pub fn finish(self) -> Result<(), ClusterError> {
         self.lift(self.inner.expect_end())
-    }
-}
-
-/// Why a read failed, in words, for a reader at byte `at` (no `what`: [`ClusterError::Decode`]
-/// names it).
-fn reason(e: ByteError, at: usize) -> String {
-    match e {
-        ByteError::Truncated { needed, available, .. } => {
-            format!("need {} bytes, {} left", needed.saturating_sub(at), available.saturating_sub(at))
-        }
-        ByteError::OverLimit { field, value, limit, .. } => format!("{field} {value} over the limit {limit}"),
-        ByteError::InvalidField { field, value, .. } => format!("{field} {value}"),
-        ByteError::NotUtf8 { field, .. } => format!("{field}: string is not UTF-8"),
-        ByteError::CrcMismatch { stored, computed, .. } => {
-            format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
-        }
-        ByteError::TrailingBytes { extra, .. } => format!("{extra} trailing bytes"),
     }
 }
 
