@@ -280,4 +280,57 @@ mod tests {
         assert!(!should_create_checkpoint(p, Some(Offset::new(1000)), Offset::new(1500)));
         assert!(!should_create_checkpoint(CheckpointPolicy::Manual, None, Offset::new(1 << 40)));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn any_checkpoint() -> impl Strategy<Value = Checkpoint> {
+            (
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(offset, hash, record_count, created_at_ms, data)| Checkpoint {
+                    offset: Offset::new(offset),
+                    chain_hash: ChainHash(hash),
+                    record_count,
+                    created_at_ms,
+                    data: Bytes::from(data),
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn checkpoints_round_trip(c in any_checkpoint()) {
+                let b = serialize_checkpoint_payload(&c);
+                prop_assert_eq!(deserialize_checkpoint_payload(&b, StreamId::new(1), "t").unwrap(), c);
+            }
+
+            /// A cut inside the header is a truncation; a cut after it leaves too few bytes for the
+            /// data length it declares.
+            #[test]
+            fn every_truncated_checkpoint_is_a_typed_error(c in any_checkpoint()) {
+                let b = serialize_checkpoint_payload(&c);
+                for cut in 0..b.len() {
+                    let e = deserialize_checkpoint_payload(&b[..cut], StreamId::new(1), "t").unwrap_err();
+                    let StorageError::Corruption { reason, .. } = &e else { panic!("cut {cut}: {e:?}") };
+                    if cut < layout::HEADER_LEN + layout::CRC_LEN {
+                        let needed = (layout::HEADER_LEN + layout::CRC_LEN) as u64;
+                        prop_assert_eq!(reason, &CorruptionReason::Truncated { needed, available: cut as u64 });
+                    } else {
+                        prop_assert!(matches!(reason, CorruptionReason::BadLength { .. }), "cut {}: {:?}", cut, e);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_checkpoints_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = deserialize_checkpoint_payload(&bytes, StreamId::new(1), "t");
+            }
+        }
+    }
 }

@@ -145,4 +145,61 @@ mod tests {
             assert!(IndexFile::decode(&b[..cut], StreamId::new(1)).is_err());
         }
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A valid index: positions at least a record apart inside `segment_len`, anchors inside
+        /// `(base, base + count]`.
+        fn any_index() -> impl Strategy<Value = IndexFile> {
+            let gaps = proptest::collection::vec(0u64..100, 0..20);
+            (any::<u64>(), gaps, 0u64..100, any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
+                .prop_flat_map(|(base, gaps, tail, last_append_ms, h1, h2)| {
+                    let base = base % (1 << 62);
+                    let mut positions = Vec::new();
+                    let mut at = seg::HEADER_LEN as u64;
+                    for g in &gaps {
+                        positions.push(at);
+                        at += OVERHEAD as u64 + g;
+                    }
+                    let segment_len = if positions.is_empty() { seg::HEADER_LEN as u64 } else { at + tail };
+                    let count = positions.len() as u64;
+                    let anchors =
+                        proptest::collection::btree_map(1..=count.max(1), any::<[u8; 32]>(), 0..=count.min(5) as usize);
+                    (Just((base, positions, segment_len, last_append_ms, h1, h2)), anchors)
+                })
+                .prop_map(|((base, positions, segment_len, last_append_ms, h1, h2), anchors)| IndexFile {
+                    base: Offset::new(base),
+                    segment_len,
+                    last_append_ms,
+                    base_prev_hash: ChainHash(h1),
+                    last_hash: ChainHash(h2),
+                    anchors: anchors.into_iter().map(|(k, h)| (Offset::new(base + k), ChainHash(h))).collect(),
+                    positions,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn indexes_round_trip(f in any_index(), stream in any::<u64>()) {
+                let b = f.encode(StreamId::new(stream));
+                prop_assert_eq!(IndexFile::decode(&b, StreamId::new(stream)).unwrap(), f);
+            }
+
+            #[test]
+            fn every_truncated_index_is_refused(f in any_index()) {
+                let b = f.encode(StreamId::new(1));
+                for cut in 0..b.len() {
+                    prop_assert!(IndexFile::decode(&b[..cut], StreamId::new(1)).is_err(), "cut {}", cut);
+                }
+            }
+
+            #[test]
+            fn arbitrary_indexes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let _ = IndexFile::decode(&bytes, StreamId::new(1));
+            }
+        }
+    }
 }

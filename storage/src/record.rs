@@ -306,4 +306,104 @@ mod tests {
         assert!(matches!(SegmentHeader::decode(&bad, p, StreamId::new(4), "x"), Err(StorageError::Corruption { .. })));
         assert!(SegmentHeader::decode(&b, p, StreamId::new(5), "x").is_err());
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A record as `encode_record` takes it: offset, codec, append time, prev hash,
+        /// uncompressed length and stored payload (uncompressed length = payload length for
+        /// codec 0, any length up to the limit otherwise).
+        fn any_record() -> impl Strategy<Value = (u64, CodecId, u64, [u8; 32], usize, Vec<u8>)> {
+            (any::<u64>(), any::<u8>(), any::<u64>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..200))
+                .prop_flat_map(|(offset, codec, time, hash, stored)| {
+                    let uncompressed =
+                        if codec == 0 { Just(stored.len()).boxed() } else { (0..=rec::MAX_PAYLOAD_LEN).boxed() };
+                    (Just(offset), Just(CodecId(codec)), Just(time), Just(hash), uncompressed, Just(stored))
+                })
+        }
+
+        fn encode(prefix: usize, r: &(u64, CodecId, u64, [u8; 32], usize, Vec<u8>)) -> Vec<u8> {
+            let mut out = vec![0xEE; prefix];
+            encode_record(&mut out, Offset::new(r.0), r.1, r.2, &ChainHash(r.3), r.4, &r.5);
+            seal_record(&mut out[prefix..]);
+            out
+        }
+
+        fn any_header() -> impl Strategy<Value = SegmentHeader> {
+            (0..=seg::KNOWN_FLAGS, any::<u64>(), 0..=crate::format::MAX_OFFSET.get(), any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(flags, stream, base, created_ms, hash)| SegmentHeader {
+                    flags,
+                    stream: StreamId::new(stream),
+                    base: Offset::new(base),
+                    created_ms,
+                    base_prev_hash: if base == 0 { ChainHash::ZERO } else { ChainHash(hash) },
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn records_round_trip(r in any_record(), prefix in 0usize..8) {
+                let buf = encode(prefix, &r);
+                let v = decode_record(&buf, prefix).unwrap();
+                prop_assert_eq!(v.offset, Offset::new(r.0));
+                prop_assert_eq!(v.codec, r.1);
+                prop_assert_eq!(v.append_time_ms, r.2);
+                prop_assert_eq!(v.prev_hash, ChainHash(r.3));
+                prop_assert_eq!(v.uncompressed_len, r.4);
+                prop_assert_eq!(v.stored(&buf), r.5.as_slice());
+                prop_assert_eq!(v.len, buf.len() - prefix);
+            }
+
+            /// Every cut of a valid record is a truncation that says how many bytes it needs:
+            /// the header's before the header is whole, the record's after.
+            #[test]
+            fn every_truncated_record_says_what_it_needs(r in any_record(), prefix in 0usize..4) {
+                let buf = encode(prefix, &r);
+                let len = buf.len() - prefix;
+                for cut in prefix..buf.len() {
+                    let d = decode_record(&buf[..cut], prefix).unwrap_err();
+                    let available = (cut - prefix) as u64;
+                    let (needed, claimed_end) =
+                        if cut - prefix < rec::HEADER_LEN { (rec::HEADER_LEN, None) } else { (len, Some(buf.len())) };
+                    prop_assert_eq!(d.reason, CorruptionReason::Truncated { needed: needed as u64, available });
+                    prop_assert_eq!(d.claimed_end, claimed_end);
+                }
+            }
+
+            /// Arbitrary bytes at any position are a defect or a record that lies inside them.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), at in 0usize..320) {
+                if let Ok(v) = decode_record(&bytes, at) {
+                    prop_assert!(at + v.len <= bytes.len());
+                    prop_assert_eq!(v.payload_at + v.stored_len + rec::TRAILER_LEN, at + v.len);
+                }
+            }
+
+            #[test]
+            fn segment_headers_round_trip(h in any_header()) {
+                let b = h.encode();
+                prop_assert_eq!(SegmentHeader::decode(&b, Path::new("x"), h.stream, "x").unwrap(), h);
+            }
+
+            #[test]
+            fn every_truncated_segment_header_is_a_typed_truncation(h in any_header()) {
+                let b = h.encode();
+                for cut in 0..b.len() {
+                    let e = SegmentHeader::decode(&b[..cut], Path::new("x"), h.stream, "x").unwrap_err();
+                    let truncated = CorruptionReason::Truncated { needed: seg::HEADER_LEN as u64, available: cut as u64 };
+                    prop_assert!(
+                        matches!(&e, StorageError::Corruption { position: 0, reason, .. } if *reason == truncated),
+                        "cut {}: {:?}", cut, e
+                    );
+                }
+            }
+
+            #[test]
+            fn arbitrary_segment_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100), stream in 0u64..4) {
+                let _ = SegmentHeader::decode(&bytes, Path::new("x"), StreamId::new(stream), "x");
+            }
+        }
+    }
 }
