@@ -559,19 +559,89 @@ mod tests {
         assert!(matches!(decode_entry(&Bytes::from(v)), Err(DecodeError::UnsupportedVersion { found: 9, .. })));
     }
 
+    /// A membership config: one voter set or a joint pair, learners, or the empty config.
+    fn any_membership() -> impl Strategy<Value = Membership> {
+        let set = || proptest::collection::btree_set(0u64..20, 1..5);
+        prop_oneof![
+            Just(Membership::default()),
+            (set(), proptest::collection::btree_set(20u64..30, 0..3)).prop_map(|(v, l)| {
+                let v: Vec<u64> = v.into_iter().collect();
+                let l: Vec<u64> = l.into_iter().collect();
+                membership(&v, &l)
+            }),
+            (set(), set()).prop_map(|(a, b)| {
+                let nodes: BTreeMap<NodeId, Node> =
+                    a.union(&b).map(|&id| (id, Node::new(format!("h{id}:7000")))).collect();
+                Membership::new(vec![a, b], nodes).unwrap()
+            }),
+        ]
+    }
+
+    fn any_log_id() -> impl Strategy<Value = LogId> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(t, n, i)| log_id(t, n, i))
+    }
+
     fn any_entry() -> impl Strategy<Value = Entry> {
-        let id = (0u64..1000, 0u64..10, 0u64..1_000_000);
         let payload = prop_oneof![
             Just(EntryPayload::Blank),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(|v| EntryPayload::Normal(AppPayload(v.into()))),
-            (proptest::collection::btree_set(0u64..20, 1..5), proptest::collection::btree_set(20u64..30, 0..3))
-                .prop_map(|(v, l)| {
-                    let v: Vec<u64> = v.into_iter().collect();
-                    let l: Vec<u64> = l.into_iter().collect();
-                    EntryPayload::Membership(membership(&v, &l))
-                }),
+            any_membership()
+                .prop_filter("an entry holds a real config", |m| m.voter_ids().next().is_some())
+                .prop_map(EntryPayload::Membership),
         ];
-        (id, payload).prop_map(|((t, n, i), payload)| Entry { log_id: log_id(t, n, i), payload })
+        (any_log_id(), payload).prop_map(|(log_id, payload)| Entry { log_id, payload })
+    }
+
+    fn any_meta() -> impl Strategy<Value = MetaState> {
+        let vote = (any::<u64>(), any::<u64>(), any::<bool>())
+            .prop_map(|(t, n, c)| if c { Vote::new_committed(t, n) } else { Vote::new(t, n) });
+        (proptest::option::of(vote), proptest::option::of(any_log_id()), proptest::option::of(any_log_id()))
+            .prop_map(|(vote, committed, last_purged)| MetaState { vote, committed, last_purged })
+    }
+
+    fn any_snapshot() -> impl Strategy<Value = SnapshotState> {
+        let app = proptest::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from);
+        (proptest::option::of(any_log_id()), proptest::option::of(any_log_id()), any_membership(), app).prop_map(
+            |(last_log_id, membership_log_id, membership, app)| SnapshotState {
+                last_log_id,
+                membership_log_id,
+                membership,
+                app,
+            },
+        )
+    }
+
+    fn membership_bytes(m: &Membership) -> Bytes {
+        let mut out = BytesMut::new();
+        encode_membership(m, &mut out);
+        out.freeze()
+    }
+
+    /// Every cut of `bytes` short of its end is a typed truncation (for layouts whose last field
+    /// is fixed or length-prefixed).
+    fn every_cut_is_truncated<T: std::fmt::Debug>(
+        bytes: &Bytes,
+        decode: impl Fn(&Bytes) -> Result<T, DecodeError>,
+    ) -> Result<(), TestCaseError> {
+        for cut in 0..bytes.len() {
+            let e = decode(&bytes.slice(..cut));
+            prop_assert!(matches!(e, Err(DecodeError::Truncated { .. })), "cut {}: {:?}", cut, e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn raft_layouts_match_the_documented_tables() {
+        use entry as e;
+        assert_eq!(
+            [e::VERSION_AT, e::KIND_AT, e::TERM_AT, e::NODE_AT, e::INDEX_AT, e::HEADER_LEN],
+            [0, 1, 2, 10, 18, 26]
+        );
+        use meta as m;
+        assert_eq!(
+            [m::VERSION_AT, m::FLAGS_AT, m::VOTE_AT, m::COMMITTED_AT, m::PURGED_AT, m::LEN],
+            [0, 1, 2, 19, 43, 67]
+        );
     }
 
     proptest! {
@@ -583,8 +653,42 @@ mod tests {
         }
 
         #[test]
+        fn entry_headers_match_and_every_cut_header_is_truncated(e in any_entry()) {
+            let b = encode_entry(&e);
+            let kind = decode_entry_header(&b).unwrap().kind;
+            prop_assert_eq!(decode_entry_header(&b).unwrap(), EntryHeader { log_id: e.log_id, kind });
+            for cut in 0..entry::HEADER_LEN {
+                let h = decode_entry_header(&b[..cut]);
+                prop_assert!(matches!(h, Err(DecodeError::Truncated { .. })), "cut {}: {:?}", cut, h);
+            }
+        }
+
+        #[test]
+        fn memberships_round_trip_and_every_cut_is_truncated(m in any_membership()) {
+            let b = membership_bytes(&m);
+            prop_assert_eq!(decode_membership(&b).unwrap(), m);
+            every_cut_is_truncated(&b, |b| decode_membership(b))?;
+        }
+
+        #[test]
+        fn meta_records_round_trip_and_every_cut_is_truncated(m in any_meta()) {
+            let b = encode_meta(&m);
+            prop_assert_eq!(b.len(), meta::LEN);
+            prop_assert_eq!(decode_meta(&b).unwrap(), m);
+            every_cut_is_truncated(&b, |b| decode_meta(b))?;
+        }
+
+        #[test]
+        fn snapshots_round_trip_and_every_cut_is_truncated(s in any_snapshot()) {
+            let b = encode_snapshot_state(&s);
+            prop_assert_eq!(decode_snapshot_state(&b).unwrap(), s);
+            every_cut_is_truncated(&b, decode_snapshot_state)?;
+        }
+
+        #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let b = Bytes::from(bytes);
+            let _ = decode_entry_header(&b);
             let _ = decode_entry(&b);
             let _ = decode_meta(&b);
             let _ = decode_membership(&b);

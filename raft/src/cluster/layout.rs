@@ -258,4 +258,140 @@ mod tests {
         let mut r = Reader::new("t", &[0u8; 16]);
         assert!(r.count(1000, 10_000, 8).is_err());
     }
+
+    #[test]
+    fn record_layout_matches_the_documented_table() {
+        use record as r;
+        assert_eq!([r::MAGIC_AT, r::VERSION_AT, r::FLAGS_AT, r::TIMESTAMP_AT, r::FIXED_LEN], [0, 2, 3, 4, 12]);
+    }
+
+    /// Every decoder of the cluster layer (metadata commands, replies and snapshots; partition
+    /// records, apply outcomes and snapshots), fed encodings built from arbitrary values and every
+    /// cut of them, and arbitrary bytes.
+    mod props {
+        use std::collections::BTreeMap;
+        use std::fmt::Debug;
+
+        use proptest::prelude::*;
+        use shale_storage::{CodecKind, CodecRegistry, NoneCodec};
+
+        use super::*;
+        use crate::cluster::api::{ProduceRecord, RetentionPolicy, TopicSpec, TopicUpdate};
+        use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
+        use crate::cluster::partition::{ApplyOutcome, PartitionMachine, decode_record, encode_record, peek_producer};
+
+        /// `decode(encode)` gives the value back and every cut of the encoding is an error.
+        fn round_trip_and_every_cut_fails<T: Debug + PartialEq>(
+            value: &T,
+            bytes: &[u8],
+            decode: impl Fn(&[u8]) -> Result<T, ClusterError>,
+        ) -> Result<(), TestCaseError> {
+            prop_assert_eq!(&decode(bytes).unwrap(), value);
+            for cut in 0..bytes.len() {
+                let e = decode(&bytes[..cut]);
+                prop_assert!(matches!(e, Err(ClusterError::Decode { .. })), "{:?} cut at {}: {:?}", value, cut, e);
+            }
+            Ok(())
+        }
+
+        /// One command of each kind, in an order that applies: members, a topic, changes to it.
+        fn commands(name: &str, n: u64, level: i32) -> Vec<MetadataCommand> {
+            let retention = RetentionPolicy { retention_bytes: Some(n), retention_ms: n.checked_sub(1) };
+            let members = BTreeMap::from([(1, "a:1".to_string()), (2, format!("{name}:2"))]);
+            let spec = TopicSpec {
+                name: name.into(),
+                partitions: 2,
+                replication_factor: 2,
+                retention: retention.clone(),
+                codec: CodecKind::Zstd { level },
+            };
+            let update = TopicUpdate { retention: Some(retention), codec: Some(CodecKind::Lz4) };
+            vec![
+                MetadataCommand::Bootstrap { members },
+                MetadataCommand::AddMember { id: 3, addr: format!("{name}:3") },
+                MetadataCommand::CreateTopic(spec.clone()),
+                MetadataCommand::CreateTopic(spec),
+                MetadataCommand::AlterTopic { name: name.into(), update },
+                MetadataCommand::AlterTopic { name: name.into(), update: TopicUpdate::default() },
+                MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 1, offset: n },
+                MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 9, offset: n },
+                MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::DeleteTopic { name: "other".into() },
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn metadata_encodings_round_trip_and_every_cut_fails(name in "[a-z]{1,8}", n in any::<u64>(), level in -5i32..20) {
+                let mut state = MetadataState::new();
+                for c in commands(&name, n, level) {
+                    round_trip_and_every_cut_fails(&c, &c.encode(), MetadataCommand::decode)?;
+                    let reply = state.apply(&c);
+                    round_trip_and_every_cut_fails(&reply, &reply.encode(), MetadataReply::decode)?;
+                    round_trip_and_every_cut_fails(&state, &state.encode(), MetadataState::decode)?;
+                }
+                let deleted = state.apply(&MetadataCommand::DeleteTopic { name });
+                prop_assert_eq!(deleted, MetadataReply::Ok);
+            }
+
+            #[test]
+            fn partition_encodings_round_trip_and_every_cut_fails(
+                key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                value in proptest::collection::vec(any::<u8>(), 0..64),
+                header in "[a-z]{0,8}",
+                producer in proptest::option::of((any::<u64>(), 0u64..4)),
+                timestamp_ms in any::<u64>(),
+            ) {
+                let record = ProduceRecord {
+                    key: key.map(Bytes::from),
+                    value: Bytes::from(value),
+                    headers: vec![(header, Bytes::from_static(b"v"))],
+                    timestamp_ms: None,
+                };
+                let bytes = encode_record(&record, timestamp_ms, producer, &NoneCodec, 0).unwrap();
+                let codecs = CodecRegistry::new();
+                let stored = decode_record(&bytes, &codecs).unwrap();
+                prop_assert_eq!((&stored.key, &stored.value, &stored.headers), (&record.key, &record.value, &record.headers));
+                round_trip_and_every_cut_fails(&stored, &bytes, |b| decode_record(b, &codecs))?;
+                let producer_end = record::FIXED_LEN + if producer.is_some() { 16 } else { 0 };
+                prop_assert_eq!(peek_producer(&bytes).unwrap(), producer);
+                for cut in 0..producer_end {
+                    prop_assert!(peek_producer(&bytes[..cut]).is_err(), "cut at {}", cut);
+                }
+                let mut machine = PartitionMachine::new();
+                for index in 1..=3 {
+                    let outcome = machine.apply(index, &bytes);
+                    round_trip_and_every_cut_fails(&outcome, &outcome.encode(), ApplyOutcome::decode)?;
+                    round_trip_and_every_cut_fails(&machine, &machine.encode(), PartitionMachine::decode)?;
+                }
+                let invalid = machine.apply(4, &bytes[..bytes.len() - 1]);
+                round_trip_and_every_cut_fails(&invalid, &invalid.encode(), ApplyOutcome::decode)?;
+            }
+
+            /// Any reader call on arbitrary bytes is a value or a typed error, never a panic.
+            #[test]
+            fn readers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), calls in proptest::collection::vec(0u8..9, 1..12)) {
+                let mut r = Reader::new("t", &bytes);
+                for call in calls {
+                    let ok = match call {
+                        0 => r.u8().is_ok(),
+                        1 => r.u16().is_ok(),
+                        2 => r.u32().is_ok(),
+                        3 => r.u64().is_ok(),
+                        4 => r.opt_u64().is_ok(),
+                        5 => r.str16(16).is_ok(),
+                        6 => r.bytes32(16).is_ok(),
+                        7 => codec_kind::read(&mut r).is_ok(),
+                        _ => r.count(u64::from(bytes.first().copied().unwrap_or(0)), 8, 2).is_ok(),
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                let _ = r.finish();
+                let _ = Reader::with_crc("t", &bytes).map(|r| r.finish());
+            }
+        }
+    }
 }
