@@ -302,7 +302,7 @@ mod tests {
                 name: name.into(),
                 partitions: 2,
                 replication_factor: 2,
-                retention: retention.clone(),
+                retention,
                 codec: CodecKind::Zstd { level },
             };
             let update = TopicUpdate { retention: Some(retention), codec: Some(CodecKind::Lz4) };
