@@ -103,8 +103,9 @@ pub mod partition_snapshot {
     pub const VERSION: u16 = 1;
 }
 
-/// Appends little-endian fields to a buffer: the storage crate's [`ByteWriter`], which owns the
-/// `str16`, `bytes32`, `opt_u64` and CRC-trailer encodings these layouts use.
+/// Appends little-endian fields to a buffer: the storage crate's
+/// [`ByteWriter`](shale_storage::byteio::ByteWriter), which owns the `str16`, `bytes32`, `opt_u64`
+/// and CRC-trailer encodings these layouts use.
 pub use shale_storage::byteio::ByteWriter as Writer;
 
 /// `Reader` methods that read one fixed-width integer with the shared reader.
