@@ -1,14 +1,16 @@
 //! Every byte layout shale-raft writes: log entry records, membership configs, meta records and
 //! snapshot checkpoint data. Each layout is a set of named constants, each field's offset derived
-//! from the previous one, with a version byte; decoders check every length against the input and
-//! return [`DecodeError`] instead of panicking. Tabled in docs/format.md ("Raft").
+//! from the previous one ([`shale_storage::offsets!`]), with a version byte. The bytes are read and
+//! written with storage's [`ByteReader`]/[`ByteWriter`]; decoders check every length against the
+//! input and return [`DecodeError`] instead of panicking. Tabled in docs/format.md ("Raft").
 //!
 //! All integers are little-endian. Encodings are deterministic: an entry always encodes to the same
 //! bytes, so replicas holding the same entries have the same storage chain hashes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use shale_storage::byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 
 use crate::types::{AppPayload, Entry, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
 
@@ -71,54 +73,21 @@ pub enum DecodeError {
     InvalidMembership(String),
 }
 
-/// A tiny checked reader over a byte slice.
-struct Reader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        Self { what, bytes, at: 0 }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let available = self.bytes.len() - self.at;
-        if n > available {
-            return Err(DecodeError::Truncated { what: self.what, needed: self.at + n, available: self.bytes.len() });
+impl From<ByteError> for DecodeError {
+    /// The shared reader's errors, as this crate's decoders report them.
+    fn from(e: ByteError) -> Self {
+        let what = e.what;
+        match e.kind {
+            ByteErrorKind::Truncated { needed, available } => DecodeError::Truncated { what, needed, available },
+            ByteErrorKind::OverLimit { field, value, limit } => DecodeError::OverLimit { what, field, value, limit },
+            ByteErrorKind::InvalidField { field, value } => DecodeError::InvalidField { what, field, value },
+            ByteErrorKind::TrailingBytes { extra } => DecodeError::TrailingBytes { what, extra },
+            // No Raft layout has a string or a CRC field; mapped for completeness.
+            ByteErrorKind::NotUtf8 { field } => DecodeError::InvalidField { what, field, value: 0 },
+            ByteErrorKind::CrcMismatch { stored, .. } => {
+                DecodeError::InvalidField { what, field: "crc32", value: u64::from(stored) }
+            }
         }
-        let out = &self.bytes[self.at..self.at + n];
-        self.at += n;
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-
-    fn finish(&self) -> Result<(), DecodeError> {
-        let extra = self.bytes.len() - self.at;
-        if extra != 0 {
-            return Err(DecodeError::TrailingBytes { what: self.what, extra });
-        }
-        Ok(())
-    }
-
-    fn limited(&mut self, field: &'static str, limit: u64) -> Result<u32, DecodeError> {
-        let v = self.u32()?;
-        if u64::from(v) > limit {
-            return Err(DecodeError::OverLimit { what: self.what, field, value: u64::from(v), limit });
-        }
-        Ok(v)
     }
 }
 
@@ -136,18 +105,20 @@ impl<'a> Reader<'a> {
 pub mod entry {
     /// Layout version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the version byte.
-    pub const VERSION_AT: usize = 0;
-    /// Offset of the kind byte.
-    pub const KIND_AT: usize = VERSION_AT + 1;
-    /// Offset of the term.
-    pub const TERM_AT: usize = KIND_AT + 1;
-    /// Offset of the leader node id.
-    pub const NODE_AT: usize = TERM_AT + 8;
-    /// Offset of the log index.
-    pub const INDEX_AT: usize = NODE_AT + 8;
-    /// Length of the fixed header; the body starts here.
-    pub const HEADER_LEN: usize = INDEX_AT + 8;
+    shale_storage::offsets! {
+        /// Offset of the version byte.
+        VERSION_AT: u8,
+        /// Offset of the kind byte.
+        KIND_AT: u8,
+        /// Offset of the term.
+        TERM_AT: u64,
+        /// Offset of the leader node id.
+        NODE_AT: u64,
+        /// Offset of the log index.
+        INDEX_AT: u64,
+        /// Length of the fixed header; the body starts here.
+        HEADER_LEN,
+    }
     /// Kind of a blank entry.
     pub const KIND_BLANK: u8 = 0;
     /// Kind of a normal (application) entry.
@@ -189,16 +160,20 @@ pub mod membership {
 pub mod meta {
     /// Layout version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the flags byte.
-    pub const FLAGS_AT: usize = 1;
-    /// Offset of the vote.
-    pub const VOTE_AT: usize = FLAGS_AT + 1;
-    /// Offset of the committed log id.
-    pub const COMMITTED_AT: usize = VOTE_AT + 17;
-    /// Offset of the last purged log id.
-    pub const PURGED_AT: usize = COMMITTED_AT + 24;
-    /// Total record length.
-    pub const LEN: usize = PURGED_AT + 24;
+    shale_storage::offsets! {
+        /// Offset of the version byte.
+        VERSION_AT: u8,
+        /// Offset of the flags byte.
+        FLAGS_AT: u8,
+        /// Offset of the vote: term, node id, committed (0 or 1).
+        VOTE_AT: [u8; 8 + 8 + 1],
+        /// Offset of the committed log id: term, node id, index.
+        COMMITTED_AT: [u8; 24],
+        /// Offset of the last purged log id: term, node id, index.
+        PURGED_AT: [u8; 24],
+        /// Total record length.
+        LEN,
+    }
     /// Flag: a vote is stored.
     pub const HAS_VOTE: u8 = 1;
     /// Flag: a committed log id is stored.
@@ -236,65 +211,61 @@ pub mod snapshot {
     pub const MAX_MEMBERSHIP_LEN: u64 = 16 << 20;
 }
 
-fn put_log_id(out: &mut BytesMut, id: Option<&LogId>) {
+fn put_log_id(w: &mut ByteWriter, id: Option<&LogId>) {
     match id {
-        Some(id) => {
-            out.put_u64_le(id.leader_id.term);
-            out.put_u64_le(id.leader_id.node_id);
-            out.put_u64_le(id.index);
-        }
-        None => out.put_bytes(0, 24),
-    }
+        Some(id) => w.u64(id.leader_id.term).u64(id.leader_id.node_id).u64(id.index),
+        None => w.zeros(24),
+    };
 }
 
-fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
+fn read_log_id(r: &mut ByteReader<'_>) -> Result<LogId, DecodeError> {
     let term = r.u64()?;
     let node = r.u64()?;
     let index = r.u64()?;
     Ok(log_id(term, node, index))
 }
 
-/// Encodes a membership config.
-pub fn encode_membership(m: &Membership, out: &mut BytesMut) {
+fn write_membership(w: &mut ByteWriter, m: &Membership) {
     let configs = m.get_joint_config();
     debug_assert!(configs.len() as u64 <= membership::MAX_CONFIGS);
-    out.put_u32_le(configs.len() as u32);
+    w.u32(configs.len() as u32);
     for set in configs {
-        out.put_u32_le(set.len() as u32);
+        w.u32(set.len() as u32);
         for id in set {
-            out.put_u64_le(*id);
+            w.u64(*id);
         }
     }
     let nodes: Vec<(&NodeId, &Node)> = m.nodes().collect();
-    out.put_u32_le(nodes.len() as u32);
+    w.u32(nodes.len() as u32);
     for (id, node) in nodes {
-        out.put_u64_le(*id);
-        out.put_u32_le(node.addr.len() as u32);
-        out.put_slice(node.addr.as_bytes());
+        w.u64(*id).bytes32(node.addr.as_bytes());
     }
 }
 
-fn read_membership(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
-    let n_configs = r.limited("config count", membership::MAX_CONFIGS)?;
+/// Encodes a membership config, appending it to `out`.
+pub fn encode_membership(m: &Membership, out: &mut BytesMut) {
+    let mut w = ByteWriter::new();
+    write_membership(&mut w, m);
+    out.extend_from_slice(w.written());
+}
+
+fn read_membership(r: &mut ByteReader<'_>) -> Result<Membership, DecodeError> {
+    let n_configs = r.u32_at_most("config count", membership::MAX_CONFIGS)?;
     let mut configs = Vec::with_capacity(n_configs as usize);
     for _ in 0..n_configs {
-        let k = r.limited("voter count", membership::MAX_NODES)?;
+        let k = r.u32_at_most("voter count", membership::MAX_NODES)?;
         let mut set = BTreeSet::new();
         for _ in 0..k {
             set.insert(r.u64()?);
         }
         configs.push(set);
     }
-    let n_nodes = r.limited("node count", membership::MAX_NODES)?;
+    let n_nodes = r.u32_at_most("node count", membership::MAX_NODES)?;
     let mut nodes = BTreeMap::new();
     for _ in 0..n_nodes {
         let id = r.u64()?;
-        let len = r.limited("address length", membership::MAX_ADDR_LEN)?;
-        let addr = std::str::from_utf8(r.take(len as usize)?).map_err(|_| DecodeError::InvalidField {
-            what: r.what,
-            field: "address utf-8 of node",
-            value: id,
-        })?;
+        let addr = std::str::from_utf8(r.bytes32("address length", membership::MAX_ADDR_LEN)?)
+            .map_err(|_| DecodeError::InvalidField { what: r.what(), field: "address utf-8 of node", value: id })?;
         nodes.insert(id, Node::new(addr));
     }
     if configs.is_empty() && nodes.is_empty() {
@@ -306,9 +277,9 @@ fn read_membership(r: &mut Reader<'_>) -> Result<Membership, DecodeError> {
 
 /// Decodes a membership config written by [`encode_membership`].
 pub fn decode_membership(bytes: &[u8]) -> Result<Membership, DecodeError> {
-    let mut r = Reader::new("membership", bytes);
+    let mut r = ByteReader::new("membership", bytes);
     let m = read_membership(&mut r)?;
-    r.finish()?;
+    r.expect_end()?;
     Ok(m)
 }
 
@@ -318,23 +289,22 @@ pub fn encode_entry(e: &Entry) -> Bytes {
         EntryPayload::Normal(p) => p.0.len(),
         _ => 64,
     };
-    let mut out = BytesMut::with_capacity(entry::HEADER_LEN + body_len);
-    out.put_u8(entry::VERSION);
-    out.put_u8(match &e.payload {
+    let mut w = ByteWriter::with_capacity(entry::HEADER_LEN + body_len);
+    w.u8(entry::VERSION).u8(match &e.payload {
         EntryPayload::Blank => entry::KIND_BLANK,
         EntryPayload::Normal(_) => entry::KIND_NORMAL,
         EntryPayload::Membership(_) => entry::KIND_MEMBERSHIP,
     });
-    out.put_u64_le(e.log_id.leader_id.term);
-    out.put_u64_le(e.log_id.leader_id.node_id);
-    out.put_u64_le(e.log_id.index);
-    debug_assert_eq!(out.len(), entry::HEADER_LEN);
+    w.u64(e.log_id.leader_id.term).u64(e.log_id.leader_id.node_id).u64(e.log_id.index);
+    debug_assert_eq!(w.len(), entry::HEADER_LEN);
     match &e.payload {
         EntryPayload::Blank => {}
-        EntryPayload::Normal(p) => out.put_slice(&p.0),
-        EntryPayload::Membership(m) => encode_membership(m, &mut out),
+        EntryPayload::Normal(p) => {
+            w.raw(&p.0);
+        }
+        EntryPayload::Membership(m) => write_membership(&mut w, m),
     }
-    out.freeze()
+    Bytes::from(w.finish())
 }
 
 /// The header of an encoded entry, without decoding its body.
@@ -348,7 +318,7 @@ pub struct EntryHeader {
 
 /// Decodes just the fixed header of an encoded entry.
 pub fn decode_entry_header(bytes: &[u8]) -> Result<EntryHeader, DecodeError> {
-    let mut r = Reader::new("raft entry", bytes);
+    let mut r = ByteReader::new("raft entry", bytes);
     let version = r.u8()?;
     if version != entry::VERSION {
         return Err(DecodeError::UnsupportedVersion { what: "raft entry", found: version, supported: entry::VERSION });
@@ -393,8 +363,7 @@ pub struct MetaState {
 
 /// Encodes a meta record.
 pub fn encode_meta(m: &MetaState) -> Bytes {
-    let mut out = BytesMut::with_capacity(meta::LEN);
-    out.put_u8(meta::VERSION);
+    let mut w = ByteWriter::with_capacity(meta::LEN);
     let mut flags = 0u8;
     if m.vote.is_some() {
         flags |= meta::HAS_VOTE;
@@ -405,24 +374,20 @@ pub fn encode_meta(m: &MetaState) -> Bytes {
     if m.last_purged.is_some() {
         flags |= meta::HAS_PURGED;
     }
-    out.put_u8(flags);
+    w.u8(meta::VERSION).u8(flags);
     match &m.vote {
-        Some(v) => {
-            out.put_u64_le(v.leader_id.term);
-            out.put_u64_le(v.leader_id.node_id);
-            out.put_u8(u8::from(v.committed));
-        }
-        None => out.put_bytes(0, 17),
-    }
-    put_log_id(&mut out, m.committed.as_ref());
-    put_log_id(&mut out, m.last_purged.as_ref());
-    debug_assert_eq!(out.len(), meta::LEN);
-    out.freeze()
+        Some(v) => w.u64(v.leader_id.term).u64(v.leader_id.node_id).u8(u8::from(v.committed)),
+        None => w.zeros(17),
+    };
+    put_log_id(&mut w, m.committed.as_ref());
+    put_log_id(&mut w, m.last_purged.as_ref());
+    debug_assert_eq!(w.len(), meta::LEN);
+    Bytes::from(w.finish())
 }
 
 /// Decodes a meta record.
 pub fn decode_meta(bytes: &[u8]) -> Result<MetaState, DecodeError> {
-    let mut r = Reader::new("raft meta record", bytes);
+    let mut r = ByteReader::new("raft meta record", bytes);
     let version = r.u8()?;
     if version != meta::VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -449,7 +414,7 @@ pub fn decode_meta(bytes: &[u8]) -> Result<MetaState, DecodeError> {
         .then(|| if committed_flag == 1 { Vote::new_committed(term, node) } else { Vote::new(term, node) });
     let committed = read_log_id(&mut r)?;
     let purged = read_log_id(&mut r)?;
-    r.finish()?;
+    r.expect_end()?;
     Ok(MetaState {
         vote,
         committed: (flags & meta::HAS_COMMITTED != 0).then_some(committed),
@@ -472,11 +437,9 @@ pub struct SnapshotState {
 
 /// Encodes snapshot checkpoint data.
 pub fn encode_snapshot_state(s: &SnapshotState) -> Bytes {
-    let mut m = BytesMut::new();
-    encode_membership(&s.membership, &mut m);
-    let mut out = BytesMut::with_capacity(62 + m.len() + s.app.len());
-    out.put_u32_le(snapshot::MAGIC);
-    out.put_u8(snapshot::VERSION);
+    let mut m = ByteWriter::new();
+    write_membership(&mut m, &s.membership);
+    let mut w = ByteWriter::with_capacity(62 + m.len() + s.app.len());
     let mut flags = 0;
     if s.last_log_id.is_some() {
         flags |= snapshot::HAS_LAST;
@@ -484,20 +447,17 @@ pub fn encode_snapshot_state(s: &SnapshotState) -> Bytes {
     if s.membership_log_id.is_some() {
         flags |= snapshot::HAS_MEMBERSHIP_LOG_ID;
     }
-    out.put_u8(flags);
-    put_log_id(&mut out, s.last_log_id.as_ref());
-    put_log_id(&mut out, s.membership_log_id.as_ref());
-    out.put_u32_le(m.len() as u32);
-    out.put_slice(&m);
-    out.put_u32_le(s.app.len() as u32);
-    out.put_slice(&s.app);
-    out.freeze()
+    w.u32(snapshot::MAGIC).u8(snapshot::VERSION).u8(flags);
+    put_log_id(&mut w, s.last_log_id.as_ref());
+    put_log_id(&mut w, s.membership_log_id.as_ref());
+    w.bytes32(m.written()).bytes32(&s.app);
+    Bytes::from(w.finish())
 }
 
 /// Decodes snapshot checkpoint data.
 pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError> {
     let what = "raft snapshot data";
-    let mut r = Reader::new(what, bytes);
+    let mut r = ByteReader::new(what, bytes);
     let magic = r.u32()?;
     if magic != snapshot::MAGIC {
         return Err(DecodeError::InvalidField { what, field: "magic", value: u64::from(magic) });
@@ -512,13 +472,10 @@ pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError
     }
     let last = read_log_id(&mut r)?;
     let mem_id = read_log_id(&mut r)?;
-    let m_len = r.limited("membership length", snapshot::MAX_MEMBERSHIP_LEN)?;
-    let membership = decode_membership(r.take(m_len as usize)?)?;
-    let a_len = r.limited("application snapshot length", snapshot::MAX_APP_LEN)?;
-    let start = r.at;
-    r.take(a_len as usize)?;
-    let app = bytes.slice(start..start + a_len as usize);
-    r.finish()?;
+    let membership = decode_membership(r.bytes32("membership length", snapshot::MAX_MEMBERSHIP_LEN)?)?;
+    // A view into `bytes`, not a copy: the application snapshot may be large.
+    let app = bytes.slice_ref(r.bytes32("application snapshot length", snapshot::MAX_APP_LEN)?);
+    r.expect_end()?;
     Ok(SnapshotState {
         last_log_id: (flags & snapshot::HAS_LAST != 0).then_some(last),
         membership_log_id: (flags & snapshot::HAS_MEMBERSHIP_LOG_ID != 0).then_some(mem_id),
@@ -529,6 +486,7 @@ pub fn decode_snapshot_state(bytes: &Bytes) -> Result<SnapshotState, DecodeError
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
     use proptest::prelude::*;
 
     use super::*;
@@ -601,19 +559,89 @@ mod tests {
         assert!(matches!(decode_entry(&Bytes::from(v)), Err(DecodeError::UnsupportedVersion { found: 9, .. })));
     }
 
+    /// A membership config: one voter set or a joint pair, learners, or the empty config.
+    fn any_membership() -> impl Strategy<Value = Membership> {
+        let set = || proptest::collection::btree_set(0u64..20, 1..5);
+        prop_oneof![
+            Just(Membership::default()),
+            (set(), proptest::collection::btree_set(20u64..30, 0..3)).prop_map(|(v, l)| {
+                let v: Vec<u64> = v.into_iter().collect();
+                let l: Vec<u64> = l.into_iter().collect();
+                membership(&v, &l)
+            }),
+            (set(), set()).prop_map(|(a, b)| {
+                let nodes: BTreeMap<NodeId, Node> =
+                    a.union(&b).map(|&id| (id, Node::new(format!("h{id}:7000")))).collect();
+                Membership::new(vec![a, b], nodes).unwrap()
+            }),
+        ]
+    }
+
+    fn any_log_id() -> impl Strategy<Value = LogId> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(t, n, i)| log_id(t, n, i))
+    }
+
     fn any_entry() -> impl Strategy<Value = Entry> {
-        let id = (0u64..1000, 0u64..10, 0u64..1_000_000);
         let payload = prop_oneof![
             Just(EntryPayload::Blank),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(|v| EntryPayload::Normal(AppPayload(v.into()))),
-            (proptest::collection::btree_set(0u64..20, 1..5), proptest::collection::btree_set(20u64..30, 0..3))
-                .prop_map(|(v, l)| {
-                    let v: Vec<u64> = v.into_iter().collect();
-                    let l: Vec<u64> = l.into_iter().collect();
-                    EntryPayload::Membership(membership(&v, &l))
-                }),
+            any_membership()
+                .prop_filter("an entry holds a real config", |m| m.voter_ids().next().is_some())
+                .prop_map(EntryPayload::Membership),
         ];
-        (id, payload).prop_map(|((t, n, i), payload)| Entry { log_id: log_id(t, n, i), payload })
+        (any_log_id(), payload).prop_map(|(log_id, payload)| Entry { log_id, payload })
+    }
+
+    fn any_meta() -> impl Strategy<Value = MetaState> {
+        let vote = (any::<u64>(), any::<u64>(), any::<bool>())
+            .prop_map(|(t, n, c)| if c { Vote::new_committed(t, n) } else { Vote::new(t, n) });
+        (proptest::option::of(vote), proptest::option::of(any_log_id()), proptest::option::of(any_log_id()))
+            .prop_map(|(vote, committed, last_purged)| MetaState { vote, committed, last_purged })
+    }
+
+    fn any_snapshot() -> impl Strategy<Value = SnapshotState> {
+        let app = proptest::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from);
+        (proptest::option::of(any_log_id()), proptest::option::of(any_log_id()), any_membership(), app).prop_map(
+            |(last_log_id, membership_log_id, membership, app)| SnapshotState {
+                last_log_id,
+                membership_log_id,
+                membership,
+                app,
+            },
+        )
+    }
+
+    fn membership_bytes(m: &Membership) -> Bytes {
+        let mut out = BytesMut::new();
+        encode_membership(m, &mut out);
+        out.freeze()
+    }
+
+    /// Every cut of `bytes` short of its end is a typed truncation (for layouts whose last field
+    /// is fixed or length-prefixed).
+    fn every_cut_is_truncated<T: std::fmt::Debug>(
+        bytes: &Bytes,
+        decode: impl Fn(&Bytes) -> Result<T, DecodeError>,
+    ) -> Result<(), TestCaseError> {
+        for cut in 0..bytes.len() {
+            let e = decode(&bytes.slice(..cut));
+            prop_assert!(matches!(e, Err(DecodeError::Truncated { .. })), "cut {}: {:?}", cut, e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn raft_layouts_match_the_documented_tables() {
+        use entry as e;
+        assert_eq!(
+            [e::VERSION_AT, e::KIND_AT, e::TERM_AT, e::NODE_AT, e::INDEX_AT, e::HEADER_LEN],
+            [0, 1, 2, 10, 18, 26]
+        );
+        use meta as m;
+        assert_eq!(
+            [m::VERSION_AT, m::FLAGS_AT, m::VOTE_AT, m::COMMITTED_AT, m::PURGED_AT, m::LEN],
+            [0, 1, 2, 19, 43, 67]
+        );
     }
 
     proptest! {
@@ -625,8 +653,42 @@ mod tests {
         }
 
         #[test]
+        fn entry_headers_match_and_every_cut_header_is_truncated(e in any_entry()) {
+            let b = encode_entry(&e);
+            let kind = decode_entry_header(&b).unwrap().kind;
+            prop_assert_eq!(decode_entry_header(&b).unwrap(), EntryHeader { log_id: e.log_id, kind });
+            for cut in 0..entry::HEADER_LEN {
+                let h = decode_entry_header(&b[..cut]);
+                prop_assert!(matches!(h, Err(DecodeError::Truncated { .. })), "cut {}: {:?}", cut, h);
+            }
+        }
+
+        #[test]
+        fn memberships_round_trip_and_every_cut_is_truncated(m in any_membership()) {
+            let b = membership_bytes(&m);
+            prop_assert_eq!(decode_membership(&b).unwrap(), m);
+            every_cut_is_truncated(&b, |b| decode_membership(b))?;
+        }
+
+        #[test]
+        fn meta_records_round_trip_and_every_cut_is_truncated(m in any_meta()) {
+            let b = encode_meta(&m);
+            prop_assert_eq!(b.len(), meta::LEN);
+            prop_assert_eq!(decode_meta(&b).unwrap(), m);
+            every_cut_is_truncated(&b, |b| decode_meta(b))?;
+        }
+
+        #[test]
+        fn snapshots_round_trip_and_every_cut_is_truncated(s in any_snapshot()) {
+            let b = encode_snapshot_state(&s);
+            prop_assert_eq!(decode_snapshot_state(&b).unwrap(), s);
+            every_cut_is_truncated(&b, decode_snapshot_state)?;
+        }
+
+        #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let b = Bytes::from(bytes);
+            let _ = decode_entry_header(&b);
             let _ = decode_entry(&b);
             let _ = decode_meta(&b);
             let _ = decode_membership(&b);

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::byteio::{ByteError, ByteReader, ByteWriter};
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::format::checkpoint as layout;
 use crate::types::{ChainHash, Offset, StreamId};
@@ -102,20 +103,12 @@ pub(crate) fn check_installable(stream: StreamId, cp: &Checkpoint) -> Result<()>
 /// Encodes a checkpoint into its stored form (see [`crate::format::checkpoint`]).
 pub fn serialize_checkpoint_payload(cp: &Checkpoint) -> Vec<u8> {
     debug_assert!(cp.data.len() <= layout::MAX_DATA_LEN, "checkpoint data over the limit");
-    let mut out = Vec::with_capacity(layout::HEADER_LEN + cp.data.len() + layout::CRC_LEN);
-    out.extend_from_slice(&layout::MAGIC.to_le_bytes());
-    out.extend_from_slice(&layout::VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&cp.offset.get().to_le_bytes());
-    out.extend_from_slice(&cp.chain_hash.0);
-    out.extend_from_slice(&cp.record_count.to_le_bytes());
-    out.extend_from_slice(&cp.created_at_ms.to_le_bytes());
-    out.extend_from_slice(&(cp.data.len() as u32).to_le_bytes());
-    debug_assert_eq!(out.len(), layout::HEADER_LEN);
-    out.extend_from_slice(&cp.data);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    let mut w = ByteWriter::with_capacity(layout::HEADER_LEN + cp.data.len() + layout::CRC_LEN);
+    w.u32(layout::MAGIC).u16(layout::VERSION).u16(0).u64(cp.offset.get()).raw(&cp.chain_hash.0);
+    w.u64(cp.record_count).u64(cp.created_at_ms).u32(cp.data.len() as u32);
+    debug_assert_eq!(w.len(), layout::HEADER_LEN);
+    w.raw(&cp.data).crc();
+    w.finish()
 }
 
 /// Decodes a stored checkpoint, checking magic, version, lengths and CRC.
@@ -129,56 +122,44 @@ pub fn deserialize_checkpoint_payload(bytes: &[u8], stream: StreamId, file: &str
         offset: None,
         reason,
     };
-    if bytes.len() < layout::HEADER_LEN + layout::CRC_LEN {
-        return Err(corrupt(
-            0,
-            CorruptionReason::Truncated {
-                needed: (layout::HEADER_LEN + layout::CRC_LEN) as u64,
-                available: bytes.len() as u64,
-            },
-        ));
-    }
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let magic = u32_at(layout::MAGIC_AT);
+    let mut r = ByteReader::new("checkpoint", bytes);
+    // The header up to its data length, or an error that a whole header and CRC are needed.
+    let header = |r: &mut ByteReader<'_>| -> std::result::Result<_, ByteError> {
+        r.require(layout::HEADER_LEN + layout::CRC_LEN)?;
+        Ok((r.u32()?, r.u16()?, r.u16()?, r.u64()?, r.array::<32>()?, r.u64()?, r.u64()?))
+    };
+    let (magic, version, _flags, offset, chain_hash, record_count, created_at_ms) =
+        header(&mut r).map_err(|e| corrupt(0, e.into()))?;
     if magic != layout::MAGIC {
         return Err(corrupt(
             layout::MAGIC_AT,
             CorruptionReason::InvalidField { field: "checkpoint magic", value: u64::from(magic) },
         ));
     }
-    let version = u16_at(layout::VERSION_AT);
     if version != layout::VERSION {
         return Err(corrupt(
             layout::VERSION_AT,
             CorruptionReason::InvalidField { field: "checkpoint version", value: u64::from(version) },
         ));
     }
-    let data_len = u32_at(layout::DATA_LEN_AT) as usize;
-    let limit = (bytes.len() - layout::HEADER_LEN - layout::CRC_LEN).min(layout::MAX_DATA_LEN);
-    if data_len > limit {
-        return Err(corrupt(
-            layout::DATA_LEN_AT,
-            CorruptionReason::BadLength { length: data_len as u64, limit: limit as u64 },
-        ));
-    }
-    let crc_at = layout::DATA_AT + data_len;
-    let stored = u32_at(crc_at);
-    let computed = crc32fast::hash(&bytes[..crc_at]);
+    // The data must leave room for the CRC after it.
+    let limit = bytes.len().saturating_sub(layout::HEADER_LEN + layout::CRC_LEN).min(layout::MAX_DATA_LEN);
+    let data_len =
+        r.u32_at_most("checkpoint data length", limit as u64).map_err(|e| corrupt(layout::DATA_LEN_AT, e.into()))?;
+    let data = r.bytes(data_len as usize).map_err(|e| corrupt(layout::DATA_AT, e.into()))?;
+    let covered = r.consumed();
+    let crc_at = covered.len();
+    let stored = r.u32().map_err(|e| corrupt(crc_at, e.into()))?;
+    let computed = crc32fast::hash(covered);
     if stored != computed {
         return Err(corrupt(crc_at, CorruptionReason::CrcMismatch { stored, computed }));
     }
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&bytes[layout::CHAIN_HASH_AT..layout::CHAIN_HASH_AT + 32]);
-    let offset = Offset::new(u64_at(layout::OFFSET_AT));
-    let record_count = u64_at(layout::RECORD_COUNT_AT);
     Ok(Checkpoint {
-        offset,
-        chain_hash: ChainHash(hash),
+        offset: Offset::new(offset),
+        chain_hash: ChainHash(chain_hash),
         record_count,
-        created_at_ms: u64_at(layout::CREATED_AT_AT),
-        data: Bytes::copy_from_slice(&bytes[layout::DATA_AT..crc_at]),
+        created_at_ms,
+        data: Bytes::copy_from_slice(data),
     })
 }
 
@@ -298,5 +279,58 @@ mod tests {
         assert!(should_create_checkpoint(p, None, Offset::new(1000)));
         assert!(!should_create_checkpoint(p, Some(Offset::new(1000)), Offset::new(1500)));
         assert!(!should_create_checkpoint(CheckpointPolicy::Manual, None, Offset::new(1 << 40)));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn any_checkpoint() -> impl Strategy<Value = Checkpoint> {
+            (
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(offset, hash, record_count, created_at_ms, data)| Checkpoint {
+                    offset: Offset::new(offset),
+                    chain_hash: ChainHash(hash),
+                    record_count,
+                    created_at_ms,
+                    data: Bytes::from(data),
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn checkpoints_round_trip(c in any_checkpoint()) {
+                let b = serialize_checkpoint_payload(&c);
+                prop_assert_eq!(deserialize_checkpoint_payload(&b, StreamId::new(1), "t").unwrap(), c);
+            }
+
+            /// A cut inside the header is a truncation; a cut after it leaves too few bytes for the
+            /// data length it declares.
+            #[test]
+            fn every_truncated_checkpoint_is_a_typed_error(c in any_checkpoint()) {
+                let b = serialize_checkpoint_payload(&c);
+                for cut in 0..b.len() {
+                    let e = deserialize_checkpoint_payload(&b[..cut], StreamId::new(1), "t").unwrap_err();
+                    let StorageError::Corruption { reason, .. } = &e else { panic!("cut {cut}: {e:?}") };
+                    if cut < layout::HEADER_LEN + layout::CRC_LEN {
+                        let needed = (layout::HEADER_LEN + layout::CRC_LEN) as u64;
+                        prop_assert_eq!(reason, &CorruptionReason::Truncated { needed, available: cut as u64 });
+                    } else {
+                        prop_assert!(matches!(reason, CorruptionReason::BadLength { .. }), "cut {}: {:?}", cut, e);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_checkpoints_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = deserialize_checkpoint_payload(&bytes, StreamId::new(1), "t");
+            }
+        }
     }
 }

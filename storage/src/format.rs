@@ -1,7 +1,8 @@
 //! Every on-disk byte layout of the storage crate, as named constants.
 //!
-//! All integers are little-endian. Each field's offset is derived from the one before it, so a
-//! change of one field's width moves the rest. `docs/format.md` tables the same layouts; keep the
+//! All integers are little-endian. Each field's offset is derived from the one before it (by
+//! [`crate::offsets!`], from the fields' types), so a change of one field's width moves the rest.
+//! The bytes are read and written with [`crate::byteio`]. `docs/format.md` tables the same layouts; keep the
 //! two in step and bump the matching version on any change.
 
 /// The largest offset a stream may reach (2^63): far beyond any real log, and low enough that
@@ -18,24 +19,26 @@ pub mod checkpoint {
     /// The version this build writes and reads.
     pub const VERSION: u16 = 1;
 
-    /// Offset of the magic number.
-    pub const MAGIC_AT: usize = 0;
-    /// Offset of the format version.
-    pub const VERSION_AT: usize = MAGIC_AT + 4;
-    /// Offset of the flags (reserved, zero).
-    pub const FLAGS_AT: usize = VERSION_AT + 2;
-    /// Offset of the checkpoint's stream offset (the next offset it anchors).
-    pub const OFFSET_AT: usize = FLAGS_AT + 2;
-    /// Offset of the chain hash (hash of the record before `offset`).
-    pub const CHAIN_HASH_AT: usize = OFFSET_AT + 8;
-    /// Offset of the record count.
-    pub const RECORD_COUNT_AT: usize = CHAIN_HASH_AT + 32;
-    /// Offset of the creation time (milliseconds since the Unix epoch).
-    pub const CREATED_AT_AT: usize = RECORD_COUNT_AT + 8;
-    /// Offset of the caller-data length.
-    pub const DATA_LEN_AT: usize = CREATED_AT_AT + 8;
-    /// Offset of the caller data.
-    pub const DATA_AT: usize = DATA_LEN_AT + 4;
+    crate::offsets! {
+        /// Offset of the magic number.
+        MAGIC_AT: u32,
+        /// Offset of the format version.
+        VERSION_AT: u16,
+        /// Offset of the flags (reserved, zero).
+        FLAGS_AT: u16,
+        /// Offset of the checkpoint's stream offset (the next offset it anchors).
+        OFFSET_AT: u64,
+        /// Offset of the chain hash (hash of the record before `offset`).
+        CHAIN_HASH_AT: [u8; 32],
+        /// Offset of the record count.
+        RECORD_COUNT_AT: u64,
+        /// Offset of the creation time (milliseconds since the Unix epoch).
+        CREATED_AT_AT: u64,
+        /// Offset of the caller-data length.
+        DATA_LEN_AT: u32,
+        /// Offset of the caller data.
+        DATA_AT,
+    }
     /// Bytes before the caller data.
     pub const HEADER_LEN: usize = DATA_AT;
     /// Bytes of the trailing CRC.
@@ -61,26 +64,28 @@ pub mod record {
     /// `kind` of a data record (the only kind today).
     pub const KIND_DATA: u8 = 1;
 
-    /// Offset of the start marker.
-    pub const START_AT: usize = 0;
-    /// Offset of the kind byte.
-    pub const KIND_AT: usize = START_AT + 1;
-    /// Offset of the codec id.
-    pub const CODEC_AT: usize = KIND_AT + 1;
-    /// Offset of the flags (reserved, zero).
-    pub const FLAGS_AT: usize = CODEC_AT + 1;
-    /// Offset of the record's stream offset.
-    pub const OFFSET_AT: usize = FLAGS_AT + 1;
-    /// Offset of the append time (ms since the Unix epoch; used by age retention, not hashed).
-    pub const APPEND_TIME_AT: usize = OFFSET_AT + 8;
-    /// Offset of the previous record's chain hash.
-    pub const PREV_HASH_AT: usize = APPEND_TIME_AT + 8;
-    /// Offset of the uncompressed payload length.
-    pub const UNCOMPRESSED_LEN_AT: usize = PREV_HASH_AT + 32;
-    /// Offset of the stored (possibly compressed) payload length.
-    pub const STORED_LEN_AT: usize = UNCOMPRESSED_LEN_AT + 4;
-    /// Offset of the payload.
-    pub const PAYLOAD_AT: usize = STORED_LEN_AT + 4;
+    crate::offsets! {
+        /// Offset of the start marker.
+        START_AT: u8,
+        /// Offset of the kind byte.
+        KIND_AT: u8,
+        /// Offset of the codec id.
+        CODEC_AT: u8,
+        /// Offset of the flags (reserved, zero).
+        FLAGS_AT: u8,
+        /// Offset of the record's stream offset.
+        OFFSET_AT: u64,
+        /// Offset of the append time (ms since the Unix epoch; used by age retention, not hashed).
+        APPEND_TIME_AT: u64,
+        /// Offset of the previous record's chain hash.
+        PREV_HASH_AT: [u8; 32],
+        /// Offset of the uncompressed payload length.
+        UNCOMPRESSED_LEN_AT: u32,
+        /// Offset of the stored (possibly compressed) payload length.
+        STORED_LEN_AT: u32,
+        /// Offset of the payload.
+        PAYLOAD_AT,
+    }
     /// Bytes before the payload.
     pub const HEADER_LEN: usize = PAYLOAD_AT;
     /// Bytes after the payload: CRC and end marker.
@@ -91,6 +96,21 @@ pub mod record {
     /// The whole encoded size of a record whose stored payload is `stored_len` bytes.
     pub const fn encoded_len(stored_len: usize) -> usize {
         OVERHEAD + stored_len
+    }
+}
+
+/// The first bytes of every file whose magic number is a `u64` (segments, index files, the lock
+/// file): `[magic:u64][version:u16][flags:u16]`. Each of those layouts continues after it.
+pub mod preamble {
+    crate::offsets! {
+        /// Offset of the magic number.
+        MAGIC_AT: u64,
+        /// Offset of the format version.
+        VERSION_AT: u16,
+        /// Offset of the flags (reserved, zero, where a file kind defines none).
+        FLAGS_AT: u16,
+        /// Bytes of the preamble.
+        LEN,
     }
 }
 
@@ -123,24 +143,22 @@ pub mod segment {
     /// Every flag bit this build knows; any other set bit is corruption.
     pub const KNOWN_FLAGS: u16 = FLAG_RESTART;
 
-    /// Offset of the magic number.
-    pub const MAGIC_AT: usize = 0;
-    /// Offset of the format version.
-    pub const VERSION_AT: usize = MAGIC_AT + 8;
-    /// Offset of the flags.
-    pub const FLAGS_AT: usize = VERSION_AT + 2;
-    /// Offset of the owning stream's id.
-    pub const STREAM_ID_AT: usize = FLAGS_AT + 2;
-    /// Offset of the first record's offset.
-    pub const BASE_OFFSET_AT: usize = STREAM_ID_AT + 8;
-    /// Offset of the creation time.
-    pub const CREATED_AT: usize = BASE_OFFSET_AT + 8;
-    /// Offset of the chain hash of the record before `base_offset`.
-    pub const BASE_PREV_HASH_AT: usize = CREATED_AT + 8;
-    /// Offset of the header CRC.
-    pub const CRC_AT: usize = BASE_PREV_HASH_AT + 32;
-    /// Bytes of the whole header.
-    pub const HEADER_LEN: usize = CRC_AT + 4;
+    pub use super::preamble::{FLAGS_AT, MAGIC_AT, VERSION_AT};
+    crate::offsets! {
+        after super::preamble::LEN;
+        /// Offset of the owning stream's id.
+        STREAM_ID_AT: u64,
+        /// Offset of the first record's offset.
+        BASE_OFFSET_AT: u64,
+        /// Offset of the creation time.
+        CREATED_AT: u64,
+        /// Offset of the chain hash of the record before `base_offset`.
+        BASE_PREV_HASH_AT: [u8; 32],
+        /// Offset of the header CRC.
+        CRC_AT: u32,
+        /// Bytes of the whole header.
+        HEADER_LEN,
+    }
 }
 
 /// The dense offset index next to each segment (`segment_NNNNNN.idx`).
@@ -158,30 +176,29 @@ pub mod index {
     /// The version this build writes and reads.
     pub const VERSION: u16 = 1;
 
-    /// Offset of the magic number.
-    pub const MAGIC_AT: usize = 0;
-    /// Offset of the format version.
-    pub const VERSION_AT: usize = MAGIC_AT + 8;
-    /// Offset of the flags (reserved, zero).
-    pub const FLAGS_AT: usize = VERSION_AT + 2;
-    /// Offset of the owning stream's id.
-    pub const STREAM_ID_AT: usize = FLAGS_AT + 2;
-    /// Offset of the segment's base offset.
-    pub const BASE_OFFSET_AT: usize = STREAM_ID_AT + 8;
-    /// Offset of the number of records indexed.
-    pub const RECORD_COUNT_AT: usize = BASE_OFFSET_AT + 8;
-    /// Offset of the segment length covered.
-    pub const SEGMENT_LEN_AT: usize = RECORD_COUNT_AT + 8;
-    /// Offset of the newest record's append time.
-    pub const LAST_APPEND_MS_AT: usize = SEGMENT_LEN_AT + 8;
-    /// Offset of the chain hash before the segment's first record.
-    pub const BASE_PREV_HASH_AT: usize = LAST_APPEND_MS_AT + 8;
-    /// Offset of the chain hash of the segment's last record.
-    pub const LAST_HASH_AT: usize = BASE_PREV_HASH_AT + 32;
-    /// Offset of the anchor count.
-    pub const ANCHOR_COUNT_AT: usize = LAST_HASH_AT + 32;
-    /// Offset of the first position entry.
-    pub const POSITIONS_AT: usize = ANCHOR_COUNT_AT + 4;
+    /// The flags ([`FLAGS_AT`]) are reserved (zero).
+    pub use super::preamble::{FLAGS_AT, MAGIC_AT, VERSION_AT};
+    crate::offsets! {
+        after super::preamble::LEN;
+        /// Offset of the owning stream's id.
+        STREAM_ID_AT: u64,
+        /// Offset of the segment's base offset.
+        BASE_OFFSET_AT: u64,
+        /// Offset of the number of records indexed.
+        RECORD_COUNT_AT: u64,
+        /// Offset of the segment length covered.
+        SEGMENT_LEN_AT: u64,
+        /// Offset of the newest record's append time.
+        LAST_APPEND_MS_AT: u64,
+        /// Offset of the chain hash before the segment's first record.
+        BASE_PREV_HASH_AT: [u8; 32],
+        /// Offset of the chain hash of the segment's last record.
+        LAST_HASH_AT: [u8; 32],
+        /// Offset of the anchor count.
+        ANCHOR_COUNT_AT: u32,
+        /// Offset of the first position entry.
+        POSITIONS_AT,
+    }
     /// Bytes before the position entries.
     pub const HEADER_LEN: usize = POSITIONS_AT;
     /// Bytes of one position entry.
@@ -203,10 +220,15 @@ pub mod lock {
     pub const MAGIC: u64 = u64::from_le_bytes(*b"SHALELCK");
     /// The version this build writes.
     pub const VERSION: u16 = 1;
-    /// Offset of the process id of the holder.
-    pub const PID_AT: usize = 12;
-    /// Bytes of the whole file.
-    pub const LEN: usize = PID_AT + 4;
+    /// The flags ([`FLAGS_AT`]) are reserved (zero).
+    pub use super::preamble::{FLAGS_AT, MAGIC_AT, VERSION_AT};
+    crate::offsets! {
+        after super::preamble::LEN;
+        /// Offset of the process id of the holder.
+        PID_AT: u32,
+        /// Bytes of the whole file.
+        LEN,
+    }
 }
 
 /// File names inside a stream directory (`data_dir/{stream_id}/`).
@@ -270,6 +292,25 @@ mod tests {
 
     #[test]
     fn layouts_match_the_documented_tables() {
+        use segment as s;
+        let fields = [s::MAGIC_AT, s::VERSION_AT, s::FLAGS_AT, s::STREAM_ID_AT, s::BASE_OFFSET_AT, s::CREATED_AT];
+        assert_eq!(fields, [0, 8, 10, 12, 20, 28]);
+        assert_eq!([s::BASE_PREV_HASH_AT, s::CRC_AT], [36, 68]);
+        use record as r;
+        assert_eq!(
+            [r::START_AT, r::KIND_AT, r::CODEC_AT, r::FLAGS_AT, r::OFFSET_AT, r::APPEND_TIME_AT],
+            [0, 1, 2, 3, 4, 12]
+        );
+        assert_eq!([r::PREV_HASH_AT, r::UNCOMPRESSED_LEN_AT, r::STORED_LEN_AT, r::PAYLOAD_AT], [20, 52, 56, 60]);
+        use index as i;
+        let fields = [i::MAGIC_AT, i::VERSION_AT, i::FLAGS_AT, i::STREAM_ID_AT, i::BASE_OFFSET_AT, i::RECORD_COUNT_AT];
+        assert_eq!(fields, [0, 8, 10, 12, 20, 28]);
+        let fields = [i::SEGMENT_LEN_AT, i::LAST_APPEND_MS_AT, i::BASE_PREV_HASH_AT, i::LAST_HASH_AT, i::POSITIONS_AT];
+        assert_eq!(fields, [36, 44, 52, 84, 120]);
+        use checkpoint as c;
+        assert_eq!([c::MAGIC_AT, c::VERSION_AT, c::FLAGS_AT, c::OFFSET_AT, c::CHAIN_HASH_AT], [0, 4, 6, 8, 16]);
+        assert_eq!([c::RECORD_COUNT_AT, c::CREATED_AT_AT, c::DATA_LEN_AT, c::DATA_AT], [48, 56, 64, 68]);
+        assert_eq!([lock::MAGIC_AT, lock::VERSION_AT, lock::FLAGS_AT, lock::PID_AT], [0, 8, 10, 12]);
         assert_eq!(segment::HEADER_LEN, 72);
         assert_eq!(segment::BASE_PREV_HASH_AT, 36);
         assert_eq!(record::HEADER_LEN, 60);

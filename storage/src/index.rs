@@ -6,6 +6,7 @@
 //! active segment) so that opening a stream does not rescan its sealed segments. A missing or
 //! damaged index file is never an error: it is rebuilt from the segment.
 
+use crate::byteio::{ByteError, ByteReader, ByteWriter};
 use crate::format::index as idx;
 use crate::format::segment as seg;
 use crate::types::{ChainHash, Offset, StreamId};
@@ -23,78 +24,69 @@ pub(crate) struct IndexFile {
     pub anchors: Vec<(Offset, ChainHash)>,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+/// Names index files in errors.
+const WHAT: &str = "index file";
+
+/// An index file's defect, as the reason it is rebuilt.
+fn why(e: ByteError) -> String {
+    e.to_string()
 }
 
 impl IndexFile {
     /// The file's bytes.
     pub fn encode(&self, stream: StreamId) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
+        let mut w = ByteWriter::with_capacity(
             idx::HEADER_LEN
                 + self.positions.len() * idx::POSITION_LEN
                 + self.anchors.len() * idx::ANCHOR_LEN
                 + idx::CRC_LEN,
         );
-        out.extend_from_slice(&idx::MAGIC.to_le_bytes());
-        out.extend_from_slice(&idx::VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&stream.get().to_le_bytes());
-        out.extend_from_slice(&self.base.get().to_le_bytes());
-        out.extend_from_slice(&(self.positions.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.segment_len.to_le_bytes());
-        out.extend_from_slice(&self.last_append_ms.to_le_bytes());
-        out.extend_from_slice(&self.base_prev_hash.0);
-        out.extend_from_slice(&self.last_hash.0);
-        out.extend_from_slice(&(self.anchors.len() as u32).to_le_bytes());
-        debug_assert_eq!(out.len(), idx::HEADER_LEN);
+        w.u64(idx::MAGIC).u16(idx::VERSION).u16(0).u64(stream.get()).u64(self.base.get());
+        w.u64(self.positions.len() as u64).u64(self.segment_len).u64(self.last_append_ms);
+        w.raw(&self.base_prev_hash.0).raw(&self.last_hash.0).u32(self.anchors.len() as u32);
+        debug_assert_eq!(w.len(), idx::HEADER_LEN);
         for p in &self.positions {
-            out.extend_from_slice(&p.to_le_bytes());
+            w.u64(*p);
         }
         for (k, h) in &self.anchors {
-            out.extend_from_slice(&k.get().to_le_bytes());
-            out.extend_from_slice(&h.0);
+            w.u64(k.get()).raw(&h.0);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        w.crc();
+        w.finish()
     }
 
     /// Decodes and validates an index file; `Err` says why it cannot be trusted (it is then rebuilt).
     pub fn decode(b: &[u8], stream: StreamId) -> Result<Self, String> {
-        if b.len() < idx::HEADER_LEN + idx::CRC_LEN {
-            return Err(format!("{} bytes is shorter than an index header", b.len()));
-        }
-        if u64_at(b, idx::MAGIC_AT) != idx::MAGIC {
+        let mut r = ByteReader::new(WHAT, b);
+        r.require(idx::HEADER_LEN + idx::CRC_LEN)
+            .map_err(|_| format!("{} bytes is shorter than an index header", b.len()))?;
+        // No read of the header below runs out of bytes after that check.
+        if r.u64().map_err(why)? != idx::MAGIC {
             return Err("bad magic".into());
         }
-        let version = u16::from_le_bytes([b[idx::VERSION_AT], b[idx::VERSION_AT + 1]]);
+        let version = r.u16().map_err(why)?;
         if version != idx::VERSION {
             return Err(format!("unsupported version {version}"));
         }
-        let crc_at = b.len() - idx::CRC_LEN;
-        let (stored, computed) = (u32_at(b, crc_at), crc32fast::hash(&b[..crc_at]));
-        if stored != computed {
-            return Err(format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"));
-        }
-        if u64_at(b, idx::STREAM_ID_AT) != stream.get() {
+        ByteReader::with_crc32_trailer(WHAT, b).map_err(why)?;
+        let _flags = r.u16().map_err(why)?;
+        if r.u64().map_err(why)? != stream.get() {
             return Err("written for another stream".into());
         }
-        let count = u64_at(b, idx::RECORD_COUNT_AT);
-        let anchors = u64::from(u32_at(b, idx::ANCHOR_COUNT_AT));
-        let body = (crc_at - idx::HEADER_LEN) as u64;
+        let base = Offset::new(r.u64().map_err(why)?);
+        let count = r.u64().map_err(why)?;
+        let segment_len = r.u64().map_err(why)?;
+        let last_append_ms = r.u64().map_err(why)?;
+        let base_prev_hash = ChainHash(r.array().map_err(why)?);
+        let last_hash = ChainHash(r.array().map_err(why)?);
+        let anchors = u64::from(r.u32().map_err(why)?);
+        let entries = r.remaining().saturating_sub(idx::CRC_LEN) as u64;
         let needed =
             count.checked_mul(idx::POSITION_LEN as u64).and_then(|p| p.checked_add(anchors * idx::ANCHOR_LEN as u64));
-        if needed != Some(body) {
-            return Err(format!("{count} positions and {anchors} anchors do not fill {body} bytes"));
+        if needed != Some(entries) {
+            return Err(format!("{count} positions and {anchors} anchors do not fill {entries} bytes"));
         }
-        let base = Offset::new(u64_at(b, idx::BASE_OFFSET_AT));
-        let segment_len = u64_at(b, idx::SEGMENT_LEN_AT);
-        let positions: Vec<u64> =
-            (0..count as usize).map(|i| u64_at(b, idx::POSITIONS_AT + i * idx::POSITION_LEN)).collect();
+        let positions = (0..count).map(|_| r.u64()).collect::<Result<Vec<u64>, _>>().map_err(why)?;
         let mut expected_min = seg::HEADER_LEN as u64;
         for (i, &p) in positions.iter().enumerate() {
             // Every record takes at least its overhead, and lies inside the covered length.
@@ -107,26 +99,15 @@ impl IndexFile {
             return Err("segment length does not match the positions".into());
         }
         let end = base.get().checked_add(count).ok_or("offset overflow")?;
-        let anchors_at = idx::POSITIONS_AT + count as usize * idx::POSITION_LEN;
         let mut list = Vec::with_capacity(anchors as usize);
-        for i in 0..anchors as usize {
-            let at = anchors_at + i * idx::ANCHOR_LEN;
-            let k = u64_at(b, at);
+        for _ in 0..anchors {
+            let (k, hash) = (r.u64().map_err(why)?, r.array().map_err(why)?);
             if k <= base.get() || k > end {
                 return Err(format!("anchor at {k} lies outside ({base}, {end}]"));
             }
-            list.push((Offset::new(k), ChainHash(b[at + 8..at + 40].try_into().expect("32 bytes"))));
+            list.push((Offset::new(k), ChainHash(hash)));
         }
-        let hash = |at: usize| ChainHash(b[at..at + 32].try_into().expect("32 bytes"));
-        Ok(Self {
-            base,
-            segment_len,
-            last_append_ms: u64_at(b, idx::LAST_APPEND_MS_AT),
-            base_prev_hash: hash(idx::BASE_PREV_HASH_AT),
-            last_hash: hash(idx::LAST_HASH_AT),
-            positions,
-            anchors: list,
-        })
+        Ok(Self { base, segment_len, last_append_ms, base_prev_hash, last_hash, positions, anchors: list })
     }
 }
 
@@ -162,6 +143,63 @@ mod tests {
         }
         for cut in 0..b.len() {
             assert!(IndexFile::decode(&b[..cut], StreamId::new(1)).is_err());
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A valid index: positions at least a record apart inside `segment_len`, anchors inside
+        /// `(base, base + count]`.
+        fn any_index() -> impl Strategy<Value = IndexFile> {
+            let gaps = proptest::collection::vec(0u64..100, 0..20);
+            (any::<u64>(), gaps, 0u64..100, any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
+                .prop_flat_map(|(base, gaps, tail, last_append_ms, h1, h2)| {
+                    let base = base % (1 << 62);
+                    let mut positions = Vec::new();
+                    let mut at = seg::HEADER_LEN as u64;
+                    for g in &gaps {
+                        positions.push(at);
+                        at += OVERHEAD as u64 + g;
+                    }
+                    let segment_len = if positions.is_empty() { seg::HEADER_LEN as u64 } else { at + tail };
+                    let count = positions.len() as u64;
+                    let anchors =
+                        proptest::collection::btree_map(1..=count.max(1), any::<[u8; 32]>(), 0..=count.min(5) as usize);
+                    (Just((base, positions, segment_len, last_append_ms, h1, h2)), anchors)
+                })
+                .prop_map(|((base, positions, segment_len, last_append_ms, h1, h2), anchors)| IndexFile {
+                    base: Offset::new(base),
+                    segment_len,
+                    last_append_ms,
+                    base_prev_hash: ChainHash(h1),
+                    last_hash: ChainHash(h2),
+                    anchors: anchors.into_iter().map(|(k, h)| (Offset::new(base + k), ChainHash(h))).collect(),
+                    positions,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn indexes_round_trip(f in any_index(), stream in any::<u64>()) {
+                let b = f.encode(StreamId::new(stream));
+                prop_assert_eq!(IndexFile::decode(&b, StreamId::new(stream)).unwrap(), f);
+            }
+
+            #[test]
+            fn every_truncated_index_is_refused(f in any_index()) {
+                let b = f.encode(StreamId::new(1));
+                for cut in 0..b.len() {
+                    prop_assert!(IndexFile::decode(&b[..cut], StreamId::new(1)).is_err(), "cut {}", cut);
+                }
+            }
+
+            #[test]
+            fn arbitrary_indexes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let _ = IndexFile::decode(&bytes, StreamId::new(1));
+            }
         }
     }
 }

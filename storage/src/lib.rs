@@ -23,6 +23,7 @@
 //! ([`testing::FaultyFileSystem`]).
 
 pub mod backend;
+pub mod byteio;
 pub mod chain;
 pub mod checkpoint;
 mod clock;
@@ -44,6 +45,7 @@ pub mod testing;
 pub mod types;
 
 pub use backend::StorageBackend;
+pub use byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 pub use chain::chain_hash;
 pub use checkpoint::{
     Checkpoint, CheckpointIndex, CheckpointPolicy, deserialize_checkpoint_payload, serialize_checkpoint_payload,

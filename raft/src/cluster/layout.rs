@@ -1,17 +1,19 @@
-//! Every byte layout of the cluster layer, as named constants, plus the little reader/writer they
-//! are built with. `/work/notes/format-cluster.md` (later `docs/format.md`) tables the same layouts.
+//! Every byte layout of the cluster layer, as named constants, plus the reader and writer they
+//! are built with (the storage crate's [`shale_storage::byteio`], errors mapped to
+//! [`ClusterError::Decode`]). `docs/format.md` ("Cluster layer") tables the same layouts.
 //!
 //! All integers are little-endian. Variable-length fields are length-prefixed; every length is
 //! checked against a limit before anything is allocated, so hostile bytes cannot make a decoder
 //! allocate without bound or panic. A reader that meets an unknown version returns a typed error.
 
 use bytes::Bytes;
+use shale_storage::byteio::{ByteError, ByteReader};
 
 use crate::cluster::api::ClusterError;
 
 /// Metadata-group command (one Raft entry payload of group 0).
 ///
-/// `[magic:u16 = "MC"][version:u8][kind:u8][body...]`; bodies per kind are tabled in the note.
+/// `[magic:u16 = "MC"][version:u8][kind:u8][body...]`; bodies per kind are tabled in `docs/format.md`.
 pub mod metadata_command {
     /// "MC" as a little-endian u16.
     pub const MAGIC: u16 = u16::from_le_bytes(*b"MC");
@@ -71,16 +73,18 @@ pub mod record {
     pub const MAGIC: u16 = u16::from_le_bytes(*b"PR");
     /// Version written and read.
     pub const VERSION: u8 = 1;
-    /// Offset of the magic.
-    pub const MAGIC_AT: usize = 0;
-    /// Offset of the version.
-    pub const VERSION_AT: usize = MAGIC_AT + 2;
-    /// Offset of the flags.
-    pub const FLAGS_AT: usize = VERSION_AT + 1;
-    /// Offset of the timestamp.
-    pub const TIMESTAMP_AT: usize = FLAGS_AT + 1;
-    /// Bytes of the fixed header.
-    pub const FIXED_LEN: usize = TIMESTAMP_AT + 8;
+    shale_storage::offsets! {
+        /// Offset of the magic.
+        MAGIC_AT: u16,
+        /// Offset of the version.
+        VERSION_AT: u8,
+        /// Offset of the flags.
+        FLAGS_AT: u8,
+        /// Offset of the timestamp.
+        TIMESTAMP_AT: u64,
+        /// Bytes of the fixed header.
+        FIXED_LEN,
+    }
     /// Flag: a key follows.
     pub const FLAG_KEY: u8 = 0b0000_0001;
     /// Flag: producer id and sequence follow.
@@ -99,108 +103,40 @@ pub mod partition_snapshot {
     pub const VERSION: u16 = 1;
 }
 
-/// Appends little-endian fields to a buffer.
-#[derive(Debug, Default)]
-pub struct Writer {
-    buf: Vec<u8>,
+/// Appends little-endian fields to a buffer: the storage crate's
+/// [`ByteWriter`](shale_storage::byteio::ByteWriter), which owns the `str16`, `bytes32`, `opt_u64`
+/// and CRC-trailer encodings these layouts use.
+pub use shale_storage::byteio::ByteWriter as Writer;
+
+/// `Reader` methods that read one fixed-width integer with the shared reader.
+macro_rules! fixed_width_reads {
+    ($($(#[$doc:meta])* $name:ident -> $ty:ty;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&mut self) -> Result<$ty, ClusterError> {
+            let v = self.inner.$name();
+            self.lift(v)
+        }
+    )*};
 }
 
-impl Writer {
-    /// An empty writer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// A writer with room for `n` bytes.
-    pub fn with_capacity(n: usize) -> Self {
-        Self { buf: Vec::with_capacity(n) }
-    }
-    /// One byte.
-    pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.buf.push(v);
-        self
-    }
-    /// Two bytes.
-    pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// Four bytes.
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// Eight bytes.
-    pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// `[present:u8][value:u64]` (value 0 when absent).
-    pub fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
-        self.u8(u8::from(v.is_some())).u64(v.unwrap_or(0))
-    }
-    /// Raw bytes, no prefix.
-    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(v);
-        self
-    }
-    /// `[len:u16][bytes]`; callers check the length limit first.
-    pub fn str16(&mut self, v: &str) -> &mut Self {
-        debug_assert!(v.len() <= usize::from(u16::MAX));
-        self.u16(v.len() as u16).raw(v.as_bytes())
-    }
-    /// `[len:u32][bytes]`.
-    pub fn bytes32(&mut self, v: &[u8]) -> &mut Self {
-        debug_assert!(v.len() <= u32::MAX as usize);
-        self.u32(v.len() as u32).raw(v)
-    }
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-    /// Appends a CRC32 of everything written so far.
-    pub fn crc(&mut self) -> &mut Self {
-        let crc = crc32fast::hash(&self.buf);
-        self.u32(crc)
-    }
-    /// The bytes.
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-/// Reads little-endian fields, failing with [`ClusterError::Decode`] instead of panicking.
+/// Reads little-endian fields with the storage crate's [`ByteReader`], failing with
+/// [`ClusterError::Decode`] (naming the byte position) instead of panicking.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    what: &'static str,
-    buf: &'a [u8],
-    pos: usize,
+    inner: ByteReader<'a>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader over `buf`; `what` names the structure in errors.
     pub fn new(what: &'static str, buf: &'a [u8]) -> Self {
-        Self { what, buf, pos: 0 }
+        Self { inner: ByteReader::new(what, buf) }
     }
 
     /// A reader over a buffer whose last four bytes are a CRC32 of the rest; checks it first.
     pub fn with_crc(what: &'static str, buf: &'a [u8]) -> Result<Self, ClusterError> {
-        if buf.len() < 4 {
-            return Err(ClusterError::Decode { what, reason: format!("{} bytes, too short for a CRC", buf.len()) });
-        }
-        let (body, crc) = buf.split_at(buf.len() - 4);
-        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(ClusterError::Decode {
-                what,
-                reason: format!("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-            });
-        }
-        Ok(Self::new(what, body))
+        let inner = ByteReader::with_crc32_trailer(what, buf)
+            .map_err(|e| ClusterError::Decode { what, reason: e.kind.to_string() })?;
+        Ok(Self { inner })
     }
 
     /// Reads and checks a snapshot header `[magic:u32][version:u16]`.
@@ -218,89 +154,51 @@ impl<'a> Reader<'a> {
 
     /// An error naming the current position.
     pub fn error(&self, reason: impl Into<String>) -> ClusterError {
-        ClusterError::Decode { what: self.what, reason: format!("at byte {}: {}", self.pos, reason.into()) }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
-        if self.buf.len() - self.pos < n {
-            return Err(self.error(format!("need {n} bytes, {} left", self.buf.len() - self.pos)));
+        ClusterError::Decode {
+            what: self.inner.what(),
+            reason: format!("at byte {}: {}", self.inner.position(), reason.into()),
         }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
     }
 
-    /// One byte.
-    pub fn u8(&mut self) -> Result<u8, ClusterError> {
-        Ok(self.take(1)?[0])
+    /// The shared reader's result, its error as [`ClusterError::Decode`] at the current position.
+    fn lift<T>(&self, result: Result<T, ByteError>) -> Result<T, ClusterError> {
+        result.map_err(|e| self.error(e.kind.to_string()))
     }
-    /// Two bytes.
-    pub fn u16(&mut self) -> Result<u16, ClusterError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    /// Four bytes.
-    pub fn u32(&mut self) -> Result<u32, ClusterError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    /// Eight bytes.
-    pub fn u64(&mut self) -> Result<u64, ClusterError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+
+    fixed_width_reads! {
+        /// One byte.
+        u8 -> u8;
+        /// Two bytes.
+        u16 -> u16;
+        /// Four bytes.
+        u32 -> u32;
+        /// Eight bytes.
+        u64 -> u64;
     }
     /// `[present:u8][value:u64]`.
     pub fn opt_u64(&mut self) -> Result<Option<u64>, ClusterError> {
-        let present = self.u8()?;
-        let v = self.u64()?;
-        match present {
-            0 => Ok(None),
-            1 => Ok(Some(v)),
-            other => Err(self.error(format!("presence byte {other}"))),
-        }
-    }
-    /// `n` raw bytes.
-    pub fn raw(&mut self, n: usize) -> Result<&'a [u8], ClusterError> {
-        self.take(n)
+        let v = self.inner.opt_u64("presence byte");
+        self.lift(v)
     }
     /// `[len:u16][utf8]`, at most `max` bytes.
     pub fn str16(&mut self, max: usize) -> Result<String, ClusterError> {
-        let len = usize::from(self.u16()?);
-        if len > max {
-            return Err(self.error(format!("string of {len} bytes, limit {max}")));
-        }
-        let b = self.take(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.error("string is not UTF-8"))
+        let v = self.inner.str16("string length", max as u64).map(str::to_owned);
+        self.lift(v)
     }
     /// `[len:u32][bytes]`, at most `max` bytes, copied out.
     pub fn bytes32(&mut self, max: usize) -> Result<Bytes, ClusterError> {
-        let len = self.u32()? as usize;
-        if len > max {
-            return Err(self.error(format!("field of {len} bytes, limit {max}")));
-        }
-        Ok(Bytes::copy_from_slice(self.take(len)?))
+        let v = self.inner.bytes32("field length", max as u64).map(Bytes::copy_from_slice);
+        self.lift(v)
     }
     /// A count that must not exceed `max` nor the bytes left divided by `min_item_bytes`
     /// (so a hostile count cannot make us allocate more than the input justifies).
     pub fn count(&mut self, raw: u64, max: usize, min_item_bytes: usize) -> Result<usize, ClusterError> {
-        let left = self.remaining() / min_item_bytes.max(1);
-        if raw > max as u64 || raw > left as u64 {
-            return Err(self.error(format!("count {raw} over the limit {max} or the {left} items the bytes can hold")));
-        }
-        Ok(raw as usize)
-    }
-    /// Bytes not read yet.
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        let v = self.inner.count("count", raw, max, min_item_bytes);
+        self.lift(v)
     }
     /// Fails unless every byte was read.
     pub fn finish(self) -> Result<(), ClusterError> {
-        if self.remaining() != 0 {
-            return Err(self.error(format!("{} trailing bytes", self.remaining())));
-        }
-        Ok(())
+        self.lift(self.inner.expect_end())
     }
 }
 
@@ -360,5 +258,141 @@ mod tests {
         assert!(r.str16(100).is_err());
         let mut r = Reader::new("t", &[0u8; 16]);
         assert!(r.count(1000, 10_000, 8).is_err());
+    }
+
+    #[test]
+    fn record_layout_matches_the_documented_table() {
+        use record as r;
+        assert_eq!([r::MAGIC_AT, r::VERSION_AT, r::FLAGS_AT, r::TIMESTAMP_AT, r::FIXED_LEN], [0, 2, 3, 4, 12]);
+    }
+
+    /// Every decoder of the cluster layer (metadata commands, replies and snapshots; partition
+    /// records, apply outcomes and snapshots), fed encodings built from arbitrary values and every
+    /// cut of them, and arbitrary bytes.
+    mod props {
+        use std::collections::BTreeMap;
+        use std::fmt::Debug;
+
+        use proptest::prelude::*;
+        use shale_storage::{CodecKind, CodecRegistry, NoneCodec};
+
+        use super::*;
+        use crate::cluster::api::{ProduceRecord, RetentionPolicy, TopicSpec, TopicUpdate};
+        use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
+        use crate::cluster::partition::{ApplyOutcome, PartitionMachine, decode_record, encode_record, peek_producer};
+
+        /// `decode(encode)` gives the value back and every cut of the encoding is an error.
+        fn round_trip_and_every_cut_fails<T: Debug + PartialEq>(
+            value: &T,
+            bytes: &[u8],
+            decode: impl Fn(&[u8]) -> Result<T, ClusterError>,
+        ) -> Result<(), TestCaseError> {
+            prop_assert_eq!(&decode(bytes).unwrap(), value);
+            for cut in 0..bytes.len() {
+                let e = decode(&bytes[..cut]);
+                prop_assert!(matches!(e, Err(ClusterError::Decode { .. })), "{:?} cut at {}: {:?}", value, cut, e);
+            }
+            Ok(())
+        }
+
+        /// One command of each kind, in an order that applies: members, a topic, changes to it.
+        fn commands(name: &str, n: u64, level: i32) -> Vec<MetadataCommand> {
+            let retention = RetentionPolicy { retention_bytes: Some(n), retention_ms: n.checked_sub(1) };
+            let members = BTreeMap::from([(1, "a:1".to_string()), (2, format!("{name}:2"))]);
+            let spec = TopicSpec {
+                name: name.into(),
+                partitions: 2,
+                replication_factor: 2,
+                retention,
+                codec: CodecKind::Zstd { level },
+            };
+            let update = TopicUpdate { retention: Some(retention), codec: Some(CodecKind::Lz4) };
+            vec![
+                MetadataCommand::Bootstrap { members },
+                MetadataCommand::AddMember { id: 3, addr: format!("{name}:3") },
+                MetadataCommand::CreateTopic(spec.clone()),
+                MetadataCommand::CreateTopic(spec),
+                MetadataCommand::AlterTopic { name: name.into(), update },
+                MetadataCommand::AlterTopic { name: name.into(), update: TopicUpdate::default() },
+                MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 1, offset: n },
+                MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 9, offset: n },
+                MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::DeleteTopic { name: "other".into() },
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn metadata_encodings_round_trip_and_every_cut_fails(name in "[a-z]{1,8}", n in any::<u64>(), level in -5i32..20) {
+                let mut state = MetadataState::new();
+                for c in commands(&name, n, level) {
+                    round_trip_and_every_cut_fails(&c, &c.encode(), MetadataCommand::decode)?;
+                    let reply = state.apply(&c);
+                    round_trip_and_every_cut_fails(&reply, &reply.encode(), MetadataReply::decode)?;
+                    round_trip_and_every_cut_fails(&state, &state.encode(), MetadataState::decode)?;
+                }
+                let deleted = state.apply(&MetadataCommand::DeleteTopic { name });
+                prop_assert_eq!(deleted, MetadataReply::Ok);
+            }
+
+            #[test]
+            fn partition_encodings_round_trip_and_every_cut_fails(
+                key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                value in proptest::collection::vec(any::<u8>(), 0..64),
+                header in "[a-z]{0,8}",
+                producer in proptest::option::of((any::<u64>(), 0u64..4)),
+                timestamp_ms in any::<u64>(),
+            ) {
+                let record = ProduceRecord {
+                    key: key.map(Bytes::from),
+                    value: Bytes::from(value),
+                    headers: vec![(header, Bytes::from_static(b"v"))],
+                    timestamp_ms: None,
+                };
+                let bytes = encode_record(&record, timestamp_ms, producer, &NoneCodec, 0).unwrap();
+                let codecs = CodecRegistry::new();
+                let stored = decode_record(&bytes, &codecs).unwrap();
+                prop_assert_eq!((&stored.key, &stored.value, &stored.headers), (&record.key, &record.value, &record.headers));
+                round_trip_and_every_cut_fails(&stored, &bytes, |b| decode_record(b, &codecs))?;
+                let producer_end = record::FIXED_LEN + if producer.is_some() { 16 } else { 0 };
+                prop_assert_eq!(peek_producer(&bytes).unwrap(), producer);
+                for cut in 0..producer_end {
+                    prop_assert!(peek_producer(&bytes[..cut]).is_err(), "cut at {}", cut);
+                }
+                let mut machine = PartitionMachine::new();
+                for index in 1..=3 {
+                    let outcome = machine.apply(index, &bytes);
+                    round_trip_and_every_cut_fails(&outcome, &outcome.encode(), ApplyOutcome::decode)?;
+                    round_trip_and_every_cut_fails(&machine, &machine.encode(), PartitionMachine::decode)?;
+                }
+                let invalid = machine.apply(4, &bytes[..bytes.len() - 1]);
+                round_trip_and_every_cut_fails(&invalid, &invalid.encode(), ApplyOutcome::decode)?;
+            }
+
+            /// Any reader call on arbitrary bytes is a value or a typed error, never a panic.
+            #[test]
+            fn readers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), calls in proptest::collection::vec(0u8..9, 1..12)) {
+                let mut r = Reader::new("t", &bytes);
+                for call in calls {
+                    let ok = match call {
+                        0 => r.u8().is_ok(),
+                        1 => r.u16().is_ok(),
+                        2 => r.u32().is_ok(),
+                        3 => r.u64().is_ok(),
+                        4 => r.opt_u64().is_ok(),
+                        5 => r.str16(16).is_ok(),
+                        6 => r.bytes32(16).is_ok(),
+                        7 => codec_kind::read(&mut r).is_ok(),
+                        _ => r.count(u64::from(bytes.first().copied().unwrap_or(0)), 8, 2).is_ok(),
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                let _ = r.finish();
+                let _ = Reader::with_crc("t", &bytes).map(|r| r.finish());
+            }
+        }
     }
 }

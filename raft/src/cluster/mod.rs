@@ -8,7 +8,9 @@
 //! - Each node runs a reconcile loop ([`reconcile`]) that makes its local groups match the applied
 //!   metadata, and a retention loop ([`retention`]).
 //!
-//! [`Cluster`] is the handle the node's gRPC layer calls. See `/work/notes/cluster-api.md`.
+//! [`Cluster`] is the handle the node's gRPC layer calls. Its types and errors are in [`api`]; the
+//! layer's design and invariants are in ARCHITECTURE.md ("The cluster layer"), its byte layouts in
+//! [`layout`] and docs/format.md ("Cluster layer").
 
 pub mod api;
 mod apps;
