@@ -17,6 +17,7 @@ pub mod conn;
 pub mod context;
 pub mod convert;
 pub mod dev;
+pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod limits;
@@ -29,4 +30,5 @@ pub mod storage;
 pub mod testing;
 
 pub use config::{Limits, NodeConfig, StorageKind};
-pub use node::{Node, NodeError, NodeHandle};
+pub use error::NodeError;
+pub use node::{Node, NodeHandle};
