@@ -27,6 +27,7 @@ pub mod scrub;
 pub mod services;
 pub mod signal;
 pub mod storage;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{Limits, NodeConfig, StorageKind};
