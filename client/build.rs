@@ -1,6 +1,6 @@
 //! Compiles the client API protos (`proto/shale/api/**`) with `protox` (pure Rust, no system
-//! `protoc`) and generates prost messages plus tonic clients and servers. (`proto/shale/raft/` is
-//! the Raft transport, compiled by `shale-raft`'s own build script.)
+//! `protoc`) and generates prost messages plus tonic clients and servers. (The Raft transport's
+//! proto is `shale-raft`'s own, in `raft/proto/`.)
 
 use std::path::{Path, PathBuf};
 

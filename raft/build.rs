@@ -1,11 +1,12 @@
-//! Compiles `client/proto/shale/raft/v1/raft.proto` without a system `protoc`: `protox` parses the
-//! proto into a `FileDescriptorSet`, and `tonic-prost-build` generates the messages, client and server.
+//! Compiles the Raft transport's own `proto/shale/raft/v1/raft.proto` (package `shale.raft.v1`)
+//! without a system `protoc`: `protox` parses the proto into a `FileDescriptorSet`, and
+//! `tonic-prost-build` generates the messages, client and server. The client API's protos
+//! (`client/proto/`) are not read here: the transport's wire types are the server's own.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let proto_root = manifest_dir.join("../client/proto");
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let proto_file = proto_root.join("shale/raft/v1/raft.proto");
     println!("cargo:rerun-if-changed={}", proto_file.display());
 

@@ -447,7 +447,10 @@ struct ReplicaBounds {
 /// answers with the first that holds `offset`, which then serves this partition's next reads.
 /// If none does: `OffsetOutOfRange` with the partition's bounds (the lowest start and the highest
 /// end any replica reported), naming each replica's start. See [`Sweep`] for unreachable replicas.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each argument is a distinct input of one sweep; a struct would exist only to carry them here"
+)]
 async fn read_elsewhere<T, F, Fut>(
     client: &Client,
     topic: &str,

@@ -1,23 +1,89 @@
-//! What every gRPC service shares: the cluster, limits, metrics, and forwarding to other nodes.
+//! What every gRPC service shares: the cluster, limits, metrics, the frame of every handler
+//! ([`NodeContext::handle`]), and forwarding to other nodes ([`NodeContext::or_forward`]).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use shale_client::meta;
+use shale_client::proto::admin_client::AdminClient;
+use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
+use shale_client::proto::fetch_client::FetchClient;
+use shale_client::proto::produce_client::ProduceClient;
 use shale_raft::cluster::{Cluster, ClusterError};
 use tokio::sync::{Notify, watch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::convert::errors::cluster_error;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestMetrics};
 
 /// Largest gRPC message the node sends to or accepts from another node when forwarding.
 pub const FORWARD_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A generated tonic client of the client API, as the node uses it to forward a request to
+/// another node: over a shared channel, with messages up to [`FORWARD_MAX_MESSAGE_BYTES`].
+pub trait ForwardClient {
+    /// The client over `channel`.
+    fn over(channel: Channel) -> Self;
+}
+
+macro_rules! forward_clients {
+    ($($client:ident),*) => {$(
+        impl ForwardClient for $client<Channel> {
+            fn over(channel: Channel) -> Self {
+                $client::new(channel)
+                    .max_decoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
+            }
+        }
+    )*};
+}
+
+forward_clients!(AdminClient, ConsumerGroupsClient, FetchClient, ProduceClient);
+
+/// Who answers a request: this node (with the value its cluster call returned), or the node it was
+/// forwarded to (with that node's whole answer).
+#[derive(Debug)]
+pub enum Served<T, Resp> {
+    /// The cluster call succeeded here.
+    Here(T),
+    /// Another node answered.
+    There(Resp),
+}
+
+impl<T, Resp> Served<T, Resp> {
+    /// The answer: built from the value with `answer` if served here, else the other node's.
+    pub fn answer(self, answer: impl FnOnce(T) -> Resp) -> Resp {
+        match self {
+            Served::Here(v) => answer(v),
+            Served::There(resp) => resp,
+        }
+    }
+}
+
+/// Why [`NodeContext::or_forward`] has no answer.
+#[derive(Debug)]
+pub enum NotServed {
+    /// The cluster call failed here and the request is not forwarded.
+    Refused(ClusterError),
+    /// The node the request was forwarded to answered this status (or could not be reached).
+    Forwarded(Status),
+}
+
+impl From<NotServed> for Status {
+    /// A refusal is the cluster error's status ([`cluster_error`]); a forwarded request's status
+    /// is passed on unchanged.
+    fn from(e: NotServed) -> Status {
+        match e {
+            NotServed::Refused(err) => cluster_error(err),
+            NotServed::Forwarded(status) => status,
+        }
+    }
+}
 
 /// Counts client-API requests being served, so shutdown can wait for them to finish.
 #[derive(Debug, Default)]
@@ -165,22 +231,77 @@ impl NodeContext {
         Ok(ch)
     }
 
-    /// Sends `message` to the node at `addr`, marked as forwarded, and hands back its answer
-    /// (success or status) unchanged.
-    pub async fn forward<Req, Resp, F, Fut>(&self, addr: &str, message: Req, call: F) -> Result<Resp, Status>
+    /// Sends `message` to the node at `addr` with the client method `method` (e.g.
+    /// `AdminClient::create_topic`), marked as forwarded, and hands back its answer (success or
+    /// status) unchanged.
+    pub async fn forward<C, Req, Resp>(
+        &self,
+        addr: &str,
+        message: Req,
+        method: impl AsyncFnOnce(&mut C, Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Resp, Status>
     where
-        F: FnOnce(Channel, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
+        C: ForwardClient,
     {
         tracing::debug!(to = %addr, "forwarding");
         self.metrics.forwarded.inc();
-        let channel = self.channel(addr)?;
+        let mut client = C::over(self.channel(addr)?);
         let mut request = Request::new(message);
         if let Ok(v) = self.node_id.to_string().parse() {
             request.metadata_mut().insert(meta::FORWARDED, v);
         }
         request.set_timeout(self.forward_timeout);
-        call(channel, request).await.map(Response::into_inner)
+        method(&mut client, request).await.map(Response::into_inner)
+    }
+
+    /// The one forwarding rule of the client API. `result` is what this node's cluster call for
+    /// `req` returned: its value if it succeeded; if it failed with an error that names another
+    /// node that can serve `req` ([`Self::redirect`]; never for a `forwarded` request), that node's
+    /// answer to `req`, sent with the client method `method`; else the error, refused here (`?`
+    /// makes it a status with [`cluster_error`]).
+    pub async fn or_forward<T, C, Req, Resp>(
+        &self,
+        result: Result<T, ClusterError>,
+        forwarded: bool,
+        partition: Option<(&str, u32)>,
+        req: Req,
+        method: impl AsyncFnOnce(&mut C, Request<Req>) -> Result<Response<Resp>, Status>,
+    ) -> Result<Served<T, Resp>, NotServed>
+    where
+        C: ForwardClient,
+    {
+        match result {
+            Ok(v) => Ok(Served::Here(v)),
+            Err(err) => match self.redirect(&err, forwarded, partition) {
+                Some(addr) => self.forward(&addr, req, method).await.map(Served::There).map_err(NotServed::Forwarded),
+                None => Err(NotServed::Refused(err)),
+            },
+        }
+    }
+
+    /// The frame of every client-API handler: counts the request in flight (shutdown waits for it)
+    /// while `serve` answers its message, told whether another node forwarded it.
+    pub async fn handle<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
+    ) -> Result<Response<Resp>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let forwarded = is_forwarded(&request);
+        serve(request.into_inner(), forwarded).await.map(Response::new)
+    }
+
+    /// [`Self::handle`], and counts the request in `metrics` (handled, failed, latency).
+    pub async fn handle_timed<Req, Resp>(
+        &self,
+        metrics: &RequestMetrics,
+        request: Request<Req>,
+        serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
+    ) -> Result<Response<Resp>, Status> {
+        let started = Instant::now();
+        let result = self.handle(request, serve).await;
+        metrics.record(started, result.is_ok());
+        result
     }
 
     /// The advertised address of a member.

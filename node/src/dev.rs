@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::cli::DevArgs;
-use crate::node::{Node, NodeError, NodeHandle};
+use crate::error::NodeError;
+use crate::node::{Node, NodeHandle};
 use crate::signal::shutdown_signal;
 
 /// How long `dev` waits for the cluster to elect a metadata leader before saying so.

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod context;
 pub mod convert;
 pub mod dev;
+pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod limits;
@@ -26,7 +27,9 @@ pub mod scrub;
 pub mod services;
 pub mod signal;
 pub mod storage;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{Limits, NodeConfig, StorageKind};
-pub use node::{Node, NodeError, NodeHandle};
+pub use error::NodeError;
+pub use node::{Node, NodeHandle};

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::time::Duration;
 
+use shale_node::NodeError;
 use shale_node::cli::{Cli, Command, HealthcheckArgs};
-use shale_node::node::{Node, NodeError};
+use shale_node::node::Node;
 use tracing_subscriber::EnvFilter;
 
 /// Log filter when `RUST_LOG` is unset: our info, openraft's warnings only (its info is per-event).

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shale_raft::cluster::Cluster;
 use shale_storage::StorageBackend;
@@ -79,27 +79,44 @@ impl Histogram {
     }
 }
 
+/// The requests of one kind: how many were handled and failed, and how long the successful ones
+/// took.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    /// Requests handled (including refused ones).
+    pub requests: Counter,
+    /// Requests that failed.
+    pub errors: Counter,
+    /// Latency of the requests that succeeded.
+    pub latency: Histogram,
+}
+
+impl RequestMetrics {
+    /// Counts one request that started at `started` and succeeded if `ok`.
+    pub fn record(&self, started: Instant, ok: bool) {
+        self.requests.inc();
+        if ok {
+            self.latency.observe(started.elapsed());
+        } else {
+            self.errors.inc();
+        }
+    }
+}
+
 /// Everything the services count.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Produce requests handled (including refused ones).
-    pub produce_requests: Counter,
+    /// Produce requests handled (including refused ones), failed, and their latency (request to
+    /// acknowledgement).
+    pub produce: RequestMetrics,
     /// Records acknowledged.
     pub produce_records: Counter,
     /// Value/key/header bytes acknowledged.
     pub produce_bytes: Counter,
-    /// Produce requests that failed.
-    pub produce_errors: Counter,
-    /// Produce latency (request to acknowledgement).
-    pub produce_latency: Histogram,
-    /// Fetch requests handled.
-    pub fetch_requests: Counter,
+    /// Fetch requests handled, failed, and their latency (including long-poll waits).
+    pub fetch: RequestMetrics,
     /// Records returned by fetches and subscriptions.
     pub fetch_records: Counter,
-    /// Fetch requests that failed.
-    pub fetch_errors: Counter,
-    /// Fetch latency (including long-poll waits).
-    pub fetch_latency: Histogram,
     /// Requests this node forwarded to another.
     pub forwarded: Counter,
     /// Bytes the scrubber re-read from storage.
@@ -139,15 +156,15 @@ impl Metrics {
         group_lag: &[(String, String, u32, u64)],
     ) -> String {
         let mut out = String::with_capacity(4096);
-        counter(&mut out, "shale_produce_requests_total", "Produce requests handled.", self.produce_requests.get());
+        counter(&mut out, "shale_produce_requests_total", "Produce requests handled.", self.produce.requests.get());
         counter(&mut out, "shale_produce_records_total", "Records acknowledged.", self.produce_records.get());
         counter(&mut out, "shale_produce_bytes_total", "Record bytes acknowledged.", self.produce_bytes.get());
-        counter(&mut out, "shale_produce_errors_total", "Produce requests that failed.", self.produce_errors.get());
-        self.produce_latency.render(&mut out, "shale_produce_latency_seconds", "Produce latency until commit.");
-        counter(&mut out, "shale_fetch_requests_total", "Fetch requests handled.", self.fetch_requests.get());
+        counter(&mut out, "shale_produce_errors_total", "Produce requests that failed.", self.produce.errors.get());
+        self.produce.latency.render(&mut out, "shale_produce_latency_seconds", "Produce latency until commit.");
+        counter(&mut out, "shale_fetch_requests_total", "Fetch requests handled.", self.fetch.requests.get());
         counter(&mut out, "shale_fetch_records_total", "Records returned to consumers.", self.fetch_records.get());
-        counter(&mut out, "shale_fetch_errors_total", "Fetch requests that failed.", self.fetch_errors.get());
-        self.fetch_latency.render(&mut out, "shale_fetch_latency_seconds", "Fetch latency, long polls included.");
+        counter(&mut out, "shale_fetch_errors_total", "Fetch requests that failed.", self.fetch.errors.get());
+        self.fetch.latency.render(&mut out, "shale_fetch_latency_seconds", "Fetch latency, long polls included.");
         counter(
             &mut out,
             "shale_forwarded_requests_total",

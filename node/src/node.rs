@@ -1,7 +1,6 @@
 //! Running a whole node in-process: storage, cluster, gRPC server, HTTP server and bootstrap.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use shale_client::proto::admin_server::AdminServer;
 use shale_client::proto::consumer_groups_server::ConsumerGroupsServer;
 use shale_client::proto::fetch_server::FetchServer;
 use shale_client::proto::produce_server::ProduceServer;
-use shale_raft::cluster::{Cluster, ClusterConfig, ClusterError};
+use shale_raft::cluster::{Cluster, ClusterConfig};
 use shale_storage::StorageBackend;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,52 +19,15 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::conn::KillableStream;
 
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::NodeConfig;
 use crate::context::NodeContext;
+use crate::error::NodeError;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::services::admin::AdminService;
 use crate::services::fetch::FetchService;
 use crate::services::groups::GroupsService;
 use crate::services::produce::ProduceService;
-
-/// Why a node could not start or stop cleanly.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeError {
-    /// The configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A listen address could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// `grpc` or `http`.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The data directory could not be created.
-    #[error("cannot create data dir {}: {source}", path.display())]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Storage failed to open or flush.
-    #[error("storage: {0}")]
-    Storage(#[source] shale_storage::StorageError),
-    /// The cluster layer failed to start or stop.
-    #[error("cluster: {0}")]
-    Cluster(#[from] ClusterError),
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-}
 
 /// Starts nodes. See [`Node::start`].
 #[derive(Debug)]
@@ -175,32 +137,23 @@ impl Node {
         // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
         // clients retry elsewhere); the Raft transport keeps serving until the groups stop.
         let refuse = RefuseWhenStopping(shutdown_rx.clone());
+        // A client-API service over the shared context, with those limits, behind `refuse`.
+        macro_rules! client_api {
+            ($server:ident, $service:ident) => {
+                InterceptedService::new(
+                    $server::new($service::new(ctx.clone()))
+                        .max_decoding_message_size(max_decode)
+                        .max_encoding_message_size(max_encode),
+                    refuse.clone(),
+                )
+            };
+        }
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(InterceptedService::new(
-                ProduceServer::new(ProduceService::new(ctx.clone()))
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(max_encode),
-                refuse.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                FetchServer::new(FetchService::new(ctx.clone()))
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(max_encode),
-                refuse.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                ConsumerGroupsServer::new(GroupsService::new(ctx.clone()))
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(max_encode),
-                refuse.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                AdminServer::new(AdminService::new(ctx.clone()))
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(max_encode),
-                refuse,
-            ))
+            .add_service(client_api!(ProduceServer, ProduceService))
+            .add_service(client_api!(FetchServer, FetchService))
+            .add_service(client_api!(ConsumerGroupsServer, GroupsService))
+            .add_service(client_api!(AdminServer, AdminService))
             .add_service(cluster.grpc_service());
         let mut grpc_shutdown = shutdown_rx.clone();
         let (kill_tx, kill_rx) = watch::channel(false);

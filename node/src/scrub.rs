@@ -406,7 +406,7 @@ impl Scrubber {
         let peers: Vec<(u64, String)> = replicas.into_iter().filter(|(id, _)| *id != me).collect();
         let timeout = Duration::from_millis(self.config.repair_timeout_ms);
         let reads = futures::future::join_all(
-            peers.iter().map(|(_, addr)| repair::read_remote(router, addr, d.group, d.from, d.to, timeout)),
+            peers.iter().map(|(_, addr)| repair::read_remote(router.peers(), addr, d.group, d.from, d.to, timeout)),
         )
         .await;
         let mut by_end: BTreeMap<ChainHash, (usize, Vec<Record>)> = BTreeMap::new();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use shale_storage::{MemoryStorage, StorageBackend, StorageOptions};
 
 use crate::config::{NodeConfig, StorageKind};
-use crate::node::NodeError;
+use crate::error::NodeError;
 
 /// The storage options the config implies.
 pub fn options(config: &NodeConfig) -> StorageOptions {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::{NodeConfig, StorageKind};
-use crate::node::{Node, NodeError, NodeHandle};
+use crate::error::NodeError;
+use crate::node::{Node, NodeHandle};
 
 /// Nodes `1..=n` of one cluster, running in this process. Index `i` of every vector is node `i + 1`.
 #[derive(Debug)]

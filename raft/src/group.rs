@@ -1,6 +1,7 @@
-//! [`RaftGroup`]: one running Raft group on this node (the metadata group or one partition).
+//! [`RaftGroup`]: one running Raft group on this node (the metadata group or one partition), and
+//! [`LocalGroups`], the groups running on this node (which the transport's server dispatches to).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,14 +13,15 @@ use openraft::errors::{
     ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError, RaftError as OpenraftError,
 };
 use openraft::{Raft, RaftMetrics, ReadPolicy, SnapshotPolicy};
+use parking_lot::RwLock;
 use shale_storage::{ChainHash, StorageBackend};
 use tokio::sync::watch;
 
 use crate::error::RaftError;
 use crate::log_store::{CommittedEntry, GroupLog, LogStore};
 use crate::network::client::GroupNetworkFactory;
+use crate::network::peers::Peers;
 use crate::retention::Retention;
-use crate::router::Router;
 use crate::state_machine::{GroupStateMachine, StateMachineApp};
 use crate::types::{AppPayload, GroupId, Node, NodeId, TypeConfig};
 
@@ -119,7 +121,7 @@ pub struct RaftGroup {
     node_id: NodeId,
     raft: Raft<TypeConfig, GroupStateMachine>,
     log: Arc<GroupLog>,
-    router: Weak<Router>,
+    registry: Weak<LocalGroups>,
     applied: watch::Receiver<Option<u64>>,
     election_timeout_max_ms: u64,
     max_payload_bytes: usize,
@@ -133,18 +135,58 @@ impl fmt::Debug for RaftGroup {
     }
 }
 
+/// The Raft groups running on this node, by id: where the transport's server finds the group a
+/// message names. A group is in it from [`crate::Router::start_group`] until [`RaftGroup::shutdown`].
+#[derive(Debug, Default)]
+pub struct LocalGroups {
+    groups: RwLock<HashMap<GroupId, Arc<RaftGroup>>>,
+}
+
+impl LocalGroups {
+    /// A running group.
+    pub fn get(&self, id: GroupId) -> Option<Arc<RaftGroup>> {
+        self.groups.read().get(&id).cloned()
+    }
+
+    /// Every running group, in id order.
+    pub fn ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self.groups.read().keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    fn register(&self, group: Arc<RaftGroup>) -> Result<(), RaftError> {
+        let mut groups = self.groups.write();
+        if groups.contains_key(&group.id()) {
+            return Err(RaftError::InvalidConfig(format!(
+                "group {} is already running on node {}",
+                group.id(),
+                group.node_id()
+            )));
+        }
+        groups.insert(group.id(), group);
+        Ok(())
+    }
+
+    fn unregister(&self, id: GroupId) {
+        self.groups.write().remove(&id);
+    }
+}
+
 impl RaftGroup {
     /// Opens (or creates) the group's streams in `storage`, restores the application from the
-    /// latest snapshot and re-applies the committed log above it, starts Raft and registers the
-    /// group with `router` (so peers' messages reach it).
-    pub async fn start(
-        node_id: NodeId,
+    /// latest snapshot and re-applies the committed log above it, starts Raft (sending through
+    /// `peers`) and registers the group in `registry` (so peers' messages reach it). Called by
+    /// [`crate::Router::start_group`].
+    pub(crate) async fn start(
         group: GroupId,
         storage: Arc<dyn StorageBackend>,
         app: Box<dyn StateMachineApp>,
-        router: &Arc<Router>,
+        peers: &Arc<Peers>,
+        registry: &Arc<LocalGroups>,
         config: RaftGroupConfig,
     ) -> Result<Arc<RaftGroup>, RaftError> {
+        let node_id = peers.node_id();
         let raft_config = Arc::new(config.to_openraft()?);
         let retention = config.retention;
         let log = tokio::task::spawn_blocking(move || GroupLog::open(group, storage, retention))
@@ -154,7 +196,7 @@ impl RaftGroup {
         let sm = GroupStateMachine::new(log.clone(), app);
         let applied = sm.subscribe_applied();
         let store = LogStore::new(log.clone());
-        let network = GroupNetworkFactory::new(router.clone(), group);
+        let network = GroupNetworkFactory::new(peers.clone(), group);
         let raft = Raft::new(node_id, raft_config, network, store, sm)
             .await
             .map_err(|e| RaftError::Fatal { group, reason: e.to_string() })?;
@@ -163,13 +205,13 @@ impl RaftGroup {
             node_id,
             raft,
             log,
-            router: Arc::downgrade(router),
+            registry: Arc::downgrade(registry),
             applied,
             election_timeout_max_ms: config.election_timeout_max_ms,
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
         });
-        if let Err(e) = router.register(g.clone()) {
+        if let Err(e) = registry.register(g.clone()) {
             let _ = g.raft.shutdown().await;
             return Err(e);
         }
@@ -484,12 +526,12 @@ impl RaftGroup {
         Ok(())
     }
 
-    /// Stops Raft and unregisters the group from the router. Its streams stay in storage; `start`
-    /// it again to resume.
+    /// Stops Raft and unregisters the group from this node's [`LocalGroups`]. Its streams stay in
+    /// storage; start it again to resume.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         self.stopped.send_replace(true);
-        if let Some(router) = self.router.upgrade() {
-            router.unregister(self.id);
+        if let Some(registry) = self.registry.upgrade() {
+            registry.unregister(self.id);
         }
         self.raft
             .shutdown()

@@ -10,7 +10,7 @@
 //! [`format`].
 //!
 //! Entry points: [`Router::new`] once per node (mount [`Router::grpc_service`] in the node's tonic
-//! server), then [`RaftGroup::start`] per group with the node's shared storage.
+//! server), then [`Router::start_group`] per group with the node's shared storage.
 
 pub mod cluster;
 pub mod entry_cache;
@@ -23,12 +23,13 @@ pub mod network;
 pub mod repair;
 pub mod retention;
 pub mod router;
+pub mod server;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 pub use error::RaftError;
-pub use group::{RaftGroup, RaftGroupConfig, WriteResult};
+pub use group::{LocalGroups, RaftGroup, RaftGroupConfig, WriteResult};
 pub use log_store::{CommittedEntry, GroupLog, LogReader, LogStore};
 pub use network::NetworkConfig;
 pub use retention::Retention;

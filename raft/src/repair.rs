@@ -14,7 +14,7 @@ use tonic::Status;
 
 use crate::group::RaftGroup;
 use crate::network::pb;
-use crate::router::Router;
+use crate::network::peers::Peers;
 use crate::types::{GroupId, NodeId};
 
 /// Payload bytes per `ReadLog` response a repair asks for.
@@ -93,17 +93,17 @@ pub(crate) async fn read_local(
 /// `timeout`. The records are as the peer holds them: the caller checks them (storage's
 /// `repair_range` does).
 pub async fn read_remote(
-    router: &Router,
+    peers: &Peers,
     addr: &str,
     group: GroupId,
     from: u64,
     to: u64,
     timeout: Duration,
 ) -> Result<Vec<Record>, ReadLogError> {
-    let channel = router.channel(addr).map_err(|reason| ReadLogError::Address { addr: addr.to_string(), reason })?;
+    let channel = peers.channel(addr).map_err(|reason| ReadLogError::Address { addr: addr.to_string(), reason })?;
     let mut client = pb::raft_service_client::RaftServiceClient::new(channel)
-        .max_decoding_message_size(router.config().max_message_bytes)
-        .max_encoding_message_size(router.config().max_message_bytes);
+        .max_decoding_message_size(peers.config().max_message_bytes)
+        .max_encoding_message_size(peers.config().max_message_bytes);
     let mut out = Vec::with_capacity((to - from) as usize);
     let mut at = from;
     while at < to {

@@ -47,7 +47,7 @@ async fn peers(n: u64) -> Vec<Peer> {
 async fn start_group(p: &mut Peer, g: GroupId) {
     let applied = AppliedList::default();
     let app = Box::new(ListApp::new(applied.clone()));
-    let group = RaftGroup::start(p.id, g, p.storage.clone(), app, &p.router, group_config()).await.unwrap();
+    let group = p.router.start_group(g, p.storage.clone(), app, group_config()).await.unwrap();
     p.groups.insert(g, (group, applied));
 }
 

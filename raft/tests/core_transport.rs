@@ -29,8 +29,7 @@ async fn serve() -> (Arc<Router>, Arc<RaftGroup>, RaftServiceClient<tonic::trans
             .unwrap();
     });
     let app = Box::new(ListApp::new(AppliedList::default()));
-    let group =
-        RaftGroup::start(1, GroupId(4), Arc::new(MemoryStorage::new()), app, &router, group_config()).await.unwrap();
+    let group = router.start_group(GroupId(4), Arc::new(MemoryStorage::new()), app, group_config()).await.unwrap();
     let client = RaftServiceClient::connect(format!("http://{addr}")).await.unwrap();
     (router, group, client)
 }
@@ -217,7 +216,7 @@ async fn a_finished_replication_session_pulls_no_more_requests() {
     });
 
     let router = Router::new(1, NetworkConfig::default()).unwrap();
-    let mut factory = GroupNetworkFactory::new(router, GroupId(9));
+    let mut factory = GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
     let mut peer = factory.new_client(2, &Node::new(addr.to_string())).await;
     let request = || AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(1, 1),

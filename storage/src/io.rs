@@ -135,7 +135,7 @@ mod positional {
 }
 
 #[derive(Debug)]
-struct StdLock(#[allow(dead_code)] File);
+struct StdLock(#[allow(dead_code, reason = "held, never read: the lock lasts while the file is open")] File);
 
 impl FsLock for StdLock {}
 

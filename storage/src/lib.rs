@@ -41,6 +41,7 @@ mod prepare_ahead;
 mod prepared;
 mod record;
 pub mod scrub;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 

@@ -1,7 +1,7 @@
 //! An in-process three-node cluster (disk storage in a temp dir, real gRPC on 127.0.0.1) and a way
 //! to run the real `shale` binary against it.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::fs;
 use std::io::Write;

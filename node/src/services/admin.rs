@@ -1,6 +1,7 @@
 //! `shale.api.v1.Admin`: topics, membership, leadership, maintenance and cross-replica verification.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -13,7 +14,7 @@ use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::context::{FORWARD_MAX_MESSAGE_BYTES, NodeContext, is_forwarded};
+use crate::context::{NodeContext, Served};
 use crate::convert::errors::{cluster_error, invalid};
 use crate::convert::{hash_bytes, status as status_conv, topics};
 use crate::limits;
@@ -22,32 +23,6 @@ use crate::limits;
 #[derive(Debug, Clone)]
 pub struct AdminService {
     ctx: Arc<NodeContext>,
-}
-
-fn admin_client(ch: Channel) -> AdminClient<Channel> {
-    AdminClient::new(ch)
-        .max_decoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
-}
-
-/// Runs a cluster call; on a redirectable failure forwards the request to `$method` at the node
-/// that can answer; otherwise maps the error.
-macro_rules! or_forward {
-    ($self:ident, $forwarded:expr, $req:expr, $partition:expr, $method:ident, $call:expr) => {{
-        match $call {
-            Ok(v) => Ok(v),
-            Err(err) => match $self.ctx.redirect(&err, $forwarded, $partition) {
-                Some(addr) => {
-                    let resp = $self
-                        .ctx
-                        .forward(&addr, $req, |ch, r| async move { admin_client(ch).$method(r).await })
-                        .await?;
-                    return Ok(Response::new(resp));
-                }
-                None => Err(cluster_error(err)),
-            },
-        }
-    }};
 }
 
 impl AdminService {
@@ -89,6 +64,32 @@ impl AdminService {
             .filter_map(|g| g.partition)
             .filter(|(t, _)| topic.is_empty() || t == topic)
             .collect())
+    }
+
+    /// Runs `op` on each partition hosted here that `selected` (topic, partition) picks, in order
+    /// (checkpoint and compaction requests). If one of them must be run by another node, the
+    /// whole request `req` goes there instead (with `method`, at most once: this node stops at
+    /// that partition), and that node's answer is the answer.
+    async fn on_local_partitions<T, Req: Clone, Resp, Fut>(
+        &self,
+        req: &Req,
+        selected: (&str, Option<u32>),
+        forwarded: bool,
+        op: impl Fn(String, u32) -> Fut,
+        method: impl AsyncFnOnce(&mut AdminClient<Channel>, Request<Req>) -> Result<Response<Resp>, Status> + Copy,
+    ) -> Result<Served<Vec<(String, u32, T)>, Resp>, Status>
+    where
+        Fut: Future<Output = Result<T, ClusterError>>,
+    {
+        let mut done = Vec::new();
+        for (topic, partition) in self.local_partitions(selected.0, selected.1)? {
+            let result = op(topic.clone(), partition).await;
+            match self.ctx.or_forward(result, forwarded, Some((&topic, partition)), req.clone(), method).await? {
+                Served::Here(v) => done.push((topic, partition, v)),
+                Served::There(resp) => return Ok(Served::There(resp)),
+            }
+        }
+        Ok(Served::Here(done))
     }
 
     /// This replica's bounds and (with `offset`) its chain hash there: from memory, or, with
@@ -149,218 +150,9 @@ impl AdminService {
         Ok(resp)
     }
 
-    /// Asks every replica (this node directly, others over gRPC) for `LocalChainHash`.
-    async fn ask_replicas(
-        &self,
-        replicas: &[(u64, String)],
-        req: &proto::LocalChainHashRequest,
-    ) -> Vec<(u64, String, Result<proto::LocalChainHashResponse, Status>)> {
-        let calls = replicas.iter().map(|(id, addr)| {
-            let req = req.clone();
-            async move {
-                let result = if *id == self.ctx.node_id {
-                    self.local_chain_hash(&req).await
-                } else {
-                    self.ctx.forward(addr, req, |ch, r| async move { admin_client(ch).local_chain_hash(r).await }).await
-                };
-                (*id, addr.clone(), result)
-            }
-        });
-        join_all(calls).await
-    }
-}
-
-#[tonic::async_trait]
-impl proto::admin_server::Admin for AdminService {
-    async fn create_topic(
-        &self,
-        request: Request<proto::CreateTopicRequest>,
-    ) -> Result<Response<proto::CreateTopicResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        limits::check_topic_name(&req.name)?;
-        let spec = topics::topic_spec(req.clone())?;
-        limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
-        let info = or_forward!(self, forwarded, req, None, create_topic, self.ctx.cluster.create_topic(spec).await)?;
-        Ok(Response::new(proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
-    }
-
-    async fn delete_topic(
-        &self,
-        request: Request<proto::DeleteTopicRequest>,
-    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        limits::check_topic_name(&req.name)?;
-        let name = req.name.clone();
-        or_forward!(self, forwarded, req, None, delete_topic, self.ctx.cluster.delete_topic(&name).await)?;
-        Ok(Response::new(proto::DeleteTopicResponse {}))
-    }
-
-    async fn list_topics(
-        &self,
-        request: Request<proto::ListTopicsRequest>,
-    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let list = or_forward!(self, forwarded, req, None, list_topics, self.ctx.cluster.list_topics().await)?;
-        Ok(Response::new(proto::ListTopicsResponse { topics: list.iter().map(|t| self.wire_topic(t)).collect() }))
-    }
-
-    async fn describe_topic(
-        &self,
-        request: Request<proto::DescribeTopicRequest>,
-    ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        limits::check_topic_name(&req.name)?;
-        let name = req.name.clone();
-        let d = or_forward!(self, forwarded, req, None, describe_topic, self.ctx.cluster.describe_topic(&name).await)?;
-        Ok(Response::new(proto::DescribeTopicResponse {
-            topic: Some(topics::topic_description(&d, self.leader_hint(&name))),
-        }))
-    }
-
-    async fn alter_topic(
-        &self,
-        request: Request<proto::AlterTopicRequest>,
-    ) -> Result<Response<proto::AlterTopicResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        limits::check_topic_name(&req.name)?;
-        let current = self
-            .ctx
-            .cluster
-            .local_topics()
-            .into_iter()
-            .find(|t| t.name == req.name)
-            .map(|t| t.retention)
-            .unwrap_or_default();
-        let update = topics::topic_update(&req, current)?;
-        let name = req.name.clone();
-        let info =
-            or_forward!(self, forwarded, req, None, alter_topic, self.ctx.cluster.alter_topic(&name, update).await)?;
-        Ok(Response::new(proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
-    }
-
-    async fn cluster_status(
-        &self,
-        _request: Request<proto::ClusterStatusRequest>,
-    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let status = self.ctx.cluster.cluster_status();
-        let mut response = status_conv::cluster_status(&status);
-        response.damaged =
-            status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
-        Ok(Response::new(response))
-    }
-
-    async fn add_node(
-        &self,
-        request: Request<proto::AddNodeRequest>,
-    ) -> Result<Response<proto::AddNodeResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        if req.node_id == 0 {
-            return Err(invalid("node_id", "node ids start at 1"));
-        }
-        if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
-            return Err(invalid("addr", "a node address is a non-empty host:port"));
-        }
-        let (id, addr) = (req.node_id, req.addr.clone());
-        or_forward!(self, forwarded, req, None, add_node, self.ctx.cluster.add_node(id, addr).await)?;
-        Ok(Response::new(proto::AddNodeResponse { members: self.members() }))
-    }
-
-    async fn remove_node(
-        &self,
-        request: Request<proto::RemoveNodeRequest>,
-    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let id = req.node_id;
-        or_forward!(self, forwarded, req, None, remove_node, self.ctx.cluster.remove_node(id).await)?;
-        Ok(Response::new(proto::RemoveNodeResponse { members: self.members() }))
-    }
-
-    async fn transfer_leader(
-        &self,
-        request: Request<proto::TransferLeaderRequest>,
-    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        limits::check_topic_name(&req.topic)?;
-        let (topic, partition, to) = (req.topic.clone(), req.partition, req.to_node_id);
-        or_forward!(
-            self,
-            forwarded,
-            req,
-            Some((&topic, partition)),
-            transfer_leader,
-            self.ctx.cluster.transfer_leader(&topic, partition, to).await
-        )?;
-        Ok(Response::new(proto::TransferLeaderResponse { leader_id: to }))
-    }
-
-    async fn checkpoint(
-        &self,
-        request: Request<proto::CheckpointRequest>,
-    ) -> Result<Response<proto::CheckpointResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let mut checkpoints = Vec::new();
-        for (topic, partition) in self.local_partitions(&req.topic, req.partition)? {
-            let index = or_forward!(
-                self,
-                forwarded,
-                req.clone(),
-                Some((&topic, partition)),
-                checkpoint,
-                self.ctx.cluster.checkpoint(&topic, partition).await
-            )?;
-            if let Some(offset) = index {
-                let chain_hash =
-                    self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h)).unwrap_or_default();
-                checkpoints.push(proto::PartitionCheckpoint { topic, partition, offset, chain_hash });
-            }
-        }
-        Ok(Response::new(proto::CheckpointResponse { checkpoints }))
-    }
-
-    async fn compact(
-        &self,
-        request: Request<proto::CompactRequest>,
-    ) -> Result<Response<proto::CompactResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let mut partitions = Vec::new();
-        for (topic, partition) in self.local_partitions(&req.topic, req.partition)? {
-            let outcome = or_forward!(
-                self,
-                forwarded,
-                req.clone(),
-                Some((&topic, partition)),
-                compact,
-                self.ctx.cluster.compact(&topic, partition).await
-            )?;
-            partitions.push(status_conv::compaction(&topic, partition, &outcome));
-        }
-        Ok(Response::new(proto::CompactResponse { partitions }))
-    }
-
-    async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let req = request.into_inner();
+    /// Asks every replica of a partition for its chain hash at one offset (by default the newest
+    /// offset every replica holds) and compares them.
+    async fn verify_replicas(&self, req: proto::VerifyRequest) -> Result<proto::VerifyResponse, Status> {
         limits::check_topic_name(&req.topic)?;
         let cluster = &self.ctx.cluster;
         let topic = match cluster.local_topics().into_iter().find(|t| t.name == req.topic) {
@@ -451,7 +243,7 @@ impl proto::admin_server::Admin for AdminService {
         } else {
             answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some()).map(|a| a.log_start).min().unwrap_or(0)
         };
-        Ok(Response::new(proto::VerifyResponse {
+        Ok(proto::VerifyResponse {
             topic: req.topic,
             partition: req.partition,
             offset,
@@ -459,15 +251,244 @@ impl proto::admin_server::Admin for AdminService {
             agree,
             partition_start,
             keep_all,
-        }))
+        })
+    }
+
+    /// Asks every replica (this node directly, others over gRPC) for `LocalChainHash`.
+    async fn ask_replicas(
+        &self,
+        replicas: &[(u64, String)],
+        req: &proto::LocalChainHashRequest,
+    ) -> Vec<(u64, String, Result<proto::LocalChainHashResponse, Status>)> {
+        let calls = replicas.iter().map(|(id, addr)| {
+            let req = req.clone();
+            async move {
+                let result = if *id == self.ctx.node_id {
+                    self.local_chain_hash(&req).await
+                } else {
+                    self.ctx.forward(addr, req, AdminClient::local_chain_hash).await
+                };
+                (*id, addr.clone(), result)
+            }
+        });
+        join_all(calls).await
+    }
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::CreateTopicResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_topic_name(&req.name)?;
+                let spec = topics::topic_spec(req.clone())?;
+                limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
+                let result = self.ctx.cluster.create_topic(spec).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
+                Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+            })
+            .await
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_topic_name(&req.name)?;
+                let result = self.ctx.cluster.delete_topic(&req.name).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
+                Ok(served.answer(|()| proto::DeleteTopicResponse {}))
+            })
+            .await
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let result = self.ctx.cluster.list_topics().await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::list_topics).await?;
+                Ok(served.answer(|list| proto::ListTopicsResponse {
+                    topics: list.iter().map(|t| self.wire_topic(t)).collect(),
+                }))
+            })
+            .await
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::DescribeTopicResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_topic_name(&req.name)?;
+                let name = req.name.clone();
+                let result = self.ctx.cluster.describe_topic(&name).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
+                Ok(served.answer(|d| proto::DescribeTopicResponse {
+                    topic: Some(topics::topic_description(&d, self.leader_hint(&name))),
+                }))
+            })
+            .await
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<proto::AlterTopicRequest>,
+    ) -> Result<Response<proto::AlterTopicResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_topic_name(&req.name)?;
+                let current = self
+                    .ctx
+                    .cluster
+                    .local_topics()
+                    .into_iter()
+                    .find(|t| t.name == req.name)
+                    .map(|t| t.retention)
+                    .unwrap_or_default();
+                let update = topics::topic_update(&req, current)?;
+                let result = self.ctx.cluster.alter_topic(&req.name, update).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
+                Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+            })
+            .await
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        self.ctx
+            .handle(request, async |_, _| {
+                let status = self.ctx.cluster.cluster_status();
+                let mut response = status_conv::cluster_status(&status);
+                response.damaged =
+                    status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
+                Ok(response)
+            })
+            .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::AddNodeResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                if req.node_id == 0 {
+                    return Err(invalid("node_id", "node ids start at 1"));
+                }
+                if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
+                    return Err(invalid("addr", "a node address is a non-empty host:port"));
+                }
+                let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
+                Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
+            })
+            .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let result = self.ctx.cluster.remove_node(req.node_id).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
+                Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
+            })
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_topic_name(&req.topic)?;
+                let (topic, partition, to) = (req.topic.clone(), req.partition, req.to_node_id);
+                let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
+                let served = self
+                    .ctx
+                    .or_forward(result, forwarded, Some((&topic, partition)), req, AdminClient::transfer_leader)
+                    .await?;
+                Ok(served.answer(|()| proto::TransferLeaderResponse { leader_id: to }))
+            })
+            .await
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<proto::CheckpointRequest>,
+    ) -> Result<Response<proto::CheckpointResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let checkpoint = |topic: String, partition| async move {
+                    let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
+                    Ok(index.map(|offset| {
+                        let hash = self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h));
+                        (offset, hash.unwrap_or_default())
+                    }))
+                };
+                let selected = (req.topic.as_str(), req.partition);
+                let served =
+                    self.on_local_partitions(&req, selected, forwarded, checkpoint, AdminClient::checkpoint).await?;
+                Ok(served.answer(|done| proto::CheckpointResponse {
+                    checkpoints: done
+                        .into_iter()
+                        .filter_map(|(topic, partition, index)| {
+                            index.map(|(offset, chain_hash)| proto::PartitionCheckpoint {
+                                topic,
+                                partition,
+                                offset,
+                                chain_hash,
+                            })
+                        })
+                        .collect(),
+                }))
+            })
+            .await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<proto::CompactRequest>,
+    ) -> Result<Response<proto::CompactResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let compact =
+                    |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
+                let selected = (req.topic.as_str(), req.partition);
+                let served = self.on_local_partitions(&req, selected, forwarded, compact, AdminClient::compact).await?;
+                Ok(served.answer(|done| proto::CompactResponse {
+                    partitions: done
+                        .iter()
+                        .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
+                        .collect(),
+                }))
+            })
+            .await
+    }
+
+    async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        self.ctx.handle(request, async |req, _| self.verify_replicas(req).await).await
     }
 
     async fn local_chain_hash(
         &self,
         request: Request<proto::LocalChainHashRequest>,
     ) -> Result<Response<proto::LocalChainHashResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        self.local_chain_hash(&request.into_inner()).await.map(Response::new)
+        self.ctx.handle(request, async |req, _| self.local_chain_hash(&req).await).await
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::Stream;
 use shale_client::proto;
@@ -12,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::context::{FORWARD_MAX_MESSAGE_BYTES, NodeContext, is_forwarded};
+use crate::context::{NodeContext, NotServed};
 use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
 use crate::convert::records::{fetch_request, fetch_response};
 use crate::limits;
@@ -37,84 +36,29 @@ impl FetchService {
 
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
-        let domain = fetch_request(
-            req.topic.clone(),
-            req.partition,
-            req.offset,
-            req.max_bytes,
-            req.max_wait_ms,
-            &self.ctx.limits,
-        );
-        match self.ctx.cluster.fetch(domain).await {
-            Ok(result) => {
-                self.ctx.metrics.fetch_records.add(result.records.len() as u64);
-                Ok(fetch_response(req.topic, req.partition, req.offset, result))
-            }
-            Err(err) if let Some(status) = crate::scrub::damaged_read(&self.ctx.damage, &err) => Err(status),
-            Err(err) => match self.ctx.redirect(&err, forwarded, Some((&req.topic, req.partition))) {
-                Some(addr) => {
-                    self.ctx
-                        .forward(&addr, req, |ch, r| async move {
-                            FetchClient::new(ch)
-                                .max_decoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
-                                .max_encoding_message_size(FORWARD_MAX_MESSAGE_BYTES)
-                                .fetch(r)
-                                .await
-                        })
-                        .await
-                }
-                None => Err(read_error(&self.ctx, err, &req.topic, req.partition)),
-            },
+        let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
+        let domain = fetch_request(topic.clone(), partition, offset, req.max_bytes, req.max_wait_ms, &self.ctx.limits);
+        let result = self.ctx.cluster.fetch(domain).await;
+        // A damaged range here is not the partition's answer: the client reads another replica.
+        if let Err(err) = &result
+            && let Some(status) = crate::scrub::damaged_read(&self.ctx.damage, err)
+        {
+            return Err(status);
         }
-    }
-}
-
-/// The status of a read this replica cannot serve. Out of range also names this node and the
-/// partition's replicas (`shale-replica-id`, `shale-replicas`): an offset below this replica's log
-/// start may still be held by another replica, and the client reads it there.
-fn read_error(ctx: &NodeContext, err: ClusterError, topic: &str, partition: u32) -> Status {
-    match err {
-        ClusterError::OffsetOutOfRange { start, end, .. } => {
-            let message = format!("{err} on node {}", ctx.node_id);
-            let ids = ctx.cluster.local_partition_state(topic, partition).map(|s| s.replicas).unwrap_or_default();
-            let members = ctx.cluster.cluster_status().members;
-            let replicas: Vec<(u64, String)> = ids
-                .into_iter()
-                .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| (id, m.addr.clone())))
-                .collect();
-            replica_out_of_range(message, start, end, ctx.node_id, &replicas)
-        }
-        other => cluster_error(other),
-    }
-}
-
-/// A subscription's stream of batches.
-pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl proto::fetch_server::Fetch for FetchService {
-    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let started = Instant::now();
-        let forwarded = is_forwarded(&request);
-        let result = self.fetch_inner(request.into_inner(), forwarded).await;
-        let m = &self.ctx.metrics;
-        m.fetch_requests.inc();
-        match &result {
-            Ok(_) => m.fetch_latency.observe(started.elapsed()),
-            Err(_) => m.fetch_errors.inc(),
-        }
-        result.map(Response::new)
+        let served =
+            match self.ctx.or_forward(result, forwarded, Some((&topic, partition)), req, FetchClient::fetch).await {
+                Ok(served) => served,
+                Err(NotServed::Refused(err)) => return Err(read_error(&self.ctx, err, &topic, partition)),
+                Err(other) => return Err(other.into()),
+            };
+        Ok(served.answer(|result| {
+            self.ctx.metrics.fetch_records.add(result.records.len() as u64);
+            fetch_response(topic, partition, offset, result)
+        }))
     }
 
-    type SubscribeStream = SubscribeStream;
-
-    /// Served by a replica of the partition; elsewhere answers NOT_LEADER naming the leader (a
-    /// stream is not forwarded). The first fetch runs before the stream opens, so a bad topic,
-    /// partition or offset fails the call itself.
-    async fn subscribe(&self, request: Request<proto::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
-        let _in_flight = self.ctx.in_flight.enter();
-        let req = request.into_inner();
+    /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]).
+    async fn subscribe_inner(&self, req: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
         limits::check_topic_name(&req.topic)?;
         let ctx = self.ctx.clone();
         let first = ctx
@@ -184,6 +128,48 @@ impl proto::fetch_server::Fetch for FetchService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// The status of a read this replica cannot serve. Out of range also names this node and the
+/// partition's replicas (`shale-replica-id`, `shale-replicas`): an offset below this replica's log
+/// start may still be held by another replica, and the client reads it there.
+fn read_error(ctx: &NodeContext, err: ClusterError, topic: &str, partition: u32) -> Status {
+    match err {
+        ClusterError::OffsetOutOfRange { start, end, .. } => {
+            let message = format!("{err} on node {}", ctx.node_id);
+            let ids = ctx.cluster.local_partition_state(topic, partition).map(|s| s.replicas).unwrap_or_default();
+            let members = ctx.cluster.cluster_status().members;
+            let replicas: Vec<(u64, String)> = ids
+                .into_iter()
+                .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| (id, m.addr.clone())))
+                .collect();
+            replica_out_of_range(message, start, end, ctx.node_id, &replicas)
+        }
+        other => cluster_error(other),
+    }
+}
+
+/// A subscription's stream of batches.
+pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::fetch_server::Fetch for FetchService {
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
+        self.ctx
+            .handle_timed(&self.ctx.metrics.fetch, request, async |req, forwarded| {
+                self.fetch_inner(req, forwarded).await
+            })
+            .await
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    /// Served by a replica of the partition; elsewhere answers NOT_LEADER naming the leader (a
+    /// stream is not forwarded). The first fetch runs before the stream opens, so a bad topic,
+    /// partition or offset fails the call itself.
+    async fn subscribe(&self, request: Request<proto::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        self.ctx.handle(request, async |req, _| self.subscribe_inner(req).await).await
     }
 }

@@ -1,6 +1,6 @@
 //! An in-process cluster of real nodes (disk storage in a temp dir, real gRPC on 127.0.0.1).
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::net::SocketAddr;
 use std::time::Duration;

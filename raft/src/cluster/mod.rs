@@ -180,15 +180,8 @@ impl Cluster {
         let app = MetadataApp::new(metadata.clone(), changed_tx.clone());
         let mut raft_config = config.raft.clone();
         raft_config.retention = Retention::SnapshotOnly;
-        let metadata_group = RaftGroup::start(
-            config.node_id,
-            METADATA_GROUP,
-            config.storage.clone(),
-            Box::new(app),
-            &router,
-            raft_config,
-        )
-        .await?;
+        let metadata_group =
+            router.start_group(METADATA_GROUP, config.storage.clone(), Box::new(app), raft_config).await?;
         let (shutdown, _) = watch::channel(false);
         let cluster = Arc::new(Cluster {
             config,
@@ -225,7 +218,7 @@ impl Cluster {
     /// The tonic service to mount on this node's gRPC server (the Raft transport of every group).
     pub fn grpc_service(
         &self,
-    ) -> crate::network::pb::raft_service_server::RaftServiceServer<crate::network::server::RaftGrpcService> {
+    ) -> crate::network::pb::raft_service_server::RaftServiceServer<crate::server::RaftGrpcService> {
         self.router.grpc_service()
     }
 

@@ -29,7 +29,7 @@ use super::metadata::MetadataCommand;
 use super::partition::PartitionMachine;
 use super::{Cluster, LocalPartition, catch_up};
 use crate::cluster::api::*;
-use crate::{Node, RaftError, RaftGroup, Retention};
+use crate::{Node, RaftError, Retention};
 
 /// Runs passes until shutdown (or until the cluster is dropped).
 pub(super) async fn run(cluster: Weak<Cluster>, mut shutdown: watch::Receiver<bool>) {
@@ -172,15 +172,10 @@ impl Cluster {
         let state = Arc::new(RwLock::new(PartitionMachine::new()));
         let mut config = self.config.raft.clone();
         config.retention = raft_retention(w.retention);
-        let group = RaftGroup::start(
-            self.config.node_id,
-            gid,
-            self.config.storage.clone(),
-            Box::new(PartitionApp::new(state.clone())),
-            &self.router,
-            config,
-        )
-        .await?;
+        let group = self
+            .router
+            .start_group(gid, self.config.storage.clone(), Box::new(PartitionApp::new(state.clone())), config)
+            .await?;
         let local = Arc::new(LocalPartition {
             topic: w.topic.clone(),
             topic_id: w.topic_id,

@@ -9,7 +9,7 @@
 //! - a restart is then tried after [`RESTART_BACKOFF_MIN`], doubling up to
 //!   [`RESTART_BACKOFF_MAX`]: the stopped group is shut down, its streams are reopened from their
 //!   files ([`shale_storage::StorageBackend::reopen_stream`]: recovery of what is on disk, never a
-//!   deletion) and the group is started again from disk ([`RaftGroup::start`]); it then catches up
+//!   deletion) and the group is started again from disk ([`crate::Router::start_group`]); it then catches up
 //!   from its leader like a restarted node. While the disk is still full, the restart or the
 //!   group's next write fails again and is retried;
 //! - a restarted group is still listed by [`Cluster::stopped_groups`] (so the node stays unready)
@@ -295,15 +295,7 @@ impl Cluster {
         };
         let mut config = self.config.raft.clone();
         config.retention = Retention::SnapshotOnly;
-        let started = RaftGroup::start(
-            self.config.node_id,
-            METADATA_GROUP,
-            self.config.storage.clone(),
-            Box::new(app),
-            &self.router,
-            config,
-        )
-        .await;
+        let started = self.router.start_group(METADATA_GROUP, self.config.storage.clone(), Box::new(app), config).await;
         match started {
             Ok(group) => {
                 *self.metadata_group.write() = group;

@@ -21,21 +21,21 @@ use tonic::transport::Channel;
 
 use crate::network::convert;
 use crate::network::pb::{self, raft_service_client::RaftServiceClient};
-use crate::router::Router;
+use crate::network::peers::Peers;
 use crate::snapshot::SnapshotData;
 use crate::types::{GroupId, LeaderId, Node, NodeId, TypeConfig, Vote};
 
 /// openraft's network factory for one group.
 #[derive(Debug, Clone)]
 pub struct GroupNetworkFactory {
-    router: Arc<Router>,
+    peers: Arc<Peers>,
     group: GroupId,
 }
 
 impl GroupNetworkFactory {
-    /// A factory sending group `group`'s messages through `router`'s channels.
-    pub fn new(router: Arc<Router>, group: GroupId) -> Self {
-        Self { router, group }
+    /// A factory sending group `group`'s messages through the channels of `peers`.
+    pub fn new(peers: Arc<Peers>, group: GroupId) -> Self {
+        Self { peers, group }
     }
 }
 
@@ -43,17 +43,17 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        let channel = self.router.channel(&node.addr);
-        let max = self.router.config().max_message_bytes;
+        let channel = self.peers.channel(&node.addr);
+        let max = self.peers.config().max_message_bytes;
         PeerClient {
             group: self.group,
-            me: self.router.node_id(),
+            me: self.peers.node_id(),
             target,
             addr: node.addr.clone(),
             client: channel
                 .map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max)),
-            request_timeout: Duration::from_millis(self.router.config().request_timeout_ms),
-            chunk_bytes: self.router.config().snapshot_chunk_bytes,
+            request_timeout: Duration::from_millis(self.peers.config().request_timeout_ms),
+            chunk_bytes: self.peers.config().snapshot_chunk_bytes,
             retry_not_before: None,
             retry_pause: MIN_RETRY_PAUSE,
         }

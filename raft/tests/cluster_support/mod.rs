@@ -1,6 +1,6 @@
 //! In-process clusters for the cluster tests: N nodes, each a `Cluster` over its own
 //! `MemoryStorage`, served by a real tonic server on 127.0.0.1:0.
-#![allow(dead_code)] // each test file uses a different part of the harness
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -2,7 +2,7 @@
 //! dir, its own `Router` and a real tonic server on 127.0.0.1, and runs one group with
 //! [`ListApp`], an application that keeps every payload it applied.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,7 +142,7 @@ impl TestNode {
         let storage: Arc<dyn StorageBackend> = Arc::new(open_storage(&self.dir, self.options.clone()).await);
         self.applied = Arc::new(Mutex::new(Vec::new()));
         let app = Box::new(ListApp { applied: self.applied.clone() });
-        let group = RaftGroup::start(self.id, GROUP, storage, app, &router, config).await.expect("start group");
+        let group = router.start_group(GROUP, storage, app, config).await.expect("start group");
         self.group = Some(group);
         self.server = Some((tx, server));
     }

@@ -202,7 +202,10 @@ impl Storage {
     ///
     /// Reads go in chunks of about `chunk_bytes`; when more than one chunk is needed, a helper
     /// thread reads chunk k+1 while this one verifies chunk k.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the stream, its range, the trusted anchor and the visitor are each the caller's"
+    )]
     pub(crate) fn walk(
         &self,
         h: &Stream,
@@ -218,7 +221,7 @@ impl Storage {
 
     /// [`Storage::walk`] where `anchor` was computed (not trusted) from the record at
     /// `anchor_at` (segment index, byte position): a broken link into `start` blames that record.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "walk's inputs plus where the anchor was computed")]
     pub(crate) fn walk_after(
         &self,
         h: &Stream,

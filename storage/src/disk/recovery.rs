@@ -750,7 +750,10 @@ impl Storage {
     /// first defect. With `torn_ok`, a defect in the last record (one reaching the end of the
     /// file, or bytes that are no record followed by no whole record) is a torn tail; any other
     /// defect is damage.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the file, where its scan starts and the torn-tail policy are each the caller's"
+    )]
     fn scan(
         &self,
         id: StreamId,

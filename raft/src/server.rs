@@ -1,4 +1,5 @@
-//! The gRPC server side: one service for every local group, dispatching on `group_id`.
+//! The serving side of the Raft transport: one gRPC service for every local group, dispatching on
+//! `group_id` to the node's [`LocalGroups`].
 //! A message for a group this node does not run is answered `NOT_FOUND`, which the sender treats
 //! as "unreachable" and retries with backoff.
 
@@ -12,30 +13,36 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::group::{LocalGroups, RaftGroup};
 use crate::network::convert::{self, ConvertError};
 use crate::network::pb::{self, raft_service_server::RaftService};
-use crate::router::Router;
+use crate::network::peers::Peers;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::GroupStateMachine;
 use crate::types::{GroupId, SnapshotMeta, StoredMembership, TypeConfig};
 
-/// The tonic service implementation; build it with [`Router::grpc_service`].
+/// The tonic service implementation; build it with [`crate::Router::grpc_service`].
 #[derive(Debug, Clone)]
 pub struct RaftGrpcService {
-    router: Arc<Router>,
+    groups: Arc<LocalGroups>,
+    peers: Arc<Peers>,
 }
 
 impl RaftGrpcService {
-    pub(crate) fn new(router: Arc<Router>) -> Self {
-        Self { router }
+    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>) -> Self {
+        Self { groups, peers }
+    }
+
+    /// The local group `group`, or `NOT_FOUND` (which the sender treats as unreachable).
+    fn group(&self, group: u64) -> Result<Arc<RaftGroup>, Status> {
+        let id = GroupId(group);
+        self.groups
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.peers.node_id())))
     }
 
     fn raft(&self, group: u64) -> Result<Raft<TypeConfig, GroupStateMachine>, Status> {
-        let id = GroupId(group);
-        self.router
-            .group(id)
-            .map(|g| g.raft().clone())
-            .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.router.node_id())))
+        self.group(group).map(|g| g.raft().clone())
     }
 }
 
@@ -84,10 +91,7 @@ impl RaftService for RaftGrpcService {
         let first = first?;
         let group = first.group_id;
         let (raft, mut stopped, mut input_stopped) = {
-            let id = GroupId(group);
-            let g = self.router.group(id).ok_or_else(|| {
-                Status::not_found(format!("group {id} is not running on node {}", self.router.node_id()))
-            })?;
+            let g = self.group(group)?;
             (g.raft().clone(), g.stopped(), g.stopped())
         };
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
@@ -139,7 +143,7 @@ impl RaftService for RaftGrpcService {
             return Err(Status::invalid_argument("the first snapshot message must be its meta"));
         };
         let raft = self.raft(meta.group_id)?;
-        let max = self.router.config().max_snapshot_bytes;
+        let max = self.peers.config().max_snapshot_bytes;
         if meta.data_len > max {
             return Err(Status::resource_exhausted(format!(
                 "snapshot of {} bytes is over the limit of {max} bytes",
@@ -235,11 +239,7 @@ impl RaftService for RaftGrpcService {
 
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
         let req = request.into_inner();
-        let id = GroupId(req.group_id);
-        let group = self
-            .router
-            .group(id)
-            .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.router.node_id())))?;
+        let group = self.group(req.group_id)?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
     }
