@@ -25,7 +25,9 @@ Examples:
 Environment:
   SHALE_BOOTSTRAP   comma-separated host:port endpoints (same as --bootstrap)
 
-Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree), 2 usage error.";
+Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree, records not
+delivered), 2 usage error, 3 incomplete report (printed, but part of it could not be read: `cluster
+status` with members that did not answer).";
 
 /// `shale`: operate a Shale cluster.
 #[derive(Debug, Parser)]
@@ -105,8 +107,12 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Members and their health, the metadata group, and every partition's leader, replicas and lag.
+    ///
+    /// Each member is asked at the address it advertises. If any does not answer, the report is
+    /// still printed (its groups' lag shows as unknown), and the command exits with code 3 naming
+    /// each such member, its address and the error.
     #[command(
-        after_help = "Examples:\n  shale cluster status\n  shale cluster status -o json | jq '.partitions[] | select(.leader == 0)'"
+        after_help = "Exit codes: 0 every member answered, 3 the report is incomplete (members that did not answer are named on stderr), 1 no node answered at all.\n\nExamples:\n  shale cluster status\n  shale cluster status -o json | jq '.partitions[] | select(.leader == 0)'"
     )]
     Status(OutputArgs),
     /// Add a node (it joins as a learner, catches up, then votes).
@@ -255,7 +261,8 @@ pub struct ProduceArgs {
     /// Send all of stdin as one record instead of one per line.
     #[arg(long, conflicts_with = "key_separator")]
     pub whole: bool,
-    /// Print each record's partition, offset and chain hash (table, json or yaml).
+    /// Print each record's partition, offset and chain hash, or its error: json prints one line per
+    /// record as it is acknowledged or fails; table and yaml print all at the end.
     #[arg(long, short = 'o', value_enum)]
     pub output: Option<OutputFormat>,
 }

@@ -11,6 +11,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of a usage error (bad flags or arguments; clap's own errors use it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of an incomplete report: the command printed what it could read, but part of what
+/// it should show could not be read (`shale cluster status` with members that did not answer).
+pub const EXIT_INCOMPLETE: u8 = 3;
 
 /// Everything a `shale` command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,15 @@ pub enum CliError {
     /// files are damaged, records could not be delivered...
     #[error("{0}")]
     CheckFailed(String),
+
+    /// The report (already printed) is incomplete: part of it could not be read (exit code 3).
+    #[error("{message}")]
+    Incomplete {
+        /// What is missing and why.
+        message: String,
+        /// What the operator can do about it.
+        hint: String,
+    },
 }
 
 impl CliError {
@@ -91,6 +103,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::Incomplete { .. } => EXIT_INCOMPLETE,
             _ => EXIT_FAILURE,
         }
     }
@@ -105,6 +118,7 @@ impl CliError {
         match self {
             CliError::Client { bootstrap, source, .. } => client_hint(bootstrap, source),
             CliError::Usage(_) => Some("see `shale --help` or `shale <command> --help` for usage and examples".into()),
+            CliError::Incomplete { hint, .. } => Some(hint.clone()),
             CliError::Output(_)
             | CliError::Encode { .. }
             | CliError::CheckFailed(_)
@@ -172,8 +186,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_errors_exit_2_and_others_exit_1() {
+    fn usage_errors_exit_2_incomplete_reports_3_and_others_exit_1() {
         assert_eq!(CliError::Usage("x".into()).exit_code(), EXIT_USAGE);
+        assert_eq!(CliError::Incomplete { message: "x".into(), hint: "y".into() }.exit_code(), EXIT_INCOMPLETE);
         assert_eq!(CliError::CheckFailed("x".into()).exit_code(), EXIT_FAILURE);
         let e = CliError::client("list topics", "a:1", ClientError::NoEndpoints);
         assert_eq!(e.exit_code(), EXIT_FAILURE);

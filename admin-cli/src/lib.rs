@@ -14,7 +14,7 @@ pub mod context;
 pub mod error;
 pub mod output;
 
-pub use error::{CliError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Result};
+pub use error::{CliError, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Result};
 
 use cli::{Cli, Command};
 use context::Ctx;

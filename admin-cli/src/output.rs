@@ -77,6 +77,16 @@ impl Table {
     }
 }
 
+/// Bytes for JSON as `(utf8, base64)`: the text when they are UTF-8, else their base64; exactly
+/// one is set.
+pub fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+    }
+}
+
 /// `value` as pretty JSON (no trailing newline).
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|e| CliError::Encode { format: "json", reason: e.to_string() })

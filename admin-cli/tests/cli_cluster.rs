@@ -131,6 +131,83 @@ async fn produce_then_consume_round_trips_through_pipes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produce_json_prints_each_acknowledgement_as_it_arrives_and_each_failure() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "acks", "-p", "1"], b"").await, 0);
+    // Record 2 is over the node's record limit (1 MiB by default; and over the producer's 256 KiB
+    // batch, so it travels alone): it fails, the records around it are delivered.
+    let big = "x".repeat((1 << 20) + 1);
+    let input = format!("a\nb\n{big}\nc\n");
+    let o = c.shale(&["produce", "acks", "--key", "k", "-o", "json"], input.as_bytes()).await;
+    assert_exit(&o, 1);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let records: Vec<u64> = lines.iter().map(|l| l["record"].as_u64().unwrap()).collect();
+    assert_eq!(records, [0, 1, 2, 3], "one line per record, in input order:\n{}", stdout(&o));
+    for ack in [&lines[0], &lines[1], &lines[3]] {
+        assert_eq!(ack["key"], "k", "{ack}");
+        assert_eq!(ack["partition"], 0, "{ack}");
+        assert_eq!(ack["chain_hash"].as_str().unwrap().len(), 64, "{ack}");
+        assert!(ack.get("error").is_none(), "{ack}");
+    }
+    let offsets: Vec<u64> = [&lines[0], &lines[1], &lines[3]].iter().map(|l| l["offset"].as_u64().unwrap()).collect();
+    assert!(offsets[0] < offsets[1] && offsets[1] < offsets[2], "{offsets:?}");
+    let failed = &lines[2];
+    assert_eq!(failed["key"], "k", "{failed}");
+    assert_eq!(failed["error"]["code"], "RECORD_TOO_LARGE", "{failed}");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("max_record_bytes = 1048576"), "{failed}");
+    assert!(failed.get("offset").is_none(), "{failed}");
+    let err = stderr(&o);
+    assert!(err.contains("produced 3 records to acks (1 not delivered)"), "{err}");
+    assert!(err.contains("1 of 4 records to acks not delivered; the first, record 2: RECORD_TOO_LARGE"), "{err}");
+    assert!(err.contains("send smaller records"), "{err}");
+    let o = c.shale(&["consume", "acks", "--from-beginning"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "a\nb\nc\n");
+
+    // As it arrives: with stdin still open, the first record's acknowledgement is already printed.
+    let args: Vec<String> = ["produce", "acks", "-o", "json", "--attempts", "20", "--bootstrap"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([c.bootstrap()])
+        .collect();
+    let streamed = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Read, Write};
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("shale"))
+            .args(&args)
+            .env_remove("SHALE_BOOTSTRAP")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn shale");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"early\n").unwrap();
+        stdin.flush().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        stdin.write_all(b"late\n").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        (first, rest, child.wait().unwrap())
+    });
+    let (first, rest, status) =
+        tokio::time::timeout(common::WAIT, streamed).await.expect("the first acknowledgement is printed").unwrap();
+    assert!(status.success(), "{status:?}");
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["record"], 0, "{first}");
+    assert!(first["offset"].as_u64().unwrap() > offsets[2], "{first}");
+    let rest: Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(rest["record"], 1, "{rest}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_list_names_groups_that_committed() {
     let c = TestCluster::start(3).await;
     assert_exit(&c.shale(&["topic", "create", "t", "-p", "1"], b"").await, 0);
@@ -198,6 +275,49 @@ async fn cluster_status_and_bench_report_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_status_with_a_member_down_prints_what_it_read_names_the_member_and_exits_3() {
+    let mut c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "s", "-p", "2", "-r", "3"], b"").await, 0);
+    let down_addr = c.bootstrap().split(',').nth(2).unwrap().to_string();
+    c.stop(3).await;
+
+    let o = c.shale(&["cluster", "status"], b"").await;
+    assert_exit(&o, 3);
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(out.contains("MEMBERS") && out.contains("GROUPS") && out.contains("s/0") && out.contains("s/1"), "{out}");
+    let row = out.lines().find(|l| l.starts_with('3')).unwrap_or_else(|| panic!("no row of node 3:\n{out}"));
+    assert!(row.contains(&down_addr) && row.contains("unreachable ("), "{row}");
+    assert!(err.contains("cluster status is incomplete: 1 of 3 members did not answer"), "{err}");
+    let named = err.lines().find(|l| l.trim_start().starts_with("node 3 at")).unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        named.contains(&format!("node 3 at {down_addr}: "))
+            && named.len() > format!("node 3 at {down_addr}: ").len() + 2,
+        "{named}"
+    );
+    assert!(!err.contains("node 1 at") && !err.contains("node 2 at"), "{err}");
+    assert!(err.contains("hint: each member is asked at the address it advertises"), "{err}");
+
+    // JSON: the same report on stdout, the members that answered up, the error in the member's row.
+    let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
+    assert_exit(&o, 3);
+    let s = json(&o);
+    let members = s["members"].as_array().unwrap();
+    assert_eq!(members.iter().filter(|m| m["health"] == "up").count(), 2, "{s}");
+    assert_eq!(members[2]["health"], "unreachable", "{s}");
+    assert_eq!(members[2]["addr"], down_addr.as_str(), "{s}");
+    assert!(members[2]["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
+    assert_eq!(s["partitions"].as_array().unwrap().len(), 2, "{s}");
+    assert!(stderr(&o).contains("node 3 at"), "{}", stderr(&o));
+
+    // Back up: every member answers, exit 0.
+    c.restart(3).await;
+    let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    assert!(json(&o)["members"].as_array().unwrap().iter().all(|m| m["health"] == "up"), "{}", stdout(&o));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_reports_agreement_then_names_a_damaged_replica() {
     // No background scrubber: it would find and repair the damage this test plants for `verify`.
     let mut c = TestCluster::start_with(3, |c| c.scrub.enabled = false).await;
@@ -218,7 +338,8 @@ async fn verify_reports_agreement_then_names_a_damaged_replica() {
     let victim = 3;
     c.stop(victim).await;
     let o = c.shale(&["cluster", "status", "-o", "json"], b"").await;
-    assert_exit(&o, 0);
+    // Exit 3: the report is printed, but a member did not answer (see the test below).
+    assert_exit(&o, 3);
     let status = json(&o);
     let health: Vec<(u64, String)> = status["members"]
         .as_array()

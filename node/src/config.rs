@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shale_storage::limits;
 
 /// Where a node keeps its data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -19,7 +20,9 @@ pub enum StorageKind {
     Memory,
 }
 
-/// Request limits. Each is enforced with an error that names it and its value.
+/// Request limits (`[limits]`), checked once, at the node's edge ([`crate::limits`]); each refusal
+/// names the limit and its value. Defaults and hard maximums come from the one table,
+/// [`shale_storage::limits`] (also listed in docs/operations.md).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -40,12 +43,12 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_record_bytes: 1 << 20,
-            max_batch_records: 10_000,
-            max_request_bytes: 16 << 20,
-            max_partitions_per_topic: 1024,
-            max_fetch_bytes: 8 << 20,
-            max_wait_ms: 30_000,
+            max_record_bytes: limits::DEFAULT_RECORD_BYTES,
+            max_batch_records: limits::DEFAULT_BATCH_RECORDS,
+            max_request_bytes: limits::DEFAULT_REQUEST_BYTES,
+            max_partitions_per_topic: limits::DEFAULT_PARTITIONS_PER_TOPIC,
+            max_fetch_bytes: limits::DEFAULT_FETCH_BYTES,
+            max_wait_ms: limits::DEFAULT_FETCH_WAIT_MS,
         }
     }
 }
@@ -226,42 +229,27 @@ impl NodeConfig {
             );
         }
         let l = &self.limits;
-        if l.max_record_bytes == 0 || l.max_record_bytes > shale_raft::cluster::limits::MAX_RECORD_BYTES {
-            return invalid(
-                "limits.max_record_bytes",
-                format!("{} is not in 1..={}", l.max_record_bytes, shale_raft::cluster::limits::MAX_RECORD_BYTES),
-            );
-        }
-        if l.max_batch_records == 0 || l.max_batch_records > shale_raft::cluster::limits::MAX_RECORDS_PER_PRODUCE {
-            return invalid(
-                "limits.max_batch_records",
-                format!(
-                    "{} is not in 1..={}",
-                    l.max_batch_records,
-                    shale_raft::cluster::limits::MAX_RECORDS_PER_PRODUCE
-                ),
-            );
-        }
+        let in_range = |field, value: u64, max: u64| {
+            if (1..=max).contains(&value) { Ok(()) } else { invalid(field, format!("{value} is not in 1..={max}")) }
+        };
+        in_range("limits.max_record_bytes", l.max_record_bytes as u64, limits::MAX_RECORD_BYTES as u64)?;
+        in_range("limits.max_batch_records", l.max_batch_records as u64, limits::MAX_RECORDS_PER_PRODUCE as u64)?;
         if l.max_request_bytes < l.max_record_bytes {
             return invalid(
                 "limits.max_request_bytes",
                 format!("{} is below max_record_bytes ({})", l.max_request_bytes, l.max_record_bytes),
             );
         }
-        if l.max_partitions_per_topic == 0 || l.max_partitions_per_topic > shale_raft::cluster::limits::MAX_PARTITIONS {
-            return invalid(
-                "limits.max_partitions_per_topic",
-                format!("{} is not in 1..={}", l.max_partitions_per_topic, shale_raft::cluster::limits::MAX_PARTITIONS),
-            );
-        }
+        in_range(
+            "limits.max_partitions_per_topic",
+            u64::from(l.max_partitions_per_topic),
+            u64::from(limits::MAX_PARTITIONS),
+        )?;
         if l.max_fetch_bytes == 0 {
             return invalid("limits.max_fetch_bytes", "must be positive".into());
         }
-        if u64::from(l.max_wait_ms) > shale_raft::cluster::limits::MAX_FETCH_WAIT_MS {
-            return invalid(
-                "limits.max_wait_ms",
-                format!("{} is over {}", l.max_wait_ms, shale_raft::cluster::limits::MAX_FETCH_WAIT_MS),
-            );
+        if u64::from(l.max_wait_ms) > limits::MAX_FETCH_WAIT_MS {
+            return invalid("limits.max_wait_ms", format!("{} is over {}", l.max_wait_ms, limits::MAX_FETCH_WAIT_MS));
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {

@@ -11,6 +11,8 @@ use shale_node::node::Node;
 use tracing_subscriber::EnvFilter;
 
 /// Log filter when `RUST_LOG` is unset: our info, openraft's warnings only (its info is per-event).
+/// Every deploy file (deploy/Dockerfile, docker-compose.yml, k8s ConfigMap) sets the same, checked by
+/// the tests crate (`NODE_LOG_FILTER`).
 const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
 
 async fn run(cli: Cli) -> Result<(), NodeError> {

@@ -130,9 +130,10 @@ impl Node {
             shutdown_rx.clone(),
         ));
 
-        // Tonic refuses anything over twice the request limit outright; handlers refuse anything
-        // over the limit itself with REQUEST_TOO_LARGE (which names the limit).
-        let max_decode = config.limits.max_request_bytes.saturating_mul(2);
+        // Tonic refuses anything over TRANSPORT_REQUEST_FACTOR x the request limit outright;
+        // handlers refuse anything over the limit itself with REQUEST_TOO_LARGE (which names it).
+        let max_decode =
+            config.limits.max_request_bytes.saturating_mul(shale_storage::limits::TRANSPORT_REQUEST_FACTOR);
         let max_encode = (config.limits.max_fetch_bytes as usize).saturating_mul(2).max(max_decode);
         // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
         // clients retry elsewhere); the Raft transport keeps serving until the groups stop.

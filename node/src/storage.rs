@@ -7,14 +7,13 @@ use shale_storage::{MemoryStorage, StorageBackend, StorageOptions};
 use crate::config::{NodeConfig, StorageKind};
 use crate::error::NodeError;
 
-/// The storage options the config implies.
+/// The storage options the config implies. The record and batch limits are the storage's
+/// defaults, [`shale_storage::limits::STORAGE_RECORD_BYTES`] and `STORAGE_BATCH_BYTES`: sized for
+/// the largest `limits.max_record_bytes` a node may be configured with, never for the configured
+/// value (reads take a declared length over the storage limit for damage, so lowering the
+/// configured limit must not make data already written unreadable).
 pub fn options(config: &NodeConfig) -> StorageOptions {
-    StorageOptions {
-        // A record is stored as one Raft entry: the node's record limit plus entry framing.
-        max_record_bytes: (config.limits.max_record_bytes + 64 * 1024).max(StorageOptions::default().max_record_bytes),
-        max_segment_bytes: config.segment_bytes,
-        ..StorageOptions::default()
-    }
+    StorageOptions { max_segment_bytes: config.segment_bytes, ..StorageOptions::default() }
 }
 
 /// Opens (or creates) the storage the config names.

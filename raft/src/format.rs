@@ -119,6 +119,9 @@ pub mod entry {
         /// Length of the fixed header; the body starts here.
         HEADER_LEN,
     }
+    // A payload of up to `RAFT_PAYLOAD_BYTES` plus this header fits one storage record (see the
+    // table in shale_storage::limits).
+    const _: () = assert!(HEADER_LEN <= shale_storage::limits::RAFT_ENTRY_RESERVE_BYTES);
     /// Kind of a blank entry.
     pub const KIND_BLANK: u8 = 0;
     /// Kind of a normal (application) entry.
@@ -139,10 +142,10 @@ pub mod entry {
 pub mod membership {
     /// Most voter sets in one config (a joint config has two).
     pub const MAX_CONFIGS: u64 = 8;
-    /// Most nodes (voters and learners) in one config.
-    pub const MAX_NODES: u64 = 4096;
-    /// Longest node address.
-    pub const MAX_ADDR_LEN: u64 = 1024;
+    /// Most nodes (voters and learners) in one config: the most members a cluster may have.
+    pub const MAX_NODES: u64 = shale_storage::limits::MAX_MEMBERS as u64;
+    /// Longest node address: the longest address a member may advertise.
+    pub const MAX_ADDR_LEN: u64 = shale_storage::limits::MAX_ADDR_BYTES as u64;
 }
 
 /// One meta stream record: the full durable state of a group's log; the latest record wins.

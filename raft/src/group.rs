@@ -54,7 +54,8 @@ pub struct RaftGroupConfig {
     pub log_cache_bytes: usize,
     /// Largest application payload `write`/`write_many` accept. Each payload becomes one storage
     /// record of `payload + 26` bytes, so keep it below the storage's `max_record_bytes` (an append
-    /// the storage refuses would stop the group).
+    /// the storage refuses would stop the group). Default
+    /// [`shale_storage::limits::RAFT_PAYLOAD_BYTES`], which fits the storage's default.
     pub max_payload_bytes: usize,
 }
 
@@ -71,8 +72,7 @@ impl Default for RaftGroupConfig {
             retention: Retention::SnapshotOnly,
             allow_log_reversion: true,
             log_cache_bytes: crate::log_store::DEFAULT_ENTRY_CACHE_BYTES,
-            // Storage's default max_record_bytes (8 MiB) minus room for the entry header.
-            max_payload_bytes: (8 << 20) - 1024,
+            max_payload_bytes: shale_storage::limits::RAFT_PAYLOAD_BYTES,
         }
     }
 }
@@ -276,6 +276,10 @@ impl RaftGroup {
         }
     }
 
+    /// Refuses a payload over `max_payload_bytes` with a typed error, not an assertion: a group is
+    /// a public API of its own (the metadata and partition layers and any other caller write
+    /// through it), and a payload the storage refused after it was proposed would stop the group
+    /// on every replica.
     fn check_size(&self, position: usize, payload: &Bytes) -> Result<(), RaftError> {
         if payload.len() > self.max_payload_bytes {
             return Err(RaftError::PayloadTooLarge {

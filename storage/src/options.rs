@@ -5,6 +5,7 @@ use bytes::Bytes;
 use crate::checkpoint::CheckpointPolicy;
 use crate::codec::CodecKind;
 use crate::error::{Result, StorageError};
+use crate::limits;
 use crate::types::StreamId;
 
 /// How a storage instance behaves. Every limit is enforced with a typed error naming it.
@@ -13,9 +14,12 @@ pub struct StorageOptions {
     /// A segment is sealed and a new one started once the next record would take it past this size
     /// (a segment always takes at least one record).
     pub max_segment_bytes: u64,
-    /// The largest single event accepted by `append_batch`.
+    /// The largest single event accepted by `append_batch`; also the bound at which a read takes a
+    /// record's declared length for damage. Default [`limits::STORAGE_RECORD_BYTES`], what a node
+    /// runs with.
     pub max_record_bytes: usize,
-    /// The largest total payload of one `append_batch` call.
+    /// The largest total payload of one `append_batch` call. Default
+    /// [`limits::STORAGE_BATCH_BYTES`].
     pub max_batch_bytes: usize,
     /// When checkpoints are written without being asked for.
     pub checkpoint_policy: CheckpointPolicy,
@@ -32,8 +36,8 @@ impl Default for StorageOptions {
     fn default() -> Self {
         Self {
             max_segment_bytes: 64 << 20,
-            max_record_bytes: 8 << 20,
-            max_batch_bytes: 64 << 20,
+            max_record_bytes: limits::STORAGE_RECORD_BYTES,
+            max_batch_bytes: limits::STORAGE_BATCH_BYTES,
             checkpoint_policy: CheckpointPolicy::default(),
             codec: CodecKind::None,
             prepare_ahead: true,
@@ -69,6 +73,8 @@ impl StorageOptions {
     /// Checks a batch against the limits, as both backends do before an append: not empty, no
     /// event over `max_record_bytes` (the first one over is named), at most `max_batch_bytes` in
     /// all. Nothing else is looked at, so a rejected batch never touches (or creates) its stream.
+    /// A typed error, not an assertion: the storage is a public API of its own that callers reach
+    /// with unchecked input (see [`crate::limits`]).
     pub(crate) fn check_batch(&self, stream: StreamId, events: &[Bytes]) -> Result<()> {
         if events.is_empty() {
             return Err(StorageError::EmptyBatch { stream });

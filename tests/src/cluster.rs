@@ -181,7 +181,10 @@ impl ContainerCluster {
             ("SHALE_GRPC_ADVERTISE".to_string(), node.grpc_addr()),
             ("SHALE_HTTP_LISTEN".to_string(), format!("0.0.0.0:{HTTP_PORT}")),
             ("SHALE_DATA_DIR".to_string(), "/data".to_string()),
-            ("RUST_LOG".to_string(), std::env::var("SHALE_TEST_NODE_LOG").unwrap_or_else(|_| "info".to_string())),
+            (
+                "RUST_LOG".to_string(),
+                std::env::var("SHALE_TEST_NODE_LOG").unwrap_or_else(|_| crate::NODE_LOG_FILTER.to_string()),
+            ),
         ];
         env.extend(self.extra_env.iter().cloned());
         RunSpec {

@@ -25,6 +25,11 @@ pub mod workload;
 
 pub use error::HarnessError;
 
+/// The nodes' log filter when `RUST_LOG` is unset (`DEFAULT_LOG_FILTER` in node/src/main.rs), which
+/// every deploy file (the image, Compose, the Kubernetes ConfigMap) sets too: openraft logs every
+/// snapshot and election at info.
+pub const NODE_LOG_FILTER: &str = "info,openraft=warn";
+
 /// Installs a test log subscriber (RUST_LOG, default `info` for the harness); safe to call often.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

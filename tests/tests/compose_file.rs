@@ -19,7 +19,9 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
     let installed = ComposeCommand::installed().await;
     assert!(!installed.is_empty(), "neither docker-compose nor `docker compose` is installed");
     for compose in &installed {
-        let out = compose.run(None, &[], &["config"], std::time::Duration::from_secs(60)).await.unwrap();
+        // SHALE_LOG empty: the file's own default filter, whatever the caller's environment holds.
+        let env = [("SHALE_LOG".to_string(), String::new())];
+        let out = compose.run(None, &env, &["config"], std::time::Duration::from_secs(60)).await.unwrap();
         let config: Value = serde_yaml_ng::from_str(&out.stdout).unwrap();
         let services = config["services"].as_mapping().unwrap();
         assert_eq!(services.len(), 3, "{compose:?}");
@@ -36,6 +38,7 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             assert_eq!(peers, "1=node-1:7001,2=node-2:7001,3=node-3:7001");
             assert!(peers.contains(&format!("{id}={name}:7001")));
             assert_eq!(s(&env["SHALE_DATA_DIR"]), "/data");
+            assert_eq!(s(&env["RUST_LOG"]), shale_tests::NODE_LOG_FILTER, "{name}: the node's default log filter");
             let test: Vec<String> = svc["healthcheck"]["test"].as_sequence().unwrap().iter().map(s).collect();
             assert_eq!(test, ["CMD", "/usr/local/bin/shale-node", "healthcheck"], "the node probes its own /readyz");
             assert_eq!(s(&env["SHALE_HTTP_LISTEN"]), "0.0.0.0:8001", "the probe finds the HTTP port through this");
@@ -62,4 +65,16 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
         assert_eq!(ids, BTreeSet::from(["1".to_string(), "2".to_string(), "3".to_string()]));
         assert_eq!(volumes.len(), 3, "each node has its own volume: {volumes:?}");
     }
+}
+
+#[test]
+fn the_image_sets_the_nodes_default_log_filter() {
+    let path = shale_tests::paths::deploy_dir().join("Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let values: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("RUST_LOG="))
+        .map(|v| v.trim_end_matches('\\').trim().trim_matches('"'))
+        .collect();
+    assert_eq!(values, [shale_tests::NODE_LOG_FILTER], "the image's RUST_LOG (ENV) in {}", path.display());
 }

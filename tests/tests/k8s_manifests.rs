@@ -62,7 +62,7 @@ async fn broken_manifests_fail_validation() {
         ),
         ("30-pdb.yaml", "  maxUnavailable: 1\n", "  maxUnavailable: [1]\n", "maxUnavailable"),
         ("10-service-peers.yaml", "      port: 7001\n", "      port: seven\n", "port"),
-        ("00-configmap.yaml", "  RUST_LOG: \"info\"\n", "  RUST_LOG:\n    level: info\n", "RUST_LOG"),
+        ("00-configmap.yaml", "  RUST_LOG: \"info,openraft=warn\"\n", "  RUST_LOG:\n    level: info\n", "RUST_LOG"),
     ];
     // Control: the untouched copies pass, so each failure below is its breakage's.
     let control_dir = tempfile::tempdir().unwrap();
@@ -140,6 +140,7 @@ fn manifests_fit_together() {
     let cm_name = s(&c["envFrom"][0]["configMapRef"]["name"]);
     let cm = &docs[&format!("ConfigMap/{cm_name}")]["data"];
     assert_eq!(s(&cm["SHALE_DATA_DIR"]), "/data");
+    assert_eq!(s(&cm["RUST_LOG"]), shale_tests::NODE_LOG_FILTER, "the node's default filter, not openraft's chatter");
     let sts_name = s(&sts["metadata"]["name"]);
     let peers_name = s(&peers_svc["metadata"]["name"]);
     let expected: Vec<String> =

@@ -10,7 +10,7 @@ use shale_client::{Client, ClientError};
 
 use crate::cli::ClusterCommand;
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use crate::output::{self, Table, id_list};
 
 /// How long `cluster status` waits for each member's own answer.
@@ -234,17 +234,60 @@ pub fn status_table(v: &ClusterView) -> String {
     out
 }
 
-/// Asks one member directly for its status (no retries, no forwarding).
-async fn probe(client: &Client, addr: &str) -> std::result::Result<proto::ClusterStatusResponse, ClientError> {
-    let channel = client.channel(addr)?;
+/// A failed call's status with its causes: a transport error's own message is often no more than
+/// "transport error" or "dns error"; its causes say which name did not resolve, or why.
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = ClientError::from_status(status.clone()).to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        let line = c.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Asks one member directly for its status (no retries, no forwarding); `Err` says why it did not
+/// answer.
+async fn probe(client: &Client, addr: &str) -> std::result::Result<proto::ClusterStatusResponse, String> {
+    let channel = client.channel(addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(ClusterStatusRequest {});
     req.set_timeout(Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS));
     let mut admin = AdminClient::new(channel);
     match tokio::time::timeout(Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS), admin.cluster_status(req)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(status)) => Err(ClientError::from_status(status)),
-        Err(_) => Err(ClientError::Status { code: tonic::Code::DeadlineExceeded, message: "no answer in time".into() }),
+        Ok(Err(status)) => Err(with_causes(&status)),
+        Err(_) => Err(format!("no answer within {MEMBER_PROBE_TIMEOUT_MS} ms")),
     }
+}
+
+/// The members that did not answer their own status probe, as the error `cluster status` exits
+/// with (code 3) after printing its report: each member's id, address and error.
+pub fn unanswered(view: &ClusterView) -> Option<CliError> {
+    let silent: Vec<String> = view
+        .members
+        .iter()
+        .filter_map(|m| m.error.as_ref().map(|e| format!("\n  node {} at {}: {e}", m.id, m.addr)))
+        .collect();
+    if silent.is_empty() {
+        return None;
+    }
+    Some(CliError::Incomplete {
+        message: format!(
+            "cluster status is incomplete: {} of {} members did not answer (their view of the groups, and the lag \
+             of groups they lead, is missing from the report):{}",
+            silent.len(),
+            view.members.len(),
+            silent.concat()
+        ),
+        hint: "each member is asked at the address it advertises; from outside the cluster's network those names \
+               may not resolve or be reachable (Docker Compose nodes advertise node-N:7001: run the CLI inside the \
+               network, see deploy/README.md); otherwise check that the node runs"
+            .into(),
+    })
 }
 
 /// Gathers the cluster's status from every member.
@@ -270,7 +313,7 @@ pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
                 partitions.extend(status.partitions.iter().map(|g| GroupView::from_proto(g, status.node_id)));
                 ("up".to_string(), None)
             }
-            Err(e) => ("unreachable".to_string(), Some(e.to_string())),
+            Err(e) => ("unreachable".to_string(), Some(e)),
         };
         members.push(MemberView { id: m.id, addr: m.addr.clone(), role: m.role.clone(), health, error, leader_of: 0 });
     }
@@ -320,7 +363,8 @@ pub async fn run(ctx: &Ctx, command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status(o) => {
             let view = gather(ctx).await?;
-            output::emit(o.output, &view, status_table)
+            output::emit(o.output, &view, status_table)?;
+            unanswered(&view).map_or(Ok(()), Err)
         }
         ClusterCommand::AddNode { node_id, addr, output } => {
             let admin = ctx.client()?.admin();
@@ -465,6 +509,45 @@ mod tests {
         assert!(text.contains("unknown (leader did not answer)"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&output::to_json(&v).unwrap()).unwrap();
         assert_eq!(json["members"][1]["health"], "unreachable");
+    }
+
+    #[test]
+    fn members_that_did_not_answer_make_the_status_incomplete_naming_each() {
+        let member = |id: u64, error: Option<&str>| MemberView {
+            id,
+            addr: format!("node-{id}:7001"),
+            role: "voter".into(),
+            health: if error.is_some() { "unreachable" } else { "up" }.into(),
+            error: error.map(str::to_string),
+            leader_of: 0,
+        };
+        let mut v = ClusterView {
+            answered_by: 1,
+            members: vec![member(1, None), member(2, None)],
+            meta: None,
+            partitions: Vec::new(),
+            damaged: Vec::new(),
+        };
+        assert!(unanswered(&v).is_none());
+        v.members.push(member(3, Some("gRPC status Unavailable: dns error: failed to lookup address information")));
+        let e = unanswered(&v).expect("incomplete");
+        assert_eq!(e.exit_code(), crate::error::EXIT_INCOMPLETE);
+        let text = e.to_string();
+        assert!(text.contains("1 of 3 members did not answer"), "{text}");
+        assert!(text.contains("node 3 at node-3:7001: gRPC status Unavailable: dns error"), "{text}");
+        assert!(!text.contains("node 2 at"), "{text}");
+        assert!(e.hint().unwrap().contains("advertises"), "{:?}", e.hint());
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_a_name_that_does_not_resolve_says_why() {
+        let client = Client::connect_to("127.0.0.1:1").unwrap();
+        // `.invalid` never resolves (RFC 6761).
+        let err = probe(&client, "shale-no-such-host.invalid:7001").await.unwrap_err();
+        // The status says only "dns error"; its cause names the failed lookup (unless the resolver
+        // does not answer in time).
+        assert!(err.contains("dns error") || err.contains("no answer within"), "{err}");
+        assert!(!err.contains("dns error") || err.contains("failed to lookup address"), "the cause is included: {err}");
     }
 
     #[test]

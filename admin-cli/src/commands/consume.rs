@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde::Serialize;
 use shale_client::{ConsumedRecord, ConsumerConfig, OffsetReset};
 
@@ -12,6 +11,7 @@ use crate::cli::{ConsumeArgs, OutOfRangePolicy, RecordFormat};
 use crate::commands::{partition_bounds, select_partitions};
 use crate::context::Ctx;
 use crate::error::{CliError, Result};
+use crate::output::text_or_base64;
 use crate::output::{hex, to_json_line};
 
 /// Long-poll wait per poll when following.
@@ -61,14 +61,6 @@ pub struct RecordView {
     pub headers: Vec<HeaderView>,
     /// Chain hash (hex).
     pub chain_hash: String,
-}
-
-/// `(utf8, base64)`: exactly one is set.
-fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
-    }
 }
 
 impl RecordView {

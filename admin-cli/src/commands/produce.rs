@@ -1,21 +1,51 @@
 //! `shale produce TOPIC`: records from stdin lines, all of stdin, or files.
 
-use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde::Serialize;
-use shale_client::{DeliveryFuture, ProducerConfig, ProducerRecord, RecordMetadata};
+use shale_client::{ClientError, DeliveryFuture, ProducerConfig, ProducerRecord, RecordMetadata};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
 
 use crate::cli::ProduceArgs;
 use crate::context::Ctx;
 use crate::error::{CliError, Result};
-use crate::output::{self, Table, hex};
+use crate::output::{self, OutputFormat, Table, hex};
 
-/// Deliveries awaited in order while more records are read (bounds memory on long inputs).
+/// Deliveries waiting to be reported while more records are read (bounds memory on long inputs).
 const MAX_PENDING_DELIVERIES: usize = 10_000;
+
+/// How one record's delivery ended: `-o json` prints one per line as each settles, in input order;
+/// table and YAML print them all at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// The record's position in the input, from 0 (stdin line L is record L - 1; file F is record F - 1).
+    pub record: u64,
+    /// Its key, when it has one and it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its key in base64, when it has one that is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    /// Where it was written, or why not.
+    #[serde(flatten)]
+    pub delivery: Delivery,
+}
+
+/// Where a record was written, or why it was not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Delivery {
+    /// Acknowledged: committed on a majority of the partition's replicas.
+    Acked(AckView),
+    /// Not delivered.
+    Failed {
+        /// What went wrong.
+        error: ErrorView,
+    },
+}
 
 /// One acknowledged record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -26,6 +56,133 @@ pub struct AckView {
     pub offset: u64,
     /// Its chain hash (hex).
     pub chain_hash: String,
+}
+
+/// Why a record was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorView {
+    /// The stable error code the node sent (`RECORD_TOO_LARGE`, ...; docs/api.md), `null` for a
+    /// failure without one (the node could not be reached, ...).
+    pub code: Option<String>,
+    /// The whole error.
+    pub message: String,
+}
+
+impl Outcome {
+    fn new(record: u64, key: Option<&Bytes>, result: &std::result::Result<RecordMetadata, ClientError>) -> Self {
+        let (key, key_base64) = key.map_or((None, None), |k| output::text_or_base64(k));
+        let delivery = match result {
+            Ok(meta) => Delivery::Acked(AckView {
+                partition: meta.partition,
+                offset: meta.offset,
+                chain_hash: hex(&meta.chain_hash, false),
+            }),
+            Err(e) => Delivery::Failed {
+                error: ErrorView { code: e.code().map(|c| c.as_str().to_string()), message: e.to_string() },
+            },
+        };
+        Self { record, key, key_base64, delivery }
+    }
+}
+
+/// The table of `-o table`.
+fn outcomes_table(outcomes: &[Outcome]) -> String {
+    let mut t = Table::new(["record", "partition", "offset", "chain hash", "error"]);
+    for o in outcomes {
+        match &o.delivery {
+            Delivery::Acked(a) => {
+                t.row([o.record.to_string(), a.partition.to_string(), a.offset.to_string(), a.chain_hash.clone()])
+            }
+            Delivery::Failed { error } => {
+                t.row([o.record.to_string(), "-".into(), "-".into(), "-".into(), error.message.clone()])
+            }
+        }
+    }
+    t.render()
+}
+
+/// A record handed to the producer, waiting for its delivery.
+struct InFlight {
+    record: u64,
+    key: Option<Bytes>,
+    delivery: DeliveryFuture,
+}
+
+/// Reports each delivery as it settles, in input order.
+struct Reporter {
+    format: Option<OutputFormat>,
+    /// Kept for table and YAML, which print at the end.
+    outcomes: Vec<Outcome>,
+    acked: u64,
+    failed: u64,
+    first_failure: Option<(u64, ClientError)>,
+}
+
+impl Reporter {
+    fn settled(
+        &mut self,
+        record: u64,
+        key: Option<&Bytes>,
+        result: std::result::Result<RecordMetadata, ClientError>,
+    ) -> Result<()> {
+        let outcome = Outcome::new(record, key, &result);
+        match self.format {
+            Some(OutputFormat::Json) => output::print_stdout(&format!("{}\n", output::to_json_line(&outcome)?))?,
+            Some(_) => self.outcomes.push(outcome),
+            None => {}
+        }
+        match result {
+            Ok(_) => self.acked += 1,
+            Err(e) => {
+                self.failed += 1;
+                if self.format != Some(OutputFormat::Json) {
+                    eprintln!("record {record} was not delivered: {e}");
+                }
+                self.first_failure.get_or_insert((record, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits every delivery `rx` yields, in order, until the sending side is done.
+    async fn run(mut self, mut rx: mpsc::Receiver<InFlight>) -> Result<Self> {
+        while let Some(f) = rx.recv().await {
+            let result = f.delivery.await;
+            self.settled(f.record, f.key.as_ref(), result)?;
+        }
+        Ok(self)
+    }
+}
+
+/// Hands records to the producer and their deliveries to the reporter.
+struct Sender<'a> {
+    ctx: &'a Ctx,
+    producer: shale_client::Producer,
+    deliveries: mpsc::Sender<InFlight>,
+    sent: u64,
+}
+
+impl Sender<'_> {
+    async fn send(&mut self, record: ProducerRecord) -> Result<()> {
+        let topic = record.topic.clone();
+        let key = record.key.clone();
+        let delivery = self.producer.send(record).await.map_err(|e| self.ctx.err(format!("produce to {topic}"), e))?;
+        let in_flight = InFlight { record: self.sent, key, delivery };
+        // Closed only when the reporter stopped on an output error, which `run` reports instead.
+        self.deliveries
+            .send(in_flight)
+            .await
+            .map_err(|_| CliError::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe)))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Sends what is still queued; the reporter then sees every delivery settle.
+    async fn finish(self) -> Result<u64> {
+        self.producer.flush().await.map_err(|e| self.ctx.err("flush", e))?;
+        let _ = self.producer.close().await;
+        Ok(self.sent)
+    }
 }
 
 /// How each input unit becomes a record.
@@ -83,52 +240,6 @@ pub fn strip_line_ending(mut line: &[u8]) -> &[u8] {
     line
 }
 
-/// Sends records and collects acknowledgements, keeping a bounded number in flight.
-struct Sender<'a> {
-    ctx: &'a Ctx,
-    producer: shale_client::Producer,
-    pending: VecDeque<DeliveryFuture>,
-    acks: Vec<AckView>,
-    keep_acks: bool,
-    sent: u64,
-}
-
-impl Sender<'_> {
-    async fn send(&mut self, record: ProducerRecord) -> Result<()> {
-        let topic = record.topic.clone();
-        let delivery = self.producer.send(record).await.map_err(|e| self.ctx.err(format!("produce to {topic}"), e))?;
-        self.pending.push_back(delivery);
-        self.sent += 1;
-        if self.pending.len() >= MAX_PENDING_DELIVERIES {
-            self.settle_one().await?;
-        }
-        Ok(())
-    }
-
-    async fn settle_one(&mut self) -> Result<()> {
-        if let Some(d) = self.pending.pop_front() {
-            let meta: RecordMetadata = d.await.map_err(|e| self.ctx.err("produce", e))?;
-            if self.keep_acks {
-                self.acks.push(AckView {
-                    partition: meta.partition,
-                    offset: meta.offset,
-                    chain_hash: hex(&meta.chain_hash, false),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<(u64, Vec<AckView>)> {
-        self.producer.flush().await.map_err(|e| self.ctx.err("flush", e))?;
-        while !self.pending.is_empty() {
-            self.settle_one().await?;
-        }
-        let _ = self.producer.close().await;
-        Ok((self.sent, self.acks))
-    }
-}
-
 async fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
     tokio::fs::read(path).await.map_err(|source| CliError::Input { path: path.clone(), source })
 }
@@ -172,6 +283,11 @@ async fn send_input(a: &ProduceArgs, template: &RecordTemplate, sender: &mut Sen
 }
 
 /// Runs `shale produce`.
+///
+/// Every record read is sent; one that fails does not stop the others. Each delivery is reported
+/// as it settles (`-o json`: one JSON object per line, an acknowledgement or an error; otherwise
+/// failures on stderr and, with `-o table|yaml`, every outcome at the end). Exit 1 if any record
+/// was not delivered, naming the first.
 pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
     let template = RecordTemplate {
         topic: a.topic.clone(),
@@ -181,32 +297,34 @@ pub async fn run(ctx: &Ctx, a: ProduceArgs) -> Result<()> {
         partition: a.partition,
     };
     let client = ctx.client()?;
-    let mut sender = Sender {
-        ctx,
-        producer: client.producer(ProducerConfig::default()),
-        pending: VecDeque::new(),
-        acks: Vec::new(),
-        keep_acks: a.output.is_some(),
-        sent: 0,
-    };
+    let (tx, rx) = mpsc::channel(MAX_PENDING_DELIVERIES);
+    let reporter = Reporter { format: a.output, outcomes: Vec::new(), acked: 0, failed: 0, first_failure: None };
+    let reporting = tokio::spawn(reporter.run(rx));
+    let mut sender = Sender { ctx, producer: client.producer(ProducerConfig::default()), deliveries: tx, sent: 0 };
     // Records read before a bad input line are still delivered; the input error is reported after.
     let input_result = send_input(&a, &template, &mut sender).await;
-    let (sent, acks) = sender.finish().await?;
+    let finished = sender.finish().await;
+    let report = reporting
+        .await
+        .map_err(|e| CliError::Output(std::io::Error::other(format!("the output task failed: {e}"))))??;
+    let sent = finished?;
+    let records = |n: u64| format!("{n} record{}", if n == 1 { "" } else { "s" });
+    let failed = if report.failed > 0 { format!(" ({} not delivered)", report.failed) } else { String::new() };
     if let Err(e) = input_result {
-        eprintln!("produced {sent} record{} to {} before the error", if sent == 1 { "" } else { "s" }, a.topic);
+        eprintln!("produced {} to {} before the error{failed}", records(report.acked), a.topic);
         return Err(e);
     }
-    eprintln!("produced {sent} record{} to {}", if sent == 1 { "" } else { "s" }, a.topic);
-    if let Some(format) = a.output {
-        output::emit(format, &acks, |acks| {
-            let mut t = Table::new(["partition", "offset", "chain hash"]);
-            for ack in acks {
-                t.row([ack.partition.to_string(), ack.offset.to_string(), ack.chain_hash.clone()]);
-            }
-            t.render()
-        })?;
+    eprintln!("produced {} to {}{failed}", records(report.acked), a.topic);
+    if let Some(format @ (OutputFormat::Table | OutputFormat::Yaml)) = a.output {
+        output::emit(format, &report.outcomes, |o| outcomes_table(o))?;
     }
-    Ok(())
+    match report.first_failure {
+        Some((record, e)) => Err(ctx.err(
+            format!("{} of {} to {} not delivered; the first, record {record}", report.failed, records(sent), a.topic),
+            e,
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

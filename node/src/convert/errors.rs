@@ -26,7 +26,6 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::InvalidArgument { .. } => status(ErrorCode::InvalidArgument, message),
         ClusterError::NotEnoughNodes { .. } => status(ErrorCode::InvalidConfig, message),
         ClusterError::OffsetOutOfRange { start, end, .. } => out_of_range(message, start, end),
-        ClusterError::RecordTooLarge { max, .. } => limit(ErrorCode::RecordTooLarge, message, max as u64),
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),
         ClusterError::DuplicateOfPurgedRecord { .. } => status(ErrorCode::DuplicateOfPurgedRecord, message),
         ClusterError::Membership { .. } | ClusterError::NotCaughtUp { .. } => {
@@ -161,7 +160,6 @@ mod tests {
                 ClusterError::InvalidTopicName { name: "a b".into(), reason: "space".into() },
                 ErrorCode::InvalidTopicName,
             ),
-            (ClusterError::RecordTooLarge { index: 0, size: 10, max: 5 }, ErrorCode::RecordTooLarge),
             (ClusterError::Timeout { what: "commit".into(), waited_ms: 10 }, ErrorCode::Timeout),
             (ClusterError::Shutdown, ErrorCode::Unavailable),
             (ClusterError::NotBootstrapped, ErrorCode::NoLeader),

@@ -13,27 +13,9 @@ pub use crate::{GroupId, NodeId};
 /// The Raft group that holds the cluster metadata.
 pub const METADATA_GROUP: GroupId = GroupId::METADATA;
 
-/// Limits every request is checked against; the limit is named in the error when it is hit.
-pub mod limits {
-    /// Longest topic name, in bytes (Kafka's limit).
-    pub const MAX_TOPIC_NAME_BYTES: usize = 249;
-    /// Most partitions one topic may have (the partition number must fit the group-id layout).
-    pub const MAX_PARTITIONS: u32 = 4096;
-    /// Longest consumer-group name, in bytes.
-    pub const MAX_GROUP_NAME_BYTES: usize = 249;
-    /// Largest encoded record (key + value + headers + framing).
-    pub const MAX_RECORD_BYTES: usize = 4 << 20;
-    /// Most records one produce call may carry.
-    pub const MAX_RECORDS_PER_PRODUCE: usize = 10_000;
-    /// Most headers one record may carry.
-    pub const MAX_HEADERS: usize = 256;
-    /// Longest header name, in bytes.
-    pub const MAX_HEADER_NAME_BYTES: usize = 1024;
-    /// Longest gRPC address a member may advertise, in bytes.
-    pub const MAX_ADDR_BYTES: usize = 1024;
-    /// Longest wait a fetch may ask for (long poll).
-    pub const MAX_FETCH_WAIT_MS: u64 = 60_000;
-}
+/// The one table of limits (it lives in shale-storage, the crate every layer sees): the node
+/// checks each request limit once, at its edge; this layer asserts them.
+pub use shale_storage::limits;
 
 /// A topic's number, allocated by the metadata group (never reused while the metadata lives).
 pub type TopicId = u32;
@@ -148,6 +130,17 @@ pub struct ProduceRecord {
     pub timestamp_ms: Option<u64>,
 }
 
+impl ProduceRecord {
+    /// What of this record its limits apply to ([`limits::RecordSize::check`]).
+    pub fn size(&self) -> limits::RecordSize {
+        limits::RecordSize::new(
+            self.key.as_ref().map_or(0, Bytes::len),
+            self.value.len(),
+            self.headers.iter().map(|(name, value)| (name.len(), value.len())),
+        )
+    }
+}
+
 /// Where a produced record landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProducedOffset {
@@ -197,8 +190,8 @@ pub struct FetchRequest {
     pub offset: u64,
     /// About this many bytes of values and keys at most (always at least one record if any).
     pub max_bytes: usize,
-    /// If nothing is available, wait up to this long for new commits (capped at
-    /// `limits::MAX_FETCH_WAIT_MS`).
+    /// If nothing is available, wait up to this long for new commits (at most
+    /// `limits::MAX_FETCH_WAIT_MS`: the node caps it at its `limits.max_wait_ms`).
     pub wait: Duration,
 }
 
@@ -384,16 +377,6 @@ pub enum ClusterError {
         start: u64,
         /// The high watermark (reading at it waits for new data).
         end: u64,
-    },
-    /// One encoded record is over the limit.
-    #[error("record {index} is {size} bytes encoded, over the limit of {max} bytes")]
-    RecordTooLarge {
-        /// Its position in the produce batch.
-        index: usize,
-        /// Its encoded size.
-        size: usize,
-        /// The limit.
-        max: usize,
     },
     /// An idempotent producer sent a sequence below what it already wrote, and the original
     /// offsets are no longer remembered (outside the dedup window).

@@ -66,7 +66,9 @@ impl Cluster {
 
     /// Appends records (one Raft entry each) and returns once a majority has them. With
     /// `producer`, record `i` has sequence `base_sequence + i`, and a retry is written once: its
-    /// reply carries the original offsets. Partition leader only.
+    /// reply carries the original offsets. Partition leader only. The records must be within the
+    /// limits ([`limits::RecordSize::check`], 1..=[`limits::MAX_RECORDS_PER_PRODUCE`] of them),
+    /// which the node checks at its edge; this asserts them.
     pub async fn produce(
         &self,
         topic: &str,
@@ -74,12 +76,8 @@ impl Cluster {
         records: Vec<ProduceRecord>,
         producer: Option<ProducerInfo>,
     ) -> Result<Vec<ProducedOffset>, ClusterError> {
-        if records.is_empty() || records.len() > limits::MAX_RECORDS_PER_PRODUCE {
-            return Err(ClusterError::InvalidArgument {
-                field: "records",
-                reason: format!("{} records; must be 1..={}", records.len(), limits::MAX_RECORDS_PER_PRODUCE),
-            });
-        }
+        // The node checked the batch (and each record) against its limits at its edge.
+        debug_assert!((1..=limits::MAX_RECORDS_PER_PRODUCE).contains(&records.len()), "{} records", records.len());
         if let Some(p) = producer
             && p.base_sequence.checked_add(records.len() as u64).is_none()
         {
@@ -106,9 +104,9 @@ impl Cluster {
             .enumerate()
             .map(|(i, r)| {
                 let seq = producer.map(|p| (p.producer_id, p.base_sequence + i as u64));
-                encode_record(r, r.timestamp_ms.unwrap_or(now_ms), seq, codec.as_ref(), i).map(Bytes::from)
+                Bytes::from(encode_record(r, r.timestamp_ms.unwrap_or(now_ms), seq, codec.as_ref()))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         let results =
             tokio::time::timeout(self.timeout(), local.group.write_many(payloads)).await.map_err(|_| {
                 ClusterError::Timeout { what: "produce commit".into(), waited_ms: self.config.request_timeout_ms }
@@ -170,7 +168,9 @@ impl Cluster {
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResult, ClusterError> {
         let local = self.local_partition(&req.topic, req.partition)?;
         let group = &local.group;
-        let wait = req.wait.min(Duration::from_millis(limits::MAX_FETCH_WAIT_MS));
+        // The node capped the wait at its `limits.max_wait_ms` (at most MAX_FETCH_WAIT_MS).
+        debug_assert!(req.wait <= Duration::from_millis(limits::MAX_FETCH_WAIT_MS), "{:?}", req.wait);
+        let wait = req.wait;
         let deadline = tokio::time::Instant::now() + wait;
         let max_bytes = req.max_bytes.max(1);
         let mut applied = group.subscribe_applied();

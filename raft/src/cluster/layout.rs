@@ -69,6 +69,8 @@ pub mod metadata_snapshot {
 /// `[header_count:u16]` then per header `[name_len:u16][name:utf8][value_len:u32][value]`
 /// `[value_codec:u8][value_len:u32][stored_len:u32][stored value]`
 pub mod record {
+    use shale_storage::limits;
+
     /// "PR" as a little-endian u16.
     pub const MAGIC: u16 = u16::from_le_bytes(*b"PR");
     /// Version written and read.
@@ -85,6 +87,37 @@ pub mod record {
         /// Bytes of the fixed header.
         FIXED_LEN,
     }
+    /// Bytes of the producer id and sequence (present with [`FLAG_PRODUCER`]).
+    pub const PRODUCER_LEN: usize = 16;
+    /// Bytes of a header's framing: the name's u16 length and the value's u32 length.
+    pub const HEADER_FRAMING_LEN: usize = 2 + 4;
+    /// Bytes after the headers besides the stored value: codec id, value length, stored length.
+    pub const VALUE_FRAMING_LEN: usize = 1 + 4 + 4;
+
+    /// The most bytes a record with a key of `key_len` bytes, `headers` headers holding
+    /// `header_bytes` of names and values, and a value of `value_len` bytes encodes to (producer
+    /// and key framing counted whether present or not; the value is stored compressed only when
+    /// that is smaller).
+    pub const fn max_encoded_len(key_len: usize, headers: usize, header_bytes: usize, value_len: usize) -> usize {
+        FIXED_LEN
+            + PRODUCER_LEN
+            + 4
+            + key_len
+            + 2
+            + headers * HEADER_FRAMING_LEN
+            + header_bytes
+            + VALUE_FRAMING_LEN
+            + value_len
+    }
+
+    /// The most framing a record within the limits takes: everything but its key, value and
+    /// header bytes, with the most headers.
+    pub const MAX_FRAMING_LEN: usize = max_encoded_len(0, limits::MAX_HEADERS, 0, 0);
+
+    // A record at the edge's largest `max_record_bytes` encodes to one Raft payload (see the table
+    // in shale_storage::limits).
+    const _: () = assert!(limits::MAX_RECORD_BYTES + MAX_FRAMING_LEN <= limits::RAFT_PAYLOAD_BYTES);
+
     /// Flag: a key follows.
     pub const FLAG_KEY: u8 = 0b0000_0001;
     /// Flag: producer id and sequence follow.
@@ -350,7 +383,7 @@ mod tests {
                     headers: vec![(header, Bytes::from_static(b"v"))],
                     timestamp_ms: None,
                 };
-                let bytes = encode_record(&record, timestamp_ms, producer, &NoneCodec, 0).unwrap();
+                let bytes = encode_record(&record, timestamp_ms, producer, &NoneCodec);
                 let codecs = CodecRegistry::new();
                 let stored = decode_record(&bytes, &codecs).unwrap();
                 prop_assert_eq!((&stored.key, &stored.value, &stored.headers), (&record.key, &record.value, &record.headers));

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
     ClusterError, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicUpdate,
     limits, partition_group_id, validate_topic_name,
@@ -14,15 +15,6 @@ use crate::cluster::api::{
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
 };
-
-/// Most replicas a partition may have.
-const MAX_REPLICAS: usize = 64;
-/// Most members a cluster may have (a bound for decoders).
-const MAX_MEMBERS: usize = 4096;
-/// Most topics (a bound for decoders).
-const MAX_TOPICS: usize = 1 << 20;
-/// Most committed-offset rows (a bound for decoders).
-const MAX_OFFSET_ROWS: usize = 1 << 24;
 
 /// One change to the metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,9 +249,9 @@ impl MetadataState {
                     return Err(Rejection::Invalid { reason: format!("group name of {} bytes", group.len()) });
                 }
                 let key = (group.clone(), topic.clone(), *partition);
-                if self.offsets.len() >= MAX_OFFSET_ROWS && !self.offsets.contains_key(&key) {
+                if self.offsets.len() >= MAX_COMMITTED_OFFSETS && !self.offsets.contains_key(&key) {
                     return Err(Rejection::Invalid {
-                        reason: format!("the cluster holds the maximum of {MAX_OFFSET_ROWS} committed offsets"),
+                        reason: format!("the cluster holds the maximum of {MAX_COMMITTED_OFFSETS} committed offsets"),
                     });
                 }
                 self.offsets.insert(key, *offset);
@@ -454,7 +446,7 @@ impl MetadataState {
             state.topics.insert(topic.name.clone(), topic);
         }
         let raw = u64::from(r.u32()?);
-        let n = r.count(raw, MAX_OFFSET_ROWS, 16)?;
+        let n = r.count(raw, MAX_COMMITTED_OFFSETS, 16)?;
         for _ in 0..n {
             let group = r.str16(limits::MAX_GROUP_NAME_BYTES)?;
             let topic = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
@@ -476,10 +468,10 @@ pub fn validate_spec(spec: &TopicSpec) -> Result<(), ClusterError> {
             reason: format!("{} is not in 1..={}", spec.partitions, limits::MAX_PARTITIONS),
         });
     }
-    if spec.replication_factor == 0 || spec.replication_factor as usize > MAX_REPLICAS {
+    if spec.replication_factor == 0 || spec.replication_factor as usize > MAX_REPLICATION_FACTOR {
         return Err(ClusterError::InvalidArgument {
             field: "replication_factor",
-            reason: format!("{} is not in 1..={MAX_REPLICAS}", spec.replication_factor),
+            reason: format!("{} is not in 1..={MAX_REPLICATION_FACTOR}", spec.replication_factor),
         });
     }
     Ok(())
@@ -520,7 +512,7 @@ fn read_topic(r: &mut Reader<'_>) -> Result<TopicInfo, ClusterError> {
         let group = GroupId(r.u64()?);
         let replica_epoch = r.u32()?;
         let raw = u64::from(r.u16()?);
-        let k = r.count(raw, MAX_REPLICAS, 8)?;
+        let k = r.count(raw, MAX_REPLICATION_FACTOR, 8)?;
         let replicas = (0..k).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
         partitions.push(PartitionAssignment { partition, group, replicas, replica_epoch });
     }

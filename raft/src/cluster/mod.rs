@@ -468,12 +468,8 @@ impl Cluster {
         partition: u32,
         offset: u64,
     ) -> Result<(), ClusterError> {
-        if group.is_empty() || group.len() > limits::MAX_GROUP_NAME_BYTES {
-            return Err(ClusterError::InvalidArgument {
-                field: "group",
-                reason: format!("{} bytes; must be 1..={}", group.len(), limits::MAX_GROUP_NAME_BYTES),
-            });
-        }
+        // The node checked the name at its edge; the metadata also refuses a bad one at apply.
+        debug_assert!((1..=limits::MAX_GROUP_NAME_BYTES).contains(&group.len()), "group name of {} bytes", group.len());
         let command =
             MetadataCommand::CommitOffset { group: group.to_string(), topic: topic.to_string(), partition, offset };
         self.propose(command).await.map(|_| ())
@@ -514,9 +510,8 @@ impl Cluster {
     /// the call fails with [`ClusterError::NotCaughtUp`]: it is never a voter nor a member.
     /// Metadata leader only.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
-        if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
-            return Err(ClusterError::InvalidArgument { field: "addr", reason: format!("{} bytes", addr.len()) });
-        }
+        // The node checked the address at its edge; the metadata also refuses a bad one at apply.
+        debug_assert!((1..=limits::MAX_ADDR_BYTES).contains(&addr.len()), "address of {} bytes", addr.len());
         if !self.meta().is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }

@@ -39,36 +39,22 @@ pub struct StoredRecord {
 }
 
 /// Encodes one record as a Raft entry payload, compressing the value with `codec` if that makes
-/// it smaller. `index` is its position in the produce batch (for the error).
+/// it smaller.
+///
+/// The record is within the limits ([`limits::RecordSize::check`] at [`limits::MAX_RECORD_BYTES`]):
+/// the node checked it at its edge against its configured limit, which is at most that, so this
+/// only asserts it. The encoding is then at most [`layout::MAX_FRAMING_LEN`] larger, which fits
+/// one Raft payload (asserted at compile time in [`crate::cluster::layout::record`]).
 pub fn encode_record(
     record: &ProduceRecord,
     timestamp_ms: u64,
     producer: Option<(u64, u64)>,
     codec: &dyn Codec,
-    index: usize,
-) -> Result<Vec<u8>, ClusterError> {
+) -> Vec<u8> {
+    debug_assert_eq!(record.size().check(limits::MAX_RECORD_BYTES), Ok(()), "a record past the edge's limits");
     let key_len = record.key.as_ref().map_or(0, Bytes::len);
-    let headers_len: usize = record.headers.iter().map(|(n, v)| 6 + n.len() + v.len()).sum();
-    let raw_size = layout::FIXED_LEN + 16 + 4 + key_len + 2 + headers_len + 9 + record.value.len();
-    if raw_size > limits::MAX_RECORD_BYTES {
-        return Err(ClusterError::RecordTooLarge { index, size: raw_size, max: limits::MAX_RECORD_BYTES });
-    }
-    if record.headers.len() > limits::MAX_HEADERS {
-        return Err(ClusterError::InvalidArgument {
-            field: "headers",
-            reason: format!("record {index} has {} headers, limit {}", record.headers.len(), limits::MAX_HEADERS),
-        });
-    }
-    if let Some((name, _)) = record.headers.iter().find(|(n, _)| n.len() > limits::MAX_HEADER_NAME_BYTES) {
-        return Err(ClusterError::InvalidArgument {
-            field: "headers",
-            reason: format!(
-                "record {index}: header name of {} bytes, limit {}",
-                name.len(),
-                limits::MAX_HEADER_NAME_BYTES
-            ),
-        });
-    }
+    let header_bytes: usize = record.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let raw_size = layout::max_encoded_len(key_len, record.headers.len(), header_bytes, record.value.len());
     let mut flags = 0u8;
     if record.key.is_some() {
         flags |= layout::FLAG_KEY;
@@ -93,7 +79,7 @@ pub fn encode_record(
     }
     w.u8(codec_id.0).u32(record.value.len() as u32).bytes32(stored);
     debug_assert!(w.len() <= raw_size);
-    Ok(w.finish())
+    w.finish()
 }
 
 /// Decodes a Raft entry payload written by [`encode_record`], verifying every length.
@@ -374,7 +360,7 @@ mod tests {
     }
 
     fn encode(r: &ProduceRecord, producer: Option<(u64, u64)>) -> Vec<u8> {
-        encode_record(r, 1_700_000_000_000, producer, &NoneCodec, 0).unwrap()
+        encode_record(r, 1_700_000_000_000, producer, &NoneCodec)
     }
 
     #[test]
@@ -383,7 +369,7 @@ mod tests {
         let big = "compressible ".repeat(500);
         for kind in [CodecKind::None, CodecKind::Lz4, CodecKind::Zstd { level: 3 }] {
             for r in [rec(Some("k"), &big), rec(None, ""), rec(Some(""), "x")] {
-                let bytes = encode_record(&r, 42, Some((7, 9)), kind.codec().as_ref(), 0).unwrap();
+                let bytes = encode_record(&r, 42, Some((7, 9)), kind.codec().as_ref());
                 let back = decode_record(&bytes, &reg).unwrap();
                 assert_eq!(back.key, r.key);
                 assert_eq!(back.value, r.value);
@@ -393,15 +379,14 @@ mod tests {
                 assert_eq!(peek_producer(&bytes).unwrap(), Some((7, 9)));
             }
         }
-        let compressed = encode_record(&rec(None, &big), 0, None, &ZstdCodec::default(), 0).unwrap();
+        let compressed = encode_record(&rec(None, &big), 0, None, &ZstdCodec::default());
         assert!(compressed.len() < big.len() / 4, "value is stored compressed");
     }
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
         let reg = CodecRegistry::new();
-        let bytes =
-            encode_record(&rec(Some("key"), &"v".repeat(300)), 1, Some((1, 2)), &ZstdCodec::default(), 0).unwrap();
+        let bytes = encode_record(&rec(Some("key"), &"v".repeat(300)), 1, Some((1, 2)), &ZstdCodec::default());
         for cut in 0..bytes.len() {
             assert!(decode_record(&bytes[..cut], &reg).is_err(), "cut at {cut}");
         }
@@ -413,13 +398,25 @@ mod tests {
         assert!(decode_record(&trailing, &reg).is_err());
     }
 
+    // The refusal of an oversized record moved to the node's edge (node/src/limits.rs,
+    // `the_largest_record_limit_refuses_one_byte_more`); here: a record at the edge's largest limit,
+    // with the most headers, encodes within one Raft payload and decodes back.
     #[test]
-    fn oversized_records_are_refused_with_the_limit() {
-        let r = ProduceRecord { value: Bytes::from(vec![0u8; limits::MAX_RECORD_BYTES]), ..Default::default() };
-        match encode_record(&r, 0, None, &NoneCodec, 3) {
-            Err(ClusterError::RecordTooLarge { index: 3, max, .. }) => assert_eq!(max, limits::MAX_RECORD_BYTES),
-            other => panic!("{other:?}"),
-        }
+    fn a_record_at_the_largest_limit_fits_one_raft_payload() {
+        let headers: Vec<(String, Bytes)> =
+            (0..limits::MAX_HEADERS).map(|i| (format!("h{i:03}"), Bytes::from_static(b"v"))).collect();
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let r = ProduceRecord {
+            key: Some(Bytes::from_static(b"key")),
+            value: Bytes::from(vec![7u8; limits::MAX_RECORD_BYTES - header_bytes - 3]),
+            headers,
+            timestamp_ms: None,
+        };
+        assert_eq!(r.size().bytes, limits::MAX_RECORD_BYTES);
+        let bytes = encode_record(&r, 0, Some((1, 2)), &NoneCodec);
+        assert!(bytes.len() > limits::MAX_RECORD_BYTES && bytes.len() <= limits::RAFT_PAYLOAD_BYTES, "{}", bytes.len());
+        let back = decode_record(&bytes, &CodecRegistry::new()).unwrap();
+        assert_eq!((back.key, back.value, back.headers), (r.key, r.value, r.headers));
     }
 
     #[test]
@@ -516,7 +513,7 @@ mod tests {
             #[test]
             fn record_round_trip(r in arb_record(), ts in any::<u64>(), producer in proptest::option::of(any::<(u64, u64)>()), codec in 0u8..3) {
                 let kind = [shale_storage::CodecKind::None, shale_storage::CodecKind::Lz4, shale_storage::CodecKind::Zstd { level: 1 }][codec as usize];
-                let bytes = encode_record(&r, ts, producer, kind.codec().as_ref(), 0).unwrap();
+                let bytes = encode_record(&r, ts, producer, kind.codec().as_ref());
                 let back = decode_record(&bytes, &CodecRegistry::new()).unwrap();
                 prop_assert_eq!(back.key, r.key);
                 prop_assert_eq!(back.value, r.value);
@@ -543,7 +540,7 @@ mod tests {
                 let mut last: BTreeMap<u64, u64> = BTreeMap::new();
                 for (i, (pid, seq)) in ops.iter().enumerate() {
                     let index = i as u64 + 1;
-                    let payload = encode_record(&ProduceRecord::default(), 0, Some((*pid, *seq)), &NoneCodec, 0).unwrap();
+                    let payload = encode_record(&ProduceRecord::default(), 0, Some((*pid, *seq)), &NoneCodec);
                     let outcome = m.apply(index, &payload);
                     let fresh = last.get(pid).is_none_or(|l| seq > l);
                     if fresh {

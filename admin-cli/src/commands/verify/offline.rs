@@ -22,8 +22,9 @@ use super::names::{StreamNames, StreamRole};
 use crate::error::{CliError, Result};
 use crate::output::{Table, human_bytes};
 
-/// Bound on the record size the checker accepts (a hostile length field allocates at most this).
-pub const MAX_RECORD_BYTES: usize = 256 << 20;
+/// Bound on the record size the checker accepts (a hostile length field allocates at most this):
+/// the node's own storage record limit, so a record is judged as the node would read it.
+pub const MAX_RECORD_BYTES: usize = shale_storage::limits::STORAGE_RECORD_BYTES;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
