@@ -173,7 +173,7 @@ impl NodeContext {
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         tracing::debug!(to = %addr, "forwarding");
-        self.metrics.forwarded.inc();
+        self.metrics.count_forwarded::<Req>();
         let channel = self.channel(addr)?;
         let mut request = Request::new(message);
         if let Ok(v) = self.node_id.to_string().parse() {

@@ -66,7 +66,8 @@ impl Cluster {
 
     /// Appends records (one Raft entry each) and returns once a majority has them. With
     /// `producer`, record `i` has sequence `base_sequence + i`, and a retry is written once: its
-    /// reply carries the original offsets. Partition leader only.
+    /// reply carries the original offsets; a batch that skips sequences is refused
+    /// ([`ClusterError::SequenceGap`], nothing written). Partition leader only.
     pub async fn produce(
         &self,
         topic: &str,
@@ -128,6 +129,19 @@ impl Cluster {
                         producer_id: p.producer_id,
                         sequence: p.base_sequence + i as u64,
                         last_sequence,
+                    });
+                }
+                ApplyOutcome::OutOfSequence { expected } => {
+                    // A batch's sequences are consecutive, so only its first record can skip ahead,
+                    // and then every record does: none was written.
+                    let p = producer.ok_or_else(|| ClusterError::Decode {
+                        what: "produce reply",
+                        reason: "sequence gap reported for a record without producer".into(),
+                    })?;
+                    return Err(ClusterError::SequenceGap {
+                        producer_id: p.producer_id,
+                        sequence: p.base_sequence + i as u64,
+                        expected,
                     });
                 }
                 ApplyOutcome::Invalid => {
