@@ -134,7 +134,9 @@ impl Admin {
     /// One topic with its partitions.
     pub async fn describe_topic(&self, name: &str) -> Result<proto::TopicInfo, ClientError> {
         let resp = admin_call!(self, describe_topic, proto::DescribeTopicRequest { name: name.to_string() })?;
-        resp.topic.ok_or_else(|| ClientError::Protocol("DescribeTopic answered without a topic".into()))
+        let topic = resp.topic.ok_or_else(|| ClientError::Protocol("DescribeTopic answered without a topic".into()))?;
+        self.client.learn_topic(&topic);
+        Ok(topic)
     }
 
     /// Changes a topic's settings (fields left `None` stay as they are).

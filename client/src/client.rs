@@ -1,7 +1,13 @@
 //! The connection to a cluster: endpoints, channels, leader discovery and bounded retries.
+//!
+//! Calls about one partition go to its leader from the first request: the leaders come from the
+//! cluster's metadata (a topic's description, fetched with its partition count, or on a miss) and
+//! are kept current by NOT_LEADER answers, which name the new leader. A call whose leader is
+//! unknown goes to any member, which forwards it (the fallback).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,11 +44,13 @@ pub(crate) enum Route {
 
 /// A handle on a Shale cluster, cheap to clone and share.
 ///
-/// It knows the bootstrap endpoints and every member it has learned of, caches partition leaders,
-/// and retries calls that fail because leadership moved or a node is unreachable, stopping, timed
-/// out or cut the call ([`ClientError::retry`] is the one classification): on `NOT_LEADER` it goes
-/// straight to the named leader; otherwise it tries the next endpoint after a backoff. Every call
-/// is bounded by [`ClientConfig::max_attempts`].
+/// It knows the bootstrap endpoints and every member it has learned of, caches partition leaders
+/// (looked up in the topic's description before the first call about a partition whose leader it
+/// does not know), and retries calls that fail because leadership moved or a node is unreachable,
+/// stopping, timed out or cut the call ([`ClientError::retry`] is the one classification): on
+/// `NOT_LEADER` it goes straight to the named leader and remembers it; otherwise it forgets the
+/// leader and tries the next endpoint (which forwards) after a backoff. Every call is bounded by
+/// [`ClientConfig::max_attempts`].
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -61,6 +69,19 @@ struct Inner {
     members: RwLock<HashMap<u64, String>>,
     partition_counts: RwLock<HashMap<String, u32>>,
     next_endpoint: AtomicUsize,
+    /// Held while a topic's leaders are looked up, so concurrent misses ask once.
+    lookup: tokio::sync::Mutex<()>,
+    /// Per topic, lookups finished (successful or not): a call that waited for another's lookup
+    /// of its topic uses its answer instead of asking again.
+    lookups_done: RwLock<HashMap<String, u64>>,
+}
+
+/// Where one attempt of a call goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    addr: String,
+    /// `addr` is the partition leader as far as the client knows (see [`Client::call_to_leader`]).
+    leader: bool,
 }
 
 /// What [`Client::call_tracked`] reports besides the answer.
@@ -97,6 +118,8 @@ impl Client {
                 members: RwLock::new(HashMap::new()),
                 partition_counts: RwLock::new(HashMap::new()),
                 next_endpoint: AtomicUsize::new(0),
+                lookup: tokio::sync::Mutex::new(()),
+                lookups_done: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -165,19 +188,54 @@ impl Client {
         req
     }
 
-    /// The endpoint to try next for `route`.
-    fn pick(&self, route: &Route) -> String {
+    /// Where `route` goes from what is cached: the preferred read replica of a read, else the
+    /// partition's leader; `None` if neither is known.
+    fn cached_target(&self, route: &Route) -> Option<Target> {
         if let Route::Read(topic, partition) = route
             && let Some(addr) = self.inner.read_replicas.read().get(&(topic.clone(), *partition))
         {
-            return addr.clone();
+            return Some(Target { addr: addr.clone(), leader: false });
         }
         if let Route::Partition(topic, partition) | Route::Read(topic, partition) = route
             && let Some(addr) = self.inner.leaders.read().get(&(topic.clone(), *partition))
         {
-            return addr.clone();
+            return Some(Target { addr: addr.clone(), leader: true });
         }
-        self.next_endpoint()
+        None
+    }
+
+    /// Where the first attempt of a call on `route` goes. A partition whose leader is not cached
+    /// has it looked up first (once, however many calls miss together); if the metadata does not
+    /// name one, any member (which forwards).
+    async fn first_target(&self, route: &Route) -> Target {
+        if let Some(target) = self.cached_target(route) {
+            return target;
+        }
+        if let Route::Partition(topic, _) | Route::Read(topic, _) = route {
+            let done = || self.inner.lookups_done.read().get(topic).copied().unwrap_or(0);
+            let done_before = done();
+            let _lookup = self.inner.lookup.lock().await;
+            if let Some(target) = self.cached_target(route) {
+                return target;
+            }
+            if done() == done_before {
+                // Best effort: if the lookup fails, the call itself reports what is wrong.
+                if let Err(e) = self.describe_boxed(topic.clone()).await {
+                    tracing::debug!(%topic, error = %e, "leader lookup failed; sending to any member");
+                }
+                *self.inner.lookups_done.write().entry(topic.clone()).or_default() += 1;
+                if let Some(target) = self.cached_target(route) {
+                    return target;
+                }
+            }
+        }
+        Target { addr: self.next_endpoint(), leader: false }
+    }
+
+    /// [`Admin::describe_topic`] (which caches what it learns), boxed: it is a call itself, and a
+    /// call may start with a lookup.
+    fn describe_boxed(&self, topic: String) -> Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + '_>> {
+        Box::pin(async move { self.admin().describe_topic(&topic).await.map(drop) })
     }
 
     fn next_endpoint(&self) -> String {
@@ -232,6 +290,25 @@ impl Client {
         self.call_tracked(route, call).await.0
     }
 
+    /// [`Client::call`] for a write that only the partition leader can serve: `call` is also told
+    /// whether the node it gets is the leader as far as the client knows, and then marks the
+    /// request [`crate::meta::FORWARDED`] (see [`Client::mark_for_leader`]) so a node that is no
+    /// longer the leader answers NOT_LEADER naming the new one (remembered for the next call)
+    /// rather than forwarding every request from now on.
+    pub(crate) async fn call_to_leader<T, F, Fut>(&self, topic: &str, partition: u32, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, bool) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(Route::Partition(topic.to_string(), partition), call).await.0
+    }
+
+    /// Marks `request` as one the node must answer itself (no forwarding): for a request sent to
+    /// the node believed to lead its partition.
+    pub(crate) fn mark_for_leader<M>(request: &mut tonic::Request<M>) {
+        request.metadata_mut().insert(crate::meta::FORWARDED, tonic::metadata::MetadataValue::from_static("client"));
+    }
+
     /// One attempt of `call` at the node `addr` (no retry, no other node): for reads that must
     /// be answered by one particular replica.
     pub(crate) async fn call_at<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClientError>
@@ -251,8 +328,18 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with(route, |ch, _| call(ch)).await
+    }
+
+    /// The one retry loop: [`Client::call_tracked`], telling `call` whether its node is the
+    /// partition leader as far as the client knows.
+    async fn call_with<T, F, Fut>(&self, route: Route, mut call: F) -> (Result<T, ClientError>, Attempts)
+    where
+        F: FnMut(Channel, bool) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let max_attempts = self.inner.config.max_attempts;
-        let mut target = self.pick(&route);
+        let Target { addr: mut target, leader: mut to_leader } = self.first_target(&route).await;
         let mut attempts = Attempts::default();
         loop {
             attempts.made += 1;
@@ -261,7 +348,7 @@ impl Client {
                 Ok(ch) => ch,
                 Err(e) => return (Err(e), attempts),
             };
-            let err = match call(channel).await {
+            let err = match call(channel, to_leader).await {
                 Ok(response) => return (Ok(response.into_inner()), attempts),
                 Err(status) => ClientError::from_status(status),
             };
@@ -278,14 +365,18 @@ impl Client {
                 ClientError::NotLeader { leader_addr: Some(addr), .. } if *addr != target => {
                     self.remember_leader(&route, addr);
                     target = addr.clone();
+                    to_leader = matches!(route, Route::Partition(..) | Route::Read(..));
                     // A redirect is immediate the first time; later ones back off (leadership flapping).
                     if attempt > 1 {
                         tokio::time::sleep(self.inner.config.backoff(attempt - 1)).await;
                     }
                 }
                 _ => {
+                    // The leader is unknown (or unreachable): any member, which forwards. The next
+                    // call about the partition looks its leader up again.
                     self.forget_leader(&route);
                     target = self.next_endpoint();
+                    to_leader = false;
                     tokio::time::sleep(self.inner.config.backoff(attempt)).await;
                 }
             }
@@ -320,7 +411,8 @@ impl Client {
         Ok(status)
     }
 
-    /// The number of partitions of `topic` (cached after the first lookup).
+    /// The number of partitions of `topic` (cached after the first lookup, which also caches the
+    /// partitions' leaders).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         if let Some(n) = self.inner.partition_counts.read().get(topic) {
             return Ok(*n);
@@ -330,8 +422,29 @@ impl Client {
         if n == 0 {
             return Err(ClientError::Protocol(format!("topic {topic} reports zero partitions")));
         }
-        self.inner.partition_counts.write().insert(topic.to_string(), n);
         Ok(n)
+    }
+
+    /// Caches what a topic's description says: its partition count and each partition's leader
+    /// (a partition without a leader right now is forgotten, so its next call looks again).
+    pub(crate) fn learn_topic(&self, topic: &proto::TopicInfo) {
+        let count = topic.config.as_ref().map_or(topic.partitions.len() as u32, |c| c.partitions);
+        if count > 0 {
+            self.inner.partition_counts.write().insert(topic.name.clone(), count);
+        }
+        for p in &topic.partitions {
+            let route = Route::Partition(topic.name.clone(), p.partition);
+            if p.leader_id != 0 && !p.leader_addr.is_empty() {
+                self.remember_leader(&route, &p.leader_addr);
+            } else {
+                self.inner.leaders.write().remove(&(topic.name.clone(), p.partition));
+            }
+        }
+    }
+
+    /// The cached leader address of a partition, if any.
+    pub fn cached_leader(&self, topic: &str, partition: u32) -> Option<String> {
+        self.inner.leaders.read().get(&(topic.to_string(), partition)).cloned()
     }
 
     /// The replicas of a partition, `(node id, address)`, from a topic description (linearizable,

@@ -64,17 +64,24 @@ impl ClientConfig {
     }
 }
 
-/// Producer batching, idempotence and retries.
+/// Producer batching, pipelining, idempotence and retries.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
     /// Send a partition's batch once it holds this many payload bytes.
     pub batch_max_bytes: usize,
     /// Send a partition's batch once it holds this many records.
     pub batch_max_records: usize,
-    /// Wait at most this long for a batch to fill before sending it.
+    /// While a batch of the partition is in flight, wait at most this long for the next batch to
+    /// fill before sending it. A partition with nothing in flight sends at once (a lone record
+    /// does not wait).
     pub linger_ms: u64,
+    /// Batches per partition sent and not yet acknowledged (Kafka's
+    /// `max.in.flight.requests.per.connection`); at least 1. Needs `idempotent` to go above 1:
+    /// sequences keep the batches in order across retries. A non-idempotent producer keeps one
+    /// batch per partition in flight.
+    pub max_in_flight: usize,
     /// Idempotent delivery: batches carry a producer id and sequence numbers, so a retried batch is
-    /// written once.
+    /// written once, and a batch that overtakes an earlier one is refused and sent again after it.
     pub idempotent: bool,
     /// Records buffered (not yet acknowledged) before `send` waits.
     pub max_buffered_records: usize,
@@ -86,6 +93,7 @@ impl Default for ProducerConfig {
             batch_max_bytes: 256 * 1024,
             batch_max_records: 1_000,
             linger_ms: 5,
+            max_in_flight: 5,
             idempotent: true,
             max_buffered_records: 100_000,
         }

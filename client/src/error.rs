@@ -30,8 +30,11 @@ pub mod meta {
     pub const REPLICAS: &str = "shale-replicas";
     /// Limit errors: the configured limit that was exceeded.
     pub const LIMIT: &str = "shale-limit";
-    /// Request metadata set by a node when it forwards a request to a leader; a node never
-    /// forwards a request that already carries it (no forwarding loops).
+    /// Request metadata that says "answer here, do not forward": a node never forwards a request
+    /// that carries it. Set by a node when it forwards a request to a leader (value: its node id; no
+    /// forwarding loops), and by the client on a produce sent to the node it believes leads the
+    /// partition (value: `client`), so a stale belief comes back as NOT_LEADER naming the leader,
+    /// which the client then remembers, instead of being forwarded on every request.
     pub const FORWARDED: &str = "shale-forwarded";
 }
 
@@ -95,6 +98,9 @@ error_codes! {
     InvalidArgument => "INVALID_ARGUMENT", InvalidArgument;
     /// An idempotent producer's retry is outside the dedup window (its original offsets are forgotten).
     OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE", FailedPrecondition;
+    /// An idempotent producer's batch skips sequences: an earlier batch of the producer is not
+    /// written (yet). Nothing of it was written; the producer sends it again after the earlier one.
+    SequenceGap => "SEQUENCE_GAP", FailedPrecondition;
     /// An idempotent retry of a record that was written, but whose offset retention has since
     /// purged (the message names the offset): the record is durable, its hash can no longer be reported.
     DuplicateOfPurgedRecord => "DUPLICATE_OF_PURGED_RECORD", AlreadyExists;
@@ -423,6 +429,8 @@ mod tests {
             ErrorCode::TopicExists,
             ErrorCode::RecordTooLarge,
             ErrorCode::OutOfOrderSequence,
+            // The producer resends it itself, in order, once the batch before it is settled.
+            ErrorCode::SequenceGap,
             ErrorCode::Corruption,
             ErrorCode::Internal,
             ErrorCode::InvalidArgument,

@@ -1,16 +1,33 @@
-//! The producer: batching per partition, idempotent delivery, retries.
+//! The producer: batching per partition, pipelining, idempotent delivery, retries.
 //!
 //! [`Producer::send`] picks the record's partition (see [`crate::partitioner`]) and queues it; a
-//! background task gathers each partition's records into a batch, sent when it reaches
-//! `batch_max_bytes` or `batch_max_records`, after `linger_ms`, or on [`Producer::flush`]. At most
-//! one batch per partition is in flight, so records of a partition are written in `send` order even
-//! across retries. With `idempotent`, each batch carries the producer id and the sequence number of
-//! its first record: a batch retried after a lost reply is written once. If a batch fails for good,
-//! its records fail and the partition continues under the same producer id with the next
-//! sequences: the failed batch may still be in flight and commit later, and the partition then
-//! sees sequences at or below what it already wrote and hides it as a duplicate, so records of one
-//! producer never appear out of `send` order. (A fresh producer id would let such a late batch land
-//! after records sent after it.)
+//! background task (the batcher) gathers each partition's records into batches and sends them to
+//! the partition's leader (see [`Client`]).
+//!
+//! **When a batch goes.** A partition with nothing in flight sends what it has at once, so a lone
+//! record never waits. While batches of the partition are in flight, the next one fills until it
+//! reaches `batch_max_bytes` or `batch_max_records`, until `linger_ms` passed since its oldest
+//! record, or until nothing is in flight any more; [`Producer::flush`] and [`Producer::close`] send
+//! everything at once.
+//!
+//! **Pipelining and order.** Up to `max_in_flight` batches per partition are in flight (one while
+//! the partition has not yet acknowledged a batch of this producer id, and always one without
+//! `idempotent`). Each batch carries the producer id and the sequence of its first record, and the
+//! partition writes a producer's sequences without gaps: a batch that overtakes an earlier one (a
+//! retry of the earlier one, or the node starting them out of order) is refused as a
+//! [`ErrorCode::SequenceGap`] and nothing of it is written. The batcher then sends it again, with
+//! the same sequences, once every batch before it is acknowledged; a batch retried after a lost
+//! reply is recognised as already written. So records of a partition are written in `send` order,
+//! each once, however the in-flight batches are retried.
+//!
+//! **A batch that fails for good** (retries exhausted, or an error no retry can fix) fails its
+//! records; it may or may not have been written. The partition then sends nothing new until its
+//! other in-flight batches settled: those written after it are acknowledged; those refused because
+//! it is missing go back, in order, to the front of the queue, and the partition starts again under
+//! a fresh producer id with sequence 0 (a missing sequence is never filled, so the old id cannot
+//! continue). Known limit: if a request of the failed batch is still on its way inside the node
+//! when the next batch is refused (its client-side attempt given up), it may be written later,
+//! after records sent after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -20,19 +37,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Client, Route};
+use crate::client::Client;
 use crate::config::ProducerConfig;
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorCode};
 use crate::partitioner::Partitioner;
 use crate::proto;
 use crate::records::{ProducerRecord, RecordMetadata, hash32};
 
 type Ack = oneshot::Sender<Result<RecordMetadata, ClientError>>;
 type TopicPartition = (String, u32);
+
+/// Commands (sends, flushes) the batcher takes in one go before sending, at most.
+const MAX_EVENTS_PER_ROUND: usize = 4096;
 
 /// Resolves to where the record was written, once its batch is committed.
 #[derive(Debug)]
@@ -124,87 +145,292 @@ impl Producer {
 struct Pending {
     record: proto::Record,
     size_bytes: usize,
+    queued_at: Instant,
     ack: Ack,
     _permit: OwnedSemaphorePermit,
 }
 
-struct PartitionState {
-    queue: VecDeque<Pending>,
-    queued_bytes: usize,
-    oldest: Option<Instant>,
-    in_flight: bool,
-    producer_id: u64,
-    next_sequence: u64,
+/// How a sent batch ended, as its task reports it to the batcher.
+enum Outcome {
+    /// Written: every record's waiter has its offset.
+    Acked,
+    /// Failed for good: every record's waiter has the error. It may still have been written.
+    Failed,
+    /// Refused because it skips sequences (a batch before it is not written yet): nothing of it
+    /// was written, and its records come back to be sent again.
+    Gap(Vec<Pending>, ClientError),
 }
 
-impl PartitionState {
-    /// Marks a batch of `records` in flight and answers its identity: this partition's producer
-    /// id and the sequence of its first record.
-    fn start_batch(&mut self, records: usize) -> proto::ProducerIdentity {
-        debug_assert!(!self.in_flight, "one batch per partition in flight");
-        self.in_flight = true;
-        let identity = proto::ProducerIdentity { producer_id: self.producer_id, base_sequence: self.next_sequence };
-        self.next_sequence += records as u64;
-        identity
-    }
+/// A batch to send (again): its number in its partition, identity and records.
+struct Outgoing {
+    batch: u64,
+    identity: proto::ProducerIdentity,
+    records: Vec<Pending>,
+}
 
-    /// The batch in flight ended. A failed batch keeps its sequences used: it may still commit
-    /// later, and must then be older than every later batch (a duplicate to the partition).
-    fn batch_done(&mut self) {
-        self.in_flight = false;
-    }
+/// A batch sent and not yet settled.
+struct Flight {
+    batch: u64,
+    identity: proto::ProducerIdentity,
+    /// Its records while it waits to be sent again (it was refused as a sequence gap).
+    parked: Option<Vec<Pending>>,
+    /// Sequence-gap refusals so far.
+    gaps: u32,
+}
 
-    fn new() -> Self {
+/// When a partition's batches go (from [`ProducerConfig`]).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    batch_max_bytes: usize,
+    batch_max_records: usize,
+    linger: Duration,
+    max_in_flight: usize,
+    /// Sequence-gap refusals of one batch after which it fails (a guard: a batch is only sent
+    /// again once the batches before it settled, when the partition must take it).
+    max_gaps: u32,
+}
+
+impl Limits {
+    fn new(config: &ProducerConfig, max_attempts: u32) -> Self {
         Self {
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            oldest: None,
-            in_flight: false,
-            producer_id: new_producer_id(),
-            next_sequence: 0,
+            batch_max_bytes: config.batch_max_bytes,
+            batch_max_records: config.batch_max_records.max(1),
+            linger: Duration::from_millis(config.linger_ms),
+            max_in_flight: if config.idempotent { config.max_in_flight.max(1) } else { 1 },
+            max_gaps: max_attempts.max(1),
         }
     }
 }
 
+/// One partition's queue and in-flight batches. Pure bookkeeping: [`PartitionState::take_sends`]
+/// says what to send, [`PartitionState::settle`] takes each outcome.
+struct PartitionState {
+    queue: VecDeque<Pending>,
+    queued_bytes: usize,
+    /// Sent and not yet settled, in sequence order.
+    flights: VecDeque<Flight>,
+    next_batch: u64,
+    producer_id: u64,
+    next_sequence: u64,
+    /// A batch under `producer_id` was acknowledged, so the partition knows this producer and
+    /// refuses a batch that skips sequences. Until then only one batch is in flight: the partition
+    /// takes a producer's first batch at any sequence, so a second batch arriving first would be
+    /// taken instead, and the first then refused as an old duplicate.
+    known: bool,
+    /// A batch under `producer_id` failed for good: nothing new is sent until every flight settled,
+    /// then the partition starts again under a fresh producer id (see the module documentation).
+    broken: bool,
+}
+
+impl PartitionState {
+    fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            flights: VecDeque::new(),
+            next_batch: 0,
+            producer_id: new_producer_id(),
+            next_sequence: 0,
+            known: false,
+            broken: false,
+        }
+    }
+
+    fn push(&mut self, pending: Pending) {
+        self.queued_bytes += pending.size_bytes;
+        self.queue.push_back(pending);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.flights.is_empty()
+    }
+
+    /// Whether a new batch may go in flight now.
+    fn may_send(&self, limits: &Limits) -> bool {
+        !self.broken && self.flights.len() < limits.max_in_flight && (self.flights.is_empty() || self.known)
+    }
+
+    /// Whether the queue's next batch should go now (given that it may).
+    fn ready(&self, now: Instant, limits: &Limits, urgent: bool) -> bool {
+        let Some(oldest) = self.queue.front() else { return false };
+        urgent
+            || self.flights.is_empty()
+            || self.queued_bytes >= limits.batch_max_bytes
+            || self.queue.len() >= limits.batch_max_records
+            || now >= oldest.queued_at + limits.linger
+    }
+
+    /// When the queue's next batch is due by linger, if it waits for nothing else.
+    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        let oldest = self.queue.front()?;
+        self.may_send(limits).then_some(oldest.queued_at + limits.linger)
+    }
+
+    /// Everything to send now, in sequence order: refused batches whose turn came again, then new
+    /// batches from the queue while a flight slot is free and a batch is ready.
+    fn take_sends(&mut self, now: Instant, limits: &Limits, urgent: bool) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if self.broken {
+            self.restart_when_settled();
+        } else {
+            // Refused batches at the front go again: every batch before them is settled (written)
+            // or goes again just before them, in order.
+            for flight in &mut self.flights {
+                let Some(records) = flight.parked.take() else { break };
+                out.push(Outgoing { batch: flight.batch, identity: flight.identity, records });
+            }
+        }
+        while self.may_send(limits) && self.ready(now, limits, urgent) {
+            let records = self.take_batch(limits);
+            let identity = proto::ProducerIdentity { producer_id: self.producer_id, base_sequence: self.next_sequence };
+            self.next_sequence += records.len() as u64;
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            self.flights.push_back(Flight { batch, identity, parked: None, gaps: 0 });
+            out.push(Outgoing { batch, identity, records });
+        }
+        out
+    }
+
+    /// The queue's next batch: records in order up to the batch limits (at least one).
+    fn take_batch(&mut self, limits: &Limits) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.queue.front() {
+            let fits = batch.len() < limits.batch_max_records
+                && (batch.is_empty() || bytes + next.size_bytes <= limits.batch_max_bytes);
+            if !fits {
+                break;
+            }
+            bytes += next.size_bytes;
+            if let Some(p) = self.queue.pop_front() {
+                batch.push(p);
+            }
+        }
+        self.queued_bytes -= bytes;
+        batch
+    }
+
+    /// Takes a batch's outcome.
+    fn settle(&mut self, batch: u64, outcome: Outcome, limits: &Limits) {
+        let Some(i) = self.flights.iter().position(|f| f.batch == batch) else {
+            debug_assert!(false, "batch {batch} settled twice");
+            return;
+        };
+        match outcome {
+            Outcome::Acked => {
+                self.flights.remove(i);
+                self.known = true;
+            }
+            Outcome::Failed => {
+                self.flights.remove(i);
+                self.broken = true;
+            }
+            Outcome::Gap(records, err) => {
+                let flight = &mut self.flights[i];
+                flight.gaps += 1;
+                if flight.gaps >= limits.max_gaps {
+                    tracing::warn!(batch, gaps = flight.gaps, error = %err, "batch refused as a sequence gap too often");
+                    fail(records, &err);
+                    self.flights.remove(i);
+                    self.broken = true;
+                } else {
+                    tracing::debug!(batch, error = %err, "batch overtook an earlier one; it goes again after it");
+                    flight.parked = Some(records);
+                }
+            }
+        }
+    }
+
+    /// After a batch failed for good, once nothing is in flight any more: refused batches go back
+    /// to the front of the queue, in order, and the partition starts again under a fresh producer
+    /// id from sequence 0.
+    fn restart_when_settled(&mut self) {
+        if !self.flights.iter().all(|f| f.parked.is_some()) {
+            return;
+        }
+        let parked: Vec<Pending> = self.flights.drain(..).filter_map(|f| f.parked).flatten().collect();
+        for pending in parked.into_iter().rev() {
+            self.queued_bytes += pending.size_bytes;
+            self.queue.push_front(pending);
+        }
+        self.producer_id = new_producer_id();
+        self.next_sequence = 0;
+        self.known = false;
+        self.broken = false;
+    }
+}
+
+/// Answers every record of a batch with `err`.
+fn fail(records: Vec<Pending>, err: &ClientError) {
+    for pending in records {
+        let _ = pending.ack.send(Err(err.clone()));
+    }
+}
+
+/// A batch's end.
+struct Settled {
+    tp: TopicPartition,
+    batch: u64,
+    outcome: Outcome,
+}
+
+/// A batch being sent (with its retries).
+type Sending = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
 struct Batcher {
     client: Client,
     config: ProducerConfig,
+    limits: Limits,
     partitions: HashMap<TopicPartition, PartitionState>,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Every batch being sent, polled by the batcher itself: a batch is first polled, and so put
+    /// on the connection, after every batch taken before it (separate tasks could start in any
+    /// order, and a batch that overtakes another is refused and must go again).
+    sending: FuturesUnordered<Sending>,
 }
 
 impl Batcher {
     fn new(client: Client, config: ProducerConfig) -> Self {
-        Self { client, config, partitions: HashMap::new(), flush_waiters: Vec::new() }
+        let limits = Limits::new(&config, client.config().max_attempts);
+        Self {
+            client,
+            config,
+            limits,
+            partitions: HashMap::new(),
+            flush_waiters: Vec::new(),
+            sending: FuturesUnordered::new(),
+        }
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TopicPartition>();
         let mut closing = false;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
                 cmd = commands.recv(), if !closing => match cmd {
-                    Some(Command::Send { tp, record, size_bytes, ack, permit }) => {
-                        let state = self.partitions.entry(tp).or_insert_with(PartitionState::new);
-                        state.oldest.get_or_insert_with(Instant::now);
-                        state.queued_bytes += size_bytes;
-                        state.queue.push_back(Pending { record, size_bytes, ack, _permit: permit });
+                    Some(cmd) => {
+                        self.command(cmd);
+                        // Take what else is queued too, so a burst of sends forms one batch.
+                        for _ in 1..MAX_EVENTS_PER_ROUND {
+                            match commands.try_recv() {
+                                Ok(cmd) => self.command(cmd),
+                                Err(mpsc::error::TryRecvError::Empty) => break,
+                                Err(mpsc::error::TryRecvError::Disconnected) => {
+                                    closing = true;
+                                    break;
+                                }
+                            }
+                        }
                     }
-                    Some(Command::Flush(done)) => self.flush_waiters.push(done),
                     None => closing = true,
                 },
-                Some(tp) = done_rx.recv() => {
-                    if let Some(state) = self.partitions.get_mut(&tp) {
-                        state.batch_done();
-                    }
-                }
+                Some(settled) = self.sending.next(), if !self.sending.is_empty() => self.settle(settled),
                 () = sleep_until(deadline) => {}
             }
             let urgent = closing || !self.flush_waiters.is_empty();
-            self.dispatch(urgent, &done_tx);
-            let idle = self.partitions.values().all(|s| s.queue.is_empty() && !s.in_flight);
-            if idle {
+            self.dispatch(urgent);
+            if self.partitions.values().all(PartitionState::is_idle) {
                 for waiter in self.flush_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -215,49 +441,38 @@ impl Batcher {
         }
     }
 
-    /// When the oldest queued record of an idle partition reaches its linger time.
-    fn next_deadline(&self) -> Option<Instant> {
-        let linger = Duration::from_millis(self.config.linger_ms);
-        self.partitions.values().filter(|s| !s.in_flight).filter_map(|s| s.oldest).min().map(|t| t + linger)
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { tp, record, size_bytes, ack, permit } => {
+                let state = self.partitions.entry(tp).or_insert_with(PartitionState::new);
+                state.push(Pending { record, size_bytes, queued_at: Instant::now(), ack, _permit: permit });
+            }
+            Command::Flush(done) => self.flush_waiters.push(done),
+        }
     }
 
-    fn dispatch(&mut self, urgent: bool, done: &mpsc::UnboundedSender<TopicPartition>) {
-        let linger = Duration::from_millis(self.config.linger_ms);
+    fn settle(&mut self, s: Settled) {
+        if let Some(state) = self.partitions.get_mut(&s.tp) {
+            state.settle(s.batch, s.outcome, &self.limits);
+        }
+    }
+
+    /// When the next partition's batch is due by linger.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.partitions.values().filter_map(|s| s.deadline(&self.limits)).min()
+    }
+
+    fn dispatch(&mut self, urgent: bool) {
         let now = Instant::now();
         for (tp, state) in &mut self.partitions {
-            if state.in_flight || state.queue.is_empty() {
-                continue;
+            for out in state.take_sends(now, &self.limits, urgent) {
+                let identity = self.config.idempotent.then_some(out.identity);
+                let (client, tp) = (self.client.clone(), tp.clone());
+                self.sending.push(Box::pin(async move {
+                    let outcome = send_batch(&client, &tp, out.records, identity).await;
+                    Settled { tp, batch: out.batch, outcome }
+                }));
             }
-            let full =
-                state.queued_bytes >= self.config.batch_max_bytes || state.queue.len() >= self.config.batch_max_records;
-            let lingered = state.oldest.is_some_and(|t| now >= t + linger);
-            if !(urgent || full || lingered) {
-                continue;
-            }
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some(next) = state.queue.front() {
-                let fits = batch.len() < self.config.batch_max_records.max(1)
-                    && (batch.is_empty() || bytes + next.size_bytes <= self.config.batch_max_bytes);
-                if !fits {
-                    break;
-                }
-                bytes += next.size_bytes;
-                batch.push(state.queue.pop_front().expect("front exists"));
-            }
-            state.queued_bytes -= bytes;
-            if state.queue.is_empty() {
-                state.oldest = None;
-            }
-            let identity = state.start_batch(batch.len());
-            let identity = self.config.idempotent.then_some(identity);
-            let client = self.client.clone();
-            let tp = tp.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                send_batch(&client, &tp, batch, identity).await;
-                let _ = done.send(tp);
-            });
         }
     }
 }
@@ -269,13 +484,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends one batch (with retries inside [`Client::call`]) and answers every record's waiter.
+/// Sends one batch to the partition leader (with retries inside [`Client`]) and answers every
+/// record's waiter, unless the batch was refused as a sequence gap (then it comes back).
 async fn send_batch(
     client: &Client,
     (topic, partition): &TopicPartition,
     batch: Vec<Pending>,
     producer: Option<proto::ProducerIdentity>,
-) {
+) -> Outcome {
     let request = proto::ProduceRequest {
         topic: topic.clone(),
         partition: *partition,
@@ -283,8 +499,11 @@ async fn send_batch(
         producer,
     };
     let result = client
-        .call(Route::Partition(topic.clone(), *partition), |ch| {
-            let req = client.request(request.clone(), Duration::ZERO);
+        .call_to_leader(topic, *partition, |ch, to_leader| {
+            let mut req = client.request(request.clone(), Duration::ZERO);
+            if to_leader {
+                Client::mark_for_leader(&mut req);
+            }
             async move { Client::produce_client(ch).produce(req).await }
         })
         .await
@@ -310,12 +529,13 @@ async fn send_batch(
                 });
                 let _ = pending.ack.send(meta);
             }
+            Outcome::Acked
         }
+        Err(err) if err.code() == Some(ErrorCode::SequenceGap) => Outcome::Gap(batch, err),
         Err(err) => {
             tracing::warn!(%topic, partition, error = %err, "batch failed");
-            for pending in batch {
-                let _ = pending.ack.send(Err(err.clone()));
-            }
+            fail(batch, &err);
+            Outcome::Failed
         }
     }
 }
@@ -324,17 +544,170 @@ async fn send_batch(
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        batch_max_bytes: 1_000,
+        batch_max_records: 4,
+        linger: Duration::from_secs(3_600),
+        max_in_flight: 3,
+        max_gaps: 5,
+    };
+
+    type Delivery = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+
+    fn pending(value: &str) -> (Pending, Delivery) {
+        let (ack, rx) = oneshot::channel();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let record = proto::Record { value: bytes::Bytes::from(value.to_string()), ..Default::default() };
+        (Pending { record, size_bytes: 10, queued_at: Instant::now(), ack, _permit: permit }, rx)
+    }
+
+    fn queue(state: &mut PartitionState, values: &[&str]) -> Vec<Delivery> {
+        values
+            .iter()
+            .map(|v| {
+                let (p, rx) = pending(v);
+                state.push(p);
+                rx
+            })
+            .collect()
+    }
+
+    fn values(out: &Outgoing) -> Vec<String> {
+        out.records.iter().map(|p| String::from_utf8_lossy(&p.record.value).to_string()).collect()
+    }
+
+    fn gap() -> ClientError {
+        ClientError::Server { code: ErrorCode::SequenceGap, limit: None, message: "gap".into() }
+    }
+
+    /// A partition whose first batch (one record, sequence 0) was acknowledged, so it pipelines;
+    /// with the time and the producer id.
+    fn known_partition() -> (PartitionState, Instant, u64) {
+        let mut s = PartitionState::new();
+        let now = Instant::now();
+        queue(&mut s, &["a"]);
+        let first = s.take_sends(now, &LIMITS, false);
+        s.settle(first[0].batch, Outcome::Acked, &LIMITS);
+        assert!(s.known);
+        (s, now, first[0].identity.producer_id)
+    }
+
     #[test]
-    fn a_failed_batch_keeps_the_producer_id_and_its_sequences_used() {
-        let mut state = PartitionState::new();
-        let first = state.start_batch(3);
-        assert_eq!(first.base_sequence, 0);
-        state.batch_done();
-        // The next batch comes after the failed one in the same producer's sequence space, so if
-        // the failed batch commits late it is a duplicate, never a record after this batch.
-        let next = state.start_batch(2);
-        assert_eq!((next.producer_id, next.base_sequence), (first.producer_id, 3));
-        state.batch_done();
-        assert_eq!(state.start_batch(1).base_sequence, 5);
+    fn a_lone_record_goes_at_once_and_later_ones_fill_while_a_batch_is_in_flight() {
+        let mut s = PartitionState::new();
+        let now = Instant::now();
+        queue(&mut s, &["a"]);
+        // Nothing in flight: no linger, even an hour long.
+        let first = s.take_sends(now, &LIMITS, false);
+        assert_eq!(first.iter().map(values).collect::<Vec<_>>(), vec![vec!["a"]]);
+        // The next records wait while the first is in flight and the partition does not know the
+        // producer yet (one batch in flight until the first acknowledgement).
+        queue(&mut s, &["b", "c", "d", "e", "f"]);
+        assert!(s.take_sends(now, &LIMITS, false).is_empty());
+        s.settle(first[0].batch, Outcome::Acked, &LIMITS);
+        // Nothing in flight again: the queue goes at once, in batches of at most 4 records, with
+        // consecutive sequences.
+        let next = s.take_sends(now, &LIMITS, false);
+        assert_eq!(next.iter().map(values).collect::<Vec<_>>(), vec![vec!["b", "c", "d", "e"]]);
+        assert_eq!(next[0].identity.base_sequence, 1);
+        // With a batch in flight, a partial batch lingers...
+        assert!(s.take_sends(now, &LIMITS, false).is_empty());
+        let due = s.queue[0].queued_at + LIMITS.linger;
+        assert_eq!(s.deadline(&LIMITS), Some(due));
+        // ...until linger passed, or a flush.
+        assert_eq!(s.take_sends(due, &LIMITS, false).iter().map(values).collect::<Vec<_>>(), vec![vec!["f"]]);
+        queue(&mut s, &["g"]);
+        let flushed = s.take_sends(now, &LIMITS, true);
+        assert_eq!((flushed.len(), flushed[0].identity.base_sequence), (1, 6));
+    }
+
+    #[test]
+    fn up_to_max_in_flight_batches_go_once_the_producer_is_known() {
+        let (mut s, now, producer_id) = known_partition();
+        queue(&mut s, &["b"; 20]);
+        let sent = s.take_sends(now, &LIMITS, false);
+        assert_eq!(sent.len(), LIMITS.max_in_flight, "full batches go while a slot is free");
+        let bases: Vec<u64> = sent.iter().map(|o| o.identity.base_sequence).collect();
+        assert_eq!(bases, vec![1, 5, 9]);
+        assert!(sent.iter().all(|o| o.identity.producer_id == producer_id));
+        assert!(s.take_sends(now, &LIMITS, true).is_empty(), "no slot free");
+        s.settle(sent[1].batch, Outcome::Acked, &LIMITS);
+        assert_eq!(s.take_sends(now, &LIMITS, false)[0].identity.base_sequence, 13);
+    }
+
+    #[test]
+    fn a_batch_refused_as_a_gap_goes_again_with_its_sequences_after_the_batches_before_it() {
+        let (mut s, now, _) = known_partition();
+        queue(&mut s, &["b1", "b2", "b3", "b4", "c1", "c2", "c3", "c4", "d1", "d2", "d3", "d4"]);
+        let id = |o: &Outgoing| (o.batch, o.identity);
+        let mut sent = s.take_sends(now, &LIMITS, false).into_iter();
+        let (b, c, d) = (sent.next().unwrap(), sent.next().unwrap(), sent.next().unwrap());
+        let (b_id, c_id, d_id) = (id(&b), id(&c), id(&d));
+        // c and d overtook b (b is being retried): both refused, both wait for b.
+        s.settle(d.batch, Outcome::Gap(d.records, gap()), &LIMITS);
+        s.settle(c.batch, Outcome::Gap(c.records, gap()), &LIMITS);
+        assert!(s.take_sends(now, &LIMITS, true).is_empty(), "nothing goes before b settles");
+        s.settle(b_id.0, Outcome::Acked, &LIMITS);
+        // Now c and d go again, in order, with their own sequences.
+        let again = s.take_sends(now, &LIMITS, false);
+        assert_eq!(again.iter().map(id).collect::<Vec<_>>(), vec![c_id, d_id]);
+        assert_eq!(values(&again[0]), vec!["c1", "c2", "c3", "c4"]);
+        // d overtook c again; it waits for c once more.
+        let d = again.into_iter().nth(1).unwrap();
+        s.settle(d.batch, Outcome::Gap(d.records, gap()), &LIMITS);
+        assert!(s.take_sends(now, &LIMITS, false).is_empty());
+        s.settle(c_id.0, Outcome::Acked, &LIMITS);
+        let last = s.take_sends(now, &LIMITS, false);
+        assert_eq!(last.iter().map(id).collect::<Vec<_>>(), vec![d_id]);
+    }
+
+    #[test]
+    fn after_a_batch_fails_for_good_the_partition_restarts_under_a_fresh_producer_id() {
+        let (mut s, now, old_id) = known_partition();
+        queue(&mut s, &["b1", "b2", "b3", "b4", "c1", "c2", "c3", "c4", "d1", "d2", "d3", "d4", "e"]);
+        let mut sent = s.take_sends(now, &LIMITS, false).into_iter();
+        let (b, c, d) = (sent.next().unwrap(), sent.next().unwrap(), sent.next().unwrap());
+        // b fails for good (its records were answered by its task); c was refused because b is
+        // missing; d is still in flight.
+        s.settle(b.batch, Outcome::Failed, &LIMITS);
+        s.settle(c.batch, Outcome::Gap(c.records, gap()), &LIMITS);
+        assert!(s.take_sends(now, &LIMITS, true).is_empty(), "nothing new while d is in flight");
+        s.settle(d.batch, Outcome::Gap(d.records, gap()), &LIMITS);
+        // Settled: c and d's records go first, then e, under a fresh id from sequence 0, one batch
+        // until the partition knows the new id.
+        let restarted = s.take_sends(now, &LIMITS, false);
+        assert_eq!(restarted.len(), 1);
+        assert_eq!(values(&restarted[0]), vec!["c1", "c2", "c3", "c4"]);
+        assert_ne!(restarted[0].identity.producer_id, old_id);
+        assert_eq!(restarted[0].identity.base_sequence, 0);
+        s.settle(restarted[0].batch, Outcome::Acked, &LIMITS);
+        let rest = s.take_sends(now, &LIMITS, true);
+        assert_eq!(rest.iter().map(values).collect::<Vec<_>>(), vec![vec!["d1", "d2", "d3", "d4"], vec!["e"]]);
+        assert_eq!(rest.iter().map(|o| o.identity.base_sequence).collect::<Vec<_>>(), vec![4, 8]);
+    }
+
+    #[test]
+    fn a_batch_refused_too_often_fails_instead_of_looping() {
+        let mut s = PartitionState::new();
+        let now = Instant::now();
+        let mut deliveries = queue(&mut s, &["a"]);
+        let mut out = s.take_sends(now, &LIMITS, false);
+        for _ in 0..LIMITS.max_gaps {
+            let o = out.pop().unwrap();
+            s.settle(o.batch, Outcome::Gap(o.records, gap()), &LIMITS);
+            out = s.take_sends(now, &LIMITS, false);
+        }
+        let answer = deliveries.pop().unwrap().try_recv().unwrap();
+        assert!(matches!(answer, Err(ref e) if e.code() == Some(ErrorCode::SequenceGap)), "{answer:?}");
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn without_idempotence_one_batch_is_in_flight() {
+        let config = ProducerConfig { idempotent: false, max_in_flight: 5, ..ProducerConfig::default() };
+        assert_eq!(Limits::new(&config, 3).max_in_flight, 1);
+        let config = ProducerConfig { max_in_flight: 0, ..ProducerConfig::default() };
+        assert_eq!(Limits::new(&config, 3).max_in_flight, 1);
+        assert_eq!(Limits::new(&ProducerConfig::default(), 3).max_in_flight, 5);
     }
 }

@@ -244,7 +244,7 @@ impl NodeContext {
         C: ForwardClient,
     {
         tracing::debug!(to = %addr, "forwarding");
-        self.metrics.forwarded.inc();
+        self.metrics.count_forwarded::<Req>();
         let mut client = C::over(self.channel(addr)?);
         let mut request = Request::new(message);
         if let Ok(v) = self.node_id.to_string().parse() {

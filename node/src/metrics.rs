@@ -119,6 +119,8 @@ pub struct Metrics {
     pub fetch_records: Counter,
     /// Requests this node forwarded to another.
     pub forwarded: Counter,
+    /// The same, per RPC (see [`Metrics::count_forwarded`]).
+    pub forwarded_by_rpc: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Bytes the scrubber re-read from storage.
     pub scrub_bytes: Counter,
     /// Segments the scrubber checked.
@@ -147,6 +149,17 @@ fn label(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Counts one request this node forwarded to another, in total and under its RPC, named after
+    /// the request message (`ProduceRequest` counts as `Produce`). Clients that know the partition
+    /// leaders send there directly, so in a steady state this stays near zero.
+    pub fn count_forwarded<Req>(&self) {
+        self.forwarded.inc();
+        let name = std::any::type_name::<Req>();
+        let message = name.rsplit("::").next().unwrap_or(name);
+        let rpc = message.strip_suffix("Request").unwrap_or(message);
+        *self.forwarded_by_rpc.lock().entry(rpc).or_default() += 1;
+    }
+
     /// The full exposition: counters, histograms, then gauges from the cluster and storage.
     /// `group_lag` holds `(group, topic, partition, lag)` where this node could compute it.
     pub fn render(
@@ -171,6 +184,14 @@ impl Metrics {
             "Requests forwarded to another node.",
             self.forwarded.get(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP shale_forwarded_rpc_requests_total Requests forwarded to another node, per RPC.\n\
+             # TYPE shale_forwarded_rpc_requests_total counter"
+        );
+        for (rpc, n) in self.forwarded_by_rpc.lock().iter() {
+            let _ = writeln!(out, "shale_forwarded_rpc_requests_total{{rpc=\"{}\"}} {n}", label(rpc));
+        }
 
         counter(
             &mut out,
@@ -299,6 +320,18 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn forwarded_requests_are_counted_per_rpc() {
+        struct ProduceRequest;
+        let m = Metrics::default();
+        m.count_forwarded::<ProduceRequest>();
+        m.count_forwarded::<ProduceRequest>();
+        m.count_forwarded::<String>();
+        assert_eq!(m.forwarded.get(), 3);
+        let by_rpc = m.forwarded_by_rpc.lock().clone();
+        assert_eq!(by_rpc.into_iter().collect::<Vec<_>>(), vec![("Produce", 2), ("String", 1)]);
     }
 
     #[test]

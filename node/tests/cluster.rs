@@ -6,39 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestCluster, WAIT, http_get, wait_until};
+use common::{TestCluster, WAIT, consumer_config, create_topic, http_get, partition_leader, produce_raw, wait_until};
 use shale_client::admin::NewTopic;
 use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
-use shale_client::{ClientError, ConsumerConfig, ErrorCode, OffsetReset, ProducerConfig, ProducerRecord};
-
-async fn create_topic(c: &TestCluster, name: &str, partitions: u32) {
-    c.client().admin().create_topic(NewTopic::new(name, partitions, 3)).await.expect("create topic");
-}
-
-/// The current leader of a partition, as the cluster reports it.
-async fn partition_leader(c: &TestCluster, topic: &str, partition: u32) -> u64 {
-    let admin = c.client().admin();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let t = admin.describe_topic(topic).await.expect("describe");
-        let leader = t.partitions[partition as usize].leader_id;
-        if leader != 0 {
-            return leader;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{topic}/{partition} has no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn consumer_config(group: Option<&str>) -> ConsumerConfig {
-    ConsumerConfig {
-        group: group.map(str::to_string),
-        max_wait_ms: 200,
-        offset_reset: OffsetReset::Earliest,
-        ..ConsumerConfig::default()
-    }
-}
+use shale_client::{ClientError, ErrorCode, ProducerConfig, ProducerRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produce_consume_round_trip_keeps_keys_headers_order_and_hashes() {
@@ -124,26 +96,8 @@ async fn idempotent_retry_is_written_once_and_answers_the_original_offsets() {
     };
     // Send the same batch twice, each time to whichever node takes it (any node forwards to the
     // leader; leadership may still move right after creation, then we try again).
-    let send = |request: proto::ProduceRequest| {
-        let client = client.clone();
-        let endpoints = c.endpoints();
-        async move {
-            for attempt in 0..200 {
-                let ch = client.channel(&endpoints[attempt % endpoints.len()]).unwrap();
-                match ProduceClient::new(ch).produce(request.clone()).await {
-                    Ok(r) => return r.into_inner(),
-                    Err(status) => {
-                        let err = ClientError::from_status(status);
-                        assert!(err.is_retriable(), "{err:?}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            panic!("no node took the batch");
-        }
-    };
-    let first = send(request.clone()).await;
-    let retry = send(request).await;
+    let first = produce_raw(&c, &client, &request).await.expect("first");
+    let retry = produce_raw(&c, &client, &request).await.expect("retry");
     assert_eq!(first.acks, retry.acks, "a retry answers the original offsets");
     let last = first.acks.last().unwrap().offset;
     let mut consumer = client.consumer(consumer_config(None));
@@ -220,13 +174,34 @@ async fn followers_forward_to_the_leader() {
     create_topic(&c, "fwd", 1).await;
     let leader = partition_leader(&c, "fwd", 0).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    // A client that only knows a follower: every call must be forwarded by the node.
+    // A client that only knows a follower still produces: it learns the leader from the metadata.
     let client = c.client_of(follower);
     let producer = client.producer(ProducerConfig::default());
     let ack = producer.send_and_wait(ProducerRecord::new("fwd", "via follower").partition(0)).await.unwrap();
     // A follower may lag the leader: long-poll so the read waits until it has applied the record.
     let records = client.consumer(consumer_config(None)).fetch("fwd", 0, ack.offset, 20_000).await.unwrap().records;
     assert_eq!(records[0].value.as_ref(), b"via follower");
+    // A request that does not know the leader (a plain gRPC call to the follower) is forwarded.
+    let request = proto::ProduceRequest {
+        topic: "fwd".into(),
+        partition: 0,
+        records: vec![proto::Record { value: Bytes::from("forwarded"), ..Default::default() }],
+        producer: None,
+    };
+    let ch = client.channel(&c.grpc[follower as usize - 1].to_string()).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let forwarded_ack = loop {
+        assert!(tokio::time::Instant::now() < deadline, "the follower never took the request");
+        match ProduceClient::new(ch.clone()).produce(request.clone()).await {
+            Ok(r) => break r.into_inner().acks[0].offset,
+            // Leadership may move right after creation; the follower then answers until it knows.
+            Err(status) => {
+                assert!(ClientError::from_status(status.clone()).is_retriable(), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(forwarded_ack > ack.offset);
     let (code, body) = http_get(c.http[follower as usize - 1], "/metrics").await;
     assert_eq!(code, 200);
     let forwarded: u64 = body
@@ -235,6 +210,12 @@ async fn followers_forward_to_the_leader() {
         .and_then(|v| v.parse().ok())
         .expect("forwarded counter");
     assert!(forwarded >= 1, "the follower forwarded nothing:\n{body}");
+    let produce_forwarded: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shale_forwarded_rpc_requests_total{rpc=\"Produce\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no per-RPC count of forwarded produce requests:\n{body}"));
+    assert!(produce_forwarded >= 1, "{body}");
     c.shutdown().await;
 }
 

@@ -28,6 +28,7 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::OffsetOutOfRange { start, end, .. } => out_of_range(message, start, end),
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),
         ClusterError::DuplicateOfPurgedRecord { .. } => status(ErrorCode::DuplicateOfPurgedRecord, message),
+        ClusterError::SequenceGap { .. } => status(ErrorCode::SequenceGap, message),
         ClusterError::Membership { .. } | ClusterError::NotCaughtUp { .. } => {
             status(ErrorCode::FailedPrecondition, message)
         }
@@ -163,6 +164,7 @@ mod tests {
             (ClusterError::Timeout { what: "commit".into(), waited_ms: 10 }, ErrorCode::Timeout),
             (ClusterError::Shutdown, ErrorCode::Unavailable),
             (ClusterError::NotBootstrapped, ErrorCode::NoLeader),
+            (ClusterError::SequenceGap { producer_id: 1, sequence: 9, expected: 4 }, ErrorCode::SequenceGap),
         ];
         for (err, code) in cases {
             let text = err.to_string();

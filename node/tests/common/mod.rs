@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shale_client::{Client, ClientConfig};
+use shale_client::admin::NewTopic;
+use shale_client::proto;
+use shale_client::proto::produce_client::ProduceClient;
+use shale_client::{Client, ClientConfig, ClientError, ConsumedRecord, ConsumerConfig, OffsetReset};
 use shale_node::testing::LocalCluster;
 use shale_node::{NodeConfig, NodeHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,4 +104,73 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// Creates a topic with replication factor 3.
+pub async fn create_topic(c: &TestCluster, name: &str, partitions: u32) {
+    c.client().admin().create_topic(NewTopic::new(name, partitions, 3)).await.expect("create topic");
+}
+
+/// The current leader of a partition, as the cluster reports it.
+pub async fn partition_leader(c: &TestCluster, topic: &str, partition: u32) -> u64 {
+    let admin = c.client().admin();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let t = admin.describe_topic(topic).await.expect("describe");
+        let leader = t.partitions[partition as usize].leader_id;
+        if leader != 0 {
+            return leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{topic}/{partition} has no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A consumer reading from the start, long-polling 200 ms.
+pub fn consumer_config(group: Option<&str>) -> ConsumerConfig {
+    ConsumerConfig {
+        group: group.map(str::to_string),
+        max_wait_ms: 200,
+        offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    }
+}
+
+/// Sends one Produce request as it is (plain gRPC, no client retry logic) to whichever node takes
+/// it: the nodes in turn while they answer retriable errors (any node forwards to the leader;
+/// leadership may move). Other errors are returned.
+pub async fn produce_raw(
+    c: &TestCluster,
+    client: &Client,
+    request: &proto::ProduceRequest,
+) -> Result<proto::ProduceResponse, ClientError> {
+    let endpoints = c.endpoints();
+    for attempt in 0..200 {
+        let ch = client.channel(&endpoints[attempt % endpoints.len()]).expect("channel");
+        match ProduceClient::new(ch).produce(request.clone()).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(status) => {
+                let err = ClientError::from_status(status);
+                if !err.is_retriable() {
+                    return Err(err);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    panic!("no node took the batch");
+}
+
+/// Reads one partition from `from` until `last` (an offset) was read, from the replicas `client`
+/// picks; panics after [`WAIT`].
+pub async fn read_through(client: &Client, topic: &str, partition: u32, from: u64, last: u64) -> Vec<ConsumedRecord> {
+    let mut consumer = client.consumer(consumer_config(None));
+    consumer.seek(topic, partition, from);
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while consumer.position(topic, partition).is_some_and(|p| p <= last) {
+        assert!(tokio::time::Instant::now() < deadline, "{topic}/{partition}: records up to {last} never arrived");
+        read.extend(consumer.poll().await.expect("poll"));
+    }
+    read
 }

@@ -113,7 +113,8 @@ pub struct PartitionState {
 pub struct ProducerInfo {
     /// Chosen by the producer; unique per producer session.
     pub producer_id: u64,
-    /// Sequence of the batch's first record. Sequences of one producer must increase.
+    /// Sequence of the batch's first record. Sequences of one producer follow each other without
+    /// a gap: a batch that skips ahead is refused ([`ClusterError::SequenceGap`]).
     pub base_sequence: u64,
 }
 
@@ -390,6 +391,18 @@ pub enum ClusterError {
         sequence: u64,
         /// The last sequence written by that producer.
         last_sequence: u64,
+    },
+    /// An idempotent producer's batch skips sequences: the partition expects `expected` next from
+    /// that producer (an earlier batch is not written yet, e.g. still being retried). Nothing of
+    /// the batch was written; the producer sends it again after the batch before it.
+    #[error("producer {producer_id}: sequence {sequence} skips ahead; the partition expects sequence {expected} next")]
+    SequenceGap {
+        /// The producer.
+        producer_id: u64,
+        /// The batch's first sequence.
+        sequence: u64,
+        /// The sequence the partition expects next from the producer.
+        expected: u64,
     },
     /// An idempotent retry: the record was already written (it is durable at `offset`), but that
     /// offset has since been purged by retention, so its chain hash can no longer be reported.

@@ -66,7 +66,8 @@ impl Cluster {
 
     /// Appends records (one Raft entry each) and returns once a majority has them. With
     /// `producer`, record `i` has sequence `base_sequence + i`, and a retry is written once: its
-    /// reply carries the original offsets. Partition leader only. The records must be within the
+    /// reply carries the original offsets; a batch that skips sequences is refused
+    /// ([`ClusterError::SequenceGap`], nothing written). Partition leader only. The records must be within the
     /// limits ([`limits::RecordSize::check`], 1..=[`limits::MAX_RECORDS_PER_PRODUCE`] of them),
     /// which the node checks at its edge; this asserts them.
     pub async fn produce(
@@ -126,6 +127,19 @@ impl Cluster {
                         producer_id: p.producer_id,
                         sequence: p.base_sequence + i as u64,
                         last_sequence,
+                    });
+                }
+                ApplyOutcome::OutOfSequence { expected } => {
+                    // A batch's sequences are consecutive, so only its first record can skip ahead,
+                    // and then every record does: none was written.
+                    let p = producer.ok_or_else(|| ClusterError::Decode {
+                        what: "produce reply",
+                        reason: "sequence gap reported for a record without producer".into(),
+                    })?;
+                    return Err(ClusterError::SequenceGap {
+                        producer_id: p.producer_id,
+                        sequence: p.base_sequence + i as u64,
+                        expected,
                     });
                 }
                 ApplyOutcome::Invalid => {

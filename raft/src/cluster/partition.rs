@@ -3,8 +3,16 @@
 //! The log is the data: one produced record is one Raft entry, whose payload is the encoding below
 //! ([`crate::cluster::layout::record`]). The state machine only keeps what the log alone cannot
 //! answer quickly: the producer dedup table and the set of entries consumers must never see
-//! (duplicates of an earlier write, and payloads that do not decode). Both are decided at apply
-//! time, so every replica decides the same.
+//! (duplicates of an earlier write, records of a producer that skip a sequence, and payloads that
+//! do not decode). All are decided at apply time, so every replica decides the same.
+//!
+//! An idempotent producer's sequences are written without gaps: once a producer is known, its next
+//! record must carry `last_sequence + 1` (at or below is a duplicate; above is refused as
+//! [`ApplyOutcome::OutOfSequence`], hidden, and the producer sends it again after the records
+//! before it). A producer that pipelines batches can then retry any of them: a batch that
+//! overtakes an earlier one is refused instead of written ahead of it, and the earlier one is not
+//! mistaken for a duplicate afterwards. A producer the partition does not know (new, or evicted
+//! from the table) may start at any sequence.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -160,11 +168,17 @@ pub enum ApplyOutcome {
     },
     /// The payload is not a record this build can read: hidden from consumers.
     Invalid,
+    /// The producer's record skips sequences (an earlier record of the producer is not written):
+    /// hidden from consumers; the producer sends it again after the missing ones.
+    OutOfSequence {
+        /// The sequence the partition expects next from the producer.
+        expected: u64,
+    },
 }
 
 impl ApplyOutcome {
     /// `[kind:u8][a:u64][b:u64]`: 0 appended (offset, 0); 1 duplicate (original or u64::MAX, last
-    /// sequence); 2 invalid (0, 0).
+    /// sequence); 2 invalid (0, 0); 3 out of sequence (expected, 0). A Raft response, never stored.
     pub fn encode(&self) -> Bytes {
         let mut w = Writer::with_capacity(17);
         match *self {
@@ -173,6 +187,7 @@ impl ApplyOutcome {
                 w.u8(1).u64(original.unwrap_or(u64::MAX)).u64(last_sequence)
             }
             ApplyOutcome::Invalid => w.u8(2).u64(0).u64(0),
+            ApplyOutcome::OutOfSequence { expected } => w.u8(3).u64(expected).u64(0),
         };
         Bytes::from(w.finish())
     }
@@ -188,6 +203,7 @@ impl ApplyOutcome {
             0 => Ok(ApplyOutcome::Appended { offset: a }),
             1 => Ok(ApplyOutcome::Duplicate { original: (a != u64::MAX).then_some(a), last_sequence: b }),
             2 => Ok(ApplyOutcome::Invalid),
+            3 => Ok(ApplyOutcome::OutOfSequence { expected: a }),
             other => Err(ClusterError::Decode { what: "partition apply outcome", reason: format!("kind {other}") }),
         }
     }
@@ -245,13 +261,19 @@ impl PartitionMachine {
         let Some((producer_id, sequence)) = producer else {
             return ApplyOutcome::Appended { offset: index };
         };
-        if let Some(entry) = self.producers.get(&producer_id)
-            && sequence <= entry.last_sequence
-        {
-            let original = entry.window.iter().find(|(s, _)| *s == sequence).map(|(_, o)| *o);
-            let last_sequence = entry.last_sequence;
-            self.hidden.insert(index);
-            return ApplyOutcome::Duplicate { original, last_sequence };
+        if let Some(entry) = self.producers.get(&producer_id) {
+            if sequence <= entry.last_sequence {
+                let original = entry.window.iter().find(|(s, _)| *s == sequence).map(|(_, o)| *o);
+                let last_sequence = entry.last_sequence;
+                self.hidden.insert(index);
+                return ApplyOutcome::Duplicate { original, last_sequence };
+            }
+            // `last_sequence < sequence`, so `last_sequence + 1` does not overflow.
+            let expected = entry.last_sequence + 1;
+            if sequence > expected {
+                self.hidden.insert(index);
+                return ApplyOutcome::OutOfSequence { expected };
+            }
         }
         if !self.producers.contains_key(&producer_id) && self.producers.len() >= MAX_PRODUCERS {
             self.evict_oldest_producer();
@@ -446,9 +468,36 @@ mod tests {
             ApplyOutcome::Appended { offset: 3 },
             ApplyOutcome::Invalid,
             ApplyOutcome::Duplicate { original: None, last_sequence: 4 },
+            ApplyOutcome::OutOfSequence { expected: 9 },
         ] {
             assert_eq!(ApplyOutcome::decode(&o.encode()).unwrap(), o);
         }
+    }
+
+    #[test]
+    fn a_record_that_skips_sequences_is_refused_and_written_once_the_gap_is_filled() {
+        let mut m = PartitionMachine::new();
+        // A new producer may start anywhere.
+        assert_eq!(m.apply(1, &encode(&rec(None, "a"), Some((3, 100)))), ApplyOutcome::Appended { offset: 1 });
+        // A pipelined batch that overtook the one before it (sequences 101..=102 not written yet).
+        let ahead: Vec<Vec<u8>> = (103..105).map(|s| encode(&rec(None, "c"), Some((3, s)))).collect();
+        for (i, p) in ahead.iter().enumerate() {
+            assert_eq!(m.apply(2 + i as u64, p), ApplyOutcome::OutOfSequence { expected: 101 });
+        }
+        assert!(!m.is_visible(2) && !m.is_visible(3), "a refused record is never seen");
+        assert_eq!(m.last_sequence(3), Some(100), "a refused record does not move the producer");
+        // The missing batch, then the refused one again: both written, in sequence order.
+        for (i, s) in (101..103).enumerate() {
+            let offset = 4 + i as u64;
+            assert_eq!(m.apply(offset, &encode(&rec(None, "b"), Some((3, s)))), ApplyOutcome::Appended { offset });
+        }
+        for (i, p) in ahead.iter().enumerate() {
+            let offset = 6 + i as u64;
+            assert_eq!(m.apply(offset, p), ApplyOutcome::Appended { offset });
+        }
+        assert_eq!(m.last_sequence(3), Some(104));
+        // Another producer is independent.
+        assert_eq!(m.apply(8, &encode(&rec(None, "x"), Some((4, 7)))), ApplyOutcome::Appended { offset: 8 });
     }
 
     #[test]
@@ -531,8 +580,10 @@ mod tests {
             }
 
             /// Whatever producers send, in whatever order: each (producer, sequence) is visible at
-            /// most once, visible sequences of a producer increase with the offset, and every
-            /// duplicate names the offset its sequence was first written at (when remembered).
+            /// most once, visible sequences of a producer follow each other without a gap (after
+            /// the first) and increase with the offset, every duplicate names the offset its
+            /// sequence was first written at (when remembered), and every record that skips a
+            /// sequence is refused naming the next one.
             #[test]
             fn dedup_model(ops in proptest::collection::vec((0u64..3, 0u64..20), 1..200)) {
                 let mut m = PartitionMachine::new();
@@ -542,20 +593,26 @@ mod tests {
                     let index = i as u64 + 1;
                     let payload = encode_record(&ProduceRecord::default(), 0, Some((*pid, *seq)), &NoneCodec);
                     let outcome = m.apply(index, &payload);
-                    let fresh = last.get(pid).is_none_or(|l| seq > l);
-                    if fresh {
-                        prop_assert_eq!(outcome, ApplyOutcome::Appended { offset: index });
-                        prop_assert!(m.is_visible(index));
-                        first_offset.insert((*pid, *seq), index);
-                        last.insert(*pid, *seq);
-                    } else {
-                        prop_assert!(!m.is_visible(index));
-                        match outcome {
-                            ApplyOutcome::Duplicate { original, last_sequence } => {
-                                prop_assert_eq!(last_sequence, last[pid]);
-                                prop_assert_eq!(original, first_offset.get(&(*pid, *seq)).copied());
+                    match last.get(pid).copied() {
+                        Some(l) if *seq <= l => {
+                            prop_assert!(!m.is_visible(index));
+                            match outcome {
+                                ApplyOutcome::Duplicate { original, last_sequence } => {
+                                    prop_assert_eq!(last_sequence, l);
+                                    prop_assert_eq!(original, first_offset.get(&(*pid, *seq)).copied());
+                                }
+                                other => prop_assert!(false, "expected a duplicate, got {:?}", other),
                             }
-                            other => prop_assert!(false, "expected a duplicate, got {:?}", other),
+                        }
+                        Some(l) if *seq > l + 1 => {
+                            prop_assert!(!m.is_visible(index));
+                            prop_assert_eq!(outcome, ApplyOutcome::OutOfSequence { expected: l + 1 });
+                        }
+                        _ => {
+                            prop_assert_eq!(outcome, ApplyOutcome::Appended { offset: index });
+                            prop_assert!(m.is_visible(index));
+                            first_offset.insert((*pid, *seq), index);
+                            last.insert(*pid, *seq);
                         }
                     }
                 }

@@ -1,0 +1,211 @@
+//! The producer against a 3-node cluster in process: it sends to partition leaders (no node
+//! forwards its requests once it knows them), pipelines batches, and keeps each partition's
+//! records in send order, each written once, while leadership moves under it.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{TestCluster, WAIT, create_topic, http_get, partition_leader, produce_raw, read_through};
+use parking_lot::Mutex;
+use shale_client::{ErrorCode, ProducerConfig, ProducerRecord, proto};
+
+/// Requests of `rpc` (e.g. `Produce`) the running nodes forwarded to another node.
+async fn forwarded(c: &TestCluster, rpc: &str) -> u64 {
+    let prefix = format!("shale_forwarded_rpc_requests_total{{rpc=\"{rpc}\"}} ");
+    let mut total = 0;
+    for (i, http) in c.http.iter().enumerate() {
+        if c.running(i as u64 + 1).is_none() {
+            continue;
+        }
+        let (code, body) = http_get(*http, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        total += body.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse::<u64>().expect("count"));
+    }
+    total
+}
+
+/// The values of records `r{i}`, as the numbers `i`.
+fn numbers(records: &[shale_client::ConsumedRecord]) -> Vec<u32> {
+    records
+        .iter()
+        .map(|r| std::str::from_utf8(&r.value).ok().and_then(|v| v.strip_prefix('r')?.parse().ok()).expect("r{i}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn producer_and_consumer_go_to_partition_leaders_so_nothing_is_forwarded() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "direct", 3).await;
+    for p in 0..3 {
+        partition_leader(&c, "direct", p).await;
+    }
+    let client = c.client();
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..300u32 {
+        deliveries.push(producer.send(ProducerRecord::new("direct", format!("r{i}")).partition(i % 3)).await.unwrap());
+    }
+    let mut last = [0u64; 3];
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let ack = d.await.expect("acknowledged");
+        last[i % 3] = last[i % 3].max(ack.offset);
+    }
+    for p in 0..3u32 {
+        let leader = partition_leader(&c, "direct", p).await;
+        assert_eq!(client.cached_leader("direct", p), Some(c.grpc[leader as usize - 1].to_string()), "partition {p}");
+        let read = read_through(&client, "direct", p, 0, last[p as usize]).await;
+        assert_eq!(numbers(&read), (0..300).filter(|i| i % 3 == p).collect::<Vec<_>>(), "partition {p}");
+    }
+    assert_eq!(forwarded(&c, "Produce").await, 0, "a node forwarded a produce request");
+    assert_eq!(forwarded(&c, "Fetch").await, 0, "a node forwarded a fetch request");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_record_is_sent_at_once_whatever_the_linger() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "lone", 1).await;
+    let client = c.client();
+    // An hour's linger: a record that waited for it would time out here.
+    let producer = client.producer(ProducerConfig { linger_ms: 3_600_000, ..ProducerConfig::default() });
+    for i in 0..3 {
+        let record = ProducerRecord::new("lone", format!("r{i}")).partition(0);
+        let ack = tokio::time::timeout(WAIT, producer.send_and_wait(record)).await.expect("sent without lingering");
+        ack.expect("acknowledged");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_skips_sequences_is_refused_and_written_after_the_one_it_overtook() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "gaps", 1).await;
+    let client = c.client();
+    let batch = |base: u64, name: &str| proto::ProduceRequest {
+        topic: "gaps".into(),
+        partition: 0,
+        records: (0..3)
+            .map(|i| proto::Record { value: Bytes::from(format!("{name}{i}")), ..Default::default() })
+            .collect(),
+        producer: Some(proto::ProducerIdentity { producer_id: 31, base_sequence: base }),
+    };
+    let a = produce_raw(&c, &client, &batch(0, "a")).await.expect("first batch");
+    // The third batch arrives before the second: refused, nothing written.
+    let err = produce_raw(&c, &client, &batch(6, "c")).await.expect_err("a gap is refused");
+    assert_eq!(err.code(), Some(ErrorCode::SequenceGap), "{err:?}");
+    let b = produce_raw(&c, &client, &batch(3, "b")).await.expect("second batch");
+    let c3 = produce_raw(&c, &client, &batch(6, "c")).await.expect("third batch, after the second");
+    // A retry of the second is recognised: its original offsets, written once.
+    assert_eq!(produce_raw(&c, &client, &batch(3, "b")).await.expect("retry").acks, b.acks);
+    let last = c3.acks.last().expect("acks").offset;
+    let read = read_through(&client, "gaps", 0, a.acks[0].offset, last).await;
+    let values: Vec<&[u8]> = read.iter().map(|r| r.value.as_ref()).collect();
+    let expected: Vec<String> = ["a", "b", "c"].iter().flat_map(|n| (0..3).map(move |i| format!("{n}{i}"))).collect();
+    assert_eq!(values, expected.iter().map(String::as_bytes).collect::<Vec<_>>());
+    c.shutdown().await;
+}
+
+/// `(i, offset)` of every record `r{i}` acknowledged so far.
+type Acked = Arc<Mutex<Vec<(u32, u64)>>>;
+
+/// Sends `r0..r{n}` to partition 0 of `topic` with five small batches in flight, from a task;
+/// answers `(i, offset)` of every acknowledged record and the count of failed ones as they come.
+fn produce_in_background(
+    client: shale_client::Client,
+    topic: &'static str,
+    n: u32,
+) -> (Acked, tokio::task::JoinHandle<u32>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let config = ProducerConfig {
+        batch_max_records: 8,
+        linger_ms: 2,
+        max_in_flight: 5,
+        max_buffered_records: 100,
+        ..ProducerConfig::default()
+    };
+    let producer = Arc::new(client.producer(config));
+    let acks = acked.clone();
+    let task = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        for i in 0..n {
+            let delivery =
+                producer.send(ProducerRecord::new(topic, format!("r{i}")).partition(0)).await.expect("queued");
+            let acks = acks.clone();
+            waits.push(tokio::spawn(async move {
+                match delivery.await {
+                    Ok(meta) => {
+                        acks.lock().push((i, meta.offset));
+                        0
+                    }
+                    Err(_) => 1,
+                }
+            }));
+        }
+        let mut failed = 0;
+        for w in waits {
+            failed += w.await.expect("delivery task");
+        }
+        failed
+    });
+    (acked, task)
+}
+
+/// What was read of partition 0 is every acknowledged record once, at its offset, and all records
+/// in send order (no duplicate, no reordering).
+fn check_order(read: &[shale_client::ConsumedRecord], acked: &[(u32, u64)]) {
+    let got = numbers(read);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "records out of send order or written twice: {got:?}");
+    for (i, offset) in acked {
+        let r = read.iter().find(|r| r.offset == *offset).unwrap_or_else(|| panic!("record {i} at {offset} lost"));
+        assert_eq!(r.value, Bytes::from(format!("r{i}")), "record at {offset}");
+    }
+}
+
+/// Waits until `n` records are acknowledged.
+async fn wait_acked(acked: &Mutex<Vec<(u32, u64)>>, n: usize) {
+    common::wait_until(&format!("{n} acknowledgements"), || acked.lock().len() >= n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_batches_stay_in_send_order_while_leadership_moves() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "moving", 1).await;
+    let mut leader = partition_leader(&c, "moving", 0).await;
+    let n = 1_500;
+    let (acked, producing) = produce_in_background(c.client(), "moving", n);
+    let admin = c.client().admin();
+    for step in 1..=3 {
+        wait_acked(&acked, step * 300).await;
+        let to = leader % 3 + 1;
+        leader = admin.transfer_leader("moving", 0, to).await.expect("transfer");
+    }
+    let failed = tokio::time::timeout(WAIT * 2, producing).await.expect("producer done").expect("producer task");
+    assert_eq!(failed, 0, "records failed although every call retried until a leader answered");
+    let acked = acked.lock().clone();
+    assert_eq!(acked.len(), n as usize);
+    let last = acked.iter().map(|(_, o)| *o).max().expect("acks");
+    let read = read_through(&c.client(), "moving", 0, 0, last).await;
+    check_order(&read, &acked);
+    assert_eq!(read.len(), n as usize, "every record once");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_batches_stay_in_send_order_when_the_leader_is_stopped_mid_produce() {
+    let mut c = TestCluster::start(3).await;
+    create_topic(&c, "stopped", 1).await;
+    let leader = partition_leader(&c, "stopped", 0).await;
+    let (acked, producing) = produce_in_background(c.client(), "stopped", 1_000);
+    wait_acked(&acked, 200).await;
+    c.stop(leader).await;
+    let failed = tokio::time::timeout(WAIT * 2, producing).await.expect("producer done").expect("producer task");
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 200, "nothing was acknowledged after the leader stopped ({failed} failed)");
+    let survivor = (1..=3).find(|id| *id != leader).expect("a survivor");
+    let last = acked.iter().map(|(_, o)| *o).max().expect("acks");
+    let read = read_through(&c.client_of(survivor), "stopped", 0, 0, last).await;
+    check_order(&read, &acked);
+    c.shutdown().await;
+}
