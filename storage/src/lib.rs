@@ -41,6 +41,7 @@ pub mod pipeline;
 mod prepare_ahead;
 mod prepared;
 mod record;
+pub mod record_batch;
 pub mod scrub;
 #[cfg(feature = "testing")]
 pub mod testing;
