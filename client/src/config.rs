@@ -130,6 +130,11 @@ pub struct ConsumerConfig {
     /// never moved unless the caller chose a reset here. (A replica whose own log starts later is
     /// not "out of range": the consumer reads from another replica.)
     pub reset_out_of_range: OffsetReset,
+    /// Recompute every fetched log entry's chain hash and check that each answer continues the
+    /// chain read so far, with dense offsets (see [`crate::chain`]); a break fails the read with
+    /// [`ClientError::ChainMismatch`]. Off: entries are only decoded (faster; records carry no
+    /// chain hash).
+    pub verify_chain: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -140,6 +145,7 @@ impl Default for ConsumerConfig {
             max_wait_ms: 500,
             offset_reset: OffsetReset::Earliest,
             reset_out_of_range: OffsetReset::None,
+            verify_chain: true,
         }
     }
 }
@@ -160,6 +166,7 @@ mod tests {
         let c = ConsumerConfig::default();
         assert_eq!(c.reset_out_of_range, OffsetReset::None);
         assert_eq!(c.offset_reset, OffsetReset::Earliest);
+        assert!(c.verify_chain, "the chain is checked unless turned off");
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! The consumer: positions per partition, polling with long poll, streaming, group offsets.
+//!
+//! Every partition is read through a [`ChainReader`]: each fetch continues at the log index the
+//! last one ended (`from_index`), and, unless [`ConsumerConfig::verify_chain`] is off, its entries'
+//! chain hashes are recomputed and checked against the chain read so far (see [`crate::chain`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
+use shale_storage::codec::CodecRegistry;
 use tonic::transport::Channel;
 
+use crate::chain::{ChainPoint, ChainReader, ChainStats, default_codecs};
 use crate::client::{Client, Route};
 use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::{ClientError, ErrorCode};
@@ -16,7 +22,7 @@ use crate::records::ConsumedRecord;
 /// One fetch's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedBatch {
-    /// The records, in offset order.
+    /// The records at or past the offset asked for, in offset order.
     pub records: Vec<ConsumedRecord>,
     /// The first offset the partition still holds.
     pub log_start: u64,
@@ -24,6 +30,11 @@ pub struct FetchedBatch {
     pub log_end: u64,
     /// Where the next fetch should start.
     pub next_offset: u64,
+    /// Log entries the answer held.
+    pub entries: u64,
+    /// Where the chain continues: the log index after the last entry, and that entry's hash (when
+    /// checked); `None` when no entry was returned.
+    pub chain: Option<ChainPoint>,
 }
 
 /// Reads committed records from assigned partitions. See [`ConsumerConfig`].
@@ -31,9 +42,10 @@ pub struct FetchedBatch {
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
-    /// Next offset to read per assigned partition; `None` until resolved from the group's commit
-    /// or the reset policy.
-    positions: BTreeMap<(String, u32), Option<u64>>,
+    codecs: CodecRegistry,
+    /// Read position and chain state per assigned partition; `None` until resolved from the
+    /// group's commit or the reset policy.
+    positions: BTreeMap<(String, u32), Option<ChainReader>>,
 }
 
 type Key = (String, u32);
@@ -41,7 +53,7 @@ type Key = (String, u32);
 impl Consumer {
     /// A consumer over `client` with nothing assigned.
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, positions: BTreeMap::new() }
+        Self { client, config, codecs: default_codecs(), positions: BTreeMap::new() }
     }
 
     /// Adds partitions of `topic`; each starts at the group's committed offset, else as
@@ -64,17 +76,40 @@ impl Consumer {
         self.positions.keys().cloned().collect()
     }
 
-    /// Moves a partition's position (assigning it if needed).
+    /// Moves a partition's position (assigning it if needed). The chain there is trusted on first
+    /// use: the next answer's `prev_chain_hash` starts it.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
-        self.positions.insert((topic.to_string(), partition), Some(offset));
+        let reader = self.reader(topic, partition, offset);
+        self.positions.insert((topic.to_string(), partition), Some(reader));
+    }
+
+    /// Moves a partition's position to `offset`, reading from the log entry after a point of the
+    /// chain the caller already trusts (e.g. a producer's receipt: `ChainPoint::after(entry_index,
+    /// chain_hash)`, or [`ChainPoint::GENESIS`] for the start of a log that still holds entry 0):
+    /// the next answer must chain from it. `point.next_index` must not be past the entry holding
+    /// `offset`. Checks the chain even if `verify_chain` is off.
+    pub fn seek_anchored(&mut self, topic: &str, partition: u32, offset: u64, point: ChainPoint) {
+        let reader = ChainReader::anchored(topic, partition, offset, point);
+        self.positions.insert((topic.to_string(), partition), Some(reader));
+    }
+
+    fn reader(&self, topic: &str, partition: u32, offset: u64) -> ChainReader {
+        ChainReader::new(topic, partition, offset, self.config.verify_chain)
     }
 
     /// The next offset `poll` reads from a partition, once known.
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
-        self.positions.get(&(topic.to_string(), partition)).copied().flatten()
+        self.positions.get(&(topic.to_string(), partition)).and_then(|r| r.as_ref()).map(ChainReader::offset)
     }
 
-    /// One fetch from `offset`, waiting up to `max_wait_ms` for data.
+    /// What was read from a partition since its position was last set: entries, records, bytes,
+    /// and the chain point reached (with its hash when the chain is checked).
+    pub fn chain_stats(&self, topic: &str, partition: u32) -> Option<ChainStats> {
+        self.positions.get(&(topic.to_string(), partition)).and_then(|r| r.as_ref()).map(ChainReader::stats)
+    }
+
+    /// One fetch from `offset`, waiting up to `max_wait_ms` for data; its chain is checked within
+    /// the answer (trusting its `prev_chain_hash`) when `verify_chain` is on.
     pub async fn fetch(
         &self,
         topic: &str,
@@ -82,7 +117,8 @@ impl Consumer {
         offset: u64,
         max_wait_ms: u32,
     ) -> Result<FetchedBatch, ClientError> {
-        fetch(&self.client, self.config.max_bytes, topic, partition, offset, max_wait_ms).await
+        let mut reader = self.reader(topic, partition, offset);
+        fetch(&self.client, &self.codecs, self.config.max_bytes, &mut reader, max_wait_ms).await
     }
 
     /// Records from the assigned partitions: answers at once with whatever is ready, else waits up
@@ -105,24 +141,23 @@ impl Consumer {
         let mut inflight: FuturesUnordered<_> = self
             .positions
             .iter()
-            .filter_map(|(key, pos)| pos.map(|offset| (key.clone(), offset)))
-            .map(|((topic, partition), offset)| {
+            .filter_map(|(key, reader)| reader.clone().map(|r| (key.clone(), r)))
+            .map(|(key, mut reader)| {
                 let client = self.client.clone();
+                let codecs = self.codecs.clone();
                 let max_bytes = self.config.max_bytes;
                 async move {
-                    let r = fetch(&client, max_bytes, &topic, partition, offset, max_wait_ms).await;
-                    ((topic, partition), r)
+                    let r = fetch(&client, &codecs, max_bytes, &mut reader, max_wait_ms).await;
+                    (key, reader, r)
                 }
             })
             .collect();
         let mut out = Vec::new();
-        while let Some((key, result)) = inflight.next().await {
+        while let Some((key, reader, result)) = inflight.next().await {
             match result {
                 Ok(batch) => {
-                    // Offsets have gaps: an empty answer may still move the position up to `next_offset`.
-                    let next = batch.records.last().map_or(batch.next_offset, |r| r.offset + 1);
-                    let position = self.positions.entry(key).or_insert(None);
-                    *position = Some(position.map_or(next, |p| p.max(next)));
+                    // The reader moved past what it returned (and past Raft's own entries).
+                    self.positions.insert(key, Some(reader));
                     out.extend(batch.records);
                     if max_wait_ms > 0 && !out.is_empty() {
                         break;
@@ -131,7 +166,7 @@ impl Consumer {
                 Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, message }) => {
                     // No replica holds the position (the fetch already read from another replica
                     // where one could serve it). Move it only if the caller chose a reset.
-                    let position = self.position(&key.0, key.1).unwrap_or_default();
+                    let position = reader.offset();
                     let reset = match self.config.reset_out_of_range {
                         OffsetReset::Earliest => earliest(&self.client, &key.0, key.1).await?,
                         OffsetReset::Latest => log_end,
@@ -153,7 +188,7 @@ impl Consumer {
                         policy = ?self.config.reset_out_of_range,
                         "position held by no replica; reset as configured (reset_out_of_range)"
                     );
-                    self.positions.insert(key, Some(reset));
+                    self.seek(&key.0, key.1, reset);
                 }
                 Err(e) => return Err(e),
             }
@@ -190,7 +225,7 @@ impl Consumer {
                     }
                 },
             };
-            self.positions.insert(key, Some(offset));
+            self.seek(&key.0, key.1, offset);
         }
         Ok(())
     }
@@ -225,7 +260,7 @@ impl Consumer {
     /// Commits the current positions of every assigned partition for the group.
     pub async fn commit(&self) -> Result<(), ClientError> {
         let offsets: Vec<(String, u32, u64)> =
-            self.positions.iter().filter_map(|((t, p), o)| o.map(|o| (t.clone(), *p, o))).collect();
+            self.positions.iter().filter_map(|((t, p), r)| r.as_ref().map(|r| (t.clone(), *p, r.offset()))).collect();
         self.commit_offsets(&offsets).await
     }
 
@@ -255,20 +290,29 @@ impl Consumer {
         Ok(())
     }
 
-    /// Follows one partition from `offset` as records are committed (server streaming). Reconnects
-    /// after a leader change or an unreachable node, resuming after the last record yielded; gives
-    /// up after `max_attempts` consecutive failures, yielding the error last.
+    /// Follows one partition from `offset` as records are committed (server streaming), checking
+    /// the chain as [`Consumer::poll`] does. Reconnects after a leader change or an unreachable
+    /// node, resuming after the last entry read (the chain continues across replicas); gives up
+    /// after `max_attempts` consecutive failures, yielding the error last. A chain mismatch ends
+    /// the stream.
     pub fn stream(
         &self,
         topic: &str,
         partition: u32,
         offset: u64,
     ) -> impl Stream<Item = Result<ConsumedRecord, ClientError>> + Send + 'static {
+        self.stream_from(self.reader(topic, partition, offset))
+    }
+
+    /// As [`Consumer::stream`], from a reader the caller set up (e.g. [`ChainReader::anchored`]).
+    pub fn stream_from(
+        &self,
+        reader: ChainReader,
+    ) -> impl Stream<Item = Result<ConsumedRecord, ClientError>> + Send + 'static {
         let state = StreamState {
             client: self.client.clone(),
-            topic: topic.to_string(),
-            partition,
-            next_offset: offset,
+            codecs: self.codecs.clone(),
+            reader,
             max_bytes: self.config.max_bytes,
             inner: None,
             buffered: VecDeque::new(),
@@ -284,9 +328,9 @@ impl Consumer {
 
 struct StreamState {
     client: Client,
-    topic: String,
-    partition: u32,
-    next_offset: u64,
+    codecs: CodecRegistry,
+    /// Where the stream is: past every record buffered.
+    reader: ChainReader,
     max_bytes: u32,
     inner: Option<tonic::Streaming<proto::FetchResponse>>,
     buffered: VecDeque<ConsumedRecord>,
@@ -298,7 +342,6 @@ impl StreamState {
     async fn next(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
         loop {
             if let Some(r) = self.buffered.pop_front() {
-                self.next_offset = r.offset + 1;
                 return Some(Ok(r));
             }
             if self.done {
@@ -315,13 +358,11 @@ impl StreamState {
                 Some(s) => match s.message().await {
                     Ok(Some(batch)) => {
                         self.failures = 0;
-                        for r in batch.records {
-                            match ConsumedRecord::from_proto(&self.topic, self.partition, r) {
-                                Ok(r) => self.buffered.push_back(r),
-                                Err(e) => {
-                                    self.done = true;
-                                    return Some(Err(e));
-                                }
+                        match self.reader.accept(batch.entries, &batch.prev_chain_hash, &self.codecs) {
+                            Ok(decoded) => self.buffered.extend(decoded.records),
+                            Err(e) => {
+                                self.done = true;
+                                return Some(Err(e));
                             }
                         }
                         continue;
@@ -333,7 +374,7 @@ impl StreamState {
             // A replica that cut its log below the position while streaming: reopen, which reads
             // from a replica that holds it (or reports that none does).
             let cut_below = self.inner.is_some()
-                && matches!(&err, ClientError::OffsetOutOfRange { log_start, .. } if self.next_offset < *log_start);
+                && matches!(&err, ClientError::OffsetOutOfRange { log_start, .. } if self.reader.offset() < *log_start);
             self.inner = None;
             self.failures += 1;
             if !(err.is_retriable() || cut_below) || self.failures >= self.client.config().max_attempts {
@@ -344,19 +385,21 @@ impl StreamState {
         }
     }
 
-    /// Opens the subscription at a replica that holds `next_offset` (as [`fetch`] chooses one).
+    /// Opens the subscription where the reader is, at a replica that holds its offset (as
+    /// [`fetch`] chooses one).
     async fn open(&self) -> Result<tonic::Streaming<proto::FetchResponse>, ClientError> {
+        let (topic, partition, offset) = (self.reader.topic(), self.reader.partition(), self.reader.offset());
         let message = proto::SubscribeRequest {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.next_offset,
+            topic: topic.to_string(),
+            partition,
+            offset,
             max_bytes: self.max_bytes,
+            from_index: self.reader.from_index(),
         };
         let call = |ch| {
             let req = tonic::Request::new(message.clone());
             async move { Client::fetch_client(ch).subscribe(req).await }
         };
-        let (topic, partition, offset) = (self.topic.as_str(), self.partition, self.next_offset);
         match self.client.call(Route::Read(topic.to_string(), partition), call).await {
             Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, .. }) if offset < log_start => {
                 self.client.forget_read_replica(topic, partition);
@@ -379,59 +422,66 @@ enum Sweep {
     Reachable,
 }
 
+/// One fetch where `reader` is, taken by it (checked, decoded, and the reader moved past it).
 async fn fetch(
     client: &Client,
+    codecs: &CodecRegistry,
     max_bytes: u32,
-    topic: &str,
-    partition: u32,
-    offset: u64,
+    reader: &mut ChainReader,
     max_wait_ms: u32,
 ) -> Result<FetchedBatch, ClientError> {
-    fetch_with(client, max_bytes, topic, partition, offset, max_wait_ms, Sweep::Every).await
+    let (topic, partition, offset) = (reader.topic().to_string(), reader.partition(), reader.offset());
+    let resp = fetch_with(client, max_bytes, &topic, partition, offset, reader.from_index(), max_wait_ms, Sweep::Every)
+        .await?;
+    let (log_start, log_end) = (resp.log_start, resp.log_end);
+    let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, codecs)?;
+    let chain = (decoded.entries > 0).then(|| reader.stats().point).flatten();
+    Ok(FetchedBatch { records: decoded.records, log_start, log_end, next_offset: reader.offset(), entries: decoded.entries, chain })
 }
 
 /// Where the partition starts: offset 0 if a replica holds it, else the lowest log start among
 /// the replicas that answer. Not one replica's start: a replica whose log was cut starts later.
 async fn earliest(client: &Client, topic: &str, partition: u32) -> Result<u64, ClientError> {
-    match fetch_with(client, 1, topic, partition, 0, 0, Sweep::Reachable).await {
+    match fetch_with(client, 1, topic, partition, 0, None, 0, Sweep::Reachable).await {
         Ok(_) => Ok(0),
         Err(ClientError::OffsetOutOfRange { log_start, .. }) => Ok(log_start),
         Err(e) => Err(e),
     }
 }
 
-/// One read at `offset` from whichever replica holds it: the routed node first (the replica that
-/// served this partition's last such read, else the leader, else any member, which forwards);
-/// if that replica's log starts past `offset`, every other replica in turn.
+/// One read at `offset` (from log index `from_index`, when the reader knows it) from whichever
+/// replica holds it: the routed node first (the replica that served this partition's last such
+/// read, else the leader, else any member, which forwards); if that replica's log starts past
+/// `offset`, every other replica in turn.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of one FetchRequest plus how far to look; a struct would exist only to carry them here"
+)]
 async fn fetch_with(
     client: &Client,
     max_bytes: u32,
     topic: &str,
     partition: u32,
     offset: u64,
+    from_index: Option<u64>,
     max_wait_ms: u32,
     sweep: Sweep,
-) -> Result<FetchedBatch, ClientError> {
-    let message = proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms };
+) -> Result<proto::FetchResponse, ClientError> {
+    let message =
+        proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms, from_index };
     let wait = Duration::from_millis(u64::from(max_wait_ms));
     let call = |ch| {
         let req = client.request(message.clone(), wait);
         async move { Client::fetch_client(ch).fetch(req).await }
     };
-    let resp = match client.call(Route::Read(topic.to_string(), partition), call).await {
+    match client.call(Route::Read(topic.to_string(), partition), call).await {
         Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, .. }) if offset < log_start => {
             client.forget_read_replica(topic, partition);
             let first = ReplicaBounds { replica, log_start, log_end };
-            read_elsewhere(client, topic, partition, offset, first, replicas, sweep, call).await?
+            read_elsewhere(client, topic, partition, offset, first, replicas, sweep, call).await
         }
-        r => r?,
-    };
-    let records = resp
-        .records
-        .into_iter()
-        .map(|r| ConsumedRecord::from_proto(topic, partition, r))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(FetchedBatch { records, log_start: resp.log_start, log_end: resp.log_end, next_offset: resp.next_offset })
+        r => r,
+    }
 }
 
 /// One replica's answer that its log starts past the offset asked.

@@ -10,6 +10,8 @@ use std::fmt;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use crate::chain::ChainBreak;
+
 /// Status metadata keys (ASCII values) set by the node on error statuses.
 pub mod meta {
     /// The stable [`super::ErrorCode`] (e.g. `NOT_LEADER`).
@@ -215,6 +217,37 @@ pub enum ClientError {
     /// A response broke the protocol (a missing field, a wrong number of acks, ...).
     #[error("protocol error: {0}")]
     Protocol(String),
+
+    /// What a replica served does not continue the partition's hash chain as the client verified
+    /// it so far (see [`crate::chain`]): the log was altered, or entries were hidden, dropped,
+    /// invented or reordered. Nothing of the answer was handed out.
+    #[error("chain mismatch in {topic}/{partition} at log index {index} (offset {offset}): {reason}")]
+    ChainMismatch {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The log index where the chain breaks.
+        index: u64,
+        /// The record offset the reader was at.
+        offset: u64,
+        /// What differs.
+        reason: ChainBreak,
+    },
+
+    /// A log entry a replica served cannot be read: too short for its envelope, or a visible
+    /// record batch that does not decode.
+    #[error("unreadable log entry {index} of {topic}/{partition}: {reason}")]
+    MalformedEntry {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The entry's log index.
+        index: u64,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 fn meta_str<'a>(map: &'a MetadataMap, key: &str) -> Option<&'a str> {

@@ -6,9 +6,12 @@
 //!   and bounded retries; [`Producer`], [`Consumer`] and [`Admin`] are built on it.
 //! - [`ClientError`]: every failure, typed; [`ErrorCode`] and [`meta`] define how a server status
 //!   carries machine-readable details (shared with the node, so both sides agree).
+//! - [`chain`]: decoding the stored log entries a fetch returns, and checking their hash chain
+//!   (on by default: [`ConsumerConfig::verify_chain`]).
 //! - [`partitioner`]: how a record's partition is chosen (murmur2 of the key, as Kafka).
 
 pub mod admin;
+pub mod chain;
 pub mod client;
 pub mod config;
 pub mod consumer;
@@ -19,6 +22,7 @@ pub mod proto;
 pub mod records;
 
 pub use admin::{Admin, NewTopic};
+pub use chain::{ChainBreak, ChainPoint, ChainReader, ChainStats};
 pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, FetchedBatch};
@@ -26,3 +30,4 @@ pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
+pub use shale_storage::ChainHash;

@@ -507,27 +507,11 @@ async fn send_batch(
             async move { Client::produce_client(ch).produce(req).await }
         })
         .await
-        .and_then(|resp| {
-            if resp.acks.len() == batch.len() {
-                Ok(resp.acks)
-            } else {
-                Err(ClientError::Protocol(format!(
-                    "Produce answered {} acks for {} records",
-                    resp.acks.len(),
-                    batch.len()
-                )))
-            }
-        });
+        .and_then(|resp| receipts(topic, *partition, batch.len(), &resp.batches));
     match result {
-        Ok(acks) => {
-            for (pending, ack) in batch.into_iter().zip(acks) {
-                let meta = hash32(&ack.chain_hash).map(|chain_hash| RecordMetadata {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: ack.offset,
-                    chain_hash,
-                });
-                let _ = pending.ack.send(meta);
+        Ok(receipts) => {
+            for (pending, receipt) in batch.into_iter().zip(receipts) {
+                let _ = pending.ack.send(Ok(receipt));
             }
             Outcome::Acked
         }
@@ -538,6 +522,32 @@ async fn send_batch(
             Outcome::Failed
         }
     }
+}
+
+/// Each record's receipt from the stored batches of one request: record `i` of a batch lands at
+/// `base_offset + i`, in the batch's entry. The batches must cover the request's `count` records,
+/// in order.
+fn receipts(topic: &str, partition: u32, count: usize, batches: &[proto::BatchAck]) -> Result<Vec<RecordMetadata>, ClientError> {
+    let covered: u64 = batches.iter().map(|b| u64::from(b.record_count)).sum();
+    if covered != count as u64 || batches.iter().any(|b| b.record_count == 0) {
+        return Err(ClientError::Protocol(format!(
+            "Produce to {topic}/{partition} answered {} batches holding {covered} records for {count} records",
+            batches.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(count);
+    for b in batches {
+        let chain_hash = hash32(&b.chain_hash)?;
+        out.extend((0..b.record_count).map(|position| RecordMetadata {
+            topic: topic.to_string(),
+            partition,
+            offset: b.base_offset + u64::from(position),
+            chain_hash,
+            entry_index: b.entry_index,
+            position,
+        }));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -700,6 +710,24 @@ mod tests {
         let answer = deliveries.pop().unwrap().try_recv().unwrap();
         assert!(matches!(answer, Err(ref e) if e.code() == Some(ErrorCode::SequenceGap)), "{answer:?}");
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn receipts_number_each_batch_from_its_base_offset() {
+        let ack = |base_offset, record_count, entry_index, h: u8| proto::BatchAck {
+            base_offset,
+            record_count,
+            entry_index,
+            chain_hash: bytes::Bytes::from(vec![h; 32]),
+        };
+        let r = receipts("t", 2, 5, &[ack(10, 3, 40, 1), ack(13, 2, 41, 2)]).unwrap();
+        let got: Vec<(u64, u64, u32, u8)> = r.iter().map(|m| (m.offset, m.entry_index, m.position, m.chain_hash.0[0])).collect();
+        assert_eq!(got, vec![(10, 40, 0, 1), (11, 40, 1, 1), (12, 40, 2, 1), (13, 41, 0, 2), (14, 41, 1, 2)]);
+        assert!(r.iter().all(|m| m.topic == "t" && m.partition == 2));
+        assert!(matches!(receipts("t", 0, 4, &[ack(0, 3, 1, 0)]), Err(ClientError::Protocol(_))));
+        assert!(matches!(receipts("t", 0, 0, &[ack(0, 0, 1, 0)]), Err(ClientError::Protocol(_))));
+        let short_hash = proto::BatchAck { chain_hash: bytes::Bytes::from_static(b"x"), ..ack(0, 1, 1, 0) };
+        assert!(matches!(receipts("t", 0, 1, &[short_hash]), Err(ClientError::Protocol(_))));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The record types applications produce and consume.
 
 use bytes::Bytes;
+use shale_storage::ChainHash;
 
 use crate::error::ClientError;
 use crate::proto;
@@ -86,7 +87,8 @@ impl ProducerRecord {
     }
 }
 
-/// Where an acknowledged record was written.
+/// Where an acknowledged record was written: its offset, and the log entry (the stored batch) that
+/// holds it, whose chain hash a consumer recomputes when it reads the record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordMetadata {
     /// The topic.
@@ -95,8 +97,12 @@ pub struct RecordMetadata {
     pub partition: u32,
     /// The record's offset in the partition.
     pub offset: u64,
-    /// The record's chain hash (SHA-256).
-    pub chain_hash: [u8; 32],
+    /// The chain hash of the log entry holding the record (its batch).
+    pub chain_hash: ChainHash,
+    /// The log index of that entry.
+    pub entry_index: u64,
+    /// The record's position in its batch (`offset - base offset`).
+    pub position: u32,
 }
 
 /// A committed record read from a partition.
@@ -108,8 +114,13 @@ pub struct ConsumedRecord {
     pub partition: u32,
     /// The record's offset.
     pub offset: u64,
-    /// The record's chain hash.
-    pub chain_hash: [u8; 32],
+    /// The chain hash of the log entry holding the record, as the consumer recomputed it; `None`
+    /// when the chain is not checked ([`crate::ConsumerConfig::verify_chain`] off).
+    pub chain_hash: Option<ChainHash>,
+    /// The log index of that entry.
+    pub entry_index: u64,
+    /// The record's position in its batch.
+    pub position: u32,
     /// The key, if any.
     pub key: Option<Bytes>,
     /// The payload.
@@ -121,21 +132,9 @@ pub struct ConsumedRecord {
 }
 
 /// A 32-byte chain hash from the wire.
-pub(crate) fn hash32(bytes: &[u8]) -> Result<[u8; 32], ClientError> {
-    bytes.try_into().map_err(|_| ClientError::Protocol(format!("chain hash is {} bytes, expected 32", bytes.len())))
-}
-
-impl ConsumedRecord {
-    pub(crate) fn from_proto(topic: &str, partition: u32, r: proto::ConsumedRecord) -> Result<Self, ClientError> {
-        Ok(Self {
-            topic: topic.to_string(),
-            partition,
-            offset: r.offset,
-            chain_hash: hash32(&r.chain_hash)?,
-            key: r.key,
-            value: r.value,
-            headers: r.headers.into_iter().map(|h| Header { key: h.key, value: h.value }).collect(),
-            timestamp_ms: r.timestamp_ms,
-        })
-    }
+pub(crate) fn hash32(bytes: &[u8]) -> Result<ChainHash, ClientError> {
+    bytes
+        .try_into()
+        .map(ChainHash)
+        .map_err(|_| ClientError::Protocol(format!("chain hash is {} bytes, expected 32", bytes.len())))
 }
