@@ -224,7 +224,9 @@ impl ChainReader {
                 hash = shale_storage::chain_hash(Offset::new(entry.index), &hash, &entry.data);
             }
             if entry.data.len() < envelope::HEADER_LEN {
-                return Err(self.malformed(entry.index, format!("{} bytes, shorter than the envelope", entry.data.len())));
+                return Err(
+                    self.malformed(entry.index, format!("{} bytes, shorter than the envelope", entry.data.len()))
+                );
             }
             if entry.hidden || entry.data[envelope::KIND_AT] != envelope::KIND_NORMAL {
                 continue;
@@ -344,7 +346,10 @@ mod tests {
         for (i, &n) in sizes.iter().enumerate() {
             let index = entries.len() as u64;
             let records: Vec<NewRecord> = (0..n)
-                .map(|j| NewRecord { value: Bytes::from(format!("r{}", offset + u64::from(j))), ..NewRecord::default() })
+                .map(|j| NewRecord {
+                    value: Bytes::from(format!("r{}", offset + u64::from(j))),
+                    ..NewRecord::default()
+                })
                 .collect();
             let batch = encode_batch(&records, offset, None, &NoneCodec);
             entries.push(proto::LogEntry { index, data: entry(index, envelope::KIND_NORMAL, &batch), hidden: false });

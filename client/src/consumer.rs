@@ -436,7 +436,14 @@ async fn fetch(
     let (log_start, log_end) = (resp.log_start, resp.log_end);
     let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, codecs)?;
     let chain = (decoded.entries > 0).then(|| reader.stats().point).flatten();
-    Ok(FetchedBatch { records: decoded.records, log_start, log_end, next_offset: reader.offset(), entries: decoded.entries, chain })
+    Ok(FetchedBatch {
+        records: decoded.records,
+        log_start,
+        log_end,
+        next_offset: reader.offset(),
+        entries: decoded.entries,
+        chain,
+    })
 }
 
 /// Where the partition starts: offset 0 if a replica holds it, else the lowest log start among

@@ -527,7 +527,12 @@ async fn send_batch(
 /// Each record's receipt from the stored batches of one request: record `i` of a batch lands at
 /// `base_offset + i`, in the batch's entry. The batches must cover the request's `count` records,
 /// in order.
-fn receipts(topic: &str, partition: u32, count: usize, batches: &[proto::BatchAck]) -> Result<Vec<RecordMetadata>, ClientError> {
+fn receipts(
+    topic: &str,
+    partition: u32,
+    count: usize,
+    batches: &[proto::BatchAck],
+) -> Result<Vec<RecordMetadata>, ClientError> {
     let covered: u64 = batches.iter().map(|b| u64::from(b.record_count)).sum();
     if covered != count as u64 || batches.iter().any(|b| b.record_count == 0) {
         return Err(ClientError::Protocol(format!(
@@ -721,7 +726,8 @@ mod tests {
             chain_hash: bytes::Bytes::from(vec![h; 32]),
         };
         let r = receipts("t", 2, 5, &[ack(10, 3, 40, 1), ack(13, 2, 41, 2)]).unwrap();
-        let got: Vec<(u64, u64, u32, u8)> = r.iter().map(|m| (m.offset, m.entry_index, m.position, m.chain_hash.0[0])).collect();
+        let got: Vec<(u64, u64, u32, u8)> =
+            r.iter().map(|m| (m.offset, m.entry_index, m.position, m.chain_hash.0[0])).collect();
         assert_eq!(got, vec![(10, 40, 0, 1), (11, 40, 1, 1), (12, 40, 2, 1), (13, 41, 0, 2), (14, 41, 1, 2)]);
         assert!(r.iter().all(|m| m.topic == "t" && m.partition == 2));
         assert!(matches!(receipts("t", 0, 4, &[ack(0, 3, 1, 0)]), Err(ClientError::Protocol(_))));
