@@ -174,6 +174,11 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
             }
             _ => None,
         },
+        ClientError::ChainMismatch { .. } | ClientError::MalformedEntry { .. } => Some(
+            "a replica served log entries that do not continue the partition's hash chain: run `shale verify TOPIC \
+             --sweep` to compare the replicas, and `shale verify --data-dir DIR` on the node that served them"
+                .into(),
+        ),
         _ => None,
     }
 }

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shale_client::{ConsumedRecord, ConsumerConfig, OffsetReset};
+use shale_client::{ChainStats, ConsumedRecord, ConsumerConfig, OffsetReset};
 
 use crate::cli::{ConsumeArgs, OutOfRangePolicy, RecordFormat};
 use crate::commands::{partition_bounds, select_partitions};
@@ -59,8 +59,13 @@ pub struct RecordView {
     pub value_base64: Option<String>,
     /// Headers in order.
     pub headers: Vec<HeaderView>,
-    /// Chain hash (hex).
-    pub chain_hash: String,
+    /// Chain hash (hex) of the log entry holding the record, as recomputed; absent with --no-verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_hash: Option<String>,
+    /// Log index of that entry.
+    pub entry_index: u64,
+    /// The record's position in its batch.
+    pub position: u32,
 }
 
 impl RecordView {
@@ -88,7 +93,9 @@ impl RecordView {
                     HeaderView { key: h.key.clone(), value, value_base64 }
                 })
                 .collect(),
-            chain_hash: hex(&r.chain_hash, false),
+            chain_hash: r.chain_hash.map(|h| hex(&h.0, false)),
+            entry_index: r.entry_index,
+            position: r.position,
         }
     }
 }
@@ -156,6 +163,7 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
             OutOfRangePolicy::Earliest => OffsetReset::Earliest,
             OutOfRangePolicy::Latest => OffsetReset::Latest,
         },
+        verify_chain: !a.no_verify,
     };
     let mut consumer = client.consumer(config);
     consumer.assign(&topic, partitions.iter().copied());
@@ -218,11 +226,33 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
     if a.group.is_some() {
         commit(ctx, &consumer, &topic, &last_printed).await?;
     }
+    if a.verify {
+        for &p in &partitions {
+            let stats = consumer.chain_stats(&topic, p).unwrap_or_default();
+            eprintln!("{}", chain_report(&topic, p, &stats));
+        }
+    }
     if printed == 0 && !a.follow && a.offset.is_none() && !a.from_beginning && a.group.is_none() {
         eprintln!("no new records: consume starts at the log end; use --from-beginning, --offset N or --follow");
     }
     tracing::info!(printed, "consume done");
     Ok(())
+}
+
+/// The `--verify` line of one partition.
+pub fn chain_report(topic: &str, partition: u32, stats: &ChainStats) -> String {
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let head = format!(
+        "chain verified: {topic}/{partition}: {}, {}",
+        count(stats.entries, "entry", "entries"),
+        count(stats.records, "record", "records")
+    );
+    match stats.point {
+        Some(p) if p.next_index > 0 => {
+            format!("{head}, last hash {} at index {}", hex(&p.prev_hash.0, false), p.next_index - 1)
+        }
+        _ => format!("{head} (nothing read)"),
+    }
 }
 
 /// Commits, for the group, one past the last printed record of each partition.
@@ -248,7 +278,9 @@ mod tests {
             topic: "t".into(),
             partition: 1,
             offset: 42,
-            chain_hash: [7; 32],
+            chain_hash: Some(shale_client::ChainHash([7; 32])),
+            entry_index: 12,
+            position: 3,
             key: key.map(Bytes::copy_from_slice),
             value: Bytes::copy_from_slice(value),
             headers: vec![Header { key: "h".into(), value: Bytes::from_static(&[0xff, 0x00]) }],
@@ -284,9 +316,30 @@ mod tests {
         assert!(v.get("key").is_none());
         assert_eq!(v["headers"][0]["value_base64"], "/wA=");
         assert_eq!(v["chain_hash"].as_str().unwrap().len(), 64);
+        assert_eq!((v["entry_index"].as_u64(), v["position"].as_u64()), (Some(12), Some(3)));
+        let unverified = ConsumedRecord { chain_hash: None, ..record(b"x", None) };
+        let v: serde_json::Value = serde_json::from_str(&print(p, &unverified)).unwrap();
+        assert!(v.get("chain_hash").is_none(), "no hash is printed when none was computed");
         let text = RecordView::from_record(&record(b"hi", Some(b"user")));
         assert_eq!(text.value.as_deref(), Some("hi"));
         assert_eq!(text.key.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn the_verify_report_names_the_partition_counts_and_last_hash() {
+        let stats = ChainStats {
+            entries: 12,
+            records: 1,
+            bytes: 900,
+            point: Some(shale_client::ChainPoint::after(41, shale_client::ChainHash([0xab; 32]))),
+        };
+        assert_eq!(
+            chain_report("orders", 2, &stats),
+            format!("chain verified: orders/2: 12 entries, 1 record, last hash {} at index 41", "ab".repeat(32))
+        );
+        let one = ChainStats { entries: 1, records: 0, ..stats };
+        assert!(chain_report("t", 0, &one).starts_with("chain verified: t/0: 1 entry, 0 records, last hash"));
+        assert_eq!(chain_report("t", 0, &ChainStats::default()), "chain verified: t/0: 0 entries, 0 records (nothing read)");
     }
 
     #[test]

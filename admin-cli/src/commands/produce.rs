@@ -54,8 +54,10 @@ pub struct AckView {
     pub partition: u32,
     /// Its offset.
     pub offset: u64,
-    /// Its chain hash (hex).
+    /// The chain hash (hex) of the log entry holding it (its stored batch).
     pub chain_hash: String,
+    /// The log index of that entry.
+    pub entry_index: u64,
 }
 
 /// Why a record was not delivered.
@@ -75,7 +77,8 @@ impl Outcome {
             Ok(meta) => Delivery::Acked(AckView {
                 partition: meta.partition,
                 offset: meta.offset,
-                chain_hash: hex(&meta.chain_hash, false),
+                chain_hash: hex(&meta.chain_hash.0, false),
+                entry_index: meta.entry_index,
             }),
             Err(e) => Delivery::Failed {
                 error: ErrorView { code: e.code().map(|c| c.as_str().to_string()), message: e.to_string() },

@@ -47,6 +47,10 @@ pub struct BenchReport {
     pub latency: LatencySummary,
     /// The first error, if any.
     pub first_error: Option<String>,
+    /// Consume: whether every entry read had its chain hash recomputed and checked (absent for
+    /// produce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_verified: Option<bool>,
 }
 
 /// The human report.
@@ -73,6 +77,11 @@ pub fn report_text(r: &BenchReport) -> String {
         t.row([name.to_string(), format!("{v:.3}")]);
     }
     out.push_str(&t.render());
+    match r.chain_verified {
+        Some(true) => out.push_str("\nchain: every entry read was hashed and checked against the chain\n"),
+        Some(false) => out.push_str("\nchain: not checked (--no-verify)\n"),
+        None => {}
+    }
     if let Some(e) = &r.first_error {
         out.push_str(&format!("\nfirst error: {e}\n"));
     }
@@ -236,6 +245,7 @@ async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
         latency_kind: "ack".into(),
         latency: latency.summary(),
         first_error,
+        chain_verified: None,
     })
 }
 
@@ -255,6 +265,7 @@ async fn consume(ctx: &Ctx, a: &BenchConsumeArgs) -> Result<BenchReport> {
         max_bytes: u32::try_from(a.fetch_bytes).unwrap_or(u32::MAX),
         max_wait_ms: 100,
         offset_reset: OffsetReset::Earliest,
+        verify_chain: !a.no_verify,
         ..ConsumerConfig::default()
     };
     let mut consumer = client.consumer(config);
@@ -295,6 +306,7 @@ async fn consume(ctx: &Ctx, a: &BenchConsumeArgs) -> Result<BenchReport> {
         latency_kind: "fetch".into(),
         latency: latency.summary(),
         first_error: None,
+        chain_verified: Some(!a.no_verify),
     })
 }
 
@@ -318,13 +330,22 @@ mod tests {
             latency_kind: "ack".into(),
             latency: l.summary(),
             first_error: None,
+            chain_verified: None,
         };
         let text = report_text(&r);
+        assert!(!text.contains("chain:"), "produce says nothing of the chain");
         for name in ["p50", "p95", "p99", "p99.9", "max", "10.0 records/s"] {
             assert!(text.contains(name), "{name} missing in {text}");
         }
         let json: serde_json::Value = serde_json::from_str(&output::to_json(&r).unwrap()).unwrap();
         assert_eq!(json["records"], 10);
         assert!(json["latency"]["p999_ms"].as_f64().unwrap() > 1.9);
+        assert!(json.get("chain_verified").is_none());
+        let consume = BenchReport { kind: "consume".into(), chain_verified: Some(true), ..r.clone() };
+        assert!(report_text(&consume).contains("chain: every entry read was hashed and checked"));
+        let json: serde_json::Value = serde_json::from_str(&output::to_json(&consume).unwrap()).unwrap();
+        assert_eq!(json["chain_verified"], true);
+        let unchecked = BenchReport { chain_verified: Some(false), ..consume };
+        assert!(report_text(&unchecked).contains("chain: not checked (--no-verify)"));
     }
 }
