@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use shale_client::proto::fetch_client::FetchClient;
-use shale_client::{Client, ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, meta, proto};
+use shale_client::{
+    ChainReader, Client, ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, meta, proto,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -82,8 +84,10 @@ pub struct Ack {
     pub partition: u32,
     /// The acknowledged offset.
     pub offset: u64,
-    /// The acknowledged chain hash.
+    /// The acknowledged chain hash: that of the log entry (the stored batch) holding the record.
     pub chain_hash: [u8; 32],
+    /// The log index of that entry.
+    pub entry_index: u64,
 }
 
 /// One record that was sent but not acknowledged (it may or may not have been written).
@@ -298,7 +302,8 @@ impl ProducerTask {
                     value,
                     partition: meta.partition,
                     offset: meta.offset,
-                    chain_hash: meta.chain_hash,
+                    chain_hash: meta.chain_hash.0,
+                    entry_index: meta.entry_index,
                 });
             }
             Err(error) => {
@@ -324,8 +329,10 @@ pub struct LogRecord {
     pub offset: u64,
     /// Its value.
     pub value: Bytes,
-    /// Its chain hash.
+    /// The chain hash of the log entry holding it (its batch), recomputed by the reader.
     pub chain_hash: [u8; 32],
+    /// The log index of that entry.
+    pub entry_index: u64,
 }
 
 /// Where a view of a partition came from.
@@ -357,8 +364,11 @@ pub struct PartitionView {
     pub log_start: u64,
     /// One past the last committed offset the source holds.
     pub log_end: u64,
-    /// Every record in `[log_start, log_end)`, in offset order.
+    /// Every record in `[log_start, log_end)` the source served, in offset order.
     pub records: Vec<LogRecord>,
+    /// Where the source's entries stopped continuing its hash chain (a replica's view ends there):
+    /// the reader's [`shale_client::ClientError::ChainMismatch`] or unreadable entry.
+    pub chain_break: Option<String>,
 }
 
 /// One `Verify` answer, reduced to what the checkers need.
@@ -410,7 +420,14 @@ fn local<T>(message: T) -> tonic::Request<T> {
 /// (answered, or refused as out of range with the bounds in the status).
 pub async fn replica_bounds(addr: &str, topic: &str, partition: u32) -> Result<(u64, u64), HarnessError> {
     let mut fetch = FetchClient::new(node_channel(addr)?);
-    let req = proto::FetchRequest { topic: topic.to_string(), partition, offset: 0, max_bytes: 1, max_wait_ms: 0 };
+    let req = proto::FetchRequest {
+        topic: topic.to_string(),
+        partition,
+        offset: 0,
+        max_bytes: 1,
+        max_wait_ms: 0,
+        from_index: None,
+    };
     match fetch.fetch(local(req)).await {
         Ok(r) => {
             let r = r.into_inner();
@@ -459,7 +476,10 @@ pub async fn wait_replicas_converged(
     }
 }
 
-/// Reads one node's replica of a partition from its log start to its log end, with no forwarding.
+/// Reads one node's replica of a partition from its log start to its log end, with no forwarding,
+/// as a consumer does: each fetch continues at the log index the last one ended, every entry's
+/// chain hash is recomputed and each answer must continue the chain (anchored at the replica's
+/// first answer) with dense offsets. A break ends the view there ([`PartitionView::chain_break`]).
 pub async fn read_replica(
     addr: &str,
     node_id: u64,
@@ -468,43 +488,52 @@ pub async fn read_replica(
 ) -> Result<PartitionView, HarnessError> {
     let (log_start, log_end) = replica_bounds(addr, topic, partition).await?;
     let mut fetch = FetchClient::new(node_channel(addr)?).max_decoding_message_size(64 << 20);
+    let codecs = shale_client::chain::default_codecs();
+    let mut reader = ChainReader::new(topic, partition, log_start, true);
     let mut records = Vec::new();
-    let mut offset = log_start;
-    // Each answer holds at least one record or moves `next_offset`; bound the rounds anyway.
+    let mut chain_break = None;
+    // Each answer holds at least one entry; bound the rounds anyway.
     let max_rounds = 100_000;
     for _ in 0..max_rounds {
+        let offset = reader.offset();
         if offset >= log_end {
             break;
         }
-        let req =
-            proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes: 1 << 20, max_wait_ms: 0 };
+        let req = proto::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            from_index: reader.from_index(),
+        };
+        let what = || {
+            format!("Fetch {topic}/{partition}@{offset} (index {:?}) at node {node_id} ({addr})", reader.from_index())
+        };
         let resp = fetch
             .fetch(local(req))
             .await
-            .map_err(|s| HarnessError::Client {
-                what: format!("Fetch {topic}/{partition}@{offset} at node {node_id} ({addr})"),
-                source: shale_client::ClientError::from_status(s),
-            })?
+            .map_err(|s| HarnessError::Client { what: what(), source: shale_client::ClientError::from_status(s) })?
             .into_inner();
-        for r in resp.records {
-            if r.offset >= log_end {
+        if resp.entries.is_empty() {
+            return Err(HarnessError::Parse { what: what(), detail: format!("no entry below the log end {log_end}") });
+        }
+        match reader.accept(resp.entries, &resp.prev_chain_hash, &codecs) {
+            Ok(decoded) => {
+                records.extend(decoded.records.into_iter().filter(|r| r.offset < log_end).map(|r| LogRecord {
+                    offset: r.offset,
+                    value: r.value,
+                    chain_hash: r.chain_hash.map(|h| h.0).unwrap_or_default(),
+                    entry_index: r.entry_index,
+                }))
+            }
+            Err(e) => {
+                chain_break = Some(e.to_string());
                 break;
             }
-            let chain_hash: [u8; 32] = r.chain_hash.as_ref().try_into().map_err(|_| HarnessError::Parse {
-                what: format!("Fetch {topic}/{partition} at node {node_id}"),
-                detail: format!("chain hash of {} bytes at offset {}", r.chain_hash.len(), r.offset),
-            })?;
-            records.push(LogRecord { offset: r.offset, value: r.value, chain_hash });
         }
-        if resp.next_offset <= offset {
-            return Err(HarnessError::Parse {
-                what: format!("Fetch {topic}/{partition}@{offset} at node {node_id}"),
-                detail: format!("next_offset {} does not advance", resp.next_offset),
-            });
-        }
-        offset = resp.next_offset;
     }
-    Ok(PartitionView { source: ViewSource::Replica(node_id), partition, log_start, log_end, records })
+    Ok(PartitionView { source: ViewSource::Replica(node_id), partition, log_start, log_end, records, chain_break })
 }
 
 /// Reads every partition on every node in `addrs`.
@@ -534,6 +563,7 @@ pub async fn consume_all(
         group: None,
         max_wait_ms: 200,
         offset_reset: OffsetReset::Earliest,
+        verify_chain: true,
         ..ConsumerConfig::default()
     };
     let mut consumer = client.consumer(config);
@@ -554,10 +584,15 @@ pub async fn consume_all(
         }
         let batch = consumer.poll().await.map_err(HarnessError::client(format!("polling {topic}")))?;
         for r in batch {
+            let chain_hash = r.chain_hash.map(|h| h.0).ok_or_else(|| HarnessError::Parse {
+                what: format!("consuming {topic}/{}", r.partition),
+                detail: format!("record {} carries no chain hash although the consumer checks the chain", r.offset),
+            })?;
             records.entry(r.partition).or_default().push(LogRecord {
                 offset: r.offset,
                 value: r.value,
-                chain_hash: r.chain_hash,
+                chain_hash,
+                entry_index: r.entry_index,
             });
         }
     }
@@ -567,7 +602,14 @@ pub async fn consume_all(
             let mut recs: Vec<LogRecord> = records.remove(p).unwrap_or_default();
             recs.retain(|r| r.offset < *end);
             // The consumer starts at the earliest offset, so its view claims the whole log.
-            PartitionView { source: ViewSource::Consumer, partition: *p, log_start: 0, log_end: *end, records: recs }
+            PartitionView {
+                source: ViewSource::Consumer,
+                partition: *p,
+                log_start: 0,
+                log_end: *end,
+                records: recs,
+                chain_break: None,
+            }
         })
         .collect())
 }

@@ -49,16 +49,20 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
                 Err(s) => panic!("produce through node 1 failed after {attempts} attempts: {s}"),
             }
         };
-        assert_eq!(resp.acks.len(), values.len());
-        for (i, (value, ack)) in values.into_iter().zip(resp.acks).enumerate() {
+        // One stored batch per request (4 small records fit one entry); record i at base + i.
+        assert_eq!(resp.batches.len(), 1, "{resp:?}");
+        let stored = &resp.batches[0];
+        assert_eq!(stored.record_count as usize, values.len());
+        for (i, value) in values.into_iter().enumerate() {
             history.acks.push(Ack {
                 run: "compose".into(),
                 producer: 0,
                 seq: batch * 4 + i as u64,
                 value,
                 partition: 0,
-                offset: ack.offset,
-                chain_hash: ack.chain_hash.as_ref().try_into().unwrap(),
+                offset: stored.base_offset + i as u64,
+                chain_hash: stored.chain_hash.as_ref().try_into().unwrap(),
+                entry_index: stored.entry_index,
             });
         }
     }

@@ -339,7 +339,10 @@ mod tests {
         );
         let one = ChainStats { entries: 1, records: 0, ..stats };
         assert!(chain_report("t", 0, &one).starts_with("chain verified: t/0: 1 entry, 0 records, last hash"));
-        assert_eq!(chain_report("t", 0, &ChainStats::default()), "chain verified: t/0: 0 entries, 0 records (nothing read)");
+        assert_eq!(
+            chain_report("t", 0, &ChainStats::default()),
+            "chain verified: t/0: 0 entries, 0 records (nothing read)"
+        );
     }
 
     #[test]
