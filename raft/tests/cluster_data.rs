@@ -32,12 +32,15 @@ async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
                 r
             })
             .collect();
-        let offsets = c.node(leader).produce("events", 0, records.clone(), None).await.expect("produce");
+        let acks = c.node(leader).produce("events", 0, records.clone(), None).await.expect("produce");
+        assert_eq!(acks.len(), 1, "a small request is one batch");
+        let offsets = per_record(&acks);
         assert_eq!(offsets.len(), records.len());
         sent.extend(records);
         acked.extend(offsets);
     }
-    assert!(acked.windows(2).all(|w| w[0].offset < w[1].offset), "offsets increase in produce order");
+    let offsets: Vec<u64> = acked.iter().map(|a| a.offset).collect();
+    assert_eq!(offsets, (0..100).collect::<Vec<u64>>(), "offsets are dense, in produce order");
 
     // Every replica serves the same records, in order, with the acknowledged offsets and hashes.
     for id in 1..=3 {
@@ -70,6 +73,7 @@ async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
         topic: "events".into(),
         partition: 0,
         offset: last + 1000,
+        from_index: None,
         max_bytes: 1024,
         wait: Duration::ZERO,
     };
@@ -91,13 +95,15 @@ async fn idempotent_retry_is_written_once_with_original_offsets() {
     let batch: Vec<_> = (0..4).map(|i| record("k", &format!("v{i}"))).collect();
     let first = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("produce");
     let retry = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("retry");
-    assert_eq!(first, retry, "a retry answers the original offsets");
-    // A retry overlapping new sequences: the old half is recognised, the new half written.
+    assert_eq!(first, retry, "a retry answers the original batch");
+    // A retry overlapping new sequences is not a batch the partition wrote: refused, nothing written.
     let overlap = ProducerInfo { producer_id: 77, base_sequence: 2 };
     let more: Vec<_> = (2..6).map(|i| record("k", &format!("v{i}"))).collect();
-    let mixed = c.node(leader).produce("idem", 0, more, Some(overlap)).await.expect("overlap");
-    assert_eq!(&mixed[..2], &first[2..], "duplicates answer their original offsets");
-    assert!(mixed[2].offset > first[3].offset);
+    let refused = c.node(leader).produce("idem", 0, more.clone(), Some(overlap)).await;
+    assert!(matches!(refused, Err(ClusterError::DuplicateSequenceOutOfWindow { producer_id: 77, .. })), "{refused:?}");
+    let next = ProducerInfo { producer_id: 77, base_sequence: 4 };
+    let written = c.node(leader).produce("idem", 0, more[2..].to_vec(), Some(next)).await.expect("next");
+    assert_eq!((written[0].base_offset, written[0].record_count), (4, 2), "the refused batch consumed no offsets");
     let values: Vec<_> = c.read_all(leader, "idem", 0).await.into_iter().map(|r| r.value).collect();
     let expected: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("v{i}"))).collect();
     assert_eq!(values, expected, "each sequence is visible exactly once");
@@ -121,7 +127,8 @@ async fn long_poll_wakes_on_new_data() {
         let req = FetchRequest {
             topic: "poll".into(),
             partition: 0,
-            offset: first.offset + 1,
+            offset: first.base_offset + 1,
+            from_index: None,
             max_bytes: 1 << 20,
             wait: Duration::from_secs(30),
         };
@@ -129,20 +136,23 @@ async fn long_poll_wakes_on_new_data() {
     });
     let second = c.node(leader).produce("poll", 0, vec![record("b", "2")], None).await.expect("produce")[0];
     let res = tokio::time::timeout(WAIT, poll).await.expect("poll returns").expect("join").expect("fetch");
-    assert_eq!(res.records.len(), 1);
-    assert_eq!(res.records[0].offset, second.offset);
-    assert_eq!(res.records[0].value, Bytes::from_static(b"2"));
+    let (records, _) = decode_fetch(&res, first.base_offset + 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, second.base_offset);
+    assert_eq!(second.base_offset, 1, "dense offsets");
+    assert_eq!(records[0].value, Bytes::from_static(b"2"));
 
     // With nothing new the poll returns empty at the high watermark once its wait is over.
     let req = FetchRequest {
         topic: "poll".into(),
         partition: 0,
         offset: res.high_watermark,
+        from_index: None,
         max_bytes: 1024,
         wait: Duration::from_millis(100),
     };
     let empty = c.node(follower).fetch(req).await.expect("fetch");
-    assert!(empty.records.is_empty());
+    assert!(empty.entries.is_empty());
     assert_eq!(empty.high_watermark, res.high_watermark);
     c.shutdown().await;
 }
