@@ -272,11 +272,23 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
         (s.high_watermark? >= end && start > first[0].base_offset + 2 && s.log_start == Some(start)).then_some(start)
     })
     .await;
-    // It serves fetches by offset from its own log, from its log start on, as the leader does.
+    // It serves fetches by offset from its own log, from its log start on, as the leader does
+    // (records written after the snapshot it installed).
     let start = c.node(lagging).local_partition_state("snap", 0).expect("state").log_start.expect("log start");
-    let mid = start + (end - start) / 2;
+    assert!(start <= end);
+    for b in 0..3 {
+        let records = (0..10).map(|i| record("g", &format!("after-{b}-{i}"))).collect();
+        c.produce("snap", 0, records, None).await.expect("more");
+    }
+    wait_for("the lagging replica applied the new records", || async {
+        (c.node(lagging).local_partition_state("snap", 0).ok()?.high_watermark? >= end + 30).then_some(())
+    })
+    .await;
+    let mid = end + 15;
     let from_lagging = c.read_all_from(lagging, "snap", 0, mid).await;
     assert_eq!(from_lagging.first().map(|r| r.offset), Some(mid), "a record in the middle of a batch");
+    assert_eq!(from_lagging.len(), 15);
+    assert_eq!(from_lagging.first().map(|r| r.value.clone()), Some(Bytes::from_static(b"after-1-5")));
     assert_eq!(from_lagging, c.read_all_from(leader, "snap", 0, mid).await);
     c.node(leader).transfer_leader("snap", 0, lagging).await.expect("transfer");
     wait_for("the restored replica leads", || async {
@@ -294,6 +306,6 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
         .node(lagging)
         .produce("snap", 0, vec![record("k", "new")], Some(ProducerInfo { producer_id: 42, base_sequence: 3 }))
         .await;
-    assert_eq!(fresh.expect("next sequence")[0].base_offset, end, "dense offsets across the leader change");
+    assert_eq!(fresh.expect("next sequence")[0].base_offset, end + 30, "dense offsets across the leader change");
     c.shutdown().await;
 }

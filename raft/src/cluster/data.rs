@@ -102,10 +102,8 @@ impl Cluster {
         let codec = self.topic(topic)?.codec.codec();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
-        let proposal = local
-            .proposer
-            .propose(&local.group, &local.state, batches, self.timeout() / 2, self.timeout())
-            .await?;
+        let proposal =
+            local.proposer.propose(&local.group, &local.state, batches, self.timeout() / 2, self.timeout()).await?;
         let pending = match proposal {
             Proposal::Retry(batches) => {
                 let p = producer.expect("only a producer's request is a retry");
@@ -305,8 +303,12 @@ impl Cluster {
                 debug_assert_eq!(e.index, cursor, "read_committed returns consecutive entries");
                 cursor = e.index + 1;
                 let batch = match e.payload() {
-                    Some(body) if local.state.read().is_visible(e.index) => Some(record_batch::decode_header(&body)
-                        .map_err(|err| ClusterError::Decode { what: "stored record batch", reason: err.to_string() })?),
+                    Some(body) if local.state.read().is_visible(e.index) => {
+                        Some(record_batch::decode_header(&body).map_err(|err| ClusterError::Decode {
+                            what: "stored record batch",
+                            reason: err.to_string(),
+                        })?)
+                    }
                     _ => None,
                 };
                 if let Some(h) = &batch
@@ -315,7 +317,11 @@ impl Cluster {
                     if h.base_offset > offset {
                         return Err(ClusterError::InvalidFromIndex {
                             requested: req.from_index.unwrap_or(e.index),
-                            reason: FromIndexProblem::PastOffset { offset, batch_index: e.index, base_offset: h.base_offset },
+                            reason: FromIndexProblem::PastOffset {
+                                offset,
+                                batch_index: e.index,
+                                base_offset: h.base_offset,
+                            },
                         });
                     }
                     if h.end_offset() > offset {

@@ -259,7 +259,8 @@ impl PartitionMachine {
 
     fn append(&mut self, index: u64, header: &BatchHeader) {
         debug_assert_eq!(header.base_offset, self.next_offset, "offsets are dense");
-        let position = BatchPosition { base_offset: header.base_offset, record_count: header.record_count, entry_index: index };
+        let position =
+            BatchPosition { base_offset: header.base_offset, record_count: header.record_count, entry_index: index };
         if self.visible_batches.is_multiple_of(INDEX_EVERY) {
             self.index.insert(header.base_offset, index);
         }
@@ -337,7 +338,10 @@ impl PartitionMachine {
         for (id, e) in &self.producers {
             w.u64(*id).u64(e.last_sequence).u64(e.last_index).u32(e.window.len() as u32);
             for b in &e.window {
-                w.u64(b.base_sequence).u32(b.position.record_count).u64(b.position.base_offset).u64(b.position.entry_index);
+                w.u64(b.base_sequence)
+                    .u32(b.position.record_count)
+                    .u64(b.position.base_offset)
+                    .u64(b.position.entry_index);
             }
         }
         w.u32(self.hidden.len() as u32);
@@ -442,14 +446,14 @@ mod tests {
         assert_eq!(m.known_retry(5, 13, 3), None, "extends past what was written");
         // The same batch committed again (a retry that raced past the leader's check), at whatever
         // offset: a duplicate naming the original, hidden, consuming no offset.
-        assert_eq!(m.apply(4, &batch(3, 5, Some((5, 10)))), ApplyOutcome::Duplicate {
-            original: Some(first),
-            last_sequence: 14
-        });
-        assert_eq!(m.apply(5, &batch(2, 0, Some((5, 10)))), ApplyOutcome::Duplicate {
-            original: None,
-            last_sequence: 14
-        });
+        assert_eq!(
+            m.apply(4, &batch(3, 5, Some((5, 10)))),
+            ApplyOutcome::Duplicate { original: Some(first), last_sequence: 14 }
+        );
+        assert_eq!(
+            m.apply(5, &batch(2, 0, Some((5, 10)))),
+            ApplyOutcome::Duplicate { original: None, last_sequence: 14 }
+        );
         assert!(!m.is_visible(4) && !m.is_visible(5));
         assert_eq!(m.next_offset(), 5);
         // Batches without producer info are never deduplicated.
@@ -493,10 +497,10 @@ mod tests {
             assert!(m.apply(seq + 1, &batch(1, seq, Some((1, seq)))).is_appended());
         }
         let last = BATCH_WINDOW as u64 + 9;
-        assert_eq!(m.apply(last + 5, &batch(1, last + 1, Some((1, 0)))), ApplyOutcome::Duplicate {
-            original: None,
-            last_sequence: last
-        });
+        assert_eq!(
+            m.apply(last + 5, &batch(1, last + 1, Some((1, 0)))),
+            ApplyOutcome::Duplicate { original: None, last_sequence: last }
+        );
         assert_eq!(m.known_retry(1, 0, 1), None);
         assert!(m.known_retry(1, last, 1).is_some());
     }

@@ -15,9 +15,9 @@ use shale_raft::cluster::{
     RetentionPolicy, TopicSpec,
 };
 use shale_storage::record_batch::{self, envelope};
-use shale_storage::{CodecRegistry, Offset, chain_hash};
 use shale_storage::testing::FaultyFileSystem;
 use shale_storage::{ChainHash, CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
+use shale_storage::{CodecRegistry, Offset, chain_hash};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
