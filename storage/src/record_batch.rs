@@ -403,7 +403,7 @@ mod tests {
 
     fn record(i: usize, size: usize) -> NewRecord {
         NewRecord {
-            key: (i % 3 != 0).then(|| Bytes::from(format!("key-{i}"))),
+            key: (!i.is_multiple_of(3)).then(|| Bytes::from(format!("key-{i}"))),
             value: Bytes::from(format!("value {i} ").repeat(size / 8 + 1)),
             headers: (0..i % 4).map(|h| (format!("h{h}"), Bytes::from(vec![h as u8; h]))).collect(),
             timestamp_ms: 1_700_000_000_000 + (i as u64 * 7) % 13,
