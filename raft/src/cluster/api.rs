@@ -114,7 +114,8 @@ pub struct ProducerInfo {
     /// Chosen by the producer; unique per producer session.
     pub producer_id: u64,
     /// Sequence of the batch's first record. Sequences of one producer follow each other without
-    /// a gap: a batch that skips ahead is refused ([`ClusterError::SequenceGap`]).
+    /// a gap: a batch that skips ahead waits (bounded) for the batches before it, then is refused
+    /// ([`ClusterError::SequenceGap`]).
     pub base_sequence: u64,
 }
 
@@ -271,7 +272,7 @@ pub struct ClusterStatus {
     pub partitions: Vec<GroupStatus>,
 }
 
-/// What compacting a partition did.
+/// What compacting a partition did (in log indexes: retention works on whole entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompactOutcome {
     /// The snapshot (checkpoint) the purge was bounded by: records below it are covered.

@@ -432,7 +432,9 @@ impl Cluster {
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }
 
-    /// This replica's chain hash at `offset` (the node compares every replica's answer).
+    /// This replica's chain hash of the log entry at log index `offset` (not a record offset: chain
+    /// hashes are per entry; the node compares every replica's answer). Outside the log:
+    /// `OffsetOutOfRange` with the log's index bounds.
     pub fn verify(&self, topic: &str, partition: u32, offset: u64) -> Result<ChainHash, ClusterError> {
         let local = self.local_partition(topic, partition)?;
         match local.group.chain_hash_at(offset) {
@@ -446,9 +448,10 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Re-reads this replica's records `[from, to)` of a partition's log from storage (CRCs,
-    /// offsets, chain links from the hash before `from`) and returns the chain hash of record
-    /// `to - 1`. Damage is `ClusterError::Storage(StorageError::Corruption { .. })` naming the
+    /// Re-reads this replica's log entries at log indexes `[from, to)` of a partition's log from
+    /// storage (CRCs, offsets, chain links from the hash before `from`) and returns the chain hash
+    /// of entry `to - 1`. Speaks log indexes, not record offsets (a scrub compares replicas entry
+    /// by entry, Raft's own entries included). Damage is `ClusterError::Storage(StorageError::Corruption { .. })` naming the
     /// first bad offset; a range the replica does not hold is `OffsetOutOfRange`. Runs on the
     /// blocking pool: it reads the whole range.
     pub async fn verify_range(

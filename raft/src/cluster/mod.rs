@@ -3,8 +3,10 @@
 //! - Group 0 ([`api::METADATA_GROUP`]) replicates the [`metadata::MetadataState`]: topics and their
 //!   partition placement, consumer-group offsets and members.
 //! - Every topic partition is its own Raft group ([`api::partition_group_id`]); its log IS the data
-//!   (one record = one entry; a record's offset is its Raft log index) and its app state is the
-//!   producer dedup table ([`partition::PartitionMachine`]).
+//!   (one producer batch = one entry; records have dense offsets of their own, mapped to log
+//!   indexes by the partition machine) and its app state is the next offset, the producer dedup
+//!   table and a sparse offset index ([`partition::PartitionMachine`]); the leader numbers batches
+//!   with a per-partition proposer (`proposer.rs`).
 //! - Each node runs a reconcile loop ([`reconcile`]) that makes its local groups match the applied
 //!   metadata, and a retention loop ([`retention`]).
 //!
