@@ -128,6 +128,15 @@ pub mod entry {
     pub const KIND_NORMAL: u8 = 1;
     /// Kind of a membership entry.
     pub const KIND_MEMBERSHIP: u8 = 2;
+
+    // Clients find a partition entry's record batch with storage's copy of this envelope (they do
+    // not depend on shale-raft): the two must agree.
+    const _: () = {
+        use shale_storage::record_batch::envelope;
+        assert!(KIND_AT == envelope::KIND_AT);
+        assert!(KIND_NORMAL == envelope::KIND_NORMAL);
+        assert!(HEADER_LEN == envelope::HEADER_LEN);
+    };
 }
 
 /// A membership config: the voter sets (one, or two while a joint change is in progress) and every

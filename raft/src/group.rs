@@ -12,6 +12,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{
     ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError, RaftError as OpenraftError,
 };
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::{Raft, RaftMetrics, ReadPolicy, SnapshotPolicy};
 use parking_lot::RwLock;
 use shale_storage::{ChainHash, StorageBackend};
@@ -23,7 +26,7 @@ use crate::network::client::GroupNetworkFactory;
 use crate::network::peers::Peers;
 use crate::retention::Retention;
 use crate::state_machine::{GroupStateMachine, StateMachineApp};
-use crate::types::{AppPayload, GroupId, Node, NodeId, TypeConfig};
+use crate::types::{AppPayload, GroupId, LeaderId, Node, NodeId, TypeConfig};
 
 /// The tunables of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +109,23 @@ impl RaftGroupConfig {
     }
 }
 
+fn not_leader(group: GroupId, f: &ForwardToLeader<TypeConfig>) -> RaftError {
+    let leader = f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()));
+    RaftError::NotLeader { group, leader }
+}
+
+fn write_err(group: GroupId, e: ClientWriteError<TypeConfig>) -> RaftError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => not_leader(group, &f),
+        ClientWriteError::LogEntryDiscarded(f) => RaftError::Indeterminate {
+            group,
+            reason: format!("entry discarded on a leader change, commit status unknown ({f})"),
+        },
+        ClientWriteError::ChangeMembershipError(e) => RaftError::MembershipChange { group, reason: e.to_string() },
+        e => RaftError::Openraft { group, reason: e.to_string() },
+    }
+}
+
 /// The result of one replicated write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteResult {
@@ -113,6 +133,31 @@ pub struct WriteResult {
     pub index: u64,
     /// What the application's `apply` returned.
     pub response: Bytes,
+}
+
+/// A write queued by [`RaftGroup::propose`]; [`PendingWrite::result`] waits for its outcome.
+pub struct PendingWrite {
+    group: GroupId,
+    rx: OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>,
+}
+
+impl fmt::Debug for PendingWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingWrite").field("group", &self.group).finish_non_exhaustive()
+    }
+}
+
+impl PendingWrite {
+    /// Waits until the write is committed and applied here (or failed: `NotLeader` when another
+    /// leadership refused or discarded it, `ShuttingDown` when the core stopped first).
+    pub async fn result(self) -> Result<WriteResult, RaftError> {
+        let group = self.group;
+        match self.rx.await {
+            Ok(Ok(r)) => Ok(WriteResult { index: r.log_id.index, response: r.data.0 }),
+            Ok(Err(e)) => Err(write_err(group, e)),
+            Err(_) => Err(RaftError::ShuttingDown { group }),
+        }
+    }
 }
 
 /// One running Raft group.
@@ -251,22 +296,11 @@ impl RaftGroup {
     }
 
     fn not_leader(&self, f: &ForwardToLeader<TypeConfig>) -> RaftError {
-        let leader = f.leader_id.map(|id| (id, f.leader_node.as_ref().map(|n| n.addr.clone()).unwrap_or_default()));
-        RaftError::NotLeader { group: self.id, leader }
+        not_leader(self.id, f)
     }
 
     fn write_err(&self, e: ClientWriteError<TypeConfig>) -> RaftError {
-        match e {
-            ClientWriteError::ForwardToLeader(f) => self.not_leader(&f),
-            ClientWriteError::LogEntryDiscarded(f) => RaftError::Indeterminate {
-                group: self.id,
-                reason: format!("entry discarded on a leader change, commit status unknown ({f})"),
-            },
-            ClientWriteError::ChangeMembershipError(e) => {
-                RaftError::MembershipChange { group: self.id, reason: e.to_string() }
-            }
-            e => RaftError::Openraft { group: self.id, reason: e.to_string() },
-        }
+        write_err(self.id, e)
     }
 
     fn raft_err(&self, e: OpenraftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RaftError {
@@ -330,6 +364,29 @@ impl RaftGroup {
         }
         debug_assert_eq!(out.len(), n);
         Ok(out)
+    }
+
+    /// The committed leader id (term and node) of this node's leadership; `NotLeader` if it does
+    /// not lead. Pass it to [`RaftGroup::propose`] to keep a proposal within this leadership.
+    pub fn leader_id(&self) -> Result<LeaderId, RaftError> {
+        self.raft.as_leader().map(|l| l.to_committed_leader_id()).map_err(|f| self.not_leader(&f))
+    }
+
+    /// Queues one payload in the Raft core, only if `leader` (from [`RaftGroup::leader_id`]) still
+    /// leads: returns once it is queued (payloads proposed one after another are appended in that
+    /// order, all in `leader`'s term), and the returned [`PendingWrite`] resolves once it is
+    /// committed and applied here. Under another leadership the write is refused before it is
+    /// appended (`NotLeader`), so an entry prepared for one term is never written in another.
+    pub async fn propose(&self, payload: Bytes, leader: LeaderId) -> Result<PendingWrite, RaftError> {
+        self.check_size(0, &payload)?;
+        let (responder, rx) = ProgressResponder::complete_only();
+        self.raft
+            .write(AppPayload(payload))
+            .with_leader(leader)
+            .responder(responder)
+            .await
+            .map_err(|e| self.fatal(&e))?;
+        Ok(PendingWrite { group: self.id, rx })
     }
 
     /// Read-index: confirms this node still leads with a quorum, then waits until it has applied

@@ -29,11 +29,11 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::RaftError;
-pub use group::{LocalGroups, RaftGroup, RaftGroupConfig, WriteResult};
+pub use group::{LocalGroups, PendingWrite, RaftGroup, RaftGroupConfig, WriteResult};
 pub use log_store::{CommittedEntry, GroupLog, LogReader, LogStore};
 pub use network::NetworkConfig;
 pub use retention::Retention;
 pub use router::Router;
 pub use snapshot::SnapshotData;
 pub use state_machine::{GroupStateMachine, RestoreError, StateMachineApp};
-pub use types::{AppPayload, AppResponse, GroupId, Node, NodeId, TypeConfig};
+pub use types::{AppPayload, AppResponse, GroupId, LeaderId, Node, NodeId, TypeConfig};

@@ -45,10 +45,23 @@ pub const APPEND_CHUNK_BYTES: usize = 16 << 20;
 pub struct CommittedEntry {
     /// The entry's log index (its storage offset).
     pub index: u64,
-    /// The storage chain hash of the record at `index`.
+    /// The storage chain hash of the record at `index - 1` (`ChainHash::ZERO` before index 0).
+    pub prev_hash: ChainHash,
+    /// The storage chain hash of the record at `index`: `chain_hash(index, prev_hash, data)`.
     pub chain_hash: ChainHash,
-    /// The application payload; `None` for blank and membership entries.
-    pub payload: Option<Bytes>,
+    /// The entry's kind ([`format::entry::KIND_NORMAL`] for application entries).
+    pub kind: u8,
+    /// The stored record: the entry envelope ([`format::entry`]) and its body, exactly what the
+    /// chain hash covers (shared with the read buffer, not copied).
+    pub data: Bytes,
+}
+
+impl CommittedEntry {
+    /// The application payload (the body of a normal entry); `None` for blank and membership
+    /// entries.
+    pub fn payload(&self) -> Option<Bytes> {
+        (self.kind == format::entry::KIND_NORMAL).then(|| self.data.slice(format::entry::HEADER_LEN..))
+    }
 }
 
 /// Shared handle on one group's log stream and meta stream.
@@ -439,9 +452,13 @@ impl GroupLog {
                     index,
                     source,
                 })?;
-                let payload =
-                    (header.kind == format::entry::KIND_NORMAL).then(|| rec.payload.slice(format::entry::HEADER_LEN..));
-                Ok(CommittedEntry { index, chain_hash: rec.hash, payload })
+                Ok(CommittedEntry {
+                    index,
+                    prev_hash: rec.prev_hash,
+                    chain_hash: rec.hash,
+                    kind: header.kind,
+                    data: rec.payload,
+                })
             })
             .collect()
     }

@@ -32,12 +32,15 @@ async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
                 r
             })
             .collect();
-        let offsets = c.node(leader).produce("events", 0, records.clone(), None).await.expect("produce");
+        let acks = c.node(leader).produce("events", 0, records.clone(), None).await.expect("produce");
+        assert_eq!(acks.len(), 1, "a small request is one batch");
+        let offsets = per_record(&acks);
         assert_eq!(offsets.len(), records.len());
         sent.extend(records);
         acked.extend(offsets);
     }
-    assert!(acked.windows(2).all(|w| w[0].offset < w[1].offset), "offsets increase in produce order");
+    let offsets: Vec<u64> = acked.iter().map(|a| a.offset).collect();
+    assert_eq!(offsets, (0..100).collect::<Vec<u64>>(), "offsets are dense, in produce order");
 
     // Every replica serves the same records, in order, with the acknowledged offsets and hashes.
     for id in 1..=3 {
@@ -70,6 +73,7 @@ async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
         topic: "events".into(),
         partition: 0,
         offset: last + 1000,
+        from_index: None,
         max_bytes: 1024,
         wait: Duration::ZERO,
     };
@@ -91,13 +95,15 @@ async fn idempotent_retry_is_written_once_with_original_offsets() {
     let batch: Vec<_> = (0..4).map(|i| record("k", &format!("v{i}"))).collect();
     let first = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("produce");
     let retry = c.node(leader).produce("idem", 0, batch.clone(), Some(producer)).await.expect("retry");
-    assert_eq!(first, retry, "a retry answers the original offsets");
-    // A retry overlapping new sequences: the old half is recognised, the new half written.
+    assert_eq!(first, retry, "a retry answers the original batch");
+    // A retry overlapping new sequences is not a batch the partition wrote: refused, nothing written.
     let overlap = ProducerInfo { producer_id: 77, base_sequence: 2 };
     let more: Vec<_> = (2..6).map(|i| record("k", &format!("v{i}"))).collect();
-    let mixed = c.node(leader).produce("idem", 0, more, Some(overlap)).await.expect("overlap");
-    assert_eq!(&mixed[..2], &first[2..], "duplicates answer their original offsets");
-    assert!(mixed[2].offset > first[3].offset);
+    let refused = c.node(leader).produce("idem", 0, more.clone(), Some(overlap)).await;
+    assert!(matches!(refused, Err(ClusterError::DuplicateSequenceOutOfWindow { producer_id: 77, .. })), "{refused:?}");
+    let next = ProducerInfo { producer_id: 77, base_sequence: 4 };
+    let written = c.node(leader).produce("idem", 0, more[2..].to_vec(), Some(next)).await.expect("next");
+    assert_eq!((written[0].base_offset, written[0].record_count), (4, 2), "the refused batch consumed no offsets");
     let values: Vec<_> = c.read_all(leader, "idem", 0).await.into_iter().map(|r| r.value).collect();
     let expected: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("v{i}"))).collect();
     assert_eq!(values, expected, "each sequence is visible exactly once");
@@ -121,7 +127,8 @@ async fn long_poll_wakes_on_new_data() {
         let req = FetchRequest {
             topic: "poll".into(),
             partition: 0,
-            offset: first.offset + 1,
+            offset: first.base_offset + 1,
+            from_index: None,
             max_bytes: 1 << 20,
             wait: Duration::from_secs(30),
         };
@@ -129,20 +136,137 @@ async fn long_poll_wakes_on_new_data() {
     });
     let second = c.node(leader).produce("poll", 0, vec![record("b", "2")], None).await.expect("produce")[0];
     let res = tokio::time::timeout(WAIT, poll).await.expect("poll returns").expect("join").expect("fetch");
-    assert_eq!(res.records.len(), 1);
-    assert_eq!(res.records[0].offset, second.offset);
-    assert_eq!(res.records[0].value, Bytes::from_static(b"2"));
+    let (records, _) = decode_fetch(&res, first.base_offset + 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, second.base_offset);
+    assert_eq!(second.base_offset, 1, "dense offsets");
+    assert_eq!(records[0].value, Bytes::from_static(b"2"));
 
     // With nothing new the poll returns empty at the high watermark once its wait is over.
     let req = FetchRequest {
         topic: "poll".into(),
         partition: 0,
         offset: res.high_watermark,
+        from_index: None,
         max_bytes: 1024,
         wait: Duration::from_millis(100),
     };
     let empty = c.node(follower).fetch(req).await.expect("fetch");
-    assert!(empty.records.is_empty());
+    assert!(empty.entries.is_empty());
     assert_eq!(empty.high_watermark, res.high_watermark);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_arriving_out_of_order_are_written_in_sequence_order() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("pipe", 1, 3).await;
+    let leader = c.settled_leaders("pipe").await[0];
+    let node = c.node(leader).clone();
+    // The producer is known to the partition (its first batch is written).
+    let first = ProducerInfo { producer_id: 5, base_sequence: 0 };
+    node.produce("pipe", 0, vec![record("k", "s0")], Some(first)).await.expect("first");
+    // Five batches sent at once, the later ones first: each waits for the one before it.
+    let mut tasks = Vec::new();
+    for b in (0..5u64).rev() {
+        let node = node.clone();
+        let records: Vec<_> = (0..3).map(|i| record("k", &format!("s{}", 1 + b * 3 + i))).collect();
+        let producer = ProducerInfo { producer_id: 5, base_sequence: 1 + b * 3 };
+        tasks.push((b, tokio::spawn(async move { node.produce("pipe", 0, records, Some(producer)).await })));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (b, t) in tasks {
+        let acks = t.await.expect("join").expect("no sequence gap");
+        assert_eq!((acks[0].base_offset, acks[0].record_count), (1 + b * 3, 3), "batch {b} in sequence order");
+    }
+    let values: Vec<Bytes> = c.read_all(leader, "pipe", 0).await.into_iter().map(|r| r.value).collect();
+    let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("s{i}"))).collect();
+    assert_eq!(values, expected);
+    // A batch whose predecessor never comes is refused after the wait, naming what is expected.
+    let ahead = ProducerInfo { producer_id: 5, base_sequence: 100 };
+    match node.produce("pipe", 0, vec![record("k", "x")], Some(ahead)).await {
+        Err(ClusterError::SequenceGap { producer_id: 5, sequence: 100, expected: 16 }) => {}
+        other => panic!("expected a sequence gap, got {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_is_split_into_consecutive_batches_and_retried_whole() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("big", 1, 3).await;
+    let leader = c.settled_leaders("big").await[0];
+    let producer = ProducerInfo { producer_id: 8, base_sequence: 0 };
+    let records: Vec<_> = (0..5).map(|i| record("k", &format!("{i}{}", "v".repeat(600 << 10)))).collect();
+    let acks = c.node(leader).produce("big", 0, records.clone(), Some(producer)).await.expect("produce");
+    assert_eq!(acks.len(), 5, "about 1 MiB of records per batch: one 600 KiB record each");
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!((a.base_offset, a.record_count), (i as u64, 1));
+        if i > 0 {
+            assert_eq!(a.entry_index, acks[i - 1].entry_index + 1, "proposed together, consecutive entries");
+        }
+    }
+    let retry = c.node(leader).produce("big", 0, records, Some(producer)).await.expect("retry");
+    assert_eq!(retry, acks, "a retry answers every original batch");
+    let got = c.read_all(leader, "big", 0).await;
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().zip(&acks).all(|(r, a)| r.chain_hash == a.chain_hash && r.entry_index == a.entry_index));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_returns_stored_entries_that_chain_including_hidden_and_raft_entries() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("chain", 1, 3).await;
+    let leader = c.settled_leaders("chain").await[0];
+    let node = c.node(leader).clone();
+    let p = |s| Some(ProducerInfo { producer_id: 3, base_sequence: s });
+    let a = node.produce("chain", 0, vec![record("a", "0"), record("a", "1")], p(0)).await.expect("a")[0];
+    // An overlapping retry: stored in the log, hidden from consumers.
+    let refused = node.produce("chain", 0, vec![record("a", "1"), record("a", "2")], p(1)).await;
+    assert!(refused.is_err());
+    let b = node.produce("chain", 0, vec![record("b", "2")], p(2)).await.expect("b")[0];
+    assert_eq!(b.base_offset, 2, "the hidden batch consumed no offset");
+    assert!(b.entry_index >= a.entry_index + 2, "the hidden entry lies between");
+
+    // From the start of the log: Raft's own entries first (not hidden, skipped by kind), then A.
+    let req = |offset, from_index, max_bytes| FetchRequest {
+        topic: "chain".into(),
+        partition: 0,
+        offset,
+        from_index,
+        max_bytes,
+        wait: Duration::ZERO,
+    };
+    let all = node.fetch(req(0, Some(0), 1 << 20)).await.expect("fetch from index 0");
+    assert_eq!(all.prev_chain_hash, None, "nothing before index 0");
+    assert_eq!(all.entries[0].index, 0);
+    let kinds: Vec<(u8, bool)> =
+        all.entries.iter().map(|e| (e.data[shale_storage::record_batch::envelope::KIND_AT], e.hidden)).collect();
+    assert!(kinds[0].0 != shale_storage::record_batch::envelope::KIND_NORMAL && !kinds[0].1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|(_, hidden)| *hidden).count(), 1, "{kinds:?}");
+    let (records, head) = decode_fetch(&all, 0);
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(head, b.chain_hash, "the hashes recomputed from the stored bytes end at the acknowledged one");
+    assert_eq!((all.next_offset, all.next_index, all.high_watermark), (3, b.entry_index + 1, 3));
+
+    // By offset, one batch at a time, continued by index: the answers chain across the hidden entry.
+    let first = node.fetch(req(1, None, 1)).await.expect("offset 1");
+    assert_eq!(first.entries.len(), 1, "the batch holding offset 1, whole");
+    assert_eq!(first.entries[0].index, a.entry_index);
+    let (records, head) = decode_fetch(&first, 1);
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(head, a.chain_hash);
+    let next = node.fetch(req(first.next_offset, Some(first.next_index), 1)).await.expect("continue");
+    assert_eq!(next.prev_chain_hash, Some(a.chain_hash));
+    assert!(next.entries.first().is_some_and(|e| e.hidden), "the hidden entry is returned, marked");
+    let (records, head) = decode_fetch(&next, 2);
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(head, b.chain_hash);
+    // A from_index past the entry holding the offset, or below the log, is refused.
+    assert!(matches!(
+        node.fetch(req(0, Some(b.entry_index), 1)).await,
+        Err(ClusterError::InvalidFromIndex { reason: shale_raft::cluster::FromIndexProblem::PastOffset { .. }, .. })
+    ));
     c.shutdown().await;
 }

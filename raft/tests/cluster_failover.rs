@@ -54,7 +54,7 @@ async fn produce_anywhere(
     nodes: &[Arc<Cluster>],
     records: Vec<ProduceRecord>,
     producer: ProducerInfo,
-) -> Vec<shale_raft::cluster::ProducedOffset> {
+) -> Vec<shale_raft::cluster::BatchAck> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut i = 0;
     loop {
@@ -91,7 +91,7 @@ async fn killing_a_partition_leader_mid_produce_loses_no_acknowledged_record() {
             let records = values.iter().map(|v| record("k", v)).collect();
             let offsets = produce_anywhere(&nodes, records, ProducerInfo { producer_id: 9, base_sequence: seq }).await;
             seq += 5;
-            let _ = acks_tx.send(offsets.iter().map(|o| o.offset).zip(values).collect());
+            let _ = acks_tx.send(per_record(&offsets).iter().map(|o| o.offset).zip(values).collect());
         }
     });
     let mut acked: Vec<(u64, String)> = Vec::new();
@@ -123,6 +123,7 @@ async fn killing_a_partition_leader_mid_produce_loses_no_acknowledged_record() {
         .await;
         check_no_acknowledged_record_lost(id, &acked, &got);
         check_each_sequence_visible_once(id, &got);
+        check_offsets_dense(id, &got);
     }
     // The old leader comes back, catches up, and every replica agrees on every chain hash.
     c.restart(leader).await;
@@ -141,6 +142,13 @@ fn check_no_acknowledged_record_lost(node: NodeId, acked: &[(u64, String)], serv
     for (offset, value) in acked {
         assert_eq!(served.get(offset), Some(value), "node {node} lost or changed acknowledged offset {offset}");
     }
+}
+
+/// Dense offsets: the records served are at offsets 0, 1, 2, ... without a gap, across the leader
+/// change and its blank entry.
+fn check_offsets_dense(node: NodeId, served: &BTreeMap<u64, String>) {
+    let offsets: Vec<u64> = served.keys().copied().collect();
+    assert_eq!(offsets, (0..served.len() as u64).collect::<Vec<_>>(), "node {node}: offsets have gaps");
 }
 
 /// Exactly-once: no value (each carries its producer sequence) is visible twice.

@@ -25,6 +25,11 @@ fn small_segments_in_memory() -> Setup {
     setup
 }
 
+/// A fetch of partition `partition` at offset 0 that does not wait.
+fn fetch_at(topic: &str, partition: u32) -> FetchRequest {
+    FetchRequest { topic: topic.into(), partition, offset: 0, from_index: None, max_bytes: 1024, wait: Duration::ZERO }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_again_is_a_no_op_and_transfer_leader_moves_leadership() {
     let mut setup = Setup::new(3);
@@ -56,7 +61,7 @@ async fn bootstrap_again_is_a_no_op_and_transfer_leader_moves_leadership() {
     // After the preferred-leader delay, leadership returns to the preferred replica.
     assert_eq!(c.settled_leaders("moving").await, vec![preferred]);
     let all = c.read_all(preferred, "moving", 0).await;
-    assert_eq!(all.last().map(|r| r.offset), Some(acked[0].offset));
+    assert_eq!(all.last().map(|r| r.offset), Some(acked[0].base_offset));
     c.shutdown().await;
 }
 
@@ -110,7 +115,7 @@ async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
     for r in &p0.replicas {
         wait_for("replica holds both records", || async {
             let offsets: Vec<u64> = c.try_read_all(*r, "wide", 0).await.ok()?.iter().map(|x| x.offset).collect();
-            (offsets == vec![before[0].offset, after[0].offset]).then_some(())
+            (offsets == vec![before[0].base_offset, after[0].base_offset]).then_some(())
         })
         .await;
     }
@@ -131,7 +136,7 @@ async fn retention_purges_old_segments_only_below_a_snapshot() {
     let mut acked = Vec::new();
     for batch in 0..20 {
         let records = (0..10).map(|i| record("k", &format!("{batch:03}-{i:03}-{}", "x".repeat(400)))).collect();
-        acked.extend(c.produce("short", 0, records, None).await.expect("produce"));
+        acked.extend(per_record(&c.produce("short", 0, records, None).await.expect("produce")));
     }
     let last = acked.last().expect("acked").offset;
     // One replica compacts on demand; the others through the retention loop.
@@ -152,8 +157,14 @@ async fn retention_purges_old_segments_only_below_a_snapshot() {
         })
         .await;
         // Below the log start is out of range and says where the log starts; above it everything is there.
-        let req =
-            FetchRequest { topic: "short".into(), partition: 0, offset: 0, max_bytes: 1024, wait: Duration::ZERO };
+        let req = FetchRequest {
+            topic: "short".into(),
+            partition: 0,
+            offset: 0,
+            from_index: None,
+            max_bytes: 1024,
+            wait: Duration::ZERO,
+        };
         match c.node(id).fetch(req).await {
             Err(ClusterError::OffsetOutOfRange { start: s, .. }) => assert!(s >= start),
             other => panic!("node {id}: {other:?}"),
@@ -181,7 +192,8 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     c.settled_leaders("durable").await;
     let producer = ProducerInfo { producer_id: 5, base_sequence: 0 };
     let batch: Vec<_> = (0..10).map(|i| record("k", &format!("v{i}"))).collect();
-    let acked = c.produce("durable", 1, batch.clone(), Some(producer)).await.expect("produce");
+    let acked_batches = c.produce("durable", 1, batch.clone(), Some(producer)).await.expect("produce");
+    let acked = per_record(&acked_batches);
     // Snapshot one replica so that its restart restores from a snapshot, not only from the log.
     c.node(1).checkpoint("durable", 1).await.expect("checkpoint");
     let ml = c.metadata_leader().await;
@@ -207,7 +219,7 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     }
     // The dedup table survived: the retry answers the original offsets and writes nothing.
     let retry = c.produce("durable", 1, batch, Some(producer)).await.expect("retry");
-    assert_eq!(retry, acked);
+    assert_eq!(retry, acked_batches);
     let ml = c.metadata_leader().await;
     let offsets = wait_for("offsets readable", || async { c.node(ml).fetch_offsets("g").await.ok() }).await;
     assert_eq!(offsets.len(), 1);
@@ -242,7 +254,7 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
     for id in c.running() {
         wait_for("the batch is purged on the running replicas", || async {
             let out = c.node(id).compact("snap", 0).await.ok()?;
-            (out.log_start_after > first[2].offset).then_some(())
+            (out.log_start_after > first[0].entry_index).then_some(())
         })
         .await;
     }
@@ -252,9 +264,32 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
     let (_, end) = c.node(leader).end_offsets("snap", 0).await.expect("end offsets");
     wait_for("the lagging replica caught up from a snapshot", || async {
         let s = c.node(lagging).local_partition_state("snap", 0).ok()?;
-        (s.high_watermark? >= end && s.log_start? > first[2].offset).then_some(())
+        // A fetch finds (and caches) the record offset the replica's log starts at.
+        let start = match c.node(lagging).fetch(fetch_at("snap", 0)).await {
+            Err(ClusterError::OffsetOutOfRange { start, .. }) => start,
+            _ => return None,
+        };
+        (s.high_watermark? >= end && start > first[0].base_offset + 2 && s.log_start == Some(start)).then_some(start)
     })
     .await;
+    // It serves fetches by offset from its own log, from its log start on, as the leader does
+    // (records written after the snapshot it installed).
+    let start = c.node(lagging).local_partition_state("snap", 0).expect("state").log_start.expect("log start");
+    assert!(start <= end);
+    for b in 0..3 {
+        let records = (0..10).map(|i| record("g", &format!("after-{b}-{i}"))).collect();
+        c.produce("snap", 0, records, None).await.expect("more");
+    }
+    wait_for("the lagging replica applied the new records", || async {
+        (c.node(lagging).local_partition_state("snap", 0).ok()?.high_watermark? >= end + 30).then_some(())
+    })
+    .await;
+    let mid = end + 15;
+    let from_lagging = c.read_all_from(lagging, "snap", 0, mid).await;
+    assert_eq!(from_lagging.first().map(|r| r.offset), Some(mid), "a record in the middle of a batch");
+    assert_eq!(from_lagging.len(), 15);
+    assert_eq!(from_lagging.first().map(|r| r.value.clone()), Some(Bytes::from_static(b"after-1-5")));
+    assert_eq!(from_lagging, c.read_all_from(leader, "snap", 0, mid).await);
     c.node(leader).transfer_leader("snap", 0, lagging).await.expect("transfer");
     wait_for("the restored replica leads", || async {
         (c.wait_partition_leaders("snap").await == vec![lagging]).then_some(())
@@ -263,7 +298,7 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
     // Its dedup table came with the snapshot: the retry is recognised, not written again.
     match c.node(lagging).produce("snap", 0, batch, Some(producer)).await {
         Err(ClusterError::DuplicateOfPurgedRecord { producer_id: 42, sequence: 0, offset }) => {
-            assert_eq!(offset, first[0].offset)
+            assert_eq!(offset, first[0].base_offset)
         }
         other => panic!("expected the retry to be recognised, got {other:?}"),
     }
@@ -271,6 +306,6 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
         .node(lagging)
         .produce("snap", 0, vec![record("k", "new")], Some(ProducerInfo { producer_id: 42, base_sequence: 3 }))
         .await;
-    assert!(fresh.expect("next sequence")[0].offset > end);
+    assert_eq!(fresh.expect("next sequence")[0].base_offset, end + 30, "dense offsets across the leader change");
     c.shutdown().await;
 }

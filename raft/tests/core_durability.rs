@@ -90,5 +90,5 @@ async fn appended_entries_are_the_storage_records_and_survive_reopen() {
     assert_eq!(log.log_start().unwrap(), 0);
     let app = log.read_for_app(0, 50, usize::MAX).unwrap();
     assert_eq!(app.len(), 50);
-    assert_eq!(app[3].payload.as_deref(), Some(&b"record 3"[..]));
+    assert_eq!(app[3].payload().as_deref(), Some(&b"record 3"[..]));
 }

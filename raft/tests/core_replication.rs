@@ -19,7 +19,7 @@ async fn read_all(c: &TestCluster, id: u64, from: u64) -> Vec<(u64, Option<Bytes
         for e in page {
             assert_eq!(e.index, at, "read pages are contiguous");
             assert_eq!(e.chain_hash, g.chain_hash_at(e.index).unwrap());
-            out.push((e.index, e.payload));
+            out.push((e.index, e.payload()));
             at += 1;
         }
     }

@@ -33,7 +33,7 @@
 //! | layer | limit | value | derivation |
 //! |---|---|---|---|
 //! | node (edge) | `limits.max_record_bytes`: key + value + header names and values | default [`DEFAULT_RECORD_BYTES`] (1 MiB), at most [`MAX_RECORD_BYTES`] (4 MiB) | configured |
-//! | cluster record encoding | one Raft entry payload | <= [`MAX_RECORD_BYTES`] + the record layout's framing (at most [`MAX_HEADERS`] headers: about 1.6 KiB) | asserted in shale-raft's `cluster::layout` |
+//! | cluster record batch | one Raft entry payload: a request's records are split into batches of about [`BATCH_TARGET_BYTES`] (1 MiB) | a one-record batch is <= [`MAX_RECORD_BYTES`] + the batch and record framing (at most [`MAX_HEADERS`] headers: about 1.6 KiB) | asserted in `record_batch` (`MAX_SINGLE_RECORD_BATCH_BYTES`) |
 //! | Raft group | [`RAFT_PAYLOAD_BYTES`] (8 MiB - 1 KiB) | [`STORAGE_RECORD_BYTES`] - [`RAFT_ENTRY_RESERVE_BYTES`] | room for the Raft entry header (26 bytes, asserted in shale-raft's `format`) |
 //! | storage | [`STORAGE_RECORD_BYTES`] (8 MiB) | 2 x [`MAX_RECORD_BYTES`] | the largest encoded record with room to spare |
 //!
@@ -54,6 +54,11 @@ pub const MAX_HEADER_NAME_BYTES: usize = 1024;
 pub const DEFAULT_BATCH_RECORDS: usize = 10_000;
 /// Hard maximum of `limits.max_batch_records`.
 pub const MAX_RECORDS_PER_PRODUCE: usize = 10_000;
+
+/// A partition leader splits a produce request into record batches of about this many bytes of
+/// records (one Raft entry each; a larger record is a batch of its own), so entries stay small
+/// enough to replicate and cache in pieces whatever the request size.
+pub const BATCH_TARGET_BYTES: usize = 1 << 20;
 
 /// Default of `limits.max_request_bytes`: one encoded gRPC request.
 pub const DEFAULT_REQUEST_BYTES: usize = 16 << 20;
@@ -104,6 +109,7 @@ const _: () = assert!(DEFAULT_BATCH_RECORDS <= MAX_RECORDS_PER_PRODUCE);
 const _: () = assert!(DEFAULT_PARTITIONS_PER_TOPIC <= MAX_PARTITIONS);
 const _: () = assert!(DEFAULT_FETCH_WAIT_MS as u64 <= MAX_FETCH_WAIT_MS);
 const _: () = assert!(DEFAULT_REQUEST_BYTES >= DEFAULT_RECORD_BYTES);
+const _: () = assert!(BATCH_TARGET_BYTES + MAX_RECORD_BYTES <= RAFT_PAYLOAD_BYTES);
 const _: () = assert!(STORAGE_RECORD_BYTES <= STORAGE_BATCH_BYTES);
 // The storage's own validity bound on `max_record_bytes` (`StorageOptions::validate`).
 const _: () = assert!(STORAGE_RECORD_BYTES <= u32::MAX as usize / 2);

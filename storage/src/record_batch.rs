@@ -218,6 +218,9 @@ pub enum BatchError {
 /// Encodes `records` (at least one, each within [`limits::MAX_RECORD_BYTES`] as the node's edge
 /// checked) as a batch at `base_offset`, compressing the records block with `codec` when that makes
 /// it smaller. The leader may later move the batch with [`set_base_offset`].
+///
+/// The records are written once, straight into the batch buffer (their bytes are copied exactly
+/// once from the caller's buffers); a smaller compressed block then replaces them in place.
 pub fn encode_batch(
     records: &[NewRecord],
     base_offset: u64,
@@ -227,37 +230,49 @@ pub fn encode_batch(
     debug_assert!(!records.is_empty() && records.len() <= u32::MAX as usize, "{} records", records.len());
     let raw_len: usize = records.iter().map(NewRecord::encoded_len).sum();
     debug_assert!(raw_len <= u32::MAX as usize);
-    let mut block = ByteWriter::with_capacity(raw_len);
-    for r in records {
-        debug_assert!(r.headers.len() <= limits::MAX_HEADERS);
-        block.u8(if r.key.is_some() { RECORD_HAS_KEY } else { 0 }).u64(r.timestamp_ms);
-        if let Some(key) = &r.key {
-            block.bytes32(key);
-        }
-        block.u16(r.headers.len() as u16);
-        for (name, value) in &r.headers {
-            block.str16(name).bytes32(value);
-        }
-        block.bytes32(&r.value);
-    }
-    let block = block.finish();
-    debug_assert_eq!(block.len(), raw_len);
-    let (codec_id, compressed) = compress_payload(codec, &block);
-    let stored: &[u8] = compressed.as_deref().unwrap_or(&block);
     let first_ts = records[0].timestamp_ms;
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(first_ts);
     let (flags, (producer_id, base_sequence)) = match producer {
         Some(p) => (FLAG_PRODUCER, p),
         None => (0, (0, 0)),
     };
-    let mut w = ByteWriter::with_capacity(HEADER_LEN + stored.len());
+    let mut w = ByteWriter::with_capacity(HEADER_LEN + raw_len);
     w.u16(MAGIC).u8(VERSION).u8(flags).u64(base_offset).u32(records.len() as u32);
     w.u64(producer_id).u64(base_sequence).u64(first_ts).u64(max_ts);
-    w.u8(codec_id.0).u32(raw_len as u32).u32(stored.len() as u32);
+    // Codec and stored length are filled in below, once the block's fate is known.
+    w.u8(CodecId::NONE.0).u32(raw_len as u32).u32(raw_len as u32);
     debug_assert_eq!(w.len(), HEADER_LEN);
-    w.raw(stored);
-    w.finish()
+    for r in records {
+        debug_assert!(r.headers.len() <= limits::MAX_HEADERS);
+        w.u8(if r.key.is_some() { RECORD_HAS_KEY } else { 0 }).u64(r.timestamp_ms);
+        if let Some(key) = &r.key {
+            w.bytes32(key);
+        }
+        w.u16(r.headers.len() as u16);
+        for (name, value) in &r.headers {
+            w.str16(name).bytes32(value);
+        }
+        w.bytes32(&r.value);
+    }
+    let mut batch = w.finish();
+    debug_assert_eq!(batch.len(), HEADER_LEN + raw_len);
+    if let (codec_id, Some(compressed)) = compress_payload(codec, &batch[HEADER_LEN..]) {
+        batch.truncate(HEADER_LEN);
+        batch.extend_from_slice(&compressed);
+        batch[CODEC_AT] = codec_id.0;
+        batch[STORED_LEN_AT..STORED_LEN_AT + 4].copy_from_slice(&(compressed.len() as u32).to_le_bytes());
+    }
+    batch
 }
+
+/// The largest batch one record within the limits makes: a record of [`limits::MAX_RECORD_BYTES`]
+/// of key, value and header bytes, with a key and the most headers, stored uncompressed.
+pub const MAX_SINGLE_RECORD_BATCH_BYTES: usize =
+    HEADER_LEN + RECORD_FRAMING + 4 + limits::MAX_HEADERS * HEADER_FRAMING + limits::MAX_RECORD_BYTES;
+
+// A batch of one record at the edge's largest `max_record_bytes` fits one Raft payload (the table
+// in `limits`), so the leader can always store a record, however it splits a request into batches.
+const _: () = assert!(MAX_SINGLE_RECORD_BATCH_BYTES <= limits::RAFT_PAYLOAD_BYTES);
 
 /// Rewrites the base offset of an encoded batch in place.
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
@@ -388,7 +403,7 @@ mod tests {
 
     fn record(i: usize, size: usize) -> NewRecord {
         NewRecord {
-            key: (i % 3 != 0).then(|| Bytes::from(format!("key-{i}"))),
+            key: (!i.is_multiple_of(3)).then(|| Bytes::from(format!("key-{i}"))),
             value: Bytes::from(format!("value {i} ").repeat(size / 8 + 1)),
             headers: (0..i % 4).map(|h| (format!("h{h}"), Bytes::from(vec![h as u8; h]))).collect(),
             timestamp_ms: 1_700_000_000_000 + (i as u64 * 7) % 13,

@@ -114,7 +114,8 @@ pub struct ProducerInfo {
     /// Chosen by the producer; unique per producer session.
     pub producer_id: u64,
     /// Sequence of the batch's first record. Sequences of one producer follow each other without
-    /// a gap: a batch that skips ahead is refused ([`ClusterError::SequenceGap`]).
+    /// a gap: a batch that skips ahead waits (bounded) for the batches before it, then is refused
+    /// ([`ClusterError::SequenceGap`]).
     pub base_sequence: u64,
 }
 
@@ -142,42 +143,53 @@ impl ProduceRecord {
     }
 }
 
-/// Where a produced record landed.
+/// Where one stored batch of a produce landed (one per Raft entry the produce wrote, in order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProducedOffset {
-    /// Its offset (the Raft log index of its entry).
-    pub offset: u64,
-    /// The storage chain hash at that offset (all replicas agree on it).
+pub struct BatchAck {
+    /// Offset of the batch's first record; record `i` of the batch has offset `base_offset + i`.
+    pub base_offset: u64,
+    /// Records in the batch.
+    pub record_count: u32,
+    /// The Raft log index of the entry holding the batch (its storage offset).
+    pub entry_index: u64,
+    /// The storage chain hash of that entry (all replicas agree on it).
     pub chain_hash: ChainHash,
 }
 
-/// One committed record, as a consumer sees it.
+/// One stored log entry, as a fetch returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConsumedRecord {
-    /// Its offset. Offsets increase but have gaps (Raft's own entries and duplicates are skipped).
-    pub offset: u64,
-    /// The storage chain hash at that offset.
-    pub chain_hash: ChainHash,
-    /// Key, if produced with one.
-    pub key: Option<Bytes>,
-    /// Value (decompressed).
-    pub value: Bytes,
-    /// Headers, in produce order.
-    pub headers: Vec<(String, Bytes)>,
-    /// Timestamp, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
+pub struct FetchedEntry {
+    /// Its Raft log index (storage offset).
+    pub index: u64,
+    /// The stored entry payload, envelope included: exactly what the chain hash covers
+    /// (`chain_hash(index, previous hash, data)`), shared with the storage read, not re-encoded.
+    /// A normal entry's body (after the envelope) is a record batch.
+    pub data: Bytes,
+    /// Whether this is a hidden batch (a duplicate, refused or undecodable one): its records are
+    /// not part of the partition. Blank and membership entries have `hidden == false`; a client
+    /// skips them by their kind byte.
+    pub hidden: bool,
 }
 
 /// The answer to a fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchResult {
-    /// Committed records from the requested offset, in offset order (possibly empty).
-    pub records: Vec<ConsumedRecord>,
-    /// First offset still held by the replica that answered.
+    /// Consecutive log entries (no index gaps), from the requested start, up to about `max_bytes`
+    /// (at least one visible batch when any has records at or past the requested offset).
+    pub entries: Vec<FetchedEntry>,
+    /// The storage chain hash of the entry before the first one returned (`None` when the first
+    /// is index 0, or nothing was returned): a client recomputes every entry's hash from it.
+    pub prev_chain_hash: Option<ChainHash>,
+    /// First record offset the replica that answered still holds.
     pub log_start: u64,
-    /// One past the last committed record the replica that answered has applied. A consumer that
-    /// has read everything continues from here.
+    /// One past the last record the replica that answered has applied (its next record offset).
     pub high_watermark: u64,
+    /// The record offset to fetch next: one past the last record returned (the requested offset
+    /// if no record at or past it was returned).
+    pub next_offset: u64,
+    /// The log index to continue from (`FetchRequest::from_index` of the next fetch): one past the
+    /// last entry returned.
+    pub next_index: u64,
 }
 
 /// What a fetch asks for.
@@ -187,9 +199,13 @@ pub struct FetchRequest {
     pub topic: String,
     /// Partition number.
     pub partition: u32,
-    /// First offset wanted (a gap offset reads from the next record).
+    /// First record offset wanted (it may lie inside a batch: the batch is returned whole).
     pub offset: u64,
-    /// About this many bytes of values and keys at most (always at least one record if any).
+    /// Start at this log index instead of at the entry holding `offset` (a consumer continuing
+    /// from the previous answer's `next_index`, so the entries it gets chain on from the ones it
+    /// has). Must be at or above the log start and at or below the entry holding `offset`.
+    pub from_index: Option<u64>,
+    /// About this many bytes of entries at most (always at least one batch if any).
     pub max_bytes: usize,
     /// If nothing is available, wait up to this long for new commits (at most
     /// `limits::MAX_FETCH_WAIT_MS`: the node caps it at its `limits.max_wait_ms`).
@@ -256,7 +272,7 @@ pub struct ClusterStatus {
     pub partitions: Vec<GroupStatus>,
 }
 
-/// What compacting a partition did.
+/// What compacting a partition did (in log indexes: retention works on whole entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompactOutcome {
     /// The snapshot (checkpoint) the purge was bounded by: records below it are covered.
@@ -369,7 +385,7 @@ pub enum ClusterError {
         /// Members available.
         available: u32,
     },
-    /// The fetch offset is outside what the replica holds.
+    /// The fetch offset (a record offset) is outside what the replica holds.
     #[error("offset {requested} is out of range [{start}, {end}]")]
     OffsetOutOfRange {
         /// The offset asked for.
@@ -404,8 +420,28 @@ pub enum ClusterError {
         /// The sequence the partition expects next from the producer.
         expected: u64,
     },
-    /// An idempotent retry: the record was already written (it is durable at `offset`), but that
-    /// offset has since been purged by retention, so its chain hash can no longer be reported.
+    /// The partition refused a batch this leader proposed, because the leader's prediction of
+    /// the partition's next offset or of a producer's sequence was out of date (a leader change
+    /// or an earlier failed proposal). Nothing of that batch was written; the leader resyncs
+    /// before its next proposal. Retryable: send the request again.
+    #[error("the partition refused a proposed batch at log index {entry_index}: {reason}; retry")]
+    ProposalRefused {
+        /// The log index of the refused entry.
+        entry_index: u64,
+        /// Why.
+        reason: ProposalRefusal,
+    },
+    /// A fetch's `from_index` is not a log index this replica can serve from.
+    #[error("fetch from log index {requested}: {reason}")]
+    InvalidFromIndex {
+        /// The index asked for.
+        requested: u64,
+        /// Why it cannot be served.
+        reason: FromIndexProblem,
+    },
+    /// An idempotent retry: the batch was already written (its first record is durable at
+    /// `offset`), but its entry has since been purged by retention, so its chain hash can no
+    /// longer be reported.
     #[error(
         "producer {producer_id}: sequence {sequence} was already written at offset {offset}, since purged by retention"
     )]
@@ -467,6 +503,69 @@ pub enum ClusterError {
         what: &'static str,
         /// Why it failed.
         reason: String,
+    },
+}
+
+/// Why a partition refused a batch its leader proposed ([`ClusterError::ProposalRefused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalRefusal {
+    /// The batch was numbered from a stale next offset.
+    #[error("base offset {proposed} is not the partition's next offset {expected}")]
+    OffsetMismatch {
+        /// The base offset the leader gave the batch.
+        proposed: u64,
+        /// The partition's next offset.
+        expected: u64,
+    },
+    /// The batch skips sequences of its producer.
+    #[error("producer {producer_id}: sequence {sequence} skips ahead of {expected}")]
+    OutOfSequence {
+        /// The producer.
+        producer_id: u64,
+        /// The batch's first sequence.
+        sequence: u64,
+        /// The sequence the partition expects next.
+        expected: u64,
+    },
+    /// The partition could not read the batch (a bug of the leader that encoded it).
+    #[error("the entry is not a record batch")]
+    Invalid,
+    /// The outcome said the producer already wrote the batch, where the leader predicted new
+    /// sequences (its prediction was stale).
+    #[error("producer {producer_id}: sequence {sequence} was already written")]
+    UnexpectedDuplicate {
+        /// The producer.
+        producer_id: u64,
+        /// The batch's first sequence.
+        sequence: u64,
+    },
+}
+
+/// Why a fetch's `from_index` cannot be served ([`ClusterError::InvalidFromIndex`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FromIndexProblem {
+    /// Below the replica's log start (purged): fetch by offset instead.
+    #[error("below the log start index {log_start}")]
+    BelowLogStart {
+        /// The first log index held.
+        log_start: u64,
+    },
+    /// Past the entry holding the requested offset: the entry at `batch_index` already starts
+    /// past it.
+    #[error("past the entry holding offset {offset} (the batch at index {batch_index} starts at offset {base_offset})")]
+    PastOffset {
+        /// The requested offset.
+        offset: u64,
+        /// A batch at or after `from_index`.
+        batch_index: u64,
+        /// Its base offset (above `offset`).
+        base_offset: u64,
+    },
+    /// Past the last entry applied here.
+    #[error("past the last applied index {applied:?}")]
+    PastApplied {
+        /// The last applied index (`None`: nothing applied).
+        applied: Option<u64>,
     },
 }
 

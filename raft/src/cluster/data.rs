@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use shale_storage::{ChainHash, ChainVerification, Offset, StorageError};
+use shale_storage::record_batch::{self, NewRecord};
+use shale_storage::{ChainHash, ChainVerification, Codec, Offset, StorageError};
 
-use super::partition::{ApplyOutcome, decode_record, encode_record};
-use super::{Cluster, LocalPartition, high_watermark};
+use super::partition::{ApplyOutcome, BatchPosition};
+use super::proposer::{Predicted, Proposal, UnplacedBatch};
+use super::{Cluster, LocalPartition};
 use crate::RaftError;
 use crate::cluster::api::*;
 
@@ -36,8 +37,8 @@ impl Cluster {
             partition,
             replicas: self.assignment(topic, partition).map(|a| a.replicas).unwrap_or_default(),
             leader: local.group.leader().map(|(id, node)| (id, node.addr)),
-            log_start: Some(local.group.log_start()?),
-            high_watermark: Some(high_watermark(&local.group)),
+            log_start: local.cached_log_start()?,
+            high_watermark: Some(local.high_watermark()),
         })
     }
 
@@ -64,19 +65,23 @@ impl Cluster {
         }
     }
 
-    /// Appends records (one Raft entry each) and returns once a majority has them. With
-    /// `producer`, record `i` has sequence `base_sequence + i`, and a retry is written once: its
-    /// reply carries the original offsets; a batch that skips sequences is refused
-    /// ([`ClusterError::SequenceGap`], nothing written). Partition leader only. The records must be within the
-    /// limits ([`limits::RecordSize::check`], 1..=[`limits::MAX_RECORDS_PER_PRODUCE`] of them),
-    /// which the node checks at its edge; this asserts them.
+    /// Appends records and returns once a majority has them: one [`BatchAck`] per stored batch,
+    /// in order. The records are stored as one record batch per Raft entry (a request larger than
+    /// about [`limits::BATCH_TARGET_BYTES`] of records is split into consecutive batches, proposed
+    /// together), and get consecutive dense offsets. With `producer`, record `i` has sequence
+    /// `base_sequence + i`, and a retry is written once: it is answered with the original batches.
+    /// A batch whose sequences are ahead of what its producer wrote waits (up to half the request
+    /// timeout) for the batches before it, then is refused ([`ClusterError::SequenceGap`], nothing
+    /// written). Partition leader only. The records must be within the limits
+    /// ([`limits::RecordSize::check`], 1..=[`limits::MAX_RECORDS_PER_PRODUCE`] of them), which the
+    /// node checks at its edge; this asserts them. Record bytes are copied once, into the batch.
     pub async fn produce(
         &self,
         topic: &str,
         partition: u32,
         records: Vec<ProduceRecord>,
         producer: Option<ProducerInfo>,
-    ) -> Result<Vec<ProducedOffset>, ClusterError> {
+    ) -> Result<Vec<BatchAck>, ClusterError> {
         // The node checked the batch (and each record) against its limits at its edge.
         debug_assert!((1..=limits::MAX_RECORDS_PER_PRODUCE).contains(&records.len()), "{} records", records.len());
         if let Some(p) = producer
@@ -90,184 +95,309 @@ impl Cluster {
         let local = self.leading_partition(topic, partition)?;
         if let Some(p) = producer {
             let known = local.state.read().known_retry(p.producer_id, p.base_sequence, records.len());
-            if let Some(offsets) = known {
-                return offsets
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, offset)| self.produced(&local, offset, Some((p, i))))
-                    .collect();
+            if let Some(batches) = known {
+                return batches.into_iter().map(|b| self.acknowledged(&local, b, p)).collect();
             }
         }
         let codec = self.topic(topic)?.codec.codec();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let payloads = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let seq = producer.map(|p| (p.producer_id, p.base_sequence + i as u64));
-                Bytes::from(encode_record(r, r.timestamp_ms.unwrap_or(now_ms), seq, codec.as_ref()))
-            })
-            .collect();
-        let results =
-            tokio::time::timeout(self.timeout(), local.group.write_many(payloads)).await.map_err(|_| {
-                ClusterError::Timeout { what: "produce commit".into(), waited_ms: self.config.request_timeout_ms }
-            })??;
-        let mut out = Vec::with_capacity(results.len());
-        for (i, result) in results.into_iter().enumerate() {
-            let written = result?;
-            let offset = match ApplyOutcome::decode(&written.response)? {
-                ApplyOutcome::Appended { offset } => offset,
-                ApplyOutcome::Duplicate { original: Some(offset), .. } => offset,
-                ApplyOutcome::Duplicate { original: None, last_sequence } => {
+        let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
+        let proposal =
+            local.proposer.propose(&local.group, &local.state, batches, self.timeout() / 2, self.timeout()).await?;
+        let pending = match proposal {
+            Proposal::Retry(batches) => {
+                let p = producer.expect("only a producer's request is a retry");
+                return batches.into_iter().map(|b| self.acknowledged(&local, b, p)).collect();
+            }
+            Proposal::Pending(rx) => rx,
+        };
+        let settled = tokio::time::timeout(self.timeout(), pending)
+            .await
+            .map_err(|_| ClusterError::Timeout {
+                what: "produce commit".into(),
+                waited_ms: self.config.request_timeout_ms,
+            })?
+            .map_err(|_| ClusterError::Shutdown)?;
+        let mut acks = Vec::with_capacity(settled.len());
+        for s in settled {
+            let written = s.result?;
+            let refused = |reason| ClusterError::ProposalRefused { entry_index: written.index, reason };
+            let ack = match ApplyOutcome::decode(&written.response)? {
+                ApplyOutcome::Appended { base_offset, record_count } => {
+                    let position = BatchPosition { base_offset, record_count, entry_index: written.index };
+                    self.ack(&local, position)?
+                }
+                ApplyOutcome::Duplicate { original, last_sequence } => {
                     let p = producer.ok_or_else(|| ClusterError::Decode {
                         what: "produce reply",
-                        reason: "duplicate reported for a record without producer".into(),
+                        reason: "duplicate reported for a batch without producer".into(),
                     })?;
-                    return Err(ClusterError::DuplicateSequenceOutOfWindow {
-                        producer_id: p.producer_id,
-                        sequence: p.base_sequence + i as u64,
-                        last_sequence,
-                    });
+                    let sequence = p.base_sequence;
+                    if s.predicted != Predicted::Duplicate {
+                        return Err(refused(ProposalRefusal::UnexpectedDuplicate {
+                            producer_id: p.producer_id,
+                            sequence,
+                        }));
+                    }
+                    match original {
+                        Some(b) => self.acknowledged(&local, b, p)?,
+                        None => {
+                            return Err(ClusterError::DuplicateSequenceOutOfWindow {
+                                producer_id: p.producer_id,
+                                sequence,
+                                last_sequence,
+                            });
+                        }
+                    }
                 }
                 ApplyOutcome::OutOfSequence { expected } => {
-                    // A batch's sequences are consecutive, so only its first record can skip ahead,
-                    // and then every record does: none was written.
                     let p = producer.ok_or_else(|| ClusterError::Decode {
                         what: "produce reply",
-                        reason: "sequence gap reported for a record without producer".into(),
+                        reason: "sequence gap reported for a batch without producer".into(),
                     })?;
-                    return Err(ClusterError::SequenceGap {
+                    return Err(refused(ProposalRefusal::OutOfSequence {
                         producer_id: p.producer_id,
-                        sequence: p.base_sequence + i as u64,
+                        sequence: p.base_sequence,
                         expected,
-                    });
+                    }));
                 }
-                ApplyOutcome::Invalid => {
-                    return Err(ClusterError::Decode {
-                        what: "produced record",
-                        reason: format!("record {i} was refused at apply"),
-                    });
+                ApplyOutcome::OffsetMismatch { expected } => {
+                    let proposed = match s.predicted {
+                        Predicted::Appended { base_offset } => base_offset,
+                        Predicted::Duplicate => expected,
+                    };
+                    return Err(refused(ProposalRefusal::OffsetMismatch { proposed, expected }));
                 }
+                ApplyOutcome::Invalid => return Err(refused(ProposalRefusal::Invalid)),
             };
-            out.push(self.produced(&local, offset, producer.map(|p| (p, i)))?);
+            acks.push(ack);
         }
-        Ok(out)
+        Ok(acks)
     }
 
-    /// The acknowledgement of a record at `offset`; `retry` names the producer and the record's
-    /// position in its batch, for the error when a retried original was purged.
-    fn produced(
+    /// The acknowledgement of a batch written at `position`.
+    fn ack(&self, local: &LocalPartition, position: BatchPosition) -> Result<BatchAck, ClusterError> {
+        Ok(BatchAck {
+            base_offset: position.base_offset,
+            record_count: position.record_count,
+            entry_index: position.entry_index,
+            chain_hash: local.group.chain_hash_at(position.entry_index)?,
+        })
+    }
+
+    /// The acknowledgement of a retried batch originally written at `position` by producer `p`:
+    /// [`ClusterError::DuplicateOfPurgedRecord`] if its entry was purged since.
+    fn acknowledged(
         &self,
         local: &LocalPartition,
-        offset: u64,
-        retry: Option<(ProducerInfo, usize)>,
-    ) -> Result<ProducedOffset, ClusterError> {
-        match local.group.chain_hash_at(offset) {
-            Ok(chain_hash) => Ok(ProducedOffset { offset, chain_hash }),
-            Err(e) => match (out_of_range(&e), retry) {
-                (Some((log_start, _)), Some((p, i))) if offset < log_start => {
-                    Err(ClusterError::DuplicateOfPurgedRecord {
-                        producer_id: p.producer_id,
-                        sequence: p.base_sequence + i as u64,
-                        offset,
-                    })
+        position: BatchPosition,
+        p: ProducerInfo,
+    ) -> Result<BatchAck, ClusterError> {
+        self.ack(local, position).map_err(|e| match e {
+            ClusterError::Raft(ref r) if out_of_range(r).is_some_and(|(start, _)| position.entry_index < start) => {
+                ClusterError::DuplicateOfPurgedRecord {
+                    producer_id: p.producer_id,
+                    sequence: p.base_sequence,
+                    offset: position.base_offset,
                 }
-                _ => Err(e.into()),
-            },
-        }
+            }
+            e => e,
+        })
     }
 
-    /// Committed records from `req.offset` (applied on this replica). If none are there yet,
-    /// waits up to `req.wait` for new commits. Any replica serves it.
+    /// Stored entries from the one holding record `req.offset` (or from `req.from_index`), applied
+    /// on this replica, as stored (see [`FetchResult`]). If no record at or past `req.offset` is
+    /// applied yet, waits up to `req.wait` for one. Any replica serves it. Records are not decoded:
+    /// a batch is found from the sparse offset index and the batch headers.
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResult, ClusterError> {
         let local = self.local_partition(&req.topic, req.partition)?;
         let group = &local.group;
         // The node capped the wait at its `limits.max_wait_ms` (at most MAX_FETCH_WAIT_MS).
         debug_assert!(req.wait <= Duration::from_millis(limits::MAX_FETCH_WAIT_MS), "{:?}", req.wait);
-        let wait = req.wait;
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + req.wait;
         let max_bytes = req.max_bytes.max(1);
         let mut applied = group.subscribe_applied();
-        let start = group.log_start()?;
-        let hw = high_watermark(group);
-        if req.offset < start || req.offset > hw {
-            return Err(ClusterError::OffsetOutOfRange { requested: req.offset, start, end: hw });
+        let log_start = self.record_log_start(&local).await?;
+        let hw = local.high_watermark();
+        if req.offset < log_start || req.offset > hw {
+            return Err(ClusterError::OffsetOutOfRange { requested: req.offset, start: log_start, end: hw });
         }
-        let mut from = req.offset;
-        loop {
-            let hw = high_watermark(group);
-            if from < hw {
-                let entries = match group.read_committed(from, max_bytes).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        return Err(match out_of_range(&e) {
-                            Some((start, _)) => ClusterError::OffsetOutOfRange { requested: from, start, end: hw },
-                            None => e.into(),
-                        });
-                    }
-                };
-                if entries.is_empty() {
-                    // Nothing readable below the high watermark (cannot happen with a consistent
-                    // log; answer rather than spin).
-                    return Ok(FetchResult { records: Vec::new(), log_start: group.log_start()?, high_watermark: hw });
-                }
-                let mut records = Vec::new();
-                let mut bytes = 0usize;
-                for entry in entries {
-                    debug_assert!(entry.index >= from, "read_committed returns entries from `from` on");
-                    from = entry.index + 1;
-                    let Some(payload) = entry.payload else { continue };
-                    if !local.state.read().is_visible(entry.index) {
-                        continue;
-                    }
-                    let r = decode_record(&payload, &self.codecs)?;
-                    bytes += r.value.len() + r.key.as_ref().map_or(0, Bytes::len);
-                    records.push(ConsumedRecord {
-                        offset: entry.index,
-                        chain_hash: entry.chain_hash,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                        timestamp_ms: r.timestamp_ms,
-                    });
-                    if bytes >= max_bytes {
-                        break;
-                    }
-                }
-                if !records.is_empty() {
-                    return Ok(FetchResult {
-                        records,
-                        log_start: group.log_start()?,
-                        high_watermark: high_watermark(group),
-                    });
-                }
-                continue;
+        if let Some(from) = req.from_index {
+            let start = group.log_start()?;
+            if from < start {
+                return Err(ClusterError::InvalidFromIndex {
+                    requested: from,
+                    reason: FromIndexProblem::BelowLogStart { log_start: start },
+                });
             }
-            // Nothing visible in [req.offset, hw): long-poll for the next applied entry.
-            let need = from;
-            let woke = tokio::time::timeout_at(deadline, applied.wait_for(|a| a.is_some_and(|a| a + 1 > need))).await;
-            match woke {
-                Ok(Ok(_)) => continue,
+            let applied_index = group.applied_index();
+            if applied_index.is_none_or(|a| from > a + 1) {
+                return Err(ClusterError::InvalidFromIndex {
+                    requested: from,
+                    reason: FromIndexProblem::PastApplied { applied: applied_index },
+                });
+            }
+        }
+        loop {
+            applied.borrow_and_update();
+            if req.offset < local.high_watermark() {
+                return self.read_batches(&local, &req, max_bytes).await;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(ClusterError::Shutdown),
                 Err(_) => {
+                    // Nothing at or past the offset yet: every applied entry holds records below it.
+                    let next_index = req.from_index.unwrap_or_else(|| group.applied_index().map_or(0, |a| a + 1));
                     return Ok(FetchResult {
-                        records: Vec::new(),
-                        log_start: group.log_start()?,
-                        high_watermark: high_watermark(group),
+                        entries: Vec::new(),
+                        prev_chain_hash: None,
+                        log_start: self.record_log_start(&local).await?,
+                        high_watermark: local.high_watermark(),
+                        next_offset: req.offset,
+                        next_index,
                     });
                 }
             }
         }
     }
 
-    /// `(log_start, high_watermark)` of a partition, confirmed by read-index on its leader.
+    /// The entries of a fetch whose offset is below the high watermark (so the batch holding it is
+    /// applied here): from `from_index`, or from the entry holding the offset, found from the
+    /// sparse index (the closest point at or below, else the log start) and a scan of batch headers.
+    async fn read_batches(
+        &self,
+        local: &LocalPartition,
+        req: &FetchRequest,
+        max_bytes: usize,
+    ) -> Result<FetchResult, ClusterError> {
+        let group = &local.group;
+        let offset = req.offset;
+        let log_start_index = group.log_start()?;
+        // Without `from_index`, entries before the batch holding `offset` are skipped.
+        let (mut cursor, mut skipping) = match req.from_index {
+            Some(from) => (from, false),
+            None => {
+                let floor = local.state.read().index_floor(offset).map_or(log_start_index, |(_, i)| i);
+                (floor.max(log_start_index), true)
+            }
+        };
+        let mut entries = Vec::new();
+        let mut prev_chain_hash = None;
+        let mut bytes = 0usize;
+        let mut found = false;
+        let mut next_offset = offset;
+        let chunk = max_bytes.max(SCAN_CHUNK_BYTES);
+        'read: loop {
+            let read = group.read_committed(cursor, chunk).await.map_err(|e| match out_of_range(&e) {
+                Some((start, _)) => ClusterError::InvalidFromIndex {
+                    requested: cursor,
+                    reason: FromIndexProblem::BelowLogStart { log_start: start },
+                },
+                None => e.into(),
+            })?;
+            if read.is_empty() {
+                break;
+            }
+            for e in read {
+                debug_assert_eq!(e.index, cursor, "read_committed returns consecutive entries");
+                cursor = e.index + 1;
+                let batch = match e.payload() {
+                    Some(body) if local.state.read().is_visible(e.index) => {
+                        Some(record_batch::decode_header(&body).map_err(|err| ClusterError::Decode {
+                            what: "stored record batch",
+                            reason: err.to_string(),
+                        })?)
+                    }
+                    _ => None,
+                };
+                if let Some(h) = &batch
+                    && !found
+                {
+                    if h.base_offset > offset {
+                        return Err(ClusterError::InvalidFromIndex {
+                            requested: req.from_index.unwrap_or(e.index),
+                            reason: FromIndexProblem::PastOffset {
+                                offset,
+                                batch_index: e.index,
+                                base_offset: h.base_offset,
+                            },
+                        });
+                    }
+                    if h.end_offset() > offset {
+                        found = true;
+                        skipping = false;
+                    }
+                }
+                if skipping {
+                    continue;
+                }
+                if entries.is_empty() {
+                    prev_chain_hash = (e.index > 0).then_some(e.prev_hash);
+                }
+                if let Some(h) = &batch {
+                    next_offset = next_offset.max(h.end_offset());
+                }
+                bytes += e.data.len();
+                let hidden = e.kind == crate::format::entry::KIND_NORMAL && batch.is_none();
+                entries.push(FetchedEntry { index: e.index, data: e.data, hidden });
+                if found && bytes >= max_bytes {
+                    break 'read;
+                }
+            }
+        }
+        let next_index = entries.last().map_or(cursor, |e| e.index + 1);
+        Ok(FetchResult {
+            entries,
+            prev_chain_hash,
+            log_start: self.record_log_start(local).await?,
+            high_watermark: local.high_watermark(),
+            next_offset,
+            next_index,
+        })
+    }
+
+    /// The first record offset this replica holds: the base offset of the first visible batch at
+    /// or after the log start index (the next offset if there is none). Cached per log start.
+    pub(super) async fn record_log_start(&self, local: &LocalPartition) -> Result<u64, ClusterError> {
+        let start_index = local.group.log_start()?;
+        if start_index == 0 {
+            return Ok(0);
+        }
+        if let Some((index, offset)) = *local.log_start_offset.lock()
+            && index == start_index
+        {
+            return Ok(offset);
+        }
+        let mut cursor = start_index;
+        let offset = loop {
+            let read = local.group.read_committed(cursor, SCAN_CHUNK_BYTES).await?;
+            let Some(last) = read.last() else { break local.high_watermark() };
+            cursor = last.index + 1;
+            let first = read.iter().find_map(|e| {
+                let body = e.payload()?;
+                local.state.read().is_visible(e.index).then(|| record_batch::decode_header(&body))
+            });
+            match first {
+                Some(Ok(h)) => break h.base_offset,
+                Some(Err(e)) => {
+                    return Err(ClusterError::Decode { what: "stored record batch", reason: e.to_string() });
+                }
+                None => continue,
+            }
+        };
+        *local.log_start_offset.lock() = Some((start_index, offset));
+        Ok(offset)
+    }
+
+    /// `(log_start, high_watermark)` of a partition in record offsets, confirmed by read-index on
+    /// its leader.
     pub async fn end_offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
         let local = self.leading_partition(topic, partition)?;
-        let applied =
-            tokio::time::timeout(self.timeout(), local.group.ensure_linearizable()).await.map_err(|_| {
-                ClusterError::Timeout { what: "partition read-index".into(), waited_ms: self.config.request_timeout_ms }
-            })??;
-        Ok((local.group.log_start()?, high_watermark(&local.group).max(applied + 1)))
+        tokio::time::timeout(self.timeout(), local.group.ensure_linearizable()).await.map_err(|_| {
+            ClusterError::Timeout { what: "partition read-index".into(), waited_ms: self.config.request_timeout_ms }
+        })??;
+        Ok((self.record_log_start(&local).await?, local.high_watermark()))
     }
 
     /// Moves a partition's leadership to `to` (one of its replicas). Partition leader only.
@@ -298,11 +428,13 @@ impl Cluster {
         let snapshot_index = local.group.trigger_snapshot(self.timeout()).await?.unwrap_or(0);
         let log_start_after =
             self.bounded("retention purge", local.group.enforce_retention(self.timeout() / 2)).await?;
-        local.state.write().prune_hidden_below(log_start_after);
+        local.state.write().prune_below(log_start_after);
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }
 
-    /// This replica's chain hash at `offset` (the node compares every replica's answer).
+    /// This replica's chain hash of the log entry at log index `offset` (not a record offset: chain
+    /// hashes are per entry; the node compares every replica's answer). Outside the log:
+    /// `OffsetOutOfRange` with the log's index bounds.
     pub fn verify(&self, topic: &str, partition: u32, offset: u64) -> Result<ChainHash, ClusterError> {
         let local = self.local_partition(topic, partition)?;
         match local.group.chain_hash_at(offset) {
@@ -316,9 +448,10 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Re-reads this replica's records `[from, to)` of a partition's log from storage (CRCs,
-    /// offsets, chain links from the hash before `from`) and returns the chain hash of record
-    /// `to - 1`. Damage is `ClusterError::Storage(StorageError::Corruption { .. })` naming the
+    /// Re-reads this replica's log entries at log indexes `[from, to)` of a partition's log from
+    /// storage (CRCs, offsets, chain links from the hash before `from`) and returns the chain hash
+    /// of entry `to - 1`. Speaks log indexes, not record offsets (a scrub compares replicas entry
+    /// by entry, Raft's own entries included). Damage is `ClusterError::Storage(StorageError::Corruption { .. })` naming the
     /// first bad offset; a range the replica does not hold is `OffsetOutOfRange`. Runs on the
     /// blocking pool: it reads the whole range.
     pub async fn verify_range(
@@ -357,4 +490,74 @@ fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
         }
         _ => None,
     }
+}
+
+/// Bytes read per step while scanning for the batch holding an offset (or the log start's first
+/// record).
+const SCAN_CHUNK_BYTES: usize = 256 << 10;
+
+/// Splits a request's records into batches of about [`limits::BATCH_TARGET_BYTES`] of records (a
+/// record larger than that is a batch of its own) and encodes each (base offset 0 until the
+/// proposer places it). Deterministic in the records, so a retry of a request splits the same way.
+/// Each record's bytes are copied once, into its batch.
+fn split_into_batches(
+    records: Vec<ProduceRecord>,
+    producer: Option<ProducerInfo>,
+    now_ms: u64,
+    codec: &dyn Codec,
+) -> Vec<UnplacedBatch> {
+    let mut batches = Vec::new();
+    let mut current: Vec<NewRecord> = Vec::new();
+    let mut current_bytes = 0usize;
+    let mut sequence = producer.map(|p| p.base_sequence);
+    let mut flush = |current: &mut Vec<NewRecord>| {
+        let record_count = current.len() as u32;
+        let seq = producer.zip(sequence).map(|(p, s)| (p.producer_id, s));
+        let bytes = record_batch::encode_batch(current, 0, seq, codec);
+        debug_assert!(bytes.len() <= limits::RAFT_PAYLOAD_BYTES, "a batch of {} bytes", bytes.len());
+        if let Some(s) = sequence.as_mut() {
+            *s += u64::from(record_count);
+        }
+        batches.push(UnplacedBatch { bytes, record_count, producer: seq });
+        current.clear();
+    };
+    for r in records {
+        debug_assert_eq!(r.size().check(limits::MAX_RECORD_BYTES), Ok(()), "a record past the edge's limits");
+        let record = NewRecord {
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            timestamp_ms: r.timestamp_ms.unwrap_or(now_ms),
+        };
+        let len = record.encoded_len();
+        if !current.is_empty() && current_bytes + len > limits::BATCH_TARGET_BYTES {
+            flush(&mut current);
+            current_bytes = 0;
+        }
+        current_bytes += len;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        flush(&mut current);
+    }
+    batches
+}
+
+/// Decodes the records of fetched entries (visible batches only), for internal users and tests:
+/// the fetch path itself never decodes records.
+pub fn decode_entries(
+    entries: &[FetchedEntry],
+    codecs: &shale_storage::CodecRegistry,
+) -> Result<Vec<record_batch::BatchRecord>, ClusterError> {
+    let mut out = Vec::new();
+    for e in entries {
+        if e.hidden || e.data.get(record_batch::envelope::KIND_AT) != Some(&record_batch::envelope::KIND_NORMAL) {
+            continue;
+        }
+        let body = e.data.slice(record_batch::envelope::HEADER_LEN..);
+        let (_, records) = record_batch::decode_batch(&body, codecs)
+            .map_err(|err| ClusterError::Decode { what: "stored record batch", reason: err.to_string() })?;
+        out.extend(records);
+    }
+    Ok(out)
 }

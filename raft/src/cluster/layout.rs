@@ -61,79 +61,49 @@ pub mod metadata_snapshot {
     pub const VERSION: u16 = 1;
 }
 
-/// Partition entry (one produced record = one Raft entry payload of a partition group).
+/// The reply to a partition entry (what applying it decided; a Raft response, never stored).
 ///
-/// `[magic:u16 = "PR"][version:u8][flags:u8][timestamp_ms:u64]`
-/// `[producer_id:u64][sequence:u64]` if `FLAG_PRODUCER`
-/// `[key_len:u32][key]` if `FLAG_KEY`
-/// `[header_count:u16]` then per header `[name_len:u16][name:utf8][value_len:u32][value]`
-/// `[value_codec:u8][value_len:u32][stored_len:u32][stored value]`
-pub mod record {
-    use shale_storage::limits;
-
-    /// "PR" as a little-endian u16.
-    pub const MAGIC: u16 = u16::from_le_bytes(*b"PR");
-    /// Version written and read.
-    pub const VERSION: u8 = 1;
-    shale_storage::offsets! {
-        /// Offset of the magic.
-        MAGIC_AT: u16,
-        /// Offset of the version.
-        VERSION_AT: u8,
-        /// Offset of the flags.
-        FLAGS_AT: u8,
-        /// Offset of the timestamp.
-        TIMESTAMP_AT: u64,
-        /// Bytes of the fixed header.
-        FIXED_LEN,
-    }
-    /// Bytes of the producer id and sequence (present with [`FLAG_PRODUCER`]).
-    pub const PRODUCER_LEN: usize = 16;
-    /// Bytes of a header's framing: the name's u16 length and the value's u32 length.
-    pub const HEADER_FRAMING_LEN: usize = 2 + 4;
-    /// Bytes after the headers besides the stored value: codec id, value length, stored length.
-    pub const VALUE_FRAMING_LEN: usize = 1 + 4 + 4;
-
-    /// The most bytes a record with a key of `key_len` bytes, `headers` headers holding
-    /// `header_bytes` of names and values, and a value of `value_len` bytes encodes to (producer
-    /// and key framing counted whether present or not; the value is stored compressed only when
-    /// that is smaller).
-    pub const fn max_encoded_len(key_len: usize, headers: usize, header_bytes: usize, value_len: usize) -> usize {
-        FIXED_LEN
-            + PRODUCER_LEN
-            + 4
-            + key_len
-            + 2
-            + headers * HEADER_FRAMING_LEN
-            + header_bytes
-            + VALUE_FRAMING_LEN
-            + value_len
-    }
-
-    /// The most framing a record within the limits takes: everything but its key, value and
-    /// header bytes, with the most headers.
-    pub const MAX_FRAMING_LEN: usize = max_encoded_len(0, limits::MAX_HEADERS, 0, 0);
-
-    // A record at the edge's largest `max_record_bytes` encodes to one Raft payload (see the table
-    // in shale_storage::limits).
-    const _: () = assert!(limits::MAX_RECORD_BYTES + MAX_FRAMING_LEN <= limits::RAFT_PAYLOAD_BYTES);
-
-    /// Flag: a key follows.
-    pub const FLAG_KEY: u8 = 0b0000_0001;
-    /// Flag: producer id and sequence follow.
-    pub const FLAG_PRODUCER: u8 = 0b0000_0010;
-    /// Every flag this version knows.
-    pub const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_PRODUCER;
+/// `[kind:u8][a:u64][b:u64][c:u64][d:u64]`, unused fields 0:
+///
+/// | kind | meaning | a | b | c | d |
+/// |---|---|---|---|---|---|
+/// | 0 | appended | base offset | record count | 0 | 0 |
+/// | 1 | duplicate | original's base offset (`u64::MAX`: not remembered) | its record count | its log index | producer's last sequence |
+/// | 2 | invalid | 0 | 0 | 0 | 0 |
+/// | 3 | out of sequence | expected sequence | 0 | 0 | 0 |
+/// | 4 | offset mismatch | expected offset | 0 | 0 | 0 |
+///
+/// A partition entry's body is a record batch: its layout is
+/// [`shale_storage::record_batch`]'s, tabled in docs/format.md ("Record batch").
+pub mod apply_outcome {
+    /// Encoded length.
+    pub const LEN: usize = 1 + 4 * 8;
+    /// The batch is visible.
+    pub const KIND_APPENDED: u8 = 0;
+    /// The producer already wrote these sequences.
+    pub const KIND_DUPLICATE: u8 = 1;
+    /// Not a batch.
+    pub const KIND_INVALID: u8 = 2;
+    /// The producer skipped sequences.
+    pub const KIND_OUT_OF_SEQUENCE: u8 = 3;
+    /// The batch's base offset is not the partition's next offset.
+    pub const KIND_OFFSET_MISMATCH: u8 = 4;
 }
 
-/// Partition snapshot (producer dedup table and duplicate set).
+/// Partition snapshot (next offset, producer dedup table, hidden entries, sparse offset index).
 ///
-/// `[magic:u32 = "SHPS"][version:u16][body...][crc32:u32]`.
+/// `[magic:u32 = "SHPS"][version:u16][body...][crc32:u32]`; the body is tabled in docs/format.md
+/// ("Partition snapshot").
 pub mod partition_snapshot {
     /// "SHPS".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPS");
-    /// Version written and read.
-    pub const VERSION: u16 = 1;
+    /// Version written and read (2: batches with dense offsets; 1, one record per entry, is not
+    /// read).
+    pub const VERSION: u16 = 2;
+    /// Least bytes of one producer: id, last sequence, last index, window count.
+    pub const PRODUCER_LEN: usize = 8 + 8 + 8 + 4;
+    /// Bytes of one window batch: base sequence, record count, base offset, log index.
+    pub const WINDOW_BATCH_LEN: usize = 8 + 4 + 8 + 8;
 }
 
 /// Appends little-endian fields to a buffer: the storage crate's
@@ -293,12 +263,6 @@ mod tests {
         assert!(r.count(1000, 10_000, 8).is_err());
     }
 
-    #[test]
-    fn record_layout_matches_the_documented_table() {
-        use record as r;
-        assert_eq!([r::MAGIC_AT, r::VERSION_AT, r::FLAGS_AT, r::TIMESTAMP_AT, r::FIXED_LEN], [0, 2, 3, 4, 12]);
-    }
-
     /// Every decoder of the cluster layer (metadata commands, replies and snapshots; partition
     /// records, apply outcomes and snapshots), fed encodings built from arbitrary values and every
     /// cut of them, and arbitrary bytes.
@@ -307,12 +271,13 @@ mod tests {
         use std::fmt::Debug;
 
         use proptest::prelude::*;
-        use shale_storage::{CodecKind, CodecRegistry, NoneCodec};
+        use shale_storage::record_batch::{NewRecord, encode_batch};
+        use shale_storage::{CodecKind, NoneCodec};
 
         use super::*;
-        use crate::cluster::api::{ProduceRecord, RetentionPolicy, TopicSpec, TopicUpdate};
+        use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
-        use crate::cluster::partition::{ApplyOutcome, PartitionMachine, decode_record, encode_record, peek_producer};
+        use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
 
         /// `decode(encode)` gives the value back and every cut of the encoding is an error.
         fn round_trip_and_every_cut_fails<T: Debug + PartialEq>(
@@ -377,30 +342,25 @@ mod tests {
                 producer in proptest::option::of((any::<u64>(), 0u64..4)),
                 timestamp_ms in any::<u64>(),
             ) {
-                let record = ProduceRecord {
+                let record = NewRecord {
                     key: key.map(Bytes::from),
                     value: Bytes::from(value),
                     headers: vec![(header, Bytes::from_static(b"v"))],
-                    timestamp_ms: None,
+                    timestamp_ms,
                 };
-                let bytes = encode_record(&record, timestamp_ms, producer, &NoneCodec);
-                let codecs = CodecRegistry::new();
-                let stored = decode_record(&bytes, &codecs).unwrap();
-                prop_assert_eq!((&stored.key, &stored.value, &stored.headers), (&record.key, &record.value, &record.headers));
-                round_trip_and_every_cut_fails(&stored, &bytes, |b| decode_record(b, &codecs))?;
-                let producer_end = record::FIXED_LEN + if producer.is_some() { 16 } else { 0 };
-                prop_assert_eq!(peek_producer(&bytes).unwrap(), producer);
-                for cut in 0..producer_end {
-                    prop_assert!(peek_producer(&bytes[..cut]).is_err(), "cut at {}", cut);
-                }
                 let mut machine = PartitionMachine::new();
                 for index in 1..=3 {
+                    let bytes = encode_batch(std::slice::from_ref(&record), machine.next_offset(), producer, &NoneCodec);
                     let outcome = machine.apply(index, &bytes);
                     round_trip_and_every_cut_fails(&outcome, &outcome.encode(), ApplyOutcome::decode)?;
                     round_trip_and_every_cut_fails(&machine, &machine.encode(), PartitionMachine::decode)?;
                 }
+                let bytes = encode_batch(std::slice::from_ref(&record), machine.next_offset(), None, &NoneCodec);
                 let invalid = machine.apply(4, &bytes[..bytes.len() - 1]);
+                prop_assert_eq!(invalid, ApplyOutcome::Invalid);
                 round_trip_and_every_cut_fails(&invalid, &invalid.encode(), ApplyOutcome::decode)?;
+                let mismatch = machine.apply(5, &encode_batch(&[record], 1 << 40, None, &NoneCodec));
+                round_trip_and_every_cut_fails(&mismatch, &mismatch.encode(), ApplyOutcome::decode)?;
             }
 
             /// Any reader call on arbitrary bytes is a value or a typed error, never a panic.

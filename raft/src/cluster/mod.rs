@@ -3,8 +3,10 @@
 //! - Group 0 ([`api::METADATA_GROUP`]) replicates the [`metadata::MetadataState`]: topics and their
 //!   partition placement, consumer-group offsets and members.
 //! - Every topic partition is its own Raft group ([`api::partition_group_id`]); its log IS the data
-//!   (one record = one entry; a record's offset is its Raft log index) and its app state is the
-//!   producer dedup table ([`partition::PartitionMachine`]).
+//!   (one producer batch = one entry; records have dense offsets of their own, mapped to log
+//!   indexes by the partition machine) and its app state is the next offset, the producer dedup
+//!   table and a sparse offset index ([`partition::PartitionMachine`]); the leader numbers batches
+//!   with a per-partition proposer (`proposer.rs`).
 //! - Each node runs a reconcile loop ([`reconcile`]) that makes its local groups match the applied
 //!   metadata, and a retention loop ([`retention`]).
 //!
@@ -18,6 +20,7 @@ mod data;
 pub mod layout;
 pub mod metadata;
 pub mod partition;
+mod proposer;
 mod reconcile;
 mod retention;
 mod supervise;
@@ -30,11 +33,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use shale_storage::{CodecRegistry, StorageBackend};
+use shale_storage::StorageBackend;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::*;
+pub use data::decode_entries;
 pub use supervise::{HEALTHY_AFTER, RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, StoppedGroup};
 
 use crate::cluster::apps::MetadataApp;
@@ -125,6 +129,28 @@ struct LocalPartition {
     /// On the leader: since when each learner that is not an assigned replica has been waiting
     /// to see the membership that demoted it (removed once it has, or after `leave_grace_ms`).
     leftover_since: Mutex<BTreeMap<NodeId, std::time::Instant>>,
+    /// Numbers and proposes batches while this node leads (`proposer.rs`).
+    proposer: Arc<proposer::Proposer>,
+    /// `(log start index, first record offset at or after it)` as last computed (the record
+    /// offset a replica's log starts at needs a read to find; see `data.rs`).
+    log_start_offset: Mutex<Option<(u64, u64)>>,
+}
+
+impl LocalPartition {
+    /// One past the last record applied here (its next record offset).
+    fn high_watermark(&self) -> u64 {
+        self.state.read().next_offset()
+    }
+
+    /// The first record offset this replica holds, as last computed for the current log start
+    /// (`Cluster::record_log_start` computes it; `None` if it has not for this log start yet).
+    fn cached_log_start(&self) -> Result<Option<u64>, ClusterError> {
+        let start_index = self.group.log_start()?;
+        if start_index == 0 {
+            return Ok(Some(0));
+        }
+        Ok(self.log_start_offset.lock().filter(|(index, _)| *index == start_index).map(|(_, offset)| offset))
+    }
 }
 
 impl fmt::Debug for LocalPartition {
@@ -154,7 +180,6 @@ pub struct Cluster {
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
-    codecs: CodecRegistry,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serialises group start/stop (reconcile passes and shutdown).
@@ -194,7 +219,6 @@ impl Cluster {
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
-            codecs: CodecRegistry::new(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -441,7 +465,7 @@ impl Cluster {
             .map(|a| {
                 let local = self.partitions.read().get(&a.group).cloned();
                 let (log_start, high_watermark) = match &local {
-                    Some(p) => (p.group.log_start().ok(), Some(high_watermark(&p.group))),
+                    Some(p) => (p.cached_log_start().ok().flatten(), Some(p.high_watermark())),
                     None => (None, None),
                 };
                 PartitionState {
@@ -482,7 +506,7 @@ impl Cluster {
         Ok(rows
             .into_iter()
             .map(|(topic, partition, offset)| {
-                let hw = self.local_partition(&topic, partition).ok().map(|p| high_watermark(&p.group));
+                let hw = self.local_partition(&topic, partition).ok().map(|p| p.high_watermark());
                 ConsumerOffset {
                     topic,
                     partition,
@@ -630,11 +654,6 @@ pub(crate) fn catch_up(m: &openraft::RaftMetrics<crate::TypeConfig>, id: NodeId,
     let caught_up = m.current_leader == Some(m.id)
         && matched.is_some_and(|i| i >= since && i.saturating_add(CATCH_UP_MAX_LAG) >= leader_last);
     CatchUp { matched, leader_last, caught_up }
-}
-
-/// One past the last applied index (0 before anything is applied).
-fn high_watermark(group: &RaftGroup) -> u64 {
-    group.applied_index().map_or(0, |i| i + 1)
 }
 
 fn group_status(group: &RaftGroup, partition: Option<(String, u32)>, replicas: Vec<NodeId>) -> GroupStatus {

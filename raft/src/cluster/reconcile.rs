@@ -187,6 +187,8 @@ impl Cluster {
             leader_since: Mutex::new(None),
             orphan_since: Mutex::new(None),
             leftover_since: Mutex::new(BTreeMap::new()),
+            proposer: super::proposer::Proposer::new(),
+            log_start_offset: Mutex::new(None),
         });
         self.partitions.write().insert(gid, local.clone());
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");

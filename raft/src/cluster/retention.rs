@@ -43,7 +43,13 @@ impl Cluster {
                 continue;
             }
             match self.bounded("retention purge", group.enforce_retention(self.timeout() / 2)).await {
-                Ok(log_start) => local.state.write().prune_hidden_below(log_start),
+                Ok(log_start) => {
+                    local.state.write().prune_below(log_start);
+                    // Refresh the record offset the log now starts at (served by sync readers).
+                    if let Err(e) = self.record_log_start(&local).await {
+                        tracing::debug!(group = %group.id(), error = %e, "retention: log start offset");
+                    }
+                }
                 Err(e) => tracing::debug!(group = %group.id(), error = %e, "retention: purge failed"),
             }
         }

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use shale_raft::RaftGroupConfig;
 use shale_raft::cluster::{
-    Cluster, ClusterConfig, ClusterError, FetchRequest, NodeId, ProduceRecord, ProducedOffset, ProducerInfo,
+    BatchAck, Cluster, ClusterConfig, ClusterError, FetchRequest, FetchResult, NodeId, ProduceRecord, ProducerInfo,
     RetentionPolicy, TopicSpec,
 };
+use shale_storage::record_batch::{self, envelope};
 use shale_storage::testing::FaultyFileSystem;
 use shale_storage::{ChainHash, CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
+use shale_storage::{CodecRegistry, Offset, chain_hash};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -311,7 +313,7 @@ impl TestCluster {
         partition: u32,
         records: Vec<ProduceRecord>,
         producer: Option<ProducerInfo>,
-    ) -> Result<Vec<ProducedOffset>, ClusterError> {
+    ) -> Result<Vec<BatchAck>, ClusterError> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut target = self.running()[0];
         loop {
@@ -334,69 +336,84 @@ impl TestCluster {
     }
 
     /// Every visible record of a partition as node `id` serves it, from offset 0.
-    pub async fn read_all(&self, id: NodeId, topic: &str, partition: u32) -> Vec<shale_raft::cluster::ConsumedRecord> {
+    pub async fn read_all(&self, id: NodeId, topic: &str, partition: u32) -> Vec<Consumed> {
         self.try_read_all(id, topic, partition).await.expect("fetch")
     }
 
     /// Every visible record from `from` on, as node `id` serves it.
-    pub async fn read_all_from(
-        &self,
-        id: NodeId,
-        topic: &str,
-        partition: u32,
-        from: u64,
-    ) -> Vec<shale_raft::cluster::ConsumedRecord> {
+    pub async fn read_all_from(&self, id: NodeId, topic: &str, partition: u32, from: u64) -> Vec<Consumed> {
         self.try_read_from(id, topic, partition, from).await.expect("fetch")
     }
 
     /// As `read_all`, but a failed fetch is returned.
-    pub async fn try_read_all(
-        &self,
-        id: NodeId,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Vec<shale_raft::cluster::ConsumedRecord>, ClusterError> {
+    pub async fn try_read_all(&self, id: NodeId, topic: &str, partition: u32) -> Result<Vec<Consumed>, ClusterError> {
         self.try_read_from(id, topic, partition, 0).await
     }
 
-    /// Every visible record from `from` on, or the first failed fetch.
+    /// Every visible record from `from` on, or the first failed fetch. Reads as a verifying
+    /// client does: the first fetch by offset, then on from each answer's `next_index`, and
+    /// recomputes every entry's chain hash from the answer's `prev_chain_hash`, asserting that
+    /// consecutive answers chain.
     pub async fn try_read_from(
         &self,
         id: NodeId,
         topic: &str,
         partition: u32,
         from: u64,
-    ) -> Result<Vec<shale_raft::cluster::ConsumedRecord>, ClusterError> {
+    ) -> Result<Vec<Consumed>, ClusterError> {
         let mut out = Vec::new();
         let mut offset = from;
+        let mut from_index = None;
+        let mut chained: Option<ChainHash> = None;
         loop {
-            let req = FetchRequest { topic: topic.into(), partition, offset, max_bytes: 1 << 20, wait: Duration::ZERO };
+            let req = FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset,
+                from_index,
+                max_bytes: 1 << 20,
+                wait: Duration::ZERO,
+            };
             let res = self.node(id).fetch(req).await?;
-            match res.records.last() {
-                Some(last) => offset = last.offset + 1,
-                None => return Ok(out),
+            if res.entries.is_empty() {
+                return Ok(out);
             }
-            out.extend(res.records);
+            if from_index.is_some() {
+                assert_eq!(res.prev_chain_hash, chained, "a continued fetch chains on from the previous one");
+            }
+            let (records, head) = decode_fetch(&res, offset);
+            out.extend(records);
+            chained = Some(head);
+            offset = res.next_offset;
+            from_index = Some(res.next_index);
+            if offset >= res.high_watermark {
+                return Ok(out);
+            }
         }
     }
 
-    /// Safety: every running replica has the same chain hash at every offset in `0..=last`
-    /// (Raft's own entries included).
-    pub async fn check_replicas_agree(&self, topic: &str, partition: u32, last: u64) {
+    /// Safety: every running replica has the same chain hash at every log index it applied, once
+    /// each has applied the record at `last_offset` (Raft's own entries included).
+    pub async fn check_replicas_agree(&self, topic: &str, partition: u32, last_offset: u64) {
         wait_for("every replica agrees on every chain hash", || async {
-            // Compare only once every replica has applied `last`: below its applied index a
-            // replica's log is committed, so any difference there is a real divergence.
+            // Compare only once every replica has applied `last_offset`, and only up to the
+            // smallest applied index: below its applied index a replica's log is committed, so any
+            // difference there is a real divergence.
+            let mut applied = u64::MAX;
             for id in self.running() {
-                if self.node(id).local_partition_state(topic, partition).ok()?.high_watermark? <= last {
+                if self.node(id).local_partition_state(topic, partition).ok()?.high_watermark? <= last_offset {
                     return None;
                 }
+                let status = self.node(id).cluster_status();
+                let group = status.partitions.iter().find(|g| g.partition == Some((topic.to_string(), partition)))?;
+                applied = applied.min(group.applied_index);
             }
-            for offset in 0..=last {
+            for index in 0..=applied {
                 let mut hashes = Vec::new();
                 for id in self.running() {
-                    hashes.push(self.node(id).verify(topic, partition, offset).ok()?);
+                    hashes.push(self.node(id).verify(topic, partition, index).ok()?);
                 }
-                assert!(hashes.iter().all(|h| *h == hashes[0]), "{topic}/{partition} offset {offset}: {hashes:?}");
+                assert!(hashes.iter().all(|h| *h == hashes[0]), "{topic}/{partition} index {index}: {hashes:?}");
             }
             Some(())
         })
@@ -448,6 +465,71 @@ where
     }
 }
 
+/// One record as a consumer sees it, decoded from a fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    pub offset: u64,
+    /// The log index of the entry holding it.
+    pub entry_index: u64,
+    /// The chain hash of that entry, recomputed from the fetched bytes.
+    pub chain_hash: ChainHash,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+    pub timestamp_ms: u64,
+}
+
+/// The records at or past `offset` of a fetch's visible batches, and the chain hash of its last
+/// entry, recomputed from `prev_chain_hash` and the stored bytes.
+pub fn decode_fetch(res: &FetchResult, offset: u64) -> (Vec<Consumed>, ChainHash) {
+    let codecs = CodecRegistry::new();
+    let mut prev = res.prev_chain_hash.unwrap_or(ChainHash::ZERO);
+    let mut out = Vec::new();
+    for (i, e) in res.entries.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(e.index, res.entries[i - 1].index + 1, "entries are consecutive");
+        }
+        let hash = chain_hash(Offset::new(e.index), &prev, &e.data);
+        prev = hash;
+        if e.hidden || e.data[envelope::KIND_AT] != envelope::KIND_NORMAL {
+            continue;
+        }
+        let (_, records) =
+            record_batch::decode_batch(&e.data.slice(envelope::HEADER_LEN..), &codecs).expect("a stored batch");
+        out.extend(records.into_iter().filter(|r| r.offset >= offset).map(|r| Consumed {
+            offset: r.offset,
+            entry_index: e.index,
+            chain_hash: hash,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+            timestamp_ms: r.timestamp_ms,
+        }));
+    }
+    (out, prev)
+}
+
+/// One acknowledged record: its offset and the chain hash of the entry holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordAck {
+    pub offset: u64,
+    pub entry_index: u64,
+    pub chain_hash: ChainHash,
+}
+
+/// The acknowledgement of every record of a produce, in order.
+pub fn per_record(acks: &[BatchAck]) -> Vec<RecordAck> {
+    acks.iter()
+        .flat_map(|a| {
+            (0..u64::from(a.record_count)).map(move |i| RecordAck {
+                offset: a.base_offset + i,
+                entry_index: a.entry_index,
+                chain_hash: a.chain_hash,
+            })
+        })
+        .collect()
+}
+
 /// One acknowledged record.
 #[derive(Clone, Debug)]
 pub struct Acked {
@@ -486,7 +568,7 @@ impl BackgroundProducer {
                     match node.produce(&topic, 0, records.clone(), None).await {
                         Ok(offsets) => {
                             let mut a = out.lock();
-                            for (o, v) in offsets.into_iter().zip(&values) {
+                            for (o, v) in per_record(&offsets).into_iter().zip(&values) {
                                 a.push(Acked {
                                     offset: o.offset,
                                     chain_hash: o.chain_hash,
