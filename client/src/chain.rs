@@ -107,6 +107,9 @@ pub struct ChainStats {
     /// Where the reader is in the chain: after the last entry read (`prev_hash` is that entry's
     /// hash when the chain is checked, else unknown and zero). `None` before the first entry.
     pub point: Option<ChainPoint>,
+    /// Times the chain was started again because a replica could not continue it at the index
+    /// asked ([`ChainReader::reanchor`]); the offsets stayed checked across each.
+    pub reanchors: u64,
 }
 
 /// One partition's read position and chain state. See the module documentation.
@@ -181,6 +184,15 @@ impl ChainReader {
     /// What was read so far.
     pub fn stats(&self) -> ChainStats {
         ChainStats { point: if self.anchored { None } else { self.point }, ..self.stats }
+    }
+
+    /// Starts the hash chain again at the next answer (trusted on first use), for a replica that
+    /// cannot continue it at the index asked (`INVALID_FROM_INDEX`: it no longer holds that index).
+    /// The offsets stay checked: the next visible batch must still start where the last one ended.
+    pub fn reanchor(&mut self) {
+        self.point = None;
+        self.anchored = false;
+        self.stats.reanchors += 1;
     }
 
     fn broken(&self, index: u64, offset: u64, reason: ChainBreak) -> ClientError {
@@ -444,6 +456,24 @@ mod tests {
         let _ = r.accept(page(&entries, 3, 5), &prev(&hashes, 2), &codecs);
         assert_eq!((r.offset(), r.from_index()), (3, Some(3)));
         assert!(r.accept(page(&entries, 3, 5), &prev(&hashes, 3), &codecs).is_ok());
+    }
+
+    #[test]
+    fn a_reanchored_reader_trusts_the_next_answer_but_still_checks_the_offsets() {
+        let (entries, hashes) = log(&[3, 1, 4, 2]);
+        let codecs = default_codecs();
+        let mut r = ChainReader::new("t", 0, 0, true);
+        r.accept(page(&entries, 0, 2), &prev(&hashes, 0), &codecs).unwrap();
+        r.reanchor();
+        assert_eq!((r.from_index(), r.offset(), r.stats().reanchors), (None, 3, 1));
+        // A replica that starts the answer at the batch of offset 4 skipped offset 3.
+        assert!(matches!(
+            r.clone().accept(page(&entries, 4, 6), &prev(&hashes, 4), &codecs),
+            Err(ClientError::ChainMismatch { reason: ChainBreak::Offset { expected: 3, found: 4 }, .. })
+        ));
+        // From the batch holding offset 3, with whatever hash it says came before.
+        let got = r.accept(page(&entries, 3, 6), &[7; 32], &codecs).unwrap();
+        assert_eq!(got.records.first().map(|r| r.offset), Some(3));
     }
 
     #[test]

@@ -371,6 +371,15 @@ impl StreamState {
                     Err(status) => ClientError::from_status(status),
                 },
             };
+            // A replica that cannot continue the chain at the index asked: reopen by offset alone,
+            // the chain starting again there (the offsets stay checked).
+            if self.reader.from_index().is_some() && err.code() == Some(ErrorCode::InvalidFromIndex) {
+                tracing::warn!(topic = self.reader.topic(), partition = self.reader.partition(), error = %err,
+                    "chain started again at this offset");
+                self.reader.reanchor();
+                self.inner = None;
+                continue;
+            }
             // A replica that cut its log below the position while streaming: reopen, which reads
             // from a replica that holds it (or reports that none does).
             let cut_below = self.inner.is_some()
@@ -431,8 +440,19 @@ async fn fetch(
     max_wait_ms: u32,
 ) -> Result<FetchedBatch, ClientError> {
     let (topic, partition, offset) = (reader.topic().to_string(), reader.partition(), reader.offset());
-    let resp = fetch_with(client, max_bytes, &topic, partition, offset, reader.from_index(), max_wait_ms, Sweep::Every)
-        .await?;
+    let from_index = reader.from_index();
+    let resp = match fetch_with(client, max_bytes, &topic, partition, offset, from_index, max_wait_ms, Sweep::Every)
+        .await
+    {
+        // The replica cannot continue the chain at that index (it no longer holds it): read by
+        // offset and start the chain again there; the offsets stay checked.
+        Err(e) if from_index.is_some() && e.code() == Some(ErrorCode::InvalidFromIndex) => {
+            tracing::warn!(%topic, partition, offset, ?from_index, error = %e, "chain started again at this offset");
+            reader.reanchor();
+            fetch_with(client, max_bytes, &topic, partition, offset, None, max_wait_ms, Sweep::Every).await?
+        }
+        r => r?,
+    };
     let (log_start, log_end) = (resp.log_start, resp.log_end);
     let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, codecs)?;
     let chain = (decoded.entries > 0).then(|| reader.stats().point).flatten();

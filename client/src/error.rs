@@ -106,6 +106,14 @@ error_codes! {
     /// An idempotent retry of a record that was written, but whose offset retention has since
     /// purged (the message names the offset): the record is durable, its hash can no longer be reported.
     DuplicateOfPurgedRecord => "DUPLICATE_OF_PURGED_RECORD", AlreadyExists;
+    /// The partition leader's proposal was refused at apply because its view of the partition was
+    /// out of date (a leader change, an earlier failed proposal); nothing of the batch was written
+    /// and the leader resyncs: send it again.
+    ProposalRefused => "PROPOSAL_REFUSED", Unavailable;
+    /// A fetch's `from_index` is not a log index the replica can continue from (below its log
+    /// start, or past the entry holding the offset): read by offset alone (the client then starts
+    /// its chain check again from that answer).
+    InvalidFromIndex => "INVALID_FROM_INDEX", OutOfRange;
     /// The operation cannot run in the cluster's current state (e.g. a membership change is running).
     FailedPrecondition => "FAILED_PRECONDITION", FailedPrecondition;
     /// The operation did not complete in time; it may or may not have taken effect.
@@ -301,7 +309,7 @@ impl ClientError {
             // Refused before anything was proposed.
             ClientError::NotLeader { .. } => Retry::NotApplied,
             ClientError::Server { code, .. } => match code {
-                ErrorCode::NotLeader | ErrorCode::NoLeader => Retry::NotApplied,
+                ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::ProposalRefused => Retry::NotApplied,
                 // A node shutting down, a replica unreachable, a commit that did not finish in
                 // time: the request may have been proposed.
                 ErrorCode::Unavailable | ErrorCode::Timeout => Retry::MaybeApplied,
@@ -452,6 +460,8 @@ mod tests {
         let not_leader = ClientError::NotLeader { leader_id: None, leader_addr: None, message: "m".into() };
         assert_eq!(not_leader.retry(), Retry::NotApplied);
         assert_eq!(server(ErrorCode::NoLeader).retry(), Retry::NotApplied);
+        // A proposal refused at apply wrote nothing; the leader resyncs before the next one.
+        assert_eq!(server(ErrorCode::ProposalRefused).retry(), Retry::NotApplied);
         // A node shutting down / a commit that did not finish in time.
         assert_eq!(server(ErrorCode::Unavailable).retry(), Retry::MaybeApplied);
         assert_eq!(server(ErrorCode::Timeout).retry(), Retry::MaybeApplied);
@@ -467,6 +477,8 @@ mod tests {
             ErrorCode::Corruption,
             ErrorCode::Internal,
             ErrorCode::InvalidArgument,
+            // The consumer answers it itself (reads by offset and anchors the chain again).
+            ErrorCode::InvalidFromIndex,
         ] {
             assert_eq!(server(code).retry(), Retry::Never, "{code}");
         }

@@ -12,7 +12,7 @@ use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_client::proto::produce_client::ProduceClient;
-use shale_raft::cluster::{Cluster, ClusterError};
+use shale_raft::cluster::{Cluster, ClusterError, FromIndexProblem};
 use tokio::sync::{Notify, watch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -197,7 +197,7 @@ impl NodeContext {
             ClusterError::NotLeader { leader: None } => {
                 partition.and_then(|(t, p)| self.cluster.leader_of(t, p)).map(|(_, addr)| addr)
             }
-            ClusterError::OffsetOutOfRange { .. } => {
+            ClusterError::OffsetOutOfRange { .. } | ClusterError::InvalidFromIndex { .. } => {
                 partition.and_then(|(t, p)| self.leader_ahead(err, t, p)).map(|(_, addr)| addr)
             }
             _ => None,
@@ -205,12 +205,16 @@ impl NodeContext {
         (addr != self.advertise && !addr.is_empty()).then_some(addr)
     }
 
-    /// For a read past this replica's high watermark: the partition's leader, if it is another
-    /// node. A follower may lag the leader, so an offset a producer was just acknowledged can be
-    /// ahead of it; only the leader may call such an offset out of range.
+    /// For a read past this replica's high watermark, or continuing from a log index past the
+    /// last entry it applied: the partition's leader, if it is another node. A follower may lag
+    /// the leader, so an offset a producer was just acknowledged (or an entry a client read from
+    /// another replica) can be ahead of it; only the leader may call such a read out of range.
     pub fn leader_ahead(&self, err: &ClusterError, topic: &str, partition: u32) -> Option<(u64, String)> {
         match err {
             ClusterError::OffsetOutOfRange { requested, end, .. } if requested > end => {
+                self.cluster.leader_of(topic, partition).filter(|(id, _)| *id != self.node_id)
+            }
+            ClusterError::InvalidFromIndex { reason: FromIndexProblem::PastApplied { .. }, .. } => {
                 self.cluster.leader_of(topic, partition).filter(|(id, _)| *id != self.node_id)
             }
             _ => None,

@@ -60,7 +60,8 @@ async fn produce_consume_round_trip_keeps_keys_headers_order_and_hashes() {
         assert_eq!(r.key.as_deref(), Some(format!("key-{}", i % 7).as_bytes()));
         assert_eq!(r.headers.len(), 2);
         assert_eq!((r.headers[0].key.as_str(), r.headers[0].value.as_ref()), ("seq", i.to_string().as_bytes()));
-        assert_eq!(r.chain_hash, ack.chain_hash, "chain hash of record {i}");
+        assert_eq!(r.chain_hash, Some(ack.chain_hash), "chain hash of record {i}");
+        assert_eq!((r.entry_index, r.position), (ack.entry_index, ack.position), "entry of record {i}");
     }
     // Per partition, the read order is the send order.
     for p in 0..3 {
@@ -98,8 +99,9 @@ async fn idempotent_retry_is_written_once_and_answers_the_original_offsets() {
     // leader; leadership may still move right after creation, then we try again).
     let first = produce_raw(&c, &client, &request).await.expect("first");
     let retry = produce_raw(&c, &client, &request).await.expect("retry");
-    assert_eq!(first.acks, retry.acks, "a retry answers the original offsets");
-    let last = first.acks.last().unwrap().offset;
+    assert_eq!(first.batches, retry.batches, "a retry answers the original batch");
+    assert_eq!(first.batches.len(), 1, "three small records are one stored batch");
+    let last = first.batches[0].base_offset + u64::from(first.batches[0].record_count) - 1;
     let mut consumer = client.consumer(consumer_config(None));
     consumer.seek("idem", 0, 0);
     let mut values = Vec::new();
@@ -193,7 +195,7 @@ async fn followers_forward_to_the_leader() {
     let forwarded_ack = loop {
         assert!(tokio::time::Instant::now() < deadline, "the follower never took the request");
         match ProduceClient::new(ch.clone()).produce(request.clone()).await {
-            Ok(r) => break r.into_inner().acks[0].offset,
+            Ok(r) => break r.into_inner().batches[0].base_offset,
             // Leadership may move right after creation; the follower then answers until it knows.
             Err(status) => {
                 assert!(ClientError::from_status(status.clone()).is_retriable(), "{status:?}");
@@ -402,7 +404,7 @@ async fn subscribe_streams_existing_then_new_records() {
     // The stream follows the log: records committed after it caught up arrive too.
     let new = producer.send_and_wait(ProducerRecord::new("follow", "new").partition(0)).await.unwrap();
     let r = tokio::time::timeout(WAIT, stream.next()).await.expect("record in time").expect("open").unwrap();
-    assert_eq!((r.offset, r.value.as_ref(), r.chain_hash), (new.offset, &b"new"[..], new.chain_hash));
+    assert_eq!((r.offset, r.value.as_ref(), r.chain_hash), (new.offset, &b"new"[..], Some(new.chain_hash)));
     drop(stream);
     c.shutdown().await;
 }
@@ -446,7 +448,7 @@ async fn admin_operations_alter_checkpoint_compact_transfer_and_delete() {
     // Verify at the last record: every replica holds the producer's acknowledged hash.
     let verified = admin.verify("ops", 0, Some(last.offset)).await.unwrap();
     assert!(verified.agree, "{verified:?}");
-    assert!(verified.replicas.iter().all(|r| r.chain_hash.as_deref() == Some(&last.chain_hash[..])), "{verified:?}");
+    assert!(verified.replicas.iter().all(|r| r.chain_hash.as_deref() == Some(&last.chain_hash.0[..])), "{verified:?}");
 
     let target = (1..=3).find(|id| *id != leader).unwrap();
     assert_eq!(admin.transfer_leader("ops", 0, target).await.unwrap(), target);

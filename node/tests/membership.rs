@@ -9,10 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use common::{TestCluster, WAIT};
+use common::{TestCluster, WAIT, read_own_replica};
 use shale_client::admin::NewTopic;
 use shale_client::{ErrorCode, ProducerConfig, ProducerRecord};
-use shale_raft::cluster::FetchRequest;
 
 /// Polls `f` every 50 ms until it returns `Some`; panics after [`WAIT`] (or `limit`).
 async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
@@ -70,7 +69,7 @@ async fn produce(
                 .await
             }
         };
-        acked.insert((meta.partition, meta.offset), (value, meta.chain_hash));
+        acked.insert((meta.partition, meta.offset), (value, meta.chain_hash.0));
     }
     producer.close().await.expect("producer closes");
     acked
@@ -95,19 +94,13 @@ async fn read_replica(
     topic: &str,
     partition: u32,
 ) -> Option<BTreeMap<u64, (String, [u8; 32])>> {
-    let cluster = c.node(id).cluster();
-    let mut out = BTreeMap::new();
-    let mut offset = cluster.local_partition_state(topic, partition).ok()?.log_start?;
-    loop {
-        let req =
-            FetchRequest { topic: topic.to_string(), partition, offset, max_bytes: 1 << 20, wait: Duration::ZERO };
-        let got = cluster.fetch(req).await.ok()?;
-        let Some(last) = got.records.last() else { return Some(out) };
-        offset = last.offset + 1;
-        for r in got.records {
-            out.insert(r.offset, (String::from_utf8_lossy(&r.value).to_string(), r.chain_hash.0));
-        }
-    }
+    let records = read_own_replica(c.node(id).cluster(), topic, partition).await?;
+    Some(
+        records
+            .into_iter()
+            .map(|r| (r.offset, (String::from_utf8_lossy(&r.value).to_string(), r.chain_hash.expect("checked").0)))
+            .collect(),
+    )
 }
 
 /// Waits until every replica in `replicas[p]` holds every acknowledged record of partition `p`

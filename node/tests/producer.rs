@@ -98,9 +98,18 @@ async fn a_batch_that_skips_sequences_is_refused_and_written_after_the_one_it_ov
     let b = produce_raw(&c, &client, &batch(3, "b")).await.expect("second batch");
     let c3 = produce_raw(&c, &client, &batch(6, "c")).await.expect("third batch, after the second");
     // A retry of the second is recognised: its original offsets, written once.
-    assert_eq!(produce_raw(&c, &client, &batch(3, "b")).await.expect("retry").acks, b.acks);
-    let last = c3.acks.last().expect("acks").offset;
-    let read = read_through(&client, "gaps", 0, a.acks[0].offset, last).await;
+    assert_eq!(produce_raw(&c, &client, &batch(3, "b")).await.expect("retry").batches, b.batches);
+    // One stored batch each, at dense offsets from 0 (nothing of the refused attempt took any).
+    let stored = |r: &proto::ProduceResponse| {
+        assert_eq!(r.batches.len(), 1, "{r:?}");
+        (r.batches[0].base_offset, r.batches[0].record_count)
+    };
+    assert_eq!((stored(&a), stored(&b), stored(&c3)), ((0, 3), (3, 3), (6, 3)));
+    assert!(
+        a.batches[0].entry_index < b.batches[0].entry_index && b.batches[0].entry_index < c3.batches[0].entry_index
+    );
+    let last = 8;
+    let read = read_through(&client, "gaps", 0, 0, last).await;
     let values: Vec<&[u8]> = read.iter().map(|r| r.value.as_ref()).collect();
     let expected: Vec<String> = ["a", "b", "c"].iter().flat_map(|n| (0..3).map(move |i| format!("{n}{i}"))).collect();
     assert_eq!(values, expected.iter().map(String::as_bytes).collect::<Vec<_>>());

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use common::{WAIT, wait_until};
 use shale_client::admin::NewTopic;
 use shale_client::{
-    Client, ClientConfig, ClientError, ConsumedRecord, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord,
-    proto,
+    ChainHash, Client, ClientConfig, ClientError, ConsumedRecord, ConsumerConfig, OffsetReset, ProducerConfig,
+    ProducerRecord, proto,
 };
 use shale_node::testing::LocalCluster;
 use shale_node::{NodeConfig, StorageKind};
@@ -87,7 +87,8 @@ impl Cluster {
 #[derive(Clone, Debug)]
 struct Acked {
     offset: u64,
-    chain_hash: [u8; 32],
+    chain_hash: ChainHash,
+    entry_index: u64,
     value: Bytes,
 }
 
@@ -106,7 +107,7 @@ async fn write_big(c: &Cluster, topic: &str) -> Vec<Acked> {
         let value = big_value(i);
         let meta =
             producer.send_and_wait(ProducerRecord::new(topic, value.clone()).partition(0)).await.expect("acknowledged");
-        acked.push(Acked { offset: meta.offset, chain_hash: meta.chain_hash, value });
+        acked.push(Acked { offset: meta.offset, chain_hash: meta.chain_hash, entry_index: meta.entry_index, value });
     }
     producer.close().await.expect("producer closes");
     acked
@@ -166,7 +167,8 @@ fn assert_all_read(read: &[ConsumedRecord], acked: &[Acked]) {
     let expected: Vec<u64> = acked.iter().map(|a| a.offset).collect();
     assert_eq!(offsets, expected, "the consumer read other offsets than were acknowledged");
     for (r, a) in read.iter().zip(acked) {
-        assert_eq!(r.chain_hash, a.chain_hash, "chain hash at {}", a.offset);
+        assert_eq!(r.chain_hash, Some(a.chain_hash), "chain hash at {}", a.offset);
+        assert_eq!(r.entry_index, a.entry_index, "log entry of {}", a.offset);
         assert_eq!(r.value, a.value, "value at {}", a.offset);
     }
 }
@@ -194,7 +196,14 @@ async fn reads_below_one_replicas_start_come_from_the_others_and_nothing_is_skip
         .await
         .expect("connect");
     let status = raw
-        .fetch(proto::FetchRequest { topic: "cut".into(), partition: 0, offset: 0, max_bytes: 1, max_wait_ms: 0 })
+        .fetch(proto::FetchRequest {
+            topic: "cut".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1,
+            max_wait_ms: 0,
+            from_index: None,
+        })
         .await
         .expect_err("offset 0 is below the cut replica's start");
     match ClientError::from_status(status) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shale_client::admin::NewTopic;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
-use shale_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
+use shale_client::{ChainReader, Client, ClientConfig, ProducerConfig, ProducerRecord};
 use shale_node::NodeConfig;
 use shale_node::testing::LocalCluster;
 use shale_storage::{Offset, Record, Storage, StorageBackend, StreamId, format};
@@ -49,24 +49,32 @@ async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// Every record of `partition 0` fetched from the node at `addr` alone: offset -> chain hash,
-/// value. `Err` with the status of the first failed fetch.
+/// Every record of `partition 0` fetched from the node at `addr` alone, as a consumer reads it
+/// (each fetch continuing at the last entry, every entry's chain hash recomputed: a node that
+/// served anything off the chain fails the test): offset -> chain hash of its entry, value. `Err`
+/// with the status of the first failed fetch.
 async fn read_alone(addr: std::net::SocketAddr, end: u64) -> Result<BTreeMap<u64, (Vec<u8>, Vec<u8>)>, tonic::Status> {
     let mut client = FetchClient::connect(format!("http://{addr}")).await.expect("connect");
+    let mut reader = ChainReader::new(TOPIC, 0, 0, true);
+    let codecs = shale_client::chain::default_codecs();
     let mut out = BTreeMap::new();
-    let mut at = 0;
-    while at < end {
-        let req =
-            proto::FetchRequest { topic: TOPIC.into(), partition: 0, offset: at, max_bytes: 16 << 10, max_wait_ms: 0 };
+    while reader.offset() < end {
+        let req = proto::FetchRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset: reader.offset(),
+            max_bytes: 16 << 10,
+            max_wait_ms: 0,
+            from_index: reader.from_index(),
+        };
         let resp = client.fetch(req).await?.into_inner();
-        if resp.records.is_empty() {
+        if resp.entries.is_empty() {
             break;
         }
-        for r in resp.records {
-            at = r.offset + 1;
-            out.insert(r.offset, (r.chain_hash.to_vec(), r.value.to_vec()));
+        let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, &codecs).expect("the node serves one chain");
+        for r in decoded.records {
+            out.insert(r.offset, (r.chain_hash.expect("checked").0.to_vec(), r.value.to_vec()));
         }
-        at = at.max(resp.next_offset);
     }
     Ok(out)
 }

@@ -247,11 +247,15 @@ pub fn chain_report(topic: &str, partition: u32, stats: &ChainStats) -> String {
         count(stats.entries, "entry", "entries"),
         count(stats.records, "record", "records")
     );
-    match stats.point {
+    let line = match stats.point {
         Some(p) if p.next_index > 0 => {
             format!("{head}, last hash {} at index {}", hex(&p.prev_hash.0, false), p.next_index - 1)
         }
         _ => format!("{head} (nothing read)"),
+    };
+    match stats.reanchors {
+        0 => line,
+        n => format!("{line}; the chain was started again {n} time(s) where a replica no longer held the next index"),
     }
 }
 
@@ -332,6 +336,7 @@ mod tests {
             records: 1,
             bytes: 900,
             point: Some(shale_client::ChainPoint::after(41, shale_client::ChainHash([0xab; 32]))),
+            reanchors: 0,
         };
         assert_eq!(
             chain_report("orders", 2, &stats),

@@ -7,7 +7,7 @@
 use shale_client::error::{format_replicas, status, status_with};
 use shale_client::{ErrorCode, meta};
 use shale_raft::RaftError;
-use shale_raft::cluster::ClusterError;
+use shale_raft::cluster::{ClusterError, FromIndexProblem};
 use shale_storage::StorageError;
 use tonic::Status;
 
@@ -29,6 +29,13 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),
         ClusterError::DuplicateOfPurgedRecord { .. } => status(ErrorCode::DuplicateOfPurgedRecord, message),
         ClusterError::SequenceGap { .. } => status(ErrorCode::SequenceGap, message),
+        ClusterError::ProposalRefused { .. } => status(ErrorCode::ProposalRefused, message),
+        // This replica has not applied that far yet (the leader, when it is elsewhere, is asked
+        // first): retryable.
+        ClusterError::InvalidFromIndex { reason: FromIndexProblem::PastApplied { .. }, .. } => {
+            status(ErrorCode::Unavailable, message)
+        }
+        ClusterError::InvalidFromIndex { .. } => status(ErrorCode::InvalidFromIndex, message),
         ClusterError::Membership { .. } | ClusterError::NotCaughtUp { .. } => {
             status(ErrorCode::FailedPrecondition, message)
         }
@@ -117,6 +124,7 @@ pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
 #[cfg(test)]
 mod tests {
     use shale_client::ClientError;
+    use shale_raft::cluster::ProposalRefusal;
 
     use super::*;
 
@@ -152,6 +160,15 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_proposal_is_retried_and_a_lagging_replica_too() {
+        let refused = ClusterError::ProposalRefused { entry_index: 5, reason: ProposalRefusal::Invalid };
+        assert!(ClientError::from_status(cluster_error(refused)).is_retriable());
+        let behind =
+            ClusterError::InvalidFromIndex { requested: 9, reason: FromIndexProblem::PastApplied { applied: None } };
+        assert!(ClientError::from_status(cluster_error(behind)).is_retriable());
+    }
+
+    #[test]
     fn each_error_family_has_its_code() {
         let cases = [
             (ClusterError::UnknownTopic { name: "t".into() }, ErrorCode::UnknownTopic),
@@ -165,6 +182,27 @@ mod tests {
             (ClusterError::Shutdown, ErrorCode::Unavailable),
             (ClusterError::NotBootstrapped, ErrorCode::NoLeader),
             (ClusterError::SequenceGap { producer_id: 1, sequence: 9, expected: 4 }, ErrorCode::SequenceGap),
+            (
+                ClusterError::ProposalRefused {
+                    entry_index: 12,
+                    reason: ProposalRefusal::OffsetMismatch { proposed: 40, expected: 41 },
+                },
+                ErrorCode::ProposalRefused,
+            ),
+            (
+                ClusterError::InvalidFromIndex {
+                    requested: 3,
+                    reason: FromIndexProblem::BelowLogStart { log_start: 10 },
+                },
+                ErrorCode::InvalidFromIndex,
+            ),
+            (
+                ClusterError::InvalidFromIndex {
+                    requested: 30,
+                    reason: FromIndexProblem::PastApplied { applied: Some(20) },
+                },
+                ErrorCode::Unavailable,
+            ),
         ];
         for (err, code) in cases {
             let text = err.to_string();

@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use shale_client::ErrorCode;
 use shale_client::error::status;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
-use shale_raft::cluster::{ClusterError, TopicInfo};
+use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, TopicInfo};
 use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -112,16 +113,18 @@ impl AdminService {
             records_reread: 0,
             damage: None,
         };
+        // Offsets here are record offsets; chain hashes are per log entry: the hash compared for
+        // offset `o` is that of the entry holding record `o` (the hash its producer was given).
         match (req.offset, req.reread_from) {
             (None, _) => {}
             (Some(offset), None) => {
+                let index = entry_holding(cluster, &req.topic, req.partition, offset).await.map_err(cluster_error)?;
                 resp.chain_hash =
-                    Some(hash_bytes(&cluster.verify(&req.topic, req.partition, offset).map_err(cluster_error)?));
+                    Some(hash_bytes(&cluster.verify(&req.topic, req.partition, index).map_err(cluster_error)?));
             }
             (Some(offset), Some(from)) => {
                 let from = from.max(log_start);
-                let to = offset.saturating_add(1);
-                if from > to {
+                if from > offset {
                     // The replica holds nothing of the range: its start is past the offset.
                     return Err(cluster_error(ClusterError::OffsetOutOfRange {
                         requested: offset,
@@ -130,7 +133,11 @@ impl AdminService {
                     }));
                 }
                 resp.reread_from = Some(from);
-                match cluster.verify_range(&req.topic, req.partition, from, to).await {
+                // The entries holding records `from ..= offset` (Raft's own and hidden ones between
+                // them included), by log index.
+                let first = entry_holding(cluster, &req.topic, req.partition, from).await.map_err(cluster_error)?;
+                let last = entry_holding(cluster, &req.topic, req.partition, offset).await.map_err(cluster_error)?;
+                match cluster.verify_range(&req.topic, req.partition, first, last + 1).await {
                     Ok(v) => {
                         resp.records_reread = v.records;
                         resp.chain_hash = Some(hash_bytes(&v.head));
@@ -272,6 +279,28 @@ impl AdminService {
             }
         });
         join_all(calls).await
+    }
+}
+
+/// The log index of the entry holding record `offset` on this replica (a fetch by offset starts
+/// at it). Past the replica's records: `OffsetOutOfRange`.
+async fn entry_holding(cluster: &Cluster, topic: &str, partition: u32, offset: u64) -> Result<u64, ClusterError> {
+    let request = FetchRequest {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        from_index: None,
+        max_bytes: 1,
+        wait: Duration::ZERO,
+    };
+    let answer = cluster.fetch(request).await?;
+    match answer.entries.first() {
+        Some(e) => Ok(e.index),
+        None => Err(ClusterError::OffsetOutOfRange {
+            requested: offset,
+            start: answer.log_start,
+            end: answer.high_watermark,
+        }),
     }
 }
 

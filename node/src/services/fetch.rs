@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::{NodeContext, NotServed};
 use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
-use crate::convert::records::{fetch_request, fetch_response};
+use crate::convert::records::{fetch_request, fetch_response, fetched_records};
 use crate::limits;
 
 /// How long one step of a subscription waits for new records before checking for shutdown and a
@@ -37,7 +37,15 @@ impl FetchService {
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
-        let domain = fetch_request(topic.clone(), partition, offset, req.max_bytes, req.max_wait_ms, &self.ctx.limits);
+        let domain = fetch_request(
+            topic.clone(),
+            partition,
+            offset,
+            req.from_index,
+            req.max_bytes,
+            req.max_wait_ms,
+            &self.ctx.limits,
+        );
         let result = self.ctx.cluster.fetch(domain).await;
         // A damaged range here is not the partition's answer: the client reads another replica.
         if let Err(err) = &result
@@ -52,8 +60,9 @@ impl FetchService {
                 Err(other) => return Err(other.into()),
             };
         Ok(served.answer(|result| {
-            self.ctx.metrics.fetch_records.add(result.records.len() as u64);
-            fetch_response(topic, partition, offset, result)
+            let response = fetch_response(topic, partition, result);
+            self.ctx.metrics.fetch_records.add(fetched_records(offset, &response));
+            response
         }))
     }
 
@@ -63,23 +72,38 @@ impl FetchService {
         let ctx = self.ctx.clone();
         let first = ctx
             .cluster
-            .fetch(fetch_request(req.topic.clone(), req.partition, req.offset, req.max_bytes, 0, &ctx.limits))
+            .fetch(fetch_request(
+                req.topic.clone(),
+                req.partition,
+                req.offset,
+                req.from_index,
+                req.max_bytes,
+                0,
+                &ctx.limits,
+            ))
             .await
             .map_err(|err| match err {
                 ClusterError::NotReplica { .. } => {
                     let message = err.to_string();
                     not_leader(message, ctx.cluster.leader_of(&req.topic, req.partition))
                 }
-                ClusterError::OffsetOutOfRange { .. } => match ctx.leader_ahead(&err, &req.topic, req.partition) {
-                    Some(leader) => not_leader(format!("{err} on this replica; the leader may hold it"), Some(leader)),
-                    None => read_error(&ctx, err, &req.topic, req.partition),
-                },
+                ClusterError::OffsetOutOfRange { .. } | ClusterError::InvalidFromIndex { .. } => {
+                    match ctx.leader_ahead(&err, &req.topic, req.partition) {
+                        Some(leader) => {
+                            not_leader(format!("{err} on this replica; the leader may hold it"), Some(leader))
+                        }
+                        None => read_error(&ctx, err, &req.topic, req.partition),
+                    }
+                }
                 other => crate::scrub::damaged_read(&ctx.damage, &other).unwrap_or_else(|| cluster_error(other)),
             })?;
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         tokio::spawn(async move {
             let mut shutdown = ctx.shutdown.clone();
+            // Each answer continues at the log index the previous one ended, so the client's chain
+            // check sees one unbroken run of entries.
             let mut offset = req.offset;
+            let mut from_index = req.from_index;
             let mut pending = Some(first);
             loop {
                 let result = match pending.take() {
@@ -90,6 +114,7 @@ impl FetchService {
                             req.topic.clone(),
                             req.partition,
                             offset,
+                            from_index,
                             req.max_bytes,
                             wait,
                             &ctx.limits,
@@ -109,12 +134,16 @@ impl FetchService {
                 };
                 match result {
                     Ok(r) => {
-                        let response = fetch_response(req.topic.clone(), req.partition, offset, r);
-                        offset = response.next_offset;
-                        if response.records.is_empty() {
+                        let response = fetch_response(req.topic.clone(), req.partition, r);
+                        // Nothing read: wait again from the same place. Entries without records
+                        // (Raft's own, hidden batches) are sent all the same: the client's chain
+                        // continues through them.
+                        if response.entries.is_empty() {
                             continue;
                         }
-                        ctx.metrics.fetch_records.add(response.records.len() as u64);
+                        ctx.metrics.fetch_records.add(fetched_records(offset, &response));
+                        offset = response.next_offset;
+                        from_index = Some(response.next_index);
                         if tx.send(Ok(response)).await.is_err() {
                             return;
                         }

@@ -37,11 +37,12 @@ impl ProduceService {
         let result = self.ctx.cluster.produce(&topic, partition, records, producer).await;
         let served =
             self.ctx.or_forward(result, forwarded, Some((&topic, partition)), req, ProduceClient::produce).await?;
-        Ok(served.answer(|offsets| {
-            debug_assert_eq!(offsets.len(), count, "one offset per record");
-            self.ctx.metrics.produce_records.add(offsets.len() as u64);
+        Ok(served.answer(|batches| {
+            let stored: usize = batches.iter().map(|b| b.record_count as usize).sum();
+            debug_assert_eq!(stored, count, "the stored batches hold every record, once");
+            self.ctx.metrics.produce_records.add(stored as u64);
             self.ctx.metrics.produce_bytes.add(bytes as u64);
-            produce_response(topic, partition, &offsets)
+            produce_response(topic, partition, &batches)
         }))
     }
 }

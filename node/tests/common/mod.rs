@@ -8,9 +8,12 @@ use std::time::Duration;
 use shale_client::admin::NewTopic;
 use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
-use shale_client::{Client, ClientConfig, ClientError, ConsumedRecord, ConsumerConfig, OffsetReset};
+use shale_client::{
+    ChainHash, ChainReader, Client, ClientConfig, ClientError, ConsumedRecord, ConsumerConfig, OffsetReset,
+};
 use shale_node::testing::LocalCluster;
 use shale_node::{NodeConfig, NodeHandle};
+use shale_raft::cluster::{Cluster, ClusterError, FetchRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -173,4 +176,45 @@ pub async fn read_through(client: &Client, topic: &str, partition: u32, from: u6
         read.extend(consumer.poll().await.expect("poll"));
     }
     read
+}
+
+/// Every record a node's own replica of `topic/partition` holds, read with `Cluster::fetch` on that
+/// node (never forwarded) as a consumer reads: each fetch continuing at the last entry, every chain
+/// hash recomputed (a replica serving anything off its chain fails the test). `None` while the
+/// replica cannot be read.
+pub async fn read_own_replica(cluster: &Cluster, topic: &str, partition: u32) -> Option<Vec<ConsumedRecord>> {
+    let mut start = cluster.local_partition_state(topic, partition).ok()?.log_start.unwrap_or(0);
+    let mut reader = ChainReader::new(topic, partition, start, true);
+    let codecs = shale_client::chain::default_codecs();
+    let mut out = Vec::new();
+    loop {
+        let req = FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset: reader.offset(),
+            from_index: reader.from_index(),
+            max_bytes: 1 << 20,
+            wait: Duration::ZERO,
+        };
+        let got = match cluster.fetch(req).await {
+            Ok(got) => got,
+            // The replica's start was not known yet: read from where it says it starts.
+            Err(ClusterError::OffsetOutOfRange { start: s, .. }) if reader.from_index().is_none() && s > start => {
+                start = s;
+                reader = ChainReader::new(topic, partition, start, true);
+                continue;
+            }
+            Err(_) => return None,
+        };
+        if got.entries.is_empty() {
+            return Some(out);
+        }
+        let prev = got.prev_chain_hash.unwrap_or(ChainHash::ZERO).0;
+        let entries = got
+            .entries
+            .into_iter()
+            .map(|e| proto::LogEntry { index: e.index, data: e.data, hidden: e.hidden })
+            .collect();
+        out.extend(reader.accept(entries, &prev, &codecs).expect("a replica serves one chain").records);
+    }
 }
