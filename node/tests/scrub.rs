@@ -108,7 +108,8 @@ async fn start_with_records(root: &Path) -> (LocalCluster, StreamId, usize) {
     config.max_attempts = 40;
     let client = Client::new(config).unwrap();
     client.admin().create_topic(NewTopic::new(TOPIC, 1, 3)).await.expect("create topic");
-    let producer = client.producer(ProducerConfig::default());
+    // Small batches: one stored entry holds a few records, so the log spans several small segments.
+    let producer = client.producer(ProducerConfig { batch_max_records: 3, ..ProducerConfig::default() });
     let mut pending = Vec::new();
     for i in 0..400u32 {
         let value = format!("record-{i}-{}", "x".repeat(150));
