@@ -10,6 +10,7 @@ use shale_client::ErrorCode;
 use shale_client::error::status;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
+use shale_raft::RaftError;
 use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, TopicInfo};
 use shale_storage::StorageError;
 use tonic::transport::Channel;
@@ -134,23 +135,22 @@ impl AdminService {
                 }
                 resp.reread_from = Some(from);
                 // The entries holding records `from ..= offset` (Raft's own and hidden ones between
-                // them included), by log index.
-                let first = entry_holding(cluster, &req.topic, req.partition, from).await.map_err(cluster_error)?;
-                let last = entry_holding(cluster, &req.topic, req.partition, offset).await.map_err(cluster_error)?;
-                match cluster.verify_range(&req.topic, req.partition, first, last + 1).await {
+                // them included), by log index. Finding them reads entries too: damage met there is
+                // this replica's damage, reported as the re-read's.
+                let range = async {
+                    let first = entry_holding(cluster, &req.topic, req.partition, from).await?;
+                    let last = entry_holding(cluster, &req.topic, req.partition, offset).await?;
+                    cluster.verify_range(&req.topic, req.partition, first, last + 1).await
+                };
+                match range.await {
                     Ok(v) => {
                         resp.records_reread = v.records;
                         resp.chain_hash = Some(hash_bytes(&v.head));
                     }
-                    Err(ClusterError::Storage(StorageError::Corruption { file, position, offset, reason, .. })) => {
-                        resp.damage = Some(proto::ReplicaDamage {
-                            offset: offset.map(|o| o.get()),
-                            reason: reason.to_string(),
-                            file,
-                            position,
-                        });
-                    }
-                    Err(e) => return Err(cluster_error(e)),
+                    Err(e) => match damage_of(&e) {
+                        Some(damage) => resp.damage = Some(damage),
+                        None => return Err(cluster_error(e)),
+                    },
                 }
             }
         }
@@ -279,6 +279,23 @@ impl AdminService {
             }
         });
         join_all(calls).await
+    }
+}
+
+/// The damage a failed read or re-read of this replica's log names, if that is why it failed.
+fn damage_of(err: &ClusterError) -> Option<proto::ReplicaDamage> {
+    let storage = match err {
+        ClusterError::Storage(e) | ClusterError::Raft(RaftError::Storage { source: e, .. }) => e,
+        _ => return None,
+    };
+    match storage {
+        StorageError::Corruption { file, position, offset, reason, .. } => Some(proto::ReplicaDamage {
+            offset: offset.map(|o| o.get()),
+            reason: reason.to_string(),
+            file: file.clone(),
+            position: *position,
+        }),
+        _ => None,
     }
 }
 
