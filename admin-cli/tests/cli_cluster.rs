@@ -81,6 +81,30 @@ async fn produce_then_consume_round_trips_through_pipes() {
         assert_eq!(r["headers"][0]["value"], "test");
         assert_eq!(r["chain_hash"].as_str().unwrap().len(), 64);
     }
+    // One partition, offsets dense from 0; each record names its entry and place in the batch.
+    let offsets: Vec<u64> = records.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    let first = offsets[0];
+    assert_eq!(offsets, (first..first + 20).collect::<Vec<_>>());
+    for w in records.windows(2) {
+        if w[0]["entry_index"] == w[1]["entry_index"] {
+            assert_eq!(w[0]["chain_hash"], w[1]["chain_hash"], "one entry, one hash");
+            assert_eq!(w[1]["position"].as_u64(), w[0]["position"].as_u64().map(|p| p + 1));
+        }
+    }
+
+    // --verify reports the chain it checked, per partition read; --no-verify prints no hashes.
+    let o = c.shale(&["consume", "events", "--from-beginning", "--verify"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o).lines().count(), 20);
+    let report = stderr(&o);
+    assert_eq!(report.matches("chain verified: events/").count(), 3, "{report}");
+    assert!(report.contains(", 20 records, last hash "), "{report}");
+    let o = c.shale(&["consume", "events", "--from-beginning", "--no-verify", "--format", "json"], b"").await;
+    assert_exit(&o, 0);
+    let unchecked: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(unchecked.len(), 20);
+    assert!(unchecked.iter().all(|r| r.get("chain_hash").is_none() && r["entry_index"].is_u64()));
+    assert!(c.shale(&["consume", "events", "--verify", "--no-verify"], b"").await.status.code() == Some(2));
 
     // A group starts at its committed offsets and commits what it printed.
     let o = c.shale(&["consume", "events", "--group", "g1", "--from-beginning", "--max-records", "5"], b"").await;
@@ -166,6 +190,19 @@ async fn produce_json_prints_each_acknowledgement_as_it_arrives_and_each_failure
     let o = c.shale(&["consume", "acks", "--from-beginning"], b"").await;
     assert_exit(&o, 0);
     assert_eq!(stdout(&o), "a\nb\nc\n");
+    // What a consumer reads back is what the producer was told: offset, entry and its chain hash.
+    let o = c.shale(&["consume", "acks", "--from-beginning", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let read: Vec<(u64, u64, String)> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| (r["offset"].as_u64().unwrap(), r["entry_index"].as_u64().unwrap(), r["chain_hash"].to_string()))
+        .collect();
+    let acked: Vec<(u64, u64, String)> = [&lines[0], &lines[1], &lines[3]]
+        .iter()
+        .map(|a| (a["offset"].as_u64().unwrap(), a["entry_index"].as_u64().unwrap(), a["chain_hash"].to_string()))
+        .collect();
+    assert_eq!(read, acked);
 
     // As it arrives: with stdin still open, the first record's acknowledgement is already printed.
     let args: Vec<String> = ["produce", "acks", "-o", "json", "--attempts", "20", "--bootstrap"]
@@ -259,7 +296,10 @@ async fn cluster_status_and_bench_report_json() {
     assert!(r["latency"]["max_ms"].as_f64().unwrap() >= r["latency"]["p99_ms"].as_f64().unwrap());
     let o = c.shale(&["bench", "consume", "-t", "b", "-n", "300", "-o", "json"], b"").await;
     assert_exit(&o, 0);
-    assert_eq!(json(&o)["records"], 300);
+    assert_eq!((&json(&o)["records"], &json(&o)["chain_verified"]), (&Value::from(300), &Value::from(true)));
+    let o = c.shale(&["bench", "consume", "-t", "b", "-n", "300", "--no-verify"], b"").await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("chain: not checked (--no-verify)"), "{}", stdout(&o));
     let o = c.shale(&["verify", "b", "--sweep", "-o", "json"], b"").await;
     assert_exit(&o, 0);
     let v = json(&o);
