@@ -133,7 +133,7 @@ pub struct ConsumerConfig {
     /// Recompute every fetched log entry's chain hash and check that each answer continues the
     /// chain read so far, with dense offsets (see [`crate::chain`]); a break fails the read with
     /// [`ClientError::ChainMismatch`]. Off: entries are only decoded (faster; records carry no
-    /// chain hash).
+    /// chain hash), though an answer must still start at the log index asked for.
     pub verify_chain: bool,
 }
 
