@@ -3,18 +3,24 @@
 //! A message for a group this node does not run is answered `NOT_FOUND`, which the sender treats
 //! as "unreachable" and retries with backoff.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use openraft::Raft;
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::network::convert::{self, ConvertError};
+use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
 use crate::network::pb::{self, raft_service_server::RaftService};
 use crate::network::peers::Peers;
 use crate::snapshot::SnapshotData;
@@ -26,11 +32,40 @@ use crate::types::{GroupId, SnapshotMeta, StoredMembership, TypeConfig};
 pub struct RaftGrpcService {
     groups: Arc<LocalGroups>,
     peers: Arc<Peers>,
+    /// RPCs refused at the edge ([`guard`]), for the node's metrics.
+    refused: Arc<AtomicU64>,
 }
 
 impl RaftGrpcService {
-    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>) -> Self {
-        Self { groups, peers }
+    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>, refused: Arc<AtomicU64>) -> Self {
+        Self { groups, peers, refused }
+    }
+
+    /// What the receiving group checks a message against: this node, the group, and the nodes of
+    /// the group's membership and of the metadata group's (see [`KnownNodes`]).
+    fn receiver(&self, group: GroupId, raft: &Raft<TypeConfig, GroupStateMachine>) -> Receiver {
+        let mut nodes = BTreeSet::new();
+        let mut add = |raft: &Raft<TypeConfig, GroupStateMachine>| {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            nodes.extend(m.membership_config.membership().nodes().map(|(id, _)| *id));
+        };
+        add(raft);
+        if group != GroupId::METADATA
+            && let Some(meta) = self.groups.get(GroupId::METADATA)
+        {
+            add(meta.raft());
+        }
+        let known = KnownNodes((!nodes.is_empty()).then_some(nodes));
+        Receiver { node: self.peers.node_id(), group, known }
+    }
+
+    /// Counts and logs a refused RPC and builds its status: `PERMISSION_DENIED` with
+    /// [`REFUSED_CODE`] in [`ERROR_CODE_KEY`].
+    fn refuse(&self, rpc: &'static str, group: u64, peer: Option<SocketAddr>, refusal: &Refusal) -> Status {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(rpc, group, peer = ?peer, reason = %refusal, "raft rpc refused");
+        refused_status(refusal)
     }
 
     /// The local group `group`, or `NOT_FOUND` (which the sender treats as unreachable).
@@ -46,6 +81,13 @@ impl RaftGrpcService {
     }
 }
 
+/// The status of a refused RPC.
+pub fn refused_status(refusal: &Refusal) -> Status {
+    let mut map = MetadataMap::new();
+    map.insert(ERROR_CODE_KEY, REFUSED_CODE.parse().expect("the code is ASCII"));
+    Status::with_metadata(Code::PermissionDenied, refusal.to_string(), map)
+}
+
 fn bad(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -59,9 +101,12 @@ type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, 
 #[tonic::async_trait]
 impl RaftService for RaftGrpcService {
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let vote_req = convert::vote_request_from_pb(&req).map_err(bad)?;
+        guard::check_vote(&self.receiver(GroupId(req.group_id), &raft), &vote_req)
+            .map_err(|r| self.refuse("Vote", req.group_id, peer, &r))?;
         let resp = if req.pre_vote { raft.pre_vote(vote_req).await } else { raft.vote(vote_req).await };
         Ok(Response::new(convert::vote_response_to_pb(&resp.map_err(fatal)?)))
     }
@@ -70,9 +115,12 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
+        guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc)
+            .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
         Ok(Response::new(convert::append_response_to_pb(&resp)))
     }
@@ -83,6 +131,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let peer = request.remote_addr();
         let mut input = request.into_inner();
         // The group is named by every message; the first one picks the group for the stream.
         let Some(first) = input.next().await else {
@@ -94,12 +143,24 @@ impl RaftService for RaftGrpcService {
             let g = self.group(group)?;
             (g.raft().clone(), g.stopped(), g.stopped())
         };
+        let raft_for_checks = raft.clone();
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
-        // A message that does not decode, or names another group, ends the input; openraft then
-        // sees the stream close and the leader re-establishes it.
+        guard::check_append(&self.receiver(GroupId(group), &raft), &first)
+            .map_err(|r| self.refuse("StreamAppend", group, peer, &r))?;
+        // A message that does not decode, names another group or is refused by the edge checks
+        // ends the input; openraft then sees the stream close and the leader re-establishes it.
+        let this = self.clone();
         let rest = input.scan((), move |_, item| {
             let next = match item {
-                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok(),
+                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok().and_then(|rpc| {
+                    match guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc) {
+                        Ok(()) => Some(rpc),
+                        Err(r) => {
+                            let _ = this.refuse("StreamAppend", group, peer, &r);
+                            None
+                        }
+                    }
+                }),
                 Ok(m) => {
                     tracing::warn!(
                         group,
@@ -137,12 +198,26 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let peer = request.remote_addr();
         let mut input = request.into_inner();
         let first = input.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(pb::install_snapshot_request::Payload::Meta(meta)) = first.payload else {
             return Err(Status::invalid_argument("the first snapshot message must be its meta"));
         };
         let raft = self.raft(meta.group_id)?;
+        {
+            // The sender and the log ids are checked before any data is read.
+            let vote = convert::required_vote_from_pb(meta.vote.as_ref(), "vote").map_err(bad)?;
+            let last = convert::opt_from_pb(meta.last_log_id.as_ref());
+            let membership = convert::opt_from_pb(meta.last_membership_log_id.as_ref());
+            guard::check_snapshot(
+                &self.receiver(GroupId(meta.group_id), &raft),
+                &vote,
+                last.as_ref(),
+                membership.as_ref(),
+            )
+            .map_err(|r| self.refuse("InstallSnapshot", meta.group_id, peer, &r))?;
+        }
         let max = self.peers.config().max_snapshot_bytes;
         if meta.data_len > max {
             return Err(Status::resource_exhausted(format!(
@@ -214,9 +289,13 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         use openraft::raft::TransferLeaderError;
         use pb::transfer_leader_response::Outcome;
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let from = convert::required_vote_from_pb(req.from_leader.as_ref(), "from_leader").map_err(bad)?;
+        let last = convert::opt_from_pb(req.last_log_id.as_ref());
+        guard::check_transfer(&self.receiver(GroupId(req.group_id), &raft), &from, req.to_node_id, last.as_ref())
+            .map_err(|r| self.refuse("TransferLeader", req.group_id, peer, &r))?;
         let rpc = TransferLeaderRequest::new(from, req.to_node_id, convert::opt_from_pb(req.last_log_id.as_ref()));
         let resp = raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
         let out = match resp {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod guard;
 pub mod peers;
 
 /// The generated protobuf messages, client and server of `shale.raft.v1`.
