@@ -23,9 +23,10 @@ use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
 use crate::network::pb::{self, raft_service_server::RaftService};
 use crate::network::peers::Peers;
+use crate::network::tls;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::GroupStateMachine;
-use crate::types::{GroupId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{GroupId, NodeId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The tonic service implementation; build it with [`crate::Router::grpc_service`].
 #[derive(Debug, Clone)]
@@ -58,6 +59,21 @@ impl RaftGrpcService {
         }
         let known = KnownNodes((!nodes.is_empty()).then_some(nodes));
         Receiver { node: self.peers.node_id(), group, known }
+    }
+
+    /// The node the peer's TLS certificate names, when this node checks certificates (TLS on):
+    /// `Ok(None)` without TLS; refused when TLS is on and the peer presented no node certificate.
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Refusal> {
+        if self.peers.config().tls.is_none() {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or(Refusal::NoNodeCertificate)?;
+        let leaf = certs.first().ok_or(Refusal::NoNodeCertificate)?;
+        match tls::certified_node(leaf.as_ref()) {
+            Ok(Some(node)) => Ok(Some(node)),
+            Ok(None) => Err(Refusal::NoNodeCertificate),
+            Err(e) => Err(Refusal::BadCertificate { reason: e.to_string() }),
+        }
     }
 
     /// Counts and logs a refused RPC and builds its status: `PERMISSION_DENIED` with
@@ -102,10 +118,13 @@ type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, 
 impl RaftService for RaftGrpcService {
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let vote_req = convert::vote_request_from_pb(&req).map_err(bad)?;
-        guard::check_vote(&self.receiver(GroupId(req.group_id), &raft), &vote_req)
+        certified
+            .and_then(|c| guard::check_identity(c, vote_req.vote.leader_id.node_id))
+            .and_then(|()| guard::check_vote(&self.receiver(GroupId(req.group_id), &raft), &vote_req))
             .map_err(|r| self.refuse("Vote", req.group_id, peer, &r))?;
         let resp = if req.pre_vote { raft.pre_vote(vote_req).await } else { raft.vote(vote_req).await };
         Ok(Response::new(convert::vote_response_to_pb(&resp.map_err(fatal)?)))
@@ -116,10 +135,13 @@ impl RaftService for RaftGrpcService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
-        guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc)
+        certified
+            .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
             .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
         Ok(Response::new(convert::append_response_to_pb(&resp)))
@@ -132,6 +154,8 @@ impl RaftService for RaftGrpcService {
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let peer = request.remote_addr();
+        // A refused certificate refuses the whole stream.
+        let certified = self.certified(&request).map_err(|r| self.refuse("StreamAppend", 0, peer, &r))?;
         let mut input = request.into_inner();
         // The group is named by every message; the first one picks the group for the stream.
         let Some(first) = input.next().await else {
@@ -145,7 +169,8 @@ impl RaftService for RaftGrpcService {
         };
         let raft_for_checks = raft.clone();
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
-        guard::check_append(&self.receiver(GroupId(group), &raft), &first)
+        guard::check_identity(certified, first.vote.leader_id.node_id)
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(group), &raft), &first))
             .map_err(|r| self.refuse("StreamAppend", group, peer, &r))?;
         // A message that does not decode, names another group or is refused by the edge checks
         // ends the input; openraft then sees the stream close and the leader re-establishes it.
@@ -153,7 +178,9 @@ impl RaftService for RaftGrpcService {
         let rest = input.scan((), move |_, item| {
             let next = match item {
                 Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok().and_then(|rpc| {
-                    match guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc) {
+                    let checked = guard::check_identity(certified, rpc.vote.leader_id.node_id)
+                        .and_then(|()| guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc));
+                    match checked {
                         Ok(()) => Some(rpc),
                         Err(r) => {
                             let _ = this.refuse("StreamAppend", group, peer, &r);
@@ -199,6 +226,7 @@ impl RaftService for RaftGrpcService {
         request: Request<Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let mut input = request.into_inner();
         let first = input.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(pb::install_snapshot_request::Payload::Meta(meta)) = first.payload else {
@@ -210,13 +238,17 @@ impl RaftService for RaftGrpcService {
             let vote = convert::required_vote_from_pb(meta.vote.as_ref(), "vote").map_err(bad)?;
             let last = convert::opt_from_pb(meta.last_log_id.as_ref());
             let membership = convert::opt_from_pb(meta.last_membership_log_id.as_ref());
-            guard::check_snapshot(
-                &self.receiver(GroupId(meta.group_id), &raft),
-                &vote,
-                last.as_ref(),
-                membership.as_ref(),
-            )
-            .map_err(|r| self.refuse("InstallSnapshot", meta.group_id, peer, &r))?;
+            certified
+                .and_then(|c| guard::check_identity(c, vote.leader_id.node_id))
+                .and_then(|()| {
+                    guard::check_snapshot(
+                        &self.receiver(GroupId(meta.group_id), &raft),
+                        &vote,
+                        last.as_ref(),
+                        membership.as_ref(),
+                    )
+                })
+                .map_err(|r| self.refuse("InstallSnapshot", meta.group_id, peer, &r))?;
         }
         let max = self.peers.config().max_snapshot_bytes;
         if meta.data_len > max {
@@ -290,11 +322,21 @@ impl RaftService for RaftGrpcService {
         use openraft::raft::TransferLeaderError;
         use pb::transfer_leader_response::Outcome;
         let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let from = convert::required_vote_from_pb(req.from_leader.as_ref(), "from_leader").map_err(bad)?;
         let last = convert::opt_from_pb(req.last_log_id.as_ref());
-        guard::check_transfer(&self.receiver(GroupId(req.group_id), &raft), &from, req.to_node_id, last.as_ref())
+        certified
+            .and_then(|c| guard::check_identity(c, from.leader_id.node_id))
+            .and_then(|()| {
+                guard::check_transfer(
+                    &self.receiver(GroupId(req.group_id), &raft),
+                    &from,
+                    req.to_node_id,
+                    last.as_ref(),
+                )
+            })
             .map_err(|r| self.refuse("TransferLeader", req.group_id, peer, &r))?;
         let rpc = TransferLeaderRequest::new(from, req.to_node_id, convert::opt_from_pb(req.last_log_id.as_ref()));
         let resp = raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
@@ -317,8 +359,13 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let group = self.group(req.group_id)?;
+        certified
+            .and_then(|c| guard::check_reader(&self.receiver(GroupId(req.group_id), group.raft()), c))
+            .map_err(|r| self.refuse("ReadLog", req.group_id, peer, &r))?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
     }

@@ -73,6 +73,12 @@ pub enum Refusal {
     /// node (no TLS, or a client certificate).
     #[error("the peer presented no node certificate (a node certificate names `shale://node/<id>`)")]
     NoNodeCertificate,
+    /// The peer's certificate cannot be read, or names more than one node.
+    #[error("the peer's certificate is unusable: {reason}")]
+    BadCertificate {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The nodes a receiving group accepts messages from: every node of the group's membership
@@ -168,6 +174,15 @@ pub fn check_transfer(rx: &Receiver, from: &Vote, to: NodeId, last_log_id: Optio
     check_log_id("last_log_id.term", "last_log_id.index", last_log_id)?;
     rx.member(from.leader_id.node_id, "transferring leader")?;
     rx.member(to, "transfer target")
+}
+
+/// A log read for repair (`ReadLog`, which names no sender): with certificates checked, the
+/// certified node must be a member.
+pub fn check_reader(rx: &Receiver, certified: Option<NodeId>) -> Result<(), Refusal> {
+    match certified {
+        Some(node) => rx.member(node, "reader"),
+        None => Ok(()),
+    }
 }
 
 /// The node the peer's certificate names must be the node the message claims to come from.
