@@ -42,7 +42,7 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
     }
     println!("bootstrap endpoints: {}", endpoints.join(","));
     let tls_flag = if args.tls {
-        let ca = tls_dir.join(crate::tls::CA_CERT_FILE);
+        let ca = tls_dir.join(shale_raft::network::tls::files::CA_CERT);
         println!("TLS on: CA certificate {} (node certificates beside it)", ca.display());
         format!(" --tls-ca {}", ca.display())
     } else {

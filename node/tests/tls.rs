@@ -10,9 +10,9 @@ use common::{WAIT, consumer_config};
 use shale_client::admin::NewTopic;
 use shale_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
 use shale_node::testing::LocalCluster;
-use shale_node::tls::{CA_CERT_FILE, node_cert_file, node_key_file};
 use shale_raft::network::guard::{ERROR_CODE_KEY, REFUSED_CODE};
 use shale_raft::network::pb::{self, raft_service_client::RaftServiceClient};
+use shale_raft::network::tls::files::{self, CA_CERT};
 use shale_raft::network::tls::generate;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -43,7 +43,7 @@ fn read(path: &Path) -> Vec<u8> {
 
 /// A raw Raft client to `addr` presenting `identity` (cert, key PEM), trusting the cluster CA.
 async fn raft_client(c: &LocalCluster, addr: &str, identity: Option<(Vec<u8>, Vec<u8>)>) -> RaftServiceClient<Channel> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&c.tls_dir().join(CA_CERT_FILE))));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&c.tls_dir().join(CA_CERT))));
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
@@ -59,7 +59,7 @@ async fn raft_client(c: &LocalCluster, addr: &str, identity: Option<(Vec<u8>, Ve
 }
 
 fn node_identity(c: &LocalCluster, id: u64) -> (Vec<u8>, Vec<u8>) {
-    (read(&c.tls_dir().join(node_cert_file(id))), read(&c.tls_dir().join(node_key_file(id))))
+    (read(&c.tls_dir().join(files::node_cert(id))), read(&c.tls_dir().join(files::node_key(id))))
 }
 
 fn assert_refused(status: tonic::Status, what: &str) {
@@ -156,8 +156,8 @@ async fn raft_rpcs_need_the_senders_own_node_certificate() {
 
     // A client certificate of the cluster CA: it names no node.
     let ca = generate::Pem {
-        cert: String::from_utf8(read(&c.tls_dir().join(CA_CERT_FILE))).unwrap(),
-        key: String::from_utf8(read(&c.tls_dir().join(shale_node::tls::CA_KEY_FILE))).unwrap(),
+        cert: String::from_utf8(read(&c.tls_dir().join(CA_CERT))).unwrap(),
+        key: String::from_utf8(read(&c.tls_dir().join(files::CA_KEY))).unwrap(),
     };
     let alice = generate::client(&ca, "alice", 1).unwrap();
     let mut as_client = raft_client(&c, &addr, Some((alice.cert.into_bytes(), alice.key.into_bytes()))).await;

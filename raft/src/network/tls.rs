@@ -192,6 +192,63 @@ pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
     }
 }
 
+/// The certificate directory's layout, shared by `shale cert` and local clusters: `ca.pem` /
+/// `ca.key`, `node-<id>.pem` / `.key`, `client-<principal>.pem` / `.key`.
+pub mod files {
+    use std::path::Path;
+
+    use super::TlsError;
+    use crate::types::NodeId;
+
+    /// The CA certificate file.
+    pub const CA_CERT: &str = "ca.pem";
+    /// The CA key file.
+    pub const CA_KEY: &str = "ca.key";
+
+    /// Node `id`'s certificate file.
+    pub fn node_cert(id: NodeId) -> String {
+        format!("node-{id}.pem")
+    }
+
+    /// Node `id`'s key file.
+    pub fn node_key(id: NodeId) -> String {
+        format!("node-{id}.key")
+    }
+
+    /// A client's certificate file.
+    pub fn client_cert(principal: &str) -> String {
+        format!("client-{principal}.pem")
+    }
+
+    /// A client's key file.
+    pub fn client_key(principal: &str) -> String {
+        format!("client-{principal}.key")
+    }
+
+    /// Writes PEM `contents` to `path`; a private key is made readable by its owner only.
+    pub fn write_pem(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
+        let io = |source| TlsError::Write { path: path.to_path_buf(), source };
+        std::fs::write(path, contents).map_err(io)?;
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        Ok(())
+    }
+
+    /// Reads the CA (certificate and key) from `dir`.
+    pub fn read_ca(dir: &Path) -> Result<super::generate::Pem, TlsError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| TlsError::Read { what: "CA file", path, source })
+        };
+        Ok(super::generate::Pem { cert: read(CA_CERT)?, key: read(CA_KEY)? })
+    }
+}
+
 /// Making a CA and certificates (rcgen), for `shale cert` and `shale-node dev --tls`.
 pub mod generate {
     use std::net::IpAddr;
