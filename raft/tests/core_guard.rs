@@ -39,7 +39,7 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         leadership_transfer: true,
         pre_vote: false,
     };
-    assert_refused(client.vote(hostile.clone()).await.unwrap_err(), "the issue's vote");
+    assert_refused(client.vote(hostile).await.unwrap_err(), "the issue's vote");
     assert_refused(client.vote(pb::VoteRequest { pre_vote: true, ..hostile }).await.unwrap_err(), "as a pre-vote");
 
     // A sane term, but a candidate that is not a member, with the transfer flag.
