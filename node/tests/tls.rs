@@ -62,6 +62,22 @@ fn node_identity(c: &LocalCluster, id: u64) -> (Vec<u8>, Vec<u8>) {
     (read(&c.tls_dir().join(files::node_cert(id))), read(&c.tls_dir().join(files::node_key(id))))
 }
 
+/// A client certificate signed by the cluster's CA, valid from 10 days ago until yesterday.
+fn expired_client(c: &LocalCluster) -> (Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::from_pem(&String::from_utf8(read(&c.tls_dir().join(files::CA_KEY))).unwrap()).unwrap();
+    let ca_cert = String::from_utf8(read(&c.tls_dir().join(CA_CERT))).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI("shale://client/late".try_into().unwrap()));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(10);
+    params.not_after = now - time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+}
+
 fn assert_refused(status: tonic::Status, what: &str) {
     assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
     let code = status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
@@ -116,8 +132,20 @@ async fn clients_without_the_cluster_ca_are_refused() {
     let tls = c.client_tls().unwrap().identity(Identity::from_pem(foreign.cert, foreign.key));
     client(&c, Some(tls)).admin().list_topics().await.expect_err("a certificate of another CA is refused");
 
-    // The right CA works.
+    // A client certificate of the cluster CA that has expired.
+    let expired = expired_client(&c);
+    let tls = c.client_tls().unwrap().identity(Identity::from_pem(expired.0, expired.1));
+    client(&c, Some(tls)).admin().list_topics().await.expect_err("an expired certificate is refused");
+
+    // The right CA works, with no client certificate or with a valid one of the cluster CA.
     client(&c, c.client_tls()).admin().list_topics().await.expect("the cluster CA is trusted");
+    let ca = generate::Pem {
+        cert: String::from_utf8(read(&c.tls_dir().join(CA_CERT))).unwrap(),
+        key: String::from_utf8(read(&c.tls_dir().join(files::CA_KEY))).unwrap(),
+    };
+    let alice = generate::client(&ca, "alice", 1).unwrap();
+    let tls = c.client_tls().unwrap().identity(Identity::from_pem(alice.cert, alice.key));
+    client(&c, Some(tls)).admin().list_topics().await.expect("a valid client certificate is accepted");
     c.shutdown().await.unwrap();
 }
 
@@ -189,5 +217,13 @@ async fn raft_rpcs_need_the_senders_own_node_certificate() {
         .term;
     assert_eq!(now, term, "the follower's term did not move");
     assert!(c.running(follower).unwrap().cluster().router().refused_rpcs() >= 4, "refusals are counted");
+    let (code, metrics) = common::http_get(c.http[follower as usize - 1], "/metrics").await;
+    assert_eq!(code, 200);
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shale_raft_rpc_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the refusal counter is exported");
+    assert!(refused >= 4, "{refused}");
     c.shutdown().await.unwrap();
 }

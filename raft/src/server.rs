@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
@@ -35,11 +36,38 @@ pub struct RaftGrpcService {
     peers: Arc<Peers>,
     /// RPCs refused at the edge ([`guard`]), for the node's metrics.
     refused: Arc<AtomicU64>,
+    /// Paces the WARN lines of refusals (a flood of hostile RPCs must not flood the log).
+    warn_pace: Arc<WarnPace>,
+}
+
+/// The shortest time between two WARN lines about refused RPCs; the refusals in between are
+/// counted and the next line says how many were not logged.
+pub const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most one WARN line per [`REFUSAL_WARN_INTERVAL`].
+#[derive(Debug, Default)]
+struct WarnPace {
+    last: parking_lot::Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl WarnPace {
+    /// `Some(n)`: log now, `n` refusals since the last line were not logged. `None`: count this one.
+    fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_WARN_INTERVAL) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl RaftGrpcService {
     pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>, refused: Arc<AtomicU64>) -> Self {
-        Self { groups, peers, refused }
+        Self { groups, peers, refused, warn_pace: Arc::default() }
     }
 
     /// What the receiving group checks a message against: this node, the group, and the nodes of
@@ -80,7 +108,9 @@ impl RaftGrpcService {
     /// [`REFUSED_CODE`] in [`ERROR_CODE_KEY`].
     fn refuse(&self, rpc: &'static str, group: u64, peer: Option<SocketAddr>, refusal: &Refusal) -> Status {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(rpc, group, peer = ?peer, reason = %refusal, "raft rpc refused");
+        if let Some(not_logged) = self.warn_pace.admit() {
+            tracing::warn!(rpc, group, peer = ?peer, reason = %refusal, not_logged, "raft rpc refused");
+        }
         refused_status(refusal)
     }
 
@@ -368,5 +398,20 @@ impl RaftService for RaftGrpcService {
             .map_err(|r| self.refuse("ReadLog", req.group_id, peer, &r))?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_warnings_are_paced_and_count_what_they_skip() {
+        let pace = WarnPace::default();
+        assert_eq!(pace.admit(), Some(0), "the first refusal is logged");
+        assert_eq!(pace.admit(), None);
+        assert_eq!(pace.admit(), None);
+        *pace.last.lock() = Some(Instant::now() - REFUSAL_WARN_INTERVAL);
+        assert_eq!(pace.admit(), Some(2), "the next line says how many were not logged");
     }
 }
