@@ -24,6 +24,7 @@ Examples:
 
 Environment:
   SHALE_BOOTSTRAP   comma-separated host:port endpoints (same as --bootstrap)
+  SHALE_TLS_CA, SHALE_TLS_CERT, SHALE_TLS_KEY   TLS files (same as --tls-ca, --tls-cert, --tls-key)
 
 Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree, records not
 delivered), 2 usage error, 3 incomplete report (printed, but part of it could not be read: `cluster
@@ -58,6 +59,15 @@ pub struct GlobalArgs {
     /// Attempts per request before giving up (leader changes and unreachable nodes are retried).
     #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub attempts: u32,
+    /// TLS: the cluster CA certificate (PEM) to trust; turns TLS on.
+    #[arg(long, global = true, env = "SHALE_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: a client certificate to present (PEM, `shale cert client`); needs --tls-key.
+    #[arg(long, global = true, env = "SHALE_TLS_CERT", value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SHALE_TLS_KEY", value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
     /// Log more to stderr (-v info, -vv debug, -vvv trace).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -92,6 +102,9 @@ pub enum Command {
     /// Load generators with latency percentiles.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Make a cluster CA and node or client certificates (PEM files) for TLS.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  shale completions bash > /etc/bash_completion.d/shale\n  shale completions zsh > \"${fpath[1]}/_shale\"\n  shale completions fish > ~/.config/fish/completions/shale.fish"
@@ -101,6 +114,64 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+/// `shale cert ...`: certificates for a dev or test cluster (docs/security.md).
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a new cluster CA: `<dir>/ca.pem` (give it to nodes and clients) and `<dir>/ca.key`
+    /// (keep it secret; it signs every certificate).
+    #[command(after_help = "Examples:\n  shale cert init-ca --dir certs")]
+    InitCa {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The CA's common name.
+        #[arg(long, default_value = "shale cluster CA")]
+        name: String,
+    },
+    /// Make node N's certificate, signed by the CA in --dir: `<dir>/node-N.pem` and `node-N.key`.
+    /// It names the node (URI SAN shale://node/N, DNS node-N.shale.internal) and the names and
+    /// addresses peers and clients reach it at.
+    #[command(
+        after_help = "Examples:\n  shale cert node --dir certs --id 1 --dns node-1 --dns localhost --ip 127.0.0.1"
+    )]
+    Node {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The node's id.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// A DNS name the node is reached at (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// An IP address the node is reached at (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+    },
+    /// Make a client certificate for PRINCIPAL, signed by the CA in --dir: `<dir>/client-NAME.pem`
+    /// and `client-NAME.key` (URI SAN shale://client/NAME; it can never pass as a node).
+    #[command(after_help = "Examples:\n  shale cert client --dir certs --principal alice")]
+    Client {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The client's name (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        principal: String,
+    },
+}
+
+/// Flags of every `shale cert` command.
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// The certificate directory (the CA's files are read from and written to it).
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Overwrite files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `shale cluster ...`.

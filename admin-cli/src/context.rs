@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use shale_client::{Client, ClientConfig, ClientError};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::cli::GlobalArgs;
 use crate::error::{CliError, Result};
@@ -27,6 +28,16 @@ impl Ctx {
             ClientConfig::from_endpoint_list(&self.global.bootstrap).map_err(|e| self.err("read --bootstrap", e))?;
         config.request_timeout_ms = self.global.timeout.max(1);
         config.max_attempts = self.global.attempts;
+        if let Some(ca) = &self.global.tls_ca {
+            let read = |path: &std::path::PathBuf| {
+                std::fs::read(path).map_err(|source| CliError::Local { op: "read", path: path.clone(), source })
+            };
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&self.global.tls_cert, &self.global.tls_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            config.tls = Some(tls);
+        }
         Ok(config)
     }
 

@@ -74,6 +74,16 @@ pub enum CliError {
         source: io::Error,
     },
 
+    /// A certificate could not be made, read or written (`shale cert`, the `--tls-*` files).
+    #[error("{action}: {source}")]
+    Tls {
+        /// What we were doing.
+        action: String,
+        /// Why.
+        #[source]
+        source: shale_raft::network::tls::TlsError,
+    },
+
     /// The async runtime could not start (out of threads or file descriptors).
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
@@ -126,6 +136,9 @@ impl CliError {
             | CliError::Runtime(_) => None,
             CliError::Input { .. } => Some("check the path and its permissions".into()),
             CliError::Local { .. } => Some("check the path and its permissions".into()),
+            CliError::Tls { .. } => Some(
+                "check the PEM files (`shale cert init-ca` makes a CA, `shale cert node|client` certificates)".into(),
+            ),
         }
     }
 }

@@ -23,6 +23,7 @@ use context::Ctx;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completions { shell } => commands::completions::run(shell),
+        Command::Cert(c) => commands::cert::run(c),
         Command::Verify(args) if args.data_dir.is_some() => commands::verify::run_offline(&args),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +47,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Verify(a) => commands::verify::run_online(ctx, &a).await,
         Command::Bench(c) => commands::bench::run(ctx, c).await,
         Command::Completions { shell } => commands::completions::run(shell),
+        Command::Cert(c) => commands::cert::run(c),
     }
 }
 

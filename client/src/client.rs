@@ -154,10 +154,22 @@ impl Client {
         if let Some(ch) = self.inner.channels.read().get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
-            .map_err(|err| ClientError::InvalidEndpoint { endpoint: addr.to_string(), reason: err.to_string() })?
+        let invalid = |err: tonic::transport::Error| ClientError::InvalidEndpoint {
+            endpoint: addr.to_string(),
+            reason: err.to_string(),
+        };
+        let tls = self.inner.config.tls.as_ref();
+        let uri = match tls {
+            Some(_) if !addr.contains("://") => format!("https://{addr}"),
+            _ => endpoint_uri(addr),
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(invalid)?
             .connect_timeout(Duration::from_millis(self.inner.config.connect_timeout_ms))
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+        }
         let ch = endpoint.connect_lazy();
         self.inner.channels.write().insert(addr.to_string(), ch.clone());
         Ok(ch)

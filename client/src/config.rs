@@ -19,6 +19,9 @@ pub struct ClientConfig {
     pub initial_backoff_ms: u64,
     /// Largest retry backoff.
     pub max_backoff_ms: u64,
+    /// TLS to every node (the cluster CA to trust, optionally a client certificate); `None`:
+    /// plaintext. See docs/security.md.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientConfig {
@@ -31,6 +34,7 @@ impl ClientConfig {
             max_attempts: 12,
             initial_backoff_ms: 25,
             max_backoff_ms: 1_000,
+            tls: None,
         }
     }
 

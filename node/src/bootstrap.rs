@@ -11,8 +11,8 @@ use std::time::Duration;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_raft::cluster::Cluster;
+use shale_raft::network::tls::TlsPem;
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 
 /// Pause between reachability rounds and failed attempts.
 const RETRY: Duration = Duration::from_millis(200);
@@ -25,8 +25,8 @@ pub fn is_bootstrapper(node_id: u64, members: &BTreeMap<u64, String>) -> bool {
 }
 
 /// What a peer said about the metadata group: `None` if it did not answer in time.
-async fn probe(addr: &str) -> Option<PeerView> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(PROBE_TIMEOUT);
+async fn probe(addr: &str, tls: Option<&TlsPem>) -> Option<PeerView> {
+    let endpoint = shale_raft::network::peers::endpoint(addr, tls).ok()?.connect_timeout(PROBE_TIMEOUT);
     let call = async {
         let channel = endpoint.connect().await.ok()?;
         let status = AdminClient::new(channel).cluster_status(proto::ClusterStatusRequest {}).await.ok()?;
@@ -71,7 +71,7 @@ pub async fn run(
             if *id == node_id {
                 continue;
             }
-            match probe(addr).await {
+            match probe(addr, cluster.router().config().tls.as_ref()).await {
                 None => missing.push(*id),
                 Some(PeerView::HasLeader(leader)) => existing_leader = Some((*id, leader)),
                 Some(PeerView::NoLeader) => {}

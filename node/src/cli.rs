@@ -107,6 +107,15 @@ pub struct RunArgs {
     /// Size at which a log segment is sealed and the next one started (bytes, at least 4096).
     #[arg(long, env = "SHALE_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// TLS: the cluster CA certificate (PEM); with --tls-cert and --tls-key turns TLS on.
+    #[arg(long, env = "SHALE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: this node's certificate (PEM, `shale cert node`).
+    #[arg(long, env = "SHALE_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: this node's private key (PEM).
+    #[arg(long, env = "SHALE_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `dev`.
@@ -127,6 +136,10 @@ pub struct DevArgs {
     /// Keep data in memory instead of on disk.
     #[arg(long)]
     pub memory: bool,
+    /// Run with TLS: a fresh CA and node certificates are written to `<data-dir>/tls`
+    /// (`ca.pem` is what clients trust: `shale --tls-ca <data-dir>/tls/ca.pem ...`).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl RunArgs {
@@ -180,6 +193,9 @@ impl RunArgs {
         }
         if let Some(v) = self.segment_bytes {
             c.segment_bytes = v;
+        }
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            c.tls = Some(crate::config::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() });
         }
         c.validate()?;
         Ok(c)

@@ -94,6 +94,22 @@ impl Default for RaftTiming {
     }
 }
 
+/// TLS (`[tls]`): PEM files of the cluster CA, this node's certificate and its key. With it the
+/// gRPC listener speaks only TLS: clients must trust the CA (a client certificate is optional and
+/// must chain to the CA when presented), and every Raft RPC must come with a node certificate
+/// (URI SAN `shale://node/<id>`) naming the node the RPC claims to come from, a member of the group.
+/// Nodes reach each other with their own certificate. See docs/security.md.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), made by `shale cert node`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -126,6 +142,8 @@ pub struct NodeConfig {
     pub retention_interval_ms: u64,
     /// The background scrubber (`[scrub]`).
     pub scrub: crate::scrub::ScrubConfig,
+    /// TLS on the gRPC listener and between nodes (`[tls]`); absent: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for NodeConfig {
@@ -144,6 +162,7 @@ impl Default for NodeConfig {
             segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
             retention_interval_ms: 30_000,
             scrub: crate::scrub::ScrubConfig::default(),
+            tls: None,
         }
     }
 }
@@ -322,7 +341,11 @@ mod tests {
         assert_eq!(c.limits.max_batch_records, Limits::default().max_batch_records);
         assert_eq!(c.peers.len(), 2);
         c.validate().unwrap();
+        assert_eq!(c.tls, None);
         assert!(NodeConfig::from_toml("nodeid = 3").is_err());
+        let c = NodeConfig::from_toml("[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n").unwrap();
+        assert_eq!(c.tls.map(|t| t.key), Some(PathBuf::from("n.key")));
+        assert!(NodeConfig::from_toml("[tls]\nca = \"ca.pem\"\n").is_err(), "all three files are needed");
     }
 
     #[test]

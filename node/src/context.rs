@@ -14,7 +14,7 @@ use shale_client::proto::fetch_client::FetchClient;
 use shale_client::proto::produce_client::ProduceClient;
 use shale_raft::cluster::{Cluster, ClusterError, FromIndexProblem};
 use tokio::sync::{Notify, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::convert::errors::cluster_error;
@@ -226,8 +226,8 @@ impl NodeContext {
         if let Some(ch) = self.channels.read().get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad peer address {addr:?}: {e}")))?
+        let endpoint = shale_raft::network::peers::endpoint(addr, self.cluster.router().config().tls.as_ref())
+            .map_err(Status::internal)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();

@@ -12,7 +12,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts every node, prints the endpoints, runs until Ctrl-C / SIGTERM, then stops them all.
 pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
-    let configs = args.configs()?;
+    let mut configs = args.configs()?;
+    let tls_dir = args.data_dir.join("tls");
+    if args.tls {
+        let ids: Vec<u64> = configs.iter().map(|c| c.node_id).collect();
+        for (config, files) in configs.iter_mut().zip(crate::tls::write_local_certs(&tls_dir, &ids)?) {
+            config.tls = Some(files);
+        }
+    }
     let mut handles: Vec<NodeHandle> = Vec::with_capacity(configs.len());
     for config in configs {
         match Node::start(config).await {
@@ -34,8 +41,15 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
         );
     }
     println!("bootstrap endpoints: {}", endpoints.join(","));
+    let tls_flag = if args.tls {
+        let ca = tls_dir.join(shale_raft::network::tls::files::CA_CERT);
+        println!("TLS on: CA certificate {} (node certificates beside it)", ca.display());
+        format!(" --tls-ca {}", ca.display())
+    } else {
+        String::new()
+    };
     if handles[0].wait_ready(READY_TIMEOUT).await {
-        println!("ready. Try: shale --endpoints {} topic create demo --partitions 3", endpoints.join(","));
+        println!("ready. Try: shale --endpoints {}{tls_flag} topic create demo --partitions 3", endpoints.join(","));
     } else {
         println!("no metadata leader after {}s; see the logs (RUST_LOG=debug)", READY_TIMEOUT.as_secs());
     }

@@ -41,6 +41,9 @@ pub enum NodeError {
     /// The cluster layer failed to start or stop.
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// The TLS files could not be read.
+    #[error("tls: {0}")]
+    Tls(#[from] shale_raft::network::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),

@@ -9,6 +9,7 @@
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
 //! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`scrub`]: the background scrubber that finds and repairs damaged log ranges.
+//! - [`tls`]: certificates for a local cluster (`dev --tls`, tests).
 
 pub mod bootstrap;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod signal;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use config::{Limits, NodeConfig, StorageKind};
 pub use error::NodeError;

@@ -195,6 +195,12 @@ impl Metrics {
 
         counter(
             &mut out,
+            "shale_raft_rpc_refused_total",
+            "Raft RPCs refused at the transport's edge (huge term or index, not a member, wrong certificate).",
+            cluster.router().refused_rpcs(),
+        );
+        counter(
+            &mut out,
             "shale_scrub_bytes_total",
             "Bytes the scrubber re-read from storage.",
             self.scrub_bytes.get(),

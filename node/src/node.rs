@@ -9,6 +9,7 @@ use shale_client::proto::consumer_groups_server::ConsumerGroupsServer;
 use shale_client::proto::fetch_server::FetchServer;
 use shale_client::proto::produce_server::ProduceServer;
 use shale_raft::cluster::{Cluster, ClusterConfig};
+use shale_raft::network::tls::TlsPem;
 use shale_storage::StorageBackend;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -107,7 +108,12 @@ impl Node {
             source,
         })?;
         let advertise_addr = config.advertise_addr(grpc_addr);
+        let tls = match &config.tls {
+            Some(files) => Some(TlsPem::load(&files.ca, &files.cert, &files.key)?),
+            None => None,
+        };
         let mut cluster_config = ClusterConfig::new(config.node_id, advertise_addr.clone(), storage.clone());
+        cluster_config.network.tls = tls.clone();
         cluster_config.raft.heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
         cluster_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
@@ -149,8 +155,13 @@ impl Node {
                 )
             };
         }
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            // Client certificates are optional on the one listener (clients need none yet); the
+            // Raft service refuses every RPC without a node certificate naming its sender.
+            server = server.tls_config(tls.server_config(false))?;
+        }
+        let router = server
             .add_service(client_api!(ProduceServer, ProduceService))
             .add_service(client_api!(FetchServer, FetchService))
             .add_service(client_api!(ConsumerGroupsServer, GroupsService))
@@ -186,7 +197,14 @@ impl Node {
         );
         let members = config.initial_members(&advertise_addr);
         let bootstrap_task = tokio::spawn(crate::bootstrap::run(cluster.clone(), config.node_id, members, shutdown_rx));
-        tracing::info!(node_id = config.node_id, grpc = %grpc_addr, advertise = %advertise_addr, http = %http_addr, "node started");
+        tracing::info!(
+            node_id = config.node_id,
+            grpc = %grpc_addr,
+            advertise = %advertise_addr,
+            http = %http_addr,
+            tls = tls.is_some(),
+            "node started"
+        );
         Ok(NodeHandle {
             node_id: config.node_id,
             grpc_addr,

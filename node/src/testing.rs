@@ -28,6 +28,8 @@ pub struct LocalCluster {
     pub dirs: Vec<PathBuf>,
     root: PathBuf,
     configure: fn(&mut NodeConfig),
+    /// Each node's `[tls]` files when the cluster runs with TLS ([`LocalCluster::start_tls`]).
+    tls: Option<Vec<crate::config::TlsFiles>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -45,6 +47,35 @@ impl LocalCluster {
     /// configuration passed through `configure`. Does not wait for a leader: see
     /// [`LocalCluster::not_ready`].
     pub async fn start(n: u64, root: &Path, configure: fn(&mut NodeConfig)) -> Result<Self, NodeError> {
+        Self::start_inner(n, root, configure, None).await
+    }
+
+    /// As [`LocalCluster::start`], with TLS: a fresh CA and node certificates in `root/tls`
+    /// ([`crate::tls::write_local_certs`]); clients connect with [`LocalCluster::client_tls`].
+    pub async fn start_tls(n: u64, root: &Path, configure: fn(&mut NodeConfig)) -> Result<Self, NodeError> {
+        let ids: Vec<u64> = (1..=n).collect();
+        let files = crate::tls::write_local_certs(&root.join("tls"), &ids)?;
+        Self::start_inner(n, root, configure, Some(files)).await
+    }
+
+    /// The directory of the TLS cluster's CA and certificates (`root/tls`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
+    /// The client side of the cluster's TLS: trusts its CA, presents no certificate.
+    pub fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        let files = self.tls.as_ref()?.first()?;
+        let ca = std::fs::read(&files.ca).ok()?;
+        Some(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca)))
+    }
+
+    async fn start_inner(
+        n: u64,
+        root: &Path,
+        configure: fn(&mut NodeConfig),
+        tls: Option<Vec<crate::config::TlsFiles>>,
+    ) -> Result<Self, NodeError> {
         let mut listeners = Vec::new();
         let mut peers = BTreeMap::new();
         for id in 1..=n {
@@ -61,6 +92,7 @@ impl LocalCluster {
             dirs: (1..=n).map(|id| root.join(format!("node-{id}"))).collect(),
             root: root.to_path_buf(),
             configure,
+            tls,
         };
         for (i, (g, h)) in listeners.into_iter().enumerate() {
             cluster.grpc.push(local_addr("grpc", &g, ANY_PORT)?);
@@ -78,6 +110,7 @@ impl LocalCluster {
             data_dir: dir,
             storage: StorageKind::Disk,
             shutdown_grace_ms: 2_000,
+            tls: self.tls.as_ref().and_then(|t| t.get(id as usize - 1).cloned()),
             ..NodeConfig::default()
         };
         (self.configure)(&mut c);
@@ -138,6 +171,10 @@ impl LocalCluster {
         let (grpc, http) = (local_addr("grpc", &g, ANY_PORT)?, local_addr("http", &h, ANY_PORT)?);
         let mut peers = self.peers.clone();
         peers.insert(id, grpc.to_string());
+        if self.tls.is_some() {
+            let files = crate::tls::write_node_cert(&self.tls_dir(), id)?;
+            self.tls.get_or_insert_default().push(files);
+        }
         let dir = self.root.join(format!("node-{id}"));
         let config = self.config(id, &peers, dir.clone());
         self.nodes.push(Some(Node::start_on(config, g, h).await?));

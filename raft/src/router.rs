@@ -3,6 +3,7 @@
 //! share). Groups start through it ([`Router::start_group`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use shale_storage::StorageBackend;
 
@@ -20,12 +21,18 @@ use crate::types::{GroupId, NodeId};
 pub struct Router {
     peers: Arc<Peers>,
     groups: Arc<LocalGroups>,
+    /// Raft RPCs the server refused at its edge (`network::guard`).
+    refused: Arc<AtomicU64>,
 }
 
 impl Router {
     /// A router for node `node_id`.
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Arc<Self>, RaftError> {
-        Ok(Arc::new(Self { peers: Arc::new(Peers::new(node_id, config)?), groups: Arc::default() }))
+        Ok(Arc::new(Self {
+            peers: Arc::new(Peers::new(node_id, config)?),
+            groups: Arc::default(),
+            refused: Arc::default(),
+        }))
     }
 
     /// This node's id.
@@ -38,6 +45,12 @@ impl Router {
         self.peers.config()
     }
 
+    /// How many Raft RPCs this node's server refused at its edge (a term or index near
+    /// `u64::MAX`, a sender that is not a member, a certificate naming another node).
+    pub fn refused_rpcs(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// The channels to the peers.
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers
@@ -47,7 +60,7 @@ impl Router {
     /// `Server::builder().add_service(router.grpc_service())`.
     pub fn grpc_service(&self) -> RaftServiceServer<RaftGrpcService> {
         let max = self.config().max_message_bytes;
-        RaftServiceServer::new(RaftGrpcService::new(self.groups.clone(), self.peers.clone()))
+        RaftServiceServer::new(RaftGrpcService::new(self.groups.clone(), self.peers.clone(), self.refused.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
     }

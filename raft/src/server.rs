@@ -3,34 +3,115 @@
 //! A message for a group this node does not run is answered `NOT_FOUND`, which the sender treats
 //! as "unreachable" and retries with backoff.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use openraft::Raft;
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::network::convert::{self, ConvertError};
+use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
 use crate::network::pb::{self, raft_service_server::RaftService};
 use crate::network::peers::Peers;
+use crate::network::tls;
 use crate::snapshot::SnapshotData;
 use crate::state_machine::GroupStateMachine;
-use crate::types::{GroupId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{GroupId, NodeId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The tonic service implementation; build it with [`crate::Router::grpc_service`].
 #[derive(Debug, Clone)]
 pub struct RaftGrpcService {
     groups: Arc<LocalGroups>,
     peers: Arc<Peers>,
+    /// RPCs refused at the edge ([`guard`]), for the node's metrics.
+    refused: Arc<AtomicU64>,
+    /// Paces the WARN lines of refusals (a flood of hostile RPCs must not flood the log).
+    warn_pace: Arc<WarnPace>,
+}
+
+/// The shortest time between two WARN lines about refused RPCs; the refusals in between are
+/// counted and the next line says how many were not logged.
+pub const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most one WARN line per [`REFUSAL_WARN_INTERVAL`].
+#[derive(Debug, Default)]
+struct WarnPace {
+    last: parking_lot::Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl WarnPace {
+    /// `Some(n)`: log now, `n` refusals since the last line were not logged. `None`: count this one.
+    fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_WARN_INTERVAL) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl RaftGrpcService {
-    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>) -> Self {
-        Self { groups, peers }
+    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>, refused: Arc<AtomicU64>) -> Self {
+        Self { groups, peers, refused, warn_pace: Arc::default() }
+    }
+
+    /// What the receiving group checks a message against: this node, the group, and the nodes of
+    /// the group's membership and of the metadata group's (see [`KnownNodes`]).
+    fn receiver(&self, group: GroupId, raft: &Raft<TypeConfig, GroupStateMachine>) -> Receiver {
+        let mut nodes = BTreeSet::new();
+        let mut add = |raft: &Raft<TypeConfig, GroupStateMachine>| {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            nodes.extend(m.membership_config.membership().nodes().map(|(id, _)| *id));
+        };
+        add(raft);
+        if group != GroupId::METADATA
+            && let Some(meta) = self.groups.get(GroupId::METADATA)
+        {
+            add(meta.raft());
+        }
+        let known = KnownNodes((!nodes.is_empty()).then_some(nodes));
+        Receiver { node: self.peers.node_id(), group, known }
+    }
+
+    /// The node the peer's TLS certificate names, when this node checks certificates (TLS on):
+    /// `Ok(None)` without TLS; refused when TLS is on and the peer presented no node certificate.
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Refusal> {
+        if self.peers.config().tls.is_none() {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or(Refusal::NoNodeCertificate)?;
+        let leaf = certs.first().ok_or(Refusal::NoNodeCertificate)?;
+        match tls::certified_node(leaf.as_ref()) {
+            Ok(Some(node)) => Ok(Some(node)),
+            Ok(None) => Err(Refusal::NoNodeCertificate),
+            Err(e) => Err(Refusal::BadCertificate { reason: e.to_string() }),
+        }
+    }
+
+    /// Counts and logs a refused RPC and builds its status: `PERMISSION_DENIED` with
+    /// [`REFUSED_CODE`] in [`ERROR_CODE_KEY`].
+    fn refuse(&self, rpc: &'static str, group: u64, peer: Option<SocketAddr>, refusal: &Refusal) -> Status {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(not_logged) = self.warn_pace.admit() {
+            tracing::warn!(rpc, group, peer = ?peer, reason = %refusal, not_logged, "raft rpc refused");
+        }
+        refused_status(refusal)
     }
 
     /// The local group `group`, or `NOT_FOUND` (which the sender treats as unreachable).
@@ -46,6 +127,13 @@ impl RaftGrpcService {
     }
 }
 
+/// The status of a refused RPC.
+pub fn refused_status(refusal: &Refusal) -> Status {
+    let mut map = MetadataMap::new();
+    map.insert(ERROR_CODE_KEY, REFUSED_CODE.parse().expect("the code is ASCII"));
+    Status::with_metadata(Code::PermissionDenied, refusal.to_string(), map)
+}
+
 fn bad(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -59,9 +147,15 @@ type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, 
 #[tonic::async_trait]
 impl RaftService for RaftGrpcService {
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let vote_req = convert::vote_request_from_pb(&req).map_err(bad)?;
+        certified
+            .and_then(|c| guard::check_identity(c, vote_req.vote.leader_id.node_id))
+            .and_then(|()| guard::check_vote(&self.receiver(GroupId(req.group_id), &raft), &vote_req))
+            .map_err(|r| self.refuse("Vote", req.group_id, peer, &r))?;
         let resp = if req.pre_vote { raft.pre_vote(vote_req).await } else { raft.vote(vote_req).await };
         Ok(Response::new(convert::vote_response_to_pb(&resp.map_err(fatal)?)))
     }
@@ -70,9 +164,15 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
+        certified
+            .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
+            .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
         Ok(Response::new(convert::append_response_to_pb(&resp)))
     }
@@ -83,6 +183,9 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let peer = request.remote_addr();
+        // A refused certificate refuses the whole stream.
+        let certified = self.certified(&request).map_err(|r| self.refuse("StreamAppend", 0, peer, &r))?;
         let mut input = request.into_inner();
         // The group is named by every message; the first one picks the group for the stream.
         let Some(first) = input.next().await else {
@@ -94,12 +197,27 @@ impl RaftService for RaftGrpcService {
             let g = self.group(group)?;
             (g.raft().clone(), g.stopped(), g.stopped())
         };
+        let raft_for_checks = raft.clone();
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
-        // A message that does not decode, or names another group, ends the input; openraft then
-        // sees the stream close and the leader re-establishes it.
+        guard::check_identity(certified, first.vote.leader_id.node_id)
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(group), &raft), &first))
+            .map_err(|r| self.refuse("StreamAppend", group, peer, &r))?;
+        // A message that does not decode, names another group or is refused by the edge checks
+        // ends the input; openraft then sees the stream close and the leader re-establishes it.
+        let this = self.clone();
         let rest = input.scan((), move |_, item| {
             let next = match item {
-                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok(),
+                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok().and_then(|rpc| {
+                    let checked = guard::check_identity(certified, rpc.vote.leader_id.node_id)
+                        .and_then(|()| guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc));
+                    match checked {
+                        Ok(()) => Some(rpc),
+                        Err(r) => {
+                            let _ = this.refuse("StreamAppend", group, peer, &r);
+                            None
+                        }
+                    }
+                }),
                 Ok(m) => {
                     tracing::warn!(
                         group,
@@ -137,12 +255,31 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let mut input = request.into_inner();
         let first = input.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(pb::install_snapshot_request::Payload::Meta(meta)) = first.payload else {
             return Err(Status::invalid_argument("the first snapshot message must be its meta"));
         };
         let raft = self.raft(meta.group_id)?;
+        {
+            // The sender and the log ids are checked before any data is read.
+            let vote = convert::required_vote_from_pb(meta.vote.as_ref(), "vote").map_err(bad)?;
+            let last = convert::opt_from_pb(meta.last_log_id.as_ref());
+            let membership = convert::opt_from_pb(meta.last_membership_log_id.as_ref());
+            certified
+                .and_then(|c| guard::check_identity(c, vote.leader_id.node_id))
+                .and_then(|()| {
+                    guard::check_snapshot(
+                        &self.receiver(GroupId(meta.group_id), &raft),
+                        &vote,
+                        last.as_ref(),
+                        membership.as_ref(),
+                    )
+                })
+                .map_err(|r| self.refuse("InstallSnapshot", meta.group_id, peer, &r))?;
+        }
         let max = self.peers.config().max_snapshot_bytes;
         if meta.data_len > max {
             return Err(Status::resource_exhausted(format!(
@@ -214,9 +351,23 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         use openraft::raft::TransferLeaderError;
         use pb::transfer_leader_response::Outcome;
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let raft = self.raft(req.group_id)?;
         let from = convert::required_vote_from_pb(req.from_leader.as_ref(), "from_leader").map_err(bad)?;
+        let last = convert::opt_from_pb(req.last_log_id.as_ref());
+        certified
+            .and_then(|c| guard::check_identity(c, from.leader_id.node_id))
+            .and_then(|()| {
+                guard::check_transfer(
+                    &self.receiver(GroupId(req.group_id), &raft),
+                    &from,
+                    req.to_node_id,
+                    last.as_ref(),
+                )
+            })
+            .map_err(|r| self.refuse("TransferLeader", req.group_id, peer, &r))?;
         let rpc = TransferLeaderRequest::new(from, req.to_node_id, convert::opt_from_pb(req.last_log_id.as_ref()));
         let resp = raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
         let out = match resp {
@@ -238,9 +389,29 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
         let req = request.into_inner();
         let group = self.group(req.group_id)?;
+        certified
+            .and_then(|c| guard::check_reader(&self.receiver(GroupId(req.group_id), group.raft()), c))
+            .map_err(|r| self.refuse("ReadLog", req.group_id, peer, &r))?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_warnings_are_paced_and_count_what_they_skip() {
+        let pace = WarnPace::default();
+        assert_eq!(pace.admit(), Some(0), "the first refusal is logged");
+        assert_eq!(pace.admit(), None);
+        assert_eq!(pace.admit(), None);
+        *pace.last.lock() = Some(Instant::now() - REFUSAL_WARN_INTERVAL);
+        assert_eq!(pace.admit(), Some(2), "the next line says how many were not logged");
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command family.
 
 pub mod bench;
+pub mod cert;
 pub mod cluster;
 pub mod completions;
 pub mod consume;

@@ -5,7 +5,9 @@
 
 pub mod client;
 pub mod convert;
+pub mod guard;
 pub mod peers;
+pub mod tls;
 
 /// The generated protobuf messages, client and server of `shale.raft.v1`.
 #[allow(
@@ -32,6 +34,10 @@ pub struct NetworkConfig {
     pub max_message_bytes: usize,
     /// Largest snapshot a follower accepts.
     pub max_snapshot_bytes: u64,
+    /// TLS: peers are reached over TLS with this node's certificate, and every Raft RPC must come
+    /// with a node certificate naming the node it claims to come from (docs/security.md). `None`:
+    /// plaintext, and no certificate checks.
+    pub tls: Option<tls::TlsPem>,
 }
 
 impl Default for NetworkConfig {
@@ -42,6 +48,7 @@ impl Default for NetworkConfig {
             snapshot_chunk_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
             max_snapshot_bytes: 2 << 30,
+            tls: None,
         }
     }
 }

@@ -10,7 +10,21 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::RaftError;
 use crate::network::NetworkConfig;
+use crate::network::tls::TlsPem;
 use crate::types::NodeId;
+
+/// The endpoint of another node at `addr` ("host:port"): plaintext, or with `tls` TLS that
+/// trusts only the cluster CA and presents this node's certificate. Every node-to-node connection
+/// (Raft, repair reads, forwarded client requests, bootstrap probes) is made from it.
+pub fn endpoint(addr: &str, tls: Option<&TlsPem>) -> Result<Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint =
+        Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client_config()).map_err(|e| format!("TLS to {addr}: {e}")),
+        None => Ok(endpoint),
+    }
+}
 
 /// One channel per peer address, and the transport settings.
 #[derive(Debug)]
@@ -44,8 +58,7 @@ impl Peers {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        let endpoint = endpoint(addr, self.config.tls.as_ref())?
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

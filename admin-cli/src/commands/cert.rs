@@ -1,0 +1,71 @@
+//! `shale cert`: a cluster CA and node and client certificates (PEM files) for TLS, made with
+//! rcgen by `shale_raft::network::tls::generate`, laid out as `shale_raft::network::tls::files`
+//! says (docs/security.md "Certificate layout"). No network; no runtime.
+
+use std::path::Path;
+
+use shale_raft::network::tls::files::{self, write_pem};
+use shale_raft::network::tls::{TlsError, generate, node_uri};
+
+use crate::cli::{CertArgs, CertCommand};
+use crate::error::{CliError, Result};
+
+fn tls_err(action: impl Into<String>) -> impl FnOnce(TlsError) -> CliError {
+    let action = action.into();
+    move |source| CliError::Tls { action, source }
+}
+
+/// Refuses to overwrite `paths` unless `--force`.
+fn check_free(common: &CertArgs, paths: &[&Path]) -> Result<()> {
+    if common.force {
+        return Ok(());
+    }
+    match paths.iter().find(|p| p.exists()) {
+        Some(p) => Err(CliError::Usage(format!("{} exists; pass --force to overwrite it", p.display()))),
+        None => Ok(()),
+    }
+}
+
+fn write_pair(common: &CertArgs, cert_name: &str, key_name: &str, pem: &generate::Pem) -> Result<()> {
+    let (cert, key) = (common.dir.join(cert_name), common.dir.join(key_name));
+    check_free(common, &[&cert, &key])?;
+    write_pem(&cert, &pem.cert, false).map_err(tls_err("write the certificate"))?;
+    write_pem(&key, &pem.key, true).map_err(tls_err("write the key"))?;
+    crate::output::print_stdout(&format!("wrote {} and {}\n", cert.display(), key.display()))
+}
+
+/// A principal is a name, not a path.
+fn check_principal(principal: &str) -> Result<()> {
+    let ok = !principal.is_empty()
+        && principal.len() <= 128
+        && principal.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(CliError::Usage(format!("principal {principal:?}: use 1..=128 of [A-Za-z0-9._-]"))) }
+}
+
+/// Runs one `shale cert` command.
+pub fn run(command: CertCommand) -> Result<()> {
+    match command {
+        CertCommand::InitCa { common, name } => {
+            std::fs::create_dir_all(&common.dir).map_err(|source| CliError::Local {
+                op: "create directory",
+                path: common.dir.clone(),
+                source,
+            })?;
+            let ca = generate::ca(&name, common.days).map_err(tls_err("make the CA"))?;
+            write_pair(&common, files::CA_CERT, files::CA_KEY, &ca)
+        }
+        CertCommand::Node { common, id, dns, ip } => {
+            let ca = files::read_ca(&common.dir).map_err(tls_err("read the CA (run `shale cert init-ca` first)"))?;
+            let node = generate::node(&ca, id, &dns, &ip, common.days).map_err(tls_err("make the node certificate"))?;
+            write_pair(&common, &files::node_cert(id), &files::node_key(id), &node)?;
+            crate::output::print_stdout(&format!("node {id} is {}\n", node_uri(id)))
+        }
+        CertCommand::Client { common, principal } => {
+            check_principal(&principal)?;
+            let ca = files::read_ca(&common.dir).map_err(tls_err("read the CA (run `shale cert init-ca` first)"))?;
+            let client =
+                generate::client(&ca, &principal, common.days).map_err(tls_err("make the client certificate"))?;
+            write_pair(&common, &files::client_cert(&principal), &files::client_key(&principal), &client)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The transport's edge checks against a live three-node group (issue 14): the hostile Vote that
+//! used to stop a group for good, votes and appends from nodes that are not members, and huge
+//! terms or indexes are refused before openraft sees them; the group keeps its leader and term and
+//! still takes writes.
+
+mod core_support;
+
+use bytes::Bytes;
+use core_support::{GROUP, TestCluster, group_config};
+use shale_raft::network::convert;
+use shale_raft::network::guard::{ERROR_CODE_KEY, REFUSED_CODE};
+use shale_raft::network::pb::raft_service_client::RaftServiceClient;
+use shale_raft::network::pb::{self};
+use shale_raft::types::log_id;
+use tonic::Code;
+
+fn assert_refused(status: tonic::Status, what: &str) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    let code = status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
+    assert_eq!(code, Some(REFUSED_CODE), "{what}: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
+    let c = TestCluster::start(3, group_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    let w = c.leader_group(leader).write(Bytes::from_static(b"before")).await.expect("write");
+    c.wait_applied_everywhere(w.index).await;
+    let follower = c.running().find(|n| n.id != leader).expect("a follower");
+    let before = follower.group().metrics();
+    let mut client = RaftServiceClient::connect(format!("http://{}", follower.addr)).await.unwrap();
+
+    // The exact Vote from issue 14: term 2^64-1, node 99, last log id {2^64-1, 99, 2^64-1},
+    // leadership transfer set.
+    let hostile = pb::VoteRequest {
+        group_id: GROUP.0,
+        vote: Some(pb::Vote { term: u64::MAX, node_id: 99, committed: false }),
+        last_log_id: Some(pb::LogId { term: u64::MAX, node_id: 99, index: u64::MAX }),
+        leadership_transfer: true,
+        pre_vote: false,
+    };
+    assert_refused(client.vote(hostile).await.unwrap_err(), "the issue's vote");
+    assert_refused(client.vote(pb::VoteRequest { pre_vote: true, ..hostile }).await.unwrap_err(), "as a pre-vote");
+
+    // A sane term, but a candidate that is not a member, with the transfer flag.
+    let stranger = pb::VoteRequest {
+        group_id: GROUP.0,
+        vote: Some(pb::Vote { term: before.vote.leader_id.term + 1, node_id: 99, committed: false }),
+        last_log_id: before.last_log_index.map(|i| pb::LogId {
+            term: before.vote.leader_id.term,
+            node_id: 99,
+            index: i,
+        }),
+        leadership_transfer: true,
+        pre_vote: false,
+    };
+    assert_refused(client.vote(stranger).await.unwrap_err(), "a non-member candidate");
+
+    // A member with a term near the overflow.
+    let member_huge = pb::VoteRequest {
+        group_id: GROUP.0,
+        vote: Some(pb::Vote { term: (1 << 62) + 1, node_id: leader, committed: false }),
+        ..Default::default()
+    };
+    assert_refused(client.vote(member_huge).await.unwrap_err(), "a member's huge term");
+
+    // A forged append from a node that is not a member, one entry past the follower's log.
+    let last = before.last_applied.expect("the follower applied entries");
+    let forged_entry = shale_raft::types::Entry {
+        log_id: log_id(before.vote.leader_id.term + 1, 99, last.index + 1),
+        payload: shale_raft::types::EntryPayload::Blank,
+    };
+    let forged = convert::append_request_to_pb(
+        GROUP,
+        &openraft::raft::AppendEntriesRequest {
+            vote: shale_raft::types::Vote::new_committed(before.vote.leader_id.term + 1, 99),
+            prev_log_id: Some(last),
+            entries: vec![forged_entry],
+            leader_commit: Some(last),
+        },
+    );
+    assert_refused(client.append_entries(forged.clone()).await.unwrap_err(), "a non-member's append");
+    let stream = client.stream_append(tokio_stream::iter(vec![forged])).await;
+    assert_refused(stream.map(|_| ()).unwrap_err(), "a non-member's stream append");
+
+    // A transfer to a stranger.
+    let transfer = pb::TransferLeaderRequest {
+        group_id: GROUP.0,
+        from_leader: Some(convert::vote_to_pb(&before.vote)),
+        to_node_id: 99,
+        last_log_id: None,
+    };
+    assert_refused(client.transfer_leader(transfer).await.unwrap_err(), "a transfer to a stranger");
+
+    // Nothing reached openraft: same leader, same term, and the group takes writes.
+    let after = follower.group().metrics();
+    assert_eq!(after.vote.leader_id, before.vote.leader_id, "the follower's vote did not move");
+    assert_eq!(c.wait_leader(&[]).await, leader, "the leader did not change");
+    let g = c.leader_group(leader);
+    let w = g.write(Bytes::from_static(b"after the attack")).await.expect("the group still takes writes");
+    c.wait_applied_everywhere(w.index).await;
+    for n in c.running() {
+        let last = n.group().metrics().last_applied.expect("applied");
+        assert_eq!(last.leader_id.node_id, leader, "node {}'s last entry is the leader's write, nothing forged", n.id);
+        assert_eq!(n.group().metrics().vote.leader_id.term, before.vote.leader_id.term, "node {} term", n.id);
+    }
+}
