@@ -168,11 +168,25 @@ impl Setup {
         }
         let probe: BTreeMap<u32, Vec<u64>> = bounds.into_iter().map(|(p, (lo, hi))| (p, vec![lo, hi])).collect();
         // A failing Verify call is itself a violation, reported together with every checker's verdict.
-        let (verify, verify_error) =
-            match workload::verify_all(&self.client, &self.topic, self.partitions, &probe).await {
-                Ok(v) => (v, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            };
+        // A replica that restarted moments ago can still be unreachable from the node that fans the
+        // Verify out (its channel to the replica is in reconnect backoff): ask again, up to
+        // READ_ATTEMPTS times, while a replica answers with a transport error; the checkers judge
+        // the last answer, so a replica that stays unreachable is still reported.
+        let (mut verify, mut verify_error) = (Vec::new(), None);
+        for attempt in 0..READ_ATTEMPTS {
+            (verify, verify_error) =
+                match workload::verify_all(&self.client, &self.topic, self.partitions, &probe).await {
+                    Ok(v) => (v, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
+            let unreachable = verify.iter().any(|r: &workload::VerifyReport| {
+                r.replicas.iter().any(|(_, hash, error)| hash.is_none() && error.contains("Unavailable"))
+            });
+            if !unreachable || attempt + 1 == READ_ATTEMPTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let records_per_replica: usize =
             views.iter().filter(|v| v.source == workload::ViewSource::Replica(1)).map(|v| v.records.len()).sum();
         let mut violations =
