@@ -75,6 +75,15 @@ pub enum ChainBreak {
         /// The index it has.
         found: u64,
     },
+    /// An entry's envelope names another log index than the position it was served at (a stored
+    /// entry moved within the log, with the hashes recomputed around it).
+    #[error("the entry served at log index {expected} names log index {found} in its envelope")]
+    EnvelopeIndex {
+        /// The index the entry was served at (and must name).
+        expected: u64,
+        /// The index its envelope names.
+        found: u64,
+    },
     /// A visible record batch does not start at the next offset: records were hidden, dropped,
     /// invented or moved (for the first batch read: it starts past the offset asked for).
     #[error("a record batch starts at offset {found} where offset {expected} comes next")]
@@ -239,6 +248,11 @@ impl ChainReader {
                 return Err(
                     self.malformed(entry.index, format!("{} bytes, shorter than the envelope", entry.data.len()))
                 );
+            }
+            if self.verify && envelope::index(&entry.data) != Some(entry.index) {
+                let at = next_batch.unwrap_or(self.offset);
+                let found = envelope::index(&entry.data).unwrap_or(u64::MAX);
+                return Err(self.broken(entry.index, at, ChainBreak::EnvelopeIndex { expected: entry.index, found }));
             }
             if entry.hidden || entry.data[envelope::KIND_AT] != envelope::KIND_NORMAL {
                 continue;
@@ -408,6 +422,32 @@ mod tests {
         // Nothing new: nothing moves.
         assert!(r.accept(Vec::new(), &[], &codecs).unwrap().records.is_empty());
         assert_eq!(r.from_index(), Some(6));
+    }
+
+    #[test]
+    fn an_entry_whose_envelope_names_another_index_is_a_break_even_with_recomputed_hashes() {
+        // A server that serves the stored entry 3 at index 1 and recomputes every hash around it:
+        // the hashes chain, the envelope gives it away.
+        let (mut entries, _) = log(&[3, 1, 4, 2]);
+        let moved = entries[3].data.clone();
+        entries[1].data = moved;
+        let mut prev_hash = ChainHash::ZERO;
+        for e in &entries {
+            prev_hash = shale_storage::chain_hash(Offset::new(e.index), &prev_hash, &e.data);
+        }
+        let codecs = default_codecs();
+        let mut r = ChainReader::new("t", 0, 0, true);
+        match r.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &codecs) {
+            Err(ClientError::ChainMismatch {
+                index: 1,
+                reason: ChainBreak::EnvelopeIndex { expected: 1, found: 3 },
+                ..
+            }) => {}
+            other => panic!("expected an envelope index break, got {other:?}"),
+        }
+        // Unverified reads do not look.
+        let mut off = ChainReader::new("t", 0, 0, false);
+        assert!(off.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &codecs).is_ok());
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub mod entry {
         use shale_storage::record_batch::envelope;
         assert!(KIND_AT == envelope::KIND_AT);
         assert!(KIND_NORMAL == envelope::KIND_NORMAL);
+        assert!(INDEX_AT == envelope::INDEX_AT);
         assert!(HEADER_LEN == envelope::HEADER_LEN);
     };
 }

@@ -98,6 +98,15 @@ pub mod envelope {
     pub const KIND_AT: usize = 1;
     /// Kind of a normal entry (its body is a record batch in a partition group).
     pub const KIND_NORMAL: u8 = 1;
+    /// Offset of the entry's log index (u64 little-endian); it must equal the entry's position in
+    /// the log, which the chain hash does not cover by itself.
+    pub const INDEX_AT: usize = 18;
+
+    /// The log index an envelope names, if `data` is long enough to hold one.
+    pub fn index(data: &[u8]) -> Option<u64> {
+        let bytes: [u8; 8] = data.get(INDEX_AT..INDEX_AT + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
     /// Length of the envelope; the body (the batch) starts here.
     pub const HEADER_LEN: usize = 26;
 }
