@@ -88,6 +88,12 @@ fn metadata_leader(c: &LocalCluster) -> u64 {
     c.running(1).unwrap().cluster().metadata_leader().expect("a metadata leader").0
 }
 
+/// The term of the metadata group's vote on node `id`.
+fn metadata_term(c: &LocalCluster, id: u64) -> u64 {
+    let group = c.running(id).unwrap().cluster().router().group(shale_raft::GroupId::METADATA).unwrap();
+    group.metrics().vote.leader_id.term
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tls_cluster_produces_and_consumes() {
     let root = tempfile::tempdir().unwrap();
@@ -156,17 +162,7 @@ async fn raft_rpcs_need_the_senders_own_node_certificate() {
     let leader = metadata_leader(&c);
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let addr = c.grpc[follower as usize - 1].to_string();
-    let term = c
-        .running(follower)
-        .unwrap()
-        .cluster()
-        .router()
-        .group(shale_raft::GroupId::METADATA)
-        .unwrap()
-        .metrics()
-        .vote
-        .leader_id
-        .term;
+    let term = metadata_term(&c, follower);
     let other = (1..=3).find(|&id| id != leader && id != follower).unwrap();
 
     // A vote in the name of `other`, at a term that would depose the leader.
@@ -204,17 +200,7 @@ async fn raft_rpcs_need_the_senders_own_node_certificate() {
     // Nothing reached openraft: the same leader, the same term.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(metadata_leader(&c), leader, "the metadata leader did not change");
-    let now = c
-        .running(follower)
-        .unwrap()
-        .cluster()
-        .router()
-        .group(shale_raft::GroupId::METADATA)
-        .unwrap()
-        .metrics()
-        .vote
-        .leader_id
-        .term;
+    let now = metadata_term(&c, follower);
     assert_eq!(now, term, "the follower's term did not move");
     assert!(c.running(follower).unwrap().cluster().router().refused_rpcs() >= 4, "refusals are counted");
     let (code, metrics) = common::http_get(c.http[follower as usize - 1], "/metrics").await;
