@@ -255,7 +255,15 @@ impl NodeContext {
             request.metadata_mut().insert(meta::FORWARDED, v);
         }
         request.set_timeout(self.forward_timeout);
-        method(&mut client, request).await.map(Response::into_inner)
+        let watch = SlowForward { to: addr, started: Instant::now() };
+        let result = method(&mut client, request).await.map(Response::into_inner);
+        if let Err(status) = &result
+            && watch.started.elapsed() >= SlowForward::THRESHOLD
+        {
+            tracing::warn!(to = %addr, code = ?status.code(), message = status.message(), "forwarded request failed slowly");
+        }
+        drop(watch);
+        result
     }
 
     /// The one forwarding rule of the client API. `result` is what this node's cluster call for
@@ -311,5 +319,25 @@ impl NodeContext {
     /// The advertised address of a member.
     pub fn member_addr(&self, id: u64) -> Option<String> {
         self.cluster.cluster_status().members.into_iter().find(|m| m.id == id).map(|m| m.addr)
+    }
+}
+
+/// Logs a forwarded request that took longer than [`SlowForward::THRESHOLD`] (also when it is
+/// dropped mid-way by the caller's deadline).
+struct SlowForward<'a> {
+    to: &'a str,
+    started: Instant,
+}
+
+impl SlowForward<'_> {
+    const THRESHOLD: Duration = Duration::from_secs(1);
+}
+
+impl Drop for SlowForward<'_> {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        if took >= Self::THRESHOLD {
+            tracing::warn!(to = %self.to, took_ms = took.as_millis() as u64, "slow forwarded request");
+        }
     }
 }

@@ -440,6 +440,16 @@ impl RaftGroup {
         Some((id, node))
     }
 
+    /// On the leader: whether follower `id` acknowledged a heartbeat or replication within
+    /// `within` (false on a follower, or for a node that never answered).
+    pub fn follower_acked_within(&self, id: NodeId, within: Duration) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.heartbeat
+            .as_ref()
+            .and_then(|h| h.get(&id).cloned().flatten())
+            .is_some_and(|at| openraft::Instant::elapsed(&*at) <= within)
+    }
+
     /// Whether this node currently leads the group.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)

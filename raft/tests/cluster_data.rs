@@ -182,12 +182,17 @@ async fn pipelined_batches_arriving_out_of_order_are_written_in_sequence_order()
     let values: Vec<Bytes> = c.read_all(leader, "pipe", 0).await.into_iter().map(|r| r.value).collect();
     let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("s{i}"))).collect();
     assert_eq!(values, expected);
-    // A batch whose predecessor never comes is refused after the wait, naming what is expected.
+    // A batch whose predecessor never comes is refused after the wait, naming what is expected,
+    // and well before the request timeout (10 s here): the producer must hear SEQUENCE_GAP and
+    // park the batch, not time out and spend an attempt.
     let ahead = ProducerInfo { producer_id: 5, base_sequence: 100 };
+    let asked = std::time::Instant::now();
     match node.produce("pipe", 0, vec![record("k", "x")], Some(ahead)).await {
         Err(ClusterError::SequenceGap { producer_id: 5, sequence: 100, expected: 16 }) => {}
         other => panic!("expected a sequence gap, got {other:?}"),
     }
+    let waited = asked.elapsed();
+    assert!(waited < Duration::from_secs(4), "the gap was answered after {waited:?}, half the request timeout or more");
     c.shutdown().await;
 }
 

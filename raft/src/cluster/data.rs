@@ -92,6 +92,7 @@ impl Cluster {
                 reason: "sequence overflows u64".into(),
             });
         }
+        let mut watch = SlowProduce::new(topic, partition);
         let local = self.leading_partition(topic, partition)?;
         if let Some(p) = producer {
             let known = local.state.read().known_retry(p.producer_id, p.base_sequence, records.len());
@@ -102,8 +103,12 @@ impl Cluster {
         let codec = self.topic(topic)?.codec.codec();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
-        let proposal =
-            local.proposer.propose(&local.group, &local.state, batches, self.timeout() / 2, self.timeout()).await?;
+        watch.stage = "propose";
+        let proposal = local
+            .proposer
+            .propose(&local.group, &local.state, batches, self.timeout())
+            .await
+            .inspect_err(|e| watch.failed(e))?;
         let pending = match proposal {
             Proposal::Retry(batches) => {
                 let p = producer.expect("only a producer's request is a retry");
@@ -111,13 +116,16 @@ impl Cluster {
             }
             Proposal::Pending(rx) => rx,
         };
+        watch.stage = "commit";
         let settled = tokio::time::timeout(self.timeout(), pending)
             .await
             .map_err(|_| ClusterError::Timeout {
                 what: "produce commit".into(),
                 waited_ms: self.config.request_timeout_ms,
-            })?
+            })
+            .inspect_err(|e| watch.failed(e))?
             .map_err(|_| ClusterError::Shutdown)?;
+        watch.stage = "done";
         let mut acks = Vec::with_capacity(settled.len());
         for s in settled {
             let written = s.result?;
@@ -560,4 +568,43 @@ pub fn decode_entries(
         out.extend(records);
     }
     Ok(out)
+}
+
+/// Logs a produce request that took longer than [`SlowProduce::THRESHOLD`], with the stage it was
+/// in (also when the request is dropped mid-way, e.g. by the caller's deadline): a stalled
+/// partition leader names itself in its log.
+struct SlowProduce<'a> {
+    topic: &'a str,
+    partition: u32,
+    started: std::time::Instant,
+    stage: &'static str,
+    error: Option<String>,
+}
+
+impl<'a> SlowProduce<'a> {
+    const THRESHOLD: Duration = Duration::from_secs(1);
+
+    fn new(topic: &'a str, partition: u32) -> Self {
+        Self { topic, partition, started: std::time::Instant::now(), stage: "leader check", error: None }
+    }
+
+    fn failed(&mut self, e: &ClusterError) {
+        self.error = Some(e.to_string());
+    }
+}
+
+impl Drop for SlowProduce<'_> {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        if took >= Self::THRESHOLD {
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                took_ms = took.as_millis() as u64,
+                stage = self.stage,
+                error = self.error.as_deref().unwrap_or(if self.stage == "done" { "none" } else { "abandoned" }),
+                "slow produce"
+            );
+        }
+    }
 }

@@ -121,8 +121,9 @@ struct LocalPartition {
     retention: Mutex<Option<RetentionPolicy>>,
     /// Whether this process initialised the group (or found it initialised).
     initialized: std::sync::atomic::AtomicBool,
-    /// Since when this node has led the group without interruption (seen by the reconcile loop).
-    leader_since: Mutex<Option<std::time::Instant>>,
+    /// The term this node leads the group in and since when the reconcile loop has seen it lead
+    /// in that term (a leadership lost and won back between two passes starts a new count).
+    leader_since: Mutex<Option<(u64, std::time::Instant)>>,
     /// Since when this node, no longer an assigned replica, has seen no leader of the group
     /// (the reconcile loop deletes the group after `leave_grace_ms` of that).
     orphan_since: Mutex<Option<std::time::Instant>>,

@@ -41,6 +41,13 @@ use crate::cluster::api::ClusterError;
 use crate::cluster::partition::{BatchPosition, PartitionMachine};
 use crate::{LeaderId, RaftError, RaftGroup, WriteResult};
 
+/// The longest a batch ahead of its producer's next sequence waits for its predecessor (less if
+/// half the request timeout is shorter). Pipelined batches overtake each other by far less; a
+/// predecessor that is later than this was lost or is being retried elsewhere, and the producer
+/// must hear `SequenceGap` (and park the batch) well before its own deadline, not time out and
+/// spend an attempt.
+pub(super) const MAX_GAP_WAIT: Duration = Duration::from_secs(1);
+
 /// One encoded batch waiting for its base offset.
 #[derive(Debug)]
 pub(super) struct UnplacedBatch {
@@ -115,18 +122,18 @@ impl Proposer {
     }
 
     /// Numbers and queues `batches` (one request's, consecutive sequences if it has a producer),
-    /// or answers a pure retry. `wait` bounds how long a batch ahead of its producer's sequence
-    /// waits for its predecessor; `timeout` bounds the resync.
+    /// or answers a pure retry. `timeout` is the request timeout: a batch ahead of its producer's
+    /// sequence waits for its predecessor up to half of it (at most [`MAX_GAP_WAIT`]); it bounds
+    /// the resync, and each proposal's wait for its outcome.
     pub(super) async fn propose(
         self: &Arc<Self>,
         group: &Arc<RaftGroup>,
         machine: &Arc<RwLock<PartitionMachine>>,
         mut batches: Vec<UnplacedBatch>,
-        wait: Duration,
         timeout: Duration,
     ) -> Result<Proposal, ClusterError> {
         debug_assert!(!batches.is_empty());
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + (timeout / 2).min(MAX_GAP_WAIT);
         let first = batches[0].producer;
         let total: u64 = batches.iter().map(|b| u64::from(b.record_count)).sum();
         loop {
@@ -136,7 +143,7 @@ impl Proposer {
                 self.resync(&mut p, leader, group, machine, timeout).await?;
             }
             let Some((producer_id, base_sequence)) = first else {
-                return Ok(self.place(&mut p, leader, group, batches, None).await);
+                return Ok(self.place(&mut p, leader, group, batches, None, timeout).await);
             };
             if let Some(known) = machine.read().known_retry(producer_id, base_sequence, total as usize) {
                 return Ok(Proposal::Retry(known));
@@ -174,7 +181,7 @@ impl Proposer {
                         let end = seq + u64::from(b.record_count);
                         next = Some(next.map_or(end, |n| n.max(end)));
                     }
-                    return Ok(self.place(&mut p, leader, group, batches, expected).await);
+                    return Ok(self.place(&mut p, leader, group, batches, expected, timeout).await);
                 }
             }
         }
@@ -190,11 +197,15 @@ impl Proposer {
         timeout: Duration,
     ) -> Result<(), ClusterError> {
         p.leader = None;
+        let started = std::time::Instant::now();
         let timed_out = |what: &str| ClusterError::Timeout { what: what.into(), waited_ms: timeout.as_millis() as u64 };
         let mut in_flight = self.in_flight.subscribe();
         tokio::time::timeout(timeout, in_flight.wait_for(|n| *n == 0))
             .await
-            .map_err(|_| timed_out("in-flight proposals to settle"))?
+            .map_err(|_| {
+                tracing::warn!(group = %group.id(), in_flight = *self.in_flight.borrow(), "in-flight proposals did not settle");
+                timed_out("in-flight proposals to settle")
+            })?
             .map_err(|_| ClusterError::Shutdown)?;
         // Cleared before the read: a proposal failing from here on is this prediction's.
         self.stale.store(false, Ordering::Release);
@@ -204,12 +215,21 @@ impl Proposer {
         p.next_offset = machine.read().next_offset();
         p.next_sequence.clear();
         p.leader = Some(leader);
+        if started.elapsed() >= Duration::from_millis(500) {
+            tracing::warn!(group = %group.id(), took_ms = started.elapsed().as_millis() as u64, "slow proposer resync");
+        }
         self.progress.notify_waiters();
         Ok(())
     }
 
     /// Numbers and queues the batches (steps 4); `expected` is the producer's predicted next
     /// sequence (`None`: unknown producer, or no producer).
+    ///
+    /// Each proposal's outcome is awaited for at most twice `timeout`: openraft resolves every
+    /// queued write (committed, truncated, purged or shut down), but should one never resolve, the
+    /// proposer must not wait for it forever (every later resync waits until nothing is in
+    /// flight). Such a proposal settles as a timeout and marks the prediction stale; if it is
+    /// applied after all, the apply-time checks hide whatever it makes misnumbered.
     async fn place(
         self: &Arc<Self>,
         p: &mut Prediction,
@@ -217,6 +237,7 @@ impl Proposer {
         group: &Arc<RaftGroup>,
         batches: Vec<UnplacedBatch>,
         mut expected: Option<u64>,
+        timeout: Duration,
     ) -> Proposal {
         let mut queued = Vec::with_capacity(batches.len());
         let mut failed = None;
@@ -249,10 +270,22 @@ impl Proposer {
         self.in_flight.send_modify(|n| *n += 1);
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
+        let gid = group.id();
         tokio::spawn(async move {
             let mut settled = Vec::with_capacity(queued.len() + 1);
+            let settle_by = tokio::time::Instant::now() + 2 * timeout;
             for (predicted, pending) in queued {
-                let result = pending.result().await;
+                let result = match tokio::time::timeout_at(settle_by, pending.result()).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(group = %gid, waited_ms = (2 * timeout).as_millis() as u64, "a proposal did not settle");
+                        Err(RaftError::Timeout {
+                            group: gid,
+                            what: "proposal outcome",
+                            timeout_ms: (2 * timeout).as_millis() as u64,
+                        })
+                    }
+                };
                 if !as_predicted(predicted, &result) {
                     this.stale.store(true, Ordering::Release);
                 }

@@ -15,7 +15,9 @@
 //!    pass (add a new replica as a learner; once every new one has caught up, make the voters the
 //!    assignment, keeping removed voters as learners; remove those learners once they have seen
 //!    that membership), and hand leadership to the preferred replica (the first) once it is caught
-//!    up and this node has led for `preferred_leader_delay_ms`, so leaders stay spread.
+//!    up, answered within two heartbeat intervals (a replica that just went down still looks
+//!    caught up) and this node has led for `preferred_leader_delay_ms` in its current term, so
+//!    leaders stay spread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -241,8 +243,17 @@ impl Cluster {
             *local.leader_since.lock() = None;
             return;
         }
-        let leading_for = local.leader_since.lock().get_or_insert_with(std::time::Instant::now).elapsed();
         let metrics = local.group.metrics().clone();
+        let leading_for = {
+            let mut since = local.leader_since.lock();
+            match *since {
+                Some((term, at)) if term == metrics.current_term => at.elapsed(),
+                _ => {
+                    *since = Some((metrics.current_term, std::time::Instant::now()));
+                    Duration::ZERO
+                }
+            }
+        };
         let wanted: BTreeSet<NodeId> = a.replicas.iter().copied().collect();
         if !self.move_replicas(local, &metrics, &wanted).await {
             return;
@@ -260,7 +271,13 @@ impl Cluster {
             .is_some_and(|matched| matched.index() >= last);
         let applied = metrics.last_applied.as_ref().map_or(0, |l| l.index());
         let delay = Duration::from_millis(self.config.preferred_leader_delay_ms);
+        // Replication progress is the last the leader heard: a replica that just went down still
+        // looks caught up. Only one that answered within two heartbeat intervals gets leadership
+        // (a transfer to a dead node leaves the group without a writable leader until an election).
+        let live_within = Duration::from_millis(2 * self.config.raft.heartbeat_interval_ms);
+        let live = local.group.follower_acked_within(preferred, live_within);
         if caught_up
+            && live
             && applied >= last
             && leading_for >= delay
             && let Err(e) = self.bounded("preferred-leader transfer", local.group.transfer_leader(preferred)).await
