@@ -92,6 +92,21 @@ error_codes! {
     BatchTooLarge => "BATCH_TOO_LARGE", InvalidArgument;
     /// A request is over `max_request_bytes`.
     RequestTooLarge => "REQUEST_TOO_LARGE", ResourceExhausted;
+    /// The request body could not be decoded (not the message the method takes, a bad gRPC frame)
+    /// or names no method of the API.
+    InvalidRequest => "INVALID_REQUEST", InvalidArgument;
+    /// The node holds `limits.max_connections` connections: this one is refused (and closed
+    /// shortly); retry later, or at another node.
+    TooManyConnections => "TOO_MANY_CONNECTIONS", ResourceExhausted;
+    /// The connection holds `limits.max_subscriptions_per_connection` Subscribe streams, or the
+    /// node `limits.max_subscriptions`: retry once one has ended.
+    TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS", ResourceExhausted;
+    /// The node is serving `limits.max_in_flight_requests` requests: nothing was done; retry after
+    /// a backoff.
+    TooManyRequests => "TOO_MANY_REQUESTS", ResourceExhausted;
+    /// Creating the topic would pass a cluster total (`limits.max_topics` or
+    /// `limits.max_partitions`, named in the message and in `shale-limit`); nothing was created.
+    ClusterLimit => "CLUSTER_LIMIT", ResourceExhausted;
     /// A topic name breaks the rules (`[a-zA-Z0-9._-]`, 1..=249 characters).
     InvalidTopicName => "INVALID_TOPIC_NAME", InvalidArgument;
     /// A topic configuration is impossible (zero partitions, too many, bad replication factor, ...).
@@ -310,6 +325,11 @@ impl ClientError {
             ClientError::NotLeader { .. } => Retry::NotApplied,
             ClientError::Server { code, .. } => match code {
                 ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::ProposalRefused => Retry::NotApplied,
+                // A node at one of its load limits refused the request before doing anything;
+                // the retry backs off, so the load can drain.
+                ErrorCode::TooManyConnections | ErrorCode::TooManySubscriptions | ErrorCode::TooManyRequests => {
+                    Retry::NotApplied
+                }
                 // A node shutting down, a replica unreachable, a commit that did not finish in
                 // time: the request may have been proposed.
                 ErrorCode::Unavailable | ErrorCode::Timeout => Retry::MaybeApplied,
@@ -390,8 +410,27 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
     status_with(code, message, &[])
 }
 
+/// Longest status message a node sends, in bytes: a longer one is cut at a character boundary and
+/// says how long it was, so no client input echoed in a message can blow up the trailers (HTTP/2
+/// header lists are limited; percent-encoding can triple the bytes).
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// `message`, cut to at most [`MAX_STATUS_MESSAGE_BYTES`] (plus a short note of its length).
+pub fn bounded_message(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (message of {} bytes cut)", &message[..end], message.len())
+}
+
 /// As [`status`], plus extra `(key, value)` metadata (values must be ASCII; others are dropped).
+/// The message is cut to [`MAX_STATUS_MESSAGE_BYTES`] ([`bounded_message`]).
 pub fn status_with(code: ErrorCode, message: impl Into<String>, extra: &[(&'static str, String)]) -> Status {
+    let message = bounded_message(message.into());
     let mut map = MetadataMap::new();
     map.insert(meta::ERROR_CODE, code.as_str().parse().expect("error codes are ASCII"));
     for (key, value) in extra {
@@ -462,6 +501,11 @@ mod tests {
         assert_eq!(server(ErrorCode::NoLeader).retry(), Retry::NotApplied);
         // A proposal refused at apply wrote nothing; the leader resyncs before the next one.
         assert_eq!(server(ErrorCode::ProposalRefused).retry(), Retry::NotApplied);
+        // A node at a load limit refused it before doing anything: back off and retry.
+        for code in [ErrorCode::TooManyConnections, ErrorCode::TooManySubscriptions, ErrorCode::TooManyRequests] {
+            assert_eq!(server(code).retry(), Retry::NotApplied, "{code}");
+            assert_eq!(code.grpc_code(), Code::ResourceExhausted);
+        }
         // A node shutting down / a commit that did not finish in time.
         assert_eq!(server(ErrorCode::Unavailable).retry(), Retry::MaybeApplied);
         assert_eq!(server(ErrorCode::Timeout).retry(), Retry::MaybeApplied);
@@ -479,6 +523,10 @@ mod tests {
             ErrorCode::InvalidArgument,
             // The consumer answers it itself (reads by offset and anchors the chain again).
             ErrorCode::InvalidFromIndex,
+            // A cluster total stays reached until an operator deletes topics or raises it.
+            ErrorCode::ClusterLimit,
+            ErrorCode::InvalidRequest,
+            ErrorCode::RequestTooLarge,
         ] {
             assert_eq!(server(code).retry(), Retry::Never, "{code}");
         }
@@ -525,5 +573,16 @@ mod tests {
         let plain = ClientError::from_status(Status::unavailable("connection refused"));
         assert!(matches!(plain, ClientError::Status { code: Code::Unavailable, .. }));
         assert!(plain.is_retriable());
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_their_length() {
+        let short = status(ErrorCode::UnknownTopic, "unknown topic \"t\"");
+        assert_eq!(short.message(), "unknown topic \"t\"");
+        let long = format!("unknown topic {}", "é".repeat(5000));
+        let s = status(ErrorCode::UnknownTopic, long.clone());
+        assert!(s.message().len() < MAX_STATUS_MESSAGE_BYTES + 64, "{}", s.message().len());
+        assert!(s.message().starts_with("unknown topic éé"));
+        assert!(s.message().ends_with(&format!("... (message of {} bytes cut)", long.len())), "{}", s.message());
     }
 }

@@ -3,6 +3,7 @@
 //! Everything here is plain data (no Raft, no tonic). The node converts its protobuf messages to and
 //! from these types in one place; the [`crate::cluster::Cluster`] handle speaks only these.
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -316,6 +317,70 @@ pub fn validate_topic_name(name: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// How an error message shows a name a client sent (a topic): quoted as `{:?}` when it is at most
+/// [`limits::MAX_TOPIC_NAME_BYTES`] long (every valid name is shown whole); a longer one as its
+/// first [`ShownName::PREFIX_BYTES`] bytes and its length, so an error never echoes unbounded input
+/// (a 10 KB name in a status message overflows the clients' header limits).
+#[derive(Clone, Copy, Debug)]
+pub struct ShownName<'a>(pub &'a str);
+
+impl ShownName<'_> {
+    /// Bytes of an over-long name shown.
+    pub const PREFIX_BYTES: usize = 32;
+}
+
+impl fmt::Display for ShownName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0;
+        if name.len() <= limits::MAX_TOPIC_NAME_BYTES {
+            return write!(f, "{name:?}");
+        }
+        let mut end = Self::PREFIX_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{:?}... ({} bytes)", &name[..end], name.len())
+    }
+}
+
+/// A cluster-wide total a topic creation would pass ([`ClusterError::ClusterLimit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterTotal {
+    /// Topics in the cluster (`limits.max_topics`).
+    Topics,
+    /// Partitions (Raft groups) of all topics in the cluster (`limits.max_partitions`).
+    Partitions,
+}
+
+impl ClusterTotal {
+    /// The node config key that sets the limit.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            ClusterTotal::Topics => "limits.max_topics",
+            ClusterTotal::Partitions => "limits.max_partitions",
+        }
+    }
+
+    /// What is counted, in words.
+    pub fn counted(self) -> &'static str {
+        match self {
+            ClusterTotal::Topics => "topics",
+            ClusterTotal::Partitions => "partitions",
+        }
+    }
+}
+
+/// The cluster totals a topic creation must stay within, as the proposing node is configured
+/// (`limits.max_topics`, `limits.max_partitions`). They travel in the command, so every replica
+/// decides the same at apply time, and two creations racing cannot both pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicTotals {
+    /// Most topics the cluster may hold.
+    pub max_topics: u32,
+    /// Most partitions (over all topics) the cluster may hold.
+    pub max_partitions: u32,
+}
+
 /// Every way a cluster call can fail.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -330,19 +395,19 @@ pub enum ClusterError {
     #[error("the cluster is not bootstrapped yet")]
     NotBootstrapped,
     /// No topic of that name.
-    #[error("unknown topic {name:?}")]
+    #[error("unknown topic {}", ShownName(name))]
     UnknownTopic {
         /// The name asked for.
         name: String,
     },
     /// A topic of that name exists already.
-    #[error("topic {name:?} already exists")]
+    #[error("topic {} already exists", ShownName(name))]
     TopicExists {
         /// The name.
         name: String,
     },
     /// The topic has no such partition.
-    #[error("topic {topic:?} has {count} partitions; there is no partition {partition}")]
+    #[error("topic {} has {count} partitions; there is no partition {partition}", ShownName(topic))]
     UnknownPartition {
         /// Topic name.
         topic: String,
@@ -362,12 +427,29 @@ pub enum ClusterError {
         replicas: Vec<NodeId>,
     },
     /// The topic name breaks the naming rules.
-    #[error("invalid topic name {name:?}: {reason}")]
+    #[error("invalid topic name {}: {reason}", ShownName(name))]
     InvalidTopicName {
         /// The name.
         name: String,
         /// Which rule it breaks.
         reason: String,
+    },
+    /// Creating a topic would pass a cluster total; nothing was created.
+    #[error(
+        "creating topic {} ({requested} partitions) would make {} {} in the cluster, over {} = {limit}",
+        ShownName(topic), current + requested, total.counted(), total.config_key()
+    )]
+    ClusterLimit {
+        /// The topic asked for.
+        topic: String,
+        /// Which total.
+        total: ClusterTotal,
+        /// Its limit.
+        limit: u64,
+        /// What the cluster holds now.
+        current: u64,
+        /// What the creation adds (1 topic, or its partitions).
+        requested: u64,
     },
     /// A request field is out of its allowed range.
     #[error("invalid {field}: {reason}")]

@@ -35,6 +35,8 @@ pub mod metadata_command {
     pub const KIND_REMOVE_MEMBER: u8 = 6;
     /// Kind: record the initial members (applies only while there are none).
     pub const KIND_BOOTSTRAP: u8 = 7;
+    /// Kind: create a topic within cluster totals (topics, partitions) the command carries.
+    pub const KIND_CREATE_TOPIC_WITHIN: u8 = 8;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).
@@ -275,7 +277,7 @@ mod tests {
         use shale_storage::{CodecKind, NoneCodec};
 
         use super::*;
-        use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicUpdate};
+        use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
         use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
 
@@ -309,6 +311,15 @@ mod tests {
                 MetadataCommand::Bootstrap { members },
                 MetadataCommand::AddMember { id: 3, addr: format!("{name}:3") },
                 MetadataCommand::CreateTopic(spec.clone()),
+                // Within the totals (2 + 2 partitions of 4), then past them (refused).
+                MetadataCommand::CreateTopicWithin {
+                    spec: TopicSpec { name: format!("{name}.w"), ..spec.clone() },
+                    totals: TopicTotals { max_topics: 8, max_partitions: 4 },
+                },
+                MetadataCommand::CreateTopicWithin {
+                    spec: TopicSpec { name: format!("{name}.x"), ..spec.clone() },
+                    totals: TopicTotals { max_topics: 8, max_partitions: 5 },
+                },
                 MetadataCommand::CreateTopic(spec),
                 MetadataCommand::AlterTopic { name: name.into(), update },
                 MetadataCommand::AlterTopic { name: name.into(), update: TopicUpdate::default() },

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
-    ClusterError, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicUpdate,
-    limits, partition_group_id, validate_topic_name,
+    ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicTotals,
+    TopicUpdate, limits, partition_group_id, validate_topic_name,
 };
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
@@ -21,6 +21,14 @@ use crate::cluster::layout::{
 pub enum MetadataCommand {
     /// Create a topic; its partitions are placed at apply time.
     CreateTopic(TopicSpec),
+    /// Create a topic unless the cluster would then hold more topics or partitions than `totals`
+    /// allow (the proposing node's limits, carried in the command so every replica decides alike).
+    CreateTopicWithin {
+        /// The topic.
+        spec: TopicSpec,
+        /// The totals to stay within.
+        totals: TopicTotals,
+    },
     /// Delete a topic and every committed offset for it.
     DeleteTopic {
         /// Topic name.
@@ -103,6 +111,19 @@ pub enum Rejection {
         /// What is wrong.
         reason: String,
     },
+    /// Creating the topic would pass a cluster total.
+    ClusterLimit {
+        /// The topic.
+        topic: String,
+        /// Which total.
+        total: ClusterTotal,
+        /// Its limit.
+        limit: u64,
+        /// What the cluster holds.
+        current: u64,
+        /// What the creation adds.
+        requested: u64,
+    },
 }
 
 impl From<Rejection> for ClusterError {
@@ -116,6 +137,9 @@ impl From<Rejection> for ClusterError {
             Rejection::NotEnoughNodes { requested, available } => ClusterError::NotEnoughNodes { requested, available },
             Rejection::UnknownMember { id } => ClusterError::Membership { id, reason: "not a member".into() },
             Rejection::Invalid { reason } => ClusterError::InvalidArgument { field: "metadata command", reason },
+            Rejection::ClusterLimit { topic, total, limit, current, requested } => {
+                ClusterError::ClusterLimit { topic, total, limit, current, requested }
+            }
         }
     }
 }
@@ -191,37 +215,8 @@ impl MetadataState {
 
     fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataReply, Rejection> {
         match command {
-            MetadataCommand::CreateTopic(spec) => {
-                validate_spec(spec).map_err(|e| Rejection::Invalid { reason: e.to_string() })?;
-                if self.topics.contains_key(&spec.name) {
-                    return Err(Rejection::TopicExists { name: spec.name.clone() });
-                }
-                if self.topics.len() >= MAX_TOPICS {
-                    return Err(Rejection::Invalid {
-                        reason: format!("the cluster holds the maximum of {MAX_TOPICS} topics"),
-                    });
-                }
-                let available = self.members.len() as u32;
-                if spec.replication_factor > available {
-                    return Err(Rejection::NotEnoughNodes { requested: spec.replication_factor, available });
-                }
-                let id = self.next_topic_id;
-                if id > u32::MAX >> 1 {
-                    return Err(Rejection::Invalid { reason: "topic ids exhausted".into() });
-                }
-                let partitions = self.place(id, spec.partitions, spec.replication_factor as usize);
-                let info = TopicInfo {
-                    name: spec.name.clone(),
-                    id,
-                    replication_factor: spec.replication_factor,
-                    retention: spec.retention,
-                    codec: spec.codec,
-                    partitions,
-                };
-                self.next_topic_id += 1;
-                self.topics.insert(spec.name.clone(), info.clone());
-                Ok(MetadataReply::Topic(info))
-            }
+            MetadataCommand::CreateTopic(spec) => self.create_topic(spec, None),
+            MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals)),
             MetadataCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
                     return Err(Rejection::UnknownTopic { name: name.clone() });
@@ -291,6 +286,61 @@ impl MetadataState {
                 Ok(MetadataReply::Ok)
             }
         }
+    }
+
+    /// Creates a topic unless it exists, its spec is invalid, or it would pass `totals` (or the
+    /// hard maximum of topics).
+    fn create_topic(&mut self, spec: &TopicSpec, totals: Option<&TopicTotals>) -> Result<MetadataReply, Rejection> {
+        validate_spec(spec).map_err(|e| Rejection::Invalid { reason: e.to_string() })?;
+        if self.topics.contains_key(&spec.name) {
+            return Err(Rejection::TopicExists { name: spec.name.clone() });
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            return Err(Rejection::Invalid { reason: format!("the cluster holds the maximum of {MAX_TOPICS} topics") });
+        }
+        if let Some(totals) = totals {
+            let refuse = |total, limit: u32, current: usize, requested: u64| {
+                Err(Rejection::ClusterLimit {
+                    topic: spec.name.clone(),
+                    total,
+                    limit: u64::from(limit),
+                    current: current as u64,
+                    requested,
+                })
+            };
+            if self.topics.len() + 1 > totals.max_topics as usize {
+                return refuse(ClusterTotal::Topics, totals.max_topics, self.topics.len(), 1);
+            }
+            let partitions = self.partition_count();
+            if partitions + spec.partitions as usize > totals.max_partitions as usize {
+                return refuse(ClusterTotal::Partitions, totals.max_partitions, partitions, u64::from(spec.partitions));
+            }
+        }
+        let available = self.members.len() as u32;
+        if spec.replication_factor > available {
+            return Err(Rejection::NotEnoughNodes { requested: spec.replication_factor, available });
+        }
+        let id = self.next_topic_id;
+        if id > u32::MAX >> 1 {
+            return Err(Rejection::Invalid { reason: "topic ids exhausted".into() });
+        }
+        let partitions = self.place(id, spec.partitions, spec.replication_factor as usize);
+        let info = TopicInfo {
+            name: spec.name.clone(),
+            id,
+            replication_factor: spec.replication_factor,
+            retention: spec.retention,
+            codec: spec.codec,
+            partitions,
+        };
+        self.next_topic_id += 1;
+        self.topics.insert(spec.name.clone(), info.clone());
+        Ok(MetadataReply::Topic(info))
+    }
+
+    /// Partitions (Raft groups) of every topic.
+    pub fn partition_count(&self) -> usize {
+        self.topics.values().map(|t| t.partitions.len()).sum()
     }
 
     /// Replica and preferred-leader counts per member, over every existing partition.
@@ -485,6 +535,21 @@ fn read_retention(r: &mut Reader<'_>) -> Result<RetentionPolicy, ClusterError> {
     Ok(RetentionPolicy { retention_bytes: r.opt_u64()?, retention_ms: r.opt_u64()? })
 }
 
+fn write_spec(w: &mut Writer, spec: &TopicSpec) {
+    w.str16(&spec.name).u32(spec.partitions).u32(spec.replication_factor);
+    write_retention(w, &spec.retention);
+    codec_kind::write(w, spec.codec);
+}
+
+fn read_spec(r: &mut Reader<'_>) -> Result<TopicSpec, ClusterError> {
+    let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
+    let partitions = r.u32()?;
+    let replication_factor = r.u32()?;
+    let retention = read_retention(r)?;
+    let codec = codec_kind::read(r)?;
+    Ok(TopicSpec { name, partitions, replication_factor, retention, codec })
+}
+
 fn write_topic(w: &mut Writer, t: &TopicInfo) {
     w.str16(&t.name).u32(t.id).u32(t.replication_factor);
     write_retention(w, &t.retention);
@@ -526,9 +591,13 @@ impl MetadataCommand {
         w.u16(cmd::MAGIC).u8(cmd::VERSION);
         match self {
             MetadataCommand::CreateTopic(spec) => {
-                w.u8(cmd::KIND_CREATE_TOPIC).str16(&spec.name).u32(spec.partitions).u32(spec.replication_factor);
-                write_retention(&mut w, &spec.retention);
-                codec_kind::write(&mut w, spec.codec);
+                w.u8(cmd::KIND_CREATE_TOPIC);
+                write_spec(&mut w, spec);
+            }
+            MetadataCommand::CreateTopicWithin { spec, totals } => {
+                w.u8(cmd::KIND_CREATE_TOPIC_WITHIN);
+                write_spec(&mut w, spec);
+                w.u32(totals.max_topics).u32(totals.max_partitions);
             }
             MetadataCommand::DeleteTopic { name } => {
                 w.u8(cmd::KIND_DELETE_TOPIC).str16(name);
@@ -586,14 +655,11 @@ impl MetadataCommand {
         }
         let kind = r.u8()?;
         let command = match kind {
-            cmd::KIND_CREATE_TOPIC => {
-                let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
-                let partitions = r.u32()?;
-                let replication_factor = r.u32()?;
-                let retention = read_retention(&mut r)?;
-                let codec = codec_kind::read(&mut r)?;
-                MetadataCommand::CreateTopic(TopicSpec { name, partitions, replication_factor, retention, codec })
-            }
+            cmd::KIND_CREATE_TOPIC => MetadataCommand::CreateTopic(read_spec(&mut r)?),
+            cmd::KIND_CREATE_TOPIC_WITHIN => MetadataCommand::CreateTopicWithin {
+                spec: read_spec(&mut r)?,
+                totals: TopicTotals { max_topics: r.u32()?, max_partitions: r.u32()? },
+            },
             cmd::KIND_DELETE_TOPIC => MetadataCommand::DeleteTopic { name: r.str16(limits::MAX_TOPIC_NAME_BYTES)? },
             cmd::KIND_ALTER_TOPIC => {
                 let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
@@ -658,6 +724,13 @@ impl MetadataReply {
                     Rejection::NotEnoughNodes { requested, available } => w.u8(4).u32(*requested).u32(*available),
                     Rejection::UnknownMember { id } => w.u8(5).u64(*id),
                     Rejection::Invalid { reason } => w.u8(6).str16(truncate(reason, 1024)),
+                    Rejection::ClusterLimit { topic, total, limit, current, requested } => {
+                        let total = match total {
+                            ClusterTotal::Topics => 1,
+                            ClusterTotal::Partitions => 2,
+                        };
+                        w.u8(7).str16(topic).u8(total).u64(*limit).u64(*current).u64(*requested)
+                    }
                 };
             }
         }
@@ -685,6 +758,17 @@ impl MetadataReply {
                 4 => Rejection::NotEnoughNodes { requested: r.u32()?, available: r.u32()? },
                 5 => Rejection::UnknownMember { id: r.u64()? },
                 6 => Rejection::Invalid { reason: r.str16(1024)? },
+                7 => Rejection::ClusterLimit {
+                    topic: r.str16(limits::MAX_TOPIC_NAME_BYTES)?,
+                    total: match r.u8()? {
+                        1 => ClusterTotal::Topics,
+                        2 => ClusterTotal::Partitions,
+                        other => return Err(r.error(format!("unknown cluster total {other}"))),
+                    },
+                    limit: r.u64()?,
+                    current: r.u64()?,
+                    requested: r.u64()?,
+                },
                 other => return Err(r.error(format!("unknown rejection {other}"))),
             }),
             other => return Err(r.error(format!("unknown reply kind {other}"))),
@@ -711,6 +795,7 @@ mod tests {
     use shale_storage::CodecKind;
 
     use super::*;
+    use crate::cluster::api::ShownName;
 
     fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
         TopicSpec {
@@ -791,6 +876,73 @@ mod tests {
             MetadataReply::Rejected(Rejection::Invalid { .. })
         ));
         assert_eq!(s, before, "rejections change nothing");
+    }
+
+    // Issue 14 item 5: creating 16-partition topics in a loop collapsed a cluster after ~58
+    // topics. With totals in the command, the creation that would pass one is refused at apply,
+    // and of two racing creations that each fit alone, the one applied second is refused.
+    #[test]
+    fn creations_past_the_cluster_totals_are_refused_at_apply() {
+        let within = |name: &str, partitions, max_topics, max_partitions| MetadataCommand::CreateTopicWithin {
+            spec: spec(name, partitions, 1),
+            totals: TopicTotals { max_topics, max_partitions },
+        };
+        let mut s = three_members();
+        assert!(matches!(s.apply(&within("a", 16, 3, 40)), MetadataReply::Topic(_)));
+        let (b, c) = (within("b", 16, 3, 40), within("c", 16, 3, 40));
+        assert!(matches!(s.apply(&b), MetadataReply::Topic(_)));
+        assert_eq!(
+            s.apply(&c),
+            MetadataReply::Rejected(Rejection::ClusterLimit {
+                topic: "c".into(),
+                total: ClusterTotal::Partitions,
+                limit: 40,
+                current: 32,
+                requested: 16,
+            })
+        );
+        assert!(matches!(s.apply(&within("d", 8, 3, 40)), MetadataReply::Topic(_)), "8 more fit exactly");
+        assert_eq!(
+            s.apply(&within("e", 1, 3, 1000)),
+            MetadataReply::Rejected(Rejection::ClusterLimit {
+                topic: "e".into(),
+                total: ClusterTotal::Topics,
+                limit: 3,
+                current: 3,
+                requested: 1,
+            })
+        );
+        assert_eq!(s.partition_count(), 40);
+        let err = ClusterError::from(Rejection::ClusterLimit {
+            topic: "c".into(),
+            total: ClusterTotal::Partitions,
+            limit: 40,
+            current: 32,
+            requested: 16,
+        });
+        assert_eq!(
+            err.to_string(),
+            "creating topic \"c\" (16 partitions) would make 48 partitions in the cluster, over limits.max_partitions = 40"
+        );
+        // Without totals only the hard maximum applies; deleting makes room again.
+        assert!(matches!(s.apply(&MetadataCommand::CreateTopic(spec("f", 16, 1))), MetadataReply::Topic(_)));
+        assert_eq!(s.apply(&MetadataCommand::DeleteTopic { name: "f".into() }), MetadataReply::Ok);
+        assert_eq!(s.apply(&MetadataCommand::DeleteTopic { name: "a".into() }), MetadataReply::Ok);
+        assert!(matches!(s.apply(&c), MetadataReply::Topic(_)));
+    }
+
+    #[test]
+    fn names_over_the_limit_are_shown_as_a_prefix_and_a_length() {
+        let long = "x".repeat(10_000);
+        let text = ClusterError::UnknownTopic { name: long.clone() }.to_string();
+        assert_eq!(text, format!("unknown topic \"{}\"... (10000 bytes)", "x".repeat(ShownName::PREFIX_BYTES)));
+        let valid = "v".repeat(limits::MAX_TOPIC_NAME_BYTES);
+        assert_eq!(ClusterError::UnknownTopic { name: valid.clone() }.to_string(), format!("unknown topic {valid:?}"));
+        let invalid = validate_topic_name(&long).unwrap_err().to_string();
+        assert!(invalid.len() < 120, "{invalid}");
+        // A multi-byte character at the cut is not split.
+        let wide = "é".repeat(200);
+        assert!(ShownName(&wide).to_string().ends_with("... (400 bytes)"));
     }
 
     #[test]
@@ -952,6 +1104,18 @@ mod tests {
                         retention: RetentionPolicy { retention_bytes: b, retention_ms: ms },
                         codec: CodecKind::Lz4,
                     })),
+                (name, 1u32..5, 1u32..4, 0u32..4, 0u32..12).prop_map(|(n, p, rf, max_topics, max_partitions)| {
+                    MetadataCommand::CreateTopicWithin {
+                        spec: TopicSpec {
+                            name: n,
+                            partitions: p,
+                            replication_factor: rf,
+                            retention: RetentionPolicy::default(),
+                            codec: CodecKind::None,
+                        },
+                        totals: TopicTotals { max_topics, max_partitions },
+                    }
+                }),
                 name.prop_map(|n| MetadataCommand::DeleteTopic { name: n }),
                 (name, proptest::option::of(any::<u64>())).prop_map(|(n, b)| MetadataCommand::AlterTopic {
                     name: n,

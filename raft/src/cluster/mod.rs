@@ -76,6 +76,10 @@ pub struct ClusterConfig {
     /// How long a replica that the metadata moved away from this node keeps its group while no
     /// leader tells it the move is done (see `reconcile`): after this it stops and deletes it.
     pub leave_grace_ms: u64,
+    /// The cluster totals a topic this node creates must stay within (`None`: only the hard
+    /// maximum of topics). Checked when the creation applies, so concurrent creations cannot both
+    /// pass; the metadata leader's totals decide (the node forwards creations there).
+    pub topic_totals: Option<TopicTotals>,
 }
 
 impl ClusterConfig {
@@ -93,6 +97,7 @@ impl ClusterConfig {
             request_timeout_ms: 10_000,
             catch_up_timeout_ms: 5_000,
             leave_grace_ms: 30_000,
+            topic_totals: None,
         }
     }
 }
@@ -428,7 +433,11 @@ impl Cluster {
     /// on their replicas (watch `describe_topic` / `leader_of`).
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo, ClusterError> {
         metadata::validate_spec(&spec)?;
-        match self.propose(MetadataCommand::CreateTopic(spec)).await? {
+        let command = match self.config.topic_totals {
+            Some(totals) => MetadataCommand::CreateTopicWithin { spec, totals },
+            None => MetadataCommand::CreateTopic(spec),
+        };
+        match self.propose(command).await? {
             MetadataReply::Topic(t) => Ok(t),
             other => Err(ClusterError::Decode { what: "create topic reply", reason: format!("unexpected {other:?}") }),
         }
@@ -449,6 +458,12 @@ impl Cluster {
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClusterError> {
         self.linearizable_metadata().await?;
         Ok(self.local_topics())
+    }
+
+    /// Topics and partitions in the cluster, as applied on this node (may lag the leader).
+    pub fn local_totals(&self) -> (usize, usize) {
+        let metadata = self.metadata.read();
+        (metadata.topics().len(), metadata.partition_count())
     }
 
     /// Every topic as applied on this node (no round trip; may lag the leader).
