@@ -38,6 +38,19 @@ pub struct Limits {
     pub max_fetch_bytes: u32,
     /// Longest long-poll wait of a fetch, in ms.
     pub max_wait_ms: u32,
+    /// Most topics the cluster may hold (the metadata leader's value decides).
+    pub max_topics: u32,
+    /// Most partitions, over all topics, the cluster may hold (the metadata leader's value decides).
+    pub max_partitions: u32,
+    /// Most TCP connections this node serves at once; one more is answered TOO_MANY_CONNECTIONS
+    /// and closed.
+    pub max_connections: u32,
+    /// Most Subscribe streams open on one connection.
+    pub max_subscriptions_per_connection: u32,
+    /// Most Subscribe streams this node serves at once.
+    pub max_subscriptions: u32,
+    /// Most client-API requests this node serves at once; one more is answered TOO_MANY_REQUESTS.
+    pub max_in_flight_requests: u32,
 }
 
 impl Default for Limits {
@@ -49,6 +62,12 @@ impl Default for Limits {
             max_partitions_per_topic: limits::DEFAULT_PARTITIONS_PER_TOPIC,
             max_fetch_bytes: limits::DEFAULT_FETCH_BYTES,
             max_wait_ms: limits::DEFAULT_FETCH_WAIT_MS,
+            max_topics: limits::DEFAULT_TOPICS,
+            max_partitions: limits::DEFAULT_CLUSTER_PARTITIONS,
+            max_connections: limits::DEFAULT_CONNECTIONS,
+            max_subscriptions_per_connection: limits::DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
+            max_subscriptions: limits::DEFAULT_SUBSCRIPTIONS,
+            max_in_flight_requests: limits::DEFAULT_IN_FLIGHT_REQUESTS,
         }
     }
 }
@@ -270,6 +289,16 @@ impl NodeConfig {
         if u64::from(l.max_wait_ms) > limits::MAX_FETCH_WAIT_MS {
             return invalid("limits.max_wait_ms", format!("{} is over {}", l.max_wait_ms, limits::MAX_FETCH_WAIT_MS));
         }
+        in_range("limits.max_topics", u64::from(l.max_topics), limits::MAX_TOPICS as u64)?;
+        in_range("limits.max_partitions", u64::from(l.max_partitions), u64::from(limits::MAX_CLUSTER_PARTITIONS))?;
+        for (field, value) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_subscriptions_per_connection", l.max_subscriptions_per_connection),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_in_flight_requests", l.max_in_flight_requests),
+        ] {
+            in_range(field, u64::from(value), u64::from(u32::MAX))?;
+        }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
             return invalid("raft.election_timeout_min_ms", "must be above heartbeat_interval_ms (> 0)".into());
@@ -361,5 +390,9 @@ mod tests {
         c.grpc_listen = "127.0.0.1:7001".parse().unwrap();
         c.limits.max_record_bytes = usize::MAX;
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "limits.max_record_bytes", .. })));
+        c.limits = Limits { max_connections: 0, ..Limits::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "limits.max_connections", .. })));
+        c.limits = Limits { max_partitions: limits::MAX_CLUSTER_PARTITIONS + 1, ..Limits::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "limits.max_partitions", .. })));
     }
 }

@@ -1,22 +1,29 @@
 //! Server-side connections that can be cut: once the node has drained client requests and stopped
 //! its Raft groups, the remaining connections (long-lived Raft streams from peers) are closed
-//! so every task serving them ends and releases the node's state.
+//! so every task serving them ends and releases the node's state. A connection refused for
+//! `limits.max_connections` is also cut, a moment after it was accepted
+//! ([`KillableStream::cut_after`]), and each holds its place among the node's connections
+//! ([`KillableStream::holding`]) until it ends.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::admission::ConnSlot;
+
 /// A TCP connection that fails every read and write once `kill` flips to `true`.
 pub struct KillableStream {
     inner: TcpStream,
     killed: Pin<Box<dyn Future<Output = ()> + Send>>,
     dead: bool,
+    _slot: Option<ConnSlot>,
 }
 
 impl std::fmt::Debug for KillableStream {
@@ -32,7 +39,25 @@ impl KillableStream {
         let killed = Box::pin(async move {
             let _ = kill.wait_for(|k| *k).await;
         });
-        Self { inner, killed, dead: false }
+        Self { inner, killed, dead: false, _slot: None }
+    }
+
+    /// Holds `slot` (the connection's place among the node's) until the connection is dropped.
+    pub fn holding(mut self, slot: ConnSlot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// Also dies `after` this long.
+    pub fn cut_after(mut self, after: Duration) -> Self {
+        let killed = std::mem::replace(&mut self.killed, Box::pin(std::future::pending()));
+        self.killed = Box::pin(async move {
+            tokio::select! {
+                () = killed => {}
+                () = tokio::time::sleep(after) => {}
+            }
+        });
+        self
     }
 
     /// Whether the connection is cut (registers the waker otherwise).
@@ -45,7 +70,7 @@ impl KillableStream {
 }
 
 fn cut() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "the node is shutting down")
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the node cut the connection")
 }
 
 impl AsyncRead for KillableStream {

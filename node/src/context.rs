@@ -7,17 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use shale_client::meta;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_client::proto::produce_client::ProduceClient;
+use shale_client::{ErrorCode, meta};
 use shale_raft::cluster::{Cluster, ClusterError, FromIndexProblem};
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::convert::errors::cluster_error;
+use crate::admission::Connections;
+use crate::convert::errors::{cluster_error, limit};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, RequestMetrics};
 
@@ -103,6 +104,14 @@ impl InFlight {
         InFlightGuard(self)
     }
 
+    /// As [`Self::enter`] while fewer than `max` requests are being served; `None` (nothing
+    /// counted) at the limit.
+    pub fn try_enter(&self, max: usize) -> Option<InFlightGuard<'_>> {
+        let before = self.count.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard(self);
+        (before < max).then_some(guard)
+    }
+
     /// Requests being served now.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
@@ -149,6 +158,8 @@ pub struct NodeContext {
     pub in_flight: InFlight,
     /// Damaged log ranges on this node (the scrubber's findings).
     pub damage: Arc<crate::scrub::DamageRegistry>,
+    /// The connections this node serves and the Subscribe streams open on them.
+    pub connections: Arc<Connections>,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
@@ -172,6 +183,7 @@ impl NodeContext {
             node_id,
             advertise,
             cluster,
+            connections: Arc::new(Connections::new(&limits, metrics.clone())),
             limits,
             metrics,
             forward_timeout,
@@ -292,13 +304,23 @@ impl NodeContext {
     }
 
     /// The frame of every client-API handler: counts the request in flight (shutdown waits for it)
-    /// while `serve` answers its message, told whether another node forwarded it.
+    /// while `serve` answers its message, told whether another node forwarded it. At
+    /// `limits.max_in_flight_requests` the request is refused with TOO_MANY_REQUESTS (retryable:
+    /// nothing was done).
     pub async fn handle<Req, Resp>(
         &self,
         request: Request<Req>,
         serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
     ) -> Result<Response<Resp>, Status> {
-        let _in_flight = self.in_flight.enter();
+        let max = self.limits.max_in_flight_requests;
+        let Some(_in_flight) = self.in_flight.try_enter(max as usize) else {
+            self.metrics.count_limit_refusal("max_in_flight_requests");
+            return Err(limit(
+                ErrorCode::TooManyRequests,
+                format!("the node is serving max_in_flight_requests = {max} requests; retry after a backoff"),
+                u64::from(max),
+            ));
+        };
         let forwarded = is_forwarded(&request);
         serve(request.into_inner(), forwarded).await.map(Response::new)
     }

@@ -116,6 +116,7 @@ async fn group_lag(state: &HttpState) -> Vec<(String, String, u32, u64)> {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let lag = group_lag(&state).await;
+    state.ctx.metrics.requests_in_flight.set(state.ctx.in_flight.count() as u64);
     let body = state.ctx.metrics.render(&state.ctx.cluster, state.storage.as_ref(), &lag);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

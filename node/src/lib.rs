@@ -7,10 +7,13 @@
 //! - [`services`]: the gRPC client API; [`convert`] is the only place wire types meet domain types,
 //!   and [`convert::errors`] the only place cluster errors become statuses.
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
+//! - [`admission`] / [`limits`] / [`transport_errors`]: what a client may hold and send, and a
+//!   Shale error code for what the transport refuses.
 //! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`scrub`]: the background scrubber that finds and repairs damaged log ranges.
 //! - [`tls`]: certificates for a local cluster (`dev --tls`, tests).
 
+pub mod admission;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
@@ -31,6 +34,7 @@ pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod transport_errors;
 
 pub use config::{Limits, NodeConfig, StorageKind};
 pub use error::NodeError;

@@ -133,6 +133,16 @@ pub struct Metrics {
     pub scrub_repair_failures: Counter,
     /// Damaged ranges known now (not yet repaired).
     pub scrub_damaged_ranges: Gauge,
+    /// Connections admitted and open (`limits.max_connections`).
+    pub connections_open: Gauge,
+    /// Subscribe streams open (`limits.max_subscriptions`).
+    pub subscriptions_open: Gauge,
+    /// Client-API requests being served (`limits.max_in_flight_requests`); set at scrape time.
+    pub requests_in_flight: Gauge,
+    /// Requests and connections refused at a limit, per limit (its config key without `limits.`).
+    pub limit_refusals: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Requests whose body could not be decoded, or that named no method (INVALID_REQUEST).
+    pub invalid_requests: Counter,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -158,6 +168,16 @@ impl Metrics {
         let message = name.rsplit("::").next().unwrap_or(name);
         let rpc = message.strip_suffix("Request").unwrap_or(message);
         *self.forwarded_by_rpc.lock().entry(rpc).or_default() += 1;
+    }
+
+    /// Counts one refusal at `limit` (a `limits.` config key without the prefix).
+    pub fn count_limit_refusal(&self, limit: &'static str) {
+        *self.limit_refusals.lock().entry(limit).or_default() += 1;
+    }
+
+    /// Refusals counted at `limit` so far.
+    pub fn limit_refusals(&self, limit: &str) -> u64 {
+        self.limit_refusals.lock().get(limit).copied().unwrap_or(0)
     }
 
     /// The full exposition: counters, histograms, then gauges from the cluster and storage.
@@ -192,6 +212,50 @@ impl Metrics {
         for (rpc, n) in self.forwarded_by_rpc.lock().iter() {
             let _ = writeln!(out, "shale_forwarded_rpc_requests_total{{rpc=\"{}\"}} {n}", label(rpc));
         }
+
+        let _ = writeln!(
+            out,
+            "# HELP shale_limit_refusals_total Connections and requests refused at a limit, per limit (config key).\n\
+             # TYPE shale_limit_refusals_total counter"
+        );
+        for (limit, n) in self.limit_refusals.lock().iter() {
+            let _ = writeln!(out, "shale_limit_refusals_total{{limit=\"{}\"}} {n}", label(limit));
+        }
+        counter(
+            &mut out,
+            "shale_invalid_requests_total",
+            "Requests whose body could not be decoded or that named no method.",
+            self.invalid_requests.get(),
+        );
+        for (name, help, value) in [
+            (
+                "shale_connections_open",
+                "Connections this node serves (limits.max_connections).",
+                &self.connections_open,
+            ),
+            (
+                "shale_subscriptions_open",
+                "Subscribe streams open (limits.max_subscriptions).",
+                &self.subscriptions_open,
+            ),
+            (
+                "shale_requests_in_flight",
+                "Client-API requests being served (limits.max_in_flight_requests).",
+                &self.requests_in_flight,
+            ),
+        ] {
+            gauge_header(&mut out, name, help);
+            let _ = writeln!(out, "{name} {}", value.get());
+        }
+        let (topics, partitions) = cluster.local_totals();
+        gauge_header(&mut out, "shale_cluster_topics", "Topics in the cluster (limits.max_topics), as applied here.");
+        let _ = writeln!(out, "shale_cluster_topics {topics}");
+        gauge_header(
+            &mut out,
+            "shale_cluster_partitions",
+            "Partitions in the cluster (limits.max_partitions), as applied here.",
+        );
+        let _ = writeln!(out, "shale_cluster_partitions {partitions}");
 
         counter(
             &mut out,

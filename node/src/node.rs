@@ -18,6 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
+use crate::admission::{Admission, Connections, REFUSED_CONNECTION_LINGER};
 use crate::conn::KillableStream;
 
 use crate::config::NodeConfig;
@@ -123,6 +124,10 @@ impl Node {
         // A joining node's catch-up wait fits in one client request (the node answers within it).
         cluster_config.catch_up_timeout_ms = config.raft.request_timeout_ms / 2;
         cluster_config.leave_grace_ms = config.raft.request_timeout_ms.saturating_mul(3);
+        cluster_config.topic_totals = Some(shale_raft::cluster::TopicTotals {
+            max_topics: config.limits.max_topics,
+            max_partitions: config.limits.max_partitions,
+        });
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -142,8 +147,9 @@ impl Node {
             config.limits.max_request_bytes.saturating_mul(shale_storage::limits::TRANSPORT_REQUEST_FACTOR);
         let max_encode = (config.limits.max_fetch_bytes as usize).saturating_mul(2).max(max_decode);
         // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
-        // clients retry elsewhere); the Raft transport keeps serving until the groups stop.
-        let refuse = RefuseWhenStopping(shutdown_rx.clone());
+        // clients retry elsewhere); the Raft transport keeps serving until the groups stop. A
+        // connection over `limits.max_connections` gets TOO_MANY_CONNECTIONS for every request.
+        let refuse = RefuseAtTheEdge { stopping: shutdown_rx.clone(), connections: ctx.connections.clone() };
         // A client-API service over the shared context, with those limits, behind `refuse`.
         macro_rules! client_api {
             ($server:ident, $service:ident) => {
@@ -155,7 +161,11 @@ impl Node {
                 )
             };
         }
-        let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+        let coded = crate::transport_errors::CodeTransportErrorsLayer {
+            max_request_bytes: config.limits.max_request_bytes,
+            metrics: ctx.metrics.clone(),
+        };
+        let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
         if let Some(tls) = &tls {
             // Client certificates are optional on the one listener (clients need none yet); the
             // Raft service refuses every RPC without a node certificate naming its sender.
@@ -169,8 +179,20 @@ impl Node {
             .add_service(cluster.grpc_service());
         let mut grpc_shutdown = shutdown_rx.clone();
         let (kill_tx, kill_rx) = watch::channel(false);
-        let incoming = TcpListenerStream::new(grpc_listener)
-            .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
+        let connections = ctx.connections.clone();
+        let incoming = TcpListenerStream::new(grpc_listener).filter_map(move |conn| {
+            let stream = match conn {
+                Ok(stream) => stream,
+                Err(e) => return Some(Err(e)),
+            };
+            let peer = stream.peer_addr().ok();
+            let stream = KillableStream::new(stream, kill_rx.clone());
+            match connections.admit(peer) {
+                Admission::Admitted(slot) => Some(Ok(stream.holding(slot))),
+                Admission::Refused(slot) => Some(Ok(stream.holding(slot).cut_after(REFUSED_CONNECTION_LINGER))),
+                Admission::Dropped => None,
+            }
+        });
         let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = grpc_shutdown.wait_for(|s| *s).await;
         }));
@@ -338,15 +360,19 @@ impl NodeHandle {
 }
 
 /// Refuses client-API requests once shutdown has started (UNAVAILABLE, which clients retry on
-/// another node).
+/// another node), and on connections refused for `limits.max_connections`.
 #[derive(Clone)]
-struct RefuseWhenStopping(watch::Receiver<bool>);
+struct RefuseAtTheEdge {
+    stopping: watch::Receiver<bool>,
+    connections: Arc<Connections>,
+}
 
-impl tonic::service::Interceptor for RefuseWhenStopping {
+impl tonic::service::Interceptor for RefuseAtTheEdge {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if *self.0.borrow() {
+        if *self.stopping.borrow() {
             return Err(shale_client::error::status(shale_client::ErrorCode::Unavailable, "the node is shutting down"));
         }
+        self.connections.check_request(&request)?;
         Ok(request)
     }
 }

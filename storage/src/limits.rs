@@ -95,6 +95,26 @@ pub const DEFAULT_FETCH_WAIT_MS: u32 = 30_000;
 /// Hard maximum of `limits.max_wait_ms`.
 pub const MAX_FETCH_WAIT_MS: u64 = 60_000;
 
+/// Default of `limits.max_topics`: topics the cluster may hold (checked when a creation applies).
+pub const DEFAULT_TOPICS: u32 = 512;
+/// Default of `limits.max_partitions`: partitions of all topics the cluster may hold. Each is a
+/// Raft group with its own memory, tasks and heartbeats on every replica (issue 14: a 3-node
+/// cluster creating 16-partition topics in a loop collapsed after ~58 topics, ~930 partitions).
+pub const DEFAULT_CLUSTER_PARTITIONS: u32 = 512;
+/// Hard maximum of `limits.max_partitions`.
+pub const MAX_CLUSTER_PARTITIONS: u32 = 1 << 20;
+
+/// Default of `limits.max_connections`: TCP connections a node serves at once (clients and peers
+/// alike, on the one listener).
+pub const DEFAULT_CONNECTIONS: u32 = 4096;
+/// Default of `limits.max_subscriptions_per_connection`: Subscribe streams open on one connection.
+pub const DEFAULT_SUBSCRIPTIONS_PER_CONNECTION: u32 = 512;
+/// Default of `limits.max_subscriptions`: Subscribe streams a node serves at once.
+pub const DEFAULT_SUBSCRIPTIONS: u32 = 1024;
+/// Default of `limits.max_in_flight_requests`: client-API requests a node serves at once
+/// (long-poll fetches and forwarded requests included).
+pub const DEFAULT_IN_FLIGHT_REQUESTS: u32 = 2048;
+
 /// The largest storage record a node writes or reads (`StorageOptions::max_record_bytes`).
 pub const STORAGE_RECORD_BYTES: usize = 2 * MAX_RECORD_BYTES;
 /// The largest total payload of one storage `append_batch` (`StorageOptions::max_batch_bytes`).
@@ -109,6 +129,8 @@ const _: () = assert!(DEFAULT_BATCH_RECORDS <= MAX_RECORDS_PER_PRODUCE);
 const _: () = assert!(DEFAULT_PARTITIONS_PER_TOPIC <= MAX_PARTITIONS);
 const _: () = assert!(DEFAULT_FETCH_WAIT_MS as u64 <= MAX_FETCH_WAIT_MS);
 const _: () = assert!(DEFAULT_REQUEST_BYTES >= DEFAULT_RECORD_BYTES);
+const _: () = assert!(DEFAULT_TOPICS as usize <= MAX_TOPICS && DEFAULT_CLUSTER_PARTITIONS <= MAX_CLUSTER_PARTITIONS);
+const _: () = assert!(DEFAULT_SUBSCRIPTIONS_PER_CONNECTION <= DEFAULT_SUBSCRIPTIONS);
 const _: () = assert!(BATCH_TARGET_BYTES + MAX_RECORD_BYTES <= RAFT_PAYLOAD_BYTES);
 const _: () = assert!(STORAGE_RECORD_BYTES <= STORAGE_BATCH_BYTES);
 // The storage's own validity bound on `max_record_bytes` (`StorageOptions::validate`).

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::admission::SubscriptionSlot;
 use crate::context::{NodeContext, NotServed};
 use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
 use crate::convert::records::{fetch_request, fetch_response, fetched_records};
@@ -66,8 +67,13 @@ impl FetchService {
         }))
     }
 
-    /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]).
-    async fn subscribe_inner(&self, req: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
+    /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]); `slot` is its
+    /// place among the node's and the connection's Subscribe streams, held until it ends.
+    async fn subscribe_inner(
+        &self,
+        req: proto::SubscribeRequest,
+        slot: SubscriptionSlot,
+    ) -> Result<SubscribeStream, Status> {
         limits::check_topic_name(&req.topic)?;
         let ctx = self.ctx.clone();
         let first = ctx
@@ -99,6 +105,7 @@ impl FetchService {
             })?;
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut shutdown = ctx.shutdown.clone();
             // Each answer continues at the log index the previous one ended, so the client's chain
             // check sees one unbroken run of entries.
@@ -197,8 +204,15 @@ impl proto::fetch_server::Fetch for FetchService {
 
     /// Served by a replica of the partition; elsewhere answers NOT_LEADER naming the leader (a
     /// stream is not forwarded). The first fetch runs before the stream opens, so a bad topic,
-    /// partition or offset fails the call itself.
+    /// partition or offset fails the call itself. Past `limits.max_subscriptions_per_connection`
+    /// streams on the connection or `limits.max_subscriptions` on the node: TOO_MANY_SUBSCRIPTIONS.
     async fn subscribe(&self, request: Request<proto::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
-        self.ctx.handle(request, async |req, _| self.subscribe_inner(req).await).await
+        let conn = self.ctx.connections.of(&request);
+        self.ctx
+            .handle(request, async |req, _| {
+                let slot = self.ctx.connections.subscribe(conn)?;
+                self.subscribe_inner(req, slot).await
+            })
+            .await
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
-    ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicTotals,
-    TopicUpdate, limits, partition_group_id, validate_topic_name,
+    ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec,
+    TopicTotals, TopicUpdate, limits, partition_group_id, validate_topic_name,
 };
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
