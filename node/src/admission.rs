@@ -69,15 +69,19 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct ConnSlot {
     connections: Arc<Connections>,
-    peer: Option<SocketAddr>,
+    peer: Option<(SocketAddr, Arc<ConnState>)>,
     refused: bool,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let c = &self.connections;
-        if let Some(peer) = self.peer {
-            c.by_peer.lock().remove(&peer);
+        if let Some((peer, state)) = &self.peer {
+            let mut by_peer = c.by_peer.lock();
+            // A new connection may have come from the same address since (port reuse).
+            if by_peer.get(peer).is_some_and(|s| Arc::ptr_eq(s, state)) {
+                by_peer.remove(peer);
+            }
         }
         let counter = if self.refused { &c.refused } else { &c.open };
         counter.fetch_sub(1, Ordering::SeqCst);
@@ -141,9 +145,11 @@ impl Connections {
             true
         };
         self.metrics.connections_open.set(self.open.load(Ordering::SeqCst) as u64);
-        if let Some(peer) = peer {
-            self.by_peer.lock().insert(peer, Arc::new(ConnState { refused, ..ConnState::default() }));
-        }
+        let peer = peer.map(|peer| {
+            let state = Arc::new(ConnState { refused, ..ConnState::default() });
+            self.by_peer.lock().insert(peer, state.clone());
+            (peer, state)
+        });
         let slot = ConnSlot { connections: self.clone(), peer, refused };
         if refused { Admission::Refused(slot) } else { Admission::Admitted(slot) }
     }
