@@ -141,4 +141,18 @@ mod tests {
         let err = pending.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
+
+    #[tokio::test]
+    async fn a_connection_cut_after_a_while_fails_its_pending_read_then() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_kill_tx, kill_rx) = watch::channel(false);
+        let mut server = KillableStream::new(server, kill_rx).cut_after(Duration::from_millis(100));
+        let started = tokio::time::Instant::now();
+        let mut b = [0u8; 1];
+        let err = server.read(&mut b).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
 }
