@@ -122,6 +122,20 @@ async fn connections_over_the_limit_are_refused_with_a_code_counted_and_closed()
     c.shutdown().await.unwrap();
 }
 
+/// Waits until the node at `addr` serves fetches of partition 0 of `topic` (its replica is up).
+async fn served(addr: SocketAddr, topic: &str) {
+    let mut fetch = FetchClient::new(connect(addr).await);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let request = proto::FetchRequest { topic: topic.into(), partition: 0, ..Default::default() };
+        match fetch.fetch(request).await {
+            Ok(_) => return,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{topic}/0 is never served: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn few_subscriptions(c: &mut NodeConfig) {
     quick(c);
     c.limits.max_subscriptions_per_connection = 2;
@@ -139,9 +153,8 @@ async fn subscribe_streams_are_limited_per_connection_and_per_node() {
     let root = tempfile::tempdir().unwrap();
     let c = start(1, root.path(), few_subscriptions).await;
     client(&c).admin().create_topic(NewTopic::new("s", 1, 1)).await.unwrap();
-    common::wait_until("the partition has a leader", || c.running(1).unwrap().cluster().leader_of("s", 0).is_some())
-        .await;
     let addr = c.grpc[0];
+    served(addr, "s").await;
     let (one, two) = (connect(addr).await, connect(addr).await);
     let first = subscribe(&one).await.expect("first stream");
     let _second = subscribe(&one).await.expect("second stream");
@@ -185,8 +198,7 @@ async fn requests_over_the_in_flight_limit_are_refused_and_the_client_retries() 
     let c = start(1, root.path(), few_requests).await;
     let shale = client(&c);
     shale.admin().create_topic(NewTopic::new("f", 1, 1)).await.unwrap();
-    common::wait_until("the partition has a leader", || c.running(1).unwrap().cluster().leader_of("f", 0).is_some())
-        .await;
+    served(c.grpc[0], "f").await;
     let channel = connect(c.grpc[0]).await;
     // Two long polls on an empty partition hold both places for 2 s.
     let polls: Vec<_> = (0..2)
@@ -207,6 +219,13 @@ async fn requests_over_the_in_flight_limit_are_refused_and_the_client_retries() 
         .collect();
     let deadline = tokio::time::Instant::now() + WAIT;
     while metric(&c, 1, "shale_requests_in_flight").await < 2 {
+        if polls.iter().any(|p| p.is_finished()) {
+            let mut answers = Vec::new();
+            for poll in polls {
+                answers.push(poll.await.unwrap().map(|r| r.into_inner().entries.len()));
+            }
+            panic!("a long poll ended before both were counted: {answers:?}");
+        }
         assert!(tokio::time::Instant::now() < deadline, "the long polls never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
