@@ -8,15 +8,18 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use shale_client::meta;
+use shale_client::proto::access_client::AccessClient;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_client::proto::produce_client::ProduceClient;
+use shale_raft::cluster::access::{Operation, Resource};
 use shale_raft::cluster::{Cluster, ClusterError, FromIndexProblem};
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::auth::AuthContext;
 use crate::convert::errors::cluster_error;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, RequestMetrics};
@@ -43,7 +46,7 @@ macro_rules! forward_clients {
     )*};
 }
 
-forward_clients!(AdminClient, ConsumerGroupsClient, FetchClient, ProduceClient);
+forward_clients!(AccessClient, AdminClient, ConsumerGroupsClient, FetchClient, ProduceClient);
 
 /// Who answers a request: this node (with the value its cluster call returned), or the node it was
 /// forwarded to (with that node's whole answer).
@@ -149,6 +152,8 @@ pub struct NodeContext {
     pub in_flight: InFlight,
     /// Damaged log ranges on this node (the scrubber's findings).
     pub damage: Arc<crate::scrub::DamageRegistry>,
+    /// Authentication and authorization settings ([`crate::auth`]).
+    pub auth: AuthContext,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
@@ -178,8 +183,27 @@ impl NodeContext {
             shutdown,
             in_flight: InFlight::default(),
             damage: Arc::default(),
+            auth: AuthContext::default(),
             channels: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The context with these authorization settings.
+    pub fn with_auth(mut self, auth: AuthContext) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Allows the current caller `operation` on `resource`, or refuses it with NOT_AUTHORIZED
+    /// (see [`AuthContext::authorize`]).
+    pub fn authorize(&self, operation: Operation, resource: Resource<'_>) -> Result<(), Status> {
+        self.auth.authorize(&self.cluster, &self.metrics, operation, resource)
+    }
+
+    /// Whether the current caller may do `operation` on `resource` (for filtering lists).
+    pub fn allowed(&self, operation: Operation, resource: Resource<'_>) -> bool {
+        let caller = crate::auth::current().unwrap_or_else(crate::auth::Caller::internal);
+        self.auth.allows(&self.cluster, &caller.principal, operation, resource)
     }
 
     /// Where a failed call should be forwarded, if anywhere: the leader a `NotLeader` names, or the
@@ -254,6 +278,11 @@ impl NodeContext {
         if let Ok(v) = self.node_id.to_string().parse() {
             request.metadata_mut().insert(meta::FORWARDED, v);
         }
+        crate::auth::principal::forward_headers(
+            crate::auth::current().as_ref(),
+            self.auth.tls,
+            request.metadata_mut(),
+        );
         request.set_timeout(self.forward_timeout);
         let watch = SlowForward { to: addr, started: Instant::now() };
         let result = method(&mut client, request).await.map(Response::into_inner);
@@ -291,16 +320,19 @@ impl NodeContext {
         }
     }
 
-    /// The frame of every client-API handler: counts the request in flight (shutdown waits for it)
-    /// while `serve` answers its message, told whether another node forwarded it.
+    /// The frame of every client-API handler: authenticates the caller ([`crate::auth::principal`];
+    /// the handler authorizes it with [`Self::authorize`]) and counts the request in flight
+    /// (shutdown waits for it) while `serve` answers its message, told whether another node
+    /// forwarded it.
     pub async fn handle<Req, Resp>(
         &self,
         request: Request<Req>,
         serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
     ) -> Result<Response<Resp>, Status> {
         let _in_flight = self.in_flight.enter();
+        let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics)?;
         let forwarded = is_forwarded(&request);
-        serve(request.into_inner(), forwarded).await.map(Response::new)
+        crate::auth::serve_as(caller, serve(request.into_inner(), forwarded)).await.map(Response::new)
     }
 
     /// [`Self::handle`], and counts the request in `metrics` (handled, failed, latency).

@@ -6,11 +6,13 @@
 //! - [`config`] / [`cli`]: settings from a TOML file, `SHALE_*` env vars and flags.
 //! - [`services`]: the gRPC client API; [`convert`] is the only place wire types meet domain types,
 //!   and [`convert::errors`] the only place cluster errors become statuses.
+//! - [`auth`]: principals (client certificates, bearer tokens), ACL checks and the audit log.
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
 //! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`scrub`]: the background scrubber that finds and repairs damaged log ranges.
 //! - [`tls`]: certificates for a local cluster (`dev --tls`, tests).
 
+pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

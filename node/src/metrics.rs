@@ -133,6 +133,10 @@ pub struct Metrics {
     pub scrub_repair_failures: Counter,
     /// Damaged ranges known now (not yet repaired).
     pub scrub_damaged_ranges: Gauge,
+    /// Requests refused by authorization (NOT_AUTHORIZED), per operation.
+    pub auth_denied: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Requests refused by authentication (UNAUTHENTICATED).
+    pub auth_unauthenticated: Counter,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -158,6 +162,16 @@ impl Metrics {
         let message = name.rsplit("::").next().unwrap_or(name);
         let rpc = message.strip_suffix("Request").unwrap_or(message);
         *self.forwarded_by_rpc.lock().entry(rpc).or_default() += 1;
+    }
+
+    /// Counts one request refused by authorization.
+    pub fn count_denied(&self, operation: &'static str) {
+        *self.auth_denied.lock().entry(operation).or_default() += 1;
+    }
+
+    /// Requests refused by authorization, every operation together.
+    pub fn denied_total(&self) -> u64 {
+        self.auth_denied.lock().values().sum()
     }
 
     /// The full exposition: counters, histograms, then gauges from the cluster and storage.
@@ -193,6 +207,20 @@ impl Metrics {
             let _ = writeln!(out, "shale_forwarded_rpc_requests_total{{rpc=\"{}\"}} {n}", label(rpc));
         }
 
+        let _ = writeln!(
+            out,
+            "# HELP shale_auth_denied_total Requests refused as not authorized (no ACL rule allows them), per operation.\n\
+             # TYPE shale_auth_denied_total counter"
+        );
+        for (operation, n) in self.auth_denied.lock().iter() {
+            let _ = writeln!(out, "shale_auth_denied_total{{operation=\"{}\"}} {n}", label(operation));
+        }
+        counter(
+            &mut out,
+            "shale_auth_unauthenticated_total",
+            "Requests refused because their credentials were not accepted.",
+            self.auth_unauthenticated.get(),
+        );
         counter(
             &mut out,
             "shale_raft_rpc_refused_total",

@@ -16,6 +16,9 @@ use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use shale_raft::cluster::access::{Operation, Resource};
+
+use crate::auth::audit::audited;
 use crate::context::{NodeContext, Served};
 use crate::convert::errors::{cluster_error, invalid};
 use crate::convert::{hash_bytes, status as status_conv, topics};
@@ -329,12 +332,17 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.name)?;
-                let spec = topics::topic_spec(req.clone())?;
-                limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
-                let result = self.ctx.cluster.create_topic(spec).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
-                Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                let name = req.name.clone();
+                audited("create_topic", &format!("topic {name}"), "", async {
+                    limits::check_topic_name(&req.name)?;
+                    self.ctx.authorize(Operation::Create, Resource::Topic(&name))?;
+                    let spec = topics::topic_spec(req.clone())?;
+                    limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
+                    let result = self.ctx.cluster.create_topic(spec).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
+                    Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                })
+                .await
             })
             .await
     }
@@ -345,10 +353,15 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.name)?;
-                let result = self.ctx.cluster.delete_topic(&req.name).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
-                Ok(served.answer(|()| proto::DeleteTopicResponse {}))
+                let name = req.name.clone();
+                audited("delete_topic", &format!("topic {name}"), "", async {
+                    limits::check_topic_name(&name)?;
+                    self.ctx.authorize(Operation::Delete, Resource::Topic(&name))?;
+                    let result = self.ctx.cluster.delete_topic(&name).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
+                    Ok(served.answer(|()| proto::DeleteTopicResponse {}))
+                })
+                .await
             })
             .await
     }
@@ -361,8 +374,13 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let result = self.ctx.cluster.list_topics().await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::list_topics).await?;
+                // Only the topics the caller may describe (a forwarded answer was filtered there).
                 Ok(served.answer(|list| proto::ListTopicsResponse {
-                    topics: list.iter().map(|t| self.wire_topic(t)).collect(),
+                    topics: list
+                        .iter()
+                        .filter(|t| self.ctx.allowed(Operation::Describe, Resource::Topic(&t.name)))
+                        .map(|t| self.wire_topic(t))
+                        .collect(),
                 }))
             })
             .await
@@ -376,6 +394,7 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 limits::check_topic_name(&req.name)?;
                 let name = req.name.clone();
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&name))?;
                 let result = self.ctx.cluster.describe_topic(&name).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
                 Ok(served.answer(|d| proto::DescribeTopicResponse {
@@ -391,7 +410,10 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AlterTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
+                let name = req.name.clone();
+                audited("alter_topic", &format!("topic {name}"), "", async {
                 limits::check_topic_name(&req.name)?;
+                self.ctx.authorize(Operation::Alter, Resource::Topic(&name))?;
                 let current = self
                     .ctx
                     .cluster
@@ -404,6 +426,8 @@ impl proto::admin_server::Admin for AdminService {
                 let result = self.ctx.cluster.alter_topic(&req.name, update).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
                 Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                })
+                .await
             })
             .await
     }
@@ -414,6 +438,11 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         self.ctx
             .handle(request, async |_, _| {
+                // Every authenticated caller may see the cluster (clients find leaders with it);
+                // an anonymous one needs `describe` on the cluster once authorization is on.
+                if crate::auth::current().is_some_and(|c| c.principal == crate::auth::Principal::Anonymous) {
+                    self.ctx.authorize(Operation::Describe, Resource::Cluster)?;
+                }
                 let status = self.ctx.cluster.cluster_status();
                 let mut response = status_conv::cluster_status(&status);
                 response.damaged =
@@ -429,15 +458,19 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                if req.node_id == 0 {
-                    return Err(invalid("node_id", "node ids start at 1"));
-                }
-                if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
-                    return Err(invalid("addr", "a node address is a non-empty host:port"));
-                }
-                let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
-                Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
+                audited("add_node", &format!("node {}", req.node_id), "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    if req.node_id == 0 {
+                        return Err(invalid("node_id", "node ids start at 1"));
+                    }
+                    if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
+                        return Err(invalid("addr", "a node address is a non-empty host:port"));
+                    }
+                    let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
+                    Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
+                })
+                .await
             })
             .await
     }
@@ -448,9 +481,13 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                let result = self.ctx.cluster.remove_node(req.node_id).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
-                Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
+                audited("remove_node", &format!("node {}", req.node_id), "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    let result = self.ctx.cluster.remove_node(req.node_id).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
+                    Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
+                })
+                .await
             })
             .await
     }
@@ -461,14 +498,19 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.topic)?;
                 let (topic, partition, to) = (req.topic.clone(), req.partition, req.to_node_id);
-                let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
-                let served = self
-                    .ctx
-                    .or_forward(result, forwarded, Some((&topic, partition)), req, AdminClient::transfer_leader)
-                    .await?;
-                Ok(served.answer(|()| proto::TransferLeaderResponse { leader_id: to }))
+                let target = format!("topic {topic} partition {partition}");
+                audited("transfer_leader", &target, &format!("to node {to}"), async {
+                    limits::check_topic_name(&topic)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
+                    let served = self
+                        .ctx
+                        .or_forward(result, forwarded, Some((&topic, partition)), req, AdminClient::transfer_leader)
+                        .await?;
+                    Ok(served.answer(|()| proto::TransferLeaderResponse { leader_id: to }))
+                })
+                .await
             })
             .await
     }
@@ -479,6 +521,9 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CheckpointResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
+                let target = scope_of(&req.topic, req.partition);
+                audited("checkpoint", &target, "", async {
+                self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
                 let checkpoint = |topic: String, partition| async move {
                     let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
                     Ok(index.map(|offset| {
@@ -502,6 +547,8 @@ impl proto::admin_server::Admin for AdminService {
                         })
                         .collect(),
                 }))
+                })
+                .await
             })
             .await
     }
@@ -512,6 +559,9 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CompactResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
+                let target = scope_of(&req.topic, req.partition);
+                audited("compact", &target, "", async {
+                self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
                 let compact =
                     |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
                 let selected = (req.topic.as_str(), req.partition);
@@ -522,19 +572,42 @@ impl proto::admin_server::Admin for AdminService {
                         .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
                         .collect(),
                 }))
+                })
+                .await
             })
             .await
     }
 
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
-        self.ctx.handle(request, async |req, _| self.verify_replicas(req).await).await
+        self.ctx
+            .handle(request, async |req, _| {
+                limits::check_topic_name(&req.topic)?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic))?;
+                self.verify_replicas(req).await
+            })
+            .await
     }
 
     async fn local_chain_hash(
         &self,
         request: Request<proto::LocalChainHashRequest>,
     ) -> Result<Response<proto::LocalChainHashResponse>, Status> {
-        self.ctx.handle(request, async |req, _| self.local_chain_hash(&req).await).await
+        self.ctx
+            .handle(request, async |req, _| {
+                limits::check_topic_name(&req.topic)?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic))?;
+                self.local_chain_hash(&req).await
+            })
+            .await
+    }
+}
+
+/// What a checkpoint or compaction request selects, for the audit log.
+fn scope_of(topic: &str, partition: Option<u32>) -> String {
+    match (topic, partition) {
+        ("", _) => "every partition here".to_string(),
+        (t, None) => format!("topic {t}"),
+        (t, Some(p)) => format!("topic {t} partition {p}"),
     }
 }
 

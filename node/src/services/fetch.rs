@@ -7,6 +7,7 @@ use futures::Stream;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_raft::cluster::ClusterError;
+use shale_raft::cluster::access::{Operation, Resource};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -36,6 +37,7 @@ impl FetchService {
 
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic))?;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
         let domain = fetch_request(
             topic.clone(),
@@ -69,6 +71,7 @@ impl FetchService {
     /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]).
     async fn subscribe_inner(&self, req: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
         limits::check_topic_name(&req.topic)?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic))?;
         let ctx = self.ctx.clone();
         let first = ctx
             .cluster
