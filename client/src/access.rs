@@ -36,7 +36,8 @@ impl Admin {
     /// (the cluster stores its SHA-256).
     pub async fn create_user(&self, name: &str) -> Result<Token, ClientError> {
         let token = Token::generate(name)?;
-        let req = proto::CreateUserRequest { name: name.to_string(), token_sha256: token.secret_hash().to_vec().into() };
+        let req =
+            proto::CreateUserRequest { name: name.to_string(), token_sha256: token.secret_hash().to_vec().into() };
         access_call!(self, create_user, req)?;
         Ok(token)
     }

@@ -31,6 +31,6 @@ pub use consumer::{Consumer, FetchedBatch};
 pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
-pub use token::Token;
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 pub use shale_storage::ChainHash;
+pub use token::Token;

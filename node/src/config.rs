@@ -273,7 +273,9 @@ impl NodeConfig {
         if u64::from(l.max_wait_ms) > limits::MAX_FETCH_WAIT_MS {
             return invalid("limits.max_wait_ms", format!("{} is over {}", l.max_wait_ms, limits::MAX_FETCH_WAIT_MS));
         }
-        if let Some(bad) = self.auth.super_users.iter().find(|u| shale_raft::cluster::access::validate_principal(u).is_err()) {
+        if let Some(bad) =
+            self.auth.super_users.iter().find(|u| shale_raft::cluster::access::validate_principal(u).is_err())
+        {
             return invalid("auth.super_users", format!("{bad:?} is not a principal name"));
         }
         let r = &self.raft;

@@ -278,11 +278,7 @@ impl NodeContext {
         if let Ok(v) = self.node_id.to_string().parse() {
             request.metadata_mut().insert(meta::FORWARDED, v);
         }
-        crate::auth::principal::forward_headers(
-            crate::auth::current().as_ref(),
-            self.auth.tls,
-            request.metadata_mut(),
-        );
+        crate::auth::principal::forward_headers(crate::auth::current().as_ref(), self.auth.tls, request.metadata_mut());
         request.set_timeout(self.forward_timeout);
         let watch = SlowForward { to: addr, started: Instant::now() };
         let result = method(&mut client, request).await.map(Response::into_inner);

@@ -129,16 +129,18 @@ impl Node {
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let ctx = Arc::new(NodeContext::new(
-            config.node_id,
-            advertise_addr.clone(),
-            cluster.clone(),
-            config.limits.clone(),
-            Arc::new(Metrics::default()),
-            Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
-            shutdown_rx.clone(),
-        )
-        .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() }));
+        let ctx = Arc::new(
+            NodeContext::new(
+                config.node_id,
+                advertise_addr.clone(),
+                cluster.clone(),
+                config.limits.clone(),
+                Arc::new(Metrics::default()),
+                Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
+                shutdown_rx.clone(),
+            )
+            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() }),
+        );
 
         // Tonic refuses anything over TRANSPORT_REQUEST_FACTOR x the request limit outright;
         // handlers refuse anything over the limit itself with REQUEST_TOO_LARGE (which names it).

@@ -102,10 +102,14 @@ impl AuthContext {
 
     /// Whether `principal` may do `operation` on `resource` (super-users and nodes always; others
     /// by the rules this node has applied). Always while authorization is off.
-    pub fn allows(&self, cluster: &Cluster, principal: &Principal, operation: Operation, resource: Resource<'_>) -> bool {
-        !self.config.enabled
-            || self.is_super(principal)
-            || cluster.access_allows(principal.user(), operation, resource)
+    pub fn allows(
+        &self,
+        cluster: &Cluster,
+        principal: &Principal,
+        operation: Operation,
+        resource: Resource<'_>,
+    ) -> bool {
+        !self.config.enabled || self.is_super(principal) || cluster.access_allows(principal.user(), operation, resource)
     }
 }
 

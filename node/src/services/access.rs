@@ -160,7 +160,10 @@ impl proto::access_server::Access for AccessService {
             .await
     }
 
-    async fn who_am_i(&self, request: Request<proto::WhoAmIRequest>) -> Result<Response<proto::WhoAmIResponse>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
         self.ctx
             .handle(request, async |_, _| {
                 let caller = current().ok_or_else(|| Status::internal("no caller"))?;

@@ -412,20 +412,20 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let name = req.name.clone();
                 audited("alter_topic", &format!("topic {name}"), "", async {
-                limits::check_topic_name(&req.name)?;
-                self.ctx.authorize(Operation::Alter, Resource::Topic(&name))?;
-                let current = self
-                    .ctx
-                    .cluster
-                    .local_topics()
-                    .into_iter()
-                    .find(|t| t.name == req.name)
-                    .map(|t| t.retention)
-                    .unwrap_or_default();
-                let update = topics::topic_update(&req, current)?;
-                let result = self.ctx.cluster.alter_topic(&req.name, update).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
-                Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                    limits::check_topic_name(&req.name)?;
+                    self.ctx.authorize(Operation::Alter, Resource::Topic(&name))?;
+                    let current = self
+                        .ctx
+                        .cluster
+                        .local_topics()
+                        .into_iter()
+                        .find(|t| t.name == req.name)
+                        .map(|t| t.retention)
+                        .unwrap_or_default();
+                    let update = topics::topic_update(&req, current)?;
+                    let result = self.ctx.cluster.alter_topic(&req.name, update).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
+                    Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
                 })
                 .await
             })
@@ -521,30 +521,31 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let target = scope_of(&req.topic, req.partition);
                 audited("checkpoint", &target, "", async {
-                self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
-                let checkpoint = |topic: String, partition| async move {
-                    let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
-                    Ok(index.map(|offset| {
-                        let hash = self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h));
-                        (offset, hash.unwrap_or_default())
-                    }))
-                };
-                let selected = (req.topic.as_str(), req.partition);
-                let served =
-                    self.on_local_partitions(&req, selected, forwarded, checkpoint, AdminClient::checkpoint).await?;
-                Ok(served.answer(|done| proto::CheckpointResponse {
-                    checkpoints: done
-                        .into_iter()
-                        .filter_map(|(topic, partition, index)| {
-                            index.map(|(offset, chain_hash)| proto::PartitionCheckpoint {
-                                topic,
-                                partition,
-                                offset,
-                                chain_hash,
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    let checkpoint = |topic: String, partition| async move {
+                        let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
+                        Ok(index.map(|offset| {
+                            let hash = self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h));
+                            (offset, hash.unwrap_or_default())
+                        }))
+                    };
+                    let selected = (req.topic.as_str(), req.partition);
+                    let served = self
+                        .on_local_partitions(&req, selected, forwarded, checkpoint, AdminClient::checkpoint)
+                        .await?;
+                    Ok(served.answer(|done| proto::CheckpointResponse {
+                        checkpoints: done
+                            .into_iter()
+                            .filter_map(|(topic, partition, index)| {
+                                index.map(|(offset, chain_hash)| proto::PartitionCheckpoint {
+                                    topic,
+                                    partition,
+                                    offset,
+                                    chain_hash,
+                                })
                             })
-                        })
-                        .collect(),
-                }))
+                            .collect(),
+                    }))
                 })
                 .await
             })
@@ -559,17 +560,18 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let target = scope_of(&req.topic, req.partition);
                 audited("compact", &target, "", async {
-                self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
-                let compact =
-                    |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
-                let selected = (req.topic.as_str(), req.partition);
-                let served = self.on_local_partitions(&req, selected, forwarded, compact, AdminClient::compact).await?;
-                Ok(served.answer(|done| proto::CompactResponse {
-                    partitions: done
-                        .iter()
-                        .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
-                        .collect(),
-                }))
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    let compact =
+                        |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
+                    let selected = (req.topic.as_str(), req.partition);
+                    let served =
+                        self.on_local_partitions(&req, selected, forwarded, compact, AdminClient::compact).await?;
+                    Ok(served.answer(|done| proto::CompactResponse {
+                        partitions: done
+                            .iter()
+                            .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
+                            .collect(),
+                    }))
                 })
                 .await
             })

@@ -281,8 +281,8 @@ impl AclRule {
     /// Whether the rule allows `principal` to do `operation` on `resource`.
     pub fn allows(&self, principal: Option<&str>, operation: Operation, resource: Resource<'_>) -> bool {
         let who = self.principal == ANY_PRINCIPAL || principal.is_some_and(|p| p == self.principal);
-        let what = self.operation == operation
-            || (operation == Operation::Describe && matches!(resource, Resource::Topic(_)));
+        let what =
+            self.operation == operation || (operation == Operation::Describe && matches!(resource, Resource::Topic(_)));
         who && what && self.resource.matches(resource)
     }
 }
@@ -466,7 +466,10 @@ mod tests {
         assert!(!s.allows(Some("bob"), Operation::Describe, Resource::Cluster));
         assert!(s.allows(Some("ops"), Operation::ClusterAdmin, Resource::Cluster));
         assert!(!s.allows(Some("ops"), Operation::Delete, Resource::Topic("orders")));
-        assert!(!AccessState::default().allows(Some("alice"), Operation::Describe, Resource::Topic("x")), "deny by default");
+        assert!(
+            !AccessState::default().allows(Some("alice"), Operation::Describe, Resource::Topic("x")),
+            "deny by default"
+        );
     }
 
     #[test]

@@ -1026,7 +1026,10 @@ mod tests {
         assert_eq!(restored.access().token_hash("alice"), Some(&[7; 32]));
         assert!(restored.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
         assert_eq!(s.apply(&MetadataCommand::RemoveAcl(rule.clone())), MetadataReply::Ok);
-        assert!(matches!(s.apply(&MetadataCommand::RemoveAcl(rule)), MetadataReply::Rejected(Rejection::Access { .. })));
+        assert!(matches!(
+            s.apply(&MetadataCommand::RemoveAcl(rule)),
+            MetadataReply::Rejected(Rejection::Access { .. })
+        ));
         assert_eq!(s.apply(&MetadataCommand::DeleteUser { name: "alice".into() }), MetadataReply::Ok);
         assert!(!s.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
     }

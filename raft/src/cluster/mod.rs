@@ -529,7 +529,11 @@ impl Cluster {
     }
 
     /// Adds a user with the SHA-256 of its token's secret (the secret is never sent here).
-    pub async fn create_user(&self, name: &str, token_hash: [u8; access::TOKEN_HASH_BYTES]) -> Result<(), ClusterError> {
+    pub async fn create_user(
+        &self,
+        name: &str,
+        token_hash: [u8; access::TOKEN_HASH_BYTES],
+    ) -> Result<(), ClusterError> {
         access::validate_principal(name)?;
         self.propose(MetadataCommand::CreateUser { name: name.to_string(), token_hash }).await.map(|_| ())
     }

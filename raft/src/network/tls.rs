@@ -201,7 +201,11 @@ pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
     let san = cert.subject_alternative_name().map_err(|e| TlsError::Parse { reason: e.to_string() })?;
     let uris: Vec<&str> = san
         .map(|ext| {
-            ext.value.general_names.iter().filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None }).collect()
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
+                .collect()
         })
         .unwrap_or_default();
     let clients: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(CLIENT_URI_PREFIX)).collect();
@@ -210,7 +214,10 @@ pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
         ([], _) => Ok(None),
         ([name], 0) => Ok(Some((*name).to_string())),
         (many, nodes) => Err(TlsError::Parse {
-            reason: format!("certificate names {} clients and {nodes} nodes; a client certificate names one client", many.len()),
+            reason: format!(
+                "certificate names {} clients and {nodes} nodes; a client certificate names one client",
+                many.len()
+            ),
         }),
     }
 }
