@@ -196,8 +196,8 @@ impl NodeContext {
 
     /// Allows the current caller `operation` on `resource`, or refuses it with NOT_AUTHORIZED
     /// (see [`AuthContext::authorize`]).
-    pub fn authorize(&self, operation: Operation, resource: Resource<'_>) -> Result<(), Status> {
-        self.auth.authorize(&self.cluster, &self.metrics, operation, resource)
+    pub async fn authorize(&self, operation: Operation, resource: Resource<'_>) -> Result<(), Status> {
+        self.auth.authorize(&self.cluster, &self.metrics, operation, resource).await
     }
 
     /// Whether the current caller may do `operation` on `resource` (for filtering lists).
@@ -326,7 +326,7 @@ impl NodeContext {
         serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
     ) -> Result<Response<Resp>, Status> {
         let _in_flight = self.in_flight.enter();
-        let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics)?;
+        let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics).await?;
         let forwarded = is_forwarded(&request);
         crate::auth::serve_as(caller, serve(request.into_inner(), forwarded)).await.map(Response::new)
     }

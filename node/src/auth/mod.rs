@@ -76,8 +76,10 @@ impl AuthContext {
 
     /// Allows the current caller `operation` on `resource`, or refuses it: PERMISSION_DENIED with
     /// `NOT_AUTHORIZED`, naming the principal, the operation and the resource, counted in
-    /// `metrics`. Always allowed while authorization is off.
-    pub fn authorize(
+    /// `metrics`. A refusal is decided only after the node's metadata caught up with recent changes
+    /// ([`Cluster::settle_metadata`]), so a rule added a moment ago counts. Always allowed while
+    /// authorization is off.
+    pub async fn authorize(
         &self,
         cluster: &Cluster,
         metrics: &Metrics,
@@ -88,6 +90,10 @@ impl AuthContext {
             return Ok(());
         }
         let caller = current().unwrap_or_else(Caller::internal);
+        if self.allows(cluster, &caller.principal, operation, resource) {
+            return Ok(());
+        }
+        cluster.settle_metadata().await;
         if self.allows(cluster, &caller.principal, operation, resource) {
             return Ok(());
         }

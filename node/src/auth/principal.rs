@@ -149,10 +149,10 @@ fn peer_identity<T>(request: &Request<T>) -> (Option<u64>, Option<String>) {
 }
 
 /// The caller of `request`, or UNAUTHENTICATED: a token that is malformed or not accepted (unknown
-/// user or wrong secret, one answer), a client certificate whose name is not a valid principal, or
+/// user or wrong secret, one answer, decided after the metadata caught up with recent changes), a client certificate whose name is not a valid principal, or
 /// a forwarded principal from a peer without a node certificate while authorization is on (without
 /// it, such a marker is ignored).
-pub fn authenticate<T>(
+pub async fn authenticate<T>(
     request: &Request<T>,
     cluster: &Cluster,
     auth: &AuthContext,
@@ -185,8 +185,13 @@ pub fn authenticate<T>(
         let token = text
             .and_then(|t| Token::parse(t).ok())
             .ok_or_else(|| unauthenticated(metrics, "malformed bearer token (expected `Bearer <user>:<secret>`)"))?;
+        // A user created a moment ago may not be applied here yet: catch up once before refusing
+        // (the same wait for an unknown user and a wrong secret).
         if !check_token(cluster, &token) {
-            return Err(unauthenticated(metrics, "bearer token not accepted"));
+            cluster.settle_metadata().await;
+            if !check_token(cluster, &token) {
+                return Err(unauthenticated(metrics, "bearer token not accepted"));
+            }
         }
         let principal = Principal::User(token.user().to_string());
         return Ok(Caller { principal, source: Source::Token, peer, token: text.map(str::to_string) });

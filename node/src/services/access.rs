@@ -26,8 +26,8 @@ impl AccessService {
         Self { ctx }
     }
 
-    fn admin(&self) -> Result<(), Status> {
-        self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)
+    async fn admin(&self) -> Result<(), Status> {
+        self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await
     }
 }
 
@@ -61,7 +61,7 @@ impl proto::access_server::Access for AccessService {
             .handle(request, async |req, forwarded| {
                 let name = req.name.clone();
                 audited("create_user", &format!("user {name}"), "", async {
-                    self.admin()?;
+                    self.admin().await?;
                     let hash: [u8; TOKEN_HASH_BYTES] = req
                         .token_sha256
                         .as_ref()
@@ -84,7 +84,7 @@ impl proto::access_server::Access for AccessService {
             .handle(request, async |req, forwarded| {
                 let name = req.name.clone();
                 audited("delete_user", &format!("user {name}"), "", async {
-                    self.admin()?;
+                    self.admin().await?;
                     let result = self.ctx.cluster.delete_user(&name).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::delete_user).await?;
                     Ok(served.answer(|()| proto::DeleteUserResponse {}))
@@ -100,7 +100,7 @@ impl proto::access_server::Access for AccessService {
     ) -> Result<Response<proto::ListUsersResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                self.admin()?;
+                self.admin().await?;
                 let result = self.ctx.cluster.list_users().await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::list_users).await?;
                 Ok(served.answer(|names| proto::ListUsersResponse { names }))
@@ -117,7 +117,7 @@ impl proto::access_server::Access for AccessService {
                 let rule = rule_of(req.rule.as_ref());
                 let shown = rule.as_ref().map(ToString::to_string).unwrap_or_default();
                 audited("add_acl", "cluster", &shown, async {
-                    self.admin()?;
+                    self.admin().await?;
                     let result = self.ctx.cluster.add_acl(rule?).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::add_acl).await?;
                     Ok(served.answer(|()| proto::AclRuleResponse {}))
@@ -136,7 +136,7 @@ impl proto::access_server::Access for AccessService {
                 let rule = rule_of(req.rule.as_ref());
                 let shown = rule.as_ref().map(ToString::to_string).unwrap_or_default();
                 audited("remove_acl", "cluster", &shown, async {
-                    self.admin()?;
+                    self.admin().await?;
                     let result = self.ctx.cluster.remove_acl(rule?).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::remove_acl).await?;
                     Ok(served.answer(|()| proto::AclRuleResponse {}))
@@ -152,7 +152,7 @@ impl proto::access_server::Access for AccessService {
     ) -> Result<Response<proto::ListAclsResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                self.admin()?;
+                self.admin().await?;
                 let result = self.ctx.cluster.list_acls().await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::list_acls).await?;
                 Ok(served.answer(|rules| proto::ListAclsResponse { rules: rules.iter().map(wire_rule).collect() }))

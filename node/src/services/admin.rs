@@ -335,7 +335,7 @@ impl proto::admin_server::Admin for AdminService {
                 let name = req.name.clone();
                 audited("create_topic", &format!("topic {name}"), "", async {
                     limits::check_topic_name(&req.name)?;
-                    self.ctx.authorize(Operation::Create, Resource::Topic(&name))?;
+                    self.ctx.authorize(Operation::Create, Resource::Topic(&name)).await?;
                     let spec = topics::topic_spec(req.clone())?;
                     limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
                     let result = self.ctx.cluster.create_topic(spec).await;
@@ -356,7 +356,7 @@ impl proto::admin_server::Admin for AdminService {
                 let name = req.name.clone();
                 audited("delete_topic", &format!("topic {name}"), "", async {
                     limits::check_topic_name(&name)?;
-                    self.ctx.authorize(Operation::Delete, Resource::Topic(&name))?;
+                    self.ctx.authorize(Operation::Delete, Resource::Topic(&name)).await?;
                     let result = self.ctx.cluster.delete_topic(&name).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
                     Ok(served.answer(|()| proto::DeleteTopicResponse {}))
@@ -394,7 +394,7 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 limits::check_topic_name(&req.name)?;
                 let name = req.name.clone();
-                self.ctx.authorize(Operation::Describe, Resource::Topic(&name))?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&name)).await?;
                 let result = self.ctx.cluster.describe_topic(&name).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
                 Ok(served.answer(|d| proto::DescribeTopicResponse {
@@ -413,7 +413,7 @@ impl proto::admin_server::Admin for AdminService {
                 let name = req.name.clone();
                 audited("alter_topic", &format!("topic {name}"), "", async {
                     limits::check_topic_name(&req.name)?;
-                    self.ctx.authorize(Operation::Alter, Resource::Topic(&name))?;
+                    self.ctx.authorize(Operation::Alter, Resource::Topic(&name)).await?;
                     let current = self
                         .ctx
                         .cluster
@@ -457,7 +457,7 @@ impl proto::admin_server::Admin for AdminService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 audited("add_node", &format!("node {}", req.node_id), "", async {
-                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
                     if req.node_id == 0 {
                         return Err(invalid("node_id", "node ids start at 1"));
                     }
@@ -480,7 +480,7 @@ impl proto::admin_server::Admin for AdminService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 audited("remove_node", &format!("node {}", req.node_id), "", async {
-                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
                     let result = self.ctx.cluster.remove_node(req.node_id).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
                     Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
@@ -500,7 +500,7 @@ impl proto::admin_server::Admin for AdminService {
                 let target = format!("topic {topic} partition {partition}");
                 audited("transfer_leader", &target, &format!("to node {to}"), async {
                     limits::check_topic_name(&topic)?;
-                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
                     let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
                     let served = self
                         .ctx
@@ -521,7 +521,7 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let target = scope_of(&req.topic, req.partition);
                 audited("checkpoint", &target, "", async {
-                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
                     let checkpoint = |topic: String, partition| async move {
                         let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
                         Ok(index.map(|offset| {
@@ -560,7 +560,7 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let target = scope_of(&req.topic, req.partition);
                 audited("compact", &target, "", async {
-                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
                     let compact =
                         |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
                     let selected = (req.topic.as_str(), req.partition);
@@ -582,7 +582,7 @@ impl proto::admin_server::Admin for AdminService {
         self.ctx
             .handle(request, async |req, _| {
                 limits::check_topic_name(&req.topic)?;
-                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic))?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic)).await?;
                 self.verify_replicas(req).await
             })
             .await
@@ -595,7 +595,7 @@ impl proto::admin_server::Admin for AdminService {
         self.ctx
             .handle(request, async |req, _| {
                 limits::check_topic_name(&req.topic)?;
-                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic))?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic)).await?;
                 self.local_chain_hash(&req).await
             })
             .await

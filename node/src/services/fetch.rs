@@ -37,7 +37,7 @@ impl FetchService {
 
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
-        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic))?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
         let domain = fetch_request(
             topic.clone(),
@@ -71,7 +71,7 @@ impl FetchService {
     /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]).
     async fn subscribe_inner(&self, req: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
         limits::check_topic_name(&req.topic)?;
-        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic))?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let ctx = self.ctx.clone();
         let first = ctx
             .cluster

@@ -61,9 +61,9 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
                 for o in &req.offsets {
                     limits::check_topic_name(&o.topic)?;
                 }
-                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group))?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
                 for o in &req.offsets {
-                    self.ctx.authorize(Operation::Consume, Resource::Topic(&o.topic))?;
+                    self.ctx.authorize(Operation::Consume, Resource::Topic(&o.topic)).await?;
                 }
                 for (i, o) in req.offsets.iter().enumerate() {
                     if let Err(err) = self.ctx.cluster.commit_offset(&req.group, &o.topic, o.partition, o.offset).await
@@ -88,7 +88,7 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 limits::check_group_name(&req.group)?;
-                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group))?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
                 let (group, partitions) = (req.group.clone(), req.partitions.clone());
                 let result = self.ctx.cluster.fetch_offsets(&group).await;
                 let served =
@@ -128,7 +128,7 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 limits::check_group_name(&req.group)?;
-                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group))?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
                 let group = req.group.clone();
                 let result = self.ctx.cluster.fetch_offsets(&group).await;
                 let offsets = match self

@@ -32,7 +32,7 @@ impl ProduceService {
     ) -> Result<proto::ProduceResponse, Status> {
         limits::check_request_bytes(req.encoded_len(), &self.ctx.limits)?;
         limits::check_produce(&req, &self.ctx.limits)?;
-        self.ctx.authorize(Operation::Produce, Resource::Topic(&req.topic))?;
+        self.ctx.authorize(Operation::Produce, Resource::Topic(&req.topic)).await?;
         let records = produce_records(req.records.clone());
         let producer = producer_info(req.producer);
         let (topic, partition) = (req.topic.clone(), req.partition);

@@ -567,6 +567,18 @@ impl Cluster {
         Ok(self.metadata.read().access().acls().iter().cloned().collect())
     }
 
+    /// Lets this node's metadata catch up with changes committed just before now, before a refusal
+    /// is decided on it (a user or rule created a moment ago): on the metadata leader a read-index;
+    /// elsewhere a wait of two heartbeat intervals (a follower learns the commit index with the
+    /// next heartbeat and applies it). Best effort: errors are ignored.
+    pub async fn settle_metadata(&self) {
+        if self.meta().is_leader() {
+            let _ = self.linearizable_metadata().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(self.config.raft.heartbeat_interval_ms.saturating_mul(2))).await;
+        }
+    }
+
     /// Whether this node's applied metadata allows `principal` (`None`: anonymous) `operation` on
     /// `resource` (no round trip: a rule change reaches each node as it applies it).
     pub fn access_allows(
