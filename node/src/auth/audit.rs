@@ -58,3 +58,61 @@ pub async fn audited<T>(
     record(action, resource, detail, result.as_ref().map(|_| ()));
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use shale_client::ErrorCode;
+    use shale_client::error::status;
+
+    use super::*;
+    use crate::auth::{Principal, serve_as};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn admin_actions_are_logged_with_who_what_when_and_where() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let peer = "10.1.2.3:4567".parse().ok();
+        let alice = Caller::new(Principal::User("alice".into()), Source::Token, peer);
+        serve_as(alice.clone(), async {
+            let ok: Result<(), Status> = audited("delete_topic", "topic orders", "", async { Ok(()) }).await;
+            ok.unwrap();
+            let refused = status(ErrorCode::NotAuthorized, "no".to_string());
+            record("add_acl", "cluster", "allow bob produce on topic:t", Err(&refused));
+        })
+        .await;
+        // The node a request was forwarded to does not log it again.
+        let forwarded = Caller::new(alice.principal.clone(), Source::Forwarded { by: 2 }, peer);
+        serve_as(forwarded, async { record("delete_topic", "topic x", "", Ok(())) }).await;
+
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<&str> = text.lines().collect();
+        assert_eq!(logged.len(), 2, "{text}");
+        for part in ["shale_audit", "action=\"delete_topic\"", "resource=\"topic orders\"", "principal=user:alice"] {
+            assert!(logged[0].contains(part), "{part} in {}", logged[0]);
+        }
+        for part in ["source=\"token\"", "peer=\"10.1.2.3:4567\"", "outcome=\"ok\"", "at_ms="] {
+            assert!(logged[0].contains(part), "{part} in {}", logged[0]);
+        }
+        for part in ["action=\"add_acl\"", "outcome=\"NOT_AUTHORIZED\"", "detail=\"allow bob produce on topic:t\""] {
+            assert!(logged[1].contains(part), "{part} in {}", logged[1]);
+        }
+    }
+}

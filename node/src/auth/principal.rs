@@ -109,7 +109,12 @@ pub struct Caller {
 impl Caller {
     /// The node's own work (no client request): a node principal.
     pub fn internal() -> Self {
-        Self { principal: Principal::Node(0), source: Source::Node, peer: None, token: None }
+        Self::new(Principal::Node(0), Source::Node, None)
+    }
+
+    /// A caller established otherwise than by a bearer token.
+    pub fn new(principal: Principal, source: Source, peer: Option<SocketAddr>) -> Self {
+        Self { principal, source, peer, token: None }
     }
 }
 
