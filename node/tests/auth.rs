@@ -344,6 +344,13 @@ async fn a_forwarded_principal_is_trusted_from_nodes_only_and_kept_across_forwar
     let status = raw.create_topic(create("other")).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("user:carol"), "{status:?}");
+
+    // Carol by her client certificate instead of her token: the same principal, the same rules.
+    let by_cert = client(&c, tls_as(&c, Some("carol")), None).admin();
+    let me = by_cert.who_am_i().await.unwrap();
+    assert_eq!((me.principal.as_str(), me.source.as_str()), ("user:carol", "certificate"));
+    by_cert.create_topic(NewTopic::new("carol.y", 1, 1)).await.expect("the certificate's principal has the rule");
+    assert_denied(by_cert.create_topic(NewTopic::new("dave.y", 1, 1)).await, "user:carol", "create", "topic dave.y");
     c.shutdown().await.unwrap();
 }
 

@@ -300,6 +300,17 @@ pub struct AccessState {
     acls: BTreeSet<AclRule>,
 }
 
+/// The rules naming exactly `who`, found by range in the sorted set.
+fn rules_of<'a>(acls: &'a BTreeSet<AclRule>, who: &'a str) -> impl Iterator<Item = &'a AclRule> + 'a {
+    // The smallest rule of `who`: the first operation and the smallest resource sort first.
+    let first = AclRule {
+        principal: who.to_string(),
+        operation: Operation::Produce,
+        resource: ResourcePattern::Topic(String::new()),
+    };
+    acls.range(first..).take_while(move |r| r.principal == who)
+}
+
 /// Why an access command changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessRejection {
@@ -332,7 +343,9 @@ impl AccessState {
     /// Whether some rule allows `principal` (`None`: an anonymous caller, matched by `*` rules
     /// only) to do `operation` on `resource`.
     pub fn allows(&self, principal: Option<&str>, operation: Operation, resource: Resource<'_>) -> bool {
-        self.acls.iter().any(|r| r.allows(principal, operation, resource))
+        // Rules sort by principal first: only the caller's and `*`'s are looked at.
+        let mine = principal.filter(|p| *p != ANY_PRINCIPAL).into_iter().flat_map(|p| rules_of(&self.acls, p));
+        rules_of(&self.acls, ANY_PRINCIPAL).chain(mine).any(|r| r.allows(principal, operation, resource))
     }
 
     /// Adds a user.
@@ -493,6 +506,27 @@ mod tests {
         assert_eq!(s.delete_user("alice"), Err(AccessRejection::UnknownUser("alice".into())));
         let r = rule("a", Operation::Describe, ResourcePattern::Cluster);
         assert!(matches!(s.remove_acl(&r), Err(AccessRejection::UnknownAcl(_))));
+    }
+
+    #[test]
+    fn a_principals_rules_are_found_among_many() {
+        let mut s = AccessState::default();
+        for i in 0..200 {
+            let who = format!("u{i:03}");
+            s.add_acl(&rule(&who, Operation::Describe, ResourcePattern::Topic(format!("t{i}")))).unwrap();
+            s.add_acl(&rule(&who, Operation::ClusterAdmin, ResourcePattern::Cluster)).unwrap();
+            s.add_acl(&rule(&who, Operation::Produce, ResourcePattern::TopicPrefix(String::new()))).unwrap();
+        }
+        for i in [0, 57, 199] {
+            let who = format!("u{i:03}");
+            assert!(s.allows(Some(&who), Operation::Describe, Resource::Topic(&format!("t{i}"))));
+            assert!(s.allows(Some(&who), Operation::ClusterAdmin, Resource::Cluster));
+            assert!(s.allows(Some(&who), Operation::Produce, Resource::Topic("anything")), "the lowest sort key");
+            assert!(!s.allows(Some(&who), Operation::Consume, Resource::Topic("anything")));
+        }
+        assert!(!s.allows(Some("u2"), Operation::ClusterAdmin, Resource::Cluster), "no prefix match on principals");
+        assert!(!s.allows(Some("*"), Operation::ClusterAdmin, Resource::Cluster));
+        assert!(!s.allows(None, Operation::ClusterAdmin, Resource::Cluster));
     }
 
     #[test]
