@@ -429,3 +429,35 @@ async fn without_tls_tokens_work_forwarded_principals_are_refused_and_rules_surv
     assert_eq!(rules.len(), 21);
     c.shutdown().await.unwrap();
 }
+
+fn quick(c: &mut shale_node::NodeConfig) {
+    c.raft.heartbeat_interval_ms = 50;
+    c.raft.election_timeout_min_ms = 300;
+    c.raft.election_timeout_max_ms = 600;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authorization_off_everything_is_allowed_but_a_bad_token_is_still_refused() {
+    logs();
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start(1, root.path(), quick).await.expect("cluster starts");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let anon = client(&c, None, None).admin();
+    anon.create_topic(NewTopic::new("open", 1, 1)).await.expect("no rule needed while authorization is off");
+    let me = anon.who_am_i().await.unwrap();
+    assert_eq!((me.principal.as_str(), me.authorization), ("anonymous", false));
+
+    // A forwarded principal from a client is ignored (not refused) while authorization is off.
+    let mut raw = AccessClient::new(channel(&c.grpc[0].to_string(), None).await);
+    let mut req = tonic::Request::new(proto::WhoAmIRequest {});
+    req.metadata_mut().insert(meta::PRINCIPAL, "user:admin".parse().unwrap());
+    assert_eq!(raw.who_am_i(req).await.unwrap().into_inner().principal, "anonymous");
+
+    let token = anon.create_user("erin").await.unwrap();
+    let erin = client(&c, None, Some(token)).admin();
+    assert_eq!(erin.who_am_i().await.unwrap().principal, "user:erin");
+    let wrong = Token::parse(&format!("erin:{}", "00".repeat(32))).unwrap();
+    let e = client(&c, None, Some(wrong)).admin().list_topics().await.unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+    c.shutdown().await.unwrap();
+}
