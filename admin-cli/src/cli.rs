@@ -25,6 +25,7 @@ Examples:
 Environment:
   SHALE_BOOTSTRAP   comma-separated host:port endpoints (same as --bootstrap)
   SHALE_TLS_CA, SHALE_TLS_CERT, SHALE_TLS_KEY   TLS files (same as --tls-ca, --tls-cert, --tls-key)
+  SHALE_TOKEN       a bearer token from `shale user create` (same as --token)
 
 Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree, records not
 delivered), 2 usage error, 3 incomplete report (printed, but part of it could not be read: `cluster
@@ -68,6 +69,10 @@ pub struct GlobalArgs {
     /// TLS: the client certificate's private key (PEM).
     #[arg(long, global = true, env = "SHALE_TLS_KEY", value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
     pub tls_key: Option<PathBuf>,
+    /// A bearer token (`<user>:<secret>`, from `shale user create`), sent with every request.
+    /// Prefer SHALE_TOKEN: a flag shows in the process list.
+    #[arg(long, global = true, env = "SHALE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Log more to stderr (-v info, -vv debug, -vvv trace).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -105,6 +110,12 @@ pub enum Command {
     /// Make a cluster CA and node or client certificates (PEM files) for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Users with bearer tokens (stored hashed in the cluster).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// ACL allow rules (enforced when the nodes run with `[auth] enabled`).
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  shale completions bash > /etc/bash_completion.d/shale\n  shale completions zsh > \"${fpath[1]}/_shale\"\n  shale completions fish > ~/.config/fish/completions/shale.fish"
@@ -114,6 +125,69 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+/// `shale user ...` (docs/security.md "Principals").
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user and print its token (`<user>:<secret>`) once: the cluster keeps only a hash.
+    #[command(after_help = "Examples:\n  shale user create alice\n  export SHALE_TOKEN=$(shale user create alice)")]
+    Create {
+        /// The user name (1..=64 ASCII letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// Delete a user: its token stops working (rules naming it stay).
+    #[command(after_help = "Examples:\n  shale user delete alice")]
+    Delete {
+        /// The user name.
+        name: String,
+    },
+    /// Every user.
+    #[command(alias = "ls", after_help = "Examples:\n  shale user list -o json")]
+    List(OutputArgs),
+    /// The principal the cluster sees for this CLI (token, client certificate or anonymous).
+    #[command(after_help = "Examples:\n  SHALE_TOKEN=... shale user whoami")]
+    Whoami(OutputArgs),
+}
+
+/// `shale acl ...` (docs/security.md "ACLs").
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Allow a principal an operation on a resource.
+    #[command(
+        after_help = "Examples:\n  shale acl add --principal alice --operation produce --topic orders\n  shale acl add --principal '*' --operation consume --topic-prefix public.\n  shale acl add --principal billing --operation group-read --group billing\n  shale acl add --principal ops --operation cluster-admin --cluster"
+    )]
+    Add(AclRuleArgs),
+    /// Remove a rule (exactly as added).
+    #[command(after_help = "Examples:\n  shale acl remove --principal alice --operation produce --topic orders")]
+    Remove(AclRuleArgs),
+    /// Every rule.
+    #[command(alias = "ls", after_help = "Examples:\n  shale acl list\n  shale acl list -o json")]
+    List(OutputArgs),
+}
+
+/// One ACL rule: who, what, on which resource (exactly one of the resource flags).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("resource").required(true).args(["topic", "topic_prefix", "group", "cluster"])))]
+pub struct AclRuleArgs {
+    /// A principal (user or client-certificate name), or `*` for every caller, anonymous included.
+    #[arg(long)]
+    pub principal: String,
+    /// The operation allowed.
+    #[arg(long, value_parser = ["produce", "consume", "describe", "create", "delete", "alter", "group-read", "cluster-admin"])]
+    pub operation: String,
+    /// One topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Every topic whose name starts with this ('' for every topic).
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// One consumer group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The cluster (operations: cluster-admin, describe).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// `shale cert ...`: certificates for a dev or test cluster (docs/security.md).

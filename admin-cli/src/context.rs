@@ -38,6 +38,12 @@ impl Ctx {
             }
             config.tls = Some(tls);
         }
+        if let Some(token) = &self.global.token {
+            config.token = Some(
+                shale_client::Token::parse(token)
+                    .map_err(|e| CliError::Usage(format!("--token / SHALE_TOKEN: {e}")))?,
+            );
+        }
         Ok(config)
     }
 

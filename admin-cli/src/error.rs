@@ -185,6 +185,14 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
             ErrorCode::Corruption => {
                 Some("run `shale verify TOPIC` and, with the node stopped, `shale verify --data-dir DIR`".into())
             }
+            ErrorCode::Unauthenticated => Some(
+                "the token was not accepted: check --token / SHALE_TOKEN (`<user>:<secret>` from `shale user create`)"
+                    .into(),
+            ),
+            ErrorCode::NotAuthorized => Some(
+                "ask an operator for a rule (`shale acl add --principal P --operation OP --topic T`);                  `shale user whoami` shows who the cluster sees"
+                    .into(),
+            ),
             _ => None,
         },
         ClientError::ChainMismatch { .. } | ClientError::MalformedEntry { .. } => Some(

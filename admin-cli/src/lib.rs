@@ -48,6 +48,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Bench(c) => commands::bench::run(ctx, c).await,
         Command::Completions { shell } => commands::completions::run(shell),
         Command::Cert(c) => commands::cert::run(c),
+        Command::User(c) => commands::access::run_user(ctx, c).await,
+        Command::Acl(c) => commands::access::run_acl(ctx, c).await,
     }
 }
 

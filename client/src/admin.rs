@@ -11,7 +11,7 @@ use crate::proto;
 /// The admin API. Every call goes to any member; the node forwards to the leader that must answer.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 /// Settings of a new topic.

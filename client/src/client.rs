@@ -21,6 +21,7 @@ use crate::consumer::Consumer;
 use crate::error::{ClientError, Retry};
 use crate::producer::Producer;
 use crate::proto;
+use crate::proto::access_client::AccessClient;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::consumer_groups_client::ConsumerGroupsClient;
 use crate::proto::fetch_client::FetchClient;
@@ -189,14 +190,29 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    pub(crate) fn access_client(ch: Channel) -> AccessClient<Channel> {
+        AccessClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
     pub(crate) fn admin_client(ch: Channel) -> AdminClient<Channel> {
         AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// Wraps a message in a request with the configured timeout plus `extra`.
     pub(crate) fn request<T>(&self, message: T, extra: Duration) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
+        let mut req = self.authorized(message);
         req.set_timeout(Duration::from_millis(self.inner.config.request_timeout_ms) + extra);
+        req
+    }
+
+    /// Wraps a message in a request that carries the configured token, if any (no timeout).
+    pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Some(token) = &self.inner.config.token
+            && let Ok(value) = token.header_value().parse()
+        {
+            req.metadata_mut().insert(crate::token::AUTHORIZATION, value);
+        }
         req
     }
 

@@ -22,6 +22,10 @@ pub struct ClientConfig {
     /// TLS to every node (the cluster CA to trust, optionally a client certificate); `None`:
     /// plaintext. See docs/security.md.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A bearer token (`shale user create`), sent on every call as `authorization: Bearer
+    /// <token>`; `None`: the caller is its client certificate's principal, or anonymous. Send it
+    /// over TLS only: it is a password. See docs/security.md.
+    pub token: Option<crate::token::Token>,
 }
 
 impl ClientConfig {
@@ -35,6 +39,7 @@ impl ClientConfig {
             initial_backoff_ms: 25,
             max_backoff_ms: 1_000,
             tls: None,
+            token: None,
         }
     }
 

@@ -406,7 +406,7 @@ impl StreamState {
             from_index: self.reader.from_index(),
         };
         let call = |ch| {
-            let req = tonic::Request::new(message.clone());
+            let req = self.client.authorized(message.clone());
             async move { Client::fetch_client(ch).subscribe(req).await }
         };
         match self.client.call(Route::Read(topic.to_string(), partition), call).await {

@@ -38,6 +38,10 @@ pub mod meta {
     /// partition (value: `client`), so a stale belief comes back as NOT_LEADER naming the leader,
     /// which the client then remembers, instead of being forwarded on every request.
     pub const FORWARDED: &str = "shale-forwarded";
+    /// Request metadata a node sets when it forwards a request: the principal it authenticated
+    /// the caller as (`user:<name>`, `node:<id>` or `anonymous`). Trusted only from a peer with a
+    /// node certificate; from anyone else it is refused (UNAUTHENTICATED) when authorization is on.
+    pub const PRINCIPAL: &str = "shale-principal";
 }
 
 macro_rules! error_codes {
@@ -139,6 +143,11 @@ error_codes! {
     Corruption => "CORRUPTION", DataLoss;
     /// A storage or internal failure on the node.
     Internal => "INTERNAL", Internal;
+    /// The caller's credentials were not accepted (an unknown user or a wrong token secret, the
+    /// same answer for both; a malformed token; a forged forwarded principal).
+    Unauthenticated => "UNAUTHENTICATED", Unauthenticated;
+    /// No ACL rule allows the principal the operation on the resource (the message names all three).
+    NotAuthorized => "NOT_AUTHORIZED", PermissionDenied;
 }
 
 impl fmt::Display for ErrorCode {

@@ -10,6 +10,7 @@
 //!   (on by default: [`ConsumerConfig::verify_chain`]).
 //! - [`partitioner`]: how a record's partition is chosen (murmur2 of the key, as Kafka).
 
+pub mod access;
 pub mod admin;
 pub mod chain;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod proto;
 pub mod records;
+pub mod token;
 
 pub use admin::{Admin, NewTopic};
 pub use chain::{ChainBreak, ChainPoint, ChainReader, ChainStats};
@@ -31,3 +33,4 @@ pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 pub use shale_storage::ChainHash;
+pub use token::Token;

@@ -3,7 +3,7 @@
 //! These types are the wire format; applications should prefer the typed wrappers of this crate,
 //! and the node converts them to its domain types in one place.
 
-/// `shale.api.v1`: the client API (Produce, Fetch, ConsumerGroups, Admin).
+/// `shale.api.v1`: the client API (Produce, Fetch, ConsumerGroups, Admin, Access).
 #[allow(
     missing_docs,
     clippy::all,

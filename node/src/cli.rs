@@ -116,6 +116,12 @@ pub struct RunArgs {
     /// TLS: this node's private key (PEM).
     #[arg(long, env = "SHALE_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+    /// Enforce ACLs (`[auth] enabled`): deny what no rule allows.
+    #[arg(long, env = "SHALE_AUTH_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_enabled: Option<bool>,
+    /// Super-users (`[auth] super_users`), comma-separated principal names.
+    #[arg(long, env = "SHALE_SUPER_USERS", value_delimiter = ',')]
+    pub super_users: Option<Vec<String>>,
 }
 
 /// Flags of `dev`.
@@ -196,6 +202,12 @@ impl RunArgs {
         }
         if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             c.tls = Some(crate::config::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() });
+        }
+        if let Some(v) = self.auth_enabled {
+            c.auth.enabled = v;
+        }
+        if let Some(users) = &self.super_users {
+            c.auth.super_users = users.iter().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
         }
         c.validate()?;
         Ok(c)

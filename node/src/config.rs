@@ -163,6 +163,8 @@ pub struct NodeConfig {
     pub scrub: crate::scrub::ScrubConfig,
     /// TLS on the gRPC listener and between nodes (`[tls]`); absent: plaintext.
     pub tls: Option<TlsFiles>,
+    /// Authorization (`[auth]`): off by default. See docs/security.md.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for NodeConfig {
@@ -182,6 +184,7 @@ impl Default for NodeConfig {
             retention_interval_ms: 30_000,
             scrub: crate::scrub::ScrubConfig::default(),
             tls: None,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -299,6 +302,11 @@ impl NodeConfig {
         ] {
             in_range(field, u64::from(value), u64::from(u32::MAX))?;
         }
+        if let Some(bad) =
+            self.auth.super_users.iter().find(|u| shale_raft::cluster::access::validate_principal(u).is_err())
+        {
+            return invalid("auth.super_users", format!("{bad:?} is not a principal name"));
+        }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
             return invalid("raft.election_timeout_min_ms", "must be above heartbeat_interval_ms (> 0)".into());
@@ -375,6 +383,12 @@ mod tests {
         let c = NodeConfig::from_toml("[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n").unwrap();
         assert_eq!(c.tls.map(|t| t.key), Some(PathBuf::from("n.key")));
         assert!(NodeConfig::from_toml("[tls]\nca = \"ca.pem\"\n").is_err(), "all three files are needed");
+        assert!(!c.auth.enabled, "authorization is off by default");
+        let c = NodeConfig::from_toml("[auth]\nenabled = true\nsuper_users = [\"admin\"]\n").unwrap();
+        assert!(c.auth.enabled && c.auth.super_users.contains("admin"));
+        c.validate().unwrap();
+        let c = NodeConfig::from_toml("[auth]\nsuper_users = [\"a:b\"]\n").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "auth.super_users", .. })));
     }
 
     #[test]

@@ -7,17 +7,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use shale_client::proto::access_client::AccessClient;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_client::proto::produce_client::ProduceClient;
 use shale_client::{ErrorCode, meta};
+use shale_raft::cluster::access::{Operation, Resource};
 use shale_raft::cluster::{Cluster, ClusterError, FromIndexProblem};
 use tokio::sync::{Notify, watch};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::admission::Connections;
+use crate::auth::AuthContext;
 use crate::convert::errors::{cluster_error, limit};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, RequestMetrics};
@@ -44,7 +47,7 @@ macro_rules! forward_clients {
     )*};
 }
 
-forward_clients!(AdminClient, ConsumerGroupsClient, FetchClient, ProduceClient);
+forward_clients!(AccessClient, AdminClient, ConsumerGroupsClient, FetchClient, ProduceClient);
 
 /// Who answers a request: this node (with the value its cluster call returned), or the node it was
 /// forwarded to (with that node's whole answer).
@@ -160,6 +163,8 @@ pub struct NodeContext {
     pub damage: Arc<crate::scrub::DamageRegistry>,
     /// The connections this node serves and the Subscribe streams open on them.
     pub connections: Arc<Connections>,
+    /// Authentication and authorization settings ([`crate::auth`]).
+    pub auth: AuthContext,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
@@ -190,8 +195,27 @@ impl NodeContext {
             shutdown,
             in_flight: InFlight::default(),
             damage: Arc::default(),
+            auth: AuthContext::default(),
             channels: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The context with these authorization settings.
+    pub fn with_auth(mut self, auth: AuthContext) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Allows the current caller `operation` on `resource`, or refuses it with NOT_AUTHORIZED
+    /// (see [`AuthContext::authorize`]).
+    pub async fn authorize(&self, operation: Operation, resource: Resource<'_>) -> Result<(), Status> {
+        self.auth.authorize(&self.cluster, &self.metrics, operation, resource).await
+    }
+
+    /// Whether the current caller may do `operation` on `resource` (for filtering lists).
+    pub fn allowed(&self, operation: Operation, resource: Resource<'_>) -> bool {
+        let caller = crate::auth::current().unwrap_or_else(crate::auth::Caller::internal);
+        self.auth.allows(&self.cluster, &caller.principal, operation, resource)
     }
 
     /// Where a failed call should be forwarded, if anywhere: the leader a `NotLeader` names, or the
@@ -266,6 +290,7 @@ impl NodeContext {
         if let Ok(v) = self.node_id.to_string().parse() {
             request.metadata_mut().insert(meta::FORWARDED, v);
         }
+        crate::auth::principal::forward_headers(crate::auth::current().as_ref(), self.auth.tls, request.metadata_mut());
         request.set_timeout(self.forward_timeout);
         let watch = SlowForward { to: addr, started: Instant::now() };
         let result = method(&mut client, request).await.map(Response::into_inner);
@@ -303,10 +328,11 @@ impl NodeContext {
         }
     }
 
-    /// The frame of every client-API handler: counts the request in flight (shutdown waits for it)
-    /// while `serve` answers its message, told whether another node forwarded it. At
-    /// `limits.max_in_flight_requests` the request is refused with TOO_MANY_REQUESTS (retryable:
-    /// nothing was done).
+    /// The frame of every client-API handler: authenticates the caller ([`crate::auth::principal`];
+    /// the handler authorizes it with [`Self::authorize`]) and counts the request in flight
+    /// (shutdown waits for it) while `serve` answers its message, told whether another node
+    /// forwarded it. At `limits.max_in_flight_requests` the request is refused with
+    /// TOO_MANY_REQUESTS (retryable: nothing was done).
     pub async fn handle<Req, Resp>(
         &self,
         request: Request<Req>,
@@ -321,8 +347,9 @@ impl NodeContext {
                 u64::from(max),
             ));
         };
+        let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics).await?;
         let forwarded = is_forwarded(&request);
-        serve(request.into_inner(), forwarded).await.map(Response::new)
+        crate::auth::serve_as(caller, serve(request.into_inner(), forwarded)).await.map(Response::new)
     }
 
     /// [`Self::handle`], and counts the request in `metrics` (handled, failed, latency).

@@ -6,6 +6,7 @@
 //! - [`config`] / [`cli`]: settings from a TOML file, `SHALE_*` env vars and flags.
 //! - [`services`]: the gRPC client API; [`convert`] is the only place wire types meet domain types,
 //!   and [`convert::errors`] the only place cluster errors become statuses.
+//! - [`auth`]: principals (client certificates, bearer tokens), ACL checks and the audit log.
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
 //! - [`admission`] / [`limits`] / [`transport_errors`]: what a client may hold and send, and a
 //!   Shale error code for what the transport refuses.
@@ -14,6 +15,7 @@
 //! - [`tls`]: certificates for a local cluster (`dev --tls`, tests).
 
 pub mod admission;
+pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -143,6 +143,10 @@ pub struct Metrics {
     pub limit_refusals: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Requests whose body could not be decoded, or that named no method (INVALID_REQUEST).
     pub invalid_requests: Counter,
+    /// Requests refused by authorization (NOT_AUTHORIZED), per operation.
+    pub auth_denied: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Requests refused by authentication (UNAUTHENTICATED).
+    pub auth_unauthenticated: Counter,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -178,6 +182,16 @@ impl Metrics {
     /// Refusals counted at `limit` so far.
     pub fn limit_refusals(&self, limit: &str) -> u64 {
         self.limit_refusals.lock().get(limit).copied().unwrap_or(0)
+    }
+
+    /// Counts one request refused by authorization.
+    pub fn count_denied(&self, operation: &'static str) {
+        *self.auth_denied.lock().entry(operation).or_default() += 1;
+    }
+
+    /// Requests refused by authorization, every operation together.
+    pub fn denied_total(&self) -> u64 {
+        self.auth_denied.lock().values().sum()
     }
 
     /// The full exposition: counters, histograms, then gauges from the cluster and storage.
@@ -257,6 +271,20 @@ impl Metrics {
         );
         let _ = writeln!(out, "shale_cluster_partitions {partitions}");
 
+        let _ = writeln!(
+            out,
+            "# HELP shale_auth_denied_total Requests refused as not authorized (no ACL rule allows them), per operation.\n\
+             # TYPE shale_auth_denied_total counter"
+        );
+        for (operation, n) in self.auth_denied.lock().iter() {
+            let _ = writeln!(out, "shale_auth_denied_total{{operation=\"{}\"}} {n}", label(operation));
+        }
+        counter(
+            &mut out,
+            "shale_auth_unauthenticated_total",
+            "Requests refused because their credentials were not accepted.",
+            self.auth_unauthenticated.get(),
+        );
         counter(
             &mut out,
             "shale_raft_rpc_refused_total",

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shale_client::proto::access_server::AccessServer;
 use shale_client::proto::admin_server::AdminServer;
 use shale_client::proto::consumer_groups_server::ConsumerGroupsServer;
 use shale_client::proto::fetch_server::FetchServer;
@@ -21,11 +22,13 @@ use tonic::service::interceptor::InterceptedService;
 use crate::admission::{Admission, Connections, REFUSED_CONNECTION_LINGER};
 use crate::conn::KillableStream;
 
+use crate::auth::AuthContext;
 use crate::config::NodeConfig;
 use crate::context::NodeContext;
 use crate::error::NodeError;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::services::access::AccessService;
 use crate::services::admin::AdminService;
 use crate::services::fetch::FetchService;
 use crate::services::groups::GroupsService;
@@ -131,15 +134,18 @@ impl Node {
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let ctx = Arc::new(NodeContext::new(
-            config.node_id,
-            advertise_addr.clone(),
-            cluster.clone(),
-            config.limits.clone(),
-            Arc::new(Metrics::default()),
-            Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
-            shutdown_rx.clone(),
-        ));
+        let ctx = Arc::new(
+            NodeContext::new(
+                config.node_id,
+                advertise_addr.clone(),
+                cluster.clone(),
+                config.limits.clone(),
+                Arc::new(Metrics::default()),
+                Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
+                shutdown_rx.clone(),
+            )
+            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() }),
+        );
 
         // Tonic refuses anything over TRANSPORT_REQUEST_FACTOR x the request limit outright;
         // handlers refuse anything over the limit itself with REQUEST_TOO_LARGE (which names it).
@@ -176,6 +182,7 @@ impl Node {
             .add_service(client_api!(FetchServer, FetchService))
             .add_service(client_api!(ConsumerGroupsServer, GroupsService))
             .add_service(client_api!(AdminServer, AdminService))
+            .add_service(client_api!(AccessServer, AccessService))
             .add_service(cluster.grpc_service());
         let mut grpc_shutdown = shutdown_rx.clone();
         let (kill_tx, kill_rx) = watch::channel(false);
@@ -225,6 +232,7 @@ impl Node {
             advertise = %advertise_addr,
             http = %http_addr,
             tls = tls.is_some(),
+            authorization = config.auth.enabled,
             "node started"
         );
         Ok(NodeHandle {

@@ -34,12 +34,10 @@ fn write_pair(common: &CertArgs, cert_name: &str, key_name: &str, pem: &generate
     crate::output::print_stdout(&format!("wrote {} and {}\n", cert.display(), key.display()))
 }
 
-/// A principal is a name, not a path.
+/// A principal is a name, not a path: the rule the nodes apply to principals
+/// (`shale_raft::cluster::access::validate_principal`: 1..=64 of `[A-Za-z0-9._-]`).
 fn check_principal(principal: &str) -> Result<()> {
-    let ok = !principal.is_empty()
-        && principal.len() <= 128
-        && principal.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(CliError::Usage(format!("principal {principal:?}: use 1..=128 of [A-Za-z0-9._-]"))) }
+    shale_raft::cluster::access::validate_principal(principal).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Runs one `shale cert` command.

@@ -1,5 +1,6 @@
 //! One module per command family.
 
+pub mod access;
 pub mod bench;
 pub mod cert;
 pub mod cluster;

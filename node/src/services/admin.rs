@@ -16,6 +16,9 @@ use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use shale_raft::cluster::access::{Operation, Resource};
+
+use crate::auth::audit::audited;
 use crate::context::{NodeContext, Served};
 use crate::convert::errors::{cluster_error, invalid};
 use crate::convert::{hash_bytes, status as status_conv, topics};
@@ -329,15 +332,20 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CreateTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.name)?;
-                let spec = topics::topic_spec(req.clone())?;
-                limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
-                let result = self.ctx.cluster.create_topic(spec).await;
-                if let Err(shale_raft::cluster::ClusterError::ClusterLimit { total, .. }) = &result {
-                    self.ctx.metrics.count_limit_refusal(total.config_key().trim_start_matches("limits."));
-                }
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
-                Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                let name = req.name.clone();
+                audited("create_topic", &format!("topic {name}"), "", async {
+                    limits::check_topic_name(&req.name)?;
+                    self.ctx.authorize(Operation::Create, Resource::Topic(&name)).await?;
+                    let spec = topics::topic_spec(req.clone())?;
+                    limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
+                    let result = self.ctx.cluster.create_topic(spec).await;
+                    if let Err(shale_raft::cluster::ClusterError::ClusterLimit { total, .. }) = &result {
+                        self.ctx.metrics.count_limit_refusal(total.config_key().trim_start_matches("limits."));
+                    }
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
+                    Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                })
+                .await
             })
             .await
     }
@@ -348,10 +356,15 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.name)?;
-                let result = self.ctx.cluster.delete_topic(&req.name).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
-                Ok(served.answer(|()| proto::DeleteTopicResponse {}))
+                let name = req.name.clone();
+                audited("delete_topic", &format!("topic {name}"), "", async {
+                    limits::check_topic_name(&name)?;
+                    self.ctx.authorize(Operation::Delete, Resource::Topic(&name)).await?;
+                    let result = self.ctx.cluster.delete_topic(&name).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::delete_topic).await?;
+                    Ok(served.answer(|()| proto::DeleteTopicResponse {}))
+                })
+                .await
             })
             .await
     }
@@ -364,8 +377,13 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 let result = self.ctx.cluster.list_topics().await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::list_topics).await?;
+                // Only the topics the caller may describe (a forwarded answer was filtered there).
                 Ok(served.answer(|list| proto::ListTopicsResponse {
-                    topics: list.iter().map(|t| self.wire_topic(t)).collect(),
+                    topics: list
+                        .iter()
+                        .filter(|t| self.ctx.allowed(Operation::Describe, Resource::Topic(&t.name)))
+                        .map(|t| self.wire_topic(t))
+                        .collect(),
                 }))
             })
             .await
@@ -379,6 +397,7 @@ impl proto::admin_server::Admin for AdminService {
             .handle(request, async |req, forwarded| {
                 limits::check_topic_name(&req.name)?;
                 let name = req.name.clone();
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&name)).await?;
                 let result = self.ctx.cluster.describe_topic(&name).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
                 Ok(served.answer(|d| proto::DescribeTopicResponse {
@@ -394,19 +413,24 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AlterTopicResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.name)?;
-                let current = self
-                    .ctx
-                    .cluster
-                    .local_topics()
-                    .into_iter()
-                    .find(|t| t.name == req.name)
-                    .map(|t| t.retention)
-                    .unwrap_or_default();
-                let update = topics::topic_update(&req, current)?;
-                let result = self.ctx.cluster.alter_topic(&req.name, update).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
-                Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                let name = req.name.clone();
+                audited("alter_topic", &format!("topic {name}"), "", async {
+                    limits::check_topic_name(&req.name)?;
+                    self.ctx.authorize(Operation::Alter, Resource::Topic(&name)).await?;
+                    let current = self
+                        .ctx
+                        .cluster
+                        .local_topics()
+                        .into_iter()
+                        .find(|t| t.name == req.name)
+                        .map(|t| t.retention)
+                        .unwrap_or_default();
+                    let update = topics::topic_update(&req, current)?;
+                    let result = self.ctx.cluster.alter_topic(&req.name, update).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::alter_topic).await?;
+                    Ok(served.answer(|info| proto::AlterTopicResponse { topic: Some(self.wire_topic(&info)) }))
+                })
+                .await
             })
             .await
     }
@@ -417,6 +441,9 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         self.ctx
             .handle(request, async |_, _| {
+                // No permission needed: clients find partition leaders with it, and a node starting
+                // a cluster without TLS probes its peers with it (as nobody in particular). What it
+                // shows (members, topic and partition placement) /metrics shows too.
                 let status = self.ctx.cluster.cluster_status();
                 let mut response = status_conv::cluster_status(&status);
                 response.damaged =
@@ -432,15 +459,19 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                if req.node_id == 0 {
-                    return Err(invalid("node_id", "node ids start at 1"));
-                }
-                if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
-                    return Err(invalid("addr", "a node address is a non-empty host:port"));
-                }
-                let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
-                Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
+                audited("add_node", &format!("node {}", req.node_id), "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
+                    if req.node_id == 0 {
+                        return Err(invalid("node_id", "node ids start at 1"));
+                    }
+                    if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
+                        return Err(invalid("addr", "a node address is a non-empty host:port"));
+                    }
+                    let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
+                    Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
+                })
+                .await
             })
             .await
     }
@@ -451,9 +482,13 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                let result = self.ctx.cluster.remove_node(req.node_id).await;
-                let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
-                Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
+                audited("remove_node", &format!("node {}", req.node_id), "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
+                    let result = self.ctx.cluster.remove_node(req.node_id).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::remove_node).await?;
+                    Ok(served.answer(|()| proto::RemoveNodeResponse { members: self.members() }))
+                })
+                .await
             })
             .await
     }
@@ -464,14 +499,19 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                limits::check_topic_name(&req.topic)?;
                 let (topic, partition, to) = (req.topic.clone(), req.partition, req.to_node_id);
-                let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
-                let served = self
-                    .ctx
-                    .or_forward(result, forwarded, Some((&topic, partition)), req, AdminClient::transfer_leader)
-                    .await?;
-                Ok(served.answer(|()| proto::TransferLeaderResponse { leader_id: to }))
+                let target = format!("topic {topic} partition {partition}");
+                audited("transfer_leader", &target, &format!("to node {to}"), async {
+                    limits::check_topic_name(&topic)?;
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
+                    let result = self.ctx.cluster.transfer_leader(&topic, partition, to).await;
+                    let served = self
+                        .ctx
+                        .or_forward(result, forwarded, Some((&topic, partition)), req, AdminClient::transfer_leader)
+                        .await?;
+                    Ok(served.answer(|()| proto::TransferLeaderResponse { leader_id: to }))
+                })
+                .await
             })
             .await
     }
@@ -482,29 +522,35 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CheckpointResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                let checkpoint = |topic: String, partition| async move {
-                    let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
-                    Ok(index.map(|offset| {
-                        let hash = self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h));
-                        (offset, hash.unwrap_or_default())
-                    }))
-                };
-                let selected = (req.topic.as_str(), req.partition);
-                let served =
-                    self.on_local_partitions(&req, selected, forwarded, checkpoint, AdminClient::checkpoint).await?;
-                Ok(served.answer(|done| proto::CheckpointResponse {
-                    checkpoints: done
-                        .into_iter()
-                        .filter_map(|(topic, partition, index)| {
-                            index.map(|(offset, chain_hash)| proto::PartitionCheckpoint {
-                                topic,
-                                partition,
-                                offset,
-                                chain_hash,
+                let target = scope_of(&req.topic, req.partition);
+                audited("checkpoint", &target, "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
+                    let checkpoint = |topic: String, partition| async move {
+                        let index = self.ctx.cluster.checkpoint(&topic, partition).await?;
+                        Ok(index.map(|offset| {
+                            let hash = self.ctx.cluster.verify(&topic, partition, offset).map(|h| hash_bytes(&h));
+                            (offset, hash.unwrap_or_default())
+                        }))
+                    };
+                    let selected = (req.topic.as_str(), req.partition);
+                    let served = self
+                        .on_local_partitions(&req, selected, forwarded, checkpoint, AdminClient::checkpoint)
+                        .await?;
+                    Ok(served.answer(|done| proto::CheckpointResponse {
+                        checkpoints: done
+                            .into_iter()
+                            .filter_map(|(topic, partition, index)| {
+                                index.map(|(offset, chain_hash)| proto::PartitionCheckpoint {
+                                    topic,
+                                    partition,
+                                    offset,
+                                    chain_hash,
+                                })
                             })
-                        })
-                        .collect(),
-                }))
+                            .collect(),
+                    }))
+                })
+                .await
             })
             .await
     }
@@ -515,29 +561,56 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::CompactResponse>, Status> {
         self.ctx
             .handle(request, async |req, forwarded| {
-                let compact =
-                    |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
-                let selected = (req.topic.as_str(), req.partition);
-                let served = self.on_local_partitions(&req, selected, forwarded, compact, AdminClient::compact).await?;
-                Ok(served.answer(|done| proto::CompactResponse {
-                    partitions: done
-                        .iter()
-                        .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
-                        .collect(),
-                }))
+                let target = scope_of(&req.topic, req.partition);
+                audited("compact", &target, "", async {
+                    self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await?;
+                    let compact =
+                        |topic: String, partition| async move { self.ctx.cluster.compact(&topic, partition).await };
+                    let selected = (req.topic.as_str(), req.partition);
+                    let served =
+                        self.on_local_partitions(&req, selected, forwarded, compact, AdminClient::compact).await?;
+                    Ok(served.answer(|done| proto::CompactResponse {
+                        partitions: done
+                            .iter()
+                            .map(|(topic, partition, outcome)| status_conv::compaction(topic, *partition, outcome))
+                            .collect(),
+                    }))
+                })
+                .await
             })
             .await
     }
 
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
-        self.ctx.handle(request, async |req, _| self.verify_replicas(req).await).await
+        self.ctx
+            .handle(request, async |req, _| {
+                limits::check_topic_name(&req.topic)?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic)).await?;
+                self.verify_replicas(req).await
+            })
+            .await
     }
 
     async fn local_chain_hash(
         &self,
         request: Request<proto::LocalChainHashRequest>,
     ) -> Result<Response<proto::LocalChainHashResponse>, Status> {
-        self.ctx.handle(request, async |req, _| self.local_chain_hash(&req).await).await
+        self.ctx
+            .handle(request, async |req, _| {
+                limits::check_topic_name(&req.topic)?;
+                self.ctx.authorize(Operation::Describe, Resource::Topic(&req.topic)).await?;
+                self.local_chain_hash(&req).await
+            })
+            .await
+    }
+}
+
+/// What a checkpoint or compaction request selects, for the audit log.
+fn scope_of(topic: &str, partition: Option<u32>) -> String {
+    match (topic, partition) {
+        ("", _) => "every partition here".to_string(),
+        (t, None) => format!("topic {t}"),
+        (t, Some(p)) => format!("topic {t} partition {p}"),
     }
 }
 

@@ -7,6 +7,7 @@ use futures::Stream;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_raft::cluster::ClusterError;
+use shale_raft::cluster::access::{Operation, Resource};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -37,6 +38,7 @@ impl FetchService {
 
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
         let domain = fetch_request(
             topic.clone(),
@@ -75,6 +77,7 @@ impl FetchService {
         slot: SubscriptionSlot,
     ) -> Result<SubscribeStream, Status> {
         limits::check_topic_name(&req.topic)?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let ctx = self.ctx.clone();
         let first = ctx
             .cluster

@@ -9,6 +9,8 @@ use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
 use shale_raft::cluster::{ClusterError, ConsumerOffset};
 use tonic::{Request, Response, Status};
 
+use shale_raft::cluster::access::{Operation, Resource};
+
 use crate::context::{NodeContext, Served};
 use crate::convert::errors::cluster_error;
 use crate::convert::groups::{group_lag, partition_offsets};
@@ -59,6 +61,10 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
                 for o in &req.offsets {
                     limits::check_topic_name(&o.topic)?;
                 }
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
+                for o in &req.offsets {
+                    self.ctx.authorize(Operation::Consume, Resource::Topic(&o.topic)).await?;
+                }
                 for (i, o) in req.offsets.iter().enumerate() {
                     if let Err(err) = self.ctx.cluster.commit_offset(&req.group, &o.topic, o.partition, o.offset).await
                     {
@@ -82,6 +88,7 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
                 let (group, partitions) = (req.group.clone(), req.partitions.clone());
                 let result = self.ctx.cluster.fetch_offsets(&group).await;
                 let served =
@@ -103,7 +110,13 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
                 let result = self.ctx.cluster.list_groups().await;
                 let served =
                     self.ctx.or_forward(result, forwarded, None, req, ConsumerGroupsClient::list_groups).await?;
-                Ok(served.answer(|groups| proto::ListGroupsResponse { groups }))
+                // Only the groups the caller may read (a forwarded answer was filtered there).
+                Ok(served.answer(|groups| proto::ListGroupsResponse {
+                    groups: groups
+                        .into_iter()
+                        .filter(|g| self.ctx.allowed(Operation::GroupRead, Resource::Group(g)))
+                        .collect(),
+                }))
             })
             .await
     }
@@ -115,6 +128,7 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
         self.ctx
             .handle(request, async |req, forwarded| {
                 limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
                 let group = req.group.clone();
                 let result = self.ctx.cluster.fetch_offsets(&group).await;
                 let offsets = match self

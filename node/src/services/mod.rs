@@ -2,6 +2,7 @@
 //! the cluster, and forwards to the right node when this one cannot answer (see
 //! [`crate::context::NodeContext::redirect`]).
 
+pub mod access;
 pub mod admin;
 pub mod fetch;
 pub mod groups;

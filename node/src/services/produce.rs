@@ -7,6 +7,8 @@ use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
 use tonic::{Request, Response, Status};
 
+use shale_raft::cluster::access::{Operation, Resource};
+
 use crate::context::NodeContext;
 use crate::convert::records::{produce_records, produce_response, producer_info};
 use crate::limits;
@@ -30,6 +32,7 @@ impl ProduceService {
     ) -> Result<proto::ProduceResponse, Status> {
         limits::check_request_bytes(req.encoded_len(), &self.ctx.limits)?;
         limits::check_produce(&req, &self.ctx.limits)?;
+        self.ctx.authorize(Operation::Produce, Resource::Topic(&req.topic)).await?;
         let records = produce_records(req.records.clone());
         let producer = producer_info(req.producer);
         let (topic, partition) = (req.topic.clone(), req.partition);

@@ -35,8 +35,16 @@ pub mod metadata_command {
     pub const KIND_REMOVE_MEMBER: u8 = 6;
     /// Kind: record the initial members (applies only while there are none).
     pub const KIND_BOOTSTRAP: u8 = 7;
+    /// Kind: add a user (name, SHA-256 of its token's secret).
+    pub const KIND_CREATE_USER: u8 = 8;
+    /// Kind: remove a user.
+    pub const KIND_DELETE_USER: u8 = 9;
+    /// Kind: add an ACL allow rule.
+    pub const KIND_ADD_ACL: u8 = 10;
+    /// Kind: remove an ACL allow rule.
+    pub const KIND_REMOVE_ACL: u8 = 11;
     /// Kind: create a topic within cluster totals (topics, partitions) the command carries.
-    pub const KIND_CREATE_TOPIC_WITHIN: u8 = 8;
+    pub const KIND_CREATE_TOPIC_WITHIN: u8 = 12;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).
@@ -59,8 +67,10 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read.
-    pub const VERSION: u16 = 1;
+    /// Version written and read (2: users and ACL rules follow the offsets).
+    pub const VERSION: u16 = 2;
+    /// The version before users and ACL rules, still read (as holding none).
+    pub const VERSION_BEFORE_ACCESS: u16 = 1;
 }
 
 /// The reply to a partition entry (what applying it decided; a Raft response, never stored).
@@ -155,6 +165,20 @@ impl<'a> Reader<'a> {
             return Err(self.error(format!("format version {found}, this build reads {version}")));
         }
         Ok(())
+    }
+
+    /// Reads and checks a snapshot header `[magic:u32][version:u16]` whose version is one of
+    /// `versions`; returns the version.
+    pub fn snapshot_header_of(&mut self, magic: u32, versions: &[u16]) -> Result<u16, ClusterError> {
+        let found = self.u32()?;
+        if found != magic {
+            return Err(self.error(format!("magic {found:#x}, expected {magic:#x}")));
+        }
+        let found = self.u16()?;
+        if !versions.contains(&found) {
+            return Err(self.error(format!("format version {found}, this build reads {versions:?}")));
+        }
+        Ok(found)
     }
 
     /// An error naming the current position.
@@ -277,6 +301,7 @@ mod tests {
         use shale_storage::{CodecKind, NoneCodec};
 
         use super::*;
+        use crate::cluster::access::{AclRule, Operation, ResourcePattern};
         use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
         use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
@@ -328,6 +353,24 @@ mod tests {
                 MetadataCommand::RemoveMember { id: 3 },
                 MetadataCommand::RemoveMember { id: 3 },
                 MetadataCommand::DeleteTopic { name: "other".into() },
+                MetadataCommand::CreateUser { name: name.into(), token_hash: [level as u8; 32] },
+                MetadataCommand::CreateUser { name: name.into(), token_hash: [0; 32] },
+                MetadataCommand::AddAcl(AclRule {
+                    principal: name.into(),
+                    operation: Operation::Produce,
+                    resource: ResourcePattern::TopicPrefix(name.into()),
+                }),
+                MetadataCommand::AddAcl(AclRule {
+                    principal: "*".into(),
+                    operation: Operation::ClusterAdmin,
+                    resource: ResourcePattern::Cluster,
+                }),
+                MetadataCommand::RemoveAcl(AclRule {
+                    principal: "*".into(),
+                    operation: Operation::GroupRead,
+                    resource: ResourcePattern::Group("g".into()),
+                }),
+                MetadataCommand::DeleteUser { name: "other".into() },
             ]
         }
 

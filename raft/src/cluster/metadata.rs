@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, TOKEN_HASH_BYTES};
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
     ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec,
@@ -70,6 +71,22 @@ pub enum MetadataCommand {
         /// Node id.
         id: NodeId,
     },
+    /// Add a user with the SHA-256 of its token's secret.
+    CreateUser {
+        /// User name (a principal).
+        name: String,
+        /// SHA-256 of the token's secret.
+        token_hash: [u8; TOKEN_HASH_BYTES],
+    },
+    /// Remove a user.
+    DeleteUser {
+        /// User name.
+        name: String,
+    },
+    /// Add an ACL allow rule (no-op if it exists).
+    AddAcl(AclRule),
+    /// Remove an ACL allow rule.
+    RemoveAcl(AclRule),
 }
 
 /// Why an applied command changed nothing. Decided at apply time, so every replica agrees.
@@ -124,6 +141,23 @@ pub enum Rejection {
         /// What the creation adds.
         requested: u64,
     },
+    /// A user or ACL command that does not apply (user exists, unknown user, unknown rule).
+    Access {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<AccessRejection> for Rejection {
+    fn from(r: AccessRejection) -> Self {
+        let reason = match r {
+            AccessRejection::UserExists(name) => format!("user {name:?} already exists"),
+            AccessRejection::UnknownUser(name) => format!("no user {name:?}"),
+            AccessRejection::UnknownAcl(rule) => format!("no ACL rule `{rule}`"),
+            AccessRejection::Invalid(reason) => return Rejection::Invalid { reason },
+        };
+        Rejection::Access { reason }
+    }
 }
 
 impl From<Rejection> for ClusterError {
@@ -140,6 +174,7 @@ impl From<Rejection> for ClusterError {
             Rejection::ClusterLimit { topic, total, limit, current, requested } => {
                 ClusterError::ClusterLimit { topic, total, limit, current, requested }
             }
+            Rejection::Access { reason } => ClusterError::InvalidArgument { field: "access", reason },
         }
     }
 }
@@ -166,6 +201,8 @@ pub struct MetadataState {
     offsets: BTreeMap<(String, String, u32), u64>,
     /// Members: node id -> gRPC address.
     members: BTreeMap<NodeId, String>,
+    /// Users and ACL rules.
+    access: AccessState,
 }
 
 impl MetadataState {
@@ -192,6 +229,11 @@ impl MetadataState {
     /// Members: node id -> address.
     pub fn members(&self) -> &BTreeMap<NodeId, String> {
         &self.members
+    }
+
+    /// Users and ACL rules.
+    pub fn access(&self) -> &AccessState {
+        &self.access
     }
 
     /// Committed offsets by (group, topic, partition).
@@ -283,6 +325,22 @@ impl MetadataState {
                     return Err(Rejection::UnknownMember { id: *id });
                 }
                 self.reassign_away_from(*id);
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::CreateUser { name, token_hash } => {
+                self.access.create_user(name, *token_hash)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::DeleteUser { name } => {
+                self.access.delete_user(name)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::AddAcl(rule) => {
+                self.access.add_acl(rule)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::RemoveAcl(rule) => {
+                self.access.remove_acl(rule)?;
                 Ok(MetadataReply::Ok)
             }
         }
@@ -473,6 +531,7 @@ impl MetadataState {
         for ((group, topic, partition), offset) in &self.offsets {
             w.str16(group).str16(topic).u32(*partition).u64(*offset);
         }
+        self.access.encode(&mut w);
         w.crc();
         w.finish()
     }
@@ -480,7 +539,7 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        r.snapshot_header(snap::MAGIC, snap::VERSION)?;
+        let version = r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION])?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
@@ -503,6 +562,9 @@ impl MetadataState {
             let partition = r.u32()?;
             let offset = r.u64()?;
             state.offsets.insert((group, topic, partition), offset);
+        }
+        if version >= snap::VERSION {
+            state.access = AccessState::decode(&mut r)?;
         }
         r.finish()?;
         Ok(state)
@@ -638,6 +700,21 @@ impl MetadataCommand {
             MetadataCommand::RemoveMember { id } => {
                 w.u8(cmd::KIND_REMOVE_MEMBER).u64(*id);
             }
+            MetadataCommand::CreateUser { name, token_hash } => {
+                w.u8(cmd::KIND_CREATE_USER).str16(name);
+                access::write_hash(&mut w, token_hash);
+            }
+            MetadataCommand::DeleteUser { name } => {
+                w.u8(cmd::KIND_DELETE_USER).str16(name);
+            }
+            MetadataCommand::AddAcl(rule) => {
+                w.u8(cmd::KIND_ADD_ACL);
+                access::write_rule(&mut w, rule);
+            }
+            MetadataCommand::RemoveAcl(rule) => {
+                w.u8(cmd::KIND_REMOVE_ACL);
+                access::write_rule(&mut w, rule);
+            }
         }
         w.finish()
     }
@@ -693,6 +770,13 @@ impl MetadataCommand {
                 }
                 MetadataCommand::Bootstrap { members }
             }
+            cmd::KIND_CREATE_USER => MetadataCommand::CreateUser {
+                name: r.str16(access::MAX_PRINCIPAL_BYTES)?,
+                token_hash: access::read_hash(&mut r)?,
+            },
+            cmd::KIND_DELETE_USER => MetadataCommand::DeleteUser { name: r.str16(access::MAX_PRINCIPAL_BYTES)? },
+            cmd::KIND_ADD_ACL => MetadataCommand::AddAcl(access::read_rule(&mut r)?),
+            cmd::KIND_REMOVE_ACL => MetadataCommand::RemoveAcl(access::read_rule(&mut r)?),
             other => return Err(r.error(format!("unknown command kind {other}"))),
         };
         r.finish()?;
@@ -731,6 +815,7 @@ impl MetadataReply {
                         };
                         w.u8(7).str16(topic).u8(total).u64(*limit).u64(*current).u64(*requested)
                     }
+                    Rejection::Access { reason } => w.u8(8).str16(truncate(reason, 1024)),
                 };
             }
         }
@@ -769,6 +854,7 @@ impl MetadataReply {
                     current: r.u64()?,
                     requested: r.u64()?,
                 },
+                8 => Rejection::Access { reason: r.str16(1024)? },
                 other => return Err(r.error(format!("unknown rejection {other}"))),
             }),
             other => return Err(r.error(format!("unknown reply kind {other}"))),
@@ -1066,6 +1152,59 @@ mod tests {
             t.apply(c);
         }
         assert_eq!(t.encode(), snap);
+    }
+
+    #[test]
+    fn users_and_acls_replicate_through_commands_and_snapshots() {
+        use crate::cluster::access::{Operation, Resource, ResourcePattern};
+        let mut s = three_members();
+        let rule = AclRule {
+            principal: "alice".into(),
+            operation: Operation::Produce,
+            resource: ResourcePattern::TopicPrefix("orders.".into()),
+        };
+        for c in [
+            MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] },
+            MetadataCommand::AddAcl(rule.clone()),
+        ] {
+            let c = MetadataCommand::decode(&c.encode()).unwrap();
+            assert_eq!(s.apply(&c), MetadataReply::Ok);
+        }
+        let again = s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [8; 32] });
+        assert!(matches!(&again, MetadataReply::Rejected(Rejection::Access { reason }) if reason.contains("exists")));
+        assert_eq!(MetadataReply::decode(&again.encode()).unwrap(), again);
+        let restored = MetadataState::decode(&s.encode()).unwrap();
+        assert_eq!(restored, s);
+        assert_eq!(restored.access().token_hash("alice"), Some(&[7; 32]));
+        assert!(restored.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
+        assert_eq!(s.apply(&MetadataCommand::RemoveAcl(rule.clone())), MetadataReply::Ok);
+        assert!(matches!(
+            s.apply(&MetadataCommand::RemoveAcl(rule)),
+            MetadataReply::Rejected(Rejection::Access { .. })
+        ));
+        assert_eq!(s.apply(&MetadataCommand::DeleteUser { name: "alice".into() }), MetadataReply::Ok);
+        assert!(!s.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_users_and_acls_still_reads() {
+        let mut s = three_members();
+        create(&mut s, "t", 2, 2);
+        // Version 1: the same layout without the users and rules after the offsets.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_BEFORE_ACCESS).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addr) in &s.members {
+            w.u64(*id).str16(addr);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
     }
 
     #[test]

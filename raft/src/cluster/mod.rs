@@ -14,6 +14,7 @@
 //! layer's design and invariants are in ARCHITECTURE.md ("The cluster layer"), its byte layouts in
 //! [`layout`] and docs/format.md ("Cluster layer").
 
+pub mod access;
 pub mod api;
 mod apps;
 mod data;
@@ -540,6 +541,73 @@ impl Cluster {
         let mut groups: Vec<String> = self.metadata.read().offsets().keys().map(|(g, _, _)| g.clone()).collect();
         groups.dedup();
         Ok(groups)
+    }
+
+    /// Adds a user with the SHA-256 of its token's secret (the secret is never sent here).
+    pub async fn create_user(
+        &self,
+        name: &str,
+        token_hash: [u8; access::TOKEN_HASH_BYTES],
+    ) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        self.propose(MetadataCommand::CreateUser { name: name.to_string(), token_hash }).await.map(|_| ())
+    }
+
+    /// Removes a user (the rules naming it stay).
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        self.propose(MetadataCommand::DeleteUser { name: name.to_string() }).await.map(|_| ())
+    }
+
+    /// Every user name, sorted, linearizable (read-index).
+    pub async fn list_users(&self) -> Result<Vec<String>, ClusterError> {
+        self.linearizable_metadata().await?;
+        Ok(self.metadata.read().access().users().keys().cloned().collect())
+    }
+
+    /// Adds an ACL allow rule (succeeds if it exists).
+    pub async fn add_acl(&self, rule: access::AclRule) -> Result<(), ClusterError> {
+        rule.validate()?;
+        self.propose(MetadataCommand::AddAcl(rule)).await.map(|_| ())
+    }
+
+    /// Removes an ACL allow rule.
+    pub async fn remove_acl(&self, rule: access::AclRule) -> Result<(), ClusterError> {
+        self.propose(MetadataCommand::RemoveAcl(rule)).await.map(|_| ())
+    }
+
+    /// Every ACL rule, sorted, linearizable (read-index).
+    pub async fn list_acls(&self) -> Result<Vec<access::AclRule>, ClusterError> {
+        self.linearizable_metadata().await?;
+        Ok(self.metadata.read().access().acls().iter().cloned().collect())
+    }
+
+    /// Lets this node's metadata catch up with changes committed just before now, before a refusal
+    /// is decided on it (a user or rule created a moment ago): on the metadata leader a read-index;
+    /// elsewhere a wait of two heartbeat intervals (a follower learns the commit index with the
+    /// next heartbeat and applies it). Best effort: errors are ignored.
+    pub async fn settle_metadata(&self) {
+        if self.meta().is_leader() {
+            let _ = self.linearizable_metadata().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(self.config.raft.heartbeat_interval_ms.saturating_mul(2))).await;
+        }
+    }
+
+    /// Whether this node's applied metadata allows `principal` (`None`: anonymous) `operation` on
+    /// `resource` (no round trip: a rule change reaches each node as it applies it).
+    pub fn access_allows(
+        &self,
+        principal: Option<&str>,
+        operation: access::Operation,
+        resource: access::Resource<'_>,
+    ) -> bool {
+        self.metadata.read().access().allows(principal, operation, resource)
+    }
+
+    /// A user's token hash as applied on this node.
+    pub fn user_token_hash(&self, name: &str) -> Option<[u8; access::TOKEN_HASH_BYTES]> {
+        self.metadata.read().access().token_hash(name).copied()
     }
 
     /// Adds a node: it joins the metadata group as a learner; once it has caught up (the leader

@@ -192,6 +192,36 @@ pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
     }
 }
 
+/// The client principal a DER certificate names: `Some(name)` for exactly one
+/// `shale://client/<name>` URI SAN and no node SAN; `None` when it names no client; an error when
+/// it cannot be read, names more than one client, or names a node too.
+pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
+    let san = cert.subject_alternative_name().map_err(|e| TlsError::Parse { reason: e.to_string() })?;
+    let uris: Vec<&str> = san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
+                .collect()
+        })
+        .unwrap_or_default();
+    let clients: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(CLIENT_URI_PREFIX)).collect();
+    let nodes = uris.iter().filter(|u| u.starts_with(NODE_URI_PREFIX)).count();
+    match (clients.as_slice(), nodes) {
+        ([], _) => Ok(None),
+        ([name], 0) => Ok(Some((*name).to_string())),
+        (many, nodes) => Err(TlsError::Parse {
+            reason: format!(
+                "certificate names {} clients and {nodes} nodes; a client certificate names one client",
+                many.len()
+            ),
+        }),
+    }
+}
+
 /// The certificate directory's layout, shared by `shale cert` and local clusters: `ca.pem` /
 /// `ca.key`, `node-<id>.pem` / `.key`, `client-<principal>.pem` / `.key`.
 pub mod files {
@@ -367,6 +397,8 @@ mod tests {
         assert_eq!(certified_node(&der_of(&node.cert)).unwrap(), Some(7));
         let client = generate::client(&ca, "alice", 1).unwrap();
         assert_eq!(certified_node(&der_of(&client.cert)).unwrap(), None, "a client certificate names no node");
+        assert_eq!(certified_client(&der_of(&client.cert)).unwrap().as_deref(), Some("alice"));
+        assert_eq!(certified_client(&der_of(&node.cert)).unwrap(), None, "a node certificate names no client");
         assert_eq!(certified_node(&der_of(&ca.cert)).unwrap(), None);
         assert!(matches!(certified_node(b"not a certificate"), Err(TlsError::Parse { .. })));
     }

@@ -1,0 +1,136 @@
+//! `shale user create|delete|list|whoami` and `shale acl add|remove|list`.
+
+use serde::Serialize;
+use shale_client::access::acl_rule;
+use shale_client::proto;
+
+use crate::cli::{AclCommand, AclRuleArgs, UserCommand};
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::output::{self, Table};
+
+/// One rule, as `acl list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AclView {
+    /// A principal name or `*`.
+    pub principal: String,
+    /// The operation.
+    pub operation: String,
+    /// `topic`, `topic-prefix`, `group` or `cluster`.
+    pub resource_type: String,
+    /// The name or prefix (empty for the cluster).
+    pub resource_name: String,
+}
+
+/// `user whoami`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WhoAmIView {
+    /// `user:<name>`, `node:<id>` or `anonymous`.
+    pub principal: String,
+    /// How the node established it.
+    pub source: String,
+    /// Whether the node enforces ACLs.
+    pub authorization: bool,
+    /// Whether the principal is a super-user.
+    pub super_user: bool,
+}
+
+/// The wire rule the flags name.
+pub fn rule_of(a: &AclRuleArgs) -> proto::AclRule {
+    let (kind, name) = match (&a.topic, &a.topic_prefix, &a.group) {
+        (Some(t), _, _) => ("topic", t.as_str()),
+        (_, Some(p), _) => ("topic-prefix", p.as_str()),
+        (_, _, Some(g)) => ("group", g.as_str()),
+        _ => ("cluster", ""),
+    };
+    acl_rule(&a.principal, &a.operation, kind, name)
+}
+
+fn describe(r: &proto::AclRule) -> String {
+    match r.resource_type.as_str() {
+        "cluster" => format!("allow {} {} on cluster", r.principal, r.operation),
+        kind => format!("allow {} {} on {kind} {:?}", r.principal, r.operation, r.resource_name),
+    }
+}
+
+/// Runs a `user` command.
+pub async fn run_user(ctx: &Ctx, command: UserCommand) -> Result<()> {
+    let admin = ctx.client()?.admin();
+    match command {
+        UserCommand::Create { name } => {
+            let token = admin.create_user(&name).await.map_err(|e| ctx.err(format!("create user {name}"), e))?;
+            eprintln!("created user {name}; its token follows, shown this once (the cluster keeps only a hash)");
+            output::print_stdout(&format!("{token}\n"))
+        }
+        UserCommand::Delete { name } => {
+            admin.delete_user(&name).await.map_err(|e| ctx.err(format!("delete user {name}"), e))?;
+            output::print_stdout(&format!("deleted user {name}\n"))
+        }
+        UserCommand::List(o) => {
+            let names = admin.list_users().await.map_err(|e| ctx.err("list users", e))?;
+            output::emit(o.output, &names, |names| {
+                let mut t = Table::new(["user"]);
+                for n in names {
+                    t.row([n.clone()]);
+                }
+                t.render()
+            })
+        }
+        UserCommand::Whoami(o) => {
+            let me = admin.who_am_i().await.map_err(|e| ctx.err("ask who am I", e))?;
+            let view = WhoAmIView {
+                principal: me.principal,
+                source: me.source,
+                authorization: me.authorization,
+                super_user: me.super_user,
+            };
+            output::emit(o.output, &view, |v| {
+                format!(
+                    "{} ({}){}; authorization {}\n",
+                    v.principal,
+                    v.source,
+                    if v.super_user { ", super-user" } else { "" },
+                    if v.authorization { "on" } else { "off" }
+                )
+            })
+        }
+    }
+}
+
+/// Runs an `acl` command.
+pub async fn run_acl(ctx: &Ctx, command: AclCommand) -> Result<()> {
+    let admin = ctx.client()?.admin();
+    match command {
+        AclCommand::Add(a) => {
+            let rule = rule_of(&a);
+            let shown = describe(&rule);
+            admin.add_acl(rule).await.map_err(|e| ctx.err(format!("add `{shown}`"), e))?;
+            output::print_stdout(&format!("added: {shown}\n"))
+        }
+        AclCommand::Remove(a) => {
+            let rule = rule_of(&a);
+            let shown = describe(&rule);
+            admin.remove_acl(rule).await.map_err(|e| ctx.err(format!("remove `{shown}`"), e))?;
+            output::print_stdout(&format!("removed: {shown}\n"))
+        }
+        AclCommand::List(o) => {
+            let rules = admin.list_acls().await.map_err(|e| ctx.err("list ACL rules", e))?;
+            let views: Vec<AclView> = rules
+                .into_iter()
+                .map(|r| AclView {
+                    principal: r.principal,
+                    operation: r.operation,
+                    resource_type: r.resource_type,
+                    resource_name: r.resource_name,
+                })
+                .collect();
+            output::emit(o.output, &views, |views| {
+                let mut t = Table::new(["principal", "operation", "resource", "name"]);
+                for v in views {
+                    t.row([v.principal.clone(), v.operation.clone(), v.resource_type.clone(), v.resource_name.clone()]);
+                }
+                t.render()
+            })
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Users and ACL rules ([`Admin`] calls of the `Access` service): see docs/security.md.
+
+use std::time::Duration;
+
+use crate::admin::Admin;
+use crate::client::{Client, Route};
+use crate::error::ClientError;
+use crate::proto;
+use crate::token::Token;
+
+macro_rules! access_call {
+    ($self:ident, $method:ident, $req:expr) => {{
+        let message = $req;
+        $self
+            .client
+            .call(Route::Any, |ch| {
+                let req = $self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::access_client(ch).$method(req).await }
+            })
+            .await
+    }};
+}
+
+/// An ACL allow rule as the API carries it.
+pub fn acl_rule(principal: &str, operation: &str, resource_type: &str, resource_name: &str) -> proto::AclRule {
+    proto::AclRule {
+        principal: principal.to_string(),
+        operation: operation.to_string(),
+        resource_type: resource_type.to_string(),
+        resource_name: resource_name.to_string(),
+    }
+}
+
+impl Admin {
+    /// Creates a user and returns its token: the only time the secret exists outside the caller
+    /// (the cluster stores its SHA-256).
+    pub async fn create_user(&self, name: &str) -> Result<Token, ClientError> {
+        let token = Token::generate(name)?;
+        let req =
+            proto::CreateUserRequest { name: name.to_string(), token_sha256: token.secret_hash().to_vec().into() };
+        access_call!(self, create_user, req)?;
+        Ok(token)
+    }
+
+    /// Deletes a user (its token stops working; rules naming it stay).
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        access_call!(self, delete_user, proto::DeleteUserRequest { name: name.to_string() }).map(|_| ())
+    }
+
+    /// Every user name, sorted.
+    pub async fn list_users(&self) -> Result<Vec<String>, ClientError> {
+        Ok(access_call!(self, list_users, proto::ListUsersRequest {})?.names)
+    }
+
+    /// Adds an allow rule (see [`acl_rule`]).
+    pub async fn add_acl(&self, rule: proto::AclRule) -> Result<(), ClientError> {
+        access_call!(self, add_acl, proto::AclRuleRequest { rule: Some(rule) }).map(|_| ())
+    }
+
+    /// Removes an allow rule.
+    pub async fn remove_acl(&self, rule: proto::AclRule) -> Result<(), ClientError> {
+        access_call!(self, remove_acl, proto::AclRuleRequest { rule: Some(rule) }).map(|_| ())
+    }
+
+    /// Every rule, sorted.
+    pub async fn list_acls(&self) -> Result<Vec<proto::AclRule>, ClientError> {
+        Ok(access_call!(self, list_acls, proto::ListAclsRequest {})?.rules)
+    }
+
+    /// The principal the node sees for this client.
+    pub async fn who_am_i(&self) -> Result<proto::WhoAmIResponse, ClientError> {
+        access_call!(self, who_am_i, proto::WhoAmIRequest {})
+    }
+}

@@ -1,0 +1,179 @@
+//! `shale.api.v1.Access`: users and ACL rules (metadata-group writes, forwarded to its leader), and
+//! `WhoAmI`. Every change is audited ([`crate::auth::audit`]); all but `WhoAmI` need
+//! `cluster-admin` on the cluster once authorization is on.
+
+use std::sync::Arc;
+
+use shale_client::proto;
+use shale_client::proto::access_client::AccessClient;
+use shale_raft::cluster::access::{AclRule, Operation, Resource, ResourcePattern, TOKEN_HASH_BYTES};
+use tonic::{Request, Response, Status};
+
+use crate::auth::audit::audited;
+use crate::auth::current;
+use crate::context::NodeContext;
+use crate::convert::errors::{cluster_error, invalid};
+
+/// The Access service.
+#[derive(Debug, Clone)]
+pub struct AccessService {
+    ctx: Arc<NodeContext>,
+}
+
+impl AccessService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    async fn admin(&self) -> Result<(), Status> {
+        self.ctx.authorize(Operation::ClusterAdmin, Resource::Cluster).await
+    }
+}
+
+/// The domain rule of a wire rule.
+fn rule_of(rule: Option<&proto::AclRule>) -> Result<AclRule, Status> {
+    let rule = rule.ok_or_else(|| invalid("rule", "missing"))?;
+    let operation = rule.operation.parse::<Operation>().map_err(cluster_error)?;
+    let resource = ResourcePattern::parse(&rule.resource_type, &rule.resource_name).map_err(cluster_error)?;
+    let rule = AclRule { principal: rule.principal.clone(), operation, resource };
+    rule.validate().map_err(cluster_error)?;
+    Ok(rule)
+}
+
+/// The wire rule of a domain rule.
+fn wire_rule(rule: &AclRule) -> proto::AclRule {
+    proto::AclRule {
+        principal: rule.principal.clone(),
+        operation: rule.operation.as_str().to_string(),
+        resource_type: rule.resource.kind_str().to_string(),
+        resource_name: rule.resource.name_str().to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl proto::access_server::Access for AccessService {
+    async fn create_user(
+        &self,
+        request: Request<proto::CreateUserRequest>,
+    ) -> Result<Response<proto::CreateUserResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let name = req.name.clone();
+                audited("create_user", &format!("user {name}"), "", async {
+                    self.admin().await?;
+                    let hash: [u8; TOKEN_HASH_BYTES] = req
+                        .token_sha256
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| invalid("token_sha256", "a SHA-256 hash is 32 bytes"))?;
+                    let result = self.ctx.cluster.create_user(&name, hash).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::create_user).await?;
+                    Ok(served.answer(|()| proto::CreateUserResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<proto::DeleteUserRequest>,
+    ) -> Result<Response<proto::DeleteUserResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let name = req.name.clone();
+                audited("delete_user", &format!("user {name}"), "", async {
+                    self.admin().await?;
+                    let result = self.ctx.cluster.delete_user(&name).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::delete_user).await?;
+                    Ok(served.answer(|()| proto::DeleteUserResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<proto::ListUsersRequest>,
+    ) -> Result<Response<proto::ListUsersResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                self.admin().await?;
+                let result = self.ctx.cluster.list_users().await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::list_users).await?;
+                Ok(served.answer(|names| proto::ListUsersResponse { names }))
+            })
+            .await
+    }
+
+    async fn add_acl(
+        &self,
+        request: Request<proto::AclRuleRequest>,
+    ) -> Result<Response<proto::AclRuleResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let rule = rule_of(req.rule.as_ref());
+                let shown = rule.as_ref().map(ToString::to_string).unwrap_or_default();
+                audited("add_acl", "cluster", &shown, async {
+                    self.admin().await?;
+                    let result = self.ctx.cluster.add_acl(rule?).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::add_acl).await?;
+                    Ok(served.answer(|()| proto::AclRuleResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn remove_acl(
+        &self,
+        request: Request<proto::AclRuleRequest>,
+    ) -> Result<Response<proto::AclRuleResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let rule = rule_of(req.rule.as_ref());
+                let shown = rule.as_ref().map(ToString::to_string).unwrap_or_default();
+                audited("remove_acl", "cluster", &shown, async {
+                    self.admin().await?;
+                    let result = self.ctx.cluster.remove_acl(rule?).await;
+                    let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::remove_acl).await?;
+                    Ok(served.answer(|()| proto::AclRuleResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<proto::ListAclsRequest>,
+    ) -> Result<Response<proto::ListAclsResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                self.admin().await?;
+                let result = self.ctx.cluster.list_acls().await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::list_acls).await?;
+                Ok(served.answer(|rules| proto::ListAclsResponse { rules: rules.iter().map(wire_rule).collect() }))
+            })
+            .await
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        self.ctx
+            .handle(request, async |_, _| {
+                let caller = current().ok_or_else(|| Status::internal("no caller"))?;
+                Ok(proto::WhoAmIResponse {
+                    principal: caller.principal.to_string(),
+                    source: caller.source.as_str().to_string(),
+                    authorization: self.ctx.auth.config.enabled,
+                    super_user: self.ctx.auth.is_super(&caller.principal),
+                })
+            })
+            .await
+    }
+}
