@@ -155,6 +155,7 @@ impl Node {
                 )
             };
         }
+        // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
         let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
         if let Some(tls) = &tls {
             // Client certificates are optional on the one listener (clients need none yet); the
