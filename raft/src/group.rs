@@ -491,6 +491,20 @@ impl RaftGroup {
         self.log.chain_hash_at(index)
     }
 
+    /// The chain hash of the entry at `index` as this replica's append computed it when it stored
+    /// the entry (the storage chain hash of its record): from the in-memory log tail when the entry
+    /// is still there, else storage's [`RaftGroup::chain_hash_at`] on the blocking pool. What a
+    /// writer's acknowledgement names, without hashing the record a second time.
+    pub async fn appended_chain_hash(&self, index: u64) -> Result<ChainHash, RaftError> {
+        if let Some(hash) = self.log.appended_chain_hash(index) {
+            return Ok(hash);
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.chain_hash_at(index))
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("chain hash task failed: {e}") })?
+    }
+
     /// The first index still stored.
     pub fn log_start(&self) -> Result<u64, RaftError> {
         self.log.log_start()
