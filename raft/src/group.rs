@@ -150,9 +150,11 @@ impl fmt::Debug for PendingWrite {
 impl PendingWrite {
     /// Waits until the write is committed and applied here (or failed: `NotLeader` when another
     /// leadership refused or discarded it, `ShuttingDown` when the core stopped first).
-    pub async fn result(self) -> Result<WriteResult, RaftError> {
+    /// Cancel-safe: a wait dropped before the outcome leaves the write pending, to be awaited again
+    /// (awaiting it again once it answered panics).
+    pub async fn result(&mut self) -> Result<WriteResult, RaftError> {
         let group = self.group;
-        match self.rx.await {
+        match (&mut self.rx).await {
             Ok(Ok(r)) => Ok(WriteResult { index: r.log_id.index, response: r.data.0 }),
             Ok(Err(e)) => Err(write_err(group, e)),
             Err(_) => Err(RaftError::ShuttingDown { group }),

@@ -109,15 +109,11 @@ impl Cluster {
                 let p = producer.expect("only a producer's request is a retry");
                 return self.all_acknowledged(&local, batches, p).await;
             }
-            Proposal::Pending(rx) => rx,
+            Proposal::Pending(in_flight) => in_flight,
         };
-        let settled = tokio::time::timeout(self.timeout(), pending)
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                what: "produce commit".into(),
-                waited_ms: self.config.request_timeout_ms,
-            })?
-            .map_err(|_| ClusterError::Shutdown)?;
+        let settled = tokio::time::timeout(self.timeout(), pending.settle()).await.map_err(|_| {
+            ClusterError::Timeout { what: "produce commit".into(), waited_ms: self.config.request_timeout_ms }
+        })?;
         let mut acks = Vec::with_capacity(settled.len());
         for s in settled {
             let written = s.result?;
