@@ -614,7 +614,7 @@ impl RaftGroup {
             .shutdown()
             .await
             .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })?;
-        self.log.wait_io_stopped().await;
+        self.log.wait_flusher_stopped().await;
         Ok(())
     }
 }

@@ -4,14 +4,12 @@
 //! - [`GroupLog`] is the shared handle on the group's log and meta streams (used by the log store,
 //!   its readers, the state machine and [`crate::RaftGroup`]).
 //! - [`LogStore`] implements openraft's `RaftLogStorage`: each `append` call writes its entries with
-//!   one `append_batch` on the blocking pool and returns once they are written (readable); the same
-//!   blocking call then runs a `sync` (storage's group commit shares one fsync among concurrent
-//!   ones) and only after it returned Ok reports the write, and every earlier one not yet reported,
-//!   flushed to openraft, in append order. Truncate, purge and vote first sync and report every write
-//!   made so far (a barrier), so every write reaches the disk in the order openraft issued it.
+//!   one `append_batch` (entries readable on return); a per-group flusher task then makes them durable
+//!   with one `sync` covering every batch written since the last one, and only then reports them
+//!   flushed to openraft. Truncate, purge and vote first wait for that flusher (a barrier), so every
+//!   write reaches the disk in the order openraft issued it.
 //! - [`LogReader`] implements `RaftLogReader`: verified storage reads, decoded.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -22,7 +20,7 @@ use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
 use shale_storage::{ChainHash, Offset, StorageBackend, StorageError, StreamId};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::entry_cache::EntryCache;
 use crate::error::RaftError;
@@ -73,9 +71,8 @@ pub struct GroupLog {
     storage: Arc<dyn StorageBackend>,
     meta: MetaStore,
     policy: Mutex<(Retention, Option<u64>)>,
-    /// Log writes (with the sync after each) still running on the blocking pool; the group's
-    /// shutdown waits for none.
-    io_running: Arc<watch::Sender<usize>>,
+    /// The log store's flusher task, awaited when the group shuts down.
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The recently appended tail, for openraft's own reads.
     cache: Mutex<EntryCache>,
 }
@@ -119,7 +116,7 @@ impl GroupLog {
             storage,
             meta,
             policy: Mutex::new((retention, None)),
-            io_running: Arc::new(watch::Sender::new(0)),
+            flusher: Mutex::new(None),
             cache: Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES)),
         }))
     }
@@ -335,11 +332,13 @@ impl GroupLog {
         Ok(())
     }
 
-    /// Waits until no log write or sync of the log store runs any more (none starts once openraft
-    /// dropped the log store, i.e. after `Raft::shutdown`), so no task holds the storage any more.
-    pub async fn wait_io_stopped(&self) {
-        let mut running = self.io_running.subscribe();
-        let _ = running.wait_for(|n| *n == 0).await;
+    /// Waits for the log store's flusher to finish (it does once openraft dropped the log store,
+    /// i.e. after `Raft::shutdown`), so no task holds the storage any more.
+    pub async fn wait_flusher_stopped(&self) {
+        let handle = self.flusher.lock().take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
     }
 
     /// `(last_purged, last_log_id)` as openraft sees the log.
@@ -504,19 +503,17 @@ impl GroupLog {
     }
 }
 
-/// Log writes made and not yet reported flushed to openraft, oldest first.
-#[derive(Default)]
-struct Unflushed {
-    /// The ticket the next write gets (tickets count up from 0, in openraft's append order).
-    next_ticket: u64,
-    /// `(ticket, callback)` of each write not yet reported.
-    pending: VecDeque<(u64, IOFlushed<TypeConfig>)>,
+enum FlushOp {
+    /// Entries written; report them flushed after the next sync.
+    Written(IOFlushed<TypeConfig>),
+    /// Sync everything written so far, then answer.
+    Barrier(oneshot::Sender<Result<(), String>>),
 }
 
 /// openraft's log storage for one group.
 pub struct LogStore {
     log: Arc<GroupLog>,
-    unflushed: Arc<Mutex<Unflushed>>,
+    flusher: mpsc::UnboundedSender<FlushOp>,
 }
 
 impl fmt::Debug for LogStore {
@@ -526,9 +523,12 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// A log store over `log`.
+    /// A log store over `log`; spawns its flusher task on the current tokio runtime.
     pub fn new(log: Arc<GroupLog>) -> Self {
-        Self { log, unflushed: Arc::default() }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(flusher(log.clone(), rx));
+        *log.flusher.lock() = Some(handle);
+        Self { log, flusher: tx }
     }
 
     /// The shared log handle.
@@ -536,42 +536,35 @@ impl LogStore {
         &self.log
     }
 
-    /// Makes every write made so far durable and reports it flushed (in order) before returning.
     async fn barrier(&self) -> io::Result<()> {
-        let below = self.unflushed.lock().next_ticket;
-        let (log, unflushed) = (self.log.clone(), self.unflushed.clone());
-        blocking(move || sync_and_report(&log, &unflushed, below).map_err(io_err)).await
+        let (tx, rx) = oneshot::channel();
+        self.flusher.send(FlushOp::Barrier(tx)).map_err(|_| io_err("log flusher stopped"))?;
+        rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
     }
 }
 
-/// Counts one blocking log write (and its sync) as running until dropped (also if it never ran).
-struct IoRunning(Arc<watch::Sender<usize>>);
-
-impl IoRunning {
-    fn start(running: &Arc<watch::Sender<usize>>) -> Self {
-        running.send_modify(|n| *n += 1);
-        Self(running.clone())
+/// Makes written batches durable: one `sync` covers every batch queued since the last one.
+async fn flusher(log: Arc<GroupLog>, mut rx: mpsc::UnboundedReceiver<FlushOp>) {
+    while let Some(op) = rx.recv().await {
+        let mut ops = vec![op];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let l = log.clone();
+        let result: Result<(), String> =
+            match tokio::task::spawn_blocking(move || l.storage.sync(l.stream).map_err(|e| e.to_string())).await {
+                Ok(r) => r,
+                Err(e) => Err(format!("log sync task failed: {e}")),
+            };
+        for op in ops {
+            match op {
+                FlushOp::Written(cb) => cb.io_completed(result.clone().map_err(io_err)),
+                FlushOp::Barrier(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
     }
-}
-
-impl Drop for IoRunning {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
-/// Syncs the log stream (blocking), then reports every write with a ticket below `below` flushed,
-/// oldest first, with the sync's outcome. Every such write was made before the sync started
-/// (openraft appends one call after the other, each returning once its write is made), so a sync
-/// that returned Ok covers it. A write reported by another thread's sync first is not reported again.
-fn sync_and_report(log: &GroupLog, unflushed: &Mutex<Unflushed>, below: u64) -> Result<(), String> {
-    let result = log.storage.sync(log.stream).map_err(|e| e.to_string());
-    let mut u = unflushed.lock();
-    while u.pending.front().is_some_and(|(ticket, _)| *ticket < below) {
-        let (_, callback) = u.pending.pop_front().expect("checked");
-        callback.io_completed(result.clone().map_err(io_err));
-    }
-    result
 }
 
 /// openraft's log reader for one group.
@@ -677,38 +670,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         debug_assert!(entries.windows(2).all(|w| w[1].log_id.index == w[0].log_id.index + 1));
-        // One blocking call writes the entries, answers this call as soon as they are written
-        // (openraft then replicates them while they are synced) and goes on to the sync that makes
-        // them durable and reports them flushed: no task hand-off between the write and the sync.
-        let ticket = {
-            let mut u = self.unflushed.lock();
-            let ticket = u.next_ticket;
-            u.next_ticket += 1;
-            u.pending.push_back((ticket, callback));
-            ticket
-        };
-        let (written_tx, written_rx) = oneshot::channel();
-        let (log, unflushed) = (self.log.clone(), self.unflushed.clone());
-        let running = IoRunning::start(&self.log.io_running);
-        tokio::task::spawn_blocking(move || {
-            let written = log.append_entries(first, entries);
-            let ok = written.is_ok();
-            let _ = written_tx.send(written);
-            if ok {
-                // An error is reported to openraft in the callbacks (and stops the group).
-                let _ = sync_and_report(&log, &unflushed, ticket + 1);
-            } else {
-                // Not written: the error returned stops the group; nothing is reported flushed.
-                unflushed.lock().pending.retain(|(t, _)| *t != ticket);
-            }
-            // The log (and the storage it holds) is let go of before the write counts as ended.
-            drop(log);
-            drop(running);
-        });
-        match written_rx.await {
-            Ok(written) => written.map_err(io_err),
-            Err(_) => Err(io_err("log write task failed")),
-        }
+        let log = self.log.clone();
+        blocking(move || log.append_entries(first, entries).map_err(io_err)).await?;
+        self.flusher.send(FlushOp::Written(callback)).map_err(|_| io_err("log flusher stopped"))?;
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

@@ -59,7 +59,7 @@ async fn appended_entries_are_the_storage_records_and_survive_reopen() {
         store.truncate_after(Some(entries[39].log_id)).await.unwrap();
         store.blocking_append(entries[40..].to_vec()).await.unwrap();
         drop(store);
-        log.wait_io_stopped().await;
+        log.wait_flusher_stopped().await;
     }
     let storage = open(dir.path());
     // Record i of stream 2g is entry i, encoded; the chain is plain storage chaining of those bytes.
@@ -132,7 +132,7 @@ async fn pipelined_appends_are_reported_flushed_in_order_only_once_durable() {
         store.append(vec![entry(40, 1)], IOFlushed::signal(tx)).await.expect("written");
         assert!(rx.await.expect("reported").is_err(), "a failed sync is not reported flushed");
         drop(store);
-        log.wait_io_stopped().await;
+        log.wait_flusher_stopped().await;
     }
     // A power cut keeps every entry reported flushed.
     fs.crash();
