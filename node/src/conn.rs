@@ -4,6 +4,10 @@
 //! `limits.max_connections` is also cut, a moment after it was accepted
 //! ([`KillableStream::cut_after`]), and each holds its place among the node's connections
 //! ([`KillableStream::holding`]) until it ends.
+//! Every accepted connection also
+//! has Nagle's algorithm off: tonic's `Server::tcp_nodelay` is ignored for `serve_with_incoming`,
+//! and with Nagle on, a small response (an acknowledgement, a Raft reply) written while an
+//! earlier segment is unacknowledged waits for the peer's delayed ACK (~40 ms).
 
 use std::future::Future;
 use std::io;
@@ -33,8 +37,11 @@ impl std::fmt::Debug for KillableStream {
 }
 
 impl KillableStream {
-    /// Wraps `inner`; it dies when `kill` becomes `true`.
+    /// Wraps `inner` (and turns Nagle's algorithm off on it); it dies when `kill` becomes `true`.
     pub fn new(inner: TcpStream, kill: watch::Receiver<bool>) -> Self {
+        if let Err(e) = inner.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
         let mut kill = kill;
         let killed = Box::pin(async move {
             let _ = kill.wait_for(|k| *k).await;
@@ -126,8 +133,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        assert!(!server.nodelay().unwrap(), "accepted sockets start with Nagle on");
         let (kill_tx, kill_rx) = watch::channel(false);
         let mut server = KillableStream::new(server, kill_rx);
+        assert!(server.inner.nodelay().unwrap(), "a wrapped connection has Nagle off");
         client.write_all(b"hi").await.unwrap();
         let mut buf = [0u8; 2];
         server.read_exact(&mut buf).await.unwrap();

@@ -171,6 +171,7 @@ impl Node {
             max_request_bytes: config.limits.max_request_bytes,
             metrics: ctx.metrics.clone(),
         };
+        // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
         let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
         if let Some(tls) = &tls {
             // Client certificates are optional on the one listener (clients need none yet); the

@@ -148,11 +148,18 @@ impl fmt::Debug for PendingWrite {
 }
 
 impl PendingWrite {
+    /// The group the write was proposed to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     /// Waits until the write is committed and applied here (or failed: `NotLeader` when another
     /// leadership refused or discarded it, `ShuttingDown` when the core stopped first).
-    pub async fn result(self) -> Result<WriteResult, RaftError> {
+    /// Cancel-safe: a wait dropped before the outcome leaves the write pending, to be awaited again
+    /// (awaiting it again once it answered panics).
+    pub async fn result(&mut self) -> Result<WriteResult, RaftError> {
         let group = self.group;
-        match self.rx.await {
+        match (&mut self.rx).await {
             Ok(Ok(r)) => Ok(WriteResult { index: r.log_id.index, response: r.data.0 }),
             Ok(Err(e)) => Err(write_err(group, e)),
             Err(_) => Err(RaftError::ShuttingDown { group }),
@@ -499,6 +506,20 @@ impl RaftGroup {
     /// The storage chain hash of the record at `index`.
     pub fn chain_hash_at(&self, index: u64) -> Result<ChainHash, RaftError> {
         self.log.chain_hash_at(index)
+    }
+
+    /// The chain hash of the entry at `index` as this replica's append computed it when it stored
+    /// the entry (the storage chain hash of its record): from the in-memory log tail when the entry
+    /// is still there, else storage's [`RaftGroup::chain_hash_at`] on the blocking pool. What a
+    /// writer's acknowledgement names, without hashing the record a second time.
+    pub async fn appended_chain_hash(&self, index: u64) -> Result<ChainHash, RaftError> {
+        if let Some(hash) = self.log.appended_chain_hash(index) {
+            return Ok(hash);
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.chain_hash_at(index))
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("chain hash task failed: {e}") })?
     }
 
     /// The first index still stored.

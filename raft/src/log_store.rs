@@ -160,6 +160,14 @@ impl GroupLog {
         self.storage.chain_hash_at(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
     }
 
+    /// The chain hash of entry `index` as the append that stored it computed it, while the entry is
+    /// in the in-memory tail and at or above the log start; `None` otherwise (then
+    /// [`GroupLog::chain_hash_at`] answers). Hashes nothing and reads no file.
+    pub fn appended_chain_hash(&self, index: u64) -> Option<ChainHash> {
+        let hash = self.cache.lock().chain_hash(index)?;
+        (index >= self.log_start().ok()?).then_some(hash)
+    }
+
     /// Sets the budget of the in-memory log tail (0 disables it).
     pub fn set_cache_bytes(&self, bytes: usize) {
         self.cache.lock().set_max_bytes(bytes);
@@ -291,32 +299,36 @@ impl GroupLog {
         self.storage.truncate_from(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
     }
 
-    /// Appends encoded entries at `first` (blocking, not yet durable) and caches them.
+    /// Appends encoded entries at `first` (blocking, not yet durable) and caches them with the
+    /// chain hashes the append computed.
     fn append_entries(&self, first: u64, entries: Vec<Entry>) -> Result<(), RaftError> {
         let next = self.next_index()?;
         if next < first {
             self.restart_at(first, next)?;
         }
         let records: Vec<Bytes> = entries.iter().map(encode_entry).collect();
-        let mut at = first;
+        let mut hashes = Vec::with_capacity(records.len());
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0;
+        let write = |chunk: Vec<Bytes>, hashes: &mut Vec<ChainHash>| -> Result<(), RaftError> {
+            let at = Offset::new(first + hashes.len() as u64);
+            let written =
+                self.storage.append_batch_hashed(self.stream, chunk, at, false).map_err(|e| self.storage_err(e))?;
+            hashes.extend(written);
+            Ok(())
+        };
         for r in records {
             if !chunk.is_empty() && chunk_bytes + r.len() > APPEND_CHUNK_BYTES {
-                let n = chunk.len() as u64;
-                self.storage
-                    .append_batch(self.stream, std::mem::take(&mut chunk), Offset::new(at), false)
-                    .map_err(|e| self.storage_err(e))?;
-                at += n;
+                write(std::mem::take(&mut chunk), &mut hashes)?;
                 chunk_bytes = 0;
             }
             chunk_bytes += r.len();
             chunk.push(r);
         }
         if !chunk.is_empty() {
-            self.storage.append_batch(self.stream, chunk, Offset::new(at), false).map_err(|e| self.storage_err(e))?;
+            write(chunk, &mut hashes)?;
         }
-        self.cache.lock().appended(&entries);
+        self.cache.lock().appended(entries, &hashes);
         Ok(())
     }
 

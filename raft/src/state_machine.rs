@@ -146,6 +146,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             debug_assert!(self.last_applied.is_none_or(|l| l.index < entry.log_id.index));
             self.last_applied = Some(entry.log_id);
             if let Some(r) = responder {
+                // The writer learns its outcome only once the applied index covers the entry, so
+                // a read it makes next (bounded by the applied index) sees what it wrote.
+                self.publish_applied();
                 r.send(AppResponse(response));
             }
         }

@@ -275,3 +275,59 @@ async fn fetch_returns_stored_entries_that_chain_including_hidden_and_raft_entri
     ));
     c.shutdown().await;
 }
+
+/// Pipelined produce requests (acknowledged while later entries are appended, so an entry is
+/// rarely the log's head when its acknowledgement is made) on disk-backed replicas: every
+/// acknowledgement names the chain hash the entry's record has in each replica's segment files,
+/// re-read and re-verified from disk. With the in-memory log tail (hashes kept from the append)
+/// and without it (storage answers).
+async fn acks_name_the_stored_chain_hash(log_cache_bytes: usize) {
+    let setup =
+        Setup { backing: Backing::Disk(shale_storage::StorageOptions::default()), log_cache_bytes, ..Setup::new(3) };
+    let c = TestCluster::start_with(setup).await;
+    c.create_topic("acked", 1, 3).await;
+    let leader = c.settled_leaders("acked").await[0];
+    let node = c.node(leader).clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for i in 0..12 {
+                    let records =
+                        (0..3).map(|r| record(&format!("{t}"), &format!("{i}-{r}-{}", "x".repeat(700)))).collect();
+                    acks.extend(node.produce("acked", 0, records, None).await.expect("produce"));
+                }
+                acks
+            })
+        })
+        .collect();
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await.expect("producer task"));
+    }
+    assert_eq!(acks.len(), 8 * 12);
+    let last = acks.iter().map(|a| a.entry_index).max().expect("acks");
+    for id in 1..=3 {
+        let replica = c.node(id);
+        wait_for("replica holds every acknowledged entry", || async {
+            replica.verify_range("acked", 0, last, last + 1).await.ok()
+        })
+        .await;
+        for a in &acks {
+            let stored = replica.verify_range("acked", 0, a.entry_index, a.entry_index + 1).await.expect("verify");
+            assert_eq!(stored.head, a.chain_hash, "node {id}, entry {}", a.entry_index);
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_name_the_chain_hash_stored_on_every_replica() {
+    acks_name_the_stored_chain_hash(shale_raft::RaftGroupConfig::default().log_cache_bytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_name_the_chain_hash_stored_on_every_replica_without_a_log_tail_cache() {
+    acks_name_the_stored_chain_hash(0).await;
+}

@@ -92,3 +92,54 @@ async fn appended_entries_are_the_storage_records_and_survive_reopen() {
     assert_eq!(app.len(), 50);
     assert_eq!(app[3].payload().as_deref(), Some(&b"record 3"[..]));
 }
+
+/// Appends made one after another without waiting for their flush (as openraft pipelines them) are
+/// each reported flushed only after a sync covered them, in append order: everything reported
+/// survives a power cut. A failed sync is reported as an error, never as flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_appends_are_reported_flushed_in_order_only_once_durable() {
+    use openraft::storage::IOFlushed;
+    use openraft::type_config::TypeConfigExt;
+    use shale_raft::TypeConfig;
+    use shale_storage::testing::FaultyFileSystem;
+
+    let fs = FaultyFileSystem::new();
+    let open_faulty = |fs: &FaultyFileSystem| -> Arc<dyn StorageBackend> {
+        let storage = Storage::open_with_fs("/data", shale_storage::StorageOptions::default(), Arc::new(fs.clone()));
+        Arc::new(storage.expect("open storage"))
+    };
+    let g = GroupId(11);
+    let entries: Vec<Entry> = (0..40).map(|i| entry(i, 1)).collect();
+    {
+        let log = GroupLog::open(g, open_faulty(&fs), Retention::SnapshotOnly).unwrap();
+        let mut store = LogStore::new(log.clone());
+        let mut flushed = Vec::new();
+        for chunk in entries.chunks(10) {
+            let (tx, rx) = TypeConfig::oneshot();
+            store.append(chunk.to_vec(), IOFlushed::signal(tx)).await.expect("append");
+            flushed.push(rx);
+        }
+        // Awaiting the last report: every earlier one was made before it (append order).
+        let last = flushed.pop().expect("four appends");
+        last.await.expect("reported").expect("flushed");
+        for (i, mut rx) in flushed.into_iter().enumerate() {
+            let reported = rx.try_recv().unwrap_or_else(|e| panic!("append {i} not reported before a later one: {e}"));
+            reported.expect("flushed");
+        }
+        // A sync that fails is reported as an error.
+        fs.fail_next_fsync();
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append(vec![entry(40, 1)], IOFlushed::signal(tx)).await.expect("written");
+        assert!(rx.await.expect("reported").is_err(), "a failed sync is not reported flushed");
+        drop(store);
+        log.wait_flusher_stopped().await;
+    }
+    // A power cut keeps every entry reported flushed.
+    fs.crash();
+    let storage = open_faulty(&fs);
+    let recs = storage.read_records(g.log_stream(), Offset::ZERO, usize::MAX).unwrap();
+    assert!(recs.len() >= entries.len(), "{} of {} flushed entries survived", recs.len(), entries.len());
+    for (r, e) in recs.iter().zip(&entries) {
+        assert_eq!(r.payload, encode_entry(e));
+    }
+}

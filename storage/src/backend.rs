@@ -31,7 +31,21 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
         events: Vec<Bytes>,
         expected_offset: Offset,
         fsync: bool,
-    ) -> Result<Offset>;
+    ) -> Result<Offset> {
+        let hashes = self.append_batch_hashed(stream, events, expected_offset, fsync)?;
+        Ok(expected_offset.plus(hashes.len() as u64))
+    }
+
+    /// [`StorageBackend::append_batch`], returning the chain hash of each record appended, in
+    /// order: the hashes the append computed and stored (what [`StorageBackend::chain_hash_at`]
+    /// answers for those offsets), so a caller that needs them does not hash the records again.
+    fn append_batch_hashed(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected_offset: Offset,
+        fsync: bool,
+    ) -> Result<Vec<ChainHash>>;
 
     /// Verified records in `[from, end)`, up to about `max_bytes` of payload (always at least one
     /// record if any is in range). `from` at or past the next offset gives an empty vector; `from`

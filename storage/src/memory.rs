@@ -160,9 +160,11 @@ impl MemoryStorage {
     }
 
     /// Appends `events` at the stream's next offset; returns the new next offset.
-    fn append_locked(&self, s: &mut MemStream, stream: StreamId, events: Vec<Bytes>) -> Result<Offset> {
+    /// Appends `events` (checked) at the stream's next offset; returns each record's chain hash.
+    fn append_locked(&self, s: &mut MemStream, stream: StreamId, events: Vec<Bytes>) -> Result<Vec<ChainHash>> {
         let now = now_ms();
         let mut prev = s.head();
+        let mut hashes = Vec::with_capacity(events.len());
         for payload in events {
             let offset = s.next();
             let hash = chain_hash(offset, &prev, &payload);
@@ -185,13 +187,14 @@ impl MemoryStorage {
             active.bytes += len;
             active.last_append_ms = now;
             s.records.push_back(MemRecord { prev_hash: prev, hash, payload });
+            hashes.push(hash);
             prev = hash;
         }
         let next = s.next();
         if should_create_checkpoint(self.options.checkpoint_policy, s.checkpoints.latest().map(|c| c.offset), next) {
             Self::checkpoint_locked(s, stream, next, Bytes::new())?;
         }
-        Ok(next)
+        Ok(hashes)
     }
 
     fn checkpoint_locked(s: &mut MemStream, stream: StreamId, offset: Offset, data: Bytes) -> Result<Checkpoint> {
@@ -210,13 +213,13 @@ impl MemoryStorage {
 }
 
 impl StorageBackend for MemoryStorage {
-    fn append_batch(
+    fn append_batch_hashed(
         &self,
         stream: StreamId,
         events: Vec<Bytes>,
         expected_offset: Offset,
         _fsync: bool,
-    ) -> Result<Offset> {
+    ) -> Result<Vec<ChainHash>> {
         self.options.check_batch(stream, &events)?;
         // A rejected append must not bring the stream into existence.
         if expected_offset != Offset::ZERO && self.stream(stream).is_none() {

@@ -1024,6 +1024,34 @@ fn appends_return_where_the_next_one_goes<F: Fixture>(f: &F) {
     assert!(!b.streams().contains(&other), "a refused append creates no stream");
 }
 
+/// `append_batch_hashed` returns the chain hash of every record it wrote, in order: the hashes an
+/// independent SHA-256 gives and `chain_hash_at` answers, for small batches, batches big enough to
+/// be prepared ahead, with and without fsync, across segment rotations.
+fn appends_return_their_records_chain_hashes<F: Fixture>(f: &F) {
+    let b = f.open(StorageOptions { max_segment_bytes: 256 << 10, ..manual() });
+    let small = payloads(11, 0..5, 300);
+    let big = payloads(12, 0..40, 4 << 10); // 160 KiB: prepared ahead, rotates a segment
+    let last = payloads(13, 0..1, 10);
+    let mut all = Vec::new();
+    let mut got = Vec::new();
+    for (events, fsync) in [(&small, false), (&big, true), (&last, false)] {
+        let at = off(all.len() as u64);
+        let hashes = b.append_batch_hashed(S, events.clone(), at, fsync).unwrap();
+        assert_eq!(hashes.len(), events.len());
+        got.extend(hashes);
+        all.extend(events.iter().cloned());
+    }
+    let expected = expected_chain(0, ChainHash::ZERO, &all);
+    assert_eq!(got, expected);
+    for (i, h) in expected.iter().enumerate() {
+        assert_eq!(b.chain_hash_at(S, off(i as u64)).unwrap(), *h, "chain hash of record {i}");
+    }
+    assert_eq!(b.next_offset(S).unwrap(), off(all.len() as u64));
+    // A refused append returns no hashes and writes nothing.
+    assert!(matches!(b.append_batch_hashed(S, small.clone(), off(3), false), Err(StorageError::OffsetMismatch { .. })));
+    assert_eq!(b.next_offset(S).unwrap(), off(all.len() as u64));
+}
+
 /// Threads race to append to one stream, each at the next offset it reads (retrying on
 /// `OffsetMismatch`), some batches big enough to be prepared ahead: each batch lands once,
 /// whole, at the range its caller was told, and the ranges tile the stream.
@@ -1373,6 +1401,7 @@ macro_rules! backend_suite {
                 concurrent_appenders_no_fsync,
                 concurrent_appenders_fsync,
                 appends_return_where_the_next_one_goes,
+                appends_return_their_records_chain_hashes,
                 racing_appenders_of_mixed_sizes_no_fsync,
                 racing_appenders_of_mixed_sizes_fsync,
                 scrub_finds_a_flipped_byte_and_repair_restores_it,

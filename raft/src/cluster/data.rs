@@ -97,7 +97,7 @@ impl Cluster {
         if let Some(p) = producer {
             let known = local.state.read().known_retry(p.producer_id, p.base_sequence, records.len());
             if let Some(batches) = known {
-                return batches.into_iter().map(|b| self.acknowledged(&local, b, p)).collect();
+                return self.all_acknowledged(&local, batches, p).await;
             }
         }
         let codec = self.topic(topic)?.codec.codec();
@@ -112,19 +112,18 @@ impl Cluster {
         let pending = match proposal {
             Proposal::Retry(batches) => {
                 let p = producer.expect("only a producer's request is a retry");
-                return batches.into_iter().map(|b| self.acknowledged(&local, b, p)).collect();
+                return self.all_acknowledged(&local, batches, p).await;
             }
-            Proposal::Pending(rx) => rx,
+            Proposal::Pending(in_flight) => in_flight,
         };
         watch.stage = "commit";
-        let settled = tokio::time::timeout(self.timeout(), pending)
+        let settled = tokio::time::timeout(self.timeout(), pending.settle())
             .await
             .map_err(|_| ClusterError::Timeout {
                 what: "produce commit".into(),
                 waited_ms: self.config.request_timeout_ms,
             })
-            .inspect_err(|e| watch.failed(e))?
-            .map_err(|_| ClusterError::Shutdown)?;
+            .inspect_err(|e| watch.failed(e))?;
         watch.stage = "done";
         let mut acks = Vec::with_capacity(settled.len());
         for s in settled {
@@ -133,7 +132,7 @@ impl Cluster {
             let ack = match ApplyOutcome::decode(&written.response)? {
                 ApplyOutcome::Appended { base_offset, record_count } => {
                     let position = BatchPosition { base_offset, record_count, entry_index: written.index };
-                    self.ack(&local, position)?
+                    self.ack(&local, position).await?
                 }
                 ApplyOutcome::Duplicate { original, last_sequence } => {
                     let p = producer.ok_or_else(|| ClusterError::Decode {
@@ -148,7 +147,7 @@ impl Cluster {
                         }));
                     }
                     match original {
-                        Some(b) => self.acknowledged(&local, b, p)?,
+                        Some(b) => self.acknowledged(&local, b, p).await?,
                         None => {
                             return Err(ClusterError::DuplicateSequenceOutOfWindow {
                                 producer_id: p.producer_id,
@@ -183,25 +182,41 @@ impl Cluster {
         Ok(acks)
     }
 
-    /// The acknowledgement of a batch written at `position`.
-    fn ack(&self, local: &LocalPartition, position: BatchPosition) -> Result<BatchAck, ClusterError> {
+    /// The acknowledgement of a batch written at `position`. Its chain hash is the one this
+    /// replica's append computed when it stored the entry (the record is not hashed again while the
+    /// entry is in the log's in-memory tail; an older one is asked of storage).
+    async fn ack(&self, local: &LocalPartition, position: BatchPosition) -> Result<BatchAck, ClusterError> {
         Ok(BatchAck {
             base_offset: position.base_offset,
             record_count: position.record_count,
             entry_index: position.entry_index,
-            chain_hash: local.group.chain_hash_at(position.entry_index)?,
+            chain_hash: local.group.appended_chain_hash(position.entry_index).await?,
         })
+    }
+
+    /// The acknowledgements of a retry's batches, in order (see [`Cluster::acknowledged`]).
+    async fn all_acknowledged(
+        &self,
+        local: &LocalPartition,
+        batches: Vec<BatchPosition>,
+        p: ProducerInfo,
+    ) -> Result<Vec<BatchAck>, ClusterError> {
+        let mut acks = Vec::with_capacity(batches.len());
+        for b in batches {
+            acks.push(self.acknowledged(local, b, p).await?);
+        }
+        Ok(acks)
     }
 
     /// The acknowledgement of a retried batch originally written at `position` by producer `p`:
     /// [`ClusterError::DuplicateOfPurgedRecord`] if its entry was purged since.
-    fn acknowledged(
+    async fn acknowledged(
         &self,
         local: &LocalPartition,
         position: BatchPosition,
         p: ProducerInfo,
     ) -> Result<BatchAck, ClusterError> {
-        self.ack(local, position).map_err(|e| match e {
+        self.ack(local, position).await.map_err(|e| match e {
             ClusterError::Raft(ref r) if out_of_range(r).is_some_and(|(start, _)| position.entry_index < start) => {
                 ClusterError::DuplicateOfPurgedRecord {
                     producer_id: p.producer_id,

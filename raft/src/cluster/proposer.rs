@@ -23,11 +23,14 @@
 //!    in the Raft core on the condition that the leadership it predicted for still leads
 //!    ([`RaftGroup::propose`]), so a batch numbered in term T is never appended in another term.
 //!
-//! It then releases the lock; a task per request awaits the commits, checks every outcome against
-//! the prediction (a mismatch marks the prediction stale) and hands the results back. The apply-time
-//! checks stay the safety net: a wrongly numbered batch is hidden, never visible at a wrong offset.
+//! It then releases the lock; the request's own task awaits the commits ([`InFlight::settle`]),
+//! checks every outcome against the prediction (a mismatch marks the prediction stale) and takes the
+//! results, with no task hand-off in between. A request dropped before its proposals settled (a
+//! timeout) leaves them to a task spawned then, so they count as in flight until they settle. The
+//! apply-time checks stay the safety net: a wrongly numbered batch is hidden, never visible at a
+//! wrong offset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,11 +38,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use shale_storage::record_batch;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::cluster::api::ClusterError;
 use crate::cluster::partition::{BatchPosition, PartitionMachine};
-use crate::{LeaderId, RaftError, RaftGroup, WriteResult};
+use crate::{LeaderId, PendingWrite, RaftError, RaftGroup, WriteResult};
 
 /// The longest a batch ahead of its producer's next sequence waits for its predecessor (less if
 /// half the request timeout is shorter). Pipelined batches overtake each other by far less; a
@@ -82,9 +85,77 @@ pub(super) struct Settled {
 pub(super) enum Proposal {
     /// Every batch was written before: their positions, nothing proposed.
     Retry(Vec<BatchPosition>),
-    /// Proposed; the receiver gets one [`Settled`] per batch proposed, in order (fewer than the
-    /// request's batches if queueing one failed: the last then carries the error).
-    Pending(oneshot::Receiver<Vec<Settled>>),
+    /// Proposed; [`InFlight::settle`] gives one [`Settled`] per batch proposed, in order (fewer
+    /// than the request's batches if queueing one failed: the last then carries the error).
+    Pending(InFlight),
+}
+
+/// One request's proposals until they settle (counted in the proposer's in-flight requests until
+/// then, also when the request is dropped first: see the module docs).
+#[derive(Debug)]
+pub(super) struct InFlight {
+    proposer: Arc<Proposer>,
+    /// The proposals not settled yet, in order.
+    queued: VecDeque<(Predicted, PendingWrite)>,
+    /// The proposal that could not be queued (the last), if one could not.
+    failed: Option<(Predicted, RaftError)>,
+    /// How long proposals left behind by a dropped request are awaited at most (see
+    /// [`Proposer::place`]): then they settle as timed out and the prediction is stale.
+    settle_by: tokio::time::Instant,
+}
+
+impl InFlight {
+    /// Waits for every proposal's outcome, in order. Cancel-safe: dropped before the end, the
+    /// proposals still pending are awaited by a task of their own.
+    pub(super) async fn settle(mut self) -> Vec<Settled> {
+        let mut settled = Vec::with_capacity(self.queued.len() + 1);
+        while let Some((predicted, pending)) = self.queued.front_mut() {
+            let result = pending.result().await;
+            let predicted = *predicted;
+            self.queued.pop_front();
+            self.proposer.check(predicted, &result);
+            settled.push(Settled { predicted, result });
+        }
+        if let Some((predicted, e)) = self.failed.take() {
+            settled.push(Settled { predicted, result: Err(e) });
+        }
+        settled
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let proposer = self.proposer.clone();
+        if self.queued.is_empty() {
+            proposer.in_flight.send_modify(|n| *n -= 1);
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.queued);
+        let settle_by = self.settle_by;
+        let rest = async move {
+            for (predicted, pending) in &mut queued {
+                match tokio::time::timeout_at(settle_by, pending.result()).await {
+                    Ok(result) => proposer.check(*predicted, &result),
+                    Err(_) => {
+                        tracing::warn!(group = %pending.group(), "a proposal did not settle in time; counted as failed");
+                        proposer.stale.store(true, Ordering::Release);
+                    }
+                }
+            }
+            proposer.in_flight.send_modify(|n| *n -= 1);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(rest);
+            }
+            // No runtime left to wait on (it is shutting down, and the group with it): the
+            // outcomes are unknown, so the prediction is.
+            Err(_) => {
+                self.proposer.stale.store(true, Ordering::Release);
+                self.proposer.in_flight.send_modify(|n| *n -= 1);
+            }
+        }
+    }
 }
 
 /// The state the machine is predicted to have once every proposal of this leader applied.
@@ -225,11 +296,12 @@ impl Proposer {
     /// Numbers and queues the batches (steps 4); `expected` is the producer's predicted next
     /// sequence (`None`: unknown producer, or no producer).
     ///
-    /// Each proposal's outcome is awaited for at most twice `timeout`: openraft resolves every
+    /// The request awaits its proposals' outcomes for at most its timeout; proposals it leaves
+    /// behind are awaited until twice `timeout` after they were queued: openraft resolves every
     /// queued write (committed, truncated, purged or shut down), but should one never resolve, the
     /// proposer must not wait for it forever (every later resync waits until nothing is in
-    /// flight). Such a proposal settles as a timeout and marks the prediction stale; if it is
-    /// applied after all, the apply-time checks hide whatever it makes misnumbered.
+    /// flight). Such a proposal counts as failed and marks the prediction stale; if it is applied
+    /// after all, the apply-time checks hide whatever it makes misnumbered.
     async fn place(
         self: &Arc<Self>,
         p: &mut Prediction,
@@ -239,7 +311,7 @@ impl Proposer {
         mut expected: Option<u64>,
         timeout: Duration,
     ) -> Proposal {
-        let mut queued = Vec::with_capacity(batches.len());
+        let mut queued = VecDeque::with_capacity(batches.len());
         let mut failed = None;
         for mut b in batches {
             let predicted = match (b.producer, expected) {
@@ -248,7 +320,7 @@ impl Proposer {
             };
             record_batch::set_base_offset(&mut b.bytes, p.next_offset);
             match group.propose(Bytes::from(b.bytes), leader).await {
-                Ok(pending) => queued.push((predicted, pending)),
+                Ok(pending) => queued.push_back((predicted, pending)),
                 Err(e) => {
                     failed = Some((predicted, e));
                     break;
@@ -268,36 +340,19 @@ impl Proposer {
         }
         self.progress.notify_waiters();
         self.in_flight.send_modify(|n| *n += 1);
-        let (tx, rx) = oneshot::channel();
-        let this = self.clone();
-        let gid = group.id();
-        tokio::spawn(async move {
-            let mut settled = Vec::with_capacity(queued.len() + 1);
-            let settle_by = tokio::time::Instant::now() + 2 * timeout;
-            for (predicted, pending) in queued {
-                let result = match tokio::time::timeout_at(settle_by, pending.result()).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!(group = %gid, waited_ms = (2 * timeout).as_millis() as u64, "a proposal did not settle");
-                        Err(RaftError::Timeout {
-                            group: gid,
-                            what: "proposal outcome",
-                            timeout_ms: (2 * timeout).as_millis() as u64,
-                        })
-                    }
-                };
-                if !as_predicted(predicted, &result) {
-                    this.stale.store(true, Ordering::Release);
-                }
-                settled.push(Settled { predicted, result });
-            }
-            if let Some((predicted, e)) = failed {
-                settled.push(Settled { predicted, result: Err(e) });
-            }
-            this.in_flight.send_modify(|n| *n -= 1);
-            let _ = tx.send(settled);
-        });
-        Proposal::Pending(rx)
+        Proposal::Pending(InFlight {
+            proposer: self.clone(),
+            queued,
+            failed,
+            settle_by: tokio::time::Instant::now() + 2 * timeout,
+        })
+    }
+
+    /// Marks the prediction stale if a settled proposal did other than predicted.
+    fn check(&self, predicted: Predicted, result: &Result<WriteResult, RaftError>) {
+        if !as_predicted(predicted, result) {
+            self.stale.store(true, Ordering::Release);
+        }
     }
 }
 

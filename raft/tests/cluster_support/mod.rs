@@ -51,6 +51,8 @@ pub struct Setup {
     pub backing: Backing,
     /// `ClusterConfig::preferred_leader_delay_ms`.
     pub preferred_leader_delay_ms: u64,
+    /// `RaftGroupConfig::log_cache_bytes` of every group (0: no in-memory log tail).
+    pub log_cache_bytes: usize,
 }
 
 impl Setup {
@@ -61,6 +63,7 @@ impl Setup {
             members: n,
             backing: Backing::Memory(StorageOptions::default()),
             preferred_leader_delay_ms: 100,
+            log_cache_bytes: RaftGroupConfig::default().log_cache_bytes,
         }
     }
 }
@@ -94,7 +97,7 @@ fn raft_config() -> RaftGroupConfig {
 
 async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Result<(), ClusterError> {
     let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
-    config.raft = raft_config();
+    config.raft = RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config() };
     config.reconcile_interval_ms = 50;
     config.preferred_leader_delay_ms = setup.preferred_leader_delay_ms;
     config.retention_interval_ms = 500;

@@ -23,7 +23,13 @@ use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
 impl StorageBackend for Storage {
     /// Concurrent fsyncing appenders share fsyncs (group commit, `group_commit.rs`). A batch of
     /// 64 KiB or more is prepared part by part on the preparing thread while this one writes it.
-    fn append_batch(&self, stream: StreamId, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+    fn append_batch_hashed(
+        &self,
+        stream: StreamId,
+        events: Vec<Bytes>,
+        expected: Offset,
+        fsync: bool,
+    ) -> Result<Vec<ChainHash>> {
         self.options.check_batch(stream, &events)?;
         let h = self.stream_to_append(stream, expected)?;
         self.append_to(&h, events, expected, fsync)

@@ -44,7 +44,14 @@ impl Storage {
     /// Appends a batch (already checked against the limits) to `h` at `expected`, which must be
     /// its next offset; with `fsync`, returns once the records are durable. A large batch is
     /// prepared ahead (see [`Self::append_prepared_ahead`]), any other prepared here and written.
-    pub(super) fn append_to(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
+    /// Returns the chain hash of each record written.
+    pub(super) fn append_to(
+        &self,
+        h: &Stream,
+        events: Vec<Bytes>,
+        expected: Offset,
+        fsync: bool,
+    ) -> Result<Vec<ChainHash>> {
         h.check_usable()?;
         let (next, head) = {
             let c = h.core.read();
@@ -64,22 +71,36 @@ impl Storage {
     /// A large batch, prepared (compressed, hashed, encoded) part by part on the preparing thread
     /// (see [`crate::prepare_ahead`]) while this thread writes the parts already prepared, all
     /// under one hold of the writer lock.
-    fn append_prepared_ahead(&self, h: &Stream, events: Vec<Bytes>, expected: Offset, fsync: bool) -> Result<Offset> {
-        let (end, epoch) = {
+    fn append_prepared_ahead(
+        &self,
+        h: &Stream,
+        events: Vec<Bytes>,
+        expected: Offset,
+        fsync: bool,
+    ) -> Result<Vec<ChainHash>> {
+        let (hashes, epoch) = {
             let _w = h.writer.lock();
             let head = h.head_if_next_is(expected)?;
-            let end = self.write_ahead_locked(h, events, expected, head)?;
+            let hashes = self.write_ahead_locked(h, events, expected, head)?;
             self.policy_checkpoint_locked(h);
-            (end, h.sync.epoch())
+            (hashes, h.sync.epoch())
         };
-        self.finish_append(h, end, epoch, fsync)
+        self.finish_append(h, expected.plus(hashes.len() as u64), epoch, fsync)?;
+        Ok(hashes)
     }
 
     /// Writes `events` as records `next, next + 1, ...` (the stream's next offset, whose chain
     /// hash before it is `head`), prepared part by part on the preparing thread; when that
-    /// thread is busy with another stream's batch, prepared here. Returns the new next offset.
-    fn write_ahead_locked(&self, h: &Stream, events: Vec<Bytes>, next: Offset, head: ChainHash) -> Result<Offset> {
+    /// thread is busy with another stream's batch, prepared here. Returns each record's chain hash.
+    fn write_ahead_locked(
+        &self,
+        h: &Stream,
+        events: Vec<Bytes>,
+        next: Offset,
+        head: ChainHash,
+    ) -> Result<Vec<ChainHash>> {
         let end = next.plus(events.len() as u64);
+        let mut hashes = Vec::with_capacity(events.len());
         let events = Arc::new(events);
         let parts = self.prepare_ahead().and_then(|a| {
             a.try_start(BatchToPrepare {
@@ -100,6 +121,7 @@ impl Storage {
                 let r = self.write_locked(h, &part);
                 h.guard(r)?;
                 written = part.next();
+                hashes.extend_from_slice(&part.hashes);
             }
         }
         if written < end {
@@ -109,8 +131,10 @@ impl Storage {
             let batch = self.prepare(h.id, written, head, rest)?;
             let r = self.write_locked(h, &batch);
             h.guard(r)?;
+            hashes.extend_from_slice(&batch.hashes);
         }
-        Ok(end)
+        debug_assert_eq!(next.plus(hashes.len() as u64), end, "a hash for every record written");
+        Ok(hashes)
     }
 
     /// The preparing thread, started on first use; `None` where it cannot help (one CPU) or could
@@ -141,12 +165,14 @@ impl Storage {
     /// batch is durable.
     pub(crate) fn commit(&self, batch: PreparedBatch, fsync: bool) -> Result<Offset> {
         let handle = self.stream_to_append(batch.stream, batch.base)?;
-        self.commit_to(&handle, batch, fsync)
+        let base = batch.base;
+        let hashes = self.commit_to(&handle, batch, fsync)?;
+        Ok(base.plus(hashes.len() as u64))
     }
 
     /// Writes `batch` (which must start at the stream's next offset) under the writer lock, then
-    /// waits for it to be durable if asked.
-    fn commit_to(&self, h: &Stream, mut batch: PreparedBatch, fsync: bool) -> Result<Offset> {
+    /// waits for it to be durable if asked. Returns the chain hash of each record written.
+    fn commit_to(&self, h: &Stream, mut batch: PreparedBatch, fsync: bool) -> Result<Vec<ChainHash>> {
         let (end, epoch) = {
             let _w = h.writer.lock();
             let head = h.head_if_next_is(batch.base)?;
@@ -160,11 +186,12 @@ impl Storage {
             self.policy_checkpoint_locked(h);
             (batch.next(), h.sync.epoch())
         };
-        self.finish_append(h, end, epoch, fsync)
+        self.finish_append(h, end, epoch, fsync)?;
+        Ok(batch.hashes)
     }
 
     /// The end of every append: with `fsync`, group commit, then any policy checkpoint now due.
-    fn finish_append(&self, h: &Stream, end: Offset, epoch: u64, fsync: bool) -> Result<Offset> {
+    fn finish_append(&self, h: &Stream, end: Offset, epoch: u64, fsync: bool) -> Result<()> {
         if fsync {
             self.wait_durable(h, end, epoch)?;
             let deferred = {
@@ -175,7 +202,7 @@ impl Storage {
                 self.flush_deferred(h)?;
             }
         }
-        Ok(end)
+        Ok(())
     }
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
