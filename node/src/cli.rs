@@ -101,6 +101,24 @@ pub struct RunArgs {
     /// Most partitions per topic.
     #[arg(long, env = "SHALE_MAX_PARTITIONS_PER_TOPIC")]
     pub max_partitions_per_topic: Option<u32>,
+    /// Most topics the cluster may hold (`limits.max_topics`; the metadata leader's value decides).
+    #[arg(long, env = "SHALE_MAX_TOPICS")]
+    pub max_topics: Option<u32>,
+    /// Most partitions (Raft groups) the cluster may hold, all topics together (`limits.max_partitions`).
+    #[arg(long, env = "SHALE_MAX_PARTITIONS")]
+    pub max_partitions: Option<u32>,
+    /// Most TCP connections this node serves, clients and peers (`limits.max_connections`).
+    #[arg(long, env = "SHALE_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Most Subscribe streams per connection (`limits.max_subscriptions_per_connection`).
+    #[arg(long, env = "SHALE_MAX_SUBSCRIPTIONS_PER_CONNECTION")]
+    pub max_subscriptions_per_connection: Option<u32>,
+    /// Most Subscribe streams this node serves (`limits.max_subscriptions`).
+    #[arg(long, env = "SHALE_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<u32>,
+    /// Most client-API requests this node serves at once (`limits.max_in_flight_requests`).
+    #[arg(long, env = "SHALE_MAX_IN_FLIGHT_REQUESTS")]
+    pub max_in_flight_requests: Option<u32>,
     /// Snapshot every Raft group after this many entries (0 = only for retention).
     #[arg(long, env = "SHALE_SNAPSHOT_EVERY_ENTRIES")]
     pub snapshot_every_entries: Option<u64>,
@@ -193,6 +211,24 @@ impl RunArgs {
         }
         if let Some(v) = self.max_partitions_per_topic {
             c.limits.max_partitions_per_topic = v;
+        }
+        if let Some(v) = self.max_topics {
+            c.limits.max_topics = v;
+        }
+        if let Some(v) = self.max_partitions {
+            c.limits.max_partitions = v;
+        }
+        if let Some(v) = self.max_connections {
+            c.limits.max_connections = v;
+        }
+        if let Some(v) = self.max_subscriptions_per_connection {
+            c.limits.max_subscriptions_per_connection = v;
+        }
+        if let Some(v) = self.max_subscriptions {
+            c.limits.max_subscriptions = v;
+        }
+        if let Some(v) = self.max_in_flight_requests {
+            c.limits.max_in_flight_requests = v;
         }
         if let Some(v) = self.snapshot_every_entries {
             c.raft.snapshot_every_entries = v;
@@ -299,6 +335,43 @@ mod tests {
         assert_eq!(c.node_id, 1);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.limits.max_record_bytes, 4096);
+    }
+
+    #[test]
+    fn load_limit_flags_override_the_file_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_id = 1\n[peers]\n1 = \"a:1\"\n[limits]\nmax_connections = 100\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "shale-node",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-topics",
+            "7",
+            "--max-partitions",
+            "21",
+            "--max-connections",
+            "300",
+            "--max-subscriptions-per-connection",
+            "4",
+            "--max-subscriptions",
+            "40",
+            "--max-in-flight-requests",
+            "99",
+        ])
+        .unwrap();
+        let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
+        let l = args.to_config().unwrap().limits;
+        assert_eq!(
+            (l.max_topics, l.max_partitions, l.max_connections, l.max_subscriptions_per_connection),
+            (7, 21, 300, 4)
+        );
+        assert_eq!((l.max_subscriptions, l.max_in_flight_requests), (40, 99));
+        // Out of range is refused like the same value in the file.
+        let cli =
+            Cli::try_parse_from(["shale-node", "--node-id", "1", "--peers", "1=a:1", "--max-partitions", "0"]).unwrap();
+        assert!(matches!(cli.run.to_config(), Err(ConfigError::Invalid { .. })), "max_partitions 0 accepted");
     }
 
     #[test]
