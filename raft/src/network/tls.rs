@@ -159,25 +159,28 @@ impl TlsPem {
     }
 }
 
-/// The node a DER certificate names: `Some(id)` for exactly one `shale://node/<id>` URI SAN,
-/// `None` when it names no node (a client certificate), an error when it cannot be read or names
-/// more than one.
-pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
+/// Every URI subject alternative name of a DER certificate (none without the extension); an error
+/// when the certificate or its SAN extension cannot be read.
+fn uri_sans(der: &[u8]) -> Result<Vec<&str>, TlsError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
     let san = cert.subject_alternative_name().map_err(|e| TlsError::Parse { reason: e.to_string() })?;
-    let uris: Vec<&str> = san
+    Ok(san
         .map(|ext| {
             ext.value
                 .general_names
                 .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) if u.starts_with(NODE_URI_PREFIX) => Some(*u),
-                    _ => None,
-                })
+                .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// The node a DER certificate names: `Some(id)` for exactly one `shale://node/<id>` URI SAN,
+/// `None` when it names no node (a client certificate), an error when it cannot be read or names
+/// more than one.
+pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
+    let uris: Vec<&str> = uri_sans(der)?.into_iter().filter(|u| u.starts_with(NODE_URI_PREFIX)).collect();
     match uris.as_slice() {
         [] => Ok(None),
         [uri] => {
@@ -196,18 +199,7 @@ pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
 /// `shale://client/<name>` URI SAN and no node SAN; `None` when it names no client; an error when
 /// it cannot be read, names more than one client, or names a node too.
 pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
-    let san = cert.subject_alternative_name().map_err(|e| TlsError::Parse { reason: e.to_string() })?;
-    let uris: Vec<&str> = san
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = uri_sans(der)?;
     let clients: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(CLIENT_URI_PREFIX)).collect();
     let nodes = uris.iter().filter(|u| u.starts_with(NODE_URI_PREFIX)).count();
     match (clients.as_slice(), nodes) {
