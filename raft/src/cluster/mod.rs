@@ -378,6 +378,11 @@ impl Cluster {
         &self.config.advertise_addr
     }
 
+    /// Whether this node leads the metadata group (as far as it knows).
+    pub fn is_metadata_leader(&self) -> bool {
+        self.meta().is_leader()
+    }
+
     /// The metadata group's leader and its address, as known here.
     pub fn metadata_leader(&self) -> Option<(NodeId, String)> {
         self.meta().leader().map(|(id, node)| (id, node.addr))
