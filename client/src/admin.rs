@@ -166,8 +166,7 @@ impl Admin {
         addr: &str,
         client_addr: &str,
     ) -> Result<Vec<proto::NodeInfo>, ClientError> {
-        let request =
-            proto::AddNodeRequest { node_id, addr: addr.to_string(), client_addr: client_addr.to_string() };
+        let request = proto::AddNodeRequest { node_id, addr: addr.to_string(), client_addr: client_addr.to_string() };
         Ok(admin_call!(self, add_node, request)?.members)
     }
 

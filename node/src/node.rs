@@ -194,7 +194,8 @@ impl Node {
             connections: Some(ctx.connections.clone()),
             nodes_only: false,
         };
-        let refuse_internal = RefuseAtTheEdge { stopping: shutdown_rx.clone(), connections: None, nodes_only: tls.is_some() };
+        let refuse_internal =
+            RefuseAtTheEdge { stopping: shutdown_rx.clone(), connections: None, nodes_only: tls.is_some() };
         // A client-API service over the shared context, with those limits, behind `$edge`.
         macro_rules! client_api {
             ($server:ident, $service:ident, $edge:expr) => {
@@ -244,9 +245,8 @@ impl Node {
                     .add_service(client_api!(AccessServer, AccessService, refuse_internal))
                     .add_service(cluster.grpc_service());
                 let kill_rx = kill_rx.clone();
-                let incoming = TcpListenerStream::new(listener).map(move |conn| {
-                    conn.map(|stream| KillableStream::new(stream, kill_rx.clone()))
-                });
+                let incoming = TcpListenerStream::new(listener)
+                    .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
                 let mut stop = shutdown_rx.clone();
                 Some(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -294,8 +294,7 @@ impl Node {
             shutdown_rx.clone(),
         );
         let members = config.initial_members(&advertise_addr);
-        let bootstrap_task =
-            tokio::spawn(crate::bootstrap::run(ctx.clone(), config.node_id, members, shutdown_rx));
+        let bootstrap_task = tokio::spawn(crate::bootstrap::run(ctx.clone(), config.node_id, members, shutdown_rx));
         tracing::info!(
             node_id = config.node_id,
             grpc = %grpc_addr,

@@ -218,6 +218,8 @@ impl AdminService {
             .ask_replicas(&replicas, &ask)
             .await
             .into_iter()
+            .map(|(node_id, addr, r)| (node_id, self.ctx.cluster.member_addrs(node_id).map_or(addr, |a| a.client), r))
+            // Asked at its internal address; shown as clients reach it.
             .map(|(node_id, addr, r)| match r {
                 Ok(r) => proto::ReplicaChainHash {
                     node_id,
@@ -401,8 +403,12 @@ impl proto::admin_server::Admin for AdminService {
                 self.ctx.authorize(Operation::Describe, Resource::Topic(&name)).await?;
                 let result = self.ctx.cluster.describe_topic(&name).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
-                Ok(served.answer(|d| proto::DescribeTopicResponse {
-                    topic: Some(topics::topic_description(&d, self.leader_hint(&name))),
+                Ok(served.answer(|mut d| {
+                    // Leaders as clients reach them (the cluster names their internal address).
+                    for p in &mut d.partitions {
+                        p.leader = self.ctx.cluster.client_view(p.leader.take());
+                    }
+                    proto::DescribeTopicResponse { topic: Some(topics::topic_description(&d, self.leader_hint(&name))) }
                 }))
             })
             .await
@@ -477,9 +483,12 @@ impl proto::admin_server::Admin for AdminService {
                     // Only the metadata leader adds (elsewhere the call is forwarded as it came).
                     let result = if self.ctx.cluster.is_metadata_leader() {
                         let client = if req.client_addr.is_empty() {
-                            crate::bootstrap::probe_client_addr(&req.addr, self.ctx.cluster.router().config().tls.as_ref())
-                                .await
-                                .unwrap_or_else(|| req.addr.clone())
+                            crate::bootstrap::probe_client_addr(
+                                &req.addr,
+                                self.ctx.cluster.router().config().tls.as_ref(),
+                            )
+                            .await
+                            .unwrap_or_else(|| req.addr.clone())
                         } else {
                             req.client_addr.clone()
                         };
