@@ -142,7 +142,7 @@ async fn bootstrap(
                 addrs.insert(*id, MemberAddrs { internal: addr.clone(), client: cluster.own_client_addr() });
                 continue;
             }
-            match probe(addr, cluster.router().config().tls.as_ref()).await {
+            match probe(addr, cluster.router().peers().tls().as_ref()).await {
                 None => missing.push(*id),
                 Some((view, client)) => {
                     if let PeerView::HasLeader(leader) = view {

@@ -263,7 +263,12 @@ impl RunArgs {
             c.segment_bytes = v;
         }
         if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            c.tls = Some(crate::config::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() });
+            c.tls = Some(crate::config::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                watch_interval_ms: crate::config::DEFAULT_TLS_WATCH_MS,
+            });
         }
         if let Some(v) = self.auth_enabled {
             c.auth.enabled = v;

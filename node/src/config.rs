@@ -127,6 +127,18 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key (PEM).
     pub key: PathBuf,
+    /// How often the three files are checked for a change (modification time and length; a
+    /// Kubernetes Secret update swaps a symlink, which this sees too): a change reloads them
+    /// (docs/security.md, "Certificate reload"). 0: only on SIGHUP.
+    #[serde(default = "default_tls_watch_ms")]
+    pub watch_interval_ms: u64,
+}
+
+/// Default [`TlsFiles::watch_interval_ms`].
+pub const DEFAULT_TLS_WATCH_MS: u64 = 5_000;
+
+fn default_tls_watch_ms() -> u64 {
+    DEFAULT_TLS_WATCH_MS
 }
 
 /// Everything a node needs to run.

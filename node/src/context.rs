@@ -257,12 +257,18 @@ impl NodeContext {
         }
     }
 
+    /// Drops the cached channels to other nodes (after a TLS reload: new ones present the new
+    /// certificate).
+    pub fn drop_channels(&self) {
+        self.channels.write().clear();
+    }
+
     /// The channel to another node.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
         if let Some(ch) = self.channels.read().get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = shale_raft::network::peers::endpoint(addr, self.cluster.router().config().tls.as_ref())
+        let endpoint = shale_raft::network::peers::endpoint(addr, self.cluster.router().peers().tls().as_ref())
             .map_err(Status::internal)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);

@@ -44,6 +44,9 @@ pub enum NodeError {
     /// The TLS files could not be read.
     #[error("tls: {0}")]
     Tls(#[from] shale_raft::network::tls::TlsError),
+    /// A TLS reload was asked of a node that runs without TLS.
+    #[error("this node runs without TLS: there are no certificates to reload")]
+    TlsNotConfigured,
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),

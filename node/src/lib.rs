@@ -12,7 +12,8 @@
 //!   Shale error code for what the transport refuses.
 //! - [`http`] / [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`scrub`]: the background scrubber that finds and repairs damaged log ranges.
-//! - [`tls`]: certificates for a local cluster (`dev --tls`, tests).
+//! - [`tls`]: certificates for a local cluster (`dev --tls`, tests); [`tls_reload`]: the TLS
+//!   handshake on the node's listeners, with certificates reloaded on SIGHUP or a file change.
 
 pub mod admission;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod tls_reload;
 pub mod transport_errors;
 
 pub use config::{Limits, NodeConfig, StorageKind};

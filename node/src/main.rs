@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> Result<(), NodeError> {
 
 async fn run_node(args: &shale_node::cli::RunArgs) -> Result<(), NodeError> {
     let node = Node::start(args.to_config()?).await?;
+    shale_node::signal::reload_on_sighup(node.tls_reloader());
     shale_node::signal::shutdown_signal().await;
     shale_node::signal::after_first_signal(node.grace());
     node.shutdown().await

@@ -147,6 +147,10 @@ pub struct Metrics {
     pub auth_denied: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Requests refused by authentication (UNAUTHENTICATED).
     pub auth_unauthenticated: Counter,
+    /// TLS certificate reloads that failed (the node kept serving the certificates it had).
+    pub tls_reload_failures: Counter,
+    /// TLS certificate reloads that swapped in new certificates.
+    pub tls_reloads: Counter,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -235,6 +239,18 @@ impl Metrics {
         for (limit, n) in self.limit_refusals.lock().iter() {
             let _ = writeln!(out, "shale_limit_refusals_total{{limit=\"{}\"}} {n}", label(limit));
         }
+        counter(
+            &mut out,
+            "shale_tls_reloads_total",
+            "TLS certificate reloads that swapped in new certificates.",
+            self.tls_reloads.get(),
+        );
+        counter(
+            &mut out,
+            "shale_tls_reload_failures_total",
+            "TLS certificate reloads refused (unreadable files, key not matching, not signed by the CA); the old certificates stay.",
+            self.tls_reload_failures.get(),
+        );
         counter(
             &mut out,
             "shale_invalid_requests_total",

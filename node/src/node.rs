@@ -21,6 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::admission::{Admission, Connections, REFUSED_CONNECTION_LINGER};
 use crate::conn::KillableStream;
+use crate::tls_reload::{ServerTls, TlsReloader};
 
 use crate::auth::AuthContext;
 use crate::config::NodeConfig;
@@ -73,6 +74,7 @@ pub struct NodeHandle {
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
     internal_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http_task: JoinHandle<std::io::Result<()>>,
+    tls_reloader: Option<Arc<TlsReloader>>,
     bootstrap_task: JoinHandle<()>,
     grace: Duration,
     ready_quorum_ack_max: Duration,
@@ -211,14 +213,17 @@ impl Node {
             max_request_bytes: config.limits.max_request_bytes,
             metrics: ctx.metrics.clone(),
         };
+        // The listeners do the TLS handshake themselves (`tls_reload`), with configurations a
+        // reload swaps. Client certificates are optional on the client listener (the Raft
+        // service, served there only with one listener, refuses every RPC without a node
+        // certificate naming its sender); the internal listener requires one of the cluster CA.
+        let client_tls = tls.as_ref().map(|t| ServerTls::new(t, false)).transpose()?;
+        let internal_tls = match (&tls, &internal_listener) {
+            (Some(t), Some(_)) => Some(ServerTls::new(t, true)?),
+            _ => None,
+        };
         // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
         let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded.clone());
-        if let Some(tls) = &tls {
-            // Client certificates are optional on the client listener; the Raft service (served
-            // there only with one listener) refuses every RPC without a node certificate naming
-            // its sender.
-            server = server.tls_config(tls.server_config(false))?;
-        }
         let router = server
             .add_service(client_api!(ProduceServer, ProduceService, refuse))
             .add_service(client_api!(FetchServer, FetchService, refuse))
@@ -231,12 +236,9 @@ impl Node {
         let (kill_tx, kill_rx) = watch::channel(false);
         let internal_task = match internal_listener {
             Some(listener) => {
+                // With TLS, mutual: no handshake completes without a certificate of the cluster
+                // CA; `refuse_internal` then serves only node certificates.
                 let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
-                if let Some(tls) = &tls {
-                    // Mutual TLS: no handshake completes without a certificate of the cluster CA;
-                    // `refuse_internal` then serves only node certificates.
-                    server = server.tls_config(tls.server_config(true))?;
-                }
                 let router = server
                     .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
                     .add_service(client_api!(FetchServer, FetchService, refuse_internal))
@@ -245,33 +247,71 @@ impl Node {
                     .add_service(client_api!(AccessServer, AccessService, refuse_internal))
                     .add_service(cluster.grpc_service());
                 let kill_rx = kill_rx.clone();
-                let incoming = TcpListenerStream::new(listener)
-                    .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
                 let mut stop = shutdown_rx.clone();
-                Some(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
-                })))
+                };
+                Some(match &internal_tls {
+                    Some(server_tls) => {
+                        let wrap = move |stream| Some(KillableStream::new(stream, kill_rx.clone()));
+                        let incoming =
+                            crate::tls_reload::incoming(listener, server_tls.clone(), wrap, shutdown_rx.clone());
+                        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+                    }
+                    None => {
+                        let incoming = TcpListenerStream::new(listener)
+                            .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
+                        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+                    }
+                })
             }
             None => None,
         };
         let mut grpc_shutdown = shutdown_rx.clone();
+        let grpc_stopped = async move {
+            let _ = grpc_shutdown.wait_for(|s| *s).await;
+        };
         let connections = ctx.connections.clone();
-        let incoming = TcpListenerStream::new(grpc_listener).filter_map(move |conn| {
-            let stream = match conn {
-                Ok(stream) => stream,
-                Err(e) => return Some(Err(e)),
-            };
+        // Admission (`limits.max_connections`) before any handshake.
+        let admit = move |stream: tokio::net::TcpStream| {
             let peer = stream.peer_addr().ok();
             let stream = KillableStream::new(stream, kill_rx.clone());
             match connections.admit(peer) {
-                Admission::Admitted(slot) => Some(Ok(stream.holding(slot))),
-                Admission::Refused(slot) => Some(Ok(stream.holding(slot).cut_after(REFUSED_CONNECTION_LINGER))),
+                Admission::Admitted(slot) => Some(stream.holding(slot)),
+                Admission::Refused(slot) => Some(stream.holding(slot).cut_after(REFUSED_CONNECTION_LINGER)),
                 Admission::Dropped => None,
             }
-        });
-        let grpc_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-            let _ = grpc_shutdown.wait_for(|s| *s).await;
-        }));
+        };
+        let grpc_task = match &client_tls {
+            Some(server_tls) => {
+                let incoming =
+                    crate::tls_reload::incoming(grpc_listener, server_tls.clone(), admit, shutdown_rx.clone());
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_stopped))
+            }
+            None => {
+                let incoming = TcpListenerStream::new(grpc_listener).filter_map(move |conn| match conn {
+                    Ok(stream) => admit(stream).map(Ok),
+                    Err(e) => Some(Err(e)),
+                });
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_stopped))
+            }
+        };
+        // Certificate reloads: `reload_tls`, SIGHUP (the binary) and a watch on the files.
+        let tls_reloader = match &config.tls {
+            Some(files) if tls.is_some() => {
+                let listeners = client_tls.iter().chain(internal_tls.iter()).cloned().collect();
+                let reloader = TlsReloader::new(
+                    config.node_id,
+                    files.clone(),
+                    listeners,
+                    cluster.router().peers().clone(),
+                    ctx.clone(),
+                );
+                tokio::spawn(crate::tls_reload::watch(reloader.clone(), shutdown_rx.clone()));
+                Some(reloader)
+            }
+            _ => None,
+        };
 
         let ready_quorum_ack_max = Duration::from_millis(config.raft.ready_quorum_ack_max_ms());
         let app = http::router(HttpState { ctx: ctx.clone(), storage: storage.clone(), ready_quorum_ack_max });
@@ -321,6 +361,7 @@ impl Node {
             grpc_task,
             internal_task,
             http_task,
+            tls_reloader,
             bootstrap_task,
             grace: Duration::from_millis(config.shutdown_grace_ms),
             ready_quorum_ack_max,
@@ -352,6 +393,21 @@ impl NodeHandle {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Re-reads this node's TLS files (CA, certificate, key) and, when they are valid, serves them
+    /// to new connections and presents them to peers from now on (what SIGHUP and a change of
+    /// the files do; docs/security.md). An invalid set is refused (logged, counted in
+    /// `shale_tls_reload_failures_total`) and the node keeps its certificates.
+    pub fn reload_tls(&self) -> Result<shale_raft::network::tls::CertSummary, NodeError> {
+        let reloader = self.tls_reloader.as_ref().ok_or(NodeError::TlsNotConfigured)?;
+        Ok(reloader.reload("reload_tls")?)
+    }
+
+    /// What reloads this node's certificates (`None` without TLS); the binary hands it to
+    /// [`crate::signal::reload_on_sighup`].
+    pub fn tls_reloader(&self) -> Option<Arc<TlsReloader>> {
+        self.tls_reloader.clone()
     }
 
     /// The grace period [`NodeHandle::shutdown`] keeps to.
@@ -400,6 +456,7 @@ impl NodeHandle {
         }
         let _ = finish(self.http_task, Duration::ZERO.max(server_stop / 2), "http").await;
         let _ = self.bootstrap_task.await;
+        drop(self.tls_reloader);
         drop(self.ctx);
         tracing::debug!(
             cluster_refs = Arc::strong_count(&self.cluster),

@@ -1,4 +1,4 @@
-//! Waiting for the process to be asked to stop.
+//! Waiting for the process to be asked to stop, and SIGHUP (reload the TLS certificates).
 
 /// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
 pub async fn shutdown_signal() {
@@ -60,4 +60,33 @@ pub fn exit_now(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code)
+}
+
+/// Reloads the TLS certificates on every SIGHUP (Unix), for as long as the process runs; without
+/// TLS (`reloader` `None`) a SIGHUP is logged and ignored (it no longer ends the process).
+pub fn reload_on_sighup(reloader: Option<std::sync::Arc<crate::tls_reload::TlsReloader>>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; TLS reloads only on a file change");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &reloader {
+                    Some(r) => {
+                        let r = r.clone();
+                        // The outcome is logged (and a failure counted) by `reload`.
+                        let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+                    }
+                    None => tracing::info!("SIGHUP received; this node runs without TLS, nothing to reload"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }

@@ -35,7 +35,7 @@ fn issue_local(dir: &Path, ca: &generate::Pem, id: u64) -> Result<TlsFiles, TlsE
     let (cert, key): (PathBuf, PathBuf) = (dir.join(files::node_cert(id)), dir.join(files::node_key(id)));
     write_pem(&cert, &node.cert, false)?;
     write_pem(&key, &node.key, true)?;
-    Ok(TlsFiles { ca: dir.join(files::CA_CERT), cert, key })
+    Ok(TlsFiles { ca: dir.join(files::CA_CERT), cert, key, watch_interval_ms: crate::config::DEFAULT_TLS_WATCH_MS })
 }
 
 #[cfg(test)]

@@ -485,7 +485,7 @@ impl proto::admin_server::Admin for AdminService {
                         let client = if req.client_addr.is_empty() {
                             crate::bootstrap::probe_client_addr(
                                 &req.addr,
-                                self.ctx.cluster.router().config().tls.as_ref(),
+                                self.ctx.cluster.router().peers().tls().as_ref(),
                             )
                             .await
                             .unwrap_or_else(|| req.addr.clone())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::RaftError;
@@ -31,6 +31,8 @@ pub fn endpoint(addr: &str, tls: Option<&TlsPem>) -> Result<Endpoint, String> {
 pub struct Peers {
     node_id: NodeId,
     config: NetworkConfig,
+    /// The certificates new connections present: `config.tls` until [`Peers::set_tls`].
+    tls: RwLock<Option<TlsPem>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -38,7 +40,8 @@ impl Peers {
     /// The peers of node `node_id`, reached with `config`.
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Self, RaftError> {
         config.validate()?;
-        Ok(Self { node_id, config, channels: Mutex::new(HashMap::new()) })
+        let tls = RwLock::new(config.tls.clone());
+        Ok(Self { node_id, config, tls, channels: Mutex::new(HashMap::new()) })
     }
 
     /// This node's id.
@@ -46,9 +49,24 @@ impl Peers {
         self.node_id
     }
 
-    /// The transport settings.
+    /// The transport settings (with the TLS material the node started with: whether TLS is on;
+    /// [`Peers::tls`] is what connections use now).
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// The TLS material connections to peers are made with now (`None`: plaintext).
+    pub fn tls(&self) -> Option<TlsPem> {
+        self.tls.read().clone()
+    }
+
+    /// Replaces the certificates connections to peers present (a certificate reload) and drops
+    /// the cached channels, so every channel made from now on uses them. Channels already handed
+    /// out (and their connections) carry on until they are dropped or reconnect.
+    pub fn set_tls(&self, tls: TlsPem) {
+        let mut channels = self.channels.lock();
+        *self.tls.write() = Some(tls);
+        channels.clear();
     }
 
     /// The shared channel to `addr` ("host:port"), created lazily: no connection is made until the
@@ -58,7 +76,7 @@ impl Peers {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = endpoint(addr, self.config.tls.as_ref())?
+        let endpoint = endpoint(addr, self.tls.read().as_ref())?
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -15,7 +15,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::types::NodeId;
 
@@ -88,6 +93,42 @@ pub enum TlsError {
         /// The URI.
         uri: String,
     },
+    /// A PEM file's contents do not parse (no block of the kind, or a damaged one).
+    #[error("{what} does not parse as PEM: {reason}")]
+    BadPem {
+        /// Which file ("ca", "cert", "key").
+        what: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The private key does not belong to the certificate (or cannot be used).
+    #[error("the private key does not match the certificate or cannot be used: {reason}")]
+    KeyMismatch {
+        /// What rustls said.
+        reason: String,
+    },
+    /// The certificate is not signed by the cluster CA (or is expired, or not for client and
+    /// server authentication).
+    #[error("the certificate does not verify against the cluster CA: {reason}")]
+    NotSignedByCa {
+        /// What the verifier said.
+        reason: String,
+    },
+    /// The certificate does not name the node that loads it (`shale://node/<id>`): peers would
+    /// refuse its Raft RPCs.
+    #[error("the certificate names node {found:?}, not this node ({expected})")]
+    WrongNode {
+        /// This node's id.
+        expected: NodeId,
+        /// The node the certificate names (`None`: none).
+        found: Option<NodeId>,
+    },
+    /// rustls refused the configuration (e.g. a CA file with no usable certificate).
+    #[error("cannot build the TLS configuration: {reason}")]
+    Config {
+        /// What rustls said.
+        reason: String,
+    },
     /// rcgen refused to make a certificate.
     #[error("cannot generate {what}: {reason}")]
     Generate {
@@ -140,14 +181,58 @@ impl TlsPem {
         })
     }
 
-    /// The server side: this node's identity; clients may present a certificate signed by the
-    /// cluster CA (required by `require_client_cert`; optional otherwise, and then whatever is
-    /// presented must still chain to the CA).
-    pub fn server_config(&self, require_client_cert: bool) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
-            .client_auth_optional(!require_client_cert)
+    /// The server side as rustls configuration, checked: the key must match the certificate and
+    /// the certificate must verify against the cluster CA (now, for client authentication, which
+    /// node certificates carry besides server authentication). Clients may present a certificate
+    /// signed by the cluster CA: required by `require_client_cert`, optional otherwise (and then
+    /// whatever is presented must still chain to the CA). ALPN `h2` (gRPC).
+    pub fn rustls_server_config(&self, require_client_cert: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = self.cert_chain()?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key)
+            .map_err(|e| TlsError::BadPem { what: "key", reason: e.to_string() })?;
+        let roots = Arc::new(self.ca_roots()?);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+        let verifier = verifier.build().map_err(|e| TlsError::Config { reason: e.to_string() })?;
+        // Our own certificate must chain to the CA peers check it against.
+        let strict = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config { reason: e.to_string() })?;
+        strict
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map_err(|e| TlsError::NotSignedByCa { reason: e.to_string() })?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config { reason: e.to_string() })?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::KeyMismatch { reason: e.to_string() })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// This node's certificate chain, leaf first (at least one certificate).
+    pub fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadPem { what: "cert", reason: e.to_string() })?;
+        if chain.is_empty() {
+            return Err(TlsError::BadPem { what: "cert", reason: "no certificate".into() });
+        }
+        Ok(chain)
+    }
+
+    fn ca_roots(&self) -> Result<rustls::RootCertStore, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca) {
+            let cert = cert.map_err(|e| TlsError::BadPem { what: "ca", reason: e.to_string() })?;
+            roots.add(cert).map_err(|e| TlsError::BadPem { what: "ca", reason: e.to_string() })?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::BadPem { what: "ca", reason: "no certificate".into() });
+        }
+        Ok(roots)
     }
 
     /// The client side of a connection to a peer: trusts only the cluster CA and presents this
@@ -157,6 +242,23 @@ impl TlsPem {
             .ca_certificate(Certificate::from_pem(&self.ca))
             .identity(Identity::from_pem(&self.cert, &self.key))
     }
+}
+
+/// What a log line says about a certificate: its serial number (hex) and its expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The serial number, lowercase hex without separators.
+    pub serial: String,
+    /// `notAfter`, as the certificate writes it (RFC 2822-like text of x509-parser).
+    pub not_after: String,
+}
+
+/// The serial number and expiry of a DER certificate.
+pub fn cert_summary(der: &[u8]) -> Result<CertSummary, TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
+    let serial = cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(CertSummary { serial, not_after: cert.validity().not_after.to_string() })
 }
 
 /// Every URI subject alternative name of a DER certificate (none without the extension); an error
