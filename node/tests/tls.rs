@@ -3,17 +3,23 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{WAIT, consumer_config};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use shale_client::admin::NewTopic;
 use shale_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
 use shale_node::testing::LocalCluster;
 use shale_raft::network::guard::{ERROR_CODE_KEY, REFUSED_CODE};
 use shale_raft::network::pb::{self, raft_service_client::RaftServiceClient};
 use shale_raft::network::tls::files::{self, CA_CERT};
-use shale_raft::network::tls::generate;
+use shale_raft::network::tls::{cert_summary, generate};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -211,5 +217,222 @@ async fn raft_rpcs_need_the_senders_own_node_certificate() {
         .and_then(|v| v.trim().parse().ok())
         .expect("the refusal counter is exported");
     assert!(refused >= 4, "{refused}");
+    c.shutdown().await.unwrap();
+}
+
+// ---- Certificate reload (issue 14: "certificate rotation under load with no failed request") ----
+
+/// Reload only when asked (no file watch), so the tests count every reload themselves.
+fn quick_no_watch(c: &mut shale_node::NodeConfig) {
+    quick(c);
+    if let Some(tls) = c.tls.as_mut() {
+        tls.watch_interval_ms = 0;
+    }
+}
+
+/// The file watch checks every 100 ms.
+fn quick_fast_watch(c: &mut shale_node::NodeConfig) {
+    quick(c);
+    if let Some(tls) = c.tls.as_mut() {
+        tls.watch_interval_ms = 100;
+    }
+}
+
+/// The serial number of the certificate in a PEM file.
+fn serial_of_file(path: &Path) -> String {
+    let der = CertificateDer::pem_slice_iter(&read(path)).next().expect("a certificate").expect("PEM");
+    cert_summary(der.as_ref()).unwrap().serial
+}
+
+/// Opens a new TLS connection to `addr` with a raw tokio-rustls client (trusting the cluster CA,
+/// presenting `identity` if given) and returns the serial of the certificate the node served.
+async fn served_serial(c: &LocalCluster, addr: SocketAddr, identity: Option<(Vec<u8>, Vec<u8>)>) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&read(&c.tls_dir().join(CA_CERT))) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>().unwrap();
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(&key).unwrap()).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().expect("the node presents a certificate")[0].clone();
+    cert_summary(leaf.as_ref()).unwrap().serial
+}
+
+/// A counter's value in node `id`'s /metrics.
+async fn metric(c: &LocalCluster, id: u64, name: &str) -> u64 {
+    let (code, body) = common::http_get(c.http[id as usize - 1], "/metrics").await;
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Produces one record after another to `topic` until `stop`; returns (acknowledged, failures).
+fn produce_until(client: Client, topic: &'static str, stop: watch::Receiver<bool>) -> JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let producer = client.producer(ProducerConfig::default());
+        let (mut acked, mut failed) = (0u64, Vec::new());
+        let mut i = 0u64;
+        while !*stop.borrow() {
+            i += 1;
+            let record = ProducerRecord::new(topic, format!("v{i}")).key((i % 7).to_string());
+            match producer.send_and_wait(record).await {
+                Ok(_) => acked += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        producer.close().await.unwrap();
+        (acked, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_rotate_under_load_with_no_failed_produce() {
+    let root = tempfile::tempdir().unwrap();
+    // Separate client and internal listeners: both serve the new certificate.
+    let c = LocalCluster::start_split(3, root.path(), true, quick_no_watch).await.unwrap();
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let client = client(&c, c.client_tls());
+    client.admin().create_topic(NewTopic::new("rotating", 3, 3)).await.unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load = produce_until(client.clone(), "rotating", stop_rx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let node_identity_2 = node_identity(&c, 2);
+    for id in 1..=3u64 {
+        let cert_path = c.tls_dir().join(files::node_cert(id));
+        let old = serial_of_file(&cert_path);
+        assert_eq!(served_serial(&c, c.grpc[id as usize - 1], None).await, old);
+        // A new certificate for the node, same CA, new serial.
+        shale_node::tls::write_node_cert(&c.tls_dir(), id).unwrap();
+        let new = serial_of_file(&cert_path);
+        assert_ne!(new, old);
+        // Files changed but not reloaded: still the old certificate.
+        assert_eq!(served_serial(&c, c.grpc[id as usize - 1], None).await, old);
+        let summary = c.running(id).unwrap().reload_tls().expect("a valid certificate reloads");
+        assert_eq!(summary.serial, new);
+        // New connections get the new certificate, on the client and the internal listener.
+        assert_eq!(served_serial(&c, c.grpc[id as usize - 1], None).await, new, "client listener of node {id}");
+        let internal = c.internal[id as usize - 1];
+        let as_peer = if id == 2 { node_identity(&c, 1) } else { node_identity_2.clone() };
+        assert_eq!(served_serial(&c, internal, Some(as_peer)).await, new, "internal listener of node {id}");
+        // Connections to peers are made with it from now on.
+        let peers_pem = c.running(id).unwrap().cluster().router().peers().tls().unwrap();
+        assert_eq!(peers_pem.cert, read(&cert_path), "node {id} presents its new certificate to peers");
+        assert_eq!(metric(&c, id, "shale_tls_reloads_total").await, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    stop_tx.send(true).unwrap();
+    let (acked, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} produces failed during the rotation: {failed:?}", failed.len());
+    assert!(acked > 0, "the producer made progress");
+    // A fresh client (new connections everywhere) still works, and so does Raft between the nodes.
+    let fresh = self::client(&c, c.client_tls());
+    fresh.admin().create_topic(NewTopic::new("after-rotation", 3, 3)).await.expect("metadata writes after rotation");
+    let producer = fresh.producer(ProducerConfig::default());
+    for i in 0..10u32 {
+        producer.send_and_wait(ProducerRecord::new("after-rotation", format!("v{i}"))).await.unwrap();
+    }
+    producer.close().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start_tls(3, root.path(), quick_no_watch).await.unwrap();
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let addr = c.grpc[0];
+    let (cert_path, key_path) = (c.tls_dir().join(files::node_cert(1)), c.tls_dir().join(files::node_key(1)));
+    let old = serial_of_file(&cert_path);
+    let (old_cert, old_key) = (read(&cert_path), read(&key_path));
+    let node = c.running(1).unwrap();
+    let mut failures = 0;
+    let mut refuse = |what: &str, cert: &[u8], key: &[u8]| {
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let e = node.reload_tls().expect_err(what);
+        failures += 1;
+        e
+    };
+
+    // A garbage key.
+    let e = refuse("a garbage key", &old_cert, b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n");
+    assert!(e.to_string().contains("key"), "{e}");
+    // A valid key that is not the certificate's (node 2's).
+    let e = refuse("another certificate's key", &old_cert, &read(&c.tls_dir().join(files::node_key(2))));
+    assert!(e.to_string().contains("does not match"), "{e}");
+    // A certificate for node 1 from another CA.
+    let other = generate::ca("another CA", 1).unwrap();
+    let foreign = generate::node(&other, 1, &["localhost".into()], &[], 1).unwrap();
+    let e = refuse("a certificate of another CA", foreign.cert.as_bytes(), foreign.key.as_bytes());
+    assert!(e.to_string().contains("cluster CA"), "{e}");
+    // A certificate of the cluster CA for another node.
+    let ca = generate::Pem {
+        cert: String::from_utf8(read(&c.tls_dir().join(CA_CERT))).unwrap(),
+        key: String::from_utf8(read(&c.tls_dir().join(files::CA_KEY))).unwrap(),
+    };
+    let node3 = generate::node(&ca, 3, &["localhost".into()], &[], 1).unwrap();
+    let e = refuse("another node's certificate", node3.cert.as_bytes(), node3.key.as_bytes());
+    assert!(e.to_string().contains("node"), "{e}");
+
+    // Every refusal counted; the old certificate is still served and the node still works.
+    assert_eq!(metric(&c, 1, "shale_tls_reload_failures_total").await, failures);
+    assert_eq!(metric(&c, 1, "shale_tls_reloads_total").await, 0);
+    assert_eq!(served_serial(&c, addr, None).await, old);
+    let only_node_1 = {
+        let mut config = ClientConfig::new(vec![addr.to_string()]);
+        config.tls = c.client_tls();
+        Client::new(config).unwrap()
+    };
+    only_node_1.admin().list_topics().await.expect("node 1 still serves over TLS");
+    only_node_1.admin().create_topic(NewTopic::new("still-fine", 1, 3)).await.expect("and Raft still works");
+
+    // Putting the valid files back is accepted.
+    std::fs::write(&cert_path, &old_cert).unwrap();
+    std::fs::write(&key_path, &old_key).unwrap();
+    assert_eq!(node.reload_tls().unwrap().serial, old);
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_certificate_file_is_picked_up_without_a_reload_call() {
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start_tls(3, root.path(), quick_fast_watch).await.unwrap();
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let addr = c.grpc[1];
+    let cert_path = c.tls_dir().join(files::node_cert(2));
+    let old = serial_of_file(&cert_path);
+    assert_eq!(served_serial(&c, addr, None).await, old);
+    shale_node::tls::write_node_cert(&c.tls_dir(), 2).unwrap();
+    let new = serial_of_file(&cert_path);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let served = served_serial(&c, addr, None).await;
+        if served == new {
+            break;
+        }
+        assert_eq!(served, old, "either certificate, nothing else");
+        assert!(tokio::time::Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&c, 2, "shale_tls_reloads_total").await >= 1);
+    // Nodes whose files did not change did not reload.
+    assert_eq!(metric(&c, 1, "shale_tls_reloads_total").await, 0);
     c.shutdown().await.unwrap();
 }
