@@ -308,6 +308,17 @@ async fn certificates_rotate_under_load_with_no_failed_produce() {
     assert!(c.not_ready(WAIT).await.is_empty());
     let client = client(&c, c.client_tls());
     client.admin().create_topic(NewTopic::new("rotating", 3, 3)).await.unwrap();
+    // Every partition has a leader before the load starts (a new topic's first elections are not
+    // what this test is about).
+    let warm = client.producer(ProducerConfig::default());
+    for key in 0..7u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Err(e) = warm.send_and_wait(ProducerRecord::new("rotating", "warm").key(key.to_string())).await {
+            assert!(tokio::time::Instant::now() < deadline, "no leader for key {key}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    warm.close().await.unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let load = produce_until(client.clone(), "rotating", stop_rx);
     tokio::time::sleep(Duration::from_millis(500)).await;

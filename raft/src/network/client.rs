@@ -43,21 +43,26 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        let channel = self.peers.channel(&node.addr);
-        let max = self.peers.config().max_message_bytes;
+        let tls_generation = self.peers.tls_generation();
         PeerClient {
             group: self.group,
             me: self.peers.node_id(),
             target,
             addr: node.addr.clone(),
-            client: channel
-                .map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max)),
+            client: raft_client(&self.peers, &node.addr),
+            peers: self.peers.clone(),
+            tls_generation,
             request_timeout: Duration::from_millis(self.peers.config().request_timeout_ms),
             chunk_bytes: self.peers.config().snapshot_chunk_bytes,
             retry_not_before: None,
             retry_pause: MIN_RETRY_PAUSE,
         }
     }
+}
+
+fn raft_client(peers: &Peers, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+    let max = peers.config().max_message_bytes;
+    peers.channel(addr).map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max))
 }
 
 /// Sends one group's messages to one peer.
@@ -69,6 +74,10 @@ pub struct PeerClient {
     addr: String,
     /// `Err` when the peer's address does not parse (reported as unreachable on every call).
     client: Result<RaftServiceClient<Channel>, String>,
+    /// Where `client` came from, and [`Peers::tls_generation`] then: after a certificate reload
+    /// the next RPC takes a new channel (which presents the new certificate).
+    peers: Arc<Peers>,
+    tls_generation: u64,
     request_timeout: Duration,
     chunk_bytes: usize,
     /// After the peer was found unreachable: no new attempt before this instant.
@@ -121,7 +130,12 @@ impl PeerClient {
         }
     }
 
-    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&mut self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        let generation = self.peers.tls_generation();
+        if generation != self.tls_generation {
+            self.tls_generation = generation;
+            self.client = raft_client(&self.peers, &self.addr);
+        }
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&self.err(e))))
     }
 

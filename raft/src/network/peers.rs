@@ -3,6 +3,7 @@
 //! settings they use.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -33,6 +34,9 @@ pub struct Peers {
     config: NetworkConfig,
     /// The certificates new connections present: `config.tls` until [`Peers::set_tls`].
     tls: RwLock<Option<TlsPem>>,
+    /// How many times [`Peers::set_tls`] replaced it: holders of a channel compare it to know
+    /// theirs is stale.
+    tls_generation: AtomicU64,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -41,7 +45,7 @@ impl Peers {
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Self, RaftError> {
         config.validate()?;
         let tls = RwLock::new(config.tls.clone());
-        Ok(Self { node_id, config, tls, channels: Mutex::new(HashMap::new()) })
+        Ok(Self { node_id, config, tls, tls_generation: AtomicU64::new(0), channels: Mutex::new(HashMap::new()) })
     }
 
     /// This node's id.
@@ -62,11 +66,19 @@ impl Peers {
 
     /// Replaces the certificates connections to peers present (a certificate reload) and drops
     /// the cached channels, so every channel made from now on uses them. Channels already handed
-    /// out (and their connections) carry on until they are dropped or reconnect.
+    /// out (and their connections) carry on until they are dropped; a group's Raft clients take a
+    /// new one before their next RPC (`GroupNetworkFactory`).
     pub fn set_tls(&self, tls: TlsPem) {
         let mut channels = self.channels.lock();
         *self.tls.write() = Some(tls);
         channels.clear();
+        self.tls_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes with every [`Peers::set_tls`]: a channel taken under another value presents
+    /// certificates that were replaced since.
+    pub fn tls_generation(&self) -> u64 {
+        self.tls_generation.load(Ordering::Acquire)
     }
 
     /// The shared channel to `addr` ("host:port"), created lazily: no connection is made until the
@@ -86,5 +98,35 @@ impl Peers {
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::tls::generate;
+
+    fn pem(ca: &generate::Pem, id: NodeId) -> TlsPem {
+        let node = generate::node(ca, id, &["localhost".into()], &[], 1).unwrap();
+        TlsPem { ca: ca.cert.clone().into_bytes(), cert: node.cert.into_bytes(), key: node.key.into_bytes() }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_reload_replaces_the_material_and_the_cached_channels() {
+        let ca = generate::ca("test CA", 1).unwrap();
+        let first = pem(&ca, 1);
+        let config = NetworkConfig { tls: Some(first.clone()), ..NetworkConfig::default() };
+        let peers = Peers::new(1, config).unwrap();
+        peers.channel("127.0.0.1:1").unwrap();
+        assert_eq!(peers.channels.lock().len(), 1);
+        assert_eq!(peers.tls(), Some(first.clone()));
+        let generation = peers.tls_generation();
+
+        let second = pem(&ca, 1);
+        peers.set_tls(second.clone());
+        assert_eq!(peers.tls(), Some(second), "new channels present the new certificate");
+        assert!(peers.channels.lock().is_empty(), "cached channels were made with the old one");
+        assert_ne!(peers.tls_generation(), generation, "holders of a channel can tell it is stale");
+        assert_eq!(peers.config().tls, Some(first), "the start-up settings stay (TLS on)");
     }
 }
