@@ -247,8 +247,13 @@ fn serial_of_file(path: &Path) -> String {
 /// Opens a new TLS connection to `addr` with a raw tokio-rustls client (trusting the cluster CA,
 /// presenting `identity` if given) and returns the serial of the certificate the node served.
 async fn served_serial(c: &LocalCluster, addr: SocketAddr, identity: Option<(Vec<u8>, Vec<u8>)>) -> String {
+    served_serial_ca(&c.tls_dir().join(CA_CERT), addr, identity).await
+}
+
+/// As [`served_serial`], trusting the CA in the PEM file `ca`.
+async fn served_serial_ca(ca: &Path, addr: SocketAddr, identity: Option<(Vec<u8>, Vec<u8>)>) -> String {
     let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&read(&c.tls_dir().join(CA_CERT))) {
+    for ca in CertificateDer::pem_slice_iter(&read(ca)) {
         roots.add(ca.unwrap()).unwrap();
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -454,4 +459,61 @@ async fn a_changed_certificate_file_is_picked_up_without_a_reload_call() {
     assert_eq!(metric(&c, 1, "shale_tls_reloads_total").await, 0);
     drop(silent);
     c.shutdown().await.unwrap();
+}
+
+/// The real binary: SIGHUP reloads the certificates (the file watch is off), and the node keeps
+/// running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates_of_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = shale_node::tls::write_local_certs(&dir.path().join("tls"), &[1]).unwrap().remove(0);
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (grpc, http) = (free(), free());
+    let config = dir.path().join("node.toml");
+    let toml = format!(
+        "node_id = 1\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = {:?}\n\
+         [peers]\n1 = \"{grpc}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nwatch_interval_ms = 0\n",
+        dir.path().join("data"),
+        tls.ca,
+        tls.cert,
+        tls.key
+    );
+    std::fs::write(&config, toml).unwrap();
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shale-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("shale-node starts");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(grpc).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the node never listened");
+        assert!(child.try_wait().unwrap().is_none(), "the node exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = serial_of_file(&tls.cert);
+    assert_eq!(served_serial_ca(&tls.ca, grpc, None).await, old);
+    shale_node::tls::write_node_cert(&dir.path().join("tls"), 1).unwrap();
+    let new = serial_of_file(&tls.cert);
+    assert_eq!(served_serial_ca(&tls.ca, grpc, None).await, old, "no reload before the signal");
+    let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "SIGHUP does not end the node");
+        if served_serial_ca(&tls.ca, grpc, None).await == new {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP never reloaded the certificate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(
+        logged.lines().any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP") && l.contains(&new)),
+        "the reload is logged with the new serial:\n{logged}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
 }
