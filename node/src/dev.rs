@@ -53,6 +53,14 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
     } else {
         println!("no metadata leader after {}s; see the logs (RUST_LOG=debug)", READY_TIMEOUT.as_secs());
     }
+    // SIGHUP reloads every node's certificates (each re-reads its files under `<data-dir>/tls/`).
+    if args.tls {
+        for h in &handles {
+            crate::signal::reload_on_sighup(h.tls_reloader());
+        }
+    } else {
+        crate::signal::reload_on_sighup(None);
+    }
     println!("Ctrl-C to stop.");
     shutdown_signal().await;
     // The nodes stop in parallel, so the whole process keeps to one grace period.
