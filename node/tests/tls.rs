@@ -43,6 +43,22 @@ fn client(c: &LocalCluster, tls: Option<ClientTlsConfig>) -> Client {
     Client::new(config).expect("client")
 }
 
+/// Waits until every partition of `topic` has a leader (a new topic's first elections), so the
+/// produces that follow measure TLS, not elections.
+async fn wait_for_leaders(client: &Client, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(info) = client.admin().describe_topic(topic).await
+            && !info.partitions.is_empty()
+            && info.partitions.iter().all(|p| p.leader_id != 0)
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{topic} has a partition without a leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -106,6 +122,7 @@ async fn a_tls_cluster_produces_and_consumes() {
     let c = start(root.path()).await;
     let client = client(&c, c.client_tls());
     client.admin().create_topic(NewTopic::new("secure", 3, 3)).await.expect("create topic over TLS");
+    wait_for_leaders(&client, "secure").await;
     let producer = client.producer(ProducerConfig::default());
     let mut acks = Vec::new();
     for i in 0..30u32 {
@@ -313,17 +330,7 @@ async fn certificates_rotate_under_load_with_no_failed_produce() {
     assert!(c.not_ready(WAIT).await.is_empty());
     let client = client(&c, c.client_tls());
     client.admin().create_topic(NewTopic::new("rotating", 3, 3)).await.unwrap();
-    // Every partition has a leader before the load starts (a new topic's first elections are not
-    // what this test is about).
-    let warm = client.producer(ProducerConfig::default());
-    for key in 0..7u64 {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while let Err(e) = warm.send_and_wait(ProducerRecord::new("rotating", "warm").key(key.to_string())).await {
-            assert!(tokio::time::Instant::now() < deadline, "no leader for key {key}: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    warm.close().await.unwrap();
+    wait_for_leaders(&client, "rotating").await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let load = produce_until(client.clone(), "rotating", stop_rx);
     tokio::time::sleep(Duration::from_millis(500)).await;
