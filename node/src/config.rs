@@ -165,6 +165,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// Authorization (`[auth]`): off by default. See docs/security.md.
     pub auth: crate::auth::AuthConfig,
+    /// How client quotas are measured (`[quotas]`; the rates are set with `shale quota`).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 impl Default for NodeConfig {
@@ -185,6 +187,7 @@ impl Default for NodeConfig {
             scrub: crate::scrub::ScrubConfig::default(),
             tls: None,
             auth: crate::auth::AuthConfig::default(),
+            quotas: crate::quota::QuotaConfig::default(),
         }
     }
 }
@@ -306,6 +309,9 @@ impl NodeConfig {
             self.auth.super_users.iter().find(|u| shale_raft::cluster::access::validate_principal(u).is_err())
         {
             return invalid("auth.super_users", format!("{bad:?} is not a principal name"));
+        }
+        if let Err((field, reason)) = self.quotas.check() {
+            return invalid(field, reason);
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
