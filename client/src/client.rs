@@ -175,7 +175,8 @@ impl Client {
             return;
         }
         let t = &self.inner.throttle;
-        let (answers, ms) = if produce { (&t.produce_answers, &t.produce_ms) } else { (&t.consume_answers, &t.consume_ms) };
+        let (answers, ms) =
+            if produce { (&t.produce_answers, &t.produce_ms) } else { (&t.consume_answers, &t.consume_ms) };
         answers.fetch_add(1, Ordering::Relaxed);
         ms.fetch_add(u64::from(throttle_time_ms), Ordering::Relaxed);
         let kind = if produce { "produce" } else { "consume" };

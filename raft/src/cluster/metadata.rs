@@ -13,10 +13,10 @@ use crate::cluster::api::{
     ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec,
     TopicTotals, TopicUpdate, limits, partition_group_id, validate_topic_name,
 };
-use crate::cluster::quota::{self, Quota, QuotaEntity, QuotaRejection, QuotaState};
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
 };
+use crate::cluster::quota::{self, Quota, QuotaEntity, QuotaRejection, QuotaState};
 
 /// One change to the metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -577,7 +577,8 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version = r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_ACCESS, snap::VERSION])?;
+        let version =
+            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_ACCESS, snap::VERSION])?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;

@@ -134,7 +134,9 @@ impl QuotaState {
             validate_principal(name).map_err(|e| QuotaRejection::Invalid(e.to_string()))?;
         }
         if self.entries.len() >= MAX_QUOTAS && !self.entries.contains_key(entity) {
-            return Err(QuotaRejection::Invalid(format!("the cluster holds the maximum of {MAX_QUOTAS} quota entries")));
+            return Err(QuotaRejection::Invalid(format!(
+                "the cluster holds the maximum of {MAX_QUOTAS} quota entries"
+            )));
         }
         self.entries.insert(entity.clone(), quota);
         Ok(())
