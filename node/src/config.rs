@@ -395,6 +395,12 @@ mod tests {
         c.validate().unwrap();
         let c = NodeConfig::from_toml("[auth]\nsuper_users = [\"a:b\"]\n").unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "auth.super_users", .. })));
+        let c = NodeConfig::from_toml("[quotas]\nsample_ms = 100\n").unwrap();
+        assert_eq!((c.quotas.sample_ms, c.quotas.samples, c.quotas.max_throttle_ms), (100, 11, 4_000));
+        c.validate().unwrap();
+        let c = NodeConfig::from_toml("[quotas]\nsamples = 1\n").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "quotas.samples", .. })));
+        assert!(NodeConfig::from_toml("[quotas]\nwindow = 3\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

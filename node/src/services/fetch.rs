@@ -91,9 +91,11 @@ impl FetchService {
         limits::check_topic_name(&req.topic)?;
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let ctx = self.ctx.clone();
-        // Charged to the caller, here (a subscription is served where it is opened).
+        // Charged to the caller, here (a subscription is served where it is opened), under the
+        // quota applied when each message is sent (a change reaches open subscriptions too).
         let caller = crate::auth::current();
-        let charge = crate::quota::charge_of(caller.as_ref(), &ctx.cluster, QuotaKind::Consume);
+        let charge =
+            move |ctx: &NodeContext| crate::quota::charge_of(caller.as_ref(), &ctx.cluster, QuotaKind::Consume);
         let first = ctx
             .cluster
             .fetch(fetch_request(
@@ -136,7 +138,7 @@ impl FetchService {
                     None => {
                         // An over-quota principal's subscription reads nothing until its
                         // throttle has passed.
-                        let owed = charge.as_ref().map_or(Duration::ZERO, |c| ctx.quotas.wait_before(c));
+                        let owed = charge(&ctx).map_or(Duration::ZERO, |c| ctx.quotas.wait_before(&c));
                         if !owed.is_zero() && !pause(&tx, &mut shutdown, owed).await {
                             return;
                         }
@@ -175,8 +177,8 @@ impl FetchService {
                         ctx.metrics.fetch_records.add(fetched_records(offset, &response));
                         offset = response.next_offset;
                         from_index = Some(response.next_index);
-                        if let Some(c) = &charge {
-                            let delay = ctx.quotas.record(c, response.encoded_len() as u64);
+                        if let Some(c) = charge(&ctx) {
+                            let delay = ctx.quotas.record(&c, response.encoded_len() as u64);
                             crate::quota::count(&ctx.metrics, QuotaKind::Consume, delay);
                             response.throttle_time_ms = crate::quota::millis(delay);
                             if !delay.is_zero() && !pause(&tx, &mut shutdown, delay).await {

@@ -319,6 +319,8 @@ mod tests {
         use shale_storage::record_batch::{NewRecord, encode_batch};
         use shale_storage::{CodecKind, NoneCodec};
 
+        use crate::cluster::quota::{Quota, QuotaEntity};
+
         use super::*;
         use crate::cluster::access::{AclRule, Operation, ResourcePattern};
         use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
@@ -390,6 +392,15 @@ mod tests {
                     resource: ResourcePattern::Group("g".into()),
                 }),
                 MetadataCommand::DeleteUser { name: "other".into() },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::Default,
+                    quota: Quota { produce_bytes_per_sec: Some(n.max(1)), consume_bytes_per_sec: None },
+                },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::User(name.into()),
+                    quota: Quota { produce_bytes_per_sec: None, consume_bytes_per_sec: Some(n.max(1)) },
+                },
+                MetadataCommand::RemoveQuota { entity: QuotaEntity::User("other".into()) },
             ]
         }
 
