@@ -116,6 +116,9 @@ pub enum Command {
     /// ACL allow rules (enforced when the nodes run with `[auth] enabled`).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Client quotas: produce and consume bytes per second per user, or for every user (`*`).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  shale completions bash > /etc/bash_completion.d/shale\n  shale completions zsh > \"${fpath[1]}/_shale\"\n  shale completions fish > ~/.config/fish/completions/shale.fish"
@@ -164,6 +167,57 @@ pub enum AclCommand {
     /// Every rule.
     #[command(alias = "ls", after_help = "Examples:\n  shale acl list\n  shale acl list -o json")]
     List(OutputArgs),
+}
+
+/// `shale quota ...` (docs/security.md "Quotas").
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set (replace) the quota of a user, or the default of every user (`--default`). A rate left
+    /// out falls back to the default's (for a user) or is unlimited.
+    #[command(
+        after_help = "Examples:\n  shale quota set --default --produce-rate 10MiB --consume-rate 20MiB\n  shale quota set --principal alice --produce-rate 1MiB\n  shale quota set --principal batch-loader --produce-rate 1GiB"
+    )]
+    Set(QuotaSetArgs),
+    /// Remove the quota of a user (it then gets the default's) or the default.
+    #[command(after_help = "Examples:\n  shale quota remove --principal alice\n  shale quota remove --default")]
+    Remove(QuotaEntityArgs),
+    /// Every quota entry, the default first.
+    #[command(alias = "ls", after_help = "Examples:\n  shale quota list\n  shale quota list -o json")]
+    List(OutputArgs),
+}
+
+/// Who a quota entry is for: one user, or the default (exactly one).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("entity").required(true).args(["principal", "default"])))]
+pub struct QuotaEntityArgs {
+    /// A user or client-certificate name.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// The default entry, for every user (and anonymous caller) without one of its own.
+    #[arg(long)]
+    pub default: bool,
+}
+
+impl QuotaEntityArgs {
+    /// The entity as the API names it (`*` for the default).
+    pub fn entity(&self) -> String {
+        self.principal.clone().unwrap_or_else(|| "*".to_string())
+    }
+}
+
+/// `shale quota set`: the entity and its rates (at least one).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rates").required(true).multiple(true).args(["produce_rate", "consume_rate"])))]
+pub struct QuotaSetArgs {
+    /// Who.
+    #[command(flatten)]
+    pub entity: QuotaEntityArgs,
+    /// Record bytes per second the principal may produce (e.g. `1MiB`), on each node.
+    #[arg(long, value_parser = crate::args::parse_bytes)]
+    pub produce_rate: Option<u64>,
+    /// Bytes per second Fetch and Subscribe may serve the principal (e.g. `2MiB`), on each node.
+    #[arg(long, value_parser = crate::args::parse_bytes)]
+    pub consume_rate: Option<u64>,
 }
 
 /// One ACL rule: who, what, on which resource (exactly one of the resource flags).

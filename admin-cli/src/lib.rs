@@ -50,6 +50,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Cert(c) => commands::cert::run(c),
         Command::User(c) => commands::access::run_user(ctx, c).await,
         Command::Acl(c) => commands::access::run_acl(ctx, c).await,
+        Command::Quota(c) => commands::access::run_quota(ctx, c).await,
     }
 }
 

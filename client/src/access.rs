@@ -1,4 +1,5 @@
-//! Users and ACL rules ([`Admin`] calls of the `Access` service): see docs/security.md.
+//! Users, ACL rules and client quotas ([`Admin`] calls of the `Access` service): see
+//! docs/security.md.
 
 use std::time::Duration;
 
@@ -31,7 +32,32 @@ pub fn acl_rule(principal: &str, operation: &str, resource_type: &str, resource_
     }
 }
 
+/// A client quota entry as the API carries it: `entity` is a user name or `*` (the default);
+/// `None` leaves a rate unset (a user's falls back to the default's; set nowhere: unlimited).
+pub fn quota(entity: &str, produce_bytes_per_sec: Option<u64>, consume_bytes_per_sec: Option<u64>) -> proto::Quota {
+    proto::Quota {
+        entity: entity.to_string(),
+        produce_bytes_per_sec: produce_bytes_per_sec.unwrap_or(0),
+        consume_bytes_per_sec: consume_bytes_per_sec.unwrap_or(0),
+    }
+}
+
 impl Admin {
+    /// Sets (replaces) a quota entry (see [`quota`]).
+    pub async fn set_quota(&self, quota: proto::Quota) -> Result<(), ClientError> {
+        access_call!(self, set_quota, proto::SetQuotaRequest { quota: Some(quota) }).map(|_| ())
+    }
+
+    /// Removes the quota entry of `entity` (a user name or `*`).
+    pub async fn remove_quota(&self, entity: &str) -> Result<(), ClientError> {
+        access_call!(self, remove_quota, proto::RemoveQuotaRequest { entity: entity.to_string() }).map(|_| ())
+    }
+
+    /// Every quota entry, the default (`*`) first.
+    pub async fn list_quotas(&self) -> Result<Vec<proto::Quota>, ClientError> {
+        Ok(access_call!(self, list_quotas, proto::ListQuotasRequest {})?.quotas)
+    }
+
     /// Creates a user and returns its token: the only time the secret exists outside the caller
     /// (the cluster stores its SHA-256).
     pub async fn create_user(&self, name: &str) -> Result<Token, ClientError> {

@@ -25,7 +25,7 @@ pub mod token;
 
 pub use admin::{Admin, NewTopic};
 pub use chain::{ChainBreak, ChainPoint, ChainReader, ChainStats};
-pub use client::Client;
+pub use client::{Client, ThrottleStats};
 pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, FetchedBatch};
 pub use error::{ClientError, ErrorCode, Retry, meta};

@@ -144,7 +144,8 @@ impl Node {
                 Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
                 shutdown_rx.clone(),
             )
-            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() }),
+            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() })
+            .with_quotas(config.quotas.clone()),
         );
 
         // Tonic refuses anything over TRANSPORT_REQUEST_FACTOR x the request limit outright;

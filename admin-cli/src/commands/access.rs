@@ -1,10 +1,11 @@
-//! `shale user create|delete|list|whoami` and `shale acl add|remove|list`.
+//! `shale user create|delete|list|whoami`, `shale acl add|remove|list` and
+//! `shale quota set|remove|list`.
 
 use serde::Serialize;
-use shale_client::access::acl_rule;
+use shale_client::access::{acl_rule, quota};
 use shale_client::proto;
 
-use crate::cli::{AclCommand, AclRuleArgs, UserCommand};
+use crate::cli::{AclCommand, AclRuleArgs, QuotaCommand, UserCommand};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::output::{self, Table};
@@ -128,6 +129,73 @@ pub async fn run_acl(ctx: &Ctx, command: AclCommand) -> Result<()> {
                 let mut t = Table::new(["principal", "operation", "resource", "name"]);
                 for v in views {
                     t.row([v.principal.clone(), v.operation.clone(), v.resource_type.clone(), v.resource_name.clone()]);
+                }
+                t.render()
+            })
+        }
+    }
+}
+
+/// One quota entry, as `quota list` shows it (rates in bytes per second; `None`: unset).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuotaView {
+    /// A user name, or `*` for the default.
+    pub entity: String,
+    /// Produce bytes per second.
+    pub produce_bytes_per_sec: Option<u64>,
+    /// Consume bytes per second.
+    pub consume_bytes_per_sec: Option<u64>,
+}
+
+fn rate(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn show_rate(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v} B/s"))
+}
+
+fn entity_name(entity: &str) -> String {
+    if entity == "*" { "the default (*)".to_string() } else { format!("user {entity}") }
+}
+
+/// Runs a `quota` command.
+pub async fn run_quota(ctx: &Ctx, command: QuotaCommand) -> Result<()> {
+    let admin = ctx.client()?.admin();
+    match command {
+        QuotaCommand::Set(a) => {
+            let entity = a.entity.entity();
+            let what = entity_name(&entity);
+            admin
+                .set_quota(quota(&entity, a.produce_rate, a.consume_rate))
+                .await
+                .map_err(|e| ctx.err(format!("set the quota of {what}"), e))?;
+            output::print_stdout(&format!(
+                "quota of {what}: produce {}, consume {}\n",
+                show_rate(a.produce_rate),
+                show_rate(a.consume_rate)
+            ))
+        }
+        QuotaCommand::Remove(a) => {
+            let entity = a.entity();
+            let what = entity_name(&entity);
+            admin.remove_quota(&entity).await.map_err(|e| ctx.err(format!("remove the quota of {what}"), e))?;
+            output::print_stdout(&format!("removed the quota of {what}\n"))
+        }
+        QuotaCommand::List(o) => {
+            let quotas = admin.list_quotas().await.map_err(|e| ctx.err("list quotas", e))?;
+            let views: Vec<QuotaView> = quotas
+                .into_iter()
+                .map(|q| QuotaView {
+                    entity: q.entity,
+                    produce_bytes_per_sec: rate(q.produce_bytes_per_sec),
+                    consume_bytes_per_sec: rate(q.consume_bytes_per_sec),
+                })
+                .collect();
+            output::emit(o.output, &views, |views| {
+                let mut t = Table::new(["entity", "produce", "consume"]);
+                for v in views {
+                    t.row([v.entity.clone(), show_rate(v.produce_bytes_per_sec), show_rate(v.consume_bytes_per_sec)]);
                 }
                 t.render()
             })

@@ -45,6 +45,10 @@ pub mod metadata_command {
     pub const KIND_REMOVE_ACL: u8 = 11;
     /// Kind: create a topic within cluster totals (topics, partitions) the command carries.
     pub const KIND_CREATE_TOPIC_WITHIN: u8 = 12;
+    /// Kind: set (replace) a quota entry; body is a [`super::quota_entry`].
+    pub const KIND_SET_QUOTA: u8 = 20;
+    /// Kind: remove a quota entry; body is its entity (`[kind:u8][name:str16]`).
+    pub const KIND_REMOVE_QUOTA: u8 = 21;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).
@@ -67,10 +71,25 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (2: users and ACL rules follow the offsets).
-    pub const VERSION: u16 = 2;
+    /// Version written and read (5: quota entries follow the users and ACL rules).
+    pub const VERSION: u16 = 5;
+    /// Users and ACL rules follow the offsets; still read (as holding no quotas).
+    pub const VERSION_ACCESS: u16 = 2;
     /// The version before users and ACL rules, still read (as holding none).
     pub const VERSION_BEFORE_ACCESS: u16 = 1;
+}
+
+/// One client-quota entry (in the `SetQuota` command and the metadata snapshot).
+///
+/// `[entity kind:u8][name:str16][produce_bytes_per_sec:u64][consume_bytes_per_sec:u64]`: kind 1 is
+/// the default entity (`*`, empty name), 2 a user; a rate of 0 is unset.
+pub mod quota_entry {
+    /// Entity kind: the default for every user.
+    pub const ENTITY_DEFAULT: u8 = 1;
+    /// Entity kind: one user.
+    pub const ENTITY_USER: u8 = 2;
+    /// Fewest bytes of an entry.
+    pub const MIN_LEN: usize = 1 + 2 + 8 + 8;
 }
 
 /// The reply to a partition entry (what applying it decided; a Raft response, never stored).
@@ -300,6 +319,8 @@ mod tests {
         use shale_storage::record_batch::{NewRecord, encode_batch};
         use shale_storage::{CodecKind, NoneCodec};
 
+        use crate::cluster::quota::{Quota, QuotaEntity};
+
         use super::*;
         use crate::cluster::access::{AclRule, Operation, ResourcePattern};
         use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
@@ -371,6 +392,15 @@ mod tests {
                     resource: ResourcePattern::Group("g".into()),
                 }),
                 MetadataCommand::DeleteUser { name: "other".into() },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::Default,
+                    quota: Quota { produce_bytes_per_sec: Some(n.max(1)), consume_bytes_per_sec: None },
+                },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::User(name.into()),
+                    quota: Quota { produce_bytes_per_sec: None, consume_bytes_per_sec: Some(n.max(1)) },
+                },
+                MetadataCommand::RemoveQuota { entity: QuotaEntity::User("other".into()) },
             ]
         }
 

@@ -16,6 +16,7 @@ use crate::cluster::api::{
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
 };
+use crate::cluster::quota::{self, Quota, QuotaEntity, QuotaRejection, QuotaState};
 
 /// One change to the metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +88,18 @@ pub enum MetadataCommand {
     AddAcl(AclRule),
     /// Remove an ACL allow rule.
     RemoveAcl(AclRule),
+    /// Set (replace) the client quota of an entity.
+    SetQuota {
+        /// Who it applies to.
+        entity: QuotaEntity,
+        /// The rates.
+        quota: Quota,
+    },
+    /// Remove an entity's client quota.
+    RemoveQuota {
+        /// Who.
+        entity: QuotaEntity,
+    },
 }
 
 /// Why an applied command changed nothing. Decided at apply time, so every replica agrees.
@@ -160,6 +173,15 @@ impl From<AccessRejection> for Rejection {
     }
 }
 
+impl From<QuotaRejection> for Rejection {
+    fn from(r: QuotaRejection) -> Self {
+        match r {
+            QuotaRejection::Unknown(entity) => Rejection::Access { reason: format!("no quota for {entity}") },
+            QuotaRejection::Invalid(reason) => Rejection::Invalid { reason },
+        }
+    }
+}
+
 impl From<Rejection> for ClusterError {
     fn from(r: Rejection) -> Self {
         match r {
@@ -203,6 +225,8 @@ pub struct MetadataState {
     members: BTreeMap<NodeId, String>,
     /// Users and ACL rules.
     access: AccessState,
+    /// Client quotas.
+    quotas: QuotaState,
 }
 
 impl MetadataState {
@@ -234,6 +258,11 @@ impl MetadataState {
     /// Users and ACL rules.
     pub fn access(&self) -> &AccessState {
         &self.access
+    }
+
+    /// Client quotas.
+    pub fn quotas(&self) -> &QuotaState {
+        &self.quotas
     }
 
     /// Committed offsets by (group, topic, partition).
@@ -341,6 +370,14 @@ impl MetadataState {
             }
             MetadataCommand::RemoveAcl(rule) => {
                 self.access.remove_acl(rule)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::SetQuota { entity, quota } => {
+                self.quotas.set(entity, *quota)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::RemoveQuota { entity } => {
+                self.quotas.remove(entity)?;
                 Ok(MetadataReply::Ok)
             }
         }
@@ -532,6 +569,7 @@ impl MetadataState {
             w.str16(group).str16(topic).u32(*partition).u64(*offset);
         }
         self.access.encode(&mut w);
+        self.quotas.encode(&mut w);
         w.crc();
         w.finish()
     }
@@ -539,7 +577,8 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version = r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION])?;
+        let version =
+            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_ACCESS, snap::VERSION])?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
@@ -563,8 +602,11 @@ impl MetadataState {
             let offset = r.u64()?;
             state.offsets.insert((group, topic, partition), offset);
         }
-        if version >= snap::VERSION {
+        if version >= snap::VERSION_ACCESS {
             state.access = AccessState::decode(&mut r)?;
+        }
+        if version >= snap::VERSION {
+            state.quotas = QuotaState::decode(&mut r)?;
         }
         r.finish()?;
         Ok(state)
@@ -715,6 +757,14 @@ impl MetadataCommand {
                 w.u8(cmd::KIND_REMOVE_ACL);
                 access::write_rule(&mut w, rule);
             }
+            MetadataCommand::SetQuota { entity, quota } => {
+                w.u8(cmd::KIND_SET_QUOTA);
+                quota::write_entry(&mut w, entity, quota);
+            }
+            MetadataCommand::RemoveQuota { entity } => {
+                w.u8(cmd::KIND_REMOVE_QUOTA);
+                quota::write_entity(&mut w, entity);
+            }
         }
         w.finish()
     }
@@ -777,6 +827,11 @@ impl MetadataCommand {
             cmd::KIND_DELETE_USER => MetadataCommand::DeleteUser { name: r.str16(access::MAX_PRINCIPAL_BYTES)? },
             cmd::KIND_ADD_ACL => MetadataCommand::AddAcl(access::read_rule(&mut r)?),
             cmd::KIND_REMOVE_ACL => MetadataCommand::RemoveAcl(access::read_rule(&mut r)?),
+            cmd::KIND_SET_QUOTA => {
+                let (entity, quota) = quota::read_entry(&mut r)?;
+                MetadataCommand::SetQuota { entity, quota }
+            }
+            cmd::KIND_REMOVE_QUOTA => MetadataCommand::RemoveQuota { entity: quota::read_entity(&mut r)? },
             other => return Err(r.error(format!("unknown command kind {other}"))),
         };
         r.finish()?;
@@ -1184,6 +1239,62 @@ mod tests {
         ));
         assert_eq!(s.apply(&MetadataCommand::DeleteUser { name: "alice".into() }), MetadataReply::Ok);
         assert!(!s.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
+    }
+
+    #[test]
+    fn quotas_replicate_through_commands_and_snapshots() {
+        let mut s = three_members();
+        let alice = QuotaEntity::User("alice".into());
+        let set = |entity: &QuotaEntity, produce, consume| MetadataCommand::SetQuota {
+            entity: entity.clone(),
+            quota: Quota { produce_bytes_per_sec: produce, consume_bytes_per_sec: consume },
+        };
+        for c in [set(&QuotaEntity::Default, Some(1_000), Some(2_000)), set(&alice, Some(50), None)] {
+            assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
+            assert_eq!(s.apply(&c), MetadataReply::Ok);
+        }
+        let bad = set(&alice, None, None);
+        assert!(matches!(s.apply(&bad), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let restored = MetadataState::decode(&s.encode()).unwrap();
+        assert_eq!(restored, s);
+        let expect = Quota { produce_bytes_per_sec: Some(50), consume_bytes_per_sec: Some(2_000) };
+        assert_eq!(restored.quotas().effective(Some("alice")), expect);
+        let remove = MetadataCommand::RemoveQuota { entity: alice.clone() };
+        assert_eq!(MetadataCommand::decode(&remove.encode()).unwrap(), remove);
+        assert_eq!(s.apply(&remove), MetadataReply::Ok);
+        assert!(matches!(s.apply(&remove), MetadataReply::Rejected(Rejection::Access { .. })));
+        assert_eq!(s.quotas().effective(Some("alice")).produce_bytes_per_sec, Some(1_000));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_quotas_still_reads() {
+        use crate::cluster::access::{Operation, ResourcePattern};
+        let mut s = three_members();
+        create(&mut s, "t", 2, 2);
+        s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [3; 32] });
+        let rule = AclRule {
+            principal: "alice".into(),
+            operation: Operation::Produce,
+            resource: ResourcePattern::Topic("t".into()),
+        };
+        s.apply(&MetadataCommand::AddAcl(rule));
+        // Version 2: the same layout without the quota entries after the access part.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_ACCESS).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addr) in &s.members {
+            w.u64(*id).str16(addr);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        s.access.encode(&mut w);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert!(old.quotas().entries().is_empty());
     }
 
     #[test]

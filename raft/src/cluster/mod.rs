@@ -22,6 +22,7 @@ pub mod layout;
 pub mod metadata;
 pub mod partition;
 mod proposer;
+pub mod quota;
 mod reconcile;
 mod retention;
 mod supervise;
@@ -580,6 +581,28 @@ impl Cluster {
     pub async fn list_acls(&self) -> Result<Vec<access::AclRule>, ClusterError> {
         self.linearizable_metadata().await?;
         Ok(self.metadata.read().access().acls().iter().cloned().collect())
+    }
+
+    /// Sets (replaces) the client quota of `entity`.
+    pub async fn set_quota(&self, entity: quota::QuotaEntity, quota: quota::Quota) -> Result<(), ClusterError> {
+        quota.validate()?;
+        self.propose(MetadataCommand::SetQuota { entity, quota }).await.map(|_| ())
+    }
+
+    /// Removes the client quota of `entity`.
+    pub async fn remove_quota(&self, entity: quota::QuotaEntity) -> Result<(), ClusterError> {
+        self.propose(MetadataCommand::RemoveQuota { entity }).await.map(|_| ())
+    }
+
+    /// Every quota entry (the default first), linearizable (read-index).
+    pub async fn list_quotas(&self) -> Result<Vec<(quota::QuotaEntity, quota::Quota)>, ClusterError> {
+        self.linearizable_metadata().await?;
+        Ok(self.metadata.read().quotas().entries().iter().map(|(e, q)| (e.clone(), *q)).collect())
+    }
+
+    /// The quota this node's applied metadata gives `user` (`None`: an anonymous caller).
+    pub fn quota_of(&self, user: Option<&str>) -> quota::Quota {
+        self.metadata.read().quotas().effective(user)
     }
 
     /// Lets this node's metadata catch up with changes committed just before now, before a refusal
