@@ -21,6 +21,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod proto;
 pub mod records;
+pub mod scram;
 pub mod token;
 
 pub use admin::{Admin, NewTopic};
@@ -33,4 +34,5 @@ pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 pub use shale_storage::ChainHash;
+pub use scram::Password;
 pub use token::Token;
