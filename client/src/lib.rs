@@ -33,6 +33,6 @@ pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
-pub use shale_storage::ChainHash;
 pub use scram::Password;
+pub use shale_storage::ChainHash;
 pub use token::Token;

@@ -106,10 +106,7 @@ impl Credential {
 /// Checks a password is usable: 1..=[`MAX_PASSWORD_BYTES`] bytes.
 pub fn check_password(password: &str) -> Result<(), ClientError> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
-        return Err(ClientError::Config(format!(
-            "a password of {} bytes (1..={MAX_PASSWORD_BYTES})",
-            password.len()
-        )));
+        return Err(ClientError::Config(format!("a password of {} bytes (1..={MAX_PASSWORD_BYTES})", password.len())));
     }
     Ok(())
 }

@@ -15,8 +15,11 @@ use shale_client::admin::NewTopic;
 use shale_client::proto::access_client::AccessClient;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::produce_client::ProduceClient;
-use shale_client::{Client, ClientConfig, ClientError, ErrorCode, ProducerConfig, ProducerRecord, Token, meta, proto};
+use shale_client::{
+    Client, ClientConfig, ClientError, ErrorCode, Password, ProducerConfig, ProducerRecord, Token, meta, proto,
+};
 use shale_node::testing::LocalCluster;
+use shale_raft::cluster::access::ScramCredential;
 use shale_raft::network::tls::files::{self, CA_CERT};
 use shale_raft::network::tls::generate;
 use tonic::Code;
@@ -271,6 +274,84 @@ async fn tokens_are_refused_alike_for_an_unknown_user_and_a_wrong_secret() {
     }
     let e = bob.who_am_i().await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+    assert_eq!(e.to_string(), answers[0]);
+    c.shutdown().await.unwrap();
+}
+
+/// A client of node 1 only (so its password cache is the one a test reads), by user and password.
+fn password_client(c: &LocalCluster, user: &str, password: &str) -> Client {
+    let mut config = ClientConfig::new(c.endpoints().into_iter().take(1));
+    config.max_attempts = 3;
+    config.request_timeout_ms = 5_000;
+    config.tls = tls_as(c, None);
+    config.password = Some(Password::new(user, password).unwrap());
+    Client::new(config).expect("client")
+}
+
+/// Key derivations run by every node's password verifier.
+fn derivations(c: &LocalCluster) -> u64 {
+    (1..=3).filter_map(|id| c.running(id)).map(|n| n.auth().passwords.derivations()).sum()
+}
+
+/// Waits until every node has applied `check` to `user`'s credential.
+async fn applied_everywhere(c: &LocalCluster, user: &str, check: impl Fn(Option<ScramCredential>) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(1..=3).all(|id| check(c.running(id).unwrap().cluster().user_scram(user))) {
+        assert!(tokio::time::Instant::now() < deadline, "every node applies the change to {user}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passwords_authenticate_alike_refusals_and_a_changed_or_deleted_password_is_refused_at_once() {
+    logs();
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start_tls(3, root.path(), auth_on).await.expect("cluster starts");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let admin = client(&c, tls_as(&c, Some("admin")), None).admin();
+    admin.create_password_user("erin", "correct horse").await.expect("create a password user");
+    let stored = eventually("erin is applied", || async {
+        c.running(1).unwrap().cluster().user_scram("erin").ok_or(ClientError::NoEndpoints)
+    })
+    .await;
+    assert_eq!(stored.iterations, shale_client::scram::DEFAULT_ITERATIONS);
+
+    let erin = password_client(&c, "erin", "correct horse").admin();
+    let me = eventually("erin's password is accepted", || erin.who_am_i()).await;
+    assert_eq!((me.principal.as_str(), me.source.as_str(), me.super_user), ("user:erin", "password", false));
+    // Verified once: later requests are cache hits, no key derivation.
+    let before = derivations(&c);
+    for _ in 0..5 {
+        erin.who_am_i().await.expect("cached");
+    }
+    assert_eq!(derivations(&c), before, "a verified password is cached");
+
+    // A wrong password and an unknown user: the same answer, the same key derivations.
+    let mut answers = Vec::new();
+    let mut runs = Vec::new();
+    for (user, password) in [("erin", "wrong horse"), ("mallory", "wrong horse")] {
+        let before = derivations(&c);
+        let e = password_client(&c, user, password).admin().list_topics().await.unwrap_err();
+        assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+        answers.push(e.to_string());
+        runs.push(derivations(&c) - before);
+    }
+    assert_eq!(answers[0], answers[1], "an unknown user and a wrong password get the same answer");
+    assert!(runs[0] > 0 && runs[0] == runs[1], "both ran PBKDF2 as often: {runs:?}");
+
+    // A changed password: the old one is refused as soon as the node applied the change, even
+    // though it was cached.
+    admin.set_user_password("erin", "battery staple").await.expect("change erin's password");
+    applied_everywhere(&c, "erin", |s| s.is_some_and(|s| s.salt != stored.salt)).await;
+    let e = erin.who_am_i().await.expect_err("the old password is refused");
+    assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+    let erin = password_client(&c, "erin", "battery staple").admin();
+    erin.who_am_i().await.expect("the new password is accepted");
+
+    // A deleted user: refused at once, with the same answer as any wrong password.
+    admin.delete_user("erin").await.unwrap();
+    applied_everywhere(&c, "erin", |s| s.is_none()).await;
+    let e = erin.who_am_i().await.expect_err("a deleted user's password is refused");
     assert_eq!(e.to_string(), answers[0]);
     c.shutdown().await.unwrap();
 }
