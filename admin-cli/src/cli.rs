@@ -59,7 +59,14 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// Cluster endpoints, comma-separated host:port (any member will do). Default: the profile's
     /// addresses, else 127.0.0.1:7001.
-    #[arg(long, short = 'b', alias = "endpoints", global = true, env = "SHALE_BOOTSTRAP", value_name = "HOST:PORT[,...]")]
+    #[arg(
+        long,
+        short = 'b',
+        alias = "endpoints",
+        global = true,
+        env = "SHALE_BOOTSTRAP",
+        value_name = "HOST:PORT[,...]"
+    )]
     pub bootstrap: Option<String>,
     /// Per-request timeout.
     #[arg(long, global = true, default_value = "10s", value_parser = args::parse_duration_ms, value_name = "DURATION")]

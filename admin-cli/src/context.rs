@@ -118,8 +118,7 @@ impl Settings {
 
 /// The first line of a password file.
 pub fn read_password_file(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| CliError::Input { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Input { path: path.to_path_buf(), source })?;
     let line = text.lines().next().unwrap_or_default().to_string();
     if line.is_empty() {
         return Err(CliError::Usage(format!("the password file {} is empty", path.display())));
@@ -171,13 +170,11 @@ impl Ctx {
             Credentials::Password { user, file } => {
                 let password = match file {
                     Some(f) => read_password_file(f)?,
-                    None => std::env::var(PASSWORD_ENV).map_err(|_| {
-                        CliError::Usage(format!("user {user}: give --password-file or {PASSWORD_ENV}"))
-                    })?,
+                    None => std::env::var(PASSWORD_ENV)
+                        .map_err(|_| CliError::Usage(format!("user {user}: give --password-file or {PASSWORD_ENV}")))?,
                 };
-                config.password = Some(
-                    Password::new(user, &password).map_err(|e| CliError::Usage(format!("--user {user}: {e}")))?,
-                );
+                config.password =
+                    Some(Password::new(user, &password).map_err(|e| CliError::Usage(format!("--user {user}: {e}")))?);
             }
         }
         Ok(config)

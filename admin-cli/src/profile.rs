@@ -138,12 +138,7 @@ impl ProfileFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ProfileError> {
         toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_column(text, s.start));
-            ProfileError::Malformed {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
+            ProfileError::Malformed { path: path.to_path_buf(), line, column, message: e.message().trim().to_string() }
         })
     }
 
@@ -228,7 +223,7 @@ password_file = "/pw"
     fn a_malformed_file_names_the_file_and_line() {
         let path = Path::new("/home/a/.config/shale/config.toml");
         for (text, line) in [
-            ("[profiles.dev]\naddresses = [\"a:1\"\nuser = \"x\"\n", 2),
+            ("[profiles.dev]\naddresses = [\"a:1\"\nuser = \"x\"\n", 3),
             ("[profiles.dev]\naddresses = [\"a:1\"]\nuser = 7\n", 3),
             ("current_profile = \"a\"\n\n[profiles.dev]\nbrokers = [\"a:1\"]\n", 4),
         ] {

@@ -62,16 +62,12 @@ pub fn new_password(args: &NewPasswordArgs, name: &str) -> Result<String> {
         read_password_file(path)?
     } else if args.password_stdin {
         let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|source| CliError::Input { path: "-".into(), source })?;
+        std::io::stdin().lock().read_line(&mut line).map_err(|source| CliError::Input { path: "-".into(), source })?;
         line.trim_end_matches(['\r', '\n']).to_string()
     } else {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::Usage(
-                "--password prompts on a terminal; without one use --new-password-file FILE or --password-stdin"
-                    .into(),
+                "--password prompts on a terminal; without one use --new-password-file FILE or --password-stdin".into(),
             ));
         }
         let read = |prompt: &str| {
@@ -103,9 +99,7 @@ pub async fn run_user(ctx: &Ctx, command: UserCommand) -> Result<()> {
         }
         UserCommand::SetPassword { name, password } => {
             if !password.given() {
-                return Err(CliError::Usage(
-                    "give --password, --new-password-file FILE or --password-stdin".into(),
-                ));
+                return Err(CliError::Usage("give --password, --new-password-file FILE or --password-stdin".into()));
             }
             let password = new_password(&password, &name)?;
             admin
