@@ -281,6 +281,25 @@ mod tests {
     }
 
     #[test]
+    fn without_tls_the_callers_authorization_is_forwarded_as_sent() {
+        let basic = Password::new("erin", "pw").unwrap().header_value();
+        let caller = Caller {
+            principal: Principal::User("erin".into()),
+            source: Source::Password,
+            peer: None,
+            authorization: Some(basic.clone()),
+        };
+        let mut headers = MetadataMap::new();
+        forward_headers(Some(&caller), false, &mut headers);
+        assert_eq!(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()), Some(basic.as_str()));
+        assert!(headers.get(meta::PRINCIPAL).is_none());
+        let mut headers = MetadataMap::new();
+        forward_headers(Some(&caller), true, &mut headers);
+        assert_eq!(headers.get(meta::PRINCIPAL).and_then(|v| v.to_str().ok()), Some("user:erin"));
+        assert!(headers.get(AUTHORIZATION).is_none(), "with TLS the password is not passed on");
+    }
+
+    #[test]
     fn hashes_compare_whole() {
         let a = [1u8; 32];
         let mut b = a;
