@@ -481,6 +481,27 @@ async fn without_tls_tokens_work_forwarded_principals_are_refused_and_rules_surv
     req.metadata_mut().insert("authorization", admin_token.header_value().parse().unwrap());
     raw.create_topic(req).await.expect("forwarded with the caller's token");
 
+    // A password user through the same follower: its Basic authorization is forwarded as sent and
+    // the leader checks the password itself.
+    admin.create_password_user("gina", "gina's password").await.unwrap();
+    admin.add_acl(acl_rule("gina", "create", "topic-prefix", "g.")).await.unwrap();
+    let gina = Password::new("gina", "gina's password").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut req = tonic::Request::new(proto::CreateTopicRequest {
+            name: "g.via-follower".into(),
+            config: Some(proto::TopicConfig { partitions: 1, replication_factor: 1, ..Default::default() }),
+        });
+        req.metadata_mut().insert("authorization", gina.header_value().parse().unwrap());
+        match raw.create_topic(req).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(tokio::time::Instant::now() < deadline, "forwarded with gina's password: {status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     // A forwarded principal cannot be proven without TLS: refused.
     let leader = c.running(1).unwrap().cluster().metadata_leader().unwrap().0;
     let mut raw = ProduceClient::new(channel(&c.grpc[leader as usize - 1].to_string(), None).await);
@@ -507,7 +528,12 @@ async fn without_tls_tokens_work_forwarded_principals_are_refused_and_rules_surv
     assert_denied(dave.admin().describe_topic("zz").await, "user:dave", "describe", "topic zz");
     dave.admin().describe_topic("orders").await.expect("dave's produce rule survived");
     let rules = eventually("admin lists the rules", || admin.list_acls()).await;
-    assert_eq!(rules.len(), 21);
+    assert_eq!(rules.len(), 22);
+    // A password user survives the restart too (its SCRAM credential in the snapshot).
+    let mut config = ClientConfig::new(c.endpoints());
+    config.password = Some(gina);
+    let gina = Client::new(config).unwrap().admin();
+    eventually("gina's password survives the restart", || gina.describe_topic("g.via-follower")).await;
     c.shutdown().await.unwrap();
 }
 
