@@ -194,3 +194,56 @@ impl Ctx {
         CliError::client(action, &self.settings.bootstrap, e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn global(args: &[&str]) -> GlobalArgs {
+        Cli::try_parse_from(["shale"].iter().chain(args).chain(&["topic", "list"])).unwrap().global
+    }
+
+    fn prod() -> Option<(String, Profile)> {
+        let p = Profile {
+            addresses: vec!["a:1".into(), "b:2".into()],
+            tls_ca: Some("/ca.pem".into()),
+            tls_cert: Some("/c.pem".into()),
+            tls_key: Some("/c.key".into()),
+            user: Some("alice".into()),
+            password_file: Some("/alice.pw".into()),
+            ..Profile::default()
+        };
+        Some(("prod".into(), p))
+    }
+
+    #[test]
+    fn flags_win_over_the_profile_field_by_field() {
+        // (SHALE_* variables of whoever runs the tests would count as flags here.)
+        if std::env::vars().any(|(k, _)| k.starts_with("SHALE_")) {
+            return;
+        }
+        let s = Settings::merge(&global(&[]), prod()).unwrap();
+        assert_eq!(s.bootstrap, "a:1,b:2");
+        assert_eq!(s.tls_ca.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(s.credentials, Credentials::Password { user: "alice".into(), file: Some("/alice.pw".into()) });
+        let s = Settings::merge(&global(&["--bootstrap", "x:9", "--password-file", "/other.pw"]), prod()).unwrap();
+        assert_eq!(s.bootstrap, "x:9");
+        assert_eq!(s.credentials, Credentials::Password { user: "alice".into(), file: Some("/other.pw".into()) });
+        // A token from the flags replaces the profile's user whole.
+        let token = format!("bob:{}", "0".repeat(64));
+        let s = Settings::merge(&global(&["--token", &token]), prod()).unwrap();
+        assert_eq!(s.credentials, Credentials::Token(token.clone()));
+        let s = Settings::merge(&global(&["--tls-cert", "/mine.pem", "--tls-key", "/mine.key"]), prod()).unwrap();
+        assert_eq!(s.tls_identity, Some(("/mine.pem".into(), "/mine.key".into())));
+        // Without a profile: the defaults.
+        let s = Settings::merge(&global(&[]), None).unwrap();
+        assert_eq!((s.bootstrap.as_str(), &s.credentials, &s.tls_ca), (DEFAULT_BOOTSTRAP, &Credentials::None, &None));
+        // Usage errors: a token and a user; a password file without a user; a certificate without a CA.
+        assert!(Settings::merge(&global(&["--token", &token, "--user", "bob"]), None).is_err());
+        assert!(Settings::merge(&global(&["--password-file", "/pw"]), None).is_err());
+        assert!(Settings::merge(&global(&["--tls-cert", "/c", "--tls-key", "/k"]), None).is_err());
+    }
+}
