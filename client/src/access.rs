@@ -7,6 +7,7 @@ use crate::admin::Admin;
 use crate::client::{Client, Route};
 use crate::error::ClientError;
 use crate::proto;
+use crate::scram::Credential;
 use crate::token::Token;
 
 macro_rules! access_call {
@@ -42,6 +43,16 @@ pub fn quota(entity: &str, produce_bytes_per_sec: Option<u64>, consume_bytes_per
     }
 }
 
+/// A credential as the API carries it.
+pub fn wire_credential(c: &Credential) -> proto::ScramCredential {
+    proto::ScramCredential {
+        salt: c.salt.clone().into(),
+        iterations: c.iterations,
+        stored_key: c.stored_key.to_vec().into(),
+        server_key: c.server_key.to_vec().into(),
+    }
+}
+
 impl Admin {
     /// Sets (replaces) a quota entry (see [`quota`]).
     pub async fn set_quota(&self, quota: proto::Quota) -> Result<(), ClientError> {
@@ -66,6 +77,23 @@ impl Admin {
             proto::CreateUserRequest { name: name.to_string(), token_sha256: token.secret_hash().to_vec().into() };
         access_call!(self, create_user, req)?;
         Ok(token)
+    }
+
+    /// Creates a user with a password. The client derives its SCRAM-SHA-256 credential (random
+    /// salt, [`crate::scram::DEFAULT_ITERATIONS`]) and sends only that: the password never reaches
+    /// the cluster here.
+    pub async fn create_password_user(&self, name: &str, password: &str) -> Result<(), ClientError> {
+        let scram = wire_credential(&Credential::generate(password)?);
+        let req = proto::CreatePasswordUserRequest { name: name.to_string(), scram_sha256: Some(scram) };
+        access_call!(self, create_password_user, req).map(|_| ())
+    }
+
+    /// Gives an existing user a new password (derived here as for
+    /// [`Admin::create_password_user`]); its token or old password stops working.
+    pub async fn set_user_password(&self, name: &str, password: &str) -> Result<(), ClientError> {
+        let scram = wire_credential(&Credential::generate(password)?);
+        let req = proto::SetUserPasswordRequest { name: name.to_string(), scram_sha256: Some(scram) };
+        access_call!(self, set_user_password, req).map(|_| ())
     }
 
     /// Deletes a user (its token stops working; rules naming it stay).

@@ -258,11 +258,18 @@ impl Client {
         req
     }
 
-    /// Wraps a message in a request that carries the configured token, if any (no timeout).
+    /// Wraps a message in a request that carries the configured token, or else password, if any
+    /// (no timeout).
     pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        if let Some(token) = &self.inner.config.token
-            && let Ok(value) = token.header_value().parse()
+        let config = &self.inner.config;
+        let value = match (&config.token, &config.password) {
+            (Some(token), _) => Some(token.header_value()),
+            (None, Some(password)) => Some(password.header_value()),
+            (None, None) => None,
+        };
+        if let Some(value) = value
+            && let Ok(value) = value.parse()
         {
             req.metadata_mut().insert(crate::token::AUTHORIZATION, value);
         }

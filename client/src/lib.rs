@@ -21,6 +21,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod proto;
 pub mod records;
+pub mod scram;
 pub mod token;
 
 pub use admin::{Admin, NewTopic};
@@ -32,5 +33,6 @@ pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use partitioner::{Partitioner, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
+pub use scram::Password;
 pub use shale_storage::ChainHash;
 pub use token::Token;

@@ -5,9 +5,11 @@ use serde::Serialize;
 use shale_client::access::{acl_rule, quota};
 use shale_client::proto;
 
-use crate::cli::{AclCommand, AclRuleArgs, QuotaCommand, UserCommand};
-use crate::context::Ctx;
-use crate::error::Result;
+use std::io::{BufRead, IsTerminal};
+
+use crate::cli::{AclCommand, AclRuleArgs, NewPasswordArgs, QuotaCommand, UserCommand};
+use crate::context::{Ctx, read_password_file};
+use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 
 /// One rule, as `acl list` shows it.
@@ -54,11 +56,60 @@ fn describe(r: &proto::AclRule) -> String {
     }
 }
 
+/// The new password the options name: prompted for (twice) on a terminal, or read from a file
+/// or stdin (the first line).
+pub fn new_password(args: &NewPasswordArgs, name: &str) -> Result<String> {
+    let password = if let Some(path) = &args.new_password_file {
+        read_password_file(path)?
+    } else if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|source| CliError::Input { path: "-".into(), source })?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Usage(
+                "--password prompts on a terminal; without one use --new-password-file FILE or --password-stdin".into(),
+            ));
+        }
+        let read = |prompt: &str| {
+            rpassword::prompt_password(prompt).map_err(|source| CliError::Input { path: "/dev/tty".into(), source })
+        };
+        let first = read(&format!("password for {name}: "))?;
+        if read("again: ")? != first {
+            return Err(CliError::Usage("the passwords differ".into()));
+        }
+        first
+    };
+    shale_client::scram::check_password(&password).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(password)
+}
+
 /// Runs a `user` command.
 pub async fn run_user(ctx: &Ctx, command: UserCommand) -> Result<()> {
     let admin = ctx.client()?.admin();
     match command {
-        UserCommand::Create { name } => {
+        UserCommand::Create { name, password } if password.given() => {
+            let password = new_password(&password, &name)?;
+            admin
+                .create_password_user(&name, &password)
+                .await
+                .map_err(|e| ctx.err(format!("create user {name}"), e))?;
+            output::print_stdout(&format!(
+                "created user {name} with a password (the cluster keeps only its SCRAM-SHA-256 credential)\n"
+            ))
+        }
+        UserCommand::SetPassword { name, password } => {
+            if !password.given() {
+                return Err(CliError::Usage("give --password, --new-password-file FILE or --password-stdin".into()));
+            }
+            let password = new_password(&password, &name)?;
+            admin
+                .set_user_password(&name, &password)
+                .await
+                .map_err(|e| ctx.err(format!("set the password of user {name}"), e))?;
+            output::print_stdout(&format!("changed the password of user {name}\n"))
+        }
+        UserCommand::Create { name, .. } => {
             let token = admin.create_user(&name).await.map_err(|e| ctx.err(format!("create user {name}"), e))?;
             eprintln!("created user {name}; its token follows, shown this once (the cluster keeps only a hash)");
             output::print_stdout(&format!("{token}\n"))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use shale_client::proto;
 use shale_client::proto::access_client::AccessClient;
-use shale_raft::cluster::access::{AclRule, Operation, Resource, ResourcePattern, TOKEN_HASH_BYTES};
+use shale_raft::cluster::access::{AclRule, Operation, Resource, ResourcePattern, ScramCredential, TOKEN_HASH_BYTES};
 use shale_raft::cluster::quota::{Quota, QuotaEntity};
 use tonic::{Request, Response, Status};
 
@@ -41,6 +41,20 @@ fn rule_of(rule: Option<&proto::AclRule>) -> Result<AclRule, Status> {
     let rule = AclRule { principal: rule.principal.clone(), operation, resource };
     rule.validate().map_err(cluster_error)?;
     Ok(rule)
+}
+
+/// The domain credential of a wire credential (its salt and iterations are checked by the cluster).
+fn credential_of(c: Option<&proto::ScramCredential>) -> Result<ScramCredential, Status> {
+    let c = c.ok_or_else(|| invalid("scram_sha256", "missing"))?;
+    let key = |field: &'static str, bytes: &[u8]| -> Result<[u8; 32], Status> {
+        bytes.try_into().map_err(|_| invalid(field, "a SCRAM-SHA-256 key is 32 bytes"))
+    };
+    Ok(ScramCredential {
+        salt: c.salt.to_vec(),
+        iterations: c.iterations,
+        stored_key: key("stored_key", &c.stored_key)?,
+        server_key: key("server_key", &c.server_key)?,
+    })
 }
 
 /// The wire rule of a domain rule.
@@ -150,6 +164,46 @@ impl proto::access_server::Access for AccessService {
                     let result = self.ctx.cluster.create_user(&name, hash).await;
                     let served = self.ctx.or_forward(result, forwarded, None, req, AccessClient::create_user).await?;
                     Ok(served.answer(|()| proto::CreateUserResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn create_password_user(
+        &self,
+        request: Request<proto::CreatePasswordUserRequest>,
+    ) -> Result<Response<proto::CreatePasswordUserResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let name = req.name.clone();
+                audited("create_password_user", &format!("user {name}"), "", async {
+                    self.admin().await?;
+                    let credential = credential_of(req.scram_sha256.as_ref())?;
+                    let result = self.ctx.cluster.create_password_user(&name, credential).await;
+                    let served =
+                        self.ctx.or_forward(result, forwarded, None, req, AccessClient::create_password_user).await?;
+                    Ok(served.answer(|()| proto::CreatePasswordUserResponse {}))
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn set_user_password(
+        &self,
+        request: Request<proto::SetUserPasswordRequest>,
+    ) -> Result<Response<proto::SetUserPasswordResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                let name = req.name.clone();
+                audited("set_user_password", &format!("user {name}"), "", async {
+                    self.admin().await?;
+                    let credential = credential_of(req.scram_sha256.as_ref())?;
+                    let result = self.ctx.cluster.set_password(&name, credential).await;
+                    let served =
+                        self.ctx.or_forward(result, forwarded, None, req, AccessClient::set_user_password).await?;
+                    Ok(served.answer(|()| proto::SetUserPasswordResponse {}))
                 })
                 .await
             })

@@ -46,9 +46,13 @@ pub mod metadata_command {
     /// Kind: create a topic within cluster totals (topics, partitions) the command carries.
     pub const KIND_CREATE_TOPIC_WITHIN: u8 = 12;
     /// Kind: set (replace) a quota entry; body is a [`super::quota_entry`].
-    pub const KIND_SET_QUOTA: u8 = 20;
+    pub const KIND_SET_QUOTA: u8 = 17;
     /// Kind: remove a quota entry; body is its entity (`[kind:u8][name:str16]`).
-    pub const KIND_REMOVE_QUOTA: u8 = 21;
+    pub const KIND_REMOVE_QUOTA: u8 = 18;
+    /// Kind: add a password user (name, SCRAM-SHA-256 credential).
+    pub const KIND_CREATE_PASSWORD_USER: u8 = 15;
+    /// Kind: give an existing user a new password (name, SCRAM-SHA-256 credential).
+    pub const KIND_SET_PASSWORD: u8 = 16;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).
@@ -71,10 +75,12 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (5: quota entries follow the users and ACL rules).
-    pub const VERSION: u16 = 5;
-    /// Users and ACL rules follow the offsets; still read (as holding no quotas).
-    pub const VERSION_ACCESS: u16 = 2;
+    /// Version written and read (3: each user's credential carries a kind byte, token or
+    /// SCRAM-SHA-256 password; quota entries follow the ACL rules).
+    pub const VERSION: u16 = 3;
+    /// Users (all token users, no kind byte) and ACL rules follow the offsets; still read (as
+    /// holding no quotas).
+    pub const VERSION_TOKEN_USERS: u16 = 2;
     /// The version before users and ACL rules, still read (as holding none).
     pub const VERSION_BEFORE_ACCESS: u16 = 1;
 }
@@ -322,7 +328,7 @@ mod tests {
         use crate::cluster::quota::{Quota, QuotaEntity};
 
         use super::*;
-        use crate::cluster::access::{AclRule, Operation, ResourcePattern};
+        use crate::cluster::access::{AclRule, Operation, ResourcePattern, ScramCredential};
         use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
         use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
@@ -376,6 +382,24 @@ mod tests {
                 MetadataCommand::DeleteTopic { name: "other".into() },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [level as u8; 32] },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [0; 32] },
+                MetadataCommand::CreatePasswordUser {
+                    name: format!("{name}.p"),
+                    credential: ScramCredential {
+                        salt: vec![level as u8; 16 + (n % 49) as usize],
+                        iterations: 4096 + (n % 100_000) as u32,
+                        stored_key: [1; 32],
+                        server_key: [2; 32],
+                    },
+                },
+                MetadataCommand::SetPassword {
+                    name: name.into(),
+                    credential: ScramCredential {
+                        salt: vec![3; 32],
+                        iterations: 10_000,
+                        stored_key: [4; 32],
+                        server_key: [5; 32],
+                    },
+                },
                 MetadataCommand::AddAcl(AclRule {
                     principal: name.into(),
                     operation: Operation::Produce,

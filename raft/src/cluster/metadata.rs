@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, TOKEN_HASH_BYTES};
+use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, ScramCredential, TOKEN_HASH_BYTES};
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
     ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec,
@@ -83,6 +83,20 @@ pub enum MetadataCommand {
     DeleteUser {
         /// User name.
         name: String,
+    },
+    /// Add a user with a password, as its SCRAM-SHA-256 credential.
+    CreatePasswordUser {
+        /// User name (a principal).
+        name: String,
+        /// The password's credential (never the password).
+        credential: ScramCredential,
+    },
+    /// Give an existing user a new password (its token or old password stops working).
+    SetPassword {
+        /// User name.
+        name: String,
+        /// The new password's credential.
+        credential: ScramCredential,
     },
     /// Add an ACL allow rule (no-op if it exists).
     AddAcl(AclRule),
@@ -364,6 +378,14 @@ impl MetadataState {
                 self.access.delete_user(name)?;
                 Ok(MetadataReply::Ok)
             }
+            MetadataCommand::CreatePasswordUser { name, credential } => {
+                self.access.create_password_user(name, credential)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::SetPassword { name, credential } => {
+                self.access.set_password(name, credential)?;
+                Ok(MetadataReply::Ok)
+            }
             MetadataCommand::AddAcl(rule) => {
                 self.access.add_acl(rule)?;
                 Ok(MetadataReply::Ok)
@@ -577,8 +599,10 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version =
-            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_ACCESS, snap::VERSION])?;
+        let version = r.snapshot_header_of(
+            snap::MAGIC,
+            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_TOKEN_USERS, snap::VERSION],
+        )?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
@@ -602,8 +626,8 @@ impl MetadataState {
             let offset = r.u64()?;
             state.offsets.insert((group, topic, partition), offset);
         }
-        if version >= snap::VERSION_ACCESS {
-            state.access = AccessState::decode(&mut r)?;
+        if version >= snap::VERSION_TOKEN_USERS {
+            state.access = AccessState::decode(&mut r, version >= snap::VERSION)?;
         }
         if version >= snap::VERSION {
             state.quotas = QuotaState::decode(&mut r)?;
@@ -749,6 +773,14 @@ impl MetadataCommand {
             MetadataCommand::DeleteUser { name } => {
                 w.u8(cmd::KIND_DELETE_USER).str16(name);
             }
+            MetadataCommand::CreatePasswordUser { name, credential } => {
+                w.u8(cmd::KIND_CREATE_PASSWORD_USER).str16(name);
+                access::write_scram(&mut w, credential);
+            }
+            MetadataCommand::SetPassword { name, credential } => {
+                w.u8(cmd::KIND_SET_PASSWORD).str16(name);
+                access::write_scram(&mut w, credential);
+            }
             MetadataCommand::AddAcl(rule) => {
                 w.u8(cmd::KIND_ADD_ACL);
                 access::write_rule(&mut w, rule);
@@ -825,6 +857,14 @@ impl MetadataCommand {
                 token_hash: access::read_hash(&mut r)?,
             },
             cmd::KIND_DELETE_USER => MetadataCommand::DeleteUser { name: r.str16(access::MAX_PRINCIPAL_BYTES)? },
+            cmd::KIND_CREATE_PASSWORD_USER => MetadataCommand::CreatePasswordUser {
+                name: r.str16(access::MAX_PRINCIPAL_BYTES)?,
+                credential: access::read_scram(&mut r)?,
+            },
+            cmd::KIND_SET_PASSWORD => MetadataCommand::SetPassword {
+                name: r.str16(access::MAX_PRINCIPAL_BYTES)?,
+                credential: access::read_scram(&mut r)?,
+            },
             cmd::KIND_ADD_ACL => MetadataCommand::AddAcl(access::read_rule(&mut r)?),
             cmd::KIND_REMOVE_ACL => MetadataCommand::RemoveAcl(access::read_rule(&mut r)?),
             cmd::KIND_SET_QUOTA => {
@@ -1241,6 +1281,79 @@ mod tests {
         assert!(!s.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
     }
 
+    fn scram(byte: u8) -> ScramCredential {
+        ScramCredential { salt: vec![byte; 16], iterations: 4096, stored_key: [byte; 32], server_key: [!byte; 32] }
+    }
+
+    #[test]
+    fn password_users_replicate_through_commands_and_snapshots() {
+        let mut s = three_members();
+        for c in [
+            MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] },
+            MetadataCommand::CreatePasswordUser { name: "bob".into(), credential: scram(1) },
+            MetadataCommand::SetPassword { name: "bob".into(), credential: scram(2) },
+            MetadataCommand::SetPassword { name: "alice".into(), credential: scram(3) },
+        ] {
+            let bytes = c.encode();
+            assert_eq!(
+                bytes[3],
+                match &c {
+                    MetadataCommand::CreateUser { .. } => cmd::KIND_CREATE_USER,
+                    MetadataCommand::CreatePasswordUser { .. } => cmd::KIND_CREATE_PASSWORD_USER,
+                    _ => cmd::KIND_SET_PASSWORD,
+                }
+            );
+            let c = MetadataCommand::decode(&bytes).unwrap();
+            assert_eq!(s.apply(&c), MetadataReply::Ok, "{c:?}");
+        }
+        assert_eq!(s.access().scram("bob"), Some(&scram(2)));
+        assert_eq!(s.access().scram("alice"), Some(&scram(3)));
+        assert_eq!(s.access().token_hash("alice"), None);
+        let unknown = s.apply(&MetadataCommand::SetPassword { name: "carol".into(), credential: scram(4) });
+        assert!(matches!(&unknown, MetadataReply::Rejected(Rejection::Access { reason }) if reason.contains("carol")));
+        let weak = MetadataCommand::CreatePasswordUser {
+            name: "dave".into(),
+            credential: ScramCredential { iterations: 1000, ..scram(5) },
+        };
+        assert!(MetadataCommand::decode(&weak.encode()).is_err(), "a weak credential does not even decode");
+        assert!(matches!(s.apply(&weak), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let snapshot = s.encode();
+        assert_eq!(u16::from_le_bytes([snapshot[4], snapshot[5]]), snap::VERSION);
+        assert_eq!(MetadataState::decode(&snapshot).unwrap(), s);
+        assert_eq!(s.apply(&MetadataCommand::DeleteUser { name: "bob".into() }), MetadataReply::Ok);
+        assert_eq!(s.access().scram("bob"), None);
+    }
+
+    #[test]
+    fn a_version_2_snapshot_with_token_users_still_reads() {
+        let mut s = three_members();
+        create(&mut s, "t", 1, 1);
+        s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] });
+        s.apply(&MetadataCommand::CreateUser { name: "bob".into(), token_hash: [8; 32] });
+        // Version 2: users as `[name][hash]`, no kind byte.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_TOKEN_USERS).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addr) in &s.members {
+            w.u64(*id).str16(addr);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        w.u32(2);
+        for (name, hash) in [("alice", [7u8; 32]), ("bob", [8; 32])] {
+            w.str16(name);
+            access::write_hash(&mut w, &hash);
+        }
+        w.u32(0);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert_eq!(old.access().token_hash("bob"), Some(&[8; 32]));
+    }
+
     #[test]
     fn quotas_replicate_through_commands_and_snapshots() {
         let mut s = three_members();
@@ -1271,7 +1384,7 @@ mod tests {
         use crate::cluster::access::{Operation, ResourcePattern};
         let mut s = three_members();
         create(&mut s, "t", 2, 2);
-        s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [3; 32] });
+        // (No users: a version-2 user has no credential kind byte, which `encode` now writes.)
         let rule = AclRule {
             principal: "alice".into(),
             operation: Operation::Produce,
@@ -1280,7 +1393,7 @@ mod tests {
         s.apply(&MetadataCommand::AddAcl(rule));
         // Version 2: the same layout without the quota entries after the access part.
         let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_ACCESS).u32(s.next_topic_id);
+        w.u32(snap::MAGIC).u16(snap::VERSION_TOKEN_USERS).u32(s.next_topic_id);
         w.u32(s.members.len() as u32);
         for (id, addr) in &s.members {
             w.u64(*id).str16(addr);

@@ -554,6 +554,25 @@ impl Cluster {
         self.propose(MetadataCommand::CreateUser { name: name.to_string(), token_hash }).await.map(|_| ())
     }
 
+    /// Adds a user with a password, as its SCRAM-SHA-256 credential (the password is never sent
+    /// here).
+    pub async fn create_password_user(
+        &self,
+        name: &str,
+        credential: access::ScramCredential,
+    ) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        credential.validate()?;
+        self.propose(MetadataCommand::CreatePasswordUser { name: name.to_string(), credential }).await.map(|_| ())
+    }
+
+    /// Gives an existing user a new password (its token or old password stops working).
+    pub async fn set_password(&self, name: &str, credential: access::ScramCredential) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        credential.validate()?;
+        self.propose(MetadataCommand::SetPassword { name: name.to_string(), credential }).await.map(|_| ())
+    }
+
     /// Removes a user (the rules naming it stay).
     pub async fn delete_user(&self, name: &str) -> Result<(), ClusterError> {
         access::validate_principal(name)?;
@@ -626,6 +645,11 @@ impl Cluster {
         resource: access::Resource<'_>,
     ) -> bool {
         self.metadata.read().access().allows(principal, operation, resource)
+    }
+
+    /// A password user's SCRAM credential as applied on this node.
+    pub fn user_scram(&self, name: &str) -> Option<access::ScramCredential> {
+        self.metadata.read().access().scram(name).cloned()
     }
 
     /// A user's token hash as applied on this node.
