@@ -272,7 +272,8 @@ pub enum ClusterCommand {
         /// advertised address, or its one gRPC listener's).
         addr: String,
         /// The address clients are told for it; default: what the node itself advertises (asked
-        /// at ADDR), else ADDR. Given for a member, only records the new address.
+        /// at ADDR), else ADDR. Given for a member, only records the new address (a running
+        /// member puts back its own configured client address).
         #[arg(long)]
         client_addr: Option<String>,
         #[command(flatten)]
