@@ -264,6 +264,17 @@ async fn a_client_flood_does_not_keep_a_restarted_peer_out() {
     let root = tempfile::tempdir().unwrap();
     let mut c = LocalCluster::start_split(3, root.path(), false, few_connections).await.expect("cluster starts");
     assert!(c.not_ready(WAIT).await.is_empty());
+    // The peers' connections (Raft, forwarding) are not counted among any node's client connections.
+    for http in &c.http {
+        let (code, metrics) = common::http_get(*http, "/metrics").await;
+        assert_eq!(code, 200);
+        let open: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("shale_connections_open "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the connection gauge is exported");
+        assert_eq!(open, 0, "peers hold no client places ({http})");
+    }
     c.stop(3).await.expect("stop node 3");
     // Every client place of nodes 1 and 2 is taken.
     let floods = [flood(c.grpc[0]), flood(c.grpc[1])];
