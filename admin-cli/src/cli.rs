@@ -425,13 +425,21 @@ pub enum ClusterCommand {
     )]
     Status(OutputArgs),
     /// Add a node (it joins as a learner, catches up, then votes).
-    #[command(after_help = "Examples:\n  shale cluster add-node 4 10.0.0.4:7001")]
+    #[command(
+        after_help = "Examples:\n  shale cluster add-node 4 10.0.0.4:7001\n  shale cluster add-node 4 node-4:7101 --client-addr shale-4.example.com:7001"
+    )]
     AddNode {
         /// The new node's id (unique, at least 1).
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         node_id: u64,
-        /// Its advertised gRPC address, host:port.
+        /// Its internal address, host:port (where other nodes reach it: its internal listener's
+        /// advertised address, or its one gRPC listener's).
         addr: String,
+        /// The address clients are told for it; default: what the node itself advertises (asked
+        /// at ADDR), else ADDR. Given for a member, only records the new address (a running
+        /// member puts back its own configured client address).
+        #[arg(long)]
+        client_addr: Option<String>,
         #[command(flatten)]
         output: OutputArgs,
     },

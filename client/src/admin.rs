@@ -152,9 +152,22 @@ impl Admin {
         self.client.refresh_metadata().await
     }
 
-    /// Adds a node to the cluster.
+    /// Adds a node to the cluster: `addr` is its internal address (where other nodes reach it);
+    /// its client address is asked from the node itself (see [`Admin::add_node_with_client_addr`]).
     pub async fn add_node(&self, node_id: u64, addr: &str) -> Result<Vec<proto::NodeInfo>, ClientError> {
-        Ok(admin_call!(self, add_node, proto::AddNodeRequest { node_id, addr: addr.to_string() })?.members)
+        self.add_node_with_client_addr(node_id, addr, "").await
+    }
+
+    /// Adds a node (or re-addresses a member) with its internal address `addr` and the address
+    /// clients are told, `client_addr` (empty: asked from the node itself, else `addr`).
+    pub async fn add_node_with_client_addr(
+        &self,
+        node_id: u64,
+        addr: &str,
+        client_addr: &str,
+    ) -> Result<Vec<proto::NodeInfo>, ClientError> {
+        let request = proto::AddNodeRequest { node_id, addr: addr.to_string(), client_addr: client_addr.to_string() };
+        Ok(admin_call!(self, add_node, request)?.members)
     }
 
     /// Removes a node from the cluster.

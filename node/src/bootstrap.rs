@@ -3,6 +3,12 @@
 //! when this node already knows a metadata leader, or when any peer reports one (a node whose disk
 //! was wiped must not re-initialise a cluster whose membership may have changed since; it is
 //! re-added with AddNode instead). `Cluster::bootstrap` is idempotent anyway.
+//!
+//! `peers` name internal addresses; the probe also learns each peer's client address (its
+//! ClusterStatus answer), so the members are recorded with both. Afterwards every node keeps
+//! checking that the metadata records its own client address ([`register`]) and re-addresses itself
+//! (AddNode through the metadata leader) when it does not: the metadata leader that recorded the
+//! members was not the bootstrapper, or the node was restarted with another `client_advertise`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +16,11 @@ use std::time::Duration;
 
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
-use shale_raft::cluster::Cluster;
+use shale_raft::cluster::{Cluster, MemberAddrs};
 use shale_raft::network::tls::TlsPem;
 use tokio::sync::watch;
+
+use crate::context::NodeContext;
 
 /// Pause between reachability rounds and failed attempts.
 const RETRY: Duration = Duration::from_millis(200);
@@ -24,18 +32,31 @@ pub fn is_bootstrapper(node_id: u64, members: &BTreeMap<u64, String>) -> bool {
     members.keys().next() == Some(&node_id)
 }
 
-/// What a peer said about the metadata group: `None` if it did not answer in time.
-async fn probe(addr: &str, tls: Option<&TlsPem>) -> Option<PeerView> {
+/// A node's ClusterStatus, asked at its internal address: `None` if it did not answer in time.
+async fn status_of(addr: &str, tls: Option<&TlsPem>) -> Option<proto::ClusterStatusResponse> {
     let endpoint = shale_raft::network::peers::endpoint(addr, tls).ok()?.connect_timeout(PROBE_TIMEOUT);
     let call = async {
         let channel = endpoint.connect().await.ok()?;
         let status = AdminClient::new(channel).cluster_status(proto::ClusterStatusRequest {}).await.ok()?;
-        Some(match status.into_inner().meta {
-            Some(meta) if meta.leader_id != 0 => PeerView::HasLeader(meta.leader_id),
-            _ => PeerView::NoLeader,
-        })
+        Some(status.into_inner())
     };
     tokio::time::timeout(PROBE_TIMEOUT, call).await.ok().flatten()
+}
+
+/// The client address the node at internal address `addr` advertises (its ClusterStatus
+/// `client_addr`), if it answers and names one.
+pub async fn probe_client_addr(addr: &str, tls: Option<&TlsPem>) -> Option<String> {
+    status_of(addr, tls).await.map(|s| s.client_addr).filter(|a| !a.is_empty())
+}
+
+/// What a peer said about the metadata group: `None` if it did not answer in time.
+async fn probe(addr: &str, tls: Option<&TlsPem>) -> Option<(PeerView, Option<String>)> {
+    let status = status_of(addr, tls).await?;
+    let view = match status.meta {
+        Some(meta) if meta.leader_id != 0 => PeerView::HasLeader(meta.leader_id),
+        _ => PeerView::NoLeader,
+    };
+    Some((view, Some(status.client_addr).filter(|a| !a.is_empty())))
 }
 
 /// A peer's answer to the probe.
@@ -47,16 +68,62 @@ enum PeerView {
     NoLeader,
 }
 
-/// Runs until the cluster is bootstrapped (or this node is not the bootstrapper, or shutdown).
-pub async fn run(
+/// Bootstraps the cluster if this node is the bootstrapper, then keeps this node's recorded client
+/// address current ([`register`]); ends at shutdown.
+pub async fn run(ctx: Arc<NodeContext>, node_id: u64, members: BTreeMap<u64, String>, shutdown: watch::Receiver<bool>) {
+    if is_bootstrapper(node_id, &members) {
+        bootstrap(ctx.cluster.clone(), node_id, members, shutdown.clone()).await;
+    }
+    register(&ctx, shutdown).await;
+}
+
+/// Pause between checks of this node's recorded addresses.
+const REGISTER_EVERY: Duration = Duration::from_secs(1);
+
+/// For the node's lifetime (until shutdown), every [`REGISTER_EVERY`]: when the metadata lists this
+/// node with another client address than it advertises, asks the metadata leader to re-address it
+/// (AddNode with the recorded internal address and this node's client address; the leader may be
+/// this node). A member's own `client_advertise` is what clients are told of it: a different
+/// address recorded by `shale cluster add-node --client-addr` is replaced once the node runs. Over TLS the request carries this node's certificate (a node may do
+/// anything); without TLS and with authorization on it is refused (the probe at bootstrap and
+/// AddNode's `client_addr` record client addresses then).
+pub async fn register(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) {
+    let cluster = &ctx.cluster;
+    let id = cluster.node_id();
+    let own = cluster.own_client_addr();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Some(recorded) = cluster.member_addrs(id).filter(|r| r.client != own) {
+            let addrs = MemberAddrs { internal: recorded.internal.clone(), client: own.clone() };
+            let result = match cluster.metadata_leader() {
+                Some((leader, _)) if leader == id => cluster.add_node(id, addrs).await.map_err(|e| e.to_string()),
+                Some((_, leader_addr)) => {
+                    let req = proto::AddNodeRequest { node_id: id, addr: addrs.internal, client_addr: addrs.client };
+                    ctx.forward(&leader_addr, req, AdminClient::add_node).await.map(|_| ()).map_err(|s| s.to_string())
+                }
+                None => Err("no metadata leader".to_string()),
+            };
+            match result {
+                Ok(()) => tracing::info!(node_id = id, client_addr = %own, "recorded this node's client address"),
+                Err(e) => tracing::debug!(node_id = id, error = %e, "cannot record this node's client address yet"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REGISTER_EVERY) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Runs until the cluster is bootstrapped (or shutdown).
+async fn bootstrap(
     cluster: Arc<Cluster>,
     node_id: u64,
     members: BTreeMap<u64, String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if !is_bootstrapper(node_id, &members) {
-        return;
-    }
     loop {
         if *shutdown.borrow() {
             return;
@@ -67,14 +134,22 @@ pub async fn run(
         }
         let mut missing = Vec::new();
         let mut existing_leader = None;
+        let mut addrs = BTreeMap::new();
         for (id, addr) in &members {
             if *id == node_id {
+                addrs.insert(*id, MemberAddrs { internal: addr.clone(), client: cluster.own_client_addr() });
                 continue;
             }
             match probe(addr, cluster.router().config().tls.as_ref()).await {
                 None => missing.push(*id),
-                Some(PeerView::HasLeader(leader)) => existing_leader = Some((*id, leader)),
-                Some(PeerView::NoLeader) => {}
+                Some((view, client)) => {
+                    if let PeerView::HasLeader(leader) = view {
+                        existing_leader = Some((*id, leader));
+                    }
+                    // A peer that names no client address serves clients where nodes reach it.
+                    let client = client.unwrap_or_else(|| addr.clone());
+                    addrs.insert(*id, MemberAddrs { internal: addr.clone(), client });
+                }
             }
         }
         if let Some((peer, leader)) = existing_leader {
@@ -83,7 +158,7 @@ pub async fn run(
         }
         if missing.is_empty() {
             tracing::info!(members = ?members, "bootstrapping the cluster");
-            match cluster.bootstrap(members.clone()).await {
+            match cluster.bootstrap(addrs).await {
                 Ok(()) => {
                     tracing::info!("cluster bootstrapped");
                     return;

@@ -71,12 +71,26 @@ pub struct RunArgs {
     /// This node's id (>= 1).
     #[arg(long, env = "SHALE_NODE_ID")]
     pub node_id: Option<u64>,
-    /// gRPC listen address (client API and Raft transport).
+    /// gRPC listen address (client API, and the Raft transport unless --internal-listen is set).
     #[arg(long, env = "SHALE_GRPC_LISTEN")]
     pub grpc_listen: Option<SocketAddr>,
-    /// Address other nodes and clients use to reach this node (host:port).
+    /// Address other nodes and clients use to reach this node (host:port), unless
+    /// --client-advertise / --internal-advertise say otherwise.
     #[arg(long, env = "SHALE_GRPC_ADVERTISE")]
     pub grpc_advertise: Option<String>,
+    /// Client listener (client API only); default --grpc-listen.
+    #[arg(long, env = "SHALE_CLIENT_LISTEN")]
+    pub client_listen: Option<SocketAddr>,
+    /// Address clients are told for this node (leaders, redirects); default --grpc-advertise.
+    #[arg(long, env = "SHALE_CLIENT_ADVERTISE")]
+    pub client_advertise: Option<String>,
+    /// Internal listener (Raft, repair, forwarded requests; node certificates only with TLS).
+    /// Not set: the client listener serves both.
+    #[arg(long, env = "SHALE_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
+    /// Address other nodes reach this node at (what --peers names).
+    #[arg(long, env = "SHALE_INTERNAL_ADVERTISE")]
+    pub internal_advertise: Option<String>,
     /// HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "SHALE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -184,6 +198,18 @@ impl RunArgs {
         }
         if let Some(v) = &self.grpc_advertise {
             c.grpc_advertise = Some(v.clone());
+        }
+        if let Some(v) = self.client_listen {
+            c.client_listen = Some(v);
+        }
+        if let Some(v) = &self.client_advertise {
+            c.client_advertise = Some(v.clone());
+        }
+        if let Some(v) = self.internal_listen {
+            c.internal_listen = Some(v);
+        }
+        if let Some(v) = &self.internal_advertise {
+            c.internal_advertise = Some(v.clone());
         }
         if let Some(v) = self.http_listen {
             c.http_listen = v;
@@ -297,6 +323,10 @@ impl DevArgs {
                     node_id: id,
                     grpc_listen: SocketAddr::from(([127, 0, 0, 1], port(self.grpc_port, id)?)),
                     grpc_advertise: None,
+                    client_listen: None,
+                    client_advertise: None,
+                    internal_listen: None,
+                    internal_advertise: None,
                     http_listen: SocketAddr::from(([127, 0, 0, 1], port(self.http_port, id)?)),
                     peers: peers.clone(),
                     data_dir: self.data_dir.join(format!("node-{id}")),
@@ -335,6 +365,30 @@ mod tests {
         assert_eq!(c.node_id, 1);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.limits.max_record_bytes, 4096);
+    }
+
+    #[test]
+    fn listener_flags_set_both_listeners() {
+        let cli = Cli::try_parse_from([
+            "shale-node",
+            "run",
+            "--client-listen",
+            "0.0.0.0:7001",
+            "--client-advertise",
+            "127.0.0.1:7001",
+            "--internal-listen",
+            "0.0.0.0:7101",
+            "--internal-advertise",
+            "node-1:7101",
+        ])
+        .unwrap();
+        let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
+        let c = args.to_config().unwrap();
+        c.validate().unwrap();
+        let bound = "0.0.0.0:7101".parse().unwrap();
+        assert_eq!(c.client_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:7001"));
+        assert_eq!(c.client_advertise_addr(bound), "127.0.0.1:7001");
+        assert_eq!(c.internal_advertise_addr(bound), "node-1:7101");
     }
 
     #[test]

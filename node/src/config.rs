@@ -135,11 +135,26 @@ pub struct TlsFiles {
 pub struct NodeConfig {
     /// This node's id: unique in the cluster, stable across restarts, at least 1.
     pub node_id: u64,
-    /// Where the gRPC server listens (client API and Raft transport on one port). Port 0 picks one.
+    /// Where the gRPC server listens when `client_listen` is not set; with no `internal_listen`
+    /// this one listener serves the client API and the Raft transport. Port 0 picks one.
     pub grpc_listen: SocketAddr,
-    /// The `host:port` other nodes and clients use to reach this node; defaults to `grpc_listen`
-    /// (with the bound port), which must then not be a wildcard address.
+    /// The address advertised for `grpc_listen` (to clients, and to nodes while there is no
+    /// `internal_listen`) unless `client_advertise` / `internal_advertise` say otherwise; defaults to
+    /// the listener's bound address, which must then not be a wildcard address.
     pub grpc_advertise: Option<String>,
+    /// Where the client listener (client API only; no Raft) listens; default `grpc_listen`.
+    pub client_listen: Option<SocketAddr>,
+    /// The `host:port` clients are told for this node (leaders, redirects, `cluster status`);
+    /// default `grpc_advertise`, else the client listener's bound address.
+    pub client_advertise: Option<String>,
+    /// Where the internal listener (Raft transport, repair reads, requests forwarded by other
+    /// nodes; with `[tls]` only node certificates) listens. Not set: the client listener serves
+    /// both (one listener, as before).
+    pub internal_listen: Option<SocketAddr>,
+    /// The `host:port` other nodes reach this node at (Raft membership, forwarding, `peers`);
+    /// default: the internal listener's bound address, or with one listener `grpc_advertise`, else
+    /// its bound address.
+    pub internal_advertise: Option<String>,
     /// Where the HTTP server (health, readiness, metrics) listens. Port 0 picks one.
     pub http_listen: SocketAddr,
     /// The initial cluster members, id -> `host:port`, this node included. The lowest id
@@ -175,6 +190,10 @@ impl Default for NodeConfig {
             node_id: 1,
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             grpc_advertise: None,
+            client_listen: None,
+            client_advertise: None,
+            internal_listen: None,
+            internal_advertise: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             peers: BTreeMap::new(),
             data_dir: PathBuf::from("./data/node-1"),
@@ -244,17 +263,35 @@ impl NodeConfig {
         toml::from_str(text)
     }
 
-    /// The address this node advertises, given the port the gRPC server actually bound.
-    pub fn advertise_addr(&self, bound: SocketAddr) -> String {
-        match &self.grpc_advertise {
-            Some(a) => a.clone(),
-            None => bound.to_string(),
-        }
+    /// Where the client listener listens: `client_listen`, else `grpc_listen`.
+    pub fn client_listen_addr(&self) -> SocketAddr {
+        self.client_listen.unwrap_or(self.grpc_listen)
     }
 
-    /// The initial members: `peers`, or this node alone when empty.
-    pub fn initial_members(&self, advertise: &str) -> BTreeMap<u64, String> {
-        if self.peers.is_empty() { BTreeMap::from([(self.node_id, advertise.to_string())]) } else { self.peers.clone() }
+    /// The address clients are told for this node, given the client listener's bound address:
+    /// `client_advertise`, else `grpc_advertise`, else the bound address.
+    pub fn client_advertise_addr(&self, client_bound: SocketAddr) -> String {
+        self.client_advertise
+            .clone()
+            .or_else(|| self.grpc_advertise.clone())
+            .unwrap_or_else(|| client_bound.to_string())
+    }
+
+    /// The address other nodes reach this node at, given the bound address of the listener that
+    /// serves them (the internal one, or the one listener): `internal_advertise`, else (one
+    /// listener only) `grpc_advertise`, else the bound address.
+    pub fn internal_advertise_addr(&self, internal_bound: SocketAddr) -> String {
+        let shared = if self.internal_listen.is_none() { self.grpc_advertise.clone() } else { None };
+        self.internal_advertise.clone().or(shared).unwrap_or_else(|| internal_bound.to_string())
+    }
+
+    /// The initial members' internal addresses: `peers`, or this node alone when empty.
+    pub fn initial_members(&self, internal_advertise: &str) -> BTreeMap<u64, String> {
+        if self.peers.is_empty() {
+            BTreeMap::from([(self.node_id, internal_advertise.to_string())])
+        } else {
+            self.peers.clone()
+        }
     }
 
     /// Checks values and their consistency.
@@ -266,11 +303,39 @@ impl NodeConfig {
         if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
             return invalid("peers", format!("must include this node (id {})", self.node_id));
         }
-        if self.grpc_advertise.is_none() && self.grpc_listen.ip().is_unspecified() {
+        let client_listen = self.client_listen_addr();
+        if self.client_advertise.is_none() && self.grpc_advertise.is_none() && client_listen.ip().is_unspecified() {
+            let field = if self.client_listen.is_some() { "client_advertise" } else { "grpc_advertise" };
             return invalid(
-                "grpc_advertise",
-                format!("required when grpc_listen is a wildcard address ({})", self.grpc_listen),
+                field,
+                format!("required when the client listener is a wildcard address ({client_listen})"),
             );
+        }
+        match self.internal_listen {
+            Some(internal) => {
+                if self.internal_advertise.is_none() && internal.ip().is_unspecified() {
+                    return invalid(
+                        "internal_advertise",
+                        format!("required when internal_listen is a wildcard address ({internal})"),
+                    );
+                }
+                if internal == client_listen && internal.port() != 0 {
+                    return invalid("internal_listen", format!("{internal} is also the client listener"));
+                }
+            }
+            None => {
+                // One listener: nodes are told `internal_advertise`, else `grpc_advertise`, else
+                // the bound address (a client-only `client_advertise` is not for nodes).
+                if self.internal_advertise.is_none()
+                    && self.grpc_advertise.is_none()
+                    && client_listen.ip().is_unspecified()
+                {
+                    return invalid(
+                        "internal_advertise",
+                        format!("required when the one listener is a wildcard address ({client_listen})"),
+                    );
+                }
+            }
         }
         let l = &self.limits;
         let in_range = |field, value: u64, max: u64| {
@@ -404,6 +469,48 @@ mod tests {
     }
 
     #[test]
+    fn listeners_and_advertised_addresses_follow_the_documented_precedence() {
+        let bound: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let c = NodeConfig::default();
+        assert_eq!(c.client_listen_addr(), c.grpc_listen);
+        assert_eq!(
+            (c.client_advertise_addr(bound), c.internal_advertise_addr(bound)),
+            (bound.to_string(), bound.to_string())
+        );
+        // One listener, grpc_advertise for both unless one is named.
+        let c = NodeConfig { grpc_advertise: Some("n1:7001".into()), ..NodeConfig::default() };
+        assert_eq!(
+            (c.client_advertise_addr(bound), c.internal_advertise_addr(bound)),
+            ("n1:7001".into(), "n1:7001".into())
+        );
+        let c = NodeConfig { client_advertise: Some("127.0.0.1:7001".into()), ..c };
+        assert_eq!(
+            (c.client_advertise_addr(bound), c.internal_advertise_addr(bound)),
+            ("127.0.0.1:7001".into(), "n1:7001".into())
+        );
+        // Two listeners: grpc_advertise is the client listener's; the internal one's is its own.
+        let c = NodeConfig {
+            grpc_advertise: Some("n1:7001".into()),
+            internal_listen: Some("127.0.0.1:7101".parse().unwrap()),
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            (c.client_advertise_addr(bound), c.internal_advertise_addr(bound)),
+            ("n1:7001".into(), bound.to_string())
+        );
+        let c = NodeConfig { internal_advertise: Some("node-1:7101".into()), ..c };
+        assert_eq!(c.internal_advertise_addr(bound), "node-1:7101");
+        let c = NodeConfig::from_toml(
+            "client_listen = \"0.0.0.0:7001\"\nclient_advertise = \"127.0.0.1:7001\"\n\
+             internal_listen = \"0.0.0.0:7101\"\ninternal_advertise = \"node-1:7101\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.client_listen_addr().port(), 7001);
+        assert_eq!(c.internal_listen.map(|a| a.port()), Some(7101));
+    }
+
+    #[test]
     fn validation_names_the_bad_key() {
         let mut c = NodeConfig { node_id: 0, ..NodeConfig::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "node_id", .. })));
@@ -414,6 +521,23 @@ mod tests {
         c.grpc_listen = "0.0.0.0:7001".parse().unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "grpc_advertise", .. })));
         c.grpc_listen = "127.0.0.1:7001".parse().unwrap();
+        c.internal_listen = Some("0.0.0.0:7101".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "internal_advertise", .. })));
+        c.internal_listen = Some("127.0.0.1:7001".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "internal_listen", .. })));
+        c.internal_listen = None;
+        c.client_listen = Some("0.0.0.0:7001".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "client_advertise", .. })));
+        c.client_advertise = Some("127.0.0.1:7001".into());
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { field: "internal_advertise", .. })),
+            "one wildcard listener needs an address for the nodes too"
+        );
+        c.internal_advertise = Some("node-1:7001".into());
+        c.validate().unwrap();
+        c.client_listen = None;
+        c.client_advertise = None;
+        c.internal_advertise = None;
         c.limits.max_record_bytes = usize::MAX;
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "limits.max_record_bytes", .. })));
         c.limits = Limits { max_connections: 0, ..Limits::default() };

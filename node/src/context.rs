@@ -146,7 +146,7 @@ impl Drop for InFlightGuard<'_> {
 pub struct NodeContext {
     /// This node's id.
     pub node_id: u64,
-    /// The address this node advertises.
+    /// The address other nodes reach this node at (its internal advertised address).
     pub advertise: String,
     /// The cluster handle.
     pub cluster: Arc<Cluster>,
@@ -387,7 +387,40 @@ impl NodeContext {
         };
         let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics).await?;
         let forwarded = is_forwarded(&request);
-        crate::auth::serve_as(caller, serve(request.into_inner(), forwarded)).await.map(Response::new)
+        crate::auth::serve_as(caller, serve(request.into_inner(), forwarded))
+            .await
+            .map(Response::new)
+            .map_err(|status| self.for_clients(status))
+    }
+
+    /// `status` as a client may be told it: a leader it names (`shale-leader-id`,
+    /// `shale-leader-addr`, and the address in its message) is named by the member's **client**
+    /// address. The cluster layer names leaders by their internal address (Raft's), which the
+    /// node forwards to; clients are never sent there. A leader the metadata does not list (yet)
+    /// keeps the address it had.
+    pub fn for_clients(&self, status: Status) -> Status {
+        let header = |key: &str| status.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let Some(id) = header(meta::LEADER_ID).and_then(|v| v.parse::<u64>().ok()) else { return status };
+        let Some(addrs) = self.cluster.member_addrs(id) else { return status };
+        let named = header(meta::LEADER_ADDR).unwrap_or_default();
+        if named == addrs.client {
+            return status;
+        }
+        let mut metadata = status.metadata().clone();
+        match addrs.client.parse() {
+            Ok(v) => {
+                metadata.insert(meta::LEADER_ADDR, v);
+            }
+            Err(_) => {
+                metadata.remove(meta::LEADER_ADDR);
+            }
+        }
+        let message = if named.is_empty() {
+            status.message().to_string()
+        } else {
+            status.message().replace(&named, &addrs.client)
+        };
+        Status::with_details_and_metadata(status.code(), message, status.details().to_vec().into(), metadata)
     }
 
     /// [`Self::handle`], and counts the request in `metrics` (handled, failed, latency).
@@ -403,9 +436,9 @@ impl NodeContext {
         result
     }
 
-    /// The advertised address of a member.
+    /// The internal address of a member (where this node forwards to).
     pub fn member_addr(&self, id: u64) -> Option<String> {
-        self.cluster.cluster_status().members.into_iter().find(|m| m.id == id).map(|m| m.addr)
+        self.cluster.member_addrs(id).map(|a| a.internal)
     }
 }
 

@@ -32,12 +32,12 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
             }
         }
     }
-    let endpoints: Vec<String> = handles.iter().map(|h| h.advertise_addr.clone()).collect();
+    let endpoints: Vec<String> = handles.iter().map(|h| h.client_advertise_addr.clone()).collect();
     println!("shale dev cluster: {} nodes", handles.len());
     for h in &handles {
         println!(
             "  node {}: gRPC {}  HTTP http://{}  (/healthz /readyz /metrics)",
-            h.node_id, h.advertise_addr, h.http_addr
+            h.node_id, h.client_advertise_addr, h.http_addr
         );
     }
     println!("bootstrap endpoints: {}", endpoints.join(","));

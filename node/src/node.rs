@@ -38,15 +38,31 @@ use crate::services::produce::ProduceService;
 #[derive(Debug)]
 pub struct Node;
 
+/// The sockets a node serves on, bound by the caller (see [`Node::start_with`]).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The client listener (client API; also the Raft transport when `internal` is `None`).
+    pub client: TcpListener,
+    /// The internal listener (Raft transport, repair reads, forwarded requests), if separate.
+    pub internal: Option<TcpListener>,
+    /// The HTTP listener (health, readiness, metrics).
+    pub http: TcpListener,
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct NodeHandle {
     /// This node's id.
     pub node_id: u64,
-    /// The bound gRPC address (client API and Raft transport).
+    /// The bound address of the client listener (clients connect here).
     pub grpc_addr: SocketAddr,
-    /// The address this node advertises to others.
+    /// The bound address of the internal listener (the client listener's with one listener).
+    pub internal_addr: SocketAddr,
+    /// The address other nodes reach this node at (its internal advertised address, what `peers`
+    /// and AddNode name).
     pub advertise_addr: String,
+    /// The address clients are told for this node (its client advertised address).
+    pub client_advertise_addr: String,
     /// The bound HTTP address (health, readiness, metrics).
     pub http_addr: SocketAddr,
     cluster: Arc<Cluster>,
@@ -55,6 +71,7 @@ pub struct NodeHandle {
     shutdown_tx: watch::Sender<bool>,
     kill_tx: watch::Sender<bool>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    internal_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http_task: JoinHandle<std::io::Result<()>>,
     bootstrap_task: JoinHandle<()>,
     grace: Duration,
@@ -67,21 +84,14 @@ impl Node {
     /// soon as both servers listen; use [`NodeHandle::wait_ready`] to wait for a metadata leader.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config.validate()?;
-        let grpc_listener = TcpListener::bind(config.grpc_listen).await.map_err(|source| NodeError::Bind {
-            what: "grpc",
-            addr: config.grpc_listen,
-            source,
-        })?;
-        let http_listener = TcpListener::bind(config.http_listen).await.map_err(|source| NodeError::Bind {
-            what: "http",
-            addr: config.http_listen,
-            source,
-        })?;
-        Self::start_on(config, grpc_listener, http_listener).await
+        let client = bind("grpc", config.client_listen_addr()).await?;
+        let http = bind("http", config.http_listen).await?;
+        Self::start_on(config, client, http).await
     }
 
-    /// As [`Node::start`], on listeners the caller already bound (`grpc_listen` / `http_listen` of
-    /// the config are then ignored). Lets tests learn every node's port before building the peers.
+    /// As [`Node::start`], on listeners the caller already bound (the client listener, and
+    /// `http_listen`: those of the config are then ignored; `internal_listen`, if set, is bound
+    /// here). Lets tests learn every node's port before building the peers.
     pub async fn start_on(
         config: NodeConfig,
         grpc_listener: TcpListener,
@@ -100,23 +110,45 @@ impl Node {
         http_listener: TcpListener,
         storage: Arc<dyn StorageBackend>,
     ) -> Result<NodeHandle, NodeError> {
+        let internal = match config.internal_listen {
+            Some(addr) => Some(bind("internal", addr).await?),
+            None => None,
+        };
+        let listeners = Listeners { client: grpc_listener, internal, http: http_listener };
+        Self::start_with_storage(config, listeners, storage).await
+    }
+
+    /// As [`Node::start`], on all listeners bound by the caller (every `*_listen` of the config
+    /// is ignored; the internal listener is separate iff `listeners.internal` is given).
+    pub async fn start_with(config: NodeConfig, listeners: Listeners) -> Result<NodeHandle, NodeError> {
         config.validate()?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| NodeError::Bind {
-            what: "grpc",
-            addr: config.grpc_listen,
-            source,
-        })?;
-        let http_addr = http_listener.local_addr().map_err(|source| NodeError::Bind {
-            what: "http",
-            addr: config.http_listen,
-            source,
-        })?;
-        let advertise_addr = config.advertise_addr(grpc_addr);
+        let storage = crate::storage::open(&config)?;
+        Self::start_with_storage(config, listeners, storage).await
+    }
+
+    /// As [`Node::start_with`], on a storage the caller opened.
+    pub async fn start_with_storage(
+        config: NodeConfig,
+        listeners: Listeners,
+        storage: Arc<dyn StorageBackend>,
+    ) -> Result<NodeHandle, NodeError> {
+        config.validate()?;
+        let Listeners { client: grpc_listener, internal: internal_listener, http: http_listener } = listeners;
+        let grpc_addr = local_addr("grpc", &grpc_listener, config.client_listen_addr())?;
+        let http_addr = local_addr("http", &http_listener, config.http_listen)?;
+        let internal_addr = match &internal_listener {
+            Some(l) => local_addr("internal", l, config.internal_listen.unwrap_or(config.grpc_listen))?,
+            None => grpc_addr,
+        };
+        // What other nodes are told (Raft membership, forwarding) and what clients are told.
+        let advertise_addr = config.internal_advertise_addr(internal_addr);
+        let client_advertise_addr = config.client_advertise_addr(grpc_addr);
         let tls = match &config.tls {
             Some(files) => Some(TlsPem::load(&files.ca, &files.cert, &files.key)?),
             None => None,
         };
         let mut cluster_config = ClusterConfig::new(config.node_id, advertise_addr.clone(), storage.clone());
+        cluster_config.client_addr = Some(client_advertise_addr.clone());
         cluster_config.network.tls = tls.clone();
         cluster_config.raft.heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
@@ -156,15 +188,23 @@ impl Node {
         // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
         // clients retry elsewhere); the Raft transport keeps serving until the groups stop. A
         // connection over `limits.max_connections` gets TOO_MANY_CONNECTIONS for every request.
-        let refuse = RefuseAtTheEdge { stopping: shutdown_rx.clone(), connections: ctx.connections.clone() };
-        // A client-API service over the shared context, with those limits, behind `refuse`.
+        // On the internal listener (if separate) the connection limit does not apply (peers are
+        // not counted among clients), and with TLS only nodes are served.
+        let refuse = RefuseAtTheEdge {
+            stopping: shutdown_rx.clone(),
+            connections: Some(ctx.connections.clone()),
+            nodes_only: false,
+        };
+        let refuse_internal =
+            RefuseAtTheEdge { stopping: shutdown_rx.clone(), connections: None, nodes_only: tls.is_some() };
+        // A client-API service over the shared context, with those limits, behind `$edge`.
         macro_rules! client_api {
-            ($server:ident, $service:ident) => {
+            ($server:ident, $service:ident, $edge:expr) => {
                 InterceptedService::new(
                     $server::new($service::new(ctx.clone()))
                         .max_decoding_message_size(max_decode)
                         .max_encoding_message_size(max_encode),
-                    refuse.clone(),
+                    $edge.clone(),
                 )
             };
         }
@@ -173,21 +213,49 @@ impl Node {
             metrics: ctx.metrics.clone(),
         };
         // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
-        let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
+        let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded.clone());
         if let Some(tls) = &tls {
-            // Client certificates are optional on the one listener (clients need none yet); the
-            // Raft service refuses every RPC without a node certificate naming its sender.
+            // Client certificates are optional on the client listener; the Raft service (served
+            // there only with one listener) refuses every RPC without a node certificate naming
+            // its sender.
             server = server.tls_config(tls.server_config(false))?;
         }
         let router = server
-            .add_service(client_api!(ProduceServer, ProduceService))
-            .add_service(client_api!(FetchServer, FetchService))
-            .add_service(client_api!(ConsumerGroupsServer, GroupsService))
-            .add_service(client_api!(AdminServer, AdminService))
-            .add_service(client_api!(AccessServer, AccessService))
-            .add_service(cluster.grpc_service());
-        let mut grpc_shutdown = shutdown_rx.clone();
+            .add_service(client_api!(ProduceServer, ProduceService, refuse))
+            .add_service(client_api!(FetchServer, FetchService, refuse))
+            .add_service(client_api!(ConsumerGroupsServer, GroupsService, refuse))
+            .add_service(client_api!(AdminServer, AdminService, refuse))
+            .add_service(client_api!(AccessServer, AccessService, refuse));
+        // With a separate internal listener the client listener does not serve Raft at all
+        // (UNIMPLEMENTED).
+        let router = if internal_listener.is_none() { router.add_service(cluster.grpc_service()) } else { router };
         let (kill_tx, kill_rx) = watch::channel(false);
+        let internal_task = match internal_listener {
+            Some(listener) => {
+                let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
+                if let Some(tls) = &tls {
+                    // Mutual TLS: no handshake completes without a certificate of the cluster CA;
+                    // `refuse_internal` then serves only node certificates.
+                    server = server.tls_config(tls.server_config(true))?;
+                }
+                let router = server
+                    .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
+                    .add_service(client_api!(FetchServer, FetchService, refuse_internal))
+                    .add_service(client_api!(ConsumerGroupsServer, GroupsService, refuse_internal))
+                    .add_service(client_api!(AdminServer, AdminService, refuse_internal))
+                    .add_service(client_api!(AccessServer, AccessService, refuse_internal))
+                    .add_service(cluster.grpc_service());
+                let kill_rx = kill_rx.clone();
+                let incoming = TcpListenerStream::new(listener)
+                    .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
+                let mut stop = shutdown_rx.clone();
+                Some(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })))
+            }
+            None => None,
+        };
+        let mut grpc_shutdown = shutdown_rx.clone();
         let connections = ctx.connections.clone();
         let incoming = TcpListenerStream::new(grpc_listener).filter_map(move |conn| {
             let stream = match conn {
@@ -227,11 +295,13 @@ impl Node {
             shutdown_rx.clone(),
         );
         let members = config.initial_members(&advertise_addr);
-        let bootstrap_task = tokio::spawn(crate::bootstrap::run(cluster.clone(), config.node_id, members, shutdown_rx));
+        let bootstrap_task = tokio::spawn(crate::bootstrap::run(ctx.clone(), config.node_id, members, shutdown_rx));
         tracing::info!(
             node_id = config.node_id,
             grpc = %grpc_addr,
+            internal = %internal_addr,
             advertise = %advertise_addr,
+            client_advertise = %client_advertise_addr,
             http = %http_addr,
             tls = tls.is_some(),
             authorization = config.auth.enabled,
@@ -240,7 +310,9 @@ impl Node {
         Ok(NodeHandle {
             node_id: config.node_id,
             grpc_addr,
+            internal_addr,
             advertise_addr,
+            client_advertise_addr,
             http_addr,
             cluster,
             ctx,
@@ -248,6 +320,7 @@ impl Node {
             shutdown_tx,
             kill_tx,
             grpc_task,
+            internal_task,
             http_task,
             bootstrap_task,
             grace: Duration::from_millis(config.shutdown_grace_ms),
@@ -329,6 +402,9 @@ impl NodeHandle {
         let _ = self.kill_tx.send(true);
         let server_stop = SERVER_STOP.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let grpc = finish(self.grpc_task, server_stop, "grpc").await;
+        if let Some(task) = self.internal_task {
+            let _ = finish(task, server_stop, "internal").await;
+        }
         let _ = finish(self.http_task, Duration::ZERO.max(server_stop / 2), "http").await;
         let _ = self.bootstrap_task.await;
         drop(self.ctx);
@@ -376,11 +452,13 @@ impl NodeHandle {
 }
 
 /// Refuses client-API requests once shutdown has started (UNAVAILABLE, which clients retry on
-/// another node), and on connections refused for `limits.max_connections`.
+/// another node), on connections refused for `limits.max_connections` (client listener), and,
+/// on the internal listener with TLS (`nodes_only`), from a peer whose certificate names no node.
 #[derive(Clone)]
 struct RefuseAtTheEdge {
     stopping: watch::Receiver<bool>,
-    connections: Arc<Connections>,
+    connections: Option<Arc<Connections>>,
+    nodes_only: bool,
 }
 
 impl tonic::service::Interceptor for RefuseAtTheEdge {
@@ -388,9 +466,25 @@ impl tonic::service::Interceptor for RefuseAtTheEdge {
         if *self.stopping.borrow() {
             return Err(shale_client::error::status(shale_client::ErrorCode::Unavailable, "the node is shutting down"));
         }
-        self.connections.check_request(&request)?;
+        if let Some(connections) = &self.connections {
+            connections.check_request(&request)?;
+        }
+        if self.nodes_only && crate::auth::principal::peer_identity(&request).0.is_none() {
+            return Err(shale_client::error::status(
+                shale_client::ErrorCode::Unauthenticated,
+                "the internal listener serves nodes only (a certificate naming shale://node/<id>); clients use the client listener",
+            ));
+        }
         Ok(request)
     }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, NodeError> {
+    l.local_addr().map_err(|source| NodeError::Bind { what, addr: asked, source })
 }
 
 /// How long a server may take to close its connections once the cluster has stopped.

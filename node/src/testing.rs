@@ -11,18 +11,21 @@ use tokio::net::TcpListener;
 
 use crate::config::{NodeConfig, StorageKind};
 use crate::error::NodeError;
-use crate::node::{Node, NodeHandle};
+use crate::node::{Listeners, Node, NodeHandle};
 
 /// Nodes `1..=n` of one cluster, running in this process. Index `i` of every vector is node `i + 1`.
 #[derive(Debug)]
 pub struct LocalCluster {
     /// The running nodes (`None` while stopped).
     pub nodes: Vec<Option<NodeHandle>>,
-    /// Each node's gRPC address.
+    /// Each node's gRPC address (its client listener).
     pub grpc: Vec<SocketAddr>,
+    /// Each node's internal listener, in a cluster started with separate listeners
+    /// ([`LocalCluster::start_split`]); empty otherwise.
+    pub internal: Vec<SocketAddr>,
     /// Each node's HTTP address.
     pub http: Vec<SocketAddr>,
-    /// The bootstrap members: node id to gRPC address.
+    /// The bootstrap members: node id to internal address (the gRPC address with one listener).
     pub peers: BTreeMap<u64, String>,
     /// Each node's data directory.
     pub dirs: Vec<PathBuf>,
@@ -47,7 +50,24 @@ impl LocalCluster {
     /// configuration passed through `configure`. Does not wait for a leader: see
     /// [`LocalCluster::not_ready`].
     pub async fn start(n: u64, root: &Path, configure: fn(&mut NodeConfig)) -> Result<Self, NodeError> {
-        Self::start_inner(n, root, configure, None).await
+        Self::start_inner(n, root, configure, None, false).await
+    }
+
+    /// As [`LocalCluster::start`], each node with a separate internal listener (Raft, forwarding;
+    /// `peers` name it) beside its client listener; with `tls`, as [`LocalCluster::start_tls`].
+    pub async fn start_split(
+        n: u64,
+        root: &Path,
+        tls: bool,
+        configure: fn(&mut NodeConfig),
+    ) -> Result<Self, NodeError> {
+        let files = if tls {
+            let ids: Vec<u64> = (1..=n).collect();
+            Some(crate::tls::write_local_certs(&root.join("tls"), &ids)?)
+        } else {
+            None
+        };
+        Self::start_inner(n, root, configure, files, true).await
     }
 
     /// As [`LocalCluster::start`], with TLS: a fresh CA and node certificates in `root/tls`
@@ -55,7 +75,7 @@ impl LocalCluster {
     pub async fn start_tls(n: u64, root: &Path, configure: fn(&mut NodeConfig)) -> Result<Self, NodeError> {
         let ids: Vec<u64> = (1..=n).collect();
         let files = crate::tls::write_local_certs(&root.join("tls"), &ids)?;
-        Self::start_inner(n, root, configure, Some(files)).await
+        Self::start_inner(n, root, configure, Some(files), false).await
     }
 
     /// The directory of the TLS cluster's CA and certificates (`root/tls`).
@@ -75,18 +95,22 @@ impl LocalCluster {
         root: &Path,
         configure: fn(&mut NodeConfig),
         tls: Option<Vec<crate::config::TlsFiles>>,
+        split: bool,
     ) -> Result<Self, NodeError> {
         let mut listeners = Vec::new();
         let mut peers = BTreeMap::new();
         for id in 1..=n {
             let g = bind("grpc", ANY_PORT).await?;
             let h = bind("http", ANY_PORT).await?;
-            peers.insert(id, local_addr("grpc", &g, ANY_PORT)?.to_string());
-            listeners.push((g, h));
+            let i = if split { Some(bind("internal", ANY_PORT).await?) } else { None };
+            let to_peers = i.as_ref().unwrap_or(&g);
+            peers.insert(id, local_addr("grpc", to_peers, ANY_PORT)?.to_string());
+            listeners.push((g, i, h));
         }
         let mut cluster = Self {
             nodes: Vec::new(),
             grpc: Vec::new(),
+            internal: Vec::new(),
             http: Vec::new(),
             peers,
             dirs: (1..=n).map(|id| root.join(format!("node-{id}"))).collect(),
@@ -94,11 +118,15 @@ impl LocalCluster {
             configure,
             tls,
         };
-        for (i, (g, h)) in listeners.into_iter().enumerate() {
+        for (n, (g, i, h)) in listeners.into_iter().enumerate() {
             cluster.grpc.push(local_addr("grpc", &g, ANY_PORT)?);
             cluster.http.push(local_addr("http", &h, ANY_PORT)?);
-            let config = cluster.config(i as u64 + 1, &cluster.peers, cluster.dirs[i].clone());
-            cluster.nodes.push(Some(Node::start_on(config, g, h).await?));
+            if let Some(i) = &i {
+                cluster.internal.push(local_addr("internal", i, ANY_PORT)?);
+            }
+            let config = cluster.config(n as u64 + 1, &cluster.peers, cluster.dirs[n].clone());
+            let listeners = Listeners { client: g, internal: i, http: h };
+            cluster.nodes.push(Some(Node::start_with(config, listeners).await?));
         }
         Ok(cluster)
     }
@@ -157,8 +185,13 @@ impl LocalCluster {
         let i = id as usize - 1;
         let g = bind("grpc", self.grpc[i]).await?;
         let h = bind("http", self.http[i]).await?;
+        let internal = match self.internal.get(i) {
+            Some(addr) => Some(bind("internal", *addr).await?),
+            None => None,
+        };
         let config = self.config(id, &self.peers, self.dirs[i].clone());
-        let node = self.nodes[i].insert(Node::start_on(config, g, h).await?);
+        let listeners = Listeners { client: g, internal, http: h };
+        let node = self.nodes[i].insert(Node::start_with(config, listeners).await?);
         Ok(node)
     }
 
@@ -169,15 +202,23 @@ impl LocalCluster {
         let g = bind("grpc", ANY_PORT).await?;
         let h = bind("http", ANY_PORT).await?;
         let (grpc, http) = (local_addr("grpc", &g, ANY_PORT)?, local_addr("http", &h, ANY_PORT)?);
+        let split = !self.internal.is_empty();
+        let internal = if split { Some(bind("internal", ANY_PORT).await?) } else { None };
+        let internal_addr = match &internal {
+            Some(l) => Some(local_addr("internal", l, ANY_PORT)?),
+            None => None,
+        };
         let mut peers = self.peers.clone();
-        peers.insert(id, grpc.to_string());
+        peers.insert(id, internal_addr.unwrap_or(grpc).to_string());
         if self.tls.is_some() {
             let files = crate::tls::write_node_cert(&self.tls_dir(), id)?;
             self.tls.get_or_insert_default().push(files);
         }
         let dir = self.root.join(format!("node-{id}"));
         let config = self.config(id, &peers, dir.clone());
-        self.nodes.push(Some(Node::start_on(config, g, h).await?));
+        let listeners = Listeners { client: g, internal, http: h };
+        self.nodes.push(Some(Node::start_with(config, listeners).await?));
+        self.internal.extend(internal_addr);
         self.grpc.push(grpc);
         self.http.push(http);
         self.dirs.push(dir);

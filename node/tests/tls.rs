@@ -100,6 +100,17 @@ async fn a_tls_cluster_produces_and_consumes() {
     let c = start(root.path()).await;
     let client = client(&c, c.client_tls());
     client.admin().create_topic(NewTopic::new("secure", 3, 3)).await.expect("create topic over TLS");
+    // The partition groups elect their leaders over TLS (slow on a loaded machine): the client
+    // here retries only 3 times.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let t = client.admin().describe_topic("secure").await.expect("describe");
+        if t.partitions.iter().all(|p| p.leader_id != 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "partitions without a leader: {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let producer = client.producer(ProducerConfig::default());
     let mut acks = Vec::new();
     for i in 0..30u32 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster_support::*;
 use shale_raft::GroupId;
-use shale_raft::cluster::{ClusterError, FetchRequest, ProducerInfo, RetentionPolicy, TopicSpec};
+use shale_raft::cluster::{ClusterError, FetchRequest, MemberAddrs, ProducerInfo, RetentionPolicy, TopicSpec};
 use shale_storage::{CheckpointPolicy, CodecKind, StorageOptions};
 
 /// Three nodes on memory storage with 4 KiB segments and no automatic checkpoints, so retention
@@ -36,7 +36,7 @@ async fn bootstrap_again_is_a_no_op_and_transfer_leader_moves_leadership() {
     setup.preferred_leader_delay_ms = 1_500;
     let c = TestCluster::start_with(setup).await;
     // Bootstrapping again (from another node, same members) changes nothing.
-    let members: BTreeMap<_, _> = c.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    let members: BTreeMap<_, _> = c.nodes.iter().map(|n| (n.id, MemberAddrs::one(n.addr.clone()))).collect();
     c.node(2).bootstrap(members).await.expect("second bootstrap");
     wait_for("every node sees the three members", || async {
         (1..=3).all(|id| c.node(id).cluster_status().members.len() == 3).then_some(())
@@ -75,9 +75,20 @@ async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
         c.node(ml).create_topic(spec("wide", 4, 4)).await,
         Err(ClusterError::NotEnoughNodes { requested: 4, available: 3 })
     ));
-    c.node(ml).add_node(4, c.nodes[3].addr.clone()).await.expect("add node 4");
+    let addrs = MemberAddrs { internal: c.nodes[3].addr.clone(), client: "clients-reach-4.example:7004".into() };
+    c.node(ml).add_node(4, addrs).await.expect("add node 4");
     let status = c.node(ml).cluster_status();
     assert_eq!(status.members.len(), 4);
+    let four = status.members.iter().find(|m| m.id == 4).expect("member 4");
+    assert_eq!(
+        (four.addr.as_str(), four.client_addr.as_str()),
+        (c.nodes[3].addr.as_str(), "clients-reach-4.example:7004"),
+        "the member is recorded with both addresses"
+    );
+    assert_eq!(
+        c.node(ml).client_view(Some((4, c.nodes[3].addr.clone()))).map(|(_, a)| a).as_deref(),
+        Some("clients-reach-4.example:7004")
+    );
     assert_eq!(status.metadata.expect("metadata").replicas, vec![1, 2, 3, 4]);
 
     let info = c.create_topic("wide", 2, 3).await;

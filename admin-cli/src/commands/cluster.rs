@@ -366,10 +366,12 @@ pub async fn run(ctx: &Ctx, command: ClusterCommand) -> Result<()> {
             output::emit(o.output, &view, status_table)?;
             unanswered(&view).map_or(Ok(()), Err)
         }
-        ClusterCommand::AddNode { node_id, addr, output } => {
+        ClusterCommand::AddNode { node_id, addr, client_addr, output } => {
             let admin = ctx.client()?.admin();
-            let members =
-                admin.add_node(node_id, &addr).await.map_err(|e| ctx.err(format!("add node {node_id}"), e))?;
+            let members = admin
+                .add_node_with_client_addr(node_id, &addr, client_addr.as_deref().unwrap_or(""))
+                .await
+                .map_err(|e| ctx.err(format!("add node {node_id}"), e))?;
             eprintln!(
                 "added node {node_id} ({addr}): it caught up and votes; under-replicated partitions take it as a replica"
             );

@@ -162,7 +162,7 @@ fn unauthenticated(metrics: &Metrics, message: &str) -> Status {
 }
 
 /// The node and client names in the peer's certificate, if it presented one over TLS.
-fn peer_identity<T>(request: &Request<T>) -> (Option<u64>, Option<String>) {
+pub fn peer_identity<T>(request: &Request<T>) -> (Option<u64>, Option<String>) {
     let Some(certs) = request.peer_certs() else { return (None, None) };
     let Some(leaf) = certs.first() else { return (None, None) };
     let node = certified_node(leaf.as_ref()).ok().flatten();

@@ -3,14 +3,16 @@
 use shale_client::proto;
 use shale_raft::cluster::{ClusterStatus, CompactOutcome, GroupStatus, MemberInfo};
 
-/// Members on the wire; `voters` are the metadata group's voters (others are learners).
+/// Members on the wire (`addr` is the client address, what clients use; `internal_addr` the
+/// one nodes use); `voters` are the metadata group's voters (others are learners).
 pub fn members(members: &[MemberInfo], voters: &[u64]) -> Vec<proto::NodeInfo> {
     members
         .iter()
         .map(|m| proto::NodeInfo {
             id: m.id,
-            addr: m.addr.clone(),
+            addr: m.client_addr.clone(),
             role: if voters.contains(&m.id) { "voter" } else { "learner" }.to_string(),
+            internal_addr: m.addr.clone(),
         })
         .collect()
 }
@@ -53,6 +55,8 @@ pub fn cluster_status(s: &ClusterStatus) -> proto::ClusterStatusResponse {
         meta: s.metadata.as_ref().map(|g| group_status(g, 0)),
         partitions: s.partitions.iter().map(|g| group_status(g, g.applied_index + 1)).collect(),
         damaged: Vec::new(),
+        client_addr: String::new(),
+        internal_addr: String::new(),
     }
 }
 
@@ -109,7 +113,10 @@ mod tests {
     fn status_names_groups_and_derives_matched_index() {
         let s = ClusterStatus {
             node_id: 1,
-            members: vec![MemberInfo { id: 1, addr: "a:1".into() }, MemberInfo { id: 4, addr: "d:1".into() }],
+            members: vec![
+                MemberInfo { id: 1, addr: "a:1".into(), client_addr: "a:1".into() },
+                MemberInfo { id: 4, addr: "d:1".into(), client_addr: "127.0.0.1:7004".into() },
+            ],
             metadata: Some(GroupStatus {
                 group: GroupId(0),
                 partition: None,
@@ -136,6 +143,11 @@ mod tests {
         let p = cluster_status(&s);
         assert_eq!(p.members[0].role, "voter");
         assert_eq!(p.members[1].role, "learner");
+        assert_eq!(
+            (p.members[1].addr.as_str(), p.members[1].internal_addr.as_str()),
+            ("127.0.0.1:7004", "d:1"),
+            "clients are told the client address"
+        );
         assert_eq!(p.meta.unwrap().name, "meta");
         let g = &p.partitions[0];
         assert_eq!((g.name.as_str(), g.leader_id, g.log_end), ("t/3", 0, 7));

@@ -11,7 +11,7 @@ use shale_client::error::status;
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_raft::RaftError;
-use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, TopicInfo};
+use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, MemberAddrs, TopicInfo};
 use shale_storage::StorageError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -38,7 +38,8 @@ impl AdminService {
 
     fn leader_hint(&self, topic: &str) -> impl Fn(u32) -> Option<(u64, String)> + '_ {
         let topic = topic.to_string();
-        move |p| self.ctx.cluster.leader_of(&topic, p)
+        // Clients are told the leader's client address.
+        move |p| self.ctx.cluster.client_view(self.ctx.cluster.leader_of(&topic, p))
     }
 
     fn wire_topic(&self, info: &TopicInfo) -> proto::TopicInfo {
@@ -217,6 +218,8 @@ impl AdminService {
             .ask_replicas(&replicas, &ask)
             .await
             .into_iter()
+            .map(|(node_id, addr, r)| (node_id, self.ctx.cluster.member_addrs(node_id).map_or(addr, |a| a.client), r))
+            // Asked at its internal address; shown as clients reach it.
             .map(|(node_id, addr, r)| match r {
                 Ok(r) => proto::ReplicaChainHash {
                     node_id,
@@ -400,8 +403,12 @@ impl proto::admin_server::Admin for AdminService {
                 self.ctx.authorize(Operation::Describe, Resource::Topic(&name)).await?;
                 let result = self.ctx.cluster.describe_topic(&name).await;
                 let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::describe_topic).await?;
-                Ok(served.answer(|d| proto::DescribeTopicResponse {
-                    topic: Some(topics::topic_description(&d, self.leader_hint(&name))),
+                Ok(served.answer(|mut d| {
+                    // Leaders as clients reach them (the cluster names their internal address).
+                    for p in &mut d.partitions {
+                        p.leader = self.ctx.cluster.client_view(p.leader.take());
+                    }
+                    proto::DescribeTopicResponse { topic: Some(topics::topic_description(&d, self.leader_hint(&name))) }
                 }))
             })
             .await
@@ -446,6 +453,8 @@ impl proto::admin_server::Admin for AdminService {
                 // shows (members, topic and partition placement) /metrics shows too.
                 let status = self.ctx.cluster.cluster_status();
                 let mut response = status_conv::cluster_status(&status);
+                response.client_addr = self.ctx.cluster.own_client_addr();
+                response.internal_addr = self.ctx.cluster.own_internal_addr().to_string();
                 response.damaged =
                     status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
                 Ok(response)
@@ -464,10 +473,30 @@ impl proto::admin_server::Admin for AdminService {
                     if req.node_id == 0 {
                         return Err(invalid("node_id", "node ids start at 1"));
                     }
-                    if req.addr.is_empty() || req.addr.len() > shale_raft::cluster::limits::MAX_ADDR_BYTES {
+                    let max = shale_raft::cluster::limits::MAX_ADDR_BYTES;
+                    if req.addr.is_empty() || req.addr.len() > max {
                         return Err(invalid("addr", "a node address is a non-empty host:port"));
                     }
-                    let result = self.ctx.cluster.add_node(req.node_id, req.addr.clone()).await;
+                    if req.client_addr.len() > max {
+                        return Err(invalid("client_addr", "a client address is a host:port"));
+                    }
+                    // Only the metadata leader adds (elsewhere the call is forwarded as it came).
+                    let result = if self.ctx.cluster.is_metadata_leader() {
+                        let client = if req.client_addr.is_empty() {
+                            crate::bootstrap::probe_client_addr(
+                                &req.addr,
+                                self.ctx.cluster.router().config().tls.as_ref(),
+                            )
+                            .await
+                            .unwrap_or_else(|| req.addr.clone())
+                        } else {
+                            req.client_addr.clone()
+                        };
+                        let addrs = MemberAddrs { internal: req.addr.clone(), client };
+                        self.ctx.cluster.add_node(req.node_id, addrs).await
+                    } else {
+                        Err(ClusterError::NotLeader { leader: self.ctx.cluster.metadata_leader() })
+                    };
                     let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::add_node).await?;
                     Ok(served.answer(|()| proto::AddNodeResponse { members: self.members() }))
                 })

@@ -192,7 +192,7 @@ impl FetchService {
                     Err(err) => {
                         let status = crate::scrub::damaged_read(&ctx.damage, &err)
                             .unwrap_or_else(|| read_error(&ctx, err, &req.topic, req.partition));
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(ctx.for_clients(status))).await;
                         return;
                     }
                 }
@@ -233,7 +233,7 @@ fn read_error(ctx: &NodeContext, err: ClusterError, topic: &str, partition: u32)
             let members = ctx.cluster.cluster_status().members;
             let replicas: Vec<(u64, String)> = ids
                 .into_iter()
-                .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| (id, m.addr.clone())))
+                .filter_map(|id| members.iter().find(|m| m.id == id).map(|m| (id, m.client_addr.clone())))
                 .collect();
             replica_out_of_range(message, start, end, ctx.node_id, &replicas)
         }

@@ -233,8 +233,37 @@ pub struct ConsumerOffset {
 pub struct MemberInfo {
     /// Node id.
     pub id: NodeId,
-    /// Its gRPC address (`host:port`).
+    /// Its internal address (`host:port`): Raft, repair reads, forwarding between nodes.
     pub addr: String,
+    /// Its client address (`host:port`): what clients are told (leaders, redirects).
+    pub client_addr: String,
+}
+
+/// Where a member is reached: by other nodes (`internal`: Raft, repair reads, forwarded requests,
+/// bootstrap probes) and by clients (`client`: every leader or member address a client is told).
+/// Equal when the node serves both on one listener.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MemberAddrs {
+    /// The internal listener's advertised `host:port`.
+    pub internal: String,
+    /// The client listener's advertised `host:port`.
+    pub client: String,
+}
+
+impl MemberAddrs {
+    /// One address for both (one listener).
+    pub fn one(addr: impl Into<String>) -> Self {
+        let addr = addr.into();
+        Self { client: addr.clone(), internal: addr }
+    }
+
+    /// Why these addresses cannot be recorded (empty or over [`limits::MAX_ADDR_BYTES`]), if so.
+    pub fn invalid(&self) -> Option<String> {
+        [("internal", &self.internal), ("client", &self.client)]
+            .into_iter()
+            .find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES)
+            .map(|(what, a)| format!("{what} address of {} bytes", a.len()))
+    }
 }
 
 /// The Raft state of one group as seen from this node.

@@ -114,6 +114,7 @@ impl StateMachineApp for PartitionApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::MemberAddrs;
     use crate::cluster::partition::ApplyOutcome;
 
     #[test]
@@ -121,7 +122,7 @@ mod tests {
         let state = Arc::new(RwLock::new(MetadataState::new()));
         let (tx, rx) = watch::channel(0);
         let mut app = MetadataApp::new(state.clone(), tx);
-        let add = MetadataCommand::AddMember { id: 1, addr: "h:1".into() };
+        let add = MetadataCommand::AddMember { id: 1, addrs: MemberAddrs::one("h:1") };
         let reply = app.apply(1, &Bytes::from(add.encode()));
         assert_eq!(MetadataReply::decode(&reply).unwrap(), MetadataReply::Ok);
         assert_eq!(*rx.borrow(), 1, "readers are told about every apply");
@@ -140,7 +141,9 @@ mod tests {
 
     #[test]
     fn a_resuming_metadata_app_never_shows_older_state_and_takes_over_once_caught_up() {
-        let add = |id: u64| Bytes::from(MetadataCommand::AddMember { id, addr: format!("h:{id}") }.encode());
+        let add = |id: u64| {
+            Bytes::from(MetadataCommand::AddMember { id, addrs: MemberAddrs::one(format!("h:{id}")) }.encode())
+        };
         let state = Arc::new(RwLock::new(MetadataState::new()));
         let (tx, rx) = watch::channel(0);
         let mut app = MetadataApp::new(state.clone(), tx.clone());

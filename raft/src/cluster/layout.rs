@@ -45,6 +45,12 @@ pub mod metadata_command {
     pub const KIND_REMOVE_ACL: u8 = 11;
     /// Kind: create a topic within cluster totals (topics, partitions) the command carries.
     pub const KIND_CREATE_TOPIC_WITHIN: u8 = 12;
+    /// Kind: add (or re-address) a member, with its internal and its client address (written
+    /// instead of [`KIND_ADD_MEMBER`], which is still read: one address for both).
+    pub const KIND_ADD_MEMBER_ADDRS: u8 = 13;
+    /// Kind: record the initial members with internal and client addresses (written instead of
+    /// [`KIND_BOOTSTRAP`], which is still read: one address for both).
+    pub const KIND_BOOTSTRAP_ADDRS: u8 = 14;
     /// Kind: set (replace) a quota entry; body is a [`super::quota_entry`].
     pub const KIND_SET_QUOTA: u8 = 17;
     /// Kind: remove a quota entry; body is its entity (`[kind:u8][name:str16]`).
@@ -75,12 +81,13 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (3: each user's credential carries a kind byte, token or
-    /// SCRAM-SHA-256 password; quota entries follow the ACL rules).
+    /// Version written and read (3: each member has an internal and a client address; each
+    /// user's credential carries a kind byte, token or SCRAM-SHA-256 password; quota entries
+    /// follow the ACL rules).
     pub const VERSION: u16 = 3;
-    /// Users (all token users, no kind byte) and ACL rules follow the offsets; still read (as
-    /// holding no quotas).
-    pub const VERSION_TOKEN_USERS: u16 = 2;
+    /// Still read: users (all token users, no kind byte) and ACL rules follow the offsets; each
+    /// member's one address is both its internal and its client address; no quotas.
+    pub const VERSION_2: u16 = 2;
     /// The version before users and ACL rules, still read (as holding none).
     pub const VERSION_BEFORE_ACCESS: u16 = 1;
 }
@@ -329,7 +336,7 @@ mod tests {
 
         use super::*;
         use crate::cluster::access::{AclRule, Operation, ResourcePattern, ScramCredential};
-        use crate::cluster::api::{RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
+        use crate::cluster::api::{MemberAddrs, RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
         use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
 
@@ -350,7 +357,10 @@ mod tests {
         /// One command of each kind, in an order that applies: members, a topic, changes to it.
         fn commands(name: &str, n: u64, level: i32) -> Vec<MetadataCommand> {
             let retention = RetentionPolicy { retention_bytes: Some(n), retention_ms: n.checked_sub(1) };
-            let members = BTreeMap::from([(1, "a:1".to_string()), (2, format!("{name}:2"))]);
+            let members = BTreeMap::from([
+                (1, MemberAddrs::one("a:1")),
+                (2, MemberAddrs { internal: format!("{name}:2"), client: format!("127.0.0.1:{n}") }),
+            ]);
             let spec = TopicSpec {
                 name: name.into(),
                 partitions: 2,
@@ -361,7 +371,10 @@ mod tests {
             let update = TopicUpdate { retention: Some(retention), codec: Some(CodecKind::Lz4) };
             vec![
                 MetadataCommand::Bootstrap { members },
-                MetadataCommand::AddMember { id: 3, addr: format!("{name}:3") },
+                MetadataCommand::AddMember {
+                    id: 3,
+                    addrs: MemberAddrs { internal: format!("{name}:3"), client: format!("c-{name}:3") },
+                },
                 MetadataCommand::CreateTopic(spec.clone()),
                 // Within the totals (2 + 2 partitions of 4), then past them (refused).
                 MetadataCommand::CreateTopicWithin {

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, ScramCredential, TOKEN_HASH_BYTES};
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
-    ClusterError, ClusterTotal, GroupId, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo, TopicSpec,
-    TopicTotals, TopicUpdate, limits, partition_group_id, validate_topic_name,
+    ClusterError, ClusterTotal, GroupId, MemberAddrs, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo,
+    TopicSpec, TopicTotals, TopicUpdate, limits, partition_group_id, validate_topic_name,
 };
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
@@ -54,18 +54,18 @@ pub enum MetadataCommand {
         /// The next offset the group will read.
         offset: u64,
     },
-    /// Add a member, or change its address.
+    /// Add a member, or change its addresses.
     AddMember {
         /// Node id.
         id: NodeId,
-        /// Its gRPC address.
-        addr: String,
+        /// Its internal and client addresses.
+        addrs: MemberAddrs,
     },
     /// Record the initial members, all at once; a no-op once there are members (so the metadata
     /// leader may propose it again after a leader change without harm).
     Bootstrap {
-        /// Node id -> gRPC address.
-        members: BTreeMap<NodeId, String>,
+        /// Node id -> its internal and client addresses.
+        members: BTreeMap<NodeId, MemberAddrs>,
     },
     /// Remove a member; its partition replicas move to other members where possible.
     RemoveMember {
@@ -235,8 +235,8 @@ pub struct MetadataState {
     topics: BTreeMap<String, TopicInfo>,
     /// Committed offsets by (group, topic, partition).
     offsets: BTreeMap<(String, String, u32), u64>,
-    /// Members: node id -> gRPC address.
-    members: BTreeMap<NodeId, String>,
+    /// Members: node id -> internal and client addresses.
+    members: BTreeMap<NodeId, MemberAddrs>,
     /// Users and ACL rules.
     access: AccessState,
     /// Client quotas.
@@ -264,8 +264,8 @@ impl MetadataState {
         self.topics.get(name)
     }
 
-    /// Members: node id -> address.
-    pub fn members(&self) -> &BTreeMap<NodeId, String> {
+    /// Members: node id -> internal and client addresses.
+    pub fn members(&self) -> &BTreeMap<NodeId, MemberAddrs> {
         &self.members
     }
 
@@ -337,23 +337,22 @@ impl MetadataState {
                 self.offsets.insert(key, *offset);
                 Ok(MetadataReply::Ok)
             }
-            MetadataCommand::AddMember { id, addr } => {
-                if addr.is_empty() || addr.len() > limits::MAX_ADDR_BYTES {
-                    return Err(Rejection::Invalid { reason: format!("address of {} bytes", addr.len()) });
+            MetadataCommand::AddMember { id, addrs } => {
+                if let Some(bad) = addrs.invalid() {
+                    return Err(Rejection::Invalid { reason: bad });
                 }
                 if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(id) {
                     return Err(Rejection::Invalid {
                         reason: format!("the cluster holds the maximum of {MAX_MEMBERS} members"),
                     });
                 }
-                self.members.insert(*id, addr.clone());
+                self.members.insert(*id, addrs.clone());
                 self.fill_under_replicated(*id);
                 Ok(MetadataReply::Ok)
             }
             MetadataCommand::Bootstrap { members } => {
-                if let Some((id, addr)) = members.iter().find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES)
-                {
-                    return Err(Rejection::Invalid { reason: format!("member {id}: address of {} bytes", addr.len()) });
+                if let Some((id, bad)) = members.iter().find_map(|(id, a)| a.invalid().map(|bad| (id, bad))) {
+                    return Err(Rejection::Invalid { reason: format!("member {id}: {bad}") });
                 }
                 if members.is_empty() || members.len() > MAX_MEMBERS {
                     return Err(Rejection::Invalid { reason: format!("{} initial members", members.len()) });
@@ -579,8 +578,8 @@ impl MetadataState {
         let mut w = Writer::new();
         w.u32(snap::MAGIC).u16(snap::VERSION).u32(self.next_topic_id);
         w.u32(self.members.len() as u32);
-        for (id, addr) in &self.members {
-            w.u64(*id).str16(addr);
+        for (id, addrs) in &self.members {
+            w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
         }
         w.u32(self.topics.len() as u32);
         for topic in self.topics.values() {
@@ -599,17 +598,21 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version = r.snapshot_header_of(
-            snap::MAGIC,
-            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_TOKEN_USERS, snap::VERSION],
-        )?;
+        let version =
+            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION])?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
         for _ in 0..n {
             let id = r.u64()?;
-            let addr = r.str16(limits::MAX_ADDR_BYTES)?;
-            state.members.insert(id, addr);
+            let internal = r.str16(limits::MAX_ADDR_BYTES)?;
+            // Before version 3 a member had one address, for clients and nodes alike.
+            let addrs = if version >= snap::VERSION {
+                MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? }
+            } else {
+                MemberAddrs::one(internal)
+            };
+            state.members.insert(id, addrs);
         }
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_TOPICS, 16)?;
@@ -626,7 +629,7 @@ impl MetadataState {
             let offset = r.u64()?;
             state.offsets.insert((group, topic, partition), offset);
         }
-        if version >= snap::VERSION_TOKEN_USERS {
+        if version >= snap::VERSION_2 {
             state.access = AccessState::decode(&mut r, version >= snap::VERSION)?;
         }
         if version >= snap::VERSION {
@@ -634,6 +637,16 @@ impl MetadataState {
         }
         r.finish()?;
         Ok(state)
+    }
+}
+
+/// A member's addresses: `internal` (`internal.client` when `with_client`, else the one address for both).
+fn read_addrs(r: &mut Reader<'_>, with_client: bool) -> Result<MemberAddrs, ClusterError> {
+    let internal = r.str16(limits::MAX_ADDR_BYTES)?;
+    if with_client {
+        Ok(MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? })
+    } else {
+        Ok(MemberAddrs::one(internal))
     }
 }
 
@@ -754,13 +767,13 @@ impl MetadataCommand {
             MetadataCommand::CommitOffset { group, topic, partition, offset } => {
                 w.u8(cmd::KIND_COMMIT_OFFSET).str16(group).str16(topic).u32(*partition).u64(*offset);
             }
-            MetadataCommand::AddMember { id, addr } => {
-                w.u8(cmd::KIND_ADD_MEMBER).u64(*id).str16(addr);
+            MetadataCommand::AddMember { id, addrs } => {
+                w.u8(cmd::KIND_ADD_MEMBER_ADDRS).u64(*id).str16(&addrs.internal).str16(&addrs.client);
             }
             MetadataCommand::Bootstrap { members } => {
-                w.u8(cmd::KIND_BOOTSTRAP).u16(members.len() as u16);
-                for (id, addr) in members {
-                    w.u64(*id).str16(addr);
+                w.u8(cmd::KIND_BOOTSTRAP_ADDRS).u16(members.len() as u16);
+                for (id, addrs) in members {
+                    w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
                 }
             }
             MetadataCommand::RemoveMember { id } => {
@@ -840,15 +853,19 @@ impl MetadataCommand {
                 partition: r.u32()?,
                 offset: r.u64()?,
             },
-            cmd::KIND_ADD_MEMBER => MetadataCommand::AddMember { id: r.u64()?, addr: r.str16(limits::MAX_ADDR_BYTES)? },
+            // Kinds 5 and 7 (written before members had a client address) name one address for both.
+            cmd::KIND_ADD_MEMBER | cmd::KIND_ADD_MEMBER_ADDRS => {
+                let id = r.u64()?;
+                MetadataCommand::AddMember { id, addrs: read_addrs(&mut r, kind == cmd::KIND_ADD_MEMBER_ADDRS)? }
+            }
             cmd::KIND_REMOVE_MEMBER => MetadataCommand::RemoveMember { id: r.u64()? },
-            cmd::KIND_BOOTSTRAP => {
+            cmd::KIND_BOOTSTRAP | cmd::KIND_BOOTSTRAP_ADDRS => {
                 let raw = u64::from(r.u16()?);
                 let n = r.count(raw, MAX_MEMBERS, 10)?;
                 let mut members = BTreeMap::new();
                 for _ in 0..n {
                     let id = r.u64()?;
-                    members.insert(id, r.str16(limits::MAX_ADDR_BYTES)?);
+                    members.insert(id, read_addrs(&mut r, kind == cmd::KIND_BOOTSTRAP_ADDRS)?);
                 }
                 MetadataCommand::Bootstrap { members }
             }
@@ -992,7 +1009,10 @@ mod tests {
         let mut s = MetadataState::new();
         for id in 1..=3 {
             assert_eq!(
-                s.apply(&MetadataCommand::AddMember { id, addr: format!("127.0.0.1:{}", 7000 + id) }),
+                s.apply(&MetadataCommand::AddMember {
+                    id,
+                    addrs: MemberAddrs::one(format!("127.0.0.1:{}", 7000 + id))
+                }),
                 MetadataReply::Ok
             );
         }
@@ -1164,10 +1184,13 @@ mod tests {
     #[test]
     fn bootstrap_records_members_once() {
         let mut s = MetadataState::new();
-        let first = BTreeMap::from([(1, "a:1".to_string()), (2, "b:2".to_string())]);
+        let first = BTreeMap::from([
+            (1, MemberAddrs { internal: "node-1:7101".into(), client: "127.0.0.1:7001".into() }),
+            (2, MemberAddrs::one("b:2")),
+        ]);
         assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: first.clone() }), MetadataReply::Ok);
         assert_eq!(s.members(), &first);
-        let other = BTreeMap::from([(7, "z:7".to_string())]);
+        let other = BTreeMap::from([(7, MemberAddrs::one("z:7"))]);
         assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: other }), MetadataReply::Ok);
         assert_eq!(s.members(), &first, "a second bootstrap changes nothing");
         assert!(matches!(
@@ -1179,7 +1202,7 @@ mod tests {
     #[test]
     fn removing_a_member_moves_its_replicas() {
         let mut s = three_members();
-        s.apply(&MetadataCommand::AddMember { id: 4, addr: "h:4".into() });
+        s.apply(&MetadataCommand::AddMember { id: 4, addrs: MemberAddrs::one("h:4") });
         create(&mut s, "t", 4, 2);
         assert_eq!(s.apply(&MetadataCommand::RemoveMember { id: 2 }), MetadataReply::Ok);
         for p in &s.topic("t").unwrap().partitions {
@@ -1202,7 +1225,7 @@ mod tests {
         assert_eq!(under, (0..3).map(|p| ("t".to_string(), p, 2, 3)).collect::<Vec<_>>());
         let epochs: Vec<u32> = s.topic("t").unwrap().partitions.iter().map(|p| p.replica_epoch).collect();
         // Adding a member (the same node back, or another) fills every under-replicated partition.
-        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addr: "h:2".into() }), MetadataReply::Ok);
+        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addrs: MemberAddrs::one("h:2") }), MetadataReply::Ok);
         assert!(s.under_replicated().is_empty());
         for (p, epoch) in s.topic("t").unwrap().partitions.iter().zip(epochs) {
             assert_eq!(p.replicas.len(), 3, "{p:?}");
@@ -1210,7 +1233,7 @@ mod tests {
             assert_eq!(p.replica_epoch, epoch + 1, "{p:?}");
         }
         // A fully replicated partition is left alone.
-        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 4, addr: "h:4".into() }), MetadataReply::Ok);
+        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 4, addrs: MemberAddrs::one("h:4") }), MetadataReply::Ok);
         assert!(s.topic("t").unwrap().partitions.iter().all(|p| !p.replicas.contains(&4)));
     }
 
@@ -1227,9 +1250,9 @@ mod tests {
                 },
             },
             MetadataCommand::CommitOffset { group: "g1".into(), topic: "orders".into(), partition: 2, offset: 9 },
-            MetadataCommand::AddMember { id: 9, addr: "10.0.0.9:7000".into() },
+            MetadataCommand::AddMember { id: 9, addrs: MemberAddrs::one("10.0.0.9:7000") },
             MetadataCommand::RemoveMember { id: 9 },
-            MetadataCommand::Bootstrap { members: BTreeMap::from([(1, "x:1".to_string())]) },
+            MetadataCommand::Bootstrap { members: BTreeMap::from([(1, MemberAddrs::one("x:1"))]) },
             MetadataCommand::CreateTopic(spec("orders", 3, 2)),
             MetadataCommand::DeleteTopic { name: "nope".into() },
         ];
@@ -1332,10 +1355,10 @@ mod tests {
         s.apply(&MetadataCommand::CreateUser { name: "bob".into(), token_hash: [8; 32] });
         // Version 2: users as `[name][hash]`, no kind byte.
         let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_TOKEN_USERS).u32(s.next_topic_id);
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
         w.u32(s.members.len() as u32);
         for (id, addr) in &s.members {
-            w.u64(*id).str16(addr);
+            w.u64(*id).str16(&addr.internal);
         }
         w.u32(s.topics.len() as u32);
         for topic in s.topics.values() {
@@ -1393,10 +1416,10 @@ mod tests {
         s.apply(&MetadataCommand::AddAcl(rule));
         // Version 2: the same layout without the quota entries after the access part.
         let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_TOKEN_USERS).u32(s.next_topic_id);
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
         w.u32(s.members.len() as u32);
         for (id, addr) in &s.members {
-            w.u64(*id).str16(addr);
+            w.u64(*id).str16(&addr.internal);
         }
         w.u32(s.topics.len() as u32);
         for topic in s.topics.values() {
@@ -1411,6 +1434,79 @@ mod tests {
     }
 
     #[test]
+    fn members_keep_an_internal_and_a_client_address_and_old_encodings_still_read() {
+        let mut s = MetadataState::new();
+        let two = MemberAddrs { internal: "node-2:7101".into(), client: "127.0.0.1:7002".into() };
+        let add = MetadataCommand::AddMember { id: 2, addrs: two.clone() };
+        let bytes = add.encode();
+        assert_eq!(bytes[3], cmd::KIND_ADD_MEMBER_ADDRS, "written with both addresses");
+        assert_eq!(MetadataCommand::decode(&bytes).unwrap(), add);
+        assert_eq!(s.apply(&add), MetadataReply::Ok);
+        assert_eq!(s.members()[&2], two);
+        // Re-addressing a member changes only its addresses.
+        let moved = MemberAddrs { internal: "node-2:7101".into(), client: "shale.example:9092".into() };
+        assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addrs: moved.clone() }), MetadataReply::Ok);
+        assert_eq!(s.members()[&2], moved);
+        // An empty client address is refused like an empty internal one.
+        let empty = MemberAddrs { internal: "node-3:7101".into(), client: String::new() };
+        assert!(matches!(
+            s.apply(&MetadataCommand::AddMember { id: 3, addrs: empty }),
+            MetadataReply::Rejected(Rejection::Invalid { .. })
+        ));
+        // Kinds 5 and 7, written before client addresses: the one address serves both.
+        let mut w = Writer::new();
+        w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_ADD_MEMBER).u64(4).str16("h:4");
+        assert_eq!(
+            MetadataCommand::decode(&w.finish()).unwrap(),
+            MetadataCommand::AddMember { id: 4, addrs: MemberAddrs::one("h:4") }
+        );
+        let mut w = Writer::new();
+        w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_BOOTSTRAP).u16(2).u64(1).str16("a:1").u64(2).str16("b:2");
+        assert_eq!(
+            MetadataCommand::decode(&w.finish()).unwrap(),
+            MetadataCommand::Bootstrap {
+                members: BTreeMap::from([(1, MemberAddrs::one("a:1")), (2, MemberAddrs::one("b:2"))])
+            }
+        );
+        let bootstrap = MetadataCommand::Bootstrap { members: BTreeMap::from([(1, two.clone())]) };
+        assert_eq!(bootstrap.encode()[3], cmd::KIND_BOOTSTRAP_ADDRS);
+        // The snapshot (version 3) keeps both addresses.
+        let snap = s.encode();
+        assert_eq!(u16::from_le_bytes([snap[4], snap[5]]), snap::VERSION);
+        assert_eq!(MetadataState::decode(&snap).unwrap().members()[&2], moved);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_client_addresses_still_reads() {
+        let mut s = three_members();
+        create(&mut s, "t", 2, 2);
+        assert_eq!(
+            s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] }),
+            MetadataReply::Ok
+        );
+        // Version 2: one address per member, then topics, offsets, users and rules.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addrs) in &s.members {
+            w.u64(*id).str16(&addrs.internal);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        // Version-2 users: `[name][token hash]`, no credential kind byte; then the rules (none).
+        w.u32(1).str16("alice");
+        access::write_hash(&mut w, &[7; 32]);
+        w.u32(0);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert_eq!(old.members()[&1], MemberAddrs::one("127.0.0.1:7001"), "the one address serves clients too");
+    }
+
+    #[test]
     fn a_snapshot_from_before_users_and_acls_still_reads() {
         let mut s = three_members();
         create(&mut s, "t", 2, 2);
@@ -1418,8 +1514,8 @@ mod tests {
         let mut w = Writer::new();
         w.u32(snap::MAGIC).u16(snap::VERSION_BEFORE_ACCESS).u32(s.next_topic_id);
         w.u32(s.members.len() as u32);
-        for (id, addr) in &s.members {
-            w.u64(*id).str16(addr);
+        for (id, addrs) in &s.members {
+            w.u64(*id).str16(&addrs.internal);
         }
         w.u32(s.topics.len() as u32);
         for topic in s.topics.values() {
@@ -1493,10 +1589,15 @@ mod tests {
                     partition: p,
                     offset: o,
                 }),
-                (1u64..6).prop_map(|id| MetadataCommand::AddMember { id, addr: format!("h:{id}") }),
+                (1u64..6).prop_map(|id| MetadataCommand::AddMember { id, addrs: MemberAddrs::one(format!("h:{id}")) }),
                 (1u64..6).prop_map(|id| MetadataCommand::RemoveMember { id }),
-                proptest::collection::btree_map(1u64..6, "[a-z]{1,4}:[0-9]{1,4}", 1..4)
-                    .prop_map(|members| MetadataCommand::Bootstrap { members }),
+                proptest::collection::btree_map(1u64..6, ("[a-z]{1,4}:[0-9]{1,4}", "[a-z]{1,4}:[0-9]{1,4}"), 1..4)
+                    .prop_map(|members| MetadataCommand::Bootstrap {
+                        members: members
+                            .into_iter()
+                            .map(|(id, (internal, client))| (id, MemberAddrs { internal, client }))
+                            .collect()
+                    }),
             ]
         }
 

@@ -53,8 +53,11 @@ use crate::{NetworkConfig, Node, RaftError, RaftGroup, RaftGroupConfig, Retentio
 pub struct ClusterConfig {
     /// This node's id (stable across restarts, unique in the cluster).
     pub node_id: NodeId,
-    /// `host:port` of this node's gRPC server (the Raft transport is mounted there too).
+    /// `host:port` of this node's internal listener (the Raft transport), as other nodes reach it.
     pub advertise_addr: String,
+    /// `host:port` of this node's client listener, as clients reach it; `None`: `advertise_addr`
+    /// (one listener for both).
+    pub client_addr: Option<String>,
     /// The node's storage; every group's streams live in it.
     pub storage: Arc<dyn StorageBackend>,
     /// Transport tunables.
@@ -90,6 +93,7 @@ impl ClusterConfig {
         Self {
             node_id,
             advertise_addr: advertise_addr.into(),
+            client_addr: None,
             storage,
             network: NetworkConfig::default(),
             raft: RaftGroupConfig::default(),
@@ -109,6 +113,7 @@ impl fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("node_id", &self.node_id)
             .field("advertise_addr", &self.advertise_addr)
+            .field("client_addr", &self.client_addr)
             .field("reconcile_interval_ms", &self.reconcile_interval_ms)
             .field("retention_interval_ms", &self.retention_interval_ms)
             .field("preferred_leader_delay_ms", &self.preferred_leader_delay_ms)
@@ -192,6 +197,10 @@ pub struct Cluster {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serialises group start/stop (reconcile passes and shutdown).
     lifecycle: tokio::sync::Mutex<()>,
+    /// The client addresses of the initial members that this node knows (its own, and those
+    /// [`Cluster::bootstrap`] was given): the metadata leader records them with the bootstrap
+    /// voters' internal addresses (the Raft membership holds only those).
+    initial_client_addrs: Mutex<BTreeMap<NodeId, String>>,
 }
 
 impl fmt::Debug for Cluster {
@@ -216,6 +225,8 @@ impl Cluster {
         let metadata_group =
             router.start_group(METADATA_GROUP, config.storage.clone(), Box::new(app), raft_config).await?;
         let (shutdown, _) = watch::channel(false);
+        let own_client_addr = config.client_addr.clone().unwrap_or_else(|| config.advertise_addr.clone());
+        let initial_client_addrs = Mutex::new(BTreeMap::from([(config.node_id, own_client_addr)]));
         let cluster = Arc::new(Cluster {
             config,
             router,
@@ -230,6 +241,7 @@ impl Cluster {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            initial_client_addrs,
         });
         let reconcile = tokio::spawn(reconcile::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
         let retention = tokio::spawn(retention::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
@@ -337,8 +349,39 @@ impl Cluster {
         }
     }
 
+    /// A member's internal address (Raft, repair reads, forwarding), per the applied metadata.
     fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.metadata.read().members().get(&id).map(|a| a.internal.clone())
+    }
+
+    /// A member's addresses, per the applied metadata.
+    pub fn member_addrs(&self, id: NodeId) -> Option<MemberAddrs> {
         self.metadata.read().members().get(&id).cloned()
+    }
+
+    /// What a client is told of a leader: its id and its **client** address (the metadata's
+    /// record of the member), where `leader` names its internal address (as Raft and
+    /// [`Cluster::leader_of`] do). A node the metadata does not list (yet) keeps the address given.
+    pub fn client_view(&self, leader: Option<(NodeId, String)>) -> Option<(NodeId, String)> {
+        leader.map(|(id, addr)| match self.member_addrs(id) {
+            Some(addrs) => (id, addrs.client),
+            None => (id, addr),
+        })
+    }
+
+    /// This node's client address (as configured).
+    pub fn own_client_addr(&self) -> String {
+        self.config.client_addr.clone().unwrap_or_else(|| self.config.advertise_addr.clone())
+    }
+
+    /// This node's internal address (as configured).
+    pub fn own_internal_addr(&self) -> &str {
+        &self.config.advertise_addr
+    }
+
+    /// Whether this node leads the metadata group (as far as it knows).
+    pub fn is_metadata_leader(&self) -> bool {
+        self.meta().is_leader()
     }
 
     /// The metadata group's leader and its address, as known here.
@@ -362,23 +405,27 @@ impl Cluster {
         m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t))
     }
 
-    /// Initialises the metadata group with these voters (`id -> gRPC addr`, including this node) and
-    /// waits until the applied metadata lists them all as members. Idempotent: on an initialised
-    /// group it only waits. Call on one node once every initial peer is listening.
-    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), ClusterError> {
+    /// Initialises the metadata group with these voters (`id -> addresses`, including this node:
+    /// the Raft members get the internal addresses) and waits until the applied metadata lists
+    /// them all as members at those internal addresses. Their client addresses are recorded with
+    /// them when this node's metadata leader records the members (the usual case: the node that
+    /// initialises the group is elected first); a member recorded with another client address
+    /// (the leader was another node) is re-addressed by that node itself (`AddMember`, see the
+    /// node's registration). Idempotent: on an initialised group it only waits. Call on one node
+    /// once every initial peer is listening.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, MemberAddrs>) -> Result<(), ClusterError> {
         if !members.contains_key(&self.config.node_id) {
             return Err(ClusterError::InvalidArgument {
                 field: "members",
                 reason: format!("must include this node ({})", self.config.node_id),
             });
         }
-        if let Some((id, addr)) = members.iter().find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES) {
-            return Err(ClusterError::InvalidArgument {
-                field: "members",
-                reason: format!("node {id}: bad address {addr:?}"),
-            });
+        if let Some((id, bad)) = members.iter().find_map(|(id, a)| a.invalid().map(|bad| (id, bad))) {
+            return Err(ClusterError::InvalidArgument { field: "members", reason: format!("node {id}: {bad}") });
         }
-        let nodes: BTreeMap<NodeId, Node> = members.iter().map(|(id, a)| (*id, Node::new(a.clone()))).collect();
+        self.initial_client_addrs.lock().extend(members.iter().map(|(id, a)| (*id, a.client.clone())));
+        let nodes: BTreeMap<NodeId, Node> =
+            members.iter().map(|(id, a)| (*id, Node::new(a.internal.clone()))).collect();
         match tokio::time::timeout(self.timeout(), self.meta().initialize(nodes)).await {
             Ok(Ok(()) | Err(RaftError::AlreadyInitialized { .. })) => {}
             Ok(Err(e)) => return Err(e.into()),
@@ -395,7 +442,7 @@ impl Cluster {
             loop {
                 let all_known = {
                     let state = self.metadata.read();
-                    members.iter().all(|(id, addr)| state.members().get(id) == Some(addr))
+                    members.iter().all(|(id, a)| state.members().get(id).map(|m| &m.internal) == Some(&a.internal))
                 };
                 if all_known {
                     return Ok(());
@@ -664,9 +711,13 @@ impl Cluster {
     /// (nothing listens there, or it is not running `Cluster`) is removed from the group again and
     /// the call fails with [`ClusterError::NotCaughtUp`]: it is never a voter nor a member.
     /// Metadata leader only.
-    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
-        // The node checked the address at its edge; the metadata also refuses a bad one at apply.
-        debug_assert!((1..=limits::MAX_ADDR_BYTES).contains(&addr.len()), "address of {} bytes", addr.len());
+    ///
+    /// `addrs.internal` is where nodes reach it (the Raft member's address), `addrs.client` what
+    /// clients are told. Called for a member, it only records the addresses (re-addressing it).
+    pub async fn add_node(&self, id: NodeId, addrs: MemberAddrs) -> Result<(), ClusterError> {
+        // The node checked the addresses at its edge; the metadata also refuses bad ones at apply.
+        debug_assert!(addrs.invalid().is_none(), "{addrs:?}");
+        let addr = addrs.internal.clone();
         if !self.meta().is_leader() {
             return Err(ClusterError::NotLeader { leader: self.metadata_leader() });
         }
@@ -700,7 +751,7 @@ impl Cluster {
             self.bounded("promoting a caught-up node to voter", promote).await?;
         }
         debug_assert!(self.metadata_voters().contains(&id), "a member is a metadata voter first");
-        self.propose(MetadataCommand::AddMember { id, addr }).await.map(|_| ())
+        self.propose(MetadataCommand::AddMember { id, addrs }).await.map(|_| ())
     }
 
     /// Removes a node: first from the members (the metadata moves its partition replicas to other
@@ -738,7 +789,7 @@ impl Cluster {
             .read()
             .members()
             .iter()
-            .map(|(id, addr)| MemberInfo { id: *id, addr: addr.clone() })
+            .map(|(id, a)| MemberInfo { id: *id, addr: a.internal.clone(), client_addr: a.client.clone() })
             .collect();
         let voters: Vec<NodeId> = self.metadata_voters().into_iter().collect();
         let metadata = Some(group_status(&self.meta(), None, voters));

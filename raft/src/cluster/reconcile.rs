@@ -419,9 +419,16 @@ impl Cluster {
         if !self.metadata.read().members().is_empty() {
             return;
         }
-        let members: BTreeMap<NodeId, String> = {
+        let members: BTreeMap<NodeId, MemberAddrs> = {
             let m = self.meta().metrics().membership_config.clone();
-            m.membership().nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
+            let clients = self.initial_client_addrs.lock();
+            m.membership()
+                .nodes()
+                .map(|(id, node)| {
+                    let client = clients.get(id).cloned().unwrap_or_else(|| node.addr.clone());
+                    (*id, MemberAddrs { internal: node.addr.clone(), client })
+                })
+                .collect()
         };
         if members.is_empty() {
             return;

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use shale_raft::RaftGroupConfig;
 use shale_raft::cluster::{
-    BatchAck, Cluster, ClusterConfig, ClusterError, FetchRequest, FetchResult, NodeId, ProduceRecord, ProducerInfo,
-    RetentionPolicy, TopicSpec,
+    BatchAck, Cluster, ClusterConfig, ClusterError, FetchRequest, FetchResult, MemberAddrs, NodeId, ProduceRecord,
+    ProducerInfo, RetentionPolicy, TopicSpec,
 };
 use shale_storage::record_batch::{self, envelope};
 use shale_storage::testing::FaultyFileSystem;
@@ -158,8 +158,8 @@ impl TestCluster {
         for (node, listener) in nodes.iter_mut().zip(listeners) {
             serve(node, listener, &setup).await.expect("start node");
         }
-        let members: BTreeMap<NodeId, String> =
-            nodes.iter().take(setup.members).map(|n| (n.id, n.addr.clone())).collect();
+        let members: BTreeMap<NodeId, MemberAddrs> =
+            nodes.iter().take(setup.members).map(|n| (n.id, MemberAddrs::one(n.addr.clone()))).collect();
         let c = TestCluster { nodes, setup };
         c.node(1).bootstrap(members).await.expect("bootstrap");
         c
