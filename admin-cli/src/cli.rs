@@ -26,6 +26,12 @@ Environment:
   SHALE_BOOTSTRAP   comma-separated host:port endpoints (same as --bootstrap)
   SHALE_TLS_CA, SHALE_TLS_CERT, SHALE_TLS_KEY   TLS files (same as --tls-ca, --tls-cert, --tls-key)
   SHALE_TOKEN       a bearer token from `shale user create` (same as --token)
+  SHALE_USER, SHALE_PASSWORD   a user name (same as --user) and its password (--password-file wins)
+  SHALE_PROFILE     the profile to use (same as --profile)
+  SHALE_CONFIG      the profile file (default ~/.config/shale/config.toml)
+
+Settings come from flags, then environment variables, then the profile (`shale profile --help`),
+then defaults.
 
 Exit codes: 0 ok, 1 operational failure (cluster error, damage found, replicas disagree, records not
 delivered), 2 usage error, 3 incomplete report (printed, but part of it could not be read: `cluster
@@ -51,9 +57,17 @@ pub struct Cli {
 /// Connection and logging flags, accepted before or after the command.
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
-    /// Cluster endpoints, comma-separated host:port (any member will do).
-    #[arg(long, short = 'b', alias = "endpoints", global = true, env = "SHALE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, value_name = "HOST:PORT[,...]")]
-    pub bootstrap: String,
+    /// Cluster endpoints, comma-separated host:port (any member will do). Default: the profile's
+    /// addresses, else 127.0.0.1:7001.
+    #[arg(
+        long,
+        short = 'b',
+        alias = "endpoints",
+        global = true,
+        env = "SHALE_BOOTSTRAP",
+        value_name = "HOST:PORT[,...]"
+    )]
+    pub bootstrap: Option<String>,
     /// Per-request timeout.
     #[arg(long, global = true, default_value = "10s", value_parser = args::parse_duration_ms, value_name = "DURATION")]
     pub timeout: u64,
@@ -64,15 +78,25 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "SHALE_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
     /// TLS: a client certificate to present (PEM, `shale cert client`); needs --tls-key.
-    #[arg(long, global = true, env = "SHALE_TLS_CERT", value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, global = true, env = "SHALE_TLS_CERT", value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS: the client certificate's private key (PEM).
-    #[arg(long, global = true, env = "SHALE_TLS_KEY", value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, global = true, env = "SHALE_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// A bearer token (`<user>:<secret>`, from `shale user create`), sent with every request.
     /// Prefer SHALE_TOKEN: a flag shows in the process list.
     #[arg(long, global = true, env = "SHALE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A user name to authenticate as with a password (`shale user create NAME --password`): the
+    /// password from --password-file, else SHALE_PASSWORD, else the profile's password_file.
+    #[arg(long, global = true, env = "SHALE_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// A file whose first line is the password of --user (or of the profile's user).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The profile (named cluster) to use from the profile file; default: its current_profile.
+    #[arg(long, global = true, env = "SHALE_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
     /// Log more to stderr (-v info, -vv debug, -vvv trace).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -110,12 +134,18 @@ pub enum Command {
     /// Make a cluster CA and node or client certificates (PEM files) for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
-    /// Users with bearer tokens (stored hashed in the cluster).
+    /// Users with bearer tokens or passwords (stored hashed in the cluster).
     #[command(subcommand)]
     User(UserCommand),
     /// ACL allow rules (enforced when the nodes run with `[auth] enabled`).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Client quotas: produce and consume bytes per second per user, or for every user (`*`).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Named clusters in the profile file (~/.config/shale/config.toml or $SHALE_CONFIG).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  shale completions bash > /etc/bash_completion.d/shale\n  shale completions zsh > \"${fpath[1]}/_shale\"\n  shale completions fish > ~/.config/fish/completions/shale.fish"
@@ -131,10 +161,29 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user and print its token (`<user>:<secret>`) once: the cluster keeps only a hash.
-    #[command(after_help = "Examples:\n  shale user create alice\n  export SHALE_TOKEN=$(shale user create alice)")]
+    /// With a password option: a password user instead (the CLI derives its SCRAM-SHA-256
+    /// credential; the password is never sent to the cluster).
+    #[command(
+        after_help = "Examples:\n  shale user create alice\n  export SHALE_TOKEN=$(shale user create alice)\n  shale user create bob --password            # prompts twice\n  shale user create bob --new-password-file pw.txt\n  printf '%s' \"$PW\" | shale user create bob --password-stdin"
+    )]
     Create {
         /// The user name (1..=64 ASCII letters, digits, '.', '_', '-').
         name: String,
+        /// How to read the new user's password (none: a token user).
+        #[command(flatten)]
+        password: NewPasswordArgs,
+    },
+    /// Give a user a new password (its token or old password stops working).
+    #[command(
+        name = "set-password",
+        after_help = "Examples:\n  shale user set-password bob --password\n  shale user set-password bob --new-password-file pw.txt"
+    )]
+    SetPassword {
+        /// The user name.
+        name: String,
+        /// How to read the new password.
+        #[command(flatten)]
+        password: NewPasswordArgs,
     },
     /// Delete a user: its token stops working (rules naming it stay).
     #[command(after_help = "Examples:\n  shale user delete alice")]
@@ -148,6 +197,70 @@ pub enum UserCommand {
     /// The principal the cluster sees for this CLI (token, client certificate or anonymous).
     #[command(after_help = "Examples:\n  SHALE_TOKEN=... shale user whoami")]
     Whoami(OutputArgs),
+}
+
+/// Where a new password comes from (`user create`, `user set-password`). Named apart from the global
+/// `--password-file`, which is the CLI's own login.
+#[derive(Debug, Args, Clone, Default)]
+#[group(multiple = false)]
+pub struct NewPasswordArgs {
+    /// Prompt for the password on the terminal (twice, not echoed).
+    #[arg(long)]
+    pub password: bool,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+impl NewPasswordArgs {
+    /// Whether any password option was given.
+    pub fn given(&self) -> bool {
+        self.password || self.new_password_file.is_some() || self.password_stdin
+    }
+}
+
+/// `shale profile ...`: the profile file (`$SHALE_CONFIG` or ~/.config/shale/config.toml).
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Every profile; `*` marks the current one.
+    #[command(alias = "ls", after_help = "Examples:\n  shale profile list")]
+    List(OutputArgs),
+    /// One profile (default: the one in use), token hidden.
+    #[command(after_help = "Examples:\n  shale profile show prod -o json")]
+    Show {
+        /// The profile name.
+        name: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Make a profile the current one.
+    #[command(after_help = "Examples:\n  shale profile use prod")]
+    Use {
+        /// The profile name.
+        name: String,
+    },
+    /// Save the connection flags given (--bootstrap, --tls-*, --token or --user/--password-file)
+    /// as a profile, replacing one of that name; `--use` also makes it current.
+    #[command(
+        after_help = "Examples:\n  shale profile create prod --bootstrap a:7001,b:7001 --tls-ca ca.pem --user alice --password-file ~/.shale-pw --use"
+    )]
+    Create {
+        /// The profile name.
+        name: String,
+        /// Make it the current profile.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Remove a profile (and unset it as current).
+    #[command(after_help = "Examples:\n  shale profile delete old")]
+    Delete {
+        /// The profile name.
+        name: String,
+    },
 }
 
 /// `shale acl ...` (docs/security.md "ACLs").
@@ -164,6 +277,57 @@ pub enum AclCommand {
     /// Every rule.
     #[command(alias = "ls", after_help = "Examples:\n  shale acl list\n  shale acl list -o json")]
     List(OutputArgs),
+}
+
+/// `shale quota ...` (docs/security.md "Quotas").
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set (replace) the quota of a user, or the default of every user (`--default`). A rate left
+    /// out falls back to the default's (for a user) or is unlimited.
+    #[command(
+        after_help = "Examples:\n  shale quota set --default --produce-rate 10MiB --consume-rate 20MiB\n  shale quota set --principal alice --produce-rate 1MiB\n  shale quota set --principal batch-loader --produce-rate 1GiB"
+    )]
+    Set(QuotaSetArgs),
+    /// Remove the quota of a user (it then gets the default's) or the default.
+    #[command(after_help = "Examples:\n  shale quota remove --principal alice\n  shale quota remove --default")]
+    Remove(QuotaEntityArgs),
+    /// Every quota entry, the default first.
+    #[command(alias = "ls", after_help = "Examples:\n  shale quota list\n  shale quota list -o json")]
+    List(OutputArgs),
+}
+
+/// Who a quota entry is for: one user, or the default (exactly one).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("entity").required(true).args(["principal", "default"])))]
+pub struct QuotaEntityArgs {
+    /// A user or client-certificate name.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// The default entry, for every user (and anonymous caller) without one of its own.
+    #[arg(long)]
+    pub default: bool,
+}
+
+impl QuotaEntityArgs {
+    /// The entity as the API names it (`*` for the default).
+    pub fn entity(&self) -> String {
+        self.principal.clone().unwrap_or_else(|| "*".to_string())
+    }
+}
+
+/// `shale quota set`: the entity and its rates (at least one).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rates").required(true).multiple(true).args(["produce_rate", "consume_rate"])))]
+pub struct QuotaSetArgs {
+    /// Who.
+    #[command(flatten)]
+    pub entity: QuotaEntityArgs,
+    /// Record bytes per second the principal may produce (e.g. `1MiB`), on each node.
+    #[arg(long, value_parser = crate::args::parse_bytes)]
+    pub produce_rate: Option<u64>,
+    /// Bytes per second Fetch and Subscribe may serve the principal (e.g. `2MiB`), on each node.
+    #[arg(long, value_parser = crate::args::parse_bytes)]
+    pub consume_rate: Option<u64>,
 }
 
 /// One ACL rule: who, what, on which resource (exactly one of the resource flags).
@@ -272,7 +436,8 @@ pub enum ClusterCommand {
         /// advertised address, or its one gRPC listener's).
         addr: String,
         /// The address clients are told for it; default: what the node itself advertises (asked
-        /// at ADDR), else ADDR. Given for a member, only records the new address.
+        /// at ADDR), else ADDR. Given for a member, only records the new address (a running
+        /// member puts back its own configured client address).
         #[arg(long)]
         client_addr: Option<String>,
         #[command(flatten)]
@@ -697,10 +862,10 @@ mod tests {
         let cli = parse(&["topic", "list"]).unwrap();
         // SHALE_BOOTSTRAP may be set in the environment of whoever runs the tests.
         if std::env::var_os("SHALE_BOOTSTRAP").is_none() {
-            assert_eq!(cli.global.bootstrap, DEFAULT_BOOTSTRAP);
+            assert_eq!(cli.global.bootstrap, None, "the default is applied after the profile");
         }
         let cli = parse(&["topic", "list", "--bootstrap", "a:1,b:2"]).unwrap();
-        assert_eq!(cli.global.bootstrap, "a:1,b:2");
+        assert_eq!(cli.global.bootstrap.as_deref(), Some("a:1,b:2"));
         assert_eq!(cli.global.timeout, 10_000);
     }
 

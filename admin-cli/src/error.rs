@@ -84,6 +84,11 @@ pub enum CliError {
         source: shale_raft::network::tls::TlsError,
     },
 
+    /// The profile file could not be read, parsed or written, or names no such profile (exit
+    /// code 2).
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
+
     /// The async runtime could not start (out of threads or file descriptors).
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
@@ -112,7 +117,7 @@ impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Usage(_) | CliError::Profile(_) => EXIT_USAGE,
             CliError::Incomplete { .. } => EXIT_INCOMPLETE,
             _ => EXIT_FAILURE,
         }
@@ -135,6 +140,10 @@ impl CliError {
             | CliError::BadInput(_)
             | CliError::Runtime(_) => None,
             CliError::Input { .. } => Some("check the path and its permissions".into()),
+            CliError::Profile(_) => Some(
+                "fix the profile file, or point SHALE_CONFIG at another (`shale profile --help` shows its format)"
+                    .into(),
+            ),
             CliError::Local { .. } => Some("check the path and its permissions".into()),
             CliError::Tls { .. } => Some(
                 "check the PEM files (`shale cert init-ca` makes a CA, `shale cert node|client` certificates)".into(),
@@ -186,7 +195,8 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
                 Some("run `shale verify TOPIC` and, with the node stopped, `shale verify --data-dir DIR`".into())
             }
             ErrorCode::Unauthenticated => Some(
-                "the token was not accepted: check --token / SHALE_TOKEN (`<user>:<secret>` from `shale user create`)"
+                "the credentials were not accepted: check --token / SHALE_TOKEN (`<user>:<secret>` from `shale user \
+                 create`), or --user / SHALE_USER with --password-file / SHALE_PASSWORD, or the profile's"
                     .into(),
             ),
             ErrorCode::NotAuthorized => Some(

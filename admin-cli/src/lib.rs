@@ -13,6 +13,7 @@ pub mod commands;
 pub mod context;
 pub mod error;
 pub mod output;
+pub mod profile;
 
 pub use error::{CliError, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, Result};
 
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completions { shell } => commands::completions::run(shell),
         Command::Cert(c) => commands::cert::run(c),
+        Command::Profile(c) => commands::profile::run(&cli.global, c),
         Command::Verify(args) if args.data_dir.is_some() => commands::verify::run_offline(&args),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -31,7 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .map_err(CliError::Runtime)?;
-            let ctx = Ctx::new(cli.global);
+            let ctx = Ctx::new(cli.global)?;
             runtime.block_on(dispatch(&ctx, command))
         }
     }
@@ -48,8 +50,10 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Bench(c) => commands::bench::run(ctx, c).await,
         Command::Completions { shell } => commands::completions::run(shell),
         Command::Cert(c) => commands::cert::run(c),
+        Command::Profile(_) => Err(CliError::Usage("`shale profile` runs without a cluster".into())),
         Command::User(c) => commands::access::run_user(ctx, c).await,
         Command::Acl(c) => commands::access::run_acl(ctx, c).await,
+        Command::Quota(c) => commands::access::run_quota(ctx, c).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `shale user` and `shale acl` against a TLS cluster with authorization on, and `--token`: the
+//! `shale user`, `shale acl` and `shale quota` against a TLS cluster with authorization on, and `--token`: the
 //! super-user (by client certificate) makes a user and rules; the user is refused until a rule
 //! allows it.
 
@@ -96,6 +96,31 @@ async fn users_and_rules_from_the_cli() {
     let remove: Vec<&str> = ["acl", "remove"].into_iter().chain(rule).collect();
     assert_exit(&run_shale(admin(&remove), vec![]).await, 0);
     assert_exit(&run_shale(admin(&remove), vec![]).await, 1);
+
+    // Quotas: set, listed, refused to a user without cluster-admin, removed; no rate is a usage error.
+    let set = run_shale(admin(&["quota", "set", "--principal", "alice", "--produce-rate", "1MiB"]), vec![]).await;
+    assert_exit(&set, 0);
+    assert!(stdout(&set).contains("quota of user alice: produce 1048576 B/s, consume -"), "{}", stdout(&set));
+    let set = run_shale(admin(&["quota", "set", "--default", "--consume-rate", "2MB"]), vec![]).await;
+    assert_exit(&set, 0);
+    let list = run_shale(admin(&["quota", "list", "-o", "json"]), vec![]).await;
+    assert_exit(&list, 0);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!([
+            {"entity": "*", "produce_bytes_per_sec": null, "consume_bytes_per_sec": 2_000_000},
+            {"entity": "alice", "produce_bytes_per_sec": 1_048_576, "consume_bytes_per_sec": null},
+        ])
+    );
+    let refused = run_shale(as_token(&token, &["quota", "set", "--default", "--produce-rate", "1"]), vec![]).await;
+    assert_exit(&refused, 1);
+    assert!(stderr(&refused).contains("NOT_AUTHORIZED"), "{}", stderr(&refused));
+    assert_exit(&run_shale(admin(&["quota", "set", "--principal", "alice"]), vec![]).await, 2);
+    assert_exit(&run_shale(admin(&["quota", "remove", "--principal", "alice"]), vec![]).await, 0);
+    assert_exit(&run_shale(admin(&["quota", "remove", "--principal", "alice"]), vec![]).await, 1);
+    let table = run_shale(admin(&["quota", "list"]), vec![]).await;
+    assert!(stdout(&table).contains("2000000 B/s") && !stdout(&table).contains("alice"), "{}", stdout(&table));
 
     // Users: listed, deleted; a deleted user's token is refused; a malformed one is a usage error.
     let users = run_shale(admin(&["user", "list"]), vec![]).await;

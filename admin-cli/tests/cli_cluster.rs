@@ -216,6 +216,7 @@ async fn produce_json_prints_each_acknowledgement_as_it_arrives_and_each_failure
             .args(&args)
             .env_remove("SHALE_BOOTSTRAP")
             .env_remove("RUST_LOG")
+            .env("SHALE_CONFIG", std::env::temp_dir().join("shale-cli-tests-no-such-dir/config.toml"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

@@ -11,7 +11,9 @@ use shale_storage::{Offset, Storage, StorageBackend, StreamId};
 
 fn shale() -> Command {
     let mut cmd = Command::cargo_bin("shale").unwrap();
-    cmd.env_remove("SHALE_BOOTSTRAP").env_remove("RUST_LOG");
+    cmd.env_remove("SHALE_BOOTSTRAP").env_remove("RUST_LOG").env_remove("SHALE_PROFILE");
+    // Never the profile file of whoever runs the tests.
+    cmd.env("SHALE_CONFIG", std::env::temp_dir().join("shale-cli-tests-no-such-dir/config.toml"));
     cmd
 }
 

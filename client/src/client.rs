@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -75,6 +75,32 @@ struct Inner {
     /// Per topic, lookups finished (successful or not): a call that waited for another's lookup
     /// of its topic uses its answer instead of asking again.
     lookups_done: RwLock<HashMap<String, u64>>,
+    /// Quota throttling the nodes reported.
+    throttle: Throttle,
+}
+
+/// Counts of the answers nodes delayed because this client's principal was over a quota.
+#[derive(Debug, Default)]
+struct Throttle {
+    produce_answers: AtomicU64,
+    produce_ms: AtomicU64,
+    consume_answers: AtomicU64,
+    consume_ms: AtomicU64,
+}
+
+/// How much the nodes throttled this client for its principal's quotas (docs/security.md
+/// "Quotas"): answers delayed and the time they were delayed, per kind. Throttling is not an error:
+/// the delayed answers carried their records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleStats {
+    /// Produce answers that came with a `throttle_time_ms`.
+    pub produce_throttled: u64,
+    /// Their `throttle_time_ms`, summed.
+    pub produce_throttle_ms: u64,
+    /// Fetch answers and subscription messages that came with a `throttle_time_ms`.
+    pub consume_throttled: u64,
+    /// Their `throttle_time_ms`, summed.
+    pub consume_throttle_ms: u64,
 }
 
 /// Where one attempt of a call goes.
@@ -121,6 +147,7 @@ impl Client {
                 next_endpoint: AtomicUsize::new(0),
                 lookup: tokio::sync::Mutex::new(()),
                 lookups_done: RwLock::new(HashMap::new()),
+                throttle: Throttle::default(),
             }),
         })
     }
@@ -128,6 +155,32 @@ impl Client {
     /// A client for a comma-separated endpoint list with default settings.
     pub fn connect_to(endpoints: &str) -> Result<Self, ClientError> {
         Self::new(ClientConfig::from_endpoint_list(endpoints)?)
+    }
+
+    /// How much the nodes throttled this client (and its producers and consumers) for quotas.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        let t = &self.inner.throttle;
+        ThrottleStats {
+            produce_throttled: t.produce_answers.load(Ordering::Relaxed),
+            produce_throttle_ms: t.produce_ms.load(Ordering::Relaxed),
+            consume_throttled: t.consume_answers.load(Ordering::Relaxed),
+            consume_throttle_ms: t.consume_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Notes an answer's `throttle_time_ms` (of a produce if `produce`, else of a read), logged
+    /// at DEBUG; 0 is no throttle.
+    pub(crate) fn note_throttle(&self, produce: bool, throttle_time_ms: u32) {
+        if throttle_time_ms == 0 {
+            return;
+        }
+        let t = &self.inner.throttle;
+        let (answers, ms) =
+            if produce { (&t.produce_answers, &t.produce_ms) } else { (&t.consume_answers, &t.consume_ms) };
+        answers.fetch_add(1, Ordering::Relaxed);
+        ms.fetch_add(u64::from(throttle_time_ms), Ordering::Relaxed);
+        let kind = if produce { "produce" } else { "consume" };
+        tracing::debug!(kind, throttle_time_ms, "the node delayed its answer: this principal is over its quota");
     }
 
     /// The settings in use.
@@ -205,11 +258,18 @@ impl Client {
         req
     }
 
-    /// Wraps a message in a request that carries the configured token, if any (no timeout).
+    /// Wraps a message in a request that carries the configured token, or else password, if any
+    /// (no timeout).
     pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        if let Some(token) = &self.inner.config.token
-            && let Ok(value) = token.header_value().parse()
+        let config = &self.inner.config;
+        let value = match (&config.token, &config.password) {
+            (Some(token), _) => Some(token.header_value()),
+            (None, Some(password)) => Some(password.header_value()),
+            (None, None) => None,
+        };
+        if let Some(value) = value
+            && let Ok(value) = value.parse()
         {
             req.metadata_mut().insert(crate::token::AUTHORIZATION, value);
         }

@@ -26,6 +26,10 @@ pub struct ClientConfig {
     /// <token>`; `None`: the caller is its client certificate's principal, or anonymous. Send it
     /// over TLS only: it is a password. See docs/security.md.
     pub token: Option<crate::token::Token>,
+    /// A user name and password (`shale user create NAME --password`), sent on every call as
+    /// `authorization: Basic base64(<user>:<password>)` when no [`ClientConfig::token`] is set.
+    /// Send it over TLS only. See docs/security.md.
+    pub password: Option<crate::scram::Password>,
 }
 
 impl ClientConfig {
@@ -40,6 +44,7 @@ impl ClientConfig {
             max_backoff_ms: 1_000,
             tls: None,
             token: None,
+            password: None,
         }
     }
 

@@ -358,6 +358,7 @@ impl StreamState {
                 Some(s) => match s.message().await {
                     Ok(Some(batch)) => {
                         self.failures = 0;
+                        self.client.note_throttle(false, batch.throttle_time_ms);
                         match self.reader.accept(batch.entries, &batch.prev_chain_hash, &self.codecs) {
                             Ok(decoded) => self.buffered.extend(decoded.records),
                             Err(e) => {
@@ -501,14 +502,18 @@ async fn fetch_with(
         let req = client.request(message.clone(), wait);
         async move { Client::fetch_client(ch).fetch(req).await }
     };
-    match client.call(Route::Read(topic.to_string(), partition), call).await {
+    let answer = match client.call(Route::Read(topic.to_string(), partition), call).await {
         Err(ClientError::OffsetOutOfRange { log_start, log_end, replica, replicas, .. }) if offset < log_start => {
             client.forget_read_replica(topic, partition);
             let first = ReplicaBounds { replica, log_start, log_end };
             read_elsewhere(client, topic, partition, offset, first, replicas, sweep, call).await
         }
         r => r,
+    };
+    if let Ok(resp) = &answer {
+        client.note_throttle(false, resp.throttle_time_ms);
     }
+    answer
 }
 
 /// One replica's answer that its log starts past the offset asked.

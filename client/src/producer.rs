@@ -507,7 +507,10 @@ async fn send_batch(
             async move { Client::produce_client(ch).produce(req).await }
         })
         .await
-        .and_then(|resp| receipts(topic, *partition, batch.len(), &resp.batches));
+        .and_then(|resp| {
+            client.note_throttle(true, resp.throttle_time_ms);
+            receipts(topic, *partition, batch.len(), &resp.batches)
+        });
     match result {
         Ok(receipts) => {
             for (pending, receipt) in batch.into_iter().zip(receipts) {

@@ -187,6 +187,7 @@ impl Server {
             prev_chain_hash: if entries.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&prev.0) },
             next_index,
             entries,
+            throttle_time_ms: 0,
         }
     }
 }

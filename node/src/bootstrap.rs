@@ -5,10 +5,10 @@
 //! re-added with AddNode instead). `Cluster::bootstrap` is idempotent anyway.
 //!
 //! `peers` name internal addresses; the probe also learns each peer's client address (its
-//! ClusterStatus answer), so the members are recorded with both. Afterwards every node checks that
-//! the metadata records its own client address ([`register`]) and re-addresses itself (AddNode
-//! through the metadata leader) when it does not: the metadata leader that recorded the members was
-//! not the bootstrapper, or the node was restarted with another `client_advertise`.
+//! ClusterStatus answer), so the members are recorded with both. Afterwards every node keeps
+//! checking that the metadata records its own client address ([`register`]) and re-addresses itself
+//! (AddNode through the metadata leader) when it does not: the metadata leader that recorded the
+//! members was not the bootstrapper, or the node was restarted with another `client_advertise`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,10 +80,11 @@ pub async fn run(ctx: Arc<NodeContext>, node_id: u64, members: BTreeMap<u64, Str
 /// Pause between checks of this node's recorded addresses.
 const REGISTER_EVERY: Duration = Duration::from_secs(1);
 
-/// Waits until the metadata lists this node, then, while it records another client address than
-/// this node advertises, asks the metadata leader to re-address it (AddNode with the recorded
-/// internal address and this node's client address; the leader may be this node). Ends once they
-/// match (or at shutdown). Over TLS the request carries this node's certificate (a node may do
+/// For the node's lifetime (until shutdown), every [`REGISTER_EVERY`]: when the metadata lists this
+/// node with another client address than it advertises, asks the metadata leader to re-address it
+/// (AddNode with the recorded internal address and this node's client address; the leader may be
+/// this node). A member's own `client_advertise` is what clients are told of it: a different
+/// address recorded by `shale cluster add-node --client-addr` is replaced once the node runs. Over TLS the request carries this node's certificate (a node may do
 /// anything); without TLS and with authorization on it is refused (the probe at bootstrap and
 /// AddNode's `client_addr` record client addresses then).
 pub async fn register(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) {
@@ -94,10 +95,7 @@ pub async fn register(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        if let Some(recorded) = cluster.member_addrs(id) {
-            if recorded.client == own {
-                return;
-            }
+        if let Some(recorded) = cluster.member_addrs(id).filter(|r| r.client != own) {
             let addrs = MemberAddrs { internal: recorded.internal.clone(), client: own.clone() };
             let result = match cluster.metadata_leader() {
                 Some((leader, _)) if leader == id => cluster.add_node(id, addrs).await.map_err(|e| e.to_string()),

@@ -192,6 +192,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// Authorization (`[auth]`): off by default. See docs/security.md.
     pub auth: crate::auth::AuthConfig,
+    /// How client quotas are measured (`[quotas]`; the rates are set with `shale quota`).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 impl Default for NodeConfig {
@@ -216,6 +218,7 @@ impl Default for NodeConfig {
             scrub: crate::scrub::ScrubConfig::default(),
             tls: None,
             auth: crate::auth::AuthConfig::default(),
+            quotas: crate::quota::QuotaConfig::default(),
         }
     }
 }
@@ -384,6 +387,9 @@ impl NodeConfig {
         {
             return invalid("auth.super_users", format!("{bad:?} is not a principal name"));
         }
+        if let Err((field, reason)) = self.quotas.check() {
+            return invalid(field, reason);
+        }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
             return invalid("raft.election_timeout_min_ms", "must be above heartbeat_interval_ms (> 0)".into());
@@ -466,6 +472,12 @@ mod tests {
         c.validate().unwrap();
         let c = NodeConfig::from_toml("[auth]\nsuper_users = [\"a:b\"]\n").unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "auth.super_users", .. })));
+        let c = NodeConfig::from_toml("[quotas]\nsample_ms = 100\n").unwrap();
+        assert_eq!((c.quotas.sample_ms, c.quotas.samples, c.quotas.max_throttle_ms), (100, 11, 4_000));
+        c.validate().unwrap();
+        let c = NodeConfig::from_toml("[quotas]\nsamples = 1\n").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "quotas.samples", .. })));
+        assert!(NodeConfig::from_toml("[quotas]\nwindow = 3\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

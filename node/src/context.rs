@@ -24,6 +24,7 @@ use crate::auth::AuthContext;
 use crate::convert::errors::{cluster_error, limit};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, RequestMetrics};
+use crate::quota::{Charge, QuotaConfig, QuotaKind, Quotas};
 
 /// Largest gRPC message the node sends to or accepts from another node when forwarding.
 pub const FORWARD_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -165,6 +166,8 @@ pub struct NodeContext {
     pub connections: Arc<Connections>,
     /// Authentication and authorization settings ([`crate::auth`]).
     pub auth: AuthContext,
+    /// Client-quota sensors ([`crate::quota`]).
+    pub quotas: Quotas,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
@@ -196,6 +199,7 @@ impl NodeContext {
             in_flight: InFlight::default(),
             damage: Arc::default(),
             auth: AuthContext::default(),
+            quotas: Quotas::new(QuotaConfig::default()),
             channels: RwLock::new(HashMap::new()),
         }
     }
@@ -204,6 +208,40 @@ impl NodeContext {
     pub fn with_auth(mut self, auth: AuthContext) -> Self {
         self.auth = auth;
         self
+    }
+
+    /// The context with these quota measurement settings.
+    pub fn with_quotas(mut self, config: QuotaConfig) -> Self {
+        self.quotas = Quotas::new(config);
+        self
+    }
+
+    /// The quota charge of the current request of `kind` (`None`: not charged, see
+    /// [`crate::quota::charge_of`]), after waiting until the caller's last throttle on this node
+    /// has passed (the node reads nothing more from an over-quota principal meanwhile). Answers the
+    /// charge and the time waited.
+    pub async fn quota_admit(&self, kind: QuotaKind) -> (Option<Charge>, Duration) {
+        let caller = crate::auth::current();
+        let Some(charge) = crate::quota::charge_of(caller.as_ref(), &self.cluster, kind) else {
+            return (None, Duration::ZERO);
+        };
+        let wait = self.quotas.wait_before(&charge);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        (Some(charge), wait)
+    }
+
+    /// Charges `bytes` served for `charge`, delays the answer by the throttle time this leaves the
+    /// principal owing, counts it, and answers the answer's `throttle_time_ms` (`waited` before
+    /// plus the delay now).
+    pub async fn quota_settle(&self, charge: Option<&Charge>, kind: QuotaKind, bytes: u64, waited: Duration) -> u32 {
+        let delay = charge.map_or(Duration::ZERO, |c| self.quotas.record(c, bytes));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        crate::quota::count(&self.metrics, kind, waited + delay);
+        crate::quota::millis(waited + delay)
     }
 
     /// Allows the current caller `operation` on `resource`, or refuses it with NOT_AUTHORIZED

@@ -30,6 +30,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod quota;
 pub mod scrub;
 pub mod services;
 pub mod signal;

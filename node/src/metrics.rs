@@ -151,6 +151,11 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     /// TLS certificate reloads that swapped in new certificates.
     pub tls_reloads: Counter,
+    /// Milliseconds requests (and subscription messages) were delayed for a quota, per kind
+    /// ([`crate::quota::QuotaKind`]).
+    pub quota_throttle_ms: [Counter; 2],
+    /// Answers delayed for a quota, per kind.
+    pub quota_throttled: [Counter; 2],
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -191,6 +196,17 @@ impl Metrics {
     /// Counts one request refused by authorization.
     pub fn count_denied(&self, operation: &'static str) {
         *self.auth_denied.lock().entry(operation).or_default() += 1;
+    }
+
+    /// Counts one answer delayed by `delay` for a quota of `kind`.
+    pub fn count_throttle(&self, kind: crate::quota::QuotaKind, delay: Duration) {
+        self.quota_throttle_ms[kind.index()].add(delay.as_millis() as u64);
+        self.quota_throttled[kind.index()].inc();
+    }
+
+    /// Answers delayed for a quota of `kind` so far.
+    pub fn throttled(&self, kind: crate::quota::QuotaKind) -> u64 {
+        self.quota_throttled[kind.index()].get()
     }
 
     /// Requests refused by authorization, every operation together.
@@ -301,6 +317,24 @@ impl Metrics {
             "Requests refused because their credentials were not accepted.",
             self.auth_unauthenticated.get(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP shale_quota_throttle_seconds_total Time answers were delayed because their principal was over a quota, per kind.\n\
+             # TYPE shale_quota_throttle_seconds_total counter"
+        );
+        for kind in crate::quota::QuotaKind::ALL {
+            let seconds = self.quota_throttle_ms[kind.index()].get() as f64 / 1000.0;
+            let _ = writeln!(out, "shale_quota_throttle_seconds_total{{kind=\"{}\"}} {seconds}", kind.as_str());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shale_quota_throttled_total Answers delayed because their principal was over a quota, per kind.\n\
+             # TYPE shale_quota_throttled_total counter"
+        );
+        for kind in crate::quota::QuotaKind::ALL {
+            let n = self.quota_throttled[kind.index()].get();
+            let _ = writeln!(out, "shale_quota_throttled_total{{kind=\"{}\"}} {n}", kind.as_str());
+        }
         counter(
             &mut out,
             "shale_raft_rpc_refused_total",

@@ -178,7 +178,8 @@ impl Node {
                 Duration::from_millis(config.raft.request_timeout_ms + u64::from(config.limits.max_wait_ms)),
                 shutdown_rx.clone(),
             )
-            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some() }),
+            .with_auth(AuthContext { config: config.auth.clone(), tls: tls.is_some(), ..AuthContext::default() })
+            .with_quotas(config.quotas.clone()),
         );
 
         // Tonic refuses anything over TRANSPORT_REQUEST_FACTOR x the request limit outright;
@@ -373,6 +374,12 @@ impl NodeHandle {
     /// The cluster handle (for tests and tools in-process).
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// The authentication and authorization settings, with this node's password verifier (for
+    /// tests and tools in-process).
+    pub fn auth(&self) -> &AuthContext {
+        &self.ctx.auth
     }
 
     /// Whether the node can serve (what `/readyz` reports): `Ok` names the metadata leader, `Err`

@@ -15,8 +15,11 @@ use shale_client::admin::NewTopic;
 use shale_client::proto::access_client::AccessClient;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::produce_client::ProduceClient;
-use shale_client::{Client, ClientConfig, ClientError, ErrorCode, ProducerConfig, ProducerRecord, Token, meta, proto};
+use shale_client::{
+    Client, ClientConfig, ClientError, ErrorCode, Password, ProducerConfig, ProducerRecord, Token, meta, proto,
+};
 use shale_node::testing::LocalCluster;
+use shale_raft::cluster::access::ScramCredential;
 use shale_raft::network::tls::files::{self, CA_CERT};
 use shale_raft::network::tls::generate;
 use tonic::Code;
@@ -275,6 +278,84 @@ async fn tokens_are_refused_alike_for_an_unknown_user_and_a_wrong_secret() {
     c.shutdown().await.unwrap();
 }
 
+/// A client of node 1 only (so its password cache is the one a test reads), by user and password.
+fn password_client(c: &LocalCluster, user: &str, password: &str) -> Client {
+    let mut config = ClientConfig::new(c.endpoints().into_iter().take(1));
+    config.max_attempts = 3;
+    config.request_timeout_ms = 5_000;
+    config.tls = tls_as(c, None);
+    config.password = Some(Password::new(user, password).unwrap());
+    Client::new(config).expect("client")
+}
+
+/// Key derivations run by every node's password verifier.
+fn derivations(c: &LocalCluster) -> u64 {
+    (1..=3).filter_map(|id| c.running(id)).map(|n| n.auth().passwords.derivations()).sum()
+}
+
+/// Waits until every node has applied `check` to `user`'s credential.
+async fn applied_everywhere(c: &LocalCluster, user: &str, check: impl Fn(Option<ScramCredential>) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(1..=3).all(|id| check(c.running(id).unwrap().cluster().user_scram(user))) {
+        assert!(tokio::time::Instant::now() < deadline, "every node applies the change to {user}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passwords_authenticate_alike_refusals_and_a_changed_or_deleted_password_is_refused_at_once() {
+    logs();
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start_tls(3, root.path(), auth_on).await.expect("cluster starts");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let admin = client(&c, tls_as(&c, Some("admin")), None).admin();
+    admin.create_password_user("erin", "correct horse").await.expect("create a password user");
+    let stored = eventually("erin is applied", || async {
+        c.running(1).unwrap().cluster().user_scram("erin").ok_or(ClientError::NoEndpoints)
+    })
+    .await;
+    assert_eq!(stored.iterations, shale_client::scram::DEFAULT_ITERATIONS);
+
+    let erin = password_client(&c, "erin", "correct horse").admin();
+    let me = eventually("erin's password is accepted", || erin.who_am_i()).await;
+    assert_eq!((me.principal.as_str(), me.source.as_str(), me.super_user), ("user:erin", "password", false));
+    // Verified once: later requests are cache hits, no key derivation.
+    let before = derivations(&c);
+    for _ in 0..5 {
+        erin.who_am_i().await.expect("cached");
+    }
+    assert_eq!(derivations(&c), before, "a verified password is cached");
+
+    // A wrong password and an unknown user: the same answer, the same key derivations.
+    let mut answers = Vec::new();
+    let mut runs = Vec::new();
+    for (user, password) in [("erin", "wrong horse"), ("mallory", "wrong horse")] {
+        let before = derivations(&c);
+        let e = password_client(&c, user, password).admin().list_topics().await.unwrap_err();
+        assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+        answers.push(e.to_string());
+        runs.push(derivations(&c) - before);
+    }
+    assert_eq!(answers[0], answers[1], "an unknown user and a wrong password get the same answer");
+    assert!(runs[0] > 0 && runs[0] == runs[1], "both ran PBKDF2 as often: {runs:?}");
+
+    // A changed password: the old one is refused as soon as the node applied the change, even
+    // though it was cached.
+    admin.set_user_password("erin", "battery staple").await.expect("change erin's password");
+    applied_everywhere(&c, "erin", |s| s.is_some_and(|s| s.salt != stored.salt)).await;
+    let e = erin.who_am_i().await.expect_err("the old password is refused");
+    assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+    let erin = password_client(&c, "erin", "battery staple").admin();
+    erin.who_am_i().await.expect("the new password is accepted");
+
+    // A deleted user: refused at once, with the same answer as any wrong password.
+    admin.delete_user("erin").await.unwrap();
+    applied_everywhere(&c, "erin", |s| s.is_none()).await;
+    let e = erin.who_am_i().await.expect_err("a deleted user's password is refused");
+    assert_eq!(e.to_string(), answers[0]);
+    c.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwarded_principal_is_trusted_from_nodes_only_and_kept_across_forwarding() {
     logs();
@@ -400,6 +481,27 @@ async fn without_tls_tokens_work_forwarded_principals_are_refused_and_rules_surv
     req.metadata_mut().insert("authorization", admin_token.header_value().parse().unwrap());
     raw.create_topic(req).await.expect("forwarded with the caller's token");
 
+    // A password user through the same follower: its Basic authorization is forwarded as sent and
+    // the leader checks the password itself.
+    admin.create_password_user("gina", "gina's password").await.unwrap();
+    admin.add_acl(acl_rule("gina", "create", "topic-prefix", "g.")).await.unwrap();
+    let gina = Password::new("gina", "gina's password").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut req = tonic::Request::new(proto::CreateTopicRequest {
+            name: "g.via-follower".into(),
+            config: Some(proto::TopicConfig { partitions: 1, replication_factor: 1, ..Default::default() }),
+        });
+        req.metadata_mut().insert("authorization", gina.header_value().parse().unwrap());
+        match raw.create_topic(req).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(tokio::time::Instant::now() < deadline, "forwarded with gina's password: {status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     // A forwarded principal cannot be proven without TLS: refused.
     let leader = c.running(1).unwrap().cluster().metadata_leader().unwrap().0;
     let mut raw = ProduceClient::new(channel(&c.grpc[leader as usize - 1].to_string(), None).await);
@@ -426,7 +528,12 @@ async fn without_tls_tokens_work_forwarded_principals_are_refused_and_rules_surv
     assert_denied(dave.admin().describe_topic("zz").await, "user:dave", "describe", "topic zz");
     dave.admin().describe_topic("orders").await.expect("dave's produce rule survived");
     let rules = eventually("admin lists the rules", || admin.list_acls()).await;
-    assert_eq!(rules.len(), 21);
+    assert_eq!(rules.len(), 22);
+    // A password user survives the restart too (its SCRAM credential in the snapshot).
+    let mut config = ClientConfig::new(c.endpoints());
+    config.password = Some(gina);
+    let gina = Client::new(config).unwrap().admin();
+    eventually("gina's password survives the restart", || gina.describe_topic("g.via-follower")).await;
     c.shutdown().await.unwrap();
 }
 

@@ -162,10 +162,7 @@ async fn a_member_recorded_with_another_client_address_re_addresses_itself() {
     leader_cluster.add_node(3, wrong).await.expect("re-address");
     let right = c.grpc[2].to_string();
     assert_eq!(leader_cluster.member_addrs(3).map(|a| a.client).as_deref(), Some("somewhere-else.invalid:1"));
-    // Node 3 checks its recorded address when it starts, and records its own client address
-    // again through the metadata leader.
-    let mut c = c;
-    c.restart(3).await.expect("restart");
+    // Node 3 notices and records its own client address again through the metadata leader.
     eventually("node 3's client address recorded again", async || {
         (leader_cluster.member_addrs(3)?.client == right).then_some(())
     })
@@ -240,5 +237,64 @@ async fn with_tls_the_internal_listener_serves_node_certificates_only() {
     let node = (read(&c.tls_dir().join(files::node_cert(1))), read(&c.tls_dir().join(files::node_key(1))));
     let ch = tls_channel(&c, &internal, Some(node)).await.expect("node handshake");
     list_topics(ch).await.expect("a node certificate on the internal listener");
+    c.shutdown().await.unwrap();
+}
+
+fn few_connections(c: &mut shale_node::NodeConfig) {
+    quick(c);
+    c.limits.max_connections = 2;
+}
+
+/// Holds every place of `addr`'s connection limit (and of the connections being refused) until
+/// aborted: opens a connection every 20 ms and keeps them all.
+fn flood(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                held.push(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_flood_does_not_keep_a_restarted_peer_out() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = LocalCluster::start_split(3, root.path(), false, few_connections).await.expect("cluster starts");
+    assert!(c.not_ready(WAIT).await.is_empty());
+    // The peers' connections (Raft, forwarding) are not counted among any node's client connections.
+    for http in &c.http {
+        let (code, metrics) = common::http_get(*http, "/metrics").await;
+        assert_eq!(code, 200);
+        let open: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("shale_connections_open "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the connection gauge is exported");
+        assert_eq!(open, 0, "peers hold no client places ({http})");
+    }
+    c.stop(3).await.expect("stop node 3");
+    // Every client place of nodes 1 and 2 is taken.
+    let floods = [flood(c.grpc[0]), flood(c.grpc[1])];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut config = ClientConfig::new([c.grpc[0].to_string()]);
+    config.max_attempts = 1;
+    let refused = Client::new(config).unwrap().admin().list_topics().await;
+    assert!(refused.is_err(), "the flood holds node 1's client places: {refused:?}");
+    // Node 3 comes back over the internal listeners and catches up with the metadata group.
+    c.restart(3).await.expect("restart node 3");
+    assert!(c.not_ready(WAIT).await.is_empty(), "node 3 reached its peers");
+    let leader = c.running(1).unwrap().cluster().clone();
+    let three = c.running(3).unwrap().cluster().clone();
+    eventually("node 3 applied what node 1 has", async || {
+        let want = leader.cluster_status().metadata?.applied_index;
+        (three.cluster_status().metadata?.applied_index >= want).then_some(())
+    })
+    .await;
+    for f in floods {
+        f.abort();
+    }
     c.shutdown().await.unwrap();
 }

@@ -33,10 +33,15 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             let id = s(&env["SHALE_NODE_ID"]);
             ids.insert(id.clone());
             assert_eq!(name, format!("node-{id}"), "{compose:?}");
-            assert_eq!(s(&env["SHALE_GRPC_ADVERTISE"]), format!("{name}:7001"));
+            // Nodes talk on the internal listener over the Docker network; clients on the host are
+            // told the published client port on loopback, so they follow leader redirects.
+            assert_eq!(s(&env["SHALE_CLIENT_LISTEN"]), "0.0.0.0:7001");
+            assert_eq!(s(&env["SHALE_INTERNAL_LISTEN"]), "0.0.0.0:7101");
+            assert_eq!(s(&env["SHALE_INTERNAL_ADVERTISE"]), format!("{name}:7101"));
+            assert_eq!(s(&env["SHALE_CLIENT_ADVERTISE"]), format!("127.0.0.1:700{id}"));
             let peers = s(&env["SHALE_PEERS"]);
-            assert_eq!(peers, "1=node-1:7001,2=node-2:7001,3=node-3:7001");
-            assert!(peers.contains(&format!("{id}={name}:7001")));
+            assert_eq!(peers, "1=node-1:7101,2=node-2:7101,3=node-3:7101");
+            assert!(peers.contains(&format!("{id}={name}:7101")));
             assert_eq!(s(&env["SHALE_DATA_DIR"]), "/data");
             assert_eq!(s(&env["RUST_LOG"]), shale_tests::NODE_LOG_FILTER, "{name}: the node's default log filter");
             let test: Vec<String> = svc["healthcheck"]["test"].as_sequence().unwrap().iter().map(s).collect();
@@ -50,6 +55,14 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
                     m => format!("{}:{}:{}", s(&m["host_ip"]), s(&m["published"]), s(&m["target"])),
                 };
                 assert!(text.starts_with("127.0.0.1:"), "{name} publishes {text}");
+                assert!(!text.ends_with(":7101"), "{name} publishes its internal listener: {text}");
+                if text.ends_with(":7001") {
+                    assert_eq!(
+                        text,
+                        format!("127.0.0.1:700{id}:7001"),
+                        "the advertised client port is the published one"
+                    );
+                }
             }
             let volume = svc["volumes"].as_sequence().unwrap().first().cloned().unwrap();
             let (source, target) = match &volume {

@@ -25,6 +25,11 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
         project.ports.iter().map(|(id, (g, _))| (*id, format!("127.0.0.1:{g}"))).collect();
     let client = Client::new(test_client_config(grpc.values().cloned().collect())).unwrap();
     client.admin().create_topic(NewTopic::new("compose", 1, 3)).await.unwrap();
+    // Members are advertised to clients at their published ports on the host (issue 14: they were
+    // `node-N:7001`, which a host client cannot resolve), so a host client follows leaders itself.
+    let status = client.admin().cluster_status().await.unwrap();
+    let advertised: BTreeMap<u64, String> = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+    assert_eq!(advertised, grpc, "{status:?}");
 
     // Produce through node 1's published port: the node forwards to the partition leader.
     let mut produce = ProduceClient::new(node_channel(&grpc[&1]).unwrap());

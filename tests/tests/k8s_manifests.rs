@@ -116,7 +116,7 @@ fn manifests_fit_together() {
         .iter()
         .map(|p| (s(&p["name"]), p["containerPort"].as_u64().unwrap()))
         .collect();
-    assert_eq!(ports, BTreeMap::from([("grpc", 7001), ("http", 8001)]));
+    assert_eq!(ports, BTreeMap::from([("grpc", 7001), ("internal", 7101), ("http", 8001)]));
     for svc in ["Service/shale-peers", "Service/shale"] {
         for p in docs[svc]["spec"]["ports"].as_sequence().unwrap() {
             assert!(ports.contains_key(s(&p["targetPort"])), "{svc} targets an unknown port {p:?}");
@@ -144,7 +144,7 @@ fn manifests_fit_together() {
     let sts_name = s(&sts["metadata"]["name"]);
     let peers_name = s(&peers_svc["metadata"]["name"]);
     let expected: Vec<String> =
-        (0..replicas).map(|ordinal| format!("{}={sts_name}-{ordinal}.{peers_name}:7001", ordinal + 1)).collect();
+        (0..replicas).map(|ordinal| format!("{}={sts_name}-{ordinal}.{peers_name}:7101", ordinal + 1)).collect();
     assert_eq!(s(&cm["SHALE_PEERS"]), expected.join(","));
     let env = |name: &str| {
         c["env"]
@@ -155,7 +155,14 @@ fn manifests_fit_together() {
             .unwrap_or_else(|| panic!("no env {name}"))
     };
     assert_eq!(s(&env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"]), "metadata.name");
-    assert_eq!(s(&env("SHALE_GRPC_ADVERTISE")["value"]), format!("$(POD_NAME).{peers_name}:7001"));
+    // Nodes reach each other on the internal listener; clients are told the client listener.
+    assert_eq!(s(&cm["SHALE_CLIENT_LISTEN"]), "0.0.0.0:7001");
+    assert_eq!(s(&cm["SHALE_INTERNAL_LISTEN"]), "0.0.0.0:7101");
+    assert_eq!(s(&env("SHALE_CLIENT_ADVERTISE")["value"]), format!("$(POD_NAME).{peers_name}:7001"));
+    assert_eq!(s(&env("SHALE_INTERNAL_ADVERTISE")["value"]), format!("$(POD_NAME).{peers_name}:7101"));
+    let client_svc: Vec<&str> =
+        docs["Service/shale"]["spec"]["ports"].as_sequence().unwrap().iter().map(|p| s(&p["targetPort"])).collect();
+    assert!(!client_svc.contains(&"internal"), "the client Service exposes no internal port");
 
     // Node id = ordinal + 1: SHALE_CONFIG names the pod's own file in the mounted id ConfigMap.
     let config_path = s(&env("SHALE_CONFIG")["value"]);

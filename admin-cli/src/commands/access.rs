@@ -1,12 +1,15 @@
-//! `shale user create|delete|list|whoami` and `shale acl add|remove|list`.
+//! `shale user create|delete|list|whoami`, `shale acl add|remove|list` and
+//! `shale quota set|remove|list`.
 
 use serde::Serialize;
-use shale_client::access::acl_rule;
+use shale_client::access::{acl_rule, quota};
 use shale_client::proto;
 
-use crate::cli::{AclCommand, AclRuleArgs, UserCommand};
-use crate::context::Ctx;
-use crate::error::Result;
+use std::io::{BufRead, IsTerminal};
+
+use crate::cli::{AclCommand, AclRuleArgs, NewPasswordArgs, QuotaCommand, UserCommand};
+use crate::context::{Ctx, read_password_file};
+use crate::error::{CliError, Result};
 use crate::output::{self, Table};
 
 /// One rule, as `acl list` shows it.
@@ -53,11 +56,60 @@ fn describe(r: &proto::AclRule) -> String {
     }
 }
 
+/// The new password the options name: prompted for (twice) on a terminal, or read from a file
+/// or stdin (the first line).
+pub fn new_password(args: &NewPasswordArgs, name: &str) -> Result<String> {
+    let password = if let Some(path) = &args.new_password_file {
+        read_password_file(path)?
+    } else if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|source| CliError::Input { path: "-".into(), source })?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::Usage(
+                "--password prompts on a terminal; without one use --new-password-file FILE or --password-stdin".into(),
+            ));
+        }
+        let read = |prompt: &str| {
+            rpassword::prompt_password(prompt).map_err(|source| CliError::Input { path: "/dev/tty".into(), source })
+        };
+        let first = read(&format!("password for {name}: "))?;
+        if read("again: ")? != first {
+            return Err(CliError::Usage("the passwords differ".into()));
+        }
+        first
+    };
+    shale_client::scram::check_password(&password).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(password)
+}
+
 /// Runs a `user` command.
 pub async fn run_user(ctx: &Ctx, command: UserCommand) -> Result<()> {
     let admin = ctx.client()?.admin();
     match command {
-        UserCommand::Create { name } => {
+        UserCommand::Create { name, password } if password.given() => {
+            let password = new_password(&password, &name)?;
+            admin
+                .create_password_user(&name, &password)
+                .await
+                .map_err(|e| ctx.err(format!("create user {name}"), e))?;
+            output::print_stdout(&format!(
+                "created user {name} with a password (the cluster keeps only its SCRAM-SHA-256 credential)\n"
+            ))
+        }
+        UserCommand::SetPassword { name, password } => {
+            if !password.given() {
+                return Err(CliError::Usage("give --password, --new-password-file FILE or --password-stdin".into()));
+            }
+            let password = new_password(&password, &name)?;
+            admin
+                .set_user_password(&name, &password)
+                .await
+                .map_err(|e| ctx.err(format!("set the password of user {name}"), e))?;
+            output::print_stdout(&format!("changed the password of user {name}\n"))
+        }
+        UserCommand::Create { name, .. } => {
             let token = admin.create_user(&name).await.map_err(|e| ctx.err(format!("create user {name}"), e))?;
             eprintln!("created user {name}; its token follows, shown this once (the cluster keeps only a hash)");
             output::print_stdout(&format!("{token}\n"))
@@ -128,6 +180,73 @@ pub async fn run_acl(ctx: &Ctx, command: AclCommand) -> Result<()> {
                 let mut t = Table::new(["principal", "operation", "resource", "name"]);
                 for v in views {
                     t.row([v.principal.clone(), v.operation.clone(), v.resource_type.clone(), v.resource_name.clone()]);
+                }
+                t.render()
+            })
+        }
+    }
+}
+
+/// One quota entry, as `quota list` shows it (rates in bytes per second; `None`: unset).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuotaView {
+    /// A user name, or `*` for the default.
+    pub entity: String,
+    /// Produce bytes per second.
+    pub produce_bytes_per_sec: Option<u64>,
+    /// Consume bytes per second.
+    pub consume_bytes_per_sec: Option<u64>,
+}
+
+fn rate(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn show_rate(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v} B/s"))
+}
+
+fn entity_name(entity: &str) -> String {
+    if entity == "*" { "the default (*)".to_string() } else { format!("user {entity}") }
+}
+
+/// Runs a `quota` command.
+pub async fn run_quota(ctx: &Ctx, command: QuotaCommand) -> Result<()> {
+    let admin = ctx.client()?.admin();
+    match command {
+        QuotaCommand::Set(a) => {
+            let entity = a.entity.entity();
+            let what = entity_name(&entity);
+            admin
+                .set_quota(quota(&entity, a.produce_rate, a.consume_rate))
+                .await
+                .map_err(|e| ctx.err(format!("set the quota of {what}"), e))?;
+            output::print_stdout(&format!(
+                "quota of {what}: produce {}, consume {}\n",
+                show_rate(a.produce_rate),
+                show_rate(a.consume_rate)
+            ))
+        }
+        QuotaCommand::Remove(a) => {
+            let entity = a.entity();
+            let what = entity_name(&entity);
+            admin.remove_quota(&entity).await.map_err(|e| ctx.err(format!("remove the quota of {what}"), e))?;
+            output::print_stdout(&format!("removed the quota of {what}\n"))
+        }
+        QuotaCommand::List(o) => {
+            let quotas = admin.list_quotas().await.map_err(|e| ctx.err("list quotas", e))?;
+            let views: Vec<QuotaView> = quotas
+                .into_iter()
+                .map(|q| QuotaView {
+                    entity: q.entity,
+                    produce_bytes_per_sec: rate(q.produce_bytes_per_sec),
+                    consume_bytes_per_sec: rate(q.consume_bytes_per_sec),
+                })
+                .collect();
+            output::emit(o.output, &views, |views| {
+                let mut t = Table::new(["entity", "produce", "consume"]);
+                for v in views {
+                    t.row([v.entity.clone(), show_rate(v.produce_bytes_per_sec), show_rate(v.consume_bytes_per_sec)]);
                 }
                 t.render()
             })

@@ -8,6 +8,7 @@ pub mod completions;
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod profile;
 pub mod topic;
 pub mod verify;
 

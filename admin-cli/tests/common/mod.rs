@@ -95,14 +95,29 @@ impl TestCluster {
 
 /// Runs the `shale` binary with `args` and `stdin`, on a blocking thread.
 pub async fn run_shale(args: Vec<String>, stdin: Vec<u8>) -> Output {
+    run_shale_env(args, stdin, vec![]).await
+}
+
+/// As [`run_shale`], with these environment variables set. The caller's own `SHALE_*` settings
+/// are removed, and the profile file is one that does not exist unless `SHALE_CONFIG` is given.
+pub async fn run_shale_env(args: Vec<String>, stdin: Vec<u8>, env: Vec<(String, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("shale"));
-        cmd.args(&args)
-            .env_remove("SHALE_BOOTSTRAP")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(&args);
+        for var in [
+            "SHALE_TOKEN",
+            "SHALE_USER",
+            "SHALE_PASSWORD",
+            "SHALE_PROFILE",
+            "SHALE_TLS_CA",
+            "SHALE_TLS_CERT",
+            "SHALE_TLS_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("SHALE_CONFIG", std::env::temp_dir().join("shale-cli-tests-no-such-dir/config.toml"));
+        cmd.env_remove("SHALE_BOOTSTRAP").env_remove("RUST_LOG").envs(env);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn shale");
         let mut input = child.stdin.take().expect("stdin");
         input.write_all(&stdin).expect("write stdin");

@@ -1,5 +1,5 @@
-//! Who is calling, and may they: principals from client certificates and bearer tokens
-//! ([`principal`]), ACL checks against the metadata group's rules ([`AuthContext::authorize`]), and
+//! Who is calling, and may they: principals from client certificates, bearer tokens and passwords
+//! ([`principal`], [`password`]), ACL checks against the metadata group's rules ([`AuthContext::authorize`]), and
 //! the audit log of admin changes ([`audit`]). See docs/security.md ("Principals", "ACLs").
 //!
 //! [`crate::context::NodeContext::handle`] authenticates every client-API request before its
@@ -8,9 +8,11 @@
 //! ([`principal::forward_headers`]).
 
 pub mod audit;
+pub mod password;
 pub mod principal;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use shale_client::ErrorCode;
@@ -43,6 +45,8 @@ pub struct AuthContext {
     pub config: AuthConfig,
     /// Whether the listener speaks TLS (then peers can be told apart by their certificates).
     pub tls: bool,
+    /// Checks passwords and caches the verified ones (one per node).
+    pub passwords: Arc<password::PasswordVerifier>,
 }
 
 tokio::task_local! {

@@ -1,12 +1,14 @@
 //! Authentication: the principal of a client-API request, from (in this order) a forwarded
 //! principal (`shale-principal`, trusted only from a peer with a node certificate), a bearer token
-//! (`authorization: Bearer <user>:<secret>`), a client certificate (`shale://client/<name>`), a
+//! (`authorization: Bearer <user>:<secret>`), a password (`authorization: Basic
+//! base64(<user>:<password>)`, [`crate::auth::password`]), a client certificate (`shale://client/<name>`), a
 //! node certificate, or nothing (anonymous).
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use shale_client::error::status;
+use shale_client::scram::{BASIC, Password};
 use shale_client::token::{AUTHORIZATION, BEARER, Token, hash_secret};
 use shale_client::{ErrorCode, meta};
 use shale_raft::cluster::Cluster;
@@ -68,6 +70,8 @@ pub enum Source {
     Anonymous,
     /// A bearer token.
     Token,
+    /// A user name and password.
+    Password,
     /// A client certificate.
     Certificate,
     /// A node certificate, the node acting for itself.
@@ -85,6 +89,7 @@ impl Source {
         match self {
             Source::Anonymous => "anonymous",
             Source::Token => "token",
+            Source::Password => "password",
             Source::Certificate => "certificate",
             Source::Node => "node",
             Source::Forwarded { .. } => "forwarded",
@@ -101,9 +106,9 @@ pub struct Caller {
     pub source: Source,
     /// The address the request came from (the forwarding node's, for a forwarded request).
     pub peer: Option<SocketAddr>,
-    /// The bearer token as sent, kept to forward the request without TLS (where a forwarded
-    /// principal cannot be trusted, the next node checks the token itself).
-    token: Option<String>,
+    /// The `authorization` value as sent (bearer token or password), kept to forward the request
+    /// without TLS (where a forwarded principal cannot be trusted, the next node checks it itself).
+    authorization: Option<String>,
 }
 
 impl Caller {
@@ -114,7 +119,7 @@ impl Caller {
 
     /// A caller established otherwise than by a bearer token.
     pub fn new(principal: Principal, source: Source, peer: Option<SocketAddr>) -> Self {
-        Self { principal, source, peer, token: None }
+        Self { principal, source, peer, authorization: None }
     }
 }
 
@@ -137,6 +142,18 @@ pub fn check_token(cluster: &Cluster, token: &Token) -> bool {
     let expected = stored.unwrap_or(NO_USER_HASH);
     let matches = same_hash(&hash_secret(token.secret()), &expected);
     known & matches
+}
+
+/// Checks a password against the user's SCRAM credential as this node has applied it (an unknown
+/// or token user: the same steps against a stand-in, the same `false`). A key derivation runs off
+/// the async threads; a cached verified password answers at once.
+pub async fn check_password(cluster: &Cluster, auth: &AuthContext, password: &Password) -> bool {
+    let credential = cluster.user_scram(password.user());
+    let verifier = auth.passwords.clone();
+    let password = password.clone();
+    tokio::task::spawn_blocking(move || verifier.check(password.user(), password.password(), credential.as_ref()))
+        .await
+        .unwrap_or(false)
 }
 
 fn unauthenticated(metrics: &Metrics, message: &str) -> Status {
@@ -174,7 +191,7 @@ pub async fn authenticate<T>(
                     .ok()
                     .and_then(Principal::parse)
                     .ok_or_else(|| unauthenticated(metrics, "malformed forwarded principal"))?;
-                return Ok(Caller { principal, source: Source::Forwarded { by }, peer, token: None });
+                return Ok(Caller { principal, source: Source::Forwarded { by }, peer, authorization: None });
             }
             None if auth.config.enabled => {
                 return Err(unauthenticated(
@@ -184,6 +201,23 @@ pub async fn authenticate<T>(
             }
             None => {}
         }
+    }
+    if let Some(value) = headers.get(AUTHORIZATION)
+        && value.to_str().is_ok_and(|v| v.starts_with(BASIC))
+    {
+        let sent = value.to_str().unwrap_or_default();
+        let password = Password::parse_header(sent).map_err(|_| {
+            unauthenticated(metrics, "malformed Basic authorization (expected `Basic base64(<user>:<password>)`)")
+        })?;
+        // As for tokens: a user created or changed a moment ago may not be applied here yet.
+        if !check_password(cluster, auth, &password).await {
+            cluster.settle_metadata().await;
+            if !check_password(cluster, auth, &password).await {
+                return Err(unauthenticated(metrics, "user name or password not accepted"));
+            }
+        }
+        let principal = Principal::User(password.user().to_string());
+        return Ok(Caller { principal, source: Source::Password, peer, authorization: Some(sent.to_string()) });
     }
     if let Some(value) = headers.get(AUTHORIZATION) {
         let text = value.to_str().ok().and_then(|v| v.strip_prefix(BEARER));
@@ -199,23 +233,25 @@ pub async fn authenticate<T>(
             }
         }
         let principal = Principal::User(token.user().to_string());
-        return Ok(Caller { principal, source: Source::Token, peer, token: text.map(str::to_string) });
+        let authorization = text.map(|t| format!("{BEARER}{t}"));
+        return Ok(Caller { principal, source: Source::Token, peer, authorization });
     }
     if let Some(name) = client {
         if validate_principal(&name).is_err() {
             return Err(unauthenticated(metrics, "the client certificate's name is not a valid principal"));
         }
-        return Ok(Caller { principal: Principal::User(name), source: Source::Certificate, peer, token: None });
+        return Ok(Caller { principal: Principal::User(name), source: Source::Certificate, peer, authorization: None });
     }
     if let Some(id) = node {
-        return Ok(Caller { principal: Principal::Node(id), source: Source::Node, peer, token: None });
+        return Ok(Caller { principal: Principal::Node(id), source: Source::Node, peer, authorization: None });
     }
-    Ok(Caller { principal: Principal::Anonymous, source: Source::Anonymous, peer, token: None })
+    Ok(Caller { principal: Principal::Anonymous, source: Source::Anonymous, peer, authorization: None })
 }
 
 /// Sets on a request this node forwards what names its caller to the next node: with TLS the
 /// principal (`shale-principal`, which the next node trusts because this node presents its node
-/// certificate), without TLS the caller's bearer token, if any (the next node checks it itself).
+/// certificate), without TLS the caller's bearer token or password, if any (the next node checks
+/// it itself).
 /// The node's own requests carry nothing: the next node sees this node.
 pub fn forward_headers(caller: Option<&Caller>, tls: bool, headers: &mut MetadataMap) {
     let Some(caller) = caller else { return };
@@ -223,8 +259,8 @@ pub fn forward_headers(caller: Option<&Caller>, tls: bool, headers: &mut Metadat
         if let Ok(v) = caller.principal.to_string().parse() {
             headers.insert(meta::PRINCIPAL, v);
         }
-    } else if let Some(token) = &caller.token
-        && let Ok(v) = format!("{BEARER}{token}").parse()
+    } else if let Some(sent) = &caller.authorization
+        && let Ok(v) = sent.parse()
     {
         headers.insert(AUTHORIZATION, v);
     }
@@ -242,6 +278,25 @@ mod tests {
         for bad in ["", "user:", "user:a:b", "node:0", "node:x", "alice", "user:*"] {
             assert_eq!(Principal::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn without_tls_the_callers_authorization_is_forwarded_as_sent() {
+        let basic = Password::new("erin", "pw").unwrap().header_value();
+        let caller = Caller {
+            principal: Principal::User("erin".into()),
+            source: Source::Password,
+            peer: None,
+            authorization: Some(basic.clone()),
+        };
+        let mut headers = MetadataMap::new();
+        forward_headers(Some(&caller), false, &mut headers);
+        assert_eq!(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()), Some(basic.as_str()));
+        assert!(headers.get(meta::PRINCIPAL).is_none());
+        let mut headers = MetadataMap::new();
+        forward_headers(Some(&caller), true, &mut headers);
+        assert_eq!(headers.get(meta::PRINCIPAL).and_then(|v| v.to_str().ok()), Some("user:erin"));
+        assert!(headers.get(AUTHORIZATION).is_none(), "with TLS the password is not passed on");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn produce_response(topic: String, partition: u32, batches: &[BatchAck]) -> 
                 chain_hash: hash_bytes(&b.chain_hash),
             })
             .collect(),
+        throttle_time_ms: 0,
     }
 }
 
@@ -90,6 +91,7 @@ pub fn fetch_response(topic: String, partition: u32, result: FetchResult) -> pro
         next_index: result.next_index,
         prev_chain_hash,
         entries: result.entries.into_iter().map(log_entry).collect(),
+        throttle_time_ms: 0,
     }
 }
 

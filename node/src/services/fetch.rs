@@ -2,8 +2,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
+use prost::Message;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
 use shale_raft::cluster::ClusterError;
@@ -13,10 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::admission::SubscriptionSlot;
-use crate::context::{NodeContext, NotServed};
+use crate::context::{NodeContext, NotServed, Served};
 use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
 use crate::convert::records::{fetch_request, fetch_response, fetched_records};
 use crate::limits;
+use crate::quota::QuotaKind;
 
 /// How long one step of a subscription waits for new records before checking for shutdown and a
 /// closed client.
@@ -39,6 +42,7 @@ impl FetchService {
     async fn fetch_inner(&self, req: proto::FetchRequest, forwarded: bool) -> Result<proto::FetchResponse, Status> {
         limits::check_topic_name(&req.topic)?;
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
+        let (charge, waited) = self.ctx.quota_admit(QuotaKind::Consume).await;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
         let domain = fetch_request(
             topic.clone(),
@@ -62,11 +66,19 @@ impl FetchService {
                 Err(NotServed::Refused(err)) => return Err(read_error(&self.ctx, err, &topic, partition)),
                 Err(other) => return Err(other.into()),
             };
-        Ok(served.answer(|result| {
-            let response = fetch_response(topic, partition, result);
-            self.ctx.metrics.fetch_records.add(fetched_records(offset, &response));
-            response
-        }))
+        match served {
+            Served::Here(result) => {
+                let mut response = fetch_response(topic, partition, result);
+                self.ctx.metrics.fetch_records.add(fetched_records(offset, &response));
+                // Paced by the bytes served, charged here (where served), once.
+                let bytes = response.encoded_len() as u64;
+                response.throttle_time_ms =
+                    self.ctx.quota_settle(charge.as_ref(), QuotaKind::Consume, bytes, waited).await;
+                Ok(response)
+            }
+            // Charged (and throttled) by the node that served it.
+            Served::There(response) => Ok(response),
+        }
     }
 
     /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]); `slot` is its
@@ -79,6 +91,11 @@ impl FetchService {
         limits::check_topic_name(&req.topic)?;
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let ctx = self.ctx.clone();
+        // Charged to the caller, here (a subscription is served where it is opened), under the
+        // quota applied when each message is sent (a change reaches open subscriptions too).
+        let caller = crate::auth::current();
+        let charge =
+            move |ctx: &NodeContext| crate::quota::charge_of(caller.as_ref(), &ctx.cluster, QuotaKind::Consume);
         let first = ctx
             .cluster
             .fetch(fetch_request(
@@ -119,6 +136,12 @@ impl FetchService {
                 let result = match pending.take() {
                     Some(r) => Ok(r),
                     None => {
+                        // An over-quota principal's subscription reads nothing until its
+                        // throttle has passed.
+                        let owed = charge(&ctx).map_or(Duration::ZERO, |c| ctx.quotas.wait_before(&c));
+                        if !owed.is_zero() && !pause(&tx, &mut shutdown, owed).await {
+                            return;
+                        }
                         let wait = SUBSCRIBE_POLL_MS.min(ctx.limits.max_wait_ms.max(1));
                         let fetch = ctx.cluster.fetch(fetch_request(
                             req.topic.clone(),
@@ -144,7 +167,7 @@ impl FetchService {
                 };
                 match result {
                     Ok(r) => {
-                        let response = fetch_response(req.topic.clone(), req.partition, r);
+                        let mut response = fetch_response(req.topic.clone(), req.partition, r);
                         // Nothing read: wait again from the same place. Entries without records
                         // (Raft's own, hidden batches) are sent all the same: the client's chain
                         // continues through them.
@@ -154,6 +177,14 @@ impl FetchService {
                         ctx.metrics.fetch_records.add(fetched_records(offset, &response));
                         offset = response.next_offset;
                         from_index = Some(response.next_index);
+                        if let Some(c) = charge(&ctx) {
+                            let delay = ctx.quotas.record(&c, response.encoded_len() as u64);
+                            crate::quota::count(&ctx.metrics, QuotaKind::Consume, delay);
+                            response.throttle_time_ms = crate::quota::millis(delay);
+                            if !delay.is_zero() && !pause(&tx, &mut shutdown, delay).await {
+                                return;
+                            }
+                        }
                         if tx.send(Ok(response)).await.is_err() {
                             return;
                         }
@@ -168,6 +199,26 @@ impl FetchService {
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// Waits `delay` (a subscription's quota throttle); `false` if the node shuts down (the client is
+/// told) or the client went away meanwhile.
+async fn pause(
+    tx: &mpsc::Sender<Result<proto::FetchResponse, Status>>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    delay: Duration,
+) -> bool {
+    let stopping = async {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stopping => {
+            let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+            false
+        }
+        () = tx.closed() => false,
     }
 }
 

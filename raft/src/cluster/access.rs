@@ -1,7 +1,9 @@
 //! Users and ACLs as the metadata group replicates them, pure: who may do what.
 //!
-//! - A **user** is a name and the SHA-256 of its bearer token's secret (the secret itself is never
-//!   stored nor replicated; see `shale_client::token`).
+//! - A **user** is a name and one [`Credential`]: the SHA-256 of its bearer token's secret, or a
+//!   SCRAM-SHA-256 credential of its password (RFC 5802/7677: salt, iteration count, StoredKey,
+//!   ServerKey). Neither the secret nor the password is ever stored or replicated (see
+//!   `shale_client::token` and `shale_client::scram`).
 //! - An **ACL rule** allows one principal (a user or client-certificate name, or `*` for every
 //!   authenticated or anonymous caller) one [`Operation`] on the resources a [`ResourcePattern`]
 //!   matches. There are only allow rules: what no rule allows is denied (once the node turns
@@ -30,6 +32,78 @@ pub const MAX_RESOURCE_BYTES: usize = 255;
 pub const TOKEN_HASH_BYTES: usize = 32;
 /// The principal pattern that matches every caller.
 pub const ANY_PRINCIPAL: &str = "*";
+/// Bytes of a SCRAM-SHA-256 StoredKey or ServerKey.
+pub const SCRAM_KEY_BYTES: usize = 32;
+/// Fewest PBKDF2 iterations a SCRAM credential may have (RFC 7677's minimum).
+pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
+/// Most PBKDF2 iterations a SCRAM credential may have: a node runs them for every password it has
+/// not yet verified, so the count bounds the CPU one authentication costs.
+pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+/// Shortest SCRAM salt, in bytes.
+pub const MIN_SCRAM_SALT_BYTES: usize = 16;
+/// Longest SCRAM salt, in bytes.
+pub const MAX_SCRAM_SALT_BYTES: usize = 64;
+/// Credential kind byte in a snapshot's user entry: a bearer token's hash.
+pub const CREDENTIAL_TOKEN: u8 = 1;
+/// Credential kind byte in a snapshot's user entry: a SCRAM-SHA-256 password credential.
+pub const CREDENTIAL_SCRAM_SHA_256: u8 = 2;
+
+/// A password as SCRAM-SHA-256 keeps it (RFC 5802 section 3): `SaltedPassword = PBKDF2-HMAC-SHA-256
+/// (password, salt, iterations)`, `StoredKey = SHA-256(HMAC(SaltedPassword, "Client Key"))`,
+/// `ServerKey = HMAC(SaltedPassword, "Server Key")`. The password cannot be recovered from it; a
+/// node checks a presented password by deriving StoredKey again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    /// Random salt, [`MIN_SCRAM_SALT_BYTES`]..=[`MAX_SCRAM_SALT_BYTES`] bytes.
+    pub salt: Vec<u8>,
+    /// PBKDF2 iterations, [`MIN_SCRAM_ITERATIONS`]..=[`MAX_SCRAM_ITERATIONS`].
+    pub iterations: u32,
+    /// `SHA-256(ClientKey)`.
+    pub stored_key: [u8; SCRAM_KEY_BYTES],
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: [u8; SCRAM_KEY_BYTES],
+}
+
+impl fmt::Debug for ScramCredential {
+    /// Shows the parameters, not the keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("salt_bytes", &self.salt.len())
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScramCredential {
+    /// Checks the salt length and iteration count.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if !(MIN_SCRAM_SALT_BYTES..=MAX_SCRAM_SALT_BYTES).contains(&self.salt.len()) {
+            return Err(ClusterError::InvalidArgument {
+                field: "salt",
+                reason: format!(
+                    "{} bytes (a SCRAM salt is {MIN_SCRAM_SALT_BYTES}..={MAX_SCRAM_SALT_BYTES} bytes)",
+                    self.salt.len()
+                ),
+            });
+        }
+        if !(MIN_SCRAM_ITERATIONS..=MAX_SCRAM_ITERATIONS).contains(&self.iterations) {
+            return Err(ClusterError::InvalidArgument {
+                field: "iterations",
+                reason: format!("{} is not in {MIN_SCRAM_ITERATIONS}..={MAX_SCRAM_ITERATIONS}", self.iterations),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How a user authenticates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A bearer token: SHA-256 of its secret.
+    Token([u8; TOKEN_HASH_BYTES]),
+    /// A password, as its SCRAM-SHA-256 credential.
+    Password(ScramCredential),
+}
 
 /// Checks a principal name: 1..=64 bytes of ASCII letters, digits, `.`, `_`, `-` (so it can never
 /// look like `*`, a node (`node:<id>`) or contain a separator).
@@ -293,10 +367,10 @@ impl fmt::Display for AclRule {
     }
 }
 
-/// Users (name -> token hash) and ACL rules: the access part of the metadata.
+/// Users (name -> credential) and ACL rules: the access part of the metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccessState {
-    users: BTreeMap<String, [u8; TOKEN_HASH_BYTES]>,
+    users: BTreeMap<String, Credential>,
     acls: BTreeSet<AclRule>,
 }
 
@@ -325,8 +399,8 @@ pub enum AccessRejection {
 }
 
 impl AccessState {
-    /// Users by name with their token hashes.
-    pub fn users(&self) -> &BTreeMap<String, [u8; TOKEN_HASH_BYTES]> {
+    /// Users by name with their credentials.
+    pub fn users(&self) -> &BTreeMap<String, Credential> {
         &self.users
     }
 
@@ -335,9 +409,20 @@ impl AccessState {
         &self.acls
     }
 
-    /// A user's token hash.
+    /// A token user's token hash (`None` for an unknown user or a password user).
     pub fn token_hash(&self, user: &str) -> Option<&[u8; TOKEN_HASH_BYTES]> {
-        self.users.get(user)
+        match self.users.get(user)? {
+            Credential::Token(hash) => Some(hash),
+            Credential::Password(_) => None,
+        }
+    }
+
+    /// A password user's SCRAM credential (`None` for an unknown user or a token user).
+    pub fn scram(&self, user: &str) -> Option<&ScramCredential> {
+        match self.users.get(user)? {
+            Credential::Password(c) => Some(c),
+            Credential::Token(_) => None,
+        }
     }
 
     /// Whether some rule allows `principal` (`None`: an anonymous caller, matched by `*` rules
@@ -348,8 +433,27 @@ impl AccessState {
         rules_of(&self.acls, ANY_PRINCIPAL).chain(mine).any(|r| r.allows(principal, operation, resource))
     }
 
-    /// Adds a user.
+    /// Adds a token user.
     pub fn create_user(&mut self, name: &str, hash: [u8; TOKEN_HASH_BYTES]) -> Result<(), AccessRejection> {
+        self.create(name, Credential::Token(hash))
+    }
+
+    /// Adds a password user.
+    pub fn create_password_user(&mut self, name: &str, credential: &ScramCredential) -> Result<(), AccessRejection> {
+        credential.validate().map_err(|e| AccessRejection::Invalid(e.to_string()))?;
+        self.create(name, Credential::Password(credential.clone()))
+    }
+
+    /// Gives an existing user (token or password) a new password: its old token or password stops
+    /// working.
+    pub fn set_password(&mut self, name: &str, credential: &ScramCredential) -> Result<(), AccessRejection> {
+        credential.validate().map_err(|e| AccessRejection::Invalid(e.to_string()))?;
+        let slot = self.users.get_mut(name).ok_or_else(|| AccessRejection::UnknownUser(name.to_string()))?;
+        *slot = Credential::Password(credential.clone());
+        Ok(())
+    }
+
+    fn create(&mut self, name: &str, credential: Credential) -> Result<(), AccessRejection> {
         validate_principal(name).map_err(|e| AccessRejection::Invalid(e.to_string()))?;
         if self.users.contains_key(name) {
             return Err(AccessRejection::UserExists(name.to_string()));
@@ -357,7 +461,7 @@ impl AccessState {
         if self.users.len() >= MAX_USERS {
             return Err(AccessRejection::Invalid(format!("the cluster holds the maximum of {MAX_USERS} users")));
         }
-        self.users.insert(name.to_string(), hash);
+        self.users.insert(name.to_string(), credential);
         Ok(())
     }
 
@@ -382,12 +486,22 @@ impl AccessState {
         if self.acls.remove(rule) { Ok(()) } else { Err(AccessRejection::UnknownAcl(rule.to_string())) }
     }
 
-    /// Appends users and rules to a metadata snapshot (its version-2 tail).
+    /// Appends users and rules to a metadata snapshot (its tail since version 3: each user's
+    /// credential after a kind byte).
     pub fn encode(&self, w: &mut Writer) {
         w.u32(self.users.len() as u32);
-        for (name, hash) in &self.users {
+        for (name, credential) in &self.users {
             w.str16(name);
-            write_hash(w, hash);
+            match credential {
+                Credential::Token(hash) => {
+                    w.u8(CREDENTIAL_TOKEN);
+                    write_hash(w, hash);
+                }
+                Credential::Password(c) => {
+                    w.u8(CREDENTIAL_SCRAM_SHA_256);
+                    write_scram(w, c);
+                }
+            }
         }
         w.u32(self.acls.len() as u32);
         for rule in &self.acls {
@@ -395,14 +509,21 @@ impl AccessState {
         }
     }
 
-    /// Reads what [`AccessState::encode`] wrote.
-    pub fn decode(r: &mut Reader<'_>) -> Result<Self, ClusterError> {
+    /// Reads what [`AccessState::encode`] wrote; with `typed_credentials` false, the older tail
+    /// (snapshot versions 2 and 3) whose users are all token users, `[name][hash]` each.
+    pub fn decode(r: &mut Reader<'_>, typed_credentials: bool) -> Result<Self, ClusterError> {
         let mut state = AccessState::default();
         let raw = u64::from(r.u32()?);
-        let n = r.count(raw, MAX_USERS, 2 + TOKEN_HASH_BYTES)?;
+        let n = r.count(raw, MAX_USERS, 2 + usize::from(typed_credentials) + TOKEN_HASH_BYTES)?;
         for _ in 0..n {
             let name = r.str16(MAX_PRINCIPAL_BYTES)?;
-            state.users.insert(name, read_hash(r)?);
+            let kind = if typed_credentials { r.u8()? } else { CREDENTIAL_TOKEN };
+            let credential = match kind {
+                CREDENTIAL_TOKEN => Credential::Token(read_hash(r)?),
+                CREDENTIAL_SCRAM_SHA_256 => Credential::Password(read_scram(r)?),
+                other => return Err(r.error(format!("unknown credential kind {other} of user {name:?}"))),
+            };
+            state.users.insert(name, credential);
         }
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_ACLS, 6)?;
@@ -449,6 +570,32 @@ pub fn write_hash(w: &mut Writer, hash: &[u8; TOKEN_HASH_BYTES]) {
     for b in hash {
         w.u8(*b);
     }
+}
+
+/// `[iterations:u32][salt_len:u8][salt][stored_key:32][server_key:32]`.
+pub fn write_scram(w: &mut Writer, c: &ScramCredential) {
+    w.u32(c.iterations).u8(c.salt.len() as u8);
+    for b in &c.salt {
+        w.u8(*b);
+    }
+    write_hash(w, &c.stored_key);
+    write_hash(w, &c.server_key);
+}
+
+/// Reads what [`write_scram`] wrote, and checks it.
+pub fn read_scram(r: &mut Reader<'_>) -> Result<ScramCredential, ClusterError> {
+    let iterations = r.u32()?;
+    let len = usize::from(r.u8()?);
+    if len > MAX_SCRAM_SALT_BYTES {
+        return Err(r.error(format!("a SCRAM salt of {len} bytes (at most {MAX_SCRAM_SALT_BYTES})")));
+    }
+    let mut salt = vec![0u8; len];
+    for b in &mut salt {
+        *b = r.u8()?;
+    }
+    let credential = ScramCredential { salt, iterations, stored_key: read_hash(r)?, server_key: read_hash(r)? };
+    credential.validate().map_err(|e| r.error(e.to_string()))?;
+    Ok(credential)
 }
 
 #[cfg(test)]
@@ -506,6 +653,50 @@ mod tests {
         assert_eq!(s.delete_user("alice"), Err(AccessRejection::UnknownUser("alice".into())));
         let r = rule("a", Operation::Describe, ResourcePattern::Cluster);
         assert!(matches!(s.remove_acl(&r), Err(AccessRejection::UnknownAcl(_))));
+    }
+
+    fn scram(byte: u8) -> ScramCredential {
+        ScramCredential { salt: vec![byte; 16], iterations: 4096, stored_key: [byte; 32], server_key: [!byte; 32] }
+    }
+
+    #[test]
+    fn password_users_are_created_changed_and_checked() {
+        let mut s = AccessState::default();
+        s.create_password_user("carol", &scram(1)).unwrap();
+        assert_eq!(s.scram("carol"), Some(&scram(1)));
+        assert_eq!(s.token_hash("carol"), None, "a password user has no token");
+        assert_eq!(s.create_user("carol", [1; 32]), Err(AccessRejection::UserExists("carol".into())));
+        s.set_password("carol", &scram(2)).unwrap();
+        assert_eq!(s.scram("carol"), Some(&scram(2)));
+        s.create_user("dave", [3; 32]).unwrap();
+        s.set_password("dave", &scram(4)).unwrap();
+        assert_eq!((s.token_hash("dave"), s.scram("dave")), (None, Some(&scram(4))), "the token is replaced");
+        assert_eq!(s.set_password("erin", &scram(5)), Err(AccessRejection::UnknownUser("erin".into())));
+        for bad in [
+            ScramCredential { iterations: 4095, ..scram(6) },
+            ScramCredential { iterations: MAX_SCRAM_ITERATIONS + 1, ..scram(6) },
+            ScramCredential { salt: vec![6; 15], ..scram(6) },
+            ScramCredential { salt: vec![6; 65], ..scram(6) },
+        ] {
+            assert!(matches!(s.create_password_user("frank", &bad), Err(AccessRejection::Invalid(_))), "{bad:?}");
+            assert!(matches!(s.set_password("carol", &bad), Err(AccessRejection::Invalid(_))), "{bad:?}");
+        }
+        assert!(!format!("{:?}", scram(7)).contains("stored_key"), "Debug hides the keys");
+    }
+
+    #[test]
+    fn credentials_round_trip_and_bad_ones_are_refused() {
+        let mut s = AccessState::default();
+        s.create_user("alice", [9; 32]).unwrap();
+        s.create_password_user("bob", &scram(8)).unwrap();
+        let mut w = Writer::new();
+        s.encode(&mut w);
+        let bytes = w.finish();
+        assert_eq!(AccessState::decode(&mut Reader::new("t", &bytes), true).unwrap(), s);
+        // Iterations below the minimum in stored bytes are refused, not trusted.
+        let mut w = Writer::new();
+        write_scram(&mut w, &ScramCredential { iterations: 1, ..scram(1) });
+        assert!(read_scram(&mut Reader::new("t", &w.finish())).is_err());
     }
 
     #[test]

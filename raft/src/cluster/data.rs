@@ -312,7 +312,12 @@ impl Cluster {
         let mut next_offset = offset;
         let chunk = max_bytes.max(SCAN_CHUNK_BYTES);
         'read: loop {
-            let read = group.read_committed(cursor, chunk).await.map_err(|e| match out_of_range(&e) {
+            // Once the batch holding `offset` is found, read only what the answer still has room
+            // for: the entries read are then exactly the entries answered, so the storage's read
+            // cursor (after the last entry read) is where this consumer's next fetch starts, and
+            // that fetch chains from it instead of re-hashing from the sparse anchor below.
+            let want = if found { max_bytes.saturating_sub(bytes).max(1) } else { chunk };
+            let read = group.read_committed(cursor, want).await.map_err(|e| match out_of_range(&e) {
                 Some((start, _)) => ClusterError::InvalidFromIndex {
                     requested: cursor,
                     reason: FromIndexProblem::BelowLogStart { log_start: start },

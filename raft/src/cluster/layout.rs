@@ -51,6 +51,14 @@ pub mod metadata_command {
     /// Kind: record the initial members with internal and client addresses (written instead of
     /// [`KIND_BOOTSTRAP`], which is still read: one address for both).
     pub const KIND_BOOTSTRAP_ADDRS: u8 = 14;
+    /// Kind: set (replace) a quota entry; body is a [`super::quota_entry`].
+    pub const KIND_SET_QUOTA: u8 = 17;
+    /// Kind: remove a quota entry; body is its entity (`[kind:u8][name:str16]`).
+    pub const KIND_REMOVE_QUOTA: u8 = 18;
+    /// Kind: add a password user (name, SCRAM-SHA-256 credential).
+    pub const KIND_CREATE_PASSWORD_USER: u8 = 15;
+    /// Kind: give an existing user a new password (name, SCRAM-SHA-256 credential).
+    pub const KIND_SET_PASSWORD: u8 = 16;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).
@@ -73,15 +81,28 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (3: each member has an internal and a client address).
+    /// Version written and read (3: each member has an internal and a client address; each
+    /// user's credential carries a kind byte, token or SCRAM-SHA-256 password; quota entries
+    /// follow the ACL rules).
     pub const VERSION: u16 = 3;
-    /// The first version with a client address per member.
-    pub const VERSION_WITH_CLIENT_ADDRS: u16 = 3;
-    /// The version before client addresses (users and ACL rules follow the offsets), still read
-    /// (each member's one address is both its internal and its client address).
-    pub const VERSION_BEFORE_CLIENT_ADDRS: u16 = 2;
+    /// Still read: users (all token users, no kind byte) and ACL rules follow the offsets; each
+    /// member's one address is both its internal and its client address; no quotas.
+    pub const VERSION_2: u16 = 2;
     /// The version before users and ACL rules, still read (as holding none).
     pub const VERSION_BEFORE_ACCESS: u16 = 1;
+}
+
+/// One client-quota entry (in the `SetQuota` command and the metadata snapshot).
+///
+/// `[entity kind:u8][name:str16][produce_bytes_per_sec:u64][consume_bytes_per_sec:u64]`: kind 1 is
+/// the default entity (`*`, empty name), 2 a user; a rate of 0 is unset.
+pub mod quota_entry {
+    /// Entity kind: the default for every user.
+    pub const ENTITY_DEFAULT: u8 = 1;
+    /// Entity kind: one user.
+    pub const ENTITY_USER: u8 = 2;
+    /// Fewest bytes of an entry.
+    pub const MIN_LEN: usize = 1 + 2 + 8 + 8;
 }
 
 /// The reply to a partition entry (what applying it decided; a Raft response, never stored).
@@ -311,8 +332,10 @@ mod tests {
         use shale_storage::record_batch::{NewRecord, encode_batch};
         use shale_storage::{CodecKind, NoneCodec};
 
+        use crate::cluster::quota::{Quota, QuotaEntity};
+
         use super::*;
-        use crate::cluster::access::{AclRule, Operation, ResourcePattern};
+        use crate::cluster::access::{AclRule, Operation, ResourcePattern, ScramCredential};
         use crate::cluster::api::{MemberAddrs, RetentionPolicy, TopicSpec, TopicTotals, TopicUpdate};
         use crate::cluster::metadata::{MetadataCommand, MetadataReply, MetadataState};
         use crate::cluster::partition::{ApplyOutcome, PartitionMachine};
@@ -372,6 +395,24 @@ mod tests {
                 MetadataCommand::DeleteTopic { name: "other".into() },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [level as u8; 32] },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [0; 32] },
+                MetadataCommand::CreatePasswordUser {
+                    name: format!("{name}.p"),
+                    credential: ScramCredential {
+                        salt: vec![level as u8; 16 + (n % 49) as usize],
+                        iterations: 4096 + (n % 100_000) as u32,
+                        stored_key: [1; 32],
+                        server_key: [2; 32],
+                    },
+                },
+                MetadataCommand::SetPassword {
+                    name: name.into(),
+                    credential: ScramCredential {
+                        salt: vec![3; 32],
+                        iterations: 10_000,
+                        stored_key: [4; 32],
+                        server_key: [5; 32],
+                    },
+                },
                 MetadataCommand::AddAcl(AclRule {
                     principal: name.into(),
                     operation: Operation::Produce,
@@ -388,6 +429,15 @@ mod tests {
                     resource: ResourcePattern::Group("g".into()),
                 }),
                 MetadataCommand::DeleteUser { name: "other".into() },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::Default,
+                    quota: Quota { produce_bytes_per_sec: Some(n.max(1)), consume_bytes_per_sec: None },
+                },
+                MetadataCommand::SetQuota {
+                    entity: QuotaEntity::User(name.into()),
+                    quota: Quota { produce_bytes_per_sec: None, consume_bytes_per_sec: Some(n.max(1)) },
+                },
+                MetadataCommand::RemoveQuota { entity: QuotaEntity::User("other".into()) },
             ]
         }
 

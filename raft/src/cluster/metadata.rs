@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, TOKEN_HASH_BYTES};
+use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, ScramCredential, TOKEN_HASH_BYTES};
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
     ClusterError, ClusterTotal, GroupId, MemberAddrs, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo,
@@ -16,6 +16,7 @@ use crate::cluster::api::{
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
 };
+use crate::cluster::quota::{self, Quota, QuotaEntity, QuotaRejection, QuotaState};
 
 /// One change to the metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +84,36 @@ pub enum MetadataCommand {
         /// User name.
         name: String,
     },
+    /// Add a user with a password, as its SCRAM-SHA-256 credential.
+    CreatePasswordUser {
+        /// User name (a principal).
+        name: String,
+        /// The password's credential (never the password).
+        credential: ScramCredential,
+    },
+    /// Give an existing user a new password (its token or old password stops working).
+    SetPassword {
+        /// User name.
+        name: String,
+        /// The new password's credential.
+        credential: ScramCredential,
+    },
     /// Add an ACL allow rule (no-op if it exists).
     AddAcl(AclRule),
     /// Remove an ACL allow rule.
     RemoveAcl(AclRule),
+    /// Set (replace) the client quota of an entity.
+    SetQuota {
+        /// Who it applies to.
+        entity: QuotaEntity,
+        /// The rates.
+        quota: Quota,
+    },
+    /// Remove an entity's client quota.
+    RemoveQuota {
+        /// Who.
+        entity: QuotaEntity,
+    },
 }
 
 /// Why an applied command changed nothing. Decided at apply time, so every replica agrees.
@@ -160,6 +187,15 @@ impl From<AccessRejection> for Rejection {
     }
 }
 
+impl From<QuotaRejection> for Rejection {
+    fn from(r: QuotaRejection) -> Self {
+        match r {
+            QuotaRejection::Unknown(entity) => Rejection::Access { reason: format!("no quota for {entity}") },
+            QuotaRejection::Invalid(reason) => Rejection::Invalid { reason },
+        }
+    }
+}
+
 impl From<Rejection> for ClusterError {
     fn from(r: Rejection) -> Self {
         match r {
@@ -203,6 +239,8 @@ pub struct MetadataState {
     members: BTreeMap<NodeId, MemberAddrs>,
     /// Users and ACL rules.
     access: AccessState,
+    /// Client quotas.
+    quotas: QuotaState,
 }
 
 impl MetadataState {
@@ -234,6 +272,11 @@ impl MetadataState {
     /// Users and ACL rules.
     pub fn access(&self) -> &AccessState {
         &self.access
+    }
+
+    /// Client quotas.
+    pub fn quotas(&self) -> &QuotaState {
+        &self.quotas
     }
 
     /// Committed offsets by (group, topic, partition).
@@ -334,12 +377,28 @@ impl MetadataState {
                 self.access.delete_user(name)?;
                 Ok(MetadataReply::Ok)
             }
+            MetadataCommand::CreatePasswordUser { name, credential } => {
+                self.access.create_password_user(name, credential)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::SetPassword { name, credential } => {
+                self.access.set_password(name, credential)?;
+                Ok(MetadataReply::Ok)
+            }
             MetadataCommand::AddAcl(rule) => {
                 self.access.add_acl(rule)?;
                 Ok(MetadataReply::Ok)
             }
             MetadataCommand::RemoveAcl(rule) => {
                 self.access.remove_acl(rule)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::SetQuota { entity, quota } => {
+                self.quotas.set(entity, *quota)?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::RemoveQuota { entity } => {
+                self.quotas.remove(entity)?;
                 Ok(MetadataReply::Ok)
             }
         }
@@ -531,6 +590,7 @@ impl MetadataState {
             w.str16(group).str16(topic).u32(*partition).u64(*offset);
         }
         self.access.encode(&mut w);
+        self.quotas.encode(&mut w);
         w.crc();
         w.finish()
     }
@@ -538,10 +598,8 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version = r.snapshot_header_of(
-            snap::MAGIC,
-            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_BEFORE_CLIENT_ADDRS, snap::VERSION],
-        )?;
+        let version =
+            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION])?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
@@ -549,7 +607,7 @@ impl MetadataState {
             let id = r.u64()?;
             let internal = r.str16(limits::MAX_ADDR_BYTES)?;
             // Before version 3 a member had one address, for clients and nodes alike.
-            let addrs = if version >= snap::VERSION_WITH_CLIENT_ADDRS {
+            let addrs = if version >= snap::VERSION {
                 MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? }
             } else {
                 MemberAddrs::one(internal)
@@ -571,8 +629,11 @@ impl MetadataState {
             let offset = r.u64()?;
             state.offsets.insert((group, topic, partition), offset);
         }
-        if version >= snap::VERSION_BEFORE_CLIENT_ADDRS {
-            state.access = AccessState::decode(&mut r)?;
+        if version >= snap::VERSION_2 {
+            state.access = AccessState::decode(&mut r, version >= snap::VERSION)?;
+        }
+        if version >= snap::VERSION {
+            state.quotas = QuotaState::decode(&mut r)?;
         }
         r.finish()?;
         Ok(state)
@@ -725,6 +786,14 @@ impl MetadataCommand {
             MetadataCommand::DeleteUser { name } => {
                 w.u8(cmd::KIND_DELETE_USER).str16(name);
             }
+            MetadataCommand::CreatePasswordUser { name, credential } => {
+                w.u8(cmd::KIND_CREATE_PASSWORD_USER).str16(name);
+                access::write_scram(&mut w, credential);
+            }
+            MetadataCommand::SetPassword { name, credential } => {
+                w.u8(cmd::KIND_SET_PASSWORD).str16(name);
+                access::write_scram(&mut w, credential);
+            }
             MetadataCommand::AddAcl(rule) => {
                 w.u8(cmd::KIND_ADD_ACL);
                 access::write_rule(&mut w, rule);
@@ -732,6 +801,14 @@ impl MetadataCommand {
             MetadataCommand::RemoveAcl(rule) => {
                 w.u8(cmd::KIND_REMOVE_ACL);
                 access::write_rule(&mut w, rule);
+            }
+            MetadataCommand::SetQuota { entity, quota } => {
+                w.u8(cmd::KIND_SET_QUOTA);
+                quota::write_entry(&mut w, entity, quota);
+            }
+            MetadataCommand::RemoveQuota { entity } => {
+                w.u8(cmd::KIND_REMOVE_QUOTA);
+                quota::write_entity(&mut w, entity);
             }
         }
         w.finish()
@@ -797,8 +874,21 @@ impl MetadataCommand {
                 token_hash: access::read_hash(&mut r)?,
             },
             cmd::KIND_DELETE_USER => MetadataCommand::DeleteUser { name: r.str16(access::MAX_PRINCIPAL_BYTES)? },
+            cmd::KIND_CREATE_PASSWORD_USER => MetadataCommand::CreatePasswordUser {
+                name: r.str16(access::MAX_PRINCIPAL_BYTES)?,
+                credential: access::read_scram(&mut r)?,
+            },
+            cmd::KIND_SET_PASSWORD => MetadataCommand::SetPassword {
+                name: r.str16(access::MAX_PRINCIPAL_BYTES)?,
+                credential: access::read_scram(&mut r)?,
+            },
             cmd::KIND_ADD_ACL => MetadataCommand::AddAcl(access::read_rule(&mut r)?),
             cmd::KIND_REMOVE_ACL => MetadataCommand::RemoveAcl(access::read_rule(&mut r)?),
+            cmd::KIND_SET_QUOTA => {
+                let (entity, quota) = quota::read_entry(&mut r)?;
+                MetadataCommand::SetQuota { entity, quota }
+            }
+            cmd::KIND_REMOVE_QUOTA => MetadataCommand::RemoveQuota { entity: quota::read_entity(&mut r)? },
             other => return Err(r.error(format!("unknown command kind {other}"))),
         };
         r.finish()?;
@@ -1214,6 +1304,135 @@ mod tests {
         assert!(!s.access().allows(Some("alice"), Operation::Produce, Resource::Topic("orders.eu")));
     }
 
+    fn scram(byte: u8) -> ScramCredential {
+        ScramCredential { salt: vec![byte; 16], iterations: 4096, stored_key: [byte; 32], server_key: [!byte; 32] }
+    }
+
+    #[test]
+    fn password_users_replicate_through_commands_and_snapshots() {
+        let mut s = three_members();
+        for c in [
+            MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] },
+            MetadataCommand::CreatePasswordUser { name: "bob".into(), credential: scram(1) },
+            MetadataCommand::SetPassword { name: "bob".into(), credential: scram(2) },
+            MetadataCommand::SetPassword { name: "alice".into(), credential: scram(3) },
+        ] {
+            let bytes = c.encode();
+            assert_eq!(
+                bytes[3],
+                match &c {
+                    MetadataCommand::CreateUser { .. } => cmd::KIND_CREATE_USER,
+                    MetadataCommand::CreatePasswordUser { .. } => cmd::KIND_CREATE_PASSWORD_USER,
+                    _ => cmd::KIND_SET_PASSWORD,
+                }
+            );
+            let c = MetadataCommand::decode(&bytes).unwrap();
+            assert_eq!(s.apply(&c), MetadataReply::Ok, "{c:?}");
+        }
+        assert_eq!(s.access().scram("bob"), Some(&scram(2)));
+        assert_eq!(s.access().scram("alice"), Some(&scram(3)));
+        assert_eq!(s.access().token_hash("alice"), None);
+        let unknown = s.apply(&MetadataCommand::SetPassword { name: "carol".into(), credential: scram(4) });
+        assert!(matches!(&unknown, MetadataReply::Rejected(Rejection::Access { reason }) if reason.contains("carol")));
+        let weak = MetadataCommand::CreatePasswordUser {
+            name: "dave".into(),
+            credential: ScramCredential { iterations: 1000, ..scram(5) },
+        };
+        assert!(MetadataCommand::decode(&weak.encode()).is_err(), "a weak credential does not even decode");
+        assert!(matches!(s.apply(&weak), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let snapshot = s.encode();
+        assert_eq!(u16::from_le_bytes([snapshot[4], snapshot[5]]), snap::VERSION);
+        assert_eq!(MetadataState::decode(&snapshot).unwrap(), s);
+        assert_eq!(s.apply(&MetadataCommand::DeleteUser { name: "bob".into() }), MetadataReply::Ok);
+        assert_eq!(s.access().scram("bob"), None);
+    }
+
+    #[test]
+    fn a_version_2_snapshot_with_token_users_still_reads() {
+        let mut s = three_members();
+        create(&mut s, "t", 1, 1);
+        s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] });
+        s.apply(&MetadataCommand::CreateUser { name: "bob".into(), token_hash: [8; 32] });
+        // Version 2: users as `[name][hash]`, no kind byte.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addr) in &s.members {
+            w.u64(*id).str16(&addr.internal);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        w.u32(2);
+        for (name, hash) in [("alice", [7u8; 32]), ("bob", [8; 32])] {
+            w.str16(name);
+            access::write_hash(&mut w, &hash);
+        }
+        w.u32(0);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert_eq!(old.access().token_hash("bob"), Some(&[8; 32]));
+    }
+
+    #[test]
+    fn quotas_replicate_through_commands_and_snapshots() {
+        let mut s = three_members();
+        let alice = QuotaEntity::User("alice".into());
+        let set = |entity: &QuotaEntity, produce, consume| MetadataCommand::SetQuota {
+            entity: entity.clone(),
+            quota: Quota { produce_bytes_per_sec: produce, consume_bytes_per_sec: consume },
+        };
+        for c in [set(&QuotaEntity::Default, Some(1_000), Some(2_000)), set(&alice, Some(50), None)] {
+            assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
+            assert_eq!(s.apply(&c), MetadataReply::Ok);
+        }
+        let bad = set(&alice, None, None);
+        assert!(matches!(s.apply(&bad), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let restored = MetadataState::decode(&s.encode()).unwrap();
+        assert_eq!(restored, s);
+        let expect = Quota { produce_bytes_per_sec: Some(50), consume_bytes_per_sec: Some(2_000) };
+        assert_eq!(restored.quotas().effective(Some("alice")), expect);
+        let remove = MetadataCommand::RemoveQuota { entity: alice.clone() };
+        assert_eq!(MetadataCommand::decode(&remove.encode()).unwrap(), remove);
+        assert_eq!(s.apply(&remove), MetadataReply::Ok);
+        assert!(matches!(s.apply(&remove), MetadataReply::Rejected(Rejection::Access { .. })));
+        assert_eq!(s.quotas().effective(Some("alice")).produce_bytes_per_sec, Some(1_000));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_quotas_still_reads() {
+        use crate::cluster::access::{Operation, ResourcePattern};
+        let mut s = three_members();
+        create(&mut s, "t", 2, 2);
+        // (No users: a version-2 user has no credential kind byte, which `encode` now writes.)
+        let rule = AclRule {
+            principal: "alice".into(),
+            operation: Operation::Produce,
+            resource: ResourcePattern::Topic("t".into()),
+        };
+        s.apply(&MetadataCommand::AddAcl(rule));
+        // Version 2: the same layout without the quota entries after the access part.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addr) in &s.members {
+            w.u64(*id).str16(&addr.internal);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        s.access.encode(&mut w);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert!(old.quotas().entries().is_empty());
+    }
+
     #[test]
     fn members_keep_an_internal_and_a_client_address_and_old_encodings_still_read() {
         let mut s = MetadataState::new();
@@ -1267,7 +1486,7 @@ mod tests {
         );
         // Version 2: one address per member, then topics, offsets, users and rules.
         let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_BEFORE_CLIENT_ADDRS).u32(s.next_topic_id);
+        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
         w.u32(s.members.len() as u32);
         for (id, addrs) in &s.members {
             w.u64(*id).str16(&addrs.internal);
@@ -1277,7 +1496,10 @@ mod tests {
             write_topic(&mut w, topic);
         }
         w.u32(0);
-        s.access.encode(&mut w);
+        // Version-2 users: `[name][token hash]`, no credential kind byte; then the rules (none).
+        w.u32(1).str16("alice");
+        access::write_hash(&mut w, &[7; 32]);
+        w.u32(0);
         w.crc();
         let old = MetadataState::decode(&w.finish()).unwrap();
         assert_eq!(old, s);

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod metadata;
 pub mod partition;
 mod proposer;
+pub mod quota;
 mod reconcile;
 mod retention;
 mod supervise;
@@ -600,6 +601,25 @@ impl Cluster {
         self.propose(MetadataCommand::CreateUser { name: name.to_string(), token_hash }).await.map(|_| ())
     }
 
+    /// Adds a user with a password, as its SCRAM-SHA-256 credential (the password is never sent
+    /// here).
+    pub async fn create_password_user(
+        &self,
+        name: &str,
+        credential: access::ScramCredential,
+    ) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        credential.validate()?;
+        self.propose(MetadataCommand::CreatePasswordUser { name: name.to_string(), credential }).await.map(|_| ())
+    }
+
+    /// Gives an existing user a new password (its token or old password stops working).
+    pub async fn set_password(&self, name: &str, credential: access::ScramCredential) -> Result<(), ClusterError> {
+        access::validate_principal(name)?;
+        credential.validate()?;
+        self.propose(MetadataCommand::SetPassword { name: name.to_string(), credential }).await.map(|_| ())
+    }
+
     /// Removes a user (the rules naming it stay).
     pub async fn delete_user(&self, name: &str) -> Result<(), ClusterError> {
         access::validate_principal(name)?;
@@ -629,6 +649,28 @@ impl Cluster {
         Ok(self.metadata.read().access().acls().iter().cloned().collect())
     }
 
+    /// Sets (replaces) the client quota of `entity`.
+    pub async fn set_quota(&self, entity: quota::QuotaEntity, quota: quota::Quota) -> Result<(), ClusterError> {
+        quota.validate()?;
+        self.propose(MetadataCommand::SetQuota { entity, quota }).await.map(|_| ())
+    }
+
+    /// Removes the client quota of `entity`.
+    pub async fn remove_quota(&self, entity: quota::QuotaEntity) -> Result<(), ClusterError> {
+        self.propose(MetadataCommand::RemoveQuota { entity }).await.map(|_| ())
+    }
+
+    /// Every quota entry (the default first), linearizable (read-index).
+    pub async fn list_quotas(&self) -> Result<Vec<(quota::QuotaEntity, quota::Quota)>, ClusterError> {
+        self.linearizable_metadata().await?;
+        Ok(self.metadata.read().quotas().entries().iter().map(|(e, q)| (e.clone(), *q)).collect())
+    }
+
+    /// The quota this node's applied metadata gives `user` (`None`: an anonymous caller).
+    pub fn quota_of(&self, user: Option<&str>) -> quota::Quota {
+        self.metadata.read().quotas().effective(user)
+    }
+
     /// Lets this node's metadata catch up with changes committed just before now, before a refusal
     /// is decided on it (a user or rule created a moment ago): on the metadata leader a read-index;
     /// elsewhere a wait of two heartbeat intervals (a follower learns the commit index with the
@@ -650,6 +692,11 @@ impl Cluster {
         resource: access::Resource<'_>,
     ) -> bool {
         self.metadata.read().access().allows(principal, operation, resource)
+    }
+
+    /// A password user's SCRAM credential as applied on this node.
+    pub fn user_scram(&self, name: &str) -> Option<access::ScramCredential> {
+        self.metadata.read().access().scram(name).cloned()
     }
 
     /// A user's token hash as applied on this node.

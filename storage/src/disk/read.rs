@@ -49,9 +49,13 @@ impl Storage {
         let mut bytes = 0usize;
         // One record past the range is read too (when there is one), so the last returned
         // record's hash is checked against its successor's link.
-        let stop = bytes_stop(&c, from, end.plus(1).min(c.next()), max_bytes);
+        let full = end.plus(1).min(c.next());
+        let stop = bytes_stop(&c, from, full, max_bytes);
+        // The record before `stop` is that successor (not returned) when the byte limit or `end`
+        // cut the read; only its link is checked.
+        let successor = (stop < full || full > end).then(|| Offset::new(stop.get() - 1));
         let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
-        self.walk(h, &c, anchor_at, anchor, stop, hint, |r| {
+        self.walk(h, &c, anchor_at, anchor, stop, successor, hint, |r| {
             if r.offset < from {
                 return true;
             }
@@ -118,7 +122,7 @@ impl Storage {
                 // The record before `pos` was verified (or is the hash the range starts from): a
                 // broken link into `pos` names it.
                 let before = (pos > c.log_start()).then(|| c.locate(Offset::new(pos.get() - 1)));
-                prev = self.walk_after(h, &c, pos, prev, before, stop, SCAN_CHUNK_BYTES, |_| {
+                prev = self.walk_after(h, &c, pos, prev, before, stop, None, SCAN_CHUNK_BYTES, |_| {
                     records += 1;
                     true
                 })?;
@@ -166,7 +170,9 @@ impl Storage {
         let target = Offset::new(k.get() - 1);
         let (at, anchor) = self.nearest_anchor(h, c, target);
         let mut found = anchor;
-        self.walk(h, c, at, anchor, k.plus(1).min(c.next()), MIN_READ_BYTES, |r| {
+        // Record `k` (when there is one) is read to check the link into `k - 1` only.
+        let successor = (k < c.next()).then_some(k);
+        self.walk(h, c, at, anchor, k.plus(1).min(c.next()), successor, MIN_READ_BYTES, |r| {
             if r.offset == target {
                 found = r.hash;
             }
@@ -200,6 +206,10 @@ impl Storage {
     /// hash of the last record verified. Reaching the end of the stream also checks the result
     /// against the in-memory head; passing a sparse-table offset checks against the table.
     ///
+    /// A record at `link_only_at` (the one past a range, read so the range's last record is
+    /// checked against its successor's link) is checked for that link only and ends the walk
+    /// without being decompressed, hashed or visited.
+    ///
     /// Reads go in chunks of about `chunk_bytes`; when more than one chunk is needed, a helper
     /// thread reads chunk k+1 while this one verifies chunk k.
     #[allow(
@@ -213,10 +223,11 @@ impl Storage {
         start: Offset,
         anchor: ChainHash,
         stop: Offset,
+        link_only_at: Option<Offset>,
         chunk_bytes: u64,
         visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
-        self.walk_after(h, c, start, anchor, None, stop, chunk_bytes, visit)
+        self.walk_after(h, c, start, anchor, None, stop, link_only_at, chunk_bytes, visit)
     }
 
     /// [`Storage::walk`] where `anchor` was computed (not trusted) from the record at
@@ -230,9 +241,11 @@ impl Storage {
         anchor: ChainHash,
         anchor_at: Option<(usize, u64)>,
         stop: Offset,
+        link_only_at: Option<Offset>,
         chunk_bytes: u64,
         mut visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
+        debug_assert!(link_only_at.is_none_or(|k| k > start && k < stop), "{link_only_at:?} in ({start:?}, {stop:?})");
         let stream = h.id;
         let mut expected_prev = anchor;
         let mut offset = start;
@@ -294,6 +307,11 @@ impl Storage {
                             CorruptionReason::ChainMismatch { expected: expected_prev, found: view.prev_hash },
                         ),
                     });
+                }
+                if link_only_at == Some(offset) {
+                    // Read only to check the link into it (done above): the walk's last record is
+                    // verified, and this one is not wanted, so it is not decompressed or hashed.
+                    return Ok(false);
                 }
                 let stored = buf.slice(view.payload_at..view.payload_at + view.stored_len);
                 let payload = self.decompress(stream, offset, view.codec, stored, view.uncompressed_len)?;

@@ -1,10 +1,10 @@
 //! The in-memory state of one on-disk stream: its segments with their dense offset indexes, the
 //! sparse chain-hash table, checkpoints, and the locks that order writers, readers and fsyncs.
 //!
-//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursor` -> `anchors`; `sync`'s lock is a
+//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursors` -> `anchors`; `sync`'s lock is a
 //! leaf, never held while taking another lock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -20,6 +20,9 @@ use crate::types::{ChainHash, Offset, StreamId};
 /// Every this many offsets, the chain hash before the offset is kept in memory (and in index
 /// files), so a verified read re-hashes at most this many records before the one it wants.
 pub(crate) const ANCHOR_INTERVAL: u64 = 64;
+
+/// Read positions off the anchor grid a stream remembers (see [`Stream::set_read_cursor`]).
+pub(crate) const READ_CURSORS: usize = 8;
 
 /// One segment file and its dense index.
 #[derive(Debug)]
@@ -146,9 +149,9 @@ pub(crate) struct Stream {
     /// (plus whatever index files held, and the read cursor), every entry computed by us, never
     /// read unverified. Truncation, checkpoint install and compaction drop the entries they void.
     pub anchors: Mutex<BTreeMap<Offset, ChainHash>>,
-    /// The one entry of `anchors` off the [`ANCHOR_INTERVAL`] grid kept for a sequential reader:
-    /// where the last verified read stopped.
-    read_cursor: Mutex<Option<Offset>>,
+    /// The entries of `anchors` off the [`ANCHOR_INTERVAL`] grid kept for sequential readers:
+    /// where the last [`READ_CURSORS`] verified reads stopped, most recent last.
+    read_cursors: Mutex<VecDeque<Offset>>,
     /// How far the stream is durable, and the fsync appenders share.
     pub sync: GroupCommit,
     /// Set by the first failed write or fsync: the stream refuses writes until reopened.
@@ -173,7 +176,7 @@ impl Stream {
             writer: Mutex::new(()),
             core: RwLock::new(core),
             anchors: Mutex::new(anchors),
-            read_cursor: Mutex::new(None),
+            read_cursors: Mutex::new(VecDeque::with_capacity(READ_CURSORS)),
             sync: GroupCommit::default(),
             failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),
@@ -234,22 +237,29 @@ impl Stream {
         self.modified.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Notes in the sparse table that a verified read found `hash` for record `k - 1`, replacing
-    /// the previous such note (so the table grows by one entry at most). On the grid, the entry
-    /// is an ordinary anchor and stays.
+    /// Notes in the sparse table that a verified read found `hash` for record `k - 1`, so the
+    /// reader's next read (from `k`) chains from it instead of re-hashing from the grid anchor
+    /// below (up to [`ANCHOR_INTERVAL`] records, as many as 16 MiB of record batches). One entry
+    /// per reader position, for the last [`READ_CURSORS`] positions (several consumers, or one
+    /// reading several ranges, each keep theirs); the oldest is dropped, so the table grows by
+    /// at most that many entries. On the grid, the entry is an ordinary anchor and stays.
     pub fn set_read_cursor(&self, k: Offset, hash: ChainHash) {
         if k.get().is_multiple_of(super::ANCHOR_INTERVAL) {
             self.anchors.lock().insert(k, hash);
             return;
         }
-        let mut cursor = self.read_cursor.lock();
+        let mut cursors = self.read_cursors.lock();
         let mut anchors = self.anchors.lock();
-        if let Some(old) = cursor.replace(k)
-            && old != k
+        if let Some(i) = cursors.iter().position(|c| *c == k) {
+            cursors.remove(i);
+        } else if cursors.len() == READ_CURSORS
+            && let Some(old) = cursors.pop_front()
         {
             anchors.remove(&old);
         }
+        cursors.push_back(k);
         anchors.insert(k, hash);
+        debug_assert!(cursors.len() <= READ_CURSORS);
     }
 
     /// Records `anchors` (offset, hash before it) in the sparse table.

@@ -192,7 +192,7 @@ mod tests {
     }
 
     fn bootstrap() -> MetadataCommand {
-        MetadataCommand::Bootstrap { members: [(1, "h:1".to_string())].into() }
+        MetadataCommand::Bootstrap { members: [(1, shale_raft::cluster::MemberAddrs::one("h:1"))].into() }
     }
 
     #[test]
