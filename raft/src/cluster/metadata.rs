@@ -1347,6 +1347,25 @@ mod tests {
         assert_eq!(s.access().scram("bob"), None);
     }
 
+    /// The head of a snapshot of `s` in an older `version` (1 or 2): magic, version, next topic
+    /// id, each member with its one (internal) address, the topics and no committed offsets;
+    /// the caller writes what that version has after them.
+    fn old_snapshot_head(s: &MetadataState, version: u16) -> Writer {
+        debug_assert!(version < snap::VERSION);
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(version).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addrs) in &s.members {
+            w.u64(*id).str16(&addrs.internal);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(0);
+        w
+    }
+
     #[test]
     fn a_version_2_snapshot_with_token_users_still_reads() {
         let mut s = three_members();
@@ -1354,17 +1373,7 @@ mod tests {
         s.apply(&MetadataCommand::CreateUser { name: "alice".into(), token_hash: [7; 32] });
         s.apply(&MetadataCommand::CreateUser { name: "bob".into(), token_hash: [8; 32] });
         // Version 2: users as `[name][hash]`, no kind byte.
-        let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
-        w.u32(s.members.len() as u32);
-        for (id, addr) in &s.members {
-            w.u64(*id).str16(&addr.internal);
-        }
-        w.u32(s.topics.len() as u32);
-        for topic in s.topics.values() {
-            write_topic(&mut w, topic);
-        }
-        w.u32(0);
+        let mut w = old_snapshot_head(&s, snap::VERSION_2);
         w.u32(2);
         for (name, hash) in [("alice", [7u8; 32]), ("bob", [8; 32])] {
             w.str16(name);
@@ -1415,17 +1424,7 @@ mod tests {
         };
         s.apply(&MetadataCommand::AddAcl(rule));
         // Version 2: the same layout without the quota entries after the access part.
-        let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
-        w.u32(s.members.len() as u32);
-        for (id, addr) in &s.members {
-            w.u64(*id).str16(&addr.internal);
-        }
-        w.u32(s.topics.len() as u32);
-        for topic in s.topics.values() {
-            write_topic(&mut w, topic);
-        }
-        w.u32(0);
+        let mut w = old_snapshot_head(&s, snap::VERSION_2);
         s.access.encode(&mut w);
         w.crc();
         let old = MetadataState::decode(&w.finish()).unwrap();
@@ -1485,17 +1484,7 @@ mod tests {
             MetadataReply::Ok
         );
         // Version 2: one address per member, then topics, offsets, users and rules.
-        let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_2).u32(s.next_topic_id);
-        w.u32(s.members.len() as u32);
-        for (id, addrs) in &s.members {
-            w.u64(*id).str16(&addrs.internal);
-        }
-        w.u32(s.topics.len() as u32);
-        for topic in s.topics.values() {
-            write_topic(&mut w, topic);
-        }
-        w.u32(0);
+        let mut w = old_snapshot_head(&s, snap::VERSION_2);
         // Version-2 users: `[name][token hash]`, no credential kind byte; then the rules (none).
         w.u32(1).str16("alice");
         access::write_hash(&mut w, &[7; 32]);
@@ -1511,17 +1500,7 @@ mod tests {
         let mut s = three_members();
         create(&mut s, "t", 2, 2);
         // Version 1: the same layout without the users and rules after the offsets.
-        let mut w = Writer::new();
-        w.u32(snap::MAGIC).u16(snap::VERSION_BEFORE_ACCESS).u32(s.next_topic_id);
-        w.u32(s.members.len() as u32);
-        for (id, addrs) in &s.members {
-            w.u64(*id).str16(&addrs.internal);
-        }
-        w.u32(s.topics.len() as u32);
-        for topic in s.topics.values() {
-            write_topic(&mut w, topic);
-        }
-        w.u32(0);
+        let mut w = old_snapshot_head(&s, snap::VERSION_BEFORE_ACCESS);
         w.crc();
         let old = MetadataState::decode(&w.finish()).unwrap();
         assert_eq!(old, s);
