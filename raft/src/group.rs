@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,10 +13,11 @@ use openraft::errors::{
     ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError, RaftError as OpenraftError,
 };
 use openraft::impls::ProgressResponder;
+use openraft::raft::AppendEntriesRequest;
 use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
-use openraft::{Raft, RaftMetrics, ReadPolicy, SnapshotPolicy};
-use parking_lot::RwLock;
+use openraft::{Raft, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use parking_lot::{Mutex, RwLock};
 use shale_storage::{ChainHash, StorageBackend};
 use tokio::sync::watch;
 
@@ -26,7 +27,7 @@ use crate::network::client::GroupNetworkFactory;
 use crate::network::peers::Peers;
 use crate::retention::Retention;
 use crate::state_machine::{GroupStateMachine, StateMachineApp};
-use crate::types::{AppPayload, GroupId, LeaderId, Node, NodeId, TypeConfig};
+use crate::types::{AppPayload, GroupId, LeaderId, Node, NodeId, TypeConfig, Vote, log_id};
 
 /// The tunables of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +61,11 @@ pub struct RaftGroupConfig {
     /// the storage refuses would stop the group). Default
     /// [`shale_storage::limits::RAFT_PAYLOAD_BYTES`], which fits the storage's default.
     pub max_payload_bytes: usize,
+    /// A group led here with no new entry for this long, every follower matched at its last log
+    /// id (and that id committed), goes quiet: its per-group heartbeats and its followers'
+    /// election timers stop while the node heartbeat names it (`crate::heartbeat`); the first
+    /// write, vote or lost node heartbeat wakes it. 0 = never quiet. Default 500 ms.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for RaftGroupConfig {
@@ -76,6 +82,7 @@ impl Default for RaftGroupConfig {
             allow_log_reversion: true,
             log_cache_bytes: crate::log_store::DEFAULT_ENTRY_CACHE_BYTES,
             max_payload_bytes: shale_storage::limits::RAFT_PAYLOAD_BYTES,
+            quiesce_after_ms: 500,
         }
     }
 }
@@ -179,6 +186,107 @@ pub struct RaftGroup {
     max_payload_bytes: usize,
     /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
     stopped: watch::Sender<bool>,
+    /// The node's peers: the channels, and the node heartbeats heard (quiescence leases).
+    peers: Arc<Peers>,
+    /// Quiescence: where the group stands, see [`QuietState`].
+    quiet: Mutex<Quiet>,
+    /// [`RaftGroupConfig::quiesce_after_ms`]; `None`: never quiet.
+    quiet_after: Option<Duration>,
+    /// How long a quiet follower keeps its election timer off without a node heartbeat from the
+    /// leader's node: the election timeout, drawn once per (node, group) from its range so the
+    /// followers of a dead leader do not all campaign at once.
+    lease: Duration,
+}
+
+/// Where a group stands on quiescence (issue 15; ARCHITECTURE.md "Heartbeats and quiet groups").
+/// Quiescence only turns timers off and on: every message a quiet group gets is handled as
+/// usual, and it changes nothing Raft decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuietState {
+    /// Timers on: heartbeats (leader) and the election timer (follower), as openraft runs them.
+    Awake,
+    /// This node leads the group at `term`, every follower matched at its last index, and that
+    /// index committed; its ticker is off (no per-group heartbeats). The node heartbeat names it.
+    Leading {
+        /// The leader's term.
+        term: u64,
+        /// The last (and committed) log index.
+        index: u64,
+    },
+    /// `leader`'s node heartbeat names the group as quiet at (`term`, `index`), which is this
+    /// follower's vote and last (committed) log id; its ticker is off (no election timer) while
+    /// those heartbeats keep coming and naming it so.
+    Following {
+        /// The leader.
+        leader: NodeId,
+        /// Its term.
+        term: u64,
+        /// The last log index.
+        index: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Quiet {
+    state: QuietState,
+    /// Leader: the (term, last index) seen unchanged, all followers matched, since this instant.
+    stable: Option<((u64, u64), Instant)>,
+    /// No quiescence before this instant: every wake (a write, a vote, a wake request) holds the
+    /// group awake for `quiet_after`.
+    not_before: Instant,
+    /// When the group last went quiet.
+    since: Instant,
+}
+
+/// Whether `m` shows this node leading, its last log id committed and every follower matched
+/// there (followers not heard from within `lease` are not waited for: a node that is down does
+/// not keep groups awake; when it is back it asks to wake them): `Some((term, last index))`.
+fn leader_quiet_key(m: &RaftMetrics<TypeConfig>, me: NodeId, peers: &Peers, lease: Duration) -> Option<(u64, u64)> {
+    if m.state != ServerState::Leader || !m.vote.committed || m.vote.leader_id.node_id != me {
+        return None;
+    }
+    let term = m.vote.leader_id.term;
+    let index = m.last_log_index?;
+    let last = log_id(term, me, index);
+    if m.local_committed != Some(last) {
+        return None;
+    }
+    let matched = m
+        .replication
+        .as_ref()
+        .is_none_or(|r| r.iter().all(|(id, matched)| *matched == Some(last) || !peers.heard_within(*id, lease)));
+    matched.then_some((term, index))
+}
+
+/// Whether `m` shows this node following `leader`'s leadership at `term` with its last log id
+/// (term, leader, index), committed.
+fn follows_quietly(m: &RaftMetrics<TypeConfig>, leader: NodeId, term: u64, index: u64) -> bool {
+    matches!(m.state, ServerState::Follower | ServerState::Learner)
+        && m.vote == Vote::new_committed(term, leader)
+        && m.last_log_index == Some(index)
+        && m.local_committed == Some(log_id(term, leader, index))
+}
+
+/// The heartbeat `leader` sends a follower matched at its last log id (term, leader, index), which
+/// is committed: what a quiet leader's node heartbeat stands for. Delivered late it is just a
+/// delayed heartbeat (it renews the follower's leader lease), which Raft tolerates.
+fn quiet_heartbeat(leader: NodeId, term: u64, index: u64) -> AppendEntriesRequest<TypeConfig> {
+    let last = log_id(term, leader, index);
+    AppendEntriesRequest {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: Some(last),
+        entries: Vec::new(),
+        leader_commit: Some(last),
+    }
+}
+
+/// A stable draw in `0..=span` for (node, group): spreads the quiet followers' leases.
+fn jitter(node: NodeId, group: GroupId, span: u64) -> u64 {
+    let mut x = node.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group.0.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 32;
+    x % (span + 1)
 }
 
 impl fmt::Debug for RaftGroup {
@@ -198,6 +306,11 @@ impl LocalGroups {
     /// A running group.
     pub fn get(&self, id: GroupId) -> Option<Arc<RaftGroup>> {
         self.groups.read().get(&id).cloned()
+    }
+
+    /// Every running group (in no particular order).
+    pub fn all(&self) -> Vec<Arc<RaftGroup>> {
+        self.groups.read().values().cloned().collect()
     }
 
     /// Every running group, in id order.
@@ -262,12 +375,209 @@ impl RaftGroup {
             election_timeout_max_ms: config.election_timeout_max_ms,
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
+            peers: peers.clone(),
+            quiet: Mutex::new(Quiet {
+                state: QuietState::Awake,
+                stable: None,
+                not_before: Instant::now(),
+                since: Instant::now(),
+            }),
+            quiet_after: (config.quiesce_after_ms > 0).then(|| Duration::from_millis(config.quiesce_after_ms)),
+            lease: Duration::from_millis(
+                config.election_timeout_min_ms
+                    + jitter(
+                        node_id,
+                        group,
+                        config.election_timeout_max_ms.saturating_sub(config.election_timeout_min_ms),
+                    ),
+            ),
         });
         if let Err(e) = registry.register(g.clone()) {
             let _ = g.raft.shutdown().await;
             return Err(e);
         }
         Ok(g)
+    }
+
+    /// Where the group stands on quiescence.
+    pub fn quiet_state(&self) -> QuietState {
+        self.quiet.lock().state
+    }
+
+    /// Whether the group is quiet here (its ticker is off).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet_state() != QuietState::Awake
+    }
+
+    /// Sets `state` and the ticker to match, under the lock (so a wake and a quiescence racing
+    /// can never leave the ticker off on an awake group).
+    fn set_quiet(&self, q: &mut Quiet, state: QuietState) {
+        if state != QuietState::Awake && q.state == QuietState::Awake {
+            q.since = Instant::now();
+        }
+        q.state = state;
+        self.raft.runtime_config().tick(state == QuietState::Awake);
+    }
+
+    /// Wakes the group here (ticker on) and holds it awake for `quiet_after`. Every API call that
+    /// needs the group's timers or a leader's heartbeats calls it first; a quiet leader's
+    /// followers see its node heartbeat stop naming the group and wake too. Returns the state it
+    /// was in.
+    pub fn wake(&self) -> QuietState {
+        let mut q = self.quiet.lock();
+        q.not_before = Instant::now() + self.quiet_after.unwrap_or_default();
+        q.stable = None;
+        let was = q.state;
+        if was != QuietState::Awake {
+            self.set_quiet(&mut q, QuietState::Awake);
+        }
+        was
+    }
+
+    /// How recently the leader's node must have been heard for a waking follower to count it
+    /// alive: three node heartbeat intervals (one lost heartbeat is not a dead node).
+    fn alive_within(&self) -> Duration {
+        Duration::from_millis(self.peers.config().node_heartbeat_interval_ms.saturating_mul(3))
+    }
+
+    /// Wakes the group because a message for it arrived (a vote, an append, a transfer) or its
+    /// leader's node stopped naming it. A quiet follower whose leader's node is alive (heard
+    /// within three node heartbeat intervals) first renews its leader lease in openraft with the
+    /// heartbeat the node heartbeat stood for, so it does not campaign (or grant a vote) against
+    /// a leader that is alive; otherwise (the leader's node is going silent: another follower's
+    /// lease ran out first and it campaigns) it wakes as it is, judges the vote on openraft's
+    /// stale lease and elects at its next tick. A quiet leader sends a heartbeat at once.
+    pub(crate) async fn wake_for_message(&self) {
+        let was = {
+            let mut q = self.quiet.lock();
+            q.not_before = Instant::now() + self.quiet_after.unwrap_or_default();
+            q.stable = None;
+            let was = q.state;
+            if let QuietState::Following { leader, .. } = was
+                && self.peers.heard_within(leader, self.alive_within())
+            {
+                // Ticker stays off until the lease is renewed below; the heartbeat loop turns it on
+                // in any case at its next pass.
+                q.state = QuietState::Awake;
+            } else if was != QuietState::Awake {
+                self.set_quiet(&mut q, QuietState::Awake);
+            }
+            was
+        };
+        match was {
+            QuietState::Following { leader, term, index } if self.peers.heard_within(leader, self.alive_within()) => {
+                // A refusal (a higher vote here) or an error is fine: the ticker goes on anyway.
+                let _ = self.raft.append_entries(quiet_heartbeat(leader, term, index)).await;
+                let q = self.quiet.lock();
+                if q.state == QuietState::Awake {
+                    self.raft.runtime_config().tick(true);
+                }
+            }
+            QuietState::Leading { .. } => {
+                let _ = self.raft.trigger().heartbeat().await;
+            }
+            _ => {}
+        }
+    }
+
+    /// A node heartbeat from `leader` names this group as quiet at (`term`, `index`): quiesce
+    /// here if this node follows that leadership with that log id, committed. `false`: it cannot
+    /// (it is behind, holds another vote, was woken lately, leads, or quiescence is off), so the
+    /// leader must wake the group.
+    pub(crate) fn follow_quiet(&self, leader: NodeId, term: u64, index: u64) -> bool {
+        if self.quiet_after.is_none() || leader == self.node_id {
+            return false;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut q = self.quiet.lock();
+        let wanted = QuietState::Following { leader, term, index };
+        if q.state == wanted {
+            return true;
+        }
+        if Instant::now() < q.not_before || !follows_quietly(&m, leader, term, index) {
+            if q.state != QuietState::Awake {
+                self.set_quiet(&mut q, QuietState::Awake);
+            }
+            return false;
+        }
+        self.set_quiet(&mut q, wanted);
+        true
+    }
+
+    /// Since when the group has been quiet here (`None`: awake).
+    pub(crate) fn quiet_since(&self) -> Option<Instant> {
+        let q = self.quiet.lock();
+        (q.state != QuietState::Awake).then_some(q.since)
+    }
+
+    /// A follower asked this quiet leader to wake the group: heartbeats resume now.
+    pub(crate) async fn wake_on_request(&self) {
+        if let QuietState::Leading { .. } = self.wake() {
+            let _ = self.raft.trigger().heartbeat().await;
+        }
+    }
+
+    /// The heartbeat loop's pass over this group (`m` is its metrics now): a leader that has been
+    /// idle and matched everywhere for `quiet_after` goes quiet; a quiet leader whose log, term or
+    /// followers moved wakes; a quiet follower wakes when its leader's node was silent for the
+    /// lease (as it is: it elects at its next tick) or stopped naming the group (lease renewed
+    /// first, see [`RaftGroup::wake_for_message`]). Returns the state after the pass, and whether
+    /// a lease renewal is due ([`RaftGroup::wake_for_message`], which the loop runs on a task).
+    pub(crate) fn evaluate_quiet(&self, m: &RaftMetrics<TypeConfig>, now: Instant) -> (QuietState, bool) {
+        let Some(after) = self.quiet_after else {
+            return (QuietState::Awake, false);
+        };
+        let mut q = self.quiet.lock();
+        match q.state {
+            QuietState::Awake => {
+                match leader_quiet_key(m, self.node_id, &self.peers, self.lease) {
+                    Some(key) => match q.stable {
+                        Some((k, since)) if k == key => {
+                            if now >= since + after && now >= q.not_before {
+                                self.set_quiet(&mut q, QuietState::Leading { term: key.0, index: key.1 });
+                            }
+                        }
+                        _ => q.stable = Some((key, now)),
+                    },
+                    None => q.stable = None,
+                }
+                if q.state == QuietState::Awake {
+                    // The safety net: an awake group's ticker is on, whatever raced before.
+                    self.raft.runtime_config().tick(true);
+                }
+                (q.state, false)
+            }
+            QuietState::Leading { term, index } => {
+                if leader_quiet_key(m, self.node_id, &self.peers, self.lease) != Some((term, index)) {
+                    q.not_before = now + after;
+                    q.stable = None;
+                    self.set_quiet(&mut q, QuietState::Awake);
+                }
+                (q.state, false)
+            }
+            QuietState::Following { leader, term, index } => {
+                let (named, at) = self.peers.named_by(leader, self.id);
+                let alive = at.is_some_and(|at| now.saturating_duration_since(at) <= self.lease);
+                if !alive || !follows_quietly(m, leader, term, index) {
+                    self.set_quiet(&mut q, QuietState::Awake);
+                    (QuietState::Awake, false)
+                } else if named != Some((term, index)) {
+                    (q.state, true)
+                } else {
+                    (q.state, false)
+                }
+            }
+        }
+    }
+
+    /// On a quiet leader: whether follower `id`'s node was heard within `within` (a quiet
+    /// group's followers were all matched when it went quiet, and it wakes when one moves).
+    fn quiet_follower_heard(&self, id: NodeId, within: Duration) -> Option<bool> {
+        match self.quiet.lock().state {
+            QuietState::Leading { .. } => Some(self.peers.heard_within(id, within)),
+            _ => None,
+        }
     }
 
     /// The group's id.
@@ -336,6 +646,7 @@ impl RaftGroup {
     /// Bootstraps a brand-new group with these voters. Call it on one node only;
     /// [`RaftError::AlreadyInitialized`] if the group already has a membership.
     pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), RaftError> {
+        self.wake();
         self.raft.initialize(members).await.map_err(|e| match e {
             OpenraftError::APIError(InitializeError::NotAllowed(_)) => RaftError::AlreadyInitialized { group: self.id },
             OpenraftError::APIError(e) => RaftError::MembershipChange { group: self.id, reason: e.to_string() },
@@ -347,6 +658,7 @@ impl RaftGroup {
     /// on this node.
     pub async fn write(&self, payload: Bytes) -> Result<WriteResult, RaftError> {
         self.check_size(0, &payload)?;
+        self.wake();
         let resp = self.raft.client_write(AppPayload(payload)).await.map_err(|e| self.raft_err(e))?;
         Ok(WriteResult { index: resp.log_id.index, response: resp.data.0 })
     }
@@ -358,6 +670,7 @@ impl RaftGroup {
         for (i, p) in payloads.iter().enumerate() {
             self.check_size(i, p)?;
         }
+        self.wake();
         let n = payloads.len();
         let mut stream =
             self.raft.client_write_many(payloads.into_iter().map(AppPayload)).await.map_err(|e| self.fatal(&e))?;
@@ -386,6 +699,7 @@ impl RaftGroup {
     /// appended (`NotLeader`), so an entry prepared for one term is never written in another.
     pub async fn propose(&self, payload: Bytes, leader: LeaderId) -> Result<PendingWrite, RaftError> {
         self.check_size(0, &payload)?;
+        self.wake();
         let (responder, rx) = ProgressResponder::complete_only();
         self.raft
             .write(AppPayload(payload))
@@ -400,6 +714,7 @@ impl RaftGroup {
     /// everything committed before the call. Returns that read index; reads of the application
     /// state afterwards are linearizable.
     pub async fn ensure_linearizable(&self) -> Result<u64, RaftError> {
+        self.wake();
         let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
             OpenraftError::APIError(LinearizableReadError::ForwardToLeader(f)) => self.not_leader(&f),
             // The leader could not confirm its leadership with a quorum in time: retryable.
@@ -449,7 +764,11 @@ impl RaftGroup {
 
     /// On the leader: whether follower `id` acknowledged a heartbeat or replication within
     /// `within` (false on a follower, or for a node that never answered).
+    /// A quiet leader sends no per-group heartbeats: there the follower's node heartbeat counts.
     pub fn follower_acked_within(&self, id: NodeId, within: Duration) -> bool {
+        if let Some(heard) = self.quiet_follower_heard(id, within) {
+            return heard;
+        }
         let m = self.raft.metrics().borrow_watched().clone();
         m.heartbeat
             .as_ref()
@@ -588,6 +907,7 @@ impl RaftGroup {
 
     /// Adds (or updates) a learner; with `blocking`, waits until it has caught up.
     pub async fn add_learner(&self, id: NodeId, node: Node, blocking: bool) -> Result<(), RaftError> {
+        self.wake();
         self.raft.add_learner(id, node, blocking).await.map_err(|e| self.raft_err(e))?;
         Ok(())
     }
@@ -599,12 +919,14 @@ impl RaftGroup {
         voters: BTreeSet<NodeId>,
         retain_removed_as_learners: bool,
     ) -> Result<(), RaftError> {
+        self.wake();
         self.raft.change_membership(voters, retain_removed_as_learners).await.map_err(|e| self.raft_err(e))?;
         Ok(())
     }
 
     /// Removes `ids` (learners, or voters already out of the voter set) from the group.
     pub async fn remove_nodes(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        self.wake();
         let change = openraft::ChangeMembers::RemoveNodes(ids);
         self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
         Ok(())
@@ -612,6 +934,7 @@ impl RaftGroup {
 
     /// Hands leadership to `to` and waits (up to ten election timeouts) until it leads.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
+        self.wake();
         self.raft.trigger().transfer_leader(to).await.map_err(|e| self.fatal(&e))?;
         let timeout = Duration::from_millis(self.election_timeout_max_ms * 10);
         self.wait_metrics("leader transfer", timeout, |m| m.current_leader == Some(to)).await?;

@@ -17,6 +17,7 @@ pub mod entry_cache;
 pub mod error;
 pub mod format;
 pub mod group;
+pub mod heartbeat;
 pub mod log_store;
 pub mod meta_store;
 pub mod network;
@@ -29,7 +30,8 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::RaftError;
-pub use group::{LocalGroups, PendingWrite, RaftGroup, RaftGroupConfig, WriteResult};
+pub use group::{LocalGroups, PendingWrite, QuietState, RaftGroup, RaftGroupConfig, WriteResult};
+pub use heartbeat::HeartbeatFault;
 pub use log_store::{CommittedEntry, GroupLog, LogReader, LogStore};
 pub use network::NetworkConfig;
 pub use retention::Retention;

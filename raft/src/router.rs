@@ -9,9 +9,10 @@ use shale_storage::StorageBackend;
 
 use crate::error::RaftError;
 use crate::group::{LocalGroups, RaftGroup, RaftGroupConfig};
+use crate::heartbeat::{HeartbeatFault, NodeHeartbeats};
 use crate::network::NetworkConfig;
 use crate::network::pb::raft_service_server::RaftServiceServer;
-use crate::network::peers::Peers;
+use crate::network::peers::{Peers, SentCounters};
 use crate::server::RaftGrpcService;
 use crate::state_machine::StateMachineApp;
 use crate::types::{GroupId, NodeId};
@@ -23,16 +24,17 @@ pub struct Router {
     groups: Arc<LocalGroups>,
     /// Raft RPCs the server refused at its edge (`network::guard`).
     refused: Arc<AtomicU64>,
+    /// The coalesced node heartbeat and quiet groups.
+    heartbeats: Arc<NodeHeartbeats>,
 }
 
 impl Router {
     /// A router for node `node_id`.
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Arc<Self>, RaftError> {
-        Ok(Arc::new(Self {
-            peers: Arc::new(Peers::new(node_id, config)?),
-            groups: Arc::default(),
-            refused: Arc::default(),
-        }))
+        let peers = Arc::new(Peers::new(node_id, config)?);
+        let groups: Arc<LocalGroups> = Arc::default();
+        let heartbeats = NodeHeartbeats::new(groups.clone(), peers.clone());
+        Ok(Arc::new(Self { peers, groups, refused: Arc::default(), heartbeats }))
     }
 
     /// This node's id.
@@ -51,6 +53,21 @@ impl Router {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// How many local groups are quiet (ticker off: no per-group heartbeats or election timer).
+    pub fn quiet_groups(&self) -> u64 {
+        self.heartbeats.quiet_groups()
+    }
+
+    /// Messages sent to peers, by kind, and node heartbeats received.
+    pub fn sent(&self) -> &SentCounters {
+        self.peers.counters()
+    }
+
+    /// Injects faults into this node's outgoing node heartbeats (tests).
+    pub fn set_heartbeat_fault(&self, fault: HeartbeatFault) {
+        self.heartbeats.set_fault(fault);
+    }
+
     /// The channels to the peers.
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers
@@ -60,9 +77,14 @@ impl Router {
     /// `Server::builder().add_service(router.grpc_service())`.
     pub fn grpc_service(&self) -> RaftServiceServer<RaftGrpcService> {
         let max = self.config().max_message_bytes;
-        RaftServiceServer::new(RaftGrpcService::new(self.groups.clone(), self.peers.clone(), self.refused.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        RaftServiceServer::new(RaftGrpcService::new(
+            self.groups.clone(),
+            self.peers.clone(),
+            self.refused.clone(),
+            self.heartbeats.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
     }
 
     /// Opens (or creates) group `group`'s streams in `storage`, restores the application from the
@@ -75,6 +97,7 @@ impl Router {
         app: Box<dyn StateMachineApp>,
         config: RaftGroupConfig,
     ) -> Result<Arc<RaftGroup>, RaftError> {
+        self.heartbeats.start();
         RaftGroup::start(group, storage, app, &self.peers, &self.groups, config).await
     }
 

@@ -20,6 +20,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
+use crate::heartbeat::NodeHeartbeats;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
 use crate::network::pb::{self, raft_service_server::RaftService};
@@ -38,6 +39,8 @@ pub struct RaftGrpcService {
     refused: Arc<AtomicU64>,
     /// Paces the WARN lines of refusals (a flood of hostile RPCs must not flood the log).
     warn_pace: Arc<WarnPace>,
+    /// The receiving side of node heartbeats.
+    heartbeats: Arc<NodeHeartbeats>,
 }
 
 /// The shortest time between two WARN lines about refused RPCs; the refusals in between are
@@ -66,8 +69,13 @@ impl WarnPace {
 }
 
 impl RaftGrpcService {
-    pub(crate) fn new(groups: Arc<LocalGroups>, peers: Arc<Peers>, refused: Arc<AtomicU64>) -> Self {
-        Self { groups, peers, refused, warn_pace: Arc::default() }
+    pub(crate) fn new(
+        groups: Arc<LocalGroups>,
+        peers: Arc<Peers>,
+        refused: Arc<AtomicU64>,
+        heartbeats: Arc<NodeHeartbeats>,
+    ) -> Self {
+        Self { groups, peers, refused, warn_pace: Arc::default(), heartbeats }
     }
 
     /// What the receiving group checks a message against: this node, the group, and the nodes of
@@ -122,8 +130,24 @@ impl RaftGrpcService {
             .ok_or_else(|| Status::not_found(format!("group {id} is not running on node {}", self.peers.node_id())))
     }
 
-    fn raft(&self, group: u64) -> Result<Raft<TypeConfig, GroupStateMachine>, Status> {
-        self.group(group).map(|g| g.raft().clone())
+    /// The local group's Raft handle, once the group is awake: a message for a quiet group wakes
+    /// it first (`RaftGroup::wake_for_message`; a quiet follower renews its leader lease before a
+    /// vote is judged against it).
+    async fn raft(&self, group: u64) -> Result<Raft<TypeConfig, GroupStateMachine>, Status> {
+        let g = self.group(group)?;
+        if g.is_quiet() {
+            g.wake_for_message().await;
+        }
+        Ok(g.raft().clone())
+    }
+
+    /// What a node heartbeat is checked against: this node and the metadata group's members as
+    /// it knows them (a node running no metadata group checks the named groups one by one).
+    fn heartbeat_receiver(&self) -> Receiver {
+        match self.groups.get(GroupId::METADATA) {
+            Some(meta) => self.receiver(GroupId::METADATA, meta.raft()),
+            None => Receiver { node: self.peers.node_id(), group: GroupId::METADATA, known: KnownNodes(None) },
+        }
     }
 }
 
@@ -150,7 +174,7 @@ impl RaftService for RaftGrpcService {
         let peer = request.remote_addr();
         let certified = self.certified(&request);
         let req = request.into_inner();
-        let raft = self.raft(req.group_id)?;
+        let raft = self.raft(req.group_id).await?;
         let vote_req = convert::vote_request_from_pb(&req).map_err(bad)?;
         certified
             .and_then(|c| guard::check_identity(c, vote_req.vote.leader_id.node_id))
@@ -167,7 +191,7 @@ impl RaftService for RaftGrpcService {
         let peer = request.remote_addr();
         let certified = self.certified(&request);
         let req = request.into_inner();
-        let raft = self.raft(req.group_id)?;
+        let raft = self.raft(req.group_id).await?;
         let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
         certified
             .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
@@ -195,6 +219,9 @@ impl RaftService for RaftGrpcService {
         let group = first.group_id;
         let (raft, mut stopped, mut input_stopped) = {
             let g = self.group(group)?;
+            if g.is_quiet() {
+                g.wake_for_message().await;
+            }
             (g.raft().clone(), g.stopped(), g.stopped())
         };
         let raft_for_checks = raft.clone();
@@ -262,7 +289,7 @@ impl RaftService for RaftGrpcService {
         let Some(pb::install_snapshot_request::Payload::Meta(meta)) = first.payload else {
             return Err(Status::invalid_argument("the first snapshot message must be its meta"));
         };
-        let raft = self.raft(meta.group_id)?;
+        let raft = self.raft(meta.group_id).await?;
         {
             // The sender and the log ids are checked before any data is read.
             let vote = convert::required_vote_from_pb(meta.vote.as_ref(), "vote").map_err(bad)?;
@@ -354,7 +381,7 @@ impl RaftService for RaftGrpcService {
         let peer = request.remote_addr();
         let certified = self.certified(&request);
         let req = request.into_inner();
-        let raft = self.raft(req.group_id)?;
+        let raft = self.raft(req.group_id).await?;
         let from = convert::required_vote_from_pb(req.from_leader.as_ref(), "from_leader").map_err(bad)?;
         let last = convert::opt_from_pb(req.last_log_id.as_ref());
         certified
@@ -398,6 +425,20 @@ impl RaftService for RaftGrpcService {
             .map_err(|r| self.refuse("ReadLog", req.group_id, peer, &r))?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
+    }
+
+    async fn node_heartbeat(
+        &self,
+        request: Request<pb::NodeHeartbeatRequest>,
+    ) -> Result<Response<pb::NodeHeartbeatResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
+        let req = request.into_inner();
+        certified
+            .and_then(|c| guard::check_identity(c, req.from_node_id))
+            .and_then(|()| guard::check_node_heartbeat(&self.heartbeat_receiver(), &req))
+            .map_err(|r| self.refuse("NodeHeartbeat", 0, peer, &r))?;
+        Ok(Response::new(self.heartbeats.receive(req)))
     }
 }
 

@@ -60,7 +60,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     }
 }
 
-fn raft_client(peers: &Peers, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+pub(crate) fn raft_client(peers: &Peers, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
     let max = peers.config().max_message_bytes;
     peers.channel(addr).map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max))
 }
@@ -240,12 +240,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
+            let counters = self.peers.clone();
             // The request stream ends as soon as this session is over (see [`SessionStream`]).
             let (session, session_over) = tokio::sync::oneshot::channel::<()>();
             let requests = futures::stream::once(futures::future::ready(first))
                 .chain(input)
                 .take_until(session_over)
-                .map(move |r| convert::append_request_to_pb(group, &r));
+                .map(move |r| {
+                    Peers::count(&counters.counters().append_messages);
+                    convert::append_request_to_pb(group, &r)
+                });
             let connect = self.request_timeout;
             let resp = tokio::time::timeout(connect, client.stream_append(requests))
                 .await
@@ -361,6 +365,7 @@ impl PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client()?;
+        Peers::count(&self.peers.counters().append_messages);
         let req = convert::append_request_to_pb(self.group, &rpc);
         let ttl = self.ttl(&option);
         let resp = tokio::time::timeout(ttl, client.append_entries(req))
@@ -389,6 +394,7 @@ impl PeerClient {
         pre_vote: bool,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client()?;
+        Peers::count(&self.peers.counters().votes);
         let req = convert::vote_request_to_pb(self.group, &rpc, pre_vote);
         let ttl = self.ttl(&option);
         let resp = tokio::time::timeout(ttl, client.vote(req))

@@ -176,6 +176,27 @@ pub fn check_transfer(rx: &Receiver, from: &Vote, to: NodeId, last_log_id: Optio
     rx.member(to, "transfer target")
 }
 
+/// The most groups one node heartbeat may name (quiet or to wake): every partition the cluster
+/// may hold, and the metadata group.
+pub const MAX_HEARTBEAT_GROUPS: usize = shale_storage::limits::MAX_CLUSTER_PARTITIONS as usize + 1;
+
+/// A node heartbeat: bounded lists, terms, indexes and group ids, and a sender that is a member
+/// of the cluster (`rx.known`: the metadata group's members, as this node knows them). Each named
+/// group is checked against that group's own membership where it is used (`crate::heartbeat`).
+pub fn check_node_heartbeat(rx: &Receiver, req: &crate::network::pb::NodeHeartbeatRequest) -> Result<(), Refusal> {
+    bounded("quiet.len", req.quiet.len() as u64, MAX_HEARTBEAT_GROUPS as u64)?;
+    bounded("wake.len", req.wake.len() as u64, MAX_HEARTBEAT_GROUPS as u64)?;
+    for q in &req.quiet {
+        bounded("quiet.group_id", q.group_id, GroupId::MAX)?;
+        bounded("quiet.term", q.term, MAX_TERM)?;
+        bounded("quiet.last_index", q.last_index, MAX_INDEX)?;
+    }
+    for g in &req.wake {
+        bounded("wake.group_id", *g, GroupId::MAX)?;
+    }
+    rx.member(req.from_node_id, "heartbeat sender")
+}
+
 /// A log read for repair (`ReadLog`, which names no sender): with certificates checked, the
 /// certified node must be a member.
 pub fn check_reader(rx: &Receiver, certified: Option<NodeId>) -> Result<(), Refusal> {
@@ -302,6 +323,42 @@ mod tests {
         assert_eq!(check_snapshot(&rx(&[1, 2]), &vote, Some(&log_id(3, 2, 5)), None), Ok(()));
         assert!(check_snapshot(&rx(&[1, 2]), &Vote::new_committed(3, 5), None, None).is_err());
         assert!(check_snapshot(&rx(&[1, 2]), &vote, None, Some(&log_id(u64::MAX, 2, 1))).is_err());
+    }
+
+    #[test]
+    fn node_heartbeats_are_bounded_and_come_from_members() {
+        use crate::network::pb::{NodeHeartbeatRequest, QuietGroup};
+        let ok = NodeHeartbeatRequest {
+            from_node_id: 2,
+            quiet: vec![QuietGroup { group_id: 7, term: 3, last_index: 10 }],
+            wake: vec![9],
+        };
+        assert_eq!(check_node_heartbeat(&rx(&[1, 2]), &ok), Ok(()));
+        assert!(matches!(check_node_heartbeat(&rx(&[1, 3]), &ok), Err(Refusal::NotAMember { node: 2, .. })));
+        let mut bad = ok.clone();
+        bad.quiet[0].term = u64::MAX;
+        assert!(matches!(
+            check_node_heartbeat(&rx(&[1, 2]), &bad),
+            Err(Refusal::OutOfRange { field: "quiet.term", .. })
+        ));
+        let mut bad = ok.clone();
+        bad.quiet[0].last_index = MAX_INDEX + 1;
+        assert!(matches!(
+            check_node_heartbeat(&rx(&[1, 2]), &bad),
+            Err(Refusal::OutOfRange { field: "quiet.last_index", .. })
+        ));
+        let mut bad = ok.clone();
+        bad.wake = vec![u64::MAX];
+        assert!(matches!(
+            check_node_heartbeat(&rx(&[1, 2]), &bad),
+            Err(Refusal::OutOfRange { field: "wake.group_id", .. })
+        ));
+        let mut bad = ok;
+        bad.quiet = vec![QuietGroup::default(); MAX_HEARTBEAT_GROUPS + 1];
+        assert!(matches!(
+            check_node_heartbeat(&rx(&[1, 2]), &bad),
+            Err(Refusal::OutOfRange { field: "quiet.len", .. })
+        ));
     }
 
     #[test]

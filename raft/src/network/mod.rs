@@ -38,6 +38,9 @@ pub struct NetworkConfig {
     /// with a node certificate naming the node it claims to come from (docs/security.md). `None`:
     /// plaintext, and no certificate checks.
     pub tls: Option<tls::TlsPem>,
+    /// How often a node sends each peer its coalesced node heartbeat (`crate::heartbeat`), and
+    /// re-evaluates which of its groups are quiet. Keep it at most the groups' heartbeat interval.
+    pub node_heartbeat_interval_ms: u64,
 }
 
 impl Default for NetworkConfig {
@@ -49,6 +52,7 @@ impl Default for NetworkConfig {
             max_message_bytes: 64 << 20,
             max_snapshot_bytes: 2 << 30,
             tls: None,
+            node_heartbeat_interval_ms: 100,
         }
     }
 }
@@ -62,8 +66,8 @@ impl NetworkConfig {
                 self.snapshot_chunk_bytes, self.max_message_bytes
             )));
         }
-        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
-            return Err(crate::RaftError::InvalidConfig("network timeouts must be > 0 ms".into()));
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 || self.node_heartbeat_interval_ms == 0 {
+            return Err(crate::RaftError::InvalidConfig("network timeouts and intervals must be > 0 ms".into()));
         }
         Ok(())
     }

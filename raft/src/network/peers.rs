@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
@@ -12,7 +12,31 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::RaftError;
 use crate::network::NetworkConfig;
 use crate::network::tls::TlsPem;
-use crate::types::NodeId;
+use crate::types::{GroupId, NodeId};
+
+/// What this node last heard from a peer's node heartbeat (`crate::heartbeat`).
+#[derive(Debug)]
+struct Heard {
+    /// When a node heartbeat from the peer (or its answer to ours) last arrived.
+    at: Instant,
+    /// The quiet groups its last node heartbeat named: group -> (term, last index).
+    named: HashMap<GroupId, (u64, u64)>,
+}
+
+/// How many messages of each kind this node sent to its peers (metrics, and the tests that count
+/// what idle groups cost).
+#[derive(Debug, Default)]
+pub struct SentCounters {
+    /// AppendEntries messages (unary, or one message of a replication or heartbeat stream):
+    /// per-group heartbeats and replication.
+    pub append_messages: AtomicU64,
+    /// Vote and pre-vote requests.
+    pub votes: AtomicU64,
+    /// Node heartbeats sent (one per peer per tick, whatever the number of groups).
+    pub node_heartbeats: AtomicU64,
+    /// Node heartbeats received.
+    pub node_heartbeats_received: AtomicU64,
+}
 
 /// The endpoint of another node at `addr` ("host:port"): plaintext, or with `tls` TLS that
 /// trusts only the cluster CA and presents this node's certificate. Every node-to-node connection
@@ -38,6 +62,9 @@ pub struct Peers {
     /// theirs is stale.
     tls_generation: AtomicU64,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The peers' node heartbeats: when each was last heard, and what it named.
+    heard: Mutex<HashMap<NodeId, Heard>>,
+    sent: SentCounters,
 }
 
 impl Peers {
@@ -45,7 +72,15 @@ impl Peers {
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Self, RaftError> {
         config.validate()?;
         let tls = RwLock::new(config.tls.clone());
-        Ok(Self { node_id, config, tls, tls_generation: AtomicU64::new(0), channels: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            node_id,
+            config,
+            tls,
+            tls_generation: AtomicU64::new(0),
+            channels: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
+            sent: SentCounters::default(),
+        })
     }
 
     /// This node's id.
@@ -79,6 +114,49 @@ impl Peers {
     /// certificates that were replaced since.
     pub fn tls_generation(&self) -> u64 {
         self.tls_generation.load(Ordering::Acquire)
+    }
+
+    /// What this node sent (and how many node heartbeats it received).
+    pub fn counters(&self) -> &SentCounters {
+        &self.sent
+    }
+
+    /// Counts one message of a kind (`SentCounters` field).
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a node heartbeat from `from`, naming these quiet groups (group -> (term, last index)).
+    pub(crate) fn note_heartbeat(&self, from: NodeId, named: HashMap<GroupId, (u64, u64)>) {
+        Self::count(&self.sent.node_heartbeats_received);
+        self.heard.lock().insert(from, Heard { at: Instant::now(), named });
+    }
+
+    /// Records that `from` answered a node heartbeat (it is alive; what it leads quietly is
+    /// unchanged until its own next heartbeat).
+    pub(crate) fn note_alive(&self, from: NodeId) {
+        let mut heard = self.heard.lock();
+        match heard.get_mut(&from) {
+            Some(h) => h.at = Instant::now(),
+            None => {
+                heard.insert(from, Heard { at: Instant::now(), named: HashMap::new() });
+            }
+        }
+    }
+
+    /// Whether a node heartbeat from `node` (or its answer to ours) arrived within `within`.
+    pub fn heard_within(&self, node: NodeId, within: Duration) -> bool {
+        self.heard.lock().get(&node).is_some_and(|h| h.at.elapsed() <= within)
+    }
+
+    /// What `node`'s last node heartbeat said about `group`: `Some((term, last index))` if it
+    /// named the group as a quiet group it leads, and when it arrived.
+    pub(crate) fn named_by(&self, node: NodeId, group: GroupId) -> (Option<(u64, u64)>, Option<Instant>) {
+        let heard = self.heard.lock();
+        match heard.get(&node) {
+            Some(h) => (h.named.get(&group).copied(), Some(h.at)),
+            None => (None, None),
+        }
     }
 
     /// The shared channel to `addr` ("host:port"), created lazily: no connection is made until the

@@ -1,0 +1,306 @@
+//! Quiet idle groups and the coalesced node heartbeat (issue 15): idle groups stop their
+//! per-group heartbeats and election timers, one node heartbeat per node pair per tick keeps their
+//! leases, and none of it delays failover or lets a follower stay deaf when its leader is gone.
+
+mod core_support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use core_support::{AppliedList, ListApp, WAIT, group_config, init_tracing, payload, storage_options};
+use shale_raft::{
+    GroupId, HeartbeatFault, NetworkConfig, Node, NodeId, QuietState, RaftGroup, RaftGroupConfig, Router,
+};
+use shale_storage::{Storage, StorageBackend};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The node heartbeat interval of these tests (the groups' heartbeat interval, `group_config`).
+const TICK_MS: u64 = 50;
+
+struct Peer {
+    id: NodeId,
+    addr: String,
+    router: Arc<Router>,
+    storage: Arc<dyn StorageBackend>,
+    groups: HashMap<GroupId, Arc<RaftGroup>>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Stops every group and the server, as a node that dies (its data stays).
+    async fn kill(&mut self) {
+        for (_, g) in self.groups.drain() {
+            g.shutdown().await.unwrap();
+        }
+        if let Some((tx, handle)) = self.server.take() {
+            let _ = tx.send(());
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), handle).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+async fn peers(n: u64) -> Vec<Peer> {
+    init_tracing();
+    let mut out = Vec::new();
+    for id in 1..=n {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn StorageBackend> = Arc::new(Storage::open_with(dir.path(), storage_options()).unwrap());
+        let network = NetworkConfig { node_heartbeat_interval_ms: TICK_MS, ..NetworkConfig::default() };
+        let router = Router::new(id, network).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let service = router.grpc_service();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let incoming =
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        out.push(Peer { id, addr, router, storage, groups: HashMap::new(), server: Some((tx, server)), _dir: dir });
+    }
+    out
+}
+
+/// Starts `groups` on every peer with `config`, each initialised from node 1, and writes one
+/// entry to each through its leader.
+async fn start_groups(ps: &mut [Peer], groups: &[GroupId], config: &RaftGroupConfig) {
+    for p in ps.iter_mut() {
+        for g in groups {
+            let app = Box::new(ListApp::new(AppliedList::default()));
+            let group = p.router.start_group(*g, p.storage.clone(), app, config.clone()).await.unwrap();
+            p.groups.insert(*g, group);
+        }
+    }
+    let members: BTreeMap<NodeId, Node> = ps.iter().map(|p| (p.id, Node::new(p.addr.clone()))).collect();
+    for g in groups {
+        ps[0].groups[g].initialize(members.clone()).await.unwrap();
+    }
+    for g in groups {
+        write(ps, *g, payload(g.0, 64)).await;
+    }
+}
+
+/// Writes through the group's leader, retrying while leadership settles.
+async fn write(ps: &[Peer], g: GroupId, p: bytes::Bytes) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = leader_of(ps, g, &[]).await;
+        match leader_group(ps, leader, g).write(p.clone()).await {
+            Ok(w) => return w.index,
+            Err(e) if Instant::now() < deadline => tracing::info!("write to group {g} retried: {e}"),
+            Err(e) => panic!("write to group {g}: {e}"),
+        }
+    }
+}
+
+fn leader_group(ps: &[Peer], leader: NodeId, g: GroupId) -> Arc<RaftGroup> {
+    ps.iter().find(|p| p.id == leader).unwrap().groups[&g].clone()
+}
+
+/// Waits until the running replicas of `g` (except `excluding`) agree on an established leader
+/// outside `excluding`.
+async fn leader_of(ps: &[Peer], g: GroupId, excluding: &[NodeId]) -> NodeId {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leaders: BTreeSet<Option<NodeId>> = ps
+            .iter()
+            .filter(|p| !excluding.contains(&p.id))
+            .filter_map(|p| p.groups.get(&g))
+            .map(|grp| grp.metrics().current_leader)
+            .collect();
+        if leaders.len() == 1
+            && let Some(Some(l)) = leaders.first().copied()
+            && !excluding.contains(&l)
+            && let Some(lg) = ps.iter().find(|p| p.id == l).and_then(|p| p.groups.get(&g))
+            && lg.is_leader()
+            && lg.metrics().local_committed.is_some_and(|c| c.leader_id == lg.metrics().vote.leader_id)
+        {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "group {g}: no agreed leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `pred` holds.
+async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn all_quiet(ps: &[Peer], groups: &[GroupId]) -> bool {
+    ps.iter().all(|p| groups.iter().all(|g| p.groups.get(g).is_none_or(|grp| grp.is_quiet())))
+}
+
+/// (append messages, node heartbeats) sent by every peer so far.
+fn sent(ps: &[Peer]) -> (u64, u64) {
+    ps.iter().fold((0, 0), |(a, h), p| {
+        let s = p.router.sent();
+        (a + s.append_messages.load(Ordering::Relaxed), h + s.node_heartbeats.load(Ordering::Relaxed))
+    })
+}
+
+async fn stop(ps: &mut [Peer]) {
+    for p in ps.iter_mut() {
+        p.kill().await;
+    }
+}
+
+/// What N idle groups on three nodes send in one second: (append messages, node heartbeats).
+async fn idle_cost(config: RaftGroupConfig, n: u64, quiet: bool) -> (u64, u64) {
+    let mut ps = peers(3).await;
+    let groups: Vec<GroupId> = (1..=n).map(GroupId).collect();
+    start_groups(&mut ps, &groups, &config).await;
+    if quiet {
+        wait_until("every group quiet on every node", || all_quiet(&ps, &groups)).await;
+        // The gauge is the heartbeat loop's count, as of its last pass.
+        wait_until("every node counts its quiet groups", || ps.iter().all(|p| p.router.quiet_groups() == n)).await;
+    } else {
+        // Let replication settle (the commit index reaches the followers) before counting.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = sent(&ps);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = sent(&ps);
+    if quiet {
+        assert!(all_quiet(&ps, &groups), "the groups stayed quiet");
+    }
+    stop(&mut ps).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_groups_cost_one_node_heartbeat_per_peer_per_tick() {
+    const N: u64 = 12;
+    let (awake_appends, awake_beats) =
+        idle_cost(RaftGroupConfig { quiesce_after_ms: 0, ..group_config() }, N, false).await;
+    let (quiet_appends, quiet_beats) =
+        idle_cost(RaftGroupConfig { quiesce_after_ms: 200, ..group_config() }, N, true).await;
+    println!(
+        "{N} idle groups on 3 nodes, one second: without quiescence {awake_appends} append messages + \
+         {awake_beats} node heartbeats; quiet {quiet_appends} append messages + {quiet_beats} node heartbeats"
+    );
+    // Without quiescence every leader heartbeats each follower every tick: N groups x 2 followers
+    // x 20 ticks a second (each group's leader is on some node). Count at least a quarter of that.
+    assert!(awake_appends >= N * 2 * (1000 / TICK_MS) / 4, "per-group heartbeats: {awake_appends}");
+    // Quiet: no per-group message at all, and one node heartbeat per ordered node pair per tick
+    // (6 pairs x 20 ticks, plus a tick at either end).
+    assert_eq!(quiet_appends, 0, "quiet groups send no per-group heartbeats");
+    assert!(quiet_beats <= 6 * (1000 / TICK_MS + 2), "one node heartbeat per peer per tick: {quiet_beats}");
+    assert!(quiet_beats >= 6 * (1000 / TICK_MS) / 4, "node heartbeats keep flowing: {quiet_beats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_group_whose_leader_node_dies_elects_within_the_election_timeout() {
+    let config = RaftGroupConfig { quiesce_after_ms: 200, ..group_config() };
+    let mut ps = peers(3).await;
+    let groups: Vec<GroupId> = (1..=4).map(GroupId).collect();
+    start_groups(&mut ps, &groups, &config).await;
+    wait_until("every group quiet on every node", || all_quiet(&ps, &groups)).await;
+    let g = groups[0];
+    let dead = leader_of(&ps, g, &[]).await;
+    let led: Vec<GroupId> = groups.iter().copied().filter(|g| leader_group(&ps, dead, *g).is_leader()).collect();
+    assert!(led.contains(&g));
+    for p in ps.iter().filter(|p| p.id != dead) {
+        assert!(
+            matches!(p.groups[&g].quiet_state(), QuietState::Following { leader, .. } if leader == dead),
+            "node {} follows the quiet leader with its timer off",
+            p.id
+        );
+    }
+
+    // A crash: the node's heartbeats stop at once, then its groups and server go.
+    let victim = ps.iter_mut().find(|p| p.id == dead).unwrap();
+    victim.router.set_heartbeat_fault(HeartbeatFault { silent_to: [1, 2, 3].into(), ..HeartbeatFault::default() });
+    let killed_at = Instant::now();
+    victim.kill().await;
+    for g in &led {
+        let new = leader_of(&ps, *g, &[dead]).await;
+        let took = killed_at.elapsed();
+        println!("group {g}: node {new} leads {took:?} after leader node {dead} died");
+        // The lease (an election timeout) runs out, the follower's ticker resumes and it
+        // campaigns at its next tick: within the election timeout, two ticks and the vote round.
+        // The bound leaves a second for a loaded test machine; a follower left deaf never elects.
+        let bound = Duration::from_millis(config.election_timeout_max_ms + 2 * TICK_MS + 1_000);
+        assert!(took <= bound, "group {g} elected after {took:?}, over {bound:?}");
+    }
+    // The survivors' groups go quiet again under their new leaders.
+    wait_until("quiet again under the new leaders", || all_quiet(&ps, &groups)).await;
+    stop(&mut ps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_heartbeats_keep_leases_right_when_one_groups_entry_is_lost() {
+    let config = RaftGroupConfig { quiesce_after_ms: 200, ..group_config() };
+    let mut ps = peers(3).await;
+    let (a, b) = (GroupId(1), GroupId(2));
+    start_groups(&mut ps, &[a, b], &config).await;
+    // Both groups led by node 1.
+    for g in [a, b] {
+        let l = leader_of(&ps, g, &[]).await;
+        if l != 1 {
+            leader_group(&ps, l, g).transfer_leader(1).await.unwrap();
+        }
+        assert_eq!(leader_of(&ps, g, &[]).await, 1);
+    }
+    wait_until("both groups quiet everywhere", || all_quiet(&ps, &[a, b])).await;
+    let term = |g: GroupId| ps[0].groups[&g].metrics().vote.leader_id.term;
+    let (term_a, term_b) = (term(a), term(b));
+
+    // Node 1's node heartbeats stop naming group a (as if that part of the message were lost),
+    // for ten election timeouts.
+    ps[0].router.set_heartbeat_fault(HeartbeatFault { omit: [a].into(), ..HeartbeatFault::default() });
+    let until = Instant::now() + Duration::from_millis(10 * config.election_timeout_max_ms);
+    let mut followers_woke = false;
+    while Instant::now() < until {
+        for p in &ps[1..] {
+            // b is named as before: its followers keep their timers off the whole time.
+            assert!(
+                matches!(p.groups[&b].quiet_state(), QuietState::Following { leader: 1, .. }),
+                "node {}: group b stays quiet",
+                p.id
+            );
+            followers_woke |= p.groups[&a].quiet_state() == QuietState::Awake;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(followers_woke, "group a's followers woke: its lease was no longer renewed");
+    // Node 1 kept leading both, in the same terms: the followers of a asked it to wake and its
+    // own heartbeats kept their leader leases, so nobody campaigned.
+    assert_eq!(leader_of(&ps, a, &[]).await, 1);
+    assert_eq!((term(a), term(b)), (term_a, term_b), "no election in either group");
+    for p in &ps[1..] {
+        assert_ne!(p.groups[&a].quiet_state(), QuietState::Following { leader: 1, term: term_a, index: 0 });
+    }
+
+    // Healed, a goes quiet again; a write wakes it and is replicated.
+    ps[0].router.set_heartbeat_fault(HeartbeatFault::default());
+    wait_until("a quiet again", || all_quiet(&ps, &[a, b])).await;
+    let w = ps[0].groups[&a].write(payload(9, 32)).await.expect("a write to a quiet group");
+    for p in &ps {
+        p.groups[&a].wait_applied(w.index, WAIT).await.unwrap();
+    }
+    assert_eq!((term(a), term(b)), (term_a, term_b), "waking by a write elects nobody");
+    stop(&mut ps).await;
+}
