@@ -415,6 +415,7 @@ impl RaftGroup {
         if state != QuietState::Awake && q.state == QuietState::Awake {
             q.since = Instant::now();
         }
+        tracing::debug!(group = %self.id, node = self.node_id, from = ?q.state, to = ?state, "quiescence");
         q.state = state;
         self.raft.runtime_config().tick(state == QuietState::Awake);
     }
@@ -432,6 +433,30 @@ impl RaftGroup {
             self.set_quiet(&mut q, QuietState::Awake);
         }
         was
+    }
+
+    /// [`RaftGroup::wake`] before a write: a leader that was quiet lost its quorum-ack lease
+    /// (no heartbeats were acknowledged), and openraft refuses writes without one, so it sends a
+    /// heartbeat round and waits (at most an election timeout) until a quorum acknowledged it.
+    async fn wake_for_write(&self) {
+        if let QuietState::Leading { .. } = self.wake() {
+            let woke = Instant::now();
+            let _ = self.raft.trigger().heartbeat().await;
+            let lease = Duration::from_millis(self.election_timeout_max_ms);
+            let _ = self
+                .raft
+                .wait(Some(lease))
+                .metrics(
+                    |m| {
+                        m.membership_config.membership().voter_ids().count() <= 1
+                            || m.last_quorum_acked
+                                .as_ref()
+                                .is_some_and(|at| openraft::Instant::elapsed(&**at) <= woke.elapsed())
+                    },
+                    "leader lease renewed after quiescence",
+                )
+                .await;
+        }
     }
 
     /// How recently the leader's node must have been heard for a waking follower to count it
@@ -658,7 +683,7 @@ impl RaftGroup {
     /// on this node.
     pub async fn write(&self, payload: Bytes) -> Result<WriteResult, RaftError> {
         self.check_size(0, &payload)?;
-        self.wake();
+        self.wake_for_write().await;
         let resp = self.raft.client_write(AppPayload(payload)).await.map_err(|e| self.raft_err(e))?;
         Ok(WriteResult { index: resp.log_id.index, response: resp.data.0 })
     }
@@ -670,7 +695,7 @@ impl RaftGroup {
         for (i, p) in payloads.iter().enumerate() {
             self.check_size(i, p)?;
         }
-        self.wake();
+        self.wake_for_write().await;
         let n = payloads.len();
         let mut stream =
             self.raft.client_write_many(payloads.into_iter().map(AppPayload)).await.map_err(|e| self.fatal(&e))?;
@@ -699,7 +724,7 @@ impl RaftGroup {
     /// appended (`NotLeader`), so an entry prepared for one term is never written in another.
     pub async fn propose(&self, payload: Bytes, leader: LeaderId) -> Result<PendingWrite, RaftError> {
         self.check_size(0, &payload)?;
-        self.wake();
+        self.wake_for_write().await;
         let (responder, rx) = ProgressResponder::complete_only();
         self.raft
             .write(AppPayload(payload))
@@ -907,7 +932,7 @@ impl RaftGroup {
 
     /// Adds (or updates) a learner; with `blocking`, waits until it has caught up.
     pub async fn add_learner(&self, id: NodeId, node: Node, blocking: bool) -> Result<(), RaftError> {
-        self.wake();
+        self.wake_for_write().await;
         self.raft.add_learner(id, node, blocking).await.map_err(|e| self.raft_err(e))?;
         Ok(())
     }
@@ -919,14 +944,14 @@ impl RaftGroup {
         voters: BTreeSet<NodeId>,
         retain_removed_as_learners: bool,
     ) -> Result<(), RaftError> {
-        self.wake();
+        self.wake_for_write().await;
         self.raft.change_membership(voters, retain_removed_as_learners).await.map_err(|e| self.raft_err(e))?;
         Ok(())
     }
 
     /// Removes `ids` (learners, or voters already out of the voter set) from the group.
     pub async fn remove_nodes(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
-        self.wake();
+        self.wake_for_write().await;
         let change = openraft::ChangeMembers::RemoveNodes(ids);
         self.raft.change_membership(change, false).await.map_err(|e| self.raft_err(e))?;
         Ok(())

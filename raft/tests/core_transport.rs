@@ -186,6 +186,13 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
     ) -> Result<tonic::Response<pb::ReadLogResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("read_log"))
     }
+
+    async fn node_heartbeat(
+        &self,
+        _: tonic::Request<pb::NodeHeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::NodeHeartbeatResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("node_heartbeat"))
+    }
 }
 
 /// Regression: openraft's request streams of one replication target share their state, so a
