@@ -236,6 +236,8 @@ struct Quiet {
     not_before: Instant,
     /// When the group last went quiet.
     since: Instant,
+    /// Leader: the number of the first node heartbeat that named it (the pass that quiesced it).
+    since_seq: u64,
 }
 
 /// Whether `m` shows this node leading, its last log id committed and every follower matched
@@ -381,6 +383,7 @@ impl RaftGroup {
                 stable: None,
                 not_before: Instant::now(),
                 since: Instant::now(),
+                since_seq: 0,
             }),
             quiet_after: (config.quiesce_after_ms > 0).then(|| Duration::from_millis(config.quiesce_after_ms)),
             lease: Duration::from_millis(
@@ -530,10 +533,10 @@ impl RaftGroup {
         true
     }
 
-    /// Since when the group has been quiet here (`None`: awake).
-    pub(crate) fn quiet_since(&self) -> Option<Instant> {
+    /// Since which node heartbeat this node has led the group quietly (`None`: it does not).
+    pub(crate) fn quiet_since_seq(&self) -> Option<u64> {
         let q = self.quiet.lock();
-        (q.state != QuietState::Awake).then_some(q.since)
+        matches!(q.state, QuietState::Leading { .. }).then_some(q.since_seq)
     }
 
     /// A follower asked this quiet leader to wake the group: heartbeats resume now.
@@ -549,7 +552,7 @@ impl RaftGroup {
     /// lease (as it is: it elects at its next tick) or stopped naming the group (lease renewed
     /// first, see [`RaftGroup::wake_for_message`]). Returns the state after the pass, and whether
     /// a lease renewal is due ([`RaftGroup::wake_for_message`], which the loop runs on a task).
-    pub(crate) fn evaluate_quiet(&self, m: &RaftMetrics<TypeConfig>, now: Instant) -> (QuietState, bool) {
+    pub(crate) fn evaluate_quiet(&self, m: &RaftMetrics<TypeConfig>, now: Instant, seq: u64) -> (QuietState, bool) {
         let Some(after) = self.quiet_after else {
             return (QuietState::Awake, false);
         };
@@ -560,6 +563,7 @@ impl RaftGroup {
                     Some(key) => match q.stable {
                         Some((k, since)) if k == key => {
                             if now >= since + after && now >= q.not_before {
+                                q.since_seq = seq;
                                 self.set_quiet(&mut q, QuietState::Leading { term: key.0, index: key.1 });
                             }
                         }
@@ -739,7 +743,7 @@ impl RaftGroup {
     /// everything committed before the call. Returns that read index; reads of the application
     /// state afterwards are linearizable.
     pub async fn ensure_linearizable(&self) -> Result<u64, RaftError> {
-        self.wake();
+        self.wake_for_write().await;
         let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
             OpenraftError::APIError(LinearizableReadError::ForwardToLeader(f)) => self.not_leader(&f),
             // The leader could not confirm its leadership with a quorum in time: retryable.

@@ -49,6 +49,8 @@ pub struct NodeHeartbeats {
     in_flight: Mutex<HashSet<NodeId>>,
     fault: RwLock<HeartbeatFault>,
     quiet_groups: AtomicU64,
+    /// The number of the last pass (and of the node heartbeats it sent).
+    seq: AtomicU64,
 }
 
 /// One peer's node heartbeat being built.
@@ -69,6 +71,7 @@ impl NodeHeartbeats {
             in_flight: Mutex::default(),
             fault: RwLock::default(),
             quiet_groups: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -96,6 +99,7 @@ impl NodeHeartbeats {
     /// One pass: every group's quiet state, then one node heartbeat per peer.
     async fn pass(self: &Arc<Self>) {
         let now = Instant::now();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let me = self.peers.node_id();
         let fault = self.fault.read().clone();
         let mut out: HashMap<NodeId, Outgoing> = HashMap::new();
@@ -104,7 +108,7 @@ impl NodeHeartbeats {
             let metrics = g.raft().metrics();
             let (state, renew, leader) = {
                 let m = metrics.borrow_watched();
-                let (state, renew) = g.evaluate_quiet(&m, now);
+                let (state, renew) = g.evaluate_quiet(&m, now, seq);
                 for (id, node) in m.membership_config.membership().nodes() {
                     if *id == me {
                         continue;
@@ -147,17 +151,23 @@ impl NodeHeartbeats {
             }
             let this = self.clone();
             tokio::spawn(async move {
-                this.send(peer, o).await;
+                this.send(peer, seq, o).await;
                 this.in_flight.lock().remove(&peer);
             });
         }
     }
 
-    async fn send(&self, peer: NodeId, o: Outgoing) {
+    async fn send(&self, peer: NodeId, seq: u64, o: Outgoing) {
         let Ok(mut client) = raft_client(&self.peers, &o.addr) else {
             return;
         };
-        let req = pb::NodeHeartbeatRequest { from_node_id: self.peers.node_id(), quiet: o.quiet, wake: o.wake };
+        let req = pb::NodeHeartbeatRequest {
+            from_node_id: self.peers.node_id(),
+            quiet: o.quiet,
+            wake: o.wake,
+            seq,
+            seen_seq: self.peers.seen_seq(peer),
+        };
         Peers::count(&self.peers.counters().node_heartbeats);
         // A peer that does not answer within a few ticks is skipped until it does.
         let Ok(Ok(resp)) = tokio::time::timeout(self.interval * 5, client.node_heartbeat(req)).await else {
@@ -165,19 +175,20 @@ impl NodeHeartbeats {
         };
         self.peers.note_alive(peer);
         for g in resp.into_inner().wake {
-            self.wake_requested(peer, GroupId(g), true);
+            self.wake_requested(peer, GroupId(g), None);
         }
     }
 
-    /// `from` (a member of `group`) asks this node, the group's quiet leader, to wake it:
-    /// `direct`ly, answering a node heartbeat that named the group, or because it is awake for
-    /// the group. The latter is honoured only once the group has been quiet for a tick: a
-    /// follower's node heartbeat built before ours that named the group reached it must not wake
-    /// a group that just went quiet (it would never stay quiet).
-    fn wake_requested(&self, from: NodeId, group: GroupId, direct: bool) {
+    /// `from` (a member of `group`) asks this node, the group's quiet leader, to wake it: in
+    /// answer to a node heartbeat that named the group (`seen: None`), or because it is awake for
+    /// the group, having seen our node heartbeat number `seen`. The latter counts only if the
+    /// group was already quiet when that heartbeat was sent: a follower that had not yet heard
+    /// that a group went quiet must not wake it (it would never stay quiet while heartbeats
+    /// cross), whatever the delays.
+    fn wake_requested(&self, from: NodeId, group: GroupId, seen: Option<u64>) {
         if let Some(g) = self.groups.get(group)
-            && let Some(since) = g.quiet_since()
-            && (direct || since.elapsed() >= self.interval)
+            && let Some(since) = g.quiet_since_seq()
+            && seen.is_none_or(|seen| seen >= since)
             && is_member(&g, from)
         {
             tokio::spawn(async move { g.wake_on_request().await });
@@ -190,7 +201,7 @@ impl NodeHeartbeats {
     pub(crate) fn receive(&self, req: pb::NodeHeartbeatRequest) -> pb::NodeHeartbeatResponse {
         let from = req.from_node_id;
         let named = req.quiet.iter().map(|q| (GroupId(q.group_id), (q.term, q.last_index))).collect();
-        self.peers.note_heartbeat(from, named);
+        self.peers.note_heartbeat(from, req.seq, named);
         let mut wake = Vec::new();
         for q in &req.quiet {
             let Some(g) = self.groups.get(GroupId(q.group_id)) else {
@@ -205,7 +216,7 @@ impl NodeHeartbeats {
             }
         }
         for g in req.wake {
-            self.wake_requested(from, GroupId(g), false);
+            self.wake_requested(from, GroupId(g), Some(req.seen_seq));
         }
         pb::NodeHeartbeatResponse { wake }
     }

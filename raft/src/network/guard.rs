@@ -332,6 +332,7 @@ mod tests {
             from_node_id: 2,
             quiet: vec![QuietGroup { group_id: 7, term: 3, last_index: 10 }],
             wake: vec![9],
+            ..NodeHeartbeatRequest::default()
         };
         assert_eq!(check_node_heartbeat(&rx(&[1, 2]), &ok), Ok(()));
         assert!(matches!(check_node_heartbeat(&rx(&[1, 3]), &ok), Err(Refusal::NotAMember { node: 2, .. })));

@@ -21,6 +21,8 @@ struct Heard {
     at: Instant,
     /// The quiet groups its last node heartbeat named: group -> (term, last index).
     named: HashMap<GroupId, (u64, u64)>,
+    /// That heartbeat's number.
+    seq: u64,
 }
 
 /// How many messages of each kind this node sent to its peers (metrics, and the tests that count
@@ -127,9 +129,14 @@ impl Peers {
     }
 
     /// Records a node heartbeat from `from`, naming these quiet groups (group -> (term, last index)).
-    pub(crate) fn note_heartbeat(&self, from: NodeId, named: HashMap<GroupId, (u64, u64)>) {
+    pub(crate) fn note_heartbeat(&self, from: NodeId, seq: u64, named: HashMap<GroupId, (u64, u64)>) {
         Self::count(&self.sent.node_heartbeats_received);
-        self.heard.lock().insert(from, Heard { at: Instant::now(), named });
+        self.heard.lock().insert(from, Heard { at: Instant::now(), named, seq });
+    }
+
+    /// The number of the last node heartbeat heard from `node` (0: none).
+    pub(crate) fn seen_seq(&self, node: NodeId) -> u64 {
+        self.heard.lock().get(&node).map_or(0, |h| h.seq)
     }
 
     /// Records that `from` answered a node heartbeat (it is alive; what it leads quietly is
@@ -139,7 +146,7 @@ impl Peers {
         match heard.get_mut(&from) {
             Some(h) => h.at = Instant::now(),
             None => {
-                heard.insert(from, Heard { at: Instant::now(), named: HashMap::new() });
+                heard.insert(from, Heard { at: Instant::now(), named: HashMap::new(), seq: 0 });
             }
         }
     }
