@@ -87,6 +87,9 @@ pub struct RaftTiming {
     /// Every Raft group snapshots after this many log entries since its last snapshot; 0 = only
     /// when retention asks for one.
     pub snapshot_every_entries: u64,
+    /// A partition group idle this long (every follower matched) goes quiet: no per-group
+    /// heartbeats or election timers while the coalesced node heartbeat keeps its lease; 0 = never.
+    pub quiesce_after_ms: u64,
 }
 
 /// How many election timeouts (the maximum) a metadata leader may go without a quorum
@@ -109,6 +112,7 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 600,
             request_timeout_ms: 10_000,
             snapshot_every_entries: 10_000,
+            quiesce_after_ms: 500,
         }
     }
 }

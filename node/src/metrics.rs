@@ -341,6 +341,32 @@ impl Metrics {
             "Raft RPCs refused at the transport's edge (huge term or index, not a member, wrong certificate).",
             cluster.router().refused_rpcs(),
         );
+        let router = cluster.router();
+        gauge_header(
+            &mut out,
+            "shale_raft_quiet_groups",
+            "Raft groups on this node that are quiet (idle: no per-group heartbeats or election timer).",
+        );
+        let _ = writeln!(out, "shale_raft_quiet_groups {}", router.quiet_groups());
+        let sent = router.sent();
+        counter(
+            &mut out,
+            "shale_raft_node_heartbeats_sent_total",
+            "Coalesced node heartbeats sent (one per peer per tick, whatever the number of groups).",
+            sent.node_heartbeats.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "shale_raft_node_heartbeats_received_total",
+            "Coalesced node heartbeats received from peers.",
+            sent.node_heartbeats_received.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "shale_raft_append_messages_sent_total",
+            "Raft AppendEntries messages sent (per-group heartbeats and replication).",
+            sent.append_messages.load(std::sync::atomic::Ordering::Relaxed),
+        );
         counter(
             &mut out,
             "shale_scrub_bytes_total",

@@ -345,9 +345,20 @@ async fn health_readiness_and_metrics_respond() {
             "shale_partition_log_end{topic=\"metrics\",partition=\"0\"}",
             "shale_partition_commit_index",
             "shale_storage_bytes",
+            "shale_raft_quiet_groups",
+            "shale_raft_node_heartbeats_sent_total",
+            "shale_raft_node_heartbeats_received_total",
+            "shale_raft_append_messages_sent_total",
         ] {
             assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
         }
+        // Three nodes: every node heartbeats its two peers.
+        let sent = body
+            .lines()
+            .find_map(|l| l.strip_prefix("shale_raft_node_heartbeats_sent_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("node heartbeats sent");
+        assert!(sent > 0, "node heartbeats flow");
     }
     // The metadata leader exports consumer-group lag (the record at the committed offset is unread).
     let meta_leader = c.node(1).cluster().metadata_leader().unwrap().0;

@@ -64,7 +64,8 @@ pub struct RaftGroupConfig {
     /// A group led here with no new entry for this long, every follower matched at its last log
     /// id (and that id committed), goes quiet: its per-group heartbeats and its followers'
     /// election timers stop while the node heartbeat names it (`crate::heartbeat`); the first
-    /// write, vote or lost node heartbeat wakes it. 0 = never quiet. Default 500 ms.
+    /// write, vote or lost node heartbeat wakes it. 0 = never quiet. Default 500 ms. The metadata
+    /// group (`GroupId::METADATA`) is never quiet.
     pub quiesce_after_ms: u64,
 }
 
@@ -385,7 +386,10 @@ impl RaftGroup {
                 since: Instant::now(),
                 since_seq: 0,
             }),
-            quiet_after: (config.quiesce_after_ms > 0).then(|| Duration::from_millis(config.quiesce_after_ms)),
+            // The metadata group never goes quiet: it is one group (its heartbeats cost nothing at
+            // scale), and its leader's quorum-ack age is the node's readiness signal.
+            quiet_after: (config.quiesce_after_ms > 0 && group != GroupId::METADATA)
+                .then(|| Duration::from_millis(config.quiesce_after_ms)),
             lease: Duration::from_millis(
                 config.election_timeout_min_ms
                     + jitter(
