@@ -48,12 +48,16 @@ impl Peer {
 }
 
 async fn peers(n: u64) -> Vec<Peer> {
+    peers_with_tick(n, TICK_MS).await
+}
+
+async fn peers_with_tick(n: u64, tick_ms: u64) -> Vec<Peer> {
     init_tracing();
     let mut out = Vec::new();
     for id in 1..=n {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn StorageBackend> = Arc::new(Storage::open_with(dir.path(), storage_options()).unwrap());
-        let network = NetworkConfig { node_heartbeat_interval_ms: TICK_MS, ..NetworkConfig::default() };
+        let network = NetworkConfig { node_heartbeat_interval_ms: tick_ms, ..NetworkConfig::default() };
         let router = Router::new(id, network).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -304,4 +308,54 @@ async fn node_heartbeats_keep_leases_right_when_one_groups_entry_is_lost() {
     }
     assert_eq!((term(a), term(b)), (term_a, term_b), "waking by a write elects nobody");
     stop(&mut ps).await;
+}
+
+/// CPU seconds this process has used so far (user + system, from /proc/self/stat; Linux).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Measures (does not assert) the idle cost of `SHALE_IDLE_GROUPS` (default 300) groups on three
+/// in-process nodes, with and without quiescence: CPU of the whole process and messages sent over
+/// ten seconds. `cargo nextest run -p shale-raft --test core_quiet --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it alone and read the figures"]
+async fn measure_idle_groups() {
+    let n: u64 = std::env::var("SHALE_IDLE_GROUPS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    for quiesce_after_ms in [0, 500] {
+        let config = RaftGroupConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            quiesce_after_ms,
+            ..group_config()
+        };
+        let mut ps = peers_with_tick(3, 100).await;
+        let groups: Vec<GroupId> = (1..=n).map(GroupId).collect();
+        let started = Instant::now();
+        start_groups(&mut ps, &groups, &config).await;
+        let up = started.elapsed();
+        if quiesce_after_ms > 0 {
+            wait_until("every group quiet", || all_quiet(&ps, &groups)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let (cpu0, sent0, t0) = (process_cpu_seconds(), sent(&ps), Instant::now());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (cpu1, sent1, secs) = (process_cpu_seconds(), sent(&ps), t0.elapsed().as_secs_f64());
+        let quiet: u64 = ps.iter().map(|p| p.router.quiet_groups()).sum();
+        println!(
+            "{n} groups x 3 replicas in one process, quiesce_after_ms {quiesce_after_ms}: started in {up:?}; idle \
+             {:.1}% of one core, {:.0} append messages/s, {:.0} node heartbeats/s, {quiet} quiet group replicas",
+            (cpu1 - cpu0) / secs * 100.0,
+            (sent1.0 - sent0.0) as f64 / secs,
+            (sent1.1 - sent0.1) as f64 / secs,
+        );
+        stop(&mut ps).await;
+    }
 }
