@@ -40,6 +40,70 @@ fn check_principal(principal: &str) -> Result<()> {
     shale_raft::cluster::access::validate_principal(principal).map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// Whether both files of a pair exist (and are kept); says so. One of the two alone is an error:
+/// a half-written pair is not silently completed with a mismatched half.
+fn kept(common: &CertArgs, cert_name: &str, key_name: &str) -> Result<bool> {
+    if common.force {
+        return Ok(false);
+    }
+    let (cert, key) = (common.dir.join(cert_name), common.dir.join(key_name));
+    match (cert.exists(), key.exists()) {
+        (true, true) => {
+            crate::output::print_stdout(&format!("kept {} and {}\n", cert.display(), key.display()))?;
+            Ok(true)
+        }
+        (false, false) => Ok(false),
+        (true, false) | (false, true) => Err(CliError::Usage(format!(
+            "only one of {} and {} exists; remove it or pass --force",
+            cert.display(),
+            key.display()
+        ))),
+    }
+}
+
+/// `shale cert init-cluster`: the CA (or the one in --dir), every node's and client's certificate,
+/// keeping what exists.
+fn init_cluster(
+    common: &CertArgs,
+    name: &str,
+    nodes: u64,
+    node_dns: &[String],
+    node_ip: &[std::net::IpAddr],
+    clients: &[String],
+) -> Result<()> {
+    for principal in clients {
+        check_principal(principal)?;
+    }
+    std::fs::create_dir_all(&common.dir).map_err(|source| CliError::Local {
+        op: "create directory",
+        path: common.dir.clone(),
+        source,
+    })?;
+    let ca = if kept(common, files::CA_CERT, files::CA_KEY)? {
+        files::read_ca(&common.dir).map_err(tls_err("read the CA"))?
+    } else {
+        let ca = generate::ca(name, common.days).map_err(tls_err("make the CA"))?;
+        write_pair(common, files::CA_CERT, files::CA_KEY, &ca)?;
+        ca
+    };
+    for id in 1..=nodes {
+        if kept(common, &files::node_cert(id), &files::node_key(id))? {
+            continue;
+        }
+        let dns: Vec<String> = node_dns.iter().map(|d| d.replace("{id}", &id.to_string())).collect();
+        let node = generate::node(&ca, id, &dns, node_ip, common.days).map_err(tls_err("make a node certificate"))?;
+        write_pair(common, &files::node_cert(id), &files::node_key(id), &node)?;
+    }
+    for principal in clients {
+        if kept(common, &files::client_cert(principal), &files::client_key(principal))? {
+            continue;
+        }
+        let client = generate::client(&ca, principal, common.days).map_err(tls_err("make a client certificate"))?;
+        write_pair(common, &files::client_cert(principal), &files::client_key(principal), &client)?;
+    }
+    Ok(())
+}
+
 /// Runs one `shale cert` command.
 pub fn run(command: CertCommand) -> Result<()> {
     match command {
@@ -57,6 +121,9 @@ pub fn run(command: CertCommand) -> Result<()> {
             let node = generate::node(&ca, id, &dns, &ip, common.days).map_err(tls_err("make the node certificate"))?;
             write_pair(&common, &files::node_cert(id), &files::node_key(id), &node)?;
             crate::output::print_stdout(&format!("node {id} is {}\n", node_uri(id)))
+        }
+        CertCommand::InitCluster { common, name, nodes, node_dns, node_ip, client } => {
+            init_cluster(&common, &name, nodes, &node_dns, &node_ip, &client)
         }
         CertCommand::Client { common, principal } => {
             check_principal(&principal)?;
