@@ -411,6 +411,10 @@ pub enum CertCommand {
         /// A client certificate to make for this principal (repeatable), e.g. a super-user `admin`.
         #[arg(long)]
         client: Vec<String>,
+        /// Where the node certificates go, with a copy of `ca.pem` (default: --dir). Give the nodes
+        /// this directory: it holds neither the CA's key nor the clients' keys.
+        #[arg(long)]
+        node_dir: Option<PathBuf>,
     },
     /// Make a client certificate for PRINCIPAL, signed by the CA in --dir: `<dir>/client-NAME.pem`
     /// and `client-NAME.key` (URI SAN shale://client/NAME; it can never pass as a node).

@@ -74,8 +74,8 @@ async fn init_cluster_makes_every_certificate_once_and_keeps_them() {
     assert_exit(&run_shale(cmd.clone(), vec![]).await, 0);
     let mut before = Vec::new();
     for id in 1..=3 {
-        let pem = TlsPem::load(&p.join(files::CA_CERT), &p.join(files::node_cert(id)), &p.join(files::node_key(id)))
-            .unwrap();
+        let pem =
+            TlsPem::load(&p.join(files::CA_CERT), &p.join(files::node_cert(id)), &p.join(files::node_key(id))).unwrap();
         assert_eq!(certified_node(&der(&pem.cert)).unwrap(), Some(id));
         // The DNS SAN is an IA5String in the DER: `{id}` was replaced.
         let name = format!("node-{id}");
@@ -104,6 +104,38 @@ async fn init_cluster_makes_every_certificate_once_and_keeps_them() {
     // Half a pair is an error, not silently completed.
     std::fs::remove_file(p.join(files::node_key(3))).unwrap();
     assert_exit(&run_shale(cmd, vec![]).await, 2);
+
+    // --node-dir: the nodes' directory gets the CA certificate and the node pairs, and no other key.
+    let nodes = tempfile::tempdir().unwrap();
+    let n = nodes.path();
+    let cmd = args(&[
+        "cert",
+        "init-cluster",
+        "--dir",
+        d,
+        "--nodes",
+        "4",
+        "--client",
+        "admin",
+        "--node-dir",
+        n.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_exit(&run_shale(cmd, vec![]).await, 0);
+    let mut listed: Vec<String> =
+        std::fs::read_dir(n).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    listed.sort();
+    let mut expected = vec![files::CA_CERT.to_string()];
+    for id in 1..=4 {
+        expected.extend([files::node_key(id), files::node_cert(id)]);
+    }
+    expected.sort();
+    assert_eq!(listed, expected, "the node directory holds no CA key and no client key");
+    assert_ne!(std::fs::read(p.join(files::CA_CERT)).unwrap(), ca, "--force made a new CA");
+    assert_eq!(std::fs::read(n.join(files::CA_CERT)).unwrap(), std::fs::read(p.join(files::CA_CERT)).unwrap());
+    for id in 1..=4 {
+        TlsPem::load(&n.join(files::CA_CERT), &n.join(files::node_cert(id)), &n.join(files::node_key(id))).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -61,24 +61,31 @@ fn kept(common: &CertArgs, cert_name: &str, key_name: &str) -> Result<bool> {
     }
 }
 
+/// The node certificates `shale cert init-cluster` makes.
+struct NodeCerts<'a> {
+    count: u64,
+    /// DNS names, `{id}` replaced by the node's id.
+    dns: &'a [String],
+    ips: &'a [std::net::IpAddr],
+    /// Their directory (with a copy of the CA certificate); `None`: the CA's.
+    dir: Option<&'a Path>,
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| CliError::Local {
+        op: "create directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// `shale cert init-cluster`: the CA (or the one in --dir), every node's and client's certificate,
 /// keeping what exists.
-fn init_cluster(
-    common: &CertArgs,
-    name: &str,
-    nodes: u64,
-    node_dns: &[String],
-    node_ip: &[std::net::IpAddr],
-    clients: &[String],
-) -> Result<()> {
+fn init_cluster(common: &CertArgs, name: &str, nodes: &NodeCerts<'_>, clients: &[String]) -> Result<()> {
     for principal in clients {
         check_principal(principal)?;
     }
-    std::fs::create_dir_all(&common.dir).map_err(|source| CliError::Local {
-        op: "create directory",
-        path: common.dir.clone(),
-        source,
-    })?;
+    create_dir(&common.dir)?;
     let ca = if kept(common, files::CA_CERT, files::CA_KEY)? {
         files::read_ca(&common.dir).map_err(tls_err("read the CA"))?
     } else {
@@ -86,13 +93,24 @@ fn init_cluster(
         write_pair(common, files::CA_CERT, files::CA_KEY, &ca)?;
         ca
     };
-    for id in 1..=nodes {
-        if kept(common, &files::node_cert(id), &files::node_key(id))? {
+    let node_common = CertArgs {
+        dir: nodes.dir.map_or_else(|| common.dir.clone(), Path::to_path_buf),
+        days: common.days,
+        force: common.force,
+    };
+    if node_common.dir != common.dir {
+        create_dir(&node_common.dir)?;
+        // The nodes' copy of the CA certificate follows the CA (a new CA replaces it).
+        let path = node_common.dir.join(files::CA_CERT);
+        write_pem(&path, &ca.cert, false).map_err(tls_err("write the CA certificate"))?;
+    }
+    for id in 1..=nodes.count {
+        if kept(&node_common, &files::node_cert(id), &files::node_key(id))? {
             continue;
         }
-        let dns: Vec<String> = node_dns.iter().map(|d| d.replace("{id}", &id.to_string())).collect();
-        let node = generate::node(&ca, id, &dns, node_ip, common.days).map_err(tls_err("make a node certificate"))?;
-        write_pair(common, &files::node_cert(id), &files::node_key(id), &node)?;
+        let dns: Vec<String> = nodes.dns.iter().map(|d| d.replace("{id}", &id.to_string())).collect();
+        let node = generate::node(&ca, id, &dns, nodes.ips, common.days).map_err(tls_err("make a node certificate"))?;
+        write_pair(&node_common, &files::node_cert(id), &files::node_key(id), &node)?;
     }
     for principal in clients {
         if kept(common, &files::client_cert(principal), &files::client_key(principal))? {
@@ -122,8 +140,9 @@ pub fn run(command: CertCommand) -> Result<()> {
             write_pair(&common, &files::node_cert(id), &files::node_key(id), &node)?;
             crate::output::print_stdout(&format!("node {id} is {}\n", node_uri(id)))
         }
-        CertCommand::InitCluster { common, name, nodes, node_dns, node_ip, client } => {
-            init_cluster(&common, &name, nodes, &node_dns, &node_ip, &client)
+        CertCommand::InitCluster { common, name, nodes, node_dns, node_ip, client, node_dir } => {
+            let nodes = NodeCerts { count: nodes, dns: &node_dns, ips: &node_ip, dir: node_dir.as_deref() };
+            init_cluster(&common, &name, &nodes, &client)
         }
         CertCommand::Client { common, principal } => {
             check_principal(&principal)?;
