@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::types::NodeId;
@@ -184,8 +187,9 @@ impl TlsPem {
     /// The server side as rustls configuration, checked: the key must match the certificate and
     /// the certificate must verify against the cluster CA (now, for client authentication, which
     /// node certificates carry besides server authentication). Clients may present a certificate
-    /// signed by the cluster CA: required by `require_client_cert`, optional otherwise (and then
-    /// whatever is presented must still chain to the CA). ALPN `h2` (gRPC).
+    /// signed by the cluster CA: optional without `require_client_cert` (whatever is presented
+    /// must still chain to the CA); with it (the internal listener) a certificate is required and
+    /// must name a node ([`NodeCertVerifier`]), or the handshake fails. ALPN `h2` (gRPC).
     pub fn rustls_server_config(&self, require_client_cert: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = self.cert_chain()?;
@@ -193,8 +197,12 @@ impl TlsPem {
             .map_err(|e| TlsError::BadPem { what: "key", reason: e.to_string() })?;
         let roots = Arc::new(self.ca_roots()?);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-        let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
-        let verifier = verifier.build().map_err(|e| TlsError::Config { reason: e.to_string() })?;
+        let verifier: Arc<dyn ClientCertVerifier> = if require_client_cert {
+            let inner = verifier.build().map_err(|e| TlsError::Config { reason: e.to_string() })?;
+            Arc::new(NodeCertVerifier { inner })
+        } else {
+            verifier.allow_unauthenticated().build().map_err(|e| TlsError::Config { reason: e.to_string() })?
+        };
         // Our own certificate must chain to the CA peers check it against.
         let strict = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .build()
@@ -241,6 +249,65 @@ impl TlsPem {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca))
             .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+}
+
+/// The internal listener's client-certificate check: the cluster CA's (webpki: chain, validity,
+/// client-authentication usage), then [`certified_node`] must name a node. A client certificate
+/// of the cluster CA, or one naming two nodes, fails the handshake, before any request is read.
+/// Whether that node is a member, and the one an RPC claims to come from, is the Raft guard's
+/// check per request (membership changes; a handshake does not see them).
+#[derive(Debug)]
+pub struct NodeCertVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for NodeCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match certified_node(end_entity.as_ref()) {
+            Ok(Some(_)) => Ok(verified),
+            Ok(None) | Err(_) => Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
