@@ -62,7 +62,12 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
         assert!(!clients.is_empty(), "a client certificate for the operator: {command:?}");
         let certs_volumes = volumes(certs);
         let volume_at = |dir: &str| -> String {
-            certs_volumes.iter().find(|(_, target, _)| target == dir).unwrap_or_else(|| panic!("no volume on {dir}")).0.clone()
+            certs_volumes
+                .iter()
+                .find(|(_, target, _)| target == dir)
+                .unwrap_or_else(|| panic!("no volume on {dir}"))
+                .0
+                .clone()
         };
         let ca_volume = volume_at(&flag_values(&command, "--dir")[0]);
         let tls_volume = volume_at(&flag_values(&command, "--node-dir")[0]);

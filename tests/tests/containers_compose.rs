@@ -38,7 +38,8 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
     assert!(refused.is_err(), "a plaintext client is served: {refused:?}");
     let mut anonymous = test_client_config(grpc.values().cloned().collect());
     anonymous.tls = Some(
-        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&credentials.ca)),
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&credentials.ca)),
     );
     anonymous.max_attempts = 1;
     let denied = Client::new(anonymous).unwrap().admin().create_topic(NewTopic::new("anonymous", 1, 3)).await;

@@ -146,7 +146,8 @@ async fn statefulset_pods_take_their_ordinal_ids_and_become_ready() {
                     for f in std::fs::read_dir(certs.join("secret")).unwrap().flatten() {
                         let to = dir.join(f.file_name());
                         std::fs::copy(f.path(), &to).unwrap();
-                        let mode = if std::os::unix::fs::chown(&to, Some(0), Some(group)).is_ok() { mode } else { 0o444 };
+                        let mode =
+                            if std::os::unix::fs::chown(&to, Some(0), Some(group)).is_ok() { mode } else { 0o444 };
                         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
                     }
                     options.extend(["-v".into(), format!("{}:{path}:ro", dir.display())]);
