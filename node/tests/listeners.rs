@@ -330,7 +330,8 @@ async fn the_internal_listener_serves_at_most_its_connection_limit() {
     assert!(c.not_ready(WAIT).await.is_empty());
     let (http, internal) = (c.http[0], c.internal[0]);
     let peers = metric(http, "shale_internal_connections_open").await.expect("the gauge is exported");
-    assert!(peers > 0 && peers <= 24, "the peers' connections are counted: {peers}");
+    // (Peers connect to node 1 when it has something to ask it: none if it leads every group.)
+    assert!(peers <= 24, "the peers' connections: {peers}");
     // A flood of connections to node 1's internal port: it holds no more than the limit.
     let flood = flood(internal);
     eventually("the flood reaches the limit", async || {
