@@ -605,6 +605,12 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
         logged.lines().any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP") && l.contains(&new)),
         "the reload is logged with the new serial:\n{logged}"
     );
-    child.kill().unwrap();
-    let _ = child.wait();
+    // SIGTERM: a clean stop. The SIGHUP listener must not keep the node's storage alive (it did:
+    // every stop of a TLS node waited out its grace and left the storage unclosed).
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let logged = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(logged.contains("stopped"), "the node stopped gracefully ({status}):\n{logged}");
+    assert!(!logged.contains("storage still referenced"), "the storage was closed:\n{logged}");
 }
