@@ -386,6 +386,36 @@ pub enum CertCommand {
         #[arg(long)]
         ip: Vec<std::net::IpAddr>,
     },
+    /// Make what a whole cluster needs in one run (for a container's one-shot job, where there is
+    /// no shell to chain commands): the CA, unless `<dir>/ca.pem` and `ca.key` exist (then it signs
+    /// with that one), a certificate for each node 1..=N and each --client. Files that exist are
+    /// kept (run it again after a restart: nothing changes), unless --force.
+    #[command(
+        after_help = "Examples:\n  shale cert init-cluster --dir certs --nodes 3 --node-dns node-{id} --node-dns localhost --node-ip 127.0.0.1 --client admin"
+    )]
+    InitCluster {
+        #[command(flatten)]
+        common: CertArgs,
+        /// The CA's common name (when a CA is made).
+        #[arg(long, default_value = "shale cluster CA")]
+        name: String,
+        /// How many nodes: certificates for node ids 1..=N.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        nodes: u64,
+        /// A DNS name of every node, `{id}` replaced by its id (repeatable), e.g. `node-{id}`.
+        #[arg(long)]
+        node_dns: Vec<String>,
+        /// An IP address every node certificate names (repeatable), e.g. 127.0.0.1.
+        #[arg(long)]
+        node_ip: Vec<std::net::IpAddr>,
+        /// A client certificate to make for this principal (repeatable), e.g. a super-user `admin`.
+        #[arg(long)]
+        client: Vec<String>,
+        /// Where the node certificates go, with a copy of `ca.pem` (default: --dir). Give the nodes
+        /// this directory: it holds neither the CA's key nor the clients' keys.
+        #[arg(long)]
+        node_dir: Option<PathBuf>,
+    },
     /// Make a client certificate for PRINCIPAL, signed by the CA in --dir: `<dir>/client-NAME.pem`
     /// and `client-NAME.key` (URI SAN shale://client/NAME; it can never pass as a node).
     #[command(after_help = "Examples:\n  shale cert client --dir certs --principal alice")]

@@ -107,6 +107,48 @@ impl Drop for SubscriptionSlot {
     }
 }
 
+/// The internal listener's connections (`limits.max_internal_connections`). Only peers use it,
+/// and a peer does not need an answer to a connection it should not have made: one over the limit
+/// is closed at accept (before its TLS handshake), counted in `shale_limit_refusals_total{limit=
+/// "max_internal_connections"}`.
+#[derive(Debug)]
+pub struct InternalConnections {
+    max: usize,
+    open: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// One connection's place on the internal listener; dropping it frees the place.
+#[derive(Debug)]
+pub struct InternalSlot {
+    connections: Arc<InternalConnections>,
+}
+
+impl Drop for InternalSlot {
+    fn drop(&mut self) {
+        let c = &self.connections;
+        let open = c.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        c.metrics.internal_connections_open.set(open as u64);
+    }
+}
+
+impl InternalConnections {
+    /// The accounting for a node with `limits`, counting in `metrics`.
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
+        Self { max: limits.max_internal_connections as usize, open: AtomicUsize::new(0), metrics }
+    }
+
+    /// A place for a connection just accepted; `None` (and counted) when every place is taken.
+    pub fn admit(self: &Arc<Self>) -> Option<InternalSlot> {
+        if !take(&self.open, self.max) {
+            self.metrics.count_limit_refusal("max_internal_connections");
+            return None;
+        }
+        self.metrics.internal_connections_open.set(self.open.load(Ordering::SeqCst) as u64);
+        Some(InternalSlot { connections: self.clone() })
+    }
+}
+
 /// Takes one of `max` places counted by `counter`; false (and nothing taken) when all are taken.
 fn take(counter: &AtomicUsize, max: usize) -> bool {
     if counter.fetch_add(1, Ordering::SeqCst) >= max {

@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Most TCP connections this node serves, clients and peers (`limits.max_connections`).
     #[arg(long, env = "SHALE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Most TCP connections the internal listener serves (`limits.max_internal_connections`).
+    #[arg(long, env = "SHALE_MAX_INTERNAL_CONNECTIONS")]
+    pub max_internal_connections: Option<u32>,
     /// Most Subscribe streams per connection (`limits.max_subscriptions_per_connection`).
     #[arg(long, env = "SHALE_MAX_SUBSCRIPTIONS_PER_CONNECTION")]
     pub max_subscriptions_per_connection: Option<u32>,
@@ -246,6 +249,9 @@ impl RunArgs {
         }
         if let Some(v) = self.max_connections {
             c.limits.max_connections = v;
+        }
+        if let Some(v) = self.max_internal_connections {
+            c.limits.max_internal_connections = v;
         }
         if let Some(v) = self.max_subscriptions_per_connection {
             c.limits.max_subscriptions_per_connection = v;

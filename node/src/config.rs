@@ -45,6 +45,10 @@ pub struct Limits {
     /// Most TCP connections this node serves at once; one more is answered TOO_MANY_CONNECTIONS
     /// and closed.
     pub max_connections: u32,
+    /// Most TCP connections the internal listener (when separate) serves at once. Only peers use
+    /// it, so one more is closed at accept, before its TLS handshake, unanswered: a flood of
+    /// connections to the internal port holds at most this many.
+    pub max_internal_connections: u32,
     /// Most Subscribe streams open on one connection.
     pub max_subscriptions_per_connection: u32,
     /// Most Subscribe streams this node serves at once.
@@ -52,6 +56,10 @@ pub struct Limits {
     /// Most client-API requests this node serves at once; one more is answered TOO_MANY_REQUESTS.
     pub max_in_flight_requests: u32,
 }
+
+/// Default of `limits.max_internal_connections`: a peer keeps a few connections to each node
+/// (Raft, replication streams, forwarding, repair reads), so this leaves room for hundreds of peers.
+pub const DEFAULT_INTERNAL_CONNECTIONS: u32 = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -65,6 +73,7 @@ impl Default for Limits {
             max_topics: limits::DEFAULT_TOPICS,
             max_partitions: limits::DEFAULT_CLUSTER_PARTITIONS,
             max_connections: limits::DEFAULT_CONNECTIONS,
+            max_internal_connections: DEFAULT_INTERNAL_CONNECTIONS,
             max_subscriptions_per_connection: limits::DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
             max_subscriptions: limits::DEFAULT_SUBSCRIPTIONS,
             max_in_flight_requests: limits::DEFAULT_IN_FLIGHT_REQUESTS,
@@ -380,6 +389,7 @@ impl NodeConfig {
         in_range("limits.max_partitions", u64::from(l.max_partitions), u64::from(limits::MAX_CLUSTER_PARTITIONS))?;
         for (field, value) in [
             ("limits.max_connections", l.max_connections),
+            ("limits.max_internal_connections", l.max_internal_connections),
             ("limits.max_subscriptions_per_connection", l.max_subscriptions_per_connection),
             ("limits.max_subscriptions", l.max_subscriptions),
             ("limits.max_in_flight_requests", l.max_in_flight_requests),

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::admission::ConnSlot;
+use crate::admission::{ConnSlot, InternalSlot};
 
 /// A TCP connection that fails every read and write once `kill` flips to `true`.
 pub struct KillableStream {
@@ -28,6 +28,7 @@ pub struct KillableStream {
     killed: Pin<Box<dyn Future<Output = ()> + Send>>,
     dead: bool,
     _slot: Option<ConnSlot>,
+    _internal_slot: Option<InternalSlot>,
 }
 
 impl std::fmt::Debug for KillableStream {
@@ -46,12 +47,18 @@ impl KillableStream {
         let killed = Box::pin(async move {
             let _ = kill.wait_for(|k| *k).await;
         });
-        Self { inner, killed, dead: false, _slot: None }
+        Self { inner, killed, dead: false, _slot: None, _internal_slot: None }
     }
 
     /// Holds `slot` (the connection's place among the node's) until the connection is dropped.
     pub fn holding(mut self, slot: ConnSlot) -> Self {
         self._slot = Some(slot);
+        self
+    }
+
+    /// Holds `slot` (its place among the internal listener's connections) until it is dropped.
+    pub fn holding_internal(mut self, slot: InternalSlot) -> Self {
+        self._internal_slot = Some(slot);
         self
     }
 

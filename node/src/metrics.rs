@@ -135,6 +135,8 @@ pub struct Metrics {
     pub scrub_damaged_ranges: Gauge,
     /// Connections admitted and open (`limits.max_connections`).
     pub connections_open: Gauge,
+    /// Connections open on the internal listener (`limits.max_internal_connections`).
+    pub internal_connections_open: Gauge,
     /// Subscribe streams open (`limits.max_subscriptions`).
     pub subscriptions_open: Gauge,
     /// Client-API requests being served (`limits.max_in_flight_requests`); set at scrape time.
@@ -151,6 +153,8 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     /// TLS certificate reloads that swapped in new certificates.
     pub tls_reloads: Counter,
+    /// `notAfter` of the certificate this node serves and presents, in Unix seconds (0: no TLS).
+    pub tls_cert_not_after_seconds: Gauge,
     /// Milliseconds requests (and subscription messages) were delayed for a quota, per kind
     /// ([`crate::quota::QuotaKind`]).
     pub quota_throttle_ms: [Counter; 2],
@@ -261,6 +265,15 @@ impl Metrics {
             "TLS certificate reloads that swapped in new certificates.",
             self.tls_reloads.get(),
         );
+        let not_after = self.tls_cert_not_after_seconds.get();
+        if not_after > 0 {
+            gauge_header(
+                &mut out,
+                "shale_tls_cert_not_after_seconds",
+                "When the node's certificate expires (notAfter, Unix seconds); alert well before it.",
+            );
+            let _ = writeln!(out, "shale_tls_cert_not_after_seconds {not_after}");
+        }
         counter(
             &mut out,
             "shale_tls_reload_failures_total",
@@ -278,6 +291,11 @@ impl Metrics {
                 "shale_connections_open",
                 "Connections this node serves (limits.max_connections).",
                 &self.connections_open,
+            ),
+            (
+                "shale_internal_connections_open",
+                "Connections the internal listener serves (limits.max_internal_connections).",
+                &self.internal_connections_open,
             ),
             (
                 "shale_subscriptions_open",

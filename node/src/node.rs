@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::admission::{Admission, Connections, REFUSED_CONNECTION_LINGER};
+use crate::admission::{Admission, Connections, InternalConnections, REFUSED_CONNECTION_LINGER};
 use crate::conn::KillableStream;
 use crate::tls_reload::{ServerTls, TlsReloader};
 
@@ -193,8 +193,9 @@ impl Node {
         // Once shutdown starts, every new client-API request is refused with UNAVAILABLE (which
         // clients retry elsewhere); the Raft transport keeps serving until the groups stop. A
         // connection over `limits.max_connections` gets TOO_MANY_CONNECTIONS for every request.
-        // On the internal listener (if separate) the connection limit does not apply (peers are
-        // not counted among clients), and with TLS only nodes are served.
+        // On the internal listener (if separate) the client connection limit does not apply (peers
+        // are not counted among clients; `limits.max_internal_connections` bounds them at accept),
+        // and with TLS only nodes are served.
         let refuse = RefuseAtTheEdge {
             stopping: shutdown_rx.clone(),
             connections: Some(ctx.connections.clone()),
@@ -222,6 +223,10 @@ impl Node {
         // service, served there only with one listener, refuses every RPC without a node
         // certificate naming its sender); the internal listener requires one of the cluster CA.
         let client_tls = tls.as_ref().map(|t| ServerTls::new(t, false)).transpose()?;
+        if let Some(t) = &tls {
+            let summary = shale_raft::network::tls::cert_summary(t.cert_chain()?[0].as_ref())?;
+            ctx.metrics.tls_cert_not_after_seconds.set(summary.not_after_unix.max(0) as u64);
+        }
         let internal_tls = match (&tls, &internal_listener) {
             (Some(t), Some(_)) => Some(ServerTls::new(t, true)?),
             _ => None,
@@ -251,20 +256,27 @@ impl Node {
                     .add_service(client_api!(AccessServer, AccessService, refuse_internal))
                     .add_service(cluster.grpc_service());
                 let kill_rx = kill_rx.clone();
+                // `limits.max_internal_connections`, at accept (before any handshake).
+                let places = Arc::new(InternalConnections::new(&config.limits, ctx.metrics.clone()));
+                let wrap = move |stream: tokio::net::TcpStream| {
+                    let slot = places.admit()?;
+                    Some(KillableStream::new(stream, kill_rx.clone()).holding_internal(slot))
+                };
                 let mut stop = shutdown_rx.clone();
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
                 Some(match &internal_tls {
                     Some(server_tls) => {
-                        let wrap = move |stream| Some(KillableStream::new(stream, kill_rx.clone()));
                         let incoming =
                             crate::tls_reload::incoming(listener, server_tls.clone(), wrap, shutdown_rx.clone());
                         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
                     }
                     None => {
-                        let incoming = TcpListenerStream::new(listener)
-                            .map(move |conn| conn.map(|stream| KillableStream::new(stream, kill_rx.clone())));
+                        let incoming = TcpListenerStream::new(listener).filter_map(move |conn| match conn {
+                            Ok(stream) => wrap(stream).map(Ok),
+                            Err(e) => Some(Err(e)),
+                        });
                         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
                     }
                 })

@@ -62,8 +62,11 @@ pub fn exit_now(code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// Reloads the TLS certificates on every SIGHUP (Unix), for as long as the process runs; without
-/// TLS (`reloader` `None`) a SIGHUP is logged and ignored (it no longer ends the process).
+/// Reloads the TLS certificates on every SIGHUP (Unix), for as long as the node runs; without
+/// TLS (`reloader` `None`) a SIGHUP is logged and ignored (it no longer ends the process). The
+/// task holds the reloader weakly: a strong reference would keep the node's context, and with it
+/// its storage, alive through a shutdown (which then waited its whole grace period and closed the
+/// storage uncleanly: "storage still referenced after shutdown").
 pub fn reload_on_sighup(reloader: Option<std::sync::Arc<crate::tls_reload::TlsReloader>>) {
     #[cfg(unix)]
     {
@@ -74,14 +77,15 @@ pub fn reload_on_sighup(reloader: Option<std::sync::Arc<crate::tls_reload::TlsRe
                 return;
             }
         };
+        let reloader = reloader.map(|r| std::sync::Arc::downgrade(&r));
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match &reloader {
-                    Some(r) => {
-                        let r = r.clone();
+                match reloader.as_ref().map(std::sync::Weak::upgrade) {
+                    Some(Some(r)) => {
                         // The outcome is logged (and a failure counted) by `reload`.
                         let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
                     }
+                    Some(None) => tracing::info!("SIGHUP received; the node is stopping, nothing to reload"),
                     None => tracing::info!("SIGHUP received; this node runs without TLS, nothing to reload"),
                 }
             }

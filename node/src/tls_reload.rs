@@ -148,6 +148,7 @@ impl TlsReloader {
         match self.try_reload() {
             Ok(summary) => {
                 self.ctx.metrics.tls_reloads.inc();
+                self.ctx.metrics.tls_cert_not_after_seconds.set(summary.not_after_unix.max(0) as u64);
                 tracing::info!(
                     node_id = self.node_id,
                     trigger = why,

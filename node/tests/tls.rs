@@ -255,6 +255,12 @@ fn quick_fast_watch(c: &mut shale_node::NodeConfig) {
     }
 }
 
+/// `notAfter` (Unix seconds) of the certificate in a PEM file.
+fn not_after_of_file(path: &Path) -> u64 {
+    let der = CertificateDer::pem_slice_iter(&read(path)).next().expect("a certificate").expect("PEM");
+    cert_summary(der.as_ref()).unwrap().not_after_unix as u64
+}
+
 /// The serial number of the certificate in a PEM file.
 fn serial_of_file(path: &Path) -> String {
     let der = CertificateDer::pem_slice_iter(&read(path)).next().expect("a certificate").expect("PEM");
@@ -340,6 +346,9 @@ async fn certificates_rotate_under_load_with_no_failed_produce() {
         let cert_path = c.tls_dir().join(files::node_cert(id));
         let old = serial_of_file(&cert_path);
         assert_eq!(served_serial(&c, c.grpc[id as usize - 1], None).await, old);
+        // The expiry gauge (for alerting) shows the certificate served.
+        let expiry = "shale_tls_cert_not_after_seconds";
+        assert_eq!(metric(&c, id, expiry).await, not_after_of_file(&cert_path), "node {id}");
         // A new certificate for the node, same CA, new serial.
         shale_node::tls::write_node_cert(&c.tls_dir(), id).unwrap();
         let new = serial_of_file(&cert_path);
@@ -357,6 +366,7 @@ async fn certificates_rotate_under_load_with_no_failed_produce() {
         let peers_pem = c.running(id).unwrap().cluster().router().peers().tls().unwrap();
         assert_eq!(peers_pem.cert, read(&cert_path), "node {id} presents its new certificate to peers");
         assert_eq!(metric(&c, id, "shale_tls_reloads_total").await, 1);
+        assert_eq!(metric(&c, id, expiry).await, not_after_of_file(&cert_path), "node {id} after the reload");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -372,6 +382,80 @@ async fn certificates_rotate_under_load_with_no_failed_produce() {
         producer.send_and_wait(ProducerRecord::new("after-rotation", format!("v{i}"))).await.unwrap();
     }
     producer.close().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+/// Writes node `id`'s certificate signed by `ca` (valid for what LocalCluster's are: localhost,
+/// 127.0.0.1, ::1) into the cluster's directory.
+fn write_node_cert_of(c: &LocalCluster, ca: &generate::Pem, id: u64) {
+    let ips = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let node = generate::node(ca, id, &["localhost".to_string()], &ips, 1).unwrap();
+    files::write_pem(&c.tls_dir().join(files::node_cert(id)), &node.cert, false).unwrap();
+    files::write_pem(&c.tls_dir().join(files::node_key(id)), &node.key, true).unwrap();
+}
+
+/// Reloads every node's certificates, each must be accepted.
+fn reload_all(c: &LocalCluster, step: &str) {
+    for id in 1..=3u64 {
+        c.running(id).unwrap().reload_tls().unwrap_or_else(|e| panic!("{step}: node {id} refused the reload: {e}"));
+    }
+}
+
+/// Rotating the CA itself under load: the nodes first trust a bundle of the old and the new CA,
+/// then get certificates of the new CA one by one (peers with old and new certificates talk, as
+/// both are trusted), then trust the new CA only. A client that trusts the bundle throughout
+/// sees no failed produce; a client of the old CA only is refused at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ca_rotates_under_load_with_no_failed_produce() {
+    let root = tempfile::tempdir().unwrap();
+    let c = LocalCluster::start_split(3, root.path(), true, quick_no_watch).await.unwrap();
+    assert!(c.not_ready(WAIT).await.is_empty());
+    let ca_path = c.tls_dir().join(CA_CERT);
+    let old_ca = String::from_utf8(read(&ca_path)).unwrap();
+    let new_ca = generate::ca("the new CA", 2).unwrap();
+    let bundle = format!("{old_ca}{}", new_ca.cert);
+    let bundle_tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&bundle));
+    let old_tls = c.client_tls();
+    let client = client(&c, Some(bundle_tls.clone()));
+    client.admin().create_topic(NewTopic::new("ca-rotation", 3, 3)).await.unwrap();
+    wait_for_leaders(&client, "ca-rotation").await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load = produce_until(client.clone(), "ca-rotation", stop_rx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. Every node trusts both CAs.
+    files::write_pem(&ca_path, &bundle, false).unwrap();
+    reload_all(&c, "the bundle");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 2. One node after the other presents a certificate of the new CA.
+    for id in 1..=3u64 {
+        write_node_cert_of(&c, &new_ca, id);
+        c.running(id).unwrap().reload_tls().expect("a certificate of the new CA, trusted through the bundle");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // 3. The old CA is no longer trusted.
+    files::write_pem(&ca_path, &new_ca.cert, false).unwrap();
+    reload_all(&c, "the new CA alone");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop_tx.send(true).unwrap();
+    let (acked, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} produces failed during the CA rotation: {failed:?}", failed.len());
+    assert!(acked > 0, "the producer made progress");
+    // Raft and metadata writes work between nodes that now know only the new CA.
+    let fresh = self::client(&c, Some(bundle_tls));
+    fresh.admin().create_topic(NewTopic::new("after-ca-rotation", 3, 3)).await.expect("metadata writes");
+    wait_for_leaders(&fresh, "after-ca-rotation").await;
+    let producer = fresh.producer(ProducerConfig::default());
+    for i in 0..10u32 {
+        producer.send_and_wait(ProducerRecord::new("after-ca-rotation", format!("v{i}"))).await.unwrap();
+    }
+    producer.close().await.unwrap();
+    // A client that trusts the old CA only cannot verify the nodes any more.
+    let mut config = ClientConfig::new(c.endpoints());
+    config.tls = old_tls;
+    config.max_attempts = 1;
+    assert!(Client::new(config).unwrap().admin().list_topics().await.is_err(), "the old CA's client is refused");
     c.shutdown().await.unwrap();
 }
 
@@ -521,6 +605,12 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
         logged.lines().any(|l| l.contains("TLS certificates reloaded") && l.contains("SIGHUP") && l.contains(&new)),
         "the reload is logged with the new serial:\n{logged}"
     );
-    child.kill().unwrap();
-    let _ = child.wait();
+    // SIGTERM: a clean stop. The SIGHUP listener must not keep the node's storage alive (it did:
+    // every stop of a TLS node waited out its grace and left the storage unclosed).
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let logged = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(logged.contains("stopped"), "the node stopped gracefully ({status}):\n{logged}");
+    assert!(!logged.contains("storage still referenced"), "the storage was closed:\n{logged}");
 }

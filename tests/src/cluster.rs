@@ -5,6 +5,11 @@
 //! survives restarts, disconnects and a wiped volume; the nodes advertise these addresses, so the
 //! test process (on the host, which routes to the bridge) reaches every node directly, exactly as
 //! the nodes reach each other. Nothing is published on the host's ports.
+//!
+//! The nodes run secure, as the deploy files run them: TLS on their listener (certificates made for
+//! the cluster by [`crate::tls::node_certificates`], mounted read-only) and authorization on with
+//! the harness's principal as the super-user; every client the harness makes presents its
+//! certificate ([`crate::tls`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +23,7 @@ use crate::docker::{self, RunSpec, docker, docker_blocking};
 use crate::error::HarnessError;
 use crate::http;
 use crate::image;
+use crate::tls;
 use crate::workload::{node_channel, test_client_config};
 
 /// gRPC port inside the containers.
@@ -81,6 +87,8 @@ pub struct ContainerCluster {
     extra_env: Vec<(String, String)>,
     /// Node id -> (holder container, volume size in MiB) of the size-limited volumes.
     holders: BTreeMap<u64, (String, u64)>,
+    /// The nodes' certificates (host directory, mounted on [`tls::CONTAINER_TLS_DIR`]).
+    tls_dir: std::path::PathBuf,
 }
 
 impl ContainerCluster {
@@ -115,7 +123,9 @@ impl ContainerCluster {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc_addr())).collect::<Vec<_>>().join(",");
-        let mut cluster = Self { name, network, image, nodes, peers, extra_env, holders: BTreeMap::new() };
+        let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.ip.clone())).collect();
+        let tls_dir = tls::node_certificates(&name, &addresses)?;
+        let mut cluster = Self { name, network, image, nodes, peers, extra_env, holders: BTreeMap::new(), tls_dir };
         tracing::info!(cluster = %cluster.name, peers = %cluster.peers, "starting a container cluster");
         for (id, mib) in small_volumes_mib {
             cluster.create_small_volume(id, mib).await?;
@@ -168,7 +178,13 @@ impl ContainerCluster {
         self.nodes.iter().map(NodeContainer::grpc_addr).collect()
     }
 
-    /// A client for the whole cluster (test settings: retries cover an election).
+    /// The host directory holding the nodes' certificates.
+    pub fn tls_dir(&self) -> &std::path::Path {
+        &self.tls_dir
+    }
+
+    /// A client for the whole cluster (test settings: retries cover an election; the harness's
+    /// client certificate).
     pub fn client(&self) -> Result<Client, HarnessError> {
         Client::new(test_client_config(self.endpoints())).map_err(HarnessError::client("creating a client"))
     }
@@ -186,7 +202,9 @@ impl ContainerCluster {
                 std::env::var("SHALE_TEST_NODE_LOG").unwrap_or_else(|_| crate::NODE_LOG_FILTER.to_string()),
             ),
         ];
+        env.extend(tls::node_env(node.id));
         env.extend(self.extra_env.iter().cloned());
+        let certificates = format!("{}:{}:ro", self.tls_dir.display(), tls::CONTAINER_TLS_DIR);
         RunSpec {
             name: node.container.clone(),
             image: self.image.clone(),
@@ -201,7 +219,7 @@ impl ContainerCluster {
             // traffic to; that happened, and a foreign node's votes reached these containers.)
             publish_loopback: Vec::new(),
             labels: vec![(LABEL.to_string(), self.name.clone())],
-            options: Vec::new(),
+            options: vec!["-v".to_string(), certificates],
             args: Vec::new(),
         }
     }
@@ -629,6 +647,7 @@ impl Drop for ContainerCluster {
             // Named volumes are not removed by `rm --volumes`; a wiped node's volume may be gone.
             let _ = docker_blocking(&["volume", "rm", "--force", &n.volume]);
         }
+        let _ = std::fs::remove_dir_all(&self.tls_dir);
         if let Err(e) = docker_blocking(&["network", "rm", &self.network]) {
             eprintln!("cleanup of {}: {e}", self.name);
         }

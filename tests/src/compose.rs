@@ -128,6 +128,18 @@ impl ComposeProject {
             .ok_or_else(|| HarnessError::Parse { what: format!("compose ps -q {service}"), detail: out.stdout.clone() })
     }
 
+    /// The client credentials the `certs` job made (the CA and the super-user's certificate),
+    /// copied out of its container into `dir` as deploy/README.md shows (`docker cp`).
+    pub async fn client_credentials(&self, dir: &std::path::Path) -> Result<crate::tls::Credentials, HarnessError> {
+        let container = self.container("certs").await?;
+        let principal = crate::tls::SUPER_USER;
+        for file in ["ca.pem".to_string(), format!("client-{principal}.pem"), format!("client-{principal}.key")] {
+            let to = dir.join(&file);
+            docker::docker(&["cp", &format!("{container}:/data/{file}"), &to.to_string_lossy()]).await?;
+        }
+        crate::tls::Credentials::load(dir, principal)
+    }
+
     /// Waits until Docker reports every service's container `healthy` (the image's healthcheck).
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;

@@ -8,6 +8,7 @@
 //! - [`checkers`]: one function per safety property over a workload history and replica logs.
 //! - [`k8s`]: validation of the Kubernetes manifests against the Kubernetes JSON schemas.
 //! - [`lock`]: a cross-process file lock (parallel test processes build things once).
+//! - [`tls`]: the certificates of the secure clusters and the harness's client credentials.
 
 pub mod checkers;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod k8s;
 pub mod lock;
 pub mod paths;
 pub mod scenario;
+pub mod tls;
 pub mod workload;
 
 pub use error::HarnessError;

@@ -17,7 +17,7 @@ use shale_client::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::HarnessError;
 
@@ -58,9 +58,10 @@ impl WorkloadConfig {
     }
 }
 
-/// Client settings for the tests: retries cover a leader election (seconds), not a long outage.
+/// Client settings for the tests: retries cover a leader election (seconds), not a long outage;
+/// TLS with the process's client certificate ([`crate::tls::credentials`]).
 pub fn test_client_config(endpoints: Vec<String>) -> ClientConfig {
-    let mut c = ClientConfig::new(endpoints);
+    let mut c = crate::tls::credentials().apply(ClientConfig::new(endpoints));
     c.connect_timeout_ms = 1_000;
     c.request_timeout_ms = 5_000;
     c.max_attempts = 20;
@@ -400,13 +401,9 @@ impl VerifyReport {
     }
 }
 
-/// A channel to one node's gRPC address.
+/// A channel to one node's gRPC address (TLS, with the process's client certificate).
 pub fn node_channel(addr: &str) -> Result<Channel, HarnessError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| HarnessError::Usage(format!("bad node address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy())
+    crate::tls::credentials().channel(addr)
 }
 
 /// A request the node answers itself (marked forwarded, so it is never forwarded on).

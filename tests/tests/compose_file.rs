@@ -1,5 +1,6 @@
 //! deploy/docker-compose.yml is read by every Compose installed here (docker-compose v1 and/or the
-//! `docker compose` plugin) and describes three nodes that fit together.
+//! `docker compose` plugin) and describes three nodes that fit together, secure by default: TLS with
+//! certificates a one-shot job makes, and authorization on.
 
 use std::collections::BTreeSet;
 
@@ -14,6 +15,27 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A service's volumes as (source, target, read-only); v1 renders strings, v2 mappings.
+fn volumes(svc: &Value) -> Vec<(String, String, bool)> {
+    svc["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| match v {
+            Value::String(v) => {
+                let parts: Vec<&str> = v.split(':').collect();
+                (parts[0].to_string(), parts[1].to_string(), parts.get(2) == Some(&"ro"))
+            }
+            m => (s(&m["source"]), s(&m["target"]), m["read_only"].as_bool() == Some(true)),
+        })
+        .collect()
+}
+
+/// The value after `flag` in a command line (each occurrence).
+fn flag_values(command: &[String], flag: &str) -> Vec<String> {
+    command.windows(2).filter(|w| w[0] == flag).map(|w| w[1].clone()).collect()
+}
+
 #[tokio::test]
 async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
     let installed = ComposeCommand::installed().await;
@@ -24,11 +46,40 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
         let out = compose.run(None, &env, &["config"], std::time::Duration::from_secs(60)).await.unwrap();
         let config: Value = serde_yaml_ng::from_str(&out.stdout).unwrap();
         let services = config["services"].as_mapping().unwrap();
-        assert_eq!(services.len(), 3, "{compose:?}");
+        assert_eq!(services.len(), 4, "three nodes and the certs job: {compose:?}");
+
+        // The one-shot certificate job: `shale cert init-cluster` from the same image, the CA (and the
+        // clients' keys) in one volume, what the nodes need in another.
+        let certs = &config["services"]["certs"];
+        let entrypoint: Vec<String> = certs["entrypoint"].as_sequence().unwrap().iter().map(s).collect();
+        assert_eq!(entrypoint, ["/usr/local/bin/shale"]);
+        let command: Vec<String> = certs["command"].as_sequence().unwrap().iter().map(s).collect();
+        assert_eq!(command[..2], ["cert".to_string(), "init-cluster".to_string()], "{command:?}");
+        assert_eq!(flag_values(&command, "--nodes"), ["3"]);
+        assert!(flag_values(&command, "--node-dns").contains(&"node-{id}".to_string()), "{command:?}");
+        assert!(flag_values(&command, "--node-ip").contains(&"127.0.0.1".to_string()), "{command:?}");
+        let clients = flag_values(&command, "--client");
+        assert!(!clients.is_empty(), "a client certificate for the operator: {command:?}");
+        let certs_volumes = volumes(certs);
+        let volume_at = |dir: &str| -> String {
+            certs_volumes
+                .iter()
+                .find(|(_, target, _)| target == dir)
+                .unwrap_or_else(|| panic!("no volume on {dir}"))
+                .0
+                .clone()
+        };
+        let ca_volume = volume_at(&flag_values(&command, "--dir")[0]);
+        let tls_volume = volume_at(&flag_values(&command, "--node-dir")[0]);
+        assert_ne!(ca_volume, tls_volume, "the CA key stays off the nodes");
+
         let mut ids = BTreeSet::new();
-        let mut volumes = BTreeSet::new();
+        let mut data_volumes = BTreeSet::new();
         for (name, svc) in services {
             let name = s(name);
+            if name == "certs" {
+                continue;
+            }
             let env = &svc["environment"];
             let id = s(&env["SHALE_NODE_ID"]);
             ids.insert(id.clone());
@@ -48,6 +99,31 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             assert_eq!(test, ["CMD", "/usr/local/bin/shale-node", "healthcheck"], "the node probes its own /readyz");
             assert_eq!(s(&env["SHALE_HTTP_LISTEN"]), "0.0.0.0:8001", "the probe finds the HTTP port through this");
             assert_eq!(s(&svc["restart"]), "unless-stopped");
+
+            // Secure by default: TLS with this node's own certificate from the certs job's node
+            // volume (read-only), authorization on, the job's client a super-user.
+            let mounts = volumes(svc);
+            let tls_dir = mounts
+                .iter()
+                .find(|(source, _, _)| *source == tls_volume)
+                .unwrap_or_else(|| panic!("{name} does not mount the certificates: {mounts:?}"));
+            assert!(tls_dir.2, "{name} mounts its certificates read-only");
+            assert!(!mounts.iter().any(|(source, _, _)| *source == ca_volume), "{name} mounts the CA key");
+            let dir = &tls_dir.1;
+            assert_eq!(s(&env["SHALE_TLS_CA"]), format!("{dir}/ca.pem"), "{name}");
+            assert_eq!(s(&env["SHALE_TLS_CERT"]), format!("{dir}/node-{id}.pem"), "{name}");
+            assert_eq!(s(&env["SHALE_TLS_KEY"]), format!("{dir}/node-{id}.key"), "{name}");
+            assert_eq!(s(&env["SHALE_AUTH_ENABLED"]), "true", "{name}: authorization on");
+            let supers: Vec<&str> = env["SHALE_SUPER_USERS"].as_str().unwrap().split(',').map(str::trim).collect();
+            for client in &clients {
+                assert!(supers.contains(&client.as_str()), "{name}: {client} is a super-user: {supers:?}");
+            }
+            assert_eq!(
+                s(&svc["depends_on"]["certs"]["condition"]),
+                "service_completed_successfully",
+                "{name} starts once the certificates exist"
+            );
+
             // Published ports bind loopback only by default (v1 renders strings, v2 mappings).
             for port in svc["ports"].as_sequence().unwrap() {
                 let text = match port {
@@ -64,19 +140,11 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
                     );
                 }
             }
-            let volume = svc["volumes"].as_sequence().unwrap().first().cloned().unwrap();
-            let (source, target) = match &volume {
-                Value::String(v) => {
-                    let mut parts = v.split(':');
-                    (parts.next().unwrap().to_string(), parts.next().unwrap().to_string())
-                }
-                m => (s(&m["source"]), s(&m["target"])),
-            };
-            assert_eq!(target, "/data");
-            volumes.insert(source);
+            let data = mounts.iter().find(|(_, target, _)| target == "/data").expect("a data volume");
+            data_volumes.insert(data.0.clone());
         }
         assert_eq!(ids, BTreeSet::from(["1".to_string(), "2".to_string(), "3".to_string()]));
-        assert_eq!(volumes.len(), 3, "each node has its own volume: {volumes:?}");
+        assert_eq!(data_volumes.len(), 3, "each node has its own volume: {data_volumes:?}");
     }
 }
 

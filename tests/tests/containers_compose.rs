@@ -1,6 +1,8 @@
 //! deploy/docker-compose.yml brought up for real (under its own project name and loopback ports):
-//! every node becomes healthy through the image's healthcheck, and a client outside the network
-//! writes through one published port and reads the same records back from every node's port.
+//! the `certs` job makes the certificates, every node becomes healthy through the image's
+//! healthcheck, a plaintext client is refused and an anonymous one may not create a topic, and a
+//! client outside the network with the job's super-user certificate writes through one published
+//! port and reads the same records back from every node's port.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +25,28 @@ async fn compose_cluster_becomes_healthy_and_serves_through_published_ports() {
 
     let grpc: BTreeMap<u64, String> =
         project.ports.iter().map(|(id, (g, _))| (*id, format!("127.0.0.1:{g}"))).collect();
+
+    // Secure by default: the host client uses the CA and the super-user certificate the `certs` job
+    // made, copied out of its container (deploy/README.md).
+    let files = tempfile::tempdir().unwrap();
+    let credentials = project.client_credentials(files.path()).await.unwrap();
+    shale_tests::tls::use_credentials(credentials.clone()).unwrap();
+    let mut plain = test_client_config(grpc.values().cloned().collect());
+    plain.tls = None;
+    plain.max_attempts = 1;
+    let refused = Client::new(plain).unwrap().admin().cluster_status().await;
+    assert!(refused.is_err(), "a plaintext client is served: {refused:?}");
+    let mut anonymous = test_client_config(grpc.values().cloned().collect());
+    anonymous.tls = Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&credentials.ca)),
+    );
+    anonymous.max_attempts = 1;
+    let denied = Client::new(anonymous).unwrap().admin().create_topic(NewTopic::new("anonymous", 1, 3)).await;
+    assert!(
+        matches!(&denied, Err(e) if e.to_string().contains("NOT_AUTHORIZED") || e.to_string().contains("not allowed")),
+        "authorization is on: an anonymous client may not create a topic: {denied:?}"
+    );
     let client = Client::new(test_client_config(grpc.values().cloned().collect())).unwrap();
     client.admin().create_topic(NewTopic::new("compose", 1, 3)).await.unwrap();
     // Members are advertised to clients at their published ports on the host (issue 14: they were

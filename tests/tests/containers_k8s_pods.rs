@@ -2,8 +2,9 @@
 //! from the pod template exactly as the kubelet would (environment from the ConfigMap and the env
 //! list with `$(VAR)` expansion and `metadata.name`, ConfigMap volumes as read-only files, the data
 //! claim as a volume, `emptyDir` as tmpfs, the security context's user and read-only root file system,
-//! names `<pod>.<serviceName>` as the headless Service gives them). The nodes must take ids ordinal + 1,
-//! find each other and become ready on the readiness probe's path and port.
+//! names `<pod>.<serviceName>` as the headless Service gives them, the Secret `shale-tls` as
+//! deploy/k8s-certs.sh makes it). The nodes must take ids ordinal + 1, find each other over mutual
+//! TLS, become ready on the readiness probe's path and port, and serve the script's super-user.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 use shale_tests::docker::{self, RunSpec, docker, docker_blocking};
-use shale_tests::{cluster, http, image, k8s};
+use shale_tests::{cluster, http, image, k8s, tls};
 use tokio::time::Instant;
 
 /// Removes the pods, volumes and network on drop.
@@ -72,6 +73,23 @@ async fn statefulset_pods_take_their_ordinal_ids_and_become_ready() {
     let mut pods = Pods { network: format!("{name}-net"), containers: Vec::new(), volumes: Vec::new() };
     docker(&["network", "create", "--label", &format!("{}={name}", cluster::LABEL), &pods.network]).await.unwrap();
     let files = tempfile::tempdir().unwrap();
+    // The Secret's files as deploy/k8s-certs.sh makes them (with this run's `shale` CLI), and its
+    // client certificate for the harness.
+    let certs = files.path().join("certs");
+    let shale = shale_tests::paths::profile_dir().join("shale");
+    let script = shale_tests::paths::deploy_dir().join("k8s-certs.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args(["--no-apply", "--replicas", &replicas.to_string(), "--dir"])
+        .arg(&certs)
+        .env("SHALE", &shale)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    let credentials = tls::Credentials::load(&certs.join("client"), tls::SUPER_USER).unwrap();
+    tls::use_credentials(credentials.clone()).unwrap();
 
     for ordinal in 0..replicas {
         let pod_name = format!("{sts_name}-{ordinal}");
@@ -93,6 +111,8 @@ async fn statefulset_pods_take_their_ordinal_ids_and_become_ready() {
         }
         // Volumes: ConfigMaps as read-only files, emptyDir as tmpfs, the claim template as a volume.
         let mut options = vec!["--user".to_string(), user.clone()];
+        // fsGroup: the pod's processes carry it as a supplementary group.
+        options.extend(["--group-add".to_string(), text(&security["fsGroup"])]);
         if read_only {
             options.push("--read-only".into());
         }
@@ -110,6 +130,25 @@ async fn statefulset_pods_take_their_ordinal_ids_and_become_ready() {
                         let f = dir.join(text(k));
                         std::fs::write(&f, text(data)).unwrap();
                         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+                    }
+                    options.extend(["-v".into(), format!("{}:{path}:ro", dir.display())]);
+                }
+                Some(v) if v["secret"].is_mapping() => {
+                    // The kubelet's copy: owner root, group fsGroup, defaultMode. (Without the right to
+                    // change the owner, the files are made readable by all instead.)
+                    let name = text(&v["secret"]["secretName"]);
+                    assert_eq!(name, "shale-tls", "the Secret deploy/k8s-certs.sh makes");
+                    let mode = v["secret"]["defaultMode"].as_u64().unwrap() as u32;
+                    let group = security["fsGroup"].as_u64().unwrap() as u32;
+                    let dir = files.path().join(format!("{pod_name}-{vol}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+                    for f in std::fs::read_dir(certs.join("secret")).unwrap().flatten() {
+                        let to = dir.join(f.file_name());
+                        std::fs::copy(f.path(), &to).unwrap();
+                        let mode =
+                            if std::os::unix::fs::chown(&to, Some(0), Some(group)).is_ok() { mode } else { 0o444 };
+                        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
                     }
                     options.extend(["-v".into(), format!("{}:{path}:ro", dir.display())]);
                 }
@@ -161,12 +200,23 @@ async fn statefulset_pods_take_their_ordinal_ids_and_become_ready() {
         let metrics = http::get(&http_addr, "/metrics", Duration::from_secs(5)).await.unwrap();
         assert_eq!(metrics.status, 200);
         let status = {
+            // TLS with the script's client certificate; the pod's certificate names the client
+            // Service `shale` (the container's address is not in it).
             let mut admin = shale_client::proto::admin_client::AdminClient::new(
-                shale_tests::workload::node_channel(&format!("{ip}:7001")).unwrap(),
+                credentials.channel_named(&format!("{ip}:7001"), "shale").unwrap(),
             );
             admin.cluster_status(shale_client::proto::ClusterStatusRequest {}).await.unwrap().into_inner()
         };
         assert_eq!(status.node_id, ordinal as u64 + 1, "{container}");
+        // The client is the script's super-user, and the nodes enforce authorization.
+        let who = shale_client::proto::access_client::AccessClient::new(
+            credentials.channel_named(&format!("{ip}:7001"), "shale").unwrap(),
+        )
+        .who_am_i(shale_client::proto::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!((who.principal.as_str(), who.super_user, who.authorization), ("user:admin", true, true));
         let members: BTreeMap<u64, String> = status.members.iter().map(|m| (m.id, m.addr.clone())).collect();
         ids.insert(status.node_id, members);
     }

@@ -1,6 +1,7 @@
 //! The Kubernetes manifests in deploy/k8s: valid against the Kubernetes JSON schemas (strict, offline,
 //! with the `kubernetes-validate` tool), the validation really rejects broken copies, and the pieces
-//! fit together (names, selectors, ports, probes, peers).
+//! fit together (names, selectors, ports, probes, peers, TLS and authorization on with the Secret
+//! deploy/k8s-certs.sh makes).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -163,6 +164,38 @@ fn manifests_fit_together() {
     let client_svc: Vec<&str> =
         docs["Service/shale"]["spec"]["ports"].as_sequence().unwrap().iter().map(|p| s(&p["targetPort"])).collect();
     assert!(!client_svc.contains(&"internal"), "the client Service exposes no internal port");
+
+    // Secure by default: TLS with each pod's own certificate from the Secret the script makes, and
+    // authorization on with the script's client a super-user.
+    let tls_volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"].is_mapping())
+        .expect("a Secret volume with the certificates");
+    let script = read(&shale_tests::paths::deploy_dir().join("k8s-certs.sh"));
+    let script_value = |name: &str| -> String {
+        let line = script.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("no {name}="));
+        line.split_once('=').unwrap().1.to_string()
+    };
+    assert_eq!(s(&tls_volume["secret"]["secretName"]), script_value("secret"), "the Secret k8s-certs.sh makes");
+    assert_eq!(tls_volume["secret"]["defaultMode"].as_u64(), Some(0o440), "readable by the pod's group only");
+    assert_eq!(script_value("sts"), sts_name);
+    assert_eq!(script_value("peers"), peers_name);
+    let tls_mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == tls_volume["name"])
+        .expect("the certificates are mounted");
+    assert_eq!(tls_mount["readOnly"].as_bool(), Some(true));
+    let tls_dir = s(&tls_mount["mountPath"]);
+    assert_eq!(s(&cm["SHALE_TLS_CA"]), format!("{tls_dir}/ca.pem"));
+    assert_eq!(s(&env("SHALE_TLS_CERT")["value"]), format!("{tls_dir}/$(POD_NAME).pem"));
+    assert_eq!(s(&env("SHALE_TLS_KEY")["value"]), format!("{tls_dir}/$(POD_NAME).key"));
+    assert_eq!(s(&cm["SHALE_AUTH_ENABLED"]), "true", "authorization on");
+    let supers: Vec<&str> = s(&cm["SHALE_SUPER_USERS"]).split(',').map(str::trim).collect();
+    assert!(supers.contains(&script_value("client").as_str()), "the script's client is a super-user: {supers:?}");
 
     // Node id = ordinal + 1: SHALE_CONFIG names the pod's own file in the mounted id ConfigMap.
     let config_path = s(&env("SHALE_CONFIG")["value"]);

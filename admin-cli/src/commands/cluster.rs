@@ -66,8 +66,11 @@ impl DamageView {
 pub struct MemberView {
     /// Node id.
     pub id: u64,
-    /// Advertised gRPC address.
+    /// Its client address (the client listener, as advertised): where clients reach it.
     pub addr: String,
+    /// Its internal address (Raft, forwarding: where other nodes reach it); the same as `addr`
+    /// when the node serves both on one listener.
+    pub internal_addr: String,
     /// `voter` or `learner`.
     pub role: String,
     /// `up` when it answered a status request directly, else `unreachable`.
@@ -182,13 +185,20 @@ fn leader_counts(meta: Option<&GroupView>, partitions: &[GroupView]) -> BTreeMap
 
 /// The `cluster status` text.
 pub fn status_table(v: &ClusterView) -> String {
-    let mut members = Table::new(["id", "addr", "role", "health", "leads"]);
+    let mut members = Table::new(["id", "addr", "internal addr", "role", "health", "leads"]);
     for m in &v.members {
         let health = match &m.error {
             Some(e) => format!("{} ({e})", m.health),
             None => m.health.clone(),
         };
-        members.row([m.id.to_string(), m.addr.clone(), m.role.clone(), health, m.leader_of.to_string()]);
+        members.row([
+            m.id.to_string(),
+            m.addr.clone(),
+            m.internal_addr.clone(),
+            m.role.clone(),
+            health,
+            m.leader_of.to_string(),
+        ]);
     }
     let mut groups = Table::new(["group", "leader", "replicas", "term", "commit", "applied", "log end", "lag"]);
     for g in v.meta.iter().chain(&v.partitions) {
@@ -315,7 +325,15 @@ pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
             }
             Err(e) => ("unreachable".to_string(), Some(e)),
         };
-        members.push(MemberView { id: m.id, addr: m.addr.clone(), role: m.role.clone(), health, error, leader_of: 0 });
+        members.push(MemberView {
+            id: m.id,
+            addr: m.addr.clone(),
+            internal_addr: internal_addr(m),
+            role: m.role.clone(),
+            health,
+            error,
+            leader_of: 0,
+        });
     }
     // The first answer counts too (its node may not be listed, e.g. while it joins).
     metas.extend(first.meta.as_ref().map(|g| GroupView::from_proto(g, first.node_id)));
@@ -331,11 +349,16 @@ pub async fn gather(ctx: &Ctx) -> Result<ClusterView> {
     Ok(ClusterView { answered_by: first.node_id, members, meta, partitions, damaged })
 }
 
+/// A member's internal address; a node that reports none (an older one) serves both on `addr`.
+fn internal_addr(m: &proto::NodeInfo) -> String {
+    if m.internal_addr.is_empty() { m.addr.clone() } else { m.internal_addr.clone() }
+}
+
 /// The members table of `add-node` / `remove-node`.
 fn members_table(members: &[MemberRow]) -> String {
-    let mut t = Table::new(["id", "addr", "role"]);
+    let mut t = Table::new(["id", "addr", "internal addr", "role"]);
     for m in members {
-        t.row([m.id.to_string(), m.addr.clone(), m.role.clone()]);
+        t.row([m.id.to_string(), m.addr.clone(), m.internal_addr.clone(), m.role.clone()]);
     }
     t.render()
 }
@@ -345,15 +368,19 @@ fn members_table(members: &[MemberRow]) -> String {
 pub struct MemberRow {
     /// Node id.
     pub id: u64,
-    /// Advertised address.
+    /// Its client address.
     pub addr: String,
+    /// Its internal address (Raft, forwarding).
+    pub internal_addr: String,
     /// `voter` or `learner`.
     pub role: String,
 }
 
 fn rows(members: &[proto::NodeInfo]) -> Vec<MemberRow> {
-    let mut v: Vec<MemberRow> =
-        members.iter().map(|m| MemberRow { id: m.id, addr: m.addr.clone(), role: m.role.clone() }).collect();
+    let mut v: Vec<MemberRow> = members
+        .iter()
+        .map(|m| MemberRow { id: m.id, addr: m.addr.clone(), internal_addr: internal_addr(m), role: m.role.clone() })
+        .collect();
     v.sort_by_key(|m| m.id);
     v
 }
@@ -474,6 +501,7 @@ mod tests {
                 MemberView {
                     id: 1,
                     addr: "h:1".into(),
+                    internal_addr: "n1:7101".into(),
                     role: "voter".into(),
                     health: "up".into(),
                     error: None,
@@ -482,6 +510,7 @@ mod tests {
                 MemberView {
                     id: 2,
                     addr: "h:2".into(),
+                    internal_addr: "n2:7101".into(),
                     role: "voter".into(),
                     health: "unreachable".into(),
                     error: Some("connection refused".into()),
@@ -494,6 +523,9 @@ mod tests {
         };
         let text = status_table(&v);
         assert!(!text.contains("DAMAGED"), "{text}");
+        // Each member's client and internal address, side by side.
+        assert!(text.contains("INTERNAL ADDR"), "{text}");
+        assert!(text.lines().any(|l| l.contains("h:1") && l.contains("n1:7101")), "{text}");
         let mut v = v;
         v.damaged.push(DamageView {
             group: "a/0".into(),
@@ -511,6 +543,7 @@ mod tests {
         assert!(text.contains("unknown (leader did not answer)"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&output::to_json(&v).unwrap()).unwrap();
         assert_eq!(json["members"][1]["health"], "unreachable");
+        assert_eq!(json["members"][1]["internal_addr"], "n2:7101");
     }
 
     #[test]
@@ -518,6 +551,7 @@ mod tests {
         let member = |id: u64, error: Option<&str>| MemberView {
             id,
             addr: format!("node-{id}:7001"),
+            internal_addr: format!("node-{id}:7101"),
             role: "voter".into(),
             health: if error.is_some() { "unreachable" } else { "up" }.into(),
             error: error.map(str::to_string),

@@ -17,9 +17,12 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::types::NodeId;
@@ -184,8 +187,9 @@ impl TlsPem {
     /// The server side as rustls configuration, checked: the key must match the certificate and
     /// the certificate must verify against the cluster CA (now, for client authentication, which
     /// node certificates carry besides server authentication). Clients may present a certificate
-    /// signed by the cluster CA: required by `require_client_cert`, optional otherwise (and then
-    /// whatever is presented must still chain to the CA). ALPN `h2` (gRPC).
+    /// signed by the cluster CA: optional without `require_client_cert` (whatever is presented
+    /// must still chain to the CA); with it (the internal listener) a certificate is required and
+    /// must name a node ([`NodeCertVerifier`]), or the handshake fails. ALPN `h2` (gRPC).
     pub fn rustls_server_config(&self, require_client_cert: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = self.cert_chain()?;
@@ -193,8 +197,12 @@ impl TlsPem {
             .map_err(|e| TlsError::BadPem { what: "key", reason: e.to_string() })?;
         let roots = Arc::new(self.ca_roots()?);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-        let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
-        let verifier = verifier.build().map_err(|e| TlsError::Config { reason: e.to_string() })?;
+        let verifier: Arc<dyn ClientCertVerifier> = if require_client_cert {
+            let inner = verifier.build().map_err(|e| TlsError::Config { reason: e.to_string() })?;
+            Arc::new(NodeCertVerifier { inner })
+        } else {
+            verifier.allow_unauthenticated().build().map_err(|e| TlsError::Config { reason: e.to_string() })?
+        };
         // Our own certificate must chain to the CA peers check it against.
         let strict = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .build()
@@ -244,6 +252,67 @@ impl TlsPem {
     }
 }
 
+/// The internal listener's client-certificate check: the cluster CA's (webpki: chain, validity,
+/// client-authentication usage), then [`certified_node`] must name a node. A client certificate
+/// of the cluster CA, or one naming two nodes, fails the handshake, before any request is read.
+/// Whether that node is a member, and the one an RPC claims to come from, is the Raft guard's
+/// check per request (membership changes; a handshake does not see them).
+#[derive(Debug)]
+pub struct NodeCertVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for NodeCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match certified_node(end_entity.as_ref()) {
+            Ok(Some(_)) => Ok(verified),
+            Ok(None) | Err(_) => {
+                Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// What a log line says about a certificate: its serial number (hex) and its expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertSummary {
@@ -251,6 +320,8 @@ pub struct CertSummary {
     pub serial: String,
     /// `notAfter`, as the certificate writes it (RFC 2822-like text of x509-parser).
     pub not_after: String,
+    /// `notAfter` in seconds since the Unix epoch.
+    pub not_after_unix: i64,
 }
 
 /// The serial number and expiry of a DER certificate.
@@ -258,7 +329,8 @@ pub fn cert_summary(der: &[u8]) -> Result<CertSummary, TlsError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
     let serial = cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(CertSummary { serial, not_after: cert.validity().not_after.to_string() })
+    let not_after = &cert.validity().not_after;
+    Ok(CertSummary { serial, not_after: not_after.to_string(), not_after_unix: not_after.timestamp() })
 }
 
 /// Every URI subject alternative name of a DER certificate (none without the extension); an error
@@ -298,13 +370,16 @@ pub fn certified_node(der: &[u8]) -> Result<Option<NodeId>, TlsError> {
 }
 
 /// The client principal a DER certificate names: `Some(name)` for exactly one
-/// `shale://client/<name>` URI SAN and no node SAN; `None` when it names no client; an error when
-/// it cannot be read, names more than one client, or names a node too.
+/// `shale://client/<name>` URI SAN and no node SAN; without any such SAN (a certificate another
+/// CA tool made), its subject's common name, when it has exactly one and names no node; `None`
+/// when it names no client; an error when it cannot be read, names more than one client, or names
+/// a node too. (Whether the name is a valid principal is the caller's check.)
 pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
     let uris = uri_sans(der)?;
     let clients: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(CLIENT_URI_PREFIX)).collect();
     let nodes = uris.iter().filter(|u| u.starts_with(NODE_URI_PREFIX)).count();
     match (clients.as_slice(), nodes) {
+        ([], 0) => subject_common_name(der),
         ([], _) => Ok(None),
         ([name], 0) => Ok(Some((*name).to_string())),
         (many, nodes) => Err(TlsError::Parse {
@@ -313,6 +388,17 @@ pub fn certified_client(der: &[u8]) -> Result<Option<String>, TlsError> {
                 many.len()
             ),
         }),
+    }
+}
+
+/// The subject's common name: `Some` when the subject has exactly one CN and it is a string.
+fn subject_common_name(der: &[u8]) -> Result<Option<String>, TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::Parse { reason: e.to_string() })?;
+    let names: Vec<_> = cert.subject().iter_common_name().collect();
+    match names.as_slice() {
+        [cn] => Ok(cn.as_str().ok().map(str::to_string)),
+        _ => Ok(None),
     }
 }
 
@@ -425,7 +511,12 @@ pub mod generate {
         Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
     }
 
-    fn issue(ca: &Pem, mut params: CertificateParams, days: u32, what: &'static str) -> Result<Pem, TlsError> {
+    pub(super) fn issue(
+        ca: &Pem,
+        mut params: CertificateParams,
+        days: u32,
+        what: &'static str,
+    ) -> Result<Pem, TlsError> {
         let ca_key = KeyPair::from_pem(&ca.key).map_err(err("CA key (reading it)"))?;
         let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(err("CA certificate (reading it)"))?;
         let key = KeyPair::generate().map_err(err(what))?;
@@ -495,5 +586,35 @@ mod tests {
         assert_eq!(certified_client(&der_of(&node.cert)).unwrap(), None, "a node certificate names no client");
         assert_eq!(certified_node(&der_of(&ca.cert)).unwrap(), None);
         assert!(matches!(certified_node(b"not a certificate"), Err(TlsError::Parse { .. })));
+    }
+
+    /// A client certificate with a subject and no principal SAN (as another CA tool makes
+    /// them): the principal is its common name; with a URI SAN, the SAN wins; two CNs name none.
+    #[test]
+    fn a_certificate_without_a_principal_san_names_its_subject_common_name() {
+        use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose};
+        let ca = generate::ca("test CA", 1).unwrap();
+        let with_subject = |names: &[&str]| {
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::OrganizationName, "Example Inc");
+            for n in names {
+                dn.push(DnType::CommonName, *n);
+            }
+            params.distinguished_name = dn;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            der_of(&generate::issue(&ca, params, 1, "test certificate").unwrap().cert)
+        };
+        assert_eq!(certified_client(&with_subject(&["bob"])).unwrap().as_deref(), Some("bob"));
+        assert_eq!(certified_node(&with_subject(&["bob"])).unwrap(), None, "a subject names no node");
+        assert_eq!(certified_client(&with_subject(&[])).unwrap(), None, "no CN: no principal");
+        let client = generate::client(&ca, "alice", 1).unwrap();
+        assert_eq!(certified_client(&der_of(&client.cert)).unwrap().as_deref(), Some("alice"), "the SAN");
+        // A node certificate (its CN is node-7.shale.internal) never names a client.
+        let node = generate::node(&ca, 7, &[], &[], 1).unwrap();
+        assert_eq!(certified_client(&der_of(&node.cert)).unwrap(), None);
+        let summary = cert_summary(&der_of(&client.cert)).unwrap();
+        let in_a_day = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+        assert!((summary.not_after_unix - in_a_day).abs() < 120, "{summary:?}");
     }
 }
