@@ -85,6 +85,11 @@ pub struct ClusterConfig {
     /// maximum of topics). Checked when the creation applies, so concurrent creations cannot both
     /// pass; the metadata leader's totals decide (the node forwards creations there).
     pub topic_totals: Option<TopicTotals>,
+    /// How many partition groups a reconcile pass starts (and tends) at once.
+    pub start_concurrency: usize,
+    /// How many preferred-leader hand-overs a reconcile pass on this node may start (leader
+    /// balancing is rate-limited: each one is an election in that group).
+    pub leader_transfers_per_pass: usize,
 }
 
 impl ClusterConfig {
@@ -104,6 +109,8 @@ impl ClusterConfig {
             catch_up_timeout_ms: 5_000,
             leave_grace_ms: 30_000,
             topic_totals: None,
+            start_concurrency: 16,
+            leader_transfers_per_pass: 16,
         }
     }
 }
@@ -190,6 +197,11 @@ pub struct Cluster {
     /// Groups found stopped, and restarted again, since start.
     group_failures_total: std::sync::atomic::AtomicU64,
     group_restarts_total: std::sync::atomic::AtomicU64,
+    /// Partition groups started by the reconcile loop since start.
+    partition_starts_total: std::sync::atomic::AtomicU64,
+    /// Whether the applied metadata has been current once (see `reconcile`): partition groups
+    /// start only after that.
+    metadata_current: std::sync::atomic::AtomicBool,
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
@@ -235,6 +247,8 @@ impl Cluster {
             failed_groups: Mutex::new(BTreeMap::new()),
             group_failures_total: Default::default(),
             group_restarts_total: Default::default(),
+            partition_starts_total: Default::default(),
+            metadata_current: Default::default(),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
@@ -252,6 +266,12 @@ impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// Partition groups the reconcile loop started on this node since [`Cluster::start`]
+    /// (restarts of stopped groups are counted by [`Cluster::group_restarts_total`]).
+    pub fn partition_starts_total(&self) -> u64 {
+        self.partition_starts_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The Raft transport hub: this node's running groups and its channels to peers.

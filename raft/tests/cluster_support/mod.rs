@@ -53,6 +53,9 @@ pub struct Setup {
     pub preferred_leader_delay_ms: u64,
     /// `RaftGroupConfig::log_cache_bytes` of every group (0: no in-memory log tail).
     pub log_cache_bytes: usize,
+    /// `RaftGroupConfig::heartbeat_interval_ms` of every group (the election timeouts are 6 and
+    /// 12 of them). Tests with many groups on a busy machine use a longer one.
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Setup {
@@ -64,6 +67,7 @@ impl Setup {
             backing: Backing::Memory(StorageOptions::default()),
             preferred_leader_delay_ms: 100,
             log_cache_bytes: RaftGroupConfig::default().log_cache_bytes,
+            heartbeat_interval_ms: 50,
         }
     }
 }
@@ -86,18 +90,19 @@ pub struct TestCluster {
     pub setup: Setup,
 }
 
-fn raft_config() -> RaftGroupConfig {
+fn raft_config(heartbeat_interval_ms: u64) -> RaftGroupConfig {
     RaftGroupConfig {
-        heartbeat_interval_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
+        heartbeat_interval_ms,
+        election_timeout_min_ms: 6 * heartbeat_interval_ms,
+        election_timeout_max_ms: 12 * heartbeat_interval_ms,
         ..RaftGroupConfig::default()
     }
 }
 
 async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Result<(), ClusterError> {
     let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
-    config.raft = RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config() };
+    config.raft =
+        RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config(setup.heartbeat_interval_ms) };
     config.reconcile_interval_ms = 50;
     config.preferred_leader_delay_ms = setup.preferred_leader_delay_ms;
     config.retention_interval_ms = 500;
