@@ -26,6 +26,12 @@ use shale_storage::ChainHash;
 
 use crate::types::{Entry, EntryPayload};
 
+/// Default node-wide budget of all entry caches (`memory.log_cache_bytes`): sized so a node with
+/// 3,000 partition replicas stays under 1 GiB of RSS with the groups' other memory.
+pub const DEFAULT_NODE_LOG_CACHE_BYTES: usize = 192 << 20;
+/// Default floor a cache keeps under pressure (`memory.log_cache_floor_bytes`).
+pub const DEFAULT_LOG_CACHE_FLOOR_BYTES: usize = 32 << 10;
+
 /// The node-wide memory budget of the entry caches (cheap to clone: one shared budget).
 #[derive(Clone, Debug)]
 pub struct CacheBudget(Arc<BudgetInner>);

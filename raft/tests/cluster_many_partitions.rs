@@ -105,3 +105,53 @@ async fn leaders_balance_after_creation_and_after_a_node_restart() {
     eprintln!("leaders after node 2 restarted: {counts:?}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_replicas_past_its_limit_and_its_groups_share_one_cache_budget() {
+    use shale_raft::cluster::{ClusterError, NodeLimit, ReplicaLimit};
+    let entry_budget = 64 << 10;
+    let setup = Setup {
+        heartbeat_interval_ms: 150,
+        replica_limit: Some(ReplicaLimit { max_replicas: 4, limit: NodeLimit::MaxPartitionsPerNode }),
+        log_cache_budget: Some((entry_budget, 4 << 10)),
+        ..Setup::new(3)
+    };
+    let c = TestCluster::start_with(setup).await;
+    c.create_topic("a", 3, 3).await;
+    let ml = c.metadata_leader().await;
+    // 3 replicas on every node; 2 more would make 5, over 4.
+    let refused = c.node(ml).create_topic(spec("b", 2, 3)).await;
+    match &refused {
+        Err(ClusterError::NodeLimit { topic, node, limit, max, current, requested }) => {
+            assert_eq!(
+                (topic.as_str(), *node, *limit, *max, *current, *requested),
+                ("b", 1, NodeLimit::MaxPartitionsPerNode, 4, 3, 2)
+            );
+        }
+        other => panic!("expected a node-limit refusal, got {other:?}"),
+    }
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("limits.max_partitions_per_node = 4"), "{message}");
+    assert!(c.node(ml).local_topics().iter().all(|t| t.name != "b"), "nothing was created");
+    // One more fits exactly.
+    c.create_topic("c", 1, 3).await;
+    for t in ["a", "c"] {
+        c.wait_partition_leaders(t).await;
+    }
+
+    // Every group on a node (metadata + 4 partitions) counts against the node's one budget, and
+    // writing far more than it holds keeps the node within it.
+    for p in 0..3 {
+        for _ in 0..20 {
+            let records = (0..8).map(|i| record("k", &"x".repeat(1000 + i))).collect();
+            c.produce("a", p, records, None).await.expect("produce");
+        }
+    }
+    for id in 1..=3 {
+        let budget = c.node(id).log_cache_budget().expect("a budget");
+        assert_eq!(budget.caches(), 5, "node {id}: the metadata group and four partitions");
+        assert!(budget.used_bytes() <= budget.total_bytes(), "node {id}: {} bytes held", budget.used_bytes());
+        assert!(budget.used_bytes() > 0);
+    }
+    c.shutdown().await;
+}

@@ -239,6 +239,9 @@ impl Cluster {
             .router
             .start_group(gid, self.config.storage.clone(), Box::new(PartitionApp::new(state.clone())), config)
             .await?;
+        if let Some(budget) = &self.config.log_cache_budget {
+            group.log().set_cache_budget(budget);
+        }
         let local = Arc::new(LocalPartition {
             topic: w.topic.clone(),
             topic_id: w.topic_id,

@@ -56,6 +56,10 @@ pub struct Setup {
     /// `RaftGroupConfig::heartbeat_interval_ms` of every group (the election timeouts are 6 and
     /// 12 of them). Tests with many groups on a busy machine use a longer one.
     pub heartbeat_interval_ms: u64,
+    /// `ClusterConfig::replica_limit` of every node.
+    pub replica_limit: Option<shale_raft::cluster::ReplicaLimit>,
+    /// `(total, floor)` of each node's own `CacheBudget` (`None`: no node budget).
+    pub log_cache_budget: Option<(usize, usize)>,
 }
 
 impl Setup {
@@ -68,6 +72,8 @@ impl Setup {
             preferred_leader_delay_ms: 100,
             log_cache_bytes: RaftGroupConfig::default().log_cache_bytes,
             heartbeat_interval_ms: 50,
+            replica_limit: None,
+            log_cache_budget: None,
         }
     }
 }
@@ -104,6 +110,9 @@ async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Res
     config.raft =
         RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config(setup.heartbeat_interval_ms) };
     config.reconcile_interval_ms = 50;
+    config.replica_limit = setup.replica_limit;
+    config.log_cache_budget =
+        setup.log_cache_budget.map(|(total, floor)| shale_raft::entry_cache::CacheBudget::new(total, floor));
     config.preferred_leader_delay_ms = setup.preferred_leader_delay_ms;
     config.retention_interval_ms = 500;
     config.request_timeout_ms = 10_000;
