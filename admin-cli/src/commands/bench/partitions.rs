@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
-use shale_client::{Client, ClientConfig, ClientError, NewTopic, ProducerConfig, ProducerRecord};
+use shale_client::{Client, ClientConfig, NewTopic, ProducerConfig, ProducerRecord};
 use tokio::process::{Child, Command};
 
 use crate::cli::BenchPartitionsArgs;
@@ -173,20 +173,23 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Leader of every partition of `topics` (0: none), as the metadata leader describes them.
-async fn leaders(client: &Client, topics: &[String]) -> std::result::Result<Vec<u64>, ClientError> {
-    let admin = client.admin();
-    let mut out = Vec::new();
-    for t in topics {
-        let info = admin.describe_topic(t).await?;
-        out.extend(info.partitions.iter().map(|p| p.leader_id));
+/// Who leads each partition of the topics named `prefix*`: a partition is led once a node's own
+/// status says it leads it (a node's `describe` names the preferred replica of a group it does
+/// not run yet, so it is not used). Nodes that do not answer are skipped.
+async fn led(nodes: &[(u64, Client)], prefix: &str) -> BTreeMap<(String, u32), u64> {
+    let mut out = BTreeMap::new();
+    for (_, client) in nodes {
+        let Ok(status) = client.admin().cluster_status().await else { continue };
+        for p in status.partitions.iter().filter(|p| p.leader_id == status.node_id && p.topic.starts_with(prefix)) {
+            out.insert((p.topic.clone(), p.partition), status.node_id);
+        }
     }
-    Ok(out)
+    out
 }
 
-fn count(leaders: &[u64]) -> BTreeMap<u64, u32> {
+fn count(led: &BTreeMap<(String, u32), u64>) -> BTreeMap<u64, u32> {
     let mut m: BTreeMap<u64, u32> = (1..=3).map(|i| (i, 0)).collect();
-    for l in leaders.iter().filter(|l| **l != 0) {
+    for l in led.values() {
         *m.entry(*l).or_default() += 1;
     }
     m
@@ -273,16 +276,14 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
         topics.len(),
         started.elapsed().as_secs_f64()
     );
-    let last = std::sync::Mutex::new(Vec::new());
+    let each: Vec<(u64, Client)> = (1..=3).map(|i| Ok((i, nodes.client(&[i])?))).collect::<Result<_>>()?;
+    let total = a.partitions as usize;
+    let last = std::sync::Mutex::new(BTreeMap::new());
     let all_led = time_until(wait, || async {
-        match leaders(&client, &topics).await {
-            Ok(l) => {
-                let done = l.iter().all(|x| *x != 0);
-                *last.lock().unwrap_or_else(|e| e.into_inner()) = l;
-                done
-            }
-            Err(_) => false,
-        }
+        let l = led(&each, "bench-p").await;
+        let done = l.len() == total;
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = l;
+        done
     })
     .await;
     r.all_leaders_s =
@@ -297,21 +298,29 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     let used_s = ticks(&nodes).saturating_sub(t0) as f64 / 100.0;
     r.idle_cpu_percent = 100.0 * used_s / at.elapsed().as_secs_f64();
     r.rss_mib = (1..=3).filter_map(|i| Some((i, rss_mib(nodes.pid(i)?)?))).collect();
-    let settled = leaders(&client, &topics).await.unwrap_or_default();
+    // Every partition's leader, as soon as every node has answered for all of them.
+    let snapshot = std::sync::Mutex::new(BTreeMap::new());
+    time_until(wait, || async {
+        let l = led(&each, "bench-p").await;
+        let done = l.len() == total;
+        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = l;
+        done
+    })
+    .await;
+    let settled = snapshot.into_inner().unwrap_or_else(|e| e.into_inner());
     r.leaders_settled = count(&settled);
 
     // Kill node 3: time until every partition it led has another leader.
-    let led: Vec<usize> = settled.iter().enumerate().filter(|(_, l)| **l == 3).map(|(i, _)| i).collect();
-    r.killed_node_led = led.len() as u32;
+    let on_3: Vec<(String, u32)> = settled.iter().filter(|(_, l)| **l == 3).map(|(k, _)| k.clone()).collect();
+    r.killed_node_led = on_3.len() as u32;
     nodes.kill(3).await;
-    let survivors = nodes.client(&[1, 2])?;
+    let survivors = &each[..2];
     r.failover_s = time_until(wait, || async {
-        leaders(&survivors, &topics)
-            .await
-            .is_ok_and(|l| led.iter().all(|i| l.get(*i).is_some_and(|x| *x != 0 && *x != 3)))
+        let l = led(survivors, "bench-p").await;
+        on_3.iter().all(|k| l.contains_key(k))
     })
     .await;
-    eprintln!("failover: {:?} s for {} partitions", r.failover_s, led.len());
+    eprintln!("failover: {:?} s for {} partitions", r.failover_s, on_3.len());
 
     // Restart it: time until it runs all its groups with leaders, then until leaders balance.
     nodes.start(3)?;
@@ -325,9 +334,9 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     .await;
     let after = std::sync::Mutex::new(BTreeMap::new());
     r.restart_rebalanced_s = time_until(wait.max(Duration::from_secs(60)), || async {
-        let l = leaders(&client, &topics).await.unwrap_or_default();
+        let l = led(&each, "bench-p").await;
         let counts = count(&l);
-        let done = !l.is_empty() && balanced(&counts, l.len());
+        let done = l.len() == total && balanced(&counts, total);
         *after.lock().unwrap_or_else(|e| e.into_inner()) = counts;
         done
     })
@@ -337,7 +346,7 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
 
     // Produce to many partitions at once.
     if a.produce_partitions > 0 {
-        produce(a, &client, &mut r).await?;
+        produce(a, &client, &each, &mut r).await?;
     }
     for id in 1..=3 {
         nodes.kill(id).await;
@@ -348,7 +357,12 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     Ok(r)
 }
 
-async fn produce(a: &BenchPartitionsArgs, client: &Client, r: &mut PartitionsReport) -> Result<()> {
+async fn produce(
+    a: &BenchPartitionsArgs,
+    client: &Client,
+    each: &[(u64, Client)],
+    r: &mut PartitionsReport,
+) -> Result<()> {
     let topic = "bench-produce".to_string();
     let partitions = a.produce_partitions;
     client
@@ -356,9 +370,8 @@ async fn produce(a: &BenchPartitionsArgs, client: &Client, r: &mut PartitionsRep
         .create_topic(NewTopic::new(&topic, partitions, 3))
         .await
         .map_err(|e| CliError::client(format!("create topic {topic}"), "127.0.0.1", e))?;
-    let one = [topic.clone()];
     time_until(Duration::from_secs(a.wait_seconds), || async {
-        leaders(client, &one).await.is_ok_and(|l| l.iter().all(|x| *x != 0))
+        led(each, "bench-produce").await.len() == partitions as usize
     })
     .await;
     let producer = Arc::new(client.producer(ProducerConfig::default()));
