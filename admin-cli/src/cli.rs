@@ -820,6 +820,60 @@ pub enum BenchCommand {
                       shale bench consume --topic bench --records 100000 --no-verify"
     )]
     Consume(BenchConsumeArgs),
+    /// Many partitions (issue 15): starts three local `shale-node run` processes, creates
+    /// partitions at replication factor 3 and prints leader, idle, memory, failover, restart and
+    /// produce figures; stops the nodes at the end.
+    #[command(
+        after_help = "Linux only (CPU and RSS come from /proc). Needs free ports base-port+1..3 and +11..13.\n\n\
+                      Examples:\n  shale bench partitions --partitions 600\n  \
+                      shale bench partitions --partitions 3000 --idle-seconds 30 -o json"
+    )]
+    Partitions(BenchPartitionsArgs),
+}
+
+/// `shale bench partitions`.
+#[derive(Debug, Args)]
+pub struct BenchPartitionsArgs {
+    /// Partitions to create (replication factor 3), in topics of --per-topic.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: u32,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub per_topic: u32,
+    /// Seconds over which idle CPU is measured (also lets preferred leaders take over).
+    #[arg(long, default_value_t = 30)]
+    pub idle_seconds: u64,
+    /// Partitions of the topic produced to at the end (0: no produce run).
+    #[arg(long, default_value_t = 300)]
+    pub produce_partitions: u32,
+    /// Seconds of the produce run.
+    #[arg(long, default_value_t = 10)]
+    pub produce_seconds: u64,
+    /// Payload size of each produced record.
+    #[arg(long, default_value = "1KiB", value_parser = args::parse_bytes, value_name = "SIZE")]
+    pub record_size: u64,
+    /// Concurrent sender tasks of the produce run (each keeps up to 1000 records in flight).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// The longest wait for any one step (cluster up, leaders, failover, restart).
+    #[arg(long, default_value_t = 120)]
+    pub wait_seconds: u64,
+    /// The `shale-node` binary (default: next to this `shale`).
+    #[arg(long)]
+    pub node_bin: Option<std::path::PathBuf>,
+    /// Directory for the nodes' data and logs (default: a new one under the temp dir, removed
+    /// at the end unless --keep).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the default directory at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Node i listens on 127.0.0.1:(base-port + i) (gRPC) and (base-port + 10 + i) (HTTP).
+    #[arg(long, default_value_t = 17100)]
+    pub base_port: u16,
+    /// Report format (table is the human report).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// `shale bench produce`.

@@ -121,6 +121,12 @@ pub struct RunArgs {
     /// Most partitions (Raft groups) the cluster may hold, all topics together (`limits.max_partitions`).
     #[arg(long, env = "SHALE_MAX_PARTITIONS")]
     pub max_partitions: Option<u32>,
+    /// Most partition replicas this node may hold (`limits.max_partitions_per_node`).
+    #[arg(long, env = "SHALE_MAX_PARTITIONS_PER_NODE")]
+    pub max_partitions_per_node: Option<u32>,
+    /// Bytes all Raft groups' in-memory log tails hold together (`memory.log_cache_bytes`).
+    #[arg(long, env = "SHALE_LOG_CACHE_BYTES")]
+    pub log_cache_bytes: Option<usize>,
     /// Most TCP connections this node serves, clients and peers (`limits.max_connections`).
     #[arg(long, env = "SHALE_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
@@ -246,6 +252,12 @@ impl RunArgs {
         }
         if let Some(v) = self.max_partitions {
             c.limits.max_partitions = v;
+        }
+        if let Some(v) = self.max_partitions_per_node {
+            c.limits.max_partitions_per_node = v;
+        }
+        if let Some(v) = self.log_cache_bytes {
+            c.memory.log_cache_bytes = v;
         }
         if let Some(v) = self.max_connections {
             c.limits.max_connections = v;

@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_topics: u32,
     /// Most partitions, over all topics, the cluster may hold (the metadata leader's value decides).
     pub max_partitions: u32,
+    /// Most partition replicas one node may hold (the metadata leader's value decides; the
+    /// `[memory]` budget may set a tighter bound).
+    pub max_partitions_per_node: u32,
     /// Most TCP connections this node serves at once; one more is answered TOO_MANY_CONNECTIONS
     /// and closed.
     pub max_connections: u32,
@@ -72,11 +75,33 @@ impl Default for Limits {
             max_wait_ms: limits::DEFAULT_FETCH_WAIT_MS,
             max_topics: limits::DEFAULT_TOPICS,
             max_partitions: limits::DEFAULT_CLUSTER_PARTITIONS,
+            max_partitions_per_node: limits::DEFAULT_PARTITIONS_PER_NODE,
             max_connections: limits::DEFAULT_CONNECTIONS,
             max_internal_connections: DEFAULT_INTERNAL_CONNECTIONS,
             max_subscriptions_per_connection: limits::DEFAULT_SUBSCRIPTIONS_PER_CONNECTION,
             max_subscriptions: limits::DEFAULT_SUBSCRIPTIONS,
             max_in_flight_requests: limits::DEFAULT_IN_FLIGHT_REQUESTS,
+        }
+    }
+}
+
+/// The node's memory budget (`[memory]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Memory {
+    /// Bytes the in-memory log tails of all Raft groups on the node hold together (hot groups
+    /// get more, idle ones shrink to the floor).
+    pub log_cache_bytes: usize,
+    /// Bytes no group's log tail is squeezed below. The node takes at most
+    /// `log_cache_bytes / log_cache_floor_bytes - 1` partition replicas.
+    pub log_cache_floor_bytes: usize,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self {
+            log_cache_bytes: shale_raft::entry_cache::DEFAULT_NODE_LOG_CACHE_BYTES,
+            log_cache_floor_bytes: shale_raft::entry_cache::DEFAULT_LOG_CACHE_FLOOR_BYTES,
         }
     }
 }
@@ -191,6 +216,8 @@ pub struct NodeConfig {
     pub storage: StorageKind,
     /// Request limits.
     pub limits: Limits,
+    /// Memory budget.
+    pub memory: Memory,
     /// Raft timing.
     pub raft: RaftTiming,
     /// How long a graceful shutdown waits for in-flight requests before cutting them.
@@ -224,6 +251,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./data/node-1"),
             storage: StorageKind::Disk,
             limits: Limits::default(),
+            memory: Memory::default(),
             raft: RaftTiming::default(),
             shutdown_grace_ms: 5_000,
             segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
@@ -387,6 +415,24 @@ impl NodeConfig {
         }
         in_range("limits.max_topics", u64::from(l.max_topics), limits::MAX_TOPICS as u64)?;
         in_range("limits.max_partitions", u64::from(l.max_partitions), u64::from(limits::MAX_CLUSTER_PARTITIONS))?;
+        in_range(
+            "limits.max_partitions_per_node",
+            u64::from(l.max_partitions_per_node),
+            u64::from(limits::MAX_PARTITIONS_PER_NODE),
+        )?;
+        let m = &self.memory;
+        if m.log_cache_floor_bytes == 0 {
+            return invalid("memory.log_cache_floor_bytes", "must be positive".into());
+        }
+        if m.log_cache_bytes < 2 * m.log_cache_floor_bytes {
+            return invalid(
+                "memory.log_cache_bytes",
+                format!(
+                    "{} leaves no room for a partition beside the metadata group (floor {} each)",
+                    m.log_cache_bytes, m.log_cache_floor_bytes
+                ),
+            );
+        }
         for (field, value) in [
             ("limits.max_connections", l.max_connections),
             ("limits.max_internal_connections", l.max_internal_connections),

@@ -168,6 +168,13 @@ impl Node {
             max_topics: config.limits.max_topics,
             max_partitions: config.limits.max_partitions,
         });
+        let budget = shale_raft::entry_cache::CacheBudget::new(
+            config.memory.log_cache_bytes,
+            config.memory.log_cache_floor_bytes,
+        );
+        cluster_config.replica_limit =
+            Some(shale_raft::cluster::ReplicaLimit::of(config.limits.max_partitions_per_node, budget.max_groups()));
+        cluster_config.log_cache_budget = Some(budget);
         let cluster = Cluster::start(cluster_config).await?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -74,7 +74,7 @@ pub struct GroupLog {
     /// The log store's flusher task, awaited when the group shuts down.
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The recently appended tail, for openraft's own reads.
-    cache: Mutex<EntryCache>,
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 /// Default budget of a group's in-memory log tail.
@@ -117,7 +117,7 @@ impl GroupLog {
             meta,
             policy: Mutex::new((retention, None)),
             flusher: Mutex::new(None),
-            cache: Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES)),
+            cache: Arc::new(Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES))),
         }))
     }
 
@@ -171,6 +171,11 @@ impl GroupLog {
     /// Sets the budget of the in-memory log tail (0 disables it).
     pub fn set_cache_bytes(&self, bytes: usize) {
         self.cache.lock().set_max_bytes(bytes);
+    }
+
+    /// Counts the in-memory log tail against the node's shared budget from now on.
+    pub fn set_cache_budget(&self, budget: &crate::entry_cache::CacheBudget) {
+        budget.register(&self.cache);
     }
 
     /// Sets the retention policy.

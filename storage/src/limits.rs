@@ -103,6 +103,12 @@ pub const DEFAULT_TOPICS: u32 = 512;
 pub const DEFAULT_CLUSTER_PARTITIONS: u32 = 512;
 /// Hard maximum of `limits.max_partitions`.
 pub const MAX_CLUSTER_PARTITIONS: u32 = 1 << 20;
+/// Default of `limits.max_partitions_per_node`: partition replicas (Raft groups) one node takes
+/// (checked when a creation applies, with the proposing node's value; issue 15 targets 3,000 per
+/// node: 3,000 partitions at replication factor 3 on three nodes).
+pub const DEFAULT_PARTITIONS_PER_NODE: u32 = 4096;
+/// Hard maximum of `limits.max_partitions_per_node`.
+pub const MAX_PARTITIONS_PER_NODE: u32 = 1 << 20;
 
 /// Default of `limits.max_connections`: TCP connections a node serves at once (clients and peers
 /// alike, on the one listener).

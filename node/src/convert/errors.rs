@@ -25,6 +25,7 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::InvalidTopicName { .. } => status(ErrorCode::InvalidTopicName, message),
         ClusterError::InvalidArgument { .. } => status(ErrorCode::InvalidArgument, message),
         ClusterError::ClusterLimit { limit: max, .. } => limit(ErrorCode::ClusterLimit, message, max),
+        ClusterError::NodeLimit { max, .. } => limit(ErrorCode::ClusterLimit, message, max),
         ClusterError::NotEnoughNodes { .. } => status(ErrorCode::InvalidConfig, message),
         ClusterError::OffsetOutOfRange { start, end, .. } => out_of_range(message, start, end),
         ClusterError::DuplicateSequenceOutOfWindow { .. } => status(ErrorCode::OutOfOrderSequence, message),

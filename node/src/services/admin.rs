@@ -342,8 +342,14 @@ impl proto::admin_server::Admin for AdminService {
                     let spec = topics::topic_spec(req.clone())?;
                     limits::check_partition_count(spec.partitions, &self.ctx.limits)?;
                     let result = self.ctx.cluster.create_topic(spec).await;
-                    if let Err(shale_raft::cluster::ClusterError::ClusterLimit { total, .. }) = &result {
-                        self.ctx.metrics.count_limit_refusal(total.config_key().trim_start_matches("limits."));
+                    match &result {
+                        Err(shale_raft::cluster::ClusterError::ClusterLimit { total, .. }) => {
+                            self.ctx.metrics.count_limit_refusal(total.config_key().trim_start_matches("limits."));
+                        }
+                        Err(shale_raft::cluster::ClusterError::NodeLimit { limit, .. }) => {
+                            self.ctx.metrics.count_limit_refusal(limit.config_key().trim_start_matches("limits."));
+                        }
+                        _ => {}
                     }
                     let served = self.ctx.or_forward(result, forwarded, None, req, AdminClient::create_topic).await?;
                     Ok(served.answer(|info| proto::CreateTopicResponse { topic: Some(self.wire_topic(&info)) }))

@@ -410,6 +410,50 @@ pub struct TopicTotals {
     pub max_partitions: u32,
 }
 
+/// What bounds the partition replicas one node takes ([`ClusterError::NodeLimit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeLimit {
+    /// The configured `limits.max_partitions_per_node`.
+    MaxPartitionsPerNode,
+    /// The node's entry-cache budget (`memory.log_cache_bytes`): every replica needs its floor
+    /// (`memory.log_cache_floor_bytes`) of it.
+    LogCacheBudget,
+}
+
+impl NodeLimit {
+    /// The node config key that sets the limit.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            NodeLimit::MaxPartitionsPerNode => "limits.max_partitions_per_node",
+            NodeLimit::LogCacheBudget => "memory.log_cache_bytes",
+        }
+    }
+}
+
+/// The most partition replicas any one node may hold, as the proposing node is configured (the
+/// smaller of `limits.max_partitions_per_node` and what its cache budget gives a floor to), and
+/// which of the two it is. Travels in the creation command, like [`TopicTotals`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaLimit {
+    /// Most partition replicas per node.
+    pub max_replicas: u32,
+    /// What sets it.
+    pub limit: NodeLimit,
+}
+
+impl ReplicaLimit {
+    /// The tighter of the configured maximum and the budget's (`budget_groups`: how many groups
+    /// the cache budget gives their floor; the metadata group takes one of them).
+    pub fn of(max_partitions_per_node: u32, budget_groups: usize) -> Self {
+        let budget = u32::try_from(budget_groups.saturating_sub(1)).unwrap_or(u32::MAX);
+        if budget < max_partitions_per_node {
+            ReplicaLimit { max_replicas: budget, limit: NodeLimit::LogCacheBudget }
+        } else {
+            ReplicaLimit { max_replicas: max_partitions_per_node, limit: NodeLimit::MaxPartitionsPerNode }
+        }
+    }
+}
+
 /// Every way a cluster call can fail.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -478,6 +522,25 @@ pub enum ClusterError {
         /// What the cluster holds now.
         current: u64,
         /// What the creation adds (1 topic, or its partitions).
+        requested: u64,
+    },
+    /// Creating the topic would put more partition replicas on a node than it takes.
+    #[error(
+        "creating topic {} ({requested} partition replicas on node {node}) would make {} on that node, over {} = {max}",
+        ShownName(topic), current + requested, limit.config_key()
+    )]
+    NodeLimit {
+        /// The topic asked for.
+        topic: String,
+        /// The first node (lowest id) that would pass the limit.
+        node: NodeId,
+        /// Which limit.
+        limit: NodeLimit,
+        /// Its value (replicas per node).
+        max: u64,
+        /// Replicas the node holds now.
+        current: u64,
+        /// Replicas the creation would add to it.
         requested: u64,
     },
     /// A request field is out of its allowed range.
@@ -695,6 +758,17 @@ impl From<crate::RaftError> for ClusterError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_replica_limit_is_the_tighter_of_the_configured_one_and_the_budgets() {
+        // 100 groups fit the budget: the metadata group takes one.
+        assert_eq!(ReplicaLimit::of(4096, 100), ReplicaLimit { max_replicas: 99, limit: NodeLimit::LogCacheBudget });
+        assert_eq!(
+            ReplicaLimit::of(50, 100),
+            ReplicaLimit { max_replicas: 50, limit: NodeLimit::MaxPartitionsPerNode }
+        );
+        assert_eq!(ReplicaLimit::of(10, 0).max_replicas, 0);
+    }
+
     use super::*;
 
     #[test]

@@ -59,6 +59,13 @@ pub mod metadata_command {
     pub const KIND_CREATE_PASSWORD_USER: u8 = 15;
     /// Kind: give an existing user a new password (name, SCRAM-SHA-256 credential).
     pub const KIND_SET_PASSWORD: u8 = 16;
+    /// Kind: create a topic within optional cluster totals and a per-node replica limit (spec,
+    /// `[has totals:u8]([max_topics:u32][max_partitions:u32])`, `[max_replicas:u32][limit:u8]`).
+    pub const KIND_CREATE_TOPIC_BOUNDED: u8 = 40;
+    /// Per-node limit byte: `limits.max_partitions_per_node`.
+    pub const NODE_LIMIT_MAX_PARTITIONS: u8 = 1;
+    /// Per-node limit byte: the entry-cache budget (`memory.log_cache_bytes`).
+    pub const NODE_LIMIT_LOG_CACHE: u8 = 2;
 }
 
 /// Metadata-group reply (the bytes an applied command answers with).

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use crate::cluster::access::{self, AccessRejection, AccessState, AclRule, ScramCredential, TOKEN_HASH_BYTES};
 use crate::cluster::api::limits::{MAX_COMMITTED_OFFSETS, MAX_MEMBERS, MAX_REPLICATION_FACTOR, MAX_TOPICS};
 use crate::cluster::api::{
-    ClusterError, ClusterTotal, GroupId, MemberAddrs, NodeId, PartitionAssignment, RetentionPolicy, TopicId, TopicInfo,
-    TopicSpec, TopicTotals, TopicUpdate, limits, partition_group_id, validate_topic_name,
+    ClusterError, ClusterTotal, GroupId, MemberAddrs, NodeId, NodeLimit, PartitionAssignment, ReplicaLimit,
+    RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicTotals, TopicUpdate, limits, partition_group_id,
+    validate_topic_name,
 };
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
@@ -30,6 +31,17 @@ pub enum MetadataCommand {
         spec: TopicSpec,
         /// The totals to stay within.
         totals: TopicTotals,
+    },
+    /// Create a topic unless it would pass the cluster `totals` (if given) or put more partition
+    /// replicas on a node than `per_node` allows (the proposing node's limits, carried in the
+    /// command so every replica decides alike).
+    CreateTopicBounded {
+        /// The topic.
+        spec: TopicSpec,
+        /// The cluster totals to stay within, if any.
+        totals: Option<TopicTotals>,
+        /// The most replicas any one node may hold.
+        per_node: ReplicaLimit,
     },
     /// Delete a topic and every committed offset for it.
     DeleteTopic {
@@ -116,6 +128,16 @@ pub enum MetadataCommand {
     },
 }
 
+/// How [`MetadataState::place`] picks a partition's followers (a property of the command kind:
+/// replaying a command must place its partitions as the first apply did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// The members after the preferred leader in id order (`CreateTopic`, `CreateTopicWithin`).
+    Ring,
+    /// The members holding the fewest replicas (`CreateTopicBounded`).
+    LeastLoaded,
+}
+
 /// Why an applied command changed nothing. Decided at apply time, so every replica agrees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -168,6 +190,21 @@ pub enum Rejection {
         /// What the creation adds.
         requested: u64,
     },
+    /// Creating the topic would put more replicas on a node than it takes.
+    NodeLimit {
+        /// The topic.
+        topic: String,
+        /// The first node (lowest id) over the limit.
+        node: NodeId,
+        /// Which limit.
+        limit: NodeLimit,
+        /// Its value.
+        max: u64,
+        /// Replicas the node holds.
+        current: u64,
+        /// Replicas the creation adds to it.
+        requested: u64,
+    },
     /// A user or ACL command that does not apply (user exists, unknown user, unknown rule).
     Access {
         /// What is wrong.
@@ -209,6 +246,9 @@ impl From<Rejection> for ClusterError {
             Rejection::Invalid { reason } => ClusterError::InvalidArgument { field: "metadata command", reason },
             Rejection::ClusterLimit { topic, total, limit, current, requested } => {
                 ClusterError::ClusterLimit { topic, total, limit, current, requested }
+            }
+            Rejection::NodeLimit { topic, node, limit, max, current, requested } => {
+                ClusterError::NodeLimit { topic, node, limit, max, current, requested }
             }
             Rejection::Access { reason } => ClusterError::InvalidArgument { field: "access", reason },
         }
@@ -300,8 +340,11 @@ impl MetadataState {
 
     fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataReply, Rejection> {
         match command {
-            MetadataCommand::CreateTopic(spec) => self.create_topic(spec, None),
-            MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals)),
+            MetadataCommand::CreateTopic(spec) => self.create_topic(spec, None, None),
+            MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals), None),
+            MetadataCommand::CreateTopicBounded { spec, totals, per_node } => {
+                self.create_topic(spec, totals.as_ref(), Some(per_node))
+            }
             MetadataCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
                     return Err(Rejection::UnknownTopic { name: name.clone() });
@@ -405,8 +448,13 @@ impl MetadataState {
     }
 
     /// Creates a topic unless it exists, its spec is invalid, or it would pass `totals` (or the
-    /// hard maximum of topics).
-    fn create_topic(&mut self, spec: &TopicSpec, totals: Option<&TopicTotals>) -> Result<MetadataReply, Rejection> {
+    /// hard maximum of topics) or put more replicas on a node than `per_node` allows.
+    fn create_topic(
+        &mut self,
+        spec: &TopicSpec,
+        totals: Option<&TopicTotals>,
+        per_node: Option<&ReplicaLimit>,
+    ) -> Result<MetadataReply, Rejection> {
         validate_spec(spec).map_err(|e| Rejection::Invalid { reason: e.to_string() })?;
         if self.topics.contains_key(&spec.name) {
             return Err(Rejection::TopicExists { name: spec.name.clone() });
@@ -440,7 +488,13 @@ impl MetadataState {
         if id > u32::MAX >> 1 {
             return Err(Rejection::Invalid { reason: "topic ids exhausted".into() });
         }
-        let partitions = self.place(id, spec.partitions, spec.replication_factor as usize);
+        // Bounded creations (kind 40 on) also pick followers by load; the older kinds keep the
+        // placement they were applied with, so replaying an old log places alike.
+        let rule = if per_node.is_some() { Placement::LeastLoaded } else { Placement::Ring };
+        let partitions = self.place(id, spec.partitions, spec.replication_factor as usize, rule);
+        if let Some(per_node) = per_node {
+            self.check_replicas_per_node(&spec.name, &partitions, per_node)?;
+        }
         let info = TopicInfo {
             name: spec.name.clone(),
             id,
@@ -452,6 +506,42 @@ impl MetadataState {
         self.next_topic_id += 1;
         self.topics.insert(spec.name.clone(), info.clone());
         Ok(MetadataReply::Topic(info))
+    }
+
+    /// Refuses `new` partitions if any node (lowest id first) would then hold more replicas than
+    /// `per_node` allows.
+    fn check_replicas_per_node(
+        &self,
+        topic: &str,
+        new: &[PartitionAssignment],
+        per_node: &ReplicaLimit,
+    ) -> Result<(), Rejection> {
+        let held = self.load();
+        let mut added: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for p in new {
+            for r in &p.replicas {
+                *added.entry(*r).or_default() += 1;
+            }
+        }
+        for (node, requested) in added {
+            let current = held.get(&node).map_or(0, |(_, holds)| *holds as u64);
+            if current + requested > u64::from(per_node.max_replicas) {
+                return Err(Rejection::NodeLimit {
+                    topic: topic.to_string(),
+                    node,
+                    limit: per_node.limit,
+                    max: u64::from(per_node.max_replicas),
+                    current,
+                    requested,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Partition replicas each member holds, over every topic.
+    pub fn replicas_per_node(&self) -> BTreeMap<NodeId, usize> {
+        self.load().into_iter().map(|(id, (_, holds))| (id, holds)).collect()
     }
 
     /// Partitions (Raft groups) of every topic.
@@ -479,8 +569,10 @@ impl MetadataState {
 
     /// Places `count` partitions of `replicas` replicas each. The preferred leader of each
     /// partition is the member leading the fewest partitions so far (then holding the fewest
-    /// replicas, then the lowest id); the followers are the members after it in id order.
-    fn place(&self, topic: TopicId, count: u32, replicas: usize) -> Vec<PartitionAssignment> {
+    /// replicas, then the lowest id); the followers are, by `rule`, the members after it in id
+    /// order ([`Placement::Ring`]) or those holding the fewest replicas so far, ties in that
+    /// order ([`Placement::LeastLoaded`]). Counts cover every topic, not only this one.
+    fn place(&self, topic: TopicId, count: u32, replicas: usize, rule: Placement) -> Vec<PartitionAssignment> {
         let ring: Vec<NodeId> = self.members.keys().copied().collect();
         debug_assert!(replicas >= 1 && replicas <= ring.len());
         let mut load = self.load();
@@ -492,7 +584,16 @@ impl MetadataState {
                         (leads, holds, ring[*i])
                     })
                     .unwrap_or(0);
-                let chosen: Vec<NodeId> = (0..replicas).map(|k| ring[(start + k) % ring.len()]).collect();
+                let after = |k: usize| ring[(start + k) % ring.len()];
+                let chosen: Vec<NodeId> = match rule {
+                    Placement::Ring => (0..replicas).map(after).collect(),
+                    Placement::LeastLoaded => {
+                        let mut followers: Vec<(usize, usize, NodeId)> =
+                            (1..ring.len()).map(|k| (load[&after(k)].1, k, after(k))).collect();
+                        followers.sort_unstable();
+                        std::iter::once(after(0)).chain(followers.into_iter().take(replicas - 1).map(|f| f.2)).collect()
+                    }
+                };
                 for (k, id) in chosen.iter().enumerate() {
                     if let Some(l) = load.get_mut(id) {
                         if k == 0 {
@@ -740,6 +841,18 @@ impl MetadataCommand {
                 write_spec(&mut w, spec);
                 w.u32(totals.max_topics).u32(totals.max_partitions);
             }
+            MetadataCommand::CreateTopicBounded { spec, totals, per_node } => {
+                w.u8(cmd::KIND_CREATE_TOPIC_BOUNDED);
+                write_spec(&mut w, spec);
+                match totals {
+                    Some(t) => w.u8(1).u32(t.max_topics).u32(t.max_partitions),
+                    None => w.u8(0),
+                };
+                w.u32(per_node.max_replicas).u8(match per_node.limit {
+                    NodeLimit::MaxPartitionsPerNode => cmd::NODE_LIMIT_MAX_PARTITIONS,
+                    NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
+                });
+            }
             MetadataCommand::DeleteTopic { name } => {
                 w.u8(cmd::KIND_DELETE_TOPIC).str16(name);
             }
@@ -832,6 +945,21 @@ impl MetadataCommand {
                 spec: read_spec(&mut r)?,
                 totals: TopicTotals { max_topics: r.u32()?, max_partitions: r.u32()? },
             },
+            cmd::KIND_CREATE_TOPIC_BOUNDED => {
+                let spec = read_spec(&mut r)?;
+                let totals = match r.u8()? {
+                    0 => None,
+                    1 => Some(TopicTotals { max_topics: r.u32()?, max_partitions: r.u32()? }),
+                    other => return Err(r.error(format!("totals flag {other}"))),
+                };
+                let max_replicas = r.u32()?;
+                let limit = match r.u8()? {
+                    cmd::NODE_LIMIT_MAX_PARTITIONS => NodeLimit::MaxPartitionsPerNode,
+                    cmd::NODE_LIMIT_LOG_CACHE => NodeLimit::LogCacheBudget,
+                    other => return Err(r.error(format!("unknown node limit {other}"))),
+                };
+                MetadataCommand::CreateTopicBounded { spec, totals, per_node: ReplicaLimit { max_replicas, limit } }
+            }
             cmd::KIND_DELETE_TOPIC => MetadataCommand::DeleteTopic { name: r.str16(limits::MAX_TOPIC_NAME_BYTES)? },
             cmd::KIND_ALTER_TOPIC => {
                 let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
@@ -928,6 +1056,13 @@ impl MetadataReply {
                         w.u8(7).str16(topic).u8(total).u64(*limit).u64(*current).u64(*requested)
                     }
                     Rejection::Access { reason } => w.u8(8).str16(truncate(reason, 1024)),
+                    Rejection::NodeLimit { topic, node, limit, max, current, requested } => {
+                        let limit = match limit {
+                            NodeLimit::MaxPartitionsPerNode => cmd::NODE_LIMIT_MAX_PARTITIONS,
+                            NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
+                        };
+                        w.u8(9).str16(topic).u64(*node).u8(limit).u64(*max).u64(*current).u64(*requested)
+                    }
                 };
             }
         }
@@ -967,6 +1102,18 @@ impl MetadataReply {
                     requested: r.u64()?,
                 },
                 8 => Rejection::Access { reason: r.str16(1024)? },
+                9 => Rejection::NodeLimit {
+                    topic: r.str16(limits::MAX_TOPIC_NAME_BYTES)?,
+                    node: r.u64()?,
+                    limit: match r.u8()? {
+                        cmd::NODE_LIMIT_MAX_PARTITIONS => NodeLimit::MaxPartitionsPerNode,
+                        cmd::NODE_LIMIT_LOG_CACHE => NodeLimit::LogCacheBudget,
+                        other => return Err(r.error(format!("unknown node limit {other}"))),
+                    },
+                    max: r.u64()?,
+                    current: r.u64()?,
+                    requested: r.u64()?,
+                },
                 other => return Err(r.error(format!("unknown rejection {other}"))),
             }),
             other => return Err(r.error(format!("unknown reply kind {other}"))),
@@ -1053,6 +1200,91 @@ mod tests {
         assert!(max - min <= 1, "{leads:?}");
         assert_eq!(b.id, a.id + 1);
         assert_eq!(b.partitions[2].group, partition_group_id(b.id, 2));
+    }
+
+    /// Leader and replica counts over many topics of mixed sizes stay even on every cluster
+    /// size, because each placement counts what every node already holds across all topics
+    /// (bounded creations, whose followers are the least loaded members).
+    #[test]
+    fn placement_over_many_topics_keeps_leaders_and_replicas_even() {
+        for members in [3u64, 4, 5, 7] {
+            let mut s = MetadataState::new();
+            for id in 1..=members {
+                s.apply(&MetadataCommand::AddMember { id, addrs: MemberAddrs::one(format!("h:{id}")) });
+            }
+            // A fixed pseudo-random mix of sizes (1..=16 partitions, rf 1..=3).
+            let mut x = 7u64;
+            for t in 0..300 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let partitions = 1 + (x >> 33) % 16;
+                let rf = 1 + (x >> 40) % 3;
+                let command = MetadataCommand::CreateTopicBounded {
+                    spec: spec(&format!("t{t}"), partitions as u32, rf as u32),
+                    totals: None,
+                    per_node: crate::cluster::api::ReplicaLimit {
+                        max_replicas: u32::MAX,
+                        limit: crate::cluster::api::NodeLimit::MaxPartitionsPerNode,
+                    },
+                };
+                assert!(matches!(s.apply(&command), MetadataReply::Topic(_)));
+            }
+            let load = s.load();
+            let leads: Vec<usize> = load.values().map(|(l, _)| *l).collect();
+            let holds: Vec<usize> = load.values().map(|(_, h)| *h).collect();
+            let spread = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap();
+            assert!(spread(&leads) <= 1, "{members} members: leaders {leads:?}");
+            assert!(spread(&holds) <= 2, "{members} members: replicas {holds:?}");
+            assert_eq!(s.replicas_per_node().values().copied().collect::<Vec<_>>(), holds);
+        }
+        // Issue 15's target: 3,000 partitions at rf 3 in 16-partition topics on three nodes.
+        let mut s = three_members();
+        for t in 0..187 {
+            create(&mut s, &format!("p{t}"), 16, 3);
+        }
+        create(&mut s, "rest", 8, 3);
+        assert_eq!(s.partition_count(), 3000);
+        let leads: Vec<usize> = s.load().values().map(|(l, _)| *l).collect();
+        assert_eq!(leads, vec![1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn a_bounded_creation_is_refused_when_a_node_would_hold_too_many_replicas() {
+        use crate::cluster::api::{NodeLimit, ReplicaLimit};
+        let mut s = three_members();
+        let bounded = |name: &str, partitions, max_replicas, limit| MetadataCommand::CreateTopicBounded {
+            spec: spec(name, partitions, 3),
+            totals: None,
+            per_node: ReplicaLimit { max_replicas, limit },
+        };
+        let first = bounded("a", 9, 10, NodeLimit::MaxPartitionsPerNode);
+        let bytes = first.encode();
+        assert_eq!(bytes[3], cmd::KIND_CREATE_TOPIC_BOUNDED);
+        assert_eq!(MetadataCommand::decode(&bytes).unwrap(), first);
+        assert!(matches!(s.apply(&first), MetadataReply::Topic(_)));
+        let before = s.clone();
+        let over = s.apply(&bounded("b", 2, 10, NodeLimit::LogCacheBudget));
+        let expected = Rejection::NodeLimit {
+            topic: "b".into(),
+            node: 1,
+            limit: NodeLimit::LogCacheBudget,
+            max: 10,
+            current: 9,
+            requested: 2,
+        };
+        assert_eq!(over, MetadataReply::Rejected(expected.clone()));
+        assert_eq!(MetadataReply::decode(&over.encode()).unwrap(), over);
+        assert_eq!(s, before, "a refusal changes nothing");
+        let message = ClusterError::from(expected).to_string();
+        assert!(message.contains("over memory.log_cache_bytes = 10"), "{message}");
+        // With totals too, and a creation that fits.
+        let within = MetadataCommand::CreateTopicBounded {
+            spec: spec("c", 1, 3),
+            totals: Some(TopicTotals { max_topics: 2, max_partitions: 100 }),
+            per_node: ReplicaLimit { max_replicas: 10, limit: NodeLimit::MaxPartitionsPerNode },
+        };
+        assert_eq!(MetadataCommand::decode(&within.encode()).unwrap(), within);
+        assert!(matches!(s.apply(&within), MetadataReply::Topic(_)));
+        assert_eq!(s.replicas_per_node(), BTreeMap::from([(1, 10), (2, 10), (3, 10)]));
     }
 
     #[test]
@@ -1552,6 +1784,26 @@ mod tests {
                             codec: CodecKind::None,
                         },
                         totals: TopicTotals { max_topics, max_partitions },
+                    }
+                }),
+                (name, 1u32..5, 0u32..12, any::<bool>()).prop_map(|(n, p, max_replicas, budget)| {
+                    MetadataCommand::CreateTopicBounded {
+                        spec: TopicSpec {
+                            name: n,
+                            partitions: p,
+                            replication_factor: 2,
+                            retention: RetentionPolicy::default(),
+                            codec: CodecKind::None,
+                        },
+                        totals: None,
+                        per_node: crate::cluster::api::ReplicaLimit {
+                            max_replicas,
+                            limit: if budget {
+                                crate::cluster::api::NodeLimit::LogCacheBudget
+                            } else {
+                                crate::cluster::api::NodeLimit::MaxPartitionsPerNode
+                            },
+                        },
                     }
                 }),
                 name.prop_map(|n| MetadataCommand::DeleteTopic { name: n }),

@@ -85,6 +85,17 @@ pub struct ClusterConfig {
     /// maximum of topics). Checked when the creation applies, so concurrent creations cannot both
     /// pass; the metadata leader's totals decide (the node forwards creations there).
     pub topic_totals: Option<TopicTotals>,
+    /// The most partition replicas a node may hold, checked when a creation this node proposes
+    /// applies (like `topic_totals`); `None`: no per-node limit.
+    pub replica_limit: Option<ReplicaLimit>,
+    /// The node-wide budget every group's in-memory log tail counts against (`None`: each group
+    /// only has its own cap, `raft.log_cache_bytes`).
+    pub log_cache_budget: Option<crate::entry_cache::CacheBudget>,
+    /// How many partition groups a reconcile pass starts (and tends) at once.
+    pub start_concurrency: usize,
+    /// How many preferred-leader hand-overs a reconcile pass on this node may start (leader
+    /// balancing is rate-limited: each one is an election in that group).
+    pub leader_transfers_per_pass: usize,
 }
 
 impl ClusterConfig {
@@ -104,6 +115,10 @@ impl ClusterConfig {
             catch_up_timeout_ms: 5_000,
             leave_grace_ms: 30_000,
             topic_totals: None,
+            replica_limit: None,
+            log_cache_budget: None,
+            start_concurrency: 16,
+            leader_transfers_per_pass: 16,
         }
     }
 }
@@ -190,6 +205,11 @@ pub struct Cluster {
     /// Groups found stopped, and restarted again, since start.
     group_failures_total: std::sync::atomic::AtomicU64,
     group_restarts_total: std::sync::atomic::AtomicU64,
+    /// Partition groups started by the reconcile loop since start.
+    partition_starts_total: std::sync::atomic::AtomicU64,
+    /// Whether the applied metadata has been current once (see `reconcile`): partition groups
+    /// start only after that.
+    metadata_current: std::sync::atomic::AtomicBool,
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
@@ -224,6 +244,9 @@ impl Cluster {
         raft_config.retention = Retention::SnapshotOnly;
         let metadata_group =
             router.start_group(METADATA_GROUP, config.storage.clone(), Box::new(app), raft_config).await?;
+        if let Some(budget) = &config.log_cache_budget {
+            metadata_group.log().set_cache_budget(budget);
+        }
         let (shutdown, _) = watch::channel(false);
         let own_client_addr = config.client_addr.clone().unwrap_or_else(|| config.advertise_addr.clone());
         let initial_client_addrs = Mutex::new(BTreeMap::from([(config.node_id, own_client_addr)]));
@@ -235,6 +258,8 @@ impl Cluster {
             failed_groups: Mutex::new(BTreeMap::new()),
             group_failures_total: Default::default(),
             group_restarts_total: Default::default(),
+            partition_starts_total: Default::default(),
+            metadata_current: Default::default(),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
@@ -252,6 +277,17 @@ impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// The node-wide budget of the groups' in-memory log tails, if one is configured.
+    pub fn log_cache_budget(&self) -> Option<&crate::entry_cache::CacheBudget> {
+        self.config.log_cache_budget.as_ref()
+    }
+
+    /// Partition groups the reconcile loop started on this node since [`Cluster::start`]
+    /// (restarts of stopped groups are counted by [`Cluster::group_restarts_total`]).
+    pub fn partition_starts_total(&self) -> u64 {
+        self.partition_starts_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The Raft transport hub: this node's running groups and its channels to peers.
@@ -482,9 +518,10 @@ impl Cluster {
     /// on their replicas (watch `describe_topic` / `leader_of`).
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<TopicInfo, ClusterError> {
         metadata::validate_spec(&spec)?;
-        let command = match self.config.topic_totals {
-            Some(totals) => MetadataCommand::CreateTopicWithin { spec, totals },
-            None => MetadataCommand::CreateTopic(spec),
+        let command = match (self.config.topic_totals, self.config.replica_limit) {
+            (totals, Some(per_node)) => MetadataCommand::CreateTopicBounded { spec, totals, per_node },
+            (Some(totals), None) => MetadataCommand::CreateTopicWithin { spec, totals },
+            (None, None) => MetadataCommand::CreateTopic(spec),
         };
         match self.propose(command).await? {
             MetadataReply::Topic(t) => Ok(t),

@@ -5,7 +5,13 @@
 //!    the initial metadata members (one `Bootstrap` command; later changes come from
 //!    `add_node` / `remove_node`).
 //! 2. Start the group of every partition this node replicates; the first replica of a partition
-//!    at `replica_epoch` 0 initialises it with the replica set.
+//!    at `replica_epoch` 0 initialises it with the replica set. No partition group starts until
+//!    this node's metadata is current (`metadata_current`: a metadata leader is known and this
+//!    node applied everything that leader reported committed), so a node that comes back never
+//!    starts groups of topics deleted while it was away; and each group's assignment is read
+//!    again from the applied metadata just before it starts (a topic deleted during a long pass
+//!    is not started). Up to `start_concurrency` groups start and are tended at once, so one
+//!    slow start does not hold up the rest.
 //! 3. Stop groups this node no longer replicates and delete their streams: at once when the topic
 //!    is deleted; when the replica moved to another node, only once the move is done (this node is
 //!    no longer a voter of the group), so the partition never has fewer replicas than assigned
@@ -17,17 +23,21 @@
 //!    that membership), and hand leadership to the preferred replica (the first) once it is caught
 //!    up, answered within two heartbeat intervals (a replica that just went down still looks
 //!    caught up) and this node has led for `preferred_leader_delay_ms` in its current term, so
-//!    leaders stay spread.
+//!    leaders stay spread (leader balancing, Kafka's auto leader rebalance). At most
+//!    `leader_transfers_per_pass` such hand-overs start per pass on a node, so a node that comes
+//!    back does not get all its leaderships back in one burst of elections.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::apps::PartitionApp;
-use super::metadata::MetadataCommand;
+use super::metadata::{MetadataCommand, MetadataState};
 use super::partition::PartitionMachine;
 use super::{Cluster, LocalPartition, catch_up};
 use crate::cluster::api::*;
@@ -73,6 +83,19 @@ pub(super) struct Wanted {
     topic_id: TopicId,
     assignment: PartitionAssignment,
     retention: RetentionPolicy,
+}
+
+/// What `state` assigns node `me` to run for group `gid`, if anything.
+fn wanted_of(state: &MetadataState, gid: GroupId, me: NodeId) -> Option<Wanted> {
+    let (topic_id, partition) = group_partition(gid)?;
+    let t = state.topics().values().find(|t| t.id == topic_id)?;
+    let a = t.partitions.get(partition as usize).filter(|a| a.group == gid && a.replicas.contains(&me))?;
+    Some(Wanted { topic: t.name.clone(), topic_id: t.id, assignment: a.clone(), retention: t.retention })
+}
+
+/// Takes one from `left` if any is left.
+fn take_one(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
 }
 
 impl Cluster {
@@ -143,31 +166,69 @@ impl Cluster {
             }
         }
 
-        // Start and look after what is ours.
-        for (gid, w) in wanted {
-            if *self.shutdown.borrow() {
-                return;
-            }
-            let existing = self.partitions.read().get(&gid).cloned();
-            let local = match existing {
-                Some(l) if self.stopped_reason(&l.group).is_none() => l,
-                // Stopped on an error (a full disk): restarted from disk with backoff.
-                existing if existing.is_some() || self.is_stopped(gid) => {
-                    match self.supervise_partition(gid, existing, &w).await {
-                        Some(l) => l,
-                        None => continue,
-                    }
-                }
-                _ => match self.start_partition(gid, &w).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(group = %gid, topic = %w.topic, partition = w.assignment.partition, error = %e, "cannot start partition group");
-                        continue;
-                    }
-                },
-            };
-            self.tend_partition(&local, &w).await;
+        // Start and look after what is ours, once the metadata is current.
+        if !self.metadata_is_current() {
+            return;
         }
+        let transfers_left = AtomicUsize::new(self.config.leader_transfers_per_pass);
+        let concurrency = self.config.start_concurrency.max(1);
+        futures::stream::iter(wanted.into_keys())
+            .for_each_concurrent(concurrency, |gid| self.run_partition(gid, &transfers_left))
+            .await;
+    }
+
+    /// Whether this node's applied metadata is current enough to start partition groups from:
+    /// a metadata leader is known and this node applied everything that leader reported
+    /// committed (after a restart the log replayed from disk may still list topics the others
+    /// deleted meanwhile). Once true it stays true for this `Cluster`.
+    fn metadata_is_current(&self) -> bool {
+        if self.metadata_current.load(Ordering::Acquire) {
+            return true;
+        }
+        let m = self.meta().metrics();
+        let current = m.current_leader.is_some()
+            && m.cluster_committed.as_ref().is_some_and(|committed| {
+                m.last_applied.as_ref().is_some_and(|applied| applied.index() >= committed.index())
+            });
+        if current {
+            self.metadata_current.store(true, Ordering::Release);
+            tracing::info!(applied = ?m.last_applied.as_ref().map(|l| l.index()), "metadata is current; starting partition groups");
+        } else {
+            tracing::debug!(leader = ?m.current_leader, "metadata not current yet; partition groups wait");
+        }
+        current
+    }
+
+    /// Starts (or restarts) partition `gid` here if the applied metadata still assigns it to
+    /// this node, then tends it.
+    async fn run_partition(&self, gid: GroupId, transfers_left: &AtomicUsize) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        // Read again now: the pass's list may be older than the metadata.
+        let Some(w) = wanted_of(&self.metadata.read(), gid, self.config.node_id) else {
+            tracing::debug!(group = %gid, "no longer assigned here; not started");
+            return;
+        };
+        let existing = self.partitions.read().get(&gid).cloned();
+        let local = match existing {
+            Some(l) if self.stopped_reason(&l.group).is_none() => l,
+            // Stopped on an error (a full disk): restarted from disk with backoff.
+            existing if existing.is_some() || self.is_stopped(gid) => {
+                match self.supervise_partition(gid, existing, &w).await {
+                    Some(l) => l,
+                    None => return,
+                }
+            }
+            _ => match self.start_partition(gid, &w).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(group = %gid, topic = %w.topic, partition = w.assignment.partition, error = %e, "cannot start partition group");
+                    return;
+                }
+            },
+        };
+        self.tend_partition(&local, &w, transfers_left).await;
     }
 
     pub(super) async fn start_partition(&self, gid: GroupId, w: &Wanted) -> Result<Arc<LocalPartition>, ClusterError> {
@@ -178,6 +239,9 @@ impl Cluster {
             .router
             .start_group(gid, self.config.storage.clone(), Box::new(PartitionApp::new(state.clone())), config)
             .await?;
+        if let Some(budget) = &self.config.log_cache_budget {
+            group.log().set_cache_budget(budget);
+        }
         let local = Arc::new(LocalPartition {
             topic: w.topic.clone(),
             topic_id: w.topic_id,
@@ -193,6 +257,7 @@ impl Cluster {
             log_start_offset: Mutex::new(None),
         });
         self.partitions.write().insert(gid, local.clone());
+        self.partition_starts_total.fetch_add(1, Ordering::Relaxed);
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");
         Ok(local)
     }
@@ -210,7 +275,7 @@ impl Cluster {
         tracing::info!(group = %gid, topic = %local.topic, partition = local.partition, "partition group stopped and deleted");
     }
 
-    async fn tend_partition(&self, local: &LocalPartition, w: &Wanted) {
+    async fn tend_partition(&self, local: &LocalPartition, w: &Wanted, transfers_left: &AtomicUsize) {
         let me = self.config.node_id;
         let a = &w.assignment;
         // Initialise a brand-new group from its first replica.
@@ -280,6 +345,7 @@ impl Cluster {
             && live
             && applied >= last
             && leading_for >= delay
+            && take_one(transfers_left)
             && let Err(e) = self.bounded("preferred-leader transfer", local.group.transfer_leader(preferred)).await
         {
             tracing::debug!(group = %a.group, to = preferred, error = %e, "preferred-leader transfer failed");

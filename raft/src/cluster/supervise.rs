@@ -298,6 +298,9 @@ impl Cluster {
         let started = self.router.start_group(METADATA_GROUP, self.config.storage.clone(), Box::new(app), config).await;
         match started {
             Ok(group) => {
+                if let Some(budget) = &self.config.log_cache_budget {
+                    group.log().set_cache_budget(budget);
+                }
                 *self.metadata_group.write() = group;
                 self.restart_attempted(METADATA_GROUP, Ok(()));
             }

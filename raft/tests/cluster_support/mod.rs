@@ -53,6 +53,13 @@ pub struct Setup {
     pub preferred_leader_delay_ms: u64,
     /// `RaftGroupConfig::log_cache_bytes` of every group (0: no in-memory log tail).
     pub log_cache_bytes: usize,
+    /// `RaftGroupConfig::heartbeat_interval_ms` of every group (the election timeouts are 6 and
+    /// 12 of them). Tests with many groups on a busy machine use a longer one.
+    pub heartbeat_interval_ms: u64,
+    /// `ClusterConfig::replica_limit` of every node.
+    pub replica_limit: Option<shale_raft::cluster::ReplicaLimit>,
+    /// `(total, floor)` of each node's own `CacheBudget` (`None`: no node budget).
+    pub log_cache_budget: Option<(usize, usize)>,
 }
 
 impl Setup {
@@ -64,6 +71,9 @@ impl Setup {
             backing: Backing::Memory(StorageOptions::default()),
             preferred_leader_delay_ms: 100,
             log_cache_bytes: RaftGroupConfig::default().log_cache_bytes,
+            heartbeat_interval_ms: 50,
+            replica_limit: None,
+            log_cache_budget: None,
         }
     }
 }
@@ -86,19 +96,23 @@ pub struct TestCluster {
     pub setup: Setup,
 }
 
-fn raft_config() -> RaftGroupConfig {
+fn raft_config(heartbeat_interval_ms: u64) -> RaftGroupConfig {
     RaftGroupConfig {
-        heartbeat_interval_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
+        heartbeat_interval_ms,
+        election_timeout_min_ms: 6 * heartbeat_interval_ms,
+        election_timeout_max_ms: 12 * heartbeat_interval_ms,
         ..RaftGroupConfig::default()
     }
 }
 
 async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Result<(), ClusterError> {
     let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
-    config.raft = RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config() };
+    config.raft =
+        RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config(setup.heartbeat_interval_ms) };
     config.reconcile_interval_ms = 50;
+    config.replica_limit = setup.replica_limit;
+    config.log_cache_budget =
+        setup.log_cache_budget.map(|(total, floor)| shale_raft::entry_cache::CacheBudget::new(total, floor));
     config.preferred_leader_delay_ms = setup.preferred_leader_delay_ms;
     config.retention_interval_ms = 500;
     config.request_timeout_ms = 10_000;

@@ -1,5 +1,7 @@
-//! `shale bench produce|consume`: load generators in the manner of kafka-producer-perf-test.
+//! `shale bench produce|consume`: load generators in the manner of kafka-producer-perf-test;
+//! `shale bench partitions` (`partitions.rs`): the many-partition figures of issue 15.
 
+pub mod partitions;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -106,6 +108,10 @@ pub async fn run(ctx: &Ctx, command: BenchCommand) -> Result<()> {
     let (report, format) = match command {
         BenchCommand::Produce(a) => (produce(ctx, &a).await?, a.output),
         BenchCommand::Consume(a) => (consume(ctx, &a).await?, a.output),
+        BenchCommand::Partitions(a) => {
+            let report = partitions::run(&a).await?;
+            return output::emit(a.output, &report, partitions::report_text);
+        }
     };
     output::emit(format, &report, report_text)?;
     if report.errors > 0 {
