@@ -518,7 +518,13 @@ impl NodeHandle {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if Arc::strong_count(&self.storage) > 1 {
-            tracing::warn!(node_id = self.node_id, "storage still referenced after shutdown");
+            // Something (a group or task that did not stop) may still write: say how many holders.
+            tracing::warn!(
+                node_id = self.node_id,
+                storage_refs = Arc::strong_count(&self.storage) - 1,
+                groups_stopped = stopped.is_ok(),
+                "storage still referenced after shutdown"
+            );
         }
         tracing::info!(node_id = self.node_id, took_ms = started.elapsed().as_millis() as u64, "stopped");
         stopped?;

@@ -58,6 +58,8 @@ pub struct PartitionsReport {
     pub produce_records: u64,
     /// Records that failed.
     pub produce_errors: u64,
+    /// The first produce error, as the client reported it.
+    pub produce_first_error: Option<String>,
     /// Produce throughput, MB/s (2^20 bytes).
     pub produce_mb_per_sec: f64,
     /// Produce throughput, records/s.
@@ -90,6 +92,7 @@ pub fn report_text(r: &PartitionsReport) -> String {
                 r.produce_mb_per_sec, r.produce_records_per_sec, r.produce_partitions, r.record_bytes, r.produce_errors
             ),
         ),
+        ("first produce error", r.produce_first_error.clone().unwrap_or_else(|| "none".to_string())),
         ("data and logs", r.dir.clone()),
     ];
     for (k, v) in rows {
@@ -377,12 +380,17 @@ async fn produce(
     let producer = Arc::new(client.producer(ProducerConfig::default()));
     let payload = Bytes::from(vec![b'x'; a.record_size as usize]);
     let (acked, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let start = Instant::now();
     let until = start + Duration::from_secs(a.produce_seconds);
     let mut tasks = Vec::new();
     for task in 0..a.concurrency {
         let (producer, payload, topic) = (producer.clone(), payload.clone(), topic.clone());
-        let (acked, errors) = (acked.clone(), errors.clone());
+        let (acked, errors, first_error) = (acked.clone(), errors.clone(), first_error.clone());
+        let failed = move |e: String| {
+            errors.fetch_add(1, Ordering::Relaxed);
+            first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
+        };
         tasks.push(tokio::spawn(async move {
             let mut inflight = FuturesUnordered::new();
             let mut i = u64::from(task);
@@ -392,20 +400,22 @@ async fn produce(
                 i += 1;
                 match producer.send(record).await {
                     Ok(d) => inflight.push(d),
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(e) => failed(e.to_string()),
                 }
                 while inflight.len() >= 1000 {
                     if let Some(done) = inflight.next().await {
-                        let c = if done.is_ok() { &acked } else { &errors };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        match done {
+                            Ok(_) => _ = acked.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => failed(e.to_string()),
+                        }
                     }
                 }
             }
             while let Some(done) = inflight.next().await {
-                let c = if done.is_ok() { &acked } else { &errors };
-                c.fetch_add(1, Ordering::Relaxed);
+                match done {
+                    Ok(_) => _ = acked.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => failed(e.to_string()),
+                }
             }
         }));
     }
@@ -415,6 +425,7 @@ async fn produce(
     let elapsed = start.elapsed().as_secs_f64();
     r.produce_records = acked.load(Ordering::Relaxed);
     r.produce_errors = errors.load(Ordering::Relaxed);
+    r.produce_first_error = first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     r.produce_records_per_sec = r.produce_records as f64 / elapsed;
     r.produce_mb_per_sec = (r.produce_records * a.record_size) as f64 / elapsed / f64::from(1u32 << 20);
     Ok(())
