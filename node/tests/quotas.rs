@@ -290,14 +290,7 @@ async fn a_consumer_over_its_quota_is_paced_by_fetch_and_subscribe_and_quotas_su
 
     // Subscribe: paced the same way.
     let mut raw = FetchClient::new(channel(&c, leader).await);
-    let req = proto::SubscribeRequest {
-        topic: "r".into(),
-        partition: 0,
-        offset: 0,
-        max_bytes: 16 * 1024,
-        ..Default::default()
-    };
-    let mut stream = raw.subscribe(as_user(req, &carol)).await.expect("subscribe").into_inner();
+    let mut stream = raw.subscribe(as_user(subscribe_r_from_start(), &carol)).await.expect("subscribe").into_inner();
     let (mut served, mut throttled, mut biggest) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
@@ -320,14 +313,7 @@ async fn a_consumer_over_its_quota_is_paced_by_fetch_and_subscribe_and_quotas_su
     assert!(throttle_seconds(&c, "consume").await > 0.0);
 
     // Removing the quota lifts it for a subscription that is open.
-    let req = proto::SubscribeRequest {
-        topic: "r".into(),
-        partition: 0,
-        offset: 0,
-        max_bytes: 16 * 1024,
-        ..Default::default()
-    };
-    let mut stream = raw.subscribe(as_user(req, &carol)).await.expect("subscribe").into_inner();
+    let mut stream = raw.subscribe(as_user(subscribe_r_from_start(), &carol)).await.expect("subscribe").into_inner();
     let mut paced = false;
     for _ in 0..40 {
         let msg = tokio::time::timeout(WAIT, stream.message()).await.expect("in time").expect("a message");
@@ -376,4 +362,9 @@ async fn a_consumer_over_its_quota_is_paced_by_fetch_and_subscribe_and_quotas_su
     };
     assert_eq!(listed.len(), 13, "{listed:?}");
     c.shutdown().await.unwrap();
+}
+
+/// A subscription to partition 0 of topic `r` from its first record, 16 KiB per message.
+fn subscribe_r_from_start() -> proto::SubscribeRequest {
+    proto::SubscribeRequest { topic: "r".into(), partition: 0, offset: 0, max_bytes: 16 * 1024, ..Default::default() }
 }
