@@ -372,3 +372,60 @@ async fn damage_running_node(leader_damaged: bool) {
     }
     c.shutdown().await.expect("shutdown");
 }
+
+/// A bit flipped in the middle of a stopped follower's active segment (what the chaos test's
+/// bit-flip fault does when a log has no sealed segment yet): the node starts anyway, with the
+/// damaged record unreadable, and its scrubber repairs it from the other replicas. (Storage used to
+/// refuse to open such a segment, so the node could not start again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flipped_bit_in_a_stopped_followers_active_segment_lets_it_start_and_is_repaired() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let (mut c, stream, _acked) = start_with_records(root.path()).await;
+    let end = u64::MAX;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read_alone(c.grpc[follower as usize - 1], end).await.ok().as_ref() != Some(&reference) {
+        assert!(tokio::time::Instant::now() < deadline, "follower never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop(follower).await.expect("stop");
+    let dir = c.data_dir(follower).to_path_buf();
+    let good = offline_records(&dir, stream);
+    let bad = flip_in_place(&dir, stream, true);
+    assert!(good.last().is_some_and(|r| r.offset.get() > bad), "whole records follow the damaged one");
+
+    c.restart(follower).await.expect("the damaged node starts");
+    let http = c.http[follower as usize - 1];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(http, "shale_scrub_repairs_total").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the damage at {bad} was never repaired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0, "nothing left damaged");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match read_alone(c.grpc[follower as usize - 1], end).await {
+            Ok(r) if r == reference => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the repaired follower does not serve every record: {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop(follower).await.expect("stop");
+    let repaired = offline_records(&dir, stream);
+    assert_eq!(repaired[..good.len()], good[..], "the repaired log has the same records and hashes");
+    c.shutdown().await.expect("shutdown");
+}

@@ -1,7 +1,7 @@
 //! Disk backend: the zeros preallocated past the active segment's records for fsynced appends.
 //! They are trimmed when the segment is sealed and on close; a copy of the directory taken while
 //! the storage is open (what a crash leaves) opens with the zeros cut off, torn records in the
-//! preallocated space cut, and damage before a whole record still reported as corruption.
+//! preallocated space cut, and damage before a whole record salvaged and reported, never cut.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use shale_storage::format::{record as rec, segment as seg};
 use shale_storage::{
-    CheckpointPolicy, CorruptionReason, Offset, Storage, StorageBackend, StorageError, StorageOptions, StreamId,
+    CheckpointPolicy, CorruptionReason, Offset, RecoveryKind, Storage, StorageBackend, StorageError, StorageOptions,
+    StreamId,
 };
 
 const S: StreamId = StreamId::new(3);
@@ -198,17 +199,33 @@ fn stray_bytes_in_the_preallocated_zeros_are_cut_not_corruption() {
 }
 
 #[test]
-fn damage_before_a_whole_record_is_corruption_even_with_zeros_after() {
+fn damage_before_a_whole_record_is_salvaged_not_cut_even_with_zeros_after() {
+    // A flipped bit in record 4 of the active segment, whole records after it, then zeros: not a
+    // torn write. The stream opens with all ten records, record 4 unreadable (the node's
+    // scrubber repairs it from a replica); nothing is cut but the zeros.
     let (crashed, path) = crashed_ten_records();
     let mut b = fs::read(&path).unwrap();
     b[records_len(4) as usize + rec::PAYLOAD_AT] ^= 0x01;
     fs::write(&path, &b).unwrap();
-    let e = Storage::open_with(crashed.path(), options()).unwrap_err();
-    assert!(
-        matches!(&e, StorageError::Corruption { offset: Some(o), reason: CorruptionReason::CrcMismatch { .. }, .. } if *o == Offset::new(4)),
-        "{e}"
-    );
-    assert_eq!(fs::read(&path).unwrap(), b, "nothing was cut");
+    let s = Storage::open_with(crashed.path(), options()).unwrap();
+    assert_eq!(s.next_offset(S).unwrap(), Offset::new(10));
+    let damaged: Vec<_> = s
+        .recovery_report()
+        .iter()
+        .filter_map(|f| match &f.kind {
+            RecoveryKind::DamagedSegment { offset, reason: CorruptionReason::CrcMismatch { .. }, sealed: false, .. } => {
+                *offset
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(damaged, vec![Offset::new(4)]);
+    assert!(matches!(s.read_from(S, Offset::new(4), 1), Err(StorageError::Corruption { .. })));
+    assert_eq!(s.read_from(S, Offset::new(5), usize::MAX).unwrap(), (5..10).map(payload).collect::<Vec<_>>());
+    assert_eq!(fs::read(&path).unwrap(), b[..records_len(10) as usize], "only the zeros were cut");
+    // Appends go on after the last record.
+    s.append_batch(S, vec![payload(10)], Offset::new(10), true).unwrap();
+    assert_eq!(s.read_from(S, Offset::new(10), 1).unwrap(), vec![payload(10)]);
 }
 
 #[test]

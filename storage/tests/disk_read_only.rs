@@ -123,7 +123,8 @@ fn kinds(report: &[RecoveryFinding]) -> Vec<&'static str> {
             RecoveryKind::InterruptedInstall => "interrupted-install",
             RecoveryKind::EmptyStreamDir => "empty-dir",
             RecoveryKind::IndexRebuilt { .. } => "index-rebuilt",
-            RecoveryKind::DamagedSealedSegment { .. } => "damaged-sealed",
+            RecoveryKind::DamagedSegment { sealed: true, .. } => "damaged-sealed",
+            RecoveryKind::DamagedSegment { sealed: false, .. } => "damaged-active",
             RecoveryKind::TornTail { .. } => "torn-tail",
             RecoveryKind::StaleCheckpoint => "stale-checkpoint",
             RecoveryKind::Refused(_) => "refused",
@@ -193,7 +194,7 @@ fn stray_bytes_in_the_preallocated_zeros_are_reported_not_cut() {
 }
 
 #[test]
-fn damage_before_whole_records_is_refused_and_reads_stop_before_it() {
+fn damage_before_whole_records_in_the_active_segment_is_reported_and_read_around() {
     let fs = written(60, false);
     let active = segments(&fs).pop().unwrap();
     let (base, last) = {
@@ -206,25 +207,32 @@ fn damage_before_whole_records_is_refused_and_reads_stop_before_it() {
     let before = state(&fs);
 
     let s = open_ro(&fs);
-    match single_finding(&s, "refused") {
-        RecoveryKind::Refused(StorageError::Corruption { offset, file, .. }) => {
-            assert_eq!(*offset, Some(Offset::new(bad)));
-            assert_eq!(Some(file.as_str()), active.file_name().unwrap().to_str());
-        }
+    match single_finding(&s, "damaged-active") {
+        RecoveryKind::DamagedSegment { offset, sealed: false, .. } => assert_eq!(*offset, Some(Offset::new(bad))),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.next_offset(S).unwrap(), Offset::new(bad), "the stream ends before the damage");
-    assert_records(&s, 0, bad);
+    assert_eq!(s.next_offset(S).unwrap().get(), last, "the records after the damage are still the stream's");
+    // Reads up to the damaged record's predecessor (checked against the damaged record's
+    // `prev_hash`) fail from there; the records after it read.
+    assert_records(&s, 0, bad - 1);
+    assert!(matches!(
+        s.read_range(S, Offset::new(bad), Offset::new(bad + 1), usize::MAX),
+        Err(StorageError::Corruption { .. })
+    ));
+    assert_records(&s, bad + 1, last);
     drop(s);
     assert_eq!(state(&fs), before);
 
-    // A read-write open refuses the storage with the same error.
-    match open_rw(&fs) {
-        Err(StorageError::Corruption { offset, .. }) => assert_eq!(offset, Some(Offset::new(bad))),
-        other => panic!("{other:?}"),
-    }
-    let files = |st: FsState| st.0.into_iter().filter(|(p, _)| !p.ends_with("LOCK")).collect::<Vec<_>>();
-    assert_eq!(files(state(&fs)), files(before), "nothing changed by the refused read-write open either");
+    // A read-write open salvages the same way and cuts nothing.
+    let s = open_rw(&fs).expect("the read-write open salvages the active segment");
+    assert_eq!(s.next_offset(S).unwrap().get(), last);
+    assert_records(&s, bad + 1, last);
+    drop(s);
+    // (Only zeros past the last record may have been cut.)
+    let after = fs.file_bytes(&active).unwrap();
+    let was = before.0.iter().find(|(p, _)| *p == active).map(|(_, b)| b.clone()).unwrap();
+    assert_eq!(after[..], was[..after.len()], "no record byte was changed");
+    assert!(was[after.len()..].iter().all(|&b| b == 0), "only zeros were cut");
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn a_damaged_sealed_segment_without_its_index_is_reported_and_read_around() {
 
     let s = open_ro(&fs);
     match single_finding(&s, "damaged-sealed") {
-        RecoveryKind::DamagedSealedSegment { offset, .. } => assert_eq!(*offset, Some(Offset::new(5))),
+        RecoveryKind::DamagedSegment { offset, sealed: true, .. } => assert_eq!(*offset, Some(Offset::new(5))),
         other => panic!("{other:?}"),
     }
     // A verified read checks its last record against the next record's `prev_hash`, so every

@@ -53,6 +53,26 @@ impl Cluster {
         }
     }
 
+    /// [`Self::leading_partition`], but when this node hosts the partition and its group knows no
+    /// leader right now (an election, or a leadership transfer, under way), waits up to
+    /// [`Self::leader_wait`] for one first: a client then meets the leader change as latency
+    /// instead of a `NotLeader` without a hint that it can only retry blindly.
+    async fn leading_partition_soon(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
+        if let Ok(p) = self.local_partition(topic, partition)
+            && p.group.leader().is_none()
+        {
+            let _ = p.group.wait_metrics("a partition leader", self.leader_wait(), |m| m.current_leader.is_some()).await;
+        }
+        self.leading_partition(topic, partition)
+    }
+
+    /// How long a request waits for a leaderless group it hosts to elect one: two election
+    /// timeouts (an election that splits once), at most a quarter of the request timeout.
+    fn leader_wait(&self) -> Duration {
+        let election = Duration::from_millis(self.config.raft.election_timeout_max_ms.saturating_mul(2));
+        election.min(self.timeout() / 4)
+    }
+
     /// The partition's leader: the local group's view if this node hosts it, else the preferred
     /// replica as a hint (a wrong hint answers `NotLeader` with the real leader).
     pub fn leader_of(&self, topic: &str, partition: u32) -> Option<(NodeId, String)> {
@@ -93,7 +113,7 @@ impl Cluster {
             });
         }
         let mut watch = SlowProduce::new(topic, partition);
-        let local = self.leading_partition(topic, partition)?;
+        let local = self.leading_partition_soon(topic, partition).await?;
         if let Some(p) = producer {
             let known = local.state.read().known_retry(p.producer_id, p.base_sequence, records.len());
             if let Some(batches) = known {
@@ -421,7 +441,7 @@ impl Cluster {
     /// `(log_start, high_watermark)` of a partition in record offsets, confirmed by read-index on
     /// its leader.
     pub async fn end_offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
-        let local = self.leading_partition(topic, partition)?;
+        let local = self.leading_partition_soon(topic, partition).await?;
         tokio::time::timeout(self.timeout(), local.group.ensure_linearizable()).await.map_err(|_| {
             ClusterError::Timeout { what: "partition read-index".into(), waited_ms: self.config.request_timeout_ms }
         })??;

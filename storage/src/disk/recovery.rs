@@ -20,12 +20,14 @@
 //!      index is rebuilt by a strict scan of the segment, and a sealed segment that scan finds
 //!      damaged is salvaged (it opens with the damaged records unreadable). The active segment is
 //!      scanned from where its index ends (or from its header);
+//!    - [`Recovery::salvage_active`]: a defect in the active segment followed by a whole record
+//!      for the next offset is damage, not a torn write: the segment is salvaged like a sealed
+//!      one (the damaged records unreadable until the scrubber repairs them from a replica);
 //!    - [`Recovery::end_active_segment`]: the active segment's records end at or before its last
 //!      non-zero byte: the zeros after it (space preallocated for fsynced appends, or data that
 //!      never reached the disk) are cut off, and so is a torn last record (partial, bad CRC, bad
 //!      end marker, a length reaching past the last non-zero byte, or bytes that are no record
-//!      followed by no whole record), with a warning; a defect followed by a whole record for the
-//!      next offset is a `Corruption` error;
+//!      followed by no whole record), with a warning;
 //!    - [`Recovery::write_back_index`]: a sealed segment's rebuilt index is written back, so the
 //!      next open trusts it.
 //! 7. [`Recovery::load_checkpoints`]: checkpoints are loaded; those outside `[log_start, next]`
@@ -34,9 +36,8 @@
 //! A read-write open ([`Storage::open_with_fs`]) repairs as above. A read-only open
 //! ([`Storage::open_read_only`]) runs the same steps but changes nothing: files are opened
 //! read-only, nothing is deleted, cut or written, and every repair the read-write open would make
-//! is only reported as a [`RecoveryFinding`]; so is damage the read-write open refuses
-//! ([`RecoveryKind::Refused`]): damage in the active segment's records leaves the stream open with
-//! the records before it; any other error leaves that one stream unopened (the others open). Both
+//! is only reported as a [`RecoveryFinding`]; so is an error the read-write open fails with
+//! ([`RecoveryKind::Refused`]), which leaves that one stream unopened (the others open). Both
 //! modes record their findings in [`Storage::recovery_report`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,15 +109,18 @@ pub enum RecoveryKind {
         /// Why the index was not trusted.
         reason: String,
     },
-    /// A sealed segment holds damaged records: the stream opens with them unreadable (every read
-    /// of them is a `Corruption` error) until `repair_range` replaces them.
-    DamagedSealedSegment {
+    /// A segment holds damaged records (a defect followed by a whole record of a later offset):
+    /// the stream opens with them unreadable (every read of them is a `Corruption` error) until
+    /// `repair_range` replaces them from another replica.
+    DamagedSegment {
         /// Byte position of the first defect.
         position: u64,
         /// The record expected there.
         offset: Option<Offset>,
         /// What is wrong.
         reason: CorruptionReason,
+        /// A sealed segment, or the active one.
+        sealed: bool,
     },
     /// Bytes after the active segment's last whole record that fail their checks and are
     /// followed by no whole record (a torn write, or a damaged last record): cut off.
@@ -133,9 +137,7 @@ pub enum RecoveryKind {
     /// A checkpoint outside `[log_start, next]` (left by an interrupted truncation, compaction or
     /// install): deleted.
     StaleCheckpoint,
-    /// Read-only opens only: the error a read-write open fails with. If it is damage in the
-    /// active segment's records, the stream is open with the records before it; otherwise the
-    /// stream is not open.
+    /// Read-only opens only: the error a read-write open fails with; the stream is not open.
     Refused(StorageError),
 }
 
@@ -166,18 +168,6 @@ struct Defect {
     reason: CorruptionReason,
     /// A torn tail (the last record, followed by no whole record), not damage.
     torn: bool,
-}
-
-impl Defect {
-    fn into_error(self, stream: StreamId, file: &str) -> StorageError {
-        StorageError::Corruption {
-            stream,
-            file: file.to_string(),
-            position: self.position,
-            offset: Some(self.offset),
-            reason: self.reason,
-        }
-    }
 }
 
 /// A stream directory's entries, by kind.
@@ -463,6 +453,13 @@ impl Recovery<'_> {
                 Found::Indexed(h) | Found::Salvaged(h) => (Some(h), None, false),
                 Found::Scanned { defect, rebuilt } => (None, defect, rebuilt),
             };
+            let defect = match defect {
+                Some(d) if is_active && !d.torn => {
+                    self.salvage_active(&l, &mut segment, d)?;
+                    None
+                }
+                defect => defect,
+            };
             if is_active {
                 self.end_active_segment(&l, &segment, defect)?;
             }
@@ -547,11 +544,13 @@ impl Recovery<'_> {
                         stream = %id, file = %name, position = d.position, offset = d.offset.get(), reason = %d.reason,
                         "sealed segment is damaged; it opens with the damaged records unreadable until repaired"
                     );
-                    let salvaged = self.storage.salvage(id, &name, l.file.as_ref(), l.file_len, segment.base, end)?;
+                    let header = seg_fmt::HEADER_LEN as u64;
+                    let salvaged =
+                        self.storage.salvage(id, &name, l.file.as_ref(), header, l.file_len, segment.base, Some(end))?;
                     segment.positions = salvaged.positions;
                     segment.len = salvaged.end;
                     let (position, offset, reason) = (d.position, Some(d.offset), d.reason);
-                    self.found(Some(name), RecoveryKind::DamagedSealedSegment { position, offset, reason });
+                    self.found(Some(name), RecoveryKind::DamagedSegment { position, offset, reason, sealed: true });
                     return Ok(Found::Salvaged(end_hash));
                 }
                 if let Some(reason) = why.clone() {
@@ -564,20 +563,33 @@ impl Recovery<'_> {
         }
     }
 
+    /// Damage in the active segment (a defect at `d` followed by a whole record of a later
+    /// offset): the records past it are located as in a damaged sealed segment, the damaged ones
+    /// stay unreadable until the scrubber repairs them from another replica, and the segment ends
+    /// after its last record that decodes in sequence (a torn tail after it is cut as usual).
+    fn salvage_active(&mut self, l: &Loaded, segment: &mut Segment, d: Defect) -> Result<()> {
+        let (id, name) = (self.id, segment.name());
+        debug_assert_eq!(segment.len, d.position, "the scan stopped at the defect");
+        debug_assert_eq!(segment.end(), d.offset, "the scan located every record before the defect");
+        tracing::error!(
+            stream = %id, file = %name, position = d.position, offset = d.offset.get(), reason = %d.reason,
+            "active segment is damaged; it opens with the damaged records unreadable until repaired"
+        );
+        let tail = self.storage.salvage(id, &name, l.file.as_ref(), d.position, l.data_len, d.offset, None)?;
+        segment.positions.extend(tail.positions);
+        segment.len = tail.end;
+        let kind = RecoveryKind::DamagedSegment { position: d.position, offset: Some(d.offset), reason: d.reason, sealed: false };
+        self.found(Some(name), kind);
+        Ok(())
+    }
+
     /// The active segment ends at its last whole record: a torn tail after it (and the zeros past
-    /// its last non-zero byte) are cut off the file and the cut made durable. A defect that is
-    /// damage, not a torn tail (a whole record follows it), is a `Corruption` error; read-only,
-    /// it is reported, and the segment ends before it.
+    /// its last non-zero byte) are cut off the file and the cut made durable. (Damage followed by
+    /// whole records was salvaged before: see [`Recovery::salvage_active`].)
     fn end_active_segment(&mut self, l: &Loaded, segment: &Segment, defect: Option<Defect>) -> Result<()> {
         let name = segment.name();
+        debug_assert!(defect.as_ref().is_none_or(|d| d.torn), "only a torn tail is left to cut");
         match defect {
-            Some(d) if !d.torn => {
-                let e = d.into_error(self.id, &name);
-                if self.repair {
-                    return Err(e);
-                }
-                self.found(Some(name.clone()), RecoveryKind::Refused(e));
-            }
             defect if segment.len < l.data_len => {
                 if self.repair {
                     tracing::warn!(
@@ -824,30 +836,37 @@ impl Storage {
         Ok(Scan { positions, end: pos, defect: None })
     }
 
-    /// Locates what it can of a damaged sealed segment holding records `[base, end)`: records
-    /// that decode with the expected offset keep their place; past a defect, the next record
-    /// that decodes with a later offset of the segment (found by its start marker and CRC)
-    /// resumes the sequence. Records that cannot be located get an empty span at the defect,
+    /// Locates what it can of a damaged segment, from byte `from` (where record `base` should
+    /// start) to `file_len`: records that decode with the expected offset keep their place; past
+    /// a defect, the next record that decodes with a later offset (found by its start marker and
+    /// CRC) resumes the sequence. Records that cannot be located get an empty span at the defect,
     /// so every read of them fails verification (and a scrub reports them) until repaired.
+    ///
+    /// A sealed segment holds records `[base, end)` (`end` is `Some`: the next segment's base), and
+    /// the scan ends at the file's end. The active segment (`end` is `None`) ends after its last
+    /// record that decodes in sequence: bytes after it that resume nothing are a torn tail.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the file, where the salvage starts and the segment's bounds are each the caller's"
+    )]
     fn salvage(
         &self,
         id: StreamId,
         name: &str,
         file: &dyn FsFile,
+        from: u64,
         file_len: u64,
         base: Offset,
-        end: Offset,
+        end: Option<Offset>,
     ) -> Result<Scan> {
-        let header = seg_fmt::HEADER_LEN as u64;
-        let buf =
-            read_bytes(file, header, file_len).map_err(|e| e(&self.root.join(id.get().to_string()).join(name)))?;
-        let mut positions = Vec::with_capacity((end.get() - base.get()) as usize);
+        let buf = read_bytes(file, from, file_len).map_err(|e| e(&self.root.join(id.get().to_string()).join(name)))?;
+        let mut positions = Vec::with_capacity(end.map_or(0, |e| (e.get() - base.get()) as usize));
         let mut at = 0usize;
         let mut offset = base;
-        while offset < end {
+        while end.map_or(at < buf.len(), |e| offset < e) {
             match decode_record(&buf, at) {
                 Ok(v) if v.offset == offset => {
-                    positions.push(header + at as u64);
+                    positions.push(from + at as u64);
                     at += v.len;
                     offset = offset.plus(1);
                 }
@@ -858,12 +877,17 @@ impl Storage {
                         }
                         decode_record(&buf, q)
                             .ok()
-                            .filter(|v| v.offset > offset && v.offset < end)
+                            .filter(|v| v.offset > offset && end.is_none_or(|e| v.offset < e))
                             .map(|v| (q, v.offset))
                     });
-                    let (q, o) = resume.unwrap_or((buf.len(), end));
+                    let (q, o) = match (resume, end) {
+                        (Some(r), _) => r,
+                        (None, Some(e)) => (buf.len(), e),
+                        // The active segment: nothing whole follows, the rest is a torn tail.
+                        (None, None) => break,
+                    };
                     while offset < o {
-                        positions.push(header + at as u64);
+                        positions.push(from + at as u64);
                         offset = offset.plus(1);
                     }
                     at = q;
@@ -871,7 +895,8 @@ impl Storage {
             }
         }
         debug_assert!(positions.windows(2).all(|w| w[0] <= w[1]));
-        Ok(Scan { positions, end: file_len, defect: None })
+        let scanned_to = if end.is_some() { file_len } else { from + at as u64 };
+        Ok(Scan { positions, end: scanned_to, defect: None })
     }
 
     /// Whether a whole record for `offset + 1` starts anywhere after byte `at`: if so, the

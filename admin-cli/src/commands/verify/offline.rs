@@ -201,7 +201,7 @@ fn finding_from_recovery(f: &RecoveryFinding) -> Finding {
                 "the index file is missing, damaged or disagrees with its segment ({reason}); the node rebuilds it on open"
             ),
         ),
-        RecoveryKind::DamagedSealedSegment { position, offset, reason } => (
+        RecoveryKind::DamagedSegment { position, offset, reason, .. } => (
             Severity::Damage,
             "corruption",
             Some(*position),
