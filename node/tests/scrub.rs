@@ -285,6 +285,17 @@ fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
     base + i as u64
 }
 
+/// The number of entries in the active (last) segment of `stream` under `dir`.
+fn active_entries(dir: &Path, stream: StreamId) -> usize {
+    let sdir = dir.join(stream.get().to_string());
+    let mut segs: Vec<_> = std::fs::read_dir(&sdir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    segs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+    segs.sort();
+    let mut bytes = std::fs::read(segs.last().expect("a segment")).unwrap();
+    bytes.truncate(bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1));
+    record_spans(&bytes).len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_with_a_damaged_log_hands_leadership_away_and_is_repaired() {
     damage_running_node(true).await;
@@ -391,13 +402,24 @@ async fn a_flipped_bit_in_a_stopped_followers_active_segment_lets_it_start_and_i
         assert!(tokio::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while read_alone(c.grpc[follower as usize - 1], end).await.ok().as_ref() != Some(&reference) {
-        assert!(tokio::time::Instant::now() < deadline, "follower never caught up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut config = ClientConfig::new(c.endpoints());
+    config.max_attempts = 40;
+    let producer = Client::new(config).unwrap().producer(ProducerConfig::default());
+    // The follower holds everything, with at least three entries in its active segment (so that
+    // whole records follow the middle one); one more entry at a time until it does.
+    let reference = loop {
+        let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while read_alone(c.grpc[follower as usize - 1], end).await.ok().as_ref() != Some(&reference) {
+            assert!(tokio::time::Instant::now() < deadline, "follower never caught up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if active_entries(c.data_dir(follower), stream) >= 3 {
+            break reference;
+        }
+        producer.send_and_wait(ProducerRecord::new(TOPIC, "one more")).await.expect("acknowledged");
+    };
     c.stop(follower).await.expect("stop");
     let dir = c.data_dir(follower).to_path_buf();
     let good = offline_records(&dir, stream);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use shale_storage::format::{record as rec, segment as seg};
 use shale_storage::{
-    ChainHash, Checkpoint, CodecKind, CompactionConfig, CorruptionReason, MemoryStorage, Offset, Storage,
+    ChainHash, Checkpoint, CodecKind, CompactionConfig, CorruptionReason, MemoryStorage, Offset, RecoveryKind, Storage,
     StorageBackend, StorageError, StorageOptions,
 };
 
@@ -134,18 +134,31 @@ fn bad_crc_or_end_marker_in_last_record_is_cut_and_zero_tail_too() {
     assert_eq!(s.next_offset(S).unwrap(), Offset::new(10));
 }
 
+/// The offsets of the damaged records open found in the active segment of `S`.
+fn damaged_in_active(s: &Storage) -> Vec<Offset> {
+    s.recovery_report()
+        .iter()
+        .filter_map(|f| match &f.kind {
+            RecoveryKind::DamagedSegment { offset, sealed: false, .. } => *offset,
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn damage_before_the_tail_is_corruption_not_truncation() {
+fn damage_before_the_tail_is_salvaged_not_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = ten_records(dir.path(), false);
     let mut b = fs::read(&path).unwrap();
     b[position(4) + rec::PAYLOAD_AT] ^= 0x01;
     fs::write(&path, &b).unwrap();
-    let e = Storage::open_with(dir.path(), options()).unwrap_err();
-    assert!(
-        matches!(&e, StorageError::Corruption { offset: Some(o), reason: CorruptionReason::CrcMismatch { .. }, .. } if *o == Offset::new(4)),
-        "{e}"
-    );
+    let s = Storage::open_with(dir.path(), options()).expect("damage in the active segment is salvaged");
+    assert_eq!(damaged_in_active(&s), vec![Offset::new(4)]);
+    assert_eq!(s.next_offset(S).unwrap(), Offset::new(10), "the records after the damage are kept");
+    assert!(matches!(
+        s.read_from(S, Offset::new(4), 1),
+        Err(StorageError::Corruption { offset: Some(o), reason: CorruptionReason::CrcMismatch { .. }, .. }) if o == Offset::new(4)
+    ));
     // Nothing was cut: all ten records are still in the file.
     assert_eq!(fs::read(&path).unwrap().len(), b.len());
 }
@@ -230,8 +243,9 @@ fn foreign_and_damaged_files_are_typed_errors() {
     fs::write(seg_path(dir.path(), 0), vec![0xAB; 5000]).unwrap();
     assert!(Storage::open_with(dir.path(), options()).is_err());
 
-    // A hostile or merely wrong length in a middle record of the active segment: a typed error
-    // (no allocation, and not mistaken for a torn tail although it reaches past the end).
+    // A hostile or merely wrong length in a middle record of the active segment: damage (no
+    // allocation, and not mistaken for a torn tail although it reaches past the end), salvaged
+    // with the record unreadable; a read of it is a typed error.
     for length in [0x7fff_fff0u32, 1 << 20, 200] {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = ten_records(dir.path(), false);
@@ -239,7 +253,10 @@ fn foreign_and_damaged_files_are_typed_errors() {
         let p = position(3) + rec::STORED_LEN_AT;
         b[p..p + 4].copy_from_slice(&length.to_le_bytes());
         fs::write(&path, b).unwrap();
-        let e = Storage::open_with(dir.path(), options()).unwrap_err();
+        let s = Storage::open_with(dir.path(), options()).unwrap();
+        assert_eq!(damaged_in_active(&s), vec![Offset::new(3)], "length {length}");
+        assert_eq!(s.next_offset(S).unwrap(), Offset::new(10));
+        let e = s.read_from(S, Offset::new(3), 1).unwrap_err();
         assert_eq!(corrupt_offset(&e), Some(Offset::new(3)), "{e}");
     }
 
