@@ -239,7 +239,16 @@ impl Node {
             _ => None,
         };
         // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
-        let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded.clone());
+        // Raft RPCs a peer gave up on (a vote or append past its timeout) reach the server as
+        // reset HTTP/2 streams; with hundreds of groups electing at once they exceed h2's default
+        // allowance of 20 pending resets, and h2 then closes the whole connection (GOAWAY,
+        // ENHANCE_YOUR_CALM), failing every group's RPCs on it: elections never finished. The
+        // listener that serves Raft allows `RAFT_RESET_STREAMS`.
+        let client_resets = if internal_listener.is_none() { RAFT_RESET_STREAMS } else { CLIENT_RESET_STREAMS };
+        let mut server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_max_pending_accept_reset_streams(Some(client_resets))
+            .layer(coded.clone());
         let router = server
             .add_service(client_api!(ProduceServer, ProduceService, refuse))
             .add_service(client_api!(FetchServer, FetchService, refuse))
@@ -254,7 +263,10 @@ impl Node {
             Some(listener) => {
                 // With TLS, mutual: no handshake completes without a certificate of the cluster
                 // CA; `refuse_internal` then serves only node certificates.
-                let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
+                let mut server = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .http2_max_pending_accept_reset_streams(Some(RAFT_RESET_STREAMS))
+                    .layer(coded);
                 let router = server
                     .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
                     .add_service(client_api!(FetchServer, FetchService, refuse_internal))
@@ -451,7 +463,8 @@ impl NodeHandle {
     ///    is not committed by then fails with a retryable error when its group stops);
     /// 3. every Raft group (partitions and metadata) is shut down in parallel, bounded by what
     ///    is left of 80% of the grace period;
-    /// 4. connections are cut, every stream is fsynced (bounded by the rest of the grace period).
+    /// 4. connections are cut, every stream is fsynced and closed (bounded by the rest of the grace
+    ///    period).
     ///
     /// Every acknowledged record was fsynced before its acknowledgement, so a step cut short
     /// loses nothing acknowledged; it is logged (and a group that did not stop is reported as
@@ -493,13 +506,11 @@ impl NodeHandle {
             "released"
         );
         drop(self.cluster);
-        // fsync every stream off the async workers, bounded by the deadline.
+        // Close every stream (fsync, trim, index) off the async workers, bounded by the deadline:
+        // left to the storage's drop, it would run after the deadline, on this task.
         let storage = self.storage.clone();
         let sync = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
-            for stream in storage.streams() {
-                storage.sync(stream).map_err(NodeError::Storage)?;
-            }
-            Ok(())
+            storage.close_streams().map_err(NodeError::Storage)
         });
         let synced = match tokio::time::timeout_at(deadline, sync).await {
             Ok(Ok(r)) => r,
@@ -574,6 +585,13 @@ fn local_addr(what: &'static str, l: &TcpListener, asked: SocketAddr) -> Result<
 
 /// How long a server may take to close its connections once the cluster has stopped.
 const SERVER_STOP: Duration = Duration::from_millis(500);
+
+/// Reset HTTP/2 streams a connection may have pending on a listener that serves Raft (peers
+/// cancel RPCs past their timeouts, many groups at once) before h2 closes it as abusive.
+const RAFT_RESET_STREAMS: usize = 4096;
+/// The same on the client listener alone: above h2's default of 20 (a client cancelling a burst
+/// of timed-out requests is not an attack), still bounding a rapid-reset flood.
+const CLIENT_RESET_STREAMS: usize = 200;
 
 /// Waits for a server task up to `grace`, then aborts it.
 async fn finish<T>(mut task: JoinHandle<T>, grace: Duration, what: &str) -> Option<T> {

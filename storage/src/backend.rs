@@ -127,6 +127,22 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// Makes every record appended so far durable.
     fn sync(&self, stream: StreamId) -> Result<()>;
 
+    /// Leaves every stream as a clean close does (its records durable; for the disk backend also
+    /// the preallocated zeros trimmed and the active segments' index files written, so the next
+    /// open scans nothing), before the last handle is dropped: a process that must stop within a
+    /// deadline runs this on a thread it can stop waiting for, instead of in `Drop`. The storage
+    /// stays usable; anything written after it is recovered on the next open as after a crash.
+    /// The first error is returned after every stream was tried.
+    fn close_streams(&self) -> Result<()> {
+        let mut first_err = None;
+        for stream in self.streams() {
+            if let Err(e) = self.sync(stream) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Removes a stream and all its files. Unknown streams are a no-op.
     fn delete_stream(&self, stream: StreamId) -> Result<()>;
 

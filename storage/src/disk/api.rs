@@ -177,6 +177,10 @@ impl StorageBackend for Storage {
         Ok(result)
     }
 
+    fn close_streams(&self) -> Result<()> {
+        self.shutdown()
+    }
+
     fn sync(&self, stream: StreamId) -> Result<()> {
         match self.stream(stream) {
             Some(h) => self.sync_stream(&h),

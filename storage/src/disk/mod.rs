@@ -286,24 +286,48 @@ impl Storage {
         self.shutdown()
     }
 
-    fn shutdown(&self) -> Result<()> {
+    /// Closes every modified stream (fsync, trim, active index), once; streams are closed by up
+    /// to [`CLOSE_THREADS`] threads at a time, since each close is a few fsyncs of its own files
+    /// (thousands of streams closed one after the other take seconds).
+    pub(crate) fn shutdown(&self) -> Result<()> {
         if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
-        let mut first_err = None;
-        for s in streams {
-            if s.check_usable().is_err() || !s.modified.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .read()
+            .values()
+            .filter(|s| s.check_usable().is_ok() && s.modified.load(std::sync::atomic::Ordering::Acquire))
+            .cloned()
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first_err = parking_lot::Mutex::new(None);
+        let close_some = || {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(s) = streams.get(i) else { break };
+                if let Err(e) = self.sync_stream(s).and_then(|()| self.write_active_index(s)) {
+                    tracing::warn!(stream = %s.id, error = %e, "closing the stream failed");
+                    first_err.lock().get_or_insert(e);
+                }
             }
-            if let Err(e) = self.sync_stream(&s).and_then(|()| self.write_active_index(&s)) {
-                tracing::warn!(stream = %s.id, error = %e, "closing the stream failed");
-                first_err.get_or_insert(e);
-            }
+        };
+        let threads = CLOSE_THREADS.min(streams.len());
+        if threads <= 1 {
+            close_some();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(close_some);
+                }
+            });
         }
-        first_err.map_or(Ok(()), Err)
+        first_err.into_inner().map_or(Ok(()), Err)
     }
 }
+
+/// Most threads closing streams at once on [`Storage::close`] (and drop).
+const CLOSE_THREADS: usize = 8;
 
 impl Drop for Storage {
     fn drop(&mut self) {
