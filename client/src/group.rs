@@ -404,6 +404,18 @@ impl GroupConsumer {
         self.commit_partitions(None).await
     }
 
+    /// Commits explicit `(topic, partition, next offset)` triples as this member (one atomic,
+    /// fenced request): every partition must be this member's.
+    pub async fn commit_offsets(&mut self, offsets: &[(String, u32, u64)]) -> Result<(), ClientError> {
+        let (member_id, member_epoch) = {
+            let st = self.shared.state.lock();
+            (st.member_id.clone(), st.member_epoch)
+        };
+        self.consumer.commit_fenced(Some((member_id, member_epoch)), offsets).await?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
     async fn commit_partitions(&mut self, only: Option<&BTreeSet<TopicPartition>>) -> Result<(), ClientError> {
         let offsets: Vec<(String, u32, u64)> = self
             .consumer
@@ -412,19 +424,20 @@ impl GroupConsumer {
             .filter(|p| only.is_none_or(|o| o.contains(p)))
             .filter_map(|(t, p)| self.consumer.position(&t, p).map(|o| (t, p, o)))
             .collect();
-        let (member_id, member_epoch) = {
-            let st = self.shared.state.lock();
-            (st.member_id.clone(), st.member_epoch)
-        };
-        self.consumer.commit_fenced(Some((member_id, member_epoch)), &offsets).await?;
-        self.last_commit = Instant::now();
-        Ok(())
+        self.commit_offsets(&offsets).await
     }
 
     /// Commits, then leaves the group: the partitions go to the other members at once.
     pub async fn close(mut self) -> Result<(), ClientError> {
-        self.heartbeat.abort();
         let committed = self.commit().await;
+        self.leave().await?;
+        committed
+    }
+
+    /// Leaves the group without committing (commit what was processed first, e.g. with
+    /// [`GroupConsumer::commit_offsets`]).
+    pub async fn leave(self) -> Result<(), ClientError> {
+        self.heartbeat.abort();
         let message = proto::LeaveGroupRequest { group: self.group.clone(), member_id: self.member_id() };
         self.client
             .call(Route::Any, |ch| {
@@ -432,7 +445,7 @@ impl GroupConsumer {
                 async move { Client::groups_client(ch).leave_group(req).await }
             })
             .await?;
-        committed
+        Ok(())
     }
 }
 
