@@ -379,3 +379,79 @@ async fn adding_members_never_gives_a_partition_two_owners() {
     }
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metadata_leader_change_during_a_rebalance_loses_no_member_and_no_commit() {
+    let mut c = Groups::start().await;
+    create_topic_rf(&c, "ha", 6).await;
+    produce(&c.client(), "ha", 6, 10, "one").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut seen = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let s = Arc::new(Seen::default());
+        tasks.push(run(c.member("ha-readers", "ha", 5_000).await, s.clone(), stop.clone()));
+        seen.push(s);
+    }
+    let read = |seen: &[Arc<Seen>]| seen.iter().map(|s| s.records.lock().len()).sum::<usize>();
+    wait_until("two members with three partitions each", || seen.iter().all(|s| s.assignment.lock().len() == 3)).await;
+    wait_until("the first 60 records read", || read(&seen) >= 60).await;
+    wait_until_async("every partition committed at 10", || async {
+        let d = c.describe("ha-readers").await;
+        d.partitions.len() == 6 && d.partitions.iter().all(|p| p.committed_offset == 10)
+    })
+    .await;
+    // A third member joins while the metadata leader (the coordinator) goes down.
+    let leader = c.running(1).or_else(|| c.running(2)).unwrap().cluster().metadata_leader().unwrap().0;
+    let joining = {
+        let client = c.client();
+        let config = GroupConfig {
+            session_timeout_ms: Some(5_000),
+            auto_commit_interval_ms: Some(200),
+            ..GroupConfig::default()
+        };
+        tokio::spawn(async move {
+            client.consumer(consumer_config(Some("ha-readers"))).join_with("ha-readers", ["ha"], config).await
+        })
+    };
+    c.cluster.stop(leader).await.expect("the metadata leader stops");
+    let s = Arc::new(Seen::default());
+    tasks.push(run(joining.await.expect("join task").expect("the third member joins"), s.clone(), stop.clone()));
+    seen.push(s);
+    let alive = (1..=3).find(|id| *id != leader).unwrap();
+    let client = {
+        let mut config = shale_client::ClientConfig::new([c.endpoints()[alive as usize - 1].clone()]);
+        config.max_attempts = 40;
+        shale_client::Client::new(config).expect("client")
+    };
+    produce(&client, "ha", 6, 10, "two").await;
+    wait_until("three members with two partitions each", || seen.iter().all(|s| s.assignment.lock().len() == 2)).await;
+    wait_until("all 120 records read", || read(&seen) >= 120).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<(String, u32, u64)> = seen.iter().flat_map(|s| s.records.lock().clone()).collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), 120, "every record read");
+    assert_eq!(n, 120, "none read twice: the hand-overs stayed clean across the leader change");
+    let mut raw =
+        ConsumerGroupsClient::connect(format!("http://{}", c.endpoints()[alive as usize - 1])).await.expect("connect");
+    let d = raw
+        .describe_group(proto::DescribeGroupRequest { group: "ha-readers".into() })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(d.members.len(), 3, "no member was lost to the leader change");
+    single_owners(&d);
+    for t in tasks {
+        t.await.expect("member").close().await.expect("leave");
+    }
+    let d = raw
+        .describe_group(proto::DescribeGroupRequest { group: "ha-readers".into() })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert!(d.partitions.iter().all(|p| p.committed_offset == 20), "{:?}", d.partitions);
+    c.cluster.shutdown().await.expect("shutdown");
+}
