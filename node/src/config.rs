@@ -142,6 +142,9 @@ pub struct GroupsSettings {
     /// How long a group without members keeps its committed offsets after its last commit, ms
     /// (`offsets.retention`, default 7 days).
     pub offsets_retention_ms: u64,
+    /// How long a member may keep partitions it was told to give up (while heartbeating) before it
+    /// is removed from the group, ms (Kafka's `max.poll.interval.ms`).
+    pub rebalance_timeout_ms: u64,
     /// How often the metadata leader looks for expired sessions and groups, ms.
     pub check_interval_ms: u64,
 }
@@ -155,6 +158,7 @@ impl Default for GroupsSettings {
             default_session_timeout_ms: d.default_session_timeout_ms,
             heartbeat_interval_ms: d.heartbeat_interval_ms,
             offsets_retention_ms: d.offsets_retention_ms,
+            rebalance_timeout_ms: d.rebalance_timeout_ms,
             check_interval_ms: d.check_interval_ms,
         }
     }
@@ -169,6 +173,7 @@ impl GroupsSettings {
             default_session_timeout_ms: self.default_session_timeout_ms,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             offsets_retention_ms: self.offsets_retention_ms,
+            rebalance_timeout_ms: self.rebalance_timeout_ms,
             check_interval_ms: self.check_interval_ms,
         }
     }
@@ -423,10 +428,15 @@ impl NodeConfig {
                 ),
             );
         }
-        if g.heartbeat_interval_ms == 0 || g.check_interval_ms == 0 || g.offsets_retention_ms == 0 {
+        if g.heartbeat_interval_ms == 0
+            || g.check_interval_ms == 0
+            || g.offsets_retention_ms == 0
+            || g.rebalance_timeout_ms == 0
+        {
             return invalid(
                 "groups",
-                "heartbeat_interval_ms, check_interval_ms and offsets_retention_ms are > 0".into(),
+                "heartbeat_interval_ms, check_interval_ms, offsets_retention_ms and rebalance_timeout_ms are > 0"
+                    .into(),
             );
         }
         let client_listen = self.client_listen_addr();

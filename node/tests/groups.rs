@@ -23,6 +23,7 @@ fn tune(c: &mut NodeConfig) {
     c.groups.min_session_timeout_ms = 100;
     c.groups.heartbeat_interval_ms = 100;
     c.groups.check_interval_ms = 50;
+    c.groups.rebalance_timeout_ms = 1_500;
 }
 
 struct Groups {
@@ -453,5 +454,45 @@ async fn a_metadata_leader_change_during_a_rebalance_loses_no_member_and_no_comm
         .expect("describe")
         .into_inner();
     assert!(d.partitions.iter().all(|p| p.committed_offset == 20), "{:?}", d.partitions);
+    c.cluster.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_heartbeats_but_never_gives_back_is_removed_after_the_rebalance_timeout() {
+    let c = Groups::start().await;
+    create_topic_rf(&c, "stuck", 2).await;
+    let mut raw = c.raw().await;
+    let join = || proto::JoinGroupRequest {
+        group: "s".into(),
+        subscriptions: vec![proto::GroupSubscription {
+            kind: Some(proto::group_subscription::Kind::Prefix("stu".into())),
+        }],
+        session_timeout_ms: 3_000,
+        ..Default::default()
+    };
+    let a = raw.join_group(join()).await.expect("a joins").into_inner();
+    assert_eq!(a.assigned.len(), 2, "a prefix subscription covers the topic");
+    let b = raw.join_group(join()).await.expect("b joins").into_inner();
+    let hb = |m: &proto::GroupAssignment, owned: Vec<proto::TopicPartition>| proto::GroupHeartbeatRequest {
+        group: "s".into(),
+        member_id: m.member_id.clone(),
+        member_epoch: m.member_epoch,
+        owned,
+    };
+    // a heartbeats (its session stays alive) but keeps everything; b waits.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let removed = loop {
+        assert!(tokio::time::Instant::now() < deadline, "a was never removed");
+        match raw.heartbeat(hb(&a, a.assigned.clone())).await {
+            Ok(_) => {}
+            Err(status) => break ClientError::from_status(status),
+        }
+        let b_now = raw.heartbeat(hb(&b, vec![])).await.expect("b heartbeats").into_inner();
+        assert!(b_now.assigned.len() <= 1, "b gets nothing a still holds: {b_now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(removed.code(), Some(ErrorCode::UnknownMemberId), "{removed}");
+    let b_now = raw.heartbeat(hb(&b, vec![])).await.expect("b heartbeats").into_inner();
+    assert_eq!(b_now.assigned.len(), 2, "a's partitions went to b");
     c.cluster.shutdown().await.expect("shutdown");
 }

@@ -34,6 +34,9 @@ pub struct GroupsConfig {
     /// How long a group without members keeps its offsets after its last commit, ms
     /// (`offsets.retention`).
     pub offsets_retention_ms: u64,
+    /// How long a member may hold partitions it was told to give up (while heartbeating) before
+    /// it is removed from the group like an expired one, ms (Kafka's `max.poll.interval.ms`).
+    pub rebalance_timeout_ms: u64,
     /// How often the metadata leader looks for expired sessions and groups, ms.
     pub check_interval_ms: u64,
 }
@@ -46,6 +49,7 @@ impl Default for GroupsConfig {
             default_session_timeout_ms: 45_000,
             heartbeat_interval_ms: 5_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
+            rebalance_timeout_ms: 300_000,
             check_interval_ms: 1_000,
         }
     }
@@ -111,13 +115,14 @@ impl Cluster {
     /// timeout and memberless groups past the offsets retention.
     async fn expire_once(&self) {
         if !self.is_metadata_leader() {
-            self.sessions.lock().clear();
+            *self.sessions.lock() = Sessions::default();
             return;
         }
         let now = Instant::now();
         let mut expired: Vec<(String, String)> = Vec::new();
         let mut stale_groups: Vec<String> = Vec::new();
         let retention_ms = self.config.groups.offsets_retention_ms;
+        let rebalance_timeout = Duration::from_millis(self.config.groups.rebalance_timeout_ms);
         let wall = wall_ms();
         {
             let metadata = self.metadata.read();
@@ -127,8 +132,17 @@ impl Cluster {
                 for (id, m) in &g.members {
                     let key = (name.clone(), id.clone());
                     // A member this leader has not heard from yet gets a whole session from now.
-                    let seen = *sessions.entry(key.clone()).or_insert(now);
-                    if now.duration_since(seen) > Duration::from_millis(u64::from(m.session_timeout_ms)) {
+                    let seen = *sessions.last_seen.entry(key.clone()).or_insert(now);
+                    let silent = now.duration_since(seen) > Duration::from_millis(u64::from(m.session_timeout_ms));
+                    // Holding partitions it must give up, for too long (heartbeating, not polling).
+                    let stuck = if m.revoking.is_empty() {
+                        sessions.revoking_since.remove(&key);
+                        false
+                    } else {
+                        now.duration_since(*sessions.revoking_since.entry(key.clone()).or_insert(now))
+                            > rebalance_timeout
+                    };
+                    if silent || stuck {
                         expired.push(key.clone());
                     }
                     live.insert(key);
@@ -137,15 +151,14 @@ impl Cluster {
                     stale_groups.push(name.clone());
                 }
             }
-            sessions.retain(|k, _| live.contains(k));
+            sessions.last_seen.retain(|k, _| live.contains(k));
+            sessions.revoking_since.retain(|k, _| live.contains(k));
         }
         for (group, member_id) in expired {
-            tracing::info!(%group, member = %member_id, "consumer group member's session expired");
+            tracing::info!(%group, member = %member_id, "consumer group member expired (silent past its session timeout, or holding revoked partitions past the rebalance timeout)");
             let command = MetadataCommand::LeaveGroup { group: group.clone(), member_id: member_id.clone() };
             match self.propose(command).await {
-                Ok(_) => {
-                    self.sessions.lock().remove(&(group, member_id));
-                }
+                Ok(_) => self.sessions.lock().forget(&(group, member_id)),
                 Err(e) => tracing::debug!(error = %e, "expiring a group member"),
             }
         }
@@ -163,7 +176,7 @@ impl Cluster {
     }
 
     fn touch_session(&self, group: &str, member_id: &str) {
-        self.sessions.lock().insert((group.to_string(), member_id.to_string()), Instant::now());
+        self.sessions.lock().last_seen.insert((group.to_string(), member_id.to_string()), Instant::now());
     }
 
     /// The assignment of `member_id` in the applied metadata.
@@ -269,7 +282,7 @@ impl Cluster {
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClusterError> {
         let command = MetadataCommand::LeaveGroup { group: group.to_string(), member_id: member_id.to_string() };
         self.propose(command).await?;
-        self.sessions.lock().remove(&(group.to_string(), member_id.to_string()));
+        self.sessions.lock().forget(&(group.to_string(), member_id.to_string()));
         Ok(())
     }
 
@@ -327,5 +340,18 @@ fn check_group(group: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Session times by (group, member): when the leader last heard from each member.
-pub(super) type Sessions = HashMap<(String, String), Instant>;
+/// What the leader knows of each (group, member) beyond the metadata.
+#[derive(Debug, Default)]
+pub(super) struct Sessions {
+    /// When it last heard from the member.
+    last_seen: HashMap<(String, String), Instant>,
+    /// Since when the member has continuously held partitions it must give up.
+    revoking_since: HashMap<(String, String), Instant>,
+}
+
+impl Sessions {
+    fn forget(&mut self, key: &(String, String)) {
+        self.last_seen.remove(key);
+        self.revoking_since.remove(key);
+    }
+}
