@@ -107,7 +107,8 @@ struct MemberState {
     /// The member was removed (session expired): drop everything without committing; the task
     /// joined again under a new id.
     lost: bool,
-    /// The last heartbeat error, for [`GroupConsumer::last_heartbeat_error`].
+    /// The last heartbeat error (each call retries within the client's budget first), reported
+    /// once by the next `poll`.
     last_error: Option<ClientError>,
 }
 
@@ -271,7 +272,7 @@ async fn heartbeat_loop(
                 }
             }
             Err(e) => {
-                tracing::debug!(%group, error = %e, "group heartbeat failed");
+                tracing::warn!(%group, error = %e, "group heartbeat failed");
                 s.state.lock().last_error = Some(e);
             }
         }
@@ -305,7 +306,7 @@ impl GroupConsumer {
         self.consumer.assignment()
     }
 
-    /// The last heartbeat's error, if the last one failed.
+    /// The last heartbeat's error, if the last one failed and `poll` has not reported it yet.
     pub fn last_heartbeat_error(&self) -> Option<ClientError> {
         self.shared.state.lock().last_error.clone()
     }
@@ -380,6 +381,11 @@ impl GroupConsumer {
     /// [`Consumer::poll`] does. With nothing assigned it waits up to the consumer's
     /// `max_wait_ms` for an assignment and answers empty.
     pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>, ClientError> {
+        // A heartbeat that failed for good (not authorized, the cluster unreachable past the retry
+        // budget) is reported once; the task keeps trying.
+        if let Some(e) = self.shared.state.lock().last_error.take() {
+            return Err(e);
+        }
         self.reconcile().await?;
         if let Some(every) = self.config.auto_commit_interval_ms
             && self.last_commit.elapsed() >= Duration::from_millis(every)
