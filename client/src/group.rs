@@ -363,7 +363,9 @@ impl GroupConsumer {
             self.shared.state.lock().owned.extend(new.iter().cloned());
             self.events.push_back(GroupEvent::Assigned(new));
         }
-        if handed_back {
+        // Revocations of partitions it never took up are acknowledged at once too (the coordinator
+        // still counts them as held until a heartbeat leaves them out).
+        if handed_back || !revoking.is_empty() {
             self.shared.wake.notify_one();
         }
         Ok(())

@@ -21,7 +21,7 @@ const DRAIN_WAIT_MS: u32 = 100;
 /// How often a following group consumer commits what it printed.
 const FOLLOW_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Without --follow, how long a group member that gets no partition waits before it stops.
-const NO_ASSIGNMENT_WAIT: Duration = Duration::from_secs(3);
+const NO_ASSIGNMENT_WAIT: Duration = Duration::from_secs(5);
 
 /// Bytes as JSON: a UTF-8 string when they are one, else base64 in a sibling field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -55,6 +55,9 @@ impl Default for GroupsConfig {
     }
 }
 
+/// The heartbeat interval, ms, of a member whose assignment is being reconciled.
+pub const RECONCILING_HEARTBEAT_MS: u32 = 250;
+
 /// What a joining member asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinRequest {
@@ -186,7 +189,12 @@ impl Cluster {
             || ClusterError::UnknownGroupMember { group: group.to_string(), member_id: member_id.to_string() };
         let g = metadata.group(group).ok_or_else(unknown)?;
         let m = g.members.get(member_id).ok_or_else(unknown)?;
-        let heartbeat_interval_ms = self.config.groups.heartbeat_interval_ms.min(m.session_timeout_ms / 3).max(1);
+        let mut heartbeat_interval_ms = self.config.groups.heartbeat_interval_ms.min(m.session_timeout_ms / 3).max(1);
+        // A member with a hand-over under way (partitions to give up, or to receive once freed)
+        // comes back soon, so the hand-over does not wait a whole interval at each step.
+        if !m.revoking.is_empty() || m.assigned != m.target {
+            heartbeat_interval_ms = heartbeat_interval_ms.min(RECONCILING_HEARTBEAT_MS);
+        }
         Ok(MemberAssignment {
             member_id: member_id.to_string(),
             member_epoch: m.epoch,
