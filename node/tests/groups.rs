@@ -41,12 +41,16 @@ impl std::ops::Deref for Groups {
 
 impl Groups {
     async fn start() -> Self {
+        Self::start_with(tune).await
+    }
+
+    async fn start_with(configure: fn(&mut NodeConfig)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let root = tempfile::tempdir().expect("temp dir");
-        let cluster = LocalCluster::start(3, root.path(), tune).await.expect("nodes start");
+        let cluster = LocalCluster::start(3, root.path(), configure).await.expect("nodes start");
         assert!(cluster.not_ready(WAIT).await.is_empty(), "every node sees a metadata leader");
         Self { cluster, _root: root }
     }
@@ -495,5 +499,44 @@ async fn a_member_that_heartbeats_but_never_gives_back_is_removed_after_the_reba
     assert_eq!(removed.code(), Some(ErrorCode::UnknownMemberId), "{removed}");
     let b_now = raw.heartbeat(hb(&b, vec![])).await.expect("b heartbeats").into_inner();
     assert_eq!(b_now.assigned.len(), 2, "a's partitions went to b");
+    c.cluster.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_without_members_keeps_its_offsets_until_the_retention_then_goes() {
+    fn short_retention(c: &mut NodeConfig) {
+        tune(c);
+        c.groups.offsets_retention_ms = 3_000;
+    }
+    let c = Groups::start_with(short_retention).await;
+    create_topic_rf(&c, "r", 1).await;
+    let mut raw = c.raw().await;
+    let list = |mut raw: ConsumerGroupsClient<Channel>| async move {
+        raw.list_groups(proto::ListGroupsRequest {}).await.expect("list").into_inner().groups
+    };
+    let mut member = c.member("kept", "r", 5_000).await;
+    produce(&c.client(), "r", 1, 3, "v").await;
+    let mut read = 0;
+    while read < 3 {
+        read += member.poll().await.expect("poll").len();
+    }
+    member.close().await.expect("commit and leave");
+    // Just left: the offsets are there (the group is empty, not gone).
+    let d = c.describe("kept").await;
+    assert_eq!((d.state.as_str(), d.partitions.len()), ("empty", 1));
+    assert_eq!(d.partitions[0].committed_offset, 3);
+    assert_eq!(list(raw.clone()).await, vec!["kept".to_string()]);
+    wait_until_async("the retention removes the group", || {
+        let raw = raw.clone();
+        async move { list(raw).await.is_empty() }
+    })
+    .await;
+    let offsets = raw
+        .fetch_offsets(proto::FetchOffsetsRequest { group: "kept".into(), partitions: vec![] })
+        .await
+        .expect("fetch")
+        .into_inner()
+        .offsets;
+    assert!(offsets.is_empty(), "{offsets:?}");
     c.cluster.shutdown().await.expect("shutdown");
 }
