@@ -639,6 +639,9 @@ pub enum OutOfRangePolicy {
 /// `shale consume`.
 #[derive(Debug, Args)]
 #[command(after_help = "Without --follow, consume stops once it reaches the log end it saw at start.
+With --group G, consume joins group G: the cluster assigns it a share of the partitions (start
+several to share the work; one that stops or dies hands its partitions to the others), reads them
+from the group's committed offsets, commits what it printed, and leaves the group at the end.
 Start position: --offset, else the group's committed offset (--group), else the partition's start
 with --from-beginning (the lowest offset any replica holds), else the log end (only new records;
 useful with --follow). Any replica serves reads: if the one asked no longer holds an offset, another
@@ -673,8 +676,10 @@ pub struct ConsumeArgs {
     /// `earliest` (the partition's start) or `latest` (its end).
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = OutOfRangePolicy::Error)]
     pub reset_out_of_range: OutOfRangePolicy,
-    /// Consumer group: start at its committed offsets and commit what was read.
-    #[arg(long, short = 'g')]
+    /// Consume as a member of this consumer group: the cluster assigns this member its share of
+    /// the topic's partitions (other members share the rest), each starts at the group's
+    /// committed offset, and what was printed is committed.
+    #[arg(long, short = 'g', conflicts_with_all = ["partitions", "offset"])]
     pub group: Option<String>,
     /// Keep waiting for new records (until Ctrl-C or --max-records).
     #[arg(long, short = 'f')]
@@ -706,7 +711,8 @@ pub enum GroupCommand {
     /// Groups that have committed offsets.
     #[command(alias = "ls", after_help = "Examples:\n  shale group list")]
     List(OutputArgs),
-    /// A group's committed offsets and lag per partition.
+    /// A group's state, epoch, assignor, members (id, client address, partitions) and its
+    /// committed offsets and lag per partition.
     #[command(after_help = "Examples:\n  shale group describe billing\n  shale group describe billing -o json")]
     Describe {
         /// The group.
@@ -714,8 +720,15 @@ pub enum GroupCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Move a group's committed offsets (shows the plan; add --execute to apply it).
+    /// Move a group's committed offsets (shows the plan; add --execute to apply it, which needs a
+    /// group without members).
     ResetOffsets(ResetOffsetsArgs),
+    /// Delete a group without members and its committed offsets.
+    #[command(after_help = "Examples:\n  shale group delete billing")]
+    Delete {
+        /// The group.
+        group: String,
+    },
 }
 
 /// `shale group reset-offsets`.

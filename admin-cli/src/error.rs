@@ -180,6 +180,17 @@ fn client_hint(bootstrap: &str, e: &ClientError) -> Option<String> {
             ErrorCode::UnknownPartition => Some("`shale topic describe TOPIC` shows its partitions".into()),
             ErrorCode::TopicExists => Some("use --if-not-exists to accept an existing topic".into()),
             ErrorCode::UnknownNode => Some("`shale cluster status` lists the members".into()),
+            ErrorCode::GroupNotEmpty => Some(
+                "the group has members: stop its consumers (they leave the group) and wait for `shale group \
+                 describe GROUP` to show state empty"
+                    .into(),
+            ),
+            ErrorCode::UnknownGroup => Some("`shale group list` shows the existing groups".into()),
+            ErrorCode::FencedMember | ErrorCode::UnknownMemberId => Some(
+                "this consumer's partitions moved to another member of the group (its session expired); run it \
+                 again to rejoin"
+                    .into(),
+            ),
             ErrorCode::FailedPrecondition => Some(
                 "the cluster's current state does not allow it; `shale cluster status` shows members and leaders"
                     .into(),

@@ -262,6 +262,42 @@ async fn group_list_names_groups_that_committed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_group_consumers_share_a_topic_and_each_record_is_printed_once() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "shared", "-p", "4"], b"").await, 0);
+    let lines: Vec<String> = (0..40).map(|i| format!("record {i}")).collect();
+    assert_exit(&c.shale(&["produce", "shared"], (lines.join("\n") + "\n").as_bytes()).await, 0);
+    let args = ["consume", "shared", "--group", "team", "--from-beginning"];
+    let (a, b) = tokio::join!(c.shale(&args, b""), c.shale(&args, b""));
+    assert_exit(&a, 0);
+    assert_exit(&b, 0);
+    let mut printed: Vec<String> = stdout(&a).lines().chain(stdout(&b).lines()).map(str::to_string).collect();
+    printed.sort();
+    let mut expected = lines.clone();
+    expected.sort();
+    assert_eq!(printed, expected, "every record printed once, by one of the two members");
+    // Both left: the group is empty, everything committed.
+    let o = c.shale(&["group", "describe", "team", "-o", "json"], b"").await;
+    assert_exit(&o, 0);
+    let g = json(&o);
+    assert_eq!(g["state"], "empty", "{g}");
+    assert_eq!(g["assignor"], "uniform", "{g}");
+    assert!(g["members"].as_array().unwrap().is_empty(), "{g}");
+    assert_eq!(g["total_lag"], 0, "{g}");
+    assert!(stdout(&c.shale(&["group", "describe", "team"], b"").await).contains("state empty"));
+    // A reset (on an empty group) and a delete.
+    let o = c.shale(&["group", "reset-offsets", "team", "--topic", "shared", "--to-earliest", "--execute"], b"").await;
+    assert_exit(&o, 0);
+    assert_exit(&c.shale(&["group", "delete", "team"], b"").await, 0);
+    let o = c.shale(&["group", "list", "-o", "json"], b"").await;
+    assert_eq!(json(&o), serde_json::json!([]));
+    let o = c.shale(&["group", "delete", "team"], b"").await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("UNKNOWN_GROUP"), "{}", stderr(&o));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_status_and_bench_report_json() {
     let c = TestCluster::start(3).await;
     assert_exit(&c.shale(&["topic", "create", "b", "-p", "2"], b"").await, 0);

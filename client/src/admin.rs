@@ -265,7 +265,20 @@ impl Admin {
         Ok(resp.groups)
     }
 
-    /// A group's committed offsets and lag per partition.
+    /// Deletes a consumer group without members and its committed offsets (GROUP_NOT_EMPTY while
+    /// it has members).
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        self.client
+            .call(Route::Any, |ch| {
+                let req = self.client.request(proto::DeleteGroupRequest { group: group.to_string() }, Duration::ZERO);
+                async move { Client::groups_client(ch).delete_group(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets and lag per partition, and its coordinator state (epoch,
+    /// assignor, members).
     pub async fn describe_group(&self, group: &str) -> Result<proto::DescribeGroupResponse, ClientError> {
         self.client
             .call(Route::Any, |ch| {

@@ -64,6 +64,26 @@ impl Consumer {
         }
     }
 
+    /// Drops a partition (its position is forgotten).
+    pub fn unassign(&mut self, topic: &str, partition: u32) {
+        self.positions.remove(&(topic.to_string(), partition));
+    }
+
+    /// The client it reads through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Uses `group`'s committed offsets (a group member's consumer).
+    pub(crate) fn set_group(&mut self, group: &str) {
+        self.config.group = Some(group.to_string());
+    }
+
     /// Assigns every partition of `topic`.
     pub async fn subscribe(&mut self, topic: &str) -> Result<(), ClientError> {
         let n = self.client.partition_count(topic).await?;
@@ -264,8 +284,19 @@ impl Consumer {
         self.commit_offsets(&offsets).await
     }
 
-    /// Commits explicit `(topic, partition, next offset)` triples for the group.
+    /// Commits explicit `(topic, partition, next offset)` triples for the group, all or none. Only
+    /// for a group without members (else GROUP_NOT_EMPTY): members commit through
+    /// [`crate::GroupConsumer::commit`].
     pub async fn commit_offsets(&self, offsets: &[(String, u32, u64)]) -> Result<(), ClientError> {
+        self.commit_fenced(None, offsets).await
+    }
+
+    /// Commits as [`Consumer::commit_offsets`], fenced by `(member id, member epoch)` when given.
+    pub(crate) async fn commit_fenced(
+        &self,
+        fence: Option<(String, u64)>,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
         let group = self.group()?;
         if offsets.is_empty() {
             return Ok(());
@@ -280,6 +311,8 @@ impl Consumer {
                     offset: *offset,
                 })
                 .collect(),
+            member_id: fence.as_ref().map(|f| f.0.clone()).unwrap_or_default(),
+            member_epoch: fence.map_or(0, |f| f.1),
         };
         self.client
             .call(Route::Any, |ch| {

@@ -135,6 +135,16 @@ error_codes! {
     InvalidFromIndex => "INVALID_FROM_INDEX", OutOfRange;
     /// The operation cannot run in the cluster's current state (e.g. a membership change is running).
     FailedPrecondition => "FAILED_PRECONDITION", FailedPrecondition;
+    /// The consumer group has no member of that id: it left, or its session expired (its
+    /// partitions went to others). Join again.
+    UnknownMemberId => "UNKNOWN_MEMBER_ID", NotFound;
+    /// A commit from a group member that does not own a partition it names (a zombie whose
+    /// partitions moved): nothing of the commit was written.
+    FencedMember => "FENCED_MEMBER", FailedPrecondition;
+    /// The operation needs a consumer group without members (delete, an offset reset).
+    GroupNotEmpty => "GROUP_NOT_EMPTY", FailedPrecondition;
+    /// No consumer group of that name.
+    UnknownGroup => "UNKNOWN_GROUP", NotFound;
     /// The operation did not complete in time; it may or may not have taken effect.
     Timeout => "TIMEOUT", DeadlineExceeded;
     /// The node is shutting down or a replica could not be reached.

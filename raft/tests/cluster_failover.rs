@@ -15,8 +15,8 @@ async fn consumer_offsets_survive_a_metadata_leader_change() {
     let mut c = TestCluster::start(3).await;
     c.create_topic("t", 2, 3).await;
     let ml = c.metadata_leader().await;
-    c.node(ml).commit_offset("readers", "t", 0, 17).await.expect("commit");
-    c.node(ml).commit_offset("readers", "t", 1, 4).await.expect("commit");
+    c.node(ml).commit_offsets("readers", None, vec![("t".to_string(), 0, 17)]).await.expect("commit");
+    c.node(ml).commit_offsets("readers", None, vec![("t".to_string(), 1, 4)]).await.expect("commit");
     c.kill(ml).await;
     let new_leader = c.metadata_leader().await;
     assert_ne!(new_leader, ml);
@@ -33,7 +33,10 @@ async fn consumer_offsets_survive_a_metadata_leader_change() {
     }
     // The old leader restarts and catches up; a later commit is seen wherever the leader is now.
     c.restart(ml).await;
-    c.node(new_leader).commit_offset("readers", "t", 0, 18).await.expect("commit after restart");
+    c.node(new_leader)
+        .commit_offsets("readers", None, vec![("t".to_string(), 0, 18)])
+        .await
+        .expect("commit after restart");
     let offsets = wait_for("offsets readable at the current leader", || async {
         let leader = c.metadata_leader().await;
         c.node(leader).fetch_offsets("readers").await.ok()

@@ -76,7 +76,9 @@ async fn cluster_a_full_disk_stops_one_nodes_groups_loses_nothing_and_they_resta
         let meta = meta.clone();
         let full = full.clone();
         async move {
-            meta.commit_offset("readers", TOPIC, 0, commits).await.expect("the majority commits metadata");
+            meta.commit_offsets("readers", None, vec![(TOPIC.to_string(), 0, commits)])
+                .await
+                .expect("the majority commits metadata");
             full.stopped_groups().iter().any(|g| g.group == METADATA_GROUP).then_some(())
         }
     })

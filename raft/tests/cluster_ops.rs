@@ -208,7 +208,7 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     // Snapshot one replica so that its restart restores from a snapshot, not only from the log.
     c.node(1).checkpoint("durable", 1).await.expect("checkpoint");
     let ml = c.metadata_leader().await;
-    c.node(ml).commit_offset("g", "durable", 1, acked[4].offset).await.expect("commit");
+    c.node(ml).commit_offsets("g", None, vec![("durable".to_string(), 1, acked[4].offset)]).await.expect("commit");
 
     for id in 1..=3 {
         c.kill(id).await;

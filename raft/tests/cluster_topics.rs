@@ -59,7 +59,7 @@ async fn metadata_errors_are_typed() {
     ));
     assert!(matches!(n.delete_topic("nope").await, Err(ClusterError::UnknownTopic { name }) if name == "nope"));
     assert!(matches!(
-        n.commit_offset("g", "t", 5, 1).await,
+        n.commit_offsets("g", None, vec![("t".to_string(), 5, 1)]).await,
         Err(ClusterError::UnknownPartition { partition: 5, count: 1, .. })
     ));
     let update = TopicUpdate {

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shale_client::{ChainStats, ConsumedRecord, ConsumerConfig, OffsetReset};
+use shale_client::{ChainStats, ConsumedRecord, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset};
 
 use crate::cli::{ConsumeArgs, OutOfRangePolicy, RecordFormat};
 use crate::commands::{partition_bounds, select_partitions};
@@ -20,6 +20,8 @@ const FOLLOW_WAIT_MS: u32 = 500;
 const DRAIN_WAIT_MS: u32 = 100;
 /// How often a following group consumer commits what it printed.
 const FOLLOW_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+/// Without --follow, how long a group member that gets no partition waits before it stops.
+const NO_ASSIGNMENT_WAIT: Duration = Duration::from_secs(5);
 
 /// Bytes as JSON: a UTF-8 string when they are one, else base64 in a sibling field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -142,17 +144,12 @@ pub fn reached_ends(positions: &BTreeMap<u32, Option<u64>>, ends: &BTreeMap<u32,
     ends.iter().all(|(p, end)| positions.get(p).copied().flatten().is_some_and(|pos| pos >= *end))
 }
 
-/// Runs `shale consume`.
-pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
-    let client = ctx.client()?;
-    let topic = a.topic.clone();
-    let partitions = select_partitions(&client, &topic, &a.partitions)
-        .await
-        .map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
+/// The consumer settings the flags ask for.
+fn consumer_config(a: &ConsumeArgs) -> ConsumerConfig {
     // --from-beginning: the partition's start, the lowest offset ANY replica holds (the consumer
     // asks the others when one replica's log starts later), not the start of the replica asked.
     let offset_reset = if a.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
-    let config = ConsumerConfig {
+    ConsumerConfig {
         group: a.group.clone(),
         max_bytes: 1 << 20,
         max_wait_ms: if a.follow { FOLLOW_WAIT_MS } else { DRAIN_WAIT_MS },
@@ -164,8 +161,20 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
             OutOfRangePolicy::Latest => OffsetReset::Latest,
         },
         verify_chain: !a.no_verify,
-    };
-    let mut consumer = client.consumer(config);
+    }
+}
+
+/// Runs `shale consume`.
+pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
+    if let Some(group) = a.group.clone() {
+        return run_member(ctx, a, group).await;
+    }
+    let client = ctx.client()?;
+    let topic = a.topic.clone();
+    let partitions = select_partitions(&client, &topic, &a.partitions)
+        .await
+        .map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
+    let mut consumer = client.consumer(consumer_config(&a));
     consumer.assign(&topic, partitions.iter().copied());
     if let Some(offset) = a.offset {
         for &p in &partitions {
@@ -185,8 +194,6 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut printed = 0u64;
-    let mut last_printed: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut last_commit = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     // Poll once before looking at the ends: a start position no replica holds (`--offset` past
@@ -209,30 +216,22 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
         polled = true;
         for r in &records {
             printer.write(&mut out, r)?;
-            last_printed.insert(r.partition, r.offset);
             printed += 1;
             if a.max_records.is_some_and(|max| printed >= max) {
                 break;
             }
         }
         out.flush().map_err(CliError::Output)?;
-        if a.follow && a.group.is_some() && last_commit.elapsed() >= FOLLOW_COMMIT_INTERVAL {
-            commit(ctx, &consumer, &topic, &last_printed).await?;
-            last_commit = Instant::now();
-        }
     }
     out.flush().map_err(CliError::Output)?;
     drop(out);
-    if a.group.is_some() {
-        commit(ctx, &consumer, &topic, &last_printed).await?;
-    }
     if a.verify {
         for &p in &partitions {
             let stats = consumer.chain_stats(&topic, p).unwrap_or_default();
             eprintln!("{}", chain_report(&topic, p, &stats));
         }
     }
-    if printed == 0 && !a.follow && a.offset.is_none() && !a.from_beginning && a.group.is_none() {
+    if printed == 0 && !a.follow && a.offset.is_none() && !a.from_beginning {
         eprintln!("no new records: consume starts at the log end; use --from-beginning, --offset N or --follow");
     }
     tracing::info!(printed, "consume done");
@@ -259,15 +258,109 @@ pub fn chain_report(topic: &str, partition: u32, stats: &ChainStats) -> String {
     }
 }
 
-/// Commits, for the group, one past the last printed record of each partition.
-async fn commit(
-    ctx: &Ctx,
-    consumer: &shale_client::Consumer,
-    topic: &str,
-    last_printed: &BTreeMap<u32, u64>,
-) -> Result<()> {
-    let offsets: Vec<(String, u32, u64)> = last_printed.iter().map(|(p, o)| (topic.to_string(), *p, o + 1)).collect();
-    consumer.commit_offsets(&offsets).await.map_err(|e| ctx.err("commit the group's offsets", e))
+/// `shale consume --group G`: a member of the group; the cluster assigns its partitions (shared
+/// with the group's other members). Commits, fenced, one past the last printed record of each
+/// partition it holds: every few seconds with --follow, and at the end; before a partition is
+/// handed to another member, the member commits its position (everything read was printed). Then
+/// it leaves the group, so its partitions move at once.
+async fn run_member(ctx: &Ctx, a: ConsumeArgs, group: String) -> Result<()> {
+    let client = ctx.client()?;
+    let topic = a.topic.clone();
+    let config = GroupConfig { auto_commit_interval_ms: None, ..GroupConfig::default() };
+    let mut member = client
+        .consumer(consumer_config(&a))
+        .join_with(&group, [topic.as_str()], config)
+        .await
+        .map_err(|e| ctx.err(format!("join group {group}"), e))?;
+    let mut ends = BTreeMap::new();
+    if !a.follow {
+        let count = client.partition_count(&topic).await.map_err(|e| ctx.err(format!("read topic {topic}"), e))?;
+        for p in 0..count {
+            let (_, end) = partition_bounds(&client, &topic, p)
+                .await
+                .map_err(|e| ctx.err(format!("read the bounds of {topic}/{p}"), e))?;
+            ends.insert(p, end);
+        }
+    }
+    let printer = Printer { format: a.format, print_key: a.print_key, print_offset: a.print_offset };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let mut last_printed: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let started = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut polled = false;
+    'outer: loop {
+        if a.max_records.is_some_and(|max| printed >= max) {
+            break;
+        }
+        let held: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
+        if !a.follow && polled {
+            if held.is_empty() && started.elapsed() >= NO_ASSIGNMENT_WAIT {
+                eprintln!("group {group}: this member was assigned no partition of {topic}");
+                break;
+            }
+            let positions = held.iter().map(|&p| (p, member.consumer().position(&topic, p))).collect();
+            let mine = ends.iter().filter(|(p, _)| held.contains(p)).map(|(p, e)| (*p, *e)).collect();
+            if !held.is_empty() && reached_ends(&positions, &mine) {
+                break;
+            }
+        }
+        let records = tokio::select! {
+            r = member.poll() => r.map_err(|e| ctx.err(format!("consume {topic} in group {group}"), e))?,
+            _ = &mut ctrl_c => break 'outer,
+        };
+        polled = true;
+        for event in member.take_events() {
+            match &event {
+                GroupEvent::Assigned(p) => tracing::info!(?p, "assigned"),
+                GroupEvent::Revoked(p) | GroupEvent::Lost(p) => {
+                    tracing::info!(?event, "partitions given up");
+                    for (_, partition) in p {
+                        last_printed.remove(partition);
+                    }
+                }
+            }
+        }
+        for r in &records {
+            printer.write(&mut out, r)?;
+            last_printed.insert(r.partition, r.offset);
+            printed += 1;
+            if a.max_records.is_some_and(|max| printed >= max) {
+                break;
+            }
+        }
+        out.flush().map_err(CliError::Output)?;
+        if a.follow && last_commit.elapsed() >= FOLLOW_COMMIT_INTERVAL {
+            commit(ctx, &mut member, &topic, &last_printed).await?;
+            last_commit = Instant::now();
+        }
+    }
+    out.flush().map_err(CliError::Output)?;
+    drop(out);
+    commit(ctx, &mut member, &topic, &last_printed).await?;
+    if a.verify {
+        for (t, p) in member.assignment() {
+            let stats = member.consumer().chain_stats(&t, p).unwrap_or_default();
+            eprintln!("{}", chain_report(&t, p, &stats));
+        }
+    }
+    member.leave().await.map_err(|e| ctx.err(format!("leave group {group}"), e))?;
+    tracing::info!(printed, "consume done");
+    Ok(())
+}
+
+/// Commits, for the group, one past the last printed record of each partition the member holds.
+async fn commit(ctx: &Ctx, member: &mut GroupConsumer, topic: &str, last_printed: &BTreeMap<u32, u64>) -> Result<()> {
+    let held: Vec<u32> = member.assignment().into_iter().map(|(_, p)| p).collect();
+    let offsets: Vec<(String, u32, u64)> =
+        last_printed.iter().filter(|(p, _)| held.contains(p)).map(|(p, o)| (topic.to_string(), *p, o + 1)).collect();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    member.commit_offsets(&offsets).await.map_err(|e| ctx.err("commit the group's offsets", e))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `shale group list|describe|reset-offsets`.
+//! `shale group list|describe|reset-offsets|delete`.
 
 use std::collections::BTreeMap;
 
@@ -26,11 +26,38 @@ pub struct GroupPartitionView {
     pub lag: u64,
 }
 
+/// One member of `group describe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupMemberView {
+    /// Member id.
+    pub member_id: String,
+    /// Where its client connects from.
+    pub client_addr: String,
+    /// The epoch of its assignment.
+    pub member_epoch: u64,
+    /// Its subscriptions (`prefix*` for a prefix).
+    pub subscriptions: Vec<String>,
+    /// Session timeout, ms.
+    pub session_timeout_ms: u32,
+    /// What it reads, `topic/partition`.
+    pub assigned: Vec<String>,
+    /// What it is giving up, `topic/partition`.
+    pub revoking: Vec<String>,
+}
+
 /// `group describe`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupView {
     /// Group name.
     pub group: String,
+    /// `empty`, `reconciling`, `stable` (empty string: only offsets from before coordination).
+    pub state: String,
+    /// The group epoch (bumped on every change).
+    pub epoch: u64,
+    /// `uniform` or `range`.
+    pub assignor: String,
+    /// Members.
+    pub members: Vec<GroupMemberView>,
     /// Per partition.
     pub partitions: Vec<GroupPartitionView>,
     /// Sum of the lags.
@@ -118,7 +145,28 @@ fn describe_table(v: &GroupView) -> String {
             p.lag.to_string(),
         ]);
     }
-    format!("GROUP {} (total lag {})\n{}", v.group, v.total_lag, t.render())
+    let mut m = Table::new(["member", "client", "epoch", "assigned", "revoking"]);
+    for member in &v.members {
+        let list = |l: &[String]| if l.is_empty() { "-".to_string() } else { l.join(",") };
+        m.row([
+            member.member_id.clone(),
+            member.client_addr.clone(),
+            member.member_epoch.to_string(),
+            list(&member.assigned),
+            list(&member.revoking),
+        ]);
+    }
+    let state = if v.state.is_empty() { "-" } else { v.state.as_str() };
+    let assignor = if v.assignor.is_empty() { "-" } else { v.assignor.as_str() };
+    format!(
+        "GROUP {} (state {state}, epoch {}, assignor {assignor}, {} member(s), total lag {})\n{}{}",
+        v.group,
+        v.epoch,
+        v.members.len(),
+        v.total_lag,
+        if v.members.is_empty() { String::new() } else { format!("{}\n", m.render()) },
+        t.render()
+    )
 }
 
 fn plan_table(p: &ResetPlan) -> String {
@@ -155,6 +203,15 @@ pub async fn run(ctx: &Ctx, command: GroupCommand) -> Result<()> {
             output::emit(output.output, &view, describe_table)
         }
         GroupCommand::ResetOffsets(a) => reset(ctx, a).await,
+        GroupCommand::Delete { group } => {
+            ctx.client()?
+                .admin()
+                .delete_group(&group)
+                .await
+                .map_err(|e| ctx.err(format!("delete group {group}"), e))?;
+            eprintln!("deleted group {group}");
+            Ok(())
+        }
     }
 }
 
@@ -173,7 +230,39 @@ async fn describe(ctx: &Ctx, group: &str) -> Result<GroupView> {
         })
         .collect();
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(GroupView { group: d.group, partitions, total_lag: d.total_lag })
+    let names = |l: &[shale_client::proto::TopicPartition]| -> Vec<String> {
+        l.iter().map(|p| format!("{}/{}", p.topic, p.partition)).collect()
+    };
+    let members = d
+        .members
+        .iter()
+        .map(|m| GroupMemberView {
+            member_id: m.member_id.clone(),
+            client_addr: m.client_addr.clone(),
+            member_epoch: m.member_epoch,
+            subscriptions: m
+                .subscriptions
+                .iter()
+                .filter_map(|s| match &s.kind {
+                    Some(shale_client::proto::group_subscription::Kind::Topic(t)) => Some(t.clone()),
+                    Some(shale_client::proto::group_subscription::Kind::Prefix(p)) => Some(format!("{p}*")),
+                    None => None,
+                })
+                .collect(),
+            session_timeout_ms: m.session_timeout_ms,
+            assigned: names(&m.assigned),
+            revoking: names(&m.revoking),
+        })
+        .collect();
+    Ok(GroupView {
+        group: d.group,
+        state: d.state,
+        epoch: d.epoch,
+        assignor: d.assignor,
+        members,
+        partitions,
+        total_lag: d.total_lag,
+    })
 }
 
 async fn reset(ctx: &Ctx, a: ResetOffsetsArgs) -> Result<()> {

@@ -46,6 +46,10 @@ pub fn cluster_error(err: ClusterError) -> Status {
         ClusterError::Raft(raft) => raft_error(message, raft),
         ClusterError::Storage(storage) => storage_error(message, &storage),
         ClusterError::Decode { .. } => status(ErrorCode::Corruption, message),
+        ClusterError::UnknownGroupMember { .. } => status(ErrorCode::UnknownMemberId, message),
+        ClusterError::FencedMember { .. } => status(ErrorCode::FencedMember, message),
+        ClusterError::GroupNotEmpty { .. } => status(ErrorCode::GroupNotEmpty, message),
+        ClusterError::UnknownGroup { .. } => status(ErrorCode::UnknownGroup, message),
         // `ClusterError` is non-exhaustive: anything new is an internal error until mapped here.
         _ => status(ErrorCode::Internal, message),
     }

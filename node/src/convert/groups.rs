@@ -1,7 +1,70 @@
-//! Consumer-group messages <-> cluster consumer offsets.
+//! Consumer-group messages <-> cluster consumer offsets and coordinator state.
 
 use shale_client::proto;
-use shale_raft::cluster::ConsumerOffset;
+use shale_raft::cluster::groups::{GroupState, Subscription, TopicPartition};
+use shale_raft::cluster::{ConsumerOffset, MemberAssignment};
+use tonic::Status;
+
+use crate::convert::errors::invalid;
+
+/// A subscription from the wire.
+pub fn subscription(s: &proto::GroupSubscription) -> Result<Subscription, Status> {
+    match &s.kind {
+        Some(proto::group_subscription::Kind::Topic(t)) => Ok(Subscription::Topic(t.clone())),
+        Some(proto::group_subscription::Kind::Prefix(p)) => Ok(Subscription::Prefix(p.clone())),
+        None => Err(invalid("subscriptions", "a subscription names neither a topic nor a prefix")),
+    }
+}
+
+/// A subscription on the wire.
+pub fn subscription_proto(s: &Subscription) -> proto::GroupSubscription {
+    let kind = match s {
+        Subscription::Topic(t) => proto::group_subscription::Kind::Topic(t.clone()),
+        Subscription::Prefix(p) => proto::group_subscription::Kind::Prefix(p.clone()),
+    };
+    proto::GroupSubscription { kind: Some(kind) }
+}
+
+/// Partitions on the wire.
+pub fn partitions_proto<'a>(parts: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<proto::TopicPartition> {
+    parts
+        .into_iter()
+        .map(|(topic, partition)| proto::TopicPartition { topic: topic.clone(), partition: *partition })
+        .collect()
+}
+
+/// Partitions from the wire.
+pub fn partitions(parts: &[proto::TopicPartition]) -> Vec<TopicPartition> {
+    parts.iter().map(|p| (p.topic.clone(), p.partition)).collect()
+}
+
+/// A member's assignment on the wire.
+pub fn assignment_proto(a: &MemberAssignment) -> proto::GroupAssignment {
+    proto::GroupAssignment {
+        member_id: a.member_id.clone(),
+        member_epoch: a.member_epoch,
+        group_epoch: a.group_epoch,
+        assigned: partitions_proto(&a.assigned),
+        revoking: partitions_proto(&a.revoking),
+        heartbeat_interval_ms: a.heartbeat_interval_ms,
+    }
+}
+
+/// A group's members on the wire.
+pub fn members_proto(g: &GroupState) -> Vec<proto::GroupMemberState> {
+    g.members
+        .iter()
+        .map(|(id, m)| proto::GroupMemberState {
+            member_id: id.clone(),
+            client_addr: m.client_addr.clone(),
+            member_epoch: m.epoch,
+            subscriptions: m.subscriptions.iter().map(subscription_proto).collect(),
+            session_timeout_ms: m.session_timeout_ms,
+            assigned: partitions_proto(&m.assigned),
+            revoking: partitions_proto(&m.revoking),
+        })
+        .collect()
+}
 
 /// Committed offsets on the wire, keeping only `wanted` partitions (all when empty).
 pub fn partition_offsets(offsets: &[ConsumerOffset], wanted: &[proto::TopicPartition]) -> Vec<proto::PartitionOffset> {

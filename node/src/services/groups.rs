@@ -1,19 +1,22 @@
-//! `shale.api.v1.ConsumerGroups`: committed offsets live in the metadata group; calls that reach a
-//! follower are forwarded to the metadata leader.
+//! `shale.api.v1.ConsumerGroups`: committed offsets and the group coordinator live in the
+//! metadata group; calls that reach a follower are forwarded to the metadata leader (the
+//! coordinator). Joining, heartbeating and committing are the group protocol of ARCHITECTURE.md
+//! ("Consumer groups").
 
 use std::sync::Arc;
 
 use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_client::proto::consumer_groups_client::ConsumerGroupsClient;
-use shale_raft::cluster::{ClusterError, ConsumerOffset};
+use shale_raft::cluster::groups::{Assignor, MemberFence};
+use shale_raft::cluster::{ClusterError, ConsumerOffset, JoinRequest};
 use tonic::{Request, Response, Status};
 
 use shale_raft::cluster::access::{Operation, Resource};
 
 use crate::context::{NodeContext, Served};
 use crate::convert::errors::cluster_error;
-use crate::convert::groups::{group_lag, partition_offsets};
+use crate::convert::groups::{assignment_proto, group_lag, members_proto, partition_offsets, partitions, subscription};
 use crate::limits;
 
 /// The ConsumerGroups service.
@@ -65,18 +68,14 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
                 for o in &req.offsets {
                     self.ctx.authorize(Operation::Consume, Resource::Topic(&o.topic)).await?;
                 }
-                for (i, o) in req.offsets.iter().enumerate() {
-                    if let Err(err) = self.ctx.cluster.commit_offset(&req.group, &o.topic, o.partition, o.offset).await
-                    {
-                        // Only the first commit can be redirected whole: later ones would repeat earlier ones
-                        // (harmless, commits are idempotent), but a mid-way leader change is simply retried by the client.
-                        let no_forward = forwarded || i > 0;
-                        let method = ConsumerGroupsClient::commit_offsets;
-                        let served = self.ctx.or_forward(Err::<(), _>(err), no_forward, None, req, method).await?;
-                        return Ok(served.answer(|()| proto::CommitOffsetsResponse {}));
-                    }
-                }
-                Ok(proto::CommitOffsetsResponse {})
+                let fence = (!req.member_id.is_empty())
+                    .then(|| MemberFence { member_id: req.member_id.clone(), member_epoch: req.member_epoch });
+                let offsets = req.offsets.iter().map(|o| (o.topic.clone(), o.partition, o.offset)).collect();
+                // One proposal for every offset: all are committed or none.
+                let result = self.ctx.cluster.commit_offsets(&req.group, fence, offsets).await;
+                let method = ConsumerGroupsClient::commit_offsets;
+                let served = self.ctx.or_forward(result, forwarded, None, req, method).await?;
+                Ok(served.answer(|()| proto::CommitOffsetsResponse {}))
             })
             .await
     }
@@ -139,12 +138,104 @@ impl proto::consumer_groups_server::ConsumerGroups for GroupsService {
                     Served::Here(offsets) => offsets,
                     Served::There(resp) => return Ok(resp),
                 };
-                let mut partitions = Vec::with_capacity(offsets.len());
+                let mut partitions: Vec<proto::GroupPartitionLag> = Vec::with_capacity(offsets.len());
                 for o in &offsets {
                     partitions.push(group_lag(o, self.log_end(o).await?));
                 }
                 let total_lag = partitions.iter().map(|p| p.lag).sum();
-                Ok(proto::DescribeGroupResponse { group, partitions, total_lag })
+                // The metadata leader answered the offsets, so this node's state is as current.
+                let state = self.ctx.cluster.group_state(&group).await.map_err(cluster_error)?;
+                let (state, epoch, assignor, members) = match state {
+                    Some(g) => {
+                        (g.phase().as_str().to_string(), g.epoch, g.assignor.as_str().to_string(), members_proto(&g))
+                    }
+                    None => (String::new(), 0, String::new(), Vec::new()),
+                };
+                Ok(proto::DescribeGroupResponse { group, partitions, total_lag, state, epoch, assignor, members })
+            })
+            .await
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<proto::JoinGroupRequest>,
+    ) -> Result<Response<proto::GroupAssignment>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.ctx
+            .handle(request, async |mut req, forwarded| {
+                limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
+                let subscriptions = req.subscriptions.iter().map(subscription).collect::<Result<Vec<_>, _>>()?;
+                for s in &subscriptions {
+                    // A prefix subscription is authorized per topic as its partitions are read.
+                    if let shale_raft::cluster::groups::Subscription::Topic(t) = s {
+                        limits::check_topic_name(t)?;
+                        self.ctx.authorize(Operation::Consume, Resource::Topic(t)).await?;
+                    }
+                }
+                let assignor = Assignor::parse(&req.assignor).map_err(cluster_error)?;
+                if !forwarded && req.client_addr.is_empty() {
+                    req.client_addr = peer;
+                }
+                let join = JoinRequest {
+                    member_id: (!req.member_id.is_empty()).then(|| req.member_id.clone()),
+                    client_addr: req.client_addr.clone(),
+                    subscriptions,
+                    session_timeout_ms: (req.session_timeout_ms != 0).then_some(req.session_timeout_ms),
+                    assignor,
+                };
+                let result = self.ctx.cluster.join_group(&req.group, join).await;
+                let served =
+                    self.ctx.or_forward(result, forwarded, None, req, ConsumerGroupsClient::join_group).await?;
+                Ok(served.answer(|a| assignment_proto(&a)))
+            })
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::GroupHeartbeatRequest>,
+    ) -> Result<Response<proto::GroupAssignment>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
+                let owned = partitions(&req.owned);
+                let result = self.ctx.cluster.group_heartbeat(&req.group, &req.member_id, owned).await;
+                let served = self.ctx.or_forward(result, forwarded, None, req, ConsumerGroupsClient::heartbeat).await?;
+                Ok(served.answer(|a| assignment_proto(&a)))
+            })
+            .await
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<proto::LeaveGroupRequest>,
+    ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
+                let result = self.ctx.cluster.leave_group(&req.group, &req.member_id).await;
+                let served =
+                    self.ctx.or_forward(result, forwarded, None, req, ConsumerGroupsClient::leave_group).await?;
+                Ok(served.answer(|()| proto::LeaveGroupResponse {}))
+            })
+            .await
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<proto::DeleteGroupRequest>,
+    ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
+        self.ctx
+            .handle(request, async |req, forwarded| {
+                limits::check_group_name(&req.group)?;
+                self.ctx.authorize(Operation::GroupRead, Resource::Group(&req.group)).await?;
+                let result = self.ctx.cluster.delete_group(&req.group).await;
+                let served =
+                    self.ctx.or_forward(result, forwarded, None, req, ConsumerGroupsClient::delete_group).await?;
+                Ok(served.answer(|()| proto::DeleteGroupResponse {}))
             })
             .await
     }

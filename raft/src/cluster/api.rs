@@ -653,6 +653,42 @@ pub enum ClusterError {
         /// What is wrong.
         reason: String,
     },
+    /// The consumer group has no member of that id: it left, or its session expired (a zombie).
+    /// The member joins again.
+    #[error("group {group:?} has no member {member_id:?} (it left or its session expired): join again")]
+    UnknownGroupMember {
+        /// Group.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+
+    /// A commit from a member that does not own a partition it names: refused whole.
+    #[error("commit of member {member_id:?} of group {group:?} refused: {reason}")]
+    FencedMember {
+        /// Group.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The operation needs a consumer group without members.
+    #[error("group {group:?} has {members} member(s); this needs a group without members")]
+    GroupNotEmpty {
+        /// Group.
+        group: String,
+        /// Its members.
+        members: u32,
+    },
+
+    /// No consumer group of that name.
+    #[error("no consumer group {group:?}")]
+    UnknownGroup {
+        /// Group.
+        group: String,
+    },
     /// A quorum could not be reached in time.
     #[error("timed out after {waited_ms} ms waiting for {what}")]
     Timeout {

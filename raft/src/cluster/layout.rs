@@ -62,6 +62,22 @@ pub mod metadata_command {
     /// Kind: create a topic within optional cluster totals and a per-node replica limit (spec,
     /// `[has totals:u8]([max_topics:u32][max_partitions:u32])`, `[max_replicas:u32][limit:u8]`).
     pub const KIND_CREATE_TOPIC_BOUNDED: u8 = 40;
+    /// Kind: a member joins a consumer group (`[group:str16][member_id:str16][client_addr:str16]`
+    /// `[session_timeout_ms:u32][assignor:u8]` then its subscriptions).
+    pub const KIND_JOIN_GROUP: u8 = 41;
+    /// Kind: a member reports what it still holds (`[group][member_id]` then its partitions).
+    pub const KIND_ACKNOWLEDGE_GROUP: u8 = 42;
+    /// Kind: a member leaves, or its session expired (`[group][member_id]`).
+    pub const KIND_LEAVE_GROUP: u8 = 43;
+    /// Kind: commit many offsets of a group at once, fenced by a member (`[group][has fence:u8]`
+    /// (`[member_id:str16][member_epoch:u64]`)`[now_ms:u64][count:u32]` then
+    /// `[topic:str16][partition:u32][offset:u64]` each).
+    pub const KIND_COMMIT_OFFSETS: u8 = 44;
+    /// Kind: delete a group without members and its offsets (`[group]`).
+    pub const KIND_DELETE_GROUP: u8 = 45;
+    /// Kind: drop a memberless group whose last commit is older than the retention
+    /// (`[group][now_ms:u64][retention_ms:u64]`).
+    pub const KIND_EXPIRE_GROUP_OFFSETS: u8 = 46;
     /// Per-node limit byte: `limits.max_partitions_per_node`.
     pub const NODE_LIMIT_MAX_PARTITIONS: u8 = 1;
     /// Per-node limit byte: the entry-cache budget (`memory.log_cache_bytes`).
@@ -88,10 +104,13 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (3: each member has an internal and a client address; each
-    /// user's credential carries a kind byte, token or SCRAM-SHA-256 password; quota entries
-    /// follow the ACL rules).
-    pub const VERSION: u16 = 3;
+    /// Version written and read (4: the consumer groups' coordinator state follows the quota
+    /// entries).
+    pub const VERSION: u16 = 4;
+    /// Still read: each member has an internal and a client address; each user's credential
+    /// carries a kind byte, token or SCRAM-SHA-256 password; quota entries follow the ACL rules;
+    /// no group coordinator state.
+    pub const VERSION_3: u16 = 3;
     /// Still read: users (all token users, no kind byte) and ACL rules follow the offsets; each
     /// member's one address is both its internal and its client address; no quotas.
     pub const VERSION_2: u16 = 2;

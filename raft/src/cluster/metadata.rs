@@ -14,6 +14,10 @@ use crate::cluster::api::{
     RetentionPolicy, TopicId, TopicInfo, TopicSpec, TopicTotals, TopicUpdate, limits, partition_group_id,
     validate_topic_name,
 };
+use crate::cluster::groups::{
+    self, GroupRejection, GroupState, MemberFence, MemberSpec, Subscription, TopicPartition,
+    limits::{MAX_GROUPS, MAX_MEMBER_ID_BYTES},
+};
 use crate::cluster::layout::{
     Reader, Writer, codec_kind, metadata_command as cmd, metadata_reply as reply, metadata_snapshot as snap,
 };
@@ -126,6 +130,54 @@ pub enum MetadataCommand {
         /// Who.
         entity: QuotaEntity,
     },
+    /// A member joins a consumer group (or a known member updates its subscriptions).
+    JoinGroup {
+        /// Consumer group.
+        group: String,
+        /// The member.
+        member: MemberSpec,
+    },
+    /// A member reports the partitions it still holds: its revocations not among them are done.
+    AcknowledgeGroup {
+        /// Consumer group.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// What it holds.
+        owned: Vec<TopicPartition>,
+    },
+    /// A member leaves (or the metadata leader expired its session): its partitions are free.
+    LeaveGroup {
+        /// Consumer group.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// Commit many offsets of a group as one change: all or none.
+    CommitOffsets {
+        /// Consumer group.
+        group: String,
+        /// The committing member; `None` only for a group without members (an admin reset).
+        fence: Option<MemberFence>,
+        /// The proposer's wall clock, ms (the group's last-commit time, for `offsets.retention`).
+        now_ms: u64,
+        /// `(topic, partition, next offset)`.
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Delete a group without members, and its offsets.
+    DeleteGroup {
+        /// Consumer group.
+        group: String,
+    },
+    /// Drop a group without members whose last commit is at least `retention_ms` before `now_ms`.
+    ExpireGroupOffsets {
+        /// Consumer group.
+        group: String,
+        /// The proposer's wall clock, ms.
+        now_ms: u64,
+        /// `offsets.retention`, ms.
+        retention_ms: u64,
+    },
 }
 
 /// How [`MetadataState::place`] picks a partition's followers (a property of the command kind:
@@ -210,6 +262,48 @@ pub enum Rejection {
         /// What is wrong.
         reason: String,
     },
+    /// The group has no member of that id (it left, or its session expired).
+    UnknownGroupMember {
+        /// Group.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// A commit from a member that does not own a partition it names (or with an epoch it was
+    /// never given): a zombie's.
+    FencedMember {
+        /// Group.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The operation needs a group without members (delete, an unfenced commit, expiry).
+    GroupNotEmpty {
+        /// Group.
+        group: String,
+        /// Its members.
+        members: u32,
+    },
+    /// No group of that name.
+    UnknownGroup {
+        /// Group.
+        group: String,
+    },
+}
+
+impl Rejection {
+    fn of_group(group: &str, r: GroupRejection) -> Self {
+        let group = group.to_string();
+        match r {
+            GroupRejection::UnknownMember { member_id } => Rejection::UnknownGroupMember { group, member_id },
+            GroupRejection::Fenced { member_id, reason } => Rejection::FencedMember { group, member_id, reason },
+            GroupRejection::NotEmpty { members } => Rejection::GroupNotEmpty { group, members },
+            GroupRejection::UnknownGroup => Rejection::UnknownGroup { group },
+            GroupRejection::Invalid(reason) => Rejection::Invalid { reason },
+        }
+    }
 }
 
 impl From<AccessRejection> for Rejection {
@@ -251,6 +345,12 @@ impl From<Rejection> for ClusterError {
                 ClusterError::NodeLimit { topic, node, limit, max, current, requested }
             }
             Rejection::Access { reason } => ClusterError::InvalidArgument { field: "access", reason },
+            Rejection::UnknownGroupMember { group, member_id } => ClusterError::UnknownGroupMember { group, member_id },
+            Rejection::FencedMember { group, member_id, reason } => {
+                ClusterError::FencedMember { group, member_id, reason }
+            }
+            Rejection::GroupNotEmpty { group, members } => ClusterError::GroupNotEmpty { group, members },
+            Rejection::UnknownGroup { group } => ClusterError::UnknownGroup { group },
         }
     }
 }
@@ -281,6 +381,8 @@ pub struct MetadataState {
     access: AccessState,
     /// Client quotas.
     quotas: QuotaState,
+    /// Consumer groups' coordinator state (members, assignments, last-commit time) by name.
+    groups: BTreeMap<String, GroupState>,
 }
 
 impl MetadataState {
@@ -324,6 +426,26 @@ impl MetadataState {
         &self.offsets
     }
 
+    /// Consumer groups' coordinator state by name (a group that only has offsets committed before
+    /// coordination existed has none).
+    pub fn groups(&self) -> &BTreeMap<String, GroupState> {
+        &self.groups
+    }
+
+    /// One group's coordinator state.
+    pub fn group(&self, name: &str) -> Option<&GroupState> {
+        self.groups.get(name)
+    }
+
+    /// Every group with coordinator state or a committed offset, sorted.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.offsets.keys().map(|(g, _, _)| g.clone()).collect();
+        names.extend(self.groups.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Every committed offset of one consumer group, by (topic, partition).
     pub fn group_offsets(&self, group: &str) -> Vec<(String, u32, u64)> {
         self.offsets.iter().filter(|((g, _, _), _)| g == group).map(|((_, t, p), o)| (t.clone(), *p, *o)).collect()
@@ -339,6 +461,23 @@ impl MetadataState {
     }
 
     fn try_apply(&mut self, command: &MetadataCommand) -> Result<MetadataReply, Rejection> {
+        let reply = self.apply_one(command)?;
+        if matches!(
+            command,
+            MetadataCommand::CreateTopic(_)
+                | MetadataCommand::CreateTopicWithin { .. }
+                | MetadataCommand::CreateTopicBounded { .. }
+                | MetadataCommand::DeleteTopic { .. }
+        ) {
+            // New partitions are assigned, deleted ones dropped, without members rejoining.
+            for g in self.groups.values_mut() {
+                g.topics_changed(&self.topics);
+            }
+        }
+        Ok(reply)
+    }
+
+    fn apply_one(&mut self, command: &MetadataCommand) -> Result<MetadataReply, Rejection> {
         match command {
             MetadataCommand::CreateTopic(spec) => self.create_topic(spec, None, None),
             MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals), None),
@@ -444,7 +583,123 @@ impl MetadataState {
                 self.quotas.remove(entity)?;
                 Ok(MetadataReply::Ok)
             }
+            MetadataCommand::JoinGroup { group, member } => {
+                check_group_name(group)?;
+                if !self.groups.contains_key(group) && self.groups.len() >= MAX_GROUPS {
+                    return Err(Rejection::Invalid {
+                        reason: format!("the cluster holds the maximum of {MAX_GROUPS} groups"),
+                    });
+                }
+                let mut state = self.groups.get(group).cloned().unwrap_or_default();
+                state.join(member, &self.topics).map_err(|r| Rejection::of_group(group, r))?;
+                self.groups.insert(group.clone(), state);
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::AcknowledgeGroup { group, member_id, owned } => {
+                let state = self.group_mut(group, member_id)?;
+                let owned = owned.iter().cloned().collect();
+                state.acknowledge(member_id, &owned).map_err(|r| Rejection::of_group(group, r))?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::LeaveGroup { group, member_id } => {
+                let topics = &self.topics;
+                let state = self.groups.get_mut(group).ok_or_else(|| Rejection::UnknownGroupMember {
+                    group: group.clone(),
+                    member_id: member_id.clone(),
+                })?;
+                state.remove(member_id, topics).map_err(|r| Rejection::of_group(group, r))?;
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::CommitOffsets { group, fence, now_ms, offsets } => {
+                self.commit_offsets(group, fence.as_ref(), *now_ms, offsets)
+            }
+            MetadataCommand::DeleteGroup { group } => {
+                let has_offsets = self.offsets.keys().any(|(g, _, _)| g == group);
+                match self.groups.get(group) {
+                    Some(g) if !g.members.is_empty() => {
+                        return Err(Rejection::GroupNotEmpty { group: group.clone(), members: g.members.len() as u32 });
+                    }
+                    None if !has_offsets => return Err(Rejection::UnknownGroup { group: group.clone() }),
+                    _ => {}
+                }
+                self.groups.remove(group);
+                self.offsets.retain(|(g, _, _), _| g != group);
+                Ok(MetadataReply::Ok)
+            }
+            MetadataCommand::ExpireGroupOffsets { group, now_ms, retention_ms } => {
+                let state = self.groups.get(group).ok_or_else(|| Rejection::UnknownGroup { group: group.clone() })?;
+                if !state.members.is_empty() {
+                    return Err(Rejection::GroupNotEmpty { group: group.clone(), members: state.members.len() as u32 });
+                }
+                let expired = state.committed_at_ms.is_some_and(|t| t.saturating_add(*retention_ms) <= *now_ms);
+                if !expired {
+                    return Err(Rejection::Invalid {
+                        reason: format!("group {group:?} committed within the last {retention_ms} ms"),
+                    });
+                }
+                self.groups.remove(group);
+                self.offsets.retain(|(g, _, _), _| g != group);
+                Ok(MetadataReply::Ok)
+            }
         }
+    }
+
+    /// A group's state for a command naming one of its members.
+    fn group_mut(&mut self, group: &str, member_id: &str) -> Result<&mut GroupState, Rejection> {
+        self.groups
+            .get_mut(group)
+            .ok_or_else(|| Rejection::UnknownGroupMember { group: group.to_string(), member_id: member_id.to_string() })
+    }
+
+    /// Commits every offset or none: each partition must exist and, with a fence, be held by the
+    /// member; without one, the group must have no members.
+    fn commit_offsets(
+        &mut self,
+        group: &str,
+        fence: Option<&MemberFence>,
+        now_ms: u64,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<MetadataReply, Rejection> {
+        check_group_name(group)?;
+        for (topic, partition, _) in offsets {
+            let info = self.topics.get(topic).ok_or_else(|| Rejection::UnknownTopic { name: topic.clone() })?;
+            let count = info.partitions.len() as u32;
+            if *partition >= count {
+                return Err(Rejection::UnknownPartition { topic: topic.clone(), partition: *partition, count });
+            }
+        }
+        let state = self.groups.get(group);
+        match (fence, state) {
+            (Some(fence), Some(state)) => state
+                .check_commit(fence, offsets.iter().map(|(t, p, _)| (t.as_str(), *p)))
+                .map_err(|r| Rejection::of_group(group, r))?,
+            (Some(fence), None) => {
+                return Err(Rejection::UnknownGroupMember {
+                    group: group.to_string(),
+                    member_id: fence.member_id.clone(),
+                });
+            }
+            (None, Some(state)) if !state.members.is_empty() => {
+                return Err(Rejection::GroupNotEmpty { group: group.to_string(), members: state.members.len() as u32 });
+            }
+            (None, _) => {}
+        }
+        if state.is_none() && self.groups.len() >= MAX_GROUPS {
+            return Err(Rejection::Invalid { reason: format!("the cluster holds the maximum of {MAX_GROUPS} groups") });
+        }
+        let new_keys =
+            offsets.iter().filter(|(t, p, _)| !self.offsets.contains_key(&(group.to_string(), t.clone(), *p))).count();
+        if self.offsets.len() + new_keys > MAX_COMMITTED_OFFSETS {
+            return Err(Rejection::Invalid {
+                reason: format!("the cluster holds the maximum of {MAX_COMMITTED_OFFSETS} committed offsets"),
+            });
+        }
+        for (topic, partition, offset) in offsets {
+            self.offsets.insert((group.to_string(), topic.clone(), *partition), *offset);
+        }
+        let state = self.groups.entry(group.to_string()).or_default();
+        state.committed_at_ms = Some(state.committed_at_ms.map_or(now_ms, |t| t.max(now_ms)));
+        Ok(MetadataReply::Ok)
     }
 
     /// Creates a topic unless it exists, its spec is invalid, or it would pass `totals` (or the
@@ -692,6 +947,11 @@ impl MetadataState {
         }
         self.access.encode(&mut w);
         self.quotas.encode(&mut w);
+        w.u32(self.groups.len() as u32);
+        for (name, g) in &self.groups {
+            w.str16(name);
+            g.encode(&mut w);
+        }
         w.crc();
         w.finish()
     }
@@ -699,8 +959,10 @@ impl MetadataState {
     /// Decodes a snapshot written by [`MetadataState::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
-        let version =
-            r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION])?;
+        let version = r.snapshot_header_of(
+            snap::MAGIC,
+            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION_3, snap::VERSION],
+        )?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
@@ -708,7 +970,7 @@ impl MetadataState {
             let id = r.u64()?;
             let internal = r.str16(limits::MAX_ADDR_BYTES)?;
             // Before version 3 a member had one address, for clients and nodes alike.
-            let addrs = if version >= snap::VERSION {
+            let addrs = if version >= snap::VERSION_3 {
                 MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? }
             } else {
                 MemberAddrs::one(internal)
@@ -731,10 +993,19 @@ impl MetadataState {
             state.offsets.insert((group, topic, partition), offset);
         }
         if version >= snap::VERSION_2 {
-            state.access = AccessState::decode(&mut r, version >= snap::VERSION)?;
+            state.access = AccessState::decode(&mut r, version >= snap::VERSION_3)?;
+        }
+        if version >= snap::VERSION_3 {
+            state.quotas = QuotaState::decode(&mut r)?;
         }
         if version >= snap::VERSION {
-            state.quotas = QuotaState::decode(&mut r)?;
+            let raw = u64::from(r.u32()?);
+            let n = r.count(raw, MAX_GROUPS, 23)?;
+            for _ in 0..n {
+                let name = r.str16(limits::MAX_GROUP_NAME_BYTES)?;
+                let group = GroupState::decode(&mut r)?;
+                state.groups.insert(name, group);
+            }
         }
         r.finish()?;
         Ok(state)
@@ -923,6 +1194,38 @@ impl MetadataCommand {
                 w.u8(cmd::KIND_REMOVE_QUOTA);
                 quota::write_entity(&mut w, entity);
             }
+            MetadataCommand::JoinGroup { group, member } => {
+                w.u8(cmd::KIND_JOIN_GROUP).str16(group).str16(&member.member_id).str16(&member.client_addr);
+                w.u32(member.session_timeout_ms).u8(match member.assignor {
+                    groups::Assignor::Uniform => 1,
+                    groups::Assignor::Range => 2,
+                });
+                groups::write_subscriptions(&mut w, &member.subscriptions);
+            }
+            MetadataCommand::AcknowledgeGroup { group, member_id, owned } => {
+                w.u8(cmd::KIND_ACKNOWLEDGE_GROUP).str16(group).str16(member_id);
+                groups::write_partitions(&mut w, owned.iter());
+            }
+            MetadataCommand::LeaveGroup { group, member_id } => {
+                w.u8(cmd::KIND_LEAVE_GROUP).str16(group).str16(member_id);
+            }
+            MetadataCommand::CommitOffsets { group, fence, now_ms, offsets } => {
+                w.u8(cmd::KIND_COMMIT_OFFSETS).str16(group);
+                match fence {
+                    Some(f) => w.u8(1).str16(&f.member_id).u64(f.member_epoch),
+                    None => w.u8(0),
+                };
+                w.u64(*now_ms).u32(offsets.len() as u32);
+                for (topic, partition, offset) in offsets {
+                    w.str16(topic).u32(*partition).u64(*offset);
+                }
+            }
+            MetadataCommand::DeleteGroup { group } => {
+                w.u8(cmd::KIND_DELETE_GROUP).str16(group);
+            }
+            MetadataCommand::ExpireGroupOffsets { group, now_ms, retention_ms } => {
+                w.u8(cmd::KIND_EXPIRE_GROUP_OFFSETS).str16(group).u64(*now_ms).u64(*retention_ms);
+            }
         }
         w.finish()
     }
@@ -1017,6 +1320,53 @@ impl MetadataCommand {
                 MetadataCommand::SetQuota { entity, quota }
             }
             cmd::KIND_REMOVE_QUOTA => MetadataCommand::RemoveQuota { entity: quota::read_entity(&mut r)? },
+            cmd::KIND_JOIN_GROUP => {
+                let group = r.str16(limits::MAX_GROUP_NAME_BYTES)?;
+                let member_id = r.str16(MAX_MEMBER_ID_BYTES)?;
+                let client_addr = r.str16(groups::limits::MAX_CLIENT_ADDR_BYTES)?;
+                let session_timeout_ms = r.u32()?;
+                let assignor = match r.u8()? {
+                    1 => groups::Assignor::Uniform,
+                    2 => groups::Assignor::Range,
+                    other => return Err(r.error(format!("unknown assignor {other}"))),
+                };
+                let subscriptions: Vec<Subscription> = groups::read_subscriptions(&mut r)?;
+                MetadataCommand::JoinGroup {
+                    group,
+                    member: MemberSpec { member_id, client_addr, subscriptions, session_timeout_ms, assignor },
+                }
+            }
+            cmd::KIND_ACKNOWLEDGE_GROUP => MetadataCommand::AcknowledgeGroup {
+                group: r.str16(limits::MAX_GROUP_NAME_BYTES)?,
+                member_id: r.str16(MAX_MEMBER_ID_BYTES)?,
+                owned: groups::read_partitions(&mut r)?,
+            },
+            cmd::KIND_LEAVE_GROUP => MetadataCommand::LeaveGroup {
+                group: r.str16(limits::MAX_GROUP_NAME_BYTES)?,
+                member_id: r.str16(MAX_MEMBER_ID_BYTES)?,
+            },
+            cmd::KIND_COMMIT_OFFSETS => {
+                let group = r.str16(limits::MAX_GROUP_NAME_BYTES)?;
+                let fence = match r.u8()? {
+                    0 => None,
+                    1 => Some(MemberFence { member_id: r.str16(MAX_MEMBER_ID_BYTES)?, member_epoch: r.u64()? }),
+                    other => return Err(r.error(format!("presence byte {other}"))),
+                };
+                let now_ms = r.u64()?;
+                let raw = u64::from(r.u32()?);
+                let n = r.count(raw, MAX_COMMITTED_OFFSETS, 14)?;
+                let mut offsets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    offsets.push((r.str16(limits::MAX_TOPIC_NAME_BYTES)?, r.u32()?, r.u64()?));
+                }
+                MetadataCommand::CommitOffsets { group, fence, now_ms, offsets }
+            }
+            cmd::KIND_DELETE_GROUP => MetadataCommand::DeleteGroup { group: r.str16(limits::MAX_GROUP_NAME_BYTES)? },
+            cmd::KIND_EXPIRE_GROUP_OFFSETS => MetadataCommand::ExpireGroupOffsets {
+                group: r.str16(limits::MAX_GROUP_NAME_BYTES)?,
+                now_ms: r.u64()?,
+                retention_ms: r.u64()?,
+            },
             other => return Err(r.error(format!("unknown command kind {other}"))),
         };
         r.finish()?;
@@ -1063,6 +1413,12 @@ impl MetadataReply {
                         };
                         w.u8(9).str16(topic).u64(*node).u8(limit).u64(*max).u64(*current).u64(*requested)
                     }
+                    Rejection::UnknownGroupMember { group, member_id } => w.u8(10).str16(group).str16(member_id),
+                    Rejection::FencedMember { group, member_id, reason } => {
+                        w.u8(11).str16(group).str16(member_id).str16(truncate(reason, 1024))
+                    }
+                    Rejection::GroupNotEmpty { group, members } => w.u8(12).str16(group).u32(*members),
+                    Rejection::UnknownGroup { group } => w.u8(13).str16(group),
                 };
             }
         }
@@ -1114,6 +1470,17 @@ impl MetadataReply {
                     current: r.u64()?,
                     requested: r.u64()?,
                 },
+                10 => Rejection::UnknownGroupMember {
+                    group: r.str16(limits::MAX_GROUP_NAME_BYTES)?,
+                    member_id: r.str16(MAX_MEMBER_ID_BYTES)?,
+                },
+                11 => Rejection::FencedMember {
+                    group: r.str16(limits::MAX_GROUP_NAME_BYTES)?,
+                    member_id: r.str16(MAX_MEMBER_ID_BYTES)?,
+                    reason: r.str16(1024)?,
+                },
+                12 => Rejection::GroupNotEmpty { group: r.str16(limits::MAX_GROUP_NAME_BYTES)?, members: r.u32()? },
+                13 => Rejection::UnknownGroup { group: r.str16(limits::MAX_GROUP_NAME_BYTES)? },
                 other => return Err(r.error(format!("unknown rejection {other}"))),
             }),
             other => return Err(r.error(format!("unknown reply kind {other}"))),
@@ -1121,6 +1488,14 @@ impl MetadataReply {
         r.finish()?;
         Ok(out)
     }
+}
+
+/// Refuses an empty or over-long group name (the node checked it at its edge too).
+fn check_group_name(group: &str) -> Result<(), Rejection> {
+    if group.is_empty() || group.len() > limits::MAX_GROUP_NAME_BYTES {
+        return Err(Rejection::Invalid { reason: format!("group name of {} bytes", group.len()) });
+    }
+    Ok(())
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -1376,6 +1751,165 @@ mod tests {
         // A multi-byte character at the cut is not split.
         let wide = "é".repeat(200);
         assert!(ShownName(&wide).to_string().ends_with("... (400 bytes)"));
+    }
+
+    fn join(group: &str, member: &str, topic: &str) -> MetadataCommand {
+        MetadataCommand::JoinGroup {
+            group: group.into(),
+            member: MemberSpec {
+                member_id: member.into(),
+                client_addr: "10.0.0.9:5000".into(),
+                subscriptions: vec![Subscription::Topic(topic.into())],
+                session_timeout_ms: 30_000,
+                assignor: groups::Assignor::Uniform,
+            },
+        }
+    }
+
+    fn fenced_commit(member: &str, epoch: u64, offsets: &[(u32, u64)]) -> MetadataCommand {
+        MetadataCommand::CommitOffsets {
+            group: "g".into(),
+            fence: Some(MemberFence { member_id: member.into(), member_epoch: epoch }),
+            now_ms: 1_000,
+            offsets: offsets.iter().map(|(p, o)| ("t".to_string(), *p, *o)).collect(),
+        }
+    }
+
+    #[test]
+    fn group_commands_coordinate_members_and_fence_commits() {
+        let mut s = three_members();
+        create(&mut s, "t", 4, 3);
+        for c in [join("g", "a", "t"), join("g", "b", "t")] {
+            assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
+            assert_eq!(s.apply(&c), MetadataReply::Ok);
+        }
+        let g = s.group("g").unwrap().clone();
+        let a = &g.members["a"];
+        assert_eq!(a.assigned.len(), 2, "a keeps half");
+        assert_eq!(a.revoking.len(), 2, "and gives up half");
+        let (theirs, _) = a.revoking.iter().next().cloned().unwrap();
+        assert_eq!(theirs, "t");
+        // a commits its revoking partitions (allowed: commit before giving up), all at once.
+        let all: Vec<(u32, u64)> =
+            a.assigned.iter().chain(&a.revoking).map(|(_, p)| (*p, 10 + u64::from(*p))).collect();
+        let commit = fenced_commit("a", a.epoch, &all);
+        assert_eq!(MetadataCommand::decode(&commit.encode()).unwrap(), commit);
+        assert_eq!(s.apply(&commit), MetadataReply::Ok);
+        assert_eq!(s.group_offsets("g").len(), 4);
+        // b holds nothing yet: its commit of anything is refused, and nothing of it is written.
+        let b_epoch = g.members["b"].epoch;
+        let refused = s.apply(&fenced_commit("b", b_epoch, &[(0, 99), (1, 99)]));
+        assert!(matches!(refused, MetadataReply::Rejected(Rejection::FencedMember { .. })), "{refused:?}");
+        assert!(s.group_offsets("g").iter().all(|(_, _, o)| *o < 99), "a refused commit writes nothing");
+        // a hands the revoking partitions back; b gets them.
+        let owned: Vec<TopicPartition> = a.assigned.iter().cloned().collect();
+        let ack = MetadataCommand::AcknowledgeGroup { group: "g".into(), member_id: "a".into(), owned };
+        assert_eq!(MetadataCommand::decode(&ack.encode()).unwrap(), ack);
+        assert_eq!(s.apply(&ack), MetadataReply::Ok);
+        let g2 = s.group("g").unwrap();
+        assert!(g2.epoch > g.epoch);
+        assert_eq!(g2.members["b"].assigned, a.revoking);
+        // The zombie a commits what moved: refused.
+        let moved: Vec<(u32, u64)> = a.revoking.iter().map(|(_, p)| (*p, 50)).collect();
+        assert!(matches!(
+            s.apply(&fenced_commit("a", a.epoch, &moved)),
+            MetadataReply::Rejected(Rejection::FencedMember { .. })
+        ));
+        // An unfenced commit (an admin reset) and a delete need an empty group.
+        let reset = MetadataCommand::CommitOffsets {
+            group: "g".into(),
+            fence: None,
+            now_ms: 2_000,
+            offsets: vec![("t".into(), 0, 0)],
+        };
+        assert!(matches!(s.apply(&reset), MetadataReply::Rejected(Rejection::GroupNotEmpty { members: 2, .. })));
+        let delete = MetadataCommand::DeleteGroup { group: "g".into() };
+        assert_eq!(MetadataCommand::decode(&delete.encode()).unwrap(), delete);
+        assert!(matches!(s.apply(&delete), MetadataReply::Rejected(Rejection::GroupNotEmpty { .. })));
+        // Both leave (the second as a session expiry would): the group is empty, offsets stay.
+        for m in ["a", "b"] {
+            let leave = MetadataCommand::LeaveGroup { group: "g".into(), member_id: m.into() };
+            assert_eq!(MetadataCommand::decode(&leave.encode()).unwrap(), leave);
+            assert_eq!(s.apply(&leave), MetadataReply::Ok);
+        }
+        assert!(matches!(
+            s.apply(&fenced_commit("a", a.epoch, &[(0, 1)])),
+            MetadataReply::Rejected(Rejection::UnknownGroupMember { .. })
+        ));
+        assert_eq!(s.group("g").unwrap().phase(), groups::GroupPhase::Empty);
+        assert_eq!(s.apply(&reset), MetadataReply::Ok);
+        assert_eq!(s.group("g").unwrap().committed_at_ms, Some(2_000));
+        // The snapshot keeps the groups.
+        let restored = MetadataState::decode(&s.encode()).unwrap();
+        assert_eq!(restored, s);
+        assert_eq!(s.apply(&delete), MetadataReply::Ok);
+        assert!(s.group_offsets("g").is_empty() && s.group("g").is_none());
+        assert!(matches!(s.apply(&delete), MetadataReply::Rejected(Rejection::UnknownGroup { .. })));
+        for r in [
+            Rejection::UnknownGroupMember { group: "g".into(), member_id: "a".into() },
+            Rejection::FencedMember { group: "g".into(), member_id: "a".into(), reason: "x".into() },
+            Rejection::GroupNotEmpty { group: "g".into(), members: 3 },
+            Rejection::UnknownGroup { group: "g".into() },
+        ] {
+            let reply = MetadataReply::Rejected(r);
+            assert_eq!(MetadataReply::decode(&reply.encode()).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn memberless_groups_keep_offsets_until_the_retention_and_new_topics_are_assigned() {
+        let mut s = three_members();
+        create(&mut s, "t", 2, 1);
+        assert_eq!(s.apply(&join("g", "a", "t")), MetadataReply::Ok);
+        assert!(s.apply(&fenced_commit("a", s.group("g").unwrap().members["a"].epoch, &[(0, 5)])) == MetadataReply::Ok);
+        let expire = |now_ms| MetadataCommand::ExpireGroupOffsets { group: "g".into(), now_ms, retention_ms: 500 };
+        assert!(matches!(s.apply(&expire(10_000)), MetadataReply::Rejected(Rejection::GroupNotEmpty { .. })));
+        assert_eq!(
+            s.apply(&MetadataCommand::LeaveGroup { group: "g".into(), member_id: "a".into() }),
+            MetadataReply::Ok
+        );
+        assert!(matches!(s.apply(&expire(1_400)), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        assert_eq!(s.group_offsets("g").len(), 1);
+        let c = expire(1_500);
+        assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
+        assert_eq!(s.apply(&c), MetadataReply::Ok);
+        assert!(s.group_offsets("g").is_empty() && s.group_names().is_empty());
+        // A member subscribed by prefix gets a topic created later.
+        let mut prefix = join("h", "m", "t");
+        if let MetadataCommand::JoinGroup { member, .. } = &mut prefix {
+            member.subscriptions = vec![Subscription::Prefix("logs.".into())];
+        }
+        assert_eq!(s.apply(&prefix), MetadataReply::Ok);
+        assert!(s.group("h").unwrap().members["m"].assigned.is_empty());
+        create(&mut s, "logs.app", 3, 1);
+        assert_eq!(s.group("h").unwrap().members["m"].assigned.len(), 3);
+        assert_eq!(s.apply(&MetadataCommand::DeleteTopic { name: "logs.app".into() }), MetadataReply::Ok);
+        assert!(s.group("h").unwrap().members["m"].assigned.is_empty());
+    }
+
+    #[test]
+    fn a_version_3_snapshot_without_groups_still_reads() {
+        let mut s = three_members();
+        create(&mut s, "t", 2, 2);
+        s.apply(&MetadataCommand::CommitOffset { group: "g".into(), topic: "t".into(), partition: 0, offset: 3 });
+        // Version 3: today's layout without the groups section after the quotas.
+        let mut w = Writer::new();
+        w.u32(snap::MAGIC).u16(snap::VERSION_3).u32(s.next_topic_id);
+        w.u32(s.members.len() as u32);
+        for (id, addrs) in &s.members {
+            w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
+        }
+        w.u32(s.topics.len() as u32);
+        for topic in s.topics.values() {
+            write_topic(&mut w, topic);
+        }
+        w.u32(1).str16("g").str16("t").u32(0).u64(3);
+        s.access.encode(&mut w);
+        s.quotas.encode(&mut w);
+        w.crc();
+        let old = MetadataState::decode(&w.finish()).unwrap();
+        assert_eq!(old, s);
+        assert_eq!(old.group_names(), vec!["g".to_string()]);
     }
 
     #[test]
@@ -1821,6 +2355,22 @@ mod tests {
                     offset: o,
                 }),
                 (1u64..6).prop_map(|id| MetadataCommand::AddMember { id, addrs: MemberAddrs::one(format!("h:{id}")) }),
+                ("[gh]", "[ab]", name).prop_map(|(g, m, t)| join(&g, &m, &t)),
+                ("[gh]", "[ab]", name, 0u32..5).prop_map(|(g, m, t, p)| MetadataCommand::AcknowledgeGroup {
+                    group: g,
+                    member_id: m,
+                    owned: vec![(t, p)],
+                }),
+                ("[gh]", "[ab]").prop_map(|(g, m)| MetadataCommand::LeaveGroup { group: g, member_id: m }),
+                ("[gh]", proptest::option::of(("[ab]", 0u64..4)), name, 0u32..5, any::<u64>()).prop_map(
+                    |(g, fence, t, p, o)| MetadataCommand::CommitOffsets {
+                        group: g,
+                        fence: fence.map(|(m, e)| MemberFence { member_id: m, member_epoch: e }),
+                        now_ms: o,
+                        offsets: vec![(t, p, o)],
+                    }
+                ),
+                "[gh]".prop_map(|g| MetadataCommand::DeleteGroup { group: g }),
                 (1u64..6).prop_map(|id| MetadataCommand::RemoveMember { id }),
                 proptest::collection::btree_map(1u64..6, ("[a-z]{1,4}:[0-9]{1,4}", "[a-z]{1,4}:[0-9]{1,4}"), 1..4)
                     .prop_map(|members| MetadataCommand::Bootstrap {
@@ -1854,6 +2404,9 @@ mod tests {
                             let distinct: std::collections::BTreeSet<_> = p.replicas.iter().collect();
                             prop_assert_eq!(distinct.len(), p.replicas.len());
                         }
+                    }
+                    for g in a.groups().values() {
+                        prop_assert!(g.owners().values().all(|o| o.len() == 1), "a partition with two owners");
                     }
                     for (_, t, p) in a.offsets().keys() {
                         prop_assert!(a.topic(t).is_some_and(|t| (*p as usize) < t.partitions.len()));

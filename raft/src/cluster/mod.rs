@@ -17,7 +17,9 @@
 pub mod access;
 pub mod api;
 mod apps;
+mod coordinator;
 mod data;
+pub mod groups;
 pub mod layout;
 pub mod metadata;
 pub mod partition;
@@ -40,6 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::*;
+pub use coordinator::{GroupsConfig, JoinRequest, MemberAssignment};
 pub use data::decode_entries;
 pub use supervise::{HEALTHY_AFTER, RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, StoppedGroup};
 
@@ -96,6 +99,8 @@ pub struct ClusterConfig {
     /// How many preferred-leader hand-overs a reconcile pass on this node may start (leader
     /// balancing is rate-limited: each one is an election in that group).
     pub leader_transfers_per_pass: usize,
+    /// The consumer-group coordinator's settings (it runs on the metadata leader).
+    pub groups: GroupsConfig,
 }
 
 impl ClusterConfig {
@@ -119,6 +124,7 @@ impl ClusterConfig {
             log_cache_budget: None,
             start_concurrency: 16,
             leader_transfers_per_pass: 16,
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -221,6 +227,10 @@ pub struct Cluster {
     /// [`Cluster::bootstrap`] was given): the metadata leader records them with the bootstrap
     /// voters' internal addresses (the Raft membership holds only those).
     initial_client_addrs: Mutex<BTreeMap<NodeId, String>>,
+    /// On the metadata leader: when each consumer-group member was last heard from.
+    sessions: Mutex<coordinator::Sessions>,
+    /// Numbers the consumer-group member ids this node hands out.
+    member_seq: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Cluster {
@@ -267,10 +277,13 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             initial_client_addrs,
+            sessions: Mutex::new(Default::default()),
+            member_seq: Default::default(),
         });
         let reconcile = tokio::spawn(reconcile::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
         let retention = tokio::spawn(retention::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
-        cluster.tasks.lock().extend([reconcile, retention]);
+        let groups = tokio::spawn(coordinator::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
+        cluster.tasks.lock().extend([reconcile, retention, groups]);
         Ok(cluster)
     }
 
@@ -586,21 +599,6 @@ impl Cluster {
         self.metadata.read().topic(name).cloned().ok_or_else(|| ClusterError::UnknownTopic { name: name.to_string() })
     }
 
-    /// Records a consumer group's position (the next offset it will read).
-    pub async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-    ) -> Result<(), ClusterError> {
-        // The node checked the name at its edge; the metadata also refuses a bad one at apply.
-        debug_assert!((1..=limits::MAX_GROUP_NAME_BYTES).contains(&group.len()), "group name of {} bytes", group.len());
-        let command =
-            MetadataCommand::CommitOffset { group: group.to_string(), topic: topic.to_string(), partition, offset };
-        self.propose(command).await.map(|_| ())
-    }
-
     /// A consumer group's committed offsets, linearizable, with lag where this node hosts the partition.
     pub async fn fetch_offsets(&self, group: &str) -> Result<Vec<ConsumerOffset>, ClusterError> {
         self.linearizable_metadata().await?;
@@ -620,12 +618,11 @@ impl Cluster {
             .collect())
     }
 
-    /// Every consumer group with a committed offset, sorted, linearizable (read-index).
+    /// Every consumer group with a committed offset or coordinator state, sorted, linearizable
+    /// (read-index).
     pub async fn list_groups(&self) -> Result<Vec<String>, ClusterError> {
         self.linearizable_metadata().await?;
-        let mut groups: Vec<String> = self.metadata.read().offsets().keys().map(|(g, _, _)| g.clone()).collect();
-        groups.dedup();
-        Ok(groups)
+        Ok(self.metadata.read().group_names())
     }
 
     /// Adds a user with the SHA-256 of its token's secret (the secret is never sent here).
