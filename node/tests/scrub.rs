@@ -128,6 +128,18 @@ async fn start_with_records(root: &Path) -> (LocalCluster, StreamId, usize) {
     (c, stream, acked)
 }
 
+/// The partition's leader, as node 1 sees it, once there is one.
+async fn partition_leader(c: &LocalCluster) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
+            return l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repaired() {
     init_tracing();
@@ -135,14 +147,7 @@ async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repai
     let (mut c, stream, acked) = start_with_records(root.path()).await;
     let end = u64::MAX;
     // The partition's leader, and a follower to damage.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let leader = loop {
-        if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
-            break l;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let leader = partition_leader(&c).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
     assert!(reference.len() >= acked);
@@ -315,14 +320,7 @@ async fn damage_running_node(leader_damaged: bool) {
     let (c, stream, _acked) = start_with_records(root.path()).await;
     let end = u64::MAX;
     let leader_of = || c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let leader = loop {
-        if let Some(l) = leader_of() {
-            break l;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let leader = partition_leader(&c).await;
     let reference = read_alone(c.grpc[leader as usize - 1], end).await.expect("the leader serves every record");
 
     let reference = if leader_damaged {
@@ -394,14 +392,7 @@ async fn a_flipped_bit_in_a_stopped_followers_active_segment_lets_it_start_and_i
     let root = tempfile::tempdir().unwrap();
     let (mut c, stream, _acked) = start_with_records(root.path()).await;
     let end = u64::MAX;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let leader = loop {
-        if let Some(l) = c.running(1).unwrap().cluster().leader_of(TOPIC, 0).map(|(id, _)| id) {
-            break l;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let leader = partition_leader(&c).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let mut config = ClientConfig::new(c.endpoints());
     config.max_attempts = 40;
