@@ -239,7 +239,13 @@ impl Node {
             _ => None,
         };
         // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
-        let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded.clone());
+        let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+        if internal_listener.is_none() {
+            // Raft is served here too (see `PEER_PENDING_ACCEPT_RESET_STREAMS`).
+            server = server
+                .http2_max_pending_accept_reset_streams(Some(shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS));
+        }
+        let mut server = server.layer(coded.clone());
         let router = server
             .add_service(client_api!(ProduceServer, ProduceService, refuse))
             .add_service(client_api!(FetchServer, FetchService, refuse))
@@ -254,7 +260,10 @@ impl Node {
             Some(listener) => {
                 // With TLS, mutual: no handshake completes without a certificate of the cluster
                 // CA; `refuse_internal` then serves only node certificates.
-                let mut server = tonic::transport::Server::builder().tcp_nodelay(true).layer(coded);
+                let mut server = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .http2_max_pending_accept_reset_streams(Some(shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS))
+                    .layer(coded);
                 let router = server
                     .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
                     .add_service(client_api!(FetchServer, FetchService, refuse_internal))

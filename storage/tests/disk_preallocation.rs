@@ -213,9 +213,12 @@ fn damage_before_a_whole_record_is_salvaged_not_cut_even_with_zeros_after() {
         .recovery_report()
         .iter()
         .filter_map(|f| match &f.kind {
-            RecoveryKind::DamagedSegment { offset, reason: CorruptionReason::CrcMismatch { .. }, sealed: false, .. } => {
-                *offset
-            }
+            RecoveryKind::DamagedSegment {
+                offset,
+                reason: CorruptionReason::CrcMismatch { .. },
+                sealed: false,
+                ..
+            } => *offset,
             _ => None,
         })
         .collect();

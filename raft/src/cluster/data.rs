@@ -61,7 +61,8 @@ impl Cluster {
         if let Ok(p) = self.local_partition(topic, partition)
             && p.group.leader().is_none()
         {
-            let _ = p.group.wait_metrics("a partition leader", self.leader_wait(), |m| m.current_leader.is_some()).await;
+            let _ =
+                p.group.wait_metrics("a partition leader", self.leader_wait(), |m| m.current_leader.is_some()).await;
         }
         self.leading_partition(topic, partition)
     }

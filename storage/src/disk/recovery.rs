@@ -545,8 +545,15 @@ impl Recovery<'_> {
                         "sealed segment is damaged; it opens with the damaged records unreadable until repaired"
                     );
                     let header = seg_fmt::HEADER_LEN as u64;
-                    let salvaged =
-                        self.storage.salvage(id, &name, l.file.as_ref(), header, l.file_len, segment.base, Some(end))?;
+                    let salvaged = self.storage.salvage(
+                        id,
+                        &name,
+                        l.file.as_ref(),
+                        header,
+                        l.file_len,
+                        segment.base,
+                        Some(end),
+                    )?;
                     segment.positions = salvaged.positions;
                     segment.len = salvaged.end;
                     let (position, offset, reason) = (d.position, Some(d.offset), d.reason);
@@ -578,7 +585,12 @@ impl Recovery<'_> {
         let tail = self.storage.salvage(id, &name, l.file.as_ref(), d.position, l.data_len, d.offset, None)?;
         segment.positions.extend(tail.positions);
         segment.len = tail.end;
-        let kind = RecoveryKind::DamagedSegment { position: d.position, offset: Some(d.offset), reason: d.reason, sealed: false };
+        let kind = RecoveryKind::DamagedSegment {
+            position: d.position,
+            offset: Some(d.offset),
+            reason: d.reason,
+            sealed: false,
+        };
         self.found(Some(name), kind);
         Ok(())
     }
