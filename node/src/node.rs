@@ -240,12 +240,13 @@ impl Node {
             _ => None,
         };
         // (`tcp_nodelay` is ignored with `serve_with_incoming`: `KillableStream` sets it.)
-        // Raft RPCs a peer gave up on (a vote or append past its timeout) reach the server as
-        // reset HTTP/2 streams; with hundreds of groups electing at once they exceed h2's default
-        // allowance of 20 pending resets, and h2 then closes the whole connection (GOAWAY,
-        // ENHANCE_YOUR_CALM), failing every group's RPCs on it: elections never finished. The
-        // listener that serves Raft allows `RAFT_RESET_STREAMS`.
-        let client_resets = if internal_listener.is_none() { RAFT_RESET_STREAMS } else { CLIENT_RESET_STREAMS };
+        // The listener that serves Raft allows `PEER_PENDING_ACCEPT_RESET_STREAMS` reset streams
+        // pending per connection (see there); the client listener alone `CLIENT_RESET_STREAMS`.
+        let client_resets = if internal_listener.is_none() {
+            shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS
+        } else {
+            CLIENT_RESET_STREAMS
+        };
         let mut server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_max_pending_accept_reset_streams(Some(client_resets))
@@ -266,7 +267,7 @@ impl Node {
                 // CA; `refuse_internal` then serves only node certificates.
                 let mut server = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
-                    .http2_max_pending_accept_reset_streams(Some(RAFT_RESET_STREAMS))
+                    .http2_max_pending_accept_reset_streams(Some(shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS))
                     .layer(coded);
                 let router = server
                     .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
@@ -587,11 +588,9 @@ fn local_addr(what: &'static str, l: &TcpListener, asked: SocketAddr) -> Result<
 /// How long a server may take to close its connections once the cluster has stopped.
 const SERVER_STOP: Duration = Duration::from_millis(500);
 
-/// Reset HTTP/2 streams a connection may have pending on a listener that serves Raft (peers
-/// cancel RPCs past their timeouts, many groups at once) before h2 closes it as abusive.
-const RAFT_RESET_STREAMS: usize = 4096;
-/// The same on the client listener alone: above h2's default of 20 (a client cancelling a burst
-/// of timed-out requests is not an attack), still bounding a rapid-reset flood.
+/// Reset HTTP/2 streams a connection may have pending on the client listener alone before h2
+/// closes it as abusive: above h2's default of 20 (a client cancelling a burst of timed-out
+/// requests is not an attack), still bounding a rapid-reset flood.
 const CLIENT_RESET_STREAMS: usize = 200;
 
 /// Waits for a server task up to `grace`, then aborts it.

@@ -89,10 +89,23 @@ impl Default for RaftGroupConfig {
 }
 
 impl RaftGroupConfig {
+    /// openraft's `heartbeat_min_interval`: no per-group heartbeat goes to a follower that
+    /// acknowledged replication sent within this long (its acknowledgement renewed the leader's
+    /// lease as a heartbeat's would), so a group under writes sends (almost) no heartbeats; every
+    /// heartbeat is an RPC of its own, and hundreds of groups written at once would otherwise spend
+    /// a core on them (issue 15). One heartbeat interval, less where openraft's bound needs it
+    /// (interval + this + one tick below the election timeout); 0 (no suppression) if nothing fits.
+    fn heartbeat_min_interval_ms(&self) -> u64 {
+        let tick = self.heartbeat_interval_ms * 13 / 64;
+        let room = self.election_timeout_min_ms.saturating_sub(self.heartbeat_interval_ms + tick + 1);
+        self.heartbeat_interval_ms.min(room)
+    }
+
     fn to_openraft(&self) -> Result<openraft::Config, RaftError> {
         let config = openraft::Config {
             cluster_name: self.cluster_name.clone(),
             heartbeat_interval: self.heartbeat_interval_ms,
+            heartbeat_min_interval: Some(self.heartbeat_min_interval_ms()),
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
@@ -198,6 +211,11 @@ pub struct RaftGroup {
     /// followers of a dead leader do not all campaign at once.
     lease: Duration,
 }
+
+/// How long (in election timeouts) a write to a quiet leader waits for the heartbeat round that
+/// renews its lease ([`RaftGroup::wake_for_write`]); it stops waiting as soon as the node no longer
+/// leads.
+pub const WAKE_WAIT_ELECTION_TIMEOUTS: u64 = 5;
 
 /// Where a group stands on quiescence (issue 15; ARCHITECTURE.md "Heartbeats and quiet groups").
 /// Quiescence only turns timers off and on: every message a quiet group gets is handled as
@@ -442,28 +460,46 @@ impl RaftGroup {
         was
     }
 
-    /// [`RaftGroup::wake`] before a write: a leader that was quiet lost its quorum-ack lease
-    /// (no heartbeats were acknowledged), and openraft refuses writes without one, so it sends a
-    /// heartbeat round and waits (at most an election timeout) until a quorum acknowledged it.
+    /// [`RaftGroup::wake`] before a write. openraft refuses a write (`NotLeader` without a leader)
+    /// from a leader whose quorum-ack lease lapsed: no heartbeat or replication sent within the
+    /// last election timeout was acknowledged by a quorum. A leader that was quiet always lost it
+    /// (it sent nothing), and a busy one can (openraft gives each heartbeat one heartbeat interval;
+    /// a follower answers an append only once its log is flushed, so on a loaded disk its answers
+    /// come late). Such a leader sends a heartbeat round now and waits until a quorum acknowledged
+    /// one sent since, while it still leads: at most [`WAKE_WAIT_ELECTION_TIMEOUTS`] election
+    /// timeouts (openraft sends another round at every heartbeat tick meanwhile). A single
+    /// round's wait (the earlier rule) failed such writes when hundreds of groups woke at once.
     async fn wake_for_write(&self) {
-        if let QuietState::Leading { .. } = self.wake() {
-            let woke = Instant::now();
-            let _ = self.raft.trigger().heartbeat().await;
-            let lease = Duration::from_millis(self.election_timeout_max_ms);
-            let _ = self
-                .raft
-                .wait(Some(lease))
-                .metrics(
-                    |m| {
-                        m.membership_config.membership().voter_ids().count() <= 1
-                            || m.last_quorum_acked
-                                .as_ref()
-                                .is_some_and(|at| openraft::Instant::elapsed(&**at) <= woke.elapsed())
-                    },
-                    "leader lease renewed after quiescence",
-                )
-                .await;
+        let was = self.wake();
+        let lease = Duration::from_millis(self.election_timeout_max_ms);
+        let me = self.node_id;
+        let lapsed = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.current_leader == Some(me)
+                && m.membership_config.membership().voter_ids().count() > 1
+                && m.last_quorum_acked.as_ref().is_none_or(|at| openraft::Instant::elapsed(&**at) >= lease)
+        };
+        if !lapsed && !matches!(was, QuietState::Leading { .. }) {
+            return;
         }
+        let since = Instant::now();
+        let _ = self.raft.trigger().heartbeat().await;
+        let wait = lease.saturating_mul(WAKE_WAIT_ELECTION_TIMEOUTS as u32);
+        let _ = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    m.current_leader != Some(me)
+                        || m.membership_config.membership().voter_ids().count() <= 1
+                        || m.last_quorum_acked
+                            .as_ref()
+                            .is_some_and(|at| openraft::Instant::elapsed(&**at) <= since.elapsed())
+                },
+                "leader lease renewed",
+            )
+            .await;
     }
 
     /// How recently the leader's node must have been heard for a waking follower to count it

@@ -23,7 +23,7 @@ use openraft::async_runtime::WatchReceiver;
 use parking_lot::{Mutex, RwLock};
 
 use crate::group::{LocalGroups, QuietState, RaftGroup};
-use crate::network::client::raft_client;
+use crate::network::client::{detached, raft_client};
 use crate::network::pb;
 use crate::network::peers::Peers;
 use crate::types::{GroupId, NodeId};
@@ -169,8 +169,11 @@ impl NodeHeartbeats {
             seen_seq: self.peers.seen_seq(peer),
         };
         Peers::count(&self.peers.counters().node_heartbeats);
-        // A peer that does not answer within a few ticks is skipped until it does.
-        let Ok(Ok(resp)) = tokio::time::timeout(self.interval * 5, client.node_heartbeat(req)).await else {
+        // A peer that does not answer within a few ticks is skipped until it does (the call is
+        // not reset meanwhile: `detached`).
+        let limit = Duration::from_millis(self.peers.config().request_timeout_ms);
+        let Some(Ok(resp)) = detached(self.interval * 5, limit, async move { client.node_heartbeat(req).await }).await
+        else {
             return;
         };
         self.peers.note_alive(peer);

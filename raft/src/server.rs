@@ -43,6 +43,15 @@ pub struct RaftGrpcService {
     heartbeats: Arc<NodeHeartbeats>,
 }
 
+/// How many streams a peer may reset before this server accepted them, per connection, on a
+/// server that serves [`RaftGrpcService`] (`tonic::transport::Server::http2_max_pending_accept_reset_streams`).
+/// h2's default (20) is a defence against rapid-reset floods from clients; past it the whole
+/// connection is closed (GOAWAY `ENHANCE_YOUR_CALM`). Between nodes that connection carries every
+/// group's replication, and a busy node has not accepted many of its peers' short RPCs yet when
+/// they are given up: the senders do not reset them any more (`network::client`), and this bound
+/// keeps an older or misbehaving peer from tearing the connection down for a burst of them.
+pub const PEER_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
 /// The shortest time between two WARN lines about refused RPCs; the refusals in between are
 /// counted and the next line says how many were not logged.
 pub const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(1);

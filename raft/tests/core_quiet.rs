@@ -6,7 +6,7 @@ mod core_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use core_support::{AppliedList, ListApp, WAIT, group_config, init_tracing, payload, storage_options};
@@ -28,6 +28,8 @@ struct Peer {
     storage: Arc<dyn StorageBackend>,
     groups: HashMap<GroupId, Arc<RaftGroup>>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Connections its server accepted (each peer keeps one to it while nothing closes it).
+    accepted: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,6 +54,13 @@ async fn peers(n: u64) -> Vec<Peer> {
 }
 
 async fn peers_with_tick(n: u64, tick_ms: u64) -> Vec<Peer> {
+    peers_with(n, tick_ms, None).await
+}
+
+/// `n` peers with node heartbeats every `tick_ms`; `pending_accept_resets`: how many streams a
+/// client may reset before the server accepted them before the server closes the connection
+/// (`None`: h2's default, 20).
+async fn peers_with(n: u64, tick_ms: u64, pending_accept_resets: Option<usize>) -> Vec<Peer> {
     init_tracing();
     let mut out = Vec::new();
     for id in 1..=n {
@@ -63,14 +72,18 @@ async fn peers_with_tick(n: u64, tick_ms: u64) -> Vec<Peer> {
         let addr = listener.local_addr().unwrap().to_string();
         let service = router.grpc_service();
         let (tx, rx) = oneshot::channel::<()>();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
         let server = tokio::spawn(async move {
             let incoming =
-                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+                tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |s| {
                     s.inspect(|s| {
+                        counted.fetch_add(1, Ordering::Relaxed);
                         let _ = s.set_nodelay(true);
                     })
                 });
             tonic::transport::Server::builder()
+                .http2_max_pending_accept_reset_streams(pending_accept_resets)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
@@ -78,7 +91,16 @@ async fn peers_with_tick(n: u64, tick_ms: u64) -> Vec<Peer> {
                 .await
                 .unwrap();
         });
-        out.push(Peer { id, addr, router, storage, groups: HashMap::new(), server: Some((tx, server)), _dir: dir });
+        out.push(Peer {
+            id,
+            addr,
+            router,
+            storage,
+            groups: HashMap::new(),
+            server: Some((tx, server)),
+            accepted,
+            _dir: dir,
+        });
     }
     out
 }
@@ -366,4 +388,61 @@ async fn measure_idle_groups() {
         );
         stop(&mut ps).await;
     }
+}
+
+/// Many quiet groups woken at once by writes (a produce run over hundreds of idle partitions)
+/// keep every peer connection: each node reaches each peer over the one connection it opened
+/// first, the whole time, and every write commits. The peers' servers are the strictest an HTTP/2
+/// server may be about streams reset before it accepted them (the first one closes the
+/// connection; h2's default closes it after 20). A node used to reset every RPC openraft gave up
+/// on (a heartbeat gets one heartbeat interval): waking groups on a busy node produced bursts of
+/// them, and each burst closed the connection every group's replication to that peer shares
+/// (GOAWAY `ENHANCE_YOUR_CALM`), so leaders lost their followers and elections followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_quiet_groups_woken_at_once_by_writes_keep_their_peer_connections() {
+    const N: u64 = 24;
+    let config = RaftGroupConfig { quiesce_after_ms: 200, ..group_config() };
+    let mut ps = peers_with(3, TICK_MS, Some(0)).await;
+    let groups: Vec<GroupId> = (1..=N).map(GroupId).collect();
+    start_groups_then(&mut ps, &groups, &config, false).await;
+    wait_until("every group quiet on every node", || all_quiet(&ps, &groups)).await;
+    let mut leaders = HashMap::new();
+    for g in &groups {
+        leaders.insert(*g, leader_of(&ps, *g, &[]).await);
+    }
+
+    // Every group gets writes at once, through the leader it had while quiet.
+    let mut writes = Vec::new();
+    for g in &groups {
+        let group = leader_group(&ps, leaders[g], *g);
+        let g = *g;
+        writes.push(tokio::spawn(async move {
+            let mut first_attempt = Vec::new();
+            for i in 0..4u64 {
+                first_attempt.push(group.write(payload(g.0 * 10 + i, 1024)).await.is_ok());
+            }
+            (g, first_attempt)
+        }));
+    }
+    let mut refused = 0;
+    for w in writes {
+        let (g, first_attempt) = w.await.unwrap();
+        refused += first_attempt.iter().filter(|ok| !**ok).count();
+        // Whatever the first attempts met, the group takes writes (retried while leadership
+        // settles) and every replica applies them.
+        let index = write(&ps, g, payload(g.0 * 10 + 9, 64)).await;
+        for p in &ps {
+            p.groups[&g].wait_applied(index, WAIT).await.unwrap();
+        }
+    }
+    println!("{N} quiet groups woken by 4 writes each: {refused} first attempts refused");
+    for p in &ps {
+        assert_eq!(
+            p.accepted.load(Ordering::Relaxed),
+            2,
+            "node {} accepted one connection from each of its 2 peers, and none was closed",
+            p.id
+        );
+    }
+    stop(&mut ps).await;
 }

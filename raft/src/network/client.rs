@@ -1,12 +1,20 @@
 //! The gRPC client side: openraft's network factory for one group, sending over the node's shared
 //! per-peer channels. Transport failures map to openraft's `Unreachable` (back off, retry later) or
 //! `NetworkError` (retry now); a peer that does not run the group answers `NOT_FOUND` -> unreachable.
+//!
+//! Every RPC runs on a task of its own ([`detached`], [`PeerClient::stream_append`]): when openraft
+//! stops waiting for one (a heartbeat gets one heartbeat interval, a vote the election timeout),
+//! the call goes on to its end instead of being reset. A busy peer has often not even accepted
+//! such a stream yet, and HTTP/2 servers (h2) answer more than a few resets of streams not yet
+//! accepted with GOAWAY (`ENHANCE_YOUR_CALM`, the rapid-reset defence), which closes the node's one
+//! connection to that peer: every group's replication, heartbeats and votes with it at once (issue
+//! 15: hundreds of groups waking on a loaded machine did exactly that, over and over).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -63,6 +71,46 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 pub(crate) fn raft_client(peers: &Peers, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
     let max = peers.config().max_message_bytes;
     peers.channel(addr).map(|c| RaftServiceClient::new(c).max_decoding_message_size(max).max_encoding_message_size(max))
+}
+
+/// Runs `rpc` on a task of its own and waits `wait` for its outcome (`None`: not in time, or the
+/// task failed). When the wait ends first the call is not cancelled: it runs to its end, or until
+/// `limit`, so the peer does not see the stream reset (see the module docs).
+pub(crate) async fn detached<T: Send + 'static>(
+    wait: Duration,
+    limit: Duration,
+    rpc: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let task = tokio::spawn(tokio::time::timeout(limit.max(wait), rpc));
+    match tokio::time::timeout(wait, task).await {
+        Ok(Ok(Ok(out))) => Some(out),
+        _ => None,
+    }
+}
+
+/// Forwards the responses of one `StreamAppend` call to its reader. Once the reader is gone (the
+/// session is over, or openraft stopped waiting for a heartbeat's answer), the call is left to end
+/// on its own (its requests end with the session: [`SessionStream`]) for at most `limit`, rather
+/// than being reset.
+async fn forward_responses(
+    mut responses: tonic::Streaming<pb::AppendEntriesResponse>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::AppendEntriesResponse, tonic::Status>>,
+    limit: Duration,
+) {
+    loop {
+        tokio::select! {
+            item = responses.next() => match item {
+                Some(item) => {
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+                None => return,
+            },
+            () = tx.closed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(limit, async { while responses.next().await.is_some() {} }).await;
 }
 
 /// Sends one group's messages to one peer.
@@ -240,23 +288,58 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
+            // A stream of one message (openraft's heartbeats are sent so, one per follower per
+            // heartbeat interval and group) goes as one unary AppendEntries: no stream to open,
+            // feed and close on either side, which is most of a heartbeat's cost.
+            let second = match input.next().now_or_never() {
+                Some(None) => {
+                    let prev = first.prev_log_id;
+                    let last = first.entries.last().map(|e| e.log_id).or(prev);
+                    let ttl = self.request_timeout;
+                    let r = self.send_append(first, RPCOption::new(ttl)).await;
+                    self.observe(&r);
+                    let result = r.map(|resp| resp.into_stream_result(prev, last));
+                    return Ok(Box::pin(futures::stream::once(futures::future::ready(result))) as BoxStream<'s, _>);
+                }
+                Some(Some(second)) => Some(second),
+                None => None,
+            };
             let counters = self.peers.clone();
             // The request stream ends as soon as this session is over (see [`SessionStream`]).
             let (session, session_over) = tokio::sync::oneshot::channel::<()>();
-            let requests = futures::stream::once(futures::future::ready(first))
+            let requests = futures::stream::iter(std::iter::once(first).chain(second))
                 .chain(input)
                 .take_until(session_over)
                 .map(move |r| {
                     Peers::count(&counters.counters().append_messages);
                     convert::append_request_to_pb(group, &r)
                 });
-            let connect = self.request_timeout;
-            let resp = tokio::time::timeout(connect, client.stream_append(requests))
-                .await
-                .map_err(|_| self.timeout(RPCTypes::AppendEntries, connect))?
-                .map_err(|s| self.status_err(&s))?;
+            // The call runs on a task of its own (see the module docs): dropped by openraft, the
+            // session ends its requests and the call finishes instead of being reset.
+            let limit = self.request_timeout;
+            let (opened_tx, opened) = tokio::sync::oneshot::channel();
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(async move {
+                match tokio::time::timeout(limit, client.stream_append(requests)).await {
+                    Ok(Ok(resp)) => {
+                        let _ = opened_tx.send(Ok(()));
+                        forward_responses(resp.into_inner(), tx, limit).await;
+                    }
+                    Ok(Err(status)) => {
+                        let _ = opened_tx.send(Err(Some(status)));
+                    }
+                    Err(_) => {
+                        let _ = opened_tx.send(Err(None));
+                    }
+                }
+            });
+            match opened.await {
+                Ok(Ok(())) => {}
+                Ok(Err(Some(status))) => return Err(self.status_err(&status)),
+                Ok(Err(None)) | Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, limit)),
+            }
             let this: &PeerClient = self;
-            let output = resp.into_inner().map(move |item| match item {
+            let output = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| match item {
                 Ok(r) => convert::stream_result_from_pb(&r).map_err(|e| this.bad_reply(e)),
                 Err(s) => Err(this.status_err(&s)),
             });
@@ -335,9 +418,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             last_log_id: convert::opt_to_pb(req.last_log_id()),
         };
         let ttl = self.ttl(&option);
-        let resp = tokio::time::timeout(ttl, client.transfer_leader(msg))
+        let resp = detached(ttl, self.request_timeout, async move { client.transfer_leader(msg).await })
             .await
-            .map_err(|_| self.timeout(RPCTypes::TransferLeader, ttl))?
+            .ok_or_else(|| self.timeout(RPCTypes::TransferLeader, ttl))?
             .map_err(|s| self.status_err(&s))?
             .into_inner();
         match Outcome::try_from(resp.outcome) {
@@ -368,9 +451,9 @@ impl PeerClient {
         Peers::count(&self.peers.counters().append_messages);
         let req = convert::append_request_to_pb(self.group, &rpc);
         let ttl = self.ttl(&option);
-        let resp = tokio::time::timeout(ttl, client.append_entries(req))
+        let resp = detached(ttl, self.request_timeout, async move { client.append_entries(req).await })
             .await
-            .map_err(|_| self.timeout(RPCTypes::AppendEntries, ttl))?
+            .ok_or_else(|| self.timeout(RPCTypes::AppendEntries, ttl))?
             .map_err(|s| self.status_err(&s))?;
         convert::append_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
     }
@@ -397,9 +480,9 @@ impl PeerClient {
         Peers::count(&self.peers.counters().votes);
         let req = convert::vote_request_to_pb(self.group, &rpc, pre_vote);
         let ttl = self.ttl(&option);
-        let resp = tokio::time::timeout(ttl, client.vote(req))
+        let resp = detached(ttl, self.request_timeout, async move { client.vote(req).await })
             .await
-            .map_err(|_| self.timeout(RPCTypes::Vote, ttl))?
+            .ok_or_else(|| self.timeout(RPCTypes::Vote, ttl))?
             .map_err(|s| self.status_err(&s))?;
         convert::vote_response_from_pb(resp.get_ref()).map_err(|e| self.bad_reply(e))
     }
