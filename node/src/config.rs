@@ -194,9 +194,14 @@ impl RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            // A heartbeat's answer counts only if it comes back within one interval, and a
+            // follower answers once its group's log is flushed: with hundreds of groups fsyncing
+            // on a small machine, 100 ms intervals let leaders' leases lapse while followers kept
+            // following (writes refused with no leader to name, for minutes; see ARCHITECTURE.md
+            // "Heartbeats and quiet groups"). Kafka's KRaft uses 500 ms / 1 s, etcd 100 ms / 1 s.
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
             request_timeout_ms: 10_000,
             snapshot_every_entries: 10_000,
             quiesce_after_ms: 500,
