@@ -91,22 +91,12 @@ pub struct MemberAssignment {
 }
 
 /// Runs the expiry timer until shutdown (or until the cluster is dropped).
-pub(super) async fn run(cluster: Weak<Cluster>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(cluster: Weak<Cluster>, shutdown: watch::Receiver<bool>) {
     let Some(interval) = cluster.upgrade().map(|c| Duration::from_millis(c.config.groups.check_interval_ms.max(10)))
     else {
         return;
     };
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let Some(c) = cluster.upgrade() else { return };
-        c.expire_once().await;
-    }
+    super::run_every(cluster, shutdown, interval, |c| async move { c.expire_once().await }).await;
 }
 
 fn wall_ms() -> u64 {

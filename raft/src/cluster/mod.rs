@@ -32,7 +32,7 @@ mod supervise;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -894,5 +894,27 @@ fn group_status(group: &RaftGroup, partition: Option<(String, u32)>, replicas: V
         applied_index: group.applied_index().unwrap_or(0),
         last_log_index,
         replica_lag,
+    }
+}
+
+/// Runs `pass` every `interval` until shutdown, or until the cluster is dropped (a background
+/// loop holds the cluster only while a pass runs): the retention loop and the group coordinator's
+/// expiry timer.
+async fn run_every<Fut: Future<Output = ()>>(
+    cluster: Weak<Cluster>,
+    mut shutdown: watch::Receiver<bool>,
+    interval: Duration,
+    pass: impl Fn(Arc<Cluster>) -> Fut,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        pass(c).await;
     }
 }

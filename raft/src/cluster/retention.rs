@@ -11,22 +11,12 @@ use tokio::sync::watch;
 use super::Cluster;
 
 /// Runs until shutdown (or until the cluster is dropped).
-pub(super) async fn run(cluster: Weak<Cluster>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(cluster: Weak<Cluster>, shutdown: watch::Receiver<bool>) {
     let Some(interval) = cluster.upgrade().map(|c| Duration::from_millis(c.config.retention_interval_ms.max(100)))
     else {
         return;
     };
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let Some(c) = cluster.upgrade() else { return };
-        c.enforce_retention_once().await;
-    }
+    super::run_every(cluster, shutdown, interval, |c| async move { c.enforce_retention_once().await }).await;
 }
 
 impl Cluster {
