@@ -79,6 +79,23 @@ async fn read_alone(addr: std::net::SocketAddr, end: u64) -> Result<BTreeMap<u64
     Ok(out)
 }
 
+/// Waits until the node at `addr`, read on its own, serves exactly `reference`: every record with
+/// the same chain hashes.
+async fn serves_alone(addr: std::net::SocketAddr, reference: &BTreeMap<u64, (Vec<u8>, Vec<u8>)>, who: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match read_alone(addr, u64::MAX).await {
+            Ok(records) if records == *reference => return,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{who} does not serve every record: {:?}",
+                other.map(|r| r.len())
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The byte ranges of a segment file's records: (position, stored length).
 fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
@@ -230,20 +247,7 @@ async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repai
     assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0, "nothing left damaged");
 
     // After the repair the node alone serves every record, as the leader does.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match read_alone(grpc, end).await {
-            Ok(records) if records == reference => break,
-            other => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the repaired node does not serve every record: {:?}",
-                    other.map(|r| r.len())
-                );
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_alone(grpc, &reference, "the repaired node").await;
     // And its files hold the same chain as before the damage.
     c.stop(follower).await.expect("stop");
     let repaired = offline_records(&dir, stream);
@@ -341,18 +345,7 @@ async fn damage_running_node(leader_damaged: bool) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(metric(http, "shale_scrub_damage_found_total").await >= 1);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match read_alone(c.grpc[follower as usize - 1], end).await {
-                Ok(r) if r == reference => break,
-                other => assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the repaired follower does not serve every record: {:?}",
-                    other.map(|r| r.len())
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        serves_alone(c.grpc[follower as usize - 1], &reference, "the repaired follower").await;
         c.shutdown().await.expect("shutdown");
         return;
     };
@@ -371,14 +364,7 @@ async fn damage_running_node(leader_damaged: bool) {
     assert!(moved || new_leader != Some(leader), "leadership stayed on the damaged node");
     assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0);
     // Repaired: the old leader alone serves every record with the leader's chain hashes.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match read_alone(c.grpc[leader as usize - 1], end).await {
-            Ok(r) if r == reference => break,
-            other => assert!(tokio::time::Instant::now() < deadline, "not repaired: {:?}", other.map(|r| r.len())),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_alone(c.grpc[leader as usize - 1], &reference, "the repaired old leader").await;
     c.shutdown().await.expect("shutdown");
 }
 
@@ -425,18 +411,7 @@ async fn a_flipped_bit_in_a_stopped_followers_active_segment_lets_it_start_and_i
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(metric(http, "shale_scrub_damaged_ranges").await, 0, "nothing left damaged");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match read_alone(c.grpc[follower as usize - 1], end).await {
-            Ok(r) if r == reference => break,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the repaired follower does not serve every record: {:?}",
-                other.map(|r| r.len())
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_alone(c.grpc[follower as usize - 1], &reference, "the repaired follower").await;
     c.stop(follower).await.expect("stop");
     let repaired = offline_records(&dir, stream);
     assert_eq!(repaired[..good.len()], good[..], "the repaired log has the same records and hashes");
