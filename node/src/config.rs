@@ -126,59 +126,6 @@ pub struct RaftTiming {
     pub quiesce_after_ms: u64,
 }
 
-/// The consumer-group coordinator (`[groups]`; it runs on the metadata leader, whose values
-/// decide). See docs/operations.md and ARCHITECTURE.md ("Consumer groups").
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GroupsSettings {
-    /// Shortest session timeout a member may ask for, ms.
-    pub min_session_timeout_ms: u32,
-    /// Longest session timeout a member may ask for, ms.
-    pub max_session_timeout_ms: u32,
-    /// Session timeout of a member that asks for none, ms.
-    pub default_session_timeout_ms: u32,
-    /// How often members heartbeat, ms (at most a third of their session timeout).
-    pub heartbeat_interval_ms: u32,
-    /// How long a group without members keeps its committed offsets after its last commit, ms
-    /// (`offsets.retention`, default 7 days).
-    pub offsets_retention_ms: u64,
-    /// How long a member may keep partitions it was told to give up (while heartbeating) before it
-    /// is removed from the group, ms (Kafka's `max.poll.interval.ms`).
-    pub rebalance_timeout_ms: u64,
-    /// How often the metadata leader looks for expired sessions and groups, ms.
-    pub check_interval_ms: u64,
-}
-
-impl Default for GroupsSettings {
-    fn default() -> Self {
-        let d = shale_raft::cluster::GroupsConfig::default();
-        Self {
-            min_session_timeout_ms: d.min_session_timeout_ms,
-            max_session_timeout_ms: d.max_session_timeout_ms,
-            default_session_timeout_ms: d.default_session_timeout_ms,
-            heartbeat_interval_ms: d.heartbeat_interval_ms,
-            offsets_retention_ms: d.offsets_retention_ms,
-            rebalance_timeout_ms: d.rebalance_timeout_ms,
-            check_interval_ms: d.check_interval_ms,
-        }
-    }
-}
-
-impl GroupsSettings {
-    /// The cluster layer's form.
-    pub fn to_cluster(&self) -> shale_raft::cluster::GroupsConfig {
-        shale_raft::cluster::GroupsConfig {
-            min_session_timeout_ms: self.min_session_timeout_ms,
-            max_session_timeout_ms: self.max_session_timeout_ms,
-            default_session_timeout_ms: self.default_session_timeout_ms,
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-            offsets_retention_ms: self.offsets_retention_ms,
-            rebalance_timeout_ms: self.rebalance_timeout_ms,
-            check_interval_ms: self.check_interval_ms,
-        }
-    }
-}
-
 /// How many election timeouts (the maximum) a metadata leader may go without a quorum
 /// acknowledgement before `/readyz` reports it not ready.
 pub const READY_QUORUM_ACK_ELECTION_TIMEOUTS: u64 = 4;
@@ -292,8 +239,9 @@ pub struct NodeConfig {
     pub auth: crate::auth::AuthConfig,
     /// How client quotas are measured (`[quotas]`; the rates are set with `shale quota`).
     pub quotas: crate::quota::QuotaConfig,
-    /// The consumer-group coordinator (`[groups]`).
-    pub groups: GroupsSettings,
+    /// The consumer-group coordinator (`[groups]`; it runs on the metadata leader, whose values
+    /// decide). See docs/operations.md and ARCHITECTURE.md ("Consumer groups").
+    pub groups: shale_raft::cluster::GroupsConfig,
 }
 
 impl Default for NodeConfig {
@@ -320,7 +268,7 @@ impl Default for NodeConfig {
             tls: None,
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
-            groups: GroupsSettings::default(),
+            groups: shale_raft::cluster::GroupsConfig::default(),
         }
     }
 }
@@ -626,6 +574,11 @@ mod tests {
         let c = NodeConfig::from_toml("[quotas]\nsamples = 1\n").unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "quotas.samples", .. })));
         assert!(NodeConfig::from_toml("[quotas]\nwindow = 3\n").is_err(), "unknown keys are refused");
+        let c = NodeConfig::from_toml("[groups]\ndefault_session_timeout_ms = 10000\n").unwrap();
+        let defaults = shale_raft::cluster::GroupsConfig::default();
+        assert_eq!(c.groups.default_session_timeout_ms, 10_000);
+        assert_eq!(c.groups.offsets_retention_ms, defaults.offsets_retention_ms, "the other keys keep their defaults");
+        assert!(NodeConfig::from_toml("[groups]\nsession_ms = 3\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

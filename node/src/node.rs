@@ -161,7 +161,7 @@ impl Node {
         cluster_config.network.node_heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;
         cluster_config.retention_interval_ms = config.retention_interval_ms;
-        cluster_config.groups = config.groups.to_cluster();
+        cluster_config.groups = config.groups.clone();
         // A joining node's catch-up wait fits in one client request (the node answers within it).
         cluster_config.catch_up_timeout_ms = config.raft.request_timeout_ms / 2;
         cluster_config.leave_grace_ms = config.raft.request_timeout_ms.saturating_mul(3);

@@ -20,8 +20,9 @@ use crate::cluster::api::{ClusterError, limits};
 use crate::cluster::groups::{Assignor, GroupState, MemberFence, MemberSpec, Subscription, TopicPartition};
 use crate::cluster::metadata::MetadataCommand;
 
-/// The coordinator's settings (a node's `[groups]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The coordinator's settings (a node's `[groups]`, read from its config file as they are).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GroupsConfig {
     /// Shortest session timeout a member may ask for, ms.
     pub min_session_timeout_ms: u32,
