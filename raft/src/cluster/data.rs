@@ -15,18 +15,30 @@ use crate::cluster::api::*;
 impl Cluster {
     /// The running local group of a partition, or why there is none.
     pub(super) fn local_partition(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
-        let info = self.topic(topic)?;
-        let count = info.partitions.len() as u32;
-        let assignment = info.partitions.get(partition as usize).ok_or_else(|| ClusterError::UnknownPartition {
+        // On every produce and fetch: look the group up under the metadata lock, cloning nothing
+        // (a topic's whole assignment is hundreds of entries on a topic of many partitions).
+        let group = {
+            let metadata = self.metadata.read();
+            let info = metadata.topic(topic).ok_or_else(|| ClusterError::UnknownTopic { name: topic.to_string() })?;
+            let assignment = info.partitions.get(partition as usize).ok_or_else(|| ClusterError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                count: info.partitions.len() as u32,
+            })?;
+            assignment.group
+        };
+        self.partitions.read().get(&group).cloned().ok_or_else(|| ClusterError::NotReplica {
             topic: topic.to_string(),
             partition,
-            count,
-        })?;
-        self.partitions.read().get(&assignment.group).cloned().ok_or_else(|| ClusterError::NotReplica {
-            topic: topic.to_string(),
-            partition,
-            replicas: assignment.replicas.clone(),
+            replicas: self.assignment(topic, partition).map(|a| a.replicas).unwrap_or_default(),
         })
+    }
+
+    /// The codec a topic's new batches are compressed with.
+    fn topic_codec(&self, topic: &str) -> Result<Arc<dyn Codec>, ClusterError> {
+        let metadata = self.metadata.read();
+        let info = metadata.topic(topic).ok_or_else(|| ClusterError::UnknownTopic { name: topic.to_string() })?;
+        Ok(info.codec.codec())
     }
 
     /// This replica's view of one partition: replicas, leader, log start and high watermark here.
@@ -121,7 +133,7 @@ impl Cluster {
                 return self.all_acknowledged(&local, batches, p).await;
             }
         }
-        let codec = self.topic(topic)?.codec.codec();
+        let codec = self.topic_codec(topic)?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
         watch.stage = "propose";
