@@ -868,6 +868,9 @@ pub struct BenchPartitionsArgs {
     /// Concurrent sender tasks of the produce run (each keeps up to 1000 records in flight).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+    /// The producer's batches in flight per node, across partitions (default: the client's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_node: Option<u32>,
     /// The longest wait for any one step (cluster up, leaders, failover, restart).
     #[arg(long, default_value_t = 120)]
     pub wait_seconds: u64,
