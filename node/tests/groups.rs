@@ -560,3 +560,65 @@ async fn a_group_without_members_keeps_its_offsets_until_the_retention_then_goes
     assert!(offsets.is_empty(), "{offsets:?}");
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+/// ListOffsets by timestamp: every replica answers from its own log with the first record (in
+/// offset order) whose timestamp is at or after the time, over many batches (past several sparse
+/// index points), with producer timestamps out of order; earliest and latest are the bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_finds_the_first_offset_at_or_after_a_time() {
+    use shale_client::proto::fetch_client::FetchClient;
+    use shale_client::proto::list_offsets_request::Spec;
+
+    let c = Groups::start().await;
+    create_topic_rf(&c, "timed", 1).await;
+    let client = c.client();
+    let producer = client.producer(ProducerConfig::default());
+    // 120 batches of 3 records; record i has timestamp 1000 + 10 i, except every 50th, stamped
+    // late (1000 + 10 i + 2500), so a time can be reached first by a record far before the ones
+    // around it.
+    let stamp = |i: u64| if i % 50 == 49 { 3_500 + 10 * i } else { 1_000 + 10 * i };
+    let mut stamps = Vec::new();
+    for batch in 0..120u64 {
+        for i in batch * 3..batch * 3 + 3 {
+            let record = ProducerRecord::new("timed", format!("r{i}")).partition(0).timestamp_ms(stamp(i));
+            producer.send(record).await.expect("send");
+            stamps.push(stamp(i));
+        }
+        producer.flush().await.expect("flush");
+    }
+    let expected = |t: u64| stamps.iter().position(|s| *s >= t).map(|o| o as u64);
+    let mut times = vec![0, 999, 1_000, 1_001, 1_005, 1_500, 3_000, 3_985, 3_986, 4_000, 4_590, 4_591];
+    times.extend([5_000, 6_000, 7_480, 7_490, 7_491, 8_000, u64::MAX]);
+    for id in 1..=3 {
+        let cluster = c.running(id).expect("running").cluster().clone();
+        wait_until_async("every replica applied every record", || {
+            let cluster = cluster.clone();
+            async move { cluster.local_bounds("timed", 0).await.ok() == Some((0, 360)) }
+        })
+        .await;
+    }
+    for node in c.endpoints() {
+        let mut raw = FetchClient::connect(format!("http://{node}")).await.expect("connect");
+        let mut ask = async |spec| {
+            let mut req = tonic::Request::new(proto::ListOffsetsRequest {
+                topic: "timed".into(),
+                partition: 0,
+                spec: Some(spec),
+            });
+            // Answered by this replica itself.
+            req.metadata_mut().insert(shale_client::meta::FORWARDED, "test".parse().unwrap());
+            raw.list_offsets(req).await.expect("list offsets").into_inner()
+        };
+        for t in &times {
+            let got = ask(Spec::TimestampMs(*t)).await;
+            assert_eq!(got.offset, expected(*t), "time {t} on {node}");
+            assert_eq!((got.log_start, got.log_end), (0, 360));
+        }
+        assert_eq!(ask(Spec::Earliest(true)).await.offset, Some(0));
+        assert_eq!(ask(Spec::Latest(true)).await.offset, Some(360));
+    }
+    // The client's call, routed to any replica.
+    let consumer = client.consumer(consumer_config(None));
+    assert_eq!(consumer.offset_for_time("timed", 0, 4_000).await.expect("offset for time"), expected(4_000));
+    c.cluster.shutdown().await.expect("shutdown");
+}

@@ -231,6 +231,8 @@ pub struct Cluster {
     sessions: Mutex<coordinator::Sessions>,
     /// Numbers the consumer-group member ids this node hands out.
     member_seq: std::sync::atomic::AtomicU64,
+    /// Every codec, to decode a stored batch's records (a search by time).
+    codecs: shale_storage::CodecRegistry,
 }
 
 impl fmt::Debug for Cluster {
@@ -279,6 +281,7 @@ impl Cluster {
             initial_client_addrs,
             sessions: Mutex::new(Default::default()),
             member_seq: Default::default(),
+            codecs: shale_storage::CodecRegistry::default(),
         });
         let reconcile = tokio::spawn(reconcile::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
         let retention = tokio::spawn(retention::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
