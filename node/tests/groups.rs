@@ -622,3 +622,62 @@ async fn every_replica_finds_the_first_offset_at_or_after_a_time() {
     assert_eq!(consumer.offset_for_time("timed", 0, 4_000).await.expect("offset for time"), expected(4_000));
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+/// The value of the first `/metrics` line of `node` starting with `series`, once there is one.
+async fn metric(c: &Groups, node: usize, series: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = common::http_get(c.http[node], "/metrics").await;
+        if let Some(line) = body.lines().find(|l| l.starts_with(series)) {
+            return line.rsplit(' ').next().unwrap().parse().unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {series} at node {}:\n{body}", node + 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every node, not only the metadata leader, exports each group's members, its rebalances (epoch
+/// bumps) and the lag of the partitions it replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_exports_group_members_rebalances_and_lag() {
+    let c = Groups::start().await;
+    create_topic_rf(&c, "watched", 2).await;
+    let mut a = c.member("observed", "watched", 5_000).await;
+    produce(&c.client(), "watched", 2, 4, "w").await;
+    let mut read = 0;
+    while read < 3 {
+        read += a.poll().await.expect("poll").len();
+    }
+    a.commit().await.expect("commit");
+    // Written after the commit: lag of at least 6 over the two partitions, at most all 14 records.
+    produce(&c.client(), "watched", 2, 3, "x").await;
+    let members = "shale_consumer_group_members{group=\"observed\"}";
+    let rebalances = "shale_consumer_group_rebalances_total{group=\"observed\"}";
+    let lag = |p: u32| format!("shale_consumer_group_lag{{group=\"observed\",topic=\"watched\",partition=\"{p}\"}}");
+    let mut before = Vec::new();
+    for node in 0..3 {
+        assert_eq!(metric(&c, node, members).await, 1, "node {}", node + 1);
+        before.push(metric(&c, node, rebalances).await);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let total = metric(&c, node, &lag(0)).await + metric(&c, node, &lag(1)).await;
+            assert!(total <= 14, "node {}: lag {total} of 14 records", node + 1);
+            if total >= 6 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {}: lag {total} stays below 6", node + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let b = c.member("observed", "watched", 5_000).await;
+    for node in 0..3 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while metric(&c, node, members).await != 2 {
+            assert!(tokio::time::Instant::now() < deadline, "node {} never counts the second member", node + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(metric(&c, node, rebalances).await > before[node], "a join bumps the epoch (node {})", node + 1);
+    }
+    drop((a, b));
+    c.cluster.shutdown().await.expect("shutdown");
+}
