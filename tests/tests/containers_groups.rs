@@ -64,6 +64,15 @@ async fn two_group_members_in_containers_keep_consuming_while_the_coordinator_is
     let survivors: Vec<u64> = ids.iter().copied().filter(|id| *id != coordinator).collect();
     cluster.wait_metadata_leader(&survivors, ELECTION_TIMEOUT).await.unwrap();
     workload.wait_for_more_acks(300, PROGRESS_TIMEOUT).await.unwrap();
+    // While the node is down, the members consume and commit what was written since it died.
+    let written = setup.log_ends(&survivors).await.unwrap();
+    wait_group(&setup, "commits past what was written while the coordinator is down", CATCH_UP_TIMEOUT, |d| {
+        d.members.len() == 2
+            && written.iter().all(|(p, end)| {
+                d.partitions.iter().any(|c| c.partition == *p && c.committed_offset >= *end)
+            })
+    })
+    .await;
     cluster.start_node(coordinator).await.unwrap();
     cluster.wait_ready(coordinator, READY_TIMEOUT).await.unwrap();
     workload.wait_for_more_acks(200, PROGRESS_TIMEOUT).await.unwrap();
