@@ -291,7 +291,12 @@ impl Consumer {
 
     /// An offset of one partition by `spec`, answered by a replica from its own log (the one this
     /// partition's reads go to; a follower may lag the leader slightly).
-    pub async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<ListedOffset, ClientError> {
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<ListedOffset, ClientError> {
         use proto::list_offsets_request::Spec;
         let spec = match spec {
             OffsetSpec::Earliest => Spec::Earliest(true),
@@ -312,7 +317,12 @@ impl Consumer {
     /// The offset of the first record of a partition whose timestamp is at or after
     /// `timestamp_ms` (in offset order), `None` if every record is older:
     /// [`Consumer::list_offset`] with [`OffsetSpec::Timestamp`].
-    pub async fn offset_for_time(&self, topic: &str, partition: u32, timestamp_ms: u64) -> Result<Option<u64>, ClientError> {
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, ClientError> {
         Ok(self.list_offset(topic, partition, OffsetSpec::Timestamp(timestamp_ms)).await?.offset)
     }
 

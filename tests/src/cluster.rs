@@ -532,11 +532,9 @@ impl ContainerCluster {
         };
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         let credentials = tls::credentials();
-        for (file, bytes) in [
-            ("ca.pem", &credentials.ca),
-            ("client.pem", &credentials.cert),
-            ("client.key", &credentials.key),
-        ] {
+        for (file, bytes) in
+            [("ca.pem", &credentials.ca), ("client.pem", &credentials.cert), ("client.key", &credentials.key)]
+        {
             std::fs::write(dir.join(file), bytes).map_err(io("writing", &dir.join(file)))?;
         }
         use std::os::unix::fs::PermissionsExt;

@@ -24,6 +24,9 @@ struct Line {
     value: Option<String>,
 }
 
+/// One record as the members printed it: which members did, and its value.
+type Printed<'a> = (BTreeSet<&'a str>, Option<String>);
+
 /// Waits until `what` holds for the group's description (answered by any node).
 async fn wait_group(
     setup: &Setup,
@@ -68,9 +71,9 @@ async fn two_group_members_in_containers_keep_consuming_while_the_coordinator_is
     let written = setup.log_ends(&survivors).await.unwrap();
     wait_group(&setup, "commits past what was written while the coordinator is down", CATCH_UP_TIMEOUT, |d| {
         d.members.len() == 2
-            && written.iter().all(|(p, end)| {
-                d.partitions.iter().any(|c| c.partition == *p && c.committed_offset >= *end)
-            })
+            && written
+                .iter()
+                .all(|(p, end)| d.partitions.iter().any(|c| c.partition == *p && c.committed_offset >= *end))
     })
     .await;
     cluster.start_node(coordinator).await.unwrap();
@@ -92,8 +95,7 @@ async fn two_group_members_in_containers_keep_consuming_while_the_coordinator_is
     }
     wait_group(&setup, "both members to leave", Duration::from_secs(30), |d| d.members.is_empty()).await;
 
-    // partition -> offset -> (members that printed it, value).
-    let mut seen: BTreeMap<u32, BTreeMap<u64, (BTreeSet<&str>, Option<String>)>> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, BTreeMap<u64, Printed>> = BTreeMap::new();
     let outputs = [("a", cluster.cli_output(&a).await.unwrap()), ("b", cluster.cli_output(&b).await.unwrap())];
     for (member, (stdout, stderr)) in &outputs {
         let mut lines = 0;

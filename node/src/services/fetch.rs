@@ -92,7 +92,8 @@ impl FetchService {
         limits::check_topic_name(&req.topic)?;
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let (topic, partition) = (req.topic.clone(), req.partition);
-        let spec = req.spec.ok_or_else(|| Status::invalid_argument("spec: earliest, latest or timestamp_ms is required"))?;
+        let spec =
+            req.spec.ok_or_else(|| Status::invalid_argument("spec: earliest, latest or timestamp_ms is required"))?;
         let cluster = &self.ctx.cluster;
         let result = async {
             let (log_start, log_end) = cluster.local_bounds(&topic, partition).await?;

@@ -481,10 +481,8 @@ impl Cluster {
         to: u64,
         timestamp_ms: u64,
     ) -> Result<Option<u64>, ClusterError> {
-        let decode_error = |e: record_batch::BatchError| ClusterError::Decode {
-            what: "stored record batch",
-            reason: e.to_string(),
-        };
+        let decode_error =
+            |e: record_batch::BatchError| ClusterError::Decode { what: "stored record batch", reason: e.to_string() };
         let mut cursor = from;
         while cursor < to {
             let read = local.group.read_committed(cursor, SCAN_CHUNK_BYTES).await?;
