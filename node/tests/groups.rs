@@ -681,3 +681,31 @@ async fn every_node_exports_group_members_rebalances_and_lag() {
     drop((a, b));
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+/// A JoinGroup retried after its answer was lost (the client names its member id, as shale-client
+/// does) joins the same member again: no second member holds partitions until its session expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_join_under_the_same_member_id_adds_no_second_member() {
+    let c = Groups::start().await;
+    create_topic_rf(&c, "retried", 2).await;
+    let join = proto::JoinGroupRequest {
+        group: "once".into(),
+        member_id: "m-0123456789abcdef".into(),
+        subscriptions: vec![proto::GroupSubscription {
+            kind: Some(proto::group_subscription::Kind::Topic("retried".into())),
+        }],
+        session_timeout_ms: 5_000,
+        assignor: String::new(),
+        client_addr: String::new(),
+    };
+    let first = c.raw().await.join_group(join.clone()).await.expect("join").into_inner();
+    let again = c.raw().await.join_group(join).await.expect("join again").into_inner();
+    assert_eq!((first.member_id.as_str(), again.member_id.as_str()), ("m-0123456789abcdef", "m-0123456789abcdef"));
+    let d = c.describe("once").await;
+    assert_eq!(d.members.len(), 1, "{d:?}");
+    assert_eq!(d.members[0].assigned.len() + d.members[0].revoking.len(), 2, "the one member holds both partitions");
+    // The client names a fresh id of its own on every join.
+    let member = c.member("once-more", "retried", 5_000).await;
+    assert!(member.member_id().starts_with("m-"), "{}", member.member_id());
+    c.cluster.shutdown().await.expect("shutdown");
+}
