@@ -709,3 +709,47 @@ async fn a_retried_join_under_the_same_member_id_adds_no_second_member() {
     assert!(member.member_id().starts_with("m-"), "{}", member.member_id());
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+/// Measures ListOffsets by timestamp as a partition grows (ignored: a measurement, not a check; run
+/// with `--run-ignored only`): the mean latency of lookups at spread times, answered by one replica,
+/// at 300, 3,000 and 10,000 batches. A lookup reads at most 32 batch headers past an index point, so it
+/// should not grow with the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement"]
+async fn measure_offset_for_time_as_the_partition_grows() {
+    use shale_client::proto::fetch_client::FetchClient;
+    use shale_client::proto::list_offsets_request::Spec;
+
+    let c = Groups::start().await;
+    create_topic_rf(&c, "sized", 1).await;
+    let producer = c.client().producer(ProducerConfig::default());
+    let node = c.endpoints()[0].clone();
+    let mut raw = FetchClient::connect(format!("http://{node}")).await.expect("connect");
+    let mut written = 0u64;
+    for target in [300u64, 3_000, 10_000] {
+        while written < target {
+            for i in 0..4u64 {
+                let ts = 1_000_000 + (written * 4 + i) * 10;
+                producer.send(ProducerRecord::new("sized", "v").partition(0).timestamp_ms(ts)).await.expect("send");
+            }
+            producer.flush().await.expect("flush");
+            written += 1;
+        }
+        let lookups = 200u64;
+        let started = std::time::Instant::now();
+        for k in 0..lookups {
+            let ts = 1_000_000 + (k * 7_919 % (written * 4)) * 10;
+            let mut req = tonic::Request::new(proto::ListOffsetsRequest {
+                topic: "sized".into(),
+                partition: 0,
+                spec: Some(Spec::TimestampMs(ts)),
+            });
+            req.metadata_mut().insert(shale_client::meta::FORWARDED, "test".parse().unwrap());
+            let got = raw.list_offsets(req).await.expect("list offsets").into_inner();
+            assert_eq!(got.offset, Some((ts - 1_000_000) / 10));
+        }
+        let mean = started.elapsed() / lookups as u32;
+        eprintln!("offset for time: {written} batches ({} records): mean {mean:?} per lookup", written * 4);
+    }
+    c.cluster.shutdown().await.expect("shutdown");
+}

@@ -484,8 +484,12 @@ impl Cluster {
         let decode_error =
             |e: record_batch::BatchError| ClusterError::Decode { what: "stored record batch", reason: e.to_string() };
         let mut cursor = from;
+        // The batch sought is at most INDEX_EVERY visible batches on: start with small reads (a
+        // few small batches' worth) and double, so small batches are not read by the hundred.
+        let mut chunk = TIME_SCAN_FIRST_CHUNK_BYTES;
         while cursor < to {
-            let read = local.group.read_committed(cursor, SCAN_CHUNK_BYTES).await?;
+            let read = local.group.read_committed(cursor, chunk).await?;
+            chunk = (chunk * 2).min(SCAN_CHUNK_BYTES);
             if read.is_empty() {
                 break;
             }
@@ -623,6 +627,9 @@ fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
 /// Bytes read per step while scanning for the batch holding an offset (or the log start's first
 /// record).
 const SCAN_CHUNK_BYTES: usize = 256 << 10;
+/// Bytes of the first read of a search by time (each next read doubles, up to
+/// [`SCAN_CHUNK_BYTES`]).
+const TIME_SCAN_FIRST_CHUNK_BYTES: usize = 16 << 10;
 
 /// Splits a request's records into batches of about [`limits::BATCH_TARGET_BYTES`] of records (a
 /// record larger than that is a batch of its own) and encodes each (base offset 0 until the
