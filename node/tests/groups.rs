@@ -753,3 +753,24 @@ async fn measure_offset_for_time_as_the_partition_grows() {
     }
     c.cluster.shutdown().await.expect("shutdown");
 }
+
+/// A prefix subscription picks up a topic created after the member joined, without a restart:
+/// the member is assigned its partitions and reads what is written there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_created_later_that_matches_a_prefix_is_assigned_to_the_running_member() {
+    let c = Groups::start().await;
+    create_topic_rf(&c, "feed-a", 1).await;
+    let mut member = c.member("feeds", "feed-*", 5_000).await;
+    create_topic_rf(&c, "feed-b", 2).await;
+    produce(&c.client(), "feed-b", 2, 2, "late").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut read: BTreeSet<(String, u32, u64)> = BTreeSet::new();
+    while read.iter().filter(|(t, _, _)| t == "feed-b").count() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "read from feed-b: {read:?}; held {:?}", member.assignment());
+        read.extend(member.poll().await.expect("poll").into_iter().map(|r| (r.topic, r.partition, r.offset)));
+    }
+    let mut held = member.assignment();
+    held.sort();
+    assert_eq!(held, [("feed-a".to_string(), 0), ("feed-b".to_string(), 0), ("feed-b".to_string(), 1)]);
+    c.cluster.shutdown().await.expect("shutdown");
+}
