@@ -535,6 +535,7 @@ impl NodeHandle {
             tracing::warn!(
                 node_id = self.node_id,
                 storage_refs = Arc::strong_count(&self.storage) - 1,
+                open_group_logs_in_process = shale_raft::log_store::open_group_logs(),
                 groups_stopped = stopped.is_ok(),
                 "storage still referenced after shutdown"
             );

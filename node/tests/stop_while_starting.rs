@@ -15,6 +15,10 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_stopped_while_starting_a_topics_groups_releases_its_storage_within_its_grace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let root = tempfile::tempdir().unwrap();
     let mut c = LocalCluster::start(3, root.path(), |_| {}).await.expect("start");
     assert!(c.not_ready(WAIT).await.is_empty());

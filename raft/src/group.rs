@@ -318,9 +318,29 @@ impl fmt::Debug for RaftGroup {
 
 /// The Raft groups running on this node, by id: where the transport's server finds the group a
 /// message names. A group is in it from [`crate::Router::start_group`] until [`RaftGroup::shutdown`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalGroups {
     groups: RwLock<HashMap<GroupId, Arc<RaftGroup>>>,
+    /// The node is stopping: no group registers any more ([`LocalGroups::close`]).
+    closed: std::sync::atomic::AtomicBool,
+    /// Group starts under way ([`LocalGroups::starting`]); each holds the node's storage.
+    starts: watch::Sender<usize>,
+}
+
+impl Default for LocalGroups {
+    fn default() -> Self {
+        Self { groups: RwLock::default(), closed: Default::default(), starts: watch::Sender::new(0) }
+    }
+}
+
+/// One group start under way, counted in [`LocalGroups`] until dropped.
+#[derive(Debug)]
+pub(crate) struct StartInProgress(Arc<LocalGroups>);
+
+impl Drop for StartInProgress {
+    fn drop(&mut self) {
+        self.0.starts.send_modify(|n| *n -= 1);
+    }
 }
 
 impl LocalGroups {
@@ -341,8 +361,34 @@ impl LocalGroups {
         ids
     }
 
+    /// Counts a group start until the returned guard is dropped.
+    pub(crate) fn starting(self: &Arc<Self>) -> StartInProgress {
+        self.starts.send_modify(|n| *n += 1);
+        StartInProgress(self.clone())
+    }
+
+    /// Waits until no group start is under way, for at most `limit`; `false` if some still is.
+    /// After [`LocalGroups::close`], every start ends soon: refused at registration, it stops
+    /// its Raft core and lets the storage go.
+    pub async fn starts_finished(&self, limit: Duration) -> bool {
+        let mut rx = self.starts.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Refuses every later registration (a start still under way then stops its Raft core
+    /// itself) and returns the groups registered now, for the node's shutdown to stop: also any
+    /// whose starter was cancelled after registering it, which nothing else would stop.
+    pub fn close(&self) -> Vec<Arc<RaftGroup>> {
+        let groups = self.groups.write();
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        groups.values().cloned().collect()
+    }
+
     fn register(&self, group: Arc<RaftGroup>) -> Result<(), RaftError> {
         let mut groups = self.groups.write();
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RaftError::ShuttingDown { group: group.id() });
+        }
         if groups.contains_key(&group.id()) {
             return Err(RaftError::InvalidConfig(format!(
                 "group {} is already running on node {}",
@@ -418,7 +464,11 @@ impl RaftGroup {
             ),
         });
         if let Err(e) = registry.register(g.clone()) {
+            // Not registered: stop it here (not through `shutdown`, which would unregister a
+            // group of the same id that does run), flusher included, so it lets the storage go.
+            g.stopped.send_replace(true);
             let _ = g.raft.shutdown().await;
+            g.log.wait_flusher_stopped().await;
             return Err(e);
         }
         Ok(g)

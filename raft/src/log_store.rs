@@ -77,6 +77,21 @@ pub struct GroupLog {
     cache: Arc<Mutex<EntryCache>>,
 }
 
+/// Group logs open in this process (each holds its storage): a node's shutdown reports those
+/// still open when its storage is still referenced.
+static OPEN_GROUP_LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many group logs are open in this process (every node of it).
+pub fn open_group_logs() -> usize {
+    OPEN_GROUP_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for GroupLog {
+    fn drop(&mut self) {
+        OPEN_GROUP_LOGS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Default budget of a group's in-memory log tail.
 pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 16 << 20;
 
@@ -110,6 +125,7 @@ impl GroupLog {
             return Err(RaftError::InvalidConfig(format!("group id {} is over the limit {}", group.0, GroupId::MAX)));
         }
         let meta = MetaStore::open(group, storage.clone())?;
+        OPEN_GROUP_LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Arc::new(Self {
             group,
             stream: group.log_stream(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use shale_storage::StorageBackend;
 
@@ -98,7 +99,30 @@ impl Router {
         config: RaftGroupConfig,
     ) -> Result<Arc<RaftGroup>, RaftError> {
         self.heartbeats.start();
-        RaftGroup::start(group, storage, app, &self.peers, &self.groups, config).await
+        // On a task of its own: a caller cancelled halfway (a reconcile pass aborted at
+        // shutdown) must not leave a Raft core running that no one registered, and so no one
+        // stops, holding the node's storage. The task ends registered (stopped by the shutdown's
+        // sweep, [`Router::close`]) or stopped (refused once the node is closing).
+        let (peers, groups) = (self.peers.clone(), self.groups.clone());
+        let counted = self.groups.starting();
+        tokio::spawn(async move {
+            let _counted = counted;
+            RaftGroup::start(group, storage, app, &peers, &groups, config).await
+        })
+        .await
+        .map_err(|e| RaftError::Fatal { group, reason: format!("the task starting the group failed: {e}") })?
+    }
+
+    /// Refuses every later group start and returns every group running now (see
+    /// [`LocalGroups::close`]): the node is stopping.
+    pub fn close(&self) -> Vec<Arc<RaftGroup>> {
+        self.groups.close()
+    }
+
+    /// Waits (at most `limit`) until no group start is under way; see
+    /// [`LocalGroups::starts_finished`].
+    pub async fn starts_finished(&self, limit: Duration) -> bool {
+        self.groups.starts_finished(limit).await
     }
 
     /// A running local group.

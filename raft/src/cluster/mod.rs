@@ -345,6 +345,12 @@ impl Cluster {
         // A reconcile pass stuck past the deadline must not keep the groups running.
         let _guard = tokio::time::timeout_at(loops_deadline, self.lifecycle.lock()).await.ok();
         let locals: Vec<Arc<LocalPartition>> = std::mem::take(&mut *self.partitions.write()).into_values().collect();
+        // Groups running here that the cluster does not track (a start whose reconcile pass was
+        // aborted above after the group registered) stop too; none starts from now on.
+        let tracked: std::collections::HashSet<GroupId> =
+            locals.iter().map(|p| p.group.id()).chain([self.meta().id()]).collect();
+        let orphans: Vec<Arc<RaftGroup>> =
+            self.router.close().into_iter().filter(|g| !tracked.contains(&g.id())).collect();
         let waited_ms = limit.as_millis() as u64;
         let stop = |group: Arc<RaftGroup>| async move {
             match tokio::time::timeout_at(deadline, group.shutdown()).await {
@@ -354,7 +360,17 @@ impl Cluster {
             }
         };
         let partitions = futures::future::join_all(locals.iter().map(|p| stop(p.group.clone())));
-        let (partitions, metadata) = tokio::join!(partitions, stop(self.meta()));
+        let untracked = futures::future::join_all(orphans.iter().map(|g| stop(g.clone())));
+        let (partitions, untracked, metadata) = tokio::join!(partitions, untracked, stop(self.meta()));
+        for (g, r) in orphans.iter().zip(untracked) {
+            tracing::warn!(group = %g.id(), outcome = ?r.err(), "stopped a group the cluster did not track");
+        }
+        // Starts still under way (their reconcile pass was aborted above; opening a group's
+        // streams and restoring its state cannot be cut short) are refused at registration and
+        // stop their Raft core: wait for them, so the storage is free when this returns.
+        if !self.router.starts_finished(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+            tracing::warn!("group starts still under way at the shutdown deadline");
+        }
         for (p, r) in locals.iter().zip(partitions) {
             if let Err(e) = r {
                 tracing::warn!(group = %p.group.id(), error = %e, "partition group shutdown failed");
