@@ -177,6 +177,9 @@ pub struct DevArgs {
     /// HTTP port of node 1 (node N uses this + N - 1).
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
+    /// Kafka port of node 1 (node N uses this + N - 1).
+    #[arg(long, default_value_t = crate::kafka::DEFAULT_PORT)]
+    pub kafka_port: u16,
     /// Parent data directory (node N uses `<dir>/node-N`).
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
@@ -351,6 +354,10 @@ impl DevArgs {
                     internal_listen: None,
                     internal_advertise: None,
                     http_listen: SocketAddr::from(([127, 0, 0, 1], port(self.http_port, id)?)),
+                    kafka: crate::kafka::KafkaConfig {
+                        listen: SocketAddr::from(([127, 0, 0, 1], port(self.kafka_port, id)?)),
+                        ..crate::kafka::KafkaConfig::default()
+                    },
                     peers: peers.clone(),
                     data_dir: self.data_dir.join(format!("node-{id}")),
                     storage: if self.memory { StorageKind::Memory } else { StorageKind::Disk },

@@ -935,7 +935,7 @@ impl MetadataState {
         w.u32(snap::MAGIC).u16(snap::VERSION).u32(self.next_topic_id);
         w.u32(self.members.len() as u32);
         for (id, addrs) in &self.members {
-            w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
+            w.u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
         }
         w.u32(self.topics.len() as u32);
         for topic in self.topics.values() {
@@ -961,21 +961,21 @@ impl MetadataState {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
         let version = r.snapshot_header_of(
             snap::MAGIC,
-            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION_3, snap::VERSION],
+            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION_3, snap::VERSION_4, snap::VERSION],
         )?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
         for _ in 0..n {
             let id = r.u64()?;
-            let internal = r.str16(limits::MAX_ADDR_BYTES)?;
-            // Before version 3 a member had one address, for clients and nodes alike.
-            let addrs = if version >= snap::VERSION_3 {
-                MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? }
-            } else {
-                MemberAddrs::one(internal)
+            // Before version 3 a member had one address, for clients and nodes alike; before
+            // version 5 no Kafka address.
+            let layout = match version {
+                v if v >= snap::VERSION => AddrLayout::WithKafka,
+                v if v >= snap::VERSION_3 => AddrLayout::WithClient,
+                _ => AddrLayout::One,
             };
-            state.members.insert(id, addrs);
+            state.members.insert(id, read_addrs(&mut r, layout)?);
         }
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_TOPICS, 16)?;
@@ -998,7 +998,7 @@ impl MetadataState {
         if version >= snap::VERSION_3 {
             state.quotas = QuotaState::decode(&mut r)?;
         }
-        if version >= snap::VERSION {
+        if version >= snap::VERSION_4 {
             let raw = u64::from(r.u32()?);
             let n = r.count(raw, MAX_GROUPS, 23)?;
             for _ in 0..n {
@@ -1012,14 +1012,26 @@ impl MetadataState {
     }
 }
 
-/// A member's addresses: `internal` (`internal.client` when `with_client`, else the one address for both).
-fn read_addrs(r: &mut Reader<'_>, with_client: bool) -> Result<MemberAddrs, ClusterError> {
+/// Which of a member's addresses an encoding holds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AddrLayout {
+    /// `[addr:str16]`: one address for nodes and clients, no Kafka address.
+    One,
+    /// `[internal:str16][client:str16]`, no Kafka address.
+    WithClient,
+    /// `[internal:str16][client:str16][kafka:str16]`.
+    WithKafka,
+}
+
+/// A member's addresses, in `layout`.
+fn read_addrs(r: &mut Reader<'_>, layout: AddrLayout) -> Result<MemberAddrs, ClusterError> {
     let internal = r.str16(limits::MAX_ADDR_BYTES)?;
-    if with_client {
-        Ok(MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? })
-    } else {
-        Ok(MemberAddrs::one(internal))
+    if layout == AddrLayout::One {
+        return Ok(MemberAddrs::one(internal));
     }
+    let client = r.str16(limits::MAX_ADDR_BYTES)?;
+    let kafka = if layout == AddrLayout::WithKafka { r.str16(limits::MAX_ADDR_BYTES)? } else { String::new() };
+    Ok(MemberAddrs { internal, client, kafka })
 }
 
 /// Checks a topic spec's fields (not the cluster-dependent replication factor bound).
@@ -1152,12 +1164,12 @@ impl MetadataCommand {
                 w.u8(cmd::KIND_COMMIT_OFFSET).str16(group).str16(topic).u32(*partition).u64(*offset);
             }
             MetadataCommand::AddMember { id, addrs } => {
-                w.u8(cmd::KIND_ADD_MEMBER_ADDRS).u64(*id).str16(&addrs.internal).str16(&addrs.client);
+                w.u8(cmd::KIND_ADD_MEMBER_KAFKA).u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
             }
             MetadataCommand::Bootstrap { members } => {
-                w.u8(cmd::KIND_BOOTSTRAP_ADDRS).u16(members.len() as u16);
+                w.u8(cmd::KIND_BOOTSTRAP_KAFKA).u16(members.len() as u16);
                 for (id, addrs) in members {
-                    w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
+                    w.u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
                 }
             }
             MetadataCommand::RemoveMember { id } => {
@@ -1284,19 +1296,30 @@ impl MetadataCommand {
                 partition: r.u32()?,
                 offset: r.u64()?,
             },
-            // Kinds 5 and 7 (written before members had a client address) name one address for both.
-            cmd::KIND_ADD_MEMBER | cmd::KIND_ADD_MEMBER_ADDRS => {
+            // Kinds 5 and 7 (written before members had a client address) name one address for
+            // both; 13 and 14 (before Kafka addresses) an internal and a client address.
+            cmd::KIND_ADD_MEMBER | cmd::KIND_ADD_MEMBER_ADDRS | cmd::KIND_ADD_MEMBER_KAFKA => {
                 let id = r.u64()?;
-                MetadataCommand::AddMember { id, addrs: read_addrs(&mut r, kind == cmd::KIND_ADD_MEMBER_ADDRS)? }
+                let layout = match kind {
+                    cmd::KIND_ADD_MEMBER => AddrLayout::One,
+                    cmd::KIND_ADD_MEMBER_ADDRS => AddrLayout::WithClient,
+                    _ => AddrLayout::WithKafka,
+                };
+                MetadataCommand::AddMember { id, addrs: read_addrs(&mut r, layout)? }
             }
             cmd::KIND_REMOVE_MEMBER => MetadataCommand::RemoveMember { id: r.u64()? },
-            cmd::KIND_BOOTSTRAP | cmd::KIND_BOOTSTRAP_ADDRS => {
+            cmd::KIND_BOOTSTRAP | cmd::KIND_BOOTSTRAP_ADDRS | cmd::KIND_BOOTSTRAP_KAFKA => {
                 let raw = u64::from(r.u16()?);
                 let n = r.count(raw, MAX_MEMBERS, 10)?;
+                let layout = match kind {
+                    cmd::KIND_BOOTSTRAP => AddrLayout::One,
+                    cmd::KIND_BOOTSTRAP_ADDRS => AddrLayout::WithClient,
+                    _ => AddrLayout::WithKafka,
+                };
                 let mut members = BTreeMap::new();
                 for _ in 0..n {
                     let id = r.u64()?;
-                    members.insert(id, read_addrs(&mut r, kind == cmd::KIND_BOOTSTRAP_ADDRS)?);
+                    members.insert(id, read_addrs(&mut r, layout)?);
                 }
                 MetadataCommand::Bootstrap { members }
             }
@@ -1951,7 +1974,7 @@ mod tests {
     fn bootstrap_records_members_once() {
         let mut s = MetadataState::new();
         let first = BTreeMap::from([
-            (1, MemberAddrs { internal: "node-1:7101".into(), client: "127.0.0.1:7001".into() }),
+            (1, MemberAddrs::pair("node-1:7101", "127.0.0.1:7001").with_kafka("127.0.0.1:9092")),
             (2, MemberAddrs::one("b:2")),
         ]);
         assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: first.clone() }), MetadataReply::Ok);
@@ -2199,25 +2222,32 @@ mod tests {
     }
 
     #[test]
-    fn members_keep_an_internal_and_a_client_address_and_old_encodings_still_read() {
+    fn members_keep_an_internal_a_client_and_a_kafka_address_and_old_encodings_still_read() {
         let mut s = MetadataState::new();
-        let two = MemberAddrs { internal: "node-2:7101".into(), client: "127.0.0.1:7002".into() };
+        let two = MemberAddrs::pair("node-2:7101", "127.0.0.1:7002").with_kafka("127.0.0.1:9093");
         let add = MetadataCommand::AddMember { id: 2, addrs: two.clone() };
         let bytes = add.encode();
-        assert_eq!(bytes[3], cmd::KIND_ADD_MEMBER_ADDRS, "written with both addresses");
+        assert_eq!(bytes[3], cmd::KIND_ADD_MEMBER_KAFKA, "written with all three addresses");
         assert_eq!(MetadataCommand::decode(&bytes).unwrap(), add);
         assert_eq!(s.apply(&add), MetadataReply::Ok);
         assert_eq!(s.members()[&2], two);
         // Re-addressing a member changes only its addresses.
-        let moved = MemberAddrs { internal: "node-2:7101".into(), client: "shale.example:9092".into() };
+        let moved = MemberAddrs::pair("node-2:7101", "shale.example:7002").with_kafka("shale.example:9092");
         assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addrs: moved.clone() }), MetadataReply::Ok);
         assert_eq!(s.members()[&2], moved);
         // An empty client address is refused like an empty internal one.
-        let empty = MemberAddrs { internal: "node-3:7101".into(), client: String::new() };
+        let empty = MemberAddrs::pair("node-3:7101", String::new());
         assert!(matches!(
             s.apply(&MetadataCommand::AddMember { id: 3, addrs: empty }),
             MetadataReply::Rejected(Rejection::Invalid { .. })
         ));
+        // Kind 13, written before Kafka addresses: none recorded.
+        let mut w = Writer::new();
+        w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_ADD_MEMBER_ADDRS).u64(4).str16("h:4").str16("c:4");
+        assert_eq!(
+            MetadataCommand::decode(&w.finish()).unwrap(),
+            MetadataCommand::AddMember { id: 4, addrs: MemberAddrs::pair("h:4", "c:4") }
+        );
         // Kinds 5 and 7, written before client addresses: the one address serves both.
         let mut w = Writer::new();
         w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_ADD_MEMBER).u64(4).str16("h:4");
@@ -2234,8 +2264,9 @@ mod tests {
             }
         );
         let bootstrap = MetadataCommand::Bootstrap { members: BTreeMap::from([(1, two.clone())]) };
-        assert_eq!(bootstrap.encode()[3], cmd::KIND_BOOTSTRAP_ADDRS);
-        // The snapshot (version 3) keeps both addresses.
+        assert_eq!(bootstrap.encode()[3], cmd::KIND_BOOTSTRAP_KAFKA);
+        assert_eq!(MetadataCommand::decode(&bootstrap.encode()).unwrap(), bootstrap);
+        // The snapshot (version 5) keeps all three addresses.
         let snap = s.encode();
         assert_eq!(u16::from_le_bytes([snap[4], snap[5]]), snap::VERSION);
         assert_eq!(MetadataState::decode(&snap).unwrap().members()[&2], moved);
@@ -2376,7 +2407,7 @@ mod tests {
                     .prop_map(|members| MetadataCommand::Bootstrap {
                         members: members
                             .into_iter()
-                            .map(|(id, (internal, client))| (id, MemberAddrs { internal, client }))
+                            .map(|(id, (internal, client))| (id, MemberAddrs::pair(internal, client)))
                             .collect()
                     }),
             ]

@@ -1,0 +1,44 @@
+//! ListOffsets: the earliest (-2) and latest (-1) offsets of a partition, from its leader
+//! (read-index, as gRPC's `end_offsets`). A lookup by timestamp answers
+//! UNSUPPORTED_FOR_MESSAGE_FORMAT: Shale has no time index yet (docs/kafka.md).
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use shale_raft::cluster::access::{Operation, Resource};
+
+use crate::context::NodeContext;
+
+/// Kafka's "latest" timestamp: the high watermark.
+pub const LATEST: i64 = -1;
+/// Kafka's "earliest" timestamp: the log start.
+pub const EARLIEST: i64 = -2;
+
+/// Answers every partition of the request.
+pub async fn handle(ctx: &NodeContext, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.as_str().to_string();
+        let allowed = ctx.authorize(Operation::Describe, Resource::Topic(&name)).await.is_ok();
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
+            let answer = if !allowed {
+                answer.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            } else if p.timestamp != LATEST && p.timestamp != EARLIEST {
+                answer.with_error_code(ResponseError::UnsupportedForMessageFormat.code())
+            } else {
+                match ctx.cluster.end_offsets(&name, p.partition_index.max(0) as u32).await {
+                    Ok((start, end)) => {
+                        let offset = if p.timestamp == LATEST { end } else { start };
+                        answer.with_offset(offset as i64).with_timestamp(-1)
+                    }
+                    Err(e) => answer.with_error_code(super::errors::code(&e)),
+                }
+            };
+            partitions.push(answer);
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,237 @@
+//! The Kafka listener: accepts connections, reads size-prefixed frames, decodes each request with
+//! the `kafka-protocol` crate, serves it on its own task and writes the answers back in request
+//! order (Kafka clients pipeline requests on a connection and match answers by order).
+//!
+//! A frame that cannot be decoded (a bad size, an unknown API key, a body that does not decode
+//! at its version) closes only its connection, with a WARN line naming the peer and client id.
+//! A request of an API or version that is not served is answered with that API's response
+//! carrying UNSUPPORTED_VERSION ([`super::unsupported`]); ApiVersions past what is served is
+//! answered at version 0 with the served list, as Kafka does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admission::Admission;
+use crate::auth::Caller;
+use crate::auth::principal::{Principal, Source};
+use crate::context::NodeContext;
+
+/// Requests of one connection being served at once (pipelined); the connection reads no more
+/// frames until the oldest is answered.
+const MAX_PIPELINED: usize = 32;
+
+/// Serves the Kafka protocol on `listener` until `shutdown` flips.
+pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Counted with the client connections (`limits.max_connections`): one over is closed.
+        let slot = match ctx.connections.admit(Some(peer)) {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused(_) | Admission::Dropped => {
+                tracing::warn!(%peer, "kafka listener: connection refused (limits.max_connections)");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            Connection { ctx, peer, shutdown }.run(stream).await;
+        });
+    }
+}
+
+/// Why a connection was closed by the node.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("frame of {size} bytes is not in 1..={max} (limits.max_request_bytes)")]
+    FrameSize { size: i64, max: usize },
+    #[error("request header: {0}")]
+    Header(String),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("{api:?} v{version} request: {reason}")]
+    Body { api: ApiKey, version: i16, reason: String },
+    #[error("encoding the {api:?} v{version} response: {reason}")]
+    Encode { api: ApiKey, version: i16, reason: String },
+}
+
+struct Connection {
+    ctx: Arc<NodeContext>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream) {
+        let (mut reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<JoinHandle<Result<Option<Bytes>, Closed>>>(MAX_PIPELINED);
+        let peer = self.peer;
+        let writing = tokio::spawn(async move {
+            while let Some(answer) = rx.recv().await {
+                let frame = match answer.await {
+                    Ok(Ok(Some(frame))) => frame,
+                    Ok(Ok(None)) => continue,
+                    Ok(Err(closed)) => {
+                        tracing::warn!(%peer, error = %closed, "kafka: closing the connection");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let max = self.ctx.limits.max_request_bytes;
+        let mut client_id = String::new();
+        loop {
+            let frame = tokio::select! {
+                f = read_frame(&mut reader, max) => f,
+                _ = self.shutdown.wait_for(|s| *s) => break,
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(closed) => {
+                    tracing::warn!(peer = %self.peer, client_id, error = %closed, "kafka: malformed frame; closing the connection");
+                    break;
+                }
+            };
+            let request = match decode(frame) {
+                Ok(r) => r,
+                Err((closed, id)) => {
+                    let id = id.unwrap_or(client_id);
+                    tracing::warn!(peer = %self.peer, client_id = id, error = %closed, "kafka: malformed request; closing the connection");
+                    break;
+                }
+            };
+            if let Some(id) = &request.header.client_id {
+                client_id.clear();
+                client_id.push_str(id.as_str());
+            }
+            let ctx = self.ctx.clone();
+            let caller = Caller::new(Principal::Anonymous, Source::Anonymous, Some(self.peer));
+            let answer = tokio::spawn(crate::auth::serve_as(caller, async move { answer(&ctx, request).await }));
+            if tx.send(answer).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writing.await;
+    }
+}
+
+/// Reads one size-prefixed frame; `None` at a clean end of the stream.
+async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin), max: usize) -> Result<Option<Bytes>, Closed> {
+    let mut size = [0u8; 4];
+    match reader.read_exact(&mut size).await {
+        Ok(_) => {}
+        Err(_) => return Ok(None),
+    }
+    let size = i32::from_be_bytes(size);
+    if size <= 0 || size as usize > max {
+        return Err(Closed::FrameSize { size: i64::from(size), max });
+    }
+    let mut body = BytesMut::zeroed(size as usize);
+    reader.read_exact(&mut body).await.map_err(|_| Closed::Header("connection closed mid-frame".into()))?;
+    Ok(Some(body.freeze()))
+}
+
+/// A decoded request.
+struct Request {
+    header: RequestHeader,
+    api: ApiKey,
+    /// `None`: ApiVersions at a version past what is served (answered without its body).
+    body: Option<RequestKind>,
+}
+
+/// Decodes a frame's header and body; on failure, why, and the client id if the header decoded.
+fn decode(mut frame: Bytes) -> Result<Request, (Closed, Option<String>)> {
+    if frame.len() < 4 {
+        return Err((Closed::Header(format!("{} bytes", frame.len())), None));
+    }
+    let key = frame.slice(0..2).get_i16();
+    let version = frame.slice(2..4).get_i16();
+    let api = ApiKey::try_from(key).map_err(|()| (Closed::UnknownApi(key), None))?;
+    // A client's first ApiVersions may be newer than the node knows: its header is decoded at the
+    // newest header version (Kafka keeps ApiVersions' request header decodable for this).
+    let header_version = api.request_header_version(version.min(api.valid_versions().max));
+    let header =
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| (Closed::Header(e.to_string()), None))?;
+    let id = header.client_id.as_ref().map(|c| c.as_str().to_string());
+    if api == ApiKey::ApiVersions && !super::api_versions::serves(api, version) {
+        return Ok(Request { header, api, body: None });
+    }
+    let body = RequestKind::decode(api, &mut frame, version)
+        .map_err(|e| (Closed::Body { api, version, reason: e.to_string() }, id))?;
+    Ok(Request { header, api, body: Some(body) })
+}
+
+/// Serves one request; its answer as a size-prefixed frame (`None`: Produce with acks = 0, which
+/// Kafka answers with nothing).
+async fn answer(ctx: &NodeContext, request: Request) -> Result<Option<Bytes>, Closed> {
+    let Request { header, api, body } = request;
+    let mut version = header.request_api_version;
+    let Some(_in_flight) = ctx.in_flight.try_enter(ctx.limits.max_in_flight_requests as usize) else {
+        // Over the node's in-flight limit: the request's own error, retriable.
+        ctx.metrics.count_limit_refusal("max_in_flight_requests");
+        let refusal = super::unsupported::refusal(api, ResponseError::RequestTimedOut.code());
+        return encode(api, version, header.correlation_id, &refusal).map(Some);
+    };
+    let response = match body {
+        None => {
+            // ApiVersions past what is served: the list, at version 0, with UNSUPPORTED_VERSION.
+            version = 0;
+            ResponseKind::ApiVersions(super::api_versions::response(false))
+        }
+        Some(_) if !super::api_versions::serves(api, version) => {
+            super::unsupported::refusal(api, ResponseError::UnsupportedVersion.code())
+        }
+        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(super::api_versions::response(true)),
+        Some(RequestKind::Metadata(req)) => ResponseKind::Metadata(super::metadata::handle(ctx, req, version).await),
+        Some(RequestKind::Produce(req)) => match super::produce::handle(ctx, req).await {
+            Some(r) => ResponseKind::Produce(r),
+            None => return Ok(None),
+        },
+        Some(RequestKind::Fetch(req)) => ResponseKind::Fetch(super::fetch::handle(ctx, req).await),
+        Some(RequestKind::ListOffsets(req)) => ResponseKind::ListOffsets(super::list_offsets::handle(ctx, req).await),
+        Some(_) => super::unsupported::refusal(api, ResponseError::UnsupportedVersion.code()),
+    };
+    encode(api, version, header.correlation_id, &response).map(Some)
+}
+
+/// `response` to a request of `api` at `version`, framed: size, header, body.
+fn encode(api: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> Result<Bytes, Closed> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .map_err(|e| Closed::Encode { api, version, reason: e.to_string() })?;
+    response.encode(&mut buf, version).map_err(|e| Closed::Encode { api, version, reason: e.to_string() })?;
+    let size = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
