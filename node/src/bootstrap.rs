@@ -149,7 +149,8 @@ async fn bootstrap(
         let mut addrs = BTreeMap::new();
         for (id, addr) in &members {
             if *id == node_id {
-                let own = MemberAddrs::pair(addr.clone(), cluster.own_client_addr()).with_kafka(cluster.own_kafka_addr());
+                let own =
+                    MemberAddrs::pair(addr.clone(), cluster.own_client_addr()).with_kafka(cluster.own_kafka_addr());
                 addrs.insert(*id, own);
                 continue;
             }

@@ -145,8 +145,12 @@ impl Node {
         storage: Arc<dyn StorageBackend>,
     ) -> Result<NodeHandle, NodeError> {
         config.validate()?;
-        let Listeners { client: grpc_listener, internal: internal_listener, http: http_listener, kafka: kafka_listener } =
-            listeners;
+        let Listeners {
+            client: grpc_listener,
+            internal: internal_listener,
+            http: http_listener,
+            kafka: kafka_listener,
+        } = listeners;
         let grpc_addr = local_addr("grpc", &grpc_listener, config.client_listen_addr())?;
         let http_addr = local_addr("http", &http_listener, config.http_listen)?;
         let internal_addr = match &internal_listener {
@@ -322,6 +326,30 @@ impl Node {
             }
             None => None,
         };
+        // The Kafka listener (docs/kafka.md): counted with the client connections, cut at shutdown,
+        // and with `[tls]` TLS with the client listener's (reloaded) certificates.
+        if let Some(listener) = kafka_listener {
+            let connections = ctx.connections.clone();
+            let kill_rx = kill_rx.clone();
+            let admit = move |stream: tokio::net::TcpStream| {
+                let peer = stream.peer_addr().ok();
+                match connections.admit(peer) {
+                    Admission::Admitted(slot) => Some(KillableStream::new(stream, kill_rx.clone()).holding(slot)),
+                    // Kafka has no answer for "too many connections": closed at once.
+                    Admission::Refused(_) | Admission::Dropped => None,
+                }
+            };
+            match &client_tls {
+                Some(server_tls) => {
+                    let incoming =
+                        crate::tls_reload::incoming(listener, server_tls.clone(), admit, shutdown_rx.clone());
+                    tokio::spawn(crate::kafka::listener::serve_tls(incoming, ctx.clone(), shutdown_rx.clone()));
+                }
+                None => {
+                    tokio::spawn(crate::kafka::listener::serve(listener, admit, ctx.clone(), shutdown_rx.clone()));
+                }
+            }
+        }
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc_stopped = async move {
             let _ = grpc_shutdown.wait_for(|s| *s).await;
@@ -378,11 +406,6 @@ impl Node {
                 })
                 .await
         });
-
-        // The Kafka listener (docs/kafka.md); its connections stop reading at shutdown.
-        if let Some(listener) = kafka_listener {
-            tokio::spawn(crate::kafka::listener::serve(listener, ctx.clone(), shutdown_rx.clone()));
-        }
 
         // The scrubber's task ends when `shutdown_rx` flips.
         let _scrubber = crate::scrub::Scrubber::spawn(

@@ -50,6 +50,13 @@ fn python() -> String {
 /// Runs `program args`, feeding `stdin`; its stdout, or a failure with its stderr. Bounded by
 /// [`WAIT`].
 async fn run(program: &str, args: &[&str], stdin: &str) -> String {
+    let (ok, stdout, stderr) = run_status(program, args, stdin).await;
+    assert!(ok, "{program} {args:?} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// Runs `program args`, feeding `stdin`: whether it succeeded, its stdout and its stderr.
+async fn run_status(program: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -67,8 +74,7 @@ async fn run(program: &str, args: &[&str], stdin: &str) -> String {
         .expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{program} {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    stdout
+    (out.status.success(), stdout, stderr)
 }
 
 /// kcat's consumed lines `partition offset key value` (its `-f '%p %o %k %s\n'`).
@@ -135,8 +141,7 @@ async fn kcat_lists_metadata_produces_keyed_records_and_reads_them_back_over_kaf
 
     // Read back with kcat from the beginning (ListOffsets earliest, Fetch to the end).
     let out =
-        run(&kcat, &["-b", &bootstrap, "-C", "-t", "orders", "-o", "beginning", "-e", "-f", "%p %o %k %s\n"], "")
-            .await;
+        run(&kcat, &["-b", &bootstrap, "-C", "-t", "orders", "-o", "beginning", "-e", "-f", "%p %o %k %s\n"], "").await;
     let mut seen = parse_seen(&out);
     seen.sort();
     assert_eq!(seen.len(), sent.len(), "every record once: {out}");
@@ -263,11 +268,84 @@ async fn confluent_kafka_produces_with_every_compression_and_acks_and_consumes_e
     assert_dense(&seen);
     for compression in ["none", "gzip", "snappy", "lz4", "zstd"] {
         for acks in ["all", "1", "0"] {
-            let values: Vec<&Seen> = seen.iter().filter(|s| s.3.starts_with(&format!("{compression}-{acks}-"))).collect();
+            let values: Vec<&Seen> =
+                seen.iter().filter(|s| s.3.starts_with(&format!("{compression}-{acks}-"))).collect();
             assert_eq!(values.len(), 20, "{compression} acks={acks}");
         }
     }
     // The same records at the same offsets over gRPC, chain checked.
     assert_eq!(read_over_grpc(&c, "mixed", 3, &seen).await, seen);
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_a_client_certificate_names_the_kafka_principal_and_acls_apply() {
+    use shale_raft::network::tls::{files, generate};
+    let kcat = kcat();
+    let root = tempfile::tempdir().unwrap();
+    let c = shale_node::testing::LocalCluster::start_tls(3, root.path(), |c| {
+        c.auth.enabled = true;
+        c.auth.super_users = ["admin".to_string()].into();
+    })
+    .await
+    .expect("nodes start");
+    assert!(c.not_ready(WAIT).await.is_empty(), "every node sees a metadata leader");
+    let dir = c.tls_dir();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = generate::Pem { cert: read(files::CA_CERT), key: read(files::CA_KEY) };
+    let identity = |name: &str| {
+        let pem = generate::client(&ca, name, 1).unwrap();
+        let (cert, key) = (root.path().join(format!("{name}.pem")), root.path().join(format!("{name}.key")));
+        std::fs::write(&cert, pem.cert).unwrap();
+        std::fs::write(&key, pem.key).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let ca_file = dir.join(files::CA_CERT).display().to_string();
+    let bootstrap = c.kafka_bootstrap();
+    let tls_args = |(cert, key): &(String, String)| {
+        vec![
+            "-X".to_string(),
+            "security.protocol=ssl".to_string(),
+            "-X".to_string(),
+            format!("ssl.ca.location={ca_file}"),
+            "-X".to_string(),
+            format!("ssl.certificate.location={cert}"),
+            "-X".to_string(),
+            format!("ssl.key.location={key}"),
+        ]
+    };
+    let kcat_as = async |who: &(String, String), args: &[&str], stdin: &str| {
+        let mut all: Vec<String> = vec!["-b".into(), bootstrap.clone()];
+        all.extend(tls_args(who));
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_status(&kcat, &refs, stdin).await
+    };
+
+    // The super-user creates a topic over gRPC, then produces and consumes over Kafka with its
+    // client certificate.
+    let admin = identity("admin");
+    let mut config = shale_client::ClientConfig::new(c.endpoints());
+    config.tls = c.client_tls().map(|t| {
+        let pem = generate::client(&ca, "admin", 1).unwrap();
+        t.identity(tonic::transport::Identity::from_pem(pem.cert, pem.key))
+    });
+    config.max_attempts = 40;
+    let client = shale_client::Client::new(config).unwrap();
+    client.admin().create_topic(shale_client::admin::NewTopic::new("secure", 1, 3)).await.expect("create");
+    let (ok, _, err) = kcat_as(&admin, &["-P", "-t", "secure", "-K", ":"], "a:1\nb:2\n").await;
+    assert!(ok, "admin produces: {err}");
+    let (ok, out, err) =
+        kcat_as(&admin, &["-C", "-t", "secure", "-o", "beginning", "-e", "-f", "%o %k %s\n"], "").await;
+    assert!(ok, "admin consumes: {err}");
+    assert_eq!(out, "0 a 1\n1 b 2\n");
+
+    // alice has no rule: the topic's metadata and its records are refused.
+    let alice = identity("alice");
+    let (_, out, err) = kcat_as(&alice, &["-L", "-t", "secure"], "").await;
+    assert!(out.contains("Topic authorization failed") || err.contains("Topic authorization failed"), "{out}{err}");
+    // Without TLS the listener does not answer.
+    let (ok, _, _) = run_status(&kcat, &["-b", &bootstrap, "-L", "-m", "3"], "").await;
+    assert!(!ok, "plaintext Kafka against a TLS listener fails");
+    c.shutdown().await.unwrap();
 }

@@ -31,7 +31,9 @@ pub fn serves(key: ApiKey, version: i16) -> bool {
 pub fn response(supported: bool) -> ApiVersionsResponse {
     let api_keys = SERVED
         .iter()
-        .map(|(key, min, max)| ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max))
+        .map(|(key, min, max)| {
+            ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max)
+        })
         .collect();
     let error_code = if supported { 0 } else { ResponseError::UnsupportedVersion.code() };
     ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys)

@@ -51,7 +51,8 @@ pub async fn handle(ctx: &NodeContext, req: FetchRequest) -> FetchResponse {
     for w in &wanted {
         answers.push(read(ctx, w, 0).await);
     }
-    let bytes = |answers: &[PartitionData]| answers.iter().map(|a| a.records.as_ref().map_or(0, Bytes::len)).sum::<usize>();
+    let bytes =
+        |answers: &[PartitionData]| answers.iter().map(|a| a.records.as_ref().map_or(0, Bytes::len)).sum::<usize>();
     let wait_ms = u32::try_from(req.max_wait_ms).unwrap_or(0).min(ctx.limits.max_wait_ms);
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0).max(1);
     if bytes(&answers) < min_bytes && wait_ms > 0 {
@@ -105,7 +106,8 @@ async fn read(ctx: &NodeContext, w: &Wanted, wait_ms: u32) -> PartitionData {
     };
     let topic = w.topic.0.as_str().to_string();
     let max_bytes = u32::try_from(w.max_bytes).unwrap_or(0).max(1);
-    let result = ctx.cluster.fetch(fetch_request(topic.clone(), partition, offset, None, max_bytes, wait_ms, &ctx.limits)).await;
+    let result =
+        ctx.cluster.fetch(fetch_request(topic.clone(), partition, offset, None, max_bytes, wait_ms, &ctx.limits)).await;
     match result {
         Ok(r) => match super::records::encode_fetched(&r.entries) {
             Ok(records) => {

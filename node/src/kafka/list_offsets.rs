@@ -22,7 +22,8 @@ pub async fn handle(ctx: &NodeContext, req: ListOffsetsRequest) -> ListOffsetsRe
         let allowed = ctx.authorize(Operation::Describe, Resource::Topic(&name)).await.is_ok();
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
+            let answer =
+                ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
             let answer = if !allowed {
                 answer.with_error_code(ResponseError::TopicAuthorizationFailed.code())
             } else if p.timestamp != LATEST && p.timestamp != EARLIEST {

@@ -12,54 +12,99 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 
-use crate::admission::Admission;
 use crate::auth::Caller;
 use crate::auth::principal::{Principal, Source};
+use crate::conn::KillableStream;
 use crate::context::NodeContext;
 
 /// Requests of one connection being served at once (pipelined); the connection reads no more
 /// frames until the oldest is answered.
 const MAX_PIPELINED: usize = 32;
 
-/// Serves the Kafka protocol on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>) {
+/// Serves the Kafka protocol in plaintext on `listener` until `shutdown` flips; `admit` wraps each
+/// accepted connection (admission, kill at shutdown) or refuses it (`None`: closed at once).
+pub async fn serve<F>(listener: TcpListener, mut admit: F, ctx: Arc<NodeContext>, mut shutdown: watch::Receiver<bool>)
+where
+    F: FnMut(TcpStream) -> Option<KillableStream> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of file descriptors and the like: do not spin.
                 tracing::warn!(error = %e, "kafka listener: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        // Counted with the client connections (`limits.max_connections`): one over is closed.
-        let slot = match ctx.connections.admit(Some(peer)) {
-            Admission::Admitted(slot) => slot,
-            Admission::Refused(_) | Admission::Dropped => {
-                tracing::warn!(%peer, "kafka listener: connection refused (limits.max_connections)");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            Connection { ctx, peer, shutdown }.run(stream).await;
-        });
+        let Some(stream) = admit(stream) else { continue };
+        let peer = stream.connect_info().remote_addr();
+        let caller = Caller::new(Principal::Anonymous, Source::Anonymous, peer);
+        spawn_connection(stream, peer, caller, &ctx, &shutdown);
     }
+}
+
+/// Serves the Kafka protocol on TLS connections (handshaken by [`crate::tls_reload::incoming`],
+/// whose certificates a reload swaps) until `shutdown` flips. A client certificate names the
+/// connection's principal ([`crate::auth::principal::connection_caller`]).
+pub async fn serve_tls(
+    mut incoming: impl Stream<Item = std::io::Result<TlsStream<KillableStream>>> + Unpin + Send + 'static,
+    ctx: Arc<NodeContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            n = incoming.next() => n,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let stream = match next {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "kafka listener: TLS connection failed");
+                continue;
+            }
+            None => return,
+        };
+        let peer = stream.get_ref().0.connect_info().remote_addr();
+        let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+        let caller = match crate::auth::principal::connection_caller(leaf.as_deref(), peer) {
+            Ok(caller) => caller,
+            Err(why) => {
+                ctx.metrics.auth_unauthenticated.inc();
+                tracing::warn!(peer = ?peer, reason = why, "kafka: connection refused");
+                continue;
+            }
+        };
+        spawn_connection(stream, peer, caller, &ctx, &shutdown);
+    }
+}
+
+fn spawn_connection<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    caller: Caller,
+    ctx: &Arc<NodeContext>,
+    shutdown: &watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Connection { ctx: ctx.clone(), peer, caller, shutdown: shutdown.clone() };
+    tokio::spawn(connection.run(stream));
 }
 
 /// Why a connection was closed by the node.
@@ -77,15 +122,17 @@ enum Closed {
     Encode { api: ApiKey, version: i16, reason: String },
 }
 
+/// One client connection: who it is, where from.
 struct Connection {
     ctx: Arc<NodeContext>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
+    caller: Caller,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<JoinHandle<Result<Option<Bytes>, Closed>>>(MAX_PIPELINED);
         let peer = self.peer;
         let writing = tokio::spawn(async move {
@@ -94,7 +141,7 @@ impl Connection {
                     Ok(Ok(Some(frame))) => frame,
                     Ok(Ok(None)) => continue,
                     Ok(Err(closed)) => {
-                        tracing::warn!(%peer, error = %closed, "kafka: closing the connection");
+                        tracing::warn!(peer = ?peer, error = %closed, "kafka: closing the connection");
                         return;
                     }
                     Err(_) => return,
@@ -115,7 +162,7 @@ impl Connection {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(closed) => {
-                    tracing::warn!(peer = %self.peer, client_id, error = %closed, "kafka: malformed frame; closing the connection");
+                    tracing::warn!(peer = ?self.peer, client_id, error = %closed, "kafka: malformed frame; closing the connection");
                     break;
                 }
             };
@@ -123,7 +170,7 @@ impl Connection {
                 Ok(r) => r,
                 Err((closed, id)) => {
                     let id = id.unwrap_or(client_id);
-                    tracing::warn!(peer = %self.peer, client_id = id, error = %closed, "kafka: malformed request; closing the connection");
+                    tracing::warn!(peer = ?self.peer, client_id = id, error = %closed, "kafka: malformed request; closing the connection");
                     break;
                 }
             };
@@ -132,7 +179,7 @@ impl Connection {
                 client_id.push_str(id.as_str());
             }
             let ctx = self.ctx.clone();
-            let caller = Caller::new(Principal::Anonymous, Source::Anonymous, Some(self.peer));
+            let caller = self.caller.clone();
             let answer = tokio::spawn(crate::auth::serve_as(caller, async move { answer(&ctx, request).await }));
             if tx.send(answer).await.is_err() {
                 break;
@@ -227,9 +274,11 @@ fn encode(api: ApiKey, version: i16, correlation_id: i32, response: &ResponseKin
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header
-        .encode(&mut buf, api.response_header_version(version))
-        .map_err(|e| Closed::Encode { api, version, reason: e.to_string() })?;
+    header.encode(&mut buf, api.response_header_version(version)).map_err(|e| Closed::Encode {
+        api,
+        version,
+        reason: e.to_string(),
+    })?;
     response.encode(&mut buf, version).map_err(|e| Closed::Encode { api, version, reason: e.to_string() })?;
     let size = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&size.to_be_bytes());

@@ -59,7 +59,11 @@ pub async fn handle(ctx: &NodeContext, req: MetadataRequest, _version: i16) -> M
     response(brokers, controller, wanted.iter().map(|t| topic(ctx, t)).collect())
 }
 
-fn response(brokers: Vec<MetadataResponseBroker>, controller: i32, topics: Vec<MetadataResponseTopic>) -> MetadataResponse {
+fn response(
+    brokers: Vec<MetadataResponseBroker>,
+    controller: i32,
+    topics: Vec<MetadataResponseTopic>,
+) -> MetadataResponse {
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))

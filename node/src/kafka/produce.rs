@@ -53,8 +53,7 @@ pub async fn handle(ctx: &NodeContext, req: ProduceRequest) -> Option<ProduceRes
         topics.push(TopicProduceResponse::default().with_name(t.name).with_partition_responses(partitions));
     }
     ctx.metrics.produce.record(started, !failed);
-    (req.acks != 0)
-        .then(|| ProduceResponse::default().with_responses(topics).with_throttle_time_ms(throttle_ms as i32))
+    (req.acks != 0).then(|| ProduceResponse::default().with_responses(topics).with_throttle_time_ms(throttle_ms as i32))
 }
 
 /// A partition's answer: the base offset of its first batch, or an error code and message.

@@ -14,8 +14,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record,
-    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchDecoder,
+    RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use shale_raft::cluster::{FetchedEntry, ProduceRecord};
 use shale_storage::CodecRegistry;
@@ -78,11 +78,8 @@ pub fn decode_produce(records: &Bytes) -> Result<Vec<ProducedBatch>, RecordsErro
 }
 
 fn produce_record(r: Record) -> ProduceRecord {
-    let headers = r
-        .headers
-        .into_iter()
-        .map(|(name, value)| (name.as_str().to_string(), value.unwrap_or_default()))
-        .collect();
+    let headers =
+        r.headers.into_iter().map(|(name, value)| (name.as_str().to_string(), value.unwrap_or_default())).collect();
     ProduceRecord {
         key: r.key,
         value: r.value.unwrap_or_default(),
@@ -181,8 +178,7 @@ mod tests {
         {
             let records = [record(0, "k0", "v0"), record(1, "k1", "v1"), record(2, "k2", "v2")];
             let mut buf = BytesMut::new();
-            RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-                .unwrap();
+            RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
             let batches = decode_produce(&buf.freeze()).unwrap();
             assert_eq!(batches.len(), 1, "{compression:?}");
             let got = &batches[0].records;

@@ -408,7 +408,8 @@ mod tests {
                 MetadataCommand::Bootstrap { members },
                 MetadataCommand::AddMember {
                     id: 3,
-                    addrs: MemberAddrs::pair(format!("{name}:3"), format!("c-{name}:3")).with_kafka(format!("k-{name}:3")),
+                    addrs: MemberAddrs::pair(format!("{name}:3"), format!("c-{name}:3"))
+                        .with_kafka(format!("k-{name}:3")),
                 },
                 MetadataCommand::CreateTopic(spec.clone()),
                 // Within the totals (2 + 2 partitions of 4), then past them (refused).

@@ -1164,7 +1164,11 @@ impl MetadataCommand {
                 w.u8(cmd::KIND_COMMIT_OFFSET).str16(group).str16(topic).u32(*partition).u64(*offset);
             }
             MetadataCommand::AddMember { id, addrs } => {
-                w.u8(cmd::KIND_ADD_MEMBER_KAFKA).u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
+                w.u8(cmd::KIND_ADD_MEMBER_KAFKA)
+                    .u64(*id)
+                    .str16(&addrs.internal)
+                    .str16(&addrs.client)
+                    .str16(&addrs.kafka);
             }
             MetadataCommand::Bootstrap { members } => {
                 w.u8(cmd::KIND_BOOTSTRAP_KAFKA).u16(members.len() as u16);
