@@ -349,3 +349,164 @@ async fn over_tls_a_client_certificate_names_the_kafka_principal_and_acls_apply(
     assert!(!ok, "plaintext Kafka against a TLS listener fails");
     c.shutdown().await.unwrap();
 }
+
+/// The committed offsets of `group`, as the metadata leader holds them: partition -> offset.
+async fn committed(c: &TestCluster, topic: &str, group: &str) -> BTreeMap<u32, u64> {
+    let leader = c.node(1).cluster().metadata_leader().expect("a metadata leader").0;
+    let rows = c.node(leader).cluster().fetch_offsets(group).await.expect("offsets");
+    rows.into_iter().filter(|r| r.topic == topic).map(|r| (r.partition, r.offset)).collect()
+}
+
+/// Each partition's end offset (the next offset), from what was consumed.
+fn ends(seen: &[Seen]) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for (p, o, ..) in seen {
+        let e = out.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kcat_in_a_consumer_group_commits_and_a_second_run_continues_from_the_commit() {
+    let kcat = kcat();
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "grouped", 3).await;
+    let bootstrap = c.kafka_bootstrap();
+    let input: String = (0..30).map(|i| format!("k{}:first-{i}\n", i % 6)).collect();
+    run(&kcat, &["-b", &bootstrap, "-P", "-t", "grouped", "-K", ":"], &input).await;
+
+    // A balanced consumer (JoinGroup/SyncGroup/Heartbeat, OffsetFetch, Fetch, OffsetCommit at exit).
+    let group_args = |extra: &'static str| {
+        vec![
+            "-b".to_string(),
+            bootstrap.clone(),
+            "-G".to_string(),
+            "kgroup".to_string(),
+            "grouped".to_string(),
+            "-X".to_string(),
+            "auto.offset.reset=earliest".to_string(),
+            "-e".to_string(),
+            "-f".to_string(),
+            format!("%p %o %k %s{extra}\n"),
+        ]
+    };
+    let args = group_args("");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = parse_seen(&run(&kcat, &refs, "").await);
+    first.sort();
+    assert_eq!(first.len(), 30, "the group member read every record: {first:?}");
+    assert_dense(&first);
+    // It committed where it stopped: each partition's end.
+    assert_eq!(committed(&c, "grouped", "kgroup").await, ends(&first));
+
+    // More records; a second run of the same group reads only those.
+    let input: String = (0..6).map(|i| format!("k{i}:second-{i}\n")).collect();
+    run(&kcat, &["-b", &bootstrap, "-P", "-t", "grouped", "-K", ":"], &input).await;
+    let mut second = parse_seen(&run(&kcat, &refs, "").await);
+    second.sort();
+    assert_eq!(second.len(), 6, "only the new records: {second:?}");
+    assert!(second.iter().all(|s| s.3.starts_with("second-")), "{second:?}");
+    let mut all = first.clone();
+    all.extend(second);
+    assert_eq!(committed(&c, "grouped", "kgroup").await, ends(&all));
+    c.shutdown().await;
+}
+
+/// Two consumers of one group: they split the partitions (client-side assignment by the group
+/// leader), read what is produced meanwhile and commit each record. Prints `assigned NAME p,p`
+/// lines, then the records as `partition offset key value NAME`.
+const GROUP_SCRIPT: &str = r#"
+import sys, time
+from confluent_kafka import Consumer, Producer
+
+bootstrap, topic, partitions, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+assigned = {}
+def consumer(name):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "pair", "client.id": name,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 300})
+    def on_assign(c, parts):
+        assigned[name] = sorted(p.partition for p in parts)
+    def on_revoke(c, parts):
+        assigned[name] = []
+    c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+    return c
+
+a = consumer("a")
+a.poll(0.5)
+b = consumer("b")
+deadline = time.time() + 60
+def split():
+    parts = assigned.get("a", []) + assigned.get("b", [])
+    return assigned.get("a") and assigned.get("b") and sorted(parts) == list(range(partitions))
+while not split():
+    if time.time() > deadline:
+        sys.exit(f"the partitions were never split between the two members: {assigned}")
+    for c in (a, b):
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            sys.exit(f"a record before any was produced: {m.value()}")
+for name in ("a", "b"):
+    print("assigned", name, ",".join(str(p) for p in assigned[name]))
+
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+for i in range(count):
+    p.produce(topic, key=f"k{i % 7}", value=f"v{i}")
+if p.flush(30):
+    sys.exit("records not delivered")
+
+got = 0
+deadline = time.time() + 60
+while got < count:
+    if time.time() > deadline:
+        sys.exit(f"read {got} of {count}")
+    for name, c in (("a", a), ("b", b)):
+        m = c.poll(0.1)
+        if m is None:
+            continue
+        if m.error():
+            sys.exit(f"consumer {name}: {m.error()}")
+        if m.partition() not in assigned[name]:
+            sys.exit(f"consumer {name} read partition {m.partition()} it was not assigned: {assigned}")
+        c.commit(message=m, asynchronous=False)
+        print(m.partition(), m.offset(), m.key().decode(), m.value().decode(), name)
+        got += 1
+a.close()
+b.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_confluent_kafka_consumers_share_the_partitions_and_commit() {
+    let python = python();
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "shared", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("group.py");
+    std::fs::write(&script, GROUP_SCRIPT).unwrap();
+    let out = run(&python, &[script.to_str().unwrap(), &c.kafka_bootstrap(), "shared", "3", "60"], "").await;
+    let mut owners: BTreeMap<u32, String> = BTreeMap::new();
+    let mut seen = Vec::new();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("assigned ") {
+            let (name, parts) = rest.split_once(' ').unwrap_or((rest, ""));
+            for p in parts.split(',').filter(|p| !p.is_empty()) {
+                let previous = owners.insert(p.parse().unwrap(), name.to_string());
+                assert!(previous.is_none(), "partition {p} has two owners: {out}");
+            }
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let (p, o): (u32, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        assert_eq!(owners.get(&p).map(String::as_str), Some(f[4]), "{line}: read by the partition's owner");
+        seen.push((p, o, f[2].to_string(), f[3].to_string()));
+    }
+    assert_eq!(owners.len(), 3, "every partition has an owner: {out}");
+    assert!(owners.values().any(|o| o == "a") && owners.values().any(|o| o == "b"), "both members hold partitions");
+    seen.sort();
+    assert_eq!(seen.len(), 60, "every record once: {out}");
+    assert_dense(&seen);
+    // Each record was committed as read: the group's offsets are the partitions' ends.
+    assert_eq!(committed(&c, "shared", "pair").await, ends(&seen));
+    c.shutdown().await;
+}

@@ -23,10 +23,49 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::coordinator;
 use crate::auth::Caller;
 use crate::auth::principal::{Principal, Source};
 use crate::conn::KillableStream;
 use crate::context::NodeContext;
+
+/// What the Kafka listener serves with: the node's context and the classic groups it
+/// coordinates.
+#[derive(Debug)]
+pub struct Kafka {
+    /// The node's shared state.
+    pub ctx: Arc<NodeContext>,
+    /// Classic consumer groups (on the coordinator, the metadata leader).
+    pub groups: super::groups::ClassicGroups,
+}
+
+impl Kafka {
+    /// The listener's state over `ctx`, with the task that expires silent group members (until
+    /// `shutdown` flips).
+    fn start(ctx: Arc<NodeContext>, shutdown: &watch::Receiver<bool>) -> Arc<Self> {
+        let kafka = Arc::new(Self { ctx, groups: super::groups::ClassicGroups::default() });
+        let (weak, mut stop) = (Arc::downgrade(&kafka), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(GROUP_CHECK_INTERVAL) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(kafka) = weak.upgrade() else { return };
+                kafka.groups.expire(std::time::Instant::now());
+            }
+        });
+        kafka
+    }
+}
+
+/// How often silent group members are looked for.
+const GROUP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+tokio::task_local! {
+    /// The client id of the request this task serves (its header's).
+    pub static CLIENT_ID: String;
+}
 
 /// Requests of one connection being served at once (pipelined); the connection reads no more
 /// frames until the oldest is answered.
@@ -38,6 +77,7 @@ pub async fn serve<F>(listener: TcpListener, mut admit: F, ctx: Arc<NodeContext>
 where
     F: FnMut(TcpStream) -> Option<KillableStream> + Send + 'static,
 {
+    let kafka = Kafka::start(ctx, &shutdown);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -55,7 +95,7 @@ where
         let Some(stream) = admit(stream) else { continue };
         let peer = stream.connect_info().remote_addr();
         let caller = Caller::new(Principal::Anonymous, Source::Anonymous, peer);
-        spawn_connection(stream, peer, caller, &ctx, &shutdown);
+        spawn_connection(stream, peer, caller, &kafka, &shutdown);
     }
 }
 
@@ -67,6 +107,8 @@ pub async fn serve_tls(
     ctx: Arc<NodeContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let kafka = Kafka::start(ctx, &shutdown);
+    let ctx = &kafka.ctx;
     loop {
         let next = tokio::select! {
             n = incoming.next() => n,
@@ -90,7 +132,7 @@ pub async fn serve_tls(
                 continue;
             }
         };
-        spawn_connection(stream, peer, caller, &ctx, &shutdown);
+        spawn_connection(stream, peer, caller, &kafka, &shutdown);
     }
 }
 
@@ -98,12 +140,12 @@ fn spawn_connection<S>(
     stream: S,
     peer: Option<SocketAddr>,
     caller: Caller,
-    ctx: &Arc<NodeContext>,
+    kafka: &Arc<Kafka>,
     shutdown: &watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = Connection { ctx: ctx.clone(), peer, caller, shutdown: shutdown.clone() };
+    let connection = Connection { kafka: kafka.clone(), peer, caller, shutdown: shutdown.clone() };
     tokio::spawn(connection.run(stream));
 }
 
@@ -124,7 +166,7 @@ enum Closed {
 
 /// One client connection: who it is, where from.
 struct Connection {
-    ctx: Arc<NodeContext>,
+    kafka: Arc<Kafka>,
     peer: Option<SocketAddr>,
     caller: Caller,
     shutdown: watch::Receiver<bool>,
@@ -151,7 +193,7 @@ impl Connection {
                 }
             }
         });
-        let max = self.ctx.limits.max_request_bytes;
+        let max = self.kafka.ctx.limits.max_request_bytes;
         let mut client_id = String::new();
         loop {
             let frame = tokio::select! {
@@ -178,9 +220,11 @@ impl Connection {
                 client_id.clear();
                 client_id.push_str(id.as_str());
             }
-            let ctx = self.ctx.clone();
+            let kafka = self.kafka.clone();
             let caller = self.caller.clone();
-            let answer = tokio::spawn(crate::auth::serve_as(caller, async move { answer(&ctx, request).await }));
+            let id = client_id.clone();
+            let serve = async move { answer(&kafka, request).await };
+            let answer = tokio::spawn(CLIENT_ID.scope(id, crate::auth::serve_as(caller, serve)));
             if tx.send(answer).await.is_err() {
                 break;
             }
@@ -238,7 +282,8 @@ fn decode(mut frame: Bytes) -> Result<Request, (Closed, Option<String>)> {
 
 /// Serves one request; its answer as a size-prefixed frame (`None`: Produce with acks = 0, which
 /// Kafka answers with nothing).
-async fn answer(ctx: &NodeContext, request: Request) -> Result<Option<Bytes>, Closed> {
+async fn answer(kafka: &Kafka, request: Request) -> Result<Option<Bytes>, Closed> {
+    let ctx = &*kafka.ctx;
     let Request { header, api, body } = request;
     let mut version = header.request_api_version;
     let Some(_in_flight) = ctx.in_flight.try_enter(ctx.limits.max_in_flight_requests as usize) else {
@@ -264,6 +309,21 @@ async fn answer(ctx: &NodeContext, request: Request) -> Result<Option<Bytes>, Cl
         },
         Some(RequestKind::Fetch(req)) => ResponseKind::Fetch(super::fetch::handle(ctx, req).await),
         Some(RequestKind::ListOffsets(req)) => ResponseKind::ListOffsets(super::list_offsets::handle(ctx, req).await),
+        Some(RequestKind::FindCoordinator(req)) => {
+            ResponseKind::FindCoordinator(coordinator::find_coordinator(ctx, req, version))
+        }
+        Some(RequestKind::JoinGroup(req)) => ResponseKind::JoinGroup(coordinator::join(kafka, req).await),
+        Some(RequestKind::SyncGroup(req)) => ResponseKind::SyncGroup(coordinator::sync(kafka, req).await),
+        Some(RequestKind::Heartbeat(req)) => ResponseKind::Heartbeat(coordinator::heartbeat(kafka, req).await),
+        Some(RequestKind::LeaveGroup(req)) => ResponseKind::LeaveGroup(coordinator::leave(kafka, req, version).await),
+        Some(RequestKind::OffsetCommit(req)) => {
+            ResponseKind::OffsetCommit(coordinator::offset_commit(kafka, req).await)
+        }
+        Some(RequestKind::OffsetFetch(req)) => {
+            ResponseKind::OffsetFetch(coordinator::offset_fetch(ctx, req, version).await)
+        }
+        Some(RequestKind::ListGroups(req)) => ResponseKind::ListGroups(coordinator::list(kafka, req).await),
+        Some(RequestKind::DescribeGroups(req)) => ResponseKind::DescribeGroups(coordinator::describe(kafka, req).await),
         Some(_) => super::unsupported::refusal(api, ResponseError::UnsupportedVersion.code()),
     };
     encode(api, version, header.correlation_id, &response).map(Some)

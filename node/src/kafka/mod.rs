@@ -10,12 +10,16 @@
 //! - [`produce`] / [`records`]: v2 record batches in, one Shale batch entry per Kafka batch.
 //! - [`fetch`]: Shale batches out as v2 record batches, long poll.
 //! - [`list_offsets`]: earliest / latest offsets.
+//! - [`groups`] / [`coordinator`]: the classic consumer-group protocol on the metadata leader, with
+//!   Shale's committed offsets.
 //! - [`errors`]: the one mapping of cluster errors to Kafka error codes.
 //! - [`unsupported`]: the answer to an API that is not served.
 
 pub mod api_versions;
+pub mod coordinator;
 pub mod errors;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod listener;
 pub mod metadata;
