@@ -510,3 +510,84 @@ async fn two_confluent_kafka_consumers_share_the_partitions_and_commit() {
     assert_eq!(committed(&c, "shared", "pair").await, ends(&seen));
     c.shutdown().await;
 }
+
+/// confluent-kafka's AdminClient: create (with configs), describe and alter configs, try to add
+/// partitions, delete. Prints one `step result` line per step.
+const ADMIN_SCRIPT: &str = r#"
+import sys, time
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic, NewPartitions, ConfigResource
+
+bootstrap = sys.argv[1]
+admin = AdminClient({"bootstrap.servers": bootstrap})
+def wait(futures):
+    out = {}
+    for key, f in futures.items():
+        try:
+            f.result(30)
+            out[str(key)] = "ok"
+        except KafkaException as e:
+            out[str(key)] = e.args[0].name()
+    return out
+
+print("create", wait(admin.create_topics([
+    NewTopic("admin-a", num_partitions=3, replication_factor=3, config={"retention.ms": "60000"}),
+    NewTopic("admin-b", num_partitions=2, replication_factor=1),
+    NewTopic("admin-bad", num_partitions=1, replication_factor=1, config={"segment.bytes": "1"}),
+]))["admin-a"])
+print("again", wait(admin.create_topics([NewTopic("admin-a", num_partitions=1, replication_factor=1)]))["admin-a"])
+print("badconfig", wait(admin.create_topics([NewTopic("admin-c", num_partitions=1, replication_factor=1, config={"segment.bytes": "1"})]))["admin-c"])
+md = admin.list_topics(timeout=30)
+print("partitions", len(md.topics["admin-a"].partitions), len(md.topics["admin-b"].partitions))
+print("replicas", sorted(len(p.replicas) for p in md.topics["admin-a"].partitions.values()))
+
+res = ConfigResource(ConfigResource.Type.TOPIC, "admin-a")
+configs = list(admin.describe_configs([res]).values())[0].result(30)
+print("retention.ms", configs["retention.ms"].value)
+print("compression.type", configs["compression.type"].value)
+alter = ConfigResource(ConfigResource.Type.TOPIC, "admin-a", set_config={"retention.bytes": "1048576", "compression.type": "zstd"})
+print("alter", list(wait(admin.alter_configs([alter])).values())[0])
+configs = list(admin.describe_configs([res]).values())[0].result(30)
+print("altered", configs["retention.bytes"].value, configs["compression.type"].value, configs["retention.ms"].value)
+
+print("add-partitions", wait(admin.create_partitions([NewPartitions("admin-b", 4)]))["admin-b"])
+print("delete", wait(admin.delete_topics(["admin-b"]))["admin-b"])
+deadline = time.time() + 30
+while "admin-b" in admin.list_topics(timeout=30).topics:
+    if time.time() > deadline:
+        sys.exit("admin-b still listed")
+    time.sleep(0.2)
+print("deleted", "admin-b" not in admin.list_topics(timeout=30).topics)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confluent_kafka_admin_client_creates_configures_and_deletes_topics() {
+    let python = python();
+    let c = TestCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("admin.py");
+    std::fs::write(&script, ADMIN_SCRIPT).unwrap();
+    let out = run(&python, &[script.to_str().unwrap(), &c.kafka_bootstrap()], "").await;
+    let lines: BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(lines.get("create"), Some(&"ok"), "{out}");
+    assert_eq!(lines.get("again"), Some(&"TOPIC_ALREADY_EXISTS"), "{out}");
+    assert_eq!(lines.get("badconfig"), Some(&"INVALID_CONFIG"), "{out}");
+    assert_eq!(lines.get("partitions"), Some(&"3 2"), "{out}");
+    assert_eq!(lines.get("replicas"), Some(&"[3, 3, 3]"), "{out}");
+    assert_eq!(lines.get("retention.ms"), Some(&"60000"), "{out}");
+    assert_eq!(lines.get("compression.type"), Some(&"uncompressed"), "{out}");
+    assert_eq!(lines.get("alter"), Some(&"ok"), "{out}");
+    // AlterConfigs replaces the settings: retention.ms not named goes back to unlimited.
+    assert_eq!(lines.get("altered"), Some(&"1048576 zstd -1"), "{out}");
+    assert_eq!(lines.get("delete"), Some(&"ok"), "{out}");
+    assert_eq!(lines.get("deleted"), Some(&"True"), "{out}");
+    // The same settings over gRPC.
+    let info = c.client().admin().describe_topic("admin-a").await.expect("describe over gRPC");
+    assert_eq!(info.partitions.len(), 3);
+    let shale = c.node(1).cluster().local_topics().into_iter().find(|t| t.name == "admin-a").unwrap();
+    assert_eq!(shale.retention.retention_bytes, Some(1_048_576));
+    assert_eq!(shale.retention.retention_ms, None);
+    assert!(matches!(shale.codec, shale_storage::CodecKind::Zstd { .. }));
+    assert_eq!(lines.get("add-partitions"), Some(&"INVALID_PARTITIONS"), "{out}");
+    c.shutdown().await;
+}

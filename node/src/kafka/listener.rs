@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use super::coordinator;
+use super::{admin, coordinator};
 use crate::auth::Caller;
 use crate::auth::principal::{Principal, Source};
 use crate::conn::KillableStream;
@@ -323,6 +323,17 @@ async fn answer(kafka: &Kafka, request: Request) -> Result<Option<Bytes>, Closed
             ResponseKind::OffsetFetch(coordinator::offset_fetch(ctx, req, version).await)
         }
         Some(RequestKind::ListGroups(req)) => ResponseKind::ListGroups(coordinator::list(kafka, req).await),
+        Some(RequestKind::CreateTopics(req)) => ResponseKind::CreateTopics(admin::create_topics(ctx, req).await),
+        Some(RequestKind::DeleteTopics(req)) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(ctx, req, version).await)
+        }
+        Some(RequestKind::CreatePartitions(req)) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(ctx, req).await)
+        }
+        Some(RequestKind::DescribeConfigs(req)) => {
+            ResponseKind::DescribeConfigs(admin::describe_configs(ctx, req).await)
+        }
+        Some(RequestKind::AlterConfigs(req)) => ResponseKind::AlterConfigs(admin::alter_configs(ctx, req).await),
         Some(RequestKind::DescribeGroups(req)) => ResponseKind::DescribeGroups(coordinator::describe(kafka, req).await),
         Some(_) => super::unsupported::refusal(api, ResponseError::UnsupportedVersion.code()),
     };

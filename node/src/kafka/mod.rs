@@ -12,9 +12,11 @@
 //! - [`list_offsets`]: earliest / latest offsets.
 //! - [`groups`] / [`coordinator`]: the classic consumer-group protocol on the metadata leader, with
 //!   Shale's committed offsets.
+//! - [`admin`]: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs.
 //! - [`errors`]: the one mapping of cluster errors to Kafka error codes.
 //! - [`unsupported`]: the answer to an API that is not served.
 
+pub mod admin;
 pub mod api_versions;
 pub mod coordinator;
 pub mod errors;
