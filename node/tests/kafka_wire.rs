@@ -266,6 +266,26 @@ async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the
     let offsets: Vec<i64> = sets.iter().flat_map(|s| s.records.iter().map(|r| r.offset)).collect();
     assert_eq!(offsets, vec![17]);
 
+    // Pipelined requests on one connection are served in order: 20 single-record batches sent
+    // without waiting get consecutive offsets in the order sent.
+    let mut frames = Vec::new();
+    for _ in 0..20 {
+        frames.push(wire.frame(9, &produce("batches", 0, &[(1, Compression::None)])));
+    }
+    let first_correlation = wire.correlation - 19;
+    for f in &frames {
+        wire.send_frame(f).await;
+    }
+    let mut offsets = Vec::new();
+    for i in 0..20 {
+        let mut answer = wire.read_frame().await.expect("answered");
+        let header = ResponseHeader::decode(&mut answer, ApiKey::Produce.response_header_version(9)).unwrap();
+        assert_eq!(header.correlation_id, first_correlation + i, "answers in request order");
+        let r = kafka_protocol::messages::ProduceResponse::decode(&mut answer, 9).unwrap();
+        offsets.push(r.responses[0].partition_responses[0].base_offset);
+    }
+    assert_eq!(offsets, (18..38).collect::<Vec<i64>>(), "stored in the order sent");
+
     // Past the end: OFFSET_OUT_OF_RANGE.
     let past = wire.call(12, &fetch("batches", 0, 99, 0)).await;
     assert_eq!(past.responses[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());

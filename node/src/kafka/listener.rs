@@ -1,6 +1,7 @@
 //! The Kafka listener: accepts connections, reads size-prefixed frames, decodes each request with
-//! the `kafka-protocol` crate, serves it on its own task and writes the answers back in request
-//! order (Kafka clients pipeline requests on a connection and match answers by order).
+//! the `kafka-protocol` crate, and answers a connection's requests one at a time, in order, as a
+//! Kafka broker does (clients pipeline requests and match answers by order; a producer's
+//! pipelined batches are stored in the order sent).
 //!
 //! A frame that cannot be decoded (a bad size, an unknown API key, a body that does not decode
 //! at its version) closes only its connection, with a WARN line naming the peer and client id.
@@ -19,7 +20,6 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
@@ -67,8 +67,8 @@ tokio::task_local! {
     pub static CLIENT_ID: String;
 }
 
-/// Requests of one connection being served at once (pipelined); the connection reads no more
-/// frames until the oldest is answered.
+/// Requests of one connection read ahead of the one being answered; the connection reads no more
+/// frames past that.
 const MAX_PIPELINED: usize = 32;
 
 /// Serves the Kafka protocol in plaintext on `listener` until `shutdown` flips; `admit` wraps each
@@ -173,20 +173,23 @@ struct Connection {
 }
 
 impl Connection {
+    /// Reads frames on this task and answers them on another, one at a time in request order, as a
+    /// Kafka broker does: a connection's requests never overtake each other (a producer's batches to
+    /// a partition are stored in the order it sent them, whatever its requests in flight).
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<JoinHandle<Result<Option<Bytes>, Closed>>>(MAX_PIPELINED);
-        let peer = self.peer;
-        let writing = tokio::spawn(async move {
-            while let Some(answer) = rx.recv().await {
-                let frame = match answer.await {
-                    Ok(Ok(Some(frame))) => frame,
-                    Ok(Ok(None)) => continue,
-                    Ok(Err(closed)) => {
+        let (tx, mut rx) = mpsc::channel::<(Request, String)>(MAX_PIPELINED);
+        let (peer, kafka, caller) = (self.peer, self.kafka.clone(), self.caller.clone());
+        let answering = tokio::spawn(async move {
+            while let Some((request, client_id)) = rx.recv().await {
+                let serve = answer(&kafka, request);
+                let frame = match CLIENT_ID.scope(client_id, crate::auth::serve_as(caller.clone(), serve)).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => continue,
+                    Err(closed) => {
                         tracing::warn!(peer = ?peer, error = %closed, "kafka: closing the connection");
                         return;
                     }
-                    Err(_) => return,
                 };
                 if writer.write_all(&frame).await.is_err() {
                     return;
@@ -220,17 +223,12 @@ impl Connection {
                 client_id.clear();
                 client_id.push_str(id.as_str());
             }
-            let kafka = self.kafka.clone();
-            let caller = self.caller.clone();
-            let id = client_id.clone();
-            let serve = async move { answer(&kafka, request).await };
-            let answer = tokio::spawn(CLIENT_ID.scope(id, crate::auth::serve_as(caller, serve)));
-            if tx.send(answer).await.is_err() {
+            if tx.send((request, client_id.clone())).await.is_err() {
                 break;
             }
         }
         drop(tx);
-        let _ = writing.await;
+        let _ = answering.await;
     }
 }
 
