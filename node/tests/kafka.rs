@@ -591,3 +591,77 @@ async fn confluent_kafka_admin_client_creates_configures_and_deletes_topics() {
     assert_eq!(lines.get("add-partitions"), Some(&"INVALID_PARTITIONS"), "{out}");
     c.shutdown().await;
 }
+
+/// An idempotent confluent-kafka producer (InitProducerId, sequences) sending `count` keyed
+/// records over a few seconds; exits non-zero if any record was not delivered.
+const IDEMPOTENT_SCRIPT: &str = r#"
+import sys, time
+from confluent_kafka import Producer
+
+bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+failed = []
+def delivered(err, msg):
+    if err is not None:
+        failed.append(str(err))
+p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2,
+              "message.timeout.ms": 60000})
+for i in range(count):
+    p.produce(topic, key=f"k{i % 7}", value=str(i), callback=delivered)
+    p.poll(0)
+    if i % 50 == 0:
+        time.sleep(0.05)
+left = p.flush(60)
+if left or failed:
+    sys.exit(f"{left} records not delivered, errors: {failed[:5]}")
+print("delivered", count)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_kafka_producer_writes_each_record_once_in_order_across_a_leader_stop() {
+    let python = python();
+    let mut c = TestCluster::start(3).await;
+    create_topic(&c, "idem", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("idempotent.py");
+    std::fs::write(&script, IDEMPOTENT_SCRIPT).unwrap();
+    let count = 3_000;
+    let (script, bootstrap) = (script.to_str().unwrap().to_string(), c.kafka_bootstrap());
+    let producing =
+        tokio::spawn(async move { run(&python, &[&script, &bootstrap, "idem", &count.to_string()], "").await });
+    // Stop the leader of partition 0 while the producer sends.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let leader = c.node(1).cluster().leader_of("idem", 0).expect("a leader").0;
+    c.stop(leader).await;
+    let out = producing.await.unwrap();
+    assert!(out.contains(&format!("delivered {count}")), "{out}");
+
+    // Every record once, and each key's records in send order (per partition, by offset).
+    let client = c.client();
+    let mut values = Vec::new();
+    for p in 0..3 {
+        let end = loop {
+            match client.admin().describe_topic("idem").await {
+                Ok(t) if t.partitions[p as usize].leader_id != 0 && t.partitions[p as usize].log_end.is_some() => {
+                    break t.partitions[p as usize].log_end.unwrap_or_default();
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        if end == 0 {
+            continue;
+        }
+        let records = read_through(&client, "idem", p, 0, end - 1).await;
+        let mut last_of_key: BTreeMap<String, u64> = BTreeMap::new();
+        for r in records {
+            let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+            let i: u64 = String::from_utf8(r.value.to_vec()).unwrap().parse().unwrap();
+            if let Some(previous) = last_of_key.insert(key.clone(), i) {
+                assert!(previous < i, "{key}: {i} after {previous} (partition {p})");
+            }
+            values.push(i);
+        }
+    }
+    values.sort_unstable();
+    assert_eq!(values, (0..count).collect::<Vec<u64>>(), "every record exactly once");
+    c.shutdown().await;
+}

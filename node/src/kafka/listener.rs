@@ -321,6 +321,7 @@ async fn answer(kafka: &Kafka, request: Request) -> Result<Option<Bytes>, Closed
             ResponseKind::OffsetFetch(coordinator::offset_fetch(ctx, req, version).await)
         }
         Some(RequestKind::ListGroups(req)) => ResponseKind::ListGroups(coordinator::list(kafka, req).await),
+        Some(RequestKind::InitProducerId(req)) => ResponseKind::InitProducerId(super::producer_id::init(&req)),
         Some(RequestKind::CreateTopics(req)) => ResponseKind::CreateTopics(admin::create_topics(ctx, req).await),
         Some(RequestKind::DeleteTopics(req)) => {
             ResponseKind::DeleteTopics(admin::delete_topics(ctx, req, version).await)

@@ -8,6 +8,7 @@
 //! - [`api_versions`]: the APIs and versions served (one table).
 //! - [`metadata`]: brokers (members, at their recorded Kafka addresses), topics, partition leaders.
 //! - [`produce`] / [`records`]: v2 record batches in, one Shale batch entry per Kafka batch.
+//! - [`producer_id`]: InitProducerId; a Kafka idempotent producer as a Shale one.
 //! - [`fetch`]: Shale batches out as v2 record batches, long poll.
 //! - [`list_offsets`]: earliest / latest offsets.
 //! - [`groups`] / [`coordinator`]: the classic consumer-group protocol on the metadata leader, with
@@ -26,6 +27,7 @@ pub mod list_offsets;
 pub mod listener;
 pub mod metadata;
 pub mod produce;
+pub mod producer_id;
 pub mod records;
 pub mod unsupported;
 

@@ -77,10 +77,16 @@ async fn partition(ctx: &NodeContext, topic: &str, index: i32, records: &bytes::
         return Err((ResponseError::CorruptMessage.code(), Some("no record batch")));
     }
     let mut base = None;
-    for ProducedBatch { records, producer: _ } in batches {
+    for ProducedBatch { records, producer } in batches {
         check(ctx, &records)?;
+        let producer = match producer {
+            Some((id, epoch, sequence)) => {
+                Some(super::producer_id::shale_producer(id, epoch, sequence).map_err(|code| (code, None))?)
+            }
+            None => None,
+        };
         let (count, bytes) = (records.len(), records.iter().map(|r| r.size().bytes).sum::<usize>());
-        match ctx.cluster.produce(topic, partition, records, None).await {
+        match ctx.cluster.produce(topic, partition, records, producer).await {
             Ok(acks) => {
                 ctx.metrics.produce_records.add(count as u64);
                 ctx.metrics.produce_bytes.add(bytes as u64);

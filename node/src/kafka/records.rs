@@ -105,7 +105,8 @@ pub enum FetchEncodeError {
 }
 
 /// The visible Shale batches among `entries` as Kafka v2 record batches, one per Shale batch,
-/// with the same offsets, each with its producer id and base sequence (or none).
+/// with the same offsets. They carry no producer id or sequences (a Shale producer id is not a
+/// Kafka one, and consumers do not need them: there are no transactions to filter).
 pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeError> {
     let mut out = BytesMut::new();
     for e in entries {
@@ -115,8 +116,7 @@ pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeErro
         let body = e.data.slice(record_batch::envelope::HEADER_LEN..);
         let (header, records) = record_batch::decode_batch(&body, &CODECS)
             .map_err(|err| FetchEncodeError::Stored { index: e.index, reason: err.to_string() })?;
-        let producer = header.producer.map(|(id, seq)| (id as i64, seq as i32));
-        let kafka: Vec<Record> = records.into_iter().map(|r| kafka_record(r, header.base_offset, producer)).collect();
+        let kafka: Vec<Record> = records.into_iter().map(|r| kafka_record(r, header.base_offset)).collect();
         let options = RecordEncodeOptions { version: 2, compression: Compression::None };
         RecordBatchEncoder::encode(&mut out, &kafka, &options)
             .map_err(|err| FetchEncodeError::Encode(format!("{err:#}")))?;
@@ -125,11 +125,10 @@ pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeErro
 }
 
 /// A stored record as a Kafka record of the batch starting at `base_offset`. Sequences rise by
-/// one per record from the batch's base sequence (or from -1 without a producer): the encoder
-/// keeps records in one batch while `offset - sequence` is the same.
-fn kafka_record(r: BatchRecord, base_offset: u64, producer: Option<(i64, i32)>) -> Record {
+/// one per record from -1 (the batch's "no sequence"): the encoder keeps records in one batch
+/// while `offset - sequence` is the same.
+fn kafka_record(r: BatchRecord, base_offset: u64) -> Record {
     let position = (r.offset - base_offset) as i32;
-    let (producer_id, base_sequence) = producer.unwrap_or((NO_PRODUCER_ID, NO_SEQUENCE));
     let headers: IndexMap<StrBytes, Option<Bytes>> =
         r.headers.into_iter().map(|(name, value)| (StrBytes::from_string(name), Some(value))).collect();
     Record {
@@ -137,11 +136,11 @@ fn kafka_record(r: BatchRecord, base_offset: u64, producer: Option<(i64, i32)>) 
         control: false,
         delete_horizon: false,
         partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-        producer_id,
-        producer_epoch: if producer.is_some() { 0 } else { NO_PRODUCER_EPOCH },
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: NO_PRODUCER_EPOCH,
         timestamp_type: TimestampType::Creation,
         offset: r.offset as i64,
-        sequence: base_sequence.wrapping_add(position),
+        sequence: NO_SEQUENCE.wrapping_add(position),
         timestamp: r.timestamp_ms as i64,
         key: r.key,
         value: Some(r.value),
@@ -215,7 +214,6 @@ mod tests {
                         timestamp_ms: 5,
                     },
                     10,
-                    None,
                 )
             })
             .collect();
