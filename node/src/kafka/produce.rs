@@ -81,7 +81,8 @@ async fn partition(ctx: &NodeContext, topic: &str, index: i32, records: &bytes::
         check(ctx, &records)?;
         let producer = match producer {
             Some((id, epoch, sequence)) => {
-                Some(super::producer_id::shale_producer(id, epoch, sequence).map_err(|code| (code, None))?)
+                let shale = super::producer_id::shale_producer(id, epoch, sequence, records.len());
+                Some(shale.map_err(|code| (code, Some("sequence out of range: take a new epoch")))?)
             }
             None => None,
         };

@@ -26,7 +26,8 @@ fn new_id() -> Option<i64> {
 /// producer names its current one. Transactional ids are refused (transactions are not served).
 pub fn init(req: &InitProducerIdRequest) -> InitProducerIdResponse {
     let answer = InitProducerIdResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-    if req.transactional_id.is_some() {
+    // Clients send a null id for an idempotent-only producer (an empty one is no id either).
+    if req.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         return answer.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     let (id, epoch) = (req.producer_id.0, req.producer_epoch);
@@ -41,17 +42,19 @@ pub fn init(req: &InitProducerIdRequest) -> InitProducerIdResponse {
     }
 }
 
-/// The Shale producer of a Kafka batch from producer `id` at `epoch` whose first record has
-/// sequence `base_sequence`; `Err` with the Kafka error code when they are not ones this listener
-/// hands out.
-pub fn shale_producer(id: i64, epoch: i16, base_sequence: i32) -> Result<ProducerInfo, i16> {
+/// The Shale producer of a Kafka batch of `count` records from producer `id` at `epoch` whose
+/// first record has sequence `base_sequence`; `Err` with the Kafka error code when they are not
+/// ones this listener hands out. A batch whose sequences would wrap past `i32::MAX` (Kafka's
+/// sequences wrap, Shale's do not: the next batch would look like a duplicate) is refused with
+/// OUT_OF_ORDER_SEQUENCE_NUMBER, after which the producer takes a new epoch and starts at 0.
+pub fn shale_producer(id: i64, epoch: i16, base_sequence: i32, count: usize) -> Result<ProducerInfo, i16> {
     if !(0..MAX_PRODUCER_ID).contains(&id) {
         return Err(ResponseError::UnknownProducerId.code());
     }
     if epoch < 0 {
         return Err(ResponseError::InvalidProducerEpoch.code());
     }
-    if base_sequence < 0 {
+    if base_sequence < 0 || i64::from(base_sequence) + count as i64 > i64::from(i32::MAX) {
         return Err(ResponseError::OutOfOrderSequenceNumber.code());
     }
     Ok(ProducerInfo { producer_id: ((id as u64) << 16) | u64::from(epoch as u16), base_sequence: base_sequence as u64 })
@@ -63,17 +66,24 @@ mod tests {
 
     #[test]
     fn ids_are_fresh_and_a_bump_keeps_the_id_with_the_next_epoch() {
-        let first = init(&InitProducerIdRequest::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1));
+        let idempotent = InitProducerIdRequest::default().with_transactional_id(None);
+        let first = init(&idempotent.clone().with_producer_id(ProducerId(-1)).with_producer_epoch(-1));
         assert_eq!(first.error_code, 0);
         assert!((1..MAX_PRODUCER_ID).contains(&first.producer_id.0));
         assert_eq!(first.producer_epoch, 0);
-        let bumped = init(&InitProducerIdRequest::default().with_producer_id(first.producer_id).with_producer_epoch(0));
+        let bumped = init(&idempotent.with_producer_id(first.producer_id).with_producer_epoch(0));
         assert_eq!((bumped.producer_id, bumped.producer_epoch), (first.producer_id, 1));
-        let a = shale_producer(first.producer_id.0, 0, 5).unwrap();
-        let b = shale_producer(first.producer_id.0, 1, 0).unwrap();
+        let a = shale_producer(first.producer_id.0, 0, 5, 3).unwrap();
+        let b = shale_producer(first.producer_id.0, 1, 0, 3).unwrap();
         assert_ne!(a.producer_id, b.producer_id, "each epoch is its own Shale producer");
         assert_eq!(a.base_sequence, 5);
-        assert!(shale_producer(MAX_PRODUCER_ID, 0, 0).is_err());
+        assert!(shale_producer(MAX_PRODUCER_ID, 0, 0, 1).is_err());
+        assert!(shale_producer(1, 0, i32::MAX - 2, 2).is_ok());
+        assert_eq!(
+            shale_producer(1, 0, i32::MAX - 2, 3),
+            Err(ResponseError::OutOfOrderSequenceNumber.code()),
+            "a batch reaching i32::MAX would wrap the next one"
+        );
         let txn = InitProducerIdRequest::default()
             .with_transactional_id(Some(kafka_protocol::messages::TransactionalId("t".into())));
         assert_eq!(init(&txn).error_code, ResponseError::TransactionalIdAuthorizationFailed.code());
