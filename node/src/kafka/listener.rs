@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -179,11 +179,17 @@ impl Connection {
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<(Request, String)>(MAX_PIPELINED);
-        let (peer, kafka, caller) = (self.peer, self.kafka.clone(), self.caller.clone());
+        let (peer, kafka, mut caller) = (self.peer, self.kafka.clone(), self.caller.clone());
         let answering = tokio::spawn(async move {
+            let mut sasl = super::sasl::Exchange::default();
             while let Some((request, client_id)) = rx.recv().await {
-                let serve = answer(&kafka, request);
-                let frame = match CLIENT_ID.scope(client_id, crate::auth::serve_as(caller.clone(), serve)).await {
+                let answered = if is_sasl(&request) {
+                    authenticate(&kafka.ctx, &mut sasl, &mut caller, peer, request).await
+                } else {
+                    let serve = answer(&kafka, request);
+                    CLIENT_ID.scope(client_id, crate::auth::serve_as(caller.clone(), serve)).await
+                };
+                let frame = match answered {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
                     Err(closed) => {
@@ -230,6 +236,53 @@ impl Connection {
         drop(tx);
         let _ = answering.await;
     }
+}
+
+/// Whether `request` is a SASL step (answered with the connection's authentication state).
+fn is_sasl(request: &Request) -> bool {
+    matches!(request.body, Some(RequestKind::SaslHandshake(_) | RequestKind::SaslAuthenticate(_)))
+        && super::api_versions::serves(request.api, request.header.request_api_version)
+}
+
+/// Answers a SASL step; a successful SaslAuthenticate makes the connection's caller the user.
+async fn authenticate(
+    ctx: &NodeContext,
+    sasl: &mut super::sasl::Exchange,
+    caller: &mut Caller,
+    peer: Option<SocketAddr>,
+    request: Request,
+) -> Result<Option<Bytes>, Closed> {
+    use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
+    let Request { header, api, body } = request;
+    let version = header.request_api_version;
+    let response = match body {
+        Some(RequestKind::SaslHandshake(req)) => {
+            let mechanisms = super::sasl::MECHANISMS.iter().map(|m| StrBytes::from_static_str(m)).collect();
+            let code = sasl.handshake(req.mechanism.as_str()).err().unwrap_or(0);
+            ResponseKind::SaslHandshake(
+                SaslHandshakeResponse::default().with_error_code(code).with_mechanisms(mechanisms),
+            )
+        }
+        Some(RequestKind::SaslAuthenticate(req)) => {
+            let answer = SaslAuthenticateResponse::default();
+            ResponseKind::SaslAuthenticate(match sasl.step(ctx, peer, &req.auth_bytes).await {
+                Ok((bytes, authenticated)) => {
+                    if let Some(who) = authenticated {
+                        tracing::debug!(peer = ?peer, principal = %who.principal, "kafka: SASL authenticated");
+                        *caller = who;
+                    }
+                    answer.with_auth_bytes(Bytes::from(bytes))
+                }
+                Err((code, message)) => {
+                    ctx.metrics.auth_unauthenticated.inc();
+                    tracing::debug!(peer = ?peer, reason = %message, "kafka: SASL authentication failed");
+                    answer.with_error_code(code).with_error_message(Some(StrBytes::from_string(message)))
+                }
+            })
+        }
+        _ => unreachable!("only SASL requests are answered here"),
+    };
+    encode(api, version, header.correlation_id, &response).map(Some)
 }
 
 /// Reads one size-prefixed frame; `None` at a clean end of the stream.

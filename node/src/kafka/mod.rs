@@ -14,6 +14,7 @@
 //! - [`groups`] / [`coordinator`]: the classic consumer-group protocol on the metadata leader, with
 //!   Shale's committed offsets.
 //! - [`admin`]: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs.
+//! - [`sasl`]: SaslHandshake / SaslAuthenticate (PLAIN, SCRAM-SHA-256) onto Shale's password users.
 //! - [`errors`]: the one mapping of cluster errors to Kafka error codes.
 //! - [`unsupported`]: the answer to an API that is not served.
 
@@ -29,6 +30,7 @@ pub mod metadata;
 pub mod produce;
 pub mod producer_id;
 pub mod records;
+pub mod sasl;
 pub mod unsupported;
 
 use std::net::SocketAddr;
