@@ -190,6 +190,9 @@ pub struct DevArgs {
     /// Kafka port of node 1 (node N uses this + N - 1).
     #[arg(long, default_value_t = crate::kafka::DEFAULT_PORT)]
     pub kafka_port: u16,
+    /// Run without the Kafka listeners.
+    #[arg(long)]
+    pub no_kafka: bool,
     /// Parent data directory (node N uses `<dir>/node-N`).
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
@@ -374,6 +377,7 @@ impl DevArgs {
                     internal_advertise: None,
                     http_listen: SocketAddr::from(([127, 0, 0, 1], port(self.http_port, id)?)),
                     kafka: crate::kafka::KafkaConfig {
+                        enabled: !self.no_kafka,
                         listen: SocketAddr::from(([127, 0, 0, 1], port(self.kafka_port, id)?)),
                         ..crate::kafka::KafkaConfig::default()
                     },

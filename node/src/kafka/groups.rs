@@ -9,8 +9,8 @@
 //! gRPC's `shale group` commands see the same offsets. A coordinator change loses the membership:
 //! members get UNKNOWN_MEMBER_ID or NOT_COORDINATOR, find the new coordinator and rejoin (their
 //! committed offsets stay). A group has Kafka members or Shale (gRPC) members, not both at once:
-//! a commit by a Kafka member of a group with Shale members answers NON_EMPTY_GROUP... see
-//! docs/kafka.md "Consumer groups".
+//! a commit by a Kafka member of a group with Shale members answers NON_EMPTY_GROUP (docs/kafka.md
+//! "Known differences").
 //!
 //! States (Kafka's names): Empty -> PreparingRebalance (a member joined, left, or expired: every
 //! member must join again) -> CompletingRebalance (generation + 1, the leader got every member's

@@ -28,14 +28,16 @@ pub async fn handle(ctx: &NodeContext, req: ListOffsetsRequest) -> ListOffsetsRe
                 answer.with_error_code(ResponseError::TopicAuthorizationFailed.code())
             } else if p.timestamp != LATEST && p.timestamp != EARLIEST {
                 answer.with_error_code(ResponseError::UnsupportedForMessageFormat.code())
-            } else {
-                match ctx.cluster.end_offsets(&name, p.partition_index.max(0) as u32).await {
+            } else if let Ok(partition) = u32::try_from(p.partition_index) {
+                match ctx.cluster.end_offsets(&name, partition).await {
                     Ok((start, end)) => {
                         let offset = if p.timestamp == LATEST { end } else { start };
                         answer.with_offset(offset as i64).with_timestamp(-1)
                     }
                     Err(e) => answer.with_error_code(super::errors::code(&e)),
                 }
+            } else {
+                answer.with_error_code(ResponseError::UnknownTopicOrPartition.code())
             };
             partitions.push(answer);
         }
