@@ -68,6 +68,17 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A point in time as ms since the Unix epoch: a plain number (ms since the epoch) or an RFC 3339
+/// timestamp (`2026-12-03T10:00:00Z`, `2026-12-03T11:00:00.250+01:00`).
+pub fn parse_time_ms(s: &str) -> Result<u64, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| format!("{s:?} is too large"));
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is neither ms since the Unix epoch nor an RFC 3339 time ({e})"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{s:?} is before the Unix epoch"))
+}
+
 fn parse_limit(s: &str, value: impl Fn(&str) -> Result<u64, String>) -> Result<Limit, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "unlimited" | "none" | "-1" => Ok(Limit::Unlimited),
@@ -116,6 +127,17 @@ pub fn codec_name(codec: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_as_epoch_ms_or_rfc3339() {
+        assert_eq!(parse_time_ms("1764756000123"), Ok(1_764_756_000_123));
+        assert_eq!(parse_time_ms("1970-01-01T00:00:01Z"), Ok(1_000));
+        assert_eq!(parse_time_ms("2025-12-03T10:00:00.250Z"), Ok(1_764_756_000_250));
+        assert_eq!(parse_time_ms("2025-12-03T11:00:00.250+01:00"), Ok(1_764_756_000_250));
+        assert!(parse_time_ms("1969-12-31T23:59:59Z").is_err());
+        assert!(parse_time_ms("yesterday").is_err());
+        assert!(parse_time_ms("").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_decimal_and_binary_units() {

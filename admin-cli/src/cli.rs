@@ -672,6 +672,13 @@ pub struct ConsumeArgs {
     /// Start at this offset (in every partition read).
     #[arg(long)]
     pub offset: Option<u64>,
+    /// Start, in every partition read, at the first record whose timestamp is at or after this
+    /// time (ms since the Unix epoch, or RFC 3339 such as 2026-12-03T10:00:00Z); a partition
+    /// whose records are all older starts at its end. For a group, see `group reset-offsets
+    /// --to-time`.
+    #[arg(long, value_name = "TIME", value_parser = crate::args::parse_time_ms,
+          conflicts_with_all = ["offset", "from_beginning", "group"])]
+    pub from_time: Option<u64>,
     /// Where to go when a position is one no replica holds: `error` (exit 1, the default),
     /// `earliest` (the partition's start) or `latest` (its end).
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = OutOfRangePolicy::Error)]
@@ -733,9 +740,10 @@ pub enum GroupCommand {
 
 /// `shale group reset-offsets`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_latest", "to_offset", "shift_by"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_latest", "to_offset", "shift_by", "to_time"])))]
 #[command(after_help = "Examples:
   shale group reset-offsets billing --topic orders --to-earliest            (dry run: prints the plan)
+  shale group reset-offsets billing --topic orders --to-time 2026-12-03T10:00:00Z --execute
   shale group reset-offsets billing --topic orders --to-latest --execute
   shale group reset-offsets billing --topic orders -p 0 --shift-by -100 --execute")]
 pub struct ResetOffsetsArgs {
@@ -759,6 +767,10 @@ pub struct ResetOffsetsArgs {
     /// By this many offsets from the committed one (negative goes back; clamped).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub shift_by: Option<i64>,
+    /// To the first record whose timestamp is at or after this time (ms since the Unix epoch, or
+    /// RFC 3339); a partition whose records are all older goes to its end.
+    #[arg(long, value_name = "TIME", value_parser = crate::args::parse_time_ms)]
+    pub to_time: Option<u64>,
     /// Apply the plan (without it, only print it).
     #[arg(long)]
     pub execute: bool,
@@ -868,6 +880,9 @@ pub struct BenchPartitionsArgs {
     /// Concurrent sender tasks of the produce run (each keeps up to 1000 records in flight).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+    /// The producer's batches in flight per node, across partitions (default: the client's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_node: Option<u32>,
     /// The longest wait for any one step (cluster up, leaders, failover, restart).
     #[arg(long, default_value_t = 120)]
     pub wait_seconds: u64,

@@ -505,3 +505,38 @@ async fn follow_waits_for_new_records_until_max_records() {
     assert_eq!(stdout(&o), "one\ntwo\nthree\nfour\n");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consume_from_a_time_and_reset_a_group_to_a_time() {
+    let c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "timed", "-p", "1"], b"").await, 0);
+    assert_exit(&c.shale(&["produce", "timed"], b"old-1\nold-2\n").await, 0);
+    // The leader stamps records with its clock: a time strictly between the two writes.
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_exit(&c.shale(&["produce", "timed"], b"new-1\nnew-2\n").await, 0);
+    let t = between.to_string();
+    let o = c.shale(&["consume", "timed", "--from-time", &t], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "new-1\nnew-2\n");
+    // RFC 3339, and a time before every record.
+    let o = c.shale(&["consume", "timed", "--from-time", "2000-01-01T00:00:00Z"], b"").await;
+    assert_eq!(stdout(&o), "old-1\nold-2\nnew-1\nnew-2\n");
+    // After every record: nothing to read (the end).
+    let o = c.shale(&["consume", "timed", "--from-time", &(now_ms() + 60_000).to_string()], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "");
+    assert_eq!(c.shale(&["consume", "timed", "--from-time", "yesterday"], b"").await.status.code(), Some(2));
+
+    let o = c
+        .shale(&["group", "reset-offsets", "g", "--topic", "timed", "--to-time", &t, "--execute", "-o", "json"], b"")
+        .await;
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["partitions"][0]["new_offset"], 2, "{}", stdout(&o));
+    let o = c.shale(&["consume", "timed", "--group", "g"], b"").await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "new-1\nnew-2\n");
+    c.shutdown().await;
+}

@@ -94,6 +94,13 @@ pub struct ProducerConfig {
     /// sequences keep the batches in order across retries. A non-idempotent producer keeps one
     /// batch per partition in flight.
     pub max_in_flight: usize,
+    /// Batches sent to one node and not yet acknowledged, across all partitions it leads; at
+    /// least 1. A request carries one partition's batch, so with many partitions per node the
+    /// per-partition limit alone lets thousands of tiny batches (one Raft entry, fsync and
+    /// replication round each) go at once; with this cap the other partitions' records gather
+    /// into bigger batches meanwhile (as Kafka's per-connection limit does with its multi-partition
+    /// requests). Free slots go to partitions in turn, so none starves.
+    pub max_in_flight_per_node: usize,
     /// Idempotent delivery: batches carry a producer id and sequence numbers, so a retried batch is
     /// written once, and a batch that overtakes an earlier one is refused and sent again after it.
     pub idempotent: bool,
@@ -108,6 +115,7 @@ impl Default for ProducerConfig {
             batch_max_records: 1_000,
             linger_ms: 5,
             max_in_flight: 5,
+            max_in_flight_per_node: 16,
             idempotent: true,
             max_buffered_records: 100_000,
         }

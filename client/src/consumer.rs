@@ -37,6 +37,29 @@ pub struct FetchedBatch {
     pub chain: Option<ChainPoint>,
 }
 
+/// Which offset of a partition [`Consumer::list_offset`] asks for (Kafka's ListOffsets specs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The first offset the answering replica holds.
+    Earliest,
+    /// One past the last committed record (the high watermark).
+    Latest,
+    /// The first record, in offset order, whose timestamp is at or after this time (ms since the
+    /// Unix epoch).
+    Timestamp(u64),
+}
+
+/// [`Consumer::list_offset`]'s answer, from one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedOffset {
+    /// The offset asked for; `None` for a time when every record is older.
+    pub offset: Option<u64>,
+    /// The first offset the replica holds.
+    pub log_start: u64,
+    /// One past the last committed offset on the replica.
+    pub log_end: u64,
+}
+
 /// Reads committed records from assigned partitions. See [`ConsumerConfig`].
 #[derive(Debug)]
 pub struct Consumer {
@@ -264,6 +287,43 @@ impl Consumer {
             })
             .await?;
         Ok(resp.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect())
+    }
+
+    /// An offset of one partition by `spec`, answered by a replica from its own log (the one this
+    /// partition's reads go to; a follower may lag the leader slightly).
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<ListedOffset, ClientError> {
+        use proto::list_offsets_request::Spec;
+        let spec = match spec {
+            OffsetSpec::Earliest => Spec::Earliest(true),
+            OffsetSpec::Latest => Spec::Latest(true),
+            OffsetSpec::Timestamp(ts) => Spec::TimestampMs(ts),
+        };
+        let message = proto::ListOffsetsRequest { topic: topic.to_string(), partition, spec: Some(spec) };
+        let resp = self
+            .client
+            .call(Route::Read(topic.to_string(), partition), |ch| {
+                let req = self.client.request(message.clone(), Duration::ZERO);
+                async move { Client::fetch_client(ch).list_offsets(req).await }
+            })
+            .await?;
+        Ok(ListedOffset { offset: resp.offset, log_start: resp.log_start, log_end: resp.log_end })
+    }
+
+    /// The offset of the first record of a partition whose timestamp is at or after
+    /// `timestamp_ms` (in offset order), `None` if every record is older:
+    /// [`Consumer::list_offset`] with [`OffsetSpec::Timestamp`].
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, ClientError> {
+        Ok(self.list_offset(topic, partition, OffsetSpec::Timestamp(timestamp_ms)).await?.offset)
     }
 
     /// The group's committed offset for one partition, if any.

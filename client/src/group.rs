@@ -167,7 +167,7 @@ impl Consumer {
         self.set_group(group);
         let client = self.client().clone();
         let shared = Arc::new(Shared::default());
-        let answer = join_call(&client, group, "", &subscriptions, &config).await?;
+        let answer = join_call(&client, group, &new_member_id()?, &subscriptions, &config).await?;
         apply_answer(&mut shared.state.lock(), &answer);
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
@@ -190,6 +190,17 @@ impl Consumer {
     }
 }
 
+/// A fresh member id, chosen by the client: `m-` and 16 random bytes in hex. A join names it, so
+/// a retried JoinGroup (its answer lost to a timeout or a coordinator change) joins the same
+/// member again instead of adding a second one that would hold partitions, never heartbeating,
+/// until its session expired. A new membership (after UNKNOWN_MEMBER_ID) gets a new id.
+fn new_member_id() -> Result<String, ClientError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ClientError::Config(format!("no random source: {e}")))?;
+    Ok(std::iter::once("m-".to_string()).chain(bytes.iter().map(|b| format!("{b:02x}"))).collect())
+}
+
+/// One JoinGroup (retried as every call is) as member `member_id`.
 async fn join_call(
     client: &Client,
     group: &str,
@@ -261,7 +272,11 @@ async fn heartbeat_loop(
             }
             Err(e) if e.code() == Some(ErrorCode::UnknownMemberId) => {
                 tracing::warn!(%group, member = %member_id, "the group no longer knows this member; joining again");
-                match join_call(&client, &group, "", &subscriptions, &config).await {
+                let joined = match new_member_id() {
+                    Ok(id) => join_call(&client, &group, &id, &subscriptions, &config).await,
+                    Err(e) => Err(e),
+                };
+                match joined {
                     Ok(a) => {
                         let mut st = s.state.lock();
                         apply_answer(&mut st, &a);
@@ -460,4 +475,19 @@ impl GroupConsumer {
 /// Whether a commit was refused because this member no longer owns what it committed.
 fn is_fenced(e: &ClientError) -> bool {
     matches!(e.code(), Some(ErrorCode::FencedMember | ErrorCode::UnknownMemberId))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_are_fresh_and_within_the_coordinators_bound() {
+        let a = new_member_id().unwrap();
+        let b = new_member_id().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("m-") && a.len() == 2 + 32, "{a}");
+        // The coordinator's limit on a member id (`groups::limits::MAX_MEMBER_ID_BYTES`).
+        assert!(a.len() <= 64);
+    }
 }

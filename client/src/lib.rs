@@ -29,7 +29,7 @@ pub use admin::{Admin, NewTopic};
 pub use chain::{ChainBreak, ChainPoint, ChainReader, ChainStats};
 pub use client::{Client, ThrottleStats};
 pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
-pub use consumer::{Consumer, FetchedBatch};
+pub use consumer::{Consumer, FetchedBatch, ListedOffset, OffsetSpec};
 pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use group::{GroupConfig, GroupConsumer, GroupEvent, Subscription};
 pub use partitioner::{Partitioner, murmur2};

@@ -10,6 +10,12 @@
 //! record, or until nothing is in flight any more; [`Producer::flush`] and [`Producer::close`] send
 //! everything at once.
 //!
+//! **Flow control per node.** At most `max_in_flight_per_node` batches are in flight to one node
+//! (its address as the partition's cached leader), across every partition it leads: with
+//! hundreds of partitions per node, records of the partitions waiting for a slot gather into
+//! bigger batches instead of going as thousands of tiny ones (each a Raft entry, fsync and
+//! replication round on three nodes). Free slots go round the partitions, so none starves.
+//!
 //! **Pipelining and order.** Up to `max_in_flight` batches per partition are in flight (one while
 //! the partition has not yet acknowledged a batch of this producer id, and always one without
 //! `idempotent`). Each batch carries the producer id and the sequence of its first record, and the
@@ -185,6 +191,8 @@ struct Limits {
     batch_max_records: usize,
     linger: Duration,
     max_in_flight: usize,
+    /// Batches in flight to one node, across its partitions.
+    max_in_flight_per_node: usize,
     /// Sequence-gap refusals of one batch after which it fails (a guard: a batch is only sent
     /// again once the batches before it settled, when the partition must take it).
     max_gaps: u32,
@@ -197,6 +205,7 @@ impl Limits {
             batch_max_records: config.batch_max_records.max(1),
             linger: Duration::from_millis(config.linger_ms),
             max_in_flight: if config.idempotent { config.max_in_flight.max(1) } else { 1 },
+            max_in_flight_per_node: config.max_in_flight_per_node.max(1),
             max_gaps: max_attempts.max(1),
         }
     }
@@ -220,6 +229,9 @@ struct PartitionState {
     /// A batch under `producer_id` failed for good: nothing new is sent until every flight settled,
     /// then the partition starts again under a fresh producer id (see the module documentation).
     broken: bool,
+    /// The address of the partition's leader as last seen ("" while unknown): whose in-flight
+    /// count ([`ProducerConfig::max_in_flight_per_node`]) its batches take a slot of.
+    node: String,
 }
 
 impl PartitionState {
@@ -233,6 +245,7 @@ impl PartitionState {
             next_sequence: 0,
             known: false,
             broken: false,
+            node: String::new(),
         }
     }
 
@@ -266,9 +279,16 @@ impl PartitionState {
         self.may_send(limits).then_some(oldest.queued_at + limits.linger)
     }
 
-    /// Everything to send now, in sequence order: refused batches whose turn came again, then new
-    /// batches from the queue while a flight slot is free and a batch is ready.
+    /// [`PartitionState::take_sends_up_to`] with no limit but the partition's own.
+    #[cfg(test)]
     fn take_sends(&mut self, now: Instant, limits: &Limits, urgent: bool) -> Vec<Outgoing> {
+        self.take_sends_up_to(now, limits, urgent, usize::MAX)
+    }
+
+    /// Everything to send now, in sequence order, at most `max` batches: refused batches whose
+    /// turn came again, then new batches from the queue while a flight slot is free and a batch
+    /// is ready.
+    fn take_sends_up_to(&mut self, now: Instant, limits: &Limits, urgent: bool, max: usize) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.broken {
             self.restart_when_settled();
@@ -276,11 +296,14 @@ impl PartitionState {
             // Refused batches at the front go again: every batch before them is settled (written)
             // or goes again just before them, in order.
             for flight in &mut self.flights {
+                if out.len() >= max {
+                    return out;
+                }
                 let Some(records) = flight.parked.take() else { break };
                 out.push(Outgoing { batch: flight.batch, identity: flight.identity, records });
             }
         }
-        while self.may_send(limits) && self.ready(now, limits, urgent) {
+        while out.len() < max && self.may_send(limits) && self.ready(now, limits, urgent) {
             let records = self.take_batch(limits);
             let identity = proto::ProducerIdentity { producer_id: self.producer_id, base_sequence: self.next_sequence };
             self.next_sequence += records.len() as u64;
@@ -373,6 +396,8 @@ struct Settled {
     tp: TopicPartition,
     batch: u64,
     outcome: Outcome,
+    /// The node whose in-flight slot it took ([`PartitionState::node`] when it was sent).
+    node: String,
 }
 
 /// A batch being sent (with its retries).
@@ -388,6 +413,11 @@ struct Batcher {
     /// on the connection, after every batch taken before it (separate tasks could start in any
     /// order, and a batch that overtakes another is refused and must go again).
     sending: FuturesUnordered<Sending>,
+    /// Batches in flight per node address ([`PartitionState::node`]).
+    node_flights: HashMap<String, usize>,
+    /// Where the next dispatch starts in the partitions, so that free node slots go to each
+    /// partition in turn.
+    cursor: usize,
 }
 
 impl Batcher {
@@ -400,6 +430,8 @@ impl Batcher {
             partitions: HashMap::new(),
             flush_waiters: Vec::new(),
             sending: FuturesUnordered::new(),
+            node_flights: HashMap::new(),
+            cursor: 0,
         }
     }
 
@@ -444,7 +476,12 @@ impl Batcher {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Send { tp, record, size_bytes, ack, permit } => {
-                let state = self.partitions.entry(tp).or_insert_with(PartitionState::new);
+                let client = &self.client;
+                let state = self.partitions.entry(tp).or_insert_with_key(|(topic, partition)| {
+                    let mut state = PartitionState::new();
+                    state.node = client.cached_leader(topic, *partition).unwrap_or_default();
+                    state
+                });
                 state.push(Pending { record, size_bytes, queued_at: Instant::now(), ack, _permit: permit });
             }
             Command::Flush(done) => self.flush_waiters.push(done),
@@ -452,27 +489,62 @@ impl Batcher {
     }
 
     fn settle(&mut self, s: Settled) {
+        if let Some(n) = self.node_flights.get_mut(&s.node) {
+            *n -= 1;
+            if *n == 0 {
+                self.node_flights.remove(&s.node);
+            }
+        }
         if let Some(state) = self.partitions.get_mut(&s.tp) {
             state.settle(s.batch, s.outcome, &self.limits);
+            // The send may have found a new leader.
+            state.node = self.client.cached_leader(&s.tp.0, s.tp.1).unwrap_or_default();
         }
     }
 
-    /// When the next partition's batch is due by linger.
-    fn next_deadline(&self) -> Option<Instant> {
-        self.partitions.values().filter_map(|s| s.deadline(&self.limits)).min()
+    /// Whether `node` has a free in-flight slot.
+    fn node_free(&self, node: &str) -> bool {
+        self.node_flights.get(node).copied().unwrap_or(0) < self.limits.max_in_flight_per_node
     }
 
+    /// When the next partition's batch is due by linger (partitions whose node has no free slot
+    /// wait for a batch to settle instead).
+    fn next_deadline(&self) -> Option<Instant> {
+        self.partitions.values().filter(|s| self.node_free(&s.node)).filter_map(|s| s.deadline(&self.limits)).min()
+    }
+
+    /// Sends what is ready, within each node's free slots, starting at the partition after the
+    /// last one served so that the slots go round.
     fn dispatch(&mut self, urgent: bool) {
         let now = Instant::now();
-        for (tp, state) in &mut self.partitions {
-            for out in state.take_sends(now, &self.limits, urgent) {
+        let cap = self.limits.max_in_flight_per_node;
+        let mut states: Vec<(&TopicPartition, &mut PartitionState)> = self.partitions.iter_mut().collect();
+        if states.is_empty() {
+            return;
+        }
+        let start = self.cursor % states.len();
+        states.rotate_left(start);
+        let count = states.len();
+        let mut last_served = None;
+        for (i, (tp, state)) in states.into_iter().enumerate() {
+            let used = self.node_flights.get(&state.node).copied().unwrap_or(0);
+            let sends = state.take_sends_up_to(now, &self.limits, urgent, cap.saturating_sub(used));
+            if sends.is_empty() {
+                continue;
+            }
+            last_served = Some(i);
+            *self.node_flights.entry(state.node.clone()).or_default() += sends.len();
+            for out in sends {
                 let identity = self.config.idempotent.then_some(out.identity);
-                let (client, tp) = (self.client.clone(), tp.clone());
+                let (client, tp, node) = (self.client.clone(), tp.clone(), state.node.clone());
                 self.sending.push(Box::pin(async move {
                     let outcome = send_batch(&client, &tp, out.records, identity).await;
-                    Settled { tp, batch: out.batch, outcome }
+                    Settled { tp, batch: out.batch, outcome, node }
                 }));
             }
+        }
+        if let Some(i) = last_served {
+            self.cursor = (start + i + 1) % count;
         }
     }
 }
@@ -567,6 +639,7 @@ mod tests {
         batch_max_records: 4,
         linger: Duration::from_secs(3_600),
         max_in_flight: 3,
+        max_in_flight_per_node: 8,
         max_gaps: 5,
     };
 
@@ -746,5 +819,58 @@ mod tests {
         let config = ProducerConfig { max_in_flight: 0, ..ProducerConfig::default() };
         assert_eq!(Limits::new(&config, 3).max_in_flight, 1);
         assert_eq!(Limits::new(&ProducerConfig::default(), 3).max_in_flight, 5);
+    }
+
+    /// A batcher over a client that is never called (its sends are not polled here).
+    fn batcher(max_in_flight_per_node: usize) -> Batcher {
+        let client = Client::new(crate::ClientConfig::new(["127.0.0.1:1"])).unwrap();
+        let config = ProducerConfig { max_in_flight_per_node, ..ProducerConfig::default() };
+        Batcher::new(client, config)
+    }
+
+    /// The batches in flight, per partition.
+    fn in_flight(b: &Batcher) -> Vec<(u32, usize)> {
+        let mut v: Vec<(u32, usize)> = b.partitions.iter().map(|(tp, s)| (tp.1, s.flights.len())).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_nodes_in_flight_slots_are_capped_across_partitions_and_go_round() {
+        let mut b = batcher(4);
+        // Ten partitions of one node (leader unknown: all count as one), two records each.
+        for p in 0..10u32 {
+            let state = b.partitions.entry(("t".to_string(), p)).or_insert_with(PartitionState::new);
+            queue(state, &["a", "b"]);
+        }
+        b.dispatch(false);
+        let flying: usize = in_flight(&b).iter().map(|(_, n)| n).sum();
+        assert_eq!(flying, 4, "no more than the node's slots: {:?}", in_flight(&b));
+        assert_eq!(b.node_flights.get(""), Some(&4));
+        assert!(in_flight(&b).iter().all(|(_, n)| *n <= 1), "one per partition before it knows the producer");
+        // Partitions waiting for a slot have no linger deadline: they wait for a settle.
+        let due_in = b.next_deadline();
+        assert!(due_in.is_none(), "a node without a free slot sets no deadline: {due_in:?}");
+        // Settle one batch at a time: each frees a slot, which goes to a partition not yet served
+        // before any partition is served a second time.
+        let mut served: Vec<u32> = in_flight(&b).iter().filter(|(_, n)| *n > 0).map(|(p, _)| *p).collect();
+        for _ in 0..6 {
+            let (tp, batch) = b
+                .partitions
+                .iter()
+                .find_map(|(tp, s)| s.flights.front().map(|f| (tp.clone(), f.batch)))
+                .expect("a batch in flight");
+            let node = b.partitions[&tp].node.clone();
+            b.settle(Settled { tp, batch, outcome: Outcome::Acked, node });
+            b.dispatch(false);
+            assert_eq!(b.node_flights.get(""), Some(&4), "{:?}", in_flight(&b));
+            for (p, n) in in_flight(&b) {
+                if n > 0 && !served.contains(&p) {
+                    served.push(p);
+                }
+            }
+        }
+        served.sort_unstable();
+        assert_eq!(served, (0..10).collect::<Vec<_>>(), "every partition got a slot in turn");
     }
 }

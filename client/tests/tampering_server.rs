@@ -227,6 +227,13 @@ impl Fetch for Service {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn list_offsets(
+        &self,
+        _: Request<proto::ListOffsetsRequest>,
+    ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
+        Err(Status::unimplemented("these tests tamper with fetches only"))
+    }
 }
 
 /// Serves `tamper` on a loopback port; answers a client of it.

@@ -90,33 +90,8 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Bound on the consumer-group lag lookups of one scrape.
-const GROUP_LAG_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Consumer-group lag for partitions this node replicates. Only the metadata leader answers
-/// offset reads, so other nodes export no group lag (a scrape of every node covers it).
-async fn group_lag(state: &HttpState) -> Vec<(String, String, u32, u64)> {
-    let cluster = &state.ctx.cluster;
-    if cluster.metadata_leader().map(|(id, _)| id) != Some(state.ctx.node_id) {
-        return Vec::new();
-    }
-    let lookup = async {
-        let mut out = Vec::new();
-        for group in cluster.list_groups().await.unwrap_or_default() {
-            for o in cluster.fetch_offsets(&group).await.unwrap_or_default() {
-                if let Some(lag) = o.lag {
-                    out.push((group.clone(), o.topic, o.partition, lag));
-                }
-            }
-        }
-        out
-    };
-    tokio::time::timeout(GROUP_LAG_TIMEOUT, lookup).await.unwrap_or_default()
-}
-
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let lag = group_lag(&state).await;
     state.ctx.metrics.requests_in_flight.set(state.ctx.in_flight.count() as u64);
-    let body = state.ctx.metrics.render(&state.ctx.cluster, state.storage.as_ref(), &lag);
+    let body = state.ctx.metrics.render(&state.ctx.cluster, state.storage.as_ref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shale_raft::cluster::Cluster;
+use shale_raft::cluster::{Cluster, GroupStats};
 use shale_storage::StorageBackend;
 
 /// A monotonically increasing count.
@@ -219,13 +219,7 @@ impl Metrics {
     }
 
     /// The full exposition: counters, histograms, then gauges from the cluster and storage.
-    /// `group_lag` holds `(group, topic, partition, lag)` where this node could compute it.
-    pub fn render(
-        &self,
-        cluster: &Cluster,
-        storage: &dyn StorageBackend,
-        group_lag: &[(String, String, u32, u64)],
-    ) -> String {
+    pub fn render(&self, cluster: &Cluster, storage: &dyn StorageBackend) -> String {
         let mut out = String::with_capacity(4096);
         counter(&mut out, "shale_produce_requests_total", "Produce requests handled.", self.produce.requests.get());
         counter(&mut out, "shale_produce_records_total", "Records acknowledged.", self.produce_records.get());
@@ -479,19 +473,45 @@ impl Metrics {
                 );
             }
         }
-        gauge_header(&mut out, "shale_consumer_group_lag", "Committed offset to log end, per group partition.");
-        for (group, topic, partition, lag) in group_lag {
-            let _ = writeln!(
-                out,
-                "shale_consumer_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}",
-                label(group),
-                label(topic)
-            );
-        }
+        render_groups(&mut out, &cluster.local_group_stats());
         let storage_bytes: u64 = storage.streams().into_iter().filter_map(|s| storage.stream_bytes(s).ok()).sum();
         gauge_header(&mut out, "shale_storage_bytes", "Bytes on disk (or in memory) across all streams.");
         let _ = writeln!(out, "shale_storage_bytes {storage_bytes}");
         out
+    }
+}
+
+/// The consumer-group series, from the groups as applied on this node (every node exports every
+/// group; the lag only of partitions it replicates).
+fn render_groups(out: &mut String, groups: &[GroupStats]) {
+    gauge_header(out, "shale_consumer_group_members", "Members of a consumer group, as applied on this node.");
+    for g in groups {
+        let _ = writeln!(out, "shale_consumer_group_members{{group=\"{}\"}} {}", label(&g.group), g.members);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shale_consumer_group_rebalances_total Changes of a consumer group's membership or assignment (its epoch).\n\
+         # TYPE shale_consumer_group_rebalances_total counter"
+    );
+    for g in groups {
+        let _ = writeln!(out, "shale_consumer_group_rebalances_total{{group=\"{}\"}} {}", label(&g.group), g.epoch);
+    }
+    gauge_header(
+        out,
+        "shale_consumer_group_lag",
+        "Committed offset to log end, per group partition this node replicates (its own log end).",
+    );
+    for g in groups {
+        for o in &g.offsets {
+            let Some(lag) = o.lag else { continue };
+            let _ = writeln!(
+                out,
+                "shale_consumer_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {lag}",
+                label(&g.group),
+                label(&o.topic),
+                o.partition
+            );
+        }
     }
 }
 

@@ -98,8 +98,8 @@ impl Node {
     }
 
     /// As [`Node::start`], on listeners the caller already bound (the client listener, and
-    /// `http_listen`: those of the config are then ignored; `internal_listen`, if set, is bound
-    /// here). Lets tests learn every node's port before building the peers.
+    /// `http_listen`: those of the config are then ignored; `internal_listen`, if set, and
+    /// `kafka.listen`, if the Kafka listener is enabled, are bound here). Lets tests learn every node's port before building the peers.
     pub async fn start_on(
         config: NodeConfig,
         grpc_listener: TcpListener,

@@ -360,15 +360,22 @@ async fn health_readiness_and_metrics_respond() {
             .expect("node heartbeats sent");
         assert!(sent > 0, "node heartbeats flow");
     }
-    // The metadata leader exports consumer-group lag (the record at the committed offset is unread).
-    let meta_leader = c.node(1).cluster().metadata_leader().unwrap().0;
-    let (_, body) = http_get(c.http[meta_leader as usize - 1], "/metrics").await;
-    let lag_line = body
-        .lines()
-        .find(|l| l.starts_with("shale_consumer_group_lag{group=\"watchers\",topic=\"metrics\",partition=\"0\"}"))
-        .unwrap_or_else(|| panic!("no group lag in:\n{body}"));
-    let lag: u64 = lag_line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(lag >= 1, "{lag_line}");
+    // Every node exports consumer-group lag from the groups it applied (the record at the
+    // committed offset is unread), not only the metadata leader.
+    for http in &c.http {
+        let line = "shale_consumer_group_lag{group=\"watchers\",topic=\"metrics\",partition=\"0\"}";
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let lag_line = loop {
+            let (_, body) = http_get(*http, "/metrics").await;
+            if let Some(l) = body.lines().find(|l| l.starts_with(line)) {
+                break l.to_string();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no group lag at {http}:\n{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lag: u64 = lag_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(lag >= 1, "{lag_line}");
+    }
     c.shutdown().await;
 }
 

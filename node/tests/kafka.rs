@@ -772,3 +772,37 @@ async fn sasl_plain_and_scram_authenticate_shale_password_users_and_acls_apply()
     assert!(anonymous.contains("delivered 0") && anonymous.contains("TOPIC_AUTHORIZATION_FAILED"), "{anonymous}");
     c.shutdown().await.unwrap();
 }
+
+/// Records stamped 1 s apart, then ListOffsets by timestamp through `offsets_for_times`.
+const TIMES_SCRIPT: &str = r#"
+import sys
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+bootstrap, topic = sys.argv[1], sys.argv[2]
+base = 1_700_000_000_000
+p = Producer({"bootstrap.servers": bootstrap})
+for i in range(5):
+    p.produce(topic, value=f"t{i}", partition=0, timestamp=base + i * 1000)
+    p.flush(20)
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "times", "enable.auto.commit": False})
+for at in (base - 1, base + 2500, base + 4000, base + 99_000):
+    found = c.offsets_for_times([TopicPartition(topic, 0, at)], timeout=20)[0]
+    print("at", at - base, found.offset)
+c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_offsets_by_timestamp_finds_the_first_record_at_or_after_it() {
+    let python = python();
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "times", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("times.py");
+    std::fs::write(&script, TIMES_SCRIPT).unwrap();
+    let out = run(&python, &[script.to_str().unwrap(), &c.kafka_bootstrap(), "times"], "").await;
+    let answers: Vec<&str> = out.lines().filter(|l| l.starts_with("at ")).collect();
+    // Before every record: the first; between: the next one; exactly on one: that one; after
+    // every record: none (-1, the end).
+    assert_eq!(answers, vec!["at -1 0", "at 2500 3", "at 4000 4", "at 99000 -1"], "{out}");
+    c.shutdown().await;
+}

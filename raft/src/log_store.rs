@@ -434,6 +434,23 @@ impl GroupLog {
         Ok(out)
     }
 
+    /// [`GroupLog::read_entries`] when the whole answer is in the entry cache: reads no file and
+    /// takes no storage lock beyond the in-memory bounds, so a caller on an async worker can skip
+    /// the blocking pool (a leader's replication reads what it just appended, hundreds of times a
+    /// second with many groups). `None`: ask `read_entries`.
+    pub fn read_cached_entries(&self, start: u64, end: u64, all: bool) -> Option<Vec<Entry>> {
+        let purged_below = self.meta.state().last_purged.map_or(0, |p| p.index + 1);
+        let first = self.log_start().ok()?.max(purged_below);
+        let end = end.min(self.next_index().ok()?);
+        if start < first || start >= end {
+            return None;
+        }
+        let budget = if all { usize::MAX } else { REPLICATION_BATCH_BYTES };
+        let entries = self.cache.lock().get(start, end, budget)?;
+        let complete = !all || entries.last().is_some_and(|e| e.log_id.index + 1 == end);
+        (complete && !entries.is_empty()).then_some(entries)
+    }
+
     /// Entries `[from, end)` for the application: verified storage reads from the storage log
     /// start (below openraft's purge point too, as retention allows), up to about `max_bytes`.
     pub fn read_for_app(&self, from: u64, end: u64, max_bytes: usize) -> Result<Vec<CommittedEntry>, RaftError> {
@@ -598,6 +615,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = bounds(&range);
+        if let Some(entries) = self.log.read_cached_entries(start, end, true) {
+            return Ok(entries);
+        }
         let log = self.log.clone();
         blocking(move || log.read_entries(start, end, true).map_err(io_err)).await
     }
@@ -607,6 +627,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        if let Some(entries) = self.log.read_cached_entries(start, end, false) {
+            return Ok(entries);
+        }
         let log = self.log.clone();
         blocking(move || log.read_entries(start, end, false).map_err(io_err)).await
     }

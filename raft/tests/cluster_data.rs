@@ -331,3 +331,35 @@ async fn acks_name_the_chain_hash_stored_on_every_replica() {
 async fn acks_name_the_chain_hash_stored_on_every_replica_without_a_log_tail_cache() {
     acks_name_the_stored_chain_hash(0).await;
 }
+
+/// The first offset at or after a time skips hidden batches: a retry committed as a duplicate,
+/// stamped later than every visible record, never answers; every replica answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_time_never_answers_from_a_hidden_batch() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("timed", 1, 3).await;
+    let leader = c.settled_leaders("timed").await[0];
+    let node = c.node(leader).clone();
+    let p = |s| Some(ProducerInfo { producer_id: 9, base_sequence: s });
+    let at = |value: &str, ts| ProduceRecord { timestamp_ms: Some(ts), ..record("k", value) };
+    node.produce("timed", 0, vec![at("a0", 100), at("a1", 110)], p(0)).await.expect("a");
+    // An overlapping retry with later stamps: stored in the log, hidden (a duplicate). Were it
+    // read, its third record (stamped 520, at its base offset + 2) would answer for 515.
+    assert!(node.produce("timed", 0, vec![at("a1", 500), at("a2", 510), at("a3", 520)], p(1)).await.is_err());
+    let b = node.produce("timed", 0, vec![at("b2", 300)], p(2)).await.expect("b")[0];
+    let c3 = node.produce("timed", 0, vec![at("c3", 600)], p(3)).await.expect("c")[0];
+    assert_eq!((b.base_offset, c3.base_offset), (2, 3));
+    for id in 1..=3 {
+        let n = c.node(id).clone();
+        wait_for("the replica applied c", || {
+            let n = n.clone();
+            async move { (n.local_bounds("timed", 0).await.ok() == Some((0, 4))).then_some(()) }
+        })
+        .await;
+        let cases = [(0, Some(0)), (105, Some(1)), (111, Some(2)), (300, Some(2)), (301, Some(3)), (515, Some(3))];
+        for (t, expected) in cases.into_iter().chain([(601, None)]) {
+            assert_eq!(n.offset_for_time("timed", 0, t).await.expect("offset for time"), expected, "time {t} on {id}");
+        }
+    }
+    c.shutdown().await;
+}

@@ -105,3 +105,38 @@ async fn openraft_suite_on_disk_storage() {
     init_tracing();
     Suite::test_all(DiskBuilder).await.expect("storage suite on disk Storage");
 }
+
+/// A leader's replication reads its log tail from the entry cache, off the blocking pool
+/// ([`GroupLog::read_cached_entries`]). Whatever it answers must be exactly what a read through
+/// storage gives, for every range and both read modes, also after a purge; below the purge point
+/// it answers nothing (the slow path decides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_log_reads_answer_what_storage_reads_do() {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::testing::{blank_ent, log_id};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ls, _sm) = build(Arc::new(Storage::open(dir.path()).unwrap())).unwrap();
+    let entries: Vec<_> = (1..=20).map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect();
+    let (tx, rx) = TypeConfig::oneshot();
+    ls.append(entries, IOFlushed::signal(tx)).await.unwrap();
+    rx.await.unwrap().unwrap();
+    ls.purge(log_id::<TypeConfig>(1, 1, 5)).await.unwrap();
+    let log = ls.log().clone();
+    let ids = |v: Vec<shale_raft::types::Entry>| v.into_iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+    let mut answered = 0;
+    for start in 0..=22 {
+        for end in start..=23 {
+            for all in [true, false] {
+                if let Some(cached) = log.read_cached_entries(start, end, all) {
+                    answered += 1;
+                    let stored = log.read_entries(start, end, all).unwrap();
+                    assert_eq!(ids(cached), ids(stored), "[{start}, {end}) all={all}");
+                }
+            }
+        }
+    }
+    assert!(answered > 100, "the cache answered {answered} ranges");
+    assert!(log.read_cached_entries(3, 10, true).is_none(), "purged entries are not served from the cache");
+    assert!(log.read_cached_entries(21, 30, true).is_none(), "nothing past the end");
+}

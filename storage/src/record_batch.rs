@@ -370,6 +370,20 @@ pub fn decode_batch(bytes: &Bytes, codecs: &CodecRegistry) -> Result<(BatchHeade
     Ok((header, records))
 }
 
+/// The offset of the first record of the batch `bytes` whose timestamp is at or after
+/// `timestamp_ms`, `None` if every record is older. Kafka's "offset for a time" within one batch:
+/// a reader that found the first batch whose largest timestamp ([`BatchHeader::max_timestamp_ms`])
+/// reaches the time asks this for the record. Records are in offset order, not time order, so the
+/// answer is the first in offset order. A header alone answers `None` without decoding the
+/// records when its largest timestamp is older.
+pub fn offset_for_time(bytes: &Bytes, codecs: &CodecRegistry, timestamp_ms: u64) -> Result<Option<u64>, BatchError> {
+    if decode_header(bytes)?.max_timestamp_ms < timestamp_ms {
+        return Ok(None);
+    }
+    let (_, records) = decode_batch(bytes, codecs)?;
+    Ok(records.iter().find(|r| r.timestamp_ms >= timestamp_ms).map(|r| r.offset))
+}
+
 fn decode_records(header: &BatchHeader, block: &Bytes) -> Result<Vec<BatchRecord>, BatchError> {
     let mut r = ByteReader::new("record batch records", block);
     let count = r.count("record count", u64::from(header.record_count), u32::MAX as usize, MIN_RECORD_LEN)?;
@@ -409,6 +423,26 @@ fn decode_records(header: &BatchHeader, block: &Bytes) -> Result<Vec<BatchRecord
 mod tests {
     use super::*;
     use crate::codec::CodecKind;
+
+    #[test]
+    fn offset_for_time_is_the_first_record_at_or_after_the_time_in_offset_order() {
+        let at = |ts: u64| NewRecord { value: Bytes::from_static(b"v"), timestamp_ms: ts, ..NewRecord::default() };
+        // Out of time order: offsets 10..15 with timestamps 5, 30, 20, 40, 10.
+        let records: Vec<NewRecord> = [5, 30, 20, 40, 10].into_iter().map(at).collect();
+        let codecs = CodecRegistry::default();
+        for codec in [CodecKind::None.codec(), CodecKind::Zstd { level: 3 }.codec()] {
+            let batch = Bytes::from(encode_batch(&records, 10, None, codec.as_ref()));
+            let find = |ts| offset_for_time(&batch, &codecs, ts).unwrap();
+            assert_eq!(find(0), Some(10));
+            assert_eq!(find(5), Some(10));
+            assert_eq!(find(6), Some(11));
+            assert_eq!(find(25), Some(11), "the first in offset order, not the closest in time");
+            assert_eq!(find(31), Some(13));
+            assert_eq!(find(40), Some(13));
+            assert_eq!(find(41), None);
+        }
+        assert!(offset_for_time(&Bytes::from_static(b"junk"), &codecs, 0).is_err());
+    }
 
     fn record(i: usize, size: usize) -> NewRecord {
         NewRecord {

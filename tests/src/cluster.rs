@@ -89,6 +89,8 @@ pub struct ContainerCluster {
     holders: BTreeMap<u64, (String, u64)>,
     /// The nodes' certificates (host directory, mounted on [`tls::CONTAINER_TLS_DIR`]).
     tls_dir: std::path::PathBuf,
+    /// Containers running the `shale` CLI ([`ContainerCluster::run_cli`]), removed with the cluster.
+    cli_containers: std::sync::Mutex<Vec<String>>,
 }
 
 impl ContainerCluster {
@@ -125,7 +127,17 @@ impl ContainerCluster {
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc_addr())).collect::<Vec<_>>().join(",");
         let addresses: Vec<(u64, String)> = nodes.iter().map(|n| (n.id, n.ip.clone())).collect();
         let tls_dir = tls::node_certificates(&name, &addresses)?;
-        let mut cluster = Self { name, network, image, nodes, peers, extra_env, holders: BTreeMap::new(), tls_dir };
+        let mut cluster = Self {
+            name,
+            network,
+            image,
+            nodes,
+            peers,
+            extra_env,
+            holders: BTreeMap::new(),
+            tls_dir,
+            cli_containers: std::sync::Mutex::new(Vec::new()),
+        };
         tracing::info!(cluster = %cluster.name, peers = %cluster.peers, "starting a container cluster");
         for (id, mib) in small_volumes_mib {
             cluster.create_small_volume(id, mib).await?;
@@ -507,6 +519,70 @@ impl ContainerCluster {
         docker(&["start", &self.node(id)?.container]).await.map(drop)
     }
 
+    /// Starts a container `<cluster>-<name>` of the image on the cluster's network (its own
+    /// address, no node's) running the `shale` CLI with `args`, bootstrapped with every node, as the
+    /// harness's super-user (its client certificate and the CA mounted read-only). It is removed
+    /// with the cluster. Answers the container's name; its output is [`ContainerCluster::cli_output`].
+    pub async fn run_cli(&self, name: &str, args: &[&str]) -> Result<String, HarnessError> {
+        let container = format!("{}-{name}", self.name);
+        let dir = self.tls_dir.join(format!("cli-{name}"));
+        let io = |action, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| HarnessError::Io { action, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let credentials = tls::credentials();
+        for (file, bytes) in
+            [("ca.pem", &credentials.ca), ("client.pem", &credentials.cert), ("client.key", &credentials.key)]
+        {
+            std::fs::write(dir.join(file), bytes).map_err(io("writing", &dir.join(file)))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        // The container runs as the image's user, not as the files' owner (a test key).
+        for e in std::fs::read_dir(&dir).map_err(io("listing", &dir))?.flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o644))
+                .map_err(io("making readable", &e.path()))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io("opening", &dir))?;
+        let mount = "/etc/shale/cli";
+        let bootstrap = self.endpoints().join(",");
+        let mut command = vec![
+            "--bootstrap".to_string(),
+            bootstrap,
+            "--tls-ca".to_string(),
+            format!("{mount}/ca.pem"),
+            "--tls-cert".to_string(),
+            format!("{mount}/client.pem"),
+            "--tls-key".to_string(),
+            format!("{mount}/client.key"),
+        ];
+        command.extend(args.iter().map(|a| a.to_string()));
+        let spec = RunSpec {
+            name: container.clone(),
+            image: self.image.clone(),
+            network: Some(self.network.clone()),
+            env: vec![("RUST_LOG".to_string(), "warn".to_string())],
+            labels: vec![(LABEL.to_string(), self.name.clone())],
+            options: vec![
+                "-v".to_string(),
+                format!("{}:{mount}:ro", dir.display()),
+                "--entrypoint".to_string(),
+                "/usr/local/bin/shale".to_string(),
+            ],
+            args: command,
+            ..RunSpec::default()
+        };
+        self.cli_containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(container.clone());
+        docker::run(&spec).await?;
+        Ok(container)
+    }
+
+    /// A [`ContainerCluster::run_cli`] container's whole output: (stdout, stderr).
+    pub async fn cli_output(&self, container: &str) -> Result<(String, String), HarnessError> {
+        let (_, out) = docker::run_capture("docker", &["logs", container], Duration::from_secs(60)).await?;
+        Ok((out.stdout, out.stderr))
+    }
+
     /// Cuts a node off the cluster network (it keeps running).
     pub async fn disconnect(&self, id: u64) -> Result<(), HarnessError> {
         tracing::info!(node = id, "network disconnect");
@@ -624,6 +700,13 @@ impl ContainerCluster {
                 eprintln!("===== whole log of node {}: {}", n.id, path.display());
             }
         }
+        for c in self.cli_containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let full = docker::logs_tail_blocking(c, u32::MAX);
+            let path = dir.join(format!("{c}.log"));
+            if std::fs::write(&path, full).is_ok() {
+                eprintln!("===== whole output of {c}: {}", path.display());
+            }
+        }
     }
 }
 
@@ -636,8 +719,10 @@ impl Drop for ContainerCluster {
             eprintln!("SHALE_TEST_KEEP=1: leaving {} (containers, volumes, network) in place", self.name);
             return;
         }
+        let cli = self.cli_containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut containers: Vec<&str> = self.nodes.iter().map(|n| n.container.as_str()).collect();
         containers.extend(self.holders.values().map(|(h, _)| h.as_str()));
+        containers.extend(cli.iter().map(String::as_str));
         let mut args = vec!["rm", "--force", "--volumes"];
         args.extend(&containers);
         if let Err(e) = docker_blocking(&args) {

@@ -5,7 +5,9 @@ use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use shale_client::{ChainStats, ConsumedRecord, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset};
+use shale_client::{
+    ChainStats, ConsumedRecord, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, OffsetSpec,
+};
 
 use crate::cli::{ConsumeArgs, OutOfRangePolicy, RecordFormat};
 use crate::commands::{partition_bounds, select_partitions};
@@ -181,6 +183,15 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
             consumer.seek(&topic, p, offset);
         }
     }
+    if let Some(ts) = a.from_time {
+        for &p in &partitions {
+            let listed = consumer
+                .list_offset(&topic, p, OffsetSpec::Timestamp(ts))
+                .await
+                .map_err(|e| ctx.err(format!("find the offset for time {ts} in {topic}/{p}"), e))?;
+            consumer.seek(&topic, p, listed.offset.unwrap_or(listed.log_end));
+        }
+    }
     let mut ends = BTreeMap::new();
     if !a.follow {
         for &p in &partitions {
@@ -231,7 +242,7 @@ pub async fn run(ctx: &Ctx, a: ConsumeArgs) -> Result<()> {
             eprintln!("{}", chain_report(&topic, p, &stats));
         }
     }
-    if printed == 0 && !a.follow && a.offset.is_none() && !a.from_beginning {
+    if printed == 0 && !a.follow && a.offset.is_none() && a.from_time.is_none() && !a.from_beginning {
         eprintln!("no new records: consume starts at the log end; use --from-beginning, --offset N or --follow");
     }
     tracing::info!(printed, "consume done");

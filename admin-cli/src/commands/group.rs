@@ -75,6 +75,9 @@ pub enum ResetTarget {
     Offset(u64),
     /// The committed offset (else the log start) plus this.
     Shift(i64),
+    /// The first record at or after this time (ms since the Unix epoch); looked up per partition
+    /// ([`shale_client::Consumer::offset_for_time`]) and resolved as that offset.
+    Time(u64),
 }
 
 impl ResetTarget {
@@ -86,16 +89,19 @@ impl ResetTarget {
             ResetTarget::Latest
         } else if let Some(o) = a.to_offset {
             ResetTarget::Offset(o)
+        } else if let Some(t) = a.to_time {
+            ResetTarget::Time(t)
         } else {
             ResetTarget::Shift(a.shift_by.unwrap_or(0))
         }
     }
 
-    /// The new committed offset, always within `[log_start, log_end]`.
+    /// The new committed offset, always within `[log_start, log_end]`. A [`ResetTarget::Time`]
+    /// must be looked up first (it resolves as the log end here).
     pub fn resolve(self, committed: Option<u64>, log_start: u64, log_end: u64) -> u64 {
         let wanted = match self {
             ResetTarget::Earliest => log_start,
-            ResetTarget::Latest => log_end,
+            ResetTarget::Latest | ResetTarget::Time(_) => log_end,
             ResetTarget::Offset(o) => o,
             ResetTarget::Shift(d) => {
                 let base = committed.unwrap_or(log_start);
@@ -284,6 +290,18 @@ async fn reset(ctx: &Ctx, a: ResetOffsetsArgs) -> Result<()> {
             .await
             .map_err(|e| ctx.err(format!("read the bounds of {}/{p}", a.topic), e))?;
         let committed = current.get(&p).copied();
+        let target = match target {
+            ResetTarget::Time(ts) => match client
+                .consumer(ConsumerConfig::default())
+                .offset_for_time(&a.topic, p, ts)
+                .await
+                .map_err(|e| ctx.err(format!("find the offset for time {ts} in {}/{p}", a.topic), e))?
+            {
+                Some(offset) => ResetTarget::Offset(offset),
+                None => ResetTarget::Latest,
+            },
+            other => other,
+        };
         rows.push(ResetRow {
             topic: a.topic.clone(),
             partition: p,

@@ -1,6 +1,8 @@
 //! ListOffsets: the earliest (-2) and latest (-1) offsets of a partition, from its leader
-//! (read-index, as gRPC's `end_offsets`). A lookup by timestamp answers
-//! UNSUPPORTED_FOR_MESSAGE_FORMAT: Shale has no time index yet (docs/kafka.md).
+//! (read-index, as gRPC's `end_offsets`), and by timestamp the first record at or after it
+//! (`Cluster::offset_for_time`, as gRPC's ListOffsets; none: offset and timestamp -1, as Kafka
+//! answers). Other special timestamps (-3, the largest timestamp) answer
+//! UNSUPPORTED_FOR_MESSAGE_FORMAT.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
@@ -26,6 +28,17 @@ pub async fn handle(ctx: &NodeContext, req: ListOffsetsRequest) -> ListOffsetsRe
                 ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
             let answer = if !allowed {
                 answer.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            } else if let (Ok(partition), Ok(timestamp)) =
+                (u32::try_from(p.partition_index), u64::try_from(p.timestamp))
+            {
+                // The offset of the first record at or after the timestamp. The answer's timestamp
+                // is the one asked (Shale's lookup names the offset only; it is a lower bound of
+                // that record's, and never negative, which the Java client rejects).
+                match ctx.cluster.offset_for_time(&name, partition, timestamp).await {
+                    Ok(Some(offset)) => answer.with_offset(offset as i64).with_timestamp(p.timestamp),
+                    Ok(None) => answer.with_offset(-1).with_timestamp(-1),
+                    Err(e) => answer.with_error_code(super::errors::code(&e)),
+                }
             } else if p.timestamp != LATEST && p.timestamp != EARLIEST {
                 answer.with_error_code(ResponseError::UnsupportedForMessageFormat.code())
             } else if let Ok(partition) = u32::try_from(p.partition_index) {

@@ -81,6 +81,48 @@ impl FetchService {
         }
     }
 
+    /// [`proto::fetch_server::Fetch::list_offsets`]: this replica's answer, else (this node holds
+    /// no replica) a replica's.
+    async fn list_offsets_inner(
+        &self,
+        req: proto::ListOffsetsRequest,
+        forwarded: bool,
+    ) -> Result<proto::ListOffsetsResponse, Status> {
+        use proto::list_offsets_request::Spec;
+        limits::check_topic_name(&req.topic)?;
+        self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
+        let (topic, partition) = (req.topic.clone(), req.partition);
+        let spec =
+            req.spec.ok_or_else(|| Status::invalid_argument("spec: earliest, latest or timestamp_ms is required"))?;
+        let cluster = &self.ctx.cluster;
+        let result = async {
+            let (log_start, log_end) = cluster.local_bounds(&topic, partition).await?;
+            let offset = match spec {
+                Spec::Earliest(_) => Some(log_start),
+                Spec::Latest(_) => Some(log_end),
+                Spec::TimestampMs(ts) => cluster.offset_for_time(&topic, partition, ts).await?,
+            };
+            Ok::<_, ClusterError>(proto::ListOffsetsResponse {
+                topic: topic.clone(),
+                partition,
+                offset,
+                log_start,
+                log_end,
+            })
+        }
+        .await;
+        if let Err(err) = &result
+            && let Some(status) = crate::scrub::damaged_read(&self.ctx.damage, err)
+        {
+            return Err(status);
+        }
+        match self.ctx.or_forward(result, forwarded, Some((&topic, partition)), req, FetchClient::list_offsets).await {
+            Ok(Served::Here(response) | Served::There(response)) => Ok(response),
+            Err(NotServed::Refused(err)) => Err(cluster_error(err)),
+            Err(other) => Err(other.into()),
+        }
+    }
+
     /// The stream of a subscription (see [`proto::fetch_server::Fetch::subscribe`]); `slot` is its
     /// place among the node's and the connection's Subscribe streams, held until it ends.
     async fn subscribe_inner(
@@ -255,6 +297,13 @@ impl proto::fetch_server::Fetch for FetchService {
     }
 
     type SubscribeStream = SubscribeStream;
+
+    async fn list_offsets(
+        &self,
+        request: Request<proto::ListOffsetsRequest>,
+    ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
+        self.ctx.handle(request, async |req, forwarded| self.list_offsets_inner(req, forwarded).await).await
+    }
 
     /// Served by a replica of the partition; elsewhere answers NOT_LEADER naming the leader (a
     /// stream is not forwarded). The first fetch runs before the stream opens, so a bad topic,

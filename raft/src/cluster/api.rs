@@ -228,6 +228,20 @@ pub struct ConsumerOffset {
     pub lag: Option<u64>,
 }
 
+/// One consumer group as applied on this node, for metrics ([`super::Cluster::local_group_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Group name.
+    pub group: String,
+    /// Members now (0 for a group with only offsets).
+    pub members: usize,
+    /// The group epoch: bumped on every change of membership or assignment (joins, leaves,
+    /// expiries, hand-overs, topic changes), so its increase counts rebalance steps.
+    pub epoch: u64,
+    /// Committed offsets, each with its lag where this node replicates the partition.
+    pub offsets: Vec<ConsumerOffset>,
+}
+
 /// A cluster member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {

@@ -15,18 +15,30 @@ use crate::cluster::api::*;
 impl Cluster {
     /// The running local group of a partition, or why there is none.
     pub(super) fn local_partition(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
-        let info = self.topic(topic)?;
-        let count = info.partitions.len() as u32;
-        let assignment = info.partitions.get(partition as usize).ok_or_else(|| ClusterError::UnknownPartition {
+        // On every produce and fetch: look the group up under the metadata lock, cloning nothing
+        // (a topic's whole assignment is hundreds of entries on a topic of many partitions).
+        let group = {
+            let metadata = self.metadata.read();
+            let info = metadata.topic(topic).ok_or_else(|| ClusterError::UnknownTopic { name: topic.to_string() })?;
+            let assignment = info.partitions.get(partition as usize).ok_or_else(|| ClusterError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                count: info.partitions.len() as u32,
+            })?;
+            assignment.group
+        };
+        self.partitions.read().get(&group).cloned().ok_or_else(|| ClusterError::NotReplica {
             topic: topic.to_string(),
             partition,
-            count,
-        })?;
-        self.partitions.read().get(&assignment.group).cloned().ok_or_else(|| ClusterError::NotReplica {
-            topic: topic.to_string(),
-            partition,
-            replicas: assignment.replicas.clone(),
+            replicas: self.assignment(topic, partition).map(|a| a.replicas).unwrap_or_default(),
         })
+    }
+
+    /// The codec a topic's new batches are compressed with.
+    fn topic_codec(&self, topic: &str) -> Result<Arc<dyn Codec>, ClusterError> {
+        let metadata = self.metadata.read();
+        let info = metadata.topic(topic).ok_or_else(|| ClusterError::UnknownTopic { name: topic.to_string() })?;
+        Ok(info.codec.codec())
     }
 
     /// This replica's view of one partition: replicas, leader, log start and high watermark here.
@@ -121,7 +133,7 @@ impl Cluster {
                 return self.all_acknowledged(&local, batches, p).await;
             }
         }
-        let codec = self.topic(topic)?.codec.codec();
+        let codec = self.topic_codec(topic)?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
         watch.stage = "propose";
@@ -439,6 +451,89 @@ impl Cluster {
         Ok(offset)
     }
 
+    /// The offset of the first record of a partition whose timestamp is at or after
+    /// `timestamp_ms` (Kafka's ListOffsets by timestamp), among the records this replica holds and
+    /// has applied; `None` if every one is older (a reader then starts at the end). Records are in
+    /// offset order, not time order (producers stamp them), so this is the first in offset order,
+    /// as in Kafka. Any replica answers from its own log: the sparse index's running maximum
+    /// timestamps ([`super::partition::PartitionMachine::time_floor`]) give where to start, then
+    /// at most [`super::partition::INDEX_EVERY`] visible batch headers are read and one batch is
+    /// decoded ([`record_batch::offset_for_time`]). `NotReplica` if this node does not host it.
+    pub async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, ClusterError> {
+        let local = self.local_partition(topic, partition)?;
+        let (floor, untimed_below, max_timestamp, applied) = {
+            let s = local.state.read();
+            (s.time_floor(timestamp_ms), s.untimed_below(), s.max_timestamp(), s.last_applied())
+        };
+        let log_start = local.group.log_start()?;
+        if log_start < untimed_below
+            && let Some(offset) = self.scan_for_time(&local, log_start, untimed_below, timestamp_ms).await?
+        {
+            return Ok(Some(offset));
+        }
+        if max_timestamp < timestamp_ms {
+            return Ok(None);
+        }
+        let from = floor.unwrap_or(0).max(log_start).max(untimed_below);
+        self.scan_for_time(&local, from, applied + 1, timestamp_ms).await
+    }
+
+    /// The first record at or after `timestamp_ms` in the visible batches of log entries
+    /// `[from, to)`, reading batch headers and decoding only a batch whose largest timestamp
+    /// reaches the time.
+    async fn scan_for_time(
+        &self,
+        local: &LocalPartition,
+        from: u64,
+        to: u64,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>, ClusterError> {
+        let decode_error =
+            |e: record_batch::BatchError| ClusterError::Decode { what: "stored record batch", reason: e.to_string() };
+        let mut cursor = from;
+        // The batch sought is at most INDEX_EVERY visible batches on: start with small reads (a
+        // few small batches' worth) and double, so small batches are not read by the hundred.
+        let mut chunk = TIME_SCAN_FIRST_CHUNK_BYTES;
+        while cursor < to {
+            let read = local.group.read_committed(cursor, chunk).await?;
+            chunk = (chunk * 2).min(SCAN_CHUNK_BYTES);
+            if read.is_empty() {
+                break;
+            }
+            for e in read {
+                if e.index >= to {
+                    return Ok(None);
+                }
+                cursor = e.index + 1;
+                let Some(body) = e.payload() else { continue };
+                if !local.state.read().is_visible(e.index) {
+                    continue;
+                }
+                if record_batch::decode_header(&body).map_err(decode_error)?.max_timestamp_ms < timestamp_ms {
+                    continue;
+                }
+                if let Some(offset) =
+                    record_batch::offset_for_time(&body, &self.codecs, timestamp_ms).map_err(decode_error)?
+                {
+                    return Ok(Some(offset));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `(log_start, high_watermark)` of a partition in record offsets on this replica (no
+    /// read-index: a follower may lag the leader). `NotReplica` if this node does not host it.
+    pub async fn local_bounds(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
+        let local = self.local_partition(topic, partition)?;
+        Ok((self.record_log_start(&local).await?, local.high_watermark()))
+    }
+
     /// `(log_start, high_watermark)` of a partition in record offsets, confirmed by read-index on
     /// its leader.
     pub async fn end_offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
@@ -544,6 +639,9 @@ fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
 /// Bytes read per step while scanning for the batch holding an offset (or the log start's first
 /// record).
 const SCAN_CHUNK_BYTES: usize = 256 << 10;
+/// Bytes of the first read of a search by time (each next read doubles, up to
+/// [`SCAN_CHUNK_BYTES`]).
+const TIME_SCAN_FIRST_CHUNK_BYTES: usize = 16 << 10;
 
 /// Splits a request's records into batches of about [`limits::BATCH_TARGET_BYTES`] of records (a
 /// record larger than that is a batch of its own) and encodes each (base offset 0 until the

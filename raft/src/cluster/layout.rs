@@ -176,9 +176,14 @@ pub mod apply_outcome {
 pub mod partition_snapshot {
     /// "SHPS".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPS");
-    /// Version written and read (2: batches with dense offsets; 1, one record per entry, is not
-    /// read).
-    pub const VERSION: u16 = 2;
+    /// Version written and read (3: index points carry the running maximum timestamp, and the
+    /// machine its maximum timestamp and untimed bound).
+    pub const VERSION: u16 = 3;
+    /// The version before (batches with dense offsets, no timestamps): still read, its entries
+    /// marked untimed. Version 1 (one record per entry) is not read.
+    pub const VERSION_UNTIMED: u16 = 2;
+    /// Bytes of one index point: base offset, log index, largest timestamp before it.
+    pub const INDEX_POINT_LEN: usize = 8 + 8 + 8;
     /// Least bytes of one producer: id, last sequence, last index, window count.
     pub const PRODUCER_LEN: usize = 8 + 8 + 8 + 4;
     /// Bytes of one window batch: base sequence, record count, base offset, log index.

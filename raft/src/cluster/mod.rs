@@ -236,6 +236,8 @@ pub struct Cluster {
     sessions: Mutex<coordinator::Sessions>,
     /// Numbers the consumer-group member ids this node hands out.
     member_seq: std::sync::atomic::AtomicU64,
+    /// Every codec, to decode a stored batch's records (a search by time).
+    codecs: shale_storage::CodecRegistry,
 }
 
 impl fmt::Debug for Cluster {
@@ -286,6 +288,7 @@ impl Cluster {
             initial_client_addrs,
             sessions: Mutex::new(Default::default()),
             member_seq: Default::default(),
+            codecs: shale_storage::CodecRegistry::default(),
         });
         let reconcile = tokio::spawn(reconcile::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
         let retention = tokio::spawn(retention::run(Arc::downgrade(&cluster), cluster.shutdown.subscribe()));
@@ -628,6 +631,52 @@ impl Cluster {
                 }
             })
             .collect())
+    }
+
+    /// Every consumer group as applied on this node, sorted (no round trip: it may lag the
+    /// metadata leader by what it has not applied yet), with the lag of each committed partition
+    /// this node replicates (its own high watermark minus the commit). Any node answers, so a
+    /// metrics scrape of any node shows every group, and the lag of the partitions it holds.
+    pub fn local_group_stats(&self) -> Vec<GroupStats> {
+        // (stats, the partition group of each offset): read under the metadata lock alone; the
+        // high watermarks after it (no lock is held while another is taken).
+        let rows: Vec<(GroupStats, Vec<Option<GroupId>>)> = {
+            let metadata = self.metadata.read();
+            metadata
+                .group_names()
+                .into_iter()
+                .map(|group| {
+                    let state = metadata.group(&group);
+                    let mut groups = Vec::new();
+                    let offsets = metadata
+                        .group_offsets(&group)
+                        .into_iter()
+                        .map(|(topic, partition, offset)| {
+                            let assignment = metadata.topic(&topic).and_then(|t| t.partitions.get(partition as usize));
+                            groups.push(assignment.map(|a| a.group));
+                            ConsumerOffset { topic, partition, offset, high_watermark: None, lag: None }
+                        })
+                        .collect();
+                    let stats = GroupStats {
+                        members: state.map_or(0, |s| s.members.len()),
+                        epoch: state.map_or(0, |s| s.epoch),
+                        offsets,
+                        group,
+                    };
+                    (stats, groups)
+                })
+                .collect()
+        };
+        let partitions = self.partitions.read();
+        rows.into_iter()
+            .map(|(mut stats, groups)| {
+                for (o, g) in stats.offsets.iter_mut().zip(groups) {
+                    o.high_watermark = g.and_then(|g| partitions.get(&g)).map(|p| p.high_watermark());
+                    o.lag = o.high_watermark.map(|h| h.saturating_sub(o.offset));
+                }
+                stats
+            })
+            .collect()
     }
 
     /// Every consumer group with a committed offset or coordinator state, sorted, linearizable

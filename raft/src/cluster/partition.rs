@@ -8,7 +8,9 @@
 //!
 //! The machine keeps only what the log alone cannot answer quickly: the next record offset, the
 //! producer dedup table, the set of entries consumers must never see, and a sparse index from
-//! record offsets to log indexes. Apply reads only the batch header
+//! record offsets to log indexes, each point also naming the largest record timestamp before it
+//! (so "the first record at or after a time" is a search over the points, then a scan of at most
+//! [`INDEX_EVERY`] batch headers). Apply reads only the batch header
 //! ([`shale_storage::record_batch::decode_header`]), never the records. Everything is decided at
 //! apply time from the state and the entry's bytes, so every replica decides the same.
 //!
@@ -41,6 +43,19 @@ pub const INDEX_EVERY: u64 = 32;
 /// in the log, so this is the count field's own range; allocation is still bounded by the
 /// snapshot's length.
 const MAX_LISTED: usize = u32::MAX as usize;
+
+/// One point of the sparse index: a visible batch, and the largest record timestamp of every
+/// visible batch before it (the running maximum, so the points are ordered by it too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexPoint {
+    /// The batch's base offset.
+    base_offset: u64,
+    /// The log index of its entry.
+    entry_index: u64,
+    /// The largest record timestamp of the visible batches before it (0 if none, or if they were
+    /// applied before the machine kept timestamps: see [`PartitionMachine::untimed_below`]).
+    max_timestamp_before: u64,
+}
 
 /// Where a visible batch was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,8 +194,15 @@ pub struct PartitionMachine {
     producers: BTreeMap<u64, ProducerEntry>,
     /// Normal entries never returned as visible (duplicates, refused and undecodable batches).
     hidden: BTreeSet<u64>,
-    /// Sparse offset index: base offset -> log index of every [`INDEX_EVERY`]th visible batch.
-    index: BTreeMap<u64, u64>,
+    /// Sparse offset index: every [`INDEX_EVERY`]th visible batch, in offset (and log index, and
+    /// running maximum timestamp) order.
+    index: VecDeque<IndexPoint>,
+    /// The largest record timestamp of the visible batches applied (0 before any).
+    max_timestamp: u64,
+    /// Entries below this log index were applied by a build that kept no timestamps (restored from
+    /// a version 2 snapshot): a search by time scans them, and the timestamps above cover only the
+    /// batches from here on. 0 for a machine that kept timestamps from its first entry.
+    untimed_below: u64,
 }
 
 impl PartitionMachine {
@@ -208,7 +230,30 @@ impl PartitionMachine {
     /// The closest sparse index point at or below `offset`: `(base_offset, entry_index)` of a
     /// visible batch. A fetch for `offset` starts scanning there.
     pub fn index_floor(&self, offset: u64) -> Option<(u64, u64)> {
-        self.index.range(..=offset).next_back().map(|(o, i)| (*o, *i))
+        let after = self.index.partition_point(|p| p.base_offset <= offset);
+        after.checked_sub(1).map(|i| (self.index[i].base_offset, self.index[i].entry_index))
+    }
+
+    /// Where a search for the first record with a timestamp at or after `timestamp_ms` starts:
+    /// the log index of the last index point before which every visible batch is older (`None`:
+    /// from the log start). The batch sought is then at most [`INDEX_EVERY`] visible batches on,
+    /// since the next point's running maximum reaches `timestamp_ms`. Batches below
+    /// [`Self::untimed_below`] are not covered and must be scanned first.
+    pub fn time_floor(&self, timestamp_ms: u64) -> Option<u64> {
+        let after = self.index.partition_point(|p| p.max_timestamp_before < timestamp_ms);
+        after.checked_sub(1).map(|i| self.index[i].entry_index)
+    }
+
+    /// The largest record timestamp of the visible batches at or above [`Self::untimed_below`]
+    /// (0 if none): no record there is at or after a later time.
+    pub fn max_timestamp(&self) -> u64 {
+        self.max_timestamp
+    }
+
+    /// The log index below which entries were applied without their timestamps being kept (0 if
+    /// none were): a search by time reads those batches' headers.
+    pub fn untimed_below(&self) -> u64 {
+        self.untimed_below
     }
 
     /// Applies the normal entry at `index` whose body is `payload`. Deterministic: depends only on
@@ -262,9 +307,14 @@ impl PartitionMachine {
         let position =
             BatchPosition { base_offset: header.base_offset, record_count: header.record_count, entry_index: index };
         if self.visible_batches.is_multiple_of(INDEX_EVERY) {
-            self.index.insert(header.base_offset, index);
+            self.index.push_back(IndexPoint {
+                base_offset: header.base_offset,
+                entry_index: index,
+                max_timestamp_before: self.max_timestamp,
+            });
         }
         self.visible_batches += 1;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp_ms);
         self.next_offset = header.end_offset();
         let Some((producer_id, base_sequence)) = header.producer else { return };
         if !self.producers.contains_key(&producer_id) && self.producers.len() >= MAX_PRODUCERS {
@@ -320,7 +370,9 @@ impl PartitionMachine {
     /// log; nothing can read them).
     pub fn prune_below(&mut self, index: u64) {
         self.hidden = self.hidden.split_off(&index);
-        self.index.retain(|_, entry| *entry >= index);
+        while self.index.front().is_some_and(|p| p.entry_index < index) {
+            self.index.pop_front();
+        }
     }
 
     /// Encodes the whole state (the partition group's snapshot, [`snap`]).
@@ -330,10 +382,11 @@ impl PartitionMachine {
             64 + self.producers.len() * snap::PRODUCER_LEN
                 + window_entries * snap::WINDOW_BATCH_LEN
                 + self.hidden.len() * 8
-                + self.index.len() * 16,
+                + self.index.len() * snap::INDEX_POINT_LEN,
         );
         w.u32(snap::MAGIC).u16(snap::VERSION);
         w.u64(self.last_applied).u64(self.next_offset).u64(self.visible_batches);
+        w.u64(self.max_timestamp).u64(self.untimed_below);
         w.u32(self.producers.len() as u32);
         for (id, e) in &self.producers {
             w.u64(*id).u64(e.last_sequence).u64(e.last_index).u32(e.window.len() as u32);
@@ -349,23 +402,30 @@ impl PartitionMachine {
             w.u64(*i);
         }
         w.u32(self.index.len() as u32);
-        for (offset, index) in &self.index {
-            w.u64(*offset).u64(*index);
+        for p in &self.index {
+            w.u64(p.base_offset).u64(p.entry_index).u64(p.max_timestamp_before);
         }
         w.crc();
         w.finish()
     }
 
-    /// Decodes [`PartitionMachine::encode`].
+    /// Decodes [`PartitionMachine::encode`], and the version before it (no timestamps: the
+    /// entries it covers are marked [`Self::untimed_below`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, ClusterError> {
         let mut r = Reader::with_crc("partition snapshot", bytes)?;
-        r.snapshot_header(snap::MAGIC, snap::VERSION)?;
+        let version = r.snapshot_header_of(snap::MAGIC, &[snap::VERSION_UNTIMED, snap::VERSION])?;
         let mut m = PartitionMachine {
             last_applied: r.u64()?,
             next_offset: r.u64()?,
             visible_batches: r.u64()?,
             ..Self::default()
         };
+        if version == snap::VERSION {
+            m.max_timestamp = r.u64()?;
+            m.untimed_below = r.u64()?;
+        } else {
+            m.untimed_below = m.last_applied + 1;
+        }
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_PRODUCERS, snap::PRODUCER_LEN)?;
         for _ in 0..n {
@@ -389,10 +449,19 @@ impl PartitionMachine {
             m.hidden.insert(r.u64()?);
         }
         let raw = u64::from(r.u32()?);
-        let n = r.count(raw, MAX_LISTED, 16)?;
+        let point_len = if version == snap::VERSION { snap::INDEX_POINT_LEN } else { 16 };
+        let n = r.count(raw, MAX_LISTED, point_len)?;
         for _ in 0..n {
-            let offset = r.u64()?;
-            m.index.insert(offset, r.u64()?);
+            let (base_offset, entry_index) = (r.u64()?, r.u64()?);
+            let max_timestamp_before = if version == snap::VERSION { r.u64()? } else { 0 };
+            if m.index.back().is_some_and(|p| {
+                p.base_offset >= base_offset
+                    || p.entry_index >= entry_index
+                    || p.max_timestamp_before > max_timestamp_before
+            }) {
+                return Err(r.error(format!("index point {base_offset} at {entry_index} out of order")));
+            }
+            m.index.push_back(IndexPoint { base_offset, entry_index, max_timestamp_before });
         }
         r.finish()?;
         Ok(m)
@@ -523,6 +592,67 @@ mod tests {
         assert_eq!(m.index_floor(100), Some((96, 66)));
         assert!(m.is_visible(63), "hidden entries below the start are forgotten");
         assert!(!m.is_visible(67));
+    }
+
+    fn timed_batch(base_offset: u64, timestamps: &[u64]) -> Vec<u8> {
+        let records: Vec<NewRecord> = timestamps
+            .iter()
+            .map(|ts| NewRecord { value: Bytes::from_static(b"v"), timestamp_ms: *ts, ..NewRecord::default() })
+            .collect();
+        encode_batch(&records, base_offset, None, &NoneCodec)
+    }
+
+    #[test]
+    fn the_time_floor_is_the_last_point_before_which_every_batch_is_older() {
+        let mut m = PartitionMachine::new();
+        // Batch b (entry 2b + 2, a hidden entry before each) holds timestamps 10b and 10b + 5,
+        // except batch 40, which holds one late record (timestamp 1000).
+        for b in 0..100u64 {
+            m.apply(2 * b + 1, b"hidden");
+            let ts = if b == 40 { vec![400, 1000] } else { vec![10 * b, 10 * b + 5] };
+            assert!(m.apply(2 * b + 2, &timed_batch(2 * b, &ts)).is_appended());
+        }
+        // Points: batches 0, 32, 64, 96 at entries 2, 66, 130, 194.
+        assert_eq!(m.time_floor(0), None, "nothing is before the first point");
+        assert_eq!(m.time_floor(5), Some(2));
+        assert_eq!(m.time_floor(315), Some(2), "batch 31 (timestamps 310, 315) is before point 32");
+        assert_eq!(m.time_floor(316), Some(66));
+        // Batch 40's record at 1000 is before points 64 and 96: the search starts at point 32 and
+        // finds batch 40 first, as the earliest batch holding a record at or after the time.
+        assert_eq!(m.time_floor(990), Some(66));
+        assert_eq!(m.time_floor(1001), Some(194));
+        assert_eq!(m.max_timestamp(), 1000);
+        assert_eq!(m.untimed_below(), 0);
+        m.prune_below(100);
+        assert_eq!(m.time_floor(321), None, "from the log start");
+        assert_eq!(m.time_floor(1001), Some(194));
+        let restored = PartitionMachine::decode(&m.encode()).unwrap();
+        assert_eq!(restored, m);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_untimed_version_is_read_with_its_entries_marked_untimed() {
+        let mut m = PartitionMachine::new();
+        for b in 0..40u64 {
+            assert!(m.apply(b + 1, &timed_batch(b, &[b])).is_appended());
+        }
+        // The version 2 encoding: no timestamps, index points of (offset, index).
+        let mut w = Writer::with_capacity(256);
+        w.u32(snap::MAGIC).u16(snap::VERSION_UNTIMED);
+        w.u64(m.last_applied).u64(m.next_offset).u64(m.visible_batches);
+        w.u32(0).u32(0).u32(m.index.len() as u32);
+        for p in &m.index {
+            w.u64(p.base_offset).u64(p.entry_index);
+        }
+        w.crc();
+        let mut old = PartitionMachine::decode(&w.finish()).unwrap();
+        assert_eq!(old.untimed_below(), 41);
+        assert_eq!((old.next_offset(), old.index_floor(35)), (40, Some((32, 33))));
+        assert_eq!(old.max_timestamp(), 0, "nothing known above the untimed entries yet");
+        assert!(old.apply(41, &timed_batch(40, &[7])).is_appended());
+        assert_eq!(old.max_timestamp(), 7);
+        let again = PartitionMachine::decode(&old.encode()).unwrap();
+        assert_eq!(again, old, "the current version keeps the untimed bound");
     }
 
     #[test]

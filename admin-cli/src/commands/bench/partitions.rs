@@ -377,7 +377,11 @@ async fn produce(
         led(each, "bench-produce").await.len() == partitions as usize
     })
     .await;
-    let producer = Arc::new(client.producer(ProducerConfig::default()));
+    let mut config = ProducerConfig::default();
+    if let Some(n) = a.max_in_flight_per_node {
+        config.max_in_flight_per_node = n as usize;
+    }
+    let producer = Arc::new(client.producer(config));
     let payload = Bytes::from(vec![b'x'; a.record_size as usize]);
     let (acked, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
