@@ -551,6 +551,18 @@ configs = list(admin.describe_configs([res]).values())[0].result(30)
 print("altered", configs["retention.bytes"].value, configs["compression.type"].value, configs["retention.ms"].value)
 
 print("add-partitions", wait(admin.create_partitions([NewPartitions("admin-b", 4)]))["admin-b"])
+print("shrink", wait(admin.create_partitions([NewPartitions("admin-b", 3)]))["admin-b"])
+deadline = time.time() + 30
+while len(admin.list_topics(timeout=30).topics["admin-b"].partitions) != 4:
+    if time.time() > deadline:
+        sys.exit("admin-b never showed 4 partitions")
+    time.sleep(0.2)
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": bootstrap})
+delivered = []
+p.produce("admin-b", value="to the new partition", partition=3, callback=lambda e, m: delivered.append((e, m.offset() if m else None)))
+p.flush(30)
+print("new-partition", "ok" if delivered and delivered[0][0] is None else delivered, delivered[0][1] if delivered else None)
 print("delete", wait(admin.delete_topics(["admin-b"]))["admin-b"])
 deadline = time.time() + 30
 while "admin-b" in admin.list_topics(timeout=30).topics:
@@ -588,7 +600,11 @@ async fn confluent_kafka_admin_client_creates_configures_and_deletes_topics() {
     assert_eq!(shale.retention.retention_bytes, Some(1_048_576));
     assert_eq!(shale.retention.retention_ms, None);
     assert!(matches!(shale.codec, shale_storage::CodecKind::Zstd { .. }));
-    assert_eq!(lines.get("add-partitions"), Some(&"INVALID_PARTITIONS"), "{out}");
+    // admin-b grew from 2 to 4 partitions (shrinking is refused); the new partition 3 took a
+    // record at offset 0.
+    assert_eq!(lines.get("add-partitions"), Some(&"ok"), "{out}");
+    assert_eq!(lines.get("shrink"), Some(&"INVALID_PARTITIONS"), "{out}");
+    assert_eq!(lines.get("new-partition"), Some(&"ok 0"), "{out}");
     c.shutdown().await;
 }
 

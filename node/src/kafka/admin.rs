@@ -262,31 +262,52 @@ pub async fn delete_topics(ctx: &NodeContext, req: DeleteTopicsRequest, version:
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-/// CreatePartitions: Shale cannot add partitions to a topic (a partition count is fixed at
-/// creation), so every topic is answered INVALID_PARTITIONS saying so (or the topic's error).
+/// CreatePartitions: a topic grows to `count` partitions (placed by load as at creation; the
+/// existing ones keep their records and offsets). No manual replica assignment.
 pub async fn create_partitions(ctx: &NodeContext, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = t.name.0.as_str().to_string();
         let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-        let (code, message) = if ctx.authorize(Operation::Alter, Resource::Topic(&topic)).await.is_err() {
-            refused(ResponseError::TopicAuthorizationFailed, format!("not allowed to alter {topic}"))
-        } else {
-            match ctx.cluster.local_topics().into_iter().find(|i| i.name == topic) {
-                None => refused(ResponseError::UnknownTopicOrPartition, format!("unknown topic {topic}")),
-                Some(info) if t.count == info.partitions.len() as i32 => (0, None),
-                Some(info) => refused(
-                    ResponseError::InvalidPartitions,
-                    format!(
-                        "topic {topic} has {} partitions; Shale fixes a topic's partition count at creation",
-                        info.partitions.len()
-                    ),
-                ),
-            }
-        };
-        results.push(result.with_error_code(code).with_error_message(message));
+        let outcome = add_partitions(ctx, &topic, &t, req.validate_only).await;
+        audit("kafka_create_partitions", &topic, &outcome);
+        results.push(match outcome {
+            Ok(()) => result,
+            Err((code, message)) => result.with_error_code(code).with_error_message(message),
+        });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+async fn add_partitions(
+    ctx: &NodeContext,
+    topic: &str,
+    t: &kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), Refused> {
+    if ctx.authorize(Operation::Alter, Resource::Topic(topic)).await.is_err() {
+        return Err(refused(ResponseError::TopicAuthorizationFailed, format!("not allowed to alter {topic}")));
+    }
+    if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err(refused(ResponseError::InvalidRequest, "Shale places replicas itself: give no replica assignment"));
+    }
+    let Some(info) = ctx.cluster.local_topics().into_iter().find(|i| i.name == topic) else {
+        return Err(refused(ResponseError::UnknownTopicOrPartition, format!("unknown topic {topic}")));
+    };
+    let count = u32::try_from(t.count).unwrap_or(0);
+    let current = info.partitions.len() as u32;
+    if count <= current {
+        return Err(refused(
+            ResponseError::InvalidPartitions,
+            format!("topic {topic} has {current} partitions; the new count must be larger"),
+        ));
+    }
+    crate::limits::check_partition_count(count, &ctx.limits)
+        .map_err(|status| refused(ResponseError::InvalidPartitions, status.message()))?;
+    if validate_only {
+        return Ok(());
+    }
+    ctx.cluster.add_partitions(topic, count).await.map(|_| ()).map_err(|e| admin_error(&e))
 }
 
 /// DescribeConfigs: a topic's settings; a broker has none that Kafka clients may set.

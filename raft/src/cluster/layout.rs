@@ -85,6 +85,9 @@ pub mod metadata_command {
     /// Kind: record the initial members with internal, client and Kafka addresses (written instead
     /// of [`KIND_BOOTSTRAP_ADDRS`], which is still read: no Kafka addresses).
     pub const KIND_BOOTSTRAP_KAFKA: u8 = 48;
+    /// Kind: give a topic more partitions (`[name:str16][count:u32]`, then totals and the per-node
+    /// limit as [`KIND_CREATE_TOPIC_BOUNDED`] writes them, each behind a presence byte).
+    pub const KIND_ADD_PARTITIONS: u8 = 49;
     /// Per-node limit byte: `limits.max_partitions_per_node`.
     pub const NODE_LIMIT_MAX_PARTITIONS: u8 = 1;
     /// Per-node limit byte: the entry-cache budget (`memory.log_cache_bytes`).
@@ -433,6 +436,15 @@ mod tests {
                 MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 9, offset: n },
                 MetadataCommand::RemoveMember { id: 3 },
                 MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::AddPartitions {
+                    name: name.into(),
+                    count: 3,
+                    totals: Some(TopicTotals { max_topics: 8, max_partitions: 64 }),
+                    per_node: Some(crate::cluster::ReplicaLimit {
+                        max_replicas: 99,
+                        limit: crate::cluster::NodeLimit::LogCacheBudget,
+                    }),
+                },
                 MetadataCommand::DeleteTopic { name: "other".into() },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [level as u8; 32] },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [0; 32] },

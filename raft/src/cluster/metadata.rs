@@ -47,6 +47,18 @@ pub enum MetadataCommand {
         /// The most replicas any one node may hold.
         per_node: ReplicaLimit,
     },
+    /// Give a topic more partitions (the new ones placed as at creation), within the cluster totals
+    /// and the per-node replica limit the proposing node carries.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The partition count it then has (more than it has now).
+        count: u32,
+        /// The cluster totals to stay within, if any.
+        totals: Option<TopicTotals>,
+        /// The most replicas any one node may hold, if limited.
+        per_node: Option<ReplicaLimit>,
+    },
     /// Delete a topic and every committed offset for it.
     DeleteTopic {
         /// Topic name.
@@ -467,6 +479,7 @@ impl MetadataState {
             MetadataCommand::CreateTopic(_)
                 | MetadataCommand::CreateTopicWithin { .. }
                 | MetadataCommand::CreateTopicBounded { .. }
+                | MetadataCommand::AddPartitions { .. }
                 | MetadataCommand::DeleteTopic { .. }
         ) {
             // New partitions are assigned, deleted ones dropped, without members rejoining.
@@ -483,6 +496,9 @@ impl MetadataState {
             MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals), None),
             MetadataCommand::CreateTopicBounded { spec, totals, per_node } => {
                 self.create_topic(spec, totals.as_ref(), Some(per_node))
+            }
+            MetadataCommand::AddPartitions { name, count, totals, per_node } => {
+                self.add_partitions(name, *count, totals.as_ref(), per_node.as_ref())
             }
             MetadataCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
@@ -746,7 +762,7 @@ impl MetadataState {
         // Bounded creations (kind 40 on) also pick followers by load; the older kinds keep the
         // placement they were applied with, so replaying an old log places alike.
         let rule = if per_node.is_some() { Placement::LeastLoaded } else { Placement::Ring };
-        let partitions = self.place(id, spec.partitions, spec.replication_factor as usize, rule);
+        let partitions = self.place(id, 0..spec.partitions, spec.replication_factor as usize, rule);
         if let Some(per_node) = per_node {
             self.check_replicas_per_node(&spec.name, &partitions, per_node)?;
         }
@@ -765,6 +781,52 @@ impl MetadataState {
 
     /// Refuses `new` partitions if any node (lowest id first) would then hold more replicas than
     /// `per_node` allows.
+    /// Gives topic `name` partitions up to `count` (more than it has), placed by load as
+    /// `CreateTopicBounded` places them, within `totals` and `per_node`.
+    fn add_partitions(
+        &mut self,
+        name: &str,
+        count: u32,
+        totals: Option<&TopicTotals>,
+        per_node: Option<&ReplicaLimit>,
+    ) -> Result<MetadataReply, Rejection> {
+        let topic = self.topics.get(name).ok_or_else(|| Rejection::UnknownTopic { name: name.to_string() })?;
+        let current = topic.partitions.len() as u32;
+        if count <= current || count > limits::MAX_PARTITIONS {
+            return Err(Rejection::Invalid {
+                reason: format!(
+                    "topic has {current} partitions; a new count is in {}..={}",
+                    current + 1,
+                    limits::MAX_PARTITIONS
+                ),
+            });
+        }
+        let (id, factor) = (topic.id, topic.replication_factor as usize);
+        if let Some(totals) = totals {
+            let partitions = self.partition_count();
+            if partitions + (count - current) as usize > totals.max_partitions as usize {
+                return Err(Rejection::ClusterLimit {
+                    topic: name.to_string(),
+                    total: ClusterTotal::Partitions,
+                    limit: u64::from(totals.max_partitions),
+                    current: partitions as u64,
+                    requested: u64::from(count - current),
+                });
+            }
+        }
+        let available = self.members.len();
+        if factor > available {
+            return Err(Rejection::NotEnoughNodes { requested: factor as u32, available: available as u32 });
+        }
+        let added = self.place(id, current..count, factor, Placement::LeastLoaded);
+        if let Some(per_node) = per_node {
+            self.check_replicas_per_node(name, &added, per_node)?;
+        }
+        let topic = self.topics.get_mut(name).expect("looked up above");
+        topic.partitions.extend(added);
+        Ok(MetadataReply::Topic(topic.clone()))
+    }
+
     fn check_replicas_per_node(
         &self,
         topic: &str,
@@ -827,11 +889,17 @@ impl MetadataState {
     /// replicas, then the lowest id); the followers are, by `rule`, the members after it in id
     /// order ([`Placement::Ring`]) or those holding the fewest replicas so far, ties in that
     /// order ([`Placement::LeastLoaded`]). Counts cover every topic, not only this one.
-    fn place(&self, topic: TopicId, count: u32, replicas: usize, rule: Placement) -> Vec<PartitionAssignment> {
+    fn place(
+        &self,
+        topic: TopicId,
+        partitions: std::ops::Range<u32>,
+        replicas: usize,
+        rule: Placement,
+    ) -> Vec<PartitionAssignment> {
         let ring: Vec<NodeId> = self.members.keys().copied().collect();
         debug_assert!(replicas >= 1 && replicas <= ring.len());
         let mut load = self.load();
-        (0..count)
+        partitions
             .map(|partition| {
                 let start = (0..ring.len())
                     .min_by_key(|i| {
@@ -1136,6 +1204,20 @@ impl MetadataCommand {
                     NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
                 });
             }
+            MetadataCommand::AddPartitions { name, count, totals, per_node } => {
+                w.u8(cmd::KIND_ADD_PARTITIONS).str16(name).u32(*count);
+                match totals {
+                    Some(t) => w.u8(1).u32(t.max_topics).u32(t.max_partitions),
+                    None => w.u8(0),
+                };
+                match per_node {
+                    Some(p) => w.u8(1).u32(p.max_replicas).u8(match p.limit {
+                        NodeLimit::MaxPartitionsPerNode => cmd::NODE_LIMIT_MAX_PARTITIONS,
+                        NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
+                    }),
+                    None => w.u8(0),
+                };
+            }
             MetadataCommand::DeleteTopic { name } => {
                 w.u8(cmd::KIND_DELETE_TOPIC).str16(name);
             }
@@ -1278,6 +1360,29 @@ impl MetadataCommand {
                     other => return Err(r.error(format!("unknown node limit {other}"))),
                 };
                 MetadataCommand::CreateTopicBounded { spec, totals, per_node: ReplicaLimit { max_replicas, limit } }
+            }
+            cmd::KIND_ADD_PARTITIONS => {
+                let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
+                let count = r.u32()?;
+                let totals = match r.u8()? {
+                    0 => None,
+                    1 => Some(TopicTotals { max_topics: r.u32()?, max_partitions: r.u32()? }),
+                    other => return Err(r.error(format!("totals flag {other}"))),
+                };
+                let per_node = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let max_replicas = r.u32()?;
+                        let limit = match r.u8()? {
+                            cmd::NODE_LIMIT_MAX_PARTITIONS => NodeLimit::MaxPartitionsPerNode,
+                            cmd::NODE_LIMIT_LOG_CACHE => NodeLimit::LogCacheBudget,
+                            other => return Err(r.error(format!("unknown node limit {other}"))),
+                        };
+                        Some(ReplicaLimit { max_replicas, limit })
+                    }
+                    other => return Err(r.error(format!("per-node limit flag {other}"))),
+                };
+                MetadataCommand::AddPartitions { name, count, totals, per_node }
             }
             cmd::KIND_DELETE_TOPIC => MetadataCommand::DeleteTopic { name: r.str16(limits::MAX_TOPIC_NAME_BYTES)? },
             cmd::KIND_ALTER_TOPIC => {
@@ -1573,6 +1678,46 @@ mod tests {
             MetadataReply::Topic(t) => t,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn adding_partitions_places_the_new_ones_and_keeps_the_old() {
+        let mut s = three_members();
+        let before = create(&mut s, "t", 2, 3);
+        let add =
+            |count, totals, per_node| MetadataCommand::AddPartitions { name: "t".into(), count, totals, per_node };
+        let after = match s.apply(&add(5, None, None)) {
+            MetadataReply::Topic(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after.partitions.len(), 5);
+        assert_eq!(after.partitions[..2], before.partitions[..], "the old partitions are untouched");
+        for (i, p) in after.partitions.iter().enumerate() {
+            assert_eq!(p.partition, i as u32);
+            assert_eq!(p.group, partition_group_id(after.id, i as u32));
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.replica_epoch, 0);
+        }
+        // Preferred leaders stay spread: 5 partitions on 3 nodes, at most 2 each.
+        let mut leads = BTreeMap::new();
+        for p in &after.partitions {
+            *leads.entry(p.replicas[0]).or_insert(0) += 1;
+        }
+        assert!(leads.values().all(|n| *n <= 2), "{leads:?}");
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 5);
+        // Not growing, an unknown topic, past the cluster total: refused, nothing changed.
+        assert!(matches!(s.apply(&add(5, None, None)), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let unknown = MetadataCommand::AddPartitions { name: "u".into(), count: 9, totals: None, per_node: None };
+        assert!(matches!(s.apply(&unknown), MetadataReply::Rejected(Rejection::UnknownTopic { .. })));
+        let totals = TopicTotals { max_topics: 10, max_partitions: 6 };
+        assert!(matches!(
+            s.apply(&add(7, Some(totals), None)),
+            MetadataReply::Rejected(Rejection::ClusterLimit { .. })
+        ));
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 5);
+        let round_trip =
+            add(7, Some(totals), Some(ReplicaLimit { max_replicas: 4, limit: NodeLimit::MaxPartitionsPerNode }));
+        assert_eq!(MetadataCommand::decode(&round_trip.encode()).unwrap(), round_trip);
     }
 
     #[test]

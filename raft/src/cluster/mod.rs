@@ -557,6 +557,25 @@ impl Cluster {
         }
     }
 
+    /// Gives a topic `count` partitions (more than it has): the new ones are placed by load, within
+    /// the cluster totals and the per-node replica limit, and their groups start on their replicas
+    /// as a new topic's do. Existing partitions, their records and offsets are untouched (keys may
+    /// map to other partitions from then on, as in Kafka). Metadata leader only.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo, ClusterError> {
+        let command = MetadataCommand::AddPartitions {
+            name: name.to_string(),
+            count,
+            totals: self.config.topic_totals,
+            per_node: self.config.replica_limit,
+        };
+        match self.propose(command).await? {
+            MetadataReply::Topic(t) => Ok(t),
+            other => {
+                Err(ClusterError::Decode { what: "add partitions reply", reason: format!("unexpected {other:?}") })
+            }
+        }
+    }
+
     /// Deletes a topic; its partition groups stop and their streams are deleted on every replica.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
         self.propose(MetadataCommand::DeleteTopic { name: name.to_string() }).await.map(|_| ())
