@@ -166,7 +166,12 @@ impl Admin {
         addr: &str,
         client_addr: &str,
     ) -> Result<Vec<proto::NodeInfo>, ClientError> {
-        let request = proto::AddNodeRequest { node_id, addr: addr.to_string(), client_addr: client_addr.to_string() };
+        let request = proto::AddNodeRequest {
+            node_id,
+            addr: addr.to_string(),
+            client_addr: client_addr.to_string(),
+            kafka_addr: String::new(),
+        };
         Ok(admin_call!(self, add_node, request)?.members)
     }
 

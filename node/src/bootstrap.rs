@@ -43,20 +43,21 @@ async fn status_of(addr: &str, tls: Option<&TlsPem>) -> Option<proto::ClusterSta
     tokio::time::timeout(PROBE_TIMEOUT, call).await.ok().flatten()
 }
 
-/// The client address the node at internal address `addr` advertises (its ClusterStatus
-/// `client_addr`), if it answers and names one.
-pub async fn probe_client_addr(addr: &str, tls: Option<&TlsPem>) -> Option<String> {
-    status_of(addr, tls).await.map(|s| s.client_addr).filter(|a| !a.is_empty())
+/// The addresses the node at internal address `addr` advertises (its ClusterStatus
+/// `client_addr` and `kafka_addr`, either empty when it names none), if it answers.
+pub async fn probe_addrs(addr: &str, tls: Option<&TlsPem>) -> Option<MemberAddrs> {
+    status_of(addr, tls).await.map(|s| MemberAddrs::pair(addr, s.client_addr).with_kafka(s.kafka_addr))
 }
 
-/// What a peer said about the metadata group: `None` if it did not answer in time.
-async fn probe(addr: &str, tls: Option<&TlsPem>) -> Option<(PeerView, Option<String>)> {
+/// What a peer said about the metadata group, and the client and Kafka addresses it advertises
+/// (either empty when it names none): `None` if it did not answer in time.
+async fn probe(addr: &str, tls: Option<&TlsPem>) -> Option<(PeerView, String, String)> {
     let status = status_of(addr, tls).await?;
     let view = match status.meta {
         Some(meta) if meta.leader_id != 0 => PeerView::HasLeader(meta.leader_id),
         _ => PeerView::NoLeader,
     };
-    Some((view, Some(status.client_addr).filter(|a| !a.is_empty())))
+    Some((view, status.client_addr, status.kafka_addr))
 }
 
 /// A peer's answer to the probe.
@@ -91,22 +92,33 @@ pub async fn register(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) {
     let cluster = &ctx.cluster;
     let id = cluster.node_id();
     let own = cluster.own_client_addr();
+    let own_kafka = cluster.own_kafka_addr();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        if let Some(recorded) = cluster.member_addrs(id).filter(|r| r.client != own) {
-            let addrs = MemberAddrs { internal: recorded.internal.clone(), client: own.clone() };
+        if let Some(recorded) = cluster.member_addrs(id).filter(|r| r.client != own || r.kafka != own_kafka) {
+            let addrs = MemberAddrs::pair(recorded.internal.clone(), own.clone()).with_kafka(own_kafka.clone());
             let result = match cluster.metadata_leader() {
                 Some((leader, _)) if leader == id => cluster.add_node(id, addrs).await.map_err(|e| e.to_string()),
                 Some((_, leader_addr)) => {
-                    let req = proto::AddNodeRequest { node_id: id, addr: addrs.internal, client_addr: addrs.client };
+                    let req = proto::AddNodeRequest {
+                        node_id: id,
+                        addr: addrs.internal,
+                        client_addr: addrs.client,
+                        kafka_addr: addrs.kafka,
+                    };
                     ctx.forward(&leader_addr, req, AdminClient::add_node).await.map(|_| ()).map_err(|s| s.to_string())
                 }
                 None => Err("no metadata leader".to_string()),
             };
             match result {
-                Ok(()) => tracing::info!(node_id = id, client_addr = %own, "recorded this node's client address"),
+                Ok(()) => tracing::info!(
+                    node_id = id,
+                    client_addr = %own,
+                    kafka_addr = %own_kafka,
+                    "recorded this node's client and Kafka addresses"
+                ),
                 Err(e) => tracing::debug!(node_id = id, error = %e, "cannot record this node's client address yet"),
             }
         }
@@ -137,18 +149,20 @@ async fn bootstrap(
         let mut addrs = BTreeMap::new();
         for (id, addr) in &members {
             if *id == node_id {
-                addrs.insert(*id, MemberAddrs { internal: addr.clone(), client: cluster.own_client_addr() });
+                let own =
+                    MemberAddrs::pair(addr.clone(), cluster.own_client_addr()).with_kafka(cluster.own_kafka_addr());
+                addrs.insert(*id, own);
                 continue;
             }
             match probe(addr, cluster.router().peers().tls().as_ref()).await {
                 None => missing.push(*id),
-                Some((view, client)) => {
+                Some((view, client, kafka)) => {
                     if let PeerView::HasLeader(leader) = view {
                         existing_leader = Some((*id, leader));
                     }
                     // A peer that names no client address serves clients where nodes reach it.
-                    let client = client.unwrap_or_else(|| addr.clone());
-                    addrs.insert(*id, MemberAddrs { internal: addr.clone(), client });
+                    let client = if client.is_empty() { addr.clone() } else { client };
+                    addrs.insert(*id, MemberAddrs::pair(addr.clone(), client).with_kafka(kafka));
                 }
             }
         }

@@ -94,6 +94,16 @@ pub struct RunArgs {
     /// HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "SHALE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Serve the Kafka protocol (`[kafka] enabled`, default true).
+    #[arg(long, env = "SHALE_KAFKA_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub kafka_enabled: Option<bool>,
+    /// Kafka listen address (`[kafka] listen`, default 0.0.0.0:9092).
+    #[arg(long, env = "SHALE_KAFKA_LISTEN")]
+    pub kafka_listen: Option<SocketAddr>,
+    /// Address Kafka clients are told for this node (`[kafka] advertise`, Kafka's
+    /// advertised.listeners).
+    #[arg(long, env = "SHALE_KAFKA_ADVERTISE")]
+    pub kafka_advertise: Option<String>,
     /// Initial members: `1=host:port,2=host:port,...` (this node included).
     #[arg(long, env = "SHALE_PEERS")]
     pub peers: Option<String>,
@@ -177,6 +187,12 @@ pub struct DevArgs {
     /// HTTP port of node 1 (node N uses this + N - 1).
     #[arg(long, default_value_t = 8001)]
     pub http_port: u16,
+    /// Kafka port of node 1 (node N uses this + N - 1).
+    #[arg(long, default_value_t = crate::kafka::DEFAULT_PORT)]
+    pub kafka_port: u16,
+    /// Run without the Kafka listeners.
+    #[arg(long)]
+    pub no_kafka: bool,
     /// Parent data directory (node N uses `<dir>/node-N`).
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
@@ -219,6 +235,15 @@ impl RunArgs {
         }
         if let Some(v) = &self.internal_advertise {
             c.internal_advertise = Some(v.clone());
+        }
+        if let Some(v) = self.kafka_enabled {
+            c.kafka.enabled = v;
+        }
+        if let Some(v) = self.kafka_listen {
+            c.kafka.listen = v;
+        }
+        if let Some(v) = &self.kafka_advertise {
+            c.kafka.advertise = Some(v.clone());
         }
         if let Some(v) = self.http_listen {
             c.http_listen = v;
@@ -351,6 +376,11 @@ impl DevArgs {
                     internal_listen: None,
                     internal_advertise: None,
                     http_listen: SocketAddr::from(([127, 0, 0, 1], port(self.http_port, id)?)),
+                    kafka: crate::kafka::KafkaConfig {
+                        enabled: !self.no_kafka,
+                        listen: SocketAddr::from(([127, 0, 0, 1], port(self.kafka_port, id)?)),
+                        ..crate::kafka::KafkaConfig::default()
+                    },
                     peers: peers.clone(),
                     data_dir: self.data_dir.join(format!("node-{id}")),
                     storage: if self.memory { StorageKind::Memory } else { StorageKind::Disk },

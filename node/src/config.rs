@@ -242,6 +242,8 @@ pub struct NodeConfig {
     /// The consumer-group coordinator (`[groups]`; it runs on the metadata leader, whose values
     /// decide). See docs/operations.md and ARCHITECTURE.md ("Consumer groups").
     pub groups: shale_raft::cluster::GroupsConfig,
+    /// The Kafka listener (`[kafka]`): on by default. See docs/kafka.md.
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 impl Default for NodeConfig {
@@ -269,6 +271,7 @@ impl Default for NodeConfig {
             auth: crate::auth::AuthConfig::default(),
             quotas: crate::quota::QuotaConfig::default(),
             groups: shale_raft::cluster::GroupsConfig::default(),
+            kafka: crate::kafka::KafkaConfig::default(),
         }
     }
 }
@@ -425,6 +428,11 @@ impl NodeConfig {
                     );
                 }
             }
+        }
+        if let Some(advertise) = &self.kafka.advertise
+            && crate::kafka::split_host_port(advertise).is_none()
+        {
+            return invalid("kafka.advertise", format!("{advertise:?} is not host:port"));
         }
         let l = &self.limits;
         let in_range = |field, value: u64, max: u64| {

@@ -36,8 +36,8 @@ pub async fn run(args: &DevArgs) -> Result<(), NodeError> {
     println!("shale dev cluster: {} nodes", handles.len());
     for h in &handles {
         println!(
-            "  node {}: gRPC {}  HTTP http://{}  (/healthz /readyz /metrics)",
-            h.node_id, h.client_advertise_addr, h.http_addr
+            "  node {}: gRPC {}  Kafka {}  HTTP http://{}  (/healthz /readyz /metrics)",
+            h.node_id, h.client_advertise_addr, h.kafka_advertise_addr, h.http_addr
         );
     }
     println!("bootstrap endpoints: {}", endpoints.join(","));

@@ -6,6 +6,7 @@
 //! - [`config`] / [`cli`]: settings from a TOML file, `SHALE_*` env vars and flags.
 //! - [`services`]: the gRPC client API; [`convert`] is the only place wire types meet domain types,
 //!   and [`convert::errors`] the only place cluster errors become statuses.
+//! - [`kafka`]: the Kafka protocol listener (docs/kafka.md).
 //! - [`auth`]: principals (client certificates, bearer tokens), ACL checks and the audit log.
 //! - [`context`]: state the services share, and forwarding to the node that can answer.
 //! - [`admission`] / [`limits`] / [`transport_errors`]: what a client may hold and send, and a
@@ -27,6 +28,7 @@ pub mod dev;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod kafka;
 pub mod limits;
 pub mod metrics;
 pub mod node;

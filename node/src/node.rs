@@ -48,6 +48,8 @@ pub struct Listeners {
     pub internal: Option<TcpListener>,
     /// The HTTP listener (health, readiness, metrics).
     pub http: TcpListener,
+    /// The Kafka listener (`None`: the node does not speak Kafka).
+    pub kafka: Option<TcpListener>,
 }
 
 /// A running node.
@@ -66,6 +68,10 @@ pub struct NodeHandle {
     pub client_advertise_addr: String,
     /// The bound HTTP address (health, readiness, metrics).
     pub http_addr: SocketAddr,
+    /// The bound address of the Kafka listener, if the node has one.
+    pub kafka_addr: Option<SocketAddr>,
+    /// The address Kafka clients are told for this node (empty without a Kafka listener).
+    pub kafka_advertise_addr: String,
     cluster: Arc<Cluster>,
     ctx: Arc<NodeContext>,
     storage: Arc<dyn StorageBackend>,
@@ -92,8 +98,8 @@ impl Node {
     }
 
     /// As [`Node::start`], on listeners the caller already bound (the client listener, and
-    /// `http_listen`: those of the config are then ignored; `internal_listen`, if set, is bound
-    /// here). Lets tests learn every node's port before building the peers.
+    /// `http_listen`: those of the config are then ignored; `internal_listen`, if set, and
+    /// `kafka.listen`, if the Kafka listener is enabled, are bound here). Lets tests learn every node's port before building the peers.
     pub async fn start_on(
         config: NodeConfig,
         grpc_listener: TcpListener,
@@ -116,7 +122,11 @@ impl Node {
             Some(addr) => Some(bind("internal", addr).await?),
             None => None,
         };
-        let listeners = Listeners { client: grpc_listener, internal, http: http_listener };
+        let kafka = match config.kafka.enabled {
+            true => Some(bind("kafka", config.kafka.listen).await?),
+            false => None,
+        };
+        let listeners = Listeners { client: grpc_listener, internal, http: http_listener, kafka };
         Self::start_with_storage(config, listeners, storage).await
     }
 
@@ -135,7 +145,12 @@ impl Node {
         storage: Arc<dyn StorageBackend>,
     ) -> Result<NodeHandle, NodeError> {
         config.validate()?;
-        let Listeners { client: grpc_listener, internal: internal_listener, http: http_listener } = listeners;
+        let Listeners {
+            client: grpc_listener,
+            internal: internal_listener,
+            http: http_listener,
+            kafka: kafka_listener,
+        } = listeners;
         let grpc_addr = local_addr("grpc", &grpc_listener, config.client_listen_addr())?;
         let http_addr = local_addr("http", &http_listener, config.http_listen)?;
         let internal_addr = match &internal_listener {
@@ -145,12 +160,19 @@ impl Node {
         // What other nodes are told (Raft membership, forwarding) and what clients are told.
         let advertise_addr = config.internal_advertise_addr(internal_addr);
         let client_advertise_addr = config.client_advertise_addr(grpc_addr);
+        let kafka_addr = match &kafka_listener {
+            Some(l) => Some(local_addr("kafka", l, config.kafka.listen)?),
+            None => None,
+        };
+        let kafka_advertise_addr =
+            kafka_addr.map(|bound| config.kafka.advertise_addr(bound, &client_advertise_addr)).unwrap_or_default();
         let tls = match &config.tls {
             Some(files) => Some(TlsPem::load(&files.ca, &files.cert, &files.key)?),
             None => None,
         };
         let mut cluster_config = ClusterConfig::new(config.node_id, advertise_addr.clone(), storage.clone());
         cluster_config.client_addr = Some(client_advertise_addr.clone());
+        cluster_config.kafka_addr = kafka_addr.map(|_| kafka_advertise_addr.clone());
         cluster_config.network.tls = tls.clone();
         cluster_config.raft.heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
@@ -304,6 +326,30 @@ impl Node {
             }
             None => None,
         };
+        // The Kafka listener (docs/kafka.md): counted with the client connections, cut at shutdown,
+        // and with `[tls]` TLS with the client listener's (reloaded) certificates.
+        if let Some(listener) = kafka_listener {
+            let connections = ctx.connections.clone();
+            let kill_rx = kill_rx.clone();
+            let admit = move |stream: tokio::net::TcpStream| {
+                let peer = stream.peer_addr().ok();
+                match connections.admit(peer) {
+                    Admission::Admitted(slot) => Some(KillableStream::new(stream, kill_rx.clone()).holding(slot)),
+                    // Kafka has no answer for "too many connections": closed at once.
+                    Admission::Refused(_) | Admission::Dropped => None,
+                }
+            };
+            match &client_tls {
+                Some(server_tls) => {
+                    let incoming =
+                        crate::tls_reload::incoming(listener, server_tls.clone(), admit, shutdown_rx.clone());
+                    tokio::spawn(crate::kafka::listener::serve_tls(incoming, ctx.clone(), shutdown_rx.clone()));
+                }
+                None => {
+                    tokio::spawn(crate::kafka::listener::serve(listener, admit, ctx.clone(), shutdown_rx.clone()));
+                }
+            }
+        }
         let mut grpc_shutdown = shutdown_rx.clone();
         let grpc_stopped = async move {
             let _ = grpc_shutdown.wait_for(|s| *s).await;
@@ -379,6 +425,8 @@ impl Node {
             advertise = %advertise_addr,
             client_advertise = %client_advertise_addr,
             http = %http_addr,
+            kafka = ?kafka_addr,
+            kafka_advertise = %kafka_advertise_addr,
             tls = tls.is_some(),
             authorization = config.auth.enabled,
             "node started"
@@ -390,6 +438,8 @@ impl Node {
             advertise_addr,
             client_advertise_addr,
             http_addr,
+            kafka_addr,
+            kafka_advertise_addr,
             cluster,
             ctx,
             storage,

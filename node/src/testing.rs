@@ -25,6 +25,8 @@ pub struct LocalCluster {
     pub internal: Vec<SocketAddr>,
     /// Each node's HTTP address.
     pub http: Vec<SocketAddr>,
+    /// Each node's Kafka listener (advertised to Kafka clients as this address).
+    pub kafka: Vec<SocketAddr>,
     /// The bootstrap members: node id to internal address (the gRPC address with one listener).
     pub peers: BTreeMap<u64, String>,
     /// Each node's data directory.
@@ -103,29 +105,32 @@ impl LocalCluster {
             let g = bind("grpc", ANY_PORT).await?;
             let h = bind("http", ANY_PORT).await?;
             let i = if split { Some(bind("internal", ANY_PORT).await?) } else { None };
+            let k = bind("kafka", ANY_PORT).await?;
             let to_peers = i.as_ref().unwrap_or(&g);
             peers.insert(id, local_addr("grpc", to_peers, ANY_PORT)?.to_string());
-            listeners.push((g, i, h));
+            listeners.push((g, i, h, k));
         }
         let mut cluster = Self {
             nodes: Vec::new(),
             grpc: Vec::new(),
             internal: Vec::new(),
             http: Vec::new(),
+            kafka: Vec::new(),
             peers,
             dirs: (1..=n).map(|id| root.join(format!("node-{id}"))).collect(),
             root: root.to_path_buf(),
             configure,
             tls,
         };
-        for (n, (g, i, h)) in listeners.into_iter().enumerate() {
+        for (n, (g, i, h, k)) in listeners.into_iter().enumerate() {
             cluster.grpc.push(local_addr("grpc", &g, ANY_PORT)?);
             cluster.http.push(local_addr("http", &h, ANY_PORT)?);
+            cluster.kafka.push(local_addr("kafka", &k, ANY_PORT)?);
             if let Some(i) = &i {
                 cluster.internal.push(local_addr("internal", i, ANY_PORT)?);
             }
             let config = cluster.config(n as u64 + 1, &cluster.peers, cluster.dirs[n].clone());
-            let listeners = Listeners { client: g, internal: i, http: h };
+            let listeners = Listeners { client: g, internal: i, http: h, kafka: Some(k) };
             cluster.nodes.push(Some(Node::start_with(config, listeners).await?));
         }
         Ok(cluster)
@@ -154,6 +159,11 @@ impl LocalCluster {
             }
         }
         late
+    }
+
+    /// Every node's Kafka address, as a Kafka client's `bootstrap.servers`.
+    pub fn kafka_bootstrap(&self) -> String {
+        self.kafka.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
     }
 
     /// Every node's gRPC address, as a client's bootstrap list.
@@ -189,8 +199,9 @@ impl LocalCluster {
             Some(addr) => Some(bind("internal", *addr).await?),
             None => None,
         };
+        let kafka = bind("kafka", self.kafka[i]).await?;
         let config = self.config(id, &self.peers, self.dirs[i].clone());
-        let listeners = Listeners { client: g, internal, http: h };
+        let listeners = Listeners { client: g, internal, http: h, kafka: Some(kafka) };
         let node = self.nodes[i].insert(Node::start_with(config, listeners).await?);
         Ok(node)
     }
@@ -215,9 +226,12 @@ impl LocalCluster {
             self.tls.get_or_insert_default().push(files);
         }
         let dir = self.root.join(format!("node-{id}"));
+        let k = bind("kafka", ANY_PORT).await?;
+        let kafka = local_addr("kafka", &k, ANY_PORT)?;
         let config = self.config(id, &peers, dir.clone());
-        let listeners = Listeners { client: g, internal, http: h };
+        let listeners = Listeners { client: g, internal, http: h, kafka: Some(k) };
         self.nodes.push(Some(Node::start_with(config, listeners).await?));
+        self.kafka.push(kafka);
         self.internal.extend(internal_addr);
         self.grpc.push(grpc);
         self.http.push(http);

@@ -90,6 +90,11 @@ async fn cluster_a_full_disk_makes_the_node_unready_and_it_resumes_by_itself_onc
             // Small segments: the space preallocated past the records is capped by the segment
             // size, so the full disk is hit after a few KiB.
             segment_bytes: 8192,
+            // Three nodes in one process: each its own Kafka port.
+            kafka: shale_node::kafka::KafkaConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..shale_node::kafka::KafkaConfig::default()
+            },
             ..NodeConfig::default()
         };
         http.push(h.local_addr().unwrap());

@@ -155,10 +155,7 @@ async fn a_member_recorded_with_another_client_address_re_addresses_itself() {
     let leader = c.running(1).unwrap().cluster().metadata_leader().expect("leader").0;
     let leader_cluster = c.running(leader).unwrap().cluster().clone();
     // Record node 3 with a wrong client address (as if the leader had not known it).
-    let wrong = shale_raft::cluster::MemberAddrs {
-        internal: c.internal[2].to_string(),
-        client: "somewhere-else.invalid:1".into(),
-    };
+    let wrong = shale_raft::cluster::MemberAddrs::pair(c.internal[2].to_string(), "somewhere-else.invalid:1");
     leader_cluster.add_node(3, wrong).await.expect("re-address");
     let right = c.grpc[2].to_string();
     assert_eq!(leader_cluster.member_addrs(3).map(|a| a.client).as_deref(), Some("somewhere-else.invalid:1"));

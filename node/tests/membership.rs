@@ -224,6 +224,13 @@ async fn removing_one_of_four_nodes_moves_its_replicas_and_keeps_three_copies() 
             })
             .count()
     };
+    // An acknowledgement needs a majority; the third replica applies a moment later (on a loaded
+    // machine, sometimes after the watch below began, which then saw two copies before the move
+    // started). The property is about the move: start watching once every replica applied.
+    eventually("every replica applied the acknowledged records", WAIT, || async {
+        (0..4).all(|p| full_copies(p) >= 3).then_some(())
+    })
+    .await;
     let fewest = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let done = std::sync::atomic::AtomicBool::new(false);
     let watch = async {

@@ -48,6 +48,8 @@ fn spawn_dev(dir: &Path, grpc: u16, http: u16, log: &str) -> Child {
     let log = std::fs::File::create(dir.join(log)).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_shale-node"))
         .args(["dev", "--nodes", "3", "--grpc-port", &grpc.to_string(), "--http-port", &http.to_string()])
+        // Tests run in parallel: no fixed Kafka ports.
+        .arg("--no-kafka")
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("RUST_LOG", "info,openraft=warn")
@@ -197,6 +199,8 @@ fn spawn_run(dir: &Path, id: u16, grpc: u16, http: u16, log: &str) -> Child {
         .args(["--node-id", &id.to_string()])
         .args(["--grpc-listen", &format!("127.0.0.1:{}", grpc + id - 1)])
         .args(["--http-listen", &format!("127.0.0.1:{}", http + id - 1)])
+        // Three processes on one host (and tests in parallel): no Kafka listener on 9092.
+        .args(["--kafka-enabled", "false"])
         .args(["--peers", &peers.join(",")])
         .arg("--data-dir")
         .arg(dir.join(format!("node-{id}")))

@@ -563,7 +563,7 @@ async fn sighup_reloads_the_certificates_of_the_binary() {
     let config = dir.path().join("node.toml");
     let toml = format!(
         "node_id = 1\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ndata_dir = {:?}\n\
-         [peers]\n1 = \"{grpc}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nwatch_interval_ms = 0\n",
+         [peers]\n1 = \"{grpc}\"\n[kafka]\nenabled = false\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nwatch_interval_ms = 0\n",
         dir.path().join("data"),
         tls.ca,
         tls.cert,

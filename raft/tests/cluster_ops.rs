@@ -75,7 +75,7 @@ async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
         c.node(ml).create_topic(spec("wide", 4, 4)).await,
         Err(ClusterError::NotEnoughNodes { requested: 4, available: 3 })
     ));
-    let addrs = MemberAddrs { internal: c.nodes[3].addr.clone(), client: "clients-reach-4.example:7004".into() };
+    let addrs = MemberAddrs::pair(c.nodes[3].addr.clone(), "clients-reach-4.example:7004");
     c.node(ml).add_node(4, addrs).await.expect("add node 4");
     let status = c.node(ml).cluster_status();
     assert_eq!(status.members.len(), 4);

@@ -90,6 +90,10 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             assert_eq!(s(&env["SHALE_INTERNAL_LISTEN"]), "0.0.0.0:7101");
             assert_eq!(s(&env["SHALE_INTERNAL_ADVERTISE"]), format!("{name}:7101"));
             assert_eq!(s(&env["SHALE_CLIENT_ADVERTISE"]), format!("127.0.0.1:700{id}"));
+            // Kafka clients on the host are told the published Kafka port (9092 + id - 1).
+            let kafka_port = 9091 + id.parse::<u16>().unwrap();
+            assert_eq!(s(&env["SHALE_KAFKA_LISTEN"]), "0.0.0.0:9092");
+            assert_eq!(s(&env["SHALE_KAFKA_ADVERTISE"]), format!("127.0.0.1:{kafka_port}"));
             let peers = s(&env["SHALE_PEERS"]);
             assert_eq!(peers, "1=node-1:7101,2=node-2:7101,3=node-3:7101");
             assert!(peers.contains(&format!("{id}={name}:7101")));
@@ -125,6 +129,19 @@ async fn compose_file_is_valid_and_describes_three_healthchecked_nodes() {
             );
 
             // Published ports bind loopback only by default (v1 renders strings, v2 mappings).
+            let published: Vec<String> = svc["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|port| match port {
+                    Value::String(p) => p.clone(),
+                    m => format!("{}:{}:{}", s(&m["host_ip"]), s(&m["published"]), s(&m["target"])),
+                })
+                .collect();
+            assert!(
+                published.iter().any(|p| p.trim_end_matches("/tcp") == format!("127.0.0.1:{kafka_port}:9092")),
+                "{name} publishes its Kafka listener at the advertised port: {published:?}"
+            );
             for port in svc["ports"].as_sequence().unwrap() {
                 let text = match port {
                     Value::String(p) => p.clone(),

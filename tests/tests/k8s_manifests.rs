@@ -117,7 +117,7 @@ fn manifests_fit_together() {
         .iter()
         .map(|p| (s(&p["name"]), p["containerPort"].as_u64().unwrap()))
         .collect();
-    assert_eq!(ports, BTreeMap::from([("grpc", 7001), ("internal", 7101), ("http", 8001)]));
+    assert_eq!(ports, BTreeMap::from([("grpc", 7001), ("internal", 7101), ("http", 8001), ("kafka", 9092)]));
     for svc in ["Service/shale-peers", "Service/shale"] {
         for p in docs[svc]["spec"]["ports"].as_sequence().unwrap() {
             assert!(ports.contains_key(s(&p["targetPort"])), "{svc} targets an unknown port {p:?}");
@@ -164,6 +164,9 @@ fn manifests_fit_together() {
     let client_svc: Vec<&str> =
         docs["Service/shale"]["spec"]["ports"].as_sequence().unwrap().iter().map(|p| s(&p["targetPort"])).collect();
     assert!(!client_svc.contains(&"internal"), "the client Service exposes no internal port");
+    assert!(client_svc.contains(&"kafka"), "Kafka clients bootstrap from the client Service");
+    assert_eq!(s(&cm["SHALE_KAFKA_LISTEN"]), "0.0.0.0:9092");
+    assert_eq!(s(&env("SHALE_KAFKA_ADVERTISE")["value"]), format!("$(POD_NAME).{peers_name}:9092"));
 
     // Secure by default: TLS with each pod's own certificate from the Secret the script makes, and
     // authorization on with the script's client a super-user.

@@ -165,9 +165,32 @@ fn unauthenticated(metrics: &Metrics, message: &str) -> Status {
 pub fn peer_identity<T>(request: &Request<T>) -> (Option<u64>, Option<String>) {
     let Some(certs) = request.peer_certs() else { return (None, None) };
     let Some(leaf) = certs.first() else { return (None, None) };
-    let node = certified_node(leaf.as_ref()).ok().flatten();
-    let client = if node.is_some() { None } else { certified_client(leaf.as_ref()).ok().flatten() };
+    leaf_identity(leaf.as_ref())
+}
+
+/// The node and client names in a peer's leaf certificate (DER).
+pub fn leaf_identity(leaf: &[u8]) -> (Option<u64>, Option<String>) {
+    let node = certified_node(leaf).ok().flatten();
+    let client = if node.is_some() { None } else { certified_client(leaf).ok().flatten() };
     (node, client)
+}
+
+/// The caller of a connection that is not a gRPC request (the Kafka listener), from the peer's
+/// leaf certificate (DER) over TLS, as [`authenticate`] decides for a request without credentials
+/// in its headers: a node certificate is that node, a client certificate its user, none is
+/// anonymous. `Err` (why) for a client certificate whose name is not a valid principal.
+pub fn connection_caller(leaf: Option<&[u8]>, peer: Option<SocketAddr>) -> Result<Caller, &'static str> {
+    let (node, client) = leaf.map(leaf_identity).unwrap_or_default();
+    if let Some(name) = client {
+        if validate_principal(&name).is_err() {
+            return Err("the client certificate's name is not a valid principal");
+        }
+        return Ok(Caller::new(Principal::User(name), Source::Certificate, peer));
+    }
+    if let Some(id) = node {
+        return Ok(Caller::new(Principal::Node(id), Source::Node, peer));
+    }
+    Ok(Caller::new(Principal::Anonymous, Source::Anonymous, peer))
 }
 
 /// The caller of `request`, or UNAUTHENTICATED: a token that is malformed or not accepted (unknown

@@ -13,6 +13,7 @@ pub fn members(members: &[MemberInfo], voters: &[u64]) -> Vec<proto::NodeInfo> {
             addr: m.client_addr.clone(),
             role: if voters.contains(&m.id) { "voter" } else { "learner" }.to_string(),
             internal_addr: m.addr.clone(),
+            kafka_addr: m.kafka_addr.clone(),
         })
         .collect()
 }
@@ -57,6 +58,7 @@ pub fn cluster_status(s: &ClusterStatus) -> proto::ClusterStatusResponse {
         damaged: Vec::new(),
         client_addr: String::new(),
         internal_addr: String::new(),
+        kafka_addr: String::new(),
     }
 }
 
@@ -114,8 +116,13 @@ mod tests {
         let s = ClusterStatus {
             node_id: 1,
             members: vec![
-                MemberInfo { id: 1, addr: "a:1".into(), client_addr: "a:1".into() },
-                MemberInfo { id: 4, addr: "d:1".into(), client_addr: "127.0.0.1:7004".into() },
+                MemberInfo { id: 1, addr: "a:1".into(), client_addr: "a:1".into(), kafka_addr: String::new() },
+                MemberInfo {
+                    id: 4,
+                    addr: "d:1".into(),
+                    client_addr: "127.0.0.1:7004".into(),
+                    kafka_addr: "127.0.0.1:9095".into(),
+                },
             ],
             metadata: Some(GroupStatus {
                 group: GroupId(0),

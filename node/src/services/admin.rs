@@ -461,6 +461,7 @@ impl proto::admin_server::Admin for AdminService {
                 let mut response = status_conv::cluster_status(&status);
                 response.client_addr = self.ctx.cluster.own_client_addr();
                 response.internal_addr = self.ctx.cluster.own_internal_addr().to_string();
+                response.kafka_addr = self.ctx.cluster.own_kafka_addr();
                 response.damaged =
                     status_conv::damaged(&self.ctx.cluster.local_topics(), self.ctx.node_id, &self.ctx.damage.all());
                 Ok(response)
@@ -486,19 +487,29 @@ impl proto::admin_server::Admin for AdminService {
                     if req.client_addr.len() > max {
                         return Err(invalid("client_addr", "a client address is a host:port"));
                     }
+                    if req.kafka_addr.len() > max {
+                        return Err(invalid("kafka_addr", "a Kafka address is a host:port"));
+                    }
                     // Only the metadata leader adds (elsewhere the call is forwarded as it came).
                     let result = if self.ctx.cluster.is_metadata_leader() {
-                        let client = if req.client_addr.is_empty() {
-                            crate::bootstrap::probe_client_addr(
-                                &req.addr,
-                                self.ctx.cluster.router().peers().tls().as_ref(),
-                            )
-                            .await
-                            .unwrap_or_else(|| req.addr.clone())
+                        let probed = if req.client_addr.is_empty() || req.kafka_addr.is_empty() {
+                            crate::bootstrap::probe_addrs(&req.addr, self.ctx.cluster.router().peers().tls().as_ref())
+                                .await
                         } else {
-                            req.client_addr.clone()
+                            None
                         };
-                        let addrs = MemberAddrs { internal: req.addr.clone(), client };
+                        let recorded = self.ctx.cluster.member_addrs(req.node_id);
+                        let client = match (req.client_addr.is_empty(), &probed) {
+                            (false, _) => req.client_addr.clone(),
+                            (true, Some(p)) if !p.client.is_empty() => p.client.clone(),
+                            (true, _) => req.addr.clone(),
+                        };
+                        let kafka = match (req.kafka_addr.is_empty(), &probed) {
+                            (false, _) => req.kafka_addr.clone(),
+                            (true, Some(p)) => p.kafka.clone(),
+                            (true, None) => recorded.map(|r| r.kafka).unwrap_or_default(),
+                        };
+                        let addrs = MemberAddrs::pair(req.addr.clone(), client).with_kafka(kafka);
                         self.ctx.cluster.add_node(req.node_id, addrs).await
                     } else {
                         Err(ClusterError::NotLeader { leader: self.ctx.cluster.metadata_leader() })

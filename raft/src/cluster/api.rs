@@ -251,32 +251,50 @@ pub struct MemberInfo {
     pub addr: String,
     /// Its client address (`host:port`): what clients are told (leaders, redirects).
     pub client_addr: String,
+    /// Its Kafka listener's advertised address (`host:port`; empty: none recorded).
+    pub kafka_addr: String,
 }
 
 /// Where a member is reached: by other nodes (`internal`: Raft, repair reads, forwarded requests,
 /// bootstrap probes) and by clients (`client`: every leader or member address a client is told).
-/// Equal when the node serves both on one listener.
+/// Equal when the node serves both on one listener. `kafka` is where Kafka clients reach the
+/// node's Kafka listener (what Metadata responses name as the broker); empty when the member has
+/// none or has not recorded it yet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MemberAddrs {
     /// The internal listener's advertised `host:port`.
     pub internal: String,
     /// The client listener's advertised `host:port`.
     pub client: String,
+    /// The Kafka listener's advertised `host:port` (empty: none).
+    pub kafka: String,
 }
 
 impl MemberAddrs {
-    /// One address for both (one listener).
+    /// One address for both (one listener), no Kafka listener.
     pub fn one(addr: impl Into<String>) -> Self {
         let addr = addr.into();
-        Self { client: addr.clone(), internal: addr }
+        Self { client: addr.clone(), internal: addr, kafka: String::new() }
     }
 
-    /// Why these addresses cannot be recorded (empty or over [`limits::MAX_ADDR_BYTES`]), if so.
+    /// An internal and a client address, no Kafka listener.
+    pub fn pair(internal: impl Into<String>, client: impl Into<String>) -> Self {
+        Self { internal: internal.into(), client: client.into(), kafka: String::new() }
+    }
+
+    /// These addresses with `kafka` as the Kafka listener's.
+    pub fn with_kafka(mut self, kafka: impl Into<String>) -> Self {
+        self.kafka = kafka.into();
+        self
+    }
+
+    /// Why these addresses cannot be recorded (internal or client empty, any over
+    /// [`limits::MAX_ADDR_BYTES`]), if so.
     pub fn invalid(&self) -> Option<String> {
-        [("internal", &self.internal), ("client", &self.client)]
+        [("internal", &self.internal, false), ("client", &self.client, false), ("kafka", &self.kafka, true)]
             .into_iter()
-            .find(|(_, a)| a.is_empty() || a.len() > limits::MAX_ADDR_BYTES)
-            .map(|(what, a)| format!("{what} address of {} bytes", a.len()))
+            .find(|(_, a, may_be_empty)| (a.is_empty() && !may_be_empty) || a.len() > limits::MAX_ADDR_BYTES)
+            .map(|(what, a, _)| format!("{what} address of {} bytes", a.len()))
     }
 }
 

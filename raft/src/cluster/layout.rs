@@ -78,6 +78,16 @@ pub mod metadata_command {
     /// Kind: drop a memberless group whose last commit is older than the retention
     /// (`[group][now_ms:u64][retention_ms:u64]`).
     pub const KIND_EXPIRE_GROUP_OFFSETS: u8 = 46;
+    /// Kind: add (or re-address) a member with its internal, client and Kafka addresses
+    /// (`[id:u64][internal:str16][client:str16][kafka:str16]`; written instead of
+    /// [`KIND_ADD_MEMBER_ADDRS`], which is still read: no Kafka address).
+    pub const KIND_ADD_MEMBER_KAFKA: u8 = 47;
+    /// Kind: record the initial members with internal, client and Kafka addresses (written instead
+    /// of [`KIND_BOOTSTRAP_ADDRS`], which is still read: no Kafka addresses).
+    pub const KIND_BOOTSTRAP_KAFKA: u8 = 48;
+    /// Kind: give a topic more partitions (`[name:str16][count:u32]`, then totals and the per-node
+    /// limit as [`KIND_CREATE_TOPIC_BOUNDED`] writes them, each behind a presence byte).
+    pub const KIND_ADD_PARTITIONS: u8 = 49;
     /// Per-node limit byte: `limits.max_partitions_per_node`.
     pub const NODE_LIMIT_MAX_PARTITIONS: u8 = 1;
     /// Per-node limit byte: the entry-cache budget (`memory.log_cache_bytes`).
@@ -104,9 +114,11 @@ pub mod metadata_reply {
 pub mod metadata_snapshot {
     /// "SHMD".
     pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMD");
-    /// Version written and read (4: the consumer groups' coordinator state follows the quota
-    /// entries).
-    pub const VERSION: u16 = 4;
+    /// Version written and read (5: each member has a Kafka address after its client address).
+    pub const VERSION: u16 = 5;
+    /// Still read: the consumer groups' coordinator state follows the quota entries; members
+    /// have no Kafka address.
+    pub const VERSION_4: u16 = 4;
     /// Still read: each member has an internal and a client address; each user's credential
     /// carries a kind byte, token or SCRAM-SHA-256 password; quota entries follow the ACL rules;
     /// no group coordinator state.
@@ -390,7 +402,7 @@ mod tests {
             let retention = RetentionPolicy { retention_bytes: Some(n), retention_ms: n.checked_sub(1) };
             let members = BTreeMap::from([
                 (1, MemberAddrs::one("a:1")),
-                (2, MemberAddrs { internal: format!("{name}:2"), client: format!("127.0.0.1:{n}") }),
+                (2, MemberAddrs::pair(format!("{name}:2"), format!("127.0.0.1:{n}")).with_kafka(format!("k-{name}:2"))),
             ]);
             let spec = TopicSpec {
                 name: name.into(),
@@ -404,7 +416,8 @@ mod tests {
                 MetadataCommand::Bootstrap { members },
                 MetadataCommand::AddMember {
                     id: 3,
-                    addrs: MemberAddrs { internal: format!("{name}:3"), client: format!("c-{name}:3") },
+                    addrs: MemberAddrs::pair(format!("{name}:3"), format!("c-{name}:3"))
+                        .with_kafka(format!("k-{name}:3")),
                 },
                 MetadataCommand::CreateTopic(spec.clone()),
                 // Within the totals (2 + 2 partitions of 4), then past them (refused).
@@ -423,6 +436,15 @@ mod tests {
                 MetadataCommand::CommitOffset { group: "g".into(), topic: name.into(), partition: 9, offset: n },
                 MetadataCommand::RemoveMember { id: 3 },
                 MetadataCommand::RemoveMember { id: 3 },
+                MetadataCommand::AddPartitions {
+                    name: name.into(),
+                    count: 3,
+                    totals: Some(TopicTotals { max_topics: 8, max_partitions: 64 }),
+                    per_node: Some(crate::cluster::ReplicaLimit {
+                        max_replicas: 99,
+                        limit: crate::cluster::NodeLimit::LogCacheBudget,
+                    }),
+                },
                 MetadataCommand::DeleteTopic { name: "other".into() },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [level as u8; 32] },
                 MetadataCommand::CreateUser { name: name.into(), token_hash: [0; 32] },

@@ -47,6 +47,18 @@ pub enum MetadataCommand {
         /// The most replicas any one node may hold.
         per_node: ReplicaLimit,
     },
+    /// Give a topic more partitions (the new ones placed as at creation), within the cluster totals
+    /// and the per-node replica limit the proposing node carries.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The partition count it then has (more than it has now).
+        count: u32,
+        /// The cluster totals to stay within, if any.
+        totals: Option<TopicTotals>,
+        /// The most replicas any one node may hold, if limited.
+        per_node: Option<ReplicaLimit>,
+    },
     /// Delete a topic and every committed offset for it.
     DeleteTopic {
         /// Topic name.
@@ -467,6 +479,7 @@ impl MetadataState {
             MetadataCommand::CreateTopic(_)
                 | MetadataCommand::CreateTopicWithin { .. }
                 | MetadataCommand::CreateTopicBounded { .. }
+                | MetadataCommand::AddPartitions { .. }
                 | MetadataCommand::DeleteTopic { .. }
         ) {
             // New partitions are assigned, deleted ones dropped, without members rejoining.
@@ -483,6 +496,9 @@ impl MetadataState {
             MetadataCommand::CreateTopicWithin { spec, totals } => self.create_topic(spec, Some(totals), None),
             MetadataCommand::CreateTopicBounded { spec, totals, per_node } => {
                 self.create_topic(spec, totals.as_ref(), Some(per_node))
+            }
+            MetadataCommand::AddPartitions { name, count, totals, per_node } => {
+                self.add_partitions(name, *count, totals.as_ref(), per_node.as_ref())
             }
             MetadataCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
@@ -746,7 +762,7 @@ impl MetadataState {
         // Bounded creations (kind 40 on) also pick followers by load; the older kinds keep the
         // placement they were applied with, so replaying an old log places alike.
         let rule = if per_node.is_some() { Placement::LeastLoaded } else { Placement::Ring };
-        let partitions = self.place(id, spec.partitions, spec.replication_factor as usize, rule);
+        let partitions = self.place(id, 0..spec.partitions, spec.replication_factor as usize, rule);
         if let Some(per_node) = per_node {
             self.check_replicas_per_node(&spec.name, &partitions, per_node)?;
         }
@@ -765,6 +781,52 @@ impl MetadataState {
 
     /// Refuses `new` partitions if any node (lowest id first) would then hold more replicas than
     /// `per_node` allows.
+    /// Gives topic `name` partitions up to `count` (more than it has), placed by load as
+    /// `CreateTopicBounded` places them, within `totals` and `per_node`.
+    fn add_partitions(
+        &mut self,
+        name: &str,
+        count: u32,
+        totals: Option<&TopicTotals>,
+        per_node: Option<&ReplicaLimit>,
+    ) -> Result<MetadataReply, Rejection> {
+        let topic = self.topics.get(name).ok_or_else(|| Rejection::UnknownTopic { name: name.to_string() })?;
+        let current = topic.partitions.len() as u32;
+        if count <= current || count > limits::MAX_PARTITIONS {
+            return Err(Rejection::Invalid {
+                reason: format!(
+                    "topic has {current} partitions; a new count is in {}..={}",
+                    current + 1,
+                    limits::MAX_PARTITIONS
+                ),
+            });
+        }
+        let (id, factor) = (topic.id, topic.replication_factor as usize);
+        if let Some(totals) = totals {
+            let partitions = self.partition_count();
+            if partitions + (count - current) as usize > totals.max_partitions as usize {
+                return Err(Rejection::ClusterLimit {
+                    topic: name.to_string(),
+                    total: ClusterTotal::Partitions,
+                    limit: u64::from(totals.max_partitions),
+                    current: partitions as u64,
+                    requested: u64::from(count - current),
+                });
+            }
+        }
+        let available = self.members.len();
+        if factor > available {
+            return Err(Rejection::NotEnoughNodes { requested: factor as u32, available: available as u32 });
+        }
+        let added = self.place(id, current..count, factor, Placement::LeastLoaded);
+        if let Some(per_node) = per_node {
+            self.check_replicas_per_node(name, &added, per_node)?;
+        }
+        let topic = self.topics.get_mut(name).expect("looked up above");
+        topic.partitions.extend(added);
+        Ok(MetadataReply::Topic(topic.clone()))
+    }
+
     fn check_replicas_per_node(
         &self,
         topic: &str,
@@ -827,11 +889,17 @@ impl MetadataState {
     /// replicas, then the lowest id); the followers are, by `rule`, the members after it in id
     /// order ([`Placement::Ring`]) or those holding the fewest replicas so far, ties in that
     /// order ([`Placement::LeastLoaded`]). Counts cover every topic, not only this one.
-    fn place(&self, topic: TopicId, count: u32, replicas: usize, rule: Placement) -> Vec<PartitionAssignment> {
+    fn place(
+        &self,
+        topic: TopicId,
+        partitions: std::ops::Range<u32>,
+        replicas: usize,
+        rule: Placement,
+    ) -> Vec<PartitionAssignment> {
         let ring: Vec<NodeId> = self.members.keys().copied().collect();
         debug_assert!(replicas >= 1 && replicas <= ring.len());
         let mut load = self.load();
-        (0..count)
+        partitions
             .map(|partition| {
                 let start = (0..ring.len())
                     .min_by_key(|i| {
@@ -935,7 +1003,7 @@ impl MetadataState {
         w.u32(snap::MAGIC).u16(snap::VERSION).u32(self.next_topic_id);
         w.u32(self.members.len() as u32);
         for (id, addrs) in &self.members {
-            w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
+            w.u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
         }
         w.u32(self.topics.len() as u32);
         for topic in self.topics.values() {
@@ -961,21 +1029,21 @@ impl MetadataState {
         let mut r = Reader::with_crc("metadata snapshot", bytes)?;
         let version = r.snapshot_header_of(
             snap::MAGIC,
-            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION_3, snap::VERSION],
+            &[snap::VERSION_BEFORE_ACCESS, snap::VERSION_2, snap::VERSION_3, snap::VERSION_4, snap::VERSION],
         )?;
         let mut state = MetadataState { next_topic_id: r.u32()?, ..Self::default() };
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_MEMBERS, 10)?;
         for _ in 0..n {
             let id = r.u64()?;
-            let internal = r.str16(limits::MAX_ADDR_BYTES)?;
-            // Before version 3 a member had one address, for clients and nodes alike.
-            let addrs = if version >= snap::VERSION_3 {
-                MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? }
-            } else {
-                MemberAddrs::one(internal)
+            // Before version 3 a member had one address, for clients and nodes alike; before
+            // version 5 no Kafka address.
+            let layout = match version {
+                v if v >= snap::VERSION => AddrLayout::WithKafka,
+                v if v >= snap::VERSION_3 => AddrLayout::WithClient,
+                _ => AddrLayout::One,
             };
-            state.members.insert(id, addrs);
+            state.members.insert(id, read_addrs(&mut r, layout)?);
         }
         let raw = u64::from(r.u32()?);
         let n = r.count(raw, MAX_TOPICS, 16)?;
@@ -998,7 +1066,7 @@ impl MetadataState {
         if version >= snap::VERSION_3 {
             state.quotas = QuotaState::decode(&mut r)?;
         }
-        if version >= snap::VERSION {
+        if version >= snap::VERSION_4 {
             let raw = u64::from(r.u32()?);
             let n = r.count(raw, MAX_GROUPS, 23)?;
             for _ in 0..n {
@@ -1012,14 +1080,26 @@ impl MetadataState {
     }
 }
 
-/// A member's addresses: `internal` (`internal.client` when `with_client`, else the one address for both).
-fn read_addrs(r: &mut Reader<'_>, with_client: bool) -> Result<MemberAddrs, ClusterError> {
+/// Which of a member's addresses an encoding holds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AddrLayout {
+    /// `[addr:str16]`: one address for nodes and clients, no Kafka address.
+    One,
+    /// `[internal:str16][client:str16]`, no Kafka address.
+    WithClient,
+    /// `[internal:str16][client:str16][kafka:str16]`.
+    WithKafka,
+}
+
+/// A member's addresses, in `layout`.
+fn read_addrs(r: &mut Reader<'_>, layout: AddrLayout) -> Result<MemberAddrs, ClusterError> {
     let internal = r.str16(limits::MAX_ADDR_BYTES)?;
-    if with_client {
-        Ok(MemberAddrs { internal, client: r.str16(limits::MAX_ADDR_BYTES)? })
-    } else {
-        Ok(MemberAddrs::one(internal))
+    if layout == AddrLayout::One {
+        return Ok(MemberAddrs::one(internal));
     }
+    let client = r.str16(limits::MAX_ADDR_BYTES)?;
+    let kafka = if layout == AddrLayout::WithKafka { r.str16(limits::MAX_ADDR_BYTES)? } else { String::new() };
+    Ok(MemberAddrs { internal, client, kafka })
 }
 
 /// Checks a topic spec's fields (not the cluster-dependent replication factor bound).
@@ -1124,6 +1204,20 @@ impl MetadataCommand {
                     NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
                 });
             }
+            MetadataCommand::AddPartitions { name, count, totals, per_node } => {
+                w.u8(cmd::KIND_ADD_PARTITIONS).str16(name).u32(*count);
+                match totals {
+                    Some(t) => w.u8(1).u32(t.max_topics).u32(t.max_partitions),
+                    None => w.u8(0),
+                };
+                match per_node {
+                    Some(p) => w.u8(1).u32(p.max_replicas).u8(match p.limit {
+                        NodeLimit::MaxPartitionsPerNode => cmd::NODE_LIMIT_MAX_PARTITIONS,
+                        NodeLimit::LogCacheBudget => cmd::NODE_LIMIT_LOG_CACHE,
+                    }),
+                    None => w.u8(0),
+                };
+            }
             MetadataCommand::DeleteTopic { name } => {
                 w.u8(cmd::KIND_DELETE_TOPIC).str16(name);
             }
@@ -1152,12 +1246,16 @@ impl MetadataCommand {
                 w.u8(cmd::KIND_COMMIT_OFFSET).str16(group).str16(topic).u32(*partition).u64(*offset);
             }
             MetadataCommand::AddMember { id, addrs } => {
-                w.u8(cmd::KIND_ADD_MEMBER_ADDRS).u64(*id).str16(&addrs.internal).str16(&addrs.client);
+                w.u8(cmd::KIND_ADD_MEMBER_KAFKA)
+                    .u64(*id)
+                    .str16(&addrs.internal)
+                    .str16(&addrs.client)
+                    .str16(&addrs.kafka);
             }
             MetadataCommand::Bootstrap { members } => {
-                w.u8(cmd::KIND_BOOTSTRAP_ADDRS).u16(members.len() as u16);
+                w.u8(cmd::KIND_BOOTSTRAP_KAFKA).u16(members.len() as u16);
                 for (id, addrs) in members {
-                    w.u64(*id).str16(&addrs.internal).str16(&addrs.client);
+                    w.u64(*id).str16(&addrs.internal).str16(&addrs.client).str16(&addrs.kafka);
                 }
             }
             MetadataCommand::RemoveMember { id } => {
@@ -1263,6 +1361,29 @@ impl MetadataCommand {
                 };
                 MetadataCommand::CreateTopicBounded { spec, totals, per_node: ReplicaLimit { max_replicas, limit } }
             }
+            cmd::KIND_ADD_PARTITIONS => {
+                let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
+                let count = r.u32()?;
+                let totals = match r.u8()? {
+                    0 => None,
+                    1 => Some(TopicTotals { max_topics: r.u32()?, max_partitions: r.u32()? }),
+                    other => return Err(r.error(format!("totals flag {other}"))),
+                };
+                let per_node = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let max_replicas = r.u32()?;
+                        let limit = match r.u8()? {
+                            cmd::NODE_LIMIT_MAX_PARTITIONS => NodeLimit::MaxPartitionsPerNode,
+                            cmd::NODE_LIMIT_LOG_CACHE => NodeLimit::LogCacheBudget,
+                            other => return Err(r.error(format!("unknown node limit {other}"))),
+                        };
+                        Some(ReplicaLimit { max_replicas, limit })
+                    }
+                    other => return Err(r.error(format!("per-node limit flag {other}"))),
+                };
+                MetadataCommand::AddPartitions { name, count, totals, per_node }
+            }
             cmd::KIND_DELETE_TOPIC => MetadataCommand::DeleteTopic { name: r.str16(limits::MAX_TOPIC_NAME_BYTES)? },
             cmd::KIND_ALTER_TOPIC => {
                 let name = r.str16(limits::MAX_TOPIC_NAME_BYTES)?;
@@ -1284,19 +1405,30 @@ impl MetadataCommand {
                 partition: r.u32()?,
                 offset: r.u64()?,
             },
-            // Kinds 5 and 7 (written before members had a client address) name one address for both.
-            cmd::KIND_ADD_MEMBER | cmd::KIND_ADD_MEMBER_ADDRS => {
+            // Kinds 5 and 7 (written before members had a client address) name one address for
+            // both; 13 and 14 (before Kafka addresses) an internal and a client address.
+            cmd::KIND_ADD_MEMBER | cmd::KIND_ADD_MEMBER_ADDRS | cmd::KIND_ADD_MEMBER_KAFKA => {
                 let id = r.u64()?;
-                MetadataCommand::AddMember { id, addrs: read_addrs(&mut r, kind == cmd::KIND_ADD_MEMBER_ADDRS)? }
+                let layout = match kind {
+                    cmd::KIND_ADD_MEMBER => AddrLayout::One,
+                    cmd::KIND_ADD_MEMBER_ADDRS => AddrLayout::WithClient,
+                    _ => AddrLayout::WithKafka,
+                };
+                MetadataCommand::AddMember { id, addrs: read_addrs(&mut r, layout)? }
             }
             cmd::KIND_REMOVE_MEMBER => MetadataCommand::RemoveMember { id: r.u64()? },
-            cmd::KIND_BOOTSTRAP | cmd::KIND_BOOTSTRAP_ADDRS => {
+            cmd::KIND_BOOTSTRAP | cmd::KIND_BOOTSTRAP_ADDRS | cmd::KIND_BOOTSTRAP_KAFKA => {
                 let raw = u64::from(r.u16()?);
                 let n = r.count(raw, MAX_MEMBERS, 10)?;
+                let layout = match kind {
+                    cmd::KIND_BOOTSTRAP => AddrLayout::One,
+                    cmd::KIND_BOOTSTRAP_ADDRS => AddrLayout::WithClient,
+                    _ => AddrLayout::WithKafka,
+                };
                 let mut members = BTreeMap::new();
                 for _ in 0..n {
                     let id = r.u64()?;
-                    members.insert(id, read_addrs(&mut r, kind == cmd::KIND_BOOTSTRAP_ADDRS)?);
+                    members.insert(id, read_addrs(&mut r, layout)?);
                 }
                 MetadataCommand::Bootstrap { members }
             }
@@ -1546,6 +1678,46 @@ mod tests {
             MetadataReply::Topic(t) => t,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn adding_partitions_places_the_new_ones_and_keeps_the_old() {
+        let mut s = three_members();
+        let before = create(&mut s, "t", 2, 3);
+        let add =
+            |count, totals, per_node| MetadataCommand::AddPartitions { name: "t".into(), count, totals, per_node };
+        let after = match s.apply(&add(5, None, None)) {
+            MetadataReply::Topic(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after.partitions.len(), 5);
+        assert_eq!(after.partitions[..2], before.partitions[..], "the old partitions are untouched");
+        for (i, p) in after.partitions.iter().enumerate() {
+            assert_eq!(p.partition, i as u32);
+            assert_eq!(p.group, partition_group_id(after.id, i as u32));
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.replica_epoch, 0);
+        }
+        // Preferred leaders stay spread: 5 partitions on 3 nodes, at most 2 each.
+        let mut leads = BTreeMap::new();
+        for p in &after.partitions {
+            *leads.entry(p.replicas[0]).or_insert(0) += 1;
+        }
+        assert!(leads.values().all(|n| *n <= 2), "{leads:?}");
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 5);
+        // Not growing, an unknown topic, past the cluster total: refused, nothing changed.
+        assert!(matches!(s.apply(&add(5, None, None)), MetadataReply::Rejected(Rejection::Invalid { .. })));
+        let unknown = MetadataCommand::AddPartitions { name: "u".into(), count: 9, totals: None, per_node: None };
+        assert!(matches!(s.apply(&unknown), MetadataReply::Rejected(Rejection::UnknownTopic { .. })));
+        let totals = TopicTotals { max_topics: 10, max_partitions: 6 };
+        assert!(matches!(
+            s.apply(&add(7, Some(totals), None)),
+            MetadataReply::Rejected(Rejection::ClusterLimit { .. })
+        ));
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 5);
+        let round_trip =
+            add(7, Some(totals), Some(ReplicaLimit { max_replicas: 4, limit: NodeLimit::MaxPartitionsPerNode }));
+        assert_eq!(MetadataCommand::decode(&round_trip.encode()).unwrap(), round_trip);
     }
 
     #[test]
@@ -1951,7 +2123,7 @@ mod tests {
     fn bootstrap_records_members_once() {
         let mut s = MetadataState::new();
         let first = BTreeMap::from([
-            (1, MemberAddrs { internal: "node-1:7101".into(), client: "127.0.0.1:7001".into() }),
+            (1, MemberAddrs::pair("node-1:7101", "127.0.0.1:7001").with_kafka("127.0.0.1:9092")),
             (2, MemberAddrs::one("b:2")),
         ]);
         assert_eq!(s.apply(&MetadataCommand::Bootstrap { members: first.clone() }), MetadataReply::Ok);
@@ -2199,25 +2371,32 @@ mod tests {
     }
 
     #[test]
-    fn members_keep_an_internal_and_a_client_address_and_old_encodings_still_read() {
+    fn members_keep_an_internal_a_client_and_a_kafka_address_and_old_encodings_still_read() {
         let mut s = MetadataState::new();
-        let two = MemberAddrs { internal: "node-2:7101".into(), client: "127.0.0.1:7002".into() };
+        let two = MemberAddrs::pair("node-2:7101", "127.0.0.1:7002").with_kafka("127.0.0.1:9093");
         let add = MetadataCommand::AddMember { id: 2, addrs: two.clone() };
         let bytes = add.encode();
-        assert_eq!(bytes[3], cmd::KIND_ADD_MEMBER_ADDRS, "written with both addresses");
+        assert_eq!(bytes[3], cmd::KIND_ADD_MEMBER_KAFKA, "written with all three addresses");
         assert_eq!(MetadataCommand::decode(&bytes).unwrap(), add);
         assert_eq!(s.apply(&add), MetadataReply::Ok);
         assert_eq!(s.members()[&2], two);
         // Re-addressing a member changes only its addresses.
-        let moved = MemberAddrs { internal: "node-2:7101".into(), client: "shale.example:9092".into() };
+        let moved = MemberAddrs::pair("node-2:7101", "shale.example:7002").with_kafka("shale.example:9092");
         assert_eq!(s.apply(&MetadataCommand::AddMember { id: 2, addrs: moved.clone() }), MetadataReply::Ok);
         assert_eq!(s.members()[&2], moved);
         // An empty client address is refused like an empty internal one.
-        let empty = MemberAddrs { internal: "node-3:7101".into(), client: String::new() };
+        let empty = MemberAddrs::pair("node-3:7101", String::new());
         assert!(matches!(
             s.apply(&MetadataCommand::AddMember { id: 3, addrs: empty }),
             MetadataReply::Rejected(Rejection::Invalid { .. })
         ));
+        // Kind 13, written before Kafka addresses: none recorded.
+        let mut w = Writer::new();
+        w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_ADD_MEMBER_ADDRS).u64(4).str16("h:4").str16("c:4");
+        assert_eq!(
+            MetadataCommand::decode(&w.finish()).unwrap(),
+            MetadataCommand::AddMember { id: 4, addrs: MemberAddrs::pair("h:4", "c:4") }
+        );
         // Kinds 5 and 7, written before client addresses: the one address serves both.
         let mut w = Writer::new();
         w.u16(cmd::MAGIC).u8(cmd::VERSION).u8(cmd::KIND_ADD_MEMBER).u64(4).str16("h:4");
@@ -2234,8 +2413,9 @@ mod tests {
             }
         );
         let bootstrap = MetadataCommand::Bootstrap { members: BTreeMap::from([(1, two.clone())]) };
-        assert_eq!(bootstrap.encode()[3], cmd::KIND_BOOTSTRAP_ADDRS);
-        // The snapshot (version 3) keeps both addresses.
+        assert_eq!(bootstrap.encode()[3], cmd::KIND_BOOTSTRAP_KAFKA);
+        assert_eq!(MetadataCommand::decode(&bootstrap.encode()).unwrap(), bootstrap);
+        // The snapshot (version 5) keeps all three addresses.
         let snap = s.encode();
         assert_eq!(u16::from_le_bytes([snap[4], snap[5]]), snap::VERSION);
         assert_eq!(MetadataState::decode(&snap).unwrap().members()[&2], moved);
@@ -2376,7 +2556,7 @@ mod tests {
                     .prop_map(|members| MetadataCommand::Bootstrap {
                         members: members
                             .into_iter()
-                            .map(|(id, (internal, client))| (id, MemberAddrs { internal, client }))
+                            .map(|(id, (internal, client))| (id, MemberAddrs::pair(internal, client)))
                             .collect()
                     }),
             ]

@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     /// `host:port` of this node's client listener, as clients reach it; `None`: `advertise_addr`
     /// (one listener for both).
     pub client_addr: Option<String>,
+    /// `host:port` of this node's Kafka listener, as Kafka clients reach it; `None`: no Kafka
+    /// listener (recorded as an empty Kafka address).
+    pub kafka_addr: Option<String>,
     /// The node's storage; every group's streams live in it.
     pub storage: Arc<dyn StorageBackend>,
     /// Transport tunables.
@@ -110,6 +113,7 @@ impl ClusterConfig {
             node_id,
             advertise_addr: advertise_addr.into(),
             client_addr: None,
+            kafka_addr: None,
             storage,
             network: NetworkConfig::default(),
             raft: RaftGroupConfig::default(),
@@ -135,6 +139,7 @@ impl fmt::Debug for ClusterConfig {
             .field("node_id", &self.node_id)
             .field("advertise_addr", &self.advertise_addr)
             .field("client_addr", &self.client_addr)
+            .field("kafka_addr", &self.kafka_addr)
             .field("reconcile_interval_ms", &self.reconcile_interval_ms)
             .field("retention_interval_ms", &self.retention_interval_ms)
             .field("preferred_leader_delay_ms", &self.preferred_leader_delay_ms)
@@ -226,7 +231,7 @@ pub struct Cluster {
     /// The client addresses of the initial members that this node knows (its own, and those
     /// [`Cluster::bootstrap`] was given): the metadata leader records them with the bootstrap
     /// voters' internal addresses (the Raft membership holds only those).
-    initial_client_addrs: Mutex<BTreeMap<NodeId, String>>,
+    initial_client_addrs: Mutex<BTreeMap<NodeId, MemberAddrs>>,
     /// On the metadata leader: when each consumer-group member was last heard from.
     sessions: Mutex<coordinator::Sessions>,
     /// Numbers the consumer-group member ids this node hands out.
@@ -261,7 +266,9 @@ impl Cluster {
         }
         let (shutdown, _) = watch::channel(false);
         let own_client_addr = config.client_addr.clone().unwrap_or_else(|| config.advertise_addr.clone());
-        let initial_client_addrs = Mutex::new(BTreeMap::from([(config.node_id, own_client_addr)]));
+        let own = MemberAddrs::pair(config.advertise_addr.clone(), own_client_addr)
+            .with_kafka(config.kafka_addr.clone().unwrap_or_default());
+        let initial_client_addrs = Mutex::new(BTreeMap::from([(config.node_id, own)]));
         let cluster = Arc::new(Cluster {
             config,
             router,
@@ -442,6 +449,11 @@ impl Cluster {
         self.config.client_addr.clone().unwrap_or_else(|| self.config.advertise_addr.clone())
     }
 
+    /// This node's Kafka listener's advertised address (as configured; empty: none).
+    pub fn own_kafka_addr(&self) -> String {
+        self.config.kafka_addr.clone().unwrap_or_default()
+    }
+
     /// This node's internal address (as configured).
     pub fn own_internal_addr(&self) -> &str {
         &self.config.advertise_addr
@@ -491,7 +503,7 @@ impl Cluster {
         if let Some((id, bad)) = members.iter().find_map(|(id, a)| a.invalid().map(|bad| (id, bad))) {
             return Err(ClusterError::InvalidArgument { field: "members", reason: format!("node {id}: {bad}") });
         }
-        self.initial_client_addrs.lock().extend(members.iter().map(|(id, a)| (*id, a.client.clone())));
+        self.initial_client_addrs.lock().extend(members.iter().map(|(id, a)| (*id, a.clone())));
         let nodes: BTreeMap<NodeId, Node> =
             members.iter().map(|(id, a)| (*id, Node::new(a.internal.clone()))).collect();
         match tokio::time::timeout(self.timeout(), self.meta().initialize(nodes)).await {
@@ -558,6 +570,25 @@ impl Cluster {
         match self.propose(command).await? {
             MetadataReply::Topic(t) => Ok(t),
             other => Err(ClusterError::Decode { what: "create topic reply", reason: format!("unexpected {other:?}") }),
+        }
+    }
+
+    /// Gives a topic `count` partitions (more than it has): the new ones are placed by load, within
+    /// the cluster totals and the per-node replica limit, and their groups start on their replicas
+    /// as a new topic's do. Existing partitions, their records and offsets are untouched (keys may
+    /// map to other partitions from then on, as in Kafka). Metadata leader only.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo, ClusterError> {
+        let command = MetadataCommand::AddPartitions {
+            name: name.to_string(),
+            count,
+            totals: self.config.topic_totals,
+            per_node: self.config.replica_limit,
+        };
+        match self.propose(command).await? {
+            MetadataReply::Topic(t) => Ok(t),
+            other => {
+                Err(ClusterError::Decode { what: "add partitions reply", reason: format!("unexpected {other:?}") })
+            }
         }
     }
 
@@ -888,7 +919,12 @@ impl Cluster {
             .read()
             .members()
             .iter()
-            .map(|(id, a)| MemberInfo { id: *id, addr: a.internal.clone(), client_addr: a.client.clone() })
+            .map(|(id, a)| MemberInfo {
+                id: *id,
+                addr: a.internal.clone(),
+                client_addr: a.client.clone(),
+                kafka_addr: a.kafka.clone(),
+            })
             .collect();
         let voters: Vec<NodeId> = self.metadata_voters().into_iter().collect();
         let metadata = Some(group_status(&self.meta(), None, voters));

@@ -491,8 +491,12 @@ impl Cluster {
             m.membership()
                 .nodes()
                 .map(|(id, node)| {
-                    let client = clients.get(id).cloned().unwrap_or_else(|| node.addr.clone());
-                    (*id, MemberAddrs { internal: node.addr.clone(), client })
+                    // A node the bootstrapper did not hear from serves clients where nodes reach it.
+                    let addrs = match clients.get(id) {
+                        Some(known) => MemberAddrs { internal: node.addr.clone(), ..known.clone() },
+                        None => MemberAddrs::one(node.addr.clone()),
+                    };
+                    (*id, addrs)
                 })
                 .collect()
         };
