@@ -97,7 +97,7 @@ pub struct RunArgs {
     /// Serve the Kafka protocol (`[kafka] enabled`, default true).
     #[arg(long, env = "SHALE_KAFKA_ENABLED", num_args = 0..=1, default_missing_value = "true")]
     pub kafka_enabled: Option<bool>,
-    /// Kafka listen address (`[kafka] listen`, default 0.0.0.0:9092).
+    /// Kafka listen address (`[kafka] listen`, default 127.0.0.1:9092).
     #[arg(long, env = "SHALE_KAFKA_LISTEN")]
     pub kafka_listen: Option<SocketAddr>,
     /// Address Kafka clients are told for this node (`[kafka] advertise`, Kafka's

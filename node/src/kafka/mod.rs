@@ -43,7 +43,7 @@ use serde::Deserialize;
 pub struct KafkaConfig {
     /// Whether the node serves the Kafka protocol (on by default).
     pub enabled: bool,
-    /// Where the Kafka listener listens (default `0.0.0.0:9092`).
+    /// Where the Kafka listener listens (default `127.0.0.1:9092`, like the gRPC listener: set `0.0.0.0:9092` to serve other hosts).
     pub listen: SocketAddr,
     /// The `host:port` Kafka clients are told for this node (Kafka's `advertised.listeners`):
     /// Metadata responses name every broker by the address it advertises. Default: the listener's
@@ -57,7 +57,7 @@ pub const DEFAULT_PORT: u16 = 9092;
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)), advertise: None }
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)), advertise: None }
     }
 }
 
