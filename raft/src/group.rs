@@ -200,6 +200,9 @@ pub struct RaftGroup {
     max_payload_bytes: usize,
     /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
     stopped: watch::Sender<bool>,
+    /// An AppendEntries from a leader was accepted since this group started (so its metrics'
+    /// `cluster_committed` is that leader's word, not what this node's own log said at start).
+    leader_heard: std::sync::atomic::AtomicBool,
     /// The node's peers: the channels, and the node heartbeats heard (quiescence leases).
     peers: Arc<Peers>,
     /// Quiescence: where the group stands, see [`QuietState`].
@@ -442,6 +445,7 @@ impl RaftGroup {
             election_timeout_max_ms: config.election_timeout_max_ms,
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
+            leader_heard: std::sync::atomic::AtomicBool::new(false),
             peers: peers.clone(),
             quiet: Mutex::new(Quiet {
                 state: QuietState::Awake,
@@ -472,6 +476,18 @@ impl RaftGroup {
             return Err(e);
         }
         Ok(g)
+    }
+
+    /// Notes that an AppendEntries from a leader was accepted here.
+    pub(crate) fn note_leader_heard(&self) {
+        self.leader_heard.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this group has accepted an AppendEntries from a leader since it started: until
+    /// then a restarted follower's metrics may name the leader of its stored vote and the commit
+    /// index of its own log, which can be far behind (topics deleted while it was away).
+    pub fn has_heard_a_leader(&self) -> bool {
+        self.leader_heard.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Where the group stands on quiescence.

@@ -207,6 +207,11 @@ impl RaftService for RaftGrpcService {
             .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
             .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
+        if resp.is_success()
+            && let Ok(g) = self.group(req.group_id)
+        {
+            g.note_leader_heard();
+        }
         Ok(Response::new(convert::append_response_to_pb(&resp)))
     }
 

@@ -185,8 +185,11 @@ impl Cluster {
         if self.metadata_current.load(Ordering::Acquire) {
             return true;
         }
-        let m = self.meta().metrics();
-        let current = m.current_leader.is_some()
+        let meta = self.meta();
+        let m = meta.metrics();
+        // A restarted follower must have heard the leader first: before that its metrics give the
+        // leader of its stored vote and its own log's commit index (it may have missed deletions).
+        let current = m.current_leader.is_some_and(|l| l == self.config.node_id || meta.has_heard_a_leader())
             && m.cluster_committed.as_ref().is_some_and(|committed| {
                 m.last_applied.as_ref().is_some_and(|applied| applied.index() >= committed.index())
             });
