@@ -59,13 +59,21 @@ impl Setup {
         crate::init_logging();
         let cluster = ContainerCluster::start_with(3, options).await?;
         let client = cluster.client()?;
-        client
-            .admin()
-            .create_topic(NewTopic::new(topic, partitions, REPLICATION))
-            .await
-            .map_err(HarnessError::client(format!("creating topic {topic}")))?;
-        for p in 0..partitions {
-            cluster.wait_partition_leader(topic, p, &cluster.ids(), ELECTION_TIMEOUT).await?;
+        let created = async {
+            client
+                .admin()
+                .create_topic(NewTopic::new(topic, partitions, REPLICATION))
+                .await
+                .map_err(HarnessError::client(format!("creating topic {topic}")))?;
+            for p in 0..partitions {
+                cluster.wait_partition_leader(topic, p, &cluster.ids(), ELECTION_TIMEOUT).await?;
+            }
+            Ok::<_, HarnessError>(())
+        };
+        if let Err(e) = created.await {
+            // The error returns before any test panics, so the cluster's drop would not save the logs.
+            cluster.dump_logs(40);
+            return Err(e);
         }
         Ok(Self { cluster, client, topic: topic.to_string(), partitions })
     }
