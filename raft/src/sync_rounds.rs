@@ -243,13 +243,13 @@ impl RoundTask {
                 results.insert((storage_key, stream), r);
             }
         }
-        let n = batch.len() as u64;
+        // Counted before the reports go out: whoever a report wakes sees the count.
+        self.rounds.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for p in batch {
             let key = key_of(p.log().storage(), p.log().stream());
             let r = results.get(&key).cloned().unwrap_or_else(|| Err("the stream was not synced".to_string()));
             p.complete(&r);
         }
-        self.rounds.ops.fetch_add(n, Ordering::Relaxed);
     }
 }
 
