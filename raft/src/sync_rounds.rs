@@ -149,6 +149,17 @@ impl SyncRounds {
         rounds
     }
 
+    /// The counters of `storage`'s flush rounds (all zero if none are live: no group log on it
+    /// has a log store). Creates nothing.
+    pub fn stats_of(storage: &dyn StorageBackend) -> SyncRoundStats {
+        let registry = REGISTRY.lock();
+        registry
+            .iter()
+            .filter(|(s, _)| s.strong_count() > 0 && std::ptr::addr_eq(s.as_ptr(), storage as *const dyn StorageBackend))
+            .find_map(|(_, r)| r.upgrade())
+            .map_or_else(SyncRoundStats::default, |r| r.stats())
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> SyncRoundStats {
         SyncRoundStats {
