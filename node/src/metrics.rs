@@ -379,7 +379,11 @@ impl Metrics {
             "Group log flushes (appends reported durable, barriers) completed by the flush rounds.",
             sync.ops,
         );
-        gauge_header(&mut out, "shale_raft_sync_round_streams_max", "Group logs synced by the largest flush round so far.");
+        gauge_header(
+            &mut out,
+            "shale_raft_sync_round_streams_max",
+            "Group logs synced by the largest flush round so far.",
+        );
         let _ = writeln!(out, "shale_raft_sync_round_streams_max {}", sync.max_streams);
         let sent = router.sent();
         counter(

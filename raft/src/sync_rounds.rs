@@ -155,7 +155,9 @@ impl SyncRounds {
         let registry = REGISTRY.lock();
         registry
             .iter()
-            .filter(|(s, _)| s.strong_count() > 0 && std::ptr::addr_eq(s.as_ptr(), storage as *const dyn StorageBackend))
+            .filter(|(s, _)| {
+                s.strong_count() > 0 && std::ptr::addr_eq(s.as_ptr(), storage as *const dyn StorageBackend)
+            })
             .find_map(|(_, r)| r.upgrade())
             .map_or_else(SyncRoundStats::default, |r| r.stats())
     }

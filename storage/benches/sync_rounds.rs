@@ -68,7 +68,9 @@ impl Bed {
         let ids: Vec<StreamId> = (1..=streams as u64).map(StreamId::new).collect();
         let mut next = Vec::with_capacity(streams);
         for id in &ids {
-            next.push(storage.append_batch(*id, vec![Bytes::from(vec![7u8; 1024])], Offset::ZERO, true).expect("append"));
+            next.push(
+                storage.append_batch(*id, vec![Bytes::from(vec![7u8; 1024])], Offset::ZERO, true).expect("append"),
+            );
         }
         Self { _dir: dir, storage, streams: ids, next }
     }
@@ -114,10 +116,7 @@ impl Bed {
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
 }
 
 fn main() {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shale_storage::testing::FaultyFileSystem;
-use shale_storage::{CheckpointPolicy, MemoryStorage, Offset, Storage, StorageBackend, StorageError, StorageOptions, StreamId};
+use shale_storage::{
+    CheckpointPolicy, MemoryStorage, Offset, Storage, StorageBackend, StorageError, StorageOptions, StreamId,
+};
 
 const ROOT: &str = "/data";
 const STREAMS: u64 = 40;

@@ -307,7 +307,9 @@ impl Storage {
         } else {
             std::thread::scope(|scope| {
                 let helpers: Vec<_> = (1..threads)
-                    .filter_map(|_| std::thread::Builder::new().name("shale-sync".into()).spawn_scoped(scope, work).ok())
+                    .filter_map(|_| {
+                        std::thread::Builder::new().name("shale-sync".into()).spawn_scoped(scope, work).ok()
+                    })
                     .collect();
                 let mut answers = work();
                 for h in helpers {
