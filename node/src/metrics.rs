@@ -360,6 +360,31 @@ impl Metrics {
             "Raft groups on this node that are quiet (idle: no per-group heartbeats or election timer).",
         );
         let _ = writeln!(out, "shale_raft_quiet_groups {}", router.quiet_groups());
+        let sync = shale_raft::SyncRounds::stats_of(storage);
+        counter(
+            &mut out,
+            "shale_raft_sync_rounds_total",
+            "Node-wide log flush rounds: each makes every Raft group's unsynced appends durable with one storage call.",
+            sync.rounds,
+        );
+        counter(
+            &mut out,
+            "shale_raft_sync_round_streams_total",
+            "Group logs synced, summed over the flush rounds (divided by the rounds: groups per round).",
+            sync.streams,
+        );
+        counter(
+            &mut out,
+            "shale_raft_sync_flushes_total",
+            "Group log flushes (appends reported durable, barriers) completed by the flush rounds.",
+            sync.ops,
+        );
+        gauge_header(
+            &mut out,
+            "shale_raft_sync_round_streams_max",
+            "Group logs synced by the largest flush round so far.",
+        );
+        let _ = writeln!(out, "shale_raft_sync_round_streams_max {}", sync.max_streams);
         let sent = router.sent();
         counter(
             &mut out,

@@ -27,6 +27,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;
+pub mod sync_rounds;
 pub mod types;
 
 pub use error::RaftError;
@@ -38,4 +39,5 @@ pub use retention::Retention;
 pub use router::Router;
 pub use snapshot::SnapshotData;
 pub use state_machine::{GroupStateMachine, RestoreError, StateMachineApp};
+pub use sync_rounds::{SyncRoundStats, SyncRounds};
 pub use types::{AppPayload, AppResponse, GroupId, LeaderId, Node, NodeId, TypeConfig};

@@ -4,9 +4,10 @@
 //! - [`GroupLog`] is the shared handle on the group's log and meta streams (used by the log store,
 //!   its readers, the state machine and [`crate::RaftGroup`]).
 //! - [`LogStore`] implements openraft's `RaftLogStorage`: each `append` call writes its entries with
-//!   one `append_batch` (entries readable on return); a per-group flusher task then makes them durable
-//!   with one `sync` covering every batch written since the last one, and only then reports them
-//!   flushed to openraft. Truncate, purge and vote first wait for that flusher (a barrier), so every
+//!   one `append_batch` (entries readable on return), then hands a flush operation to the storage's
+//!   node-wide flush round ([`crate::sync_rounds`]), whose next `sync_streams` makes them durable
+//!   together with every other group's unsynced appends; only then are they reported flushed to
+//!   openraft. Truncate, purge and vote first wait for a barrier through the same rounds, so every
 //!   write reaches the disk in the order openraft issued it.
 //! - [`LogReader`] implements `RaftLogReader`: verified storage reads, decoded.
 
@@ -20,13 +21,14 @@ use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
 use shale_storage::{ChainHash, Offset, StorageBackend, StorageError, StreamId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, watch};
 
 use crate::entry_cache::EntryCache;
 use crate::error::RaftError;
 use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry};
 use crate::meta_store::MetaStore;
 use crate::retention::{Retention, max_log_start};
+use crate::sync_rounds::{FlushOp, SyncRounds};
 use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 
 /// Bytes of log read per storage call when openraft asks for a range.
@@ -71,8 +73,9 @@ pub struct GroupLog {
     storage: Arc<dyn StorageBackend>,
     meta: MetaStore,
     policy: Mutex<(Retention, Option<u64>)>,
-    /// The log store's flusher task, awaited when the group shuts down.
-    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Flush operations handed to the sync rounds and not completed yet (awaited at zero when
+    /// the group shuts down).
+    flushes: Arc<watch::Sender<usize>>,
     /// The recently appended tail, for openraft's own reads.
     cache: Arc<Mutex<EntryCache>>,
 }
@@ -132,7 +135,7 @@ impl GroupLog {
             storage,
             meta,
             policy: Mutex::new((retention, None)),
-            flusher: Mutex::new(None),
+            flushes: Arc::new(watch::Sender::new(0)),
             cache: Arc::new(Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES))),
         }))
     }
@@ -353,13 +356,16 @@ impl GroupLog {
         Ok(())
     }
 
-    /// Waits for the log store's flusher to finish (it does once openraft dropped the log store,
-    /// i.e. after `Raft::shutdown`), so no task holds the storage any more.
+    /// Waits until every flush operation this log handed to the sync rounds has completed (after
+    /// `Raft::shutdown` no new one comes), so no flush holds the log, or the storage, any more.
     pub async fn wait_flusher_stopped(&self) {
-        let handle = self.flusher.lock().take();
-        if let Some(h) = handle {
-            let _ = h.await;
-        }
+        let mut rx = self.flushes.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// The count of this log's flush operations in the sync rounds.
+    pub(crate) fn in_flight_flushes(&self) -> Arc<watch::Sender<usize>> {
+        Arc::clone(&self.flushes)
     }
 
     /// `(last_purged, last_log_id)` as openraft sees the log.
@@ -541,17 +547,10 @@ impl GroupLog {
     }
 }
 
-enum FlushOp {
-    /// Entries written; report them flushed after the next sync.
-    Written(IOFlushed<TypeConfig>),
-    /// Sync everything written so far, then answer.
-    Barrier(oneshot::Sender<Result<(), String>>),
-}
-
 /// openraft's log storage for one group.
 pub struct LogStore {
     log: Arc<GroupLog>,
-    flusher: mpsc::UnboundedSender<FlushOp>,
+    rounds: Arc<SyncRounds>,
 }
 
 impl fmt::Debug for LogStore {
@@ -561,12 +560,11 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// A log store over `log`; spawns its flusher task on the current tokio runtime.
+    /// A log store over `log`, flushing through its storage's shared sync rounds
+    /// ([`SyncRounds::for_storage`]; their round task runs on the current tokio runtime).
     pub fn new(log: Arc<GroupLog>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(flusher(log.clone(), rx));
-        *log.flusher.lock() = Some(handle);
-        Self { log, flusher: tx }
+        let rounds = SyncRounds::for_storage(log.storage());
+        Self { log, rounds }
     }
 
     /// The shared log handle.
@@ -576,32 +574,8 @@ impl LogStore {
 
     async fn barrier(&self) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.flusher.send(FlushOp::Barrier(tx)).map_err(|_| io_err("log flusher stopped"))?;
+        self.rounds.submit(self.log.clone(), FlushOp::Barrier(tx));
         rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
-    }
-}
-
-/// Makes written batches durable: one `sync` covers every batch queued since the last one.
-async fn flusher(log: Arc<GroupLog>, mut rx: mpsc::UnboundedReceiver<FlushOp>) {
-    while let Some(op) = rx.recv().await {
-        let mut ops = vec![op];
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-        }
-        let l = log.clone();
-        let result: Result<(), String> =
-            match tokio::task::spawn_blocking(move || l.storage.sync(l.stream).map_err(|e| e.to_string())).await {
-                Ok(r) => r,
-                Err(e) => Err(format!("log sync task failed: {e}")),
-            };
-        for op in ops {
-            match op {
-                FlushOp::Written(cb) => cb.io_completed(result.clone().map_err(io_err)),
-                FlushOp::Barrier(tx) => {
-                    let _ = tx.send(result.clone());
-                }
-            }
-        }
     }
 }
 
@@ -716,7 +690,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         debug_assert!(entries.windows(2).all(|w| w[1].log_id.index == w[0].log_id.index + 1));
         let log = self.log.clone();
         blocking(move || log.append_entries(first, entries).map_err(io_err)).await?;
-        self.flusher.send(FlushOp::Written(callback)).map_err(|_| io_err("log flusher stopped"))?;
+        self.rounds.submit(self.log.clone(), FlushOp::Written(callback));
         Ok(())
     }
 

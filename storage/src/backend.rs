@@ -127,6 +127,17 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// Makes every record appended so far durable.
     fn sync(&self, stream: StreamId) -> Result<()>;
 
+    /// Makes every record appended so far to each of `streams` durable, as [`StorageBackend::sync`]
+    /// on each would, and answers for each stream, in the order given (a stream listed twice is
+    /// answered twice). A failure fails only the streams whose flush it was: each of those answers
+    /// its own error (the I/O error naming its file, or `StreamFailed` naming the stream) and
+    /// refuses writes as after a failed `sync`; the others are durable. One call for many streams
+    /// is how a caller with many streams' unsynced appends (a node's Raft groups) shares the cost
+    /// of flushing them: the disk backend flushes the streams from several threads at once.
+    fn sync_streams(&self, streams: &[StreamId]) -> Vec<Result<()>> {
+        streams.iter().map(|s| self.sync(*s)).collect()
+    }
+
     /// Leaves every stream as a clean close does (its records durable; for the disk backend also
     /// the preallocated zeros trimmed and the active segments' index files written, so the next
     /// open scans nothing), before the last handle is dropped: a process that must stop within a

@@ -128,6 +128,8 @@ impl Nodes {
             .arg("run")
             .args(["--node-id", &id.to_string(), "--grpc-listen", &self.grpc(id)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.base_port + 10 + id as u16)])
+            // Each its own Kafka port (the default, 127.0.0.1:9092, would let only one node start).
+            .args(["--kafka-listen", &format!("127.0.0.1:{}", self.base_port + 20 + id as u16)])
             .args(["--peers", &peers, "--data-dir"])
             .arg(&data)
             .args(["--max-topics", "100000", "--max-partitions", &self.max_partitions.to_string()])
