@@ -339,7 +339,14 @@ async fn pipelined_produce_requests_are_served_together_answered_in_order_and_st
     let c = TestCluster::start(1).await;
     c.client().admin().create_topic(NewTopic::new("pipe", 2, 1)).await.expect("create topic");
     let leader = kafka_leader(&c, "pipe", 0).await;
-    kafka_leader(&c, "pipe", 1).await;
+    // Metadata may name the leader before its group elected it: wait until both partitions are led.
+    for partition in 0..2 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while c.node(1).cluster().end_offsets("pipe", partition).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "pipe/{partition} has no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut wire = Wire::connect(leader).await;
     let init = wire.call(1, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)).await;
     assert_eq!(init.error_code, 0);
