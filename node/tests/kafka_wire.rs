@@ -1,5 +1,5 @@
 //! The Kafka listener at the wire, with requests real clients do not send: unsupported APIs and
-//! versions, malformed frames, one batch's storage, the long poll. Requests and responses are coded
+//! versions, malformed frames, one batch's storage, the long poll, pipelined requests. Requests and responses are coded
 //! by the `kafka-protocol` crate (as the node's own are); the real clients are in `kafka.rs`.
 
 mod common;
@@ -12,14 +12,15 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeAclsRequest, EndTxnRequest, FetchRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeAclsRequest, EndTxnRequest, FetchRequest,
+    InitProducerIdRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::{
     Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchEncoder,
     RecordEncodeOptions, TimestampType,
 };
+use shale_client::admin::NewTopic;
 use shale_raft::cluster::FetchRequest as ShaleFetch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -289,5 +290,121 @@ async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the
     // Past the end: OFFSET_OUT_OF_RANGE.
     let past = wire.call(12, &fetch("batches", 0, 99, 0)).await;
     assert_eq!(past.responses[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());
+    c.shutdown().await;
+}
+
+/// A produce request of one idempotent batch per partition: `(partition, base sequence, count)`;
+/// record `i` of a batch has value `"{tag}-{partition}-{i}"`.
+fn produce_idempotent(topic: &str, producer: (i64, i16), batches: &[(i32, i32, i32)], tag: &str) -> ProduceRequest {
+    let partitions = batches
+        .iter()
+        .map(|&(partition, sequence, count)| {
+            let records: Vec<Record> = (0..count)
+                .map(|i| Record {
+                    producer_id: producer.0,
+                    producer_epoch: producer.1,
+                    sequence: sequence + i,
+                    offset: i64::from(i),
+                    value: Some(Bytes::from(format!("{tag}-{partition}-{i}"))),
+                    ..record(i64::from(i))
+                })
+                .collect();
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &records,
+                &RecordEncodeOptions { version: 2, compression: Compression::None },
+            )
+            .unwrap();
+            PartitionProduceData::default().with_index(partition).with_records(Some(buf.freeze()))
+        })
+        .collect();
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partition_data(partitions);
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![topic])
+}
+
+/// The next answer on `wire`, which must be to the request numbered `correlation`.
+async fn answer_to<R: Request>(wire: &mut Wire, version: i16, correlation: i32) -> R::Response {
+    let mut answer = wire.read_frame().await.expect("answered");
+    let key = ApiKey::try_from(R::KEY).unwrap();
+    let header = ResponseHeader::decode(&mut answer, key.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, correlation, "answers in request order");
+    R::Response::decode(&mut answer, version).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_produce_requests_are_served_together_answered_in_order_and_stored_in_order() {
+    let c = TestCluster::start(1).await;
+    c.client().admin().create_topic(NewTopic::new("pipe", 2, 1)).await.expect("create topic");
+    let leader = kafka_leader(&c, "pipe", 0).await;
+    // Metadata may name the leader before its group elected it: wait until both partitions are led.
+    for partition in 0..2 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while c.node(1).cluster().end_offsets("pipe", partition).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "pipe/{partition} has no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut wire = Wire::connect(leader).await;
+    let init = wire.call(1, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)).await;
+    assert_eq!(init.error_code, 0);
+    let producer = (init.producer_id.0, init.producer_epoch);
+
+    // 20 requests of an idempotent producer, each with a batch of 3 records for both partitions,
+    // sent without waiting: answered in the order sent, each partition's batches stored in it.
+    let mut frames = Vec::new();
+    for r in 0..20 {
+        let req = produce_idempotent("pipe", producer, &[(0, r * 3, 3), (1, r * 3, 3)], &format!("r{r}"));
+        frames.push((wire.frame(9, &req), wire.correlation));
+    }
+    for (f, _) in &frames {
+        wire.send_frame(f).await;
+    }
+    for (r, (_, correlation)) in frames.iter().enumerate() {
+        let answer = answer_to::<ProduceRequest>(&mut wire, 9, *correlation).await;
+        for p in &answer.responses[0].partition_responses {
+            assert_eq!((p.error_code, p.base_offset), (0, r as i64 * 3), "partition {}", p.index);
+        }
+    }
+    for partition in 0..2 {
+        let got = wire.call(12, &fetch("pipe", partition, 0, 0)).await;
+        let mut records = got.responses[0].partitions[0].records.clone().unwrap();
+        let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).unwrap();
+        let values: Vec<Bytes> = sets.iter().flat_map(|s| s.records.iter().map(|r| r.value.clone().unwrap())).collect();
+        let sent: Vec<Bytes> =
+            (0..20).flat_map(|r| (0..3).map(move |i| Bytes::from(format!("r{r}-{partition}-{i}")))).collect();
+        assert_eq!(values, sent, "partition {partition} holds the batches in the order sent");
+    }
+
+    // A slow request (a batch whose sequence skips ahead waits up to a second for the batches
+    // before it, then is refused) holds up neither the requests after it on other partitions nor
+    // the connection: they are served meanwhile, and answered after it, in order.
+    let slow = produce_idempotent("pipe", producer, &[(0, 70, 1)], "slow");
+    let (slow, slow_id) = (wire.frame(9, &slow), wire.correlation);
+    let (other, other_id) = (wire.frame(9, &produce("pipe", 1, &[(1, Compression::None)])), wire.correlation);
+    let (meta, meta_id) = (wire.frame(9, &MetadataRequest::default()), wire.correlation);
+    for f in [&slow, &other, &meta] {
+        wire.send_frame(f).await;
+    }
+    let cluster = c.node(1).cluster();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.end_offsets("pipe", 1).await.expect("end offsets").1 < 61 {
+        assert!(tokio::time::Instant::now() < deadline, "the later produce was never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(wire.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the later produce was stored while the slow one still waited (nothing answered yet)"
+    );
+    let answer = answer_to::<ProduceRequest>(&mut wire, 9, slow_id).await;
+    let p = &answer.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, ResponseError::OutOfOrderSequenceNumber.code());
+    let answer = answer_to::<ProduceRequest>(&mut wire, 9, other_id).await;
+    assert_eq!(answer.responses[0].partition_responses[0].base_offset, 60);
+    let answer = answer_to::<MetadataRequest>(&mut wire, 9, meta_id).await;
+    assert_eq!(answer.brokers.len(), 1);
     c.shutdown().await;
 }

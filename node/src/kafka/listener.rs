@@ -1,7 +1,10 @@
 //! The Kafka listener: accepts connections, reads size-prefixed frames, decodes each request with
-//! the `kafka-protocol` crate, and answers a connection's requests one at a time, in order, as a
-//! Kafka broker does (clients pipeline requests and match answers by order; a producer's
-//! pipelined batches are stored in the order sent).
+//! the `kafka-protocol` crate, and answers a connection's requests strictly in the order they
+//! arrived (clients pipeline requests and match answers by order). Pipelined Produce requests
+//! (and Metadata, ApiVersions) are served concurrently, so a producer's requests in flight commit
+//! together rather than one Raft commit after another; their partitions' records are still stored
+//! in the order the requests arrived ([`super::pipeline`]). Every other request is served alone,
+//! after everything before it, as a Kafka broker serves each request.
 //!
 //! A frame that cannot be decoded (a bad size, an unknown API key, a body that does not decode
 //! at its version) closes only its connection, with a WARN line naming the peer and client id.
@@ -13,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::pipeline::Turn;
 use super::{admin, coordinator};
 use crate::auth::Caller;
 use crate::auth::principal::{Principal, Source};
@@ -67,8 +72,8 @@ tokio::task_local! {
     pub static CLIENT_ID: String;
 }
 
-/// Requests of one connection read ahead of the one being answered; the connection reads no more
-/// frames past that.
+/// Requests of one connection served at once, and as many more read ahead of them; the connection
+/// reads no more frames past that.
 const MAX_PIPELINED: usize = 32;
 
 /// Serves the Kafka protocol in plaintext on `listener` until `shutdown` flips; `admit` wraps each
@@ -173,35 +178,11 @@ struct Connection {
 }
 
 impl Connection {
-    /// Reads frames on this task and answers them on another, one at a time in request order, as a
-    /// Kafka broker does: a connection's requests never overtake each other (a producer's batches to
-    /// a partition are stored in the order it sent them, whatever its requests in flight).
+    /// Reads frames on this task and answers them on another ([`answer_in_order`]).
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, stream: S) {
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<(Request, String)>(MAX_PIPELINED);
-        let (peer, kafka, mut caller) = (self.peer, self.kafka.clone(), self.caller.clone());
-        let answering = tokio::spawn(async move {
-            let mut sasl = super::sasl::Exchange::default();
-            while let Some((request, client_id)) = rx.recv().await {
-                let answered = if is_sasl(&request) {
-                    authenticate(&kafka.ctx, &mut sasl, &mut caller, peer, request).await
-                } else {
-                    let serve = answer(&kafka, request);
-                    CLIENT_ID.scope(client_id, crate::auth::serve_as(caller.clone(), serve)).await
-                };
-                let frame = match answered {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => continue,
-                    Err(closed) => {
-                        tracing::warn!(peer = ?peer, error = %closed, "kafka: closing the connection");
-                        return;
-                    }
-                };
-                if writer.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (mut reader, writer) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel::<(Request, String)>(MAX_PIPELINED);
+        let answering = tokio::spawn(answer_in_order(self.kafka.clone(), self.caller.clone(), self.peer, rx, writer));
         let max = self.kafka.ctx.limits.max_request_bytes;
         let mut client_id = String::new();
         loop {
@@ -235,6 +216,91 @@ impl Connection {
         }
         drop(tx);
         let _ = answering.await;
+    }
+}
+
+/// Whether `request` may be served while earlier requests of its connection are: Produce (its
+/// partitions keep the connection's order, [`super::pipeline`]) and the read-only Metadata and
+/// ApiVersions. Every other request is served alone, after the ones before it and before the ones
+/// after it are started, as a Kafka broker serves every request (a commit, a group step or a SASL
+/// step sees the effects of the requests sent before it, and the ones after see its effects).
+fn pipelined(request: &Request) -> bool {
+    matches!(request.api, ApiKey::Produce | ApiKey::Metadata | ApiKey::ApiVersions)
+}
+
+/// Serves a connection's requests (from `rx`, in the order read) and writes their answers to
+/// `writer` strictly in that order. Up to [`MAX_PIPELINED`] [`pipelined`] requests are served at
+/// once (a producer's requests commit together instead of one after another); any other waits until
+/// everything before it is answered and is served alone. A produce stores its partitions' records
+/// in the order the requests arrived ([`super::pipeline::PartitionOrder`]).
+async fn answer_in_order<W: AsyncWrite + Unpin>(
+    kafka: Arc<Kafka>,
+    mut caller: Caller,
+    peer: Option<SocketAddr>,
+    mut rx: mpsc::Receiver<(Request, String)>,
+    mut writer: W,
+) {
+    let mut sasl = super::sasl::Exchange::default();
+    let mut order = super::pipeline::PartitionOrder::default();
+    let mut running = FuturesOrdered::new();
+    // The request running is one served alone.
+    let mut alone = false;
+    // A request read but not started yet (it waits for the ones running).
+    let mut held: Option<(Request, String)> = None;
+    let mut read_all = false;
+    loop {
+        if let Some((request, client_id)) = held.take() {
+            if running.is_empty() && is_sasl(&request) {
+                let answered = authenticate(&kafka.ctx, &mut sasl, &mut caller, peer, request).await;
+                if !write_answer(&mut writer, answered, peer).await {
+                    return;
+                }
+                continue;
+            }
+            let own = !pipelined(&request);
+            if running.is_empty() || (!alone && !own) {
+                alone = own;
+                let turns = match &request.body {
+                    Some(RequestKind::Produce(req)) => order.turns(req),
+                    _ => Vec::new(),
+                };
+                let serve = answer(kafka.clone(), request, turns);
+                running.push_back(CLIENT_ID.scope(client_id, crate::auth::serve_as(caller.clone(), serve)));
+            } else {
+                held = Some((request, client_id));
+            }
+        }
+        if running.is_empty() && held.is_none() && read_all {
+            return;
+        }
+        let read = held.is_none() && !read_all && running.len() < MAX_PIPELINED;
+        tokio::select! {
+            Some(answered) = running.next(), if !running.is_empty() => {
+                if !write_answer(&mut writer, answered, peer).await {
+                    return;
+                }
+            }
+            next = rx.recv(), if read => match next {
+                Some(r) => held = Some(r),
+                None => read_all = true,
+            },
+        }
+    }
+}
+
+/// Writes an answer (none for acks = 0); `false` once the connection is to be closed.
+async fn write_answer<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    answered: Result<Option<Bytes>, Closed>,
+    peer: Option<SocketAddr>,
+) -> bool {
+    match answered {
+        Ok(Some(frame)) => writer.write_all(&frame).await.is_ok(),
+        Ok(None) => true,
+        Err(closed) => {
+            tracing::warn!(peer = ?peer, error = %closed, "kafka: closing the connection");
+            false
+        }
     }
 }
 
@@ -332,8 +398,10 @@ fn decode(mut frame: Bytes) -> Result<Request, (Closed, Option<String>)> {
 }
 
 /// Serves one request; its answer as a size-prefixed frame (`None`: Produce with acks = 0, which
-/// Kafka answers with nothing).
-async fn answer(kafka: &Kafka, request: Request) -> Result<Option<Bytes>, Closed> {
+/// Kafka answers with nothing). `turns`: a Produce's place in its connection's order, per
+/// partition ([`super::pipeline`]).
+async fn answer(kafka: Arc<Kafka>, request: Request, turns: Vec<Turn>) -> Result<Option<Bytes>, Closed> {
+    let kafka = &*kafka;
     let ctx = &*kafka.ctx;
     let Request { header, api, body } = request;
     let mut version = header.request_api_version;
@@ -354,7 +422,7 @@ async fn answer(kafka: &Kafka, request: Request) -> Result<Option<Bytes>, Closed
         }
         Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(super::api_versions::response(true)),
         Some(RequestKind::Metadata(req)) => ResponseKind::Metadata(super::metadata::handle(ctx, req, version).await),
-        Some(RequestKind::Produce(req)) => match super::produce::handle(ctx, req).await {
+        Some(RequestKind::Produce(req)) => match super::produce::handle(ctx, req, turns).await {
             Some(r) => ResponseKind::Produce(r),
             None => return Ok(None),
         },

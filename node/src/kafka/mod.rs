@@ -4,7 +4,9 @@
 //! here); each module maps one family of Kafka APIs onto the same cluster calls the gRPC services
 //! make (docs/kafka.md lists the APIs, versions and differences).
 //!
-//! - [`listener`]: accept loop, framing, request dispatch, in-order responses per connection.
+//! - [`listener`]: accept loop, framing, request dispatch, in-order responses per connection
+//!   (pipelined Produce requests served concurrently).
+//! - [`pipeline`]: per connection and partition, the order pipelined produces store in.
 //! - [`api_versions`]: the APIs and versions served (one table).
 //! - [`metadata`]: brokers (members, at their recorded Kafka addresses), topics, partition leaders.
 //! - [`produce`] / [`records`]: v2 record batches in, one Shale batch entry per Kafka batch.
@@ -27,6 +29,7 @@ pub mod groups;
 pub mod list_offsets;
 pub mod listener;
 pub mod metadata;
+pub mod pipeline;
 pub mod produce;
 pub mod producer_id;
 pub mod records;
