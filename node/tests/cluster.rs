@@ -352,13 +352,22 @@ async fn health_readiness_and_metrics_respond() {
         ] {
             assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
         }
-        // Three nodes: every node heartbeats its two peers.
-        let sent = body
-            .lines()
-            .find_map(|l| l.strip_prefix("shale_raft_node_heartbeats_sent_total "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .expect("node heartbeats sent");
-        assert!(sent > 0, "node heartbeats flow");
+        // Three nodes: every node heartbeats its two peers, from its first tick on (a fast run can
+        // read the metrics before that tick).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, body) = http_get(*http, "/metrics").await;
+            let sent = body
+                .lines()
+                .find_map(|l| l.strip_prefix("shale_raft_node_heartbeats_sent_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("node heartbeats sent");
+            if sent > 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no node heartbeat sent within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // Every node exports consumer-group lag from the groups it applied (the record at the
     // committed offset is unread), not only the metadata leader.
