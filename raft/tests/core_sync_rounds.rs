@@ -191,17 +191,27 @@ async fn report(rx: Report) -> std::result::Result<(), std::io::Error> {
     tokio::time::timeout(Duration::from_secs(10), rx).await.expect("reported in time").expect("a report")
 }
 
-/// Group 0's flush is held in round 1 while every other group appends: their flushes all wait
-/// for, and share, round 2: one `sync_streams` for the other `GROUPS - 1` groups, no `sync`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_groups_share_one_sync_round() {
+/// Storage over a faulty file system with a gate on `sync_streams`, and [`GROUPS`] log stores on
+/// it; group 0 appends `count` entries and its flush is held inside round 1, so whatever the
+/// others hand over next waits for round 2. Answers group 0's report with the rest.
+async fn hold_round_one(
+    count: u64,
+) -> (FaultyFileSystem, Arc<Gated>, Arc<dyn StorageBackend>, Vec<(Arc<GroupLog>, LogStore)>, Report) {
     let fs = FaultyFileSystem::new();
     let gated = Gated::new(&fs);
     let storage: Arc<dyn StorageBackend> = gated.clone();
     let mut stores = stores(&storage);
     gated.set_gate(false);
-    let first = append(&mut stores[0].1, 0, 3).await;
+    let first = append(&mut stores[0].1, 0, count).await;
     gated.entered(1).await;
+    (fs, gated, storage, stores, first)
+}
+
+/// Group 0's flush is held in round 1 while every other group appends: their flushes all wait
+/// for, and share, round 2: one `sync_streams` for the other `GROUPS - 1` groups, no `sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_share_one_sync_round() {
+    let (fs, gated, storage, mut stores, first) = hold_round_one(3).await;
     let mut reports = Vec::new();
     for (_, store) in stores.iter_mut().skip(1) {
         reports.push(append(store, 0, 3).await);
@@ -228,13 +238,7 @@ async fn many_groups_share_one_sync_round() {
 /// callback, and its stream refuses writes; every other group of the round is reported flushed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_reaches_only_its_groups_callbacks() {
-    let fs = FaultyFileSystem::new();
-    let gated = Gated::new(&fs);
-    let storage: Arc<dyn StorageBackend> = gated.clone();
-    let mut stores = stores(&storage);
-    gated.set_gate(false);
-    let first = append(&mut stores[0].1, 0, 2).await;
-    gated.entered(1).await;
+    let (fs, gated, storage, mut stores, first) = hold_round_one(2).await;
     let mut reports = Vec::new();
     for (_, store) in stores.iter_mut().skip(1) {
         // Two appends per group: both reports of a group must carry its stream's result.
@@ -266,13 +270,7 @@ async fn a_failed_sync_reaches_only_its_groups_callbacks() {
 /// flushes of the same round complete too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_groups_shutdown_waits_for_its_flushes_while_others_flush() {
-    let fs = FaultyFileSystem::new();
-    let gated = Gated::new(&fs);
-    let storage: Arc<dyn StorageBackend> = gated.clone();
-    let mut stores = stores(&storage);
-    gated.set_gate(false);
-    let first = append(&mut stores[0].1, 0, 1).await;
-    gated.entered(1).await;
+    let (_fs, gated, _storage, mut stores, first) = hold_round_one(1).await;
     let mut reports = Vec::new();
     for (_, store) in stores.iter_mut().skip(1) {
         reports.push(append(store, 0, 1).await);
