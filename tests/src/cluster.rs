@@ -108,6 +108,7 @@ impl ContainerCluster {
     /// As [`ContainerCluster::start`], with [`ClusterOptions`].
     pub async fn start_with(size: u64, options: ClusterOptions) -> Result<Self, HarnessError> {
         let ClusterOptions { env: extra_env, small_volumes_mib } = options;
+        crate::record_panics();
         if size == 0 || size > 9 {
             return Err(HarnessError::Usage(format!("cluster size {size} is not in 1..=9")));
         }
@@ -714,6 +715,11 @@ impl Drop for ContainerCluster {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var("SHALE_TEST_DUMP_LOGS").is_ok_and(|v| v == "1") {
             self.dump_logs(40);
+        }
+        if std::thread::panicking() {
+            // Repeated after the logs: the output's tail is what a CI summary shows.
+            let failure = crate::last_panic().unwrap_or_else(|| "(no panic recorded)".to_string());
+            eprintln!("===== {} failed: {failure}", self.name);
         }
         if std::env::var("SHALE_TEST_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("SHALE_TEST_KEEP=1: leaving {} (containers, volumes, network) in place", self.name);

@@ -37,4 +37,27 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shale_tests=info,shale_client=error,warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    record_panics();
+}
+
+/// The last panic's location and message in this test process (see [`record_panics`]).
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Keeps each panic's location and message for [`last_panic`] (installed once; the default hook
+/// still prints it). A failing cluster test prints hundreds of node log lines after its panic, and
+/// CI shows only the tail of the output: the cluster's drop repeats the failure after the logs.
+pub fn record_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            *LAST_PANIC.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(info.to_string());
+            previous(info);
+        }));
+    });
+}
+
+/// The location and message of the last panic recorded since [`record_panics`], if any.
+pub fn last_panic() -> Option<String> {
+    LAST_PANIC.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }

@@ -430,6 +430,11 @@ impl Cluster {
         {
             return Ok(offset);
         }
+        // A snapshot being installed moves the log start before the state machine holds the
+        // snapshot's state (the checkpoint is written, then the state restored): computed in
+        // between, the offset would come from the old state (its high watermark) and stay cached
+        // for the new log start. Wait for the state to cover everything below the log start.
+        local.group.wait_applied(start_index - 1, LOG_START_STATE_WAIT).await?;
         let mut cursor = start_index;
         let offset = loop {
             let read = local.group.read_committed(cursor, SCAN_CHUNK_BYTES).await?;
@@ -639,6 +644,10 @@ fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
 /// Bytes read per step while scanning for the batch holding an offset (or the log start's first
 /// record).
 const SCAN_CHUNK_BYTES: usize = 256 << 10;
+
+/// How long finding the record offset a replica's log starts at waits for the state machine to
+/// reach the log start (a snapshot install in progress restores it within milliseconds).
+const LOG_START_STATE_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of the first read of a search by time (each next read doubles, up to
 /// [`SCAN_CHUNK_BYTES`]).
 const TIME_SCAN_FIRST_CHUNK_BYTES: usize = 16 << 10;
