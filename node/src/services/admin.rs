@@ -276,15 +276,41 @@ impl AdminService {
         let calls = replicas.iter().map(|(id, addr)| {
             let req = req.clone();
             async move {
-                let result = if *id == self.ctx.node_id {
-                    self.local_chain_hash(&req).await
-                } else {
-                    self.ctx.forward(addr, req, AdminClient::local_chain_hash).await
-                };
-                (*id, addr.clone(), result)
+                if *id == self.ctx.node_id {
+                    return (*id, addr.clone(), self.local_chain_hash(&req).await);
+                }
+                // A read: asked again when the call broke in transport. A channel to a peer that
+                // was killed and came back fails its first call on the dead connection (no reset
+                // came from the killed process) and reconnects for the next.
+                let mut pauses = TRANSPORT_RETRY_PAUSES.iter();
+                loop {
+                    let result = self.ctx.forward(addr, req.clone(), AdminClient::local_chain_hash).await;
+                    match (result, pauses.next()) {
+                        (Err(s), Some(pause)) if failed_in_transport(&s) => tokio::time::sleep(*pause).await,
+                        (result, _) => return (*id, addr.clone(), result),
+                    }
+                }
             }
         });
         join_all(calls).await
+    }
+}
+
+/// Pauses before asking a replica again after a call to it broke in transport (see
+/// [`failed_in_transport`]); bounded so a replica that is down costs a Verify well under a second.
+const TRANSPORT_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(300)];
+
+/// Whether a call to a peer failed before the peer answered: the connection could not be made
+/// (`Unavailable`) or broke under the call (`Unknown`, from tonic's transport error), as opposed to
+/// an answer the peer gave.
+fn failed_in_transport(s: &Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => {
+            std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+                || s.message() == "transport error"
+        }
+        _ => false,
     }
 }
 
@@ -664,4 +690,19 @@ fn scope_of(topic: &str, partition: Option<u32>) -> String {
 fn damage_text(d: &proto::ReplicaDamage) -> String {
     let at = d.offset.map_or_else(String::new, |o| format!(" at offset {o}"));
     format!("CORRUPTION{at}: {} ({} byte {})", d.reason, d.file, d.position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_broke_before_an_answer_count_as_transport_failures() {
+        assert!(failed_in_transport(&Status::unavailable("tcp connect error")));
+        assert!(failed_in_transport(&Status::unknown("transport error")));
+        // Answers the peer gave are not asked again.
+        assert!(!failed_in_transport(&Status::unknown("the replica's log is damaged")));
+        assert!(!failed_in_transport(&Status::not_found("no such partition")));
+        assert!(!failed_in_transport(&Status::deadline_exceeded("timeout")));
+    }
 }
