@@ -37,7 +37,6 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shale_tests=info,shale_client=error,warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-    record_panics();
 }
 
 /// The last panic's location and message in this test process (see [`record_panics`]).

@@ -644,13 +644,13 @@ fn out_of_range(e: &RaftError) -> Option<(u64, u64)> {
 /// Bytes read per step while scanning for the batch holding an offset (or the log start's first
 /// record).
 const SCAN_CHUNK_BYTES: usize = 256 << 10;
+/// Bytes of the first read of a search by time (each next read doubles, up to
+/// [`SCAN_CHUNK_BYTES`]).
+const TIME_SCAN_FIRST_CHUNK_BYTES: usize = 16 << 10;
 
 /// How long finding the record offset a replica's log starts at waits for the state machine to
 /// reach the log start (a snapshot install in progress restores it within milliseconds).
 const LOG_START_STATE_WAIT: Duration = Duration::from_secs(5);
-/// Bytes of the first read of a search by time (each next read doubles, up to
-/// [`SCAN_CHUNK_BYTES`]).
-const TIME_SCAN_FIRST_CHUNK_BYTES: usize = 16 << 10;
 
 /// Splits a request's records into batches of about [`limits::BATCH_TARGET_BYTES`] of records (a
 /// record larger than that is a batch of its own) and encodes each (base offset 0 until the
