@@ -90,6 +90,20 @@ impl Groups {
     }
 }
 
+/// Each node's own view of each partition of `topic` (leader, log start, high watermark), for a
+/// failure message: a replica that lags shows here, where reading "the cluster" would hide it.
+fn replica_views(c: &Groups, topic: &str, partitions: u32) -> String {
+    let mut views = Vec::new();
+    for id in 1..=3 {
+        let Some(node) = c.running(id) else { continue };
+        for p in 0..partitions {
+            let view = node.cluster().local_partition_state(topic, p);
+            views.push(format!("node {id} {topic}/{p}: {view:?}"));
+        }
+    }
+    views.join("; ")
+}
+
 async fn produce(client: &shale_client::Client, topic: &str, partitions: u32, per_partition: u32, tag: &str) {
     let producer = client.producer(ProducerConfig::default());
     for p in 0..partitions {
@@ -775,7 +789,13 @@ async fn a_topic_created_later_that_matches_a_prefix_is_assigned_to_the_running_
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut read: BTreeSet<(String, u32, u64)> = BTreeSet::new();
     while read.iter().filter(|(t, _, _)| t == "feed-b").count() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "read from feed-b: {read:?}; held {:?}", member.assignment());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read from feed-b: {read:?}; held {:?}; positions {:?}; replicas {}",
+            member.assignment(),
+            [0, 1].map(|p| member.consumer().position("feed-b", p)),
+            replica_views(&c, "feed-b", 2),
+        );
         read.extend(member.poll().await.expect("poll").into_iter().map(|r| (r.topic, r.partition, r.offset)));
     }
     let mut held = member.assignment();
