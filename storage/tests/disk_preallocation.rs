@@ -248,3 +248,43 @@ fn truncation_cuts_the_zeros_and_appends_preallocate_again() {
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(8));
     r.verify_chain(S).unwrap();
 }
+
+#[test]
+fn a_stream_of_large_writes_grows_without_zeros_and_small_writes_preallocate_again() {
+    const BIG: usize = 100 << 10;
+    let options = StorageOptions { max_segment_bytes: 16 << 20, ..options() };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options.clone()).unwrap();
+    let path = seg_path(dir.path(), 0);
+    // The first fsync marks the stream as synced; the next small write preallocates.
+    append(&s, 0, 2, true);
+    let mut end = records_len(2);
+    assert_eq!(file_len(&path), end + seg::PREALLOCATION_BYTES, "a small fsynced write preallocates");
+    // Large writes: once their running mean passes PREALLOCATE_BELOW_BYTES (within 8), the writes
+    // past the zeros already there grow the file by exactly their records.
+    assert!(BIG as u64 >= seg::PREALLOCATE_BELOW_BYTES);
+    let mut o = 2;
+    for _ in 0..30 {
+        s.append_batch(S, vec![Bytes::from(vec![b'x'; BIG])], Offset::new(o), true).unwrap();
+        end += rec::encoded_len(BIG) as u64;
+        o += 1;
+    }
+    assert!(end > records_len(2) + 10 * BIG as u64 + seg::PREALLOCATION_BYTES, "past any zeros of the first writes");
+    assert_eq!(file_len(&path), end, "a stream of large writes adds no zeros");
+    // Small writes bring the mean down again: the stream preallocates again.
+    for _ in 0..20 {
+        s.append_batch(S, vec![payload(o)], Offset::new(o), true).unwrap();
+        end += rec::encoded_len(LEN) as u64;
+        o += 1;
+    }
+    let len = file_len(&path);
+    assert!(len > end && len <= end + seg::PREALLOCATION_BYTES, "zeros past the records: {len} vs {end}");
+    let (_crashed, r) = {
+        let copy = snapshot(dir.path());
+        drop(s);
+        let opened = Storage::open_with(copy.path(), options).unwrap();
+        (copy, opened)
+    };
+    assert_eq!(r.next_offset(S).unwrap(), Offset::new(o));
+    r.verify_chain(S).unwrap();
+}

@@ -162,6 +162,10 @@ pub(crate) struct Stream {
     /// Whether this process fsynced the stream's records (an fsynced append, or `sync`, as the
     /// Raft log's flusher calls after unsynced appends): from then on its writes preallocate.
     pub synced: std::sync::atomic::AtomicBool,
+    /// A running mean of the stream's write sizes in bytes (each write weighs 1/8): whether its
+    /// writes are small enough for preallocated zeros to pay off
+    /// ([`crate::format::segment::PREALLOCATE_BELOW_BYTES`]). Updated under the writer lock.
+    pub mean_write_bytes: std::sync::atomic::AtomicU64,
     /// Opened by a read-only storage: every write is refused (`ReadOnly`), like a failed stream's.
     pub read_only: bool,
 }
@@ -181,8 +185,19 @@ impl Stream {
             failed: OnceLock::new(),
             modified: std::sync::atomic::AtomicBool::new(false),
             synced: std::sync::atomic::AtomicBool::new(false),
+            mean_write_bytes: std::sync::atomic::AtomicU64::new(0),
             read_only: false,
         }
+    }
+
+    /// Counts a write of `bytes` into [`Stream::mean_write_bytes`] (1/8 weight; the first write
+    /// sets it) and returns the new mean. Called under the writer lock.
+    pub fn note_write_size(&self, bytes: u64) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let old = self.mean_write_bytes.load(Relaxed);
+        let new = if old == 0 { bytes } else { old - old / 8 + bytes / 8 };
+        self.mean_write_bytes.store(new, Relaxed);
+        new
     }
 
     /// `Err(StreamFailed)` once an I/O failure left the stream in an unknown state; `Err(ReadOnly)`

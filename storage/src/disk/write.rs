@@ -10,7 +10,7 @@ use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_
 use crate::clock::now_ms;
 use crate::error::{Result, StorageError};
 use crate::format::names;
-use crate::format::segment::PREALLOCATION_BYTES;
+use crate::format::segment::{PREALLOCATE_BELOW_BYTES, PREALLOCATION_BYTES};
 use crate::index::IndexFile;
 use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
 use crate::prepared::PreparedBatch;
@@ -206,14 +206,17 @@ impl Storage {
     }
 
     /// Writes a batch under the writer lock: one write per segment touched, rotating as needed.
-    /// On a stream this process has fsynced (and so probably will again), a write that would
-    /// grow the active segment first preallocates zeros past it (see [`Self::preallocate_locked`]).
+    /// On a stream this process has fsynced (and so probably will again) whose writes are small
+    /// (their running mean, this one included, below [`PREALLOCATE_BELOW_BYTES`]), a write that
+    /// would grow the active segment first preallocates zeros past it (see
+    /// [`Self::preallocate_locked`]); otherwise it just grows it.
     fn write_locked(&self, h: &Stream, batch: &PreparedBatch) -> Result<()> {
         debug_assert!(batch.sealed, "every record's CRC is filled in before it is written");
         h.mark_modified();
         let n = batch.len();
         let max = self.options.max_segment_bytes;
-        let preallocate = h.synced.load(std::sync::atomic::Ordering::Relaxed);
+        let preallocate = h.synced.load(std::sync::atomic::Ordering::Relaxed)
+            && h.note_write_size(batch.encoded.len() as u64) < PREALLOCATE_BELOW_BYTES;
         let mut i = 0;
         while i < n {
             let (at, count, file, seq, allocated) = {
