@@ -626,6 +626,54 @@ impl ContainerCluster {
             .into_inner())
     }
 
+    /// Each partition's Raft log end (last log index) of `topic`, the highest any of `nodes`
+    /// reports for its own replica; partitions no node answered for are missing. Raft entries,
+    /// not record offsets: snapshot intervals count entries, and one entry holds a whole batch.
+    pub async fn last_log_indexes(&self, topic: &str, nodes: &[u64]) -> BTreeMap<u32, u64> {
+        let mut last = BTreeMap::new();
+        for id in nodes {
+            if let Ok(s) = self.status_of(*id).await {
+                for g in s.partitions.iter().filter(|g| g.topic == topic) {
+                    let e = last.entry(g.partition).or_insert(0);
+                    *e = (*e).max(g.last_log_index);
+                }
+            }
+        }
+        last
+    }
+
+    /// Waits until every partition `0..partitions` of `topic`, as [`Self::last_log_indexes`] of
+    /// `nodes` reports it, is at least `by` Raft entries past `from`; answers the new ends.
+    pub async fn wait_groups_past(
+        &self,
+        topic: &str,
+        partitions: u32,
+        nodes: &[u64],
+        from: &BTreeMap<u32, u64>,
+        by: u64,
+        timeout: Duration,
+    ) -> Result<BTreeMap<u32, u64>, HarnessError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = self.last_log_indexes(topic, nodes).await;
+            let behind: Vec<u32> = (0..partitions)
+                .filter(|p| now.get(p).copied().unwrap_or(0) < from.get(p).copied().unwrap_or(0) + by)
+                .collect();
+            if behind.is_empty() {
+                return Ok(now);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "every Raft group of {topic} {by} entries past {from:?} on {nodes:?} (now {now:?}, behind: {behind:?})"
+                    ),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The node among `candidates` that itself reports leading the metadata group.
     pub async fn metadata_leader(&self, candidates: &[u64]) -> Option<u64> {
         for id in candidates {

@@ -109,33 +109,6 @@ impl Setup {
         Ok(ends)
     }
 
-    /// Waits until every partition's log (as the highest of `nodes`' replicas holds it) grew by at
-    /// least `by` entries past `from`; answers the new ends.
-    pub async fn wait_log_growth(
-        &self,
-        nodes: &[u64],
-        from: &BTreeMap<u32, u64>,
-        by: u64,
-        timeout: Duration,
-    ) -> Result<BTreeMap<u32, u64>, HarnessError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ends = self.log_ends(nodes).await;
-            if let Ok(ends) = &ends
-                && from.iter().all(|(p, start)| ends.get(p).is_some_and(|end| *end >= start + by))
-            {
-                return Ok(ends.clone());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HarnessError::Timeout {
-                    what: format!("the logs of {} to grow by {by} entries from {from:?} (now {ends:?})", self.topic),
-                    timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
     /// After the faults are healed: waits for the replicas to converge, reads every replica and a
     /// consumer's view, asks `Verify` (at the common end and at each partition's first and last
     /// acknowledged offsets), and runs every checker. Answers a summary for the test log.

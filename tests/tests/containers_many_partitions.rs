@@ -23,46 +23,6 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries between two snapshots of every group (the default is 10,000).
 const SNAPSHOT_EVERY: u64 = 4;
 
-/// The last log index of each partition's group, the highest any of `nodes` reports.
-async fn last_indexes(cluster: &ContainerCluster, nodes: &[u64]) -> BTreeMap<u32, u64> {
-    let mut last = BTreeMap::new();
-    for id in nodes {
-        if let Ok(s) = cluster.status_of(*id).await {
-            for g in s.partitions.iter().filter(|g| g.topic == TOPIC) {
-                let e = last.entry(g.partition).or_insert(0);
-                *e = (*e).max(g.last_log_index);
-            }
-        }
-    }
-    last
-}
-
-/// Waits until every partition's group, as `nodes` hold it, is at least `by` entries past `from`.
-async fn wait_groups_past(
-    cluster: &ContainerCluster,
-    nodes: &[u64],
-    from: &BTreeMap<u32, u64>,
-    by: u64,
-) -> Result<(), HarnessError> {
-    let deadline = tokio::time::Instant::now() + PROGRESS_TIMEOUT;
-    loop {
-        let now = last_indexes(cluster, nodes).await;
-        let behind: Vec<u32> = (0..PARTITIONS)
-            .filter(|p| now.get(p).copied().unwrap_or(0) < from.get(p).copied().unwrap_or(0) + by)
-            .collect();
-        if behind.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(HarnessError::Timeout {
-                what: format!("every group of {TOPIC} {by} entries further on {nodes:?} (behind: {behind:?})"),
-                timeout: PROGRESS_TIMEOUT,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// The partitions of [`TOPIC`] each node among `nodes` reports leading itself.
 async fn led_by(cluster: &ContainerCluster, nodes: &[u64]) -> BTreeMap<u64, BTreeSet<u32>> {
     let mut led = BTreeMap::new();
@@ -117,13 +77,16 @@ async fn hundreds_of_partitions_keep_every_acknowledged_record_through_a_node_ki
     let led = led_by(cluster, &ids).await;
     let (victim, victim_led) = led.iter().max_by_key(|(_, ps)| ps.len()).map(|(id, ps)| (*id, ps.len())).unwrap();
     assert!(victim_led > 0, "no node leads a partition: {led:?}");
-    let before_kill = last_indexes(cluster, &ids).await;
+    let before_kill = cluster.last_log_indexes(TOPIC, &ids).await;
     cluster.kill(victim).await.unwrap();
     let survivors: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
     wait_all_led_by(cluster, &survivors).await.unwrap();
     workload.wait_for_more_acks(u64::from(PARTITIONS) * 2, PROGRESS_TIMEOUT).await.unwrap();
     // Down until every group has snapshotted at least twice more without it.
-    wait_groups_past(cluster, &survivors, &before_kill, 2 * SNAPSHOT_EVERY + 1).await.unwrap();
+    cluster
+        .wait_groups_past(TOPIC, PARTITIONS, &survivors, &before_kill, 2 * SNAPSHOT_EVERY + 1, PROGRESS_TIMEOUT)
+        .await
+        .unwrap();
 
     // It comes back and catches up on every group while the writes go on.
     cluster.start_node(victim).await.unwrap();

@@ -1,8 +1,8 @@
 //! A node stopped (`docker stop`) while more than three snapshots' worth of records are written,
 //! then started again: it is behind its partitions' snapshots and must catch up without losing the
 //! history below them. Every Raft group snapshots every [`SMALL_SNAPSHOT_EVERY`] entries here, and
-//! the test waits until each partition's log grew by [`SNAPSHOTS_WHILE_DOWN`] intervals before the
-//! restart. Two victims, one test each: a node that follows the partitions (issue 11, finding 1:
+//! the test waits until each partition's Raft log grew by [`SNAPSHOTS_WHILE_DOWN`] intervals (in
+//! entries, as snapshots count them, not record offsets: one entry holds a batch) before the restart. Two victims, one test each: a node that follows the partitions (issue 11, finding 1:
 //! such a node installed a snapshot and dropped its log below it) and the metadata leader (its
 //! metadata group is also driven past snapshots by consumer-offset commits while it is down).
 //!
@@ -61,7 +61,7 @@ async fn down_past_snapshots(victim: Victim, run: &str) {
     cluster.stop(victim, STOP_GRACE).await.unwrap();
     let survivors: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
     cluster.wait_metadata_leader(&survivors, ELECTION_TIMEOUT).await.unwrap();
-    let before = setup.log_ends(&survivors).await.unwrap();
+    let before = cluster.last_log_indexes(run, &survivors).await;
     let meta_before = meta_last_index(&setup, &survivors).await;
 
     // Metadata written while the victim is down: a topic, and (for the metadata leader) enough
@@ -77,8 +77,8 @@ async fn down_past_snapshots(victim: Victim, run: &str) {
         );
     }
     let by = SNAPSHOTS_WHILE_DOWN * SMALL_SNAPSHOT_EVERY;
-    let after = setup.wait_log_growth(&survivors, &before, by, WRITE_TIMEOUT).await.unwrap();
-    eprintln!("{run}: written while node {victim} was down: logs {before:?} -> {after:?}");
+    let after = cluster.wait_groups_past(run, PARTITIONS, &survivors, &before, by, WRITE_TIMEOUT).await.unwrap();
+    eprintln!("{run}: written while node {victim} was down: last log indexes {before:?} -> {after:?}");
 
     cluster.start_node(victim).await.unwrap();
     cluster.wait_ready(victim, READY_TIMEOUT).await.unwrap();
