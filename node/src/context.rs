@@ -256,9 +256,12 @@ impl NodeContext {
         self.auth.allows(&self.cluster, &caller.principal, operation, resource)
     }
 
-    /// Where a failed call should be forwarded, if anywhere: the leader a `NotLeader` names, or the
-    /// partition's leader (hint) for `NotReplica`. Never for an already-forwarded request, never to
-    /// this node itself.
+    /// Where a failed call should be forwarded, if anywhere: the leader a `NotLeader` names, the
+    /// partition's leader (hint) for `NotReplica`, or, for a topic or partition this node does not
+    /// know, the metadata leader: a follower applies metadata a little after it is committed, so a
+    /// topic that was just created (its creator already answered) may not be known here yet, while
+    /// the metadata leader knows every committed change. Never for an already-forwarded request,
+    /// never to this node itself.
     pub fn redirect(&self, err: &ClusterError, forwarded: bool, partition: Option<(&str, u32)>) -> Option<String> {
         if forwarded {
             return None;
@@ -273,6 +276,9 @@ impl NodeContext {
             }
             ClusterError::OffsetOutOfRange { .. } | ClusterError::InvalidFromIndex { .. } => {
                 partition.and_then(|(t, p)| self.leader_ahead(err, t, p)).map(|(_, addr)| addr)
+            }
+            ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. } => {
+                self.cluster.metadata_leader().map(|(_, addr)| addr)
             }
             _ => None,
         }?;

@@ -106,13 +106,20 @@ fn replica_views(c: &Groups, topic: &str, partitions: u32) -> String {
 
 async fn produce(client: &shale_client::Client, topic: &str, partitions: u32, per_partition: u32, tag: &str) {
     let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
     for p in 0..partitions {
         for i in 0..per_partition {
             let record = ProducerRecord::new(topic, format!("{tag}-{p}-{i}")).partition(p);
-            producer.send(record).await.expect("send");
+            deliveries.push((p, i, producer.send(record).await.expect("send")));
         }
     }
     producer.flush().await.expect("flush");
+    // `flush` waits for every record to be acknowledged *or failed*: each delivery says which.
+    for (p, i, delivery) in deliveries {
+        if let Err(e) = delivery.await {
+            panic!("record {i} of {topic}/{p} was not written: {e:?}");
+        }
+    }
 }
 
 /// What one polling member saw: `(topic, partition, offset)` of each record, and its assignment.
