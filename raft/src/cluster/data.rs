@@ -54,6 +54,36 @@ impl Cluster {
         })
     }
 
+    /// [`Self::local_partition`], but a topic or partition unknown here while this node's metadata
+    /// is behind what it knows the metadata leader committed (a topic created a moment ago, its
+    /// creator already answered) is looked up again once the metadata applied that far, waiting
+    /// at most [`Self::leader_wait`]. A client may send a new partition's first request to the
+    /// replica it was told leads it, marked not to be forwarded, before that replica applied
+    /// the topic.
+    async fn local_partition_current(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
+        match self.local_partition(topic, partition) {
+            Err(ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. })
+                if self.metadata_catch_up(self.leader_wait()).await =>
+            {
+                self.local_partition(topic, partition)
+            }
+            r => r,
+        }
+    }
+
+    /// Waits (at most `wait`) until this node's metadata applied everything it knows the metadata
+    /// group committed; `false` if it already had (nothing to wait for) or did not get there.
+    async fn metadata_catch_up(&self, wait: Duration) -> bool {
+        let meta = self.meta();
+        let m = meta.metrics();
+        let committed = m.cluster_committed.map(|l| l.index);
+        let applied = |m: &openraft::RaftMetrics<crate::TypeConfig>| m.last_applied.map(|l| l.index) >= committed;
+        if applied(&m) {
+            return false;
+        }
+        meta.wait_metrics("metadata applied to the committed index", wait, applied).await.is_ok()
+    }
+
     /// The local partition if this node leads it; otherwise `NotLeader` with the best leader known.
     fn leading_partition(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
         match self.local_partition(topic, partition) {
@@ -70,7 +100,7 @@ impl Cluster {
     /// [`Self::leader_wait`] for one first: a client then meets the leader change as latency
     /// instead of a `NotLeader` without a hint that it can only retry blindly.
     async fn leading_partition_soon(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
-        if let Ok(p) = self.local_partition(topic, partition)
+        if let Ok(p) = self.local_partition_current(topic, partition).await
             && p.group.leader().is_none()
         {
             let _ =
@@ -266,7 +296,7 @@ impl Cluster {
     /// applied yet, waits up to `req.wait` for one. Any replica serves it. Records are not decoded:
     /// a batch is found from the sparse offset index and the batch headers.
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResult, ClusterError> {
-        let local = self.local_partition(&req.topic, req.partition)?;
+        let local = self.local_partition_current(&req.topic, req.partition).await?;
         let group = &local.group;
         // The node capped the wait at its `limits.max_wait_ms` (at most MAX_FETCH_WAIT_MS).
         debug_assert!(req.wait <= Duration::from_millis(limits::MAX_FETCH_WAIT_MS), "{:?}", req.wait);
