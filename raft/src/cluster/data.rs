@@ -59,7 +59,7 @@ impl Cluster {
     /// creator already answered) is looked up again once the metadata applied that far, waiting
     /// at most [`Self::leader_wait`]. A client may send a new partition's first request to the
     /// replica it was told leads it, marked not to be forwarded, before that replica applied
-    /// the topic.
+    /// the topic. Every client-facing lookup (produce, fetch, ListOffsets) goes through it.
     async fn local_partition_current(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
         match self.local_partition(topic, partition) {
             Err(ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. })
@@ -500,7 +500,7 @@ impl Cluster {
         partition: u32,
         timestamp_ms: u64,
     ) -> Result<Option<u64>, ClusterError> {
-        let local = self.local_partition(topic, partition)?;
+        let local = self.local_partition_current(topic, partition).await?;
         let (floor, untimed_below, max_timestamp, applied) = {
             let s = local.state.read();
             (s.time_floor(timestamp_ms), s.untimed_below(), s.max_timestamp(), s.last_applied())
@@ -565,7 +565,7 @@ impl Cluster {
     /// `(log_start, high_watermark)` of a partition in record offsets on this replica (no
     /// read-index: a follower may lag the leader). `NotReplica` if this node does not host it.
     pub async fn local_bounds(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
-        let local = self.local_partition(topic, partition)?;
+        let local = self.local_partition_current(topic, partition).await?;
         Ok((self.record_log_start(&local).await?, local.high_watermark()))
     }
 
