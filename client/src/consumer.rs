@@ -67,16 +67,55 @@ pub struct Consumer {
     config: ConsumerConfig,
     codecs: CodecRegistry,
     /// Read position and chain state per assigned partition; `None` until resolved from the
-    /// group's commit or the reset policy.
+    /// group's commit or the reset policy. What `poll` returned last ends here; a prefetch may be
+    /// reading past it.
     positions: BTreeMap<(String, u32), Option<ChainReader>>,
+    /// Fetches already running for the next `poll`, by partition: one is started as soon as an
+    /// answer shows the partition holds more than it returned, so the node reads (and the chain
+    /// of the next answer is checked, on another thread) while the caller handles this one.
+    /// Dropped, and so cancelled, when the partition's position is set, it is unassigned or the
+    /// consumer is dropped.
+    prefetched: BTreeMap<(String, u32), Pending>,
 }
 
 type Key = (String, u32);
 
+/// A fetch running on its own task: the reader it moved on, and its answer.
+#[derive(Debug)]
+struct Pending {
+    task: tokio::task::JoinHandle<(ChainReader, Result<FetchedBatch, ClientError>)>,
+    /// It may wait for new records (a long poll), so a `poll` answering at once does not wait for it.
+    long_poll: bool,
+}
+
+impl Pending {
+    /// A fetch where `reader` is, waiting up to `max_wait_ms` for records.
+    fn start(
+        client: &Client,
+        codecs: &CodecRegistry,
+        max_bytes: u32,
+        mut reader: ChainReader,
+        max_wait_ms: u32,
+    ) -> Self {
+        let (client, codecs) = (client.clone(), codecs.clone());
+        let task = tokio::spawn(async move {
+            let result = fetch(&client, &codecs, max_bytes, &mut reader, max_wait_ms).await;
+            (reader, result)
+        });
+        Self { task, long_poll: max_wait_ms > 0 }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Consumer {
     /// A consumer over `client` with nothing assigned.
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
-        Self { client, config, codecs: default_codecs(), positions: BTreeMap::new() }
+        Self { client, config, codecs: default_codecs(), positions: BTreeMap::new(), prefetched: BTreeMap::new() }
     }
 
     /// Adds partitions of `topic`; each starts at the group's committed offset, else as
@@ -89,7 +128,9 @@ impl Consumer {
 
     /// Drops a partition (its position is forgotten).
     pub fn unassign(&mut self, topic: &str, partition: u32) {
-        self.positions.remove(&(topic.to_string(), partition));
+        let key = (topic.to_string(), partition);
+        self.prefetched.remove(&key);
+        self.positions.remove(&key);
     }
 
     /// The client it reads through.
@@ -123,7 +164,7 @@ impl Consumer {
     /// use: the next answer's `prev_chain_hash` starts it.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
         let reader = self.reader(topic, partition, offset);
-        self.positions.insert((topic.to_string(), partition), Some(reader));
+        self.set_position((topic.to_string(), partition), reader);
     }
 
     /// Moves a partition's position to `offset`, reading from the log entry after a point of the
@@ -133,7 +174,13 @@ impl Consumer {
     /// `offset`. Checks the chain even if `verify_chain` is off.
     pub fn seek_anchored(&mut self, topic: &str, partition: u32, offset: u64, point: ChainPoint) {
         let reader = ChainReader::anchored(topic, partition, offset, point);
-        self.positions.insert((topic.to_string(), partition), Some(reader));
+        self.set_position((topic.to_string(), partition), reader);
+    }
+
+    /// Puts a partition's position at `reader`; a prefetch from the old position is cancelled.
+    fn set_position(&mut self, key: Key, reader: ChainReader) {
+        self.prefetched.remove(&key);
+        self.positions.insert(key, Some(reader));
     }
 
     fn reader(&self, topic: &str, partition: u32, offset: u64) -> ChainReader {
@@ -179,27 +226,47 @@ impl Consumer {
         self.fetch_all(self.config.max_wait_ms).await
     }
 
-    /// Fetches every assigned partition concurrently; with a wait, returns at the first that has data.
+    /// Fetches every assigned partition concurrently (each on its own task, taking over a prefetch
+    /// where one runs); with a wait, returns at the first that has data, the other fetches going
+    /// on for the next call. Without a wait, a prefetch that is a long poll still waiting is left
+    /// running.
     async fn fetch_all(&mut self, max_wait_ms: u32) -> Result<Vec<ConsumedRecord>, ClientError> {
-        let mut inflight: FuturesUnordered<_> = self
-            .positions
-            .iter()
-            .filter_map(|(key, reader)| reader.clone().map(|r| (key.clone(), r)))
-            .map(|(key, mut reader)| {
-                let client = self.client.clone();
-                let codecs = self.codecs.clone();
-                let max_bytes = self.config.max_bytes;
-                async move {
-                    let r = fetch(&client, &codecs, max_bytes, &mut reader, max_wait_ms).await;
-                    (key, reader, r)
+        let mut running: Vec<(Key, Pending)> = Vec::new();
+        for (key, reader) in self.positions.iter().filter_map(|(k, r)| r.as_ref().map(|r| (k, r))) {
+            let pending = match self.prefetched.remove(key) {
+                Some(p) if max_wait_ms == 0 && p.long_poll && !p.task.is_finished() => {
+                    self.prefetched.insert(key.clone(), p);
+                    continue;
                 }
-            })
-            .collect();
+                Some(p) => p,
+                None => Pending::start(&self.client, &self.codecs, self.config.max_bytes, reader.clone(), max_wait_ms),
+            };
+            running.push((key.clone(), pending));
+        }
+        let mut answered = vec![false; running.len()];
         let mut out = Vec::new();
-        while let Some((key, reader, result)) = inflight.next().await {
+        let mut inflight: FuturesUnordered<_> = running
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (key, p))| async move { (i, key.clone(), (&mut p.task).await) })
+            .collect();
+        let mut failed = None;
+        while let Some((i, key, joined)) = inflight.next().await {
+            answered[i] = true;
+            let (reader, result) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: only a dropped `Pending` is, and this one is held here.
+                Err(_) => continue,
+            };
             match result {
                 Ok(batch) => {
                     // The reader moved past what it returned (and past Raft's own entries).
+                    let more = batch.next_offset < batch.log_end;
+                    if more {
+                        let next = Pending::start(&self.client, &self.codecs, self.config.max_bytes, reader.clone(), 0);
+                        self.prefetched.insert(key.clone(), next);
+                    }
                     self.positions.insert(key, Some(reader));
                     out.extend(batch.records);
                     if max_wait_ms > 0 && !out.is_empty() {
@@ -211,16 +278,23 @@ impl Consumer {
                     // where one could serve it). Move it only if the caller chose a reset.
                     let position = reader.offset();
                     let reset = match self.config.reset_out_of_range {
-                        OffsetReset::Earliest => earliest(&self.client, &key.0, key.1).await?,
+                        OffsetReset::Earliest => match earliest(&self.client, &key.0, key.1).await {
+                            Ok(start) => start,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        },
                         OffsetReset::Latest => log_end,
                         OffsetReset::None => {
-                            return Err(ClientError::OffsetOutOfRange {
+                            failed = Some(ClientError::OffsetOutOfRange {
                                 log_start,
                                 log_end,
                                 replica,
                                 replicas,
                                 message: format!("position {position} of {}/{}: {message}", key.0, key.1),
                             });
+                            break;
                         }
                     };
                     tracing::warn!(
@@ -233,10 +307,25 @@ impl Consumer {
                     );
                     self.seek(&key.0, key.1, reset);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(out)
+        drop(inflight);
+        // Fetches not answered yet go on; the next call takes their answers.
+        for ((key, pending), answered) in running.into_iter().zip(answered) {
+            if !answered {
+                self.prefetched.insert(key, pending);
+            }
+        }
+        match failed {
+            // Records of other partitions were read and their positions moved: they are returned,
+            // and the failing partition, whose position did not move, fails again at the next call.
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Gives every unresolved position a value: the group's committed offset, else the reset policy.

@@ -416,3 +416,69 @@ async fn an_idempotent_producer_rides_through_node_stops_with_every_record_ackno
     }
     drop(c.nodes.shutdown().await);
 }
+
+/// Fetches answered by the cluster so far (every node's `shale_fetch_requests_total`).
+async fn fetches_served(c: &Cluster) -> u64 {
+    let mut total = 0;
+    for addr in &c.nodes.http {
+        let (_, body) = common::http_get(*addr, "/metrics").await;
+        let line = body.lines().find(|l| l.starts_with("shale_fetch_requests_total ")).expect("fetch counter");
+        total += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).expect("a count");
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poll_reads_ahead_but_positions_seeks_and_reads_follow_only_what_poll_returned() {
+    const RECORDS: usize = 300;
+    let c = Cluster::start(in_memory).await;
+    c.client().admin().create_topic(NewTopic::new("ahead", 1, 3)).await.expect("create topic");
+    let producer = c.client().producer(ProducerConfig::default());
+    let mut acked = Vec::new();
+    for i in 0..RECORDS {
+        let value = Bytes::from(vec![(i % 251) as u8; 1024]);
+        let meta = producer.send_and_wait(ProducerRecord::new("ahead", value.clone()).partition(0)).await.expect("ack");
+        acked.push(Acked { offset: meta.offset, chain_hash: meta.chain_hash, entry_index: meta.entry_index, value });
+    }
+    producer.close().await.expect("producer closes");
+    let end = acked.last().unwrap().offset + 1;
+    converged(&c, "ahead", end).await;
+
+    // A client that knows only the leader, so every fetch is served where it is sent (a forwarded
+    // one would be counted twice).
+    let leader = c.leader("ahead", 0).await;
+    let mut consumer = c.client_of(leader).consumer(config_small());
+    consumer.seek("ahead", 0, 0);
+    let before = fetches_served(&c).await;
+    let first = consumer.poll().await.expect("poll");
+    assert!(!first.is_empty() && (first.len() as u64) < end, "one small answer: {} records", first.len());
+    let returned = first.last().unwrap().offset + 1;
+    assert_eq!(consumer.position("ahead", 0), Some(returned), "the position is past what poll returned");
+
+    // The next answer is fetched while the caller holds this one: one more fetch is served
+    // without another poll, and the position does not move with it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fetches_served(&c).await < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no fetch ahead of the next poll");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(consumer.position("ahead", 0), Some(returned), "a fetch ahead does not move the position");
+
+    // A seek drops what was fetched ahead: reading goes on from the sought offset.
+    let sought = 5;
+    consumer.seek("ahead", 0, sought);
+    let read = read_to(&mut consumer, "ahead", end).await;
+    assert_all_read(&read, &acked[sought as usize..]);
+
+    // Polled to the end in small answers (a fetch ahead after each), every record came once, in order.
+    let mut consumer = c.client().consumer(config_small());
+    consumer.seek("ahead", 0, 0);
+    let read = read_to(&mut consumer, "ahead", end).await;
+    assert_all_read(&read, &acked);
+    drop(c.nodes.shutdown().await);
+}
+
+/// Small fetches: one answer holds a few records of a partition, so more remain after it.
+fn config_small() -> ConsumerConfig {
+    ConsumerConfig { max_bytes: 8 * 1024, ..consumer_config(OffsetReset::Earliest) }
+}
