@@ -142,6 +142,11 @@ pub struct ConsumerConfig {
     pub group: Option<String>,
     /// Payload bytes per partition fetch.
     pub max_bytes: u32,
+    /// Bytes the consumer may have in fetches started ahead of `poll` (at most `max_bytes` each,
+    /// one per partition whose last answer left records): while a caller handles one answer, the
+    /// next is read. Bounds what a consumer of many partitions buffers (like Kafka's
+    /// `fetch.max.bytes`); 0 turns reading ahead off.
+    pub prefetch_max_bytes: u64,
     /// Long-poll wait per `poll`.
     pub max_wait_ms: u32,
     /// Where a partition starts that has no position: not given by `seek` nor committed by the group.
@@ -164,6 +169,7 @@ impl Default for ConsumerConfig {
         Self {
             group: None,
             max_bytes: 1024 * 1024,
+            prefetch_max_bytes: 50 * 1024 * 1024,
             max_wait_ms: 500,
             offset_reset: OffsetReset::Earliest,
             reset_out_of_range: OffsetReset::None,

@@ -71,8 +71,9 @@ pub struct Consumer {
     /// reading past it.
     positions: BTreeMap<(String, u32), Option<ChainReader>>,
     /// Fetches already running for the next `poll`, by partition: one is started as soon as an
-    /// answer shows the partition holds more than it returned, so the node reads (and the chain
-    /// of the next answer is checked, on another thread) while the caller handles this one.
+    /// answer shows the partition holds more than it returned (while they fit in
+    /// `prefetch_max_bytes`), so the node reads (and the chain of the next answer is checked, on
+    /// another thread) while the caller handles this one.
     /// Dropped, and so cancelled, when the partition's position is set, it is unassigned or the
     /// consumer is dropped.
     prefetched: BTreeMap<(String, u32), Pending>,
@@ -263,7 +264,8 @@ impl Consumer {
                 Ok(batch) => {
                     // The reader moved past what it returned (and past Raft's own entries).
                     let more = batch.next_offset < batch.log_end;
-                    if more {
+                    let ahead = (self.prefetched.len() as u64 + 1) * u64::from(self.config.max_bytes);
+                    if more && ahead <= self.config.prefetch_max_bytes {
                         let next = Pending::start(&self.client, &self.codecs, self.config.max_bytes, reader.clone(), 0);
                         self.prefetched.insert(key.clone(), next);
                     }

@@ -475,6 +475,17 @@ async fn a_poll_reads_ahead_but_positions_seeks_and_reads_follow_only_what_poll_
     consumer.seek("ahead", 0, 0);
     let read = read_to(&mut consumer, "ahead", end).await;
     assert_all_read(&read, &acked);
+
+    // With no room for reading ahead, a poll is one fetch and nothing follows it.
+    let mut consumer = c.client_of(leader).consumer(ConsumerConfig { prefetch_max_bytes: 0, ..config_small() });
+    consumer.seek("ahead", 0, 0);
+    let before = fetches_served(&c).await;
+    let mut read = consumer.poll().await.expect("poll");
+    assert!(!read.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fetches_served(&c).await, before + 1, "a fetch ahead beyond prefetch_max_bytes");
+    read.extend(read_to(&mut consumer, "ahead", end).await);
+    assert_all_read(&read, &acked);
     drop(c.nodes.shutdown().await);
 }
 

@@ -163,6 +163,7 @@ fn consumer_config(a: &ConsumeArgs) -> ConsumerConfig {
             OutOfRangePolicy::Latest => OffsetReset::Latest,
         },
         verify_chain: !a.no_verify,
+        ..ConsumerConfig::default()
     }
 }
 
