@@ -89,24 +89,6 @@ struct Pending {
     long_poll: bool,
 }
 
-impl Pending {
-    /// A fetch where `reader` is, waiting up to `max_wait_ms` for records.
-    fn start(
-        client: &Client,
-        codecs: &CodecRegistry,
-        max_bytes: u32,
-        mut reader: ChainReader,
-        max_wait_ms: u32,
-    ) -> Self {
-        let (client, codecs) = (client.clone(), codecs.clone());
-        let task = tokio::spawn(async move {
-            let result = fetch(&client, &codecs, max_bytes, &mut reader, max_wait_ms).await;
-            (reader, result)
-        });
-        Self { task, long_poll: max_wait_ms > 0 }
-    }
-}
-
 impl Drop for Pending {
     fn drop(&mut self) {
         self.task.abort();
@@ -178,6 +160,16 @@ impl Consumer {
         self.set_position((topic.to_string(), partition), reader);
     }
 
+    /// A fetch where `reader` is, on its own task, waiting up to `max_wait_ms` for records.
+    fn start_fetch(&self, mut reader: ChainReader, max_wait_ms: u32) -> Pending {
+        let (client, codecs, max_bytes) = (self.client.clone(), self.codecs.clone(), self.config.max_bytes);
+        let task = tokio::spawn(async move {
+            let result = fetch(&client, &codecs, max_bytes, &mut reader, max_wait_ms).await;
+            (reader, result)
+        });
+        Pending { task, long_poll: max_wait_ms > 0 }
+    }
+
     /// Puts a partition's position at `reader`; a prefetch from the old position is cancelled.
     fn set_position(&mut self, key: Key, reader: ChainReader) {
         self.prefetched.remove(&key);
@@ -240,7 +232,7 @@ impl Consumer {
                     continue;
                 }
                 Some(p) => p,
-                None => Pending::start(&self.client, &self.codecs, self.config.max_bytes, reader.clone(), max_wait_ms),
+                None => self.start_fetch(reader.clone(), max_wait_ms),
             };
             running.push((key.clone(), pending));
         }
@@ -266,8 +258,7 @@ impl Consumer {
                     let more = batch.next_offset < batch.log_end;
                     let ahead = (self.prefetched.len() as u64 + 1) * u64::from(self.config.max_bytes);
                     if more && ahead <= self.config.prefetch_max_bytes {
-                        let next = Pending::start(&self.client, &self.codecs, self.config.max_bytes, reader.clone(), 0);
-                        self.prefetched.insert(key.clone(), next);
+                        self.prefetched.insert(key.clone(), self.start_fetch(reader.clone(), 0));
                     }
                     self.positions.insert(key, Some(reader));
                     out.extend(batch.records);

@@ -313,29 +313,23 @@ fn few_internal_connections(c: &mut shale_node::NodeConfig) {
     c.limits.max_internal_connections = 24;
 }
 
-/// The value of a metric line `name value` in node `http`'s /metrics (`None`: not exported).
-async fn metric(http: std::net::SocketAddr, name: &str) -> Option<u64> {
-    let (code, metrics) = common::http_get(http, "/metrics").await;
-    assert_eq!(code, 200);
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_internal_listener_serves_at_most_its_connection_limit() {
     let root = tempfile::tempdir().unwrap();
     let c = LocalCluster::start_split(3, root.path(), false, few_internal_connections).await.expect("cluster starts");
     assert!(c.not_ready(WAIT).await.is_empty());
     let (http, internal) = (c.http[0], c.internal[0]);
-    let peers = metric(http, "shale_internal_connections_open").await.expect("the gauge is exported");
+    let peers = common::metric(http, "shale_internal_connections_open").await.expect("the gauge is exported");
     // (Peers connect to node 1 when it has something to ask it: none if it leads every group.)
     assert!(peers <= 24, "the peers' connections: {peers}");
     // A flood of connections to node 1's internal port: it holds no more than the limit.
     let flood = flood(internal);
     eventually("the flood reaches the limit", async || {
-        (metric(http, "shale_limit_refusals_total{limit=\"max_internal_connections\"}").await? > 0).then_some(())
+        (common::metric(http, "shale_limit_refusals_total{limit=\"max_internal_connections\"}").await? > 0)
+            .then_some(())
     })
     .await;
-    let open = metric(http, "shale_internal_connections_open").await.unwrap();
+    let open = common::metric(http, "shale_internal_connections_open").await.unwrap();
     assert!(open <= 24, "{open} connections open on the internal listener, over the limit");
     // One more is closed at accept, unanswered.
     let mut extra = tokio::net::TcpStream::connect(internal).await.expect("the kernel accepts");
@@ -345,7 +339,7 @@ async fn the_internal_listener_serves_at_most_its_connection_limit() {
     flood.abort();
     // The flood's places come free once its connections close.
     eventually("the flood's places are freed", async || {
-        (metric(http, "shale_internal_connections_open").await? <= peers + 4).then_some(())
+        (common::metric(http, "shale_internal_connections_open").await? <= peers + 4).then_some(())
     })
     .await;
     c.shutdown().await.unwrap();

@@ -421,9 +421,7 @@ async fn an_idempotent_producer_rides_through_node_stops_with_every_record_ackno
 async fn fetches_served(c: &Cluster) -> u64 {
     let mut total = 0;
     for addr in &c.nodes.http {
-        let (_, body) = common::http_get(*addr, "/metrics").await;
-        let line = body.lines().find(|l| l.starts_with("shale_fetch_requests_total ")).expect("fetch counter");
-        total += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).expect("a count");
+        total += common::metric(*addr, "shale_fetch_requests_total").await.expect("the fetch counter is exported");
     }
     total
 }

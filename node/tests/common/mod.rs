@@ -109,6 +109,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A series' value in a node's `/metrics` (`name` with its labels, e.g.
+/// `shale_limit_refusals_total{limit="max_connections"}`); `None` when the node does not export it.
+pub async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
+    let (code, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Creates a topic with replication factor 3.
 pub async fn create_topic(c: &TestCluster, name: &str, partitions: u32) {
     c.client().admin().create_topic(NewTopic::new(name, partitions, 3)).await.expect("create topic");
