@@ -70,6 +70,7 @@ async fn record_start(c: &TestCluster, id: u64, topic: &str) -> u64 {
         from_index: None,
         max_bytes: 1,
         wait: std::time::Duration::ZERO,
+        check: shale_storage::ReadCheck::Chain,
     };
     match c.node(id).cluster().fetch(req).await {
         Ok(r) => r.log_start,

@@ -84,6 +84,16 @@ pub enum ChainBreak {
         /// The index its envelope names.
         found: u64,
     },
+    /// The answer's entries, hashed from where it starts, do not arrive at the hash the replica
+    /// holds for its last entry (`FetchResponse.last_chain_hash`): an entry of this answer was
+    /// altered after it was stored (with its CRC recomputed, or the replica would have refused it).
+    #[error("the answer's entries hash to {found} but the replica holds {expected} for its last entry")]
+    LastHash {
+        /// The `last_chain_hash` the server sent.
+        expected: ChainHash,
+        /// The hash the reader computed for the last entry.
+        found: ChainHash,
+    },
     /// A visible record batch does not start at the next offset: records were hidden, dropped,
     /// invented or moved (for the first batch read: it starts past the offset asked for).
     #[error("a record batch starts at offset {found} where offset {expected} comes next")]
@@ -213,12 +223,15 @@ impl ChainReader {
     }
 
     /// Takes one fetch answer to the request this reader made ([`ChainReader::offset`],
-    /// [`ChainReader::from_index`]): checks it continues the chain (when verifying), decodes its
-    /// visible batches, and moves past it. On an error the reader is unchanged.
+    /// [`ChainReader::from_index`]): checks it continues the chain (when verifying) and, when the
+    /// server sent one (`last_chain_hash` not empty), that the chain arrives at the hash the server
+    /// holds for the last entry; decodes its visible batches, and moves past it. On an error the
+    /// reader is unchanged.
     pub fn accept(
         &mut self,
         entries: Vec<proto::LogEntry>,
         prev_chain_hash: &[u8],
+        last_chain_hash: &[u8],
         codecs: &CodecRegistry,
     ) -> Result<DecodedEntries, ClientError> {
         let Some(first) = entries.first().map(|e| e.index) else {
@@ -289,6 +302,13 @@ impl ChainReader {
             }));
         }
         let count = entries.len() as u64;
+        if self.verify && !last_chain_hash.is_empty() {
+            let expected = self.hash_field("last_chain_hash", last_chain_hash)?;
+            if expected != hash {
+                let last = first + count - 1;
+                return Err(self.broken(last, self.offset, ChainBreak::LastHash { expected, found: hash }));
+            }
+        }
         debug_assert!(records.windows(2).all(|w| w[1].offset == w[0].offset + 1) || !self.verify);
         if let Some(end) = next_batch {
             self.offset = self.offset.max(end);
@@ -305,14 +325,7 @@ impl ChainReader {
     /// The hash the answer starting at `first` chains from: the one the reader holds, which the
     /// server's `prev_chain_hash` must equal, or on first use the server's.
     fn anchor(&self, first: u64, prev_chain_hash: &[u8]) -> Result<ChainHash, ClientError> {
-        let found = ChainHash(prev_chain_hash.try_into().map_err(|_| {
-            ClientError::Protocol(format!(
-                "prev_chain_hash of {}/{} is {} bytes, expected 32",
-                self.topic,
-                self.partition,
-                prev_chain_hash.len()
-            ))
-        })?);
+        let found = self.hash_field("prev_chain_hash", prev_chain_hash)?;
         // Entry 0 chains from nothing; else from the hash the reader holds, or (first use) the server's.
         let expected = match self.point {
             _ if first == 0 => ChainHash::ZERO,
@@ -323,6 +336,18 @@ impl ChainReader {
             return Err(self.broken(first, self.offset, ChainBreak::PrevHash { expected, found }));
         }
         Ok(found)
+    }
+
+    /// A 32-byte hash field of an answer.
+    fn hash_field(&self, name: &str, bytes: &[u8]) -> Result<ChainHash, ClientError> {
+        bytes.try_into().map(ChainHash).map_err(|_| {
+            ClientError::Protocol(format!(
+                "{name} of {}/{} is {} bytes, expected 32",
+                self.topic,
+                self.partition,
+                bytes.len()
+            ))
+        })
     }
 }
 
@@ -336,7 +361,7 @@ pub fn decode_response(
     response: proto::FetchResponse,
 ) -> Result<DecodedEntries, ClientError> {
     let mut reader = ChainReader::new(topic, partition, offset, verify);
-    reader.accept(response.entries, &response.prev_chain_hash, &default_codecs())
+    reader.accept(response.entries, &response.prev_chain_hash, &response.last_chain_hash, &default_codecs())
 }
 
 /// The codecs a client decodes batches with (every built-in one).
@@ -409,19 +434,61 @@ mod tests {
         let mut r = ChainReader::new("t", 0, 2, true);
         assert_eq!(r.from_index(), None);
         // The first answer starts at the entry holding offset 2 (index 1); a second continues.
-        let a = r.accept(page(&entries, 1, 3), &prev(&hashes, 1), &codecs).unwrap();
+        let a = r.accept(page(&entries, 1, 3), &prev(&hashes, 1), &[], &codecs).unwrap();
         assert_eq!(a.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2]);
         assert_eq!((a.records[0].entry_index, a.records[0].position, a.records[0].chain_hash), (1, 2, Some(hashes[1])));
         assert_eq!((r.offset(), r.from_index()), (3, Some(3)));
-        let b = r.accept(page(&entries, 3, 6), &prev(&hashes, 3), &codecs).unwrap();
+        let b = r.accept(page(&entries, 3, 6), &prev(&hashes, 3), &[], &codecs).unwrap();
         assert_eq!(b.records.iter().map(|r| r.offset).collect::<Vec<_>>(), (3..10).collect::<Vec<_>>());
         assert_eq!(b.records.last().unwrap().value, Bytes::from("r9"));
         let stats = r.stats();
         assert_eq!((stats.entries, stats.records), (5, 8));
         assert_eq!(stats.point, Some(ChainPoint::after(5, hashes[5])));
         // Nothing new: nothing moves.
-        assert!(r.accept(Vec::new(), &[], &codecs).unwrap().records.is_empty());
+        assert!(r.accept(Vec::new(), &[], &[], &codecs).unwrap().records.is_empty());
         assert_eq!(r.from_index(), Some(6));
+    }
+
+    #[test]
+    fn an_answer_must_hash_to_the_last_chain_hash_the_server_holds() {
+        let (entries, hashes) = log(&[3, 1, 4, 2]);
+        let codecs = default_codecs();
+        // The server's link for the answer's last entry: the genuine chain hash of entry 2.
+        let mut r = ChainReader::new("t", 0, 0, true);
+        r.accept(page(&entries, 0, 3), &prev(&hashes, 0), &hashes[2].0, &codecs).unwrap();
+        // Entry 4's last byte (a record value) rewritten in place, as by a replica that recomputed
+        // its CRC: the answer still chains from the hash before it and decodes, but misses the
+        // link the replica holds for its last entry.
+        let mut altered = page(&entries, 3, 6);
+        let mut data = altered[1].data.to_vec();
+        *data.last_mut().unwrap() ^= 1;
+        altered[1].data = Bytes::from(data);
+        let before = r.clone();
+        match r.accept(altered.clone(), &prev(&hashes, 3), &hashes[5].0, &codecs) {
+            Err(ClientError::ChainMismatch {
+                index: 5,
+                offset,
+                reason: ChainBreak::LastHash { expected, found },
+                ..
+            }) => {
+                assert_eq!(offset, 3, "the offset the answer was asked for");
+                assert_eq!(expected, hashes[5]);
+                assert_ne!(found, hashes[5]);
+            }
+            other => panic!("expected a last-hash break, got {other:?}"),
+        }
+        assert_eq!(r.stats(), before.stats(), "a refused answer moves nothing");
+        // Without the server's hash the answer is taken (the break shows at the next answer's anchor).
+        r.clone().accept(altered, &prev(&hashes, 3), &[], &codecs).unwrap();
+        // A hash of the wrong length is a protocol error; a reader that does not verify ignores it.
+        assert!(matches!(
+            r.clone().accept(page(&entries, 3, 6), &prev(&hashes, 3), &[1; 5], &codecs),
+            Err(ClientError::Protocol(_))
+        ));
+        let mut off = ChainReader::new("t", 0, 0, false);
+        assert!(off.accept(page(&entries, 0, 3), &prev(&hashes, 0), &[9; 32], &codecs).is_ok());
+        // The genuine answer passes.
+        r.accept(page(&entries, 3, 6), &prev(&hashes, 3), &hashes[5].0, &codecs).unwrap();
     }
 
     #[test]
@@ -437,7 +504,7 @@ mod tests {
         }
         let codecs = default_codecs();
         let mut r = ChainReader::new("t", 0, 0, true);
-        match r.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &codecs) {
+        match r.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &[], &codecs) {
             Err(ClientError::ChainMismatch {
                 index: 1,
                 reason: ChainBreak::EnvelopeIndex { expected: 1, found: 3 },
@@ -447,7 +514,7 @@ mod tests {
         }
         // Unverified reads do not look.
         let mut off = ChainReader::new("t", 0, 0, false);
-        assert!(off.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &codecs).is_ok());
+        assert!(off.accept(page(&entries, 0, 3), &ChainHash::ZERO.0, &[], &codecs).is_ok());
     }
 
     #[test]
@@ -456,7 +523,7 @@ mod tests {
         let codecs = default_codecs();
         let reader = || {
             let mut r = ChainReader::new("t", 4, 0, true);
-            r.accept(page(&entries, 0, 3), &prev(&hashes, 0), &codecs).unwrap();
+            r.accept(page(&entries, 0, 3), &prev(&hashes, 0), &[], &codecs).unwrap();
             r
         };
         let broken = |r: Result<DecodedEntries, ClientError>| match r {
@@ -466,36 +533,39 @@ mod tests {
             other => panic!("expected a chain mismatch, got {other:?}"),
         };
         // Another prev hash than the one computed.
-        let (index, offset, reason) = broken(reader().accept(page(&entries, 3, 5), &prev(&hashes, 2), &codecs));
+        let (index, offset, reason) = broken(reader().accept(page(&entries, 3, 5), &prev(&hashes, 2), &[], &codecs));
         assert_eq!((index, offset), (3, 3));
         assert_eq!(reason, ChainBreak::PrevHash { expected: hashes[2], found: hashes[1] });
         // Starting elsewhere than asked.
-        let (index, _, reason) = broken(reader().accept(page(&entries, 4, 5), &prev(&hashes, 4), &codecs));
+        let (index, _, reason) = broken(reader().accept(page(&entries, 4, 5), &prev(&hashes, 4), &[], &codecs));
         assert_eq!((index, reason), (4, ChainBreak::Index { expected: 3, found: 4 }));
         // A gap inside the answer (an entry dropped) and a reordered answer.
         let dropped = vec![entries[3].clone(), entries[5].clone()];
-        let (_, _, reason) = broken(reader().accept(dropped, &prev(&hashes, 3), &codecs));
+        let (_, _, reason) = broken(reader().accept(dropped, &prev(&hashes, 3), &[], &codecs));
         assert_eq!(reason, ChainBreak::Index { expected: 4, found: 5 });
         let swapped = vec![entries[4].clone(), entries[3].clone()];
-        assert!(matches!(broken(reader().accept(swapped, &prev(&hashes, 3), &codecs)).2, ChainBreak::Index { .. }));
+        assert!(matches!(
+            broken(reader().accept(swapped, &prev(&hashes, 3), &[], &codecs)).2,
+            ChainBreak::Index { .. }
+        ));
         // A genuine batch marked hidden: the next batch does not start where the chain is.
         let mut hidden = page(&entries, 3, 5);
         hidden[0].hidden = true;
-        let (index, offset, reason) = broken(reader().accept(hidden, &prev(&hashes, 3), &codecs));
+        let (index, offset, reason) = broken(reader().accept(hidden, &prev(&hashes, 3), &[], &codecs));
         assert_eq!((index, offset, reason), (4, 3, ChainBreak::Offset { expected: 3, found: 4 }));
         // On a fresh reader: a first batch that starts past the offset asked for.
         let mut fresh = ChainReader::new("t", 4, 3, true);
-        let (_, _, reason) = broken(fresh.accept(page(&entries, 4, 5), &prev(&hashes, 4), &codecs));
+        let (_, _, reason) = broken(fresh.accept(page(&entries, 4, 5), &prev(&hashes, 4), &[], &codecs));
         assert_eq!(reason, ChainBreak::Offset { expected: 3, found: 4 });
         // Entry 0 chains from nothing, whoever says otherwise.
         let mut zero = ChainReader::new("t", 4, 0, true);
-        let (index, _, reason) = broken(zero.accept(page(&entries, 0, 2), &hashes[5].0, &codecs));
+        let (index, _, reason) = broken(zero.accept(page(&entries, 0, 2), &hashes[5].0, &[], &codecs));
         assert_eq!((index, reason), (0, ChainBreak::PrevHash { expected: ChainHash::ZERO, found: hashes[5] }));
         // A failed answer leaves the reader where it was.
         let mut r = reader();
-        let _ = r.accept(page(&entries, 3, 5), &prev(&hashes, 2), &codecs);
+        let _ = r.accept(page(&entries, 3, 5), &prev(&hashes, 2), &[], &codecs);
         assert_eq!((r.offset(), r.from_index()), (3, Some(3)));
-        assert!(r.accept(page(&entries, 3, 5), &prev(&hashes, 3), &codecs).is_ok());
+        assert!(r.accept(page(&entries, 3, 5), &prev(&hashes, 3), &[], &codecs).is_ok());
     }
 
     #[test]
@@ -503,16 +573,16 @@ mod tests {
         let (entries, hashes) = log(&[3, 1, 4, 2]);
         let codecs = default_codecs();
         let mut r = ChainReader::new("t", 0, 0, true);
-        r.accept(page(&entries, 0, 2), &prev(&hashes, 0), &codecs).unwrap();
+        r.accept(page(&entries, 0, 2), &prev(&hashes, 0), &[], &codecs).unwrap();
         r.reanchor();
         assert_eq!((r.from_index(), r.offset(), r.stats().reanchors), (None, 3, 1));
         // A replica that starts the answer at the batch of offset 4 skipped offset 3.
         assert!(matches!(
-            r.clone().accept(page(&entries, 4, 6), &prev(&hashes, 4), &codecs),
+            r.clone().accept(page(&entries, 4, 6), &prev(&hashes, 4), &[], &codecs),
             Err(ClientError::ChainMismatch { reason: ChainBreak::Offset { expected: 3, found: 4 }, .. })
         ));
         // From the batch holding offset 3, with whatever hash it says came before.
-        let got = r.accept(page(&entries, 3, 6), &[7; 32], &codecs).unwrap();
+        let got = r.accept(page(&entries, 3, 6), &[7; 32], &[], &codecs).unwrap();
         assert_eq!(got.records.first().map(|r| r.offset), Some(3));
     }
 
@@ -523,20 +593,20 @@ mod tests {
         let forged = [9u8; 32];
         // Trust on first use: a forged anchor is accepted (and the chain continues from it).
         let mut tofu = ChainReader::new("t", 0, 4, true);
-        assert!(tofu.accept(page(&entries, 4, 5), &forged, &codecs).is_ok());
+        assert!(tofu.accept(page(&entries, 4, 5), &forged, &[], &codecs).is_ok());
         // Anchored at a point the caller holds (a producer's receipt for entry 3).
         let mut anchored = ChainReader::anchored("t", 0, 4, ChainPoint::after(3, hashes[3]));
         assert_eq!(anchored.from_index(), Some(4));
         assert!(matches!(
-            anchored.accept(page(&entries, 4, 5), &forged, &codecs),
+            anchored.accept(page(&entries, 4, 5), &forged, &[], &codecs),
             Err(ClientError::ChainMismatch { reason: ChainBreak::PrevHash { .. }, .. })
         ));
         assert!(anchored.stats().point.is_none(), "an unconfirmed anchor is not reported as read");
-        let ok = anchored.accept(page(&entries, 4, 6), &prev(&hashes, 4), &codecs).unwrap();
+        let ok = anchored.accept(page(&entries, 4, 6), &prev(&hashes, 4), &[], &codecs).unwrap();
         assert_eq!(ok.records.first().map(|r| r.offset), Some(4));
         // From the start of the log.
         let mut genesis = ChainReader::anchored("t", 0, 0, ChainPoint::GENESIS);
-        assert_eq!(genesis.accept(page(&entries, 0, 6), &prev(&hashes, 0), &codecs).unwrap().records.len(), 10);
+        assert_eq!(genesis.accept(page(&entries, 0, 6), &prev(&hashes, 0), &[], &codecs).unwrap().records.len(), 10);
     }
 
     #[test]
@@ -547,11 +617,11 @@ mod tests {
         flipped[last] ^= 1;
         entries[1].data = Bytes::from(flipped);
         let mut r = ChainReader::new("t", 0, 0, false);
-        let got = r.accept(page(&entries, 0, 2), &[], &default_codecs()).unwrap();
+        let got = r.accept(page(&entries, 0, 2), &[], &[], &default_codecs()).unwrap();
         assert_eq!(got.records.len(), 3);
         assert!(got.records.iter().all(|r| r.chain_hash.is_none()));
         assert_eq!(got.records[2].value, Bytes::from("r3"), "the flipped byte is handed out unnoticed");
-        let next = r.accept(page(&entries, 2, 4), &prev(&hashes, 0), &default_codecs()).unwrap();
+        let next = r.accept(page(&entries, 2, 4), &prev(&hashes, 0), &[], &default_codecs()).unwrap();
         assert_eq!(next.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3]);
     }
 
@@ -560,14 +630,14 @@ mod tests {
         let codecs = default_codecs();
         let short = vec![proto::LogEntry { index: 1, data: Bytes::from_static(b"x"), hidden: false }];
         let mut r = ChainReader::new("t", 0, 0, true);
-        assert!(matches!(r.accept(short, &[0; 32], &codecs), Err(ClientError::MalformedEntry { index: 1, .. })));
+        assert!(matches!(r.accept(short, &[0; 32], &[], &codecs), Err(ClientError::MalformedEntry { index: 1, .. })));
         let junk = entry(1, envelope::KIND_NORMAL, b"not a batch");
         let visible = vec![proto::LogEntry { index: 1, data: junk.clone(), hidden: false }];
-        assert!(matches!(r.accept(visible, &[0; 32], &codecs), Err(ClientError::MalformedEntry { index: 1, .. })));
+        assert!(matches!(r.accept(visible, &[0; 32], &[], &codecs), Err(ClientError::MalformedEntry { index: 1, .. })));
         let hidden = vec![proto::LogEntry { index: 1, data: junk, hidden: true }];
-        assert_eq!(r.accept(hidden, &[0; 32], &codecs).unwrap().entries, 1);
+        assert_eq!(r.accept(hidden, &[0; 32], &[], &codecs).unwrap().entries, 1);
         assert!(matches!(
-            ChainReader::new("t", 0, 0, true).accept(page(&log(&[1]).0, 0, 1), &[0; 3], &codecs),
+            ChainReader::new("t", 0, 0, true).accept(page(&log(&[1]).0, 0, 1), &[0; 3], &[], &codecs),
             Err(ClientError::Protocol(_))
         ));
     }

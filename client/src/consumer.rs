@@ -534,7 +534,12 @@ impl StreamState {
                     Ok(Some(batch)) => {
                         self.failures = 0;
                         self.client.note_throttle(false, batch.throttle_time_ms);
-                        match self.reader.accept(batch.entries, &batch.prev_chain_hash, &self.codecs) {
+                        match self.reader.accept(
+                            batch.entries,
+                            &batch.prev_chain_hash,
+                            &batch.last_chain_hash,
+                            &self.codecs,
+                        ) {
                             Ok(decoded) => self.buffered.extend(decoded.records),
                             Err(e) => {
                                 self.done = true;
@@ -617,20 +622,29 @@ async fn fetch(
 ) -> Result<FetchedBatch, ClientError> {
     let (topic, partition, offset) = (reader.topic().to_string(), reader.partition(), reader.offset());
     let from_index = reader.from_index();
-    let resp = match fetch_with(client, max_bytes, &topic, partition, offset, from_index, max_wait_ms, Sweep::Every)
-        .await
-    {
+    // A reader that checks the chain asks the replica not to hash it again (it only CRC-checks
+    // what it serves and sends the stored links, which the check below compares with).
+    let message = proto::FetchRequest {
+        topic: topic.clone(),
+        partition,
+        offset,
+        max_bytes,
+        max_wait_ms,
+        from_index,
+        client_checks_chain: reader.verifies(),
+    };
+    let resp = match fetch_with(client, message.clone(), Sweep::Every).await {
         // The replica cannot continue the chain at that index (it no longer holds it): read by
         // offset and start the chain again there; the offsets stay checked.
         Err(e) if from_index.is_some() && e.code() == Some(ErrorCode::InvalidFromIndex) => {
             tracing::warn!(%topic, partition, offset, ?from_index, error = %e, "chain started again at this offset");
             reader.reanchor();
-            fetch_with(client, max_bytes, &topic, partition, offset, None, max_wait_ms, Sweep::Every).await?
+            fetch_with(client, proto::FetchRequest { from_index: None, ..message }, Sweep::Every).await?
         }
         r => r?,
     };
     let (log_start, log_end) = (resp.log_start, resp.log_end);
-    let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, codecs)?;
+    let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, &resp.last_chain_hash, codecs)?;
     let chain = (decoded.entries > 0).then(|| reader.stats().point).flatten();
     Ok(FetchedBatch {
         records: decoded.records,
@@ -645,7 +659,8 @@ async fn fetch(
 /// Where the partition starts: offset 0 if a replica holds it, else the lowest log start among
 /// the replicas that answer. Not one replica's start: a replica whose log was cut starts later.
 async fn earliest(client: &Client, topic: &str, partition: u32) -> Result<u64, ClientError> {
-    match fetch_with(client, 1, topic, partition, 0, None, 0, Sweep::Reachable).await {
+    let message = proto::FetchRequest { topic: topic.to_string(), partition, max_bytes: 1, ..Default::default() };
+    match fetch_with(client, message, Sweep::Reachable).await {
         Ok(_) => Ok(0),
         Err(ClientError::OffsetOutOfRange { log_start, .. }) => Ok(log_start),
         Err(e) => Err(e),
@@ -656,23 +671,13 @@ async fn earliest(client: &Client, topic: &str, partition: u32) -> Result<u64, C
 /// replica holds it: the routed node first (the replica that served this partition's last such
 /// read, else the leader, else any member, which forwards); if that replica's log starts past
 /// `offset`, every other replica in turn.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the fields of one FetchRequest plus how far to look; a struct would exist only to carry them here"
-)]
 async fn fetch_with(
     client: &Client,
-    max_bytes: u32,
-    topic: &str,
-    partition: u32,
-    offset: u64,
-    from_index: Option<u64>,
-    max_wait_ms: u32,
+    message: proto::FetchRequest,
     sweep: Sweep,
 ) -> Result<proto::FetchResponse, ClientError> {
-    let message =
-        proto::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms, from_index };
-    let wait = Duration::from_millis(u64::from(max_wait_ms));
+    let (topic, partition, offset) = (message.topic.as_str(), message.partition, message.offset);
+    let wait = Duration::from_millis(u64::from(message.max_wait_ms));
     let call = |ch| {
         let req = client.request(message.clone(), wait);
         async move { Client::fetch_client(ch).fetch(req).await }

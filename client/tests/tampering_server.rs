@@ -117,8 +117,11 @@ impl Log {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tamper {
     Genuine,
-    /// Flips the last byte of this entry (a value byte of an uncompressed batch).
+    /// Flips the last byte of this entry (a value byte of an uncompressed batch), and sends the
+    /// genuine `last_chain_hash` (as a replica serving stored links does).
     Flip(u64),
+    /// As `Flip`, with no `last_chain_hash` (a server that does not send it).
+    FlipUnlinked(u64),
     /// Leaves this entry out.
     Drop(u64),
     /// Swaps this entry with the next one.
@@ -133,6 +136,9 @@ struct Server {
     log: Arc<Log>,
     tamper: Tamper,
     answers: AtomicUsize,
+    /// Fetches that asked the server not to hash again (`client_checks_chain`), and the others.
+    checking: AtomicUsize,
+    not_checking: AtomicUsize,
 }
 
 impl Server {
@@ -147,7 +153,7 @@ impl Server {
         let at = |entries: &[proto::LogEntry], index: u64| entries.iter().position(|e| e.index == index);
         match self.tamper {
             Tamper::Genuine => {}
-            Tamper::Flip(k) => {
+            Tamper::Flip(k) | Tamper::FlipUnlinked(k) => {
                 if let Some(i) = at(&entries, k) {
                     let mut data = entries[i].data.to_vec();
                     *data.last_mut().unwrap() ^= 0x01;
@@ -178,7 +184,15 @@ impl Server {
             }
         }
         let next_index = if entries.is_empty() { start } else { end as u64 };
+        // The genuine hash of the last entry served (whatever the tampering did to the others).
+        let last_chain_hash = match entries.last() {
+            Some(e) if !matches!(self.tamper, Tamper::FlipUnlinked(_)) => {
+                Bytes::copy_from_slice(&log.hashes[e.index as usize].0)
+            }
+            _ => Bytes::new(),
+        };
         proto::FetchResponse {
+            last_chain_hash,
             topic: TOPIC.into(),
             partition: 0,
             log_start: 0,
@@ -201,6 +215,8 @@ struct Service(Arc<Server>);
 impl Fetch for Service {
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
         let req = request.into_inner();
+        let asked = if req.client_checks_chain { &self.0.checking } else { &self.0.not_checking };
+        asked.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(self.0.answer(req.offset, req.from_index)))
     }
 
@@ -236,18 +252,31 @@ impl Fetch for Service {
     }
 }
 
+impl Server {
+    fn new(log: &Arc<Log>, tamper: Tamper) -> Self {
+        let zero = AtomicUsize::new;
+        Self { log: log.clone(), tamper, answers: zero(0), checking: zero(0), not_checking: zero(0) }
+    }
+}
+
 /// Serves `tamper` on a loopback port; answers a client of it.
 async fn serve(log: &Arc<Log>, tamper: Tamper) -> Client {
+    serve_counted(log, tamper).await.0
+}
+
+/// [`serve`], and the server (to see what the client asked).
+async fn serve_counted(log: &Arc<Log>, tamper: Tamper) -> (Client, Arc<Server>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Arc::new(Server { log: log.clone(), tamper, answers: AtomicUsize::new(0) });
+    let server = Arc::new(Server::new(log, tamper));
+    let counted = server.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(FetchServer::new(Service(server)))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let config = ClientConfig { max_attempts: 2, request_timeout_ms: 5_000, ..ClientConfig::new([addr.to_string()]) };
-    Client::new(config).unwrap()
+    (Client::new(config).unwrap(), counted)
 }
 
 fn consumer_config(verify_chain: bool) -> ConsumerConfig {
@@ -321,7 +350,8 @@ async fn a_flipped_byte_breaks_the_chain_at_the_next_answer_unless_verification_
     let log = Arc::new(Log::new());
     // The last byte of an uncompressed batch: still a valid batch, so only the hash tells.
     let k = *log.plain.iter().find(|&&i| (i as usize) < log.entries.len() - PAGE).unwrap();
-    let client = serve(&log, Tamper::Flip(k)).await;
+    // A server that sends no `last_chain_hash`: the next answer's anchor gives it away.
+    let client = serve(&log, Tamper::FlipUnlinked(k)).await;
     let (index, _, reason) = mismatch(read(&client, &log, 0, true, None).await);
     assert!(index > k, "found where the next answer starts: {index}");
     assert!(
@@ -331,6 +361,29 @@ async fn a_flipped_byte_breaks_the_chain_at_the_next_answer_unless_verification_
     let changed: Vec<u64> =
         unverified.iter().filter(|r| r.value != log.records[r.offset as usize].value).map(|r| r.entry_index).collect();
     assert_eq!(changed, vec![k], "without the check the altered value is handed out");
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_caught_in_the_answer_that_carries_it_by_the_servers_last_chain_hash() {
+    let log = Arc::new(Log::new());
+    let k = *log.plain.iter().find(|&&i| (i as usize) < log.entries.len() - PAGE).unwrap();
+    let (client, server) = serve_counted(&log, Tamper::Flip(k)).await;
+    let (index, _, reason) = mismatch(read(&client, &log, 0, true, None).await);
+    // The answer holding entry k ends at most PAGE entries later; the break names its last entry.
+    assert!(index >= k && index < k + PAGE as u64, "entry {k} altered, break at {index}");
+    match reason {
+        ChainBreak::LastHash { expected, found } => {
+            assert_eq!(expected, log.hashes[index as usize]);
+            assert_ne!(found, expected);
+        }
+        other => panic!("expected the last-hash check to fail, got {other:?}"),
+    }
+    // A verifying consumer asks the server not to hash again; one that does not verify does not.
+    assert!(server.checking.load(Ordering::SeqCst) > 0);
+    assert_eq!(server.not_checking.load(Ordering::SeqCst), 0);
+    let unverified = read(&client, &log, 0, false, None).await.unwrap();
+    assert_eq!(unverified.len() as u64, log.end());
+    assert!(server.not_checking.load(Ordering::SeqCst) > 0);
 }
 
 #[tokio::test]
@@ -367,15 +420,17 @@ async fn a_changed_prev_hash_breaks_the_chain_and_an_anchor_catches_the_first_an
     let anchor = ChainPoint::after(holding - 1, log.hashes[holding as usize - 1]);
     let forged = ChainHash([0xcd; 32]);
     let mut reader = ChainReader::anchored(TOPIC, 0, offset, anchor);
-    let mut answer = Server { log: log.clone(), tamper: Tamper::Genuine, answers: AtomicUsize::new(0) }
-        .answer(offset, reader.from_index());
+    let mut answer = Server::new(&log, Tamper::Genuine).answer(offset, reader.from_index());
     answer.prev_chain_hash = Bytes::copy_from_slice(&forged.0);
-    let err = reader.accept(answer.entries.clone(), &answer.prev_chain_hash, &Default::default()).unwrap_err();
+    let err = reader
+        .accept(answer.entries.clone(), &answer.prev_chain_hash, &answer.last_chain_hash, &Default::default())
+        .unwrap_err();
     assert!(
         matches!(err, ClientError::ChainMismatch { reason: ChainBreak::PrevHash { found, .. }, .. } if found == forged)
     );
     let mut trusting = ChainReader::new(TOPIC, 0, offset, true);
-    assert!(trusting.accept(answer.entries, &answer.prev_chain_hash, &Default::default()).is_ok());
+    // (A server forging the anchor forges the answer's last hash to match; here it sends none.)
+    assert!(trusting.accept(answer.entries, &answer.prev_chain_hash, &[], &Default::default()).is_ok());
 }
 
 #[tokio::test]

@@ -232,6 +232,7 @@ async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the
             from_index: None,
             max_bytes: 1 << 20,
             wait: Duration::ZERO,
+            check: shale_storage::ReadCheck::Chain,
         })
         .await
         .expect("fetch");

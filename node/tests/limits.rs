@@ -212,6 +212,7 @@ async fn requests_over_the_in_flight_limit_are_refused_and_the_client_retries() 
                     max_bytes: 0,
                     max_wait_ms: 2_000,
                     from_index: None,
+                    client_checks_chain: false,
                 };
                 fetch.fetch(request).await
             })

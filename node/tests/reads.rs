@@ -74,6 +74,7 @@ impl Cluster {
             from_index: None,
             max_bytes: 1,
             wait: Duration::ZERO,
+            check: shale_storage::ReadCheck::Chain,
         };
         match cluster.fetch(req).await {
             Ok(r) => (r.log_start, r.high_watermark),
@@ -226,6 +227,7 @@ async fn reads_below_one_replicas_start_come_from_the_others_and_nothing_is_skip
             max_bytes: 1,
             max_wait_ms: 0,
             from_index: None,
+            client_checks_chain: false,
         })
         .await
         .expect_err("offset 0 is below the cut replica's start");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shale_client::admin::NewTopic;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
-use shale_client::{ChainReader, Client, ClientConfig, ProducerConfig, ProducerRecord};
+use shale_client::{ChainBreak, ChainReader, Client, ClientConfig, ClientError, ProducerConfig, ProducerRecord};
 use shale_node::NodeConfig;
 use shale_node::testing::LocalCluster;
 use shale_storage::{Offset, Record, Storage, StorageBackend, StreamId, format};
@@ -66,12 +66,16 @@ async fn read_alone(addr: std::net::SocketAddr, end: u64) -> Result<BTreeMap<u64
             max_bytes: 16 << 10,
             max_wait_ms: 0,
             from_index: reader.from_index(),
+            // The replica re-hashes what it serves: a damaged range is refused, not served.
+            client_checks_chain: false,
         };
         let resp = client.fetch(req).await?.into_inner();
         if resp.entries.is_empty() {
             break;
         }
-        let decoded = reader.accept(resp.entries, &resp.prev_chain_hash, &codecs).expect("the node serves one chain");
+        let decoded = reader
+            .accept(resp.entries, &resp.prev_chain_hash, &resp.last_chain_hash, &codecs)
+            .expect("the node serves one chain");
         for r in decoded.records {
             out.insert(r.offset, (r.chain_hash.expect("checked").0.to_vec(), r.value.to_vec()));
         }
@@ -119,7 +123,12 @@ fn offline_records(dir: &Path, stream: StreamId) -> Vec<Record> {
 /// Three nodes with the topic, about 400 records produced (most acknowledged), and the stream of
 /// the partition's Raft log and the number of records acknowledged.
 async fn start_with_records(root: &Path) -> (LocalCluster, StreamId, usize) {
-    let c = LocalCluster::start(3, root, tune).await.expect("start");
+    start_with_records_tuned(root, tune).await
+}
+
+/// [`start_with_records`] with nodes configured by `configure`.
+async fn start_with_records_tuned(root: &Path, configure: fn(&mut NodeConfig)) -> (LocalCluster, StreamId, usize) {
+    let c = LocalCluster::start(3, root, configure).await.expect("start");
     assert!(c.not_ready(WAIT).await.is_empty());
     let mut config = ClientConfig::new(c.endpoints());
     config.max_attempts = 40;
@@ -292,6 +301,103 @@ fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
     b[0] ^= 0x08;
     f.write_all_at(&b, at).unwrap();
     base + i as u64
+}
+
+/// Rewrites the last payload byte of the middle record of the middle sealed segment of `stream`
+/// under `dir` (the node may be running) and recomputes the record's CRC, so only the chain shows
+/// the change; returns the record's offset.
+fn rewrite_in_place(dir: &Path, stream: StreamId) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let sdir = dir.join(stream.get().to_string());
+    let mut segs: Vec<String> = std::fs::read_dir(&sdir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "small segments: the log spans several ({})", segs.len());
+    let path = sdir.join(&segs[segs.len() / 2]);
+    let bytes = std::fs::read(&path).unwrap();
+    let base = u64::from_le_bytes(
+        bytes[format::segment::BASE_OFFSET_AT..format::segment::BASE_OFFSET_AT + 8].try_into().unwrap(),
+    );
+    let spans = record_spans(&bytes);
+    let i = spans.len() / 2;
+    let (pos, len) = spans[i];
+    assert_eq!(bytes[pos + format::record::CODEC_AT], 0, "stored uncompressed: the last byte is a record value's");
+    let mut record = bytes[pos..pos + format::record::PAYLOAD_AT + len].to_vec();
+    *record.last_mut().unwrap() ^= 0x01;
+    let crc = crc32fast::hash(&record);
+    record.extend_from_slice(&crc.to_le_bytes());
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    f.write_all_at(&record, pos as u64).unwrap();
+    base + i as u64
+}
+
+/// A record of a running follower's copy rewritten in place with its CRC recomputed (only the
+/// chain shows it): asked to check the chain itself, the follower refuses to serve the range; asked
+/// by a consumer that checks the chain (`client_checks_chain`: the node then only CRC-checks and
+/// sends the stored links), it serves the stored bytes and the consumer finds the break in the
+/// answer that carries them, every record before it genuine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_rewritten_with_its_crc_is_refused_by_the_node_or_caught_by_a_consumer_checking_the_chain() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    // No scrubber: the damage must stay until both reads saw it.
+    let (c, stream, _acked) = start_with_records_tuned(root.path(), |n| {
+        tune(n);
+        n.scrub.enabled = false;
+    })
+    .await;
+    let leader = partition_leader(&c).await;
+    let reference = read_alone(c.grpc[leader as usize - 1], u64::MAX).await.expect("the leader serves every record");
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let addr = c.grpc[follower as usize - 1];
+    serves_alone(addr, &reference, "the follower before the damage").await;
+    let bad = rewrite_in_place(c.data_dir(follower), stream);
+
+    let mut fetch = FetchClient::connect(format!("http://{addr}")).await.expect("connect");
+    let mut reader = ChainReader::new(TOPIC, 0, 0, true);
+    let codecs = shale_client::chain::default_codecs();
+    let mut served = Vec::new();
+    let err = loop {
+        let req = proto::FetchRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset: reader.offset(),
+            max_bytes: 4 << 10,
+            max_wait_ms: 0,
+            from_index: reader.from_index(),
+            client_checks_chain: true,
+        };
+        let resp = fetch.fetch(req).await.expect("asked for stored links, the replica serves the range").into_inner();
+        assert!(!resp.entries.is_empty(), "read to the end without meeting the entry rewritten at {bad}");
+        match reader.accept(resp.entries, &resp.prev_chain_hash, &resp.last_chain_hash, &codecs) {
+            Ok(decoded) => served.extend(decoded.records),
+            Err(e) => break e,
+        }
+    };
+    match err {
+        ClientError::ChainMismatch { index, reason: ChainBreak::LastHash { .. }, .. } => {
+            assert!(index >= bad && index < bad + 64, "entry {bad} rewritten, the break names {index}");
+        }
+        other => panic!("expected the answer holding entry {bad} to miss its last chain hash: {other}"),
+    }
+    assert!(!served.is_empty() && served.iter().all(|r| r.entry_index < bad));
+    for r in &served {
+        let (hash, value) = &reference[&r.offset];
+        assert_eq!((r.chain_hash.unwrap().0.to_vec(), r.value.to_vec()), (hash.clone(), value.clone()));
+    }
+
+    // Re-hashing, the replica refuses the range and says so.
+    match read_alone(addr, u64::MAX).await {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("damaged"), "{}", status.message());
+        }
+        Ok(records) => panic!("the damaged replica served {} records", records.len()),
+    }
+    c.shutdown().await.expect("shutdown");
 }
 
 /// The number of entries in the active (last) segment of `stream` under `dir`.

@@ -18,7 +18,7 @@ use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::{Raft, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
-use shale_storage::{ChainHash, StorageBackend};
+use shale_storage::{ChainHash, ReadCheck, StorageBackend};
 use tokio::sync::watch;
 
 use crate::error::RaftError;
@@ -950,9 +950,21 @@ impl RaftGroup {
     /// (at least one if any is available). Below the storage log start:
     /// [`RaftError::OffsetOutOfRange`] with the current start.
     pub async fn read_committed(&self, from_index: u64, max_bytes: usize) -> Result<Vec<CommittedEntry>, RaftError> {
+        self.read_committed_checked(from_index, max_bytes, ReadCheck::Chain).await
+    }
+
+    /// [`RaftGroup::read_committed`], each entry checked as `check` says (with
+    /// [`ReadCheck::Frames`] an entry's `chain_hash` is the link its successor stores: for a
+    /// reader that recomputes the chain itself).
+    pub async fn read_committed_checked(
+        &self,
+        from_index: u64,
+        max_bytes: usize,
+        check: ReadCheck,
+    ) -> Result<Vec<CommittedEntry>, RaftError> {
         let end = self.applied_index().map_or(0, |a| a + 1);
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.read_for_app(from_index, end, max_bytes))
+        tokio::task::spawn_blocking(move || log.read_for_app_checked(from_index, end, max_bytes, check))
             .await
             .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("read task failed: {e}") })?
     }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
-use shale_storage::{ChainHash, Offset, StorageBackend, StorageError, StreamId};
+use shale_storage::{ChainHash, Offset, ReadCheck, StorageBackend, StorageError, StreamId};
 use tokio::sync::{oneshot, watch};
 
 use crate::entry_cache::EntryCache;
@@ -49,7 +49,9 @@ pub struct CommittedEntry {
     pub index: u64,
     /// The storage chain hash of the record at `index - 1` (`ChainHash::ZERO` before index 0).
     pub prev_hash: ChainHash,
-    /// The storage chain hash of the record at `index`: `chain_hash(index, prev_hash, data)`.
+    /// The storage chain hash of the record at `index`: `chain_hash(index, prev_hash, data)`
+    /// (from a [`ReadCheck::Frames`] read: the link the next record stores, not recomputed, and
+    /// `prev_hash` is the link this one stores).
     pub chain_hash: ChainHash,
     /// The entry's kind ([`format::entry::KIND_NORMAL`] for application entries).
     pub kind: u8,
@@ -476,6 +478,18 @@ impl GroupLog {
     /// Entries `[from, end)` for the application: verified storage reads from the storage log
     /// start (below openraft's purge point too, as retention allows), up to about `max_bytes`.
     pub fn read_for_app(&self, from: u64, end: u64, max_bytes: usize) -> Result<Vec<CommittedEntry>, RaftError> {
+        self.read_for_app_checked(from, end, max_bytes, ReadCheck::Chain)
+    }
+
+    /// [`LogStore::read_for_app`], each entry checked as `check` says
+    /// ([`StorageBackend::read_range_checked`]).
+    pub fn read_for_app_checked(
+        &self,
+        from: u64,
+        end: u64,
+        max_bytes: usize,
+        check: ReadCheck,
+    ) -> Result<Vec<CommittedEntry>, RaftError> {
         let start = self.log_start()?;
         let next = self.next_index()?;
         if from < start {
@@ -489,8 +503,10 @@ impl GroupLog {
         if from >= end {
             return Ok(Vec::new());
         }
-        let recs = self.storage.read_range(self.stream, Offset::new(from), Offset::new(end), max_bytes).map_err(
-            |e| match e {
+        let recs = self
+            .storage
+            .read_range_checked(self.stream, Offset::new(from), Offset::new(end), max_bytes, check)
+            .map_err(|e| match e {
                 StorageError::OffsetOutOfRange { start, .. } => RaftError::OffsetOutOfRange {
                     group: self.group,
                     requested: from,
@@ -498,8 +514,7 @@ impl GroupLog {
                     next: end.min(next),
                 },
                 e => self.storage_err(e),
-            },
-        )?;
+            })?;
         recs.into_iter()
             .map(|rec| {
                 let index = rec.offset.get();

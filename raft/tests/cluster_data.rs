@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster_support::*;
 use shale_raft::cluster::{ClusterError, FetchRequest, ProduceRecord, ProducerInfo, TopicSpec};
-use shale_storage::CodecKind;
+use shale_storage::{CodecKind, ReadCheck};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
@@ -76,6 +76,7 @@ async fn produce_and_fetch_round_trip_in_order_on_every_replica() {
         from_index: None,
         max_bytes: 1024,
         wait: Duration::ZERO,
+        check: ReadCheck::Chain,
     };
     assert!(matches!(c.node(follower).fetch(req).await, Err(ClusterError::OffsetOutOfRange { start: 0, .. })));
     // A follower refuses to produce and names the leader.
@@ -131,6 +132,7 @@ async fn long_poll_wakes_on_new_data() {
             from_index: None,
             max_bytes: 1 << 20,
             wait: Duration::from_secs(30),
+            check: ReadCheck::Chain,
         };
         node.fetch(req).await
     });
@@ -150,6 +152,7 @@ async fn long_poll_wakes_on_new_data() {
         from_index: None,
         max_bytes: 1024,
         wait: Duration::from_millis(100),
+        check: ReadCheck::Chain,
     };
     let empty = c.node(follower).fetch(req).await.expect("fetch");
     assert!(empty.entries.is_empty());
@@ -242,6 +245,7 @@ async fn fetch_returns_stored_entries_that_chain_including_hidden_and_raft_entri
         from_index,
         max_bytes,
         wait: Duration::ZERO,
+        check: ReadCheck::Chain,
     };
     let all = node.fetch(req(0, Some(0), 1 << 20)).await.expect("fetch from index 0");
     assert_eq!(all.prev_chain_hash, None, "nothing before index 0");

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cluster_support::*;
 use shale_raft::GroupId;
 use shale_raft::cluster::{ClusterError, FetchRequest, MemberAddrs, ProducerInfo, RetentionPolicy, TopicSpec};
-use shale_storage::{CheckpointPolicy, CodecKind, StorageOptions};
+use shale_storage::{CheckpointPolicy, CodecKind, ReadCheck, StorageOptions};
 
 /// Three nodes on memory storage with 4 KiB segments and no automatic checkpoints, so retention
 /// and snapshots have segments to work on after a few records.
@@ -27,7 +27,15 @@ fn small_segments_in_memory() -> Setup {
 
 /// A fetch of partition `partition` at offset 0 that does not wait.
 fn fetch_at(topic: &str, partition: u32) -> FetchRequest {
-    FetchRequest { topic: topic.into(), partition, offset: 0, from_index: None, max_bytes: 1024, wait: Duration::ZERO }
+    FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset: 0,
+        from_index: None,
+        max_bytes: 1024,
+        wait: Duration::ZERO,
+        check: ReadCheck::Chain,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +183,7 @@ async fn retention_purges_old_segments_only_below_a_snapshot() {
             from_index: None,
             max_bytes: 1024,
             wait: Duration::ZERO,
+            check: ReadCheck::Chain,
         };
         match c.node(id).fetch(req).await {
             Err(ClusterError::OffsetOutOfRange { start: s, .. }) => assert!(s >= start),

@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::compaction::{CompactionConfig, CompactionResult};
 use crate::error::{Result, StorageError};
 use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo};
-use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+use crate::types::{ChainHash, ChainVerification, Offset, ReadCheck, Record, StreamId};
 
 /// A set of hash-chained, append-only streams.
 ///
@@ -52,6 +52,22 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// below the log start is [`crate::StorageError::OffsetOutOfRange`]. `end` past the next offset
     /// is clamped.
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>>;
+
+    /// Records in `[from, end)` as [`StorageBackend::read_range`], each checked as `check` says
+    /// ([`ReadCheck::Chain`] is `read_range`). With [`ReadCheck::Frames`] a record's `hash` is the
+    /// link its successor stores (the head for the stream's last record), not recomputed; a
+    /// backend that cannot read cheaper than a full check answers as `read_range` does.
+    fn read_range_checked(
+        &self,
+        stream: StreamId,
+        from: Offset,
+        end: Offset,
+        max_bytes: usize,
+        check: ReadCheck,
+    ) -> Result<Vec<Record>> {
+        let _ = check; // the full check is never weaker
+        self.read_range(stream, from, end, max_bytes)
+    }
 
     /// Verified records from `from` to the end of the stream, bounded by `max_bytes` as in
     /// [`StorageBackend::read_range`].

@@ -64,4 +64,4 @@ pub use options::StorageOptions;
 pub use pipeline::AppendPipeline;
 pub use prepared::PreparedBatch;
 pub use scrub::{Damage, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};
-pub use types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+pub use types::{ChainHash, ChainVerification, Offset, ReadCheck, Record, StreamId};

@@ -101,6 +101,23 @@ impl fmt::Display for ChainHash {
     }
 }
 
+/// How much a read checks of each record it returns
+/// ([`crate::StorageBackend::read_range_checked`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadCheck {
+    /// Framing, CRC, offset, decompression and the chain link: each record is re-hashed, chained
+    /// from a trusted anchor, so a record rewritten with a recomputed CRC is refused.
+    #[default]
+    Chain,
+    /// Framing, CRC, offset and decompression only. The hashes returned are the links the records
+    /// store (a record's `hash` is its successor's `prev_hash`, or the stream's head for the last
+    /// record), not recomputed: accidental damage is still refused, but a record rewritten with a
+    /// recomputed CRC is served. For a reader that recomputes the chain itself from what it is
+    /// given and compares it with those links (a verifying consumer), so the chain is not hashed
+    /// twice.
+    Frames,
+}
+
 /// One verified record as read back from a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {

@@ -424,6 +424,7 @@ pub async fn replica_bounds(addr: &str, topic: &str, partition: u32) -> Result<(
         max_bytes: 1,
         max_wait_ms: 0,
         from_index: None,
+        client_checks_chain: false,
     };
     match fetch.fetch(local(req)).await {
         Ok(r) => {
@@ -503,6 +504,8 @@ pub async fn read_replica(
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             from_index: reader.from_index(),
+            // The replica re-hashes too (and refuses a broken range): two checks, one per side.
+            client_checks_chain: false,
         };
         let what = || {
             format!("Fetch {topic}/{partition}@{offset} (index {:?}) at node {node_id} ({addr})", reader.from_index())
@@ -515,7 +518,7 @@ pub async fn read_replica(
         if resp.entries.is_empty() {
             return Err(HarnessError::Parse { what: what(), detail: format!("no entry below the log end {log_end}") });
         }
-        match reader.accept(resp.entries, &resp.prev_chain_hash, &codecs) {
+        match reader.accept(resp.entries, &resp.prev_chain_hash, &resp.last_chain_hash, &codecs) {
             Ok(decoded) => {
                 records.extend(decoded.records.into_iter().filter(|r| r.offset < log_end).map(|r| LogRecord {
                     offset: r.offset,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use shale_client::proto;
 use shale_raft::cluster::{BatchAck, FetchRequest, FetchResult, FetchedEntry, ProduceRecord, ProducerInfo};
+use shale_storage::ReadCheck;
 
 use super::hash_bytes;
 use crate::limits::Limits;
@@ -63,7 +64,15 @@ pub fn fetch_request(
         from_index,
         max_bytes: max_bytes as usize,
         wait: Duration::from_millis(u64::from(max_wait_ms.min(limits.max_wait_ms))),
+        check: ReadCheck::Chain,
     }
+}
+
+/// How a replica checks the entries it serves to a client that does (or does not) recompute
+/// their chain itself (`FetchRequest.client_checks_chain`): such a client gets CRC-checked
+/// entries and their stored links, so the chain is hashed once, by the client.
+pub fn read_check(client_checks_chain: bool) -> ReadCheck {
+    if client_checks_chain { ReadCheck::Frames } else { ReadCheck::Chain }
 }
 
 /// One stored entry on the wire (its bytes shared with the storage read, not copied).
@@ -90,6 +99,11 @@ pub fn fetch_response(topic: String, partition: u32, result: FetchResult) -> pro
         next_offset: result.next_offset,
         next_index: result.next_index,
         prev_chain_hash,
+        last_chain_hash: result
+            .last_chain_hash
+            .as_ref()
+            .filter(|_| !result.entries.is_empty())
+            .map_or_else(bytes::Bytes::new, hash_bytes),
         entries: result.entries.into_iter().map(log_entry).collect(),
         throttle_time_ms: 0,
     }
@@ -143,6 +157,7 @@ mod tests {
             FetchResult {
                 entries: vec![entry(3), entry(4), entry(5)],
                 prev_chain_hash: Some(ChainHash([9; 32])),
+                last_chain_hash: Some(ChainHash([7; 32])),
                 log_start: 0,
                 high_watermark: 40,
                 next_offset: 17,
@@ -151,6 +166,7 @@ mod tests {
         );
         assert_eq!((r.log_end, r.next_offset, r.next_index), (40, 17, 6));
         assert_eq!(r.prev_chain_hash.as_ref(), &[9u8; 32]);
+        assert_eq!(r.last_chain_hash.as_ref(), &[7u8; 32]);
         assert_eq!(
             r.entries.iter().map(|e| (e.index, e.hidden)).collect::<Vec<_>>(),
             vec![(3, false), (4, true), (5, false)]
@@ -160,6 +176,7 @@ mod tests {
         let from_zero = FetchResult {
             entries: vec![entry(0)],
             prev_chain_hash: None,
+            last_chain_hash: None,
             log_start: 0,
             high_watermark: 1,
             next_offset: 1,
@@ -169,13 +186,14 @@ mod tests {
         let empty = FetchResult {
             entries: vec![],
             prev_chain_hash: None,
+            last_chain_hash: None,
             log_start: 0,
             high_watermark: 9,
             next_offset: 9,
             next_index: 12,
         };
         let r = fetch_response("t".into(), 0, empty);
-        assert!(r.prev_chain_hash.is_empty() && r.entries.is_empty());
+        assert!(r.prev_chain_hash.is_empty() && r.last_chain_hash.is_empty() && r.entries.is_empty());
         assert_eq!((r.next_index, fetched_records(9, &r)), (12, 0));
     }
 

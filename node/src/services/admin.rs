@@ -12,7 +12,7 @@ use shale_client::proto;
 use shale_client::proto::admin_client::AdminClient;
 use shale_raft::RaftError;
 use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, MemberAddrs, TopicInfo};
-use shale_storage::StorageError;
+use shale_storage::{ReadCheck, StorageError};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -341,6 +341,7 @@ async fn entry_holding(cluster: &Cluster, topic: &str, partition: u32, offset: u
         from_index: None,
         max_bytes: 1,
         wait: Duration::ZERO,
+        check: ReadCheck::Chain,
     };
     let answer = cluster.fetch(request).await?;
     match answer.entries.first() {

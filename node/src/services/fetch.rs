@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::admission::SubscriptionSlot;
 use crate::context::{NodeContext, NotServed, Served};
 use crate::convert::errors::{cluster_error, not_leader, replica_out_of_range};
-use crate::convert::records::{fetch_request, fetch_response, fetched_records};
+use crate::convert::records::{fetch_request, fetch_response, fetched_records, read_check};
 use crate::limits;
 use crate::quota::QuotaKind;
 
@@ -44,7 +44,7 @@ impl FetchService {
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let (charge, waited) = self.ctx.quota_admit(QuotaKind::Consume).await;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
-        let domain = fetch_request(
+        let mut domain = fetch_request(
             topic.clone(),
             partition,
             offset,
@@ -53,6 +53,7 @@ impl FetchService {
             req.max_wait_ms,
             &self.ctx.limits,
         );
+        domain.check = read_check(req.client_checks_chain);
         let result = self.ctx.cluster.fetch(domain).await;
         // A damaged range here is not the partition's answer: the client reads another replica.
         if let Err(err) = &result

@@ -14,6 +14,7 @@ use shale_client::{
 use shale_node::testing::LocalCluster;
 use shale_node::{NodeConfig, NodeHandle};
 use shale_raft::cluster::{Cluster, ClusterError, FetchRequest};
+use shale_storage::ReadCheck;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -203,6 +204,7 @@ pub async fn read_own_replica(cluster: &Cluster, topic: &str, partition: u32) ->
             from_index: reader.from_index(),
             max_bytes: 1 << 20,
             wait: Duration::ZERO,
+            check: ReadCheck::Chain,
         };
         let got = match cluster.fetch(req).await {
             Ok(got) => got,
@@ -223,6 +225,7 @@ pub async fn read_own_replica(cluster: &Cluster, topic: &str, partition: u32) ->
             .into_iter()
             .map(|e| proto::LogEntry { index: e.index, data: e.data, hidden: e.hidden })
             .collect();
-        out.extend(reader.accept(entries, &prev, &codecs).expect("a replica serves one chain").records);
+        let last = got.last_chain_hash.map(|h| h.0.to_vec()).unwrap_or_default();
+        out.extend(reader.accept(entries, &prev, &last, &codecs).expect("a replica serves one chain").records);
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shale_storage::{ChainHash, CodecKind, StorageError};
+use shale_storage::{ChainHash, CodecKind, ReadCheck, StorageError};
 
 pub use crate::{GroupId, NodeId};
 
@@ -181,6 +181,11 @@ pub struct FetchResult {
     /// The storage chain hash of the entry before the first one returned (`None` when the first
     /// is index 0, or nothing was returned): a client recomputes every entry's hash from it.
     pub prev_chain_hash: Option<ChainHash>,
+    /// The storage chain hash of the last entry returned, as this replica holds it (`None` when
+    /// nothing was returned): a client's recomputed chain must arrive at it. With
+    /// [`ReadCheck::Frames`] it is the link the next entry stores (the head for the last entry),
+    /// so entries rewritten in place show as a mismatch in the answer that carries them.
+    pub last_chain_hash: Option<ChainHash>,
     /// First record offset the replica that answered still holds.
     pub log_start: u64,
     /// One past the last record the replica that answered has applied (its next record offset).
@@ -211,6 +216,11 @@ pub struct FetchRequest {
     /// If nothing is available, wait up to this long for new commits (at most
     /// `limits::MAX_FETCH_WAIT_MS`: the node caps it at its `limits.max_wait_ms`).
     pub wait: Duration,
+    /// How the replica checks the entries it reads: [`ReadCheck::Chain`] re-hashes them (a
+    /// replica never serves a range whose chain is broken); [`ReadCheck::Frames`] checks CRCs
+    /// only and answers with the links the entries store, for a client that recomputes the chain
+    /// itself and compares it with `prev_chain_hash` and `last_chain_hash`.
+    pub check: ReadCheck,
 }
 
 /// A consumer group's committed position in one partition, with its lag where known here.

@@ -338,6 +338,7 @@ impl Cluster {
                     return Ok(FetchResult {
                         entries: Vec::new(),
                         prev_chain_hash: None,
+                        last_chain_hash: None,
                         log_start: self.record_log_start(&local).await?,
                         high_watermark: local.high_watermark(),
                         next_offset: req.offset,
@@ -370,6 +371,7 @@ impl Cluster {
         };
         let mut entries = Vec::new();
         let mut prev_chain_hash = None;
+        let mut last_chain_hash = None;
         let mut bytes = 0usize;
         let mut found = false;
         let mut next_offset = offset;
@@ -380,13 +382,14 @@ impl Cluster {
             // cursor (after the last entry read) is where this consumer's next fetch starts, and
             // that fetch chains from it instead of re-hashing from the sparse anchor below.
             let want = if found { max_bytes.saturating_sub(bytes).max(1) } else { chunk };
-            let read = group.read_committed(cursor, want).await.map_err(|e| match out_of_range(&e) {
-                Some((start, _)) => ClusterError::InvalidFromIndex {
-                    requested: cursor,
-                    reason: FromIndexProblem::BelowLogStart { log_start: start },
-                },
-                None => e.into(),
-            })?;
+            let read =
+                group.read_committed_checked(cursor, want, req.check).await.map_err(|e| match out_of_range(&e) {
+                    Some((start, _)) => ClusterError::InvalidFromIndex {
+                        requested: cursor,
+                        reason: FromIndexProblem::BelowLogStart { log_start: start },
+                    },
+                    None => e.into(),
+                })?;
             if read.is_empty() {
                 break;
             }
@@ -430,6 +433,7 @@ impl Cluster {
                     next_offset = next_offset.max(h.end_offset());
                 }
                 bytes += e.data.len();
+                last_chain_hash = Some(e.chain_hash);
                 let hidden = e.kind == crate::format::entry::KIND_NORMAL && batch.is_none();
                 entries.push(FetchedEntry { index: e.index, data: e.data, hidden });
                 if found && bytes >= max_bytes {
@@ -441,6 +445,7 @@ impl Cluster {
         Ok(FetchResult {
             entries,
             prev_chain_hash,
+            last_chain_hash,
             log_start: self.record_log_start(local).await?,
             high_watermark: local.high_watermark(),
             next_offset,

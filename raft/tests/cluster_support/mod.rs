@@ -17,7 +17,7 @@ use shale_raft::cluster::{
 use shale_storage::record_batch::{self, envelope};
 use shale_storage::testing::FaultyFileSystem;
 use shale_storage::{ChainHash, CodecKind, MemoryStorage, Storage, StorageBackend, StorageOptions};
-use shale_storage::{CodecRegistry, Offset, chain_hash};
+use shale_storage::{CodecRegistry, Offset, ReadCheck, chain_hash};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -390,6 +390,7 @@ impl TestCluster {
                 from_index,
                 max_bytes: 1 << 20,
                 wait: Duration::ZERO,
+                check: ReadCheck::Chain,
             };
             let res = self.node(id).fetch(req).await?;
             if res.entries.is_empty() {

@@ -18,7 +18,7 @@ use crate::compaction::{CompactionConfig, CompactionResult, plan};
 use crate::error::{Result, StorageError};
 use crate::format::names;
 use crate::scrub::{RepairOutcome, ScrubReport, SegmentInfo, repair_target};
-use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+use crate::types::{ChainHash, ChainVerification, Offset, ReadCheck, Record, StreamId};
 
 impl StorageBackend for Storage {
     /// Concurrent fsyncing appenders share fsyncs (group commit, `group_commit.rs`). A batch of
@@ -39,6 +39,21 @@ impl StorageBackend for Storage {
         match self.stream(stream) {
             Some(h) => self.read_stream(&h, from, end, max_bytes),
             None => Ok(Vec::new()),
+        }
+    }
+
+    fn read_range_checked(
+        &self,
+        stream: StreamId,
+        from: Offset,
+        end: Offset,
+        max_bytes: usize,
+        check: ReadCheck,
+    ) -> Result<Vec<Record>> {
+        match (self.stream(stream), check) {
+            (Some(h), ReadCheck::Chain) => self.read_stream(&h, from, end, max_bytes),
+            (Some(h), ReadCheck::Frames) => self.read_stream_frames(&h, from, end, max_bytes),
+            (None, _) => Ok(Vec::new()),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::chain::{anchor_mismatch, chain_hash};
 use crate::codec::CodecId;
 use crate::error::{CorruptionReason, Result, StorageError};
 use crate::record::{RecordDefect, RecordView, decode_record};
-use crate::types::{ChainHash, ChainVerification, Offset, Record, StreamId};
+use crate::types::{ChainHash, ChainVerification, Offset, ReadCheck, Record, StreamId};
 
 /// Bytes read per I/O by a sequential scan (and the most a ranged read reads at once).
 const SCAN_CHUNK_BYTES: u64 = 2 << 20;
@@ -74,6 +74,63 @@ impl Storage {
         Ok(out)
     }
 
+    /// [`crate::StorageBackend::read_range_checked`] with [`ReadCheck::Frames`]: the records in
+    /// `[from, end)` (bounded as [`Storage::read_stream`]) framing-, CRC-, offset- and
+    /// decompression-checked, not hashed. Each record's `hash` is the `prev_hash` its successor
+    /// stores (the successor is read for its link only), or the in-memory head for the stream's
+    /// last record. Nothing here is trusted later: no sparse anchor or read cursor is taken from
+    /// these hashes.
+    pub(super) fn read_stream_frames(
+        &self,
+        h: &Stream,
+        from: Offset,
+        end: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let c = h.core.read();
+        if from < c.log_start() {
+            return Err(c.range_error(h.id, from));
+        }
+        let end = end.min(c.next());
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let full = end.plus(1).min(c.next());
+        let stop = bytes_stop(&c, from, full, max_bytes);
+        let successor = (stop < full || full > end).then(|| Offset::new(stop.get() - 1));
+        let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
+        let mut out: Vec<Record> = Vec::new();
+        let mut bytes = 0usize;
+        // The walk returns the link stored by the last record it looked at: the successor of the
+        // last record kept whenever the walk went past it (see below).
+        let link =
+            self.walk_after(h, &c, from, ChainHash::ZERO, None, stop, successor, hint, ReadCheck::Frames, |r| {
+                if r.offset >= end || (!out.is_empty() && bytes + r.payload.len() > max_bytes) {
+                    return false;
+                }
+                bytes += r.payload.len();
+                out.push(Record {
+                    offset: r.offset,
+                    prev_hash: r.prev_hash,
+                    hash: ChainHash::ZERO,
+                    payload: r.payload,
+                });
+                true
+            })?;
+        for i in 1..out.len() {
+            out[i - 1].hash = out[i].prev_hash;
+        }
+        if let Some(last) = out.last_mut() {
+            let after = last.offset.plus(1);
+            // The walk stops at `stop` or right after the first record it does not keep, so unless
+            // the last record kept is the stream's last, the walk looked at its successor.
+            debug_assert!(after == c.next() || after < stop, "{after:?} {stop:?} {:?}", c.next());
+            last.hash = if after == c.next() { c.head } else { link };
+        }
+        debug_assert!(out.windows(2).all(|w| w[1].offset == w[0].offset.plus(1)));
+        Ok(out)
+    }
+
     /// The walk both `verify_chain` (`from`, `to` = `None`: from the log start to the end as it is
     /// when reached) and `verify_range` (`from`, `to` = `Some`) run: re-reads the records from the
     /// segment files and verifies each one (framing, CRC, offset, decompression, chain link),
@@ -122,10 +179,11 @@ impl Storage {
                 // The record before `pos` was verified (or is the hash the range starts from): a
                 // broken link into `pos` names it.
                 let before = (pos > c.log_start()).then(|| c.locate(Offset::new(pos.get() - 1)));
-                prev = self.walk_after(h, &c, pos, prev, before, stop, None, SCAN_CHUNK_BYTES, |_| {
-                    records += 1;
-                    true
-                })?;
+                prev =
+                    self.walk_after(h, &c, pos, prev, before, stop, None, SCAN_CHUNK_BYTES, ReadCheck::Chain, |_| {
+                        records += 1;
+                        true
+                    })?;
                 pos = stop;
             }
         }
@@ -227,11 +285,16 @@ impl Storage {
         chunk_bytes: u64,
         visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
-        self.walk_after(h, c, start, anchor, None, stop, link_only_at, chunk_bytes, visit)
+        self.walk_after(h, c, start, anchor, None, stop, link_only_at, chunk_bytes, ReadCheck::Chain, visit)
     }
 
     /// [`Storage::walk`] where `anchor` was computed (not trusted) from the record at
     /// `anchor_at` (segment index, byte position): a broken link into `start` blames that record.
+    ///
+    /// With `check` [`ReadCheck::Frames`] nothing is hashed and links are not compared (`anchor`
+    /// is unused; record 0 must still chain from zero): each record visited has `hash` zero, no
+    /// sparse anchor is learned, and the walk returns the `prev_hash` stored by the last record it
+    /// looked at (visited, refused by `visit`, or read for its link only).
     #[allow(clippy::too_many_arguments, reason = "walk's inputs plus where the anchor was computed")]
     pub(crate) fn walk_after(
         &self,
@@ -243,8 +306,10 @@ impl Storage {
         stop: Offset,
         link_only_at: Option<Offset>,
         chunk_bytes: u64,
+        check: ReadCheck,
         mut visit: impl FnMut(Verified) -> bool,
     ) -> Result<ChainHash> {
+        let hashing = check == ReadCheck::Chain;
         debug_assert!(link_only_at.is_none_or(|k| k > start && k < stop), "{link_only_at:?} in ({start:?}, {stop:?})");
         let stream = h.id;
         let mut expected_prev = anchor;
@@ -288,6 +353,10 @@ impl Storage {
                         CorruptionReason::BadLength { length: view.len as u64, limit: span_end - span_start },
                     ));
                 }
+                if !hashing {
+                    // The link is the reader's to check: take the one stored.
+                    expected_prev = view.prev_hash;
+                }
                 if view.prev_hash != expected_prev || (offset == Offset::ZERO && view.prev_hash != ChainHash::ZERO) {
                     // The link into this record is broken: the record before it (whose payload
                     // no longer hashes to what this record remembers) is the one to name, unless
@@ -315,8 +384,17 @@ impl Storage {
                 }
                 let stored = buf.slice(view.payload_at..view.payload_at + view.stored_len);
                 let payload = self.decompress(stream, offset, view.codec, stored, view.uncompressed_len)?;
-                let hash = chain_hash(offset, &view.prev_hash, &payload);
                 let after = offset.plus(1);
+                if !hashing {
+                    let rec = Verified { offset, prev_hash: view.prev_hash, hash: ChainHash::ZERO, payload };
+                    offset = after;
+                    at += view.len;
+                    if !visit(rec) {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                let hash = chain_hash(offset, &view.prev_hash, &payload);
                 let trusted = if after == c.next() {
                     Some(c.head)
                 } else if after.get().is_multiple_of(ANCHOR_INTERVAL) {
