@@ -15,7 +15,7 @@ use openraft::errors::{
 use openraft::impls::ProgressResponder;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::ClientWriteResult;
-use openraft::type_config::alias::OneshotReceiverOf;
+use openraft::type_config::alias::{OneshotReceiverOf, WatchReceiverOf};
 use openraft::{Raft, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 use shale_storage::{ChainHash, ReadCheck, StorageBackend};
@@ -193,6 +193,10 @@ pub struct RaftGroup {
     id: GroupId,
     node_id: NodeId,
     raft: Raft<TypeConfig, GroupStateMachine>,
+    /// openraft's metrics channel, subscribed once: reading it through `raft.metrics()` clones
+    /// (and drops) a receiver each time, which with thousands of groups checked several times a
+    /// second was a visible share of an idle node's CPU.
+    metrics_rx: WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
     log: Arc<GroupLog>,
     registry: Weak<LocalGroups>,
     applied: watch::Receiver<Option<u64>>,
@@ -438,6 +442,7 @@ impl RaftGroup {
         let g = Arc::new(RaftGroup {
             id: group,
             node_id,
+            metrics_rx: raft.metrics(),
             raft,
             log,
             registry: Arc::downgrade(registry),
@@ -540,8 +545,7 @@ impl RaftGroup {
         let lease = Duration::from_millis(self.election_timeout_max_ms);
         let me = self.node_id;
         let lapsed = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow_watched();
+            let m = self.metrics_rx.borrow_watched();
             m.current_leader == Some(me)
                 && m.membership_config.membership().voter_ids().count() > 1
                 && m.last_quorum_acked.as_ref().is_none_or(|at| openraft::Instant::elapsed(&**at) >= lease)
@@ -622,8 +626,7 @@ impl RaftGroup {
         if self.quiet_after.is_none() || leader == self.node_id {
             return false;
         }
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
+        let m = self.metrics_rx.borrow_watched();
         let mut q = self.quiet.lock();
         let wanted = QuietState::Following { leader, term, index };
         if q.state == wanted {
@@ -863,7 +866,7 @@ impl RaftGroup {
 
     /// A snapshot of openraft's metrics for this group.
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
+        self.metrics_rx.borrow_watched().clone()
     }
 
     /// Waits until `pred` holds for this group's metrics; [`RaftError::Timeout`] after `timeout`.
@@ -883,7 +886,7 @@ impl RaftGroup {
     /// `Ok` while the group's Raft core runs; the error that stopped it otherwise (a storage
     /// failure, a panic, or shutdown). A stopped core does not recover: restart the group.
     pub fn health(&self) -> Result<(), RaftError> {
-        match &self.raft.metrics().borrow_watched().running_state {
+        match &self.metrics_rx.borrow_watched().running_state {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fatal(e)),
         }
@@ -891,10 +894,17 @@ impl RaftGroup {
 
     /// The current leader and its address, if known.
     pub fn leader(&self) -> Option<(NodeId, Node)> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id).cloned().unwrap_or_default();
-        Some((id, node))
+        self.with_metrics(|m| {
+            let id = m.current_leader?;
+            let node = m.membership_config.membership().get_node(&id).cloned().unwrap_or_default();
+            Some((id, node))
+        })
+    }
+
+    /// `f` of this group's current metrics, read in place (not cloned). Keep `f` short: openraft's
+    /// core waits to publish new metrics while it runs.
+    pub fn with_metrics<R>(&self, f: impl FnOnce(&RaftMetrics<TypeConfig>) -> R) -> R {
+        f(&self.metrics_rx.borrow_watched())
     }
 
     /// On the leader: whether follower `id` acknowledged a heartbeat or replication within
@@ -904,16 +914,17 @@ impl RaftGroup {
         if let Some(heard) = self.quiet_follower_heard(id, within) {
             return heard;
         }
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.heartbeat
-            .as_ref()
-            .and_then(|h| h.get(&id).cloned().flatten())
-            .is_some_and(|at| openraft::Instant::elapsed(&*at) <= within)
+        self.with_metrics(|m| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(&id).cloned().flatten())
+                .is_some_and(|at| openraft::Instant::elapsed(&*at) <= within)
+        })
     }
 
     /// Whether this node currently leads the group.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+        self.metrics_rx.borrow_watched().current_leader == Some(self.node_id)
     }
 
     /// The last index applied on this node.
@@ -923,7 +934,7 @@ impl RaftGroup {
 
     /// The last index this node knows committed.
     pub fn committed_index(&self) -> Option<u64> {
-        self.raft.metrics().borrow_watched().local_committed.map(|l| l.index)
+        self.metrics_rx.borrow_watched().local_committed.map(|l| l.index)
     }
 
     /// A watch of the last applied index, for long polls.
@@ -1028,7 +1039,7 @@ impl RaftGroup {
     /// purged. The purge waits (up to `timeout`) for openraft, which delays it while those entries
     /// are being replicated; the records then go from storage below the durable purge point.
     pub async fn enforce_retention(&self, timeout: Duration) -> Result<u64, RaftError> {
-        let snapshot = self.raft.metrics().borrow_watched().snapshot.map(|s| s.index);
+        let snapshot = self.metrics_rx.borrow_watched().snapshot.map(|s| s.index);
         if let Some(snapshot) = snapshot {
             let log = self.log.clone();
             let target = self.blocking("retention target", move || log.retention_target(snapshot)).await?;

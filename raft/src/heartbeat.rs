@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use openraft::async_runtime::WatchReceiver;
 use parking_lot::{Mutex, RwLock};
 
 use crate::group::{LocalGroups, QuietState, RaftGroup};
@@ -105,10 +104,8 @@ impl NodeHeartbeats {
         let mut out: HashMap<NodeId, Outgoing> = HashMap::new();
         let mut quiet = 0;
         for g in self.groups.all() {
-            let metrics = g.raft().metrics();
-            let (state, renew, leader) = {
-                let m = metrics.borrow_watched();
-                let (state, renew) = g.evaluate_quiet(&m, now, seq);
+            let (state, renew, leader) = g.with_metrics(|m| {
+                let (state, renew) = g.evaluate_quiet(m, now, seq);
                 for (id, node) in m.membership_config.membership().nodes() {
                     if *id == me {
                         continue;
@@ -125,7 +122,7 @@ impl NodeHeartbeats {
                     }
                 }
                 (state, renew, m.current_leader)
-            };
+            });
             if state != QuietState::Awake {
                 quiet += 1;
             }
@@ -226,9 +223,7 @@ impl NodeHeartbeats {
 }
 
 fn is_member(g: &RaftGroup, node: NodeId) -> bool {
-    let metrics = g.raft().metrics();
-    let m = metrics.borrow_watched();
-    m.membership_config.membership().get_node(&node).is_some()
+    g.with_metrics(|m| m.membership_config.membership().get_node(&node).is_some())
 }
 
 async fn run(weak: Weak<NodeHeartbeats>, interval: Duration) {

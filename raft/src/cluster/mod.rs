@@ -221,6 +221,9 @@ pub struct Cluster {
     /// Whether the applied metadata has been current once (see `reconcile`): partition groups
     /// start only after that.
     metadata_current: std::sync::atomic::AtomicBool,
+    /// The metadata version (`metadata_changed`'s value) the reconcile loop last looked for streams
+    /// of deleted topics at (`u64::MAX`: never): the sweep runs once per metadata change.
+    streams_swept_at: std::sync::atomic::AtomicU64,
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
@@ -279,6 +282,7 @@ impl Cluster {
             group_restarts_total: Default::default(),
             partition_starts_total: Default::default(),
             metadata_current: Default::default(),
+            streams_swept_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),

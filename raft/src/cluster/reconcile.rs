@@ -85,12 +85,21 @@ pub(super) struct Wanted {
     retention: RetentionPolicy,
 }
 
-/// What `state` assigns node `me` to run for group `gid`, if anything.
-fn wanted_of(state: &MetadataState, gid: GroupId, me: NodeId) -> Option<Wanted> {
+/// What `state` assigns node `me` to run for group `gid` of topic `topic`, if anything (the topic
+/// looked up by name, then checked by id: a topic deleted and created again under the same name
+/// is another topic).
+fn wanted_of(state: &MetadataState, topic: &str, gid: GroupId, me: NodeId) -> Option<Wanted> {
     let (topic_id, partition) = group_partition(gid)?;
-    let t = state.topics().values().find(|t| t.id == topic_id)?;
+    let t = state.topic(topic).filter(|t| t.id == topic_id)?;
     let a = t.partitions.get(partition as usize).filter(|a| a.group == gid && a.replicas.contains(&me))?;
     Some(Wanted { topic: t.name.clone(), topic_id: t.id, assignment: a.clone(), retention: t.retention })
+}
+
+/// The assignment of group `gid` in `state`, if its topic still exists.
+fn assignment_of(state: &MetadataState, gid: GroupId) -> Option<PartitionAssignment> {
+    let (topic_id, partition) = group_partition(gid)?;
+    let t = state.topics().values().find(|t| t.id == topic_id)?;
+    t.partitions.get(partition as usize).filter(|a| a.group == gid).cloned()
 }
 
 /// Takes one from `left` if any is left.
@@ -108,13 +117,12 @@ impl Cluster {
             return;
         }
         let me = self.config.node_id;
-        let (wanted, assigned, next_topic_id, live_topic_ids) = {
+        let version = *self.metadata_changed.borrow();
+        let (wanted, next_topic_id, live_topic_ids) = {
             let state = self.metadata.read();
             let mut wanted = BTreeMap::new();
-            let mut assigned = BTreeMap::new();
             for t in state.topics().values() {
                 for a in &t.partitions {
-                    assigned.insert(a.group, a.clone());
                     if a.replicas.contains(&me) {
                         wanted.insert(
                             a.group,
@@ -129,7 +137,7 @@ impl Cluster {
                 }
             }
             let ids: BTreeSet<TopicId> = state.topics().values().map(|t| t.id).collect();
-            (wanted, assigned, state.next_topic_id(), ids)
+            (wanted, state.next_topic_id(), ids)
         };
 
         // Restart the metadata group from disk if its core stopped (see `supervise`).
@@ -142,17 +150,20 @@ impl Cluster {
             if wanted.contains_key(&gid) {
                 continue;
             }
-            let done = match assigned.get(&gid) {
+            let assigned = assignment_of(&self.metadata.read(), gid);
+            let done = match assigned {
                 None => true,
-                Some(a) => self.leave_partition(&local, a).await,
+                Some(a) => self.leave_partition(&local, &a).await,
             };
             if done {
                 self.stop_and_delete(gid).await;
             }
         }
 
-        // Delete streams of topics deleted while we were not running them.
-        for stream in self.config.storage.streams() {
+        // Delete streams of topics deleted while we were not running them: once per metadata
+        // version (a pass on a timer finds nothing new; with thousands of streams the walk costs).
+        let sweep = self.streams_swept_at.swap(version, Ordering::AcqRel) != version;
+        for stream in self.config.storage.streams().into_iter().filter(|_| sweep) {
             let gid = GroupId::of_stream(stream);
             let topic_id = gid.0 >> 16;
             if gid == METADATA_GROUP || topic_id == 0 || topic_id >= u64::from(next_topic_id) {
@@ -172,8 +183,12 @@ impl Cluster {
         }
         let transfers_left = AtomicUsize::new(self.config.leader_transfers_per_pass);
         let concurrency = self.config.start_concurrency.max(1);
-        futures::stream::iter(wanted.into_keys())
-            .for_each_concurrent(concurrency, |gid| self.run_partition(gid, &transfers_left))
+        // Only groups with something to do here are visited (a node of thousands of groups spent
+        // most of its idle time visiting steady followers).
+        let visit: Vec<(GroupId, Wanted)> =
+            wanted.into_iter().filter(|(gid, w)| !self.is_steady_follower(*gid, w)).collect();
+        futures::stream::iter(visit)
+            .for_each_concurrent(concurrency, |(gid, w)| self.run_partition(gid, w.topic, &transfers_left))
             .await;
     }
 
@@ -202,14 +217,35 @@ impl Cluster {
         current
     }
 
+    /// Whether `gid` runs here as a healthy follower that is initialised and keeps the topic's
+    /// retention: then a pass has nothing to do for it (its leader moves replicas and hands
+    /// leadership over), so it is not visited. A group that stopped is not steady: it is
+    /// restarted as before.
+    fn is_steady_follower(&self, gid: GroupId, w: &Wanted) -> bool {
+        let Some(local) = self.partitions.read().get(&gid).cloned() else { return false };
+        let a = &w.assignment;
+        let initialising = a.replica_epoch == 0
+            && a.replicas.first() == Some(&self.config.node_id)
+            && !local.initialized.load(Ordering::Acquire);
+        if initialising
+            || local.group.is_leader()
+            || *local.retention.lock() != Some(w.retention)
+            || self.stopped_reason(&local.group).is_some()
+        {
+            return false;
+        }
+        *local.leader_since.lock() = None;
+        true
+    }
+
     /// Starts (or restarts) partition `gid` here if the applied metadata still assigns it to
     /// this node, then tends it.
-    async fn run_partition(&self, gid: GroupId, transfers_left: &AtomicUsize) {
+    async fn run_partition(&self, gid: GroupId, topic: String, transfers_left: &AtomicUsize) {
         if *self.shutdown.borrow() {
             return;
         }
         // Read again now: the pass's list may be older than the metadata.
-        let Some(w) = wanted_of(&self.metadata.read(), gid, self.config.node_id) else {
+        let Some(w) = wanted_of(&self.metadata.read(), &topic, gid, self.config.node_id) else {
             tracing::debug!(group = %gid, "no longer assigned here; not started");
             return;
         };

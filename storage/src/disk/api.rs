@@ -278,7 +278,9 @@ impl StorageBackend for Storage {
     }
 
     fn stream_failure(&self, stream: StreamId) -> Option<String> {
-        self.stream(stream).and_then(|s| s.failed.get().cloned())
+        // Looked at under the map's lock, not through a cloned handle: supervisors ask for every
+        // stream several times a second.
+        self.streams.read().get(&stream).and_then(|s| s.failed.get().cloned())
     }
 
     /// Segment, index and written checkpoint files.
