@@ -585,6 +585,7 @@ impl StreamState {
             offset,
             max_bytes: self.max_bytes,
             from_index: self.reader.from_index(),
+            client_checks_chain: self.reader.verifies(),
         };
         let call = |ch| {
             let req = self.client.authorized(message.clone());

@@ -224,6 +224,8 @@ impl Fetch for Service {
 
     async fn subscribe(&self, request: Request<proto::SubscribeRequest>) -> Result<Response<AnswerStream>, Status> {
         let req = request.into_inner();
+        let asked = if req.client_checks_chain { &self.0.checking } else { &self.0.not_checking };
+        asked.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(2);
         let server = self.0.clone();
         tokio::spawn(async move {
@@ -448,11 +450,25 @@ async fn a_hidden_genuine_batch_breaks_the_dense_offsets() {
 #[tokio::test]
 async fn a_subscription_checks_the_chain_the_same_way() {
     let log = Arc::new(Log::new());
-    let client = serve(&log, Tamper::Genuine).await;
+    let (client, server) = serve_counted(&log, Tamper::Genuine).await;
     let consumer = client.consumer(consumer_config(true));
     let records: Vec<ConsumedRecord> =
         consumer.stream(TOPIC, 0, 0).take(log.end() as usize).map(Result::unwrap).collect().await;
     assert_genuine(&log, &records, 0, true);
+    // The subscription asked the server not to hash again (the client checks each message).
+    assert!(server.checking.load(Ordering::SeqCst) > 0);
+    assert_eq!(server.not_checking.load(Ordering::SeqCst), 0);
+    // An entry altered in place: the message carrying it misses its `last_chain_hash`.
+    let k = *log.plain.iter().find(|&&i| (i as usize) < log.entries.len() - PAGE).unwrap();
+    let client = serve(&log, Tamper::Flip(k)).await;
+    let consumer = client.consumer(consumer_config(true));
+    let results: Vec<Result<ConsumedRecord, ClientError>> = consumer.stream(TOPIC, 0, 0).collect().await;
+    let (last, good) = results.split_last().unwrap();
+    assert!(good.iter().all(Result::is_ok));
+    assert!(
+        matches!(last, Err(ClientError::ChainMismatch { index, reason: ChainBreak::LastHash { .. }, .. }) if *index >= k),
+        "{last:?}"
+    );
     let client = serve(&log, Tamper::Drop(6)).await;
     let consumer = client.consumer(consumer_config(true));
     let results: Vec<Result<ConsumedRecord, ClientError>> = consumer.stream(TOPIC, 0, 0).collect().await;

@@ -144,7 +144,7 @@ fn few_subscriptions(c: &mut NodeConfig) {
 
 async fn subscribe(channel: &Channel) -> Result<tonic::Streaming<proto::FetchResponse>, Status> {
     let request =
-        proto::SubscribeRequest { topic: "s".into(), partition: 0, offset: 0, max_bytes: 0, from_index: None };
+        proto::SubscribeRequest { topic: "s".into(), partition: 0, offset: 0, max_bytes: 0, ..Default::default() };
     FetchClient::new(channel.clone()).subscribe(request).await.map(tonic::Response::into_inner)
 }
 

@@ -8,8 +8,8 @@ use futures::Stream;
 use prost::Message;
 use shale_client::proto;
 use shale_client::proto::fetch_client::FetchClient;
-use shale_raft::cluster::ClusterError;
 use shale_raft::cluster::access::{Operation, Resource};
+use shale_raft::cluster::{ClusterError, FetchRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -139,17 +139,21 @@ impl FetchService {
         let caller = crate::auth::current();
         let charge =
             move |ctx: &NodeContext| crate::quota::charge_of(caller.as_ref(), &ctx.cluster, QuotaKind::Consume);
+        let check = read_check(req.client_checks_chain);
         let first = ctx
             .cluster
-            .fetch(fetch_request(
-                req.topic.clone(),
-                req.partition,
-                req.offset,
-                req.from_index,
-                req.max_bytes,
-                0,
-                &ctx.limits,
-            ))
+            .fetch(FetchRequest {
+                check,
+                ..fetch_request(
+                    req.topic.clone(),
+                    req.partition,
+                    req.offset,
+                    req.from_index,
+                    req.max_bytes,
+                    0,
+                    &ctx.limits,
+                )
+            })
             .await
             .map_err(|err| match err {
                 ClusterError::NotReplica { .. } => {
@@ -186,15 +190,18 @@ impl FetchService {
                             return;
                         }
                         let wait = SUBSCRIBE_POLL_MS.min(ctx.limits.max_wait_ms.max(1));
-                        let fetch = ctx.cluster.fetch(fetch_request(
-                            req.topic.clone(),
-                            req.partition,
-                            offset,
-                            from_index,
-                            req.max_bytes,
-                            wait,
-                            &ctx.limits,
-                        ));
+                        let fetch = ctx.cluster.fetch(FetchRequest {
+                            check,
+                            ..fetch_request(
+                                req.topic.clone(),
+                                req.partition,
+                                offset,
+                                from_index,
+                                req.max_bytes,
+                                wait,
+                                &ctx.limits,
+                            )
+                        });
                         let stopping = async {
                             let _ = shutdown.wait_for(|s| *s).await;
                         };
