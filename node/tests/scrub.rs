@@ -266,11 +266,11 @@ async fn a_flipped_bit_in_a_followers_sealed_segment_is_found_reported_and_repai
     c.shutdown().await.expect("shutdown");
 }
 
-/// Flips one bit of the payload of the middle record of the middle sealed segment of `stream`
-/// under `dir` (or of the active segment, the last one), in place (the node may be running);
-/// returns the record's offset.
-fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
-    use std::os::unix::fs::FileExt;
+/// The middle record of the middle sealed segment of `stream` under `dir` (or of the active
+/// segment, the last one): its segment file, the file's bytes holding records (an active
+/// segment's preallocated zeros cut off), the record's byte position and stored length, and its
+/// offset.
+fn middle_record(dir: &Path, stream: StreamId, active: bool) -> (std::path::PathBuf, Vec<u8>, usize, usize, u64) {
     let sdir = dir.join(stream.get().to_string());
     let mut segs: Vec<String> = std::fs::read_dir(&sdir)
         .unwrap()
@@ -294,13 +294,22 @@ fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
     assert!(!spans.is_empty(), "{name} holds records");
     let i = spans.len() / 2;
     let (pos, len) = spans[i];
+    (path, bytes, pos, len, base + i as u64)
+}
+
+/// Flips one bit of the payload of the middle record of the middle sealed segment of `stream`
+/// under `dir` (or of the active segment, the last one), in place (the node may be running);
+/// returns the record's offset.
+fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let (path, _, pos, len, offset) = middle_record(dir, stream, active);
     let at = (pos + format::record::PAYLOAD_AT + len / 2) as u64;
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x08;
     f.write_all_at(&b, at).unwrap();
-    base + i as u64
+    offset
 }
 
 /// Rewrites the last payload byte of the middle record of the middle sealed segment of `stream`
@@ -308,22 +317,7 @@ fn flip_in_place(dir: &Path, stream: StreamId, active: bool) -> u64 {
 /// the change; returns the record's offset.
 fn rewrite_in_place(dir: &Path, stream: StreamId) -> u64 {
     use std::os::unix::fs::FileExt;
-    let sdir = dir.join(stream.get().to_string());
-    let mut segs: Vec<String> = std::fs::read_dir(&sdir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.ends_with(".log"))
-        .collect();
-    segs.sort();
-    assert!(segs.len() >= 4, "small segments: the log spans several ({})", segs.len());
-    let path = sdir.join(&segs[segs.len() / 2]);
-    let bytes = std::fs::read(&path).unwrap();
-    let base = u64::from_le_bytes(
-        bytes[format::segment::BASE_OFFSET_AT..format::segment::BASE_OFFSET_AT + 8].try_into().unwrap(),
-    );
-    let spans = record_spans(&bytes);
-    let i = spans.len() / 2;
-    let (pos, len) = spans[i];
+    let (path, bytes, pos, len, offset) = middle_record(dir, stream, false);
     assert_eq!(bytes[pos + format::record::CODEC_AT], 0, "stored uncompressed: the last byte is a record value's");
     let mut record = bytes[pos..pos + format::record::PAYLOAD_AT + len].to_vec();
     *record.last_mut().unwrap() ^= 0x01;
@@ -331,7 +325,7 @@ fn rewrite_in_place(dir: &Path, stream: StreamId) -> u64 {
     record.extend_from_slice(&crc.to_le_bytes());
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     f.write_all_at(&record, pos as u64).unwrap();
-    base + i as u64
+    offset
 }
 
 /// A record of a running follower's copy rewritten in place with its CRC recomputed (only the

@@ -44,16 +44,18 @@ impl FetchService {
         self.ctx.authorize(Operation::Consume, Resource::Topic(&req.topic)).await?;
         let (charge, waited) = self.ctx.quota_admit(QuotaKind::Consume).await;
         let (topic, partition, offset) = (req.topic.clone(), req.partition, req.offset);
-        let mut domain = fetch_request(
-            topic.clone(),
-            partition,
-            offset,
-            req.from_index,
-            req.max_bytes,
-            req.max_wait_ms,
-            &self.ctx.limits,
-        );
-        domain.check = read_check(req.client_checks_chain);
+        let domain = FetchRequest {
+            check: read_check(req.client_checks_chain),
+            ..fetch_request(
+                topic.clone(),
+                partition,
+                offset,
+                req.from_index,
+                req.max_bytes,
+                req.max_wait_ms,
+                &self.ctx.limits,
+            )
+        };
         let result = self.ctx.cluster.fetch(domain).await;
         // A damaged range here is not the partition's answer: the client reads another replica.
         if let Err(err) = &result

@@ -36,10 +36,7 @@ impl StorageBackend for Storage {
     }
 
     fn read_range(&self, stream: StreamId, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
-        match self.stream(stream) {
-            Some(h) => self.read_stream(&h, from, end, max_bytes),
-            None => Ok(Vec::new()),
-        }
+        self.read_range_checked(stream, from, end, max_bytes, ReadCheck::Chain)
     }
 
     fn read_range_checked(
@@ -50,10 +47,9 @@ impl StorageBackend for Storage {
         max_bytes: usize,
         check: ReadCheck,
     ) -> Result<Vec<Record>> {
-        match (self.stream(stream), check) {
-            (Some(h), ReadCheck::Chain) => self.read_stream(&h, from, end, max_bytes),
-            (Some(h), ReadCheck::Frames) => self.read_stream_frames(&h, from, end, max_bytes),
-            (None, _) => Ok(Vec::new()),
+        match self.stream(stream) {
+            Some(h) => self.read_stream(&h, from, end, max_bytes, check),
+            None => Ok(Vec::new()),
         }
     }
 

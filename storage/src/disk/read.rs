@@ -33,9 +33,23 @@ pub(crate) struct Verified {
 }
 
 impl Storage {
-    /// [`crate::StorageBackend::read_range`] of an existing stream: verified records in
-    /// `[from, end)`, up to about `max_bytes` of payload (at least one record if any is in range).
-    pub(super) fn read_stream(&self, h: &Stream, from: Offset, end: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+    /// [`crate::StorageBackend::read_range_checked`] of an existing stream: records in
+    /// `[from, end)`, up to about `max_bytes` of payload (at least one record if any is in range),
+    /// checked as `check` says.
+    ///
+    /// [`ReadCheck::Chain`]: re-hashed from the nearest trusted anchor, and the last record's hash
+    /// becomes a read cursor. [`ReadCheck::Frames`]: the walk starts at `from` and hashes nothing;
+    /// each record's `hash` is the `prev_hash` its successor stores (the successor is read for its
+    /// link only), or the in-memory head for the stream's last record, and nothing is trusted later
+    /// (no sparse anchor or read cursor is taken from these hashes).
+    pub(super) fn read_stream(
+        &self,
+        h: &Stream,
+        from: Offset,
+        end: Offset,
+        max_bytes: usize,
+        check: ReadCheck,
+    ) -> Result<Vec<Record>> {
         let c = h.core.read();
         if from < c.log_start() {
             return Err(c.range_error(h.id, from));
@@ -44,18 +58,23 @@ impl Storage {
         if from >= end {
             return Ok(Vec::new());
         }
-        let (anchor_at, anchor) = self.nearest_anchor(h, &c, from);
-        let mut out = Vec::new();
+        let (anchor_at, anchor) = match check {
+            ReadCheck::Chain => self.nearest_anchor(h, &c, from),
+            ReadCheck::Frames => (from, ChainHash::ZERO),
+        };
+        let mut out: Vec<Record> = Vec::new();
         let mut bytes = 0usize;
         // One record past the range is read too (when there is one), so the last returned
-        // record's hash is checked against its successor's link.
+        // record's hash is checked against (or, for frames, taken from) its successor's link.
         let full = end.plus(1).min(c.next());
         let stop = bytes_stop(&c, from, full, max_bytes);
         // The record before `stop` is that successor (not returned) when the byte limit or `end`
-        // cut the read; only its link is checked.
+        // cut the read; only its link is read.
         let successor = (stop < full || full > end).then(|| Offset::new(stop.get() - 1));
         let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
-        self.walk(h, &c, anchor_at, anchor, stop, successor, hint, |r| {
+        // For frames the walk returns the link stored by the last record it looked at: the
+        // successor of the last record kept whenever the walk went past it (see below).
+        let link = self.walk_after(h, &c, anchor_at, anchor, None, stop, successor, hint, check, |r| {
             if r.offset < from {
                 return true;
             }
@@ -66,68 +85,28 @@ impl Storage {
             out.push(Record { offset: r.offset, prev_hash: r.prev_hash, hash: r.hash, payload: r.payload });
             true
         })?;
-        if let Some(last) = out.last() {
-            // A sequential reader continues right after the last record: let its next read start
-            // from this verified hash instead of re-hashing from the sparse anchor below it.
-            h.set_read_cursor(last.offset.plus(1), last.hash);
-        }
-        Ok(out)
-    }
-
-    /// [`crate::StorageBackend::read_range_checked`] with [`ReadCheck::Frames`]: the records in
-    /// `[from, end)` (bounded as [`Storage::read_stream`]) framing-, CRC-, offset- and
-    /// decompression-checked, not hashed. Each record's `hash` is the `prev_hash` its successor
-    /// stores (the successor is read for its link only), or the in-memory head for the stream's
-    /// last record. Nothing here is trusted later: no sparse anchor or read cursor is taken from
-    /// these hashes.
-    pub(super) fn read_stream_frames(
-        &self,
-        h: &Stream,
-        from: Offset,
-        end: Offset,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>> {
-        let c = h.core.read();
-        if from < c.log_start() {
-            return Err(c.range_error(h.id, from));
-        }
-        let end = end.min(c.next());
-        if from >= end {
-            return Ok(Vec::new());
-        }
-        let full = end.plus(1).min(c.next());
-        let stop = bytes_stop(&c, from, full, max_bytes);
-        let successor = (stop < full || full > end).then(|| Offset::new(stop.get() - 1));
-        let hint = (max_bytes as u64 / 4).clamp(MIN_READ_BYTES, SCAN_CHUNK_BYTES);
-        let mut out: Vec<Record> = Vec::new();
-        let mut bytes = 0usize;
-        // The walk returns the link stored by the last record it looked at: the successor of the
-        // last record kept whenever the walk went past it (see below).
-        let link =
-            self.walk_after(h, &c, from, ChainHash::ZERO, None, stop, successor, hint, ReadCheck::Frames, |r| {
-                if r.offset >= end || (!out.is_empty() && bytes + r.payload.len() > max_bytes) {
-                    return false;
+        match check {
+            ReadCheck::Chain => {
+                if let Some(last) = out.last() {
+                    // A sequential reader continues right after the last record: let its next read
+                    // start from this verified hash instead of re-hashing from the sparse anchor below.
+                    h.set_read_cursor(last.offset.plus(1), last.hash);
                 }
-                bytes += r.payload.len();
-                out.push(Record {
-                    offset: r.offset,
-                    prev_hash: r.prev_hash,
-                    hash: ChainHash::ZERO,
-                    payload: r.payload,
-                });
-                true
-            })?;
-        for i in 1..out.len() {
-            out[i - 1].hash = out[i].prev_hash;
+            }
+            ReadCheck::Frames => {
+                for i in 1..out.len() {
+                    out[i - 1].hash = out[i].prev_hash;
+                }
+                if let Some(last) = out.last_mut() {
+                    let after = last.offset.plus(1);
+                    // The walk stops at `stop` or right after the first record it does not keep, so
+                    // unless the last record kept is the stream's last, the walk looked at its successor.
+                    debug_assert!(after == c.next() || after < stop, "{after:?} {stop:?} {:?}", c.next());
+                    last.hash = if after == c.next() { c.head } else { link };
+                }
+                debug_assert!(out.windows(2).all(|w| w[1].offset == w[0].offset.plus(1)));
+            }
         }
-        if let Some(last) = out.last_mut() {
-            let after = last.offset.plus(1);
-            // The walk stops at `stop` or right after the first record it does not keep, so unless
-            // the last record kept is the stream's last, the walk looked at its successor.
-            debug_assert!(after == c.next() || after < stop, "{after:?} {stop:?} {:?}", c.next());
-            last.hash = if after == c.next() { c.head } else { link };
-        }
-        debug_assert!(out.windows(2).all(|w| w[1].offset == w[0].offset.plus(1)));
         Ok(out)
     }
 
