@@ -478,11 +478,14 @@ pub async fn wait_replicas_converged(
 /// as a consumer does: each fetch continues at the log index the last one ended, every entry's
 /// chain hash is recomputed and each answer must continue the chain (anchored at the replica's
 /// first answer) with dense offsets. A break ends the view there ([`PartitionView::chain_break`]).
+/// With `client_checks_chain` the replica serves its stored links without re-hashing (as to a
+/// verifying consumer); without it, it re-hashes too and refuses a broken range.
 pub async fn read_replica(
     addr: &str,
     node_id: u64,
     topic: &str,
     partition: u32,
+    client_checks_chain: bool,
 ) -> Result<PartitionView, HarnessError> {
     let (log_start, log_end) = replica_bounds(addr, topic, partition).await?;
     let mut fetch = FetchClient::new(node_channel(addr)?).max_decoding_message_size(64 << 20);
@@ -504,8 +507,7 @@ pub async fn read_replica(
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             from_index: reader.from_index(),
-            // The replica re-hashes too (and refuses a broken range): two checks, one per side.
-            client_checks_chain: false,
+            client_checks_chain,
         };
         let what = || {
             format!("Fetch {topic}/{partition}@{offset} (index {:?}) at node {node_id} ({addr})", reader.from_index())
@@ -545,10 +547,38 @@ pub async fn read_all_replicas(
     let mut views = Vec::new();
     for p in 0..partitions {
         for (id, addr) in addrs {
-            views.push(read_replica(addr, *id, topic, p).await?);
+            // Each replica twice: re-hashing on the node (it refuses a broken range), and serving
+            // its stored links as to a verifying consumer. Both must give the same records over
+            // the range both saw; a difference is reported as a break of the first view.
+            let mut view = read_replica(addr, *id, topic, p, false).await?;
+            let linked = read_replica(addr, *id, topic, p, true).await?;
+            if let Some(difference) = views_differ(&view, &linked) {
+                view.chain_break.get_or_insert(format!(
+                    "node {id}: read with stored links (client_checks_chain) differs from the re-hashing read: {difference}"
+                ));
+            }
+            views.push(view);
         }
     }
     Ok(views)
+}
+
+/// Where two views of one replica differ over the offsets both cover, if they do: a record, or
+/// whether (and where) the chain broke.
+fn views_differ(a: &PartitionView, b: &PartitionView) -> Option<String> {
+    if a.chain_break.is_some() != b.chain_break.is_some() {
+        return Some(format!("chain break {:?} against {:?}", a.chain_break, b.chain_break));
+    }
+    let (from, to) = (a.log_start.max(b.log_start), a.log_end.min(b.log_end));
+    let within = |v: &PartitionView| -> Vec<LogRecord> {
+        v.records.iter().filter(|r| r.offset >= from && r.offset < to).cloned().collect()
+    };
+    let (x, y) = (within(a), within(b));
+    if x == y {
+        return None;
+    }
+    let first = x.iter().zip(&y).position(|(r, s)| r != s).unwrap_or(x.len().min(y.len()));
+    Some(format!("{} against {} records in [{from}, {to}), first difference at the {first}th", x.len(), y.len()))
 }
 
 /// Reads every partition from the start with the client library's consumer (leader routing,
