@@ -207,6 +207,8 @@ pub struct RaftGroup {
     /// An AppendEntries from a leader was accepted since this group started (so its metrics'
     /// `cluster_committed` is that leader's word, not what this node's own log said at start).
     leader_heard: std::sync::atomic::AtomicBool,
+    /// [`RaftGroup::leader_commit_heard`] + 1 (0: none).
+    leader_commit_heard: std::sync::atomic::AtomicU64,
     /// The node's peers: the channels, and the node heartbeats heard (quiescence leases).
     peers: Arc<Peers>,
     /// Quiescence: where the group stands, see [`QuietState`].
@@ -264,6 +266,18 @@ struct Quiet {
     since: Instant,
     /// Leader: the number of the first node heartbeat that named it (the pass that quiesced it).
     since_seq: u64,
+    /// The group's other members as they were when it last went quiet (while it stays quiet its
+    /// membership cannot change: a membership change is a log entry, which wakes it). The
+    /// heartbeat pass uses them instead of the group's metrics.
+    members: QuietMembers,
+}
+
+/// A quiet group's other members and their addresses.
+pub(crate) type QuietMembers = Arc<[(NodeId, String)]>;
+
+/// The members of `m`'s membership other than `me`, with their addresses.
+pub(crate) fn other_members(m: &RaftMetrics<TypeConfig>, me: NodeId) -> QuietMembers {
+    m.membership_config.membership().nodes().filter(|(id, _)| **id != me).map(|(id, n)| (*id, n.addr.clone())).collect()
 }
 
 /// Whether `m` shows this node leading, its last log id committed and every follower matched
@@ -332,11 +346,19 @@ pub struct LocalGroups {
     closed: std::sync::atomic::AtomicBool,
     /// Group starts under way ([`LocalGroups::starting`]); each holds the node's storage.
     starts: watch::Sender<usize>,
+    /// Changes whenever a group registers, unregisters or changes its quiet state (see
+    /// [`LocalGroups::quiet_generation`]).
+    quiet_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LocalGroups {
     fn default() -> Self {
-        Self { groups: RwLock::default(), closed: Default::default(), starts: watch::Sender::new(0) }
+        Self {
+            groups: RwLock::default(),
+            closed: Default::default(),
+            starts: watch::Sender::new(0),
+            quiet_generation: Default::default(),
+        }
     }
 }
 
@@ -351,6 +373,16 @@ impl Drop for StartInProgress {
 }
 
 impl LocalGroups {
+    /// A number that changes whenever a group registers, unregisters or changes its quiet state:
+    /// while it stays the same, the groups that were quiet are still quiet in the same state.
+    pub(crate) fn quiet_generation(&self) -> u64 {
+        self.quiet_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn quiet_changed(&self) {
+        self.quiet_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// A running group.
     pub fn get(&self, id: GroupId) -> Option<Arc<RaftGroup>> {
         self.groups.read().get(&id).cloned()
@@ -404,11 +436,13 @@ impl LocalGroups {
             )));
         }
         groups.insert(group.id(), group);
+        self.quiet_changed();
         Ok(())
     }
 
     fn unregister(&self, id: GroupId) {
         self.groups.write().remove(&id);
+        self.quiet_changed();
     }
 }
 
@@ -451,6 +485,7 @@ impl RaftGroup {
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
             leader_heard: std::sync::atomic::AtomicBool::new(false),
+            leader_commit_heard: std::sync::atomic::AtomicU64::new(0),
             peers: peers.clone(),
             quiet: Mutex::new(Quiet {
                 state: QuietState::Awake,
@@ -458,6 +493,7 @@ impl RaftGroup {
                 not_before: Instant::now(),
                 since: Instant::now(),
                 since_seq: 0,
+                members: Arc::from([]),
             }),
             // The metadata group never goes quiet: it is one group (its heartbeats cost nothing at
             // scale), and its leader's quorum-ack age is the node's readiness signal.
@@ -483,9 +519,22 @@ impl RaftGroup {
         Ok(g)
     }
 
-    /// Notes that an AppendEntries from a leader was accepted here.
-    pub(crate) fn note_leader_heard(&self) {
+    /// Notes that an AppendEntries from a leader was accepted here, carrying the leader's commit
+    /// index `leader_commit`.
+    pub(crate) fn note_leader_heard(&self, leader_commit: Option<u64>) {
+        if let Some(index) = leader_commit {
+            self.leader_commit_heard.fetch_max(index.saturating_add(1), std::sync::atomic::Ordering::AcqRel);
+        }
         self.leader_heard.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The highest commit index a leader's accepted AppendEntries carried since this group
+    /// started. The metrics' `cluster_committed` catches up with it only once openraft publishes
+    /// its metrics, a little after the message was accepted: a node deciding from the metrics
+    /// alone whether it applied everything the leader committed could decide on its own old
+    /// commit index.
+    pub fn leader_commit_heard(&self) -> Option<u64> {
+        self.leader_commit_heard.load(std::sync::atomic::Ordering::Acquire).checked_sub(1)
     }
 
     /// Whether this group has accepted an AppendEntries from a leader since it started: until
@@ -512,6 +561,9 @@ impl RaftGroup {
             q.since = Instant::now();
         }
         tracing::debug!(group = %self.id, node = self.node_id, from = ?q.state, to = ?state, "quiescence");
+        if q.state != state {
+            self.quiet_changed();
+        }
         q.state = state;
         self.raft.runtime_config().tick(state == QuietState::Awake);
     }
@@ -597,6 +649,7 @@ impl RaftGroup {
                 // Ticker stays off until the lease is renewed below; the heartbeat loop turns it on
                 // in any case at its next pass.
                 q.state = QuietState::Awake;
+                self.quiet_changed();
             } else if was != QuietState::Awake {
                 self.set_quiet(&mut q, QuietState::Awake);
             }
@@ -638,6 +691,7 @@ impl RaftGroup {
             }
             return false;
         }
+        q.members = other_members(&m, self.node_id);
         self.set_quiet(&mut q, wanted);
         true
     }
@@ -653,6 +707,52 @@ impl RaftGroup {
         if let QuietState::Leading { .. } = self.wake() {
             let _ = self.raft.trigger().heartbeat().await;
         }
+    }
+
+    /// The heartbeat pass's look at a group that is quiet here, without its metrics: what
+    /// [`RaftGroup::evaluate_quiet`] decides, except the checks of the group's own Raft state
+    /// (which changes only through a message, a write or a wake, each of which wakes the group
+    /// first) and of what its leader's node heartbeats name (checked as they arrive:
+    /// [`crate::heartbeat::NodeHeartbeats::receive`] renews the lease of a quiet follower whose
+    /// leader stopped naming it). The pass still makes every check every few passes. A quiet
+    /// follower wakes when its leader's node was silent for the lease (`heard_at`: when each node
+    /// was last heard). `None`: the group is awake here (look with its metrics).
+    pub(crate) fn evaluate_quiet_cached(
+        &self,
+        now: Instant,
+        heard_at: &HashMap<NodeId, Instant>,
+    ) -> Option<(QuietState, QuietMembers)> {
+        self.quiet_after?;
+        let mut q = self.quiet.lock();
+        match q.state {
+            QuietState::Awake => None,
+            QuietState::Leading { .. } => Some((q.state, q.members.clone())),
+            QuietState::Following { leader, .. } => {
+                let alive = heard_at.get(&leader).is_some_and(|at| now.saturating_duration_since(*at) <= self.lease);
+                if !alive {
+                    self.set_quiet(&mut q, QuietState::Awake);
+                }
+                Some((q.state, q.members.clone()))
+            }
+        }
+    }
+
+    /// Counts a change of this group's quiet state in the node's [`LocalGroups::quiet_generation`].
+    fn quiet_changed(&self) {
+        if let Some(groups) = self.registry.upgrade() {
+            groups.quiet_changed();
+        }
+    }
+
+    /// How long a quiet follower of this group keeps its election timer off without a node
+    /// heartbeat from the leader's node.
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Whether this group is quiet here following `leader` (a node heartbeat of which named it).
+    pub(crate) fn is_quiet_following(&self, leader: NodeId) -> bool {
+        matches!(self.quiet.lock().state, QuietState::Following { leader: l, .. } if l == leader)
     }
 
     /// The heartbeat loop's pass over this group (`m` is its metrics now): a leader that has been
@@ -673,6 +773,7 @@ impl RaftGroup {
                         Some((k, since)) if k == key => {
                             if now >= since + after && now >= q.not_before {
                                 q.since_seq = seq;
+                                q.members = other_members(m, self.node_id);
                                 self.set_quiet(&mut q, QuietState::Leading { term: key.0, index: key.1 });
                             }
                         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::group::{LocalGroups, QuietState, RaftGroup};
+use crate::group::{LocalGroups, QuietState, RaftGroup, other_members};
 use crate::network::client::{detached, raft_client};
 use crate::network::pb;
 use crate::network::peers::Peers;
@@ -50,6 +50,30 @@ pub struct NodeHeartbeats {
     quiet_groups: AtomicU64,
     /// The number of the last pass (and of the node heartbeats it sent).
     seq: AtomicU64,
+    /// What the last pass that looked at every group found.
+    last_pass: Mutex<Option<LastPass>>,
+}
+
+/// Every how many passes the heartbeat loop reads every quiet group's metrics too (a safety
+/// net: between those passes a quiet group is judged by its quiet state and the node heartbeats
+/// heard, see [`RaftGroup::evaluate_quiet_cached`]).
+const FULL_LOOK_EVERY: u64 = 16;
+
+/// What a pass that looked at every group found, for the passes after it (see
+/// [`NodeHeartbeats::pass`]).
+#[derive(Debug)]
+struct LastPass {
+    /// The node's quiet generation before it looked.
+    generation: u64,
+    fault: HeartbeatFault,
+    /// Per peer: its address and the quiet groups this node leads that have it as a member.
+    quiet: HashMap<NodeId, (String, Vec<pb::QuietGroup>)>,
+    /// The groups that were awake (not kept alive by it: a group that stopped lets its storage
+    /// go, whatever heartbeat task is still running).
+    awake: Vec<Weak<RaftGroup>>,
+    quiet_count: u64,
+    /// The shortest lease of any group.
+    min_lease: Duration,
 }
 
 /// One peer's node heartbeat being built.
@@ -71,6 +95,7 @@ impl NodeHeartbeats {
             fault: RwLock::default(),
             quiet_groups: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            last_pass: Mutex::new(None),
         })
     }
 
@@ -96,33 +121,52 @@ impl NodeHeartbeats {
     }
 
     /// One pass: every group's quiet state, then one node heartbeat per peer.
+    ///
+    /// Quiet groups are looked at without their metrics, except on every `FULL_LOOK_EVERY`th
+    /// pass (see [`RaftGroup::evaluate_quiet_cached`]), and while no group changed its quiet state
+    /// (the node's quiet generation is unchanged) and every peer was heard within the shortest
+    /// lease, not at all: the pass then sends what the last one listed and looks only at the
+    /// groups that were awake. With thousands of quiet groups, looking at each one four times a
+    /// second was most of an idle node's work.
     async fn pass(self: &Arc<Self>) {
         let now = Instant::now();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let me = self.peers.node_id();
         let fault = self.fault.read().clone();
+        let full = seq.is_multiple_of(FULL_LOOK_EVERY);
+        let generation = self.groups.quiet_generation();
+        let heard_at = self.peers.heard_at();
+        let cached = self.last_pass.lock().take().filter(|c| {
+            !full
+                && c.generation == generation
+                && c.fault == fault
+                && c.quiet
+                    .keys()
+                    .all(|p| heard_at.get(p).is_some_and(|at| now.saturating_duration_since(*at) <= c.min_lease))
+        });
         let mut out: HashMap<NodeId, Outgoing> = HashMap::new();
         let mut quiet = 0;
-        for g in self.groups.all() {
-            let (state, renew, leader) = g.with_metrics(|m| {
-                let (state, renew) = g.evaluate_quiet(m, now, seq);
-                for (id, node) in m.membership_config.membership().nodes() {
-                    if *id == me {
-                        continue;
-                    }
-                    let o = out.entry(*id).or_insert_with(|| Outgoing {
-                        addr: node.addr.clone(),
-                        quiet: Vec::new(),
-                        wake: Vec::new(),
-                    });
-                    if let QuietState::Leading { term, index } = state
-                        && !fault.omit.contains(&g.id())
-                    {
-                        o.quiet.push(pb::QuietGroup { group_id: g.id().0, term, last_index: index });
-                    }
+        let mut visit = |g: &Arc<RaftGroup>, out: &mut HashMap<NodeId, Outgoing>, cheap: bool| {
+            let cached = if cheap { g.evaluate_quiet_cached(now, &heard_at) } else { None };
+            let (state, renew, leader, members) = match cached {
+                Some((state, members)) => (state, false, None, members),
+                None => g.with_metrics(|m| {
+                    let (state, renew) = g.evaluate_quiet(m, now, seq);
+                    (state, renew, m.current_leader, other_members(m, me))
+                }),
+            };
+            for (id, addr) in members.iter() {
+                let o = out.entry(*id).or_insert_with(|| Outgoing {
+                    addr: addr.clone(),
+                    quiet: Vec::new(),
+                    wake: Vec::new(),
+                });
+                if let QuietState::Leading { term, index } = state
+                    && !fault.omit.contains(&g.id())
+                {
+                    o.quiet.push(pb::QuietGroup { group_id: g.id().0, term, last_index: index });
                 }
-                (state, renew, m.current_leader)
-            });
+            }
             if state != QuietState::Awake {
                 quiet += 1;
             }
@@ -140,7 +184,37 @@ impl NodeHeartbeats {
             {
                 o.wake.push(g.id().0);
             }
-        }
+            state
+        };
+        let next = match cached {
+            Some(c) => {
+                // Nothing quiet changed: the quiet groups stand as the last pass listed them.
+                for (peer, (addr, list)) in &c.quiet {
+                    out.insert(*peer, Outgoing { addr: addr.clone(), quiet: list.clone(), wake: Vec::new() });
+                }
+                for g in c.awake.iter().filter_map(Weak::upgrade) {
+                    visit(&g, &mut out, false);
+                }
+                quiet += c.quiet_count;
+                c
+            }
+            None => {
+                let mut awake = Vec::new();
+                let mut quiet_count = 0;
+                let mut min_lease = Duration::MAX;
+                for g in self.groups.all() {
+                    min_lease = min_lease.min(g.lease());
+                    if visit(&g, &mut out, !full) == QuietState::Awake {
+                        awake.push(Arc::downgrade(&g));
+                    } else {
+                        quiet_count += 1;
+                    }
+                }
+                let quiet = out.iter().map(|(p, o)| (*p, (o.addr.clone(), o.quiet.clone()))).collect();
+                LastPass { generation, fault: fault.clone(), quiet, awake, quiet_count, min_lease }
+            }
+        };
+        *self.last_pass.lock() = Some(next);
         self.quiet_groups.store(quiet, Ordering::Relaxed);
         for (peer, o) in out {
             if fault.silent_to.contains(&peer) || !self.in_flight.lock().insert(peer) {
@@ -201,9 +275,16 @@ impl NodeHeartbeats {
     pub(crate) fn receive(&self, req: pb::NodeHeartbeatRequest) -> pb::NodeHeartbeatResponse {
         let from = req.from_node_id;
         let named = req.quiet.iter().map(|q| (GroupId(q.group_id), (q.term, q.last_index))).collect();
-        self.peers.note_heartbeat(from, req.seq, named);
+        let mut before = self.peers.note_heartbeat(from, req.seq, named);
         let mut wake = Vec::new();
         for q in &req.quiet {
+            // Named in the same state by the sender's previous node heartbeat: already handled
+            // then (this node went quiet for it, or asked to wake it; a follower woken since asks
+            // the leader to wake it in its own pass, and the group is named again only after it
+            // went quiet again).
+            if before.remove(&GroupId(q.group_id)) == Some((q.term, q.last_index)) {
+                continue;
+            }
             let Some(g) = self.groups.get(GroupId(q.group_id)) else {
                 continue;
             };
@@ -213,6 +294,15 @@ impl NodeHeartbeats {
             }
             if !g.follow_quiet(from, q.term, q.last_index) {
                 wake.push(q.group_id);
+            }
+        }
+        // Groups the sender named before and no longer does: a quiet follower of it renews its
+        // lease and wakes (the leader woke the group, or no longer leads it).
+        for gid in before.into_keys() {
+            if let Some(g) = self.groups.get(gid)
+                && g.is_quiet_following(from)
+            {
+                tokio::spawn(async move { g.wake_for_message().await });
             }
         }
         for g in req.wake {

@@ -206,11 +206,12 @@ impl RaftService for RaftGrpcService {
             .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
             .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
             .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
+        let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index());
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
         if resp.is_success()
             && let Ok(g) = self.group(req.group_id)
         {
-            g.note_leader_heard();
+            g.note_leader_heard(leader_commit);
         }
         Ok(Response::new(convert::append_response_to_pb(&resp)))
     }

@@ -72,6 +72,10 @@ pub struct ClusterConfig {
     pub raft: RaftGroupConfig,
     /// How often the reconcile loop runs without being woken by a metadata change.
     pub reconcile_interval_ms: u64,
+    /// Every how many passes the reconcile loop visits every group it runs (a full pass; also on
+    /// every metadata change); the passes between visit only the groups the last pass left with
+    /// something to do (see `reconcile`). 1 = every pass is full.
+    pub reconcile_full_every: u32,
     /// How often each partition is snapshotted and purged under its topic's retention.
     pub retention_interval_ms: u64,
     /// How long a partition leader that is not the preferred (first) replica keeps leading before
@@ -118,6 +122,7 @@ impl ClusterConfig {
             network: NetworkConfig::default(),
             raft: RaftGroupConfig::default(),
             reconcile_interval_ms: 200,
+            reconcile_full_every: 10,
             retention_interval_ms: 30_000,
             preferred_leader_delay_ms: 10_000,
             request_timeout_ms: 10_000,
@@ -141,6 +146,7 @@ impl fmt::Debug for ClusterConfig {
             .field("client_addr", &self.client_addr)
             .field("kafka_addr", &self.kafka_addr)
             .field("reconcile_interval_ms", &self.reconcile_interval_ms)
+            .field("reconcile_full_every", &self.reconcile_full_every)
             .field("retention_interval_ms", &self.retention_interval_ms)
             .field("preferred_leader_delay_ms", &self.preferred_leader_delay_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
@@ -224,6 +230,8 @@ pub struct Cluster {
     /// The metadata version (`metadata_changed`'s value) the reconcile loop last looked for streams
     /// of deleted topics at (`u64::MAX`: never): the sweep runs once per metadata change.
     streams_swept_at: std::sync::atomic::AtomicU64,
+    /// What the reconcile loop carries from one pass to the next.
+    reconcile_plan: Mutex<reconcile::Plan>,
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
@@ -283,6 +291,7 @@ impl Cluster {
             partition_starts_total: Default::default(),
             metadata_current: Default::default(),
             streams_swept_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+            reconcile_plan: Mutex::default(),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),

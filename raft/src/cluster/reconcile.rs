@@ -26,6 +26,14 @@
 //!    leaders stay spread (leader balancing, Kafka's auto leader rebalance). At most
 //!    `leader_transfers_per_pass` such hand-overs start per pass on a node, so a node that comes
 //!    back does not get all its leaderships back in one burst of elections.
+//!
+//! Steps 2 and 4 visit every group only on a full pass: after a metadata change and every
+//! `reconcile_full_every` passes. A visit says whether the group is settled (initialised, and
+//! following, or leading on its preferred replica with exactly the assigned voters); the passes
+//! in between visit only the groups the last pass left unsettled, so an idle node of thousands of
+//! groups does not walk them all five times a second. A group that becomes unsettled without a
+//! metadata change (a follower elected leader, a group stopped on an error) waits for the next
+//! full pass, at most `reconcile_full_every` intervals.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +93,42 @@ pub(super) struct Wanted {
     retention: RetentionPolicy,
 }
 
+/// What this node should run, as of one metadata version (rebuilt only when it changes).
+pub(super) struct WantedAt {
+    version: u64,
+    groups: BTreeMap<GroupId, Wanted>,
+    next_topic_id: TopicId,
+    live_topic_ids: BTreeSet<TopicId>,
+}
+
+impl WantedAt {
+    fn build(state: &MetadataState, me: NodeId, version: u64) -> Self {
+        let mut groups = BTreeMap::new();
+        for t in state.topics().values() {
+            for a in t.partitions.iter().filter(|a| a.replicas.contains(&me)) {
+                groups.insert(
+                    a.group,
+                    Wanted { topic: t.name.clone(), topic_id: t.id, assignment: a.clone(), retention: t.retention },
+                );
+            }
+        }
+        let live_topic_ids = state.topics().values().map(|t| t.id).collect();
+        Self { version, groups, next_topic_id: state.next_topic_id(), live_topic_ids }
+    }
+}
+
+/// What the reconcile loop carries from one pass to the next.
+#[derive(Default)]
+pub(super) struct Plan {
+    /// What this node should run, as of the last metadata version a pass saw.
+    wanted: Option<Arc<WantedAt>>,
+    /// Passes since the last full one (`u32::MAX`: a full pass is due).
+    passes_since_full: u32,
+    /// The groups the last pass visited and left unsettled: the passes between full ones visit
+    /// only these.
+    unsettled: BTreeSet<GroupId>,
+}
+
 /// What `state` assigns node `me` to run for group `gid` of topic `topic`, if anything (the topic
 /// looked up by name, then checked by id: a topic deleted and created again under the same name
 /// is another topic).
@@ -118,38 +162,36 @@ impl Cluster {
         }
         let me = self.config.node_id;
         let version = *self.metadata_changed.borrow();
-        let (wanted, next_topic_id, live_topic_ids) = {
-            let state = self.metadata.read();
-            let mut wanted = BTreeMap::new();
-            for t in state.topics().values() {
-                for a in &t.partitions {
-                    if a.replicas.contains(&me) {
-                        wanted.insert(
-                            a.group,
-                            Wanted {
-                                topic: t.name.clone(),
-                                topic_id: t.id,
-                                assignment: a.clone(),
-                                retention: t.retention,
-                            },
-                        );
-                    }
+        let (plan, full) = {
+            let mut plan = self.reconcile_plan.lock();
+            let fresh = plan.wanted.as_ref().filter(|w| w.version == version).cloned();
+            let wanted = match fresh {
+                Some(w) => w,
+                None => {
+                    let w = Arc::new(WantedAt::build(&self.metadata.read(), me, version));
+                    // Every group is visited after a metadata change.
+                    plan.passes_since_full = u32::MAX;
+                    plan.wanted = Some(w.clone());
+                    w
                 }
-            }
-            let ids: BTreeSet<TopicId> = state.topics().values().map(|t| t.id).collect();
-            (wanted, state.next_topic_id(), ids)
+            };
+            plan.passes_since_full = plan.passes_since_full.saturating_add(1);
+            (wanted, plan.passes_since_full >= self.config.reconcile_full_every.max(1))
         };
+        let wanted = &plan.groups;
 
         // Restart the metadata group from disk if its core stopped (see `supervise`).
         self.supervise_metadata(&|g| wanted.contains_key(&g)).await;
 
         // Stop what is no longer ours: at once for a deleted topic, after the move for a moved replica.
-        let running: Vec<(GroupId, Arc<LocalPartition>)> =
-            self.partitions.read().iter().map(|(g, l)| (*g, l.clone())).collect();
-        for (gid, local) in running {
-            if wanted.contains_key(&gid) {
-                continue;
-            }
+        let leaving: Vec<(GroupId, Arc<LocalPartition>)> = self
+            .partitions
+            .read()
+            .iter()
+            .filter(|(g, _)| !wanted.contains_key(g))
+            .map(|(g, l)| (*g, l.clone()))
+            .collect();
+        for (gid, local) in leaving {
             let assigned = assignment_of(&self.metadata.read(), gid);
             let done = match assigned {
                 None => true,
@@ -166,10 +208,10 @@ impl Cluster {
         for stream in self.config.storage.streams().into_iter().filter(|_| sweep) {
             let gid = GroupId::of_stream(stream);
             let topic_id = gid.0 >> 16;
-            if gid == METADATA_GROUP || topic_id == 0 || topic_id >= u64::from(next_topic_id) {
+            if gid == METADATA_GROUP || topic_id == 0 || topic_id >= u64::from(plan.next_topic_id) {
                 continue;
             }
-            if !live_topic_ids.contains(&(topic_id as TopicId))
+            if !plan.live_topic_ids.contains(&(topic_id as TopicId))
                 && !self.partitions.read().contains_key(&gid)
                 && let Err(e) = self.config.storage.delete_stream(stream)
             {
@@ -184,12 +226,31 @@ impl Cluster {
         let transfers_left = AtomicUsize::new(self.config.leader_transfers_per_pass);
         let concurrency = self.config.start_concurrency.max(1);
         // Only groups with something to do here are visited (a node of thousands of groups spent
-        // most of its idle time visiting steady followers).
-        let visit: Vec<(GroupId, Wanted)> =
-            wanted.into_iter().filter(|(gid, w)| !self.is_steady_follower(*gid, w)).collect();
+        // most of its idle time visiting them): on a full pass every group but the steady
+        // followers, in between only those the last pass left unsettled.
+        let visit: Vec<(GroupId, String)> = if full {
+            self.reconcile_plan.lock().passes_since_full = 0;
+            wanted
+                .iter()
+                .filter(|(gid, w)| !self.is_steady_follower(**gid, w))
+                .map(|(gid, w)| (*gid, w.topic.clone()))
+                .collect()
+        } else {
+            let unsettled = std::mem::take(&mut self.reconcile_plan.lock().unsettled);
+            unsettled.into_iter().filter_map(|gid| wanted.get(&gid).map(|w| (gid, w.topic.clone()))).collect()
+        };
+        let unsettled = Mutex::new(BTreeSet::new());
         futures::stream::iter(visit)
-            .for_each_concurrent(concurrency, |(gid, w)| self.run_partition(gid, w.topic, &transfers_left))
+            .for_each_concurrent(concurrency, |(gid, topic)| {
+                let (transfers_left, unsettled) = (&transfers_left, &unsettled);
+                async move {
+                    if !self.run_partition(gid, topic, transfers_left).await {
+                        unsettled.lock().insert(gid);
+                    }
+                }
+            })
             .await;
+        self.reconcile_plan.lock().unsettled = unsettled.into_inner();
     }
 
     /// Whether this node's applied metadata is current enough to start partition groups from:
@@ -204,9 +265,14 @@ impl Cluster {
         let m = meta.metrics();
         // A restarted follower must have heard the leader first: before that its metrics give the
         // leader of its stored vote and its own log's commit index (it may have missed deletions).
-        let current = m.current_leader.is_some_and(|l| l == self.config.node_id || meta.has_heard_a_leader())
+        // The leader's commit index is taken from the messages heard too: the metrics publish it
+        // a little after the message that carried it was accepted.
+        let leads = m.current_leader == Some(self.config.node_id);
+        let heard = if leads { None } else { meta.leader_commit_heard() };
+        let current = m.current_leader.is_some_and(|_| leads || meta.has_heard_a_leader())
             && m.cluster_committed.as_ref().is_some_and(|committed| {
-                m.last_applied.as_ref().is_some_and(|applied| applied.index() >= committed.index())
+                let committed = committed.index().max(heard.unwrap_or(0));
+                m.last_applied.as_ref().is_some_and(|applied| applied.index() >= committed)
             });
         if current {
             self.metadata_current.store(true, Ordering::Release);
@@ -239,15 +305,16 @@ impl Cluster {
     }
 
     /// Starts (or restarts) partition `gid` here if the applied metadata still assigns it to
-    /// this node, then tends it.
-    async fn run_partition(&self, gid: GroupId, topic: String, transfers_left: &AtomicUsize) {
+    /// this node, then tends it. Returns whether it is settled: nothing left to do for it here
+    /// until something changes (see [`Cluster::tend_partition`]).
+    async fn run_partition(&self, gid: GroupId, topic: String, transfers_left: &AtomicUsize) -> bool {
         if *self.shutdown.borrow() {
-            return;
+            return true;
         }
         // Read again now: the pass's list may be older than the metadata.
         let Some(w) = wanted_of(&self.metadata.read(), &topic, gid, self.config.node_id) else {
             tracing::debug!(group = %gid, "no longer assigned here; not started");
-            return;
+            return true;
         };
         let existing = self.partitions.read().get(&gid).cloned();
         let local = match existing {
@@ -256,18 +323,18 @@ impl Cluster {
             existing if existing.is_some() || self.is_stopped(gid) => {
                 match self.supervise_partition(gid, existing, &w).await {
                     Some(l) => l,
-                    None => return,
+                    None => return false,
                 }
             }
             _ => match self.start_partition(gid, &w).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(group = %gid, topic = %w.topic, partition = w.assignment.partition, error = %e, "cannot start partition group");
-                    return;
+                    return false;
                 }
             },
         };
-        self.tend_partition(&local, &w, transfers_left).await;
+        self.tend_partition(&local, &w, transfers_left).await
     }
 
     pub(super) async fn start_partition(&self, gid: GroupId, w: &Wanted) -> Result<Arc<LocalPartition>, ClusterError> {
@@ -314,9 +381,15 @@ impl Cluster {
         tracing::info!(group = %gid, topic = %local.topic, partition = local.partition, "partition group stopped and deleted");
     }
 
-    async fn tend_partition(&self, local: &LocalPartition, w: &Wanted, transfers_left: &AtomicUsize) {
+    /// Tends a running partition: initialises it (first replica), keeps its retention, and on the
+    /// leader moves its members to the assignment and hands leadership to the preferred replica.
+    /// Returns whether it is settled: initialised, and either following here or leading on the
+    /// preferred replica with exactly the assigned voters. A settled group is visited again only by
+    /// the next full pass (`reconcile_full_every`) or a metadata change.
+    async fn tend_partition(&self, local: &LocalPartition, w: &Wanted, transfers_left: &AtomicUsize) -> bool {
         let me = self.config.node_id;
         let a = &w.assignment;
+        let mut settled = true;
         // Initialise a brand-new group from its first replica.
         if a.replica_epoch == 0
             && a.replicas.first() == Some(&me)
@@ -329,10 +402,19 @@ impl Cluster {
                     Ok(Ok(()) | Err(RaftError::AlreadyInitialized { .. })) => {
                         local.initialized.store(true, std::sync::atomic::Ordering::Release);
                     }
-                    Ok(Err(e)) => tracing::warn!(group = %a.group, error = %e, "cannot initialise partition group"),
-                    Err(_) => tracing::warn!(group = %a.group, "partition group initialisation timed out"),
+                    Ok(Err(e)) => {
+                        settled = false;
+                        tracing::warn!(group = %a.group, error = %e, "cannot initialise partition group");
+                    }
+                    Err(_) => {
+                        settled = false;
+                        tracing::warn!(group = %a.group, "partition group initialisation timed out");
+                    }
                 },
-                None => tracing::warn!(group = %a.group, "a replica has no member address yet"),
+                None => {
+                    settled = false;
+                    tracing::warn!(group = %a.group, "a replica has no member address yet");
+                }
             }
         }
         // Retention follows the topic.
@@ -345,7 +427,7 @@ impl Cluster {
         }
         if !local.group.is_leader() {
             *local.leader_since.lock() = None;
-            return;
+            return settled;
         }
         let metrics = local.group.metrics().clone();
         let leading_for = {
@@ -360,12 +442,12 @@ impl Cluster {
         };
         let wanted: BTreeSet<NodeId> = a.replicas.iter().copied().collect();
         if !self.move_replicas(local, &metrics, &wanted).await {
-            return;
+            return false;
         }
         // Preferred leader: hand over once it has everything we have.
-        let Some(&preferred) = a.replicas.first() else { return };
+        let Some(&preferred) = a.replicas.first() else { return settled };
         if preferred == me {
-            return;
+            return settled;
         }
         let last = metrics.last_log_index.unwrap_or(0);
         let caught_up = metrics
@@ -389,6 +471,7 @@ impl Cluster {
         {
             tracing::debug!(group = %a.group, to = preferred, error = %e, "preferred-leader transfer failed");
         }
+        false
     }
 
     /// On the group leader: one step of moving the group's members to `wanted`. Returns true once

@@ -129,9 +129,20 @@ impl Peers {
     }
 
     /// Records a node heartbeat from `from`, naming these quiet groups (group -> (term, last index)).
-    pub(crate) fn note_heartbeat(&self, from: NodeId, seq: u64, named: HashMap<GroupId, (u64, u64)>) {
+    /// Returns what the node's previous node heartbeat named (empty if none was heard).
+    pub(crate) fn note_heartbeat(
+        &self,
+        from: NodeId,
+        seq: u64,
+        named: HashMap<GroupId, (u64, u64)>,
+    ) -> HashMap<GroupId, (u64, u64)> {
         Self::count(&self.sent.node_heartbeats_received);
-        self.heard.lock().insert(from, Heard { at: Instant::now(), named, seq });
+        self.heard.lock().insert(from, Heard { at: Instant::now(), named, seq }).map(|h| h.named).unwrap_or_default()
+    }
+
+    /// When each node was last heard (a node heartbeat, or its answer to ours).
+    pub(crate) fn heard_at(&self) -> HashMap<NodeId, Instant> {
+        self.heard.lock().iter().map(|(id, h)| (*id, h.at)).collect()
     }
 
     /// The number of the last node heartbeat heard from `node` (0: none).
