@@ -728,13 +728,18 @@ impl RaftGroup {
             QuietState::Awake => None,
             QuietState::Leading { .. } => Some((q.state, q.members.clone())),
             QuietState::Following { leader, .. } => {
-                let alive = heard_at.get(&leader).is_some_and(|at| now.saturating_duration_since(*at) <= self.lease);
+                let alive = self.within_lease(heard_at.get(&leader).copied(), now);
                 if !alive {
                     self.set_quiet(&mut q, QuietState::Awake);
                 }
                 Some((q.state, q.members.clone()))
             }
         }
+    }
+
+    /// Whether a quiet follower whose leader's node was last heard at `at` is within its lease.
+    fn within_lease(&self, at: Option<Instant>, now: Instant) -> bool {
+        at.is_some_and(|at| now.saturating_duration_since(at) <= self.lease)
     }
 
     /// Counts a change of this group's quiet state in the node's [`LocalGroups::quiet_generation`].
@@ -797,7 +802,7 @@ impl RaftGroup {
             }
             QuietState::Following { leader, term, index } => {
                 let (named, at) = self.peers.named_by(leader, self.id);
-                let alive = at.is_some_and(|at| now.saturating_duration_since(at) <= self.lease);
+                let alive = self.within_lease(at, now);
                 if !alive || !follows_quietly(m, leader, term, index) {
                     self.set_quiet(&mut q, QuietState::Awake);
                     (QuietState::Awake, false)

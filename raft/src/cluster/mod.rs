@@ -227,9 +227,6 @@ pub struct Cluster {
     /// Whether the applied metadata has been current once (see `reconcile`): partition groups
     /// start only after that.
     metadata_current: std::sync::atomic::AtomicBool,
-    /// The metadata version (`metadata_changed`'s value) the reconcile loop last looked for streams
-    /// of deleted topics at (`u64::MAX`: never): the sweep runs once per metadata change.
-    streams_swept_at: std::sync::atomic::AtomicU64,
     /// What the reconcile loop carries from one pass to the next.
     reconcile_plan: Mutex<reconcile::Plan>,
     metadata: Arc<RwLock<MetadataState>>,
@@ -290,7 +287,6 @@ impl Cluster {
             group_restarts_total: Default::default(),
             partition_starts_total: Default::default(),
             metadata_current: Default::default(),
-            streams_swept_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             reconcile_plan: Mutex::default(),
             metadata,
             metadata_changed: changed_rx,

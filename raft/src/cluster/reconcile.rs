@@ -162,9 +162,10 @@ impl Cluster {
         }
         let me = self.config.node_id;
         let version = *self.metadata_changed.borrow();
-        let (plan, full) = {
+        let (plan, rebuilt, full) = {
             let mut plan = self.reconcile_plan.lock();
             let fresh = plan.wanted.as_ref().filter(|w| w.version == version).cloned();
+            let rebuilt = fresh.is_none();
             let wanted = match fresh {
                 Some(w) => w,
                 None => {
@@ -176,7 +177,7 @@ impl Cluster {
                 }
             };
             plan.passes_since_full = plan.passes_since_full.saturating_add(1);
-            (wanted, plan.passes_since_full >= self.config.reconcile_full_every.max(1))
+            (wanted, rebuilt, plan.passes_since_full >= self.config.reconcile_full_every.max(1))
         };
         let wanted = &plan.groups;
 
@@ -203,9 +204,9 @@ impl Cluster {
         }
 
         // Delete streams of topics deleted while we were not running them: once per metadata
-        // version (a pass on a timer finds nothing new; with thousands of streams the walk costs).
-        let sweep = self.streams_swept_at.swap(version, Ordering::AcqRel) != version;
-        for stream in self.config.storage.streams().into_iter().filter(|_| sweep) {
+        // version, when the pass builds what this node should run (a pass on a timer finds
+        // nothing new; with thousands of streams the walk costs).
+        for stream in self.config.storage.streams().into_iter().filter(|_| rebuilt) {
             let gid = GroupId::of_stream(stream);
             let topic_id = gid.0 >> 16;
             if gid == METADATA_GROUP || topic_id == 0 || topic_id >= u64::from(plan.next_topic_id) {
@@ -228,16 +229,16 @@ impl Cluster {
         // Only groups with something to do here are visited (a node of thousands of groups spent
         // most of its idle time visiting them): on a full pass every group but the steady
         // followers, in between only those the last pass left unsettled.
-        let visit: Vec<(GroupId, String)> = if full {
+        let visit: Vec<(GroupId, &str)> = if full {
             self.reconcile_plan.lock().passes_since_full = 0;
             wanted
                 .iter()
                 .filter(|(gid, w)| !self.is_steady_follower(**gid, w))
-                .map(|(gid, w)| (*gid, w.topic.clone()))
+                .map(|(gid, w)| (*gid, w.topic.as_str()))
                 .collect()
         } else {
             let unsettled = std::mem::take(&mut self.reconcile_plan.lock().unsettled);
-            unsettled.into_iter().filter_map(|gid| wanted.get(&gid).map(|w| (gid, w.topic.clone()))).collect()
+            unsettled.into_iter().filter_map(|gid| wanted.get(&gid).map(|w| (gid, w.topic.as_str()))).collect()
         };
         let unsettled = Mutex::new(BTreeSet::new());
         futures::stream::iter(visit)
@@ -289,11 +290,7 @@ impl Cluster {
     /// restarted as before.
     fn is_steady_follower(&self, gid: GroupId, w: &Wanted) -> bool {
         let Some(local) = self.partitions.read().get(&gid).cloned() else { return false };
-        let a = &w.assignment;
-        let initialising = a.replica_epoch == 0
-            && a.replicas.first() == Some(&self.config.node_id)
-            && !local.initialized.load(Ordering::Acquire);
-        if initialising
+        if self.to_initialise(&local, &w.assignment)
             || local.group.is_leader()
             || *local.retention.lock() != Some(w.retention)
             || self.stopped_reason(&local.group).is_some()
@@ -304,15 +301,23 @@ impl Cluster {
         true
     }
 
+    /// Whether this node, the first replica of a brand-new partition (replica epoch 0), has yet to
+    /// initialise its group with the replica set.
+    fn to_initialise(&self, local: &LocalPartition, a: &PartitionAssignment) -> bool {
+        a.replica_epoch == 0
+            && a.replicas.first() == Some(&self.config.node_id)
+            && !local.initialized.load(Ordering::Acquire)
+    }
+
     /// Starts (or restarts) partition `gid` here if the applied metadata still assigns it to
     /// this node, then tends it. Returns whether it is settled: nothing left to do for it here
     /// until something changes (see [`Cluster::tend_partition`]).
-    async fn run_partition(&self, gid: GroupId, topic: String, transfers_left: &AtomicUsize) -> bool {
+    async fn run_partition(&self, gid: GroupId, topic: &str, transfers_left: &AtomicUsize) -> bool {
         if *self.shutdown.borrow() {
             return true;
         }
         // Read again now: the pass's list may be older than the metadata.
-        let Some(w) = wanted_of(&self.metadata.read(), &topic, gid, self.config.node_id) else {
+        let Some(w) = wanted_of(&self.metadata.read(), topic, gid, self.config.node_id) else {
             tracing::debug!(group = %gid, "no longer assigned here; not started");
             return true;
         };
@@ -391,10 +396,7 @@ impl Cluster {
         let a = &w.assignment;
         let mut settled = true;
         // Initialise a brand-new group from its first replica.
-        if a.replica_epoch == 0
-            && a.replicas.first() == Some(&me)
-            && !local.initialized.load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.to_initialise(local, a) {
             let members: Option<BTreeMap<NodeId, Node>> =
                 a.replicas.iter().map(|id| self.member_addr(*id).map(|addr| (*id, Node::new(addr)))).collect();
             match members {
