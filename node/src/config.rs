@@ -124,6 +124,9 @@ pub struct RaftTiming {
     /// A partition group idle this long (every follower matched) goes quiet: no per-group
     /// heartbeats or election timers while the coalesced node heartbeat keeps its lease; 0 = never.
     pub quiesce_after_ms: u64,
+    /// Longest a partition leader holds a retention purge back for a live follower still catching
+    /// up below the retention start (past it, that follower catches up by snapshot).
+    pub retention_hold_max_ms: u64,
 }
 
 /// How many election timeouts (the maximum) a metadata leader may go without a quorum
@@ -152,6 +155,7 @@ impl Default for RaftTiming {
             request_timeout_ms: 10_000,
             snapshot_every_entries: 10_000,
             quiesce_after_ms: 500,
+            retention_hold_max_ms: 300_000,
         }
     }
 }

@@ -179,6 +179,7 @@ impl Node {
         cluster_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         cluster_config.raft.snapshot_every_entries = config.raft.snapshot_every_entries;
         cluster_config.raft.quiesce_after_ms = config.raft.quiesce_after_ms;
+        cluster_config.raft.retention_hold_max_ms = config.raft.retention_hold_max_ms;
         // One node heartbeat per peer per group heartbeat interval.
         cluster_config.network.node_heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;

@@ -67,7 +67,15 @@ pub struct RaftGroupConfig {
     /// write, vote or lost node heartbeat wakes it. 0 = never quiet. Default 500 ms. The metadata
     /// group (`GroupId::METADATA`) is never quiet.
     pub quiesce_after_ms: u64,
+    /// Longest a leader holds retention's purge back for a live follower still catching up below
+    /// the retention start ([`RaftGroup::enforce_retention`]); past it the purge goes ahead and
+    /// that follower catches up by snapshot (holding the log from the snapshot on). Default 5 min.
+    pub retention_hold_max_ms: u64,
 }
+
+/// A follower counts as live for retention's hold ([`RaftGroup::enforce_retention`]) when it
+/// acknowledged the leader within this many (maximum) election timeouts.
+pub const RETENTION_HOLD_LIVE_ELECTION_TIMEOUTS: u64 = 5;
 
 impl Default for RaftGroupConfig {
     fn default() -> Self {
@@ -84,6 +92,7 @@ impl Default for RaftGroupConfig {
             log_cache_bytes: crate::log_store::DEFAULT_ENTRY_CACHE_BYTES,
             max_payload_bytes: shale_storage::limits::RAFT_PAYLOAD_BYTES,
             quiesce_after_ms: 500,
+            retention_hold_max_ms: 300_000,
         }
     }
 }
@@ -219,6 +228,14 @@ pub struct RaftGroup {
     /// leader's node: the election timeout, drawn once per (node, group) from its range so the
     /// followers of a dead leader do not all campaign at once.
     lease: Duration,
+    /// [`RaftGroupConfig::retention_hold_max_ms`].
+    retention_hold_max: Duration,
+    /// Since when retention's purge has been held back for a live follower behind the retention
+    /// start (`None`: not held).
+    retention_held_since: Mutex<Option<Instant>>,
+    /// Fault injection ([`RaftGroup::hold_appends`]): while `true`, AppendEntries carrying entries
+    /// wait at this node's server before reaching the group.
+    appends_held: watch::Sender<bool>,
 }
 
 /// How long (in election timeouts) a write to a quiet leader waits for the heartbeat round that
@@ -507,6 +524,9 @@ impl RaftGroup {
                         config.election_timeout_max_ms.saturating_sub(config.election_timeout_min_ms),
                     ),
             ),
+            retention_hold_max: Duration::from_millis(config.retention_hold_max_ms),
+            retention_held_since: Mutex::new(None),
+            appends_held: watch::Sender::new(false),
         });
         if let Err(e) = registry.register(g.clone()) {
             // Not registered: stop it here (not through `shutdown`, which would unregister a
@@ -1028,6 +1048,28 @@ impl RaftGroup {
         })
     }
 
+    /// Fault injection for tests and drills: while `hold` is set, AppendEntries that carry entries
+    /// for this group wait at this node's Raft server before reaching the group, while heartbeats
+    /// still pass. The follower stays live to its leader but falls behind, as behind a slow disk
+    /// or link. Clearing it lets the held messages through in order.
+    pub fn hold_appends(&self, hold: bool) {
+        self.appends_held.send_replace(hold);
+    }
+
+    /// Returns once [`RaftGroup::hold_appends`] is off (at once unless a test set it) or the group
+    /// stopped.
+    pub(crate) async fn appends_released(&self) {
+        if !*self.appends_held.borrow() {
+            return;
+        }
+        let mut held = self.appends_held.subscribe();
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            _ = held.wait_for(|h| !*h) => {}
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    }
+
     /// Whether this node currently leads the group.
     pub fn is_leader(&self) -> bool {
         self.metrics_rx.borrow_watched().current_leader == Some(self.node_id)
@@ -1142,21 +1184,75 @@ impl RaftGroup {
     /// Purging is what lets openraft send a follower a snapshot instead of entries, so the log is
     /// purged exactly up to the retention start: the first offset the topic's retention keeps,
     /// never past the last snapshot (a snapshot must cover what goes). A keep-all log is never
-    /// purged. The purge waits (up to `timeout`) for openraft, which delays it while those entries
-    /// are being replicated; the records then go from storage below the durable purge point.
+    /// purged. On a leader the purge also stops below what a live follower (one that acknowledged
+    /// within [`RETENTION_HOLD_LIVE_ELECTION_TIMEOUTS`] election timeouts) still needs, for at most
+    /// [`RaftGroupConfig::retention_hold_max_ms`] in a row: a follower that is merely slow, or a
+    /// new replica filling up, then gets the records themselves, not a snapshot that would leave
+    /// it without the history below it. The purge waits (up to `timeout`) for openraft, which
+    /// delays it while those entries are being replicated; the records then go from storage below
+    /// the durable purge point.
     pub async fn enforce_retention(&self, timeout: Duration) -> Result<u64, RaftError> {
         let snapshot = self.metrics_rx.borrow_watched().snapshot.map(|s| s.index);
         if let Some(snapshot) = snapshot {
             let log = self.log.clone();
             let target = self.blocking("retention target", move || log.retention_target(snapshot)).await?;
-            if let Some(start) = target {
-                let upto = start - 1;
+            let upto = match target {
+                Some(start) => self.purge_point_for_followers(start - 1),
+                None => {
+                    *self.retention_held_since.lock() = None;
+                    None
+                }
+            };
+            if let Some(upto) = upto {
                 self.raft.trigger().purge_log(upto).await.map_err(|e| self.fatal(&e))?;
                 self.wait_metrics("retention purge", timeout, |m| m.purged.is_some_and(|p| p.index >= upto)).await?;
             }
         }
         let log = self.log.clone();
         self.blocking("retention", move || log.enforce_retention()).await
+    }
+
+    /// Retention's purge point `upto` (inclusive) lowered, on a leader, to the lowest index a live
+    /// follower matched below it (`None`: such a follower holds nothing yet, nothing may go), while
+    /// the hold has lasted less than [`RaftGroupConfig::retention_hold_max_ms`]. A follower that
+    /// does not answer is not waited for (it catches up by snapshot, ARCHITECTURE.md "Purge only
+    /// to the retention start").
+    fn purge_point_for_followers(&self, upto: u64) -> Option<u64> {
+        let behind: Vec<(NodeId, Option<u64>)> = self.with_metrics(|m| {
+            if m.current_leader != Some(self.node_id) {
+                return Vec::new();
+            }
+            let Some(replication) = m.replication.as_ref() else { return Vec::new() };
+            replication
+                .iter()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, matched)| (*id, matched.as_ref().map(|l| l.index)))
+                .filter(|(_, matched)| matched.is_none_or(|i| i < upto))
+                .collect()
+        });
+        let live = Duration::from_millis(self.election_timeout_max_ms * RETENTION_HOLD_LIVE_ELECTION_TIMEOUTS);
+        let held_for: Vec<(NodeId, Option<u64>)> =
+            behind.into_iter().filter(|(id, _)| self.follower_acked_within(*id, live)).collect();
+        let mut since = self.retention_held_since.lock();
+        let Some(lowest) = held_for.iter().map(|(_, matched)| *matched).min() else {
+            *since = None;
+            return Some(upto);
+        };
+        let now = Instant::now();
+        let held = now.duration_since(*since.get_or_insert(now));
+        if held >= self.retention_hold_max {
+            tracing::warn!(
+                group = %self.id,
+                followers = ?held_for,
+                upto,
+                held_ms = held.as_millis() as u64,
+                "retention: live followers still behind the retention start after the hold limit; purging, they catch up by snapshot"
+            );
+            return Some(upto);
+        }
+        debug_assert!(lowest.is_none_or(|l| l < upto), "a hold only ever lowers the purge point");
+        tracing::debug!(group = %self.id, followers = ?held_for, upto, "retention: purge held for followers catching up");
+        lowest
     }
 
     async fn blocking<T: Send + 'static>(

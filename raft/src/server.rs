@@ -207,6 +207,11 @@ impl RaftService for RaftGrpcService {
             .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
             .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
         let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index());
+        if !rpc.entries.is_empty()
+            && let Ok(g) = self.group(req.group_id)
+        {
+            g.appends_released().await;
+        }
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
         if resp.is_success()
             && let Ok(g) = self.group(req.group_id)
@@ -232,12 +237,12 @@ impl RaftService for RaftGrpcService {
         };
         let first = first?;
         let group = first.group_id;
-        let (raft, mut stopped, mut input_stopped) = {
+        let (raft, mut stopped, mut input_stopped, held) = {
             let g = self.group(group)?;
             if g.is_quiet() {
                 g.wake_for_message().await;
             }
-            (g.raft().clone(), g.stopped(), g.stopped())
+            (g.raft().clone(), g.stopped(), g.stopped(), Arc::downgrade(&g))
         };
         let raft_for_checks = raft.clone();
         let first = convert::append_request_from_pb(&first).map_err(bad)?;
@@ -279,7 +284,20 @@ impl RaftService for RaftGrpcService {
         let input_stop = async move {
             let _ = input_stopped.wait_for(|s| *s).await;
         };
-        let requests = futures::stream::once(futures::future::ready(first)).chain(rest).take_until(input_stop);
+        let requests = futures::stream::once(futures::future::ready(first))
+            .chain(rest)
+            .then(move |rpc| {
+                let held = held.clone();
+                async move {
+                    if !rpc.entries.is_empty()
+                        && let Some(g) = held.upgrade()
+                    {
+                        g.appends_released().await;
+                    }
+                    rpc
+                }
+            })
+            .take_until(input_stop);
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };

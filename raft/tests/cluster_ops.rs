@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_support::*;
-use shale_raft::GroupId;
 use shale_raft::cluster::{ClusterError, FetchRequest, MemberAddrs, ProducerInfo, RetentionPolicy, TopicSpec};
+use shale_raft::{GroupId, NodeId};
 use shale_storage::{CheckpointPolicy, CodecKind, ReadCheck, StorageOptions};
 
 /// Three nodes on memory storage with 4 KiB segments and no automatic checkpoints, so retention
@@ -141,64 +141,175 @@ async fn added_nodes_take_replicas_and_removed_nodes_give_them_up() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_purges_old_segments_only_below_a_snapshot() {
-    let c = TestCluster::start_with(small_segments_in_memory()).await;
+/// A one-partition topic keeping 16 KiB, uncompressed, created and settled.
+async fn short_retention_topic(c: &TestCluster, name: &str) -> Vec<NodeId> {
     let ml = c.metadata_leader().await;
     let spec = TopicSpec {
         retention: RetentionPolicy { retention_bytes: Some(16 * 1024), retention_ms: None },
         codec: CodecKind::None,
-        ..spec("short", 1, 3)
+        ..spec(name, 1, 3)
     };
     c.node(ml).create_topic(spec).await.expect("create");
-    c.settled_leaders("short").await;
+    c.settled_leaders(name).await
+}
+
+/// Produces 200 records of ~420 bytes (20 batches of 10) to partition 0; returns their acks.
+async fn produce_200(c: &TestCluster, topic: &str) -> Vec<RecordAck> {
     let mut acked = Vec::new();
     for batch in 0..20 {
         let records = (0..10).map(|i| record("k", &format!("{batch:03}-{i:03}-{}", "x".repeat(400)))).collect();
-        acked.extend(per_record(&c.produce("short", 0, records, None).await.expect("produce")));
+        acked.extend(per_record(&c.produce(topic, 0, records, None).await.expect("produce")));
     }
+    acked
+}
+
+/// Waits until replica `id` applied every acknowledged record and its own retention ran, then
+/// checks it on its own: below its log start a fetch is out of range and says where the log
+/// starts; from the log start on it holds every acknowledged record, in order, with the
+/// acknowledged hashes, and about `retention_bytes` of them.
+async fn check_replica_keeps_retained_tail(c: &TestCluster, id: NodeId, topic: &str, acked: &[RecordAck]) {
     let last = acked.last().expect("acked").offset;
-    // One replica compacts on demand; the others through the retention loop.
-    let outcome = c.node(1).compact("short", 0).await.expect("compact");
-    // The retention loop may have purged already; either way the log start moved, never past the snapshot.
-    assert!(outcome.log_start_after > 0 && outcome.log_start_after >= outcome.log_start_before, "{outcome:?}");
+    let (start, kept) = wait_for("replica applied everything and purged", || async {
+        let s = c.node(id).local_partition_state(topic, 0).ok()?;
+        let start = s.log_start?;
+        // ~200 records of ~420 bytes were written; retention keeps about 16 KiB of them.
+        let bytes = c.nodes[id as usize - 1].storage.stream_bytes(GroupId(65537).log_stream()).ok()?;
+        if start == 0 || s.high_watermark? <= last || bytes > 40 * 1024 {
+            return None;
+        }
+        Some((start, c.try_read_from(id, topic, 0, start).await.ok()?))
+    })
+    .await;
+    let req = FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        from_index: None,
+        max_bytes: 1024,
+        wait: Duration::ZERO,
+        check: ReadCheck::Chain,
+    };
+    match c.node(id).fetch(req).await {
+        Err(ClusterError::OffsetOutOfRange { start: s, .. }) => assert!(s >= start),
+        other => panic!("node {id}: {other:?}"),
+    }
+    let from = acked.iter().position(|a| a.offset >= start);
+    let from = from.unwrap_or_else(|| panic!("node {id} kept no acknowledged record: its log starts at {start}"));
+    let expected: Vec<_> = acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect();
+    assert_eq!(kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(), expected, "node {id}");
+    assert!(kept.len() * 420 >= 16 * 1024 - 2 * 4096, "node {id} keeps about retention_bytes: {} records", kept.len());
+    assert_eq!(kept.last().map(|r| r.offset), Some(last));
+}
+
+/// The partition group of `topic`'s partition 0 on node `id` (the cluster's first topic).
+fn first_partition_group(c: &TestCluster, id: NodeId) -> std::sync::Arc<shale_raft::RaftGroup> {
+    c.node(id).router().group(GroupId(65537)).expect("partition group runs here")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_old_segments_only_below_a_snapshot() {
+    let c = TestCluster::start_with(small_segments_in_memory()).await;
+    short_retention_topic(&c, "short").await;
+    let acked = produce_200(&c, "short").await;
+    // One replica compacts on demand; the others through the retention loop. A leader holds the
+    // purge while a follower still catches up below the retention start, so compact until it moves.
+    let outcome = wait_for("node 1 compacts", || async {
+        let o = c.node(1).compact("short", 0).await.ok()?;
+        (o.log_start_after > 0).then_some(o)
+    })
+    .await;
+    assert!(outcome.log_start_after >= outcome.log_start_before, "{outcome:?}");
     assert!(outcome.log_start_after <= outcome.snapshot_index + 1, "never past the snapshot: {outcome:?}");
     for id in 1..=3 {
-        let (start, kept) = wait_for("replica applied everything and purged", || async {
-            let s = c.node(id).local_partition_state("short", 0).ok()?;
-            let start = s.log_start?;
-            // ~200 records of ~420 bytes were written; retention keeps about 16 KiB of them.
-            let bytes = c.nodes[id as usize - 1].storage.stream_bytes(GroupId(65537).log_stream()).ok()?;
-            if start == 0 || s.high_watermark? <= last || bytes > 40 * 1024 {
-                return None;
-            }
-            Some((start, c.try_read_from(id, "short", 0, start).await.ok()?))
-        })
-        .await;
-        // Below the log start is out of range and says where the log starts; above it everything is there.
-        let req = FetchRequest {
-            topic: "short".into(),
-            partition: 0,
-            offset: 0,
-            from_index: None,
-            max_bytes: 1024,
-            wait: Duration::ZERO,
-            check: ReadCheck::Chain,
-        };
-        match c.node(id).fetch(req).await {
-            Err(ClusterError::OffsetOutOfRange { start: s, .. }) => assert!(s >= start),
-            other => panic!("node {id}: {other:?}"),
+        check_replica_keeps_retained_tail(&c, id, "short", &acked).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_holds_retention_for_a_live_follower_behind_it_which_then_keeps_the_retained_records() {
+    let mut setup = small_segments_in_memory();
+    setup.preferred_leader_delay_ms = 600_000;
+    let c = TestCluster::start_with(setup).await;
+    let leader = short_retention_topic(&c, "held").await[0];
+    let (slow, other) = match leader {
+        1 => (2, 3),
+        2 => (3, 1),
+        _ => (1, 2),
+    };
+    // The slow follower answers heartbeats but takes no entries: live, and behind.
+    first_partition_group(&c, slow).hold_appends(true);
+    let slow_next = first_partition_group(&c, slow).next_index().expect("next index");
+    let acked = produce_200(&c, "held").await;
+    // The retention start is far past what the slow follower holds: the other follower (which
+    // purges on its own) moves its log start past it.
+    let o = c.node(other).compact("held", 0).await.expect("compact other");
+    assert!(o.log_start_after > slow_next, "retention would purge what the slow follower needs: {o:?}, {slow_next}");
+    // The leader does not, on demand or through its retention loop, while that follower answers.
+    let o = c.node(leader).compact("held", 0).await.expect("compact leader");
+    assert!(o.log_start_after <= slow_next, "the leader held the purge: {o:?}, {slow_next}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = first_partition_group(&c, leader).log_start().expect("log start index");
+    assert!(start <= slow_next, "the retention loop held the purge too: {start}, {slow_next}");
+    assert_eq!(first_partition_group(&c, slow).next_index().expect("next index"), slow_next, "still held");
+    // Released, it catches up with the records themselves, not a snapshot, and keeps the tail.
+    first_partition_group(&c, slow).hold_appends(false);
+    for id in [slow, other, leader] {
+        check_replica_keeps_retained_tail(&c, id, "held", &acked).await;
+    }
+    // Nobody is behind any more: the leader's purge goes ahead.
+    let o = wait_for("the leader purges", || async {
+        let o = c.node(leader).compact("held", 0).await.ok()?;
+        (o.log_start_after > slow_next).then_some(o)
+    })
+    .await;
+    assert!(o.log_start_after <= o.snapshot_index + 1, "{o:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stops_holding_retention_after_the_hold_limit_and_the_follower_catches_up_by_snapshot() {
+    let mut setup = small_segments_in_memory();
+    setup.preferred_leader_delay_ms = 600_000;
+    setup.retention_hold_max_ms = 3_000;
+    let c = TestCluster::start_with(setup).await;
+    let leader = short_retention_topic(&c, "stuck").await[0];
+    let stuck = if leader == 1 { 2 } else { 1 };
+    first_partition_group(&c, stuck).hold_appends(true);
+    let stuck_next = first_partition_group(&c, stuck).next_index().expect("next index");
+    // Nothing is over retention before the first write, so no hold can start before this.
+    let writes_began = std::time::Instant::now();
+    let acked = produce_200(&c, "stuck").await;
+    // The follower stays live but never moves: the purge is held until the hold limit, then goes ahead.
+    let o = wait_for("the leader purges past the stuck follower", || async {
+        let o = c.node(leader).compact("stuck", 0).await.ok()?;
+        if o.log_start_after <= stuck_next {
+            return None;
         }
-        // Everything from the log start on is there, in order, with the acknowledged hashes.
-        let from = acked.iter().position(|a| a.offset >= start).expect("kept records");
-        let expected: Vec<_> = acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect();
-        assert_eq!(kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(), expected, "node {id}");
-        assert!(
-            kept.len() * 420 >= 16 * 1024 - 2 * 4096,
-            "node {id} keeps about retention_bytes: {} records",
-            kept.len()
-        );
-        assert_eq!(kept.last().map(|r| r.offset), Some(last));
+        let waited = writes_began.elapsed();
+        assert!(waited >= Duration::from_millis(3_000), "purged after {waited:?}, within the hold limit: {o:?}");
+        Some(o)
+    })
+    .await;
+    // It is sent the snapshot (not held: only entries are); released, it serves what it holds
+    // from its log start on, and every acknowledged record is still on the other two replicas.
+    first_partition_group(&c, stuck).hold_appends(false);
+    let last = acked.last().expect("acked").offset;
+    let (index_start, start) = wait_for("the stuck follower installs the snapshot and applies everything", || async {
+        let s = c.node(stuck).local_partition_state("stuck", 0).ok()?;
+        let index_start = first_partition_group(&c, stuck).log_start().ok()?;
+        (s.high_watermark? > last && index_start > stuck_next).then_some((index_start, s.log_start?))
+    })
+    .await;
+    assert!(index_start >= o.log_start_after, "from the snapshot on: {index_start}, {o:?}");
+    let kept = c.try_read_from(stuck, "stuck", 0, start).await.unwrap_or_default();
+    let from = acked.iter().position(|a| a.offset >= start).unwrap_or(acked.len());
+    assert_eq!(
+        kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(),
+        acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect::<Vec<_>>()
+    );
+    for id in (1..=3).filter(|id| *id != stuck) {
+        check_replica_keeps_retained_tail(&c, id, "stuck", &acked).await;
     }
     c.shutdown().await;
 }

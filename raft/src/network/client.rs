@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
@@ -92,15 +93,25 @@ pub(crate) async fn detached<T: Send + 'static>(
 /// session is over, or openraft stopped waiting for a heartbeat's answer), the call is left to end
 /// on its own (its requests end with the session: [`SessionStream`]) for at most `limit`, rather
 /// than being reset.
+///
+/// A request (`sent` counts them) left unanswered for `limit`, with no answer at all meanwhile,
+/// ends the stream with `DEADLINE_EXCEEDED`: openraft then no longer counts those entries as in
+/// flight (a leader purges no entry in flight, so a follower that answers heartbeats but never
+/// its entries would otherwise hold the leader's retention forever) and sends them again.
 async fn forward_responses(
     mut responses: tonic::Streaming<pb::AppendEntriesResponse>,
     tx: tokio::sync::mpsc::Sender<Result<pb::AppendEntriesResponse, tonic::Status>>,
     limit: Duration,
+    sent: Arc<AtomicU64>,
 ) {
+    let mut answered = 0u64;
     loop {
+        // Requests already sent when this wait began, if still unanswered when it ends, stalled.
+        let waiting = sent.load(Ordering::Relaxed) > answered;
         tokio::select! {
             item = responses.next() => match item {
                 Some(item) => {
+                    answered += 1;
                     if tx.send(item).await.is_err() {
                         break;
                     }
@@ -108,6 +119,15 @@ async fn forward_responses(
                 None => return,
             },
             () = tx.closed() => break,
+            () = tokio::time::sleep(limit) => if waiting {
+                let stalled = tonic::Status::deadline_exceeded(format!(
+                    "the peer answered none of {} outstanding AppendEntries within {} ms",
+                    sent.load(Ordering::Relaxed) - answered,
+                    limit.as_millis()
+                ));
+                let _ = tx.send(Err(stalled)).await;
+                break;
+            },
         }
     }
     let _ = tokio::time::timeout(limit, async { while responses.next().await.is_some() {} }).await;
@@ -305,6 +325,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 None => None,
             };
             let counters = self.peers.clone();
+            let sent = Arc::new(AtomicU64::new(0));
+            let sent_here = sent.clone();
             // The request stream ends as soon as this session is over (see [`SessionStream`]).
             let (session, session_over) = tokio::sync::oneshot::channel::<()>();
             let requests = futures::stream::iter(std::iter::once(first).chain(second))
@@ -312,6 +334,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .take_until(session_over)
                 .map(move |r| {
                     Peers::count(&counters.counters().append_messages);
+                    sent_here.fetch_add(1, Ordering::Relaxed);
                     convert::append_request_to_pb(group, &r)
                 });
             // The call runs on a task of its own (see the module docs): dropped by openraft, the
@@ -323,7 +346,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 match tokio::time::timeout(limit, client.stream_append(requests)).await {
                     Ok(Ok(resp)) => {
                         let _ = opened_tx.send(Ok(()));
-                        forward_responses(resp.into_inner(), tx, limit).await;
+                        forward_responses(resp.into_inner(), tx, limit, sent).await;
                     }
                     Ok(Err(status)) => {
                         let _ = opened_tx.send(Err(Some(status)));

@@ -60,6 +60,8 @@ pub struct Setup {
     pub replica_limit: Option<shale_raft::cluster::ReplicaLimit>,
     /// `(total, floor)` of each node's own `CacheBudget` (`None`: no node budget).
     pub log_cache_budget: Option<(usize, usize)>,
+    /// `RaftGroupConfig::retention_hold_max_ms` of every group.
+    pub retention_hold_max_ms: u64,
 }
 
 impl Setup {
@@ -74,6 +76,7 @@ impl Setup {
             heartbeat_interval_ms: 50,
             replica_limit: None,
             log_cache_budget: None,
+            retention_hold_max_ms: RaftGroupConfig::default().retention_hold_max_ms,
         }
     }
 }
@@ -107,8 +110,11 @@ fn raft_config(heartbeat_interval_ms: u64) -> RaftGroupConfig {
 
 async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Result<(), ClusterError> {
     let mut config = ClusterConfig::new(node.id, node.addr.clone(), node.storage.clone());
-    config.raft =
-        RaftGroupConfig { log_cache_bytes: setup.log_cache_bytes, ..raft_config(setup.heartbeat_interval_ms) };
+    config.raft = RaftGroupConfig {
+        log_cache_bytes: setup.log_cache_bytes,
+        retention_hold_max_ms: setup.retention_hold_max_ms,
+        ..raft_config(setup.heartbeat_interval_ms)
+    };
     config.reconcile_interval_ms = 50;
     config.replica_limit = setup.replica_limit;
     config.log_cache_budget =
