@@ -157,6 +157,11 @@ impl GroupLog {
         self.stream
     }
 
+    /// The group's meta stream id (vote, committed, last purged).
+    pub fn meta_stream(&self) -> StreamId {
+        self.group.meta_stream()
+    }
+
     /// The meta store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
@@ -667,10 +672,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.barrier().await?;
+        // The vote is appended without fsync; one flush round then makes it durable together with
+        // everything written to the log before it, and with the votes of every other group
+        // electing at the same time (a node failing over a thousand groups fsyncs a few times,
+        // not a thousand).
         let log = self.log.clone();
         let vote = *vote;
-        blocking(move || log.meta.update(true, |m| m.vote = Some(vote)).map_err(io_err)).await
+        blocking(move || log.meta.update(false, |m| m.vote = Some(vote)).map_err(io_err)).await?;
+        let (tx, rx) = oneshot::channel();
+        self.rounds.submit(self.log.clone(), FlushOp::MetaBarrier(tx));
+        rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {

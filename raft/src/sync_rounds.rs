@@ -38,13 +38,16 @@ pub(crate) enum FlushOp {
     Written(IOFlushed<TypeConfig>),
     /// Sync everything written so far, then answer.
     Barrier(oneshot::Sender<Result<(), String>>),
+    /// Sync everything written so far to the log and to the group's meta stream (a vote appended
+    /// without fsync), then answer with the first error of the two.
+    MetaBarrier(oneshot::Sender<Result<(), String>>),
 }
 
 impl FlushOp {
     fn complete(self, result: &Result<(), String>) {
         match self {
             FlushOp::Written(cb) => cb.io_completed(result.clone().map_err(io_err)),
-            FlushOp::Barrier(tx) => {
+            FlushOp::Barrier(tx) | FlushOp::MetaBarrier(tx) => {
                 let _ = tx.send(result.clone());
             }
         }
@@ -229,13 +232,16 @@ impl RoundTask {
         let mut calls: Vec<(Arc<dyn StorageBackend>, Vec<StreamId>)> = Vec::new();
         let mut seen: HashMap<(usize, StreamId), ()> = HashMap::with_capacity(batch.len());
         for p in &batch {
-            let (storage, stream) = (p.log().storage(), p.log().stream());
-            if seen.insert(key_of(storage, stream), ()).is_some() {
-                continue;
-            }
-            match calls.iter_mut().find(|(s, _)| Arc::ptr_eq(s, storage)) {
-                Some((_, streams)) => streams.push(stream),
-                None => calls.push((Arc::clone(storage), vec![stream])),
+            let storage = p.log().storage();
+            let meta = matches!(p.op, Some(FlushOp::MetaBarrier(_))).then(|| p.log().meta_stream());
+            for stream in std::iter::once(p.log().stream()).chain(meta) {
+                if seen.insert(key_of(storage, stream), ()).is_some() {
+                    continue;
+                }
+                match calls.iter_mut().find(|(s, _)| Arc::ptr_eq(s, storage)) {
+                    Some((_, streams)) => streams.push(stream),
+                    None => calls.push((Arc::clone(storage), vec![stream])),
+                }
             }
         }
         let mut results: HashMap<(usize, StreamId), Result<(), String>> = HashMap::new();
@@ -258,9 +264,17 @@ impl RoundTask {
         }
         // Counted before the reports go out: whoever a report wakes sees the count.
         self.rounds.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let result_of = |storage: &Arc<dyn StorageBackend>, stream: StreamId| {
+            results
+                .get(&key_of(storage, stream))
+                .cloned()
+                .unwrap_or_else(|| Err("the stream was not synced".to_string()))
+        };
         for p in batch {
-            let key = key_of(p.log().storage(), p.log().stream());
-            let r = results.get(&key).cloned().unwrap_or_else(|| Err("the stream was not synced".to_string()));
+            let mut r = result_of(p.log().storage(), p.log().stream());
+            if r.is_ok() && matches!(p.op, Some(FlushOp::MetaBarrier(_))) {
+                r = result_of(p.log().storage(), p.log().meta_stream());
+            }
             p.complete(&r);
         }
     }

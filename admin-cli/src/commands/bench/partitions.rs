@@ -13,6 +13,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
+use shale_client::proto::admin_client::AdminClient;
+use shale_client::proto::{ClusterStatusRequest, ClusterStatusResponse};
 use shale_client::{Client, ClientConfig, NewTopic, ProducerConfig, ProducerRecord};
 use tokio::process::{Child, Command};
 
@@ -44,6 +46,10 @@ pub struct PartitionsReport {
     /// Seconds from the kill until every partition it led had another leader (`None`: not
     /// within the wait).
     pub failover_s: Option<f64>,
+    /// Seconds from the kill until half, and until 90%, of the partitions it led had another
+    /// leader (as polled, every 250 ms or so).
+    pub failover_half_s: Option<f64>,
+    pub failover_90_s: Option<f64>,
     /// Seconds from the restart until the node ran every group it replicates, each with a leader.
     pub restart_groups_back_s: Option<f64>,
     /// Seconds from the restart until every node led a third of the partitions within 5%.
@@ -81,7 +87,16 @@ pub fn report_text(r: &PartitionsReport) -> String {
         ("leaders after the idle period", counts(&r.leaders_settled)),
         ("idle CPU, 3 nodes together", format!("{:.1}% of one core over {} s", r.idle_cpu_percent, r.idle_s)),
         ("RSS per node", r.rss_mib.iter().map(|(n, m)| format!("node {n}: {m:.0} MiB")).collect::<Vec<_>>().join(", ")),
-        ("new leaders after a kill", format!("{} ({} partitions it led)", opt(r.failover_s), r.killed_node_led)),
+        (
+            "new leaders after a kill",
+            format!(
+                "{} ({} partitions it led; half by {}, 90% by {})",
+                opt(r.failover_s),
+                r.killed_node_led,
+                opt(r.failover_half_s),
+                opt(r.failover_90_s)
+            ),
+        ),
         ("groups back after the restart", opt(r.restart_groups_back_s)),
         ("leaders balanced again", opt(r.restart_rebalanced_s)),
         ("leaders after the restart", counts(&r.leaders_after_restart)),
@@ -180,16 +195,36 @@ fn rss_mib(pid: u32) -> Option<f64> {
 
 /// Who leads each partition of the topics named `prefix*`: a partition is led once a node's own
 /// status says it leads it (a node's `describe` names the preferred replica of a group it does
-/// not run yet, so it is not used). Nodes that do not answer are skipped.
-async fn led(nodes: &[(u64, Client)], prefix: &str) -> BTreeMap<(String, u32), u64> {
+/// not run yet, so it is not used). Each node is asked itself, at its address (a client's status
+/// call goes to whichever member it picks). Nodes that do not answer are skipped.
+async fn led(nodes: &[(u64, Client, String)], prefix: &str) -> BTreeMap<(String, u32), u64> {
     let mut out = BTreeMap::new();
-    for (_, client) in nodes {
-        let Ok(status) = client.admin().cluster_status().await else { continue };
+    for (id, client, addr) in nodes {
+        let status = match own_status(client, addr).await {
+            Ok(status) if status.node_id == *id => status,
+            Ok(status) => {
+                eprintln!("node {id} at {addr} answered as node {}", status.node_id);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("node {id} did not answer its status: {e}");
+                continue;
+            }
+        };
         for p in status.partitions.iter().filter(|p| p.leader_id == status.node_id && p.topic.starts_with(prefix)) {
             out.insert((p.topic.clone(), p.partition), status.node_id);
         }
     }
     out
+}
+
+/// The status of the node at `addr`, asked directly (no forwarding, no other member).
+async fn own_status(client: &Client, addr: &str) -> std::result::Result<ClusterStatusResponse, String> {
+    let channel = client.channel(addr).map_err(|e| e.to_string())?;
+    let mut admin = AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut req = tonic::Request::new(ClusterStatusRequest {});
+    req.set_timeout(Duration::from_secs(10));
+    admin.cluster_status(req).await.map(|r| r.into_inner()).map_err(|s| s.to_string())
 }
 
 fn count(led: &BTreeMap<(String, u32), u64>) -> BTreeMap<u64, u32> {
@@ -281,7 +316,8 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
         topics.len(),
         started.elapsed().as_secs_f64()
     );
-    let each: Vec<(u64, Client)> = (1..=3).map(|i| Ok((i, nodes.client(&[i])?))).collect::<Result<_>>()?;
+    let each: Vec<(u64, Client, String)> =
+        (1..=3).map(|i| Ok((i, nodes.client(&[i])?, nodes.grpc(i)))).collect::<Result<_>>()?;
     let total = a.partitions as usize;
     let last = std::sync::Mutex::new(BTreeMap::new());
     let all_led = time_until(wait, || async {
@@ -320,11 +356,28 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     r.killed_node_led = on_3.len() as u32;
     nodes.kill(3).await;
     let survivors = &each[..2];
+    let killed_at = Instant::now();
+    let (half, most) = (std::cell::Cell::new(None), std::cell::Cell::new(None));
     r.failover_s = time_until(wait, || async {
         let l = led(survivors, "bench-p").await;
-        on_3.iter().all(|k| l.contains_key(k))
+        let moved = on_3.iter().filter(|k| l.contains_key(*k)).count();
+        let at = Some(killed_at.elapsed().as_secs_f64());
+        eprintln!(
+            "failover: {moved} of {} led again after {:.2} s (leaders now {:?})",
+            on_3.len(),
+            killed_at.elapsed().as_secs_f64(),
+            count(&l)
+        );
+        if half.get().is_none() && moved * 2 >= on_3.len() {
+            half.set(at);
+        }
+        if most.get().is_none() && moved * 10 >= on_3.len() * 9 {
+            most.set(at);
+        }
+        moved == on_3.len()
     })
     .await;
+    (r.failover_half_s, r.failover_90_s) = (half.get(), most.get());
     eprintln!("failover: {:?} s for {} partitions", r.failover_s, on_3.len());
 
     // Restart it: time until it runs all its groups with leaders, then until leaders balance.
@@ -365,7 +418,7 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
 async fn produce(
     a: &BenchPartitionsArgs,
     client: &Client,
-    each: &[(u64, Client)],
+    each: &[(u64, Client, String)],
     r: &mut PartitionsReport,
 ) -> Result<()> {
     let topic = "bench-produce".to_string();
