@@ -129,9 +129,15 @@ pub mod preamble {
 /// at or before the last non-zero byte; open cuts the zeros off, and sealing a segment trims them
 /// first, so a sealed segment holds records only.
 pub mod segment {
-    /// Zero bytes a write to a stream that has been fsynced adds past its end when it would grow
-    /// the active segment (never past `max_segment_bytes`).
+    /// Most zero bytes a write to a stream that has been fsynced adds past its end when it would
+    /// grow the active segment (never past `max_segment_bytes`). The step is the segment's length
+    /// so far, between [`PREALLOCATION_MIN_BYTES`] and this: a segment doubles while small, so a
+    /// node with thousands of mostly idle streams (each group's log and meta stream) does not
+    /// write, and flush, a whole MiB of zeros for each of them (a node taking over 1,000 partition
+    /// leaders wrote ~2 GB of zeros that way).
     pub const PREALLOCATION_BYTES: u64 = 1 << 20;
+    /// Fewest zero bytes such a write adds (see [`PREALLOCATION_BYTES`]).
+    pub const PREALLOCATION_MIN_BYTES: u64 = 64 << 10;
     /// A stream whose writes average this many bytes or more (a running mean, each write weighing
     /// 1/8) grows its segment without preallocating: every zero is written, then flushed, then
     /// overwritten and flushed again, which doubles what a busy stream copies and writes, while

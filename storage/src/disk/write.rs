@@ -10,7 +10,7 @@ use crate::checkpoint::{Checkpoint, serialize_checkpoint_payload, should_create_
 use crate::clock::now_ms;
 use crate::error::{Result, StorageError};
 use crate::format::names;
-use crate::format::segment::{PREALLOCATE_BELOW_BYTES, PREALLOCATION_BYTES};
+use crate::format::segment::{PREALLOCATE_BELOW_BYTES, PREALLOCATION_BYTES, PREALLOCATION_MIN_BYTES};
 use crate::index::IndexFile;
 use crate::prepare_ahead::{BatchToPrepare, PrepareAhead};
 use crate::prepared::PreparedBatch;
@@ -251,9 +251,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Extends the active segment with zeros so that it reaches at least `end` plus
-    /// [`PREALLOCATION_BYTES`] (at most `max_segment_bytes`, or `end` if that is more), from its
-    /// current length or `end`, whichever is further (the caller writes records up to `end`).
+    /// Extends the active segment with zeros so that it reaches at least `end` plus a step of
+    /// `end` itself, at least [`PREALLOCATION_MIN_BYTES`] and at most [`PREALLOCATION_BYTES`] (at
+    /// most `max_segment_bytes`, or `end` if that is more), from its current length or `end`,
+    /// whichever is further (the caller writes records up to `end`).
     /// Fsyncs of records written into allocated, zeroed blocks then flush data only, with no
     /// size or extent change: on ext4 that halves the time of an fsync of a small append.
     fn preallocate_locked(&self, h: &Stream, end: u64) -> Result<()> {
@@ -262,7 +263,8 @@ impl Storage {
             let a = c.active();
             (a.file.clone(), a.seq, a.allocated)
         };
-        let to = (end + PREALLOCATION_BYTES).min(self.options.max_segment_bytes).max(end);
+        let step = end.clamp(PREALLOCATION_MIN_BYTES, PREALLOCATION_BYTES);
+        let to = (end + step).min(self.options.max_segment_bytes).max(end);
         let from = allocated.max(end);
         if to > from {
             let zeros = vec![0u8; (to - from) as usize];

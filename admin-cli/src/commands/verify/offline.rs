@@ -506,7 +506,7 @@ mod tests {
         drop(s);
         let segment = dir.path().join("0").join(names::segment(0));
         let len = fs::metadata(&segment).unwrap().len();
-        assert!(len >= shale_storage::format::segment::PREALLOCATION_BYTES, "the copy holds the zeros");
+        assert!(len >= shale_storage::format::segment::PREALLOCATION_MIN_BYTES, "the copy holds the zeros");
         let report = verify_data_dir(dir.path()).unwrap();
         assert!(report.ok(), "{}", report_text(&report));
         assert_eq!(report.streams[0].records_verified, Some(10));
