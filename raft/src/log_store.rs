@@ -593,8 +593,13 @@ impl LogStore {
     }
 
     async fn barrier(&self) -> io::Result<()> {
+        self.flush(FlushOp::Barrier).await
+    }
+
+    /// Hands a barrier (`op` of its answer channel) to the next flush round and waits for it.
+    async fn flush(&self, op: fn(oneshot::Sender<Result<(), String>>) -> FlushOp) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.rounds.submit(self.log.clone(), FlushOp::Barrier(tx));
+        self.rounds.submit(self.log.clone(), op(tx));
         rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
     }
 }
@@ -679,9 +684,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log = self.log.clone();
         let vote = *vote;
         blocking(move || log.meta.update(false, |m| m.vote = Some(vote)).map_err(io_err)).await?;
-        let (tx, rx) = oneshot::channel();
-        self.rounds.submit(self.log.clone(), FlushOp::MetaBarrier(tx));
-        rx.await.map_err(|_| io_err("log flusher stopped"))?.map_err(io_err)
+        self.flush(FlushOp::MetaBarrier).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {

@@ -66,6 +66,13 @@ impl Pending {
         self.log.as_ref().expect("taken only on drop")
     }
 
+    /// The streams of its log a sync must cover before this operation completes: the log's, and
+    /// for a [`FlushOp::MetaBarrier`] the group's meta stream too.
+    fn streams(&self) -> impl Iterator<Item = StreamId> {
+        let meta = matches!(self.op, Some(FlushOp::MetaBarrier(_))).then(|| self.log().meta_stream());
+        std::iter::once(self.log().stream()).chain(meta)
+    }
+
     fn complete(mut self, result: &Result<(), String>) {
         if let Some(op) = self.op.take() {
             op.complete(result);
@@ -233,8 +240,7 @@ impl RoundTask {
         let mut seen: HashMap<(usize, StreamId), ()> = HashMap::with_capacity(batch.len());
         for p in &batch {
             let storage = p.log().storage();
-            let meta = matches!(p.op, Some(FlushOp::MetaBarrier(_))).then(|| p.log().meta_stream());
-            for stream in std::iter::once(p.log().stream()).chain(meta) {
+            for stream in p.streams() {
                 if seen.insert(key_of(storage, stream), ()).is_some() {
                     continue;
                 }
@@ -271,11 +277,9 @@ impl RoundTask {
                 .unwrap_or_else(|| Err("the stream was not synced".to_string()))
         };
         for p in batch {
-            let mut r = result_of(p.log().storage(), p.log().stream());
-            if r.is_ok() && matches!(p.op, Some(FlushOp::MetaBarrier(_))) {
-                r = result_of(p.log().storage(), p.log().meta_stream());
-            }
-            p.complete(&r);
+            // The first error of the streams it needed synced.
+            let r = p.streams().map(|stream| result_of(p.log().storage(), stream)).find(Result::is_err);
+            p.complete(&r.unwrap_or(Ok(())));
         }
     }
 }

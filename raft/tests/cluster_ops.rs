@@ -302,8 +302,19 @@ async fn a_leader_stops_holding_retention_after_the_hold_limit_and_the_follower_
     })
     .await;
     assert!(index_start >= o.log_start_after, "from the snapshot on: {index_start}, {o:?}");
+    // Records written after the snapshot continue its chain on that replica too.
+    let more = (0..10).map(|i| record("k", &format!("after-{i:03}-{}", "x".repeat(400)))).collect();
+    let mut acked = acked;
+    acked.extend(per_record(&c.produce("stuck", 0, more, None).await.expect("produce after the snapshot")));
+    let last = acked.last().expect("acked").offset;
+    wait_for("the stuck follower applies the records after the snapshot", || async {
+        let s = c.node(stuck).local_partition_state("stuck", 0).ok()?;
+        (s.high_watermark? > last).then_some(())
+    })
+    .await;
     let kept = c.try_read_from(stuck, "stuck", 0, start).await.unwrap_or_default();
     let from = acked.iter().position(|a| a.offset >= start).unwrap_or(acked.len());
+    assert!(acked.len() - from >= 10, "the records after the snapshot are compared: {start}");
     assert_eq!(
         kept.iter().map(|r| (r.offset, r.chain_hash)).collect::<Vec<_>>(),
         acked[from..].iter().map(|a| (a.offset, a.chain_hash)).collect::<Vec<_>>()
