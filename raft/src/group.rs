@@ -1313,6 +1313,13 @@ impl RaftGroup {
             .await
             .map_err(|e| RaftError::Fatal { group: self.id, reason: format!("shutdown failed: {e}") })?;
         self.log.wait_flusher_stopped().await;
+        // The newest committed id, if its write was deferred, so a clean restart re-applies all.
+        let log = self.log.clone();
+        if let Err(e) =
+            crate::log_store::blocking(move || log.meta().write_deferred().map_err(crate::log_store::io_err)).await
+        {
+            tracing::warn!(group = %self.id, error = %e, "writing the deferred committed id at shutdown failed");
+        }
         Ok(())
     }
 }

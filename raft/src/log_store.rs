@@ -15,6 +15,7 @@ use std::fmt;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::OptionalSend;
@@ -96,6 +97,18 @@ impl Drop for GroupLog {
         OPEN_GROUP_LOGS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A partition group's committed log id is written to its meta stream at most about this often
+/// while commits keep coming (see `LogStore::save_committed`).
+pub const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Largest append (payload plus [`INLINE_APPEND_RECORD_MARGIN`] per entry) the log store writes on
+/// the group's core task rather than on the blocking pool (see `GroupLog::append_is_light`).
+pub const INLINE_APPEND_MAX_BYTES: u64 = 1 << 20;
+
+/// Bytes counted per entry on top of its payload for [`INLINE_APPEND_MAX_BYTES`] and the segment
+/// room check: more than the entry envelope and the storage record framing together.
+const INLINE_APPEND_RECORD_MARGIN: u64 = 256;
 
 /// Default budget of a group's in-memory log tail.
 pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 16 << 20;
@@ -332,6 +345,26 @@ impl GroupLog {
 
     /// Appends encoded entries at `first` (blocking, not yet durable) and caches them with the
     /// chain hashes the append computed.
+    /// Whether appending `entries` at `first` is only a write of at most [`INLINE_APPEND_MAX_BYTES`]
+    /// into the page cache (the log continues at `first`, the active segment has room: no
+    /// rotation, fsync or new file), which the log store then makes on the group's core task
+    /// instead of handing it to the blocking pool: that hop (a thread woken, then the core woken
+    /// back) was a large part of a small batch's cost on every replica (README "What one batch
+    /// costs").
+    fn append_is_light(&self, first: u64, entries: &[Entry]) -> bool {
+        let bytes: u64 = entries
+            .iter()
+            .map(|e| match &e.payload {
+                crate::types::EntryPayload::Normal(p) => p.0.len() as u64,
+                _ => 0,
+            })
+            .sum::<u64>()
+            + entries.len() as u64 * INLINE_APPEND_RECORD_MARGIN;
+        bytes <= INLINE_APPEND_MAX_BYTES
+            && self.storage.next_offset(self.stream).is_ok_and(|next| next.get() == first)
+            && self.storage.append_fits_active_segment(self.stream, bytes)
+    }
+
     fn append_entries(&self, first: u64, entries: Vec<Entry>) -> Result<(), RaftError> {
         let next = self.next_index()?;
         if next < first {
@@ -571,6 +604,8 @@ impl GroupLog {
 pub struct LogStore {
     log: Arc<GroupLog>,
     rounds: Arc<SyncRounds>,
+    /// How often, at most, a committed id is written (`ZERO`: every one; see `save_committed`).
+    committed_every: Duration,
 }
 
 impl fmt::Debug for LogStore {
@@ -584,7 +619,18 @@ impl LogStore {
     /// ([`SyncRounds::for_storage`]; their round task runs on the current tokio runtime).
     pub fn new(log: Arc<GroupLog>) -> Self {
         let rounds = SyncRounds::for_storage(log.storage());
-        Self { log, rounds }
+        // The metadata group writes every committed id: a restarting node applies its metadata up
+        // to it before it knows which groups to start.
+        let committed_every = if log.group() == GroupId::METADATA { Duration::ZERO } else { COMMITTED_WRITE_INTERVAL };
+        Self { log, rounds, committed_every }
+    }
+
+    /// Sets how often, at most, a committed id is written while commits keep coming (default
+    /// [`COMMITTED_WRITE_INTERVAL`] for a partition group, every commit for the metadata group).
+    #[must_use]
+    pub fn with_committed_write_interval(mut self, every: Duration) -> Self {
+        self.committed_every = every;
+        self
     }
 
     /// The shared log handle.
@@ -688,8 +734,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not fsynced: a committed index lost to a power failure only means re-applying less on
-        // restart; the leader brings the state machine forward again.
+        // Not fsynced, and for a partition group written at most about once per
+        // `committed_every` (the rest is deferred: `MetaStore::defer_committed`): a
+        // committed index lost to a crash only means re-applying less on restart; the leader brings
+        // the state machine forward again. openraft awaits this call in the group's core loop on
+        // every commit, so a write here (a hop to the blocking pool, a record appended) was paid
+        // per batch on every replica.
+        if self.log.meta.defer_committed(committed, self.committed_every) {
+            return Ok(());
+        }
         let log = self.log.clone();
         blocking(move || log.meta.update(false, |m| m.committed = committed).map_err(io_err)).await
     }
@@ -718,7 +771,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         debug_assert!(entries.windows(2).all(|w| w[1].log_id.index == w[0].log_id.index + 1));
         let log = self.log.clone();
-        blocking(move || log.append_entries(first, entries).map_err(io_err)).await?;
+        if log.append_is_light(first, &entries) {
+            log.append_entries(first, entries).map_err(io_err)?;
+        } else {
+            blocking(move || log.append_entries(first, entries).map_err(io_err)).await?;
+        }
         self.rounds.submit(self.log.clone(), FlushOp::Written(callback));
         Ok(())
     }

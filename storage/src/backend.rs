@@ -104,6 +104,16 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// One past the last record.
     fn next_offset(&self, stream: StreamId) -> Result<Offset>;
 
+    /// Whether appending about `bytes` more (records as stored, framing included) to `stream`,
+    /// which exists, stays within its active segment: no rotation, so the append makes no fsync
+    /// and creates no file, only a write into the page cache. A caller that must not block long
+    /// (an async worker) may then append itself. `false` when the stream does not exist or the
+    /// backend cannot tell.
+    fn append_fits_active_segment(&self, stream: StreamId, bytes: u64) -> bool {
+        let _ = (stream, bytes);
+        false
+    }
+
     /// The first offset still held.
     fn log_start(&self, stream: StreamId) -> Result<Offset>;
 

@@ -90,6 +90,11 @@ impl StorageBackend for Storage {
         Ok(self.stream(stream).map_or(Offset::ZERO, |s| s.core.read().log_start()))
     }
 
+    fn append_fits_active_segment(&self, stream: StreamId, bytes: u64) -> bool {
+        self.stream(stream)
+            .is_some_and(|s| s.core.read().active().len.saturating_add(bytes) <= self.options.max_segment_bytes)
+    }
+
     fn streams(&self) -> Vec<StreamId> {
         self.streams.read().keys().copied().collect()
     }
