@@ -289,3 +289,36 @@ fn a_read_cursor_never_outlives_a_truncation_below_it() {
     assert_eq!(disk.verify_chain(S).unwrap(), mem.verify_chain(S).unwrap());
     assert_eq!(disk.chain_hash_at(S, Offset::new(129)).unwrap(), mem.chain_hash_at(S, Offset::new(129)).unwrap());
 }
+
+#[test]
+fn an_append_said_to_fit_the_active_segment_does_not_rotate_and_the_first_that_does_not_fit_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Storage::open_with(dir.path(), small_segments()).unwrap();
+    assert!(!disk.append_fits_active_segment(S, 10), "no stream yet: nothing to append into without creating it");
+    disk.append_batch(S, vec![payload(0)], Offset::ZERO, false).unwrap();
+    let segments = || {
+        std::fs::read_dir(dir.path().join("7"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("segment_"))
+            .count()
+    };
+    assert_eq!(segments(), 1);
+    assert!(disk.append_fits_active_segment(S, 200));
+    assert!(!disk.append_fits_active_segment(S, 4096), "more than a whole segment");
+    // A 100-byte record counted with a 256-byte margin for its framing (as the Raft log store does).
+    let mut at = 1;
+    while disk.append_fits_active_segment(S, 100 + 256) {
+        disk.append_batch(S, vec![Bytes::from(vec![b'x'; 100])], Offset::new(at), false).unwrap();
+        at += 1;
+        assert_eq!(segments(), 1, "an append said to fit rotated (offset {})", at - 1);
+    }
+    assert!(at > 10, "the segment took only {at} records");
+    // Less than 356 bytes are left: a 600-byte record rotates.
+    disk.append_batch(S, vec![Bytes::from(vec![b'y'; 600])], Offset::new(at), false).unwrap();
+    assert_eq!(segments(), 2);
+    assert!(disk.append_fits_active_segment(S, 356), "a fresh active segment has room again");
+    let mem = MemoryStorage::with_options(small_segments()).unwrap();
+    assert!(!mem.append_fits_active_segment(S, 10));
+    mem.append_batch(S, vec![payload(0)], Offset::ZERO, false).unwrap();
+    assert!(mem.append_fits_active_segment(S, 1 << 30), "memory: an append is a copy, whatever its size");
+}
