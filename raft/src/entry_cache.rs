@@ -156,7 +156,7 @@ impl Drop for EntryCache {
 }
 
 /// What an entry counts against the budget: its payload plus a fixed overhead.
-fn cost(e: &Entry) -> usize {
+pub(crate) fn cost(e: &Entry) -> usize {
     64 + match &e.payload {
         EntryPayload::Normal(p) => p.0.len(),
         EntryPayload::Membership(_) => 256,

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use shale_storage::{ChainHash, Offset, ReadCheck, StorageBackend, StorageError, StreamId};
 use tokio::sync::{oneshot, watch};
 
-use crate::entry_cache::EntryCache;
+use crate::entry_cache::{self, EntryCache};
 use crate::error::RaftError;
 use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry};
 use crate::meta_store::MetaStore;
@@ -102,11 +102,12 @@ impl Drop for GroupLog {
 /// while commits keep coming (see `LogStore::save_committed`).
 pub const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Largest append (payload plus [`INLINE_APPEND_RECORD_MARGIN`] per entry) the log store writes on
-/// the group's core task rather than on the blocking pool (see `GroupLog::append_is_light`).
+/// Largest append (per entry its cache cost, `entry_cache::cost`, plus [`INLINE_APPEND_RECORD_MARGIN`])
+/// the log store writes on the group's core task rather than on the blocking pool (see
+/// `GroupLog::append_is_light`).
 pub const INLINE_APPEND_MAX_BYTES: u64 = 1 << 20;
 
-/// Bytes counted per entry on top of its payload for [`INLINE_APPEND_MAX_BYTES`] and the segment
+/// Bytes counted per entry on top of its cache cost for [`INLINE_APPEND_MAX_BYTES`] and the segment
 /// room check: more than the entry envelope and the storage record framing together.
 const INLINE_APPEND_RECORD_MARGIN: u64 = 256;
 
@@ -343,8 +344,6 @@ impl GroupLog {
         self.storage.truncate_from(self.stream, Offset::new(index)).map_err(|e| self.storage_err(e))
     }
 
-    /// Appends encoded entries at `first` (blocking, not yet durable) and caches them with the
-    /// chain hashes the append computed.
     /// Whether appending `entries` at `first` is only a write of at most [`INLINE_APPEND_MAX_BYTES`]
     /// into the page cache (the log continues at `first`, the active segment has room: no
     /// rotation, fsync or new file), which the log store then makes on the group's core task
@@ -352,19 +351,14 @@ impl GroupLog {
     /// back) was a large part of a small batch's cost on every replica (README "What one batch
     /// costs").
     fn append_is_light(&self, first: u64, entries: &[Entry]) -> bool {
-        let bytes: u64 = entries
-            .iter()
-            .map(|e| match &e.payload {
-                crate::types::EntryPayload::Normal(p) => p.0.len() as u64,
-                _ => 0,
-            })
-            .sum::<u64>()
-            + entries.len() as u64 * INLINE_APPEND_RECORD_MARGIN;
+        let bytes: u64 = entries.iter().map(|e| entry_cache::cost(e) as u64 + INLINE_APPEND_RECORD_MARGIN).sum();
         bytes <= INLINE_APPEND_MAX_BYTES
-            && self.storage.next_offset(self.stream).is_ok_and(|next| next.get() == first)
+            && self.next_index().is_ok_and(|next| next == first)
             && self.storage.append_fits_active_segment(self.stream, bytes)
     }
 
+    /// Appends encoded entries at `first` (blocking, not yet durable) and caches them with the
+    /// chain hashes the append computed.
     fn append_entries(&self, first: u64, entries: Vec<Entry>) -> Result<(), RaftError> {
         let next = self.next_index()?;
         if next < first {

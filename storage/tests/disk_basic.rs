@@ -305,7 +305,7 @@ fn an_append_said_to_fit_the_active_segment_does_not_rotate_and_the_first_that_d
     assert_eq!(segments(), 1);
     assert!(disk.append_fits_active_segment(S, 200));
     assert!(!disk.append_fits_active_segment(S, 4096), "more than a whole segment");
-    // A 100-byte record counted with a 256-byte margin for its framing (as the Raft log store does).
+    // A 100-byte record counted with a 256-byte margin for its framing (the Raft log store counts more).
     let mut at = 1;
     while disk.append_fits_active_segment(S, 100 + 256) {
         disk.append_batch(S, vec![Bytes::from(vec![b'x'; 100])], Offset::new(at), false).unwrap();
