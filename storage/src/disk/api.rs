@@ -204,8 +204,8 @@ impl StorageBackend for Storage {
         }
     }
 
-    /// Up to [`super::SYNC_THREADS`] threads (this one and scoped ones) each take the next
-    /// stream of the list and run its `sync`: the fsyncs are in flight together, which the
+    /// Up to [`super::SYNC_THREADS`] threads (this one and the storage's kept fsync helpers)
+    /// each take the next stream of the list and fsync it: the fsyncs are in flight together, which the
     /// device and the file system's journal serve for about the cost of one or two (see
     /// `benches/sync_rounds.rs`). Each stream's group commit, failure handling and deferred
     /// writes are exactly `sync`'s.

@@ -16,6 +16,7 @@ mod read;
 mod recovery;
 mod scrub;
 mod stream;
+mod sync_helpers;
 mod wake;
 mod write;
 
@@ -57,6 +58,8 @@ pub struct Storage {
     read_buffers: Mutex<Vec<Bytes>>,
     /// The thread that prepares large batches ahead of their writer (see `append_prepared_ahead`).
     prepare_ahead: std::sync::OnceLock<Option<crate::prepare_ahead::PrepareAhead>>,
+    /// The threads that fsync streams side by side for `sync_streams` (see `sync_many`).
+    sync_helpers: sync_helpers::SyncHelpers,
     /// Set by the first clean shutdown (`close` or drop).
     closed: std::sync::atomic::AtomicBool,
     /// Whether it may change its files (see [`Storage::open_read_only`]).
@@ -142,6 +145,7 @@ impl Storage {
             create: Mutex::new(()),
             read_buffers: Mutex::new(Vec::new()),
             prepare_ahead: std::sync::OnceLock::new(),
+            sync_helpers: sync_helpers::SyncHelpers::new(SYNC_THREADS - 1),
             closed: std::sync::atomic::AtomicBool::new(false),
             access,
             recovery: Vec::new(),
@@ -286,41 +290,23 @@ impl Storage {
         self.shutdown()
     }
 
-    /// [`crate::StorageBackend::sync_streams`]: `sync` of each listed stream, run by up to
-    /// [`SYNC_THREADS`] threads (this one included) taking the next stream in turn; the answers
-    /// in the order of `ids`. A thread that cannot be started leaves its share to the others.
+    /// [`crate::StorageBackend::sync_streams`]: `sync` of each listed stream, the answers in the
+    /// order of `ids`. The fsyncs run side by side on up to [`SYNC_THREADS`] threads (this one
+    /// and the storage's kept helpers, [`sync_helpers`]); each stream's deferred writes (index
+    /// files after a rotation, policy checkpoints: rare) then on this thread.
     pub(crate) fn sync_many(&self, ids: &[StreamId]) -> Vec<Result<()>> {
-        use crate::backend::StorageBackend as _;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { break };
-                done.push((i, self.sync(*id)));
-            }
-            done
-        };
-        let threads = SYNC_THREADS.min(ids.len());
-        let mut answers = if threads <= 1 {
-            work()
-        } else {
-            std::thread::scope(|scope| {
-                let helpers: Vec<_> = (1..threads)
-                    .filter_map(|_| {
-                        std::thread::Builder::new().name("shale-sync".into()).spawn_scoped(scope, work).ok()
-                    })
-                    .collect();
-                let mut answers = work();
-                for h in helpers {
-                    answers.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                }
-                answers
+        let streams: Vec<Option<Arc<Stream>>> = ids.iter().map(|id| self.stream(*id)).collect();
+        let mut durable = self.sync_helpers.sync_records(streams.iter().flatten().cloned().collect()).into_iter();
+        let answers: Vec<Result<()>> = streams
+            .iter()
+            .map(|s| match s {
+                // A stream that does not exist has nothing to sync (as `sync`).
+                None => Ok(()),
+                Some(h) => durable.next().expect("one answer per stream").and_then(|()| self.flush_deferred(h)),
             })
-        };
-        answers.sort_unstable_by_key(|(i, _)| *i);
-        debug_assert_eq!(answers.len(), ids.len(), "every stream answered once");
-        answers.into_iter().map(|(_, r)| r).collect()
+            .collect();
+        debug_assert!(durable.next().is_none(), "every stream answered once");
+        answers
     }
 
     /// Closes every modified stream (fsync, trim, active index), once; streams are closed by up

@@ -193,7 +193,7 @@ impl Storage {
     /// The end of every append: with `fsync`, group commit, then any policy checkpoint now due.
     fn finish_append(&self, h: &Stream, end: Offset, epoch: u64, fsync: bool) -> Result<()> {
         if fsync {
-            self.wait_durable(h, end, epoch)?;
+            h.wait_durable(end, epoch)?;
             let deferred = {
                 let c = h.core.read();
                 !c.pending_checkpoints.is_empty() || c.segments.iter().any(|s| s.index_pending)
@@ -411,39 +411,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Group commit: returns once every record below `end` is durable. Whoever finds no fsync
-    /// running becomes the leader and fsyncs for everyone written before it starts; the others
-    /// wait (see [`super::group_commit`]).
-    pub(crate) fn wait_durable(&self, h: &Stream, end: Offset, epoch: u64) -> Result<()> {
-        if !h.synced.load(std::sync::atomic::Ordering::Relaxed) {
-            h.synced.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        h.sync.wait(
-            end,
-            epoch,
-            || h.check_usable(),
-            || {
-                let (target, file, name) = {
-                    let c = h.core.read();
-                    (c.next(), c.active().file.clone(), c.active().name())
-                };
-                let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
-                if let Err(e) = &r {
-                    h.fail(e);
-                }
-                r.map(|()| target)
-            },
-        )
-    }
-
     /// Makes every record of the stream durable, then writes its pending policy checkpoints.
     pub(crate) fn sync_stream(&self, h: &Stream) -> Result<()> {
-        h.check_usable()?;
-        let (end, epoch) = {
-            let _w = h.writer.lock();
-            (h.core.read().next(), h.sync.epoch())
-        };
-        self.wait_durable(h, end, epoch)?;
+        h.sync_records()?;
         self.flush_deferred(h)
     }
 
@@ -486,5 +456,44 @@ impl Storage {
             h.core.write().pending_checkpoints.remove(&cp.offset);
         }
         Ok(())
+    }
+}
+
+impl Stream {
+    /// Group commit: returns once every record below `end` is durable. Whoever finds no fsync
+    /// running becomes the leader and fsyncs for everyone written before it starts; the others
+    /// wait (see [`super::group_commit`]).
+    pub(crate) fn wait_durable(&self, end: Offset, epoch: u64) -> Result<()> {
+        let h = self;
+        if !h.synced.load(std::sync::atomic::Ordering::Relaxed) {
+            h.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        h.sync.wait(
+            end,
+            epoch,
+            || h.check_usable(),
+            || {
+                let (target, file, name) = {
+                    let c = h.core.read();
+                    (c.next(), c.active().file.clone(), c.active().name())
+                };
+                let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
+                if let Err(e) = &r {
+                    h.fail(e);
+                }
+                r.map(|()| target)
+            },
+        )
+    }
+
+    /// Makes every record written to the stream so far durable (the first half of
+    /// `Storage::sync_stream`; the second, its deferred writes, needs the storage).
+    pub(crate) fn sync_records(&self) -> Result<()> {
+        self.check_usable()?;
+        let (end, epoch) = {
+            let _w = self.writer.lock();
+            (self.core.read().next(), self.sync.epoch())
+        };
+        self.wait_durable(end, epoch)
     }
 }
