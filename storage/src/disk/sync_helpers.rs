@@ -108,12 +108,6 @@ impl SyncHelpers {
         Self { shared: Arc::default(), max_threads }
     }
 
-    /// Helpers started so far and not ended.
-    #[cfg(test)]
-    fn threads(&self) -> usize {
-        self.shared.queue.lock().threads
-    }
-
     /// `sync_records` of every stream of `streams`, by this thread and up to
     /// `max_threads` helpers (at most one thread per stream); the answers in the order of
     /// `streams`.
