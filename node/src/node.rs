@@ -182,6 +182,7 @@ impl Node {
         cluster_config.raft.retention_hold_max_ms = config.raft.retention_hold_max_ms;
         // One node heartbeat per peer per group heartbeat interval.
         cluster_config.network.node_heartbeat_interval_ms = config.raft.heartbeat_interval_ms;
+        cluster_config.network.commit_notice_delay_ms = config.raft.commit_notice_delay_ms;
         cluster_config.request_timeout_ms = config.raft.request_timeout_ms;
         cluster_config.retention_interval_ms = config.retention_interval_ms;
         cluster_config.groups = config.groups.clone();

@@ -3,8 +3,10 @@
 mod core_support;
 
 use bytes::Bytes;
-use core_support::{TestCluster, WAIT, group_config, payload};
-use shale_raft::{RaftError, Retention};
+use std::sync::atomic::Ordering::Relaxed;
+
+use core_support::{TestCluster, WAIT, group_config, payload, storage_options};
+use shale_raft::{NetworkConfig, RaftError, Retention};
 
 /// Reads every applied entry of `node`'s group from `from`, in pages.
 async fn read_all(c: &TestCluster, id: u64, from: u64) -> Vec<(u64, Option<Bytes>)> {
@@ -433,4 +435,49 @@ async fn large_payloads_and_oversized_batches_replicate_or_are_refused() {
     g.health().expect("the group still runs");
     assert_eq!(g.write(payload(5, 10)).await.unwrap().index, last + 1, "nothing of the refused batch was proposed");
     c.stop_all().await;
+}
+
+/// Commit notices held back (`NetworkConfig::commit_notice_delay_ms`): one write after another
+/// goes with about one message per write and follower instead of two (the entries, then a
+/// notice of their commit), and every follower still applies the last write though no write
+/// comes after it. Each replica is read on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_commit_notices_save_a_message_per_write_and_followers_still_apply_the_last_write() {
+    let mut sent = Vec::new();
+    for delay_ms in [0, 60_000] {
+        let network = NetworkConfig {
+            snapshot_chunk_bytes: 16 << 10,
+            commit_notice_delay_ms: delay_ms,
+            ..NetworkConfig::default()
+        };
+        let mut c = TestCluster::start_with_network(3, group_config(), storage_options(), network).await;
+        let leader = c.wait_leader(&[]).await;
+        let g = c.leader_group(leader);
+        g.write(payload(0, 100)).await.expect("first write");
+        let router = c.node(leader).router.clone().expect("leader runs");
+        let before = router.sent().append_messages.load(Relaxed);
+        let mut written = Vec::new();
+        for i in 1..=100u64 {
+            let r = g.write(payload(i, 100)).await.expect("write");
+            written.push((r.index, payload(i, 100)));
+        }
+        sent.push(router.sent().append_messages.load(Relaxed) - before);
+        let last = written.last().unwrap().0;
+        c.wait_applied_everywhere(last).await;
+        for n in [1, 2, 3] {
+            let applied = c.node(n).applied.lock().clone();
+            assert!(
+                applied.ends_with(&written),
+                "delay {delay_ms} ms: node {n} applied every write, the last included"
+            );
+        }
+        drop(router);
+        c.stop_all().await;
+    }
+    assert!(
+        sent[1] * 4 < sent[0] * 3,
+        "100 writes took {} AppendEntries with notices sent at once, {} with them held back",
+        sent[0],
+        sent[1]
+    );
 }

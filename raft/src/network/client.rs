@@ -28,6 +28,7 @@ use openraft::{OptionalSend, RPCTypes};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::network::commit_notices::CommitNotices;
 use crate::network::convert;
 use crate::network::pb::{self, raft_service_client::RaftServiceClient};
 use crate::network::peers::Peers;
@@ -329,14 +330,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let sent_here = sent.clone();
             // The request stream ends as soon as this session is over (see [`SessionStream`]).
             let (session, session_over) = tokio::sync::oneshot::channel::<()>();
-            let requests = futures::stream::iter(std::iter::once(first).chain(second))
-                .chain(input)
-                .take_until(session_over)
-                .map(move |r| {
-                    Peers::count(&counters.counters().append_messages);
-                    sent_here.fetch_add(1, Ordering::Relaxed);
-                    convert::append_request_to_pb(group, &r)
-                });
+            let input = futures::stream::iter(std::iter::once(first).chain(second)).chain(input);
+            let delay = match group {
+                GroupId::METADATA => Duration::ZERO,
+                _ => Duration::from_millis(self.peers.config().commit_notice_delay_ms),
+            };
+            let requests = CommitNotices::new(input, delay).take_until(session_over).map(move |r| {
+                Peers::count(&counters.counters().append_messages);
+                sent_here.fetch_add(1, Ordering::Relaxed);
+                convert::append_request_to_pb(group, &r)
+            });
             // The call runs on a task of its own (see the module docs): dropped by openraft, the
             // session ends its requests and the call finishes instead of being reset.
             let limit = self.request_timeout;

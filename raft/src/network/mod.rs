@@ -4,6 +4,7 @@
 //! [`crate::server`].
 
 pub mod client;
+mod commit_notices;
 pub mod convert;
 pub mod guard;
 pub mod peers;
@@ -41,6 +42,13 @@ pub struct NetworkConfig {
     /// How often a node sends each peer its coalesced node heartbeat (`crate::heartbeat`), and
     /// re-evaluates which of its groups are quiet. Keep it at most the groups' heartbeat interval.
     pub node_heartbeat_interval_ms: u64,
+    /// How long a partition group's leader may hold back a commit notice to a follower (an
+    /// entry-less AppendEntries carrying only a newer commit index) in the hope that the next
+    /// request carries it instead (`commit_notices`); 0 sends each at once. A follower of an
+    /// idle partition learns of a commit, applies it and serves it to reads up to this much
+    /// later; what is committed, and when writes are acknowledged, does not change. The metadata
+    /// group never holds notices back.
+    pub commit_notice_delay_ms: u64,
 }
 
 impl Default for NetworkConfig {
@@ -53,6 +61,7 @@ impl Default for NetworkConfig {
             max_snapshot_bytes: 2 << 30,
             tls: None,
             node_heartbeat_interval_ms: 100,
+            commit_notice_delay_ms: 0,
         }
     }
 }

@@ -105,6 +105,10 @@ pub struct TestNode {
     pub group: Option<Arc<RaftGroup>>,
     pub applied: AppliedList,
     pub options: StorageOptions,
+    /// The node's transport settings.
+    pub network: NetworkConfig,
+    /// The node's router while it runs.
+    pub router: Option<Arc<Router>>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -119,9 +123,7 @@ impl TestNode {
 
     /// Starts (or restarts) the node on `listener` from its data dir.
     async fn start(&mut self, listener: TcpListener, config: RaftGroupConfig) {
-        // Small snapshot chunks so snapshot transfers in tests span many messages.
-        let network = NetworkConfig { snapshot_chunk_bytes: 16 << 10, ..NetworkConfig::default() };
-        let router = Router::new(self.id, network).expect("router");
+        let router = Router::new(self.id, self.network.clone()).expect("router");
         let (tx, rx) = oneshot::channel::<()>();
         let service = router.grpc_service();
         // Replication is many small request/response exchanges: no Nagle delays.
@@ -144,6 +146,7 @@ impl TestNode {
         let app = Box::new(ListApp { applied: self.applied.clone() });
         let group = router.start_group(GROUP, storage, app, config).await.expect("start group");
         self.group = Some(group);
+        self.router = Some(router);
         self.server = Some((tx, server));
     }
 
@@ -153,6 +156,7 @@ impl TestNode {
         if let Some(g) = self.group.take() {
             g.shutdown().await.expect("group shutdown");
         }
+        self.router = None;
         tracing::info!(node = self.id, "stopping server");
         if let Some((tx, handle)) = self.server.take() {
             let _ = tx.send(());
@@ -219,6 +223,18 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with these storage options on every node.
     pub async fn start_with(n: u64, config: RaftGroupConfig, options: StorageOptions) -> Self {
+        // Small snapshot chunks so snapshot transfers in tests span many messages.
+        let network = NetworkConfig { snapshot_chunk_bytes: 16 << 10, ..NetworkConfig::default() };
+        Self::start_with_network(n, config, options, network).await
+    }
+
+    /// As [`TestCluster::start_with`], with these transport settings on every node.
+    pub async fn start_with_network(
+        n: u64,
+        config: RaftGroupConfig,
+        options: StorageOptions,
+        network: NetworkConfig,
+    ) -> Self {
         init_tracing();
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
@@ -234,6 +250,8 @@ impl TestCluster {
                 group: None,
                 applied: Arc::default(),
                 options: options.clone(),
+                network: network.clone(),
+                router: None,
                 server: None,
             });
             dirs.push(dir);
