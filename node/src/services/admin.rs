@@ -107,6 +107,7 @@ impl AdminService {
     ) -> Result<proto::LocalChainHashResponse, Status> {
         limits::check_topic_name(&req.topic)?;
         let cluster = &self.ctx.cluster;
+        cluster.apply_what_is_held(&req.topic, req.partition).await.map_err(cluster_error)?;
         let state = cluster.local_partition_state(&req.topic, req.partition).map_err(cluster_error)?;
         let log_start = state.log_start.unwrap_or(0);
         let mut resp = proto::LocalChainHashResponse {

@@ -616,6 +616,26 @@ impl Cluster {
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }
 
+    /// Waits until this replica has applied every entry its log held when called, for at most
+    /// the commit-notice delay plus two group heartbeats (less if they come sooner; a replica
+    /// behind for longer answers with what it has). A follower learns that entries it holds are
+    /// committed from the leader's next message, which a held-back commit notice
+    /// (`NetworkConfig::commit_notice_delay_ms`) makes up to that delay later: checks that compare
+    /// replicas (`verify`) wait this out first instead of finding a follower "behind" right
+    /// after a write. Nothing to wait for when notices are not held.
+    pub async fn apply_what_is_held(&self, topic: &str, partition: u32) -> Result<(), ClusterError> {
+        let delay = self.config.network.commit_notice_delay_ms;
+        if delay == 0 {
+            return Ok(());
+        }
+        let local = self.local_partition(topic, partition)?;
+        let Some(last) = local.group.metrics().last_log_index else { return Ok(()) };
+        let bound = Duration::from_millis(delay + 2 * self.config.raft.heartbeat_interval_ms);
+        // Past the bound the replica answers with what it has applied (it may well be behind).
+        let _ = local.group.wait_applied(last, bound).await;
+        Ok(())
+    }
+
     /// This replica's chain hash of the log entry at log index `offset` (not a record offset: chain
     /// hashes are per entry; the node compares every replica's answer). Outside the log:
     /// `OffsetOutOfRange` with the log's index bounds.
