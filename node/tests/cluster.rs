@@ -379,10 +379,8 @@ async fn health_readiness_and_metrics_respond() {
         loop {
             let (_, body) = http_get(*http, "/metrics").await;
             let lag = body.lines().find(|l| l.starts_with(line)).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>());
-            if let Some(lag) = lag {
-                if lag.unwrap() >= 1 {
-                    break;
-                }
+            if lag.is_some_and(|lag| lag.unwrap() >= 1) {
+                break;
             }
             assert!(tokio::time::Instant::now() < deadline, "no group lag >= 1 at {http}:\n{body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
