@@ -31,24 +31,32 @@ impl GroupsService {
         Self { ctx }
     }
 
-    /// The high watermark of a partition: known locally on a replica, else asked of its leader.
+    /// The high watermark of a partition, as its leader knows it (as Kafka's lag uses the leader's):
+    /// here if this node leads it, else asked of the leader. A follower's own trails it (a follower
+    /// hears of a commit with the leader's next message, up to `raft.commit_notice_delay_ms`
+    /// later); it is the answer only when the leader cannot be asked.
     async fn log_end(&self, o: &ConsumerOffset) -> Result<u64, Status> {
-        if let Some(hw) = o.high_watermark {
+        let leader = self.ctx.cluster.leader_of(&o.topic, o.partition);
+        if let (Some(hw), Some((id, _))) = (o.high_watermark, &leader)
+            && *id == self.ctx.node_id
+        {
             return Ok(hw);
         }
-        let (_, addr) = self
-            .ctx
-            .cluster
-            .leader_of(&o.topic, o.partition)
-            .ok_or_else(|| cluster_error(ClusterError::NotLeader { leader: None }))?;
-        let req = proto::LocalChainHashRequest {
-            topic: o.topic.clone(),
-            partition: o.partition,
-            offset: None,
-            reread_from: None,
+        let asked = async {
+            let (_, addr) = leader.ok_or_else(|| cluster_error(ClusterError::NotLeader { leader: None }))?;
+            let req = proto::LocalChainHashRequest {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                offset: None,
+                reread_from: None,
+            };
+            Ok::<_, Status>(self.ctx.forward(&addr, req, AdminClient::local_chain_hash).await?.log_end)
         };
-        let resp = self.ctx.forward(&addr, req, AdminClient::local_chain_hash).await?;
-        Ok(resp.log_end)
+        match (asked.await, o.high_watermark) {
+            (Ok(end), _) => Ok(end),
+            (Err(_), Some(hw)) => Ok(hw),
+            (Err(e), None) => Err(e),
+        }
     }
 }
 

@@ -616,7 +616,7 @@ impl Cluster {
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }
 
-    /// Waits until this replica has applied every entry its log held when called, for at most
+    /// On a follower, waits until this replica has applied every entry its log held when called, for at most
     /// the commit-notice delay plus two group heartbeats (less if they come sooner; a replica
     /// behind for longer answers with what it has). A follower learns that entries it holds are
     /// committed from the leader's next message, which a held-back commit notice
@@ -629,7 +629,12 @@ impl Cluster {
             return Ok(());
         }
         let local = self.local_partition(topic, partition)?;
-        let Some(last) = local.group.metrics().last_log_index else { return Ok(()) };
+        let metrics = local.group.metrics();
+        if metrics.current_leader == Some(self.config.node_id) {
+            // The leader learns of its commits first-hand.
+            return Ok(());
+        }
+        let Some(last) = metrics.last_log_index else { return Ok(()) };
         let bound = Duration::from_millis(delay + 2 * self.config.raft.heartbeat_interval_ms);
         // Past the bound the replica answers with what it has applied (it may well be behind).
         let _ = local.group.wait_applied(last, bound).await;
