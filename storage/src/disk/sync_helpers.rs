@@ -25,14 +25,18 @@ use parking_lot::{Condvar, Mutex};
 use super::stream::Stream;
 use crate::error::Result;
 
+/// One stream's answer in a round, or the panic its sync ended in.
+type Answer = std::thread::Result<Result<()>>;
+
 /// One `sync_streams` round: the streams to make durable and their answers.
 #[derive(Debug)]
 struct SyncCall {
     streams: Vec<Arc<Stream>>,
     /// The next stream of `streams` a worker takes.
     next: AtomicUsize,
-    /// Each stream's answer, in the order of `streams`, and how many are in.
-    answers: Mutex<(Vec<Option<Result<()>>>, usize)>,
+    /// Each stream's answer (or the panic its sync ended in), in the order of `streams`, and how
+    /// many are in.
+    answers: Mutex<(Vec<Option<Answer>>, usize)>,
     /// Signalled when the last answer is in.
     all_in: Condvar,
 }
@@ -53,7 +57,9 @@ impl SyncCall {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(stream) = self.streams.get(i) else { return };
-            let answer = stream.sync_records();
+            // A panic is carried to the caller (as scoped threads' joins did), so an answer is in
+            // for every stream and the helper lives on.
+            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.sync_records()));
             let mut answers = self.answers.lock();
             debug_assert!(answers.0[i].is_none(), "each stream is synced once per round");
             answers.0[i] = Some(answer);
@@ -64,13 +70,20 @@ impl SyncCall {
         }
     }
 
-    /// Waits until every stream has its answer; the answers in the order of the list.
+    /// Waits until every stream has its answer; the answers in the order of the list. A sync
+    /// that panicked, on whichever thread, panics here with its payload.
     fn wait(&self) -> Vec<Result<()>> {
-        let mut answers = self.answers.lock();
-        while answers.1 < self.streams.len() {
-            self.all_in.wait(&mut answers);
-        }
-        std::mem::take(&mut answers.0).into_iter().map(|a| a.expect("every answer is in")).collect()
+        let answers = {
+            let mut answers = self.answers.lock();
+            while answers.1 < self.streams.len() {
+                self.all_in.wait(&mut answers);
+            }
+            std::mem::take(&mut answers.0)
+        };
+        answers
+            .into_iter()
+            .map(|a| a.expect("every answer is in").unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
     }
 }
 
