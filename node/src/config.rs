@@ -161,8 +161,8 @@ impl Default for RaftTiming {
             snapshot_every_entries: 10_000,
             quiesce_after_ms: 500,
             retention_hold_max_ms: 300_000,
-            // One heartbeat interval: producing to 300 partitions, this halved the Raft messages
-            // per batch (README "What one batch costs").
+            // One heartbeat interval: producing to 300 partitions, it took AppendEntries per batch
+            // from ~4.6 to ~3.0-3.5 (README "Threads kept, and commit notices held").
             commit_notice_delay_ms: 250,
         }
     }

@@ -616,9 +616,9 @@ impl Cluster {
         Ok(CompactOutcome { snapshot_index, log_start_before, log_start_after })
     }
 
-    /// On a follower, waits until this replica has applied every entry its log held when called, for at most
-    /// the commit-notice delay plus two group heartbeats (less if they come sooner; a replica
-    /// behind for longer answers with what it has). A follower learns that entries it holds are
+    /// On a follower, waits until this replica has applied every entry its log held when called,
+    /// for at most the commit-notice delay plus two group heartbeats (less if they come sooner; a
+    /// replica behind for longer answers with what it has). A follower learns that entries it holds are
     /// committed from the leader's next message, which a held-back commit notice
     /// (`NetworkConfig::commit_notice_delay_ms`) makes up to that delay later: checks that compare
     /// replicas (`verify`) wait this out first instead of finding a follower "behind" right

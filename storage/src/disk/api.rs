@@ -205,10 +205,10 @@ impl StorageBackend for Storage {
     }
 
     /// Up to [`super::SYNC_THREADS`] threads (this one and the storage's kept fsync helpers)
-    /// each take the next stream of the list and fsync it: the fsyncs are in flight together, which the
-    /// device and the file system's journal serve for about the cost of one or two (see
-    /// `benches/sync_rounds.rs`). Each stream's group commit, failure handling and deferred
-    /// writes are exactly `sync`'s.
+    /// each take the next stream of the list and fsync it: the fsyncs are in flight together,
+    /// which the device and the file system's journal serve for about the cost of one or two
+    /// (see `benches/sync_rounds.rs`). Each stream's group commit, failure handling and deferred
+    /// writes are exactly `sync`'s (the deferred writes then run on this thread).
     fn sync_streams(&self, streams: &[StreamId]) -> Vec<Result<()>> {
         self.sync_many(streams)
     }

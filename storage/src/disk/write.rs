@@ -464,22 +464,21 @@ impl Stream {
     /// running becomes the leader and fsyncs for everyone written before it starts; the others
     /// wait (see [`super::group_commit`]).
     pub(crate) fn wait_durable(&self, end: Offset, epoch: u64) -> Result<()> {
-        let h = self;
-        if !h.synced.load(std::sync::atomic::Ordering::Relaxed) {
-            h.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.synced.load(std::sync::atomic::Ordering::Relaxed) {
+            self.synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        h.sync.wait(
+        self.sync.wait(
             end,
             epoch,
-            || h.check_usable(),
+            || self.check_usable(),
             || {
                 let (target, file, name) = {
-                    let c = h.core.read();
+                    let c = self.core.read();
                     (c.next(), c.active().file.clone(), c.active().name())
                 };
-                let r = file.sync_data().map_err(io_err("fsync", &h.dir.join(name)));
+                let r = file.sync_data().map_err(io_err("fsync", &self.dir.join(name)));
                 if let Err(e) = &r {
-                    h.fail(e);
+                    self.fail(e);
                 }
                 r.map(|()| target)
             },
