@@ -928,6 +928,15 @@ pub struct BenchProduceArgs {
     /// Partitions of the topic if it has to be created.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_partitions: u32,
+    /// The producer's batch size in payload bytes [default: the client's, 256KiB].
+    #[arg(long, value_parser = args::parse_bytes, value_name = "SIZE")]
+    pub batch_max_bytes: Option<u64>,
+    /// The producer's linger while a batch of the partition is in flight, ms [default: the client's, 5].
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
+    /// The producer's batches in flight per partition [default: the client's, 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_in_flight: Option<u32>,
     /// Report format (table is the human report).
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -34,6 +34,7 @@ pub mod error;
 pub mod format;
 mod index;
 pub mod io;
+pub mod kafka_batch;
 pub mod limits;
 pub mod memory;
 pub mod options;

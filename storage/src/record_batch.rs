@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic [`MAGIC`] |
 //! | 2 | 1 | format version [`VERSION`] |
-//! | 3 | 1 | flags: bit 0 [`FLAG_PRODUCER`] (producer id and base sequence are meaningful) |
+//! | 3 | 1 | flags: bit 0 [`FLAG_PRODUCER`] (producer id and base sequence are meaningful), bit 1 [`FLAG_KAFKA_BATCH`] (version 2: the records block is a whole Kafka v2 record batch) |
 //! | 4 | 8 | base offset (assigned by the partition leader) |
 //! | 12 | 4 | record count n (>= 1) |
 //! | 16 | 8 | producer id (0 without [`FLAG_PRODUCER`]) |
@@ -36,21 +36,30 @@
 //! | 2 | header count h (<= [`limits::MAX_HEADERS`]) |
 //! | h x (2 + a + 4 + b) | header name length a, name (UTF-8), value length b, value |
 //! | 4 + v | value length v and value |
+//!
+//! With [`FLAG_KAFKA_BATCH`] the records block is instead one Kafka v2 record batch exactly as a
+//! Kafka producer sent it (its base offset and leader epoch set in place: [`crate::kafka_batch`]),
+//! stored with codec id none (the Kafka batch carries its own compression), so a Kafka fetch
+//! returns it without re-encoding; [`decode_batch`] decodes its records for every other reader.
 
 use bytes::Bytes;
 
 use crate::byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 use crate::codec::{Codec, CodecError, CodecId, CodecRegistry, compress_payload};
-use crate::limits;
+use crate::{kafka_batch, limits};
 
 /// `"SB"` little-endian: Shale batch.
 pub const MAGIC: u16 = 0x4253;
-/// The batch layout version written and read.
-pub const VERSION: u8 = 1;
+/// The batch layout version written. Version 1 (no [`FLAG_KAFKA_BATCH`]) is still read.
+pub const VERSION: u8 = 2;
+/// The oldest batch layout version read.
+pub const MIN_VERSION: u8 = 1;
 /// Flag: the batch was written by an idempotent producer.
 pub const FLAG_PRODUCER: u8 = 1;
+/// Flag (version 2): the records block is a whole Kafka v2 record batch ([`crate::kafka_batch`]).
+pub const FLAG_KAFKA_BATCH: u8 = 2;
 /// Every flag this version knows.
-pub const KNOWN_FLAGS: u8 = FLAG_PRODUCER;
+pub const KNOWN_FLAGS: u8 = FLAG_PRODUCER | FLAG_KAFKA_BATCH;
 /// Record attribute: the record has a key.
 pub const RECORD_HAS_KEY: u8 = 1;
 
@@ -170,6 +179,8 @@ pub struct BatchHeader {
     pub raw_len: u32,
     /// Records block length as stored.
     pub stored_len: u32,
+    /// The records block is a whole Kafka v2 record batch ([`FLAG_KAFKA_BATCH`]).
+    pub kafka_batch: bool,
 }
 
 impl BatchHeader {
@@ -191,7 +202,9 @@ pub enum BatchError {
     #[error("record batch: {0}")]
     Malformed(#[from] ByteError),
     /// The magic or version is not this build's.
-    #[error("record batch: magic {magic:#06x} version {version}, this build reads {MAGIC:#06x} version {VERSION}")]
+    #[error(
+        "record batch: magic {magic:#06x} version {version}, this build reads {MAGIC:#06x} versions {MIN_VERSION} to {VERSION}"
+    )]
     UnknownFormat {
         /// The magic found.
         magic: u16,
@@ -283,10 +296,43 @@ pub const MAX_SINGLE_RECORD_BATCH_BYTES: usize =
 // in `limits`), so the leader can always store a record, however it splits a request into batches.
 const _: () = assert!(MAX_SINGLE_RECORD_BATCH_BYTES <= limits::RAFT_PAYLOAD_BYTES);
 
-/// Rewrites the base offset of an encoded batch in place.
+/// Encodes a batch whose records block is `kafka`, one whole Kafka v2 record batch of
+/// `record_count` records that the node checked (its CRC, its records, the limits) and that
+/// [`kafka_batch::decode_header`] accepts, copied once and stored as sent ([`FLAG_KAFKA_BATCH`]),
+/// with `base_offset` written into both headers. `timestamps` are the first record's and the
+/// largest; `producer` as for [`encode_batch`].
+pub fn encode_kafka_batch(
+    kafka: &[u8],
+    base_offset: u64,
+    record_count: u32,
+    producer: Option<(u64, u64)>,
+    timestamps: (u64, u64),
+) -> Vec<u8> {
+    debug_assert!(kafka_batch::decode_header(kafka).is_ok_and(|h| h.record_count as u32 == record_count));
+    debug_assert!(kafka.len() <= limits::STORAGE_RECORD_BYTES);
+    let (flags, (producer_id, base_sequence)) = match producer {
+        Some(p) => (FLAG_PRODUCER | FLAG_KAFKA_BATCH, p),
+        None => (FLAG_KAFKA_BATCH, (0, 0)),
+    };
+    let mut w = ByteWriter::with_capacity(HEADER_LEN + kafka.len());
+    w.u16(MAGIC).u8(VERSION).u8(flags).u64(base_offset).u32(record_count);
+    w.u64(producer_id).u64(base_sequence).u64(timestamps.0).u64(timestamps.1);
+    w.u8(CodecId::NONE.0).u32(kafka.len() as u32).u32(kafka.len() as u32);
+    debug_assert_eq!(w.len(), HEADER_LEN);
+    let mut batch = w.finish();
+    batch.extend_from_slice(kafka);
+    set_base_offset(&mut batch, base_offset);
+    batch
+}
+
+/// Rewrites the base offset of an encoded batch in place (and of the Kafka batch it holds, with
+/// [`FLAG_KAFKA_BATCH`]).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     debug_assert!(batch.len() >= HEADER_LEN, "not a batch");
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+    if batch[FLAGS_AT] & FLAG_KAFKA_BATCH != 0 {
+        kafka_batch::place(&mut batch[HEADER_LEN..], base_offset);
+    }
 }
 
 /// Decodes the fixed header, checking that the stored records block is exactly what follows it.
@@ -295,11 +341,12 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let mut r = ByteReader::new("record batch", bytes);
     let magic = r.u16()?;
     let version = r.u8()?;
-    if magic != MAGIC || version != VERSION {
+    if magic != MAGIC || !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(BatchError::UnknownFormat { magic, version });
     }
     let flags = r.u8()?;
-    if flags & !KNOWN_FLAGS != 0 {
+    let known = if version == 1 { FLAG_PRODUCER } else { KNOWN_FLAGS };
+    if flags & !known != 0 {
         return Err(BatchError::InvalidField { field: "flags", value: u64::from(flags) });
     }
     let base_offset = r.u64()?;
@@ -337,6 +384,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if codec == CodecId::NONE && raw_len != stored_len {
         return Err(BatchError::InvalidField { field: "records length", value: u64::from(raw_len) });
     }
+    let kafka_batch = flags & FLAG_KAFKA_BATCH != 0;
+    if kafka_batch && codec != CodecId::NONE {
+        return Err(BatchError::InvalidField { field: "codec of a Kafka batch", value: u64::from(codec.0) });
+    }
     Ok(BatchHeader {
         base_offset,
         record_count,
@@ -346,6 +397,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         codec,
         raw_len,
         stored_len,
+        kafka_batch,
     })
 }
 
@@ -355,6 +407,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 pub fn decode_batch(bytes: &Bytes, codecs: &CodecRegistry) -> Result<(BatchHeader, Vec<BatchRecord>), BatchError> {
     let header = decode_header(bytes)?;
     let stored = bytes.slice(HEADER_LEN..);
+    if header.kafka_batch {
+        let records = kafka_batch::decode_records(&stored, header.base_offset, header.record_count)?;
+        return Ok((header, records));
+    }
     let block = if header.codec == CodecId::NONE {
         stored
     } else {

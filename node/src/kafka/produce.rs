@@ -110,7 +110,7 @@ async fn partition(
         return Err((ResponseError::CorruptMessage.code(), Some("no record batch")));
     }
     let mut base = None;
-    for ProducedBatch { records, producer } in batches {
+    for ProducedBatch { records, producer, as_sent } in batches {
         check(ctx, &records)?;
         let producer = match producer {
             Some((id, epoch, sequence)) => {
@@ -123,7 +123,7 @@ async fn partition(
         if let Some(turn) = turn.as_mut() {
             turn.wait().await;
         }
-        match ctx.cluster.produce(topic, partition, records, producer).await {
+        match ctx.cluster.produce_kafka(topic, partition, records, as_sent, producer).await {
             Ok(acks) => {
                 ctx.metrics.produce_records.add(count as u64);
                 ctx.metrics.produce_bytes.add(bytes as u64);

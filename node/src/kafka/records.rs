@@ -1,8 +1,14 @@
 //! Kafka's v2 record batches and Shale's records: a produced Kafka batch (any compression a
 //! client may send: none, gzip, snappy, lz4, zstd; decoded and CRC-checked by `kafka-protocol`)
 //! becomes the records of one Shale produce call, stored as one Shale batch entry; a fetched
-//! Shale batch becomes one Kafka batch (uncompressed) with the same offsets, so a Kafka consumer
-//! and a gRPC consumer see every record at the same offset.
+//! Shale batch becomes one Kafka batch with the same offsets, so a Kafka consumer and a gRPC
+//! consumer see every record at the same offset.
+//!
+//! A produced batch whose compression is the topic's codec (none, lz4 or zstd), with dense offset
+//! deltas and create-time timestamps, is stored as sent ([`KafkaBatch`], the Shale batch's
+//! records block is the Kafka batch) and fetched as stored, without re-encoding; any other batch
+//! (gzip, snappy, another codec than the topic's) is stored as Shale records and fetched as an
+//! uncompressed Kafka batch encoded from them.
 //!
 //! Differences: a Kafka record with a null value is stored with an empty value, a header with a
 //! null value with an empty one (Shale values are bytes, never null); a record without a
@@ -17,8 +23,9 @@ use kafka_protocol::records::{
     Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchDecoder,
     RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use shale_raft::cluster::{FetchedEntry, ProduceRecord};
+use shale_raft::cluster::{FetchedEntry, KafkaBatch, ProduceRecord};
 use shale_storage::CodecRegistry;
+use shale_storage::kafka_batch;
 use shale_storage::record_batch::{self, BatchRecord};
 
 /// The codecs a stored Shale batch may use.
@@ -31,6 +38,9 @@ pub struct ProducedBatch {
     pub records: Vec<ProduceRecord>,
     /// `(producer id, producer epoch, base sequence)` of an idempotent producer's batch.
     pub producer: Option<(i64, i16, i32)>,
+    /// The batch as sent, when Shale may store it so ([`KafkaBatch`]; the cluster decides by the
+    /// topic's codec).
+    pub as_sent: Option<KafkaBatch>,
 }
 
 /// Why a Produce request's records cannot be stored.
@@ -64,17 +74,41 @@ pub fn decode_produce(records: &Bytes) -> Result<Vec<ProducedBatch>, RecordsErro
     let mut batches = Vec::new();
     while !buf.is_empty() {
         let index = batches.len();
+        let start = records.len() - buf.len();
         let set = RecordBatchDecoder::decode(&mut buf)
             .map_err(|e| RecordsError::Corrupt { index, reason: format!("{e:#}") })?;
+        let sent = records.slice(start..records.len() - buf.len());
         let Some(first) = set.records.first() else { return Err(RecordsError::Empty { index }) };
         if first.transactional || first.control {
             return Err(RecordsError::Transactional { index });
         }
         let producer = (first.producer_id >= 0).then_some((first.producer_id, first.producer_epoch, first.sequence));
+        let as_sent = storable_as_sent(sent, &set.records);
         let records = set.records.into_iter().map(produce_record).collect();
-        batches.push(ProducedBatch { records, producer });
+        batches.push(ProducedBatch { records, producer, as_sent });
     }
     Ok(batches)
+}
+
+/// The batch `sent` (whose decoded records are `records`) as Shale may store it, if it may: its
+/// framing is one a stored Kafka batch has (magic 2, compression none, lz4 or zstd, create time,
+/// record count = last offset delta + 1: [`kafka_batch::decode_header`]), its records' offset
+/// deltas are `0..n` and their timestamps are set (>= 0). A Kafka fetch then returns the stored
+/// bytes; the Kafka format does not let Shale stamp a missing timestamp or renumber offsets in
+/// place, so such a batch is re-encoded.
+fn storable_as_sent(sent: Bytes, records: &[Record]) -> Option<KafkaBatch> {
+    let header = kafka_batch::decode_header(&sent).ok()?;
+    if header.record_count as usize != records.len() {
+        return None;
+    }
+    let base = records.first()?.offset;
+    let dense = records.iter().enumerate().all(|(i, r)| r.offset == base + i as i64 && r.timestamp >= 0);
+    let max = records.iter().map(|r| r.timestamp).max()?;
+    dense.then(|| KafkaBatch {
+        bytes: sent,
+        compression: header.compression,
+        timestamps: (records[0].timestamp as u64, max as u64),
+    })
 }
 
 fn produce_record(r: Record) -> ProduceRecord {
@@ -105,7 +139,9 @@ pub enum FetchEncodeError {
 }
 
 /// The visible Shale batches among `entries` as Kafka v2 record batches, one per Shale batch,
-/// with the same offsets. They carry no producer id or sequences (a Shale producer id is not a
+/// with the same offsets. A batch stored as a Kafka producer sent it is returned as stored (its
+/// base offset set when it was placed), bytes copied once and not re-encoded; any other is encoded
+/// from its records, uncompressed, with no producer id or sequences (a Shale producer id is not a
 /// Kafka one, and consumers do not need them: there are no transactions to filter).
 pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeError> {
     let mut out = BytesMut::new();
@@ -114,6 +150,14 @@ pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeErro
             continue;
         }
         let body = e.data.slice(record_batch::envelope::HEADER_LEN..);
+        let stored =
+            |err: record_batch::BatchError| FetchEncodeError::Stored { index: e.index, reason: err.to_string() };
+        if record_batch::decode_header(&body).map_err(stored)?.kafka_batch {
+            let kafka = &body[record_batch::HEADER_LEN..];
+            kafka_batch::decode_header(kafka).map_err(stored)?;
+            out.extend_from_slice(kafka);
+            continue;
+        }
         let (header, records) = record_batch::decode_batch(&body, &CODECS)
             .map_err(|err| FetchEncodeError::Stored { index: e.index, reason: err.to_string() })?;
         let kafka: Vec<Record> = records.into_iter().map(|r| kafka_record(r, header.base_offset)).collect();

@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use shale_storage::kafka_batch::KafkaCompression;
 use shale_storage::{ChainHash, CodecKind, ReadCheck, StorageError};
 
 pub use crate::{GroupId, NodeId};
@@ -118,6 +119,34 @@ pub struct ProducerInfo {
     /// a gap: a batch that skips ahead waits (bounded) for the batches before it, then is refused
     /// ([`ClusterError::SequenceGap`]).
     pub base_sequence: u64,
+}
+
+/// A Kafka producer's v2 record batch, checked by the node, that may be stored as sent
+/// ([`shale_storage::record_batch::FLAG_KAFKA_BATCH`]) instead of re-encoded from its records: it
+/// is when the topic's codec is its compression (none, lz4 or zstd at any level) and it fits one
+/// Raft entry; otherwise its records are encoded as a gRPC producer's are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaBatch {
+    /// The whole batch as received: its CRC and every record checked, offset deltas `0..n`, every
+    /// timestamp a create time >= 0, neither transactional nor control
+    /// ([`shale_storage::kafka_batch::decode_header`] accepts it).
+    pub bytes: Bytes,
+    /// Its compression.
+    pub compression: KafkaCompression,
+    /// The first record's timestamp and the largest, ms since the Unix epoch.
+    pub timestamps: (u64, u64),
+}
+
+impl KafkaBatch {
+    /// Whether a topic compressing with `codec` stores this batch as sent.
+    pub fn matches(&self, codec: CodecKind) -> bool {
+        matches!(
+            (self.compression, codec),
+            (KafkaCompression::None, CodecKind::None)
+                | (KafkaCompression::Lz4, CodecKind::Lz4)
+                | (KafkaCompression::Zstd, CodecKind::Zstd { .. })
+        )
+    }
 }
 
 /// One record to produce.

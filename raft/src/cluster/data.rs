@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shale_storage::record_batch::{self, NewRecord};
-use shale_storage::{ChainHash, ChainVerification, Codec, Offset, StorageError};
+use shale_storage::{ChainHash, ChainVerification, Codec, CodecKind, Offset, StorageError};
 
 use super::partition::{ApplyOutcome, BatchPosition};
 use super::proposer::{Predicted, Proposal, UnplacedBatch};
@@ -35,10 +35,10 @@ impl Cluster {
     }
 
     /// The codec a topic's new batches are compressed with.
-    fn topic_codec(&self, topic: &str) -> Result<Arc<dyn Codec>, ClusterError> {
+    fn topic_codec(&self, topic: &str) -> Result<CodecKind, ClusterError> {
         let metadata = self.metadata.read();
         let info = metadata.topic(topic).ok_or_else(|| ClusterError::UnknownTopic { name: topic.to_string() })?;
-        Ok(info.codec.codec())
+        Ok(info.codec)
     }
 
     /// This replica's view of one partition: replicas, leader, log start and high watermark here.
@@ -145,6 +145,21 @@ impl Cluster {
         records: Vec<ProduceRecord>,
         producer: Option<ProducerInfo>,
     ) -> Result<Vec<BatchAck>, ClusterError> {
+        self.produce_kafka(topic, partition, records, None, producer).await
+    }
+
+    /// [`Cluster::produce`] of the records of one Kafka batch: with `kafka`, the batch is stored
+    /// as sent, as one entry, when the topic's codec is its compression and it fits one Raft
+    /// entry ([`KafkaBatch::matches`]), so a Kafka fetch returns it without re-encoding; else
+    /// `records` (the same records, decoded) are stored as [`Cluster::produce`] stores them.
+    pub async fn produce_kafka(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<ProduceRecord>,
+        kafka: Option<KafkaBatch>,
+        producer: Option<ProducerInfo>,
+    ) -> Result<Vec<BatchAck>, ClusterError> {
         // The node checked the batch (and each record) against its limits at its edge.
         debug_assert!((1..=limits::MAX_RECORDS_PER_PRODUCE).contains(&records.len()), "{} records", records.len());
         if let Some(p) = producer
@@ -164,8 +179,20 @@ impl Cluster {
             }
         }
         let codec = self.topic_codec(topic)?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let batches = split_into_batches(records, producer, now_ms, codec.as_ref());
+        let as_sent = kafka
+            .filter(|k| k.matches(codec) && record_batch::HEADER_LEN + k.bytes.len() <= limits::RAFT_PAYLOAD_BYTES);
+        let batches = match as_sent {
+            Some(k) => {
+                let record_count = records.len() as u32;
+                let seq = producer.map(|p| (p.producer_id, p.base_sequence));
+                let bytes = record_batch::encode_kafka_batch(&k.bytes, 0, record_count, seq, k.timestamps);
+                vec![UnplacedBatch { bytes, record_count, producer: seq }]
+            }
+            None => {
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                split_into_batches(records, producer, now_ms, codec.codec().as_ref())
+            }
+        };
         watch.stage = "propose";
         let proposal = local
             .proposer

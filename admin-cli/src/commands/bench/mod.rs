@@ -159,7 +159,17 @@ fn joined_outcome<T>(
 async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
     ensure_topic(ctx, &a.topic, a.create_partitions).await?;
     let client = ctx.client()?;
-    let producer = Arc::new(client.producer(ProducerConfig::default()));
+    let mut config = ProducerConfig::default();
+    if let Some(bytes) = a.batch_max_bytes {
+        config.batch_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX).max(1);
+    }
+    if let Some(ms) = a.linger_ms {
+        config.linger_ms = ms;
+    }
+    if let Some(n) = a.max_in_flight {
+        config.max_in_flight = n as usize;
+    }
+    let producer = Arc::new(client.producer(config));
     let payload = Bytes::from((0..a.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
     let pb = progress_bar(a.records, "produce");
     let start = Instant::now();
