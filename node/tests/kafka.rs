@@ -13,6 +13,7 @@ use std::process::Stdio;
 
 use common::{TestCluster, WAIT, create_topic, read_through};
 use shale_client::ProducerRecord;
+use shale_client::admin::NewTopic;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -233,7 +234,7 @@ if errors:
     sys.exit(f"delivery errors: {errors[:5]}")
 
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused-assign-only",
-              "enable.auto.commit": False, "enable.partition.eof": True})
+              "enable.auto.commit": False, "enable.partition.eof": True, "check.crcs": True})
 c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
 got, eof = 0, set()
 while len(eof) < partitions:
@@ -256,25 +257,32 @@ print(f"produced {count}", file=sys.stderr)
 async fn confluent_kafka_produces_with_every_compression_and_acks_and_consumes_everything() {
     let python = python();
     let c = TestCluster::start(3).await;
-    create_topic(&c, "mixed", 3).await;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("clients.py");
     std::fs::write(&script, CONFLUENT_SCRIPT).unwrap();
-    let out = run(&python, &[script.to_str().unwrap(), &c.kafka_bootstrap(), "mixed", "3"], "").await;
-    let mut seen = parse_seen(&out);
-    seen.sort();
-    // acks=0 records are sent without an answer, but on a healthy cluster they are all stored.
-    assert_eq!(seen.len(), 5 * 3 * 20, "every record once:\n{out}");
-    assert_dense(&seen);
-    for compression in ["none", "gzip", "snappy", "lz4", "zstd"] {
-        for acks in ["all", "1", "0"] {
-            let values: Vec<&Seen> =
-                seen.iter().filter(|s| s.3.starts_with(&format!("{compression}-{acks}-"))).collect();
-            assert_eq!(values.len(), 20, "{compression} acks={acks}");
+    // Each topic codec keeps the batches of its own compression as sent (none, lz4, zstd) and
+    // re-encodes the others; the consumer checks every fetched batch's CRC.
+    use shale_client::proto::Codec;
+    for (topic, codec) in [("mixed", Codec::None), ("mixed-lz4", Codec::Lz4), ("mixed-zstd", Codec::Zstd)] {
+        let mut new = NewTopic::new(topic, 3, 3);
+        new.codec = codec;
+        c.client().admin().create_topic(new).await.expect("create topic");
+        let out = run(&python, &[script.to_str().unwrap(), &c.kafka_bootstrap(), topic, "3"], "").await;
+        let mut seen = parse_seen(&out);
+        seen.sort();
+        // acks=0 records are sent without an answer, but on a healthy cluster they are all stored.
+        assert_eq!(seen.len(), 5 * 3 * 20, "{topic}: every record once:\n{out}");
+        assert_dense(&seen);
+        for compression in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            for acks in ["all", "1", "0"] {
+                let values: Vec<&Seen> =
+                    seen.iter().filter(|s| s.3.starts_with(&format!("{compression}-{acks}-"))).collect();
+                assert_eq!(values.len(), 20, "{topic}: {compression} acks={acks}");
+            }
         }
+        // The same records at the same offsets over gRPC, chain checked.
+        assert_eq!(read_over_grpc(&c, topic, 3, &seen).await, seen, "{topic}");
     }
-    // The same records at the same offsets over gRPC, chain checked.
-    assert_eq!(read_over_grpc(&c, "mixed", 3, &seen).await, seen);
     c.shutdown().await;
 }
 

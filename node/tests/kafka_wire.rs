@@ -22,6 +22,7 @@ use kafka_protocol::records::{
 };
 use shale_client::admin::NewTopic;
 use shale_raft::cluster::FetchRequest as ShaleFetch;
+use shale_storage::record_batch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -291,6 +292,100 @@ async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the
     // Past the end: OFFSET_OUT_OF_RANGE.
     let past = wire.call(12, &fetch("batches", 0, 99, 0)).await;
     assert_eq!(past.responses[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());
+    c.shutdown().await;
+}
+
+/// A Kafka batch in the topic's codec is stored as sent (one entry whose records block is the
+/// Kafka batch) and fetched over Kafka as stored; a batch in another codec is re-encoded. Every
+/// replica, read on its own with its chain checked, holds the same records at the same offsets as
+/// a Kafka consumer sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_in_the_topics_codec_is_stored_as_sent_and_every_replica_reads_it_as_kafka_does() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "as-sent", 1).await;
+    let mut zstd = NewTopic::new("as-sent-zstd", 1, 3);
+    zstd.codec = shale_client::proto::Codec::Zstd;
+    c.client().admin().create_topic(zstd).await.expect("create topic");
+    let cases = [
+        ("as-sent", [(4, Compression::None), (3, Compression::Zstd), (2, Compression::Gzip)], [true, false, false]),
+        ("as-sent-zstd", [(4, Compression::Zstd), (3, Compression::None), (2, Compression::Lz4)], [true, false, false]),
+    ];
+    for (topic, batches, kept) in cases {
+        let req = produce(topic, 0, &batches);
+        let sent = req.topic_data[0].partition_data[0].records.clone().unwrap();
+        let (leader, mut wire) = loop {
+            let leader = kafka_leader(&c, topic, 0).await;
+            let mut wire = Wire::connect(leader).await;
+            let p = wire.call(9, &req).await.responses[0].partition_responses[0].clone();
+            if p.error_code == ResponseError::NotLeaderOrFollower.code() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!((p.error_code, p.base_offset), (0, 0), "{topic}");
+            break (leader, wire);
+        };
+        // The leader's log: which entries hold the Kafka batch as sent.
+        let id = c.kafka.iter().position(|a| *a == leader).unwrap() as u64 + 1;
+        let fetched = c
+            .node(id)
+            .cluster()
+            .fetch(ShaleFetch {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+                from_index: None,
+                max_bytes: 1 << 20,
+                wait: Duration::ZERO,
+                check: shale_storage::ReadCheck::Chain,
+            })
+            .await
+            .expect("fetch");
+        let stored: Vec<(u64, bool)> = fetched
+            .entries
+            .iter()
+            .filter(|e| !e.hidden && e.data[record_batch::envelope::KIND_AT] == record_batch::envelope::KIND_NORMAL)
+            .map(|e| {
+                let h = record_batch::decode_header(&e.data[record_batch::envelope::HEADER_LEN..]).unwrap();
+                (h.base_offset, h.kafka_batch)
+            })
+            .collect();
+        assert_eq!(stored, vec![(0, kept[0]), (4, kept[1]), (7, kept[2])], "{topic}");
+
+        // Over Kafka: the first batch exactly as sent but its base offset; all nine records.
+        let answer = wire.call(12, &fetch(topic, 0, 0, 0)).await;
+        let mut records = answer.responses[0].partitions[0].records.clone().unwrap();
+        let first_len = 12 + i32::from_be_bytes(sent[8..12].try_into().unwrap()) as usize;
+        assert_eq!(&records[8..first_len], &sent[8..first_len], "{topic}: the first batch is returned as stored");
+        let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).unwrap();
+        let over_kafka: Vec<(i64, Option<Bytes>)> =
+            sets.iter().flat_map(|s| s.records.iter().map(|r| (r.offset, r.value.clone()))).collect();
+        let want: Vec<(i64, Option<Bytes>)> = [4, 3, 2]
+            .iter()
+            .scan(0i64, |at, n| {
+                let base = *at;
+                *at += n;
+                Some((0..*n).map(move |i| (base + i, Some(Bytes::from(format!("v{i}"))))))
+            })
+            .flatten()
+            .collect();
+        assert_eq!(over_kafka, want, "{topic}");
+
+        // Every replica on its own, chain checked: the same records at the same offsets.
+        for node in 1..=3 {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let read = loop {
+                match common::read_own_replica(c.node(node).cluster(), topic, 0).await {
+                    Some(r) if r.len() >= want.len() => break r,
+                    _ => assert!(tokio::time::Instant::now() < deadline, "node {node} never held {topic}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let got: Vec<(i64, Option<Bytes>)> =
+                read.iter().map(|r| (r.offset as i64, Some(r.value.clone()))).collect();
+            assert_eq!(got, want, "node {node}, {topic}");
+            assert_eq!(read[1].key.as_deref(), Some(&b"k1"[..]), "node {node}, {topic}");
+        }
+    }
     c.shutdown().await;
 }
 

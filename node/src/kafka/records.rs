@@ -235,6 +235,64 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_a_stored_compression_are_kept_as_sent_and_fetched_as_stored() {
+        let mut request = BytesMut::new();
+        for compression in
+            [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+        {
+            let records = [record(0, "k0", "v0"), record(1, "k1", "v1")];
+            RecordBatchEncoder::encode(&mut request, &records, &RecordEncodeOptions { version: 2, compression })
+                .unwrap();
+        }
+        let request = request.freeze();
+        let batches = decode_produce(&request).unwrap();
+        let kept: Vec<Option<kafka_batch::KafkaCompression>> =
+            batches.iter().map(|b| b.as_sent.as_ref().map(|k| k.compression)).collect();
+        use kafka_batch::KafkaCompression as K;
+        assert_eq!(
+            kept,
+            vec![Some(K::None), None, None, Some(K::Lz4), Some(K::Zstd)],
+            "gzip and snappy are re-encoded"
+        );
+        let total: usize = batches.iter().map(|b| b.as_sent.as_ref().map_or(0, |k| k.bytes.len())).sum();
+        assert!(total < request.len(), "each kept batch is its own slice of the request");
+        for (i, b) in batches.iter().enumerate().filter(|(_, b)| b.as_sent.is_some()) {
+            let sent = b.as_sent.as_ref().unwrap();
+            assert_eq!(sent.timestamps, (1_700_000_000_000, 1_700_000_000_001));
+            // Stored as the leader stores it (placed at offset 40), fetched: the same bytes but
+            // the base offset, a batch kafka-protocol decodes (CRC checked) at offsets 40 and 41.
+            let mut body = record_batch::encode_kafka_batch(&sent.bytes, 0, 2, None, sent.timestamps);
+            record_batch::set_base_offset(&mut body, 40);
+            let mut data = vec![0u8; record_batch::envelope::HEADER_LEN];
+            data[record_batch::envelope::KIND_AT] = record_batch::envelope::KIND_NORMAL;
+            data.extend_from_slice(&body);
+            let entry = FetchedEntry { index: 7, data: Bytes::from(data), hidden: false };
+            let fetched = encode_fetched(std::slice::from_ref(&entry)).unwrap();
+            assert_eq!(fetched.len(), sent.bytes.len(), "batch {i}");
+            assert_eq!(&fetched[8..], &sent.bytes[8..], "batch {i}: not re-encoded");
+            let sets = RecordBatchDecoder::decode_all(&mut fetched.clone()).unwrap();
+            let got: Vec<(i64, Option<Bytes>)> = sets[0].records.iter().map(|r| (r.offset, r.value.clone())).collect();
+            assert_eq!(got, vec![(40, Some(Bytes::from_static(b"v0"))), (41, Some(Bytes::from_static(b"v1")))]);
+            // A gRPC reader decodes the same records from the stored bytes.
+            let shale = record_batch::decode_batch(&Bytes::from(body), &CODECS).unwrap().1;
+            assert_eq!(shale[1].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(shale[1].headers, vec![("h".to_string(), Bytes::new())]);
+        }
+    }
+
+    #[test]
+    fn a_batch_without_timestamps_is_re_encoded() {
+        let mut buf = BytesMut::new();
+        let mut r = record(0, "k", "v");
+        r.timestamp = -1;
+        RecordBatchEncoder::encode(&mut buf, &[r], &RecordEncodeOptions { version: 2, compression: Compression::None })
+            .unwrap();
+        let batches = decode_produce(&buf.freeze()).unwrap();
+        assert!(batches[0].as_sent.is_none(), "the leader stamps its time: the batch cannot be kept as sent");
+        assert_eq!(batches[0].records[0].timestamp_ms, None);
+    }
+
+    #[test]
     fn a_damaged_batch_is_refused() {
         let mut buf = BytesMut::new();
         let options = RecordEncodeOptions { version: 2, compression: Compression::None };
