@@ -199,6 +199,33 @@ async fn unsupported_apis_and_versions_are_answered_and_malformed_frames_close_o
     c.shutdown().await;
 }
 
+/// The headers of the visible record batches in partition 0 of `topic` on the node whose Kafka
+/// listener is `leader`, read from its own log, in order.
+async fn stored_batches(c: &TestCluster, leader: std::net::SocketAddr, topic: &str) -> Vec<record_batch::BatchHeader> {
+    let id = c.kafka.iter().position(|a| *a == leader).unwrap() as u64 + 1;
+    let fetched = c
+        .node(id)
+        .cluster()
+        .fetch(ShaleFetch {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            from_index: None,
+            max_bytes: 1 << 20,
+            wait: Duration::ZERO,
+            check: shale_storage::ReadCheck::Chain,
+        })
+        .await
+        .expect("fetch");
+    fetched
+        .entries
+        .iter()
+        .filter(|e| !e.hidden && e.data.len() > record_batch::envelope::HEADER_LEN)
+        .filter(|e| e.data[record_batch::envelope::KIND_AT] == record_batch::envelope::KIND_NORMAL)
+        .map(|e| record_batch::decode_header(&e.data[record_batch::envelope::HEADER_LEN..]).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the_next_record() {
     let c = TestCluster::start(3).await;
@@ -222,36 +249,8 @@ async fn each_kafka_batch_is_one_shale_batch_entry_and_a_long_poll_ends_with_the
     assert_eq!(again.responses[0].partition_responses[0].base_offset, 15);
 
     // The leader's log: one visible batch entry per Kafka batch, in order.
-    let id = c.kafka.iter().position(|a| *a == leader).unwrap() as u64 + 1;
-    let fetched = c
-        .node(id)
-        .cluster()
-        .fetch(ShaleFetch {
-            topic: "batches".into(),
-            partition: 0,
-            offset: 0,
-            from_index: None,
-            max_bytes: 1 << 20,
-            wait: Duration::ZERO,
-            check: shale_storage::ReadCheck::Chain,
-        })
-        .await
-        .expect("fetch");
-    let batches: Vec<(u64, u32)> = fetched
-        .entries
-        .iter()
-        .filter(|e| !e.hidden && e.data.len() > shale_storage::record_batch::envelope::HEADER_LEN)
-        .filter(|e| {
-            e.data[shale_storage::record_batch::envelope::KIND_AT] == shale_storage::record_batch::envelope::KIND_NORMAL
-        })
-        .map(|e| {
-            let h = shale_storage::record_batch::decode_header(
-                &e.data[shale_storage::record_batch::envelope::HEADER_LEN..],
-            )
-            .unwrap();
-            (h.base_offset, h.record_count)
-        })
-        .collect();
+    let batches: Vec<(u64, u32)> =
+        stored_batches(&c, leader, "batches").await.iter().map(|h| (h.base_offset, h.record_count)).collect();
     assert_eq!(batches, vec![(0, 4), (4, 5), (9, 6), (15, 2)]);
 
     // A fetch at the end waits; a record produced meanwhile ends the wait.
@@ -325,30 +324,8 @@ async fn a_batch_in_the_topics_codec_is_stored_as_sent_and_every_replica_reads_i
             break (leader, wire);
         };
         // The leader's log: which entries hold the Kafka batch as sent.
-        let id = c.kafka.iter().position(|a| *a == leader).unwrap() as u64 + 1;
-        let fetched = c
-            .node(id)
-            .cluster()
-            .fetch(ShaleFetch {
-                topic: topic.into(),
-                partition: 0,
-                offset: 0,
-                from_index: None,
-                max_bytes: 1 << 20,
-                wait: Duration::ZERO,
-                check: shale_storage::ReadCheck::Chain,
-            })
-            .await
-            .expect("fetch");
-        let stored: Vec<(u64, bool)> = fetched
-            .entries
-            .iter()
-            .filter(|e| !e.hidden && e.data[record_batch::envelope::KIND_AT] == record_batch::envelope::KIND_NORMAL)
-            .map(|e| {
-                let h = record_batch::decode_header(&e.data[record_batch::envelope::HEADER_LEN..]).unwrap();
-                (h.base_offset, h.kafka_batch)
-            })
-            .collect();
+        let stored: Vec<(u64, bool)> =
+            stored_batches(&c, leader, topic).await.iter().map(|h| (h.base_offset, h.kafka_batch)).collect();
         assert_eq!(stored, vec![(0, kept[0]), (4, kept[1]), (7, kept[2])], "{topic}");
 
         // Over Kafka: the first batch exactly as sent but its base offset; all nine records.
