@@ -409,6 +409,7 @@ mod tests {
     fn wrap(kafka: &[u8]) -> Bytes {
         let mut w = record_batch::encode_batch(&records(), 0, None, &crate::codec::NoneCodec);
         w.truncate(record_batch::HEADER_LEN);
+        w[2] = record_batch::VERSION;
         w[3] = record_batch::FLAG_KAFKA_BATCH;
         w[49..53].copy_from_slice(&(kafka.len() as u32).to_le_bytes());
         w[53..57].copy_from_slice(&(kafka.len() as u32).to_le_bytes());
@@ -495,10 +496,11 @@ mod tests {
     }
 
     #[test]
-    fn version_one_batches_still_decode_and_may_not_name_the_kafka_flag() {
+    fn plain_batches_stay_version_one_which_may_not_name_the_kafka_flag() {
         let codecs = crate::CodecRegistry::new();
-        let mut v1 = record_batch::encode_batch(&records(), 4, None, &crate::codec::NoneCodec);
-        v1[2] = 1;
+        let v1 = record_batch::encode_batch(&records(), 4, None, &crate::codec::NoneCodec);
+        assert_eq!(v1[2], record_batch::VERSION_PLAIN, "a build reading only version 1 reads it");
+        assert_eq!(stored(&kafka(&records(), 0, 1), 0)[2], record_batch::VERSION);
         let (header, got) = record_batch::decode_batch(&Bytes::from(v1.clone()), &codecs).unwrap();
         assert!(!header.kafka_batch);
         assert_eq!(got.len(), 5);

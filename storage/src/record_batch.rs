@@ -13,7 +13,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 2 | magic [`MAGIC`] |
-//! | 2 | 1 | format version [`VERSION`] |
+//! | 2 | 1 | format version: [`VERSION_PLAIN`], or [`VERSION`] with [`FLAG_KAFKA_BATCH`] |
 //! | 3 | 1 | flags: bit 0 [`FLAG_PRODUCER`] (producer id and base sequence are meaningful), bit 1 [`FLAG_KAFKA_BATCH`] (version 2: the records block is a whole Kafka v2 record batch) |
 //! | 4 | 8 | base offset (assigned by the partition leader) |
 //! | 12 | 4 | record count n (>= 1) |
@@ -50,8 +50,12 @@ use crate::{kafka_batch, limits};
 
 /// `"SB"` little-endian: Shale batch.
 pub const MAGIC: u16 = 0x4253;
-/// The batch layout version written. Version 1 (no [`FLAG_KAFKA_BATCH`]) is still read.
+/// The newest batch layout version, written for a batch with [`FLAG_KAFKA_BATCH`].
 pub const VERSION: u8 = 2;
+/// The version written for every other batch: its layout is version 1's, so a node of a build
+/// that reads only version 1 still reads it (a mixed-version cluster diverges only on Kafka
+/// batches kept as sent).
+pub const VERSION_PLAIN: u8 = 1;
 /// The oldest batch layout version read.
 pub const MIN_VERSION: u8 = 1;
 /// Flag: the batch was written by an idempotent producer.
@@ -259,7 +263,7 @@ pub fn encode_batch(
         None => (0, (0, 0)),
     };
     let mut w = ByteWriter::with_capacity(HEADER_LEN + raw_len);
-    w.u16(MAGIC).u8(VERSION).u8(flags).u64(base_offset).u32(records.len() as u32);
+    w.u16(MAGIC).u8(VERSION_PLAIN).u8(flags).u64(base_offset).u32(records.len() as u32);
     w.u64(producer_id).u64(base_sequence).u64(first_ts).u64(max_ts);
     // Codec and stored length are filled in below, once the block's fate is known.
     w.u8(CodecId::NONE.0).u32(raw_len as u32).u32(raw_len as u32);
