@@ -72,14 +72,26 @@ impl Cluster {
     }
 
     /// Waits (at most `wait`) until this node's metadata applied everything it knows the metadata
-    /// group committed; `false` if it already had (nothing to wait for) or did not get there.
+    /// group committed; `false` if it did not get there, or had nothing to wait for.
+    ///
+    /// A follower of the metadata group that applied all it heard of may still not have heard of
+    /// the latest commit: a topic's creator is answered once the metadata leader commits, and the
+    /// commit index reaches followers a moment later. So a follower with nothing left to apply
+    /// waits (at most two heartbeat intervals, within `wait`) for its next metadata change to
+    /// apply; `true` if one did.
     async fn metadata_catch_up(&self, wait: Duration) -> bool {
         let meta = self.meta();
         let m = meta.metrics();
         let committed = m.cluster_committed.map(|l| l.index);
         let applied = |m: &openraft::RaftMetrics<crate::TypeConfig>| m.last_applied.map(|l| l.index) >= committed;
         if applied(&m) {
-            return false;
+            if meta.is_leader() {
+                return false;
+            }
+            let now = m.last_applied.map(|l| l.index);
+            let notice = Duration::from_millis(self.config.raft.heartbeat_interval_ms.saturating_mul(2)).min(wait);
+            let next = |m: &openraft::RaftMetrics<crate::TypeConfig>| m.last_applied.map(|l| l.index) > now;
+            return meta.wait_metrics("the next metadata change applied", notice, next).await.is_ok();
         }
         meta.wait_metrics("metadata applied to the committed index", wait, applied).await.is_ok()
     }
