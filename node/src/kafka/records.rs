@@ -158,8 +158,7 @@ pub fn encode_fetched(entries: &[FetchedEntry]) -> Result<Bytes, FetchEncodeErro
             out.extend_from_slice(kafka);
             continue;
         }
-        let (header, records) = record_batch::decode_batch(&body, &CODECS)
-            .map_err(|err| FetchEncodeError::Stored { index: e.index, reason: err.to_string() })?;
+        let (header, records) = record_batch::decode_batch(&body, &CODECS).map_err(stored)?;
         let kafka: Vec<Record> = records.into_iter().map(|r| kafka_record(r, header.base_offset)).collect();
         let options = RecordEncodeOptions { version: 2, compression: Compression::None };
         RecordBatchEncoder::encode(&mut out, &kafka, &options)
