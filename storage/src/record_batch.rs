@@ -349,7 +349,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::UnknownFormat { magic, version });
     }
     let flags = r.u8()?;
-    let known = if version == 1 { FLAG_PRODUCER } else { KNOWN_FLAGS };
+    let known = if version < VERSION { FLAG_PRODUCER } else { KNOWN_FLAGS };
     if flags & !known != 0 {
         return Err(BatchError::InvalidField { field: "flags", value: u64::from(flags) });
     }

@@ -668,12 +668,11 @@ impl Cluster {
             return Ok(());
         }
         let local = self.local_partition(topic, partition)?;
-        let metrics = local.group.metrics();
-        if metrics.current_leader == Some(self.config.node_id) {
+        if local.group.is_leader() {
             // The leader learns of its commits first-hand.
             return Ok(());
         }
-        let Some(last) = metrics.last_log_index else { return Ok(()) };
+        let Some(last) = local.group.metrics().last_log_index else { return Ok(()) };
         let bound = Duration::from_millis(delay + 2 * self.config.raft.heartbeat_interval_ms);
         // Past the bound the replica answers with what it has applied (it may well be behind).
         let _ = local.group.wait_applied(last, bound).await;
