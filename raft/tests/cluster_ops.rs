@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_support::*;
-use shale_raft::cluster::{ClusterError, FetchRequest, MemberAddrs, ProducerInfo, RetentionPolicy, TopicSpec};
+use shale_raft::cluster::{
+    BatchAck, ClusterError, FetchRequest, KafkaBatch, MemberAddrs, ProduceRecord, ProducerInfo, RetentionPolicy,
+    TopicSpec,
+};
 use shale_raft::{GroupId, NodeId};
+use shale_storage::kafka_batch::{self, KafkaCompression};
+use shale_storage::record_batch::{self, NewRecord};
 use shale_storage::{CheckpointPolicy, CodecKind, ReadCheck, StorageOptions};
 
 /// Three nodes on memory storage with 4 KiB segments and no automatic checkpoints, so retention
@@ -449,5 +454,141 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
         .produce("snap", 0, vec![record("k", "new")], Some(ProducerInfo { producer_id: 42, base_sequence: 3 }))
         .await;
     assert_eq!(fresh.expect("next sequence")[0].base_offset, end + 30, "dense offsets across the leader change");
+    c.shutdown().await;
+}
+
+/// Stores `records` as one Kafka batch kept as sent (the topic's codec is none), at whichever
+/// running node leads; the acknowledgement.
+async fn produce_kept(c: &TestCluster, topic: &str, records: &[NewRecord]) -> BatchAck {
+    let kafka = KafkaBatch {
+        bytes: Bytes::from(kafka_batch::encode_for_tests(records, KafkaCompression::None, None)),
+        compression: KafkaCompression::None,
+        timestamps: (records[0].timestamp_ms, records.iter().map(|r| r.timestamp_ms).max().unwrap()),
+    };
+    let produce: Vec<ProduceRecord> = records
+        .iter()
+        .map(|r| ProduceRecord {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.clone(),
+            timestamp_ms: Some(r.timestamp_ms),
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for id in c.running() {
+            match c.node(id).produce_kafka(topic, 0, produce.clone(), Some(kafka.clone()), None).await {
+                Ok(acks) => {
+                    assert_eq!(acks.len(), 1, "a kept Kafka batch is one entry");
+                    return acks[0];
+                }
+                Err(ClusterError::NotLeader { .. }) => {}
+                Err(e) => panic!("produce: {e}"),
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader took the batch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kafka batches kept as sent replicate, snapshot and are purged as any entry: a follower left
+/// behind past the leader's log start catches up by snapshot, and every replica, read on its own
+/// (each entry's chain hash recomputed), holds exactly the acknowledged records from its log start
+/// to the end, decoded from the stored Kafka bytes, and still stores the newest as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_batches_kept_as_sent_survive_a_follower_catching_up_by_snapshot() {
+    let mut setup = small_segments_in_memory();
+    setup.preferred_leader_delay_ms = 600_000;
+    let mut c = TestCluster::start_with(setup).await;
+    let ml = c.metadata_leader().await;
+    let spec = TopicSpec {
+        retention: RetentionPolicy { retention_bytes: Some(8 * 1024), retention_ms: None },
+        ..spec("kept", 1, 3)
+    };
+    c.node(ml).create_topic(spec).await.expect("create");
+    let leader = c.wait_partition_leaders("kept").await[0];
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    c.kill(lagging).await;
+
+    let batch = |b: u64| -> Vec<NewRecord> {
+        (0..10)
+            .map(|i| NewRecord {
+                key: (i % 2 == 0).then(|| Bytes::from(format!("k{b}-{i}"))),
+                value: Bytes::from(format!("{b}-{i}-{}", "v".repeat(400))),
+                headers: vec![("h".into(), Bytes::from(format!("{b}")))],
+                timestamp_ms: 1_700_000_000_000 + b * 10 + i,
+            })
+            .collect()
+    };
+    // Acknowledged records by offset.
+    let mut acked: BTreeMap<u64, NewRecord> = BTreeMap::new();
+    let mut ack = |a: &BatchAck, records: Vec<NewRecord>| {
+        assert_eq!(a.record_count as usize, records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            assert!(acked.insert(a.base_offset + i as u64, r).is_none(), "offsets are dense and new");
+        }
+    };
+    let mut first_entry = None;
+    for b in 0..25 {
+        let a = produce_kept(&c, "kept", &batch(b)).await;
+        first_entry.get_or_insert(a.entry_index);
+        ack(&a, batch(b));
+    }
+    for id in c.running() {
+        wait_for("the first batches are purged on the running replicas", || async {
+            let out = c.node(id).compact("kept", 0).await.ok()?;
+            (out.log_start_after > first_entry.unwrap()).then_some(())
+        })
+        .await;
+    }
+
+    // The lagging replica comes back below the leader's log start: it installs a snapshot.
+    c.restart(lagging).await;
+    let (_, end) = c.node(leader).end_offsets("kept", 0).await.expect("end offsets");
+    assert_eq!(end, 250);
+    wait_for("the lagging replica caught up from a snapshot", || async {
+        let s = c.node(lagging).local_partition_state("kept", 0).ok()?;
+        (s.high_watermark? >= end && s.log_start? > 0).then_some(())
+    })
+    .await;
+    for b in 25..28 {
+        let a = produce_kept(&c, "kept", &batch(b)).await;
+        ack(&a, batch(b));
+    }
+    let total = acked.len() as u64;
+    assert_eq!(total, 280);
+
+    for id in 1..=3 {
+        wait_for("the replica applied every batch", || async {
+            (c.node(id).local_partition_state("kept", 0).ok()?.high_watermark? >= total).then_some(())
+        })
+        .await;
+        let start = c.node(id).local_partition_state("kept", 0).expect("state").log_start.expect("log start");
+        let read = c.read_all_from(id, "kept", 0, start).await;
+        let got: Vec<(u64, NewRecord)> = read
+            .iter()
+            .map(|r| {
+                let record = NewRecord {
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                    headers: r.headers.clone(),
+                    timestamp_ms: r.timestamp_ms,
+                };
+                (r.offset, record)
+            })
+            .collect();
+        let want: Vec<(u64, NewRecord)> = acked.range(start..).map(|(o, r)| (*o, r.clone())).collect();
+        assert_eq!(got.len() as u64, total - start, "node {id}: every acknowledged record from {start} to the end");
+        assert_eq!(got, want, "node {id}");
+        // The newest batch is still the Kafka batch as sent, on every replica.
+        let newest = c
+            .node(id)
+            .fetch(FetchRequest { offset: total - 10, max_bytes: 1 << 20, ..fetch_at("kept", 0) })
+            .await
+            .expect("fetch the newest batch");
+        let entry = newest.entries.iter().rev().find(|e| !e.hidden).expect("an entry");
+        let header = record_batch::decode_header(&entry.data[record_batch::envelope::HEADER_LEN..]).unwrap();
+        assert!(header.kafka_batch, "node {id}: {header:?}");
+    }
     c.shutdown().await;
 }

@@ -308,13 +308,18 @@ pub fn decode_records(kafka: &Bytes, base_offset: u64, record_count: u32) -> Res
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
+/// Encodes `records` as a Kafka v2 record batch the way a Kafka producer does (base offset 0,
+/// leader epoch -1, offset deltas `0..n`, timestamps as deltas from the first record's), for
+/// tests that need one without a Kafka client. The CRC field is left 0: a stored batch is not
+/// CRC-checked by Shale (the node checks it when the batch arrives). An empty value is written
+/// as null.
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_for_tests(
+    records: &[crate::record_batch::NewRecord],
+    compression: KafkaCompression,
+    producer: Option<(i64, i16, i32)>,
+) -> Vec<u8> {
     use std::io::Write;
-
-    use super::*;
-    use crate::record_batch::{self, NewRecord};
-
     fn varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         while z >= 0x80 {
@@ -323,7 +328,6 @@ mod tests {
         }
         out.push(z as u8);
     }
-
     fn nullable(out: &mut Vec<u8>, b: Option<&[u8]>) {
         match b {
             Some(b) => {
@@ -333,52 +337,64 @@ mod tests {
             None => varint(out, -1),
         }
     }
-
-    /// A Kafka v2 batch as a producer encodes one (the CRC left 0: stored batches are not
-    /// CRC-checked here, the node checked it on arrival).
-    fn kafka(records: &[NewRecord], compression: i16, first_ts: i64) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let mut rec = vec![0u8];
-            varint(&mut rec, r.timestamp_ms as i64 - first_ts);
-            varint(&mut rec, i as i64);
-            nullable(&mut rec, r.key.as_deref());
-            nullable(&mut rec, if r.value.is_empty() { None } else { Some(&r.value) });
-            varint(&mut rec, r.headers.len() as i64);
-            for (name, value) in &r.headers {
-                nullable(&mut rec, Some(name.as_bytes()));
-                nullable(&mut rec, Some(value));
-            }
-            varint(&mut body, rec.len() as i64);
-            body.extend_from_slice(&rec);
+    let first_ts = records[0].timestamp_ms as i64;
+    let mut body = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut rec = vec![0u8];
+        varint(&mut rec, r.timestamp_ms as i64 - first_ts);
+        varint(&mut rec, i as i64);
+        nullable(&mut rec, r.key.as_deref());
+        nullable(&mut rec, if r.value.is_empty() { None } else { Some(&r.value) });
+        varint(&mut rec, r.headers.len() as i64);
+        for (name, value) in &r.headers {
+            nullable(&mut rec, Some(name.as_bytes()));
+            nullable(&mut rec, Some(value));
         }
-        let body = match compression {
-            0 => body,
-            3 => {
-                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
-                e.write_all(&body).unwrap();
-                e.finish().unwrap()
-            }
-            4 => zstd::encode_all(&body[..], 3).unwrap(),
-            _ => unreachable!(),
-        };
-        let max_ts = records.iter().map(|r| r.timestamp_ms as i64).max().unwrap();
-        let mut out = Vec::new();
-        out.extend_from_slice(&77i64.to_be_bytes()); // the producer's base offset: replaced
-        out.extend_from_slice(&((HEADER_LEN - LEADER_EPOCH_AT + body.len()) as i32).to_be_bytes());
-        out.extend_from_slice(&5i32.to_be_bytes()); // a leader epoch: replaced by -1
-        out.push(MAGIC);
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&compression.to_be_bytes());
-        out.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
-        out.extend_from_slice(&first_ts.to_be_bytes());
-        out.extend_from_slice(&max_ts.to_be_bytes());
-        out.extend_from_slice(&9i64.to_be_bytes());
-        out.extend_from_slice(&1i16.to_be_bytes());
-        out.extend_from_slice(&40i32.to_be_bytes());
-        out.extend_from_slice(&(records.len() as i32).to_be_bytes());
-        assert_eq!(out.len(), HEADER_LEN);
-        out.extend_from_slice(&body);
+        varint(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
+    }
+    let (code, body) = match compression {
+        KafkaCompression::None => (0i16, body),
+        KafkaCompression::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(&body).expect("in memory");
+            (3, e.finish().expect("in memory"))
+        }
+        KafkaCompression::Zstd => (4, zstd::encode_all(&body[..], 3).expect("in memory")),
+    };
+    let max_ts = records.iter().map(|r| r.timestamp_ms as i64).max().unwrap_or(first_ts);
+    let (producer_id, epoch, sequence) = producer.unwrap_or((-1, -1, -1));
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&0i64.to_be_bytes());
+    out.extend_from_slice(&((HEADER_LEN - LEADER_EPOCH_AT + body.len()) as i32).to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.push(MAGIC);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
+    out.extend_from_slice(&first_ts.to_be_bytes());
+    out.extend_from_slice(&max_ts.to_be_bytes());
+    out.extend_from_slice(&producer_id.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    debug_assert_eq!(out.len(), HEADER_LEN);
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record_batch::{self, NewRecord};
+
+    /// A producer's batch of `records` (compression 0, 3 or 4) carrying a base offset (77) and a
+    /// leader epoch (5) that storing it must replace, and producer (9, 1, 40).
+    fn kafka(records: &[NewRecord], compression: i16) -> Vec<u8> {
+        let compression = KafkaCompression::from_attributes(compression).expect("a stored compression");
+        let mut out = encode_for_tests(records, compression, Some((9, 1, 40)));
+        out[..8].copy_from_slice(&77i64.to_be_bytes());
+        out[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&5i32.to_be_bytes());
         out
     }
 
@@ -424,7 +440,7 @@ mod tests {
     fn every_stored_compression_decodes_to_the_records_at_dense_offsets() {
         let codecs = crate::CodecRegistry::new();
         for compression in [0, 3, 4] {
-            let sent = kafka(&records(), compression, 1_700_000_000_000);
+            let sent = kafka(&records(), compression);
             let batch = stored(&sent, 1_000);
             let (header, got) = record_batch::decode_batch(&batch, &codecs).unwrap();
             assert!(header.kafka_batch);
@@ -452,7 +468,7 @@ mod tests {
     #[test]
     fn damaged_or_unstorable_kafka_batches_are_typed_errors() {
         let codecs = crate::CodecRegistry::new();
-        let good = kafka(&records(), 0, 1_700_000_000_000);
+        let good = kafka(&records(), 0);
         let decode = |kafka: &[u8]| record_batch::decode_batch(&wrap(kafka), &codecs).map(|_| ());
         assert_eq!(decode(&good), Ok(()));
         let patched = |at: usize, bytes: &[u8]| {
@@ -500,11 +516,11 @@ mod tests {
         let codecs = crate::CodecRegistry::new();
         let v1 = record_batch::encode_batch(&records(), 4, None, &crate::codec::NoneCodec);
         assert_eq!(v1[2], record_batch::VERSION_PLAIN, "a build reading only version 1 reads it");
-        assert_eq!(stored(&kafka(&records(), 0, 1), 0)[2], record_batch::VERSION);
+        assert_eq!(stored(&kafka(&records(), 0), 0)[2], record_batch::VERSION);
         let (header, got) = record_batch::decode_batch(&Bytes::from(v1.clone()), &codecs).unwrap();
         assert!(!header.kafka_batch);
         assert_eq!(got.len(), 5);
-        let mut flagged = stored(&kafka(&records(), 0, 1_700_000_000_000), 0).to_vec();
+        let mut flagged = stored(&kafka(&records(), 0), 0).to_vec();
         flagged[2] = 1;
         assert!(matches!(record_batch::decode_header(&flagged), Err(BatchError::InvalidField { field: "flags", .. })));
     }
