@@ -158,6 +158,10 @@ pub struct RunArgs {
     /// Size at which a log segment is sealed and the next one started (bytes, at least 4096).
     #[arg(long, env = "SHALE_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Bytes of each log segment's synced tail left in the OS page cache; older synced bytes are
+    /// dropped from it (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
+    #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
+    pub page_cache_keep_bytes: Option<u64>,
     /// TLS: the cluster CA certificate (PEM); with --tls-cert and --tls-key turns TLS on.
     #[arg(long, env = "SHALE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
@@ -199,6 +203,10 @@ pub struct DevArgs {
     /// Keep data in memory instead of on disk.
     #[arg(long)]
     pub memory: bool,
+    /// Bytes of each log segment's synced tail left in the OS page cache on every node
+    /// (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
+    #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
+    pub page_cache_keep_bytes: Option<u64>,
     /// Run with TLS: a fresh CA and node certificates are written to `<data-dir>/tls`
     /// (`ca.pem` is what clients trust: `shale --tls-ca <data-dir>/tls/ca.pem ...`).
     #[arg(long)]
@@ -305,6 +313,9 @@ impl RunArgs {
         if let Some(v) = self.segment_bytes {
             c.segment_bytes = v;
         }
+        if let Some(v) = self.page_cache_keep_bytes {
+            c.memory.page_cache_keep_bytes = v;
+        }
         if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             c.tls = Some(crate::config::TlsFiles {
                 ca: ca.clone(),
@@ -384,6 +395,12 @@ impl DevArgs {
                     peers: peers.clone(),
                     data_dir: self.data_dir.join(format!("node-{id}")),
                     storage: if self.memory { StorageKind::Memory } else { StorageKind::Disk },
+                    memory: crate::config::Memory {
+                        page_cache_keep_bytes: self
+                            .page_cache_keep_bytes
+                            .unwrap_or(shale_storage::DEFAULT_PAGE_CACHE_KEEP_BYTES),
+                        ..crate::config::Memory::default()
+                    },
                     ..NodeConfig::default()
                 };
                 c.validate()?;

@@ -95,6 +95,10 @@ pub struct Memory {
     /// Bytes no group's log tail is squeezed below. The node takes at most
     /// `log_cache_bytes / log_cache_floor_bytes - 1` partition replicas.
     pub log_cache_floor_bytes: usize,
+    /// Bytes of each log segment's synced tail left in the OS page cache after an fsync; older
+    /// synced bytes are dropped from it (`posix_fadvise(DONTNEED)`) and read from the disk when
+    /// asked for (README "Page cache behind the tail"). 0: leave the page cache to the OS.
+    pub page_cache_keep_bytes: u64,
 }
 
 impl Default for Memory {
@@ -102,6 +106,7 @@ impl Default for Memory {
         Self {
             log_cache_bytes: shale_raft::entry_cache::DEFAULT_NODE_LOG_CACHE_BYTES,
             log_cache_floor_bytes: shale_raft::entry_cache::DEFAULT_LOG_CACHE_FLOOR_BYTES,
+            page_cache_keep_bytes: shale_storage::DEFAULT_PAGE_CACHE_KEEP_BYTES,
         }
     }
 }

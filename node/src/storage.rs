@@ -13,7 +13,12 @@ use crate::error::NodeError;
 /// value (reads take a declared length over the storage limit for damage, so lowering the
 /// configured limit must not make data already written unreadable).
 pub fn options(config: &NodeConfig) -> StorageOptions {
-    StorageOptions { max_segment_bytes: config.segment_bytes, ..StorageOptions::default() }
+    let keep = config.memory.page_cache_keep_bytes;
+    StorageOptions {
+        max_segment_bytes: config.segment_bytes,
+        page_cache_keep_bytes: (keep > 0).then_some(keep),
+        ..StorageOptions::default()
+    }
 }
 
 /// Opens (or creates) the storage the config names.

@@ -22,6 +22,12 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// The file's current length.
     fn file_len(&self) -> io::Result<u64>;
+    /// Tells the OS that bytes `[start, end)`, already durable, will not be read soon, so it may
+    /// drop them from its page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`). Advice only: the
+    /// file's contents, length and durability do not change, and a later read still returns the
+    /// bytes (from the disk). The disk engine calls it for a stream's synced bytes well behind its
+    /// end ([`crate::StorageOptions::page_cache_keep_bytes`]).
+    fn drop_cached(&self, start: u64, end: u64) -> io::Result<()>;
 }
 
 /// A held exclusive lock; dropping it releases the lock.
@@ -90,6 +96,9 @@ impl FsFile for StdFile {
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
+    fn drop_cached(&self, start: u64, end: u64) -> io::Result<()> {
+        positional::drop_cached(&self.0, start, end)
+    }
 }
 
 #[cfg(unix)]
@@ -103,6 +112,11 @@ mod positional {
     }
     pub fn write_all_at(f: &File, data: &[u8], position: u64) -> io::Result<()> {
         f.write_all_at(data, position)
+    }
+    pub fn drop_cached(f: &File, start: u64, end: u64) -> io::Result<()> {
+        // A zero length would mean "to the end of the file" to the kernel: nothing to drop instead.
+        let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) else { return Ok(()) };
+        rustix::fs::fadvise(f, start, Some(len), rustix::fs::Advice::DontNeed).map_err(io::Error::from)
     }
 }
 
@@ -130,6 +144,10 @@ mod positional {
             data = &data[n..];
             position += n as u64;
         }
+        Ok(())
+    }
+    pub fn drop_cached(_f: &File, _start: u64, _end: u64) -> io::Result<()> {
+        // No per-range cache advice on Windows; the OS manages its cache alone.
         Ok(())
     }
 }

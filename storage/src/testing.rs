@@ -52,6 +52,10 @@ struct State {
     fsyncs: u64,
     /// Writes that grow a file fail with ENOSPC.
     disk_full: bool,
+    /// Every `drop_cached` range, per inode, in call order.
+    cache_drops: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// `drop_cached` calls whose range held bytes not durable yet.
+    undurable_cache_drops: u64,
 }
 
 /// An in-memory file system that tracks written versus durable bytes and injects faults.
@@ -155,6 +159,18 @@ impl FaultyFileSystem {
     /// Every live file path, sorted.
     pub fn list_files(&self) -> Vec<PathBuf> {
         self.state.lock().files.keys().cloned().collect()
+    }
+
+    /// The ranges `drop_cached` was called with for the file at `path`, in call order.
+    pub fn cache_drops(&self, path: &Path) -> Vec<(u64, u64)> {
+        let s = self.state.lock();
+        s.files.get(path).and_then(|id| s.cache_drops.get(id)).cloned().unwrap_or_default()
+    }
+
+    /// How many `drop_cached` calls named bytes that were not durable (written since the file's
+    /// last fsync, or past its durable length). The engine only drops what an fsync covered.
+    pub fn undurable_cache_drops(&self) -> u64 {
+        self.state.lock().undurable_cache_drops
     }
 
     /// How many writes and fsyncs (file and directory) were made so far.
@@ -272,6 +288,19 @@ impl FsFile for FaultyFile {
 
     fn file_len(&self) -> io::Result<u64> {
         self.with(|s, id| Ok(s.inodes[&id].data.len() as u64))
+    }
+
+    fn drop_cached(&self, start: u64, end: u64) -> io::Result<()> {
+        self.with(|s, id| {
+            let inode = &s.inodes[&id];
+            let (a, b) = (start as usize, end as usize);
+            let durable = a <= b && b <= inode.durable.len() && b <= inode.data.len() && inode.durable[a..b] == inode.data[a..b];
+            if !durable {
+                s.undurable_cache_drops += 1;
+            }
+            s.cache_drops.entry(id).or_default().push((start, end));
+            Ok(())
+        })
     }
 }
 

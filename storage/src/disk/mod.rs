@@ -12,6 +12,7 @@
 mod api;
 mod group_commit;
 mod maintenance;
+mod page_cache;
 mod read;
 mod recovery;
 mod scrub;
@@ -220,7 +221,7 @@ impl Storage {
             checkpoints: CheckpointIndex::new(),
             pending_checkpoints: Default::default(),
         };
-        let stream = Arc::new(Stream::new(id, dir, core, BTreeMap::new()));
+        let stream = Arc::new(Stream::new(id, dir, core, BTreeMap::new(), self.options.page_cache_keep_bytes));
         self.streams.write().insert(id, stream.clone());
         Ok(stream)
     }

@@ -1,8 +1,8 @@
 //! The in-memory state of one on-disk stream: its segments with their dense offset indexes, the
 //! sparse chain-hash table, checkpoints, and the locks that order writers, readers and fsyncs.
 //!
-//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursors` -> `anchors`; `sync`'s lock is a
-//! leaf, never held while taking another lock.
+//! Lock order (never taken the other way round): `writer` -> `core` -> `read_cursors` -> `anchors`; `sync`'s and
+//! `cache`'s locks are leaves, never held while taking another lock.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 
 use super::group_commit::GroupCommit;
+use super::page_cache::DropBehind;
 use crate::checkpoint::CheckpointIndex;
 use crate::error::{Result, StorageError};
 use crate::format::{self, names};
@@ -168,10 +169,18 @@ pub(crate) struct Stream {
     pub mean_write_bytes: std::sync::atomic::AtomicU64,
     /// Opened by a read-only storage: every write is refused (`ReadOnly`), like a failed stream's.
     pub read_only: bool,
+    /// How far its synced bytes were dropped from the OS page cache (a leaf lock).
+    pub cache: DropBehind,
 }
 
 impl Stream {
-    pub fn new(id: StreamId, dir: PathBuf, core: StreamCore, anchors: BTreeMap<Offset, ChainHash>) -> Self {
+    pub fn new(
+        id: StreamId,
+        dir: PathBuf,
+        core: StreamCore,
+        anchors: BTreeMap<Offset, ChainHash>,
+        page_cache_keep: Option<u64>,
+    ) -> Self {
         // Nothing counts as durable until this process fsynced it (`GroupCommit` starts at
         // zero): an earlier process may have exited without syncing its last appends.
         Self {
@@ -187,6 +196,7 @@ impl Stream {
             synced: std::sync::atomic::AtomicBool::new(false),
             mean_write_bytes: std::sync::atomic::AtomicU64::new(0),
             read_only: false,
+            cache: DropBehind::new(page_cache_keep),
         }
     }
 

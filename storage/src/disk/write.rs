@@ -330,6 +330,8 @@ impl Storage {
         self.trim_preallocation_locked(h)?;
         file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
         h.sync.note_durable(next);
+        let sealed_len = h.core.read().active().len;
+        h.cache.after_sync(h.id, &file, seq, sealed_len, true);
         let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
         let segment = self.create_segment(h.id, &h.dir, seq, next, head, 0)?;
         let pending = {
@@ -472,13 +474,15 @@ impl Stream {
             epoch,
             || self.check_usable(),
             || {
-                let (target, file, name) = {
+                let (target, file, name, seq, len) = {
                     let c = self.core.read();
-                    (c.next(), c.active().file.clone(), c.active().name())
+                    let a = c.active();
+                    (c.next(), a.file.clone(), a.name(), a.seq, a.len)
                 };
                 let r = file.sync_data().map_err(io_err("fsync", &self.dir.join(name)));
-                if let Err(e) = &r {
-                    self.fail(e);
+                match &r {
+                    Ok(()) => self.cache.after_sync(self.id, &file, seq, len, false),
+                    Err(e) => self.fail(e),
                 }
                 r.map(|()| target)
             },
