@@ -5,11 +5,12 @@
 //!
 //! A group's [`crate::LogStore`] hands each flush operation (entries written, to report flushed;
 //! a barrier, to answer) to its storage's `SyncRounds`. At most one round runs at a time; it
-//! takes every operation pending from every group, syncs each stream they name once (on the
-//! blocking pool), then completes each operation with its own stream's result, in the order the
-//! operations were handed over. Operations handed over while a round runs go into the next one.
-//! No task runs while nothing is pending: the first operation handed over to an idle
-//! `SyncRounds` spawns the round task, which ends once a round finds nothing pending.
+//! takes every operation pending from every group, syncs each stream they name once, then
+//! completes each operation with its own stream's result, in the order the operations were
+//! handed over. Operations handed over while a round runs go into the next one. The rounds run
+//! on a blocking-pool thread, not on the runtime: no thread runs them while nothing is pending;
+//! the first operation handed over to an idle `SyncRounds` hands the rounds to the blocking pool,
+//! whose thread runs rounds until one finds nothing pending.
 //!
 //! Invariants kept from the per-group flusher this replaces:
 //! - an operation completes only after a sync that started after it was handed over (so it
@@ -192,17 +193,17 @@ impl SyncRounds {
             !std::mem::replace(&mut s.running, true)
         };
         if start {
-            let rounds = Arc::clone(self);
-            tokio::spawn(async move {
-                let mut task = RoundTask { rounds, done: false };
-                task.run().await;
-            });
+            // The rounds run on a blocking-pool thread, which makes the fsyncs itself: one hand-off
+            // to it and one completion notice back per round (a round task on the runtime that
+            // handed each `sync_streams` to the blocking pool woke one more thread per round).
+            let mut task = RoundTask { rounds: Arc::clone(self), done: false };
+            tokio::task::spawn_blocking(move || task.run());
         }
     }
 }
 
-/// The round task; if it is dropped before it is done (its runtime shutting down), the next
-/// operation handed over starts a new one.
+/// The rounds' runner (on a blocking-pool thread); if it is dropped before it is done (its runtime
+/// shutting down before it started), the next operation handed over starts a new one.
 struct RoundTask {
     rounds: Arc<SyncRounds>,
     done: bool,
@@ -217,7 +218,7 @@ impl Drop for RoundTask {
 }
 
 impl RoundTask {
-    async fn run(&mut self) {
+    fn run(&mut self) {
         loop {
             let batch = {
                 let mut s = self.rounds.state.lock();
@@ -228,12 +229,12 @@ impl RoundTask {
                 }
                 std::mem::take(&mut s.pending)
             };
-            self.round(batch).await;
+            self.round(batch);
         }
     }
 
     /// One round: each stream named in `batch` synced once, then every operation completed.
-    async fn round(&self, batch: Vec<Pending>) {
+    fn round(&self, batch: Vec<Pending>) {
         // The streams to sync, each once, by storage (one storage per `SyncRounds`, unless a
         // caller shares one `SyncRounds` between storages).
         let mut calls: Vec<(Arc<dyn StorageBackend>, Vec<StreamId>)> = Vec::new();
@@ -257,11 +258,13 @@ impl RoundTask {
             self.rounds.streams.fetch_add(n, Ordering::Relaxed);
             self.rounds.max_streams.fetch_max(n, Ordering::Relaxed);
             let storage_key = key_of(&storage, StreamId::new(0)).0;
-            let list = streams.clone();
-            let answers = match tokio::task::spawn_blocking(move || storage.sync_streams(&list)).await {
-                Ok(answers) => answers.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
-                Err(e) => vec![Err(format!("log sync task failed: {e}")); streams.len()],
-            };
+            // A panic in the storage fails this round's operations, as an error would, instead of
+            // dropping them unanswered.
+            let answers =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| storage.sync_streams(&streams))) {
+                    Ok(answers) => answers.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
+                    Err(_) => vec![Err("log sync panicked".to_string()); streams.len()],
+                };
             debug_assert_eq!(answers.len(), streams.len(), "one answer per stream");
             for (i, stream) in streams.into_iter().enumerate() {
                 let r = answers.get(i).cloned().unwrap_or_else(|| Err("the storage gave no answer".to_string()));
