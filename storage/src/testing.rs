@@ -294,7 +294,8 @@ impl FsFile for FaultyFile {
         self.with(|s, id| {
             let inode = &s.inodes[&id];
             let (a, b) = (start as usize, end as usize);
-            let durable = a <= b && b <= inode.durable.len() && b <= inode.data.len() && inode.durable[a..b] == inode.data[a..b];
+            let durable =
+                a <= b && b <= inode.durable.len() && b <= inode.data.len() && inode.durable[a..b] == inode.data[a..b];
             if !durable {
                 s.undurable_cache_drops += 1;
             }

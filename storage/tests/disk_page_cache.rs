@@ -48,7 +48,10 @@ fn seg_path(seq: u64) -> PathBuf {
 
 fn segments(fs: &FaultyFileSystem) -> Vec<PathBuf> {
     let prefix = Path::new("/data").join(S.get().to_string());
-    fs.list_files().into_iter().filter(|p| p.starts_with(&prefix) && p.extension().is_some_and(|e| e == "log")).collect()
+    fs.list_files()
+        .into_iter()
+        .filter(|p| p.starts_with(&prefix) && p.extension().is_some_and(|e| e == "log"))
+        .collect()
 }
 
 /// Every record of the stream reads back, chain-verified, as written.
@@ -159,7 +162,10 @@ fn bytes_written_again_after_a_truncation_below_the_dropped_point_are_dropped_on
     let drops = fs.cache_drops(&seg_path(0));
     let after_cut = &drops[drops.iter().rposition(|d| d.1 == dropped).unwrap() + 1..];
     let cut_at = after_cut.first().expect("the rewritten bytes are dropped once synced").0;
-    assert!(cut_at < dropped, "the drop after the cut starts at {cut_at}, past the rewritten bytes from below {dropped}");
+    assert!(
+        cut_at < dropped,
+        "the drop after the cut starts at {cut_at}, past the rewritten bytes from below {dropped}"
+    );
     let read = s.read_records(S, Offset::new(499), 4 * LEN).unwrap();
     assert_eq!(read[0].payload, payload(499));
     assert_eq!(read[1].payload, rewrite(500));
