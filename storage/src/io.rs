@@ -113,10 +113,16 @@ mod positional {
     pub fn write_all_at(f: &File, data: &[u8], position: u64) -> io::Result<()> {
         f.write_all_at(data, position)
     }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     pub fn drop_cached(f: &File, start: u64, end: u64) -> io::Result<()> {
         // A zero length would mean "to the end of the file" to the kernel: nothing to drop instead.
         let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) else { return Ok(()) };
         rustix::fs::fadvise(f, start, Some(len), rustix::fs::Advice::DontNeed).map_err(io::Error::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    pub fn drop_cached(_f: &File, _start: u64, _end: u64) -> io::Result<()> {
+        // No posix_fadvise here (macOS): the OS manages its cache alone.
+        Ok(())
     }
 }
 
