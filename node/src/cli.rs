@@ -378,7 +378,7 @@ impl DevArgs {
         }
         (1..=self.nodes)
             .map(|id| {
-                let c = NodeConfig {
+                let mut c = NodeConfig {
                     node_id: id,
                     grpc_listen: SocketAddr::from(([127, 0, 0, 1], port(self.grpc_port, id)?)),
                     grpc_advertise: None,
@@ -395,14 +395,11 @@ impl DevArgs {
                     peers: peers.clone(),
                     data_dir: self.data_dir.join(format!("node-{id}")),
                     storage: if self.memory { StorageKind::Memory } else { StorageKind::Disk },
-                    memory: crate::config::Memory {
-                        page_cache_keep_bytes: self
-                            .page_cache_keep_bytes
-                            .unwrap_or(shale_storage::DEFAULT_PAGE_CACHE_KEEP_BYTES),
-                        ..crate::config::Memory::default()
-                    },
                     ..NodeConfig::default()
                 };
+                if let Some(v) = self.page_cache_keep_bytes {
+                    c.memory.page_cache_keep_bytes = v;
+                }
                 c.validate()?;
                 Ok(c)
             })

@@ -374,21 +374,40 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
+/// A cluster (leadership transfers held off for the whole test) with a one-partition topic
+/// keeping 8 KiB, whose partition has a leader, and one of its followers killed: returns the
+/// cluster, the leader and the follower left behind.
+async fn cluster_with_a_follower_down(topic: &str) -> (TestCluster, NodeId, NodeId) {
     let mut setup = small_segments_in_memory();
-    // Keep an explicit transfer in place for the whole test.
     setup.preferred_leader_delay_ms = 600_000;
     let mut c = TestCluster::start_with(setup).await;
     let ml = c.metadata_leader().await;
     let spec = TopicSpec {
         retention: RetentionPolicy { retention_bytes: Some(8 * 1024), retention_ms: None },
-        ..spec("snap", 1, 3)
+        ..spec(topic, 1, 3)
     };
     c.node(ml).create_topic(spec).await.expect("create");
-    let leader = c.wait_partition_leaders("snap").await[0];
+    let leader = c.wait_partition_leaders(topic).await[0];
     let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
     c.kill(lagging).await;
+    (c, leader, lagging)
+}
+
+/// Waits until retention has purged partition 0 of `topic` past log entry `entry_index` on every
+/// running replica.
+async fn wait_purged_past(c: &TestCluster, topic: &str, entry_index: u64) {
+    for id in c.running() {
+        wait_for("the entry is purged on the running replicas", || async {
+            let out = c.node(id).compact(topic, 0).await.ok()?;
+            (out.log_start_after > entry_index).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
+    let (mut c, leader, lagging) = cluster_with_a_follower_down("snap").await;
 
     // An idempotent batch, then enough data that retention purges it on the two running replicas.
     let producer = ProducerInfo { producer_id: 42, base_sequence: 0 };
@@ -398,13 +417,7 @@ async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
         let records = (0..10).map(|i| record("f", &format!("{b}-{i}-{}", "y".repeat(400)))).collect();
         c.produce("snap", 0, records, None).await.expect("filler");
     }
-    for id in c.running() {
-        wait_for("the batch is purged on the running replicas", || async {
-            let out = c.node(id).compact("snap", 0).await.ok()?;
-            (out.log_start_after > first[0].entry_index).then_some(())
-        })
-        .await;
-    }
+    wait_purged_past(&c, "snap", first[0].entry_index).await;
 
     // The lagging replica comes back below the leader's log start: it must install a snapshot.
     c.restart(lagging).await;
@@ -497,18 +510,7 @@ async fn produce_kept(c: &TestCluster, topic: &str, records: &[NewRecord]) -> Ba
 /// to the end, decoded from the stored Kafka bytes, and still stores the newest as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_batches_kept_as_sent_survive_a_follower_catching_up_by_snapshot() {
-    let mut setup = small_segments_in_memory();
-    setup.preferred_leader_delay_ms = 600_000;
-    let mut c = TestCluster::start_with(setup).await;
-    let ml = c.metadata_leader().await;
-    let spec = TopicSpec {
-        retention: RetentionPolicy { retention_bytes: Some(8 * 1024), retention_ms: None },
-        ..spec("kept", 1, 3)
-    };
-    c.node(ml).create_topic(spec).await.expect("create");
-    let leader = c.wait_partition_leaders("kept").await[0];
-    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
-    c.kill(lagging).await;
+    let (mut c, leader, lagging) = cluster_with_a_follower_down("kept").await;
 
     let batch = |b: u64| -> Vec<NewRecord> {
         (0..10)
@@ -534,13 +536,7 @@ async fn kafka_batches_kept_as_sent_survive_a_follower_catching_up_by_snapshot()
         first_entry.get_or_insert(a.entry_index);
         ack(&a, batch(b));
     }
-    for id in c.running() {
-        wait_for("the first batches are purged on the running replicas", || async {
-            let out = c.node(id).compact("kept", 0).await.ok()?;
-            (out.log_start_after > first_entry.unwrap()).then_some(())
-        })
-        .await;
-    }
+    wait_purged_past(&c, "kept", first_entry.expect("batches were produced")).await;
 
     // The lagging replica comes back below the leader's log start: it installs a snapshot.
     c.restart(lagging).await;

@@ -321,16 +321,15 @@ impl Storage {
 
     /// Seals the active segment (fsync, index file) and starts a new one at the next offset.
     pub(crate) fn rotate_locked(&self, h: &Stream) -> Result<()> {
-        let (file, seq, next, head, name) = {
+        let (file, seq, next, head, name, sealed_len) = {
             let c = h.core.read();
             let a = c.active();
-            (a.file.clone(), a.seq, c.next(), c.head, a.name())
+            (a.file.clone(), a.seq, c.next(), c.head, a.name(), a.len)
         };
         // The fsync makes the records and the trimmed size durable before the next segment exists.
         self.trim_preallocation_locked(h)?;
         file.sync_data().map_err(io_err("fsync", &h.dir.join(name)))?;
         h.sync.note_durable(next);
-        let sealed_len = h.core.read().active().len;
         h.cache.after_sync(h.id, &file, seq, sealed_len, true);
         let seq = seq.checked_add(1).ok_or_else(|| super::maintenance::seq_exhausted(h))?;
         let segment = self.create_segment(h.id, &h.dir, seq, next, head, 0)?;
