@@ -374,11 +374,10 @@ async fn whole_cluster_restart_on_disk_keeps_topics_records_offsets_and_dedup() 
     c.shutdown().await;
 }
 
-/// A cluster (leadership transfers held off for the whole test) with a one-partition topic
+/// A cluster of `setup` (leadership transfers held off for the whole test) with a one-partition topic
 /// keeping 8 KiB, whose partition has a leader, and one of its followers killed: returns the
 /// cluster, the leader and the follower left behind.
-async fn cluster_with_a_follower_down(topic: &str) -> (TestCluster, NodeId, NodeId) {
-    let mut setup = small_segments_in_memory();
+async fn cluster_with_a_follower_down(mut setup: Setup, topic: &str) -> (TestCluster, NodeId, NodeId) {
     setup.preferred_leader_delay_ms = 600_000;
     let mut c = TestCluster::start_with(setup).await;
     let ml = c.metadata_leader().await;
@@ -407,7 +406,7 @@ async fn wait_purged_past(c: &TestCluster, topic: &str, entry_index: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_catching_up_by_snapshot_gets_the_dedup_table() {
-    let (mut c, leader, lagging) = cluster_with_a_follower_down("snap").await;
+    let (mut c, leader, lagging) = cluster_with_a_follower_down(small_segments_in_memory(), "snap").await;
 
     // An idempotent batch, then enough data that retention purges it on the two running replicas.
     let producer = ProducerInfo { producer_id: 42, base_sequence: 0 };
@@ -510,7 +509,36 @@ async fn produce_kept(c: &TestCluster, topic: &str, records: &[NewRecord]) -> Ba
 /// to the end, decoded from the stored Kafka bytes, and still stores the newest as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_batches_kept_as_sent_survive_a_follower_catching_up_by_snapshot() {
-    let (mut c, leader, lagging) = cluster_with_a_follower_down("kept").await;
+    kept_batches_survive_snapshot_catch_up(small_segments_in_memory()).await.shutdown().await;
+}
+
+/// The same on the disk storage (a fault file system per node) keeping no page-cache tail: every
+/// synced byte is dropped from the cache as its segment is sealed, so the snapshot, the catch-up
+/// and every replica's read come after drops, and no drop may name a byte that was not durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_batches_survive_snapshot_catch_up_on_disk_with_synced_bytes_dropped_from_the_page_cache() {
+    let options = StorageOptions {
+        max_segment_bytes: 4096,
+        checkpoint_policy: CheckpointPolicy::Manual,
+        page_cache_keep_bytes: Some(0),
+        ..StorageOptions::default()
+    };
+    let mut setup = Setup::new(3);
+    setup.backing = Backing::Faulty(options);
+    let c = kept_batches_survive_snapshot_catch_up(setup).await;
+    let mut drops = 0;
+    for n in &c.nodes {
+        let fs = n.fs.as_ref().expect("a fault file system");
+        assert_eq!(fs.undurable_cache_drops(), 0, "node {}: a drop named bytes that were not durable", n.id);
+        drops += fs.list_files().iter().map(|f| fs.cache_drops(f).len()).sum::<usize>();
+    }
+    assert!(drops > 0, "no synced bytes were dropped from the cache");
+    c.shutdown().await;
+}
+
+/// The body of the two tests above, on a cluster of `setup`; returns the cluster, still running.
+async fn kept_batches_survive_snapshot_catch_up(setup: Setup) -> TestCluster {
+    let (mut c, leader, lagging) = cluster_with_a_follower_down(setup, "kept").await;
 
     let batch = |b: u64| -> Vec<NewRecord> {
         (0..10)
@@ -586,5 +614,5 @@ async fn kafka_batches_kept_as_sent_survive_a_follower_catching_up_by_snapshot()
         let header = record_batch::decode_header(&entry.data[record_batch::envelope::HEADER_LEN..]).unwrap();
         assert!(header.kafka_batch, "node {id}: {header:?}");
     }
-    c.shutdown().await;
+    c
 }
