@@ -6,13 +6,22 @@
 mod core_support;
 
 use bytes::Bytes;
-use core_support::{GROUP, TestCluster, group_config};
+use core_support::{GROUP, TestCluster, TestNode, WAIT, group_config};
 use shale_raft::network::convert;
 use shale_raft::network::guard::{ERROR_CODE_KEY, REFUSED_CODE};
 use shale_raft::network::pb::raft_service_client::RaftServiceClient;
 use shale_raft::network::pb::{self};
 use shale_raft::types::log_id;
 use tonic::Code;
+
+/// The node's openraft metrics once they show `index` applied: the state machine's own applied
+/// index (what `wait_applied_everywhere` waits for) moves before openraft publishes its metrics.
+async fn metrics_applied(node: &TestNode, index: u64) -> openraft::RaftMetrics<shale_raft::types::TypeConfig> {
+    node.group()
+        .wait_metrics("last_applied in metrics", WAIT, |m| m.last_applied.is_some_and(|l| l.index >= index))
+        .await
+        .unwrap_or_else(|e| panic!("node {}'s metrics show {index} applied: {e}", node.id))
+}
 
 fn assert_refused(status: tonic::Status, what: &str) {
     assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
@@ -27,7 +36,7 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
     let w = c.leader_group(leader).write(Bytes::from_static(b"before")).await.expect("write");
     c.wait_applied_everywhere(w.index).await;
     let follower = c.running().find(|n| n.id != leader).expect("a follower");
-    let before = follower.group().metrics();
+    let before = metrics_applied(follower, w.index).await;
     let mut client = RaftServiceClient::connect(format!("http://{}", follower.addr)).await.unwrap();
 
     // The exact Vote from issue 14: term 2^64-1, node 99, last log id {2^64-1, 99, 2^64-1},
@@ -100,7 +109,7 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
     let w = g.write(Bytes::from_static(b"after the attack")).await.expect("the group still takes writes");
     c.wait_applied_everywhere(w.index).await;
     for n in c.running() {
-        let last = n.group().metrics().last_applied.expect("applied");
+        let last = metrics_applied(n, w.index).await.last_applied.expect("applied");
         assert_eq!(last.leader_id.node_id, leader, "node {}'s last entry is the leader's write, nothing forged", n.id);
         assert_eq!(n.group().metrics().vote.leader_id.term, before.vote.leader_id.term, "node {} term", n.id);
     }
