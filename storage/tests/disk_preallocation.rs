@@ -288,3 +288,38 @@ fn a_stream_of_large_writes_grows_without_zeros_and_small_writes_preallocate_aga
     assert_eq!(r.next_offset(S).unwrap(), Offset::new(o));
     r.verify_chain(S).unwrap();
 }
+
+#[test]
+fn past_a_mib_each_preallocation_adds_a_whole_mib_of_zeros() {
+    let options = StorageOptions { max_segment_bytes: 8 << 20, ..options() };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open_with(dir.path(), options.clone()).unwrap();
+    let path = seg_path(dir.path(), 0);
+    let batch = |from: u64| (from..from + 100).map(payload).collect::<Vec<_>>();
+    let mut next = 0;
+    let mut grown_past_a_mib = 0;
+    // Batches of 100 small records, each fsynced: once the records pass 1 MiB, every write that
+    // grows the segment adds exactly PREALLOCATION_BYTES of zeros past its own end.
+    while grown_past_a_mib < 2 {
+        let before = fs::metadata(&path).map_or(0, |m| m.len());
+        s.append_batch(S, batch(next), Offset::new(next), true).unwrap();
+        next += 100;
+        let (after, end) = (file_len(&path), records_len(next));
+        assert!(after >= end, "the records fit the file: {after} < {end}");
+        if after != before && records_len(next - 100) > seg::PREALLOCATION_BYTES {
+            assert_eq!(after, end + seg::PREALLOCATION_BYTES, "a whole step of zeros past the write's end");
+            let bytes = fs::read(&path).unwrap();
+            assert!(bytes[end as usize..].iter().all(|&b| b == 0), "only zeros past the records");
+            grown_past_a_mib += 1;
+        }
+    }
+    for (i, r) in s.read_range(S, Offset::ZERO, Offset::new(next), usize::MAX).unwrap().iter().enumerate() {
+        assert_eq!(r.payload, payload(i as u64), "record {i}");
+    }
+    s.verify_chain(S).unwrap();
+    s.close().unwrap();
+    assert_eq!(file_len(&path), records_len(next), "close trims the zeros");
+    let s = Storage::open_with(dir.path(), options).unwrap();
+    assert_eq!(s.next_offset(S).unwrap(), Offset::new(next));
+    s.verify_chain(S).unwrap();
+}
