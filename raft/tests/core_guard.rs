@@ -109,8 +109,9 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
     let w = g.write(Bytes::from_static(b"after the attack")).await.expect("the group still takes writes");
     c.wait_applied_everywhere(w.index).await;
     for n in c.running() {
-        let last = metrics_applied(n, w.index).await.last_applied.expect("applied");
+        let m = metrics_applied(n, w.index).await;
+        let last = m.last_applied.expect("applied");
         assert_eq!(last.leader_id.node_id, leader, "node {}'s last entry is the leader's write, nothing forged", n.id);
-        assert_eq!(n.group().metrics().vote.leader_id.term, before.vote.leader_id.term, "node {} term", n.id);
+        assert_eq!(m.vote.leader_id.term, before.vote.leader_id.term, "node {} term", n.id);
     }
 }

@@ -142,6 +142,7 @@ async fn ensure_topic(ctx: &Ctx, topic: &str, partitions: u32) -> Result<()> {
 }
 
 /// What one sender task measured.
+#[derive(Default)]
 struct SenderResult {
     latency: LatencyRecorder,
     acked: u64,
@@ -156,7 +157,7 @@ type Delivering =
 /// A sender's collector: awaits every record the sender hands over until the sender is done and
 /// none is left, counting each as it settles.
 async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivering>, pb: ProgressBar) -> SenderResult {
-    let mut r = SenderResult { latency: LatencyRecorder::new(), acked: 0, errors: 0, first_error: None };
+    let mut r = SenderResult::default();
     let mut inflight = FuturesUnordered::new();
     let mut open = true;
     while open || !inflight.is_empty() {
@@ -239,10 +240,9 @@ async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
             }
             drop(tx);
             collector.await.unwrap_or_else(|e| SenderResult {
-                latency: LatencyRecorder::new(),
-                acked: 0,
                 errors: 1,
                 first_error: Some(ClientError::Protocol(format!("delivery collector failed: {e}"))),
+                ..SenderResult::default()
             })
         }));
     }
