@@ -232,6 +232,8 @@ struct PartitionState {
     /// The address of the partition's leader as last seen ("" while unknown): whose in-flight
     /// count ([`ProducerConfig::max_in_flight_per_node`]) its batches take a slot of.
     node: String,
+    /// `node`'s number in the batcher ([`Batcher::node_number`]).
+    node_number: usize,
 }
 
 impl PartitionState {
@@ -246,6 +248,7 @@ impl PartitionState {
             known: false,
             broken: false,
             node: String::new(),
+            node_number: 0,
         }
     }
 
@@ -396,8 +399,8 @@ struct Settled {
     tp: TopicPartition,
     batch: u64,
     outcome: Outcome,
-    /// The node whose in-flight slot it took ([`PartitionState::node`] when it was sent).
-    node: String,
+    /// The node whose in-flight slot it took ([`PartitionState::node_number`] when it was sent).
+    node: usize,
 }
 
 /// A batch being sent (with its retries).
@@ -407,14 +410,23 @@ struct Batcher {
     client: Client,
     config: ProducerConfig,
     limits: Limits,
-    partitions: HashMap<TopicPartition, PartitionState>,
+    /// Every partition sent to, in the order it was first sent to (the order free node slots go
+    /// round in), and where each one is in it.
+    partitions: Vec<(TopicPartition, PartitionState)>,
+    partition_numbers: HashMap<TopicPartition, usize>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     /// Every batch being sent, polled by the batcher itself: a batch is first polled, and so put
     /// on the connection, after every batch taken before it (separate tasks could start in any
     /// order, and a batch that overtakes another is refused and must go again).
     sending: FuturesUnordered<Sending>,
-    /// Batches in flight per node address ([`PartitionState::node`]).
-    node_flights: HashMap<String, usize>,
+    /// Batches in flight per node, by node number, and the number of each node address
+    /// ([`PartitionState::node`]) seen. Numbers, not addresses, are what the passes over every
+    /// partition look up: with hundreds of partitions, hashing an address per partition and pass
+    /// was a good part of a producer's CPU.
+    node_flights: Vec<usize>,
+    node_numbers: HashMap<String, usize>,
+    /// Partitions per node number (whose cached leader it is).
+    node_partitions: Vec<usize>,
     /// Where the next dispatch starts in the partitions, so that free node slots go to each
     /// partition in turn.
     cursor: usize,
@@ -427,10 +439,13 @@ impl Batcher {
             client,
             config,
             limits,
-            partitions: HashMap::new(),
+            partitions: Vec::new(),
+            partition_numbers: HashMap::new(),
             flush_waiters: Vec::new(),
             sending: FuturesUnordered::new(),
-            node_flights: HashMap::new(),
+            node_flights: Vec::new(),
+            node_numbers: HashMap::new(),
+            node_partitions: Vec::new(),
             cursor: 0,
         }
     }
@@ -462,7 +477,7 @@ impl Batcher {
             }
             let urgent = closing || !self.flush_waiters.is_empty();
             self.dispatch(urgent);
-            if self.partitions.values().all(PartitionState::is_idle) {
+            if urgent && self.partitions.iter().all(|(_, s)| s.is_idle()) {
                 for waiter in self.flush_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -476,67 +491,109 @@ impl Batcher {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Send { tp, record, size_bytes, ack, permit } => {
-                let client = &self.client;
-                let state = self.partitions.entry(tp).or_insert_with_key(|(topic, partition)| {
-                    let mut state = PartitionState::new();
-                    state.node = client.cached_leader(topic, *partition).unwrap_or_default();
-                    state
-                });
-                state.push(Pending { record, size_bytes, queued_at: Instant::now(), ack, _permit: permit });
+                self.partition(tp).push(Pending { record, size_bytes, queued_at: Instant::now(), ack, _permit: permit });
             }
             Command::Flush(done) => self.flush_waiters.push(done),
         }
     }
 
-    fn settle(&mut self, s: Settled) {
-        if let Some(n) = self.node_flights.get_mut(&s.node) {
-            *n -= 1;
-            if *n == 0 {
-                self.node_flights.remove(&s.node);
+    /// The state of partition `tp`, made on its first record (its leader as the client knows it).
+    fn partition(&mut self, tp: TopicPartition) -> &mut PartitionState {
+        let i = match self.partition_numbers.get(&tp) {
+            Some(i) => *i,
+            None => {
+                let mut state = PartitionState::new();
+                state.node = self.client.cached_leader(&tp.0, tp.1).unwrap_or_default();
+                state.node_number = self.node_number(&state.node);
+                self.node_partitions[state.node_number] += 1;
+                self.partition_numbers.insert(tp.clone(), self.partitions.len());
+                self.partitions.push((tp, state));
+                self.partitions.len() - 1
             }
+        };
+        &mut self.partitions[i].1
+    }
+
+    /// The number of node address `node` (given on its first sight; a producer sees a handful).
+    fn node_number(&mut self, node: &str) -> usize {
+        if let Some(n) = self.node_numbers.get(node) {
+            return *n;
         }
-        if let Some(state) = self.partitions.get_mut(&s.tp) {
+        let n = self.node_flights.len();
+        self.node_flights.push(0);
+        self.node_partitions.push(0);
+        self.node_numbers.insert(node.to_string(), n);
+        n
+    }
+
+    fn settle(&mut self, s: Settled) {
+        debug_assert!(self.node_flights[s.node] > 0, "a settled batch held a slot of node {}", s.node);
+        self.node_flights[s.node] -= 1;
+        if let Some(&i) = self.partition_numbers.get(&s.tp) {
+            let state = &mut self.partitions[i].1;
             state.settle(s.batch, s.outcome, &self.limits);
             // The send may have found a new leader.
-            state.node = self.client.cached_leader(&s.tp.0, s.tp.1).unwrap_or_default();
+            let node = self.client.cached_leader(&s.tp.0, s.tp.1).unwrap_or_default();
+            if node != self.partitions[i].1.node {
+                let number = self.node_number(&node);
+                let state = &mut self.partitions[i].1;
+                self.node_partitions[state.node_number] -= 1;
+                self.node_partitions[number] += 1;
+                state.node = node;
+                state.node_number = number;
+            }
         }
     }
 
-    /// Whether `node` has a free in-flight slot.
-    fn node_free(&self, node: &str) -> bool {
-        self.node_flights.get(node).copied().unwrap_or(0) < self.limits.max_in_flight_per_node
+    /// Whether every node that leads a partition has all its in-flight slots taken (then no
+    /// partition can send, and none is due by linger: they wait for a batch to settle).
+    fn all_nodes_busy(&self) -> bool {
+        let cap = self.limits.max_in_flight_per_node;
+        self.node_flights.iter().zip(&self.node_partitions).all(|(flights, led)| *led == 0 || *flights >= cap)
     }
 
     /// When the next partition's batch is due by linger (partitions whose node has no free slot
     /// wait for a batch to settle instead).
     fn next_deadline(&self) -> Option<Instant> {
-        self.partitions.values().filter(|s| self.node_free(&s.node)).filter_map(|s| s.deadline(&self.limits)).min()
+        if self.all_nodes_busy() {
+            return None;
+        }
+        let cap = self.limits.max_in_flight_per_node;
+        self.partitions
+            .iter()
+            .filter(|(_, s)| self.node_flights[s.node_number] < cap)
+            .filter_map(|(_, s)| s.deadline(&self.limits))
+            .min()
     }
 
     /// Sends what is ready, within each node's free slots, starting at the partition after the
     /// last one served so that the slots go round.
     fn dispatch(&mut self, urgent: bool) {
-        let now = Instant::now();
-        let cap = self.limits.max_in_flight_per_node;
-        let mut states: Vec<(&TopicPartition, &mut PartitionState)> = self.partitions.iter_mut().collect();
-        if states.is_empty() {
+        let count = self.partitions.len();
+        // With every node's slots taken nothing can go (refused batches going again take slots
+        // too); this is most passes under load.
+        if count == 0 || self.all_nodes_busy() {
             return;
         }
-        let start = self.cursor % states.len();
-        states.rotate_left(start);
-        let count = states.len();
+        let now = Instant::now();
+        let cap = self.limits.max_in_flight_per_node;
+        let start = self.cursor % count;
         let mut last_served = None;
-        for (i, (tp, state)) in states.into_iter().enumerate() {
-            let used = self.node_flights.get(&state.node).copied().unwrap_or(0);
-            let sends = state.take_sends_up_to(now, &self.limits, urgent, cap.saturating_sub(used));
+        for i in 0..count {
+            let (tp, state) = &mut self.partitions[(start + i) % count];
+            let used = self.node_flights[state.node_number];
+            if used >= cap {
+                continue;
+            }
+            let sends = state.take_sends_up_to(now, &self.limits, urgent, cap - used);
             if sends.is_empty() {
                 continue;
             }
             last_served = Some(i);
-            *self.node_flights.entry(state.node.clone()).or_default() += sends.len();
+            self.node_flights[state.node_number] += sends.len();
             for out in sends {
                 let identity = self.config.idempotent.then_some(out.identity);
-                let (client, tp, node) = (self.client.clone(), tp.clone(), state.node.clone());
+                let (client, tp, node) = (self.client.clone(), tp.clone(), state.node_number);
                 self.sending.push(Box::pin(async move {
                     let outcome = send_batch(&client, &tp, out.records, identity).await;
                     Settled { tp, batch: out.batch, outcome, node }
@@ -840,13 +897,13 @@ mod tests {
         let mut b = batcher(4);
         // Ten partitions of one node (leader unknown: all count as one), two records each.
         for p in 0..10u32 {
-            let state = b.partitions.entry(("t".to_string(), p)).or_insert_with(PartitionState::new);
-            queue(state, &["a", "b"]);
+            queue(b.partition(("t".to_string(), p)), &["a", "b"]);
         }
         b.dispatch(false);
         let flying: usize = in_flight(&b).iter().map(|(_, n)| n).sum();
         assert_eq!(flying, 4, "no more than the node's slots: {:?}", in_flight(&b));
-        assert_eq!(b.node_flights.get(""), Some(&4));
+        let node = b.node_numbers[""];
+        assert_eq!(b.node_flights[node], 4);
         assert!(in_flight(&b).iter().all(|(_, n)| *n <= 1), "one per partition before it knows the producer");
         // Partitions waiting for a slot have no linger deadline: they wait for a settle.
         let due_in = b.next_deadline();
@@ -860,10 +917,9 @@ mod tests {
                 .iter()
                 .find_map(|(tp, s)| s.flights.front().map(|f| (tp.clone(), f.batch)))
                 .expect("a batch in flight");
-            let node = b.partitions[&tp].node.clone();
             b.settle(Settled { tp, batch, outcome: Outcome::Acked, node });
             b.dispatch(false);
-            assert_eq!(b.node_flights.get(""), Some(&4), "{:?}", in_flight(&b));
+            assert_eq!(b.node_flights[node], 4, "{:?}", in_flight(&b));
             for (p, n) in in_flight(&b) {
                 if n > 0 && !served.contains(&p) {
                     served.push(p);
@@ -872,5 +928,44 @@ mod tests {
         }
         served.sort_unstable();
         assert_eq!(served, (0..10).collect::<Vec<_>>(), "every partition got a slot in turn");
+    }
+    /// Caches `leaders` (partition -> address) of topic `t` in the batcher's client.
+    fn lead(b: &Batcher, leaders: &[(u32, &str)]) {
+        let partitions = leaders
+            .iter()
+            .map(|(p, addr)| proto::PartitionInfo {
+                partition: *p,
+                leader_id: 1,
+                leader_addr: (*addr).to_string(),
+                ..Default::default()
+            })
+            .collect();
+        b.client.learn_topic(&proto::TopicInfo { name: "t".into(), config: None, partitions });
+    }
+
+    #[tokio::test]
+    async fn a_partition_whose_leader_moved_takes_the_new_nodes_slots_and_frees_the_old_ones() {
+        let mut b = batcher(1);
+        lead(&b, &[(0, "a:1"), (1, "a:1")]);
+        let (p0, p1) = (("t".to_string(), 0), ("t".to_string(), 1));
+        queue(b.partition(p0.clone()), &["x"]);
+        queue(b.partition(p1.clone()), &["y"]);
+        b.dispatch(false);
+        assert_eq!(in_flight(&b), [(0, 1), (1, 0)], "node a has one slot, partition 0 took it");
+        assert!(b.next_deadline().is_none(), "partition 1 waits for node a's slot");
+        // Partition 0's leader moves to node b; its batch settles.
+        queue(b.partition(p0.clone()), &["z"]);
+        lead(&b, &[(0, "b:1"), (1, "a:1")]);
+        let batch = b.partitions[b.partition_numbers[&p0]].1.flights.front().unwrap().batch;
+        b.settle(Settled { tp: p0, batch, outcome: Outcome::Acked, node: b.node_numbers["a:1"] });
+        b.dispatch(false);
+        assert_eq!(in_flight(&b), [(0, 1), (1, 1)], "partition 0 sent to node b, partition 1 took node a's slot");
+        assert_eq!(b.node_flights[b.node_numbers["a:1"]], 1);
+        assert_eq!(b.node_flights[b.node_numbers["b:1"]], 1);
+        // Both nodes busy: nothing goes and nothing is due until a batch settles.
+        queue(b.partition(p1), &["w"]);
+        b.dispatch(false);
+        assert_eq!(in_flight(&b), [(0, 1), (1, 1)]);
+        assert!(b.next_deadline().is_none());
     }
 }
