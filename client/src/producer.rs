@@ -491,7 +491,13 @@ impl Batcher {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Send { tp, record, size_bytes, ack, permit } => {
-                self.partition(tp).push(Pending { record, size_bytes, queued_at: Instant::now(), ack, _permit: permit });
+                self.partition(tp).push(Pending {
+                    record,
+                    size_bytes,
+                    queued_at: Instant::now(),
+                    ack,
+                    _permit: permit,
+                });
             }
             Command::Flush(done) => self.flush_waiters.push(done),
         }
