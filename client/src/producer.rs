@@ -419,11 +419,11 @@ struct Batcher {
     /// on the connection, after every batch taken before it (separate tasks could start in any
     /// order, and a batch that overtakes another is refused and must go again).
     sending: FuturesUnordered<Sending>,
-    /// Batches in flight per node, by node number, and the number of each node address
-    /// ([`PartitionState::node`]) seen. Numbers, not addresses, are what the passes over every
-    /// partition look up: with hundreds of partitions, hashing an address per partition and pass
-    /// was a good part of a producer's CPU.
+    /// Batches in flight per node, by node number. Numbers, not addresses, are what the passes
+    /// over every partition look up: with hundreds of partitions, hashing an address per partition
+    /// and pass was a good part of a producer's CPU.
     node_flights: Vec<usize>,
+    /// The number of each node address ([`PartitionState::node`]) seen.
     node_numbers: HashMap<String, usize>,
     /// Partitions per node number (whose cached leader it is).
     node_partitions: Vec<usize>,
@@ -536,8 +536,7 @@ impl Batcher {
         debug_assert!(self.node_flights[s.node] > 0, "a settled batch held a slot of node {}", s.node);
         self.node_flights[s.node] -= 1;
         if let Some(&i) = self.partition_numbers.get(&s.tp) {
-            let state = &mut self.partitions[i].1;
-            state.settle(s.batch, s.outcome, &self.limits);
+            self.partitions[i].1.settle(s.batch, s.outcome, &self.limits);
             // The send may have found a new leader.
             let node = self.client.cached_leader(&s.tp.0, s.tp.1).unwrap_or_default();
             if node != self.partitions[i].1.node {
@@ -935,6 +934,7 @@ mod tests {
         served.sort_unstable();
         assert_eq!(served, (0..10).collect::<Vec<_>>(), "every partition got a slot in turn");
     }
+
     /// Caches `leaders` (partition -> address) of topic `t` in the batcher's client.
     fn lead(b: &Batcher, leaders: &[(u32, &str)]) {
         let partitions = leaders
