@@ -361,6 +361,8 @@ pub struct LocalGroups {
     groups: RwLock<HashMap<GroupId, Arc<RaftGroup>>>,
     /// The node is stopping: no group registers any more ([`LocalGroups::close`]).
     closed: std::sync::atomic::AtomicBool,
+    /// Turns true with `closed`, for what waits on it ([`LocalGroups::closing`]).
+    closing: watch::Sender<bool>,
     /// Group starts under way ([`LocalGroups::starting`]); each holds the node's storage.
     starts: watch::Sender<usize>,
     /// Changes whenever a group registers, unregisters or changes its quiet state (see
@@ -373,6 +375,7 @@ impl Default for LocalGroups {
         Self {
             groups: RwLock::default(),
             closed: Default::default(),
+            closing: watch::Sender::new(false),
             starts: watch::Sender::new(0),
             quiet_generation: Default::default(),
         }
@@ -437,7 +440,15 @@ impl LocalGroups {
     pub fn close(&self) -> Vec<Arc<RaftGroup>> {
         let groups = self.groups.write();
         self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closing.send_replace(true);
         groups.values().cloned().collect()
+    }
+
+    /// Turns true once the node is stopping ([`LocalGroups::close`]): what serves peers for the
+    /// whole node (a multiplexed replication call) ends then, so peers open their next call to
+    /// whatever serves this address next.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn register(&self, group: Arc<RaftGroup>) -> Result<(), RaftError> {

@@ -3,7 +3,7 @@
 //! A message for a group this node does not run is answered `NOT_FOUND`, which the sender treats
 //! as "unreachable" and retries with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::group::{LocalGroups, RaftGroup};
 use crate::heartbeat::NodeHeartbeats;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
+use crate::network::multiplex;
 use crate::network::pb::{self, raft_service_server::RaftService};
 use crate::network::peers::Peers;
 use crate::network::tls;
@@ -235,78 +236,35 @@ impl RaftService for RaftGrpcService {
         let Some(first) = input.next().await else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
-        let first = first?;
-        let group = first.group_id;
-        let (raft, mut stopped, mut input_stopped, held) = {
-            let g = self.group(group)?;
-            if g.is_quiet() {
-                g.wake_for_message().await;
-            }
-            (g.raft().clone(), g.stopped(), g.stopped(), Arc::downgrade(&g))
-        };
-        let raft_for_checks = raft.clone();
-        let first = convert::append_request_from_pb(&first).map_err(bad)?;
-        guard::check_identity(certified, first.vote.leader_id.node_id)
-            .and_then(|()| guard::check_append(&self.receiver(GroupId(group), &raft), &first))
-            .map_err(|r| self.refuse("StreamAppend", group, peer, &r))?;
-        // A message that does not decode, names another group or is refused by the edge checks
-        // ends the input; openraft then sees the stream close and the leader re-establishes it.
-        let this = self.clone();
-        let rest = input.scan((), move |_, item| {
-            let next = match item {
-                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok().and_then(|rpc| {
-                    let checked = guard::check_identity(certified, rpc.vote.leader_id.node_id)
-                        .and_then(|()| guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc));
-                    match checked {
-                        Ok(()) => Some(rpc),
-                        Err(r) => {
-                            let _ = this.refuse("StreamAppend", group, peer, &r);
-                            None
-                        }
-                    }
-                }),
-                Ok(m) => {
-                    tracing::warn!(
-                        group,
-                        other = m.group_id,
-                        "stream_append message for another group; closing stream"
-                    );
-                    None
-                }
-                Err(_) => None,
-            };
-            futures::future::ready(next)
-        });
-        // The response stream ends when the group shuts down, so a node stopping its server is
-        // not held up by a leader's open replication stream. The requests end then too: openraft
-        // keeps reading its input until a message fails to reach the stopped core, and meanwhile
-        // the leader would keep streaming entries into a stream nobody answers.
-        let input_stop = async move {
-            let _ = input_stopped.wait_for(|s| *s).await;
-        };
-        let requests = futures::stream::once(futures::future::ready(first))
-            .chain(rest)
-            .then(move |rpc| {
-                let held = held.clone();
-                async move {
-                    if !rpc.entries.is_empty()
-                        && let Some(g) = held.upgrade()
-                    {
-                        g.appends_released().await;
-                    }
-                    rpc
-                }
-            })
-            .take_until(input_stop);
+        let output = self.append_session("StreamAppend", certified, peer, first?, input).await?;
+        Ok(Response::new(output))
+    }
+
+    type MultiplexStream = Pin<Box<dyn Stream<Item = Result<pb::MultiplexResponse, Status>> + Send>>;
+
+    async fn multiplex(
+        &self,
+        request: Request<Streaming<pb::MultiplexRequest>>,
+    ) -> Result<Response<Self::MultiplexStream>, Status> {
+        let peer = request.remote_addr();
+        // A refused certificate refuses the whole call; every request is checked against it.
+        let certified = self.certified(&request).map_err(|r| self.refuse("Multiplex", 0, peer, &r))?;
+        let (answers, queued) = tokio::sync::mpsc::channel(MULTIPLEX_ANSWER_QUEUE);
+        // The call ends when the node stops: its sessions' groups are gone, and a peer must not
+        // keep sending into a call that a stopped node's service still holds (a graceful server
+        // stop lets open calls run on).
+        let mut closing = self.groups.closing();
         let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
+            let _ = closing.wait_for(|c| *c).await;
         };
-        let output = raft
-            .stream_append(requests)
-            .map(|r| match r {
-                Ok(result) => Ok(convert::stream_result_to_pb(&result)),
-                Err(e) => Err(fatal(e)),
-            })
+        let input = request.into_inner().take_until(stop);
+        tokio::spawn(self.clone().demultiplex(certified, peer, input, answers));
+        let mut closing = self.groups.closing();
+        let stop = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        let output = multiplex::batches(queued, multiplex::MAX_ITEMS_PER_MESSAGE, usize::MAX, |_| 0)
+            .map(|items| Ok(pb::MultiplexResponse { items }))
             .take_until(stop);
         Ok(Response::new(Box::pin(output)))
     }
@@ -473,6 +431,209 @@ impl RaftService for RaftGrpcService {
             .map_err(|r| self.refuse("NodeHeartbeat", 0, peer, &r))?;
         Ok(Response::new(self.heartbeats.receive(req)))
     }
+}
+
+/// Answers a multiplexed call's sessions queue (all sessions together) before they wait for the
+/// call's writer.
+const MULTIPLEX_ANSWER_QUEUE: usize = 4096;
+
+impl RaftGrpcService {
+    /// One group's replication session: `first` picks the group (every later request must name
+    /// it too), and each request is checked at the edge ([`guard`]) before openraft sees it. The
+    /// answers come in the order of the requests; a request that does not decode, names another
+    /// group or is refused ends the requests (openraft then ends the answers, and the leader
+    /// starts a new session).
+    async fn append_session(
+        &self,
+        rpc_name: &'static str,
+        certified: Option<NodeId>,
+        peer: Option<SocketAddr>,
+        first: pb::AppendEntriesRequest,
+        input: impl Stream<Item = Result<pb::AppendEntriesRequest, Status>> + Send + 'static,
+    ) -> Result<AppendStream, Status> {
+        let group = first.group_id;
+        let (raft, mut stopped, mut input_stopped, held) = {
+            let g = self.group(group)?;
+            if g.is_quiet() {
+                g.wake_for_message().await;
+            }
+            (g.raft().clone(), g.stopped(), g.stopped(), Arc::downgrade(&g))
+        };
+        let raft_for_checks = raft.clone();
+        let first = convert::append_request_from_pb(&first).map_err(bad)?;
+        guard::check_identity(certified, first.vote.leader_id.node_id)
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(group), &raft), &first))
+            .map_err(|r| self.refuse(rpc_name, group, peer, &r))?;
+        let this = self.clone();
+        let rest = input.scan((), move |_, item| {
+            let next = match item {
+                Ok(m) if m.group_id == group => convert::append_request_from_pb(&m).ok().and_then(|rpc| {
+                    let checked = guard::check_identity(certified, rpc.vote.leader_id.node_id)
+                        .and_then(|()| guard::check_append(&this.receiver(GroupId(group), &raft_for_checks), &rpc));
+                    match checked {
+                        Ok(()) => Some(rpc),
+                        Err(r) => {
+                            let _ = this.refuse(rpc_name, group, peer, &r);
+                            None
+                        }
+                    }
+                }),
+                Ok(m) => {
+                    tracing::warn!(
+                        group,
+                        other = m.group_id,
+                        rpc = rpc_name,
+                        "replication session message for another group; ending the session"
+                    );
+                    None
+                }
+                Err(_) => None,
+            };
+            futures::future::ready(next)
+        });
+        // The answers end when the group shuts down, so a node stopping its server is not held
+        // up by a leader's open replication session. The requests end then too: openraft keeps
+        // reading its input until a message fails to reach the stopped core, and meanwhile the
+        // leader would keep sending entries into a session nobody answers.
+        let input_stop = async move {
+            let _ = input_stopped.wait_for(|s| *s).await;
+        };
+        let requests = futures::stream::once(futures::future::ready(first))
+            .chain(rest)
+            .then(move |rpc| {
+                let held = held.clone();
+                async move {
+                    if !rpc.entries.is_empty()
+                        && let Some(g) = held.upgrade()
+                    {
+                        g.appends_released().await;
+                    }
+                    rpc
+                }
+            })
+            .take_until(input_stop);
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let output = raft
+            .stream_append(requests)
+            .map(|r| match r {
+                Ok(result) => Ok(convert::stream_result_to_pb(&result)),
+                Err(e) => Err(fatal(e)),
+            })
+            .take_until(stop);
+        Ok(Box::pin(output))
+    }
+
+    /// Reads a multiplexed call: each new session id starts a session ([`Self::run_session`]),
+    /// and each later request goes to its session's queue, in order. Ids at or below the highest
+    /// one started that are no longer running belong to sessions already over: their requests
+    /// are dropped (the sender hears of the end from the session's `end` item). When the call's
+    /// requests end (or fail), every session's requests end with them.
+    async fn demultiplex(
+        self,
+        certified: Option<NodeId>,
+        peer: Option<SocketAddr>,
+        input: impl Stream<Item = Result<pb::MultiplexRequest, Status>> + Send + 'static,
+        answers: tokio::sync::mpsc::Sender<pb::SessionResponse>,
+    ) {
+        let mut input = std::pin::pin!(input);
+        struct Queue {
+            tx: tokio::sync::mpsc::UnboundedSender<pb::AppendEntriesRequest>,
+            queued: Arc<AtomicU64>,
+        }
+        let mut sessions: HashMap<u64, Queue> = HashMap::new();
+        let mut highest = 0u64;
+        while let Some(Ok(message)) = input.next().await {
+            for item in message.items {
+                if item.end {
+                    sessions.remove(&item.session);
+                    continue;
+                }
+                let Some(append) = item.append else {
+                    // Malformed: the session ends (its queue is dropped) with an answer saying why.
+                    if sessions.remove(&item.session).is_some() || item.session > highest {
+                        highest = highest.max(item.session);
+                        let end =
+                            session_end(&Status::invalid_argument("a session request with neither append nor end"));
+                        let _ = answers
+                            .send(pb::SessionResponse { session: item.session, append: None, end: Some(end) })
+                            .await;
+                    }
+                    continue;
+                };
+                if let Some(queue) = sessions.get(&item.session) {
+                    if queue.queued.load(Ordering::Relaxed) >= multiplex::SESSION_QUEUE_LIMIT {
+                        // The sender ignores its credit: end the session rather than buffer without bound.
+                        sessions.remove(&item.session);
+                        let end = session_end(&Status::resource_exhausted(format!(
+                            "more than {} requests of session {} queued",
+                            multiplex::SESSION_QUEUE_LIMIT,
+                            item.session
+                        )));
+                        let _ = answers
+                            .send(pb::SessionResponse { session: item.session, append: None, end: Some(end) })
+                            .await;
+                        continue;
+                    }
+                    queue.queued.fetch_add(1, Ordering::Relaxed);
+                    if queue.tx.send(append).is_err() {
+                        sessions.remove(&item.session);
+                    }
+                } else if item.session > highest {
+                    highest = item.session;
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let queued = Arc::new(AtomicU64::new(0));
+                    sessions.insert(item.session, Queue { tx, queued: queued.clone() });
+                    let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |r| {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        Ok(r)
+                    });
+                    tokio::spawn(self.clone().run_session(
+                        certified,
+                        peer,
+                        item.session,
+                        append,
+                        rest,
+                        answers.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs one session of a multiplexed call and queues its answers, then its end.
+    async fn run_session(
+        self,
+        certified: Option<NodeId>,
+        peer: Option<SocketAddr>,
+        session: u64,
+        first: pb::AppendEntriesRequest,
+        rest: impl Stream<Item = Result<pb::AppendEntriesRequest, Status>> + Send + 'static,
+        answers: tokio::sync::mpsc::Sender<pb::SessionResponse>,
+    ) {
+        let end = match self.append_session("Multiplex", certified, peer, first, rest).await {
+            Ok(mut output) => loop {
+                match output.next().await {
+                    Some(Ok(append)) => {
+                        let answer = pb::SessionResponse { session, append: Some(append), end: None };
+                        if answers.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) => break session_end(&status),
+                    None => break pb::SessionEnd::default(),
+                }
+            },
+            Err(status) => session_end(&status),
+        };
+        let _ = answers.send(pb::SessionResponse { session, append: None, end: Some(end) }).await;
+    }
+}
+
+/// A session's end item for `status`.
+fn session_end(status: &Status) -> pb::SessionEnd {
+    pb::SessionEnd { code: status.code() as i32, message: status.message().to_string() }
 }
 
 #[cfg(test)]

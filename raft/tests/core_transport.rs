@@ -117,14 +117,24 @@ async fn damaged_or_inconsistent_snapshots_are_refused() {
     group.shutdown().await.unwrap();
 }
 
-/// A peer whose `stream_append` answers the first request, then ends the response while it keeps
-/// reading (and reporting) requests: what a follower does when its group stops mid-stream.
+/// A peer whose replication sessions answer the first request, then end while the peer keeps
+/// reading (and reporting) requests: what a follower does when its group stops mid-session.
 struct HalfClosingPeer {
     received: tokio::sync::mpsc::UnboundedSender<pb::AppendEntriesRequest>,
 }
 
 type ResponseStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>> + Send>>;
+type MultiplexStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MultiplexResponse, tonic::Status>> + Send>>;
+
+fn success() -> pb::AppendEntriesResponse {
+    pb::AppendEntriesResponse {
+        outcome: pb::append_entries_response::Outcome::Success as i32,
+        last_log_id: None,
+        rejected_by: None,
+    }
+}
 
 #[tonic::async_trait]
 impl pb::raft_service_server::RaftService for HalfClosingPeer {
@@ -158,12 +168,43 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
                 let _ = received.send(m);
             }
         });
-        let answer = pb::AppendEntriesResponse {
-            outcome: pb::append_entries_response::Outcome::Success as i32,
-            last_log_id: None,
-            rejected_by: None,
-        };
-        Ok(tonic::Response::new(Box::pin(tokio_stream::iter([Ok(answer)]))))
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter([Ok(success())]))))
+    }
+
+    type MultiplexStream = MultiplexStream;
+
+    /// Answers each session's first request and ends the session in the same message; reports
+    /// every request it reads, and keeps the call open.
+    async fn multiplex(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::MultiplexRequest>>,
+    ) -> Result<tonic::Response<MultiplexStream>, tonic::Status> {
+        use tokio_stream::StreamExt;
+        let mut input = request.into_inner();
+        let received = self.received.clone();
+        let (answers, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut answered = std::collections::HashSet::new();
+            while let Some(Ok(message)) = input.next().await {
+                for item in message.items {
+                    let Some(append) = item.append else { continue };
+                    let _ = received.send(append);
+                    if answered.insert(item.session) {
+                        let _ = answers.send(Ok(pb::MultiplexResponse {
+                            items: vec![
+                                pb::SessionResponse { session: item.session, append: Some(success()), end: None },
+                                pb::SessionResponse {
+                                    session: item.session,
+                                    append: None,
+                                    end: Some(pb::SessionEnd::default()),
+                                },
+                            ],
+                        }));
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(queued))))
     }
 
     async fn install_snapshot(

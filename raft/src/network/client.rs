@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 
 use crate::network::commit_notices::CommitNotices;
 use crate::network::convert;
+use crate::network::multiplex;
 use crate::network::pb::{self, raft_service_client::RaftServiceClient};
 use crate::network::peers::Peers;
 use crate::snapshot::SnapshotData;
@@ -88,50 +89,6 @@ pub(crate) async fn detached<T: Send + 'static>(
         Ok(Ok(Ok(out))) => Some(out),
         _ => None,
     }
-}
-
-/// Forwards the responses of one `StreamAppend` call to its reader. Once the reader is gone (the
-/// session is over, or openraft stopped waiting for a heartbeat's answer), the call is left to end
-/// on its own (its requests end with the session: [`SessionStream`]) for at most `limit`, rather
-/// than being reset.
-///
-/// A request (`sent` counts them) left unanswered for `limit`, with no answer at all meanwhile,
-/// ends the stream with `DEADLINE_EXCEEDED`: openraft then no longer counts those entries as in
-/// flight (a leader purges no entry in flight, so a follower that answers heartbeats but never
-/// its entries would otherwise hold the leader's retention forever) and sends them again.
-async fn forward_responses(
-    mut responses: tonic::Streaming<pb::AppendEntriesResponse>,
-    tx: tokio::sync::mpsc::Sender<Result<pb::AppendEntriesResponse, tonic::Status>>,
-    limit: Duration,
-    sent: Arc<AtomicU64>,
-) {
-    let mut answered = 0u64;
-    loop {
-        // Requests already sent when this wait began, if still unanswered when it ends, stalled.
-        let waiting = sent.load(Ordering::Relaxed) > answered;
-        tokio::select! {
-            item = responses.next() => match item {
-                Some(item) => {
-                    answered += 1;
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-                None => return,
-            },
-            () = tx.closed() => break,
-            () = tokio::time::sleep(limit) => if waiting {
-                let stalled = tonic::Status::deadline_exceeded(format!(
-                    "the peer answered none of {} outstanding AppendEntries within {} ms",
-                    sent.load(Ordering::Relaxed) - answered,
-                    limit.as_millis()
-                ));
-                let _ = tx.send(Err(stalled)).await;
-                break;
-            },
-        }
-    }
-    let _ = tokio::time::timeout(limit, async { while responses.next().await.is_some() {} }).await;
 }
 
 /// Sends one group's messages to one peer.
@@ -231,26 +188,28 @@ impl PeerClient {
     }
 }
 
-/// The response stream of one replication session; it also ends the session's request stream.
+/// The answers of one replication session; it also ends the session's requests.
 ///
 /// openraft's request streams are not independent: all the sessions of one replication target
 /// pull from one shared state (the entries still to send, behind a mutex that a pull holds while
-/// it waits for new log entries). tonic, however, keeps pulling a request stream for as long as
-/// the HTTP/2 stream is open for sending, which can outlive the response: a follower whose group
-/// stops ends the response but keeps reading requests until the next one fails. A request stream
-/// still pulled after openraft gave up its session would take the next entries away from the
-/// following session and send them into that dead stream; the new session then waits for entries
-/// that never come (nothing is lost, but replication to that follower stalls until the next write,
-/// indefinitely on an idle group), and the stale pull can hold the mutex meanwhile.
+/// it waits for new log entries). A request stream still pulled after openraft gave up its session
+/// would take the next entries away from the following session and send them into that dead
+/// session; the new session then waits for entries that never come (nothing is lost, but
+/// replication to that follower stalls until the next write, indefinitely on an idle group), and
+/// the stale pull can hold the mutex meanwhile. (A follower whose group stops ends the answers
+/// while the requests could still flow: tonic kept pulling a `StreamAppend` call's requests for as
+/// long as the HTTP/2 stream was open for sending.)
 ///
 /// So the request stream is cut (`take_until`, checked before every pull) when this stream ends
-/// or is dropped (openraft drops it as soon as the session is over, whatever the reason; a failed
-/// call drops the sender before this stream exists). A dropped request stream also releases any
-/// pull in progress, mutex included.
+/// or is dropped (openraft drops it as soon as the session is over, whatever the reason), and the
+/// multiplexed session ([`multiplex::Session`], dropped with it) stops its sender and queues the
+/// session's end. A dropped request stream also releases any pull in progress, mutex included.
 struct SessionStream<'s, T> {
     responses: BoxStream<'s, T>,
     /// Dropping it ends the session's request stream.
     session: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The session on the peer's multiplexed call.
+    _multiplexed: multiplex::Session,
 }
 
 impl<T> Stream for SessionStream<'_, T> {
@@ -301,7 +260,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         let group = self.group;
         Box::pin(async move {
-            let mut client = self.client()?;
+            let client = self.client()?;
             // Take the first request before connecting: openraft waits out its replication
             // backoff while producing it, so a peer that is down is retried at the backoff pace
             // instead of in a tight connect/fail loop.
@@ -325,6 +284,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Some(Some(second)) => Some(second),
                 None => None,
             };
+            // The session goes on the peer's multiplexed call (`multiplex`): its requests share
+            // messages with every other group's replication to that peer.
+            let limit = self.request_timeout;
+            let mut multiplexed = self.peers.multiplexer().session(&self.addr, &client, limit, self.tls_generation);
             let counters = self.peers.clone();
             let sent = Arc::new(AtomicU64::new(0));
             let sent_here = sent.clone();
@@ -340,36 +303,20 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 sent_here.fetch_add(1, Ordering::Relaxed);
                 convert::append_request_to_pb(group, &r)
             });
-            // The call runs on a task of its own (see the module docs): dropped by openraft, the
-            // session ends its requests and the call finishes instead of being reset.
-            let limit = self.request_timeout;
-            let (opened_tx, opened) = tokio::sync::oneshot::channel();
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(async move {
-                match tokio::time::timeout(limit, client.stream_append(requests)).await {
-                    Ok(Ok(resp)) => {
-                        let _ = opened_tx.send(Ok(()));
-                        forward_responses(resp.into_inner(), tx, limit, sent).await;
-                    }
-                    Ok(Err(status)) => {
-                        let _ = opened_tx.send(Err(Some(status)));
-                    }
-                    Err(_) => {
-                        let _ = opened_tx.send(Err(None));
-                    }
-                }
-            });
-            match opened.await {
-                Ok(Ok(())) => {}
-                Ok(Err(Some(status))) => return Err(self.status_err(&status)),
-                Ok(Err(None)) | Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, limit)),
-            }
+            // The sender runs on a task of its own: it pulls as credit allows, and ends with the
+            // session.
+            tokio::spawn(multiplexed.send_all(requests));
+            let answers = multiplexed.answers(sent, limit);
             let this: &PeerClient = self;
-            let output = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| match item {
+            let output = answers.map(move |item| match item {
                 Ok(r) => convert::stream_result_from_pb(&r).map_err(|e| this.bad_reply(e)),
                 Err(s) => Err(this.status_err(&s)),
             });
-            Ok(Box::pin(SessionStream { responses: Box::pin(output), session: Some(session) }) as BoxStream<'s, _>)
+            Ok(Box::pin(SessionStream {
+                responses: Box::pin(output),
+                session: Some(session),
+                _multiplexed: multiplexed,
+            }) as BoxStream<'s, _>)
         })
     }
 

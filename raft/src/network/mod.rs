@@ -7,6 +7,7 @@ pub mod client;
 mod commit_notices;
 pub mod convert;
 pub mod guard;
+pub(crate) mod multiplex;
 pub mod peers;
 pub mod tls;
 

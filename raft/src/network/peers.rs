@@ -3,6 +3,7 @@
 //! settings they use.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::RaftError;
 use crate::network::NetworkConfig;
+use crate::network::multiplex::Multiplexer;
 use crate::network::tls::TlsPem;
 use crate::types::{GroupId, NodeId};
 
@@ -32,6 +34,10 @@ pub struct SentCounters {
     /// AppendEntries messages (unary, or one message of a replication or heartbeat stream):
     /// per-group heartbeats and replication.
     pub append_messages: AtomicU64,
+    /// Messages of the multiplexed replication calls (`network::multiplex`): each carries the
+    /// replication requests of one or more groups' sessions, so `append_messages` sent on those
+    /// calls divided by this is how many shared a message.
+    pub multiplexed_messages: Arc<AtomicU64>,
     /// Vote and pre-vote requests.
     pub votes: AtomicU64,
     /// Node heartbeats sent (one per peer per tick, whatever the number of groups).
@@ -67,6 +73,8 @@ pub struct Peers {
     /// The peers' node heartbeats: when each was last heard, and what it named.
     heard: Mutex<HashMap<NodeId, Heard>>,
     sent: SentCounters,
+    /// The multiplexed replication call to each peer.
+    multiplexer: Multiplexer,
 }
 
 impl Peers {
@@ -74,6 +82,8 @@ impl Peers {
     pub fn new(node_id: NodeId, config: NetworkConfig) -> Result<Self, RaftError> {
         config.validate()?;
         let tls = RwLock::new(config.tls.clone());
+        let sent = SentCounters::default();
+        let multiplexer = Multiplexer::new(sent.multiplexed_messages.clone());
         Ok(Self {
             node_id,
             config,
@@ -81,7 +91,8 @@ impl Peers {
             tls_generation: AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
-            sent: SentCounters::default(),
+            sent,
+            multiplexer,
         })
     }
 
@@ -109,6 +120,7 @@ impl Peers {
         let mut channels = self.channels.lock();
         *self.tls.write() = Some(tls);
         channels.clear();
+        self.multiplexer.clear();
         self.tls_generation.fetch_add(1, Ordering::Release);
     }
 
@@ -116,6 +128,11 @@ impl Peers {
     /// certificates that were replaced since.
     pub fn tls_generation(&self) -> u64 {
         self.tls_generation.load(Ordering::Acquire)
+    }
+
+    /// The multiplexed replication calls to the peers.
+    pub(crate) fn multiplexer(&self) -> &Multiplexer {
+        &self.multiplexer
     }
 
     /// What this node sent (and how many node heartbeats it received).
