@@ -406,6 +406,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "shale_raft_multiplexed_messages_sent_total",
+            "Messages of the per-peer multiplexed replication calls; each carries the AppendEntries of one or more groups.",
+            sent.multiplexed_messages.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
             "shale_scrub_bytes_total",
             "Bytes the scrubber re-read from storage.",
             self.scrub_bytes.get(),

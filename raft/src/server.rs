@@ -525,10 +525,10 @@ impl RaftGrpcService {
         Ok(Box::pin(output))
     }
 
-    /// Reads a multiplexed call: each new session id starts a session ([`Self::run_session`]),
-    /// and each later request goes to its session's queue, in order. Ids at or below the highest
-    /// one started that are no longer running belong to sessions already over: their requests
-    /// are dropped (the sender hears of the end from the session's `end` item). When the call's
+    /// Reads a multiplexed call: a request marked `open` starts its session
+    /// ([`Self::run_session`]), and each later request goes to its session's queue, in order. A
+    /// request of a session not running (one already over, here or by the sender's `end`) is
+    /// dropped: the sender hears of the end from the session's `end` item. When the call's
     /// requests end (or fail), every session's requests end with them.
     async fn demultiplex(
         self,
@@ -537,51 +537,37 @@ impl RaftGrpcService {
         input: impl Stream<Item = Result<pb::MultiplexRequest, Status>> + Send + 'static,
         answers: tokio::sync::mpsc::Sender<pb::SessionResponse>,
     ) {
-        let mut input = std::pin::pin!(input);
         struct Queue {
             tx: tokio::sync::mpsc::UnboundedSender<pb::AppendEntriesRequest>,
             queued: Arc<AtomicU64>,
         }
+        let mut input = std::pin::pin!(input);
         let mut sessions: HashMap<u64, Queue> = HashMap::new();
-        let mut highest = 0u64;
         while let Some(Ok(message)) = input.next().await {
             for item in message.items {
+                let end = |status: Status| pb::SessionResponse {
+                    session: item.session,
+                    append: None,
+                    end: Some(session_end(&status)),
+                };
                 if item.end {
                     sessions.remove(&item.session);
                     continue;
                 }
                 let Some(append) = item.append else {
                     // Malformed: the session ends (its queue is dropped) with an answer saying why.
-                    if sessions.remove(&item.session).is_some() || item.session > highest {
-                        highest = highest.max(item.session);
-                        let end =
-                            session_end(&Status::invalid_argument("a session request with neither append nor end"));
-                        let _ = answers
-                            .send(pb::SessionResponse { session: item.session, append: None, end: Some(end) })
-                            .await;
-                    }
+                    sessions.remove(&item.session);
+                    let _ = answers
+                        .send(end(Status::invalid_argument("a session request with neither append nor end")))
+                        .await;
                     continue;
                 };
-                if let Some(queue) = sessions.get(&item.session) {
-                    if queue.queued.load(Ordering::Relaxed) >= multiplex::SESSION_QUEUE_LIMIT {
-                        // The sender ignores its credit: end the session rather than buffer without bound.
+                if item.open {
+                    if sessions.contains_key(&item.session) {
                         sessions.remove(&item.session);
-                        let end = session_end(&Status::resource_exhausted(format!(
-                            "more than {} requests of session {} queued",
-                            multiplex::SESSION_QUEUE_LIMIT,
-                            item.session
-                        )));
-                        let _ = answers
-                            .send(pb::SessionResponse { session: item.session, append: None, end: Some(end) })
-                            .await;
+                        let _ = answers.send(end(Status::invalid_argument("a session opened twice"))).await;
                         continue;
                     }
-                    queue.queued.fetch_add(1, Ordering::Relaxed);
-                    if queue.tx.send(append).is_err() {
-                        sessions.remove(&item.session);
-                    }
-                } else if item.session > highest {
-                    highest = item.session;
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                     let queued = Arc::new(AtomicU64::new(0));
                     sessions.insert(item.session, Queue { tx, queued: queued.clone() });
@@ -597,6 +583,24 @@ impl RaftGrpcService {
                         rest,
                         answers.clone(),
                     ));
+                    continue;
+                }
+                let Some(queue) = sessions.get(&item.session) else { continue };
+                if queue.queued.load(Ordering::Relaxed) >= multiplex::SESSION_QUEUE_LIMIT {
+                    // The sender ignores its credit: end the session rather than buffer without bound.
+                    sessions.remove(&item.session);
+                    let _ = answers
+                        .send(end(Status::resource_exhausted(format!(
+                            "more than {} requests of session {} queued",
+                            multiplex::SESSION_QUEUE_LIMIT,
+                            item.session
+                        ))))
+                        .await;
+                    continue;
+                }
+                queue.queued.fetch_add(1, Ordering::Relaxed);
+                if queue.tx.send(append).is_err() {
+                    sessions.remove(&item.session);
                 }
             }
         }

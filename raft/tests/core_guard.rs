@@ -89,8 +89,71 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         },
     );
     assert_refused(client.append_entries(forged.clone()).await.unwrap_err(), "a non-member's append");
-    let stream = client.stream_append(tokio_stream::iter(vec![forged])).await;
+    let stream = client.stream_append(tokio_stream::iter(vec![forged.clone()])).await;
     assert_refused(stream.map(|_| ()).unwrap_err(), "a non-member's stream append");
+
+    // The same append as a session of a multiplexed call: that session ends refused; a malformed
+    // item ends its own session; a late request of an ended session starts nothing; the call
+    // goes on serving new sessions.
+    let (requests, queued) = tokio::sync::mpsc::channel(4);
+    let item = |session: u64, append: Option<pb::AppendEntriesRequest>, open: bool| pb::SessionRequest {
+        session,
+        append,
+        end: false,
+        open,
+    };
+    requests
+        .send(pb::MultiplexRequest { items: vec![item(1, Some(forged.clone()), true), item(2, None, true)] })
+        .await
+        .unwrap();
+    let mut answers = client
+        .multiplex(tokio_stream::wrappers::ReceiverStream::new(queued))
+        .await
+        .expect("the call is accepted: each session is checked on its own")
+        .into_inner();
+    let mut ends = std::collections::BTreeMap::new();
+    while ends.len() < 2 {
+        let message = answers.message().await.expect("the call goes on").expect("a message");
+        for i in message.items {
+            assert!(i.append.is_none(), "no session was answered: {i:?}");
+            ends.insert(i.session, i.end.expect("a session end"));
+        }
+    }
+    assert_eq!(ends[&1].code, Code::PermissionDenied as i32, "the forged session: {:?}", ends[&1]);
+    assert_eq!(ends[&2].code, Code::InvalidArgument as i32, "the malformed session: {:?}", ends[&2]);
+    let mut elsewhere = forged.clone();
+    elsewhere.group_id = 4242;
+    requests
+        .send(pb::MultiplexRequest {
+            items: vec![item(1, Some(forged.clone()), false), item(3, Some(elsewhere), true)],
+        })
+        .await
+        .unwrap();
+    let message = answers.message().await.expect("the call goes on").expect("a message");
+    assert_eq!(message.items.len(), 1, "only the new session answers: {message:?}");
+    assert_eq!(message.items[0].session, 3);
+    assert_eq!(message.items[0].end.as_ref().map(|e| e.code), Some(Code::NotFound as i32), "no such group here");
+    let late = tokio::time::timeout(std::time::Duration::from_millis(300), answers.message()).await;
+    assert!(late.is_err(), "the ended session 1 did not start again: {late:?}");
+    // Sessions' first requests reach the call in any order: a lower id opened later is served.
+    let mut elsewhere = forged.clone();
+    elsewhere.group_id = 4242;
+    requests
+        .send(pb::MultiplexRequest {
+            items: vec![item(6, Some(elsewhere.clone()), true), item(5, Some(elsewhere), true)],
+        })
+        .await
+        .unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 2 {
+        let message = answers.message().await.expect("the call goes on").expect("a message");
+        for i in message.items {
+            assert_eq!(i.end.map(|e| e.code), Some(Code::NotFound as i32), "session {}", i.session);
+            answered.insert(i.session);
+        }
+    }
+    assert_eq!(answered, [5, 6].into(), "both sessions were started");
+    drop(requests);
 
     // A transfer to a stranger.
     let transfer = pb::TransferLeaderRequest {

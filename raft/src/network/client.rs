@@ -264,7 +264,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             // Take the first request before connecting: openraft waits out its replication
             // backoff while producing it, so a peer that is down is retried at the backoff pace
             // instead of in a tight connect/fail loop.
-            let mut input = input;
+            let mut input = input.fuse();
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };

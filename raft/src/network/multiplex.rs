@@ -10,7 +10,8 @@
 //! AppendEntries share a message. The peer answers the same way (`crate::server`), one session's
 //! answers in the order of its requests.
 //!
-//! A session is numbered by the sender (ids grow within a call and are never reused). It ends when
+//! A session is numbered by the sender (ids are never reused within a call) and starts with its first
+//! request (marked `open`: sessions' first items may reach the call's queue in any order). It ends when
 //! openraft drops it (the sender queues an `end` item; the receiver finishes the session's
 //! pipeline), or when the receiver ends it (an `end` item with a status: the group stopped, a
 //! request was refused, ...). A call that fails (the connection broke, the peer stopped) ends
@@ -245,17 +246,21 @@ impl Session {
         let session = self.id;
         async move {
             let mut requests = std::pin::pin!(requests);
+            let mut open = true;
             loop {
                 // Closed when the session is dropped: nothing more is pulled.
                 let Ok(permit) = credit.acquire().await else { break };
                 let Some(append) = requests.next().await else { break };
                 permit.forget();
-                let item = pb::SessionRequest { session, append: Some(append), end: false };
+                let item = pb::SessionRequest { session, append: Some(append), end: false, open };
+                open = false;
                 if call.send(item).await.is_err() {
                     return;
                 }
             }
-            let _ = call.send(pb::SessionRequest { session, append: None, end: true }).await;
+            if !open {
+                let _ = call.send(pb::SessionRequest { session, append: None, end: true, open: false }).await;
+            }
         }
     }
 
