@@ -99,12 +99,6 @@ struct Routes {
     sessions: HashMap<u64, mpsc::UnboundedSender<Answer>>,
     /// The call failed or ended: it takes no new session.
     over: bool,
-    /// The peer ended a session for want of its group (`NOT_FOUND`) or as unavailable: the call
-    /// takes no new session, so the next one opens a new call (the sessions on it carry on). A
-    /// node whose server stopped gracefully lets open calls run on while whatever serves its
-    /// address next (a restarted node) takes new calls only; a new call also reaches a group
-    /// that was started since.
-    retired: bool,
 }
 
 /// The shared part of a call: what its reader task and its sessions both need.
@@ -122,13 +116,7 @@ impl Shared {
         for item in message.items {
             let answer = match (item.append, item.end) {
                 (_, Some(end)) if end.code == 0 => Answer::Ended,
-                (_, Some(end)) => {
-                    let code = tonic::Code::from_i32(end.code);
-                    if matches!(code, tonic::Code::NotFound | tonic::Code::Unavailable) {
-                        routes.retired = true;
-                    }
-                    Answer::Failed(Status::new(code, end.message))
-                }
+                (_, Some(end)) => Answer::Failed(Status::new(tonic::Code::from_i32(end.code), end.message)),
                 (Some(append), None) => Answer::Append(append),
                 (None, None) => {
                     Answer::Failed(Status::internal("the peer sent a session item with neither answer nor end"))
@@ -203,12 +191,12 @@ impl Call {
         Arc::new(Call { requests, shared, tls_generation })
     }
 
-    /// A new session on this call, or `None` if the call is over or retired.
+    /// A new session on this call, or `None` if the call is over.
     fn session(self: &Arc<Self>) -> Option<Session> {
         let (tx, answers) = mpsc::unbounded_channel();
         let id = {
             let mut routes = self.shared.routes.lock();
-            if routes.over || routes.retired {
+            if routes.over {
                 return None;
             }
             let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed) + 1;
@@ -402,7 +390,6 @@ mod tests {
         assert!(matches!(b.try_recv(), Ok(Answer::Append(_))));
         assert!(matches!(b.try_recv(), Ok(Answer::Ended)), "a normal end");
         assert!(!shared.routes.lock().sessions.contains_key(&2), "an ended session is forgotten");
-        assert!(!shared.routes.lock().retired, "a normal end keeps the call");
 
         let (c_tx, mut c) = mpsc::unbounded_channel();
         shared.routes.lock().sessions.insert(3, c_tx);
@@ -411,8 +398,8 @@ mod tests {
             items: vec![pb::SessionResponse { session: 3, append: None, end: Some(not_found) }],
         });
         assert!(matches!(c.try_recv(), Ok(Answer::Failed(s)) if s.code() == tonic::Code::NotFound));
-        assert!(shared.routes.lock().retired, "a session that found no group retires the call");
         assert!(shared.routes.lock().sessions.contains_key(&1), "the other sessions carry on");
+        assert!(!shared.routes.lock().over, "a session's failure keeps the call");
         shared.fail_all(&Status::unavailable("connection lost"));
         assert!(matches!(a.try_recv(), Ok(Answer::Failed(s)) if s.code() == tonic::Code::Unavailable));
         assert!(shared.routes.lock().over, "a failed call takes no new session");

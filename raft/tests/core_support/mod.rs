@@ -153,10 +153,14 @@ impl TestNode {
     /// Stops the group and the server; the data dir stays.
     pub async fn stop(&mut self) {
         tracing::info!(node = self.id, "stopping group");
+        // As a node's shutdown does: refuse new groups (and end the multiplexed replication calls
+        // this node serves, so peers reach whatever serves this address next), then stop the group.
+        if let Some(router) = self.router.take() {
+            router.close();
+        }
         if let Some(g) = self.group.take() {
             g.shutdown().await.expect("group shutdown");
         }
-        self.router = None;
         tracing::info!(node = self.id, "stopping server");
         if let Some((tx, handle)) = self.server.take() {
             let _ = tx.send(());
