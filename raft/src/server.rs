@@ -253,19 +253,11 @@ impl RaftService for RaftGrpcService {
         // The call ends when the node stops: its sessions' groups are gone, and a peer must not
         // keep sending into a call that a stopped node's service still holds (a graceful server
         // stop lets open calls run on).
-        let mut closing = self.groups.closing();
-        let stop = async move {
-            let _ = closing.wait_for(|c| *c).await;
-        };
-        let input = request.into_inner().take_until(stop);
+        let input = request.into_inner().take_until(self.node_stopping());
         tokio::spawn(self.clone().demultiplex(certified, peer, input, answers));
-        let mut closing = self.groups.closing();
-        let stop = async move {
-            let _ = closing.wait_for(|c| *c).await;
-        };
         let output = multiplex::batches(queued, multiplex::MAX_ITEMS_PER_MESSAGE, usize::MAX, |_| 0)
             .map(|items| Ok(pb::MultiplexResponse { items }))
-            .take_until(stop);
+            .take_until(self.node_stopping());
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -523,6 +515,14 @@ impl RaftGrpcService {
             })
             .take_until(stop);
         Ok(Box::pin(output))
+    }
+
+    /// Resolves once the node is stopping ([`LocalGroups::closing`]).
+    fn node_stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.groups.closing();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
     }
 
     /// Reads a multiplexed call: a request marked `open` starts its session
