@@ -444,7 +444,7 @@ impl RaftGrpcService {
         input: impl Stream<Item = Result<pb::AppendEntriesRequest, Status>> + Send + 'static,
     ) -> Result<AppendStream, Status> {
         let group = first.group_id;
-        let (raft, mut stopped, mut input_stopped, held) = {
+        let (raft, stopped, input_stopped, held) = {
             let g = self.group(group)?;
             if g.is_quiet() {
                 g.wake_for_message().await;
@@ -487,9 +487,6 @@ impl RaftGrpcService {
         // up by a leader's open replication session. The requests end then too: openraft keeps
         // reading its input until a message fails to reach the stopped core, and meanwhile the
         // leader would keep sending entries into a session nobody answers.
-        let input_stop = async move {
-            let _ = input_stopped.wait_for(|s| *s).await;
-        };
         let requests = futures::stream::once(futures::future::ready(first))
             .chain(rest)
             .then(move |rpc| {
@@ -503,26 +500,20 @@ impl RaftGrpcService {
                     rpc
                 }
             })
-            .take_until(input_stop);
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
+            .take_until(turned_true(input_stopped));
         let output = raft
             .stream_append(requests)
             .map(|r| match r {
                 Ok(result) => Ok(convert::stream_result_to_pb(&result)),
                 Err(e) => Err(fatal(e)),
             })
-            .take_until(stop);
+            .take_until(turned_true(stopped));
         Ok(Box::pin(output))
     }
 
     /// Resolves once the node is stopping ([`LocalGroups::closing`]).
     fn node_stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut closing = self.groups.closing();
-        async move {
-            let _ = closing.wait_for(|c| *c).await;
-        }
+        turned_true(self.groups.closing())
     }
 
     /// Reads a multiplexed call: a request marked `open` starts its session
@@ -563,8 +554,7 @@ impl RaftGrpcService {
                     continue;
                 };
                 if item.open {
-                    if sessions.contains_key(&item.session) {
-                        sessions.remove(&item.session);
+                    if sessions.remove(&item.session).is_some() {
                         let _ = answers.send(end(Status::invalid_argument("a session opened twice"))).await;
                         continue;
                     }
@@ -633,6 +623,11 @@ impl RaftGrpcService {
         };
         let _ = answers.send(pb::SessionResponse { session, append: None, end: Some(end) }).await;
     }
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn turned_true(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
 }
 
 /// A session's end item for `status`.

@@ -99,13 +99,14 @@ struct Routes {
     sessions: HashMap<u64, mpsc::UnboundedSender<Answer>>,
     /// The call failed or ended: it takes no new session.
     over: bool,
+    /// The id of the last session opened (ids start at 1).
+    last_session: u64,
 }
 
 /// The shared part of a call: what its reader task and its sessions both need.
 #[derive(Debug, Default)]
 struct Shared {
     routes: Mutex<Routes>,
-    next_session: AtomicU64,
 }
 
 impl Shared {
@@ -199,7 +200,8 @@ impl Call {
             if routes.over {
                 return None;
             }
-            let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+            routes.last_session += 1;
+            let id = routes.last_session;
             routes.sessions.insert(id, tx);
             id
         };
