@@ -530,7 +530,9 @@ async fn kafka_batches_survive_snapshot_catch_up_on_disk_with_synced_bytes_dropp
     for n in &c.nodes {
         let fs = n.fs.as_ref().expect("a fault file system");
         assert_eq!(fs.undurable_cache_drops(), 0, "node {}: a drop named bytes that were not durable", n.id);
-        drops += fs.list_files().iter().map(|f| fs.cache_drops(f).len()).sum::<usize>();
+        // Counted on every file the node ever had: retention may purge each dropped segment
+        // before this point (it did, under load in CI, leaving only unsealed segments live).
+        drops += fs.cache_drop_count();
     }
     assert!(drops > 0, "no synced bytes were dropped from the cache");
     c.shutdown().await;

@@ -167,6 +167,12 @@ impl FaultyFileSystem {
         s.files.get(path).and_then(|id| s.cache_drops.get(id)).cloned().unwrap_or_default()
     }
 
+    /// How many `drop_cached` calls were made on every file, live or since removed (a segment
+    /// dropped from the cache when it was sealed may be purged by retention afterwards).
+    pub fn cache_drop_count(&self) -> usize {
+        self.state.lock().cache_drops.values().map(Vec::len).sum()
+    }
+
     /// How many `drop_cached` calls named bytes that were not durable (written since the file's
     /// last fsync, or past its durable length). The engine only drops what an fsync covered.
     pub fn undurable_cache_drops(&self) -> u64 {
