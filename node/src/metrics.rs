@@ -406,6 +406,18 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "shale_raft_lone_append_messages_sent_total",
+            "Of the AppendEntries messages, those sent alone (per-group heartbeats), as once requests on the multiplexed calls.",
+            sent.lone_append_messages.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "shale_raft_entryless_session_messages_sent_total",
+            "Of the AppendEntries messages, those sent on replication sessions without entries (commit notices, probes).",
+            sent.entryless_session_messages.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
             "shale_raft_multiplexed_messages_sent_total",
             "Messages of the per-peer multiplexed replication calls; each carries the AppendEntries of one or more groups.",
             sent.multiplexed_messages.load(std::sync::atomic::Ordering::Relaxed),

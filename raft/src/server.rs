@@ -201,25 +201,7 @@ impl RaftService for RaftGrpcService {
         let peer = request.remote_addr();
         let certified = self.certified(&request);
         let req = request.into_inner();
-        let raft = self.raft(req.group_id).await?;
-        let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
-        certified
-            .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
-            .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
-            .map_err(|r| self.refuse("AppendEntries", req.group_id, peer, &r))?;
-        let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index());
-        if !rpc.entries.is_empty()
-            && let Ok(g) = self.group(req.group_id)
-        {
-            g.appends_released().await;
-        }
-        let resp = raft.append_entries(rpc).await.map_err(fatal)?;
-        if resp.is_success()
-            && let Ok(g) = self.group(req.group_id)
-        {
-            g.note_leader_heard(leader_commit);
-        }
-        Ok(Response::new(convert::append_response_to_pb(&resp)))
+        self.append_one("AppendEntries", certified, peer, req).await.map(Response::new)
     }
 
     type StreamAppendStream = AppendStream;
@@ -430,6 +412,37 @@ impl RaftService for RaftGrpcService {
 const MULTIPLEX_ANSWER_QUEUE: usize = 4096;
 
 impl RaftGrpcService {
+    /// One AppendEntries on its own (a unary call, or a `once` request of a multiplexed call):
+    /// checked at the edge ([`guard`]) against the peer's certificate (`certified`), then handed
+    /// to the group's openraft.
+    async fn append_one(
+        &self,
+        rpc_name: &'static str,
+        certified: Result<Option<NodeId>, Refusal>,
+        peer: Option<SocketAddr>,
+        req: pb::AppendEntriesRequest,
+    ) -> Result<pb::AppendEntriesResponse, Status> {
+        let raft = self.raft(req.group_id).await?;
+        let rpc = convert::append_request_from_pb(&req).map_err(bad)?;
+        certified
+            .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
+            .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
+            .map_err(|r| self.refuse(rpc_name, req.group_id, peer, &r))?;
+        let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index());
+        if !rpc.entries.is_empty()
+            && let Ok(g) = self.group(req.group_id)
+        {
+            g.appends_released().await;
+        }
+        let resp = raft.append_entries(rpc).await.map_err(fatal)?;
+        if resp.is_success()
+            && let Ok(g) = self.group(req.group_id)
+        {
+            g.note_leader_heard(leader_commit);
+        }
+        Ok(convert::append_response_to_pb(&resp))
+    }
+
     /// One group's replication session: `first` picks the group (every later request must name
     /// it too), and each request is checked at the edge ([`guard`]) before openraft sees it. The
     /// answers come in the order of the requests; a request that does not decode, names another
@@ -553,6 +566,33 @@ impl RaftGrpcService {
                         .await;
                     continue;
                 };
+                if item.once {
+                    // A lone request: answered like a unary AppendEntries, no session kept. It
+                    // must open its session (an id the receiver does not run).
+                    if !item.open || sessions.remove(&item.session).is_some() {
+                        let _ = answers
+                            .send(end(Status::invalid_argument("a once request must open a session of its own")))
+                            .await;
+                        continue;
+                    }
+                    let this = self.clone();
+                    let answers = answers.clone();
+                    let session = item.session;
+                    tokio::spawn(async move {
+                        let answer = match this.append_one("Multiplex", Ok(certified), peer, append).await {
+                            Ok(append) => pb::SessionResponse {
+                                session,
+                                append: Some(append),
+                                end: Some(pb::SessionEnd::default()),
+                            },
+                            Err(status) => {
+                                pb::SessionResponse { session, append: None, end: Some(session_end(&status)) }
+                            }
+                        };
+                        let _ = answers.send(answer).await;
+                    });
+                    continue;
+                }
                 if item.open {
                     if sessions.remove(&item.session).is_some() {
                         let _ = answers.send(end(Status::invalid_argument("a session opened twice"))).await;

@@ -101,6 +101,7 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         append,
         end: false,
         open,
+        once: false,
     };
     requests
         .send(pb::MultiplexRequest { items: vec![item(1, Some(forged.clone()), true), item(2, None, true)] })
@@ -153,6 +154,47 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         }
     }
     assert_eq!(answered, [5, 6].into(), "both sessions were started");
+    // Lone (`once`) requests, as per-group heartbeats go: the forged one is refused, one that
+    // does not open its session is malformed, the leader's heartbeat is answered and ended in one
+    // item, and none of them leaves a session behind.
+    let heartbeat = convert::append_request_to_pb(
+        GROUP,
+        &openraft::raft::AppendEntriesRequest {
+            vote: before.vote,
+            prev_log_id: Some(last),
+            entries: vec![],
+            leader_commit: Some(last),
+        },
+    );
+    let once = |session: u64, append: pb::AppendEntriesRequest, open: bool| pb::SessionRequest {
+        session,
+        append: Some(append),
+        end: false,
+        open,
+        once: true,
+    };
+    requests
+        .send(pb::MultiplexRequest {
+            items: vec![once(7, forged.clone(), true), once(8, heartbeat.clone(), false), once(9, heartbeat, true)],
+        })
+        .await
+        .unwrap();
+    let mut lone = std::collections::BTreeMap::new();
+    while lone.len() < 3 {
+        let message = answers.message().await.expect("the call goes on").expect("a message");
+        for i in message.items {
+            assert!(lone.insert(i.session, i).is_none(), "one item per once request");
+        }
+    }
+    assert_eq!(lone[&7].end.as_ref().map(|e| e.code), Some(Code::PermissionDenied as i32), "forged: {:?}", lone[&7]);
+    assert!(lone[&7].append.is_none());
+    assert_eq!(lone[&8].end.as_ref().map(|e| e.code), Some(Code::InvalidArgument as i32), "not open: {:?}", lone[&8]);
+    let answer = lone[&9].append.expect("the heartbeat is answered");
+    let answer = convert::append_response_from_pb(&answer).expect("a well-formed answer");
+    assert!(answer.is_success(), "the leader's heartbeat succeeds: {answer:?}");
+    assert_eq!(lone[&9].end.as_ref().map(|e| e.code), Some(0), "and its session ends with it");
+    let late = tokio::time::timeout(std::time::Duration::from_millis(300), answers.message()).await;
+    assert!(late.is_err(), "nothing more for the lone requests: {late:?}");
     drop(requests);
 
     // A transfer to a stranger.

@@ -269,14 +269,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
             // A stream of one message (openraft's heartbeats are sent so, one per follower per
-            // heartbeat interval and group) goes as one unary AppendEntries: no stream to open,
-            // feed and close on either side, which is most of a heartbeat's cost.
+            // heartbeat interval and group) goes as one `once` request on the peer's multiplexed
+            // call: answered like a unary AppendEntries, with no session to open, feed and close
+            // on either side and no HTTP/2 stream of its own.
             let second = match input.next().now_or_never() {
                 Some(None) => {
                     let prev = first.prev_log_id;
                     let last = first.entries.last().map(|e| e.log_id).or(prev);
-                    let ttl = self.request_timeout;
-                    let r = self.send_append(first, RPCOption::new(ttl)).await;
+                    let r = self.send_append_once(&client, first).await;
                     self.observe(&r);
                     let result = r.map(|resp| resp.into_stream_result(prev, last));
                     return Ok(Box::pin(futures::stream::once(futures::future::ready(result))) as BoxStream<'s, _>);
@@ -300,6 +300,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             };
             let requests = CommitNotices::new(input, delay).take_until(session_over).map(move |r| {
                 Peers::count(&counters.counters().append_messages);
+                if r.entries.is_empty() {
+                    Peers::count(&counters.counters().entryless_session_messages);
+                }
                 sent_here.fetch_add(1, Ordering::Relaxed);
                 convert::append_request_to_pb(group, &r)
             });
@@ -415,6 +418,21 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 }
 
 impl PeerClient {
+    /// `rpc` as a lone request on the peer's multiplexed call (see [`Self::stream_append`]).
+    async fn send_append_once(
+        &self,
+        client: &RaftServiceClient<Channel>,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Peers::count(&self.peers.counters().append_messages);
+        Peers::count(&self.peers.counters().lone_append_messages);
+        let req = convert::append_request_to_pb(self.group, &rpc);
+        let limit = self.request_timeout;
+        let session = self.peers.multiplexer().session(&self.addr, client, limit, self.tls_generation);
+        let resp = session.once(req, limit).await.map_err(|s| self.status_err(&s))?;
+        convert::append_response_from_pb(&resp).map_err(|e| self.bad_reply(e))
+    }
+
     async fn send_append(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

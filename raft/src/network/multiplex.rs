@@ -115,20 +115,19 @@ impl Shared {
     fn route(&self, message: pb::MultiplexResponse) {
         let mut routes = self.routes.lock();
         for item in message.items {
-            let answer = match (item.append, item.end) {
-                (_, Some(end)) if end.code == 0 => Answer::Ended,
-                (_, Some(end)) => Answer::Failed(Status::new(tonic::Code::from_i32(end.code), end.message)),
-                (Some(append), None) => Answer::Append(append),
-                (None, None) => {
-                    Answer::Failed(Status::internal("the peer sent a session item with neither answer nor end"))
-                }
-            };
-            let last = !matches!(answer, Answer::Append(_));
-            if let Some(tx) = routes.sessions.get(&item.session) {
-                let _ = tx.send(answer);
+            let tx = routes.sessions.get(&item.session);
+            // An answer first; an item may carry both (the answer to a `once` request and its end).
+            if let (Some(append), Some(tx)) = (&item.append, tx) {
+                let _ = tx.send(Answer::Append(*append));
             }
-            if last {
-                routes.sessions.remove(&item.session);
+            let end = match item.end {
+                Some(end) if end.code == 0 => Answer::Ended,
+                Some(end) => Answer::Failed(Status::new(tonic::Code::from_i32(end.code), end.message)),
+                None if item.append.is_some() => continue,
+                None => Answer::Failed(Status::internal("the peer sent a session item with neither answer nor end")),
+            };
+            if let Some(tx) = routes.sessions.remove(&item.session) {
+                let _ = tx.send(end);
             }
         }
     }
@@ -242,14 +241,15 @@ impl Session {
                 let Ok(permit) = credit.acquire().await else { break };
                 let Some(append) = requests.next().await else { break };
                 permit.forget();
-                let item = pb::SessionRequest { session, append: Some(append), end: false, open };
+                let item = pb::SessionRequest { session, append: Some(append), end: false, open, once: false };
                 open = false;
                 if call.send(item).await.is_err() {
                     return;
                 }
             }
             if !open {
-                let _ = call.send(pb::SessionRequest { session, append: None, end: true, open: false }).await;
+                let _ =
+                    call.send(pb::SessionRequest { session, append: None, end: true, open: false, once: false }).await;
             }
         }
     }
@@ -294,6 +294,31 @@ impl Session {
                     }
                 }
             }
+        })
+    }
+}
+
+impl Session {
+    /// Sends `request` as the session's only request (`once`: the peer answers it as a unary
+    /// AppendEntries and keeps no session) and waits for its answer, at most `limit`.
+    pub(crate) async fn once(
+        mut self,
+        request: pb::AppendEntriesRequest,
+        limit: Duration,
+    ) -> Result<pb::AppendEntriesResponse, Status> {
+        let mut answers = self.answers.take().expect("a session's answers are taken once");
+        let item = pb::SessionRequest { session: self.id, append: Some(request), end: false, open: true, once: true };
+        let exchange = async {
+            self.call.requests.send(item).await.map_err(|_| Status::unavailable("the multiplexed call is over"))?;
+            match answers.recv().await {
+                Some(Answer::Append(r)) => Ok(r),
+                Some(Answer::Failed(status)) => Err(status),
+                Some(Answer::Ended) => Err(Status::internal("the peer ended a once request without an answer")),
+                None => Err(Status::unavailable("the multiplexed call is over")),
+            }
+        };
+        tokio::time::timeout(limit, exchange).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!("no answer to a lone AppendEntries within {} ms", limit.as_millis())))
         })
     }
 }
@@ -401,6 +426,16 @@ mod tests {
         });
         assert!(matches!(c.try_recv(), Ok(Answer::Failed(s)) if s.code() == tonic::Code::NotFound));
         assert!(shared.routes.lock().sessions.contains_key(&1), "the other sessions carry on");
+
+        // The answer to a `once` request carries its end too: the answer is delivered, then the end.
+        let (d_tx, mut d) = mpsc::unbounded_channel();
+        shared.routes.lock().sessions.insert(4, d_tx);
+        shared.route(pb::MultiplexResponse {
+            items: vec![pb::SessionResponse { session: 4, append: Some(ok), end: Some(pb::SessionEnd::default()) }],
+        });
+        assert!(matches!(d.try_recv(), Ok(Answer::Append(_))), "the answer first");
+        assert!(matches!(d.try_recv(), Ok(Answer::Ended)), "then the end");
+        assert!(!shared.routes.lock().sessions.contains_key(&4), "a once session is forgotten with its answer");
         assert!(!shared.routes.lock().over, "a session's failure keeps the call");
         shared.fail_all(&Status::unavailable("connection lost"));
         assert!(matches!(a.try_recv(), Ok(Answer::Failed(s)) if s.code() == tonic::Code::Unavailable));

@@ -34,6 +34,12 @@ pub struct SentCounters {
     /// AppendEntries messages (unary, or one message of a replication or heartbeat stream):
     /// per-group heartbeats and replication.
     pub append_messages: AtomicU64,
+    /// Of those, the ones sent alone (a replication stream of one request: openraft's per-group
+    /// heartbeats), as `once` requests on the multiplexed call.
+    pub lone_append_messages: AtomicU64,
+    /// Of those, the ones sent on a replication session that carried no entries (commit notices
+    /// that were not dropped, probes).
+    pub entryless_session_messages: AtomicU64,
     /// Messages of the multiplexed replication calls (`network::multiplex`): each carries the
     /// replication requests of one or more groups' sessions, so `append_messages` sent on those
     /// calls divided by this is how many shared a message.
