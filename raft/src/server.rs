@@ -530,7 +530,9 @@ impl RaftGrpcService {
     }
 
     /// Reads a multiplexed call: a request marked `open` starts its session
-    /// ([`Self::run_session`]), and each later request goes to its session's queue, in order. A
+    /// ([`Self::run_session`]), and each later request goes to its session's queue, in order; a
+    /// request marked `open` and `once` is answered on its own ([`Self::append_one`]) by one item
+    /// carrying the answer and the end, and leaves no session. A
     /// request of a session not running (one already over, here or by the sender's `end`) is
     /// dropped: the sender hears of the end from the session's `end` item. When the call's
     /// requests end (or fail), every session's requests end with them.

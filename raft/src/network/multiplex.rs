@@ -296,9 +296,7 @@ impl Session {
             }
         })
     }
-}
 
-impl Session {
     /// Sends `request` as the session's only request (`once`: the peer answers it as a unary
     /// AppendEntries and keeps no session) and waits for its answer, at most `limit`.
     pub(crate) async fn once(
