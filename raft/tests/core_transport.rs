@@ -121,6 +121,31 @@ async fn damaged_or_inconsistent_snapshots_are_refused() {
 /// reading (and reporting) requests: what a follower does when its group stops mid-session.
 struct HalfClosingPeer {
     received: tokio::sync::mpsc::UnboundedSender<pb::AppendEntriesRequest>,
+    /// Lone (`open` + `once`) requests read on multiplexed calls.
+    lone: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Serves a [`HalfClosingPeer`] on a free port: its address, the requests it reads, and its count
+/// of lone requests.
+async fn half_closing_peer() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<pb::AppendEntriesRequest>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();
+    let lone = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service =
+        pb::raft_service_server::RaftServiceServer::new(HalfClosingPeer { received: received_tx, lone: lone.clone() });
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (addr, received, lone)
 }
 
 type ResponseStream =
@@ -182,11 +207,15 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
         use tokio_stream::StreamExt;
         let mut input = request.into_inner();
         let received = self.received.clone();
+        let lone = self.lone.clone();
         let (answers, queued) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut answered = std::collections::HashSet::new();
             while let Some(Ok(message)) = input.next().await {
                 for item in message.items {
+                    if item.open && item.once {
+                        lone.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     let Some(append) = item.append else { continue };
                     let _ = received.send(append);
                     if answered.insert(item.session) {
@@ -251,17 +280,7 @@ async fn a_finished_replication_session_pulls_no_more_requests() {
     use std::time::Duration;
 
     init_tracing();
-    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = pb::raft_service_server::RaftServiceServer::new(HalfClosingPeer { received: received_tx });
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let (addr, mut received, _) = half_closing_peer().await;
 
     let router = Router::new(1, NetworkConfig::default()).unwrap();
     let mut factory = GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
@@ -292,4 +311,41 @@ async fn a_finished_replication_session_pulls_no_more_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pulled.load(Ordering::SeqCst), 1, "a finished session pulled another request");
     assert!(received.try_recv().is_err(), "a finished session sent another request");
+}
+
+/// openraft's per-group heartbeat is a replication stream of one request: it goes as one lone
+/// (`open` + `once`) request on the peer's multiplexed call, not as a unary AppendEntries (which
+/// this peer does not serve), and its answer comes back as the stream's one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_goes_on_the_multiplexed_call() {
+    use futures::StreamExt;
+    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+    use openraft::raft::AppendEntriesRequest;
+    use shale_raft::network::client::GroupNetworkFactory;
+    use shale_raft::types::Vote;
+    use shale_raft::{Node, TypeConfig};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    init_tracing();
+    let (addr, mut received, lone) = half_closing_peer().await;
+    let router = Router::new(1, NetworkConfig::default()).unwrap();
+    let mut factory = GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
+    let mut peer = factory.new_client(2, &Node::new(addr.to_string())).await;
+    let heartbeat = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    for round in 1..=2 {
+        let input = Box::pin(futures::stream::once(futures::future::ready(heartbeat.clone())));
+        let mut responses =
+            peer.stream_append(input, RPCOption::new(Duration::from_secs(1))).await.expect("a lone request is sent");
+        assert!(matches!(responses.next().await, Some(Ok(Ok(None)))), "round {round}: the heartbeat is answered");
+        assert!(responses.next().await.is_none(), "round {round}: one result");
+        assert!(received.recv().await.is_some(), "round {round}: the peer read it");
+        assert_eq!(lone.load(Ordering::SeqCst), round, "round {round}: as a lone request on the call");
+    }
+    assert_eq!(router.peers().counters().lone_append_messages.load(Ordering::SeqCst), 2);
 }
