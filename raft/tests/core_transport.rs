@@ -148,6 +148,28 @@ async fn half_closing_peer() -> (
     (addr, received, lone)
 }
 
+/// Node 1's network client of group 9 to the test peer at `addr` (as node 2), and the router whose
+/// connections it uses (kept alive by the caller).
+async fn client_of_group_9(
+    addr: std::net::SocketAddr,
+) -> (Arc<Router>, impl openraft::network::RaftNetworkV2<shale_raft::TypeConfig>) {
+    use openraft::network::RaftNetworkFactory;
+    let router = Router::new(1, NetworkConfig::default()).unwrap();
+    let mut factory = shale_raft::network::client::GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
+    let peer = factory.new_client(2, &shale_raft::Node::new(addr.to_string())).await;
+    (router, peer)
+}
+
+/// An entry-less AppendEntries of leader 1 in term 1 (what a heartbeat or a commit notice carries).
+fn entryless_append() -> openraft::raft::AppendEntriesRequest<shale_raft::TypeConfig> {
+    openraft::raft::AppendEntriesRequest {
+        vote: shale_raft::types::Vote::new_committed(1, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    }
+}
+
 type ResponseStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>> + Send>>;
 type MultiplexStream =
@@ -271,33 +293,20 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_replication_session_pulls_no_more_requests() {
     use futures::StreamExt;
-    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-    use openraft::raft::AppendEntriesRequest;
-    use shale_raft::network::client::GroupNetworkFactory;
-    use shale_raft::types::Vote;
-    use shale_raft::{Node, TypeConfig};
+    use openraft::network::{RPCOption, RaftNetworkV2};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     init_tracing();
     let (addr, mut received, _) = half_closing_peer().await;
-
-    let router = Router::new(1, NetworkConfig::default()).unwrap();
-    let mut factory = GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
-    let mut peer = factory.new_client(2, &Node::new(addr.to_string())).await;
-    let request = || AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(1, 1),
-        prev_log_id: None,
-        leader_commit: None,
-        entries: Vec::new(),
-    };
+    let (_router, mut peer) = client_of_group_9(addr).await;
     let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = pulled.clone();
     let input = tokio_stream::wrappers::UnboundedReceiverStream::new(requests_rx).inspect(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    requests_tx.send(request()).unwrap();
+    requests_tx.send(entryless_append()).unwrap();
     let option = RPCOption::new(Duration::from_secs(1));
     let mut responses = peer.stream_append(input, option).await.expect("session opened");
     assert!(matches!(responses.next().await, Some(Ok(Ok(None)))), "the first request is answered");
@@ -307,7 +316,7 @@ async fn a_finished_replication_session_pulls_no_more_requests() {
 
     // The session is over: what the replication core produces next belongs to the next session.
     // The ended request stream may already be dropped (then nothing can pull it: the send fails).
-    let _ = requests_tx.send(request());
+    let _ = requests_tx.send(entryless_append());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pulled.load(Ordering::SeqCst), 1, "a finished session pulled another request");
     assert!(received.try_recv().is_err(), "a finished session sent another request");
@@ -319,27 +328,15 @@ async fn a_finished_replication_session_pulls_no_more_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_goes_on_the_multiplexed_call() {
     use futures::StreamExt;
-    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-    use openraft::raft::AppendEntriesRequest;
-    use shale_raft::network::client::GroupNetworkFactory;
-    use shale_raft::types::Vote;
-    use shale_raft::{Node, TypeConfig};
+    use openraft::network::{RPCOption, RaftNetworkV2};
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     init_tracing();
     let (addr, mut received, lone) = half_closing_peer().await;
-    let router = Router::new(1, NetworkConfig::default()).unwrap();
-    let mut factory = GroupNetworkFactory::new(router.peers().clone(), GroupId(9));
-    let mut peer = factory.new_client(2, &Node::new(addr.to_string())).await;
-    let heartbeat = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(1, 1),
-        prev_log_id: None,
-        leader_commit: None,
-        entries: Vec::new(),
-    };
+    let (router, mut peer) = client_of_group_9(addr).await;
     for round in 1..=2 {
-        let input = Box::pin(futures::stream::once(futures::future::ready(heartbeat.clone())));
+        let input = Box::pin(futures::stream::once(futures::future::ready(entryless_append())));
         let mut responses =
             peer.stream_append(input, RPCOption::new(Duration::from_secs(1))).await.expect("a lone request is sent");
         assert!(matches!(responses.next().await, Some(Ok(Ok(None)))), "round {round}: the heartbeat is answered");
