@@ -23,6 +23,23 @@ async fn metrics_applied(node: &TestNode, index: u64) -> openraft::RaftMetrics<s
         .unwrap_or_else(|e| panic!("node {}'s metrics show {index} applied: {e}", node.id))
 }
 
+/// The next items of a multiplexed call's answers until `n` sessions answered, by session: one
+/// item each (an end, or an answer with its end).
+async fn session_items(
+    answers: &mut tonic::Streaming<pb::MultiplexResponse>,
+    n: usize,
+) -> std::collections::BTreeMap<u64, pb::SessionResponse> {
+    let mut items = std::collections::BTreeMap::new();
+    while items.len() < n {
+        let message = answers.message().await.expect("the call goes on").expect("a message");
+        for i in message.items {
+            let session = i.session;
+            assert!(items.insert(session, i).is_none(), "one item for session {session}");
+        }
+    }
+    items
+}
+
 fn assert_refused(status: tonic::Status, what: &str) {
     assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
     let code = status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
@@ -96,13 +113,15 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
     // item ends its own session; a late request of an ended session starts nothing; the call
     // goes on serving new sessions.
     let (requests, queued) = tokio::sync::mpsc::channel(4);
-    let item = |session: u64, append: Option<pb::AppendEntriesRequest>, open: bool| pb::SessionRequest {
+    let request = |session: u64, append: Option<pb::AppendEntriesRequest>, open: bool, once: bool| pb::SessionRequest {
         session,
         append,
         end: false,
         open,
-        once: false,
+        once,
     };
+    let item =
+        |session: u64, append: Option<pb::AppendEntriesRequest>, open: bool| request(session, append, open, false);
     requests
         .send(pb::MultiplexRequest { items: vec![item(1, Some(forged.clone()), true), item(2, None, true)] })
         .await
@@ -112,14 +131,14 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         .await
         .expect("the call is accepted: each session is checked on its own")
         .into_inner();
-    let mut ends = std::collections::BTreeMap::new();
-    while ends.len() < 2 {
-        let message = answers.message().await.expect("the call goes on").expect("a message");
-        for i in message.items {
+    let ends: std::collections::BTreeMap<u64, pb::SessionEnd> = session_items(&mut answers, 2)
+        .await
+        .into_values()
+        .map(|i| {
             assert!(i.append.is_none(), "no session was answered: {i:?}");
-            ends.insert(i.session, i.end.expect("a session end"));
-        }
-    }
+            (i.session, i.end.expect("a session end"))
+        })
+        .collect();
     assert_eq!(ends[&1].code, Code::PermissionDenied as i32, "the forged session: {:?}", ends[&1]);
     assert_eq!(ends[&2].code, Code::InvalidArgument as i32, "the malformed session: {:?}", ends[&2]);
     let mut elsewhere = forged.clone();
@@ -145,15 +164,11 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
         })
         .await
         .unwrap();
-    let mut answered = std::collections::BTreeSet::new();
-    while answered.len() < 2 {
-        let message = answers.message().await.expect("the call goes on").expect("a message");
-        for i in message.items {
-            assert_eq!(i.end.map(|e| e.code), Some(Code::NotFound as i32), "session {}", i.session);
-            answered.insert(i.session);
-        }
+    let answered = session_items(&mut answers, 2).await;
+    for i in answered.values() {
+        assert_eq!(i.end.as_ref().map(|e| e.code), Some(Code::NotFound as i32), "session {}", i.session);
     }
-    assert_eq!(answered, [5, 6].into(), "both sessions were started");
+    assert_eq!(answered.keys().copied().collect::<Vec<_>>(), [5, 6], "both sessions were started");
     // Lone (`once`) requests, as per-group heartbeats go: the forged one is refused, one that
     // does not open its session is malformed, the leader's heartbeat is answered and ended in one
     // item, and none of them leaves a session behind.
@@ -166,26 +181,14 @@ async fn hostile_raft_rpcs_are_refused_and_the_group_keeps_its_leader() {
             leader_commit: Some(last),
         },
     );
-    let once = |session: u64, append: pb::AppendEntriesRequest, open: bool| pb::SessionRequest {
-        session,
-        append: Some(append),
-        end: false,
-        open,
-        once: true,
-    };
+    let once = |session: u64, append: pb::AppendEntriesRequest, open: bool| request(session, Some(append), open, true);
     requests
         .send(pb::MultiplexRequest {
             items: vec![once(7, forged.clone(), true), once(8, heartbeat.clone(), false), once(9, heartbeat, true)],
         })
         .await
         .unwrap();
-    let mut lone = std::collections::BTreeMap::new();
-    while lone.len() < 3 {
-        let message = answers.message().await.expect("the call goes on").expect("a message");
-        for i in message.items {
-            assert!(lone.insert(i.session, i).is_none(), "one item per once request");
-        }
-    }
+    let lone = session_items(&mut answers, 3).await;
     assert_eq!(lone[&7].end.as_ref().map(|e| e.code), Some(Code::PermissionDenied as i32), "forged: {:?}", lone[&7]);
     assert!(lone[&7].append.is_none());
     assert_eq!(lone[&8].end.as_ref().map(|e| e.code), Some(Code::InvalidArgument as i32), "not open: {:?}", lone[&8]);
