@@ -577,22 +577,7 @@ impl RaftGrpcService {
                             .await;
                         continue;
                     }
-                    let this = self.clone();
-                    let answers = answers.clone();
-                    let session = item.session;
-                    tokio::spawn(async move {
-                        let answer = match this.append_one("Multiplex", Ok(certified), peer, append).await {
-                            Ok(append) => pb::SessionResponse {
-                                session,
-                                append: Some(append),
-                                end: Some(pb::SessionEnd::default()),
-                            },
-                            Err(status) => {
-                                pb::SessionResponse { session, append: None, end: Some(session_end(&status)) }
-                            }
-                        };
-                        let _ = answers.send(answer).await;
-                    });
+                    tokio::spawn(self.clone().answer_once(certified, peer, item.session, append, answers.clone()));
                     continue;
                 }
                 if item.open {
@@ -636,6 +621,23 @@ impl RaftGrpcService {
                 }
             }
         }
+    }
+
+    /// Answers a lone (`once`) request of a multiplexed call as a unary AppendEntries: one item
+    /// with the answer and the end, or only the end with the status.
+    async fn answer_once(
+        self,
+        certified: Option<NodeId>,
+        peer: Option<SocketAddr>,
+        session: u64,
+        request: pb::AppendEntriesRequest,
+        answers: tokio::sync::mpsc::Sender<pb::SessionResponse>,
+    ) {
+        let answer = match self.append_one("Multiplex", Ok(certified), peer, request).await {
+            Ok(append) => pb::SessionResponse { session, append: Some(append), end: Some(pb::SessionEnd::default()) },
+            Err(status) => pb::SessionResponse { session, append: None, end: Some(session_end(&status)) },
+        };
+        let _ = answers.send(answer).await;
     }
 
     /// Runs one session of a multiplexed call and queues its answers, then its end.
