@@ -77,6 +77,8 @@ struct Inner {
     lookups_done: RwLock<HashMap<String, u64>>,
     /// Quota throttling the nodes reported.
     throttle: Throttle,
+    /// The open produce calls, one per node ([`crate::produce_stream`]).
+    produce_streams: crate::produce_stream::ProduceStreams,
 }
 
 /// Counts of the answers nodes delayed because this client's principal was over a quota.
@@ -148,6 +150,7 @@ impl Client {
                 lookup: tokio::sync::Mutex::new(()),
                 lookups_done: RwLock::new(HashMap::new()),
                 throttle: Throttle::default(),
+                produce_streams: Default::default(),
             }),
         })
     }
@@ -379,22 +382,36 @@ impl Client {
     }
 
     /// [`Client::call`] for a write that only the partition leader can serve: `call` is also told
-    /// whether the node it gets is the leader as far as the client knows, and then marks the
-    /// request [`crate::meta::FORWARDED`] (see [`Client::mark_for_leader`]) so a node that is no
-    /// longer the leader answers NOT_LEADER naming the new one (remembered for the next call)
-    /// rather than forwarding every request from now on.
+    /// the node's address and whether it is the leader as far as the client knows, and then marks
+    /// the request to be answered there (a produce stream request's `answer_here`, as the
+    /// [`crate::meta::FORWARDED`] header marks a unary one) so a node that is no longer the leader
+    /// answers NOT_LEADER naming the new one (remembered for the next call) rather than forwarding
+    /// every request from now on.
     pub(crate) async fn call_to_leader<T, F, Fut>(&self, topic: &str, partition: u32, call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, bool) -> Fut,
+        F: FnMut(&str, Channel, bool) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_with(Route::Partition(topic.to_string(), partition), call).await.0
     }
 
-    /// Marks `request` as one the node must answer itself (no forwarding): for a request sent to
-    /// the node believed to lead its partition.
-    pub(crate) fn mark_for_leader<M>(request: &mut tonic::Request<M>) {
-        request.metadata_mut().insert(crate::meta::FORWARDED, tonic::metadata::MetadataValue::from_static("client"));
+    /// Sends a produce request on the produce call to `addr` (opened on `channel` if none is),
+    /// with the configured request timeout; `answer_here` asks the node to answer itself (no
+    /// forwarding), as the [`crate::meta::FORWARDED`] header asks of a unary request.
+    pub(crate) async fn produce_on_call(
+        &self,
+        addr: &str,
+        channel: Channel,
+        request: proto::ProduceRequest,
+        answer_here: bool,
+    ) -> Result<tonic::Response<proto::ProduceResponse>, tonic::Status> {
+        let metadata = self.authorized(()).into_parts().0;
+        let timeout = Duration::from_millis(self.inner.config.request_timeout_ms);
+        self.inner
+            .produce_streams
+            .produce(addr, channel, metadata, request, answer_here, timeout)
+            .await
+            .map(tonic::Response::new)
     }
 
     /// One attempt of `call` at the node `addr` (no retry, no other node): for reads that must
@@ -416,14 +433,14 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_with(route, |ch, _| call(ch)).await
+        self.call_with(route, |_, ch, _| call(ch)).await
     }
 
-    /// The one retry loop: [`Client::call_tracked`], telling `call` whether its node is the
-    /// partition leader as far as the client knows.
+    /// The one retry loop: [`Client::call_tracked`], telling `call` the node's address and
+    /// whether it is the partition leader as far as the client knows.
     async fn call_with<T, F, Fut>(&self, route: Route, mut call: F) -> (Result<T, ClientError>, Attempts)
     where
-        F: FnMut(Channel, bool) -> Fut,
+        F: FnMut(&str, Channel, bool) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let max_attempts = self.inner.config.max_attempts;
@@ -436,7 +453,7 @@ impl Client {
                 Ok(ch) => ch,
                 Err(e) => return (Err(e), attempts),
             };
-            let err = match call(channel, to_leader).await {
+            let err = match call(&target, channel, to_leader).await {
                 Ok(response) => return (Ok(response.into_inner()), attempts),
                 Err(status) => ClientError::from_status(status),
             };

@@ -19,6 +19,7 @@ pub mod consumer;
 pub mod error;
 pub mod group;
 pub mod partitioner;
+mod produce_stream;
 pub mod producer;
 pub mod proto;
 pub mod records;

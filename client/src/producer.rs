@@ -633,12 +633,9 @@ async fn send_batch(
         producer,
     };
     let result = client
-        .call_to_leader(topic, *partition, |ch, to_leader| {
-            let mut req = client.request(request.clone(), Duration::ZERO);
-            if to_leader {
-                Client::mark_for_leader(&mut req);
-            }
-            async move { Client::produce_client(ch).produce(req).await }
+        .call_to_leader(topic, *partition, |addr, ch, to_leader| {
+            let (addr, request) = (addr.to_string(), request.clone());
+            async move { client.produce_on_call(&addr, ch, request, to_leader).await }
         })
         .await
         .and_then(|resp| {

@@ -388,21 +388,40 @@ impl NodeContext {
         request: Request<Req>,
         serve: impl AsyncFnOnce(Req, bool) -> Result<Resp, Status>,
     ) -> Result<Response<Resp>, Status> {
+        let _in_flight = self.enter_in_flight()?;
+        let caller = self.authenticate(&request).await?;
+        let forwarded = is_forwarded(&request);
+        self.serve_as(caller, serve(request.into_inner(), forwarded)).await.map(Response::new)
+    }
+
+    /// Counts one request in flight until the guard drops (shutdown waits for it); at
+    /// `limits.max_in_flight_requests` it is refused with TOO_MANY_REQUESTS (retryable: nothing
+    /// was done).
+    pub fn enter_in_flight(&self) -> Result<InFlightGuard<'_>, Status> {
         let max = self.limits.max_in_flight_requests;
-        let Some(_in_flight) = self.in_flight.try_enter(max as usize) else {
+        self.in_flight.try_enter(max as usize).ok_or_else(|| {
             self.metrics.count_limit_refusal("max_in_flight_requests");
-            return Err(limit(
+            limit(
                 ErrorCode::TooManyRequests,
                 format!("the node is serving max_in_flight_requests = {max} requests; retry after a backoff"),
                 u64::from(max),
-            ));
-        };
-        let caller = crate::auth::principal::authenticate(&request, &self.cluster, &self.auth, &self.metrics).await?;
-        let forwarded = is_forwarded(&request);
-        crate::auth::serve_as(caller, serve(request.into_inner(), forwarded))
-            .await
-            .map(Response::new)
-            .map_err(|status| self.for_clients(status))
+            )
+        })
+    }
+
+    /// The caller of `request` ([`crate::auth::principal::authenticate`]).
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<crate::auth::Caller, Status> {
+        crate::auth::principal::authenticate(request, &self.cluster, &self.auth, &self.metrics).await
+    }
+
+    /// Runs `serve` as `caller` (what [`Self::authorize`] checks), its refusal as a client may be
+    /// told it ([`Self::for_clients`]).
+    pub async fn serve_as<Resp>(
+        &self,
+        caller: crate::auth::Caller,
+        serve: impl std::future::Future<Output = Result<Resp, Status>>,
+    ) -> Result<Resp, Status> {
+        crate::auth::serve_as(caller, serve).await.map_err(|status| self.for_clients(status))
     }
 
     /// `status` as a client may be told it: a leader it names (`shale-leader-id`,

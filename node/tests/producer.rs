@@ -224,3 +224,85 @@ async fn pipelined_batches_stay_in_send_order_when_the_leader_is_stopped_mid_pro
     check_order(&read, &acked);
     c.shutdown().await;
 }
+
+/// One record for partition 0 of `topic`.
+fn one_record(topic: &str, value: &str) -> proto::ProduceRequest {
+    proto::ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        records: vec![proto::Record { value: Bytes::from(value.to_string()), ..Default::default() }],
+        producer: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_produce_stream_answers_each_request_under_its_id_and_a_refusal_ends_only_that_request() {
+    use shale_client::proto::produce_client::ProduceClient;
+    use tokio_stream::StreamExt;
+
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "streamed", 1).await;
+    let leader = partition_leader(&c, "streamed", 0).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let client = c.client();
+    let open = |node: u64, requests: Vec<proto::ProduceStreamRequest>| {
+        let ch = client.channel(&c.grpc[node as usize - 1].to_string()).expect("channel");
+        async move {
+            let answers = ProduceClient::new(ch)
+                .produce_stream(tokio_stream::iter(requests))
+                .await
+                .expect("the call opens")
+                .into_inner();
+            // The requests end with the iterator, so the answers end once each is answered.
+            let answers: Vec<proto::ProduceStreamResponse> =
+                tokio::time::timeout(WAIT, answers.map(|a| a.expect("an answer, not a broken call")).collect())
+                    .await
+                    .expect("every request answered");
+            answers.into_iter().map(|a| (a.id, a)).collect::<std::collections::BTreeMap<_, _>>()
+        }
+    };
+    // At a follower: a request to be answered there is refused NOT_LEADER naming the leader (what
+    // a client redirects on), one without its request INVALID_ARGUMENT, and one that may be
+    // forwarded is written by the leader; each under its own id, on one call.
+    let answers = open(
+        follower,
+        vec![
+            proto::ProduceStreamRequest { id: 10, request: Some(one_record("streamed", "r0")), answer_here: true },
+            proto::ProduceStreamRequest { id: 11, request: None, answer_here: false },
+            proto::ProduceStreamRequest { id: 12, request: Some(one_record("streamed", "r0")), answer_here: false },
+        ],
+    )
+    .await;
+    assert_eq!(answers.keys().copied().collect::<Vec<_>>(), vec![10, 11, 12], "one answer per request");
+    let refused = answers[&10].error.as_ref().expect("refused at a follower");
+    assert!(answers[&10].response.is_none());
+    assert_eq!(refused.metadata.get(shale_client::meta::ERROR_CODE).map(String::as_str), Some("NOT_LEADER"));
+    assert_eq!(
+        refused.metadata.get(shale_client::meta::LEADER_ADDR),
+        Some(&c.grpc[leader as usize - 1].to_string()),
+        "the refusal names the leader's client address"
+    );
+    assert_eq!(answers[&11].error.as_ref().map(|e| e.code), Some(tonic::Code::InvalidArgument as i32));
+    let forwarded = answers[&12].response.as_ref().expect("forwarded and written");
+    assert_eq!((forwarded.batches[0].base_offset, forwarded.batches[0].record_count), (0, 1));
+
+    // At the leader: pipelined batches of an idempotent producer, each answered under its id and
+    // written in sequence order.
+    let requests = (1..=5u64)
+        .map(|id| proto::ProduceStreamRequest {
+            id: 100 + id,
+            request: Some(proto::ProduceRequest {
+                producer: Some(proto::ProducerIdentity { producer_id: 77, base_sequence: id - 1 }),
+                ..one_record("streamed", &format!("r{id}"))
+            }),
+            answer_here: true,
+        })
+        .collect();
+    let answers = open(leader, requests).await;
+    let offsets: Vec<(u64, u64)> =
+        answers.iter().map(|(id, a)| (*id, a.response.as_ref().expect("written").batches[0].base_offset)).collect();
+    assert_eq!(offsets, vec![(101, 1), (102, 2), (103, 3), (104, 4), (105, 5)], "written in sequence order");
+    let read = read_through(&client, "streamed", 0, 0, 5).await;
+    assert_eq!(numbers(&read), vec![0, 1, 2, 3, 4, 5]);
+    c.shutdown().await;
+}

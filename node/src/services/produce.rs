@@ -1,11 +1,15 @@
 //! `shale.api.v1.Produce`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use shale_raft::cluster::access::{Operation, Resource};
 
@@ -60,8 +64,95 @@ impl ProduceService {
     }
 }
 
+/// Answers a produce stream keeps queued for its caller before it stops reading requests.
+const STREAM_ANSWERS_QUEUED: usize = 64;
+
+impl ProduceService {
+    /// Serves one `ProduceStream` call: every request as a unary Produce with the call's
+    /// metadata would be served (its caller authenticated again for each, so a revoked token or
+    /// changed password stops the next request), all of them on this one task, each answered as
+    /// it completes. Returns when the caller ended its requests (or the call broke) and every
+    /// request read was answered, or when nobody reads the answers any more.
+    async fn serve_stream(
+        self,
+        call: Request<()>,
+        mut input: Streaming<proto::ProduceStreamRequest>,
+        answers: tokio::sync::mpsc::Sender<Result<proto::ProduceStreamResponse, Status>>,
+    ) {
+        let mut running = FuturesUnordered::new();
+        let mut reading = true;
+        while reading || !running.is_empty() {
+            tokio::select! {
+                item = input.next(), if reading => match item {
+                    Some(Ok(item)) => running.push(self.serve_stream_request(&call, item)),
+                    // A broken call: what was read is still answered if the answers get through.
+                    Some(Err(_)) | None => reading = false,
+                },
+                Some(answer) = running.next(), if !running.is_empty() => {
+                    if answers.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request of a produce stream, served as a unary Produce and answered under its id.
+    async fn serve_stream_request(
+        &self,
+        call: &Request<()>,
+        item: proto::ProduceStreamRequest,
+    ) -> proto::ProduceStreamResponse {
+        let started = Instant::now();
+        let result = async {
+            let _in_flight = self.ctx.enter_in_flight()?;
+            let caller = self.ctx.authenticate(call).await?;
+            let req =
+                item.request.ok_or_else(|| Status::invalid_argument("a produce stream request without a request"))?;
+            self.ctx.serve_as(caller, self.produce_inner(req, item.answer_here)).await
+        }
+        .await;
+        self.ctx.metrics.produce.record(started, result.is_ok());
+        match result {
+            Ok(response) => proto::ProduceStreamResponse { id: item.id, response: Some(response), error: None },
+            Err(status) => {
+                proto::ProduceStreamResponse { id: item.id, response: None, error: Some(stream_status(&status)) }
+            }
+        }
+    }
+}
+
+/// `status` as a produce stream's answer carries it: code, message and its ASCII metadata.
+fn stream_status(status: &Status) -> proto::StreamStatus {
+    let metadata = status
+        .metadata()
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().ok()?.to_string())),
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+        .collect();
+    proto::StreamStatus { code: status.code() as i32, message: status.message().to_string(), metadata }
+}
+
 #[tonic::async_trait]
 impl proto::produce_server::Produce for ProduceService {
+    type ProduceStreamStream =
+        Pin<Box<dyn Stream<Item = Result<proto::ProduceStreamResponse, Status>> + Send + 'static>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<proto::ProduceStreamRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        // Refused at once when its metadata names nobody (checked again for each request).
+        self.ctx.authenticate(&request).await?;
+        let (metadata, extensions, input) = request.into_parts();
+        let call = Request::from_parts(metadata, extensions, ());
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_ANSWERS_QUEUED);
+        tokio::spawn(self.clone().serve_stream(call, input, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn produce(
         &self,
         request: Request<proto::ProduceRequest>,
