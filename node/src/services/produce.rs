@@ -71,8 +71,10 @@ impl ProduceService {
     /// Serves one `ProduceStream` call: every request as a unary Produce with the call's
     /// metadata would be served (its caller authenticated again for each, so a revoked token or
     /// changed password stops the next request), all of them on this one task, each answered as
-    /// it completes. Returns when the caller ended its requests (or the call broke) and every
-    /// request read was answered, or when nobody reads the answers any more.
+    /// it completes. Returns when the caller ended its requests (or the call broke, or the node
+    /// began to shut down: no request is read after that) and every request read was answered,
+    /// or when nobody reads the answers any more. The answers then end, and the caller opens a new
+    /// call for its next request (a stopping node refuses it, so it goes elsewhere).
     async fn serve_stream(
         self,
         call: Request<()>,
@@ -81,8 +83,10 @@ impl ProduceService {
     ) {
         let mut running = FuturesUnordered::new();
         let mut reading = true;
+        let mut shutdown = self.ctx.shutdown.clone();
         while reading || !running.is_empty() {
             tokio::select! {
+                () = async { drop(shutdown.wait_for(|stopping| *stopping).await) }, if reading => reading = false,
                 item = input.next(), if reading => match item {
                     Some(Ok(item)) => running.push(self.serve_stream_request(&call, item)),
                     // A broken call: what was read is still answered if the answers get through.
