@@ -253,8 +253,19 @@ async fn tokens_are_refused_alike_for_an_unknown_user_and_a_wrong_secret() {
     assert!(c.not_ready(WAIT).await.is_empty());
     let admin = client(&c, tls_as(&c, Some("admin")), None).admin();
     let token = admin.create_user("bob").await.unwrap();
-    let bob = client(&c, tls_as(&c, None), Some(token.clone())).admin();
+    let bob_client = client(&c, tls_as(&c, None), Some(token.clone()));
+    let bob = bob_client.admin();
     eventually("bob's token is accepted", || bob.who_am_i()).await;
+    // Bob produces: his producer's requests go on one ProduceStream call per node.
+    admin.create_topic(NewTopic::new("bobs", 1, 3)).await.unwrap();
+    admin.add_acl(acl_rule("bob", "produce", "topic", "bobs")).await.unwrap();
+    let producer = bob_client.producer(ProducerConfig::default());
+    let send = |value: &'static str| producer.send_and_wait(ProducerRecord::new("bobs", value).partition(0));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = send("before").await {
+        assert!(tokio::time::Instant::now() < deadline, "bob may produce: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let forged = |user: &str| Token::parse(&format!("{user}:{}", "ab".repeat(32))).unwrap();
     let mut answers = Vec::new();
@@ -275,6 +286,11 @@ async fn tokens_are_refused_alike_for_an_unknown_user_and_a_wrong_secret() {
     let e = bob.who_am_i().await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
     assert_eq!(e.to_string(), answers[0]);
+    // The producer's call to the partition leader opened while bob's token was good: its next
+    // request is authenticated again, and refused.
+    let e = send("after").await.expect_err("a deleted user's open produce call writes nothing more");
+    assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
+    let _ = producer.close().await;
     c.shutdown().await.unwrap();
 }
 
