@@ -35,15 +35,20 @@ pub(crate) struct ProduceStreams {
     calls: Mutex<HashMap<String, Arc<StreamCall>>>,
 }
 
-/// One open `ProduceStream` call.
+/// One open `ProduceStream` call. Only the client holds its request sender: when the client is
+/// dropped the requests end, the node answers what it read and ends the call, and the task
+/// reading the answers ([`read_answers`], which holds only `waiting`) ends with it.
 #[derive(Debug)]
 struct StreamCall {
     requests: mpsc::UnboundedSender<proto::ProduceStreamRequest>,
-    /// The requests sent and not answered yet; `None` once the call is over (nothing more is
-    /// answered on it).
-    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>,
+    waiting: Arc<Waiting>,
     next_id: AtomicU64,
 }
+
+/// The requests sent on a call and not answered yet; `None` once the call is over (nothing more
+/// is answered on it).
+#[derive(Debug, Default)]
+struct Waiting(Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>);
 
 impl ProduceStreams {
     /// Sends `request` on the produce call to `addr` (opened on `channel` with `metadata` if
@@ -61,7 +66,7 @@ impl ProduceStreams {
         let id = call.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut waiting = call.waiting.lock();
+            let mut waiting = call.waiting.0.lock();
             let Some(waiting) = waiting.as_mut() else {
                 return Err(Status::unavailable(format!("the produce call to {addr} is over")));
             };
@@ -69,14 +74,14 @@ impl ProduceStreams {
         }
         let item = proto::ProduceStreamRequest { id, request: Some(request), answer_here };
         if call.requests.send(item).is_err() {
-            call.forget(id);
+            call.waiting.forget(id);
             return Err(Status::unavailable(format!("the produce call to {addr} is over")));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(Status::unavailable(format!("the produce call to {addr} ended"))),
             Err(_) => {
-                call.forget(id);
+                call.waiting.forget(id);
                 Err(Status::deadline_exceeded(format!("no answer from {addr} within {} ms", timeout.as_millis())))
             }
         }
@@ -86,51 +91,51 @@ impl ProduceStreams {
     fn call(&self, addr: &str, channel: Channel, metadata: MetadataMap) -> Arc<StreamCall> {
         let mut calls = self.calls.lock();
         if let Some(call) = calls.get(addr)
-            && call.waiting.lock().is_some()
+            && call.waiting.0.lock().is_some()
         {
             return call.clone();
         }
         let (requests, rx) = mpsc::unbounded_channel();
-        let call =
-            Arc::new(StreamCall { requests, waiting: Mutex::new(Some(HashMap::new())), next_id: AtomicU64::new(0) });
+        let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
+        let call = Arc::new(StreamCall { requests, waiting: waiting.clone(), next_id: AtomicU64::new(0) });
         calls.insert(addr.to_string(), call.clone());
         let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         *request.metadata_mut() = metadata;
-        tokio::spawn(call.clone().run(channel, request));
+        tokio::spawn(read_answers(waiting, channel, request));
         call
     }
 }
 
-impl StreamCall {
-    /// Opens the call and hands every answer to its request until the call ends, then fails
-    /// whatever still waits.
-    async fn run(
-        self: Arc<Self>,
-        channel: Channel,
-        request: tonic::Request<tokio_stream::wrappers::UnboundedReceiverStream<proto::ProduceStreamRequest>>,
-    ) {
-        let ended = match crate::client::Client::produce_client(channel).produce_stream(request).await {
-            Ok(response) => {
-                let mut answers = response.into_inner();
-                loop {
-                    match answers.next().await {
-                        Some(Ok(answer)) => self.deliver(answer),
-                        Some(Err(status)) => break status,
-                        None => break Status::unavailable("the node ended the produce call"),
-                    }
+/// Opens a call and hands every answer to its request until the call ends, then fails whatever
+/// still waits.
+async fn read_answers(
+    waiting: Arc<Waiting>,
+    channel: Channel,
+    request: tonic::Request<tokio_stream::wrappers::UnboundedReceiverStream<proto::ProduceStreamRequest>>,
+) {
+    let ended = match crate::client::Client::produce_client(channel).produce_stream(request).await {
+        Ok(response) => {
+            let mut answers = response.into_inner();
+            loop {
+                match answers.next().await {
+                    Some(Ok(answer)) => waiting.deliver(answer),
+                    Some(Err(status)) => break status,
+                    None => break Status::unavailable("the node ended the produce call"),
                 }
             }
-            Err(status) => status,
-        };
-        let waiting = self.waiting.lock().take().unwrap_or_default();
-        for (_, tx) in waiting {
-            let _ = tx.send(Err(Status::new(ended.code(), ended.message().to_string())));
         }
+        Err(status) => status,
+    };
+    let left = waiting.0.lock().take().unwrap_or_default();
+    for (_, tx) in left {
+        let _ = tx.send(Err(Status::new(ended.code(), ended.message().to_string())));
     }
+}
 
+impl Waiting {
     /// Hands `answer` to the request it names (if it still waits).
     fn deliver(&self, answer: proto::ProduceStreamResponse) {
-        let Some(tx) = self.waiting.lock().as_mut().and_then(|w| w.remove(&answer.id)) else { return };
+        let Some(tx) = self.0.lock().as_mut().and_then(|w| w.remove(&answer.id)) else { return };
         let result = match (answer.response, answer.error) {
             (_, Some(error)) => Err(status_of(error)),
             (Some(response), None) => Ok(response),
@@ -141,7 +146,7 @@ impl StreamCall {
 
     /// Stops waiting for request `id`.
     fn forget(&self, id: u64) {
-        if let Some(waiting) = self.waiting.lock().as_mut() {
+        if let Some(waiting) = self.0.lock().as_mut() {
             waiting.remove(&id);
         }
     }

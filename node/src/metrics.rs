@@ -40,6 +40,14 @@ impl Gauge {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Takes one away (never below zero).
+    pub fn dec(&self) {
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -139,6 +147,8 @@ pub struct Metrics {
     pub internal_connections_open: Gauge,
     /// Subscribe streams open (`limits.max_subscriptions`).
     pub subscriptions_open: Gauge,
+    /// ProduceStream calls open (a producer keeps one per node it sends to).
+    pub produce_calls_open: Gauge,
     /// Client-API requests being served (`limits.max_in_flight_requests`); set at scrape time.
     pub requests_in_flight: Gauge,
     /// Requests and connections refused at a limit, per limit (its config key without `limits.`).
@@ -295,6 +305,11 @@ impl Metrics {
                 "shale_subscriptions_open",
                 "Subscribe streams open (limits.max_subscriptions).",
                 &self.subscriptions_open,
+            ),
+            (
+                "shale_produce_calls_open",
+                "ProduceStream calls open (a producer keeps one per node it sends to).",
+                &self.produce_calls_open,
             ),
             (
                 "shale_requests_in_flight",

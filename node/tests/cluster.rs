@@ -352,6 +352,7 @@ async fn health_readiness_and_metrics_respond() {
             "shale_raft_multiplexed_messages_sent_total",
             "shale_raft_lone_append_messages_sent_total",
             "shale_raft_entryless_session_messages_sent_total",
+            "shale_produce_calls_open",
         ] {
             assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
         }

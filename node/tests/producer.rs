@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{TestCluster, WAIT, create_topic, http_get, partition_leader, produce_raw, read_through};
+use common::{TestCluster, WAIT, create_topic, http_get, metric, partition_leader, produce_raw, read_through};
 use parking_lot::Mutex;
 use shale_client::{ErrorCode, ProducerConfig, ProducerRecord, proto};
 
@@ -304,5 +304,36 @@ async fn a_produce_stream_answers_each_request_under_its_id_and_a_refusal_ends_o
     assert_eq!(offsets, vec![(101, 1), (102, 2), (103, 3), (104, 4), (105, 5)], "written in sequence order");
     let read = read_through(&client, "streamed", 0, 0, 5).await;
     assert_eq!(numbers(&read), vec![0, 1, 2, 3, 4, 5]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_producer_keeps_one_produce_call_per_node_and_a_dropped_client_closes_it() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "calls", 3).await;
+    let open_calls = || async {
+        let mut total = 0;
+        for http in &c.http {
+            total += metric(*http, "shale_produce_calls_open").await.expect("the gauge is exported");
+        }
+        total
+    };
+    assert_eq!(open_calls().await, 0);
+    let client = c.client();
+    let producer = client.producer(ProducerConfig::default());
+    for i in 0..60u32 {
+        producer.send_and_wait(ProducerRecord::new("calls", format!("r{i}")).partition(i % 3)).await.expect("acked");
+    }
+    // At most one call per node (three), however many batches went (sixty, one after another).
+    let open = open_calls().await;
+    assert!((1..=3).contains(&open), "{open} produce calls open for sixty batches");
+    // Dropped with its client: the requests end, so the nodes end the calls.
+    drop(producer);
+    drop(client);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open_calls().await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "produce calls left open after the client was dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     c.shutdown().await;
 }
