@@ -405,7 +405,7 @@ impl Client {
         request: proto::ProduceRequest,
         answer_here: bool,
     ) -> Result<tonic::Response<proto::ProduceResponse>, tonic::Status> {
-        let metadata = self.authorized(()).into_parts().0;
+        let metadata = || self.authorized(()).into_parts().0;
         let timeout = Duration::from_millis(self.inner.config.request_timeout_ms);
         self.inner
             .produce_streams

@@ -51,31 +51,25 @@ struct StreamCall {
 struct Waiting(Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>);
 
 impl ProduceStreams {
-    /// Sends `request` on the produce call to `addr` (opened on `channel` with `metadata` if
-    /// none is open) and waits at most `timeout` for its answer.
+    /// Sends `request` on the produce call to `addr` (opened on `channel` with the metadata
+    /// `metadata` makes, only if none is open) and waits at most `timeout` for its answer.
     pub(crate) async fn produce(
         &self,
         addr: &str,
         channel: Channel,
-        metadata: MetadataMap,
+        metadata: impl FnOnce() -> MetadataMap,
         request: proto::ProduceRequest,
         answer_here: bool,
         timeout: Duration,
     ) -> Answer {
         let call = self.call(addr, channel, metadata);
         let id = call.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut waiting = call.waiting.0.lock();
-            let Some(waiting) = waiting.as_mut() else {
-                return Err(Status::unavailable(format!("the produce call to {addr} is over")));
-            };
-            waiting.insert(id, tx);
-        }
+        let over = || Status::unavailable(format!("the produce call to {addr} is over"));
+        let Some(rx) = call.waiting.register(id) else { return Err(over()) };
         let item = proto::ProduceStreamRequest { id, request: Some(request), answer_here };
         if call.requests.send(item).is_err() {
             call.waiting.forget(id);
-            return Err(Status::unavailable(format!("the produce call to {addr} is over")));
+            return Err(over());
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
@@ -88,10 +82,10 @@ impl ProduceStreams {
     }
 
     /// The open call to `addr`, or a new one.
-    fn call(&self, addr: &str, channel: Channel, metadata: MetadataMap) -> Arc<StreamCall> {
+    fn call(&self, addr: &str, channel: Channel, metadata: impl FnOnce() -> MetadataMap) -> Arc<StreamCall> {
         let mut calls = self.calls.lock();
         if let Some(call) = calls.get(addr)
-            && call.waiting.0.lock().is_some()
+            && call.waiting.is_open()
         {
             return call.clone();
         }
@@ -100,7 +94,7 @@ impl ProduceStreams {
         let call = Arc::new(StreamCall { requests, waiting: waiting.clone(), next_id: AtomicU64::new(0) });
         calls.insert(addr.to_string(), call.clone());
         let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-        *request.metadata_mut() = metadata;
+        *request.metadata_mut() = metadata();
         tokio::spawn(read_answers(waiting, channel, request));
         call
     }
@@ -133,6 +127,18 @@ async fn read_answers(
 }
 
 impl Waiting {
+    /// Waits for the answer to request `id`; `None` if the call is over.
+    fn register(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
+        let (tx, rx) = oneshot::channel();
+        self.0.lock().as_mut()?.insert(id, tx);
+        Some(rx)
+    }
+
+    /// Whether the call still answers.
+    fn is_open(&self) -> bool {
+        self.0.lock().is_some()
+    }
+
     /// Hands `answer` to the request it names (if it still waits).
     fn deliver(&self, answer: proto::ProduceStreamResponse) {
         let Some(tx) = self.0.lock().as_mut().and_then(|w| w.remove(&answer.id)) else { return };

@@ -40,13 +40,20 @@ impl Gauge {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-    /// Adds one.
-    pub fn inc(&self) {
+    /// Adds one until the returned guard drops (then takes it away again).
+    pub fn hold(&self) -> GaugeHold<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        GaugeHold(self)
     }
-    /// Takes one away (never below zero).
-    pub fn dec(&self) {
-        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+}
+
+/// One counted in a [`Gauge`] while it lives ([`Gauge::hold`]).
+#[derive(Debug)]
+pub struct GaugeHold<'a>(&'a Gauge);
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 }
 

@@ -81,8 +81,7 @@ impl ProduceService {
         mut input: Streaming<proto::ProduceStreamRequest>,
         answers: tokio::sync::mpsc::Sender<Result<proto::ProduceStreamResponse, Status>>,
     ) {
-        self.ctx.metrics.produce_calls_open.inc();
-        let _open = decrement_on_drop(&self.ctx.metrics.produce_calls_open);
+        let _open = self.ctx.metrics.produce_calls_open.hold();
         let mut running = FuturesUnordered::new();
         let mut reading = true;
         let mut shutdown = self.ctx.shutdown.clone();
@@ -126,17 +125,6 @@ impl ProduceService {
             }
         }
     }
-}
-
-/// Takes one off `gauge` when dropped.
-fn decrement_on_drop(gauge: &crate::metrics::Gauge) -> impl Drop + '_ {
-    struct Dec<'a>(&'a crate::metrics::Gauge);
-    impl Drop for Dec<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    Dec(gauge)
 }
 
 /// `status` as a produce stream's answer carries it: code, message and its ASCII metadata.
