@@ -213,11 +213,6 @@ pub struct RaftGroup {
     max_payload_bytes: usize,
     /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
     stopped: watch::Sender<bool>,
-    /// An AppendEntries from a leader was accepted since this group started (so its metrics'
-    /// `cluster_committed` is that leader's word, not what this node's own log said at start).
-    leader_heard: std::sync::atomic::AtomicBool,
-    /// [`RaftGroup::leader_commit_heard`] + 1 (0: none).
-    leader_commit_heard: std::sync::atomic::AtomicU64,
     /// The node's peers: the channels, and the node heartbeats heard (quiescence leases).
     peers: Arc<Peers>,
     /// Quiescence: where the group stands, see [`QuietState`].
@@ -512,8 +507,6 @@ impl RaftGroup {
             election_timeout_max_ms: config.election_timeout_max_ms,
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
-            leader_heard: std::sync::atomic::AtomicBool::new(false),
-            leader_commit_heard: std::sync::atomic::AtomicU64::new(0),
             peers: peers.clone(),
             quiet: Mutex::new(Quiet {
                 state: QuietState::Awake,
@@ -548,31 +541,6 @@ impl RaftGroup {
             return Err(e);
         }
         Ok(g)
-    }
-
-    /// Notes that an AppendEntries from a leader was accepted here, carrying the leader's commit
-    /// index `leader_commit`.
-    pub(crate) fn note_leader_heard(&self, leader_commit: Option<u64>) {
-        if let Some(index) = leader_commit {
-            self.leader_commit_heard.fetch_max(index.saturating_add(1), std::sync::atomic::Ordering::AcqRel);
-        }
-        self.leader_heard.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The highest commit index a leader's accepted AppendEntries carried since this group
-    /// started. The metrics' `cluster_committed` catches up with it only once openraft publishes
-    /// its metrics, a little after the message was accepted: a node deciding from the metrics
-    /// alone whether it applied everything the leader committed could decide on its own old
-    /// commit index.
-    pub fn leader_commit_heard(&self) -> Option<u64> {
-        self.leader_commit_heard.load(std::sync::atomic::Ordering::Acquire).checked_sub(1)
-    }
-
-    /// Whether this group has accepted an AppendEntries from a leader since it started: until
-    /// then a restarted follower's metrics may name the leader of its stored vote and the commit
-    /// index of its own log, which can be far behind (topics deleted while it was away).
-    pub fn has_heard_a_leader(&self) -> bool {
-        self.leader_heard.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Where the group stands on quiescence.

@@ -405,6 +405,30 @@ impl RaftService for RaftGrpcService {
             .map_err(|r| self.refuse("NodeHeartbeat", 0, peer, &r))?;
         Ok(Response::new(self.heartbeats.receive(req)))
     }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
+        let req = request.into_inner();
+        let group = self.group(req.group_id)?;
+        certified
+            .and_then(|c| guard::check_reader(&self.receiver(GroupId(req.group_id), group.raft()), c))
+            .map_err(|r| self.refuse("ReadIndex", req.group_id, peer, &r))?;
+        let limit = Duration::from_millis(self.peers.config().request_timeout_ms);
+        let index = tokio::time::timeout(limit, group.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("group {}: read index not confirmed within {limit:?}", req.group_id))
+            })?
+            .map_err(|e| match e {
+                e @ crate::RaftError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+                e => Status::unavailable(e.to_string()),
+            })?;
+        Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
 }
 
 /// Answers a multiplexed call's sessions queue (all sessions together) before they wait for the
@@ -428,18 +452,12 @@ impl RaftGrpcService {
             .and_then(|c| guard::check_identity(c, rpc.vote.leader_id.node_id))
             .and_then(|()| guard::check_append(&self.receiver(GroupId(req.group_id), &raft), &rpc))
             .map_err(|r| self.refuse(rpc_name, req.group_id, peer, &r))?;
-        let leader_commit = rpc.leader_commit.as_ref().map(|l| l.index());
         if !rpc.entries.is_empty()
             && let Ok(g) = self.group(req.group_id)
         {
             g.appends_released().await;
         }
         let resp = raft.append_entries(rpc).await.map_err(fatal)?;
-        if resp.is_success()
-            && let Ok(g) = self.group(req.group_id)
-        {
-            g.note_leader_heard(leader_commit);
-        }
         Ok(convert::append_response_to_pb(&resp))
     }
 

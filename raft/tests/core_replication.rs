@@ -481,3 +481,49 @@ async fn held_commit_notices_save_a_message_per_write_and_followers_still_apply_
         sent[1]
     );
 }
+
+/// `ReadIndex` (what a restarted node asks before it trusts its metadata): the leader answers at
+/// least everything it committed, a follower refuses (FAILED_PRECONDITION), and a leader restored
+/// from its stored vote after the others moved on never answers its own stale commit index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_index_comes_from_the_current_leader_never_from_a_deposed_one() {
+    use core_support::GROUP;
+    use shale_raft::network::read_index::{ReadIndexError, read_index_from};
+
+    let mut c = TestCluster::start(3, group_config()).await;
+    let old = c.wait_leader(&[]).await;
+    let first = c.leader_group(old).write(payload(0, 64)).await.expect("write").index;
+    c.wait_applied_everywhere(first).await;
+    let ids: Vec<u64> = c.running().map(|n| n.id).filter(|id| *id != old).collect();
+    let (asker, other) = (ids[0], ids[1]);
+    let peers = c.node(asker).router.as_ref().expect("running").peers().clone();
+    let addr = |c: &mut TestCluster, id| c.node(id).node().addr;
+
+    let at_leader = read_index_from(&peers, GROUP, old, &addr(&mut c, old), WAIT).await.expect("the leader answers");
+    assert!(at_leader >= first, "read index {at_leader} covers the committed write {first}");
+    match read_index_from(&peers, GROUP, other, &addr(&mut c, other), WAIT).await {
+        Err(ReadIndexError::Rpc { status, .. }) => {
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "a follower refuses: {status:?}")
+        }
+        other => panic!("a follower must not answer a read index: {other:?}"),
+    }
+
+    // The leader goes away; the others elect a leader and commit more without it.
+    c.node(old).stop().await;
+    let new = c.wait_leader(&[old]).await;
+    let mut last = first;
+    for i in 1..20u64 {
+        last = c.leader_group(new).write(payload(i, 64)).await.expect("write after failover").index;
+    }
+    // It comes back from its data dir, where its vote says it leads (openraft restores it as
+    // leader until it hears the newer term). Asked at once, it answers an index covering every
+    // write the others committed, or refuses; never its own old commit index.
+    c.node(old).restart(group_config()).await;
+    match read_index_from(&peers, GROUP, old, &addr(&mut c, old), WAIT).await {
+        Ok(index) => assert!(index >= last, "the returning node answered {index}, below the committed {last}"),
+        Err(e) => tracing::info!("the returning node refused the read index: {e}"),
+    }
+    let now = read_index_from(&peers, GROUP, new, &addr(&mut c, new), WAIT).await.expect("the new leader answers");
+    assert!(now >= last, "read index {now} covers the committed write {last}");
+    c.stop_all().await;
+}

@@ -285,6 +285,13 @@ impl pb::raft_service_server::RaftService for HalfClosingPeer {
     ) -> Result<tonic::Response<pb::NodeHeartbeatResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("node_heartbeat"))
     }
+
+    async fn read_index(
+        &self,
+        _: tonic::Request<pb::ReadIndexRequest>,
+    ) -> Result<tonic::Response<pb::ReadIndexResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("read_index"))
+    }
 }
 
 /// Regression: openraft's request streams of one replication target share their state, so a

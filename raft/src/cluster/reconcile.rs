@@ -49,6 +49,7 @@ use super::metadata::{MetadataCommand, MetadataState};
 use super::partition::PartitionMachine;
 use super::{Cluster, LocalPartition, catch_up};
 use crate::cluster::api::*;
+use crate::network::read_index::read_index_from;
 use crate::{Node, RaftError, Retention};
 
 /// Runs passes until shutdown (or until the cluster is dropped).
@@ -221,7 +222,7 @@ impl Cluster {
         }
 
         // Start and look after what is ours, once the metadata is current.
-        if !self.metadata_is_current() {
+        if !self.metadata_is_current().await {
             return;
         }
         let transfers_left = AtomicUsize::new(self.config.leader_transfers_per_pass);
@@ -255,33 +256,51 @@ impl Cluster {
     }
 
     /// Whether this node's applied metadata is current enough to start partition groups from:
-    /// a metadata leader is known and this node applied everything that leader reported
-    /// committed (after a restart the log replayed from disk may still list topics the others
-    /// deleted meanwhile). Once true it stays true for this `Cluster`.
-    fn metadata_is_current(&self) -> bool {
+    /// it applied the metadata group's read index, which the metadata leader confirmed with a
+    /// quorum after this node started (after a restart the log replayed from disk may still list
+    /// topics the others deleted meanwhile). Nothing this node merely heard decides it: a
+    /// restarted node's metrics name the leader of its stored vote and its own log's commit
+    /// index, a heartbeat built before the deletions can arrive after the restart (the old
+    /// check trusted both and started deleted topics' groups under load), and a node restored as
+    /// leader from its stored vote may have been deposed meanwhile. Once true it stays true for
+    /// this `Cluster`.
+    async fn metadata_is_current(&self) -> bool {
         if self.metadata_current.load(Ordering::Acquire) {
             return true;
         }
         let meta = self.meta();
-        let m = meta.metrics();
-        // A restarted follower must have heard the leader first: before that its metrics give the
-        // leader of its stored vote and its own log's commit index (it may have missed deletions).
-        // The leader's commit index is taken from the messages heard too: the metrics publish it
-        // a little after the message that carried it was accepted.
-        let leads = m.current_leader == Some(self.config.node_id);
-        let heard = if leads { None } else { meta.leader_commit_heard() };
-        let current = m.current_leader.is_some_and(|_| leads || meta.has_heard_a_leader())
-            && m.cluster_committed.as_ref().is_some_and(|committed| {
-                let committed = committed.index().max(heard.unwrap_or(0));
-                m.last_applied.as_ref().is_some_and(|applied| applied.index() >= committed)
-            });
-        if current {
-            self.metadata_current.store(true, Ordering::Release);
-            tracing::info!(applied = ?m.last_applied.as_ref().map(|l| l.index()), "metadata is current; starting partition groups");
+        let Some((leader, node)) = meta.leader() else {
+            tracing::debug!("metadata not current yet (no leader known); partition groups wait");
+            return false;
+        };
+        // At most one heartbeat-round's worth of waiting per pass: the pass has other work, and
+        // the next pass asks again.
+        let limit = self.timeout().min(Duration::from_secs(2));
+        let read = if leader == self.config.node_id {
+            match tokio::time::timeout(limit, meta.ensure_linearizable()).await {
+                Ok(Ok(index)) => Ok(index),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no read index confirmed within {limit:?}")),
+            }
         } else {
-            tracing::debug!(leader = ?m.current_leader, "metadata not current yet; partition groups wait");
+            read_index_from(self.router.peers(), METADATA_GROUP, leader, &node.addr, limit)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let index = match read {
+            Ok(index) => index,
+            Err(reason) => {
+                tracing::debug!(leader, %reason, "metadata not current yet; partition groups wait");
+                return false;
+            }
+        };
+        if let Err(e) = meta.wait_applied(index, limit).await {
+            tracing::debug!(leader, index, error = %e, "metadata not applied up to the read index yet; partition groups wait");
+            return false;
         }
-        current
+        self.metadata_current.store(true, Ordering::Release);
+        tracing::info!(leader, read_index = index, applied = ?meta.applied_index(), "metadata is current; starting partition groups");
+        true
     }
 
     /// Whether `gid` runs here as a healthy follower that is initialised and keeps the topic's

@@ -1,6 +1,7 @@
 //! The wire of the shared Raft transport: the generated `shale.raft.v1` types ([`pb`]) and their
 //! conversions ([`convert`]), one channel per peer ([`peers`]), and per-group openraft network
-//! clients over them ([`client`]). The serving side, which needs the local groups, is
+//! clients over them ([`client`]), and a group leader's read index asked from another node
+//! ([`read_index`]). The serving side, which needs the local groups, is
 //! [`crate::server`].
 
 pub mod client;
@@ -9,6 +10,7 @@ pub mod convert;
 pub mod guard;
 pub(crate) mod multiplex;
 pub mod peers;
+pub mod read_index;
 pub mod tls;
 
 /// The generated protobuf messages, client and server of `shale.raft.v1`.
