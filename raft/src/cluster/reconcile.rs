@@ -268,6 +268,17 @@ impl Cluster {
         if self.metadata_current.load(Ordering::Acquire) {
             return true;
         }
+        // Not past shutdown: a pass waiting here holds the cluster, and so its storage, alive.
+        let mut stopping = self.shutdown.subscribe();
+        tokio::select! {
+            current = self.learn_metadata_is_current() => current,
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// [`Cluster::metadata_is_current`]'s question, asked once: the read index, then the wait
+    /// until it is applied here.
+    async fn learn_metadata_is_current(&self) -> bool {
         let meta = self.meta();
         let Some((leader, node)) = meta.leader() else {
             tracing::debug!("metadata not current yet (no leader known); partition groups wait");

@@ -253,15 +253,14 @@ impl TestCluster {
         let setup = self.setup.clone();
         let node = &mut self.nodes[id as usize - 1];
         if let (Backing::Disk(o), Some(dir)) = (&setup.backing, &node.dir) {
-            // Every handle on the old storage is gone once the cluster is shut down and dropped.
             let path = dir.path().to_path_buf();
             node.storage = Arc::new(MemoryStorage::new());
-            node.storage = Arc::new(Storage::open_with(&path, o.clone()).expect("reopen storage"));
+            node.storage = Arc::new(reopen(|| Storage::open_with(&path, o.clone())).await);
         }
         if let (Backing::Faulty(o), Some(fs)) = (&setup.backing, &node.fs) {
             node.storage = Arc::new(MemoryStorage::new());
             node.storage =
-                Arc::new(Storage::open_with_fs(FAULTY_ROOT, o.clone(), Arc::new(fs.clone())).expect("reopen storage"));
+                Arc::new(reopen(|| Storage::open_with_fs(FAULTY_ROOT, o.clone(), Arc::new(fs.clone()))).await);
         }
         let listener = TcpListener::bind(&node.addr).await.expect("rebind");
         serve(node, listener, &setup).await.expect("restart node");
@@ -470,6 +469,23 @@ pub fn record(key: &str, value: &str) -> ProduceRecord {
         value: Bytes::copy_from_slice(value.as_bytes()),
         headers: vec![("trace".into(), Bytes::copy_from_slice(key.as_bytes()))],
         timestamp_ms: None,
+    }
+}
+
+/// Reopens a stopped node's storage. The stopped node's last tasks (a request its server was
+/// still answering when it was cut off, a group start finishing) may hold the old storage a
+/// moment after its cluster is shut down and dropped (a real node's process exit frees it at
+/// once): wait for its directory lock, bounded by [`WAIT`] (a handle kept for good still fails).
+async fn reopen(open: impl Fn() -> Result<Storage, shale_storage::StorageError>) -> Storage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open() {
+            Ok(s) => return s,
+            Err(shale_storage::StorageError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen storage: {e}"),
+        }
     }
 }
 
