@@ -49,7 +49,7 @@ use super::metadata::{MetadataCommand, MetadataState};
 use super::partition::PartitionMachine;
 use super::{Cluster, LocalPartition, catch_up};
 use crate::cluster::api::*;
-use crate::network::read_index::read_index_from;
+use crate::network::read_index::{ReadIndexError, read_index_from};
 use crate::{Node, RaftError, Retention};
 
 /// Runs passes until shutdown (or until the cluster is dropped).
@@ -294,9 +294,23 @@ impl Cluster {
                 Err(_) => Err(format!("no read index confirmed within {limit:?}")),
             }
         } else {
-            read_index_from(self.router.peers(), METADATA_GROUP, leader, &node.addr, limit)
-                .await
-                .map_err(|e| e.to_string())
+            match read_index_from(self.router.peers(), METADATA_GROUP, leader, &node.addr, limit).await {
+                Ok(index) => Ok(index),
+                // A metadata leader of a version before ReadIndex (a rolling upgrade): the commit
+                // index its messages reported, once it covers this node's own log. Weaker (a
+                // heartbeat built before the newest commits can pass it), but a node does not wait
+                // for the leader's upgrade with its partition replicas down.
+                Err(ReadIndexError::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => meta
+                    .with_metrics(|m| {
+                        let committed = m.cluster_committed.as_ref()?.index();
+                        (committed >= m.last_log_index.unwrap_or(0)).then_some(committed)
+                    })
+                    .inspect(|_| {
+                        tracing::warn!(leader, "the metadata leader does not serve ReadIndex (an older version): trusting the commit index it sent; upgrade it")
+                    })
+                    .ok_or_else(|| "the metadata leader (an older version) has not sent a commit index covering this node's log yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
         };
         let index = match read {
             Ok(index) => index,

@@ -293,6 +293,17 @@ impl TestCluster {
                     if !self.running().contains(r) {
                         continue;
                     }
+                    // The replica runs the group (`leader_of` alone answers the preferred replica
+                    // from the metadata on a node that has not started it yet).
+                    let runs = self
+                        .node(*r)
+                        .cluster_status()
+                        .partitions
+                        .iter()
+                        .any(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == a.partition));
+                    if !runs {
+                        return None;
+                    }
                     let (l, _) = self.node(*r).leader_of(topic, a.partition)?;
                     if seen.is_some_and(|s| s != l) {
                         return None;
