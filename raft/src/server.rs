@@ -151,6 +151,25 @@ impl RaftGrpcService {
         Ok(g.raft().clone())
     }
 
+    /// The local group a read RPC (ReadLog, ReadIndex) names, with the request: with TLS, the
+    /// certified peer must be a member of the group (`guard::check_reader`), else refused.
+    fn reader_group<T>(
+        &self,
+        rpc: &'static str,
+        request: Request<T>,
+        group_of: impl Fn(&T) -> u64,
+    ) -> Result<(Arc<RaftGroup>, T), Status> {
+        let peer = request.remote_addr();
+        let certified = self.certified(&request);
+        let req = request.into_inner();
+        let id = group_of(&req);
+        let group = self.group(id)?;
+        certified
+            .and_then(|c| guard::check_reader(&self.receiver(GroupId(id), group.raft()), c))
+            .map_err(|r| self.refuse(rpc, id, peer, &r))?;
+        Ok((group, req))
+    }
+
     /// What a node heartbeat is checked against: this node and the metadata group's members as
     /// it knows them (a node running no metadata group checks the named groups one by one).
     fn heartbeat_receiver(&self) -> Receiver {
@@ -381,13 +400,7 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn read_log(&self, request: Request<pb::ReadLogRequest>) -> Result<Response<pb::ReadLogResponse>, Status> {
-        let peer = request.remote_addr();
-        let certified = self.certified(&request);
-        let req = request.into_inner();
-        let group = self.group(req.group_id)?;
-        certified
-            .and_then(|c| guard::check_reader(&self.receiver(GroupId(req.group_id), group.raft()), c))
-            .map_err(|r| self.refuse("ReadLog", req.group_id, peer, &r))?;
+        let (group, req) = self.reader_group("ReadLog", request, |r| r.group_id)?;
         let records = crate::repair::read_local(&group, req.from, req.to, req.max_bytes).await?;
         Ok(Response::new(pb::ReadLogResponse { records }))
     }
@@ -410,13 +423,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let peer = request.remote_addr();
-        let certified = self.certified(&request);
-        let req = request.into_inner();
-        let group = self.group(req.group_id)?;
-        certified
-            .and_then(|c| guard::check_reader(&self.receiver(GroupId(req.group_id), group.raft()), c))
-            .map_err(|r| self.refuse("ReadIndex", req.group_id, peer, &r))?;
+        let (group, req) = self.reader_group("ReadIndex", request, |r| r.group_id)?;
         let limit = Duration::from_millis(self.peers.config().request_timeout_ms);
         let index = tokio::time::timeout(limit, group.ensure_linearizable())
             .await
