@@ -140,6 +140,32 @@ pub enum RaftError {
         reason: String,
     },
 
+    /// A leadership transfer was refused before anything was sent: the target could not take
+    /// over now, and handing over to it would leave the group without a writable leader until an
+    /// election (a leader that hands over stops its heartbeats and refuses writes).
+    #[error("group {group}: leadership not handed to node {to}: {reason}")]
+    TransferRefused {
+        /// The group.
+        group: GroupId,
+        /// The node asked to take over.
+        to: NodeId,
+        /// Why it cannot.
+        reason: TransferRefusal,
+    },
+
+    /// A leadership transfer was sent but another node took over (the target went down while
+    /// it was handed over, and another replica was elected).
+    #[error("group {group}: leadership did not go to node {to}; the leader now is {}",
+        leader.map_or_else(|| "unknown".to_string(), |l| format!("node {l}")))]
+    TransferFailed {
+        /// The group.
+        group: GroupId,
+        /// The node asked to take over.
+        to: NodeId,
+        /// Who leads now.
+        leader: Option<NodeId>,
+    },
+
     /// A configuration value was rejected.
     #[error("invalid raft configuration: {0}")]
     InvalidConfig(String),
@@ -151,5 +177,34 @@ pub enum RaftError {
         group: GroupId,
         /// The rendered error.
         reason: String,
+    },
+}
+
+/// Why a leadership transfer was refused ([`RaftError::TransferRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferRefusal {
+    /// The target is not one of the group's voters.
+    #[error("it is not a voter of the group (voters: {voters:?})")]
+    NotAVoter {
+        /// The group's voters.
+        voters: Vec<NodeId>,
+    },
+    /// The target's replica did not answer this leader within `within_ms` (the node is down,
+    /// unreachable, or does not run the group yet).
+    #[error("its replica has not answered this leader within {within_ms} ms")]
+    NotAnswering {
+        /// How recent an answer had to be.
+        within_ms: u64,
+    },
+    /// The target's replica does not hold every committed entry (`matched`: the last index the
+    /// leader knows it holds).
+    #[error("its replica is behind: it holds up to index {}, the group committed {committed}",
+        matched.map_or_else(|| "none".to_string(), |m| m.to_string()))]
+    Behind {
+        /// The last index the leader knows it holds (`None`: none).
+        matched: Option<u64>,
+        /// The group's commit index.
+        committed: u64,
     },
 }

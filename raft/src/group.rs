@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use shale_storage::{ChainHash, ReadCheck, StorageBackend};
 use tokio::sync::watch;
 
-use crate::error::RaftError;
+use crate::error::{RaftError, TransferRefusal};
 use crate::log_store::{CommittedEntry, GroupLog, LogStore};
 use crate::network::client::GroupNetworkFactory;
 use crate::network::peers::Peers;
@@ -210,6 +210,8 @@ pub struct RaftGroup {
     registry: Weak<LocalGroups>,
     applied: watch::Receiver<Option<u64>>,
     election_timeout_max_ms: u64,
+    /// [`RaftGroupConfig::heartbeat_interval_ms`].
+    heartbeat_interval: Duration,
     max_payload_bytes: usize,
     /// Flips to `true` when the group shuts down (ends long-lived RPC streams serving it).
     stopped: watch::Sender<bool>,
@@ -505,6 +507,7 @@ impl RaftGroup {
             registry: Arc::downgrade(registry),
             applied,
             election_timeout_max_ms: config.election_timeout_max_ms,
+            heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
             max_payload_bytes: config.max_payload_bytes,
             stopped: watch::Sender::new(false),
             peers: peers.clone(),
@@ -1272,12 +1275,96 @@ impl RaftGroup {
     }
 
     /// Hands leadership to `to` and waits (up to ten election timeouts) until it leads.
+    ///
+    /// From the moment it hands over, openraft's leader sends no heartbeats and refuses writes
+    /// until another node leads, so a hand-over that cannot land leaves the group without a
+    /// writable leader until an election. So it is refused before anything is sent
+    /// ([`RaftError::TransferRefused`]) unless `to` is a voter whose replica answered this leader
+    /// within two heartbeat intervals and holds every committed entry (waited for up to one
+    /// election timeout). See [`RaftGroup::transfer_leader_to_live`] for a target still catching
+    /// up.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
+        self.hand_over(to, true).await
+    }
+
+    /// [`RaftGroup::transfer_leader`] to a voter whose replica answers but may be behind: it is
+    /// sent the rest of the log before it takes over, and writes wait meanwhile. For a leader that
+    /// must give up leadership whoever is closest (its own log is damaged).
+    pub async fn transfer_leader_to_live(&self, to: NodeId) -> Result<(), RaftError> {
+        self.hand_over(to, false).await
+    }
+
+    async fn hand_over(&self, to: NodeId, in_sync: bool) -> Result<(), RaftError> {
+        if !self.is_leader() {
+            let leader = self.leader().map(|(id, node)| (id, node.addr));
+            return Err(RaftError::NotLeader { group: self.id, leader });
+        }
+        if to == self.node_id {
+            return Ok(());
+        }
         self.wake();
+        // Fresh answers for the check: a group that was quiet sent nothing lately.
+        let _ = self.raft.trigger().heartbeat().await;
+        let election = Duration::from_millis(self.election_timeout_max_ms);
+        let checked = Instant::now();
+        loop {
+            match self.transfer_refusal(to, in_sync) {
+                None => break,
+                Some(reason @ TransferRefusal::NotAVoter { .. }) => {
+                    return Err(RaftError::TransferRefused { group: self.id, to, reason });
+                }
+                Some(reason) if checked.elapsed() >= election => {
+                    return Err(RaftError::TransferRefused { group: self.id, to, reason });
+                }
+                Some(_) => tokio::time::sleep(self.heartbeat_interval).await,
+            }
+        }
         self.raft.trigger().transfer_leader(to).await.map_err(|e| self.fatal(&e))?;
-        let timeout = Duration::from_millis(self.election_timeout_max_ms * 10);
-        self.wait_metrics("leader transfer", timeout, |m| m.current_leader == Some(to)).await?;
-        Ok(())
+        // The target ignores the hand-over if it does not hold the leader's last entry when the
+        // message arrives (the message can overtake the entries), and openraft never sends it
+        // again: while this node still leads and the target's node is alive, send it again every
+        // election timeout. A target that died meanwhile is not sent it again: the other voters,
+        // told of the hand-over, judge this leader's lease over and elect within an election
+        // timeout, as no heartbeats come.
+        let deadline = Instant::now() + election * 10;
+        let me = self.node_id;
+        loop {
+            let step = election.min(deadline.saturating_duration_since(Instant::now()));
+            let settled = |m: &RaftMetrics<TypeConfig>| m.current_leader.is_some_and(|l| l != me);
+            if let Ok(m) = self.wait_metrics("leader transfer", step, settled).await {
+                return match m.current_leader {
+                    Some(l) if l == to => Ok(()),
+                    leader => Err(RaftError::TransferFailed { group: self.id, to, leader }),
+                };
+            }
+            if Instant::now() >= deadline {
+                let timeout_ms = election.as_millis() as u64 * 10;
+                return Err(RaftError::Timeout { group: self.id, what: "leader transfer", timeout_ms });
+            }
+            if self.is_leader() && self.peers.heard_within(to, self.alive_within()) {
+                tracing::info!(group = %self.id, to, "leader transfer: sending the hand-over again");
+                self.raft.trigger().transfer_leader(to).await.map_err(|e| self.fatal(&e))?;
+            }
+        }
+    }
+
+    /// Why `to` cannot take over now (`None`: it can): it must be a voter whose replica answered
+    /// within two heartbeat intervals and, if `in_sync`, holds every committed entry.
+    fn transfer_refusal(&self, to: NodeId, in_sync: bool) -> Option<TransferRefusal> {
+        let within = self.heartbeat_interval * 2;
+        let answering = self.follower_acked_within(to, within);
+        self.with_metrics(|m| {
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            if !voters.contains(&to) {
+                return Some(TransferRefusal::NotAVoter { voters });
+            }
+            if !answering {
+                return Some(TransferRefusal::NotAnswering { within_ms: within.as_millis() as u64 });
+            }
+            let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map(|l| l.index());
+            let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+            (in_sync && matched.is_none_or(|i| i < committed)).then_some(TransferRefusal::Behind { matched, committed })
+        })
     }
 
     /// Stops Raft and unregisters the group from this node's [`LocalGroups`]. Its streams stay in

@@ -30,7 +30,7 @@ pub mod state_machine;
 pub mod sync_rounds;
 pub mod types;
 
-pub use error::RaftError;
+pub use error::{RaftError, TransferRefusal};
 pub use group::{LocalGroups, PendingWrite, QuietState, RaftGroup, RaftGroupConfig, WriteResult};
 pub use heartbeat::HeartbeatFault;
 pub use log_store::{CommittedEntry, GroupLog, LogReader, LogStore};

@@ -156,6 +156,6 @@ pub async fn hand_over_leadership(group: &RaftGroup) -> Result<Option<NodeId>, c
     let Some(to) = voters.iter().copied().max_by_key(|id| (matched(id), std::cmp::Reverse(*id))) else {
         return Ok(None);
     };
-    group.transfer_leader(to).await?;
+    group.transfer_leader_to_live(to).await?;
     Ok(Some(to))
 }

@@ -1,12 +1,40 @@
-//! The reconcile loop hands a partition's leadership back to its preferred replica only while
-//! that replica answers: a transfer to a node that just went down would leave the group without
-//! a writable leader until an election.
+//! Leadership goes only to a replica that can take it: a transfer to a node that is down (or
+//! behind) would leave the group without a writable leader until an election, since a leader
+//! that hands over stops its heartbeats and refuses writes. The reconcile loop hands a partition
+//! back to its preferred replica only while that replica answers; an operator's transfer is
+//! refused up front; a hand-over the target ignored is sent again.
 
 mod cluster_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_support::*;
+use shale_raft::cluster::ClusterError;
+use shale_raft::{RaftError, RaftGroup, TransferRefusal};
+
+/// Partition 0 of `topic` on node `id` (the node must run it).
+fn group(c: &TestCluster, id: u64, topic: &str) -> Arc<RaftGroup> {
+    let status = c.node(id).cluster_status();
+    let g = status
+        .partitions
+        .iter()
+        .find(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == 0))
+        .expect("the node runs the partition group");
+    c.node(id).router().group(g.group).expect("partition group runs here")
+}
+
+/// A one-partition topic at replication factor 3, settled on its preferred leader with every
+/// replica running the group; returns the leader.
+async fn settled_topic(c: &TestCluster, topic: &str) -> u64 {
+    c.create_topic(topic, 1, 3).await;
+    let leader = c.settled_leaders(topic).await[0];
+    wait_for("every replica runs the partition group", || async {
+        (1..=3).all(|id| term(c, id, topic) > 0).then_some(())
+    })
+    .await;
+    leader
+}
 
 /// The term of partition 0 of `topic` as node `id` sees it (0: the node does not run its group).
 fn term(c: &TestCluster, id: u64, topic: &str) -> u64 {
@@ -47,5 +75,131 @@ async fn leadership_is_not_handed_to_a_preferred_replica_that_went_down() {
     // Back up, the preferred replica gets leadership again.
     c.restart(preferred).await;
     assert_eq!(c.settled_leaders("t").await, vec![preferred]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_transfer_to_a_replica_that_is_down_is_refused_and_the_leader_keeps_writing() {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 600_000;
+    let mut c = TestCluster::start_with(setup).await;
+    let leader = settled_topic(&c, "t").await;
+    c.produce("t", 0, vec![record("k", "before")], None).await.expect("produce");
+    let down = (1..=3).find(|id| *id != leader).expect("another replica");
+    c.kill(down).await;
+    // Past the two heartbeat intervals (100 ms) a replica counts as answering after its last answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let term_before = term(&c, leader, "t");
+    let started = std::time::Instant::now();
+    match c.node(leader).transfer_leader("t", 0, down).await {
+        Err(ClusterError::Raft(RaftError::TransferRefused {
+            to,
+            reason: TransferRefusal::NotAnswering { within_ms: 100 },
+            ..
+        })) if to == down => {}
+        other => panic!("expected the transfer to node {down} to be refused as not answering, got {other:?}"),
+    }
+    // Refused within about one election timeout (600 ms here), not after the transfer's own wait.
+    assert!(started.elapsed() < Duration::from_secs(3), "refused after {:?}", started.elapsed());
+    // Nothing was handed over: the same leader, in the same term, takes writes at once.
+    c.produce("t", 0, vec![record("k", "after")], None).await.expect("produce right after the refusal");
+    assert_eq!(term(&c, leader, "t"), term_before, "leadership moved");
+    assert!(group(&c, leader, "t").is_leader());
+    // A replica that is not a voter of the group is refused too.
+    assert!(matches!(
+        group(&c, leader, "t").transfer_leader(7).await,
+        Err(RaftError::TransferRefused { to: 7, reason: TransferRefusal::NotAVoter { .. }, .. })
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_live_replica_behind_the_commit_is_refused_until_it_catches_up() {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 600_000;
+    let c = TestCluster::start_with(setup).await;
+    let leader = settled_topic(&c, "t").await;
+    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
+    // The slow replica answers heartbeats but takes no entries: live, and behind.
+    group(&c, slow, "t").hold_appends(true);
+    for i in 0..5 {
+        c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce");
+    }
+    let term_before = term(&c, leader, "t");
+    match c.node(leader).transfer_leader("t", 0, slow).await {
+        Err(ClusterError::Raft(RaftError::TransferRefused {
+            to,
+            reason: TransferRefusal::Behind { matched, committed },
+            ..
+        })) if to == slow => assert!(matched.unwrap_or(0) < committed, "{matched:?} {committed}"),
+        other => panic!("expected the transfer to node {slow} to be refused as behind, got {other:?}"),
+    }
+    c.produce("t", 0, vec![record("k", "after the refusal")], None).await.expect("produce");
+    assert_eq!(term(&c, leader, "t"), term_before, "leadership moved");
+    // Released, it catches up and takes leadership.
+    group(&c, slow, "t").hold_appends(false);
+    c.node(leader).transfer_leader("t", 0, slow).await.expect("transfer once caught up");
+    assert_eq!(c.wait_partition_leaders("t").await, vec![slow]);
+    let acked = c.produce("t", 0, vec![record("k", "on the new leader")], None).await.expect("produce");
+    assert_eq!(c.read_all(slow, "t", 0).await.len() as u64, acked[0].base_offset + 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_the_target_ignored_for_want_of_entries_is_sent_again_once_it_has_them() {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 600_000;
+    let c = TestCluster::start_with(setup).await;
+    let leader = settled_topic(&c, "t").await;
+    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
+    group(&c, slow, "t").hold_appends(true);
+    for i in 0..5 {
+        c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce");
+    }
+    // A hand-over to a live replica that is behind (as a leader with a damaged log makes): the
+    // target gets the message before the entries it lacks and ignores it (openraft does not send
+    // it again); the entries reach it only after that.
+    let g = group(&c, leader, "t");
+    let hand_over = tokio::spawn(async move { g.transfer_leader_to_live(slow).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    group(&c, slow, "t").hold_appends(false);
+    hand_over.await.expect("join").expect("the hand-over lands on the target");
+    assert_eq!(c.wait_partition_leaders("t").await, vec![slow]);
+    let acked = c.produce("t", 0, vec![record("k", "on the new leader")], None).await.expect("produce");
+    assert_eq!(acked[0].base_offset, 5);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_whose_target_dies_meanwhile_ends_with_the_replica_that_holds_the_log_leading() {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 600_000;
+    let mut c = TestCluster::start_with(setup).await;
+    let leader = settled_topic(&c, "t").await;
+    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
+    let third = (1..=3).find(|id| *id != leader && *id != slow).expect("the third replica");
+    group(&c, slow, "t").hold_appends(true);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.extend(c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce"));
+    }
+    // Handed over to the live replica that lacks entries (it ignores the hand-over), which then
+    // dies before it gets them: the leader refuses writes since it handed over, and the third
+    // replica, told of the hand-over, is elected within an election timeout.
+    let g = group(&c, leader, "t");
+    let hand_over = tokio::spawn(async move { g.transfer_leader_to_live(slow).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.kill(slow).await;
+    match hand_over.await.expect("join") {
+        Err(RaftError::TransferFailed { to, leader: Some(l), .. }) if to == slow => assert_eq!(l, third),
+        other => panic!("expected leadership to go to node {third}, got {other:?}"),
+    }
+    acked.extend(c.produce("t", 0, vec![record("k", "after")], None).await.expect("produce on the new leader"));
+    // Each remaining replica on its own holds every acknowledged record.
+    for id in [leader, third] {
+        let held: Vec<u64> = c.read_all(id, "t", 0).await.iter().map(|r| r.offset).collect();
+        let want: Vec<u64> = acked.iter().map(|a| a.base_offset).collect();
+        assert_eq!(held, want, "replica {id}");
+    }
     c.shutdown().await;
 }

@@ -64,6 +64,9 @@ fn raft_error(message: String, err: RaftError) -> Status {
             status(ErrorCode::Unavailable, message)
         }
         RaftError::MembershipChange { .. } => status(ErrorCode::FailedPrecondition, message),
+        RaftError::TransferRefused { .. } | RaftError::TransferFailed { .. } => {
+            status(ErrorCode::FailedPrecondition, message)
+        }
         RaftError::Storage { source, .. } => storage_error(message, &source),
         _ => status(ErrorCode::Internal, message),
     }
