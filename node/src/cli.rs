@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// dropped from it (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
     #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
     pub page_cache_keep_bytes: Option<u64>,
+    /// Hash and encode log appends of 64 KiB or more on a storage helper thread while the
+    /// appending thread writes (`prepare_ahead`; off by default).
+    #[arg(long, env = "SHALE_PREPARE_AHEAD", num_args = 0..=1, default_missing_value = "true")]
+    pub prepare_ahead: Option<bool>,
     /// TLS: the cluster CA certificate (PEM); with --tls-cert and --tls-key turns TLS on.
     #[arg(long, env = "SHALE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
@@ -207,6 +211,10 @@ pub struct DevArgs {
     /// (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
     #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
     pub page_cache_keep_bytes: Option<u64>,
+    /// Hash and encode log appends of 64 KiB or more on a storage helper thread while the
+    /// appending thread writes (`prepare_ahead`; off by default).
+    #[arg(long, env = "SHALE_PREPARE_AHEAD", num_args = 0..=1, default_missing_value = "true")]
+    pub prepare_ahead: Option<bool>,
     /// Run with TLS: a fresh CA and node certificates are written to `<data-dir>/tls`
     /// (`ca.pem` is what clients trust: `shale --tls-ca <data-dir>/tls/ca.pem ...`).
     #[arg(long)]
@@ -316,6 +324,9 @@ impl RunArgs {
         if let Some(v) = self.page_cache_keep_bytes {
             c.memory.page_cache_keep_bytes = v;
         }
+        if let Some(v) = self.prepare_ahead {
+            c.prepare_ahead = v;
+        }
         if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             c.tls = Some(crate::config::TlsFiles {
                 ca: ca.clone(),
@@ -399,6 +410,9 @@ impl DevArgs {
                 };
                 if let Some(v) = self.page_cache_keep_bytes {
                     c.memory.page_cache_keep_bytes = v;
+                }
+                if let Some(v) = self.prepare_ahead {
+                    c.prepare_ahead = v;
                 }
                 c.validate()?;
                 Ok(c)

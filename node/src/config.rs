@@ -246,6 +246,12 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// Size at which a log segment is sealed and the next one started (at least 4096 bytes).
     pub segment_bytes: u64,
+    /// Whether a log append of 64 KiB or more is hashed and encoded on a storage helper thread
+    /// while the appending thread writes the parts already done (`StorageOptions::prepare_ahead`).
+    /// Off by default: on a node whose cores are busy (the usual case under load) the two threads'
+    /// hand-offs and waits for each other cost more CPU than they save time (README "One thread
+    /// per append").
+    pub prepare_ahead: bool,
     /// How often each node applies its topics' retention limits to its replicas.
     pub retention_interval_ms: u64,
     /// The background scrubber (`[scrub]`).
@@ -282,6 +288,7 @@ impl Default for NodeConfig {
             raft: RaftTiming::default(),
             shutdown_grace_ms: 5_000,
             segment_bytes: shale_storage::StorageOptions::default().max_segment_bytes,
+            prepare_ahead: false,
             retention_interval_ms: 30_000,
             scrub: crate::scrub::ScrubConfig::default(),
             tls: None,

@@ -17,6 +17,7 @@ pub fn options(config: &NodeConfig) -> StorageOptions {
     StorageOptions {
         max_segment_bytes: config.segment_bytes,
         page_cache_keep_bytes: (keep > 0).then_some(keep),
+        prepare_ahead: config.prepare_ahead,
         ..StorageOptions::default()
     }
 }
@@ -32,5 +33,18 @@ pub fn open(config: &NodeConfig) -> Result<Arc<dyn StorageBackend>, NodeError> {
             let storage = shale_storage::Storage::open_with(&config.data_dir, options).map_err(NodeError::Storage)?;
             Ok(Arc::new(storage))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_stay_on_their_thread_unless_the_config_turns_prepare_ahead_on() {
+        let config = NodeConfig::default();
+        assert!(!options(&config).prepare_ahead);
+        let config = NodeConfig::from_toml("prepare_ahead = true").expect("parse");
+        assert!(options(&config).prepare_ahead);
     }
 }
