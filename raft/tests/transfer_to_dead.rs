@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_support::*;
-use shale_raft::cluster::ClusterError;
+use shale_raft::cluster::{BatchAck, ClusterError};
 use shale_raft::{RaftError, RaftGroup, TransferRefusal};
 
 /// Partition 0 of `topic` on node `id` (the node must run it).
@@ -41,6 +41,23 @@ fn term(c: &TestCluster, id: u64, topic: &str) -> u64 {
     let status = c.node(id).cluster_status();
     let group = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == 0));
     group.map_or(0, |g| g.term)
+}
+
+/// A 3-node cluster, one settled partition "t", and one of its followers (`slow`) answering
+/// heartbeats but taking no entries (live, and behind) while five records are acknowledged by the
+/// other two. Returns the cluster, the leader, the slow replica and the acknowledgements.
+async fn with_a_replica_behind() -> (TestCluster, u64, u64, Vec<BatchAck>) {
+    let mut setup = Setup::new(3);
+    setup.preferred_leader_delay_ms = 600_000;
+    let c = TestCluster::start_with(setup).await;
+    let leader = settled_topic(&c, "t").await;
+    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
+    group(&c, slow, "t").hold_appends(true);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.extend(c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce"));
+    }
+    (c, leader, slow, acked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,16 +132,7 @@ async fn an_operator_transfer_to_a_replica_that_is_down_is_refused_and_the_leade
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_to_a_live_replica_behind_the_commit_is_refused_until_it_catches_up() {
-    let mut setup = Setup::new(3);
-    setup.preferred_leader_delay_ms = 600_000;
-    let c = TestCluster::start_with(setup).await;
-    let leader = settled_topic(&c, "t").await;
-    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
-    // The slow replica answers heartbeats but takes no entries: live, and behind.
-    group(&c, slow, "t").hold_appends(true);
-    for i in 0..5 {
-        c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce");
-    }
+    let (c, leader, slow, _) = with_a_replica_behind().await;
     let term_before = term(&c, leader, "t");
     match c.node(leader).transfer_leader("t", 0, slow).await {
         Err(ClusterError::Raft(RaftError::TransferRefused {
@@ -147,15 +155,7 @@ async fn a_transfer_to_a_live_replica_behind_the_commit_is_refused_until_it_catc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_the_target_ignored_for_want_of_entries_is_sent_again_once_it_has_them() {
-    let mut setup = Setup::new(3);
-    setup.preferred_leader_delay_ms = 600_000;
-    let c = TestCluster::start_with(setup).await;
-    let leader = settled_topic(&c, "t").await;
-    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
-    group(&c, slow, "t").hold_appends(true);
-    for i in 0..5 {
-        c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce");
-    }
+    let (c, leader, slow, _) = with_a_replica_behind().await;
     // A hand-over to a live replica that is behind (as a leader with a damaged log makes): the
     // target gets the message before the entries it lacks and ignores it (openraft does not send
     // it again); the entries reach it only after that.
@@ -172,17 +172,8 @@ async fn a_hand_over_the_target_ignored_for_want_of_entries_is_sent_again_once_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_over_whose_target_dies_meanwhile_ends_with_the_replica_that_holds_the_log_leading() {
-    let mut setup = Setup::new(3);
-    setup.preferred_leader_delay_ms = 600_000;
-    let mut c = TestCluster::start_with(setup).await;
-    let leader = settled_topic(&c, "t").await;
-    let slow = (1..=3).find(|id| *id != leader).expect("another replica");
+    let (mut c, leader, slow, mut acked) = with_a_replica_behind().await;
     let third = (1..=3).find(|id| *id != leader && *id != slow).expect("the third replica");
-    group(&c, slow, "t").hold_appends(true);
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        acked.extend(c.produce("t", 0, vec![record("k", &format!("r{i}"))], None).await.expect("produce"));
-    }
     // Handed over to the live replica that lacks entries (it ignores the hand-over), which then
     // dies before it gets them: the leader refuses writes since it handed over, and the third
     // replica, told of the hand-over, is elected within an election timeout.
