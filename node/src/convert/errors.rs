@@ -212,6 +212,22 @@ mod tests {
                 },
                 ErrorCode::Unavailable,
             ),
+            (
+                ClusterError::Raft(RaftError::TransferRefused {
+                    group: shale_raft::GroupId(65537),
+                    to: 2,
+                    reason: shale_raft::TransferRefusal::NotAnswering { within_ms: 500 },
+                }),
+                ErrorCode::FailedPrecondition,
+            ),
+            (
+                ClusterError::Raft(RaftError::TransferFailed {
+                    group: shale_raft::GroupId(65537),
+                    to: 2,
+                    leader: Some(3),
+                }),
+                ErrorCode::FailedPrecondition,
+            ),
         ];
         for (err, code) in cases {
             let text = err.to_string();
