@@ -144,6 +144,12 @@ fn not_leader(group: GroupId, f: &ForwardToLeader<TypeConfig>) -> RaftError {
     RaftError::NotLeader { group, leader }
 }
 
+/// On a leader: the last index follower `id` is known to hold, per the metrics `m` (`None`:
+/// nothing known matched).
+pub(crate) fn matched_index(m: &RaftMetrics<TypeConfig>, id: NodeId) -> Option<u64> {
+    m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index())
+}
+
 fn write_err(group: GroupId, e: ClientWriteError<TypeConfig>) -> RaftError {
     match e {
         ClientWriteError::ForwardToLeader(f) => not_leader(group, &f),
@@ -1295,10 +1301,7 @@ impl RaftGroup {
     }
 
     async fn hand_over(&self, to: NodeId, in_sync: bool) -> Result<(), RaftError> {
-        if !self.is_leader() {
-            let leader = self.leader().map(|(id, node)| (id, node.addr));
-            return Err(RaftError::NotLeader { group: self.id, leader });
-        }
+        self.leader_id()?;
         if to == self.node_id {
             return Ok(());
         }
@@ -1361,7 +1364,7 @@ impl RaftGroup {
             if !answering {
                 return Some(TransferRefusal::NotAnswering { within_ms: within.as_millis() as u64 });
             }
-            let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map(|l| l.index());
+            let matched = matched_index(m, to);
             let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
             (in_sync && matched.is_none_or(|i| i < committed)).then_some(TransferRefusal::Behind { matched, committed })
         })

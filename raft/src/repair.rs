@@ -151,8 +151,7 @@ pub async fn hand_over_leadership(group: &RaftGroup) -> Result<Option<NodeId>, c
     let me = group.node_id();
     let m = group.metrics();
     let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|id| *id != me).collect();
-    let matched =
-        |id: &NodeId| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index() + 1);
+    let matched = |id: &NodeId| crate::group::matched_index(&m, *id).map_or(0, |i| i + 1);
     let Some(to) = voters.iter().copied().max_by_key(|id| (matched(id), std::cmp::Reverse(*id))) else {
         return Ok(None);
     };

@@ -15,32 +15,20 @@ use shale_raft::{RaftError, RaftGroup, TransferRefusal};
 
 /// Partition 0 of `topic` on node `id` (the node must run it).
 fn group(c: &TestCluster, id: u64, topic: &str) -> Arc<RaftGroup> {
-    let status = c.node(id).cluster_status();
-    let g = status
-        .partitions
-        .iter()
-        .find(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == 0))
-        .expect("the node runs the partition group");
+    let g = c.partition_status(id, topic, 0).expect("the node runs the partition group");
     c.node(id).router().group(g.group).expect("partition group runs here")
 }
 
-/// A one-partition topic at replication factor 3, settled on its preferred leader with every
-/// replica running the group; returns the leader.
+/// A one-partition topic at replication factor 3, settled on its preferred leader (every replica
+/// runs the group: `settled_leaders` waits for it); returns the leader.
 async fn settled_topic(c: &TestCluster, topic: &str) -> u64 {
     c.create_topic(topic, 1, 3).await;
-    let leader = c.settled_leaders(topic).await[0];
-    wait_for("every replica runs the partition group", || async {
-        (1..=3).all(|id| term(c, id, topic) > 0).then_some(())
-    })
-    .await;
-    leader
+    c.settled_leaders(topic).await[0]
 }
 
 /// The term of partition 0 of `topic` as node `id` sees it (0: the node does not run its group).
 fn term(c: &TestCluster, id: u64, topic: &str) -> u64 {
-    let status = c.node(id).cluster_status();
-    let group = status.partitions.iter().find(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == 0));
-    group.map_or(0, |g| g.term)
+    c.partition_status(id, topic, 0).map_or(0, |g| g.term)
 }
 
 /// A 3-node cluster, one settled partition "t", and one of its followers (`slow`) answering
@@ -67,15 +55,8 @@ async fn leadership_is_not_handed_to_a_preferred_replica_that_went_down() {
     // answer, so the first pass that may hand over already sees the killed replica as down.
     setup.preferred_leader_delay_ms = 500;
     let mut c = TestCluster::start_with(setup).await;
-    c.create_topic("t", 1, 3).await;
-    let preferred = c.settled_leaders("t").await[0];
+    let preferred = settled_topic(&c, "t").await;
     let other = (1..=3).find(|id| *id != preferred).expect("another replica");
-    // Every replica runs the group before leadership moves: a node starts a new topic's groups on
-    // its own reconcile pass, and a transfer to one that does not run it yet is not delivered.
-    wait_for("every replica runs the partition group", || async {
-        (1..=3).all(|id| term(&c, id, "t") > 0).then_some(())
-    })
-    .await;
     c.node(preferred).transfer_leader("t", 0, other).await.expect("transfer away from the preferred replica");
     // The preferred replica goes down at once: it has every entry, so by replication progress
     // alone it still looks caught up.

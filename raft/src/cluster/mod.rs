@@ -975,8 +975,7 @@ pub(crate) struct CatchUp {
 /// never answered as caught up while the log is shorter than its lag threshold: not used.)
 pub(crate) fn catch_up(m: &openraft::RaftMetrics<crate::TypeConfig>, id: NodeId, since: u64) -> CatchUp {
     let leader_last = m.last_log_index.unwrap_or(0);
-    let matched =
-        m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l: crate::types::LogId| l.index());
+    let matched = crate::group::matched_index(m, id);
     let caught_up = m.current_leader == Some(m.id)
         && matched.is_some_and(|i| i >= since && i.saturating_add(CATCH_UP_MAX_LAG) >= leader_last);
     CatchUp { matched, leader_last, caught_up }

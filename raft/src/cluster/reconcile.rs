@@ -496,11 +496,7 @@ impl Cluster {
             return settled;
         }
         let last = metrics.last_log_index.unwrap_or(0);
-        let caught_up = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&preferred).cloned().flatten())
-            .is_some_and(|matched| matched.index() >= last);
+        let caught_up = crate::group::matched_index(&metrics, preferred).is_some_and(|matched| matched >= last);
         let applied = metrics.last_applied.as_ref().map_or(0, |l| l.index());
         let delay = Duration::from_millis(self.config.preferred_leader_delay_ms);
         // Replication progress is the last the leader heard: a replica that just went down still

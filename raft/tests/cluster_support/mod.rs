@@ -11,8 +11,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use shale_raft::RaftGroupConfig;
 use shale_raft::cluster::{
-    BatchAck, Cluster, ClusterConfig, ClusterError, FetchRequest, FetchResult, MemberAddrs, NodeId, ProduceRecord,
-    ProducerInfo, RetentionPolicy, TopicSpec,
+    BatchAck, Cluster, ClusterConfig, ClusterError, FetchRequest, FetchResult, GroupStatus, MemberAddrs, NodeId,
+    ProduceRecord, ProducerInfo, RetentionPolicy, TopicSpec,
 };
 use shale_storage::record_batch::{self, envelope};
 use shale_storage::testing::FaultyFileSystem;
@@ -280,6 +280,12 @@ impl TestCluster {
         self.node(leader).create_topic(spec(name, partitions, rf)).await.expect("create topic")
     }
 
+    /// What node `id` reports of its group of `topic`/`partition` (`None`: it does not run it).
+    pub fn partition_status(&self, id: NodeId, topic: &str, partition: u32) -> Option<GroupStatus> {
+        let status = self.node(id).cluster_status();
+        status.partitions.into_iter().find(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == partition))
+    }
+
     /// Waits until every replica of every partition of `topic` runs its group and agrees on a
     /// leader; returns the leader of each partition.
     pub async fn wait_partition_leaders(&self, topic: &str) -> Vec<NodeId> {
@@ -295,15 +301,7 @@ impl TestCluster {
                     }
                     // The replica runs the group (`leader_of` alone answers the preferred replica
                     // from the metadata on a node that has not started it yet).
-                    let runs = self
-                        .node(*r)
-                        .cluster_status()
-                        .partitions
-                        .iter()
-                        .any(|g| g.partition.as_ref().is_some_and(|(t, p)| t == topic && *p == a.partition));
-                    if !runs {
-                        return None;
-                    }
+                    self.partition_status(*r, topic, a.partition)?;
                     let (l, _) = self.node(*r).leader_of(topic, a.partition)?;
                     if seen.is_some_and(|s| s != l) {
                         return None;
