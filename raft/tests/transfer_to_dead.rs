@@ -167,8 +167,14 @@ async fn a_hand_over_whose_target_dies_meanwhile_ends_with_the_replica_that_hold
         other => panic!("expected leadership to go to node {third}, got {other:?}"),
     }
     acked.extend(c.produce("t", 0, vec![record("k", "after")], None).await.expect("produce on the new leader"));
-    // Each remaining replica on its own holds every acknowledged record.
+    // Each remaining replica on its own holds every acknowledged record (a follower serves what
+    // it applied: it learns of the last commit from the leader's next message).
+    let last = acked.last().expect("acked").base_offset;
     for id in [leader, third] {
+        wait_for("the replica applies every acknowledged record", || async {
+            (c.node(id).local_partition_state("t", 0).ok()?.high_watermark? > last).then_some(())
+        })
+        .await;
         let held: Vec<u64> = c.read_all(id, "t", 0).await.iter().map(|r| r.offset).collect();
         let want: Vec<u64> = acked.iter().map(|a| a.base_offset).collect();
         assert_eq!(held, want, "replica {id}");
