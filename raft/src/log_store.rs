@@ -440,17 +440,27 @@ impl GroupLog {
             return Ok(Vec::new());
         }
         let budget = if all { usize::MAX } else { REPLICATION_BATCH_BYTES };
-        let (cached, cache_start) = {
-            let cache = self.cache.lock();
-            (cache.get(at, end, budget), cache.start())
-        };
-        if let Some(entries) = cached {
-            return Ok(entries);
-        }
-        let mut out = Vec::with_capacity(end.saturating_sub(at).min(4096) as usize);
-        // Read from storage up to where the cached tail begins (or the end), then from the cache.
-        let storage_end = cache_start.filter(|&c| c > at).map_or(end, |c| c.min(end));
-        while at < storage_end {
+        let mut out = Vec::new();
+        // Each round takes what the in-memory tail holds from `at` on, or else reads storage up to
+        // where the tail begins. Appends evict the tail's front meanwhile (and an append in progress
+        // has stored entries the tail does not hold yet), so after either step the next round looks
+        // again: a read never ends short of `end` because the tail moved under it (openraft applies
+        // what this returns and requires every entry of the range the log holds).
+        while at < end {
+            let (cached, cache_start) = {
+                let cache = self.cache.lock();
+                (cache.get(at, end, budget), cache.start())
+            };
+            if let Some(entries) = cached {
+                debug_assert!(entries.first().is_some_and(|e| e.log_id.index == at), "the tail answers from `at`");
+                at = entries.last().map_or(at, |e| e.log_id.index + 1);
+                if !all {
+                    return Ok(entries);
+                }
+                out.extend(entries);
+                continue;
+            }
+            let storage_end = cache_start.filter(|&c| c > at).map_or(end, |c| c.min(end));
             let recs = self
                 .storage
                 .read_range(self.stream, Offset::new(at), Offset::new(storage_end), READ_CHUNK_BYTES)
@@ -479,14 +489,10 @@ impl GroupLog {
                 out.push(entry);
             }
             if !all {
-                return Ok(out);
+                break;
             }
         }
-        if at < end
-            && let Some(rest) = self.cache.lock().get(at, end, usize::MAX)
-        {
-            out.extend(rest);
-        }
+        debug_assert!(out.windows(2).all(|w| w[0].log_id.index + 1 == w[1].log_id.index), "entries are consecutive");
         Ok(out)
     }
 

@@ -198,3 +198,48 @@ async fn pipelined_appends_are_reported_flushed_in_order_only_once_durable() {
         assert_eq!(r.payload, encode_entry(e));
     }
 }
+
+/// openraft applies committed entries it reads back through `try_get_log_entries`, which must
+/// return every entry of the range the log holds. A read that starts below the in-memory tail reads
+/// storage up to where the tail began, then takes the rest from the tail; appends meanwhile evict
+/// the tail's front (a full cache drops its oldest entry per append). The full suite once caught
+/// the tail moved past that point between the two steps: the read ended short and openraft's state
+/// machine worker applied 22 of the 25 entries it was asked to (its debug assertion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_spanning_storage_and_the_in_memory_tail_returns_every_entry_while_appends_evict_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GroupId(13);
+    let log = GroupLog::open(g, open(dir.path()), Retention::SnapshotOnly).unwrap();
+    let big = |i: u64| Entry {
+        log_id: log_id(1, 1, i),
+        payload: EntryPayload::Normal(AppPayload(Bytes::from(vec![(i % 251) as u8; 2_000]))),
+    };
+    // A tail of about four entries: every append evicts its oldest one.
+    log.set_cache_bytes(4 * 2_100);
+    let mut store = LogStore::new(log.clone());
+    store.blocking_append((0..16).map(big).collect::<Vec<_>>()).await.unwrap();
+    const TOTAL: u64 = 6_000;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, done) = (log.clone(), done.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = log.next_index().unwrap();
+                // From a few entries below the tail's start to the end the log held when asked.
+                let start = next - 12;
+                let got = log.read_entries(start, next, true).unwrap();
+                let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+                assert_eq!(indexes, (start..next).collect::<Vec<_>>(), "read [{start}, {next}) after {reads} reads");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 16..TOTAL {
+        store.blocking_append(vec![big(i)]).await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.expect("every read returned the whole range");
+    assert!(reads > 0);
+}
