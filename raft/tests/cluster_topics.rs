@@ -134,3 +134,51 @@ async fn a_node_down_during_delete_drops_the_streams_when_it_returns() {
     assert!(c.node(away).cluster_status().partitions.is_empty());
     c.shutdown().await;
 }
+
+/// A node returning during a rolling upgrade, its metadata leader of a version before ReadIndex
+/// (the Raft servers answer it UNIMPLEMENTED): the node trusts the commit index the leader sends
+/// once it covers the node's own log, so it starts its partition groups instead of waiting for the
+/// upgrade, and it still applies the deletion made while it was down before starting anything
+/// (the deleted topic's group is not started and its streams are dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_returning_under_a_metadata_leader_without_read_index_starts_its_groups_but_not_deleted_ones() {
+    let mut c = TestCluster::start_with(Setup { serve_read_index: false, ..Setup::new(3) }).await;
+    let kept = c.create_topic("kept", 1, 3).await;
+    let gone = c.create_topic("gone", 1, 3).await;
+    c.wait_partition_leaders("kept").await;
+    c.wait_partition_leaders("gone").await;
+    let (kept_group, gone_group) = (partition_group_id(kept.id, 0), partition_group_id(gone.id, 0));
+    let away = {
+        let ml = c.metadata_leader().await;
+        (1..=3).find(|id| *id != ml).expect("a non-leader")
+    };
+    wait_for("the node away has both topics' streams", || async {
+        let streams = c.nodes[away as usize - 1].storage.streams();
+        (streams.contains(&kept_group.log_stream()) && streams.contains(&gone_group.log_stream())).then_some(())
+    })
+    .await;
+    c.kill(away).await;
+    let ml = c.metadata_leader().await;
+    c.node(ml).delete_topic("gone").await.expect("delete");
+    c.produce("kept", 0, vec![record("k", "written while a replica was away")], None).await.expect("produce");
+    c.restart(away).await;
+    let leader_commit =
+        wait_for("the returning node runs kept's group and applied what was written meanwhile", || async {
+            let here = c.partition_status(away, "kept", 0)?;
+            let leader = c.partition_status(here.leader?, "kept", 0)?;
+            (here.applied_index >= leader.commit_index && leader.commit_index > 0).then_some(leader.commit_index)
+        })
+        .await;
+    assert!(leader_commit > 0);
+    wait_for("the returning node dropped the deleted topic's streams", || async {
+        let streams = c.nodes[away as usize - 1].storage.streams();
+        (!streams.contains(&gone_group.log_stream()) && !streams.contains(&gone_group.meta_stream())).then_some(())
+    })
+    .await;
+    assert!(c.partition_status(away, "gone", 0).is_none(), "the deleted topic's group was started again");
+    assert!(
+        c.node(away).cluster_status().partitions.iter().all(|g| g.group != gone_group),
+        "the deleted topic's group runs on the returning node"
+    );
+    c.shutdown().await;
+}

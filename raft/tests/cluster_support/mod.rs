@@ -62,6 +62,9 @@ pub struct Setup {
     pub log_cache_budget: Option<(usize, usize)>,
     /// `RaftGroupConfig::retention_hold_max_ms` of every group.
     pub retention_hold_max_ms: u64,
+    /// Whether the nodes' Raft servers answer ReadIndex; `false` answers UNIMPLEMENTED, as a
+    /// node of a version before ReadIndex does (a rolling upgrade).
+    pub serve_read_index: bool,
 }
 
 impl Setup {
@@ -77,6 +80,7 @@ impl Setup {
             replica_limit: None,
             log_cache_budget: None,
             retention_hold_max_ms: RaftGroupConfig::default().retention_hold_max_ms,
+            serve_read_index: true,
         }
     }
 }
@@ -123,7 +127,7 @@ async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Res
     config.retention_interval_ms = 500;
     config.request_timeout_ms = 10_000;
     let cluster = Cluster::start(config).await?;
-    let service = cluster.grpc_service();
+    let service = WithoutReadIndex { inner: cluster.grpc_service(), refuse: !setup.serve_read_index };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(async move {
@@ -138,6 +142,43 @@ async fn serve(node: &mut TestNode, listener: TcpListener, setup: &Setup) -> Res
     node.cluster = Some(cluster);
     node.server = Some((stop_tx, server));
     Ok(())
+}
+
+/// A node's Raft service that, with `refuse`, answers ReadIndex UNIMPLEMENTED (what tonic answers
+/// for a method the server's version does not have) and serves everything else.
+#[derive(Clone)]
+struct WithoutReadIndex<S> {
+    inner: S,
+    refuse: bool,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithoutReadIndex<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<HttpRequest> for WithoutReadIndex<S>
+where
+    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        if self.refuse && req.uri().path().ends_with("/ReadIndex") {
+            let answer = tonic::Status::unimplemented("ReadIndex (a node of an older version)").into_http();
+            return Box::pin(async move { Ok(answer) });
+        }
+        Box::pin(self.inner.call(req))
+    }
 }
 
 impl TestCluster {
