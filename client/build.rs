@@ -27,6 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).bytes(".").compile_fds(fds)?;
+    // Each message is encoded into room reserved for its exact length (`src/codec.rs`).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".")
+        .codec_path("crate::codec::SizedProstCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod access;
 pub mod admin;
 pub mod chain;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod error;
