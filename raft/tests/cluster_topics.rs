@@ -162,20 +162,17 @@ async fn a_node_returning_under_a_metadata_leader_without_read_index_starts_its_
     c.node(ml).delete_topic("gone").await.expect("delete");
     c.produce("kept", 0, vec![record("k", "written while a replica was away")], None).await.expect("produce");
     c.restart(away).await;
-    let leader_commit =
-        wait_for("the returning node runs kept's group and applied what was written meanwhile", || async {
-            let here = c.partition_status(away, "kept", 0)?;
-            let leader = c.partition_status(here.leader?, "kept", 0)?;
-            (here.applied_index >= leader.commit_index && leader.commit_index > 0).then_some(leader.commit_index)
-        })
-        .await;
-    assert!(leader_commit > 0);
+    wait_for("the returning node runs kept's group and applied what was written meanwhile", || async {
+        let here = c.partition_status(away, "kept", 0)?;
+        let leader = c.partition_status(here.leader?, "kept", 0)?;
+        (here.applied_index >= leader.commit_index && leader.commit_index > 0).then_some(())
+    })
+    .await;
     wait_for("the returning node dropped the deleted topic's streams", || async {
         let streams = c.nodes[away as usize - 1].storage.streams();
         (!streams.contains(&gone_group.log_stream()) && !streams.contains(&gone_group.meta_stream())).then_some(())
     })
     .await;
-    assert!(c.partition_status(away, "gone", 0).is_none(), "the deleted topic's group was started again");
     assert!(
         c.node(away).cluster_status().partitions.iter().all(|g| g.group != gone_group),
         "the deleted topic's group runs on the returning node"
