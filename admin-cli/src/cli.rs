@@ -599,7 +599,8 @@ pub struct ProduceArgs {
     /// A header for every record, key=value (repeatable).
     #[arg(long = "header", short = 'H', value_parser = args::parse_header, value_name = "KEY=VALUE")]
     pub headers: Vec<(String, String)>,
-    /// Write to this partition (default: by key hash, or round-robin without a key).
+    /// Write to this partition (default: by key hash; keyless records go to one partition in runs
+    /// of a few full batches, then to the next).
     #[arg(long, short = 'p')]
     pub partition: Option<u32>,
     /// Send each file as one record instead of reading stdin (repeatable).
@@ -937,6 +938,11 @@ pub struct BenchProduceArgs {
     /// The producer's batches in flight per partition [default: the client's, 5].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_in_flight: Option<u32>,
+    /// Full batches the producer writes to one partition before moving its keyless records to
+    /// the next (the bench's records have no key) [default: the client's, 4; 1 is Kafka's sticky
+    /// partitioner].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub keyless_run_batches: Option<u32>,
     /// Report format (table is the human report).
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -106,6 +106,12 @@ pub struct ProducerConfig {
     pub idempotent: bool,
     /// Records buffered (not yet acknowledged) before `send` waits.
     pub max_buffered_records: usize,
+    /// Keyless records (no key, no explicit partition) go to one partition for this many full
+    /// batches (`batch_max_bytes` / `batch_max_records` each), then to the next partition in turn
+    /// (a sticky partitioner, as Kafka's default since KIP-480/794, whose run is one batch: set 1
+    /// for that). Longer runs keep fewer partitions busy at a time, so each Raft entry carries
+    /// more records; every partition still gets an equal share over time. At least 1.
+    pub keyless_run_batches: usize,
 }
 
 impl Default for ProducerConfig {
@@ -118,6 +124,7 @@ impl Default for ProducerConfig {
             max_in_flight_per_node: 16,
             idempotent: true,
             max_buffered_records: 100_000,
+            keyless_run_batches: 4,
         }
     }
 }

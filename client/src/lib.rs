@@ -34,7 +34,7 @@ pub use config::{ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, FetchedBatch, ListedOffset, OffsetSpec};
 pub use error::{ClientError, ErrorCode, Retry, meta};
 pub use group::{GroupConfig, GroupConsumer, GroupEvent, Subscription};
-pub use partitioner::{Partitioner, murmur2};
+pub use partitioner::{Partitioner, StickyRun, murmur2};
 pub use producer::{DeliveryFuture, Producer};
 pub use records::{ConsumedRecord, Header, ProducerRecord, RecordMetadata};
 pub use scram::Password;

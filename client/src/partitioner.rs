@@ -2,10 +2,23 @@
 //!
 //! Keyed records go to `(murmur2(key) & 0x7fffffff) % partitions`: the same hash and seed as
 //! Kafka's default partitioner, so a key lands on the same partition as it would in Kafka with the
-//! same partition count, and any client in any language can reproduce it. Keyless records are
-//! spread round-robin per topic. An explicit partition always wins.
+//! same partition count, and any client in any language can reproduce it. An explicit partition
+//! always wins.
+//!
+//! Keyless records are **sticky** (as Kafka's default partitioner since KIP-480/KIP-794): a
+//! topic's keyless records go to one partition until they fill a run there
+//! (`ProducerConfig::keyless_run_batches` full batches, `batch_max_bytes` or `batch_max_records`
+//! each, counted as the batcher counts them; Kafka's run is one batch), then to the next partition
+//! in turn. Spread one record per partition in turn, `n` records in flight over `p` partitions make
+//! batches of `n / p` records, each a Raft entry with its fsyncs and replication round on three
+//! nodes; sticky runs make full batches whatever the partition count, and every partition still
+//! gets an equal share over time. A topic's first run starts at a random partition, so short-lived
+//! producers (one `shale produce` each) do not all start on partition 0.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+use parking_lot::Mutex;
 
 /// Kafka's murmur2 (32-bit, seed `0x9747b28c`), over the key bytes.
 pub fn murmur2(data: &[u8]) -> u32 {
@@ -46,27 +59,109 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
+/// The size of one sticky run of keyless records: what fills one producer batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StickyRun {
+    /// Bytes of records (as [`crate::ProducerRecord::size_bytes`] counts them) a run holds at most;
+    /// a record larger than this is a run of its own.
+    pub max_bytes: usize,
+    /// Records a run holds at most.
+    pub max_records: usize,
+}
+
+impl StickyRun {
+    /// A producer's run: `keyless_run_batches` full batches.
+    pub fn of_producer(config: &crate::ProducerConfig) -> Self {
+        let batches = config.keyless_run_batches.max(1);
+        Self {
+            max_bytes: config.batch_max_bytes.saturating_mul(batches),
+            max_records: config.batch_max_records.saturating_mul(batches),
+        }
+    }
+}
+
+impl Default for StickyRun {
+    /// The default producer's run (4 batches of 256 KiB / 1,000 records).
+    fn default() -> Self {
+        Self::of_producer(&crate::ProducerConfig::default())
+    }
+}
+
+/// Where a topic's keyless records go now.
+#[derive(Debug)]
+struct Run {
+    partition: u32,
+    records: usize,
+    bytes: usize,
+}
+
 /// Picks partitions for records that do not name one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Partitioner {
-    round_robin: AtomicU32,
+    run: StickyRun,
+    /// Each topic's current sticky run.
+    runs: Mutex<HashMap<String, Run>>,
+}
+
+impl Default for Partitioner {
+    fn default() -> Self {
+        Self::new(StickyRun::default())
+    }
+}
+
+/// A random partition below `partitions`, the start of a topic's first run.
+fn random_partition(topic: &str, partitions: u32) -> u32 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(topic.as_bytes());
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    (h.finish() % u64::from(partitions.max(1))) as u32
 }
 
 impl Partitioner {
-    /// A partitioner whose round-robin starts at partition 0.
-    pub fn new() -> Self {
-        Self::default()
+    /// A partitioner whose keyless runs are `run` long (the producer's batch limits).
+    pub fn new(run: StickyRun) -> Self {
+        let run = StickyRun { max_bytes: run.max_bytes.max(1), max_records: run.max_records.max(1) };
+        Self { run, runs: Mutex::new(HashMap::new()) }
     }
 
-    /// The partition for a record: `explicit` if given, else by key hash, else round-robin.
-    pub fn partition(&self, explicit: Option<u32>, key: Option<&[u8]>, partitions: u32) -> u32 {
+    /// The partition for a record of `topic` of `size_bytes`: `explicit` if given, else by key
+    /// hash, else the topic's sticky run (see the module documentation).
+    pub fn partition(
+        &self,
+        topic: &str,
+        explicit: Option<u32>,
+        key: Option<&[u8]>,
+        size_bytes: usize,
+        partitions: u32,
+    ) -> u32 {
         if let Some(p) = explicit {
             return p;
         }
-        match key {
-            Some(k) => partition_for_key(k, partitions),
-            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions.max(1),
+        if let Some(k) = key {
+            return partition_for_key(k, partitions);
         }
+        let partitions = partitions.max(1);
+        let mut runs = self.runs.lock();
+        let run = match runs.get_mut(topic) {
+            Some(run) => run,
+            None => runs.entry(topic.to_string()).or_insert(Run {
+                partition: random_partition(topic, partitions),
+                records: 0,
+                bytes: 0,
+            }),
+        };
+        let full = run.records >= self.run.max_records
+            || (run.records > 0 && run.bytes.saturating_add(size_bytes) > self.run.max_bytes);
+        if full || run.partition >= partitions {
+            // The next partition in turn (a topic that lost partitions starts over below the count).
+            run.partition = (run.partition + 1) % partitions;
+            run.records = 0;
+            run.bytes = 0;
+        }
+        run.records += 1;
+        run.bytes = run.bytes.saturating_add(size_bytes);
+        debug_assert!(run.partition < partitions);
+        run.partition
     }
 }
 
@@ -92,20 +187,73 @@ mod tests {
     }
 
     #[test]
-    fn explicit_partition_wins_and_keyless_round_robins() {
-        let p = Partitioner::new();
-        assert_eq!(p.partition(Some(7), Some(b"k"), 3), 7);
-        let spread: Vec<u32> = (0..6).map(|_| p.partition(None, None, 3)).collect();
-        assert_eq!(spread, vec![0, 1, 2, 0, 1, 2]);
+    fn an_explicit_partition_wins_and_a_key_is_hashed() {
+        let p = Partitioner::default();
+        assert_eq!(p.partition("t", Some(7), Some(b"k"), 10, 3), 7);
+        assert_eq!(p.partition("t", None, Some(b"21"), 10, 3), partition_for_key(b"21", 3));
+    }
+
+    /// Takes `n` keyless records of `size` bytes for `topic` and groups them into runs
+    /// (partition, records).
+    fn runs_of(p: &Partitioner, topic: &str, n: usize, size: usize, partitions: u32) -> Vec<(u32, usize)> {
+        let mut runs: Vec<(u32, usize)> = Vec::new();
+        for _ in 0..n {
+            let at = p.partition(topic, None, None, size, partitions);
+            assert!(at < partitions, "partition {at} of {partitions}");
+            match runs.last_mut() {
+                Some((last, count)) if *last == at => *count += 1,
+                _ => runs.push((at, 1)),
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn keyless_records_fill_one_batch_per_partition_then_move_to_the_next() {
+        // 100-byte records, runs of at most 1,000 bytes: 10 records each.
+        let p = Partitioner::new(StickyRun { max_bytes: 1_000, max_records: 1_000 });
+        let runs = runs_of(&p, "t", 95, 100, 4);
+        assert_eq!(runs.len(), 10, "{runs:?}");
+        for (i, (partition, count)) in runs.iter().enumerate() {
+            assert_eq!(*partition, (runs[0].0 + i as u32) % 4, "runs go to partitions in turn: {runs:?}");
+            assert_eq!(*count, if i < 9 { 10 } else { 5 }, "{runs:?}");
+        }
+        // The record limit ends a run too.
+        let p = Partitioner::new(StickyRun { max_bytes: 1 << 20, max_records: 3 });
+        let runs = runs_of(&p, "t", 9, 100, 2);
+        assert_eq!(runs.iter().map(|r| r.1).collect::<Vec<_>>(), vec![3, 3, 3]);
+        // A record larger than a run is a run of its own.
+        let p = Partitioner::new(StickyRun { max_bytes: 50, max_records: 1_000 });
+        assert_eq!(runs_of(&p, "t", 3, 100, 3).len(), 3);
+    }
+
+    #[test]
+    fn each_topic_keeps_its_own_run_and_a_shrunk_topic_stays_in_range() {
+        let p = Partitioner::new(StickyRun { max_bytes: 1_000, max_records: 1_000 });
+        let a = p.partition("a", None, None, 100, 1_000);
+        let b = p.partition("b", None, None, 100, 1_000);
+        for _ in 0..8 {
+            assert_eq!(p.partition("a", None, None, 100, 1_000), a);
+            assert_eq!(p.partition("b", None, None, 100, 1_000), b);
+        }
+        // The topic now has 1 partition (a client that saw a different count).
+        assert_eq!(p.partition("a", None, None, 100, 1), 0);
+    }
+
+    #[test]
+    fn first_runs_start_at_different_partitions() {
+        let starts: std::collections::HashSet<u32> =
+            (0..64).map(|_| Partitioner::default().partition("t", None, None, 10, 1_000)).collect();
+        assert!(starts.len() > 1, "64 producers all started their first run at {starts:?}");
     }
 
     proptest! {
         #[test]
         fn a_key_always_maps_to_the_same_partition_in_range(key in proptest::collection::vec(any::<u8>(), 0..64), n in 1u32..1000) {
-            let p = Partitioner::new();
-            let a = p.partition(None, Some(&key), n);
+            let p = Partitioner::default();
+            let a = p.partition("t", None, Some(&key), 10, n);
             prop_assert!(a < n);
-            prop_assert_eq!(a, p.partition(None, Some(&key), n));
+            prop_assert_eq!(a, p.partition("t", None, Some(&key), 10, n));
         }
     }
 }

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::config::ProducerConfig;
 use crate::error::{ClientError, ErrorCode};
-use crate::partitioner::Partitioner;
+use crate::partitioner::{Partitioner, StickyRun};
 use crate::proto;
 use crate::records::{ProducerRecord, RecordMetadata, hash32};
 
@@ -100,8 +100,9 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let buffered = Arc::new(Semaphore::new(config.max_buffered_records.max(1)));
+        let run = StickyRun::of_producer(&config);
         let task = tokio::spawn(Batcher::new(client.clone(), config).run(rx));
-        Self { client, partitioner: Partitioner::new(), buffered, commands, task }
+        Self { client, partitioner: Partitioner::new(run), buffered, commands, task }
     }
 
     /// Queues a record; the returned future resolves once it is committed (or failed for good).
@@ -111,7 +112,9 @@ impl Producer {
             return Err(ClientError::InvalidRequest("a record needs a topic".into()));
         }
         let partitions = self.client.partition_count(&record.topic).await?;
-        let partition = self.partitioner.partition(record.partition, record.key.as_deref(), partitions);
+        let size_bytes = record.size_bytes();
+        let partition =
+            self.partitioner.partition(&record.topic, record.partition, record.key.as_deref(), size_bytes, partitions);
         if partition >= partitions {
             return Err(ClientError::InvalidRequest(format!(
                 "partition {partition} does not exist: topic {} has {partitions} partitions",
@@ -120,7 +123,6 @@ impl Producer {
         }
         let permit = self.buffered.clone().acquire_owned().await.map_err(|_| ClientError::ProducerClosed)?;
         let (ack, rx) = oneshot::channel();
-        let size_bytes = record.size_bytes();
         let command =
             Command::Send { tp: (record.topic.clone(), partition), record: record.to_proto(), size_bytes, ack, permit };
         self.commands.send(command).map_err(|_| ClientError::ProducerClosed)?;

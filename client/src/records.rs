@@ -20,7 +20,8 @@ pub struct Header {
 pub struct ProducerRecord {
     /// The topic.
     pub topic: String,
-    /// An explicit partition; otherwise chosen by key hash or round-robin.
+    /// An explicit partition; otherwise chosen by key hash, or for a keyless record the topic's
+    /// sticky run ([`crate::Partitioner`]).
     pub partition: Option<u32>,
     /// Partitioning key.
     pub key: Option<Bytes>,

@@ -197,6 +197,9 @@ async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
     if let Some(n) = a.max_in_flight {
         config.max_in_flight = n as usize;
     }
+    if let Some(n) = a.keyless_run_batches {
+        config.keyless_run_batches = n as usize;
+    }
     let producer = Arc::new(client.producer(config));
     let payload = Bytes::from((0..a.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
     let pb = progress_bar(a.records, "produce");
