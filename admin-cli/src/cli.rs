@@ -884,6 +884,11 @@ pub struct BenchPartitionsArgs {
     /// The producer's batches in flight per node, across partitions (default: the client's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight_per_node: Option<u32>,
+    /// Send the produce run's records without a partition, so the producer's sticky partitioner
+    /// places them (runs of a few full batches per partition), instead of record i to partition
+    /// i % --produce-partitions.
+    #[arg(long)]
+    pub produce_keyless: bool,
     /// The longest wait for any one step (cluster up, leaders, failover, restart).
     #[arg(long, default_value_t = 120)]
     pub wait_seconds: u64,

@@ -323,7 +323,10 @@ async fn cluster_status_and_bench_report_json() {
     assert_exit(&o, 1);
     assert!(stderr(&o).contains("remove node 42") && stderr(&o).contains("`shale cluster status`"), "{}", stderr(&o));
 
-    let o = c.shale(&["bench", "produce", "-t", "b", "-n", "300", "-s", "100", "-c", "2", "-o", "json"], b"").await;
+    // Runs of one 1 KiB batch (~8 records): both partitions get records to verify below.
+    let bench = ["bench", "produce", "-t", "b", "-n", "300", "-s", "100", "-c", "2", "-o", "json"];
+    let runs = ["--batch-max-bytes", "1KiB", "--keyless-run-batches", "1"];
+    let o = c.shale(&[&bench[..], &runs[..]].concat(), b"").await;
     assert_exit(&o, 0);
     let r = json(&o);
     assert_eq!(r["records"], 300);

@@ -1,5 +1,6 @@
 //! `shale verify` against real damage on an in-process three-node cluster: a replica that lacks
-//! the start of the log, and a byte flipped in a sealed segment of one replica.
+//! the start of the log, a byte flipped in a sealed segment of one replica, and a partition nothing
+//! was written to (agreeing on nothing, unless a replica cannot answer).
 
 mod common;
 
@@ -230,4 +231,48 @@ async fn verify_sweep_rereads_sealed_segments_and_names_a_flipped_byte() {
     let text = stdout(&o);
     assert!(text.contains(&format!("ledger/0: DAMAGED at offset {offset} on node {victim}")), "{text}");
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_partition_verifies_as_agreeing_on_nothing_unless_a_replica_cannot_answer() {
+    let mut c = TestCluster::start(3).await;
+    assert_exit(&c.shale(&["topic", "create", "e", "-p", "2", "-r", "3"], b"").await, 0);
+    // Records in partition 0 only (as a keyless producer's sticky run leaves other partitions).
+    produce_in_batches(&c, "e", 5, 5).await;
+    wait_applied(&c, "e", &[1, 2, 3]).await;
+    for args in [&["verify", "e", "-o", "json"][..], &["verify", "e", "--sweep", "-o", "json"][..]] {
+        let o = c.shale(args, b"").await;
+        assert_exit(&o, 0);
+        let v = json(&o);
+        assert_eq!(v["partitions"][0]["status"], "agree", "{v}");
+        let empty = &v["partitions"][1];
+        assert_eq!(empty["status"], "agree", "{v}");
+        assert_eq!(empty["committed_end"], 0, "{v}");
+        assert!(empty["checked_offset"].is_null() && empty["error"].is_null(), "{v}");
+        let replicas = empty["replicas"].as_array().expect("replicas");
+        assert_eq!(replicas.len(), 3, "{v}");
+        assert!(replicas.iter().all(|r| r["verdict"] == "ok" && r["log_end"] == 0), "{v}");
+    }
+    let o = c.shale(&["verify", "e"], b"").await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("OK: 2 partition(s), every replica agrees"), "{}", stdout(&o));
+
+    // A replica that cannot answer fails the check even where there is nothing to compare.
+    c.stop(3).await;
+    let o = c.shale(&["verify", "e", "-o", "json"], b"").await;
+    assert_exit(&o, 1);
+    let v = json(&o);
+    let empty = &v["partitions"][1];
+    assert_eq!(empty["status"], "unavailable", "{v}");
+    let suspects: Vec<u64> =
+        empty["suspects"].as_array().expect("suspects").iter().map(|s| s["node_id"].as_u64().expect("id")).collect();
+    assert_eq!(suspects, vec![3], "{v}");
+    assert!(
+        empty["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .any(|r| r["node_id"] == 3 && r["verdict"] == "unavailable"),
+        "{v}"
+    );
 }

@@ -337,3 +337,40 @@ async fn a_producer_keeps_one_produce_call_per_node_and_a_dropped_client_closes_
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyless_records_go_to_one_partition_for_a_run_of_full_batches_then_to_the_next() {
+    let c = TestCluster::start(3).await;
+    create_topic(&c, "sticky", 4).await;
+    for p in 0..4 {
+        partition_leader(&c, "sticky", p).await;
+    }
+    let client = c.client();
+    // Runs of two batches of at most 10 records: 20 records to a partition, then the next one.
+    let config = ProducerConfig { batch_max_records: 10, keyless_run_batches: 2, ..ProducerConfig::default() };
+    let producer = client.producer(config);
+    let mut deliveries = Vec::new();
+    for i in 0..100u32 {
+        deliveries.push(producer.send(ProducerRecord::new("sticky", format!("r{i}"))).await.expect("queued"));
+    }
+    let mut acks = Vec::new();
+    for d in deliveries {
+        acks.push(d.await.expect("acknowledged"));
+    }
+    let first = acks[0].partition;
+    let run_of = |i: u32| (first + i / 20) % 4;
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(ack.partition, run_of(i as u32), "r{i}: runs of 20 go to the partitions in turn");
+        assert!(ack.position < 10, "r{i} at position {} of a batch of at most 10 records", ack.position);
+    }
+    assert!(acks.iter().any(|a| a.position > 0), "records of a run were gathered into batches");
+    // Every partition holds its runs' records, in send order, at dense offsets from 0; five runs
+    // over four partitions: the first partition got two.
+    for p in 0..4u32 {
+        let expected: Vec<u32> = (0..100u32).filter(|&i| run_of(i) == p).collect();
+        assert_eq!(expected.len(), if p == first { 40 } else { 20 });
+        let read = read_through(&client, "sticky", p, 0, expected.len() as u64 - 1).await;
+        assert_eq!(numbers(&read), expected, "partition {p}");
+        assert!(read.iter().enumerate().all(|(k, r)| r.offset == k as u64), "partition {p}: offsets dense from 0");
+    }
+}

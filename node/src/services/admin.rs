@@ -191,14 +191,26 @@ impl AdminService {
                     offset: None,
                     reread_from: None,
                 };
-                let ends: Vec<u64> = self
-                    .ask_replicas(&replicas, &probe)
-                    .await
-                    .into_iter()
-                    .filter_map(|(_, _, r)| r.ok().map(|r| r.log_end))
-                    .collect();
+                let bounds = self.ask_replicas(&replicas, &probe).await;
+                let ends: Vec<u64> = bounds.iter().filter_map(|(_, _, r)| r.as_ref().ok().map(|r| r.log_end)).collect();
                 match ends.iter().min() {
                     Some(end) if *end > 0 => end - 1,
+                    Some(_) if ends.iter().all(|end| *end == 0) => {
+                        // Nothing written yet (a keyless producer's sticky runs leave partitions
+                        // empty for a while): every replica that answered agrees on nothing.
+                        let answers = self.replica_answers(bounds);
+                        let agree = answers.iter().all(|a| a.error.is_empty());
+                        return Ok(proto::VerifyResponse {
+                            topic: req.topic,
+                            partition: req.partition,
+                            offset: 0,
+                            partition_start: partition_start(&topic, &answers),
+                            keep_all: keeps_all(&topic),
+                            replicas: answers,
+                            agree,
+                            empty: true,
+                        });
+                    }
                     Some(_) => return Err(invalid("offset", "the partition holds no committed entry yet")),
                     None => {
                         return Err(status(
@@ -215,9 +227,27 @@ impl AdminService {
             offset: Some(offset),
             reread_from: req.reread_from,
         };
-        let answers: Vec<proto::ReplicaChainHash> = self
-            .ask_replicas(&replicas, &ask)
-            .await
+        let answers = self.replica_answers(self.ask_replicas(&replicas, &ask).await);
+        let first = answers.first().and_then(|a| a.chain_hash.clone());
+        let agree = first.is_some() && answers.iter().all(|a| a.chain_hash == first);
+        Ok(proto::VerifyResponse {
+            topic: req.topic,
+            partition: req.partition,
+            offset,
+            partition_start: partition_start(&topic, &answers),
+            keep_all: keeps_all(&topic),
+            replicas: answers,
+            agree,
+            empty: false,
+        })
+    }
+
+    /// Each replica's answer as the verify response shows it.
+    fn replica_answers(
+        &self,
+        asked: Vec<(u64, String, Result<proto::LocalChainHashResponse, Status>)>,
+    ) -> Vec<proto::ReplicaChainHash> {
+        asked
             .into_iter()
             .map(|(node_id, addr, r)| (node_id, self.ctx.cluster.member_addrs(node_id).map_or(addr, |a| a.client), r))
             // Asked at its internal address; shown as clients reach it.
@@ -246,26 +276,7 @@ impl AdminService {
                     damage: None,
                 },
             })
-            .collect();
-        let first = answers.first().and_then(|a| a.chain_hash.clone());
-        let agree = first.is_some() && answers.iter().all(|a| a.chain_hash == first);
-        // What every replica should hold from: everything for a topic without retention;
-        // otherwise the lowest start any replica still has (retention may have moved it).
-        let keep_all = topic.retention.retention_bytes.is_none() && topic.retention.retention_ms.is_none();
-        let partition_start = if keep_all {
-            0
-        } else {
-            answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some()).map(|a| a.log_start).min().unwrap_or(0)
-        };
-        Ok(proto::VerifyResponse {
-            topic: req.topic,
-            partition: req.partition,
-            offset,
-            replicas: answers,
-            agree,
-            partition_start,
-            keep_all,
-        })
+            .collect()
     }
 
     /// Asks every replica (this node directly, others over gRPC) for `LocalChainHash`.
@@ -689,6 +700,20 @@ fn scope_of(topic: &str, partition: Option<u32>) -> String {
 }
 
 /// A damage report as one line (the `error` of a damaged replica's answer).
+/// True when the topic keeps every record (no retention limit).
+fn keeps_all(topic: &TopicInfo) -> bool {
+    topic.retention.retention_bytes.is_none() && topic.retention.retention_ms.is_none()
+}
+
+/// What every replica should hold from: everything for a topic without retention; otherwise the
+/// lowest start any replica that answered still has (retention may have moved it).
+fn partition_start(topic: &TopicInfo, answers: &[proto::ReplicaChainHash]) -> u64 {
+    if keeps_all(topic) {
+        return 0;
+    }
+    answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some()).map(|a| a.log_start).min().unwrap_or(0)
+}
+
 fn damage_text(d: &proto::ReplicaDamage) -> String {
     let at = d.offset.map_or_else(String::new, |o| format!(" at offset {o}"));
     format!("CORRUPTION{at}: {} ({} byte {})", d.reason, d.file, d.position)

@@ -437,6 +437,7 @@ async fn produce(
         config.max_in_flight_per_node = n as usize;
     }
     let producer = Arc::new(client.producer(config));
+    let keyless = a.produce_keyless;
     let payload = Bytes::from(vec![b'x'; a.record_size as usize]);
     let (acked, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -454,8 +455,8 @@ async fn produce(
             let mut inflight = FuturesUnordered::new();
             let mut i = u64::from(task);
             while Instant::now() < until {
-                let record =
-                    ProducerRecord::new(topic.clone(), payload.clone()).partition((i % u64::from(partitions)) as u32);
+                let record = ProducerRecord::new(topic.clone(), payload.clone());
+                let record = if keyless { record } else { record.partition((i % u64::from(partitions)) as u32) };
                 i += 1;
                 match producer.send(record).await {
                     Ok(d) => inflight.push(d),

@@ -70,6 +70,8 @@ pub struct Probe {
     pub partition_start: u64,
     /// True when the topic keeps every record (no retention limit).
     pub keep_all: bool,
+    /// True when every replica that answered holds no committed record (nothing was compared).
+    pub empty: bool,
 }
 
 impl Probe {
@@ -96,7 +98,7 @@ impl Probe {
             })
             .collect();
         replicas.sort_by_key(|r| r.node_id);
-        Self { offset: r.offset, replicas, partition_start: r.partition_start, keep_all: r.keep_all }
+        Self { offset: r.offset, replicas, partition_start: r.partition_start, keep_all: r.keep_all, empty: r.empty }
     }
 
     /// True when every replica answered with the same hash.
@@ -487,6 +489,23 @@ async fn verify_partition_inner(
 ) -> Result<()> {
     let newest = probe(ctx, topic, partition, a.offset).await?;
     v.probes += 1;
+    if newest.empty {
+        // Nothing written to the partition yet (a keyless producer's sticky runs leave partitions
+        // empty for a while): the replicas that answered agree on holding nothing.
+        v.partition_start = Some(newest.partition_start);
+        v.committed_end = Some(0);
+        v.suspects = newest
+            .replicas
+            .iter()
+            .filter_map(|r| {
+                let e = r.error.as_ref()?;
+                Some(Suspect { node_id: r.node_id, addr: r.addr.clone(), reason: format!("cannot answer: {e}") })
+            })
+            .collect();
+        v.status = if v.suspects.is_empty() { "agree" } else { "unavailable" }.into();
+        v.replicas = replica_verdicts(&newest, &newest, v, &Reread::new());
+        return Ok(());
+    }
     v.checked_offset = Some(newest.offset);
     v.partition_start = Some(newest.partition_start);
     v.committed_end = Some(newest.committed_end());
@@ -730,7 +749,7 @@ mod tests {
     }
 
     fn probe_of(offset: u64, replicas: Vec<ReplicaView>) -> Probe {
-        Probe { offset, replicas, partition_start: 0, keep_all: true }
+        Probe { offset, replicas, partition_start: 0, keep_all: true, empty: false }
     }
 
     fn report(v: PartitionVerdict) -> OnlineReport {
