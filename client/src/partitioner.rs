@@ -16,7 +16,6 @@
 //! producers (one `shale produce` each) do not all start on partition 0.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 
 use parking_lot::Mutex;
 
@@ -109,12 +108,10 @@ impl Default for Partitioner {
     }
 }
 
-/// A random partition below `partitions`, the start of a topic's first run.
-fn random_partition(topic: &str, partitions: u32) -> u32 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(topic.as_bytes());
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    (h.finish() % u64::from(partitions.max(1))) as u32
+/// A random partition below `partitions`, the start of a topic's first run (partition 0 if the
+/// system has no random source: the run still moves on in turn).
+fn random_partition(partitions: u32) -> u32 {
+    (getrandom::u64().unwrap_or(0) % u64::from(partitions.max(1))) as u32
 }
 
 impl Partitioner {
@@ -145,7 +142,7 @@ impl Partitioner {
         let run = match runs.get_mut(topic) {
             Some(run) => run,
             None => runs.entry(topic.to_string()).or_insert(Run {
-                partition: random_partition(topic, partitions),
+                partition: random_partition(partitions),
                 records: 0,
                 bytes: 0,
             }),
@@ -209,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn keyless_records_fill_one_batch_per_partition_then_move_to_the_next() {
+    fn keyless_records_fill_one_run_per_partition_then_move_to_the_next() {
         // 100-byte records, runs of at most 1,000 bytes: 10 records each.
         let p = Partitioner::new(StickyRun { max_bytes: 1_000, max_records: 1_000 });
         let runs = runs_of(&p, "t", 95, 100, 4);
