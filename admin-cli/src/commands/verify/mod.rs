@@ -127,7 +127,8 @@ impl Probe {
     }
 
     /// Replicas that disagree with the majority, or could not answer; every replica when there
-    /// is no majority.
+    /// is no majority. In an [`Probe::empty`] probe no replica gives a hash: only those that could
+    /// not answer are suspects.
     pub fn suspects(&self) -> Vec<Suspect> {
         let majority = self.majority_hash();
         self.replicas
@@ -139,7 +140,7 @@ impl Probe {
                         format!("chain hash {} differs from the majority's {}", &h[..12], &m[..12])
                     }
                     (None, Some(h), None) => format!("chain hash {} (no majority among the replicas)", &h[..12]),
-                    (None, None, _) => "gave no chain hash".into(),
+                    (None, None, _) if !self.empty => "gave no chain hash".into(),
                     _ => return None,
                 };
                 Some(Suspect { node_id: r.node_id, addr: r.addr.clone(), reason })
@@ -494,14 +495,7 @@ async fn verify_partition_inner(
         // empty for a while): the replicas that answered agree on holding nothing.
         v.partition_start = Some(newest.partition_start);
         v.committed_end = Some(0);
-        v.suspects = newest
-            .replicas
-            .iter()
-            .filter_map(|r| {
-                let e = r.error.as_ref()?;
-                Some(Suspect { node_id: r.node_id, addr: r.addr.clone(), reason: format!("cannot answer: {e}") })
-            })
-            .collect();
+        v.suspects = newest.suspects();
         v.status = if v.suspects.is_empty() { "agree" } else { "unavailable" }.into();
         v.replicas = replica_verdicts(&newest, &newest, v, &Reread::new());
         return Ok(());
