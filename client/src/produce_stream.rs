@@ -122,7 +122,9 @@ async fn read_answers(
     };
     let left = waiting.0.lock().take().unwrap_or_default();
     for (_, tx) in left {
-        let _ = tx.send(Err(Status::new(ended.code(), ended.message().to_string())));
+        // The call's status whole: its metadata carries the Shale error code (a call refused at
+        // open, e.g. UNAUTHENTICATED for a deleted user's token, must stay typed).
+        let _ = tx.send(Err(ended.clone()));
     }
 }
 
