@@ -934,7 +934,7 @@ pub struct BenchProduceArgs {
     /// Partitions of the topic if it has to be created.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_partitions: u32,
-    /// The producer's batch size in payload bytes [default: the client's, 256KiB].
+    /// The producer's batch size in payload bytes [default: the client's, 128KiB].
     #[arg(long, value_parser = args::parse_bytes, value_name = "SIZE")]
     pub batch_max_bytes: Option<u64>,
     /// The producer's linger while a batch of the partition is in flight, ms [default: the client's, 5].
@@ -944,7 +944,7 @@ pub struct BenchProduceArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_in_flight: Option<u32>,
     /// Full batches the producer writes to one partition before moving its keyless records to
-    /// the next (the bench's records have no key) [default: the client's, 4; 1 is Kafka's sticky
+    /// the next (the bench's records have no key) [default: the client's, 8; 1 is Kafka's sticky
     /// partitioner].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub keyless_run_batches: Option<u32>,

@@ -158,7 +158,7 @@ async fn produce_then_consume_round_trips_through_pipes() {
 async fn produce_json_prints_each_acknowledgement_as_it_arrives_and_each_failure() {
     let c = TestCluster::start(3).await;
     assert_exit(&c.shale(&["topic", "create", "acks", "-p", "1"], b"").await, 0);
-    // Record 2 is over the node's record limit (1 MiB by default; and over the producer's 256 KiB
+    // Record 2 is over the node's record limit (1 MiB by default; and over the producer's 128 KiB
     // batch, so it travels alone): it fails, the records around it are delivered.
     let big = "x".repeat((1 << 20) + 1);
     let input = format!("a\nb\n{big}\nc\n");

@@ -81,7 +81,10 @@ impl ClientConfig {
 /// Producer batching, pipelining, idempotence and retries.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
-    /// Send a partition's batch once it holds this many payload bytes.
+    /// Send a partition's batch once it holds this many payload bytes (default 128 KiB: one
+    /// partition with a few hundred KiB in flight then has two or three batches in flight instead
+    /// of one, so the leader, the followers and the client work on different batches at once;
+    /// README "Batches of 128 KiB").
     pub batch_max_bytes: usize,
     /// Send a partition's batch once it holds this many records.
     pub batch_max_records: usize,
@@ -117,14 +120,14 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
-            batch_max_bytes: 256 * 1024,
+            batch_max_bytes: 128 * 1024,
             batch_max_records: 1_000,
             linger_ms: 5,
             max_in_flight: 5,
             max_in_flight_per_node: 16,
             idempotent: true,
             max_buffered_records: 100_000,
-            keyless_run_batches: 4,
+            keyless_run_batches: 8,
         }
     }
 }

@@ -80,7 +80,7 @@ impl StickyRun {
 }
 
 impl Default for StickyRun {
-    /// The default producer's run (4 batches of 256 KiB / 1,000 records).
+    /// The default producer's run (8 batches of 128 KiB / 1,000 records: 1 MiB).
     fn default() -> Self {
         Self::of_producer(&crate::ProducerConfig::default())
     }
