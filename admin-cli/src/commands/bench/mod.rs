@@ -141,6 +141,36 @@ async fn ensure_topic(ctx: &Ctx, topic: &str, partitions: u32) -> Result<()> {
     }
 }
 
+/// How long `bench produce` waits for every partition of its topic to have a leader.
+const LEADERS_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (at most `limit`) until every partition of `topic` has a leader, so that the clock of a
+/// produce bench starts once the topic can take writes: a new topic's partition groups elect
+/// their leaders after `create_topic` returns, and records sent meanwhile wait for them (as a
+/// JetStream stream's leader is chosen inside its creation, before peers' benches start theirs).
+async fn wait_for_leaders(ctx: &Ctx, topic: &str, limit: Duration) -> Result<()> {
+    let client = ctx.client()?;
+    let admin = client.admin();
+    let started = Instant::now();
+    loop {
+        let info = admin.describe_topic(topic).await.map_err(|e| ctx.err(format!("describe topic {topic}"), e))?;
+        let leaderless: Vec<u32> = info.partitions.iter().filter(|p| p.leader_id == 0).map(|p| p.partition).collect();
+        if leaderless.is_empty() {
+            if started.elapsed() >= Duration::from_millis(100) {
+                eprintln!("every partition of {topic} has a leader after {:.1} s", started.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            return Err(CliError::CheckFailed(format!(
+                "topic {topic}: partitions {leaderless:?} have no leader after {} s",
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What one sender task measured.
 #[derive(Default)]
 struct SenderResult {
@@ -186,6 +216,7 @@ async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivering>, pb: P
 
 async fn produce(ctx: &Ctx, a: &BenchProduceArgs) -> Result<BenchReport> {
     ensure_topic(ctx, &a.topic, a.create_partitions).await?;
+    wait_for_leaders(ctx, &a.topic, LEADERS_WAIT).await?;
     let client = ctx.client()?;
     let mut config = ProducerConfig::default();
     if let Some(bytes) = a.batch_max_bytes {
