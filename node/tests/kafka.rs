@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use common::{TestCluster, WAIT, create_topic, read_through};
+use common::{TestCluster, WAIT, create_topic, partition_leader, read_through};
 use shale_client::ProducerRecord;
 use shale_client::admin::NewTopic;
 use tokio::io::AsyncWriteExt;
@@ -654,7 +654,9 @@ async fn an_idempotent_kafka_producer_writes_each_record_once_in_order_across_a_
         tokio::spawn(async move { run(&python, &[&script, &bootstrap, "idem", &count.to_string()], "").await });
     // Stop the leader of partition 0 while the producer sends.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
-    let leader = c.node(1).cluster().leader_of("idem", 0).expect("a leader").0;
+    // The partition may be between leaders at this instant (the suite's load delays heartbeats):
+    // wait until the cluster names one.
+    let leader = partition_leader(&c, "idem", 0).await;
     c.stop(leader).await;
     let out = producing.await.unwrap();
     assert!(out.contains(&format!("delivered {count}")), "{out}");
