@@ -193,13 +193,15 @@ impl AdminService {
                 };
                 let bounds = self.ask_replicas(&replicas, &probe).await;
                 let ends: Vec<u64> = bounds.iter().filter_map(|(_, _, r)| r.as_ref().ok().map(|r| r.log_end)).collect();
-                match ends.iter().min() {
-                    Some(end) if *end > 0 => end - 1,
-                    Some(_) if ends.iter().all(|end| *end == 0) => {
+                match compare_point(&ends) {
+                    ComparePoint::At(offset) => offset,
+                    ComparePoint::NothingInCommon => {
                         // Nothing written yet (a keyless producer's sticky runs leave partitions
-                        // empty for a while): every replica that answered agrees on nothing.
+                        // empty for a while), or a replica holds nothing while others hold records
+                        // (it is behind, or lost its log): no record to compare. Each replica's
+                        // bounds say what it holds; the caller judges the lag.
                         let answers = self.replica_answers(bounds);
-                        let agree = answers.iter().all(|a| a.error.is_empty());
+                        let agree = answers.iter().all(|a| a.error.is_empty() && a.log_end == 0);
                         return Ok(proto::VerifyResponse {
                             topic: req.topic,
                             partition: req.partition,
@@ -211,8 +213,7 @@ impl AdminService {
                             empty: true,
                         });
                     }
-                    Some(_) => return Err(invalid("offset", "the partition holds no committed entry yet")),
-                    None => {
+                    ComparePoint::NoAnswer => {
                         return Err(status(
                             ErrorCode::Unavailable,
                             format!("no replica of {}/{} answered", req.topic, req.partition),
@@ -705,13 +706,40 @@ fn keeps_all(topic: &TopicInfo) -> bool {
     topic.retention.retention_bytes.is_none() && topic.retention.retention_ms.is_none()
 }
 
-/// What every replica should hold from: everything for a topic without retention; otherwise the
-/// lowest start any replica that answered still has (retention may have moved it).
-fn partition_start(topic: &TopicInfo, answers: &[proto::ReplicaChainHash]) -> u64 {
-    if keeps_all(topic) {
-        return 0;
+/// Where `verify` compares the replicas when no offset was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ComparePoint {
+    /// The last record every replica that answered holds (the lowest log end, less one).
+    At(u64),
+    /// A replica that answered holds no record: nothing was written yet, or it holds nothing
+    /// while others do (behind, or it lost its log). There is no record to compare.
+    NothingInCommon,
+    /// No replica answered.
+    NoAnswer,
+}
+
+/// The compare point for the log ends of the replicas that answered.
+fn compare_point(ends: &[u64]) -> ComparePoint {
+    match ends.iter().min() {
+        Some(0) => ComparePoint::NothingInCommon,
+        Some(end) => ComparePoint::At(end - 1),
+        None => ComparePoint::NoAnswer,
     }
-    answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some()).map(|a| a.log_start).min().unwrap_or(0)
+}
+
+/// What every replica should hold from: everything for a topic without retention; otherwise the
+/// lowest start any replica that answered still has (retention may have moved it). A replica
+/// holding no record says nothing about where the partition starts, unless none holds one.
+fn partition_start(topic: &TopicInfo, answers: &[proto::ReplicaChainHash]) -> u64 {
+    if keeps_all(topic) { 0 } else { lowest_start(answers) }
+}
+
+/// The lowest log start among the replicas that answered and hold a record (among all that
+/// answered when none holds one).
+fn lowest_start(answers: &[proto::ReplicaChainHash]) -> u64 {
+    let answered = || answers.iter().filter(|a| a.error.is_empty() || a.damage.is_some());
+    let holding = answered().filter(|a| a.log_end > 0).map(|a| a.log_start).min();
+    holding.or_else(|| answered().map(|a| a.log_start).min()).unwrap_or(0)
 }
 
 fn damage_text(d: &proto::ReplicaDamage) -> String {
@@ -722,6 +750,33 @@ fn damage_text(d: &proto::ReplicaDamage) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_compared_at_the_last_record_all_of_them_hold() {
+        assert_eq!(compare_point(&[100, 90, 100]), ComparePoint::At(89));
+        assert_eq!(compare_point(&[1]), ComparePoint::At(0));
+        // Nothing written yet, or one replica holds nothing while the others hold records: no
+        // record in common (an error here, before: "holds no committed entry yet").
+        assert_eq!(compare_point(&[0, 0, 0]), ComparePoint::NothingInCommon);
+        assert_eq!(compare_point(&[100, 0, 100]), ComparePoint::NothingInCommon);
+        assert_eq!(compare_point(&[]), ComparePoint::NoAnswer);
+    }
+
+    #[test]
+    fn a_replica_holding_nothing_does_not_move_the_partition_start() {
+        let answer = |start: u64, end: u64, error: &str| proto::ReplicaChainHash {
+            log_start: start,
+            log_end: end,
+            error: error.into(),
+            ..Default::default()
+        };
+        // Retention moved every holding replica's start to 500; the empty one reports 0.
+        assert_eq!(lowest_start(&[answer(500, 900, ""), answer(0, 0, ""), answer(520, 900, "")]), 500);
+        // A replica that did not answer reports nothing.
+        assert_eq!(lowest_start(&[answer(500, 900, ""), answer(0, 0, "Unavailable: down")]), 500);
+        assert_eq!(lowest_start(&[answer(0, 0, ""), answer(0, 0, "")]), 0);
+        assert_eq!(lowest_start(&[answer(300, 900, ""), answer(500, 900, "")]), 300);
+    }
 
     #[test]
     fn only_calls_that_broke_before_an_answer_count_as_transport_failures() {

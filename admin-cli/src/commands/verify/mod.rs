@@ -70,7 +70,9 @@ pub struct Probe {
     pub partition_start: u64,
     /// True when the topic keeps every record (no retention limit).
     pub keep_all: bool,
-    /// True when every replica that answered holds no committed record (nothing was compared).
+    /// True when some replica that answered holds no committed record, so no record was compared:
+    /// nothing was written yet, or that replica holds nothing while others do (each replica's
+    /// log end says which).
     pub empty: bool,
 }
 
@@ -478,6 +480,39 @@ pub fn missing_ranges(p: &Probe, max_lag: u64) -> Vec<Missing> {
     out
 }
 
+/// The verdict on a partition where some replica holds no record ([`Probe::empty`]), so there is
+/// no record to compare: nothing was written yet (a keyless producer's sticky runs leave partitions
+/// empty for a while: the replicas agree on holding nothing), or a replica holds nothing while
+/// others hold records. Such a replica is judged on its lag as any other: missing what the others
+/// hold beyond `max_lag` (it lost its log, or is far behind), else only behind (the first write
+/// has not reached it yet).
+fn judge_without_records_in_common(newest: &Probe, max_lag: u64, v: &mut PartitionVerdict) {
+    v.partition_start = Some(newest.partition_start);
+    v.committed_end = Some(newest.committed_end());
+    v.missing = missing_ranges(newest, max_lag);
+    let mut suspects = newest.suspects();
+    for m in &v.missing {
+        if !suspects.iter().any(|s| s.node_id == m.node_id) {
+            suspects.push(Suspect {
+                node_id: m.node_id,
+                addr: m.addr.clone(),
+                reason: format!("missing {}", range_text(m.from, m.to)),
+            });
+        }
+    }
+    suspects.sort_by_key(|s| s.node_id);
+    v.status = if !v.missing.is_empty() {
+        "missing"
+    } else if !suspects.is_empty() {
+        "unavailable"
+    } else {
+        "agree"
+    }
+    .into();
+    v.suspects = suspects;
+    v.replicas = replica_verdicts(newest, newest, v, &Reread::new());
+}
+
 /// Per-replica re-read totals over a sweep: `(first offset, one past the last, records)`.
 type Reread = BTreeMap<u64, (u64, u64, u64)>;
 
@@ -491,13 +526,7 @@ async fn verify_partition_inner(
     let newest = probe(ctx, topic, partition, a.offset).await?;
     v.probes += 1;
     if newest.empty {
-        // Nothing written to the partition yet (a keyless producer's sticky runs leave partitions
-        // empty for a while): the replicas that answered agree on holding nothing.
-        v.partition_start = Some(newest.partition_start);
-        v.committed_end = Some(0);
-        v.suspects = newest.suspects();
-        v.status = if v.suspects.is_empty() { "agree" } else { "unavailable" }.into();
-        v.replicas = replica_verdicts(&newest, &newest, v, &Reread::new());
+        judge_without_records_in_common(&newest, a.max_lag, v);
         return Ok(());
     }
     v.checked_offset = Some(newest.offset);
@@ -748,6 +777,52 @@ mod tests {
 
     fn report(v: PartitionVerdict) -> OnlineReport {
         OnlineReport { topic: "t".into(), sweep: false, partitions: vec![v] }
+    }
+
+    /// A probe with nothing compared: each replica `(node, log end, error)`.
+    fn empty_probe(replicas: &[(u64, u64, Option<&str>)]) -> Probe {
+        let replicas = replicas
+            .iter()
+            .map(|&(id, end, error)| ReplicaView { log_start: 0, log_end: end, ..replica(id, None, error) })
+            .collect();
+        Probe { offset: 0, replicas, partition_start: 0, keep_all: true, empty: true }
+    }
+
+    #[test]
+    fn a_replica_holding_nothing_while_the_others_hold_records_is_missing_them() {
+        // Node 3 holds nothing (it lost its log) while nodes 1 and 2 hold offsets [0, 5000).
+        let mut v = empty_verdict("t", 0);
+        judge_without_records_in_common(
+            &empty_probe(&[(1, 5_000, None), (2, 5_000, None), (3, 0, None)]),
+            1_000,
+            &mut v,
+        );
+        assert_eq!(v.status, "missing");
+        assert_eq!(v.committed_end, Some(5_000));
+        assert_eq!(v.missing, vec![Missing { node_id: 3, addr: "h:3".into(), from: 0, to: 5_000, side: "end".into() }]);
+        assert_eq!(v.suspects.len(), 1);
+        assert_eq!((v.suspects[0].node_id, v.suspects[0].reason.as_str()), (3, "missing [0, 5000)"));
+        let verdicts: Vec<(u64, &str)> = v.replicas.iter().map(|r| (r.node_id, r.verdict.as_str())).collect();
+        assert_eq!(verdicts, vec![(1, "ok"), (2, "ok"), (3, "missing")]);
+        let text = online_text(&report(v));
+        assert!(text.contains("MISSING [0, 5000) on node 3"), "{text}");
+
+        // Within --max-lag it is behind, as any lagging replica (the first write has not reached it).
+        let mut v = empty_verdict("t", 0);
+        judge_without_records_in_common(&empty_probe(&[(1, 40, None), (2, 40, None), (3, 0, None)]), 1_000, &mut v);
+        assert_eq!(v.status, "agree");
+        assert!(v.suspects.is_empty() && v.missing.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn a_partition_nothing_was_written_to_agrees_unless_a_replica_cannot_answer() {
+        let mut v = empty_verdict("t", 0);
+        judge_without_records_in_common(&empty_probe(&[(1, 0, None), (2, 0, None), (3, 0, None)]), 0, &mut v);
+        assert_eq!((v.status.as_str(), v.committed_end), ("agree", Some(0)));
+        let mut v = empty_verdict("t", 0);
+        judge_without_records_in_common(&empty_probe(&[(1, 0, None), (2, 0, Some("down")), (3, 0, None)]), 0, &mut v);
+        assert_eq!(v.status, "unavailable");
+        assert_eq!(v.suspects.iter().map(|s| s.node_id).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
