@@ -162,6 +162,10 @@ pub struct RunArgs {
     /// dropped from it (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
     #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
     pub page_cache_keep_bytes: Option<u64>,
+    /// The most bytes of synced tails all log segments together leave in the OS page cache; the
+    /// tails synced longest ago are dropped past it (`memory.page_cache_budget_bytes`; 0 = none).
+    #[arg(long, env = "SHALE_PAGE_CACHE_BUDGET_BYTES")]
+    pub page_cache_budget_bytes: Option<u64>,
     /// Hash and encode log appends of 64 KiB or more on a storage helper thread while the
     /// appending thread writes (`prepare_ahead`; off by default).
     #[arg(long, env = "SHALE_PREPARE_AHEAD", num_args = 0..=1, default_missing_value = "true")]
@@ -211,6 +215,10 @@ pub struct DevArgs {
     /// (`memory.page_cache_keep_bytes`; 0 = leave the cache to the OS).
     #[arg(long, env = "SHALE_PAGE_CACHE_KEEP_BYTES")]
     pub page_cache_keep_bytes: Option<u64>,
+    /// The most bytes of synced tails each node's log segments together leave in the OS page
+    /// cache (`memory.page_cache_budget_bytes`; 0 = no shared limit).
+    #[arg(long, env = "SHALE_PAGE_CACHE_BUDGET_BYTES")]
+    pub page_cache_budget_bytes: Option<u64>,
     /// Hash and encode log appends of 64 KiB or more on a storage helper thread while the
     /// appending thread writes (`prepare_ahead`; off by default).
     #[arg(long, env = "SHALE_PREPARE_AHEAD", num_args = 0..=1, default_missing_value = "true")]
@@ -324,6 +332,9 @@ impl RunArgs {
         if let Some(v) = self.page_cache_keep_bytes {
             c.memory.page_cache_keep_bytes = v;
         }
+        if let Some(v) = self.page_cache_budget_bytes {
+            c.memory.page_cache_budget_bytes = v;
+        }
         if let Some(v) = self.prepare_ahead {
             c.prepare_ahead = v;
         }
@@ -410,6 +421,9 @@ impl DevArgs {
                 };
                 if let Some(v) = self.page_cache_keep_bytes {
                     c.memory.page_cache_keep_bytes = v;
+                }
+                if let Some(v) = self.page_cache_budget_bytes {
+                    c.memory.page_cache_budget_bytes = v;
                 }
                 if let Some(v) = self.prepare_ahead {
                     c.prepare_ahead = v;

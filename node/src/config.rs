@@ -99,6 +99,10 @@ pub struct Memory {
     /// synced bytes are dropped from it (`posix_fadvise(DONTNEED)`) and read from the disk when
     /// asked for (README "Page cache behind the tail"). 0: leave the page cache to the OS.
     pub page_cache_keep_bytes: u64,
+    /// The most bytes of synced tails all of the node's log segments together leave in the OS
+    /// page cache; past it, the tails synced longest ago are dropped whole (README "Many
+    /// partitions write into pages they freed"). 0: no shared limit.
+    pub page_cache_budget_bytes: u64,
 }
 
 impl Default for Memory {
@@ -107,6 +111,7 @@ impl Default for Memory {
             log_cache_bytes: shale_raft::entry_cache::DEFAULT_NODE_LOG_CACHE_BYTES,
             log_cache_floor_bytes: shale_raft::entry_cache::DEFAULT_LOG_CACHE_FLOOR_BYTES,
             page_cache_keep_bytes: shale_storage::DEFAULT_PAGE_CACHE_KEEP_BYTES,
+            page_cache_budget_bytes: shale_storage::DEFAULT_PAGE_CACHE_BUDGET_BYTES,
         }
     }
 }

@@ -14,9 +14,11 @@ use crate::error::NodeError;
 /// configured limit must not make data already written unreadable).
 pub fn options(config: &NodeConfig) -> StorageOptions {
     let keep = config.memory.page_cache_keep_bytes;
+    let budget = config.memory.page_cache_budget_bytes;
     StorageOptions {
         max_segment_bytes: config.segment_bytes,
         page_cache_keep_bytes: (keep > 0).then_some(keep),
+        page_cache_budget_bytes: (budget > 0).then_some(budget),
         prepare_ahead: config.prepare_ahead,
         ..StorageOptions::default()
     }
@@ -46,5 +48,15 @@ mod tests {
         assert!(!options(&config).prepare_ahead);
         let config = NodeConfig::from_toml("prepare_ahead = true").expect("parse");
         assert!(options(&config).prepare_ahead);
+    }
+
+    #[test]
+    fn the_page_cache_budget_is_shared_by_default_and_zero_turns_it_off() {
+        let config = NodeConfig::default();
+        assert_eq!(options(&config).page_cache_budget_bytes, Some(shale_storage::DEFAULT_PAGE_CACHE_BUDGET_BYTES));
+        let config = NodeConfig::from_toml("[memory]\npage_cache_budget_bytes = 0").expect("parse");
+        assert_eq!(options(&config).page_cache_budget_bytes, None);
+        let config = NodeConfig::from_toml("[memory]\npage_cache_budget_bytes = 1048576").expect("parse");
+        assert_eq!(options(&config).page_cache_budget_bytes, Some(1 << 20));
     }
 }

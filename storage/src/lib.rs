@@ -61,7 +61,7 @@ pub use disk::{RecoveryFinding, RecoveryKind, Storage};
 pub use error::{CorruptionReason, Result, StorageError};
 pub use io::{FileSystem, FsFile, OpenMode, StdFileSystem};
 pub use memory::MemoryStorage;
-pub use options::{DEFAULT_PAGE_CACHE_KEEP_BYTES, StorageOptions};
+pub use options::{DEFAULT_PAGE_CACHE_BUDGET_BYTES, DEFAULT_PAGE_CACHE_KEEP_BYTES, StorageOptions};
 pub use pipeline::AppendPipeline;
 pub use prepared::PreparedBatch;
 pub use scrub::{Damage, RepairOutcome, RepairRejection, ScrubReport, SegmentInfo};

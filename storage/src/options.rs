@@ -12,6 +12,10 @@ use crate::types::StreamId;
 /// tail (at 100 MB/s into one stream, the last ~40 ms of writes).
 pub const DEFAULT_PAGE_CACHE_KEEP_BYTES: u64 = 4 << 20;
 
+/// The default [`StorageOptions::page_cache_budget_bytes`]: 64 MiB of synced tails, every
+/// stream's together (sixteen streams' full tails).
+pub const DEFAULT_PAGE_CACHE_BUDGET_BYTES: u64 = 64 << 20;
+
 /// How a storage instance behaves. Every limit is enforced with a typed error naming it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageOptions {
@@ -42,6 +46,12 @@ pub struct StorageOptions {
     /// when asked for. `None` leaves the cache to the OS. Advice only: no effect on what is stored
     /// or durable; the memory backend ignores it.
     pub page_cache_keep_bytes: Option<u64>,
+    /// The most synced bytes all streams together leave in the OS page cache (the tails
+    /// `page_cache_keep_bytes` keeps, summed over every segment): when a sync takes the sum past
+    /// it, the tails synced longest ago are dropped whole. Hundreds of streams written in turn
+    /// would otherwise each keep a tail while they wait for their next write, and together take
+    /// gigabytes of pages. `None`: no shared limit. Ignored without `page_cache_keep_bytes`.
+    pub page_cache_budget_bytes: Option<u64>,
 }
 
 impl Default for StorageOptions {
@@ -54,6 +64,7 @@ impl Default for StorageOptions {
             codec: CodecKind::None,
             prepare_ahead: true,
             page_cache_keep_bytes: Some(DEFAULT_PAGE_CACHE_KEEP_BYTES),
+            page_cache_budget_bytes: Some(DEFAULT_PAGE_CACHE_BUDGET_BYTES),
         }
     }
 }

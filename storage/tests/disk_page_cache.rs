@@ -1,7 +1,8 @@
 //! Disk backend: synced bytes well behind a segment's end are dropped from the OS page cache
-//! (`StorageOptions::page_cache_keep_bytes`). The fault file system records every drop and checks
-//! that each named only durable bytes; the drops must cover each segment up to its kept tail, in
-//! steps of at least 1 MiB, and change nothing a reader or a reopen sees.
+//! (`StorageOptions::page_cache_keep_bytes`), and the tails every stream keeps share one budget
+//! (`StorageOptions::page_cache_budget_bytes`). The fault file system records every drop and
+//! checks that each named only durable bytes; the drops must cover each segment up to its kept
+//! tail, in steps of at least 1 MiB, and change nothing a reader or a reopen sees.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,25 @@ fn options(keep: Option<u64>) -> StorageOptions {
         page_cache_keep_bytes: keep,
         ..Default::default()
     }
+}
+
+/// Appends records `[from, to)` to `stream` without fsync, in batches of 100.
+fn append_to(s: &Storage, stream: StreamId, from: u64, to: u64) {
+    let mut o = from;
+    while o < to {
+        let end = (o + 100).min(to);
+        s.append_batch(stream, (o..end).map(payload).collect(), Offset::new(o), false).unwrap();
+        o = end;
+    }
+}
+
+/// What of `stream`'s first segment is still cached as the drops tell it: its length less the
+/// furthest byte any drop reached.
+fn cached_tail(fs: &FaultyFileSystem, stream: StreamId) -> u64 {
+    let path = Path::new("/data").join(stream.get().to_string()).join("segment_000000.log");
+    let len = fs.file_bytes(&path).unwrap().len() as u64;
+    let dropped = fs.cache_drops(&path).iter().map(|d| d.1).max().unwrap_or(0);
+    len - dropped
 }
 
 fn payload(i: u64) -> Bytes {
@@ -186,4 +206,67 @@ fn a_real_file_system_reads_dropped_bytes_back_from_the_disk() {
     }
     let s = Storage::open_with(dir.path(), options(Some(64 << 10))).unwrap();
     assert_reads_back(&s, n);
+}
+
+#[test]
+fn the_tails_of_many_streams_share_one_budget_and_the_longest_synced_ago_go_first() {
+    const STREAMS: u64 = 20;
+    const BUDGET: u64 = 1 << 20;
+    // Twenty streams written in turn (as a keyless producer's runs over many partitions), each
+    // ~1.5 MiB then synced: each keeps a 256 KiB tail, four of which fill the budget.
+    let run = |budget: Option<u64>| {
+        let fs = FaultyFileSystem::new();
+        let opts = StorageOptions { page_cache_budget_bytes: budget, ..options(Some(KEEP)) };
+        let s = Storage::open_with_fs("/data", opts, Arc::new(fs.clone())).unwrap();
+        for id in 1..=STREAMS {
+            let stream = StreamId::new(id);
+            append_to(&s, stream, 0, 1500);
+            s.sync(stream).unwrap();
+        }
+        assert_eq!(fs.undurable_cache_drops(), 0, "a drop named bytes that were not durable");
+        let tails: Vec<u64> = (1..=STREAMS).map(|id| cached_tail(&fs, StreamId::new(id))).collect();
+        for id in 1..=STREAMS {
+            let stream = StreamId::new(id);
+            let got = s.read_records(stream, Offset::new(0), 1 << 30).unwrap();
+            assert_eq!(got.len(), 1500, "stream {id} reads back whole");
+            assert!(got.iter().enumerate().all(|(i, r)| r.payload == payload(i as u64)), "stream {id}");
+        }
+        tails
+    };
+
+    // Without a shared budget every stream keeps its tail: the total grows with the streams.
+    let alone = run(None);
+    assert!(alone.iter().all(|t| *t >= KEEP && *t < KEEP + PAGE), "{alone:?}");
+    assert!(alone.iter().sum::<u64>() > 4 * BUDGET);
+
+    // With it, the streams synced last keep theirs, the ones synced longest ago are dropped
+    // whole (all but the page their end falls in), and the total stays within the budget.
+    let shared = run(Some(BUDGET));
+    let total: u64 = shared.iter().sum();
+    assert!(total <= BUDGET + PAGE * STREAMS, "{total} bytes cached: {shared:?}");
+    let kept = shared.iter().filter(|t| **t >= KEEP).count();
+    assert!((3..=4).contains(&kept), "{kept} streams keep a tail: {shared:?}");
+    assert!(shared[STREAMS as usize - kept..].iter().all(|t| *t >= KEEP), "the last synced keep theirs: {shared:?}");
+    assert!(shared[..STREAMS as usize - kept].iter().all(|t| *t < PAGE), "the older are dropped: {shared:?}");
+}
+
+#[test]
+fn a_stream_written_again_after_its_tail_was_dropped_for_the_budget_keeps_a_new_tail() {
+    let fs = FaultyFileSystem::new();
+    let opts = StorageOptions { page_cache_budget_bytes: Some(KEEP + PAGE), ..options(Some(KEEP)) };
+    let s = Storage::open_with_fs("/data", opts, Arc::new(fs.clone())).unwrap();
+    let (a, b) = (StreamId::new(1), StreamId::new(2));
+    append_to(&s, a, 0, 1500);
+    s.sync(a).unwrap();
+    append_to(&s, b, 0, 1500);
+    s.sync(b).unwrap();
+    assert!(cached_tail(&fs, a) < PAGE, "a's tail went for b's");
+    // a is written again: it keeps a tail again and b's goes.
+    append_to(&s, a, 1500, 3000);
+    s.sync(a).unwrap();
+    assert!(cached_tail(&fs, a) >= KEEP, "a keeps a new tail");
+    assert!(cached_tail(&fs, b) < PAGE, "b's tail went for a's");
+    assert_eq!(fs.undurable_cache_drops(), 0, "a drop named bytes that were not durable");
+    assert_eq!(s.read_records(a, Offset::new(0), 1 << 30).unwrap().len(), 3000);
+    assert_eq!(s.read_records(b, Offset::new(0), 1 << 30).unwrap().len(), 1500);
 }

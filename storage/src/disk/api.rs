@@ -221,6 +221,7 @@ impl StorageBackend for Storage {
         };
         let _w = h.writer.lock();
         let _ = h.failed.set("the stream was deleted".into());
+        self.cached_tails.forget(stream);
         h.reset_durable(Offset::ZERO);
         let dir = &h.dir;
         let segs: Vec<u64> = h.core.read().segments.iter().map(|s| s.seq).collect();
@@ -252,6 +253,8 @@ impl StorageBackend for Storage {
         // Appenders and maintenance of the failed stream finish (they all fail) before its files
         // are read again.
         let _w = old.writer.lock();
+        // Recovery may cut the tail: the reopened stream's syncs count its segments anew.
+        self.cached_tails.forget(stream);
         let reopened = match self.open_stream(stream, old.dir.clone())? {
             Some(s) => Arc::new(s),
             None => {

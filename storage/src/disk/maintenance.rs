@@ -88,7 +88,7 @@ impl Storage {
             c.pending_checkpoints.retain(|o| *o <= offset);
         }
         h.anchors.lock().retain(|k, _| *k <= offset);
-        h.cache.truncated(seq, cut_pos);
+        h.cache.truncated(h.id, seq, cut_pos);
         h.reset_durable(offset);
         Ok(())
     }

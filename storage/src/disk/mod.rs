@@ -61,6 +61,8 @@ pub struct Storage {
     prepare_ahead: std::sync::OnceLock<Option<crate::prepare_ahead::PrepareAhead>>,
     /// The threads that fsync streams side by side for `sync_streams` (see `sync_many`).
     sync_helpers: sync_helpers::SyncHelpers,
+    /// Synced bytes every stream left in the OS page cache (see `page_cache`).
+    cached_tails: Arc<page_cache::CachedTails>,
     /// Set by the first clean shutdown (`close` or drop).
     closed: std::sync::atomic::AtomicBool,
     /// Whether it may change its files (see [`Storage::open_read_only`]).
@@ -136,6 +138,8 @@ impl Storage {
             }
         };
         let codec = options.codec.codec();
+        let cached_tails =
+            Arc::new(page_cache::CachedTails::new(options.page_cache_keep_bytes, options.page_cache_budget_bytes));
         let mut storage = Self {
             root,
             fs,
@@ -147,6 +151,7 @@ impl Storage {
             read_buffers: Mutex::new(Vec::new()),
             prepare_ahead: std::sync::OnceLock::new(),
             sync_helpers: sync_helpers::SyncHelpers::new(SYNC_THREADS - 1),
+            cached_tails,
             closed: std::sync::atomic::AtomicBool::new(false),
             access,
             recovery: Vec::new(),
@@ -221,7 +226,7 @@ impl Storage {
             checkpoints: CheckpointIndex::new(),
             pending_checkpoints: Default::default(),
         };
-        let stream = Arc::new(Stream::new(id, dir, core, BTreeMap::new(), self.options.page_cache_keep_bytes));
+        let stream = Arc::new(Stream::new(id, dir, core, BTreeMap::new(), self.cached_tails.clone()));
         self.streams.write().insert(id, stream.clone());
         Ok(stream)
     }

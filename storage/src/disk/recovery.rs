@@ -295,7 +295,7 @@ impl Storage {
         let checkpoints = r.load_checkpoints(listing.checkpoints, log_start, next)?;
         anchors.retain(|k: &Offset, _| *k > log_start && *k <= next);
         let core = StreamCore { segments, head, checkpoints, pending_checkpoints: BTreeSet::new() };
-        let mut stream = Stream::new(id, dir, core, anchors, self.options.page_cache_keep_bytes);
+        let mut stream = Stream::new(id, dir, core, anchors, self.cached_tails.clone());
         stream.read_only = !repair;
         Ok(Some(stream))
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Mutex, RwLock};
 
 use super::group_commit::GroupCommit;
-use super::page_cache::DropBehind;
+use super::page_cache::CachedTails;
 use crate::checkpoint::CheckpointIndex;
 use crate::error::{Result, StorageError};
 use crate::format::{self, names};
@@ -169,8 +169,9 @@ pub(crate) struct Stream {
     pub mean_write_bytes: std::sync::atomic::AtomicU64,
     /// Opened by a read-only storage: every write is refused (`ReadOnly`), like a failed stream's.
     pub read_only: bool,
-    /// How far its synced bytes were dropped from the OS page cache (a leaf lock).
-    pub cache: DropBehind,
+    /// The storage's account of synced bytes left in the OS page cache, every stream's (its lock
+    /// is a leaf lock).
+    pub cache: Arc<CachedTails>,
 }
 
 impl Stream {
@@ -179,7 +180,7 @@ impl Stream {
         dir: PathBuf,
         core: StreamCore,
         anchors: BTreeMap<Offset, ChainHash>,
-        page_cache_keep: Option<u64>,
+        cache: Arc<CachedTails>,
     ) -> Self {
         // Nothing counts as durable until this process fsynced it (`GroupCommit` starts at
         // zero): an earlier process may have exited without syncing its last appends.
@@ -196,7 +197,7 @@ impl Stream {
             synced: std::sync::atomic::AtomicBool::new(false),
             mean_write_bytes: std::sync::atomic::AtomicU64::new(0),
             read_only: false,
-            cache: DropBehind::new(page_cache_keep),
+            cache,
         }
     }
 
