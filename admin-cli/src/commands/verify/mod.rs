@@ -480,6 +480,19 @@ pub fn missing_ranges(p: &Probe, max_lag: u64) -> Vec<Missing> {
     out
 }
 
+/// Names each replica missing records as a suspect, unless it is one already.
+fn name_missing(suspects: &mut Vec<Suspect>, missing: &[Missing]) {
+    for m in missing {
+        if !suspects.iter().any(|s| s.node_id == m.node_id) {
+            suspects.push(Suspect {
+                node_id: m.node_id,
+                addr: m.addr.clone(),
+                reason: format!("missing {}", range_text(m.from, m.to)),
+            });
+        }
+    }
+}
+
 /// The verdict on a partition where some replica holds no record ([`Probe::empty`]), so there is
 /// no record to compare: nothing was written yet (a keyless producer's sticky runs leave partitions
 /// empty for a while: the replicas agree on holding nothing), or a replica holds nothing while
@@ -491,15 +504,7 @@ fn judge_without_records_in_common(newest: &Probe, max_lag: u64, v: &mut Partiti
     v.committed_end = Some(newest.committed_end());
     v.missing = missing_ranges(newest, max_lag);
     let mut suspects = newest.suspects();
-    for m in &v.missing {
-        if !suspects.iter().any(|s| s.node_id == m.node_id) {
-            suspects.push(Suspect {
-                node_id: m.node_id,
-                addr: m.addr.clone(),
-                reason: format!("missing {}", range_text(m.from, m.to)),
-            });
-        }
-    }
+    name_missing(&mut suspects, &v.missing);
     suspects.sort_by_key(|s| s.node_id);
     v.status = if !v.missing.is_empty() {
         "missing"
@@ -636,15 +641,7 @@ async fn verify_partition_inner(
             reason: format!("damaged{at}: {}", d.damage.reason),
         });
     }
-    for m in &v.missing {
-        if !suspects.iter().any(|s| s.node_id == m.node_id) {
-            suspects.push(Suspect {
-                node_id: m.node_id,
-                addr: m.addr.clone(),
-                reason: format!("missing {}", range_text(m.from, m.to)),
-            });
-        }
-    }
+    name_missing(&mut suspects, &v.missing);
     suspects.sort_by_key(|s| s.node_id);
     v.suspects = suspects;
     v.status = if !v.damaged.is_empty() {
