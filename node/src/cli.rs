@@ -453,6 +453,8 @@ mod tests {
             "1",
             "--max-record-bytes",
             "4096",
+            "--page-cache-budget-bytes",
+            "0",
         ])
         .unwrap();
         let Some(Command::Run(args)) = cli.command else { panic!("run expected") };
@@ -460,6 +462,7 @@ mod tests {
         assert_eq!(c.node_id, 1);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.limits.max_record_bytes, 4096);
+        assert_eq!(c.memory.page_cache_budget_bytes, 0);
     }
 
     #[test]
@@ -573,5 +576,11 @@ mod tests {
         assert_eq!(configs[2].http_listen.port(), 8003);
         assert_eq!(configs[1].data_dir, PathBuf::from("./data/node-2"));
         assert!(configs.iter().all(|c| c.peers.len() == 3));
+        assert!(
+            configs.iter().all(|c| c.memory.page_cache_budget_bytes == shale_storage::DEFAULT_PAGE_CACHE_BUDGET_BYTES)
+        );
+        let cli = Cli::try_parse_from(["shale-node", "dev", "--page-cache-budget-bytes", "1048576"]).unwrap();
+        let Some(Command::Dev(dev)) = cli.command else { panic!("dev expected") };
+        assert!(dev.configs().unwrap().iter().all(|c| c.memory.page_cache_budget_bytes == 1 << 20));
     }
 }
