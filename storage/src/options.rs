@@ -47,8 +47,8 @@ pub struct StorageOptions {
     /// or durable; the memory backend ignores it.
     pub page_cache_keep_bytes: Option<u64>,
     /// The most synced bytes all streams together leave in the OS page cache (the tails
-    /// `page_cache_keep_bytes` keeps, summed over every segment): when a sync takes the sum past
-    /// it, the tails synced longest ago are dropped whole. Hundreds of streams written in turn
+    /// `page_cache_keep_bytes` keeps, summed over every stream's active segment): when a sync
+    /// takes the sum past it, the tails synced longest ago are dropped whole. Hundreds of streams written in turn
     /// would otherwise each keep a tail while they wait for their next write, and together take
     /// gigabytes of pages. `None`: no shared limit. Ignored without `page_cache_keep_bytes`.
     pub page_cache_budget_bytes: Option<u64>,

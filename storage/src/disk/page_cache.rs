@@ -16,10 +16,12 @@
 //! A tail of `keep` bytes per stream is cheap with a few busy streams, not with hundreds written
 //! in turn (a keyless producer's sticky runs over a 300-partition topic): each keeps its tail
 //! while it waits for its next run, so together they hold gigabytes and every write lands on a
-//! page the machine never used. The storage therefore counts every segment's kept tail (synced,
-//! not dropped) against one budget: when a sync takes the total past it, the tails synced longest
-//! ago are dropped whole (their streams are not being written, or they would have synced since),
-//! until the total is within the budget again. The stream just synced keeps its own tail.
+//! page the machine never used. The storage therefore counts every active segment's kept tail
+//! (synced, not dropped) against one budget: when a sync takes the total past it, the tails synced
+//! longest ago are dropped whole (their streams are not being written, or they would have synced
+//! since), until the total is within the budget again. The stream just synced keeps its own tail.
+//! A sealed segment's tail is left to the OS as before (counting it would hold its file open after
+//! retention removed it, and add an entry per sealed segment): at most one entry per stream.
 //!
 //! Only bytes an fsync covered are ever named: dropping dirty pages would make the kernel write
 //! them back early, and a range not yet durable may still change (`truncate_from`). The advice
@@ -113,7 +115,17 @@ impl CachedTails {
             let mut t = self.tails.lock();
             let tick = t.next_tick;
             t.next_tick += 1;
-            let mut tail = t.remove(key).unwrap_or_else(|| Tail { file: file.clone(), dropped: 0, synced: 0, tick });
+            let mut tail = match t.remove(key) {
+                Some(tail) => tail,
+                None => {
+                    // A segment's first counted sync: the one before it is sealed (a late sync of
+                    // it after the seal may have counted it again) and is left to the OS.
+                    if let Some(before) = seq.checked_sub(1) {
+                        t.remove((stream, before));
+                    }
+                    Tail { file: file.clone(), dropped: 0, synced: 0, tick }
+                }
+            };
             tail.tick = tick;
             tail.synced = tail.synced.max(synced_len);
             let end = synced_len.saturating_sub(keep) / PAGE_BYTES * PAGE_BYTES;
@@ -121,6 +133,13 @@ impl CachedTails {
             if end >= tail.dropped + step {
                 drops.push((file.clone(), key, tail.dropped, end));
                 tail.dropped = end;
+            }
+            if sealed {
+                // A sealed segment's kept tail is left to the OS, as it was before the budget:
+                // tracking it would hold its file open after retention removes it, and one entry per
+                // sealed segment would grow without bound. Only active segments are counted.
+                drop(t);
+                return Self::advise(drops);
             }
             t.total += tail.cached();
             t.by_age.insert(tick, key);
@@ -143,6 +162,11 @@ impl CachedTails {
                 }
             }
         }
+        Self::advise(drops);
+    }
+
+    /// Gives the advice (outside the lock).
+    fn advise(drops: Vec<Advice>) {
         for (file, (stream, seq), start, end) in drops {
             debug_assert!(start < end, "an empty drop");
             if let Err(e) = file.drop_cached(start, end) {
@@ -247,18 +271,33 @@ mod tests {
         let fs = FaultyFileSystem::new();
         let tails = CachedTails::new(Some(MIB), None);
         let (a, b) = (synced_file(&fs, "/a", 3 * MIB), synced_file(&fs, "/b", 3 * MIB));
-        let b1 = synced_file(&fs, "/b1", 2 * MIB);
         tails.after_sync(StreamId::new(1), &a, 0, 3 * MIB, false);
-        tails.after_sync(StreamId::new(2), &b, 0, 3 * MIB, true);
-        tails.after_sync(StreamId::new(2), &b1, 1, 2 * MIB, false);
-        assert_eq!(tails.cached_bytes(), 3 * MIB);
-        tails.forget(StreamId::new(1));
+        tails.after_sync(StreamId::new(2), &b, 0, 3 * MIB, false);
         assert_eq!(tails.cached_bytes(), 2 * MIB);
-        // Cut back into segment 0 of stream 2, at 2.5 MiB: segment 1 is gone, segment 0 holds
-        // [2 MiB, 2.5 MiB) of cached synced bytes.
+        tails.forget(StreamId::new(1));
+        assert_eq!(tails.cached_bytes(), MIB);
+        // Cut back to 2.5 MiB: segment 0 of stream 2 holds [2 MiB, 2.5 MiB) of cached synced bytes.
         tails.truncated(StreamId::new(2), 0, 2 * MIB + MIB / 2);
         assert_eq!(tails.cached_bytes(), MIB / 2);
         tails.forget(StreamId::new(2));
         assert_eq!(tails.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn a_sealed_segment_is_dropped_to_its_tail_and_then_left_to_the_os() {
+        let fs = FaultyFileSystem::new();
+        let tails = CachedTails::new(Some(MIB), Some(64 * MIB));
+        let (s0, s1) = (synced_file(&fs, "/s0", 3 * MIB), synced_file(&fs, "/s1", 2 * MIB));
+        tails.after_sync(StreamId::new(1), &s0, 0, 2 * MIB, false);
+        assert_eq!(tails.cached_bytes(), MIB);
+        // Sealed at 3 MiB: dropped to its 1 MiB tail, which is no longer counted.
+        tails.after_sync(StreamId::new(1), &s0, 0, 3 * MIB, true);
+        assert_eq!(furthest_drop(&fs, "/s0"), 2 * MIB);
+        assert_eq!(tails.cached_bytes(), 0);
+        // A late sync of the sealed segment counts it again until the next segment's first sync.
+        tails.after_sync(StreamId::new(1), &s0, 0, 3 * MIB, false);
+        assert_eq!(tails.cached_bytes(), MIB);
+        tails.after_sync(StreamId::new(1), &s1, 1, 2 * MIB, false);
+        assert_eq!(tails.cached_bytes(), MIB, "only the active segment counts");
     }
 }
