@@ -21,7 +21,7 @@
 //! longest ago are dropped whole (their streams are not being written, or they would have synced
 //! since), until the total is within the budget again. The stream just synced keeps its own tail.
 //! A sealed segment's tail is left to the OS as before (counting it would hold its file open after
-//! retention removed it, and add an entry per sealed segment): at most one entry per stream.
+//! retention removed it): one counted segment per stream.
 //!
 //! Only bytes an fsync covered are ever named: dropping dirty pages would make the kernel write
 //! them back early, and a range not yet durable may still change (`truncate_from`). The advice
@@ -43,9 +43,11 @@ pub(crate) const CACHE_DROP_STEP_BYTES: u64 = 1 << 20;
 /// The page size drop ranges are aligned to (the kernel drops whole pages only).
 const PAGE_BYTES: u64 = 4096;
 
-/// One segment's synced bytes still in the page cache: `[dropped, synced)`.
+/// A stream's active segment's synced bytes still in the page cache: `[dropped, synced)`.
 #[derive(Debug)]
 struct Tail {
+    /// The segment's sequence number.
+    seq: u64,
     file: Arc<dyn FsFile>,
     /// Bytes below this were dropped (a page boundary).
     dropped: u64,
@@ -61,31 +63,36 @@ impl Tail {
     }
 }
 
-/// A segment: its stream and sequence number.
-type SegmentKey = (StreamId, u64);
-
 #[derive(Debug, Default)]
 struct Tails {
-    by_segment: HashMap<SegmentKey, Tail>,
-    /// Segments by the tick of their last sync, oldest first.
-    by_age: BTreeMap<u64, SegmentKey>,
+    /// Per stream, the tail of the segment it synced last (one segment per stream is counted).
+    by_stream: HashMap<StreamId, Tail>,
+    /// Streams by the tick of their last sync, oldest first.
+    by_age: BTreeMap<u64, StreamId>,
     next_tick: u64,
     /// The sum of every tail's cached bytes.
     total: u64,
 }
 
 impl Tails {
-    /// Removes segment `key`'s tail, returning it.
-    fn remove(&mut self, key: SegmentKey) -> Option<Tail> {
-        let tail = self.by_segment.remove(&key)?;
+    /// Removes `stream`'s tail, returning it.
+    fn remove(&mut self, stream: StreamId) -> Option<Tail> {
+        let tail = self.by_stream.remove(&stream)?;
         self.by_age.remove(&tail.tick);
         self.total -= tail.cached();
         Some(tail)
     }
+
+    /// Counts `tail` as `stream`'s.
+    fn insert(&mut self, stream: StreamId, tail: Tail) {
+        self.total += tail.cached();
+        self.by_age.insert(tail.tick, stream);
+        self.by_stream.insert(stream, tail);
+    }
 }
 
 /// A range to advise the OS to drop.
-type Advice = (Arc<dyn FsFile>, SegmentKey, u64, u64);
+type Advice = (Arc<dyn FsFile>, StreamId, u64, u64, u64);
 
 /// The synced tails of every segment of one storage that are still in the page cache.
 #[derive(Debug)]
@@ -109,52 +116,45 @@ impl CachedTails {
     /// tails of all segments pass the budget, drops the tails synced longest ago whole.
     pub fn after_sync(&self, stream: StreamId, file: &Arc<dyn FsFile>, seq: u64, synced_len: u64, sealed: bool) {
         let Some(keep) = self.keep else { return };
-        let key = (stream, seq);
         let mut drops: Vec<Advice> = Vec::new();
         {
             let mut t = self.tails.lock();
             let tick = t.next_tick;
             t.next_tick += 1;
-            let mut tail = match t.remove(key) {
-                Some(tail) => tail,
-                None => {
-                    // A segment's first counted sync: the one before it is sealed (a late sync of
-                    // it after the seal may have counted it again) and is left to the OS.
-                    if let Some(before) = seq.checked_sub(1) {
-                        t.remove((stream, before));
-                    }
-                    Tail { file: file.clone(), dropped: 0, synced: 0, tick }
-                }
+            // A sync of another segment starts the count over at 0 for that one (a new segment;
+            // or, rarely, a late sync of the one just sealed, after which the new one's bytes are
+            // named again: advice given twice costs a syscall, nothing else).
+            let mut tail = match t.remove(stream) {
+                Some(tail) if tail.seq == seq => tail,
+                _ => Tail { seq, file: file.clone(), dropped: 0, synced: 0, tick },
             };
             tail.tick = tick;
             tail.synced = tail.synced.max(synced_len);
             let end = synced_len.saturating_sub(keep) / PAGE_BYTES * PAGE_BYTES;
             let step = if sealed { PAGE_BYTES } else { CACHE_DROP_STEP_BYTES };
             if end >= tail.dropped + step {
-                drops.push((file.clone(), key, tail.dropped, end));
+                drops.push((file.clone(), stream, seq, tail.dropped, end));
                 tail.dropped = end;
             }
             if sealed {
                 // A sealed segment's kept tail is left to the OS, as it was before the budget:
-                // tracking it would hold its file open after retention removes it, and one entry per
-                // sealed segment would grow without bound. Only active segments are counted.
+                // counting it would hold its file open after retention removed it. Only the
+                // segment each stream writes is counted.
                 drop(t);
                 return Self::advise(drops);
             }
-            t.total += tail.cached();
-            t.by_age.insert(tick, key);
-            t.by_segment.insert(key, tail);
+            t.insert(stream, tail);
             if let Some(budget) = self.budget {
                 while t.total > budget {
                     let Some((_, &oldest)) = t.by_age.first_key_value() else { break };
-                    if oldest == key {
-                        break; // only this segment's own tail is left: `keep` bounds it
+                    if oldest == stream {
+                        break; // only this stream's own tail is left: `keep` bounds it
                     }
-                    let old = t.remove(oldest).expect("every aged segment has a tail");
+                    let old = t.remove(oldest).expect("every aged stream has a tail");
                     // Its whole synced tail, to the page its synced end falls in.
                     let end = old.synced / PAGE_BYTES * PAGE_BYTES;
                     if end > old.dropped {
-                        drops.push((old.file.clone(), oldest, old.dropped, end));
+                        drops.push((old.file.clone(), oldest, old.seq, old.dropped, end));
                     }
                     // The tail is no longer counted: the part of a page left cached is too small
                     // to track, and a later sync of the segment starts it over (naming bytes
@@ -167,7 +167,7 @@ impl CachedTails {
 
     /// Gives the advice (outside the lock).
     fn advise(drops: Vec<Advice>) {
-        for (file, (stream, seq), start, end) in drops {
+        for (file, stream, seq, start, end) in drops {
             debug_assert!(start < end, "an empty drop");
             if let Err(e) = file.drop_cached(start, end) {
                 tracing::debug!(%stream, segment = seq, start, end, error = %e, "page cache advice failed");
@@ -176,30 +176,23 @@ impl CachedTails {
     }
 
     /// After `truncate_from` made segment `seq` of `stream`, cut to `len` bytes, the active one:
-    /// its later segments are gone, and the bytes written there again are new and dropped once
-    /// synced (an older segment that became active again was dropped when it was sealed).
+    /// a tail counted for a later segment (now gone) stops counting, and the bytes written there
+    /// again are new and dropped once synced (an older segment that became active again was
+    /// dropped when it was sealed; its next sync starts its count over).
     pub fn truncated(&self, stream: StreamId, seq: u64, len: u64) {
         let mut t = self.tails.lock();
-        let later: Vec<SegmentKey> = t.by_segment.keys().filter(|k| k.0 == stream && k.1 > seq).copied().collect();
-        for key in later {
-            t.remove(key);
-        }
-        if let Some(mut tail) = t.remove((stream, seq)) {
+        if let Some(mut tail) = t.remove(stream)
+            && tail.seq == seq
+        {
             tail.synced = tail.synced.min(len);
             tail.dropped = tail.dropped.min(len) / PAGE_BYTES * PAGE_BYTES;
-            t.total += tail.cached();
-            t.by_age.insert(tail.tick, (stream, seq));
-            t.by_segment.insert((stream, seq), tail);
+            t.insert(stream, tail);
         }
     }
 
-    /// Stops counting `stream`'s tails (it was deleted, or is opened again), and lets their files go.
+    /// Stops counting `stream`'s tail (it was deleted, or is opened again), and lets its file go.
     pub fn forget(&self, stream: StreamId) {
-        let mut t = self.tails.lock();
-        let keys: Vec<SegmentKey> = t.by_segment.keys().filter(|k| k.0 == stream).copied().collect();
-        for key in keys {
-            t.remove(key);
-        }
+        self.tails.lock().remove(stream);
     }
 
     /// The bytes all tails keep cached (synced, not dropped), as counted.
