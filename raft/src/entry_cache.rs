@@ -306,7 +306,7 @@ mod tests {
     use crate::types::{AppPayload, log_id};
 
     fn e(i: u64, len: usize) -> Entry {
-        Entry { log_id: log_id(1, 1, i), payload: EntryPayload::Normal(AppPayload(vec![0u8; len].into())) }
+        Entry { log_id: log_id(1, 1, i), payload: EntryPayload::Normal(AppPayload::new(vec![0u8; len].into())) }
     }
 
     /// A distinct stand-in hash per index.

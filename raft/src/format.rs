@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use shale_storage::byteio::{ByteError, ByteErrorKind, ByteReader, ByteWriter};
 
-use crate::types::{AppPayload, Entry, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
+use crate::types::{AppPayload, Entry, EntryEncoding, EntryPayload, LogId, Membership, Node, NodeId, Vote, log_id};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,7 +297,50 @@ pub fn decode_membership(bytes: &[u8]) -> Result<Membership, DecodeError> {
 }
 
 /// Encodes one log entry as its storage record payload.
+///
+/// A normal entry whose payload remembers its encoding for this very log id (set by
+/// [`decode_entry`] and by the log append, see [`remember_encoding`]) is answered with those
+/// bytes, without a copy: the same bytes a fresh encoding would give.
 pub fn encode_entry(e: &Entry) -> Bytes {
+    if let Some(encoded) = remembered_encoding(e) {
+        debug_assert_eq!(encoded, encode_entry_afresh(e), "a remembered encoding is the entry's encoding");
+        return encoded;
+    }
+    encode_entry_afresh(e)
+}
+
+/// The entry header [`encode_entry`] writes for a normal entry at `log_id`.
+fn normal_entry_header(log_id: &LogId) -> [u8; entry::HEADER_LEN] {
+    let mut w = ByteWriter::with_capacity(entry::HEADER_LEN);
+    w.u8(entry::VERSION).u8(entry::KIND_NORMAL);
+    w.u64(log_id.leader_id.term).u64(log_id.leader_id.node_id).u64(log_id.index);
+    w.finish().try_into().expect("an entry header is HEADER_LEN bytes")
+}
+
+/// The encoding `e`'s payload remembers, if it is exactly `e`'s: its header names `e`'s log id
+/// and the payload is the rest of those same bytes (not just equal ones).
+fn remembered_encoding(e: &Entry) -> Option<Bytes> {
+    let EntryPayload::Normal(p) = &e.payload else { return None };
+    let encoded = p.1.0.as_ref()?;
+    let body = encoded.get(entry::HEADER_LEN..)?;
+    let same_body = body.len() == p.0.len() && std::ptr::eq(body.as_ptr(), p.0.as_ptr());
+    (same_body && encoded[..entry::HEADER_LEN] == normal_entry_header(&e.log_id)).then(|| encoded.clone())
+}
+
+/// Lets a normal entry remember `encoded`, which must be [`encode_entry`]'s answer for it: its
+/// payload becomes the body of those bytes (the same contents), so later encodings of it (each
+/// follower's AppendEntries) are free. Other entries are left as they are.
+pub fn remember_encoding(e: &mut Entry, encoded: &Bytes) {
+    if let EntryPayload::Normal(p) = &mut e.payload {
+        debug_assert_eq!(encoded.get(entry::HEADER_LEN..), Some(&p.0[..]), "the encoding holds the payload");
+        if encoded.len() == entry::HEADER_LEN + p.0.len() {
+            p.0 = encoded.slice(entry::HEADER_LEN..);
+            p.1 = EntryEncoding(Some(encoded.clone()));
+        }
+    }
+}
+
+fn encode_entry_afresh(e: &Entry) -> Bytes {
     let body_len = match &e.payload {
         EntryPayload::Normal(p) => p.0.len(),
         _ => 64,
@@ -357,7 +400,7 @@ pub fn decode_entry(bytes: &Bytes) -> Result<Entry, DecodeError> {
             }
             EntryPayload::Blank
         }
-        entry::KIND_NORMAL => EntryPayload::Normal(AppPayload(body)),
+        entry::KIND_NORMAL => EntryPayload::Normal(AppPayload(body, EntryEncoding(Some(bytes.clone())))),
         _ => EntryPayload::Membership(decode_membership(&body)?),
     };
     Ok(Entry { log_id: header.log_id, payload })
@@ -512,8 +555,10 @@ mod tests {
 
     #[test]
     fn entry_layout_is_fixed() {
-        let e =
-            Entry { log_id: log_id(7, 3, 42), payload: EntryPayload::Normal(AppPayload(Bytes::from_static(b"hi"))) };
+        let e = Entry {
+            log_id: log_id(7, 3, 42),
+            payload: EntryPayload::Normal(AppPayload::new(Bytes::from_static(b"hi"))),
+        };
         let b = encode_entry(&e);
         let mut want = vec![entry::VERSION, entry::KIND_NORMAL];
         want.extend_from_slice(&7u64.to_le_bytes());
@@ -522,6 +567,58 @@ mod tests {
         want.extend_from_slice(b"hi");
         assert_eq!(b.as_ref(), want.as_slice());
         assert_eq!(decode_entry(&b).unwrap(), e);
+    }
+
+    fn normal(term: u64, index: u64, data: &'static [u8]) -> Entry {
+        Entry {
+            log_id: log_id(term, 1, index),
+            payload: EntryPayload::Normal(AppPayload::new(Bytes::from_static(data))),
+        }
+    }
+
+    #[test]
+    fn a_received_or_appended_entry_is_encoded_again_without_a_copy() {
+        // Received: decoding remembers the bytes, and encoding answers those very bytes.
+        let wire = encode_entry(&normal(3, 9, b"records"));
+        let received = decode_entry(&wire).unwrap();
+        let again = encode_entry(&received);
+        assert_eq!((again.as_ptr(), again.len()), (wire.as_ptr(), wire.len()));
+
+        // Appended by a leader: a fresh encoding, remembered for the followers' requests.
+        let mut appended = normal(3, 10, b"more records");
+        let first = encode_entry(&appended);
+        remember_encoding(&mut appended, &first);
+        let EntryPayload::Normal(p) = &appended.payload else { unreachable!() };
+        assert_eq!(&p.0[..], b"more records", "the payload is unchanged");
+        assert_eq!(encode_entry(&appended).as_ptr(), first.as_ptr());
+        assert_eq!(decode_entry(&first).unwrap(), appended);
+    }
+
+    #[test]
+    fn a_remembered_encoding_is_used_only_for_its_own_log_id_and_payload() {
+        let wire = encode_entry(&normal(3, 9, b"records"));
+        let received = decode_entry(&wire).unwrap();
+
+        // Another log id (same payload bytes): encoded afresh, with its own header.
+        let moved = Entry { log_id: log_id(4, 2, 11), payload: received.payload.clone() };
+        let b = encode_entry(&moved);
+        assert_ne!(b.as_ptr(), wire.as_ptr());
+        assert_eq!(decode_entry_header(&b).unwrap().log_id, log_id(4, 2, 11));
+        assert_eq!(decode_entry(&b).unwrap(), moved);
+
+        // The payload replaced: encoded afresh with the new payload.
+        let mut replaced = received.clone();
+        let EntryPayload::Normal(p) = &mut replaced.payload else { unreachable!() };
+        p.0 = Bytes::from_static(b"other");
+        assert_eq!(encode_entry(&replaced), encode_entry(&normal(3, 9, b"other")));
+
+        // Equal payload bytes in another buffer: not the remembered body, so encoded afresh.
+        let mut copied = received;
+        let EntryPayload::Normal(p) = &mut copied.payload else { unreachable!() };
+        p.0 = Bytes::copy_from_slice(&p.0);
+        let c = encode_entry(&copied);
+        assert_eq!(c, wire);
+        assert_ne!(c.as_ptr(), wire.as_ptr());
     }
 
     #[test]
@@ -597,7 +694,8 @@ mod tests {
     fn any_entry() -> impl Strategy<Value = Entry> {
         let payload = prop_oneof![
             Just(EntryPayload::Blank),
-            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|v| EntryPayload::Normal(AppPayload(v.into()))),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|v| EntryPayload::Normal(AppPayload::new(v.into()))),
             any_membership()
                 .prop_filter("an entry holds a real config", |m| m.voter_ids().next().is_some())
                 .prop_map(EntryPayload::Membership),

@@ -911,7 +911,7 @@ impl RaftGroup {
     pub async fn write(&self, payload: Bytes) -> Result<WriteResult, RaftError> {
         self.check_size(0, &payload)?;
         self.wake_for_write().await;
-        let resp = self.raft.client_write(AppPayload(payload)).await.map_err(|e| self.raft_err(e))?;
+        let resp = self.raft.client_write(AppPayload::new(payload)).await.map_err(|e| self.raft_err(e))?;
         Ok(WriteResult { index: resp.log_id.index, response: resp.data.0 })
     }
 
@@ -925,7 +925,7 @@ impl RaftGroup {
         self.wake_for_write().await;
         let n = payloads.len();
         let mut stream =
-            self.raft.client_write_many(payloads.into_iter().map(AppPayload)).await.map_err(|e| self.fatal(&e))?;
+            self.raft.client_write_many(payloads.into_iter().map(AppPayload::new)).await.map_err(|e| self.fatal(&e))?;
         let mut out = Vec::with_capacity(n);
         while let Some(item) = stream.next().await {
             match item {
@@ -954,7 +954,7 @@ impl RaftGroup {
         self.wake_for_write().await;
         let (responder, rx) = ProgressResponder::complete_only();
         self.raft
-            .write(AppPayload(payload))
+            .write(AppPayload::new(payload))
             .with_leader(leader)
             .responder(responder)
             .await

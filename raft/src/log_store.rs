@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::entry_cache::{self, EntryCache};
 use crate::error::RaftError;
-use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry};
+use crate::format::{self, decode_entry, decode_entry_header, decode_snapshot_state, encode_entry, remember_encoding};
 use crate::meta_store::MetaStore;
 use crate::retention::{Retention, max_log_start};
 use crate::sync_rounds::{FlushOp, SyncRounds};
@@ -359,12 +359,21 @@ impl GroupLog {
 
     /// Appends encoded entries at `first` (blocking, not yet durable) and caches them with the
     /// chain hashes the append computed.
-    fn append_entries(&self, first: u64, entries: Vec<Entry>) -> Result<(), RaftError> {
+    fn append_entries(&self, first: u64, mut entries: Vec<Entry>) -> Result<(), RaftError> {
         let next = self.next_index()?;
         if next < first {
             self.restart_at(first, next)?;
         }
-        let records: Vec<Bytes> = entries.iter().map(encode_entry).collect();
+        // A follower's entries arrive encoded (free here); a leader's new ones are encoded once,
+        // and keep that encoding for every follower's AppendEntries (read back from the cache).
+        let records: Vec<Bytes> = entries
+            .iter_mut()
+            .map(|e| {
+                let record = encode_entry(e);
+                remember_encoding(e, &record);
+                record
+            })
+            .collect();
         let mut hashes = Vec::with_capacity(records.len());
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0;

@@ -53,8 +53,34 @@ impl fmt::Display for GroupId {
 }
 
 /// An opaque application payload carried by a normal Raft entry.
-#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct AppPayload(pub Bytes);
+///
+/// The second field remembers the entry's encoding (`crate::format::encode_entry`: header, then
+/// these bytes) once one was made or received, so the log append and every follower's
+/// AppendEntries reuse it instead of copying the payload again. Only the payload bytes are
+/// compared, serialized and shown.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AppPayload(pub Bytes, #[serde(skip)] pub(crate) EntryEncoding);
+
+impl AppPayload {
+    /// A payload of `data`, with no encoding remembered yet.
+    pub fn new(data: Bytes) -> Self {
+        Self(data, EntryEncoding::default())
+    }
+}
+
+impl PartialEq for AppPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for AppPayload {}
+
+/// The encoded entry an [`AppPayload`] is the body of, when known: a cheap clone of the bytes
+/// that hold the entry header and then the payload itself (the payload is a slice of them).
+/// `crate::format::encode_entry` uses it only for the log id and payload it was made for.
+#[derive(Clone, Default)]
+pub(crate) struct EntryEncoding(pub(crate) Option<Bytes>);
 
 impl fmt::Debug for AppPayload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

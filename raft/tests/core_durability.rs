@@ -95,7 +95,10 @@ async fn the_metadata_groups_committed_id_is_written_on_every_commit() {
 }
 
 fn entry(i: u64, term: u64) -> Entry {
-    Entry { log_id: log_id(term, 1, i), payload: EntryPayload::Normal(AppPayload(Bytes::from(format!("record {i}")))) }
+    Entry {
+        log_id: log_id(term, 1, i),
+        payload: EntryPayload::Normal(AppPayload::new(Bytes::from(format!("record {i}")))),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +215,7 @@ async fn a_read_spanning_storage_and_the_in_memory_tail_returns_every_entry_whil
     let log = GroupLog::open(g, open(dir.path()), Retention::SnapshotOnly).unwrap();
     let big = |i: u64| Entry {
         log_id: log_id(1, 1, i),
-        payload: EntryPayload::Normal(AppPayload(Bytes::from(vec![(i % 251) as u8; 2_000]))),
+        payload: EntryPayload::Normal(AppPayload::new(Bytes::from(vec![(i % 251) as u8; 2_000]))),
     };
     // A tail of about four entries: every append evicts its oldest one.
     log.set_cache_bytes(4 * 2_100);

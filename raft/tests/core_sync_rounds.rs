@@ -163,7 +163,10 @@ impl StorageBackend for Gated {
 const GROUPS: u64 = 40;
 
 fn entry(i: u64) -> Entry {
-    Entry { log_id: log_id(1, 1, i), payload: EntryPayload::Normal(AppPayload(Bytes::from(format!("record {i}")))) }
+    Entry {
+        log_id: log_id(1, 1, i),
+        payload: EntryPayload::Normal(AppPayload::new(Bytes::from(format!("record {i}")))),
+    }
 }
 
 /// One log store per group, all on `storage`.

@@ -179,7 +179,7 @@ mod tests {
         let events: Vec<Bytes> = (at..)
             .zip(commands)
             .map(|(i, c)| {
-                let payload = EntryPayload::Normal(AppPayload(Bytes::from(c.encode())));
+                let payload = EntryPayload::Normal(AppPayload::new(Bytes::from(c.encode())));
                 encode_entry(&Entry { log_id: log_id(1, 1, i), payload })
             })
             .collect();
