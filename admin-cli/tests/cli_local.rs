@@ -136,3 +136,29 @@ fn offline_verify_of_a_non_data_dir_fails() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("no stream directory"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn bench_partitions_reports_a_node_that_exits_while_starting_with_its_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A "shale-node" that refuses to start, as one given a bad flag or config would.
+    let bin = dir.path().join("shale-node-refuses");
+    fs::write(
+        &bin,
+        "#!/bin/sh\necho \"error: config file /nowhere/shale.toml: No such file or directory\" >&2\nexit 3\n",
+    )
+    .unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = shale()
+        .args(["bench", "partitions", "--partitions", "3", "--idle-seconds", "1", "--wait-seconds", "120"])
+        .args(["--base-port", "17600", "--node-bin"])
+        .arg(&bin)
+        .arg("--dir")
+        .arg(dir.path().join("bench"))
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("exited while starting") && err.contains("exit status: 3"), "{err}");
+    assert!(err.contains("config file /nowhere/shale.toml: No such file or directory"), "the node's own words: {err}");
+}

@@ -165,6 +165,16 @@ impl Nodes {
         }
     }
 
+    /// The first node process that has exited, with how it ended and the last lines of its log
+    /// (a node that cannot start, e.g. on a bad flag or an unusable data directory, says why there).
+    fn exited(&mut self) -> Option<(u64, std::process::ExitStatus, String)> {
+        let (id, status) =
+            self.children.iter_mut().find_map(|(id, c)| c.try_wait().ok().flatten().map(|status| (*id, status)))?;
+        let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        Some((id, status, lines[lines.len().saturating_sub(LOG_LINES_SHOWN)..].join("\n")))
+    }
+
     fn pid(&self, id: u64) -> Option<u32> {
         self.children.get(&id).and_then(|c| c.id())
     }
@@ -175,6 +185,9 @@ impl Nodes {
         Client::new(config).map_err(|e| CliError::client("connect to the bench nodes", "127.0.0.1", e))
     }
 }
+
+/// Lines of a node's log shown when it exits while starting.
+const LOG_LINES_SHOWN: usize = 5;
 
 /// CPU ticks (user + system) of a process so far, from `/proc` (Linux; ticks of 1/100 s).
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -291,9 +304,24 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     };
     let client = nodes.client(&[1, 2, 3])?;
     let fail = |what: &str| CliError::CheckFailed(format!("{what} (node logs in {})", dir.display()));
-    time_until(wait, || async { client.admin().cluster_status().await.is_ok_and(|s| s.members.len() == 3) })
-        .await
-        .ok_or_else(|| fail("the three nodes did not form a cluster"))?;
+    // Until the cluster forms, a node process that ends is reported at once, with its log's last
+    // lines, instead of waiting out `--wait-seconds` for a cluster that cannot form.
+    let forming = Instant::now();
+    loop {
+        if let Some((id, status, log)) = nodes.exited() {
+            return Err(fail(&format!(
+                "node {id} ({}) exited while starting ({status}); its log ends:\n{log}\n",
+                nodes.bin.display()
+            )));
+        }
+        if client.admin().cluster_status().await.is_ok_and(|s| s.members.len() == 3) {
+            break;
+        }
+        if forming.elapsed() >= wait {
+            return Err(fail("the three nodes did not form a cluster"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Create the topics; time until every partition has a leader.
     let mut topics = Vec::new();
