@@ -309,14 +309,6 @@ pub fn encode_entry(e: &Entry) -> Bytes {
     encode_entry_afresh(e)
 }
 
-/// The entry header [`encode_entry`] writes for a normal entry at `log_id`.
-fn normal_entry_header(log_id: &LogId) -> [u8; entry::HEADER_LEN] {
-    let mut w = ByteWriter::with_capacity(entry::HEADER_LEN);
-    w.u8(entry::VERSION).u8(entry::KIND_NORMAL);
-    w.u64(log_id.leader_id.term).u64(log_id.leader_id.node_id).u64(log_id.index);
-    w.finish().try_into().expect("an entry header is HEADER_LEN bytes")
-}
-
 /// The encoding `e`'s payload remembers, if it is exactly `e`'s: its header names `e`'s log id
 /// and the payload is the rest of those same bytes (not just equal ones).
 fn remembered_encoding(e: &Entry) -> Option<Bytes> {
@@ -324,7 +316,8 @@ fn remembered_encoding(e: &Entry) -> Option<Bytes> {
     let encoded = p.1.0.as_ref()?;
     let body = encoded.get(entry::HEADER_LEN..)?;
     let same_body = body.len() == p.0.len() && std::ptr::eq(body.as_ptr(), p.0.as_ptr());
-    (same_body && encoded[..entry::HEADER_LEN] == normal_entry_header(&e.log_id)).then(|| encoded.clone())
+    let same_header = decode_entry_header(encoded).is_ok_and(|h| h.kind == entry::KIND_NORMAL && h.log_id == e.log_id);
+    (same_body && same_header).then(|| encoded.clone())
 }
 
 /// Lets a normal entry remember `encoded`, which must be [`encode_entry`]'s answer for it: its

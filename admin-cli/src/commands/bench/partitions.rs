@@ -306,22 +306,21 @@ pub async fn run(a: &BenchPartitionsArgs) -> Result<PartitionsReport> {
     let fail = |what: &str| CliError::CheckFailed(format!("{what} (node logs in {})", dir.display()));
     // Until the cluster forms, a node process that ends is reported at once, with its log's last
     // lines, instead of waiting out `--wait-seconds` for a cluster that cannot form.
-    let forming = Instant::now();
-    loop {
-        if let Some((id, status, log)) = nodes.exited() {
-            return Err(fail(&format!(
-                "node {id} ({}) exited while starting ({status}); its log ends:\n{log}\n",
-                nodes.bin.display()
-            )));
-        }
-        if client.admin().cluster_status().await.is_ok_and(|s| s.members.len() == 3) {
-            break;
-        }
-        if forming.elapsed() >= wait {
-            return Err(fail("the three nodes did not form a cluster"));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut exited = None;
+    let formed = time_until(wait, || {
+        exited = exited.take().or_else(|| nodes.exited());
+        let gone = exited.is_some();
+        let client = &client;
+        async move { gone || client.admin().cluster_status().await.is_ok_and(|s| s.members.len() == 3) }
+    })
+    .await;
+    if let Some((id, status, log)) = exited {
+        return Err(fail(&format!(
+            "node {id} ({}) exited while starting ({status}); its log ends:\n{log}\n",
+            nodes.bin.display()
+        )));
     }
+    formed.ok_or_else(|| fail("the three nodes did not form a cluster"))?;
 
     // Create the topics; time until every partition has a leader.
     let mut topics = Vec::new();
