@@ -30,6 +30,11 @@ use crate::proto::produce_client::ProduceClient;
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The largest HTTP/2 frame the client accepts from a node (h2's default is 16 KiB): a fetch
+/// answer arrives in frames of at most this, and each frame costs a header, a flow-control step
+/// and a wake-up of the reader (the nodes accept the same from the client).
+const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Which node a call should go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -223,7 +228,8 @@ impl Client {
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(invalid)?
             .connect_timeout(Duration::from_millis(self.inner.config.connect_timeout_ms))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .max_frame_size(Some(HTTP2_MAX_FRAME_BYTES));
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
         }

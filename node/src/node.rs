@@ -273,6 +273,7 @@ impl Node {
         };
         let mut server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_frame_size(Some(shale_raft::server::HTTP2_MAX_FRAME_BYTES))
             .http2_max_pending_accept_reset_streams(Some(client_resets))
             .layer(coded.clone());
         let router = server
@@ -291,6 +292,7 @@ impl Node {
                 // CA; `refuse_internal` then serves only node certificates.
                 let mut server = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .max_frame_size(Some(shale_raft::server::HTTP2_MAX_FRAME_BYTES))
                     .http2_max_pending_accept_reset_streams(Some(shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS))
                     .layer(coded);
                 let router = server
