@@ -493,3 +493,59 @@ async fn a_poll_reads_ahead_but_positions_seeks_and_reads_follow_only_what_poll_
 fn config_small() -> ConsumerConfig {
     ConsumerConfig { max_bytes: 8 * 1024, ..consumer_config(OffsetReset::Earliest) }
 }
+
+/// Produce requests, AppendEntries and fetch answers larger than one HTTP/2 frame (1 MiB,
+/// `shale_raft::server::HTTP2_MAX_FRAME_BYTES`; a record is at most `max_record_bytes`, also
+/// 1 MiB, so a batch of several large records is what spans frames) go whole: each replica, read
+/// on its own, ends at the chain hash the last record was acknowledged with, and a consumer reads
+/// every value back with its acknowledged hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_larger_than_an_http2_frame_are_produced_replicated_and_read_whole() {
+    let c = Cluster::start(in_memory).await;
+    c.client().admin().create_topic(NewTopic::new("frames", 1, 3)).await.expect("create topic");
+    let frame = shale_raft::server::HTTP2_MAX_FRAME_BYTES as usize;
+    let sizes = [frame - 64, 1, 900_000, frame - 1, 700_000, 100_000, frame - 300, 3];
+    // Batches of up to 4 MiB: the first record goes alone, the rest fill one batch while it is
+    // in flight.
+    let config = ProducerConfig { batch_max_bytes: 4 * frame, ..ProducerConfig::default() };
+    let producer = c.client().producer(config);
+    let mut deliveries = Vec::new();
+    let mut values = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let value = Bytes::from((0..*size).map(|b| (b % 253) as u8 ^ i as u8).collect::<Vec<u8>>());
+        deliveries
+            .push(producer.send(ProducerRecord::new("frames", value.clone()).partition(0)).await.expect("queued"));
+        values.push(value);
+    }
+    let mut acked = Vec::new();
+    for ((delivery, value), size) in deliveries.into_iter().zip(values).zip(sizes) {
+        let meta = delivery.await.unwrap_or_else(|e| panic!("record of {size} bytes: {e}"));
+        acked.push(Acked { offset: meta.offset, chain_hash: meta.chain_hash, entry_index: meta.entry_index, value });
+    }
+    producer.close().await.expect("producer closes");
+    let entries: BTreeSet<u64> = acked.iter().map(|a| a.entry_index).collect();
+    assert!(entries.len() < sizes.len(), "no batch held several records: {entries:?}");
+    let last = acked.last().unwrap().clone();
+    converged(&c, "frames", last.offset + 1).await;
+    for id in 1..=3 {
+        let cluster = c.nodes.running(id).expect("running").cluster().clone();
+        let read = cluster
+            .fetch(FetchRequest {
+                topic: "frames".into(),
+                partition: 0,
+                offset: last.offset,
+                from_index: None,
+                max_bytes: 1,
+                wait: Duration::ZERO,
+                check: shale_storage::ReadCheck::Chain,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("node {id} reads its replica: {e}"));
+        assert_eq!(read.last_chain_hash, Some(last.chain_hash), "node {id}'s replica ends at another chain hash");
+    }
+    let mut consumer = c.client().consumer(consumer_config(OffsetReset::Earliest));
+    consumer.seek("frames", 0, 0);
+    let read = read_to(&mut consumer, "frames", last.offset + 1).await;
+    assert_all_read(&read, &acked);
+    drop(c.nodes.shutdown().await);
+}
