@@ -11,6 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", proto_file.display());
 
     let fds = protox::compile([&proto_file], [&proto_root])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).bytes(".shale.raft.v1").compile_fds(fds)?;
+    // Received messages get room for large AppendEntries (`src/network/codec.rs`).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".shale.raft.v1")
+        .codec_path("crate::network::codec::RaftCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

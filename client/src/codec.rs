@@ -10,10 +10,11 @@ use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic_prost::ProstDecoder;
 
-/// A prost codec whose encoder reserves each message's encoded length before writing it.
+/// A prost codec whose encoder reserves each message's encoded length before writing it, and
+/// whose decoder's buffer has room for large messages ([`DECODE_BUFFER_BYTES`]).
 #[derive(Debug, Clone)]
 pub struct SizedProstCodec<T, U> {
     _pd: PhantomData<(T, U)>,
@@ -40,7 +41,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
+        ProstDecoder::new(roomy_decoder_settings())
     }
 }
 
@@ -58,4 +59,21 @@ impl<T: Message> Encoder for SizedProstEncoder<T> {
         buf.reserve(item.encoded_len());
         item.encode(buf).map_err(|e| Status::internal(format!("encoding a {}: {e}", std::any::type_name::<T>())))
     }
+}
+
+/// The room a call's receive buffer starts with, and takes again whenever it runs out (tonic's
+/// default is 8 KiB). tonic copies each received frame into that buffer and, once it read a
+/// message's length, reserves that length again on top of what is already there; the decoded
+/// message's byte fields are slices of the buffer, so a buffer that still holds them cannot be
+/// reused and each such reserve moved the whole message into a fresh allocation: a second copy of
+/// every produce batch a leader received. With room for several messages the reserve is free
+/// until the room is used up (README "One frame per message").
+pub const DECODE_BUFFER_BYTES: usize = 4 << 20;
+
+/// tonic's default: an encoded stream yields a chunk of messages once it holds this many bytes.
+const YIELD_THRESHOLD_BYTES: usize = 32 << 10;
+
+/// The buffer settings of a decoder that receives large messages.
+pub fn roomy_decoder_settings() -> BufferSettings {
+    BufferSettings::new(DECODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
 }

@@ -5,6 +5,7 @@
 //! [`crate::server`].
 
 pub mod client;
+pub mod codec;
 mod commit_notices;
 pub mod convert;
 pub mod guard;
