@@ -123,8 +123,8 @@ impl Producer {
         }
         let permit = self.buffered.clone().acquire_owned().await.map_err(|_| ClientError::ProducerClosed)?;
         let (ack, rx) = oneshot::channel();
-        let command =
-            Command::Send { tp: (record.topic.clone(), partition), record: record.to_proto(), size_bytes, ack, permit };
+        let (topic, record) = record.into_proto();
+        let command = Command::Send { tp: (topic, partition), record, size_bytes, ack, permit };
         self.commands.send(command).map_err(|_| ClientError::ProducerClosed)?;
         Ok(DeliveryFuture(rx))
     }
@@ -322,21 +322,20 @@ impl PartitionState {
 
     /// The queue's next batch: records in order up to the batch limits (at least one).
     fn take_batch(&mut self, limits: &Limits) -> Vec<Pending> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = self.queue.front() {
-            let fits = batch.len() < limits.batch_max_records
-                && (batch.is_empty() || bytes + next.size_bytes <= limits.batch_max_bytes);
+        // Count first, so that the batch is allocated once at its size (growing it record by
+        // record reallocated it about eight times per batch).
+        let (mut count, mut bytes) = (0, 0);
+        for next in &self.queue {
+            let fits =
+                count < limits.batch_max_records && (count == 0 || bytes + next.size_bytes <= limits.batch_max_bytes);
             if !fits {
                 break;
             }
             bytes += next.size_bytes;
-            if let Some(p) = self.queue.pop_front() {
-                batch.push(p);
-            }
+            count += 1;
         }
         self.queued_bytes -= bytes;
-        batch
+        self.queue.drain(..count).collect()
     }
 
     /// Takes a batch's outcome.

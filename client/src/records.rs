@@ -74,17 +74,15 @@ impl ProducerRecord {
             + self.headers.iter().map(|h| h.key.len() + h.value.len() + 4).sum::<usize>()
     }
 
-    pub(crate) fn to_proto(&self) -> proto::Record {
-        proto::Record {
-            key: self.key.clone(),
-            value: self.value.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|h| proto::Header { key: h.key.clone(), value: h.value.clone() })
-                .collect(),
+    /// Its topic, and the record as it is sent (moved, not copied).
+    pub(crate) fn into_proto(self) -> (String, proto::Record) {
+        let record = proto::Record {
+            key: self.key,
+            value: self.value,
+            headers: self.headers.into_iter().map(|h| proto::Header { key: h.key, value: h.value }).collect(),
             timestamp_ms: self.timestamp_ms.unwrap_or(0),
-        }
+        };
+        (self.topic, record)
     }
 }
 
