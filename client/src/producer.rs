@@ -458,11 +458,13 @@ impl Batcher {
             tokio::select! {
                 cmd = commands.recv(), if !closing => match cmd {
                     Some(cmd) => {
-                        self.command(cmd);
+                        // One clock read for the round: every record taken in it is queued now.
+                        let now = Instant::now();
+                        self.command(cmd, now);
                         // Take what else is queued too, so a burst of sends forms one batch.
                         for _ in 1..MAX_EVENTS_PER_ROUND {
                             match commands.try_recv() {
-                                Ok(cmd) => self.command(cmd),
+                                Ok(cmd) => self.command(cmd, now),
                                 Err(mpsc::error::TryRecvError::Empty) => break,
                                 Err(mpsc::error::TryRecvError::Disconnected) => {
                                     closing = true;
@@ -489,16 +491,10 @@ impl Batcher {
         }
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Send { tp, record, size_bytes, ack, permit } => {
-                self.partition(tp).push(Pending {
-                    record,
-                    size_bytes,
-                    queued_at: Instant::now(),
-                    ack,
-                    _permit: permit,
-                });
+                self.partition(tp).push(Pending { record, size_bytes, queued_at: now, ack, _permit: permit });
             }
             Command::Flush(done) => self.flush_waiters.push(done),
         }
