@@ -41,7 +41,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(roomy_decoder_settings())
+        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES))
     }
 }
 
@@ -72,8 +72,3 @@ pub const DECODE_BUFFER_BYTES: usize = 4 << 20;
 
 /// tonic's default: an encoded stream yields a chunk of messages once it holds this many bytes.
 const YIELD_THRESHOLD_BYTES: usize = 32 << 10;
-
-/// The buffer settings of a decoder that receives large messages.
-pub fn roomy_decoder_settings() -> BufferSettings {
-    BufferSettings::new(DECODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
-}
