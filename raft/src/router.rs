@@ -12,9 +12,8 @@ use crate::error::RaftError;
 use crate::group::{LocalGroups, RaftGroup, RaftGroupConfig};
 use crate::heartbeat::{HeartbeatFault, NodeHeartbeats};
 use crate::network::NetworkConfig;
-use crate::network::pb::raft_service_server::RaftServiceServer;
 use crate::network::peers::{Peers, SentCounters};
-use crate::server::RaftGrpcService;
+use crate::server::{RaftGrpcService, RaftServer};
 use crate::state_machine::StateMachineApp;
 use crate::types::{GroupId, NodeId};
 
@@ -76,16 +75,14 @@ impl Router {
 
     /// The tonic service serving every local group; mount it in any tonic `Server`:
     /// `Server::builder().add_service(router.grpc_service())`.
-    pub fn grpc_service(&self) -> RaftServiceServer<RaftGrpcService> {
-        let max = self.config().max_message_bytes;
-        RaftServiceServer::new(RaftGrpcService::new(
+    pub fn grpc_service(&self) -> RaftServer {
+        let service = RaftGrpcService::new(
             self.groups.clone(),
             self.peers.clone(),
             self.refused.clone(),
             self.heartbeats.clone(),
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max)
+        );
+        RaftServer::new(service, self.config().max_message_bytes)
     }
 
     /// Opens (or creates) group `group`'s streams in `storage`, restores the application from the

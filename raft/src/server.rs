@@ -16,15 +16,21 @@ use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
+use tonic::codec::{Codec, EncodeBody, SingleMessageCompressionOverride};
+use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::heartbeat::NodeHeartbeats;
+use crate::network::body_messages::BodyMessages;
+use crate::network::codec::RaftCodec;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
 use crate::network::multiplex;
-use crate::network::pb::{self, raft_service_server::RaftService};
+use crate::network::pb;
+use crate::network::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::network::peers::Peers;
 use crate::network::tls;
 use crate::snapshot::SnapshotData;
@@ -42,6 +48,58 @@ pub struct RaftGrpcService {
     warn_pace: Arc<WarnPace>,
     /// The receiving side of node heartbeats.
     heartbeats: Arc<NodeHeartbeats>,
+}
+
+/// The answers of a multiplexed call, as they are sent.
+pub type MultiplexAnswers = Pin<Box<dyn Stream<Item = Result<pb::MultiplexResponse, Status>> + Send>>;
+
+/// The path of the `Multiplex` method, which [`RaftServer`] serves itself.
+const MULTIPLEX_PATH: &str = "/shale.raft.v1.RaftService/Multiplex";
+
+/// The node's Raft gRPC service; mount it in any tonic `Server` (build it with
+/// [`crate::Router::grpc_service`]). Every method is tonic's generated server over
+/// [`RaftGrpcService`], except `Multiplex` (the replication path of every group): its requests are
+/// read straight from the request's HTTP/2 body ([`BodyMessages`]), so a follower's entries are
+/// slices of the frames they arrived in instead of being copied into tonic's receive buffer and
+/// again into a fresh one each time that buffer is full (README "Entries decoded where they
+/// arrived").
+#[derive(Debug, Clone)]
+pub struct RaftServer {
+    generated: RaftServiceServer<RaftGrpcService>,
+    service: RaftGrpcService,
+    max_decoding_bytes: usize,
+    max_encoding_bytes: usize,
+}
+
+impl RaftServer {
+    pub(crate) fn new(service: RaftGrpcService, max_message_bytes: usize) -> Self {
+        let generated = RaftServiceServer::new(service.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        Self { generated, service, max_decoding_bytes: max_message_bytes, max_encoding_bytes: max_message_bytes }
+    }
+}
+
+impl NamedService for RaftServer {
+    const NAME: &'static str = <RaftServiceServer<RaftGrpcService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<tonic::body::Body>> for RaftServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != MULTIPLEX_PATH {
+            return self.generated.call(request);
+        }
+        let response = self.service.serve_multiplex(request, self.max_decoding_bytes, self.max_encoding_bytes);
+        Box::pin(std::future::ready(Ok(response)))
+    }
 }
 
 /// How many streams a peer may reset before this server accepted them, per connection, on a
@@ -127,6 +185,62 @@ impl RaftGrpcService {
             Ok(Some(node)) => Ok(Some(node)),
             Ok(None) => Err(Refusal::NoNodeCertificate),
             Err(e) => Err(Refusal::BadCertificate { reason: e.to_string() }),
+        }
+    }
+
+    /// Opens a multiplexed call whose requests `request` carries: its sessions run on a task of
+    /// their own, and the answer is the stream of their batched answers.
+    fn open_multiplex<S>(&self, request: Request<S>) -> Result<Response<MultiplexAnswers>, Status>
+    where
+        S: Stream<Item = Result<pb::MultiplexRequest, Status>> + Send + 'static,
+    {
+        let peer = request.remote_addr();
+        // A refused certificate refuses the whole call; every request is checked against it.
+        let certified = self.certified(&request).map_err(|r| self.refuse("Multiplex", 0, peer, &r))?;
+        let (answers, queued) = tokio::sync::mpsc::channel(MULTIPLEX_ANSWER_QUEUE);
+        // The call ends when the node stops: its sessions' groups are gone, and a peer must not
+        // keep sending into a call that a stopped node's service still holds (a graceful server
+        // stop lets open calls run on).
+        let input = request.into_inner().take_until(self.node_stopping());
+        tokio::spawn(self.clone().demultiplex(certified, peer, input, answers));
+        let output = multiplex::batches(queued, multiplex::MAX_ITEMS_PER_MESSAGE, usize::MAX, |_| 0)
+            .map(|items| Ok(pb::MultiplexResponse { items }))
+            .take_until(self.node_stopping());
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    /// A `Multiplex` call whose requests are read from the HTTP/2 body as it arrives
+    /// ([`BodyMessages`]: an entry is a slice of the frame it came in); answers are encoded as
+    /// tonic's generated server encodes them.
+    fn serve_multiplex(
+        &self,
+        request: http::Request<tonic::body::Body>,
+        max_decoding_bytes: usize,
+        max_encoding_bytes: usize,
+    ) -> http::Response<tonic::body::Body> {
+        let (parts, body) = request.into_parts();
+        let messages = BodyMessages::<pb::MultiplexRequest>::new(body, max_decoding_bytes);
+        let request = Request::from_http(http::Request::from_parts(parts, messages));
+        match self.open_multiplex(request) {
+            Ok(response) => {
+                let (metadata, answers, extensions) = response.into_parts();
+                let encoder = RaftCodec::<pb::MultiplexResponse, pb::MultiplexRequest>::default().encoder();
+                let body = EncodeBody::new_server(
+                    encoder,
+                    answers,
+                    None,
+                    SingleMessageCompressionOverride::default(),
+                    Some(max_encoding_bytes),
+                );
+                let mut response = http::Response::new(tonic::body::Body::new(body));
+                *response.headers_mut() = metadata.into_headers();
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                *response.extensions_mut() = extensions;
+                response
+            }
+            Err(status) => status.into_http(),
         }
     }
 
@@ -249,25 +363,15 @@ impl RaftService for RaftGrpcService {
         Ok(Response::new(output))
     }
 
-    type MultiplexStream = Pin<Box<dyn Stream<Item = Result<pb::MultiplexResponse, Status>> + Send>>;
+    type MultiplexStream = MultiplexAnswers;
 
+    /// Served by [`RaftServer`] from the request's body directly; this path (tonic's receive
+    /// buffer) is taken only where the generated server is mounted on its own.
     async fn multiplex(
         &self,
         request: Request<Streaming<pb::MultiplexRequest>>,
     ) -> Result<Response<Self::MultiplexStream>, Status> {
-        let peer = request.remote_addr();
-        // A refused certificate refuses the whole call; every request is checked against it.
-        let certified = self.certified(&request).map_err(|r| self.refuse("Multiplex", 0, peer, &r))?;
-        let (answers, queued) = tokio::sync::mpsc::channel(MULTIPLEX_ANSWER_QUEUE);
-        // The call ends when the node stops: its sessions' groups are gone, and a peer must not
-        // keep sending into a call that a stopped node's service still holds (a graceful server
-        // stop lets open calls run on).
-        let input = request.into_inner().take_until(self.node_stopping());
-        tokio::spawn(self.clone().demultiplex(certified, peer, input, answers));
-        let output = multiplex::batches(queued, multiplex::MAX_ITEMS_PER_MESSAGE, usize::MAX, |_| 0)
-            .map(|items| Ok(pb::MultiplexResponse { items }))
-            .take_until(self.node_stopping());
-        Ok(Response::new(Box::pin(output)))
+        self.open_multiplex(request)
     }
 
     async fn install_snapshot(

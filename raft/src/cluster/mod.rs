@@ -328,9 +328,7 @@ impl Cluster {
     }
 
     /// The tonic service to mount on this node's gRPC server (the Raft transport of every group).
-    pub fn grpc_service(
-        &self,
-    ) -> crate::network::pb::raft_service_server::RaftServiceServer<crate::server::RaftGrpcService> {
+    pub fn grpc_service(&self) -> crate::server::RaftServer {
         self.router.grpc_service()
     }
 

@@ -4,6 +4,7 @@
 //! ([`read_index`]). The serving side, which needs the local groups, is
 //! [`crate::server`].
 
+pub mod body_messages;
 pub mod client;
 pub mod codec;
 mod commit_notices;
