@@ -8,7 +8,6 @@ use shale_client::proto::access_server::AccessServer;
 use shale_client::proto::admin_server::AdminServer;
 use shale_client::proto::consumer_groups_server::ConsumerGroupsServer;
 use shale_client::proto::fetch_server::FetchServer;
-use shale_client::proto::produce_server::ProduceServer;
 use shale_raft::cluster::{Cluster, ClusterConfig};
 use shale_raft::network::tls::TlsPem;
 use shale_storage::StorageBackend;
@@ -33,7 +32,7 @@ use crate::services::access::AccessService;
 use crate::services::admin::AdminService;
 use crate::services::fetch::FetchService;
 use crate::services::groups::GroupsService;
-use crate::services::produce::ProduceService;
+use crate::services::produce::{ProduceService, ProduceServing};
 
 /// Starts nodes. See [`Node::start`].
 #[derive(Debug)]
@@ -246,6 +245,14 @@ impl Node {
                 )
             };
         }
+        // Produce: `ProduceStream` reads its requests from the HTTP/2 body itself (see
+        // `ProduceServing`), behind the same edge checks.
+        let produce_api = |edge: &RefuseAtTheEdge| {
+            InterceptedService::new(
+                ProduceServing::new(ProduceService::new(ctx.clone()), max_decode, max_encode),
+                edge.clone(),
+            )
+        };
         let coded = crate::transport_errors::CodeTransportErrorsLayer {
             max_request_bytes: config.limits.max_request_bytes,
             metrics: ctx.metrics.clone(),
@@ -277,7 +284,7 @@ impl Node {
             .http2_max_pending_accept_reset_streams(Some(client_resets))
             .layer(coded.clone());
         let router = server
-            .add_service(client_api!(ProduceServer, ProduceService, refuse))
+            .add_service(produce_api(&refuse))
             .add_service(client_api!(FetchServer, FetchService, refuse))
             .add_service(client_api!(ConsumerGroupsServer, GroupsService, refuse))
             .add_service(client_api!(AdminServer, AdminService, refuse))
@@ -296,7 +303,7 @@ impl Node {
                     .http2_max_pending_accept_reset_streams(Some(shale_raft::server::PEER_PENDING_ACCEPT_RESET_STREAMS))
                     .layer(coded);
                 let router = server
-                    .add_service(client_api!(ProduceServer, ProduceService, refuse_internal))
+                    .add_service(produce_api(&refuse_internal))
                     .add_service(client_api!(FetchServer, FetchService, refuse_internal))
                     .add_service(client_api!(ConsumerGroupsServer, GroupsService, refuse_internal))
                     .add_service(client_api!(AdminServer, AdminService, refuse_internal))

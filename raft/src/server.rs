@@ -16,7 +16,7 @@ use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
-use tonic::codec::{Codec, EncodeBody, SingleMessageCompressionOverride};
+use tonic::codec::Codec;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -24,7 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::heartbeat::NodeHeartbeats;
-use crate::network::body_messages::BodyMessages;
+use crate::network::body_messages::{BodyMessages, answers_response};
 use crate::network::codec::RaftCodec;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
@@ -223,22 +223,8 @@ impl RaftGrpcService {
         let request = Request::from_http(http::Request::from_parts(parts, messages));
         match self.open_multiplex(request) {
             Ok(response) => {
-                let (metadata, answers, extensions) = response.into_parts();
                 let encoder = RaftCodec::<pb::MultiplexResponse, pb::MultiplexRequest>::default().encoder();
-                let body = EncodeBody::new_server(
-                    encoder,
-                    answers,
-                    None,
-                    SingleMessageCompressionOverride::default(),
-                    Some(max_encoding_bytes),
-                );
-                let mut response = http::Response::new(tonic::body::Body::new(body));
-                *response.headers_mut() = metadata.into_headers();
-                response
-                    .headers_mut()
-                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-                *response.extensions_mut() = extensions;
-                response
+                answers_response(response, encoder, max_encoding_bytes)
             }
             Err(status) => status.into_http(),
         }

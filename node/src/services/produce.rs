@@ -7,11 +7,17 @@ use std::time::Instant;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use prost::Message;
+use shale_client::codec::SizedProstCodec;
 use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
+use shale_client::proto::produce_server::ProduceServer;
+use tonic::codec::Codec;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use shale_raft::cluster::access::{Operation, Resource};
+use shale_raft::network::body_messages::{BodyMessages, answers_response};
 
 use crate::context::{NodeContext, Served};
 use crate::convert::records::{produce_records, produce_response, producer_info};
@@ -78,7 +84,7 @@ impl ProduceService {
     async fn serve_stream(
         self,
         call: Request<()>,
-        mut input: Streaming<proto::ProduceStreamRequest>,
+        mut input: impl Stream<Item = Result<proto::ProduceStreamRequest, Status>> + Unpin,
         answers: tokio::sync::mpsc::Sender<Result<proto::ProduceStreamResponse, Status>>,
     ) {
         let _open = self.ctx.metrics.produce_calls_open.hold();
@@ -127,6 +133,91 @@ impl ProduceService {
     }
 }
 
+impl ProduceService {
+    /// Opens a `ProduceStream` call whose requests `request` carries: they are served on a task of
+    /// their own ([`Self::serve_stream`]), and the answer is the stream of their answers.
+    async fn open_stream<S>(&self, request: Request<S>) -> Result<Response<ProduceStreamAnswers>, Status>
+    where
+        S: Stream<Item = Result<proto::ProduceStreamRequest, Status>> + Unpin + Send + 'static,
+    {
+        let (metadata, extensions, input) = request.into_parts();
+        let call = Request::from_parts(metadata, extensions, ());
+        // Refused at once when its metadata names nobody (checked again for each request).
+        self.ctx.authenticate(&call).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_ANSWERS_QUEUED);
+        tokio::spawn(self.clone().serve_stream(call, input, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// The answers of a `ProduceStream` call, as they are sent.
+pub type ProduceStreamAnswers =
+    Pin<Box<dyn Stream<Item = Result<proto::ProduceStreamResponse, Status>> + Send + 'static>>;
+
+/// The path of `ProduceStream`, which [`ProduceServing`] serves itself.
+const PRODUCE_STREAM_PATH: &str = "/shale.api.v1.Produce/ProduceStream";
+
+/// The Produce service as the node mounts it: tonic's generated server over [`ProduceService`]
+/// for `Produce`, and `ProduceStream` (the client's produce path) with its requests read straight
+/// from the HTTP/2 body ([`BodyMessages`]): a record's value is a slice of the frame it arrived
+/// in, as a follower's entries are (`shale_raft::server::RaftServer`), instead of a copy in
+/// tonic's receive buffer and another in a fresh one each time that buffer is full. The edge
+/// checks (an interceptor around this service) run for both.
+#[derive(Debug, Clone)]
+pub struct ProduceServing {
+    generated: ProduceServer<ProduceService>,
+    service: ProduceService,
+    max_decoding_bytes: usize,
+    max_encoding_bytes: usize,
+}
+
+impl ProduceServing {
+    /// `service`, taking messages of at most `max_decoding_bytes` and sending at most
+    /// `max_encoding_bytes`.
+    pub fn new(service: ProduceService, max_decoding_bytes: usize, max_encoding_bytes: usize) -> Self {
+        let generated = ProduceServer::new(service.clone())
+            .max_decoding_message_size(max_decoding_bytes)
+            .max_encoding_message_size(max_encoding_bytes);
+        Self { generated, service, max_decoding_bytes, max_encoding_bytes }
+    }
+}
+
+impl NamedService for ProduceServing {
+    const NAME: &'static str = <ProduceServer<ProduceService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<tonic::body::Body>> for ProduceServing {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != PRODUCE_STREAM_PATH {
+            return self.generated.call(request);
+        }
+        let service = self.service.clone();
+        let (max_decoding_bytes, max_encoding_bytes) = (self.max_decoding_bytes, self.max_encoding_bytes);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let messages = BodyMessages::<proto::ProduceStreamRequest>::new(body, max_decoding_bytes);
+            let request = Request::from_http(http::Request::from_parts(parts, messages));
+            Ok(match service.open_stream(request).await {
+                Ok(response) => {
+                    let encoder =
+                        SizedProstCodec::<proto::ProduceStreamResponse, proto::ProduceStreamRequest>::default()
+                            .encoder();
+                    answers_response(response, encoder, max_encoding_bytes)
+                }
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
 /// `status` as a produce stream's answer carries it: code, message and its ASCII metadata.
 fn stream_status(status: &Status) -> proto::StreamStatus {
     let metadata = status
@@ -142,20 +233,15 @@ fn stream_status(status: &Status) -> proto::StreamStatus {
 
 #[tonic::async_trait]
 impl proto::produce_server::Produce for ProduceService {
-    type ProduceStreamStream =
-        Pin<Box<dyn Stream<Item = Result<proto::ProduceStreamResponse, Status>> + Send + 'static>>;
+    type ProduceStreamStream = ProduceStreamAnswers;
 
+    /// Served by [`ProduceServing`] from the request's body directly; this path (tonic's receive
+    /// buffer) is taken only where the generated server is mounted on its own.
     async fn produce_stream(
         &self,
         request: Request<Streaming<proto::ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        // Refused at once when its metadata names nobody (checked again for each request).
-        self.ctx.authenticate(&request).await?;
-        let (metadata, extensions, input) = request.into_parts();
-        let call = Request::from_parts(metadata, extensions, ());
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_ANSWERS_QUEUED);
-        tokio::spawn(self.clone().serve_stream(call, input, tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        self.open_stream(request).await
     }
 
     async fn produce(

@@ -15,6 +15,8 @@
 //! its exact length first (one copy). A frame's memory lives as long as a decoded field still
 //! slices it, as with tonic's buffer.
 //!
+//! [`answers_response`] sends a call's answers as tonic's generated server does.
+//!
 //! The gRPC framing read: each message is a 1-byte compression flag (0: not compressed; Shale's
 //! peers never compress, a flag of 1 is refused), a 4-byte big-endian length, then the message.
 
@@ -25,7 +27,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
-use tonic::codegen::Body;
+use tonic::codec::{EncodeBody, Encoder, SingleMessageCompressionOverride};
+use tonic::codegen::{Body, http};
 use tonic::{Code, Status};
 
 /// Bytes of a gRPC message's prefix: compression flag and length.
@@ -83,7 +86,7 @@ impl<M: prost::Message + Default> BodyMessages<M> {
         }
         if len > self.max_message_bytes {
             return Err(Status::out_of_range(format!(
-                "a {} message of {len} bytes is larger than the limit of {} bytes",
+                "a {} message length too large: found {len} bytes, the limit is {} bytes",
                 message_name::<M>(),
                 self.max_message_bytes
             )));
@@ -177,7 +180,7 @@ impl<M: prost::Message + Default> Stream for BodyMessages<M> {
                 this.frames.clear();
                 this.buffered = 0;
                 return Poll::Ready(Some(Err(Status::internal(format!(
-                    "the request ended inside a {} message ({left} bytes of it received)",
+                    "Unexpected EOF: the request ended inside a {} message ({left} bytes of it received)",
                     message_name::<M>()
                 )))));
             }
@@ -205,6 +208,33 @@ impl<M: prost::Message + Default> Stream for BodyMessages<M> {
             }
         }
     }
+}
+
+/// The HTTP response of a streaming call whose answers are `response`'s stream, each encoded
+/// with `encoder` (at most `max_message_bytes` long): what tonic's generated server sends, with
+/// the response's metadata as headers.
+pub fn answers_response<E, S>(
+    response: tonic::Response<S>,
+    encoder: E,
+    max_message_bytes: usize,
+) -> http::Response<tonic::body::Body>
+where
+    E: Encoder<Error = Status> + Send + 'static,
+    S: Stream<Item = Result<E::Item, Status>> + Send + 'static,
+{
+    let (metadata, answers, extensions) = response.into_parts();
+    let body = EncodeBody::new_server(
+        encoder,
+        answers,
+        None,
+        SingleMessageCompressionOverride::default(),
+        Some(max_message_bytes),
+    );
+    let mut http = http::Response::new(tonic::body::Body::new(body));
+    *http.headers_mut() = metadata.into_headers();
+    http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    *http.extensions_mut() = extensions;
+    http
 }
 
 fn message_name<M>() -> &'static str {
@@ -299,7 +329,7 @@ mod tests {
         let read = read_all(body_of(vec![wire.clone()]), 500).await;
         let status = read.into_iter().next().unwrap().unwrap_err();
         assert_eq!(status.code(), Code::OutOfRange);
-        assert!(status.message().contains("limit of 500 bytes"), "{}", status.message());
+        assert!(status.message().contains("found 1038 bytes, the limit is 500 bytes"), "{}", status.message());
 
         let mut compressed = wire.clone();
         compressed[0] = 1;
