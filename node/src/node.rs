@@ -32,7 +32,7 @@ use crate::services::access::AccessService;
 use crate::services::admin::AdminService;
 use crate::services::fetch::FetchService;
 use crate::services::groups::GroupsService;
-use crate::services::produce::{ProduceService, ProduceServing};
+use crate::services::produce::{ProduceService, produce_serving};
 
 /// Starts nodes. See [`Node::start`].
 #[derive(Debug)]
@@ -249,7 +249,7 @@ impl Node {
         // `ProduceServing`), behind the same edge checks.
         let produce_api = |edge: &RefuseAtTheEdge| {
             InterceptedService::new(
-                ProduceServing::new(ProduceService::new(ctx.clone()), max_decode, max_encode),
+                produce_serving(ProduceService::new(ctx.clone()), max_decode, max_encode),
                 edge.clone(),
             )
         };

@@ -13,7 +13,7 @@ use crate::group::{LocalGroups, RaftGroup, RaftGroupConfig};
 use crate::heartbeat::{HeartbeatFault, NodeHeartbeats};
 use crate::network::NetworkConfig;
 use crate::network::peers::{Peers, SentCounters};
-use crate::server::{RaftGrpcService, RaftServer};
+use crate::server::{RaftGrpcService, RaftServer, raft_server};
 use crate::state_machine::StateMachineApp;
 use crate::types::{GroupId, NodeId};
 
@@ -82,7 +82,7 @@ impl Router {
             self.refused.clone(),
             self.heartbeats.clone(),
         );
-        RaftServer::new(service, self.config().max_message_bytes)
+        raft_server(service, self.config().max_message_bytes)
     }
 
     /// Opens (or creates) group `group`'s streams in `storage`, restores the application from the

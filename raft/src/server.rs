@@ -17,14 +17,13 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::raft::TransferLeaderRequest;
 use openraft::storage::Snapshot;
 use tonic::codec::Codec;
-use tonic::codegen::{BoxFuture, Service, http};
+use tonic::codegen::http;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::heartbeat::NodeHeartbeats;
-use crate::network::body_messages::{BodyMessages, answers_response};
+use crate::network::body_messages::{BodyMessages, MethodFromBody, ServeMethod, answers_response};
 use crate::network::codec::RaftCodec;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
@@ -63,43 +62,18 @@ const MULTIPLEX_PATH: &str = "/shale.raft.v1.RaftService/Multiplex";
 /// slices of the frames they arrived in instead of being copied into tonic's receive buffer and
 /// again into a fresh one each time that buffer is full (README "Entries decoded where they
 /// arrived").
-#[derive(Debug, Clone)]
-pub struct RaftServer {
-    generated: RaftServiceServer<RaftGrpcService>,
-    service: RaftGrpcService,
-    max_decoding_bytes: usize,
-    max_encoding_bytes: usize,
-}
+pub type RaftServer = MethodFromBody<RaftServiceServer<RaftGrpcService>>;
 
-impl RaftServer {
-    pub(crate) fn new(service: RaftGrpcService, max_message_bytes: usize) -> Self {
-        let generated = RaftServiceServer::new(service.clone())
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
-        Self { generated, service, max_decoding_bytes: max_message_bytes, max_encoding_bytes: max_message_bytes }
-    }
-}
-
-impl NamedService for RaftServer {
-    const NAME: &'static str = <RaftServiceServer<RaftGrpcService> as NamedService>::NAME;
-}
-
-impl Service<http::Request<tonic::body::Body>> for RaftServer {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != MULTIPLEX_PATH {
-            return self.generated.call(request);
-        }
-        let response = self.service.serve_multiplex(request, self.max_decoding_bytes, self.max_encoding_bytes);
+/// [`RaftServer`] over `service`, taking and sending messages of at most `max_message_bytes`.
+pub(crate) fn raft_server(service: RaftGrpcService, max_message_bytes: usize) -> RaftServer {
+    let generated = RaftServiceServer::new(service.clone())
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let serve: ServeMethod = Arc::new(move |request| {
+        let response = service.serve_multiplex(request, max_message_bytes, max_message_bytes);
         Box::pin(std::future::ready(Ok(response)))
-    }
+    });
+    MethodFromBody::new(generated, MULTIPLEX_PATH, serve)
 }
 
 /// How many streams a peer may reset before this server accepted them, per connection, on a

@@ -12,12 +12,11 @@ use shale_client::proto;
 use shale_client::proto::produce_client::ProduceClient;
 use shale_client::proto::produce_server::ProduceServer;
 use tonic::codec::Codec;
-use tonic::codegen::{BoxFuture, Service, http};
-use tonic::server::NamedService;
+use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
 use shale_raft::cluster::access::{Operation, Resource};
-use shale_raft::network::body_messages::{BodyMessages, answers_response};
+use shale_raft::network::body_messages::{BodyMessages, MethodFromBody, ServeMethod, answers_response};
 
 use crate::context::{NodeContext, Served};
 use crate::convert::records::{produce_records, produce_response, producer_info};
@@ -163,44 +162,20 @@ const PRODUCE_STREAM_PATH: &str = "/shale.api.v1.Produce/ProduceStream";
 /// in, as a follower's entries are (`shale_raft::server::RaftServer`), instead of a copy in
 /// tonic's receive buffer and another in a fresh one each time that buffer is full. The edge
 /// checks (an interceptor around this service) run for both.
-#[derive(Debug, Clone)]
-pub struct ProduceServing {
-    generated: ProduceServer<ProduceService>,
+pub type ProduceServing = MethodFromBody<ProduceServer<ProduceService>>;
+
+/// [`ProduceServing`] over `service`, taking messages of at most `max_decoding_bytes` and sending
+/// at most `max_encoding_bytes`.
+pub fn produce_serving(
     service: ProduceService,
     max_decoding_bytes: usize,
     max_encoding_bytes: usize,
-}
-
-impl ProduceServing {
-    /// `service`, taking messages of at most `max_decoding_bytes` and sending at most
-    /// `max_encoding_bytes`.
-    pub fn new(service: ProduceService, max_decoding_bytes: usize, max_encoding_bytes: usize) -> Self {
-        let generated = ProduceServer::new(service.clone())
-            .max_decoding_message_size(max_decoding_bytes)
-            .max_encoding_message_size(max_encoding_bytes);
-        Self { generated, service, max_decoding_bytes, max_encoding_bytes }
-    }
-}
-
-impl NamedService for ProduceServing {
-    const NAME: &'static str = <ProduceServer<ProduceService> as NamedService>::NAME;
-}
-
-impl Service<http::Request<tonic::body::Body>> for ProduceServing {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != PRODUCE_STREAM_PATH {
-            return self.generated.call(request);
-        }
-        let service = self.service.clone();
-        let (max_decoding_bytes, max_encoding_bytes) = (self.max_decoding_bytes, self.max_encoding_bytes);
+) -> ProduceServing {
+    let generated = ProduceServer::new(service.clone())
+        .max_decoding_message_size(max_decoding_bytes)
+        .max_encoding_message_size(max_encoding_bytes);
+    let serve: ServeMethod = Arc::new(move |request: http::Request<tonic::body::Body>| {
+        let service = service.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let messages = BodyMessages::<proto::ProduceStreamRequest>::new(body, max_decoding_bytes);
@@ -215,7 +190,8 @@ impl Service<http::Request<tonic::body::Body>> for ProduceServing {
                 Err(status) => status.into_http(),
             })
         })
-    }
+    });
+    MethodFromBody::new(generated, PRODUCE_STREAM_PATH, serve)
 }
 
 /// `status` as a produce stream's answer carries it: code, message and its ASCII metadata.

@@ -15,20 +15,24 @@
 //! its exact length first (one copy). A frame's memory lives as long as a decoded field still
 //! slices it, as with tonic's buffer.
 //!
-//! [`answers_response`] sends a call's answers as tonic's generated server does.
+//! [`answers_response`] sends a call's answers as tonic's generated server does, and
+//! [`MethodFromBody`] mounts such a method next to tonic's generated server for the others.
 //!
 //! The gRPC framing read: each message is a 1-byte compression flag (0: not compressed; Shale's
 //! peers never compress, a flag of 1 is refused), a 4-byte big-endian length, then the message.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
 use tonic::codec::{EncodeBody, Encoder, SingleMessageCompressionOverride};
-use tonic::codegen::{Body, http};
+use tonic::codegen::{Body, BoxFuture, Service, http};
+use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 /// Bytes of a gRPC message's prefix: compression flag and length.
@@ -235,6 +239,61 @@ where
     http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     *http.extensions_mut() = extensions;
     http
+}
+
+/// What answers one method of a [`MethodFromBody`] service: the whole HTTP request in, the HTTP
+/// response out.
+pub type ServeMethod = Arc<
+    dyn Fn(http::Request<tonic::body::Body>) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> + Send + Sync,
+>;
+
+/// A gRPC service that is tonic's generated server `S` for every method but the one at `path`,
+/// which `serve` answers (reading its requests with [`BodyMessages`]); mount it where `S` would
+/// be mounted (it has `S`'s service name).
+#[derive(Clone)]
+pub struct MethodFromBody<S> {
+    generated: S,
+    path: &'static str,
+    serve: ServeMethod,
+}
+
+impl<S> MethodFromBody<S> {
+    /// `generated`, with the method at `path` (`/package.Service/Method`) answered by `serve`.
+    pub fn new(generated: S, path: &'static str, serve: ServeMethod) -> Self {
+        Self { generated, path, serve }
+    }
+}
+
+impl<S> std::fmt::Debug for MethodFromBody<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodFromBody").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl<S: NamedService> NamedService for MethodFromBody<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for MethodFromBody<S>
+where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future = BoxFuture<http::Response<tonic::body::Body>, Infallible>,
+        >,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.generated.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == self.path { (self.serve)(request) } else { self.generated.call(request) }
+    }
 }
 
 fn message_name<M>() -> &'static str {
