@@ -23,7 +23,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::group::{LocalGroups, RaftGroup};
 use crate::heartbeat::NodeHeartbeats;
-use crate::network::body_messages::{BodyMessages, MethodFromBody, ServeMethod, answers_response};
+use crate::network::body_messages::{MethodFromBody, ServeMethod, serve_call};
 use crate::network::codec::RaftCodec;
 use crate::network::convert::{self, ConvertError};
 use crate::network::guard::{self, ERROR_CODE_KEY, KnownNodes, REFUSED_CODE, Receiver, Refusal};
@@ -58,7 +58,8 @@ const MULTIPLEX_PATH: &str = "/shale.raft.v1.RaftService/Multiplex";
 /// The node's Raft gRPC service; mount it in any tonic `Server` (build it with
 /// [`crate::Router::grpc_service`]). Every method is tonic's generated server over
 /// [`RaftGrpcService`], except `Multiplex` (the replication path of every group): its requests are
-/// read straight from the request's HTTP/2 body ([`BodyMessages`]), so a follower's entries are
+/// read straight from the request's HTTP/2 body
+/// ([`BodyMessages`](crate::network::body_messages::BodyMessages)), so a follower's entries are
 /// slices of the frames they arrived in instead of being copied into tonic's receive buffer and
 /// again into a fresh one each time that buffer is full (README "Entries decoded where they
 /// arrived").
@@ -70,8 +71,8 @@ pub(crate) fn raft_server(service: RaftGrpcService, max_message_bytes: usize) ->
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let serve: ServeMethod = Arc::new(move |request| {
-        let response = service.serve_multiplex(request, max_message_bytes, max_message_bytes);
-        Box::pin(std::future::ready(Ok(response)))
+        let service = service.clone();
+        Box::pin(async move { Ok(service.serve_multiplex(request, max_message_bytes, max_message_bytes).await) })
     });
     MethodFromBody::new(generated, MULTIPLEX_PATH, serve)
 }
@@ -184,24 +185,19 @@ impl RaftGrpcService {
     }
 
     /// A `Multiplex` call whose requests are read from the HTTP/2 body as it arrives
-    /// ([`BodyMessages`]: an entry is a slice of the frame it came in); answers are encoded as
-    /// tonic's generated server encodes them.
-    fn serve_multiplex(
-        &self,
+    /// ([`BodyMessages`](crate::network::body_messages::BodyMessages): an entry is a slice of the
+    /// frame it came in), by [`serve_call`].
+    async fn serve_multiplex(
+        self,
         request: http::Request<tonic::body::Body>,
         max_decoding_bytes: usize,
         max_encoding_bytes: usize,
     ) -> http::Response<tonic::body::Body> {
-        let (parts, body) = request.into_parts();
-        let messages = BodyMessages::<pb::MultiplexRequest>::new(body, max_decoding_bytes);
-        let request = Request::from_http(http::Request::from_parts(parts, messages));
-        match self.open_multiplex(request) {
-            Ok(response) => {
-                let encoder = RaftCodec::<pb::MultiplexResponse, pb::MultiplexRequest>::default().encoder();
-                answers_response(response, encoder, max_encoding_bytes)
-            }
-            Err(status) => status.into_http(),
-        }
+        let encoder = RaftCodec::<pb::MultiplexResponse, pb::MultiplexRequest>::default().encoder();
+        serve_call(request, max_decoding_bytes, encoder, max_encoding_bytes, |request| {
+            std::future::ready(self.open_multiplex(request))
+        })
+        .await
     }
 
     /// Counts and logs a refused RPC and builds its status: `PERMISSION_DENIED` with

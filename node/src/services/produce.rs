@@ -16,7 +16,7 @@ use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
 use shale_raft::cluster::access::{Operation, Resource};
-use shale_raft::network::body_messages::{BodyMessages, MethodFromBody, ServeMethod, answers_response};
+use shale_raft::network::body_messages::{MethodFromBody, ServeMethod, serve_call};
 
 use crate::context::{NodeContext, Served};
 use crate::convert::records::{produce_records, produce_response, producer_info};
@@ -158,8 +158,8 @@ const PRODUCE_STREAM_PATH: &str = "/shale.api.v1.Produce/ProduceStream";
 
 /// The Produce service as the node mounts it: tonic's generated server over [`ProduceService`]
 /// for `Produce`, and `ProduceStream` (the client's produce path) with its requests read straight
-/// from the HTTP/2 body ([`BodyMessages`]): a record's value is a slice of the frame it arrived
-/// in, as a follower's entries are (`shale_raft::server::RaftServer`), instead of a copy in
+/// from the HTTP/2 body ([`BodyMessages`](shale_raft::network::body_messages::BodyMessages), by
+/// [`serve_call`]): a record's value is a slice of the frame it arrived in, as a follower's entries are (`shale_raft::server::RaftServer`), instead of a copy in
 /// tonic's receive buffer and another in a fresh one each time that buffer is full. The edge
 /// checks (an interceptor around this service) run for both.
 pub type ProduceServing = MethodFromBody<ProduceServer<ProduceService>>;
@@ -177,18 +177,12 @@ pub fn produce_serving(
     let serve: ServeMethod = Arc::new(move |request: http::Request<tonic::body::Body>| {
         let service = service.clone();
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let messages = BodyMessages::<proto::ProduceStreamRequest>::new(body, max_decoding_bytes);
-            let request = Request::from_http(http::Request::from_parts(parts, messages));
-            Ok(match service.open_stream(request).await {
-                Ok(response) => {
-                    let encoder =
-                        SizedProstCodec::<proto::ProduceStreamResponse, proto::ProduceStreamRequest>::default()
-                            .encoder();
-                    answers_response(response, encoder, max_encoding_bytes)
-                }
-                Err(status) => status.into_http(),
+            let encoder =
+                SizedProstCodec::<proto::ProduceStreamResponse, proto::ProduceStreamRequest>::default().encoder();
+            Ok(serve_call(request, max_decoding_bytes, encoder, max_encoding_bytes, |request| {
+                service.open_stream(request)
             })
+            .await)
         })
     });
     MethodFromBody::new(generated, PRODUCE_STREAM_PATH, serve)

@@ -15,8 +15,8 @@
 //! its exact length first (one copy). A frame's memory lives as long as a decoded field still
 //! slices it, as with tonic's buffer.
 //!
-//! [`answers_response`] sends a call's answers as tonic's generated server does, and
-//! [`MethodFromBody`] mounts such a method next to tonic's generated server for the others.
+//! [`serve_call`] answers such a call as tonic's generated server does, and [`MethodFromBody`]
+//! mounts such a method next to tonic's generated server for the others.
 //!
 //! The gRPC framing read: each message is a 1-byte compression flag (0: not compressed; Shale's
 //! peers never compress, a flag of 1 is refused), a 4-byte big-endian length, then the message.
@@ -214,10 +214,37 @@ impl<M: prost::Message + Default> Stream for BodyMessages<M> {
     }
 }
 
+/// Answers one streaming call whose requests are read from `request`'s body as [`BodyMessages`]
+/// of type `M` (each at most `max_decoding_bytes` long): `open` opens the call from them (the
+/// connection's metadata and extensions kept, so peer certificates are seen as tonic passes
+/// them); its answers are encoded with `encoder` (each at most `max_encoding_bytes`) as tonic's
+/// generated server sends them, or its refusal is sent as the call's status.
+pub async fn serve_call<M, E, S, Open, Opened>(
+    request: http::Request<tonic::body::Body>,
+    max_decoding_bytes: usize,
+    encoder: E,
+    max_encoding_bytes: usize,
+    open: Open,
+) -> http::Response<tonic::body::Body>
+where
+    M: prost::Message + Default,
+    E: Encoder<Error = Status> + Send + 'static,
+    S: Stream<Item = Result<E::Item, Status>> + Send + 'static,
+    Open: FnOnce(tonic::Request<BodyMessages<M>>) -> Opened,
+    Opened: std::future::Future<Output = Result<tonic::Response<S>, Status>>,
+{
+    let (parts, body) = request.into_parts();
+    let messages = BodyMessages::<M>::new(body, max_decoding_bytes);
+    match open(tonic::Request::from_http(http::Request::from_parts(parts, messages))).await {
+        Ok(response) => answers_response(response, encoder, max_encoding_bytes),
+        Err(status) => status.into_http(),
+    }
+}
+
 /// The HTTP response of a streaming call whose answers are `response`'s stream, each encoded
 /// with `encoder` (at most `max_message_bytes` long): what tonic's generated server sends, with
 /// the response's metadata as headers.
-pub fn answers_response<E, S>(
+fn answers_response<E, S>(
     response: tonic::Response<S>,
     encoder: E,
     max_message_bytes: usize,
