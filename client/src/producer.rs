@@ -8,7 +8,11 @@
 //! record never waits. While batches of the partition are in flight, the next one fills until it
 //! reaches `batch_max_bytes` or `batch_max_records`, until `linger_ms` passed since its oldest
 //! record, or until nothing is in flight any more; [`Producer::flush`] and [`Producer::close`] send
-//! everything at once.
+//! everything at once. One exception: a sticky run of keyless records (see
+//! [`crate::partitioner`]) that starts on a partition with nothing in flight while the producer has
+//! batches in flight elsewhere fills its first batch too (the run's records keep coming to it), so
+//! that under load every run starts with a full batch instead of a lone record, each batch being a
+//! Raft entry with its fsyncs and replication round (README "Runs that start full").
 //!
 //! **Flow control per node.** At most `max_in_flight_per_node` batches are in flight to one node
 //! (its address as the partition's cached leader), across every partition it leads: with
@@ -74,7 +78,15 @@ impl Future for DeliveryFuture {
 }
 
 enum Command {
-    Send { tp: TopicPartition, record: proto::Record, size_bytes: usize, ack: Ack, permit: OwnedSemaphorePermit },
+    Send {
+        tp: TopicPartition,
+        record: proto::Record,
+        size_bytes: usize,
+        /// The record has neither key nor partition: the partitioner placed it in a sticky run.
+        sticky: bool,
+        ack: Ack,
+        permit: OwnedSemaphorePermit,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -121,10 +133,11 @@ impl Producer {
                 record.topic
             )));
         }
+        let sticky = record.partition.is_none() && record.key.is_none();
         let permit = self.buffered.clone().acquire_owned().await.map_err(|_| ClientError::ProducerClosed)?;
         let (ack, rx) = oneshot::channel();
         let (topic, record) = record.into_proto();
-        let command = Command::Send { tp: (topic, partition), record, size_bytes, ack, permit };
+        let command = Command::Send { tp: (topic, partition), record, size_bytes, sticky, ack, permit };
         self.commands.send(command).map_err(|_| ClientError::ProducerClosed)?;
         Ok(DeliveryFuture(rx))
     }
@@ -153,6 +166,8 @@ impl Producer {
 struct Pending {
     record: proto::Record,
     size_bytes: usize,
+    /// Placed by a sticky run of keyless records (more of the run follow it to this partition).
+    sticky: bool,
     queued_at: Instant,
     ack: Ack,
     _permit: OwnedSemaphorePermit,
@@ -268,11 +283,12 @@ impl PartitionState {
         !self.broken && self.flights.len() < limits.max_in_flight && (self.flights.is_empty() || self.known)
     }
 
-    /// Whether the queue's next batch should go now (given that it may).
-    fn ready(&self, now: Instant, limits: &Limits, urgent: bool) -> bool {
+    /// Whether the queue's next batch should go now (given that it may). `producer_busy`: the
+    /// producer has batches in flight (to any partition); then a sticky run's first batch fills.
+    fn ready(&self, now: Instant, limits: &Limits, urgent: bool, producer_busy: bool) -> bool {
         let Some(oldest) = self.queue.front() else { return false };
         urgent
-            || self.flights.is_empty()
+            || (self.flights.is_empty() && !(producer_busy && oldest.sticky))
             || self.queued_bytes >= limits.batch_max_bytes
             || self.queue.len() >= limits.batch_max_records
             || now >= oldest.queued_at + limits.linger
@@ -287,13 +303,20 @@ impl PartitionState {
     /// [`PartitionState::take_sends_up_to`] with no limit but the partition's own.
     #[cfg(test)]
     fn take_sends(&mut self, now: Instant, limits: &Limits, urgent: bool) -> Vec<Outgoing> {
-        self.take_sends_up_to(now, limits, urgent, usize::MAX)
+        self.take_sends_up_to(now, limits, urgent, false, usize::MAX)
     }
 
     /// Everything to send now, in sequence order, at most `max` batches: refused batches whose
     /// turn came again, then new batches from the queue while a flight slot is free and a batch
-    /// is ready.
-    fn take_sends_up_to(&mut self, now: Instant, limits: &Limits, urgent: bool, max: usize) -> Vec<Outgoing> {
+    /// is ready (`producer_busy` as for [`PartitionState::ready`]).
+    fn take_sends_up_to(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        urgent: bool,
+        producer_busy: bool,
+        max: usize,
+    ) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.broken {
             self.restart_when_settled();
@@ -308,7 +331,7 @@ impl PartitionState {
                 out.push(Outgoing { batch: flight.batch, identity: flight.identity, records });
             }
         }
-        while out.len() < max && self.may_send(limits) && self.ready(now, limits, urgent) {
+        while out.len() < max && self.may_send(limits) && self.ready(now, limits, urgent, producer_busy) {
             let records = self.take_batch(limits);
             let identity = proto::ProducerIdentity { producer_id: self.producer_id, base_sequence: self.next_sequence };
             self.next_sequence += records.len() as u64;
@@ -493,8 +516,8 @@ impl Batcher {
 
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Send { tp, record, size_bytes, ack, permit } => {
-                self.partition(tp).push(Pending { record, size_bytes, queued_at: now, ack, _permit: permit });
+            Command::Send { tp, record, size_bytes, sticky, ack, permit } => {
+                self.partition(tp).push(Pending { record, size_bytes, sticky, queued_at: now, ack, _permit: permit });
             }
             Command::Flush(done) => self.flush_waiters.push(done),
         }
@@ -587,7 +610,8 @@ impl Batcher {
             if used >= cap {
                 continue;
             }
-            let sends = state.take_sends_up_to(now, &self.limits, urgent, cap - used);
+            let producer_busy = self.node_flights.iter().any(|n| *n > 0);
+            let sends = state.take_sends_up_to(now, &self.limits, urgent, producer_busy, cap - used);
             if sends.is_empty() {
                 continue;
             }
@@ -705,7 +729,7 @@ mod tests {
         let (ack, rx) = oneshot::channel();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let record = proto::Record { value: bytes::Bytes::from(value.to_string()), ..Default::default() };
-        (Pending { record, size_bytes: 10, queued_at: Instant::now(), ack, _permit: permit }, rx)
+        (Pending { record, size_bytes: 10, sticky: false, queued_at: Instant::now(), ack, _permit: permit }, rx)
     }
 
     fn queue(state: &mut PartitionState, values: &[&str]) -> Vec<Delivery> {
@@ -766,6 +790,44 @@ mod tests {
         queue(&mut s, &["g"]);
         let flushed = s.take_sends(now, &LIMITS, true);
         assert_eq!((flushed.len(), flushed[0].identity.base_sequence), (1, 6));
+    }
+
+    #[test]
+    fn a_sticky_run_starting_while_the_producer_is_busy_fills_its_first_batch() {
+        let sticky = |s: &mut PartitionState, values: &[&str]| {
+            let rx = queue(s, values);
+            for p in s.queue.iter_mut() {
+                p.sticky = true;
+            }
+            rx
+        };
+        let now = Instant::now();
+        // The producer has nothing in flight: a sticky run's lone record goes at once.
+        let mut idle = PartitionState::new();
+        sticky(&mut idle, &["a"]);
+        assert_eq!(idle.take_sends_up_to(now, &LIMITS, false, false, usize::MAX).len(), 1);
+        // Batches in flight elsewhere: the run's first records wait for the batch to fill...
+        let mut s = PartitionState::new();
+        sticky(&mut s, &["a", "b"]);
+        assert!(s.take_sends_up_to(now, &LIMITS, false, true, usize::MAX).is_empty());
+        assert_eq!(s.deadline(&LIMITS), Some(s.queue[0].queued_at + LIMITS.linger), "due by linger");
+        // ...and go as one full batch.
+        sticky(&mut s, &["c", "d", "e"]);
+        let sent = s.take_sends_up_to(now, &LIMITS, false, true, usize::MAX);
+        assert_eq!(sent.iter().map(values).collect::<Vec<_>>(), vec![vec!["a", "b", "c", "d"]]);
+        // Or at linger, or once the producer has nothing in flight any more.
+        let mut s = PartitionState::new();
+        sticky(&mut s, &["a"]);
+        let due = s.queue[0].queued_at + LIMITS.linger;
+        assert_eq!(s.take_sends_up_to(due, &LIMITS, false, true, usize::MAX).len(), 1);
+        let mut s = PartitionState::new();
+        sticky(&mut s, &["a"]);
+        assert_eq!(s.take_sends_up_to(now, &LIMITS, false, false, usize::MAX).len(), 1);
+        // Keyed (or explicitly placed) records on a partition with nothing in flight go at once
+        // even while the producer is busy: nothing says more are coming to that partition.
+        let mut keyed = PartitionState::new();
+        queue(&mut keyed, &["k"]);
+        assert_eq!(keyed.take_sends_up_to(now, &LIMITS, false, true, usize::MAX).len(), 1);
     }
 
     #[test]
