@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,9 @@ pub struct RaftGroup {
     /// Fault injection ([`RaftGroup::hold_appends`]): while `true`, AppendEntries carrying entries
     /// wait at this node's server before reaching the group.
     appends_held: watch::Sender<bool>,
+    /// Writes that renewed the leader's lease with a heartbeat round first
+    /// ([`RaftGroup::wake_for_write`]).
+    lease_renewals: AtomicU64,
 }
 
 /// How long (in election timeouts) a write to a quiet leader waits for the heartbeat round that
@@ -540,6 +544,7 @@ impl RaftGroup {
             retention_hold_max: Duration::from_millis(config.retention_hold_max_ms),
             retention_held_since: Mutex::new(None),
             appends_held: watch::Sender::new(false),
+            lease_renewals: AtomicU64::new(0),
         });
         if let Err(e) = registry.register(g.clone()) {
             // Not registered: stop it here (not through `shutdown`, which would unregister a
@@ -593,26 +598,33 @@ impl RaftGroup {
 
     /// [`RaftGroup::wake`] before a write. openraft refuses a write (`NotLeader` without a leader)
     /// from a leader whose quorum-ack lease lapsed: no heartbeat or replication sent within the
-    /// last election timeout was acknowledged by a quorum. A leader that was quiet always lost it
-    /// (it sent nothing), and a busy one can (openraft gives each heartbeat one heartbeat interval;
-    /// a follower answers an append only once its log is flushed, so on a loaded disk its answers
-    /// come late). Such a leader sends a heartbeat round now and waits until a quorum acknowledged
-    /// one sent since, while it still leads: at most [`WAKE_WAIT_ELECTION_TIMEOUTS`] election
-    /// timeouts (openraft sends another round at every heartbeat tick meanwhile). A single
-    /// round's wait (the earlier rule) failed such writes when hundreds of groups woke at once.
+    /// last election timeout was acknowledged by a quorum. A leader that was quiet for longer than
+    /// that lost it (it sent nothing), and a busy one can (openraft gives each heartbeat one
+    /// heartbeat interval; a follower answers an append only once its log is flushed, so on a
+    /// loaded disk its answers come late). Such a leader, and one whose lease is within
+    /// [`RaftGroup::lease_margin`] of lapsing, sends a heartbeat round now and waits until a
+    /// quorum acknowledged one sent since, while it still leads: at most
+    /// [`WAKE_WAIT_ELECTION_TIMEOUTS`] election timeouts (openraft sends another round at every
+    /// heartbeat tick meanwhile). A single round's wait (the earlier rule) failed such writes
+    /// when hundreds of groups woke at once. A leader that went quiet recently still holds its
+    /// lease and writes at once (until 2026-12-07 every write to a quiet leader waited for a
+    /// round: two round trips for the first write after half a second without one).
     async fn wake_for_write(&self) {
-        let was = self.wake();
+        self.wake();
         let lease = Duration::from_millis(self.election_timeout_max_ms);
         let me = self.node_id;
-        let lapsed = {
+        let renew = {
             let m = self.metrics_rx.borrow_watched();
             m.current_leader == Some(me)
                 && m.membership_config.membership().voter_ids().count() > 1
-                && m.last_quorum_acked.as_ref().is_none_or(|at| openraft::Instant::elapsed(&**at) >= lease)
+                && m.last_quorum_acked
+                    .as_ref()
+                    .is_none_or(|at| openraft::Instant::elapsed(&**at) + self.lease_margin() >= lease)
         };
-        if !lapsed && !matches!(was, QuietState::Leading { .. }) {
+        if !renew {
             return;
         }
+        self.lease_renewals.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
         let _ = self.raft.trigger().heartbeat().await;
         let wait = lease.saturating_mul(WAKE_WAIT_ELECTION_TIMEOUTS as u32);
@@ -630,6 +642,19 @@ impl RaftGroup {
                 "leader lease renewed",
             )
             .await;
+    }
+
+    /// How much of its quorum-ack lease a leader must have left to write without renewing it
+    /// first: time for the write to reach openraft's core, which checks the lease itself. One
+    /// heartbeat interval, and at least an eighth of the election timeout.
+    fn lease_margin(&self) -> Duration {
+        self.heartbeat_interval.max(Duration::from_millis(self.election_timeout_max_ms / 8))
+    }
+
+    /// Writes to this group that first renewed the leader's lease with a heartbeat round (see
+    /// [`RaftGroup::write`]: a leader quiet, or unacknowledged, for about an election timeout).
+    pub fn lease_renewals(&self) -> u64 {
+        self.lease_renewals.load(Ordering::Relaxed)
     }
 
     /// How recently the leader's node must have been heard for a waking follower to count it

@@ -338,6 +338,57 @@ async fn node_heartbeats_keep_leases_right_when_one_groups_entry_is_lost() {
     stop(&mut ps).await;
 }
 
+/// How long ago the group's leader had its last quorum acknowledgement (openraft's lease clock).
+fn quorum_ack_age(group: &RaftGroup) -> Duration {
+    let acked = group.metrics().last_quorum_acked.expect("a leader with a quorum acknowledgement");
+    openraft::Instant::elapsed(&*acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_to_a_quiet_leader_renews_its_lease_only_once_the_lease_is_about_to_lapse() {
+    // Lease (openraft's quorum-ack lease: the election timeout's upper bound) 4 s; a write renews
+    // it first when less than 500 ms of it is left (an eighth of it, more than a heartbeat).
+    let config = RaftGroupConfig {
+        quiesce_after_ms: 200,
+        election_timeout_min_ms: 2_000,
+        election_timeout_max_ms: 4_000,
+        ..group_config()
+    };
+    let lease = Duration::from_millis(config.election_timeout_max_ms);
+    let mut ps = peers(3).await;
+    let g = GroupId(1);
+    start_groups(&mut ps, &[g], &config).await;
+    let leader = leader_group(&ps, leader_of(&ps, g, &[]).await, g);
+
+    // Quiet for a moment: the lease is still held, so the write goes at once.
+    write(&ps, g, payload(1, 32)).await;
+    wait_until("the group quiet everywhere", || all_quiet(&ps, &[g])).await;
+    let renewals = leader.lease_renewals();
+    let age = quorum_ack_age(&leader);
+    assert!(age < lease / 2, "quiet within {age:?} of the last acknowledgement");
+    let w = leader.write(payload(2, 32)).await.expect("a write to a quiet leader holding its lease");
+    assert_eq!(leader.lease_renewals(), renewals, "no heartbeat round before the write");
+    for p in &ps {
+        p.groups[&g].wait_applied(w.index, WAIT).await.unwrap();
+    }
+
+    // Quiet past the lease: the write renews it first, then goes.
+    wait_until("the group quiet again", || all_quiet(&ps, &[g])).await;
+    let term = leader.metrics().vote.leader_id.term;
+    while quorum_ack_age(&leader) < lease {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leader.is_quiet(), "nothing woke the group meanwhile");
+    let w = leader.write(payload(3, 32)).await.expect("a write to a quiet leader whose lease lapsed");
+    assert_eq!(leader.lease_renewals(), renewals + 1, "one heartbeat round renewed the lease");
+    // Each replica on its own holds every write, and nobody campaigned.
+    for p in &ps {
+        p.groups[&g].wait_applied(w.index, WAIT).await.unwrap();
+        assert_eq!(p.groups[&g].metrics().vote.leader_id.term, term, "node {}: no election", p.id);
+    }
+    stop(&mut ps).await;
+}
+
 /// CPU seconds this process has used so far (user + system, from /proc/self/stat; Linux).
 fn process_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
