@@ -416,6 +416,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "shale_raft_write_lease_renewals_total",
+            "Writes whose group leader first renewed its lease with a heartbeat round (a group quiet for about an election timeout).",
+            sent.write_lease_renewals.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
             "shale_raft_node_heartbeats_received_total",
             "Coalesced node heartbeats received from peers.",
             sent.node_heartbeats_received.load(std::sync::atomic::Ordering::Relaxed),

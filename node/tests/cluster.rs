@@ -348,6 +348,7 @@ async fn health_readiness_and_metrics_respond() {
             "shale_raft_quiet_groups",
             "shale_raft_node_heartbeats_sent_total",
             "shale_raft_node_heartbeats_received_total",
+            "shale_raft_write_lease_renewals_total",
             "shale_raft_append_messages_sent_total",
             "shale_raft_multiplexed_messages_sent_total",
             "shale_raft_lone_append_messages_sent_total",

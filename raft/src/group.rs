@@ -625,6 +625,7 @@ impl RaftGroup {
             return;
         }
         self.lease_renewals.fetch_add(1, Ordering::Relaxed);
+        self.peers.counters().write_lease_renewals.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
         let _ = self.raft.trigger().heartbeat().await;
         let wait = lease.saturating_mul(WAKE_WAIT_ELECTION_TIMEOUTS as u32);

@@ -381,6 +381,8 @@ async fn a_write_to_a_quiet_leader_renews_its_lease_only_once_the_lease_is_about
     assert!(leader.is_quiet(), "nothing woke the group meanwhile");
     let w = leader.write(payload(3, 32)).await.expect("a write to a quiet leader whose lease lapsed");
     assert_eq!(leader.lease_renewals(), renewals + 1, "one heartbeat round renewed the lease");
+    let node = ps.iter().find(|p| p.groups[&g].is_leader()).expect("the leader's node");
+    assert!(node.router.sent().write_lease_renewals.load(Ordering::Relaxed) >= 1, "the node counts it too");
     // Each replica on its own holds every write, and nobody campaigned.
     for p in &ps {
         p.groups[&g].wait_applied(w.index, WAIT).await.unwrap();

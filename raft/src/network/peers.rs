@@ -50,6 +50,9 @@ pub struct SentCounters {
     pub node_heartbeats: AtomicU64,
     /// Node heartbeats received.
     pub node_heartbeats_received: AtomicU64,
+    /// Writes whose leader renewed its quorum-ack lease with a heartbeat round before proposing
+    /// (`RaftGroup::lease_renewals`, summed over the node's groups).
+    pub write_lease_renewals: AtomicU64,
 }
 
 /// The endpoint of another node at `addr` ("host:port"): plaintext, or with `tls` TLS that
