@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -240,9 +240,6 @@ pub struct RaftGroup {
     /// Fault injection ([`RaftGroup::hold_appends`]): while `true`, AppendEntries carrying entries
     /// wait at this node's server before reaching the group.
     appends_held: watch::Sender<bool>,
-    /// Writes that renewed the leader's lease with a heartbeat round first
-    /// ([`RaftGroup::wake_for_write`]).
-    lease_renewals: AtomicU64,
 }
 
 /// How long (in election timeouts) a write to a quiet leader waits for the heartbeat round that
@@ -544,7 +541,6 @@ impl RaftGroup {
             retention_hold_max: Duration::from_millis(config.retention_hold_max_ms),
             retention_held_since: Mutex::new(None),
             appends_held: watch::Sender::new(false),
-            lease_renewals: AtomicU64::new(0),
         });
         if let Err(e) = registry.register(g.clone()) {
             // Not registered: stop it here (not through `shutdown`, which would unregister a
@@ -624,7 +620,6 @@ impl RaftGroup {
         if !renew {
             return;
         }
-        self.lease_renewals.fetch_add(1, Ordering::Relaxed);
         self.peers.counters().write_lease_renewals.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
         let _ = self.raft.trigger().heartbeat().await;
@@ -650,12 +645,6 @@ impl RaftGroup {
     /// heartbeat interval, and at least an eighth of the election timeout.
     fn lease_margin(&self) -> Duration {
         self.heartbeat_interval.max(Duration::from_millis(self.election_timeout_max_ms / 8))
-    }
-
-    /// Writes to this group that first renewed the leader's lease with a heartbeat round (see
-    /// [`RaftGroup::write`]: a leader quiet, or unacknowledged, for about an election timeout).
-    pub fn lease_renewals(&self) -> u64 {
-        self.lease_renewals.load(Ordering::Relaxed)
     }
 
     /// How recently the leader's node must have been heard for a waking follower to count it

@@ -159,9 +159,10 @@ const PRODUCE_STREAM_PATH: &str = "/shale.api.v1.Produce/ProduceStream";
 /// The Produce service as the node mounts it: tonic's generated server over [`ProduceService`]
 /// for `Produce`, and `ProduceStream` (the client's produce path) with its requests read straight
 /// from the HTTP/2 body ([`BodyMessages`](shale_raft::network::body_messages::BodyMessages), by
-/// [`serve_call`]): a record's value is a slice of the frame it arrived in, as a follower's entries are (`shale_raft::server::RaftServer`), instead of a copy in
-/// tonic's receive buffer and another in a fresh one each time that buffer is full. The edge
-/// checks (an interceptor around this service) run for both.
+/// [`serve_call`]): a record's value is a slice of the frame it arrived in, as a follower's
+/// entries are (`shale_raft::server::RaftServer`), instead of a copy in tonic's receive buffer and
+/// another in a fresh one each time that buffer is full. The edge checks (an interceptor around
+/// this service) run for both.
 pub type ProduceServing = MethodFromBody<ProduceServer<ProduceService>>;
 
 /// [`ProduceServing`] over `service`, taking messages of at most `max_decoding_bytes` and sending

@@ -50,8 +50,8 @@ pub struct SentCounters {
     pub node_heartbeats: AtomicU64,
     /// Node heartbeats received.
     pub node_heartbeats_received: AtomicU64,
-    /// Writes whose leader renewed its quorum-ack lease with a heartbeat round before proposing
-    /// (`RaftGroup::lease_renewals`, summed over the node's groups).
+    /// Writes whose group leader renewed its quorum-ack lease with a heartbeat round before
+    /// proposing (`RaftGroup::wake_for_write`), over all the node's groups.
     pub write_lease_renewals: AtomicU64,
 }
 
