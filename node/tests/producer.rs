@@ -283,7 +283,10 @@ async fn a_produce_stream_answers_each_request_under_its_id_and_a_refusal_ends_o
         "the refusal names the leader's client address"
     );
     assert_eq!(answers[&11].error.as_ref().map(|e| e.code), Some(tonic::Code::InvalidArgument as i32));
-    let forwarded = answers[&12].response.as_ref().expect("forwarded and written");
+    let forwarded = answers[&12]
+        .response
+        .as_ref()
+        .unwrap_or_else(|| panic!("forwarded and written, not refused: {:?}", answers[&12].error));
     assert_eq!((forwarded.batches[0].base_offset, forwarded.batches[0].record_count), (0, 1));
 
     // At the leader: pipelined batches of an idempotent producer, each answered under its id and
@@ -304,6 +307,53 @@ async fn a_produce_stream_answers_each_request_under_its_id_and_a_refusal_ends_o
     assert_eq!(offsets, vec![(101, 1), (102, 2), (103, 3), (104, 4), (105, 5)], "written in sequence order");
     let read = read_through(&client, "streamed", 0, 0, 5).await;
     assert_eq!(numbers(&read), vec![0, 1, 2, 3, 4, 5]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_to_a_replica_whose_group_is_still_starting_waits_for_it_instead_of_naming_itself_leader() {
+    use shale_client::proto::produce_client::ProduceClient;
+
+    let c = TestCluster::start(3).await;
+    for id in 1..=3 {
+        c.running(id).expect("running").cluster().hold_partition_starts(true);
+    }
+    // The topic is created (the metadata committed), its groups not started anywhere: the
+    // cluster names the first replica, which does not run the group yet.
+    create_topic(&c, "starting", 1).await;
+    let described = c.client().admin().describe_topic("starting").await.expect("describe");
+    let first = described.partitions[0].replicas[0];
+    assert_eq!(described.partitions[0].leader_id, first, "the first replica is named before an election");
+    let ch = c.client().channel(&c.grpc[first as usize - 1].to_string()).expect("channel");
+    // Marked to be answered there, as a client sends to the leader it was told of.
+    let request = proto::ProduceStreamRequest { id: 1, request: Some(one_record("starting", "r0")), answer_here: true };
+    let answer = tokio::spawn(async move {
+        let mut answers = ProduceClient::new(ch)
+            .produce_stream(tokio_stream::iter(vec![request]))
+            .await
+            .expect("the call opens")
+            .into_inner();
+        answers.message().await.expect("an answer, not a broken call").expect("one answer")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!answer.is_finished(), "answered before the group started (before: NOT_LEADER naming node {first} itself)");
+
+    for id in 1..=3 {
+        c.running(id).expect("running").cluster().hold_partition_starts(false);
+    }
+    let answer = tokio::time::timeout(WAIT, answer).await.expect("answered once the group runs").expect("task");
+    assert_eq!(answer.id, 1);
+    match (&answer.response, &answer.error) {
+        // The first replica starts the group's first election, and almost always wins it.
+        (Some(written), None) => assert_eq!((written.batches[0].base_offset, written.batches[0].record_count), (0, 1)),
+        // Or another replica won: then it is named, and leads.
+        (None, Some(refused)) => {
+            let named = refused.metadata.get(shale_client::meta::LEADER_ID).expect("the refusal names the leader");
+            assert_ne!(named, &first.to_string(), "refused naming itself: {refused:?}");
+            assert_eq!(named, &partition_leader(&c, "starting", 0).await.to_string());
+        }
+        other => panic!("neither written nor refused: {other:?}"),
+    }
     c.shutdown().await;
 }
 

@@ -123,14 +123,22 @@ pub async fn create_topic(c: &TestCluster, name: &str, partitions: u32) {
     c.client().admin().create_topic(NewTopic::new(name, partitions, 3)).await.expect("create topic");
 }
 
-/// The current leader of a partition, as the cluster reports it.
+/// The current leader of a partition: the node the cluster names, once that node's own group
+/// leads it. A new topic's partition groups start and elect a moment after the topic is
+/// created; until then the cluster names the partition's first replica, whose group may not
+/// run yet (or lose the election).
 pub async fn partition_leader(c: &TestCluster, topic: &str, partition: u32) -> u64 {
     let admin = c.client().admin();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let t = admin.describe_topic(topic).await.expect("describe");
         let leader = t.partitions[partition as usize].leader_id;
-        if leader != 0 {
+        let leads = |node: &shale_node::NodeHandle| {
+            node.cluster()
+                .local_partition_state(topic, partition)
+                .is_ok_and(|s| s.leader.is_some_and(|(id, _)| id == leader))
+        };
+        if leader != 0 && c.running(leader).is_some_and(leads) {
             return leader;
         }
         assert!(tokio::time::Instant::now() < deadline, "{topic}/{partition} has no leader");

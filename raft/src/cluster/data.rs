@@ -54,20 +54,43 @@ impl Cluster {
         })
     }
 
-    /// [`Self::local_partition`], but a topic or partition unknown here while this node's metadata
-    /// is behind what it knows the metadata leader committed (a topic created a moment ago, its
-    /// creator already answered) is looked up again once the metadata applied that far, waiting
-    /// at most [`Self::leader_wait`]. A client may send a new partition's first request to the
-    /// replica it was told leads it, marked not to be forwarded, before that replica applied
-    /// the topic. Every client-facing lookup (produce, fetch, ListOffsets) goes through it.
+    /// [`Self::local_partition`], but looked up again for a partition this node should host and
+    /// soon will, waiting at most [`Self::leader_wait`] in all: a topic or partition unknown here
+    /// while this node's metadata is behind what it knows the metadata leader committed (a topic
+    /// created a moment ago, its creator already answered) once the metadata applied that far,
+    /// and a partition the applied metadata assigns to this node whose group is not running yet
+    /// (the reconcile loop is starting it, or restarting it after an error) once it runs. A
+    /// client may send a new partition's first request to the replica it was told leads it,
+    /// marked not to be forwarded, before that replica applied the topic or started its group;
+    /// without the second wait that replica refused it as `NotLeader` naming itself (the
+    /// assignment's first replica is the leader a node names for a group it does not run).
+    /// Every client-facing lookup (produce, fetch, ListOffsets) goes through it.
     async fn local_partition_current(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
-        match self.local_partition(topic, partition) {
-            Err(ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. })
-                if self.metadata_catch_up(self.leader_wait()).await =>
-            {
-                self.local_partition(topic, partition)
+        let deadline = tokio::time::Instant::now() + self.leader_wait();
+        // Subscribed before the first look, so a group added after it is not missed.
+        let mut added = self.partitions_added.subscribe();
+        let mut found = self.local_partition(topic, partition);
+        if matches!(found, Err(ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. }))
+            && self.metadata_catch_up(self.leader_wait()).await
+        {
+            found = self.local_partition(topic, partition);
+        }
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            match &found {
+                Err(ClusterError::NotReplica { replicas, .. })
+                    if replicas.contains(&self.config.node_id) && !*shutdown.borrow_and_update() => {}
+                _ => return found,
             }
-            r => r,
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, added.changed()) => {
+                    if !matches!(changed, Ok(Ok(()))) {
+                        return found;
+                    }
+                }
+                _ = shutdown.changed() => return found,
+            }
+            found = self.local_partition(topic, partition);
         }
     }
 

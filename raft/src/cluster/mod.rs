@@ -232,6 +232,12 @@ pub struct Cluster {
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
+    /// Counts the groups put into `partitions` (a request for a partition this node is assigned
+    /// but has not started yet waits on it, see `data.rs`).
+    partitions_added: watch::Sender<u64>,
+    /// Fault injection ([`Cluster::hold_partition_starts`]): while `true`, no partition group
+    /// starts here.
+    partition_starts_held: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serialises group start/stop (reconcile passes and shutdown).
@@ -291,6 +297,8 @@ impl Cluster {
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
+            partitions_added: watch::Sender::new(0),
+            partition_starts_held: watch::Sender::new(false),
             shutdown,
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -320,6 +328,25 @@ impl Cluster {
     /// (restarts of stopped groups are counted by [`Cluster::group_restarts_total`]).
     pub fn partition_starts_total(&self) -> u64 {
         self.partition_starts_total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fault injection (tests): while `hold` is `true`, the reconcile loop starts (or restarts) no
+    /// partition group on this node: the pass that would waits for the release, and groups
+    /// already running go on as usual. What a node is like between a topic's creation and its
+    /// groups' start, made as long as a test needs.
+    pub fn hold_partition_starts(&self, hold: bool) {
+        self.partition_starts_held.send_replace(hold);
+    }
+
+    /// Returns once partition starts are not held ([`Cluster::hold_partition_starts`]) or the
+    /// node is shutting down.
+    async fn partition_starts_released(&self) {
+        let mut held = self.partition_starts_held.subscribe();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            _ = held.wait_for(|h| !*h) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
     }
 
     /// The Raft transport hub: this node's running groups and its channels to peers.

@@ -357,6 +357,9 @@ impl Cluster {
     /// this node, then tends it. Returns whether it is settled: nothing left to do for it here
     /// until something changes (see [`Cluster::tend_partition`]).
     async fn run_partition(&self, gid: GroupId, topic: &str, transfers_left: &AtomicUsize) -> bool {
+        if !self.partitions.read().contains_key(&gid) {
+            self.partition_starts_released().await;
+        }
         if *self.shutdown.borrow() {
             return true;
         }
@@ -412,6 +415,7 @@ impl Cluster {
             log_start_offset: Mutex::new(None),
         });
         self.partitions.write().insert(gid, local.clone());
+        self.partitions_added.send_modify(|n| *n += 1);
         self.partition_starts_total.fetch_add(1, Ordering::Relaxed);
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");
         Ok(local)
