@@ -127,7 +127,7 @@ impl Default for ProducerConfig {
             max_in_flight_per_node: 16,
             idempotent: true,
             max_buffered_records: 100_000,
-            keyless_run_batches: 16,
+            keyless_run_batches: 32,
         }
     }
 }

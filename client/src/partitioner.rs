@@ -80,7 +80,7 @@ impl StickyRun {
 }
 
 impl Default for StickyRun {
-    /// The default producer's run (16 batches of 128 KiB / 1,000 records: 2 MiB).
+    /// The default producer's run (32 batches of 128 KiB / 1,000 records: 4 MiB).
     fn default() -> Self {
         Self::of_producer(&crate::ProducerConfig::default())
     }
