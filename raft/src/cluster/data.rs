@@ -67,20 +67,24 @@ impl Cluster {
     /// Every client-facing lookup (produce, fetch, ListOffsets) goes through it.
     async fn local_partition_current(&self, topic: &str, partition: u32) -> Result<Arc<LocalPartition>, ClusterError> {
         let deadline = tokio::time::Instant::now() + self.leader_wait();
-        // Subscribed before the first look, so a group added after it is not missed.
-        let mut added = self.partitions_added.subscribe();
         let mut found = self.local_partition(topic, partition);
         if matches!(found, Err(ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. }))
             && self.metadata_catch_up(self.leader_wait()).await
         {
             found = self.local_partition(topic, partition);
         }
+        let me = self.config.node_id;
+        let starting_here = |found: &Result<Arc<LocalPartition>, ClusterError>| matches!(found, Err(ClusterError::NotReplica { replicas, .. }) if replicas.contains(&me));
+        if !starting_here(&found) {
+            return found;
+        }
+        let mut added = self.partitions_added.subscribe();
         let mut shutdown = self.shutdown.subscribe();
         loop {
-            match &found {
-                Err(ClusterError::NotReplica { replicas, .. })
-                    if replicas.contains(&self.config.node_id) && !*shutdown.borrow_and_update() => {}
-                _ => return found,
+            // Looked up after subscribing, so a group added since the last look is not missed.
+            found = self.local_partition(topic, partition);
+            if !starting_here(&found) || *shutdown.borrow_and_update() {
+                return found;
             }
             tokio::select! {
                 changed = tokio::time::timeout_at(deadline, added.changed()) => {
@@ -90,7 +94,6 @@ impl Cluster {
                 }
                 _ = shutdown.changed() => return found,
             }
-            found = self.local_partition(topic, partition);
         }
     }
 
