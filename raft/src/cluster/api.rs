@@ -104,7 +104,9 @@ pub struct PartitionState {
     pub replicas: Vec<NodeId>,
     /// The current leader and its address, if known here.
     pub leader: Option<(NodeId, String)>,
-    /// First offset still held here (`None` if this node is not a replica).
+    /// First offset still held here (`None` if this node is not a replica, or for a moment after
+    /// a purge or snapshot install moved its log start, until the offset is computed again;
+    /// [`crate::cluster::Cluster::local_bounds`] computes it).
     pub log_start: Option<u64>,
     /// One past the last committed and applied offset here (`None` if this node is not a replica).
     pub high_watermark: Option<u64>,

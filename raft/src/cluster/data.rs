@@ -74,7 +74,11 @@ impl Cluster {
             found = self.local_partition(topic, partition);
         }
         let me = self.config.node_id;
-        let starting_here = |found: &Result<Arc<LocalPartition>, ClusterError>| matches!(found, Err(ClusterError::NotReplica { replicas, .. }) if replicas.contains(&me));
+        // Assigned here by the applied metadata, its group not running here (yet).
+        let starting_here = |found: &Result<Arc<LocalPartition>, ClusterError>| match found {
+            Err(ClusterError::NotReplica { replicas, .. }) => replicas.contains(&me),
+            _ => false,
+        };
         if !starting_here(&found) {
             return found;
         }
