@@ -82,7 +82,7 @@ impl Cluster {
         if !starting_here(&found) {
             return found;
         }
-        let mut added = self.partitions_added.subscribe();
+        let mut added = self.partition_starts.subscribe();
         let mut shutdown = self.shutdown.subscribe();
         loop {
             // Looked up after subscribing, so a group added since the last look is not missed.

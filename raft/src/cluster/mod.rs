@@ -222,8 +222,9 @@ pub struct Cluster {
     /// Groups found stopped, and restarted again, since start.
     group_failures_total: std::sync::atomic::AtomicU64,
     group_restarts_total: std::sync::atomic::AtomicU64,
-    /// Partition groups started by the reconcile loop since start.
-    partition_starts_total: std::sync::atomic::AtomicU64,
+    /// Partition groups started by the reconcile loop since start; a request for a partition
+    /// this node is assigned but has not started yet waits for it to move (see `data.rs`).
+    partition_starts: watch::Sender<u64>,
     /// Whether the applied metadata has been current once (see `reconcile`): partition groups
     /// start only after that.
     metadata_current: std::sync::atomic::AtomicBool,
@@ -232,9 +233,6 @@ pub struct Cluster {
     metadata: Arc<RwLock<MetadataState>>,
     metadata_changed: watch::Receiver<u64>,
     partitions: RwLock<BTreeMap<GroupId, Arc<LocalPartition>>>,
-    /// Counts the groups put into `partitions` (a request for a partition this node is assigned
-    /// but has not started yet waits on it, see `data.rs`).
-    partitions_added: watch::Sender<u64>,
     /// Fault injection ([`Cluster::hold_partition_starts`]): while `true`, no partition group
     /// starts here.
     partition_starts_held: watch::Sender<bool>,
@@ -291,13 +289,12 @@ impl Cluster {
             failed_groups: Mutex::new(BTreeMap::new()),
             group_failures_total: Default::default(),
             group_restarts_total: Default::default(),
-            partition_starts_total: Default::default(),
+            partition_starts: watch::Sender::new(0),
             metadata_current: Default::default(),
             reconcile_plan: Mutex::default(),
             metadata,
             metadata_changed: changed_rx,
             partitions: RwLock::new(BTreeMap::new()),
-            partitions_added: watch::Sender::new(0),
             partition_starts_held: watch::Sender::new(false),
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -327,7 +324,7 @@ impl Cluster {
     /// Partition groups the reconcile loop started on this node since [`Cluster::start`]
     /// (restarts of stopped groups are counted by [`Cluster::group_restarts_total`]).
     pub fn partition_starts_total(&self) -> u64 {
-        self.partition_starts_total.load(std::sync::atomic::Ordering::Relaxed)
+        *self.partition_starts.borrow()
     }
 
     /// Fault injection (tests): while `hold` is `true`, the reconcile loop starts (or restarts) no

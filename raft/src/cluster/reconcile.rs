@@ -415,8 +415,7 @@ impl Cluster {
             log_start_offset: Mutex::new(None),
         });
         self.partitions.write().insert(gid, local.clone());
-        self.partitions_added.send_modify(|n| *n += 1);
-        self.partition_starts_total.fetch_add(1, Ordering::Relaxed);
+        self.partition_starts.send_modify(|n| *n += 1);
         tracing::info!(group = %gid, topic = %w.topic, partition = w.assignment.partition, "partition group started");
         Ok(local)
     }
