@@ -944,7 +944,7 @@ pub struct BenchProduceArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_in_flight: Option<u32>,
     /// Full batches the producer writes to one partition before moving its keyless records to
-    /// the next (the bench's records have no key) [default: the client's, 16; 1 is Kafka's sticky
+    /// the next (the bench's records have no key) [default: the client's, 32; 1 is Kafka's sticky
     /// partitioner].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub keyless_run_batches: Option<u32>,

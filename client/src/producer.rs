@@ -20,12 +20,13 @@
 //! bigger batches instead of going as thousands of tiny ones (each a Raft entry, fsync and
 //! replication round on three nodes). Free slots go round the partitions, so none starves.
 //!
-//! **Pipelining and order.** Up to `max_in_flight` batches per partition are in flight (one while
-//! the partition has not yet acknowledged a batch of this producer id, and always one without
-//! `idempotent`). Each batch carries the producer id and the sequence of its first record, and the
-//! partition writes a producer's sequences without gaps: a batch that overtakes an earlier one (a
-//! retry of the earlier one, or the node starting them out of order) is refused as a
-//! [`ErrorCode::SequenceGap`] and nothing of it is written. The batcher then sends it again, with
+//! **Pipelining and order.** Up to `max_in_flight` batches per partition are in flight (always one
+//! without `idempotent`), from a producer id's first batch on. Each batch carries the producer id
+//! and the sequence of its first record, and the partition writes a producer's sequences without
+//! gaps: a batch that arrives ahead of an earlier one waits there (bounded) for it, also before the
+//! partition knows the producer (a new producer starts at sequence 0); one that overtook an
+//! earlier one for longer (a retry of the earlier one) is refused as a [`ErrorCode::SequenceGap`]
+//! and nothing of it is written. The batcher then sends it again, with
 //! the same sequences, once every batch before it is acknowledged; a batch retried after a lost
 //! reply is recognised as already written. So records of a partition are written in `send` order,
 //! each once, however the in-flight batches are retried.
@@ -238,11 +239,6 @@ struct PartitionState {
     next_batch: u64,
     producer_id: u64,
     next_sequence: u64,
-    /// A batch under `producer_id` was acknowledged, so the partition knows this producer and
-    /// refuses a batch that skips sequences. Until then only one batch is in flight: the partition
-    /// takes a producer's first batch at any sequence, so a second batch arriving first would be
-    /// taken instead, and the first then refused as an old duplicate.
-    known: bool,
     /// A batch under `producer_id` failed for good: nothing new is sent until every flight settled,
     /// then the partition starts again under a fresh producer id (see the module documentation).
     broken: bool,
@@ -262,7 +258,6 @@ impl PartitionState {
             next_batch: 0,
             producer_id: new_producer_id(),
             next_sequence: 0,
-            known: false,
             broken: false,
             node: String::new(),
             node_number: 0,
@@ -280,7 +275,7 @@ impl PartitionState {
 
     /// Whether a new batch may go in flight now.
     fn may_send(&self, limits: &Limits) -> bool {
-        !self.broken && self.flights.len() < limits.max_in_flight && (self.flights.is_empty() || self.known)
+        !self.broken && self.flights.len() < limits.max_in_flight
     }
 
     /// Whether the queue's next batch should go now (given that it may). `producer_busy`: the
@@ -370,7 +365,6 @@ impl PartitionState {
         match outcome {
             Outcome::Acked => {
                 self.flights.remove(i);
-                self.known = true;
             }
             Outcome::Failed => {
                 self.flights.remove(i);
@@ -406,7 +400,6 @@ impl PartitionState {
         }
         self.producer_id = new_producer_id();
         self.next_sequence = 0;
-        self.known = false;
         self.broken = false;
     }
 }
@@ -751,15 +744,15 @@ mod tests {
         ClientError::Server { code: ErrorCode::SequenceGap, limit: None, message: "gap".into() }
     }
 
-    /// A partition whose first batch (one record, sequence 0) was acknowledged, so it pipelines;
-    /// with the time and the producer id.
+    /// A partition whose first batch (one record, sequence 0) was acknowledged; with the time and
+    /// the producer id.
     fn known_partition() -> (PartitionState, Instant, u64) {
         let mut s = PartitionState::new();
         let now = Instant::now();
         queue(&mut s, &["a"]);
         let first = s.take_sends(now, &LIMITS, false);
         s.settle(first[0].batch, Outcome::Acked, &LIMITS);
-        assert!(s.known);
+        assert!(s.flights.is_empty());
         (s, now, first[0].identity.producer_id)
     }
 
@@ -771,16 +764,15 @@ mod tests {
         // Nothing in flight: no linger, even an hour long.
         let first = s.take_sends(now, &LIMITS, false);
         assert_eq!(first.iter().map(values).collect::<Vec<_>>(), vec![vec!["a"]]);
-        // The next records wait while the first is in flight and the partition does not know the
-        // producer yet (one batch in flight until the first acknowledgement).
+        // While it is in flight, the next records fill a batch: a full one (at most 4 records) goes
+        // at once behind the first, before the partition acknowledged the producer's first batch,
+        // with consecutive sequences (the partition holds a new producer's batch that arrives
+        // before its first until the first is in).
         queue(&mut s, &["b", "c", "d", "e", "f"]);
-        assert!(s.take_sends(now, &LIMITS, false).is_empty());
-        s.settle(first[0].batch, Outcome::Acked, &LIMITS);
-        // Nothing in flight again: the queue goes at once, in batches of at most 4 records, with
-        // consecutive sequences.
         let next = s.take_sends(now, &LIMITS, false);
         assert_eq!(next.iter().map(values).collect::<Vec<_>>(), vec![vec!["b", "c", "d", "e"]]);
         assert_eq!(next[0].identity.base_sequence, 1);
+        s.settle(first[0].batch, Outcome::Acked, &LIMITS);
         // With a batch in flight, a partial batch lingers...
         assert!(s.take_sends(now, &LIMITS, false).is_empty());
         let due = s.queue[0].queued_at + LIMITS.linger;
@@ -831,17 +823,18 @@ mod tests {
     }
 
     #[test]
-    fn up_to_max_in_flight_batches_go_once_the_producer_is_known() {
-        let (mut s, now, producer_id) = known_partition();
+    fn up_to_max_in_flight_batches_go_from_the_producers_first_batch_on() {
+        let mut s = PartitionState::new();
+        let now = Instant::now();
         queue(&mut s, &["b"; 20]);
         let sent = s.take_sends(now, &LIMITS, false);
-        assert_eq!(sent.len(), LIMITS.max_in_flight, "full batches go while a slot is free");
+        assert_eq!(sent.len(), LIMITS.max_in_flight, "full batches go while a slot is free, the first one's too");
         let bases: Vec<u64> = sent.iter().map(|o| o.identity.base_sequence).collect();
-        assert_eq!(bases, vec![1, 5, 9]);
-        assert!(sent.iter().all(|o| o.identity.producer_id == producer_id));
+        assert_eq!(bases, vec![0, 4, 8]);
+        assert!(sent.iter().all(|o| o.identity.producer_id == s.producer_id));
         assert!(s.take_sends(now, &LIMITS, true).is_empty(), "no slot free");
         s.settle(sent[1].batch, Outcome::Acked, &LIMITS);
-        assert_eq!(s.take_sends(now, &LIMITS, false)[0].identity.base_sequence, 13);
+        assert_eq!(s.take_sends(now, &LIMITS, false)[0].identity.base_sequence, 12);
     }
 
     #[test]
@@ -882,17 +875,17 @@ mod tests {
         s.settle(c.batch, Outcome::Gap(c.records, gap()), &LIMITS);
         assert!(s.take_sends(now, &LIMITS, true).is_empty(), "nothing new while d is in flight");
         s.settle(d.batch, Outcome::Gap(d.records, gap()), &LIMITS);
-        // Settled: c and d's records go first, then e, under a fresh id from sequence 0, one batch
-        // until the partition knows the new id.
+        // Settled: c and d's records go first, then e, under a fresh id from sequence 0, pipelined
+        // as before (e, a partial batch, lingers behind them).
         let restarted = s.take_sends(now, &LIMITS, false);
-        assert_eq!(restarted.len(), 1);
-        assert_eq!(values(&restarted[0]), vec!["c1", "c2", "c3", "c4"]);
-        assert_ne!(restarted[0].identity.producer_id, old_id);
-        assert_eq!(restarted[0].identity.base_sequence, 0);
+        let batches: Vec<Vec<String>> = restarted.iter().map(values).collect();
+        assert_eq!(batches, vec![vec!["c1", "c2", "c3", "c4"], vec!["d1", "d2", "d3", "d4"]]);
+        assert!(restarted.iter().all(|o| o.identity.producer_id != old_id));
+        assert_eq!(restarted.iter().map(|o| o.identity.base_sequence).collect::<Vec<_>>(), vec![0, 4]);
         s.settle(restarted[0].batch, Outcome::Acked, &LIMITS);
         let rest = s.take_sends(now, &LIMITS, true);
-        assert_eq!(rest.iter().map(values).collect::<Vec<_>>(), vec![vec!["d1", "d2", "d3", "d4"], vec!["e"]]);
-        assert_eq!(rest.iter().map(|o| o.identity.base_sequence).collect::<Vec<_>>(), vec![4, 8]);
+        assert_eq!(rest.iter().map(values).collect::<Vec<_>>(), vec![vec!["e"]]);
+        assert_eq!(rest[0].identity.base_sequence, 8);
     }
 
     #[test]
@@ -965,7 +958,7 @@ mod tests {
         assert_eq!(flying, 4, "no more than the node's slots: {:?}", in_flight(&b));
         let node = b.node_numbers[""];
         assert_eq!(b.node_flights[node], 4);
-        assert!(in_flight(&b).iter().all(|(_, n)| *n <= 1), "one per partition before it knows the producer");
+        assert!(in_flight(&b).iter().all(|(_, n)| *n <= 1), "two records make one batch: one per partition");
         // Partitions waiting for a slot have no linger deadline: they wait for a settle.
         let due_in = b.next_deadline();
         assert!(due_in.is_none(), "a node without a free slot sets no deadline: {due_in:?}");

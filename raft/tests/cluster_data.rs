@@ -200,6 +200,50 @@ async fn pipelined_batches_arriving_out_of_order_are_written_in_sequence_order()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_producers_pipelined_batches_arriving_before_its_first_are_written_in_sequence_order() {
+    let c = TestCluster::start(3).await;
+    c.create_topic("fresh", 1, 3).await;
+    let leader = c.settled_leaders("fresh").await[0];
+    let node = c.node(leader).clone();
+    // A producer the partition has never seen pipelines from its first batch on: five batches
+    // sent at once, the later ones first, its first (sequence 0) last. Each waits for the one
+    // before it; none is taken as the producer's start.
+    let mut tasks = Vec::new();
+    for b in (0..5u64).rev() {
+        let node = node.clone();
+        let records: Vec<_> = (0..3).map(|i| record("k", &format!("s{}", b * 3 + i))).collect();
+        let producer = ProducerInfo { producer_id: 6, base_sequence: b * 3 };
+        tasks.push((b, tokio::spawn(async move { node.produce("fresh", 0, records, Some(producer)).await })));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (b, t) in tasks {
+        let acks = t.await.expect("join").unwrap_or_else(|e| panic!("batch {b}: {e:?}"));
+        assert_eq!((acks[0].base_offset, acks[0].record_count), (b * 3, 3), "batch {b} in sequence order");
+    }
+    let values: Vec<Bytes> = c.read_all(leader, "fresh", 0).await.into_iter().map(|r| r.value).collect();
+    let expected: Vec<Bytes> = (0..15).map(|i| Bytes::from(format!("s{i}"))).collect();
+    assert_eq!(values, expected);
+    // A producer the partition does not know that starts past sequence 0 (one the partition
+    // forgot) is taken at its sequence once the wait is over, well before the request timeout
+    // (10 s here), and followed from there.
+    let forgotten = ProducerInfo { producer_id: 7, base_sequence: 40 };
+    let asked = std::time::Instant::now();
+    let acks = node.produce("fresh", 0, vec![record("k", "f40")], Some(forgotten)).await.expect("taken after the wait");
+    assert_eq!(acks[0].base_offset, 15);
+    let waited = asked.elapsed();
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}, half the request timeout or more");
+    let next = ProducerInfo { producer_id: 7, base_sequence: 41 };
+    let acks = node.produce("fresh", 0, vec![record("k", "f41")], Some(next)).await.expect("next");
+    assert_eq!(acks[0].base_offset, 16);
+    let skip = ProducerInfo { producer_id: 7, base_sequence: 50 };
+    match node.produce("fresh", 0, vec![record("k", "x")], Some(skip)).await {
+        Err(ClusterError::SequenceGap { producer_id: 7, sequence: 50, expected: 42 }) => {}
+        other => panic!("a known producer's gap is refused, got {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_request_is_split_into_consecutive_batches_and_retried_whole() {
     let c = TestCluster::start(3).await;
     c.create_topic("big", 1, 3).await;

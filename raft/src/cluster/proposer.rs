@@ -18,7 +18,10 @@
 //! 3. lets a batch whose first sequence is ahead of its producer's predicted next sequence wait
 //!    (bounded) until the batches before it are proposed, instead of refusing it: pipelined batches
 //!    that arrive out of order are proposed in sequence order; past the wait it is
-//!    [`ClusterError::SequenceGap`];
+//!    [`ClusterError::SequenceGap`]. A producer the partition does not know yet starts at sequence
+//!    0, so its batch at a later sequence waits the same way for its first (a producer pipelines
+//!    from its first batch on); past the wait that one is taken at its sequence, as the partition
+//!    takes any sequence from a producer it does not know (one it forgot);
 //! 4. gives each batch its base offset ([`record_batch::set_base_offset`], in place) and queues it
 //!    in the Raft core on the condition that the leadership it predicted for still leads
 //!    ([`RaftGroup::propose`]), so a batch numbered in term T is never appended in another term.
@@ -224,18 +227,25 @@ impl Proposer {
                 .get(&producer_id)
                 .copied()
                 .or_else(|| machine.read().last_sequence(producer_id).map(|l| l + 1));
+            // A batch ahead of its producer's next sequence waits (bounded) for the batches before
+            // it. A producer the partition does not know starts at sequence 0, so its batch at a
+            // later sequence is a pipelined one that overtook the first and waits for it too; past
+            // the wait it is taken at its sequence (a producer the partition forgot: see
+            // [`PartitionMachine`]), where a known producer's is refused as a gap.
+            let ahead = expected.map_or(base_sequence > 0, |expected| base_sequence > expected);
+            if ahead && tokio::time::Instant::now() < deadline {
+                // Register for the wake-up before letting go of the lock: the proposal this batch
+                // waits for may be made the moment it is released.
+                let notified = self.progress.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                drop(p);
+                let _ = tokio::time::timeout_at(deadline, notified).await;
+                continue;
+            }
             match expected {
                 Some(expected) if base_sequence > expected => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(ClusterError::SequenceGap { producer_id, sequence: base_sequence, expected });
-                    }
-                    // Register for the wake-up before letting go of the lock: the proposal this
-                    // batch waits for may be made the moment it is released.
-                    let notified = self.progress.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    drop(p);
-                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                    return Err(ClusterError::SequenceGap { producer_id, sequence: base_sequence, expected });
                 }
                 _ => {
                     // Every batch but the first must then follow its predecessor: a request whose
