@@ -2,11 +2,12 @@
 
 mod cluster_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_support::*;
-use shale_raft::cluster::{ClusterError, FetchRequest, ProduceRecord, ProducerInfo, TopicSpec};
+use shale_raft::cluster::{Cluster, ClusterError, FetchRequest, ProduceRecord, ProducerInfo, TopicSpec};
 use shale_storage::{CodecKind, ReadCheck};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +161,26 @@ async fn long_poll_wakes_on_new_data() {
     c.shutdown().await;
 }
 
+/// Sends five batches of three records (values `s{sequence}`) of `producer_id` to partition 0 of
+/// `topic`, from sequence `first` on, all at once and the later ones first (5 ms apart), and
+/// expects each written at the offset of its first sequence (the partition's offsets so far equal
+/// the producer's sequences).
+async fn send_last_first_and_expect_sequence_order(node: &Arc<Cluster>, topic: &str, producer_id: u64, first: u64) {
+    let mut tasks = Vec::new();
+    for b in (0..5u64).rev() {
+        let (node, topic) = (node.clone(), topic.to_string());
+        let base_sequence = first + b * 3;
+        let records: Vec<_> = (0..3).map(|i| record("k", &format!("s{}", base_sequence + i))).collect();
+        let producer = ProducerInfo { producer_id, base_sequence };
+        tasks.push((b, tokio::spawn(async move { node.produce(&topic, 0, records, Some(producer)).await })));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (b, t) in tasks {
+        let acks = t.await.expect("join").unwrap_or_else(|e| panic!("batch {b}: {e:?}"));
+        assert_eq!((acks[0].base_offset, acks[0].record_count), (first + b * 3, 3), "batch {b} in sequence order");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_batches_arriving_out_of_order_are_written_in_sequence_order() {
     let c = TestCluster::start(3).await;
@@ -170,18 +191,7 @@ async fn pipelined_batches_arriving_out_of_order_are_written_in_sequence_order()
     let first = ProducerInfo { producer_id: 5, base_sequence: 0 };
     node.produce("pipe", 0, vec![record("k", "s0")], Some(first)).await.expect("first");
     // Five batches sent at once, the later ones first: each waits for the one before it.
-    let mut tasks = Vec::new();
-    for b in (0..5u64).rev() {
-        let node = node.clone();
-        let records: Vec<_> = (0..3).map(|i| record("k", &format!("s{}", 1 + b * 3 + i))).collect();
-        let producer = ProducerInfo { producer_id: 5, base_sequence: 1 + b * 3 };
-        tasks.push((b, tokio::spawn(async move { node.produce("pipe", 0, records, Some(producer)).await })));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for (b, t) in tasks {
-        let acks = t.await.expect("join").expect("no sequence gap");
-        assert_eq!((acks[0].base_offset, acks[0].record_count), (1 + b * 3, 3), "batch {b} in sequence order");
-    }
+    send_last_first_and_expect_sequence_order(&node, "pipe", 5, 1).await;
     let values: Vec<Bytes> = c.read_all(leader, "pipe", 0).await.into_iter().map(|r| r.value).collect();
     let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("s{i}"))).collect();
     assert_eq!(values, expected);
@@ -208,18 +218,7 @@ async fn a_new_producers_pipelined_batches_arriving_before_its_first_are_written
     // A producer the partition has never seen pipelines from its first batch on: five batches
     // sent at once, the later ones first, its first (sequence 0) last. Each waits for the one
     // before it; none is taken as the producer's start.
-    let mut tasks = Vec::new();
-    for b in (0..5u64).rev() {
-        let node = node.clone();
-        let records: Vec<_> = (0..3).map(|i| record("k", &format!("s{}", b * 3 + i))).collect();
-        let producer = ProducerInfo { producer_id: 6, base_sequence: b * 3 };
-        tasks.push((b, tokio::spawn(async move { node.produce("fresh", 0, records, Some(producer)).await })));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for (b, t) in tasks {
-        let acks = t.await.expect("join").unwrap_or_else(|e| panic!("batch {b}: {e:?}"));
-        assert_eq!((acks[0].base_offset, acks[0].record_count), (b * 3, 3), "batch {b} in sequence order");
-    }
+    send_last_first_and_expect_sequence_order(&node, "fresh", 6, 0).await;
     let values: Vec<Bytes> = c.read_all(leader, "fresh", 0).await.into_iter().map(|r| r.value).collect();
     let expected: Vec<Bytes> = (0..15).map(|i| Bytes::from(format!("s{i}"))).collect();
     assert_eq!(values, expected);

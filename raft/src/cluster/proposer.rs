@@ -243,28 +243,22 @@ impl Proposer {
                 let _ = tokio::time::timeout_at(deadline, notified).await;
                 continue;
             }
-            match expected {
-                Some(expected) if base_sequence > expected => {
-                    return Err(ClusterError::SequenceGap { producer_id, sequence: base_sequence, expected });
+            // Past the wait a known producer's batch ahead of its sequence is refused as a gap (the
+            // first batch's check below), and every batch but the first must follow its predecessor:
+            // a request whose later batch would skip ahead (an overlapping retry of other batches)
+            // is not proposed at all.
+            let mut next = expected;
+            for b in &mut batches {
+                let (_, seq) = b.producer.expect("one producer per request");
+                if let Some(n) = next
+                    && seq > n
+                {
+                    return Err(ClusterError::SequenceGap { producer_id, sequence: seq, expected: n });
                 }
-                _ => {
-                    // Every batch but the first must then follow its predecessor: a request whose
-                    // later batch would skip ahead (an overlapping retry of other batches) is not
-                    // proposed at all.
-                    let mut next = expected;
-                    for b in &mut batches {
-                        let (_, seq) = b.producer.expect("one producer per request");
-                        if let Some(n) = next
-                            && seq > n
-                        {
-                            return Err(ClusterError::SequenceGap { producer_id, sequence: seq, expected: n });
-                        }
-                        let end = seq + u64::from(b.record_count);
-                        next = Some(next.map_or(end, |n| n.max(end)));
-                    }
-                    return Ok(self.place(&mut p, leader, group, batches, expected, timeout).await);
-                }
+                let end = seq + u64::from(b.record_count);
+                next = Some(next.map_or(end, |n| n.max(end)));
             }
+            return Ok(self.place(&mut p, leader, group, batches, expected, timeout).await);
         }
     }
 
